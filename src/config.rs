@@ -1,0 +1,622 @@
+//! Configuration: one TOML file, every key overridable as `QUO_SYNC__<SECTION>__<KEY>`.
+//!
+//! Unknown keys, wrong types and missing required keys are refused at start-up with one message
+//! that names the key, the file and what was expected, before any network call: a sync service
+//! that guesses at its configuration creates duplicates.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+/// Prefix of environment overrides (`QUO_SYNC__QUO__BASE_URL`).
+pub const ENV_PREFIX: &str = "QUO_SYNC";
+/// Separator between prefix, section and key in environment overrides.
+pub const ENV_SEPARATOR: &str = "__";
+/// The Quo API key, read when `quo.api_key` is not set.
+pub const API_KEY_ENV: &str = "QUO_API_KEY";
+
+/// Why the configuration cannot be used; maps to exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable.
+    #[error("config file {file}: {reason}")]
+    Unreadable {
+        /// The file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// A key is unknown, mistyped or missing.
+    #[error("config file {file}: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// What is wrong, naming the key and what was expected.
+        message: String,
+    },
+    /// A key has a value that parses but cannot work.
+    #[error("config file {file}: key `{key}`: {reason}")]
+    BadValue {
+        /// The file.
+        file: String,
+        /// The dotted key.
+        key: String,
+        /// What was expected.
+        reason: String,
+    },
+}
+
+/// A duration written the humane way (`5m`, `30s`, `1h 30m`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "expected a duration like `5m` or `30s`, got {text:?} ({e})"
+                ))
+            })
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Quo API.
+    #[serde(default)]
+    pub quo: QuoConfig,
+    /// The ledger database.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// Where CRM records come from.
+    pub source: SourceConfig,
+    /// How CRM fields become Quo fields.
+    #[serde(default)]
+    pub mapping: MappingConfig,
+    /// Cycle behaviour.
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// How often `run` cycles.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The Quo → CRM path.
+    #[serde(default)]
+    pub reverse: ReverseConfig,
+    /// Health and metrics listener.
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+/// `[quo]`: the Quo API and how hard to use it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuoConfig {
+    /// API root, default `https://api.quo.com`.
+    pub base_url: String,
+    /// The API key (also `QUO_API_KEY`, or `api_key_file`).
+    pub api_key: Option<SecretString>,
+    /// A file holding the API key (Docker secrets).
+    pub api_key_file: Option<PathBuf>,
+    /// Quo's per-key limit, default 10.
+    pub requests_per_second: u32,
+    /// The `source` label written on create and used to list our contacts.
+    pub source: String,
+    /// Per-request timeout.
+    pub timeout: HumanDuration,
+    /// Retries after the first attempt for 429, 5xx, timeouts and connection errors.
+    pub max_retries: u32,
+    /// Cap on one backoff sleep.
+    pub max_backoff: HumanDuration,
+    /// Requests in flight at once (enough that latency is not the bottleneck).
+    pub concurrency: usize,
+    /// Optional link to the CRM record, `{id}` replaced by the external id.
+    pub source_url_template: Option<String>,
+}
+
+impl Default for QuoConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.quo.com".into(),
+            api_key: None,
+            api_key_file: None,
+            requests_per_second: 10,
+            source: "quo-sync".into(),
+            timeout: HumanDuration(Duration::from_secs(30)),
+            max_retries: 8,
+            max_backoff: HumanDuration(Duration::from_secs(30)),
+            concurrency: 16,
+            source_url_template: None,
+        }
+    }
+}
+
+/// `[ledger]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// SQLite file, created if missing.
+    pub path: PathBuf,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("quo-sync.db"),
+        }
+    }
+}
+
+/// Which adapter reads the CRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A CSV file.
+    Csv,
+    /// A REST CRM.
+    Rest,
+}
+
+/// `[source]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `csv` or `rest`.
+    pub kind: SourceKind,
+    /// The CSV file (csv).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The column holding the CRM id (csv), default `crm_id`.
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    /// The column holding the last-modified time (csv), default `updated_at`; empty for none.
+    #[serde(default = "default_updated_at_field")]
+    pub updated_at_field: String,
+    /// `[source.rest]`: the REST CRM (rest).
+    #[serde(default)]
+    pub rest: Option<toml::Table>,
+}
+
+fn default_id_field() -> String {
+    "crm_id".into()
+}
+
+fn default_updated_at_field() -> String {
+    "updated_at".into()
+}
+
+/// One email or phone column and the label it gets in Quo.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabeledFieldMapping {
+    /// Source field (CSV column).
+    pub field: String,
+    /// Quo label (`name`), e.g. `work`.
+    pub label: String,
+}
+
+/// One custom field, named as in Quo.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomFieldMapping {
+    /// The custom field's name in Quo (resolved to its key each cycle).
+    pub name: String,
+    /// Source field (CSV column).
+    pub field: String,
+    /// Separator for multi-select values, default `;`.
+    #[serde(default)]
+    pub delimiter: Option<String>,
+}
+
+/// `[mapping]`: source fields → Quo fields.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingConfig {
+    /// Region for national-format phone numbers (ISO 3166 code), default `US`.
+    pub default_region: String,
+    /// Source field for `firstName`.
+    pub first_name: Option<String>,
+    /// Source field for `lastName`.
+    pub last_name: Option<String>,
+    /// Source field for `company`.
+    pub company: Option<String>,
+    /// Source field for `role`.
+    pub role: Option<String>,
+    /// Email fields with their labels.
+    pub emails: Vec<LabeledFieldMapping>,
+    /// Phone fields with their labels.
+    pub phones: Vec<LabeledFieldMapping>,
+    /// Custom fields by Quo name.
+    pub custom_fields: Vec<CustomFieldMapping>,
+}
+
+impl Default for MappingConfig {
+    fn default() -> Self {
+        Self {
+            default_region: "US".into(),
+            first_name: None,
+            last_name: None,
+            company: None,
+            role: None,
+            emails: Vec::new(),
+            phones: Vec::new(),
+            custom_fields: Vec::new(),
+        }
+    }
+}
+
+/// What to do when a record disappears from the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSourceDelete {
+    /// Leave the Quo contact alone (default).
+    Ignore,
+    /// Delete the Quo contact (logged).
+    Delete,
+}
+
+/// `[sync]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// `ignore` (default) or `delete`.
+    pub on_source_delete: OnSourceDelete,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            on_source_delete: OnSourceDelete::Ignore,
+        }
+    }
+}
+
+/// `[schedule]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// Time between the start of one cycle and the next, default `5m`.
+    pub interval: HumanDuration,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            interval: HumanDuration(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (default).
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` or `pretty`.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Which side wins a field changed on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictPolicy {
+    /// The side modified last (CRM last-modified vs Quo `updatedAt`), else the CRM.
+    Newest,
+    /// The CRM.
+    Crm,
+    /// Quo.
+    Quo,
+}
+
+/// Which way a field may flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldDirection {
+    /// Both ways.
+    Both,
+    /// CRM → Quo only.
+    ToQuo,
+    /// Quo → CRM only.
+    ToCrm,
+}
+
+/// What to do when a managed contact is deleted in Quo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnQuoDelete {
+    /// Create it again from the CRM.
+    Recreate,
+    /// Forget the Quo id, keep the CRM record (default).
+    Unlink,
+    /// Delete the CRM record.
+    DeleteInCrm,
+}
+
+/// Per-field reverse-path settings, keyed by diff name (`firstName`, `custom:vip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldPolicy {
+    /// Overrides `reverse.conflict` for this field.
+    #[serde(default)]
+    pub conflict: Option<ConflictPolicy>,
+    /// Which way this field flows, default `both`.
+    #[serde(default)]
+    pub direction: Option<FieldDirection>,
+}
+
+/// `[reverse]`: Quo → CRM.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReverseConfig {
+    /// Run the reverse path at all.
+    pub enabled: bool,
+    /// Webhook receiver address (`/webhooks/quo`, `/healthz`).
+    pub listen: Option<SocketAddr>,
+    /// Webhook signing secret (legacy base64 key or `whsec_…`).
+    pub webhook_secret: Option<SecretString>,
+    /// Scan interval; default `1m` when no webhook secret is set, off otherwise unless given.
+    pub poll_interval: Option<HumanDuration>,
+    /// Conflict policy, default `newest`.
+    pub conflict: ConflictPolicy,
+    /// Per-field overrides.
+    pub fields: BTreeMap<String, FieldPolicy>,
+    /// Quo-side delete policy, default `unlink`.
+    pub on_quo_delete: OnQuoDelete,
+    /// Largest webhook body accepted, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ReverseConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            webhook_secret: None,
+            poll_interval: None,
+            conflict: ConflictPolicy::Newest,
+            fields: BTreeMap::new(),
+            on_quo_delete: OnQuoDelete::Unlink,
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl ReverseConfig {
+    /// The effective scan interval: explicit, else 1 minute when no webhook is configured.
+    pub fn effective_poll_interval(&self) -> Option<Duration> {
+        match (&self.poll_interval, &self.webhook_secret) {
+            (Some(interval), _) => Some(interval.0).filter(|d| !d.is_zero()),
+            (None, None) => Some(Duration::from_secs(60)),
+            (None, Some(_)) => None,
+        }
+    }
+}
+
+/// `[service]`: health and metrics.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Address for `/healthz`, `/readyz`, `/metrics`; none to disable.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Loads `file` with environment overrides and validates it; no network.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like `load`, with the environment given (tests).
+    pub fn load_with_env(
+        file: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let file_name = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Unreadable {
+            file: file_name.clone(),
+            reason: e.to_string(),
+        })?;
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        let overrides: std::collections::HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator(ENV_SEPARATOR)
+                    .separator(ENV_SEPARATOR)
+                    .try_parsing(true)
+                    .source(Some(overrides)),
+            )
+            .build()
+            .map_err(|e| ConfigError::Invalid {
+                file: file_name.clone(),
+                message: e.to_string(),
+            })?;
+        let mut config: Config = built.try_deserialize().map_err(|e| ConfigError::Invalid {
+            file: file_name.clone(),
+            message: e.to_string(),
+        })?;
+        if config.quo.api_key.is_none() {
+            if let Some(path) = &config.quo.api_key_file {
+                let key = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
+                    file: file_name.clone(),
+                    key: "quo.api_key_file".into(),
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })?;
+                config.quo.api_key = Some(SecretString::from(key.trim().to_string()));
+            } else if let Some(key) = env.get(API_KEY_ENV).filter(|k| !k.trim().is_empty()) {
+                config.quo.api_key = Some(SecretString::from(key.trim().to_string()));
+            }
+        }
+        config.validate(&file_name)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::BadValue {
+            file: file.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        if !(self.quo.base_url.starts_with("http://") || self.quo.base_url.starts_with("https://"))
+        {
+            return Err(bad(
+                "quo.base_url",
+                format!("expected an http(s) URL, got {:?}", self.quo.base_url),
+            ));
+        }
+        if self.quo.requests_per_second == 0 {
+            return Err(bad(
+                "quo.requests_per_second",
+                "expected a whole number above 0".into(),
+            ));
+        }
+        if self.quo.concurrency == 0 {
+            return Err(bad(
+                "quo.concurrency",
+                "expected a whole number above 0".into(),
+            ));
+        }
+        let source = &self.quo.source;
+        let lower = source.to_ascii_lowercase();
+        let reserved = [
+            "openphone",
+            "device",
+            "csv",
+            "zapier",
+            "google-people",
+            "other",
+        ];
+        if source.is_empty()
+            || source.chars().count() > 72
+            || reserved.contains(&lower.as_str())
+            || lower.starts_with("openphone")
+            || lower.starts_with("csv")
+        {
+            return Err(bad(
+                "quo.source",
+                format!(
+                    "{source:?} is reserved by Quo or not 1–72 characters; expected a label such as \"quo-sync\""
+                ),
+            ));
+        }
+        if matches!(&self.quo.api_key, Some(k) if k.expose_secret().trim().is_empty()) {
+            return Err(bad("quo.api_key", "is empty".into()));
+        }
+        match self.source.kind {
+            SourceKind::Csv if self.source.path.is_none() => {
+                return Err(bad(
+                    "source.path",
+                    "required when source.kind = \"csv\": the CSV file to read".into(),
+                ));
+            }
+            SourceKind::Rest if self.source.rest.is_none() => {
+                return Err(bad(
+                    "source.rest",
+                    "required when source.kind = \"rest\": the [source.rest] table".into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.source.id_field.trim().is_empty() {
+            return Err(bad(
+                "source.id_field",
+                "expected the name of the id column".into(),
+            ));
+        }
+        if self.mapping.default_region.len() != 2 {
+            return Err(bad(
+                "mapping.default_region",
+                format!(
+                    "expected a two-letter region such as \"US\", got {:?}",
+                    self.mapping.default_region
+                ),
+            ));
+        }
+        if self.schedule.interval.0.is_zero() {
+            return Err(bad(
+                "schedule.interval",
+                "expected a duration above zero, like `5m`".into(),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(bad(
+                "log.level",
+                format!(
+                    "expected a level such as \"info\" or a filter directive, got {:?}",
+                    self.log.level
+                ),
+            ));
+        }
+        for name in self.reverse.fields.keys() {
+            let known = [
+                crate::domain::field::FIRST_NAME,
+                crate::domain::field::LAST_NAME,
+                crate::domain::field::COMPANY,
+                crate::domain::field::ROLE,
+                crate::domain::field::EMAILS,
+                crate::domain::field::PHONE_NUMBERS,
+            ];
+            if !known.contains(&name.as_str())
+                && !name.starts_with(crate::domain::field::CUSTOM_PREFIX)
+            {
+                return Err(bad(
+                    &format!("reverse.fields.{name}"),
+                    "expected firstName, lastName, company, role, emails, phoneNumbers or custom:<key>".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The API key, or a configuration error naming where it may be set.
+    pub fn require_api_key(&self) -> Result<&SecretString, ConfigError> {
+        self.quo.api_key.as_ref().ok_or_else(|| ConfigError::BadValue {
+            file: "(config)".into(),
+            key: "quo.api_key".into(),
+            reason: format!("missing: set quo.api_key, quo.api_key_file, {API_KEY_ENV} or {ENV_PREFIX}__QUO__API_KEY"),
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! quo-sync keeps a CRM's contacts and a Quo workspace's contacts in agreement, both ways.
+//!
+//! The pieces, in the order a record travels: a [`source`] adapter reads CRM records, the
+//! [`mapping`] turns each into a canonical [`domain::Snapshot`], the [`sync`] planner compares it
+//! with the [`ledger`] (the product's memory of Quo ids and agreed snapshots), and the [`quo`]
+//! client pushes the difference through one shared rate limiter. The [`reverse`] path brings
+//! edits made in Quo back. The [`sandbox`] is a faithful local Quo for tests and demos.
+
+pub mod config;
+pub mod domain;
+pub mod quo;
+pub mod source;

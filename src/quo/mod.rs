@@ -1,0 +1,5 @@
+//! The Quo side: typed API bodies, the shared rate limiter, the retry policy and the client.
+
+pub mod limiter;
+pub mod retry;
+pub mod types;

@@ -1,0 +1,111 @@
+//! Retry policy: exponential backoff with full jitter and a cap, overridden by `Retry-After`.
+//!
+//! Shared by the Quo client and the REST CRM adapter. The caller owns the loop (it must take a
+//! limiter permit before every attempt and decide whether a failure is safe to retry); this module
+//! only answers "how long to wait before attempt n".
+
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+/// How many times and how patiently to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// The first backoff ceiling; doubled per retry.
+    pub base: Duration,
+    /// The largest backoff (and the largest `Retry-After` honoured).
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 8,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (1-based): `Retry-After` when the server sent one,
+    /// otherwise a uniformly random duration in `[0, min(cap, base * 2^(retry-1))]` (full jitter).
+    pub fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(after) = retry_after {
+            return after.min(self.cap);
+        }
+        let exp = self
+            .base
+            .saturating_mul(1u32 << (retry.saturating_sub(1)).min(20));
+        let ceiling = exp.min(self.cap);
+        let millis = ceiling.as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(0..=millis.max(1)))
+    }
+
+    /// Whether another attempt is allowed after `retries_done` retries.
+    pub fn may_retry(&self, retries_done: u32) -> bool {
+        retries_done < self.max_retries
+    }
+}
+
+/// Whether an HTTP status is worth retrying (429 and 5xx).
+pub fn is_retryable_status(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare for APIs and treated as absent).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let policy = RetryPolicy {
+            max_retries: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        for retry in 1..=30 {
+            assert!(policy.backoff(retry, None) <= Duration::from_secs(1));
+        }
+        assert!(policy.backoff(1, None) <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn retry_after_wins_but_is_capped() {
+        let policy = RetryPolicy::default();
+        assert_eq!(
+            policy.backoff(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            policy.backoff(1, Some(Duration::from_secs(600))),
+            policy.cap
+        );
+    }
+
+    #[test]
+    fn parses_retry_after_seconds() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+}

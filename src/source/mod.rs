@@ -1,0 +1,171 @@
+//! Source adapters: where CRM records come from and where reverse-path changes go back to.
+//!
+//! One enum per side keeps dispatch simple (async trait methods are not object safe); each
+//! adapter lives in its own file. Every adapter streams records through a bounded channel so
+//! memory does not grow with the size of the CRM, and reports rows it cannot read as
+//! `SourceItem::Bad` instead of dropping them or stopping.
+
+pub mod csv;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::config::SourceConfig;
+use crate::domain::ExternalId;
+
+/// One CRM record, as raw text per source field (CSV column, or REST field name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRecord {
+    /// The CRM id.
+    pub external_id: ExternalId,
+    /// Raw values by source field name; absent and empty are the same to the mapping.
+    pub fields: BTreeMap<String, String>,
+    /// The CRM's last-modified time, when it has one.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Where the record was read, for error messages (`contacts.csv line 12`).
+    pub location: String,
+}
+
+/// A row the adapter could not turn into a record; it is quarantined, never dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRecord {
+    /// Where it was read (`contacts.csv line 12`).
+    pub location: String,
+    /// Its id, when one could be read.
+    pub external_id: Option<String>,
+    /// Why it could not be read.
+    pub reason: String,
+    /// The raw row (lossy text), for the operator.
+    pub raw: String,
+}
+
+/// What an adapter yields while reading.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceItem {
+    /// A readable record.
+    Record(SourceRecord),
+    /// An unreadable row.
+    Bad(BadRecord),
+}
+
+/// How much of the CRM a read covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// Only records modified since then (adapters without incremental reads ignore it).
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// What a finished read tells the planner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadSummary {
+    /// Every record was listed, so a ledger row not seen means the record is gone.
+    pub complete: bool,
+    /// Records and bad rows yielded.
+    pub items: u64,
+}
+
+/// A change for the CRM from the reverse path: new raw values for some source fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrmChange {
+    /// The record to change.
+    pub external_id: ExternalId,
+    /// New raw values by source field name (empty string clears).
+    pub fields: BTreeMap<String, String>,
+    /// The change time, written to the record's last-modified field where it has one.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Outcome of applying changes back to the CRM.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteReport {
+    /// Records written.
+    pub written: Vec<ExternalId>,
+    /// Records the CRM refused as conflicting (changed since read, 409/412): retried later.
+    pub conflicted: Vec<ExternalId>,
+    /// Records that failed, with the reason.
+    pub failed: Vec<(ExternalId, String)>,
+}
+
+/// Failures that stop a read or a write as a whole (per-row problems are `BadRecord`s).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The CSV file could not be opened or read.
+    #[error("cannot read {path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS or parser message.
+        reason: String,
+    },
+    /// The file's header lacks a configured column.
+    #[error("{path}: the header has no column {column:?} (configured as {key})")]
+    MissingColumn {
+        /// The file.
+        path: String,
+        /// The missing column.
+        column: String,
+        /// The config key that names it.
+        key: String,
+    },
+    /// The file changed on disk since this cycle read it; the write is retried next cycle.
+    #[error("{path} changed on disk since it was read; write-back postponed to the next cycle")]
+    ChangedSinceRead {
+        /// The file.
+        path: String,
+    },
+    /// The CRM refused our credentials (401/403): the cycle stops, the ledger is untouched.
+    #[error("the CRM refused the credentials ({status}) at {url}")]
+    Unauthorized {
+        /// HTTP status.
+        status: u16,
+        /// The URL, without query secrets.
+        url: String,
+    },
+    /// Any other failure talking to the CRM.
+    #[error("CRM request failed: {0}")]
+    Crm(String),
+    /// The reader stopped because the receiver went away (shutdown).
+    #[error("read cancelled")]
+    Cancelled,
+}
+
+/// A configured source adapter.
+#[derive(Debug)]
+pub enum Source {
+    /// A CSV file.
+    Csv(csv::CsvSource),
+}
+
+impl Source {
+    /// Builds the adapter the configuration names.
+    pub fn from_config(config: &SourceConfig) -> Result<Self, SourceError> {
+        Ok(Source::Csv(csv::CsvSource::new(config)))
+    }
+
+    /// Streams the records into `tx`; per-row problems arrive as `SourceItem::Bad`.
+    pub async fn read(
+        &self,
+        request: ReadRequest,
+        tx: mpsc::Sender<SourceItem>,
+    ) -> Result<ReadSummary, SourceError> {
+        match self {
+            Source::Csv(csv) => csv.read(request, tx).await,
+        }
+    }
+
+    /// Applies reverse-path changes to the CRM.
+    pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {
+        match self {
+            Source::Csv(csv) => csv.write_back(changes).await,
+        }
+    }
+
+    /// A short human description (`csv config/contacts.csv`).
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Csv(csv) => csv.describe(),
+        }
+    }
+}
