@@ -8,5 +8,13 @@
 
 pub mod config;
 pub mod domain;
+pub mod ledger;
 pub mod quo;
 pub mod source;
+pub mod mapping;
+pub mod sync;
+pub mod telemetry;
+pub mod app;
+pub mod sandbox;
+pub mod ops;
+pub mod reverse;

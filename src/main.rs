@@ -1,1 +1,250 @@
-fn main() {}
+//! The `quo-sync` binary: argument parsing and exit codes; everything else is in the library.
+//!
+//! Exit codes: 0 success; 2 configuration or usage error; 3 the cycle finished but some records
+//! were quarantined; 1 anything else.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
+use quo_sync::app::{self, AppError};
+use quo_sync::config::Config;
+use quo_sync::sandbox::{PatchMode, SandboxConfig, SandboxHandle};
+use quo_sync::sync::{Mode, plan::render_table};
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+const EXIT_QUARANTINED: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "quo-sync", version, about = "Keeps CRM contacts and Quo contacts in agreement, both ways.")]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(long, global = true, env = "QUO_SYNC_CONFIG", default_value = "config/quo-sync.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run as a service: a cycle every schedule.interval until SIGINT/SIGTERM.
+    Run {
+        /// Start the built-in Quo sandbox and sync into it (demo; no API key, no network).
+        #[arg(long)]
+        with_sandbox: bool,
+    },
+    /// Run one cycle, print a summary, exit (3 when records were quarantined).
+    Once {
+        /// Start the built-in Quo sandbox and sync into it (demo; no API key, no network).
+        #[arg(long)]
+        with_sandbox: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a cycle would do, sending no writes.
+    Plan {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Plan against the built-in Quo sandbox.
+        #[arg(long)]
+        with_sandbox: bool,
+    },
+    /// Summarise the ledger.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration (no network) and exit 0, or 2 naming the problem.
+    CheckConfig,
+    /// Serve the Quo sandbox: a local, faithful Quo API for tests and demos.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: SocketAddr,
+        /// The API key the sandbox accepts.
+        #[arg(long, default_value = "sandbox-key")]
+        api_key: String,
+        /// Requests per second per key before 429 (0 = unlimited).
+        #[arg(long, default_value_t = 10)]
+        requests_per_second: u32,
+        /// PATCH array semantics: merge or replace.
+        #[arg(long, default_value = "merge")]
+        patch_mode: String,
+        /// Added latency per request, milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_CONFIG } else { 0 });
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        match dispatch(cli).await {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                let config_error = error.downcast_ref::<AppError>().is_some_and(AppError::is_config)
+                    || error.downcast_ref::<quo_sync::config::ConfigError>().is_some();
+                eprintln!("quo-sync: error: {error:#}");
+                ExitCode::from(if config_error { EXIT_CONFIG } else { EXIT_FAILURE })
+            }
+        }
+    })
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+/// Points the config at a fresh in-process sandbox with a throwaway ledger.
+async fn attach_sandbox(config: &mut Config) -> anyhow::Result<(SandboxHandle, tempfile_dir::TempDir)> {
+    let sandbox = SandboxHandle::start(SandboxConfig::default()).await.context("starting the sandbox")?;
+    config.quo.base_url = sandbox.base_url();
+    config.quo.api_key = Some(SecretString::from(sandbox.api_key().to_string()));
+    let dir = tempfile_dir::TempDir::new()?;
+    config.ledger.path = dir.path().join("quo-sync.db");
+    tracing::info!(event = "sandbox_started", base_url = %sandbox.base_url(), ledger = %config.ledger.path.display(), "syncing into the built-in Quo sandbox with a throwaway ledger");
+    Ok((sandbox, dir))
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::CheckConfig => {
+            let config = load_config(&cli.config)?;
+            println!(
+                "{}: OK (source {:?} {}, ledger {}, Quo {}, {} req/s, API key {})",
+                cli.config.display(),
+                config.source.kind,
+                config.source.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                config.ledger.path.display(),
+                config.quo.base_url,
+                config.quo.requests_per_second,
+                if config.quo.api_key.is_some() { "set" } else { "NOT set (needed by run, once, plan)" }
+            );
+            Ok(0)
+        }
+        Command::Sandbox { listen, api_key, requests_per_second, patch_mode, latency_ms } => {
+            quo_sync::telemetry::init(quo_sync::config::LogFormat::Json, "info");
+            let patch_mode = match patch_mode.as_str() {
+                "merge" => PatchMode::Merge,
+                "replace" => PatchMode::Replace,
+                other => anyhow::bail!(AppError::Config(quo_sync::config::ConfigError::BadValue {
+                    file: "(command line)".into(),
+                    key: "--patch-mode".into(),
+                    reason: format!("expected merge or replace, got {other:?}"),
+                })),
+            };
+            let config = SandboxConfig {
+                api_key,
+                requests_per_second,
+                patch_mode,
+                latency: std::time::Duration::from_millis(latency_ms),
+                ..SandboxConfig::default()
+            };
+            let sandbox = SandboxHandle::start_on(config, listen).await.with_context(|| format!("binding {listen}"))?;
+            eprintln!("Quo sandbox listening on {} (Authorization: {})", sandbox.base_url(), sandbox.api_key());
+            let cancel = app::shutdown_token();
+            cancel.cancelled().await;
+            sandbox.shutdown().await;
+            Ok(0)
+        }
+        Command::Status { json } => {
+            let config = load_config(&cli.config)?;
+            let ledger = quo_sync::ledger::Ledger::open(&config.ledger.path).await?;
+            let status = quo_sync::ops::status(&ledger).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(0)
+        }
+        Command::Run { with_sandbox } => {
+            let mut config = load_config(&cli.config)?;
+            quo_sync::telemetry::init(config.log.format, &config.log.level);
+            let _sandbox = if with_sandbox { Some(attach_sandbox(&mut config).await?) } else { None };
+            let cancel = app::shutdown_token();
+            let ctx = app::build_context(&config, "run", cancel).await?;
+            app::run_service(&ctx, &config).await?;
+            Ok(0)
+        }
+        Command::Once { with_sandbox, json } => {
+            let mut config = load_config(&cli.config)?;
+            quo_sync::telemetry::init(config.log.format, &config.log.level);
+            let _sandbox = if with_sandbox { Some(attach_sandbox(&mut config).await?) } else { None };
+            let cancel = app::shutdown_token();
+            let ctx = app::build_context(&config, "once", cancel).await?;
+            let report = app::once(&ctx, Mode::Apply).await?;
+            ctx.ledger.close().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if std::io::stdout().is_terminal() || with_sandbox {
+                let c = &report.counts;
+                println!(
+                    "created {}  updated {}  unchanged {}  deleted {}  quarantined {}  requests {}  429s {}  in {:.1}s",
+                    c.created, c.updated, c.unchanged, c.deleted, c.quarantined, c.requests, c.rate_limited,
+                    report.duration_ms as f64 / 1000.0
+                );
+            }
+            Ok(if report.counts.quarantined > 0 { EXIT_QUARANTINED } else { 0 })
+        }
+        Command::Plan { json, with_sandbox } => {
+            let mut config = load_config(&cli.config)?;
+            quo_sync::telemetry::init(config.log.format, "warn");
+            let _sandbox = if with_sandbox { Some(attach_sandbox(&mut config).await?) } else { None };
+            let ctx = app::build_context(&config, "plan", tokio_util::sync::CancellationToken::new()).await?;
+            let report = app::once(&ctx, Mode::DryRun).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "counts": report.counts, "operations": report.operations }))?);
+            } else {
+                let c = &report.counts;
+                println!("plan: create {}  update {}  delete {}  unchanged {}  quarantine {}", c.created, c.updated, c.deleted, c.unchanged, c.quarantined);
+                print!("{}", render_table(&report.operations));
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// A temp folder that removes itself (a thin alias so the binary does not depend on dev crates).
+mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    /// A folder under the system temp dir, removed on drop.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        /// Creates a fresh folder.
+        pub fn new() -> std::io::Result<Self> {
+            let path = std::env::temp_dir().join(format!("quo-sync-sandbox-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&path)?;
+            Ok(Self(path))
+        }
+
+        /// Its path.
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The Quo side: typed API bodies, the shared rate limiter, the retry policy and the client.
 
+pub mod client;
 pub mod limiter;
 pub mod retry;
 pub mod types;

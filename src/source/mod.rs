@@ -162,6 +162,13 @@ impl Source {
         }
     }
 
+    /// Deletes records in the CRM (`reverse.on_quo_delete = "delete_in_crm"`).
+    pub async fn delete_records(&self, ids: &[ExternalId]) -> Result<WriteReport, SourceError> {
+        match self {
+            Source::Csv(csv) => csv.delete_records(ids).await,
+        }
+    }
+
     /// A short human description (`csv config/contacts.csv`).
     pub fn describe(&self) -> String {
         match self {

@@ -1,0 +1,158 @@
+//! The `quarantine` table: records that could not be synced, with where they came from and why.
+//!
+//! Nothing is dropped silently: a bad row waits here, visible to `status`, and is retried on
+//! every cycle; it leaves quarantine the moment it syncs (or its row stops failing to read).
+
+use sqlx::Row;
+
+use super::{Ledger, LedgerError, now_text};
+
+/// The stage at which a record failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuarantineStage {
+    /// The source could not read the row (bad UTF-8, column count, missing or duplicate id).
+    Read,
+    /// A value could not be mapped (phone, custom field type).
+    Mapping,
+    /// Quo refused the record (non-retryable 4xx) or retries ran out.
+    Quo,
+}
+
+impl QuarantineStage {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuarantineStage::Read => "read",
+            QuarantineStage::Mapping => "mapping",
+            QuarantineStage::Quo => "quo",
+        }
+    }
+}
+
+/// One quarantined record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QuarantineEntry {
+    /// The external id, or `@<location>` when no id could be read.
+    pub key: String,
+    /// The external id, when known.
+    pub external_id: Option<String>,
+    /// Where the row was read.
+    pub location: String,
+    /// `read`, `mapping` or `quo`.
+    pub stage: String,
+    /// The offending field, when one is to blame.
+    pub field: Option<String>,
+    /// The offending value.
+    pub value: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// The raw row.
+    pub raw: Option<String>,
+    /// Cycles it has failed in.
+    pub attempts: i64,
+    /// First failure.
+    pub first_seen: String,
+    /// Latest failure.
+    pub last_seen: String,
+    /// The run that last saw it.
+    pub last_run_id: Option<String>,
+}
+
+/// What a cycle reports when it quarantines something.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewQuarantine<'a> {
+    /// The external id, when known.
+    pub external_id: Option<&'a str>,
+    /// Where the row was read.
+    pub location: &'a str,
+    /// The stage.
+    pub stage: QuarantineStage,
+    /// The offending field.
+    pub field: Option<&'a str>,
+    /// The offending value.
+    pub value: Option<&'a str>,
+    /// Why.
+    pub reason: &'a str,
+    /// The raw row.
+    pub raw: Option<&'a str>,
+}
+
+fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<QuarantineEntry, sqlx::Error> {
+    Ok(QuarantineEntry {
+        key: row.try_get("key")?,
+        external_id: row.try_get("external_id")?,
+        location: row.try_get("location")?,
+        stage: row.try_get("stage")?,
+        field: row.try_get("field")?,
+        value: row.try_get("value")?,
+        reason: row.try_get("reason")?,
+        raw: row.try_get("raw")?,
+        attempts: row.try_get("attempts")?,
+        first_seen: row.try_get("first_seen")?,
+        last_seen: row.try_get("last_seen")?,
+        last_run_id: row.try_get("last_run_id")?,
+    })
+}
+
+impl Ledger {
+    /// Puts a record in quarantine (or refreshes its entry), returning its key.
+    pub async fn quarantine(&self, entry: NewQuarantine<'_>, run_id: &str) -> Result<String, LedgerError> {
+        let key = match entry.external_id {
+            Some(id) => id.to_string(),
+            None => format!("@{}", entry.location),
+        };
+        let now = now_text();
+        sqlx::query(
+            "INSERT INTO quarantine (key, external_id, location, stage, field, value, reason, raw, attempts, first_seen, last_seen, last_run_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
+             ON CONFLICT(key) DO UPDATE SET
+                external_id = excluded.external_id, location = excluded.location, stage = excluded.stage,
+                field = excluded.field, value = excluded.value, reason = excluded.reason, raw = excluded.raw,
+                attempts = CASE WHEN quarantine.last_run_id IS excluded.last_run_id THEN quarantine.attempts ELSE quarantine.attempts + 1 END,
+                last_seen = excluded.last_seen, last_run_id = excluded.last_run_id",
+        )
+        .bind(&key)
+        .bind(entry.external_id)
+        .bind(entry.location)
+        .bind(entry.stage.as_str())
+        .bind(entry.field)
+        .bind(entry.value)
+        .bind(entry.reason)
+        .bind(entry.raw)
+        .bind(&now)
+        .bind(&now)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(key)
+    }
+
+    /// Releases one record from quarantine (it synced, or an operator discarded it).
+    pub async fn release(&self, key: &str) -> Result<bool, LedgerError> {
+        let done = sqlx::query("DELETE FROM quarantine WHERE key = ?").bind(key).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// After a complete read: drops entries this run did not see again (the row was fixed,
+    /// renamed or removed), so quarantine only ever lists what still fails.
+    pub async fn release_unseen(&self, run_id: &str) -> Result<u64, LedgerError> {
+        let done = sqlx::query("DELETE FROM quarantine WHERE last_run_id IS NOT ?")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Every quarantined record, oldest first.
+    pub async fn quarantined(&self) -> Result<Vec<QuarantineEntry>, LedgerError> {
+        let rows = sqlx::query("SELECT * FROM quarantine ORDER BY first_seen, key").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
+    }
+
+    /// One quarantined record.
+    pub async fn quarantined_one(&self, key: &str) -> Result<Option<QuarantineEntry>, LedgerError> {
+        let row = sqlx::query("SELECT * FROM quarantine WHERE key = ?").bind(key).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(decode).transpose()?)
+    }
+}
+

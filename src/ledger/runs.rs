@@ -1,0 +1,178 @@
+//! The `runs` and `conflicts` tables: what each cycle did, and every field both sides changed.
+
+use serde::Serialize;
+
+use super::{Ledger, LedgerError, now_text};
+
+/// Counts a cycle accumulates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunCounts {
+    /// Contacts created (or adopted after an ambiguous create).
+    pub created: u64,
+    /// Contacts patched.
+    pub updated: u64,
+    /// Records that needed nothing.
+    pub unchanged: u64,
+    /// Contacts deleted because their record left the source.
+    pub deleted: u64,
+    /// Records quarantined this cycle.
+    pub quarantined: u64,
+    /// Records written back to the CRM.
+    pub written_to_crm: u64,
+    /// HTTP requests sent to Quo, retries included.
+    pub requests: u64,
+    /// 429 answers received.
+    pub rate_limited: u64,
+}
+
+/// One row of `runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct RunRow {
+    /// Run id (also the `run_id` of its log lines).
+    pub id: String,
+    /// `once`, `run` or `reconcile`.
+    pub kind: String,
+    /// Start time.
+    pub started_at: String,
+    /// End time.
+    pub finished_at: Option<String>,
+    /// `running`, `ok`, `quarantined` or `failed`.
+    pub status: String,
+    /// Contacts created.
+    pub created: i64,
+    /// Contacts patched.
+    pub updated: i64,
+    /// Unchanged records.
+    pub unchanged: i64,
+    /// Contacts deleted.
+    pub deleted: i64,
+    /// Records quarantined.
+    pub quarantined: i64,
+    /// Records written to the CRM.
+    pub written_to_crm: i64,
+    /// Requests sent.
+    pub requests: i64,
+    /// 429s received.
+    pub rate_limited: i64,
+    /// Duration in milliseconds.
+    pub duration_ms: i64,
+    /// The failure, if the run failed.
+    pub error: Option<String>,
+}
+
+/// One recorded conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ConflictRow {
+    /// Row id.
+    pub id: i64,
+    /// The record.
+    pub external_id: String,
+    /// The field (diff name).
+    pub field: String,
+    /// The agreed value before both sides changed it (JSON).
+    pub base_value: Option<String>,
+    /// The CRM's value (JSON).
+    pub crm_value: Option<String>,
+    /// Quo's value (JSON).
+    pub quo_value: Option<String>,
+    /// `crm` or `quo`.
+    pub winner: String,
+    /// The policy that decided.
+    pub policy: String,
+    /// The run.
+    pub run_id: Option<String>,
+    /// When.
+    pub at: String,
+}
+
+impl Ledger {
+    /// Records the start of a run.
+    pub async fn start_run(&self, id: &str, kind: &str) -> Result<(), LedgerError> {
+        sqlx::query("INSERT INTO runs (id, kind, started_at, status) VALUES (?, ?, ?, 'running')")
+            .bind(id)
+            .bind(kind)
+            .bind(now_text())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the end of a run with its counts.
+    pub async fn finish_run(
+        &self,
+        id: &str,
+        status: &str,
+        counts: &RunCounts,
+        duration_ms: u64,
+        error: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE runs SET finished_at = ?, status = ?, created = ?, updated = ?, unchanged = ?, deleted = ?,
+                    quarantined = ?, written_to_crm = ?, requests = ?, rate_limited = ?, duration_ms = ?, error = ?
+             WHERE id = ?",
+        )
+        .bind(now_text())
+        .bind(status)
+        .bind(counts.created as i64)
+        .bind(counts.updated as i64)
+        .bind(counts.unchanged as i64)
+        .bind(counts.deleted as i64)
+        .bind(counts.quarantined as i64)
+        .bind(counts.written_to_crm as i64)
+        .bind(counts.requests as i64)
+        .bind(counts.rate_limited as i64)
+        .bind(duration_ms as i64)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The most recent runs, newest first.
+    pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>, LedgerError> {
+        Ok(sqlx::query_as("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Records a conflict and how it was decided.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_conflict(
+        &self,
+        external_id: &str,
+        field: &str,
+        base: &serde_json::Value,
+        crm: &serde_json::Value,
+        quo: &serde_json::Value,
+        winner: &str,
+        policy: &str,
+        run_id: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO conflicts (external_id, field, base_value, crm_value, quo_value, winner, policy, run_id, at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(external_id)
+        .bind(field)
+        .bind(base.to_string())
+        .bind(crm.to_string())
+        .bind(quo.to_string())
+        .bind(winner)
+        .bind(policy)
+        .bind(run_id)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Recorded conflicts, newest first.
+    pub async fn conflicts(&self, limit: i64) -> Result<Vec<ConflictRow>, LedgerError> {
+        Ok(sqlx::query_as("SELECT * FROM conflicts ORDER BY id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}

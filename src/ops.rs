@@ -1,0 +1,75 @@
+//! Operator reports read from the ledger: `status` now; `runs`, `quarantine`, `conflicts` and
+//! `reconcile` build on the same queries.
+
+use serde::Serialize;
+
+use crate::ledger::{Ledger, LedgerError, QuarantineEntry, RunRow};
+
+/// What `quo-sync status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The ledger file.
+    pub ledger: String,
+    /// Records by state.
+    pub records: std::collections::BTreeMap<String, i64>,
+    /// Records in quarantine.
+    pub quarantined: usize,
+    /// The oldest quarantined record.
+    pub oldest_quarantined: Option<QuarantineEntry>,
+    /// The last run.
+    pub last_run: Option<RunRow>,
+    /// The last run that failed, with its error.
+    pub last_error: Option<String>,
+    /// Webhook events waiting to be applied.
+    pub pending_reverse_events: i64,
+    /// Conflicts recorded.
+    pub conflicts: i64,
+}
+
+/// Gathers the status report.
+pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
+    let records = ledger.count_by_state().await?.into_iter().collect();
+    let quarantine = ledger.quarantined().await?;
+    let last_run = ledger.recent_runs(1).await?.into_iter().next();
+    let last_error: Option<String> =
+        sqlx::query_scalar("SELECT error FROM runs WHERE error IS NOT NULL ORDER BY started_at DESC LIMIT 1")
+            .fetch_optional(ledger.pool())
+            .await?;
+    let conflicts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conflicts").fetch_one(ledger.pool()).await?;
+    Ok(Status {
+        ledger: ledger.path().to_string(),
+        records,
+        quarantined: quarantine.len(),
+        oldest_quarantined: quarantine.into_iter().next(),
+        last_run,
+        last_error,
+        pending_reverse_events: ledger.inbox_depth().await?,
+        conflicts,
+    })
+}
+
+impl Status {
+    /// The human table.
+    pub fn render(&self) -> String {
+        let mut out = format!("ledger        {}\n", self.ledger);
+        let states: Vec<String> = self.records.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        out.push_str(&format!("records       {}\n", if states.is_empty() { "none".into() } else { states.join(", ") }));
+        out.push_str(&format!("quarantined   {}\n", self.quarantined));
+        if let Some(q) = &self.oldest_quarantined {
+            out.push_str(&format!("  oldest      {} ({}, since {}): {}\n", q.key, q.location, q.first_seen, q.reason));
+        }
+        match &self.last_run {
+            Some(r) => out.push_str(&format!(
+                "last run      {} {} {} (created {}, updated {}, unchanged {}, deleted {}, quarantined {}, requests {}, 429s {}, {} ms)\n",
+                r.started_at, r.kind, r.status, r.created, r.updated, r.unchanged, r.deleted, r.quarantined, r.requests, r.rate_limited, r.duration_ms
+            )),
+            None => out.push_str("last run      none\n"),
+        }
+        if let Some(e) = &self.last_error {
+            out.push_str(&format!("last error    {e}\n"));
+        }
+        out.push_str(&format!("reverse inbox {} pending\n", self.pending_reverse_events));
+        out.push_str(&format!("conflicts     {}\n", self.conflicts));
+        out
+    }
+}

@@ -1,0 +1,488 @@
+//! The Quo API client: typed calls, one shared rate limiter, retries, and creates that can never
+//! produce a duplicate.
+//!
+//! Every attempt (retries included) waits for a limiter permit first, so all work sharing the key
+//! stays under Quo's per-key limit. Reads, PATCHes and DELETEs are idempotent and simply retried.
+//! A POST whose outcome is unknown (timeout, reset, 5xx after the request was sent) or that Quo
+//! answers with 409 is resolved by looking the contact up by `externalIds` + `sources` before any
+//! second POST.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+
+use super::limiter::RateLimiter;
+use super::retry::{RetryPolicy, is_retryable_status, retry_after};
+use super::types::{
+    Contact, ContactPage, CreateContact, CustomFieldDef, DataEnvelope, ErrorBody, PatchContact,
+};
+
+/// Largest page Quo serves.
+pub const MAX_PAGE: u32 = 50;
+
+/// Why a Quo call failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum QuoError {
+    /// Quo refused the request (non-retryable 4xx); the record is quarantined with this.
+    #[error("Quo answered {status} {title}: {message}{details}", details = format_details(&body.errors))]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Quo's title.
+        title: String,
+        /// Quo's message.
+        message: String,
+        /// The full error body.
+        body: ErrorBody,
+    },
+    /// The API key was refused (401): nothing will work until it is fixed.
+    #[error("Quo refused the API key (401 {code}); check quo.api_key")]
+    Unauthorized {
+        /// Quo's error code.
+        code: String,
+    },
+    /// Retries ran out on 429, 5xx, timeouts or connection errors.
+    #[error("Quo {route}: gave up after {attempts} attempts: {last}")]
+    Exhausted {
+        /// The route, e.g. `POST /v1/contacts`.
+        route: &'static str,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// A response body did not match the spec.
+    #[error("Quo {route}: unexpected response body: {reason}")]
+    Decode {
+        /// The route.
+        route: &'static str,
+        /// The decode error.
+        reason: String,
+    },
+    /// Shutdown was requested while waiting.
+    #[error("cancelled by shutdown")]
+    Cancelled,
+}
+
+fn format_details(errors: &[super::types::ErrorDetail]) -> String {
+    if errors.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = errors
+        .iter()
+        .map(|e| match &e.value {
+            Some(v) => format!("{} {} (value {v})", e.path, e.message),
+            None => format!("{} {}", e.path, e.message),
+        })
+        .collect();
+    format!(" [{}]", parts.join("; "))
+}
+
+impl QuoError {
+    /// The HTTP status when Quo answered one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            QuoError::Rejected { status, .. } => Some(*status),
+            QuoError::Unauthorized { .. } => Some(401),
+            _ => None,
+        }
+    }
+
+    /// Whether the whole cycle should stop (bad key, shutdown) rather than one record fail.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, QuoError::Unauthorized { .. } | QuoError::Cancelled)
+    }
+}
+
+/// Counters every caller shares (for the cycle summary, metrics and benchmarks).
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// HTTP requests sent, retries included.
+    pub requests: AtomicU64,
+    /// 429 answers.
+    pub rate_limited: AtomicU64,
+    /// Retries (attempts after the first).
+    pub retries: AtomicU64,
+    /// Creates resolved by lookup (409 or ambiguous outcome).
+    pub adopted: AtomicU64,
+}
+
+impl ClientStats {
+    /// (requests, rate_limited) so far.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (self.requests.load(Ordering::Relaxed), self.rate_limited.load(Ordering::Relaxed))
+    }
+}
+
+/// How a create ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateOutcome {
+    /// The contact as Quo has it.
+    pub contact: Contact,
+    /// True when an existing contact was found and adopted instead of created.
+    pub adopted: bool,
+}
+
+/// Settings for `QuoClient::new`.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// API root, e.g. `https://api.quo.com`.
+    pub base_url: String,
+    /// The key (sent raw in `Authorization`).
+    pub api_key: SecretString,
+    /// Our `source` label.
+    pub source: String,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+}
+
+/// The Quo client; cheap to clone, all clones share the limiter and counters.
+#[derive(Clone)]
+pub struct QuoClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: SecretString,
+    source: String,
+    limiter: Arc<RateLimiter>,
+    retry: RetryPolicy,
+    stats: Arc<ClientStats>,
+}
+
+impl std::fmt::Debug for QuoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuoClient")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"[REDACTED]")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// What one attempt produced, before retry decisions.
+enum AttemptError {
+    /// Never reached the server: safe to retry anything.
+    NotSent(String),
+    /// May or may not have been applied.
+    Ambiguous(String),
+    /// Quo answered with a retryable status (429, 5xx).
+    Retryable { status: StatusCode, retry_after: Option<Duration>, text: String },
+}
+
+impl QuoClient {
+    /// Builds a client sharing `limiter` with every other user of the same key.
+    pub fn new(settings: ClientSettings, limiter: Arc<RateLimiter>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("quo-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a TLS backend is compiled in");
+        Self {
+            http,
+            base_url: settings.base_url.trim_end_matches('/').to_string(),
+            api_key: settings.api_key,
+            source: settings.source,
+            limiter,
+            retry: settings.retry,
+            stats: Arc::new(ClientStats::default()),
+        }
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> &Arc<ClientStats> {
+        &self.stats
+    }
+
+    /// The shared limiter.
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.limiter
+    }
+
+    /// Our `source` label.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// `GET /v1/contact-custom-fields`.
+    pub async fn custom_fields(&self) -> Result<Vec<CustomFieldDef>, QuoError> {
+        let route = "GET /v1/contact-custom-fields";
+        let envelope: DataEnvelope<Vec<CustomFieldDef>> =
+            self.call_idempotent(route, Method::GET, "/v1/contact-custom-fields", &[], None::<&()>).await?;
+        Ok(envelope.data)
+    }
+
+    /// `GET /v1/contacts/{id}`; `None` when Quo no longer has it.
+    pub async fn get_contact(&self, id: &str) -> Result<Option<Contact>, QuoError> {
+        let route = "GET /v1/contacts/{id}";
+        let path = format!("/v1/contacts/{}", encode_segment(id));
+        match self.call_idempotent::<DataEnvelope<Contact>, ()>(route, Method::GET, &path, &[], None).await {
+            Ok(envelope) => Ok(Some(envelope.data)),
+            Err(QuoError::Rejected { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PATCH /v1/contacts/{id}`.
+    pub async fn update_contact(&self, id: &str, body: &PatchContact) -> Result<Contact, QuoError> {
+        let route = "PATCH /v1/contacts/{id}";
+        let path = format!("/v1/contacts/{}", encode_segment(id));
+        let envelope: DataEnvelope<Contact> = self.call_idempotent(route, Method::PATCH, &path, &[], Some(body)).await?;
+        Ok(envelope.data)
+    }
+
+    /// `DELETE /v1/contacts/{id}`; `false` when it was already gone.
+    pub async fn delete_contact(&self, id: &str) -> Result<bool, QuoError> {
+        let route = "DELETE /v1/contacts/{id}";
+        let path = format!("/v1/contacts/{}", encode_segment(id));
+        match self.call_idempotent::<serde_json::Value, ()>(route, Method::DELETE, &path, &[], None).await {
+            Ok(_) => Ok(true),
+            Err(QuoError::Rejected { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Our contacts with this external id (`externalIds` + `sources`), oldest first.
+    pub async fn find_by_external_id(&self, external_id: &str) -> Result<Vec<Contact>, QuoError> {
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("externalIds", external_id.to_string()),
+                ("sources", self.source.clone()),
+                ("maxResults", MAX_PAGE.to_string()),
+            ];
+            if let Some(t) = &token {
+                query.push(("pageToken", t.clone()));
+            }
+            let page: ContactPage =
+                self.call_idempotent("GET /v1/contacts", Method::GET, "/v1/contacts", &query, None::<&()>).await?;
+            found.extend(page.data.into_iter().filter(|c| c.external_id.as_deref() == Some(external_id)));
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// One page of our contacts (`sources=<ours>`, 50 a page).
+    pub async fn list_page(&self, page_token: Option<&str>) -> Result<ContactPage, QuoError> {
+        let mut query = vec![("sources", self.source.clone()), ("maxResults", MAX_PAGE.to_string())];
+        if let Some(t) = page_token {
+            query.push(("pageToken", t.to_string()));
+        }
+        self.call_idempotent("GET /v1/contacts", Method::GET, "/v1/contacts", &query, None::<&()>).await
+    }
+
+    /// `POST /v1/contacts`, never creating a duplicate: a 409 or an unknown outcome is resolved
+    /// by a lookup by external id, and a found contact is adopted instead of created again.
+    pub async fn create_contact(&self, body: &CreateContact) -> Result<CreateOutcome, QuoError> {
+        let route = "POST /v1/contacts";
+        let mut retries = 0u32;
+        loop {
+            let (last, wait_hint) = match self.attempt(route, Method::POST, "/v1/contacts", &[], Some(body)).await {
+                Ok((status, bytes)) if status.is_success() => {
+                    let envelope: DataEnvelope<Contact> = decode(route, &bytes)?;
+                    return Ok(CreateOutcome { contact: envelope.data, adopted: false });
+                }
+                Ok((StatusCode::CONFLICT, _)) => {
+                    if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
+                        return Ok(CreateOutcome { contact, adopted: true });
+                    }
+                    (format!("409 on create, yet no contact with externalId {:?} is listed", body.external_id), None)
+                }
+                Ok((status, bytes)) => return Err(rejected(status, &bytes)),
+                // Never reached Quo, or refused by the rate limit before any work: plain retry.
+                Err(AttemptError::NotSent(text)) => (text, None),
+                Err(AttemptError::Retryable { status: StatusCode::TOO_MANY_REQUESTS, retry_after, text }) => {
+                    (text, retry_after)
+                }
+                // The write may have landed: look before sending it again.
+                Err(AttemptError::Retryable { retry_after, text, .. }) => {
+                    if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
+                        return Ok(CreateOutcome { contact, adopted: true });
+                    }
+                    (text, retry_after)
+                }
+                Err(AttemptError::Ambiguous(text)) => {
+                    if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
+                        return Ok(CreateOutcome { contact, adopted: true });
+                    }
+                    (text, None)
+                }
+            };
+            retries = self.before_retry(route, retries, last, wait_hint).await?;
+        }
+    }
+
+    async fn lookup_for_adoption(&self, external_id: &str) -> Result<Option<Contact>, QuoError> {
+        let found = self.find_by_external_id(external_id).await?;
+        if found.is_empty() {
+            return Ok(None);
+        }
+        self.stats.adopted.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("quo_sync_creates_adopted_total").increment(1);
+        if found.len() > 1 {
+            tracing::warn!(external_id, count = found.len(), "Quo holds several contacts with this externalId; adopting the oldest");
+        }
+        Ok(found.into_iter().next())
+    }
+
+    /// Sleeps before retry number `retries + 1`, or gives up.
+    async fn before_retry(
+        &self,
+        route: &'static str,
+        retries: u32,
+        last: String,
+        retry_after: Option<Duration>,
+    ) -> Result<u32, QuoError> {
+        if !self.retry.may_retry(retries) {
+            return Err(QuoError::Exhausted { route, attempts: retries + 1, last });
+        }
+        let retry = retries + 1;
+        let wait = self.retry.backoff(retry, retry_after);
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("quo_sync_quo_retries_total", "route" => route).increment(1);
+        tracing::debug!(route, retry, wait_ms = wait.as_millis() as u64, reason = %last, "retrying Quo request");
+        tokio::time::sleep(wait).await;
+        Ok(retry)
+    }
+
+    /// An idempotent call: retried on every retryable failure.
+    async fn call_idempotent<T: DeserializeOwned, B: serde::Serialize + ?Sized>(
+        &self,
+        route: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<T, QuoError> {
+        let mut retries = 0u32;
+        loop {
+            let (last, wait_hint) = match self.attempt(route, method.clone(), path, query, body).await {
+                Ok((status, bytes)) if status.is_success() => {
+                    if bytes.is_empty() {
+                        return decode(route, b"null");
+                    }
+                    return decode(route, &bytes);
+                }
+                Ok((status, bytes)) => return Err(rejected(status, &bytes)),
+                Err(AttemptError::NotSent(text)) | Err(AttemptError::Ambiguous(text)) => (text, None),
+                Err(AttemptError::Retryable { retry_after, text, .. }) => (text, retry_after),
+            };
+            retries = self.before_retry(route, retries, last, wait_hint).await?;
+        }
+    }
+
+    /// One attempt: a limiter permit, then the request. `Ok` carries a final (non-retryable)
+    /// status with its body; retryable outcomes come back as `AttemptError`.
+    async fn attempt<B: serde::Serialize + ?Sized>(
+        &self,
+        route: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<(StatusCode, bytes::Bytes), AttemptError> {
+        self.limiter.acquire().await;
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path))
+            .header(reqwest::header::AUTHORIZATION, self.api_key.expose_secret())
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let status = if e.is_timeout() { "timeout" } else { "error" };
+                metrics::counter!("quo_sync_quo_requests_total", "route" => route, "status" => status).increment(1);
+                let text = describe_reqwest_error(&e);
+                return Err(if e.is_connect() { AttemptError::NotSent(text) } else { AttemptError::Ambiguous(text) });
+            }
+        };
+        let status = response.status();
+        metrics::counter!("quo_sync_quo_requests_total", "route" => route, "status" => status.as_u16().to_string())
+            .increment(1);
+        let wait = retry_after(response.headers());
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => return Err(AttemptError::Ambiguous(describe_reqwest_error(&e))),
+        };
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("quo_sync_quo_rate_limited_total").increment(1);
+        }
+        if is_retryable_status(status) {
+            let text = format!("{} {}", status.as_u16(), error_summary(&bytes));
+            return Err(AttemptError::Retryable { status, retry_after: wait, text });
+        }
+        // A final answer; `rejected` turns 401 into `Unauthorized`.
+        Ok((status, bytes))
+    }
+}
+
+/// Percent-encodes a path segment (ids are opaque strings).
+fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn decode<T: DeserializeOwned>(route: &'static str, bytes: &[u8]) -> Result<T, QuoError> {
+    serde_json::from_slice(bytes).map_err(|e| QuoError::Decode { route, reason: e.to_string() })
+}
+
+fn rejected(status: StatusCode, bytes: &[u8]) -> QuoError {
+    let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
+        message: String::from_utf8_lossy(bytes).chars().take(300).collect(),
+        status: status.as_u16(),
+        ..ErrorBody::default()
+    });
+    if status == StatusCode::UNAUTHORIZED {
+        return QuoError::Unauthorized { code: body.code };
+    }
+    QuoError::Rejected { status: status.as_u16(), title: body.title.clone(), message: body.message.clone(), body }
+}
+
+fn error_summary(bytes: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) if !body.message.is_empty() => body.message,
+        _ => String::from_utf8_lossy(bytes).chars().take(200).collect(),
+    }
+}
+
+/// A reqwest error without the URL's query (never holds secrets here, but keep lines short).
+fn describe_reqwest_error(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_request() || error.is_body() {
+        "connection lost"
+    } else {
+        "request failed"
+    };
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(err) = source {
+        detail = err.to_string();
+        source = err.source();
+    }
+    if detail.is_empty() { kind.to_string() } else { format!("{kind}: {detail}") }
+}

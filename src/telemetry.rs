@@ -1,0 +1,64 @@
+//! Structured logs through `tracing`: JSON lines by default (one object per event, with the
+//! current spans, so every record-level line carries `run_id` and `external_id`), or a pretty
+//! human format. Secrets never reach a log line: they are `SecretString`s whose `Debug` is
+//! redacted, and the client never formats its headers.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber writing to stderr. Safe to call once per process.
+pub fn init(format: LogFormat, level: &str) {
+    init_with_writer(format, level, std::io::stderr);
+}
+
+/// Installs the global subscriber writing to `writer` (tests capture logs this way).
+/// Returns false when a subscriber was already installed.
+pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W) -> bool
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init()
+            .is_ok(),
+        LogFormat::Pretty => builder.try_init().is_ok(),
+    }
+}
+
+/// A writer that appends to a shared buffer, for capturing logs in tests.
+#[derive(Clone, Default)]
+pub struct CaptureWriter(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CaptureWriter {
+    /// Everything written so far, as text.
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for CaptureWriter {
+    type Writer = CaptureWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}

@@ -1,0 +1,188 @@
+//! Test helpers: spawn the sandbox on port 0, write a config and a CSV into a temp dir, and run
+//! cycles against them, so each test reads like its scenario.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use quo_sync::config::Config;
+use quo_sync::ledger::Ledger;
+use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
+use quo_sync::sync::{CycleReport, Mode, SyncContext, run_cycle};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// The sample header operators copy.
+pub const HEADER: &str =
+    "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
+
+/// A valid CSV row for record `id`, with a distinct phone number.
+pub fn row(id: &str, n: u32) -> String {
+    format!(
+        "{id},First{n},Last{n},Acme {n},Buyer,first{n}@example.com,,(415) 555-{:04},,{n},yes,2026-03-01,vip;enterprise,https://acme{n}.example.com,2026-01-01T00:00:00Z",
+        1000 + n
+    )
+}
+
+/// A CSV file with the header and `rows`.
+pub fn csv(rows: &[String]) -> String {
+    let mut out = String::from(HEADER);
+    out.push('\n');
+    for r in rows {
+        out.push_str(r);
+        out.push('\n');
+    }
+    out
+}
+
+/// The `[mapping]` of the shipped example config.
+pub const MAPPING: &str = r#"
+[mapping]
+default_region = "US"
+first_name = "first_name"
+last_name = "last_name"
+company = "company"
+role = "role"
+emails = [ { field = "email", label = "email" }, { field = "work_email", label = "work" } ]
+phones = [ { field = "phone", label = "phone" }, { field = "mobile", label = "mobile" } ]
+custom_fields = [
+  { name = "Lead Score", field = "lead_score" },
+  { name = "VIP", field = "vip" },
+  { name = "Renewal Date", field = "renewal_date" },
+  { name = "Tags", field = "tags", delimiter = ";" },
+  { name = "Website", field = "website" },
+]
+"#;
+
+/// A sandbox, a temp dir with config, CSV and ledger, and a cycle context.
+pub struct TestApp {
+    pub sandbox: SandboxHandle,
+    pub dir: TempDir,
+    pub csv_path: PathBuf,
+    pub config_path: PathBuf,
+    pub ctx: SyncContext,
+}
+
+impl TestApp {
+    /// Spawns with the default sandbox and `extra` TOML appended to the config.
+    pub async fn spawn(csv_text: &str) -> TestApp {
+        Self::spawn_with(csv_text, SandboxConfig::default(), "").await
+    }
+
+    /// Spawns with a custom sandbox and extra config sections.
+    pub async fn spawn_with(csv_text: &str, sandbox: SandboxConfig, extra: &str) -> TestApp {
+        let sandbox = SandboxHandle::start(SandboxConfig { requests_per_second: 0, ..sandbox })
+            .await
+            .expect("sandbox starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let csv_path = dir.path().join("contacts.csv");
+        std::fs::write(&csv_path, csv_text).expect("write csv");
+        let config_path = dir.path().join("quo-sync.toml");
+        let toml = format!(
+            r#"
+[quo]
+base_url = "{base}"
+api_key = "{key}"
+requests_per_second = 1000
+max_retries = 10
+max_backoff = "50ms"
+timeout = "5s"
+
+[ledger]
+path = "{ledger}"
+
+[source]
+kind = "csv"
+path = "{csv}"
+{MAPPING}
+{extra}
+"#,
+            base = sandbox.base_url(),
+            key = sandbox.api_key(),
+            ledger = dir.path().join("ledger.db").display(),
+            csv = csv_path.display(),
+        );
+        std::fs::write(&config_path, toml).expect("write config");
+        let config = Config::load_with_env(&config_path, std::iter::empty()).expect("config loads");
+        let ctx = quo_sync::app::build_context(&config, "once", CancellationToken::new()).await.expect("context builds");
+        TestApp { sandbox, dir, csv_path, config_path, ctx }
+    }
+
+    /// Runs one applying cycle.
+    pub async fn cycle(&self) -> CycleReport {
+        run_cycle(&self.ctx, Mode::Apply).await.expect("cycle runs")
+    }
+
+    /// Runs one dry-run cycle.
+    pub async fn plan(&self) -> CycleReport {
+        run_cycle(&self.ctx, Mode::DryRun).await.expect("plan runs")
+    }
+
+    /// Replaces the CSV file.
+    pub fn write_csv(&self, text: &str) {
+        std::fs::write(&self.csv_path, text).expect("write csv");
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ctx.ledger
+    }
+
+    /// Reopens the context (as a restarted process would).
+    pub async fn restart(&mut self) {
+        self.ctx.ledger.close().await;
+        let config = Config::load_with_env(&self.config_path, std::iter::empty()).expect("config loads");
+        self.ctx = quo_sync::app::build_context(&config, "once", CancellationToken::new()).await.expect("context builds");
+    }
+
+    /// The sandbox contact for an external id (exactly one expected).
+    pub fn contact_for(&self, external_id: &str) -> serde_json::Value {
+        let matches: Vec<_> = self
+            .sandbox
+            .contacts()
+            .into_iter()
+            .filter(|c| c["externalId"] == external_id)
+            .collect();
+        assert_eq!(matches.len(), 1, "exactly one contact for {external_id}: {matches:#?}");
+        matches.into_iter().next().unwrap()
+    }
+
+    /// Every external id must map to exactly one sandbox contact and one ledger Quo id.
+    pub async fn assert_one_contact_per_record(&self, external_ids: &[String]) {
+        for id in external_ids {
+            assert_eq!(self.sandbox.count_by_external_id(id), 1, "contacts for {id}");
+            let row = self
+                .ledger()
+                .record(&quo_sync::domain::ExternalId::parse(id).unwrap())
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("ledger row for {id}"));
+            let quo_id = row.quo_id.unwrap_or_else(|| panic!("quo id for {id}"));
+            assert_eq!(self.contact_for(id)["id"], quo_id.as_str());
+        }
+    }
+}
+
+/// Shared handle for tests that need it across tasks.
+pub type Shared<T> = Arc<T>;
+
+/// A custom field's value on a sandbox contact.
+pub fn custom_value(contact: &serde_json::Value, key: &str) -> serde_json::Value {
+    contact["customFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["key"] == key)
+        .map(|f| f["value"].clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Values of an item list (`emails` / `phoneNumbers`) as (name, value) pairs.
+pub fn items(contact: &serde_json::Value, list: &str) -> Vec<(String, String)> {
+    contact["defaultFields"][list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| (i["name"].as_str().unwrap_or_default().to_string(), i["value"].as_str().unwrap_or_default().to_string()))
+        .collect()
+}
