@@ -1,1 +1,381 @@
-fn main() {}
+//! `cargo bench --bench sync`: figures, not assertions. Runs against the in-process sandbox over
+//! real HTTP and prints (and writes to `target/bench/sync.json`):
+//! - initial load with 300 ms added latency: requests per second achieved ÷ the limit, 429s,
+//!   requests sent ÷ minimum needed;
+//! - one changed field on every record: requests ÷ minimum;
+//! - a no-change cycle over 100,000 and 1,000,000 CSV rows, run by the real binary: wall time and
+//!   peak RSS;
+//! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling.
+//!
+//! Environment: `QUO_SYNC_BENCH_RATE` (limit used for the load, default 20/s to keep it short),
+//! `QUO_SYNC_BENCH_RECORDS` (default 200), `QUO_SYNC_BENCH_ROWS` (comma list, default
+//! `100000,1000000`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quo_sync::config::Config;
+use quo_sync::domain::QuoContactId;
+use quo_sync::ledger::{Ledger, SyncedRecord};
+use quo_sync::mapping::Mapper;
+use quo_sync::quo::types::Contact;
+use quo_sync::sandbox::{SandboxConfig, SandboxHandle, WebhookScheme, WebhookTarget};
+use quo_sync::source::{ReadRequest, Source, SourceItem};
+use quo_sync::sync::{Mode, run_cycle};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
+
+const MAPPING: &str = r#"
+[mapping]
+default_region = "US"
+first_name = "first_name"
+last_name = "last_name"
+company = "company"
+role = "role"
+emails = [ { field = "email", label = "email" }, { field = "work_email", label = "work" } ]
+phones = [ { field = "phone", label = "phone" }, { field = "mobile", label = "mobile" } ]
+custom_fields = [
+  { name = "Lead Score", field = "lead_score" },
+  { name = "VIP", field = "vip" },
+  { name = "Renewal Date", field = "renewal_date" },
+  { name = "Tags", field = "tags", delimiter = ";" },
+  { name = "Website", field = "website" },
+]
+"#;
+
+fn row(i: u64, company: &str) -> String {
+    format!(
+        "b-{i},First{i},Last{i},{company} {i},Buyer,p{i}@example.com,w{i}@example.com,+1415{:07},,{},yes,2026-03-01,a;b,https://e{i}.example.com,2026-01-01T00:00:00Z",
+        i % 10_000_000,
+        i % 100
+    )
+}
+
+fn write_csv(path: &Path, rows: u64, company: &str) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(out, "{HEADER}").unwrap();
+    for i in 0..rows {
+        writeln!(out, "{}", row(i, company)).unwrap();
+    }
+}
+
+fn write_config(dir: &Path, sandbox: &SandboxHandle, rps: u32, extra: &str) -> PathBuf {
+    let path = dir.join("quo-sync.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[quo]\nbase_url = \"{}\"\napi_key = \"{}\"\nrequests_per_second = {rps}\nconcurrency = 16\n\n[ledger]\npath = \"{}\"\n\n[source]\nkind = \"csv\"\npath = \"{}\"\n{MAPPING}\n[log]\nlevel = \"warn\"\n{extra}\n",
+            sandbox.base_url(),
+            sandbox.api_key(),
+            dir.join("ledger.db").display(),
+            dir.join("contacts.csv").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn context(config_path: &Path) -> quo_sync::sync::SyncContext {
+    let config = Config::load_with_env(config_path, std::iter::empty()).unwrap();
+    quo_sync::app::build_context(&config, "bench", CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+/// Initial load and a one-field update at `rps` with 300 ms latency.
+async fn load_and_update(rps: u32, records: u64) -> (Value, Value) {
+    let sandbox = SandboxHandle::start(SandboxConfig {
+        requests_per_second: rps,
+        latency: Duration::from_millis(300),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("contacts.csv"), records, "Acme");
+    let config = write_config(dir.path(), &sandbox, rps, "[reverse]\nenabled = false\n");
+    let ctx = context(&config).await;
+
+    let started = Instant::now();
+    let report = run_cycle(&ctx, Mode::Apply).await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let stats = sandbox.stats();
+    let requests = report.counts.requests as f64;
+    let achieved = requests / seconds;
+    let initial = json!({
+        "records": records,
+        "limit_per_second": rps,
+        "added_latency_ms": 300,
+        "seconds": seconds,
+        "requests": report.counts.requests,
+        "achieved_per_second": achieved,
+        "utilization": achieved / f64::from(rps),
+        "rate_limited": stats.rate_limited,
+        "peak_per_second": stats.peak_per_second,
+        "creates": report.counts.created,
+        // Minimum: one POST per record plus the cycle's custom-field lookup.
+        "requests_per_record": requests / (records as f64 + 1.0),
+    });
+
+    write_csv(&dir.path().join("contacts.csv"), records, "Globex");
+    sandbox.reset_stats();
+    let started = Instant::now();
+    let report = run_cycle(&ctx, Mode::Apply).await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let requests = report.counts.requests as f64;
+    let update = json!({
+        "records": records,
+        "seconds": seconds,
+        "requests": report.counts.requests,
+        "updates": report.counts.updated,
+        "achieved_per_second": requests / seconds,
+        "utilization": requests / seconds / f64::from(rps),
+        "rate_limited": sandbox.stats().rate_limited,
+        "requests_per_record": requests / (records as f64 + 1.0),
+    });
+    sandbox.shutdown().await;
+    (initial, update)
+}
+
+/// Seeds a ledger as if `rows` records had synced, then times the real binary's no-change cycle.
+async fn no_change(rows: u64) -> Value {
+    let sandbox = SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("contacts.csv");
+    write_csv(&csv_path, rows, "Acme");
+    let config_path = write_config(dir.path(), &sandbox, 10, "[reverse]\nenabled = false\n");
+    let config = Config::load_with_env(&config_path, std::iter::empty()).unwrap();
+
+    // Seed: map every row exactly as a cycle would and commit it as synced.
+    let seed_started = Instant::now();
+    let defs = quo_sync::app::build_client(&config)
+        .unwrap()
+        .custom_fields()
+        .await
+        .unwrap();
+    let mapper = Arc::new(Mapper::new(&config.mapping, &defs).unwrap());
+    let ledger = Ledger::open(&config.ledger.path).await.unwrap();
+    let source = Source::from_config(&config.source).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let reader = tokio::spawn(async move { source.read(ReadRequest::default(), tx).await });
+    let contact: Contact = serde_json::from_value(json!({"id": "seed"})).unwrap();
+    let mut batch = Vec::with_capacity(5000);
+    while let Some(item) = rx.recv().await {
+        let SourceItem::Record(record) = item else {
+            panic!("bench rows are valid")
+        };
+        let snapshot = mapper.map(&record).unwrap();
+        let fingerprint = mapper.fingerprint(&record);
+        batch.push((
+            record.external_id,
+            QuoContactId(format!("q{}", batch.len())),
+            fingerprint,
+            snapshot,
+        ));
+        if batch.len() == 5000 {
+            flush(&ledger, &mut batch, &contact).await;
+        }
+    }
+    flush(&ledger, &mut batch, &contact).await;
+    reader.await.unwrap().unwrap();
+    ledger.close().await;
+    let seed_seconds = seed_started.elapsed().as_secs_f64();
+
+    sandbox.reset_stats();
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["once", "--json", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let stats = sandbox.stats();
+    sandbox.shutdown().await;
+    json!({
+        "rows": rows,
+        "seconds": seconds,
+        "peak_rss_mib": summary["peak_rss_mib"],
+        "unchanged": summary["counts"]["unchanged"],
+        "requests": stats.requests_total,
+        "writes": stats.writes_total(),
+        "seed_seconds": seed_seconds,
+    })
+}
+
+async fn flush(
+    ledger: &Ledger,
+    batch: &mut Vec<(
+        quo_sync::domain::ExternalId,
+        QuoContactId,
+        String,
+        quo_sync::domain::Snapshot,
+    )>,
+    contact: &Contact,
+) {
+    let records: Vec<SyncedRecord<'_>> = batch
+        .iter()
+        .map(
+            |(external_id, quo_id, fingerprint, snapshot)| SyncedRecord {
+                external_id,
+                quo_id,
+                source_fingerprint: Some(fingerprint),
+                snapshot,
+                contact,
+                crm_updated_at: None,
+            },
+        )
+        .collect();
+    ledger.commit_synced_batch(&records).await.unwrap();
+    batch.clear();
+}
+
+/// Delay from an in-app edit to the CSV write, with the service running, by webhook or by poll.
+async fn propagation(webhook: bool) -> f64 {
+    let sandbox = SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("contacts.csv"), 20, "Acme");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let key = b"bench webhook signing key 32 byt".to_vec();
+    let reverse = if webhook {
+        use base64::Engine;
+        format!(
+            "[reverse]\nlisten = \"127.0.0.1:{port}\"\nwebhook_secret = \"whsec_{}\"\npoll_interval = \"0s\"\n[schedule]\ninterval = \"1h\"\n",
+            base64::engine::general_purpose::STANDARD.encode(&key)
+        )
+    } else {
+        "[reverse]\npoll_interval = \"1s\"\n[schedule]\ninterval = \"1h\"\n".to_string()
+    };
+    let config_path = write_config(dir.path(), &sandbox, 1000, &reverse);
+    let config = Config::load_with_env(&config_path, std::iter::empty()).unwrap();
+    if webhook {
+        sandbox.set_webhook(Some(WebhookTarget {
+            url: format!("http://127.0.0.1:{port}/webhooks/quo"),
+            secret_key: key,
+            scheme: WebhookScheme::Standard,
+        }));
+    }
+    let ctx = quo_sync::app::build_context(&config, "run", CancellationToken::new())
+        .await
+        .unwrap();
+    let cancel = ctx.cancel.clone();
+    let service =
+        tokio::spawn(async move { quo_sync::app::run_service(&ctx, &config, None).await });
+    let csv_path = dir.path().join("contacts.csv");
+    // Wait for the initial load.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sandbox.contacts().len() < 20 {
+        assert!(Instant::now() < deadline, "initial load did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let id = sandbox
+        .contacts()
+        .into_iter()
+        .find(|c| c["externalId"] == "b-7")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = Instant::now();
+    sandbox
+        .app_edit(&id, json!({"defaultFields": {"company": "Moved In App"}}))
+        .unwrap();
+    while !std::fs::read_to_string(&csv_path)
+        .unwrap()
+        .contains("Moved In App")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "edit never reached the CSV"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delay_ms = started.elapsed().as_secs_f64() * 1000.0;
+    cancel.cancel();
+    let _ = service.await;
+    sandbox.shutdown().await;
+    delay_ms
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({ "cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "os": std::env::consts::OS })
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; other arguments are ignored.
+    let rps: u32 = std::env::var("QUO_SYNC_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let records: u64 = std::env::var("QUO_SYNC_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let sizes: Vec<u64> = std::env::var("QUO_SYNC_BENCH_ROWS")
+        .unwrap_or_else(|_| "100000,1000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (initial, update) = load_and_update(rps, records).await;
+        eprintln!("initial load: {initial}");
+        eprintln!("update: {update}");
+        let mut no_change_figures = serde_json::Map::new();
+        for rows in sizes {
+            let figures = no_change(rows).await;
+            eprintln!("no change, {rows} rows: {figures}");
+            no_change_figures.insert(format!("rows_{rows}"), figures);
+        }
+        let webhook_ms = propagation(true).await;
+        let poll_ms = propagation(false).await;
+        eprintln!("reverse: webhook {webhook_ms:.0} ms, poll (1 s interval) {poll_ms:.0} ms");
+        let figures = json!({
+            "machine": machine(),
+            "initial_load": initial,
+            "update": update,
+            "no_change": no_change_figures,
+            "reverse": { "webhook_delay_ms": webhook_ms, "poll_delay_ms": poll_ms, "poll_interval_ms": 1000 },
+        });
+        let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("sync.json"), serde_json::to_string_pretty(&figures).unwrap()).unwrap();
+        println!("{}", serde_json::to_string_pretty(&figures).unwrap());
+    });
+}

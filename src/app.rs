@@ -45,9 +45,14 @@ pub enum AppError {
 impl AppError {
     /// Whether this is the operator's configuration to fix (exit code 2).
     pub fn is_config(&self) -> bool {
-        matches!(self, AppError::Config(_) | AppError::Sync(SyncError::Mapping(_)))
-            || matches!(self, AppError::Source(SourceError::MissingColumn { .. }))
-            || matches!(self, AppError::Sync(SyncError::Source(SourceError::MissingColumn { .. })))
+        matches!(
+            self,
+            AppError::Config(_) | AppError::Sync(SyncError::Mapping(_))
+        ) || matches!(self, AppError::Source(SourceError::MissingColumn { .. }))
+            || matches!(
+                self,
+                AppError::Sync(SyncError::Source(SourceError::MissingColumn { .. }))
+            )
     }
 }
 
@@ -72,7 +77,11 @@ pub fn build_client(config: &Config) -> Result<QuoClient, AppError> {
 }
 
 /// Builds everything a cycle needs.
-pub async fn build_context(config: &Config, kind: &'static str, cancel: CancellationToken) -> Result<SyncContext, AppError> {
+pub async fn build_context(
+    config: &Config,
+    kind: &'static str,
+    cancel: CancellationToken,
+) -> Result<SyncContext, AppError> {
     let client = build_client(config)?;
     let ledger = Ledger::open(&config.ledger.path).await?;
     let source = Arc::new(Source::from_config(&config.source)?);
@@ -95,6 +104,7 @@ pub async fn build_context(config: &Config, kind: &'static str, cancel: Cancella
             },
         },
         cancel,
+        progress: Arc::default(),
     })
 }
 
@@ -104,7 +114,10 @@ pub fn shutdown_token() -> CancellationToken {
     let trigger = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        info!(event = "shutdown_requested", "shutdown requested: finishing in-flight work");
+        info!(
+            event = "shutdown_requested",
+            "shutdown requested: finishing in-flight work"
+        );
         trigger.cancel();
     });
     token
@@ -133,21 +146,45 @@ pub async fn once(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, AppError
 /// The service: a cycle every `interval` (never overlapping) until cancelled, started early when
 /// a webhook arrives or a Quo scan is due. A failing cycle is logged and retried at the next
 /// tick; only configuration errors stop the service.
-pub async fn run_service(ctx: &SyncContext, config: &Config) -> Result<(), AppError> {
+pub async fn run_service(
+    ctx: &SyncContext,
+    config: &Config,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<(), AppError> {
+    use crate::reverse::receiver::{Receiver, router as receiver_router, webhook_routes};
     let wake = Arc::new(Notify::new());
-    let mut servers = Vec::new();
-    if config.reverse.enabled
-        && let Some(addr) = config.reverse.listen
+    let receiver = (config.reverse.enabled && config.reverse.listen.is_some()).then(|| Receiver {
+        ledger: ctx.ledger.clone(),
+        secret: config.reverse.webhook_secret.clone(),
+        wake: wake.clone(),
+        max_body_bytes: config.reverse.max_body_bytes,
+    });
+    let mut routers: Vec<(std::net::SocketAddr, axum::Router)> = Vec::new();
+    if let Some(addr) = config.service.listen {
+        let mut router = crate::ops::http::router(ctx.ledger.clone(), metrics);
+        if let Some(receiver) = receiver
+            .clone()
+            .filter(|_| config.reverse.listen == Some(addr))
+        {
+            router = router.merge(webhook_routes(receiver));
+        }
+        routers.push((addr, router));
+    }
+    if let (Some(receiver), Some(addr)) = (receiver, config.reverse.listen)
+        && config.service.listen != Some(addr)
     {
-        let receiver = crate::reverse::receiver::Receiver {
-            ledger: ctx.ledger.clone(),
-            secret: config.reverse.webhook_secret.clone(),
-            wake: wake.clone(),
-            max_body_bytes: config.reverse.max_body_bytes,
-        };
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| AppError::Listen { addr, reason: e.to_string() })?;
-        info!(event = "webhook_receiver_started", addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "webhook receiver listening on /webhooks/quo");
-        servers.push(tokio::spawn(serve(listener, crate::reverse::receiver::router(receiver), ctx.cancel.clone())));
+        routers.push((addr, receiver_router(receiver)));
+    }
+    let mut servers = Vec::new();
+    for (addr, router) in routers {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| AppError::Listen {
+                addr,
+                reason: e.to_string(),
+            })?;
+        info!(event = "listener_started", addr = %addr, "HTTP listener started");
+        servers.push(tokio::spawn(serve(listener, router, ctx.cancel.clone())));
     }
     let interval = config.schedule.interval.0;
     let tick = match ctx.settings.poll_interval {
@@ -163,7 +200,9 @@ pub async fn run_service(ctx: &SyncContext, config: &Config) -> Result<(), AppEr
         match run_cycle(ctx, Mode::Apply).await {
             Ok(_) => {}
             Err(SyncError::Mapping(e)) => return Err(SyncError::Mapping(e).into()),
-            Err(e) => error!(event = "cycle_error", error = %e, "cycle failed; retrying at the next tick"),
+            Err(e) => {
+                error!(event = "cycle_error", error = %e, "cycle failed; retrying at the next tick")
+            }
         }
         let next = tick.saturating_sub(started.elapsed());
         tokio::select! {
@@ -184,8 +223,14 @@ pub async fn run_service(ctx: &SyncContext, config: &Config) -> Result<(), AppEr
 }
 
 /// Serves `router` on `listener` until `cancel` fires.
-pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router, cancel: CancellationToken) {
-    let result = axum::serve(listener, router).with_graceful_shutdown(async move { cancel.cancelled().await }).await;
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    cancel: CancellationToken,
+) {
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
     if let Err(e) = result {
         error!(event = "http_server_failed", error = %e, "HTTP listener stopped");
     }

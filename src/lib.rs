@@ -6,15 +6,15 @@
 //! client pushes the difference through one shared rate limiter. The [`reverse`] path brings
 //! edits made in Quo back. The [`sandbox`] is a faithful local Quo for tests and demos.
 
+pub mod app;
 pub mod config;
 pub mod domain;
 pub mod ledger;
-pub mod quo;
-pub mod source;
 pub mod mapping;
+pub mod ops;
+pub mod quo;
+pub mod reverse;
+pub mod sandbox;
+pub mod source;
 pub mod sync;
 pub mod telemetry;
-pub mod app;
-pub mod sandbox;
-pub mod ops;
-pub mod reverse;

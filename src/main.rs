@@ -22,10 +22,19 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_QUARANTINED: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "quo-sync", version, about = "Keeps CRM contacts and Quo contacts in agreement, both ways.")]
+#[command(
+    name = "quo-sync",
+    version,
+    about = "Keeps CRM contacts and Quo contacts in agreement, both ways."
+)]
 struct Cli {
     /// The TOML configuration file.
-    #[arg(long, global = true, env = "QUO_SYNC_CONFIG", default_value = "config/quo-sync.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "QUO_SYNC_CONFIG",
+        default_value = "config/quo-sync.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -65,6 +74,38 @@ enum Command {
     },
     /// Validate the configuration (no network) and exit 0, or 2 naming the problem.
     CheckConfig,
+    /// Recent runs with their counts and durations.
+    Runs {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and act on quarantined records.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+    /// Conflicts recorded by the three-way merge, newest first.
+    Conflicts {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare Quo, the ledger and the CRM; `--repair` adopts orphans and rebuilds lost ids.
+    Reconcile {
+        /// Adopt orphans by externalId and relink; never deletes a contact.
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the Quo sandbox: a local, faithful Quo API for tests and demos.
     Sandbox {
         /// Address to listen on.
@@ -85,6 +126,40 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// List quarantined records (add --all for discarded ones too).
+    List {
+        /// Include discarded entries.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one entry with its raw values.
+    Show {
+        /// The external id (or `@<location>` for rows without one).
+        id: String,
+    },
+    /// Retry now: run a cycle that re-maps these records even if unchanged.
+    Retry {
+        /// The external id.
+        id: Option<String>,
+        /// Every quarantined record.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stop counting an entry as needing attention (it is still retried each cycle).
+    Discard {
+        /// The external id (or `@<location>`).
+        id: String,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -93,15 +168,26 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_CONFIG } else { 0 });
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(async move {
         match dispatch(cli).await {
             Ok(code) => ExitCode::from(code),
             Err(error) => {
-                let config_error = error.downcast_ref::<AppError>().is_some_and(AppError::is_config)
-                    || error.downcast_ref::<quo_sync::config::ConfigError>().is_some();
+                let config_error = error
+                    .downcast_ref::<AppError>()
+                    .is_some_and(AppError::is_config)
+                    || error
+                        .downcast_ref::<quo_sync::config::ConfigError>()
+                        .is_some();
                 eprintln!("quo-sync: error: {error:#}");
-                ExitCode::from(if config_error { EXIT_CONFIG } else { EXIT_FAILURE })
+                ExitCode::from(if config_error {
+                    EXIT_CONFIG
+                } else {
+                    EXIT_FAILURE
+                })
             }
         }
     })
@@ -112,8 +198,12 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 }
 
 /// Points the config at a fresh in-process sandbox with a throwaway ledger.
-async fn attach_sandbox(config: &mut Config) -> anyhow::Result<(SandboxHandle, tempfile_dir::TempDir)> {
-    let sandbox = SandboxHandle::start(SandboxConfig::default()).await.context("starting the sandbox")?;
+async fn attach_sandbox(
+    config: &mut Config,
+) -> anyhow::Result<(SandboxHandle, tempfile_dir::TempDir)> {
+    let sandbox = SandboxHandle::start(SandboxConfig::default())
+        .await
+        .context("starting the sandbox")?;
     config.quo.base_url = sandbox.base_url();
     config.quo.api_key = Some(SecretString::from(sandbox.api_key().to_string()));
     let dir = tempfile_dir::TempDir::new()?;
@@ -130,15 +220,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 "{}: OK (source {:?} {}, ledger {}, Quo {}, {} req/s, API key {})",
                 cli.config.display(),
                 config.source.kind,
-                config.source.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                config
+                    .source
+                    .path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 config.ledger.path.display(),
                 config.quo.base_url,
                 config.quo.requests_per_second,
-                if config.quo.api_key.is_some() { "set" } else { "NOT set (needed by run, once, plan)" }
+                if config.quo.api_key.is_some() {
+                    "set"
+                } else {
+                    "NOT set (needed by run, once, plan)"
+                }
             );
             Ok(0)
         }
-        Command::Sandbox { listen, api_key, requests_per_second, patch_mode, latency_ms } => {
+        Command::Sandbox {
+            listen,
+            api_key,
+            requests_per_second,
+            patch_mode,
+            latency_ms,
+        } => {
             quo_sync::telemetry::init(quo_sync::config::LogFormat::Json, "info");
             let patch_mode = match patch_mode.as_str() {
                 "merge" => PatchMode::Merge,
@@ -156,16 +261,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 latency: std::time::Duration::from_millis(latency_ms),
                 ..SandboxConfig::default()
             };
-            let sandbox = SandboxHandle::start_on(config, listen).await.with_context(|| format!("binding {listen}"))?;
-            eprintln!("Quo sandbox listening on {} (Authorization: {})", sandbox.base_url(), sandbox.api_key());
+            let sandbox = SandboxHandle::start_on(config, listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            eprintln!(
+                "Quo sandbox listening on {} (Authorization: {})",
+                sandbox.base_url(),
+                sandbox.api_key()
+            );
             let cancel = app::shutdown_token();
             cancel.cancelled().await;
             sandbox.shutdown().await;
             Ok(0)
         }
         Command::Status { json } => {
-            let config = load_config(&cli.config)?;
-            let ledger = quo_sync::ledger::Ledger::open(&config.ledger.path).await?;
+            let ledger = open_ledger(&cli.config).await?;
             let status = quo_sync::ops::status(&ledger).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -174,51 +284,338 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Runs { limit, json } => {
+            let ledger = open_ledger(&cli.config).await?;
+            let runs = ledger.recent_runs(limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                println!(
+                    "{:<25} {:<9} {:<12} {:>7} {:>7} {:>9} {:>7} {:>11} {:>8} {:>5} {:>9}",
+                    "STARTED",
+                    "KIND",
+                    "STATUS",
+                    "CREATED",
+                    "UPDATED",
+                    "UNCHANGED",
+                    "DELETED",
+                    "QUARANTINED",
+                    "REQUESTS",
+                    "429S",
+                    "MS"
+                );
+                for r in runs {
+                    println!(
+                        "{:<25} {:<9} {:<12} {:>7} {:>7} {:>9} {:>7} {:>11} {:>8} {:>5} {:>9}",
+                        r.started_at,
+                        r.kind,
+                        r.status,
+                        r.created,
+                        r.updated,
+                        r.unchanged,
+                        r.deleted,
+                        r.quarantined,
+                        r.requests,
+                        r.rate_limited,
+                        r.duration_ms
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Conflicts { limit, json } => {
+            let ledger = open_ledger(&cli.config).await?;
+            let conflicts = ledger.conflicts(limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&conflicts)?);
+            } else {
+                println!(
+                    "{:<25} {:<16} {:<16} {:<6} {:<8} CRM VALUE -> QUO VALUE",
+                    "AT", "EXTERNAL_ID", "FIELD", "WINNER", "POLICY"
+                );
+                for c in conflicts {
+                    println!(
+                        "{:<25} {:<16} {:<16} {:<6} {:<8} {} -> {}",
+                        c.at,
+                        c.external_id,
+                        c.field,
+                        c.winner,
+                        c.policy,
+                        c.crm_value.unwrap_or_default(),
+                        c.quo_value.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Quarantine { action } => quarantine(&cli.config, action).await,
+        Command::Reconcile { repair, json } => {
+            let config = load_config(&cli.config)?;
+            quo_sync::telemetry::init(config.log.format, "warn");
+            let ctx = app::build_context(
+                &config,
+                "reconcile",
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await?;
+            let spinner = progress_bar("reconciling");
+            let report = quo_sync::ops::reconcile::reconcile(
+                &ctx.ledger,
+                &ctx.client,
+                &ctx.source,
+                &config.mapping,
+                repair,
+            )
+            .await?;
+            if let Some(bar) = spinner {
+                bar.finish_and_clear();
+            }
+            ctx.ledger.close().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(0)
+        }
         Command::Run { with_sandbox } => {
             let mut config = load_config(&cli.config)?;
             quo_sync::telemetry::init(config.log.format, &config.log.level);
-            let _sandbox = if with_sandbox { Some(attach_sandbox(&mut config).await?) } else { None };
+            let _sandbox = if with_sandbox {
+                Some(attach_sandbox(&mut config).await?)
+            } else {
+                None
+            };
             let cancel = app::shutdown_token();
+            let metrics = quo_sync::ops::http::install_metrics();
             let ctx = app::build_context(&config, "run", cancel).await?;
-            app::run_service(&ctx, &config).await?;
+            app::run_service(&ctx, &config, metrics).await?;
             Ok(0)
         }
         Command::Once { with_sandbox, json } => {
             let mut config = load_config(&cli.config)?;
             quo_sync::telemetry::init(config.log.format, &config.log.level);
-            let _sandbox = if with_sandbox { Some(attach_sandbox(&mut config).await?) } else { None };
+            let _sandbox = if with_sandbox {
+                Some(attach_sandbox(&mut config).await?)
+            } else {
+                None
+            };
             let cancel = app::shutdown_token();
             let ctx = app::build_context(&config, "once", cancel).await?;
-            let report = app::once(&ctx, Mode::Apply).await?;
+            let progress = watch_progress(&ctx);
+            let report = app::once(&ctx, Mode::Apply).await;
+            progress.abort();
+            let report = report?;
             ctx.ledger.close().await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut value = serde_json::to_value(&report)?;
+                value["peak_rss_mib"] = serde_json::json!(quo_sync::telemetry::peak_rss_mib());
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else if std::io::stdout().is_terminal() || with_sandbox {
                 let c = &report.counts;
                 println!(
                     "created {}  updated {}  unchanged {}  deleted {}  quarantined {}  requests {}  429s {}  in {:.1}s",
-                    c.created, c.updated, c.unchanged, c.deleted, c.quarantined, c.requests, c.rate_limited,
+                    c.created,
+                    c.updated,
+                    c.unchanged,
+                    c.deleted,
+                    c.quarantined,
+                    c.requests,
+                    c.rate_limited,
                     report.duration_ms as f64 / 1000.0
                 );
             }
-            Ok(if report.counts.quarantined > 0 { EXIT_QUARANTINED } else { 0 })
+            Ok(if report.counts.quarantined > 0 {
+                EXIT_QUARANTINED
+            } else {
+                0
+            })
         }
         Command::Plan { json, with_sandbox } => {
             let mut config = load_config(&cli.config)?;
             quo_sync::telemetry::init(config.log.format, "warn");
-            let _sandbox = if with_sandbox { Some(attach_sandbox(&mut config).await?) } else { None };
-            let ctx = app::build_context(&config, "plan", tokio_util::sync::CancellationToken::new()).await?;
-            let report = app::once(&ctx, Mode::DryRun).await?;
+            let _sandbox = if with_sandbox {
+                Some(attach_sandbox(&mut config).await?)
+            } else {
+                None
+            };
+            let ctx =
+                app::build_context(&config, "plan", tokio_util::sync::CancellationToken::new())
+                    .await?;
+            let progress = watch_progress(&ctx);
+            let report = app::once(&ctx, Mode::DryRun).await;
+            progress.abort();
+            let report = report?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "counts": report.counts, "operations": report.operations }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "counts": report.counts, "operations": report.operations })
+                    )?
+                );
             } else {
                 let c = &report.counts;
-                println!("plan: create {}  update {}  delete {}  unchanged {}  quarantine {}", c.created, c.updated, c.deleted, c.unchanged, c.quarantined);
+                println!(
+                    "plan: create {}  update {}  delete {}  unchanged {}  quarantine {}",
+                    c.created, c.updated, c.deleted, c.unchanged, c.quarantined
+                );
                 print!("{}", render_table(&report.operations));
             }
             Ok(0)
         }
     }
+}
+
+async fn open_ledger(config: &std::path::Path) -> anyhow::Result<quo_sync::ledger::Ledger> {
+    let config = load_config(config)?;
+    Ok(quo_sync::ledger::Ledger::open(&config.ledger.path).await?)
+}
+
+async fn quarantine(config_path: &std::path::Path, action: QuarantineAction) -> anyhow::Result<u8> {
+    let ledger = open_ledger(config_path).await?;
+    match action {
+        QuarantineAction::List { all, json } => {
+            let entries = if all {
+                ledger.quarantined_all().await?
+            } else {
+                ledger.quarantined().await?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                println!(
+                    "{:<20} {:<8} {:<28} {:<14} {:<18} REASON",
+                    "KEY", "STAGE", "LOCATION", "FIELD", "VALUE"
+                );
+                for q in entries {
+                    println!(
+                        "{:<20} {:<8} {:<28} {:<14} {:<18} {}{}",
+                        q.key,
+                        q.stage,
+                        q.location,
+                        q.field.unwrap_or_default(),
+                        q.value.unwrap_or_default(),
+                        q.reason,
+                        if q.discarded_at.is_some() {
+                            " (discarded)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            Ok(0)
+        }
+        QuarantineAction::Show { id } => match ledger.quarantined_one(&id).await? {
+            Some(entry) => {
+                println!("{}", serde_json::to_string_pretty(&entry)?);
+                Ok(0)
+            }
+            None => anyhow::bail!("no quarantined record {id:?}"),
+        },
+        QuarantineAction::Discard { id, yes } => {
+            if !yes {
+                eprintln!("quo-sync: discarding {id:?} hides it from status; add --yes to confirm");
+                return Ok(EXIT_CONFIG);
+            }
+            if !ledger.discard(&id).await? {
+                anyhow::bail!("no quarantined record {id:?}");
+            }
+            let config = load_config(config_path)?;
+            quo_sync::telemetry::init(config.log.format, &config.log.level);
+            tracing::warn!(event = "quarantine_discarded", key = %id, "quarantined record discarded by an operator");
+            println!("discarded {id}");
+            Ok(0)
+        }
+        QuarantineAction::Retry { id, all } => {
+            let keys: Vec<String> = match (id, all) {
+                (Some(id), false) => vec![id],
+                (None, true) => ledger
+                    .quarantined_all()
+                    .await?
+                    .into_iter()
+                    .map(|q| q.key)
+                    .collect(),
+                _ => {
+                    eprintln!("quo-sync: name one record or pass --all");
+                    return Ok(EXIT_CONFIG);
+                }
+            };
+            ledger.mark_for_retry(&keys).await?;
+            ledger.close().await;
+            let config = load_config(config_path)?;
+            quo_sync::telemetry::init(config.log.format, &config.log.level);
+            let ctx = app::build_context(&config, "once", app::shutdown_token()).await?;
+            let report = app::once(&ctx, Mode::Apply).await?;
+            let mut still = 0;
+            for key in &keys {
+                let stuck = ctx.ledger.quarantined_one(key).await?.is_some();
+                still += u8::from(stuck);
+                println!(
+                    "{key}: {}",
+                    if stuck { "still quarantined" } else { "synced" }
+                );
+            }
+            ctx.ledger.close().await;
+            Ok(if still > 0 || report.counts.quarantined > 0 {
+                EXIT_QUARANTINED
+            } else {
+                0
+            })
+        }
+    }
+}
+
+/// A spinner on a terminal; nothing otherwise.
+fn progress_bar(message: &'static str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(bar)
+}
+
+/// Shows cycle progress: a bar with counts and ETA on a terminal (the total estimated from the
+/// ledger's size), plain log lines every 10 s otherwise.
+fn watch_progress(ctx: &quo_sync::sync::SyncContext) -> tokio::task::JoinHandle<()> {
+    let counter = ctx.progress.clone();
+    let ledger = ctx.ledger.clone();
+    tokio::spawn(async move {
+        use std::sync::atomic::Ordering;
+        let expected: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records")
+            .fetch_one(ledger.pool())
+            .await
+            .unwrap_or(0);
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(expected.max(1) as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {pos}/{len} records  {per_sec}  eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            loop {
+                let done = counter.load(Ordering::Relaxed);
+                if done > bar.length().unwrap_or(0) {
+                    bar.set_length(done);
+                }
+                bar.set_position(done);
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        } else {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                tracing::info!(
+                    event = "progress",
+                    records_read = counter.load(Ordering::Relaxed),
+                    expected,
+                    "cycle in progress"
+                );
+            }
+        }
+    })
 }
 
 /// A temp folder that removes itself (a thin alias so the binary does not depend on dev crates).
@@ -231,7 +628,8 @@ mod tempfile_dir {
     impl TempDir {
         /// Creates a fresh folder.
         pub fn new() -> std::io::Result<Self> {
-            let path = std::env::temp_dir().join(format!("quo-sync-sandbox-{}", uuid::Uuid::new_v4()));
+            let path =
+                std::env::temp_dir().join(format!("quo-sync-sandbox-{}", uuid::Uuid::new_v4()));
             std::fs::create_dir_all(&path)?;
             Ok(Self(path))
         }

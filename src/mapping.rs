@@ -11,7 +11,10 @@ pub struct Mapper;
 #[derive(Debug, thiserror::Error)]
 #[error("mapping config")]
 pub enum MappingConfigError {
-    UnknownCustomField { name: String, available: Vec<String> },
+    UnknownCustomField {
+        name: String,
+        available: Vec<String>,
+    },
 }
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("field {field:?}: value {value:?}: {reason}")]
@@ -21,7 +24,10 @@ pub struct MappingError {
     pub reason: String,
 }
 impl Mapper {
-    pub fn new(config: &MappingConfig, defs: &[CustomFieldDef]) -> Result<Mapper, MappingConfigError> {
+    pub fn new(
+        config: &MappingConfig,
+        defs: &[CustomFieldDef],
+    ) -> Result<Mapper, MappingConfigError> {
         unimplemented!()
     }
     pub fn map(&self, record: &SourceRecord) -> Result<Snapshot, MappingError> {
@@ -33,7 +39,11 @@ impl Mapper {
     pub fn from_contact(&self, contact: &Contact) -> Snapshot {
         unimplemented!()
     }
-    pub fn to_crm_fields(&self, snapshot: &Snapshot, changed: &[String]) -> Result<BTreeMap<String, String>, MappingError> {
+    pub fn to_crm_fields(
+        &self,
+        snapshot: &Snapshot,
+        changed: &[String],
+    ) -> Result<BTreeMap<String, String>, MappingError> {
         unimplemented!()
     }
     pub fn custom_field_keys(&self) -> Vec<String> {

@@ -18,16 +18,31 @@ const MINIMAL: &str = "[source]\nkind = \"csv\"\npath = \"contacts.csv\"\n";
 
 #[test]
 fn check_config_accepts_the_shipped_example() {
-    let out = quo_sync().args(["check-config", "--config", "config/quo-sync.toml"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = quo_sync()
+        .args(["check-config", "--config", "config/quo-sync.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
 
 #[test]
 fn an_unknown_key_exits_2_naming_the_key_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, "bad.toml", &format!("{MINIMAL}\n[quo]\nbase_ulr = \"https://api.quo.com\"\n"));
-    let out = quo_sync().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let path = write(
+        &dir,
+        "bad.toml",
+        &format!("{MINIMAL}\n[quo]\nbase_ulr = \"https://api.quo.com\"\n"),
+    );
+    let out = quo_sync()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("base_ulr"), "{stderr}");
@@ -37,8 +52,16 @@ fn an_unknown_key_exits_2_naming_the_key_and_the_file() {
 #[test]
 fn a_wrong_type_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, "bad.toml", &format!("{MINIMAL}\n[quo]\nrequests_per_second = \"fast\"\n"));
-    let out = quo_sync().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let path = write(
+        &dir,
+        "bad.toml",
+        &format!("{MINIMAL}\n[quo]\nrequests_per_second = \"fast\"\n"),
+    );
+    let out = quo_sync()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("requests_per_second"), "{stderr}");
@@ -48,12 +71,20 @@ fn a_wrong_type_exits_2_naming_the_key() {
 fn a_missing_required_key_exits_2_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "bad.toml", "[source]\nkind = \"csv\"\n");
-    let out = quo_sync().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let out = quo_sync()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("source.path"));
 
     let path = write(&dir, "none.toml", "[quo]\nsource = \"quo-sync\"\n");
-    let out = quo_sync().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let out = quo_sync()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("source"));
 }
@@ -61,13 +92,29 @@ fn a_missing_required_key_exits_2_naming_it() {
 #[test]
 fn a_bad_duration_and_a_reserved_source_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, "d.toml", &format!("{MINIMAL}\n[schedule]\ninterval = \"soon\"\n"));
-    let out = quo_sync().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let path = write(
+        &dir,
+        "d.toml",
+        &format!("{MINIMAL}\n[schedule]\ninterval = \"soon\"\n"),
+    );
+    let out = quo_sync()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("interval"));
 
-    let path = write(&dir, "s.toml", &format!("{MINIMAL}\n[quo]\nsource = \"csv-import\"\n"));
-    let out = quo_sync().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let path = write(
+        &dir,
+        "s.toml",
+        &format!("{MINIMAL}\n[quo]\nsource = \"csv-import\"\n"),
+    );
+    let out = quo_sync()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("quo.source"));
 }
@@ -90,17 +137,32 @@ fn env_overrides_every_section_and_the_api_key_env_is_read() {
     assert_eq!(config.quo.base_url, "http://127.0.0.1:9");
     assert_eq!(config.quo.requests_per_second, 4);
     assert_eq!(config.ledger.path, std::path::PathBuf::from("/tmp/x.db"));
-    assert_eq!(config.schedule.interval.0, std::time::Duration::from_secs(90));
+    assert_eq!(
+        config.schedule.interval.0,
+        std::time::Duration::from_secs(90)
+    );
     assert_eq!(config.log.format, quo_sync::config::LogFormat::Pretty);
-    assert_eq!(config.source.path.as_deref(), Some(std::path::Path::new("other.csv")));
+    assert_eq!(
+        config.source.path.as_deref(),
+        Some(std::path::Path::new("other.csv"))
+    );
     use secrecy::ExposeSecret;
-    assert_eq!(config.quo.api_key.as_ref().unwrap().expose_secret(), "k-from-env");
+    assert_eq!(
+        config.quo.api_key.as_ref().unwrap().expose_secret(),
+        "k-from-env"
+    );
 }
 
 #[test]
 fn the_api_key_never_shows_in_debug_output() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, "c.toml", &format!("{MINIMAL}\n[quo]\napi_key = \"sk-very-secret-123\"\n[reverse]\nwebhook_secret = \"whsec_c2VjcmV0LXNpZ25pbmc=\"\n"));
+    let path = write(
+        &dir,
+        "c.toml",
+        &format!(
+            "{MINIMAL}\n[quo]\napi_key = \"sk-very-secret-123\"\n[reverse]\nwebhook_secret = \"whsec_c2VjcmV0LXNpZ25pbmc=\"\n"
+        ),
+    );
     let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
     let debug = format!("{config:?}");
     assert!(!debug.contains("sk-very-secret-123"), "{debug}");
@@ -110,9 +172,23 @@ fn the_api_key_never_shows_in_debug_output() {
 #[test]
 fn once_without_an_api_key_exits_2_before_any_network_call() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, "c.toml", &format!("{MINIMAL}\n[quo]\nbase_url = \"http://127.0.0.1:9\"\n"));
-    let out = quo_sync().args(["once", "--config"]).arg(&path).env_remove("QUO_API_KEY").output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let path = write(
+        &dir,
+        "c.toml",
+        &format!("{MINIMAL}\n[quo]\nbase_url = \"http://127.0.0.1:9\"\n"),
+    );
+    let out = quo_sync()
+        .args(["once", "--config"])
+        .arg(&path)
+        .env_remove("QUO_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("quo.api_key"));
 }
 

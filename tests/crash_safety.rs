@@ -12,10 +12,18 @@ use quo_sync::sandbox::SandboxConfig;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_never_duplicates_or_loses_an_id() {
     let ids: Vec<String> = (1..=40).map(|i| format!("k-{i}")).collect();
-    let rows: Vec<String> = ids.iter().enumerate().map(|(i, id)| row(id, i as u32 + 1)).collect();
+    let rows: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| row(id, i as u32 + 1))
+        .collect();
     let app = TestApp::spawn_with(
         &csv(&rows),
-        SandboxConfig { latency: Duration::from_millis(15), conflict_on_duplicate: false, ..SandboxConfig::default() },
+        SandboxConfig {
+            latency: Duration::from_millis(15),
+            conflict_on_duplicate: false,
+            ..SandboxConfig::default()
+        },
         "",
     )
     .await;
@@ -44,6 +52,10 @@ async fn sigkill_at_random_points_never_duplicates_or_loses_an_id() {
         .status()
         .expect("run quo-sync");
     assert_eq!(status.code(), Some(0));
-    assert_eq!(app.sandbox.contacts().len(), 40, "one contact per record, no more");
+    assert_eq!(
+        app.sandbox.contacts().len(),
+        40,
+        "one contact per record, no more"
+    );
     app.assert_one_contact_per_record(&ids).await;
 }

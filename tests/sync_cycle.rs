@@ -28,12 +28,21 @@ async fn initial_load_creates_each_record_once_and_records_every_id() {
     assert_eq!(contact["source"], "quo-sync");
     assert_eq!(contact["defaultFields"]["firstName"], "First3");
     assert_eq!(contact["defaultFields"]["company"], "Acme 3");
-    assert_eq!(items(&contact, "phoneNumbers"), vec![("phone".to_string(), "+14155551003".to_string())]);
-    assert_eq!(items(&contact, "emails"), vec![("email".to_string(), "first3@example.com".to_string())]);
+    assert_eq!(
+        items(&contact, "phoneNumbers"),
+        vec![("phone".to_string(), "+14155551003".to_string())]
+    );
+    assert_eq!(
+        items(&contact, "emails"),
+        vec![("email".to_string(), "first3@example.com".to_string())]
+    );
     assert_eq!(custom_value(&contact, "lead-score").as_f64(), Some(3.0));
     assert_eq!(custom_value(&contact, "vip"), json!(true));
     assert_eq!(custom_value(&contact, "tags"), json!(["vip", "enterprise"]));
-    assert_eq!(custom_value(&contact, "renewal-date"), json!("2026-03-01T00:00:00.000Z"));
+    assert_eq!(
+        custom_value(&contact, "renewal-date"),
+        json!("2026-03-01T00:00:00.000Z")
+    );
 }
 
 #[tokio::test]
@@ -51,7 +60,15 @@ async fn an_immediate_second_cycle_sends_zero_writes() {
 }
 
 async fn one_changed_field_sends_exactly_one_patch(mode: PatchMode) {
-    let app = TestApp::spawn_with(&csv(&rows(5)), SandboxConfig { patch_mode: mode, ..SandboxConfig::default() }, "").await;
+    let app = TestApp::spawn_with(
+        &csv(&rows(5)),
+        SandboxConfig {
+            patch_mode: mode,
+            ..SandboxConfig::default()
+        },
+        "",
+    )
+    .await;
     app.cycle().await;
     // Someone adds things in the Quo app that the mapping does not manage.
     let id = app.contact_for("c-2")["id"].as_str().unwrap().to_string();
@@ -60,7 +77,10 @@ async fn one_changed_field_sends_exactly_one_patch(mode: PatchMode) {
         .expect("app edit");
     // Let the ledger learn Quo's copy the way the reverse path would.
     let fresh = app.ctx.client.get_contact(&id).await.unwrap().unwrap();
-    app.ledger().update_quo_contact(&quo_sync::domain::ExternalId::parse("c-2").unwrap(), &fresh).await.unwrap();
+    app.ledger()
+        .update_quo_contact(&quo_sync::domain::ExternalId::parse("c-2").unwrap(), &fresh)
+        .await
+        .unwrap();
 
     let mut changed = rows(5);
     changed[1] = changed[1].replace("Acme 2", "Globex");
@@ -70,18 +90,32 @@ async fn one_changed_field_sends_exactly_one_patch(mode: PatchMode) {
     assert_eq!(report.counts.updated, 1);
     let stats = app.sandbox.stats();
     assert_eq!(stats.writes_total(), 1, "{stats:?}");
-    assert_eq!(stats.by_route_status.get("PATCH /v1/contacts/{id} 200"), Some(&1), "{stats:?}");
+    assert_eq!(
+        stats.by_route_status.get("PATCH /v1/contacts/{id} 200"),
+        Some(&1),
+        "{stats:?}"
+    );
 
     let contact = app.contact_for("c-2");
     assert_eq!(contact["defaultFields"]["company"], "Globex");
     assert_eq!(contact["defaultFields"]["firstName"], "First2");
     assert_eq!(
         items(&contact, "emails"),
-        vec![("email".to_string(), "first2@example.com".to_string()), ("home".to_string(), "home2@example.com".to_string())]
+        vec![
+            ("email".to_string(), "first2@example.com".to_string()),
+            ("home".to_string(), "home2@example.com".to_string())
+        ]
     );
-    assert_eq!(items(&contact, "phoneNumbers"), vec![("phone".to_string(), "+14155551002".to_string())]);
+    assert_eq!(
+        items(&contact, "phoneNumbers"),
+        vec![("phone".to_string(), "+14155551002".to_string())]
+    );
     assert_eq!(custom_value(&contact, "tags"), json!(["vip", "enterprise"]));
-    assert_eq!(custom_value(&contact, "notes"), json!("met at expo"), "unmanaged custom field survives");
+    assert_eq!(
+        custom_value(&contact, "notes"),
+        json!("met at expo"),
+        "unmanaged custom field survives"
+    );
 }
 
 #[tokio::test]
@@ -98,8 +132,17 @@ async fn one_changed_field_is_one_patch_under_replace_semantics() {
 async fn removing_a_phone_in_the_crm_removes_it_in_quo_under_both_semantics() {
     for mode in [PatchMode::Merge, PatchMode::Replace] {
         let mut two_phones = rows(2);
-        two_phones[0] = two_phones[0].replace(",(415) 555-1001,,", ",(415) 555-1001,(415) 555-2001,");
-        let app = TestApp::spawn_with(&csv(&two_phones), SandboxConfig { patch_mode: mode, ..SandboxConfig::default() }, "").await;
+        two_phones[0] =
+            two_phones[0].replace(",(415) 555-1001,,", ",(415) 555-1001,(415) 555-2001,");
+        let app = TestApp::spawn_with(
+            &csv(&two_phones),
+            SandboxConfig {
+                patch_mode: mode,
+                ..SandboxConfig::default()
+            },
+            "",
+        )
+        .await;
         app.cycle().await;
         assert_eq!(items(&app.contact_for("c-1"), "phoneNumbers").len(), 2);
         app.write_csv(&csv(&rows(2)));
@@ -123,12 +166,21 @@ async fn bad_values_are_quarantined_while_the_rest_sync_and_retried_once_fixed()
     assert_eq!(report.counts.created, 4);
     assert_eq!(report.counts.quarantined, 2);
     let quarantine = app.ledger().quarantined().await.unwrap();
-    let phone = quarantine.iter().find(|q| q.key == "bad-phone").expect("bad phone quarantined");
+    let phone = quarantine
+        .iter()
+        .find(|q| q.key == "bad-phone")
+        .expect("bad phone quarantined");
     assert_eq!(phone.field.as_deref(), Some("phone"));
     assert_eq!(phone.value.as_deref(), Some("555-CALL-NOW"));
     assert!(phone.location.ends_with("line 6"), "{}", phone.location);
-    let score = quarantine.iter().find(|q| q.key == "bad-score").expect("bad score quarantined");
-    assert_eq!((score.field.as_deref(), score.value.as_deref()), (Some("lead_score"), Some("lots")));
+    let score = quarantine
+        .iter()
+        .find(|q| q.key == "bad-score")
+        .expect("bad score quarantined");
+    assert_eq!(
+        (score.field.as_deref(), score.value.as_deref()),
+        (Some("lead_score"), Some("lots"))
+    );
     assert_eq!(app.sandbox.count_by_external_id("bad-phone"), 0);
 
     // Still bad: still quarantined, nothing lost.
@@ -143,7 +195,8 @@ async fn bad_values_are_quarantined_while_the_rest_sync_and_retried_once_fixed()
     let report = app.cycle().await;
     assert_eq!(report.counts.created, 2);
     assert!(app.ledger().quarantined().await.unwrap().is_empty());
-    app.assert_one_contact_per_record(&["bad-phone".to_string(), "bad-score".to_string()]).await;
+    app.assert_one_contact_per_record(&["bad-phone".to_string(), "bad-score".to_string()])
+        .await;
 }
 
 #[tokio::test]
@@ -158,14 +211,26 @@ async fn a_malformed_csv_row_is_quarantined_and_the_rest_sync() {
     let quarantine = app.ledger().quarantined().await.unwrap();
     assert_eq!(quarantine.len(), 1);
     assert_eq!(quarantine[0].stage, "read");
-    assert!(quarantine[0].location.ends_with("line 5"), "{:?}", quarantine[0]);
+    assert!(
+        quarantine[0].location.ends_with("line 5"),
+        "{:?}",
+        quarantine[0]
+    );
 }
 
 #[tokio::test]
 async fn a_429_burst_and_a_500_burst_converge_with_every_record_synced() {
     let app = TestApp::spawn(&csv(&rows(10))).await;
-    app.sandbox.inject(Fault::Status { status: 429, count: 6, retry_after: Some(0) });
-    app.sandbox.inject(Fault::Status { status: 500, count: 6, retry_after: None });
+    app.sandbox.inject(Fault::Status {
+        status: 429,
+        count: 6,
+        retry_after: Some(0),
+    });
+    app.sandbox.inject(Fault::Status {
+        status: 500,
+        count: 6,
+        retry_after: None,
+    });
     let report = app.cycle().await;
     assert_eq!(report.counts.created, 10, "{report:?}");
     assert!(report.counts.rate_limited >= 6, "{report:?}");
@@ -175,7 +240,10 @@ async fn a_429_burst_and_a_500_burst_converge_with_every_record_synced() {
 async fn dropped_responses_create_no_duplicates(conflict_on_duplicate: bool) {
     let app = TestApp::spawn_with(
         &csv(&rows(10)),
-        SandboxConfig { conflict_on_duplicate, ..SandboxConfig::default() },
+        SandboxConfig {
+            conflict_on_duplicate,
+            ..SandboxConfig::default()
+        },
         "",
     )
     .await;
@@ -206,7 +274,10 @@ async fn a_lost_intent_is_resolved_by_lookup_not_a_second_create() {
     let id = quo_sync::domain::ExternalId::parse("c-1").unwrap();
     app.ledger().record_intent(&id).await.unwrap();
     let body = quo_sync::sync::payload::create_body(
-        &quo_sync::domain::Snapshot { first_name: Some("First1".into()), ..Default::default() },
+        &quo_sync::domain::Snapshot {
+            first_name: Some("First1".into()),
+            ..Default::default()
+        },
         "c-1",
         "quo-sync",
         None,
@@ -229,11 +300,28 @@ async fn plan_sends_no_writes_and_names_changed_fields() {
     app.sandbox.reset_stats();
     let plan = app.plan().await;
     assert_eq!(app.sandbox.stats().writes_total(), 0);
-    assert_eq!((plan.counts.created, plan.counts.updated, plan.counts.unchanged), (1, 1, 2));
-    let update = plan.operations.iter().find(|o| o.external_id == "c-1").unwrap();
+    assert_eq!(
+        (
+            plan.counts.created,
+            plan.counts.updated,
+            plan.counts.unchanged
+        ),
+        (1, 1, 2)
+    );
+    let update = plan
+        .operations
+        .iter()
+        .find(|o| o.external_id == "c-1")
+        .unwrap();
     assert_eq!(update.fields, vec!["role".to_string()]);
     // Planning wrote nothing to the ledger either.
-    assert!(app.ledger().record(&quo_sync::domain::ExternalId::parse("c-4").unwrap()).await.unwrap().is_none());
+    assert!(
+        app.ledger()
+            .record(&quo_sync::domain::ExternalId::parse("c-4").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -245,12 +333,22 @@ async fn records_gone_from_the_source_are_ignored_by_default_and_deleted_when_co
     assert_eq!(report.counts.deleted, 0);
     assert_eq!(app.sandbox.count_by_external_id("c-3"), 1);
 
-    let app = TestApp::spawn_with(&csv(&rows(3)), SandboxConfig::default(), "[sync]\non_source_delete = \"delete\"\n").await;
+    let app = TestApp::spawn_with(
+        &csv(&rows(3)),
+        SandboxConfig::default(),
+        "[sync]\non_source_delete = \"delete\"\n",
+    )
+    .await;
     app.cycle().await;
     app.write_csv(&csv(&rows(2)));
     let report = app.cycle().await;
     assert_eq!(report.counts.deleted, 1);
     assert_eq!(app.sandbox.count_by_external_id("c-3"), 0);
-    let row = app.ledger().record(&quo_sync::domain::ExternalId::parse("c-3").unwrap()).await.unwrap().unwrap();
+    let row = app
+        .ledger()
+        .record(&quo_sync::domain::ExternalId::parse("c-3").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.state, quo_sync::ledger::RecordState::Deleted);
 }

@@ -54,10 +54,12 @@ impl Ledger {
 
     /// Events not yet applied, oldest first.
     pub async fn inbox_pending(&self, limit: i64) -> Result<Vec<InboxEvent>, LedgerError> {
-        Ok(sqlx::query_as("SELECT * FROM inbox WHERE processed_at IS NULL ORDER BY received_at, rowid LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(
+            "SELECT * FROM inbox WHERE processed_at IS NULL ORDER BY received_at, rowid LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Marks an event applied with what it did.
@@ -73,8 +75,10 @@ impl Ledger {
 
     /// Events waiting to be applied.
     pub async fn inbox_depth(&self) -> Result<i64, LedgerError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 }

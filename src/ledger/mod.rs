@@ -14,11 +14,15 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 pub use inbox::{InboxEvent, NewInboxEvent};
 pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
-pub use records::{IndexEntry, LedgerIndex, RecordRow, RecordState, SyncedRecord, fingerprint_digest};
+pub use records::{
+    IndexEntry, LedgerIndex, RecordRow, RecordState, SyncedRecord, fingerprint_digest,
+};
 pub use runs::{ConflictRow, RunCounts, RunRow};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.
@@ -78,7 +82,10 @@ impl Ledger {
             })?;
         }
         let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|source| LedgerError::Open { path: display.clone(), source })?
+            .map_err(|source| LedgerError::Open {
+                path: display.clone(),
+                source,
+            })?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -89,12 +96,21 @@ impl Ledger {
             .max_connections(4)
             .connect_with(options)
             .await
-            .map_err(|source| LedgerError::Open { path: display.clone(), source })?;
+            .map_err(|source| LedgerError::Open {
+                path: display.clone(),
+                source,
+            })?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
-            .map_err(|source| LedgerError::Migrate { path: display.clone(), source })?;
-        Ok(Self { pool, path: display })
+            .map_err(|source| LedgerError::Migrate {
+                path: display.clone(),
+                source,
+            })?;
+        Ok(Self {
+            pool,
+            path: display,
+        })
     }
 
     /// The file this ledger lives in.
@@ -133,7 +149,9 @@ impl Ledger {
 
     /// Flushes the WAL into the main file (clean shutdown).
     pub async fn close(&self) {
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await;
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
         self.pool.close().await;
     }
 }

@@ -56,6 +56,8 @@ pub struct QuarantineEntry {
     pub last_seen: String,
     /// The run that last saw it.
     pub last_run_id: Option<String>,
+    /// When an operator discarded it (hidden from attention, still retried).
+    pub discarded_at: Option<String>,
 }
 
 /// What a cycle reports when it quarantines something.
@@ -91,12 +93,17 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<QuarantineEntry, sqlx::Error>
         first_seen: row.try_get("first_seen")?,
         last_seen: row.try_get("last_seen")?,
         last_run_id: row.try_get("last_run_id")?,
+        discarded_at: row.try_get("discarded_at")?,
     })
 }
 
 impl Ledger {
     /// Puts a record in quarantine (or refreshes its entry), returning its key.
-    pub async fn quarantine(&self, entry: NewQuarantine<'_>, run_id: &str) -> Result<String, LedgerError> {
+    pub async fn quarantine(
+        &self,
+        entry: NewQuarantine<'_>,
+        run_id: &str,
+    ) -> Result<String, LedgerError> {
         let key = match entry.external_id {
             Some(id) => id.to_string(),
             None => format!("@{}", entry.location),
@@ -129,7 +136,10 @@ impl Ledger {
 
     /// Releases one record from quarantine (it synced, or an operator discarded it).
     pub async fn release(&self, key: &str) -> Result<bool, LedgerError> {
-        let done = sqlx::query("DELETE FROM quarantine WHERE key = ?").bind(key).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM quarantine WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -143,16 +153,57 @@ impl Ledger {
         Ok(done.rows_affected())
     }
 
-    /// Every quarantined record, oldest first.
+    /// Every quarantined record not discarded, oldest first.
     pub async fn quarantined(&self) -> Result<Vec<QuarantineEntry>, LedgerError> {
-        let rows = sqlx::query("SELECT * FROM quarantine ORDER BY first_seen, key").fetch_all(&self.pool).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM quarantine WHERE discarded_at IS NULL ORDER BY first_seen, key",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
+    }
+
+    /// Every quarantined record including discarded ones, oldest first.
+    pub async fn quarantined_all(&self) -> Result<Vec<QuarantineEntry>, LedgerError> {
+        let rows = sqlx::query("SELECT * FROM quarantine ORDER BY first_seen, key")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
+    }
+
+    /// Marks an entry discarded by an operator; `false` when there is no such entry.
+    pub async fn discard(&self, key: &str) -> Result<bool, LedgerError> {
+        let done = sqlx::query("UPDATE quarantine SET discarded_at = ? WHERE key = ?")
+            .bind(now_text())
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Makes the next cycle re-map and retry these records even if their CRM row is unchanged.
+    pub async fn mark_for_retry(&self, keys: &[String]) -> Result<u64, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let mut touched = 0;
+        for key in keys {
+            touched += sqlx::query(
+                "UPDATE records SET source_fingerprint = NULL, attempts = 0 WHERE external_id = ?",
+            )
+            .bind(key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(touched)
     }
 
     /// One quarantined record.
     pub async fn quarantined_one(&self, key: &str) -> Result<Option<QuarantineEntry>, LedgerError> {
-        let row = sqlx::query("SELECT * FROM quarantine WHERE key = ?").bind(key).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM quarantine WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(decode).transpose()?)
     }
 }
-

@@ -124,10 +124,13 @@ fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<RecordRow, LedgerError> {
     let quo_contact = contact
         .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("quo_contact", e.to_string())))
         .transpose()?;
-    let parsed_id = ExternalId::parse(&external_id).map_err(|e| corrupt("external_id", e.to_string()))?;
+    let parsed_id =
+        ExternalId::parse(&external_id).map_err(|e| corrupt("external_id", e.to_string()))?;
     Ok(RecordRow {
         external_id: parsed_id,
-        quo_id: row.try_get::<Option<String>, _>("quo_id")?.map(QuoContactId),
+        quo_id: row
+            .try_get::<Option<String>, _>("quo_id")?
+            .map(QuoContactId),
         state: RecordState::parse(row.try_get::<String, _>("state")?.as_str()),
         source_fingerprint: row.try_get("source_fingerprint")?,
         snapshot,
@@ -167,36 +170,47 @@ impl Ledger {
 
     /// One record by CRM id.
     pub async fn record(&self, external_id: &ExternalId) -> Result<Option<RecordRow>, LedgerError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM records WHERE external_id = ?")))
-            .bind(external_id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM records WHERE external_id = ?"
+        )))
+        .bind(external_id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(decode_row).transpose()
     }
 
     /// One record by Quo contact id.
     pub async fn record_by_quo_id(&self, quo_id: &str) -> Result<Option<RecordRow>, LedgerError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM records WHERE quo_id = ?")))
-            .bind(quo_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM records WHERE quo_id = ?"
+        )))
+        .bind(quo_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(decode_row).transpose()
     }
 
     /// Every record in a state, in id order.
-    pub async fn records_in_state(&self, state: RecordState) -> Result<Vec<RecordRow>, LedgerError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM records WHERE state = ? ORDER BY external_id")))
-            .bind(state.as_str())
-            .fetch_all(&self.pool)
-            .await?;
+    pub async fn records_in_state(
+        &self,
+        state: RecordState,
+    ) -> Result<Vec<RecordRow>, LedgerError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM records WHERE state = ? ORDER BY external_id"
+        )))
+        .bind(state.as_str())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(decode_row).collect()
     }
 
     /// Every record, in id order.
     pub async fn all_records(&self) -> Result<Vec<RecordRow>, LedgerError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM records ORDER BY external_id")))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM records ORDER BY external_id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(decode_row).collect()
     }
 
@@ -256,15 +270,54 @@ impl Ledger {
         Ok(())
     }
 
-    /// Stores a new source fingerprint for a record whose snapshot did not change.
-    pub async fn update_fingerprint(&self, external_id: &ExternalId, fingerprint: &str) -> Result<(), LedgerError> {
+    /// Commits many confirmed records in one transaction (ledger recovery, bulk imports).
+    pub async fn commit_synced_batch(&self, batch: &[SyncedRecord<'_>]) -> Result<(), LedgerError> {
+        let now = now_text();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE records SET source_fingerprint = ?, updated_at = ? WHERE external_id = ?")
-            .bind(fingerprint)
-            .bind(now_text())
-            .bind(external_id.as_str())
+        for synced in batch {
+            sqlx::query(
+                "INSERT INTO records (external_id, quo_id, state, source_fingerprint, snapshot, snapshot_hash, quo_contact,
+                                      quo_updated_at, crm_updated_at, attempts, created_at, updated_at)
+                 VALUES (?, ?, 'synced', ?, ?, ?, ?, ?, ?, 0, ?, ?)
+                 ON CONFLICT(external_id) DO UPDATE SET
+                    quo_id = excluded.quo_id, state = 'synced',
+                    source_fingerprint = COALESCE(excluded.source_fingerprint, records.source_fingerprint),
+                    snapshot = excluded.snapshot, snapshot_hash = excluded.snapshot_hash,
+                    quo_contact = excluded.quo_contact, quo_updated_at = excluded.quo_updated_at,
+                    attempts = 0, last_error = NULL, updated_at = excluded.updated_at",
+            )
+            .bind(synced.external_id.as_str())
+            .bind(synced.quo_id.as_str())
+            .bind(synced.source_fingerprint)
+            .bind(serde_json::to_string(synced.snapshot).expect("snapshot serialises"))
+            .bind(synced.snapshot.hash())
+            .bind(serde_json::to_string(synced.contact).expect("contact serialises"))
+            .bind(&synced.contact.updated_at)
+            .bind(&synced.crm_updated_at)
+            .bind(&now)
+            .bind(&now)
             .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a new source fingerprint for a record whose snapshot did not change.
+    pub async fn update_fingerprint(
+        &self,
+        external_id: &ExternalId,
+        fingerprint: &str,
+    ) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE records SET source_fingerprint = ?, updated_at = ? WHERE external_id = ?",
+        )
+        .bind(fingerprint)
+        .bind(now_text())
+        .bind(external_id.as_str())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM quarantine WHERE key = ?")
             .bind(external_id.as_str())
             .execute(&mut *tx)
@@ -274,7 +327,11 @@ impl Ledger {
     }
 
     /// Stores the contact as Quo now has it (reverse path), keeping the agreed snapshot.
-    pub async fn update_quo_contact(&self, external_id: &ExternalId, contact: &Contact) -> Result<(), LedgerError> {
+    pub async fn update_quo_contact(
+        &self,
+        external_id: &ExternalId,
+        contact: &Contact,
+    ) -> Result<(), LedgerError> {
         sqlx::query("UPDATE records SET quo_contact = ?, quo_updated_at = ?, updated_at = ? WHERE external_id = ?")
             .bind(serde_json::to_string(contact).expect("contact serialises"))
             .bind(&contact.updated_at)
@@ -286,7 +343,11 @@ impl Ledger {
     }
 
     /// Counts a failed attempt with its reason.
-    pub async fn record_failure(&self, external_id: &ExternalId, error: &str) -> Result<(), LedgerError> {
+    pub async fn record_failure(
+        &self,
+        external_id: &ExternalId,
+        error: &str,
+    ) -> Result<(), LedgerError> {
         sqlx::query("UPDATE records SET attempts = attempts + 1, last_error = ?, updated_at = ? WHERE external_id = ?")
             .bind(error)
             .bind(now_text())
@@ -297,7 +358,11 @@ impl Ledger {
     }
 
     /// Forgets the Quo id (the contact is gone from Quo) and sets the state.
-    pub async fn unlink(&self, external_id: &ExternalId, state: RecordState) -> Result<(), LedgerError> {
+    pub async fn unlink(
+        &self,
+        external_id: &ExternalId,
+        state: RecordState,
+    ) -> Result<(), LedgerError> {
         sqlx::query(
             "UPDATE records SET quo_id = NULL, state = ?, snapshot = NULL, snapshot_hash = NULL, quo_contact = NULL,
                     source_fingerprint = NULL, updated_at = ? WHERE external_id = ?",
@@ -321,8 +386,10 @@ impl Ledger {
 
     /// Record counts by state.
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, LedgerError> {
-        Ok(sqlx::query_as("SELECT state, COUNT(*) FROM records GROUP BY state ORDER BY state")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT state, COUNT(*) FROM records GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }

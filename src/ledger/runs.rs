@@ -131,10 +131,12 @@ impl Ledger {
 
     /// The most recent runs, newest first.
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>, LedgerError> {
-        Ok(sqlx::query_as("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Records a conflict and how it was decided.
@@ -170,9 +172,11 @@ impl Ledger {
 
     /// Recorded conflicts, newest first.
     pub async fn conflicts(&self, limit: i64) -> Result<Vec<ConflictRow>, LedgerError> {
-        Ok(sqlx::query_as("SELECT * FROM conflicts ORDER BY id DESC LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM conflicts ORDER BY id DESC LIMIT ?")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }

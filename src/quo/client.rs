@@ -114,7 +114,10 @@ pub struct ClientStats {
 impl ClientStats {
     /// (requests, rate_limited) so far.
     pub fn snapshot(&self) -> (u64, u64) {
-        (self.requests.load(Ordering::Relaxed), self.rate_limited.load(Ordering::Relaxed))
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.rate_limited.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -171,7 +174,11 @@ enum AttemptError {
     /// May or may not have been applied.
     Ambiguous(String),
     /// Quo answered with a retryable status (429, 5xx).
-    Retryable { status: StatusCode, retry_after: Option<Duration>, text: String },
+    Retryable {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        text: String,
+    },
 }
 
 impl QuoClient {
@@ -213,8 +220,15 @@ impl QuoClient {
     /// `GET /v1/contact-custom-fields`.
     pub async fn custom_fields(&self) -> Result<Vec<CustomFieldDef>, QuoError> {
         let route = "GET /v1/contact-custom-fields";
-        let envelope: DataEnvelope<Vec<CustomFieldDef>> =
-            self.call_idempotent(route, Method::GET, "/v1/contact-custom-fields", &[], None::<&()>).await?;
+        let envelope: DataEnvelope<Vec<CustomFieldDef>> = self
+            .call_idempotent(
+                route,
+                Method::GET,
+                "/v1/contact-custom-fields",
+                &[],
+                None::<&()>,
+            )
+            .await?;
         Ok(envelope.data)
     }
 
@@ -222,7 +236,10 @@ impl QuoClient {
     pub async fn get_contact(&self, id: &str) -> Result<Option<Contact>, QuoError> {
         let route = "GET /v1/contacts/{id}";
         let path = format!("/v1/contacts/{}", encode_segment(id));
-        match self.call_idempotent::<DataEnvelope<Contact>, ()>(route, Method::GET, &path, &[], None).await {
+        match self
+            .call_idempotent::<DataEnvelope<Contact>, ()>(route, Method::GET, &path, &[], None)
+            .await
+        {
             Ok(envelope) => Ok(Some(envelope.data)),
             Err(QuoError::Rejected { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -233,7 +250,9 @@ impl QuoClient {
     pub async fn update_contact(&self, id: &str, body: &PatchContact) -> Result<Contact, QuoError> {
         let route = "PATCH /v1/contacts/{id}";
         let path = format!("/v1/contacts/{}", encode_segment(id));
-        let envelope: DataEnvelope<Contact> = self.call_idempotent(route, Method::PATCH, &path, &[], Some(body)).await?;
+        let envelope: DataEnvelope<Contact> = self
+            .call_idempotent(route, Method::PATCH, &path, &[], Some(body))
+            .await?;
         Ok(envelope.data)
     }
 
@@ -241,7 +260,10 @@ impl QuoClient {
     pub async fn delete_contact(&self, id: &str) -> Result<bool, QuoError> {
         let route = "DELETE /v1/contacts/{id}";
         let path = format!("/v1/contacts/{}", encode_segment(id));
-        match self.call_idempotent::<serde_json::Value, ()>(route, Method::DELETE, &path, &[], None).await {
+        match self
+            .call_idempotent::<serde_json::Value, ()>(route, Method::DELETE, &path, &[], None)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(QuoError::Rejected { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -261,9 +283,20 @@ impl QuoClient {
             if let Some(t) = &token {
                 query.push(("pageToken", t.clone()));
             }
-            let page: ContactPage =
-                self.call_idempotent("GET /v1/contacts", Method::GET, "/v1/contacts", &query, None::<&()>).await?;
-            found.extend(page.data.into_iter().filter(|c| c.external_id.as_deref() == Some(external_id)));
+            let page: ContactPage = self
+                .call_idempotent(
+                    "GET /v1/contacts",
+                    Method::GET,
+                    "/v1/contacts",
+                    &query,
+                    None::<&()>,
+                )
+                .await?;
+            found.extend(
+                page.data
+                    .into_iter()
+                    .filter(|c| c.external_id.as_deref() == Some(external_id)),
+            );
             match page.next_page_token.filter(|t| !t.is_empty()) {
                 Some(next) if Some(&next) != token.as_ref() => token = Some(next),
                 _ => break,
@@ -274,11 +307,21 @@ impl QuoClient {
 
     /// One page of our contacts (`sources=<ours>`, 50 a page).
     pub async fn list_page(&self, page_token: Option<&str>) -> Result<ContactPage, QuoError> {
-        let mut query = vec![("sources", self.source.clone()), ("maxResults", MAX_PAGE.to_string())];
+        let mut query = vec![
+            ("sources", self.source.clone()),
+            ("maxResults", MAX_PAGE.to_string()),
+        ];
         if let Some(t) = page_token {
             query.push(("pageToken", t.to_string()));
         }
-        self.call_idempotent("GET /v1/contacts", Method::GET, "/v1/contacts", &query, None::<&()>).await
+        self.call_idempotent(
+            "GET /v1/contacts",
+            Method::GET,
+            "/v1/contacts",
+            &query,
+            None::<&()>,
+        )
+        .await
     }
 
     /// `POST /v1/contacts`, never creating a duplicate: a 409 or an unknown outcome is resolved
@@ -287,33 +330,58 @@ impl QuoClient {
         let route = "POST /v1/contacts";
         let mut retries = 0u32;
         loop {
-            let (last, wait_hint) = match self.attempt(route, Method::POST, "/v1/contacts", &[], Some(body)).await {
+            let (last, wait_hint) = match self
+                .attempt(route, Method::POST, "/v1/contacts", &[], Some(body))
+                .await
+            {
                 Ok((status, bytes)) if status.is_success() => {
                     let envelope: DataEnvelope<Contact> = decode(route, &bytes)?;
-                    return Ok(CreateOutcome { contact: envelope.data, adopted: false });
+                    return Ok(CreateOutcome {
+                        contact: envelope.data,
+                        adopted: false,
+                    });
                 }
                 Ok((StatusCode::CONFLICT, _)) => {
                     if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
-                        return Ok(CreateOutcome { contact, adopted: true });
+                        return Ok(CreateOutcome {
+                            contact,
+                            adopted: true,
+                        });
                     }
-                    (format!("409 on create, yet no contact with externalId {:?} is listed", body.external_id), None)
+                    (
+                        format!(
+                            "409 on create, yet no contact with externalId {:?} is listed",
+                            body.external_id
+                        ),
+                        None,
+                    )
                 }
                 Ok((status, bytes)) => return Err(rejected(status, &bytes)),
                 // Never reached Quo, or refused by the rate limit before any work: plain retry.
                 Err(AttemptError::NotSent(text)) => (text, None),
-                Err(AttemptError::Retryable { status: StatusCode::TOO_MANY_REQUESTS, retry_after, text }) => {
-                    (text, retry_after)
-                }
+                Err(AttemptError::Retryable {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    retry_after,
+                    text,
+                }) => (text, retry_after),
                 // The write may have landed: look before sending it again.
-                Err(AttemptError::Retryable { retry_after, text, .. }) => {
+                Err(AttemptError::Retryable {
+                    retry_after, text, ..
+                }) => {
                     if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
-                        return Ok(CreateOutcome { contact, adopted: true });
+                        return Ok(CreateOutcome {
+                            contact,
+                            adopted: true,
+                        });
                     }
                     (text, retry_after)
                 }
                 Err(AttemptError::Ambiguous(text)) => {
                     if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
-                        return Ok(CreateOutcome { contact, adopted: true });
+                        return Ok(CreateOutcome {
+                            contact,
+                            adopted: true,
+                        });
                     }
                     (text, None)
                 }
@@ -330,7 +398,11 @@ impl QuoClient {
         self.stats.adopted.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("quo_sync_creates_adopted_total").increment(1);
         if found.len() > 1 {
-            tracing::warn!(external_id, count = found.len(), "Quo holds several contacts with this externalId; adopting the oldest");
+            tracing::warn!(
+                external_id,
+                count = found.len(),
+                "Quo holds several contacts with this externalId; adopting the oldest"
+            );
         }
         Ok(found.into_iter().next())
     }
@@ -344,7 +416,11 @@ impl QuoClient {
         retry_after: Option<Duration>,
     ) -> Result<u32, QuoError> {
         if !self.retry.may_retry(retries) {
-            return Err(QuoError::Exhausted { route, attempts: retries + 1, last });
+            return Err(QuoError::Exhausted {
+                route,
+                attempts: retries + 1,
+                last,
+            });
         }
         let retry = retries + 1;
         let wait = self.retry.backoff(retry, retry_after);
@@ -366,17 +442,22 @@ impl QuoClient {
     ) -> Result<T, QuoError> {
         let mut retries = 0u32;
         loop {
-            let (last, wait_hint) = match self.attempt(route, method.clone(), path, query, body).await {
-                Ok((status, bytes)) if status.is_success() => {
-                    if bytes.is_empty() {
-                        return decode(route, b"null");
+            let (last, wait_hint) =
+                match self.attempt(route, method.clone(), path, query, body).await {
+                    Ok((status, bytes)) if status.is_success() => {
+                        if bytes.is_empty() {
+                            return decode(route, b"null");
+                        }
+                        return decode(route, &bytes);
                     }
-                    return decode(route, &bytes);
-                }
-                Ok((status, bytes)) => return Err(rejected(status, &bytes)),
-                Err(AttemptError::NotSent(text)) | Err(AttemptError::Ambiguous(text)) => (text, None),
-                Err(AttemptError::Retryable { retry_after, text, .. }) => (text, retry_after),
-            };
+                    Ok((status, bytes)) => return Err(rejected(status, &bytes)),
+                    Err(AttemptError::NotSent(text)) | Err(AttemptError::Ambiguous(text)) => {
+                        (text, None)
+                    }
+                    Err(AttemptError::Retryable {
+                        retry_after, text, ..
+                    }) => (text, retry_after),
+                };
             retries = self.before_retry(route, retries, last, wait_hint).await?;
         }
     }
@@ -407,7 +488,11 @@ impl QuoClient {
                 let status = if e.is_timeout() { "timeout" } else { "error" };
                 metrics::counter!("quo_sync_quo_requests_total", "route" => route, "status" => status).increment(1);
                 let text = describe_reqwest_error(&e);
-                return Err(if e.is_connect() { AttemptError::NotSent(text) } else { AttemptError::Ambiguous(text) });
+                return Err(if e.is_connect() {
+                    AttemptError::NotSent(text)
+                } else {
+                    AttemptError::Ambiguous(text)
+                });
             }
         };
         let status = response.status();
@@ -424,7 +509,11 @@ impl QuoClient {
         }
         if is_retryable_status(status) {
             let text = format!("{} {}", status.as_u16(), error_summary(&bytes));
-            return Err(AttemptError::Retryable { status, retry_after: wait, text });
+            return Err(AttemptError::Retryable {
+                status,
+                retry_after: wait,
+                text,
+            });
         }
         // A final answer; `rejected` turns 401 into `Unauthorized`.
         Ok((status, bytes))
@@ -445,7 +534,10 @@ fn encode_segment(segment: &str) -> String {
 }
 
 fn decode<T: DeserializeOwned>(route: &'static str, bytes: &[u8]) -> Result<T, QuoError> {
-    serde_json::from_slice(bytes).map_err(|e| QuoError::Decode { route, reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| QuoError::Decode {
+        route,
+        reason: e.to_string(),
+    })
 }
 
 fn rejected(status: StatusCode, bytes: &[u8]) -> QuoError {
@@ -457,7 +549,12 @@ fn rejected(status: StatusCode, bytes: &[u8]) -> QuoError {
     if status == StatusCode::UNAUTHORIZED {
         return QuoError::Unauthorized { code: body.code };
     }
-    QuoError::Rejected { status: status.as_u16(), title: body.title.clone(), message: body.message.clone(), body }
+    QuoError::Rejected {
+        status: status.as_u16(),
+        title: body.title.clone(),
+        message: body.message.clone(),
+        body,
+    }
 }
 
 fn error_summary(bytes: &[u8]) -> String {
@@ -484,5 +581,9 @@ fn describe_reqwest_error(error: &reqwest::Error) -> String {
         detail = err.to_string();
         source = err.source();
     }
-    if detail.is_empty() { kind.to_string() } else { format!("{kind}: {detail}") }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {detail}")
+    }
 }

@@ -50,12 +50,19 @@ pub struct QuoChanges {
 
 impl QuoChanges {
     fn note_event(&mut self, external_id: &str, event_id: &str) {
-        self.events.entry(external_id.to_string()).or_default().push(event_id.to_string());
+        self.events
+            .entry(external_id.to_string())
+            .or_default()
+            .push(event_id.to_string());
     }
 }
 
 /// Reads pending inbox events (and scans when `scan` is set) into `QuoChanges`.
-pub async fn gather(ledger: &Ledger, client: &QuoClient, scan: bool) -> Result<QuoChanges, IntakeError> {
+pub async fn gather(
+    ledger: &Ledger,
+    client: &QuoClient,
+    scan: bool,
+) -> Result<QuoChanges, IntakeError> {
     let mut changes = QuoChanges::default();
     let mut fetched: HashSet<String> = HashSet::new();
     for event in ledger.inbox_pending(10_000).await? {
@@ -74,8 +81,11 @@ pub async fn gather(ledger: &Ledger, client: &QuoClient, scan: bool) -> Result<Q
             continue;
         }
         if event.event_type == "contact.updated" {
-            let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap_or_default();
-            let object = payload["data"].get("object").or_else(|| payload["data"].get("resource"));
+            let payload: serde_json::Value =
+                serde_json::from_str(&event.payload).unwrap_or_default();
+            let object = payload["data"]
+                .get("object")
+                .or_else(|| payload["data"].get("resource"));
             let stamped = object.and_then(|o| o["updatedAt"].as_str());
             if stamped.is_some() && stamped == row.quo_updated_at.as_deref() {
                 debug!(event = "webhook_echo", event_id = %event.event_id, external_id, quo_id, "our own write coming back; nothing to do");
@@ -84,8 +94,11 @@ pub async fn gather(ledger: &Ledger, client: &QuoClient, scan: bool) -> Result<Q
         }
         fetched.insert(quo_id.clone());
         match client.get_contact(&quo_id).await? {
-            None => changes.deleted.push((row.external_id.clone(), QuoContactId(quo_id))),
-            Some(contact) if contact.updated_at.is_some() && contact.updated_at == row.quo_updated_at => {}
+            None => changes
+                .deleted
+                .push((row.external_id.clone(), QuoContactId(quo_id))),
+            Some(contact)
+                if contact.updated_at.is_some() && contact.updated_at == row.quo_updated_at => {}
             Some(contact) => {
                 changes.changed.insert(external_id, contact);
             }
@@ -145,6 +158,14 @@ async fn scan_all(
         }
     }
     changes.scanned = true;
-    info!(event = "quo_scanned", pages, contacts = seen.len(), changed = changes.changed.len(), deleted = changes.deleted.len(), orphans = changes.orphans, "scanned Quo for changes");
+    info!(
+        event = "quo_scanned",
+        pages,
+        contacts = seen.len(),
+        changed = changes.changed.len(),
+        deleted = changes.deleted.len(),
+        orphans = changes.orphans,
+        "scanned Quo for changes"
+    );
     Ok(())
 }

@@ -75,7 +75,10 @@ pub struct MergePolicy {
 
 impl MergePolicy {
     fn direction(&self, field: &str) -> FieldDirection {
-        self.fields.get(field).and_then(|p| p.direction).unwrap_or(FieldDirection::Both)
+        self.fields
+            .get(field)
+            .and_then(|p| p.direction)
+            .unwrap_or(FieldDirection::Both)
     }
 
     fn conflict(&self, field: &str) -> ConflictPolicy {
@@ -99,7 +102,11 @@ pub fn merge(
     let base_fields = base.fields();
     let crm_fields = crm.fields();
     let quo_fields = quo.fields();
-    let mut names: Vec<&String> = base_fields.keys().chain(crm_fields.keys()).chain(quo_fields.keys()).collect();
+    let mut names: Vec<&String> = base_fields
+        .keys()
+        .chain(crm_fields.keys())
+        .chain(quo_fields.keys())
+        .collect();
     names.sort();
     names.dedup();
 
@@ -114,10 +121,18 @@ pub fn merge(
             Side::Crm
         } else if c == b {
             // Only Quo changed.
-            if direction == FieldDirection::ToQuo { Side::Crm } else { Side::Quo }
+            if direction == FieldDirection::ToQuo {
+                Side::Crm
+            } else {
+                Side::Quo
+            }
         } else if q == b {
             // Only the CRM changed.
-            if direction == FieldDirection::ToCrm { Side::Quo } else { Side::Crm }
+            if direction == FieldDirection::ToCrm {
+                Side::Quo
+            } else {
+                Side::Crm
+            }
         } else {
             let (winner, decided_by) = match direction {
                 FieldDirection::ToQuo => (Side::Crm, "direction"),
@@ -133,7 +148,14 @@ pub fn merge(
                     },
                 },
             };
-            conflicts.push(Conflict { field: name.clone(), base: b, crm: c.clone(), quo: q.clone(), winner, policy: decided_by });
+            conflicts.push(Conflict {
+                field: name.clone(),
+                base: b,
+                crm: c.clone(),
+                quo: q.clone(),
+                winner,
+                policy: decided_by,
+            });
             winner
         };
         let value = if pick == Side::Crm { c } else { q };
@@ -141,7 +163,12 @@ pub fn merge(
     }
     let to_quo = quo.changed_fields(&merged);
     let to_crm = crm.changed_fields(&merged);
-    MergeOutcome { merged, to_quo, to_crm, conflicts }
+    MergeOutcome {
+        merged,
+        to_quo,
+        to_crm,
+        conflicts,
+    }
 }
 
 #[cfg(test)]
@@ -150,7 +177,11 @@ mod tests {
     use serde_json::json;
 
     fn snap(first: &str, company: &str) -> Snapshot {
-        Snapshot { first_name: Some(first.into()), company: Some(company.into()), ..Default::default() }
+        Snapshot {
+            first_name: Some(first.into()),
+            company: Some(company.into()),
+            ..Default::default()
+        }
     }
 
     fn at(s: &str) -> Option<DateTime<Utc>> {
@@ -182,18 +213,62 @@ mod tests {
         let base = snap("Ada", "Acme");
         let crm = snap("Ada", "CRM Co");
         let quo = snap("Ada", "Quo Co");
-        let newer_quo = merge(&base, &crm, &quo, at("2026-01-01T00:00:00Z"), at("2026-01-02T00:00:00Z"), &MergePolicy::default());
+        let newer_quo = merge(
+            &base,
+            &crm,
+            &quo,
+            at("2026-01-01T00:00:00Z"),
+            at("2026-01-02T00:00:00Z"),
+            &MergePolicy::default(),
+        );
         assert_eq!(newer_quo.merged.company.as_deref(), Some("Quo Co"));
         assert_eq!(newer_quo.conflicts[0].winner, Side::Quo);
         assert_eq!(newer_quo.to_crm, vec!["company"]);
-        let newer_crm = merge(&base, &crm, &quo, at("2026-01-03T00:00:00Z"), at("2026-01-02T00:00:00Z"), &MergePolicy::default());
+        let newer_crm = merge(
+            &base,
+            &crm,
+            &quo,
+            at("2026-01-03T00:00:00Z"),
+            at("2026-01-02T00:00:00Z"),
+            &MergePolicy::default(),
+        );
         assert_eq!(newer_crm.merged.company.as_deref(), Some("CRM Co"));
-        let no_time = merge(&base, &crm, &quo, None, at("2026-01-02T00:00:00Z"), &MergePolicy::default());
-        assert_eq!(no_time.conflicts[0].winner, Side::Crm, "missing time falls back to crm");
-        let quo_wins = MergePolicy { conflict: Some(ConflictPolicy::Quo), ..Default::default() };
-        assert_eq!(merge(&base, &crm, &quo, None, None, &quo_wins).merged.company.as_deref(), Some("Quo Co"));
-        let crm_wins = MergePolicy { conflict: Some(ConflictPolicy::Crm), ..Default::default() };
-        let out = merge(&base, &crm, &quo, at("2026-01-01T00:00:00Z"), at("2026-01-02T00:00:00Z"), &crm_wins);
+        let no_time = merge(
+            &base,
+            &crm,
+            &quo,
+            None,
+            at("2026-01-02T00:00:00Z"),
+            &MergePolicy::default(),
+        );
+        assert_eq!(
+            no_time.conflicts[0].winner,
+            Side::Crm,
+            "missing time falls back to crm"
+        );
+        let quo_wins = MergePolicy {
+            conflict: Some(ConflictPolicy::Quo),
+            ..Default::default()
+        };
+        assert_eq!(
+            merge(&base, &crm, &quo, None, None, &quo_wins)
+                .merged
+                .company
+                .as_deref(),
+            Some("Quo Co")
+        );
+        let crm_wins = MergePolicy {
+            conflict: Some(ConflictPolicy::Crm),
+            ..Default::default()
+        };
+        let out = merge(
+            &base,
+            &crm,
+            &quo,
+            at("2026-01-01T00:00:00Z"),
+            at("2026-01-02T00:00:00Z"),
+            &crm_wins,
+        );
         assert_eq!(out.merged.company.as_deref(), Some("CRM Co"));
         assert_eq!(out.conflicts[0].crm, json!("CRM Co"));
         assert_eq!(out.conflicts[0].quo, json!("Quo Co"));
@@ -205,9 +280,24 @@ mod tests {
         let crm = snap("Ada", "CRM Co");
         let quo = snap("Adaline", "Quo Co");
         let mut fields = BTreeMap::new();
-        fields.insert("company".to_string(), FieldPolicy { conflict: Some(ConflictPolicy::Quo), direction: None });
-        fields.insert("firstName".to_string(), FieldPolicy { conflict: None, direction: Some(FieldDirection::ToQuo) });
-        let policy = MergePolicy { conflict: Some(ConflictPolicy::Crm), fields };
+        fields.insert(
+            "company".to_string(),
+            FieldPolicy {
+                conflict: Some(ConflictPolicy::Quo),
+                direction: None,
+            },
+        );
+        fields.insert(
+            "firstName".to_string(),
+            FieldPolicy {
+                conflict: None,
+                direction: Some(FieldDirection::ToQuo),
+            },
+        );
+        let policy = MergePolicy {
+            conflict: Some(ConflictPolicy::Crm),
+            fields,
+        };
         let out = merge(&base, &crm, &quo, None, None, &policy);
         assert_eq!(out.merged.company.as_deref(), Some("Quo Co"));
         // firstName flows CRM → Quo only: Quo's edit is overwritten with the CRM's value.

@@ -35,66 +35,110 @@ pub struct Receiver {
 
 impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Receiver").field("secret", &self.secret.as_ref().map(|_| "[REDACTED]")).finish()
+        f.debug_struct("Receiver")
+            .field("secret", &self.secret.as_ref().map(|_| "[REDACTED]"))
+            .finish()
     }
 }
 
 /// The routes: `POST /webhooks/quo`, `GET /healthz`.
 pub fn router(receiver: Receiver) -> Router {
+    webhook_routes(receiver).route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// Only `POST /webhooks/quo`, for sharing a listener with the service routes.
+pub fn webhook_routes(receiver: Receiver) -> Router {
     Router::new()
         .route("/webhooks/quo", post(receive))
-        .route("/healthz", get(|| async { "ok" }))
         .with_state(Arc::new(receiver))
 }
 
 fn refuse(status: StatusCode, reason: &str) -> (StatusCode, String) {
-    warn!(event = "webhook_rejected", status = status.as_u16(), reason, "webhook delivery refused");
+    warn!(
+        event = "webhook_rejected",
+        status = status.as_u16(),
+        reason,
+        "webhook delivery refused"
+    );
     metrics::counter!("quo_sync_webhooks_total", "outcome" => "rejected").increment(1);
     (status, format!("{reason}\n"))
 }
 
-async fn receive(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> (StatusCode, String) {
+async fn receive(
+    State(receiver): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Body,
+) -> (StatusCode, String) {
     let bytes = match axum::body::to_bytes(body, receiver.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {} bytes", receiver.max_body_bytes)),
+        Err(_) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body larger than {} bytes", receiver.max_body_bytes),
+            );
+        }
     };
     let Some(secret) = &receiver.secret else {
-        return refuse(StatusCode::UNAUTHORIZED, "reverse.webhook_secret is not configured");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "reverse.webhook_secret is not configured",
+        );
     };
-    if let Err(error) = signature::verify(&headers, &bytes, secret, chrono::Utc::now().timestamp()) {
+    if let Err(error) = signature::verify(&headers, &bytes, secret, chrono::Utc::now().timestamp())
+    {
         return refuse(StatusCode::UNAUTHORIZED, &error.to_string());
     }
     let event: Value = match serde_json::from_slice(&bytes) {
         Ok(value) => value,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}")),
     };
-    let event_id = event["id"]
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| headers.get("webhook-id").and_then(|v| v.to_str().ok()).map(str::to_string));
+    let event_id = event["id"].as_str().map(str::to_string).or_else(|| {
+        headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
     let (Some(event_id), Some(event_type)) = (event_id, event["type"].as_str()) else {
         return refuse(StatusCode::BAD_REQUEST, "event has no id or type");
     };
     if !event_type.starts_with("contact.") {
-        debug!(event = "webhook_ignored", event_id, event_type, "not a contact event");
+        debug!(
+            event = "webhook_ignored",
+            event_id, event_type, "not a contact event"
+        );
         return (StatusCode::OK, "ignored\n".into());
     }
-    let contact = event["data"].get("object").or_else(|| event["data"].get("resource")).cloned().unwrap_or(Value::Null);
+    let contact = event["data"]
+        .get("object")
+        .or_else(|| event["data"].get("resource"))
+        .cloned()
+        .unwrap_or(Value::Null);
     let quo_id = contact["id"].as_str();
     let payload = String::from_utf8_lossy(&bytes);
     match receiver
         .ledger
-        .inbox_put(NewInboxEvent { event_id: &event_id, event_type, quo_id, payload: &payload })
+        .inbox_put(NewInboxEvent {
+            event_id: &event_id,
+            event_type,
+            quo_id,
+            payload: &payload,
+        })
         .await
     {
         Ok(true) => {
-            info!(event = "webhook_received", event_id, event_type, quo_id, "webhook stored");
+            info!(
+                event = "webhook_received",
+                event_id, event_type, quo_id, "webhook stored"
+            );
             metrics::counter!("quo_sync_webhooks_total", "outcome" => "stored").increment(1);
             receiver.wake.notify_one();
             (StatusCode::OK, "stored\n".into())
         }
         Ok(false) => {
-            info!(event = "webhook_duplicate", event_id, event_type, quo_id, "redelivered event ignored");
+            info!(
+                event = "webhook_duplicate",
+                event_id, event_type, quo_id, "redelivered event ignored"
+            );
             metrics::counter!("quo_sync_webhooks_total", "outcome" => "duplicate").increment(1);
             (StatusCode::OK, "duplicate\n".into())
         }

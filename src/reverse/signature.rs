@@ -53,16 +53,26 @@ fn mac(key: &[u8]) -> Hmac<Sha256> {
 fn check_time(timestamp_seconds: i64, now_seconds: i64) -> Result<(), SignatureError> {
     let skew = (now_seconds - timestamp_seconds).abs();
     if skew > TOLERANCE_SECONDS {
-        return Err(SignatureError::Stale { timestamp: timestamp_seconds, skew_seconds: skew });
+        return Err(SignatureError::Stale {
+            timestamp: timestamp_seconds,
+            skew_seconds: skew,
+        });
     }
     Ok(())
 }
 
 /// Verifies a delivery against `secret` at time `now_seconds` (unix seconds).
-pub fn verify(headers: &HeaderMap, body: &[u8], secret: &SecretString, now_seconds: i64) -> Result<(), SignatureError> {
+pub fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &SecretString,
+    now_seconds: i64,
+) -> Result<(), SignatureError> {
     let key = key_bytes(secret)?;
     if let Some(value) = headers.get("webhook-signature") {
-        let signatures = value.to_str().map_err(|_| SignatureError::Malformed("webhook-signature"))?;
+        let signatures = value
+            .to_str()
+            .map_err(|_| SignatureError::Malformed("webhook-signature"))?;
         let id = headers
             .get("webhook-id")
             .and_then(|v| v.to_str().ok())
@@ -77,8 +87,12 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secret: &SecretString, now_secon
         signed.extend_from_slice(format!("{id}.{timestamp}.").as_bytes());
         signed.extend_from_slice(body);
         for entry in signatures.split_whitespace() {
-            let Some(encoded) = entry.strip_prefix("v1,") else { continue };
-            let Ok(candidate) = B64.decode(encoded) else { continue };
+            let Some(encoded) = entry.strip_prefix("v1,") else {
+                continue;
+            };
+            let Ok(candidate) = B64.decode(encoded) else {
+                continue;
+            };
             let mut check = mac(&key);
             check.update(&signed);
             if check.verify_slice(&candidate).is_ok() {
@@ -88,7 +102,9 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secret: &SecretString, now_secon
         return Err(SignatureError::Mismatch);
     }
     if let Some(value) = headers.get("openphone-signature") {
-        let text = value.to_str().map_err(|_| SignatureError::Malformed("openphone-signature"))?;
+        let text = value
+            .to_str()
+            .map_err(|_| SignatureError::Malformed("openphone-signature"))?;
         let parts: Vec<&str> = text.split(';').collect();
         let [scheme, version, timestamp, encoded] = parts.as_slice() else {
             return Err(SignatureError::Malformed("openphone-signature"));
@@ -96,16 +112,27 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secret: &SecretString, now_secon
         if *scheme != "hmac" || *version != "1" {
             return Err(SignatureError::Malformed("openphone-signature"));
         }
-        let raw_ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::Malformed("openphone-signature"))?;
+        let raw_ts: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| SignatureError::Malformed("openphone-signature"))?;
         // The documented example is 13 digits (milliseconds); accept seconds too.
-        let seconds = if raw_ts > 100_000_000_000 { raw_ts / 1000 } else { raw_ts };
+        let seconds = if raw_ts > 100_000_000_000 {
+            raw_ts / 1000
+        } else {
+            raw_ts
+        };
         check_time(seconds, now_seconds)?;
-        let candidate = B64.decode(encoded.trim()).map_err(|_| SignatureError::Malformed("openphone-signature"))?;
+        let candidate = B64
+            .decode(encoded.trim())
+            .map_err(|_| SignatureError::Malformed("openphone-signature"))?;
         let mut check = mac(&key);
         check.update(timestamp.trim().as_bytes());
         check.update(b".");
         check.update(body);
-        return check.verify_slice(&candidate).map_err(|_| SignatureError::Mismatch);
+        return check
+            .verify_slice(&candidate)
+            .map_err(|_| SignatureError::Mismatch);
     }
     Err(SignatureError::Missing)
 }
@@ -130,11 +157,29 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("webhook-id", "msg_1".parse().unwrap());
         headers.insert("webhook-timestamp", now.to_string().parse().unwrap());
-        let sig = sign(KEY, format!("msg_1.{now}.").as_bytes().iter().chain(body.iter()).copied().collect::<Vec<_>>().as_slice());
-        headers.insert("webhook-signature", format!("v1,bogus v1,{sig}").parse().unwrap());
+        let sig = sign(
+            KEY,
+            format!("msg_1.{now}.")
+                .as_bytes()
+                .iter()
+                .chain(body.iter())
+                .copied()
+                .collect::<Vec<_>>()
+                .as_slice(),
+        );
+        headers.insert(
+            "webhook-signature",
+            format!("v1,bogus v1,{sig}").parse().unwrap(),
+        );
         assert_eq!(verify(&headers, body, &secret, now), Ok(()));
-        assert_eq!(verify(&headers, b"{}", &secret, now), Err(SignatureError::Mismatch));
-        assert!(matches!(verify(&headers, body, &secret, now + 301), Err(SignatureError::Stale { .. })));
+        assert_eq!(
+            verify(&headers, b"{}", &secret, now),
+            Err(SignatureError::Mismatch)
+        );
+        assert!(matches!(
+            verify(&headers, body, &secret, now + 301),
+            Err(SignatureError::Stale { .. })
+        ));
     }
 
     #[test]
@@ -142,13 +187,28 @@ mod tests {
         let secret = SecretString::from(B64.encode(KEY));
         let body = br#"{"id":"EV1"}"#;
         let ts_ms = 1_800_000_000_123i64;
-        let sig = sign(KEY, format!("{ts_ms}.{}", std::str::from_utf8(body).unwrap()).as_bytes());
+        let sig = sign(
+            KEY,
+            format!("{ts_ms}.{}", std::str::from_utf8(body).unwrap()).as_bytes(),
+        );
         let mut headers = HeaderMap::new();
-        headers.insert("openphone-signature", format!("hmac;1;{ts_ms};{sig}").parse().unwrap());
+        headers.insert(
+            "openphone-signature",
+            format!("hmac;1;{ts_ms};{sig}").parse().unwrap(),
+        );
         assert_eq!(verify(&headers, body, &secret, 1_800_000_010), Ok(()));
         let wrong = SecretString::from(B64.encode(b"another key entirely"));
-        assert_eq!(verify(&headers, body, &wrong, 1_800_000_010), Err(SignatureError::Mismatch));
-        assert!(matches!(verify(&headers, body, &secret, 1_700_000_000), Err(SignatureError::Stale { .. })));
-        assert_eq!(verify(&HeaderMap::new(), body, &secret, 0), Err(SignatureError::Missing));
+        assert_eq!(
+            verify(&headers, body, &wrong, 1_800_000_010),
+            Err(SignatureError::Mismatch)
+        );
+        assert!(matches!(
+            verify(&headers, body, &secret, 1_700_000_000),
+            Err(SignatureError::Stale { .. })
+        ));
+        assert_eq!(
+            verify(&HeaderMap::new(), body, &secret, 0),
+            Err(SignatureError::Missing)
+        );
     }
 }

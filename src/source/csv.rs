@@ -34,7 +34,10 @@ impl CsvSource {
     }
     /// Deletes rows.
     pub async fn delete_records(&self, _ids: &[ExternalId]) -> Result<WriteReport, SourceError> {
-        Err(SourceError::Io { path: self.path.display().to_string(), reason: "not implemented".into() })
+        Err(SourceError::Io {
+            path: self.path.display().to_string(),
+            reason: "not implemented".into(),
+        })
     }
     /// Describes the adapter.
     pub fn describe(&self) -> String {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
-use super::{Action, Cycle, Mode, PlannedOp, SyncError, WriteBack, Work};
+use super::{Action, Cycle, Mode, PlannedOp, SyncError, Work, WriteBack};
 use crate::config::OnQuoDelete;
 use crate::domain::{ExternalId, QuoContactId};
 use crate::ledger::{NewQuarantine, QuarantineStage, RecordState, SyncedRecord};
@@ -18,7 +18,8 @@ use crate::source::{CrmChange, SourceError, SourceRecord};
 const LAST_SCAN: &str = "reverse.last_scan_at";
 
 fn parse_time(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
-    text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&chrono::Utc))
+    text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 impl Cycle {
@@ -29,39 +30,69 @@ impl Cycle {
             None => false,
             Some(interval) => match parse_time(ledger.meta(LAST_SCAN).await?.as_deref()) {
                 None => true,
-                Some(last) => chrono::Utc::now().signed_duration_since(last).to_std().unwrap_or_default() >= interval,
+                Some(last) => {
+                    chrono::Utc::now()
+                        .signed_duration_since(last)
+                        .to_std()
+                        .unwrap_or_default()
+                        >= interval
+                }
             },
         };
         let changes = intake::gather(ledger, &self.ctx.client, scan).await?;
         if changes.scanned && self.mode == Mode::Apply {
-            ledger.set_meta(LAST_SCAN, &chrono::Utc::now().to_rfc3339()).await?;
+            ledger
+                .set_meta(LAST_SCAN, &chrono::Utc::now().to_rfc3339())
+                .await?;
         }
         Ok(changes)
     }
 
     /// A managed contact is gone from Quo: apply `reverse.on_quo_delete`, never silently.
-    pub(super) async fn apply_quo_delete(&self, external_id: &ExternalId, quo_id: &QuoContactId) -> Result<(), SyncError> {
+    pub(super) async fn apply_quo_delete(
+        &self,
+        external_id: &ExternalId,
+        quo_id: &QuoContactId,
+    ) -> Result<(), SyncError> {
         let policy = self.ctx.settings.on_quo_delete;
         let op = PlannedOp::new(external_id.as_str(), Action::Unlink).with_quo_id(quo_id.as_str());
         if self.mode == Mode::DryRun {
-            self.operations.lock().await.push(op.with_reason(&format!("deleted in Quo; policy {policy:?}")));
+            self.operations
+                .lock()
+                .await
+                .push(op.with_reason(&format!("deleted in Quo; policy {policy:?}")));
             return Ok(());
         }
         match policy {
             OnQuoDelete::Unlink | OnQuoDelete::Recreate => {
-                self.ctx.ledger.unlink(external_id, RecordState::Unlinked).await?;
+                self.ctx
+                    .ledger
+                    .unlink(external_id, RecordState::Unlinked)
+                    .await?;
                 warn!(event = "quo_contact_deleted", external_id = %external_id, quo_id = %quo_id, policy = ?policy,
                       "contact deleted in Quo; the CRM record is kept{}",
                       if policy == OnQuoDelete::Recreate { " and the contact will be recreated" } else { " and unlinked" });
             }
-            OnQuoDelete::DeleteInCrm => match self.ctx.source.delete_records(std::slice::from_ref(external_id)).await {
+            OnQuoDelete::DeleteInCrm => match self
+                .ctx
+                .source
+                .delete_records(std::slice::from_ref(external_id))
+                .await
+            {
                 Ok(report) if report.written.contains(external_id) => {
-                    self.ctx.ledger.unlink(external_id, RecordState::Deleted).await?;
+                    self.ctx
+                        .ledger
+                        .unlink(external_id, RecordState::Deleted)
+                        .await?;
                     warn!(event = "crm_record_deleted", external_id = %external_id, quo_id = %quo_id, "contact deleted in Quo; CRM record deleted (reverse.on_quo_delete = \"delete_in_crm\")");
                     self.counts.lock().await.written_to_crm += 1;
                 }
                 Ok(report) => {
-                    let reason = report.failed.first().map(|(_, r)| r.clone()).unwrap_or_else(|| "conflict".into());
+                    let reason = report
+                        .failed
+                        .first()
+                        .map(|(_, r)| r.clone())
+                        .unwrap_or_else(|| "conflict".into());
                     warn!(event = "crm_delete_failed", external_id = %external_id, reason = %reason, "could not delete the CRM record; will retry");
                     self.unsettled.lock().await.insert(external_id.to_string());
                 }
@@ -76,19 +107,29 @@ impl Cycle {
     }
 
     /// Merges a Quo-side change with the CRM record just read.
-    pub(super) async fn classify_merge(&self, record: Option<SourceRecord>, contact: Contact) -> Result<Option<Work>, SyncError> {
+    pub(super) async fn classify_merge(
+        &self,
+        record: Option<SourceRecord>,
+        contact: Contact,
+    ) -> Result<Option<Work>, SyncError> {
         let external_id = match &record {
             Some(r) => r.external_id.clone(),
-            None => ExternalId::parse(contact.external_id.as_deref().unwrap_or_default()).map_err(|_| {
-                SyncError::Ledger(crate::ledger::LedgerError::Corrupt {
-                    external_id: contact.id.clone(),
-                    column: "external_id",
-                    reason: "contact without externalId".into(),
-                })
-            })?,
+            None => ExternalId::parse(contact.external_id.as_deref().unwrap_or_default()).map_err(
+                |_| {
+                    SyncError::Ledger(crate::ledger::LedgerError::Corrupt {
+                        external_id: contact.id.clone(),
+                        column: "external_id",
+                        reason: "contact without externalId".into(),
+                    })
+                },
+            )?,
         };
-        let Some(row) = self.ctx.ledger.record(&external_id).await? else { return Ok(None) };
-        let Some(quo_id) = row.quo_id.clone() else { return Ok(None) };
+        let Some(row) = self.ctx.ledger.record(&external_id).await? else {
+            return Ok(None);
+        };
+        let Some(quo_id) = row.quo_id.clone() else {
+            return Ok(None);
+        };
         let base = row.snapshot.clone().unwrap_or_default();
         let crm = match &record {
             Some(record) => match self.mapper.map(record) {
@@ -105,7 +146,8 @@ impl Cycle {
                             reason: &error.reason,
                             raw: None,
                         },
-                        PlannedOp::new(external_id.as_str(), Action::Quarantine).with_reason(&error.to_string()),
+                        PlannedOp::new(external_id.as_str(), Action::Quarantine)
+                            .with_reason(&error.to_string()),
                     )
                     .await?;
                     return Ok(None);
@@ -114,8 +156,18 @@ impl Cycle {
             None => base.clone(),
         };
         let quo = self.mapper.from_contact(&contact);
-        let crm_modified = record.as_ref().and_then(|r| r.updated_at).or_else(|| parse_time(row.crm_updated_at.as_deref()));
-        let outcome = merge(&base, &crm, &quo, crm_modified, parse_time(contact.updated_at.as_deref()), &self.ctx.settings.merge_policy);
+        let crm_modified = record
+            .as_ref()
+            .and_then(|r| r.updated_at)
+            .or_else(|| parse_time(row.crm_updated_at.as_deref()));
+        let outcome = merge(
+            &base,
+            &crm,
+            &quo,
+            crm_modified,
+            parse_time(contact.updated_at.as_deref()),
+            &self.ctx.settings.merge_policy,
+        );
         for conflict in &outcome.conflicts {
             warn!(event = "conflict", external_id = %external_id, quo_id = %quo_id, field = %conflict.field,
                   crm_value = %conflict.crm, quo_value = %conflict.quo, winner = conflict.winner.as_str(), policy = conflict.policy,
@@ -124,26 +176,53 @@ impl Cycle {
             if self.mode == Mode::Apply {
                 self.ctx
                     .ledger
-                    .record_conflict(external_id.as_str(), &conflict.field, &conflict.base, &conflict.crm, &conflict.quo,
-                        conflict.winner.as_str(), conflict.policy, Some(&self.run_id))
+                    .record_conflict(
+                        external_id.as_str(),
+                        &conflict.field,
+                        &conflict.base,
+                        &conflict.crm,
+                        &conflict.quo,
+                        conflict.winner.as_str(),
+                        conflict.policy,
+                        Some(&self.run_id),
+                    )
                     .await?;
             }
         }
         let fingerprint = record.as_ref().map(|r| self.mapper.fingerprint(r));
         if !outcome.to_crm.is_empty() {
             if self.mode == Mode::DryRun {
-                self.operations.lock().await.push(PlannedOp::new(external_id.as_str(), Action::WriteCrm).with_fields(outcome.to_crm.clone()));
+                self.operations.lock().await.push(
+                    PlannedOp::new(external_id.as_str(), Action::WriteCrm)
+                        .with_fields(outcome.to_crm.clone()),
+                );
                 if !outcome.to_quo.is_empty() {
-                    self.operations.lock().await.push(PlannedOp::new(external_id.as_str(), Action::Update).with_fields(outcome.to_quo.clone()));
+                    self.operations.lock().await.push(
+                        PlannedOp::new(external_id.as_str(), Action::Update)
+                            .with_fields(outcome.to_quo.clone()),
+                    );
                 }
                 return Ok(None);
             }
-            self.writebacks.lock().await.push(WriteBack { external_id, record, quo_id, contact, outcome });
+            self.writebacks.lock().await.push(WriteBack {
+                external_id,
+                record,
+                quo_id,
+                contact,
+                outcome,
+            });
             return Ok(None);
         }
         if !outcome.to_quo.is_empty() {
             let record = record.unwrap_or_else(|| unread_record(&external_id));
-            return Ok(Some(Work::Update { record, snapshot: outcome.merged, fingerprint, quo_id, contact: Some(contact), changed: outcome.to_quo }));
+            return Ok(Some(Work::Update {
+                record,
+                snapshot: outcome.merged,
+                fingerprint,
+                quo_id,
+                contact: Some(contact),
+                changed: outcome.to_quo,
+            }));
         }
         // Both sides already agree (an echo, or the same edit on both): remember Quo's copy.
         if self.mode == Mode::Apply {
@@ -164,7 +243,11 @@ impl Cycle {
     }
 
     /// A Quo-side change whose record an incremental read did not return (so it is unchanged).
-    pub(super) async fn classify_merge_unread(&self, external_id: &str, contact: Contact) -> Result<Option<Work>, SyncError> {
+    pub(super) async fn classify_merge_unread(
+        &self,
+        external_id: &str,
+        contact: Contact,
+    ) -> Result<Option<Work>, SyncError> {
         let mut contact = contact;
         if contact.external_id.is_none() {
             contact.external_id = Some(external_id.to_string());
@@ -183,13 +266,23 @@ impl Cycle {
         let mut changes = Vec::new();
         let mut ready = Vec::new();
         for wb in pending {
-            match self.mapper.to_crm_fields(&wb.outcome.merged, &wb.outcome.to_crm) {
+            match self
+                .mapper
+                .to_crm_fields(&wb.outcome.merged, &wb.outcome.to_crm)
+            {
                 Ok(fields) => {
-                    changes.push(CrmChange { external_id: wb.external_id.clone(), fields, updated_at: now });
+                    changes.push(CrmChange {
+                        external_id: wb.external_id.clone(),
+                        fields,
+                        updated_at: now,
+                    });
                     ready.push(wb);
                 }
                 Err(error) => {
-                    self.unsettled.lock().await.insert(wb.external_id.to_string());
+                    self.unsettled
+                        .lock()
+                        .await
+                        .insert(wb.external_id.to_string());
                     warn!(event = "write_back_failed", external_id = %wb.external_id, error = %error, "cannot express the Quo value in the CRM");
                 }
             }
@@ -209,7 +302,10 @@ impl Cycle {
         let mut follow_up = Vec::new();
         for (wb, change) in ready.into_iter().zip(changes) {
             if report.written.contains(&wb.external_id) {
-                let fingerprint = wb.record.as_ref().map(|r| self.mapper.fingerprint(&apply_change(r, &change.fields)));
+                let fingerprint = wb
+                    .record
+                    .as_ref()
+                    .map(|r| self.mapper.fingerprint(&apply_change(r, &change.fields)));
                 self.ctx
                     .ledger
                     .commit_synced(SyncedRecord {
@@ -222,15 +318,28 @@ impl Cycle {
                     })
                     .await?;
                 info!(event = "crm_written", external_id = %wb.external_id, quo_id = %wb.quo_id, fields = ?wb.outcome.to_crm, "Quo edit written to the CRM");
-                metrics::counter!("quo_sync_records_total", "outcome" => "written_to_crm").increment(1);
+                metrics::counter!("quo_sync_records_total", "outcome" => "written_to_crm")
+                    .increment(1);
                 self.counts.lock().await.written_to_crm += 1;
                 self.operations.lock().await.push(
-                    PlannedOp::new(wb.external_id.as_str(), Action::WriteCrm).with_quo_id(wb.quo_id.as_str()).with_fields(wb.outcome.to_crm.clone()),
+                    PlannedOp::new(wb.external_id.as_str(), Action::WriteCrm)
+                        .with_quo_id(wb.quo_id.as_str())
+                        .with_fields(wb.outcome.to_crm.clone()),
                 );
                 if !wb.outcome.to_quo.is_empty() {
                     let MergeOutcome { merged, to_quo, .. } = wb.outcome;
-                    let record = wb.record.clone().unwrap_or_else(|| unread_record(&wb.external_id));
-                    follow_up.push(Work::Update { record, snapshot: merged, fingerprint, quo_id: wb.quo_id, contact: Some(wb.contact), changed: to_quo });
+                    let record = wb
+                        .record
+                        .clone()
+                        .unwrap_or_else(|| unread_record(&wb.external_id));
+                    follow_up.push(Work::Update {
+                        record,
+                        snapshot: merged,
+                        fingerprint,
+                        quo_id: wb.quo_id,
+                        contact: Some(wb.contact),
+                        changed: to_quo,
+                    });
                 }
             } else {
                 let reason = report
@@ -240,7 +349,10 @@ impl Cycle {
                     .map(|(_, r)| r.clone())
                     .unwrap_or_else(|| "the CRM reported a conflict; retrying next cycle".into());
                 warn!(event = "write_back_failed", external_id = %wb.external_id, reason = %reason, "CRM did not take the change");
-                self.unsettled.lock().await.insert(wb.external_id.to_string());
+                self.unsettled
+                    .lock()
+                    .await
+                    .insert(wb.external_id.to_string());
             }
         }
         Ok(follow_up)
@@ -258,5 +370,10 @@ fn apply_change(record: &SourceRecord, fields: &BTreeMap<String, String>) -> Sou
 
 /// Stand-in for a record an incremental read did not return.
 fn unread_record(external_id: &ExternalId) -> SourceRecord {
-    SourceRecord { external_id: external_id.clone(), fields: BTreeMap::new(), updated_at: None, location: "not read this cycle".into() }
+    SourceRecord {
+        external_id: external_id.clone(),
+        fields: BTreeMap::new(),
+        updated_at: None,
+        location: "not read this cycle".into(),
+    }
 }

@@ -22,15 +22,17 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{OnQuoDelete, OnSourceDelete};
 use crate::domain::{ExternalId, QuoContactId, Snapshot};
-use crate::ledger::{Ledger, LedgerError, NewQuarantine, QuarantineStage, RecordState, RunCounts, SyncedRecord};
 use crate::ledger::LedgerIndex;
+use crate::ledger::{
+    Ledger, LedgerError, NewQuarantine, QuarantineStage, RecordState, RunCounts, SyncedRecord,
+};
 use crate::mapping::{Mapper, MappingConfigError};
 use crate::quo::client::{QuoClient, QuoError};
 use crate::quo::types::Contact;
-use crate::source::{ReadRequest, Source, SourceError, SourceItem, SourceRecord};
-use payload::Managed;
 use crate::reverse::intake::{IntakeError, QuoChanges};
 use crate::reverse::merge::{MergeOutcome, MergePolicy};
+use crate::source::{ReadRequest, Source, SourceError, SourceItem, SourceRecord};
+use payload::Managed;
 use std::collections::{HashMap, HashSet};
 
 /// Why a cycle could not run to the end.
@@ -98,6 +100,8 @@ pub struct SyncContext {
     pub settings: CycleSettings,
     /// Cancelled on SIGINT/SIGTERM: no new records are started.
     pub cancel: CancellationToken,
+    /// Records read so far by the running cycle (progress displays poll it).
+    pub progress: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What a cycle did.
@@ -157,10 +161,27 @@ struct WriteBack {
 
 /// One unit of work for a worker.
 enum Work {
-    Create { record: SourceRecord, snapshot: Snapshot, fingerprint: String, pending: bool },
-    Update { record: SourceRecord, snapshot: Snapshot, fingerprint: Option<String>, quo_id: QuoContactId, contact: Option<Contact>, changed: Vec<String> },
-    Delete { external_id: ExternalId, quo_id: QuoContactId },
-    ResolvePending { external_id: ExternalId },
+    Create {
+        record: SourceRecord,
+        snapshot: Snapshot,
+        fingerprint: String,
+        pending: bool,
+    },
+    Update {
+        record: SourceRecord,
+        snapshot: Snapshot,
+        fingerprint: Option<String>,
+        quo_id: QuoContactId,
+        contact: Option<Contact>,
+        changed: Vec<String>,
+    },
+    Delete {
+        external_id: ExternalId,
+        quo_id: QuoContactId,
+    },
+    ResolvePending {
+        external_id: ExternalId,
+    },
 }
 
 /// Runs one cycle.
@@ -172,7 +193,9 @@ pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, Syn
     if mode == Mode::Apply {
         ctx.ledger.start_run(&run_id, ctx.settings.kind).await?;
     }
-    let result = run_cycle_inner(ctx, mode, run_id.clone()).instrument(span.clone()).await;
+    let result = run_cycle_inner(ctx, mode, run_id.clone())
+        .instrument(span.clone())
+        .await;
     let duration_ms = started.elapsed().as_millis() as u64;
     let (requests_after, limited_after) = ctx.client.stats().snapshot();
     match result {
@@ -181,7 +204,9 @@ pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, Syn
             report.counts.rate_limited = limited_after - limited_before;
             report.duration_ms = duration_ms;
             if mode == Mode::Apply {
-                ctx.ledger.finish_run(&run_id, report.status(), &report.counts, duration_ms, None).await?;
+                ctx.ledger
+                    .finish_run(&run_id, report.status(), &report.counts, duration_ms, None)
+                    .await?;
             }
             let c = &report.counts;
             span.in_scope(|| {
@@ -198,9 +223,11 @@ pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, Syn
                     "cycle finished"
                 )
             });
-            metrics::histogram!("quo_sync_cycle_duration_seconds").record(duration_ms as f64 / 1000.0);
+            metrics::histogram!("quo_sync_cycle_duration_seconds")
+                .record(duration_ms as f64 / 1000.0);
             if !report.interrupted {
-                metrics::gauge!("quo_sync_last_success_timestamp_seconds").set(chrono::Utc::now().timestamp() as f64);
+                metrics::gauge!("quo_sync_last_success_timestamp_seconds")
+                    .set(chrono::Utc::now().timestamp() as f64);
             }
             Ok(report)
         }
@@ -212,20 +239,33 @@ pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, Syn
                     ..RunCounts::default()
                 };
                 let message = error.to_string();
-                let _ = ctx.ledger.finish_run(&run_id, "failed", &counts, duration_ms, Some(&message)).await;
+                let _ = ctx
+                    .ledger
+                    .finish_run(&run_id, "failed", &counts, duration_ms, Some(&message))
+                    .await;
             }
-            span.in_scope(|| tracing::error!(event = "cycle_failed", error = %error, "cycle failed"));
+            span.in_scope(
+                || tracing::error!(event = "cycle_failed", error = %error, "cycle failed"),
+            );
             metrics::counter!("quo_sync_cycles_failed_total").increment(1);
             Err(error)
         }
     }
 }
 
-async fn run_cycle_inner(ctx: &SyncContext, mode: Mode, run_id: String) -> Result<CycleReport, SyncError> {
+async fn run_cycle_inner(
+    ctx: &SyncContext,
+    mode: Mode,
+    run_id: String,
+) -> Result<CycleReport, SyncError> {
     let defs = ctx.client.custom_fields().await?;
     let mapper = Mapper::new(&ctx.mapping, &defs)?;
     let (email_labels, phone_labels) = mapper.managed_labels();
-    let managed = Managed { email_labels, phone_labels, custom_keys: mapper.custom_field_keys() };
+    let managed = Managed {
+        email_labels,
+        phone_labels,
+        custom_keys: mapper.custom_field_keys(),
+    };
     let cycle = Arc::new(Cycle {
         ctx: ctx.clone(),
         mode,
@@ -242,7 +282,11 @@ async fn run_cycle_inner(ctx: &SyncContext, mode: Mode, run_id: String) -> Resul
 
     // Quo side first: deletions change what the forward pass must do, and edits must be merged
     // with the CRM record when it is read.
-    let mut quo_changes = if ctx.settings.reverse_enabled { cycle.gather_quo_changes().await? } else { QuoChanges::default() };
+    let mut quo_changes = if ctx.settings.reverse_enabled {
+        cycle.gather_quo_changes().await?
+    } else {
+        QuoChanges::default()
+    };
     for (external_id, quo_id) in &quo_changes.deleted {
         cycle.apply_quo_delete(external_id, quo_id).await?;
     }
@@ -256,7 +300,10 @@ async fn run_cycle_inner(ctx: &SyncContext, mode: Mode, run_id: String) -> Resul
     let permits = Arc::new(Semaphore::new(ctx.settings.concurrency.max(1)));
     let mut workers = JoinSet::new();
     let mut interrupted = false;
+    ctx.progress.store(0, std::sync::atomic::Ordering::Relaxed);
     while let Some(item) = rx.recv().await {
+        ctx.progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if ctx.cancel.is_cancelled() || cycle.fatal.lock().await.is_some() {
             interrupted = true;
             break;
@@ -265,15 +312,22 @@ async fn run_cycle_inner(ctx: &SyncContext, mode: Mode, run_id: String) -> Resul
             SourceItem::Bad(bad) => {
                 warn!(event = "record_unreadable", location = %bad.location, external_id = bad.external_id.as_deref(), reason = %bad.reason, "source row quarantined");
                 cycle
-                    .quarantine(NewQuarantine {
-                        external_id: bad.external_id.as_deref(),
-                        location: &bad.location,
-                        stage: QuarantineStage::Read,
-                        field: None,
-                        value: None,
-                        reason: &bad.reason,
-                        raw: Some(&bad.raw),
-                    }, PlannedOp::new(bad.external_id.as_deref().unwrap_or(&bad.location), Action::Quarantine).with_reason(&bad.reason))
+                    .quarantine(
+                        NewQuarantine {
+                            external_id: bad.external_id.as_deref(),
+                            location: &bad.location,
+                            stage: QuarantineStage::Read,
+                            field: None,
+                            value: None,
+                            reason: &bad.reason,
+                            raw: Some(&bad.raw),
+                        },
+                        PlannedOp::new(
+                            bad.external_id.as_deref().unwrap_or(&bad.location),
+                            Action::Quarantine,
+                        )
+                        .with_reason(&bad.reason),
+                    )
                     .await?;
                 if let Some(entry) = bad.external_id.as_deref().and_then(|id| index.get_mut(id)) {
                     // The record exists but this read could not parse it: not a deletion.
@@ -286,7 +340,11 @@ async fn run_cycle_inner(ctx: &SyncContext, mode: Mode, run_id: String) -> Resul
                 None => continue,
             },
         };
-        let permit = permits.clone().acquire_owned().await.expect("semaphore open");
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
         let cycle = cycle.clone();
         workers.spawn(
             async move {
@@ -328,7 +386,11 @@ async fn run_cycle_inner(ctx: &SyncContext, mode: Mode, run_id: String) -> Resul
             }
         }
         for work in cycle.write_back().await? {
-            let permit = permits.clone().acquire_owned().await.expect("semaphore open");
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore open");
             let cycle = cycle.clone();
             workers.spawn(
                 async move {
@@ -339,26 +401,50 @@ async fn run_cycle_inner(ctx: &SyncContext, mode: Mode, run_id: String) -> Resul
             );
         }
         // Intents left by a crashed run whose record is no longer in the source.
-        for external_id in index.iter().filter(|(_, e)| !e.seen && e.state == RecordState::PendingCreate).map(|(id, _)| id) {
+        for external_id in index
+            .iter()
+            .filter(|(_, e)| !e.seen && e.state == RecordState::PendingCreate)
+            .map(|(id, _)| id)
+        {
             if let Ok(external_id) = ExternalId::parse(external_id) {
-                workers.spawn(cycle.clone().execute_owned(Work::ResolvePending { external_id }).in_current_span());
+                workers.spawn(
+                    cycle
+                        .clone()
+                        .execute_owned(Work::ResolvePending { external_id })
+                        .in_current_span(),
+                );
             }
         }
         if summary.as_ref().is_some_and(|s| s.complete) {
-            let gone = index.iter().filter(|(_, e)| !e.seen && e.state == RecordState::Synced && e.has_quo_id);
+            let gone = index
+                .iter()
+                .filter(|(_, e)| !e.seen && e.state == RecordState::Synced && e.has_quo_id);
             for external_id in gone.map(|(id, _)| id) {
-                let Ok(external_id) = ExternalId::parse(external_id) else { continue };
+                let Ok(external_id) = ExternalId::parse(external_id) else {
+                    continue;
+                };
                 match ctx.settings.on_source_delete {
                     OnSourceDelete::Ignore => {}
                     OnSourceDelete::Delete => {
-                        let Some(row) = ctx.ledger.record(&external_id).await? else { continue };
+                        let Some(row) = ctx.ledger.record(&external_id).await? else {
+                            continue;
+                        };
                         let Some(quo_id) = row.quo_id else { continue };
-                        let permit = permits.clone().acquire_owned().await.expect("semaphore open");
+                        let permit = permits
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("semaphore open");
                         let cycle = cycle.clone();
                         workers.spawn(
                             async move {
                                 let _permit = permit;
-                                cycle.execute(Work::Delete { external_id, quo_id }).await
+                                cycle
+                                    .execute(Work::Delete {
+                                        external_id,
+                                        quo_id,
+                                    })
+                                    .await
                             }
                             .in_current_span(),
                         );
@@ -383,19 +469,42 @@ async fn run_cycle_inner(ctx: &SyncContext, mode: Mode, run_id: String) -> Resul
                 continue;
             }
             for event_id in events {
-                ctx.ledger.inbox_done(event_id, if external_id.is_empty() { "ignored" } else { "applied" }).await?;
+                ctx.ledger
+                    .inbox_done(
+                        event_id,
+                        if external_id.is_empty() {
+                            "ignored"
+                        } else {
+                            "applied"
+                        },
+                    )
+                    .await?;
             }
         }
     }
     let counts = cycle.counts.lock().await.clone();
     let operations = std::mem::take(&mut *cycle.operations.lock().await);
-    Ok(CycleReport { run_id, counts, duration_ms: 0, operations, interrupted: interrupted || ctx.cancel.is_cancelled() })
+    Ok(CycleReport {
+        run_id,
+        counts,
+        duration_ms: 0,
+        operations,
+        interrupted: interrupted || ctx.cancel.is_cancelled(),
+    })
 }
 
 impl Cycle {
     /// Decides what a record needs; `None` when it needs nothing.
-    async fn classify(&self, record: SourceRecord, index: &mut LedgerIndex) -> Result<Option<Work>, SyncError> {
-        let quo_side = self.quo_changed.lock().await.remove(record.external_id.as_str());
+    async fn classify(
+        &self,
+        record: SourceRecord,
+        index: &mut LedgerIndex,
+    ) -> Result<Option<Work>, SyncError> {
+        let quo_side = self
+            .quo_changed
+            .lock()
+            .await
+            .remove(record.external_id.as_str());
         if let Some(contact) = quo_side {
             if let Some(entry) = index.get_mut(record.external_id.as_str()) {
                 entry.seen = true;
@@ -410,7 +519,10 @@ impl Cycle {
             && entry.has_quo_id
             && entry.fingerprint == digest
         {
-            index.get_mut(record.external_id.as_str()).expect("present").seen = true;
+            index
+                .get_mut(record.external_id.as_str())
+                .expect("present")
+                .seen = true;
             self.counts.lock().await.unchanged += 1;
             return Ok(None);
         }
@@ -432,39 +544,77 @@ impl Cycle {
                         reason: &error.reason,
                         raw: Some(&serde_json::to_string(&record.fields).unwrap_or_default()),
                     },
-                    PlannedOp::new(record.external_id.as_str(), Action::Quarantine).with_reason(&error.to_string()),
+                    PlannedOp::new(record.external_id.as_str(), Action::Quarantine)
+                        .with_reason(&error.to_string()),
                 )
                 .await?;
                 return Ok(None);
             }
         };
         match state {
-            None => Ok(Some(Work::Create { record, snapshot, fingerprint, pending: false })),
-            Some(RecordState::PendingCreate) => Ok(Some(Work::Create { record, snapshot, fingerprint, pending: true })),
+            None => Ok(Some(Work::Create {
+                record,
+                snapshot,
+                fingerprint,
+                pending: false,
+            })),
+            Some(RecordState::PendingCreate) => Ok(Some(Work::Create {
+                record,
+                snapshot,
+                fingerprint,
+                pending: true,
+            })),
             Some(RecordState::Unlinked) | Some(RecordState::Deleted) => {
-                if self.ctx.settings.on_quo_delete == OnQuoDelete::Recreate || state == Some(RecordState::Deleted) {
-                    Ok(Some(Work::Create { record, snapshot, fingerprint, pending: false }))
+                if self.ctx.settings.on_quo_delete == OnQuoDelete::Recreate
+                    || state == Some(RecordState::Deleted)
+                {
+                    Ok(Some(Work::Create {
+                        record,
+                        snapshot,
+                        fingerprint,
+                        pending: false,
+                    }))
                 } else {
                     self.counts.lock().await.unchanged += 1;
                     Ok(None)
                 }
             }
             Some(RecordState::Synced) => {
-                let row = self.ctx.ledger.record(&record.external_id).await?.expect("indexed row exists");
+                let row = self
+                    .ctx
+                    .ledger
+                    .record(&record.external_id)
+                    .await?
+                    .expect("indexed row exists");
                 let Some(quo_id) = row.quo_id else {
-                    return Ok(Some(Work::Create { record, snapshot, fingerprint, pending: true }));
+                    return Ok(Some(Work::Create {
+                        record,
+                        snapshot,
+                        fingerprint,
+                        pending: true,
+                    }));
                 };
                 let base = row.snapshot.unwrap_or_default();
                 let changed = base.changed_fields(&snapshot);
                 if changed.is_empty() {
                     // Only unmapped columns or formatting changed: remember the new fingerprint.
                     if self.mode == Mode::Apply {
-                        self.ctx.ledger.update_fingerprint(&record.external_id, &fingerprint).await?;
+                        self.ctx
+                            .ledger
+                            .update_fingerprint(&record.external_id, &fingerprint)
+                            .await?;
                     }
                     self.counts.lock().await.unchanged += 1;
                     return Ok(None);
                 }
-                Ok(Some(Work::Update { record, snapshot, fingerprint: Some(fingerprint), quo_id, contact: row.quo_contact, changed }))
+                Ok(Some(Work::Update {
+                    record,
+                    snapshot,
+                    fingerprint: Some(fingerprint),
+                    quo_id,
+                    contact: row.quo_contact,
+                    changed,
+                }))
             }
         }
     }
@@ -487,7 +637,9 @@ impl Cycle {
     async fn execute(&self, work: Work) -> Result<(), SyncError> {
         let external_id = match &work {
             Work::Create { record, .. } | Work::Update { record, .. } => record.external_id.clone(),
-            Work::Delete { external_id, .. } | Work::ResolvePending { external_id } => external_id.clone(),
+            Work::Delete { external_id, .. } | Work::ResolvePending { external_id } => {
+                external_id.clone()
+            }
         };
         let location = match &work {
             Work::Create { record, .. } | Work::Update { record, .. } => record.location.clone(),
@@ -496,11 +648,16 @@ impl Cycle {
         if self.mode == Mode::DryRun {
             let op = match &work {
                 Work::Create { .. } => PlannedOp::new(external_id.as_str(), Action::Create),
-                Work::Update { changed, quo_id, .. } => {
-                    PlannedOp::new(external_id.as_str(), Action::Update).with_fields(changed.clone()).with_quo_id(quo_id.as_str())
+                Work::Update {
+                    changed, quo_id, ..
+                } => PlannedOp::new(external_id.as_str(), Action::Update)
+                    .with_fields(changed.clone())
+                    .with_quo_id(quo_id.as_str()),
+                Work::Delete { quo_id, .. } => PlannedOp::new(external_id.as_str(), Action::Delete)
+                    .with_quo_id(quo_id.as_str()),
+                Work::ResolvePending { .. } => {
+                    PlannedOp::new(external_id.as_str(), Action::Resolve)
                 }
-                Work::Delete { quo_id, .. } => PlannedOp::new(external_id.as_str(), Action::Delete).with_quo_id(quo_id.as_str()),
-                Work::ResolvePending { .. } => PlannedOp::new(external_id.as_str(), Action::Resolve),
             };
             let mut counts = self.counts.lock().await;
             match op.action {
@@ -526,12 +683,20 @@ impl Cycle {
             Err(Failure::Quo(error)) => {
                 let message = error.to_string();
                 warn!(event = "record_quarantined", external_id = %external_id, reason = %message, "Quo did not accept the record");
-                self.ctx.ledger.record_failure(&external_id, &message).await?;
+                self.ctx
+                    .ledger
+                    .record_failure(&external_id, &message)
+                    .await?;
                 let (field, value) = match &error {
                     QuoError::Rejected { body, .. } => body
                         .errors
                         .first()
-                        .map(|d| (Some(d.path.clone()), d.value.as_ref().map(|v| v.to_string())))
+                        .map(|d| {
+                            (
+                                Some(d.path.clone()),
+                                d.value.as_ref().map(|v| v.to_string()),
+                            )
+                        })
                         .unwrap_or((None, None)),
                     _ => (None, None),
                 };
@@ -554,24 +719,69 @@ impl Cycle {
 
     async fn execute_apply(&self, work: Work) -> Result<(), Failure> {
         match work {
-            Work::Create { record, snapshot, fingerprint, pending } => {
-                self.create(&record.external_id, Some(&record), &snapshot, Some(&fingerprint), pending).await
+            Work::Create {
+                record,
+                snapshot,
+                fingerprint,
+                pending,
+            } => {
+                self.create(
+                    &record.external_id,
+                    Some(&record),
+                    &snapshot,
+                    Some(&fingerprint),
+                    pending,
+                )
+                .await
             }
-            Work::Update { record, snapshot, fingerprint, quo_id, contact, changed } => {
+            Work::Update {
+                record,
+                snapshot,
+                fingerprint,
+                quo_id,
+                contact,
+                changed,
+            } => {
                 let body = payload::patch_body(&snapshot, contact.as_ref(), &self.managed);
                 match self.ctx.client.update_contact(quo_id.as_str(), &body).await {
                     Ok(contact) => {
-                        self.commit(&record.external_id, &QuoContactId(contact.id.clone()), fingerprint.as_deref(), &snapshot, &contact, &record).await?;
+                        self.commit(
+                            &record.external_id,
+                            &QuoContactId(contact.id.clone()),
+                            fingerprint.as_deref(),
+                            &snapshot,
+                            &contact,
+                            &record,
+                        )
+                        .await?;
                         info!(event = "contact_updated", external_id = %record.external_id, quo_id = %contact.id, fields = ?changed, "contact updated");
-                        self.counted(Action::Update, &record.external_id, Some(&contact.id), changed).await;
+                        self.counted(
+                            Action::Update,
+                            &record.external_id,
+                            Some(&contact.id),
+                            changed,
+                        )
+                        .await;
                         Ok(())
                     }
                     Err(QuoError::Rejected { status: 404, .. }) => {
                         warn!(event = "contact_missing", external_id = %record.external_id, quo_id = %quo_id, policy = ?self.ctx.settings.on_quo_delete, "the Quo contact is gone");
                         match self.ctx.settings.on_quo_delete {
-                            OnQuoDelete::Recreate => self.create(&record.external_id, Some(&record), &snapshot, fingerprint.as_deref(), false).await,
+                            OnQuoDelete::Recreate => {
+                                self.create(
+                                    &record.external_id,
+                                    Some(&record),
+                                    &snapshot,
+                                    fingerprint.as_deref(),
+                                    false,
+                                )
+                                .await
+                            }
                             _ => {
-                                self.ctx.ledger.unlink(&record.external_id, RecordState::Unlinked).await?;
+                                self.ctx
+                                    .ledger
+                                    .unlink(&record.external_id, RecordState::Unlinked)
+                                    .await?;
                                 Ok(())
                             }
                         }
@@ -579,15 +789,37 @@ impl Cycle {
                     Err(e) => Err(Failure::Quo(e)),
                 }
             }
-            Work::Delete { external_id, quo_id } => {
-                let existed = self.ctx.client.delete_contact(quo_id.as_str()).await.map_err(Failure::Quo)?;
-                self.ctx.ledger.unlink(&external_id, RecordState::Deleted).await?;
+            Work::Delete {
+                external_id,
+                quo_id,
+            } => {
+                let existed = self
+                    .ctx
+                    .client
+                    .delete_contact(quo_id.as_str())
+                    .await
+                    .map_err(Failure::Quo)?;
+                self.ctx
+                    .ledger
+                    .unlink(&external_id, RecordState::Deleted)
+                    .await?;
                 info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left the source; Quo contact deleted (sync.on_source_delete = \"delete\")");
-                self.counted(Action::Delete, &external_id, Some(quo_id.as_str()), Vec::new()).await;
+                self.counted(
+                    Action::Delete,
+                    &external_id,
+                    Some(quo_id.as_str()),
+                    Vec::new(),
+                )
+                .await;
                 Ok(())
             }
             Work::ResolvePending { external_id } => {
-                let found = self.ctx.client.find_by_external_id(external_id.as_str()).await.map_err(Failure::Quo)?;
+                let found = self
+                    .ctx
+                    .client
+                    .find_by_external_id(external_id.as_str())
+                    .await
+                    .map_err(Failure::Quo)?;
                 match found.into_iter().next() {
                     Some(contact) => {
                         let snapshot = self.mapper.from_contact(&contact);
@@ -624,16 +856,37 @@ impl Cycle {
         self.ctx.ledger.record_intent(external_id).await?;
         // A previous run may have created it and died before committing: look first.
         let existing = if pending {
-            self.ctx.client.find_by_external_id(external_id.as_str()).await.map_err(Failure::Quo)?.into_iter().next()
+            self.ctx
+                .client
+                .find_by_external_id(external_id.as_str())
+                .await
+                .map_err(Failure::Quo)?
+                .into_iter()
+                .next()
         } else {
             None
         };
         let (contact, adopted) = match existing {
             Some(contact) => (contact, true),
             None => {
-                let source_url = self.ctx.settings.source_url_template.as_ref().map(|t| t.replace("{id}", external_id.as_str()));
-                let body = payload::create_body(snapshot, external_id.as_str(), self.ctx.client.source(), source_url);
-                let outcome = self.ctx.client.create_contact(&body).await.map_err(Failure::Quo)?;
+                let source_url = self
+                    .ctx
+                    .settings
+                    .source_url_template
+                    .as_ref()
+                    .map(|t| t.replace("{id}", external_id.as_str()));
+                let body = payload::create_body(
+                    snapshot,
+                    external_id.as_str(),
+                    self.ctx.client.source(),
+                    source_url,
+                );
+                let outcome = self
+                    .ctx
+                    .client
+                    .create_contact(&body)
+                    .await
+                    .map_err(Failure::Quo)?;
                 (outcome.contact, outcome.adopted)
             }
         };
@@ -658,7 +911,12 @@ impl Cycle {
                 agreed = have;
             } else {
                 let body = payload::patch_body(snapshot, Some(&contact), &self.managed);
-                contact = self.ctx.client.update_contact(quo_id.as_str(), &body).await.map_err(Failure::Quo)?;
+                contact = self
+                    .ctx
+                    .client
+                    .update_contact(quo_id.as_str(), &body)
+                    .await
+                    .map_err(Failure::Quo)?;
             }
             info!(event = "contact_adopted", external_id = %external_id, quo_id = %quo_id, "found the contact in Quo and adopted it instead of creating a duplicate");
         }
@@ -675,7 +933,13 @@ impl Cycle {
             })
             .await?;
         info!(event = "contact_created", external_id = %external_id, quo_id = %quo_id, adopted, "contact created");
-        self.counted(Action::Create, external_id, Some(quo_id.as_str()), Vec::new()).await;
+        self.counted(
+            Action::Create,
+            external_id,
+            Some(quo_id.as_str()),
+            Vec::new(),
+        )
+        .await;
         Ok(())
     }
 
@@ -701,7 +965,13 @@ impl Cycle {
             .await
     }
 
-    async fn counted(&self, action: Action, external_id: &ExternalId, quo_id: Option<&str>, fields: Vec<String>) {
+    async fn counted(
+        &self,
+        action: Action,
+        external_id: &ExternalId,
+        quo_id: Option<&str>,
+        fields: Vec<String>,
+    ) {
         {
             let mut counts = self.counts.lock().await;
             match action {

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::domain::{Labeled, Snapshot};
 use crate::quo::types::{
-    Contact, ContactItem, CreateContact, CustomFieldValue, DefaultFields, PatchContact, PatchDefaultFields,
+    Contact, ContactItem, CreateContact, CustomFieldValue, DefaultFields, PatchContact,
+    PatchDefaultFields,
 };
 
 /// What the mapping owns on a contact; everything else is left as Quo has it.
@@ -25,9 +26,20 @@ pub struct Managed {
 }
 
 /// The `POST /v1/contacts` body for a new contact.
-pub fn create_body(snapshot: &Snapshot, external_id: &str, source: &str, source_url: Option<String>) -> CreateContact {
+pub fn create_body(
+    snapshot: &Snapshot,
+    external_id: &str,
+    source: &str,
+    source_url: Option<String>,
+) -> CreateContact {
     let items = |list: &[Labeled]| {
-        list.iter().map(|l| ContactItem { id: None, name: l.name.clone(), value: Some(l.value.clone()) }).collect()
+        list.iter()
+            .map(|l| ContactItem {
+                id: None,
+                name: l.name.clone(),
+                value: Some(l.value.clone()),
+            })
+            .collect()
     };
     CreateContact {
         default_fields: DefaultFields {
@@ -42,7 +54,10 @@ pub fn create_body(snapshot: &Snapshot, external_id: &str, source: &str, source_
             .custom_fields
             .iter()
             .filter(|(_, v)| !v.is_null())
-            .map(|(key, value)| CustomFieldValue { key: key.clone(), value: value.clone() })
+            .map(|(key, value)| CustomFieldValue {
+                key: key.clone(),
+                value: value.clone(),
+            })
             .collect(),
         external_id: external_id.to_string(),
         source: source.to_string(),
@@ -53,7 +68,11 @@ pub fn create_body(snapshot: &Snapshot, external_id: &str, source: &str, source_
 /// The complete desired item list for one array: managed labels from `desired` (reusing the ids
 /// of `current` items with the same label), removed managed items as `value: null`, unmanaged
 /// items as they are.
-fn merge_items(desired: &[Labeled], current: &[ContactItem], managed_labels: &[String]) -> Vec<ContactItem> {
+fn merge_items(
+    desired: &[Labeled],
+    current: &[ContactItem],
+    managed_labels: &[String],
+) -> Vec<ContactItem> {
     let managed: BTreeSet<&str> = managed_labels.iter().map(String::as_str).collect();
     let mut out = Vec::new();
     let mut used = vec![false; current.len()];
@@ -65,9 +84,17 @@ fn merge_items(desired: &[Labeled], current: &[ContactItem], managed_labels: &[S
         match reuse {
             Some((i, item)) => {
                 used[i] = true;
-                out.push(ContactItem { id: item.id.clone(), name: want.name.clone(), value: Some(want.value.clone()) });
+                out.push(ContactItem {
+                    id: item.id.clone(),
+                    name: want.name.clone(),
+                    value: Some(want.value.clone()),
+                });
             }
-            None => out.push(ContactItem { id: None, name: want.name.clone(), value: Some(want.value.clone()) }),
+            None => out.push(ContactItem {
+                id: None,
+                name: want.name.clone(),
+                value: Some(want.value.clone()),
+            }),
         }
     }
     for (i, item) in current.iter().enumerate() {
@@ -76,7 +103,11 @@ fn merge_items(desired: &[Labeled], current: &[ContactItem], managed_labels: &[S
         }
         if managed.contains(item.name.as_str()) {
             if let Some(id) = &item.id {
-                out.push(ContactItem { id: Some(id.clone()), name: item.name.clone(), value: None });
+                out.push(ContactItem {
+                    id: Some(id.clone()),
+                    name: item.name.clone(),
+                    value: None,
+                });
             }
         } else {
             out.push(item.clone());
@@ -87,7 +118,11 @@ fn merge_items(desired: &[Labeled], current: &[ContactItem], managed_labels: &[S
 
 /// The `PATCH /v1/contacts/{id}` body that turns `current` (as Quo last returned it) into
 /// `desired`, sending only changed scalars and complete arrays.
-pub fn patch_body(desired: &Snapshot, current: Option<&Contact>, managed: &Managed) -> PatchContact {
+pub fn patch_body(
+    desired: &Snapshot,
+    current: Option<&Contact>,
+    managed: &Managed,
+) -> PatchContact {
     let empty = Contact {
         id: String::new(),
         external_id: None,
@@ -110,8 +145,16 @@ pub fn patch_body(desired: &Snapshot, current: Option<&Contact>, managed: &Manag
         last_name: changed(&desired.last_name, &now.last_name),
         company: changed(&desired.company, &now.company),
         role: changed(&desired.role, &now.role),
-        emails: Some(merge_items(&desired.emails, &now.emails, &managed.email_labels)),
-        phone_numbers: Some(merge_items(&desired.phone_numbers, &now.phone_numbers, &managed.phone_labels)),
+        emails: Some(merge_items(
+            &desired.emails,
+            &now.emails,
+            &managed.email_labels,
+        )),
+        phone_numbers: Some(merge_items(
+            &desired.phone_numbers,
+            &now.phone_numbers,
+            &managed.phone_labels,
+        )),
     };
     // Every custom value the contact has, managed or not, plus managed ones it lacks.
     let mut custom: BTreeMap<String, serde_json::Value> = BTreeMap::new();
@@ -121,7 +164,11 @@ pub fn patch_body(desired: &Snapshot, current: Option<&Contact>, managed: &Manag
         }
     }
     for key in &managed.custom_keys {
-        let value = desired.custom_fields.get(key).cloned().unwrap_or(serde_json::Value::Null);
+        let value = desired
+            .custom_fields
+            .get(key)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         if value.is_null() && !custom.contains_key(key) {
             continue;
         }
@@ -129,7 +176,12 @@ pub fn patch_body(desired: &Snapshot, current: Option<&Contact>, managed: &Manag
     }
     PatchContact {
         default_fields: Some(default_fields),
-        custom_fields: Some(custom.into_iter().map(|(key, value)| CustomFieldValue { key, value }).collect()),
+        custom_fields: Some(
+            custom
+                .into_iter()
+                .map(|(key, value)| CustomFieldValue { key, value })
+                .collect(),
+        ),
     }
 }
 
@@ -140,7 +192,11 @@ mod tests {
     use serde_json::json;
 
     fn item(id: &str, name: &str, value: &str) -> ContactItem {
-        ContactItem { id: Some(id.into()), name: name.into(), value: Some(value.into()) }
+        ContactItem {
+            id: Some(id.into()),
+            name: name.into(),
+            value: Some(value.into()),
+        }
     }
 
     #[test]
@@ -152,15 +208,40 @@ mod tests {
         };
         let mut contact: Contact = serde_json::from_value(json!({"id": "c1"})).unwrap();
         contact.default_fields.first_name = Some("Ada".into());
-        contact.default_fields.emails = vec![item("e1", "email", "ada@old.io"), item("e2", "work", "ada@work.io"), item("e3", "home", "ada@home.io")];
+        contact.default_fields.emails = vec![
+            item("e1", "email", "ada@old.io"),
+            item("e2", "work", "ada@work.io"),
+            item("e3", "home", "ada@home.io"),
+        ];
         contact.default_fields.phone_numbers = vec![item("p1", "phone", "+14155550100")];
         contact.custom_fields = vec![
-            ContactCustomField { name: None, key: Some("vip".into()), id: None, field_type: None, value: json!(false) },
-            ContactCustomField { name: None, key: Some("notes".into()), id: None, field_type: None, value: json!("typed in app") },
+            ContactCustomField {
+                name: None,
+                key: Some("vip".into()),
+                id: None,
+                field_type: None,
+                value: json!(false),
+            },
+            ContactCustomField {
+                name: None,
+                key: Some("notes".into()),
+                id: None,
+                field_type: None,
+                value: json!("typed in app"),
+            },
         ];
-        let mut desired = Snapshot { first_name: Some("Ada".into()), ..Default::default() };
-        desired.emails = vec![Labeled { name: "email".into(), value: "ada@new.io".into() }];
-        desired.phone_numbers = vec![Labeled { name: "phone".into(), value: "+14155550100".into() }];
+        let mut desired = Snapshot {
+            first_name: Some("Ada".into()),
+            ..Default::default()
+        };
+        desired.emails = vec![Labeled {
+            name: "email".into(),
+            value: "ada@new.io".into(),
+        }];
+        desired.phone_numbers = vec![Labeled {
+            name: "phone".into(),
+            value: "+14155550100".into(),
+        }];
         desired.custom_fields.insert("vip".into(), json!(true));
         desired.custom_fields.insert("lead-score".into(), json!(7));
 
@@ -170,25 +251,56 @@ mod tests {
         assert_eq!(
             fields.emails.unwrap(),
             vec![
-                ContactItem { id: Some("e1".into()), name: "email".into(), value: Some("ada@new.io".into()) },
-                ContactItem { id: Some("e2".into()), name: "work".into(), value: None },
+                ContactItem {
+                    id: Some("e1".into()),
+                    name: "email".into(),
+                    value: Some("ada@new.io".into())
+                },
+                ContactItem {
+                    id: Some("e2".into()),
+                    name: "work".into(),
+                    value: None
+                },
                 item("e3", "home", "ada@home.io"),
             ]
         );
-        assert_eq!(fields.phone_numbers.unwrap(), vec![item("p1", "phone", "+14155550100")]);
-        let custom: BTreeMap<_, _> = body.custom_fields.unwrap().into_iter().map(|c| (c.key, c.value)).collect();
+        assert_eq!(
+            fields.phone_numbers.unwrap(),
+            vec![item("p1", "phone", "+14155550100")]
+        );
+        let custom: BTreeMap<_, _> = body
+            .custom_fields
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.key, c.value))
+            .collect();
         assert_eq!(custom["vip"], json!(true));
         assert_eq!(custom["lead-score"], json!(7));
-        assert_eq!(custom["notes"], json!("typed in app"), "unmanaged custom value is sent back");
+        assert_eq!(
+            custom["notes"],
+            json!("typed in app"),
+            "unmanaged custom value is sent back"
+        );
     }
 
     #[test]
     fn create_body_skips_empty_custom_values() {
-        let mut snapshot = Snapshot { first_name: Some("Bo".into()), ..Default::default() };
-        snapshot.custom_fields.insert("vip".into(), serde_json::Value::Null);
+        let mut snapshot = Snapshot {
+            first_name: Some("Bo".into()),
+            ..Default::default()
+        };
+        snapshot
+            .custom_fields
+            .insert("vip".into(), serde_json::Value::Null);
         snapshot.custom_fields.insert("tags".into(), json!(["a"]));
         let body = create_body(&snapshot, "c-9", "quo-sync", None);
-        assert_eq!(body.custom_fields, vec![CustomFieldValue { key: "tags".into(), value: json!(["a"]) }]);
+        assert_eq!(
+            body.custom_fields,
+            vec![CustomFieldValue {
+                key: "tags".into(),
+                value: json!(["a"])
+            }]
+        );
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["externalId"], "c-9");
         assert_eq!(json["source"], "quo-sync");

@@ -59,7 +59,13 @@ pub struct PlannedOp {
 impl PlannedOp {
     /// A bare operation.
     pub fn new(external_id: &str, action: Action) -> Self {
-        Self { external_id: external_id.to_string(), action, quo_id: None, fields: Vec::new(), reason: None }
+        Self {
+            external_id: external_id.to_string(),
+            action,
+            quo_id: None,
+            fields: Vec::new(),
+            reason: None,
+        }
     }
 
     /// With changed fields.
@@ -84,15 +90,28 @@ impl PlannedOp {
 /// Renders operations as an aligned text table.
 pub fn render_table(operations: &[PlannedOp]) -> String {
     let mut out = String::new();
-    let width = operations.iter().map(|o| o.external_id.len()).max().unwrap_or(9).max(9);
-    out.push_str(&format!("{:<10} {:<width$} {}\n", "ACTION", "EXTERNAL_ID", "DETAIL"));
+    let width = operations
+        .iter()
+        .map(|o| o.external_id.len())
+        .max()
+        .unwrap_or(9)
+        .max(9);
+    out.push_str(&format!(
+        "{:<10} {:<width$} {}\n",
+        "ACTION", "EXTERNAL_ID", "DETAIL"
+    ));
     for op in operations {
         let detail = match (&op.reason, op.fields.is_empty()) {
             (Some(reason), _) => reason.clone(),
             (None, false) => op.fields.join(", "),
             (None, true) => op.quo_id.clone().unwrap_or_default(),
         };
-        out.push_str(&format!("{:<10} {:<width$} {}\n", op.action.as_str(), op.external_id, detail));
+        out.push_str(&format!(
+            "{:<10} {:<width$} {}\n",
+            op.action.as_str(),
+            op.external_id,
+            detail
+        ));
     }
     out
 }

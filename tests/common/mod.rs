@@ -13,8 +13,7 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 /// The sample header operators copy.
-pub const HEADER: &str =
-    "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
+pub const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
 /// A valid CSV row for record `id`, with a distinct phone number.
 pub fn row(id: &str, n: u32) -> String {
@@ -71,9 +70,12 @@ impl TestApp {
 
     /// Spawns with a custom sandbox and extra config sections.
     pub async fn spawn_with(csv_text: &str, sandbox: SandboxConfig, extra: &str) -> TestApp {
-        let sandbox = SandboxHandle::start(SandboxConfig { requests_per_second: 0, ..sandbox })
-            .await
-            .expect("sandbox starts");
+        let sandbox = SandboxHandle::start(SandboxConfig {
+            requests_per_second: 0,
+            ..sandbox
+        })
+        .await
+        .expect("sandbox starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let csv_path = dir.path().join("contacts.csv");
         std::fs::write(&csv_path, csv_text).expect("write csv");
@@ -104,8 +106,16 @@ path = "{csv}"
         );
         std::fs::write(&config_path, toml).expect("write config");
         let config = Config::load_with_env(&config_path, std::iter::empty()).expect("config loads");
-        let ctx = quo_sync::app::build_context(&config, "once", CancellationToken::new()).await.expect("context builds");
-        TestApp { sandbox, dir, csv_path, config_path, ctx }
+        let ctx = quo_sync::app::build_context(&config, "once", CancellationToken::new())
+            .await
+            .expect("context builds");
+        TestApp {
+            sandbox,
+            dir,
+            csv_path,
+            config_path,
+            ctx,
+        }
     }
 
     /// Runs one applying cycle.
@@ -131,8 +141,11 @@ path = "{csv}"
     /// Reopens the context (as a restarted process would).
     pub async fn restart(&mut self) {
         self.ctx.ledger.close().await;
-        let config = Config::load_with_env(&self.config_path, std::iter::empty()).expect("config loads");
-        self.ctx = quo_sync::app::build_context(&config, "once", CancellationToken::new()).await.expect("context builds");
+        let config =
+            Config::load_with_env(&self.config_path, std::iter::empty()).expect("config loads");
+        self.ctx = quo_sync::app::build_context(&config, "once", CancellationToken::new())
+            .await
+            .expect("context builds");
     }
 
     /// The sandbox contact for an external id (exactly one expected).
@@ -143,14 +156,22 @@ path = "{csv}"
             .into_iter()
             .filter(|c| c["externalId"] == external_id)
             .collect();
-        assert_eq!(matches.len(), 1, "exactly one contact for {external_id}: {matches:#?}");
+        assert_eq!(
+            matches.len(),
+            1,
+            "exactly one contact for {external_id}: {matches:#?}"
+        );
         matches.into_iter().next().unwrap()
     }
 
     /// Every external id must map to exactly one sandbox contact and one ledger Quo id.
     pub async fn assert_one_contact_per_record(&self, external_ids: &[String]) {
         for id in external_ids {
-            assert_eq!(self.sandbox.count_by_external_id(id), 1, "contacts for {id}");
+            assert_eq!(
+                self.sandbox.count_by_external_id(id),
+                1,
+                "contacts for {id}"
+            );
             let row = self
                 .ledger()
                 .record(&quo_sync::domain::ExternalId::parse(id).unwrap())
@@ -183,6 +204,75 @@ pub fn items(contact: &serde_json::Value, list: &str) -> Vec<(String, String)> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|i| (i["name"].as_str().unwrap_or_default().to_string(), i["value"].as_str().unwrap_or_default().to_string()))
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap_or_default().to_string(),
+                i["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect()
+}
+
+/// The raw signing key the reverse tests share, and its two configured forms.
+pub const WEBHOOK_KEY: &[u8] = b"quo-sync test signing key 32byte";
+
+/// `reverse.webhook_secret` in the Standard Webhooks form.
+pub fn whsec() -> String {
+    use base64::Engine;
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(WEBHOOK_KEY)
+    )
+}
+
+impl TestApp {
+    /// Serves the webhook receiver on a random port; returns its `/webhooks/quo` URL.
+    pub async fn start_receiver(&self) -> String {
+        let receiver = quo_sync::reverse::receiver::Receiver {
+            ledger: self.ctx.ledger.clone(),
+            secret: Some(secrecy::SecretString::from(whsec())),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            max_body_bytes: 64 * 1024,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(quo_sync::app::serve(
+            listener,
+            quo_sync::reverse::receiver::router(receiver),
+            CancellationToken::new(),
+        ));
+        format!("http://{addr}/webhooks/quo")
+    }
+
+    /// Waits until the inbox holds `n` events (webhooks are delivered asynchronously).
+    pub async fn wait_for_inbox(&self, n: i64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+                .fetch_one(self.ledger().pool())
+                .await
+                .unwrap();
+            if count >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "inbox reached only {count} of {n} events"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The Quo id of a record.
+    pub fn quo_id(&self, external_id: &str) -> String {
+        self.contact_for(external_id)["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The CSV text now.
+    pub fn csv_text(&self) -> String {
+        std::fs::read_to_string(&self.csv_path).unwrap()
+    }
 }

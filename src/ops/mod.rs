@@ -3,6 +3,9 @@
 
 use serde::Serialize;
 
+pub mod http;
+pub mod reconcile;
+
 use crate::ledger::{Ledger, LedgerError, QuarantineEntry, RunRow};
 
 /// What `quo-sync status` shows.
@@ -31,11 +34,14 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
     let records = ledger.count_by_state().await?.into_iter().collect();
     let quarantine = ledger.quarantined().await?;
     let last_run = ledger.recent_runs(1).await?.into_iter().next();
-    let last_error: Option<String> =
-        sqlx::query_scalar("SELECT error FROM runs WHERE error IS NOT NULL ORDER BY started_at DESC LIMIT 1")
-            .fetch_optional(ledger.pool())
-            .await?;
-    let conflicts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conflicts").fetch_one(ledger.pool()).await?;
+    let last_error: Option<String> = sqlx::query_scalar(
+        "SELECT error FROM runs WHERE error IS NOT NULL ORDER BY started_at DESC LIMIT 1",
+    )
+    .fetch_optional(ledger.pool())
+    .await?;
+    let conflicts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conflicts")
+        .fetch_one(ledger.pool())
+        .await?;
     Ok(Status {
         ledger: ledger.path().to_string(),
         records,
@@ -52,11 +58,25 @@ impl Status {
     /// The human table.
     pub fn render(&self) -> String {
         let mut out = format!("ledger        {}\n", self.ledger);
-        let states: Vec<String> = self.records.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        out.push_str(&format!("records       {}\n", if states.is_empty() { "none".into() } else { states.join(", ") }));
+        let states: Vec<String> = self
+            .records
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        out.push_str(&format!(
+            "records       {}\n",
+            if states.is_empty() {
+                "none".into()
+            } else {
+                states.join(", ")
+            }
+        ));
         out.push_str(&format!("quarantined   {}\n", self.quarantined));
         if let Some(q) = &self.oldest_quarantined {
-            out.push_str(&format!("  oldest      {} ({}, since {}): {}\n", q.key, q.location, q.first_seen, q.reason));
+            out.push_str(&format!(
+                "  oldest      {} ({}, since {}): {}\n",
+                q.key, q.location, q.first_seen, q.reason
+            ));
         }
         match &self.last_run {
             Some(r) => out.push_str(&format!(
@@ -68,7 +88,10 @@ impl Status {
         if let Some(e) = &self.last_error {
             out.push_str(&format!("last error    {e}\n"));
         }
-        out.push_str(&format!("reverse inbox {} pending\n", self.pending_reverse_events));
+        out.push_str(&format!(
+            "reverse inbox {} pending\n",
+            self.pending_reverse_events
+        ));
         out.push_str(&format!("conflicts     {}\n", self.conflicts));
         out
     }

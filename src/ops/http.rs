@@ -1,0 +1,72 @@
+//! The service listener (`service.listen`): `/healthz` (the process answers), `/readyz` (the
+//! ledger answers and the last cycle did not fail) and `/metrics` (Prometheus text format).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::ledger::Ledger;
+
+/// Installs the global Prometheus recorder; `None` when one is already installed.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    PrometheusBuilder::new().install_recorder().ok()
+}
+
+#[derive(Clone)]
+struct Ops {
+    ledger: Ledger,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// The routes: `/healthz`, `/readyz`, `/metrics`.
+pub fn router(ledger: Ledger, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(render))
+        .with_state(Ops { ledger, metrics })
+}
+
+async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
+    if let Err(e) = ops.ledger.ping().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("ledger unavailable: {e}\n"),
+        );
+    }
+    match ops.ledger.recent_runs(1).await {
+        Ok(runs) => match runs.first() {
+            Some(run) if run.status == "failed" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "last cycle failed: {}\n",
+                    run.error.clone().unwrap_or_default()
+                ),
+            ),
+            _ => (StatusCode::OK, "ready\n".into()),
+        },
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("ledger unavailable: {e}\n"),
+        ),
+    }
+}
+
+async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
+    let Some(handle) = &ops.metrics else {
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics recorder not installed\n".into(),
+        );
+    };
+    if let Ok(depth) = ops.ledger.inbox_depth().await {
+        metrics::gauge!("quo_sync_inbox_depth").set(depth as f64);
+    }
+    if let Ok(quarantined) = ops.ledger.quarantined().await {
+        metrics::gauge!("quo_sync_quarantined_records").set(quarantined.len() as f64);
+    }
+    handle.run_upkeep();
+    (StatusCode::OK, handle.render())
+}

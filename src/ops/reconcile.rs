@@ -1,0 +1,306 @@
+//! `quo-sync reconcile`: compares every Quo contact with our `source` against the ledger and the
+//! CRM, and with `--repair` rebuilds what the ledger lost.
+//!
+//! It finds orphans (our contacts the ledger does not link), ledger rows whose contact is gone,
+//! several contacts for one external id, and field drift. Repair adopts orphans by external id
+//! (the oldest when there are several) and relinks rows whose contact was replaced; it never
+//! deletes a contact, since duplicates may hold data users typed in Quo. With an empty or lost
+//! ledger, repair rebuilds every Quo id, so the next cycle creates nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::domain::{ExternalId, QuoContactId};
+use crate::ledger::{Ledger, LedgerError, SyncedRecord};
+use crate::mapping::{Mapper, MappingConfigError};
+use crate::quo::client::{QuoClient, QuoError};
+use crate::quo::types::Contact;
+use crate::source::{ReadRequest, Source, SourceError, SourceItem};
+
+/// Why reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The ledger.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Quo.
+    #[error(transparent)]
+    Quo(#[from] QuoError),
+    /// The CRM.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The mapping.
+    #[error(transparent)]
+    Mapping(#[from] MappingConfigError),
+}
+
+/// An orphan: our contact in Quo that no ledger row links.
+#[derive(Debug, Clone, Serialize)]
+pub struct Orphan {
+    /// Its external id (empty when Quo has none).
+    pub external_id: String,
+    /// The contact.
+    pub quo_id: String,
+    /// Whether the CRM still has the record.
+    pub in_source: bool,
+}
+
+/// What reconcile found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReconcileReport {
+    /// Contacts with our source in Quo.
+    pub contacts_in_quo: usize,
+    /// Records in the CRM.
+    pub records_in_source: usize,
+    /// Ledger rows linked to an existing contact.
+    pub linked: usize,
+    /// Our contacts without a ledger link.
+    pub orphans: Vec<Orphan>,
+    /// Ledger rows whose contact is gone from Quo: (external id, quo id).
+    pub missing_in_quo: Vec<(String, String)>,
+    /// External ids held by several contacts, with their ids (oldest first).
+    pub duplicates: BTreeMap<String, Vec<String>>,
+    /// Linked contacts whose managed fields differ from the agreed snapshot.
+    pub drift: BTreeMap<String, Vec<String>>,
+    /// Orphans adopted by `--repair`.
+    pub adopted: usize,
+    /// Rows relinked to a replacement contact by `--repair`.
+    pub relinked: usize,
+    /// Whether repair ran.
+    pub repaired: bool,
+}
+
+impl ReconcileReport {
+    /// The human summary.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "contacts in Quo (our source) {}\nrecords in the CRM           {}\nlinked in the ledger         {}\norphans                      {}\nmissing in Quo               {}\nduplicated external ids      {}\ndrifted contacts             {}\n",
+            self.contacts_in_quo,
+            self.records_in_source,
+            self.linked,
+            self.orphans.len(),
+            self.missing_in_quo.len(),
+            self.duplicates.len(),
+            self.drift.len()
+        );
+        for orphan in self.orphans.iter().take(20) {
+            out.push_str(&format!(
+                "  orphan     {} {} (in CRM: {})\n",
+                orphan.external_id, orphan.quo_id, orphan.in_source
+            ));
+        }
+        for (external_id, quo_id) in self.missing_in_quo.iter().take(20) {
+            out.push_str(&format!("  missing    {external_id} {quo_id}\n"));
+        }
+        for (external_id, ids) in self.duplicates.iter().take(20) {
+            out.push_str(&format!(
+                "  duplicate  {external_id} {} (kept, not deleted)\n",
+                ids.join(" ")
+            ));
+        }
+        for (external_id, fields) in self.drift.iter().take(20) {
+            out.push_str(&format!(
+                "  drift      {external_id} {}\n",
+                fields.join(", ")
+            ));
+        }
+        if self.repaired {
+            out.push_str(&format!(
+                "repair: adopted {}, relinked {}\n",
+                self.adopted, self.relinked
+            ));
+        } else {
+            out.push_str("read-only: run with --repair to adopt orphans and relink\n");
+        }
+        out
+    }
+}
+
+/// Lists every contact with our source, oldest first per page order.
+async fn list_ours(client: &QuoClient) -> Result<Vec<Contact>, QuoError> {
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client.list_page(token.as_deref()).await?;
+        all.extend(page.data);
+        match page.next_page_token.filter(|t| !t.is_empty()) {
+            Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+            _ => break,
+        }
+    }
+    Ok(all)
+}
+
+/// Runs reconcile; `repair` adopts and relinks.
+pub async fn reconcile(
+    ledger: &Ledger,
+    client: &QuoClient,
+    source: &Source,
+    mapping: &crate::config::MappingConfig,
+    repair: bool,
+) -> Result<ReconcileReport, ReconcileError> {
+    let defs = client.custom_fields().await?;
+    let mapper = Mapper::new(mapping, &defs)?;
+    let contacts = list_ours(client).await?;
+
+    // The CRM's ids.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let reader = {
+        let source_read = source.read(ReadRequest::default(), tx);
+        async move { source_read.await }
+    };
+    let collect = async {
+        let mut ids = HashSet::new();
+        while let Some(item) = rx.recv().await {
+            match item {
+                SourceItem::Record(r) => {
+                    ids.insert(r.external_id.to_string());
+                }
+                SourceItem::Bad(b) => {
+                    if let Some(id) = b.external_id {
+                        ids.insert(id);
+                    }
+                }
+            }
+        }
+        ids
+    };
+    let (read, in_source) = tokio::join!(reader, collect);
+    read?;
+
+    let mut by_external: HashMap<String, Vec<Contact>> = HashMap::new();
+    let mut by_id: HashMap<String, &Contact> = HashMap::new();
+    for contact in &contacts {
+        by_id.insert(contact.id.clone(), contact);
+    }
+    for contact in contacts.iter().cloned() {
+        by_external
+            .entry(contact.external_id.clone().unwrap_or_default())
+            .or_default()
+            .push(contact);
+    }
+    for list in by_external.values_mut() {
+        list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    }
+
+    let mut report = ReconcileReport {
+        contacts_in_quo: contacts.len(),
+        records_in_source: in_source.len(),
+        repaired: repair,
+        ..Default::default()
+    };
+    let rows = ledger.all_records().await?;
+    let mut linked_ids: HashSet<String> = HashSet::new();
+    let mut rows_by_external: HashMap<String, &crate::ledger::RecordRow> = HashMap::new();
+    for row in &rows {
+        rows_by_external.insert(row.external_id.to_string(), row);
+        let Some(quo_id) = &row.quo_id else { continue };
+        match by_id.get(quo_id.as_str()) {
+            Some(contact) => {
+                report.linked += 1;
+                linked_ids.insert(quo_id.to_string());
+                if let Some(agreed) = &row.snapshot {
+                    let fields = mapper.from_contact(contact).changed_fields(agreed);
+                    if !fields.is_empty() {
+                        report.drift.insert(row.external_id.to_string(), fields);
+                    }
+                }
+            }
+            None => {
+                let replacement = by_external
+                    .get(row.external_id.as_str())
+                    .and_then(|list| list.first());
+                match (repair, replacement) {
+                    (true, Some(contact)) => {
+                        adopt(ledger, &mapper, &row.external_id, contact).await?;
+                        linked_ids.insert(contact.id.clone());
+                        report.relinked += 1;
+                        info!(event = "relinked", external_id = %row.external_id, old_quo_id = %quo_id, quo_id = %contact.id, "ledger row relinked to the contact Quo has");
+                    }
+                    _ => report
+                        .missing_in_quo
+                        .push((row.external_id.to_string(), quo_id.to_string())),
+                }
+            }
+        }
+    }
+    for (external_id, list) in &by_external {
+        if list.len() > 1 && !external_id.is_empty() {
+            warn!(
+                event = "duplicate_contacts",
+                external_id,
+                count = list.len(),
+                "several Quo contacts share this externalId; none is deleted"
+            );
+            report.duplicates.insert(
+                external_id.clone(),
+                list.iter().map(|c| c.id.clone()).collect(),
+            );
+        }
+        let Some(first) = list.first() else { continue };
+        if list.iter().any(|c| linked_ids.contains(&c.id)) {
+            continue;
+        }
+        let row_linked = rows_by_external.get(external_id).is_some_and(|r| {
+            r.quo_id
+                .as_ref()
+                .is_some_and(|q| linked_ids.contains(q.as_str()))
+        });
+        if row_linked {
+            continue;
+        }
+        let orphan = Orphan {
+            external_id: external_id.clone(),
+            quo_id: first.id.clone(),
+            in_source: in_source.contains(external_id),
+        };
+        if repair && !external_id.is_empty() {
+            if let Ok(id) = ExternalId::parse(external_id) {
+                adopt(ledger, &mapper, &id, first).await?;
+                linked_ids.insert(first.id.clone());
+                report.adopted += 1;
+                info!(event = "adopted", external_id, quo_id = %first.id, "orphan adopted into the ledger");
+                continue;
+            }
+        }
+        report.orphans.push(orphan);
+    }
+    report
+        .orphans
+        .sort_by(|a, b| a.external_id.cmp(&b.external_id));
+    report.missing_in_quo.sort();
+    Ok(report)
+}
+
+/// Links `external_id` to `contact`, taking Quo's copy as the agreed snapshot. The source
+/// fingerprint is left empty so the next cycle compares the CRM record field by field: equal
+/// costs nothing, different costs one PATCH.
+async fn adopt(
+    ledger: &Ledger,
+    mapper: &Mapper,
+    external_id: &ExternalId,
+    contact: &Contact,
+) -> Result<(), LedgerError> {
+    let snapshot = mapper.from_contact(contact);
+    let existing = ledger.record(external_id).await?;
+    ledger
+        .commit_synced(SyncedRecord {
+            external_id,
+            quo_id: &QuoContactId(contact.id.clone()),
+            source_fingerprint: None,
+            snapshot: &snapshot,
+            contact,
+            crm_updated_at: None,
+        })
+        .await?;
+    if existing.is_some_and(|r| r.source_fingerprint.is_some()) {
+        // A kept fingerprint would let the next cycle skip the comparison.
+        sqlx::query("UPDATE records SET source_fingerprint = NULL WHERE external_id = ?")
+            .bind(external_id.as_str())
+            .execute(ledger.pool())
+            .await?;
+    }
+    Ok(())
+}
