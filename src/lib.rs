@@ -9,4 +9,5 @@
 pub mod config;
 pub mod domain;
 pub mod quo;
+pub mod sandbox;
 pub mod source;
