@@ -262,9 +262,17 @@ fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn admin_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| admin_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
+/// A malformed admin request body.
+struct BadAdminBody(String);
+
+impl IntoResponse for BadAdminBody {
+    fn into_response(self) -> Response {
+        admin_error(StatusCode::BAD_REQUEST, self.0)
+    }
+}
+
+fn admin_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, BadAdminBody> {
+    serde_json::from_slice(body).map_err(|e| BadAdminBody(format!("invalid JSON: {e}")))
 }
 
 async fn admin_stats(State(s): S) -> Response {
