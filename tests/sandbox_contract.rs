@@ -1343,3 +1343,115 @@ async fn shutdown_stops_serving() {
         .await;
     assert!(r.is_err(), "no longer listening");
 }
+
+#[tokio::test]
+async fn concurrent_duplicate_creates_yield_one_contact() {
+    let env = Arc::new(Env::default().await);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let env = env.clone();
+        tasks.push(tokio::spawn(async move {
+            env.post("/v1/contacts", basic("race")).await.0
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(env.sb.count_by_external_id("race"), 1);
+}
+
+#[tokio::test]
+async fn custom_fields_can_be_addressed_by_item_id() {
+    let env = Env::default().await;
+    let c = rich_contact(&env).await;
+    let id = c["id"].as_str().expect("id");
+    let score = c["customFields"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["key"] == "lead-score"))
+        .expect("lead-score")
+        .clone();
+    let (st, v) = env
+        .patch(
+            &format!("/v1/contacts/{id}"),
+            json!({"customFields": [{"id": score["id"], "value": 7}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(custom(&v["data"], "lead-score"), Some(json!(7)));
+    let after = v["data"]["customFields"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["key"] == "lead-score"))
+        .expect("lead-score")
+        .clone();
+    assert_eq!(after["id"], score["id"], "item id is stable across updates");
+    let (st, v) = env
+        .patch(
+            &format!("/v1/contacts/{id}"),
+            json!({"customFields": [{"id": "nope", "value": 7}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    error_at(&v, "/customFields/0/id");
+}
+
+#[tokio::test]
+async fn paging_is_stable_across_deletes() {
+    let env = Env::default().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            env.create(basic(&format!("p{i}"))).await["id"]
+                .as_str()
+                .expect("id")
+                .to_string(),
+        );
+    }
+    let (_, v) = env.get("/v1/contacts?maxResults=2").await;
+    let token = v["nextPageToken"].as_str().expect("token").to_string();
+    // Delete a contact already seen and one not yet seen.
+    env.delete(&format!("/v1/contacts/{}", ids[0])).await;
+    env.delete(&format!("/v1/contacts/{}", ids[3])).await;
+    let (_, v) = env
+        .get(&format!("/v1/contacts?maxResults=2&pageToken={token}"))
+        .await;
+    let got: Vec<&str> = v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|c| c["externalId"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(got, vec!["p2", "p4"]);
+    assert_eq!(v["nextPageToken"], Value::Null);
+}
+
+#[tokio::test]
+async fn unknown_api_routes_answer_quo_404() {
+    let env = Env::default().await;
+    let (st, v) = env.get("/v1/conversations").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_error(&v, 404, "0800404");
+    assert_eq!(
+        env.sb
+            .stats()
+            .by_route_status
+            .get("GET /v1/conversations 404"),
+        Some(&1)
+    );
+}

@@ -9,9 +9,9 @@
 //! `/_sandbox/…` admin routes (with curl): switch semantics, inject faults, simulate edits made
 //! in the Quo app, and read statistics such as the busiest second.
 //!
-//! Modules: [`state`] stores contacts and applies writes, [`validate`] turns raw requests into
-//! typed inputs or Quo's 400s, [`error`] renders Quo's error bodies, [`routes`] is the HTTP
-//! surface, [`stats`] counts and rate-limits, [`faults`] queues injected failures, [`conn`] lets
+//! Modules: `state` stores contacts and applies writes, `validate` turns raw requests into
+//! typed inputs or Quo's 400s, `error` renders Quo's error bodies, `routes` is the HTTP
+//! surface, [`stats`] counts and rate-limits, [`faults`] queues injected failures, `conn` lets
 //! a handler kill its own connection, and [`webhooks`] signs and delivers events.
 
 mod conn;

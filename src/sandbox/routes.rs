@@ -16,7 +16,7 @@ use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -44,6 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1/contacts/{id}",
             get(get_one).patch(update).delete(delete),
         )
+        .route("/v1/{*rest}", any(not_found))
         .layer(middleware::from_fn_with_state(shared.clone(), api_gate));
     let admin = Router::new()
         .route("/_sandbox/stats", get(admin_stats))
@@ -73,7 +74,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 /// The stats key of a path: ids collapsed to `{id}`.
 fn route_key(path: &str) -> String {
     match path.strip_prefix("/v1/contacts/") {
-        Some(rest) if !rest.is_empty() => "/v1/contacts/{id}".to_string(),
+        Some(rest) if !rest.is_empty() && !rest.contains('/') => "/v1/contacts/{id}".to_string(),
         _ => path.to_string(),
     }
 }
