@@ -869,9 +869,11 @@ async fn injected_status_faults_apply_nothing() {
 async fn drop_after_write_applies_then_kills_the_connection() {
     let env = Env::default().await;
     env.sb.inject(Fault::DropAfterWrite { count: 1 });
-    // A read does not consume the fault.
+    // Neither a read nor a rejected write consumes the fault.
     let (st, _) = env.get("/v1/contacts?maxResults=1").await;
     assert_eq!(st, StatusCode::OK);
+    let (st, _) = env.post("/v1/contacts", json!({"defaultFields": {}})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
     let started = Instant::now();
     let err = env
         .http
@@ -895,6 +897,33 @@ async fn drop_after_write_applies_then_kills_the_connection() {
     // The fault is used up: the retry meets the 409 a real client must handle.
     let (st, _) = env.post("/v1/contacts", basic("dropped")).await;
     assert_eq!(st, StatusCode::CONFLICT);
+
+    // PATCH and DELETE are applied before the drop too.
+    let id = env.sb.contacts()[0]["id"].as_str().expect("id").to_string();
+    env.sb.inject(Fault::DropAfterWrite { count: 2 });
+    let err = env
+        .http
+        .patch(format!("{}/v1/contacts/{id}", env.base))
+        .header("Authorization", &env.key)
+        .json(&json!({"defaultFields": {"role": "Countess"}}))
+        .send()
+        .await
+        .expect_err("dropped");
+    assert!(!err.is_timeout());
+    assert_eq!(
+        env.sb.contact(&id).expect("contact")["defaultFields"]["role"],
+        "Countess"
+    );
+    let err = env
+        .http
+        .delete(format!("{}/v1/contacts/{id}", env.base))
+        .header("Authorization", &env.key)
+        .send()
+        .await
+        .expect_err("dropped");
+    assert!(!err.is_timeout());
+    assert!(env.sb.contact(&id).is_none());
+    assert_eq!(env.sb.stats().dropped_connections, 3);
 }
 
 #[tokio::test]

@@ -22,8 +22,8 @@ pub enum Fault {
         /// Whole seconds for a `Retry-After` header, if any.
         retry_after: Option<u64>,
     },
-    /// The next `count` write requests (POST/PATCH/DELETE) are applied, then their connection is
-    /// closed without any response.
+    /// The next `count` successful write requests (POST/PATCH/DELETE) are applied, then their
+    /// connection is closed without any response (rejected writes answer normally).
     DropAfterWrite {
         /// How many writes get it.
         count: u32,

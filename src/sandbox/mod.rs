@@ -9,6 +9,24 @@
 //! `/_sandbox/…` admin routes (with curl): switch semantics, inject faults, simulate edits made
 //! in the Quo app, and read statistics such as the busiest second.
 //!
+//! Admin routes (no auth, never rate limited, not counted in the statistics):
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `GET /_sandbox/stats`, `POST /_sandbox/reset-stats` | read / clear [`SandboxStats`] |
+//! | `GET /_sandbox/contacts` | every contact, `{"data": [...]}` |
+//! | `POST /_sandbox/faults`, `DELETE /_sandbox/faults` | queue a [`FaultSpec`] / clear the queue |
+//! | `GET`/`POST /_sandbox/settings` | `patch_mode`, `conflict_on_duplicate`, `latency_ms`, `requests_per_second`, `send_retry_after`, `webhooks_on_api_writes` |
+//! | `POST /_sandbox/app/contacts[?source=hubspot]` | create as the Quo app / an integration |
+//! | `POST`/`DELETE /_sandbox/app/contacts/{id}` | edit (merge) / delete as a user in the Quo app |
+//! | `GET /_sandbox/webhooks`, `POST /_sandbox/webhooks/{event_id}/redeliver` | delivery log / redeliver |
+//!
+//! Sandbox choices where Quo's behaviour is undocumented: custom field values set to `null` are
+//! removed from the contact's `customFields`; `date` values are normalised to UTC with
+//! milliseconds; in merge mode an email/phone item sent with an id the contact does not have is
+//! added as a new item (new id), in replace mode the sent id is kept; a `DropAfterWrite` fault is
+//! consumed by the next write that succeeds (a rejected write answers normally and leaves it queued).
+//!
 //! Modules: `state` stores contacts and applies writes, `validate` turns raw requests into
 //! typed inputs or Quo's 400s, `error` renders Quo's error bodies, `routes` is the HTTP
 //! surface, [`stats`] counts and rate-limits, [`faults`] queues injected failures, `conn` lets

@@ -121,9 +121,9 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
             }
             .into_response_for(family)
         } else {
-            let drop_conn = is_write && lock(&s.faults).take_drop();
             let resp = next.run(req).await;
-            if drop_conn {
+            // Only a write that was applied loses its response; a rejected one leaves the fault queued.
+            if is_write && resp.status().is_success() && lock(&s.faults).take_drop() {
                 match &conn {
                     Some(c) => {
                         c.kill();
