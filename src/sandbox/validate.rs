@@ -818,4 +818,81 @@ mod tests {
         assert!(list_query(None).is_err());
         assert!(list_query(Some("maxResults=5&bogus=1")).is_err());
     }
+
+    mod fuzz {
+        use super::super::*;
+        use crate::sandbox::state::{FieldDef, FieldType};
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                "[a-z@.+0-9:/ -]{0,12}".prop_map(Value::String),
+                prop_oneof![
+                    Just("+15555550100"),
+                    Just("lead-score"),
+                    Just("tags"),
+                    Just("renewal-date"),
+                    Just("2024-09-11T04:00:00Z"),
+                ]
+                .prop_map(|s| Value::String(s.to_string())),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                let keys = prop_oneof![
+                    Just("defaultFields"),
+                    Just("customFields"),
+                    Just("firstName"),
+                    Just("emails"),
+                    Just("phoneNumbers"),
+                    Just("key"),
+                    Just("value"),
+                    Just("name"),
+                    Just("id"),
+                    Just("source"),
+                    Just("externalId"),
+                    Just("sourceUrl"),
+                    Just("other"),
+                ];
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(keys.prop_map(str::to_string), inner, 0..5)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn defs() -> Vec<FieldDef> {
+            [
+                ("lead-score", FieldType::Number),
+                ("tags", FieldType::MultiSelect),
+                ("renewal-date", FieldType::Date),
+            ]
+            .into_iter()
+            .map(|(k, t)| FieldDef {
+                name: k.to_string(),
+                key: k.to_string(),
+                ftype: t,
+            })
+            .collect()
+        }
+
+        proptest! {
+            #[test]
+            fn contact_bodies_never_panic(v in arb_json()) {
+                let defs = defs();
+                for mode in [Mode::Create, Mode::Patch, Mode::AppCreate, Mode::AppPatch] {
+                    let _ = contact_body(&v, mode, &defs, None);
+                }
+            }
+
+            #[test]
+            fn query_strings_never_panic(q in "\\PC{0,40}") {
+                let _ = list_query(Some(&q));
+                let _ = query_pairs(Some(&q));
+            }
+        }
+    }
 }
