@@ -1484,3 +1484,34 @@ async fn unknown_api_routes_answer_quo_404() {
         Some(&1)
     );
 }
+
+#[tokio::test]
+async fn handle_is_shareable_and_app_helpers_validate() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<SandboxHandle>();
+    assert_send_sync::<quo_sync::sandbox::SandboxStats>();
+    let env = Env::default().await;
+    let err = env
+        .sb
+        .try_app_create(json!({"defaultFields": {"firstName": "A", "phoneNumbers": [{"name": "m", "value": "bad"}]}}), "")
+        .expect_err("invalid phone");
+    assert_error(&err, 400, "0801400");
+    assert!(
+        env.sb
+            .app_edit("000000000000000000000000", json!({}))
+            .is_none()
+    );
+    assert!(!env.sb.app_delete("000000000000000000000000"));
+    // Apps may use sources the API reserves.
+    let g = env.sb.app_create(
+        json!({"defaultFields": {"firstName": "G"}}),
+        "google-people",
+    );
+    assert_eq!(g["source"], "google-people");
+    // Achieved rate is computed from the first and last arrivals.
+    env.get("/v1/contacts?maxResults=1").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    env.get("/v1/contacts?maxResults=1").await;
+    let rate = env.sb.stats().achieved_rate().expect("two requests");
+    assert!(rate > 0.0 && rate < 100.0, "{rate}");
+}
