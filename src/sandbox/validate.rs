@@ -1,0 +1,898 @@
+//! Request validation: turns raw JSON bodies and query strings into typed inputs, or into the
+//! exact 400 Quo would send.
+//!
+//! Validation works on `serde_json::Value`, not on typed structs, because the error body must
+//! name the JSON path and the offending value of every problem, and because unknown keys are an
+//! error (serde would silently drop them). Structural problems (not JSON, wrong shape, unknown
+//! keys, bad query parameters) answer `0800400` Bad Request; well-formed bodies with invalid
+//! values (bad phone, unknown custom field key, wrong value type, reserved source…) answer
+//! `0801400` Invalid Custom Field Item, as the spec's contact endpoints do.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, FieldError};
+use super::state::{FieldDef, FieldType, ListQuery, StoredContact, iso_ms};
+
+/// Sources the API refuses (exact match).
+const RESERVED_SOURCES: &[&str] = &[
+    "openphone",
+    "device",
+    "csv",
+    "zapier",
+    "google-people",
+    "other",
+];
+/// Source prefixes the API refuses.
+const RESERVED_PREFIXES: &[&str] = &["openphone", "csv"];
+
+/// Which body is being validated; decides required keys and the source rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `POST /v1/contacts`.
+    Create,
+    /// `PATCH /v1/contacts/{id}`.
+    Patch,
+    /// A contact created in the Quo app (source given separately, not checked).
+    AppCreate,
+    /// An edit made in the Quo app (source not checked).
+    AppPatch,
+}
+
+impl Mode {
+    fn is_create(self) -> bool {
+        matches!(self, Mode::Create | Mode::AppCreate)
+    }
+    fn is_app(self) -> bool {
+        matches!(self, Mode::AppCreate | Mode::AppPatch)
+    }
+}
+
+/// An email or phone item of a request body.
+#[derive(Debug, Clone)]
+pub(crate) struct ItemInput {
+    /// Item id, addressing an existing item (PATCH).
+    pub id: Option<String>,
+    /// Label.
+    pub name: String,
+    /// Value; `None` (JSON null) removes the item in a PATCH.
+    pub value: Option<String>,
+}
+
+/// A custom field value of a request body, its key resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct CustomInput {
+    /// Field key.
+    pub key: String,
+    /// Normalised value; `None` (JSON null) clears the field.
+    pub value: Option<Value>,
+}
+
+/// A validated create or update body. The outer `Option` is "key present".
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ContactInput {
+    /// `externalId`.
+    pub external_id: Option<Option<String>>,
+    /// `source`.
+    pub source: Option<Option<String>>,
+    /// `sourceUrl`.
+    pub source_url: Option<Option<String>>,
+    /// `createdByUserId` (create only).
+    pub created_by_user_id: Option<String>,
+    /// `defaultFields.firstName`.
+    pub first_name: Option<Option<String>>,
+    /// `defaultFields.lastName`.
+    pub last_name: Option<Option<String>>,
+    /// `defaultFields.company`.
+    pub company: Option<Option<String>>,
+    /// `defaultFields.role`.
+    pub role: Option<Option<String>>,
+    /// `defaultFields.emails`.
+    pub emails: Option<Vec<ItemInput>>,
+    /// `defaultFields.phoneNumbers`.
+    pub phones: Option<Vec<ItemInput>>,
+    /// `customFields`.
+    pub custom_fields: Option<Vec<CustomInput>>,
+}
+
+/// Problems found so far, split by the error code they lead to.
+#[derive(Default)]
+struct Problems {
+    structural: Vec<FieldError>,
+    invalid: Vec<FieldError>,
+}
+
+impl Problems {
+    fn bad(&mut self, path: &str, msg: impl Into<String>, value: Option<&Value>, kind: &str) {
+        self.structural
+            .push(FieldError::new(path, msg, value, kind));
+    }
+    fn invalid(&mut self, path: &str, msg: impl Into<String>, value: Option<&Value>, kind: &str) {
+        self.invalid.push(FieldError::new(path, msg, value, kind));
+    }
+    fn finish<T>(self, ok: T) -> Result<T, ApiError> {
+        if !self.structural.is_empty() {
+            let message = summary(&self.structural);
+            Err(ApiError::BadRequest {
+                message,
+                errors: self.structural,
+            })
+        } else if !self.invalid.is_empty() {
+            let message = summary(&self.invalid);
+            Err(ApiError::Invalid {
+                message,
+                errors: self.invalid,
+            })
+        } else {
+            Ok(ok)
+        }
+    }
+}
+
+fn summary(errors: &[FieldError]) -> String {
+    match errors {
+        [one] => format!("{}: {}", one.path, one.message),
+        [first, ..] => format!(
+            "{}: {} (and {} more)",
+            first.path,
+            first.message,
+            errors.len() - 1
+        ),
+        [] => "Bad Request".to_string(),
+    }
+}
+
+/// Parses a request body as JSON; anything else is a 400 Bad Request.
+pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest {
+        message: format!("Request body is not valid JSON: {e}"),
+        errors: vec![FieldError::new(
+            "",
+            "body must be a JSON object",
+            None,
+            "object",
+        )],
+    })
+}
+
+/// Validates a contact body for `mode`. `existing` is the contact a PATCH addresses (it resolves
+/// custom field items sent by `id`).
+pub(crate) fn contact_body(
+    body: &Value,
+    mode: Mode,
+    defs: &[FieldDef],
+    existing: Option<&StoredContact>,
+) -> Result<ContactInput, ApiError> {
+    let mut p = Problems::default();
+    let mut out = ContactInput::default();
+    let Some(obj) = body.as_object() else {
+        p.bad("", "body must be a JSON object", Some(body), "object");
+        return p.finish(out);
+    };
+    let allowed: &[&str] = if mode.is_create() {
+        &[
+            "defaultFields",
+            "customFields",
+            "externalId",
+            "source",
+            "sourceUrl",
+            "createdByUserId",
+        ]
+    } else {
+        &[
+            "defaultFields",
+            "customFields",
+            "externalId",
+            "source",
+            "sourceUrl",
+        ]
+    };
+    unknown_keys(&mut p, obj, "", allowed);
+
+    // externalId: 1–75 characters or null.
+    if let Some(v) = obj.get("externalId") {
+        out.external_id = Some(opt_string(&mut p, "/externalId", v, 1, 75));
+    }
+    // source
+    if let Some(v) = obj.get("source") {
+        if mode == Mode::AppCreate {
+            // The app's source is given separately; ignore the body's.
+        } else if v.is_null() && mode.is_create() {
+            p.invalid("/source", "source must be a string", Some(v), "string");
+        } else {
+            let max = if mode.is_create() { 72 } else { 75 };
+            let s = opt_string(&mut p, "/source", v, 1, max);
+            if let Some(src) = &s
+                && !mode.is_app()
+                && is_reserved_source(src)
+            {
+                p.invalid(
+                    "/source",
+                    "source is reserved: it must not be openphone, device, csv, zapier, google-people, other, nor start with openphone or csv",
+                    Some(v),
+                    "string",
+                );
+            }
+            out.source = Some(s);
+        }
+    }
+    // sourceUrl: uri, ≤ 200.
+    if let Some(v) = obj.get("sourceUrl") {
+        if v.is_null() && mode.is_create() {
+            p.invalid(
+                "/sourceUrl",
+                "sourceUrl must be a URI string",
+                Some(v),
+                "string",
+            );
+        } else {
+            let s = opt_string(&mut p, "/sourceUrl", v, 1, 200);
+            if let Some(u) = &s
+                && !looks_like_uri(u)
+            {
+                p.invalid("/sourceUrl", "sourceUrl must be a URI", Some(v), "uri");
+            }
+            out.source_url = Some(s);
+        }
+    }
+    // createdByUserId: ^US.
+    if let Some(v) = obj.get("createdByUserId") {
+        match v.as_str() {
+            Some(s) if s.starts_with("US") => out.created_by_user_id = Some(s.to_string()),
+            _ => p.invalid(
+                "/createdByUserId",
+                "createdByUserId must be a string starting with US",
+                Some(v),
+                "string",
+            ),
+        }
+    }
+    // defaultFields
+    match obj.get("defaultFields") {
+        None if mode.is_create() => p.bad(
+            "/defaultFields",
+            "defaultFields is required",
+            None,
+            "object",
+        ),
+        None => {}
+        Some(df) => default_fields(&mut p, df, mode, &mut out),
+    }
+    // customFields
+    if let Some(cf) = obj.get("customFields") {
+        out.custom_fields = Some(custom_fields(&mut p, cf, defs, existing));
+    }
+    p.finish(out)
+}
+
+fn default_fields(p: &mut Problems, df: &Value, mode: Mode, out: &mut ContactInput) {
+    let Some(obj) = df.as_object() else {
+        p.bad(
+            "/defaultFields",
+            "defaultFields must be an object",
+            Some(df),
+            "object",
+        );
+        return;
+    };
+    unknown_keys(
+        p,
+        obj,
+        "/defaultFields",
+        &[
+            "firstName",
+            "lastName",
+            "company",
+            "role",
+            "emails",
+            "phoneNumbers",
+        ],
+    );
+    if mode.is_create() && !obj.contains_key("firstName") {
+        p.bad(
+            "/defaultFields/firstName",
+            "firstName is required",
+            None,
+            "string",
+        );
+    }
+    let scalar = |p: &mut Problems, key: &str| -> Option<Option<String>> {
+        let v = obj.get(key)?;
+        let path = format!("/defaultFields/{key}");
+        match v {
+            Value::Null => Some(None),
+            Value::String(s) => Some(Some(s.clone())),
+            other => {
+                p.invalid(
+                    &path,
+                    format!("{key} must be a string or null"),
+                    Some(other),
+                    "string",
+                );
+                None
+            }
+        }
+    };
+    out.first_name = scalar(p, "firstName");
+    out.last_name = scalar(p, "lastName");
+    out.company = scalar(p, "company");
+    out.role = scalar(p, "role");
+    if let Some(v) = obj.get("emails") {
+        out.emails = Some(items(p, "/defaultFields/emails", v, ItemKind::Email));
+    }
+    if let Some(v) = obj.get("phoneNumbers") {
+        out.phones = Some(items(p, "/defaultFields/phoneNumbers", v, ItemKind::Phone));
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ItemKind {
+    Email,
+    Phone,
+}
+
+fn items(p: &mut Problems, path: &str, v: &Value, kind: ItemKind) -> Vec<ItemInput> {
+    let Some(arr) = v.as_array() else {
+        p.bad(path, "must be an array", Some(v), "array");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in arr.iter().enumerate() {
+        let ipath = format!("{path}/{i}");
+        let Some(obj) = item.as_object() else {
+            p.bad(
+                &ipath,
+                "item must be an object with name and value",
+                Some(item),
+                "object",
+            );
+            continue;
+        };
+        unknown_keys(p, obj, &ipath, &["id", "name", "value"]);
+        let name = match obj.get("name") {
+            Some(Value::String(s)) => Some(s.clone()),
+            None => {
+                p.bad(&format!("{ipath}/name"), "name is required", None, "string");
+                None
+            }
+            Some(other) => {
+                p.invalid(
+                    &format!("{ipath}/name"),
+                    "name must be a string",
+                    Some(other),
+                    "string",
+                );
+                None
+            }
+        };
+        let id = match obj.get("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                p.invalid(
+                    &format!("{ipath}/id"),
+                    "id must be a string",
+                    Some(other),
+                    "string",
+                );
+                None
+            }
+        };
+        let vpath = format!("{ipath}/value");
+        let value = match obj.get("value") {
+            None => {
+                p.bad(&vpath, "value is required", None, "string");
+                continue;
+            }
+            Some(Value::Null) => None,
+            Some(val @ Value::String(s)) => {
+                match kind {
+                    ItemKind::Phone if !is_e164(s) => p.invalid(
+                        &vpath,
+                        "phone number must be in E.164 format, e.g. +15555550100",
+                        Some(val),
+                        "e164",
+                    ),
+                    ItemKind::Email if !is_email(s) => {
+                        p.invalid(&vpath, "value must be an email address", Some(val), "email")
+                    }
+                    _ => {}
+                }
+                Some(s.clone())
+            }
+            Some(other) => {
+                p.invalid(
+                    &vpath,
+                    "value must be a string or null",
+                    Some(other),
+                    "string",
+                );
+                continue;
+            }
+        };
+        if let Some(name) = name {
+            out.push(ItemInput { id, name, value });
+        }
+    }
+    out
+}
+
+fn custom_fields(
+    p: &mut Problems,
+    v: &Value,
+    defs: &[FieldDef],
+    existing: Option<&StoredContact>,
+) -> Vec<CustomInput> {
+    let Some(arr) = v.as_array() else {
+        p.bad(
+            "/customFields",
+            "customFields must be an array",
+            Some(v),
+            "array",
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in arr.iter().enumerate() {
+        let ipath = format!("/customFields/{i}");
+        let Some(obj) = item.as_object() else {
+            p.bad(
+                &ipath,
+                "item must be an object with key and value",
+                Some(item),
+                "object",
+            );
+            continue;
+        };
+        // `name` and `type` are accepted (a client may echo a response item) and ignored.
+        unknown_keys(p, obj, &ipath, &["key", "id", "value", "name", "type"]);
+        let key = match (obj.get("key"), obj.get("id")) {
+            (Some(Value::String(k)), _) => Some(k.clone()),
+            (Some(other), _) => {
+                p.invalid(
+                    &format!("{ipath}/key"),
+                    "key must be a string",
+                    Some(other),
+                    "string",
+                );
+                continue;
+            }
+            (None, Some(Value::String(id))) => {
+                let found = existing.and_then(|c| c.custom.iter().find(|cv| &cv.id == id));
+                match found {
+                    Some(cv) => Some(cv.key.clone()),
+                    None => {
+                        p.invalid(
+                            &format!("{ipath}/id"),
+                            "no custom field item with this id on the contact",
+                            obj.get("id"),
+                            "string",
+                        );
+                        continue;
+                    }
+                }
+            }
+            (None, _) => {
+                p.bad(&format!("{ipath}/key"), "key is required", None, "string");
+                continue;
+            }
+        };
+        let Some(key) = key else { continue };
+        let Some(def) = defs.iter().find(|d| d.key == key) else {
+            p.invalid(
+                &format!("{ipath}/key"),
+                format!("unknown custom field key '{key}'"),
+                obj.get("key"),
+                "string",
+            );
+            continue;
+        };
+        let vpath = format!("{ipath}/value");
+        let Some(raw) = obj.get("value") else {
+            p.bad(&vpath, "value is required", None, def.ftype.as_str());
+            continue;
+        };
+        match custom_value(def.ftype, raw) {
+            Ok(value) => out.push(CustomInput { key, value }),
+            Err(msg) => p.invalid(&vpath, msg, Some(raw), def.ftype.as_str()),
+        }
+    }
+    out
+}
+
+/// Checks and normalises one custom field value for its type (dates become UTC, ms precision).
+fn custom_value(ftype: FieldType, v: &Value) -> Result<Option<Value>, String> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let ok = match ftype {
+        FieldType::Number => v.is_number(),
+        FieldType::Boolean => v.is_boolean(),
+        FieldType::String | FieldType::Address => v.is_string(),
+        FieldType::Url => v.as_str().is_some_and(looks_like_url),
+        FieldType::MultiSelect => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        FieldType::Date => {
+            let parsed = v
+                .as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok());
+            return match parsed {
+                Some(d) => Ok(Some(Value::String(iso_ms(&d.with_timezone(&Utc))))),
+                None => Err(
+                    "value must be an ISO-8601 date-time string, e.g. 2024-09-11T04:00:00.000Z"
+                        .into(),
+                ),
+            };
+        }
+    };
+    if ok {
+        Ok(Some(v.clone()))
+    } else {
+        let expected = match ftype {
+            FieldType::Number => "a number",
+            FieldType::Boolean => "a boolean",
+            FieldType::Url => "a URL string",
+            FieldType::MultiSelect => "an array of strings",
+            _ => "a string",
+        };
+        Err(format!(
+            "value of a {} custom field must be {expected} or null",
+            ftype.as_str()
+        ))
+    }
+}
+
+fn unknown_keys(p: &mut Problems, obj: &Map<String, Value>, path: &str, allowed: &[&str]) {
+    for (k, v) in obj {
+        if !allowed.contains(&k.as_str()) {
+            p.bad(
+                &format!("{path}/{k}"),
+                format!("unknown property '{k}'"),
+                Some(v),
+                "never",
+            );
+        }
+    }
+}
+
+/// A string of `min..=max` characters or null; problems recorded at `path`.
+fn opt_string(p: &mut Problems, path: &str, v: &Value, min: usize, max: usize) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => {
+            let n = s.chars().count();
+            if n < min || n > max {
+                p.invalid(
+                    path,
+                    format!("must be {min} to {max} characters long"),
+                    Some(v),
+                    "string",
+                );
+            }
+            Some(s.clone())
+        }
+        other => {
+            p.invalid(path, "must be a string or null", Some(other), "string");
+            None
+        }
+    }
+}
+
+/// Whether `source` is refused by the API.
+pub(crate) fn is_reserved_source(source: &str) -> bool {
+    let s = source.to_ascii_lowercase();
+    RESERVED_SOURCES.contains(&s.as_str()) || RESERVED_PREFIXES.iter().any(|p| s.starts_with(p))
+}
+
+/// E.164: `+`, a non-zero digit, then 6 to 14 more digits.
+pub(crate) fn is_e164(s: &str) -> bool {
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
+    let n = digits.len();
+    (7..=15).contains(&n) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
+}
+
+/// A plausible email: one `@`, a non-empty local part, a dotted domain, no whitespace.
+pub(crate) fn is_email(s: &str) -> bool {
+    if s.chars().any(char::is_whitespace) {
+        return false;
+    }
+    let mut parts = s.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+}
+
+/// A URL: `scheme://host…` with no whitespace.
+pub(crate) fn looks_like_url(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    valid_scheme(scheme)
+        && !rest.is_empty()
+        && !rest.starts_with('/')
+        && !s.chars().any(char::is_whitespace)
+}
+
+/// A URI (format `uri`): `scheme:rest` with no whitespace.
+fn looks_like_uri(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    valid_scheme(scheme) && !rest.is_empty() && !s.chars().any(char::is_whitespace)
+}
+
+fn valid_scheme(scheme: &str) -> bool {
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// The opaque page token for "resume after sequence `seq`".
+pub(crate) fn encode_page_token(seq: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("sbx:{seq}"))
+}
+
+fn decode_page_token(token: &str) -> Option<u64> {
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    text.strip_prefix("sbx:")?.parse().ok()
+}
+
+/// Percent-decodes one query-string component (`+` is a space).
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Decoded `key=value` pairs of a query string (undecodable pairs skipped).
+pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+/// Validates the query string of `GET /v1/contacts`.
+pub(crate) fn list_query(raw: Option<&str>) -> Result<ListQuery, ApiError> {
+    let mut p = Problems::default();
+    let mut q = ListQuery::default();
+    let mut max_results: Option<String> = None;
+    for pair in raw.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(k), Some(v)) = (percent_decode(k), percent_decode(v)) else {
+            p.bad(
+                "/query",
+                "query string is not valid percent-encoding",
+                Some(&Value::String(pair.into())),
+                "string",
+            );
+            continue;
+        };
+        let val = Value::String(v.clone());
+        match k.as_str() {
+            "externalIds" | "externalIds[]" => {
+                if v.is_empty() || v.chars().count() > 75 {
+                    p.bad(
+                        "/query/externalIds",
+                        "each externalId must be 1 to 75 characters",
+                        Some(&val),
+                        "string",
+                    );
+                }
+                q.external_ids.push(v);
+            }
+            "sources" | "sources[]" => {
+                if v.is_empty() || v.chars().count() > 75 {
+                    p.bad(
+                        "/query/sources",
+                        "each source must be 1 to 75 characters",
+                        Some(&val),
+                        "string",
+                    );
+                }
+                q.sources.push(v);
+            }
+            "maxResults" => max_results = Some(v),
+            "pageToken" => match decode_page_token(&v) {
+                Some(seq) => q.after_seq = Some(seq),
+                None if v.is_empty() => {}
+                None => p.bad(
+                    "/query/pageToken",
+                    "invalid pageToken",
+                    Some(&val),
+                    "string",
+                ),
+            },
+            other => p.bad(
+                &format!("/query/{other}"),
+                format!("unknown query parameter '{other}'"),
+                Some(&val),
+                "never",
+            ),
+        }
+    }
+    match max_results.as_deref().map(|s| (s, s.parse::<i64>())) {
+        None => p.bad(
+            "/query/maxResults",
+            "maxResults is required",
+            None,
+            "integer",
+        ),
+        Some((_, Ok(n))) if (1..=50).contains(&n) => q.max_results = n as usize,
+        Some((s, _)) => p.bad(
+            "/query/maxResults",
+            "maxResults must be an integer from 1 to 50",
+            Some(&Value::String(s.to_string())),
+            "integer",
+        ),
+    }
+    p.finish(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e164() {
+        assert!(is_e164("+15555550100"));
+        assert!(is_e164("+4930123456"));
+        assert!(!is_e164("15555550100"));
+        assert!(!is_e164("+0555550100"));
+        assert!(!is_e164("+1555"));
+        assert!(!is_e164("+1 555 555 0100"));
+        assert!(!is_e164("+1234567890123456"));
+    }
+
+    #[test]
+    fn emails_and_urls() {
+        assert!(is_email("a@example.com"));
+        assert!(!is_email("a@example"));
+        assert!(!is_email("a@@example.com"));
+        assert!(!is_email("@example.com"));
+        assert!(looks_like_url("https://example.com/x"));
+        assert!(!looks_like_url("example.com"));
+        assert!(!looks_like_url("https:///x"));
+    }
+
+    #[test]
+    fn reserved() {
+        for s in [
+            "openphone",
+            "device",
+            "CSV",
+            "zapier",
+            "google-people",
+            "other",
+            "openphone-x",
+            "csv2",
+        ] {
+            assert!(is_reserved_source(s), "{s}");
+        }
+        assert!(!is_reserved_source("quo-sync"));
+    }
+
+    #[test]
+    fn page_tokens_round_trip() {
+        assert_eq!(decode_page_token(&encode_page_token(42)), Some(42));
+        assert_eq!(decode_page_token("garbage!"), None);
+    }
+
+    #[test]
+    fn query_decoding() {
+        let q = list_query(Some(
+            "maxResults=5&externalIds=a%20b&externalIds%5B%5D=c&sources=x",
+        ))
+        .expect("valid");
+        assert_eq!(q.external_ids, vec!["a b", "c"]);
+        assert_eq!(q.sources, vec!["x"]);
+        assert_eq!(q.max_results, 5);
+        assert!(list_query(Some("maxResults=0")).is_err());
+        assert!(list_query(Some("maxResults=51")).is_err());
+        assert!(list_query(None).is_err());
+        assert!(list_query(Some("maxResults=5&bogus=1")).is_err());
+    }
+
+    mod fuzz {
+        use super::super::*;
+        use crate::sandbox::state::{FieldDef, FieldType};
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                "[a-z@.+0-9:/ -]{0,12}".prop_map(Value::String),
+                prop_oneof![
+                    Just("+15555550100"),
+                    Just("lead-score"),
+                    Just("tags"),
+                    Just("renewal-date"),
+                    Just("2024-09-11T04:00:00Z"),
+                ]
+                .prop_map(|s| Value::String(s.to_string())),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                let keys = prop_oneof![
+                    Just("defaultFields"),
+                    Just("customFields"),
+                    Just("firstName"),
+                    Just("emails"),
+                    Just("phoneNumbers"),
+                    Just("key"),
+                    Just("value"),
+                    Just("name"),
+                    Just("id"),
+                    Just("source"),
+                    Just("externalId"),
+                    Just("sourceUrl"),
+                    Just("other"),
+                ];
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(keys.prop_map(str::to_string), inner, 0..5)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn defs() -> Vec<FieldDef> {
+            [
+                ("lead-score", FieldType::Number),
+                ("tags", FieldType::MultiSelect),
+                ("renewal-date", FieldType::Date),
+            ]
+            .into_iter()
+            .map(|(k, t)| FieldDef {
+                name: k.to_string(),
+                key: k.to_string(),
+                ftype: t,
+            })
+            .collect()
+        }
+
+        proptest! {
+            #[test]
+            fn contact_bodies_never_panic(v in arb_json()) {
+                let defs = defs();
+                for mode in [Mode::Create, Mode::Patch, Mode::AppCreate, Mode::AppPatch] {
+                    let _ = contact_body(&v, mode, &defs, None);
+                }
+            }
+
+            #[test]
+            fn query_strings_never_panic(q in "\\PC{0,40}") {
+                let _ = list_query(Some(&q));
+                let _ = query_pairs(Some(&q));
+            }
+        }
+    }
+}

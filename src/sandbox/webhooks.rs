@@ -1,0 +1,340 @@
+//! Outgoing webhooks: `contact.updated` / `contact.deleted` events, signed the way Quo signs them.
+//!
+//! Events are queued by writes (API writes when enabled, app edits always) and delivered in order
+//! by one background task, retried a few times on a non-2xx answer or a connection error. Every
+//! attempt is recorded so tests can assert on what the receiver acknowledged. An event keeps its
+//! id and body for life; a redelivery sends the same bytes under a fresh timestamp and signature,
+//! which is what lets a receiver prove it dedupes on the event id. The two signing functions are
+//! public so receiver tests can forge requests, valid or not.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+
+use super::state::{iso_ms, random_hex};
+
+/// Attempts per delivery (the first plus retries).
+const MAX_ATTEMPTS: u32 = 4;
+/// Backoff before the first retry; doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How deliveries are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookScheme {
+    /// `openphone-signature: hmac;1;<ts ms>;<base64>`, envelope `data.object`.
+    Legacy,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`,
+    /// envelope `data.resource`.
+    Standard,
+}
+
+/// Where and how webhooks are sent.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    /// Receiver URL.
+    pub url: String,
+    /// Raw HMAC key. Users configure it as `base64(secret_key)` (legacy) or
+    /// `"whsec_" + base64(secret_key)` (Standard Webhooks).
+    pub secret_key: Vec<u8>,
+    /// Signing scheme and envelope.
+    pub scheme: WebhookScheme,
+}
+
+impl WebhookTarget {
+    /// The signing secret as a Quo user would paste it into configuration.
+    pub fn configured_secret(&self) -> String {
+        match self.scheme {
+            WebhookScheme::Legacy => B64.encode(&self.secret_key),
+            WebhookScheme::Standard => format!("whsec_{}", B64.encode(&self.secret_key)),
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("url", &self.url)
+            .field("secret_key", &"<redacted>")
+            .field("scheme", &self.scheme)
+            .finish()
+    }
+}
+
+/// One delivery attempt as the sandbox recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Event id (`EV…`), the same across attempts and redeliveries.
+    pub event_id: String,
+    /// `contact.updated` or `contact.deleted`.
+    pub event_type: String,
+    /// The contact the event is about.
+    pub contact_id: String,
+    /// Receiver URL.
+    pub url: String,
+    /// Signing scheme used.
+    pub scheme: WebhookScheme,
+    /// 1-based attempt number for this event (continues across redeliveries).
+    pub attempt: u32,
+    /// HTTP status received, `None` on a connection error.
+    pub status: Option<u16>,
+    /// Connection error, if any.
+    pub error: Option<String>,
+    /// Sent by `redeliver`.
+    pub redelivery: bool,
+    /// When the attempt was made.
+    pub at: DateTime<Utc>,
+}
+
+impl Delivery {
+    /// Whether the receiver acknowledged this attempt (any 2xx).
+    pub fn acknowledged(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// `openphone-signature` header value: `hmac;1;<ts_ms>;<base64(HMAC-SHA256(key, "<ts_ms>.<body>"))>`.
+pub fn sign_legacy(key: &[u8], ts_ms: i64, body: &[u8]) -> String {
+    let mut msg = format!("{ts_ms}.").into_bytes();
+    msg.extend_from_slice(body);
+    format!("hmac;1;{ts_ms};{}", hmac_b64(key, &msg))
+}
+
+/// `webhook-signature` header value: `v1,<base64(HMAC-SHA256(key, "<id>.<ts_s>.<body>"))>`.
+pub fn sign_standard(key: &[u8], id: &str, ts_s: i64, body: &[u8]) -> String {
+    let mut msg = format!("{id}.{ts_s}.").into_bytes();
+    msg.extend_from_slice(body);
+    format!("v1,{}", hmac_b64(key, &msg))
+}
+
+fn hmac_b64(key: &[u8], msg: &[u8]) -> String {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(msg);
+    B64.encode(mac.finalize().into_bytes())
+}
+
+/// An emitted event, kept for redelivery.
+#[derive(Debug, Clone)]
+pub(crate) struct Event {
+    id: String,
+    kind: &'static str,
+    created_at: String,
+    contact_id: String,
+    contact: Value,
+}
+
+impl Event {
+    /// The request body for `scheme`: the same bytes every time.
+    fn body(&self, scheme: WebhookScheme) -> Vec<u8> {
+        let envelope = match scheme {
+            WebhookScheme::Legacy => json!({
+                "id": self.id,
+                "object": "event",
+                "apiVersion": "v4",
+                "createdAt": self.created_at,
+                "type": self.kind,
+                "data": {"object": self.contact},
+            }),
+            WebhookScheme::Standard => json!({
+                "id": self.id,
+                "apiVersion": "v4",
+                "createdAt": self.created_at,
+                "type": self.kind,
+                "data": {"resource": self.contact, "context": {}},
+            }),
+        };
+        serde_json::to_vec(&envelope).unwrap_or_default()
+    }
+}
+
+/// A queued delivery: the event and the target as configured when it was emitted.
+#[derive(Debug)]
+pub(crate) struct Job {
+    event_id: String,
+    target: WebhookTarget,
+}
+
+/// The webhook side of the sandbox: emitted events, the delivery queue and the delivery log.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    client: reqwest::Client,
+    events: Mutex<HashMap<String, Event>>,
+    deliveries: Mutex<Vec<Delivery>>,
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Hub {
+    /// A hub and the receiving end of its queue (to hand to [`Hub::run`]).
+    pub(crate) fn new() -> (Arc<Hub>, mpsc::UnboundedReceiver<Job>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let hub = Hub {
+            client,
+            events: Mutex::new(HashMap::new()),
+            deliveries: Mutex::new(Vec::new()),
+            tx,
+        };
+        (Arc::new(hub), rx)
+    }
+
+    /// Delivers queued events in order until the queue closes.
+    pub(crate) async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Job>) {
+        while let Some(job) = rx.recv().await {
+            self.deliver(&job.event_id, &job.target, false).await;
+        }
+    }
+
+    /// Records a new event about `contact` and queues its delivery to `target`.
+    pub(crate) fn emit(
+        &self,
+        target: &WebhookTarget,
+        kind: &'static str,
+        contact: Value,
+    ) -> String {
+        let id = format!("EV{}", random_hex(16));
+        let event = Event {
+            id: id.clone(),
+            kind,
+            created_at: iso_ms(&Utc::now()),
+            contact_id: contact
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            contact,
+        };
+        lock(&self.events).insert(id.clone(), event);
+        let _ = self.tx.send(Job {
+            event_id: id.clone(),
+            target: target.clone(),
+        });
+        id
+    }
+
+    /// Every attempt so far.
+    pub(crate) fn deliveries(&self) -> Vec<Delivery> {
+        lock(&self.deliveries).clone()
+    }
+
+    /// Sends event `event_id` to `target`, retrying; `false` if unknown or never acknowledged.
+    pub(crate) async fn deliver(
+        &self,
+        event_id: &str,
+        target: &WebhookTarget,
+        redelivery: bool,
+    ) -> bool {
+        let Some(event) = lock(&self.events).get(event_id).cloned() else {
+            return false;
+        };
+        let body = event.body(target.scheme);
+        let mut backoff = FIRST_BACKOFF;
+        for n in 0..MAX_ATTEMPTS {
+            if n > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            let now = Utc::now();
+            let mut req = self
+                .client
+                .post(&target.url)
+                .header("content-type", "application/json")
+                .header("user-agent", "quo-sandbox-webhooks/1");
+            req = match target.scheme {
+                WebhookScheme::Legacy => req.header(
+                    "openphone-signature",
+                    sign_legacy(&target.secret_key, now.timestamp_millis(), &body),
+                ),
+                WebhookScheme::Standard => req
+                    .header("webhook-id", &event.id)
+                    .header("webhook-timestamp", now.timestamp().to_string())
+                    .header(
+                        "webhook-signature",
+                        sign_standard(&target.secret_key, &event.id, now.timestamp(), &body),
+                    ),
+            };
+            let result = req.body(body.clone()).send().await;
+            let (status, error) = match result {
+                Ok(resp) => (Some(resp.status().as_u16()), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            let delivery = {
+                let mut log = lock(&self.deliveries);
+                let attempt = log.iter().filter(|d| d.event_id == event.id).count() as u32 + 1;
+                let d = Delivery {
+                    event_id: event.id.clone(),
+                    event_type: event.kind.to_string(),
+                    contact_id: event.contact_id.clone(),
+                    url: target.url.clone(),
+                    scheme: target.scheme,
+                    attempt,
+                    status,
+                    error,
+                    redelivery,
+                    at: now,
+                };
+                log.push(d.clone());
+                d
+            };
+            tracing::debug!(
+                event_id = %delivery.event_id,
+                event_type = %delivery.event_type,
+                attempt = delivery.attempt,
+                status = ?delivery.status,
+                "sandbox webhook delivery"
+            );
+            if delivery.acknowledged() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_have_the_documented_shape() {
+        let legacy = sign_legacy(b"key", 1_700_000_000_000, b"{}");
+        assert!(legacy.starts_with("hmac;1;1700000000000;"));
+        let std = sign_standard(b"key", "EV1", 1_700_000_000, b"{}");
+        assert!(std.starts_with("v1,"));
+        assert_ne!(
+            sign_standard(b"key", "EV1", 1_700_000_000, b"{}"),
+            sign_standard(b"key", "EV2", 1_700_000_000, b"{}")
+        );
+    }
+
+    #[test]
+    fn configured_secrets() {
+        let mut t = WebhookTarget {
+            url: "http://x".into(),
+            secret_key: b"abc".to_vec(),
+            scheme: WebhookScheme::Legacy,
+        };
+        assert_eq!(t.configured_secret(), "YWJj");
+        t.scheme = WebhookScheme::Standard;
+        assert_eq!(t.configured_secret(), "whsec_YWJj");
+        assert!(!format!("{t:?}").contains("abc"));
+    }
+}
