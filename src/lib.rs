@@ -8,5 +8,6 @@
 
 pub mod config;
 pub mod domain;
+pub mod mapping;
 pub mod quo;
 pub mod source;
