@@ -637,3 +637,40 @@ async fn mapping_round_trips_through_the_file() {
         diff[0].1
     );
 }
+
+#[tokio::test]
+async fn write_back_around_multiline_fields_and_blank_lines_crlf() {
+    let original = "crm_id,first_name,notes,updated_at\r\n\
+        c1,Ada,\"first\r\nsecond\",2026-01-01\r\n\
+        \r\n\
+        c2,Grace,\"x\",2026-01-02\r\n\
+        c3,Alan,\"multi\r\nline, too\",2026-01-03\r\n";
+    let (bytes, report) = write_back_bytes(
+        original.as_bytes(),
+        &[
+            change("c2", &[("notes", "y")]),
+            change("c3", &[("first_name", "Alan \"the\" T")]),
+        ],
+    )
+    .await;
+    assert_eq!(report.written.len(), 2, "{report:?}");
+    let expected = original
+        .replace(
+            "c2,Grace,\"x\",2026-01-02",
+            "c2,Grace,\"y\",2026-11-27T03:00:00Z",
+        )
+        .replace(
+            "c3,Alan,\"multi\r\nline, too\",2026-01-03",
+            "c3,\"Alan \"\"the\"\" T\",\"multi\r\nline, too\",2026-11-27T03:00:00Z",
+        );
+    assert_eq!(String::from_utf8(bytes).unwrap(), expected);
+
+    // Line numbers in write-back failures count the multi-line field and the blank line.
+    let (_, report) =
+        write_back_bytes(original.as_bytes(), &[change("c3", &[("nope", "1")])]).await;
+    assert!(
+        report.failed[0].1.contains("contacts.csv line 6"),
+        "{:?}",
+        report.failed
+    );
+}

@@ -300,39 +300,45 @@ struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
     count: u64,
-    eols: VecDeque<(u64, u8)>,
+    /// Offsets of recent `\r`/`\n` bytes; `None` when lines are not needed.
+    eols: Option<VecDeque<(u64, u8)>>,
 }
 
 impl<R: Read> HashingReader<R> {
+    /// A reader that also tracks line endings for `start_line`.
     fn new(inner: R) -> Self {
         Self {
             inner,
             hasher: Sha256::new(),
             count: 0,
-            eols: VecDeque::new(),
+            eols: Some(VecDeque::new()),
+        }
+    }
+
+    /// A reader that only hashes and counts.
+    fn plain(inner: R) -> Self {
+        Self {
+            eols: None,
+            ..Self::new(inner)
         }
     }
 
     /// The 1-based line where the record reported at `position` really starts.
     fn start_line(&mut self, position: Option<&::csv::Position>) -> u64 {
-        let Some(position) = position else {
+        let (Some(position), Some(eols)) = (position, self.eols.as_mut()) else {
             return 0;
         };
-        while self
-            .eols
-            .front()
-            .is_some_and(|(at, _)| *at < position.byte())
-        {
-            self.eols.pop_front();
+        while eols.front().is_some_and(|(at, _)| *at < position.byte()) {
+            eols.pop_front();
         }
         let (mut at, mut line) = (position.byte(), position.line());
-        while let Some(&(offset, byte)) = self.eols.front() {
+        while let Some(&(offset, byte)) = eols.front() {
             if offset != at {
                 break;
             }
             line += u64::from(byte == b'\n');
             at += 1;
-            self.eols.pop_front();
+            eols.pop_front();
         }
         line
     }
@@ -348,9 +354,11 @@ impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
-        for (i, b) in buf[..n].iter().enumerate() {
-            if *b == b'\n' || *b == b'\r' {
-                self.eols.push_back((self.count + i as u64, *b));
+        if let Some(eols) = self.eols.as_mut() {
+            for (i, b) in buf[..n].iter().enumerate() {
+                if *b == b'\n' || *b == b'\r' {
+                    eols.push_back((self.count + i as u64, *b));
+                }
             }
         }
         self.count += n as u64;
@@ -443,35 +451,33 @@ fn classify(
     seen: &mut HashMap<String, u64>,
 ) -> SourceItem {
     let location = layout.location(line);
-    let mut problems = Vec::new();
-    let id = match row_id(layout, header, record) {
+    let (id, shown, mut problems) = match row_id(layout, header, record) {
         RowId::Valid(id) => {
-            if let Some(first) = seen.get(id.as_str()) {
-                problems.push(format!(
+            let mut problems = Vec::new();
+            match seen.get(id.as_str()) {
+                Some(first) => problems.push(format!(
                     "duplicate id {:?}: already used by line {first}",
                     id.as_str()
-                ));
-            } else {
-                seen.insert(id.as_str().to_string(), line);
+                )),
+                None => {
+                    seen.insert(id.as_str().to_string(), line);
+                }
             }
-            Some(id)
+            let shown = Some(id.as_str().to_string());
+            (Some(id), shown, problems)
         }
-        RowId::Invalid { shown, reason } => {
-            problems.push(reason);
-            return bad(location, shown, problems, header, record);
-        }
+        RowId::Invalid { shown, reason } => (None, shown, vec![reason]),
     };
     problems.extend(shape_problems(header, record));
     let id = match id {
         Some(id) if problems.is_empty() => id,
-        id => {
-            return bad(
+        _ => {
+            return SourceItem::Bad(BadRecord {
                 location,
-                id.map(|i| i.as_str().to_string()),
-                problems,
-                header,
-                record,
-            );
+                external_id: shown,
+                reason: problems.join("; "),
+                raw: raw_text(record),
+            });
         }
     };
     let mut fields = BTreeMap::new();
@@ -502,27 +508,6 @@ fn classify(
         fields,
         updated_at,
         location,
-    })
-}
-
-fn bad(
-    location: String,
-    external_id: Option<String>,
-    problems: Vec<String>,
-    header: &Header,
-    record: &ByteRecord,
-) -> SourceItem {
-    let mut problems = problems;
-    for p in shape_problems(header, record) {
-        if !problems.contains(&p) {
-            problems.push(p);
-        }
-    }
-    SourceItem::Bad(BadRecord {
-        location,
-        external_id,
-        reason: problems.join("; "),
-        raw: raw_text(record),
     })
 }
 
@@ -628,7 +613,11 @@ fn write_file(
     }
 
     let source = File::open(&layout.path).map_err(|e| layout.io(e))?;
-    let mut copier = BufReader::new(File::open(&layout.path).map_err(|e| layout.io(e))?);
+    // Every byte of the file passes through the copier exactly once (copied as is, or read as
+    // the span of a changed row), so its hash proves the output was built from the read bytes.
+    let mut copier = HashingReader::plain(BufReader::new(
+        File::open(&layout.path).map_err(|e| layout.io(e))?,
+    ));
     let (temp, temp_file) = TempFile::create(&layout.path).map_err(|e| layout.io(e))?;
     let mut out = HashingWriter {
         inner: BufWriter::new(temp_file),
@@ -697,6 +686,10 @@ fn write_file(
         apply_edit(&mut copier, &mut out, &mut copied, row, len).map_err(|e| layout.io(e))?;
     }
     copy_exact(&mut copier, &mut out, len - copied).map_err(|e| layout.io(e))?;
+    let (copied_len, copied_sha256) = copier.finish().map_err(|e| layout.io(e))?;
+    if copied_len != expected.len || copied_sha256 != expected.sha256 {
+        return Err(changed_since_read());
+    }
 
     for key in &order {
         if !handled.contains(key) {
