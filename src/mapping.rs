@@ -290,10 +290,11 @@ impl Mapper {
         Ok(snapshot)
     }
 
-    /// A hash of the mapped fields' values (trimmed; absent = empty) and of the mapping itself.
+    /// A hash of the mapped fields' raw values (absent = empty) and of the mapping itself.
     ///
     /// Equal fingerprints mean `map` would return the same snapshot, so unchanged rows can skip
-    /// mapping. Unmapped columns and the last-modified time do not take part.
+    /// mapping. Any change to a mapped value (even whitespace) changes it; unmapped columns and
+    /// the last-modified time do not take part.
     pub fn fingerprint(&self, record: &SourceRecord) -> String {
         let mut digest = Sha256::new();
         digest.update(self.config_digest.as_bytes());
@@ -301,7 +302,7 @@ impl Mapper {
             let value = record
                 .fields
                 .get(name)
-                .map(|v| v.trim())
+                .map(String::as_str)
                 .unwrap_or_default();
             // Length-prefixed so that ("ab","c") and ("a","bc") differ.
             digest.update((name.len() as u64).to_le_bytes());
@@ -1119,6 +1120,9 @@ mod tests {
         let mut blank = base.clone();
         blank.fields.insert("company".into(), String::new());
         assert_eq!(m.fingerprint(&blank), fp, "absent and empty are the same");
+        let mut spaced = base.clone();
+        spaced.fields.insert("first_name".into(), "Ada ".into());
+        assert_ne!(m.fingerprint(&spaced), fp, "raw values take part");
 
         let mut config = example_config();
         config.role = None;
