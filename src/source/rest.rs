@@ -258,9 +258,16 @@ pub struct UpdateConfig {
     /// Extra request headers for writes.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Where the record sits in write bodies and single-record GET responses; "" = the body.
+    /// Where the record sits in write bodies; "" = the body is the record.
     #[serde(default)]
     pub wrap_pointer: String,
+    /// Where the record sits in `GET get_path` responses, default `wrap_pointer`.
+    #[serde(default)]
+    pub get_pointer: Option<String>,
+    /// Send the whole (fetched) record instead of only the changes; default true for PUT,
+    /// false for PATCH (for APIs whose PUT is a partial update, like Pipedrive v1).
+    #[serde(default)]
+    pub send_full_record: Option<bool>,
     /// Write the change time at `updated_at_pointer`, default true.
     #[serde(default = "yes")]
     pub set_updated_at: bool,
@@ -488,6 +495,9 @@ impl RestSourceConfig {
                 }
             }
             pointer("update.wrap_pointer", &update.wrap_pointer, true)?;
+            if let Some(p) = &update.get_pointer {
+                pointer("update.get_pointer", p, true)?;
+            }
             for (name, value) in &update.headers {
                 HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                     RestConfigError::new(
@@ -1301,7 +1311,10 @@ impl RestSource {
             .keys()
             .any(|name| self.array_for(name).is_some());
         let mut headers = headers.clone();
-        let mut record = if update.method == UpdateMethod::Put || touches_array {
+        let full = update
+            .send_full_record
+            .unwrap_or(update.method == UpdateMethod::Put);
+        let mut record = if full || touches_array {
             let get_path = update
                 .get_path
                 .as_deref()
@@ -1327,15 +1340,31 @@ impl RestSource {
             if let Some(etag) = reply.headers.get(ETAG) {
                 headers.insert(IF_MATCH, etag.clone());
             }
-            match body.pointer(&update.wrap_pointer) {
-                Some(record @ Value::Object(_)) => record.clone(),
-                _ => {
-                    return Ok(Outcome::Failed(format!(
-                        "GET {}: no record object at {:?} (update.wrap_pointer)",
-                        self.shown(&get_url),
-                        update.wrap_pointer
-                    )));
+            let get_pointer = update
+                .get_pointer
+                .as_deref()
+                .unwrap_or(&update.wrap_pointer);
+            let Some(Value::Object(current)) = body.pointer(get_pointer) else {
+                return Ok(Outcome::Failed(format!(
+                    "GET {}: no record object at {get_pointer:?} (update.get_pointer)",
+                    self.shown(&get_url),
+                )));
+            };
+            if full {
+                Value::Object(current.clone())
+            } else {
+                // Only the arrays being changed are sent, complete with their other items.
+                let mut partial = Value::Object(Map::new());
+                for name in change.fields.keys() {
+                    if let Some((array, _)) = self.array_for(name)
+                        && let Some(items) =
+                            body.pointer(&format!("{get_pointer}{}", array.pointer))
+                    {
+                        set_pointer(&mut partial, &array.pointer, items.clone())
+                            .map_err(SourceError::Crm)?;
+                    }
                 }
+                partial
             }
         } else {
             Value::Object(Map::new())
