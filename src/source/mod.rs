@@ -140,8 +140,8 @@ pub enum SourceError {
 pub enum Source {
     /// A CSV file.
     Csv(csv::CsvSource),
-    /// A REST CRM.
-    Rest(rest::RestSource),
+    /// A REST CRM (boxed: it is much larger than the other variants).
+    Rest(Box<rest::RestSource>),
 }
 
 impl Source {
@@ -153,7 +153,7 @@ impl Source {
                 let table = config.rest.as_ref().ok_or_else(|| {
                     SourceError::Config("source.rest: required when source.kind = \"rest\"".into())
                 })?;
-                Ok(Source::Rest(rest::RestSource::from_table(table)?))
+                Ok(Source::Rest(Box::new(rest::RestSource::from_table(table)?)))
             }
         }
     }

@@ -268,13 +268,13 @@ async fn handle(
             };
             let id = id.to_string();
             let version = inner.versions.get(&id).copied().unwrap_or(1);
-            if let Some(expected) = headers.get(header::IF_MATCH) {
-                if expected.to_str().unwrap_or_default() != format!("\"v{version}\"") {
-                    return json_response(
-                        StatusCode::PRECONDITION_FAILED,
-                        json!({"message": "changed since read"}),
-                    );
-                }
+            if let Some(expected) = headers.get(header::IF_MATCH)
+                && expected.to_str().unwrap_or_default() != format!("\"v{version}\"")
+            {
+                return json_response(
+                    StatusCode::PRECONDITION_FAILED,
+                    json!({"message": "changed since read"}),
+                );
             }
             let Some(contact) = inner.contacts.iter_mut().find(|c| c["id"] == id.as_str()) else {
                 return json_response(StatusCode::NOT_FOUND, json!({"message": "no such contact"}));
