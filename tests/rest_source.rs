@@ -591,6 +591,44 @@ async fn put_fetches_the_record_and_sends_it_whole() {
 }
 
 #[tokio::test]
+async fn partial_put_with_a_wrapped_get_sends_only_changes_and_whole_arrays() {
+    // Pipedrive v1: PUT is a partial update and GET wraps the record in "data".
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(2)).await;
+    let source = source(
+        &crm,
+        &format!(
+            "{PAGE}\nupdate = {{ method = \"PUT\", path = \"/wrapped/contacts/{{id}}\", get_pointer = \"/data\", send_full_record = false, set_updated_at = false }}"
+        ),
+    );
+    let report = source
+        .write_back(&[change(
+            "c001",
+            &[("first_name", "Ada"), ("email.home", "new@example.com")],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(report.written.len(), 1, "{report:?}");
+    let put = crm
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PUT")
+        .unwrap();
+    assert_eq!(
+        put.body,
+        Some(json!({
+            "properties": {"firstname": "Ada"},
+            "emails": [
+                {"label": "work", "value": "w1@example.com", "primary": true},
+                {"label": "home", "value": "new@example.com"},
+            ],
+        }))
+    );
+    let stored = crm.contact("c001").unwrap();
+    assert_eq!(stored["properties"]["lastname"], "Last1");
+    assert_eq!(stored["emails"][1]["value"], "new@example.com");
+}
+
+#[tokio::test]
 async fn conflicts_failures_and_refusals_are_reported_per_record() {
     let crm = FakeCrm::start(Auth::None, fake_crm::contacts(5)).await;
     let source = source(

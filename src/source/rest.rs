@@ -804,11 +804,10 @@ impl RestSource {
 
     /// A short human description (`rest https://api.example.com/contacts`).
     pub fn describe(&self) -> String {
-        format!(
-            "rest {}{}",
-            self.base,
-            self.config.list_path.trim_start_matches('/')
-        )
+        match self.url(&self.config.list_path) {
+            Ok(url) => format!("rest {}", self.shown(&url)),
+            Err(_) => format!("rest {}{}", self.base, self.config.list_path),
+        }
     }
 
     fn url(&self, path: &str) -> Result<Url, SourceError> {

@@ -238,13 +238,23 @@ async fn handle(
             json!({"message": "bad credentials"}),
         );
     }
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // `/wrapped/contacts/{id}`: Pipedrive-like, GET answers `{"data": record}` and PUT merges.
+    let wrapped = segments.len() == 3 && segments[0] == "wrapped";
+    if wrapped {
+        segments.remove(0);
+    }
     match (segments.as_slice(), method.clone()) {
         ([style, "contacts"], Method::GET) => list(&shared, &mut inner, style, &query),
         (["contacts", id], Method::GET) => match inner.contacts.iter().find(|c| c["id"] == *id) {
             Some(contact) => {
                 let version = inner.versions.get(*id).copied().unwrap_or(1);
-                let mut response = json_response(StatusCode::OK, contact.clone());
+                let body = if wrapped {
+                    json!({"success": true, "data": contact})
+                } else {
+                    contact.clone()
+                };
+                let mut response = json_response(StatusCode::OK, body);
                 response.headers_mut().insert(
                     header::ETAG,
                     HeaderValue::from_str(&format!("\"v{version}\"")).unwrap(),
@@ -279,7 +289,7 @@ async fn handle(
             let Some(contact) = inner.contacts.iter_mut().find(|c| c["id"] == id.as_str()) else {
                 return json_response(StatusCode::NOT_FOUND, json!({"message": "no such contact"}));
             };
-            if m == Method::PUT {
+            if m == Method::PUT && !wrapped {
                 let mut replacement = patch;
                 replacement["id"] = json!(id);
                 *contact = replacement;
