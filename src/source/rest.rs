@@ -42,12 +42,20 @@ const MESSAGE_SNIPPET: usize = 300;
 
 /// Why `[source.rest]` cannot be used; always names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("source.rest.{key}: {reason}")]
+#[error("source.rest{}: {reason}", dotted(.key))]
 pub struct RestConfigError {
     /// The key below `source.rest` (`auth.token_env`, `paging.style`).
     pub key: String,
     /// What is wrong and what was expected.
     pub reason: String,
+}
+
+fn dotted(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(".{key}")
+    }
 }
 
 impl RestConfigError {
@@ -361,8 +369,21 @@ impl RestSourceConfig {
         let value = toml::Value::Table(table.clone());
         let config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            let key = if path == "." { String::new() } else { path };
-            RestConfigError::new(key, e.into_inner().to_string().trim().to_string())
+            let mut key = if path == "." { String::new() } else { path };
+            let mut reason = e.into_inner().to_string().trim().to_string();
+            let missing = reason
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string);
+            if let Some(field) = missing {
+                key = if key.is_empty() {
+                    field
+                } else {
+                    format!("{key}.{field}")
+                };
+                reason = "required, but missing".into();
+            }
+            RestConfigError::new(key, reason)
         })?;
         config.validate()?;
         Ok(config)
@@ -1818,6 +1839,17 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().starts_with("source.rest.auth"), "{err}");
         assert!(err.to_string().contains("tokn"), "{err}");
+
+        let err = RestSourceConfig::from_table(&table("base_url = \"http://x\"")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "source.rest.list_path: required, but missing"
+        );
+        let err = RestSourceConfig::from_table(&table(&format!(
+            "{MINIMAL}\narrays = [{{ pointer = \"/e\" }}]"
+        )))
+        .unwrap_err();
+        assert_eq!(err.key, "arrays[0].label_key");
 
         let err = RestSourceConfig::from_table(&table(&format!(
             "{MINIMAL}\npaging = {{ style = \"cursor\" }}"
