@@ -2025,6 +2025,30 @@ mod tests {
     }
 
     #[test]
+    fn next_links_to_other_servers_or_repeats_are_refused() {
+        let source = RestSource::from_table(&table(MINIMAL)).unwrap();
+        let current = Url::parse("https://crm.example.com/contacts?page=1").unwrap();
+        let mut seen = HashSet::new();
+        let next = source
+            .follow(&current, "/contacts?page=2", &mut seen, 1)
+            .unwrap();
+        assert_eq!(next.as_str(), "https://crm.example.com/contacts?page=2");
+        let err = source
+            .follow(&current, "/contacts?page=2", &mut seen, 2)
+            .unwrap_err();
+        assert!(err.to_string().contains("second time"), "{err}");
+        let err = source
+            .follow(
+                &current,
+                "https://elsewhere.example.net/contacts?page=3",
+                &mut seen,
+                3,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("another server"), "{err}");
+    }
+
+    #[test]
     fn full_reads_follow_the_interval() {
         let now = Utc::now();
         let source = RestSource::from_table(&table(MINIMAL)).unwrap();
