@@ -31,7 +31,6 @@ fn source(crm: &FakeCrm, extra: &str) -> RestSource {
         max_retries = 4
         retry_base = "1ms"
         max_backoff = "200ms"
-        timeout = "5s"
         fields = {{ first_name = "/properties/firstname", last_name = "/properties/lastname", age = "/age", vip = "/vip", tags = "/tags", city = "/properties/address/city" }}
         arrays = [{{ pointer = "/emails", label_key = "label", value_key = "value", prefix = "email" }}]
         {extra}
@@ -336,6 +335,21 @@ async fn server_error_bursts_converge_and_exhausted_retries_fail_clearly() {
         "{message}"
     );
     assert_eq!(crm.requests().len(), 5, "first attempt + max_retries = 4");
+}
+
+#[tokio::test]
+async fn timeouts_are_retried() {
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(12)).await;
+    crm.push_delays([400, 400]);
+    let started = Instant::now();
+    let (items, summary) = read(
+        &source(&crm, &format!("{PAGE}\ntimeout = \"100ms\"")),
+        ReadRequest::default(),
+    )
+    .await;
+    assert_eq!(items.len(), 12, "{summary:?}");
+    summary.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200));
 }
 
 #[tokio::test]

@@ -70,6 +70,8 @@ struct Inner {
 
 struct Shared {
     auth: Auth,
+    /// Delays (ms) applied to the next requests before answering, to provoke client timeouts.
+    delays: Mutex<VecDeque<u64>>,
     base_url: String,
     inner: Mutex<Inner>,
 }
@@ -122,6 +124,7 @@ impl FakeCrm {
             .collect();
         let shared = Arc::new(Shared {
             auth,
+            delays: Mutex::new(VecDeque::new()),
             base_url: base_url.clone(),
             inner: Mutex::new(Inner {
                 contacts,
@@ -149,6 +152,11 @@ impl FakeCrm {
             .unwrap()
             .write_faults
             .push_back((status, message.to_string()));
+    }
+
+    /// Delays the next requests by these many milliseconds each (before anything else).
+    pub fn push_delays(&self, delays_ms: impl IntoIterator<Item = u64>) {
+        self.shared.delays.lock().unwrap().extend(delays_ms);
     }
 
     /// Makes the cursor style return the same cursor forever.
@@ -224,6 +232,10 @@ async fn handle(
         .unwrap_or_default();
     let path = uri.path().to_string();
     let json_body = serde_json::from_slice::<Value>(&body).ok();
+    let delay = shared.delays.lock().unwrap().pop_front();
+    if let Some(ms) = delay {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let mut inner = shared.inner.lock().unwrap();
     inner.requests.push(Recorded {
         method: method.to_string(),
