@@ -631,7 +631,15 @@ fn write_file(
         if !pending.contains_key(&key) {
             order.push(key.clone());
         }
-        pending.insert(key, PendingChange { id: id.clone(), fields: BTreeMap::new(), updated_at: Utc::now(), delete: true });
+        pending.insert(
+            key,
+            PendingChange {
+                id: id.clone(),
+                fields: BTreeMap::new(),
+                updated_at: Utc::now(),
+                delete: true,
+            },
+        );
     }
 
     let source = File::open(&layout.path).map_err(|e| layout.io(e))?;
@@ -682,7 +690,11 @@ fn write_file(
         if !handled.insert(id.as_str().to_string()) {
             continue; // a later duplicate: never a record, never written
         }
-        let planned = if change.delete { Ok(BTreeMap::new()) } else { plan_edit(layout, header, &record, change) };
+        let planned = if change.delete {
+            Ok(BTreeMap::new())
+        } else {
+            plan_edit(layout, header, &record, change)
+        };
         match planned {
             Ok(cells) => {
                 edit = Some(RowEdit {

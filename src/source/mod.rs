@@ -6,13 +6,14 @@
 //! `SourceItem::Bad` instead of dropping them or stopping.
 
 pub mod csv;
+pub mod rest;
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use crate::config::SourceConfig;
+use crate::config::{SourceConfig, SourceKind};
 use crate::domain::ExternalId;
 
 /// One CRM record, as raw text per source field (CSV column, or REST field name).
@@ -126,6 +127,9 @@ pub enum SourceError {
     /// Any other failure talking to the CRM.
     #[error("CRM request failed: {0}")]
     Crm(String),
+    /// The adapter's own configuration (e.g. `[source.rest]`) is unusable; maps to exit code 2.
+    #[error("invalid source configuration: {0}")]
+    Config(String),
     /// The reader stopped because the receiver went away (shutdown).
     #[error("read cancelled")]
     Cancelled,
@@ -136,12 +140,22 @@ pub enum SourceError {
 pub enum Source {
     /// A CSV file.
     Csv(csv::CsvSource),
+    /// A REST CRM (boxed: it is much larger than the other variants).
+    Rest(Box<rest::RestSource>),
 }
 
 impl Source {
     /// Builds the adapter the configuration names.
     pub fn from_config(config: &SourceConfig) -> Result<Self, SourceError> {
-        Ok(Source::Csv(csv::CsvSource::new(config)))
+        match config.kind {
+            SourceKind::Csv => Ok(Source::Csv(csv::CsvSource::new(config))),
+            SourceKind::Rest => {
+                let table = config.rest.as_ref().ok_or_else(|| {
+                    SourceError::Config("source.rest: required when source.kind = \"rest\"".into())
+                })?;
+                Ok(Source::Rest(Box::new(rest::RestSource::from_table(table)?)))
+            }
+        }
     }
 
     /// Streams the records into `tx`; per-row problems arrive as `SourceItem::Bad`.
@@ -152,6 +166,7 @@ impl Source {
     ) -> Result<ReadSummary, SourceError> {
         match self {
             Source::Csv(csv) => csv.read(request, tx).await,
+            Source::Rest(rest) => rest.read(request, tx).await,
         }
     }
 
@@ -159,6 +174,7 @@ impl Source {
     pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {
         match self {
             Source::Csv(csv) => csv.write_back(changes).await,
+            Source::Rest(rest) => rest.write_back(changes).await,
         }
     }
 
@@ -166,6 +182,20 @@ impl Source {
     pub async fn delete_records(&self, ids: &[ExternalId]) -> Result<WriteReport, SourceError> {
         match self {
             Source::Csv(csv) => csv.delete_records(ids).await,
+            Source::Rest(_) => Err(SourceError::Crm(
+                "deleting records is not supported by the REST adapter; use reverse.on_quo_delete = \"unlink\"".into(),
+            )),
+        }
+    }
+
+    /// Whether this cycle should read everything (`true`) or only changes since the last
+    /// high-water mark; adapters without incremental reads always read everything.
+    pub fn wants_full_read(&self, last_full: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+        match self {
+            Source::Csv(_) => true,
+            Source::Rest(rest) => {
+                !rest.supports_incremental() || rest.wants_full_read(last_full, now)
+            }
         }
     }
 
@@ -173,6 +203,7 @@ impl Source {
     pub fn describe(&self) -> String {
         match self {
             Source::Csv(csv) => csv.describe(),
+            Source::Rest(rest) => rest.describe(),
         }
     }
 }

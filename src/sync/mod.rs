@@ -35,6 +35,11 @@ use crate::source::{ReadRequest, Source, SourceError, SourceItem, SourceRecord};
 use payload::Managed;
 use std::collections::{HashMap, HashSet};
 
+/// Meta key: when the source was last read in full.
+const LAST_FULL_READ: &str = "source.last_full_read_at";
+/// Meta key: the newest CRM last-modified time seen (the `updated_since` value).
+const HIGH_WATER: &str = "source.high_water_mark";
+
 /// Why a cycle could not run to the end.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -294,8 +299,26 @@ async fn run_cycle_inner(
 
     let mut index = ctx.ledger.load_index().await?;
     let (tx, mut rx) = mpsc::channel::<SourceItem>(1024);
+    // Incremental reads (REST with updated_since) between periodic full reads.
+    let now = chrono::Utc::now();
+    let last_full = ctx
+        .ledger
+        .meta(LAST_FULL_READ)
+        .await?
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    let since = if ctx.source.wants_full_read(last_full, now) {
+        None
+    } else {
+        ctx.ledger
+            .meta(HIGH_WATER)
+            .await?
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
     let source = ctx.source.clone();
-    let reader = tokio::spawn(async move { source.read(ReadRequest::default(), tx).await });
+    let reader = tokio::spawn(async move { source.read(ReadRequest { since }, tx).await });
+    let mut high_water: Option<chrono::DateTime<chrono::Utc>> = None;
 
     let permits = Arc::new(Semaphore::new(ctx.settings.concurrency.max(1)));
     let mut workers = JoinSet::new();
@@ -335,7 +358,10 @@ async fn run_cycle_inner(
                 }
                 continue;
             }
-            SourceItem::Record(record) => match cycle.classify(record, &mut index).await? {
+            SourceItem::Record(record) => match {
+                high_water = high_water.max(record.updated_at);
+                cycle.classify(record, &mut index).await?
+            } {
                 Some(work) => work,
                 None => continue,
             },
@@ -461,6 +487,20 @@ async fn run_cycle_inner(
     }
     if mode == Mode::Apply && !interrupted && summary.as_ref().is_some_and(|s| s.complete) {
         ctx.ledger.release_unseen(&run_id).await?;
+        ctx.ledger
+            .set_meta(LAST_FULL_READ, &now.to_rfc3339())
+            .await?;
+    }
+    if mode == Mode::Apply && !interrupted {
+        let stored = ctx
+            .ledger
+            .meta(HIGH_WATER)
+            .await?
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        if let Some(mark) = high_water.filter(|h| Some(*h) > stored) {
+            ctx.ledger.set_meta(HIGH_WATER, &mark.to_rfc3339()).await?;
+        }
     }
     if mode == Mode::Apply && !interrupted {
         let unsettled = cycle.unsettled.lock().await.clone();
