@@ -220,21 +220,44 @@ async fn a_malformed_csv_row_is_quarantined_and_the_rest_sync() {
 
 #[tokio::test]
 async fn a_429_burst_and_a_500_burst_converge_with_every_record_synced() {
-    let app = TestApp::spawn(&csv(&rows(10))).await;
+    let app = TestApp::spawn_with(
+        &csv(&rows(40)),
+        SandboxConfig {
+            latency: std::time::Duration::from_millis(20),
+            ..SandboxConfig::default()
+        },
+        "",
+    )
+    .await;
+    // Start the load, then hit it mid-flight so the bursts land on concurrent creates.
+    let ctx = app.ctx.clone();
+    let cycle =
+        tokio::spawn(
+            async move { quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply).await },
+        );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.sandbox.stats().writes.creates < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     app.sandbox.inject(Fault::Status {
         status: 429,
-        count: 6,
+        count: 8,
         retry_after: Some(0),
     });
     app.sandbox.inject(Fault::Status {
         status: 500,
-        count: 6,
+        count: 8,
         retry_after: None,
     });
-    let report = app.cycle().await;
-    assert_eq!(report.counts.created, 10, "{report:?}");
-    assert!(report.counts.rate_limited >= 6, "{report:?}");
-    app.assert_one_contact_per_record(&ids(10)).await;
+    let report = cycle.await.unwrap().expect("cycle converges");
+    assert_eq!(report.counts.created, 40, "{report:?}");
+    assert!(report.counts.rate_limited >= 8, "{report:?}");
+    assert_eq!(app.sandbox.stats().injected_faults, 16);
+    app.assert_one_contact_per_record(&ids(40)).await;
 }
 
 async fn dropped_responses_create_no_duplicates(conflict_on_duplicate: bool) {

@@ -147,10 +147,7 @@ pub async fn reconcile(
 
     // The CRM's ids.
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    let reader = {
-        let source_read = source.read(ReadRequest::default(), tx);
-        async move { source_read.await }
-    };
+    let reader = source.read(ReadRequest::default(), tx);
     let collect = async {
         let mut ids = HashSet::new();
         while let Some(item) = rx.recv().await {
@@ -256,14 +253,12 @@ pub async fn reconcile(
             quo_id: first.id.clone(),
             in_source: in_source.contains(external_id),
         };
-        if repair && !external_id.is_empty() {
-            if let Ok(id) = ExternalId::parse(external_id) {
-                adopt(ledger, &mapper, &id, first).await?;
-                linked_ids.insert(first.id.clone());
-                report.adopted += 1;
-                info!(event = "adopted", external_id, quo_id = %first.id, "orphan adopted into the ledger");
-                continue;
-            }
+        if repair && let Ok(id) = ExternalId::parse(external_id) {
+            adopt(ledger, &mapper, &id, first).await?;
+            linked_ids.insert(first.id.clone());
+            report.adopted += 1;
+            info!(event = "adopted", external_id, quo_id = %first.id, "orphan adopted into the ledger");
+            continue;
         }
         report.orphans.push(orphan);
     }

@@ -37,7 +37,7 @@ pub enum QuoError {
         /// Quo's message.
         message: String,
         /// The full error body.
-        body: ErrorBody,
+        body: Box<ErrorBody>,
     },
     /// The API key was refused (401): nothing will work until it is fixed.
     #[error("Quo refused the API key (401 {code}); check quo.api_key")]
@@ -553,7 +553,7 @@ fn rejected(status: StatusCode, bytes: &[u8]) -> QuoError {
         status: status.as_u16(),
         title: body.title.clone(),
         message: body.message.clone(),
-        body,
+        body: Box::new(body),
     }
 }
 

@@ -151,10 +151,11 @@ async fn scan_all(
         }
     }
     for (quo_id, (external_id, _)) in &known {
-        if !seen.contains(quo_id) && !already.contains(quo_id) {
-            if let Ok(id) = ExternalId::parse(external_id) {
-                changes.deleted.push((id, QuoContactId(quo_id.clone())));
-            }
+        if !seen.contains(quo_id)
+            && !already.contains(quo_id)
+            && let Ok(id) = ExternalId::parse(external_id)
+        {
+            changes.deleted.push((id, QuoContactId(quo_id.clone())));
         }
     }
     changes.scanned = true;
