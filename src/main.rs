@@ -208,6 +208,12 @@ async fn attach_sandbox(
     config.quo.api_key = Some(SecretString::from(sandbox.api_key().to_string()));
     let dir = tempfile_dir::TempDir::new()?;
     config.ledger.path = dir.path().join("quo-sync.db");
+    // Work on a copy: a demo must never rewrite the operator's CSV.
+    if let Some(csv) = config.source.path.clone().filter(|_| config.source.kind == quo_sync::config::SourceKind::Csv) {
+        let copy = dir.path().join(csv.file_name().unwrap_or_else(|| std::ffi::OsStr::new("contacts.csv")));
+        std::fs::copy(&csv, &copy).with_context(|| format!("copying {}", csv.display()))?;
+        config.source.path = Some(copy);
+    }
     tracing::info!(event = "sandbox_started", base_url = %sandbox.base_url(), ledger = %config.ledger.path.display(), "syncing into the built-in Quo sandbox with a throwaway ledger");
     Ok((sandbox, dir))
 }
