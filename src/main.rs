@@ -20,6 +20,8 @@ use quo_sync::sync::{Mode, plan::render_table};
 const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_QUARANTINED: u8 = 3;
+/// How long `run` waits for in-flight work after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
 
 #[derive(Parser)]
 #[command(
@@ -394,8 +396,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             };
             let cancel = app::shutdown_token();
             let metrics = quo_sync::ops::http::install_metrics();
-            let ctx = app::build_context(&config, "run", cancel).await?;
-            app::run_service(&ctx, &config, metrics).await?;
+            let ctx = app::build_context(&config, "run", cancel.clone()).await?;
+            // In-flight work gets a grace period after SIGTERM; what is cut short is safe
+            // (intents are committed before POSTs and resolved by lookup on the next start).
+            tokio::select! {
+                result = app::run_service(&ctx, &config, metrics) => result?,
+                _ = async {
+                    cancel.cancelled().await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } => {
+                    tracing::warn!(event = "shutdown_forced", grace_s = SHUTDOWN_GRACE.as_secs(), "in-flight work did not finish in time; exiting (interrupted creates are resolved on the next start)");
+                }
+            }
             Ok(0)
         }
         Command::Once { with_sandbox, json } => {
