@@ -49,8 +49,9 @@ custom_fields = [
 
 fn row(i: u64, company: &str) -> String {
     format!(
-        "b-{i},First{i},Last{i},{company} {i},Buyer,p{i}@example.com,w{i}@example.com,+1415{:07},,{},yes,2026-03-01,a;b,https://e{i}.example.com,2026-01-01T00:00:00Z",
-        i % 10_000_000,
+        "b-{i},First{i},Last{i},{company} {i},Buyer,p{i}@example.com,w{i}@example.com,+1415{:03}{:04},,{},yes,2026-03-01,a;b,https://e{i}.example.com,2026-01-01T00:00:00Z",
+        200 + (i / 10_000) % 300,
+        i % 10_000,
         i % 100
     )
 }

@@ -211,8 +211,16 @@ async fn attach_sandbox(
     let dir = tempfile_dir::TempDir::new()?;
     config.ledger.path = dir.path().join("quo-sync.db");
     // Work on a copy: a demo must never rewrite the operator's CSV.
-    if let Some(csv) = config.source.path.clone().filter(|_| config.source.kind == quo_sync::config::SourceKind::Csv) {
-        let copy = dir.path().join(csv.file_name().unwrap_or_else(|| std::ffi::OsStr::new("contacts.csv")));
+    if let Some(csv) = config
+        .source
+        .path
+        .clone()
+        .filter(|_| config.source.kind == quo_sync::config::SourceKind::Csv)
+    {
+        let copy = dir.path().join(
+            csv.file_name()
+                .unwrap_or_else(|| std::ffi::OsStr::new("contacts.csv")),
+        );
         std::fs::copy(&csv, &copy).with_context(|| format!("copying {}", csv.display()))?;
         config.source.path = Some(copy);
     }

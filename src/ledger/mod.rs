@@ -137,6 +137,18 @@ impl Ledger {
             .await?)
     }
 
+    /// Reads a named RFC 3339 time from `meta` (`None` when absent or unreadable).
+    pub async fn meta_time(
+        &self,
+        key: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, LedgerError> {
+        Ok(self
+            .meta(key)
+            .await?
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)))
+    }
+
     /// Writes a named value to `meta`.
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), LedgerError> {
         sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")

@@ -234,40 +234,8 @@ impl Ledger {
 
     /// Commits a confirmed write: Quo id, agreed snapshot, Quo's copy; clears failures and quarantine.
     pub async fn commit_synced(&self, synced: SyncedRecord<'_>) -> Result<(), LedgerError> {
-        let now = now_text();
-        let snapshot = serde_json::to_string(synced.snapshot).expect("snapshot serialises");
-        let contact = serde_json::to_string(synced.contact).expect("contact serialises");
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO records (external_id, quo_id, state, source_fingerprint, snapshot, snapshot_hash, quo_contact,
-                                  quo_updated_at, crm_updated_at, attempts, last_error, created_at, updated_at)
-             VALUES (?, ?, 'synced', ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)
-             ON CONFLICT(external_id) DO UPDATE SET
-                quo_id = excluded.quo_id, state = 'synced',
-                source_fingerprint = COALESCE(excluded.source_fingerprint, records.source_fingerprint),
-                snapshot = excluded.snapshot, snapshot_hash = excluded.snapshot_hash,
-                quo_contact = excluded.quo_contact, quo_updated_at = excluded.quo_updated_at,
-                crm_updated_at = COALESCE(excluded.crm_updated_at, records.crm_updated_at),
-                attempts = 0, last_error = NULL, updated_at = excluded.updated_at",
-        )
-        .bind(synced.external_id.as_str())
-        .bind(synced.quo_id.as_str())
-        .bind(synced.source_fingerprint)
-        .bind(&snapshot)
-        .bind(synced.snapshot.hash())
-        .bind(&contact)
-        .bind(&synced.contact.updated_at)
-        .bind(&synced.crm_updated_at)
-        .bind(&now)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM quarantine WHERE key = ?")
-            .bind(synced.external_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_synced_batch(std::slice::from_ref(&synced))
+            .await
     }
 
     /// Commits many confirmed records in one transaction (ledger recovery, bulk imports).
@@ -277,13 +245,14 @@ impl Ledger {
         for synced in batch {
             sqlx::query(
                 "INSERT INTO records (external_id, quo_id, state, source_fingerprint, snapshot, snapshot_hash, quo_contact,
-                                      quo_updated_at, crm_updated_at, attempts, created_at, updated_at)
-                 VALUES (?, ?, 'synced', ?, ?, ?, ?, ?, ?, 0, ?, ?)
+                                      quo_updated_at, crm_updated_at, attempts, last_error, created_at, updated_at)
+                 VALUES (?, ?, 'synced', ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)
                  ON CONFLICT(external_id) DO UPDATE SET
                     quo_id = excluded.quo_id, state = 'synced',
                     source_fingerprint = COALESCE(excluded.source_fingerprint, records.source_fingerprint),
                     snapshot = excluded.snapshot, snapshot_hash = excluded.snapshot_hash,
                     quo_contact = excluded.quo_contact, quo_updated_at = excluded.quo_updated_at,
+                    crm_updated_at = COALESCE(excluded.crm_updated_at, records.crm_updated_at),
                     attempts = 0, last_error = NULL, updated_at = excluded.updated_at",
             )
             .bind(synced.external_id.as_str())
@@ -298,6 +267,10 @@ impl Ledger {
             .bind(&now)
             .execute(&mut *tx)
             .await?;
+            sqlx::query("DELETE FROM quarantine WHERE key = ?")
+                .bind(synced.external_id.as_str())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())

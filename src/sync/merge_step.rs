@@ -28,7 +28,7 @@ impl Cycle {
         let ledger = &self.ctx.ledger;
         let scan = match self.ctx.settings.poll_interval {
             None => false,
-            Some(interval) => match parse_time(ledger.meta(LAST_SCAN).await?.as_deref()) {
+            Some(interval) => match ledger.meta_time(LAST_SCAN).await? {
                 None => true,
                 Some(last) => {
                     chrono::Utc::now()

@@ -303,20 +303,11 @@ async fn run_cycle_inner(
     let (tx, mut rx) = mpsc::channel::<SourceItem>(1024);
     // Incremental reads (REST with updated_since) between periodic full reads.
     let now = chrono::Utc::now();
-    let last_full = ctx
-        .ledger
-        .meta(LAST_FULL_READ)
-        .await?
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-        .map(|t| t.with_timezone(&chrono::Utc));
+    let last_full = ctx.ledger.meta_time(LAST_FULL_READ).await?;
     let since = if ctx.source.wants_full_read(last_full, now) {
         None
     } else {
-        ctx.ledger
-            .meta(HIGH_WATER)
-            .await?
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&chrono::Utc))
+        ctx.ledger.meta_time(HIGH_WATER).await?
     };
     let source = ctx.source.clone();
     let reader = tokio::spawn(async move { source.read(ReadRequest { since }, tx).await });
@@ -368,19 +359,7 @@ async fn run_cycle_inner(
                 }
             }
         };
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
-        let cycle = cycle.clone();
-        workers.spawn(
-            async move {
-                let _permit = permit;
-                cycle.execute(work).await
-            }
-            .in_current_span(),
-        );
+        spawn_work(&mut workers, &permits, &cycle, work).await;
         // Reap finished workers as we go so errors surface early and memory stays flat.
         while let Some(done) = workers.try_join_next() {
             done.expect("worker panicked")?;
@@ -414,19 +393,7 @@ async fn run_cycle_inner(
             }
         }
         for work in cycle.write_back().await? {
-            let permit = permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore open");
-            let cycle = cycle.clone();
-            workers.spawn(
-                async move {
-                    let _permit = permit;
-                    cycle.execute(work).await
-                }
-                .in_current_span(),
-            );
+            spawn_work(&mut workers, &permits, &cycle, work).await;
         }
         // Intents left by a crashed run whose record is no longer in the source.
         for external_id in index
@@ -458,24 +425,16 @@ async fn run_cycle_inner(
                             continue;
                         };
                         let Some(quo_id) = row.quo_id else { continue };
-                        let permit = permits
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("semaphore open");
-                        let cycle = cycle.clone();
-                        workers.spawn(
-                            async move {
-                                let _permit = permit;
-                                cycle
-                                    .execute(Work::Delete {
-                                        external_id,
-                                        quo_id,
-                                    })
-                                    .await
-                            }
-                            .in_current_span(),
-                        );
+                        spawn_work(
+                            &mut workers,
+                            &permits,
+                            &cycle,
+                            Work::Delete {
+                                external_id,
+                                quo_id,
+                            },
+                        )
+                        .await;
                     }
                 }
             }
@@ -494,12 +453,7 @@ async fn run_cycle_inner(
             .await?;
     }
     if mode == Mode::Apply && !interrupted {
-        let stored = ctx
-            .ledger
-            .meta(HIGH_WATER)
-            .await?
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&chrono::Utc));
+        let stored = ctx.ledger.meta_time(HIGH_WATER).await?;
         if let Some(mark) = high_water.filter(|h| Some(*h) > stored) {
             ctx.ledger.set_meta(HIGH_WATER, &mark.to_rfc3339()).await?;
         }
@@ -1042,6 +996,28 @@ impl From<LedgerError> for Failure {
     fn from(e: LedgerError) -> Self {
         Failure::Ledger(e)
     }
+}
+
+/// Runs `work` on the pool once a concurrency permit is free.
+async fn spawn_work(
+    workers: &mut JoinSet<Result<(), SyncError>>,
+    permits: &Arc<Semaphore>,
+    cycle: &Arc<Cycle>,
+    work: Work,
+) {
+    let permit = permits
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("semaphore open");
+    let cycle = cycle.clone();
+    workers.spawn(
+        async move {
+            let _permit = permit;
+            cycle.execute(work).await
+        }
+        .in_current_span(),
+    );
 }
 
 /// Sleeps until `deadline` or cancellation; true when cancelled.
