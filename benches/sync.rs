@@ -8,7 +8,7 @@
 //! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling.
 //!
 //! Environment: `QUO_SYNC_BENCH_RATE` (limit used for the load, default 20/s to keep it short),
-//! `QUO_SYNC_BENCH_RECORDS` (default 200), `QUO_SYNC_BENCH_ROWS` (comma list, default
+//! `QUO_SYNC_BENCH_RECORDS` (default 400), `QUO_SYNC_BENCH_ROWS` (comma list, default
 //! `100000,1000000`).
 
 use std::path::{Path, PathBuf};
@@ -107,7 +107,8 @@ async fn load_and_update(rps: u32, records: u64) -> (Value, Value) {
     let seconds = started.elapsed().as_secs_f64();
     let stats = sandbox.stats();
     let requests = report.counts.requests as f64;
-    let achieved = requests / seconds;
+    // Rate as Quo sees it: requests between the first and the last arrival.
+    let achieved = stats.achieved_rate().unwrap_or(0.0);
     let initial = json!({
         "records": records,
         "limit_per_second": rps,
@@ -116,6 +117,7 @@ async fn load_and_update(rps: u32, records: u64) -> (Value, Value) {
         "requests": report.counts.requests,
         "achieved_per_second": achieved,
         "utilization": achieved / f64::from(rps),
+        "wall_utilization": requests / seconds / f64::from(rps),
         "rate_limited": stats.rate_limited,
         "peak_per_second": stats.peak_per_second,
         "creates": report.counts.created,
@@ -129,13 +131,15 @@ async fn load_and_update(rps: u32, records: u64) -> (Value, Value) {
     let report = run_cycle(&ctx, Mode::Apply).await.unwrap();
     let seconds = started.elapsed().as_secs_f64();
     let requests = report.counts.requests as f64;
+    let achieved = sandbox.stats().achieved_rate().unwrap_or(0.0);
     let update = json!({
         "records": records,
         "seconds": seconds,
         "requests": report.counts.requests,
         "updates": report.counts.updated,
-        "achieved_per_second": requests / seconds,
-        "utilization": requests / seconds / f64::from(rps),
+        "achieved_per_second": achieved,
+        "utilization": achieved / f64::from(rps),
+        "wall_utilization": requests / seconds / f64::from(rps),
         "rate_limited": sandbox.stats().rate_limited,
         "requests_per_record": requests / (records as f64 + 1.0),
     });
@@ -208,6 +212,9 @@ async fn no_change(rows: u64) -> Value {
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
     let stats = sandbox.stats();
     sandbox.shutdown().await;
+    if std::env::var_os("QUO_SYNC_BENCH_KEEP").is_some() {
+        eprintln!("kept {}", dir.keep().display());
+    }
     json!({
         "rows": rows,
         "seconds": seconds,

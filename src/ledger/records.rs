@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use futures::TryStreamExt;
 use sqlx::Row;
 
 use super::{Ledger, LedgerError, now_text};
@@ -102,11 +101,18 @@ pub struct IndexEntry {
 /// The in-memory index: external id → entry. Its size is the only memory that grows with the CRM.
 pub type LedgerIndex = HashMap<String, IndexEntry>;
 
-/// The 64-bit digest stored in `IndexEntry::fingerprint` for a fingerprint text.
+/// The 64-bit digest stored in `IndexEntry::fingerprint`: the first 16 hex digits of a
+/// fingerprint (already a SHA-256), or a hash of other text; never 0, which means "none".
 pub fn fingerprint_digest(fingerprint: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    fingerprint.hash(&mut hasher);
-    hasher.finish().max(1)
+    let head = fingerprint.get(..16).unwrap_or(fingerprint);
+    match u64::from_str_radix(head, 16) {
+        Ok(value) if head.len() == 16 => value.max(1),
+        _ => {
+            let mut hasher = DefaultHasher::new();
+            fingerprint.hash(&mut hasher);
+            hasher.finish().max(1)
+        }
+    }
 }
 
 fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<RecordRow, LedgerError> {
@@ -146,24 +152,55 @@ const COLUMNS: &str = "external_id, quo_id, state, source_fingerprint, snapshot,
 
 impl Ledger {
     /// Loads the compact index of every record.
+    ///
+    /// Rows come out of SQLite packed by `group_concat` in rowid ranges, a few thousand per
+    /// result row: per-row driver overhead would otherwise dominate a million-record cycle.
     pub async fn load_index(&self) -> Result<LedgerIndex, LedgerError> {
-        let mut index = LedgerIndex::new();
-        let mut rows = sqlx::query("SELECT external_id, source_fingerprint, state, quo_id IS NOT NULL AS has_quo_id FROM records")
-            .fetch(&self.pool);
-        while let Some(row) = rows.try_next().await? {
-            let external_id: String = row.try_get(0)?;
-            let fingerprint: Option<String> = row.try_get(1)?;
-            let state: String = row.try_get(2)?;
-            let has_quo_id: bool = row.try_get(3)?;
-            index.insert(
-                external_id,
-                IndexEntry {
-                    fingerprint: fingerprint.as_deref().map(fingerprint_digest).unwrap_or(0),
-                    state: RecordState::parse(&state),
-                    has_quo_id,
-                    seen: false,
-                },
-            );
+        const CHUNK: i64 = 20_000;
+        let (count, max_rowid): (i64, Option<i64>) =
+            sqlx::query_as("SELECT COUNT(*), MAX(rowid) FROM records")
+                .fetch_one(&self.pool)
+                .await?;
+        let mut index = LedgerIndex::with_capacity(count as usize);
+        let Some(max_rowid) = max_rowid else {
+            return Ok(index);
+        };
+        let mut start = 0i64;
+        while start <= max_rowid {
+            // Fields separated by \x1f, rows by \x1e: neither can occur in an external id
+            // (CSV and JSON ids are printable text) nor in a hex fingerprint.
+            let packed: Option<String> = sqlx::query_scalar(
+                "SELECT group_concat(external_id || char(31) || COALESCE(substr(source_fingerprint, 1, 16), '') || char(31)
+                                     || state || char(31) || (quo_id IS NOT NULL), char(30))
+                 FROM records WHERE rowid >= ? AND rowid < ?",
+            )
+            .bind(start)
+            .bind(start + CHUNK)
+            .fetch_one(&self.pool)
+            .await?;
+            start += CHUNK;
+            let Some(packed) = packed else { continue };
+            for row in packed.split('\u{1e}') {
+                let mut parts = row.split('\u{1f}');
+                let (Some(external_id), Some(fingerprint), Some(state), Some(has_quo_id)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                index.insert(
+                    external_id.to_string(),
+                    IndexEntry {
+                        fingerprint: if fingerprint.is_empty() {
+                            0
+                        } else {
+                            fingerprint_digest(fingerprint)
+                        },
+                        state: RecordState::parse(state),
+                        has_quo_id: has_quo_id == "1",
+                        seen: false,
+                    },
+                );
+            }
         }
         Ok(index)
     }

@@ -299,8 +299,15 @@ async fn run_cycle_inner(
     }
     *cycle.quo_changed.lock().await = std::mem::take(&mut quo_changes.changed);
 
+    let index_started = Instant::now();
     let mut index = ctx.ledger.load_index().await?;
-    let (tx, mut rx) = mpsc::channel::<SourceItem>(1024);
+    info!(
+        event = "index_loaded",
+        records = index.len(),
+        ms = index_started.elapsed().as_millis() as u64,
+        "ledger index loaded"
+    );
+    let (tx, mut rx) = mpsc::channel::<SourceItem>(4096);
     // Incremental reads (REST with updated_since) between periodic full reads.
     let now = chrono::Utc::now();
     let last_full = ctx.ledger.meta_time(LAST_FULL_READ).await?;
@@ -317,55 +324,65 @@ async fn run_cycle_inner(
     let mut workers = JoinSet::new();
     let mut interrupted = false;
     ctx.progress.store(0, std::sync::atomic::Ordering::Relaxed);
-    while let Some(item) = rx.recv().await {
-        ctx.progress
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if ctx.cancel.is_cancelled() || cycle.fatal.lock().await.is_some() {
-            interrupted = true;
-            break;
-        }
-        let work = match item {
-            SourceItem::Bad(bad) => {
-                warn!(event = "record_unreadable", location = %bad.location, external_id = bad.external_id.as_deref(), reason = %bad.reason, "source row quarantined");
-                cycle
-                    .quarantine(
-                        NewQuarantine {
-                            external_id: bad.external_id.as_deref(),
-                            location: &bad.location,
-                            stage: QuarantineStage::Read,
-                            field: None,
-                            value: None,
-                            reason: &bad.reason,
-                            raw: Some(&bad.raw),
-                        },
-                        PlannedOp::new(
-                            bad.external_id.as_deref().unwrap_or(&bad.location),
-                            Action::Quarantine,
+    // Items arrive in batches: one wake-up per batch, not per row, on million-row files.
+    let mut batch = Vec::with_capacity(512);
+    'read: while rx.recv_many(&mut batch, 512).await > 0 {
+        for item in batch.drain(..) {
+            ctx.progress
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if ctx.cancel.is_cancelled() || cycle.fatal.lock().await.is_some() {
+                interrupted = true;
+                break 'read;
+            }
+            let work = match item {
+                SourceItem::Bad(bad) => {
+                    warn!(event = "record_unreadable", location = %bad.location, external_id = bad.external_id.as_deref(), reason = %bad.reason, "source row quarantined");
+                    cycle
+                        .quarantine(
+                            NewQuarantine {
+                                external_id: bad.external_id.as_deref(),
+                                location: &bad.location,
+                                stage: QuarantineStage::Read,
+                                field: None,
+                                value: None,
+                                reason: &bad.reason,
+                                raw: Some(&bad.raw),
+                            },
+                            PlannedOp::new(
+                                bad.external_id.as_deref().unwrap_or(&bad.location),
+                                Action::Quarantine,
+                            )
+                            .with_reason(&bad.reason),
                         )
-                        .with_reason(&bad.reason),
-                    )
-                    .await?;
-                if let Some(entry) = bad.external_id.as_deref().and_then(|id| index.get_mut(id)) {
-                    // The record exists but this read could not parse it: not a deletion.
-                    entry.seen = true;
+                        .await?;
+                    if let Some(entry) = bad.external_id.as_deref().and_then(|id| index.get_mut(id))
+                    {
+                        // The record exists but this read could not parse it: not a deletion.
+                        entry.seen = true;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            SourceItem::Record(record) => {
-                high_water = high_water.max(record.updated_at);
-                match cycle.classify(record, &mut index).await? {
-                    Some(work) => work,
-                    None => continue,
+                SourceItem::Record(record) => {
+                    high_water = high_water.max(record.updated_at);
+                    match cycle.classify(record, &mut index).await? {
+                        Some(work) => work,
+                        None => continue,
+                    }
                 }
+            };
+            spawn_work(&mut workers, &permits, &cycle, work).await;
+            // Reap finished workers as we go so errors surface early and memory stays flat.
+            while let Some(done) = workers.try_join_next() {
+                done.expect("worker panicked")?;
             }
-        };
-        spawn_work(&mut workers, &permits, &cycle, work).await;
-        // Reap finished workers as we go so errors surface early and memory stays flat.
-        while let Some(done) = workers.try_join_next() {
-            done.expect("worker panicked")?;
         }
     }
     drop(rx);
+    info!(
+        event = "source_read",
+        ms = index_started.elapsed().as_millis() as u64,
+        "source read and classified"
+    );
     let summary = match reader.await.expect("reader panicked") {
         Ok(summary) => Some(summary),
         Err(SourceError::Cancelled) if interrupted => None,
