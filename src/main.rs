@@ -182,7 +182,7 @@ fn main() -> ExitCode {
                     || error
                         .downcast_ref::<quo_sync::config::ConfigError>()
                         .is_some();
-                eprintln!("quo-sync: error: {error:#}");
+                eprintln!("quo-sync: error: {}", error_chain(&error));
                 ExitCode::from(if config_error {
                     EXIT_CONFIG
                 } else {
@@ -191,6 +191,23 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// The error and its causes joined by `: `, skipping a cause whose text the message before it
+/// already includes (error types that embed their source would otherwise print it twice).
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {

@@ -436,3 +436,32 @@ async fn run_stops_cleanly_on_sigterm() {
         assert_eq!(app.sandbox.count_by_external_id(&format!("r-{i}")), 1);
     }
 }
+
+#[tokio::test]
+async fn a_failed_cycle_is_one_clear_error_and_a_failed_run() {
+    let app = TestApp::spawn(&csv(&rows(1))).await;
+    let config = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(
+        &app.config_path,
+        config.replace(
+            &format!("api_key = \"{}\"", app.sandbox.api_key()),
+            "api_key = \"wrong-key\"",
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = cli(&app.config_path, &["once"]).await;
+    assert_eq!(code, 1, "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("quo-sync: error:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(line.matches("refused the API key").count(), 1, "{line}");
+    let status = cli_json(&app.config_path, &["status", "--json"], 0).await;
+    assert_eq!(status["last_run"]["status"], "failed");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("refused the API key")
+    );
+}
