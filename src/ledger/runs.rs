@@ -139,6 +139,16 @@ impl Ledger {
         )
     }
 
+    /// The most recent run that finished (any status but `running`): what readiness judges by,
+    /// so a cycle in progress, or one a crash left `running`, does not hide the outcome before it.
+    pub async fn last_finished_run(&self) -> Result<Option<RunRow>, LedgerError> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM runs WHERE status <> 'running' ORDER BY started_at DESC, rowid DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Records a conflict and how it was decided.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_conflict(

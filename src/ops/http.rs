@@ -36,8 +36,8 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
             format!("ledger unavailable: {e}\n"),
         );
     }
-    match ops.ledger.recent_runs(1).await {
-        Ok(runs) => match runs.first() {
+    match ops.ledger.last_finished_run().await {
+        Ok(run) => match run {
             Some(run) if run.status == "failed" => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
