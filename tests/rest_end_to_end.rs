@@ -551,13 +551,21 @@ async fn refused_credentials_fail_the_cycle_and_leave_the_ledger_untouched() {
     assert!(app.sandbox.contacts().is_empty());
     assert_eq!(app.sandbox.stats().writes_total(), 0);
 
-    // The binary exits 1 and never prints the token.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
-        .args(["once", "--config"])
-        .arg(&app.config_path)
-        .env_remove("QUO_API_KEY")
-        .output()
-        .unwrap();
+    // The binary exits 1 and never prints the token (our ledger handle is closed first: one
+    // process uses a ledger at a time).
+    app.ctx.ledger.close().await;
+    // Off the runtime thread: the sandbox and the fake CRM are served by this test's runtime.
+    let config_path = app.config_path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+            .args(["once", "--config"])
+            .arg(&config_path)
+            .env_remove("QUO_API_KEY")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -565,7 +573,11 @@ async fn refused_credentials_fail_the_cycle_and_leave_the_ledger_untouched() {
         !stderr.contains(wrong) && !stdout.contains(wrong),
         "{stderr}"
     );
-    assert!(app.ledger_rows().await.is_empty());
+    assert!(stderr.contains("401"), "the failure is explained: {stderr}");
+    let ledger = quo_sync::ledger::Ledger::open(&app._dir.path().join("ledger.db"))
+        .await
+        .unwrap();
+    assert!(ledger.all_records().await.unwrap().is_empty());
     assert!(app.sandbox.contacts().is_empty());
 }
 
@@ -662,4 +674,40 @@ async fn a_write_back_conflict_is_retried_next_cycle_not_looped() {
         (0, 0)
     );
     assert_eq!(app.crm_writes(), 2, "applied once");
+}
+
+#[tokio::test]
+async fn an_in_app_edit_between_incremental_reads_is_written_back_once() {
+    let shape = json_server(12);
+    let app = RestApp::spawn(
+        &shape,
+        "updated_since_param = \"updated_since\"\nfull_read_every = \"1h\"",
+        POLL,
+    )
+    .await;
+    app.cycle().await;
+    // The CRM record is unchanged, so the incremental read does not return it.
+    app.app_edit("j003", json!({"defaultFields": {"lastName": "Quoside"}}))
+        .await;
+    app.sandbox.reset_stats();
+    let report = app.cycle().await;
+    assert_eq!(report.counts.written_to_crm, 1, "{report:?}");
+    assert_eq!(app.crm_writes(), 1);
+    assert_eq!(app.crm.contact("j003").unwrap()["lastName"], "Quoside");
+    assert_eq!(app.crm.contact("j003").unwrap()["company"]["size"], 30);
+    assert_eq!(app.sandbox.stats().writes_total(), 0);
+    // The write-back moved the record's updated_at, so the next incremental read returns it:
+    // that must not echo anywhere.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        app.sandbox.reset_stats();
+        let report = app.cycle().await;
+        assert_eq!(
+            (report.counts.written_to_crm, report.counts.updated),
+            (0, 0),
+            "{report:?}"
+        );
+        assert_eq!(app.sandbox.stats().writes_total(), 0);
+        assert_eq!(app.crm_writes(), 1);
+    }
 }
