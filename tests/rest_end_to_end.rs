@@ -592,7 +592,12 @@ async fn rate_limit_and_server_error_bursts_converge() {
     ]);
     let report = app.cycle().await;
     assert_eq!(report.counts.created, 12, "{report:?}");
-    // Mid-read bursts too: page 1 succeeds, then page 2 is refused a few times.
+    assert_eq!(
+        app.crm.count("GET", "/cursor/"),
+        3 + 3,
+        "three pages, three retried refusals"
+    );
+    // Bursts on a later cycle do not disturb what is already synced: only the edit is applied.
     let app = RestApp::spawn(&shape, "", "").await;
     app.crm.push_faults([Fault::Status(502, None)]);
     app.cycle().await;
