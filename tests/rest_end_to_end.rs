@@ -135,7 +135,7 @@ custom_fields = [{ name = "Tags", field = "tags", delimiter = ";" }]
 struct RestApp {
     sandbox: SandboxHandle,
     crm: FakeCrm,
-    _dir: TempDir,
+    dir: TempDir,
     config_path: PathBuf,
     ctx: SyncContext,
 }
@@ -207,7 +207,7 @@ auth = {{ kind = "bearer", token = "{token}" }}
         RestApp {
             sandbox,
             crm,
-            _dir: dir,
+            dir,
             config_path,
             ctx,
         }
@@ -574,7 +574,7 @@ async fn refused_credentials_fail_the_cycle_and_leave_the_ledger_untouched() {
         "{stderr}"
     );
     assert!(stderr.contains("401"), "the failure is explained: {stderr}");
-    let ledger = quo_sync::ledger::Ledger::open(&app._dir.path().join("ledger.db"))
+    let ledger = quo_sync::ledger::Ledger::open(&app.dir.path().join("ledger.db"))
         .await
         .unwrap();
     assert!(ledger.all_records().await.unwrap().is_empty());
