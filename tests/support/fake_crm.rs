@@ -182,6 +182,25 @@ impl FakeCrm {
             .count()
     }
 
+    /// Replaces a stored contact (a CRM-side edit), bumping its version.
+    pub fn replace(&self, id: &str, record: Value) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        let slot = inner
+            .contacts
+            .iter_mut()
+            .find(|c| c["id"] == id)
+            .expect("contact exists");
+        *slot = record;
+        *inner.versions.entry(id.to_string()).or_insert(1) += 1;
+    }
+
+    /// Deletes a stored contact (a CRM-side deletion).
+    pub fn remove(&self, id: &str) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        inner.contacts.retain(|c| c["id"] != id);
+        inner.versions.remove(id);
+    }
+
     /// The stored contact.
     pub fn contact(&self, id: &str) -> Option<Value> {
         self.shared
