@@ -322,14 +322,30 @@ async fn reconcile_finds_orphans_duplicates_missing_and_drift_and_repair_deletes
     assert!(text.contains("  drift      r-4 company"), "{text}");
     assert!(text.contains("read-only"), "{text}");
 
-    // Repair adopts the orphan and deletes nothing.
+    // Repair deletes nothing, and leaves an orphan the CRM does not have unadopted (adopting it
+    // would let `on_source_delete = "delete"` remove it); it stays listed for the operator.
     let repaired = cli_json(cfg, &["reconcile", "--repair", "--json"], 0).await;
     assert_eq!(repaired["repaired"], true);
-    assert_eq!(repaired["adopted"], 1, "{repaired:#}");
-    assert_eq!(repaired["orphans"], json!([]));
+    assert_eq!(repaired["adopted"], 0, "{repaired:#}");
+    assert_eq!(repaired["orphans"][0]["external_id"], "orph-1");
     assert_eq!(app.sandbox.stats().writes.deletes, 0);
     assert_eq!(app.sandbox.contacts().len(), contacts_before);
     assert_eq!(app.sandbox.count_by_external_id("r-2"), 2);
+    assert!(
+        app.ledger()
+            .record(&ExternalId::parse("orph-1").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Once the CRM has the record, repair adopts the orphan.
+    let mut with_orphan = rows(4);
+    with_orphan.push(row("orph-1", 9));
+    app.write_csv(&csv(&with_orphan));
+    let repaired = cli_json(cfg, &["reconcile", "--repair", "--json"], 0).await;
+    assert_eq!(repaired["adopted"], 1, "{repaired:#}");
+    assert_eq!(repaired["orphans"], json!([]));
     let adopted = app
         .ledger()
         .record(&ExternalId::parse("orph-1").unwrap())

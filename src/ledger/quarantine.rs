@@ -32,7 +32,7 @@ impl QuarantineStage {
 /// One quarantined record.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QuarantineEntry {
-    /// The external id, or `@<location>` when no id could be read.
+    /// The external id, or `@<location>` for unreadable rows.
     pub key: String,
     /// The external id, when known.
     pub external_id: Option<String>,
@@ -104,9 +104,11 @@ impl Ledger {
         entry: NewQuarantine<'_>,
         run_id: &str,
     ) -> Result<String, LedgerError> {
-        let key = match entry.external_id {
-            Some(id) => id.to_string(),
-            None => format!("@{}", entry.location),
+        // Unreadable rows are keyed by where they are: a duplicate-id row must not share a key
+        // with the healthy record that owns the id.
+        let key = match (entry.stage, entry.external_id) {
+            (QuarantineStage::Read, _) | (_, None) => format!("@{}", entry.location),
+            (_, Some(id)) => id.to_string(),
         };
         let now = now_text();
         sqlx::query(

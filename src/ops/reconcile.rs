@@ -253,7 +253,12 @@ pub async fn reconcile(
             quo_id: first.id.clone(),
             in_source: in_source.contains(external_id),
         };
-        if repair && let Ok(id) = ExternalId::parse(external_id) {
+        // Only records the CRM still has: adopting one it lacks would let
+        // `sync.on_source_delete = "delete"` remove a contact users may rely on.
+        if repair
+            && orphan.in_source
+            && let Ok(id) = ExternalId::parse(external_id)
+        {
             adopt(ledger, &mapper, &id, first).await?;
             linked_ids.insert(first.id.clone());
             report.adopted += 1;
