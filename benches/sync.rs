@@ -351,7 +351,7 @@ fn main() {
     let records: u64 = std::env::var("QUO_SYNC_BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(400);
     let sizes: Vec<u64> = std::env::var("QUO_SYNC_BENCH_ROWS")
         .unwrap_or_else(|_| "100000,1000000".into())
         .split(',')

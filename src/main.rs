@@ -315,75 +315,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Status { json } => {
             let ledger = open_ledger(&cli.config).await?;
             let status = quo_sync::ops::status(&ledger).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", status.render());
-            }
+            emit(json, &status, |s| s.render())?;
             Ok(0)
         }
         Command::Runs { limit, json } => {
             let ledger = open_ledger(&cli.config).await?;
             let runs = ledger.recent_runs(limit).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
-            } else {
-                println!(
-                    "{:<25} {:<9} {:<12} {:>7} {:>7} {:>9} {:>7} {:>11} {:>8} {:>5} {:>9}",
-                    "STARTED",
-                    "KIND",
-                    "STATUS",
-                    "CREATED",
-                    "UPDATED",
-                    "UNCHANGED",
-                    "DELETED",
-                    "QUARANTINED",
-                    "REQUESTS",
-                    "429S",
-                    "MS"
-                );
-                for r in runs {
-                    println!(
-                        "{:<25} {:<9} {:<12} {:>7} {:>7} {:>9} {:>7} {:>11} {:>8} {:>5} {:>9}",
-                        r.started_at,
-                        r.kind,
-                        r.status,
-                        r.created,
-                        r.updated,
-                        r.unchanged,
-                        r.deleted,
-                        r.quarantined,
-                        r.requests,
-                        r.rate_limited,
-                        r.duration_ms
-                    );
-                }
-            }
+            emit(json, &runs, |r| render_runs(r))?;
             Ok(0)
         }
         Command::Conflicts { limit, json } => {
             let ledger = open_ledger(&cli.config).await?;
             let conflicts = ledger.conflicts(limit).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&conflicts)?);
-            } else {
-                println!(
-                    "{:<25} {:<16} {:<16} {:<6} {:<8} CRM VALUE -> QUO VALUE",
-                    "AT", "EXTERNAL_ID", "FIELD", "WINNER", "POLICY"
-                );
-                for c in conflicts {
-                    println!(
-                        "{:<25} {:<16} {:<16} {:<6} {:<8} {} -> {}",
-                        c.at,
-                        c.external_id,
-                        c.field,
-                        c.winner,
-                        c.policy,
-                        c.crm_value.unwrap_or_default(),
-                        c.quo_value.unwrap_or_default()
-                    );
-                }
-            }
+            emit(json, &conflicts, |c| render_conflicts(c))?;
             Ok(0)
         }
         Command::Quarantine { action } => quarantine(&cli.config, action).await,
@@ -409,11 +353,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 bar.finish_and_clear();
             }
             ctx.ledger.close().await;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
+            emit(json, &report, |r| r.render())?;
             Ok(0)
         }
         Command::Run { with_sandbox } => {
@@ -514,6 +454,110 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// Prints `value` as pretty JSON, or the text `table` renders from it.
+fn emit<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    table: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", table(value));
+    }
+    Ok(())
+}
+
+fn render_runs(runs: &[quo_sync::ledger::RunRow]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<25} {:<9} {:<12} {:>7} {:>7} {:>9} {:>7} {:>11} {:>8} {:>5} {:>9}",
+        "STARTED",
+        "KIND",
+        "STATUS",
+        "CREATED",
+        "UPDATED",
+        "UNCHANGED",
+        "DELETED",
+        "QUARANTINED",
+        "REQUESTS",
+        "429S",
+        "MS"
+    );
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "{:<25} {:<9} {:<12} {:>7} {:>7} {:>9} {:>7} {:>11} {:>8} {:>5} {:>9}",
+            r.started_at,
+            r.kind,
+            r.status,
+            r.created,
+            r.updated,
+            r.unchanged,
+            r.deleted,
+            r.quarantined,
+            r.requests,
+            r.rate_limited,
+            r.duration_ms
+        );
+    }
+    out
+}
+
+fn render_conflicts(conflicts: &[quo_sync::ledger::ConflictRow]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<25} {:<16} {:<16} {:<6} {:<8} CRM VALUE -> QUO VALUE",
+        "AT", "EXTERNAL_ID", "FIELD", "WINNER", "POLICY"
+    );
+    for c in conflicts {
+        let _ = writeln!(
+            out,
+            "{:<25} {:<16} {:<16} {:<6} {:<8} {} -> {}",
+            c.at,
+            c.external_id,
+            c.field,
+            c.winner,
+            c.policy,
+            c.crm_value.as_deref().unwrap_or_default(),
+            c.quo_value.as_deref().unwrap_or_default()
+        );
+    }
+    out
+}
+
+fn render_quarantine(entries: &[quo_sync::ledger::QuarantineEntry]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:<28} {:<14} {:<18} REASON",
+        "KEY", "STAGE", "LOCATION", "FIELD", "VALUE"
+    );
+    for q in entries {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:<28} {:<14} {:<18} {}{}",
+            q.key,
+            q.stage,
+            q.location,
+            q.field.as_deref().unwrap_or_default(),
+            q.value.as_deref().unwrap_or_default(),
+            q.reason,
+            if q.discarded_at.is_some() {
+                " (discarded)"
+            } else {
+                ""
+            }
+        );
+    }
+    out
+}
+
 async fn open_ledger(config: &std::path::Path) -> anyhow::Result<quo_sync::ledger::Ledger> {
     let config = load_config(config)?;
     Ok(quo_sync::ledger::Ledger::open(&config.ledger.path).await?)
@@ -528,30 +572,7 @@ async fn quarantine(config_path: &std::path::Path, action: QuarantineAction) -> 
             } else {
                 ledger.quarantined().await?
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
-            } else {
-                println!(
-                    "{:<20} {:<8} {:<28} {:<14} {:<18} REASON",
-                    "KEY", "STAGE", "LOCATION", "FIELD", "VALUE"
-                );
-                for q in entries {
-                    println!(
-                        "{:<20} {:<8} {:<28} {:<14} {:<18} {}{}",
-                        q.key,
-                        q.stage,
-                        q.location,
-                        q.field.unwrap_or_default(),
-                        q.value.unwrap_or_default(),
-                        q.reason,
-                        if q.discarded_at.is_some() {
-                            " (discarded)"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-            }
+            emit(json, &entries, |e| render_quarantine(e))?;
             Ok(0)
         }
         QuarantineAction::Show { id } => match ledger.quarantined_one(&id).await? {
