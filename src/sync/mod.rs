@@ -1036,11 +1036,3 @@ async fn spawn_work(
         .in_current_span(),
     );
 }
-
-/// Sleeps until `deadline` or cancellation; true when cancelled.
-pub async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(duration) => false,
-        _ = cancel.cancelled() => true,
-    }
-}
