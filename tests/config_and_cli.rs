@@ -30,93 +30,66 @@ fn check_config_accepts_the_shipped_example() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
 
-#[test]
-fn an_unknown_key_exits_2_naming_the_key_and_the_file() {
+/// Runs `check-config` on a config file holding `text`; returns the exit code and stderr.
+fn check_config(name: &str, text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        &dir,
-        "bad.toml",
-        &format!("{MINIMAL}\n[quo]\nbase_ulr = \"https://api.quo.com\"\n"),
-    );
+    let path = write(&dir, name, text);
     let out = quo_sync()
         .args(["check-config", "--config"])
         .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("base_ulr"), "{stderr}");
-    assert!(stderr.contains("bad.toml"), "{stderr}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check-config` must exit 2 with every `needles` in its message.
+fn assert_refused(name: &str, text: &str, needles: &[&str]) {
+    let (code, stderr) = check_config(name, text);
+    assert_eq!(code, Some(2), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
+    }
+}
+
+#[test]
+fn an_unknown_key_exits_2_naming_the_key_and_the_file() {
+    assert_refused(
+        "bad.toml",
+        &format!("{MINIMAL}\n[quo]\nbase_ulr = \"https://api.quo.com\"\n"),
+        &["base_ulr", "bad.toml"],
+    );
 }
 
 #[test]
 fn a_wrong_type_exits_2_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        &dir,
+    assert_refused(
         "bad.toml",
         &format!("{MINIMAL}\n[quo]\nrequests_per_second = \"fast\"\n"),
+        &["requests_per_second"],
     );
-    let out = quo_sync()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("requests_per_second"), "{stderr}");
 }
 
 #[test]
 fn a_missing_required_key_exits_2_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, "bad.toml", "[source]\nkind = \"csv\"\n");
-    let out = quo_sync()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("source.path"));
-
-    let path = write(&dir, "none.toml", "[quo]\nsource = \"quo-sync\"\n");
-    let out = quo_sync()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("source"));
+    assert_refused("bad.toml", "[source]\nkind = \"csv\"\n", &["source.path"]);
+    assert_refused("none.toml", "[quo]\nsource = \"quo-sync\"\n", &["source"]);
 }
 
 #[test]
 fn a_bad_duration_and_a_reserved_source_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        &dir,
+    assert_refused(
         "d.toml",
         &format!("{MINIMAL}\n[schedule]\ninterval = \"soon\"\n"),
+        &["interval"],
     );
-    let out = quo_sync()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("interval"));
-
-    let path = write(
-        &dir,
+    assert_refused(
         "s.toml",
         &format!("{MINIMAL}\n[quo]\nsource = \"csv-import\"\n"),
+        &["quo.source"],
     );
-    let out = quo_sync()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("quo.source"));
 }
 
 #[test]

@@ -61,10 +61,7 @@ async fn a_signed_in_app_edit_updates_that_csv_cell_and_nothing_else() {
             "echoes of our own creates wrote to the CSV"
         );
 
-        let events_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
-            .fetch_one(app.ledger().pool())
-            .await
-            .unwrap();
+        let events_before = app.inbox_count().await;
         app.sandbox
             .app_edit(
                 &app.quo_id("r-2"),
@@ -226,10 +223,7 @@ async fn the_same_edit_delivered_three_times_is_applied_once() {
     let app = app_with_webhooks(3, "", WebhookScheme::Standard).await;
     app.cycle().await;
     app.cycle().await;
-    let events_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
-        .fetch_one(app.ledger().pool())
-        .await
-        .unwrap();
+    let events_before = app.inbox_count().await;
     app.sandbox
         .app_edit(
             &app.quo_id("r-3"),
@@ -258,10 +252,7 @@ async fn an_acknowledged_event_survives_a_crash_before_it_is_applied() {
     let mut app = app_with_webhooks(2, "", WebhookScheme::Legacy).await;
     app.cycle().await;
     app.cycle().await;
-    let events_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
-        .fetch_one(app.ledger().pool())
-        .await
-        .unwrap();
+    let events_before = app.inbox_count().await;
     app.sandbox
         .app_edit(
             &app.quo_id("r-1"),

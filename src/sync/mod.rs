@@ -593,12 +593,17 @@ impl Cycle {
                 }
             }
             Some(RecordState::Synced) => {
-                let row = self
-                    .ctx
-                    .ledger
-                    .record(&record.external_id)
-                    .await?
-                    .expect("indexed row exists");
+                // The row may have gone since the index was loaded (an operator's repair, another
+                // process): then it is a create, resolved by lookup first, never a panic.
+                let row = self.ctx.ledger.record(&record.external_id).await?;
+                let Some(row) = row else {
+                    return Ok(Some(Work::Create {
+                        record,
+                        snapshot,
+                        fingerprint,
+                        pending: true,
+                    }));
+                };
                 let Some(quo_id) = row.quo_id else {
                     return Ok(Some(Work::Create {
                         record,

@@ -248,10 +248,7 @@ impl TestApp {
     pub async fn wait_for_inbox(&self, n: i64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
-                .fetch_one(self.ledger().pool())
-                .await
-                .unwrap();
+            let count = self.inbox_count().await;
             if count >= n {
                 return;
             }
@@ -261,6 +258,14 @@ impl TestApp {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// Webhook events stored in the inbox so far.
+    pub async fn inbox_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+            .fetch_one(self.ledger().pool())
+            .await
+            .unwrap()
     }
 
     /// The Quo id of a record.
