@@ -14,6 +14,7 @@ use secrecy::SecretString;
 
 use quo_sync::app::{self, AppError};
 use quo_sync::config::Config;
+use quo_sync::ops;
 use quo_sync::sandbox::{PatchMode, SandboxConfig, SandboxHandle};
 use quo_sync::sync::{Mode, plan::render_table};
 
@@ -321,13 +322,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Runs { limit, json } => {
             let ledger = open_ledger(&cli.config).await?;
             let runs = ledger.recent_runs(limit).await?;
-            emit(json, &runs, |r| render_runs(r))?;
+            emit(json, &runs, |r| ops::render_runs(r))?;
             Ok(0)
         }
         Command::Conflicts { limit, json } => {
             let ledger = open_ledger(&cli.config).await?;
             let conflicts = ledger.conflicts(limit).await?;
-            emit(json, &conflicts, |c| render_conflicts(c))?;
+            emit(json, &conflicts, |c| ops::render_conflicts(c))?;
             Ok(0)
         }
         Command::Quarantine { action } => quarantine(&cli.config, action).await,
@@ -340,7 +341,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 tokio_util::sync::CancellationToken::new(),
             )
             .await?;
-            let spinner = progress_bar("reconciling");
+            let spinner = ops::progress::progress_bar("reconciling");
             let report = quo_sync::ops::reconcile::reconcile(
                 &ctx.ledger,
                 &ctx.client,
@@ -390,7 +391,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             };
             let cancel = app::shutdown_token();
             let ctx = app::build_context(&config, "once", cancel).await?;
-            let progress = watch_progress(&ctx);
+            let progress = ops::progress::watch_progress(&ctx);
             let report = app::once(&ctx, Mode::Apply).await;
             progress.abort();
             let report = report?;
@@ -430,7 +431,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let ctx =
                 app::build_context(&config, "plan", tokio_util::sync::CancellationToken::new())
                     .await?;
-            let progress = watch_progress(&ctx);
+            let progress = ops::progress::watch_progress(&ctx);
             let report = app::once(&ctx, Mode::DryRun).await;
             progress.abort();
             let report = report?;
@@ -468,96 +469,6 @@ fn emit<T: serde::Serialize>(
     Ok(())
 }
 
-fn render_runs(runs: &[quo_sync::ledger::RunRow]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<25} {:<9} {:<12} {:>7} {:>7} {:>9} {:>7} {:>11} {:>8} {:>5} {:>9}",
-        "STARTED",
-        "KIND",
-        "STATUS",
-        "CREATED",
-        "UPDATED",
-        "UNCHANGED",
-        "DELETED",
-        "QUARANTINED",
-        "REQUESTS",
-        "429S",
-        "MS"
-    );
-    for r in runs {
-        let _ = writeln!(
-            out,
-            "{:<25} {:<9} {:<12} {:>7} {:>7} {:>9} {:>7} {:>11} {:>8} {:>5} {:>9}",
-            r.started_at,
-            r.kind,
-            r.status,
-            r.created,
-            r.updated,
-            r.unchanged,
-            r.deleted,
-            r.quarantined,
-            r.requests,
-            r.rate_limited,
-            r.duration_ms
-        );
-    }
-    out
-}
-
-fn render_conflicts(conflicts: &[quo_sync::ledger::ConflictRow]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<25} {:<16} {:<16} {:<6} {:<8} CRM VALUE -> QUO VALUE",
-        "AT", "EXTERNAL_ID", "FIELD", "WINNER", "POLICY"
-    );
-    for c in conflicts {
-        let _ = writeln!(
-            out,
-            "{:<25} {:<16} {:<16} {:<6} {:<8} {} -> {}",
-            c.at,
-            c.external_id,
-            c.field,
-            c.winner,
-            c.policy,
-            c.crm_value.as_deref().unwrap_or_default(),
-            c.quo_value.as_deref().unwrap_or_default()
-        );
-    }
-    out
-}
-
-fn render_quarantine(entries: &[quo_sync::ledger::QuarantineEntry]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<20} {:<8} {:<28} {:<14} {:<18} REASON",
-        "KEY", "STAGE", "LOCATION", "FIELD", "VALUE"
-    );
-    for q in entries {
-        let _ = writeln!(
-            out,
-            "{:<20} {:<8} {:<28} {:<14} {:<18} {}{}",
-            q.key,
-            q.stage,
-            q.location,
-            q.field.as_deref().unwrap_or_default(),
-            q.value.as_deref().unwrap_or_default(),
-            q.reason,
-            if q.discarded_at.is_some() {
-                " (discarded)"
-            } else {
-                ""
-            }
-        );
-    }
-    out
-}
-
 async fn open_ledger(config: &std::path::Path) -> anyhow::Result<quo_sync::ledger::Ledger> {
     let config = load_config(config)?;
     Ok(quo_sync::ledger::Ledger::open(&config.ledger.path).await?)
@@ -572,7 +483,7 @@ async fn quarantine(config_path: &std::path::Path, action: QuarantineAction) -> 
             } else {
                 ledger.quarantined().await?
             };
-            emit(json, &entries, |e| render_quarantine(e))?;
+            emit(json, &entries, |e| ops::render_quarantine(e))?;
             Ok(0)
         }
         QuarantineAction::Show { id } => match ledger.quarantined_one(&id).await? {
@@ -640,58 +551,6 @@ async fn quarantine(config_path: &std::path::Path, action: QuarantineAction) -> 
             Ok(if still > 0 { EXIT_QUARANTINED } else { 0 })
         }
     }
-}
-
-/// A spinner on a terminal; nothing otherwise.
-fn progress_bar(message: &'static str) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(message);
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    Some(bar)
-}
-
-/// Shows cycle progress: a bar with counts and ETA on a terminal (the total estimated from the
-/// ledger's size), plain log lines every 10 s otherwise.
-fn watch_progress(ctx: &quo_sync::sync::SyncContext) -> tokio::task::JoinHandle<()> {
-    let counter = ctx.progress.clone();
-    let ledger = ctx.ledger.clone();
-    tokio::spawn(async move {
-        use std::sync::atomic::Ordering;
-        let expected: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records")
-            .fetch_one(ledger.pool())
-            .await
-            .unwrap_or(0);
-        if std::io::stderr().is_terminal() {
-            let bar = indicatif::ProgressBar::new(expected.max(1) as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} {pos}/{len} records  {per_sec}  eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            loop {
-                let done = counter.load(Ordering::Relaxed);
-                if done > bar.length().unwrap_or(0) {
-                    bar.set_length(done);
-                }
-                bar.set_position(done);
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        } else {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-                tracing::info!(
-                    event = "progress",
-                    records_read = counter.load(Ordering::Relaxed),
-                    expected,
-                    "cycle in progress"
-                );
-            }
-        }
-    })
 }
 
 /// A temp folder that removes itself (a thin alias so the binary does not depend on dev crates).

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 pub mod http;
+pub mod progress;
 pub mod reconcile;
 
 use crate::ledger::{Ledger, LedgerError, QuarantineEntry, RunRow};
@@ -95,4 +96,97 @@ impl Status {
         out.push_str(&format!("conflicts     {}\n", self.conflicts));
         out
     }
+}
+
+/// The `runs` table.
+pub fn render_runs(runs: &[crate::ledger::RunRow]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<25} {:<9} {:<12} {:>7} {:>7} {:>9} {:>7} {:>11} {:>8} {:>5} {:>9}",
+        "STARTED",
+        "KIND",
+        "STATUS",
+        "CREATED",
+        "UPDATED",
+        "UNCHANGED",
+        "DELETED",
+        "QUARANTINED",
+        "REQUESTS",
+        "429S",
+        "MS"
+    );
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "{:<25} {:<9} {:<12} {:>7} {:>7} {:>9} {:>7} {:>11} {:>8} {:>5} {:>9}",
+            r.started_at,
+            r.kind,
+            r.status,
+            r.created,
+            r.updated,
+            r.unchanged,
+            r.deleted,
+            r.quarantined,
+            r.requests,
+            r.rate_limited,
+            r.duration_ms
+        );
+    }
+    out
+}
+
+/// The `conflicts` table.
+pub fn render_conflicts(conflicts: &[crate::ledger::ConflictRow]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<25} {:<16} {:<16} {:<6} {:<8} CRM VALUE -> QUO VALUE",
+        "AT", "EXTERNAL_ID", "FIELD", "WINNER", "POLICY"
+    );
+    for c in conflicts {
+        let _ = writeln!(
+            out,
+            "{:<25} {:<16} {:<16} {:<6} {:<8} {} -> {}",
+            c.at,
+            c.external_id,
+            c.field,
+            c.winner,
+            c.policy,
+            c.crm_value.as_deref().unwrap_or_default(),
+            c.quo_value.as_deref().unwrap_or_default()
+        );
+    }
+    out
+}
+
+/// The `quarantine list` table.
+pub fn render_quarantine(entries: &[crate::ledger::QuarantineEntry]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:<28} {:<14} {:<18} REASON",
+        "KEY", "STAGE", "LOCATION", "FIELD", "VALUE"
+    );
+    for q in entries {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:<28} {:<14} {:<18} {}{}",
+            q.key,
+            q.stage,
+            q.location,
+            q.field.as_deref().unwrap_or_default(),
+            q.value.as_deref().unwrap_or_default(),
+            q.reason,
+            if q.discarded_at.is_some() {
+                " (discarded)"
+            } else {
+                ""
+            }
+        );
+    }
+    out
 }
