@@ -29,23 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
-const MAPPING: &str = r#"
-[mapping]
-default_region = "US"
-first_name = "first_name"
-last_name = "last_name"
-company = "company"
-role = "role"
-emails = [ { field = "email", label = "email" }, { field = "work_email", label = "work" } ]
-phones = [ { field = "phone", label = "phone" }, { field = "mobile", label = "mobile" } ]
-custom_fields = [
-  { name = "Lead Score", field = "lead_score" },
-  { name = "VIP", field = "vip" },
-  { name = "Renewal Date", field = "renewal_date" },
-  { name = "Tags", field = "tags", delimiter = ";" },
-  { name = "Website", field = "website" },
-]
-"#;
+const MAPPING: &str = include_str!("../tests/fixtures/mapping.toml");
 
 fn row(i: u64, company: &str) -> String {
     format!(

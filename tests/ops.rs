@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::{TestApp, csv, row};
 use quo_sync::domain::ExternalId;
-use quo_sync::sandbox::SandboxConfig;
 use serde_json::{Value, json};
 
 /// Runs `quo-sync --config <config> args…` and returns (exit code, stdout, stderr).
@@ -218,23 +217,7 @@ async fn retry_all_and_retry_usage() {
 
 #[tokio::test]
 async fn conflicts_show_a_real_conflict() {
-    let app = TestApp::spawn_with(
-        &csv(&rows(1)),
-        SandboxConfig::default(),
-        "[reverse]\nconflict = \"crm\"\npoll_interval = \"1ms\"\n",
-    )
-    .await;
-    app.cycle().await;
-    app.sandbox
-        .app_edit(
-            &app.quo_id("r-1"),
-            json!({"defaultFields": {"company": "Quo Co"}}),
-        )
-        .unwrap();
-    let edited = row("r-1", 1)
-        .replace("Acme 1", "CRM Co")
-        .replace("2026-01-01T00:00:00Z", "2001-01-01T00:00:00Z");
-    app.write_csv(&csv(&[edited]));
+    let app = TestApp::spawn_conflict("crm", "2001-01-01T00:00:00Z").await;
     app.cycle().await;
     let cfg = &app.config_path;
 

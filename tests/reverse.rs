@@ -269,29 +269,13 @@ async fn an_acknowledged_event_survives_a_crash_before_it_is_applied() {
 }
 
 async fn conflict_winner(policy: &str, crm_newer: bool) -> (String, String) {
-    let app = TestApp::spawn_with(
-        &csv(&rows(1)),
-        SandboxConfig::default(),
-        &format!("[reverse]\nconflict = \"{policy}\"\npoll_interval = \"1ms\"\n"),
-    )
-    .await;
-    app.cycle().await;
-    // Quo edit now; the CRM edit stamped either later or earlier than it.
-    app.sandbox
-        .app_edit(
-            &app.quo_id("r-1"),
-            json!({"defaultFields": {"company": "Quo Co"}}),
-        )
-        .unwrap();
+    // The CRM edit is stamped either later or earlier than the Quo edit (now).
     let stamp = if crm_newer {
         "2099-01-01T00:00:00Z"
     } else {
         "2001-01-01T00:00:00Z"
     };
-    let edited = row("r-1", 1)
-        .replace("Acme 1", "CRM Co")
-        .replace("2026-01-01T00:00:00Z", stamp);
-    app.write_csv(&csv(&[edited]));
+    let app = TestApp::spawn_conflict(policy, stamp).await;
     let report = app.cycle().await;
     let conflicts = app.ledger().conflicts(10).await.unwrap();
     assert_eq!(conflicts.len(), 1, "{report:?}");

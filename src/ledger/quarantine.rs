@@ -165,6 +165,15 @@ impl Ledger {
         Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
     }
 
+    /// How many records are quarantined and not discarded.
+    pub async fn quarantined_count(&self) -> Result<i64, LedgerError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM quarantine WHERE discarded_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Every quarantined record including discarded ones, oldest first.
     pub async fn quarantined_all(&self) -> Result<Vec<QuarantineEntry>, LedgerError> {
         let rows = sqlx::query("SELECT * FROM quarantine ORDER BY first_seen, key")

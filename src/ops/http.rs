@@ -64,8 +64,8 @@ async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
     if let Ok(depth) = ops.ledger.inbox_depth().await {
         metrics::gauge!("quo_sync_inbox_depth").set(depth as f64);
     }
-    if let Ok(quarantined) = ops.ledger.quarantined().await {
-        metrics::gauge!("quo_sync_quarantined_records").set(quarantined.len() as f64);
+    if let Ok(quarantined) = ops.ledger.quarantined_count().await {
+        metrics::gauge!("quo_sync_quarantined_records").set(quarantined as f64);
     }
     handle.run_upkeep();
     (StatusCode::OK, handle.render())

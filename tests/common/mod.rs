@@ -35,23 +35,7 @@ pub fn csv(rows: &[String]) -> String {
 }
 
 /// The `[mapping]` of the shipped example config.
-pub const MAPPING: &str = r#"
-[mapping]
-default_region = "US"
-first_name = "first_name"
-last_name = "last_name"
-company = "company"
-role = "role"
-emails = [ { field = "email", label = "email" }, { field = "work_email", label = "work" } ]
-phones = [ { field = "phone", label = "phone" }, { field = "mobile", label = "mobile" } ]
-custom_fields = [
-  { name = "Lead Score", field = "lead_score" },
-  { name = "VIP", field = "vip" },
-  { name = "Renewal Date", field = "renewal_date" },
-  { name = "Tags", field = "tags", delimiter = ";" },
-  { name = "Website", field = "website" },
-]
-"#;
+pub const MAPPING: &str = include_str!("../fixtures/mapping.toml");
 
 /// A sandbox, a temp dir with config, CSV and ledger, and a cycle context.
 pub struct TestApp {
@@ -279,5 +263,30 @@ impl TestApp {
     /// The CSV text now.
     pub fn csv_text(&self) -> String {
         std::fs::read_to_string(&self.csv_path).unwrap()
+    }
+}
+
+impl TestApp {
+    /// Record `r-1` synced, then its company changed on both sides before the next cycle: to
+    /// "Quo Co" in the Quo app now, and to "CRM Co" in the CSV stamped `crm_updated_at`.
+    pub async fn spawn_conflict(policy: &str, crm_updated_at: &str) -> TestApp {
+        let app = TestApp::spawn_with(
+            &csv(&[row("r-1", 1)]),
+            SandboxConfig::default(),
+            &format!("[reverse]\nconflict = \"{policy}\"\npoll_interval = \"1ms\"\n"),
+        )
+        .await;
+        app.cycle().await;
+        app.sandbox
+            .app_edit(
+                &app.quo_id("r-1"),
+                serde_json::json!({"defaultFields": {"company": "Quo Co"}}),
+            )
+            .unwrap();
+        let edited = row("r-1", 1)
+            .replace("Acme 1", "CRM Co")
+            .replace("2026-01-01T00:00:00Z", crm_updated_at);
+        app.write_csv(&csv(&[edited]));
+        app
     }
 }
