@@ -102,6 +102,9 @@ pub async fn build_context(
                 conflict: Some(config.reverse.conflict),
                 fields: config.reverse.fields.clone(),
             },
+            max_delete_fraction: config.sync.max_delete_fraction,
+            allow_mass_delete: false,
+            inbox_retention: config.reverse.inbox_retention.0,
         },
         cancel,
         progress: Arc::default(),
@@ -158,6 +161,7 @@ pub async fn run_service(
         secret: config.reverse.webhook_secret.clone(),
         wake: wake.clone(),
         max_body_bytes: config.reverse.max_body_bytes,
+        read_timeout: config.reverse.read_timeout.0,
     });
     let mut routers: Vec<(std::net::SocketAddr, axum::Router)> = Vec::new();
     if let Some(addr) = config.service.listen {
@@ -200,6 +204,17 @@ pub async fn run_service(
         match run_cycle(ctx, Mode::Apply).await {
             Ok(_) => {}
             Err(SyncError::Mapping(e)) => return Err(SyncError::Mapping(e).into()),
+            Err(e) if e.is_auth_failure() => {
+                // Nothing will work until an operator fixes the key: stop, non-zero, so a
+                // supervisor notices instead of a service that looks up and does nothing.
+                error!(event = "auth_failed", error = %e, "Quo refused the API key; stopping");
+                ctx.cancel.cancel();
+                for server in servers {
+                    let _ = server.await;
+                }
+                ctx.ledger.close().await;
+                return Err(e.into());
+            }
             Err(e) => {
                 error!(event = "cycle_error", error = %e, "cycle failed; retrying at the next tick")
             }

@@ -279,12 +279,16 @@ pub enum OnSourceDelete {
 pub struct SyncConfig {
     /// `ignore` (default) or `delete`.
     pub on_source_delete: OnSourceDelete,
+    /// Largest share of the managed contacts (or CRM rows) one cycle may delete, default `0.1`;
+    /// above it the cycle deletes nothing and logs `mass_delete_refused`.
+    pub max_delete_fraction: f64,
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             on_source_delete: OnSourceDelete::Ignore,
+            max_delete_fraction: 0.1,
         }
     }
 }
@@ -392,7 +396,8 @@ pub struct ReverseConfig {
     pub listen: Option<SocketAddr>,
     /// Webhook signing secret (legacy base64 key or `whsec_…`).
     pub webhook_secret: Option<SecretString>,
-    /// Scan interval; default `1m` when no webhook secret is set, off otherwise unless given.
+    /// Scan interval; default `1m` without a webhook secret, `1h` with one (a slow fallback
+    /// that pulls what a missed delivery left behind); `0s` disables.
     pub poll_interval: Option<HumanDuration>,
     /// Conflict policy, default `newest`.
     pub conflict: ConflictPolicy,
@@ -402,6 +407,11 @@ pub struct ReverseConfig {
     pub on_quo_delete: OnQuoDelete,
     /// Largest webhook body accepted, bytes.
     pub max_body_bytes: usize,
+    /// How long applied webhook events are kept (for redelivery dedupe and audit), default `7d`.
+    pub inbox_retention: HumanDuration,
+    /// Longest a webhook delivery may take to arrive in full, default `10s` (slow clients get
+    /// 408 instead of holding a connection).
+    pub read_timeout: HumanDuration,
 }
 
 impl Default for ReverseConfig {
@@ -415,17 +425,20 @@ impl Default for ReverseConfig {
             fields: BTreeMap::new(),
             on_quo_delete: OnQuoDelete::Unlink,
             max_body_bytes: 256 * 1024,
+            inbox_retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+            read_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
 
 impl ReverseConfig {
-    /// The effective scan interval: explicit, else 1 minute when no webhook is configured.
+    /// The effective scan interval: explicit, else 1 minute without webhooks and 1 hour with
+    /// them (deliveries can be missed; the slow scan pulls what they left behind).
     pub fn effective_poll_interval(&self) -> Option<Duration> {
         match (&self.poll_interval, &self.webhook_secret) {
             (Some(interval), _) => Some(interval.0).filter(|d| !d.is_zero()),
             (None, None) => Some(Duration::from_secs(60)),
-            (None, Some(_)) => None,
+            (None, Some(_)) => Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -511,6 +524,13 @@ impl Config {
             return Err(bad(
                 "quo.requests_per_second",
                 "expected a whole number above 0".into(),
+            ));
+        }
+        let fraction = self.sync.max_delete_fraction;
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(bad(
+                "sync.max_delete_fraction",
+                format!("expected a share between 0 and 1, got {fraction}"),
             ));
         }
         if self.quo.concurrency == 0 {

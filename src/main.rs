@@ -55,8 +55,12 @@ enum Command {
         /// Start the built-in Quo sandbox and sync into it (demo; no API key, no network).
         #[arg(long)]
         with_sandbox: bool,
+        /// Lift the mass-deletion guard (sync.max_delete_fraction) for this process.
+        #[arg(long)]
+        allow_mass_delete: bool,
     },
-    /// Run one cycle, print a summary, exit (3 when records were quarantined).
+    /// Run one cycle, print a summary, exit (3 when records were quarantined or the
+    /// mass-deletion guard refused the cycle's deletions).
     Once {
         /// Start the built-in Quo sandbox and sync into it (demo; no API key, no network).
         #[arg(long)]
@@ -64,6 +68,9 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Lift the mass-deletion guard (sync.max_delete_fraction) for this cycle.
+        #[arg(long)]
+        allow_mass_delete: bool,
     },
     /// Show what a cycle would do, sending no writes.
     Plan {
@@ -357,7 +364,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             emit(json, &report, |r| r.render())?;
             Ok(0)
         }
-        Command::Run { with_sandbox } => {
+        Command::Run {
+            with_sandbox,
+            allow_mass_delete,
+        } => {
             let mut config = load_config(&cli.config)?;
             quo_sync::telemetry::init(config.log.format, &config.log.level);
             let _sandbox = if with_sandbox {
@@ -367,7 +377,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             };
             let cancel = app::shutdown_token();
             let metrics = quo_sync::ops::http::install_metrics();
-            let ctx = app::build_context(&config, "run", cancel.clone()).await?;
+            let mut ctx = app::build_context(&config, "run", cancel.clone()).await?;
+            ctx.settings.allow_mass_delete = allow_mass_delete;
             // In-flight work gets a grace period after SIGTERM; what is cut short is safe
             // (intents are committed before POSTs and resolved by lookup on the next start).
             tokio::select! {
@@ -381,7 +392,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Once { with_sandbox, json } => {
+        Command::Once {
+            with_sandbox,
+            json,
+            allow_mass_delete,
+        } => {
             let mut config = load_config(&cli.config)?;
             quo_sync::telemetry::init(config.log.format, &config.log.level);
             let _sandbox = if with_sandbox {
@@ -390,7 +405,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 None
             };
             let cancel = app::shutdown_token();
-            let ctx = app::build_context(&config, "once", cancel).await?;
+            let mut ctx = app::build_context(&config, "once", cancel).await?;
+            ctx.settings.allow_mass_delete = allow_mass_delete;
             let progress = ops::progress::watch_progress(&ctx);
             let report = app::once(&ctx, Mode::Apply).await;
             progress.abort();
@@ -414,11 +430,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     report.duration_ms as f64 / 1000.0
                 );
             }
-            Ok(if report.counts.quarantined > 0 {
-                EXIT_QUARANTINED
-            } else {
-                0
-            })
+            Ok(
+                if report.counts.quarantined > 0 || report.mass_delete_refused {
+                    EXIT_QUARANTINED
+                } else {
+                    0
+                },
+            )
         }
         Command::Plan { json, with_sandbox } => {
             let mut config = load_config(&cli.config)?;

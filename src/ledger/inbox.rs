@@ -73,6 +73,17 @@ impl Ledger {
         Ok(())
     }
 
+    /// Deletes applied events processed before `before` (RFC 3339); pending ones are kept
+    /// whatever their age. Returns how many went.
+    pub async fn inbox_prune(&self, before: &str) -> Result<u64, LedgerError> {
+        let done =
+            sqlx::query("DELETE FROM inbox WHERE processed_at IS NOT NULL AND processed_at < ?")
+                .bind(before)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Events waiting to be applied.
     pub async fn inbox_depth(&self) -> Result<i64, LedgerError> {
         Ok(

@@ -336,6 +336,19 @@ impl Ledger {
         Ok(())
     }
 
+    /// Forgets the stored source fingerprint, so the next cycle maps the record and compares it
+    /// with the snapshot instead of skipping it as unchanged.
+    pub async fn clear_fingerprint(&self, external_id: &ExternalId) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE records SET source_fingerprint = NULL, updated_at = ? WHERE external_id = ?",
+        )
+        .bind(now_text())
+        .bind(external_id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Stores the contact as Quo now has it (reverse path), keeping the agreed snapshot.
     pub async fn update_quo_contact(
         &self,

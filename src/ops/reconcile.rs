@@ -120,17 +120,11 @@ impl ReconcileReport {
 
 /// Lists every contact with our source, oldest first per page order.
 async fn list_ours(client: &QuoClient) -> Result<Vec<Contact>, QuoError> {
-    let mut all = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = client.list_page(token.as_deref()).await?;
-        all.extend(page.data);
-        match page.next_page_token.filter(|t| !t.is_empty()) {
-            Some(next) if Some(&next) != token.as_ref() => token = Some(next),
-            _ => break,
-        }
+    let listing = client.list_all().await?;
+    for odd in &listing.undecodable {
+        tracing::warn!(event = "quo_contact_undecodable", quo_id = odd.quo_id.as_deref(), external_id = odd.external_id.as_deref(), reason = %odd.reason, "a Quo contact could not be read; left out of reconcile");
     }
-    Ok(all)
+    Ok(listing.contacts)
 }
 
 /// Runs reconcile; `repair` adopts and relinks.

@@ -2,10 +2,11 @@
 //! produce a duplicate.
 //!
 //! Every attempt (retries included) waits for a limiter permit first, so all work sharing the key
-//! stays under Quo's per-key limit. Reads, PATCHes and DELETEs are idempotent and simply retried.
-//! A POST whose outcome is unknown (timeout, reset, 5xx after the request was sent) or that Quo
-//! answers with 409 is resolved by looking the contact up by `externalIds` + `sources` before any
-//! second POST.
+//! stays under Quo's per-key limit. Reads and DELETEs are idempotent and simply retried.
+//! A POST whose outcome is unknown (timeout, reset, 5xx after the request was sent) is resolved
+//! by waiting, then looking the contact up by `externalIds` + `sources`, before any second POST;
+//! a 409 is resolved by the lookup at once. A PATCH is not idempotent under merge semantics: its
+//! unknown outcome goes back to the caller, which reads the contact before deciding.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::limiter::RateLimiter;
 use super::retry::{RetryPolicy, is_retryable_status, retry_after};
-use super::types::{
-    Contact, ContactPage, CreateContact, CustomFieldDef, DataEnvelope, ErrorBody, PatchContact,
-};
+use super::types::{Contact, CreateContact, CustomFieldDef, DataEnvelope, ErrorBody, PatchContact};
 
 /// Largest page Quo serves.
 pub const MAX_PAGE: u32 = 50;
@@ -62,6 +61,24 @@ pub enum QuoError {
         route: &'static str,
         /// The decode error.
         reason: String,
+    },
+    /// A write whose outcome is unknown (timeout, reset, 5xx): it may have been applied. Only
+    /// the caller, after reading the contact again, can decide whether to send it again.
+    #[error("Quo {route}: outcome unknown: {reason}")]
+    Ambiguous {
+        /// The route.
+        route: &'static str,
+        /// What happened.
+        reason: String,
+    },
+    /// A list answered a page token it had already answered: the listing cannot be trusted to
+    /// be complete (absence from it proves nothing).
+    #[error("Quo {route}: the list repeated page token {token:?}; listing abandoned")]
+    Paging {
+        /// The route.
+        route: &'static str,
+        /// The repeated token (Quo's opaque string, shortened).
+        token: String,
     },
     /// Shutdown was requested while waiting.
     #[error("cancelled by shutdown")]
@@ -118,6 +135,81 @@ impl ClientStats {
             self.requests.load(Ordering::Relaxed),
             self.rate_limited.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// A contact in a list answer that does not decode: kept apart so one odd contact cannot fail
+/// a whole scan (it is quarantined by the caller, stage `quo`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UndecodableContact {
+    /// Its Quo id, when the answer had one.
+    pub quo_id: Option<String>,
+    /// Its externalId, when the answer had one.
+    pub external_id: Option<String>,
+    /// Why it did not decode.
+    pub reason: String,
+}
+
+/// One page of a contact listing, decoded contact by contact.
+#[derive(Debug, Clone, Default)]
+pub struct ContactList {
+    /// The contacts that decoded.
+    pub contacts: Vec<Contact>,
+    /// The ones that did not.
+    pub undecodable: Vec<UndecodableContact>,
+    /// Token for the next page; `None` on the last one.
+    pub next_page_token: Option<String>,
+}
+
+/// The wire form of a list answer before each contact is decoded on its own.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawContactPage {
+    #[serde(default)]
+    data: Vec<serde_json::Value>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+impl From<RawContactPage> for ContactList {
+    fn from(raw: RawContactPage) -> Self {
+        let mut list = ContactList {
+            next_page_token: raw.next_page_token.filter(|t| !t.is_empty()),
+            ..ContactList::default()
+        };
+        for value in raw.data {
+            let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
+            let (quo_id, external_id) = (text("id"), text("externalId"));
+            match serde_json::from_value::<Contact>(value) {
+                Ok(contact) => list.contacts.push(contact),
+                Err(e) => list.undecodable.push(UndecodableContact {
+                    quo_id,
+                    external_id,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        list
+    }
+}
+
+/// Remembers the page tokens of one listing and refuses a repeat (quo-api.md decision 7).
+#[derive(Debug, Default)]
+pub struct PageTokens {
+    seen: std::collections::HashSet<String>,
+}
+
+impl PageTokens {
+    /// Accepts the next token, or fails when the list already answered it.
+    pub fn next(&mut self, route: &'static str, token: &str) -> Result<(), QuoError> {
+        if self.seen.insert(token.to_string()) {
+            Ok(())
+        } else {
+            Err(QuoError::Paging {
+                route,
+                token: token.chars().take(40).collect(),
+            })
+        }
     }
 }
 
@@ -246,14 +338,54 @@ impl QuoClient {
         }
     }
 
-    /// `PATCH /v1/contacts/{id}`.
+    /// `PATCH /v1/contacts/{id}`, sent at most once per call where it could have landed.
+    ///
+    /// PATCH is not idempotent under merge semantics (an item without `id` is appended each
+    /// time), so an unknown outcome (timeout, reset, 5xx) comes back as [`QuoError::Ambiguous`]
+    /// instead of being resent: the caller reads the contact and decides. Requests that never
+    /// reached Quo, and 429s (refused before any work), are retried here.
     pub async fn update_contact(&self, id: &str, body: &PatchContact) -> Result<Contact, QuoError> {
         let route = "PATCH /v1/contacts/{id}";
         let path = format!("/v1/contacts/{}", encode_segment(id));
-        let envelope: DataEnvelope<Contact> = self
-            .call_idempotent(route, Method::PATCH, &path, &[], Some(body))
-            .await?;
-        Ok(envelope.data)
+        let mut retries = 0u32;
+        loop {
+            let (last, wait_hint, limited) = match self
+                .attempt(route, Method::PATCH, &path, &[], Some(body))
+                .await
+            {
+                Ok((status, bytes)) if status.is_success() => {
+                    let envelope: DataEnvelope<Contact> = decode(route, &bytes)?;
+                    return Ok(envelope.data);
+                }
+                Ok((status, bytes)) => return Err(rejected(status, &bytes)),
+                Err(AttemptError::NotSent(text)) => (text, None, false),
+                Err(AttemptError::Retryable {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    retry_after,
+                    text,
+                }) => (text, retry_after, true),
+                Err(AttemptError::Retryable { text, .. }) | Err(AttemptError::Ambiguous(text)) => {
+                    return Err(QuoError::Ambiguous {
+                        route,
+                        reason: text,
+                    });
+                }
+            };
+            retries = self
+                .before_retry(route, retries, last, wait_hint, limited)
+                .await?;
+        }
+    }
+
+    /// Waits as before retry number `retries + 1` (backoff with jitter), or gives up: for callers
+    /// that own a retry loop of their own (an ambiguous PATCH, read back before resending).
+    pub async fn backoff_before_retry(
+        &self,
+        route: &'static str,
+        retries: u32,
+        last: String,
+    ) -> Result<u32, QuoError> {
+        self.before_retry(route, retries, last, None, false).await
     }
 
     /// `DELETE /v1/contacts/{id}`; `false` when it was already gone.
@@ -272,41 +404,60 @@ impl QuoClient {
 
     /// Our contacts with this external id (`externalIds` + `sources`), oldest first.
     pub async fn find_by_external_id(&self, external_id: &str) -> Result<Vec<Contact>, QuoError> {
-        let mut found = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut query = vec![
-                ("externalIds", external_id.to_string()),
-                ("sources", self.source.clone()),
-                ("maxResults", MAX_PAGE.to_string()),
-            ];
-            if let Some(t) = &token {
-                query.push(("pageToken", t.clone()));
-            }
-            let page: ContactPage = self
-                .call_idempotent(
-                    "GET /v1/contacts",
-                    Method::GET,
-                    "/v1/contacts",
-                    &query,
-                    None::<&()>,
-                )
-                .await?;
-            found.extend(
-                page.data
-                    .into_iter()
-                    .filter(|c| c.external_id.as_deref() == Some(external_id)),
-            );
-            match page.next_page_token.filter(|t| !t.is_empty()) {
-                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
-                _ => break,
+        Ok(self
+            .find_by_external_ids(&[external_id])
+            .await?
+            .contacts
+            .into_iter()
+            .filter(|c| c.external_id.as_deref() == Some(external_id))
+            .collect())
+    }
+
+    /// Our contacts with any of these external ids, up to [`MAX_PAGE`] ids per request (one
+    /// request per 50 ids when each id has one contact). A repeated page token is an error.
+    pub async fn find_by_external_ids(
+        &self,
+        external_ids: &[&str],
+    ) -> Result<ContactList, QuoError> {
+        let route = "GET /v1/contacts";
+        let mut found = ContactList::default();
+        for chunk in external_ids.chunks(MAX_PAGE as usize) {
+            let mut tokens = PageTokens::default();
+            let mut token: Option<String> = None;
+            loop {
+                let mut query: Vec<(&str, String)> = chunk
+                    .iter()
+                    .map(|id| ("externalIds", id.to_string()))
+                    .collect();
+                query.push(("sources", self.source.clone()));
+                query.push(("maxResults", MAX_PAGE.to_string()));
+                if let Some(t) = &token {
+                    query.push(("pageToken", t.clone()));
+                }
+                let raw: RawContactPage = self
+                    .call_idempotent(route, Method::GET, "/v1/contacts", &query, None::<&()>)
+                    .await?;
+                let page = ContactList::from(raw);
+                found.contacts.extend(
+                    page.contacts
+                        .into_iter()
+                        .filter(|c| c.external_id.as_deref().is_some_and(|e| chunk.contains(&e))),
+                );
+                found.undecodable.extend(page.undecodable);
+                match page.next_page_token {
+                    Some(next) => {
+                        tokens.next(route, &next)?;
+                        token = Some(next);
+                    }
+                    None => break,
+                }
             }
         }
         Ok(found)
     }
 
-    /// One page of our contacts (`sources=<ours>`, 50 a page).
-    pub async fn list_page(&self, page_token: Option<&str>) -> Result<ContactPage, QuoError> {
+    /// One page of our contacts (`sources=<ours>`, 50 a page), decoded contact by contact.
+    pub async fn list_page(&self, page_token: Option<&str>) -> Result<ContactList, QuoError> {
         let mut query = vec![
             ("sources", self.source.clone()),
             ("maxResults", MAX_PAGE.to_string()),
@@ -314,14 +465,35 @@ impl QuoClient {
         if let Some(t) = page_token {
             query.push(("pageToken", t.to_string()));
         }
-        self.call_idempotent(
-            "GET /v1/contacts",
-            Method::GET,
-            "/v1/contacts",
-            &query,
-            None::<&()>,
-        )
-        .await
+        let raw: RawContactPage = self
+            .call_idempotent(
+                "GET /v1/contacts",
+                Method::GET,
+                "/v1/contacts",
+                &query,
+                None::<&()>,
+            )
+            .await?;
+        Ok(raw.into())
+    }
+
+    /// Every contact with our source, page by page; a repeated page token is an error.
+    pub async fn list_all(&self) -> Result<ContactList, QuoError> {
+        let mut all = ContactList::default();
+        let mut tokens = PageTokens::default();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.list_page(token.as_deref()).await?;
+            all.contacts.extend(page.contacts);
+            all.undecodable.extend(page.undecodable);
+            match page.next_page_token {
+                Some(next) => {
+                    tokens.next("GET /v1/contacts", &next)?;
+                    token = Some(next);
+                }
+                None => return Ok(all),
+            }
+        }
     }
 
     /// `POST /v1/contacts`, never creating a duplicate: a 409 or an unknown outcome is resolved
@@ -330,7 +502,7 @@ impl QuoClient {
         let route = "POST /v1/contacts";
         let mut retries = 0u32;
         loop {
-            let (last, wait_hint) = match self
+            let (last, wait_hint, limited, look_first) = match self
                 .attempt(route, Method::POST, "/v1/contacts", &[], Some(body))
                 .await
             {
@@ -341,6 +513,7 @@ impl QuoClient {
                         adopted: false,
                     });
                 }
+                // Quo says it exists: look now (no wait needed for a definite answer).
                 Ok((StatusCode::CONFLICT, _)) => {
                     if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
                         return Ok(CreateOutcome {
@@ -348,45 +521,37 @@ impl QuoClient {
                             adopted: true,
                         });
                     }
-                    (
-                        format!(
-                            "409 on create, yet no contact with externalId {:?} is listed",
-                            body.external_id
-                        ),
-                        None,
-                    )
+                    let text = format!(
+                        "409 on create, yet no contact with externalId {:?} is listed",
+                        body.external_id
+                    );
+                    (text, None, false, true)
                 }
                 Ok((status, bytes)) => return Err(rejected(status, &bytes)),
                 // Never reached Quo, or refused by the rate limit before any work: plain retry.
-                Err(AttemptError::NotSent(text)) => (text, None),
+                Err(AttemptError::NotSent(text)) => (text, None, false, false),
                 Err(AttemptError::Retryable {
                     status: StatusCode::TOO_MANY_REQUESTS,
                     retry_after,
                     text,
-                }) => (text, retry_after),
-                // The write may have landed: look before sending it again.
+                }) => (text, retry_after, true, false),
+                // The write may have landed, and a list may lag the write: wait first, then
+                // look, then send again only if nothing is there.
                 Err(AttemptError::Retryable {
                     retry_after, text, ..
-                }) => {
-                    if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
-                        return Ok(CreateOutcome {
-                            contact,
-                            adopted: true,
-                        });
-                    }
-                    (text, retry_after)
-                }
-                Err(AttemptError::Ambiguous(text)) => {
-                    if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
-                        return Ok(CreateOutcome {
-                            contact,
-                            adopted: true,
-                        });
-                    }
-                    (text, None)
-                }
+                }) => (text, retry_after, false, true),
+                Err(AttemptError::Ambiguous(text)) => (text, None, false, true),
             };
-            retries = self.before_retry(route, retries, last, wait_hint).await?;
+            retries = self
+                .before_retry(route, retries, last, wait_hint, limited)
+                .await?;
+            if look_first && let Some(contact) = self.lookup_for_adoption(&body.external_id).await?
+            {
+                return Ok(CreateOutcome {
+                    contact,
+                    adopted: true,
+                });
+            }
         }
     }
 
@@ -414,6 +579,7 @@ impl QuoClient {
         retries: u32,
         last: String,
         retry_after: Option<Duration>,
+        rate_limited: bool,
     ) -> Result<u32, QuoError> {
         if !self.retry.may_retry(retries) {
             return Err(QuoError::Exhausted {
@@ -424,6 +590,10 @@ impl QuoClient {
         }
         let retry = retries + 1;
         let wait = self.retry.backoff(retry, retry_after);
+        if rate_limited {
+            // Quo counts per key: every worker waits, not only this one.
+            self.limiter.pause_for(wait);
+        }
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("quo_sync_quo_retries_total", "route" => route).increment(1);
         tracing::debug!(route, retry, wait_ms = wait.as_millis() as u64, reason = %last, "retrying Quo request");
@@ -442,7 +612,7 @@ impl QuoClient {
     ) -> Result<T, QuoError> {
         let mut retries = 0u32;
         loop {
-            let (last, wait_hint) =
+            let (last, wait_hint, limited) =
                 match self.attempt(route, method.clone(), path, query, body).await {
                     Ok((status, bytes)) if status.is_success() => {
                         if bytes.is_empty() {
@@ -452,13 +622,17 @@ impl QuoClient {
                     }
                     Ok((status, bytes)) => return Err(rejected(status, &bytes)),
                     Err(AttemptError::NotSent(text)) | Err(AttemptError::Ambiguous(text)) => {
-                        (text, None)
+                        (text, None, false)
                     }
                     Err(AttemptError::Retryable {
-                        retry_after, text, ..
-                    }) => (text, retry_after),
+                        status,
+                        retry_after,
+                        text,
+                    }) => (text, retry_after, status == StatusCode::TOO_MANY_REQUESTS),
                 };
-            retries = self.before_retry(route, retries, last, wait_hint).await?;
+            retries = self
+                .before_retry(route, retries, last, wait_hint, limited)
+                .await?;
         }
     }
 

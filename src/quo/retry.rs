@@ -57,14 +57,35 @@ pub fn is_retryable_status(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare for APIs and treated as absent).
+/// Longest `Retry-After` taken at face value before the policy's own cap applies: anything a
+/// server says beyond a day is treated as a day (and then capped), never trusted to build a
+/// `Duration` that could overflow.
+const RETRY_AFTER_CEILING: Duration = Duration::from_secs(86_400);
+
+/// `Retry-After` as a wait: delay-seconds (integer or decimal) or an HTTP-date, clamped to
+/// `[0, 1 day]`. Garbage, negative and non-finite values count as absent; a date in the past
+/// means "now". Callers cap it further with `RetryPolicy::backoff`.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    value
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    parse_retry_after(value, chrono::Utc::now())
+}
+
+/// The parser behind [`retry_after`], with the clock given (tests).
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    if let Ok(seconds) = value.parse::<f64>() {
+        if !seconds.is_finite() || seconds < 0.0 {
+            return None;
+        }
+        let clamped = seconds.min(RETRY_AFTER_CEILING.as_secs_f64());
+        return Some(Duration::from_secs_f64(clamped));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = date
+        .with_timezone(&chrono::Utc)
+        .signed_duration_since(now)
+        .to_std()
+        .unwrap_or_default();
+    Some(wait.min(RETRY_AFTER_CEILING))
 }
 
 #[cfg(test)]
@@ -98,14 +119,50 @@ mod tests {
     }
 
     #[test]
-    fn parses_retry_after_seconds() {
+    fn parses_retry_after_seconds_and_dates() {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, "3".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
-        headers.insert(
-            RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:27:50Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(10))
         );
-        assert_eq!(retry_after(&headers), None);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+    }
+
+    #[test]
+    fn hostile_retry_after_never_panics_and_is_clamped() {
+        let policy = RetryPolicy::default();
+        let now = chrono::Utc::now();
+        for hostile in [
+            "1e20",
+            "1e308",
+            "-5",
+            "NaN",
+            "inf",
+            "-inf",
+            "99999999999999999999999",
+            "",
+            "soon",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "0x10",
+            "3; drop",
+        ] {
+            let parsed = parse_retry_after(hostile, now);
+            assert!(
+                parsed.is_none_or(|d| d <= RETRY_AFTER_CEILING),
+                "{hostile}: {parsed:?}"
+            );
+            assert!(policy.backoff(1, parsed) <= policy.cap, "{hostile}");
+        }
+        assert_eq!(parse_retry_after("1e20", now), Some(RETRY_AFTER_CEILING));
+        assert_eq!(parse_retry_after("-5", now), None);
     }
 }

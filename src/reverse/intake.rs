@@ -4,16 +4,21 @@
 //!
 //! Echoes of our own writes are recognised without a request when the event carries the
 //! `updatedAt` the ledger already stored from our write's response.
+//!
+//! Absence is not deletion: a linked contact missing from a scan is fetched by id, and only a
+//! 404 counts as deleted. A scan whose paging goes wrong (a repeated page token, retries run out)
+//! is abandoned without concluding anything, and tried again next cycle. One contact that cannot
+//! be read (an undecodable body, a persistent 5xx) is set apart for that record alone.
 
 use std::collections::{HashMap, HashSet};
 
 use futures::TryStreamExt;
 use sqlx::Row;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::domain::{ExternalId, QuoContactId};
 use crate::ledger::{Ledger, LedgerError};
-use crate::quo::client::{QuoClient, QuoError};
+use crate::quo::client::{PageTokens, QuoClient, QuoError};
 use crate::quo::types::Contact;
 
 /// Why intake failed.
@@ -46,6 +51,20 @@ pub struct QuoChanges {
     pub scanned: bool,
     /// Our contacts in Quo that the ledger does not know (see `reconcile`).
     pub orphans: u64,
+    /// Linked contacts that could not be read this cycle; their records are quarantined (stage
+    /// `quo`) and their events stay pending.
+    pub unreadable: Vec<UnreadableContact>,
+}
+
+/// A linked contact Quo would not give us in readable form this cycle.
+#[derive(Debug, Clone)]
+pub struct UnreadableContact {
+    /// The record it belongs to.
+    pub external_id: ExternalId,
+    /// Its Quo id.
+    pub quo_id: String,
+    /// Why.
+    pub reason: String,
 }
 
 impl QuoChanges {
@@ -93,21 +112,56 @@ pub async fn gather(
             }
         }
         fetched.insert(quo_id.clone());
-        match client.get_contact(&quo_id).await? {
-            None => changes
-                .deleted
-                .push((row.external_id.clone(), QuoContactId(quo_id))),
-            Some(contact)
-                if contact.updated_at.is_some() && contact.updated_at == row.quo_updated_at => {}
-            Some(contact) => {
-                changes.changed.insert(external_id, contact);
-            }
-        }
+        confirm(
+            client,
+            &row.external_id,
+            &quo_id,
+            row.quo_updated_at.as_deref(),
+            &mut changes,
+        )
+        .await?;
     }
     if scan {
-        scan_all(ledger, client, &mut changes, &fetched).await?;
+        match scan_all(ledger, client, &mut changes, &fetched).await {
+            Ok(()) => {}
+            Err(IntakeError::Quo(e)) if !e.is_fatal() => {
+                // Nothing is concluded from a partial listing; the next cycle scans again.
+                warn!(event = "scan_failed", error = %e, "Quo scan abandoned; no deletion concluded, retrying next cycle");
+                metrics::counter!("quo_sync_scans_failed_total").increment(1);
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(changes)
+}
+
+/// Reads one linked contact by id: deleted only on a 404; changed when its `updatedAt` moved;
+/// unreadable (set apart, not fatal) on anything else but a bad key or shutdown.
+async fn confirm(
+    client: &QuoClient,
+    external_id: &ExternalId,
+    quo_id: &str,
+    stored_updated_at: Option<&str>,
+    changes: &mut QuoChanges,
+) -> Result<(), IntakeError> {
+    match client.get_contact(quo_id).await {
+        Ok(None) => changes
+            .deleted
+            .push((external_id.clone(), QuoContactId(quo_id.to_string()))),
+        Ok(Some(contact))
+            if contact.updated_at.is_some()
+                && contact.updated_at.as_deref() == stored_updated_at => {}
+        Ok(Some(contact)) => {
+            changes.changed.insert(external_id.to_string(), contact);
+        }
+        Err(e) if e.is_fatal() => return Err(e.into()),
+        Err(e) => changes.unreadable.push(UnreadableContact {
+            external_id: external_id.clone(),
+            quo_id: quo_id.to_string(),
+            reason: e.to_string(),
+        }),
+    }
+    Ok(())
 }
 
 /// Lists every contact with our source and compares `updatedAt` with the ledger.
@@ -126,12 +180,28 @@ async fn scan_all(
     }
     drop(rows);
     let mut seen: HashSet<String> = HashSet::new();
+    let mut tokens = PageTokens::default();
     let mut token: Option<String> = None;
     let mut pages = 0u32;
+    let mut changed = HashMap::new();
+    let mut unreadable = Vec::new();
     loop {
         let page = client.list_page(token.as_deref()).await?;
         pages += 1;
-        for contact in page.data {
+        for odd in page.undecodable {
+            let Some(quo_id) = odd.quo_id else { continue };
+            seen.insert(quo_id.clone());
+            if let Some((external_id, _)) = known.get(&quo_id)
+                && let Ok(external_id) = ExternalId::parse(external_id)
+            {
+                unreadable.push(UnreadableContact {
+                    external_id,
+                    quo_id,
+                    reason: format!("Quo's copy does not decode: {}", odd.reason),
+                });
+            }
+        }
+        for contact in page.contacts {
             seen.insert(contact.id.clone());
             match known.get(&contact.id) {
                 None => changes.orphans += 1,
@@ -140,23 +210,33 @@ async fn scan_all(
                         continue;
                     }
                     if contact.updated_at.is_none() || contact.updated_at != *stored {
-                        changes.changed.insert(external_id.clone(), contact);
+                        changed.insert(external_id.clone(), contact);
                     }
                 }
             }
         }
-        match page.next_page_token.filter(|t| !t.is_empty()) {
-            Some(next) if Some(&next) != token.as_ref() => token = Some(next),
-            _ => break,
+        match page.next_page_token {
+            Some(next) => {
+                tokens.next("GET /v1/contacts", &next)?;
+                token = Some(next);
+            }
+            None => break,
         }
     }
-    for (quo_id, (external_id, _)) in &known {
-        if !seen.contains(quo_id)
-            && !already.contains(quo_id)
-            && let Ok(id) = ExternalId::parse(external_id)
-        {
-            changes.deleted.push((id, QuoContactId(quo_id.clone())));
+    // The listing is complete: only now does it say anything. Missing contacts are confirmed one
+    // by one (a lagging list must not unlink, recreate or delete anything).
+    changes.changed.extend(changed);
+    changes.unreadable.extend(unreadable);
+    let mut missing = 0u64;
+    for (quo_id, (external_id, stored)) in &known {
+        if seen.contains(quo_id) || already.contains(quo_id) {
+            continue;
         }
+        let Ok(id) = ExternalId::parse(external_id) else {
+            continue;
+        };
+        missing += 1;
+        confirm(client, &id, quo_id, stored.as_deref(), changes).await?;
     }
     changes.scanned = true;
     info!(
@@ -164,6 +244,7 @@ async fn scan_all(
         pages,
         contacts = seen.len(),
         changed = changes.changed.len(),
+        missing_from_list = missing,
         deleted = changes.deleted.len(),
         orphans = changes.orphans,
         "scanned Quo for changes"

@@ -31,6 +31,8 @@ pub struct Receiver {
     pub wake: Arc<Notify>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// Longest the body may take to arrive (a slow client gets 408, not a held connection).
+    pub read_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -69,12 +71,22 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> (StatusCode, String) {
-    let bytes = match axum::body::to_bytes(body, receiver.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
+    let read = axum::body::to_bytes(body, receiver.max_body_bytes);
+    let bytes = match tokio::time::timeout(receiver.read_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
             return refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("body larger than {} bytes", receiver.max_body_bytes),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "body not received within {}s",
+                    receiver.read_timeout.as_secs_f64()
+                ),
             );
         }
     };

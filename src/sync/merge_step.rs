@@ -1,14 +1,16 @@
-//! The cycle's reverse step: Quo-side changes merged three-way with the CRM record, CRM
-//! write-back in one batch after the read, and Quo-side deletions applied by policy.
+//! Phase 1, intake, and the reverse half of the cycle: Quo-side changes merged three-way with
+//! the CRM record, CRM write-back in one batch after the read, and Quo-side deletions applied by
+//! policy. Only what a side confirmed is committed: after a CRM write the ledger holds what Quo
+//! has, so a follow-up PATCH that fails is retried from the CRM's record next cycle.
 
 use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
-use super::{Action, Cycle, Mode, PlannedOp, SyncError, Work, WriteBack};
+use super::{Action, Cycle, Mode, PlannedOp, SyncError, Update, Work, WriteBack};
 use crate::config::OnQuoDelete;
-use crate::domain::{ExternalId, QuoContactId};
-use crate::ledger::{NewQuarantine, QuarantineStage, RecordState, SyncedRecord};
+use crate::domain::{ExternalId, QuoContactId, Snapshot};
+use crate::ledger::{LedgerError, NewQuarantine, QuarantineStage, RecordState, SyncedRecord};
 use crate::quo::types::Contact;
 use crate::reverse::intake::{self, QuoChanges};
 use crate::reverse::merge::{MergeOutcome, merge};
@@ -23,8 +25,43 @@ fn parse_time(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 impl Cycle {
+    /// Phase 1: Quo-side changes and deletions, before the source is read (deletions change
+    /// what the forward pass must do; edits are merged when their record is read).
+    pub(super) async fn intake(&self) -> Result<QuoChanges, SyncError> {
+        if !self.ctx.settings.reverse_enabled {
+            return Ok(QuoChanges::default());
+        }
+        let mut changes = self.gather_quo_changes().await?;
+        for (external_id, quo_id) in &changes.deleted {
+            self.apply_quo_delete(external_id, quo_id).await?;
+        }
+        for odd in std::mem::take(&mut changes.unreadable) {
+            warn!(event = "record_quarantined", external_id = %odd.external_id, quo_id = %odd.quo_id, reason = %odd.reason, "Quo's copy of the contact could not be read");
+            self.unsettled
+                .lock()
+                .await
+                .insert(odd.external_id.to_string());
+            let reason = format!("contact {}: {}", odd.quo_id, odd.reason);
+            self.quarantine(
+                NewQuarantine {
+                    external_id: Some(odd.external_id.as_str()),
+                    location: "quo",
+                    stage: QuarantineStage::Quo,
+                    field: None,
+                    value: None,
+                    reason: &reason,
+                    raw: None,
+                },
+                PlannedOp::new(odd.external_id.as_str(), Action::Quarantine).with_reason(&reason),
+            )
+            .await?;
+        }
+        *self.quo_changed.lock().await = std::mem::take(&mut changes.changed);
+        Ok(changes)
+    }
+
     /// Inbox events, plus a scan when `reverse.poll_interval` says one is due.
-    pub(super) async fn gather_quo_changes(&self) -> Result<QuoChanges, SyncError> {
+    async fn gather_quo_changes(&self) -> Result<QuoChanges, SyncError> {
         let ledger = &self.ctx.ledger;
         let scan = match self.ctx.settings.poll_interval {
             None => false,
@@ -49,7 +86,7 @@ impl Cycle {
     }
 
     /// A managed contact is gone from Quo: apply `reverse.on_quo_delete`, never silently.
-    pub(super) async fn apply_quo_delete(
+    async fn apply_quo_delete(
         &self,
         external_id: &ExternalId,
         quo_id: &QuoContactId,
@@ -73,34 +110,18 @@ impl Cycle {
                       "contact deleted in Quo; the CRM record is kept{}",
                       if policy == OnQuoDelete::Recreate { " and the contact will be recreated" } else { " and unlinked" });
             }
-            OnQuoDelete::DeleteInCrm => match self
-                .ctx
-                .source
-                .delete_records(std::slice::from_ref(external_id))
-                .await
-            {
-                Ok(report) if report.written.contains(external_id) => {
-                    self.ctx
-                        .ledger
-                        .unlink(external_id, RecordState::Deleted)
-                        .await?;
-                    warn!(event = "crm_record_deleted", external_id = %external_id, quo_id = %quo_id, "contact deleted in Quo; CRM record deleted (reverse.on_quo_delete = \"delete_in_crm\")");
-                    self.counts.lock().await.written_to_crm += 1;
-                }
-                Ok(report) => {
-                    let reason = report
-                        .failed
-                        .first()
-                        .map(|(_, r)| r.clone())
-                        .unwrap_or_else(|| "conflict".into());
-                    warn!(event = "crm_delete_failed", external_id = %external_id, reason = %reason, "could not delete the CRM record; will retry");
-                    self.unsettled.lock().await.insert(external_id.to_string());
-                }
-                Err(e) => {
-                    warn!(event = "crm_delete_failed", external_id = %external_id, error = %e, "could not delete the CRM record; will retry");
-                    self.unsettled.lock().await.insert(external_id.to_string());
-                }
-            },
+            OnQuoDelete::DeleteInCrm => {
+                // After the read: the CRM adapter rewrites only what it has just read.
+                self.quo_deleted
+                    .lock()
+                    .await
+                    .insert(external_id.to_string());
+                self.crm_deletes
+                    .lock()
+                    .await
+                    .push((external_id.clone(), quo_id.clone()));
+                return Ok(());
+            }
         }
         self.operations.lock().await.push(op);
         Ok(())
@@ -160,35 +181,17 @@ impl Cycle {
             .as_ref()
             .and_then(|r| r.updated_at)
             .or_else(|| parse_time(row.crm_updated_at.as_deref()));
-        let outcome = merge(
-            &base,
-            &crm,
-            &quo,
-            crm_modified,
-            parse_time(contact.updated_at.as_deref()),
-            &self.ctx.settings.merge_policy,
-        );
-        for conflict in &outcome.conflicts {
-            warn!(event = "conflict", external_id = %external_id, quo_id = %quo_id, field = %conflict.field,
-                  crm_value = %conflict.crm, quo_value = %conflict.quo, winner = conflict.winner.as_str(), policy = conflict.policy,
-                  "field changed on both sides");
-            metrics::counter!("quo_sync_conflicts_total").increment(1);
-            if self.mode == Mode::Apply {
-                self.ctx
-                    .ledger
-                    .record_conflict(
-                        external_id.as_str(),
-                        &conflict.field,
-                        &conflict.base,
-                        &conflict.crm,
-                        &conflict.quo,
-                        conflict.winner.as_str(),
-                        conflict.policy,
-                        Some(&self.run_id),
-                    )
-                    .await?;
-            }
-        }
+        let outcome = self
+            .merge_recorded(
+                &external_id,
+                &quo_id,
+                &base,
+                &crm,
+                &quo,
+                crm_modified,
+                contact.updated_at.as_deref(),
+            )
+            .await?;
         let fingerprint = record.as_ref().map(|r| self.mapper.fingerprint(r));
         if !outcome.to_crm.is_empty() {
             if self.mode == Mode::DryRun {
@@ -214,15 +217,20 @@ impl Cycle {
             return Ok(None);
         }
         if !outcome.to_quo.is_empty() {
+            let read = record.is_some();
             let record = record.unwrap_or_else(|| unread_record(&external_id));
-            return Ok(Some(Work::Update {
+            return Ok(Some(Work::Update(Box::new(Update {
                 record,
-                snapshot: outcome.merged,
+                read,
+                base,
+                crm,
+                desired: outcome.merged,
                 fingerprint,
                 quo_id,
-                contact: Some(contact),
+                seen: Some(contact),
                 changed: outcome.to_quo,
-            }));
+                crm_modified,
+            }))));
         }
         // Both sides already agree (an echo, or the same edit on both): remember Quo's copy.
         if self.mode == Mode::Apply {
@@ -240,6 +248,50 @@ impl Cycle {
         }
         self.counts.lock().await.unchanged += 1;
         Ok(None)
+    }
+
+    /// Merges three-way and records every conflict (log, metric, `conflicts` table).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn merge_recorded(
+        &self,
+        external_id: &ExternalId,
+        quo_id: &QuoContactId,
+        base: &Snapshot,
+        crm: &Snapshot,
+        quo: &Snapshot,
+        crm_modified: Option<chrono::DateTime<chrono::Utc>>,
+        quo_updated_at: Option<&str>,
+    ) -> Result<MergeOutcome, LedgerError> {
+        let outcome = merge(
+            base,
+            crm,
+            quo,
+            crm_modified,
+            parse_time(quo_updated_at),
+            &self.ctx.settings.merge_policy,
+        );
+        for conflict in &outcome.conflicts {
+            warn!(event = "conflict", external_id = %external_id, quo_id = %quo_id, field = %conflict.field,
+                  crm_value = %conflict.crm, quo_value = %conflict.quo, winner = conflict.winner.as_str(), policy = conflict.policy,
+                  "field changed on both sides");
+            metrics::counter!("quo_sync_conflicts_total").increment(1);
+            if self.mode == Mode::Apply {
+                self.ctx
+                    .ledger
+                    .record_conflict(
+                        external_id.as_str(),
+                        &conflict.field,
+                        &conflict.base,
+                        &conflict.crm,
+                        &conflict.quo,
+                        conflict.winner.as_str(),
+                        conflict.policy,
+                        Some(&self.run_id),
+                    )
+                    .await?;
+            }
+        }
+        Ok(outcome)
     }
 
     /// A Quo-side change whose record an incremental read did not return (so it is unchanged).
@@ -306,13 +358,26 @@ impl Cycle {
                     .record
                     .as_ref()
                     .map(|r| self.mapper.fingerprint(&apply_change(r, &change.fields)));
+                // Commit only what both sides confirmed. With nothing left for Quo, that is the
+                // merge. Otherwise it is Quo's copy, and the CRM's new fingerprint is held back
+                // until Quo confirms too: if the follow-up PATCH fails, the next cycle finds the
+                // CRM record changed against that snapshot and patches it then.
+                let quo_has = self.mapper.from_contact(&wb.contact);
+                let (agreed, committed_fingerprint) = if wb.outcome.to_quo.is_empty() {
+                    (&wb.outcome.merged, fingerprint.as_deref())
+                } else {
+                    (&quo_has, None)
+                };
+                if committed_fingerprint.is_none() && !wb.outcome.to_quo.is_empty() {
+                    self.ctx.ledger.clear_fingerprint(&wb.external_id).await?;
+                }
                 self.ctx
                     .ledger
                     .commit_synced(SyncedRecord {
                         external_id: &wb.external_id,
                         quo_id: &wb.quo_id,
-                        source_fingerprint: fingerprint.as_deref(),
-                        snapshot: &wb.outcome.merged,
+                        source_fingerprint: committed_fingerprint,
+                        snapshot: agreed,
                         contact: &wb.contact,
                         crm_updated_at: Some(now.to_rfc3339()),
                     })
@@ -328,18 +393,23 @@ impl Cycle {
                 );
                 if !wb.outcome.to_quo.is_empty() {
                     let MergeOutcome { merged, to_quo, .. } = wb.outcome;
-                    let record = wb
-                        .record
-                        .clone()
-                        .unwrap_or_else(|| unread_record(&wb.external_id));
-                    follow_up.push(Work::Update {
+                    let read = wb.record.is_some();
+                    let record = match &wb.record {
+                        Some(r) => apply_change(r, &change.fields),
+                        None => unread_record(&wb.external_id),
+                    };
+                    follow_up.push(Work::Update(Box::new(Update {
                         record,
-                        snapshot: merged,
+                        read,
+                        base: quo_has,
+                        crm: merged.clone(),
+                        desired: merged,
                         fingerprint,
                         quo_id: wb.quo_id,
-                        contact: Some(wb.contact),
+                        seen: Some(wb.contact),
                         changed: to_quo,
-                    });
+                        crm_modified: Some(now),
+                    })));
                 }
             } else {
                 let reason = report

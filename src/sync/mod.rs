@@ -1,39 +1,47 @@
-//! The CRM → Quo cycle: read the source, compare each record with the ledger, and send the
-//! smallest set of requests that brings Quo into agreement.
+//! The cycle: read the CRM, decide per record what Quo needs, and send the smallest set of
+//! requests that brings both sides into agreement, committing only what each side confirmed.
 //!
-//! Unchanged records cost zero requests (and, through the source fingerprint, not even a mapping
-//! pass); new records one POST; changed records one PATCH. Requests run concurrently up to
-//! `quo.concurrency`, all behind the client's shared rate limiter, and every confirmed outcome is
-//! committed to the ledger before the worker takes the next record.
+//! A cycle runs in named phases (each in its own file):
+//! 1. **intake** (`merge_step.rs`): Quo-side changes, from the webhook inbox and, when due, a scan.
+//! 2. **read → plan** (`read.rs`): the source is streamed; each record is compared with the ledger
+//!    (unchanged records cost nothing, not even a mapping pass) and becomes a unit of [`Work`].
+//! 3. **freshen** (`freshen.rs`): before any PATCH, Quo's current copy of the contacts about to be
+//!    patched is read, 50 per request, and merged three-way where Quo changed since our copy.
+//! 4. **execute** (`execute.rs`): POST / PATCH / DELETE on a bounded worker pool behind the shared
+//!    rate limiter; every confirmed outcome is committed before the worker takes the next record.
+//! 5. **settle** (`settle.rs`): CRM write-back, deletions (behind the mass-deletion guard),
+//!    interrupted creates, the incremental high-water mark and the webhook inbox.
 
+mod execute;
+mod freshen;
 mod merge_step;
 pub mod payload;
 pub mod plan;
+mod read;
+mod settle;
 
 pub use plan::{Action, PlannedOp};
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, Semaphore, mpsc};
-use tokio::task::JoinSet;
+use chrono::{DateTime, Utc};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 
 use crate::config::{OnQuoDelete, OnSourceDelete};
 use crate::domain::{ExternalId, QuoContactId, Snapshot};
-use crate::ledger::LedgerIndex;
-use crate::ledger::{
-    Ledger, LedgerError, NewQuarantine, QuarantineStage, RecordState, RunCounts, SyncedRecord,
-};
+use crate::ledger::{Ledger, LedgerError, RunCounts};
 use crate::mapping::{Mapper, MappingConfigError};
 use crate::quo::client::{QuoClient, QuoError};
 use crate::quo::types::Contact;
-use crate::reverse::intake::{IntakeError, QuoChanges};
+use crate::reverse::intake::IntakeError;
 use crate::reverse::merge::{MergeOutcome, MergePolicy};
-use crate::source::{ReadRequest, Source, SourceError, SourceItem, SourceRecord};
+use crate::source::{Source, SourceError, SourceRecord};
 use payload::Managed;
-use std::collections::{HashMap, HashSet};
 
 /// Meta key: when the source was last read in full.
 const LAST_FULL_READ: &str = "source.last_full_read_at";
@@ -58,6 +66,18 @@ pub enum SyncError {
     /// Gathering Quo-side changes failed.
     #[error("reverse intake: {0}")]
     Intake(#[from] IntakeError),
+}
+
+impl SyncError {
+    /// Whether Quo refused the API key: nothing will work until an operator fixes it, so a
+    /// service must stop and say so (`auth_failed`, exit 1) rather than keep cycling.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Quo(QuoError::Unauthorized { .. })
+                | SyncError::Intake(IntakeError::Quo(QuoError::Unauthorized { .. }))
+        )
+    }
 }
 
 /// Whether a cycle writes.
@@ -88,6 +108,13 @@ pub struct CycleSettings {
     pub poll_interval: Option<Duration>,
     /// Conflict policy and per-field settings.
     pub merge_policy: MergePolicy,
+    /// `sync.max_delete_fraction`: a cycle that would delete more than this share of the
+    /// managed contacts (or CRM rows) deletes nothing.
+    pub max_delete_fraction: f64,
+    /// `--allow-mass-delete`: lift the guard for this process.
+    pub allow_mass_delete: bool,
+    /// `reverse.inbox_retention`: applied webhook events older than this are pruned.
+    pub inbox_retention: Duration,
 }
 
 /// Everything a cycle works with.
@@ -122,6 +149,8 @@ pub struct CycleReport {
     pub operations: Vec<PlannedOp>,
     /// Whether shutdown cut the cycle short.
     pub interrupted: bool,
+    /// Deletions the mass-deletion guard refused (nothing was deleted).
+    pub mass_delete_refused: bool,
 }
 
 impl CycleReport {
@@ -129,6 +158,8 @@ impl CycleReport {
     pub fn status(&self) -> &'static str {
         if self.interrupted {
             "interrupted"
+        } else if self.mass_delete_refused {
+            "mass_delete_refused"
         } else if self.counts.quarantined > 0 {
             "quarantined"
         } else {
@@ -144,15 +175,27 @@ struct Cycle {
     run_id: String,
     mapper: Mapper,
     managed: Managed,
+    /// Stops this cycle (shutdown, or a failure no record can get past); never the service.
+    stop: CancellationToken,
     counts: Mutex<RunCounts>,
     operations: Mutex<Vec<PlannedOp>>,
     fatal: Mutex<Option<QuoError>>,
     /// Quo-side changes not yet matched with their CRM record.
     quo_changed: Mutex<HashMap<String, Contact>>,
+    /// Records whose contact is confirmed deleted in Quo; the forward pass leaves them alone.
+    quo_deleted: Mutex<HashSet<String>>,
     /// Merges that must write to the CRM (after the read, in one batch).
     writebacks: Mutex<Vec<WriteBack>>,
     /// Records whose Quo-side events must stay pending (their change is not applied yet).
     unsettled: Mutex<HashSet<String>>,
+    /// CRM rows to delete because their contact was deleted in Quo (`delete_in_crm`), after the
+    /// source has been read (the CSV adapter refuses to rewrite a file it has not read).
+    crm_deletes: Mutex<Vec<(ExternalId, QuoContactId)>>,
+    /// The oldest CRM last-modified time among records whose work failed this cycle: the
+    /// incremental high-water mark must not pass it, or they would wait for the next full read.
+    failed_since: Mutex<Option<DateTime<Utc>>>,
+    /// Whether the mass-deletion guard refused this cycle's deletions.
+    mass_delete_refused: AtomicBool,
 }
 
 /// A merge waiting for its CRM write.
@@ -162,6 +205,30 @@ struct WriteBack {
     quo_id: QuoContactId,
     contact: Contact,
     outcome: MergeOutcome,
+}
+
+/// A PATCH to make, with what the planner knew when it decided it.
+struct Update {
+    /// The CRM record (a stand-in when an incremental read did not return it).
+    record: SourceRecord,
+    /// Whether `record` came from this cycle's read.
+    read: bool,
+    /// The last snapshot both sides agreed on.
+    base: Snapshot,
+    /// What the CRM holds, mapped.
+    crm: Snapshot,
+    /// What Quo should hold.
+    desired: Snapshot,
+    /// The source fingerprint to commit once Quo confirms.
+    fingerprint: Option<String>,
+    /// The contact.
+    quo_id: QuoContactId,
+    /// The Quo copy `desired` already accounts for (the ledger's, or one read this cycle).
+    seen: Option<Contact>,
+    /// Fields that change.
+    changed: Vec<String>,
+    /// The CRM's last-modified time (for the `newest` conflict policy).
+    crm_modified: Option<DateTime<Utc>>,
 }
 
 /// One unit of work for a worker. Short-lived and moved once, so the size gap between
@@ -174,14 +241,7 @@ enum Work {
         fingerprint: String,
         pending: bool,
     },
-    Update {
-        record: SourceRecord,
-        snapshot: Snapshot,
-        fingerprint: Option<String>,
-        quo_id: QuoContactId,
-        contact: Option<Contact>,
-        changed: Vec<String>,
-    },
+    Update(Box<Update>),
     Delete {
         external_id: ExternalId,
         quo_id: QuoContactId,
@@ -200,7 +260,7 @@ pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, Syn
     if mode == Mode::Apply {
         ctx.ledger.start_run(&run_id, ctx.settings.kind).await?;
     }
-    let result = run_cycle_inner(ctx, mode, run_id.clone())
+    let result = run_phases(ctx, mode, run_id.clone())
         .instrument(span.clone())
         .await;
     let duration_ms = started.elapsed().as_millis() as u64;
@@ -224,6 +284,7 @@ pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, Syn
                     unchanged = c.unchanged,
                     deleted = c.deleted,
                     quarantined = c.quarantined,
+                    written_to_crm = c.written_to_crm,
                     requests = c.requests,
                     rate_limited = c.rate_limited,
                     duration_ms,
@@ -260,784 +321,70 @@ pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, Syn
     }
 }
 
-async fn run_cycle_inner(
+/// The phases, in order; each reads like the step it is.
+async fn run_phases(
     ctx: &SyncContext,
     mode: Mode,
     run_id: String,
 ) -> Result<CycleReport, SyncError> {
-    let defs = ctx.client.custom_fields().await?;
-    let mapper = Mapper::new(&ctx.mapping, &defs)?;
-    let (email_labels, phone_labels) = mapper.managed_labels();
-    let managed = Managed {
-        email_labels,
-        phone_labels,
-        custom_keys: mapper.custom_field_keys(),
-    };
-    let cycle = Arc::new(Cycle {
-        ctx: ctx.clone(),
-        mode,
-        run_id: run_id.clone(),
-        mapper,
-        managed,
-        counts: Mutex::new(RunCounts::default()),
-        operations: Mutex::new(Vec::new()),
-        fatal: Mutex::new(None),
-        quo_changed: Mutex::new(HashMap::new()),
-        writebacks: Mutex::new(Vec::new()),
-        unsettled: Mutex::new(HashSet::new()),
-    });
-
-    // Quo side first: deletions change what the forward pass must do, and edits must be merged
-    // with the CRM record when it is read.
-    let mut quo_changes = if ctx.settings.reverse_enabled {
-        cycle.gather_quo_changes().await?
-    } else {
-        QuoChanges::default()
-    };
-    for (external_id, quo_id) in &quo_changes.deleted {
-        cycle.apply_quo_delete(external_id, quo_id).await?;
-    }
-    *cycle.quo_changed.lock().await = std::mem::take(&mut quo_changes.changed);
-
-    let index_started = Instant::now();
-    let mut index = ctx.ledger.load_index().await?;
-    info!(
-        event = "index_loaded",
-        records = index.len(),
-        ms = index_started.elapsed().as_millis() as u64,
-        "ledger index loaded"
-    );
-    let (tx, mut rx) = mpsc::channel::<SourceItem>(4096);
-    // Incremental reads (REST with updated_since) between periodic full reads.
-    let now = chrono::Utc::now();
-    let last_full = ctx.ledger.meta_time(LAST_FULL_READ).await?;
-    let since = if ctx.source.wants_full_read(last_full, now) {
-        None
-    } else {
-        ctx.ledger.meta_time(HIGH_WATER).await?
-    };
-    let source = ctx.source.clone();
-    let reader = tokio::spawn(async move { source.read(ReadRequest { since }, tx).await });
-    let mut high_water: Option<chrono::DateTime<chrono::Utc>> = None;
-
-    let permits = Arc::new(Semaphore::new(ctx.settings.concurrency.max(1)));
-    let mut workers = JoinSet::new();
-    let mut interrupted = false;
-    ctx.progress.store(0, std::sync::atomic::Ordering::Relaxed);
-    // Items arrive in batches: one wake-up per batch, not per row, on million-row files.
-    let mut batch = Vec::with_capacity(512);
-    'read: while rx.recv_many(&mut batch, 512).await > 0 {
-        for item in batch.drain(..) {
-            ctx.progress
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if ctx.cancel.is_cancelled() || cycle.fatal.lock().await.is_some() {
-                interrupted = true;
-                break 'read;
-            }
-            let work = match item {
-                SourceItem::Bad(bad) => {
-                    warn!(event = "record_unreadable", location = %bad.location, external_id = bad.external_id.as_deref(), reason = %bad.reason, "source row quarantined");
-                    cycle
-                        .quarantine(
-                            NewQuarantine {
-                                external_id: bad.external_id.as_deref(),
-                                location: &bad.location,
-                                stage: QuarantineStage::Read,
-                                field: None,
-                                value: None,
-                                reason: &bad.reason,
-                                raw: Some(&bad.raw),
-                            },
-                            PlannedOp::new(
-                                bad.external_id.as_deref().unwrap_or(&bad.location),
-                                Action::Quarantine,
-                            )
-                            .with_reason(&bad.reason),
-                        )
-                        .await?;
-                    if let Some(entry) = bad.external_id.as_deref().and_then(|id| index.get_mut(id))
-                    {
-                        // The record exists but this read could not parse it: not a deletion.
-                        entry.seen = true;
-                    }
-                    continue;
-                }
-                SourceItem::Record(record) => {
-                    high_water = high_water.max(record.updated_at);
-                    match cycle.classify(record, &mut index).await? {
-                        Some(work) => work,
-                        None => continue,
-                    }
-                }
-            };
-            spawn_work(&mut workers, &permits, &cycle, work).await;
-            // Reap finished workers as we go so errors surface early and memory stays flat.
-            while let Some(done) = workers.try_join_next() {
-                done.expect("worker panicked")?;
-            }
-        }
-    }
-    drop(rx);
-    info!(
-        event = "source_read",
-        ms = index_started.elapsed().as_millis() as u64,
-        "source read and classified"
-    );
-    let summary = match reader.await.expect("reader panicked") {
-        Ok(summary) => Some(summary),
-        Err(SourceError::Cancelled) if interrupted => None,
-        Err(e) => {
-            // Let in-flight work finish and commit before reporting the failure.
-            while let Some(done) = workers.join_next().await {
-                done.expect("worker panicked")?;
-            }
-            return Err(e.into());
-        }
-    };
-
-    if !interrupted {
-        // Quo-side changes whose record this read did not return.
-        let leftovers: Vec<(String, Contact)> = cycle.quo_changed.lock().await.drain().collect();
-        let complete = summary.as_ref().is_some_and(|s| s.complete);
-        for (external_id, contact) in leftovers {
-            if complete {
-                // The record left the CRM; on_source_delete decides, not the reverse path.
-                continue;
-            }
-            // Incremental read: the CRM record did not change since the last agreement.
-            if let Some(work) = cycle.classify_merge_unread(&external_id, contact).await? {
-                workers.spawn(cycle.clone().execute_owned(work).in_current_span());
-            }
-        }
-        for work in cycle.write_back().await? {
-            spawn_work(&mut workers, &permits, &cycle, work).await;
-        }
-        // Intents left by a crashed run whose record is no longer in the source.
-        for external_id in index
-            .iter()
-            .filter(|(_, e)| !e.seen && e.state == RecordState::PendingCreate)
-            .map(|(id, _)| id)
-        {
-            if let Ok(external_id) = ExternalId::parse(external_id) {
-                workers.spawn(
-                    cycle
-                        .clone()
-                        .execute_owned(Work::ResolvePending { external_id })
-                        .in_current_span(),
-                );
-            }
-        }
-        if summary.as_ref().is_some_and(|s| s.complete) {
-            let gone = index
-                .iter()
-                .filter(|(_, e)| !e.seen && e.state == RecordState::Synced && e.has_quo_id);
-            for external_id in gone.map(|(id, _)| id) {
-                let Ok(external_id) = ExternalId::parse(external_id) else {
-                    continue;
-                };
-                match ctx.settings.on_source_delete {
-                    OnSourceDelete::Ignore => {}
-                    OnSourceDelete::Delete => {
-                        let Some(row) = ctx.ledger.record(&external_id).await? else {
-                            continue;
-                        };
-                        let Some(quo_id) = row.quo_id else { continue };
-                        spawn_work(
-                            &mut workers,
-                            &permits,
-                            &cycle,
-                            Work::Delete {
-                                external_id,
-                                quo_id,
-                            },
-                        )
-                        .await;
-                    }
-                }
-            }
-        }
-    }
-    while let Some(done) = workers.join_next().await {
-        done.expect("worker panicked")?;
-    }
-    if let Some(fatal) = cycle.fatal.lock().await.take() {
-        return Err(fatal.into());
-    }
-    if mode == Mode::Apply && !interrupted && summary.as_ref().is_some_and(|s| s.complete) {
-        ctx.ledger.release_unseen(&run_id).await?;
-        ctx.ledger
-            .set_meta(LAST_FULL_READ, &now.to_rfc3339())
-            .await?;
-    }
-    if mode == Mode::Apply && !interrupted {
-        let stored = ctx.ledger.meta_time(HIGH_WATER).await?;
-        if let Some(mark) = high_water.filter(|h| Some(*h) > stored) {
-            ctx.ledger.set_meta(HIGH_WATER, &mark.to_rfc3339()).await?;
-        }
-    }
-    if mode == Mode::Apply && !interrupted {
-        let unsettled = cycle.unsettled.lock().await.clone();
-        for (external_id, events) in &quo_changes.events {
-            if unsettled.contains(external_id) {
-                continue;
-            }
-            for event_id in events {
-                ctx.ledger
-                    .inbox_done(
-                        event_id,
-                        if external_id.is_empty() {
-                            "ignored"
-                        } else {
-                            "applied"
-                        },
-                    )
-                    .await?;
-            }
-        }
-    }
-    let counts = cycle.counts.lock().await.clone();
-    let operations = std::mem::take(&mut *cycle.operations.lock().await);
-    Ok(CycleReport {
-        run_id,
-        counts,
-        duration_ms: 0,
-        operations,
-        interrupted: interrupted || ctx.cancel.is_cancelled(),
-    })
+    let cycle = Cycle::prepare(ctx, mode, run_id).await?;
+    let intake = cycle.intake().await?;
+    let read = cycle.read_and_plan().await?;
+    cycle.settle(read, intake).await?;
+    cycle.report().await
 }
 
 impl Cycle {
-    /// Decides what a record needs; `None` when it needs nothing.
-    async fn classify(
-        &self,
-        record: SourceRecord,
-        index: &mut LedgerIndex,
-    ) -> Result<Option<Work>, SyncError> {
-        let quo_side = self
-            .quo_changed
-            .lock()
-            .await
-            .remove(record.external_id.as_str());
-        if let Some(contact) = quo_side {
-            if let Some(entry) = index.get_mut(record.external_id.as_str()) {
-                entry.seen = true;
-            }
-            return self.classify_merge(Some(record), contact).await;
-        }
-        let fingerprint = self.mapper.fingerprint(&record);
-        let digest = crate::ledger::fingerprint_digest(&fingerprint);
-        let entry = index.get_mut(record.external_id.as_str());
-        if let Some(entry) = &entry
-            && entry.state == RecordState::Synced
-            && entry.has_quo_id
-            && entry.fingerprint == digest
-        {
-            index
-                .get_mut(record.external_id.as_str())
-                .expect("present")
-                .seen = true;
-            self.counts.lock().await.unchanged += 1;
-            return Ok(None);
-        }
-        let state = entry.as_ref().map(|e| e.state);
-        if let Some(entry) = entry {
-            entry.seen = true;
-        }
-        let snapshot = match self.mapper.map(&record) {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                warn!(event = "record_quarantined", external_id = %record.external_id, location = %record.location, field = %error.field, value = %error.value, reason = %error.reason, "record quarantined: {error}");
-                self.quarantine(
-                    NewQuarantine {
-                        external_id: Some(record.external_id.as_str()),
-                        location: &record.location,
-                        stage: QuarantineStage::Mapping,
-                        field: Some(&error.field),
-                        value: Some(&error.value),
-                        reason: &error.reason,
-                        raw: Some(&serde_json::to_string(&record.fields).unwrap_or_default()),
-                    },
-                    PlannedOp::new(record.external_id.as_str(), Action::Quarantine)
-                        .with_reason(&error.to_string()),
-                )
-                .await?;
-                return Ok(None);
-            }
+    /// Reads the custom field definitions and builds the mapper.
+    async fn prepare(
+        ctx: &SyncContext,
+        mode: Mode,
+        run_id: String,
+    ) -> Result<Arc<Self>, SyncError> {
+        let defs = ctx.client.custom_fields().await?;
+        let mapper = Mapper::new(&ctx.mapping, &defs)?;
+        let (email_labels, phone_labels) = mapper.managed_labels();
+        let managed = Managed {
+            email_labels,
+            phone_labels,
+            custom_keys: mapper.custom_field_keys(),
         };
-        match state {
-            None => Ok(Some(Work::Create {
-                record,
-                snapshot,
-                fingerprint,
-                pending: false,
-            })),
-            Some(RecordState::PendingCreate) => Ok(Some(Work::Create {
-                record,
-                snapshot,
-                fingerprint,
-                pending: true,
-            })),
-            Some(RecordState::Unlinked) | Some(RecordState::Deleted) => {
-                if self.ctx.settings.on_quo_delete == OnQuoDelete::Recreate
-                    || state == Some(RecordState::Deleted)
-                {
-                    Ok(Some(Work::Create {
-                        record,
-                        snapshot,
-                        fingerprint,
-                        pending: false,
-                    }))
-                } else {
-                    self.counts.lock().await.unchanged += 1;
-                    Ok(None)
-                }
-            }
-            Some(RecordState::Synced) => {
-                // The row may have gone since the index was loaded (an operator's repair, another
-                // process): then it is a create, resolved by lookup first, never a panic.
-                let row = self.ctx.ledger.record(&record.external_id).await?;
-                let Some(row) = row else {
-                    return Ok(Some(Work::Create {
-                        record,
-                        snapshot,
-                        fingerprint,
-                        pending: true,
-                    }));
-                };
-                let Some(quo_id) = row.quo_id else {
-                    return Ok(Some(Work::Create {
-                        record,
-                        snapshot,
-                        fingerprint,
-                        pending: true,
-                    }));
-                };
-                let base = row.snapshot.unwrap_or_default();
-                let changed = base.changed_fields(&snapshot);
-                if changed.is_empty() {
-                    // Only unmapped columns or formatting changed: remember the new fingerprint.
-                    if self.mode == Mode::Apply {
-                        self.ctx
-                            .ledger
-                            .update_fingerprint(&record.external_id, &fingerprint)
-                            .await?;
-                    }
-                    self.counts.lock().await.unchanged += 1;
-                    return Ok(None);
-                }
-                Ok(Some(Work::Update {
-                    record,
-                    snapshot,
-                    fingerprint: Some(fingerprint),
-                    quo_id,
-                    contact: row.quo_contact,
-                    changed,
-                }))
-            }
-        }
+        Ok(Arc::new(Cycle {
+            ctx: ctx.clone(),
+            mode,
+            run_id,
+            mapper,
+            managed,
+            stop: ctx.cancel.child_token(),
+            counts: Mutex::new(RunCounts::default()),
+            operations: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            quo_changed: Mutex::new(HashMap::new()),
+            quo_deleted: Mutex::new(HashSet::new()),
+            writebacks: Mutex::new(Vec::new()),
+            unsettled: Mutex::new(HashSet::new()),
+            crm_deletes: Mutex::new(Vec::new()),
+            failed_since: Mutex::new(None),
+            mass_delete_refused: AtomicBool::new(false),
+        }))
     }
 
-    async fn quarantine(&self, entry: NewQuarantine<'_>, op: PlannedOp) -> Result<(), SyncError> {
-        if self.mode == Mode::Apply {
-            self.ctx.ledger.quarantine(entry, &self.run_id).await?;
+    /// The summary, or the failure that stopped every record.
+    async fn report(&self) -> Result<CycleReport, SyncError> {
+        if let Some(fatal) = self.fatal.lock().await.take() {
+            return Err(fatal.into());
         }
-        self.counts.lock().await.quarantined += 1;
-        metrics::counter!("quo_sync_records_total", "outcome" => "quarantined").increment(1);
-        self.operations.lock().await.push(op);
-        Ok(())
+        let counts = self.counts.lock().await.clone();
+        let operations = std::mem::take(&mut *self.operations.lock().await);
+        Ok(CycleReport {
+            run_id: self.run_id.clone(),
+            counts,
+            duration_ms: 0,
+            operations,
+            interrupted: self.stop.is_cancelled(),
+            mass_delete_refused: self
+                .mass_delete_refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+        })
     }
-
-    async fn execute_owned(self: Arc<Self>, work: Work) -> Result<(), SyncError> {
-        self.execute(work).await
-    }
-
-    /// Carries out one unit of work; record-level failures are quarantined, not returned.
-    async fn execute(&self, work: Work) -> Result<(), SyncError> {
-        let external_id = match &work {
-            Work::Create { record, .. } | Work::Update { record, .. } => record.external_id.clone(),
-            Work::Delete { external_id, .. } | Work::ResolvePending { external_id } => {
-                external_id.clone()
-            }
-        };
-        let location = match &work {
-            Work::Create { record, .. } | Work::Update { record, .. } => record.location.clone(),
-            _ => String::from("ledger"),
-        };
-        if self.mode == Mode::DryRun {
-            let op = match &work {
-                Work::Create { .. } => PlannedOp::new(external_id.as_str(), Action::Create),
-                Work::Update {
-                    changed, quo_id, ..
-                } => PlannedOp::new(external_id.as_str(), Action::Update)
-                    .with_fields(changed.clone())
-                    .with_quo_id(quo_id.as_str()),
-                Work::Delete { quo_id, .. } => PlannedOp::new(external_id.as_str(), Action::Delete)
-                    .with_quo_id(quo_id.as_str()),
-                Work::ResolvePending { .. } => {
-                    PlannedOp::new(external_id.as_str(), Action::Resolve)
-                }
-            };
-            let mut counts = self.counts.lock().await;
-            match op.action {
-                Action::Create => counts.created += 1,
-                Action::Update => counts.updated += 1,
-                Action::Delete => counts.deleted += 1,
-                _ => {}
-            }
-            drop(counts);
-            self.operations.lock().await.push(op);
-            return Ok(());
-        }
-        let span = info_span!("record", external_id = %external_id);
-        let outcome = self.execute_apply(work).instrument(span).await;
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(Failure::Ledger(e)) => Err(e.into()),
-            Err(Failure::Quo(error)) if error.is_fatal() => {
-                self.ctx.cancel.cancel();
-                *self.fatal.lock().await = Some(error);
-                Ok(())
-            }
-            Err(Failure::Quo(error)) => {
-                let message = error.to_string();
-                warn!(event = "record_quarantined", external_id = %external_id, reason = %message, "Quo did not accept the record");
-                self.ctx
-                    .ledger
-                    .record_failure(&external_id, &message)
-                    .await?;
-                let (field, value) = match &error {
-                    QuoError::Rejected { body, .. } => body
-                        .errors
-                        .first()
-                        .map(|d| {
-                            (
-                                Some(d.path.clone()),
-                                d.value.as_ref().map(|v| v.to_string()),
-                            )
-                        })
-                        .unwrap_or((None, None)),
-                    _ => (None, None),
-                };
-                self.quarantine(
-                    NewQuarantine {
-                        external_id: Some(external_id.as_str()),
-                        location: &location,
-                        stage: QuarantineStage::Quo,
-                        field: field.as_deref(),
-                        value: value.as_deref(),
-                        reason: &message,
-                        raw: None,
-                    },
-                    PlannedOp::new(external_id.as_str(), Action::Quarantine).with_reason(&message),
-                )
-                .await
-            }
-        }
-    }
-
-    async fn execute_apply(&self, work: Work) -> Result<(), Failure> {
-        match work {
-            Work::Create {
-                record,
-                snapshot,
-                fingerprint,
-                pending,
-            } => {
-                self.create(
-                    &record.external_id,
-                    Some(&record),
-                    &snapshot,
-                    Some(&fingerprint),
-                    pending,
-                )
-                .await
-            }
-            Work::Update {
-                record,
-                snapshot,
-                fingerprint,
-                quo_id,
-                contact,
-                changed,
-            } => {
-                let body = payload::patch_body(&snapshot, contact.as_ref(), &self.managed);
-                match self.ctx.client.update_contact(quo_id.as_str(), &body).await {
-                    Ok(contact) => {
-                        self.commit(
-                            &record.external_id,
-                            &QuoContactId(contact.id.clone()),
-                            fingerprint.as_deref(),
-                            &snapshot,
-                            &contact,
-                            &record,
-                        )
-                        .await?;
-                        info!(event = "contact_updated", external_id = %record.external_id, quo_id = %contact.id, fields = ?changed, "contact updated");
-                        self.counted(
-                            Action::Update,
-                            &record.external_id,
-                            Some(&contact.id),
-                            changed,
-                        )
-                        .await;
-                        Ok(())
-                    }
-                    Err(QuoError::Rejected { status: 404, .. }) => {
-                        warn!(event = "contact_missing", external_id = %record.external_id, quo_id = %quo_id, policy = ?self.ctx.settings.on_quo_delete, "the Quo contact is gone");
-                        match self.ctx.settings.on_quo_delete {
-                            OnQuoDelete::Recreate => {
-                                self.create(
-                                    &record.external_id,
-                                    Some(&record),
-                                    &snapshot,
-                                    fingerprint.as_deref(),
-                                    false,
-                                )
-                                .await
-                            }
-                            _ => {
-                                self.ctx
-                                    .ledger
-                                    .unlink(&record.external_id, RecordState::Unlinked)
-                                    .await?;
-                                Ok(())
-                            }
-                        }
-                    }
-                    Err(e) => Err(Failure::Quo(e)),
-                }
-            }
-            Work::Delete {
-                external_id,
-                quo_id,
-            } => {
-                let existed = self
-                    .ctx
-                    .client
-                    .delete_contact(quo_id.as_str())
-                    .await
-                    .map_err(Failure::Quo)?;
-                self.ctx
-                    .ledger
-                    .unlink(&external_id, RecordState::Deleted)
-                    .await?;
-                info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left the source; Quo contact deleted (sync.on_source_delete = \"delete\")");
-                self.counted(
-                    Action::Delete,
-                    &external_id,
-                    Some(quo_id.as_str()),
-                    Vec::new(),
-                )
-                .await;
-                Ok(())
-            }
-            Work::ResolvePending { external_id } => {
-                let found = self
-                    .ctx
-                    .client
-                    .find_by_external_id(external_id.as_str())
-                    .await
-                    .map_err(Failure::Quo)?;
-                match found.into_iter().next() {
-                    Some(contact) => {
-                        let snapshot = self.mapper.from_contact(&contact);
-                        self.ctx
-                            .ledger
-                            .commit_synced(SyncedRecord {
-                                external_id: &external_id,
-                                quo_id: &QuoContactId(contact.id.clone()),
-                                source_fingerprint: None,
-                                snapshot: &snapshot,
-                                contact: &contact,
-                                crm_updated_at: None,
-                            })
-                            .await?;
-                        info!(event = "create_resolved", external_id = %external_id, quo_id = %contact.id, "adopted the contact an interrupted create had made");
-                    }
-                    None => {
-                        self.ctx.ledger.forget(&external_id).await?;
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
-    async fn create(
-        &self,
-        external_id: &ExternalId,
-        record: Option<&SourceRecord>,
-        snapshot: &Snapshot,
-        fingerprint: Option<&str>,
-        pending: bool,
-    ) -> Result<(), Failure> {
-        self.ctx.ledger.record_intent(external_id).await?;
-        // A previous run may have created it and died before committing: look first.
-        let existing = if pending {
-            self.ctx
-                .client
-                .find_by_external_id(external_id.as_str())
-                .await
-                .map_err(Failure::Quo)?
-                .into_iter()
-                .next()
-        } else {
-            None
-        };
-        let (contact, adopted) = match existing {
-            Some(contact) => (contact, true),
-            None => {
-                let source_url = self
-                    .ctx
-                    .settings
-                    .source_url_template
-                    .as_ref()
-                    .map(|t| t.replace("{id}", external_id.as_str()));
-                let body = payload::create_body(
-                    snapshot,
-                    external_id.as_str(),
-                    self.ctx.client.source(),
-                    source_url,
-                );
-                let outcome = self
-                    .ctx
-                    .client
-                    .create_contact(&body)
-                    .await
-                    .map_err(Failure::Quo)?;
-                (outcome.contact, outcome.adopted)
-            }
-        };
-        let quo_id = QuoContactId(contact.id.clone());
-        // Commit the id before anything else can fail.
-        let mut contact = contact;
-        let mut agreed = snapshot.clone();
-        if adopted {
-            let have = self.mapper.from_contact(&contact);
-            self.ctx
-                .ledger
-                .commit_synced(SyncedRecord {
-                    external_id,
-                    quo_id: &quo_id,
-                    source_fingerprint: None,
-                    snapshot: &have,
-                    contact: &contact,
-                    crm_updated_at: None,
-                })
-                .await?;
-            if have.changed_fields(snapshot).is_empty() {
-                agreed = have;
-            } else {
-                let body = payload::patch_body(snapshot, Some(&contact), &self.managed);
-                contact = self
-                    .ctx
-                    .client
-                    .update_contact(quo_id.as_str(), &body)
-                    .await
-                    .map_err(Failure::Quo)?;
-            }
-            info!(event = "contact_adopted", external_id = %external_id, quo_id = %quo_id, "found the contact in Quo and adopted it instead of creating a duplicate");
-        }
-        let crm_updated_at = record.and_then(|r| r.updated_at).map(|t| t.to_rfc3339());
-        self.ctx
-            .ledger
-            .commit_synced(SyncedRecord {
-                external_id,
-                quo_id: &quo_id,
-                source_fingerprint: fingerprint,
-                snapshot: &agreed,
-                contact: &contact,
-                crm_updated_at,
-            })
-            .await?;
-        info!(event = "contact_created", external_id = %external_id, quo_id = %quo_id, adopted, "contact created");
-        self.counted(
-            Action::Create,
-            external_id,
-            Some(quo_id.as_str()),
-            Vec::new(),
-        )
-        .await;
-        Ok(())
-    }
-
-    async fn commit(
-        &self,
-        external_id: &ExternalId,
-        quo_id: &QuoContactId,
-        fingerprint: Option<&str>,
-        snapshot: &Snapshot,
-        contact: &Contact,
-        record: &SourceRecord,
-    ) -> Result<(), LedgerError> {
-        self.ctx
-            .ledger
-            .commit_synced(SyncedRecord {
-                external_id,
-                quo_id,
-                source_fingerprint: fingerprint,
-                snapshot,
-                contact,
-                crm_updated_at: record.updated_at.map(|t| t.to_rfc3339()),
-            })
-            .await
-    }
-
-    async fn counted(
-        &self,
-        action: Action,
-        external_id: &ExternalId,
-        quo_id: Option<&str>,
-        fields: Vec<String>,
-    ) {
-        {
-            let mut counts = self.counts.lock().await;
-            match action {
-                Action::Create => counts.created += 1,
-                Action::Update => counts.updated += 1,
-                Action::Delete => counts.deleted += 1,
-                _ => {}
-            }
-        }
-        metrics::counter!("quo_sync_records_total", "outcome" => action.as_str()).increment(1);
-        let mut op = PlannedOp::new(external_id.as_str(), action).with_fields(fields);
-        if let Some(id) = quo_id {
-            op = op.with_quo_id(id);
-        }
-        self.operations.lock().await.push(op);
-    }
-}
-
-/// A worker's failure: Quo's (per record) or the ledger's (stops the cycle).
-enum Failure {
-    Quo(QuoError),
-    Ledger(LedgerError),
-}
-
-impl From<LedgerError> for Failure {
-    fn from(e: LedgerError) -> Self {
-        Failure::Ledger(e)
-    }
-}
-
-/// Runs `work` on the pool once a concurrency permit is free.
-async fn spawn_work(
-    workers: &mut JoinSet<Result<(), SyncError>>,
-    permits: &Arc<Semaphore>,
-    cycle: &Arc<Cycle>,
-    work: Work,
-) {
-    let permit = permits
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("semaphore open");
-    let cycle = cycle.clone();
-    workers.spawn(
-        async move {
-            let _permit = permit;
-            cycle.execute(work).await
-        }
-        .in_current_span(),
-    );
 }

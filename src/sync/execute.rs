@@ -1,0 +1,576 @@
+//! Phase 5, execute: the worker pool and what each unit of work sends. Every write is followed
+//! by a commit of what Quo confirmed, before the worker takes the next record; a record that
+//! fails is quarantined on its own (stage `quo`) and the rest of the cycle goes on.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::{Action, Cycle, Mode, PlannedOp, SyncError, Update, Work};
+use crate::config::OnQuoDelete;
+use crate::domain::{ExternalId, QuoContactId, Snapshot};
+use crate::ledger::{LedgerError, NewQuarantine, QuarantineStage, RecordState, SyncedRecord};
+use crate::quo::client::QuoError;
+use crate::quo::types::Contact;
+use crate::source::SourceRecord;
+
+/// Contacts read per freshen request (Quo's largest page).
+const FRESHEN_BATCH: usize = crate::quo::client::MAX_PAGE as usize;
+
+/// The bounded worker pool of one cycle, with the updates waiting to be freshened in a batch.
+pub(super) struct Pool {
+    workers: JoinSet<Result<(), SyncError>>,
+    permits: Arc<Semaphore>,
+    updates: Vec<Update>,
+}
+
+impl Pool {
+    /// A pool running at most `concurrency` requests' work at once.
+    pub fn new(concurrency: usize) -> Self {
+        Self {
+            workers: JoinSet::new(),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            updates: Vec::new(),
+        }
+    }
+
+    /// Starts `work` (updates wait for a full freshen batch) and reaps finished workers so
+    /// errors surface early and memory stays flat.
+    pub async fn dispatch(&mut self, cycle: &Arc<Cycle>, work: Work) -> Result<(), SyncError> {
+        match work {
+            Work::Update(update) if cycle.mode == Mode::Apply => {
+                self.updates.push(*update);
+                if self.updates.len() >= FRESHEN_BATCH {
+                    self.flush_updates(cycle);
+                }
+            }
+            work => {
+                let permit = self
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore open");
+                let cycle = cycle.clone();
+                self.workers.spawn(
+                    async move {
+                        let _permit = permit;
+                        cycle.execute(work).await
+                    }
+                    .in_current_span(),
+                );
+            }
+        }
+        while let Some(done) = self.workers.try_join_next() {
+            done.expect("worker panicked")?;
+        }
+        Ok(())
+    }
+
+    /// Sends the waiting updates to be freshened (one read for the batch) and patched.
+    pub fn flush_updates(&mut self, cycle: &Arc<Cycle>) {
+        if self.updates.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.updates);
+        let cycle = cycle.clone();
+        let permits = self.permits.clone();
+        self.workers
+            .spawn(cycle.freshen_and_patch(batch, permits).in_current_span());
+    }
+
+    /// Flushes what waits and joins every worker.
+    pub async fn finish(&mut self, cycle: &Arc<Cycle>) -> Result<(), SyncError> {
+        self.flush_updates(cycle);
+        while let Some(done) = self.workers.join_next().await {
+            done.expect("worker panicked")?;
+        }
+        Ok(())
+    }
+}
+
+/// A worker's failure: Quo's (per record), the contact being gone, or the ledger's (stops the
+/// cycle).
+pub(super) enum Failure {
+    Quo(QuoError),
+    Missing,
+    Ledger(LedgerError),
+}
+
+impl From<LedgerError> for Failure {
+    fn from(e: LedgerError) -> Self {
+        Failure::Ledger(e)
+    }
+}
+
+impl Cycle {
+    /// Carries out one unit of work; record-level failures are quarantined, not returned.
+    pub(super) async fn execute(&self, work: Work) -> Result<(), SyncError> {
+        if self.mode == Mode::DryRun {
+            self.plan_only(work).await;
+            return Ok(());
+        }
+        let (external_id, location, updated_at) = match &work {
+            Work::Create { record, .. } => (
+                record.external_id.clone(),
+                record.location.clone(),
+                record.updated_at,
+            ),
+            Work::Update(u) => (
+                u.record.external_id.clone(),
+                u.record.location.clone(),
+                u.record.updated_at,
+            ),
+            Work::Delete { external_id, .. } | Work::ResolvePending { external_id } => {
+                (external_id.clone(), String::from("ledger"), None)
+            }
+        };
+        let span = info_span!("record", external_id = %external_id);
+        let outcome = async {
+            match work {
+                Work::Create {
+                    record,
+                    snapshot,
+                    fingerprint,
+                    pending,
+                } => {
+                    self.create(
+                        &record.external_id,
+                        Some(&record),
+                        &snapshot,
+                        Some(&fingerprint),
+                        pending,
+                    )
+                    .await
+                }
+                Work::Update(update) => self.update(*update, None).await,
+                Work::Delete {
+                    external_id,
+                    quo_id,
+                } => self.delete(external_id, quo_id).await,
+                Work::ResolvePending { external_id } => self.resolve_pending(external_id).await,
+            }
+        }
+        .instrument(span)
+        .await;
+        self.settle_failure(outcome, &external_id, &location, updated_at)
+            .await
+    }
+
+    /// Turns a worker's failure into a quarantine entry, a stopped cycle (bad key, shutdown) or
+    /// a ledger error.
+    pub(super) async fn settle_failure(
+        &self,
+        outcome: Result<(), Failure>,
+        external_id: &ExternalId,
+        location: &str,
+        updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), SyncError> {
+        let error = match outcome {
+            Ok(()) => return Ok(()),
+            Err(Failure::Ledger(e)) => return Err(e.into()),
+            Err(Failure::Missing) => return Ok(()),
+            Err(Failure::Quo(error)) if error.is_fatal() => {
+                self.stop.cancel();
+                *self.fatal.lock().await = Some(error);
+                return Ok(());
+            }
+            Err(Failure::Quo(error)) => error,
+        };
+        let message = error.to_string();
+        warn!(event = "record_quarantined", external_id = %external_id, reason = %message, "Quo did not accept the record");
+        if let Some(at) = updated_at {
+            let mut oldest = self.failed_since.lock().await;
+            *oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        }
+        self.ctx
+            .ledger
+            .record_failure(external_id, &message)
+            .await?;
+        let (field, value) = match &error {
+            QuoError::Rejected { body, .. } => body
+                .errors
+                .first()
+                .map(|d| {
+                    (
+                        Some(d.path.clone()),
+                        d.value.as_ref().map(|v| v.to_string()),
+                    )
+                })
+                .unwrap_or((None, None)),
+            _ => (None, None),
+        };
+        self.quarantine(
+            NewQuarantine {
+                external_id: Some(external_id.as_str()),
+                location,
+                stage: QuarantineStage::Quo,
+                field: field.as_deref(),
+                value: value.as_deref(),
+                reason: &message,
+                raw: None,
+            },
+            PlannedOp::new(external_id.as_str(), Action::Quarantine).with_reason(&message),
+        )
+        .await
+    }
+
+    /// A dry run's record of what would happen.
+    async fn plan_only(&self, work: Work) {
+        let op = match &work {
+            Work::Create { record, .. } => {
+                PlannedOp::new(record.external_id.as_str(), Action::Create)
+            }
+            Work::Update(u) => PlannedOp::new(u.record.external_id.as_str(), Action::Update)
+                .with_fields(u.changed.clone())
+                .with_quo_id(u.quo_id.as_str()),
+            Work::Delete {
+                external_id,
+                quo_id,
+            } => PlannedOp::new(external_id.as_str(), Action::Delete).with_quo_id(quo_id.as_str()),
+            Work::ResolvePending { external_id } => {
+                PlannedOp::new(external_id.as_str(), Action::Resolve)
+            }
+        };
+        let mut counts = self.counts.lock().await;
+        match op.action {
+            Action::Create => counts.created += 1,
+            Action::Update => counts.updated += 1,
+            Action::Delete => counts.deleted += 1,
+            _ => {}
+        }
+        drop(counts);
+        self.operations.lock().await.push(op);
+    }
+
+    /// Sends `desired` onto `fresh` (Quo's copy just read) until Quo confirms it. An unknown
+    /// outcome is never resent blindly: the contact is read again, and if the change is there
+    /// it is done; otherwise the body is rebuilt on what is there (so items a lost PATCH
+    /// appended are matched by their new ids, not appended twice).
+    pub(super) async fn patch_confirmed(
+        &self,
+        quo_id: &QuoContactId,
+        desired: &Snapshot,
+        fresh: Contact,
+    ) -> Result<Contact, Failure> {
+        let client = &self.ctx.client;
+        let mut base = fresh;
+        let mut retries = 0u32;
+        loop {
+            let body = super::payload::patch_body(desired, Some(&base), &self.managed);
+            match client.update_contact(quo_id.as_str(), &body).await {
+                Ok(contact) => return Ok(contact),
+                Err(QuoError::Ambiguous { route, reason }) => {
+                    retries = client
+                        .backoff_before_retry(route, retries, reason)
+                        .await
+                        .map_err(Failure::Quo)?;
+                    let now = client
+                        .get_contact(quo_id.as_str())
+                        .await
+                        .map_err(Failure::Quo)?
+                        .ok_or(Failure::Missing)?;
+                    if self
+                        .mapper
+                        .from_contact(&now)
+                        .changed_fields(desired)
+                        .is_empty()
+                    {
+                        info!(event = "patch_confirmed_by_read", quo_id = %quo_id, "a PATCH whose answer was lost had landed");
+                        return Ok(now);
+                    }
+                    base = now;
+                }
+                Err(QuoError::Rejected { status: 404, .. }) => return Err(Failure::Missing),
+                Err(e) => return Err(Failure::Quo(e)),
+            }
+        }
+    }
+
+    /// One planned PATCH: freshened (unless `fresh` is given), merged if Quo moved, sent, and
+    /// committed.
+    pub(super) async fn update(
+        &self,
+        update: Update,
+        fresh: Option<Contact>,
+    ) -> Result<(), Failure> {
+        let fresh = match fresh {
+            Some(contact) => contact,
+            None => match self
+                .ctx
+                .client
+                .get_contact(update.quo_id.as_str())
+                .await
+                .map_err(Failure::Quo)?
+            {
+                Some(contact) => contact,
+                None => return self.contact_missing(update).await,
+            },
+        };
+        let Some((desired, changed, fresh)) = self.reconcile_fresh(&update, fresh).await? else {
+            return Ok(());
+        };
+        let confirmed = match self.patch_confirmed(&update.quo_id, &desired, fresh).await {
+            Err(Failure::Missing) => return self.contact_missing(update).await,
+            other => other?,
+        };
+        let external_id = &update.record.external_id;
+        self.commit(
+            external_id,
+            &update.quo_id,
+            update.fingerprint.as_deref(),
+            &desired,
+            &confirmed,
+            update.read.then_some(&update.record),
+        )
+        .await?;
+        info!(event = "contact_updated", external_id = %external_id, quo_id = %confirmed.id, fields = ?changed, "contact updated");
+        self.counted(Action::Update, external_id, Some(&confirmed.id), changed)
+            .await;
+        Ok(())
+    }
+
+    /// The contact is gone from Quo (a 404 confirmed it): apply `reverse.on_quo_delete`.
+    async fn contact_missing(&self, update: Update) -> Result<(), Failure> {
+        let external_id = &update.record.external_id;
+        let policy = self.ctx.settings.on_quo_delete;
+        warn!(event = "contact_missing", external_id = %external_id, quo_id = %update.quo_id, policy = ?policy, "the Quo contact is gone");
+        match policy {
+            OnQuoDelete::Recreate => {
+                // Forget the dead id first so the intent row is a real pending create: a crash
+                // or an ambiguous POST from here is resolved by lookup, never duplicated.
+                self.ctx
+                    .ledger
+                    .unlink(external_id, RecordState::Unlinked)
+                    .await?;
+                self.create(
+                    external_id,
+                    update.read.then_some(&update.record),
+                    &update.crm,
+                    update.fingerprint.as_deref(),
+                    true,
+                )
+                .await
+            }
+            OnQuoDelete::Unlink => {
+                self.ctx
+                    .ledger
+                    .unlink(external_id, RecordState::Unlinked)
+                    .await?;
+                Ok(())
+            }
+            OnQuoDelete::DeleteInCrm => {
+                self.crm_deletes
+                    .lock()
+                    .await
+                    .push((external_id.clone(), update.quo_id.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    async fn delete(&self, external_id: ExternalId, quo_id: QuoContactId) -> Result<(), Failure> {
+        let existed = self
+            .ctx
+            .client
+            .delete_contact(quo_id.as_str())
+            .await
+            .map_err(Failure::Quo)?;
+        self.ctx
+            .ledger
+            .unlink(&external_id, RecordState::Deleted)
+            .await?;
+        info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left the source; Quo contact deleted (sync.on_source_delete = \"delete\")");
+        self.counted(
+            Action::Delete,
+            &external_id,
+            Some(quo_id.as_str()),
+            Vec::new(),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn resolve_pending(&self, external_id: ExternalId) -> Result<(), Failure> {
+        let found = self
+            .ctx
+            .client
+            .find_by_external_id(external_id.as_str())
+            .await
+            .map_err(Failure::Quo)?;
+        match found.into_iter().next() {
+            Some(contact) => {
+                let snapshot = self.mapper.from_contact(&contact);
+                self.ctx
+                    .ledger
+                    .commit_synced(SyncedRecord {
+                        external_id: &external_id,
+                        quo_id: &QuoContactId(contact.id.clone()),
+                        source_fingerprint: None,
+                        snapshot: &snapshot,
+                        contact: &contact,
+                        crm_updated_at: None,
+                    })
+                    .await?;
+                info!(event = "create_resolved", external_id = %external_id, quo_id = %contact.id, "adopted the contact an interrupted create had made");
+            }
+            None => {
+                self.ctx.ledger.forget(&external_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One POST, never a duplicate: the intent is committed first, a pending create is looked
+    /// up before it is sent, and an adopted contact is patched to the CRM's values.
+    pub(super) async fn create(
+        &self,
+        external_id: &ExternalId,
+        record: Option<&SourceRecord>,
+        snapshot: &Snapshot,
+        fingerprint: Option<&str>,
+        pending: bool,
+    ) -> Result<(), Failure> {
+        self.ctx.ledger.record_intent(external_id).await?;
+        // A previous run may have created it and died before committing: look first.
+        let existing = if pending {
+            self.ctx
+                .client
+                .find_by_external_id(external_id.as_str())
+                .await
+                .map_err(Failure::Quo)?
+                .into_iter()
+                .next()
+        } else {
+            None
+        };
+        let (contact, adopted) = match existing {
+            Some(contact) => (contact, true),
+            None => {
+                let source_url = self
+                    .ctx
+                    .settings
+                    .source_url_template
+                    .as_ref()
+                    .map(|t| t.replace("{id}", external_id.as_str()));
+                let body = super::payload::create_body(
+                    snapshot,
+                    external_id.as_str(),
+                    self.ctx.client.source(),
+                    source_url,
+                );
+                let outcome = self
+                    .ctx
+                    .client
+                    .create_contact(&body)
+                    .await
+                    .map_err(Failure::Quo)?;
+                (outcome.contact, outcome.adopted)
+            }
+        };
+        let quo_id = QuoContactId(contact.id.clone());
+        let mut contact = contact;
+        if adopted {
+            // Commit the id before anything else can fail; the snapshot is what Quo has.
+            let have = self.mapper.from_contact(&contact);
+            self.ctx
+                .ledger
+                .commit_synced(SyncedRecord {
+                    external_id,
+                    quo_id: &quo_id,
+                    source_fingerprint: None,
+                    snapshot: &have,
+                    contact: &contact,
+                    crm_updated_at: None,
+                })
+                .await?;
+            if !have.changed_fields(snapshot).is_empty() {
+                contact = self.patch_confirmed(&quo_id, snapshot, contact).await?;
+            }
+            info!(event = "contact_adopted", external_id = %external_id, quo_id = %quo_id, "found the contact in Quo and adopted it instead of creating a duplicate");
+        }
+        self.commit(
+            external_id,
+            &quo_id,
+            fingerprint,
+            snapshot,
+            &contact,
+            record,
+        )
+        .await?;
+        info!(event = "contact_created", external_id = %external_id, quo_id = %quo_id, adopted, "contact created");
+        self.counted(
+            Action::Create,
+            external_id,
+            Some(quo_id.as_str()),
+            Vec::new(),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Commits an agreement both sides confirmed.
+    pub(super) async fn commit(
+        &self,
+        external_id: &ExternalId,
+        quo_id: &QuoContactId,
+        fingerprint: Option<&str>,
+        snapshot: &Snapshot,
+        contact: &Contact,
+        record: Option<&SourceRecord>,
+    ) -> Result<(), LedgerError> {
+        self.ctx
+            .ledger
+            .commit_synced(SyncedRecord {
+                external_id,
+                quo_id,
+                source_fingerprint: fingerprint,
+                snapshot,
+                contact,
+                crm_updated_at: record.and_then(|r| r.updated_at).map(|t| t.to_rfc3339()),
+            })
+            .await
+    }
+
+    /// Counts a confirmed operation and lists it in the report.
+    pub(super) async fn counted(
+        &self,
+        action: Action,
+        external_id: &ExternalId,
+        quo_id: Option<&str>,
+        fields: Vec<String>,
+    ) {
+        {
+            let mut counts = self.counts.lock().await;
+            match action {
+                Action::Create => counts.created += 1,
+                Action::Update => counts.updated += 1,
+                Action::Delete => counts.deleted += 1,
+                _ => {}
+            }
+        }
+        metrics::counter!("quo_sync_records_total", "outcome" => action.as_str()).increment(1);
+        let mut op = PlannedOp::new(external_id.as_str(), action).with_fields(fields);
+        if let Some(id) = quo_id {
+            op = op.with_quo_id(id);
+        }
+        self.operations.lock().await.push(op);
+    }
+
+    /// Quarantines a record (or an unreadable row) and lists it in the report.
+    pub(super) async fn quarantine(
+        &self,
+        entry: NewQuarantine<'_>,
+        op: PlannedOp,
+    ) -> Result<(), SyncError> {
+        if self.mode == Mode::Apply {
+            self.ctx.ledger.quarantine(entry, &self.run_id).await?;
+        }
+        self.counts.lock().await.quarantined += 1;
+        metrics::counter!("quo_sync_records_total", "outcome" => "quarantined").increment(1);
+        self.operations.lock().await.push(op);
+        Ok(())
+    }
+}

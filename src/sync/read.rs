@@ -1,0 +1,279 @@
+//! Phases 2 and 3, read → plan: stream the source, and decide for each record what it needs by
+//! comparing it with the ledger. Unchanged records are recognised by their source fingerprint
+//! without a mapping pass, so a million-row no-change cycle costs one pass over the file and one
+//! over the ledger index.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::execute::Pool;
+use super::{Action, Cycle, HIGH_WATER, LAST_FULL_READ, Mode, PlannedOp, SyncError, Update, Work};
+use crate::config::OnQuoDelete;
+use crate::ledger::{LedgerIndex, NewQuarantine, QuarantineStage, RecordState};
+use crate::source::{BadRecord, ReadRequest, ReadSummary, SourceError, SourceItem, SourceRecord};
+
+/// What the read left for the settle phase.
+pub(super) struct ReadOutcome {
+    /// The ledger index, with `seen` set for every record the read returned.
+    pub index: LedgerIndex,
+    /// The source's summary; `None` when shutdown cut the read short.
+    pub summary: Option<ReadSummary>,
+    /// The newest CRM last-modified time read.
+    pub high_water: Option<DateTime<Utc>>,
+    /// When this read started (the next full-read clock).
+    pub started: DateTime<Utc>,
+    /// Records whose id came a second time in this read while the first was still in flight:
+    /// planned again once it is committed, so one new id never becomes two POSTs.
+    pub repeats: Vec<SourceRecord>,
+    /// The worker pool, still running.
+    pub pool: Pool,
+}
+
+impl Cycle {
+    /// Streams the source and dispatches each record's work as soon as it is planned.
+    pub(super) async fn read_and_plan(self: &Arc<Self>) -> Result<ReadOutcome, SyncError> {
+        let ctx = &self.ctx;
+        let index_started = Instant::now();
+        let mut index = ctx.ledger.load_index().await?;
+        info!(
+            event = "index_loaded",
+            records = index.len(),
+            ms = index_started.elapsed().as_millis() as u64,
+            "ledger index loaded"
+        );
+        let (tx, mut rx) = mpsc::channel::<SourceItem>(4096);
+        // Incremental reads (REST with updated_since) between periodic full reads.
+        let started = Utc::now();
+        let last_full = ctx.ledger.meta_time(LAST_FULL_READ).await?;
+        let since = if ctx.source.wants_full_read(last_full, started) {
+            None
+        } else {
+            ctx.ledger.meta_time(HIGH_WATER).await?
+        };
+        let source = ctx.source.clone();
+        let reader = tokio::spawn(async move { source.read(ReadRequest { since }, tx).await });
+        let mut high_water: Option<DateTime<Utc>> = None;
+        let mut pool = Pool::new(ctx.settings.concurrency);
+        let mut dispatched: HashSet<String> = HashSet::new();
+        let mut repeats = Vec::new();
+        ctx.progress.store(0, Ordering::Relaxed);
+        // Items arrive in batches: one wake-up per batch, not per row, on million-row files.
+        let mut batch = Vec::with_capacity(512);
+        'read: while rx.recv_many(&mut batch, 512).await > 0 {
+            for item in batch.drain(..) {
+                ctx.progress.fetch_add(1, Ordering::Relaxed);
+                if self.stop.is_cancelled() {
+                    break 'read;
+                }
+                let record = match item {
+                    SourceItem::Bad(bad) => {
+                        self.unreadable(bad, &mut index).await?;
+                        continue;
+                    }
+                    SourceItem::Record(record) => record,
+                };
+                high_water = high_water.max(record.updated_at);
+                if dispatched.contains(record.external_id.as_str()) {
+                    repeats.push(record);
+                    continue;
+                }
+                let id = record.external_id.to_string();
+                let Some(work) = self.classify(record, &mut index).await? else {
+                    continue;
+                };
+                dispatched.insert(id);
+                pool.dispatch(self, work).await?;
+            }
+        }
+        drop(rx);
+        info!(
+            event = "source_read",
+            ms = index_started.elapsed().as_millis() as u64,
+            "source read and classified"
+        );
+        let summary = match reader.await.expect("reader panicked") {
+            Ok(summary) => Some(summary),
+            Err(SourceError::Cancelled) if self.stop.is_cancelled() => None,
+            Err(e) => {
+                // Let in-flight work finish and commit before reporting the failure.
+                pool.finish(self).await?;
+                return Err(e.into());
+            }
+        };
+        Ok(ReadOutcome {
+            index,
+            summary: summary.filter(|_| !self.stop.is_cancelled()),
+            high_water,
+            started,
+            repeats,
+            pool,
+        })
+    }
+
+    /// A row the source could not read: quarantined; its record is not deleted, and any Quo-side
+    /// change to it stays pending until the row reads again.
+    async fn unreadable(&self, bad: BadRecord, index: &mut LedgerIndex) -> Result<(), SyncError> {
+        warn!(event = "record_unreadable", location = %bad.location, external_id = bad.external_id.as_deref(), reason = %bad.reason, "source row quarantined");
+        self.quarantine(
+            NewQuarantine {
+                external_id: bad.external_id.as_deref(),
+                location: &bad.location,
+                stage: QuarantineStage::Read,
+                field: None,
+                value: None,
+                reason: &bad.reason,
+                raw: Some(&bad.raw),
+            },
+            PlannedOp::new(
+                bad.external_id.as_deref().unwrap_or(&bad.location),
+                Action::Quarantine,
+            )
+            .with_reason(&bad.reason),
+        )
+        .await?;
+        if let Some(id) = bad.external_id.as_deref() {
+            if let Some(entry) = index.get_mut(id) {
+                entry.seen = true;
+            }
+            self.unsettled.lock().await.insert(id.to_string());
+            self.quo_changed.lock().await.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Decides what a record needs; `None` when it needs nothing.
+    pub(super) async fn classify(
+        &self,
+        record: SourceRecord,
+        index: &mut LedgerIndex,
+    ) -> Result<Option<Work>, SyncError> {
+        if self
+            .quo_deleted
+            .lock()
+            .await
+            .contains(record.external_id.as_str())
+        {
+            // Its contact was deleted in Quo; `reverse.on_quo_delete` already decided.
+            if let Some(entry) = index.get_mut(record.external_id.as_str()) {
+                entry.seen = true;
+            }
+            return Ok(None);
+        }
+        let quo_side = self
+            .quo_changed
+            .lock()
+            .await
+            .remove(record.external_id.as_str());
+        if let Some(contact) = quo_side {
+            if let Some(entry) = index.get_mut(record.external_id.as_str()) {
+                entry.seen = true;
+            }
+            return self.classify_merge(Some(record), contact).await;
+        }
+        let fingerprint = self.mapper.fingerprint(&record);
+        let digest = crate::ledger::fingerprint_digest(&fingerprint);
+        let entry = index.get_mut(record.external_id.as_str());
+        if let Some(entry) = entry.as_ref()
+            && entry.state == RecordState::Synced
+            && entry.has_quo_id
+            && entry.fingerprint == digest
+        {
+            index
+                .get_mut(record.external_id.as_str())
+                .expect("present")
+                .seen = true;
+            self.counts.lock().await.unchanged += 1;
+            return Ok(None);
+        }
+        let state = entry.as_ref().map(|e| e.state);
+        if let Some(entry) = entry {
+            entry.seen = true;
+        }
+        let snapshot = match self.mapper.map(&record) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                warn!(event = "record_quarantined", external_id = %record.external_id, location = %record.location, field = %error.field, value = %error.value, reason = %error.reason, "record quarantined: {error}");
+                self.quarantine(
+                    NewQuarantine {
+                        external_id: Some(record.external_id.as_str()),
+                        location: &record.location,
+                        stage: QuarantineStage::Mapping,
+                        field: Some(&error.field),
+                        value: Some(&error.value),
+                        reason: &error.reason,
+                        raw: Some(&serde_json::to_string(&record.fields).unwrap_or_default()),
+                    },
+                    PlannedOp::new(record.external_id.as_str(), Action::Quarantine)
+                        .with_reason(&error.to_string()),
+                )
+                .await?;
+                return Ok(None);
+            }
+        };
+        let create = |record, snapshot, fingerprint, pending| {
+            Ok(Some(Work::Create {
+                record,
+                snapshot,
+                fingerprint,
+                pending,
+            }))
+        };
+        match state {
+            None => create(record, snapshot, fingerprint, false),
+            Some(RecordState::PendingCreate) => create(record, snapshot, fingerprint, true),
+            Some(RecordState::Unlinked) | Some(RecordState::Deleted) => {
+                if self.ctx.settings.on_quo_delete == OnQuoDelete::Recreate
+                    || state == Some(RecordState::Deleted)
+                {
+                    create(record, snapshot, fingerprint, false)
+                } else {
+                    self.counts.lock().await.unchanged += 1;
+                    Ok(None)
+                }
+            }
+            Some(RecordState::Synced) => {
+                // The row may have gone since the index was loaded (an operator's repair, another
+                // process): then it is a create, resolved by lookup first, never a panic.
+                let row = self.ctx.ledger.record(&record.external_id).await?;
+                let Some(row) = row else {
+                    return create(record, snapshot, fingerprint, true);
+                };
+                let Some(quo_id) = row.quo_id else {
+                    return create(record, snapshot, fingerprint, true);
+                };
+                let base = row.snapshot.unwrap_or_default();
+                let changed = base.changed_fields(&snapshot);
+                if changed.is_empty() {
+                    // Only unmapped columns or formatting changed: remember the new fingerprint.
+                    if self.mode == Mode::Apply {
+                        self.ctx
+                            .ledger
+                            .update_fingerprint(&record.external_id, &fingerprint)
+                            .await?;
+                    }
+                    self.counts.lock().await.unchanged += 1;
+                    return Ok(None);
+                }
+                let crm_modified = record.updated_at;
+                Ok(Some(Work::Update(Box::new(Update {
+                    record,
+                    read: true,
+                    base,
+                    crm: snapshot.clone(),
+                    desired: snapshot,
+                    fingerprint: Some(fingerprint),
+                    quo_id,
+                    seen: row.quo_contact,
+                    changed,
+                    crm_modified,
+                }))))
+            }
+        }
+    }
+}

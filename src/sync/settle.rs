@@ -1,0 +1,317 @@
+//! Phase 6, settle: everything that can only be decided once the whole source was read.
+//! Quo-side edits to records the read did not return, CRM write-back (in one batch, with the
+//! Quo updates that must follow it), ids that came twice in one read, interrupted creates,
+//! deletions behind the mass-deletion guard, the incremental high-water mark, and the webhook
+//! inbox (events stay pending for every record whose change is not applied yet).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use super::read::ReadOutcome;
+use super::{Action, Cycle, HIGH_WATER, LAST_FULL_READ, Mode, PlannedOp, SyncError, Work};
+use crate::config::OnSourceDelete;
+use crate::domain::{ExternalId, QuoContactId};
+use crate::ledger::{IndexEntry, LedgerIndex, RecordState, fingerprint_digest};
+use crate::reverse::intake::QuoChanges;
+
+/// Rounds of CRM write-back per cycle: a follow-up PATCH can meet a newer Quo edit that must go
+/// to the CRM again; past this the next cycle carries on.
+const WRITE_BACK_ROUNDS: usize = 3;
+
+impl Cycle {
+    /// Runs the settle phase over what the read left.
+    pub(super) async fn settle(
+        self: &Arc<Self>,
+        read: ReadOutcome,
+        intake: QuoChanges,
+    ) -> Result<(), SyncError> {
+        let ReadOutcome {
+            mut index,
+            summary,
+            high_water,
+            started,
+            repeats,
+            mut pool,
+        } = read;
+        let complete = summary.as_ref().is_some_and(|s| s.complete);
+        let read_whole = summary.is_some() && !self.stop.is_cancelled();
+        if read_whole {
+            // Quo-side changes whose record this read did not return.
+            let leftovers: Vec<_> = self.quo_changed.lock().await.drain().collect();
+            for (external_id, contact) in leftovers {
+                if complete {
+                    // The record left the CRM; on_source_delete decides, not the reverse path.
+                    continue;
+                }
+                // Incremental read: the CRM record did not change since the last agreement.
+                if let Some(work) = self.classify_merge_unread(&external_id, contact).await? {
+                    pool.dispatch(self, work).await?;
+                }
+            }
+        }
+        pool.finish(self).await?;
+        // Ids that came twice: planned again against the committed first copy.
+        for record in repeats {
+            self.refresh_index_entry(&record.external_id, &mut index)
+                .await?;
+            if let Some(work) = self.classify(record, &mut index).await? {
+                pool.dispatch(self, work).await?;
+            }
+        }
+        pool.finish(self).await?;
+        for _ in 0..WRITE_BACK_ROUNDS {
+            let follow_up = self.write_back().await?;
+            if follow_up.is_empty() {
+                break;
+            }
+            for work in follow_up {
+                pool.dispatch(self, work).await?;
+            }
+            pool.finish(self).await?;
+        }
+        if read_whole {
+            self.resolve_orphan_intents(&index, &mut pool).await?;
+            if complete {
+                self.source_deletions(&index, &mut pool).await?;
+            }
+            self.crm_deletions(&index).await?;
+            pool.finish(self).await?;
+        }
+        if self.mode == Mode::Apply && read_whole {
+            if complete {
+                self.ctx.ledger.release_unseen(&self.run_id).await?;
+                self.ctx
+                    .ledger
+                    .set_meta(LAST_FULL_READ, &started.to_rfc3339())
+                    .await?;
+            }
+            self.advance_high_water(high_water).await?;
+            self.settle_inbox(&intake).await?;
+        }
+        Ok(())
+    }
+
+    /// Reloads one index entry from the ledger (the first copy of a repeated id was committed
+    /// after the index was loaded).
+    async fn refresh_index_entry(
+        &self,
+        external_id: &ExternalId,
+        index: &mut LedgerIndex,
+    ) -> Result<(), SyncError> {
+        if let Some(row) = self.ctx.ledger.record(external_id).await? {
+            index.insert(
+                external_id.to_string(),
+                IndexEntry {
+                    fingerprint: row
+                        .source_fingerprint
+                        .as_deref()
+                        .map_or(0, fingerprint_digest),
+                    state: row.state,
+                    has_quo_id: row.quo_id.is_some(),
+                    seen: true,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Intents left by a crashed run whose record is no longer in the source.
+    async fn resolve_orphan_intents(
+        self: &Arc<Self>,
+        index: &LedgerIndex,
+        pool: &mut super::execute::Pool,
+    ) -> Result<(), SyncError> {
+        let orphans: Vec<ExternalId> = index
+            .iter()
+            .filter(|(_, e)| !e.seen && e.state == RecordState::PendingCreate)
+            .filter_map(|(id, _)| ExternalId::parse(id).ok())
+            .collect();
+        for external_id in orphans {
+            pool.dispatch(self, Work::ResolvePending { external_id })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// How many deletions one cycle may make out of `managed` without an operator's consent.
+    fn deletions_allowed(&self, managed: usize) -> usize {
+        let share = (managed as f64 * self.ctx.settings.max_delete_fraction).floor() as usize;
+        share.max(1)
+    }
+
+    /// Whether the guard lets `count` deletions of `what` through; logs and flags a refusal.
+    fn guard_deletions(&self, what: &'static str, count: usize, managed: usize) -> bool {
+        let allowed = self.deletions_allowed(managed);
+        if count <= allowed || self.ctx.settings.allow_mass_delete {
+            return true;
+        }
+        warn!(
+            event = "mass_delete_refused",
+            what,
+            would_delete = count,
+            managed,
+            allowed,
+            max_delete_fraction = self.ctx.settings.max_delete_fraction,
+            "refusing to delete more than sync.max_delete_fraction of the managed records in one cycle; nothing was deleted (rerun with --allow-mass-delete if this is intended)"
+        );
+        metrics::counter!("quo_sync_mass_delete_refused_total").increment(1);
+        self.mass_delete_refused.store(true, Ordering::Relaxed);
+        false
+    }
+
+    /// Records gone from a complete read: `sync.on_source_delete` decides.
+    async fn source_deletions(
+        self: &Arc<Self>,
+        index: &LedgerIndex,
+        pool: &mut super::execute::Pool,
+    ) -> Result<(), SyncError> {
+        if self.ctx.settings.on_source_delete == OnSourceDelete::Ignore {
+            return Ok(());
+        }
+        let gone: Vec<ExternalId> = index
+            .iter()
+            .filter(|(_, e)| !e.seen && e.state == RecordState::Synced && e.has_quo_id)
+            .filter_map(|(id, _)| ExternalId::parse(id).ok())
+            .collect();
+        if gone.is_empty() || !self.guard_deletions("quo_contacts", gone.len(), managed(index)) {
+            return Ok(());
+        }
+        for external_id in gone {
+            let Some(row) = self.ctx.ledger.record(&external_id).await? else {
+                continue;
+            };
+            let Some(quo_id) = row.quo_id else { continue };
+            pool.dispatch(
+                self,
+                Work::Delete {
+                    external_id,
+                    quo_id,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// CRM rows whose contact was deleted in Quo (`reverse.on_quo_delete = "delete_in_crm"`),
+    /// now that the source has been read.
+    async fn crm_deletions(&self, index: &LedgerIndex) -> Result<(), SyncError> {
+        let pending: Vec<(ExternalId, QuoContactId)> =
+            std::mem::take(&mut *self.crm_deletes.lock().await);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<ExternalId> = pending.iter().map(|(id, _)| id.clone()).collect();
+        if self.mode == Mode::DryRun {
+            let mut ops = self.operations.lock().await;
+            for (id, quo_id) in &pending {
+                ops.push(
+                    PlannedOp::new(id.as_str(), Action::Unlink)
+                        .with_quo_id(quo_id.as_str())
+                        .with_reason("deleted in Quo; policy DeleteInCrm"),
+                );
+            }
+            return Ok(());
+        }
+        if !self.guard_deletions("crm_rows", pending.len(), managed(index)) {
+            let mut unsettled = self.unsettled.lock().await;
+            unsettled.extend(ids.iter().map(ToString::to_string));
+            return Ok(());
+        }
+        let report = match self.ctx.source.delete_records(&ids).await {
+            Ok(report) => report,
+            Err(e) => {
+                warn!(event = "crm_delete_failed", records = ids.len(), error = %e, "could not delete the CRM records; will retry");
+                let mut unsettled = self.unsettled.lock().await;
+                unsettled.extend(ids.iter().map(ToString::to_string));
+                return Ok(());
+            }
+        };
+        for (external_id, quo_id) in pending {
+            if report.written.contains(&external_id) {
+                self.ctx
+                    .ledger
+                    .unlink(&external_id, RecordState::Deleted)
+                    .await?;
+                warn!(event = "crm_record_deleted", external_id = %external_id, quo_id = %quo_id, "contact deleted in Quo; CRM record deleted (reverse.on_quo_delete = \"delete_in_crm\")");
+                self.counts.lock().await.written_to_crm += 1;
+                self.operations.lock().await.push(
+                    PlannedOp::new(external_id.as_str(), Action::Unlink)
+                        .with_quo_id(quo_id.as_str()),
+                );
+            } else {
+                let reason = report
+                    .failed
+                    .iter()
+                    .find(|(id, _)| *id == external_id)
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_else(|| "conflict".into());
+                warn!(event = "crm_delete_failed", external_id = %external_id, reason = %reason, "could not delete the CRM record; will retry");
+                self.unsettled.lock().await.insert(external_id.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the incremental mark to the newest record read, but never past a record whose work
+    /// failed this cycle: it must be read again next cycle, not at the next full read.
+    async fn advance_high_water(&self, read: Option<DateTime<Utc>>) -> Result<(), SyncError> {
+        let failed = *self.failed_since.lock().await;
+        let mark = match (read, failed) {
+            (Some(read), Some(failed)) => {
+                Some(read.min(failed - chrono::Duration::milliseconds(1)))
+            }
+            (read, _) => read,
+        };
+        let stored = self.ctx.ledger.meta_time(HIGH_WATER).await?;
+        if let Some(mark) = mark.filter(|m| Some(*m) > stored) {
+            self.ctx
+                .ledger
+                .set_meta(HIGH_WATER, &mark.to_rfc3339())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Marks consumed webhook events applied (all but those of unsettled records), and prunes
+    /// applied events older than `reverse.inbox_retention`.
+    async fn settle_inbox(&self, intake: &QuoChanges) -> Result<(), SyncError> {
+        let unsettled = self.unsettled.lock().await.clone();
+        for (external_id, events) in &intake.events {
+            if unsettled.contains(external_id) {
+                continue;
+            }
+            let outcome = if external_id.is_empty() {
+                "ignored"
+            } else {
+                "applied"
+            };
+            for event_id in events {
+                self.ctx.ledger.inbox_done(event_id, outcome).await?;
+            }
+        }
+        let retention = chrono::Duration::from_std(self.ctx.settings.inbox_retention)
+            .unwrap_or(chrono::Duration::days(7));
+        let before = (Utc::now() - retention).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let pruned = self.ctx.ledger.inbox_prune(&before).await?;
+        if pruned > 0 {
+            info!(
+                event = "inbox_pruned",
+                events = pruned,
+                "applied webhook events past reverse.inbox_retention removed"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Linked records: the base the mass-deletion guard measures against.
+fn managed(index: &LedgerIndex) -> usize {
+    index
+        .values()
+        .filter(|e| e.state == RecordState::Synced && e.has_quo_id)
+        .count()
+}
