@@ -101,6 +101,9 @@ pub async fn build_context(
             merge_policy: crate::reverse::merge::MergePolicy {
                 conflict: Some(config.reverse.conflict),
                 fields: config.reverse.fields.clone(),
+                // One-way sync: the CRM owns managed fields; unmanaged Quo edits are still kept.
+                default_direction: (!config.reverse.enabled)
+                    .then_some(crate::config::FieldDirection::ToQuo),
             },
             max_delete_fraction: config.sync.max_delete_fraction,
             allow_mass_delete: false,

@@ -71,6 +71,9 @@ pub struct MergePolicy {
     pub conflict: Option<ConflictPolicy>,
     /// Per-field overrides.
     pub fields: BTreeMap<String, FieldPolicy>,
+    /// Direction of fields without an override (`both` when unset); one-way sync (the reverse
+    /// path off) is `to_quo`: the CRM owns managed fields, and nothing is written to it.
+    pub default_direction: Option<FieldDirection>,
 }
 
 impl MergePolicy {
@@ -78,6 +81,7 @@ impl MergePolicy {
         self.fields
             .get(field)
             .and_then(|p| p.direction)
+            .or(self.default_direction)
             .unwrap_or(FieldDirection::Both)
     }
 
@@ -297,6 +301,7 @@ mod tests {
         let policy = MergePolicy {
             conflict: Some(ConflictPolicy::Crm),
             fields,
+            default_direction: None,
         };
         let out = merge(&base, &crm, &quo, None, None, &policy);
         assert_eq!(out.merged.company.as_deref(), Some("Quo Co"));

@@ -1,0 +1,323 @@
+//! Two-way integrity: nothing typed on either side is lost, reverted or doubled, whatever Quo's
+//! PATCH does to arrays, whatever answers get lost, and whatever a server puts in a header.
+
+mod common;
+
+use common::{TestApp, csv, custom_value, items};
+use quo_sync::domain::ExternalId;
+use quo_sync::ledger::RecordState;
+use quo_sync::sandbox::{Fault, PatchMode, SandboxConfig};
+use serde_json::json;
+
+fn rows(n: u32) -> Vec<String> {
+    (1..=n).map(|i| common::row(&format!("c-{i}"), i)).collect()
+}
+
+fn with_mode(mode: PatchMode) -> SandboxConfig {
+    SandboxConfig {
+        patch_mode: mode,
+        ..SandboxConfig::default()
+    }
+}
+
+/// The reverse path is off (or its webhook was missed): the only copy of Quo the ledger has is
+/// the one from the last write. A CRM edit must not send that stale copy back.
+async fn app_edits_survive_a_crm_driven_patch(mode: PatchMode) {
+    let app = TestApp::spawn_with(
+        &csv(&rows(3)),
+        with_mode(mode),
+        "[reverse]\nenabled = false\n",
+    )
+    .await;
+    app.cycle().await;
+    let id = app.contact_for("c-2")["id"].as_str().unwrap().to_string();
+    app.sandbox
+        .app_edit(
+            &id,
+            json!({"defaultFields": {"emails": [{"name": "home", "value": "home2@example.com"}]},
+                   "customFields": [{"key": "notes", "value": "call after 5pm"}]}),
+        )
+        .expect("app edit");
+    let mut changed = rows(3);
+    changed[1] = changed[1].replace("Acme 2", "Globex");
+    app.write_csv(&csv(&changed));
+    app.sandbox.reset_stats();
+    let report = app.cycle().await;
+    assert_eq!(report.counts.updated, 1);
+
+    let contact = app.contact_for("c-2");
+    assert_eq!(contact["defaultFields"]["company"], "Globex");
+    assert_eq!(custom_value(&contact, "notes"), json!("call after 5pm"));
+    assert!(
+        items(&contact, "emails").contains(&("home".into(), "home2@example.com".into())),
+        "{:?}",
+        items(&contact, "emails")
+    );
+    // One batched read and one PATCH: freshness costs one request per 50 updates.
+    let stats = app.sandbox.stats();
+    assert_eq!(stats.writes_total(), 1, "{stats:?}");
+    assert_eq!(
+        stats.by_route_status.get("GET /v1/contacts 200"),
+        Some(&1),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn app_edits_survive_a_crm_driven_patch_under_replace_semantics() {
+    app_edits_survive_a_crm_driven_patch(PatchMode::Replace).await;
+}
+
+#[tokio::test]
+async fn app_edits_survive_a_crm_driven_patch_under_merge_semantics() {
+    app_edits_survive_a_crm_driven_patch(PatchMode::Merge).await;
+}
+
+/// A managed field edited in Quo after our last read (no webhook, no scan due), and another
+/// edited in the CRM: the PATCH must merge, not send the ledger's old value back over Quo's
+/// edit; Quo's edit goes to the CRM.
+#[tokio::test]
+async fn a_quo_edit_made_since_our_copy_is_merged_before_the_patch() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(2)),
+        with_mode(PatchMode::Replace),
+        "[reverse]\npoll_interval = \"1h\"\n",
+    )
+    .await;
+    app.cycle().await;
+    let contact = app.contact_for("c-1");
+    let id = contact["id"].as_str().unwrap().to_string();
+    let mut emails = contact["defaultFields"]["emails"].clone();
+    emails[0]["value"] = json!("typed-in-quo@example.com");
+    app.sandbox
+        .app_edit(&id, json!({"defaultFields": {"emails": emails}}))
+        .expect("app edit");
+    let mut changed = rows(2);
+    changed[0] = changed[0].replace("Acme 1", "Initech");
+    app.write_csv(&csv(&changed));
+    app.cycle().await;
+    let contact = app.contact_for("c-1");
+    assert_eq!(contact["defaultFields"]["company"], "Initech");
+    assert_eq!(
+        items(&contact, "emails"),
+        vec![("email".to_string(), "typed-in-quo@example.com".to_string())],
+        "the Quo-side edit is kept"
+    );
+    let text = std::fs::read_to_string(&app.csv_path).unwrap();
+    assert!(
+        text.contains("typed-in-quo@example.com"),
+        "and reaches the CRM: {text}"
+    );
+    // Both sides agree now: nothing more to send.
+    app.sandbox.reset_stats();
+    app.cycle().await;
+    assert_eq!(app.sandbox.stats().writes_total(), 0);
+}
+
+/// Under merge semantics an item without `id` is appended each time a PATCH is applied: a
+/// PATCH whose answer is lost must be read back, never resent blindly.
+#[tokio::test]
+async fn a_lost_patch_answer_never_doubles_an_added_email_or_phone() {
+    let app = TestApp::spawn_with(&csv(&rows(6)), with_mode(PatchMode::Merge), "").await;
+    app.cycle().await;
+    let changed: Vec<String> = rows(6)
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            // Add a work email and a mobile to every record.
+            let mut fields: Vec<String> = r.split(',').map(str::to_string).collect();
+            fields[6] = format!("work{i}@example.com");
+            fields[8] = format!("(415) 555-{:04}", 2000 + i);
+            fields.join(",")
+        })
+        .collect();
+    app.write_csv(&csv(&changed));
+    app.sandbox.inject(Fault::DropAfterWrite { count: 6 });
+    let report = app.cycle().await;
+    assert_eq!(report.counts.quarantined, 0);
+    assert_eq!(app.sandbox.stats().dropped_connections, 6);
+    for (i, id) in (1..=6).map(|i| format!("c-{i}")).enumerate() {
+        let contact = app.contact_for(&id);
+        let works: Vec<_> = items(&contact, "emails")
+            .into_iter()
+            .filter(|(name, _)| name == "work")
+            .collect();
+        assert_eq!(
+            works,
+            vec![("work".into(), format!("work{i}@example.com"))],
+            "{id}"
+        );
+        let mobiles: Vec<_> = items(&contact, "phoneNumbers")
+            .into_iter()
+            .filter(|(name, _)| name == "mobile")
+            .collect();
+        assert_eq!(mobiles.len(), 1, "{id}: {mobiles:?}");
+    }
+    // And the ledger learned the new items' ids: the next cycle sends nothing.
+    app.sandbox.reset_stats();
+    app.cycle().await;
+    assert_eq!(app.sandbox.stats().writes_total(), 0);
+}
+
+/// `Retry-After: 18446744073709551615` once crashed the process building a `Duration`.
+#[tokio::test]
+async fn a_hostile_retry_after_is_clamped_and_the_cycle_completes() {
+    let app = TestApp::spawn(&csv(&rows(3))).await;
+    app.sandbox.inject(Fault::Status {
+        status: 429,
+        count: 2,
+        retry_after: Some(u64::MAX),
+    });
+    let report = app.cycle().await;
+    assert_eq!(report.counts.created, 3);
+    assert_eq!(report.counts.rate_limited, 2);
+}
+
+/// A recreate after a 404 goes through an intent: a POST that landed but whose answer was
+/// lost (and retries ran out) is adopted next cycle, never created again.
+#[tokio::test]
+async fn a_recreate_whose_answer_is_lost_is_adopted_not_duplicated() {
+    let mut app = TestApp::spawn_with(
+        &csv(&rows(2)),
+        SandboxConfig {
+            conflict_on_duplicate: false,
+            ..SandboxConfig::default()
+        },
+        "[reverse]\nenabled = false\non_quo_delete = \"recreate\"\n",
+    )
+    .await;
+    app.cycle().await;
+    let id = app.contact_for("c-1")["id"].as_str().unwrap().to_string();
+    assert!(app.sandbox.app_delete(&id));
+    let mut changed = rows(2);
+    changed[0] = changed[0].replace("Acme 1", "Umbrella");
+    app.write_csv(&csv(&changed));
+    // No retries: the dropped POST stays unresolved in this process.
+    let config = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(
+        &app.config_path,
+        config.replace("max_retries = 10", "max_retries = 0"),
+    )
+    .unwrap();
+    app.restart().await;
+    app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
+    let report = app.cycle().await;
+    assert_eq!(report.counts.quarantined, 1);
+    let row = app
+        .ledger()
+        .record(&ExternalId::parse("c-1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.state,
+        RecordState::PendingCreate,
+        "the dead id is forgotten, the intent kept"
+    );
+    assert!(row.quo_id.is_none());
+
+    app.cycle().await;
+    app.cycle().await;
+    assert_eq!(
+        app.sandbox.count_by_external_id("c-1"),
+        1,
+        "one contact, adopted"
+    );
+    let contact = app.contact_for("c-1");
+    assert_eq!(contact["defaultFields"]["company"], "Umbrella");
+    app.assert_one_contact_per_record(&["c-1".into(), "c-2".into()])
+        .await;
+}
+
+/// Deleting more than `sync.max_delete_fraction` of the managed contacts in one cycle is
+/// refused as a whole, until an operator allows it.
+#[tokio::test]
+async fn a_mass_deletion_is_refused_until_allowed() {
+    let mut app = TestApp::spawn_with(
+        &csv(&rows(20)),
+        SandboxConfig::default(),
+        "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = 0.1\n",
+    )
+    .await;
+    app.cycle().await;
+    // An export cut short: 15 of 20 rows are missing.
+    app.write_csv(&csv(&rows(5)));
+    let report = app.cycle().await;
+    assert!(report.mass_delete_refused);
+    assert_eq!(report.status(), "mass_delete_refused");
+    assert_eq!(report.counts.deleted, 0);
+    assert_eq!(app.sandbox.contacts().len(), 20, "nothing deleted");
+
+    // Two rows missing out of 20 is within 10%.
+    app.write_csv(&csv(&rows(18)));
+    let report = app.cycle().await;
+    assert!(!report.mass_delete_refused);
+    assert_eq!(report.counts.deleted, 2);
+
+    app.write_csv(&csv(&rows(5)));
+    app.ctx.settings.allow_mass_delete = true;
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 13);
+    assert_eq!(app.sandbox.contacts().len(), 5);
+    app.restart().await;
+}
+
+/// A 401 met by a worker stops the cycle with an auth failure, and never passes for a
+/// shutdown request (which once made `run` exit 0 as if stopped on purpose).
+#[tokio::test]
+async fn a_401_inside_a_worker_fails_the_cycle_without_requesting_shutdown() {
+    let app = TestApp::spawn(&csv(&rows(8))).await;
+    app.sandbox
+        .set_latency(std::time::Duration::from_millis(40));
+    let ctx = app.ctx.clone();
+    let cycle =
+        tokio::spawn(
+            async move { quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply).await },
+        );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.sandbox.stats().requests_total < 1 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    app.sandbox.inject(Fault::Status {
+        status: 401,
+        count: 1000,
+        retry_after: None,
+    });
+    let error = cycle.await.unwrap().expect_err("the cycle fails");
+    assert!(error.is_auth_failure(), "{error}");
+    assert!(
+        !app.ctx.cancel.is_cancelled(),
+        "a refused key is not a shutdown request"
+    );
+}
+
+/// `run` with a key Quo refuses stops with exit code 1 and `auth_failed`, so a supervisor
+/// notices, instead of cycling forever or exiting 0.
+#[tokio::test]
+async fn run_exits_1_with_auth_failed_when_quo_refuses_the_key() {
+    let app = TestApp::spawn(&csv(&rows(2))).await;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["run", "--config"])
+        .arg(&app.config_path)
+        .env_remove("QUO_SYNC_CONFIG")
+        .env("QUO_SYNC__QUO__API_KEY", "not-the-key-q9z")
+        .env("QUO_SYNC__SCHEDULE__INTERVAL", "100ms")
+        .env("QUO_SYNC__LOG__FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run starts");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("run stops by itself")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("\"auth_failed\""), "{stderr}");
+    assert!(
+        !stderr.contains("not-the-key-q9z"),
+        "the key is never logged"
+    );
+}
