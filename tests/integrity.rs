@@ -266,7 +266,13 @@ async fn a_mass_deletion_is_refused_until_allowed() {
 /// shutdown request (which once made `run` exit 0 as if stopped on purpose).
 #[tokio::test]
 async fn a_401_inside_a_worker_fails_the_cycle_without_requesting_shutdown() {
-    let app = TestApp::spawn(&csv(&rows(8))).await;
+    // No scan in front: the requests after the custom-field read are the workers' POSTs.
+    let app = TestApp::spawn_with(
+        &csv(&rows(8)),
+        SandboxConfig::default(),
+        "[reverse]\nenabled = false\n",
+    )
+    .await;
     app.sandbox
         .set_latency(std::time::Duration::from_millis(40));
     let ctx = app.ctx.clone();
@@ -275,7 +281,12 @@ async fn a_401_inside_a_worker_fails_the_cycle_without_requesting_shutdown() {
             async move { quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply).await },
         );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.sandbox.stats().requests_total < 1 {
+    while !app
+        .sandbox
+        .stats()
+        .by_route_status
+        .contains_key("GET /v1/contact-custom-fields 200")
+    {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
