@@ -640,3 +640,25 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhooks_keep_a_slow_fallback_scan() {
+        let mut reverse = ReverseConfig::default();
+        assert_eq!(
+            reverse.effective_poll_interval(),
+            Some(Duration::from_secs(60))
+        );
+        reverse.webhook_secret = Some(SecretString::from("whsec_c2VjcmV0"));
+        assert_eq!(
+            reverse.effective_poll_interval(),
+            Some(Duration::from_secs(3600)),
+            "a missed delivery is pulled within the hour"
+        );
+        reverse.poll_interval = Some(HumanDuration(Duration::ZERO));
+        assert_eq!(reverse.effective_poll_interval(), None, "0s disables");
+    }
+}

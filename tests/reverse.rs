@@ -421,3 +421,101 @@ async fn a_long_run_with_edits_on_both_sides_converges_with_zero_echo_writes() {
         assert_eq!(contact["defaultFields"]["role"], line[4].as_str(), "{id}");
     }
 }
+
+/// A Quo edit to a record whose CSV row cannot be read this cycle stays pending, and reaches the
+/// CRM once the row reads again (it was once marked applied and lost).
+#[tokio::test]
+async fn a_quo_edit_to_an_unreadable_row_waits_for_the_row_to_be_fixed() {
+    let app = app_with_webhooks(3, "", WebhookScheme::Standard).await;
+    app.cycle().await;
+    app.cycle().await;
+    let good = app.csv_text();
+    // The row for r-2 loses a column (an export bug).
+    let broken = good.replace(",Acme 2,", ",");
+    app.write_csv(&broken);
+    let events_before = app.inbox_count().await;
+    app.sandbox
+        .app_edit(
+            &app.quo_id("r-2"),
+            json!({"defaultFields": {"role": "Edited While Broken"}}),
+        )
+        .unwrap();
+    app.wait_for_inbox(events_before + 1).await;
+    let report = app.cycle().await;
+    assert!(report.counts.quarantined >= 1, "{report:?}");
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL")
+        .fetch_one(app.ledger().pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        pending, 1,
+        "the event stays pending while its row is unreadable"
+    );
+
+    app.write_csv(&good);
+    app.cycle().await;
+    let text = app.csv_text();
+    assert!(
+        text.lines().nth(2).unwrap().contains("Edited While Broken"),
+        "{text}"
+    );
+}
+
+/// Applied webhook events older than `reverse.inbox_retention` are pruned; pending ones stay
+/// whatever their age.
+#[tokio::test]
+async fn applied_inbox_events_past_retention_are_pruned() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(1)),
+        SandboxConfig::default(),
+        &format!("{}inbox_retention = \"1d\"\n", webhook_only()),
+    )
+    .await;
+    for (id, done) in [("EVold", true), ("EVpending", false), ("EVrecent", true)] {
+        app.ledger()
+            .inbox_put(quo_sync::ledger::NewInboxEvent {
+                event_id: id,
+                event_type: "contact.updated",
+                quo_id: Some("not-ours"),
+                payload: "{}",
+            })
+            .await
+            .unwrap();
+        if done {
+            app.ledger().inbox_done(id, "applied").await.unwrap();
+        }
+    }
+    sqlx::query("UPDATE inbox SET received_at = '2020-01-01T00:00:00.000Z', processed_at = CASE WHEN event_id = 'EVold' THEN '2020-01-01T00:00:00.000Z' ELSE processed_at END WHERE event_id IN ('EVold', 'EVpending')")
+        .execute(app.ledger().pool())
+        .await
+        .unwrap();
+    app.cycle().await;
+    let left: Vec<String> = sqlx::query_scalar("SELECT event_id FROM inbox ORDER BY event_id")
+        .fetch_all(app.ledger().pool())
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["EVpending".to_string(), "EVrecent".to_string()]);
+}
+
+/// A webhook client that sends its headers and then stalls gets 408 after
+/// `reverse.read_timeout` instead of holding the connection.
+#[tokio::test]
+async fn a_stalled_webhook_body_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app_with_webhooks(1, "", WebhookScheme::Standard).await;
+    let url = app.start_receiver().await;
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/webhooks/quo")
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"POST /webhooks/quo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\":")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "the receiver answers by itself");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}
