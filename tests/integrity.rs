@@ -332,3 +332,50 @@ async fn run_exits_1_with_auth_failed_when_quo_refuses_the_key() {
         "the key is never logged"
     );
 }
+
+/// A create whose answer was lost is adopted later; an edit made in Quo in between is merged
+/// against what the POST sent, not overwritten by the CRM's copy (found by the convergence
+/// test, seed 9).
+#[tokio::test]
+async fn an_adopted_contact_keeps_the_quo_edit_made_before_adoption() {
+    let mut app = TestApp::spawn_with(
+        &csv(&rows(2)),
+        SandboxConfig {
+            conflict_on_duplicate: false,
+            ..SandboxConfig::default()
+        },
+        "[reverse]\npoll_interval = \"1h\"\n",
+    )
+    .await;
+    let config = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(
+        &app.config_path,
+        config.replace("max_retries = 10", "max_retries = 0"),
+    )
+    .unwrap();
+    app.restart().await;
+    app.sandbox.inject(Fault::DropAfterWrite { count: 2 });
+    let report = app.cycle().await;
+    assert_eq!(
+        report.counts.quarantined, 2,
+        "both answers lost, retries off"
+    );
+    let id = app.contact_for("c-1")["id"].as_str().unwrap().to_string();
+    app.sandbox
+        .app_edit(
+            &id,
+            json!({"defaultFields": {"role": "Typed Before Adoption"}}),
+        )
+        .expect("app edit");
+    app.cycle().await;
+    app.cycle().await;
+    let contact = app.contact_for("c-1");
+    assert_eq!(contact["defaultFields"]["role"], "Typed Before Adoption");
+    assert!(
+        app.csv_text().contains("Typed Before Adoption"),
+        "{}",
+        app.csv_text()
+    );
+    app.assert_one_contact_per_record(&["c-1".into(), "c-2".into()])
+        .await;
+}

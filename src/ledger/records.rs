@@ -255,13 +255,27 @@ impl Ledger {
     ///
     /// A row that already has a Quo id keeps it: an intent never erases a known id.
     pub async fn record_intent(&self, external_id: &ExternalId) -> Result<(), LedgerError> {
+        self.record_intent_with(external_id, None).await
+    }
+
+    /// Like [`Ledger::record_intent`], remembering the snapshot the POST sends: if the create's
+    /// outcome is lost and the contact is adopted later, that snapshot is the merge base, so an
+    /// edit made in Quo in between is kept rather than overwritten.
+    pub async fn record_intent_with(
+        &self,
+        external_id: &ExternalId,
+        sent: Option<&Snapshot>,
+    ) -> Result<(), LedgerError> {
         let now = now_text();
+        let sent = sent.map(|s| serde_json::to_string(s).expect("snapshot serialises"));
         sqlx::query(
-            "INSERT INTO records (external_id, state, created_at, updated_at) VALUES (?, 'pending_create', ?, ?)
-             ON CONFLICT(external_id) DO UPDATE SET state = 'pending_create', updated_at = excluded.updated_at
+            "INSERT INTO records (external_id, state, snapshot, created_at, updated_at) VALUES (?, 'pending_create', ?, ?, ?)
+             ON CONFLICT(external_id) DO UPDATE SET state = 'pending_create', snapshot = excluded.snapshot,
+                 updated_at = excluded.updated_at
              WHERE records.quo_id IS NULL",
         )
         .bind(external_id.as_str())
+        .bind(sent)
         .bind(&now)
         .bind(&now)
         .execute(&self.pool)

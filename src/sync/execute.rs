@@ -423,8 +423,8 @@ impl Cycle {
         Ok(())
     }
 
-    /// One POST, never a duplicate: the intent is committed first, a pending create is looked
-    /// up before it is sent, and an adopted contact is patched to the CRM's values.
+    /// One POST, never a duplicate: the intent (with what it sends) is committed first, a
+    /// pending create is looked up before it is sent, and a contact found instead is adopted.
     pub(super) async fn create(
         &self,
         external_id: &ExternalId,
@@ -433,8 +433,19 @@ impl Cycle {
         fingerprint: Option<&str>,
         pending: bool,
     ) -> Result<(), Failure> {
-        self.ctx.ledger.record_intent(external_id).await?;
-        // A previous run may have created it and died before committing: look first.
+        // What an earlier, interrupted attempt sent: the base if its contact is adopted now.
+        let sent_before = if pending {
+            self.ctx
+                .ledger
+                .record(external_id)
+                .await?
+                .filter(|row| row.quo_id.is_none())
+                .and_then(|row| row.snapshot)
+        } else {
+            None
+        };
+        // A previous run may have created it and died before committing: look first (its row
+        // is already a pending intent).
         let existing = if pending {
             self.ctx
                 .client
@@ -449,6 +460,10 @@ impl Cycle {
         let (contact, adopted) = match existing {
             Some(contact) => (contact, true),
             None => {
+                self.ctx
+                    .ledger
+                    .record_intent_with(external_id, Some(snapshot))
+                    .await?;
                 let source_url = self
                     .ctx
                     .settings
@@ -470,27 +485,22 @@ impl Cycle {
                 (outcome.contact, outcome.adopted)
             }
         };
-        let quo_id = QuoContactId(contact.id.clone());
-        let mut contact = contact;
         if adopted {
-            // Commit the id before anything else can fail; the snapshot is what Quo has.
-            let have = self.mapper.from_contact(&contact);
-            self.ctx
-                .ledger
-                .commit_synced(SyncedRecord {
+            // The merge base is what an earlier attempt sent, when the intent kept it. Without
+            // it (a 409 for a contact made elsewhere, an intent from an older version) nothing
+            // is known to be a Quo-side edit, and the CRM's values are brought over.
+            return self
+                .adopt(
                     external_id,
-                    quo_id: &quo_id,
-                    source_fingerprint: None,
-                    snapshot: &have,
-                    contact: &contact,
-                    crm_updated_at: None,
-                })
-                .await?;
-            if !have.changed_fields(snapshot).is_empty() {
-                contact = self.patch_confirmed(&quo_id, snapshot, contact).await?;
-            }
-            info!(event = "contact_adopted", external_id = %external_id, quo_id = %quo_id, "found the contact in Quo and adopted it instead of creating a duplicate");
+                    record,
+                    snapshot,
+                    sent_before,
+                    fingerprint,
+                    contact,
+                )
+                .await;
         }
+        let quo_id = QuoContactId(contact.id.clone());
         self.commit(
             external_id,
             &quo_id,
@@ -500,7 +510,7 @@ impl Cycle {
             record,
         )
         .await?;
-        info!(event = "contact_created", external_id = %external_id, quo_id = %quo_id, adopted, "contact created");
+        info!(event = "contact_created", external_id = %external_id, quo_id = %quo_id, "contact created");
         self.counted(
             Action::Create,
             external_id,
@@ -508,6 +518,81 @@ impl Cycle {
             Vec::new(),
         )
         .await;
+        Ok(())
+    }
+
+    /// A contact found in Quo instead of created (our earlier POST landed, or Quo answered 409):
+    /// its id is committed at once, then it is merged three-way against what we sent, so an
+    /// edit made in Quo since then is kept (and written to the CRM) rather than overwritten.
+    async fn adopt(
+        &self,
+        external_id: &ExternalId,
+        record: Option<&SourceRecord>,
+        crm: &Snapshot,
+        sent: Option<Snapshot>,
+        fingerprint: Option<&str>,
+        contact: Contact,
+    ) -> Result<(), Failure> {
+        let quo_id = QuoContactId(contact.id.clone());
+        let have = self.mapper.from_contact(&contact);
+        let sent = sent.unwrap_or_else(|| have.clone());
+        self.ctx
+            .ledger
+            .commit_synced(SyncedRecord {
+                external_id,
+                quo_id: &quo_id,
+                source_fingerprint: None,
+                snapshot: &have,
+                contact: &contact,
+                crm_updated_at: None,
+            })
+            .await?;
+        // Until the merge below is confirmed, the next cycle must map the record again.
+        self.ctx.ledger.clear_fingerprint(external_id).await?;
+        info!(event = "contact_adopted", external_id = %external_id, quo_id = %quo_id, "found the contact in Quo and adopted it instead of creating a duplicate");
+        let outcome = self
+            .merge_recorded(
+                external_id,
+                &quo_id,
+                &sent,
+                crm,
+                &have,
+                record.and_then(|r| r.updated_at),
+                contact.updated_at.as_deref(),
+            )
+            .await?;
+        self.counted(
+            Action::Create,
+            external_id,
+            Some(quo_id.as_str()),
+            Vec::new(),
+        )
+        .await;
+        if !outcome.to_crm.is_empty() {
+            self.writebacks.lock().await.push(super::WriteBack {
+                external_id: external_id.clone(),
+                record: record.cloned(),
+                quo_id,
+                contact,
+                outcome,
+            });
+            return Ok(());
+        }
+        let contact = if outcome.to_quo.is_empty() {
+            contact
+        } else {
+            self.patch_confirmed(&quo_id, &outcome.merged, contact)
+                .await?
+        };
+        self.commit(
+            external_id,
+            &quo_id,
+            fingerprint,
+            &outcome.merged,
+            &contact,
+            record,
+        )
+        .await?;
         Ok(())
     }
 
