@@ -60,6 +60,7 @@ impl AppError {
 pub fn build_client(config: &Config) -> Result<QuoClient, AppError> {
     let key = config.require_api_key()?.clone();
     let limiter = RateLimiter::per_second(config.quo.requests_per_second);
+    limiter.set_background_share(config.reverse.scan_share);
     Ok(QuoClient::new(
         ClientSettings {
             base_url: config.quo.base_url.clone(),
@@ -194,10 +195,22 @@ pub async fn run_service(
         servers.push(tokio::spawn(serve(listener, router, ctx.cancel.clone())));
     }
     let interval = config.schedule.interval.0;
-    let tick = match ctx.settings.poll_interval {
-        Some(poll) if ctx.settings.reverse_enabled => interval.min(poll),
-        _ => interval,
+    // The scan runs beside the cycles, yielding to their writes; what it finds wakes a cycle.
+    let mut ctx = ctx.clone();
+    let scanner = match ctx.settings.poll_interval.take() {
+        Some(poll) if ctx.settings.reverse_enabled => {
+            Some(tokio::spawn(crate::reverse::scan::run_scanner(
+                ctx.ledger.clone(),
+                ctx.client.background(),
+                poll,
+                wake.clone(),
+                ctx.cancel.clone(),
+            )))
+        }
+        _ => None,
     };
+    let ctx = &ctx;
+    let tick = interval;
     info!(event = "service_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "quo-sync service started");
     loop {
         if ctx.cancel.is_cancelled() {
@@ -234,6 +247,9 @@ pub async fn run_service(
     }
     for server in servers {
         let _ = server.await;
+    }
+    if let Some(scanner) = scanner {
+        let _ = scanner.await;
     }
     ctx.ledger.close().await;
     info!(event = "service_stopped", "quo-sync stopped cleanly");

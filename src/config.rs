@@ -409,6 +409,9 @@ pub struct ReverseConfig {
     pub max_body_bytes: usize,
     /// How long applied webhook events are kept (for redelivery dedupe and audit), default `7d`.
     pub inbox_retention: HumanDuration,
+    /// Share of the request rate the service's scan may use while writes wait, default `0.3`
+    /// (all of it otherwise).
+    pub scan_share: f64,
     /// Longest a webhook delivery may take to arrive in full, default `10s` (slow clients get
     /// 408 instead of holding a connection).
     pub read_timeout: HumanDuration,
@@ -426,6 +429,7 @@ impl Default for ReverseConfig {
             on_quo_delete: OnQuoDelete::Unlink,
             max_body_bytes: 256 * 1024,
             inbox_retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+            scan_share: 0.3,
             read_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
@@ -524,6 +528,13 @@ impl Config {
             return Err(bad(
                 "quo.requests_per_second",
                 "expected a whole number above 0".into(),
+            ));
+        }
+        let share = self.reverse.scan_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(bad(
+                "reverse.scan_share",
+                format!("expected a share above 0 and at most 1, got {share}"),
             ));
         }
         let fraction = self.sync.max_delete_fraction;

@@ -379,3 +379,52 @@ async fn an_adopted_contact_keeps_the_quo_edit_made_before_adoption() {
     app.assert_one_contact_per_record(&["c-1".into(), "c-2".into()])
         .await;
 }
+
+/// A scan pass cut short resumes from its page token after a restart instead of starting over,
+/// and finds the in-app edits on every page.
+#[tokio::test]
+async fn a_scan_pass_resumes_after_a_restart() {
+    let mut app = TestApp::spawn_with(
+        &csv(&rows(120)),
+        SandboxConfig::default(),
+        "[reverse]\npoll_interval = \"0s\"\n",
+    )
+    .await;
+    app.cycle().await;
+    for id in ["c-3", "c-70", "c-119"] {
+        let quo_id = app.contact_for(id)["id"].as_str().unwrap().to_string();
+        app.sandbox
+            .app_edit(
+                &quo_id,
+                json!({"defaultFields": {"role": format!("Edited {id}")}}),
+            )
+            .unwrap();
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let first = quo_sync::reverse::scan::scan(app.ledger(), &app.ctx.client, Some(1), &stop)
+        .await
+        .unwrap();
+    assert_eq!((first.pages, first.complete), (1, false));
+    app.restart().await;
+    app.sandbox.reset_stats();
+    let rest = quo_sync::reverse::scan::scan(app.ledger(), &app.ctx.client, None, &stop)
+        .await
+        .unwrap();
+    assert!(rest.complete);
+    assert_eq!(
+        rest.pages, 2,
+        "120 contacts are 3 pages; one was already listed"
+    );
+    assert_eq!(
+        app.sandbox
+            .stats()
+            .by_route_status
+            .get("GET /v1/contacts 200"),
+        Some(&2)
+    );
+    assert_eq!(first.notices + rest.notices, 3);
+    // The notices are applied by the next cycle like webhook deliveries.
+    let report = app.cycle().await;
+    assert_eq!(report.counts.written_to_crm, 3);
+    assert!(app.csv_text().contains("Edited c-119"));
+}

@@ -247,6 +247,8 @@ pub struct QuoClient {
     limiter: Arc<RateLimiter>,
     retry: RetryPolicy,
     stats: Arc<ClientStats>,
+    /// Requests of background work (the reverse scan) yield to the others.
+    background: bool,
 }
 
 impl std::fmt::Debug for QuoClient {
@@ -291,6 +293,16 @@ impl QuoClient {
             limiter,
             retry: settings.retry,
             stats: Arc::new(ClientStats::default()),
+            background: false,
+        }
+    }
+
+    /// A clone whose requests are background work: they take at most the limiter's background
+    /// share of the rate while other requests wait (same key, limiter and counters).
+    pub fn background(&self) -> Self {
+        Self {
+            background: true,
+            ..self.clone()
         }
     }
 
@@ -646,7 +658,11 @@ impl QuoClient {
         query: &[(&str, String)],
         body: Option<&B>,
     ) -> Result<(StatusCode, bytes::Bytes), AttemptError> {
-        self.limiter.acquire().await;
+        if self.background {
+            self.limiter.acquire_background().await;
+        } else {
+            self.limiter.acquire().await;
+        }
         let mut request = self
             .http
             .request(method, format!("{}{}", self.base_url, path))

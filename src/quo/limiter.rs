@@ -6,6 +6,10 @@
 //! every `1s / rate`, with a small safety margin for network jitter between our clock and Quo's.
 //! A 429 pauses the whole limiter (every worker, not only the one that got it) for the server's
 //! `Retry-After` or the backoff, so the key recovers instead of drawing more 429s.
+//!
+//! Background work (the reverse scan) asks through [`RateLimiter::acquire_background`]: while
+//! foreground requests (writes, freshen reads, lookups) are waiting it is held to its configured
+//! share of the rate, and it takes all of it otherwise, so a long scan never starves writes.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -26,6 +30,10 @@ pub struct RateLimiter {
     permits: AtomicU64,
     /// No permit is handed out before this instant (set by a 429).
     paused_until: std::sync::Mutex<Option<Instant>>,
+    /// Foreground callers waiting for a permit right now.
+    foreground_waiting: std::sync::atomic::AtomicUsize,
+    /// Spaces background permits to their share of the rate while foreground callers wait.
+    background: std::sync::Mutex<Option<DefaultDirectRateLimiter>>,
 }
 
 impl RateLimiter {
@@ -42,12 +50,55 @@ impl RateLimiter {
             waited_micros: AtomicU64::new(0),
             permits: AtomicU64::new(0),
             paused_until: std::sync::Mutex::new(None),
+            foreground_waiting: std::sync::atomic::AtomicUsize::new(0),
+            background: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Sets the share of the rate background work may use while foreground work waits
+    /// (`reverse.scan_share`, 0 < share ≤ 1).
+    pub fn set_background_share(&self, share: f64) {
+        let share = share.clamp(0.01, 1.0);
+        let per_second = f64::from(self.per_second) * SAFETY_MARGIN * share;
+        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_second))
+            .expect("period is non-zero")
+            .allow_burst(NonZeroU32::new(1).expect("one"));
+        *self.background.lock().unwrap_or_else(|e| e.into_inner()) = Some(Gcra::direct(quota));
+    }
+
+    /// Waits for a permit for background work: at most its share of the rate while foreground
+    /// callers wait, any free permit otherwise.
+    pub async fn acquire_background(&self) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.foreground_waiting.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            let ready = {
+                let gate = self.background.lock().unwrap_or_else(|e| e.into_inner());
+                match gate.as_ref() {
+                    None => true,
+                    Some(gate) => gate.check().is_ok(),
+                }
+            };
+            if ready {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.take_permit(started).await
     }
 
     /// Waits for the next permit; call before every attempt, retries included.
     pub async fn acquire(&self) -> Duration {
         let started = Instant::now();
+        self.foreground_waiting.fetch_add(1, Ordering::Relaxed);
+        let waited = self.take_permit(started).await;
+        self.foreground_waiting.fetch_sub(1, Ordering::Relaxed);
+        waited
+    }
+
+    async fn take_permit(&self, started: Instant) -> Duration {
         while let Some(until) = self.pause_deadline() {
             tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
         }
@@ -128,5 +179,55 @@ mod tests {
         let started = Instant::now();
         limiter.acquire().await;
         assert!(started.elapsed() >= Duration::from_millis(190));
+    }
+
+    #[tokio::test]
+    async fn background_work_keeps_to_its_share_while_foreground_waits() {
+        let limiter = RateLimiter::per_second(200);
+        limiter.set_background_share(0.25);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = |background: bool| {
+            let limiter = limiter.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    if background {
+                        limiter.acquire_background().await;
+                    } else {
+                        limiter.acquire().await;
+                    }
+                    n += 1;
+                }
+                n
+            })
+        };
+        let (fg1, fg2, bg) = (count(false), count(false), count(true));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (fg, bg) = (fg1.await.unwrap() + fg2.await.unwrap(), bg.await.unwrap());
+        let share = f64::from(bg) / f64::from(bg + fg);
+        assert!(
+            share <= 0.32,
+            "background took {share:.2} ({bg} of {})",
+            bg + fg
+        );
+        assert!(bg >= 5, "background still progresses: {bg}");
+    }
+
+    #[tokio::test]
+    async fn background_work_takes_the_whole_rate_when_alone() {
+        let limiter = RateLimiter::per_second(200);
+        limiter.set_background_share(0.1);
+        let started = Instant::now();
+        for _ in 0..21 {
+            limiter.acquire_background().await;
+        }
+        // 20 periods at ~5.1 ms: far less than the 0.5 s a 10% share would take.
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

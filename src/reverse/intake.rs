@@ -12,13 +12,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use futures::TryStreamExt;
-use sqlx::Row;
-use tracing::{debug, info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 use crate::domain::{ExternalId, QuoContactId};
 use crate::ledger::{Ledger, LedgerError};
-use crate::quo::client::{PageTokens, QuoClient, QuoError};
+use crate::quo::client::{QuoClient, QuoError};
 use crate::quo::types::Contact;
 
 /// Why intake failed.
@@ -83,6 +82,21 @@ pub async fn gather(
     scan: bool,
 ) -> Result<QuoChanges, IntakeError> {
     let mut changes = QuoChanges::default();
+    if scan {
+        // The pass writes its findings as notices into the inbox, read just below.
+        match super::scan::scan(ledger, client, None, &CancellationToken::new()).await {
+            Ok(progress) => {
+                changes.scanned = progress.complete;
+                changes.orphans = progress.orphans;
+            }
+            Err(IntakeError::Quo(e)) if !e.is_fatal() => {
+                // Nothing is concluded from a partial listing; the next cycle goes on with it.
+                warn!(event = "scan_failed", error = %e, "Quo scan stopped; no deletion concluded, resuming next cycle");
+                metrics::counter!("quo_sync_scans_failed_total").increment(1);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let mut fetched: HashSet<String> = HashSet::new();
     for event in ledger.inbox_pending(10_000).await? {
         let Some(quo_id) = event.quo_id.clone() else {
@@ -121,17 +135,6 @@ pub async fn gather(
         )
         .await?;
     }
-    if scan {
-        match scan_all(ledger, client, &mut changes, &fetched).await {
-            Ok(()) => {}
-            Err(IntakeError::Quo(e)) if !e.is_fatal() => {
-                // Nothing is concluded from a partial listing; the next cycle scans again.
-                warn!(event = "scan_failed", error = %e, "Quo scan abandoned; no deletion concluded, retrying next cycle");
-                metrics::counter!("quo_sync_scans_failed_total").increment(1);
-            }
-            Err(e) => return Err(e),
-        }
-    }
     Ok(changes)
 }
 
@@ -161,93 +164,5 @@ async fn confirm(
             reason: e.to_string(),
         }),
     }
-    Ok(())
-}
-
-/// Lists every contact with our source and compares `updatedAt` with the ledger.
-async fn scan_all(
-    ledger: &Ledger,
-    client: &QuoClient,
-    changes: &mut QuoChanges,
-    already: &HashSet<String>,
-) -> Result<(), IntakeError> {
-    // quo id → (external id, stored updatedAt) for every linked record.
-    let mut known: HashMap<String, (String, Option<String>)> = HashMap::new();
-    let mut rows = sqlx::query("SELECT quo_id, external_id, quo_updated_at FROM records WHERE quo_id IS NOT NULL AND state = 'synced'")
-        .fetch(ledger.pool());
-    while let Some(row) = rows.try_next().await? {
-        known.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
-    }
-    drop(rows);
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut tokens = PageTokens::default();
-    let mut token: Option<String> = None;
-    let mut pages = 0u32;
-    let mut changed = HashMap::new();
-    let mut unreadable = Vec::new();
-    loop {
-        let page = client.list_page(token.as_deref()).await?;
-        pages += 1;
-        for odd in page.undecodable {
-            let Some(quo_id) = odd.quo_id else { continue };
-            seen.insert(quo_id.clone());
-            if let Some((external_id, _)) = known.get(&quo_id)
-                && let Ok(external_id) = ExternalId::parse(external_id)
-            {
-                unreadable.push(UnreadableContact {
-                    external_id,
-                    quo_id,
-                    reason: format!("Quo's copy does not decode: {}", odd.reason),
-                });
-            }
-        }
-        for contact in page.contacts {
-            seen.insert(contact.id.clone());
-            match known.get(&contact.id) {
-                None => changes.orphans += 1,
-                Some((external_id, stored)) => {
-                    if already.contains(&contact.id) || changes.changed.contains_key(external_id) {
-                        continue;
-                    }
-                    if contact.updated_at.is_none() || contact.updated_at != *stored {
-                        changed.insert(external_id.clone(), contact);
-                    }
-                }
-            }
-        }
-        match page.next_page_token {
-            Some(next) => {
-                tokens.next("GET /v1/contacts", &next)?;
-                token = Some(next);
-            }
-            None => break,
-        }
-    }
-    // The listing is complete: only now does it say anything. Missing contacts are confirmed one
-    // by one (a lagging list must not unlink, recreate or delete anything).
-    changes.changed.extend(changed);
-    changes.unreadable.extend(unreadable);
-    let mut missing = 0u64;
-    for (quo_id, (external_id, stored)) in &known {
-        if seen.contains(quo_id) || already.contains(quo_id) {
-            continue;
-        }
-        let Ok(id) = ExternalId::parse(external_id) else {
-            continue;
-        };
-        missing += 1;
-        confirm(client, &id, quo_id, stored.as_deref(), changes).await?;
-    }
-    changes.scanned = true;
-    info!(
-        event = "quo_scanned",
-        pages,
-        contacts = seen.len(),
-        changed = changes.changed.len(),
-        missing_from_list = missing,
-        deleted = changes.deleted.len(),
-        orphans = changes.orphans,
-        "scanned Quo for changes"
-    );
     Ok(())
 }

@@ -8,4 +8,5 @@
 pub mod intake;
 pub mod merge;
 pub mod receiver;
+pub mod scan;
 pub mod signature;

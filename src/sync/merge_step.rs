@@ -16,9 +16,6 @@ use crate::reverse::intake::{self, QuoChanges};
 use crate::reverse::merge::{MergeOutcome, merge};
 use crate::source::{CrmChange, SourceError, SourceRecord};
 
-/// Meta key holding the time of the last complete scan of Quo.
-const LAST_SCAN: &str = "reverse.last_scan_at";
-
 fn parse_time(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
     text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&chrono::Utc))
@@ -63,26 +60,15 @@ impl Cycle {
     /// Inbox events, plus a scan when `reverse.poll_interval` says one is due.
     async fn gather_quo_changes(&self) -> Result<QuoChanges, SyncError> {
         let ledger = &self.ctx.ledger;
+        // A dry run writes nothing, and a scan's findings are notices written to the inbox: a
+        // plan shows what the notices already there would do.
         let scan = match self.ctx.settings.poll_interval {
-            None => false,
-            Some(interval) => match ledger.meta_time(LAST_SCAN).await? {
-                None => true,
-                Some(last) => {
-                    chrono::Utc::now()
-                        .signed_duration_since(last)
-                        .to_std()
-                        .unwrap_or_default()
-                        >= interval
-                }
-            },
+            Some(interval) if self.mode == Mode::Apply => {
+                crate::reverse::scan::due(ledger, interval).await?
+            }
+            _ => false,
         };
-        let changes = intake::gather(ledger, &self.ctx.client, scan).await?;
-        if changes.scanned && self.mode == Mode::Apply {
-            ledger
-                .set_meta(LAST_SCAN, &chrono::Utc::now().to_rfc3339())
-                .await?;
-        }
-        Ok(changes)
+        Ok(intake::gather(ledger, &self.ctx.client, scan).await?)
     }
 
     /// A managed contact is gone from Quo: apply `reverse.on_quo_delete`, never silently.

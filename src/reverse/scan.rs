@@ -1,0 +1,316 @@
+//! The reverse scan: lists every contact with our `source`, page by page, and turns what it
+//! finds into notices in the inbox, the same way a webhook delivery does. The cycle then treats
+//! both alike (the contact fetched by id is the truth), so the scan needs no path of its own.
+//!
+//! Why notices and not direct changes: a scan of a large workspace is long (100,000 contacts are
+//! 2,000 requests, 200 s at Quo's 10/s). Written as notices, its work survives a restart (the
+//! page token and a per-record `scan_seen` mark are in the ledger, so a pass resumes instead of
+//! starting over), and in the service it runs beside the cycles, at a bounded share of the rate
+//! limit while writes wait ([`crate::quo::limiter`]), instead of in front of every cycle.
+//!
+//! Absence is not deletion: a linked contact that a complete pass did not list becomes a
+//! "missing" notice, and only the fetch by id that follows (a 404) can call it deleted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Row;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::intake::IntakeError;
+use crate::ledger::{Ledger, NewInboxEvent};
+use crate::quo::client::{QuoClient, QuoError};
+
+/// Meta key: when the last complete pass ended.
+pub const LAST_SCAN: &str = "reverse.last_scan_at";
+/// Meta key: the running pass's id (marks `records.scan_seen`).
+const SCAN_ID: &str = "reverse.scan_id";
+/// Meta key: the running pass's next page token.
+const SCAN_TOKEN: &str = "reverse.scan_token";
+/// Event type of a "listed nowhere in a complete pass" notice.
+pub const MISSING: &str = "contact.missing_from_scan";
+
+/// What one call to [`scan`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanProgress {
+    /// Pages listed.
+    pub pages: u32,
+    /// Contacts listed.
+    pub contacts: u64,
+    /// Notices written to the inbox (changed, unreadable or missing contacts).
+    pub notices: u64,
+    /// Our contacts the ledger does not know (see `reconcile`).
+    pub orphans: u64,
+    /// Whether the pass completed.
+    pub complete: bool,
+}
+
+/// Whether a scan is due: never ran, or the last complete pass is older than `interval`, or a
+/// pass is in progress.
+pub async fn due(ledger: &Ledger, interval: Duration) -> Result<bool, IntakeError> {
+    if ledger.meta(SCAN_TOKEN).await?.is_some() {
+        return Ok(true);
+    }
+    Ok(match ledger.meta_time(LAST_SCAN).await? {
+        None => true,
+        Some(last) => {
+            chrono::Utc::now()
+                .signed_duration_since(last)
+                .to_std()
+                .unwrap_or_default()
+                >= interval
+        }
+    })
+}
+
+/// Lists pages (all of them, or at most `max_pages`) from where the pass stands, writing notices.
+pub async fn scan(
+    ledger: &Ledger,
+    client: &QuoClient,
+    max_pages: Option<u32>,
+    stop: &CancellationToken,
+) -> Result<ScanProgress, IntakeError> {
+    let mut progress = ScanProgress::default();
+    let linked: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM records WHERE quo_id IS NOT NULL AND state = 'synced'",
+    )
+    .fetch_one(ledger.pool())
+    .await
+    .map_err(crate::ledger::LedgerError::from)?;
+    if linked == 0 {
+        // Nothing linked yet (a first load): a pass could only count orphans, and in a cycle it
+        // would delay the first create by a whole listing.
+        finish_pass(ledger).await?;
+        progress.complete = true;
+        return Ok(progress);
+    }
+    let scan_id = match ledger.meta(SCAN_ID).await? {
+        Some(id) => id,
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            ledger.set_meta(SCAN_ID, &id).await?;
+            id
+        }
+    };
+    let mut token = ledger.meta(SCAN_TOKEN).await?;
+    let mut tokens = crate::quo::client::PageTokens::default();
+    loop {
+        if stop.is_cancelled() || max_pages.is_some_and(|m| progress.pages >= m) {
+            return Ok(progress);
+        }
+        let page = match client.list_page(token.as_deref()).await {
+            Ok(page) => page,
+            Err(QuoError::Rejected { status: 400, .. }) if token.is_some() => {
+                // The token expired or was refused: start the pass over rather than stall.
+                warn!(
+                    event = "scan_restarted",
+                    "Quo refused the saved page token; the scan starts over"
+                );
+                restart_pass(ledger).await?;
+                return Ok(progress);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        progress.pages += 1;
+        let mut listed: Vec<(String, Option<String>)> = page
+            .contacts
+            .iter()
+            .map(|c| (c.id.clone(), c.updated_at.clone()))
+            .collect();
+        // An undecodable contact is still a notice: the fetch by id sets it apart.
+        listed.extend(
+            page.undecodable
+                .iter()
+                .filter_map(|u| u.quo_id.clone().map(|id| (id, None))),
+        );
+        progress.contacts += listed.len() as u64;
+        let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
+        progress.notices += notices;
+        progress.orphans += orphans;
+        match page.next_page_token {
+            Some(next) => {
+                if let Err(e) = tokens.next("GET /v1/contacts", &next) {
+                    restart_pass(ledger).await?;
+                    return Err(e.into());
+                }
+                ledger.set_meta(SCAN_TOKEN, &next).await?;
+                token = Some(next);
+            }
+            None => {
+                progress.notices += note_missing(ledger, &scan_id).await?;
+                finish_pass(ledger).await?;
+                progress.complete = true;
+                info!(
+                    event = "quo_scanned",
+                    pages = progress.pages,
+                    contacts = progress.contacts,
+                    notices = progress.notices,
+                    orphans = progress.orphans,
+                    "scan pass complete"
+                );
+                return Ok(progress);
+            }
+        }
+    }
+}
+
+/// Marks one page's linked contacts as listed and writes a notice for each whose `updatedAt`
+/// moved (or is unknown). Returns (notices, orphans).
+async fn note_page(
+    ledger: &Ledger,
+    scan_id: &str,
+    listed: &[(String, Option<String>)],
+) -> Result<(u64, u64), IntakeError> {
+    if listed.is_empty() {
+        return Ok((0, 0));
+    }
+    let marks = vec!["?"; listed.len()].join(", ");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT quo_id, quo_updated_at FROM records WHERE state = 'synced' AND quo_id IN ({marks})"
+    )));
+    let rows = listed
+        .iter()
+        .fold(rows, |q, (id, _)| q.bind(id))
+        .fetch_all(ledger.pool())
+        .await
+        .map_err(crate::ledger::LedgerError::from)?;
+    let mut known = std::collections::HashMap::new();
+    for row in &rows {
+        let quo_id: String = row.try_get(0).map_err(crate::ledger::LedgerError::from)?;
+        let stored: Option<String> = row.try_get(1).map_err(crate::ledger::LedgerError::from)?;
+        known.insert(quo_id, stored);
+    }
+    let mark = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE records SET scan_seen = ? WHERE quo_id IN ({marks})"
+    )))
+    .bind(scan_id);
+    listed
+        .iter()
+        .fold(mark, |q, (id, _)| q.bind(id))
+        .execute(ledger.pool())
+        .await
+        .map_err(crate::ledger::LedgerError::from)?;
+    let (mut notices, mut orphans) = (0, 0);
+    for (quo_id, updated_at) in listed {
+        let Some(stored) = known.get(quo_id) else {
+            orphans += 1;
+            continue;
+        };
+        if updated_at.is_some() && updated_at == stored {
+            continue;
+        }
+        let stamp = updated_at.as_deref().unwrap_or("unknown");
+        let event_id = format!("scan:{quo_id}:{stamp}");
+        let payload = serde_json::json!({"data": {"object": {"id": quo_id, "updatedAt": updated_at}}, "source": "scan"});
+        let stored_new = ledger
+            .inbox_put(NewInboxEvent {
+                event_id: &event_id,
+                event_type: "contact.updated",
+                quo_id: Some(quo_id),
+                payload: &payload.to_string(),
+            })
+            .await?;
+        notices += u64::from(stored_new);
+    }
+    Ok((notices, orphans))
+}
+
+/// At the end of a complete pass: a notice for every linked contact it did not list.
+async fn note_missing(ledger: &Ledger, scan_id: &str) -> Result<u64, IntakeError> {
+    let missing: Vec<String> = sqlx::query_scalar(
+        "SELECT quo_id FROM records WHERE quo_id IS NOT NULL AND state = 'synced'
+           AND (scan_seen IS NULL OR scan_seen != ?)",
+    )
+    .bind(scan_id)
+    .fetch_all(ledger.pool())
+    .await
+    .map_err(crate::ledger::LedgerError::from)?;
+    let mut notices = 0;
+    for quo_id in &missing {
+        let event_id = format!("scan:{scan_id}:missing:{quo_id}");
+        let stored = ledger
+            .inbox_put(NewInboxEvent {
+                event_id: &event_id,
+                event_type: MISSING,
+                quo_id: Some(quo_id),
+                payload: "{\"source\":\"scan\"}",
+            })
+            .await?;
+        notices += u64::from(stored);
+    }
+    if !missing.is_empty() {
+        info!(
+            event = "scan_missing",
+            contacts = missing.len(),
+            "linked contacts not listed by a complete scan; each is confirmed by id before anything is concluded"
+        );
+    }
+    Ok(notices)
+}
+
+async fn finish_pass(ledger: &Ledger) -> Result<(), IntakeError> {
+    restart_pass(ledger).await?;
+    ledger
+        .set_meta(LAST_SCAN, &chrono::Utc::now().to_rfc3339())
+        .await?;
+    Ok(())
+}
+
+async fn restart_pass(ledger: &Ledger) -> Result<(), IntakeError> {
+    sqlx::query("DELETE FROM meta WHERE key IN (?, ?)")
+        .bind(SCAN_ID)
+        .bind(SCAN_TOKEN)
+        .execute(ledger.pool())
+        .await
+        .map_err(crate::ledger::LedgerError::from)?;
+    Ok(())
+}
+
+/// The service's scanner: whenever a pass is due, lists page by page through `client` (a
+/// background client: its requests yield to writes), waking the service after each page that
+/// left notices. Failures are logged and retried after a pause; a bad key stops it.
+pub async fn run_scanner(
+    ledger: Ledger,
+    client: QuoClient,
+    interval: Duration,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let idle = interval.clamp(Duration::from_millis(50), Duration::from_secs(30));
+    loop {
+        let wait = match due(&ledger, interval).await {
+            Ok(true) => match scan(&ledger, &client, Some(1), &cancel).await {
+                Ok(progress) => {
+                    if progress.notices > 0 {
+                        wake.notify_one();
+                    }
+                    if progress.complete {
+                        idle
+                    } else {
+                        Duration::ZERO
+                    }
+                }
+                Err(IntakeError::Quo(e)) if e.is_fatal() => {
+                    warn!(event = "scan_stopped", error = %e, "the scanner stops");
+                    return;
+                }
+                Err(e) => {
+                    warn!(event = "scan_failed", error = %e, "scan page failed; retrying shortly");
+                    metrics::counter!("quo_sync_scans_failed_total").increment(1);
+                    idle
+                }
+            },
+            Ok(false) => idle,
+            Err(e) => {
+                warn!(event = "scan_failed", error = %e, "scan could not read the ledger");
+                idle
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
