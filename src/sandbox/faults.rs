@@ -8,9 +8,12 @@
 //! `GET /_sandbox/stats` as `faults`; both reset by `POST /_sandbox/reset-stats`).
 //!
 //! Count faults queue up and are consumed front to back per kind; a zero count is ignored.
-//! Ratio faults draw from a random generator seeded with `seed` (default 0): one draw per
-//! candidate, in arrival order, so the same seed and the same request sequence give the same
-//! victims. A ratio is clamped to `0.0..=1.0`.
+//! Ratio faults are seeded (`seed`, default 0) and decided per record, not by arrival order: the
+//! n-th candidate for a key fires iff `hash(seed, key, n) < ratio`, where the key is the
+//! contact's `externalId` (its Quo id when it has none) — with the method for writes
+//! (`"PATCH crm-7"`) and the event type for webhooks (`"contact.updated crm-7"`). So the same
+//! seed picks the same victims in every run, however concurrent workers interleave requests to
+//! different contacts. A ratio is clamped to `0.0..=1.0`.
 //!
 //! | JSON (`POST /_sandbox/faults`) | effect |
 //! | --- | --- |
@@ -27,7 +30,7 @@
 //! **Lagging list.** The hidden contacts are left out of `GET /v1/contacts` answers (not in
 //! `data`, not counted in `totalItems`; paging skips over them) while `GET /v1/contacts/{id}`,
 //! PATCH and DELETE see them as usual. They are: the Quo ids in `ids`; with `ratio`, each contact
-//! that exists at injection (in creation order, one seeded draw each); and the next `next_created`
+//! that exists at injection (one seeded draw per externalId); and the next `next_created`
 //! contacts created (API or app) while the fault is armed. `scope` says which list requests lag:
 //! `"all"` (default: with or without `externalIds`), `"unfiltered"` (only requests without
 //! `externalIds`, i.e. the scan) or `"by_external_id"` (only requests with `externalIds`; the
@@ -35,14 +38,21 @@
 //! scope (each page counts one); without it, it lasts until cleared. Injecting again replaces
 //! the previous lagging list.
 //!
-//! Response shapes and validation switches are settings, not faults (`POST /_sandbox/settings`):
-//! see [`ResponseShapes`] and `refuse_stale_item_ids` in the module doc of [`crate::sandbox`].
+//! **Switches** (settings and definitions rather than faults; they do not count as fired except
+//! where noted):
+//!
+//! | JSON | effect |
+//! | --- | --- |
+//! | `POST /_sandbox/settings` `{"response_shapes":{"string_values":true,"keyless_custom_fields":true,"null_entries":true,"unknown_field_type":true}}` | tolerant-reader shapes in every `/v1` contact answer and webhook payload (missing keys off; `{}` all off): number/boolean custom values as strings (`"424242"`, `"false"`), custom-field items without `key`, a `null` first in `emails`, `phoneNumbers` and `customFields` and `"name": null` for items with an empty label, and a workspace field `Rating` (`key` `rating`, `type` `rating`, value `4` on every existing contact); see [`super::ResponseShapes`] |
+//! | `POST /_sandbox/settings` `{"refuse_stale_item_ids":true}` (default `true`) | a PATCH addressing an email/phone item `id` the contact does not have answers 400 `0800400`, `errors[]` entries at `/defaultFields/emails/{i}/id` / `/defaultFields/phoneNumbers/{i}/id` with the id as `value`; nothing applied; counted as `stale_item_ids_refused` |
+//! | `POST /_sandbox/custom-fields` `{"name":"Tags","key":"tags","type":"multi-select","options":["vip","enterprise"]}` | define or redefine a field; values outside `options` are refused (API and app) with 400 `0801400`, one entry per value at `/customFields/{i}/value/{j}` with the value; counted as `multi_select_refused`. Any `type` is accepted (e.g. `"rating"`: API writes to it answer 400 `0801400` at `/customFields/{i}/key`, app edits set any value); `"fill": v` gives every contact without a value `v` |
+//!
+//! `GET /_sandbox/contacts` lists every contact as stored (plain shapes, no lag): the truth to
+//! compare a sync against.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -346,16 +356,20 @@ pub struct FaultCounters {
     pub webhooks_reordered: u64,
 }
 
-/// A seeded draw: `true` with probability `ratio`.
+/// A seeded draw: `true` with probability `ratio`, decided per key and per occurrence.
+///
+/// The outcome of the n-th draw for a key is a pure function of (seed, key, n), so concurrent
+/// clients that interleave their requests differently from run to run still meet the same
+/// faults for the same records: what a reproducible randomized test needs.
 #[derive(Debug)]
 pub(crate) struct Draw {
     ratio: f64,
     seed: u64,
-    rng: StdRng,
+    seen: HashMap<String, u64>,
 }
 
 impl Draw {
-    /// A generator firing with probability `ratio` (clamped to 0–1), seeded with `seed`.
+    /// A draw firing with probability `ratio` (clamped to 0–1; NaN is 0), seeded with `seed`.
     pub(crate) fn new(ratio: f64, seed: u64) -> Draw {
         let ratio = if ratio.is_nan() {
             0.0
@@ -365,19 +379,39 @@ impl Draw {
         Draw {
             ratio,
             seed,
-            rng: StdRng::seed_from_u64(seed),
+            seen: HashMap::new(),
         }
     }
 
-    /// The next draw.
-    pub(crate) fn fire(&mut self) -> bool {
-        self.rng.random::<f64>() < self.ratio
+    /// The next draw for `key` (its first, second, … occurrence).
+    pub(crate) fn fire_for(&mut self, key: &str) -> bool {
+        let n = self.seen.entry(key.to_string()).or_insert(0);
+        let occurrence = *n;
+        *n += 1;
+        let h = mix(mix(self.seed ^ fnv1a(key.as_bytes())) ^ occurrence);
+        // 53 random bits as a fraction in [0, 1).
+        ((h >> 11) as f64 / (1u64 << 53) as f64) < self.ratio
     }
 
     /// `{"ratio","seed"}` for the admin view.
     pub(crate) fn view(&self) -> Value {
         json!({"ratio": self.ratio, "seed": self.seed})
     }
+}
+
+/// FNV-1a, 64 bits: a stable hash of a key (std's hasher may change between releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// SplitMix64's finaliser: spreads every input bit over the output.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// An armed `drop_after_write_ratio`.
@@ -489,9 +523,10 @@ impl FaultQueue {
         .is_some()
     }
 
-    /// One draw of the drop ratio for a successful write with `method`; `false` if none armed
-    /// or the method is not covered (no draw is made then).
-    pub(crate) fn draw_drop(&mut self, method: &str) -> bool {
+    /// One draw of the drop ratio for a successful write with `method` to the contact keyed
+    /// `key` (its externalId); `false` if none armed or the method is not covered (no draw is
+    /// made then).
+    pub(crate) fn draw_drop(&mut self, method: &str, key: &str) -> bool {
         let Some(d) = &mut self.drop_ratio else {
             return false;
         };
@@ -500,7 +535,7 @@ impl FaultQueue {
         } else {
             d.methods.iter().any(|m| m == method)
         };
-        covered && d.draw.fire()
+        covered && d.draw.fire_for(&format!("{method} {key}"))
     }
 
     /// Consumes one extra latency, if queued.
@@ -614,17 +649,37 @@ mod tests {
     }
 
     #[test]
-    fn draws_are_deterministic_per_seed_and_clamped() {
-        let run = |seed| {
+    fn draws_are_deterministic_per_seed_key_and_occurrence_and_clamped() {
+        let run = |seed, keys: &[&str]| {
             let mut d = Draw::new(0.4, seed);
-            (0..64).map(|_| d.fire()).collect::<Vec<_>>()
+            keys.iter()
+                .map(|k| (k.to_string(), d.fire_for(k)))
+                .collect::<Vec<_>>()
         };
-        assert_eq!(run(7), run(7));
-        assert_ne!(run(7), run(8));
-        let hits = run(7).iter().filter(|b| **b).count();
+        let keys: Vec<String> = (0..64).map(|n| format!("k{}", n % 16)).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let a = run(7, &keys);
+        assert_eq!(a, run(7, &keys));
+        assert_ne!(a, run(8, &keys));
+        let hits = a.iter().filter(|(_, b)| *b).count();
         assert!((10..40).contains(&hits), "{hits}");
-        assert!((0..10).all(|_| Draw::new(5.0, 1).fire()));
-        assert!((0..10).all(|_| !Draw::new(f64::NAN, 1).fire()));
+        // Another interleaving of the same keys: the same outcome per key and occurrence.
+        let mut reversed = keys.clone();
+        reversed.reverse();
+        let mut b = run(7, &reversed);
+        let per_key = |v: &[(String, bool)], k: &str| -> Vec<bool> {
+            v.iter().filter(|(x, _)| x == k).map(|(_, f)| *f).collect()
+        };
+        b.reverse();
+        for k in ["k0", "k5", "k15"] {
+            let mut rb = per_key(&b, k);
+            rb.reverse();
+            assert_eq!(per_key(&a, k), rb, "{k}");
+        }
+        let mut always = Draw::new(5.0, 1);
+        assert!((0..10).all(|_| always.fire_for("x")));
+        let mut never = Draw::new(f64::NAN, 1);
+        assert!((0..10).all(|_| !never.fire_for("x")));
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl Shared {
                 if let Some(r) = ratio {
                     let mut draw = Draw::new(r, seed);
                     for c in lock(&self.store).all() {
-                        if draw.fire() {
+                        if draw.fire_for(c.external_id.as_deref().unwrap_or(&c.id)) {
                             hidden.insert(c.id.clone());
                         }
                     }

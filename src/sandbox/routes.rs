@@ -29,6 +29,21 @@ use super::{PatchMode, Shared};
 
 type S = State<Arc<Shared>>;
 
+/// The externalId (else the Quo id) of the contact a successful write touched, carried from
+/// the handler to the gate in the response's extensions: the key of the seeded drop draw.
+#[derive(Debug, Clone)]
+struct WriteKey(String);
+
+impl WriteKey {
+    fn of(contact: &Value) -> WriteKey {
+        let key = contact["externalId"]
+            .as_str()
+            .or_else(|| contact["id"].as_str())
+            .unwrap_or_default();
+        WriteKey(key.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.into_response_for(Family::Contacts)
@@ -142,7 +157,12 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
                 if faults.take_drop() {
                     Some(false)
                 } else {
-                    faults.draw_drop(method.as_str()).then_some(true)
+                    let key = resp
+                        .extensions()
+                        .get::<WriteKey>()
+                        .map(|k| k.0.as_str())
+                        .unwrap_or_default();
+                    faults.draw_drop(method.as_str(), key).then_some(true)
                 }
             } else {
                 None
@@ -226,9 +246,12 @@ async fn create(State(s): S, body: Bytes) -> Result<Response, ApiError> {
     };
     lock(&s.acct).stats.writes.creates += 1;
     s.emit_api("contact.updated", contact.clone());
+    let key = WriteKey::of(&contact);
     let mut contact = contact;
     s.settings().response_shapes.apply(&mut contact);
-    Ok((StatusCode::CREATED, axum::Json(json!({ "data": contact }))).into_response())
+    let mut resp = (StatusCode::CREATED, axum::Json(json!({ "data": contact }))).into_response();
+    resp.extensions_mut().insert(key);
+    Ok(resp)
 }
 
 async fn list(State(s): S, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
@@ -295,9 +318,12 @@ async fn update(State(s): S, Path(id): Path<String>, body: Bytes) -> Result<Resp
     };
     lock(&s.acct).stats.writes.updates += 1;
     s.emit_api("contact.updated", contact.clone());
+    let key = WriteKey::of(&contact);
     let mut shaped = contact;
     s.settings().response_shapes.apply(&mut shaped);
-    Ok(axum::Json(json!({ "data": shaped })).into_response())
+    let mut resp = axum::Json(json!({ "data": shaped })).into_response();
+    resp.extensions_mut().insert(key);
+    Ok(resp)
 }
 
 async fn delete(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -314,8 +340,11 @@ async fn delete(State(s): S, Path(id): Path<String>) -> Result<Response, ApiErro
             .ok_or_else(|| contact_not_found(&id))?
     };
     lock(&s.acct).stats.writes.deletes += 1;
+    let key = WriteKey::of(&removed);
     s.emit_api("contact.deleted", removed);
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.extensions_mut().insert(key);
+    Ok(resp)
 }
 
 fn read_only(id: &str) -> ApiError {

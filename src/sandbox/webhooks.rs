@@ -171,7 +171,7 @@ pub(crate) struct Job {
 #[derive(Debug)]
 enum Selector {
     Next(u32),
-    Ratio(Box<Draw>),
+    Ratio(Draw),
 }
 
 impl Selector {
@@ -179,7 +179,7 @@ impl Selector {
         match p {
             Pick::Next(0) => None,
             Pick::Next(n) => Some(Selector::Next(n)),
-            Pick::Ratio { ratio, seed } => Some(Selector::Ratio(Box::new(Draw::new(ratio, seed)))),
+            Pick::Ratio { ratio, seed } => Some(Selector::Ratio(Draw::new(ratio, seed))),
         }
     }
 
@@ -191,15 +191,15 @@ impl Selector {
     }
 }
 
-/// Takes one pick from an armed selector, disarming an exhausted count.
-fn take(sel: &mut Option<Selector>) -> bool {
+/// Takes one pick from an armed selector for an event keyed `key`, disarming an exhausted count.
+fn take(sel: &mut Option<Selector>, key: &str) -> bool {
     let hit = match sel {
         None => false,
         Some(Selector::Next(n)) => {
             *n -= 1;
             true
         }
-        Some(Selector::Ratio(d)) => d.fire(),
+        Some(Selector::Ratio(d)) => d.fire_for(key),
     };
     if matches!(sel, Some(Selector::Next(0))) {
         *sel = None;
@@ -276,6 +276,14 @@ impl Hub {
                 .to_string(),
             contact,
         };
+        // Ratio faults draw per (event type, contact externalId) and occurrence: reproducible
+        // whatever the interleaving of writes to different contacts.
+        let key = format!(
+            "{kind} {}",
+            event.contact["externalId"]
+                .as_str()
+                .unwrap_or(&event.contact_id)
+        );
         lock(&self.events).insert(id.clone(), event);
         let job = |copy| Job {
             event_id: id.clone(),
@@ -283,14 +291,14 @@ impl Hub {
             copy,
         };
         let mut f = lock(&self.faults);
-        if take(&mut f.drop) {
+        if take(&mut f.drop, &key) {
             f.dropped += 1;
             f.dropped_ids.push(id.clone());
             tracing::debug!(event_id = %id, "sandbox webhook dropped by fault");
             return id;
         }
         let mut jobs = vec![job(false)];
-        if take(&mut f.duplicate) {
+        if take(&mut f.duplicate, &key) {
             f.duplicated += 1;
             jobs.push(job(true));
         }
