@@ -3,6 +3,8 @@
 //! These tests pin the sandbox's behaviour so that quo-sync's own tests, which run against it,
 //! test the client against Quo's contract rather than against the sandbox's accidents.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1514,4 +1516,864 @@ async fn handle_is_shareable_and_app_helpers_validate() {
     env.get("/v1/contacts?maxResults=1").await;
     let rate = env.sb.stats().achieved_rate().expect("two requests");
     assert!(rate > 0.0 && rate < 100.0, "{rate}");
+}
+
+// ---- faults for the two-way integrity work (issue 9), driven over the admin HTTP API ----
+
+impl Env {
+    /// `POST /_sandbox{path}` with a JSON body; the status and the JSON answer (if any).
+    async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/_sandbox{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("admin request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `GET /_sandbox{path}` as JSON.
+    async fn admin_get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}/_sandbox{path}", self.base))
+            .send()
+            .await
+            .expect("admin request")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Arms a fault through `POST /_sandbox/faults`, asserting 204.
+    async fn fault(&self, spec: Value) {
+        let (st, v) = self.admin_post("/faults", spec.clone()).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{spec}: {v}");
+    }
+
+    /// `DELETE /_sandbox/faults`.
+    async fn clear_faults(&self) {
+        let resp = self
+            .http
+            .delete(format!("{}/_sandbox/faults", self.base))
+            .send()
+            .await
+            .expect("admin request");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    }
+
+    /// `GET /_sandbox/faults` → `fired`, the fault counters.
+    async fn fired(&self) -> Value {
+        self.admin_get("/faults").await["fired"].clone()
+    }
+
+    /// Quo ids in one `GET /v1/contacts` answer for `query`, and the answer.
+    async fn list_ids(&self, query: &str) -> (Vec<String>, Value) {
+        let (st, v) = self.get(&format!("/v1/contacts?{query}")).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let ids = v["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|c| c["id"].as_str().expect("id").to_string())
+            .collect();
+        (ids, v)
+    }
+
+    /// Sends a PATCH; `None` when the connection was dropped instead of answered.
+    async fn try_patch(&self, id: &str, body: Value) -> Option<StatusCode> {
+        match self
+            .http
+            .patch(format!("{}/v1/contacts/{id}", self.base))
+            .header("Authorization", &self.key)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) => Some(r.status()),
+            Err(e) => {
+                assert!(!e.is_timeout(), "a drop is not a timeout: {e:?}");
+                None
+            }
+        }
+    }
+}
+
+/// Twenty PATCHes under `drop_after_write_ratio` with `seed`: which lost their response.
+async fn dropped_pattern(seed: u64) -> (Vec<bool>, Value) {
+    let env = Env::default().await;
+    let id = env.create(basic("ratio")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    env.fault(
+        json!({"kind": "drop_after_write_ratio", "ratio": 0.5, "seed": seed, "methods": ["PATCH"]}),
+    )
+    .await;
+    // Creates are not covered by the methods given: none is dropped, no draw is spent.
+    for n in 0..3 {
+        env.create(basic(&format!("other-{n}"))).await;
+    }
+    let mut pattern = Vec::new();
+    for n in 0..20 {
+        let role = format!("role-{n}");
+        let answered = env
+            .try_patch(&id, json!({"defaultFields": {"role": role}}))
+            .await;
+        assert!(
+            matches!(answered, None | Some(StatusCode::OK)),
+            "{answered:?}"
+        );
+        assert_eq!(
+            env.sb.contact(&id).expect("contact")["defaultFields"]["role"],
+            role,
+            "applied whether answered or not"
+        );
+        pattern.push(answered.is_none());
+    }
+    let fired = env.fired().await;
+    assert_eq!(
+        fired["dropped_after_write_ratio"],
+        pattern.iter().filter(|d| **d).count() as u64
+    );
+    // Until cleared: after clearing, every write is answered.
+    env.clear_faults().await;
+    for _ in 0..5 {
+        assert_eq!(
+            env.try_patch(&id, json!({"defaultFields": {"role": "calm"}}))
+                .await,
+            Some(StatusCode::OK)
+        );
+    }
+    (pattern, fired)
+}
+
+#[tokio::test]
+async fn drop_after_write_ratio_is_seeded_applies_and_lasts_until_cleared() {
+    let (a, fired) = dropped_pattern(42).await;
+    let (b, _) = dropped_pattern(42).await;
+    let (c, _) = dropped_pattern(43).await;
+    let dropped = a.iter().filter(|d| **d).count();
+    assert!((3..=17).contains(&dropped), "about half dropped: {a:?}");
+    assert_eq!(a, b, "same seed, same victims");
+    assert_ne!(a, c, "another seed, other victims");
+    assert_eq!(
+        fired["dropped_after_write"], 0,
+        "the count form did not fire"
+    );
+
+    // The count form still works beside it and is used first.
+    let env = Env::default().await;
+    let id = env.create(basic("both")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    env.fault(json!({"kind": "drop_after_write_ratio", "ratio": 0.0, "seed": 1}))
+        .await;
+    env.fault(json!({"kind": "drop_after_write", "count": 1}))
+        .await;
+    assert_eq!(
+        env.try_patch(&id, json!({"defaultFields": {"role": "x"}}))
+            .await,
+        None
+    );
+    assert_eq!(
+        env.try_patch(&id, json!({"defaultFields": {"role": "y"}}))
+            .await,
+        Some(StatusCode::OK)
+    );
+    let fired = env.fired().await;
+    assert_eq!(fired["dropped_after_write"], 1);
+    assert_eq!(fired["dropped_after_write_ratio"], 0);
+    assert_eq!(env.sb.stats().dropped_connections, 1);
+}
+
+#[tokio::test]
+async fn lagging_list_hides_chosen_contacts_from_lists_only_for_k_requests() {
+    let env = Env::default().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            env.create(basic(&format!("e{n}"))).await["id"]
+                .as_str()
+                .expect("id")
+                .to_string(),
+        );
+    }
+    env.fault(json!({"kind": "lagging_list", "ids": [ids[1]], "next_created": 1, "lists": 3}))
+        .await;
+    let late = env.create(basic("e5")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let also = env.create(basic("e6")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let hidden = [ids[1].clone(), late.clone()];
+    let mut sorted = hidden.to_vec();
+    sorted.sort();
+    assert_eq!(env.sb.hidden_from_lists(), sorted);
+
+    // 1: the unfiltered scan misses both.
+    let (seen, v) = env.list_ids("maxResults=50").await;
+    assert_eq!(seen.len(), 5, "{v}");
+    assert!(!seen.contains(&ids[1]) && !seen.contains(&late) && seen.contains(&also));
+    assert_eq!(v["totalItems"], 5);
+    // 2: so does a lookup by externalIds (scope "all" covers both kinds).
+    let (seen, _) = env
+        .list_ids("maxResults=50&externalIds=e1&externalIds=e5&externalIds=e6")
+        .await;
+    assert_eq!(seen, vec![also.clone()]);
+    // GET by id, and the admin truth, still see them.
+    for id in &hidden {
+        let (st, _) = env.get(&format!("/v1/contacts/{id}")).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let truth = env.admin_get("/contacts").await;
+    assert_eq!(truth["data"].as_array().map(Vec::len), Some(7));
+    // 3: paging (each page counts as one list request) skips over them, nothing twice.
+    let (page, v) = env.list_ids("maxResults=3").await;
+    assert_eq!(page.len(), 3);
+    let token = v["nextPageToken"].as_str().expect("more").to_string();
+    // 4: the budget of three list requests is spent: everything is back.
+    let (rest, v) = env
+        .list_ids(&format!("maxResults=50&pageToken={token}"))
+        .await;
+    assert_eq!(v["nextPageToken"], Value::Null);
+    let mut all: Vec<String> = page.into_iter().chain(rest).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        6,
+        "page 2 after the lag ended shows the late contact"
+    );
+    let (seen, _) = env.list_ids("maxResults=50").await;
+    assert_eq!(seen.len(), 7);
+    assert!(env.sb.hidden_from_lists().is_empty());
+    let fired = env.fired().await;
+    assert_eq!(fired["lagging_list_answers"], 3);
+    assert_eq!(fired["contacts_left_out"], 2 + 2 + 1);
+}
+
+#[tokio::test]
+async fn lagging_list_by_seeded_ratio_and_scope_until_cleared() {
+    let env = Env::default().await;
+    for n in 0..20 {
+        env.create(basic(&format!("r{n}"))).await;
+    }
+    async fn hidden_with(env: &Env, seed: u64) -> Vec<String> {
+        env.clear_faults().await;
+        env.fault(
+            json!({"kind": "lagging_list", "ratio": 0.3, "seed": seed, "scope": "unfiltered"}),
+        )
+        .await;
+        env.sb.hidden_from_lists()
+    }
+    let first = hidden_with(&env, 5).await;
+    let again = hidden_with(&env, 5).await;
+    assert_ne!(
+        first,
+        hidden_with(&env, 6).await,
+        "another seed, other contacts"
+    );
+    let first = hidden_with(&env, 5).await;
+    assert_eq!(first, again, "the same seed picks the same contacts");
+    assert!((1..=12).contains(&first.len()), "{first:?}");
+    let view = env.admin_get("/faults").await;
+    assert_eq!(view["lagging_list"]["scope"], "unfiltered");
+
+    // The scan, paged, misses exactly the hidden ones, every time (no budget: until cleared).
+    for _ in 0..2 {
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let q = match &token {
+                Some(t) => format!("maxResults=4&pageToken={t}"),
+                None => "maxResults=4".to_string(),
+            };
+            let (ids, v) = env.list_ids(&q).await;
+            seen.extend(ids);
+            match v["nextPageToken"].as_str() {
+                Some(t) => token = Some(t.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 20 - first.len());
+        assert!(seen.iter().all(|id| !first.contains(id)));
+    }
+    // Lookups by externalIds are out of scope: they find everyone.
+    let q: Vec<String> = (0..20).map(|n| format!("externalIds=r{n}")).collect();
+    let (ids, _) = env
+        .list_ids(&format!("maxResults=50&{}", q.join("&")))
+        .await;
+    assert_eq!(ids.len(), 20);
+    env.clear_faults().await;
+    let (ids, _) = env.list_ids("maxResults=50").await;
+    assert_eq!(ids.len(), 20);
+}
+
+#[tokio::test]
+async fn repeated_page_token_answers_the_sent_token_again() {
+    let env = Env::default().await;
+    for n in 0..5 {
+        env.create(basic(&format!("p{n}"))).await;
+    }
+    env.fault(json!({"kind": "repeat_page_token", "count": 1}))
+        .await;
+    // A first page (no token) does not consume it.
+    let (page1, v) = env.list_ids("maxResults=2").await;
+    let t1 = v["nextPageToken"].as_str().expect("token").to_string();
+    let (page2, v) = env.list_ids(&format!("maxResults=2&pageToken={t1}")).await;
+    assert_eq!(
+        v["nextPageToken"],
+        t1.as_str(),
+        "the same token twice in a row"
+    );
+    assert_eq!(page2.len(), 2);
+    assert!(page2.iter().all(|id| !page1.contains(id)));
+    // Used up: the same request now answers the real next token.
+    let (again, v) = env.list_ids(&format!("maxResults=2&pageToken={t1}")).await;
+    assert_eq!(again, page2);
+    let t2 = v["nextPageToken"].as_str().expect("token");
+    assert_ne!(t2, t1);
+    assert_eq!(env.fired().await["repeated_page_tokens"], 1);
+}
+
+#[tokio::test]
+async fn tolerant_reader_shapes_in_responses() {
+    let env = Env::default().await;
+    let created = env
+        .create(json!({
+            "defaultFields": {
+                "firstName": "Ada",
+                "emails": [{"name": "work", "value": "ada@example.com"}],
+                "phoneNumbers": [{"name": "mobile", "value": "+15555550100"}],
+            },
+            "customFields": [
+                {"key": "lead-score", "value": 424242},
+                {"key": "vip", "value": false},
+                {"key": "tags", "value": ["a"]},
+            ],
+            "externalId": "shapes",
+            "source": "quo-sync",
+        }))
+        .await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let (st, app) = env
+        .admin_post(
+            "/app/contacts",
+            json!({"defaultFields": {"firstName": "App", "emails": [{"name": null, "value": "app@example.com"}]}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{app}");
+    let app_id = app["data"]["id"].as_str().expect("id").to_string();
+
+    let (st, v) = env
+        .admin_post(
+            "/settings",
+            json!({"response_shapes": {"string_values": true, "keyless_custom_fields": true, "null_entries": true, "unknown_field_type": true}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["response_shapes"]["null_entries"], true);
+
+    let (_, v) = env.get(&format!("/v1/contacts/{id}")).await;
+    let c = &v["data"];
+    let cf = c["customFields"].as_array().expect("array");
+    assert_eq!(cf[0], Value::Null, "a null entry: {c}");
+    let by_name = |name: &str| {
+        cf.iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {c}"))
+            .clone()
+    };
+    assert_eq!(by_name("Lead Score")["value"], "424242");
+    assert_eq!(by_name("VIP")["value"], "false");
+    assert_eq!(by_name("Tags")["value"], json!(["a"]));
+    assert_eq!(by_name("Rating")["type"], "rating");
+    assert_eq!(by_name("Rating")["value"], 4);
+    assert!(
+        cf.iter()
+            .skip(1)
+            .all(|f| f.get("key").is_none() && f["id"].is_string())
+    );
+    assert_eq!(c["defaultFields"]["emails"][0], Value::Null);
+    assert_eq!(c["defaultFields"]["emails"][1]["name"], "work");
+    assert_eq!(c["defaultFields"]["phoneNumbers"][0], Value::Null);
+    // Lists and the app contact's empty label.
+    let (_, v) = env.list_ids("maxResults=50").await;
+    let listed = v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|c| c["id"] == app_id.as_str())
+        .expect("app contact listed")
+        .clone();
+    assert_eq!(listed["defaultFields"]["emails"][1]["name"], Value::Null);
+    assert_eq!(
+        listed["defaultFields"]["emails"][1]["value"],
+        "app@example.com"
+    );
+    // Definitions show the unknown type; the API refuses to write it; PATCH answers are shaped.
+    let (_, defs) = env.get("/v1/contact-custom-fields").await;
+    assert!(
+        defs["data"]
+            .as_array()
+            .expect("data")
+            .contains(&json!({"name": "Rating", "key": "rating", "type": "rating"}))
+    );
+    let (st, v) = env
+        .patch(
+            &format!("/v1/contacts/{id}"),
+            json!({"customFields": [{"key": "rating", "value": 5}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_error(&v, 400, "0801400");
+    error_at(&v, "/customFields/0/key");
+    let (st, v) = env
+        .patch(
+            &format!("/v1/contacts/{id}"),
+            json!({"defaultFields": {"role": "x"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["data"]["customFields"][0], Value::Null);
+    // The app can set it; the internal truth is plain.
+    assert!(
+        env.sb
+            .app_edit(
+                &id,
+                json!({"customFields": [{"key": "rating", "value": 5}]})
+            )
+            .is_some()
+    );
+    let truth = env.admin_get("/contacts").await;
+    let plain = truth["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|c| c["id"] == id.as_str())
+        .expect("contact")
+        .clone();
+    assert!(
+        plain["customFields"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|f| f["key"].is_string())
+    );
+    assert!(plain["customFields"].as_array().expect("array").contains(&json!({"name": "Lead Score", "key": "lead-score", "id": by_name("Lead Score")["id"], "type": "number", "value": 424242})));
+    // Off again: plain answers, the rating field stays (workspace data).
+    let (st, _) = env
+        .admin_post("/settings", json!({"response_shapes": {}}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, v) = env.get(&format!("/v1/contacts/{id}")).await;
+    assert!(
+        v["data"]["customFields"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|f| f["key"].is_string())
+    );
+    assert_eq!(common_custom(&v["data"], "lead-score"), json!(424242));
+    assert_eq!(common_custom(&v["data"], "rating"), json!(5));
+}
+
+fn common_custom(contact: &Value, key: &str) -> Value {
+    contact["customFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["key"] == key)
+        .map(|f| f["value"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn stale_item_ids_are_refused_by_default_and_switchable() {
+    let env = Env::default().await;
+    let created = env.create(rich_body("stale")).await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let email_id = created["defaultFields"]["emails"][0]["id"]
+        .as_str()
+        .expect("email id")
+        .to_string();
+    let before = env.sb.contact(&id).expect("contact");
+    let (st, v) = env
+        .patch(
+            &format!("/v1/contacts/{id}"),
+            json!({"defaultFields": {
+                "emails": [
+                    {"id": email_id, "name": "work", "value": "kept@example.com"},
+                    {"id": "ffffffffffffffffffffffff", "name": "home", "value": "ghost@example.com"},
+                ],
+                "phoneNumbers": [{"id": "eeeeeeeeeeeeeeeeeeeeeeee", "name": "old", "value": null}],
+            }}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_error(&v, 400, "0800400");
+    let e = error_at(&v, "/defaultFields/emails/1/id");
+    assert_eq!(e["value"], "ffffffffffffffffffffffff");
+    let e = error_at(&v, "/defaultFields/phoneNumbers/0/id");
+    assert_eq!(e["value"], "eeeeeeeeeeeeeeeeeeeeeeee");
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(env.sb.contact(&id), Some(before), "nothing applied");
+    assert_eq!(env.fired().await["stale_item_ids_refused"], 1);
+    let settings = env.admin_get("/settings").await;
+    assert_eq!(settings["refuse_stale_item_ids"], true);
+
+    // Switched off: merge adds the item as new (with a new id).
+    let (st, _) = env
+        .admin_post("/settings", json!({"refuse_stale_item_ids": false}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = env
+        .patch(
+            &format!("/v1/contacts/{id}"),
+            json!({"defaultFields": {"emails": [{"id": "ffffffffffffffffffffffff", "name": "home", "value": "ghost@example.com"}]}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let emails = v["data"]["defaultFields"]["emails"]
+        .as_array()
+        .expect("emails");
+    assert!(
+        emails
+            .iter()
+            .any(|e| e["value"] == "ghost@example.com" && e["id"] != "ffffffffffffffffffffffff")
+    );
+}
+
+fn rich_body(ext: &str) -> Value {
+    json!({
+        "defaultFields": {
+            "firstName": "Ada",
+            "emails": [{"name": "work", "value": "ada@example.com"}],
+            "phoneNumbers": [{"name": "mobile", "value": "+15555550100"}],
+        },
+        "externalId": ext,
+        "source": "quo-sync",
+    })
+}
+
+#[tokio::test]
+async fn multi_select_options_refuse_other_values() {
+    let env = Env::default().await;
+    let (st, v) = env
+        .admin_post(
+            "/custom-fields",
+            json!({"name": "Tags", "key": "tags", "type": "multi-select", "options": ["vip", "enterprise"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["data"].as_array().expect("data").contains(
+        &json!({"name": "Tags", "key": "tags", "type": "multi-select", "options": ["vip", "enterprise"]})
+    ));
+    // The public definitions keep the spec's shape.
+    let (_, defs) = env.get("/v1/contact-custom-fields").await;
+    assert!(
+        defs["data"]
+            .as_array()
+            .expect("data")
+            .contains(&json!({"name": "Tags", "key": "tags", "type": "multi-select"}))
+    );
+
+    let mut body = basic("opts");
+    body["customFields"] =
+        json!([{"key": "lead-score", "value": 1}, {"key": "tags", "value": ["vip", "gold"]}]);
+    let (st, v) = env.post("/v1/contacts", body.clone()).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_error(&v, 400, "0801400");
+    let e = error_at(&v, "/customFields/1/value/1");
+    assert_eq!(e["value"], "gold");
+    assert!(e["message"].as_str().expect("message").contains("gold"));
+    assert_eq!(env.sb.count_by_external_id("opts"), 0, "nothing created");
+
+    body["customFields"] = json!([{"key": "tags", "value": ["vip", "enterprise"]}]);
+    let id = env.create(body).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (st, v) = env
+        .patch(
+            &format!("/v1/contacts/{id}"),
+            json!({"customFields": [{"key": "tags", "value": ["platinum"]}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(error_at(&v, "/customFields/0/value/0")["value"], "platinum");
+    // The app refuses too; an empty selection or null is fine.
+    let (st, _) = env
+        .admin_post(
+            &format!("/app/contacts/{id}"),
+            json!({"customFields": [{"key": "tags", "value": ["nope"]}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    for value in [json!([]), Value::Null] {
+        let (st, _) = env
+            .patch(
+                &format!("/v1/contacts/{id}"),
+                json!({"customFields": [{"key": "tags", "value": value}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    assert_eq!(env.fired().await["multi_select_refused"], 3);
+    // Options belong to multi-select fields only.
+    let (st, _) = env
+        .admin_post(
+            "/custom-fields",
+            json!({"name": "Lead Score", "key": "lead-score", "type": "number", "options": ["1"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+/// The resource ids of the Standard Webhooks deliveries received so far, in arrival order,
+/// with their webhook ids.
+fn received(got: &Arc<Mutex<Vec<Received>>>) -> Vec<(String, String)> {
+    got.lock()
+        .expect("lock")
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(&r.body).expect("json");
+            (
+                header(r, "webhook-id").to_string(),
+                v["data"]["resource"]["id"]
+                    .as_str()
+                    .expect("id")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn webhook_env() -> (Env, Arc<Mutex<Vec<Received>>>) {
+    let (url, got) = receiver(0).await;
+    let env = Env::start(SandboxConfig {
+        webhook: Some(WebhookTarget {
+            url,
+            secret_key: b"faulty-hooks".to_vec(),
+            scheme: WebhookScheme::Standard,
+        }),
+        ..SandboxConfig::default()
+    })
+    .await;
+    (env, got)
+}
+
+fn app_new(env: &Env, n: u32) -> String {
+    env.sb
+        .app_create(json!({"defaultFields": {"firstName": format!("W{n}")}}), "")["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
+#[tokio::test]
+async fn webhook_drops_are_never_sent_but_can_be_redelivered() {
+    let (env, got) = webhook_env().await;
+    env.fault(json!({"kind": "webhook_drop", "count": 2})).await;
+    let ids: Vec<String> = (0..3).map(|n| app_new(&env, n)).collect();
+    eventually("third event delivered", || received(&got).len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(received(&got).len(), 1, "the first two were never sent");
+    assert_eq!(received(&got)[0].1, ids[2]);
+    let dropped = env.sb.dropped_webhook_events();
+    assert_eq!(dropped.len(), 2);
+    let view = env.admin_get("/faults").await;
+    assert_eq!(view["webhooks"]["dropped_event_ids"], json!(dropped));
+    assert_eq!(view["fired"]["webhooks_dropped"], 2);
+    assert!(
+        env.sb.redeliver(&dropped[0]).await,
+        "a dropped event is still known"
+    );
+    assert_eq!(received(&got)[1], (dropped[0].clone(), ids[0].clone()));
+
+    // A seeded fraction, until cleared.
+    env.fault(json!({"kind": "webhook_drop", "ratio": 0.5, "seed": 11}))
+        .await;
+    for n in 0..10 {
+        app_new(&env, 10 + n);
+    }
+    let dropped = env.fired().await["webhooks_dropped"].as_u64().expect("n") - 2;
+    assert!((1..=9).contains(&dropped), "{dropped}");
+    let expected = 2 + 10 - dropped as usize;
+    eventually("the rest delivered", || received(&got).len() == expected).await;
+    env.clear_faults().await;
+    app_new(&env, 99);
+    eventually("delivered after clearing", || {
+        received(&got).len() == expected + 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn webhook_duplicates_and_reordering() {
+    let (env, got) = webhook_env().await;
+    env.fault(json!({"kind": "webhook_duplicate", "count": 1}))
+        .await;
+    let a = app_new(&env, 1);
+    eventually("two deliveries", || received(&got).len() == 2).await;
+    let r = received(&got);
+    assert_eq!(r[0], r[1], "same event id, same contact, twice");
+    assert_eq!(r[0].1, a);
+    let log = env.sb.webhook_deliveries();
+    assert_eq!(log.iter().filter(|d| d.redelivery).count(), 1);
+
+    env.fault(json!({"kind": "webhook_reorder", "count": 3}))
+        .await;
+    let batch: Vec<String> = (0..3).map(|n| app_new(&env, 10 + n)).collect();
+    eventually("three more", || received(&got).len() == 5).await;
+    let order: Vec<String> = received(&got)[2..].iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(
+        order,
+        vec![batch[2].clone(), batch[1].clone(), batch[0].clone()]
+    );
+    // A partial batch is released by clearing.
+    env.fault(json!({"kind": "webhook_reorder", "count": 5}))
+        .await;
+    let partial: Vec<String> = (0..2).map(|n| app_new(&env, 20 + n)).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(received(&got).len(), 5, "held");
+    env.clear_faults().await;
+    eventually("released", || received(&got).len() == 7).await;
+    assert_eq!(received(&got)[5].1, partial[1]);
+    let fired = env.fired().await;
+    assert_eq!(fired["webhooks_duplicated"], 1);
+    assert_eq!(fired["webhooks_reordered"], 5);
+}
+
+#[tokio::test]
+async fn fault_specs_are_validated_and_listed() {
+    let env = Env::default().await;
+    for bad in [
+        json!({"kind": "drop_after_write_ratio"}),
+        json!({"kind": "lagging_list", "scope": "sideways"}),
+        json!({"kind": "repeat_page_token", "bogus": 1}),
+    ] {
+        let (st, _) = env.admin_post("/faults", bad.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    env.fault(json!({"kind": "status", "status": 503, "count": 2}))
+        .await;
+    env.fault(
+        json!({"kind": "drop_after_write_ratio", "ratio": 0.25, "seed": 3, "methods": ["patch"]}),
+    )
+    .await;
+    env.fault(json!({"kind": "repeat_page_token", "count": 2}))
+        .await;
+    env.fault(json!({"kind": "webhook_duplicate", "ratio": 0.5, "seed": 1}))
+        .await;
+    let v = env.admin_get("/faults").await;
+    assert_eq!(
+        v["queued"][0],
+        json!({"kind": "status", "status": 503, "count": 2, "retry_after": null})
+    );
+    assert_eq!(
+        v["drop_after_write_ratio"],
+        json!({"ratio": 0.25, "seed": 3, "methods": ["PATCH"]})
+    );
+    assert_eq!(v["repeat_page_token"], 2);
+    assert_eq!(v["webhooks"]["duplicate"], json!({"ratio": 0.5, "seed": 1}));
+    let (st, _) = env.get("/v1/contacts?maxResults=1").await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(env.fired().await["status_answers"], 1);
+    env.clear_faults().await;
+    let v = env.admin_get("/faults").await;
+    assert_eq!(v["queued"], json!([]));
+    assert_eq!(v["drop_after_write_ratio"], Value::Null);
+    assert_eq!(v["webhooks"]["duplicate"], Value::Null);
+    let (st, _) = env.get("/v1/contacts?maxResults=1").await;
+    assert_eq!(st, StatusCode::OK);
+    let resp = env
+        .http
+        .post(format!("{}/_sandbox/reset-stats", env.base))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(env.fired().await["status_answers"], 0);
+}
+
+#[tokio::test]
+async fn shared_test_helpers_drive_faults_over_http() {
+    let env = Env::default().await;
+    let a = env.create(basic("h1")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    common::sandbox_fault(
+        &env.base,
+        json!({"kind": "lagging_list", "ids": [a], "lists": 1}),
+    )
+    .await;
+    let (seen, _) = env.list_ids("maxResults=50").await;
+    assert!(seen.is_empty());
+    let truth = common::sandbox_truth(&env.base).await;
+    assert_eq!(truth.len(), 1);
+    assert_eq!(truth[0]["id"], a.as_str());
+    let fired = common::sandbox_fault_counters(&env.base).await;
+    assert_eq!(fired.contacts_left_out, 1);
+    assert_eq!(fired, env.sb.fault_counters());
+    let settings = common::sandbox_settings(
+        &env.base,
+        json!({"response_shapes": {"string_values": true}, "refuse_stale_item_ids": false}),
+    )
+    .await;
+    assert_eq!(settings["response_shapes"]["string_values"], true);
+    assert_eq!(settings["refuse_stale_item_ids"], false);
+    common::sandbox_fault(&env.base, json!({"kind": "status", "status": 500})).await;
+    common::sandbox_clear_faults(&env.base).await;
+    let (st, _) = env.get("/v1/contacts?maxResults=1").await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+/// PATCHes to `crm-a` and `crm-b` in `order` under one seeded drop ratio: per contact, which
+/// of its PATCHes lost their response.
+async fn drops_per_contact(order: &[&str]) -> (Vec<bool>, Vec<bool>) {
+    let env = Env::default().await;
+    let a = env.create(basic("crm-a")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let b = env.create(basic("crm-b")).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    env.fault(json!({"kind": "drop_after_write_ratio", "ratio": 0.5, "seed": 2024}))
+        .await;
+    let (mut da, mut db) = (Vec::new(), Vec::new());
+    for ext in order {
+        let (id, out) = if *ext == "crm-a" {
+            (&a, &mut da)
+        } else {
+            (&b, &mut db)
+        };
+        let answered = env
+            .try_patch(id, json!({"defaultFields": {"role": "r"}}))
+            .await;
+        out.push(answered.is_none());
+    }
+    (da, db)
+}
+
+#[tokio::test]
+async fn drop_ratio_victims_do_not_depend_on_interleaving() {
+    let first: Vec<&str> = ["crm-a", "crm-b"].repeat(8);
+    let mut second: Vec<&str> = vec!["crm-b"; 8];
+    second.extend(vec!["crm-a"; 8]);
+    let (a1, b1) = drops_per_contact(&first).await;
+    let (a2, b2) = drops_per_contact(&second).await;
+    assert_eq!(a1, a2, "crm-a meets the same drops whatever the order");
+    assert_eq!(b1, b2, "crm-b too");
+    assert!(a1.iter().chain(&b1).any(|d| *d) && a1.iter().chain(&b1).any(|d| !*d));
 }

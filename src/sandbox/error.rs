@@ -42,6 +42,18 @@ pub(crate) struct FieldError {
     pub value: Option<Value>,
     /// The expected schema, `{"type": …}`.
     pub schema: SchemaType,
+    /// Which switchable refusal produced it, for the fault counters (never sent).
+    #[serde(skip)]
+    pub tag: Option<Refusal>,
+}
+
+/// Refusals the fault counters track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// An email/phone item id the contact does not have.
+    StaleItemId,
+    /// A multi-select value outside the field's options.
+    OutsideOptions,
 }
 
 /// The `schema` member of a [`FieldError`].
@@ -67,7 +79,14 @@ impl FieldError {
             schema: SchemaType {
                 kind: kind.to_string(),
             },
+            tag: None,
         }
+    }
+
+    /// The same error, tagged for the fault counters.
+    pub(crate) fn tagged(mut self, tag: Refusal) -> Self {
+        self.tag = Some(tag);
+        self
     }
 }
 
@@ -119,6 +138,19 @@ pub(crate) enum ApiError {
 }
 
 impl ApiError {
+    /// Whether this error refuses a stale item id, and whether a value outside options.
+    pub(crate) fn refusal_tags(&self) -> (bool, bool) {
+        match self {
+            ApiError::BadRequest { errors, .. } | ApiError::Invalid { errors, .. } => (
+                errors.iter().any(|e| e.tag == Some(Refusal::StaleItemId)),
+                errors
+                    .iter()
+                    .any(|e| e.tag == Some(Refusal::OutsideOptions)),
+            ),
+            _ => (false, false),
+        }
+    }
+
     /// The HTTP status of this error.
     pub(crate) fn status(&self) -> u16 {
         match self {

@@ -14,28 +14,40 @@
 //! | route | does |
 //! | --- | --- |
 //! | `GET /_sandbox/stats`, `POST /_sandbox/reset-stats` | read / clear [`SandboxStats`] |
-//! | `GET /_sandbox/contacts` | every contact, `{"data": [...]}` |
-//! | `POST /_sandbox/faults`, `DELETE /_sandbox/faults` | queue a [`FaultSpec`] / clear the queue |
-//! | `GET`/`POST /_sandbox/settings` | `patch_mode`, `conflict_on_duplicate`, `latency_ms`, `requests_per_second`, `send_retry_after`, `webhooks_on_api_writes` |
+//! | `GET /_sandbox/contacts` | every contact, `{"data": [...]}`: the internal truth, untouched by faults and response shapes |
+//! | `POST /_sandbox/faults`, `DELETE /_sandbox/faults` | arm a [`FaultSpec`] (JSON forms in [`faults`]) / clear every fault |
+//! | `GET /_sandbox/faults` | what is armed (`queued`, `drop_after_write_ratio`, `lagging_list`, `repeat_page_token`, `webhooks`) and `fired`: [`FaultCounters`] |
+//! | `GET`/`POST /_sandbox/settings` | `patch_mode`, `conflict_on_duplicate`, `latency_ms`, `requests_per_second`, `send_retry_after`, `webhooks_on_api_writes`, `response_shapes` ([`ResponseShapes`]), `refuse_stale_item_ids` |
+//! | `GET`/`POST /_sandbox/custom-fields` | definitions with options / define or redefine one: `{"name","key","type","options"?,"fill"?}` |
 //! | `POST /_sandbox/app/contacts[?source=hubspot]` | create as the Quo app / an integration |
 //! | `POST`/`DELETE /_sandbox/app/contacts/{id}` | edit (merge) / delete as a user in the Quo app |
 //! | `GET /_sandbox/webhooks`, `POST /_sandbox/webhooks/{event_id}/redeliver` | delivery log / redeliver |
 //!
 //! Sandbox choices where Quo's behaviour is undocumented: custom field values set to `null` are
 //! removed from the contact's `customFields`; `date` values are normalised to UTC with
-//! milliseconds; in merge mode an email/phone item sent with an id the contact does not have is
-//! added as a new item (new id), in replace mode the sent id is kept; a `DropAfterWrite` fault is
-//! consumed by the next write that succeeds (a rejected write answers normally and leaves it queued).
+//! milliseconds; a PATCH addressing an email/phone item `id` the contact does not have (even to
+//! remove it) answers 400 `0800400` with one `errors[]` entry per such item, path
+//! `/defaultFields/emails/{i}/id` (or `phoneNumbers`) and the id as `value`, applying nothing
+//! (`refuse_stale_item_ids`, default on; switched off, merge mode adds such an item as new with a
+//! new id and replace mode keeps the sent id); a multi-select field defined with `options`
+//! refuses other values (create, PATCH and app edits) with 400 `0801400`, one entry per value at
+//! `/customFields/{i}/value/{j}` with the value; `/v1/contact-custom-fields` keeps the spec's
+//! shape (no `options`); a field of a type outside the spec's enum (e.g. `rating`) is shown in
+//! definitions and on contacts, can be set by app edits only, and an API write to it answers
+//! 400 `0801400` at `/customFields/{i}/key`; a `DropAfterWrite` fault is consumed by the next
+//! write that succeeds (a rejected write answers normally and leaves it queued).
 //!
 //! Modules: `state` stores contacts and applies writes, `validate` turns raw requests into
 //! typed inputs or Quo's 400s, `error` renders Quo's error bodies, `routes` is the HTTP
-//! surface, [`stats`] counts and rate-limits, [`faults`] queues injected failures, `conn` lets
-//! a handler kill its own connection, and [`webhooks`] signs and delivers events.
+//! surface, [`stats`] counts and rate-limits, [`faults`] arms injected failures, [`shapes`]
+//! rewrites responses into unusual legal shapes, `conn` lets a handler kill its own
+//! connection, and [`webhooks`] signs and delivers events (and drops, repeats or reorders them).
 
 mod conn;
 mod error;
 pub mod faults;
 mod routes;
+pub mod shapes;
 mod state;
 pub mod stats;
 mod validate;
@@ -50,12 +62,13 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faults::{Fault, FaultSpec};
+pub use faults::{Fault, FaultCounters, FaultSpec, ListScope, Pick};
+pub use shapes::ResponseShapes;
 pub use stats::{SandboxStats, WriteStats};
 pub use webhooks::{Delivery, WebhookScheme, WebhookTarget, sign_legacy, sign_standard};
 
 use error::ApiError;
-use faults::FaultQueue;
+use faults::{Draw, FaultQueue, LaggingList};
 use state::{FieldDef, FieldType, INTEGRATION_SOURCES, Store};
 use stats::Accounting;
 use validate::Mode;
@@ -93,6 +106,11 @@ pub struct SandboxConfig {
     pub webhooks_on_api_writes: bool,
     /// Workspace custom fields as (name, key, type).
     pub custom_fields: Vec<(String, String, String)>,
+    /// Unusual response shapes (tolerant-reader tests). Default all off.
+    pub response_shapes: ResponseShapes,
+    /// Whether a PATCH addressing an email/phone item id the contact does not have answers 400
+    /// `0800400` (else merge adds it as a new item and replace keeps the sent id). Default true.
+    pub refuse_stale_item_ids: bool,
 }
 
 impl Default for SandboxConfig {
@@ -116,6 +134,8 @@ impl Default for SandboxConfig {
                 cf("Mailing Address", "mailing-address", "address"),
                 cf("Notes", "notes", "string"),
             ],
+            response_shapes: ResponseShapes::default(),
+            refuse_stale_item_ids: true,
         }
     }
 }
@@ -132,6 +152,8 @@ impl std::fmt::Debug for SandboxConfig {
             .field("webhook", &self.webhook)
             .field("webhooks_on_api_writes", &self.webhooks_on_api_writes)
             .field("custom_fields", &self.custom_fields)
+            .field("response_shapes", &self.response_shapes)
+            .field("refuse_stale_item_ids", &self.refuse_stale_item_ids)
             .finish()
     }
 }
@@ -146,13 +168,15 @@ pub(crate) struct Settings {
     pub send_retry_after: bool,
     pub webhook: Option<WebhookTarget>,
     pub webhooks_on_api_writes: bool,
+    pub response_shapes: ResponseShapes,
+    pub refuse_stale_item_ids: bool,
 }
 
 /// State shared by the HTTP routes and the handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub api_key: String,
-    pub defs: Vec<FieldDef>,
+    pub defs: Mutex<Vec<FieldDef>>,
     pub settings: Mutex<Settings>,
     pub store: Mutex<Store>,
     pub acct: Mutex<Accounting>,
@@ -166,56 +190,192 @@ impl Shared {
         lock(&self.settings).clone()
     }
 
+    /// A snapshot of the workspace's custom field definitions.
+    pub(crate) fn defs(&self) -> Vec<FieldDef> {
+        lock(&self.defs).clone()
+    }
+
+    /// A contact as the `/v1` routes answer it: rendered, then reshaped per `response_shapes`.
+    pub(crate) fn render_api(&self, contact: &state::StoredContact, defs: &[FieldDef]) -> Value {
+        let mut v = contact.render(defs);
+        self.settings().response_shapes.apply(&mut v);
+        v
+    }
+
+    /// Defines (or redefines, by key) a custom field; with `fill`, every contact without a
+    /// value for it gets that value. Refuses a malformed definition.
+    pub(crate) fn define_field(&self, def: FieldDef, fill: Option<&Value>) -> Result<(), String> {
+        if def.key.is_empty() || def.name.is_empty() || def.type_name.is_empty() {
+            return Err("name, key and type must be non-empty".into());
+        }
+        if def.options.is_some() && def.ftype != FieldType::MultiSelect {
+            return Err(format!(
+                "options are only for multi-select fields, not '{}'",
+                def.type_name
+            ));
+        }
+        let key = def.key.clone();
+        {
+            let mut defs = lock(&self.defs);
+            match defs.iter_mut().find(|d| d.key == def.key) {
+                Some(d) => *d = def,
+                None => defs.push(def),
+            }
+        }
+        if let Some(v) = fill.filter(|v| !v.is_null()) {
+            lock(&self.store).fill_custom(&key, v);
+        }
+        Ok(())
+    }
+
+    /// Switches response shapes; `unknown_field_type` defines the `rating` field (see
+    /// [`ResponseShapes::unknown_field_type`]).
+    pub(crate) fn set_shapes(&self, shapes: ResponseShapes) {
+        if shapes.unknown_field_type {
+            let has = lock(&self.defs).iter().any(|d| d.key == "rating");
+            if !has {
+                let def = FieldDef::new("Rating", "rating", "rating", None);
+                let _ = self.define_field(def, Some(&Value::from(4)));
+            }
+        }
+        lock(&self.settings).response_shapes = shapes;
+    }
+
+    /// Arms a fault: API faults in the queue, a lagging list against the current contacts,
+    /// webhook faults in the hub.
+    pub(crate) fn inject(&self, fault: Fault) {
+        match fault {
+            Fault::LaggingList {
+                ids,
+                ratio,
+                seed,
+                next_created,
+                lists,
+                scope,
+            } => {
+                let mut hidden: std::collections::BTreeSet<String> = ids.into_iter().collect();
+                if let Some(r) = ratio {
+                    let mut draw = Draw::new(r, seed);
+                    for c in lock(&self.store).all() {
+                        if draw.fire_for(c.external_id.as_deref().unwrap_or(&c.id)) {
+                            hidden.insert(c.id.clone());
+                        }
+                    }
+                }
+                if lists == Some(0) {
+                    return;
+                }
+                lock(&self.faults).set_lag(LaggingList {
+                    hidden,
+                    next_created,
+                    lists_left: lists,
+                    scope,
+                });
+            }
+            Fault::WebhookDrop(_) | Fault::WebhookDuplicate(_) | Fault::WebhookReorder { .. } => {
+                self.hub.arm(fault)
+            }
+            other => lock(&self.faults).push(other),
+        }
+    }
+
+    /// Clears every fault; webhook events held for reordering are released.
+    pub(crate) fn clear_faults(&self) {
+        lock(&self.faults).clear();
+        self.hub.clear_faults();
+    }
+
+    /// Statistics with the webhook fault counters folded in.
+    pub(crate) fn stats(&self) -> SandboxStats {
+        let mut stats = lock(&self.acct).stats.clone();
+        self.hub.fold_counters(&mut stats.faults);
+        stats
+    }
+
+    /// Clears the statistics and every fault counter.
+    pub(crate) fn reset_stats(&self) {
+        lock(&self.acct).reset();
+        self.hub.reset_counters();
+    }
+
     /// Emits an event for an API write, when API writes emit and a target is set.
-    pub(crate) fn emit_api(&self, kind: &'static str, contact: Value) {
+    pub(crate) fn emit_api(&self, kind: &'static str, mut contact: Value) {
         let s = self.settings();
         if s.webhooks_on_api_writes
             && let Some(t) = s.webhook
         {
+            s.response_shapes.apply(&mut contact);
             self.hub.emit(&t, kind, contact);
         }
     }
 
+    /// The validation context for `mode` under the current settings.
+    pub(crate) fn checks(&self, mode: Mode) -> validate::Checks {
+        validate::Checks {
+            mode,
+            refuse_stale_item_ids: self.settings().refuse_stale_item_ids,
+        }
+    }
+
+    /// Counts the refusals that fault counters track (stale item ids, multi-select options).
+    pub(crate) fn count_refusal(&self, e: ApiError) -> ApiError {
+        let (stale, options) = e.refusal_tags();
+        if stale || options {
+            let f = &mut lock(&self.acct).stats.faults;
+            f.stale_item_ids_refused += u64::from(stale);
+            f.multi_select_refused += u64::from(options);
+        }
+        e
+    }
+
     /// Emits an event for an edit made in the Quo app, when a target is set.
-    pub(crate) fn emit_app(&self, kind: &'static str, contact: Value) {
-        if let Some(t) = self.settings().webhook {
+    pub(crate) fn emit_app(&self, kind: &'static str, mut contact: Value) {
+        let s = self.settings();
+        if let Some(t) = s.webhook {
+            s.response_shapes.apply(&mut contact);
             self.hub.emit(&t, kind, contact);
         }
     }
 
     /// Every contact in the response shape, in creation order.
     pub(crate) fn contacts(&self) -> Vec<Value> {
-        lock(&self.store)
-            .all()
-            .map(|c| c.render(&self.defs))
-            .collect()
+        let defs = self.defs();
+        lock(&self.store).all().map(|c| c.render(&defs)).collect()
     }
 
     /// Creates a contact as the Quo app or a native integration would.
     pub(crate) fn app_create(&self, body: &Value, source: &str) -> Result<Value, ApiError> {
-        let input = validate::contact_body(body, Mode::AppCreate, &self.defs, None)?;
+        let defs = self.defs();
+        let input = validate::contact_body(body, self.checks(Mode::AppCreate), &defs, None)
+            .map_err(|e| self.count_refusal(e))?;
         let source = (!source.is_empty()).then(|| source.to_string());
         let read_only = source
             .as_deref()
             .is_some_and(|s| INTEGRATION_SOURCES.contains(&s));
-        let contact = lock(&self.store)
-            .insert(input, source, read_only)
-            .render(&self.defs);
+        let contact = {
+            let mut store = lock(&self.store);
+            let stored = store.insert(input, source, read_only);
+            lock(&self.faults).created(&stored.id);
+            stored.render(&defs)
+        };
         self.emit_app("contact.updated", contact.clone());
         Ok(contact)
     }
 
     /// Edits a contact as a user in the Quo app would (merge semantics); `Ok(None)` if unknown.
     pub(crate) fn app_edit(&self, id: &str, patch: &Value) -> Result<Option<Value>, ApiError> {
+        let defs = self.defs();
         let contact = {
             let mut store = lock(&self.store);
             let Some(existing) = store.get(id) else {
                 return Ok(None);
             };
-            let input = validate::contact_body(patch, Mode::AppPatch, &self.defs, Some(existing))?;
+            let input =
+                validate::contact_body(patch, self.checks(Mode::AppPatch), &defs, Some(existing))
+                    .map_err(|e| self.count_refusal(e))?;
             store
                 .patch(id, input, PatchMode::Merge)
-                .map(|c| c.render(&self.defs))
+                .map(|c| c.render(&defs))
         };
         if let Some(c) = &contact {
             self.emit_app("contact.updated", c.clone());
@@ -225,7 +385,8 @@ impl Shared {
 
     /// Deletes a contact as a user in the Quo app would; `None` if unknown.
     pub(crate) fn app_delete(&self, id: &str) -> Option<Value> {
-        let removed = lock(&self.store).remove(id).map(|c| c.render(&self.defs))?;
+        let defs = self.defs();
+        let removed = lock(&self.store).remove(id).map(|c| c.render(&defs))?;
         self.emit_app("contact.deleted", removed.clone());
         Some(removed)
     }
@@ -265,24 +426,20 @@ impl SandboxHandle {
     ) -> std::io::Result<SandboxHandle> {
         let mut defs = Vec::with_capacity(config.custom_fields.len());
         for (name, key, t) in &config.custom_fields {
-            let ftype = FieldType::parse(t).ok_or_else(|| {
-                std::io::Error::new(
+            if FieldType::parse(t).is_none() {
+                return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!("custom field '{key}' has unknown type '{t}'"),
-                )
-            })?;
-            defs.push(FieldDef {
-                name: name.clone(),
-                key: key.clone(),
-                ftype,
-            });
+                ));
+            }
+            defs.push(FieldDef::new(name, key, t, None));
         }
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (hub, rx) = Hub::new();
         let shared = Arc::new(Shared {
             api_key: config.api_key.clone(),
-            defs,
+            defs: Mutex::new(defs),
             settings: Mutex::new(Settings {
                 patch_mode: config.patch_mode,
                 conflict_on_duplicate: config.conflict_on_duplicate,
@@ -291,12 +448,15 @@ impl SandboxHandle {
                 send_retry_after: config.send_retry_after,
                 webhook: config.webhook.clone(),
                 webhooks_on_api_writes: config.webhooks_on_api_writes,
+                response_shapes: ResponseShapes::default(),
+                refuse_stale_item_ids: config.refuse_stale_item_ids,
             }),
             store: Mutex::new(Store::default()),
             acct: Mutex::new(Accounting::default()),
             faults: Mutex::new(FaultQueue::default()),
             hub: hub.clone(),
         });
+        shared.set_shapes(config.response_shapes);
         let worker = tokio::spawn(hub.run(rx));
         let app = routes::router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -342,9 +502,8 @@ impl SandboxHandle {
 
     /// One contact in the v1 response shape.
     pub fn contact(&self, id: &str) -> Option<Value> {
-        lock(&self.shared.store)
-            .get(id)
-            .map(|c| c.render(&self.shared.defs))
+        let defs = self.shared.defs();
+        lock(&self.shared.store).get(id).map(|c| c.render(&defs))
     }
 
     /// How many contacts carry `external_id` (any source): more than one is a duplicate.
@@ -357,12 +516,17 @@ impl SandboxHandle {
 
     /// A snapshot of the statistics.
     pub fn stats(&self) -> SandboxStats {
-        lock(&self.shared.acct).stats.clone()
+        self.shared.stats()
     }
 
-    /// Clears the statistics.
+    /// How many times each fault fired (the `faults` member of [`SandboxHandle::stats`]).
+    pub fn fault_counters(&self) -> FaultCounters {
+        self.shared.stats().faults
+    }
+
+    /// Clears the statistics, fault counters included.
     pub fn reset_stats(&self) {
-        lock(&self.shared.acct).reset();
+        self.shared.reset_stats();
     }
 
     /// Switches PATCH semantics.
@@ -400,14 +564,45 @@ impl SandboxHandle {
         lock(&self.shared.settings).webhook = target;
     }
 
-    /// Queues a fault for the next matching API requests.
+    /// Arms a fault (see [`faults`] for what each does).
     pub fn inject(&self, fault: Fault) {
-        lock(&self.shared.faults).push(fault);
+        self.shared.inject(fault);
     }
 
-    /// Drops every queued fault.
+    /// Drops every fault of every kind; webhook events held for reordering are released.
     pub fn clear_faults(&self) {
-        lock(&self.shared.faults).clear();
+        self.shared.clear_faults();
+    }
+
+    /// Quo ids a lagging list currently leaves out of list answers in its scope.
+    pub fn hidden_from_lists(&self) -> Vec<String> {
+        lock(&self.shared.faults).hidden_now()
+    }
+
+    /// Switches the unusual response shapes (see [`ResponseShapes`]).
+    pub fn set_response_shapes(&self, shapes: ResponseShapes) {
+        self.shared.set_shapes(shapes);
+    }
+
+    /// Switches whether PATCHes addressing unknown email/phone item ids answer 400.
+    pub fn set_refuse_stale_item_ids(&self, on: bool) {
+        lock(&self.shared.settings).refuse_stale_item_ids = on;
+    }
+
+    /// Defines or redefines (by `key`) a workspace custom field, as a user in the Quo app would.
+    /// `type_name` may be outside the spec's enum (e.g. `rating`); `options` restricts a
+    /// multi-select's values; `fill` gives every existing contact a value. Errors on a malformed
+    /// definition (empty parts, options on a non-multi-select field).
+    pub fn define_custom_field(
+        &self,
+        name: &str,
+        key: &str,
+        type_name: &str,
+        options: Option<Vec<String>>,
+        fill: Option<Value>,
+    ) -> Result<(), String> {
+        self.shared
+            .define_field(FieldDef::new(name, key, type_name, options), fill.as_ref())
     }
 
     /// Creates a contact as the Quo app (or, with an integration source such as `hubspot`,
@@ -451,6 +646,12 @@ impl SandboxHandle {
     /// Deletes a contact as a user in the Quo app; emits `contact.deleted`. `false` if unknown.
     pub fn app_delete(&self, id: &str) -> bool {
         self.shared.app_delete(id).is_some()
+    }
+
+    /// Ids of the webhook events a `webhook_drop` fault kept from being sent, oldest first
+    /// ([`SandboxHandle::redeliver`] can still send them).
+    pub fn dropped_webhook_events(&self) -> Vec<String> {
+        self.shared.hub.dropped_ids()
     }
 
     /// Every webhook delivery attempt so far.

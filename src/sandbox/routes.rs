@@ -29,6 +29,21 @@ use super::{PatchMode, Shared};
 
 type S = State<Arc<Shared>>;
 
+/// The externalId (else the Quo id) of the contact a successful write touched, carried from
+/// the handler to the gate in the response's extensions: the key of the seeded drop draw.
+#[derive(Debug, Clone)]
+struct WriteKey(String);
+
+impl WriteKey {
+    fn of(contact: &Value) -> WriteKey {
+        let key = contact["externalId"]
+            .as_str()
+            .or_else(|| contact["id"].as_str())
+            .unwrap_or_default();
+        WriteKey(key.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.into_response_for(Family::Contacts)
@@ -52,7 +67,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sandbox/contacts", get(admin_contacts))
         .route(
             "/_sandbox/faults",
-            post(admin_fault).delete(admin_clear_faults),
+            get(admin_faults)
+                .post(admin_fault)
+                .delete(admin_clear_faults),
+        )
+        .route(
+            "/_sandbox/custom-fields",
+            get(admin_custom_fields).post(admin_define_field),
         )
         .route(
             "/_sandbox/settings",
@@ -107,14 +128,22 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
             .then(|| wait.as_secs_f64().ceil().max(1.0) as u64);
         ApiError::TooManyRequests { retry_after }.into_response_for(family)
     } else {
-        let extra = lock(&s.faults).take_latency().unwrap_or(Duration::ZERO);
+        let extra = lock(&s.faults).take_latency();
+        if extra.is_some() {
+            lock(&s.acct).stats.faults.delayed_requests += 1;
+        }
+        let extra = extra.unwrap_or(Duration::ZERO);
         let delay = settings.latency + extra;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         let injected = lock(&s.faults).take_status();
         if let Some((status, retry_after)) = injected {
-            lock(&s.acct).stats.injected_faults += 1;
+            {
+                let mut acct = lock(&s.acct);
+                acct.stats.injected_faults += 1;
+                acct.stats.faults.status_answers += 1;
+            }
             ApiError::Injected {
                 status,
                 retry_after,
@@ -123,12 +152,33 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
         } else {
             let resp = next.run(req).await;
             // Only a write that was applied loses its response; a rejected one leaves the fault queued.
-            if is_write && resp.status().is_success() && lock(&s.faults).take_drop() {
+            let drop = if is_write && resp.status().is_success() {
+                let mut faults = lock(&s.faults);
+                if faults.take_drop() {
+                    Some(false)
+                } else {
+                    let key = resp
+                        .extensions()
+                        .get::<WriteKey>()
+                        .map(|k| k.0.as_str())
+                        .unwrap_or_default();
+                    faults.draw_drop(method.as_str(), key).then_some(true)
+                }
+            } else {
+                None
+            };
+            if let Some(by_ratio) = drop {
                 match &conn {
                     Some(c) => {
                         c.kill();
                         dropped = true;
-                        lock(&s.acct).stats.dropped_connections += 1;
+                        let mut acct = lock(&s.acct);
+                        acct.stats.dropped_connections += 1;
+                        if by_ratio {
+                            acct.stats.faults.dropped_after_write_ratio += 1;
+                        } else {
+                            acct.stats.faults.dropped_after_write += 1;
+                        }
                     }
                     None => {
                         tracing::warn!("DropAfterWrite: no connection info, answering normally")
@@ -162,16 +212,18 @@ fn contact_not_found(id: &str) -> ApiError {
 
 async fn custom_fields(State(s): S) -> Response {
     let data: Vec<Value> = s
-        .defs
+        .defs()
         .iter()
-        .map(|d| json!({"name": d.name, "key": d.key, "type": d.ftype.as_str()}))
+        .map(|d| json!({"name": d.name, "key": d.key, "type": d.type_name}))
         .collect();
     axum::Json(json!({ "data": data })).into_response()
 }
 
 async fn create(State(s): S, body: Bytes) -> Result<Response, ApiError> {
     let v = validate::parse_json(&body)?;
-    let input = validate::contact_body(&v, Mode::Create, &s.defs, None)?;
+    let defs = s.defs();
+    let input = validate::contact_body(&v, s.checks(Mode::Create), &defs, None)
+        .map_err(|e| s.count_refusal(e))?;
     let source = input
         .source
         .clone()
@@ -188,28 +240,61 @@ async fn create(State(s): S, body: Bytes) -> Result<Response, ApiError> {
                 "A contact with externalId '{ext}' and source '{source}' already exists"
             )));
         }
-        store.insert(input, Some(source), false).render(&s.defs)
+        let stored = store.insert(input, Some(source), false);
+        lock(&s.faults).created(&stored.id);
+        stored.render(&defs)
     };
     lock(&s.acct).stats.writes.creates += 1;
     s.emit_api("contact.updated", contact.clone());
-    Ok((StatusCode::CREATED, axum::Json(json!({ "data": contact }))).into_response())
+    let key = WriteKey::of(&contact);
+    let mut contact = contact;
+    s.settings().response_shapes.apply(&mut contact);
+    let mut resp = (StatusCode::CREATED, axum::Json(json!({ "data": contact }))).into_response();
+    resp.extensions_mut().insert(key);
+    Ok(resp)
 }
 
 async fn list(State(s): S, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let query = validate::list_query(q.as_deref())?;
-    let page = lock(&s.store).list(&query, &s.defs);
+    let defs = s.defs();
+    let (hidden, repeat) = {
+        let mut faults = lock(&s.faults);
+        let hidden = faults.hidden_for_list(!query.external_ids.is_empty());
+        let repeat = query.page_token.is_some() && faults.take_repeat_token();
+        (hidden, repeat)
+    };
+    let page = lock(&s.store).list(&query, &defs, &hidden);
+    let shapes = s.settings().response_shapes;
+    let mut items = page.items;
+    for c in &mut items {
+        shapes.apply(c);
+    }
+    let next = if repeat {
+        query.page_token.clone()
+    } else {
+        page.next_after.map(validate::encode_page_token)
+    };
+    {
+        let f = &mut lock(&s.acct).stats.faults;
+        if page.left_out > 0 {
+            f.lagging_list_answers += 1;
+            f.contacts_left_out += page.left_out as u64;
+        }
+        f.repeated_page_tokens += u64::from(repeat);
+    }
     Ok(axum::Json(json!({
-        "data": page.items,
+        "data": items,
         "totalItems": page.total,
-        "nextPageToken": page.next_after.map(validate::encode_page_token),
+        "nextPageToken": next,
     }))
     .into_response())
 }
 
 async fn get_one(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let defs = s.defs();
     let contact = lock(&s.store)
         .get(&id)
-        .map(|c| c.render(&s.defs))
+        .map(|c| s.render_api(c, &defs))
         .ok_or_else(|| contact_not_found(&id))?;
     Ok(axum::Json(json!({ "data": contact })).into_response())
 }
@@ -217,24 +302,32 @@ async fn get_one(State(s): S, Path(id): Path<String>) -> Result<Response, ApiErr
 async fn update(State(s): S, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     let v = validate::parse_json(&body)?;
     let mode = s.settings().patch_mode;
+    let defs = s.defs();
     let contact = {
         let mut store = lock(&s.store);
         let existing = store.get(&id).ok_or_else(|| contact_not_found(&id))?;
         if existing.read_only {
             return Err(read_only(&id));
         }
-        let input = validate::contact_body(&v, Mode::Patch, &s.defs, Some(existing))?;
+        let input = validate::contact_body(&v, s.checks(Mode::Patch), &defs, Some(existing))
+            .map_err(|e| s.count_refusal(e))?;
         store
             .patch(&id, input, mode)
-            .map(|c| c.render(&s.defs))
+            .map(|c| c.render(&defs))
             .ok_or_else(|| contact_not_found(&id))?
     };
     lock(&s.acct).stats.writes.updates += 1;
     s.emit_api("contact.updated", contact.clone());
-    Ok(axum::Json(json!({ "data": contact })).into_response())
+    let key = WriteKey::of(&contact);
+    let mut shaped = contact;
+    s.settings().response_shapes.apply(&mut shaped);
+    let mut resp = axum::Json(json!({ "data": shaped })).into_response();
+    resp.extensions_mut().insert(key);
+    Ok(resp)
 }
 
 async fn delete(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let defs = s.defs();
     let removed = {
         let mut store = lock(&s.store);
         let existing = store.get(&id).ok_or_else(|| contact_not_found(&id))?;
@@ -243,12 +336,15 @@ async fn delete(State(s): S, Path(id): Path<String>) -> Result<Response, ApiErro
         }
         store
             .remove(&id)
-            .map(|c| c.render(&s.defs))
+            .map(|c| c.render(&defs))
             .ok_or_else(|| contact_not_found(&id))?
     };
     lock(&s.acct).stats.writes.deletes += 1;
+    let key = WriteKey::of(&removed);
     s.emit_api("contact.deleted", removed);
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.extensions_mut().insert(key);
+    Ok(resp)
 }
 
 fn read_only(id: &str) -> ApiError {
@@ -277,12 +373,11 @@ fn admin_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, BadAdmi
 }
 
 async fn admin_stats(State(s): S) -> Response {
-    let stats = lock(&s.acct).stats.clone();
-    axum::Json(stats).into_response()
+    axum::Json(s.stats()).into_response()
 }
 
 async fn admin_reset_stats(State(s): S) -> StatusCode {
-    lock(&s.acct).reset();
+    s.reset_stats();
     StatusCode::NO_CONTENT
 }
 
@@ -293,7 +388,7 @@ async fn admin_contacts(State(s): S) -> Response {
 async fn admin_fault(State(s): S, body: Bytes) -> Response {
     match admin_json::<FaultSpec>(&body) {
         Ok(spec) => {
-            lock(&s.faults).push(spec.into());
+            s.inject(spec.into());
             StatusCode::NO_CONTENT.into_response()
         }
         Err(r) => r.into_response(),
@@ -301,8 +396,55 @@ async fn admin_fault(State(s): S, body: Bytes) -> Response {
 }
 
 async fn admin_clear_faults(State(s): S) -> StatusCode {
-    lock(&s.faults).clear();
+    s.clear_faults();
     StatusCode::NO_CONTENT
+}
+
+/// `GET /_sandbox/faults`: what is armed, and how many times each fault fired.
+async fn admin_faults(State(s): S) -> Response {
+    let mut v = lock(&s.faults).view();
+    v["webhooks"] = s.hub.faults_view();
+    v["fired"] = serde_json::to_value(s.stats().faults).unwrap_or(Value::Null);
+    axum::Json(v).into_response()
+}
+
+/// Body of `POST /_sandbox/custom-fields`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldDefBody {
+    name: String,
+    key: String,
+    #[serde(rename = "type")]
+    type_name: String,
+    #[serde(default)]
+    options: Option<Vec<String>>,
+    #[serde(default)]
+    fill: Option<Value>,
+}
+
+fn defs_view(s: &Shared) -> Response {
+    let data: Vec<Value> = s
+        .defs()
+        .iter()
+        .map(|d| json!({"name": d.name, "key": d.key, "type": d.type_name, "options": d.options}))
+        .collect();
+    axum::Json(json!({ "data": data })).into_response()
+}
+
+async fn admin_custom_fields(State(s): S) -> Response {
+    defs_view(&s)
+}
+
+async fn admin_define_field(State(s): S, body: Bytes) -> Response {
+    let b = match admin_json::<FieldDefBody>(&body) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let def = super::state::FieldDef::new(&b.name, &b.key, &b.type_name, b.options);
+    match s.define_field(def, b.fill.as_ref()) {
+        Ok(()) => defs_view(&s),
+        Err(e) => admin_error(StatusCode::BAD_REQUEST, e),
+    }
 }
 
 /// Body of `POST /_sandbox/settings`: every key optional.
@@ -315,6 +457,8 @@ struct SettingsPatch {
     requests_per_second: Option<u32>,
     send_retry_after: Option<bool>,
     webhooks_on_api_writes: Option<bool>,
+    response_shapes: Option<super::ResponseShapes>,
+    refuse_stale_item_ids: Option<bool>,
 }
 
 fn settings_view(s: &Shared) -> Response {
@@ -326,6 +470,8 @@ fn settings_view(s: &Shared) -> Response {
         "requests_per_second": st.requests_per_second,
         "send_retry_after": st.send_retry_after,
         "webhooks_on_api_writes": st.webhooks_on_api_writes,
+        "response_shapes": st.response_shapes,
+        "refuse_stale_item_ids": st.refuse_stale_item_ids,
         "webhook": st.webhook.as_ref().map(|w| json!({"url": w.url, "scheme": w.scheme})),
     }))
     .into_response()
@@ -360,6 +506,12 @@ async fn admin_set_settings(State(s): S, body: Bytes) -> Response {
         if let Some(b) = patch.webhooks_on_api_writes {
             st.webhooks_on_api_writes = b;
         }
+        if let Some(b) = patch.refuse_stale_item_ids {
+            st.refuse_stale_item_ids = b;
+        }
+    }
+    if let Some(shapes) = patch.response_shapes {
+        s.set_shapes(shapes);
     }
     settings_view(&s)
 }

@@ -6,7 +6,7 @@
 //! client's wire types (`crate::quo::types`), so a misreading of the spec on one side is caught
 //! by the other instead of cancelling out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
 use serde_json::{Value, json};
@@ -54,6 +54,9 @@ pub(crate) enum FieldType {
     String,
     /// JSON string holding a URL.
     Url,
+    /// A type this sandbox does not know (e.g. `rating`): shown in definitions and on contacts,
+    /// settable only by app edits (any JSON value), refused in API writes.
+    Other,
 }
 
 impl FieldType {
@@ -81,6 +84,7 @@ impl FieldType {
             FieldType::Number => "number",
             FieldType::String => "string",
             FieldType::Url => "url",
+            FieldType::Other => "other",
         }
     }
 }
@@ -94,6 +98,28 @@ pub(crate) struct FieldDef {
     pub key: String,
     /// Value type.
     pub ftype: FieldType,
+    /// The wire type name (differs from `ftype.as_str()` only for [`FieldType::Other`]).
+    pub type_name: String,
+    /// For multi-select fields: the allowed options (`None`: anything goes).
+    pub options: Option<Vec<String>>,
+}
+
+impl FieldDef {
+    /// A definition from wire parts; an unknown type becomes [`FieldType::Other`].
+    pub(crate) fn new(
+        name: &str,
+        key: &str,
+        type_name: &str,
+        options: Option<Vec<String>>,
+    ) -> Self {
+        FieldDef {
+            name: name.to_string(),
+            key: key.to_string(),
+            ftype: FieldType::parse(type_name).unwrap_or(FieldType::Other),
+            type_name: type_name.to_string(),
+            options,
+        }
+    }
 }
 
 /// An email or phone item on a stored contact.
@@ -174,7 +200,7 @@ impl StoredContact {
                     "name": def.map(|d| d.name.clone()).unwrap_or_else(|| c.key.clone()),
                     "key": c.key,
                     "id": c.id,
-                    "type": def.map(|d| d.ftype.as_str()).unwrap_or("string"),
+                    "type": def.map(|d| d.type_name.as_str()).unwrap_or("string"),
                     "value": c.value,
                 })
             })
@@ -211,6 +237,8 @@ pub(crate) struct ListQuery {
     pub max_results: usize,
     /// Resume after this sequence number.
     pub after_seq: Option<u64>,
+    /// The page token as sent (non-empty), for the repeated-token fault.
+    pub page_token: Option<String>,
 }
 
 /// One page of results.
@@ -221,6 +249,8 @@ pub(crate) struct Page {
     pub total: usize,
     /// Sequence number to resume after, when more remain.
     pub next_after: Option<u64>,
+    /// Contacts in this page's range that a lagging list left out.
+    pub left_out: usize,
 }
 
 /// All contacts of the sandbox workspace.
@@ -326,6 +356,23 @@ impl Store {
         self.by_seq.values()
     }
 
+    /// Gives every contact without a value for `key` the value `value` (a field that was
+    /// always there); `updatedAt` is left alone. Returns how many contacts got it.
+    pub(crate) fn fill_custom(&mut self, key: &str, value: &Value) -> usize {
+        let mut n = 0;
+        for c in self.by_seq.values_mut() {
+            if !c.custom.iter().any(|cv| cv.key == key) {
+                c.custom.push(CustomValue {
+                    id: new_id(),
+                    key: key.to_string(),
+                    value: value.clone(),
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Whether a contact with this `(source, externalId)` exists.
     pub(crate) fn has_duplicate(&self, source: Option<&str>, external_id: &str) -> bool {
         self.by_seq
@@ -333,9 +380,10 @@ impl Store {
             .any(|c| c.external_id.as_deref() == Some(external_id) && c.source.as_deref() == source)
     }
 
-    /// One page of the list call.
-    pub(crate) fn list(&self, q: &ListQuery, defs: &[FieldDef]) -> Page {
-        let matches = |c: &StoredContact| {
+    /// One page of the list call; contacts whose id is in `hidden` are left out (a lagging
+    /// list) and counted in [`Page::left_out`].
+    pub(crate) fn list(&self, q: &ListQuery, defs: &[FieldDef], hidden: &BTreeSet<String>) -> Page {
+        let filters = |c: &StoredContact| {
             (q.external_ids.is_empty()
                 || c.external_id
                     .as_ref()
@@ -343,6 +391,7 @@ impl Store {
                 && (q.sources.is_empty()
                     || c.source.as_ref().is_some_and(|s| q.sources.contains(s)))
         };
+        let matches = |c: &StoredContact| filters(c) && !hidden.contains(&c.id);
         let total = self.by_seq.values().filter(|c| matches(c)).count();
         let start = q.after_seq.map(|s| s + 1).unwrap_or(0);
         let mut rest = self
@@ -352,7 +401,19 @@ impl Store {
             .filter(|c| matches(c));
         let page: Vec<&StoredContact> = rest.by_ref().take(q.max_results).collect();
         let more = rest.next().is_some();
+        let end = if more {
+            page.last().map(|c| c.seq)
+        } else {
+            None
+        };
+        let left_out = self
+            .by_seq
+            .range(start..)
+            .take_while(|(seq, _)| end.is_none_or(|e| **seq <= e))
+            .filter(|(_, c)| filters(c) && hidden.contains(&c.id))
+            .count();
         Page {
+            left_out,
             next_after: if more {
                 page.last().map(|c| c.seq)
             } else {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::faults::FaultCounters;
+
 /// Successful API writes by kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteStats {
@@ -33,7 +35,7 @@ pub struct SandboxStats {
     pub rate_limited: u64,
     /// Answers produced by injected status faults.
     pub injected_faults: u64,
-    /// Connections dropped after a write (`Fault::DropAfterWrite`).
+    /// Connections dropped after a write (`Fault::DropAfterWrite` and `DropAfterWriteRatio`).
     pub dropped_connections: u64,
     /// Most requests accepted by the limiter within any one-second sliding window.
     pub peak_per_second: u64,
@@ -43,6 +45,9 @@ pub struct SandboxStats {
     pub first_request_at: Option<DateTime<Utc>>,
     /// Arrival of the last API request.
     pub last_request_at: Option<DateTime<Utc>>,
+    /// How many times each injected fault fired.
+    #[serde(default)]
+    pub faults: FaultCounters,
 }
 
 impl SandboxStats {

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::error::{ApiError, FieldError};
+use super::error::{ApiError, FieldError, Refusal};
 use super::state::{FieldDef, FieldType, ListQuery, StoredContact, iso_ms};
 
 /// Sources the API refuses (exact match).
@@ -50,9 +50,29 @@ impl Mode {
     }
 }
 
+/// What a body is validated as, and the switchable checks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checks {
+    /// Which body.
+    pub mode: Mode,
+    /// Refuse (in API PATCHes) email/phone item ids the contact does not have.
+    pub refuse_stale_item_ids: bool,
+}
+
+impl From<Mode> for Checks {
+    fn from(mode: Mode) -> Checks {
+        Checks {
+            mode,
+            refuse_stale_item_ids: false,
+        }
+    }
+}
+
 /// An email or phone item of a request body.
 #[derive(Debug, Clone)]
 pub(crate) struct ItemInput {
+    /// Position in the sent array (for error paths).
+    pub index: usize,
     /// Item id, addressing an existing item (PATCH).
     pub id: Option<String>,
     /// Label.
@@ -112,6 +132,13 @@ impl Problems {
     fn invalid(&mut self, path: &str, msg: impl Into<String>, value: Option<&Value>, kind: &str) {
         self.invalid.push(FieldError::new(path, msg, value, kind));
     }
+    fn push(&mut self, structural: bool, e: FieldError) {
+        if structural {
+            self.structural.push(e);
+        } else {
+            self.invalid.push(e);
+        }
+    }
     fn finish<T>(self, ok: T) -> Result<T, ApiError> {
         if !self.structural.is_empty() {
             let message = summary(&self.structural);
@@ -157,14 +184,16 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
-/// Validates a contact body for `mode`. `existing` is the contact a PATCH addresses (it resolves
-/// custom field items sent by `id`).
+/// Validates a contact body for `checks.mode`. `existing` is the contact a PATCH addresses (it
+/// resolves custom field items sent by `id`, and item ids when stale ones are refused).
 pub(crate) fn contact_body(
     body: &Value,
-    mode: Mode,
+    checks: impl Into<Checks>,
     defs: &[FieldDef],
     existing: Option<&StoredContact>,
 ) -> Result<ContactInput, ApiError> {
+    let checks = checks.into();
+    let mode = checks.mode;
     let mut p = Problems::default();
     let mut out = ContactInput::default();
     let Some(obj) = body.as_object() else {
@@ -260,11 +289,40 @@ pub(crate) fn contact_body(
         None => {}
         Some(df) => default_fields(&mut p, df, mode, &mut out),
     }
+    if checks.refuse_stale_item_ids
+        && mode == Mode::Patch
+        && let Some(c) = existing
+    {
+        stale_ids(&mut p, &out, c);
+    }
     // customFields
     if let Some(cf) = obj.get("customFields") {
-        out.custom_fields = Some(custom_fields(&mut p, cf, defs, existing));
+        out.custom_fields = Some(custom_fields(&mut p, cf, defs, existing, mode.is_app()));
     }
     p.finish(out)
+}
+
+/// Refuses email/phone items addressed by an id the contact does not have (`0800400`).
+fn stale_ids(p: &mut Problems, out: &ContactInput, contact: &StoredContact) {
+    let lists = [
+        ("emails", "email", &out.emails, &contact.emails),
+        ("phoneNumbers", "phone number", &out.phones, &contact.phones),
+    ];
+    for (list, what, sent, stored) in lists {
+        for item in sent.iter().flatten() {
+            let Some(id) = &item.id else { continue };
+            if !stored.iter().any(|s| &s.id == id) {
+                let e = FieldError::new(
+                    &format!("/defaultFields/{list}/{}/id", item.index),
+                    format!("the contact has no {what} with id '{id}'"),
+                    Some(&Value::String(id.clone())),
+                    "string",
+                )
+                .tagged(Refusal::StaleItemId);
+                p.push(true, e);
+            }
+        }
+    }
 }
 
 fn default_fields(p: &mut Problems, df: &Value, mode: Mode, out: &mut ContactInput) {
@@ -320,10 +378,11 @@ fn default_fields(p: &mut Problems, df: &Value, mode: Mode, out: &mut ContactInp
     out.company = scalar(p, "company");
     out.role = scalar(p, "role");
     if let Some(v) = obj.get("emails") {
-        out.emails = Some(items(p, "/defaultFields/emails", v, ItemKind::Email));
+        out.emails = Some(items(p, "/defaultFields/emails", v, ItemKind::Email, mode));
     }
     if let Some(v) = obj.get("phoneNumbers") {
-        out.phones = Some(items(p, "/defaultFields/phoneNumbers", v, ItemKind::Phone));
+        let path = "/defaultFields/phoneNumbers";
+        out.phones = Some(items(p, path, v, ItemKind::Phone, mode));
     }
 }
 
@@ -333,7 +392,7 @@ enum ItemKind {
     Phone,
 }
 
-fn items(p: &mut Problems, path: &str, v: &Value, kind: ItemKind) -> Vec<ItemInput> {
+fn items(p: &mut Problems, path: &str, v: &Value, kind: ItemKind, mode: Mode) -> Vec<ItemInput> {
     let Some(arr) = v.as_array() else {
         p.bad(path, "must be an array", Some(v), "array");
         return Vec::new();
@@ -353,6 +412,8 @@ fn items(p: &mut Problems, path: &str, v: &Value, kind: ItemKind) -> Vec<ItemInp
         unknown_keys(p, obj, &ipath, &["id", "name", "value"]);
         let name = match obj.get("name") {
             Some(Value::String(s)) => Some(s.clone()),
+            // The Quo app can leave a label empty; responses may then show `null`.
+            Some(Value::Null) if mode.is_app() => Some(String::new()),
             None => {
                 p.bad(&format!("{ipath}/name"), "name is required", None, "string");
                 None
@@ -413,7 +474,12 @@ fn items(p: &mut Problems, path: &str, v: &Value, kind: ItemKind) -> Vec<ItemInp
             }
         };
         if let Some(name) = name {
-            out.push(ItemInput { id, name, value });
+            out.push(ItemInput {
+                index: i,
+                id,
+                name,
+                value,
+            });
         }
     }
     out
@@ -424,6 +490,7 @@ fn custom_fields(
     v: &Value,
     defs: &[FieldDef],
     existing: Option<&StoredContact>,
+    app: bool,
 ) -> Vec<CustomInput> {
     let Some(arr) = v.as_array() else {
         p.bad(
@@ -491,15 +558,65 @@ fn custom_fields(
         };
         let vpath = format!("{ipath}/value");
         let Some(raw) = obj.get("value") else {
-            p.bad(&vpath, "value is required", None, def.ftype.as_str());
+            p.bad(&vpath, "value is required", None, &def.type_name);
             continue;
         };
+        if def.ftype == FieldType::Other {
+            if app {
+                let value = (!raw.is_null()).then(|| raw.clone());
+                out.push(CustomInput { key, value });
+            } else {
+                p.invalid(
+                    &format!("{ipath}/key"),
+                    format!(
+                        "custom field '{key}' has type '{}', which cannot be written through the API",
+                        def.type_name
+                    ),
+                    obj.get("key"),
+                    &def.type_name,
+                );
+            }
+            continue;
+        }
         match custom_value(def.ftype, raw) {
-            Ok(value) => out.push(CustomInput { key, value }),
-            Err(msg) => p.invalid(&vpath, msg, Some(raw), def.ftype.as_str()),
+            Ok(value) => {
+                if outside_options(p, def, &vpath, value.as_ref()) {
+                    continue;
+                }
+                out.push(CustomInput { key, value });
+            }
+            Err(msg) => p.invalid(&vpath, msg, Some(raw), &def.type_name),
         }
     }
     out
+}
+
+/// Records (`0801400`, path `…/value/{j}`) every multi-select value outside the field's
+/// options; `true` if there was one.
+fn outside_options(p: &mut Problems, def: &FieldDef, vpath: &str, value: Option<&Value>) -> bool {
+    let (Some(options), Some(Value::Array(values))) = (&def.options, value) else {
+        return false;
+    };
+    let mut refused = false;
+    for (j, v) in values.iter().enumerate() {
+        let s = v.as_str().unwrap_or_default();
+        if !options.iter().any(|o| o == s) {
+            refused = true;
+            let e = FieldError::new(
+                &format!("{vpath}/{j}"),
+                format!(
+                    "'{s}' is not an option of custom field '{}' (options: {})",
+                    def.key,
+                    options.join(", ")
+                ),
+                Some(v),
+                "multi-select",
+            )
+            .tagged(Refusal::OutsideOptions);
+            p.push(false, e);
+        }
+    }
+    refused
 }
 
 /// Checks and normalises one custom field value for its type (dates become UTC, ms precision).
@@ -513,6 +630,7 @@ fn custom_value(ftype: FieldType, v: &Value) -> Result<Option<Value>, String> {
         FieldType::String | FieldType::Address => v.is_string(),
         FieldType::Url => v.as_str().is_some_and(looks_like_url),
         FieldType::MultiSelect => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        FieldType::Other => true,
         FieldType::Date => {
             let parsed = v
                 .as_str()
@@ -720,7 +838,10 @@ pub(crate) fn list_query(raw: Option<&str>) -> Result<ListQuery, ApiError> {
             }
             "maxResults" => max_results = Some(v),
             "pageToken" => match decode_page_token(&v) {
-                Some(seq) => q.after_seq = Some(seq),
+                Some(seq) => {
+                    q.after_seq = Some(seq);
+                    q.page_token = Some(v.clone());
+                }
                 None if v.is_empty() => {}
                 None => p.bad(
                     "/query/pageToken",
@@ -871,11 +992,7 @@ mod tests {
                 ("renewal-date", FieldType::Date),
             ]
             .into_iter()
-            .map(|(k, t)| FieldDef {
-                name: k.to_string(),
-                key: k.to_string(),
-                ftype: t,
-            })
+            .map(|(k, t)| FieldDef::new(k, k, t.as_str(), None))
             .collect()
         }
 

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
+use super::faults::{Draw, Fault, FaultCounters, Pick};
 use super::state::{iso_ms, random_hex};
 
 /// Attempts per delivery (the first plus retries).
@@ -162,6 +163,62 @@ impl Event {
 pub(crate) struct Job {
     event_id: String,
     target: WebhookTarget,
+    /// A second copy sent by a duplicate fault (logged as a redelivery).
+    copy: bool,
+}
+
+/// A count or seeded-ratio selector of events, armed.
+#[derive(Debug)]
+enum Selector {
+    Next(u32),
+    Ratio(Draw),
+}
+
+impl Selector {
+    fn new(p: Pick) -> Option<Selector> {
+        match p {
+            Pick::Next(0) => None,
+            Pick::Next(n) => Some(Selector::Next(n)),
+            Pick::Ratio { ratio, seed } => Some(Selector::Ratio(Draw::new(ratio, seed))),
+        }
+    }
+
+    fn view(&self) -> Value {
+        match self {
+            Selector::Next(n) => json!({"count": n}),
+            Selector::Ratio(d) => d.view(),
+        }
+    }
+}
+
+/// Takes one pick from an armed selector for an event keyed `key`, disarming an exhausted count.
+fn take(sel: &mut Option<Selector>, key: &str) -> bool {
+    let hit = match sel {
+        None => false,
+        Some(Selector::Next(n)) => {
+            *n -= 1;
+            true
+        }
+        Some(Selector::Ratio(d)) => d.fire_for(key),
+    };
+    if matches!(sel, Some(Selector::Next(0))) {
+        *sel = None;
+    }
+    hit
+}
+
+/// Armed webhook delivery faults and their counters.
+#[derive(Debug, Default)]
+struct WebhookFaults {
+    drop: Option<Selector>,
+    duplicate: Option<Selector>,
+    /// Batch size to reorder, and the jobs held so far.
+    reorder: Option<(u32, Vec<Job>)>,
+    /// Ids of the events never sent, oldest first.
+    dropped_ids: Vec<String>,
+    dropped: u64,
+    duplicated: u64,
+    reordered: u64,
 }
 
 /// The webhook side of the sandbox: emitted events, the delivery queue and the delivery log.
@@ -170,6 +227,7 @@ pub(crate) struct Hub {
     client: reqwest::Client,
     events: Mutex<HashMap<String, Event>>,
     deliveries: Mutex<Vec<Delivery>>,
+    faults: Mutex<WebhookFaults>,
     tx: mpsc::UnboundedSender<Job>,
 }
 
@@ -186,6 +244,7 @@ impl Hub {
             client,
             events: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(Vec::new()),
+            faults: Mutex::new(WebhookFaults::default()),
             tx,
         };
         (Arc::new(hub), rx)
@@ -194,7 +253,7 @@ impl Hub {
     /// Delivers queued events in order until the queue closes.
     pub(crate) async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Job>) {
         while let Some(job) = rx.recv().await {
-            self.deliver(&job.event_id, &job.target, false).await;
+            self.deliver(&job.event_id, &job.target, job.copy).await;
         }
     }
 
@@ -217,12 +276,123 @@ impl Hub {
                 .to_string(),
             contact,
         };
+        // Ratio faults draw per (event type, contact externalId) and occurrence: reproducible
+        // whatever the interleaving of writes to different contacts.
+        let key = format!(
+            "{kind} {}",
+            event.contact["externalId"]
+                .as_str()
+                .unwrap_or(&event.contact_id)
+        );
         lock(&self.events).insert(id.clone(), event);
-        let _ = self.tx.send(Job {
+        let job = |copy| Job {
             event_id: id.clone(),
             target: target.clone(),
-        });
+            copy,
+        };
+        let mut f = lock(&self.faults);
+        if take(&mut f.drop, &key) {
+            f.dropped += 1;
+            f.dropped_ids.push(id.clone());
+            tracing::debug!(event_id = %id, "sandbox webhook dropped by fault");
+            return id;
+        }
+        let mut jobs = vec![job(false)];
+        if take(&mut f.duplicate, &key) {
+            f.duplicated += 1;
+            jobs.push(job(true));
+        }
+        let release = match &mut f.reorder {
+            Some((size, held)) => {
+                held.extend(jobs);
+                let events = held.iter().filter(|j| !j.copy).count() as u32;
+                (events >= *size).then(|| std::mem::take(held))
+            }
+            None => {
+                for j in jobs {
+                    let _ = self.tx.send(j);
+                }
+                return id;
+            }
+        };
+        if let Some(held) = release {
+            f.reorder = None;
+            self.release(&mut f, held);
+        }
         id
+    }
+
+    /// Sends held jobs newest event first (a duplicate stays right after its original).
+    fn release(&self, f: &mut WebhookFaults, held: Vec<Job>) {
+        let mut batches: Vec<Vec<Job>> = Vec::new();
+        for j in held {
+            match batches.last_mut() {
+                Some(b) if j.copy => b.push(j),
+                _ => batches.push(vec![j]),
+            }
+        }
+        f.reordered += batches.len() as u64;
+        for b in batches.into_iter().rev() {
+            for j in b {
+                let _ = self.tx.send(j);
+            }
+        }
+    }
+
+    /// Arms a webhook fault (other faults are ignored).
+    pub(crate) fn arm(&self, fault: Fault) {
+        let mut f = lock(&self.faults);
+        match fault {
+            Fault::WebhookDrop(p) => f.drop = Selector::new(p),
+            Fault::WebhookDuplicate(p) => f.duplicate = Selector::new(p),
+            Fault::WebhookReorder { count } if count > 1 => {
+                let held = f.reorder.take().map(|(_, h)| h).unwrap_or_default();
+                f.reorder = Some((count, held));
+            }
+            _ => {}
+        }
+    }
+
+    /// Disarms every webhook fault; held events are released (newest first).
+    pub(crate) fn clear_faults(&self) {
+        let mut f = lock(&self.faults);
+        f.drop = None;
+        f.duplicate = None;
+        if let Some((_, held)) = f.reorder.take() {
+            self.release(&mut f, held);
+        }
+    }
+
+    /// What is armed, for `GET /_sandbox/faults`.
+    pub(crate) fn faults_view(&self) -> Value {
+        let f = lock(&self.faults);
+        json!({
+            "drop": f.drop.as_ref().map(Selector::view),
+            "duplicate": f.duplicate.as_ref().map(Selector::view),
+            "reorder": f.reorder.as_ref().map(|(n, held)| json!({"count": n, "held": held.len()})),
+            "dropped_event_ids": f.dropped_ids,
+        })
+    }
+
+    /// Ids of the events a drop fault kept from being sent, oldest first.
+    pub(crate) fn dropped_ids(&self) -> Vec<String> {
+        lock(&self.faults).dropped_ids.clone()
+    }
+
+    /// Copies the webhook fault counters into `c`.
+    pub(crate) fn fold_counters(&self, c: &mut FaultCounters) {
+        let f = lock(&self.faults);
+        c.webhooks_dropped = f.dropped;
+        c.webhooks_duplicated = f.duplicated;
+        c.webhooks_reordered = f.reordered;
+    }
+
+    /// Zeroes the webhook fault counters.
+    pub(crate) fn reset_counters(&self) {
+        let mut f = lock(&self.faults);
+        f.dropped = 0;
+        f.duplicated = 0;
+        f.reordered = 0;
     }
 
     /// Every attempt so far.

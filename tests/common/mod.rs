@@ -291,3 +291,77 @@ impl TestApp {
         app
     }
 }
+
+/// A client for the sandbox's admin routes (no proxy, short timeout).
+fn admin_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("admin client")
+}
+
+/// Arms a sandbox fault over the admin API (`POST {base_url}/_sandbox/faults`, JSON forms in
+/// `quo_sync::sandbox::faults`); panics unless the sandbox accepts it.
+pub async fn sandbox_fault(base_url: &str, spec: serde_json::Value) {
+    let resp = admin_client()
+        .post(format!("{base_url}/_sandbox/faults"))
+        .json(&spec)
+        .send()
+        .await
+        .expect("admin request");
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status.as_u16(), 204, "fault {spec} refused: {body}");
+}
+
+/// Clears every sandbox fault (`DELETE {base_url}/_sandbox/faults`); held webhooks are released.
+pub async fn sandbox_clear_faults(base_url: &str) {
+    let resp = admin_client()
+        .delete(format!("{base_url}/_sandbox/faults"))
+        .send()
+        .await
+        .expect("admin request");
+    assert_eq!(resp.status().as_u16(), 204);
+}
+
+/// The sandbox's internal truth: every contact, whatever faults or response shapes are on
+/// (`GET {base_url}/_sandbox/contacts`).
+pub async fn sandbox_truth(base_url: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = admin_client()
+        .get(format!("{base_url}/_sandbox/contacts"))
+        .send()
+        .await
+        .expect("admin request")
+        .json()
+        .await
+        .expect("json");
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// How many times each sandbox fault fired (`GET {base_url}/_sandbox/faults` → `fired`).
+pub async fn sandbox_fault_counters(base_url: &str) -> quo_sync::sandbox::FaultCounters {
+    let v: serde_json::Value = admin_client()
+        .get(format!("{base_url}/_sandbox/faults"))
+        .send()
+        .await
+        .expect("admin request")
+        .json()
+        .await
+        .expect("json");
+    serde_json::from_value(v["fired"].clone()).expect("fault counters")
+}
+
+/// Changes sandbox settings (`POST {base_url}/_sandbox/settings`, e.g.
+/// `{"response_shapes": {"string_values": true}, "refuse_stale_item_ids": false}`); returns the
+/// settings now in force.
+pub async fn sandbox_settings(base_url: &str, patch: serde_json::Value) -> serde_json::Value {
+    let resp = admin_client()
+        .post(format!("{base_url}/_sandbox/settings"))
+        .json(&patch)
+        .send()
+        .await
+        .expect("admin request");
+    assert_eq!(resp.status().as_u16(), 200, "settings {patch} refused");
+    resp.json().await.expect("json")
+}
