@@ -428,3 +428,84 @@ async fn a_scan_pass_resumes_after_a_restart() {
     assert_eq!(report.counts.written_to_crm, 3);
     assert!(app.csv_text().contains("Edited c-119"));
 }
+
+async fn linked(app: &TestApp, id: &str) -> bool {
+    let row = app
+        .ledger()
+        .record(&ExternalId::parse(id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    row.state == RecordState::Synced && row.quo_id.is_some()
+}
+
+/// A lagging list leaves contacts out for a while: absence is not deletion. Nothing is
+/// unlinked, and the CRM's next edit still reaches Quo (the fresh read falls back to the id).
+#[tokio::test]
+async fn contacts_missing_from_a_lagging_list_are_confirmed_by_id_not_unlinked() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(6)),
+        SandboxConfig::default(),
+        "[reverse]\npoll_interval = \"1ms\"\non_quo_delete = \"unlink\"\n",
+    )
+    .await;
+    app.cycle().await;
+    let hidden: Vec<String> = ["c-2", "c-4", "c-6"]
+        .iter()
+        .map(|id| app.contact_for(id)["id"].as_str().unwrap().to_string())
+        .collect();
+    common::sandbox_fault(
+        &app.sandbox.base_url(),
+        json!({"kind": "lagging_list", "ids": hidden, "scope": "all"}),
+    )
+    .await;
+    let report = app.cycle().await;
+    assert_eq!(report.counts.quarantined, 0);
+    for id in ["c-2", "c-4", "c-6"] {
+        assert!(linked(&app, id).await, "{id} must stay linked");
+    }
+    let mut changed = rows(6);
+    changed[3] = changed[3].replace("Acme 4", "Hooli");
+    app.write_csv(&csv(&changed));
+    app.cycle().await;
+    assert_eq!(app.contact_for("c-4")["defaultFields"]["company"], "Hooli");
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.cycle().await;
+    app.assert_one_contact_per_record(&(1..=6).map(|i| format!("c-{i}")).collect::<Vec<_>>())
+        .await;
+}
+
+/// A list that answers the same page token twice is broken: the pass is abandoned without
+/// concluding that the contacts it never reached are gone, and starts over later.
+#[tokio::test]
+async fn a_repeated_page_token_abandons_the_scan_and_deletes_nothing() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(120)),
+        SandboxConfig::default(),
+        "[reverse]\npoll_interval = \"1ms\"\non_quo_delete = \"unlink\"\n",
+    )
+    .await;
+    app.cycle().await;
+    common::sandbox_fault(
+        &app.sandbox.base_url(),
+        json!({"kind": "repeat_page_token", "count": 1}),
+    )
+    .await;
+    app.cycle().await;
+    for i in 1..=120 {
+        assert!(
+            linked(&app, &format!("c-{i}")).await,
+            "c-{i} must stay linked"
+        );
+    }
+    // The next pass completes.
+    app.sandbox.reset_stats();
+    app.cycle().await;
+    assert_eq!(
+        app.sandbox
+            .stats()
+            .by_route_status
+            .get("GET /v1/contacts 200"),
+        Some(&3)
+    );
+}
