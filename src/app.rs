@@ -109,6 +109,7 @@ pub async fn build_context(
             max_delete_fraction: config.sync.max_delete_fraction,
             allow_mass_delete: false,
             inbox_retention: config.reverse.inbox_retention.0,
+            list_lag: config.quo.list_lag.0,
         },
         cancel,
         progress: Arc::default(),

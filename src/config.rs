@@ -128,6 +128,9 @@ pub struct QuoConfig {
     pub max_backoff: HumanDuration,
     /// Requests in flight at once (enough that latency is not the bottleneck).
     pub concurrency: usize,
+    /// How long a contact may take to appear in list answers after it was created, default `1s`:
+    /// an interrupted create is looked up twice, this far apart, before it is sent again.
+    pub list_lag: HumanDuration,
     /// Optional link to the CRM record, `{id}` replaced by the external id.
     pub source_url_template: Option<String>,
 }
@@ -143,6 +146,7 @@ impl Default for QuoConfig {
             timeout: HumanDuration(Duration::from_secs(30)),
             max_retries: 8,
             max_backoff: HumanDuration(Duration::from_secs(30)),
+            list_lag: HumanDuration(Duration::from_secs(1)),
             concurrency: 16,
             source_url_template: None,
         }

@@ -95,6 +95,7 @@ impl World {
         } else if roll == 1 && rows.len() > 3 {
             let i = self.rng.random_range(0..rows.len());
             let gone = rows.remove(i);
+            trace(|| format!("crm delete {}", gone[0]));
             self.log.deleted_in_crm.insert(gone[0].clone());
         } else {
             let i = self.rng.random_range(0..rows.len());
@@ -197,8 +198,10 @@ impl World {
     }
 
     /// A random fault on the wire, or none.
-    fn fault(&mut self) {
-        match self.rng.random_range(0..8) {
+    async fn fault(&mut self) {
+        let base = self.app.sandbox.base_url();
+        let seed: u64 = self.rng.random_range(0..1_000_000);
+        match self.rng.random_range(0..12) {
             0 => self.app.sandbox.inject(Fault::Status {
                 status: 429,
                 count: self.rng.random_range(1..4),
@@ -209,10 +212,39 @@ impl World {
                 count: self.rng.random_range(1..4),
                 retry_after: None,
             }),
-            2 | 3 => self.app.sandbox.inject(Fault::DropAfterWrite {
+            2 => self.app.sandbox.inject(Fault::DropAfterWrite {
                 count: self.rng.random_range(1..4),
             }),
+            3 => {
+                common::sandbox_fault(
+                    &base,
+                    json!({"kind": "drop_after_write_ratio", "ratio": 0.4, "seed": seed}),
+                )
+                .await
+            }
             4 => self.app.sandbox.set_webhook(None),
+            5 | 6 => {
+                common::sandbox_fault(
+                    &base,
+                    json!({"kind": "lagging_list", "ratio": 0.3, "seed": seed, "next_created": 1, "lists": 3}),
+                )
+                .await
+            }
+            7 => {
+                common::sandbox_fault(
+                    &base,
+                    json!({"kind": "webhook_duplicate", "ratio": 0.5, "seed": seed}),
+                )
+                .await
+            }
+            8 => {
+                common::sandbox_fault(
+                    &base,
+                    json!({"kind": "webhook_drop", "ratio": 0.5, "seed": seed}),
+                )
+                .await
+            }
+            9 => common::sandbox_fault(&base, json!({"kind": "repeat_page_token", "count": 1})).await,
             _ => {}
         }
     }
@@ -308,12 +340,12 @@ async fn run_seed(seed: u64, steps: usize) {
         if world.rng.random_bool(0.05) {
             world.delete_in_quo();
         }
-        world.fault();
+        world.fault().await;
         trace(|| "cycle".into());
         world.cycle_or_kill().await;
     }
     // Quiet: no faults, webhooks back, then cycles until nothing moves (at most a few).
-    world.app.sandbox.clear_faults();
+    common::sandbox_clear_faults(&world.app.sandbox.base_url()).await;
     world.point_webhooks().await;
     for _ in 0..2 {
         world.app.cycle().await;
@@ -345,10 +377,22 @@ async fn check(world: &World) {
     }
     let ids: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();
     app.assert_one_contact_per_record(&ids).await;
-    assert_eq!(
-        contacts.len(),
-        rows.len(),
-        "contacts without a CRM record: {per_id:?}"
+    let mut strays = Vec::new();
+    for id in per_id.keys().filter(|id| !ids.contains(id)) {
+        let row = app
+            .ledger()
+            .record(&quo_sync::domain::ExternalId::parse(id).unwrap())
+            .await
+            .unwrap();
+        strays.push(format!(
+            "{id}: {:?}",
+            row.map(|r| (r.state, r.quo_id, r.attempts, r.last_error))
+        ));
+    }
+    assert!(
+        strays.is_empty(),
+        "contacts without a CRM record (CRM has {ids:?}; deleted in the CRM: {:?}): {strays:?}",
+        world.log.deleted_in_crm
     );
     for r in &rows {
         let id = &r[0];

@@ -514,7 +514,8 @@ impl QuoClient {
         let route = "POST /v1/contacts";
         let mut retries = 0u32;
         loop {
-            let (last, wait_hint, limited, look_first) = match self
+            // `resend`: whether nothing listed after the wait makes a second POST safe enough.
+            let (last, wait_hint, limited, look_first, resend) = match self
                 .attempt(route, Method::POST, "/v1/contacts", &[], Some(body))
                 .await
             {
@@ -537,32 +538,43 @@ impl QuoClient {
                         "409 on create, yet no contact with externalId {:?} is listed",
                         body.external_id
                     );
-                    (text, None, false, true)
+                    (text, None, false, true, true)
                 }
                 Ok((status, bytes)) => return Err(rejected(status, &bytes)),
                 // Never reached Quo, or refused by the rate limit before any work: plain retry.
-                Err(AttemptError::NotSent(text)) => (text, None, false, false),
+                Err(AttemptError::NotSent(text)) => (text, None, false, false, false),
                 Err(AttemptError::Retryable {
                     status: StatusCode::TOO_MANY_REQUESTS,
                     retry_after,
                     text,
-                }) => (text, retry_after, true, false),
+                }) => (text, retry_after, true, false, false),
                 // The write may have landed, and a list may lag the write: wait first, then
                 // look, then send again only if nothing is there.
+                // A 5xx usually applied nothing: look, and send again if nothing is listed.
                 Err(AttemptError::Retryable {
                     retry_after, text, ..
-                }) => (text, retry_after, false, true),
-                Err(AttemptError::Ambiguous(text)) => (text, None, false, true),
+                }) => (text, retry_after, false, true, true),
+                Err(AttemptError::Ambiguous(text)) => (text, None, false, true, false),
             };
             retries = self
                 .before_retry(route, retries, last, wait_hint, limited)
                 .await?;
-            if look_first && let Some(contact) = self.lookup_for_adoption(&body.external_id).await?
-            {
-                return Ok(CreateOutcome {
-                    contact,
-                    adopted: true,
-                });
+            if look_first {
+                if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
+                    return Ok(CreateOutcome {
+                        contact,
+                        adopted: true,
+                    });
+                }
+                if !resend {
+                    // Our POST may have landed and a list may lag it: sending again now could
+                    // make a duplicate that no lookup can undo. The intent stays pending; the
+                    // next cycle looks again before any POST.
+                    return Err(QuoError::Ambiguous {
+                        route,
+                        reason: "the create's outcome is unknown and the contact is not listed yet; resolved by lookup next cycle".into(),
+                    });
+                }
             }
         }
     }

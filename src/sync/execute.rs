@@ -393,14 +393,32 @@ impl Cycle {
         Ok(())
     }
 
+    /// Looks up the contact an interrupted create may have made. Lists can lag a create, and
+    /// a miss here leads to a second POST (or forgetting the intent), so a miss is only
+    /// believed when a second lookup, `quo.list_lag` later, misses too.
+    async fn lookup_interrupted(
+        &self,
+        external_id: &ExternalId,
+    ) -> Result<Option<Contact>, Failure> {
+        let client = &self.ctx.client;
+        for attempt in 0..2 {
+            if attempt > 0 {
+                tokio::time::sleep(self.ctx.settings.list_lag).await;
+            }
+            let found = client
+                .find_by_external_id(external_id.as_str())
+                .await
+                .map_err(Failure::Quo)?;
+            if let Some(contact) = found.into_iter().next() {
+                return Ok(Some(contact));
+            }
+        }
+        Ok(None)
+    }
+
     async fn resolve_pending(&self, external_id: ExternalId) -> Result<(), Failure> {
-        let found = self
-            .ctx
-            .client
-            .find_by_external_id(external_id.as_str())
-            .await
-            .map_err(Failure::Quo)?;
-        match found.into_iter().next() {
+        let found = self.lookup_interrupted(&external_id).await?;
+        match found {
             Some(contact) => {
                 let snapshot = self.mapper.from_contact(&contact);
                 self.ctx
@@ -447,13 +465,7 @@ impl Cycle {
         // A previous run may have created it and died before committing: look first (its row
         // is already a pending intent).
         let existing = if pending {
-            self.ctx
-                .client
-                .find_by_external_id(external_id.as_str())
-                .await
-                .map_err(Failure::Quo)?
-                .into_iter()
-                .next()
+            self.lookup_interrupted(external_id).await?
         } else {
             None
         };

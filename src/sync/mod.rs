@@ -115,6 +115,8 @@ pub struct CycleSettings {
     pub allow_mass_delete: bool,
     /// `reverse.inbox_retention`: applied webhook events older than this are pruned.
     pub inbox_retention: Duration,
+    /// `quo.list_lag`: the wait between the two lookups of an interrupted create.
+    pub list_lag: Duration,
 }
 
 /// Everything a cycle works with.

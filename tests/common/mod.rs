@@ -73,6 +73,7 @@ requests_per_second = 1000
 max_retries = 10
 max_backoff = "50ms"
 timeout = "5s"
+list_lag = "20ms"
 
 [ledger]
 path = "{ledger}"
