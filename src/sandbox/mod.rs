@@ -37,15 +37,17 @@
 //! 400 `0801400` at `/customFields/{i}/key`; a `DropAfterWrite` fault is consumed by the next
 //! write that succeeds (a rejected write answers normally and leaves it queued).
 //!
-//! Modules: `state` stores contacts and applies writes, `validate` turns raw requests into
-//! typed inputs or Quo's 400s, `error` renders Quo's error bodies, `routes` is the HTTP
-//! surface, [`stats`] counts and rate-limits, [`faults`] arms injected failures, [`shapes`]
-//! rewrites responses into unusual legal shapes, `conn` lets a handler kill its own
-//! connection, and [`webhooks`] signs and delivers events (and drops, repeats or reorders them).
+//! Modules: `state` stores contacts and applies writes, `validate` turns raw bodies into typed
+//! inputs or Quo's 400s, `query` does the same for the list call's query string and page
+//! tokens, `error` renders Quo's error bodies, `routes` is the HTTP surface, [`stats`] counts
+//! and rate-limits, [`faults`] arms injected failures, [`shapes`] rewrites responses into
+//! unusual legal shapes, `conn` lets a handler kill its own connection, and [`webhooks`] signs
+//! and delivers events (and drops, repeats or reorders them).
 
 mod conn;
 mod error;
 pub mod faults;
+mod query;
 mod routes;
 pub mod shapes;
 mod state;
