@@ -1702,8 +1702,10 @@ async fn lagging_list_hides_chosen_contacts_from_lists_only_for_k_requests() {
                 .to_string(),
         );
     }
-    env.fault(json!({"kind": "lagging_list", "ids": [ids[1]], "next_created": 1, "lists": 3}))
-        .await;
+    env.fault(
+        json!({"kind": "lagging_list", "external_ids": ["e1"], "next_created": 1, "lists": 3}),
+    )
+    .await;
     let late = env.create(basic("e5")).await["id"]
         .as_str()
         .expect("id")
@@ -2331,6 +2333,13 @@ async fn shared_test_helpers_drive_faults_over_http() {
     .await;
     assert_eq!(settings["response_shapes"]["string_values"], true);
     assert_eq!(settings["refuse_stale_item_ids"], false);
+    common::sandbox_fault(&env.base, json!({"kind": "lagging_list", "ids": [a]})).await;
+    assert_eq!(env.sb.hidden_from_lists(), vec![a.clone()]);
+    common::sandbox_fault(&env.base, json!({"kind": "lagging_list", "lists": 0})).await;
+    assert!(
+        env.sb.hidden_from_lists().is_empty(),
+        "lists: 0 ends the lag"
+    );
     common::sandbox_fault(&env.base, json!({"kind": "status", "status": 500})).await;
     common::sandbox_clear_faults(&env.base).await;
     let (st, _) = env.get("/v1/contacts?maxResults=1").await;
@@ -2376,4 +2385,25 @@ async fn drop_ratio_victims_do_not_depend_on_interleaving() {
     assert_eq!(a1, a2, "crm-a meets the same drops whatever the order");
     assert_eq!(b1, b2, "crm-b too");
     assert!(a1.iter().chain(&b1).any(|d| *d) && a1.iter().chain(&b1).any(|d| !*d));
+}
+
+#[tokio::test]
+async fn webhook_payloads_carry_the_response_shapes() {
+    let (env, got) = webhook_env().await;
+    env.sb
+        .set_response_shapes(quo_sync::sandbox::ResponseShapes {
+            string_values: true,
+            keyless_custom_fields: true,
+            ..Default::default()
+        });
+    env.sb.app_create(
+        json!({"defaultFields": {"firstName": "S"}, "customFields": [{"key": "vip", "value": true}]}),
+        "",
+    );
+    eventually("delivered", || received(&got).len() == 1).await;
+    let body: Value = serde_json::from_slice(&got.lock().expect("lock")[0].body).expect("json");
+    let item = &body["data"]["resource"]["customFields"][0];
+    assert_eq!(item["value"], "true", "{body}");
+    assert!(item.get("key").is_none(), "{body}");
+    assert_eq!(item["name"], "VIP");
 }

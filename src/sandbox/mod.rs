@@ -249,6 +249,7 @@ impl Shared {
         match fault {
             Fault::LaggingList {
                 ids,
+                external_ids,
                 ratio,
                 seed,
                 next_created,
@@ -256,23 +257,24 @@ impl Shared {
                 scope,
             } => {
                 let mut hidden: std::collections::BTreeSet<String> = ids.into_iter().collect();
-                if let Some(r) = ratio {
-                    let mut draw = Draw::new(r, seed);
-                    for c in lock(&self.store).all() {
-                        if draw.fire_for(c.external_id.as_deref().unwrap_or(&c.id)) {
-                            hidden.insert(c.id.clone());
-                        }
+                let mut draw = ratio.map(|r| Draw::new(r, seed));
+                for c in lock(&self.store).all() {
+                    let ext = c.external_id.as_deref();
+                    let listed = ext.is_some_and(|e| external_ids.iter().any(|x| x == e));
+                    let drawn = draw
+                        .as_mut()
+                        .is_some_and(|d| d.fire_for(ext.unwrap_or(&c.id)));
+                    if listed || drawn {
+                        hidden.insert(c.id.clone());
                     }
                 }
-                if lists == Some(0) {
-                    return;
-                }
-                lock(&self.faults).set_lag(LaggingList {
+                let lag = (lists != Some(0)).then_some(LaggingList {
                     hidden,
                     next_created,
                     lists_left: lists,
                     scope,
                 });
+                lock(&self.faults).set_lag(lag);
             }
             Fault::WebhookDrop(_) | Fault::WebhookDuplicate(_) | Fault::WebhookReorder { .. } => {
                 self.hub.arm(fault)
