@@ -1702,8 +1702,10 @@ async fn lagging_list_hides_chosen_contacts_from_lists_only_for_k_requests() {
                 .to_string(),
         );
     }
-    env.fault(json!({"kind": "lagging_list", "ids": [ids[1]], "next_created": 1, "lists": 3}))
-        .await;
+    env.fault(
+        json!({"kind": "lagging_list", "external_ids": ["e1"], "next_created": 1, "lists": 3}),
+    )
+    .await;
     let late = env.create(basic("e5")).await["id"]
         .as_str()
         .expect("id")
@@ -2183,8 +2185,8 @@ async fn webhook_drops_are_never_sent_but_can_be_redelivered() {
     let (env, got) = webhook_env().await;
     env.fault(json!({"kind": "webhook_drop", "count": 2})).await;
     let ids: Vec<String> = (0..3).map(|n| app_new(&env, n)).collect();
-    eventually("third event delivered", || received(&got).len() == 1).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One task delivers in emission order: once the third arrived, the first two would have too.
+    eventually("third event delivered", || !received(&got).is_empty()).await;
     assert_eq!(received(&got).len(), 1, "the first two were never sent");
     assert_eq!(received(&got)[0].1, ids[2]);
     let dropped = env.sb.dropped_webhook_events();
@@ -2242,7 +2244,10 @@ async fn webhook_duplicates_and_reordering() {
     env.fault(json!({"kind": "webhook_reorder", "count": 5}))
         .await;
     let partial: Vec<String> = (0..2).map(|n| app_new(&env, 20 + n)).collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        env.admin_get("/faults").await["webhooks"]["reorder"],
+        json!({"count": 5, "held": 2})
+    );
     assert_eq!(received(&got).len(), 5, "held");
     env.clear_faults().await;
     eventually("released", || received(&got).len() == 7).await;
@@ -2331,6 +2336,13 @@ async fn shared_test_helpers_drive_faults_over_http() {
     .await;
     assert_eq!(settings["response_shapes"]["string_values"], true);
     assert_eq!(settings["refuse_stale_item_ids"], false);
+    common::sandbox_fault(&env.base, json!({"kind": "lagging_list", "ids": [a]})).await;
+    assert_eq!(env.sb.hidden_from_lists(), vec![a.clone()]);
+    common::sandbox_fault(&env.base, json!({"kind": "lagging_list", "lists": 0})).await;
+    assert!(
+        env.sb.hidden_from_lists().is_empty(),
+        "lists: 0 ends the lag"
+    );
     common::sandbox_fault(&env.base, json!({"kind": "status", "status": 500})).await;
     common::sandbox_clear_faults(&env.base).await;
     let (st, _) = env.get("/v1/contacts?maxResults=1").await;
@@ -2376,4 +2388,25 @@ async fn drop_ratio_victims_do_not_depend_on_interleaving() {
     assert_eq!(a1, a2, "crm-a meets the same drops whatever the order");
     assert_eq!(b1, b2, "crm-b too");
     assert!(a1.iter().chain(&b1).any(|d| *d) && a1.iter().chain(&b1).any(|d| !*d));
+}
+
+#[tokio::test]
+async fn webhook_payloads_carry_the_response_shapes() {
+    let (env, got) = webhook_env().await;
+    env.sb
+        .set_response_shapes(quo_sync::sandbox::ResponseShapes {
+            string_values: true,
+            keyless_custom_fields: true,
+            ..Default::default()
+        });
+    env.sb.app_create(
+        json!({"defaultFields": {"firstName": "S"}, "customFields": [{"key": "vip", "value": true}]}),
+        "",
+    );
+    eventually("delivered", || received(&got).len() == 1).await;
+    let body: Value = serde_json::from_slice(&got.lock().expect("lock")[0].body).expect("json");
+    let item = &body["data"]["resource"]["customFields"][0];
+    assert_eq!(item["value"], "true", "{body}");
+    assert!(item.get("key").is_none(), "{body}");
+    assert_eq!(item["name"], "VIP");
 }

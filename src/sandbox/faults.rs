@@ -19,9 +19,9 @@
 //! | --- | --- |
 //! | `{"kind":"status","status":500,"count":3,"retry_after":2}` | the next `count` API requests answer `status` with Quo's error body (and `Retry-After` if given), applying nothing |
 //! | `{"kind":"drop_after_write","count":1}` | the next `count` successful writes (POST/PATCH/DELETE) are applied, then the connection is closed without a response; a rejected write answers normally and leaves the fault queued |
-//! | `{"kind":"drop_after_write_ratio","ratio":0.4,"seed":7,"methods":["PATCH"]}` | until cleared, each successful write whose method is in `methods` (default all three) loses its response with probability `ratio` (one seeded draw per such write); injecting again replaces it; a queued `drop_after_write` count is used first |
+//! | `{"kind":"drop_after_write_ratio","ratio":0.4,"seed":7,"methods":["PATCH"]}` | until cleared, each successful write whose method is in `methods` (default all three) loses its response with probability `ratio` (seeded, keyed `"METHOD externalId"`); injecting again replaces it; a queued `drop_after_write` count is used first |
 //! | `{"kind":"latency","extra_ms":200,"count":2}` | the next `count` API requests are delayed `extra_ms` more |
-//! | `{"kind":"lagging_list","ids":["…"],"ratio":0.3,"seed":7,"next_created":2,"lists":5,"scope":"all"}` | a lagging list, below |
+//! | `{"kind":"lagging_list","ids":["…"],"external_ids":["crm-7"],"ratio":0.3,"seed":7,"next_created":2,"lists":5,"scope":"all"}` | a lagging list, below (every key optional) |
 //! | `{"kind":"repeat_page_token","count":1}` | the next `count` list requests that carry a `pageToken` answer their page with `nextPageToken` equal to the token they were sent: the client sees the same token twice in a row |
 //! | `{"kind":"webhook_drop","count":2}` or `{"kind":"webhook_drop","ratio":0.3,"seed":7}` | webhook events are never sent: the next `count`, or (until cleared) each with probability `ratio`; they stay known, so `POST /_sandbox/webhooks/{event_id}/redeliver` can still send them |
 //! | `{"kind":"webhook_duplicate","count":2}` or `{"kind":"webhook_duplicate","ratio":0.3,"seed":7}` | webhook events are delivered twice in a row (same id and body; the second logged with `redelivery: true`) |
@@ -29,14 +29,15 @@
 //!
 //! **Lagging list.** The hidden contacts are left out of `GET /v1/contacts` answers (not in
 //! `data`, not counted in `totalItems`; paging skips over them) while `GET /v1/contacts/{id}`,
-//! PATCH and DELETE see them as usual. They are: the Quo ids in `ids`; with `ratio`, each contact
+//! PATCH and DELETE see them as usual. They are: the Quo ids in `ids`; the contacts that carry
+//! an externalId in `external_ids` (resolved at injection); with `ratio`, each contact
 //! that exists at injection (one seeded draw per externalId); and the next `next_created`
 //! contacts created (API or app) while the fault is armed. `scope` says which list requests lag:
 //! `"all"` (default: with or without `externalIds`), `"unfiltered"` (only requests without
 //! `externalIds`, i.e. the scan) or `"by_external_id"` (only requests with `externalIds`; the
 //! `sources` filter plays no part). With `lists: K`, the fault ends after K list requests in
 //! scope (each page counts one); without it, it lasts until cleared. Injecting again replaces
-//! the previous lagging list.
+//! the previous lagging list (`"lists":0` just ends it).
 //!
 //! **Switches** (settings and definitions rather than faults; they do not count as fired except
 //! where noted):
@@ -44,7 +45,7 @@
 //! | JSON | effect |
 //! | --- | --- |
 //! | `POST /_sandbox/settings` `{"response_shapes":{"string_values":true,"keyless_custom_fields":true,"null_entries":true,"unknown_field_type":true}}` | tolerant-reader shapes in every `/v1` contact answer and webhook payload (missing keys off; `{}` all off): number/boolean custom values as strings (`"424242"`, `"false"`), custom-field items without `key`, a `null` first in `emails`, `phoneNumbers` and `customFields` and `"name": null` for items with an empty label, and a workspace field `Rating` (`key` `rating`, `type` `rating`, value `4` on every existing contact); see [`super::ResponseShapes`] |
-//! | `POST /_sandbox/settings` `{"refuse_stale_item_ids":true}` (default `true`) | a PATCH addressing an email/phone item `id` the contact does not have answers 400 `0800400`, `errors[]` entries at `/defaultFields/emails/{i}/id` / `/defaultFields/phoneNumbers/{i}/id` with the id as `value`; nothing applied; counted as `stale_item_ids_refused` |
+//! | `POST /_sandbox/settings` `{"refuse_stale_item_ids":true}` (default `true`) | a PATCH addressing an email/phone item `id` the contact does not have (even with `"value": null` to remove it) answers 400 `0800400`, `errors[]` entries at `/defaultFields/emails/{i}/id` / `/defaultFields/phoneNumbers/{i}/id` with the id as `value`; nothing applied; counted as `stale_item_ids_refused` |
 //! | `POST /_sandbox/custom-fields` `{"name":"Tags","key":"tags","type":"multi-select","options":["vip","enterprise"]}` | define or redefine a field; values outside `options` are refused (API and app) with 400 `0801400`, one entry per value at `/customFields/{i}/value/{j}` with the value; counted as `multi_select_refused`. Any `type` is accepted (e.g. `"rating"`: API writes to it answer 400 `0801400` at `/customFields/{i}/key`, app edits set any value); `"fill": v` gives every contact without a value `v` |
 //!
 //! `GET /_sandbox/contacts` lists every contact as stored (plain shapes, no lag): the truth to
@@ -94,6 +95,8 @@ pub enum Fault {
     LaggingList {
         /// Quo ids to hide.
         ids: Vec<String>,
+        /// External ids whose contacts to hide (resolved at injection).
+        external_ids: Vec<String>,
         /// Fraction of the existing contacts to hide, drawn with `seed`.
         ratio: Option<f64>,
         /// Random seed for `ratio`.
@@ -204,6 +207,9 @@ pub enum FaultSpec {
         /// Quo ids to hide.
         #[serde(default)]
         ids: Vec<String>,
+        /// External ids whose contacts to hide.
+        #[serde(default)]
+        external_ids: Vec<String>,
         /// Fraction of existing contacts to hide.
         #[serde(default)]
         ratio: Option<f64>,
@@ -301,6 +307,7 @@ impl From<FaultSpec> for Fault {
             },
             FaultSpec::LaggingList {
                 ids,
+                external_ids,
                 ratio,
                 seed,
                 next_created,
@@ -308,6 +315,7 @@ impl From<FaultSpec> for Fault {
                 scope,
             } => Fault::LaggingList {
                 ids,
+                external_ids,
                 ratio,
                 seed,
                 next_created,
@@ -475,9 +483,9 @@ impl FaultQueue {
         }
     }
 
-    /// Replaces the lagging list.
-    pub(crate) fn set_lag(&mut self, lag: LaggingList) {
-        self.lag = Some(lag);
+    /// Replaces (or with `None` ends) the lagging list.
+    pub(crate) fn set_lag(&mut self, lag: Option<LaggingList>) {
+        self.lag = lag;
     }
 
     /// Drops every armed API fault.
@@ -685,12 +693,12 @@ mod tests {
     #[test]
     fn lagging_list_budget_and_scope() {
         let mut q = FaultQueue::default();
-        q.set_lag(LaggingList {
+        q.set_lag(Some(LaggingList {
             hidden: ["a".to_string()].into(),
             next_created: 1,
             lists_left: Some(2),
             scope: ListScope::Unfiltered,
-        });
+        }));
         q.created("b");
         q.created("c");
         assert!(q.hidden_for_list(true).is_empty(), "out of scope");

@@ -37,15 +37,17 @@
 //! 400 `0801400` at `/customFields/{i}/key`; a `DropAfterWrite` fault is consumed by the next
 //! write that succeeds (a rejected write answers normally and leaves it queued).
 //!
-//! Modules: `state` stores contacts and applies writes, `validate` turns raw requests into
-//! typed inputs or Quo's 400s, `error` renders Quo's error bodies, `routes` is the HTTP
-//! surface, [`stats`] counts and rate-limits, [`faults`] arms injected failures, [`shapes`]
-//! rewrites responses into unusual legal shapes, `conn` lets a handler kill its own
-//! connection, and [`webhooks`] signs and delivers events (and drops, repeats or reorders them).
+//! Modules: `state` stores contacts and applies writes, `validate` turns raw bodies into typed
+//! inputs or Quo's 400s, `query` does the same for the list call's query string and page
+//! tokens, `error` renders Quo's error bodies, `routes` is the HTTP surface, [`stats`] counts
+//! and rate-limits, [`faults`] arms injected failures, [`shapes`] rewrites responses into
+//! unusual legal shapes, `conn` lets a handler kill its own connection, and [`webhooks`] signs
+//! and delivers events (and drops, repeats or reorders them).
 
 mod conn;
 mod error;
 pub mod faults;
+mod query;
 mod routes;
 pub mod shapes;
 mod state;
@@ -247,6 +249,7 @@ impl Shared {
         match fault {
             Fault::LaggingList {
                 ids,
+                external_ids,
                 ratio,
                 seed,
                 next_created,
@@ -254,23 +257,24 @@ impl Shared {
                 scope,
             } => {
                 let mut hidden: std::collections::BTreeSet<String> = ids.into_iter().collect();
-                if let Some(r) = ratio {
-                    let mut draw = Draw::new(r, seed);
-                    for c in lock(&self.store).all() {
-                        if draw.fire_for(c.external_id.as_deref().unwrap_or(&c.id)) {
-                            hidden.insert(c.id.clone());
-                        }
+                let mut draw = ratio.map(|r| Draw::new(r, seed));
+                for c in lock(&self.store).all() {
+                    let ext = c.external_id.as_deref();
+                    let listed = ext.is_some_and(|e| external_ids.iter().any(|x| x == e));
+                    let drawn = draw
+                        .as_mut()
+                        .is_some_and(|d| d.fire_for(ext.unwrap_or(&c.id)));
+                    if listed || drawn {
+                        hidden.insert(c.id.clone());
                     }
                 }
-                if lists == Some(0) {
-                    return;
-                }
-                lock(&self.faults).set_lag(LaggingList {
+                let lag = (lists != Some(0)).then_some(LaggingList {
                     hidden,
                     next_created,
                     lists_left: lists,
                     scope,
                 });
+                lock(&self.faults).set_lag(lag);
             }
             Fault::WebhookDrop(_) | Fault::WebhookDuplicate(_) | Fault::WebhookReorder { .. } => {
                 self.hub.arm(fault)

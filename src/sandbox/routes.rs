@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use super::conn::ConnInfo;
 use super::error::{ApiError, Family};
 use super::faults::FaultSpec;
+use super::query;
 use super::validate::{self, Mode};
 use super::webhooks::lock;
 use super::{PatchMode, Shared};
@@ -151,40 +152,7 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
             .into_response_for(family)
         } else {
             let resp = next.run(req).await;
-            // Only a write that was applied loses its response; a rejected one leaves the fault queued.
-            let drop = if is_write && resp.status().is_success() {
-                let mut faults = lock(&s.faults);
-                if faults.take_drop() {
-                    Some(false)
-                } else {
-                    let key = resp
-                        .extensions()
-                        .get::<WriteKey>()
-                        .map(|k| k.0.as_str())
-                        .unwrap_or_default();
-                    faults.draw_drop(method.as_str(), key).then_some(true)
-                }
-            } else {
-                None
-            };
-            if let Some(by_ratio) = drop {
-                match &conn {
-                    Some(c) => {
-                        c.kill();
-                        dropped = true;
-                        let mut acct = lock(&s.acct);
-                        acct.stats.dropped_connections += 1;
-                        if by_ratio {
-                            acct.stats.faults.dropped_after_write_ratio += 1;
-                        } else {
-                            acct.stats.faults.dropped_after_write += 1;
-                        }
-                    }
-                    None => {
-                        tracing::warn!("DropAfterWrite: no connection info, answering normally")
-                    }
-                }
-            }
+            dropped = is_write && drop_after_write(&s, &method, &resp, conn.as_ref());
             resp
         }
     };
@@ -200,6 +168,44 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
         "sandbox api request"
     );
     resp
+}
+
+/// After a successful write: consumes a `drop_after_write` count or draws the ratio, and if
+/// either fires kills the connection so the applied write loses its response. A rejected
+/// write never gets here, so it leaves the fault queued.
+fn drop_after_write(s: &Shared, method: &Method, resp: &Response, conn: Option<&ConnInfo>) -> bool {
+    if !resp.status().is_success() {
+        return false;
+    }
+    let by_ratio = {
+        let mut faults = lock(&s.faults);
+        if faults.take_drop() {
+            false
+        } else {
+            let key = resp
+                .extensions()
+                .get::<WriteKey>()
+                .map(|k| k.0.as_str())
+                .unwrap_or_default();
+            if !faults.draw_drop(method.as_str(), key) {
+                return false;
+            }
+            true
+        }
+    };
+    let Some(c) = conn else {
+        tracing::warn!("DropAfterWrite: no connection info, answering normally");
+        return false;
+    };
+    c.kill();
+    let mut acct = lock(&s.acct);
+    acct.stats.dropped_connections += 1;
+    if by_ratio {
+        acct.stats.faults.dropped_after_write_ratio += 1;
+    } else {
+        acct.stats.faults.dropped_after_write += 1;
+    }
+    true
 }
 
 async fn not_found() -> Response {
@@ -255,7 +261,7 @@ async fn create(State(s): S, body: Bytes) -> Result<Response, ApiError> {
 }
 
 async fn list(State(s): S, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let query = validate::list_query(q.as_deref())?;
+    let query = query::list_query(q.as_deref())?;
     let defs = s.defs();
     let (hidden, repeat) = {
         let mut faults = lock(&s.faults);
@@ -272,7 +278,7 @@ async fn list(State(s): S, RawQuery(q): RawQuery) -> Result<Response, ApiError> 
     let next = if repeat {
         query.page_token.clone()
     } else {
-        page.next_after.map(validate::encode_page_token)
+        page.next_after.map(query::encode_page_token)
     };
     {
         let f = &mut lock(&s.acct).stats.faults;
@@ -523,7 +529,7 @@ async fn admin_app_create(State(s): S, RawQuery(q): RawQuery, body: Bytes) -> Re
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    let params: HashMap<String, String> = validate::query_pairs(q.as_deref()).into_iter().collect();
+    let params: HashMap<String, String> = query::query_pairs(q.as_deref()).into_iter().collect();
     let source = params
         .get("source")
         .cloned()
