@@ -128,6 +128,9 @@ impl Snapshot {
     }
 
     /// Every field as `(name, JSON value)`, the unit of diffs and merges.
+    ///
+    /// Multi-select values come sorted and deduplicated: Quo does not promise their order, so
+    /// two snapshots differing only in order are the same (quo-api.md, decision 8).
     pub fn fields(&self) -> BTreeMap<String, serde_json::Value> {
         use serde_json::json;
         let mut out = BTreeMap::new();
@@ -138,7 +141,7 @@ impl Snapshot {
         out.insert(field::EMAILS.to_string(), json!(self.emails));
         out.insert(field::PHONE_NUMBERS.to_string(), json!(self.phone_numbers));
         for (key, value) in &self.custom_fields {
-            out.insert(format!("{}{key}", field::CUSTOM_PREFIX), value.clone());
+            out.insert(format!("{}{key}", field::CUSTOM_PREFIX), set_form(value));
         }
         out
     }
@@ -186,6 +189,20 @@ impl Snapshot {
     }
 }
 
+/// A custom value in comparison form: a list of strings (a multi-select, the only list-valued
+/// custom type) is a set, so it is sorted and deduplicated; anything else is as is.
+fn set_form(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Array(items) if items.iter().all(serde_json::Value::is_string) => {
+            let mut texts: Vec<&str> = items.iter().filter_map(serde_json::Value::as_str).collect();
+            texts.sort_unstable();
+            texts.dedup();
+            serde_json::json!(texts)
+        }
+        other => other.clone(),
+    }
+}
+
 /// Lower-case hex of a byte slice.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -230,5 +247,22 @@ mod tests {
             vec!["company".to_string(), "custom:vip".to_string()]
         );
         assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn multi_select_compares_as_a_set() {
+        let mut a = Snapshot::default();
+        a.custom_fields
+            .insert("tags".into(), serde_json::json!(["vip", "enterprise"]));
+        let mut b = Snapshot::default();
+        b.custom_fields.insert(
+            "tags".into(),
+            serde_json::json!(["enterprise", "vip", "vip"]),
+        );
+        assert!(a.changed_fields(&b).is_empty());
+        assert_eq!(a.fields(), b.fields());
+        b.custom_fields
+            .insert("tags".into(), serde_json::json!(["enterprise"]));
+        assert_eq!(a.changed_fields(&b), vec!["custom:tags".to_string()]);
     }
 }

@@ -34,6 +34,8 @@ pub struct Mapper {
     emails: Vec<LabeledFieldMapping>,
     phones: Vec<LabeledFieldMapping>,
     pub(super) custom: Vec<ResolvedCustom>,
+    /// Quo's display name per managed key, to place key-less custom items (decision 8).
+    def_names: BTreeMap<String, String>,
     /// Every mapped source field, in a fixed order, for `fingerprint`.
     pub(super) mapped_fields: Vec<String>,
     /// Digest of the rules, the configuration and the resolved definitions.
@@ -55,6 +57,7 @@ impl Mapper {
 
         let mut custom: Vec<ResolvedCustom> = Vec::new();
         let mut seen_keys: BTreeMap<String, usize> = BTreeMap::new();
+        let mut def_names: BTreeMap<String, String> = BTreeMap::new();
         for (index, mapping) in config.custom_fields.iter().enumerate() {
             let wanted = mapping.name.trim();
             let def = defs
@@ -70,6 +73,13 @@ impl Mapper {
                     name: mapping.name.clone(),
                     available: defs.iter().map(|d| d.name.clone()).collect(),
                 })?;
+            if !def.field_type.is_writable() {
+                return Err(MappingConfigError::UnwritableCustomField {
+                    index,
+                    name: mapping.name.clone(),
+                    field_type: def.field_type.wire_name().to_string(),
+                });
+            }
             if let Some(first) = seen_keys.get(&def.key) {
                 return Err(MappingConfigError::DuplicateCustomField {
                     index,
@@ -86,9 +96,10 @@ impl Mapper {
             custom.push(ResolvedCustom {
                 key: def.key.clone(),
                 field: mapping.field.clone(),
-                field_type: def.field_type,
+                field_type: def.field_type.clone(),
                 delimiter,
             });
+            def_names.insert(def.key.clone(), def.name.clone());
         }
 
         let mut mapped_fields: Vec<String> = [
@@ -119,6 +130,7 @@ impl Mapper {
             emails: config.emails.clone(),
             phones: config.phones.clone(),
             custom,
+            def_names,
             mapped_fields,
             config_digest,
         })
@@ -243,11 +255,21 @@ impl Mapper {
             custom_fields: BTreeMap::new(),
         };
         for custom in &self.custom {
+            let name = self.def_names.get(&custom.key);
             let value = contact
                 .custom_fields
                 .iter()
                 .find(|c| c.key.as_deref() == Some(custom.key.as_str()))
-                .map(|c| canonical_quo_value(custom.field_type, &c.value))
+                .or_else(|| {
+                    // A key-less item (the spec allows it) is this field when its name is.
+                    contact.custom_fields.iter().find(|c| {
+                        c.key.is_none()
+                            && c.name.as_deref().map(str::trim).is_some_and(|n| {
+                                name.is_some_and(|want| n.eq_ignore_ascii_case(want.trim()))
+                            })
+                    })
+                })
+                .map(|c| canonical_quo_value(&custom.field_type, &c.value))
                 .unwrap_or(Value::Null);
             snapshot.custom_fields.insert(custom.key.clone(), value);
         }

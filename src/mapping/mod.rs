@@ -29,6 +29,7 @@
 
 mod dates;
 mod fingerprint;
+mod lenient;
 mod mapper;
 mod phones;
 mod values;
@@ -38,6 +39,7 @@ mod tests;
 
 use crate::quo::types::{CustomFieldDef, CustomFieldType};
 
+pub use lenient::normalize_contact;
 pub use mapper::Mapper;
 pub use phones::normalize_phone;
 
@@ -86,6 +88,18 @@ pub enum MappingConfigError {
         key: String,
         /// The repeated label.
         label: String,
+    },
+    /// The Quo field's type is one this version cannot write (decision 8: kept, never written).
+    #[error(
+        "mapping.custom_fields[{index}].name: the Quo field {name:?} has type {field_type:?}, which quo-sync cannot write; remove it from the mapping"
+    )]
+    UnwritableCustomField {
+        /// Position in `mapping.custom_fields`.
+        index: usize,
+        /// The configured name.
+        name: String,
+        /// The type's wire name.
+        field_type: String,
     },
     /// A multi-select delimiter is empty.
     #[error("mapping.custom_fields[{index}].delimiter: must not be empty (default is \";\")")]

@@ -31,7 +31,7 @@ pub(super) fn coerce(custom: &ResolvedCustom, raw: &str) -> Result<Value, String
     if raw.is_empty() {
         return Ok(Value::Null);
     }
-    match custom.field_type {
+    match &custom.field_type {
         CustomFieldType::Number => parse_number(raw).map(canonical_number),
         CustomFieldType::Boolean => parse_bool(raw).map(Value::Bool),
         CustomFieldType::Date => parse_date(raw).map(|d| Value::String(format_quo_date(d))),
@@ -45,6 +45,10 @@ pub(super) fn coerce(custom: &ResolvedCustom, raw: &str) -> Result<Value, String
         }
         CustomFieldType::Url => parse_url(raw).map(Value::String),
         CustomFieldType::Address | CustomFieldType::String => Ok(Value::String(raw.to_string())),
+        // `Mapper::new` refuses to map such a field; kept as a reason, never a panic.
+        CustomFieldType::Unknown(name) => Err(format!(
+            "the Quo field has type {name:?}, which quo-sync cannot write"
+        )),
     }
 }
 
@@ -144,27 +148,69 @@ pub(super) fn parse_url(raw: &str) -> Result<String, String> {
     }
 }
 
+/// The value Quo returned, in the JSON type its field's type declares (decision 8: Quo may
+/// send numbers and booleans as strings, and `null`s inside multi-select arrays).
+///
+/// Text that does not read as the type is kept as sent: it is Quo's data, not ours to drop.
+pub(super) fn wire_value(field_type: &CustomFieldType, value: &Value) -> Value {
+    match (field_type, value) {
+        (CustomFieldType::Number, Value::String(s)) if !s.trim().is_empty() => {
+            parse_number(s.trim())
+                .map(canonical_number)
+                .unwrap_or_else(|_| value.clone())
+        }
+        (CustomFieldType::Boolean, Value::String(s)) if !s.trim().is_empty() => {
+            parse_bool(s.trim())
+                .map(Value::Bool)
+                .unwrap_or_else(|_| value.clone())
+        }
+        (CustomFieldType::MultiSelect, Value::Array(items)) => {
+            Value::Array(items.iter().filter(|v| !v.is_null()).cloned().collect())
+        }
+        _ => value.clone(),
+    }
+}
+
 /// Canonicalises a value Quo returned, so it compares equal to what `map` produces.
-pub(super) fn canonical_quo_value(field_type: CustomFieldType, value: &Value) -> Value {
-    match value {
-        Value::String(s) if s.trim().is_empty() => Value::Null,
-        Value::Array(a) if a.is_empty() => Value::Null,
-        Value::Number(n) if field_type == CustomFieldType::Number => n
+pub(super) fn canonical_quo_value(field_type: &CustomFieldType, value: &Value) -> Value {
+    let value = wire_value(field_type, value);
+    match (field_type, &value) {
+        (_, Value::String(s)) if s.trim().is_empty() => Value::Null,
+        (_, Value::Array(a)) if a.is_empty() => Value::Null,
+        (CustomFieldType::Number, Value::Number(n)) => n
             .as_f64()
             .map(canonical_number)
             .unwrap_or_else(|| value.clone()),
-        Value::String(s) if field_type == CustomFieldType::Date => parse_date(s.trim())
+        (CustomFieldType::Date, Value::String(s)) => parse_date(s.trim())
             .map(|d| Value::String(format_quo_date(d)))
             .unwrap_or_else(|_| value.clone()),
-        Value::String(s) => Value::String(s.trim().to_string()),
-        other => other.clone(),
+        (CustomFieldType::MultiSelect, Value::Array(items)) => {
+            // Same rule as `split_multi`: trimmed, empties and repeats dropped.
+            let mut seen = HashSet::new();
+            let items: Vec<Value> = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Value::String(s.trim().to_string()),
+                    other => other.clone(),
+                })
+                .filter(|v| v.as_str() != Some(""))
+                .filter(|v| seen.insert(v.to_string()))
+                .collect();
+            if items.is_empty() {
+                Value::Null
+            } else {
+                Value::Array(items)
+            }
+        }
+        (_, Value::String(s)) => Value::String(s.trim().to_string()),
+        _ => value.clone(),
     }
 }
 
 /// CRM text for a snapshot value of a custom field.
 pub(super) fn render(custom: &ResolvedCustom, value: &Value) -> Result<String, String> {
     let wrong = |expected: &str| format!("expected {expected} for a {:?} field", custom.field_type);
-    match (custom.field_type, value) {
+    match (&custom.field_type, value) {
         (_, Value::Null) => Ok(String::new()),
         (CustomFieldType::Number, Value::Number(n)) => Ok(match (n.as_i64(), n.as_u64()) {
             (Some(i), _) => i.to_string(),
