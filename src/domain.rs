@@ -25,10 +25,14 @@ pub enum ExternalIdError {
     /// Quo caps `externalId` at 75 characters.
     #[error("the id {0:?} is longer than 75 characters")]
     TooLong(String),
+    /// Control characters (tabs, line breaks, NUL, …) break the ledger index and logs; the
+    /// payload is the id with them escaped (`c\u{1}2`), safe to show and store.
+    #[error("the id \"{0}\" contains a control character")]
+    ControlCharacter(String),
 }
 
 impl ExternalId {
-    /// Parses a CRM id: trimmed, non-empty, at most 75 characters.
+    /// Parses a CRM id: trimmed, non-empty, at most 75 characters, no control characters.
     pub fn parse(raw: &str) -> Result<Self, ExternalIdError> {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
@@ -36,6 +40,11 @@ impl ExternalId {
         }
         if trimmed.chars().count() > 75 {
             return Err(ExternalIdError::TooLong(trimmed.to_string()));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(ExternalIdError::ControlCharacter(
+                trimmed.escape_debug().to_string(),
+            ));
         }
         Ok(Self(trimmed.to_string()))
     }
@@ -226,6 +235,27 @@ mod tests {
             ExternalId::parse(&"x".repeat(76)),
             Err(ExternalIdError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn external_id_refuses_control_characters_naming_the_id_escaped() {
+        for raw in ["c\u{1}2", "a\tb", "a\nb", "x\u{7f}", "nul\0"] {
+            let err = ExternalId::parse(raw).unwrap_err();
+            assert!(
+                matches!(err, ExternalIdError::ControlCharacter(_)),
+                "{raw:?}"
+            );
+            let text = err.to_string();
+            assert!(!text.chars().any(char::is_control), "{text}");
+            assert!(text.contains("control character"), "{text}");
+        }
+        assert_eq!(
+            ExternalId::parse("c\u{1}2").unwrap_err().to_string(),
+            "the id \"c\\u{1}2\" contains a control character"
+        );
+        // Trimmed edges are not part of the id; inner spaces and non-ASCII letters are fine.
+        assert_eq!(ExternalId::parse("\tc-1\n").unwrap().as_str(), "c-1");
+        assert_eq!(ExternalId::parse("Zoë 7").unwrap().as_str(), "Zoë 7");
     }
 
     #[test]
