@@ -31,3 +31,42 @@ async fn an_id_with_a_control_character_is_quarantined_and_the_rest_sync() {
         "no raw control character reaches the ledger: {entry:?}"
     );
 }
+
+/// `mapping.timezone` must be an IANA name: anything else stops `check-config` with exit 2,
+/// naming the key and the value; a real zone (also through the env override) is accepted.
+#[test]
+fn an_unknown_time_zone_exits_2_naming_mapping_timezone() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "[source]\nkind = \"csv\"\npath = \"contacts.csv\"\n";
+    let check = |text: &str, env: &[(&str, &str)]| {
+        let path = dir.path().join("tz.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(
+        &format!("{base}\n[mapping]\ntimezone = \"Eastern Standard\"\n"),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("mapping.timezone") && stderr.contains("Eastern Standard"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(
+        &format!("{base}\n[mapping]\ntimezone = \"America/New_York\"\n"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = check(base, &[("QUO_SYNC__MAPPING__TIMEZONE", "Nowhere/Land")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("mapping.timezone"), "{stderr}");
+}

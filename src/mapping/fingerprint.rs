@@ -11,7 +11,7 @@ use crate::domain::hex;
 use crate::source::SourceRecord;
 
 /// Bumped whenever a canonical rule changes, so stored fingerprints stop matching.
-const MAPPING_RULES_VERSION: &str = "mapping-rules-v1";
+const MAPPING_RULES_VERSION: &str = "mapping-rules-v2";
 
 impl Mapper {
     /// A hash of the mapped fields' raw values (absent = empty) and of the mapping itself.

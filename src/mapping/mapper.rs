@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
+use super::dates::{DateOrder, DateRules};
 use super::fingerprint::config_digest;
 use super::phones::{normalize_phone_in, parse_region};
 use super::values::{canonical_quo_value, coerce, normalize_email, render};
@@ -34,6 +35,8 @@ pub struct Mapper {
     emails: Vec<LabeledFieldMapping>,
     phones: Vec<LabeledFieldMapping>,
     pub(super) custom: Vec<ResolvedCustom>,
+    /// Time zone and slashed-date order for date fields.
+    dates: DateRules,
     /// Quo's display name per managed key, to place key-less custom items (decision 8).
     def_names: BTreeMap<String, String>,
     /// Every mapped source field, in a fixed order, for `fingerprint`.
@@ -52,6 +55,18 @@ impl Mapper {
         let region = parse_region(&region_code).ok_or_else(|| MappingConfigError::BadRegion {
             region: config.default_region.clone(),
         })?;
+        let zone: chrono_tz::Tz =
+            config
+                .timezone
+                .trim()
+                .parse()
+                .map_err(|_| MappingConfigError::BadTimezone {
+                    timezone: config.timezone.clone(),
+                })?;
+        let dates = DateRules {
+            zone,
+            order: DateOrder::for_region(&region_code),
+        };
         check_labels("mapping.emails", &config.emails)?;
         check_labels("mapping.phones", &config.phones)?;
 
@@ -130,6 +145,7 @@ impl Mapper {
             emails: config.emails.clone(),
             phones: config.phones.clone(),
             custom,
+            dates,
             def_names,
             mapped_fields,
             config_digest,
@@ -193,7 +209,7 @@ impl Mapper {
         }
         for custom in &self.custom {
             let raw = get(&custom.field);
-            let value = coerce(custom, raw).map_err(|reason| MappingError {
+            let value = coerce(custom, &self.dates, raw).map_err(|reason| MappingError {
                 field: custom.field.clone(),
                 value: raw.to_string(),
                 reason,
@@ -310,11 +326,12 @@ impl Mapper {
                         .get(key)
                         .cloned()
                         .unwrap_or(Value::Null);
-                    let text = render(custom, &value).map_err(|reason| MappingError {
-                        field: custom.field.clone(),
-                        value: value.to_string(),
-                        reason,
-                    })?;
+                    let text =
+                        render(custom, &self.dates, &value).map_err(|reason| MappingError {
+                            field: custom.field.clone(),
+                            value: value.to_string(),
+                            reason,
+                        })?;
                     out.insert(custom.field.clone(), text);
                 }
             }

@@ -13,9 +13,11 @@
 //!   (`is_valid`), and must not carry an extension (E.164 cannot hold one).
 //! * Custom values are coerced to the type Quo declares for the field: number (plain decimal,
 //!   optional `1,234.5` thousands separators, no NaN/inf), boolean (`true/false/yes/no/y/n/1/0/
-//!   on/off`, any case), date (RFC 3339, `YYYY-MM-DD`, `MM/DD/YYYY`, to
-//!   `YYYY-MM-DDTHH:MM:SS.mmmZ` in UTC), multi-select (split on the delimiter, trimmed, empties
-//!   dropped, order kept, duplicates dropped), url (`http`/`https` only; a bare `example.com` is
+//!   on/off`, any case), date (RFC 3339, `YYYY-MM-DD`, `YYYY/MM/DD`, or a slashed date in
+//!   `mapping.default_region`'s order; a date-only value is the start of that day in
+//!   `mapping.timezone`, sent as `YYYY-MM-DDTHH:MM:SS.mmmZ`; see [`dates`]), multi-select (split on
+//!   the delimiter, trimmed, empties and duplicates dropped; compared as a set), url
+//!   (`http`/`https` only; a bare `example.com` is
 //!   accepted as `https://example.com`), address and string as written.
 //! * Integral numbers are JSON integers (`85`, not `85.0`) on both sides, so equal values compare
 //!   equal whichever system produced them.
@@ -80,6 +82,14 @@ pub enum MappingConfigError {
     BadRegion {
         /// The configured region.
         region: String,
+    },
+    /// `mapping.timezone` is not an IANA time zone name.
+    #[error(
+        "mapping.timezone: {timezone:?} is not an IANA time zone name (expected e.g. \"UTC\", \"America/New_York\" or \"Europe/London\")"
+    )]
+    BadTimezone {
+        /// The configured zone.
+        timezone: String,
     },
     /// Two email (or two phone) mappings use the same label, so Quo items could not be told apart.
     #[error("{key}: label {label:?} is used twice; each mapped column needs its own label")]

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::dates::{format_quo_date, parse_date, render_date};
+use super::dates::{DateRules, format_quo_date, parse_instant};
 use super::mapper::ResolvedCustom;
 use crate::quo::types::CustomFieldType;
 
@@ -27,14 +27,18 @@ pub(super) fn normalize_email(raw: &str) -> Result<String, String> {
     Ok(format!("{local}@{}", domain.to_lowercase()))
 }
 
-pub(super) fn coerce(custom: &ResolvedCustom, raw: &str) -> Result<Value, String> {
+pub(super) fn coerce(
+    custom: &ResolvedCustom,
+    dates: &DateRules,
+    raw: &str,
+) -> Result<Value, String> {
     if raw.is_empty() {
         return Ok(Value::Null);
     }
     match &custom.field_type {
         CustomFieldType::Number => parse_number(raw).map(canonical_number),
         CustomFieldType::Boolean => parse_bool(raw).map(Value::Bool),
-        CustomFieldType::Date => parse_date(raw).map(|d| Value::String(format_quo_date(d))),
+        CustomFieldType::Date => dates.parse(raw).map(|d| Value::String(format_quo_date(d))),
         CustomFieldType::MultiSelect => {
             let items = split_multi(raw, &custom.delimiter);
             if items.is_empty() {
@@ -181,7 +185,7 @@ pub(super) fn canonical_quo_value(field_type: &CustomFieldType, value: &Value) -
             .as_f64()
             .map(canonical_number)
             .unwrap_or_else(|| value.clone()),
-        (CustomFieldType::Date, Value::String(s)) => parse_date(s.trim())
+        (CustomFieldType::Date, Value::String(s)) => parse_instant(s.trim())
             .map(|d| Value::String(format_quo_date(d)))
             .unwrap_or_else(|_| value.clone()),
         (CustomFieldType::MultiSelect, Value::Array(items)) => {
@@ -208,7 +212,11 @@ pub(super) fn canonical_quo_value(field_type: &CustomFieldType, value: &Value) -
 }
 
 /// CRM text for a snapshot value of a custom field.
-pub(super) fn render(custom: &ResolvedCustom, value: &Value) -> Result<String, String> {
+pub(super) fn render(
+    custom: &ResolvedCustom,
+    dates: &DateRules,
+    value: &Value,
+) -> Result<String, String> {
     let wrong = |expected: &str| format!("expected {expected} for a {:?} field", custom.field_type);
     match (&custom.field_type, value) {
         (_, Value::Null) => Ok(String::new()),
@@ -226,7 +234,7 @@ pub(super) fn render(custom: &ResolvedCustom, value: &Value) -> Result<String, S
         (CustomFieldType::Number, _) => Err(wrong("a JSON number")),
         (CustomFieldType::Boolean, Value::Bool(b)) => Ok(b.to_string()),
         (CustomFieldType::Boolean, _) => Err(wrong("a JSON boolean")),
-        (CustomFieldType::Date, Value::String(s)) => render_date(s),
+        (CustomFieldType::Date, Value::String(s)) => dates.render(s),
         (CustomFieldType::Date, _) => Err(wrong("a date string")),
         (CustomFieldType::MultiSelect, Value::Array(items)) => {
             let texts: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
