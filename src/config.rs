@@ -250,6 +250,8 @@ pub struct MappingConfig {
     pub phones: Vec<LabeledFieldMapping>,
     /// Custom fields by Quo name.
     pub custom_fields: Vec<CustomFieldMapping>,
+    /// IANA time zone in which a date-only value is a day (quo-api.md decision 9), default `UTC`.
+    pub timezone: String,
 }
 
 impl Default for MappingConfig {
@@ -263,6 +265,7 @@ impl Default for MappingConfig {
             emails: Vec::new(),
             phones: Vec::new(),
             custom_fields: Vec::new(),
+            timezone: "UTC".into(),
         }
     }
 }
@@ -607,6 +610,21 @@ impl Config {
                 format!(
                     "expected a two-letter region such as \"US\", got {:?}",
                     self.mapping.default_region
+                ),
+            ));
+        }
+        if self
+            .mapping
+            .timezone
+            .trim()
+            .parse::<chrono_tz::Tz>()
+            .is_err()
+        {
+            return Err(bad(
+                "mapping.timezone",
+                format!(
+                    "expected an IANA time zone name such as \"UTC\" or \"America/New_York\", got {:?}",
+                    self.mapping.timezone
                 ),
             ));
         }

@@ -25,10 +25,14 @@ pub enum ExternalIdError {
     /// Quo caps `externalId` at 75 characters.
     #[error("the id {0:?} is longer than 75 characters")]
     TooLong(String),
+    /// Control characters (tabs, line breaks, NUL, …) break the ledger index and logs; the
+    /// payload is the id with them escaped (`c\u{1}2`), safe to show and store.
+    #[error("the id \"{0}\" contains a control character")]
+    ControlCharacter(String),
 }
 
 impl ExternalId {
-    /// Parses a CRM id: trimmed, non-empty, at most 75 characters.
+    /// Parses a CRM id: trimmed, non-empty, at most 75 characters, no control characters.
     pub fn parse(raw: &str) -> Result<Self, ExternalIdError> {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
@@ -36,6 +40,11 @@ impl ExternalId {
         }
         if trimmed.chars().count() > 75 {
             return Err(ExternalIdError::TooLong(trimmed.to_string()));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(ExternalIdError::ControlCharacter(
+                trimmed.escape_debug().to_string(),
+            ));
         }
         Ok(Self(trimmed.to_string()))
     }
@@ -128,6 +137,9 @@ impl Snapshot {
     }
 
     /// Every field as `(name, JSON value)`, the unit of diffs and merges.
+    ///
+    /// Multi-select values come sorted and deduplicated: Quo does not promise their order, so
+    /// two snapshots differing only in order are the same (quo-api.md, decision 8).
     pub fn fields(&self) -> BTreeMap<String, serde_json::Value> {
         use serde_json::json;
         let mut out = BTreeMap::new();
@@ -138,7 +150,7 @@ impl Snapshot {
         out.insert(field::EMAILS.to_string(), json!(self.emails));
         out.insert(field::PHONE_NUMBERS.to_string(), json!(self.phone_numbers));
         for (key, value) in &self.custom_fields {
-            out.insert(format!("{}{key}", field::CUSTOM_PREFIX), value.clone());
+            out.insert(format!("{}{key}", field::CUSTOM_PREFIX), set_form(value));
         }
         out
     }
@@ -186,6 +198,20 @@ impl Snapshot {
     }
 }
 
+/// A custom value in comparison form: a list of strings (a multi-select, the only list-valued
+/// custom type) is a set, so it is sorted and deduplicated; anything else is as is.
+fn set_form(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Array(items) if items.iter().all(serde_json::Value::is_string) => {
+            let mut texts: Vec<&str> = items.iter().filter_map(serde_json::Value::as_str).collect();
+            texts.sort_unstable();
+            texts.dedup();
+            serde_json::json!(texts)
+        }
+        other => other.clone(),
+    }
+}
+
 /// Lower-case hex of a byte slice.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -212,6 +238,27 @@ mod tests {
     }
 
     #[test]
+    fn external_id_refuses_control_characters_naming_the_id_escaped() {
+        for raw in ["c\u{1}2", "a\tb", "a\nb", "x\u{7f}", "nul\0"] {
+            let err = ExternalId::parse(raw).unwrap_err();
+            assert!(
+                matches!(err, ExternalIdError::ControlCharacter(_)),
+                "{raw:?}"
+            );
+            let text = err.to_string();
+            assert!(!text.chars().any(char::is_control), "{text}");
+            assert!(text.contains("control character"), "{text}");
+        }
+        assert_eq!(
+            ExternalId::parse("c\u{1}2").unwrap_err().to_string(),
+            "the id \"c\\u{1}2\" contains a control character"
+        );
+        // Trimmed edges are not part of the id; inner spaces and non-ASCII letters are fine.
+        assert_eq!(ExternalId::parse("\tc-1\n").unwrap().as_str(), "c-1");
+        assert_eq!(ExternalId::parse("Zoë 7").unwrap().as_str(), "Zoë 7");
+    }
+
+    #[test]
     fn changed_fields_names_only_what_differs() {
         let mut a = Snapshot {
             first_name: Some("Ada".into()),
@@ -230,5 +277,22 @@ mod tests {
             vec!["company".to_string(), "custom:vip".to_string()]
         );
         assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn multi_select_compares_as_a_set() {
+        let mut a = Snapshot::default();
+        a.custom_fields
+            .insert("tags".into(), serde_json::json!(["vip", "enterprise"]));
+        let mut b = Snapshot::default();
+        b.custom_fields.insert(
+            "tags".into(),
+            serde_json::json!(["enterprise", "vip", "vip"]),
+        );
+        assert!(a.changed_fields(&b).is_empty());
+        assert_eq!(a.fields(), b.fields());
+        b.custom_fields
+            .insert("tags".into(), serde_json::json!(["enterprise"]));
+        assert_eq!(a.changed_fields(&b), vec!["custom:tags".to_string()]);
     }
 }

@@ -14,7 +14,8 @@ pub struct DataEnvelope<T> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContactPage {
-    /// The contacts on this page.
+    /// The contacts on this page (`null` entries dropped).
+    #[serde(deserialize_with = "skip_nulls")]
     pub data: Vec<Contact>,
     /// Token for the next page, `null` on the last one.
     #[serde(default)]
@@ -34,8 +35,11 @@ pub struct CustomFieldDef {
 }
 
 /// The value type of a custom field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+///
+/// Quo may add types; an unknown wire name parses as [`CustomFieldType::Unknown`] (quo-api.md,
+/// decision 8) so one new type never makes a contact unreadable. Values of unknown types are
+/// kept as read and never written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CustomFieldType {
     /// JSON string.
     Address,
@@ -51,6 +55,73 @@ pub enum CustomFieldType {
     String,
     /// JSON string holding a URL.
     Url,
+    /// A type this version does not know, with its wire name.
+    Unknown(std::string::String),
+}
+
+impl CustomFieldType {
+    /// The wire name, e.g. `multi-select`.
+    pub fn wire_name(&self) -> &str {
+        match self {
+            CustomFieldType::Address => "address",
+            CustomFieldType::Boolean => "boolean",
+            CustomFieldType::Date => "date",
+            CustomFieldType::MultiSelect => "multi-select",
+            CustomFieldType::Number => "number",
+            CustomFieldType::String => "string",
+            CustomFieldType::Url => "url",
+            CustomFieldType::Unknown(name) => name,
+        }
+    }
+
+    /// The type for a wire name; never fails (unknown names become `Unknown`).
+    pub fn from_wire(name: &str) -> Self {
+        match name {
+            "address" => CustomFieldType::Address,
+            "boolean" => CustomFieldType::Boolean,
+            "date" => CustomFieldType::Date,
+            "multi-select" => CustomFieldType::MultiSelect,
+            "number" => CustomFieldType::Number,
+            "string" => CustomFieldType::String,
+            "url" => CustomFieldType::Url,
+            other => CustomFieldType::Unknown(other.to_string()),
+        }
+    }
+
+    /// Whether quo-sync knows how to write values of this type.
+    pub fn is_writable(&self) -> bool {
+        !matches!(self, CustomFieldType::Unknown(_))
+    }
+}
+
+impl Serialize for CustomFieldType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.wire_name())
+    }
+}
+
+impl<'de> Deserialize<'de> for CustomFieldType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::string::String::deserialize(deserializer)?;
+        Ok(CustomFieldType::from_wire(&name))
+    }
+}
+
+/// A list that may be `null` or hold `null`s (decision 8): nulls are dropped, not fatal.
+fn skip_nulls<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let items: Option<Vec<Option<T>>> = Option::deserialize(deserializer)?;
+    Ok(items.unwrap_or_default().into_iter().flatten().collect())
+}
+
+/// A string that may be `null`; `null` reads as empty.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::string::String, D::Error> {
+    Ok(Option::<std::string::String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// An email or phone item as Quo returns or accepts it.
@@ -59,9 +130,11 @@ pub struct ContactItem {
     /// Quo's item id; present in responses, sent back in PATCH to address the item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The label.
+    /// The label (`null` in a response reads as empty).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub name: String,
     /// The value; `null` in a PATCH removes the item.
+    #[serde(default)]
     pub value: Option<String>,
 }
 
@@ -81,11 +154,11 @@ pub struct DefaultFields {
     /// Role.
     #[serde(default)]
     pub role: Option<String>,
-    /// Emails.
-    #[serde(default)]
+    /// Emails (`null` entries in a response are dropped).
+    #[serde(default, deserialize_with = "skip_nulls")]
     pub emails: Vec<ContactItem>,
-    /// Phone numbers.
-    #[serde(default)]
+    /// Phone numbers (`null` entries in a response are dropped).
+    #[serde(default, deserialize_with = "skip_nulls")]
     pub phone_numbers: Vec<ContactItem>,
 }
 
@@ -95,13 +168,13 @@ pub struct ContactCustomField {
     /// Display name.
     #[serde(default)]
     pub name: Option<String>,
-    /// Key.
+    /// Key; the spec makes it optional in responses (`normalize_contact` fills it from the name).
     #[serde(default)]
     pub key: Option<String>,
     /// Item id.
     #[serde(default)]
     pub id: Option<String>,
-    /// Field type.
+    /// Field type; `None` when Quo leaves it out (`normalize_contact` fills it).
     #[serde(rename = "type", default)]
     pub field_type: Option<CustomFieldType>,
     /// The value in the type's JSON form.
@@ -127,8 +200,8 @@ pub struct Contact {
     /// Name, company, role, emails, phones.
     #[serde(default)]
     pub default_fields: DefaultFields,
-    /// Custom field values.
-    #[serde(default)]
+    /// Custom field values (`null` entries in a response are dropped).
+    #[serde(default, deserialize_with = "skip_nulls")]
     pub custom_fields: Vec<ContactCustomField>,
     /// ISO-8601 creation time.
     #[serde(default)]

@@ -245,6 +245,10 @@ fn row_id(layout: &Layout, header: &Header, record: &ByteRecord) -> RowId {
                 "the id in column {column:?} is longer than 75 characters (Quo's externalId limit)"
             ),
         },
+        Err(e @ ExternalIdError::ControlCharacter(_)) => RowId::Invalid {
+            shown: None,
+            reason: format!("column {column:?}: {e}"),
+        },
     }
 }
 

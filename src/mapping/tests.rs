@@ -1,0 +1,855 @@
+//! Unit tests of the mapping rules, through the public `Mapper` where possible.
+
+use super::*;
+use crate::config::CustomFieldMapping;
+use crate::config::{LabeledFieldMapping, MappingConfig};
+use crate::domain::ExternalId;
+use crate::domain::{Labeled, Snapshot};
+use crate::quo::types::{Contact, ContactItem, CustomFieldDef, CustomFieldType};
+use crate::quo::types::{ContactCustomField, DefaultFields};
+use crate::source::SourceRecord;
+use chrono::Utc;
+use serde_json::Value;
+use serde_json::json;
+
+fn example_config() -> MappingConfig {
+    let labeled = |field: &str, label: &str| LabeledFieldMapping {
+        field: field.into(),
+        label: label.into(),
+    };
+    let custom = |name: &str, field: &str| CustomFieldMapping {
+        name: name.into(),
+        field: field.into(),
+        delimiter: None,
+    };
+    MappingConfig {
+        default_region: "US".into(),
+        first_name: Some("first_name".into()),
+        last_name: Some("last_name".into()),
+        company: Some("company".into()),
+        role: Some("role".into()),
+        emails: vec![labeled("email", "email"), labeled("work_email", "work")],
+        phones: vec![labeled("phone", "phone"), labeled("mobile", "mobile")],
+        custom_fields: vec![
+            custom("Lead Score", "lead_score"),
+            custom("VIP", "vip"),
+            custom("Renewal Date", "renewal_date"),
+            custom("Tags", "tags"),
+            custom("Website", "website"),
+        ],
+        timezone: "UTC".into(),
+    }
+}
+
+fn mapper() -> Mapper {
+    Mapper::new(&example_config(), &example_workspace_defs()).unwrap()
+}
+
+fn record(pairs: &[(&str, &str)]) -> SourceRecord {
+    SourceRecord {
+        external_id: ExternalId::parse("c-1").unwrap(),
+        fields: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        updated_at: None,
+        location: "test line 2".into(),
+    }
+}
+
+fn custom_value(field: &str, raw: &str) -> Result<Value, MappingError> {
+    let m = mapper();
+    let key = m
+        .custom
+        .iter()
+        .find(|c| c.field == field)
+        .unwrap()
+        .key
+        .clone();
+    m.map(&record(&[(field, raw)]))
+        .map(|s| s.custom_fields[&key].clone())
+}
+
+#[test]
+fn maps_a_full_row() {
+    let snapshot = mapper()
+        .map(&record(&[
+            ("first_name", "  Ada "),
+            ("last_name", "Lovelace"),
+            ("company", ""),
+            ("email", "Ada@Example.COM"),
+            ("phone", "(415) 555-0132"),
+            ("mobile", "+44 20 7946 0958"),
+            ("lead_score", "1,234.5"),
+            ("vip", "Y"),
+            ("renewal_date", "2026-03-01"),
+            ("tags", "vip; enterprise;;vip"),
+            ("website", "example.com"),
+            ("ignored", "whatever"),
+        ]))
+        .unwrap();
+    assert_eq!(snapshot.first_name.as_deref(), Some("Ada"));
+    assert_eq!(snapshot.company, None);
+    assert_eq!(snapshot.role, None);
+    assert_eq!(
+        snapshot.emails,
+        vec![Labeled {
+            name: "email".into(),
+            value: "Ada@example.com".into()
+        }]
+    );
+    assert_eq!(
+        snapshot.phone_numbers,
+        vec![
+            Labeled {
+                name: "phone".into(),
+                value: "+14155550132".into()
+            },
+            Labeled {
+                name: "mobile".into(),
+                value: "+442079460958".into()
+            },
+        ]
+    );
+    let c = &snapshot.custom_fields;
+    assert_eq!(c["lead-score"], json!(1234.5));
+    assert_eq!(c["vip"], json!(true));
+    assert_eq!(c["renewal-date"], json!("2026-03-01T00:00:00.000Z"));
+    assert_eq!(c["tags"], json!(["vip", "enterprise"]));
+    assert_eq!(c["website"], json!("https://example.com"));
+    assert_eq!(c.len(), 5);
+}
+
+#[test]
+fn empty_values_are_absent_and_custom_keys_null() {
+    let snapshot = mapper().map(&record(&[])).unwrap();
+    assert_eq!(snapshot.first_name, None);
+    assert!(snapshot.emails.is_empty() && snapshot.phone_numbers.is_empty());
+    assert_eq!(snapshot.custom_fields.len(), 5);
+    assert!(snapshot.custom_fields.values().all(Value::is_null));
+}
+
+#[test]
+fn number_coercions() {
+    for (raw, expected) in [
+        ("42", json!(42)),
+        ("42.0", json!(42)),
+        ("-3.5", json!(-3.5)),
+        ("+7", json!(7)),
+        ("1,234.5", json!(1234.5)),
+        ("1,234,567", json!(1234567)),
+        ("0.1", json!(0.1)),
+        ("  85 ", json!(85)),
+        ("", Value::Null),
+    ] {
+        assert_eq!(
+            custom_value("lead_score", raw).unwrap(),
+            expected,
+            "{raw:?}"
+        );
+    }
+    for raw in [
+        "abc",
+        "NaN",
+        "inf",
+        "-infinity",
+        "1e999",
+        "12,34",
+        "1,2345",
+        "--1",
+        "1.2.3",
+        ".",
+    ] {
+        let err = custom_value("lead_score", raw).unwrap_err();
+        assert_eq!(err.field, "lead_score");
+        assert_eq!(err.value, raw.trim());
+    }
+}
+
+#[test]
+fn boolean_coercions() {
+    for raw in ["true", "TRUE", "yes", "Y", "1", "on", "On"] {
+        assert_eq!(custom_value("vip", raw).unwrap(), json!(true), "{raw:?}");
+    }
+    for raw in ["false", "No", "n", "0", "off"] {
+        assert_eq!(custom_value("vip", raw).unwrap(), json!(false), "{raw:?}");
+    }
+    assert_eq!(custom_value("vip", "").unwrap(), Value::Null);
+    let err = custom_value("vip", "maybe").unwrap_err();
+    assert!(err.to_string().contains("\"vip\"") && err.to_string().contains("maybe"));
+}
+
+#[test]
+fn date_coercions() {
+    for (raw, expected) in [
+        ("2026-03-01", "2026-03-01T00:00:00.000Z"),
+        ("03/01/2026", "2026-03-01T00:00:00.000Z"),
+        ("2026-03-01T10:30:00Z", "2026-03-01T10:30:00.000Z"),
+        ("2026-03-01T10:30:00+02:00", "2026-03-01T08:30:00.000Z"),
+        ("2024-09-11T04:00:00.000Z", "2024-09-11T04:00:00.000Z"),
+    ] {
+        assert_eq!(
+            custom_value("renewal_date", raw).unwrap(),
+            json!(expected),
+            "{raw:?}"
+        );
+    }
+    for raw in ["tomorrow", "2026-13-01", "31/12/2026", "2026-02-30"] {
+        assert!(custom_value("renewal_date", raw).is_err(), "{raw:?}");
+    }
+}
+
+#[test]
+fn multi_select_and_url_coercions() {
+    assert_eq!(
+        custom_value("tags", " b ;a;b; ;c ").unwrap(),
+        json!(["b", "a", "c"])
+    );
+    assert_eq!(custom_value("tags", " ; ;").unwrap(), Value::Null);
+    for (raw, expected) in [
+        ("https://acme.example/x?y=1", "https://acme.example/x?y=1"),
+        ("http://acme.example", "http://acme.example"),
+        ("acme.example", "https://acme.example"),
+        ("www.acme.example/path", "https://www.acme.example/path"),
+    ] {
+        assert_eq!(
+            custom_value("website", raw).unwrap(),
+            json!(expected),
+            "{raw:?}"
+        );
+    }
+    for raw in ["ftp://acme.example", "not a url", "acme", "https://"] {
+        assert!(custom_value("website", raw).is_err(), "{raw:?}");
+    }
+}
+
+#[test]
+fn multi_select_uses_configured_delimiter() {
+    let mut config = example_config();
+    config.custom_fields[3].delimiter = Some("|".into());
+    let m = Mapper::new(&config, &example_workspace_defs()).unwrap();
+    let s = m.map(&record(&[("tags", "a|b;c")])).unwrap();
+    assert_eq!(s.custom_fields["tags"], json!(["a", "b;c"]));
+    let back = m.to_crm_fields(&s, &["custom:tags".into()]).unwrap();
+    assert_eq!(back["tags"], "a|b;c");
+}
+
+#[test]
+fn bad_email_and_phone_name_field_and_value() {
+    let err = mapper()
+        .map(&record(&[("phone", "555-CALL-NOW")]))
+        .unwrap_err();
+    assert_eq!(err.field, "phone");
+    assert_eq!(err.value, "555-CALL-NOW");
+    let err = mapper()
+        .map(&record(&[("work_email", "not-an-address")]))
+        .unwrap_err();
+    assert_eq!(err.field, "work_email");
+    assert!(
+        err.to_string()
+            .starts_with("field \"work_email\": value \"not-an-address\"")
+    );
+}
+
+#[test]
+fn phone_normalization_of_sample_numbers() {
+    for (raw, expected) in [
+        ("(415) 555-0132", "+14155550132"),
+        ("415.555.0199", "+14155550199"),
+        ("415 555 0143", "+14155550143"),
+        ("  212-555-0175 ", "+12125550175"),
+        ("+1 (312) 555-0188", "+13125550188"),
+        ("+44 20 7946 0958", "+442079460958"),
+        ("6175550111", "+16175550111"),
+    ] {
+        assert_eq!(normalize_phone(raw, "US").unwrap(), expected, "{raw:?}");
+    }
+    assert_eq!(
+        normalize_phone("020 7946 0958", "gb").unwrap(),
+        "+442079460958"
+    );
+    for raw in [
+        "555-CALL-NOW",
+        "",
+        "12",
+        "+15555550100",
+        "hello",
+        "415-555-0132 ext. 12",
+    ] {
+        assert!(normalize_phone(raw, "US").is_err(), "{raw:?}");
+    }
+    assert!(normalize_phone("415 555 0132", "XX").is_err());
+}
+
+#[test]
+fn unknown_custom_field_names_key_and_lists_available() {
+    let mut config = example_config();
+    config.custom_fields[1].name = "V.I.P.".into();
+    let err = Mapper::new(&config, &example_workspace_defs()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("mapping.custom_fields[1].name"), "{text}");
+    assert!(text.contains("\"V.I.P.\""), "{text}");
+    assert!(
+        text.contains("Lead Score, VIP, Renewal Date, Tags, Website, Mailing Address, Notes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn custom_field_names_resolve_exact_then_case_insensitive() {
+    let mut config = example_config();
+    config.custom_fields[0].name = "lead score".into();
+    let m = Mapper::new(&config, &example_workspace_defs()).unwrap();
+    assert_eq!(m.custom_field_keys()[0], "lead-score");
+
+    let defs = vec![
+        CustomFieldDef {
+            name: "score".into(),
+            key: "k1".into(),
+            field_type: CustomFieldType::Number,
+        },
+        CustomFieldDef {
+            name: "Score".into(),
+            key: "k2".into(),
+            field_type: CustomFieldType::Number,
+        },
+    ];
+    let config = MappingConfig {
+        custom_fields: vec![CustomFieldMapping {
+            name: "Score".into(),
+            field: "s".into(),
+            delimiter: None,
+        }],
+        ..MappingConfig::default()
+    };
+    assert_eq!(
+        Mapper::new(&config, &defs).unwrap().custom_field_keys(),
+        ["k2"]
+    );
+}
+
+#[test]
+fn config_errors() {
+    let mut config = example_config();
+    config.default_region = "ZZ".into();
+    assert!(matches!(
+        Mapper::new(&config, &example_workspace_defs()),
+        Err(MappingConfigError::BadRegion { .. })
+    ));
+    let mut config = example_config();
+    config.phones[1].label = "phone".into();
+    let err = Mapper::new(&config, &example_workspace_defs()).unwrap_err();
+    assert!(err.to_string().contains("mapping.phones[1].label"), "{err}");
+    let mut config = example_config();
+    config.custom_fields[1].name = "lead score".into();
+    let err = Mapper::new(&config, &example_workspace_defs()).unwrap_err();
+    assert!(matches!(
+        err,
+        MappingConfigError::DuplicateCustomField { index: 1, .. }
+    ));
+}
+
+#[test]
+fn fingerprint_tracks_mapped_values_only() {
+    let m = mapper();
+    let base = record(&[("first_name", "Ada"), ("notes_col", "x"), ("vip", "yes")]);
+    let fp = m.fingerprint(&base);
+    let mut other = base.clone();
+    other.fields.insert("notes_col".into(), "changed".into());
+    other.updated_at = Some(Utc::now());
+    other.location = "elsewhere".into();
+    assert_eq!(m.fingerprint(&other), fp);
+    other.fields.insert("vip".into(), "no".into());
+    assert_ne!(m.fingerprint(&other), fp);
+    let mut blank = base.clone();
+    blank.fields.insert("company".into(), String::new());
+    assert_eq!(m.fingerprint(&blank), fp, "absent and empty are the same");
+    let mut spaced = base.clone();
+    spaced.fields.insert("first_name".into(), "Ada ".into());
+    assert_ne!(m.fingerprint(&spaced), fp, "raw values take part");
+
+    let mut config = example_config();
+    config.role = None;
+    let m2 = Mapper::new(&config, &example_workspace_defs()).unwrap();
+    assert_ne!(m2.fingerprint(&base), fp, "the mapping takes part");
+}
+
+#[test]
+fn round_trip_through_crm_fields() {
+    let m = mapper();
+    let original = record(&[
+        ("first_name", "Grace"),
+        ("last_name", "Hopper"),
+        ("company", "Navy"),
+        ("role", "Rear Admiral"),
+        ("email", "grace@NAVY.example"),
+        ("mobile", "415.555.0199"),
+        ("lead_score", "0.25"),
+        ("vip", "no"),
+        ("renewal_date", "2026-03-01T10:30:00Z"),
+        ("tags", "a;b"),
+        ("website", "navy.example"),
+    ]);
+    let snapshot = m.map(&original).unwrap();
+    let all: Vec<String> = snapshot.fields().keys().cloned().collect();
+    let crm = m.to_crm_fields(&snapshot, &all).unwrap();
+    assert_eq!(crm["work_email"], "");
+    assert_eq!(crm["phone"], "");
+    assert_eq!(crm["mobile"], "+14155550199");
+    assert_eq!(crm["lead_score"], "0.25");
+    assert_eq!(crm["vip"], "false");
+    assert_eq!(crm["renewal_date"], "2026-03-01T10:30:00Z");
+    let mut again = original.clone();
+    again.fields.extend(crm);
+    assert_eq!(m.map(&again).unwrap(), snapshot);
+
+    let mut midnight = snapshot.clone();
+    midnight.set_field("custom:renewal-date", json!("2026-04-01T00:00:00.000Z"));
+    midnight.set_field("custom:lead-score", json!(1e21));
+    let crm = m
+        .to_crm_fields(
+            &midnight,
+            &[
+                "custom:renewal-date".into(),
+                "custom:lead-score".into(),
+                "custom:unknown".into(),
+                "sourceUrl".into(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(crm.len(), 2);
+    assert_eq!(crm["renewal_date"], "2026-04-01");
+    assert_eq!(
+        m.map(&record(&[("lead_score", &crm["lead_score"])]))
+            .unwrap()
+            .custom_fields["lead-score"],
+        json!(1e21)
+    );
+}
+
+#[test]
+fn to_crm_fields_rejects_wrong_json_types() {
+    let m = mapper();
+    let mut s = Snapshot::default();
+    s.custom_fields.insert("vip".into(), json!("sure"));
+    let err = m.to_crm_fields(&s, &["custom:vip".into()]).unwrap_err();
+    assert_eq!(err.field, "vip");
+    assert_eq!(err.value, "\"sure\"");
+}
+
+#[test]
+fn from_contact_keeps_managed_fields_only() {
+    let m = mapper();
+    let item = |name: &str, value: &str| ContactItem {
+        id: Some(format!("id-{name}")),
+        name: name.into(),
+        value: Some(value.into()),
+    };
+    let custom = |key: &str, value: Value| ContactCustomField {
+        name: None,
+        key: Some(key.into()),
+        id: None,
+        field_type: None,
+        value,
+    };
+    let contact = Contact {
+        id: "q1".into(),
+        external_id: Some("c-1".into()),
+        source: Some("quo-sync".into()),
+        source_url: None,
+        default_fields: DefaultFields {
+            first_name: Some("Ada".into()),
+            last_name: Some(" ".into()),
+            company: None,
+            role: None,
+            emails: vec![
+                item("home", "h@x.example"),
+                item("work", "A@X.EXAMPLE"),
+                item("email", "a@x.example"),
+            ],
+            phone_numbers: vec![item("mobile", "+14155550199"), item("fax", "+14155550100")],
+        },
+        custom_fields: vec![
+            custom("vip", json!(true)),
+            custom("lead-score", json!(85.0)),
+            custom("tags", json!([])),
+            custom("renewal-date", json!("2026-03-01T00:00:00Z")),
+            custom("notes", json!("unmanaged")),
+        ],
+        created_at: None,
+        updated_at: None,
+        created_by_user_id: None,
+    };
+    let s = m.from_contact(&contact);
+    assert_eq!(s.first_name.as_deref(), Some("Ada"));
+    assert_eq!(s.last_name, None);
+    assert_eq!(
+        s.emails
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect::<Vec<_>>(),
+        [("email", "a@x.example"), ("work", "A@x.example")]
+    );
+    assert_eq!(s.phone_numbers.len(), 1);
+    assert_eq!(s.custom_fields.len(), 5);
+    assert_eq!(s.custom_fields["vip"], json!(true));
+    assert_eq!(s.custom_fields["lead-score"], json!(85));
+    assert_eq!(s.custom_fields["tags"], Value::Null);
+    assert_eq!(s.custom_fields["website"], Value::Null);
+    assert_eq!(
+        s.custom_fields["renewal-date"],
+        json!("2026-03-01T00:00:00.000Z")
+    );
+    assert!(!s.custom_fields.contains_key("notes"));
+    assert_eq!(
+        m.managed_labels(),
+        (
+            vec!["email".to_string(), "work".to_string()],
+            vec!["phone".to_string(), "mobile".to_string()]
+        )
+    );
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn normalize_phone_never_panics(raw in any::<String>(), region in "[A-Z]{2}") {
+            let _ = normalize_phone(&raw, &region);
+        }
+
+        #[test]
+        fn normalize_phone_never_panics_on_phoneish_text(raw in "[-+0-9 ().xX#*;=a-z]{0,40}") {
+            if let Ok(e164) = normalize_phone(&raw, "US") {
+                prop_assert!(e164.starts_with('+'));
+                prop_assert_eq!(normalize_phone(&e164, "US"), Ok(e164.clone()));
+            }
+        }
+    }
+}
+
+/// A Quo response in every shape the spec allows (decision 8): nulls in arrays and names, a
+/// key-less item, string-typed number and boolean, a new type, a multi-select in Quo's order.
+fn lenient_contact() -> Contact {
+    serde_json::from_value(json!({
+        "id": "q1",
+        "externalId": "c-1",
+        "defaultFields": {
+            "firstName": "Ada",
+            "emails": [null, {"id": "e1", "name": null, "value": "x@y.example"},
+                       {"id": "e2", "name": "email", "value": "ada@x.example"}],
+            "phoneNumbers": null
+        },
+        "customFields": [
+            null,
+            {"name": "Lead Score", "type": "number", "value": "424242"},
+            {"name": "VIP", "key": "vip", "value": "false"},
+            {"name": "Tags", "key": "tags", "type": "multi-select", "value": ["enterprise", null, "vip"]},
+            {"name": "Region Code", "key": "region-code", "type": "currency", "value": {"amount": 3}},
+            {"name": null, "key": "notes", "type": "string", "value": "kept"}
+        ]
+    }))
+    .expect("a lenient response parses")
+}
+
+#[test]
+fn lenient_responses_parse_and_normalize() {
+    let mut contact = lenient_contact();
+    assert_eq!(contact.default_fields.emails.len(), 2, "null item dropped");
+    assert_eq!(
+        contact.default_fields.emails[0].name, "",
+        "null name reads empty"
+    );
+    assert!(contact.default_fields.phone_numbers.is_empty());
+    assert_eq!(contact.custom_fields.len(), 5);
+
+    let mut defs = example_workspace_defs();
+    defs.push(CustomFieldDef {
+        name: "Region Code".into(),
+        key: "region-code".into(),
+        field_type: CustomFieldType::Unknown("currency".into()),
+    });
+    normalize_contact(&mut contact, &defs);
+    let item = |key: &str| {
+        contact
+            .custom_fields
+            .iter()
+            .find(|c| c.key.as_deref() == Some(key))
+            .unwrap_or_else(|| panic!("no item with key {key}"))
+    };
+    assert_eq!(
+        item("lead-score").value,
+        json!(424242),
+        "key filled by name"
+    );
+    assert_eq!(item("lead-score").field_type, Some(CustomFieldType::Number));
+    assert_eq!(item("vip").value, json!(false));
+    assert_eq!(item("tags").value, json!(["enterprise", "vip"]));
+    assert_eq!(
+        item("region-code").value,
+        json!({"amount": 3}),
+        "kept as read"
+    );
+    assert!(
+        !item("region-code")
+            .field_type
+            .clone()
+            .unwrap()
+            .is_writable()
+    );
+    // The unknown type round-trips to its wire name, so nothing is lost when it is stored.
+    let stored = serde_json::to_value(item("region-code")).unwrap();
+    assert_eq!(stored["type"], json!("currency"));
+}
+
+#[test]
+fn from_contact_reads_lenient_values_like_the_crm_row() {
+    let m = mapper();
+    let crm = m
+        .map(&record(&[
+            ("first_name", "Ada"),
+            ("email", "ada@x.example"),
+            ("lead_score", "424242"),
+            ("vip", "no"),
+            ("tags", "vip;enterprise"),
+        ]))
+        .unwrap();
+    // Without normalising: key-less item found by name, strings read as their type.
+    let quo = m.from_contact(&lenient_contact());
+    assert_eq!(quo.custom_fields["lead-score"], json!(424242));
+    assert_eq!(quo.custom_fields["vip"], json!(false));
+    assert!(
+        crm.changed_fields(&quo).is_empty(),
+        "{:?}",
+        crm.changed_fields(&quo)
+    );
+    let mut normalized = lenient_contact();
+    normalize_contact(&mut normalized, &example_workspace_defs());
+    assert_eq!(m.from_contact(&normalized), quo);
+}
+
+#[test]
+fn mapping_an_unknown_type_is_a_config_error() {
+    let mut defs = example_workspace_defs();
+    defs[1].field_type = CustomFieldType::Unknown("currency".into());
+    let err = Mapper::new(&example_config(), &defs).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("mapping.custom_fields[1].name") && text.contains("\"currency\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn normalize_leaves_ambiguous_or_unknown_names_keyless() {
+    let mut contact: Contact = serde_json::from_value(json!({
+        "id": "q2",
+        "customFields": [{"name": "score", "value": "7"}, {"name": "Nobody", "value": "x"}]
+    }))
+    .unwrap();
+    let defs = vec![
+        CustomFieldDef {
+            name: "Score".into(),
+            key: "k1".into(),
+            field_type: CustomFieldType::Number,
+        },
+        CustomFieldDef {
+            name: "SCORE".into(),
+            key: "k2".into(),
+            field_type: CustomFieldType::String,
+        },
+    ];
+    normalize_contact(&mut contact, &defs);
+    assert_eq!(
+        contact.custom_fields[0].key, None,
+        "two case-insensitive matches"
+    );
+    assert_eq!(contact.custom_fields[0].value, json!("7"));
+    assert_eq!(contact.custom_fields[1].key, None);
+}
+
+fn mapper_in(region: &str, timezone: &str) -> Mapper {
+    let mut config = example_config();
+    config.default_region = region.into();
+    config.timezone = timezone.into();
+    Mapper::new(&config, &example_workspace_defs()).unwrap()
+}
+
+fn date_in(m: &Mapper, raw: &str) -> Result<Value, MappingError> {
+    m.map(&record(&[("renewal_date", raw)]))
+        .map(|s| s.custom_fields["renewal-date"].clone())
+}
+
+fn date_back(m: &Mapper, quo: &str) -> String {
+    let mut s = Snapshot::default();
+    s.custom_fields.insert("renewal-date".into(), json!(quo));
+    m.to_crm_fields(&s, &["custom:renewal-date".into()])
+        .unwrap()["renewal_date"]
+        .clone()
+}
+
+#[test]
+fn a_date_only_value_is_midnight_in_the_configured_zone_both_ways() {
+    let m = mapper_in("US", "America/New_York");
+    // Quo's own example: local midnight in US Eastern.
+    assert_eq!(
+        date_in(&m, "2024-09-11").unwrap(),
+        json!("2024-09-11T04:00:00.000Z")
+    );
+    assert_eq!(date_back(&m, "2024-09-11T04:00:00.000Z"), "2024-09-11");
+    // Winter: UTC-5. A naive date-time is local time too; an offset is kept.
+    assert_eq!(
+        date_in(&m, "01/15/2026").unwrap(),
+        json!("2026-01-15T05:00:00.000Z")
+    );
+    assert_eq!(
+        date_in(&m, "2026-01-15 09:30:00").unwrap(),
+        json!("2026-01-15T14:30:00.000Z")
+    );
+    assert_eq!(
+        date_in(&m, "2026-01-15T09:30:00Z").unwrap(),
+        json!("2026-01-15T09:30:00.000Z")
+    );
+    // Not the start of a day there: the instant, unchanged.
+    assert_eq!(
+        date_back(&m, "2026-01-15T00:00:00.000Z"),
+        "2026-01-15T00:00:00Z"
+    );
+    // East of UTC the day starts the evening before in UTC.
+    let tokyo = mapper_in("GB", "Asia/Tokyo");
+    assert_eq!(
+        date_in(&tokyo, "2026-03-01").unwrap(),
+        json!("2026-02-28T15:00:00.000Z")
+    );
+    assert_eq!(date_back(&tokyo, "2026-02-28T15:00:00.000Z"), "2026-03-01");
+}
+
+#[test]
+fn midnight_swallowed_by_dst_is_the_first_instant_of_the_day() {
+    // Santiago skipped 00:00-01:00 on 2022-09-11.
+    let m = mapper_in("CL", "America/Santiago");
+    let quo = date_in(&m, "2022-09-11").unwrap();
+    assert_eq!(quo, json!("2022-09-11T04:00:00.000Z"));
+    assert_eq!(date_back(&m, quo.as_str().unwrap()), "2022-09-11");
+    // Samoa skipped 2011-12-30 entirely: refused, not moved to another day.
+    let apia = mapper_in("WS", "Pacific/Apia");
+    let err = date_in(&apia, "2011-12-30").unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.value.as_str()),
+        ("renewal_date", "2011-12-30")
+    );
+    assert!(err.reason.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn slashed_dates_follow_the_region() {
+    let us = mapper_in("US", "UTC");
+    let gb = mapper_in("GB", "UTC");
+    let de = mapper_in("DE", "UTC");
+    let ca = mapper_in("CA", "UTC");
+    assert_eq!(
+        date_in(&us, "03/01/2026").unwrap(),
+        json!("2026-03-01T00:00:00.000Z")
+    );
+    assert_eq!(
+        date_in(&gb, "03/01/2026").unwrap(),
+        json!("2026-01-03T00:00:00.000Z")
+    );
+    assert_eq!(
+        date_in(&de, "31/12/2026").unwrap(),
+        json!("2026-12-31T00:00:00.000Z")
+    );
+    assert!(date_in(&us, "31/12/2026").is_err());
+    assert!(date_in(&gb, "12/31/2026").is_err());
+    // Where the order is not settled: one reading is accepted, two are refused with a reason.
+    assert_eq!(
+        date_in(&ca, "31/12/2026").unwrap(),
+        json!("2026-12-31T00:00:00.000Z")
+    );
+    assert_eq!(
+        date_in(&ca, "07/07/2026").unwrap(),
+        json!("2026-07-07T00:00:00.000Z")
+    );
+    assert_eq!(
+        date_in(&ca, "2026/03/01").unwrap(),
+        json!("2026-03-01T00:00:00.000Z")
+    );
+    let err = date_in(&ca, "03/01/2026").unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.value.as_str()),
+        ("renewal_date", "03/01/2026")
+    );
+    assert!(err.reason.contains("ambiguous"), "{err}");
+}
+
+#[test]
+fn an_unknown_time_zone_is_a_config_error_naming_the_key() {
+    let mut config = example_config();
+    config.timezone = "Mars/Olympus_Mons".into();
+    let err = Mapper::new(&config, &example_workspace_defs()).unwrap_err();
+    assert!(matches!(err, MappingConfigError::BadTimezone { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("mapping.timezone: \"Mars/Olympus_Mons\""),
+        "{err}"
+    );
+}
+
+mod date_props {
+    use super::*;
+    use chrono::{Duration, NaiveDate};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// A date-only CRM value sent to Quo and read back is the same day, in every zone,
+        /// on every day from 1950 to 2100 (DST changes included).
+        #[test]
+        fn a_day_survives_the_round_trip(
+            days in 0i64..(150 * 366),
+            zone in 0usize..chrono_tz::TZ_VARIANTS.len(),
+            slashed in any::<bool>(),
+        ) {
+            let zone = chrono_tz::TZ_VARIANTS[zone];
+            let day = NaiveDate::from_ymd_opt(1950, 1, 1).unwrap() + Duration::days(days);
+            let m = mapper_in("US", zone.name());
+            let raw = if slashed {
+                day.format("%m/%d/%Y").to_string()
+            } else {
+                day.format("%Y-%m-%d").to_string()
+            };
+            match date_in(&m, &raw) {
+                Ok(quo) => {
+                    let back = date_back(&m, quo.as_str().unwrap());
+                    prop_assert_eq!(back, day.format("%Y-%m-%d").to_string(), "{} in {}", raw, zone.name());
+                }
+                // Only a day the zone skipped entirely may be refused.
+                Err(e) => prop_assert!(e.reason.contains("does not exist"), "{}", e),
+            }
+        }
+    }
+
+    #[test]
+    fn dst_edges_round_trip() {
+        for (zone, day) in [
+            ("America/New_York", "2024-03-10"),
+            ("America/New_York", "2024-11-03"),
+            ("Europe/London", "2024-03-31"),
+            ("Europe/London", "2024-10-27"),
+            ("America/Sao_Paulo", "2018-11-04"),
+            ("America/Sao_Paulo", "2019-02-17"),
+            ("America/Havana", "2023-03-12"),
+            ("Asia/Beirut", "2023-03-26"),
+            ("America/Santiago", "2022-09-11"),
+            ("Australia/Lord_Howe", "2024-10-06"),
+            ("Pacific/Chatham", "2024-09-29"),
+        ] {
+            let m = mapper_in("US", zone);
+            let quo = date_in(&m, day).unwrap();
+            assert_eq!(date_back(&m, quo.as_str().unwrap()), day, "{zone} {day}");
+        }
+    }
+}
