@@ -70,52 +70,7 @@ impl Mapper {
         check_labels("mapping.emails", &config.emails)?;
         check_labels("mapping.phones", &config.phones)?;
 
-        let mut custom: Vec<ResolvedCustom> = Vec::new();
-        let mut seen_keys: BTreeMap<String, usize> = BTreeMap::new();
-        let mut def_names: BTreeMap<String, String> = BTreeMap::new();
-        for (index, mapping) in config.custom_fields.iter().enumerate() {
-            let wanted = mapping.name.trim();
-            let def = defs
-                .iter()
-                .find(|d| d.name == wanted)
-                .or_else(|| defs.iter().find(|d| d.name.eq_ignore_ascii_case(wanted)))
-                .or_else(|| {
-                    defs.iter()
-                        .find(|d| d.name.to_lowercase() == wanted.to_lowercase())
-                })
-                .ok_or_else(|| MappingConfigError::UnknownCustomField {
-                    index,
-                    name: mapping.name.clone(),
-                    available: defs.iter().map(|d| d.name.clone()).collect(),
-                })?;
-            if !def.field_type.is_writable() {
-                return Err(MappingConfigError::UnwritableCustomField {
-                    index,
-                    name: mapping.name.clone(),
-                    field_type: def.field_type.wire_name().to_string(),
-                });
-            }
-            if let Some(first) = seen_keys.get(&def.key) {
-                return Err(MappingConfigError::DuplicateCustomField {
-                    index,
-                    name: mapping.name.clone(),
-                    key: def.key.clone(),
-                    first: *first,
-                });
-            }
-            seen_keys.insert(def.key.clone(), index);
-            let delimiter = mapping.delimiter.clone().unwrap_or_else(|| ";".into());
-            if delimiter.is_empty() {
-                return Err(MappingConfigError::EmptyDelimiter { index });
-            }
-            custom.push(ResolvedCustom {
-                key: def.key.clone(),
-                field: mapping.field.clone(),
-                field_type: def.field_type.clone(),
-                delimiter,
-            });
-            def_names.insert(def.key.clone(), def.name.clone());
-        }
+        let (custom, def_names) = resolve_custom(config, defs)?;
 
         let mut mapped_fields: Vec<String> = [
             &config.first_name,
@@ -351,6 +306,62 @@ impl Mapper {
             self.phones.iter().map(|m| m.label.clone()).collect(),
         )
     }
+}
+
+/// Resolves `mapping.custom_fields` to Quo keys and types (exact name, then case-insensitive),
+/// refusing unknown names, repeated fields, unwritable types and empty delimiters. Also returns
+/// each key's display name.
+fn resolve_custom(
+    config: &MappingConfig,
+    defs: &[CustomFieldDef],
+) -> Result<(Vec<ResolvedCustom>, BTreeMap<String, String>), MappingConfigError> {
+    let mut custom: Vec<ResolvedCustom> = Vec::new();
+    let mut seen_keys: BTreeMap<String, usize> = BTreeMap::new();
+    let mut def_names: BTreeMap<String, String> = BTreeMap::new();
+    for (index, mapping) in config.custom_fields.iter().enumerate() {
+        let wanted = mapping.name.trim();
+        let def = defs
+            .iter()
+            .find(|d| d.name == wanted)
+            .or_else(|| defs.iter().find(|d| d.name.eq_ignore_ascii_case(wanted)))
+            .or_else(|| {
+                defs.iter()
+                    .find(|d| d.name.to_lowercase() == wanted.to_lowercase())
+            })
+            .ok_or_else(|| MappingConfigError::UnknownCustomField {
+                index,
+                name: mapping.name.clone(),
+                available: defs.iter().map(|d| d.name.clone()).collect(),
+            })?;
+        if !def.field_type.is_writable() {
+            return Err(MappingConfigError::UnwritableCustomField {
+                index,
+                name: mapping.name.clone(),
+                field_type: def.field_type.wire_name().to_string(),
+            });
+        }
+        if let Some(first) = seen_keys.get(&def.key) {
+            return Err(MappingConfigError::DuplicateCustomField {
+                index,
+                name: mapping.name.clone(),
+                key: def.key.clone(),
+                first: *first,
+            });
+        }
+        seen_keys.insert(def.key.clone(), index);
+        let delimiter = mapping.delimiter.clone().unwrap_or_else(|| ";".into());
+        if delimiter.is_empty() {
+            return Err(MappingConfigError::EmptyDelimiter { index });
+        }
+        custom.push(ResolvedCustom {
+            key: def.key.clone(),
+            field: mapping.field.clone(),
+            field_type: def.field_type.clone(),
+            delimiter,
+        });
+        def_names.insert(def.key.clone(), def.name.clone());
+    }
+    Ok((custom, def_names))
 }
 
 pub(super) fn check_labels(
