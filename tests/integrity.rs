@@ -509,3 +509,40 @@ async fn a_repeated_page_token_abandons_the_scan_and_deletes_nothing() {
         Some(&3)
     );
 }
+
+/// Quo's spec lets responses carry key-less custom-field items, numbers and booleans as
+/// strings, `null` entries and unknown field types. Read leniently, a CRM edit is one clean
+/// PATCH, nothing the app typed is lost, the unknown-type value is never written, and a second
+/// cycle finds nothing to do.
+#[tokio::test]
+async fn a_tolerant_reader_patches_cleanly_under_every_lenient_response_shape() {
+    let app = TestApp::spawn_with(&csv(&rows(3)), with_mode(PatchMode::Replace), "").await;
+    app.cycle().await;
+    let id = app.contact_for("c-1")["id"].as_str().unwrap().to_string();
+    app.sandbox
+        .app_edit(
+            &id,
+            json!({"customFields": [{"key": "notes", "value": "keep me"}]}),
+        )
+        .unwrap();
+    common::sandbox_settings(
+        &app.sandbox.base_url(),
+        json!({"response_shapes": {"string_values": true, "keyless_custom_fields": true, "null_entries": true, "unknown_field_type": true}}),
+    )
+    .await;
+    let mut changed = rows(3);
+    changed[0] = changed[0].replace("Acme 1", "Vandelay");
+    app.write_csv(&csv(&changed));
+    let report = app.cycle().await;
+    assert_eq!(report.counts.quarantined, 0, "{report:?}");
+    assert_eq!(report.counts.updated, 1, "{report:?}");
+    let truth = common::sandbox_truth(&app.sandbox.base_url()).await;
+    let contact = truth.iter().find(|c| c["externalId"] == "c-1").unwrap();
+    assert_eq!(contact["defaultFields"]["company"], "Vandelay");
+    assert_eq!(custom_value(contact, "notes"), json!("keep me"));
+    assert_eq!(custom_value(contact, "lead-score"), json!(1));
+    assert_eq!(custom_value(contact, "vip"), json!(true));
+    app.sandbox.reset_stats();
+    let report = app.cycle().await;
+    assert_eq!(app.sandbox.stats().writes_total(), 0, "{report:?}");
+}

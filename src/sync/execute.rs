@@ -261,7 +261,7 @@ impl Cycle {
         loop {
             let body = super::payload::patch_body(desired, Some(&base), &self.managed);
             match client.update_contact(quo_id.as_str(), &body).await {
-                Ok(contact) => return Ok(contact),
+                Ok(contact) => return Ok(self.normalized(contact)),
                 Err(QuoError::Ambiguous { route, reason }) => {
                     retries = client
                         .backoff_before_retry(route, retries, reason)
@@ -271,6 +271,7 @@ impl Cycle {
                         .get_contact(quo_id.as_str())
                         .await
                         .map_err(Failure::Quo)?
+                        .map(|c| self.normalized(c))
                         .ok_or(Failure::Missing)?;
                     if self
                         .mapper
@@ -297,7 +298,7 @@ impl Cycle {
         fresh: Option<Contact>,
     ) -> Result<(), Failure> {
         let fresh = match fresh {
-            Some(contact) => contact,
+            Some(contact) => self.normalized(contact),
             None => match self
                 .ctx
                 .client
@@ -305,7 +306,7 @@ impl Cycle {
                 .await
                 .map_err(Failure::Quo)?
             {
-                Some(contact) => contact,
+                Some(contact) => self.normalized(contact),
                 None => return self.contact_missing(update).await,
             },
         };
@@ -410,7 +411,7 @@ impl Cycle {
                 .await
                 .map_err(Failure::Quo)?;
             if let Some(contact) = found.into_iter().next() {
-                return Ok(Some(contact));
+                return Ok(Some(self.normalized(contact)));
             }
         }
         Ok(None)
@@ -494,7 +495,7 @@ impl Cycle {
                     .create_contact(&body)
                     .await
                     .map_err(Failure::Quo)?;
-                (outcome.contact, outcome.adopted)
+                (self.normalized(outcome.contact), outcome.adopted)
             }
         };
         if adopted {
@@ -606,6 +607,15 @@ impl Cycle {
         )
         .await?;
         Ok(())
+    }
+
+    /// A contact as Quo answered it, read leniently: keys of key-less custom-field items found
+    /// by name, numbers and booleans sent as strings typed, `null`s dropped (quo-api.md
+    /// decision 8). Every contact the cycle reads goes through here before it is compared,
+    /// stored or patched.
+    pub(super) fn normalized(&self, mut contact: Contact) -> Contact {
+        crate::mapping::normalize_contact(&mut contact, &self.defs);
+        contact
     }
 
     /// Commits an agreement both sides confirmed.

@@ -53,7 +53,10 @@ impl Cycle {
             )
             .await?;
         }
-        *self.quo_changed.lock().await = std::mem::take(&mut changes.changed);
+        *self.quo_changed.lock().await = std::mem::take(&mut changes.changed)
+            .into_iter()
+            .map(|(id, contact)| (id, self.normalized(contact)))
+            .collect();
         Ok(changes)
     }
 

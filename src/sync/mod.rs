@@ -177,6 +177,8 @@ struct Cycle {
     run_id: String,
     mapper: Mapper,
     managed: Managed,
+    /// The workspace's custom field definitions, read at the start of the cycle.
+    defs: Vec<crate::quo::types::CustomFieldDef>,
     /// Stops this cycle (shutdown, or a failure no record can get past); never the service.
     stop: CancellationToken,
     counts: Mutex<RunCounts>,
@@ -357,6 +359,7 @@ impl Cycle {
             run_id,
             mapper,
             managed,
+            defs,
             stop: ctx.cancel.child_token(),
             counts: Mutex::new(RunCounts::default()),
             operations: Mutex::new(Vec::new()),

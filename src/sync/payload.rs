@@ -159,6 +159,10 @@ pub fn patch_body(
     // Every custom value the contact has, managed or not, plus managed ones it lacks.
     let mut custom: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     for field in &current.custom_fields {
+        // A value of a type this version does not know is kept by Quo, never written back.
+        if field.field_type.as_ref().is_some_and(|t| !t.is_writable()) {
+            continue;
+        }
         if let Some(key) = &field.key {
             custom.insert(key.clone(), field.value.clone());
         }
