@@ -69,6 +69,7 @@ async fn a_signed_in_app_edit_updates_that_csv_cell_and_nothing_else() {
             )
             .unwrap();
         app.wait_for_inbox(events_before + 1).await;
+        app.wait_for_inbox_containing("Edited In App").await;
         app.sandbox.reset_stats();
         let report = app.cycle().await;
         assert_eq!(report.counts.written_to_crm, 1, "{scheme:?} {report:?}");
@@ -441,6 +442,7 @@ async fn a_quo_edit_to_an_unreadable_row_waits_for_the_row_to_be_fixed() {
         )
         .unwrap();
     app.wait_for_inbox(events_before + 1).await;
+    app.wait_for_inbox_containing("Edited While Broken").await;
     let report = app.cycle().await;
     assert!(report.counts.quarantined >= 1, "{report:?}");
     let pending: i64 =

@@ -247,6 +247,28 @@ impl TestApp {
     }
 
     /// Webhook events stored in the inbox so far.
+    /// Waits until a stored webhook event's body contains `text` (an edit's new value), so a
+    /// late echo of an earlier write cannot pass for the delivery a test waits for.
+    pub async fn wait_for_inbox_containing(&self, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let found: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE instr(payload, ?) > 0")
+                    .bind(text)
+                    .fetch_one(self.ledger().pool())
+                    .await
+                    .unwrap();
+            if found > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no webhook event carrying {text:?} arrived"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn inbox_count(&self) -> i64 {
         sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
             .fetch_one(self.ledger().pool())
