@@ -901,3 +901,39 @@ fields = {{ firstName = "/First/Name" }}
         "{err}"
     );
 }
+
+/// Issue 9 item 8: a CRM edit made between the cycle's read and the write-back survives; the
+/// record is reported as conflicted (retried next cycle), and an unedited record is written.
+#[tokio::test]
+async fn a_crm_edit_between_read_and_write_is_not_overwritten() {
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(3)).await;
+    let source = source(
+        &crm,
+        &format!("{PAGE}\nupdate = {{ method = \"PATCH\", path = \"/contacts/{{id}}\" }}"),
+    );
+    let (_, summary) = read(&source, ReadRequest::default()).await;
+    summary.unwrap();
+    let mut edited = crm.contact("c002").unwrap();
+    edited["properties"]["firstname"] = json!("EditedInCrm");
+    edited["updated_at"] = json!("2026-03-01T00:00:00Z");
+    crm.replace("c002", edited);
+
+    let report = source
+        .write_back(&[
+            change("c002", &[("first_name", "FromQuo")]),
+            change("c003", &[("first_name", "FromQuo")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(report.conflicted, vec![ExternalId::parse("c002").unwrap()]);
+    assert_eq!(report.written, vec![ExternalId::parse("c003").unwrap()]);
+    assert_eq!(
+        crm.contact("c002").unwrap()["properties"]["firstname"],
+        "EditedInCrm",
+        "the CRM edit survives"
+    );
+    assert_eq!(
+        crm.contact("c003").unwrap()["properties"]["firstname"],
+        "FromQuo"
+    );
+}

@@ -16,7 +16,8 @@
 //!
 //! One file per concern: `config` (the table), `auth` (credentials), `http` (one exchange with
 //! retries), `paging` (the list call), `records` (JSON → `SourceRecord`), `pointer` (editing
-//! JSON records), `write` (write-back). This file holds the adapter itself.
+//! JSON records), `write` (write-back), `versions` (records as read, to detect edits before a
+//! write). This file holds the adapter itself.
 
 mod auth;
 mod config;
@@ -24,6 +25,7 @@ mod http;
 mod paging;
 mod pointer;
 mod records;
+mod versions;
 mod write;
 
 pub use config::{
@@ -54,6 +56,8 @@ pub struct RestSource {
     client: reqwest::Client,
     limiter: Arc<RateLimiter>,
     retry: RetryPolicy,
+    /// Each record as last read, for the write-back conflict check.
+    versions: versions::ReadVersions,
 }
 
 impl RestSource {
@@ -86,6 +90,7 @@ impl RestSource {
             auth,
             client,
             retry,
+            versions: versions::ReadVersions::default(),
             config,
         })
     }

@@ -107,6 +107,9 @@ impl RestSource {
                     index + 1
                 );
                 let item = self.parse_record(raw, location);
+                if let SourceItem::Record(record) = &item {
+                    self.versions.record(record);
+                }
                 tx.send(item).await.map_err(|_| SourceError::Cancelled)?;
                 items += 1;
             }

@@ -10,11 +10,15 @@ use serde_json::{Map, Value};
 use super::RestSource;
 use super::config::{ArrayFieldConfig, UpdateConfig, UpdateMethod};
 use super::pointer::{set_array_item, set_pointer, typed_like};
-use crate::source::{CrmChange, SourceError, WriteReport};
+use super::versions::ReadVersion;
+use crate::source::{CrmChange, SourceError, SourceItem, WriteReport};
 
 impl RestSource {
-    /// Applies reverse-path changes: one request per record (two when the record must be
-    /// fetched first: PUT, or array fields). 409/412 → conflicted; other 4xx → failed.
+    /// Applies reverse-path changes: one request per record, two when the record is fetched
+    /// first (PUT, array fields, or a record this process has read: it is re-checked right
+    /// before the write and, when the CRM changed it since the read, not written but reported
+    /// as conflicted). The fetched ETag is sent as `If-Match`. 409/412 → conflicted; other
+    /// 4xx → failed.
     pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {
         let mut report = WriteReport::default();
         let Some(update) = &self.config.update else {
@@ -37,7 +41,11 @@ impl RestSource {
         }
         for change in changes {
             match self.write_one(update, &headers, change).await {
-                Ok(Outcome::Written) => report.written.push(change.external_id.clone()),
+                Ok(Outcome::Written) => {
+                    // Our own write changed the record; the next read sets a new baseline.
+                    self.versions.forget(change.external_id.as_str());
+                    report.written.push(change.external_id.clone())
+                }
                 Ok(Outcome::Conflicted) => report.conflicted.push(change.external_id.clone()),
                 Ok(Outcome::Failed(reason)) => {
                     report.failed.push((change.external_id.clone(), reason))
@@ -70,7 +78,8 @@ impl RestSource {
         let full = update
             .send_full_record
             .unwrap_or(update.method == UpdateMethod::Put);
-        let mut record = if full || touches_array {
+        let baseline = self.versions.get(id);
+        let mut record = if full || touches_array || baseline.is_some() {
             let get_path = update
                 .get_path
                 .as_deref()
@@ -106,6 +115,25 @@ impl RestSource {
                     self.shown(&get_url),
                 )));
             };
+            if let Some(baseline) = baseline {
+                let location = format!("GET {}", self.shown(&get_url));
+                match self.parse_record(&Value::Object(current.clone()), location) {
+                    SourceItem::Record(now) if ReadVersion::of(&now) == baseline => {}
+                    SourceItem::Record(_) => {
+                        tracing::info!(
+                            id,
+                            "CRM record changed since this cycle read it; not overwriting, retried next cycle"
+                        );
+                        return Ok(Outcome::Conflicted);
+                    }
+                    SourceItem::Bad(bad) => {
+                        return Ok(Outcome::Failed(format!(
+                            "{}: cannot check the record before writing: {}",
+                            bad.location, bad.reason
+                        )));
+                    }
+                }
+            }
             if full {
                 Value::Object(current.clone())
             } else {
