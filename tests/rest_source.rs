@@ -937,3 +937,36 @@ async fn a_crm_edit_between_read_and_write_is_not_overwritten() {
         "FromQuo"
     );
 }
+
+/// Issue 9 item 11: a redirect to another origin (here another port) is refused, so a custom
+/// auth header never reaches it; a redirect within the CRM's origin is still followed.
+#[tokio::test]
+async fn redirects_are_followed_within_the_origin_only() {
+    let auth = Auth::Header("X-Api-Key".into(), TOKEN.into());
+    let crm = FakeCrm::start(auth.clone(), fake_crm::contacts(3)).await;
+    let elsewhere = FakeCrm::start(Auth::None, fake_crm::contacts(3)).await;
+    let extra = format!(
+        "{PAGE}\nauth = {{ kind = \"header\", header_name = \"X-Api-Key\", token = \"{TOKEN}\" }}"
+    );
+    let source = source(&crm, &extra);
+
+    crm.push_redirects([format!(
+        "{}/page/contacts?page=1&limit=5",
+        elsewhere.base_url
+    )]);
+    let (items, summary) = read(&source, ReadRequest::default()).await;
+    let err = summary.unwrap_err().to_string();
+    assert!(items.is_empty());
+    assert!(err.contains("another origin"), "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
+    assert!(
+        elsewhere.requests().is_empty(),
+        "nothing reached the other origin: {:?}",
+        elsewhere.requests()
+    );
+
+    crm.push_redirects(["/page/contacts?page=1&limit=5".to_string()]);
+    let (items, summary) = read(&source, ReadRequest::default()).await;
+    summary.unwrap();
+    assert_eq!(ids(&items), expected_ids(3));
+}

@@ -64,6 +64,7 @@ struct Inner {
     faults: VecDeque<Fault>,
     write_faults: VecDeque<(u16, String)>,
     repeat_cursor: bool,
+    redirects: VecDeque<String>,
     ignore_paging: bool,
     requests: Vec<Recorded>,
 }
@@ -137,6 +138,17 @@ impl FakeCrm {
             axum::serve(listener, app).await.unwrap();
         });
         Self { base_url, shared }
+    }
+
+    /// Answers the next requests (after the auth check) with `307 Temporary Redirect` to these
+    /// locations, in order.
+    pub fn push_redirects(&self, locations: impl IntoIterator<Item = String>) {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .redirects
+            .extend(locations);
     }
 
     /// Queues failures for the next list requests, in order.
@@ -268,6 +280,13 @@ async fn handle(
             StatusCode::UNAUTHORIZED,
             json!({"message": "bad credentials"}),
         );
+    }
+    if let Some(location) = inner.redirects.pop_front() {
+        let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+        response
+            .headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_str(&location).unwrap());
+        return response;
     }
     let mut segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     // `/wrapped/contacts/{id}`: Pipedrive-like, GET answers `{"data": record}` and PUT merges.

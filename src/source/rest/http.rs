@@ -200,6 +200,31 @@ pub fn redact_url(url: &Url, auth_param: Option<&str>) -> String {
     shown.to_string()
 }
 
+/// Most redirect hops followed within the CRM's origin.
+const MAX_REDIRECTS: usize = 10;
+
+/// Follows redirects only within the origin of the request's first URL: reqwest's default
+/// policy strips `Authorization` across origins but not custom auth headers, query tokens or
+/// bodies, so a redirect elsewhere would hand them to another server.
+pub(super) fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if !same {
+            let target = attempt.url().origin().ascii_serialization();
+            attempt.error(format!(
+                "the CRM redirected to another origin ({target}); refusing to send credentials there"
+            ))
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

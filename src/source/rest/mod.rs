@@ -74,6 +74,7 @@ impl RestSource {
             .map_err(|e| RestConfigError::new("base_url", e.to_string()))?;
         let client = reqwest::Client::builder()
             .timeout(config.timeout.0)
+            .redirect(http::same_origin_redirects())
             .user_agent(concat!("quo-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
