@@ -435,7 +435,7 @@ async fn a_looping_server_hits_max_pages() {
     let message = result.unwrap_err().to_string();
     assert!(message.contains("max_pages"), "{message}");
     assert_eq!(crm.requests().len(), 3);
-    assert_eq!(items.len(), 15);
+    assert_eq!(items.len(), 5, "the repeated pages' records are emitted once");
 }
 
 #[tokio::test]
@@ -969,4 +969,52 @@ async fn redirects_are_followed_within_the_origin_only() {
     let (items, summary) = read(&source, ReadRequest::default()).await;
     summary.unwrap();
     assert_eq!(ids(&items), expected_ids(3));
+}
+
+/// Issue 9 item 3 (source side): offset paging while the CRM is edited lists one record twice
+/// and skips another; the read emits each id once, is not complete (so nothing is taken for
+/// deleted), and the next read is a full read that sees the edit.
+#[tokio::test]
+async fn a_record_listed_twice_in_one_read_is_emitted_once() {
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(12)).await;
+    let source = source(
+        &crm,
+        r#"list_path = "/offset/contacts"
+           records_pointer = "/results"
+           page_size_param = "limit"
+           page_size = 5
+           paging = { style = "offset" }
+           updated_since_param = "updated_since""#,
+    );
+    let mut edited = crm.contact("c002").unwrap();
+    edited["properties"]["firstname"] = json!("EditedMidRead");
+    edited["updated_at"] = json!("2026-03-01T00:00:00Z");
+    crm.edit_after_next_list("c002", edited);
+
+    let (items, summary) = read(&source, ReadRequest::default()).await;
+    let summary = summary.unwrap();
+    let got = ids(&items);
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(got.len(), unique.len(), "each id once: {got:?}");
+    assert_eq!(got.iter().filter(|id| *id == "c002").count(), 1);
+    assert!(
+        !summary.complete,
+        "a read the list moved under is not complete"
+    );
+    let now = Utc::now();
+    assert!(source.wants_full_read(Some(now), now), "next read is full");
+
+    let (items, summary) = read(&source, ReadRequest::default()).await;
+    assert!(summary.unwrap().complete);
+    let mut got = ids(&items);
+    got.sort();
+    assert_eq!(got, expected_ids(12));
+    let c002 = records(&items)
+        .into_iter()
+        .find(|r| r.external_id.as_str() == "c002")
+        .unwrap();
+    assert_eq!(c002.fields["first_name"], "EditedMidRead");
+    assert!(!source.wants_full_read(Some(now), now));
 }

@@ -65,6 +65,7 @@ struct Inner {
     write_faults: VecDeque<(u16, String)>,
     repeat_cursor: bool,
     redirects: VecDeque<String>,
+    edit_after_list: Option<(String, Value)>,
     ignore_paging: bool,
     requests: Vec<Recorded>,
 }
@@ -149,6 +150,13 @@ impl FakeCrm {
             .unwrap()
             .redirects
             .extend(locations);
+    }
+
+    /// Once the next list request has been answered, replaces contact `id` with `record` and
+    /// moves it to the end of the list, as a CRM listing by last-modified time would after an
+    /// edit made while a client pages through it.
+    pub fn edit_after_next_list(&self, id: &str, record: Value) {
+        self.shared.inner.lock().unwrap().edit_after_list = Some((id.to_string(), record));
     }
 
     /// Queues failures for the next list requests, in order.
@@ -295,7 +303,15 @@ async fn handle(
         segments.remove(0);
     }
     match (segments.as_slice(), method.clone()) {
-        ([style, "contacts"], Method::GET) => list(&shared, &mut inner, style, &query),
+        ([style, "contacts"], Method::GET) => {
+            let response = list(&shared, &mut inner, style, &query);
+            if let Some((id, record)) = inner.edit_after_list.take() {
+                inner.contacts.retain(|c| c["id"] != id.as_str());
+                inner.contacts.push(record);
+                *inner.versions.entry(id).or_insert(1) += 1;
+            }
+            response
+        }
         (["contacts", id], Method::GET) => match inner.contacts.iter().find(|c| c["id"] == *id) {
             Some(contact) => {
                 let version = inner.versions.get(*id).copied().unwrap_or(1);

@@ -38,6 +38,7 @@ pub use pointer::set_pointer;
 pub use records::{parse_time, value_text};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use reqwest::Url;
@@ -58,6 +59,8 @@ pub struct RestSource {
     retry: RetryPolicy,
     /// Each record as last read, for the write-back conflict check.
     versions: versions::ReadVersions,
+    /// Set when a read saw the list move under it; the next read is then a full read.
+    full_read_due: AtomicBool,
 }
 
 impl RestSource {
@@ -92,6 +95,7 @@ impl RestSource {
             client,
             retry,
             versions: versions::ReadVersions::default(),
+            full_read_due: AtomicBool::new(false),
             config,
         })
     }
@@ -115,7 +119,7 @@ impl RestSource {
     /// `updated_since_param`, on the first cycle, and once `full_read_every` (default 24h) has
     /// passed since the last full read. Only full reads let the planner detect deletions.
     pub fn wants_full_read(&self, last_full: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-        if !self.supports_incremental() {
+        if !self.supports_incremental() || self.full_read_due.load(Ordering::Relaxed) {
             return true;
         }
         let every = self

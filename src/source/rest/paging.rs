@@ -1,7 +1,8 @@
 //! Reading the list call page by page (page, offset, cursor, next URL, `Link` header) and
 //! refusing anything that would make a read silently short or endless (other hosts, repeats).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::header::{HeaderMap, LINK};
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 use super::RestSource;
 use super::config::PagingStyle;
 use super::records::{json_type, scalar_text};
+use super::versions::ReadVersion;
 use crate::source::{ReadRequest, ReadSummary, SourceError, SourceItem};
 
 impl RestSource {
@@ -45,6 +47,13 @@ impl RestSource {
 
     /// Streams every record (or those changed since `request.since` when incremental reads are
     /// configured) into `tx`. `complete` is false for incremental reads.
+    ///
+    /// An id listed twice in one read (offset paging while the CRM is edited) is emitted once:
+    /// the first copy, since it is already on its way when the repeat arrives. The read is then
+    /// not complete (a shifted list may also have skipped a record, so no deletion may be
+    /// inferred), and the next read is a full one, which picks up the content of a repeat that
+    /// differed; write-back's pre-write check compares against the emitted copy, so it treats
+    /// such a record as changed rather than overwrite the newer content.
     pub async fn read(
         &self,
         request: ReadRequest,
@@ -71,6 +80,12 @@ impl RestSource {
             _ => self.list_url(since, None)?,
         };
         let mut seen: HashSet<String> = HashSet::new();
+        // Ids already emitted by this read, with the version emitted (see `emit`).
+        let mut emitted: HashMap<String, ReadVersion> = HashMap::new();
+        let mut repeats = 0u64;
+        if since.is_none() {
+            self.full_read_due.store(false, Ordering::Relaxed);
+        }
         let mut items = 0u64;
         let mut page = 1u32;
         loop {
@@ -108,6 +123,26 @@ impl RestSource {
                 );
                 let item = self.parse_record(raw, location);
                 if let SourceItem::Record(record) = &item {
+                    let version = ReadVersion::of(record);
+                    let id = record.external_id.as_str();
+                    if let Some(first) = emitted.get(id) {
+                        repeats += 1;
+                        if *first == version {
+                            tracing::debug!(
+                                id,
+                                page,
+                                "CRM listed a record twice in one read; skipping the repeat"
+                            );
+                        } else {
+                            tracing::warn!(
+                                id,
+                                page,
+                                "CRM listed a record twice in one read with different content (edited during the read); keeping the first copy, the next read is a full read"
+                            );
+                        }
+                        continue;
+                    }
+                    emitted.insert(id.to_string(), version);
                     self.versions.record(record);
                 }
                 tx.send(item).await.map_err(|_| SourceError::Cancelled)?;
@@ -179,8 +214,18 @@ impl RestSource {
             page += 1;
             url = next;
         }
+        if repeats > 0 {
+            // A repeat means the list moved under offset/page paging: another record may have
+            // been skipped, and the kept copy may be stale. Not complete (no deletions inferred
+            // from it), and the next read re-reads everything.
+            self.full_read_due.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                repeats,
+                "the CRM list changed during the read; treating it as incomplete"
+            );
+        }
         Ok(ReadSummary {
-            complete: since.is_none(),
+            complete: since.is_none() && repeats == 0,
             items,
         })
     }
