@@ -435,7 +435,7 @@ async fn a_looping_server_hits_max_pages() {
     let message = result.unwrap_err().to_string();
     assert!(message.contains("max_pages"), "{message}");
     assert_eq!(crm.requests().len(), 3);
-    assert_eq!(items.len(), 15);
+    assert_eq!(items.len(), 5, "the repeated pages' records are emitted once");
 }
 
 #[tokio::test]
@@ -900,4 +900,121 @@ fields = {{ firstName = "/First/Name" }}
         matches!(&err, SourceError::Config(m) if m.contains("source.rest.base_url")),
         "{err}"
     );
+}
+
+/// Issue 9 item 8: a CRM edit made between the cycle's read and the write-back survives; the
+/// record is reported as conflicted (retried next cycle), and an unedited record is written.
+#[tokio::test]
+async fn a_crm_edit_between_read_and_write_is_not_overwritten() {
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(3)).await;
+    let source = source(
+        &crm,
+        &format!("{PAGE}\nupdate = {{ method = \"PATCH\", path = \"/contacts/{{id}}\" }}"),
+    );
+    let (_, summary) = read(&source, ReadRequest::default()).await;
+    summary.unwrap();
+    let mut edited = crm.contact("c002").unwrap();
+    edited["properties"]["firstname"] = json!("EditedInCrm");
+    edited["updated_at"] = json!("2026-03-01T00:00:00Z");
+    crm.replace("c002", edited);
+
+    let report = source
+        .write_back(&[
+            change("c002", &[("first_name", "FromQuo")]),
+            change("c003", &[("first_name", "FromQuo")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(report.conflicted, vec![ExternalId::parse("c002").unwrap()]);
+    assert_eq!(report.written, vec![ExternalId::parse("c003").unwrap()]);
+    assert_eq!(
+        crm.contact("c002").unwrap()["properties"]["firstname"],
+        "EditedInCrm",
+        "the CRM edit survives"
+    );
+    assert_eq!(
+        crm.contact("c003").unwrap()["properties"]["firstname"],
+        "FromQuo"
+    );
+}
+
+/// Issue 9 item 11: a redirect to another origin (here another port) is refused, so a custom
+/// auth header never reaches it; a redirect within the CRM's origin is still followed.
+#[tokio::test]
+async fn redirects_are_followed_within_the_origin_only() {
+    let auth = Auth::Header("X-Api-Key".into(), TOKEN.into());
+    let crm = FakeCrm::start(auth.clone(), fake_crm::contacts(3)).await;
+    let elsewhere = FakeCrm::start(Auth::None, fake_crm::contacts(3)).await;
+    let extra = format!(
+        "{PAGE}\nauth = {{ kind = \"header\", header_name = \"X-Api-Key\", token = \"{TOKEN}\" }}"
+    );
+    let source = source(&crm, &extra);
+
+    crm.push_redirects([format!(
+        "{}/page/contacts?page=1&limit=5",
+        elsewhere.base_url
+    )]);
+    let (items, summary) = read(&source, ReadRequest::default()).await;
+    let err = summary.unwrap_err().to_string();
+    assert!(items.is_empty());
+    assert!(err.contains("another origin"), "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
+    assert!(
+        elsewhere.requests().is_empty(),
+        "nothing reached the other origin: {:?}",
+        elsewhere.requests()
+    );
+
+    crm.push_redirects(["/page/contacts?page=1&limit=5".to_string()]);
+    let (items, summary) = read(&source, ReadRequest::default()).await;
+    summary.unwrap();
+    assert_eq!(ids(&items), expected_ids(3));
+}
+
+/// Issue 9 item 3 (source side): offset paging while the CRM is edited lists one record twice
+/// and skips another; the read emits each id once, is not complete (so nothing is taken for
+/// deleted), and the next read is a full read that sees the edit.
+#[tokio::test]
+async fn a_record_listed_twice_in_one_read_is_emitted_once() {
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(12)).await;
+    let source = source(
+        &crm,
+        r#"list_path = "/offset/contacts"
+           records_pointer = "/results"
+           page_size_param = "limit"
+           page_size = 5
+           paging = { style = "offset" }
+           updated_since_param = "updated_since""#,
+    );
+    let mut edited = crm.contact("c002").unwrap();
+    edited["properties"]["firstname"] = json!("EditedMidRead");
+    edited["updated_at"] = json!("2026-03-01T00:00:00Z");
+    crm.edit_after_next_list("c002", edited);
+
+    let (items, summary) = read(&source, ReadRequest::default()).await;
+    let summary = summary.unwrap();
+    let got = ids(&items);
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(got.len(), unique.len(), "each id once: {got:?}");
+    assert_eq!(got.iter().filter(|id| *id == "c002").count(), 1);
+    assert!(
+        !summary.complete,
+        "a read the list moved under is not complete"
+    );
+    let now = Utc::now();
+    assert!(source.wants_full_read(Some(now), now), "next read is full");
+
+    let (items, summary) = read(&source, ReadRequest::default()).await;
+    assert!(summary.unwrap().complete);
+    let mut got = ids(&items);
+    got.sort();
+    assert_eq!(got, expected_ids(12));
+    let c002 = records(&items)
+        .into_iter()
+        .find(|r| r.external_id.as_str() == "c002")
+        .unwrap();
+    assert_eq!(c002.fields["first_name"], "EditedMidRead");
+    assert!(!source.wants_full_read(Some(now), now));
 }

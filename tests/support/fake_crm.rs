@@ -64,6 +64,8 @@ struct Inner {
     faults: VecDeque<Fault>,
     write_faults: VecDeque<(u16, String)>,
     repeat_cursor: bool,
+    redirects: VecDeque<String>,
+    edit_after_list: Option<(String, Value)>,
     ignore_paging: bool,
     requests: Vec<Recorded>,
 }
@@ -137,6 +139,24 @@ impl FakeCrm {
             axum::serve(listener, app).await.unwrap();
         });
         Self { base_url, shared }
+    }
+
+    /// Answers the next requests (after the auth check) with `307 Temporary Redirect` to these
+    /// locations, in order.
+    pub fn push_redirects(&self, locations: impl IntoIterator<Item = String>) {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .redirects
+            .extend(locations);
+    }
+
+    /// Once the next list request has been answered, replaces contact `id` with `record` and
+    /// moves it to the end of the list, as a CRM listing by last-modified time would after an
+    /// edit made while a client pages through it.
+    pub fn edit_after_next_list(&self, id: &str, record: Value) {
+        self.shared.inner.lock().unwrap().edit_after_list = Some((id.to_string(), record));
     }
 
     /// Queues failures for the next list requests, in order.
@@ -269,6 +289,13 @@ async fn handle(
             json!({"message": "bad credentials"}),
         );
     }
+    if let Some(location) = inner.redirects.pop_front() {
+        let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+        response
+            .headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_str(&location).unwrap());
+        return response;
+    }
     let mut segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     // `/wrapped/contacts/{id}`: Pipedrive-like, GET answers `{"data": record}` and PUT merges.
     let wrapped = segments.len() == 3 && segments[0] == "wrapped";
@@ -276,7 +303,15 @@ async fn handle(
         segments.remove(0);
     }
     match (segments.as_slice(), method.clone()) {
-        ([style, "contacts"], Method::GET) => list(&shared, &mut inner, style, &query),
+        ([style, "contacts"], Method::GET) => {
+            let response = list(&shared, &mut inner, style, &query);
+            if let Some((id, record)) = inner.edit_after_list.take() {
+                inner.contacts.retain(|c| c["id"] != id.as_str());
+                inner.contacts.push(record);
+                *inner.versions.entry(id).or_insert(1) += 1;
+            }
+            response
+        }
         (["contacts", id], Method::GET) => match inner.contacts.iter().find(|c| c["id"] == *id) {
             Some(contact) => {
                 let version = inner.versions.get(*id).copied().unwrap_or(1);

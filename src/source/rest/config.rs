@@ -1,0 +1,589 @@
+//! `[source.rest]` as typed configuration: every key, its default, and the validation that
+//! names the offending key, so a bad table fails at start-up rather than mid-cycle.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::header::{HeaderName, HeaderValue};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::config::HumanDuration;
+use crate::source::SourceError;
+
+/// Why `[source.rest]` cannot be used; always names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("source.rest{}: {reason}", dotted(.key))]
+pub struct RestConfigError {
+    /// The key below `source.rest` (`auth.token_env`, `paging.style`).
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub reason: String,
+}
+
+pub(super) fn dotted(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(".{key}")
+    }
+}
+
+impl RestConfigError {
+    pub(super) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<RestConfigError> for SourceError {
+    fn from(e: RestConfigError) -> Self {
+        SourceError::Config(e.to_string())
+    }
+}
+
+/// A fixed query parameter value (`query = { archived = false, limit = 100 }`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// Text.
+    Text(String),
+    /// Whole number.
+    Integer(i64),
+    /// Number with a fraction.
+    Float(f64),
+    /// true/false.
+    Bool(bool),
+}
+
+impl fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamValue::Text(s) => f.write_str(s),
+            ParamValue::Integer(n) => write!(f, "{n}"),
+            ParamValue::Float(n) => write!(f, "{n}"),
+            ParamValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// How requests authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthKind {
+    /// No credentials.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// `<header_name>: <token>`.
+    Header,
+    /// `Authorization: Basic base64(username:password)`.
+    Basic,
+    /// `?<param_name>=<token>` (redacted wherever a URL is shown).
+    Query,
+}
+
+/// `[source.rest.auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none`, `bearer`, `header`, `basic` or `query`.
+    #[serde(default)]
+    pub kind: AuthKind,
+    /// The token itself (bearer, header, query).
+    #[serde(default)]
+    pub token: Option<SecretString>,
+    /// An environment variable holding the token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// A file holding the token (trimmed).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The header carrying the token (header).
+    #[serde(default)]
+    pub header_name: Option<String>,
+    /// The query parameter carrying the token (query).
+    #[serde(default)]
+    pub param_name: Option<String>,
+    /// The user name (basic).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password (basic).
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    /// An environment variable holding the password (basic).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A file holding the password (basic, trimmed).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// One array of labelled values flattened into `<prefix>.<label>` fields.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArrayFieldConfig {
+    /// JSON pointer to the array within a record (`/emails`).
+    pub pointer: String,
+    /// Key of the label in each item (`label`).
+    pub label_key: String,
+    /// Key of the value in each item (`value`).
+    pub value_key: String,
+    /// Field name prefix (`email` → `email.work`).
+    pub prefix: String,
+    /// Label for items without one, default `other`.
+    #[serde(default = "default_label")]
+    pub default_label: String,
+}
+
+pub(super) fn default_label() -> String {
+    "other".into()
+}
+
+/// How the list call pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PagingStyle {
+    /// Page numbers in `param`, from `start` (default 1).
+    Page,
+    /// Item offsets in `param`, from `start` (default 0), advanced by the items received.
+    Offset,
+    /// A cursor read from the body at `cursor_pointer`, sent back in `param`.
+    Cursor,
+    /// A next-page URL read from the body at `next_url_pointer`.
+    NextUrl,
+    /// The RFC 8288 `Link: <…>; rel="next"` response header.
+    LinkHeader,
+    /// One request returns everything.
+    #[default]
+    None,
+}
+
+/// `[source.rest.paging]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagingConfig {
+    /// The paging style.
+    #[serde(default)]
+    pub style: PagingStyle,
+    /// Query parameter for page/offset/cursor (defaults `page`, `offset`, `after`).
+    #[serde(default)]
+    pub param: Option<String>,
+    /// First page number or offset (defaults 1 and 0).
+    #[serde(default)]
+    pub start: Option<u64>,
+    /// JSON pointer to the next cursor in the body (cursor).
+    #[serde(default)]
+    pub cursor_pointer: Option<String>,
+    /// JSON pointer to the next URL in the body (next_url).
+    #[serde(default)]
+    pub next_url_pointer: Option<String>,
+    /// Stop when a page holds fewer than `page_size` records, default true.
+    #[serde(default = "yes")]
+    pub stop_on_short_page: bool,
+    /// Give up (with an error) after this many pages, default 10000.
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u32,
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+pub(super) fn default_max_pages() -> u32 {
+    10_000
+}
+
+impl Default for PagingConfig {
+    fn default() -> Self {
+        Self {
+            style: PagingStyle::None,
+            param: None,
+            start: None,
+            cursor_pointer: None,
+            next_url_pointer: None,
+            stop_on_short_page: true,
+            max_pages: default_max_pages(),
+        }
+    }
+}
+
+/// `PATCH` or `PUT`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum UpdateMethod {
+    /// Send only the changed fields (the record is fetched first only for array fields).
+    #[default]
+    Patch,
+    /// Send the whole record, fetched first with `GET get_path`.
+    Put,
+}
+
+/// `[source.rest.update]`: how reverse-path changes are written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// `PATCH` (default) or `PUT`.
+    #[serde(default)]
+    pub method: UpdateMethod,
+    /// Record path with `{id}` (`/contacts/{id}`).
+    pub path: String,
+    /// Path to fetch one record, default `path`.
+    #[serde(default)]
+    pub get_path: Option<String>,
+    /// Extra request headers for writes.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Where the record sits in write bodies; "" = the body is the record.
+    #[serde(default)]
+    pub wrap_pointer: String,
+    /// Where the record sits in `GET get_path` responses, default `wrap_pointer`.
+    #[serde(default)]
+    pub get_pointer: Option<String>,
+    /// Send the whole (fetched) record instead of only the changes; default true for PUT,
+    /// false for PATCH (for APIs whose PUT is a partial update, like Pipedrive v1).
+    #[serde(default)]
+    pub send_full_record: Option<bool>,
+    /// Write the change time at `updated_at_pointer`, default true.
+    #[serde(default = "yes")]
+    pub set_updated_at: bool,
+}
+
+/// The `[source.rest]` table, parsed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestSourceConfig {
+    /// API root, `https://api.example.com`.
+    pub base_url: String,
+    /// Credentials.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Path of the list call, `/crm/v3/objects/contacts`.
+    pub list_path: String,
+    /// Fixed query parameters of the list call.
+    #[serde(default)]
+    pub query: BTreeMap<String, ParamValue>,
+    /// Query parameter carrying `page_size`.
+    #[serde(default)]
+    pub page_size_param: Option<String>,
+    /// Records per page.
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    /// JSON pointer to the records array; "" = the body is the array.
+    #[serde(default)]
+    pub records_pointer: String,
+    /// JSON pointer to a record's id.
+    pub id_pointer: String,
+    /// JSON pointer to a record's last-modified time.
+    #[serde(default)]
+    pub updated_at_pointer: Option<String>,
+    /// Source field name → JSON pointer within a record.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// Labelled arrays flattened into `<prefix>.<label>` fields.
+    #[serde(default)]
+    pub arrays: Vec<ArrayFieldConfig>,
+    /// Paging.
+    #[serde(default)]
+    pub paging: PagingConfig,
+    /// Query parameter for incremental reads (RFC 3339 time).
+    #[serde(default)]
+    pub updated_since_param: Option<String>,
+    /// Longest time between full reads when incremental reads are on, default `24h`.
+    #[serde(default)]
+    pub full_read_every: Option<HumanDuration>,
+    /// The CRM's own request rate, default 5.
+    #[serde(default = "default_rps")]
+    pub requests_per_second: u32,
+    /// Retries for 429, 5xx, timeouts and connection errors, default 5.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// First backoff ceiling, default `200ms`.
+    #[serde(default = "default_retry_base")]
+    pub retry_base: HumanDuration,
+    /// Largest backoff and largest `Retry-After` honoured, default `30s`.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: HumanDuration,
+    /// Per-request timeout, default `30s`.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Write-back; without it the CRM is read-only for quo-sync.
+    #[serde(default)]
+    pub update: Option<UpdateConfig>,
+}
+
+pub(super) fn default_rps() -> u32 {
+    5
+}
+pub(super) fn default_max_retries() -> u32 {
+    5
+}
+pub(super) fn default_retry_base() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+pub(super) fn default_max_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+pub(super) fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+/// Full reads happen at least this often when incremental reads are configured.
+pub const DEFAULT_FULL_READ_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+impl RestSourceConfig {
+    /// Parses and validates the `[source.rest]` table; errors name the key.
+    pub fn from_table(table: &toml::Table) -> Result<Self, RestConfigError> {
+        let value = toml::Value::Table(table.clone());
+        let config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let mut key = if path == "." { String::new() } else { path };
+            let mut reason = e.into_inner().to_string().trim().to_string();
+            let missing = reason
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string);
+            if let Some(field) = missing {
+                key = if key.is_empty() {
+                    field
+                } else {
+                    format!("{key}.{field}")
+                };
+                reason = "required, but missing".into();
+            }
+            RestConfigError::new(key, reason)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub(super) fn validate(&self) -> Result<(), RestConfigError> {
+        let base = Url::parse(&self.base_url).map_err(|e| {
+            RestConfigError::new("base_url", format!("expected an http(s) URL ({e})"))
+        })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(RestConfigError::new("base_url", "expected an http(s) URL"));
+        }
+        if !self.list_path.starts_with('/') {
+            return Err(RestConfigError::new(
+                "list_path",
+                format!(
+                    "expected a path starting with `/`, got {:?}",
+                    self.list_path
+                ),
+            ));
+        }
+        let pointer = |key: &str, p: &str, allow_root: bool| {
+            if (p.is_empty() && allow_root) || p.starts_with('/') {
+                Ok(())
+            } else {
+                Err(RestConfigError::new(
+                    key,
+                    format!(
+                        "expected a JSON pointer like \"/a/b\"{}, got {p:?}",
+                        if allow_root { " or \"\"" } else { "" }
+                    ),
+                ))
+            }
+        };
+        pointer("records_pointer", &self.records_pointer, true)?;
+        pointer("id_pointer", &self.id_pointer, false)?;
+        if let Some(p) = &self.updated_at_pointer {
+            pointer("updated_at_pointer", p, false)?;
+        }
+        for (name, p) in &self.fields {
+            if name.trim().is_empty() {
+                return Err(RestConfigError::new("fields", "a field name is empty"));
+            }
+            pointer(&format!("fields.{name}"), p, false)?;
+        }
+        for (i, array) in self.arrays.iter().enumerate() {
+            pointer(&format!("arrays[{i}].pointer"), &array.pointer, false)?;
+            for (key, value) in [
+                ("prefix", &array.prefix),
+                ("label_key", &array.label_key),
+                ("value_key", &array.value_key),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(RestConfigError::new(
+                        format!("arrays[{i}].{key}"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+        match (&self.page_size_param, self.page_size) {
+            (_, Some(0)) => {
+                return Err(RestConfigError::new(
+                    "page_size",
+                    "expected a whole number above 0",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(RestConfigError::new(
+                    "page_size",
+                    "required when page_size_param is set",
+                ));
+            }
+            _ => {}
+        }
+        let paging = &self.paging;
+        match paging.style {
+            PagingStyle::Cursor if paging.cursor_pointer.is_none() => {
+                return Err(RestConfigError::new(
+                    "paging.cursor_pointer",
+                    "required when paging.style = \"cursor\": where the next cursor sits in the body",
+                ));
+            }
+            PagingStyle::NextUrl if paging.next_url_pointer.is_none() => {
+                return Err(RestConfigError::new(
+                    "paging.next_url_pointer",
+                    "required when paging.style = \"next_url\": where the next URL sits in the body",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(p) = &paging.cursor_pointer {
+            pointer("paging.cursor_pointer", p, false)?;
+        }
+        if let Some(p) = &paging.next_url_pointer {
+            pointer("paging.next_url_pointer", p, false)?;
+        }
+        if paging.max_pages == 0 {
+            return Err(RestConfigError::new(
+                "paging.max_pages",
+                "expected a whole number above 0",
+            ));
+        }
+        if self.requests_per_second == 0 {
+            return Err(RestConfigError::new(
+                "requests_per_second",
+                "expected a whole number above 0",
+            ));
+        }
+        if self.timeout.0.is_zero() {
+            return Err(RestConfigError::new(
+                "timeout",
+                "expected a duration above zero",
+            ));
+        }
+        if let Some(update) = &self.update {
+            for (key, path) in [
+                ("update.path", Some(&update.path)),
+                ("update.get_path", update.get_path.as_ref()),
+            ] {
+                if let Some(path) = path
+                    && (!path.starts_with('/') || !path.contains("{id}"))
+                {
+                    return Err(RestConfigError::new(
+                        key,
+                        format!(
+                            "expected a path starting with `/` containing `{{id}}`, got {path:?}"
+                        ),
+                    ));
+                }
+            }
+            pointer("update.wrap_pointer", &update.wrap_pointer, true)?;
+            if let Some(p) = &update.get_pointer {
+                pointer("update.get_pointer", p, true)?;
+            }
+            for (name, value) in &update.headers {
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    RestConfigError::new(
+                        format!("update.headers.{name}"),
+                        "not a valid header name",
+                    )
+                })?;
+                HeaderValue::from_str(value).map_err(|_| {
+                    RestConfigError::new(
+                        format!("update.headers.{name}"),
+                        "not a valid header value",
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::rest::RestSource;
+    use crate::source::rest::test_support::*;
+
+    #[test]
+    pub(super) fn minimal_config_parses_with_defaults() {
+        let config = RestSourceConfig::from_table(&table(MINIMAL)).unwrap();
+        assert_eq!(config.paging.style, PagingStyle::None);
+        assert_eq!(config.requests_per_second, 5);
+        assert_eq!(config.max_retries, 5);
+        assert!(config.paging.stop_on_short_page);
+        assert_eq!(config.paging.max_pages, 10_000);
+    }
+
+    #[test]
+    pub(super) fn unknown_keys_and_bad_values_name_the_key() {
+        let err =
+            RestSourceConfig::from_table(&table(&format!("{MINIMAL}\nbogus = 1"))).unwrap_err();
+        assert!(err.to_string().starts_with("source.rest"), "{err}");
+        assert!(err.to_string().contains("bogus"), "{err}");
+
+        let err = RestSourceConfig::from_table(&table(&format!(
+            "{MINIMAL}\npaging = {{ style = \"sideways\" }}"
+        )))
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("source.rest.paging.style"),
+            "{err}"
+        );
+
+        let err = RestSourceConfig::from_table(&table(&format!(
+            "{MINIMAL}\nauth = {{ kind = \"bearer\", tokn = \"x\" }}"
+        )))
+        .unwrap_err();
+        assert!(err.to_string().starts_with("source.rest.auth"), "{err}");
+        assert!(err.to_string().contains("tokn"), "{err}");
+
+        let err = RestSourceConfig::from_table(&table("base_url = \"http://x\"")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "source.rest.list_path: required, but missing"
+        );
+        let err = RestSourceConfig::from_table(&table(&format!(
+            "{MINIMAL}\narrays = [{{ pointer = \"/e\" }}]"
+        )))
+        .unwrap_err();
+        assert_eq!(err.key, "arrays[0].label_key");
+
+        let err = RestSourceConfig::from_table(&table(&format!(
+            "{MINIMAL}\npaging = {{ style = \"cursor\" }}"
+        )))
+        .unwrap_err();
+        assert_eq!(err.key, "paging.cursor_pointer");
+
+        let err = RestSourceConfig::from_table(&table(&format!(
+            "{MINIMAL}\nfields = {{ name = \"properties/name\" }}"
+        )))
+        .unwrap_err();
+        assert_eq!(err.key, "fields.name");
+
+        let err = RestSource::from_table(&table(&format!(
+            "{MINIMAL}\nauth = {{ kind = \"bearer\", token_env = \"QUO_SYNC_TEST_SURELY_UNSET\" }}"
+        )))
+        .unwrap_err();
+        assert_eq!(err.key, "auth.token_env");
+
+        let err = RestSource::from_table(&table(&format!(
+            "{MINIMAL}\nauth = {{ kind = \"header\", token = \"t\" }}"
+        )))
+        .unwrap_err();
+        assert_eq!(err.key, "auth.header_name");
+    }
+}

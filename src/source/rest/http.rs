@@ -1,0 +1,243 @@
+//! One HTTP exchange with the CRM: rate limit, auth, retries with backoff, 401/403 handling,
+//! and URLs redacted before they are shown anywhere.
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use super::RestSource;
+use super::auth::Auth;
+use crate::quo::retry;
+use crate::source::SourceError;
+
+/// Largest slice of a CRM error body quoted in messages.
+pub(super) const MESSAGE_SNIPPET: usize = 300;
+
+/// One finished HTTP exchange (after retries).
+pub(super) struct Reply {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Vec<u8>,
+}
+
+impl Reply {
+    pub(super) fn message(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let text = text.trim();
+        let snippet: String = text.chars().take(MESSAGE_SNIPPET).collect();
+        if snippet.is_empty() {
+            format!("HTTP {}", self.status.as_u16())
+        } else {
+            format!("HTTP {}: {snippet}", self.status.as_u16())
+        }
+    }
+}
+
+impl RestSource {
+    /// Sends one request with the limiter, retries and auth; returns the final reply or an error
+    /// (401/403 → `Unauthorized`; transport failure after retries → `Crm`).
+    pub(super) async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+    ) -> Result<Reply, SourceError> {
+        let shown = self.shown(url);
+        let mut target = url.clone();
+        if let Auth::Query(name, token) = &self.auth {
+            let kept: Vec<(String, String)> = target
+                .query_pairs()
+                .filter(|(k, _)| k != name)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            target.set_query(None);
+            let mut pairs = target.query_pairs_mut();
+            for (k, v) in kept {
+                pairs.append_pair(&k, &v);
+            }
+            pairs.append_pair(name, token.expose_secret());
+        }
+        let mut retries = 0u32;
+        loop {
+            self.limiter.acquire().await;
+            let mut request = self
+                .client
+                .request(method.clone(), target.clone())
+                .headers(headers.clone());
+            request = match &self.auth {
+                Auth::None | Auth::Query(..) => request,
+                Auth::Bearer(token) => request.bearer_auth(token.expose_secret()),
+                Auth::Basic(user, password) => {
+                    request.basic_auth(user, Some(password.expose_secret()))
+                }
+                Auth::Header(name, token) => {
+                    let mut value = HeaderValue::from_str(token.expose_secret()).map_err(|_| {
+                        SourceError::Crm("the auth token is not a valid header value".into())
+                    })?;
+                    value.set_sensitive(true);
+                    request.header(name.clone(), value)
+                }
+            };
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            tracing::debug!(method = %method, url = %shown, attempt = retries + 1, "CRM request");
+            let failure = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                        return Err(SourceError::Unauthorized {
+                            status: status.as_u16(),
+                            url: shown,
+                        });
+                    }
+                    let headers = response.headers().clone();
+                    let wait_hint = retry::retry_after(&headers);
+                    if retry::is_retryable_status(status) {
+                        if self.retry.may_retry(retries) {
+                            retries += 1;
+                            let wait = self.retry.backoff(retries, wait_hint);
+                            tracing::warn!(method = %method, url = %shown, status = status.as_u16(), retry = retries, wait_ms = wait.as_millis() as u64, "CRM asked us to retry");
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        let body = response
+                            .bytes()
+                            .await
+                            .map(|b| b.to_vec())
+                            .unwrap_or_default();
+                        return Ok(Reply {
+                            status,
+                            headers,
+                            body,
+                        });
+                    }
+                    match response.bytes().await {
+                        Ok(body) => {
+                            tracing::debug!(method = %method, url = %shown, status = status.as_u16(), bytes = body.len(), "CRM response");
+                            return Ok(Reply {
+                                status,
+                                headers,
+                                body: body.to_vec(),
+                            });
+                        }
+                        Err(e) => e.without_url(),
+                    }
+                }
+                Err(e) => e.without_url(),
+            };
+            let transient = failure.is_timeout()
+                || failure.is_connect()
+                || failure.is_body()
+                || failure.is_request();
+            if transient && self.retry.may_retry(retries) {
+                retries += 1;
+                let wait = self.retry.backoff(retries, None);
+                tracing::warn!(method = %method, url = %shown, error = %failure, retry = retries, wait_ms = wait.as_millis() as u64, "CRM request failed; retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Err(SourceError::Crm(format!(
+                "{method} {shown}: {} (after {retries} retries)",
+                error_chain(&failure)
+            )));
+        }
+    }
+}
+
+/// `reqwest` errors hide the useful part (`connection refused`) in their sources.
+pub(super) fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Whether a query parameter name looks like it carries a secret.
+pub(super) fn secret_param(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["token", "key", "secret", "password", "signature", "auth"]
+        .iter()
+        .any(|word| lower.contains(word))
+}
+
+/// The URL with the auth parameter and secret-looking query values replaced by `REDACTED`.
+pub fn redact_url(url: &Url, auth_param: Option<&str>) -> String {
+    let mut shown = url.clone();
+    shown.set_password(None).ok();
+    if !shown.username().is_empty() {
+        shown.set_username("REDACTED").ok();
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let hide = Some(k.as_ref()) == auth_param || secret_param(&k);
+                (
+                    k.into_owned(),
+                    if hide {
+                        "REDACTED".into()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        shown.set_query(None);
+        if !pairs.is_empty() {
+            let mut out = shown.query_pairs_mut();
+            for (k, v) in pairs {
+                out.append_pair(&k, &v);
+            }
+        }
+    }
+    shown.to_string()
+}
+
+/// Most redirect hops followed within the CRM's origin.
+const MAX_REDIRECTS: usize = 10;
+
+/// Follows redirects only within the origin of the request's first URL: reqwest's default
+/// policy strips `Authorization` across origins but not custom auth headers, query tokens or
+/// bodies, so a redirect elsewhere would hand them to another server.
+pub(super) fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if !same {
+            let target = attempt.url().origin().ascii_serialization();
+            attempt.error(format!(
+                "the CRM redirected to another origin ({target}); refusing to send credentials there"
+            ))
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn urls_are_redacted() {
+        let url = Url::parse("https://u:p@h/c?api_token=abc&page=2&x=1&client_secret=s").unwrap();
+        let shown = redact_url(&url, Some("x"));
+        assert!(
+            !shown.contains("abc") && !shown.contains(":p@") && !shown.contains("=s"),
+            "{shown}"
+        );
+        assert!(shown.contains("page=2"), "{shown}");
+        assert!(shown.contains("x=REDACTED"), "{shown}");
+    }
+}

@@ -1,0 +1,258 @@
+//! Write-back: applying reverse-path changes to CRM records (PATCH/PUT, fetched first when the
+//! whole record or an array must be sent), and reporting each record as written, conflicted
+//! or failed.
+
+use chrono::SecondsFormat;
+use reqwest::header::{ETAG, HeaderMap, HeaderName, HeaderValue, IF_MATCH};
+use reqwest::{Method, StatusCode};
+use serde_json::{Map, Value};
+
+use super::RestSource;
+use super::config::{ArrayFieldConfig, UpdateConfig, UpdateMethod};
+use super::pointer::{set_array_item, set_pointer, typed_like};
+use super::versions::ReadVersion;
+use crate::source::{CrmChange, SourceError, SourceItem, WriteReport};
+
+impl RestSource {
+    /// Applies reverse-path changes: one request per record, two when the record is fetched
+    /// first (PUT, array fields, or a record this process has read: it is re-checked right
+    /// before the write and, when the CRM changed it since the read, not written but reported
+    /// as conflicted). The fetched ETag is sent as `If-Match`. 409/412 → conflicted; other
+    /// 4xx → failed.
+    pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {
+        let mut report = WriteReport::default();
+        let Some(update) = &self.config.update else {
+            for change in changes {
+                report.failed.push((
+                    change.external_id.clone(),
+                    "write-back is not configured (source.rest.update)".into(),
+                ));
+            }
+            return Ok(report);
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in &update.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        for change in changes {
+            match self.write_one(update, &headers, change).await {
+                Ok(Outcome::Written) => {
+                    // Our own write changed the record; the next read sets a new baseline.
+                    self.versions.forget(change.external_id.as_str());
+                    report.written.push(change.external_id.clone())
+                }
+                Ok(Outcome::Conflicted) => report.conflicted.push(change.external_id.clone()),
+                Ok(Outcome::Failed(reason)) => {
+                    report.failed.push((change.external_id.clone(), reason))
+                }
+                Err(e @ (SourceError::Unauthorized { .. } | SourceError::Cancelled)) => {
+                    return Err(e);
+                }
+                Err(e) => report
+                    .failed
+                    .push((change.external_id.clone(), e.to_string())),
+            }
+        }
+        Ok(report)
+    }
+
+    pub(super) async fn write_one(
+        &self,
+        update: &UpdateConfig,
+        headers: &HeaderMap,
+        change: &CrmChange,
+    ) -> Result<Outcome, SourceError> {
+        let id = change.external_id.as_str();
+        let path = update.path.replace("{id}", &encode_segment(id));
+        let url = self.url(&path)?;
+        let touches_array = change
+            .fields
+            .keys()
+            .any(|name| self.array_for(name).is_some());
+        let mut headers = headers.clone();
+        let full = update
+            .send_full_record
+            .unwrap_or(update.method == UpdateMethod::Put);
+        let baseline = self.versions.get(id);
+        let mut record = if full || touches_array || baseline.is_some() {
+            let get_path = update
+                .get_path
+                .as_deref()
+                .unwrap_or(&update.path)
+                .replace("{id}", &encode_segment(id));
+            let get_url = self.url(&get_path)?;
+            let reply = self
+                .send(Method::GET, &get_url, None, &HeaderMap::new())
+                .await?;
+            if !reply.status.is_success() {
+                return Ok(Outcome::Failed(format!(
+                    "GET {}: {}",
+                    self.shown(&get_url),
+                    reply.message()
+                )));
+            }
+            let body: Value = serde_json::from_slice(&reply.body).map_err(|e| {
+                SourceError::Crm(format!(
+                    "GET {}: the response is not valid JSON ({e})",
+                    self.shown(&get_url)
+                ))
+            })?;
+            if let Some(etag) = reply.headers.get(ETAG) {
+                headers.insert(IF_MATCH, etag.clone());
+            }
+            let get_pointer = update
+                .get_pointer
+                .as_deref()
+                .unwrap_or(&update.wrap_pointer);
+            let Some(Value::Object(current)) = body.pointer(get_pointer) else {
+                return Ok(Outcome::Failed(format!(
+                    "GET {}: no record object at {get_pointer:?} (update.get_pointer)",
+                    self.shown(&get_url),
+                )));
+            };
+            if let Some(baseline) = baseline {
+                let location = format!("GET {}", self.shown(&get_url));
+                match self.parse_record(&Value::Object(current.clone()), location) {
+                    SourceItem::Record(now) if ReadVersion::of(&now) == baseline => {}
+                    SourceItem::Record(_) => {
+                        tracing::info!(
+                            id,
+                            "CRM record changed since this cycle read it; not overwriting, retried next cycle"
+                        );
+                        return Ok(Outcome::Conflicted);
+                    }
+                    SourceItem::Bad(bad) => {
+                        return Ok(Outcome::Failed(format!(
+                            "{}: cannot check the record before writing: {}",
+                            bad.location, bad.reason
+                        )));
+                    }
+                }
+            }
+            if full {
+                Value::Object(current.clone())
+            } else {
+                // Only the arrays being changed are sent, complete with their other items.
+                let mut partial = Value::Object(Map::new());
+                for name in change.fields.keys() {
+                    if let Some((array, _)) = self.array_for(name)
+                        && let Some(items) =
+                            body.pointer(&format!("{get_pointer}{}", array.pointer))
+                    {
+                        set_pointer(&mut partial, &array.pointer, items.clone())
+                            .map_err(SourceError::Crm)?;
+                    }
+                }
+                partial
+            }
+        } else {
+            Value::Object(Map::new())
+        };
+        for (name, value) in &change.fields {
+            let result = if let Some(pointer) = self.config.fields.get(name) {
+                let typed = typed_like(record.pointer(pointer), value);
+                set_pointer(&mut record, pointer, typed)
+            } else if let Some((array, label)) = self.array_for(name) {
+                set_array_item(&mut record, array, label, value)
+            } else {
+                Err(format!(
+                    "no pointer configured for field {name:?} (source.rest.fields or source.rest.arrays)"
+                ))
+            };
+            if let Err(reason) = result {
+                return Ok(Outcome::Failed(reason));
+            }
+        }
+        if update.set_updated_at
+            && let Some(pointer) = &self.config.updated_at_pointer
+        {
+            let stamp = Value::String(
+                change
+                    .updated_at
+                    .to_rfc3339_opts(SecondsFormat::Millis, true),
+            );
+            if let Err(reason) = set_pointer(&mut record, pointer, stamp) {
+                return Ok(Outcome::Failed(reason));
+            }
+        }
+        let mut body = Value::Object(Map::new());
+        if update.wrap_pointer.is_empty() {
+            body = record;
+        } else if let Err(reason) = set_pointer(&mut body, &update.wrap_pointer, record) {
+            return Ok(Outcome::Failed(reason));
+        }
+        let method = match update.method {
+            UpdateMethod::Patch => Method::PATCH,
+            UpdateMethod::Put => Method::PUT,
+        };
+        let reply = self
+            .send(method.clone(), &url, Some(&body), &headers)
+            .await?;
+        let status = reply.status;
+        Ok(if status.is_success() {
+            tracing::debug!(id, method = %method, "CRM record updated");
+            Outcome::Written
+        } else if status == StatusCode::CONFLICT || status == StatusCode::PRECONDITION_FAILED {
+            tracing::info!(
+                id,
+                status = status.as_u16(),
+                "CRM refused the update as conflicting; retried next cycle"
+            );
+            Outcome::Conflicted
+        } else {
+            Outcome::Failed(format!(
+                "{method} {}: {}",
+                self.shown(&url),
+                reply.message()
+            ))
+        })
+    }
+
+    /// The array config and label a flattened field name (`email.work`) refers to.
+    pub(super) fn array_for<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Option<(&'a ArrayFieldConfig, &'a str)> {
+        self.config.arrays.iter().find_map(|array| {
+            name.strip_prefix(array.prefix.as_str())
+                .and_then(|rest| rest.strip_prefix('.'))
+                .filter(|label| !label.is_empty())
+                .map(|label| (array, label))
+        })
+    }
+}
+
+pub(super) enum Outcome {
+    Written,
+    Conflicted,
+    Failed(String),
+}
+
+/// Percent-encodes an id for use as one path segment.
+pub(super) fn encode_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn ids_are_encoded_as_one_segment() {
+        assert_eq!(encode_segment("a b/c?"), "a%20b%2Fc%3F");
+        assert_eq!(encode_segment("abc-1_2.3~"), "abc-1_2.3~");
+    }
+}
