@@ -546,3 +546,54 @@ async fn a_tolerant_reader_patches_cleanly_under_every_lenient_response_shape() 
     let report = app.cycle().await;
     assert_eq!(app.sandbox.stats().writes_total(), 0, "{report:?}");
 }
+
+/// After a Quo edit is written to the CRM, the CRM's own edit still has to reach Quo. If that
+/// follow-up PATCH fails, the ledger must not claim agreement: the next cycle sends it.
+#[tokio::test]
+async fn a_failed_patch_after_a_crm_write_back_is_sent_next_cycle() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(2)),
+        SandboxConfig::default(),
+        "[reverse]\npoll_interval = \"1ms\"\n",
+    )
+    .await;
+    app.cycle().await;
+    let id = app.contact_for("c-1")["id"].as_str().unwrap().to_string();
+    app.sandbox
+        .app_edit(&id, json!({"defaultFields": {"company": "From Quo"}}))
+        .unwrap();
+    let mut changed = rows(2);
+    changed[0] = changed[0].replace(",Buyer,", ",From CRM,");
+    app.write_csv(&csv(&changed));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    app.sandbox
+        .set_latency(std::time::Duration::from_millis(100));
+    let ctx = app.ctx.clone();
+    let cycle =
+        tokio::spawn(
+            async move { quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply).await },
+        );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !app.csv_text().contains("From Quo") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRM was never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // Quo fails everything from the moment the CRM holds Quo's edit.
+    app.sandbox.inject(Fault::Status {
+        status: 500,
+        count: 10_000,
+        retry_after: None,
+    });
+    let report = cycle.await.unwrap().unwrap();
+    assert_eq!(report.counts.quarantined, 1, "{report:?}");
+    assert_ne!(app.contact_for("c-1")["defaultFields"]["role"], "From CRM");
+    app.sandbox.clear_faults();
+    app.sandbox.set_latency(std::time::Duration::ZERO);
+    app.cycle().await;
+    let contact = app.contact_for("c-1");
+    assert_eq!(contact["defaultFields"]["role"], "From CRM");
+    assert_eq!(contact["defaultFields"]["company"], "From Quo");
+}

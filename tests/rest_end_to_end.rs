@@ -716,3 +716,52 @@ async fn an_in_app_edit_between_incremental_reads_is_written_back_once() {
         assert_eq!(app.crm_writes(), 1);
     }
 }
+
+/// A record whose Quo write failed must be read again by the next incremental read: the
+/// high-water mark never moves past it (it once waited for the next full read, a day later).
+#[tokio::test]
+async fn a_record_whose_write_failed_is_read_again_by_the_next_incremental_read() {
+    let shape = hubspot(6);
+    let app = RestApp::spawn(
+        &shape,
+        "updated_since_param = \"updated_since\"\nfull_read_every = \"1h\"",
+        "",
+    )
+    .await;
+    app.cycle().await;
+    // Quo refuses this address (no dotted domain); the mapping lets it through.
+    app.crm_edit("c002", "/emails/0/value", json!("w2@intranet"));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    app.crm_edit("c003", "/properties/lastname", json!("Later Edit"));
+    let report = app.cycle().await;
+    assert_eq!(
+        (report.counts.updated, report.counts.quarantined),
+        (1, 1),
+        "{report:?}"
+    );
+    let mark = app
+        .ctx
+        .ledger
+        .meta_time("source.high_water_mark")
+        .await
+        .unwrap()
+        .unwrap();
+    let failed_at = chrono::DateTime::parse_from_rfc3339(
+        app.crm.contact("c002").unwrap()["updated_at"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(mark < failed_at, "mark {mark} must stay before {failed_at}");
+    // The next incremental read returns c002 again, and it is tried again.
+    let report = app.cycle().await;
+    assert_eq!(report.counts.quarantined, 1, "{report:?}");
+    let row = app
+        .ctx
+        .ledger
+        .record(&quo_sync::domain::ExternalId::parse("c002").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.attempts, 2, "tried again, not forgotten");
+}

@@ -435,7 +435,11 @@ async fn a_looping_server_hits_max_pages() {
     let message = result.unwrap_err().to_string();
     assert!(message.contains("max_pages"), "{message}");
     assert_eq!(crm.requests().len(), 3);
-    assert_eq!(items.len(), 5, "the repeated pages' records are emitted once");
+    assert_eq!(
+        items.len(),
+        5,
+        "the repeated pages' records are emitted once"
+    );
 }
 
 #[tokio::test]

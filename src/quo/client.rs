@@ -789,3 +789,37 @@ fn describe_reqwest_error(error: &reqwest::Error) -> String {
         format!("{kind}: {detail}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_undecodable_contact_is_set_apart_not_fatal_to_the_page() {
+        let raw: RawContactPage = serde_json::from_value(serde_json::json!({
+            "data": [
+                {"id": "good", "externalId": "c-1", "defaultFields": {"firstName": "Ada"}},
+                {"id": "odd", "externalId": "c-2", "defaultFields": "not an object"},
+            ],
+            "nextPageToken": ""
+        }))
+        .unwrap();
+        let list = ContactList::from(raw);
+        assert_eq!(list.contacts.len(), 1);
+        assert_eq!(list.undecodable.len(), 1);
+        assert_eq!(list.undecodable[0].quo_id.as_deref(), Some("odd"));
+        assert_eq!(list.undecodable[0].external_id.as_deref(), Some("c-2"));
+        assert_eq!(list.next_page_token, None, "an empty token ends the list");
+    }
+
+    #[test]
+    fn a_repeated_page_token_is_an_error() {
+        let mut tokens = PageTokens::default();
+        tokens.next("GET /v1/contacts", "a").unwrap();
+        tokens.next("GET /v1/contacts", "b").unwrap();
+        assert!(matches!(
+            tokens.next("GET /v1/contacts", "a"),
+            Err(QuoError::Paging { .. })
+        ));
+    }
+}
