@@ -131,6 +131,38 @@ async fn load_and_update(rps: u32, records: u64) -> (Value, Value) {
     (initial, update)
 }
 
+/// An initial load at Quo's real limit (10/s) with 300 ms latency, against the physical limit:
+/// every request spaced at the limit plus one round trip (`wall_over_limit`, ideal 1.0).
+async fn initial_load_at_real_rate(records: u64) -> Value {
+    let rps = 10;
+    let sandbox = SandboxHandle::start(SandboxConfig {
+        requests_per_second: rps,
+        latency: Duration::from_millis(300),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("contacts.csv"), records, "Acme");
+    // The reverse path on, as users run it: the first scan must not delay the creates.
+    let config = write_config(dir.path(), &sandbox, rps, "");
+    let ctx = context(&config).await;
+    let started = Instant::now();
+    let report = run_cycle(&ctx, Mode::Apply).await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let limit = report.counts.requests as f64 / f64::from(rps) + 0.3;
+    sandbox.shutdown().await;
+    json!({
+        "records": records,
+        "limit_per_second": rps,
+        "requests": report.counts.requests,
+        "seconds": seconds,
+        "physical_limit_seconds": limit,
+        "wall_over_limit": seconds / limit,
+        "rate_limited": report.counts.rate_limited,
+    })
+}
+
 /// Seeds a ledger as if `rows` records had synced, then times the real binary's no-change cycle.
 async fn no_change(rows: u64) -> Value {
     let sandbox = SandboxHandle::start(SandboxConfig {
@@ -346,7 +378,11 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (initial, update) = load_and_update(rps, records).await;
+        let (mut initial, update) = load_and_update(rps, records).await;
+        let real = initial_load_at_real_rate(60).await;
+        eprintln!("initial load at 10/s: {real}");
+        initial["wall_over_limit"] = real["wall_over_limit"].clone();
+        initial["at_real_rate"] = real;
         eprintln!("initial load: {initial}");
         eprintln!("update: {update}");
         let mut no_change_figures = serde_json::Map::new();
