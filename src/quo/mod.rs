@@ -2,5 +2,6 @@
 
 pub mod client;
 pub mod limiter;
+pub mod listing;
 pub mod retry;
 pub mod types;
