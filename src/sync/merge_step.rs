@@ -343,62 +343,8 @@ impl Cycle {
         let mut follow_up = Vec::new();
         for (wb, change) in ready.into_iter().zip(changes) {
             if report.written.contains(&wb.external_id) {
-                let fingerprint = wb
-                    .record
-                    .as_ref()
-                    .map(|r| self.mapper.fingerprint(&apply_change(r, &change.fields)));
-                // Commit only what both sides confirmed. With nothing left for Quo, that is the
-                // merge. Otherwise it is Quo's copy, and the CRM's new fingerprint is held back
-                // until Quo confirms too: if the follow-up PATCH fails, the next cycle finds the
-                // CRM record changed against that snapshot and patches it then.
-                let quo_has = self.mapper.from_contact(&wb.contact);
-                let (agreed, committed_fingerprint) = if wb.outcome.to_quo.is_empty() {
-                    (&wb.outcome.merged, fingerprint.as_deref())
-                } else {
-                    (&quo_has, None)
-                };
-                if committed_fingerprint.is_none() && !wb.outcome.to_quo.is_empty() {
-                    self.ctx.ledger.clear_fingerprint(&wb.external_id).await?;
-                }
-                self.ctx
-                    .ledger
-                    .commit_synced(SyncedRecord {
-                        external_id: &wb.external_id,
-                        quo_id: &wb.quo_id,
-                        source_fingerprint: committed_fingerprint,
-                        snapshot: agreed,
-                        contact: &wb.contact,
-                        crm_updated_at: Some(now.to_rfc3339()),
-                    })
-                    .await?;
-                info!(event = "crm_written", external_id = %wb.external_id, quo_id = %wb.quo_id, fields = ?wb.outcome.to_crm, "Quo edit written to the CRM");
-                metrics::counter!("quo_sync_records_total", "outcome" => "written_to_crm")
-                    .increment(1);
-                self.counts.lock().await.written_to_crm += 1;
-                self.operations.lock().await.push(
-                    PlannedOp::new(wb.external_id.as_str(), Action::WriteCrm)
-                        .with_quo_id(wb.quo_id.as_str())
-                        .with_fields(wb.outcome.to_crm.clone()),
-                );
-                if !wb.outcome.to_quo.is_empty() {
-                    let MergeOutcome { merged, to_quo, .. } = wb.outcome;
-                    let read = wb.record.is_some();
-                    let record = match &wb.record {
-                        Some(r) => apply_change(r, &change.fields),
-                        None => unread_record(&wb.external_id),
-                    };
-                    follow_up.push(Work::Update(Box::new(Update {
-                        record,
-                        read,
-                        base: quo_has,
-                        crm: merged.clone(),
-                        desired: merged,
-                        fingerprint,
-                        quo_id: wb.quo_id,
-                        seen: Some(wb.contact),
-                        changed: to_quo,
-                        crm_modified: Some(now),
-                    })));
+                if let Some(work) = self.commit_written(wb, &change.fields, now).await? {
+                    follow_up.push(work);
                 }
             } else {
                 let reason = report
@@ -415,6 +361,72 @@ impl Cycle {
             }
         }
         Ok(follow_up)
+    }
+
+    /// Commits a CRM write the CRM confirmed, and returns the Quo update that must follow it.
+    async fn commit_written(
+        &self,
+        wb: WriteBack,
+        fields: &BTreeMap<String, String>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Work>, SyncError> {
+        let fingerprint = wb
+            .record
+            .as_ref()
+            .map(|r| self.mapper.fingerprint(&apply_change(r, fields)));
+        // Commit only what both sides confirmed. With nothing left for Quo, that is the
+        // merge. Otherwise it is Quo's copy, and the CRM's new fingerprint is held back
+        // until Quo confirms too: if the follow-up PATCH fails, the next cycle finds the
+        // CRM record changed against that snapshot and patches it then.
+        let quo_has = self.mapper.from_contact(&wb.contact);
+        let (agreed, committed_fingerprint) = if wb.outcome.to_quo.is_empty() {
+            (&wb.outcome.merged, fingerprint.as_deref())
+        } else {
+            (&quo_has, None)
+        };
+        if committed_fingerprint.is_none() && !wb.outcome.to_quo.is_empty() {
+            self.ctx.ledger.clear_fingerprint(&wb.external_id).await?;
+        }
+        self.ctx
+            .ledger
+            .commit_synced(SyncedRecord {
+                external_id: &wb.external_id,
+                quo_id: &wb.quo_id,
+                source_fingerprint: committed_fingerprint,
+                snapshot: agreed,
+                contact: &wb.contact,
+                crm_updated_at: Some(now.to_rfc3339()),
+            })
+            .await?;
+        info!(event = "crm_written", external_id = %wb.external_id, quo_id = %wb.quo_id, fields = ?wb.outcome.to_crm, "Quo edit written to the CRM");
+        metrics::counter!("quo_sync_records_total", "outcome" => "written_to_crm").increment(1);
+        self.counts.lock().await.written_to_crm += 1;
+        self.operations.lock().await.push(
+            PlannedOp::new(wb.external_id.as_str(), Action::WriteCrm)
+                .with_quo_id(wb.quo_id.as_str())
+                .with_fields(wb.outcome.to_crm.clone()),
+        );
+        if !wb.outcome.to_quo.is_empty() {
+            let MergeOutcome { merged, to_quo, .. } = wb.outcome;
+            let read = wb.record.is_some();
+            let record = match &wb.record {
+                Some(r) => apply_change(r, fields),
+                None => unread_record(&wb.external_id),
+            };
+            return Ok(Some(Work::Update(Box::new(Update {
+                record,
+                read,
+                base: quo_has,
+                crm: merged.clone(),
+                desired: merged,
+                fingerprint,
+                quo_id: wb.quo_id,
+                seen: Some(wb.contact),
+                changed: to_quo,
+                crm_modified: Some(now),
+            }))));
+        }
+        Ok(None)
     }
 }
 

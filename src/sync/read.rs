@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::execute::Pool;
 use super::{Action, Cycle, HIGH_WATER, LAST_FULL_READ, Mode, PlannedOp, SyncError, Update, Work};
 use crate::config::OnQuoDelete;
+use crate::domain::Snapshot;
 use crate::ledger::{LedgerIndex, NewQuarantine, QuarantineStage, RecordState};
 use crate::source::{BadRecord, ReadRequest, ReadSummary, SourceError, SourceItem, SourceRecord};
 
@@ -195,26 +196,8 @@ impl Cycle {
         if let Some(entry) = entry {
             entry.seen = true;
         }
-        let snapshot = match self.mapper.map(&record) {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                warn!(event = "record_quarantined", external_id = %record.external_id, location = %record.location, field = %error.field, value = %error.value, reason = %error.reason, "record quarantined: {error}");
-                self.quarantine(
-                    NewQuarantine {
-                        external_id: Some(record.external_id.as_str()),
-                        location: &record.location,
-                        stage: QuarantineStage::Mapping,
-                        field: Some(&error.field),
-                        value: Some(&error.value),
-                        reason: &error.reason,
-                        raw: Some(&serde_json::to_string(&record.fields).unwrap_or_default()),
-                    },
-                    PlannedOp::new(record.external_id.as_str(), Action::Quarantine)
-                        .with_reason(&error.to_string()),
-                )
-                .await?;
-                return Ok(None);
-            }
+        let Some(snapshot) = self.map_or_quarantine(&record).await? else {
+            return Ok(None);
         };
         let create = |record, snapshot, fingerprint, pending| {
             Ok(Some(Work::Create {
@@ -237,43 +220,89 @@ impl Cycle {
                     Ok(None)
                 }
             }
-            Some(RecordState::Synced) => {
-                // The row may have gone since the index was loaded (an operator's repair, another
-                // process): then it is a create, resolved by lookup first, never a panic.
-                let row = self.ctx.ledger.record(&record.external_id).await?;
-                let Some(row) = row else {
-                    return create(record, snapshot, fingerprint, true);
-                };
-                let Some(quo_id) = row.quo_id else {
-                    return create(record, snapshot, fingerprint, true);
-                };
-                let base = row.snapshot.unwrap_or_default();
-                let changed = base.changed_fields(&snapshot);
-                if changed.is_empty() {
-                    // Only unmapped columns or formatting changed: remember the new fingerprint.
-                    if self.mode == Mode::Apply {
-                        self.ctx
-                            .ledger
-                            .update_fingerprint(&record.external_id, &fingerprint)
-                            .await?;
-                    }
-                    self.counts.lock().await.unchanged += 1;
-                    return Ok(None);
-                }
-                let crm_modified = record.updated_at;
-                Ok(Some(Work::Update(Box::new(Update {
-                    record,
-                    read: true,
-                    base,
-                    crm: snapshot.clone(),
-                    desired: snapshot,
-                    fingerprint: Some(fingerprint),
-                    quo_id,
-                    seen: row.quo_contact,
-                    changed,
-                    crm_modified,
-                }))))
+            Some(RecordState::Synced) => self.plan_update(record, snapshot, fingerprint).await,
+        }
+    }
+
+    /// Maps a record; a record that cannot be mapped is quarantined with its field and value.
+    async fn map_or_quarantine(
+        &self,
+        record: &SourceRecord,
+    ) -> Result<Option<Snapshot>, SyncError> {
+        match self.mapper.map(record) {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            Err(error) => {
+                warn!(event = "record_quarantined", external_id = %record.external_id, location = %record.location, field = %error.field, value = %error.value, reason = %error.reason, "record quarantined: {error}");
+                self.quarantine(
+                    NewQuarantine {
+                        external_id: Some(record.external_id.as_str()),
+                        location: &record.location,
+                        stage: QuarantineStage::Mapping,
+                        field: Some(&error.field),
+                        value: Some(&error.value),
+                        reason: &error.reason,
+                        raw: Some(&serde_json::to_string(&record.fields).unwrap_or_default()),
+                    },
+                    PlannedOp::new(record.external_id.as_str(), Action::Quarantine)
+                        .with_reason(&error.to_string()),
+                )
+                .await?;
+                Ok(None)
             }
         }
+    }
+
+    /// A linked record whose source changed: an update of the fields that differ from the
+    /// agreed snapshot, or nothing when only unmapped columns or formatting changed.
+    async fn plan_update(
+        &self,
+        record: SourceRecord,
+        snapshot: Snapshot,
+        fingerprint: String,
+    ) -> Result<Option<Work>, SyncError> {
+        let create = |record, snapshot, fingerprint| {
+            Ok(Some(Work::Create {
+                record,
+                snapshot,
+                fingerprint,
+                pending: true,
+            }))
+        };
+
+        // The row may have gone since the index was loaded (an operator's repair, another
+        // process): then it is a create, resolved by lookup first, never a panic.
+        let row = self.ctx.ledger.record(&record.external_id).await?;
+        let Some(row) = row else {
+            return create(record, snapshot, fingerprint);
+        };
+        let Some(quo_id) = row.quo_id else {
+            return create(record, snapshot, fingerprint);
+        };
+        let base = row.snapshot.unwrap_or_default();
+        let changed = base.changed_fields(&snapshot);
+        if changed.is_empty() {
+            // Only unmapped columns or formatting changed: remember the new fingerprint.
+            if self.mode == Mode::Apply {
+                self.ctx
+                    .ledger
+                    .update_fingerprint(&record.external_id, &fingerprint)
+                    .await?;
+            }
+            self.counts.lock().await.unchanged += 1;
+            return Ok(None);
+        }
+        let crm_modified = record.updated_at;
+        Ok(Some(Work::Update(Box::new(Update {
+            record,
+            read: true,
+            base,
+            crm: snapshot.clone(),
+            desired: snapshot,
+            fingerprint: Some(fingerprint),
+            quo_id,
+            seen: row.quo_contact,
+            changed,
+            crm_modified,
+        }))))
     }
 }
