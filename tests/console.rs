@@ -388,3 +388,244 @@ fn console_config_is_safe_by_default() {
     let debug = format!("{config:?}");
     assert!(!debug.contains(TOKEN), "the token never shows in Debug");
 }
+
+/// A free loopback port (bound, read, released) for a service that binds its own listener.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Chromium and chromedriver, or why the browser test cannot run.
+fn browser() -> Option<(String, String)> {
+    let find = |names: &[&str]| {
+        names.iter().find_map(|n| {
+            std::process::Command::new("which")
+                .arg(n)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+    };
+    Some((
+        find(&["chromium", "chromium-browser"])?,
+        find(&["chromedriver"])?,
+    ))
+}
+
+/// One WebDriver call; panics with the driver's answer on an error status.
+async fn wd(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("webdriver request");
+    let status = response.status();
+    let value: serde_json::Value = response.json().await.expect("webdriver json");
+    assert!(status.is_success(), "{url}: {status} {value}");
+    value["value"].clone()
+}
+
+/// Kills chromedriver (and its Chromium) however the test ends.
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
+    let Some((chromium, chromedriver)) = browser() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but chromium/chromedriver are missing: apt-get install -y chromium chromium-driver"
+        );
+        eprintln!("NOTICE: chromium or chromedriver not installed; browser test skipped");
+        return;
+    };
+    let port = free_port();
+    let rows = vec![row("r-1", 1), bad_row("q-1", 3), script_row("q-2", 4)];
+    let app = TestApp::spawn_with(
+        &csv(&rows),
+        Default::default(),
+        &format!("[service]\nlisten = \"127.0.0.1:{port}\"\nconsole = true\n"),
+    )
+    .await;
+    let config = Config::load_with_env(&app.config_path, std::iter::empty()).unwrap();
+    let cancel = CancellationToken::new();
+    let ctx = quo_sync::app::build_context(&config, "run", cancel.clone())
+        .await
+        .unwrap();
+    let service = tokio::spawn(async move {
+        quo_sync::app::run_service(&ctx, &config, None)
+            .await
+            .expect("service runs")
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let q = http.get(format!("{base}/api/quarantine")).send().await;
+        if let Ok(r) = q
+            && r.status() == 200
+            && r.json::<serde_json::Value>()
+                .await
+                .unwrap()
+                .as_array()
+                .map(Vec::len)
+                == Some(2)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service never quarantined 2 rows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The operator fixes q-1's lead score in the CSV.
+    app.write_csv(&csv(&[row("r-1", 1), row("q-1", 3), script_row("q-2", 4)]));
+
+    let driver_port = free_port();
+    let driver = Driver(
+        std::process::Command::new(&chromedriver)
+            .arg(format!("--port={driver_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
+    let wd_base = format!("http://127.0.0.1:{driver_port}");
+    while http.get(format!("{wd_base}/status")).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "chromedriver never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--headless".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-quic".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        "--window-size=1100,1000".into(),
+        format!("--user-data-dir={}", profile.path().display()),
+    ];
+    let session = wd(
+        &http,
+        reqwest::Method::POST,
+        &format!("{wd_base}/session"),
+        Some(serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": chromium, "args": args}
+        }}})),
+    )
+    .await;
+    let sid = session["sessionId"]
+        .as_str()
+        .expect("session id")
+        .to_string();
+    let s = format!("{wd_base}/session/{sid}");
+    wd(
+        &http,
+        reqwest::Method::POST,
+        &format!("{s}/url"),
+        Some(serde_json::json!({"url": format!("{base}/")})),
+    )
+    .await;
+    let find = |css: String| {
+        let http = http.clone();
+        let s = s.clone();
+        async move {
+            wd(
+                &http,
+                reqwest::Method::POST,
+                &format!("{s}/elements"),
+                Some(serde_json::json!({"using": "css selector", "value": css})),
+            )
+            .await
+        }
+    };
+    let text = wd(&http, reqwest::Method::GET, &format!("{s}/source"), None).await;
+    let source = text.as_str().unwrap_or_default().to_string();
+    assert!(source.contains("Quarantine (2)"), "{source}");
+    assert!(
+        source.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "escaped in the DOM: {source}"
+    );
+    let buttons = find("tr[data-key=\"q-1\"] button.retry".into()).await;
+    let button = buttons[0]
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(|v| v.as_str())
+        .expect("retry button on q-1")
+        .to_string();
+    wd(
+        &http,
+        reqwest::Method::POST,
+        &format!("{s}/element/{button}/click"),
+        Some(serde_json::json!({})),
+    )
+    .await;
+
+    // The form posts, the service runs a cycle, the page refreshes itself: q-1 leaves.
+    loop {
+        let left = find("tr[data-key=\"q-1\"]".into()).await;
+        let still_q2 = find("tr[data-key=\"q-2\"]".into()).await;
+        if left.as_array().is_some_and(Vec::is_empty)
+            && still_q2.as_array().is_some_and(|a| a.len() == 1)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "q-1 never left the page's quarantine"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(app.ledger().quarantined_one("q-1").await.unwrap().is_none());
+    let contact = app.contact_for("q-1");
+    assert!(contact["id"].is_string(), "q-1 synced to Quo: {contact}");
+
+    let shot = wd(
+        &http,
+        reqwest::Method::GET,
+        &format!("{s}/screenshot"),
+        None,
+    )
+    .await;
+    let png = base64_decode(shot.as_str().expect("screenshot"));
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.png"),
+        png,
+    )
+    .unwrap();
+    let _ = http.delete(&s).send().await;
+    drop(driver);
+    cancel.cancel();
+    service.await.unwrap();
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64")
+}
