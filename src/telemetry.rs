@@ -83,3 +83,21 @@ pub fn peak_rss_mib() -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_pretty_on_a_terminal_and_json_elsewhere() {
+        assert_eq!(resolve(LogFormat::Auto, true), LogFormat::Pretty);
+        assert_eq!(resolve(LogFormat::Auto, false), LogFormat::Json);
+        assert_eq!(resolve(LogFormat::Json, true), LogFormat::Json);
+        assert_eq!(resolve(LogFormat::Pretty, false), LogFormat::Pretty);
+        assert_eq!(
+            crate::config::LogConfig::default().format,
+            LogFormat::Auto,
+            "auto is the default"
+        );
+    }
+}
