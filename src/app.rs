@@ -170,7 +170,19 @@ pub async fn run_service(
     });
     let mut routers: Vec<(std::net::SocketAddr, axum::Router)> = Vec::new();
     if let Some(addr) = config.service.listen {
-        let mut router = crate::ops::http::router(ctx.ledger.clone(), metrics);
+        let console = config.service.console.then(|| {
+            crate::ops::console::Console::new(
+                ctx.ledger.clone(),
+                config.service.console_token.clone(),
+                wake.clone(),
+                crate::ops::console::ServiceInfo::always_leader(
+                    config.schedule.interval.0,
+                    config.quo.requests_per_second,
+                ),
+            )
+        });
+        let mut router =
+            crate::ops::http::router_with_console(ctx.ledger.clone(), metrics, console);
         if let Some(receiver) = receiver
             .clone()
             .filter(|_| config.reverse.listen == Some(addr))
@@ -213,6 +225,7 @@ pub async fn run_service(
     let ctx = &ctx;
     let tick = interval;
     info!(event = "service_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "quo-sync service started");
+    crate::ops::http::register_service_metrics();
     loop {
         if ctx.cancel.is_cancelled() {
             break;

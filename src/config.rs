@@ -324,13 +324,15 @@ pub enum LogFormat {
     Json,
     /// Human-readable.
     Pretty,
+    /// Pretty when stderr is a terminal, JSON otherwise (default).
+    Auto,
 }
 
 /// `[log]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `json` or `pretty`.
+    /// `auto` (default), `json` or `pretty`.
     pub format: LogFormat,
     /// An `EnvFilter` directive, default `info`.
     pub level: String,
@@ -339,7 +341,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            format: LogFormat::Json,
+            format: LogFormat::Auto,
             level: "info".into(),
         }
     }
@@ -460,6 +462,12 @@ impl ReverseConfig {
 pub struct ServiceConfig {
     /// Address for `/healthz`, `/readyz`, `/metrics`; none to disable.
     pub listen: Option<SocketAddr>,
+    /// Serve the operator console (`/`, `/api/...`) on `listen`; off by default.
+    pub console: bool,
+    /// The console's access token; required when `listen` is not a loopback address.
+    pub console_token: Option<SecretString>,
+    /// A file holding the console token.
+    pub console_token_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -514,8 +522,52 @@ impl Config {
                 config.quo.api_key = Some(SecretString::from(key.trim().to_string()));
             }
         }
+        if config.service.console_token.is_none()
+            && let Some(path) = &config.service.console_token_file
+        {
+            let token = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
+                file: file_name.clone(),
+                key: "service.console_token_file".into(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            config.service.console_token = Some(SecretString::from(token.trim().to_string()));
+        }
         config.validate(&file_name)?;
+        config.validate_console(&file_name)?;
         Ok(config)
+    }
+
+    /// The console is safe by default: off unless asked for, and behind a token (at least 16
+    /// characters) whenever it listens beyond loopback.
+    fn validate_console(&self, file: &str) -> Result<(), ConfigError> {
+        use secrecy::ExposeSecret;
+        let bad = |key: &str, reason: String| ConfigError::BadValue {
+            file: file.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        if !self.service.console {
+            return Ok(());
+        }
+        let Some(addr) = self.service.listen else {
+            return Err(bad(
+                "service.listen",
+                "service.console = true needs an address to serve it on".into(),
+            ));
+        };
+        match &self.service.console_token {
+            Some(token) if token.expose_secret().trim().len() < 16 => Err(bad(
+                "service.console_token",
+                "expected at least 16 characters".into(),
+            )),
+            None if !addr.ip().is_loopback() => Err(bad(
+                "service.console_token",
+                format!(
+                    "required when service.listen ({addr}) is not a loopback address; set it or service.console_token_file"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {

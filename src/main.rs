@@ -516,12 +516,9 @@ async fn quarantine(config_path: &std::path::Path, action: QuarantineAction) -> 
                 eprintln!("quo-sync: discarding {id:?} hides it from status; add --yes to confirm");
                 return Ok(EXIT_CONFIG);
             }
-            if !ledger.discard(&id).await? {
-                anyhow::bail!("no quarantined record {id:?}");
-            }
             let config = load_config(config_path)?;
             quo_sync::telemetry::init(config.log.format, &config.log.level);
-            tracing::warn!(event = "quarantine_discarded", key = %id, "quarantined record discarded by an operator");
+            ops::discard_quarantined(&ledger, &id).await?;
             println!("discarded {id}");
             Ok(0)
         }
@@ -543,12 +540,7 @@ async fn quarantine(config_path: &std::path::Path, action: QuarantineAction) -> 
                 println!("nothing in quarantine");
                 return Ok(0);
             }
-            for key in &keys {
-                if ledger.quarantined_one(key).await?.is_none() {
-                    anyhow::bail!("no quarantined record {key:?}");
-                }
-            }
-            ledger.mark_for_retry(&keys).await?;
+            ops::retry_quarantined(&ledger, &keys).await?;
             ledger.close().await;
             let config = load_config(config_path)?;
             quo_sync::telemetry::init(config.log.format, &config.log.level);

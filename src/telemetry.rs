@@ -1,6 +1,6 @@
-//! Structured logs through `tracing`: JSON lines by default (one object per event, with the
-//! current spans, so every record-level line carries `run_id` and `external_id`), or a pretty
-//! human format. Secrets never reach a log line: they are `SecretString`s whose `Debug` is
+//! Structured logs through `tracing`: JSON lines (one object per event, with the current spans,
+//! so every record-level line carries `run_id` and `external_id`) or a pretty human format;
+//! `auto`, the default, picks pretty on a terminal and JSON otherwise so services keep JSON. Secrets never reach a log line: they are `SecretString`s whose `Debug` is
 //! redacted, and the client never formats its headers.
 
 use tracing_subscriber::EnvFilter;
@@ -10,11 +10,13 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber writing to stderr. Safe to call once per process.
 pub fn init(format: LogFormat, level: &str) {
-    init_with_writer(format, level, std::io::stderr);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    init_with_writer(resolve(format, terminal), level, std::io::stderr);
 }
 
 /// Installs the global subscriber writing to `writer` (tests capture logs this way).
-/// Returns false when a subscriber was already installed.
+/// Returns false when a subscriber was already installed. `auto` means JSON here: a writer
+/// other than stderr is a file or a buffer, never a terminal.
 pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W) -> bool
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -23,8 +25,8 @@ where
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    match format {
-        LogFormat::Json => builder
+    match resolve(format, false) {
+        LogFormat::Json | LogFormat::Auto => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
@@ -32,6 +34,15 @@ where
             .try_init()
             .is_ok(),
         LogFormat::Pretty => builder.try_init().is_ok(),
+    }
+}
+
+/// `auto` becomes `pretty` on a terminal and `json` everywhere else (services, pipes, files).
+pub fn resolve(format: LogFormat, terminal: bool) -> LogFormat {
+    match format {
+        LogFormat::Auto if terminal => LogFormat::Pretty,
+        LogFormat::Auto => LogFormat::Json,
+        other => other,
     }
 }
 
@@ -71,4 +82,22 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_pretty_on_a_terminal_and_json_elsewhere() {
+        assert_eq!(resolve(LogFormat::Auto, true), LogFormat::Pretty);
+        assert_eq!(resolve(LogFormat::Auto, false), LogFormat::Json);
+        assert_eq!(resolve(LogFormat::Json, true), LogFormat::Json);
+        assert_eq!(resolve(LogFormat::Pretty, false), LogFormat::Pretty);
+        assert_eq!(
+            crate::config::LogConfig::default().format,
+            LogFormat::Auto,
+            "auto is the default"
+        );
+    }
 }

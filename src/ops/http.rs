@@ -1,5 +1,6 @@
 //! The service listener (`service.listen`): `/healthz` (the process answers), `/readyz` (the
-//! ledger answers and the last cycle did not fail) and `/metrics` (Prometheus text format).
+//! ledger answers and the last cycle did not fail) and `/metrics` (Prometheus text format); the
+//! operator console (`crate::ops::console`) mounts beside them when `service.console = true`.
 
 use axum::Router;
 use axum::extract::State;
@@ -14,10 +15,36 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
     PrometheusBuilder::new().install_recorder().ok()
 }
 
+/// Registers the series dashboards and alerts rely on at zero, so `rate()` and `absent()` see
+/// them before the first failure, 429 or webhook.
+pub fn register_service_metrics() {
+    metrics::counter!("quo_sync_cycles_failed_total").increment(0);
+    metrics::counter!("quo_sync_quo_rate_limited_total").increment(0);
+    metrics::counter!("quo_sync_conflicts_total").increment(0);
+    for outcome in ["stored", "duplicate", "rejected"] {
+        metrics::counter!("quo_sync_webhooks_total", "outcome" => outcome).increment(0);
+    }
+    // Until the leader lease lands, the process that runs cycles is the leader.
+    metrics::gauge!("quo_sync_leader").set(1.0);
+}
+
 #[derive(Clone)]
 struct Ops {
     ledger: Ledger,
     metrics: Option<PrometheusHandle>,
+}
+
+/// The routes `/healthz`, `/readyz`, `/metrics`, plus the operator console when given.
+pub fn router_with_console(
+    ledger: Ledger,
+    metrics: Option<PrometheusHandle>,
+    console: Option<crate::ops::console::Console>,
+) -> Router {
+    let router = router(ledger, metrics);
+    match console {
+        Some(console) => router.merge(crate::ops::console::routes(console)),
+        None => router,
+    }
 }
 
 /// The routes: `/healthz`, `/readyz`, `/metrics`.

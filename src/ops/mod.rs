@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+pub mod console;
 pub mod http;
 pub mod progress;
 pub mod reconcile;
@@ -53,6 +54,39 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         pending_reverse_events: ledger.inbox_depth().await?,
         conflicts,
     })
+}
+
+/// Why an operator action on the quarantine was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The key names no quarantined record.
+    #[error("no quarantined record {0:?}")]
+    NotQuarantined(String),
+    /// The ledger.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// `quarantine retry` (CLI and console): checks every key is quarantined, then makes the next
+/// cycle re-read those records even if their CRM row looks unchanged.
+pub async fn retry_quarantined(ledger: &Ledger, keys: &[String]) -> Result<(), OpsError> {
+    for key in keys {
+        if ledger.quarantined_one(key).await?.is_none() {
+            return Err(OpsError::NotQuarantined(key.clone()));
+        }
+    }
+    ledger.mark_for_retry(keys).await?;
+    Ok(())
+}
+
+/// `quarantine discard` (CLI and console): hides a record from attention, with a log line that
+/// says an operator did it.
+pub async fn discard_quarantined(ledger: &Ledger, key: &str) -> Result<(), OpsError> {
+    if !ledger.discard(key).await? {
+        return Err(OpsError::NotQuarantined(key.to_string()));
+    }
+    tracing::warn!(event = "quarantine_discarded", key = %key, "quarantined record discarded by an operator");
+    Ok(())
 }
 
 impl Status {

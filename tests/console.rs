@@ -1,0 +1,633 @@
+//! The operator console: its JSON is the CLI's `--json`, it refuses strangers (token, CSRF),
+//! escapes every CRM value, and a real headless Chromium can retry a fixed row from the page.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestApp, csv, row};
+use quo_sync::config::Config;
+use quo_sync::ops::console::{CONTENT_SECURITY_POLICY, Console, ServiceInfo};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "console-token-0123456789abcdef";
+const SCRIPT_NAME: &str = "<script>alert(1)</script>";
+
+/// A row whose lead score cannot be mapped to a number: quarantined at the mapping stage.
+fn bad_row(id: &str, n: u32) -> String {
+    row(id, n).replace(&format!(",{n},yes,"), ",high,yes,")
+}
+
+/// A quarantined row whose offending value (shown on the page) is a script tag.
+fn script_row(id: &str, n: u32) -> String {
+    row(id, n).replace(&format!(",{n},yes,"), &format!(",{SCRIPT_NAME},yes,"))
+}
+
+/// An app with two good rows and two quarantined ones (one named `<script>`), after a cycle.
+async fn app_with_quarantine() -> TestApp {
+    let rows = vec![
+        row("r-1", 1),
+        row("r-2", 2),
+        bad_row("q-1", 3),
+        script_row("q-2", 4),
+    ];
+    let app = TestApp::spawn(&csv(&rows)).await;
+    let report = app.cycle().await;
+    assert_eq!(report.counts.quarantined, 2, "{report:?}");
+    app
+}
+
+/// Serves the console alone on a loopback port; returns its base URL.
+async fn serve_console(
+    app: &TestApp,
+    token: Option<&str>,
+    wake: Arc<Notify>,
+) -> (String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let console = Console::new(
+        app.ledger().clone(),
+        token.map(|t| t.to_string().into()),
+        wake,
+        ServiceInfo::always_leader(Duration::from_secs(300), 10),
+    );
+    let cancel = CancellationToken::new();
+    tokio::spawn(quo_sync::app::serve(
+        listener,
+        quo_sync::ops::console::routes(console),
+        cancel.clone(),
+    ));
+    (base, cancel)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    let response = client.get(url).send().await.expect("request");
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.expect("json")
+}
+
+async fn csrf(client: &reqwest::Client, base: &str) -> String {
+    json(client, &format!("{base}/api/csrf")).await["csrf"]
+        .as_str()
+        .expect("csrf")
+        .to_string()
+}
+
+#[tokio::test]
+async fn api_serves_the_cli_documents() {
+    let app = app_with_quarantine().await;
+    let (base, cancel) = serve_console(&app, None, Arc::default()).await;
+    let client = client();
+
+    let status = json(&client, &format!("{base}/api/status")).await;
+    let mut cli = serde_json::to_value(quo_sync::ops::status(app.ledger()).await.unwrap()).unwrap();
+    cli["service"] = status["service"].clone();
+    assert_eq!(status, cli);
+    assert_eq!(status["quarantined"], 2);
+    assert_eq!(status["service"]["role"], "leader");
+    assert_eq!(status["service"]["rate_limit"], 10);
+    assert!(status["service"]["next_cycle_at"].is_string(), "{status}");
+
+    let runs = json(&client, &format!("{base}/api/runs?limit=5")).await;
+    let ledger_runs = app.ledger().recent_runs(5).await.unwrap();
+    assert_eq!(runs, serde_json::to_value(&ledger_runs).unwrap());
+    assert_eq!(runs[0]["status"], "quarantined");
+    // A hostile limit is clamped, not passed to SQL as is.
+    let clamped = json(&client, &format!("{base}/api/runs?limit=-5")).await;
+    assert_eq!(clamped.as_array().unwrap().len(), 1);
+
+    let quarantine = json(&client, &format!("{base}/api/quarantine")).await;
+    let ledger_q = app.ledger().quarantined().await.unwrap();
+    assert_eq!(quarantine, serde_json::to_value(&ledger_q).unwrap());
+    let keys: Vec<&str> = quarantine
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["q-1", "q-2"]);
+    assert_eq!(quarantine[0]["field"], "lead_score");
+    assert_eq!(quarantine[0]["value"], "high");
+
+    let conflicts = json(&client, &format!("{base}/api/conflicts")).await;
+    assert_eq!(conflicts, serde_json::json!([]));
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn page_escapes_crm_values_and_sends_a_strict_policy() {
+    let app = app_with_quarantine().await;
+    let (base, cancel) = serve_console(&app, None, Arc::default()).await;
+    let response = client().get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-security-policy"],
+        CONTENT_SECURITY_POLICY
+    );
+    assert!(CONTENT_SECURITY_POLICY.contains("script-src 'self'"));
+    assert!(!CONTENT_SECURITY_POLICY.contains("unsafe-inline"));
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+    let page = response.text().await.unwrap();
+    // The raw row (stored with the quarantine entry) must not reach the page unescaped.
+    assert!(!page.contains(SCRIPT_NAME), "{page}");
+    assert!(!page.contains("<script>"), "{page}");
+    assert!(page.contains("data-key=\"q-2\""), "{page}");
+    assert!(
+        page.contains("<code>&lt;script&gt;alert(1)&lt;/script&gt;</code>"),
+        "the value shows as text: {page}"
+    );
+    assert!(page.contains("lead_score"), "{page}");
+    assert!(page.contains("<code>high</code>"), "{page}");
+    assert!(page.contains("class=\"retry\""), "{page}");
+    assert!(page.contains("<script src=\"/console.js\" defer></script>"));
+    // Every script and style is a same-origin asset served from the binary.
+    for asset in ["/console.js", "/console.css"] {
+        let r = client().get(format!("{base}{asset}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{asset}");
+        assert!(!r.text().await.unwrap().is_empty());
+    }
+    let runs = page.matches("<td data-label=\"Started\">").count();
+    assert_eq!(runs, 1, "one run so far");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn escaping_covers_markup_quotes_and_ampersands() {
+    use quo_sync::ops::console::esc;
+    assert_eq!(
+        esc(r#"<img src=x onerror="a('b')">&amp;"#),
+        "&lt;img src=x onerror=&quot;a(&#39;b&#39;)&quot;&gt;&amp;amp;"
+    );
+}
+
+#[tokio::test]
+async fn actions_refuse_a_missing_or_wrong_csrf_token() {
+    let app = app_with_quarantine().await;
+    let wake = Arc::new(Notify::new());
+    let (base, cancel) = serve_console(&app, None, wake.clone()).await;
+    let client = client();
+    let url = format!("{base}/api/quarantine/q-1/retry");
+
+    let none = client.post(&url).send().await.unwrap();
+    assert_eq!(none.status(), 403);
+    let wrong = client
+        .post(&url)
+        .header("x-csrf-token", "not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 403);
+    let form_wrong = client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={}", "nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form_wrong.status(), 403);
+    let discard = client
+        .post(format!("{base}/api/quarantine/q-1/discard"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(discard.status(), 403);
+    // GET is not an action.
+    let get = client.get(&url).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+    assert!(
+        app.ledger()
+            .quarantined_one("q-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .discarded_at
+            .is_none()
+    );
+
+    // With the token: the retry is scheduled and wakes the service loop.
+    let token = csrf(&client, &base).await;
+    let woken = wake.notified();
+    let ok = client
+        .post(&url)
+        .header("x-csrf-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+    tokio::time::timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("retry wakes the service");
+    let missing = client
+        .post(format!("{base}/api/quarantine/nope/retry"))
+        .header("x-csrf-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // A form post (the page's button) discards and redirects back to the page.
+    let discarded = client
+        .post(format!("{base}/api/quarantine/q-1/discard"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(discarded.status(), 303);
+    assert_eq!(discarded.headers()["location"], "/");
+    let left = json(&client, &format!("{base}/api/quarantine")).await;
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left[0]["key"], "q-2");
+    let all = json(&client, &format!("{base}/api/quarantine?all=true")).await;
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_token_guards_page_and_api_by_bearer_or_login_cookie() {
+    let app = app_with_quarantine().await;
+    let (base, cancel) = serve_console(&app, Some(TOKEN), Arc::default()).await;
+    let client = client();
+
+    let anonymous = client
+        .get(format!("{base}/api/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let wrong = client
+        .get(format!("{base}/api/quarantine"))
+        .bearer_auth("console-token-wrong-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let page = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/login");
+    let retry = client
+        .post(format!("{base}/api/quarantine/q-1/retry"))
+        .header("x-csrf-token", "anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 401);
+
+    let bearer = client
+        .get(format!("{base}/api/status"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    let body = bearer.text().await.unwrap();
+    assert!(!body.contains(TOKEN), "{body}");
+    assert!(!body.contains(app.sandbox.api_key()), "{body}");
+
+    let refused = client
+        .post(format!("{base}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", "wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().get("set-cookie").is_none());
+
+    let login = client
+        .post(format!("{base}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        !cookie.contains(TOKEN),
+        "the cookie is derived, not the token"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let page = client
+        .get(format!("{base}/"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Quarantine (2)"), "{html}");
+    assert!(!html.contains(TOKEN));
+    assert!(!html.contains(app.sandbox.api_key()));
+    cancel.cancel();
+}
+
+fn write_config(dir: &std::path::Path, service: &str) -> std::path::PathBuf {
+    let path = dir.join("quo-sync.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[quo]\napi_key = \"k\"\n[source]\nkind = \"csv\"\npath = \"x.csv\"\n{}\n[service]\n{service}\n",
+            common::MAPPING
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn load(dir: &std::path::Path, service: &str) -> Result<Config, String> {
+    Config::load_with_env(&write_config(dir, service), std::iter::empty())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn console_config_is_safe_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = load(dir.path(), "listen = \"0.0.0.0:9464\"").expect("no console, no token needed");
+    assert!(!off.service.console);
+
+    let open = load(dir.path(), "listen = \"0.0.0.0:9464\"\nconsole = true").unwrap_err();
+    assert!(open.contains("service.console_token"), "{open}");
+    assert!(open.contains("0.0.0.0:9464"), "{open}");
+
+    load(dir.path(), "listen = \"127.0.0.1:9464\"\nconsole = true")
+        .expect("loopback needs no token");
+    load(dir.path(), "listen = \"[::1]:9464\"\nconsole = true").expect("IPv6 loopback too");
+    let no_listen = load(dir.path(), "console = true").unwrap_err();
+    assert!(no_listen.contains("service.listen"), "{no_listen}");
+
+    let short = load(
+        dir.path(),
+        "listen = \"0.0.0.0:9464\"\nconsole = true\nconsole_token = \"short\"",
+    )
+    .unwrap_err();
+    assert!(short.contains("at least 16"), "{short}");
+    assert!(!short.contains("\"short\""), "{short}");
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let config = load(
+        dir.path(),
+        &format!(
+            "listen = \"0.0.0.0:9464\"\nconsole = true\nconsole_token_file = \"{}\"",
+            token_file.display()
+        ),
+    )
+    .expect("token from a file");
+    let debug = format!("{config:?}");
+    assert!(!debug.contains(TOKEN), "the token never shows in Debug");
+}
+
+/// A free loopback port (bound, read, released) for a service that binds its own listener.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Chromium and chromedriver, or why the browser test cannot run.
+fn browser() -> Option<(String, String)> {
+    let find = |names: &[&str]| {
+        names.iter().find_map(|n| {
+            std::process::Command::new("which")
+                .arg(n)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+    };
+    Some((
+        find(&["chromium", "chromium-browser"])?,
+        find(&["chromedriver"])?,
+    ))
+}
+
+/// One WebDriver call; panics with the driver's answer on an error status.
+async fn wd(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("webdriver request");
+    let status = response.status();
+    let value: serde_json::Value = response.json().await.expect("webdriver json");
+    assert!(status.is_success(), "{url}: {status} {value}");
+    value["value"].clone()
+}
+
+/// Kills chromedriver (and its Chromium) however the test ends.
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
+    let Some((chromium, chromedriver)) = browser() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but chromium/chromedriver are missing: apt-get install -y chromium chromium-driver"
+        );
+        eprintln!("NOTICE: chromium or chromedriver not installed; browser test skipped");
+        return;
+    };
+    let port = free_port();
+    let rows = vec![row("r-1", 1), bad_row("q-1", 3), script_row("q-2", 4)];
+    let app = TestApp::spawn_with(
+        &csv(&rows),
+        Default::default(),
+        &format!("[service]\nlisten = \"127.0.0.1:{port}\"\nconsole = true\n"),
+    )
+    .await;
+    let config = Config::load_with_env(&app.config_path, std::iter::empty()).unwrap();
+    let cancel = CancellationToken::new();
+    let ctx = quo_sync::app::build_context(&config, "run", cancel.clone())
+        .await
+        .unwrap();
+    let service = tokio::spawn(async move {
+        quo_sync::app::run_service(&ctx, &config, None)
+            .await
+            .expect("service runs")
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let q = http.get(format!("{base}/api/quarantine")).send().await;
+        if let Ok(r) = q
+            && r.status() == 200
+            && r.json::<serde_json::Value>()
+                .await
+                .unwrap()
+                .as_array()
+                .map(Vec::len)
+                == Some(2)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service never quarantined 2 rows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The operator fixes q-1's lead score in the CSV.
+    app.write_csv(&csv(&[row("r-1", 1), row("q-1", 3), script_row("q-2", 4)]));
+
+    let driver_port = free_port();
+    let driver = Driver(
+        std::process::Command::new(&chromedriver)
+            .arg(format!("--port={driver_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
+    let wd_base = format!("http://127.0.0.1:{driver_port}");
+    while http.get(format!("{wd_base}/status")).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "chromedriver never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--headless".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-quic".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        "--window-size=1100,1000".into(),
+        format!("--user-data-dir={}", profile.path().display()),
+    ];
+    let session = wd(
+        &http,
+        reqwest::Method::POST,
+        &format!("{wd_base}/session"),
+        Some(serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": chromium, "args": args}
+        }}})),
+    )
+    .await;
+    let sid = session["sessionId"]
+        .as_str()
+        .expect("session id")
+        .to_string();
+    let s = format!("{wd_base}/session/{sid}");
+    wd(
+        &http,
+        reqwest::Method::POST,
+        &format!("{s}/url"),
+        Some(serde_json::json!({"url": format!("{base}/")})),
+    )
+    .await;
+    let find = |css: String| {
+        let http = http.clone();
+        let s = s.clone();
+        async move {
+            wd(
+                &http,
+                reqwest::Method::POST,
+                &format!("{s}/elements"),
+                Some(serde_json::json!({"using": "css selector", "value": css})),
+            )
+            .await
+        }
+    };
+    let text = wd(&http, reqwest::Method::GET, &format!("{s}/source"), None).await;
+    let source = text.as_str().unwrap_or_default().to_string();
+    assert!(source.contains("Quarantine (2)"), "{source}");
+    assert!(
+        source.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "escaped in the DOM: {source}"
+    );
+    let buttons = find("tr[data-key=\"q-1\"] button.retry".into()).await;
+    let button = buttons[0]
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(|v| v.as_str())
+        .expect("retry button on q-1")
+        .to_string();
+    wd(
+        &http,
+        reqwest::Method::POST,
+        &format!("{s}/element/{button}/click"),
+        Some(serde_json::json!({})),
+    )
+    .await;
+
+    // The form posts, the service runs a cycle, the page refreshes itself: q-1 leaves.
+    loop {
+        let left = find("tr[data-key=\"q-1\"]".into()).await;
+        let still_q2 = find("tr[data-key=\"q-2\"]".into()).await;
+        if left.as_array().is_some_and(Vec::is_empty)
+            && still_q2.as_array().is_some_and(|a| a.len() == 1)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "q-1 never left the page's quarantine"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(app.ledger().quarantined_one("q-1").await.unwrap().is_none());
+    let contact = app.contact_for("q-1");
+    assert!(contact["id"].is_string(), "q-1 synced to Quo: {contact}");
+
+    let shot = wd(
+        &http,
+        reqwest::Method::GET,
+        &format!("{s}/screenshot"),
+        None,
+    )
+    .await;
+    let png = base64_decode(shot.as_str().expect("screenshot"));
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    // Refreshing the committed screenshot is opt-in, so a test run leaves the tree clean.
+    let shot_path = if std::env::var_os("QUO_SYNC_UPDATE_SCREENSHOT").is_some() {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.png")
+    } else {
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/console.png")
+    };
+    std::fs::write(shot_path, png).unwrap();
+    let _ = http.delete(&s).send().await;
+    drop(driver);
+    cancel.cancel();
+    service.await.unwrap();
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64")
+}
