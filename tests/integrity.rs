@@ -597,3 +597,32 @@ async fn a_failed_patch_after_a_crm_write_back_is_sent_next_cycle() {
     assert_eq!(contact["defaultFields"]["role"], "From CRM");
     assert_eq!(contact["defaultFields"]["company"], "From Quo");
 }
+
+/// `delete_in_crm` from a scan deletes the CSV row once the cycle has read the file (it once
+/// always failed with "changed on disk since it was read"), and only after a 404 confirmed it.
+#[tokio::test]
+async fn a_contact_deleted_in_quo_deletes_its_csv_row_with_delete_in_crm() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(5)),
+        SandboxConfig::default(),
+        "[reverse]\npoll_interval = \"1ms\"\non_quo_delete = \"delete_in_crm\"\n",
+    )
+    .await;
+    app.cycle().await;
+    let id = app.contact_for("c-2")["id"].as_str().unwrap().to_string();
+    assert!(app.sandbox.app_delete(&id));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let report = app.cycle().await;
+    assert_eq!(report.counts.written_to_crm, 1, "{report:?}");
+    let text = app.csv_text();
+    assert!(!text.contains("\nc-2,"), "{text}");
+    assert!(text.contains("\nc-3,"));
+    let row = app
+        .ledger()
+        .record(&ExternalId::parse("c-2").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state, RecordState::Deleted);
+    assert_eq!(app.sandbox.contacts().len(), 4, "nothing recreated");
+}
