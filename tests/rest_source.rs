@@ -1022,3 +1022,30 @@ async fn a_record_listed_twice_in_one_read_is_emitted_once() {
     assert_eq!(c002.fields["first_name"], "EditedMidRead");
     assert!(!source.wants_full_read(Some(now), now));
 }
+
+/// Issue 9: a hostile `Retry-After` from the CRM (huge, negative, garbage, far-future date)
+/// neither panics nor stalls the read: it is clamped to `max_backoff` (200ms here).
+#[tokio::test]
+async fn hostile_retry_after_is_clamped_and_never_panics() {
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(3)).await;
+    let source = source(&crm, PAGE);
+    for batch in [
+        ["1e20", "-5", "garbage", "99999999999999999999999"],
+        [
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "Thu, 01 Jan 1970 00:00:00 GMT",
+            "NaN",
+            "18446744073709551616",
+        ],
+    ] {
+        crm.push_faults(batch.map(|v| Fault::Status(429, Some(v.to_string()))));
+        let (items, summary) = tokio::time::timeout(
+            Duration::from_secs(10),
+            read(&source, ReadRequest::default()),
+        )
+        .await
+        .expect("Retry-After is capped at max_backoff");
+        summary.unwrap();
+        assert_eq!(ids(&items), expected_ids(3));
+    }
+}

@@ -200,7 +200,7 @@ mod tests {
     use crate::source::rest::test_support::*;
 
     #[test]
-    pub(super) fn secrets_never_appear_in_debug() {
+    fn secrets_never_appear_in_debug() {
         let config = table(&format!(
             "{MINIMAL}\nauth = {{ kind = \"basic\", username = \"me\", password = \"hunter2-very-secret\" }}"
         ));
@@ -215,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn file_and_env_secrets_resolve() {
+    fn file_and_env_secrets_resolve() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         std::fs::write(&file, "file-token\n").unwrap();

@@ -519,7 +519,7 @@ mod tests {
     use crate::source::rest::test_support::*;
 
     #[test]
-    pub(super) fn minimal_config_parses_with_defaults() {
+    fn minimal_config_parses_with_defaults() {
         let config = RestSourceConfig::from_table(&table(MINIMAL)).unwrap();
         assert_eq!(config.paging.style, PagingStyle::None);
         assert_eq!(config.requests_per_second, 5);
@@ -529,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn unknown_keys_and_bad_values_name_the_key() {
+    fn unknown_keys_and_bad_values_name_the_key() {
         let err =
             RestSourceConfig::from_table(&table(&format!("{MINIMAL}\nbogus = 1"))).unwrap_err();
         assert!(err.to_string().starts_with("source.rest"), "{err}");

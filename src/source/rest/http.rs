@@ -1,7 +1,10 @@
 //! One HTTP exchange with the CRM: rate limit, auth, retries with backoff, 401/403 handling,
 //! and URLs redacted before they are shown anywhere.
 
-use reqwest::header::{HeaderMap, HeaderValue};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -94,7 +97,7 @@ impl RestSource {
                         });
                     }
                     let headers = response.headers().clone();
-                    let wait_hint = retry::retry_after(&headers);
+                    let wait_hint = retry_after_capped(&headers, self.retry.cap);
                     if retry::is_retryable_status(status) {
                         if self.retry.may_retry(retries) {
                             retries += 1;
@@ -200,6 +203,26 @@ pub fn redact_url(url: &Url, auth_param: Option<&str>) -> String {
     shown.to_string()
 }
 
+/// The CRM's `Retry-After` (delay in seconds, possibly fractional, or an HTTP-date), clamped to
+/// `cap` (`max_backoff`). The value is hostile until checked: huge, non-finite or unreadable
+/// values never reach `Duration::from_secs_f64` unclamped; negative values and past dates mean
+/// "now"; garbage is ignored (the normal backoff applies).
+pub(super) fn retry_after_capped(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        if seconds.is_nan() {
+            return None;
+        }
+        let capped = seconds.clamp(0.0, cap.as_secs_f64());
+        return Some(Duration::try_from_secs_f64(capped).unwrap_or(cap).min(cap));
+    }
+    let date = DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = (date.with_timezone(&Utc) - Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    Some(wait.min(cap))
+}
+
 /// Most redirect hops followed within the CRM's origin.
 const MAX_REDIRECTS: usize = 10;
 
@@ -230,7 +253,33 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn urls_are_redacted() {
+    fn retry_after_is_clamped_and_never_panics() {
+        let cap = Duration::from_secs(30);
+        let hint = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, value.parse().unwrap());
+            retry_after_capped(&headers, cap)
+        };
+        assert_eq!(hint("2"), Some(Duration::from_secs(2)));
+        assert_eq!(hint("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(hint("1e20"), Some(cap));
+        assert_eq!(hint("99999999999999999999999"), Some(cap));
+        assert_eq!(hint("inf"), Some(cap));
+        assert_eq!(hint("-5"), Some(Duration::ZERO));
+        assert_eq!(hint("NaN"), None);
+        assert_eq!(hint("soon"), None);
+        assert_eq!(hint("Fri, 31 Dec 9999 23:59:59 GMT"), Some(cap));
+        assert_eq!(hint("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
+        let soon = (Utc::now() + chrono::Duration::seconds(10)).to_rfc2822();
+        let wait = hint(&soon).unwrap();
+        assert!(
+            wait > Duration::from_secs(8) && wait <= Duration::from_secs(10),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted() {
         let url = Url::parse("https://u:p@h/c?api_token=abc&page=2&x=1&client_secret=s").unwrap();
         let shown = redact_url(&url, Some("x"));
         assert!(

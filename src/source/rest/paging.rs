@@ -300,7 +300,7 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     #[test]
-    pub(super) fn link_header_next_is_found() {
+    fn link_header_next_is_found() {
         let mut headers = HeaderMap::new();
         headers.insert(
             LINK,
@@ -317,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn next_links_to_other_servers_or_repeats_are_refused() {
+    fn next_links_to_other_servers_or_repeats_are_refused() {
         let source = RestSource::from_table(&table(MINIMAL)).unwrap();
         let current = Url::parse("https://crm.example.com/contacts?page=1").unwrap();
         let mut seen = HashSet::new();

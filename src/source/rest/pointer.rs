@@ -176,7 +176,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    pub(super) fn array_items_are_replaced_by_label() {
+    fn array_items_are_replaced_by_label() {
         let array = ArrayFieldConfig {
             pointer: "/emails".into(),
             label_key: "label".into(),
@@ -198,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn set_pointer_creates_nested_objects() {
+    fn set_pointer_creates_nested_objects() {
         let mut v = json!({"keep": 1});
         set_pointer(&mut v, "/properties/firstname", json!("Ada")).unwrap();
         set_pointer(&mut v, "/a~1b/c~0d", json!(2)).unwrap();
@@ -211,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn typed_like_keeps_json_types() {
+    fn typed_like_keeps_json_types() {
         assert_eq!(typed_like(Some(&json!(3)), "42"), json!(42));
         assert_eq!(typed_like(Some(&json!(3)), "4.5"), json!(4.5));
         assert_eq!(typed_like(Some(&json!(false)), "true"), json!(true));

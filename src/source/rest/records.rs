@@ -213,7 +213,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    pub(super) fn values_become_text() {
+    fn values_become_text() {
         assert_eq!(value_text(&json!("x")), Some("x".into()));
         assert_eq!(value_text(&json!(42)), Some("42".into()));
         assert_eq!(value_text(&json!(true)), Some("true".into()));
@@ -226,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn times_parse_in_common_shapes() {
+    fn times_parse_in_common_shapes() {
         let expected = DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc);

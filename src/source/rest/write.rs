@@ -251,7 +251,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn ids_are_encoded_as_one_segment() {
+    fn ids_are_encoded_as_one_segment() {
         assert_eq!(encode_segment("a b/c?"), "a%20b%2Fc%3F");
         assert_eq!(encode_segment("abc-1_2.3~"), "abc-1_2.3~");
     }
