@@ -4,7 +4,6 @@
 mod common;
 
 use common::{TestApp, csv, custom_value, items};
-use quo_sync::domain::ExternalId;
 use quo_sync::ledger::RecordState;
 use quo_sync::sandbox::{Fault, PatchMode, SandboxConfig};
 use serde_json::json;
@@ -192,23 +191,12 @@ async fn a_recreate_whose_answer_is_lost_is_adopted_not_duplicated() {
     let mut changed = rows(2);
     changed[0] = changed[0].replace("Acme 1", "Umbrella");
     app.write_csv(&csv(&changed));
-    // No retries: the dropped POST stays unresolved in this process.
-    let config = std::fs::read_to_string(&app.config_path).unwrap();
-    std::fs::write(
-        &app.config_path,
-        config.replace("max_retries = 10", "max_retries = 0"),
-    )
-    .unwrap();
-    app.restart().await;
+    // No retries: an unknown outcome stays unresolved in this process.
+    app.restart_without_retries().await;
     app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
     let report = app.cycle().await;
     assert_eq!(report.counts.quarantined, 1);
-    let row = app
-        .ledger()
-        .record(&ExternalId::parse("c-1").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = app.row("c-1").await;
     assert_eq!(
         row.state,
         RecordState::PendingCreate,
@@ -347,13 +335,8 @@ async fn an_adopted_contact_keeps_the_quo_edit_made_before_adoption() {
         "[reverse]\npoll_interval = \"1h\"\n",
     )
     .await;
-    let config = std::fs::read_to_string(&app.config_path).unwrap();
-    std::fs::write(
-        &app.config_path,
-        config.replace("max_retries = 10", "max_retries = 0"),
-    )
-    .unwrap();
-    app.restart().await;
+    // No retries: an unknown outcome stays unresolved in this process.
+    app.restart_without_retries().await;
     app.sandbox.inject(Fault::DropAfterWrite { count: 2 });
     let report = app.cycle().await;
     assert_eq!(
@@ -430,12 +413,7 @@ async fn a_scan_pass_resumes_after_a_restart() {
 }
 
 async fn linked(app: &TestApp, id: &str) -> bool {
-    let row = app
-        .ledger()
-        .record(&ExternalId::parse(id).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = app.row(id).await;
     row.state == RecordState::Synced && row.quo_id.is_some()
 }
 
@@ -617,12 +595,7 @@ async fn a_contact_deleted_in_quo_deletes_its_csv_row_with_delete_in_crm() {
     let text = app.csv_text();
     assert!(!text.contains("\nc-2,"), "{text}");
     assert!(text.contains("\nc-3,"));
-    let row = app
-        .ledger()
-        .record(&ExternalId::parse("c-2").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = app.row("c-2").await;
     assert_eq!(row.state, RecordState::Deleted);
     assert_eq!(app.sandbox.contacts().len(), 4, "nothing recreated");
 }

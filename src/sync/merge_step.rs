@@ -57,6 +57,10 @@ impl Cycle {
             .into_iter()
             .map(|(id, contact)| (id, self.normalized(contact)))
             .collect();
+        let news =
+            !self.quo_changed.lock().await.is_empty() || !self.quo_deleted.lock().await.is_empty();
+        self.quo_side
+            .store(news, std::sync::atomic::Ordering::Relaxed);
         Ok(changes)
     }
 

@@ -188,6 +188,8 @@ struct Cycle {
     quo_changed: Mutex<HashMap<String, Contact>>,
     /// Records whose contact is confirmed deleted in Quo; the forward pass leaves them alone.
     quo_deleted: Mutex<HashSet<String>>,
+    /// Whether intake left anything in `quo_changed` or `quo_deleted` (the read's fast path).
+    quo_side: AtomicBool,
     /// Merges that must write to the CRM (after the read, in one batch).
     writebacks: Mutex<Vec<WriteBack>>,
     /// Records whose Quo-side events must stay pending (their change is not applied yet).
@@ -366,6 +368,7 @@ impl Cycle {
             fatal: Mutex::new(None),
             quo_changed: Mutex::new(HashMap::new()),
             quo_deleted: Mutex::new(HashSet::new()),
+            quo_side: AtomicBool::new(false),
             writebacks: Mutex::new(Vec::new()),
             unsettled: Mutex::new(HashSet::new()),
             crm_deletes: Mutex::new(Vec::new()),

@@ -154,28 +154,25 @@ impl Cycle {
         record: SourceRecord,
         index: &mut LedgerIndex,
     ) -> Result<Option<Work>, SyncError> {
-        if self
-            .quo_deleted
-            .lock()
-            .await
-            .contains(record.external_id.as_str())
-        {
-            // Its contact was deleted in Quo; `reverse.on_quo_delete` already decided.
-            if let Some(entry) = index.get_mut(record.external_id.as_str()) {
-                entry.seen = true;
+        // Most cycles have no Quo-side news: skip both locks on the per-row hot path then.
+        if self.quo_side.load(Ordering::Relaxed) {
+            let id = record.external_id.as_str();
+            let deleted = self.quo_deleted.lock().await.contains(id);
+            let changed = if deleted {
+                None
+            } else {
+                self.quo_changed.lock().await.remove(id)
+            };
+            if deleted || changed.is_some() {
+                if let Some(entry) = index.get_mut(id) {
+                    entry.seen = true;
+                }
+                // Deleted in Quo: `reverse.on_quo_delete` already decided. Changed: merge.
+                return match changed {
+                    Some(contact) => self.classify_merge(Some(record), contact).await,
+                    None => Ok(None),
+                };
             }
-            return Ok(None);
-        }
-        let quo_side = self
-            .quo_changed
-            .lock()
-            .await
-            .remove(record.external_id.as_str());
-        if let Some(contact) = quo_side {
-            if let Some(entry) = index.get_mut(record.external_id.as_str()) {
-                entry.seen = true;
-            }
-            return self.classify_merge(Some(record), contact).await;
         }
         let fingerprint = self.mapper.fingerprint(&record);
         let digest = crate::ledger::fingerprint_digest(&fingerprint);

@@ -133,6 +133,27 @@ path = "{csv}"
             .expect("context builds");
     }
 
+    /// Restarts with `quo.max_retries = 0`, so an unknown outcome stays unresolved in this
+    /// process (what a crash right after the request leaves behind).
+    pub async fn restart_without_retries(&mut self) {
+        let config = std::fs::read_to_string(&self.config_path).expect("read config");
+        std::fs::write(
+            &self.config_path,
+            config.replace("max_retries = 10", "max_retries = 0"),
+        )
+        .expect("write config");
+        self.restart().await;
+    }
+
+    /// The ledger row of a record (which must exist).
+    pub async fn row(&self, external_id: &str) -> quo_sync::ledger::RecordRow {
+        self.ledger()
+            .record(&quo_sync::domain::ExternalId::parse(external_id).unwrap())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("ledger row for {external_id}"))
+    }
+
     /// The sandbox contact for an external id (exactly one expected).
     pub fn contact_for(&self, external_id: &str) -> serde_json::Value {
         let matches: Vec<_> = self
