@@ -358,6 +358,13 @@ fn machine() -> Value {
     json!({ "cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "os": std::env::consts::OS })
 }
 
+/// Whether a bench section runs: `QUO_SYNC_BENCH_ONLY=load,no_change` picks sections (all when unset).
+fn wanted(section: &str) -> bool {
+    std::env::var("QUO_SYNC_BENCH_ONLY")
+        .map(|only| only.split(',').any(|s| s.trim() == section))
+        .unwrap_or(true)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; other arguments are ignored.
     let rps: u32 = std::env::var("QUO_SYNC_BENCH_RATE")
@@ -378,30 +385,50 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (mut initial, update) = load_and_update(rps, records).await;
-        let real = initial_load_at_real_rate(60).await;
-        eprintln!("initial load at 10/s: {real}");
-        initial["wall_over_limit"] = real["wall_over_limit"].clone();
-        initial["at_real_rate"] = real;
-        eprintln!("initial load: {initial}");
-        eprintln!("update: {update}");
-        let mut no_change_figures = serde_json::Map::new();
-        for rows in sizes {
-            let figures = no_change(rows).await;
-            eprintln!("no change, {rows} rows: {figures}");
-            no_change_figures.insert(format!("rows_{rows}"), figures);
+        let mut figures = serde_json::Map::new();
+        figures.insert("machine".into(), machine());
+        if wanted("load") {
+            let (mut initial, update) = load_and_update(rps, records).await;
+            let real = initial_load_at_real_rate(60).await;
+            eprintln!("initial load at 10/s: {real}");
+            initial["wall_over_limit"] = real["wall_over_limit"].clone();
+            initial["at_real_rate"] = real;
+            eprintln!("initial load: {initial}");
+            eprintln!("update: {update}");
+            figures.insert("initial_load".into(), initial);
+            figures.insert("update".into(), update);
         }
-        let webhook_ms = propagation(true).await;
-        let poll_ms = propagation(false).await;
-        eprintln!("reverse: webhook {webhook_ms:.0} ms, poll (1 s interval) {poll_ms:.0} ms");
-        let figures = json!({
-            "machine": machine(),
-            "initial_load": initial,
-            "update": update,
-            "no_change": no_change_figures,
-            "reverse": { "webhook_delay_ms": webhook_ms, "poll_delay_ms": poll_ms, "poll_interval_ms": 1000 },
-        });
+        if wanted("no_change") {
+            let mut no_change_figures = serde_json::Map::new();
+            for rows in sizes {
+                let figures = no_change(rows).await;
+                eprintln!("no change, {rows} rows: {figures}");
+                no_change_figures.insert(format!("rows_{rows}"), figures);
+            }
+            figures.insert("no_change".into(), Value::Object(no_change_figures));
+        }
+        if wanted("reverse") {
+            let webhook_ms = propagation(true).await;
+            let poll_ms = propagation(false).await;
+            eprintln!("reverse: webhook {webhook_ms:.0} ms, poll (1 s interval) {poll_ms:.0} ms");
+            figures.insert(
+                "reverse".into(),
+                json!({ "webhook_delay_ms": webhook_ms, "poll_delay_ms": poll_ms, "poll_interval_ms": 1000 }),
+            );
+        }
+        // New sections: `#[path = "sync/<name>.rs"] mod <name>;` plus one `if wanted(..)` here.
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+        // A partial run (QUO_SYNC_BENCH_ONLY) keeps the other sections of the last full run.
+        if std::env::var_os("QUO_SYNC_BENCH_ONLY").is_some()
+            && let Ok(Value::Object(previous)) = std::fs::read(out.join("sync.json"))
+                .map_err(|_| ())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|_| ()))
+        {
+            for (key, value) in previous {
+                figures.entry(key).or_insert(value);
+            }
+        }
+        let figures = Value::Object(figures);
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join("sync.json"), serde_json::to_string_pretty(&figures).unwrap()).unwrap();
         println!("{}", serde_json::to_string_pretty(&figures).unwrap());
