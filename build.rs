@@ -1,4 +1,5 @@
-// Rebuild when a migration is added: `sqlx::migrate!` embeds the folder at compile time.
+// Rebuild when a migration is added: `sqlx::migrate!` embeds each backend's folder at compile time.
 fn main() {
-    println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=migrations/sqlite");
+    println!("cargo:rerun-if-changed=migrations/postgres");
 }

@@ -84,7 +84,7 @@ pub async fn build_context(
     cancel: CancellationToken,
 ) -> Result<SyncContext, AppError> {
     let client = build_client(config)?;
-    let ledger = Ledger::open(&config.ledger.path).await?;
+    let ledger = Ledger::open_config(&config.ledger).await?;
     let source = Arc::new(Source::from_config(&config.source)?);
     Ok(SyncContext {
         ledger,

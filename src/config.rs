@@ -157,14 +157,32 @@ impl Default for QuoConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
-    /// SQLite file, created if missing.
+    /// SQLite file, created if missing (ignored when `url` is set).
     pub path: PathBuf,
+    /// PostgreSQL URL (`postgres://user:password@host:5432/db`); wins over `path`.
+    pub url: Option<SecretString>,
+    /// A file holding the PostgreSQL URL (Docker/Kubernetes secrets).
+    pub url_file: Option<PathBuf>,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("quo-sync.db"),
+            url: None,
+            url_file: None,
+        }
+    }
+}
+
+impl LedgerConfig {
+    /// Where the ledger lives: PostgreSQL when `url` is set, else the SQLite file.
+    pub fn target(&self) -> Result<crate::ledger::LedgerTarget, crate::ledger::BadPgUrl> {
+        match &self.url {
+            Some(url) => Ok(crate::ledger::LedgerTarget::Postgres(
+                crate::ledger::PgUrl::parse(url.expose_secret())?,
+            )),
+            None => Ok(crate::ledger::LedgerTarget::Sqlite(self.path.clone())),
         }
     }
 }
@@ -531,6 +549,28 @@ impl Config {
                 reason: format!("cannot read {}: {e}", path.display()),
             })?;
             config.service.console_token = Some(SecretString::from(token.trim().to_string()));
+        }
+        if config.ledger.url.is_none()
+            && let Some(path) = &config.ledger.url_file
+        {
+            let url = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
+                file: file_name.clone(),
+                key: "ledger.url_file".into(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            config.ledger.url = Some(SecretString::from(url.trim().to_string()));
+        }
+        if let Err(e) = config.ledger.target() {
+            let key = if config.ledger.url_file.is_some() {
+                "ledger.url_file"
+            } else {
+                "ledger.url"
+            };
+            return Err(ConfigError::BadValue {
+                file: file_name.clone(),
+                key: key.into(),
+                reason: e.to_string(),
+            });
         }
         config.validate(&file_name)?;
         config.validate_console(&file_name)?;

@@ -121,6 +121,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ledger maintenance: `ledger copy --to <postgres-url | sqlite-path>`.
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerAction,
+    },
     /// Serve the Quo sandbox: a local, faithful Quo API for tests and demos.
     Sandbox {
         /// Address to listen on.
@@ -138,6 +143,17 @@ enum Command {
         /// Added latency per request, milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerAction {
+    /// Copy the configured ledger into a new, empty one (SQLite <-> PostgreSQL), checking the
+    /// row count of every table.
+    Copy {
+        /// `postgres://user@host:port/db` (password from the URL or PGPASSWORD) or an SQLite path.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -240,6 +256,7 @@ async fn attach_sandbox(
     config.quo.api_key = Some(SecretString::from(sandbox.api_key().to_string()));
     let dir = tempfile_dir::TempDir::new()?;
     config.ledger.path = dir.path().join("quo-sync.db");
+    config.ledger.url = None;
     // Work on a copy: a demo must never rewrite the operator's CSV.
     if let Some(csv) = config
         .source
@@ -272,7 +289,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
-                config.ledger.path.display(),
+                config
+                    .ledger
+                    .target()
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
                 config.quo.base_url,
                 config.quo.requests_per_second,
                 if config.quo.api_key.is_some() {
@@ -339,6 +360,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Quarantine { action } => quarantine(&cli.config, action).await,
+        Command::Ledger {
+            action: LedgerAction::Copy { to },
+        } => {
+            let target = quo_sync::ledger::LedgerTarget::parse(&to)?;
+            let source = open_ledger(&cli.config).await?;
+            let target = quo_sync::ledger::Ledger::open_target(&target).await?;
+            let report = source.copy_to(&target).await;
+            source.close().await;
+            target.close().await;
+            let report = report?;
+            println!("copied ledger {} -> {}", source.path(), report.target);
+            for (table, rows) in &report.tables {
+                println!("  {table:<12} {rows:>9} rows");
+            }
+            println!("row counts checked: every table matches the source");
+            Ok(0)
+        }
         Command::Reconcile { repair, json } => {
             let config = load_config(&cli.config)?;
             quo_sync::telemetry::init(config.log.format, "warn");
@@ -489,7 +527,7 @@ fn emit<T: serde::Serialize>(
 
 async fn open_ledger(config: &std::path::Path) -> anyhow::Result<quo_sync::ledger::Ledger> {
     let config = load_config(config)?;
-    Ok(quo_sync::ledger::Ledger::open(&config.ledger.path).await?)
+    Ok(quo_sync::ledger::Ledger::open_config(&config.ledger).await?)
 }
 
 async fn quarantine(config_path: &std::path::Path, action: QuarantineAction) -> anyhow::Result<u8> {

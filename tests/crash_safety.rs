@@ -6,18 +6,28 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{TestApp, csv, row};
+use common::{Backend, TestApp, csv, row};
 use quo_sync::sandbox::SandboxConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_never_duplicates_or_loses_an_id() {
+    sigkill_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_never_duplicates_or_loses_an_id_on_postgres() {
+    sigkill_scenario(Backend::Postgres).await;
+}
+
+async fn sigkill_scenario(backend: Backend) {
     let ids: Vec<String> = (1..=40).map(|i| format!("k-{i}")).collect();
     let rows: Vec<String> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| row(id, i as u32 + 1))
         .collect();
-    let app = TestApp::spawn_with(
+    let Some(app) = TestApp::spawn_on(
+        backend,
         &csv(&rows),
         SandboxConfig {
             latency: Duration::from_millis(15),
@@ -26,7 +36,10 @@ async fn sigkill_at_random_points_never_duplicates_or_loses_an_id() {
         },
         "",
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     // A fixed, varied schedule of kill points (ms after start): deterministic yet spread over
     // start-up, mid-create and commit windows.
     let kill_after_ms = [5u64, 40, 90, 25, 160, 60, 230, 110, 15, 300, 75, 140];

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{TestApp, csv, row};
+use common::{Backend, TestApp, csv, row};
 use quo_sync::domain::ExternalId;
+use quo_sync::sandbox::SandboxConfig;
 use serde_json::{Value, json};
 
 /// Runs `quo-sync --config <config> args…` and returns (exit code, stdout, stderr).
@@ -55,9 +56,21 @@ fn bad_row(id: &str, n: u32) -> String {
 
 #[tokio::test]
 async fn status_and_runs_show_what_the_cycle_did() {
+    status_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn status_and_runs_show_what_the_cycle_did_on_postgres() {
+    status_scenario(Backend::Postgres).await;
+}
+
+async fn status_scenario(backend: Backend) {
     let mut all = rows(3);
     all.push(bad_row("q-1", 9));
-    let app = TestApp::spawn(&csv(&all)).await;
+    let Some(app) = TestApp::spawn_on(backend, &csv(&all), SandboxConfig::default(), "").await
+    else {
+        return;
+    };
     let report = app.cycle().await;
     assert_eq!((report.counts.created, report.counts.quarantined), (3, 1));
     let cfg = &app.config_path;
@@ -103,9 +116,21 @@ async fn status_and_runs_show_what_the_cycle_did() {
 
 #[tokio::test]
 async fn quarantine_list_show_discard_and_retry() {
+    quarantine_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn quarantine_list_show_discard_and_retry_on_postgres() {
+    quarantine_scenario(Backend::Postgres).await;
+}
+
+async fn quarantine_scenario(backend: Backend) {
     let mut all = rows(2);
     all.push(bad_row("q-1", 9));
-    let app = TestApp::spawn(&csv(&all)).await;
+    let Some(app) = TestApp::spawn_on(backend, &csv(&all), SandboxConfig::default(), "").await
+    else {
+        return;
+    };
     app.cycle().await;
     let cfg = &app.config_path;
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, WEBHOOK_KEY, csv, row, whsec};
+use common::{Backend, TestApp, WEBHOOK_KEY, csv, row, whsec};
 use quo_sync::sandbox::{SandboxConfig, WebhookScheme, WebhookTarget};
 use serde_json::json;
 
@@ -22,19 +22,31 @@ fn webhook_only() -> String {
 }
 
 async fn app_with_webhooks(n: u32, extra: &str, scheme: WebhookScheme) -> TestApp {
-    let app = TestApp::spawn_with(
+    app_with_webhooks_on(Backend::Sqlite, n, extra, scheme)
+        .await
+        .expect("SQLite is always there")
+}
+
+async fn app_with_webhooks_on(
+    backend: Backend,
+    n: u32,
+    extra: &str,
+    scheme: WebhookScheme,
+) -> Option<TestApp> {
+    let app = TestApp::spawn_on(
+        backend,
         &csv(&rows(n)),
         SandboxConfig::default(),
         &format!("{}{extra}", webhook_only()),
     )
-    .await;
+    .await?;
     let url = app.start_receiver().await;
     app.sandbox.set_webhook(Some(WebhookTarget {
         url,
         secret_key: WEBHOOK_KEY.to_vec(),
         scheme,
     }));
-    app
+    Some(app)
 }
 
 /// The CSV with one cell of one row replaced (and that row's updated_at left to the caller).
@@ -50,7 +62,20 @@ fn cells(text: &str, line: usize) -> Vec<String> {
 #[tokio::test]
 async fn a_signed_in_app_edit_updates_that_csv_cell_and_nothing_else() {
     for scheme in [WebhookScheme::Standard, WebhookScheme::Legacy] {
-        let app = app_with_webhooks(4, "", scheme).await;
+        in_app_edit_scenario(Backend::Sqlite, scheme).await;
+    }
+}
+
+#[tokio::test]
+async fn a_signed_in_app_edit_updates_that_csv_cell_and_nothing_else_on_postgres() {
+    in_app_edit_scenario(Backend::Postgres, WebhookScheme::Standard).await;
+}
+
+async fn in_app_edit_scenario(backend: Backend, scheme: WebhookScheme) {
+    {
+        let Some(app) = app_with_webhooks_on(backend, 4, "", scheme).await else {
+            return;
+        };
         app.cycle().await;
         // Our own creates echo back as webhooks: applying them must change nothing.
         let before = app.csv_text();
@@ -185,8 +210,12 @@ async fn forged_stale_oversized_malformed_and_replayed_deliveries_change_nothing
     .await
     .unwrap();
     assert_eq!(malformed.status(), 400);
-    let inbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE event_id = 'EVforged'")
-        .fetch_one(app.ledger().pool())
+    let inbox = app
+        .ledger()
+        .debug_query_i64(
+            "SELECT COUNT(*) FROM inbox WHERE event_id = 'EVforged'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(inbox, 0, "nothing refused reaches the inbox");
@@ -205,8 +234,12 @@ async fn forged_stale_oversized_malformed_and_replayed_deliveries_change_nothing
         .unwrap();
         assert_eq!(ok.status(), 200);
     }
-    let inbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE event_id = 'EVforged'")
-        .fetch_one(app.ledger().pool())
+    let inbox = app
+        .ledger()
+        .debug_query_i64(
+            "SELECT COUNT(*) FROM inbox WHERE event_id = 'EVforged'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(inbox, 1);
@@ -314,12 +347,25 @@ async fn a_conflict_is_decided_by_each_policy_and_recorded() {
 
 #[tokio::test]
 async fn polling_alone_finds_and_applies_an_in_app_edit() {
-    let app = TestApp::spawn_with(
+    polling_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn polling_alone_finds_and_applies_an_in_app_edit_on_postgres() {
+    polling_scenario(Backend::Postgres).await;
+}
+
+async fn polling_scenario(backend: Backend) {
+    let Some(app) = TestApp::spawn_on(
+        backend,
         &csv(&rows(3)),
         SandboxConfig::default(),
         "[reverse]\npoll_interval = \"1ms\"\n",
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     app.cycle().await;
     app.sandbox
         .app_edit(
@@ -445,12 +491,14 @@ async fn a_quo_edit_to_an_unreadable_row_waits_for_the_row_to_be_fixed() {
     app.wait_for_inbox_containing("Edited While Broken").await;
     let report = app.cycle().await;
     assert!(report.counts.quarantined >= 1, "{report:?}");
-    let pending: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL AND quo_id = ?")
-            .bind(app.quo_id("r-2"))
-            .fetch_one(app.ledger().pool())
-            .await
-            .unwrap();
+    let pending = app
+        .ledger()
+        .debug_query_i64(
+            "SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL AND quo_id = $1",
+            &[&app.quo_id("r-2")],
+        )
+        .await
+        .unwrap();
     assert!(
         pending >= 1,
         "the event stays pending while its row is unreadable"
@@ -489,13 +537,14 @@ async fn applied_inbox_events_past_retention_are_pruned() {
             app.ledger().inbox_done(id, "applied").await.unwrap();
         }
     }
-    sqlx::query("UPDATE inbox SET received_at = '2020-01-01T00:00:00.000Z', processed_at = CASE WHEN event_id = 'EVold' THEN '2020-01-01T00:00:00.000Z' ELSE processed_at END WHERE event_id IN ('EVold', 'EVpending')")
-        .execute(app.ledger().pool())
+    app.ledger()
+        .debug_execute("UPDATE inbox SET received_at = '2020-01-01T00:00:00.000Z', processed_at = CASE WHEN event_id = 'EVold' THEN '2020-01-01T00:00:00.000Z' ELSE processed_at END WHERE event_id IN ('EVold', 'EVpending')")
         .await
         .unwrap();
     app.cycle().await;
-    let left: Vec<String> = sqlx::query_scalar("SELECT event_id FROM inbox ORDER BY event_id")
-        .fetch_all(app.ledger().pool())
+    let left = app
+        .ledger()
+        .debug_query_strings("SELECT event_id FROM inbox ORDER BY event_id")
         .await
         .unwrap();
     assert_eq!(left, vec!["EVpending".to_string(), "EVrecent".to_string()]);

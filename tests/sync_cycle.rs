@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestApp, csv, custom_value, items, row};
+use common::{Backend, TestApp, csv, custom_value, items, row};
 use quo_sync::sandbox::{Fault, PatchMode, SandboxConfig};
 use serde_json::json;
 
@@ -47,7 +47,19 @@ async fn initial_load_creates_each_record_once_and_records_every_id() {
 
 #[tokio::test]
 async fn an_immediate_second_cycle_sends_zero_writes() {
-    let app = TestApp::spawn(&csv(&rows(8))).await;
+    second_cycle_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_immediate_second_cycle_sends_zero_writes_on_postgres() {
+    second_cycle_scenario(Backend::Postgres).await;
+}
+
+async fn second_cycle_scenario(backend: Backend) {
+    let Some(app) = TestApp::spawn_on(backend, &csv(&rows(8)), SandboxConfig::default(), "").await
+    else {
+        return;
+    };
     app.cycle().await;
     app.sandbox.reset_stats();
     let report = app.cycle().await;
@@ -292,8 +304,20 @@ async fn responses_dropped_after_commit_create_no_duplicates_without_409() {
 
 #[tokio::test]
 async fn a_lost_intent_is_resolved_by_lookup_not_a_second_create() {
+    lost_intent_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_lost_intent_is_resolved_by_lookup_not_a_second_create_on_postgres() {
+    lost_intent_scenario(Backend::Postgres).await;
+}
+
+async fn lost_intent_scenario(backend: Backend) {
     // A previous process created c-1 in Quo, then died before committing the id.
-    let app = TestApp::spawn(&csv(&rows(2))).await;
+    let Some(app) = TestApp::spawn_on(backend, &csv(&rows(2)), SandboxConfig::default(), "").await
+    else {
+        return;
+    };
     let id = quo_sync::domain::ExternalId::parse("c-1").unwrap();
     app.ledger().record_intent(&id).await.unwrap();
     let body = quo_sync::sync::payload::create_body(

@@ -3,8 +3,7 @@
 //! Nothing is dropped silently: a bad row waits here, visible to `status`, and is retried on
 //! every cycle; it leaves quarantine the moment it syncs (or its row stops failing to read).
 
-use sqlx::Row;
-
+use super::db::on_pool;
 use super::{Ledger, LedgerError, now_text};
 
 /// The stage at which a record failed.
@@ -30,7 +29,7 @@ impl QuarantineStage {
 }
 
 /// One quarantined record.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct QuarantineEntry {
     /// The external id, or `@<location>` for unreadable rows.
     pub key: String,
@@ -79,24 +78,6 @@ pub struct NewQuarantine<'a> {
     pub raw: Option<&'a str>,
 }
 
-fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<QuarantineEntry, sqlx::Error> {
-    Ok(QuarantineEntry {
-        key: row.try_get("key")?,
-        external_id: row.try_get("external_id")?,
-        location: row.try_get("location")?,
-        stage: row.try_get("stage")?,
-        field: row.try_get("field")?,
-        value: row.try_get("value")?,
-        reason: row.try_get("reason")?,
-        raw: row.try_get("raw")?,
-        attempts: row.try_get("attempts")?,
-        first_seen: row.try_get("first_seen")?,
-        last_seen: row.try_get("last_seen")?,
-        last_run_id: row.try_get("last_run_id")?,
-        discarded_at: row.try_get("discarded_at")?,
-    })
-}
-
 impl Ledger {
     /// Puts a record in quarantine (or refreshes its entry), returning its key.
     pub async fn quarantine(
@@ -111,13 +92,14 @@ impl Ledger {
             (_, Some(id)) => id.to_string(),
         };
         let now = now_text();
-        sqlx::query(
+        on_pool!(&self.pool, |p| {
+            sqlx::query(
             "INSERT INTO quarantine (key, external_id, location, stage, field, value, reason, raw, attempts, first_seen, last_seen, last_run_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10, $11)
              ON CONFLICT(key) DO UPDATE SET
                 external_id = excluded.external_id, location = excluded.location, stage = excluded.stage,
                 field = excluded.field, value = excluded.value, reason = excluded.reason, raw = excluded.raw,
-                attempts = CASE WHEN quarantine.last_run_id IS excluded.last_run_id THEN quarantine.attempts ELSE quarantine.attempts + 1 END,
+                attempts = CASE WHEN quarantine.last_run_id IS NOT DISTINCT FROM excluded.last_run_id THEN quarantine.attempts ELSE quarantine.attempts + 1 END,
                 last_seen = excluded.last_seen, last_run_id = excluded.last_run_id",
         )
         .bind(&key)
@@ -131,90 +113,106 @@ impl Ledger {
         .bind(&now)
         .bind(&now)
         .bind(run_id)
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await.map(drop)
+        })?;
         Ok(key)
     }
 
     /// Releases one record from quarantine (it synced, or an operator discarded it).
     pub async fn release(&self, key: &str) -> Result<bool, LedgerError> {
-        let done = sqlx::query("DELETE FROM quarantine WHERE key = ?")
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let done = on_pool!(&self.pool, |p| sqlx::query(
+            "DELETE FROM quarantine WHERE key = $1"
+        )
+        .bind(key)
+        .execute(p)
+        .await
+        .map(|d| d.rows_affected()))?;
+        Ok(done > 0)
     }
 
     /// After a complete read: drops entries this run did not see again (the row was fixed,
     /// renamed or removed), so quarantine only ever lists what still fails.
     pub async fn release_unseen(&self, run_id: &str) -> Result<u64, LedgerError> {
-        let done = sqlx::query("DELETE FROM quarantine WHERE last_run_id IS NOT ?")
-            .bind(run_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        let done = on_pool!(&self.pool, |p| sqlx::query(
+            "DELETE FROM quarantine WHERE last_run_id IS DISTINCT FROM $1"
+        )
+        .bind(run_id)
+        .execute(p)
+        .await
+        .map(|d| d.rows_affected()))?;
+        Ok(done)
     }
 
     /// Every quarantined record not discarded, oldest first.
     pub async fn quarantined(&self) -> Result<Vec<QuarantineEntry>, LedgerError> {
-        let rows = sqlx::query(
+        let rows: Vec<QuarantineEntry> = on_pool!(&self.pool, |p| sqlx::query_as(
             "SELECT * FROM quarantine WHERE discarded_at IS NULL ORDER BY first_seen, key",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
+        .fetch_all(p)
+        .await)?;
+        Ok(rows)
     }
 
     /// How many records are quarantined and not discarded.
     pub async fn quarantined_count(&self) -> Result<i64, LedgerError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM quarantine WHERE discarded_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM quarantine WHERE discarded_at IS NULL"
         )
+        .fetch_one(p)
+        .await)?)
     }
 
     /// Every quarantined record including discarded ones, oldest first.
     pub async fn quarantined_all(&self) -> Result<Vec<QuarantineEntry>, LedgerError> {
-        let rows = sqlx::query("SELECT * FROM quarantine ORDER BY first_seen, key")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(decode).collect::<Result<_, _>>()?)
+        let rows: Vec<QuarantineEntry> = on_pool!(&self.pool, |p| sqlx::query_as(
+            "SELECT * FROM quarantine ORDER BY first_seen, key"
+        )
+        .fetch_all(p)
+        .await)?;
+        Ok(rows)
     }
 
     /// Marks an entry discarded by an operator; `false` when there is no such entry.
     pub async fn discard(&self, key: &str) -> Result<bool, LedgerError> {
-        let done = sqlx::query("UPDATE quarantine SET discarded_at = ? WHERE key = ?")
-            .bind(now_text())
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let done = on_pool!(&self.pool, |p| sqlx::query(
+            "UPDATE quarantine SET discarded_at = $1 WHERE key = $2"
+        )
+        .bind(now_text())
+        .bind(key)
+        .execute(p)
+        .await
+        .map(|d| d.rows_affected()))?;
+        Ok(done > 0)
     }
 
     /// Makes the next cycle re-map and retry these records even if their CRM row is unchanged.
     pub async fn mark_for_retry(&self, keys: &[String]) -> Result<u64, LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        let mut touched = 0;
-        for key in keys {
-            touched += sqlx::query(
-                "UPDATE records SET source_fingerprint = NULL, attempts = 0 WHERE external_id = ?",
-            )
-            .bind(key)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        tx.commit().await?;
+        let touched = on_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            let mut touched = 0;
+            for key in keys {
+                touched += sqlx::query(
+                    "UPDATE records SET source_fingerprint = NULL, attempts = 0 WHERE external_id = $1",
+                )
+                .bind(key)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            tx.commit().await?;
+            touched
+        });
         Ok(touched)
     }
 
     /// One quarantined record.
     pub async fn quarantined_one(&self, key: &str) -> Result<Option<QuarantineEntry>, LedgerError> {
-        let row = sqlx::query("SELECT * FROM quarantine WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(decode).transpose()?)
+        Ok(on_pool!(&self.pool, |p| sqlx::query_as(
+            "SELECT * FROM quarantine WHERE key = $1"
+        )
+        .bind(key)
+        .fetch_optional(p)
+        .await)?)
     }
 }

@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use sqlx::Row;
-
+use super::db::{Pool, on_pool};
 use super::{Ledger, LedgerError, now_text};
 use crate::domain::{ExternalId, QuoContactId, Snapshot};
 use crate::quo::types::Contact;
@@ -115,36 +114,49 @@ pub fn fingerprint_digest(fingerprint: &str) -> u64 {
     }
 }
 
-fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<RecordRow, LedgerError> {
-    let external_id: String = row.try_get("external_id")?;
+/// A `records` row as stored (both backends decode into it), before its JSON is parsed.
+#[derive(sqlx::FromRow)]
+struct StoredRecord {
+    external_id: String,
+    quo_id: Option<String>,
+    state: String,
+    source_fingerprint: Option<String>,
+    snapshot: Option<String>,
+    quo_contact: Option<String>,
+    quo_updated_at: Option<String>,
+    crm_updated_at: Option<String>,
+    attempts: i64,
+    last_error: Option<String>,
+}
+
+fn decode_row(row: StoredRecord) -> Result<RecordRow, LedgerError> {
+    let external_id = row.external_id;
     let corrupt = |column: &'static str, reason: String| LedgerError::Corrupt {
         external_id: external_id.clone(),
         column,
         reason,
     };
-    let snapshot: Option<String> = row.try_get("snapshot")?;
-    let snapshot = snapshot
+    let snapshot = row
+        .snapshot
         .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("snapshot", e.to_string())))
         .transpose()?;
-    let contact: Option<String> = row.try_get("quo_contact")?;
-    let quo_contact = contact
+    let quo_contact = row
+        .quo_contact
         .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("quo_contact", e.to_string())))
         .transpose()?;
     let parsed_id =
         ExternalId::parse(&external_id).map_err(|e| corrupt("external_id", e.to_string()))?;
     Ok(RecordRow {
         external_id: parsed_id,
-        quo_id: row
-            .try_get::<Option<String>, _>("quo_id")?
-            .map(QuoContactId),
-        state: RecordState::parse(row.try_get::<String, _>("state")?.as_str()),
-        source_fingerprint: row.try_get("source_fingerprint")?,
+        quo_id: row.quo_id.map(QuoContactId),
+        state: RecordState::parse(&row.state),
+        source_fingerprint: row.source_fingerprint,
         snapshot,
         quo_contact,
-        quo_updated_at: row.try_get("quo_updated_at")?,
-        crm_updated_at: row.try_get("crm_updated_at")?,
-        attempts: row.try_get("attempts")?,
-        last_error: row.try_get("last_error")?,
+        quo_updated_at: row.quo_updated_at,
+        crm_updated_at: row.crm_updated_at,
+        attempts: row.attempts,
+        last_error: row.last_error,
     })
 }
 
@@ -153,78 +165,49 @@ const COLUMNS: &str = "external_id, quo_id, state, source_fingerprint, snapshot,
 impl Ledger {
     /// Loads the compact index of every record.
     ///
-    /// Rows come out of SQLite packed by `group_concat` in rowid ranges, a few thousand per
-    /// result row: per-row driver overhead would otherwise dominate a million-record cycle.
+    /// Rows come out of the database packed many to a result row (`group_concat` over rowid
+    /// ranges on SQLite, `string_agg` over key ranges on PostgreSQL): per-row driver overhead
+    /// would otherwise dominate a million-record cycle.
     pub async fn load_index(&self) -> Result<LedgerIndex, LedgerError> {
-        const CHUNK: i64 = 20_000;
-        let (count, max_rowid): (i64, Option<i64>) =
-            sqlx::query_as("SELECT COUNT(*), MAX(rowid) FROM records")
-                .fetch_one(&self.pool)
-                .await?;
+        let count: i64 = self.record_count().await?;
         let mut index = LedgerIndex::with_capacity(count as usize);
-        let Some(max_rowid) = max_rowid else {
-            return Ok(index);
-        };
-        let mut start = 0i64;
-        while start <= max_rowid {
-            // Fields separated by \x1f, rows by \x1e: neither can occur in an external id
-            // (CSV and JSON ids are printable text) nor in a hex fingerprint.
-            let packed: Option<String> = sqlx::query_scalar(
-                "SELECT group_concat(external_id || char(31) || COALESCE(substr(source_fingerprint, 1, 16), '') || char(31)
-                                     || state || char(31) || (quo_id IS NOT NULL), char(30))
-                 FROM records WHERE rowid >= ? AND rowid < ?",
-            )
-            .bind(start)
-            .bind(start + CHUNK)
-            .fetch_one(&self.pool)
-            .await?;
-            start += CHUNK;
-            let Some(packed) = packed else { continue };
-            for row in packed.split('\u{1e}') {
-                let mut parts = row.split('\u{1f}');
-                let (Some(external_id), Some(fingerprint), Some(state), Some(has_quo_id)) =
-                    (parts.next(), parts.next(), parts.next(), parts.next())
-                else {
-                    continue;
-                };
-                index.insert(
-                    external_id.to_string(),
-                    IndexEntry {
-                        fingerprint: if fingerprint.is_empty() {
-                            0
-                        } else {
-                            fingerprint_digest(fingerprint)
-                        },
-                        state: RecordState::parse(state),
-                        has_quo_id: has_quo_id == "1",
-                        seen: false,
-                    },
-                );
-            }
+        match &self.pool {
+            Pool::Sqlite(pool) => load_index_sqlite(pool, &mut index).await?,
+            Pool::Postgres(pool) => load_index_postgres(pool, &mut index).await?,
         }
         Ok(index)
     }
 
+    /// How many rows `records` holds.
+    pub async fn record_count(&self) -> Result<i64, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM records"
+        )
+        .fetch_one(p)
+        .await)?)
+    }
+
     /// One record by CRM id.
     pub async fn record(&self, external_id: &ExternalId) -> Result<Option<RecordRow>, LedgerError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM records WHERE external_id = ?"
-        )))
-        .bind(external_id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(decode_row).transpose()
+        let row: Option<StoredRecord> =
+            on_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(
+                format!("SELECT {COLUMNS} FROM records WHERE external_id = $1")
+            ))
+            .bind(external_id.as_str())
+            .fetch_optional(p)
+            .await)?;
+        row.map(decode_row).transpose()
     }
 
     /// One record by Quo contact id.
     pub async fn record_by_quo_id(&self, quo_id: &str) -> Result<Option<RecordRow>, LedgerError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM records WHERE quo_id = ?"
-        )))
+        let row: Option<StoredRecord> = on_pool!(&self.pool, |p| sqlx::query_as(
+            sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM records WHERE quo_id = $1"))
+        )
         .bind(quo_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(decode_row).transpose()
+        .fetch_optional(p)
+        .await)?;
+        row.map(decode_row).transpose()
     }
 
     /// Every record in a state, in id order.
@@ -232,23 +215,25 @@ impl Ledger {
         &self,
         state: RecordState,
     ) -> Result<Vec<RecordRow>, LedgerError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM records WHERE state = ? ORDER BY external_id"
-        )))
-        .bind(state.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_row).collect()
+        let rows: Vec<StoredRecord> =
+            on_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(
+                format!("SELECT {COLUMNS} FROM records WHERE state = $1 ORDER BY external_id")
+            ))
+            .bind(state.as_str())
+            .fetch_all(p)
+            .await)?;
+        rows.into_iter().map(decode_row).collect()
     }
 
     /// Every record, in id order.
     pub async fn all_records(&self) -> Result<Vec<RecordRow>, LedgerError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM records ORDER BY external_id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_row).collect()
+        let rows: Vec<StoredRecord> =
+            on_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(
+                format!("SELECT {COLUMNS} FROM records ORDER BY external_id")
+            ))
+            .fetch_all(p)
+            .await)?;
+        rows.into_iter().map(decode_row).collect()
     }
 
     /// Commits the intent to create a contact for `external_id`, before the POST is sent.
@@ -268,8 +253,9 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let now = now_text();
         let sent = sent.map(|s| serde_json::to_string(s).expect("snapshot serialises"));
-        sqlx::query(
-            "INSERT INTO records (external_id, state, snapshot, created_at, updated_at) VALUES (?, 'pending_create', ?, ?, ?)
+        on_pool!(&self.pool, |p| {
+            sqlx::query(
+            "INSERT INTO records (external_id, state, snapshot, created_at, updated_at) VALUES ($1, 'pending_create', $2, $3, $4)
              ON CONFLICT(external_id) DO UPDATE SET state = 'pending_create', snapshot = excluded.snapshot,
                  updated_at = excluded.updated_at
              WHERE records.quo_id IS NULL",
@@ -278,8 +264,9 @@ impl Ledger {
         .bind(sent)
         .bind(&now)
         .bind(&now)
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await.map(drop)
+        })?;
         Ok(())
     }
 
@@ -292,38 +279,40 @@ impl Ledger {
     /// Commits many confirmed records in one transaction (ledger recovery, bulk imports).
     pub async fn commit_synced_batch(&self, batch: &[SyncedRecord<'_>]) -> Result<(), LedgerError> {
         let now = now_text();
-        let mut tx = self.pool.begin().await?;
-        for synced in batch {
-            sqlx::query(
-                "INSERT INTO records (external_id, quo_id, state, source_fingerprint, snapshot, snapshot_hash, quo_contact,
-                                      quo_updated_at, crm_updated_at, attempts, last_error, created_at, updated_at)
-                 VALUES (?, ?, 'synced', ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)
-                 ON CONFLICT(external_id) DO UPDATE SET
-                    quo_id = excluded.quo_id, state = 'synced',
-                    source_fingerprint = COALESCE(excluded.source_fingerprint, records.source_fingerprint),
-                    snapshot = excluded.snapshot, snapshot_hash = excluded.snapshot_hash,
-                    quo_contact = excluded.quo_contact, quo_updated_at = excluded.quo_updated_at,
-                    crm_updated_at = COALESCE(excluded.crm_updated_at, records.crm_updated_at),
-                    attempts = 0, last_error = NULL, updated_at = excluded.updated_at",
-            )
-            .bind(synced.external_id.as_str())
-            .bind(synced.quo_id.as_str())
-            .bind(synced.source_fingerprint)
-            .bind(serde_json::to_string(synced.snapshot).expect("snapshot serialises"))
-            .bind(synced.snapshot.hash())
-            .bind(serde_json::to_string(synced.contact).expect("contact serialises"))
-            .bind(&synced.contact.updated_at)
-            .bind(&synced.crm_updated_at)
-            .bind(&now)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM quarantine WHERE key = ?")
+        on_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            for synced in batch {
+                sqlx::query(
+                    "INSERT INTO records (external_id, quo_id, state, source_fingerprint, snapshot, snapshot_hash, quo_contact,
+                                          quo_updated_at, crm_updated_at, attempts, last_error, created_at, updated_at)
+                     VALUES ($1, $2, 'synced', $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10)
+                     ON CONFLICT(external_id) DO UPDATE SET
+                        quo_id = excluded.quo_id, state = 'synced',
+                        source_fingerprint = COALESCE(excluded.source_fingerprint, records.source_fingerprint),
+                        snapshot = excluded.snapshot, snapshot_hash = excluded.snapshot_hash,
+                        quo_contact = excluded.quo_contact, quo_updated_at = excluded.quo_updated_at,
+                        crm_updated_at = COALESCE(excluded.crm_updated_at, records.crm_updated_at),
+                        attempts = 0, last_error = NULL, updated_at = excluded.updated_at",
+                )
                 .bind(synced.external_id.as_str())
+                .bind(synced.quo_id.as_str())
+                .bind(synced.source_fingerprint)
+                .bind(serde_json::to_string(synced.snapshot).expect("snapshot serialises"))
+                .bind(synced.snapshot.hash())
+                .bind(serde_json::to_string(synced.contact).expect("contact serialises"))
+                .bind(&synced.contact.updated_at)
+                .bind(&synced.crm_updated_at)
+                .bind(&now)
+                .bind(&now)
                 .execute(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
+                sqlx::query("DELETE FROM quarantine WHERE key = $1")
+                    .bind(synced.external_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -333,33 +322,36 @@ impl Ledger {
         external_id: &ExternalId,
         fingerprint: &str,
     ) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE records SET source_fingerprint = ?, updated_at = ? WHERE external_id = ?",
-        )
-        .bind(fingerprint)
-        .bind(now_text())
-        .bind(external_id.as_str())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM quarantine WHERE key = ?")
+        on_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "UPDATE records SET source_fingerprint = $1, updated_at = $2 WHERE external_id = $3",
+            )
+            .bind(fingerprint)
+            .bind(now_text())
             .bind(external_id.as_str())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+            sqlx::query("DELETE FROM quarantine WHERE key = $1")
+                .bind(external_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     /// Forgets the stored source fingerprint, so the next cycle maps the record and compares it
     /// with the snapshot instead of skipping it as unchanged.
     pub async fn clear_fingerprint(&self, external_id: &ExternalId) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE records SET source_fingerprint = NULL, updated_at = ? WHERE external_id = ?",
+        on_pool!(&self.pool, |p| sqlx::query(
+            "UPDATE records SET source_fingerprint = NULL, updated_at = $1 WHERE external_id = $2",
         )
         .bind(now_text())
         .bind(external_id.as_str())
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await
+        .map(drop))?;
         Ok(())
     }
 
@@ -369,13 +361,15 @@ impl Ledger {
         external_id: &ExternalId,
         contact: &Contact,
     ) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE records SET quo_contact = ?, quo_updated_at = ?, updated_at = ? WHERE external_id = ?")
+        on_pool!(&self.pool, |p| {
+            sqlx::query("UPDATE records SET quo_contact = $1, quo_updated_at = $2, updated_at = $3 WHERE external_id = $4")
             .bind(serde_json::to_string(contact).expect("contact serialises"))
             .bind(&contact.updated_at)
             .bind(now_text())
             .bind(external_id.as_str())
-            .execute(&self.pool)
-            .await?;
+            .execute(p)
+            .await.map(drop)
+        })?;
         Ok(())
     }
 
@@ -385,12 +379,14 @@ impl Ledger {
         external_id: &ExternalId,
         error: &str,
     ) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE records SET attempts = attempts + 1, last_error = ?, updated_at = ? WHERE external_id = ?")
+        on_pool!(&self.pool, |p| {
+            sqlx::query("UPDATE records SET attempts = attempts + 1, last_error = $1, updated_at = $2 WHERE external_id = $3")
             .bind(error)
             .bind(now_text())
             .bind(external_id.as_str())
-            .execute(&self.pool)
-            .await?;
+            .execute(p)
+            .await.map(drop)
+        })?;
         Ok(())
     }
 
@@ -400,33 +396,188 @@ impl Ledger {
         external_id: &ExternalId,
         state: RecordState,
     ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE records SET quo_id = NULL, state = ?, snapshot = NULL, snapshot_hash = NULL, quo_contact = NULL,
-                    source_fingerprint = NULL, updated_at = ? WHERE external_id = ?",
+        on_pool!(&self.pool, |p| {
+            sqlx::query(
+            "UPDATE records SET quo_id = NULL, state = $1, snapshot = NULL, snapshot_hash = NULL, quo_contact = NULL,
+                    source_fingerprint = NULL, updated_at = $2 WHERE external_id = $3",
         )
         .bind(state.as_str())
         .bind(now_text())
         .bind(external_id.as_str())
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await.map(drop)
+        })?;
         Ok(())
     }
 
     /// Removes a record's row entirely (its CRM record was deleted on purpose).
     pub async fn forget(&self, external_id: &ExternalId) -> Result<(), LedgerError> {
-        sqlx::query("DELETE FROM records WHERE external_id = ?")
-            .bind(external_id.as_str())
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, |p| sqlx::query(
+            "DELETE FROM records WHERE external_id = $1"
+        )
+        .bind(external_id.as_str())
+        .execute(p)
+        .await
+        .map(drop))?;
         Ok(())
     }
 
     /// Record counts by state.
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, LedgerError> {
-        Ok(
-            sqlx::query_as("SELECT state, COUNT(*) FROM records GROUP BY state ORDER BY state")
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(on_pool!(&self.pool, |p| sqlx::query_as(
+            "SELECT state, COUNT(*) FROM records GROUP BY state ORDER BY state"
         )
+        .fetch_all(p)
+        .await)?)
+    }
+}
+
+/// Fields separated by \x1f, rows by \x1e: neither can occur in an external id (CSV and JSON ids
+/// are printable text) nor in a hex fingerprint.
+fn unpack_index(packed: &str, index: &mut LedgerIndex) {
+    for row in packed.split('\u{1e}') {
+        let mut parts = row.split('\u{1f}');
+        let (Some(external_id), Some(fingerprint), Some(state), Some(has_quo_id)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        index.insert(
+            external_id.to_string(),
+            IndexEntry {
+                fingerprint: if fingerprint.is_empty() {
+                    0
+                } else {
+                    fingerprint_digest(fingerprint)
+                },
+                state: RecordState::parse(state),
+                has_quo_id: has_quo_id == "1",
+                seen: false,
+            },
+        );
+    }
+}
+
+const INDEX_CHUNK: i64 = 20_000;
+
+async fn load_index_sqlite(
+    pool: &sqlx::SqlitePool,
+    index: &mut LedgerIndex,
+) -> Result<(), sqlx::Error> {
+    let max_rowid: Option<i64> = sqlx::query_scalar("SELECT MAX(rowid) FROM records")
+        .fetch_one(pool)
+        .await?;
+    let Some(max_rowid) = max_rowid else {
+        return Ok(());
+    };
+    let mut start = 0i64;
+    while start <= max_rowid {
+        let packed: Option<String> = sqlx::query_scalar(
+            "SELECT group_concat(external_id || char(31) || COALESCE(substr(source_fingerprint, 1, 16), '') || char(31)
+                                 || state || char(31) || (quo_id IS NOT NULL), char(30))
+             FROM records WHERE rowid >= $1 AND rowid < $2",
+        )
+        .bind(start)
+        .bind(start + INDEX_CHUNK)
+        .fetch_one(pool)
+        .await?;
+        start += INDEX_CHUNK;
+        if let Some(packed) = packed {
+            unpack_index(&packed, index);
+        }
+    }
+    Ok(())
+}
+
+/// PostgreSQL has no rowid: chunks are ranges of the primary key, walked in key order.
+async fn load_index_postgres(
+    pool: &sqlx::PgPool,
+    index: &mut LedgerIndex,
+) -> Result<(), sqlx::Error> {
+    let mut after = String::new();
+    loop {
+        let (packed, last, rows): (Option<String>, Option<String>, i64) = sqlx::query_as(
+            "SELECT string_agg(external_id || chr(31) || COALESCE(substr(source_fingerprint, 1, 16), '') || chr(31)
+                               || state || chr(31) || CASE WHEN quo_id IS NULL THEN '0' ELSE '1' END, chr(30)),
+                    MAX(external_id), COUNT(*)
+             FROM (SELECT external_id, source_fingerprint, state, quo_id FROM records
+                   WHERE external_id > $1 ORDER BY external_id LIMIT $2) chunk",
+        )
+        .bind(&after)
+        .bind(INDEX_CHUNK)
+        .fetch_one(pool)
+        .await?;
+        if let Some(packed) = packed {
+            unpack_index(&packed, index);
+        }
+        match last {
+            Some(last) if rows == INDEX_CHUNK => after = last,
+            _ => return Ok(()),
+        }
+    }
+}
+
+impl Ledger {
+    /// How many synced records are linked to a Quo contact (what a reverse scan must see).
+    pub async fn linked_count(&self) -> Result<i64, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM records WHERE quo_id IS NOT NULL AND state = 'synced'",
+        )
+        .fetch_one(p)
+        .await)?)
+    }
+
+    /// Reverse scan: marks the listed Quo contacts as seen by pass `scan_id` and returns, for
+    /// those linked to a synced record, (quo id, the `updatedAt` last stored).
+    pub async fn scan_mark_seen(
+        &self,
+        scan_id: &str,
+        quo_ids: &[&str],
+    ) -> Result<Vec<(String, Option<String>)>, LedgerError> {
+        if quo_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = |from: usize| {
+            (from..from + quo_ids.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let select = format!(
+            "SELECT quo_id, quo_updated_at FROM records WHERE state = 'synced' AND quo_id IN ({})",
+            marks(1)
+        );
+        // $1 is the scan id; the ids follow.
+        let update = format!(
+            "UPDATE records SET scan_seen = $1 WHERE quo_id IN ({})",
+            marks(2)
+        );
+        let known = on_pool!(&self.pool, |p| {
+            let query = sqlx::query_as(sqlx::AssertSqlSafe(select));
+            let known: Vec<(String, Option<String>)> = quo_ids
+                .iter()
+                .fold(query, |q, id| q.bind(*id))
+                .fetch_all(p)
+                .await?;
+            let query = sqlx::query(sqlx::AssertSqlSafe(update)).bind(scan_id);
+            quo_ids
+                .iter()
+                .fold(query, |q, id| q.bind(*id))
+                .execute(p)
+                .await?;
+            known
+        });
+        Ok(known)
+    }
+
+    /// Reverse scan: linked contacts that pass `scan_id` did not list.
+    pub async fn scan_unseen(&self, scan_id: &str) -> Result<Vec<String>, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT quo_id FROM records WHERE quo_id IS NOT NULL AND state = 'synced'
+               AND (scan_seen IS NULL OR scan_seen != $1)",
+        )
+        .bind(scan_id)
+        .fetch_all(p)
+        .await)?)
     }
 }

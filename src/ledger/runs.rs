@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::db::on_pool;
 use super::{Ledger, LedgerError, now_text};
 
 /// Counts a cycle accumulates.
@@ -88,12 +89,15 @@ pub struct ConflictRow {
 impl Ledger {
     /// Records the start of a run.
     pub async fn start_run(&self, id: &str, kind: &str) -> Result<(), LedgerError> {
-        sqlx::query("INSERT INTO runs (id, kind, started_at, status) VALUES (?, ?, ?, 'running')")
-            .bind(id)
-            .bind(kind)
-            .bind(now_text())
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, |p| sqlx::query(
+            "INSERT INTO runs (id, kind, started_at, status) VALUES ($1, $2, $3, 'running')"
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(now_text())
+        .execute(p)
+        .await
+        .map(drop))?;
         Ok(())
     }
 
@@ -106,10 +110,11 @@ impl Ledger {
         duration_ms: u64,
         error: Option<&str>,
     ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE runs SET finished_at = ?, status = ?, created = ?, updated = ?, unchanged = ?, deleted = ?,
-                    quarantined = ?, written_to_crm = ?, requests = ?, rate_limited = ?, duration_ms = ?, error = ?
-             WHERE id = ?",
+        on_pool!(&self.pool, |p| {
+            sqlx::query(
+            "UPDATE runs SET finished_at = $1, status = $2, created = $3, updated = $4, unchanged = $5, deleted = $6,
+                    quarantined = $7, written_to_crm = $8, requests = $9, rate_limited = $10, duration_ms = $11, error = $12
+             WHERE id = $13",
         )
         .bind(now_text())
         .bind(status)
@@ -124,29 +129,36 @@ impl Ledger {
         .bind(duration_ms as i64)
         .bind(error)
         .bind(id)
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await.map(drop)
+        })?;
         Ok(())
     }
 
     /// The most recent runs, newest first.
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>, LedgerError> {
-        Ok(
-            sqlx::query_as("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?")
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(on_pool!(&self.pool, |p, pg| sqlx::query_as(if pg {
+            "SELECT * FROM runs ORDER BY started_at DESC, seq DESC LIMIT $1"
+        } else {
+            "SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT $1"
+        })
+        .bind(limit)
+        .fetch_all(p)
+        .await)?)
     }
 
     /// The most recent run that finished (any status but `running`): what readiness judges by,
     /// so a cycle in progress, or one a crash left `running`, does not hide the outcome before it.
     pub async fn last_finished_run(&self) -> Result<Option<RunRow>, LedgerError> {
-        Ok(sqlx::query_as(
-            "SELECT * FROM runs WHERE status <> 'running' ORDER BY started_at DESC, rowid DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(on_pool!(&self.pool, |p, pg| {
+            sqlx::query_as(if pg {
+            "SELECT * FROM runs WHERE status <> 'running' ORDER BY started_at DESC, seq DESC LIMIT 1"
+        } else {
+            "SELECT * FROM runs WHERE status <> 'running' ORDER BY started_at DESC, rowid DESC LIMIT 1"
+        })
+        .fetch_optional(p)
+        .await
+        })?)
     }
 
     /// Records a conflict and how it was decided.
@@ -162,9 +174,10 @@ impl Ledger {
         policy: &str,
         run_id: Option<&str>,
     ) -> Result<(), LedgerError> {
-        sqlx::query(
+        on_pool!(&self.pool, |p| {
+            sqlx::query(
             "INSERT INTO conflicts (external_id, field, base_value, crm_value, quo_value, winner, policy, run_id, at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(external_id)
         .bind(field)
@@ -175,18 +188,37 @@ impl Ledger {
         .bind(policy)
         .bind(run_id)
         .bind(now_text())
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await.map(drop)
+        })?;
         Ok(())
+    }
+
+    /// The most recent run error, if any run failed.
+    pub async fn last_run_error(&self) -> Result<Option<String>, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT error FROM runs WHERE error IS NOT NULL ORDER BY started_at DESC LIMIT 1",
+        )
+        .fetch_optional(p)
+        .await)?)
+    }
+
+    /// How many conflicts were recorded.
+    pub async fn conflict_count(&self) -> Result<i64, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM conflicts"
+        )
+        .fetch_one(p)
+        .await)?)
     }
 
     /// Recorded conflicts, newest first.
     pub async fn conflicts(&self, limit: i64) -> Result<Vec<ConflictRow>, LedgerError> {
-        Ok(
-            sqlx::query_as("SELECT * FROM conflicts ORDER BY id DESC LIMIT ?")
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(on_pool!(&self.pool, |p| sqlx::query_as(
+            "SELECT * FROM conflicts ORDER BY id DESC LIMIT $1"
         )
+        .bind(limit)
+        .fetch_all(p)
+        .await)?)
     }
 }

@@ -36,14 +36,8 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
     let records = ledger.count_by_state().await?.into_iter().collect();
     let quarantine = ledger.quarantined().await?;
     let last_run = ledger.recent_runs(1).await?.into_iter().next();
-    let last_error: Option<String> = sqlx::query_scalar(
-        "SELECT error FROM runs WHERE error IS NOT NULL ORDER BY started_at DESC LIMIT 1",
-    )
-    .fetch_optional(ledger.pool())
-    .await?;
-    let conflicts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conflicts")
-        .fetch_one(ledger.pool())
-        .await?;
+    let last_error = ledger.last_run_error().await?;
+    let conflicts = ledger.conflict_count().await?;
     Ok(Status {
         ledger: ledger.path().to_string(),
         records,

@@ -20,10 +20,7 @@ pub fn watch_progress(ctx: &crate::sync::SyncContext) -> tokio::task::JoinHandle
     let ledger = ctx.ledger.clone();
     tokio::spawn(async move {
         use std::sync::atomic::Ordering;
-        let expected: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records")
-            .fetch_one(ledger.pool())
-            .await
-            .unwrap_or(0);
+        let expected: i64 = ledger.record_count().await.unwrap_or(0);
         if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(expected.max(1) as u64);
             bar.set_style(

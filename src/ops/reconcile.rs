@@ -291,10 +291,7 @@ async fn adopt(
         .await?;
     if existing.is_some_and(|r| r.source_fingerprint.is_some()) {
         // A kept fingerprint would let the next cycle skip the comparison.
-        sqlx::query("UPDATE records SET source_fingerprint = NULL WHERE external_id = ?")
-            .bind(external_id.as_str())
-            .execute(ledger.pool())
-            .await?;
+        ledger.clear_fingerprint(external_id).await?;
     }
     Ok(())
 }

@@ -14,7 +14,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Row;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -73,12 +72,7 @@ pub async fn scan(
     stop: &CancellationToken,
 ) -> Result<ScanProgress, IntakeError> {
     let mut progress = ScanProgress::default();
-    let linked: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM records WHERE quo_id IS NOT NULL AND state = 'synced'",
-    )
-    .fetch_one(ledger.pool())
-    .await
-    .map_err(crate::ledger::LedgerError::from)?;
+    let linked = ledger.linked_count().await?;
     if linked == 0 {
         // Nothing linked yet (a first load): a pass could only count orphans, and in a cycle it
         // would delay the first create by a whole listing.
@@ -166,32 +160,12 @@ async fn note_page(
     if listed.is_empty() {
         return Ok((0, 0));
     }
-    let marks = vec!["?"; listed.len()].join(", ");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT quo_id, quo_updated_at FROM records WHERE state = 'synced' AND quo_id IN ({marks})"
-    )));
-    let rows = listed
-        .iter()
-        .fold(rows, |q, (id, _)| q.bind(id))
-        .fetch_all(ledger.pool())
-        .await
-        .map_err(crate::ledger::LedgerError::from)?;
-    let mut known = std::collections::HashMap::new();
-    for row in &rows {
-        let quo_id: String = row.try_get(0).map_err(crate::ledger::LedgerError::from)?;
-        let stored: Option<String> = row.try_get(1).map_err(crate::ledger::LedgerError::from)?;
-        known.insert(quo_id, stored);
-    }
-    let mark = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE records SET scan_seen = ? WHERE quo_id IN ({marks})"
-    )))
-    .bind(scan_id);
-    listed
-        .iter()
-        .fold(mark, |q, (id, _)| q.bind(id))
-        .execute(ledger.pool())
-        .await
-        .map_err(crate::ledger::LedgerError::from)?;
+    let ids: Vec<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+    let known: std::collections::HashMap<String, Option<String>> = ledger
+        .scan_mark_seen(scan_id, &ids)
+        .await?
+        .into_iter()
+        .collect();
     let (mut notices, mut orphans) = (0, 0);
     for (quo_id, updated_at) in listed {
         let Some(stored) = known.get(quo_id) else {
@@ -219,14 +193,7 @@ async fn note_page(
 
 /// At the end of a complete pass: a notice for every linked contact it did not list.
 async fn note_missing(ledger: &Ledger, scan_id: &str) -> Result<u64, IntakeError> {
-    let missing: Vec<String> = sqlx::query_scalar(
-        "SELECT quo_id FROM records WHERE quo_id IS NOT NULL AND state = 'synced'
-           AND (scan_seen IS NULL OR scan_seen != ?)",
-    )
-    .bind(scan_id)
-    .fetch_all(ledger.pool())
-    .await
-    .map_err(crate::ledger::LedgerError::from)?;
+    let missing = ledger.scan_unseen(scan_id).await?;
     let mut notices = 0;
     for quo_id in &missing {
         let event_id = format!("scan:{scan_id}:missing:{quo_id}");
@@ -259,12 +226,7 @@ async fn finish_pass(ledger: &Ledger) -> Result<(), IntakeError> {
 }
 
 async fn restart_pass(ledger: &Ledger) -> Result<(), IntakeError> {
-    sqlx::query("DELETE FROM meta WHERE key IN (?, ?)")
-        .bind(SCAN_ID)
-        .bind(SCAN_TOKEN)
-        .execute(ledger.pool())
-        .await
-        .map_err(crate::ledger::LedgerError::from)?;
+    ledger.delete_meta(&[SCAN_ID, SCAN_TOKEN]).await?;
     Ok(())
 }
 
