@@ -117,7 +117,10 @@ pub fn build_context_on(
     cancel: CancellationToken,
     ledger: Ledger,
 ) -> Result<SyncContext, AppError> {
-    let client = build_client(config)?;
+    let mut client = build_client(config)?;
+    if let Some(permit) = ledger.write_permit() {
+        client = client.with_write_gate(permit);
+    }
     let source = Arc::new(Source::from_config(&config.source)?);
     Ok(SyncContext {
         ledger,
@@ -271,8 +274,11 @@ pub async fn run_service(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<(), AppError> {
     let wake = Arc::new(Notify::new());
-    let ops = crate::ops::http::router(ctx.ledger.clone(), metrics)
-        .merge(console_routes(config, &ctx.ledger, &wake));
+    let ops = crate::ops::http::router(ctx.ledger.clone(), metrics).merge(console_routes(
+        config,
+        &ctx.ledger,
+        &wake,
+    ));
     crate::ops::http::register_service_metrics();
     metrics::gauge!("quo_sync_leader").set(1.0);
     let servers = start_listeners(config, &ctx.ledger, ops, &wake, &ctx.cancel).await?;
@@ -460,7 +466,11 @@ async fn start_listeners(
 }
 
 /// Cycles until `ctx.cancel` fires: every tick, or early on a webhook.
-async fn cycle_loop(ctx: &SyncContext, config: &Config, wake: &Notify) -> Result<(), AppError> {
+async fn cycle_loop(
+    ctx: &SyncContext,
+    config: &Config,
+    wake: &Arc<Notify>,
+) -> Result<(), AppError> {
     let interval = config.schedule.interval.0;
     // The scan runs beside the cycles, yielding to their writes; what it finds wakes a cycle.
     let mut ctx = ctx.clone();

@@ -356,6 +356,13 @@ impl Ledger {
         })
     }
 
+    /// For a leader's ledger: a check that answers whether the lease is still ours by the local
+    /// clock (hand it to the Quo client and the CRM writers); `None` on an unfenced ledger.
+    pub fn write_permit(&self) -> Option<Arc<dyn Fn() -> bool + Send + Sync>> {
+        let fence = self.fence.clone()?;
+        Some(Arc::new(move || fence.holds()))
+    }
+
     /// Fails with [`LedgerError::Fenced`] when this is a leader's ledger whose lease has run out
     /// by the local clock (or was lost). Call before a write to the outside world (Quo, CRM):
     /// the database refuses the ledger writes itself, but nothing else would stop the request.
