@@ -313,7 +313,7 @@ pub async fn run_replica(
     let wake = Arc::new(Notify::new());
     crate::ops::http::register_service_metrics();
     let ops = crate::ops::http::replica_router(base.clone(), metrics, role.clone())
-        .merge(console_routes(config, &base, &wake));
+        .merge(replica_console_routes(config, &base, &wake, &role));
     let servers = start_listeners(config, &base, ops, &wake, &shutdown).await?;
     let who = Candidate::this_process("run");
     info!(event = "service_started", ledger = %base.path(), host = %who.host, pid = who.pid, lease_ms = config.ha.lease.0.as_millis() as u64, "quo-sync replica started");
@@ -361,6 +361,33 @@ fn console_routes(config: &Config, ledger: &Ledger, wake: &Arc<Notify>) -> axum:
             config.schedule.interval.0,
             config.quo.requests_per_second,
         ),
+    ))
+}
+
+/// The console of a replica: it shows leader or standby as `role` says.
+fn replica_console_routes(
+    config: &Config,
+    ledger: &Ledger,
+    wake: &Arc<Notify>,
+    role: &ReplicaRole,
+) -> axum::Router {
+    if !config.service.console || config.service.listen.is_none() {
+        return axum::Router::new();
+    }
+    let role = role.clone();
+    let mut info = crate::ops::console::ServiceInfo::always_leader(
+        config.schedule.interval.0,
+        config.quo.requests_per_second,
+    );
+    info.role = Arc::new(move || match role.leader_epoch() {
+        Some(_) => crate::ops::console::Role::Leader,
+        None => crate::ops::console::Role::Standby,
+    });
+    crate::ops::console::routes(crate::ops::console::Console::new(
+        ledger.clone(),
+        config.service.console_token.clone(),
+        wake.clone(),
+        info,
     ))
 }
 

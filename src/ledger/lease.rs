@@ -21,7 +21,8 @@ use tracing::{info, warn};
 
 use super::{Ledger, LedgerError};
 
-/// "Now" in unix milliseconds by the database's clock.
+/// "Now" in unix milliseconds by the database's clock (SQLite's form; one clock for every
+/// replica, so lease expiry never depends on the replicas' clocks agreeing).
 const DB_NOW_MS: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 
 /// The lease table; created before (and outside) the numbered migrations.
@@ -37,6 +38,19 @@ pub(super) const CREATE_LEASE_TABLE: &str = "CREATE TABLE IF NOT EXISTS leader_l
     expires_ms  INTEGER NOT NULL,
     host_key    TEXT NOT NULL DEFAULT ''
 )";
+
+/// The SQLite-specific part of fencing: a per-connection TEMP trigger refusing `op` on `table`
+/// unless the lease row still carries `epoch` and has not expired by the database's clock.
+/// (Another backend needs its own form of this check inside the writing transaction.)
+fn sqlite_fence_trigger(table: &str, op: &str, epoch: i64) -> String {
+    format!(
+        "CREATE TEMP TRIGGER IF NOT EXISTS fence_{table}_{lower} BEFORE {op} ON main.\"{table}\"
+         WHEN NOT EXISTS (SELECT 1 FROM main.leader_lease WHERE id = 1 AND epoch = {epoch}
+                          AND expires_ms > {DB_NOW_MS})
+         BEGIN SELECT RAISE(ABORT, '{FENCED_MESSAGE}'); END",
+        lower = op.to_ascii_lowercase()
+    )
+}
 
 /// Tables whose writes are never fenced: the lease itself (it fences itself by its `WHERE`
 /// clauses) and sqlx's migration bookkeeping (migrations run only under the lease).
@@ -243,12 +257,12 @@ impl Ledger {
     ) -> Result<Option<i64>, LedgerError> {
         let sql = format!(
             "INSERT INTO leader_lease (id, epoch, token, host, pid, command, since_ms, renewed_ms, expires_ms, host_key)
-             VALUES (1, 1, ?1, ?2, ?3, ?4, {DB_NOW_MS}, {DB_NOW_MS}, {DB_NOW_MS} + ?5, ?6)
+             VALUES (1, 1, $1, $2, $3, $4, {DB_NOW_MS}, {DB_NOW_MS}, {DB_NOW_MS} + $5, $6)
              ON CONFLICT(id) DO UPDATE SET epoch = leader_lease.epoch + 1, token = excluded.token,
                 host = excluded.host, pid = excluded.pid, command = excluded.command,
                 since_ms = excluded.since_ms, renewed_ms = excluded.renewed_ms,
                 expires_ms = excluded.expires_ms, host_key = excluded.host_key
-             WHERE leader_lease.expires_ms <= excluded.since_ms OR leader_lease.token = ?7
+             WHERE leader_lease.expires_ms <= excluded.since_ms OR leader_lease.token = $7
              RETURNING epoch"
         );
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -271,8 +285,8 @@ impl Ledger {
         lease: Duration,
     ) -> Result<bool, LedgerError> {
         let sql = format!(
-            "UPDATE leader_lease SET renewed_ms = {DB_NOW_MS}, expires_ms = {DB_NOW_MS} + ?1
-             WHERE id = 1 AND token = ?2 AND epoch = ?3 AND expires_ms > {DB_NOW_MS}"
+            "UPDATE leader_lease SET renewed_ms = {DB_NOW_MS}, expires_ms = {DB_NOW_MS} + $1
+             WHERE id = 1 AND token = $2 AND epoch = $3 AND expires_ms > {DB_NOW_MS}"
         );
         let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(lease.as_millis() as i64)
@@ -287,7 +301,7 @@ impl Ledger {
     pub async fn release_lease(&self, token: &str, epoch: i64) -> Result<bool, LedgerError> {
         let sql = format!(
             "UPDATE leader_lease SET expires_ms = {DB_NOW_MS}
-             WHERE id = 1 AND token = ?1 AND epoch = ?2 AND expires_ms > {DB_NOW_MS}"
+             WHERE id = 1 AND token = $1 AND epoch = $2 AND expires_ms > {DB_NOW_MS}"
         );
         let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(token)
@@ -317,13 +331,7 @@ impl Ledger {
                 if table == "inbox" && op == "INSERT" {
                     continue;
                 }
-                triggers.push(format!(
-                    "CREATE TEMP TRIGGER IF NOT EXISTS fence_{table}_{op} BEFORE {op} ON main.\"{table}\"
-                     WHEN NOT EXISTS (SELECT 1 FROM main.leader_lease WHERE id = 1 AND epoch = {epoch}
-                                      AND expires_ms > {DB_NOW_MS})
-                     BEGIN SELECT RAISE(ABORT, '{FENCED_MESSAGE}'); END",
-                    op = op.to_ascii_lowercase()
-                ));
+                triggers.push(sqlite_fence_trigger(table, op, epoch));
             }
         }
         // Audited: built from constants, our epoch and table names from our own schema.
@@ -394,11 +402,17 @@ impl Fence {
     }
 
     fn extend(&self, asked_at: Instant, lease: Duration) {
-        // The database set expiry from a "now" no earlier than `asked_at`: conservative.
-        let until = asked_at.duration_since(self.origin) + lease;
+        // The database set expiry from a "now" no earlier than `asked_at`: conservative. The
+        // margin leaves room for a request already on the wire when the deadline passes.
+        let until = asked_at.duration_since(self.origin) + lease - safety_margin(lease);
         self.valid_until_ms
             .store(until.as_millis() as u64, Ordering::Release);
     }
+}
+
+/// How long before the lease's end a leader stops sending writes: a tenth of the lease.
+pub fn safety_margin(lease: Duration) -> Duration {
+    lease / 10
 }
 
 /// Why a writer could not start.
