@@ -1,16 +1,22 @@
 //! Wiring: turns a validated `Config` into running parts (ledger, client, source, cycle
 //! context), and runs them as a one-shot cycle or a long-lived service that stops cleanly on
 //! SIGINT/SIGTERM. `main.rs` only parses arguments and maps errors to exit codes.
+//!
+//! Writers take the ledger's writer lease first ([`acquire_writer`]); `run` that cannot get it
+//! stands by and takes over when it is free or expired ([`run_replica`]). A leader works on a
+//! fenced ledger and a cancel token that fires when the lease is lost, so the cycle stops
+//! starting new work and its late writes are refused by the database.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Candidate, LeaderLease, LeaseError, Ledger, LedgerError};
+use crate::ops::http::ReplicaRole;
 use crate::quo::client::{ClientSettings, QuoClient};
 use crate::quo::limiter::RateLimiter;
 use crate::quo::retry::RetryPolicy;
@@ -32,6 +38,9 @@ pub enum AppError {
     /// A cycle.
     #[error(transparent)]
     Sync(#[from] SyncError),
+    /// The writer lease is held by another process (exit 4).
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -43,6 +52,11 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// Whether Quo refused the API key (the service stops: nothing works until it is fixed).
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self, AppError::Sync(e) if e.is_auth_failure())
+    }
+
     /// Whether this is the operator's configuration to fix (exit code 2).
     pub fn is_config(&self) -> bool {
         matches!(
@@ -53,6 +67,15 @@ impl AppError {
                 self,
                 AppError::Sync(SyncError::Source(SourceError::MissingColumn { .. }))
             )
+    }
+
+    /// Whether another process holds the writer lease (exit code 4).
+    pub fn is_lease_held(&self) -> bool {
+        matches!(
+            self,
+            AppError::Lease(LeaseError::Held { .. })
+                | AppError::Ledger(LedgerError::MigrationBlocked { .. })
+        )
     }
 }
 
@@ -83,8 +106,21 @@ pub async fn build_context(
     kind: &'static str,
     cancel: CancellationToken,
 ) -> Result<SyncContext, AppError> {
-    let client = build_client(config)?;
     let ledger = Ledger::open_config(&config.ledger).await?;
+    build_context_on(config, kind, cancel, ledger)
+}
+
+/// Builds everything a cycle needs, on `ledger` (a writer's fenced ledger).
+pub fn build_context_on(
+    config: &Config,
+    kind: &'static str,
+    cancel: CancellationToken,
+    ledger: Ledger,
+) -> Result<SyncContext, AppError> {
+    let mut client = build_client(config)?;
+    if let Some(permit) = ledger.write_permit() {
+        client = client.with_write_gate(permit);
+    }
     let source = Arc::new(Source::from_config(&config.source)?);
     Ok(SyncContext {
         ledger,
@@ -114,6 +150,83 @@ pub async fn build_context(
         cancel,
         progress: Arc::default(),
     })
+}
+
+/// A process allowed to write: the held lease, the fenced ledger its writes go through, and a
+/// cancel token that fires on shutdown or when the lease is lost.
+pub struct Writer {
+    /// The lease (renewed in the background).
+    pub lease: LeaderLease,
+    /// The fenced ledger.
+    pub ledger: Ledger,
+    /// Cancelled on shutdown or lease loss: pass it as the cycle's cancel token.
+    pub cancel: CancellationToken,
+    base: Ledger,
+}
+
+impl Writer {
+    /// Closes the fenced ledger and hands the lease over at once.
+    pub async fn release(self) {
+        self.ledger.close().await;
+        self.lease.release().await;
+        self.base.close().await;
+    }
+}
+
+/// Takes the writer lease for a one-shot `command`, waiting up to `wait` for a holder to let
+/// go; then migrates (under the lease) and opens the fenced ledger.
+pub async fn acquire_writer(
+    config: &Config,
+    command: &str,
+    wait: Duration,
+    shutdown: CancellationToken,
+) -> Result<Writer, AppError> {
+    let base = Ledger::connect_config(&config.ledger).await?;
+    let who = Candidate::this_process(command);
+    let lease = LeaderLease::acquire_within(
+        &base,
+        &who,
+        config.ha.lease.0,
+        wait,
+        config.ha.poll_interval(),
+    )
+    .await?;
+    let ledger = match open_as_leader(&base, &lease).await {
+        Ok(ledger) => ledger,
+        Err(e) => {
+            lease.release().await;
+            return Err(e);
+        }
+    };
+    let cancel = link_cancel(&shutdown, &lease);
+    Ok(Writer {
+        lease,
+        ledger,
+        cancel,
+        base,
+    })
+}
+
+/// Migrates under the held lease and opens the fenced ledger.
+async fn open_as_leader(base: &Ledger, lease: &LeaderLease) -> Result<Ledger, AppError> {
+    if base.migrations_pending().await? {
+        base.migrate().await?;
+    }
+    Ok(base.fenced(lease).await?)
+}
+
+/// A child of `shutdown` that also fires when `lease` is lost.
+fn link_cancel(shutdown: &CancellationToken, lease: &LeaderLease) -> CancellationToken {
+    let cancel = shutdown.child_token();
+    let lost = lease.lost();
+    let linked = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = lost.cancelled() => linked.cancel(),
+            _ = linked.cancelled() => {}
+        }
+    });
+    cancel
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM.
@@ -151,18 +264,199 @@ pub async fn once(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, AppError
     Ok(run_cycle(ctx, mode).await?)
 }
 
-/// The service: a cycle every `interval` (never overlapping) until cancelled, started early when
-/// a webhook arrives or a Quo scan is due. A failing cycle is logged and retried at the next
-/// tick; only configuration errors stop the service.
+/// The service for a single writer that already has its context (no lease): a cycle every
+/// `interval` (never overlapping) until cancelled, started early when a webhook arrives or a
+/// Quo scan is due. A failing cycle is logged and retried at the next tick; only configuration
+/// errors stop the service.
 pub async fn run_service(
     ctx: &SyncContext,
     config: &Config,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<(), AppError> {
-    use crate::reverse::receiver::{Receiver, router as receiver_router, webhook_routes};
     let wake = Arc::new(Notify::new());
+    let ops = crate::ops::http::router(ctx.ledger.clone(), metrics).merge(console_routes(
+        config,
+        &ctx.ledger,
+        &wake,
+    ));
+    crate::ops::http::register_service_metrics();
+    metrics::gauge!("quo_sync_leader").set(1.0);
+    let servers = start_listeners(config, &ctx.ledger, ops, &wake, &ctx.cancel).await?;
+    info!(event = "service_started", source = %ctx.source.describe(), interval_s = config.schedule.interval.0.as_secs(), "quo-sync service started");
+    let result = cycle_loop(ctx, config, &wake).await;
+    if result.is_err() {
+        // Stopping for good: let the listeners go too.
+        ctx.cancel.cancel();
+    }
+    for server in servers {
+        let _ = server.await;
+    }
+    ctx.ledger.close().await;
+    result?;
+    info!(event = "service_stopped", "quo-sync stopped cleanly");
+    Ok(())
+}
+
+/// `run`: one replica among any number on the same ledger. It leads while it holds the writer
+/// lease, and otherwise stands by (serving health, metrics and webhooks) and asks again every
+/// `ha.poll_interval()`, so it takes over within `ha.lease` plus one poll of a leader's death,
+/// and at once when a leader shuts down cleanly (the lease is released).
+pub async fn run_replica(
+    config: &Config,
+    shutdown: CancellationToken,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    allow_mass_delete: bool,
+) -> Result<(), AppError> {
+    let base = Ledger::connect_config(&config.ledger).await?;
+    let role = ReplicaRole::default();
+    role.set_standby();
+    let wake = Arc::new(Notify::new());
+    crate::ops::http::register_service_metrics();
+    let ops = crate::ops::http::replica_router(base.clone(), metrics, role.clone())
+        .merge(replica_console_routes(config, &base, &wake, &role));
+    let servers = start_listeners(config, &base, ops, &wake, &shutdown).await?;
+    let who = Candidate::this_process("run");
+    info!(event = "service_started", ledger = %base.path(), host = %who.host, pid = who.pid, lease_ms = config.ha.lease.0.as_millis() as u64, "quo-sync replica started");
+    let mut result = Ok(());
+    while let Some(lease) = wait_for_lease(&base, &who, config, &shutdown).await {
+        role.set_leader(lease.epoch());
+        let term = lead(&base, &lease, config, &shutdown, &wake, allow_mass_delete).await;
+        role.set_standby();
+        lease.release().await;
+        match term {
+            Err(e) if e.is_config() || e.is_auth_failure() => {
+                result = Err(e);
+                shutdown.cancel();
+            }
+            Err(e) => {
+                error!(event = "leader_term_failed", error = %e, "leading failed; standing by and trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(config.ha.poll_interval()) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            // Shutdown ends the loop; a lost lease goes back to standing by.
+            Ok(()) => {}
+        }
+    }
+    for server in servers {
+        let _ = server.await;
+    }
+    base.close().await;
+    result?;
+    info!(event = "service_stopped", "quo-sync stopped cleanly");
+    Ok(())
+}
+
+/// The operator console's routes when `service.console` is on (empty otherwise).
+fn console_routes(config: &Config, ledger: &Ledger, wake: &Arc<Notify>) -> axum::Router {
+    if !config.service.console || config.service.listen.is_none() {
+        return axum::Router::new();
+    }
+    crate::ops::console::routes(crate::ops::console::Console::new(
+        ledger.clone(),
+        config.service.console_token.clone(),
+        wake.clone(),
+        crate::ops::console::ServiceInfo::always_leader(
+            config.schedule.interval.0,
+            config.quo.requests_per_second,
+        ),
+    ))
+}
+
+/// The console of a replica: it shows leader or standby as `role` says.
+fn replica_console_routes(
+    config: &Config,
+    ledger: &Ledger,
+    wake: &Arc<Notify>,
+    role: &ReplicaRole,
+) -> axum::Router {
+    if !config.service.console || config.service.listen.is_none() {
+        return axum::Router::new();
+    }
+    let role = role.clone();
+    let mut info = crate::ops::console::ServiceInfo::always_leader(
+        config.schedule.interval.0,
+        config.quo.requests_per_second,
+    );
+    info.role = Arc::new(move || match role.leader_epoch() {
+        Some(_) => crate::ops::console::Role::Leader,
+        None => crate::ops::console::Role::Standby,
+    });
+    crate::ops::console::routes(crate::ops::console::Console::new(
+        ledger.clone(),
+        config.service.console_token.clone(),
+        wake.clone(),
+        info,
+    ))
+}
+
+/// Stands by until the lease is ours (`None` on shutdown), logging `standby` with the holder
+/// whenever the holder changes.
+async fn wait_for_lease(
+    base: &Ledger,
+    who: &Candidate,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Option<LeaderLease> {
+    let mut last_seen: Option<(String, i64, i64)> = None;
+    while !shutdown.is_cancelled() {
+        match LeaderLease::try_acquire(base, who, config.ha.lease.0).await {
+            Ok(lease) => return Some(lease),
+            Err(LeaseError::Held { holder, .. }) => {
+                let key = (holder.host.clone(), holder.pid, holder.epoch);
+                if last_seen.as_ref() != Some(&key) {
+                    info!(event = "standby", holder_host = %holder.host, holder_pid = holder.pid, holder_command = %holder.command, holder_since = %holder.since, holder_epoch = holder.epoch, holder_expires = %holder.expires, "standing by: another replica holds the writer lease");
+                    last_seen = Some(key);
+                }
+            }
+            Err(e) => {
+                warn!(event = "lease_check_failed", error = %e, "could not ask for the writer lease; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.ha.poll_interval()) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    None
+}
+
+/// One term as leader: migrate, then cycles on the fenced ledger until shutdown or lease loss.
+async fn lead(
+    base: &Ledger,
+    lease: &LeaderLease,
+    config: &Config,
+    shutdown: &CancellationToken,
+    wake: &Arc<Notify>,
+    allow_mass_delete: bool,
+) -> Result<(), AppError> {
+    let ledger = open_as_leader(base, lease).await?;
+    let term = link_cancel(shutdown, lease);
+    let mut ctx = build_context_on(config, "run", term.clone(), ledger)?;
+    ctx.settings.allow_mass_delete = allow_mass_delete;
+    let result = cycle_loop(&ctx, config, wake).await;
+    ctx.ledger.close().await;
+    // A cycle cancels its token on a fatal Quo error (bad API key): that stops the service, as
+    // it does for a single writer, unless the token fired because the lease was lost.
+    if term.is_cancelled() && lease.holds() && !shutdown.is_cancelled() {
+        shutdown.cancel();
+    }
+    term.cancel();
+    result
+}
+
+/// Binds the health/metrics router and the webhook receiver (on one port or two).
+async fn start_listeners(
+    config: &Config,
+    ledger: &Ledger,
+    ops: axum::Router,
+    wake: &Arc<Notify>,
+    cancel: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, AppError> {
+    use crate::reverse::receiver::{Receiver, router as receiver_router, webhook_routes};
     let receiver = (config.reverse.enabled && config.reverse.listen.is_some()).then(|| Receiver {
-        ledger: ctx.ledger.clone(),
+        ledger: ledger.clone(),
         secret: config.reverse.webhook_secret.clone(),
         wake: wake.clone(),
         max_body_bytes: config.reverse.max_body_bytes,
@@ -170,19 +464,7 @@ pub async fn run_service(
     });
     let mut routers: Vec<(std::net::SocketAddr, axum::Router)> = Vec::new();
     if let Some(addr) = config.service.listen {
-        let console = config.service.console.then(|| {
-            crate::ops::console::Console::new(
-                ctx.ledger.clone(),
-                config.service.console_token.clone(),
-                wake.clone(),
-                crate::ops::console::ServiceInfo::always_leader(
-                    config.schedule.interval.0,
-                    config.quo.requests_per_second,
-                ),
-            )
-        });
-        let mut router =
-            crate::ops::http::router_with_console(ctx.ledger.clone(), metrics, console);
+        let mut router = ops;
         if let Some(receiver) = receiver
             .clone()
             .filter(|_| config.reverse.listen == Some(addr))
@@ -205,8 +487,17 @@ pub async fn run_service(
                 reason: e.to_string(),
             })?;
         info!(event = "listener_started", addr = %addr, "HTTP listener started");
-        servers.push(tokio::spawn(serve(listener, router, ctx.cancel.clone())));
+        servers.push(tokio::spawn(serve(listener, router, cancel.clone())));
     }
+    Ok(servers)
+}
+
+/// Cycles until `ctx.cancel` fires: every tick, or early on a webhook.
+async fn cycle_loop(
+    ctx: &SyncContext,
+    config: &Config,
+    wake: &Arc<Notify>,
+) -> Result<(), AppError> {
     let interval = config.schedule.interval.0;
     // The scan runs beside the cycles, yielding to their writes; what it finds wakes a cycle.
     let mut ctx = ctx.clone();
@@ -224,8 +515,7 @@ pub async fn run_service(
     };
     let ctx = &ctx;
     let tick = interval;
-    info!(event = "service_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "quo-sync service started");
-    crate::ops::http::register_service_metrics();
+    info!(event = "cycles_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "cycles started");
     loop {
         if ctx.cancel.is_cancelled() {
             break;
@@ -233,16 +523,21 @@ pub async fn run_service(
         let started = tokio::time::Instant::now();
         match run_cycle(ctx, Mode::Apply).await {
             Ok(_) => {}
-            Err(SyncError::Mapping(e)) => return Err(SyncError::Mapping(e).into()),
+            Err(SyncError::Mapping(e)) => {
+                ctx.cancel.cancel();
+                if let Some(scanner) = scanner {
+                    let _ = scanner.await;
+                }
+                return Err(SyncError::Mapping(e).into());
+            }
             Err(e) if e.is_auth_failure() => {
                 // Nothing will work until an operator fixes the key: stop, non-zero, so a
                 // supervisor notices instead of a service that looks up and does nothing.
                 error!(event = "auth_failed", error = %e, "Quo refused the API key; stopping");
                 ctx.cancel.cancel();
-                for server in servers {
-                    let _ = server.await;
+                if let Some(scanner) = scanner {
+                    let _ = scanner.await;
                 }
-                ctx.ledger.close().await;
                 return Err(e.into());
             }
             Err(e) => {
@@ -259,14 +554,9 @@ pub async fn run_service(
             _ = ctx.cancel.cancelled() => break,
         }
     }
-    for server in servers {
-        let _ = server.await;
-    }
     if let Some(scanner) = scanner {
         let _ = scanner.await;
     }
-    ctx.ledger.close().await;
-    info!(event = "service_stopped", "quo-sync stopped cleanly");
     Ok(())
 }
 

@@ -104,6 +104,9 @@ pub struct Config {
     /// Health and metrics listener.
     #[serde(default)]
     pub service: ServiceConfig,
+    /// More than one replica on one ledger: the writer lease.
+    #[serde(default)]
+    pub ha: HaConfig,
 }
 
 /// `[quo]`: the Quo API and how hard to use it.
@@ -488,6 +491,30 @@ pub struct ServiceConfig {
     pub console_token_file: Option<PathBuf>,
 }
 
+/// `[ha]`: the writer lease that lets exactly one process write a ledger.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// How long a lease lasts unless renewed (renewed every third of it); a standby takes over
+    /// at most this long (plus one poll) after the leader dies. Default `15s`.
+    pub lease: HumanDuration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            lease: HumanDuration(Duration::from_secs(15)),
+        }
+    }
+}
+
+impl HaConfig {
+    /// How often a standby (or a waiting one-shot command) asks for the lease.
+    pub fn poll_interval(&self) -> Duration {
+        (self.lease.0 / 3).min(Duration::from_secs(1))
+    }
+}
+
 impl Config {
     /// Loads `file` with environment overrides and validates it; no network.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
@@ -641,6 +668,15 @@ impl Config {
             return Err(bad(
                 "sync.max_delete_fraction",
                 format!("expected a share between 0 and 1, got {fraction}"),
+            ));
+        }
+        if self.ha.lease.0 < Duration::from_secs(1) || self.ha.lease.0 > Duration::from_secs(3600) {
+            return Err(bad(
+                "ha.lease",
+                format!(
+                    "expected between 1s and 1h, got {}",
+                    humantime::format_duration(self.ha.lease.0)
+                ),
             ));
         }
         if self.quo.concurrency == 0 {

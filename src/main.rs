@@ -1,7 +1,8 @@
 //! The `quo-sync` binary: argument parsing and exit codes; everything else is in the library.
 //!
 //! Exit codes: 0 success; 2 configuration or usage error; 3 the cycle finished but some records
-//! were quarantined; 1 anything else.
+//! were quarantined; 4 another process holds the ledger's writer lease (a one-shot writer that
+//! could not get it within `--wait`); 1 anything else.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_QUARANTINED: u8 = 3;
+const EXIT_LEASE_HELD: u8 = 4;
 /// How long `run` waits for in-flight work after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
 
@@ -71,6 +73,9 @@ enum Command {
         /// Lift the mass-deletion guard (sync.max_delete_fraction) for this cycle.
         #[arg(long)]
         allow_mass_delete: bool,
+        /// How long to wait for another writer to release the ledger (e.g. `30s`); exit 4 after.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
     /// Show what a cycle would do, sending no writes.
     Plan {
@@ -120,6 +125,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// How long to wait for another writer to release the ledger (e.g. `30s`); exit 4 after.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
     /// Ledger maintenance: `ledger copy --to <postgres-url | sqlite-path>`.
     Ledger {
@@ -180,6 +188,9 @@ enum QuarantineAction {
         /// Every quarantined record.
         #[arg(long)]
         all: bool,
+        /// How long to wait for another writer to release the ledger (e.g. `30s`); exit 4 after.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
     /// Stop counting an entry as needing attention (it is still retried each cycle).
     Discard {
@@ -188,6 +199,9 @@ enum QuarantineAction {
         /// Confirm.
         #[arg(long)]
         yes: bool,
+        /// How long to wait for another writer to release the ledger (e.g. `30s`); exit 4 after.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
 }
 
@@ -207,6 +221,16 @@ fn main() -> ExitCode {
         match dispatch(cli).await {
             Ok(code) => ExitCode::from(code),
             Err(error) => {
+                if error
+                    .downcast_ref::<AppError>()
+                    .is_some_and(AppError::is_lease_held)
+                {
+                    eprintln!(
+                        "quo-sync: {} (wait with --wait 30s, or stop that process)",
+                        error_chain(&error)
+                    );
+                    return ExitCode::from(EXIT_LEASE_HELD);
+                }
                 let config_error = error
                     .downcast_ref::<AppError>()
                     .is_some_and(AppError::is_config)
@@ -344,7 +368,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Status { json } => {
             let ledger = open_ledger(&cli.config).await?;
             let status = quo_sync::ops::status(&ledger).await?;
-            emit(json, &status, |s| s.render())?;
+            let writer = ledger.lease_holder().await?;
+            if json {
+                let mut value = serde_json::to_value(&status)?;
+                value["writer"] = serde_json::to_value(&writer)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", status.render());
+                println!("{}", render_writer(writer.as_ref()));
+            }
             Ok(0)
         }
         Command::Runs { limit, json } => {
@@ -377,15 +409,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             println!("row counts checked: every table matches the source");
             Ok(0)
         }
-        Command::Reconcile { repair, json } => {
+        Command::Reconcile { repair, json, wait } => {
             let config = load_config(&cli.config)?;
             quo_sync::telemetry::init(config.log.format, "warn");
-            let ctx = app::build_context(
-                &config,
-                "reconcile",
-                tokio_util::sync::CancellationToken::new(),
-            )
-            .await?;
+            // Only --repair writes; a plain comparison is a read and needs no lease.
+            let writer = if repair {
+                Some(app::acquire_writer(&config, "reconcile", wait, app::shutdown_token()).await?)
+            } else {
+                None
+            };
+            let ctx = match &writer {
+                Some(w) => {
+                    app::build_context_on(&config, "reconcile", w.cancel.clone(), w.ledger.clone())?
+                }
+                None => {
+                    app::build_context(
+                        &config,
+                        "reconcile",
+                        tokio_util::sync::CancellationToken::new(),
+                    )
+                    .await?
+                }
+            };
             let spinner = ops::progress::progress_bar("reconciling");
             let report = quo_sync::ops::reconcile::reconcile(
                 &ctx.ledger,
@@ -398,7 +443,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             if let Some(bar) = spinner {
                 bar.finish_and_clear();
             }
-            ctx.ledger.close().await;
+            match writer {
+                Some(w) => w.release().await,
+                None => ctx.ledger.close().await,
+            }
             emit(json, &report, |r| r.render())?;
             Ok(0)
         }
@@ -415,12 +463,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             };
             let cancel = app::shutdown_token();
             let metrics = quo_sync::ops::http::install_metrics();
-            let mut ctx = app::build_context(&config, "run", cancel.clone()).await?;
-            ctx.settings.allow_mass_delete = allow_mass_delete;
+            // Checked before standing by: a bad API key should fail now, not at takeover.
+            app::build_client(&config)?;
             // In-flight work gets a grace period after SIGTERM; what is cut short is safe
             // (intents are committed before POSTs and resolved by lookup on the next start).
             tokio::select! {
-                result = app::run_service(&ctx, &config, metrics) => result?,
+                result = app::run_replica(&config, cancel.clone(), metrics, allow_mass_delete) => result?,
                 _ = async {
                     cancel.cancelled().await;
                     tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -434,6 +482,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             with_sandbox,
             json,
             allow_mass_delete,
+            wait,
         } => {
             let mut config = load_config(&cli.config)?;
             quo_sync::telemetry::init(config.log.format, &config.log.level);
@@ -442,14 +491,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 None
             };
-            let cancel = app::shutdown_token();
-            let mut ctx = app::build_context(&config, "once", cancel).await?;
+            let writer = app::acquire_writer(&config, "once", wait, app::shutdown_token()).await?;
+            let mut ctx = app::build_context_on(
+                &config,
+                "once",
+                writer.cancel.clone(),
+                writer.ledger.clone(),
+            )?;
             ctx.settings.allow_mass_delete = allow_mass_delete;
             let progress = ops::progress::watch_progress(&ctx);
             let report = app::once(&ctx, Mode::Apply).await;
             progress.abort();
+            writer.release().await;
             let report = report?;
-            ctx.ledger.close().await;
             if json {
                 let mut value = serde_json::to_value(&report)?;
                 value["peak_rss_mib"] = serde_json::json!(quo_sync::telemetry::peak_rss_mib());
@@ -511,6 +565,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// The `writer` line of `status`: who holds the ledger's writer lease.
+fn render_writer(holder: Option<&quo_sync::ledger::LeaseHolder>) -> String {
+    match holder {
+        Some(h) if h.live => format!(
+            "writer        leader {} pid {} ({}, epoch {}, since {}, lease until {})",
+            h.host, h.pid, h.command, h.epoch, h.since, h.expires
+        ),
+        Some(h) => format!(
+            "writer        none (last: {} pid {}, {}, epoch {}, until {})",
+            h.host, h.pid, h.command, h.epoch, h.expires
+        ),
+        None => "writer        none yet".to_string(),
+    }
+}
+
 /// Prints `value` as pretty JSON, or the text `table` renders from it.
 fn emit<T: serde::Serialize>(
     json: bool,
@@ -531,9 +600,9 @@ async fn open_ledger(config: &std::path::Path) -> anyhow::Result<quo_sync::ledge
 }
 
 async fn quarantine(config_path: &std::path::Path, action: QuarantineAction) -> anyhow::Result<u8> {
-    let ledger = open_ledger(config_path).await?;
     match action {
         QuarantineAction::List { all, json } => {
+            let ledger = open_ledger(config_path).await?;
             let entries = if all {
                 ledger.quarantined_all().await?
             } else {
@@ -542,63 +611,83 @@ async fn quarantine(config_path: &std::path::Path, action: QuarantineAction) -> 
             emit(json, &entries, |e| ops::render_quarantine(e))?;
             Ok(0)
         }
-        QuarantineAction::Show { id } => match ledger.quarantined_one(&id).await? {
-            Some(entry) => {
-                println!("{}", serde_json::to_string_pretty(&entry)?);
-                Ok(0)
+        QuarantineAction::Show { id } => {
+            let ledger = open_ledger(config_path).await?;
+            match ledger.quarantined_one(&id).await? {
+                Some(entry) => {
+                    println!("{}", serde_json::to_string_pretty(&entry)?);
+                    Ok(0)
+                }
+                None => anyhow::bail!("no quarantined record {id:?}"),
             }
-            None => anyhow::bail!("no quarantined record {id:?}"),
-        },
-        QuarantineAction::Discard { id, yes } => {
+        }
+        QuarantineAction::Discard { id, yes, wait } => {
             if !yes {
                 eprintln!("quo-sync: discarding {id:?} hides it from status; add --yes to confirm");
                 return Ok(EXIT_CONFIG);
             }
             let config = load_config(config_path)?;
             quo_sync::telemetry::init(config.log.format, &config.log.level);
-            ops::discard_quarantined(&ledger, &id).await?;
+            let writer =
+                app::acquire_writer(&config, "quarantine", wait, app::shutdown_token()).await?;
+            let discarded = ops::discard_quarantined(&writer.ledger, &id).await;
+            writer.release().await;
+            discarded?;
             println!("discarded {id}");
             Ok(0)
         }
-        QuarantineAction::Retry { id, all } => {
-            let keys: Vec<String> = match (id, all) {
-                (Some(id), false) => vec![id],
-                (None, true) => ledger
-                    .quarantined_all()
-                    .await?
-                    .into_iter()
-                    .map(|q| q.key)
-                    .collect(),
-                _ => {
-                    eprintln!("quo-sync: name one record or pass --all");
-                    return Ok(EXIT_CONFIG);
-                }
-            };
-            if keys.is_empty() {
-                println!("nothing in quarantine");
-                return Ok(0);
-            }
-            ops::retry_quarantined(&ledger, &keys).await?;
-            ledger.close().await;
+        QuarantineAction::Retry { id, all, wait } => {
             let config = load_config(config_path)?;
             quo_sync::telemetry::init(config.log.format, &config.log.level);
-            let ctx = app::build_context(&config, "once", app::shutdown_token()).await?;
-            app::once(&ctx, Mode::Apply).await?;
-            let mut still = 0usize;
-            for key in &keys {
-                let stuck = ctx.ledger.quarantined_one(key).await?.is_some();
-                still += usize::from(stuck);
-                println!(
-                    "{key}: {}",
-                    if stuck { "still quarantined" } else { "synced" }
-                );
-            }
-            ctx.ledger.close().await;
-            // Judged by the records asked about: other rows still quarantined do not make a
-            // successful retry look like a failure (`status` lists those).
-            Ok(if still > 0 { EXIT_QUARANTINED } else { 0 })
+            let writer =
+                app::acquire_writer(&config, "quarantine", wait, app::shutdown_token()).await?;
+            let outcome = retry_quarantined(&config, &writer, id, all).await;
+            writer.release().await;
+            outcome
         }
     }
+}
+
+/// `quarantine retry`, under the writer lease: marks the records and runs a cycle.
+async fn retry_quarantined(
+    config: &Config,
+    writer: &app::Writer,
+    id: Option<String>,
+    all: bool,
+) -> anyhow::Result<u8> {
+    let ledger = &writer.ledger;
+    let keys: Vec<String> = match (id, all) {
+        (Some(id), false) => vec![id],
+        (None, true) => ledger
+            .quarantined_all()
+            .await?
+            .into_iter()
+            .map(|q| q.key)
+            .collect(),
+        _ => {
+            eprintln!("quo-sync: name one record or pass --all");
+            return Ok(EXIT_CONFIG);
+        }
+    };
+    if keys.is_empty() {
+        println!("nothing in quarantine");
+        return Ok(0);
+    }
+    ops::retry_quarantined(ledger, &keys).await?;
+    let ctx = app::build_context_on(config, "once", writer.cancel.clone(), ledger.clone())?;
+    app::once(&ctx, Mode::Apply).await?;
+    let mut still = 0usize;
+    for key in &keys {
+        let stuck = ledger.quarantined_one(key).await?.is_some();
+        still += usize::from(stuck);
+        println!(
+            "{key}: {}",
+            if stuck { "still quarantined" } else { "synced" }
+        );
+    }
+    // Judged by the records asked about: other rows still quarantined do not make a
+    // successful retry look like a failure (`status` lists those).
+    Ok(if still > 0 { EXIT_QUARANTINED } else { 0 })
 }
 
 /// A temp folder that removes itself (a thin alias so the binary does not depend on dev crates).

@@ -22,6 +22,63 @@ pub(crate) enum Pool {
     Postgres(PgPool),
 }
 
+/// How a pool's connections are made, kept so a leader can open a second, fenced pool on the
+/// same database.
+#[derive(Debug, Clone)]
+pub(crate) enum ConnectOptions {
+    /// An SQLite file.
+    Sqlite(sqlx::sqlite::SqliteConnectOptions),
+    /// A PostgreSQL database.
+    Postgres(PgConnectOptions),
+}
+
+impl ConnectOptions {
+    /// A pool whose every new connection first runs `setup` (the fence of a leader's pool).
+    pub(crate) async fn pool(
+        &self,
+        setup: Option<std::sync::Arc<Vec<String>>>,
+    ) -> Result<Pool, sqlx::Error> {
+        match self {
+            Self::Sqlite(options) => {
+                let mut pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(4);
+                if let Some(setup) = setup {
+                    pool = pool.after_connect(move |conn, _| {
+                        let setup = setup.clone();
+                        Box::pin(async move {
+                            for sql in setup.iter() {
+                                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                                    .execute(&mut *conn)
+                                    .await?;
+                            }
+                            Ok(())
+                        })
+                    });
+                }
+                Ok(Pool::Sqlite(pool.connect_with(options.clone()).await?))
+            }
+            Self::Postgres(options) => {
+                let mut pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(std::time::Duration::from_secs(30));
+                if let Some(setup) = setup {
+                    pool = pool.after_connect(move |conn, _| {
+                        let setup = setup.clone();
+                        Box::pin(async move {
+                            for sql in setup.iter() {
+                                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                                    .execute(&mut *conn)
+                                    .await?;
+                            }
+                            Ok(())
+                        })
+                    });
+                }
+                Ok(Pool::Postgres(pool.connect_with(options.clone()).await?))
+            }
+        }
+    }
+}
+
 /// Runs `$body` with `$p` bound to the backend's native pool (and `$pg` to whether it is
 /// PostgreSQL), so the same query code compiles against both drivers.
 macro_rules! on_pool {

@@ -4,11 +4,13 @@
 //! intent to create is committed before the POST, the returned id is committed in the same
 //! transaction that records the outcome, and SQLite runs in WAL mode with full fsync.
 //! Two backends share one schema (`db`): SQLite by default, PostgreSQL when `ledger.url` is set.
-//! Migrations live in `migrations/<backend>/` and are embedded in the binary.
+//! Migrations live in `migrations/<backend>/` and are embedded in the binary; they run only
+//! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
 mod copy;
 pub(crate) mod db;
 mod inbox;
+mod lease;
 mod quarantine;
 mod records;
 mod runs;
@@ -18,8 +20,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
@@ -27,6 +28,9 @@ pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
 
 pub use inbox::{InboxEvent, NewInboxEvent};
+pub use lease::{
+    Attempt, Candidate, FENCED_MESSAGE, Fence, LeaderLease, LeaseError, LeaseHolder, host_name,
+};
 pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{
     IndexEntry, LedgerIndex, RecordRow, RecordState, SyncedRecord, fingerprint_digest,
@@ -55,6 +59,20 @@ pub enum LedgerError {
     /// A query failed.
     #[error("ledger query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// This process no longer holds the writer lease (checked locally before outside writes).
+    #[error("{FENCED_MESSAGE} (epoch {epoch})")]
+    Fenced {
+        /// The epoch we held.
+        epoch: i64,
+    },
+    /// The schema needs migrating but another process holds the writer lease.
+    #[error("ledger {path} needs migrating and is held by {holder}; retry when it is free")]
+    MigrationBlocked {
+        /// The file.
+        path: String,
+        /// Who holds the lease.
+        holder: String,
+    },
     /// A stored JSON column could not be decoded.
     #[error("ledger row for {external_id} has unreadable {column}: {reason}")]
     Corrupt {
@@ -122,12 +140,30 @@ impl fmt::Display for LedgerTarget {
     }
 }
 
+impl LedgerError {
+    /// Whether a write was refused because the writer lease is no longer ours.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            LedgerError::Fenced { .. } => true,
+            LedgerError::Query(sqlx::Error::Database(e)) => e.message().contains(FENCED_MESSAGE),
+            _ => false,
+        }
+    }
+}
+
 /// The ledger database.
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pool: Pool,
     path: String,
+    /// How this ledger's connections are made (a leader's fenced pool is made the same way).
+    options: std::sync::Arc<db::ConnectOptions>,
+    /// Set on a leader's ledger: the lease its writes depend on.
+    fence: Option<std::sync::Arc<Fence>>,
 }
+
+/// How long `Ledger::open` waits for a writer holding the lease to finish migrating.
+const MIGRATION_WAIT: Duration = Duration::from_secs(10);
 
 /// RFC 3339 "now" with milliseconds, the one time format stored in the ledger.
 pub(crate) fn now_text() -> String {
@@ -135,8 +171,52 @@ pub(crate) fn now_text() -> String {
 }
 
 impl Ledger {
-    /// Opens (creating if missing) and migrates the ledger at `path`.
+    /// Opens (creating if missing) and migrates the SQLite ledger at `path`. Pending migrations
+    /// run under a brief writer lease; when another process holds it, waits for that process to
+    /// have migrated (it does so first).
     pub async fn open(path: &Path) -> Result<Self, LedgerError> {
+        let ledger = Self::connect_sqlite(path).await?;
+        ledger.migrate_under_lease().await?;
+        Ok(ledger)
+    }
+
+    /// Connects to and migrates (under the lease, as [`Ledger::open`]) a PostgreSQL ledger.
+    pub async fn connect(url: &PgUrl) -> Result<Self, LedgerError> {
+        let ledger = Self::connect_pg(url).await?;
+        ledger.migrate_under_lease().await?;
+        Ok(ledger)
+    }
+
+    /// Runs pending migrations under a brief writer lease, or waits for the holder to run them.
+    async fn migrate_under_lease(&self) -> Result<(), LedgerError> {
+        let deadline = std::time::Instant::now() + MIGRATION_WAIT;
+        let who = Candidate::this_process("migrate");
+        let lease = Duration::from_secs(30);
+        while self.migrations_pending().await? {
+            match LeaderLease::try_acquire(self, &who, lease).await {
+                Ok(held) => {
+                    let migrated = self.migrate().await;
+                    held.release().await;
+                    migrated?;
+                }
+                Err(LeaseError::Held { holder, .. }) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(LedgerError::MigrationBlocked {
+                            path: self.path.clone(),
+                            holder: holder.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(LeaseError::Ledger(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens (creating if missing) the SQLite ledger at `path` and its lease table, without
+    /// migrating: a writer takes the lease first, then calls [`Ledger::migrate`].
+    pub async fn connect_sqlite(path: &Path) -> Result<Self, LedgerError> {
         let display = path.display().to_string();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| LedgerError::Open {
@@ -155,50 +235,119 @@ impl Ledger {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let options = db::ConnectOptions::Sqlite(options);
+        let pool = options
+            .pool(None)
             .await
             .map_err(|source| LedgerError::Open {
                 path: display.clone(),
                 source,
             })?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|source| LedgerError::Migrate {
-                path: display.clone(),
-                source,
-            })?;
-        Ok(Self {
-            pool: Pool::Sqlite(pool),
+        let ledger = Self {
+            pool,
             path: display,
-        })
+            options: std::sync::Arc::new(options),
+            fence: None,
+        };
+        ledger.bootstrap_lease().await?;
+        Ok(ledger)
     }
 
-    /// Connects to (and migrates) a PostgreSQL ledger. Concurrent first starts are safe: the
-    /// migrator holds an advisory lock while it runs.
-    pub async fn connect(url: &PgUrl) -> Result<Self, LedgerError> {
+    /// Connects to a PostgreSQL ledger and its lease table, without migrating (see
+    /// [`Ledger::connect_sqlite`]).
+    pub async fn connect_pg(url: &PgUrl) -> Result<Self, LedgerError> {
         let display = url.to_string();
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(url.options())
+        let options = db::ConnectOptions::Postgres(url.options());
+        let pool = options
+            .pool(None)
             .await
             .map_err(|source| LedgerError::Open {
                 path: display.clone(),
                 source,
             })?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|source| LedgerError::Migrate {
-                path: display.clone(),
-                source,
-            })?;
-        Ok(Self {
-            pool: Pool::Postgres(pool),
+        let ledger = Self {
+            pool,
             path: display,
+            options: std::sync::Arc::new(options),
+            fence: None,
+        };
+        ledger.bootstrap_lease().await?;
+        Ok(ledger)
+    }
+
+    /// Connects to the ledger wherever it lives, without migrating.
+    pub async fn connect_target(target: &LedgerTarget) -> Result<Self, LedgerError> {
+        match target {
+            LedgerTarget::Sqlite(path) => Self::connect_sqlite(path).await,
+            LedgerTarget::Postgres(url) => Self::connect_pg(url).await,
+        }
+    }
+
+    /// Connects to the configured ledger without migrating (a writer migrates under its lease).
+    pub async fn connect_config(config: &crate::config::LedgerConfig) -> Result<Self, LedgerError> {
+        Self::connect_target(&Self::configured_target(config)?).await
+    }
+
+    /// The configured ledger's location, saying once when `ledger.url` overrides `ledger.path`.
+    fn configured_target(
+        config: &crate::config::LedgerConfig,
+    ) -> Result<LedgerTarget, LedgerError> {
+        let target = config.target().map_err(|e| LedgerError::Open {
+            path: "ledger.url".into(),
+            source: sqlx::Error::Configuration(e.into()),
+        })?;
+        if let LedgerTarget::Postgres(url) = &target {
+            tracing::info!(
+                event = "ledger_postgres",
+                ledger = %url,
+                ignored_path = %config.path.display(),
+                "ledger.url is set: using the PostgreSQL ledger; ledger.path is ignored"
+            );
+        }
+        Ok(target)
+    }
+
+    /// Whether embedded migrations have not all been applied yet.
+    pub async fn migrations_pending(&self) -> Result<bool, LedgerError> {
+        let (table, applied): (Option<String>, Vec<i64>) = on_pool!(&self.pool, |p, pg| {
+            let check = if pg {
+                "SELECT CAST(to_regclass('_sqlx_migrations') AS TEXT)"
+            } else {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+            };
+            let table: Option<Option<String>> = sqlx::query_scalar(check).fetch_optional(p).await?;
+            let table = table.flatten();
+            let applied: Vec<i64> = if table.is_some() {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(p)
+                    .await?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, sqlx::Error>((table, applied))
+        })?;
+        if table.is_none() {
+            return Ok(true);
+        }
+        Ok(self
+            .migrator()
+            .iter()
+            .any(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version)))
+    }
+
+    fn migrator(&self) -> sqlx::migrate::Migrator {
+        match self.pool {
+            Pool::Sqlite(_) => sqlx::migrate!("./migrations/sqlite"),
+            Pool::Postgres(_) => sqlx::migrate!("./migrations/postgres"),
+        }
+    }
+
+    /// Applies pending migrations. Call only while holding the writer lease.
+    pub async fn migrate(&self) -> Result<(), LedgerError> {
+        let migrator = self.migrator();
+        on_pool!(&self.pool, |p| migrator.run(p).await).map_err(|source| LedgerError::Migrate {
+            path: self.path.clone(),
+            source,
         })
     }
 
@@ -213,19 +362,7 @@ impl Ledger {
     /// Opens the configured ledger: PostgreSQL when `ledger.url` is set (saying once that
     /// `ledger.path` is ignored), else the SQLite file.
     pub async fn open_config(config: &crate::config::LedgerConfig) -> Result<Self, LedgerError> {
-        let target = config.target().map_err(|e| LedgerError::Open {
-            path: "ledger.url".into(),
-            source: sqlx::Error::Configuration(e.into()),
-        })?;
-        if let LedgerTarget::Postgres(url) = &target {
-            tracing::info!(
-                event = "ledger_postgres",
-                ledger = %url,
-                ignored_path = %config.path.display(),
-                "ledger.url is set: using the PostgreSQL ledger; ledger.path is ignored"
-            );
-        }
-        Self::open_target(&target).await
+        Self::open_target(&Self::configured_target(config)?).await
     }
 
     /// The file this ledger lives in, or its database URL without the password.

@@ -1,6 +1,12 @@
 //! The service listener (`service.listen`): `/healthz` (the process answers), `/readyz` (the
 //! ledger answers and the last cycle did not fail) and `/metrics` (Prometheus text format); the
 //! operator console (`crate::ops::console`) mounts beside them when `service.console = true`.
+//! With more than one replica on a ledger, every replica serves them: `/readyz` says `leader` or
+//! `standby` (a standby is ready: it stores webhooks and takes over when the leader goes) and
+//! `/metrics` carries the `quo_sync_leader` gauge (1 leader, 0 standby).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -24,14 +30,40 @@ pub fn register_service_metrics() {
     for outcome in ["stored", "duplicate", "rejected"] {
         metrics::counter!("quo_sync_webhooks_total", "outcome" => outcome).increment(0);
     }
-    // Until the leader lease lands, the process that runs cycles is the leader.
-    metrics::gauge!("quo_sync_leader").set(1.0);
+    // A replica starts as a standby; `ReplicaRole::set_leader` raises it once the lease is held.
+    metrics::gauge!("quo_sync_leader").set(0.0);
+}
+/// This replica's role, shared between the run loop (which sets it) and the listener.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaRole {
+    /// The held lease's epoch; 0 while standing by.
+    epoch: Arc<AtomicI64>,
+}
+
+impl ReplicaRole {
+    /// Now the leader with `epoch`.
+    pub fn set_leader(&self, epoch: i64) {
+        self.epoch.store(epoch.max(1), Ordering::Release);
+        metrics::gauge!("quo_sync_leader").set(1.0);
+    }
+
+    /// Now a standby.
+    pub fn set_standby(&self) {
+        self.epoch.store(0, Ordering::Release);
+        metrics::gauge!("quo_sync_leader").set(0.0);
+    }
+
+    /// The held epoch, if leading.
+    pub fn leader_epoch(&self) -> Option<i64> {
+        Some(self.epoch.load(Ordering::Acquire)).filter(|e| *e > 0)
+    }
 }
 
 #[derive(Clone)]
 struct Ops {
     ledger: Ledger,
     metrics: Option<PrometheusHandle>,
+    role: Option<ReplicaRole>,
 }
 
 /// The routes `/healthz`, `/readyz`, `/metrics`, plus the operator console when given.
@@ -49,11 +81,32 @@ pub fn router_with_console(
 
 /// The routes: `/healthz`, `/readyz`, `/metrics`.
 pub fn router(ledger: Ledger, metrics: Option<PrometheusHandle>) -> Router {
+    routes(Ops {
+        ledger,
+        metrics,
+        role: None,
+    })
+}
+
+/// The routes of a replica that leads or stands by according to `role`.
+pub fn replica_router(
+    ledger: Ledger,
+    metrics: Option<PrometheusHandle>,
+    role: ReplicaRole,
+) -> Router {
+    routes(Ops {
+        ledger,
+        metrics,
+        role: Some(role),
+    })
+}
+
+fn routes(ops: Ops) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render))
-        .with_state(Ops { ledger, metrics })
+        .with_state(ops)
 }
 
 async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
@@ -62,6 +115,10 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("ledger unavailable: {e}\n"),
         );
+    }
+    let role = ops.role.as_ref().map(ReplicaRole::leader_epoch);
+    if let Some(None) = role {
+        return (StatusCode::OK, "ready (standby)\n".into());
     }
     match ops.ledger.last_finished_run().await {
         Ok(run) => match run {
@@ -72,7 +129,10 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
                     run.error.clone().unwrap_or_default()
                 ),
             ),
-            _ => (StatusCode::OK, "ready\n".into()),
+            _ => match role {
+                Some(Some(epoch)) => (StatusCode::OK, format!("ready (leader, epoch {epoch})\n")),
+                _ => (StatusCode::OK, "ready\n".into()),
+            },
         },
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +153,10 @@ async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
     }
     if let Ok(quarantined) = ops.ledger.quarantined_count().await {
         metrics::gauge!("quo_sync_quarantined_records").set(quarantined as f64);
+    }
+    if let Some(role) = &ops.role {
+        let leading = role.leader_epoch().is_some();
+        metrics::gauge!("quo_sync_leader").set(if leading { 1.0 } else { 0.0 });
     }
     handle.run_upkeep();
     (StatusCode::OK, handle.render())

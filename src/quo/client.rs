@@ -85,6 +85,12 @@ pub enum QuoError {
     /// Shutdown was requested while waiting.
     #[error("cancelled by shutdown")]
     Cancelled,
+    /// This process no longer holds the ledger's writer lease: the write was not sent.
+    #[error("Quo {route}: not sent: this process no longer holds the ledger's writer lease")]
+    Fenced {
+        /// The route.
+        route: &'static str,
+    },
 }
 
 fn format_details(errors: &[super::types::ErrorDetail]) -> String {
@@ -113,7 +119,10 @@ impl QuoError {
 
     /// Whether the whole cycle should stop (bad key, shutdown) rather than one record fail.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, QuoError::Unauthorized { .. } | QuoError::Cancelled)
+        matches!(
+            self,
+            QuoError::Unauthorized { .. } | QuoError::Cancelled | QuoError::Fenced { .. }
+        )
     }
 }
 
@@ -164,6 +173,10 @@ pub struct ClientSettings {
     pub retry: RetryPolicy,
 }
 
+/// Asked before every write attempt (retries included): `false` means this process may no
+/// longer write (its writer lease ran out), so the request is not sent.
+pub type WriteGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// The Quo client; cheap to clone, all clones share the limiter and counters.
 #[derive(Clone)]
 pub struct QuoClient {
@@ -176,6 +189,8 @@ pub struct QuoClient {
     stats: Arc<ClientStats>,
     /// Requests of background work (the reverse scan) yield to the others.
     background: bool,
+    /// Whether writes may still be sent (a leader's lease); `None`: always.
+    write_gate: Option<WriteGate>,
 }
 
 impl std::fmt::Debug for QuoClient {
@@ -194,6 +209,8 @@ enum AttemptError {
     NotSent(String),
     /// May or may not have been applied.
     Ambiguous(String),
+    /// Not sent: the write gate refused (the writer lease is no longer ours).
+    Fenced,
     /// Quo answered with a retryable status (429, 5xx).
     Retryable {
         status: StatusCode,
@@ -221,7 +238,15 @@ impl QuoClient {
             retry: settings.retry,
             stats: Arc::new(ClientStats::default()),
             background: false,
+            write_gate: None,
         }
+    }
+
+    /// This client, refusing every write once `gate` answers `false` (checked after the rate
+    /// limiter's wait and before each attempt, so a paused process never sends a stale write).
+    pub fn with_write_gate(mut self, gate: WriteGate) -> Self {
+        self.write_gate = Some(gate);
+        self
     }
 
     /// A clone whose requests are background work: they take at most the limiter's background
@@ -297,6 +322,7 @@ impl QuoClient {
                     return Ok(envelope.data);
                 }
                 Ok((status, bytes)) => return Err(rejected(status, &bytes)),
+                Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }),
                 Err(AttemptError::NotSent(text)) => (text, None, false),
                 Err(AttemptError::Retryable {
                     status: StatusCode::TOO_MANY_REQUESTS,
@@ -469,6 +495,7 @@ impl QuoClient {
                 }
                 Ok((status, bytes)) => return Err(rejected(status, &bytes)),
                 // Never reached Quo, or refused by the rate limit before any work: plain retry.
+                Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }),
                 Err(AttemptError::NotSent(text)) => (text, None, false, false, false),
                 Err(AttemptError::Retryable {
                     status: StatusCode::TOO_MANY_REQUESTS,
@@ -572,6 +599,7 @@ impl QuoClient {
                         return decode(route, &bytes);
                     }
                     Ok((status, bytes)) => return Err(rejected(status, &bytes)),
+                    Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }),
                     Err(AttemptError::NotSent(text)) | Err(AttemptError::Ambiguous(text)) => {
                         (text, None, false)
                     }
@@ -601,6 +629,14 @@ impl QuoClient {
             self.limiter.acquire_background().await;
         } else {
             self.limiter.acquire().await;
+        }
+        if method != Method::GET
+            && self
+                .write_gate
+                .as_ref()
+                .is_some_and(|may_write| !may_write())
+        {
+            return Err(AttemptError::Fenced);
         }
         let mut request = self
             .http

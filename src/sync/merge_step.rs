@@ -332,6 +332,7 @@ impl Cycle {
                 }
             }
         }
+        self.ctx.ledger.ensure_leader()?;
         let report = match self.ctx.source.write_back(&changes).await {
             Ok(report) => report,
             Err(error) => {

@@ -221,6 +221,7 @@ impl Cycle {
             unsettled.extend(ids.iter().map(ToString::to_string));
             return Ok(());
         }
+        self.ctx.ledger.ensure_leader()?;
         let report = match self.ctx.source.delete_records(&ids).await {
             Ok(report) => report,
             Err(e) => {

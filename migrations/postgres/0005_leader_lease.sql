@@ -1,0 +1,15 @@
+-- The writer lease: which process may write this ledger (one row, id = 1). quo-sync creates this
+-- table itself before running migrations (the lease guards the migrations), so this file only
+-- records it in the schema history; IF NOT EXISTS makes it a no-op on ledgers that have it.
+CREATE TABLE IF NOT EXISTS leader_lease (
+    id          INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    epoch       BIGINT NOT NULL,
+    token       TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    pid         BIGINT NOT NULL,
+    command     TEXT NOT NULL,
+    since_ms    BIGINT NOT NULL,
+    renewed_ms  BIGINT NOT NULL,
+    expires_ms  BIGINT NOT NULL,
+    host_key    TEXT NOT NULL DEFAULT ''
+);

@@ -1,0 +1,461 @@
+//! More than one replica on one ledger, with the real binary: one writer at a time (the writer
+//! lease), standbys that take over when the leader is killed, paused or stopped, one-shot writers
+//! that wait or exit 4, and concurrent first starts that never race on migrations.
+//!
+//! The ledger location is one parameter ([`Fleet::ledger_section`]), so the same scenarios can
+//! run against another ledger backend by writing a different `[ledger]` section.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{MAPPING, csv, row};
+use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
+use tokio::io::AsyncBufReadExt;
+
+/// The lease the tests use: short, so expiry-based takeovers take seconds.
+const LEASE: Duration = Duration::from_secs(2);
+
+/// The `[ledger]` section for an SQLite ledger in `dir`.
+fn sqlite_ledger(dir: &Path) -> String {
+    format!("[ledger]\npath = \"{}\"\n", dir.join("ledger.db").display())
+}
+
+/// A sandbox, a CSV and a config shared by any number of replicas.
+struct Fleet {
+    sandbox: SandboxHandle,
+    _dir: tempfile::TempDir,
+    csv_path: PathBuf,
+    config_path: PathBuf,
+}
+
+impl Fleet {
+    /// `n` CSV rows, a sandbox that never answers 409 to a repeated `externalId` (so only the
+    /// lease prevents duplicates), and the client limited to `rps` requests per second.
+    async fn new(n: u32, rps: u32) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = sqlite_ledger(dir.path());
+        Self::with_ledger(dir, &ledger, n, rps).await
+    }
+
+    /// Like [`Fleet::new`] on the ledger `ledger_section` describes (a whole `[ledger]` section).
+    async fn with_ledger(dir: tempfile::TempDir, ledger_section: &str, n: u32, rps: u32) -> Fleet {
+        let sandbox = SandboxHandle::start(SandboxConfig {
+            requests_per_second: 0,
+            conflict_on_duplicate: false,
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap();
+        let csv_path = dir.path().join("contacts.csv");
+        std::fs::write(&csv_path, csv(&rows(n))).unwrap();
+        let config_path = dir.path().join("quo-sync.toml");
+        let toml = format!(
+            r#"
+[quo]
+base_url = "{base}"
+api_key = "{key}"
+requests_per_second = {rps}
+max_retries = 10
+max_backoff = "50ms"
+timeout = "5s"
+list_lag = "20ms"
+
+{ledger_section}
+
+[ha]
+lease = "{lease}s"
+
+[source]
+kind = "csv"
+path = "{csv}"
+{MAPPING}
+"#,
+            base = sandbox.base_url(),
+            key = sandbox.api_key(),
+            lease = LEASE.as_secs(),
+            csv = csv_path.display(),
+        );
+        std::fs::write(&config_path, toml).unwrap();
+        Fleet {
+            sandbox,
+            _dir: dir,
+            csv_path,
+            config_path,
+        }
+    }
+
+    /// Starts `quo-sync args…` (JSON log, 200 ms cycles) with `env` overrides.
+    fn start(&self, args: &[&str], env: &[(&str, &str)]) -> Replica {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"));
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove("QUO_SYNC_CONFIG")
+            .env("QUO_SYNC__SCHEDULE__INTERVAL", "200ms")
+            .env("QUO_SYNC__LOG__FORMAT", "json")
+            .env("QUO_SYNC__LOG__LEVEL", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("binary starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let pid = child.id().unwrap();
+        Replica { child, log, pid }
+    }
+
+    /// A `run` replica.
+    fn run(&self) -> Replica {
+        self.start(&["run"], &[])
+    }
+
+    /// Sandbox contacts whose `externalId` is `r-…`.
+    fn contacts(&self) -> usize {
+        self.sandbox.contacts().len()
+    }
+
+    /// Every record has exactly one contact, and there are no others.
+    fn assert_no_duplicates(&self, n: u32) {
+        assert_eq!(self.contacts(), n as usize, "contact count");
+        for i in 1..=n {
+            assert_eq!(
+                self.sandbox.count_by_external_id(&format!("r-{i}")),
+                1,
+                "contacts for r-{i}"
+            );
+        }
+    }
+
+    /// Write requests (POST, PATCH, DELETE) the sandbox has seen, whatever their answer.
+    fn write_requests(&self) -> u64 {
+        self.sandbox
+            .stats()
+            .by_route_status
+            .iter()
+            .filter(|(k, _)| !k.starts_with("GET "))
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// `status --json`.
+    async fn status(&self) -> serde_json::Value {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+            .args(["status", "--json", "--config"])
+            .arg(&self.config_path)
+            .env_remove("QUO_SYNC_CONFIG")
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn rows(n: u32) -> Vec<String> {
+    (1..=n).map(|i| row(&format!("r-{i}"), i)).collect()
+}
+
+/// A running `quo-sync` process and its log so far.
+struct Replica {
+    child: tokio::process::Child,
+    log: Arc<Mutex<String>>,
+    pid: u32,
+}
+
+impl Replica {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Log lines with `"event":"<event>"`.
+    fn events(&self, event: &str) -> usize {
+        let needle = format!("\"event\":\"{event}\"");
+        self.log().lines().filter(|l| l.contains(&needle)).count()
+    }
+
+    /// Waits until `event` has been logged `times` times; panics with the log after `within`.
+    async fn wait_event(&self, event: &str, times: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.events(event) < times {
+            assert!(
+                Instant::now() < deadline,
+                "pid {}: no {event} within {within:?}:\n{}",
+                self.pid,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{sig}"), self.pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{sig} {}", self.pid);
+    }
+
+    /// SIGKILL and reap.
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// Waits for the exit code.
+    async fn exit_code(&mut self, within: Duration) -> i32 {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("pid {} still running:\n{}", self.pid, self.log()))
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+}
+
+/// Polls `cond` every 10 ms until true; panics naming `what` after `within`.
+async fn until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Which of two replicas leads: (leader, standby), once one has the lease and the other says so.
+async fn roles(a: Replica, b: Replica) -> (Replica, Replica) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if a.events("leader_acquired") > 0 && b.events("standby") > 0 {
+            return (a, b);
+        }
+        if b.events("leader_acquired") > 0 && a.events("standby") > 0 {
+            return (b, a);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader and standby:\n{}\n---\n{}",
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_runs_on_one_ledger_never_duplicate() {
+    let fleet = Fleet::new(150, 1000).await;
+    let (a, b) = (fleet.run(), fleet.run());
+    let (leader, standby) = roles(a, b).await;
+    until("150 contacts", Duration::from_secs(30), || {
+        fleet.contacts() >= 150
+    })
+    .await;
+    // Several more cycles: nothing else is created by either.
+    leader
+        .wait_event("cycle_finished", 3, Duration::from_secs(10))
+        .await;
+    fleet.assert_no_duplicates(150);
+    assert_eq!(fleet.sandbox.stats().writes.creates, 150);
+    assert_eq!(standby.events("cycle_finished"), 0, "{}", standby.log());
+    let status = fleet.status().await;
+    assert_eq!(status["writer"]["pid"], leader.pid, "{status:#}");
+    assert_eq!(status["writer"]["live"], true, "{status:#}");
+}
+
+#[tokio::test]
+async fn a_killed_leader_is_replaced_within_the_lease_without_duplicates() {
+    // About 60 requests a second: the 200-record load takes a few seconds.
+    let fleet = Fleet::new(200, 60).await;
+    let (a, b) = (fleet.run(), fleet.run());
+    let (leader, standby) = roles(a, b).await;
+    until("20% of the load", Duration::from_secs(30), || {
+        fleet.contacts() >= 40
+    })
+    .await;
+    let killed_at = Instant::now();
+    leader.kill().await;
+    standby
+        .wait_event("leader_acquired", 1, LEASE + Duration::from_secs(2))
+        .await;
+    let takeover = killed_at.elapsed();
+    assert!(takeover <= LEASE + Duration::from_secs(2), "{takeover:?}");
+    until("200 contacts", Duration::from_secs(30), || {
+        fleet.contacts() >= 200
+    })
+    .await;
+    let cycles = standby.events("cycle_finished");
+    standby
+        .wait_event("cycle_finished", cycles + 2, Duration::from_secs(10))
+        .await;
+    fleet.assert_no_duplicates(200);
+
+    // Both replicas up again: three CRM edits are exactly three PATCHes.
+    let second = fleet.run();
+    second
+        .wait_event("standby", 1, Duration::from_secs(10))
+        .await;
+    fleet.sandbox.reset_stats();
+    let mut text = std::fs::read_to_string(&fleet.csv_path).unwrap();
+    for n in [3, 50, 150] {
+        text = text.replace(&format!(",First{n},"), &format!(",Edited{n},"));
+    }
+    std::fs::write(&fleet.csv_path, text).unwrap();
+    until("3 PATCHes", Duration::from_secs(20), || {
+        fleet.sandbox.stats().writes.updates >= 3
+    })
+    .await;
+    let cycles = standby.events("cycle_finished");
+    standby
+        .wait_event("cycle_finished", cycles + 3, Duration::from_secs(10))
+        .await;
+    let stats = fleet.sandbox.stats();
+    assert_eq!(stats.writes.updates, 3, "{stats:?}");
+    assert_eq!(fleet.write_requests(), 3, "{stats:?}");
+    assert_eq!(second.events("cycle_finished"), 0, "{}", second.log());
+    fleet.assert_no_duplicates(200);
+}
+
+#[tokio::test]
+async fn a_paused_leader_is_fenced_and_sends_nothing_after_it_resumes() {
+    let fleet = Fleet::new(200, 60).await;
+    let (a, b) = (fleet.run(), fleet.run());
+    let (leader, standby) = roles(a, b).await;
+    until("20% of the load", Duration::from_secs(30), || {
+        fleet.contacts() >= 40
+    })
+    .await;
+    leader.signal("STOP");
+    standby
+        .wait_event("leader_acquired", 1, LEASE + Duration::from_secs(3))
+        .await;
+    until("200 contacts", Duration::from_secs(30), || {
+        fleet.contacts() >= 200
+    })
+    .await;
+    let cycles = standby.events("cycle_finished");
+    standby
+        .wait_event("cycle_finished", cycles + 2, Duration::from_secs(10))
+        .await;
+    // From here on the new leader has nothing to write: any write is the old leader's.
+    let writes_before = fleet.write_requests();
+    leader.signal("CONT");
+    leader
+        .wait_event("leader_lost", 1, Duration::from_secs(5))
+        .await;
+    leader
+        .wait_event("standby", 1, Duration::from_secs(5))
+        .await;
+    let cycles = standby.events("cycle_finished");
+    standby
+        .wait_event("cycle_finished", cycles + 3, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        fleet.write_requests(),
+        writes_before,
+        "writes after resuming:\n{}",
+        leader.log()
+    );
+    fleet.assert_no_duplicates(200);
+    let status = fleet.status().await;
+    assert_eq!(status["writer"]["pid"], standby.pid, "{status:#}");
+    drop(leader);
+}
+
+#[tokio::test]
+async fn two_onces_at_the_same_moment_one_syncs_the_other_exits_4_or_waits() {
+    // About 1.5 s of work, so the two runs overlap.
+    let fleet = Fleet::new(60, 40).await;
+    let mut a = fleet.start(&["once", "--json"], &[]);
+    let mut b = fleet.start(&["once", "--json"], &[]);
+    let (ca, cb) = (
+        a.exit_code(Duration::from_secs(30)).await,
+        b.exit_code(Duration::from_secs(30)).await,
+    );
+    let mut codes = [ca, cb];
+    codes.sort();
+    assert_eq!(codes, [0, 4], "\n{}\n---\n{}", a.log(), b.log());
+    let refused = if ca == 4 { &a } else { &b };
+    let other = if ca == 4 { &b } else { &a };
+    let message = refused.log();
+    assert!(
+        message.contains(&format!("pid {}", other.pid)) && message.contains("since"),
+        "{message}"
+    );
+    fleet.assert_no_duplicates(60);
+
+    // With --wait the second one waits for the first, then finds nothing to do.
+    std::fs::write(&fleet.csv_path, csv(&rows(100))).unwrap();
+    let mut a = fleet.start(&["once", "--json"], &[]);
+    a.wait_event("leader_acquired", 1, Duration::from_secs(10))
+        .await;
+    let b = fleet.start(&["once", "--json", "--wait", "30s"], &[]);
+    let b_log = b.log.clone();
+    assert_eq!(a.exit_code(Duration::from_secs(30)).await, 0, "{}", a.log());
+    let out_b = b.child.wait_with_output();
+    let out_b = tokio::time::timeout(Duration::from_secs(30), out_b)
+        .await
+        .unwrap()
+        .unwrap();
+    let b_log = b_log.lock().unwrap().clone();
+    assert_eq!(out_b.status.code(), Some(0), "{b_log}");
+    let report: serde_json::Value = serde_json::from_slice(&out_b.stdout).unwrap();
+    assert_eq!(report["counts"]["created"], 0, "{report:#}");
+    fleet.assert_no_duplicates(100);
+}
+
+#[tokio::test]
+async fn concurrent_first_starts_never_race_on_migrations() {
+    let fleet = Fleet::new(20, 1000).await;
+    let mut starts: Vec<Replica> = (0..3)
+        .map(|_| fleet.start(&["once", "--wait", "30s"], &[]))
+        .collect();
+    starts.push(fleet.start(&["status"], &[]));
+    for replica in &mut starts {
+        let code = replica.exit_code(Duration::from_secs(30)).await;
+        let log = replica.log();
+        assert_eq!(code, 0, "{log}");
+        assert!(!log.contains("already exists"), "{log}");
+    }
+    fleet.assert_no_duplicates(20);
+}
+
+#[tokio::test]
+async fn sigterm_on_the_leader_hands_over_at_once() {
+    let fleet = Fleet::new(10, 1000).await;
+    let (a, b) = (fleet.run(), fleet.run());
+    let (mut leader, standby) = roles(a, b).await;
+    until("10 contacts", Duration::from_secs(20), || {
+        fleet.contacts() >= 10
+    })
+    .await;
+    let stopped_at = Instant::now();
+    leader.signal("TERM");
+    assert_eq!(
+        leader.exit_code(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        leader.log()
+    );
+    standby
+        .wait_event("leader_acquired", 1, Duration::from_secs(10))
+        .await;
+    let takeover = stopped_at.elapsed();
+    // The lease was released: the standby's next poll (every lease/3) takes it.
+    assert!(takeover < LEASE, "{takeover:?}");
+    assert_eq!(leader.events("leader_released"), 1, "{}", leader.log());
+    fleet.assert_no_duplicates(10);
+}
