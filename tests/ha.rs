@@ -265,7 +265,9 @@ async fn two_runs_on_one_ledger_never_duplicate() {
     })
     .await;
     // Several more cycles: nothing else is created by either.
-    leader.wait_event("cycle_finished", 3, Duration::from_secs(10)).await;
+    leader
+        .wait_event("cycle_finished", 3, Duration::from_secs(10))
+        .await;
     fleet.assert_no_duplicates(150);
     assert_eq!(fleet.sandbox.stats().writes.creates, 150);
     assert_eq!(standby.events("cycle_finished"), 0, "{}", standby.log());
@@ -303,7 +305,9 @@ async fn a_killed_leader_is_replaced_within_the_lease_without_duplicates() {
 
     // Both replicas up again: three CRM edits are exactly three PATCHes.
     let second = fleet.run();
-    second.wait_event("standby", 1, Duration::from_secs(10)).await;
+    second
+        .wait_event("standby", 1, Duration::from_secs(10))
+        .await;
     fleet.sandbox.reset_stats();
     let mut text = std::fs::read_to_string(&fleet.csv_path).unwrap();
     for n in [3, 50, 150] {
@@ -336,7 +340,7 @@ async fn a_paused_leader_is_fenced_and_sends_nothing_after_it_resumes() {
     .await;
     leader.signal("STOP");
     standby
-        .wait_event("leader_acquired", 1, LEASE + Duration::from_secs(3))
+        .wait_event("leader_acquired", 1, LEASE + Duration::from_secs(8))
         .await;
     until("200 contacts", Duration::from_secs(30), || {
         fleet.contacts() >= 200
@@ -349,8 +353,12 @@ async fn a_paused_leader_is_fenced_and_sends_nothing_after_it_resumes() {
     // From here on the new leader has nothing to write: any write is the old leader's.
     let writes_before = fleet.write_requests();
     leader.signal("CONT");
-    leader.wait_event("leader_lost", 1, Duration::from_secs(5)).await;
-    leader.wait_event("standby", 1, Duration::from_secs(5)).await;
+    leader
+        .wait_event("leader_lost", 1, Duration::from_secs(5))
+        .await;
+    leader
+        .wait_event("standby", 1, Duration::from_secs(5))
+        .await;
     let cycles = standby.events("cycle_finished");
     standby
         .wait_event("cycle_finished", cycles + 3, Duration::from_secs(10))

@@ -107,6 +107,28 @@ pub(crate) fn now_text() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Opens the pool, retrying while another process holds the file's lock: switching a new file
+/// to WAL answers "database is locked" without waiting for the busy timeout, so concurrent
+/// first starts would otherwise fail.
+async fn connect_when_unlocked(options: &SqliteConnectOptions) -> Result<SqlitePool, sqlx::Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await
+        {
+            Err(sqlx::Error::Database(e))
+                if e.message().contains("database is locked")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Ledger {
     /// Opens (creating if missing) and migrates the ledger at `path`. Pending migrations run
     /// under a brief writer lease; when another process holds it, waits for that process to
@@ -159,9 +181,7 @@ impl Ledger {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.clone())
+        let pool = connect_when_unlocked(&options)
             .await
             .map_err(|source| LedgerError::Open {
                 path: display.clone(),
