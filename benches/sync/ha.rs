@@ -69,8 +69,8 @@ async fn wait(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 /// One failover: `pause` freezes the leader instead of killing it. Returns (ms to
-/// `leader_acquired`, ms to the first write) after the fault.
-async fn failover(pause: bool) -> (f64, f64) {
+/// `leader_acquired`, ms to the first write) after the fault, and the contacts at the end.
+async fn failover(pause: bool) -> (f64, f64, usize) {
     let sandbox = SandboxHandle::start(SandboxConfig {
         requests_per_second: 0,
         conflict_on_duplicate: false,
