@@ -5,7 +5,8 @@
 //! - one changed field on every record: requests ÷ minimum;
 //! - a no-change cycle over 100,000 and 1,000,000 CSV rows, run by the real binary: wall time and
 //!   peak RSS;
-//! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling.
+//! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling;
+//! - failover (`ha`, `sync/ha.rs`): time for a standby to take over from a killed or paused leader.
 //!
 //! Environment: `QUO_SYNC_BENCH_RATE` (limit used for the load, default 20/s to keep it short),
 //! `QUO_SYNC_BENCH_RECORDS` (default 400), `QUO_SYNC_BENCH_ROWS` (comma list, default
@@ -26,6 +27,9 @@ use quo_sync::source::{ReadRequest, Source, SourceItem};
 use quo_sync::sync::{Mode, run_cycle};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+#[path = "sync/ha.rs"]
+mod ha;
 
 const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
@@ -415,6 +419,11 @@ fn main() {
                 "reverse".into(),
                 json!({ "webhook_delay_ms": webhook_ms, "poll_delay_ms": poll_ms, "poll_interval_ms": 1000 }),
             );
+        }
+        if wanted("ha") {
+            let ha = ha::takeover().await;
+            eprintln!("ha: {ha}");
+            figures.insert("ha".into(), ha);
         }
         // New sections: `#[path = "sync/<name>.rs"] mod <name>;` plus one `if wanted(..)` here.
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");

@@ -340,7 +340,7 @@ async fn a_paused_leader_is_fenced_and_sends_nothing_after_it_resumes() {
     .await;
     leader.signal("STOP");
     standby
-        .wait_event("leader_acquired", 1, LEASE + Duration::from_secs(3))
+        .wait_event("leader_acquired", 1, LEASE + Duration::from_secs(8))
         .await;
     until("200 contacts", Duration::from_secs(30), || {
         fleet.contacts() >= 200

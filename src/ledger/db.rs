@@ -54,7 +54,20 @@ impl ConnectOptions {
                         })
                     });
                 }
-                Ok(Pool::Sqlite(pool.connect_with(options.clone()).await?))
+                // Switching a brand-new file to WAL answers "database is locked" at once, without
+                // the busy timeout, when another process is creating the same file: retry.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                loop {
+                    match pool.clone().connect_with(options.clone()).await {
+                        Err(sqlx::Error::Database(e))
+                            if e.message().contains("database is locked")
+                                && std::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                        }
+                        other => return Ok(Pool::Sqlite(other?)),
+                    }
+                }
             }
             Self::Postgres(options) => {
                 let mut pool = sqlx::postgres::PgPoolOptions::new()

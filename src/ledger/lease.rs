@@ -499,8 +499,8 @@ pub enum LeaseError {
     Held {
         /// The ledger.
         path: String,
-        /// Who.
-        holder: LeaseHolder,
+        /// Who (boxed: keeps every error that carries this one small).
+        holder: Box<LeaseHolder>,
     },
     /// The ledger failed.
     #[error(transparent)]
@@ -533,7 +533,7 @@ impl LeaderLease {
                 Ok(Attempt::Held(holder)) => {
                     return Err(LeaseError::Held {
                         path: ledger.path.clone(),
-                        holder,
+                        holder: Box::new(holder),
                     });
                 }
                 // Released between the upsert and the read: try again.
