@@ -48,6 +48,10 @@ impl AppError {
         matches!(
             self,
             AppError::Config(_) | AppError::Sync(SyncError::Mapping(_))
+        ) || matches!(
+            self,
+            AppError::Source(SourceError::MissingColumn { .. } | SourceError::Config(_))
+                | AppError::Sync(SyncError::Source(SourceError::CredentialsRefused { .. }))
         ) || matches!(self, AppError::Source(SourceError::MissingColumn { .. }))
             || matches!(
                 self,
@@ -86,6 +90,7 @@ pub async fn build_context(
     let client = build_client(config)?;
     let ledger = Ledger::open(&config.ledger.path).await?;
     let source = Arc::new(Source::from_config(&config.source)?);
+    source.attach_ledger(&ledger);
     Ok(SyncContext {
         ledger,
         client,

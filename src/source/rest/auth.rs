@@ -8,6 +8,8 @@ use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::config::{AuthConfig, AuthKind, RestConfigError};
+use super::oauth::OAuth;
+use crate::quo::retry::RetryPolicy;
 
 /// Credentials, resolved from config, environment or file.
 pub(super) enum Auth {
@@ -16,6 +18,7 @@ pub(super) enum Auth {
     Header(HeaderName, SecretString),
     Basic(String, SecretString),
     Query(String, SecretString),
+    OAuth2(Box<OAuth>),
 }
 
 impl fmt::Debug for Auth {
@@ -26,6 +29,7 @@ impl fmt::Debug for Auth {
             Auth::Header(name, _) => write!(f, "header({name}: [REDACTED])"),
             Auth::Basic(user, _) => write!(f, "basic({user}:[REDACTED])"),
             Auth::Query(name, _) => write!(f, "query({name}=[REDACTED])"),
+            Auth::OAuth2(oauth) => oauth.fmt(f),
         }
     }
 }
@@ -75,7 +79,11 @@ pub(super) fn resolve_secret(
 }
 
 impl Auth {
-    pub(super) fn resolve(config: &AuthConfig) -> Result<Self, RestConfigError> {
+    pub(super) fn resolve(
+        config: &AuthConfig,
+        timeout: std::time::Duration,
+        retry: RetryPolicy,
+    ) -> Result<Self, RestConfigError> {
         let token = || {
             resolve_secret(
                 "token",
@@ -104,6 +112,9 @@ impl Auth {
             || config.password_env.is_some()
             || config.password_file.is_some();
         match config.kind {
+            AuthKind::OAuth2 => Ok(Auth::OAuth2(Box::new(OAuth::resolve(
+                config, timeout, retry,
+            )?))),
             AuthKind::None => {
                 unused(&[
                     ("token", token_set),

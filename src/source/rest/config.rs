@@ -87,6 +87,47 @@ pub enum AuthKind {
     Basic,
     /// `?<param_name>=<token>` (redacted wherever a URL is shown).
     Query,
+    /// OAuth2 access tokens from `token_url`, cached and refreshed (see `oauth`).
+    #[serde(rename = "oauth2")]
+    OAuth2,
+}
+
+/// The OAuth2 grant used at `token_url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthGrant {
+    /// `grant_type=client_credentials` (server-to-server apps).
+    ClientCredentials,
+    /// `grant_type=refresh_token` with a refresh token from a one-time consent.
+    RefreshToken,
+}
+
+/// Where the client credentials go in token requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuthStyle {
+    /// `client_id` and `client_secret` as form fields (Salesforce, Zoho).
+    #[default]
+    Body,
+    /// `Authorization: Basic base64(client_id:client_secret)` (RFC 6749 §2.3.1).
+    Basic,
+}
+
+/// How the incremental-read time is written (`updated_since_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinceFormat {
+    /// `2026-01-01T00:00:00Z` (also a Salesforce SOQL datetime literal).
+    #[default]
+    Rfc3339,
+    /// `2026-01-01T00:00:00+00:00` (Zoho's `If-Modified-Since`).
+    Rfc3339Offset,
+    /// `Thu, 01 Jan 2026 00:00:00 GMT` (RFC 9110 HTTP-date).
+    HttpDate,
+    /// Seconds since 1970.
+    Unix,
+    /// Milliseconds since 1970.
+    UnixMs,
 }
 
 /// `[source.rest.auth]`.
@@ -123,6 +164,75 @@ pub struct AuthConfig {
     /// A file holding the password (basic, trimmed).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// OAuth2 grant: `client_credentials` or `refresh_token` (oauth2).
+    #[serde(default)]
+    pub grant: Option<OAuthGrant>,
+    /// The token endpoint (oauth2).
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// The OAuth2 client id (oauth2).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The OAuth2 client secret (oauth2).
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    /// An environment variable holding the client secret (oauth2).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// A file holding the client secret (oauth2, trimmed).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// The refresh token (oauth2, grant = "refresh_token").
+    #[serde(default)]
+    pub refresh_token: Option<SecretString>,
+    /// An environment variable holding the refresh token.
+    #[serde(default)]
+    pub refresh_token_env: Option<String>,
+    /// A file holding the refresh token (trimmed).
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
+    /// `scope` sent to the token endpoint (oauth2, optional).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `audience` sent to the token endpoint (oauth2, optional; Auth0-style APIs).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Client credentials as form fields (`body`, default) or HTTP Basic (`basic`).
+    #[serde(default)]
+    pub auth_style: Option<OAuthStyle>,
+    /// JSON pointer into the token answer naming the API base URL (Salesforce
+    /// `/instance_url`, Zoho `/api_domain`); replaces `base_url` once a token is fetched.
+    #[serde(default)]
+    pub base_url_pointer: Option<String>,
+    /// The `Authorization` scheme sent with the access token, default `Bearer` (Zoho:
+    /// `Zoho-oauthtoken`).
+    #[serde(default)]
+    pub header_scheme: Option<String>,
+}
+
+impl AuthConfig {
+    /// The OAuth2-only keys that are set, for "not used with this kind" errors.
+    pub(super) fn oauth_keys_set(&self) -> Vec<&'static str> {
+        [
+            ("grant", self.grant.is_some()),
+            ("token_url", self.token_url.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret", self.client_secret.is_some()),
+            ("client_secret_env", self.client_secret_env.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            ("refresh_token", self.refresh_token.is_some()),
+            ("refresh_token_env", self.refresh_token_env.is_some()),
+            ("refresh_token_file", self.refresh_token_file.is_some()),
+            ("scope", self.scope.is_some()),
+            ("audience", self.audience.is_some()),
+            ("auth_style", self.auth_style.is_some()),
+            ("base_url_pointer", self.base_url_pointer.is_some()),
+            ("header_scheme", self.header_scheme.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
 }
 
 /// One array of labelled values flattened into `<prefix>.<label>` fields.
@@ -253,6 +363,9 @@ pub struct UpdateConfig {
     /// Write the change time at `updated_at_pointer`, default true.
     #[serde(default = "yes")]
     pub set_updated_at: bool,
+    /// Put the record inside a one-item array at `wrap_pointer` (Zoho: `{"data":[{…}]}`).
+    #[serde(default)]
+    pub wrap_array: bool,
 }
 
 /// The `[source.rest]` table, parsed.
@@ -292,9 +405,16 @@ pub struct RestSourceConfig {
     /// Paging.
     #[serde(default)]
     pub paging: PagingConfig,
-    /// Query parameter for incremental reads (RFC 3339 time).
+    /// Query parameter for incremental reads (time in `updated_since_format`).
     #[serde(default)]
     pub updated_since_param: Option<String>,
+    /// Header for incremental reads (`If-Modified-Since`); a 304 answer means nothing changed.
+    #[serde(default)]
+    pub updated_since_header: Option<String>,
+    /// How the incremental time is written: `rfc3339` (default), `rfc3339_offset`,
+    /// `http_date`, `unix`, `unix_ms`. Also used for `{updated_since}` inside `query` values.
+    #[serde(default)]
+    pub updated_since_format: SinceFormat,
     /// Longest time between full reads when incremental reads are on, default `24h`.
     #[serde(default)]
     pub full_read_every: Option<HumanDuration>,
@@ -334,6 +454,9 @@ pub(super) fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
 
+/// Replaced inside `query` values by the incremental-read time (the Unix epoch on full reads).
+pub const UPDATED_SINCE_PLACEHOLDER: &str = "{updated_since}";
+
 /// Full reads happen at least this often when incremental reads are configured.
 pub const DEFAULT_FULL_READ_EVERY: Duration = Duration::from_secs(24 * 3600);
 
@@ -361,6 +484,129 @@ impl RestSourceConfig {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Whether reads can be incremental: a since parameter, header or `{updated_since}` in a
+    /// `query` value.
+    pub fn incremental(&self) -> bool {
+        self.updated_since_param.is_some()
+            || self.updated_since_header.is_some()
+            || self
+                .query
+                .values()
+                .any(|v| matches!(v, ParamValue::Text(t) if t.contains(UPDATED_SINCE_PLACEHOLDER)))
+    }
+
+    /// The shape of `[source.rest.auth]` for `kind = "oauth2"` (secrets are resolved later,
+    /// when the source is built, so `check-config` needs no environment).
+    fn validate_oauth(
+        &self,
+        pointer: impl Fn(&str, &str, bool) -> Result<(), RestConfigError>,
+    ) -> Result<(), RestConfigError> {
+        let auth = &self.auth;
+        if auth.kind != AuthKind::OAuth2 {
+            if let Some(key) = auth.oauth_keys_set().first() {
+                return Err(RestConfigError::new(
+                    format!("auth.{key}"),
+                    "only used with auth.kind = \"oauth2\"",
+                ));
+            }
+            return Ok(());
+        }
+        for (key, set) in [
+            (
+                "token",
+                auth.token.is_some() || auth.token_env.is_some() || auth.token_file.is_some(),
+            ),
+            ("username", auth.username.is_some()),
+            (
+                "password",
+                auth.password.is_some()
+                    || auth.password_env.is_some()
+                    || auth.password_file.is_some(),
+            ),
+            ("header_name", auth.header_name.is_some()),
+            ("param_name", auth.param_name.is_some()),
+        ] {
+            if set {
+                return Err(RestConfigError::new(
+                    format!("auth.{key}"),
+                    "not used with auth.kind = \"oauth2\"",
+                ));
+            }
+        }
+        let grant = auth.grant.ok_or_else(|| {
+            RestConfigError::new(
+                "auth.grant",
+                "required when auth.kind = \"oauth2\": \"client_credentials\" or \"refresh_token\"",
+            )
+        })?;
+        let token_url = auth.token_url.as_deref().ok_or_else(|| {
+            RestConfigError::new("auth.token_url", "required when auth.kind = \"oauth2\"")
+        })?;
+        match Url::parse(token_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(RestConfigError::new(
+                    "auth.token_url",
+                    format!("expected an http(s) URL, got {token_url:?}"),
+                ));
+            }
+        }
+        if auth
+            .client_id
+            .as_deref()
+            .is_none_or(|id| id.trim().is_empty())
+        {
+            return Err(RestConfigError::new(
+                "auth.client_id",
+                "required when auth.kind = \"oauth2\"",
+            ));
+        }
+        let count = |a: bool, b: bool, c: bool| usize::from(a) + usize::from(b) + usize::from(c);
+        if count(
+            auth.client_secret.is_some(),
+            auth.client_secret_env.is_some(),
+            auth.client_secret_file.is_some(),
+        ) != 1
+        {
+            return Err(RestConfigError::new(
+                "auth.client_secret",
+                "set exactly one of auth.client_secret, auth.client_secret_env, auth.client_secret_file",
+            ));
+        }
+        let refresh = count(
+            auth.refresh_token.is_some(),
+            auth.refresh_token_env.is_some(),
+            auth.refresh_token_file.is_some(),
+        );
+        match grant {
+            OAuthGrant::RefreshToken if refresh != 1 => {
+                return Err(RestConfigError::new(
+                    "auth.refresh_token",
+                    "grant = \"refresh_token\" needs exactly one of auth.refresh_token, auth.refresh_token_env, auth.refresh_token_file",
+                ));
+            }
+            OAuthGrant::ClientCredentials if refresh != 0 => {
+                return Err(RestConfigError::new(
+                    "auth.refresh_token",
+                    "not used with grant = \"client_credentials\"",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(p) = &auth.base_url_pointer {
+            pointer("auth.base_url_pointer", p, false)?;
+        }
+        if let Some(scheme) = &auth.header_scheme
+            && (scheme.trim().is_empty() || scheme.contains(char::is_whitespace))
+        {
+            return Err(RestConfigError::new(
+                "auth.header_scheme",
+                format!("expected one word such as \"Bearer\", got {scheme:?}"),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn validate(&self) -> Result<(), RestConfigError> {
@@ -473,6 +719,12 @@ impl RestSourceConfig {
                 "expected a duration above zero",
             ));
         }
+        if let Some(name) = &self.updated_since_header {
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                RestConfigError::new("updated_since_header", "not a valid header name")
+            })?;
+        }
+        self.validate_oauth(&pointer)?;
         if let Some(update) = &self.update {
             for (key, path) in [
                 ("update.path", Some(&update.path)),
