@@ -324,7 +324,14 @@ impl OAuth {
                     let status = response.status();
                     let bytes = response.bytes().await.unwrap_or_default();
                     let json: Option<Value> = serde_json::from_slice(&bytes).ok();
-                    if status.is_success() {
+                    let code = json
+                        .as_ref()
+                        .and_then(|j| j.get("error"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    // Some vendors (Zoho) answer refusals with 200 and an `error` field.
+                    if status.is_success() && code.is_empty() {
                         return json.filter(Value::is_object).ok_or_else(|| {
                             self.failed(&format!(
                                 "HTTP {}: the token answer is not a JSON object",
@@ -332,15 +339,10 @@ impl OAuth {
                             ))
                         });
                     }
-                    let code = json
-                        .as_ref()
-                        .and_then(|j| j.get("error"))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
                     let refused = REFUSALS.contains(&code.as_str())
                         || matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-                        || (status == StatusCode::BAD_REQUEST && !code.is_empty());
+                        || ((status == StatusCode::BAD_REQUEST || status.is_success())
+                            && !code.is_empty());
                     if refused {
                         let error = if code.is_empty() {
                             format!("HTTP {}", status.as_u16())
