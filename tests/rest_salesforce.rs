@@ -52,11 +52,17 @@ fn write_config(dir: &Path, crm: &str, secret: &str) -> std::path::PathBuf {
         .replace("3MVG9-your-connected-app-consumer-key", CLIENT_ID)
         .replace(
             "client_secret_env = \"SALESFORCE_CLIENT_SECRET\"",
-            &format!("client_secret_file = {:?}", secret_file.display().to_string()),
+            &format!(
+                "client_secret_file = {:?}",
+                secret_file.display().to_string()
+            ),
         )
         .replace(
             "refresh_token_env = \"SALESFORCE_REFRESH_TOKEN\"",
-            &format!("refresh_token_file = {:?}", refresh_file.display().to_string()),
+            &format!(
+                "refresh_token_file = {:?}",
+                refresh_file.display().to_string()
+            ),
         );
     let path = dir.join("quo-sync.toml");
     std::fs::write(&path, text).unwrap();
@@ -140,7 +146,10 @@ async fn salesforce_example_syncs_both_ways_with_refreshed_tokens_and_no_secret_
 
     // Quo → CRM: an app edit is PATCHed with only the changed field (read-only ones refused by
     // the fake), 204.
-    let quo_id = contact_for(&sandbox, first)["id"].as_str().unwrap().to_string();
+    let quo_id = contact_for(&sandbox, first)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     sandbox
         .app_edit(&quo_id, json!({"defaultFields": {"lastName": "Lovelace"}}))
         .unwrap();
@@ -176,13 +185,23 @@ async fn salesforce_example_syncs_both_ways_with_refreshed_tokens_and_no_secret_
     bad.ledger.close().await;
 
     let captured = logs.contents();
-    assert!(captured.contains("crm_token_refreshed"), "refreshes are logged");
+    assert!(
+        captured.contains("crm_token_refreshed"),
+        "refreshes are logged"
+    );
     assert!(captured.contains("crm_auth_failed"), "refusals are logged");
-    let mut secrets = vec![SECRET.to_string(), REFRESH.to_string(), crm.desk().current_refresh()];
+    let mut secrets = vec![
+        SECRET.to_string(),
+        REFRESH.to_string(),
+        crm.desk().current_refresh(),
+    ];
     secrets.extend(crm.desk().all_access_tokens());
     for secret in &secrets {
         for (what, text) in [("logs", &captured), ("error", &shown), ("debug", &debug)] {
-            assert!(!text.contains(secret.as_str()), "{secret} leaked into {what}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "{secret} leaked into {what}"
+            );
         }
     }
 }

@@ -54,11 +54,17 @@ fn write_config(dir: &Path, crm: &str) -> std::path::PathBuf {
         .replace("1000.YOUR-SELF-CLIENT-ID", CLIENT_ID)
         .replace(
             "client_secret_env = \"ZOHO_CLIENT_SECRET\"",
-            &format!("client_secret_file = {:?}", secret_file.display().to_string()),
+            &format!(
+                "client_secret_file = {:?}",
+                secret_file.display().to_string()
+            ),
         )
         .replace(
             "refresh_token_env = \"ZOHO_REFRESH_TOKEN\"",
-            &format!("refresh_token_file = {:?}", refresh_file.display().to_string()),
+            &format!(
+                "refresh_token_file = {:?}",
+                refresh_file.display().to_string()
+            ),
         );
     let path = dir.join("quo-sync.toml");
     std::fs::write(&path, text).unwrap();
@@ -115,13 +121,23 @@ async fn zoho_example_syncs_both_ways_with_tokens_refreshed_before_expiry_and_no
     assert_eq!(quo["defaultFields"]["firstName"], "Zed1");
     assert_eq!(quo["defaultFields"]["company"], "Zylker 1");
     let lists = crm.lists();
-    let pages: Vec<_> = lists.iter().map(|(q, since, _)| (q["page"].clone(), since.is_some())).collect();
-    assert_eq!(pages, vec![("1".to_string(), false), ("2".to_string(), false)]);
+    let pages: Vec<_> = lists
+        .iter()
+        .map(|(q, since, _)| (q["page"].clone(), since.is_some()))
+        .collect();
+    assert_eq!(
+        pages,
+        vec![("1".to_string(), false), ("2".to_string(), false)]
+    );
     assert!(lists[0].0["fields"].contains("Modified_Time"));
 
     // Nothing changed: If-Modified-Since is sent and the 304 is "no records", not an error.
     let report = run_cycle(&ctx, Mode::Apply).await.expect("quiet cycle");
-    assert_eq!(report.counts.updated + report.counts.created, 0, "{report:?}");
+    assert_eq!(
+        report.counts.updated + report.counts.created,
+        0,
+        "{report:?}"
+    );
     let (_, since, status) = crm.lists().last().cloned().unwrap();
     assert_eq!(status, 304);
     let since = since.expect("If-Modified-Since sent");
@@ -130,22 +146,33 @@ async fn zoho_example_syncs_both_ways_with_tokens_refreshed_before_expiry_and_no
     // The token's hour (here a second) runs out; it is refreshed before any request fails.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     crm.edit(first, "Title", json!("Head of Buying"));
-    let report = run_cycle(&ctx, Mode::Apply).await.expect("incremental cycle");
+    let report = run_cycle(&ctx, Mode::Apply)
+        .await
+        .expect("incremental cycle");
     assert_eq!(report.counts.updated, 1, "{report:?}");
     assert_eq!(
         contact_for(&sandbox, first)["defaultFields"]["role"],
         "Head of Buying"
     );
     assert!(crm.desk().issued() >= 2, "refreshed");
-    assert_eq!(crm.unauthorized(), 0, "refreshed before expiry, never refused");
+    assert_eq!(
+        crm.unauthorized(),
+        0,
+        "refreshed before expiry, never refused"
+    );
 
     // Quo → CRM: PUT {"data":[{"Last_Name": …}]}.
-    let quo_id = contact_for(&sandbox, first)["id"].as_str().unwrap().to_string();
+    let quo_id = contact_for(&sandbox, first)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     sandbox
         .app_edit(&quo_id, json!({"defaultFields": {"lastName": "Zohoson"}}))
         .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    run_cycle(&ctx, Mode::Apply).await.expect("write-back cycle");
+    run_cycle(&ctx, Mode::Apply)
+        .await
+        .expect("write-back cycle");
     let puts = crm.puts();
     assert_eq!(puts.len(), 1, "{puts:?}");
     assert_eq!(puts[0].0, first);
@@ -160,7 +187,10 @@ async fn zoho_example_syncs_both_ways_with_tokens_refreshed_before_expiry_and_no
     secrets.extend(crm.desk().all_access_tokens());
     for secret in &secrets {
         for (what, text) in [("logs", &captured), ("debug", &debug)] {
-            assert!(!text.contains(secret.as_str()), "{secret} leaked into {what}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "{secret} leaked into {what}"
+            );
         }
     }
 }

@@ -61,11 +61,7 @@ pub fn sf_time(t: DateTime<Utc>) -> String {
 impl FakeSalesforce {
     /// Starts the org with `contacts` (objects with `Id` and fields), tokens from `desk`, query
     /// batches of `batch` records.
-    pub async fn start(
-        contacts: Vec<Value>,
-        desk: TokenDesk,
-        batch: usize,
-    ) -> Self {
+    pub async fn start(contacts: Vec<Value>, desk: TokenDesk, batch: usize) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         let now = sf_time(Utc::now() - chrono::Duration::minutes(10));
@@ -178,9 +174,10 @@ async fn handle(
             "Session expired or invalid",
         );
     }
-    let query: HashMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let mut inner = shared.inner.lock().unwrap();
     if path == format!("{API}/query") && method == Method::GET {
         let Some(soql) = query.get("q") else {
@@ -228,30 +225,47 @@ async fn handle(
         && method == Method::GET
     {
         let Some(rest) = inner.locators.remove(locator) else {
-            return error(StatusCode::BAD_REQUEST, "INVALID_QUERY_LOCATOR", "invalid query locator");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_QUERY_LOCATOR",
+                "invalid query locator",
+            );
         };
         return batch(&mut inner, shared.batch, rest);
     }
     if let Some(id) = path.strip_prefix(&format!("{API}/sobjects/Contact/")) {
         let id = id.to_string();
         if !inner.contacts.contains_key(&id) {
-            return error(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist");
+            return error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "The requested resource does not exist",
+            );
         }
         if method == Method::GET {
             return axum::Json(with_attributes(&inner.contacts[&id])).into_response();
         }
         if method == Method::PATCH {
             let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-                return error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", "expected a JSON object");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "JSON_PARSER_ERROR",
+                    "expected a JSON object",
+                );
             };
-            if let Some(bad) = fields.keys().find(|k| READ_ONLY.contains(&k.as_str()) || k.as_str() == "attributes") {
+            if let Some(bad) = fields
+                .keys()
+                .find(|k| READ_ONLY.contains(&k.as_str()) || k.as_str() == "attributes")
+            {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "INVALID_FIELD_FOR_INSERT_UPDATE",
                     &format!("Unable to create/update fields: {bad}"),
                 );
             }
-            inner.patches.push((id.clone(), Value::Object(fields.clone())));
+            inner
+                .patches
+                .push((id.clone(), Value::Object(fields.clone())));
             let record = inner.contacts.get_mut(&id).unwrap();
             for (k, v) in fields {
                 record[k] = v;
@@ -260,7 +274,11 @@ async fn handle(
             return StatusCode::NO_CONTENT.into_response();
         }
     }
-    error(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist")
+    error(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "The requested resource does not exist",
+    )
 }
 
 fn with_attributes(record: &Value) -> Value {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 /// What the token endpoint answers.
 pub enum Grant {
     /// A fresh access token.
-    Token { access: String, refresh: Option<String> },
+    Token {
+        access: String,
+        refresh: Option<String>,
+    },
     /// An RFC 6749 error code (`invalid_client`, `invalid_grant`, …).
     Refused(&'static str),
 }
@@ -62,7 +65,9 @@ impl TokenDesk {
         }
         inner.issued += 1;
         let access = format!("acc-{}-{:08x}", inner.issued, rand_suffix(inner.issued));
-        inner.access.insert(access.clone(), Instant::now() + self.lifetime);
+        inner
+            .access
+            .insert(access.clone(), Instant::now() + self.lifetime);
         let refresh = if self.rotate {
             let next = format!("rt-rotated-{}", inner.issued);
             inner.refresh = next.clone();

@@ -52,7 +52,9 @@ struct Inner {
 /// Zoho's `Modified_Time` format, in the org's time zone (here +05:30, as in Zoho's examples).
 pub fn zoho_time(t: DateTime<Utc>) -> String {
     let ist = FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
-    t.with_timezone(&ist).format("%Y-%m-%dT%H:%M:%S%:z").to_string()
+    t.with_timezone(&ist)
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
 }
 
 impl FakeZoho {
@@ -165,7 +167,11 @@ async fn handle(
         .unwrap_or_default();
     if !shared.desk.check(token) {
         shared.inner.lock().unwrap().unauthorized += 1;
-        return error(StatusCode::UNAUTHORIZED, "INVALID_TOKEN", "invalid oauth token");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_TOKEN",
+            "invalid oauth token",
+        );
     }
     let query: HashMap<String, String> =
         form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
@@ -207,7 +213,11 @@ async fn handle(
                 );
             };
             if let Some(bad) = fields.keys().find(|k| READ_ONLY.contains(&k.as_str())) {
-                return error(StatusCode::BAD_REQUEST, "INVALID_DATA", &format!("{bad} is read only"));
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_DATA",
+                    &format!("{bad} is read only"),
+                );
             }
             inner.puts.push((id.clone(), Value::Object(fields.clone())));
             let record = inner.contacts.get_mut(&id).unwrap();
@@ -225,19 +235,33 @@ async fn handle(
             .into_response();
         }
     }
-    error(StatusCode::NOT_FOUND, "INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one")
+    error(
+        StatusCode::NOT_FOUND,
+        "INVALID_URL_PATTERN",
+        "Please check if the URL trying to access is a correct one",
+    )
 }
 
 fn list(inner: &Inner, query: &HashMap<String, String>, since: Option<&str>) -> Response {
     let Some(fields) = query.get("fields") else {
-        return error(StatusCode::BAD_REQUEST, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "REQUIRED_PARAM_MISSING",
+            "One of the expected parameter is missing",
+        );
     };
     let fields: Vec<&str> = fields.split(',').collect();
     let since = match since {
         None => None,
         Some(text) => match DateTime::parse_from_rfc3339(text) {
             Ok(t) => Some(t.with_timezone(&Utc)),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "INVALID_DATA", "invalid If-Modified-Since"),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_DATA",
+                    "invalid If-Modified-Since",
+                );
+            }
         },
     };
     let matching: Vec<Value> = inner
@@ -261,8 +285,15 @@ fn list(inner: &Inner, query: &HashMap<String, String>, since: Option<&str>) -> 
             StatusCode::NO_CONTENT.into_response()
         };
     }
-    let per_page: usize = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(200);
-    let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+    let per_page: usize = query
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(200);
+    let page: usize = query
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let chunk: Vec<Value> = matching
         .iter()
         .skip((page - 1) * per_page)
