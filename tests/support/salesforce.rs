@@ -211,7 +211,7 @@ async fn handle(
                         .unwrap_or(true)
                 })
             })
-            .map(|c| with_attributes(c))
+            .map(with_attributes)
             .collect();
         records.sort_by(|a, b| {
             a["SystemModstamp"]

@@ -501,7 +501,7 @@ impl RestSourceConfig {
     /// when the source is built, so `check-config` needs no environment).
     fn validate_oauth(
         &self,
-        pointer: impl Fn(&str, &str, bool) -> Result<(), RestConfigError>,
+        pointer: &dyn Fn(&str, &str, bool) -> Result<(), RestConfigError>,
     ) -> Result<(), RestConfigError> {
         let auth = &self.auth;
         if auth.kind != AuthKind::OAuth2 {
