@@ -201,6 +201,18 @@ pub async fn run_service(
     {
         routers.push((addr, receiver_router(receiver)));
     }
+    // CRM change signals (CSV file watch, POST /webhooks/crm) wake the loop like Quo webhooks.
+    let signals =
+        crate::source::watch::Signals::start(ctx.source.clone(), wake.clone(), ctx.cancel.clone())?;
+    if let (Some(crm), Some(addr)) = (
+        signals.webhook_routes(),
+        config.reverse.listen.or(config.service.listen),
+    ) {
+        match routers.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, router)) => *router = router.clone().merge(crm),
+            None => routers.push((addr, crm)),
+        }
+    }
     let mut servers = Vec::new();
     for (addr, router) in routers {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -7,6 +7,7 @@
 
 pub mod csv;
 pub mod rest;
+pub mod watch;
 
 use std::collections::BTreeMap;
 

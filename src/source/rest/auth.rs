@@ -34,18 +34,25 @@ impl fmt::Debug for Auth {
     }
 }
 
+/// Reads a secret given as `<key>`, `<key>_env` or `<key>_file`; `what` is the key below
+/// `source.rest.auth` (`token`) or a dotted key below `source.rest` (`webhook.secret`).
 pub(super) fn resolve_secret(
     what: &str,
     direct: &Option<SecretString>,
     env: &Option<String>,
     file: &Option<PathBuf>,
 ) -> Result<SecretString, RestConfigError> {
+    let what = if what.contains('.') {
+        what.to_string()
+    } else {
+        format!("auth.{what}")
+    };
     let given =
         usize::from(direct.is_some()) + usize::from(env.is_some()) + usize::from(file.is_some());
     if given != 1 {
         return Err(RestConfigError::new(
-            format!("auth.{what}"),
-            format!("set exactly one of auth.{what}, auth.{what}_env, auth.{what}_file"),
+            what.clone(),
+            format!("set exactly one of {what}, {what}_env, {what}_file"),
         ));
     }
     let secret = if let Some(secret) = direct {
@@ -54,7 +61,7 @@ pub(super) fn resolve_secret(
         std::env::var(var)
             .map_err(|_| {
                 RestConfigError::new(
-                    format!("auth.{what}_env"),
+                    format!("{what}_env"),
                     format!("the environment variable {var} is not set"),
                 )
             })?
@@ -65,7 +72,7 @@ pub(super) fn resolve_secret(
         std::fs::read_to_string(path)
             .map_err(|e| {
                 RestConfigError::new(
-                    format!("auth.{what}_file"),
+                    format!("{what}_file"),
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?
@@ -73,7 +80,7 @@ pub(super) fn resolve_secret(
             .to_string()
     };
     if secret.is_empty() {
-        return Err(RestConfigError::new(format!("auth.{what}"), "is empty"));
+        return Err(RestConfigError::new(what.clone(), "is empty"));
     }
     Ok(SecretString::from(secret))
 }

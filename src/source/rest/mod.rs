@@ -32,7 +32,7 @@ mod write;
 pub use config::{
     ArrayFieldConfig, AuthConfig, AuthKind, DEFAULT_FULL_READ_EVERY, OAuthGrant, OAuthStyle,
     PagingConfig, PagingStyle, ParamValue, RestConfigError, RestSourceConfig, SinceFormat,
-    UPDATED_SINCE_PLACEHOLDER, UpdateConfig, UpdateMethod,
+    UPDATED_SINCE_PLACEHOLDER, UpdateConfig, UpdateMethod, WebhookConfig,
 };
 pub use http::redact_url;
 pub use paging::next_link;
@@ -63,6 +63,28 @@ pub struct RestSource {
     versions: versions::ReadVersions,
     /// Set when a read saw the list move under it; the next read is then a full read.
     full_read_due: AtomicBool,
+    /// `[source.rest.webhook]` with its secret resolved.
+    webhook: Option<WebhookSettings>,
+}
+
+/// The CRM webhook's settings, secret resolved (never shown by `Debug`).
+pub struct WebhookSettings {
+    /// HMAC-SHA256 key.
+    pub secret: secrecy::SecretString,
+    /// Header carrying `sha256=<hex>`.
+    pub signature_header: String,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "webhook({}: [REDACTED], max {} bytes)",
+            self.signature_header, self.max_body_bytes
+        )
+    }
 }
 
 impl RestSource {
@@ -90,7 +112,21 @@ impl RestSource {
             .map_err(|e| {
                 RestConfigError::new("base_url", format!("cannot build an HTTP client: {e}"))
             })?;
+        let webhook = match &config.webhook {
+            None => None,
+            Some(w) => Some(WebhookSettings {
+                secret: auth::resolve_secret(
+                    "webhook.secret",
+                    &w.secret,
+                    &w.secret_env,
+                    &w.secret_file,
+                )?,
+                signature_header: w.signature_header.clone(),
+                max_body_bytes: w.max_body_bytes,
+            }),
+        };
         Ok(Self {
+            webhook,
             limiter: RateLimiter::per_second(config.requests_per_second),
             base,
             auth,
@@ -116,6 +152,11 @@ impl RestSource {
     /// `{updated_since}` in a `query` value).
     pub fn supports_incremental(&self) -> bool {
         self.config.incremental()
+    }
+
+    /// The CRM webhook's settings, when `[source.rest.webhook]` is configured.
+    pub fn webhook(&self) -> Option<&WebhookSettings> {
+        self.webhook.as_ref()
     }
 
     /// Lets OAuth2 keep a rotated refresh token in the ledger.
