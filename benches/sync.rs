@@ -27,6 +27,9 @@ use quo_sync::sync::{Mode, run_cycle};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "sync/crm.rs"]
+mod crm;
+
 const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
 const MAPPING: &str = include_str!("../tests/fixtures/mapping.toml");
@@ -415,6 +418,11 @@ fn main() {
                 "reverse".into(),
                 json!({ "webhook_delay_ms": webhook_ms, "poll_delay_ms": poll_ms, "poll_interval_ms": 1000 }),
             );
+        }
+        if wanted("crm") {
+            let crm = crm::crm_to_quo().await;
+            eprintln!("crm_to_quo: {crm}");
+            figures.insert("crm_to_quo".into(), crm);
         }
         // New sections: `#[path = "sync/<name>.rs"] mod <name>;` plus one `if wanted(..)` here.
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
