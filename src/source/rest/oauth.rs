@@ -31,7 +31,9 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::auth::resolve_secret;
-use super::config::{AuthConfig, OAuthGrant, OAuthStyle, RestConfigError};
+use super::config::{
+    AuthConfig, AuthKind, OAuthGrant, OAuthStyle, RestConfigError, RestSourceConfig,
+};
 use super::http::error_chain;
 use crate::ledger::Ledger;
 use crate::quo::retry::{self, RetryPolicy};
@@ -429,5 +431,120 @@ impl OAuth {
                 "cannot keep the rotated CRM refresh token in the ledger"
             ),
         }
+    }
+}
+
+/// OAuth2's part of `[source.rest]` validation (run by `check-config` and at start-up).
+impl RestSourceConfig {
+    /// The shape of `[source.rest.auth]` for `kind = "oauth2"` (secrets are resolved later,
+    /// when the source is built, so `check-config` needs no environment).
+    pub(super) fn validate_oauth(
+        &self,
+        pointer: &dyn Fn(&str, &str, bool) -> Result<(), RestConfigError>,
+    ) -> Result<(), RestConfigError> {
+        let auth = &self.auth;
+        if auth.kind != AuthKind::OAuth2 {
+            if let Some(key) = auth.oauth_keys_set().first() {
+                return Err(RestConfigError::new(
+                    format!("auth.{key}"),
+                    "only used with auth.kind = \"oauth2\"",
+                ));
+            }
+            return Ok(());
+        }
+        for (key, set) in [
+            (
+                "token",
+                auth.token.is_some() || auth.token_env.is_some() || auth.token_file.is_some(),
+            ),
+            ("username", auth.username.is_some()),
+            (
+                "password",
+                auth.password.is_some()
+                    || auth.password_env.is_some()
+                    || auth.password_file.is_some(),
+            ),
+            ("header_name", auth.header_name.is_some()),
+            ("param_name", auth.param_name.is_some()),
+        ] {
+            if set {
+                return Err(RestConfigError::new(
+                    format!("auth.{key}"),
+                    "not used with auth.kind = \"oauth2\"",
+                ));
+            }
+        }
+        let grant = auth.grant.ok_or_else(|| {
+            RestConfigError::new(
+                "auth.grant",
+                "required when auth.kind = \"oauth2\": \"client_credentials\" or \"refresh_token\"",
+            )
+        })?;
+        let token_url = auth.token_url.as_deref().ok_or_else(|| {
+            RestConfigError::new("auth.token_url", "required when auth.kind = \"oauth2\"")
+        })?;
+        match Url::parse(token_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(RestConfigError::new(
+                    "auth.token_url",
+                    format!("expected an http(s) URL, got {token_url:?}"),
+                ));
+            }
+        }
+        if auth
+            .client_id
+            .as_deref()
+            .is_none_or(|id| id.trim().is_empty())
+        {
+            return Err(RestConfigError::new(
+                "auth.client_id",
+                "required when auth.kind = \"oauth2\"",
+            ));
+        }
+        let count = |a: bool, b: bool, c: bool| usize::from(a) + usize::from(b) + usize::from(c);
+        if count(
+            auth.client_secret.is_some(),
+            auth.client_secret_env.is_some(),
+            auth.client_secret_file.is_some(),
+        ) != 1
+        {
+            return Err(RestConfigError::new(
+                "auth.client_secret",
+                "set exactly one of auth.client_secret, auth.client_secret_env, auth.client_secret_file",
+            ));
+        }
+        let refresh = count(
+            auth.refresh_token.is_some(),
+            auth.refresh_token_env.is_some(),
+            auth.refresh_token_file.is_some(),
+        );
+        match grant {
+            OAuthGrant::RefreshToken if refresh != 1 => {
+                return Err(RestConfigError::new(
+                    "auth.refresh_token",
+                    "grant = \"refresh_token\" needs exactly one of auth.refresh_token, auth.refresh_token_env, auth.refresh_token_file",
+                ));
+            }
+            OAuthGrant::ClientCredentials if refresh != 0 => {
+                return Err(RestConfigError::new(
+                    "auth.refresh_token",
+                    "not used with grant = \"client_credentials\"",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(p) = &auth.base_url_pointer {
+            pointer("auth.base_url_pointer", p, false)?;
+        }
+        if let Some(scheme) = &auth.header_scheme
+            && (scheme.trim().is_empty() || scheme.contains(char::is_whitespace))
+        {
+            return Err(RestConfigError::new(
+                "auth.header_scheme",
+                format!("expected one word such as \"Bearer\", got {scheme:?}"),
+            ));
+        }
+        Ok(())
     }
 }
