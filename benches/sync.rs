@@ -28,6 +28,8 @@ use quo_sync::sync::{Mode, run_cycle};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "sync/crm.rs"]
+mod crm;
 #[path = "sync/ha.rs"]
 mod ha;
 
@@ -424,6 +426,11 @@ fn main() {
             let ha = ha::takeover().await;
             eprintln!("ha: {ha}");
             figures.insert("ha".into(), ha);
+        }
+        if wanted("crm") {
+            let crm = crm::crm_to_quo().await;
+            eprintln!("crm_to_quo: {crm}");
+            figures.insert("crm_to_quo".into(), crm);
         }
         // New sections: `#[path = "sync/<name>.rs"] mod <name>;` plus one `if wanted(..)` here.
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");

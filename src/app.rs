@@ -62,6 +62,10 @@ impl AppError {
         matches!(
             self,
             AppError::Config(_) | AppError::Sync(SyncError::Mapping(_))
+        ) || matches!(
+            self,
+            AppError::Source(SourceError::MissingColumn { .. } | SourceError::Config(_))
+                | AppError::Sync(SyncError::Source(SourceError::CredentialsRefused { .. }))
         ) || matches!(self, AppError::Source(SourceError::MissingColumn { .. }))
             || matches!(
                 self,
@@ -117,11 +121,24 @@ pub fn build_context_on(
     cancel: CancellationToken,
     ledger: Ledger,
 ) -> Result<SyncContext, AppError> {
+    let source = Arc::new(Source::from_config(&config.source)?);
+    source.attach_ledger(&ledger);
+    build_context_with_source(config, kind, cancel, ledger, source)
+}
+
+/// Builds everything a cycle needs, on `ledger`, reading `source` (a replica keeps one source
+/// across leader terms: its change watcher knows what quo-sync itself last wrote).
+pub fn build_context_with_source(
+    config: &Config,
+    kind: &'static str,
+    cancel: CancellationToken,
+    ledger: Ledger,
+    source: Arc<Source>,
+) -> Result<SyncContext, AppError> {
     let mut client = build_client(config)?;
     if let Some(permit) = ledger.write_permit() {
         client = client.with_write_gate(permit);
     }
-    let source = Arc::new(Source::from_config(&config.source)?);
     Ok(SyncContext {
         ledger,
         client,
@@ -281,7 +298,8 @@ pub async fn run_service(
     ));
     crate::ops::http::register_service_metrics();
     metrics::gauge!("quo_sync_leader").set(1.0);
-    let servers = start_listeners(config, &ctx.ledger, ops, &wake, &ctx.cancel).await?;
+    let servers =
+        start_listeners(config, &ctx.ledger, &ctx.source, ops, &wake, &ctx.cancel).await?;
     info!(event = "service_started", source = %ctx.source.describe(), interval_s = config.schedule.interval.0.as_secs(), "quo-sync service started");
     let result = cycle_loop(ctx, config, &wake).await;
     if result.is_err() {
@@ -314,13 +332,26 @@ pub async fn run_replica(
     crate::ops::http::register_service_metrics();
     let ops = crate::ops::http::replica_router(base.clone(), metrics, role.clone())
         .merge(replica_console_routes(config, &base, &wake, &role));
-    let servers = start_listeners(config, &base, ops, &wake, &shutdown).await?;
+    // One source for every leader term: its change watcher must know what quo-sync wrote. A
+    // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
+    let source = Arc::new(Source::from_config(&config.source)?);
+    source.attach_ledger(&base);
+    let servers = start_listeners(config, &base, &source, ops, &wake, &shutdown).await?;
     let who = Candidate::this_process("run");
     info!(event = "service_started", ledger = %base.path(), host = %who.host, pid = who.pid, lease_ms = config.ha.lease.0.as_millis() as u64, "quo-sync replica started");
     let mut result = Ok(());
     while let Some(lease) = wait_for_lease(&base, &who, config, &shutdown).await {
         role.set_leader(lease.epoch());
-        let term = lead(&base, &lease, config, &shutdown, &wake, allow_mass_delete).await;
+        let term = lead(
+            &base,
+            &lease,
+            config,
+            &shutdown,
+            &wake,
+            &source,
+            allow_mass_delete,
+        )
+        .await;
         role.set_standby();
         lease.release().await;
         match term {
@@ -429,11 +460,12 @@ async fn lead(
     config: &Config,
     shutdown: &CancellationToken,
     wake: &Arc<Notify>,
+    source: &Arc<Source>,
     allow_mass_delete: bool,
 ) -> Result<(), AppError> {
     let ledger = open_as_leader(base, lease).await?;
     let term = link_cancel(shutdown, lease);
-    let mut ctx = build_context_on(config, "run", term.clone(), ledger)?;
+    let mut ctx = build_context_with_source(config, "run", term.clone(), ledger, source.clone())?;
     ctx.settings.allow_mass_delete = allow_mass_delete;
     let result = cycle_loop(&ctx, config, wake).await;
     ctx.ledger.close().await;
@@ -450,6 +482,7 @@ async fn lead(
 async fn start_listeners(
     config: &Config,
     ledger: &Ledger,
+    source: &Arc<Source>,
     ops: axum::Router,
     wake: &Arc<Notify>,
     cancel: &CancellationToken,
@@ -478,6 +511,18 @@ async fn start_listeners(
     {
         routers.push((addr, receiver_router(receiver)));
     }
+    // CRM change signals (CSV file watch, POST /webhooks/crm) wake the loop like Quo webhooks.
+    let signals =
+        crate::source::watch::Signals::start(source.clone(), wake.clone(), cancel.clone())?;
+    if let (Some(crm), Some(addr)) = (
+        signals.webhook_routes(),
+        config.reverse.listen.or(config.service.listen),
+    ) {
+        match routers.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, router)) => *router = router.clone().merge(crm),
+            None => routers.push((addr, crm)),
+        }
+    }
     let mut servers = Vec::new();
     for (addr, router) in routers {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -489,6 +534,12 @@ async fn start_listeners(
         info!(event = "listener_started", addr = %addr, "HTTP listener started");
         servers.push(tokio::spawn(serve(listener, router, cancel.clone())));
     }
+    // The file watcher lives as long as the listeners (it stops when dropped).
+    let until = cancel.clone();
+    servers.push(tokio::spawn(async move {
+        until.cancelled().await;
+        drop(signals);
+    }));
     Ok(servers)
 }
 

@@ -637,6 +637,30 @@ impl Config {
         }
     }
 
+    /// A short description of the source for the `check-config` line (`csv <path>`,
+    /// `rest <base_url>`).
+    pub fn describe_source(&self) -> String {
+        match self.source.kind {
+            SourceKind::Csv => format!(
+                "csv {}",
+                self.source
+                    .path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            SourceKind::Rest => format!(
+                "rest {}",
+                self.source
+                    .rest
+                    .as_ref()
+                    .and_then(|t| t.get("base_url"))
+                    .and_then(toml::Value::as_str)
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let bad = |key: &str, reason: String| ConfigError::BadValue {
             file: file.to_string(),
@@ -725,6 +749,18 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if let Some(table) = &self.source.rest {
+            // The whole REST table is checked here, so check-config and start-up catch an
+            // unknown or bad key (secrets from env/files are resolved when the source is built).
+            crate::source::rest::RestSourceConfig::from_table(table).map_err(|e| {
+                let key = if e.key.is_empty() {
+                    "source.rest".to_string()
+                } else {
+                    format!("source.rest.{}", e.key)
+                };
+                bad(&key, e.reason)
+            })?;
         }
         if self.source.id_field.trim().is_empty() {
             return Err(bad(

@@ -304,15 +304,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::CheckConfig => {
             let config = load_config(&cli.config)?;
             println!(
-                "{}: OK (source {:?} {}, ledger {}, Quo {}, {} req/s, API key {})",
+                "{}: OK ({}, ledger {}, Quo {}, {} req/s, API key {})",
                 cli.config.display(),
-                config.source.kind,
-                config
-                    .source
-                    .path
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
+                config.describe_source(),
                 config
                     .ledger
                     .target()

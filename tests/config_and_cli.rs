@@ -1,5 +1,7 @@
 //! Configuration and CLI promises: exit codes, key names in errors, env overrides.
 
+mod support;
+
 use std::process::Command;
 
 use quo_sync::config::Config;
@@ -169,4 +171,136 @@ fn once_without_an_api_key_exits_2_before_any_network_call() {
 fn a_usage_error_exits_2() {
     let out = quo_sync().arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+const REST: &str = r#"
+[quo]
+base_url = "http://127.0.0.1:9"
+
+[source]
+kind = "rest"
+
+[source.rest]
+base_url = "https://crm.example.com"
+list_path = "/contacts"
+id_pointer = "/id"
+
+[source.rest.auth]
+kind = "oauth2"
+grant = "client_credentials"
+token_url = "https://crm.example.com/oauth/token"
+client_id = "abc"
+client_secret = "s3cret-value"
+"#;
+
+#[test]
+fn a_bad_rest_key_is_refused_by_check_config_and_once_with_exit_2() {
+    assert_refused(
+        "rest.toml",
+        &format!("{REST}client_secrte = \"typo\"\n"),
+        &["source.rest.auth", "client_secrte", "rest.toml"],
+    );
+    assert_refused(
+        "rest.toml",
+        &REST.replace("grant = \"client_credentials\"\n", ""),
+        &["source.rest.auth.grant"],
+    );
+    assert_refused(
+        "rest.toml",
+        &REST.replace("kind = \"oauth2\"", "kind = \"bearer\"\ntoken = \"t\""),
+        &["source.rest.auth.grant", "oauth2"],
+    );
+    // `once` validates the same way before any network call.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "c.toml", &format!("{REST}client_secrte = \"typo\"\n"));
+    let out = quo_sync()
+        .args(["once", "--config"])
+        .arg(&path)
+        .env("QUO_API_KEY", "k")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("client_secrte"), "{stderr}");
+    assert!(!stderr.contains("s3cret-value"), "{stderr}");
+}
+
+#[test]
+fn check_config_names_the_rest_base_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "c.toml", REST);
+    let out = quo_sync()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OK (rest https://crm.example.com,"),
+        "{stdout}"
+    );
+    for example in ["salesforce", "zoho"] {
+        let out = quo_sync()
+            .args(["check-config", "--config"])
+            .arg(format!("config/rest-{example}.example.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn once_exits_2_when_the_token_endpoint_refuses_the_credentials() {
+    use support::salesforce::FakeSalesforce;
+    use support::token_desk::TokenDesk;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let crm = runtime.block_on(FakeSalesforce::start(
+        Vec::new(),
+        TokenDesk::new(
+            "id",
+            "right-secret",
+            "rt",
+            std::time::Duration::from_secs(60),
+        ),
+        10,
+    ));
+    let sandbox = runtime
+        .block_on(quo_sync::sandbox::SandboxHandle::start(
+            quo_sync::sandbox::SandboxConfig::default(),
+        ))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[ledger]\npath = {:?}\n{}",
+        dir.path().join("l.db").display().to_string(),
+        REST.replace("https://crm.example.com", &crm.base_url)
+            .replace(
+                "grant = \"client_credentials\"",
+                "grant = \"refresh_token\"\nrefresh_token = \"rt\""
+            )
+            .replace("client_id = \"abc\"", "client_id = \"id\"")
+            .replace("/oauth/token", "/services/oauth2/token")
+            .replace("http://127.0.0.1:9", &sandbox.base_url()),
+    );
+    let path = write(&dir, "c.toml", &text);
+    let out = quo_sync()
+        .args(["once", "--config"])
+        .arg(&path)
+        .env("QUO_API_KEY", sandbox.api_key())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid_client"), "{stderr}");
+    assert!(!stderr.contains("s3cret-value"), "{stderr}");
+    drop(runtime);
 }

@@ -898,12 +898,9 @@ fields = {{ firstName = "/First/Name" }}
     assert!(!format!("{source:?}").contains(TOKEN));
 
     std::fs::write(&path, "[source]\nkind = \"rest\"\n[source.rest]\nbase_url = \"ftp://x\"\nlist_path = \"/c\"\nid_pointer = \"/id\"\n").unwrap();
-    let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
-    let err = quo_sync::source::Source::from_config(&config.source).unwrap_err();
-    assert!(
-        matches!(&err, SourceError::Config(m) if m.contains("source.rest.base_url")),
-        "{err}"
-    );
+    // Since issue 12 the REST table is validated when the config loads (check-config, start-up).
+    let err = Config::load_with_env(&path, std::iter::empty()).unwrap_err();
+    assert!(err.to_string().contains("source.rest.base_url"), "{err}");
 }
 
 /// Issue 9 item 8: a CRM edit made between the cycle's read and the write-back survives; the

@@ -85,6 +85,33 @@ impl CsvSource {
         Ok(summary)
     }
 
+    /// Whether the file holds exactly the bytes quo-sync last read or wrote (SHA-256), so a
+    /// change notice for it (our own write-back, a touch) needs no cycle.
+    pub async fn matches_last_seen(&self) -> bool {
+        let Some(seen) = self
+            .last_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|f| f.sha256.clone())
+        else {
+            return false;
+        };
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            fs::read(path).map(|bytes| Sha256::digest(&bytes).to_vec())
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .is_some_and(|now| now == seen)
+    }
+
+    /// The file this adapter reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Rewrites only the changed cells of the changed rows, atomically; refuses if the file
     /// changed since the last read.
     pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {

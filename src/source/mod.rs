@@ -7,6 +7,7 @@
 
 pub mod csv;
 pub mod rest;
+pub mod watch;
 
 use std::collections::BTreeMap;
 
@@ -124,6 +125,17 @@ pub enum SourceError {
         /// The URL, without query secrets.
         url: String,
     },
+    /// The CRM's OAuth2 token endpoint refused the client or refresh token
+    /// (`invalid_client`, `invalid_grant`, …): an operator must fix them; maps to exit code 2.
+    #[error(
+        "the CRM's token endpoint {url} refused the credentials ({error}); check source.rest.auth"
+    )]
+    CredentialsRefused {
+        /// The token endpoint.
+        url: String,
+        /// The status and OAuth2 error code, never a secret.
+        error: String,
+    },
     /// Any other failure talking to the CRM.
     #[error("CRM request failed: {0}")]
     Crm(String),
@@ -196,6 +208,13 @@ impl Source {
             Source::Rest(rest) => {
                 !rest.supports_incremental() || rest.wants_full_read(last_full, now)
             }
+        }
+    }
+
+    /// Lets the adapter keep state in the ledger (the REST source's rotated OAuth2 refresh token).
+    pub fn attach_ledger(&self, ledger: &crate::ledger::Ledger) {
+        if let Source::Rest(rest) = self {
+            rest.attach_ledger(ledger.clone());
         }
     }
 

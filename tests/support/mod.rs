@@ -1,3 +1,6 @@
 //! Shared helpers for integration tests.
 
 pub mod fake_crm;
+pub mod salesforce;
+pub mod token_desk;
+pub mod zoho;

@@ -8,6 +8,8 @@ use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::config::{AuthConfig, AuthKind, RestConfigError};
+use super::oauth::OAuth;
+use crate::quo::retry::RetryPolicy;
 
 /// Credentials, resolved from config, environment or file.
 pub(super) enum Auth {
@@ -16,6 +18,7 @@ pub(super) enum Auth {
     Header(HeaderName, SecretString),
     Basic(String, SecretString),
     Query(String, SecretString),
+    OAuth2(Box<OAuth>),
 }
 
 impl fmt::Debug for Auth {
@@ -26,22 +29,30 @@ impl fmt::Debug for Auth {
             Auth::Header(name, _) => write!(f, "header({name}: [REDACTED])"),
             Auth::Basic(user, _) => write!(f, "basic({user}:[REDACTED])"),
             Auth::Query(name, _) => write!(f, "query({name}=[REDACTED])"),
+            Auth::OAuth2(oauth) => oauth.fmt(f),
         }
     }
 }
 
+/// Reads a secret given as `<key>`, `<key>_env` or `<key>_file`; `what` is the key below
+/// `source.rest.auth` (`token`) or a dotted key below `source.rest` (`webhook.secret`).
 pub(super) fn resolve_secret(
     what: &str,
     direct: &Option<SecretString>,
     env: &Option<String>,
     file: &Option<PathBuf>,
 ) -> Result<SecretString, RestConfigError> {
+    let what = if what.contains('.') {
+        what.to_string()
+    } else {
+        format!("auth.{what}")
+    };
     let given =
         usize::from(direct.is_some()) + usize::from(env.is_some()) + usize::from(file.is_some());
     if given != 1 {
         return Err(RestConfigError::new(
-            format!("auth.{what}"),
-            format!("set exactly one of auth.{what}, auth.{what}_env, auth.{what}_file"),
+            what.clone(),
+            format!("set exactly one of {what}, {what}_env, {what}_file"),
         ));
     }
     let secret = if let Some(secret) = direct {
@@ -50,7 +61,7 @@ pub(super) fn resolve_secret(
         std::env::var(var)
             .map_err(|_| {
                 RestConfigError::new(
-                    format!("auth.{what}_env"),
+                    format!("{what}_env"),
                     format!("the environment variable {var} is not set"),
                 )
             })?
@@ -61,7 +72,7 @@ pub(super) fn resolve_secret(
         std::fs::read_to_string(path)
             .map_err(|e| {
                 RestConfigError::new(
-                    format!("auth.{what}_file"),
+                    format!("{what}_file"),
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?
@@ -69,13 +80,17 @@ pub(super) fn resolve_secret(
             .to_string()
     };
     if secret.is_empty() {
-        return Err(RestConfigError::new(format!("auth.{what}"), "is empty"));
+        return Err(RestConfigError::new(what.clone(), "is empty"));
     }
     Ok(SecretString::from(secret))
 }
 
 impl Auth {
-    pub(super) fn resolve(config: &AuthConfig) -> Result<Self, RestConfigError> {
+    pub(super) fn resolve(
+        config: &AuthConfig,
+        timeout: std::time::Duration,
+        retry: RetryPolicy,
+    ) -> Result<Self, RestConfigError> {
         let token = || {
             resolve_secret(
                 "token",
@@ -104,6 +119,9 @@ impl Auth {
             || config.password_env.is_some()
             || config.password_file.is_some();
         match config.kind {
+            AuthKind::OAuth2 => Ok(Auth::OAuth2(Box::new(OAuth::resolve(
+                config, timeout, retry,
+            )?))),
             AuthKind::None => {
                 unused(&[
                     ("token", token_set),

@@ -87,6 +87,47 @@ pub enum AuthKind {
     Basic,
     /// `?<param_name>=<token>` (redacted wherever a URL is shown).
     Query,
+    /// OAuth2 access tokens from `token_url`, cached and refreshed (see `oauth`).
+    #[serde(rename = "oauth2")]
+    OAuth2,
+}
+
+/// The OAuth2 grant used at `token_url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthGrant {
+    /// `grant_type=client_credentials` (server-to-server apps).
+    ClientCredentials,
+    /// `grant_type=refresh_token` with a refresh token from a one-time consent.
+    RefreshToken,
+}
+
+/// Where the client credentials go in token requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuthStyle {
+    /// `client_id` and `client_secret` as form fields (Salesforce, Zoho).
+    #[default]
+    Body,
+    /// `Authorization: Basic base64(client_id:client_secret)` (RFC 6749 §2.3.1).
+    Basic,
+}
+
+/// How the incremental-read time is written (`updated_since_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinceFormat {
+    /// `2026-01-01T00:00:00Z` (also a Salesforce SOQL datetime literal).
+    #[default]
+    Rfc3339,
+    /// `2026-01-01T00:00:00+00:00` (Zoho's `If-Modified-Since`).
+    Rfc3339Offset,
+    /// `Thu, 01 Jan 2026 00:00:00 GMT` (RFC 9110 HTTP-date).
+    HttpDate,
+    /// Seconds since 1970.
+    Unix,
+    /// Milliseconds since 1970.
+    UnixMs,
 }
 
 /// `[source.rest.auth]`.
@@ -123,6 +164,75 @@ pub struct AuthConfig {
     /// A file holding the password (basic, trimmed).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// OAuth2 grant: `client_credentials` or `refresh_token` (oauth2).
+    #[serde(default)]
+    pub grant: Option<OAuthGrant>,
+    /// The token endpoint (oauth2).
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// The OAuth2 client id (oauth2).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The OAuth2 client secret (oauth2).
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    /// An environment variable holding the client secret (oauth2).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// A file holding the client secret (oauth2, trimmed).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// The refresh token (oauth2, grant = "refresh_token").
+    #[serde(default)]
+    pub refresh_token: Option<SecretString>,
+    /// An environment variable holding the refresh token.
+    #[serde(default)]
+    pub refresh_token_env: Option<String>,
+    /// A file holding the refresh token (trimmed).
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
+    /// `scope` sent to the token endpoint (oauth2, optional).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `audience` sent to the token endpoint (oauth2, optional; Auth0-style APIs).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Client credentials as form fields (`body`, default) or HTTP Basic (`basic`).
+    #[serde(default)]
+    pub auth_style: Option<OAuthStyle>,
+    /// JSON pointer into the token answer naming the API base URL (Salesforce
+    /// `/instance_url`, Zoho `/api_domain`); replaces `base_url` once a token is fetched.
+    #[serde(default)]
+    pub base_url_pointer: Option<String>,
+    /// The `Authorization` scheme sent with the access token, default `Bearer` (Zoho:
+    /// `Zoho-oauthtoken`).
+    #[serde(default)]
+    pub header_scheme: Option<String>,
+}
+
+impl AuthConfig {
+    /// The OAuth2-only keys that are set, for "not used with this kind" errors.
+    pub(super) fn oauth_keys_set(&self) -> Vec<&'static str> {
+        [
+            ("grant", self.grant.is_some()),
+            ("token_url", self.token_url.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret", self.client_secret.is_some()),
+            ("client_secret_env", self.client_secret_env.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            ("refresh_token", self.refresh_token.is_some()),
+            ("refresh_token_env", self.refresh_token_env.is_some()),
+            ("refresh_token_file", self.refresh_token_file.is_some()),
+            ("scope", self.scope.is_some()),
+            ("audience", self.audience.is_some()),
+            ("auth_style", self.auth_style.is_some()),
+            ("base_url_pointer", self.base_url_pointer.is_some()),
+            ("header_scheme", self.header_scheme.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
 }
 
 /// One array of labelled values flattened into `<prefix>.<label>` fields.
@@ -253,6 +363,9 @@ pub struct UpdateConfig {
     /// Write the change time at `updated_at_pointer`, default true.
     #[serde(default = "yes")]
     pub set_updated_at: bool,
+    /// Put the record inside a one-item array at `wrap_pointer` (Zoho: `{"data":[{…}]}`).
+    #[serde(default)]
+    pub wrap_array: bool,
 }
 
 /// The `[source.rest]` table, parsed.
@@ -292,9 +405,16 @@ pub struct RestSourceConfig {
     /// Paging.
     #[serde(default)]
     pub paging: PagingConfig,
-    /// Query parameter for incremental reads (RFC 3339 time).
+    /// Query parameter for incremental reads (time in `updated_since_format`).
     #[serde(default)]
     pub updated_since_param: Option<String>,
+    /// Header for incremental reads (`If-Modified-Since`); a 304 answer means nothing changed.
+    #[serde(default)]
+    pub updated_since_header: Option<String>,
+    /// How the incremental time is written: `rfc3339` (default), `rfc3339_offset`,
+    /// `http_date`, `unix`, `unix_ms`. Also used for `{updated_since}` inside `query` values.
+    #[serde(default)]
+    pub updated_since_format: SinceFormat,
     /// Longest time between full reads when incremental reads are on, default `24h`.
     #[serde(default)]
     pub full_read_every: Option<HumanDuration>,
@@ -316,6 +436,38 @@ pub struct RestSourceConfig {
     /// Write-back; without it the CRM is read-only for quo-sync.
     #[serde(default)]
     pub update: Option<UpdateConfig>,
+    /// `POST /webhooks/crm`: a signed notice from the CRM starts a cycle at once.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// `[source.rest.webhook]`: the CRM's change notices.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The HMAC-SHA256 key the CRM signs bodies with.
+    #[serde(default)]
+    pub secret: Option<SecretString>,
+    /// An environment variable holding it.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// A file holding it (trimmed).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// The header carrying `sha256=<hex>`, default `X-Signature`.
+    #[serde(default = "default_signature_header")]
+    pub signature_header: String,
+    /// Largest accepted body, default 1 MiB; larger → 413.
+    #[serde(default = "default_webhook_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_signature_header() -> String {
+    "X-Signature".into()
+}
+
+fn default_webhook_body() -> usize {
+    1 << 20
 }
 
 pub(super) fn default_rps() -> u32 {
@@ -333,6 +485,9 @@ pub(super) fn default_max_backoff() -> HumanDuration {
 pub(super) fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
+
+/// Replaced inside `query` values by the incremental-read time (the Unix epoch on full reads).
+pub const UPDATED_SINCE_PLACEHOLDER: &str = "{updated_since}";
 
 /// Full reads happen at least this often when incremental reads are configured.
 pub const DEFAULT_FULL_READ_EVERY: Duration = Duration::from_secs(24 * 3600);
@@ -361,6 +516,17 @@ impl RestSourceConfig {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Whether reads can be incremental: a since parameter, header or `{updated_since}` in a
+    /// `query` value.
+    pub fn incremental(&self) -> bool {
+        self.updated_since_param.is_some()
+            || self.updated_since_header.is_some()
+            || self
+                .query
+                .values()
+                .any(|v| matches!(v, ParamValue::Text(t) if t.contains(UPDATED_SINCE_PLACEHOLDER)))
     }
 
     pub(super) fn validate(&self) -> Result<(), RestConfigError> {
@@ -472,6 +638,32 @@ impl RestSourceConfig {
                 "timeout",
                 "expected a duration above zero",
             ));
+        }
+        if let Some(name) = &self.updated_since_header {
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                RestConfigError::new("updated_since_header", "not a valid header name")
+            })?;
+        }
+        self.validate_oauth(&pointer)?;
+        if let Some(webhook) = &self.webhook {
+            HeaderName::from_bytes(webhook.signature_header.as_bytes()).map_err(|_| {
+                RestConfigError::new("webhook.signature_header", "not a valid header name")
+            })?;
+            let given = usize::from(webhook.secret.is_some())
+                + usize::from(webhook.secret_env.is_some())
+                + usize::from(webhook.secret_file.is_some());
+            if given != 1 {
+                return Err(RestConfigError::new(
+                    "webhook.secret",
+                    "set exactly one of webhook.secret, webhook.secret_env, webhook.secret_file",
+                ));
+            }
+            if webhook.max_body_bytes == 0 {
+                return Err(RestConfigError::new(
+                    "webhook.max_body_bytes",
+                    "expected a whole number above 0",
+                ));
+            }
         }
         if let Some(update) = &self.update {
             for (key, path) in [

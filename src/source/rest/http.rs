@@ -63,14 +63,21 @@ impl RestSource {
             pairs.append_pair(name, token.expose_secret());
         }
         let mut retries = 0u32;
+        let mut refreshed_on_401 = false;
         loop {
             self.limiter.acquire().await;
+            let mut used_token = None;
             let mut request = self
                 .client
                 .request(method.clone(), target.clone())
                 .headers(headers.clone());
             request = match &self.auth {
                 Auth::None | Auth::Query(..) => request,
+                Auth::OAuth2(oauth) => {
+                    let (value, token) = oauth.authorization().await?;
+                    used_token = Some(token);
+                    request.header(reqwest::header::AUTHORIZATION, value)
+                }
                 Auth::Bearer(token) => request.bearer_auth(token.expose_secret()),
                 Auth::Basic(user, password) => {
                     request.basic_auth(user, Some(password.expose_secret()))
@@ -90,6 +97,16 @@ impl RestSource {
             let failure = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
+                    if let (Auth::OAuth2(oauth), Some(token), StatusCode::UNAUTHORIZED) =
+                        (&self.auth, &used_token, status)
+                        && !refreshed_on_401
+                    {
+                        // The token expired early or was revoked: one fresh token, one more try.
+                        refreshed_on_401 = true;
+                        tracing::info!(method = %method, url = %shown, "CRM answered 401; fetching a new access token");
+                        oauth.invalidate(token).await;
+                        continue;
+                    }
                     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                         return Err(SourceError::Unauthorized {
                             status: status.as_u16(),

@@ -22,6 +22,7 @@
 mod auth;
 mod config;
 mod http;
+mod oauth;
 mod paging;
 mod pointer;
 mod records;
@@ -29,8 +30,9 @@ mod versions;
 mod write;
 
 pub use config::{
-    ArrayFieldConfig, AuthConfig, AuthKind, DEFAULT_FULL_READ_EVERY, PagingConfig, PagingStyle,
-    ParamValue, RestConfigError, RestSourceConfig, UpdateConfig, UpdateMethod,
+    ArrayFieldConfig, AuthConfig, AuthKind, DEFAULT_FULL_READ_EVERY, OAuthGrant, OAuthStyle,
+    PagingConfig, PagingStyle, ParamValue, RestConfigError, RestSourceConfig, SinceFormat,
+    UPDATED_SINCE_PLACEHOLDER, UpdateConfig, UpdateMethod, WebhookConfig,
 };
 pub use http::redact_url;
 pub use paging::next_link;
@@ -61,6 +63,28 @@ pub struct RestSource {
     versions: versions::ReadVersions,
     /// Set when a read saw the list move under it; the next read is then a full read.
     full_read_due: AtomicBool,
+    /// `[source.rest.webhook]` with its secret resolved.
+    webhook: Option<WebhookSettings>,
+}
+
+/// The CRM webhook's settings, secret resolved (never shown by `Debug`).
+pub struct WebhookSettings {
+    /// HMAC-SHA256 key.
+    pub secret: secrecy::SecretString,
+    /// Header carrying `sha256=<hex>`.
+    pub signature_header: String,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "webhook({}: [REDACTED], max {} bytes)",
+            self.signature_header, self.max_body_bytes
+        )
+    }
 }
 
 impl RestSource {
@@ -72,7 +96,12 @@ impl RestSource {
     /// Builds the adapter from a parsed configuration.
     pub fn new(config: RestSourceConfig) -> Result<Self, RestConfigError> {
         config.validate()?;
-        let auth = Auth::resolve(&config.auth)?;
+        let retry = RetryPolicy {
+            max_retries: config.max_retries,
+            base: config.retry_base.0,
+            cap: config.max_backoff.0,
+        };
+        let auth = Auth::resolve(&config.auth, config.timeout.0, retry)?;
         let base = Url::parse(config.base_url.trim_end_matches('/'))
             .map_err(|e| RestConfigError::new("base_url", e.to_string()))?;
         let client = reqwest::Client::builder()
@@ -83,12 +112,21 @@ impl RestSource {
             .map_err(|e| {
                 RestConfigError::new("base_url", format!("cannot build an HTTP client: {e}"))
             })?;
-        let retry = RetryPolicy {
-            max_retries: config.max_retries,
-            base: config.retry_base.0,
-            cap: config.max_backoff.0,
+        let webhook = match &config.webhook {
+            None => None,
+            Some(w) => Some(WebhookSettings {
+                secret: auth::resolve_secret(
+                    "webhook.secret",
+                    &w.secret,
+                    &w.secret_env,
+                    &w.secret_file,
+                )?,
+                signature_header: w.signature_header.clone(),
+                max_body_bytes: w.max_body_bytes,
+            }),
         };
         Ok(Self {
+            webhook,
             limiter: RateLimiter::per_second(config.requests_per_second),
             base,
             auth,
@@ -110,9 +148,50 @@ impl RestSource {
         &self.limiter
     }
 
-    /// Whether reads can be incremental (`updated_since_param` is set).
+    /// Whether reads can be incremental (`updated_since_param`, `updated_since_header` or
+    /// `{updated_since}` in a `query` value).
     pub fn supports_incremental(&self) -> bool {
-        self.config.updated_since_param.is_some()
+        self.config.incremental()
+    }
+
+    /// The CRM webhook's settings, when `[source.rest.webhook]` is configured.
+    pub fn webhook(&self) -> Option<&WebhookSettings> {
+        self.webhook.as_ref()
+    }
+
+    /// Lets OAuth2 keep a rotated refresh token in the ledger.
+    pub fn attach_ledger(&self, ledger: crate::ledger::Ledger) {
+        if let Auth::OAuth2(oauth) = &self.auth {
+            oauth.attach_ledger(ledger);
+        }
+    }
+
+    /// Access tokens fetched from the OAuth2 token endpoint by this process (0 without OAuth2).
+    pub fn tokens_fetched(&self) -> u64 {
+        match &self.auth {
+            Auth::OAuth2(oauth) => oauth.tokens_fetched(),
+            _ => 0,
+        }
+    }
+
+    /// Makes sure the API base is known before URLs are built: with `auth.base_url_pointer`
+    /// it comes from the token answer, so a token is fetched first.
+    pub(super) async fn prepare(&self) -> Result<(), SourceError> {
+        if let Auth::OAuth2(oauth) = &self.auth
+            && oauth.wants_instance_base()
+            && oauth.instance_base().is_none()
+        {
+            oauth.authorization().await?;
+        }
+        Ok(())
+    }
+
+    /// The API base: the token answer's (`auth.base_url_pointer`) once known, else `base_url`.
+    pub(super) fn api_base(&self) -> Url {
+        match &self.auth {
+            Auth::OAuth2(oauth) => oauth.instance_base().unwrap_or_else(|| self.base.clone()),
+            _ => self.base.clone(),
+        }
     }
 
     /// Whether the next cycle should read everything (`ReadRequest.since = None`): always without
@@ -140,12 +219,12 @@ impl RestSource {
     pub fn describe(&self) -> String {
         match self.url(&self.config.list_path) {
             Ok(url) => format!("rest {}", self.shown(&url)),
-            Err(_) => format!("rest {}{}", self.base, self.config.list_path),
+            Err(_) => format!("rest {}{}", self.api_base(), self.config.list_path),
         }
     }
 
     pub(super) fn url(&self, path: &str) -> Result<Url, SourceError> {
-        let joined = format!("{}{}", self.base.as_str().trim_end_matches('/'), path);
+        let joined = format!("{}{}", self.api_base().as_str().trim_end_matches('/'), path);
         Url::parse(&joined).map_err(|e| SourceError::Crm(format!("bad URL {path:?}: {e}")))
     }
 

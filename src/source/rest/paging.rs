@@ -6,12 +6,12 @@ use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::header::{HeaderMap, LINK};
-use reqwest::{Method, Url};
+use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::RestSource;
-use super::config::PagingStyle;
+use super::config::{PagingStyle, ParamValue, SinceFormat, UPDATED_SINCE_PLACEHOLDER};
 use super::records::{json_type, scalar_text};
 use super::versions::ReadVersion;
 use crate::source::{ReadRequest, ReadSummary, SourceError, SourceItem};
@@ -26,14 +26,27 @@ impl RestSource {
         {
             let mut pairs = url.query_pairs_mut();
             for (key, value) in &self.config.query {
-                pairs.append_pair(key, &value.to_string());
+                match value {
+                    ParamValue::Text(text) if text.contains(UPDATED_SINCE_PLACEHOLDER) => {
+                        // A full read filters from the epoch: the same query, every record.
+                        let at = since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+                        let at = format_since(at, self.config.updated_since_format);
+                        pairs.append_pair(key, &text.replace(UPDATED_SINCE_PLACEHOLDER, &at));
+                    }
+                    _ => {
+                        pairs.append_pair(key, &value.to_string());
+                    }
+                }
             }
             if let (Some(param), Some(size)) = (&self.config.page_size_param, self.config.page_size)
             {
                 pairs.append_pair(param, &size.to_string());
             }
             if let (Some(param), Some(since)) = (&self.config.updated_since_param, since) {
-                pairs.append_pair(param, &since.to_rfc3339_opts(SecondsFormat::Secs, true));
+                pairs.append_pair(
+                    param,
+                    &format_since(since, self.config.updated_since_format),
+                );
             }
             if let Some((param, value)) = paging {
                 pairs.append_pair(param, &value);
@@ -60,6 +73,19 @@ impl RestSource {
         tx: mpsc::Sender<SourceItem>,
     ) -> Result<ReadSummary, SourceError> {
         let since = request.since.filter(|_| self.supports_incremental());
+        self.prepare().await?;
+        let mut list_headers = HeaderMap::new();
+        if let (Some(name), Some(since)) = (&self.config.updated_since_header, since) {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                SourceError::Config(
+                    "source.rest.updated_since_header: not a valid header name".into(),
+                )
+            })?;
+            let value = format_since(since, self.config.updated_since_format);
+            let value = reqwest::header::HeaderValue::from_str(&value)
+                .map_err(|e| SourceError::Crm(format!("updated_since_header value: {e}")))?;
+            list_headers.insert(name, value);
+        }
         let paging = &self.config.paging;
         let param = paging.param.clone().unwrap_or_else(|| {
             match paging.style {
@@ -90,9 +116,13 @@ impl RestSource {
         let mut page = 1u32;
         loop {
             let shown = self.shown(&url);
-            let reply = self
-                .send(Method::GET, &url, None, &HeaderMap::new())
-                .await?;
+            let reply = self.send(Method::GET, &url, None, &list_headers).await?;
+            if (reply.status == StatusCode::NOT_MODIFIED && since.is_some())
+                || (reply.status == StatusCode::NO_CONTENT && reply.body.is_empty())
+            {
+                // 304: nothing changed since (Zoho's If-Modified-Since); 204: no records.
+                break;
+            }
             if !reply.status.is_success() {
                 return Err(SourceError::Crm(format!(
                     "GET {shown} (page {page}) failed: {}",
@@ -244,7 +274,7 @@ impl RestSource {
                 self.shown(current)
             ))
         })?;
-        if url.origin() != self.base.origin() {
+        if url.origin() != self.api_base().origin() {
             return Err(SourceError::Crm(format!(
                 "GET {} (page {page}): the next-page link points to another server ({}); refusing to send credentials there",
                 self.shown(current),
@@ -259,6 +289,17 @@ impl RestSource {
             )));
         }
         Ok(url)
+    }
+}
+
+/// The incremental-read time as the CRM wants it (`updated_since_format`).
+pub fn format_since(at: DateTime<Utc>, format: SinceFormat) -> String {
+    match format {
+        SinceFormat::Rfc3339 => at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        SinceFormat::Rfc3339Offset => at.to_rfc3339_opts(SecondsFormat::Secs, false),
+        SinceFormat::HttpDate => at.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+        SinceFormat::Unix => at.timestamp().to_string(),
+        SinceFormat::UnixMs => at.timestamp_millis().to_string(),
     }
 }
 
@@ -298,6 +339,50 @@ mod tests {
     use crate::source::rest::RestSource;
     use crate::source::rest::test_support::*;
     use reqwest::header::HeaderValue;
+
+    #[test]
+    fn since_formats() {
+        let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            format_since(at, SinceFormat::Rfc3339),
+            "2026-01-02T03:04:05Z"
+        );
+        assert_eq!(
+            format_since(at, SinceFormat::Rfc3339Offset),
+            "2026-01-02T03:04:05+00:00"
+        );
+        assert_eq!(
+            format_since(at, SinceFormat::HttpDate),
+            "Fri, 02 Jan 2026 03:04:05 GMT"
+        );
+        assert_eq!(format_since(at, SinceFormat::Unix), "1767323045");
+    }
+
+    #[test]
+    fn updated_since_placeholder_fills_the_query_value() {
+        let source = RestSource::from_table(&table(&format!(
+            "{MINIMAL}\nquery = {{ q = \"SELECT Id FROM Contact WHERE SystemModstamp > {{updated_since}}\" }}"
+        )))
+        .unwrap();
+        assert!(source.supports_incremental());
+        let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let url = source.list_url(Some(at), None).unwrap();
+        let q: Vec<_> = url.query_pairs().collect();
+        assert_eq!(
+            q[0].1,
+            "SELECT Id FROM Contact WHERE SystemModstamp > 2026-01-02T03:04:05Z"
+        );
+        let url = source.list_url(None, None).unwrap();
+        let q: Vec<_> = url.query_pairs().collect();
+        assert_eq!(
+            q[0].1,
+            "SELECT Id FROM Contact WHERE SystemModstamp > 1970-01-01T00:00:00Z"
+        );
+    }
 
     #[test]
     fn link_header_next_is_found() {

@@ -190,6 +190,12 @@ pub fn parse_time(value: &Value) -> Option<DateTime<Utc>> {
             if let Ok(t) = DateTime::parse_from_rfc3339(s) {
                 return Some(t.with_timezone(&Utc));
             }
+            // Salesforce: `2026-01-01T00:00:00.000+0000` (offset without a colon).
+            for format in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%z"] {
+                if let Ok(t) = DateTime::parse_from_str(s, format) {
+                    return Some(t.with_timezone(&Utc));
+                }
+            }
             for format in [
                 "%Y-%m-%d %H:%M:%S",
                 "%Y-%m-%dT%H:%M:%S",

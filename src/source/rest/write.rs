@@ -30,6 +30,7 @@ impl RestSource {
             }
             return Ok(report);
         };
+        self.prepare().await?;
         let mut headers = HeaderMap::new();
         for (name, value) in &update.headers {
             if let (Ok(name), Ok(value)) = (
@@ -179,6 +180,9 @@ impl RestSource {
             if let Err(reason) = set_pointer(&mut record, pointer, stamp) {
                 return Ok(Outcome::Failed(reason));
             }
+        }
+        if update.wrap_array {
+            record = Value::Array(vec![record]);
         }
         let mut body = Value::Object(Map::new());
         if update.wrap_pointer.is_empty() {

@@ -1,0 +1,196 @@
+//! The Zoho example config against a fake Zoho CRM: OAuth2 with `expires_in` (refreshed before
+//! it runs out, so no 401 is needed), `api_domain` as the API base, `Zoho-oauthtoken` header,
+//! page/per_page paging, `If-Modified-Since` with 304 as "nothing changed", and write-back as a
+//! PUT of `{"data":[{…}]}`; no secret reaches the logs.
+//! One test per binary: the log capture installs the global subscriber.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use quo_sync::config::{Config, LogFormat};
+use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
+use quo_sync::sync::{Mode, SyncContext, run_cycle};
+use quo_sync::telemetry::{CaptureWriter, init_with_writer};
+use serde_json::{Value, json};
+use support::token_desk::TokenDesk;
+use support::zoho::FakeZoho;
+use tokio_util::sync::CancellationToken;
+
+const CLIENT_ID: &str = "1000.TESTCLIENT";
+const SECRET: &str = "zoho-client-secret-DO-NOT-LEAK-0b1d";
+const REFRESH: &str = "1000.zoho-refresh-DO-NOT-LEAK.77aa";
+/// More than one page of Zoho's 200 records.
+const COUNT: usize = 205;
+
+fn contacts() -> Vec<Value> {
+    (1..=COUNT)
+        .map(|i| {
+            json!({
+                "id": format!("34770610000{i:08}"),
+                "First_Name": format!("Zed{i}"),
+                "Last_Name": format!("Oho{i}"),
+                "Email": format!("zed{i}@example.com"),
+                "Phone": format!("+1415556{:04}", i),
+                "Mobile": null,
+                "Title": "Buyer",
+                "Account_Name": { "name": format!("Zylker {i}"), "id": "3477061000000900001" },
+                "Created_Time": "2025-01-01T10:00:00+05:30",
+            })
+        })
+        .collect()
+}
+
+fn write_config(dir: &Path, crm: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string("config/rest-zoho.example.toml").unwrap();
+    let secret_file = dir.join("client_secret");
+    let refresh_file = dir.join("refresh_token");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    std::fs::write(&refresh_file, REFRESH).unwrap();
+    let text = text
+        .replace("https://accounts.zoho.com", crm)
+        .replace("https://www.zohoapis.com", crm)
+        .replace("1000.YOUR-SELF-CLIENT-ID", CLIENT_ID)
+        .replace(
+            "client_secret_env = \"ZOHO_CLIENT_SECRET\"",
+            &format!(
+                "client_secret_file = {:?}",
+                secret_file.display().to_string()
+            ),
+        )
+        .replace(
+            "refresh_token_env = \"ZOHO_REFRESH_TOKEN\"",
+            &format!(
+                "refresh_token_file = {:?}",
+                refresh_file.display().to_string()
+            ),
+        );
+    let path = dir.join("quo-sync.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn context(path: &Path, sandbox: &SandboxHandle, ledger: &Path) -> SyncContext {
+    let env = [
+        ("QUO_SYNC__QUO__BASE_URL", sandbox.base_url()),
+        ("QUO_API_KEY", sandbox.api_key().to_string()),
+        ("QUO_SYNC__QUO__REQUESTS_PER_SECOND", "1000".into()),
+        ("QUO_SYNC__LEDGER__PATH", ledger.display().to_string()),
+        ("QUO_SYNC__REVERSE__POLL_INTERVAL", "1ms".into()),
+    ]
+    .map(|(k, v)| (k.to_string(), v));
+    let config = Config::load_with_env(path, env).expect("the example config loads");
+    quo_sync::app::build_context(&config, "once", CancellationToken::new())
+        .await
+        .expect("context builds")
+}
+
+fn contact_for(sandbox: &SandboxHandle, id: &str) -> Value {
+    let found: Vec<Value> = sandbox
+        .contacts()
+        .into_iter()
+        .filter(|c| c["externalId"] == id)
+        .collect();
+    assert_eq!(found.len(), 1, "one contact for {id}: {found:#?}");
+    found.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn zoho_example_syncs_both_ways_with_tokens_refreshed_before_expiry_and_no_secret_in_logs() {
+    let logs = CaptureWriter::default();
+    assert!(init_with_writer(LogFormat::Json, "trace", logs.clone()));
+    let sandbox = SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let desk = TokenDesk::new(CLIENT_ID, SECRET, REFRESH, Duration::from_secs(1));
+    let crm = FakeZoho::start(contacts(), desk).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.db");
+    let path = write_config(dir.path(), &crm.base_url);
+    let ctx = context(&path, &sandbox, &ledger).await;
+
+    // CRM → Quo: a full read, pages 1 and 2 of 200, without If-Modified-Since.
+    let report = run_cycle(&ctx, Mode::Apply).await.expect("first cycle");
+    assert_eq!(report.counts.created, COUNT as u64, "{report:?}");
+    let first = "3477061000000000001";
+    let quo = contact_for(&sandbox, first);
+    assert_eq!(quo["defaultFields"]["firstName"], "Zed1");
+    assert_eq!(quo["defaultFields"]["company"], "Zylker 1");
+    let lists = crm.lists();
+    let pages: Vec<_> = lists
+        .iter()
+        .map(|(q, since, _)| (q["page"].clone(), since.is_some()))
+        .collect();
+    assert_eq!(
+        pages,
+        vec![("1".to_string(), false), ("2".to_string(), false)]
+    );
+    assert!(lists[0].0["fields"].contains("Modified_Time"));
+
+    // Nothing changed: If-Modified-Since is sent and the 304 is "no records", not an error.
+    let report = run_cycle(&ctx, Mode::Apply).await.expect("quiet cycle");
+    assert_eq!(
+        report.counts.updated + report.counts.created,
+        0,
+        "{report:?}"
+    );
+    let (_, since, status) = crm.lists().last().cloned().unwrap();
+    assert_eq!(status, 304);
+    let since = since.expect("If-Modified-Since sent");
+    assert!(since.ends_with("+00:00"), "ISO 8601 with offset: {since}");
+
+    // The token's hour (here a second) runs out; it is refreshed before any request fails.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    crm.edit(first, "Title", json!("Head of Buying"));
+    let report = run_cycle(&ctx, Mode::Apply)
+        .await
+        .expect("incremental cycle");
+    assert_eq!(report.counts.updated, 1, "{report:?}");
+    assert_eq!(
+        contact_for(&sandbox, first)["defaultFields"]["role"],
+        "Head of Buying"
+    );
+    assert!(crm.desk().issued() >= 2, "refreshed");
+    assert_eq!(
+        crm.unauthorized(),
+        0,
+        "refreshed before expiry, never refused"
+    );
+
+    // Quo → CRM: PUT {"data":[{"Last_Name": …}]}.
+    let quo_id = contact_for(&sandbox, first)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sandbox
+        .app_edit(&quo_id, json!({"defaultFields": {"lastName": "Zohoson"}}))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    run_cycle(&ctx, Mode::Apply)
+        .await
+        .expect("write-back cycle");
+    let puts = crm.puts();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    assert_eq!(puts[0].0, first);
+    assert_eq!(puts[0].1, json!({"Last_Name": "Zohoson"}));
+    assert_eq!(crm.contact(first).unwrap()["Last_Name"], "Zohoson");
+    let debug = format!("{:?}", ctx.source);
+    ctx.ledger.close().await;
+
+    let captured = logs.contents();
+    assert!(captured.contains("crm_token_refreshed"));
+    let mut secrets = vec![SECRET.to_string(), REFRESH.to_string()];
+    secrets.extend(crm.desk().all_access_tokens());
+    for secret in &secrets {
+        for (what, text) in [("logs", &captured), ("debug", &debug)] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{secret} leaked into {what}"
+            );
+        }
+    }
+}

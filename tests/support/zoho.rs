@@ -1,0 +1,312 @@
+//! A fake Zoho CRM that behaves like the v8 API the Zoho example config targets:
+//! - `POST /oauth/v2/token` (refresh_token grant) answers `access_token`, `expires_in` (seconds),
+//!   `api_domain` (this server) and `token_type`; API calls must carry
+//!   `Authorization: Zoho-oauthtoken <token>`, and an expired or unknown token gets 401
+//!   `INVALID_TOKEN`;
+//! - `GET /crm/v8/Contacts?fields=…&per_page=N&page=P` needs `fields`, pages with
+//!   `info.more_records`, honours `If-Modified-Since` (ISO 8601) and answers 304 when nothing
+//!   changed since, 204 when there is nothing at all;
+//! - `GET /crm/v8/Contacts/<id>` answers `{"data":[record]}`;
+//! - `PUT /crm/v8/Contacts/<id>` takes `{"data":[{changed fields}]}` (a partial update) and
+//!   answers per-record `SUCCESS`.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, FixedOffset, Utc};
+use serde_json::{Value, json};
+
+use super::token_desk::{Grant, TokenDesk, parse_form};
+
+const MODULE: &str = "/crm/v8/Contacts";
+const READ_ONLY: [&str; 3] = ["id", "Modified_Time", "Created_Time"];
+
+/// The fake Zoho CRM.
+#[derive(Clone)]
+pub struct FakeZoho {
+    pub base_url: String,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    base_url: String,
+    desk: TokenDesk,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    contacts: BTreeMap<String, Value>,
+    lists: Vec<(HashMap<String, String>, Option<String>, u16)>,
+    puts: Vec<(String, Value)>,
+    unauthorized: u64,
+}
+
+/// Zoho's `Modified_Time` format, in the org's time zone (here +05:30, as in Zoho's examples).
+pub fn zoho_time(t: DateTime<Utc>) -> String {
+    let ist = FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
+    t.with_timezone(&ist)
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
+impl FakeZoho {
+    /// Starts the CRM with `contacts` (objects with `id` and fields) and tokens from `desk`.
+    pub async fn start(contacts: Vec<Value>, desk: TokenDesk) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let stamp = zoho_time(Utc::now() - chrono::Duration::minutes(10));
+        let contacts = contacts
+            .into_iter()
+            .map(|mut c| {
+                c["Modified_Time"] = json!(stamp);
+                (c["id"].as_str().unwrap().to_string(), c)
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            base_url: base_url.clone(),
+            desk,
+            inner: Mutex::new(Inner {
+                contacts,
+                ..Inner::default()
+            }),
+        });
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { base_url, shared }
+    }
+
+    /// The token endpoint's bookkeeping.
+    pub fn desk(&self) -> &TokenDesk {
+        &self.shared.desk
+    }
+
+    /// A contact as stored.
+    pub fn contact(&self, id: &str) -> Option<Value> {
+        self.shared.inner.lock().unwrap().contacts.get(id).cloned()
+    }
+
+    /// Edits a contact as a Zoho user would (Modified_Time moves).
+    pub fn edit(&self, id: &str, field: &str, value: Value) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        let record = inner.contacts.get_mut(id).expect("contact exists");
+        record[field] = value;
+        record["Modified_Time"] = json!(zoho_time(Utc::now()));
+    }
+
+    /// List requests: query, If-Modified-Since, status answered.
+    pub fn lists(&self) -> Vec<(HashMap<String, String>, Option<String>, u16)> {
+        self.shared.inner.lock().unwrap().lists.clone()
+    }
+
+    /// PUT bodies received, by id.
+    pub fn puts(&self) -> Vec<(String, Value)> {
+        self.shared.inner.lock().unwrap().puts.clone()
+    }
+
+    /// API requests answered 401.
+    pub fn unauthorized(&self) -> u64 {
+        self.shared.inner.lock().unwrap().unauthorized
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "code": code, "details": {}, "message": message, "status": "error" })),
+    )
+        .into_response()
+}
+
+fn modified(record: &Value) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(record["Modified_Time"].as_str()?)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    if path == "/oauth/v2/token" && method == Method::POST {
+        return match shared.desk.grant(&parse_form(&body)) {
+            Grant::Token { access, refresh } => {
+                let mut answer = json!({
+                    "access_token": access,
+                    "expires_in": shared.desk.lifetime.as_secs(),
+                    "api_domain": shared.base_url,
+                    "token_type": "Bearer",
+                });
+                if let Some(refresh) = refresh {
+                    answer["refresh_token"] = json!(refresh);
+                }
+                axum::Json(answer).into_response()
+            }
+            // Zoho answers token errors with 200 and an `error` field; quo-sync must still
+            // see them as refusals (an answer without access_token).
+            Grant::Refused(code) => axum::Json(json!({ "error": code })).into_response(),
+        };
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Zoho-oauthtoken "))
+        .unwrap_or_default();
+    if !shared.desk.check(token) {
+        shared.inner.lock().unwrap().unauthorized += 1;
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_TOKEN",
+            "invalid oauth token",
+        );
+    }
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let mut inner = shared.inner.lock().unwrap();
+    if path == MODULE && method == Method::GET {
+        let since_text = headers
+            .get("if-modified-since")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let answer = list(&inner, &query, since_text.as_deref());
+        inner
+            .lists
+            .push((query, since_text, answer.status().as_u16()));
+        return answer;
+    }
+    if let Some(id) = path.strip_prefix(&format!("{MODULE}/")) {
+        let id = id.to_string();
+        if !inner.contacts.contains_key(&id) {
+            return error(StatusCode::NO_CONTENT, "INVALID_DATA", "record not found");
+        }
+        if method == Method::GET {
+            return axum::Json(json!({ "data": [inner.contacts[&id]] })).into_response();
+        }
+        if method == Method::PUT {
+            let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+            let item = parsed
+                .as_ref()
+                .and_then(|b| b.get("data"))
+                .and_then(Value::as_array)
+                .filter(|items| items.len() == 1)
+                .and_then(|items| items[0].as_object().cloned());
+            let Some(fields) = item else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_DATA",
+                    "expected {\"data\":[{…}]} with one record",
+                );
+            };
+            if let Some(bad) = fields.keys().find(|k| READ_ONLY.contains(&k.as_str())) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_DATA",
+                    &format!("{bad} is read only"),
+                );
+            }
+            inner.puts.push((id.clone(), Value::Object(fields.clone())));
+            let record = inner.contacts.get_mut(&id).unwrap();
+            for (k, v) in fields {
+                record[k] = v;
+            }
+            let stamp = zoho_time(Utc::now());
+            record["Modified_Time"] = json!(stamp);
+            return axum::Json(json!({ "data": [{
+                "code": "SUCCESS",
+                "details": { "Modified_Time": stamp, "id": id },
+                "message": "record updated",
+                "status": "success",
+            }]}))
+            .into_response();
+        }
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        "INVALID_URL_PATTERN",
+        "Please check if the URL trying to access is a correct one",
+    )
+}
+
+fn list(inner: &Inner, query: &HashMap<String, String>, since: Option<&str>) -> Response {
+    let Some(fields) = query.get("fields") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "REQUIRED_PARAM_MISSING",
+            "One of the expected parameter is missing",
+        );
+    };
+    let fields: Vec<&str> = fields.split(',').collect();
+    let since = match since {
+        None => None,
+        Some(text) => match DateTime::parse_from_rfc3339(text) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_DATA",
+                    "invalid If-Modified-Since",
+                );
+            }
+        },
+    };
+    let matching: Vec<Value> = inner
+        .contacts
+        .values()
+        .filter(|c| since.is_none_or(|since| modified(c).is_some_and(|m| m > since)))
+        .map(|c| {
+            let mut out = json!({ "id": c["id"] });
+            for f in &fields {
+                if let Some(v) = c.get(*f) {
+                    out[*f] = v.clone();
+                }
+            }
+            out
+        })
+        .collect();
+    if matching.is_empty() {
+        return if since.is_some() {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            StatusCode::NO_CONTENT.into_response()
+        };
+    }
+    let per_page: usize = query
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(200);
+    let page: usize = query
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let chunk: Vec<Value> = matching
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .cloned()
+        .collect();
+    if chunk.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let more = matching.len() > page * per_page;
+    axum::Json(json!({
+        "data": chunk,
+        "info": { "per_page": per_page, "count": chunk.len(), "page": page, "more_records": more },
+    }))
+    .into_response()
+}
