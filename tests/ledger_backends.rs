@@ -171,15 +171,17 @@ async fn ledger_calls_behave_the_same_on_postgres() {
     ledger_behaviour(Backend::Postgres).await;
 }
 
-/// Runs the real binary; returns (exit code, stdout, stderr).
-fn cli(config: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+/// Runs the real binary without blocking the runtime the sandbox serves on; returns
+/// (exit code, stdout, stderr).
+async fn cli(config: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
         .args(args)
         .arg("--config")
         .arg(config)
         .envs(env.iter().copied())
         .env_remove("QUO_SYNC_CONFIG")
         .output()
+        .await
         .expect("binary runs");
     (
         out.status.code().unwrap_or(-1),
@@ -255,7 +257,8 @@ async fn ledger_copy_moves_a_real_ledger_to_postgres_and_back() {
     app.ctx.ledger.close().await;
 
     // SQLite -> PostgreSQL, through the binary.
-    let (code, stdout, stderr) = cli(&app.config_path, &["ledger", "copy", "--to", &url], &[]);
+    let (code, stdout, stderr) =
+        cli(&app.config_path, &["ledger", "copy", "--to", &url], &[]).await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("row counts checked"), "{stdout}");
     for (table, n) in &source_counts {
@@ -276,7 +279,8 @@ async fn ledger_copy_moves_a_real_ledger_to_postgres_and_back() {
     pg.close().await;
 
     // A non-empty target is refused, naming the problem.
-    let (code, stdout, stderr) = cli(&app.config_path, &["ledger", "copy", "--to", &url], &[]);
+    let (code, stdout, stderr) =
+        cli(&app.config_path, &["ledger", "copy", "--to", &url], &[]).await;
     assert_ne!(code, 0, "{stdout}");
     assert!(stderr.contains("not empty"), "{stderr}");
 
@@ -289,7 +293,7 @@ async fn ledger_copy_moves_a_real_ledger_to_postgres_and_back() {
     )
     .unwrap();
     app.sandbox.reset_stats();
-    let (code, stdout, stderr) = cli(&pg_config, &["once"], &[]);
+    let (code, stdout, stderr) = cli(&pg_config, &["once"], &[]).await;
     assert_eq!(code, 3, "one record stays quarantined\n{stdout}\n{stderr}");
     assert_eq!(
         app.sandbox.stats().writes_total(),
@@ -303,7 +307,8 @@ async fn ledger_copy_moves_a_real_ledger_to_postgres_and_back() {
         &pg_config,
         &["ledger", "copy", "--to", back.to_str().unwrap()],
         &[],
-    );
+    )
+    .await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let pg = Ledger::connect(&PgUrl::parse(&url).unwrap()).await.unwrap();
     let sqlite = Ledger::open(&back).await.unwrap();
@@ -346,10 +351,11 @@ async fn a_postgres_password_never_shows() {
         quo_sync::config::Config::load_with_env(&config, std::iter::empty()).unwrap();
     assert!(!format!("{parsed_config:?}").contains(secret));
 
-    let (code, stdout, stderr) = cli(&config, &["check-config"], &[]);
+    let (code, stdout, stderr) = cli(&config, &["check-config"], &[]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(&format!("ledger {}", parsed)), "{stdout}");
-    let (code, stdout, stderr) = cli(&config, &["once"], &[("QUO_SYNC__LOG__LEVEL", "debug")]);
+    let (code, stdout, stderr) =
+        cli(&config, &["once"], &[("QUO_SYNC__LOG__LEVEL", "debug")]).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         app.sandbox.contacts().len(),
@@ -361,7 +367,7 @@ async fn a_postgres_password_never_shows() {
         1,
         "one line says so: {stderr}"
     );
-    let (code, status, _) = cli(&config, &["status", "--json"], &[]);
+    let (code, status, _) = cli(&config, &["status", "--json"], &[]).await;
     assert_eq!(code, 0);
     for out in [&stdout, &stderr, &status] {
         assert!(!out.contains(secret), "{out}");
@@ -380,7 +386,7 @@ async fn a_postgres_password_never_shows() {
         ),
     )
     .unwrap();
-    let (code, stdout, stderr) = cli(&config, &["status"], &[]);
+    let (code, stdout, stderr) = cli(&config, &["status"], &[]).await;
     assert_ne!(code, 0, "{stdout}");
     assert!(
         stderr.contains("cannot open ledger postgres://postgres@127.0.0.1:1/nowhere"),
@@ -394,6 +400,7 @@ async fn a_postgres_password_never_shows() {
         &config,
         &["status"],
         &[("QUO_SYNC__LEDGER__URL", with_password.as_str())],
-    );
+    )
+    .await;
     assert_eq!(code, 0, "the env override wins over url_file: {stderr}");
 }

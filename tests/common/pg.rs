@@ -161,7 +161,9 @@ fn start() -> Option<Cluster> {
         pid = std::process::id(),
         dir = dir.display()
     );
-    Command::new("sh")
+    // Detached on purpose: it must outlive this process to stop the cluster after it.
+    #[allow(clippy::zombie_processes)]
+    let _watchdog = Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
