@@ -512,8 +512,12 @@ async fn start_listeners(
         routers.push((addr, receiver_router(receiver)));
     }
     // CRM change signals (CSV file watch, POST /webhooks/crm) wake the loop like Quo webhooks.
-    let signals =
-        crate::source::watch::Signals::start(source.clone(), wake.clone(), cancel.clone())?;
+    let signals = crate::source::watch::Signals::start(
+        source.clone(),
+        config.source.watch,
+        wake.clone(),
+        cancel.clone(),
+    )?;
     if let (Some(crm), Some(addr)) = (
         signals.webhook_routes(),
         config.reverse.listen.or(config.service.listen),

@@ -218,6 +218,14 @@ pub struct SourceConfig {
     /// `[source.rest]`: the REST CRM (rest).
     #[serde(default)]
     pub rest: Option<toml::Table>,
+    /// Watch the CSV file and start a cycle when it changes (csv), default true; turn off where
+    /// file events are unreliable (some network filesystems) and rely on `schedule.interval`.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_id_field() -> String {

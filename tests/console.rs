@@ -462,7 +462,9 @@ async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
         &format!("[service]\nlisten = \"127.0.0.1:{port}\"\nconsole = true\n"),
     )
     .await;
-    let config = Config::load_with_env(&app.config_path, std::iter::empty()).unwrap();
+    // The fix must wait for the operator's Retry, not start a cycle by itself.
+    let mut config = Config::load_with_env(&app.config_path, std::iter::empty()).unwrap();
+    config.source.watch = false;
     let cancel = CancellationToken::new();
     let ctx = quo_sync::app::build_context(&config, "run", cancel.clone())
         .await

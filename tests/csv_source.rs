@@ -24,6 +24,7 @@ fn source_config(path: &Path) -> SourceConfig {
         id_field: "crm_id".into(),
         updated_at_field: "updated_at".into(),
         rest: None,
+        watch: true,
     }
 }
 

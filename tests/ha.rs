@@ -23,6 +23,13 @@ fn sqlite_ledger(dir: &Path) -> String {
     format!("[ledger]\npath = \"{}\"\n", dir.join("ledger.db").display())
 }
 
+/// Which ledger backend a scenario runs on.
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 /// A sandbox, a CSV and a config shared by any number of replicas.
 struct Fleet {
     sandbox: SandboxHandle,
@@ -38,6 +45,22 @@ impl Fleet {
         let dir = tempfile::tempdir().unwrap();
         let ledger = sqlite_ledger(dir.path());
         Self::with_ledger(dir, &ledger, n, rps).await
+    }
+
+    /// Like [`Fleet::new`] on a fresh database of the test PostgreSQL cluster (`None`, after a
+    /// printed line, where PostgreSQL is not installed outside CI).
+    async fn postgres(n: u32, rps: u32) -> Option<Fleet> {
+        let url = common::pg::database().await?;
+        let dir = tempfile::tempdir().unwrap();
+        Some(Self::with_ledger(dir, &format!("[ledger]\nurl = \"{url}\"\n"), n, rps).await)
+    }
+
+    /// The fleet for `backend`: SQLite in a temp folder or a PostgreSQL database.
+    async fn on(backend: Backend, n: u32, rps: u32) -> Option<Fleet> {
+        match backend {
+            Backend::Sqlite => Some(Self::new(n, rps).await),
+            Backend::Postgres => Self::postgres(n, rps).await,
+        }
     }
 
     /// Like [`Fleet::new`] on the ledger `ledger_section` describes (a whole `[ledger]` section).
@@ -278,8 +301,19 @@ async fn two_runs_on_one_ledger_never_duplicate() {
 
 #[tokio::test]
 async fn a_killed_leader_is_replaced_within_the_lease_without_duplicates() {
+    killed_leader_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_killed_leader_is_replaced_without_duplicates() {
+    killed_leader_scenario(Backend::Postgres).await;
+}
+
+async fn killed_leader_scenario(backend: Backend) {
     // About 60 requests a second: the 200-record load takes a few seconds.
-    let fleet = Fleet::new(200, 60).await;
+    let Some(fleet) = Fleet::on(backend, 200, 60).await else {
+        return;
+    };
     let (a, b) = (fleet.run(), fleet.run());
     let (leader, standby) = roles(a, b).await;
     until("20% of the load", Duration::from_secs(30), || {
@@ -331,7 +365,18 @@ async fn a_killed_leader_is_replaced_within_the_lease_without_duplicates() {
 
 #[tokio::test]
 async fn a_paused_leader_is_fenced_and_sends_nothing_after_it_resumes() {
-    let fleet = Fleet::new(200, 60).await;
+    paused_leader_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_paused_leader_is_fenced() {
+    paused_leader_scenario(Backend::Postgres).await;
+}
+
+async fn paused_leader_scenario(backend: Backend) {
+    let Some(fleet) = Fleet::on(backend, 200, 60).await else {
+        return;
+    };
     let (a, b) = (fleet.run(), fleet.run());
     let (leader, standby) = roles(a, b).await;
     until("20% of the load", Duration::from_secs(30), || {
@@ -377,8 +422,19 @@ async fn a_paused_leader_is_fenced_and_sends_nothing_after_it_resumes() {
 
 #[tokio::test]
 async fn two_onces_at_the_same_moment_one_syncs_the_other_exits_4_or_waits() {
+    two_onces_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn on_postgres_two_onces_one_syncs_the_other_exits_4_or_waits() {
+    two_onces_scenario(Backend::Postgres).await;
+}
+
+async fn two_onces_scenario(backend: Backend) {
     // About 1.5 s of work, so the two runs overlap.
-    let fleet = Fleet::new(60, 40).await;
+    let Some(fleet) = Fleet::on(backend, 60, 40).await else {
+        return;
+    };
     let mut a = fleet.start(&["once", "--json"], &[]);
     let mut b = fleet.start(&["once", "--json"], &[]);
     let (ca, cb) = (
@@ -419,7 +475,18 @@ async fn two_onces_at_the_same_moment_one_syncs_the_other_exits_4_or_waits() {
 
 #[tokio::test]
 async fn concurrent_first_starts_never_race_on_migrations() {
-    let fleet = Fleet::new(20, 1000).await;
+    first_starts_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn on_postgres_concurrent_first_starts_never_race() {
+    first_starts_scenario(Backend::Postgres).await;
+}
+
+async fn first_starts_scenario(backend: Backend) {
+    let Some(fleet) = Fleet::on(backend, 20, 1000).await else {
+        return;
+    };
     let mut starts: Vec<Replica> = (0..3)
         .map(|_| fleet.start(&["once", "--wait", "30s"], &[]))
         .collect();

@@ -420,7 +420,14 @@ impl Ledger {
                         .await?;
                 }
                 tx.commit().await?;
-                vec![format!("SET quo_sync.fence_epoch = '{epoch}'")]
+                // A leader frozen inside a transaction (SIGSTOP, a VM pause) would hold its
+                // FOR SHARE lock and block the takeover forever: the server ends such a session
+                // after a third of the lease, releasing the lock; its transaction never commits.
+                let idle_ms = (lease.lease().as_millis() / 3).max(100);
+                vec![
+                    format!("SET quo_sync.fence_epoch = '{epoch}'"),
+                    format!("SET idle_in_transaction_session_timeout = {idle_ms}"),
+                ]
             }
         };
         // Audited: built from constants, our epoch and table names from our own schema.

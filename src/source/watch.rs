@@ -37,10 +37,15 @@ impl Signals {
     /// `[source.rest.webhook]`.
     pub fn start(
         source: Arc<Source>,
+        watch_file: bool,
         wake: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Result<Self, SourceError> {
         match source.as_ref() {
+            Source::Csv(_) if !watch_file => Ok(Self {
+                _watcher: None,
+                webhook: None,
+            }),
             Source::Csv(csv) => {
                 let watcher = watch_csv(csv.path().to_path_buf(), source.clone(), wake, cancel)?;
                 Ok(Self {
