@@ -130,7 +130,7 @@ path = "{csv}"
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let mut log = sink.lock().unwrap();
@@ -139,7 +139,12 @@ path = "{csv}"
             }
         });
         let pid = child.id().unwrap();
-        Replica { child, log, pid }
+        Replica {
+            child,
+            log,
+            pid,
+            reader,
+        }
     }
 
     /// A `run` replica.
@@ -198,6 +203,8 @@ struct Replica {
     child: tokio::process::Child,
     log: Arc<Mutex<String>>,
     pid: u32,
+    /// Copies stderr into `log` until the process closes it.
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Replica {
@@ -225,6 +232,18 @@ impl Replica {
         }
     }
 
+    /// Whether `event` is logged `times` times within `within`.
+    async fn saw_event(&self, event: &str, times: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.events(event) < times {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([format!("-{sig}"), self.pid.to_string()])
@@ -240,12 +259,15 @@ impl Replica {
 
     /// Waits for the exit code.
     async fn exit_code(&mut self, within: Duration) -> i32 {
-        tokio::time::timeout(within, self.child.wait())
+        let code = tokio::time::timeout(within, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("pid {} still running:\n{}", self.pid, self.log()))
             .unwrap()
             .code()
-            .unwrap_or(-1)
+            .unwrap_or(-1);
+        // The last lines (an error message) may still be on their way into the log.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.reader).await;
+        code
     }
 }
 
@@ -383,10 +405,23 @@ async fn paused_leader_scenario(backend: Backend) {
         fleet.contacts() >= 40
     })
     .await;
-    leader.signal("STOP");
-    standby
-        .wait_event("leader_acquired", 1, LEASE + Duration::from_secs(8))
-        .await;
+    // A leader frozen inside an SQLite write transaction holds the file's write lock, so no one
+    // can take over until it resumes (PostgreSQL ends such a session; SQLite cannot): then let
+    // it go on and freeze it again, as a pause between transactions is what this is about.
+    let mut pauses = 0;
+    loop {
+        leader.signal("STOP");
+        if standby
+            .saw_event("leader_acquired", 1, LEASE + Duration::from_secs(4))
+            .await
+        {
+            break;
+        }
+        pauses += 1;
+        assert!(pauses < 5, "never taken over:\n{}", standby.log());
+        leader.signal("CONT");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     until("200 contacts", Duration::from_secs(30), || {
         fleet.contacts() >= 200
     })

@@ -404,3 +404,43 @@ async fn a_postgres_password_never_shows() {
     .await;
     assert_eq!(code, 0, "the env override wins over url_file: {stderr}");
 }
+
+/// A leader's fenced ledger: its writes pass while it holds the lease and are refused by the
+/// database once another process took over, while unfenced writers (a standby storing a
+/// webhook) still write.
+async fn fencing(backend: Backend) {
+    use quo_sync::ledger::{Candidate, LeaderLease};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ledger) = open(backend, dir.path()).await else {
+        return;
+    };
+    let lease = std::time::Duration::from_millis(1000);
+    let held = LeaderLease::try_acquire(&ledger, &Candidate::this_process("run"), lease)
+        .await
+        .unwrap();
+    let fenced = ledger.fenced(&held).await.unwrap();
+    fenced.set_meta("k", "1").await.unwrap();
+    // A pause: renewals stop (dropping the lease stops them without releasing), it expires,
+    // another process takes over.
+    drop(held);
+    tokio::time::sleep(lease + std::time::Duration::from_millis(100)).await;
+    assert!(fenced.ensure_leader().is_err(), "the local deadline passed");
+    let _other = LeaderLease::try_acquire(&ledger, &Candidate::this_process("run"), lease)
+        .await
+        .unwrap();
+    let err = fenced.set_meta("k", "2").await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    assert_eq!(ledger.meta("k").await.unwrap().as_deref(), Some("1"));
+    ledger.set_meta("k", "3").await.unwrap();
+    assert_eq!(ledger.meta("k").await.unwrap().as_deref(), Some("3"));
+}
+
+#[tokio::test]
+async fn a_stale_leaders_writes_are_refused_on_sqlite() {
+    fencing(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_stale_leaders_writes_are_refused_on_postgres() {
+    fencing(Backend::Postgres).await;
+}

@@ -23,13 +23,22 @@ pub(crate) enum Pool {
 }
 
 /// How a pool's connections are made, kept so a leader can open a second, fenced pool on the
-/// same database.
-#[derive(Debug, Clone)]
+/// same database. Its `Debug` names only the backend: the options hold the password.
+#[derive(Clone)]
 pub(crate) enum ConnectOptions {
     /// An SQLite file.
     Sqlite(sqlx::sqlite::SqliteConnectOptions),
     /// A PostgreSQL database.
     Postgres(PgConnectOptions),
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Sqlite(_) => "ConnectOptions::Sqlite",
+            Self::Postgres(_) => "ConnectOptions::Postgres([REDACTED])",
+        })
+    }
 }
 
 impl ConnectOptions {

@@ -32,6 +32,9 @@ fn db_now_ms(pg: bool) -> &'static str {
     }
 }
 
+/// The advisory lock key under which PostgreSQL schema objects of the lease are created.
+const PG_SCHEMA_LOCK: i64 = 0x5155_4f5f_4c45_4153; // "QUO_LEAS"
+
 /// The lease table; created before (and outside) the numbered migrations. BIGINT is SQLite's
 /// INTEGER (64-bit) and PostgreSQL's 64-bit integer alike.
 const CREATE_LEASE_TABLE: &str = "CREATE TABLE IF NOT EXISTS leader_lease (
@@ -227,10 +230,22 @@ pub enum Attempt {
 impl Ledger {
     /// Creates the lease table when missing (idempotent, safe to race).
     pub(super) async fn bootstrap_lease(&self) -> Result<(), LedgerError> {
-        on_pool!(&self.pool, |p| sqlx::query(CREATE_LEASE_TABLE)
-            .execute(p)
-            .await
-            .map(drop))?;
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query(CREATE_LEASE_TABLE).execute(p).await?;
+            }
+            Pool::Postgres(p) => {
+                // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in PostgreSQL's
+                // catalog (a unique violation on pg_type): first starts take turns.
+                let mut tx = p.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(PG_SCHEMA_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(CREATE_LEASE_TABLE).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+        }
         Ok(())
     }
 
@@ -408,6 +423,10 @@ impl Ledger {
                 // The function and triggers are schema objects: installed once per leader term
                 // (idempotent), inside one transaction so no table is left half fenced.
                 let mut tx = p.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(PG_SCHEMA_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(sqlx::AssertSqlSafe(pg_fence_function()))
                     .execute(&mut *tx)
                     .await?;

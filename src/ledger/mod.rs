@@ -257,7 +257,10 @@ impl Ledger {
     /// [`Ledger::connect_sqlite`]).
     pub async fn connect_pg(url: &PgUrl) -> Result<Self, LedgerError> {
         let display = url.to_string();
-        let options = db::ConnectOptions::Postgres(url.options());
+        // Notices ("relation … already exists, skipping") are noise in an operator's log.
+        let options = db::ConnectOptions::Postgres(
+            url.options().options([("client_min_messages", "warning")]),
+        );
         let pool = options
             .pool(None)
             .await
