@@ -241,6 +241,7 @@ async fn no_change(rows: u64) -> Value {
         "rows": rows,
         "seconds": seconds,
         "peak_rss_mib": summary["peak_rss_mib"],
+        "phases_ms": summary["phases_ms"],
         "unchanged": summary["counts"]["unchanged"],
         "requests": stats.requests_total,
         "writes": stats.writes_total(),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::Value;
 
 use super::dates::{DateOrder, DateRules};
-use super::fingerprint::config_digest;
+use super::fingerprint::{RawFingerprint, config_digest, raw_fingerprint};
 use super::phones::{normalize_phone_in, parse_region};
 use super::values::{canonical_quo_value, coerce, normalize_email, render};
 use super::{MappingConfigError, MappingError};
@@ -39,10 +39,9 @@ pub struct Mapper {
     dates: DateRules,
     /// Quo's display name per managed key, to place key-less custom items (decision 8).
     def_names: BTreeMap<String, String>,
-    /// Every mapped source field, in a fixed order, for `fingerprint`.
-    pub(super) mapped_fields: Vec<String>,
-    /// Digest of the rules, the configuration and the resolved definitions.
-    pub(super) config_digest: String,
+    /// The fingerprint: digest of the rules, the configuration and the resolved definitions,
+    /// and every mapped source field in a fixed order.
+    pub(super) raw: RawFingerprint,
 }
 
 impl Mapper {
@@ -88,7 +87,7 @@ impl Mapper {
         mapped_fields.sort();
         mapped_fields.dedup();
 
-        let config_digest = config_digest(config, &custom);
+        let raw = raw_fingerprint(&config_digest(config, &custom), &mapped_fields);
 
         Ok(Mapper {
             region,
@@ -102,8 +101,7 @@ impl Mapper {
             custom,
             dates,
             def_names,
-            mapped_fields,
-            config_digest,
+            raw,
         })
     }
 

@@ -41,6 +41,7 @@ mod tests;
 
 use crate::quo::types::{CustomFieldDef, CustomFieldType};
 
+pub use fingerprint::RawFingerprint;
 pub use lenient::normalize_contact;
 pub use mapper::Mapper;
 pub use phones::normalize_phone;

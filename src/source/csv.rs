@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::domain::ExternalIdError;
+use crate::mapping::RawFingerprint;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -75,13 +76,40 @@ impl CsvSource {
         tx: mpsc::Sender<SourceItem>,
     ) -> Result<ReadSummary, SourceError> {
         let layout = self.layout();
-        let (summary, fingerprint) = tokio::task::spawn_blocking(move || read_file(&layout, &tx))
-            .await
-            .map_err(|e| self.io_error(format!("reader thread failed: {e}")))??;
+        let (summary, fingerprint) =
+            tokio::task::spawn_blocking(move || read_file(&layout, Sink::Plain(&tx)))
+                .await
+                .map_err(|e| self.io_error(format!("reader thread failed: {e}")))??;
         *self
             .last_read
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(fingerprint);
+        Ok(summary)
+    }
+
+    /// Like `read`, but each usable row arrives with the digest of its fingerprinted cells and
+    /// is built into a record only on demand; rows come in batches.
+    pub async fn read_digested(
+        &self,
+        fingerprint: RawFingerprint,
+        tx: mpsc::Sender<Vec<DigestedItem>>,
+    ) -> Result<ReadSummary, SourceError> {
+        let layout = self.layout();
+        let (summary, file) = tokio::task::spawn_blocking(move || {
+            read_file(
+                &layout,
+                Sink::Digested {
+                    tx: &tx,
+                    fingerprint: &fingerprint,
+                },
+            )
+        })
+        .await
+        .map_err(|e| self.io_error(format!("reader thread failed: {e}")))??;
+        *self
+            .last_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(file);
         Ok(summary)
     }
 
@@ -434,11 +462,20 @@ fn csv_reader<R: Read>(inner: R) -> ::csv::Reader<R> {
         .from_reader(inner)
 }
 
+/// Where the blocking reader sends rows: plain items, or digested items in batches.
+enum Sink<'a> {
+    Plain(&'a mpsc::Sender<SourceItem>),
+    Digested {
+        tx: &'a mpsc::Sender<Vec<DigestedItem>>,
+        fingerprint: &'a RawFingerprint,
+    },
+}
+
+/// Rows per batch of a digested read: one channel hand-off per batch, not per row.
+const BATCH: usize = 512;
+
 /// The blocking half of `read`.
-fn read_file(
-    layout: &Layout,
-    tx: &mpsc::Sender<SourceItem>,
-) -> Result<(ReadSummary, Fingerprint), SourceError> {
+fn read_file(layout: &Layout, sink: Sink<'_>) -> Result<(ReadSummary, Fingerprint), SourceError> {
     let file = File::open(&layout.path).map_err(|e| layout.io(e))?;
     let modified = file.metadata().and_then(|m| m.modified()).ok();
     let mut reader = csv_reader(HashingReader::new(file));
@@ -450,6 +487,8 @@ fn read_file(
     // visibly, never silently.
     let mut seen: HashMap<u64, u64> = HashMap::new();
     let mut items = 0u64;
+    let mut plan: Option<DigestPlan<'_>> = None;
+    let mut batch: Vec<DigestedItem> = Vec::new();
     loop {
         if !reader
             .read_byte_record(&mut record)
@@ -465,9 +504,27 @@ fn read_file(
         if is_blank(&record) {
             continue;
         }
-        let item = classify(layout, header, &record, line, &mut seen);
         items += 1;
-        tx.blocking_send(item).map_err(|_| SourceError::Cancelled)?;
+        match sink {
+            Sink::Plain(tx) => {
+                let item = classify(layout, header, &record, line, &mut seen);
+                tx.blocking_send(item).map_err(|_| SourceError::Cancelled)?;
+            }
+            Sink::Digested { tx, fingerprint } => {
+                let plan = plan.get_or_insert_with(|| DigestPlan::new(layout, header, fingerprint));
+                batch.push(plan.item(layout, header, &record, line, &mut seen));
+                if batch.len() == BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    tx.blocking_send(full).map_err(|_| SourceError::Cancelled)?;
+                }
+            }
+        }
+    }
+    if let Sink::Digested { tx, .. } = sink
+        && !batch.is_empty()
+    {
+        tx.blocking_send(batch)
+            .map_err(|_| SourceError::Cancelled)?;
     }
     if header.is_none() {
         parse_header(layout, None)?;
@@ -502,7 +559,25 @@ fn classify(
     line: u64,
     seen: &mut HashMap<u64, u64>,
 ) -> SourceItem {
-    let location = layout.location(line);
+    match check(layout, header, record, line, seen) {
+        Ok(id) => SourceItem::Record(SourceRecord {
+            external_id: id,
+            fields: fields_of(&header.names, record),
+            updated_at: row_updated_at(layout, header, record, line),
+            location: layout.location(line),
+        }),
+        Err(bad) => SourceItem::Bad(bad),
+    }
+}
+
+/// A row's id when the row is usable, or the quarantined row and why.
+fn check(
+    layout: &Layout,
+    header: &Header,
+    record: &ByteRecord,
+    line: u64,
+    seen: &mut HashMap<u64, u64>,
+) -> Result<ExternalId, BadRecord> {
     let (id, shown, mut problems) = match row_id(layout, header, record) {
         RowId::Valid(id) => {
             let mut problems = Vec::new();
@@ -516,52 +591,142 @@ fn classify(
                     slot.insert(line);
                 }
             }
-            let shown = Some(id.as_str().to_string());
-            (Some(id), shown, problems)
+            (Some(id), None, problems)
         }
         RowId::Invalid { shown, reason } => (None, shown, vec![reason]),
     };
     problems.extend(shape_problems(header, record));
-    let id = match id {
-        Some(id) if problems.is_empty() => id,
-        _ => {
-            return SourceItem::Bad(BadRecord {
-                location,
-                external_id: shown,
-                reason: problems.join("; "),
-                raw: raw_text(record),
-            });
-        }
-    };
+    match id {
+        Some(id) if problems.is_empty() => Ok(id),
+        id => Err(BadRecord {
+            location: layout.location(line),
+            external_id: id.map(|id| id.as_str().to_string()).or(shown),
+            reason: problems.join("; "),
+            raw: raw_text(record),
+        }),
+    }
+}
+
+/// The row's cells by column name (the first column of a repeated name wins), trimmed.
+fn fields_of(names: &[String], record: &ByteRecord) -> BTreeMap<String, String> {
     let mut fields = BTreeMap::new();
-    for (name, raw) in header.names.iter().zip(record.iter()) {
+    for (name, raw) in names.iter().zip(record.iter()) {
         let value = std::str::from_utf8(raw).unwrap_or_default().trim();
         fields
             .entry(name.clone())
             .or_insert_with(|| value.to_string());
     }
-    let updated_at = header.updated_at.and_then(|i| {
-        let raw = std::str::from_utf8(&record[i]).unwrap_or_default().trim();
+    fields
+}
+
+/// The row's last-modified time; an unparseable one is logged and ignored.
+fn row_updated_at(
+    layout: &Layout,
+    header: &Header,
+    record: &ByteRecord,
+    line: u64,
+) -> Option<DateTime<Utc>> {
+    header.updated_at.and_then(|i| {
+        let raw = std::str::from_utf8(record.get(i)?)
+            .unwrap_or_default()
+            .trim();
         if raw.is_empty() {
             return None;
         }
         let parsed = parse_timestamp(raw);
         if parsed.is_none() {
             tracing::warn!(
-                location = %location,
+                location = %layout.location(line),
                 field = %header.names[i],
                 value = raw,
                 "unparseable last-modified time ignored; expected RFC 3339 or YYYY-MM-DD HH:MM:SS"
             );
         }
         parsed
-    });
-    SourceItem::Record(SourceRecord {
-        external_id: id,
-        fields,
-        updated_at,
-        location,
     })
+}
+
+/// A usable row kept as parsed, with what it takes to build its record later: most rows of a
+/// no-change read are only compared by digest and never built.
+#[derive(Debug)]
+pub struct RawRow {
+    record: ByteRecord,
+    line: u64,
+    names: Arc<[String]>,
+    file: Arc<str>,
+}
+
+impl RawRow {
+    /// The record, exactly as a plain read would have yielded it.
+    pub(super) fn into_record(
+        self,
+        external_id: ExternalId,
+        updated_at: Option<DateTime<Utc>>,
+    ) -> SourceRecord {
+        SourceRecord {
+            external_id,
+            fields: fields_of(&self.names, &self.record),
+            updated_at,
+            location: format!("{} line {}", self.file, self.line),
+        }
+    }
+}
+
+/// What a fingerprinting read needs beside the header: the fingerprint, the column of each
+/// fingerprinted field (the first of its name), and the shared parts of every `RawRow`.
+struct DigestPlan<'a> {
+    fingerprint: &'a RawFingerprint,
+    columns: Vec<Option<usize>>,
+    names: Arc<[String]>,
+    file: Arc<str>,
+}
+
+impl<'a> DigestPlan<'a> {
+    fn new(layout: &Layout, header: &Header, fingerprint: &'a RawFingerprint) -> Self {
+        Self {
+            fingerprint,
+            columns: fingerprint
+                .fields()
+                .iter()
+                .map(|name| header.index.get(name).copied())
+                .collect(),
+            names: header.names.clone().into(),
+            file: layout.name().into(),
+        }
+    }
+
+    /// A row as a digested item (or a quarantined one).
+    fn item(
+        &self,
+        layout: &Layout,
+        header: &Header,
+        record: &ByteRecord,
+        line: u64,
+        seen: &mut HashMap<u64, u64>,
+    ) -> DigestedItem {
+        let id = match check(layout, header, record, line, seen) {
+            Ok(id) => id,
+            Err(bad) => return DigestedItem::Item(SourceItem::Bad(bad)),
+        };
+        // `check` vouched for every cell's UTF-8; trimmed as `fields_of` trims.
+        let digest = self.fingerprint.digest(|i| {
+            self.columns[i]
+                .and_then(|c| record.get(c))
+                .map(|raw| std::str::from_utf8(raw).unwrap_or_default().trim())
+                .unwrap_or_default()
+        });
+        DigestedItem::Row(DigestedRow {
+            external_id: id,
+            digest,
+            updated_at: row_updated_at(layout, header, record, line),
+            raw: RawRow {
+                record: record.clone(),
+                line,
+                names: Arc::clone(&self.names),
+                file: Arc::clone(&self.file),
+            },
+        })
+    }
 }
 
 /// The changes for one id, merged in order.

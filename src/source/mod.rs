@@ -52,6 +52,34 @@ pub enum SourceItem {
     Bad(BadRecord),
 }
 
+/// An item of a fingerprinting read (`Source::read_digested`).
+#[derive(Debug)]
+pub enum DigestedItem {
+    /// A usable row with the digest of its fingerprinted cells.
+    Row(DigestedRow),
+    /// Anything else, as a plain read yields it.
+    Item(SourceItem),
+}
+
+/// A usable row, compared by digest first and built into a record only when it is needed.
+#[derive(Debug)]
+pub struct DigestedRow {
+    /// The CRM id.
+    pub external_id: ExternalId,
+    /// `RawFingerprint::digest` of the row's cells (equals the digest of `Mapper::fingerprint`).
+    pub digest: u64,
+    /// The CRM's last-modified time, when it has one.
+    pub updated_at: Option<DateTime<Utc>>,
+    raw: csv::RawRow,
+}
+
+impl DigestedRow {
+    /// The record, exactly as a plain read would have yielded it.
+    pub fn into_record(self) -> SourceRecord {
+        self.raw.into_record(self.external_id, self.updated_at)
+    }
+}
+
 /// How much of the CRM a read covers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadRequest {
@@ -179,6 +207,33 @@ impl Source {
         match self {
             Source::Csv(csv) => csv.read(request, tx).await,
             Source::Rest(rest) => rest.read(request, tx).await,
+        }
+    }
+
+    /// A read in batches where the adapter can fingerprint raw rows itself (CSV), so unchanged
+    /// rows are never built into records; other adapters yield plain items.
+    pub async fn read_digested(
+        &self,
+        request: ReadRequest,
+        fingerprint: crate::mapping::RawFingerprint,
+        tx: mpsc::Sender<Vec<DigestedItem>>,
+    ) -> Result<ReadSummary, SourceError> {
+        match self {
+            Source::Csv(csv) => csv.read_digested(fingerprint, tx).await,
+            Source::Rest(rest) => {
+                let (inner, mut rx) = mpsc::channel(4096);
+                let forward = async move {
+                    let mut batch = Vec::with_capacity(512);
+                    while rx.recv_many(&mut batch, 512).await > 0 {
+                        let items = batch.drain(..).map(DigestedItem::Item).collect();
+                        if tx.send(items).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let (summary, ()) = tokio::join!(rest.read(request, inner), forward);
+                summary
+            }
         }
     }
 

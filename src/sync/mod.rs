@@ -153,6 +153,22 @@ pub struct CycleReport {
     pub interrupted: bool,
     /// Deletions the mass-deletion guard refused (nothing was deleted).
     pub mass_delete_refused: bool,
+    /// Where the time went, by phase.
+    pub phases_ms: PhaseTimes,
+}
+
+/// Milliseconds per phase of a cycle. `read` (the source's own reading thread) and `index` (the
+/// ledger index load) run side by side; `compare` is the planner's busy time over the rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PhaseTimes {
+    /// Reading (and, for CSV, parsing and fingerprinting) the source, start to end.
+    pub read: u64,
+    /// Loading the ledger index.
+    pub index: u64,
+    /// Comparing rows with the index and planning their work.
+    pub compare: u64,
+    /// The settle phase.
+    pub settle: u64,
 }
 
 impl CycleReport {
@@ -202,6 +218,8 @@ struct Cycle {
     failed_since: Mutex<Option<DateTime<Utc>>>,
     /// Whether the mass-deletion guard refused this cycle's deletions.
     mass_delete_refused: AtomicBool,
+    /// Phase timings for the report.
+    phases: std::sync::Mutex<PhaseTimes>,
 }
 
 /// A merge waiting for its CRM write.
@@ -336,7 +354,13 @@ async fn run_phases(
     let cycle = Cycle::prepare(ctx, mode, run_id).await?;
     let intake = cycle.intake().await?;
     let read = cycle.read_and_plan().await?;
+    let settle_started = Instant::now();
     cycle.settle(read, intake).await?;
+    cycle
+        .phases
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .settle = settle_started.elapsed().as_millis() as u64;
     cycle.report().await
 }
 
@@ -374,6 +398,7 @@ impl Cycle {
             crm_deletes: Mutex::new(Vec::new()),
             failed_since: Mutex::new(None),
             mass_delete_refused: AtomicBool::new(false),
+            phases: std::sync::Mutex::new(PhaseTimes::default()),
         }))
     }
 
@@ -393,6 +418,10 @@ impl Cycle {
             mass_delete_refused: self
                 .mass_delete_refused
                 .load(std::sync::atomic::Ordering::Relaxed),
+            phases_ms: *self
+                .phases
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         })
     }
 }

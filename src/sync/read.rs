@@ -4,8 +4,8 @@
 //! over the ledger index.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +17,14 @@ use super::{Action, Cycle, HIGH_WATER, LAST_FULL_READ, Mode, PlannedOp, SyncErro
 use crate::config::OnQuoDelete;
 use crate::domain::Snapshot;
 use crate::ledger::{LedgerIndex, NewQuarantine, QuarantineStage, RecordState};
-use crate::source::{BadRecord, ReadRequest, ReadSummary, SourceError, SourceItem, SourceRecord};
+use crate::source::{
+    BadRecord, DigestedItem, DigestedRow, ReadRequest, ReadSummary, SourceError, SourceItem,
+    SourceRecord,
+};
+
+/// Batches (of up to 512 rows) the source may read ahead of the planner: deep enough that the
+/// file is parsed and fingerprinted while the ledger index loads.
+const READ_AHEAD_BATCHES: usize = 128;
 
 /// What the read left for the settle phase.
 pub(super) struct ReadOutcome {
@@ -38,17 +45,11 @@ pub(super) struct ReadOutcome {
 
 impl Cycle {
     /// Streams the source and dispatches each record's work as soon as it is planned.
+    ///
+    /// The ledger index loads on the runtime while the source's thread parses and fingerprints
+    /// ahead into a deep channel of batches; an unchanged row then costs one hash lookup here.
     pub(super) async fn read_and_plan(self: &Arc<Self>) -> Result<ReadOutcome, SyncError> {
         let ctx = &self.ctx;
-        let index_started = Instant::now();
-        let mut index = ctx.ledger.load_index().await?;
-        info!(
-            event = "index_loaded",
-            records = index.len(),
-            ms = index_started.elapsed().as_millis() as u64,
-            "ledger index loaded"
-        );
-        let (tx, mut rx) = mpsc::channel::<SourceItem>(4096);
         // Incremental reads (REST with updated_since) between periodic full reads.
         let started = Utc::now();
         let last_full = ctx.ledger.meta_time(LAST_FULL_READ).await?;
@@ -57,27 +58,54 @@ impl Cycle {
         } else {
             ctx.ledger.meta_time(HIGH_WATER).await?
         };
+        let (tx, mut rx) = mpsc::channel::<Vec<DigestedItem>>(READ_AHEAD_BATCHES);
         let source = ctx.source.clone();
-        let reader = tokio::spawn(async move { source.read(ReadRequest { since }, tx).await });
+        let fingerprint = self.mapper.raw_fingerprint().clone();
+        let read_started = Instant::now();
+        let reader = tokio::spawn(async move {
+            let summary = source
+                .read_digested(ReadRequest { since }, fingerprint, tx)
+                .await;
+            (summary, read_started.elapsed())
+        });
+        let index_started = Instant::now();
+        let mut index = ctx.ledger.load_index().await?;
+        let index_ms = index_started.elapsed().as_millis() as u64;
+        info!(
+            event = "index_loaded",
+            records = index.len(),
+            ms = index_ms,
+            "ledger index loaded"
+        );
         let mut high_water: Option<DateTime<Utc>> = None;
         let mut pool = Pool::new(ctx.settings.concurrency);
         let mut dispatched: HashSet<String> = HashSet::new();
         let mut repeats = Vec::new();
+        let mut unchanged = 0u64;
+        let mut compare = std::time::Duration::ZERO;
         ctx.progress.store(0, Ordering::Relaxed);
-        // Items arrive in batches: one wake-up per batch, not per row, on million-row files.
-        let mut batch = Vec::with_capacity(512);
-        'read: while rx.recv_many(&mut batch, 512).await > 0 {
-            for item in batch.drain(..) {
-                ctx.progress.fetch_add(1, Ordering::Relaxed);
+        'read: while let Some(batch) = rx.recv().await {
+            let batch_started = Instant::now();
+            ctx.progress
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for item in batch {
                 if self.stop.is_cancelled() {
                     break 'read;
                 }
                 let record = match item {
-                    SourceItem::Bad(bad) => {
+                    DigestedItem::Item(SourceItem::Bad(bad)) => {
                         self.unreadable(bad, &mut index).await?;
                         continue;
                     }
-                    SourceItem::Record(record) => record,
+                    DigestedItem::Item(SourceItem::Record(record)) => record,
+                    DigestedItem::Row(row) => {
+                        high_water = high_water.max(row.updated_at);
+                        if self.unchanged_row(&row, &dispatched, &mut index) {
+                            unchanged += 1;
+                            continue;
+                        }
+                        row.into_record()
+                    }
                 };
                 high_water = high_water.max(record.updated_at);
                 if dispatched.contains(record.external_id.as_str()) {
@@ -91,14 +119,23 @@ impl Cycle {
                 dispatched.insert(id);
                 pool.dispatch(self, work).await?;
             }
+            compare += batch_started.elapsed();
         }
         drop(rx);
+        self.counts.lock().await.unchanged += unchanged;
         info!(
             event = "source_read",
             ms = index_started.elapsed().as_millis() as u64,
             "source read and classified"
         );
-        let summary = match reader.await.expect("reader panicked") {
+        let (summary, read_time) = reader.await.expect("reader panicked");
+        {
+            let mut phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
+            phases.read = read_time.as_millis() as u64;
+            phases.index = index_ms;
+            phases.compare = compare.as_millis() as u64;
+        }
+        let summary = match summary {
             Ok(summary) => Some(summary),
             Err(SourceError::Cancelled) if self.stop.is_cancelled() => None,
             Err(e) => {
@@ -115,6 +152,30 @@ impl Cycle {
             repeats,
             pool,
         })
+    }
+
+    /// The fast path: a row whose digest matches its synced, linked ledger entry, with no
+    /// Quo-side news and not already dispatched this read, is marked seen and needs nothing.
+    fn unchanged_row(
+        &self,
+        row: &DigestedRow,
+        dispatched: &HashSet<String>,
+        index: &mut LedgerIndex,
+    ) -> bool {
+        if self.quo_side.load(Ordering::Relaxed) || dispatched.contains(row.external_id.as_str()) {
+            return false;
+        }
+        match index.get_mut(row.external_id.as_str()) {
+            Some(entry)
+                if entry.state == RecordState::Synced
+                    && entry.has_quo_id
+                    && entry.fingerprint == row.digest =>
+            {
+                entry.seen = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A row the source could not read: quarantined; its record is not deleted, and any Quo-side

@@ -532,3 +532,34 @@ mod props {
 
 mod dates;
 mod lenient;
+
+/// The raw-cell digest a CSV read computes must equal the ledger digest of the mapper's
+/// fingerprint, or every no-change row would be re-planned (or a changed one missed).
+#[test]
+fn raw_digest_matches_fingerprint_digest_and_sees_changes() {
+    let m = mapper();
+    let raw = m.raw_fingerprint();
+    let fields = [
+        ("first_name", "Ada"),
+        ("email", "ada@example.com"),
+        ("lead_score", "7"),
+    ];
+    let digest_of = |pairs: &[(&str, &str)]| {
+        let rec = record(pairs);
+        raw.digest(|i| {
+            rec.fields
+                .get(&raw.fields()[i])
+                .map(String::as_str)
+                .unwrap_or_default()
+        })
+    };
+    let rec = record(&fields);
+    let expected = crate::ledger::fingerprint_digest(&m.fingerprint(&rec));
+    assert_eq!(digest_of(&fields), expected);
+    let changed = [
+        ("first_name", "Ada"),
+        ("email", "ada@example.org"),
+        ("lead_score", "7"),
+    ];
+    assert_ne!(digest_of(&changed), expected);
+}
