@@ -86,6 +86,19 @@ fn pg_fence_function() -> String {
     )
 }
 
+/// A transaction holding the lease's schema lock: concurrent processes create the lease table,
+/// function and triggers one at a time (PostgreSQL's catalog can collide on concurrent DDL).
+async fn pg_schema_transaction(
+    pool: &sqlx::PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PG_SCHEMA_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Attaches the PostgreSQL fence to `table` (idempotent).
 fn pg_fence_trigger(table: &str) -> String {
     format!(
@@ -237,11 +250,7 @@ impl Ledger {
             Pool::Postgres(p) => {
                 // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in PostgreSQL's
                 // catalog (a unique violation on pg_type): first starts take turns.
-                let mut tx = p.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(PG_SCHEMA_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
+                let mut tx = pg_schema_transaction(p).await?;
                 sqlx::query(CREATE_LEASE_TABLE).execute(&mut *tx).await?;
                 tx.commit().await?;
             }
@@ -422,11 +431,7 @@ impl Ledger {
                 .await?;
                 // The function and triggers are schema objects: installed once per leader term
                 // (idempotent), inside one transaction so no table is left half fenced.
-                let mut tx = p.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(PG_SCHEMA_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
+                let mut tx = pg_schema_transaction(p).await?;
                 sqlx::query(sqlx::AssertSqlSafe(pg_fence_function()))
                     .execute(&mut *tx)
                     .await?;

@@ -236,21 +236,7 @@ impl Ledger {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let options = db::ConnectOptions::Sqlite(options);
-        let pool = options
-            .pool(None)
-            .await
-            .map_err(|source| LedgerError::Open {
-                path: display.clone(),
-                source,
-            })?;
-        let ledger = Self {
-            pool,
-            path: display,
-            options: std::sync::Arc::new(options),
-            fence: None,
-        };
-        ledger.bootstrap_lease().await?;
-        Ok(ledger)
+        Self::connect_with(display, options).await
     }
 
     /// Connects to a PostgreSQL ledger and its lease table, without migrating (see
@@ -261,6 +247,14 @@ impl Ledger {
         let options = db::ConnectOptions::Postgres(
             url.options().options([("client_min_messages", "warning")]),
         );
+        Self::connect_with(display, options).await
+    }
+
+    /// Opens a pool with `options` and makes sure the lease table exists (both backends).
+    async fn connect_with(
+        display: String,
+        options: db::ConnectOptions,
+    ) -> Result<Self, LedgerError> {
         let pool = options
             .pool(None)
             .await
