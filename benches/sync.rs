@@ -197,15 +197,18 @@ async fn no_change(rows: u64) -> Value {
     let reader = tokio::spawn(async move { source.read(ReadRequest::default(), tx).await });
     let contact: Contact = serde_json::from_value(json!({"id": "seed"})).unwrap();
     let mut batch = Vec::with_capacity(5000);
+    let mut seeded = 0u64;
     while let Some(item) = rx.recv().await {
         let SourceItem::Record(record) = item else {
             panic!("bench rows are valid")
         };
         let snapshot = mapper.map(&record).unwrap();
         let fingerprint = mapper.fingerprint(&record);
+        seeded += 1;
         batch.push((
             record.external_id,
-            QuoContactId(format!("q{}", batch.len())),
+            // Unique per row, as Quo's ids are (the batch position alone repeats every batch).
+            QuoContactId(format!("q{seeded}")),
             fingerprint,
             snapshot,
         ));

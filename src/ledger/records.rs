@@ -98,7 +98,9 @@ pub struct IndexEntry {
 }
 
 /// The in-memory index: external id → entry. Its size is the only memory that grows with the CRM.
-pub type LedgerIndex = HashMap<String, IndexEntry>;
+/// Keyed with foldhash (seeded per process): a million lookups a cycle, where SipHash cost more
+/// than the comparison itself.
+pub type LedgerIndex = HashMap<String, IndexEntry, foldhash::fast::RandomState>;
 
 /// The 64-bit digest stored in `IndexEntry::fingerprint`: the first 16 hex digits of a
 /// fingerprint (already a SHA-256), or a hash of other text; never 0, which means "none".
@@ -165,12 +167,12 @@ const COLUMNS: &str = "external_id, quo_id, state, source_fingerprint, snapshot,
 impl Ledger {
     /// Loads the compact index of every record.
     ///
-    /// Rows come out of the database packed many to a result row (`group_concat` over rowid
-    /// ranges on SQLite, `string_agg` over key ranges on PostgreSQL): per-row driver overhead
-    /// would otherwise dominate a million-record cycle.
+    /// Rows come out of the database packed many to a result row (`group_concat` /
+    /// `string_agg` over key ranges of the covering index `records_index_cover`): per-row
+    /// driver overhead would otherwise dominate a million-record cycle.
     pub async fn load_index(&self) -> Result<LedgerIndex, LedgerError> {
         let count: i64 = self.record_count().await?;
-        let mut index = LedgerIndex::with_capacity(count as usize);
+        let mut index = LedgerIndex::with_capacity_and_hasher(count as usize, Default::default());
         match &self.pool {
             Pool::Sqlite(pool) => load_index_sqlite(pool, &mut index).await?,
             Pool::Postgres(pool) => load_index_postgres(pool, &mut index).await?,
@@ -460,33 +462,34 @@ fn unpack_index(packed: &str, index: &mut LedgerIndex) {
 
 const INDEX_CHUNK: i64 = 20_000;
 
+/// Walks `records_index_cover` (migration 0006) in key order: the selected expressions are the
+/// index's own, so SQLite never touches the table rows.
 async fn load_index_sqlite(
     pool: &sqlx::SqlitePool,
     index: &mut LedgerIndex,
 ) -> Result<(), sqlx::Error> {
-    let max_rowid: Option<i64> = sqlx::query_scalar("SELECT MAX(rowid) FROM records")
-        .fetch_one(pool)
-        .await?;
-    let Some(max_rowid) = max_rowid else {
-        return Ok(());
-    };
-    let mut start = 0i64;
-    while start <= max_rowid {
-        let packed: Option<String> = sqlx::query_scalar(
-            "SELECT group_concat(external_id || char(31) || COALESCE(substr(source_fingerprint, 1, 16), '') || char(31)
-                                 || state || char(31) || (quo_id IS NOT NULL), char(30))
-             FROM records WHERE rowid >= $1 AND rowid < $2",
+    let mut after = String::new();
+    loop {
+        let (packed, last, rows): (Option<String>, Option<String>, i64) = sqlx::query_as(
+            "SELECT group_concat(id || char(31) || COALESCE(head, '') || char(31) || state
+                                 || char(31) || linked, char(30)),
+                    MAX(id), COUNT(*)
+             FROM (SELECT external_id AS id, substr(source_fingerprint, 1, 16) AS head, state,
+                          quo_id IS NOT NULL AS linked
+                   FROM records WHERE external_id > $1 ORDER BY external_id LIMIT $2)",
         )
-        .bind(start)
-        .bind(start + INDEX_CHUNK)
+        .bind(&after)
+        .bind(INDEX_CHUNK)
         .fetch_one(pool)
         .await?;
-        start += INDEX_CHUNK;
         if let Some(packed) = packed {
             unpack_index(&packed, index);
         }
+        match last {
+            Some(last) if rows == INDEX_CHUNK => after = last,
+            _ => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 /// PostgreSQL has no rowid: chunks are ranges of the primary key, walked in key order.

@@ -21,7 +21,9 @@ const MAPPING_RULES_VERSION: &str = "mapping-rules-v2";
 /// field names, in order. Cheap to clone and `Send`, for a source's reading thread.
 #[derive(Debug, Clone)]
 pub struct RawFingerprint {
-    config_digest: String,
+    /// The hash state after the mapping's digest, the same for every row: cloned per row
+    /// instead of re-hashing the prefix.
+    prefix: Sha256,
     fields: Vec<String>,
 }
 
@@ -34,8 +36,7 @@ impl RawFingerprint {
     /// The SHA-256 of the mapping and of each mapped field's value (`value(i)` for the i-th name
     /// of [`fields`](Self::fields); absent = empty).
     pub fn sha256<'a>(&self, mut value: impl FnMut(usize) -> &'a str) -> [u8; 32] {
-        let mut digest = Sha256::new();
-        digest.update(self.config_digest.as_bytes());
+        let mut digest = self.prefix.clone();
         for (i, name) in self.fields.iter().enumerate() {
             let value = value(i);
             // Length-prefixed so that ("ab","c") and ("a","bc") differ.
@@ -83,8 +84,10 @@ impl Mapper {
 
 /// Builds the detached fingerprint from the mapping's digest and mapped field names.
 pub(super) fn raw_fingerprint(config_digest: &str, fields: &[String]) -> RawFingerprint {
+    let mut prefix = Sha256::new();
+    prefix.update(config_digest.as_bytes());
     RawFingerprint {
-        config_digest: config_digest.to_string(),
+        prefix,
         fields: fields.to_vec(),
     }
 }

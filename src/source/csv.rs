@@ -307,10 +307,26 @@ fn row_id(layout: &Layout, header: &Header, record: &ByteRecord) -> RowId {
     }
 }
 
+/// The row's cells as one validated text, when every cell is valid UTF-8: one validation per
+/// row, after which a cell is `text.get(record.range(i))` (a boundary check, not a rescan).
+fn row_text(record: &ByteRecord) -> Option<&str> {
+    let text = std::str::from_utf8(record.as_slice()).ok()?;
+    // Valid as a whole is not valid cell by cell: a cell may end inside a character.
+    (0..record.len())
+        .all(|i| {
+            record
+                .range(i)
+                .is_some_and(|r| text.is_char_boundary(r.end))
+        })
+        .then_some(text)
+}
+
 /// Why a row's shape (not its id) makes it unusable: bad UTF-8 or a wrong field count.
-fn shape_problems(header: &Header, record: &ByteRecord) -> Vec<String> {
+fn shape_problems(header: &Header, record: &ByteRecord, text: Option<&str>) -> Vec<String> {
     let mut problems = Vec::new();
-    for (i, raw) in record.iter().enumerate() {
+    // Cell by cell only when the row as a whole failed, to name the bad column.
+    let cells = if text.is_some() { 0 } else { record.len() };
+    for (i, raw) in record.iter().enumerate().take(cells) {
         if let Err(e) = std::str::from_utf8(raw) {
             let column = header
                 .names
@@ -424,10 +440,9 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         if let Some(eols) = self.eols.as_mut() {
-            for (i, b) in buf[..n].iter().enumerate() {
-                if *b == b'\n' || *b == b'\r' {
-                    eols.push_back((self.count + i as u64, *b));
-                }
+            let read = &buf[..n];
+            for i in memchr::memchr2_iter(b'\n', b'\r', read) {
+                eols.push_back((self.count + i as u64, read[i]));
             }
         }
         self.count += n as u64;
@@ -485,7 +500,7 @@ fn read_file(layout: &Layout, sink: Sink<'_>) -> Result<(ReadSummary, Fingerprin
     // per-row memory (16 bytes a row, not the id itself). Two different ids sharing a digest
     // (odds about 1 in 10^7 for a million rows) would quarantine the second as a duplicate,
     // visibly, never silently.
-    let mut seen: HashMap<u64, u64> = HashMap::new();
+    let mut seen = SeenIds::default();
     let mut items = 0u64;
     let mut plan: Option<DigestPlan<'_>> = None;
     let mut batch: Vec<DigestedItem> = Vec::new();
@@ -543,12 +558,26 @@ fn read_file(layout: &Layout, sink: Sink<'_>) -> Result<(ReadSummary, Fingerprin
     ))
 }
 
-/// The 64-bit digest duplicate detection keys ids by.
-fn id_digest(id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    id.hash(&mut hasher);
-    hasher.finish()
+/// The ids a read has seen, as 64-bit digests (keyed per process, so a crafted pair of ids
+/// cannot be made to collide on purpose) with the line each was first seen on.
+#[derive(Default)]
+struct SeenIds {
+    keys: foldhash::quality::RandomState,
+    first_line: HashMap<u64, u64, foldhash::fast::RandomState>,
+}
+
+impl SeenIds {
+    /// Records `id` at `line`; the line it was first seen on when it is a repeat.
+    fn first_use(&mut self, id: &str, line: u64) -> Option<u64> {
+        use std::hash::BuildHasher;
+        match self.first_line.entry(self.keys.hash_one(id)) {
+            std::collections::hash_map::Entry::Occupied(first) => Some(*first.get()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(line);
+                None
+            }
+        }
+    }
 }
 
 /// Turns one data row into a record or a quarantined row.
@@ -557,9 +586,9 @@ fn classify(
     header: &Header,
     record: &ByteRecord,
     line: u64,
-    seen: &mut HashMap<u64, u64>,
+    seen: &mut SeenIds,
 ) -> SourceItem {
-    match check(layout, header, record, line, seen) {
+    match check(layout, header, record, row_text(record), line, seen) {
         Ok(id) => SourceItem::Record(SourceRecord {
             external_id: id,
             fields: fields_of(&header.names, record),
@@ -575,27 +604,24 @@ fn check(
     layout: &Layout,
     header: &Header,
     record: &ByteRecord,
+    text: Option<&str>,
     line: u64,
-    seen: &mut HashMap<u64, u64>,
+    seen: &mut SeenIds,
 ) -> Result<ExternalId, BadRecord> {
     let (id, shown, mut problems) = match row_id(layout, header, record) {
         RowId::Valid(id) => {
             let mut problems = Vec::new();
-            match seen.entry(id_digest(id.as_str())) {
-                std::collections::hash_map::Entry::Occupied(first) => problems.push(format!(
-                    "duplicate id {:?}: already used by line {}",
-                    id.as_str(),
-                    first.get()
-                )),
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(line);
-                }
+            if let Some(first) = seen.first_use(id.as_str(), line) {
+                problems.push(format!(
+                    "duplicate id {:?}: already used by line {first}",
+                    id.as_str()
+                ));
             }
             (Some(id), None, problems)
         }
         RowId::Invalid { shown, reason } => (None, shown, vec![reason]),
     };
-    problems.extend(shape_problems(header, record));
+    problems.extend(shape_problems(header, record, text));
     match id {
         Some(id) if problems.is_empty() => Ok(id),
         id => Err(BadRecord {
@@ -702,17 +728,18 @@ impl<'a> DigestPlan<'a> {
         header: &Header,
         record: &ByteRecord,
         line: u64,
-        seen: &mut HashMap<u64, u64>,
+        seen: &mut SeenIds,
     ) -> DigestedItem {
-        let id = match check(layout, header, record, line, seen) {
+        let text = row_text(record);
+        let id = match check(layout, header, record, text, line, seen) {
             Ok(id) => id,
             Err(bad) => return DigestedItem::Item(SourceItem::Bad(bad)),
         };
-        // `check` vouched for every cell's UTF-8; trimmed as `fields_of` trims.
+        // `check` passed, so `text` is the whole row; trimmed as `fields_of` trims.
         let digest = self.fingerprint.digest(|i| {
             self.columns[i]
-                .and_then(|c| record.get(c))
-                .map(|raw| std::str::from_utf8(raw).unwrap_or_default().trim())
+                .and_then(|c| text.and_then(|t| t.get(record.range(c)?)))
+                .map(str::trim)
                 .unwrap_or_default()
         });
         DigestedItem::Row(DigestedRow {
@@ -987,7 +1014,7 @@ fn plan_edit(
     record: &ByteRecord,
     change: &PendingChange,
 ) -> Result<BTreeMap<usize, String>, String> {
-    let problems = shape_problems(header, record);
+    let problems = shape_problems(header, record, row_text(record));
     if !problems.is_empty() {
         return Err(format!(
             "the row is quarantined ({}); fix it before changes can be written",
@@ -1143,6 +1170,25 @@ mod tests {
 
     fn record(fields: &[&str]) -> ByteRecord {
         ByteRecord::from(fields.to_vec())
+    }
+
+    #[test]
+    fn a_character_split_across_two_cells_is_bad_utf8_in_both() {
+        // "é" is C3 A9: the row's bytes are valid UTF-8 as a whole, each cell is not.
+        let split = ByteRecord::from(vec![&b"id1"[..], &b"Ad\xc3"[..], &b"\xa9"[..]]);
+        assert_eq!(row_text(&split), None);
+        let header = Header {
+            names: vec!["id".into(), "first".into(), "last".into()],
+            index: HashMap::new(),
+            id: 0,
+            updated_at: None,
+        };
+        let problems = shape_problems(&header, &split, row_text(&split));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("column \"first\""), "{problems:?}");
+        let fine = ByteRecord::from(vec!["id1", "Adé", "Lovelace"]);
+        assert_eq!(row_text(&fine), Some("id1AdéLovelace"));
+        assert!(shape_problems(&header, &fine, row_text(&fine)).is_empty());
     }
 
     #[test]
