@@ -10,6 +10,7 @@
 mod copy;
 pub(crate) mod db;
 mod inbox;
+mod index;
 mod lease;
 mod quarantine;
 mod records;
@@ -28,13 +29,12 @@ pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
 
 pub use inbox::{InboxEvent, NewInboxEvent};
+pub use index::{IndexEntry, LedgerIndex};
 pub use lease::{
     Attempt, Candidate, FENCED_MESSAGE, Fence, LeaderLease, LeaseError, LeaseHolder, host_name,
 };
 pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
-pub use records::{
-    IndexEntry, LedgerIndex, RecordRow, RecordState, SyncedRecord, fingerprint_digest,
-};
+pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.

@@ -1,9 +1,9 @@
 //! The `records` table: one row per CRM record.
 
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::db::{Pool, on_pool};
+use super::index::{IndexEntry, LedgerIndex};
 use super::{Ledger, LedgerError, now_text};
 use crate::domain::{ExternalId, QuoContactId, Snapshot};
 use crate::quo::types::Contact;
@@ -84,24 +84,6 @@ pub struct SyncedRecord<'a> {
     pub crm_updated_at: Option<String>,
 }
 
-/// The compact per-record view the planner keeps in memory for a whole cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IndexEntry {
-    /// A 64-bit digest of the stored source fingerprint (0 = none).
-    pub fingerprint: u64,
-    /// The row's state.
-    pub state: RecordState,
-    /// Whether a Quo id is stored.
-    pub has_quo_id: bool,
-    /// Set when the current read has seen the record.
-    pub seen: bool,
-}
-
-/// The in-memory index: external id → entry. Its size is the only memory that grows with the CRM.
-/// Keyed with foldhash (seeded per process): a million lookups a cycle, where SipHash cost more
-/// than the comparison itself.
-pub type LedgerIndex = HashMap<String, IndexEntry, foldhash::fast::RandomState>;
-
 /// The 64-bit digest stored in `IndexEntry::fingerprint`: the first 16 hex digits of a
 /// fingerprint (already a SHA-256), or a hash of other text; never 0, which means "none".
 pub fn fingerprint_digest(fingerprint: &str) -> u64 {
@@ -172,7 +154,7 @@ impl Ledger {
     /// driver overhead would otherwise dominate a million-record cycle.
     pub async fn load_index(&self) -> Result<LedgerIndex, LedgerError> {
         let count: i64 = self.record_count().await?;
-        let mut index = LedgerIndex::with_capacity_and_hasher(count as usize, Default::default());
+        let mut index = LedgerIndex::with_capacity(count as usize);
         match &self.pool {
             Pool::Sqlite(pool) => load_index_sqlite(pool, &mut index).await?,
             Pool::Postgres(pool) => load_index_postgres(pool, &mut index).await?,
@@ -445,7 +427,7 @@ fn unpack_index(packed: &str, index: &mut LedgerIndex) {
             continue;
         };
         index.insert(
-            external_id.to_string(),
+            external_id,
             IndexEntry {
                 fingerprint: if fingerprint.is_empty() {
                     0

@@ -103,7 +103,7 @@ impl Cycle {
     ) -> Result<(), SyncError> {
         if let Some(row) = self.ctx.ledger.record(external_id).await? {
             index.insert(
-                external_id.to_string(),
+                external_id.as_str(),
                 IndexEntry {
                     fingerprint: row
                         .source_fingerprint
