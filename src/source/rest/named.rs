@@ -148,6 +148,8 @@ impl RestSource {
                 NoticeIds::Named(count)
             }
             Err(reason) => {
+                // The reason may quote the body: keep a hostile one from flooding the log.
+                let reason: String = reason.chars().take(200).collect();
                 tracing::warn!(
                     event = "crm_webhook_ids_refused",
                     pointer,
