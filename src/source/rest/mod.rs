@@ -17,8 +17,8 @@
 //! One file per concern: `config` (the table), `auth` (credentials), `http` (one exchange with
 //! retries), `paging` (the list call), `records` (JSON → `SourceRecord`), `pointer` (editing
 //! JSON records), `write` (write-back), `versions` (records as read, to detect edits before a
-//! write), `named` (reading only the records a CRM webhook names). This file holds the adapter
-//! itself.
+//! write), `webhook` (the `[source.rest.webhook]` settings), `named` (reading only the records
+//! a CRM webhook names). This file holds the adapter itself.
 
 mod auth;
 mod config;
@@ -29,18 +29,20 @@ mod paging;
 mod pointer;
 mod records;
 mod versions;
+mod webhook;
 mod write;
 
 pub use config::{
     ArrayFieldConfig, AuthConfig, AuthKind, DEFAULT_FULL_READ_EVERY, OAuthGrant, OAuthStyle,
     PagingConfig, PagingStyle, ParamValue, RestConfigError, RestSourceConfig, SinceFormat,
-    UPDATED_SINCE_PLACEHOLDER, UpdateConfig, UpdateMethod, WebhookConfig,
+    UPDATED_SINCE_PLACEHOLDER, UpdateConfig, UpdateMethod,
 };
 pub use http::redact_url;
 pub use named::{MAX_NAMED_IDS, NoticeIds};
 pub use paging::next_link;
 pub use pointer::set_pointer;
 pub use records::{parse_time, value_text};
+pub use webhook::WebhookConfig;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
