@@ -135,6 +135,7 @@ pub fn build_context_with_source(
     ledger: Ledger,
     source: Arc<Source>,
 ) -> Result<SyncContext, AppError> {
+    source.set_list_read_every(config.schedule.interval.0);
     let mut client = build_client(config)?;
     if let Some(permit) = ledger.write_permit() {
         client = client.with_write_gate(permit);

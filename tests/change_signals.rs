@@ -2,6 +2,11 @@
 //! picked up by the file watcher, quo-sync's own write-back starts no extra cycle, and a signed
 //! `POST /webhooks/crm` starts a read of the REST CRM (bad signature → 401, oversized → 413,
 //! and neither reads anything).
+//!
+//! With `source.rest.webhook.ids_pointer`, a webhook naming record ids makes the next cycle
+//! fetch just those records with the record GET — no list call — and that partial read neither
+//! deletes the records it did not fetch nor moves the incremental high-water mark. A notice
+//! without ids, or with more than `MAX_NAMED_IDS`, still starts an incremental list read.
 
 mod common;
 mod support;
@@ -11,6 +16,8 @@ use std::time::{Duration, Instant};
 use common::{TestApp, csv, row};
 use hmac::{Hmac, KeyInit, Mac};
 use quo_sync::config::Config;
+use quo_sync::domain::ExternalId;
+use quo_sync::ledger::{Ledger, RecordState};
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -104,20 +111,6 @@ async fn a_csv_edit_starts_a_cycle_and_our_own_write_back_does_not() {
     service.await.unwrap().unwrap();
 }
 
-fn contacts() -> Vec<Value> {
-    (1..=3)
-        .map(|i| {
-            json!({
-                "id": format!("h{i}"),
-                "firstName": format!("Hook{i}"),
-                "lastName": "Crm",
-                "phone": format!("+1415555{:04}", 4000 + i),
-                "updated_at": "2026-01-01T00:00:00Z",
-            })
-        })
-        .collect()
-}
-
 fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
@@ -130,21 +123,46 @@ fn sign(secret: &str, body: &[u8]) -> String {
 
 const SECRET: &str = "crm-webhook-secret";
 
-#[tokio::test]
-async fn a_signed_crm_webhook_starts_a_read_and_bad_ones_read_nothing() {
-    let sandbox = SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let crm = FakeCrm::start(Auth::None, contacts()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let text = format!(
-        r#"
+/// A running service over a fake CRM with three contacts, `sync.on_source_delete = "delete"`
+/// (so a partial read mistaken for a complete one would delete), an hourly interval and
+/// `[source.rest.webhook]` with `SECRET` plus the `webhook` lines.
+struct Rig {
+    sandbox: SandboxHandle,
+    crm: FakeCrm,
+    ledger: Ledger,
+    url: String,
+    http: reqwest::Client,
+    cancel: CancellationToken,
+    service: tokio::task::JoinHandle<Result<(), quo_sync::app::AppError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(webhook: &str) -> Rig {
+        let sandbox = SandboxHandle::start(SandboxConfig {
+            requests_per_second: 0,
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap();
+        let contacts = (1..=3)
+            .map(|i| {
+                json!({
+                    "id": format!("h{i}"),
+                    "firstName": format!("Hook{i}"),
+                    "lastName": "Crm",
+                    "phone": format!("+1415555{:04}", 4100 + i),
+                    "updated_at": "2026-01-01T00:00:00Z",
+                })
+            })
+            .collect();
+        let crm = FakeCrm::start(Auth::None, contacts).await;
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let text = format!(
+            r#"
 [quo]
 base_url = "{quo}"
 api_key = "{key}"
@@ -164,7 +182,10 @@ id_pointer = "/id"
 updated_at_pointer = "/updated_at"
 updated_since_param = "updated_since"
 fields = {{ first_name = "/firstName", last_name = "/lastName", phone = "/phone" }}
-webhook = {{ secret = "{SECRET}", max_body_bytes = 1024 }}
+
+[source.rest.webhook]
+secret = "{SECRET}"
+{webhook}
 
 [mapping]
 default_region = "US"
@@ -172,105 +193,254 @@ first_name = "first_name"
 last_name = "last_name"
 phones = [{{ field = "phone", label = "mobile" }}]
 
+[sync]
+on_source_delete = "delete"
+
 [schedule]
 interval = "1h"
 
 [service]
 listen = "{addr}"
 "#,
-        quo = sandbox.base_url(),
-        key = sandbox.api_key(),
-        ledger = dir.path().join("l.db").display(),
-        crm = crm.base_url,
-    );
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
-    let cancel = CancellationToken::new();
-    let ctx = quo_sync::app::build_context(&config, "run", cancel.clone())
-        .await
-        .unwrap();
-    let service =
-        tokio::spawn(async move { quo_sync::app::run_service(&ctx, &config, None).await });
-    wait_for("first cycle", Duration::from_secs(10), async || {
-        sandbox.contacts().len() == 3
-    })
-    .await;
-    let reads = || crm.count("GET", "/offset/");
-    wait_for(
-        "the first read is done",
-        Duration::from_secs(5),
-        async || reads() == 1,
-    )
-    .await;
+            quo = sandbox.base_url(),
+            key = sandbox.api_key(),
+            ledger = dir.path().join("l.db").display(),
+            crm = crm.base_url,
+        );
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
+        let cancel = CancellationToken::new();
+        let ctx = quo_sync::app::build_context(&config, "run", cancel.clone())
+            .await
+            .unwrap();
+        let ledger = ctx.ledger.clone();
+        let service =
+            tokio::spawn(async move { quo_sync::app::run_service(&ctx, &config, None).await });
+        let rig = Rig {
+            sandbox,
+            crm,
+            ledger,
+            url: format!("http://{addr}/webhooks/crm"),
+            http: reqwest::Client::new(),
+            cancel,
+            service,
+            _dir: dir,
+        };
+        wait_for("first cycle", Duration::from_secs(10), async || {
+            rig.sandbox.contacts().len() == 3 && rig.runs_finished().await == 1
+        })
+        .await;
+        assert_eq!(rig.list_reads(), 1);
+        rig
+    }
 
-    let url = format!("http://{addr}/webhooks/crm");
-    let http = reqwest::Client::new();
+    fn list_reads(&self) -> usize {
+        self.crm.count("GET", "/offset/")
+    }
+
+    /// GETs of single records, by path.
+    fn record_gets(&self) -> Vec<String> {
+        self.crm
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.starts_with("/contacts/"))
+            .map(|r| r.path)
+            .collect()
+    }
+
+    async fn runs_finished(&self) -> usize {
+        let runs = self.ledger.recent_runs(1000).await.unwrap();
+        runs.iter().filter(|r| r.finished_at.is_some()).count()
+    }
+
+    /// Edits a CRM record's first name, stamped `at`.
+    fn edit(&self, id: &str, name: &str, at: chrono::DateTime<chrono::Utc>) {
+        let mut record = self.crm.contact(id).unwrap();
+        record["firstName"] = json!(name);
+        record["updated_at"] = json!(at.to_rfc3339());
+        self.crm.replace(id, record);
+    }
+
+    async fn notify(&self, body: Value) {
+        let body = serde_json::to_vec(&body).unwrap();
+        let status = self
+            .http
+            .post(&self.url)
+            .header("X-Signature", sign(SECRET, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 202);
+    }
+
+    /// `count` list reads so far, the last one incremental.
+    fn assert_last_read_incremental(&self, count: usize) {
+        assert_eq!(self.list_reads(), count);
+        let last = self
+            .crm
+            .requests()
+            .into_iter()
+            .rfind(|r| r.path.starts_with("/offset/"))
+            .unwrap();
+        assert!(
+            last.query.contains_key("updated_since"),
+            "an incremental read: {:?}",
+            last.query
+        );
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.service.await.unwrap().unwrap();
+    }
+}
+
+/// Named ids: `{"events": [{"id": …}, …]}`, each fetched with `GET /contacts/{id}`.
+const NAMED: &str = "ids_pointer = \"/events/*/id\"\nget_path = \"/contacts/{id}\"";
+
+#[tokio::test]
+async fn a_signed_crm_webhook_starts_a_read_and_bad_ones_read_nothing() {
+    let rig = Rig::start("max_body_bytes = 1024").await;
     let body = br#"{"event":"contact.updated","ids":["h1"]}"#.to_vec();
-
-    // Wrong signature: 401, nothing read.
-    let status = http
-        .post(&url)
-        .header("X-Signature", sign("another-secret", &body))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 401);
-    let status = http
-        .post(&url)
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 401, "unsigned");
-    // Oversized (even if signed): 413, nothing read.
+    let post = async |signature: Option<String>, body: Vec<u8>| {
+        let mut request = rig.http.post(&rig.url).body(body);
+        if let Some(signature) = signature {
+            request = request.header("X-Signature", signature);
+        }
+        request.send().await.unwrap().status().as_u16()
+    };
+    // Wrong signature: 401; unsigned: 401; oversized (even if signed): 413. Nothing read.
+    assert_eq!(
+        post(Some(sign("another-secret", &body)), body.clone()).await,
+        401
+    );
+    assert_eq!(post(None, body.clone()).await, 401, "unsigned");
     let big = vec![b'x'; 4096];
-    let status = http
-        .post(&url)
-        .header("X-Signature", sign(SECRET, &big))
-        .body(big)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 413);
+    assert_eq!(post(Some(sign(SECRET, &big)), big).await, 413);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(reads(), 1, "refused webhooks read nothing");
+    assert_eq!(rig.list_reads(), 1, "refused webhooks read nothing");
 
-    // A CRM edit plus a signed notice: read incrementally and in Quo well before the interval.
-    let mut record = crm.contact("h1").unwrap();
-    record["firstName"] = json!("Hooked");
-    record["updated_at"] = json!(chrono::Utc::now().to_rfc3339());
-    crm.replace("h1", record);
-    let status = http
-        .post(&url)
-        .header("X-Signature", sign(SECRET, &body))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 202);
+    // A CRM edit plus a signed notice: read incrementally (no ids_pointer, so the ids in the
+    // body are not used) and in Quo well before the interval.
+    rig.edit("h1", "Hooked", chrono::Utc::now());
+    assert_eq!(post(Some(sign(SECRET, &body)), body.clone()).await, 202);
     wait_for(
         "the webhook's record reaches Quo",
         Duration::from_secs(3),
-        async || first_name(&sandbox, "h1").as_deref() == Some("Hooked"),
+        async || first_name(&rig.sandbox, "h1").as_deref() == Some("Hooked"),
     )
     .await;
-    let last = crm
-        .requests()
-        .into_iter()
-        .rfind(|r| r.method == "GET")
-        .unwrap();
-    assert!(
-        last.query.contains_key("updated_since"),
-        "an incremental read: {:?}",
-        last.query
+    rig.assert_last_read_incremental(2);
+    assert!(rig.record_gets().is_empty());
+    rig.stop().await;
+}
+
+fn events(ids: &[&str]) -> Value {
+    json!({ "events": ids.iter().map(|id| json!({"type": "contact.updated", "id": id})).collect::<Vec<_>>() })
+}
+
+#[tokio::test]
+async fn named_ids_are_fetched_alone_and_the_rest_is_left_as_it_was() {
+    let rig = Rig::start(NAMED).await;
+    let t0 = chrono::Utc::now();
+    // h3 changes without a notice (a lost delivery), before the named edits.
+    rig.edit("h3", "Unnoticed3", t0);
+    rig.edit("h1", "Named1", t0 + chrono::Duration::seconds(1));
+    rig.edit("h2", "Named2", t0 + chrono::Duration::seconds(2));
+
+    rig.notify(events(&["h1", "h2"])).await;
+    wait_for(
+        "the named records reach Quo",
+        Duration::from_secs(3),
+        async || {
+            first_name(&rig.sandbox, "h1").as_deref() == Some("Named1")
+                && first_name(&rig.sandbox, "h2").as_deref() == Some("Named2")
+                && rig.runs_finished().await == 2
+        },
+    )
+    .await;
+    assert_eq!(rig.list_reads(), 1, "a named read lists nothing");
+    let mut gets = rig.record_gets();
+    gets.sort();
+    assert_eq!(
+        gets,
+        ["/contacts/h1", "/contacts/h2"],
+        "exactly the named GETs"
     );
 
-    cancel.cancel();
-    service.await.unwrap().unwrap();
+    // The record the partial read did not fetch is neither deleted nor marked missing.
+    assert_eq!(rig.sandbox.contacts().len(), 3);
+    assert_eq!(first_name(&rig.sandbox, "h3").as_deref(), Some("Hook3"));
+    let row = rig
+        .ledger
+        .record(&ExternalId::parse("h3").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state, RecordState::Synced);
+    assert!(row.quo_id.is_some());
+
+    // A notice without ids reads incrementally; the named read left the high-water mark where
+    // it was, so h3's unnoticed change (older than the named ones) is still found.
+    rig.notify(json!({"event": "contact.updated"})).await;
+    wait_for(
+        "the unnoticed change reaches Quo",
+        Duration::from_secs(3),
+        async || first_name(&rig.sandbox, "h3").as_deref() == Some("Unnoticed3"),
+    )
+    .await;
+    rig.assert_last_read_incremental(2);
+    assert_eq!(rig.record_gets().len(), 2, "no record GETs for a list read");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_ids_fall_back_to_a_list_read_and_a_missing_one_is_skipped() {
+    let rig = Rig::start(NAMED).await;
+    rig.edit("h1", "Listed1", chrono::Utc::now());
+    let many: Vec<String> = (0..=quo_sync::source::rest::MAX_NAMED_IDS)
+        .map(|i| format!("x{i}"))
+        .collect();
+    let mut ids: Vec<&str> = many.iter().map(String::as_str).collect();
+    ids.push("h1");
+    rig.notify(events(&ids)).await;
+    wait_for(
+        "the edit reaches Quo through a list read",
+        Duration::from_secs(3),
+        async || first_name(&rig.sandbox, "h1").as_deref() == Some("Listed1"),
+    )
+    .await;
+    assert_eq!(rig.list_reads(), 2);
+    assert!(rig.record_gets().is_empty(), "{:?}", rig.record_gets());
+
+    // A named id the CRM does not know (404): skipped, the named one next to it still syncs.
+    wait_for("the list cycle ends", Duration::from_secs(3), async || {
+        rig.runs_finished().await == 2
+    })
+    .await;
+    rig.edit("h2", "Named2", chrono::Utc::now());
+    rig.notify(events(&["gone", "h2"])).await;
+    wait_for(
+        "the named record reaches Quo",
+        Duration::from_secs(3),
+        async || {
+            first_name(&rig.sandbox, "h2").as_deref() == Some("Named2")
+                && rig.runs_finished().await == 3
+        },
+    )
+    .await;
+    assert_eq!(rig.list_reads(), 2);
+    let mut gets = rig.record_gets();
+    gets.sort();
+    assert_eq!(gets, ["/contacts/gone", "/contacts/h2"]);
+    assert_eq!(rig.sandbox.contacts().len(), 3);
+    let runs = rig.ledger.recent_runs(10).await.unwrap();
+    assert!(
+        runs.iter().all(|r| r.error.is_none()),
+        "a 404 for a named id fails no cycle: {runs:?}"
+    );
+    rig.stop().await;
 }

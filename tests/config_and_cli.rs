@@ -194,6 +194,37 @@ client_secret = "s3cret-value"
 "#;
 
 #[test]
+fn a_webhook_ids_pointer_is_checked_up_front() {
+    let webhook = |keys: &str| format!("{REST}\n[source.rest.webhook]\nsecret = \"w\"\n{keys}");
+    // Named ids are fetched with a record GET: without [source.rest.update] it must be given.
+    assert_refused(
+        "rest.toml",
+        &webhook("ids_pointer = \"/ids\"\n"),
+        &["source.rest.webhook.get_path", "rest.toml"],
+    );
+    assert_refused(
+        "rest.toml",
+        &webhook("ids_pointer = \"ids\"\nget_path = \"/contacts/{id}\"\n"),
+        &["source.rest.webhook.ids_pointer", "JSON pointer"],
+    );
+    assert_refused(
+        "rest.toml",
+        &webhook("ids_pointer = \"/events/x*/id\"\nget_path = \"/contacts/{id}\"\n"),
+        &["source.rest.webhook.ids_pointer"],
+    );
+    assert_refused(
+        "rest.toml",
+        &webhook("ids_pointer = \"/ids\"\nget_path = \"/contacts\"\n"),
+        &["source.rest.webhook.get_path", "{id}"],
+    );
+    let (code, stderr) = check_config(
+        "rest.toml",
+        &webhook("ids_pointer = \"/events/*/id\"\nget_path = \"/contacts/{id}\"\n"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
 fn a_bad_rest_key_is_refused_by_check_config_and_once_with_exit_2() {
     assert_refused(
         "rest.toml",

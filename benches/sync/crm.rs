@@ -1,7 +1,9 @@
 //! `crm_to_quo.delay_ms`: how long a CRM-side change takes to show in Quo when the service's
 //! `schedule.interval` is an hour, so only the change signals can explain a short delay:
 //! - `csv`: an edit to the CSV file (file watcher, 200 ms debounce, then a cycle);
-//! - `webhook`: a REST CRM record edited, then a signed `POST /webhooks/crm`.
+//! - `webhook`: a REST CRM record edited, then a signed `POST /webhooks/crm` (incremental read);
+//! - `webhook_ids`: the same with `source.rest.webhook.ids_pointer`, so the cycle GETs only the
+//!   named record instead of listing (the CRM's list calls during the rounds are counted: 0).
 //!
 //! Each path is measured `ROUNDS` times in one running service; median and max are reported.
 
@@ -23,8 +25,14 @@ const SECRET: &str = "bench-crm-webhook-secret";
 /// Both paths' delays.
 pub async fn crm_to_quo() -> Value {
     let csv = csv_delays().await;
-    let webhook = webhook_delays().await;
-    json!({ "delay_ms": { "csv": summary(&csv), "webhook": summary(&webhook) }, "rounds": ROUNDS, "interval_s": 3600 })
+    let (webhook, _) = webhook_delays(false).await;
+    let (webhook_ids, list_reads) = webhook_delays(true).await;
+    json!({
+        "delay_ms": { "csv": summary(&csv), "webhook": summary(&webhook), "webhook_ids": summary(&webhook_ids) },
+        "webhook_ids_list_reads": list_reads,
+        "rounds": ROUNDS,
+        "interval_s": 3600,
+    })
 }
 
 fn summary(samples: &[f64]) -> Value {
@@ -117,7 +125,9 @@ fn sign(body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-async fn webhook_delays() -> Vec<f64> {
+/// Delays of the webhook path, with the ids fetched alone when `named`; also the CRM list
+/// calls made during the rounds.
+async fn webhook_delays(named: bool) -> (Vec<f64>, usize) {
     let sandbox = sandbox().await;
     let contacts: Vec<Value> = (1..=20)
         .map(|i| {
@@ -136,11 +146,16 @@ async fn webhook_delays() -> Vec<f64> {
         .local_addr()
         .unwrap();
     let text = format!(
-        "[quo]\nbase_url = \"{}\"\napi_key = \"{}\"\nrequests_per_second = 1000\n\n[ledger]\npath = \"{}\"\n\n[source]\nkind = \"rest\"\n\n[source.rest]\nbase_url = \"{}\"\nlist_path = \"/offset/contacts\"\nrecords_pointer = \"/results\"\nid_pointer = \"/id\"\nupdated_at_pointer = \"/updated_at\"\nupdated_since_param = \"updated_since\"\nfields = {{ first_name = \"/firstName\", phone = \"/phone\" }}\nwebhook = {{ secret = \"{SECRET}\" }}\n\n[mapping]\ndefault_region = \"US\"\nfirst_name = \"first_name\"\nphones = [{{ field = \"phone\", label = \"mobile\" }}]\n\n[schedule]\ninterval = \"1h\"\n\n[service]\nlisten = \"{addr}\"\n\n[log]\nlevel = \"warn\"\n",
+        "[quo]\nbase_url = \"{}\"\napi_key = \"{}\"\nrequests_per_second = 1000\n\n[ledger]\npath = \"{}\"\n\n[source]\nkind = \"rest\"\n\n[source.rest]\nbase_url = \"{}\"\nlist_path = \"/offset/contacts\"\nrecords_pointer = \"/results\"\nid_pointer = \"/id\"\nupdated_at_pointer = \"/updated_at\"\nupdated_since_param = \"updated_since\"\nfields = {{ first_name = \"/firstName\", phone = \"/phone\" }}\nwebhook = {{ secret = \"{SECRET}\"{named} }}\n\n[mapping]\ndefault_region = \"US\"\nfirst_name = \"first_name\"\nphones = [{{ field = \"phone\", label = \"mobile\" }}]\n\n[schedule]\ninterval = \"1h\"\n\n[service]\nlisten = \"{addr}\"\n\n[log]\nlevel = \"warn\"\n",
         sandbox.base_url(),
         sandbox.api_key(),
         dir.path().join("ledger.db").display(),
         crm.base_url,
+        named = if named {
+            ", ids_pointer = \"/ids\", get_path = \"/contacts/{id}\""
+        } else {
+            ""
+        },
     );
     let path = dir.path().join("rest.toml");
     std::fs::write(&path, text).unwrap();
@@ -155,6 +170,7 @@ async fn webhook_delays() -> Vec<f64> {
     let http = reqwest::Client::new();
     let url = format!("http://{addr}/webhooks/crm");
     let mut delays = Vec::new();
+    let lists_before = crm.count("GET", "/offset/");
     for round in 0..ROUNDS {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let name = format!("Hook{round}");
@@ -179,8 +195,9 @@ async fn webhook_delays() -> Vec<f64> {
         .await;
         delays.push(started.elapsed().as_secs_f64() * 1000.0);
     }
+    let list_reads = crm.count("GET", "/offset/") - lists_before;
     cancel.cancel();
     let _ = service.await;
     sandbox.shutdown().await;
-    delays
+    (delays, list_reads)
 }

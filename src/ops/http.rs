@@ -22,13 +22,16 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
 }
 
 /// Registers the series dashboards and alerts rely on at zero, so `rate()` and `absent()` see
-/// them before the first failure, 429 or webhook.
+/// them before the first failure, 429 or webhook (Quo's or the CRM's).
 pub fn register_service_metrics() {
     metrics::counter!("quo_sync_cycles_failed_total").increment(0);
     metrics::counter!("quo_sync_quo_rate_limited_total").increment(0);
     metrics::counter!("quo_sync_conflicts_total").increment(0);
     for outcome in ["stored", "duplicate", "rejected"] {
         metrics::counter!("quo_sync_webhooks_total", "outcome" => outcome).increment(0);
+    }
+    for outcome in ["accepted", "rejected"] {
+        metrics::counter!("quo_sync_crm_webhooks_total", "outcome" => outcome).increment(0);
     }
     // A replica starts as a standby; `ReplicaRole::set_leader` raises it once the lease is held.
     metrics::gauge!("quo_sync_leader").set(0.0);

@@ -266,6 +266,23 @@ impl Source {
         }
     }
 
+    /// Whether the last read fetched only the records a CRM webhook named: not complete, and
+    /// no evidence of what else changed, so the incremental high-water mark must stay.
+    pub fn last_read_was_named(&self) -> bool {
+        match self {
+            Source::Csv(_) => false,
+            Source::Rest(rest) => rest.last_read_was_named(),
+        }
+    }
+
+    /// The service's `schedule.interval`: a read of webhook-named records replaces the list
+    /// read only while the last list read is younger than this.
+    pub fn set_list_read_every(&self, every: std::time::Duration) {
+        if let Source::Rest(rest) = self {
+            rest.set_list_read_every(every);
+        }
+    }
+
     /// Lets the adapter keep state in the ledger (the REST source's rotated OAuth2 refresh token).
     pub fn attach_ledger(&self, ledger: &crate::ledger::Ledger) {
         if let Source::Rest(rest) = self {

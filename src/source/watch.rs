@@ -3,7 +3,8 @@
 //! leave the file as quo-sync last read or wrote it, so our own write-back starts no cycle), and
 //! `POST /webhooks/crm` for REST CRMs, authenticated by HMAC-SHA256 of the raw body with
 //! `source.rest.webhook.secret` (`<signature_header>: sha256=<hex>`). Both only wake the service
-//! loop through the same `Notify` the Quo webhook receiver uses; the cycle does the reading.
+//! loop through the same `Notify` the Quo webhook receiver uses; the cycle does the reading (of
+//! just the records a webhook names, with `source.rest.webhook.ids_pointer`: see `rest::named`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use sha2::Sha256;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::rest::NoticeIds;
 use super::{Source, SourceError};
 
 /// Quiet time after the last file event before the change is acted on (editors write in bursts).
@@ -178,10 +180,17 @@ async fn crm_webhook(
         return StatusCode::UNAUTHORIZED;
     }
     metrics::counter!("quo_sync_crm_webhooks_total", "outcome" => "accepted").increment(1);
+    // With `ids_pointer`, the next read fetches just the named records.
+    let (read, ids) = match rest.queue_notice(&body) {
+        NoticeIds::Named(n) => ("named", n),
+        NoticeIds::None | NoticeIds::Refused => ("list", 0),
+    };
     tracing::info!(
         event = "crm_change_detected",
         via = "webhook",
         bytes = body.len(),
+        ids,
+        read,
         "CRM webhook; starting a cycle"
     );
     state.wake.notify_one();

@@ -88,7 +88,10 @@ impl Cycle {
                     .set_meta(LAST_FULL_READ, &started.to_rfc3339())
                     .await?;
             }
-            self.advance_high_water(high_water).await?;
+            // Records a CRM webhook named say nothing of the others' times: the mark stays.
+            if !self.ctx.source.last_read_was_named() {
+                self.advance_high_water(high_water).await?;
+            }
             self.settle_inbox(&intake).await?;
         }
         Ok(())

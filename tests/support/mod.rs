@@ -3,4 +3,5 @@
 pub mod fake_crm;
 pub mod salesforce;
 pub mod token_desk;
+pub mod vendor;
 pub mod zoho;

@@ -11,18 +11,15 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::token_desk::{Grant, TokenDesk, parse_form};
+use super::token_desk::TokenDesk;
+use super::vendor::{Books, Call, Dialect, Fake, Org};
 
 const API: &str = "/services/data/v62.0";
 
@@ -30,27 +27,16 @@ const API: &str = "/services/data/v62.0";
 const READ_ONLY: [&str; 4] = ["Id", "SystemModstamp", "LastModifiedDate", "Account"];
 
 /// The fake org.
-#[derive(Clone)]
-pub struct FakeSalesforce {
-    pub base_url: String,
-    shared: Arc<Shared>,
-}
+pub type FakeSalesforce = Fake<Own>;
 
-struct Shared {
-    base_url: String,
-    desk: TokenDesk,
-    batch: usize,
-    inner: Mutex<Inner>,
-}
-
+/// What only the Salesforce fake keeps.
 #[derive(Default)]
-struct Inner {
-    contacts: BTreeMap<String, Value>,
+pub struct Own {
+    batch: usize,
     locators: HashMap<String, Vec<Value>>,
     next_locator: u64,
     queries: Vec<String>,
     patches: Vec<(String, Value)>,
-    unauthorized: u64,
 }
 
 /// `2026-01-01T00:00:00.000+0000`, Salesforce's datetime format in JSON.
@@ -58,67 +44,56 @@ pub fn sf_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()
 }
 
-impl FakeSalesforce {
+const DIALECT: Dialect = Dialect {
+    id_key: "Id",
+    stamp_key: "SystemModstamp",
+    stamp: sf_time,
+    token_path: "/services/oauth2/token",
+    scheme: "Bearer ",
+    token_answer: |base_url, _, access| {
+        // Like Salesforce: the instance to call, and no `expires_in`.
+        json!({
+            "access_token": access,
+            "instance_url": base_url,
+            "id": format!("{base_url}/id/00D000000000001/005000000000001"),
+            "token_type": "Bearer",
+            "issued_at": Utc::now().timestamp_millis().to_string(),
+            "signature": "c2lnbmF0dXJl",
+        })
+    },
+    refused: |code| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "error": code, "error_description": "authentication failure" })),
+        )
+            .into_response()
+    },
+    unauthorized: || {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_SESSION_ID",
+            "Session expired or invalid",
+        )
+    },
+};
+
+impl Fake<Own> {
     /// Starts the org with `contacts` (objects with `Id` and fields), tokens from `desk`, query
     /// batches of `batch` records.
     pub async fn start(contacts: Vec<Value>, desk: TokenDesk, batch: usize) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let now = sf_time(Utc::now() - chrono::Duration::minutes(10));
-        let contacts = contacts
-            .into_iter()
-            .map(|mut c| {
-                c["SystemModstamp"] = json!(now);
-                (c["Id"].as_str().unwrap().to_string(), c)
-            })
-            .collect();
-        let shared = Arc::new(Shared {
-            base_url: base_url.clone(),
-            desk,
-            batch,
-            inner: Mutex::new(Inner {
-                contacts,
-                ..Inner::default()
-            }),
-        });
-        let app = Router::new().fallback(handle).with_state(shared.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Self { base_url, shared }
-    }
-
-    /// The token endpoint's bookkeeping.
-    pub fn desk(&self) -> &TokenDesk {
-        &self.shared.desk
-    }
-
-    /// A contact as stored.
-    pub fn contact(&self, id: &str) -> Option<Value> {
-        self.shared.inner.lock().unwrap().contacts.get(id).cloned()
-    }
-
-    /// Edits a contact as a Salesforce user would (SystemModstamp moves).
-    pub fn edit(&self, id: &str, field: &str, value: Value) {
-        let mut inner = self.shared.inner.lock().unwrap();
-        let record = inner.contacts.get_mut(id).expect("contact exists");
-        record[field] = value;
-        record["SystemModstamp"] = json!(sf_time(Utc::now()));
+        let fake = Org::start(DIALECT, contacts, desk, route).await;
+        fake.books().own.batch = batch;
+        fake
     }
 
     /// SOQL statements received.
     pub fn queries(&self) -> Vec<String> {
-        self.shared.inner.lock().unwrap().queries.clone()
+        self.books().own.queries.clone()
     }
 
     /// PATCH bodies received, by id.
     pub fn patches(&self) -> Vec<(String, Value)> {
-        self.shared.inner.lock().unwrap().patches.clone()
-    }
-
-    /// API requests answered 401.
-    pub fn unauthorized(&self) -> u64 {
-        self.shared.inner.lock().unwrap().unauthorized
+        self.books().own.patches.clone()
     }
 }
 
@@ -130,60 +105,19 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn handle(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let path = uri.path().to_string();
-    if path == "/services/oauth2/token" && method == Method::POST {
-        return match shared.desk.grant(&parse_form(&body)) {
-            Grant::Token { access, refresh } => {
-                let mut answer = json!({
-                    "access_token": access,
-                    "instance_url": shared.base_url,
-                    "id": format!("{}/id/00D000000000001/005000000000001", shared.base_url),
-                    "token_type": "Bearer",
-                    "issued_at": Utc::now().timestamp_millis().to_string(),
-                    "signature": "c2lnbmF0dXJl",
-                });
-                if let Some(refresh) = refresh {
-                    answer["refresh_token"] = json!(refresh);
-                }
-                axum::Json(answer).into_response()
-            }
-            Grant::Refused(code) => (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({ "error": code, "error_description": "authentication failure" })),
-            )
-                .into_response(),
-        };
-    }
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !shared.desk.check(token) {
-        shared.inner.lock().unwrap().unauthorized += 1;
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "INVALID_SESSION_ID",
-            "Session expired or invalid",
-        );
-    }
-    let query: HashMap<String, String> =
-        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    let mut inner = shared.inner.lock().unwrap();
+fn route(org: &Org<Own>, inner: &mut Books<Own>, call: Call) -> Response {
+    let Call {
+        method,
+        path,
+        query,
+        body,
+        ..
+    } = call;
     if path == format!("{API}/query") && method == Method::GET {
         let Some(soql) = query.get("q") else {
             return error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", "q is required");
         };
-        inner.queries.push(soql.clone());
+        inner.own.queries.push(soql.clone());
         let since = match soql.split("SystemModstamp > ").nth(1) {
             Some(rest) => {
                 let literal = rest.split_whitespace().next().unwrap_or_default();
@@ -219,19 +153,19 @@ async fn handle(
                 .cmp(&b["SystemModstamp"].as_str())
                 .then(a["Id"].as_str().cmp(&b["Id"].as_str()))
         });
-        return batch(&mut inner, shared.batch, records);
+        return batch(&mut inner.own, records);
     }
     if let Some(locator) = path.strip_prefix(&format!("{API}/query/"))
         && method == Method::GET
     {
-        let Some(rest) = inner.locators.remove(locator) else {
+        let Some(rest) = inner.own.locators.remove(locator) else {
             return error(
                 StatusCode::BAD_REQUEST,
                 "INVALID_QUERY_LOCATOR",
                 "invalid query locator",
             );
         };
-        return batch(&mut inner, shared.batch, rest);
+        return batch(&mut inner.own, rest);
     }
     if let Some(id) = path.strip_prefix(&format!("{API}/sobjects/Contact/")) {
         let id = id.to_string();
@@ -264,13 +198,14 @@ async fn handle(
                 );
             }
             inner
+                .own
                 .patches
                 .push((id.clone(), Value::Object(fields.clone())));
             let record = inner.contacts.get_mut(&id).unwrap();
             for (k, v) in fields {
                 record[k] = v;
             }
-            record["SystemModstamp"] = json!(sf_time(Utc::now()));
+            org.touch(record);
             return StatusCode::NO_CONTENT.into_response();
         }
     }
@@ -290,7 +225,8 @@ fn with_attributes(record: &Value) -> Value {
     out
 }
 
-fn batch(inner: &mut Inner, size: usize, mut records: Vec<Value>) -> Response {
+fn batch(own: &mut Own, mut records: Vec<Value>) -> Response {
+    let size = own.batch;
     let rest = if records.len() > size {
         records.split_off(size)
     } else {
@@ -302,10 +238,10 @@ fn batch(inner: &mut Inner, size: usize, mut records: Vec<Value>) -> Response {
         "records": records,
     });
     if !rest.is_empty() {
-        inner.next_locator += 1;
-        let locator = format!("01gXX0000000{:03}-{size}", inner.next_locator);
+        own.next_locator += 1;
+        let locator = format!("01gXX0000000{:03}-{size}", own.next_locator);
         answer["nextRecordsUrl"] = json!(format!("{API}/query/{locator}"));
-        inner.locators.insert(locator, rest);
+        own.locators.insert(locator, rest);
     }
     axum::Json(answer).into_response()
 }

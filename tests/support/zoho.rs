@@ -13,40 +13,26 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Value, json};
 
-use super::token_desk::{Grant, TokenDesk, parse_form};
+use super::token_desk::TokenDesk;
+use super::vendor::{Books, Call, Dialect, Fake, Org};
 
 const MODULE: &str = "/crm/v8/Contacts";
 const READ_ONLY: [&str; 3] = ["id", "Modified_Time", "Created_Time"];
 
 /// The fake Zoho CRM.
-#[derive(Clone)]
-pub struct FakeZoho {
-    pub base_url: String,
-    shared: Arc<Shared>,
-}
+pub type FakeZoho = Fake<Own>;
 
-struct Shared {
-    base_url: String,
-    desk: TokenDesk,
-    inner: Mutex<Inner>,
-}
-
+/// What only the Zoho fake keeps.
 #[derive(Default)]
-struct Inner {
-    contacts: BTreeMap<String, Value>,
+pub struct Own {
     lists: Vec<(HashMap<String, String>, Option<String>, u16)>,
     puts: Vec<(String, Value)>,
-    unauthorized: u64,
 }
 
 /// Zoho's `Modified_Time` format, in the org's time zone (here +05:30, as in Zoho's examples).
@@ -57,65 +43,46 @@ pub fn zoho_time(t: DateTime<Utc>) -> String {
         .to_string()
 }
 
-impl FakeZoho {
+const DIALECT: Dialect = Dialect {
+    id_key: "id",
+    stamp_key: "Modified_Time",
+    stamp: zoho_time,
+    token_path: "/oauth/v2/token",
+    scheme: "Zoho-oauthtoken ",
+    token_answer: |base_url, lifetime, access| {
+        json!({
+            "access_token": access,
+            "expires_in": lifetime.as_secs(),
+            "api_domain": base_url,
+            "token_type": "Bearer",
+        })
+    },
+    // Zoho answers token errors with 200 and an `error` field; quo-sync must still see them as
+    // refusals (an answer without access_token).
+    refused: |code| axum::Json(json!({ "error": code })).into_response(),
+    unauthorized: || {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_TOKEN",
+            "invalid oauth token",
+        )
+    },
+};
+
+impl Fake<Own> {
     /// Starts the CRM with `contacts` (objects with `id` and fields) and tokens from `desk`.
     pub async fn start(contacts: Vec<Value>, desk: TokenDesk) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let stamp = zoho_time(Utc::now() - chrono::Duration::minutes(10));
-        let contacts = contacts
-            .into_iter()
-            .map(|mut c| {
-                c["Modified_Time"] = json!(stamp);
-                (c["id"].as_str().unwrap().to_string(), c)
-            })
-            .collect();
-        let shared = Arc::new(Shared {
-            base_url: base_url.clone(),
-            desk,
-            inner: Mutex::new(Inner {
-                contacts,
-                ..Inner::default()
-            }),
-        });
-        let app = Router::new().fallback(handle).with_state(shared.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Self { base_url, shared }
-    }
-
-    /// The token endpoint's bookkeeping.
-    pub fn desk(&self) -> &TokenDesk {
-        &self.shared.desk
-    }
-
-    /// A contact as stored.
-    pub fn contact(&self, id: &str) -> Option<Value> {
-        self.shared.inner.lock().unwrap().contacts.get(id).cloned()
-    }
-
-    /// Edits a contact as a Zoho user would (Modified_Time moves).
-    pub fn edit(&self, id: &str, field: &str, value: Value) {
-        let mut inner = self.shared.inner.lock().unwrap();
-        let record = inner.contacts.get_mut(id).expect("contact exists");
-        record[field] = value;
-        record["Modified_Time"] = json!(zoho_time(Utc::now()));
+        Org::start(DIALECT, contacts, desk, route).await
     }
 
     /// List requests: query, If-Modified-Since, status answered.
     pub fn lists(&self) -> Vec<(HashMap<String, String>, Option<String>, u16)> {
-        self.shared.inner.lock().unwrap().lists.clone()
+        self.books().own.lists.clone()
     }
 
     /// PUT bodies received, by id.
     pub fn puts(&self) -> Vec<(String, Value)> {
-        self.shared.inner.lock().unwrap().puts.clone()
-    }
-
-    /// API requests answered 401.
-    pub fn unauthorized(&self) -> u64 {
-        self.shared.inner.lock().unwrap().unauthorized
+        self.books().own.puts.clone()
     }
 }
 
@@ -133,58 +100,22 @@ fn modified(record: &Value) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-async fn handle(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let path = uri.path().to_string();
-    if path == "/oauth/v2/token" && method == Method::POST {
-        return match shared.desk.grant(&parse_form(&body)) {
-            Grant::Token { access, refresh } => {
-                let mut answer = json!({
-                    "access_token": access,
-                    "expires_in": shared.desk.lifetime.as_secs(),
-                    "api_domain": shared.base_url,
-                    "token_type": "Bearer",
-                });
-                if let Some(refresh) = refresh {
-                    answer["refresh_token"] = json!(refresh);
-                }
-                axum::Json(answer).into_response()
-            }
-            // Zoho answers token errors with 200 and an `error` field; quo-sync must still
-            // see them as refusals (an answer without access_token).
-            Grant::Refused(code) => axum::Json(json!({ "error": code })).into_response(),
-        };
-    }
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Zoho-oauthtoken "))
-        .unwrap_or_default();
-    if !shared.desk.check(token) {
-        shared.inner.lock().unwrap().unauthorized += 1;
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "INVALID_TOKEN",
-            "invalid oauth token",
-        );
-    }
-    let query: HashMap<String, String> =
-        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    let mut inner = shared.inner.lock().unwrap();
+fn route(org: &Org<Own>, inner: &mut Books<Own>, call: Call) -> Response {
+    let Call {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    } = call;
     if path == MODULE && method == Method::GET {
         let since_text = headers
             .get("if-modified-since")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let answer = list(&inner, &query, since_text.as_deref());
+        let answer = list(&inner.contacts, &query, since_text.as_deref());
         inner
+            .own
             .lists
             .push((query, since_text, answer.status().as_u16()));
         return answer;
@@ -219,13 +150,15 @@ async fn handle(
                     &format!("{bad} is read only"),
                 );
             }
-            inner.puts.push((id.clone(), Value::Object(fields.clone())));
+            inner
+                .own
+                .puts
+                .push((id.clone(), Value::Object(fields.clone())));
             let record = inner.contacts.get_mut(&id).unwrap();
             for (k, v) in fields {
                 record[k] = v;
             }
-            let stamp = zoho_time(Utc::now());
-            record["Modified_Time"] = json!(stamp);
+            let stamp = org.touch(record);
             return axum::Json(json!({ "data": [{
                 "code": "SUCCESS",
                 "details": { "Modified_Time": stamp, "id": id },
@@ -242,7 +175,11 @@ async fn handle(
     )
 }
 
-fn list(inner: &Inner, query: &HashMap<String, String>, since: Option<&str>) -> Response {
+fn list(
+    contacts: &BTreeMap<String, Value>,
+    query: &HashMap<String, String>,
+    since: Option<&str>,
+) -> Response {
     let Some(fields) = query.get("fields") else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -264,8 +201,7 @@ fn list(inner: &Inner, query: &HashMap<String, String>, since: Option<&str>) -> 
             }
         },
     };
-    let matching: Vec<Value> = inner
-        .contacts
+    let matching: Vec<Value> = contacts
         .values()
         .filter(|c| since.is_none_or(|since| modified(c).is_some_and(|m| m > since)))
         .map(|c| {

@@ -11,6 +11,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use super::webhook::WebhookConfig;
 use crate::config::HumanDuration;
 use crate::source::SourceError;
 
@@ -441,35 +442,6 @@ pub struct RestSourceConfig {
     pub webhook: Option<WebhookConfig>,
 }
 
-/// `[source.rest.webhook]`: the CRM's change notices.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// The HMAC-SHA256 key the CRM signs bodies with.
-    #[serde(default)]
-    pub secret: Option<SecretString>,
-    /// An environment variable holding it.
-    #[serde(default)]
-    pub secret_env: Option<String>,
-    /// A file holding it (trimmed).
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// The header carrying `sha256=<hex>`, default `X-Signature`.
-    #[serde(default = "default_signature_header")]
-    pub signature_header: String,
-    /// Largest accepted body, default 1 MiB; larger → 413.
-    #[serde(default = "default_webhook_body")]
-    pub max_body_bytes: usize,
-}
-
-fn default_signature_header() -> String {
-    "X-Signature".into()
-}
-
-fn default_webhook_body() -> usize {
-    1 << 20
-}
-
 pub(super) fn default_rps() -> u32 {
     5
 }
@@ -645,26 +617,7 @@ impl RestSourceConfig {
             })?;
         }
         self.validate_oauth(&pointer)?;
-        if let Some(webhook) = &self.webhook {
-            HeaderName::from_bytes(webhook.signature_header.as_bytes()).map_err(|_| {
-                RestConfigError::new("webhook.signature_header", "not a valid header name")
-            })?;
-            let given = usize::from(webhook.secret.is_some())
-                + usize::from(webhook.secret_env.is_some())
-                + usize::from(webhook.secret_file.is_some());
-            if given != 1 {
-                return Err(RestConfigError::new(
-                    "webhook.secret",
-                    "set exactly one of webhook.secret, webhook.secret_env, webhook.secret_file",
-                ));
-            }
-            if webhook.max_body_bytes == 0 {
-                return Err(RestConfigError::new(
-                    "webhook.max_body_bytes",
-                    "expected a whole number above 0",
-                ));
-            }
-        }
+        self.validate_webhook(&pointer)?;
         if let Some(update) = &self.update {
             for (key, path) in [
                 ("update.path", Some(&update.path)),

@@ -17,27 +17,32 @@
 //! One file per concern: `config` (the table), `auth` (credentials), `http` (one exchange with
 //! retries), `paging` (the list call), `records` (JSON → `SourceRecord`), `pointer` (editing
 //! JSON records), `write` (write-back), `versions` (records as read, to detect edits before a
-//! write). This file holds the adapter itself.
+//! write), `webhook` (the `[source.rest.webhook]` settings), `named` (reading only the records
+//! a CRM webhook names). This file holds the adapter itself.
 
 mod auth;
 mod config;
 mod http;
+mod named;
 mod oauth;
 mod paging;
 mod pointer;
 mod records;
 mod versions;
+mod webhook;
 mod write;
 
 pub use config::{
     ArrayFieldConfig, AuthConfig, AuthKind, DEFAULT_FULL_READ_EVERY, OAuthGrant, OAuthStyle,
     PagingConfig, PagingStyle, ParamValue, RestConfigError, RestSourceConfig, SinceFormat,
-    UPDATED_SINCE_PLACEHOLDER, UpdateConfig, UpdateMethod, WebhookConfig,
+    UPDATED_SINCE_PLACEHOLDER, UpdateConfig, UpdateMethod,
 };
 pub use http::redact_url;
+pub use named::{MAX_NAMED_IDS, NoticeIds};
 pub use paging::next_link;
 pub use pointer::set_pointer;
 pub use records::{parse_time, value_text};
+pub use webhook::WebhookConfig;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +70,8 @@ pub struct RestSource {
     full_read_due: AtomicBool,
     /// `[source.rest.webhook]` with its secret resolved.
     webhook: Option<WebhookSettings>,
+    /// Ids named by CRM webhooks, waiting for the next read.
+    named: named::NamedReads,
 }
 
 /// The CRM webhook's settings, secret resolved (never shown by `Debug`).
@@ -134,6 +141,7 @@ impl RestSource {
             retry,
             versions: versions::ReadVersions::default(),
             full_read_due: AtomicBool::new(false),
+            named: named::NamedReads::default(),
             config,
         })
     }

@@ -58,8 +58,8 @@ impl RestSource {
         Ok(url)
     }
 
-    /// Streams every record (or those changed since `request.since` when incremental reads are
-    /// configured) into `tx`. `complete` is false for incremental reads.
+    /// The list read: streams every record (or those changed since `request.since` when
+    /// incremental reads are configured) into `tx`. `complete` is false for incremental reads.
     ///
     /// An id listed twice in one read (offset paging while the CRM is edited) is emitted once:
     /// the first copy, since it is already on its way when the repeat arrives. The read is then
@@ -67,7 +67,7 @@ impl RestSource {
     /// inferred), and the next read is a full one, which picks up the content of a repeat that
     /// differed; write-back's pre-write check compares against the emitted copy, so it treats
     /// such a record as changed rather than overwrite the newer content.
-    pub async fn read(
+    pub(super) async fn read_list(
         &self,
         request: ReadRequest,
         tx: mpsc::Sender<SourceItem>,
