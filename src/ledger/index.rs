@@ -102,22 +102,27 @@ impl LedgerIndex {
             .map(move |at| &mut self.slots[at].entry)
     }
 
-    /// Sets the entry of `external_id`, adding the id when it is new.
+    /// Sets the entry of `external_id`, adding the id when it is new (one probe either way).
     pub fn insert(&mut self, external_id: &str, entry: IndexEntry) {
-        if let Some(existing) = self.get_mut(external_id) {
-            *existing = entry;
-            return;
-        }
-        let at = u32::try_from(self.slots.len()).expect("fewer than 4 billion records");
-        let len = u32::try_from(external_id.len()).expect("external ids are short");
-        let start = self.ids.len();
-        self.ids.push_str(external_id);
-        self.slots.push(Slot { start, len, entry });
         let hash = self.keys.hash_one(external_id);
-        let (ids, slots, keys) = (&self.ids, &self.slots, &self.keys);
-        self.table.insert_unique(hash, at, |&at| {
-            keys.hash_one(Self::id_of(ids, &slots[at as usize]))
-        });
+        let (ids, slots, keys) = (&self.ids, &mut self.slots, &self.keys);
+        match self.table.entry(
+            hash,
+            |&at| Self::id_of(ids, &slots[at as usize]) == external_id,
+            |&at| keys.hash_one(Self::id_of(ids, &slots[at as usize])),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(found) => {
+                slots[*found.get() as usize].entry = entry;
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                let at = u32::try_from(slots.len()).expect("fewer than 4 billion records");
+                let len = u32::try_from(external_id.len()).expect("external ids are short");
+                slot.insert(at);
+                let start = self.ids.len();
+                self.ids.push_str(external_id);
+                self.slots.push(Slot { start, len, entry });
+            }
+        }
     }
 
     /// Every record: (external id, entry), in load order.
