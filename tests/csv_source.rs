@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use chrono::{TimeZone, Utc};
 use quo_sync::config::{Config, SourceConfig, SourceKind};
 use quo_sync::domain::ExternalId;
+use quo_sync::ledger::fingerprint_digest;
 use quo_sync::mapping::{Mapper, example_workspace_defs};
 use quo_sync::source::csv::CsvSource;
 use quo_sync::source::{
-    BadRecord, CrmChange, ReadRequest, ReadSummary, SourceError, SourceItem, SourceRecord,
+    BadRecord, CrmChange, DigestedItem, ReadRequest, ReadSummary, SourceError, SourceItem,
+    SourceRecord,
 };
 use tokio::sync::mpsc;
 
@@ -673,5 +675,78 @@ async fn write_back_around_multiline_fields_and_blank_lines_crlf() {
         report.failed[0].1.contains("contacts.csv line 6"),
         "{:?}",
         report.failed
+    );
+}
+
+/// The no-change fast path (cells fingerprinted on the reader thread, a record built only on
+/// demand from the batch's store) yields exactly what the plain read yields, across batches.
+#[tokio::test]
+async fn a_digested_read_builds_the_same_records_and_fingerprints_as_a_plain_read() {
+    let config = Config::load(Path::new(EXAMPLE_CONFIG)).expect("example config loads");
+    let mapper = Mapper::new(&config.mapping, &example_workspace_defs()).expect("mapper builds");
+    let mut csv = String::from(
+        "crm_id,first_name,last_name,email,phone,company,lead_score,first_name,updated_at\n",
+    );
+    // More rows than one batch (512), with quoting, commas, Unicode, padding, a repeated
+    // column, an empty cell, CRLF endings and a bad row in the middle.
+    for n in 0..1300 {
+        match n % 5 {
+            0 => csv.push_str(&format!(
+                "c{n},\"Ada, {n}\",Lovelace,ada{n}@example.com,+1 415 555 {:04},\"Acme \"\"Q\"\"\",{n},Shadow,2026-03-01T10:00:00Z\n",
+                n % 10000
+            )),
+            1 => csv.push_str(&format!("c{n}, Zoë ,Ångström ,,,,,,\r\n")),
+            2 => csv.push_str(&format!(
+                "c{n},\"multi\nline\",X,x{n}@example.com,,Co,1,,2026-03-01\n"
+            )),
+            3 if n == 503 => csv.push_str("c503,too,few\n"),
+            _ => csv.push_str(&format!("c{n},B{n},C,,,,,,\n")),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, "contacts.csv", csv.as_bytes());
+    let source = CsvSource::new(&source_config(&path));
+    let (plain, plain_bad, _) = read_all(&source).await;
+
+    let (tx, mut rx) = mpsc::channel(2);
+    let collect = async {
+        let mut batches = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            batches.push(batch);
+        }
+        batches
+    };
+    let (summary, batches) = tokio::join!(
+        source.read_digested(mapper.raw_fingerprint().clone(), tx),
+        collect
+    );
+    summary.expect("digested read succeeds");
+    assert!(batches.len() >= 3, "the rows span several batches");
+    let (mut built, mut bad) = (Vec::new(), Vec::new());
+    for item in batches.into_iter().flatten() {
+        match item {
+            DigestedItem::Row(row) => {
+                let digest = row.digest;
+                let record = row.into_record();
+                assert_eq!(
+                    digest,
+                    fingerprint_digest(&mapper.fingerprint(&record)),
+                    "{}",
+                    record.location
+                );
+                built.push(record);
+            }
+            DigestedItem::Item(SourceItem::Bad(b)) => bad.push(b),
+            DigestedItem::Item(SourceItem::Record(r)) => built.push(r),
+        }
+    }
+    assert_eq!(built.len(), 1299);
+    assert_eq!(built, plain);
+    assert_eq!(bad, plain_bad);
+    assert_eq!(bad.len(), 1);
+    assert_eq!(built[1].fields["first_name"], "Zoë");
+    assert_eq!(
+        built[0].fields["first_name"], "Ada, 0",
+        "the first of a repeated column wins"
     );
 }

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use ::csv::{ByteRecord, ReaderBuilder};
@@ -529,6 +529,7 @@ fn read_file(layout: &Layout, sink: Sink<'_>) -> Result<(ReadSummary, Fingerprin
                 let plan = plan.get_or_insert_with(|| DigestPlan::new(layout, header, fingerprint));
                 batch.push(plan.item(layout, header, &record, line, &mut seen));
                 if batch.len() == BATCH {
+                    plan.seal();
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                     tx.blocking_send(full).map_err(|_| SourceError::Cancelled)?;
                 }
@@ -538,6 +539,9 @@ fn read_file(layout: &Layout, sink: Sink<'_>) -> Result<(ReadSummary, Fingerprin
     if let Sink::Digested { tx, .. } = sink
         && !batch.is_empty()
     {
+        if let Some(plan) = plan.as_mut() {
+            plan.seal();
+        }
         tx.blocking_send(batch)
             .map_err(|_| SourceError::Cancelled)?;
     }
@@ -635,12 +639,24 @@ fn check(
 
 /// The row's cells by column name (the first column of a repeated name wins), trimmed.
 fn fields_of(names: &[String], record: &ByteRecord) -> BTreeMap<String, String> {
+    fields_from(
+        names,
+        record
+            .iter()
+            .map(|raw| std::str::from_utf8(raw).unwrap_or_default()),
+    )
+}
+
+/// `fields_of` over cells already read as text.
+fn fields_from<'a>(
+    names: &[String],
+    cells: impl Iterator<Item = &'a str>,
+) -> BTreeMap<String, String> {
     let mut fields = BTreeMap::new();
-    for (name, raw) in names.iter().zip(record.iter()) {
-        let value = std::str::from_utf8(raw).unwrap_or_default().trim();
+    for (name, value) in names.iter().zip(cells) {
         fields
             .entry(name.clone())
-            .or_insert_with(|| value.to_string());
+            .or_insert_with(|| value.trim().to_string());
     }
     fields
 }
@@ -676,10 +692,13 @@ fn row_updated_at(
 /// no-change read are only compared by digest and never built.
 #[derive(Debug)]
 pub struct RawRow {
-    record: ByteRecord,
+    /// The batch's cells, filled in before the batch leaves the reader.
+    store: Arc<OnceLock<RowStore>>,
+    /// This row's cells: `ends[cells]` in the store.
+    cells: std::ops::Range<u32>,
+    /// Where the row's first cell starts in the store's text.
+    start: u32,
     line: u64,
-    names: Arc<[String]>,
-    file: Arc<str>,
 }
 
 impl RawRow {
@@ -689,26 +708,62 @@ impl RawRow {
         external_id: ExternalId,
         updated_at: Option<DateTime<Utc>>,
     ) -> SourceRecord {
+        let store = self
+            .store
+            .get()
+            .expect("a batch's store is sealed before it is sent");
+        let ends = &store.ends[self.cells.start as usize..self.cells.end as usize];
+        let starts = std::iter::once(self.start).chain(ends.iter().copied());
+        let cells = starts
+            .zip(ends)
+            .map(|(from, &to)| &store.text[from as usize..to as usize]);
         SourceRecord {
             external_id,
-            fields: fields_of(&self.names, &self.record),
+            fields: fields_from(&store.names, cells),
             updated_at,
-            location: format!("{} line {}", self.file, self.line),
+            location: format!("{} line {}", store.file, self.line),
+        }
+    }
+}
+
+/// The cells of one batch of rows, end to end in one string (every kept row is valid UTF-8):
+/// one allocation per batch where a copy of each row cost three.
+#[derive(Debug)]
+struct RowStore {
+    text: String,
+    /// Each cell's end offset in `text`.
+    ends: Vec<u32>,
+    names: Arc<[String]>,
+    file: Arc<str>,
+}
+
+impl RowStore {
+    /// An empty store sized like `like` (the previous batch's), so it rarely regrows.
+    fn new(names: &Arc<[String]>, file: &Arc<str>, like: Option<&RowStore>) -> Self {
+        Self {
+            text: String::with_capacity(like.map_or(0, |s| s.text.len())),
+            ends: Vec::with_capacity(like.map_or(0, |s| s.ends.len())),
+            names: Arc::clone(names),
+            file: Arc::clone(file),
         }
     }
 }
 
 /// What a fingerprinting read needs beside the header: the fingerprint, the column of each
-/// fingerprinted field (the first of its name), and the shared parts of every `RawRow`.
+/// fingerprinted field (the first of its name), and the store the current batch's rows go to.
 struct DigestPlan<'a> {
     fingerprint: &'a RawFingerprint,
     columns: Vec<Option<usize>>,
-    names: Arc<[String]>,
-    file: Arc<str>,
+    /// The current batch's cells, being filled.
+    store: RowStore,
+    /// Where the current batch's rows will find `store` once it is sealed.
+    sealed: Arc<OnceLock<RowStore>>,
 }
 
 impl<'a> DigestPlan<'a> {
     fn new(layout: &Layout, header: &Header, fingerprint: &'a RawFingerprint) -> Self {
+        let names: Arc<[String]> = header.names.clone().into();
+        let file: Arc<str> = layout.name().into();
         Self {
             fingerprint,
             columns: fingerprint
@@ -716,14 +771,24 @@ impl<'a> DigestPlan<'a> {
                 .iter()
                 .map(|name| header.index.get(name).copied())
                 .collect(),
-            names: header.names.clone().into(),
-            file: layout.name().into(),
+            store: RowStore::new(&names, &file, None),
+            sealed: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Hands the current batch's cells to its rows; the next rows go to a fresh store.
+    fn seal(&mut self) {
+        let next = RowStore::new(&self.store.names, &self.store.file, Some(&self.store));
+        let full = std::mem::replace(&mut self.store, next);
+        let sealed = std::mem::replace(&mut self.sealed, Arc::new(OnceLock::new()));
+        sealed
+            .set(full)
+            .expect("a store is sealed once, with its batch");
     }
 
     /// A row as a digested item (or a quarantined one).
     fn item(
-        &self,
+        &mut self,
         layout: &Layout,
         header: &Header,
         record: &ByteRecord,
@@ -731,14 +796,14 @@ impl<'a> DigestPlan<'a> {
         seen: &mut SeenIds,
     ) -> DigestedItem {
         let text = row_text(record);
-        let id = match check(layout, header, record, text, line, seen) {
-            Ok(id) => id,
+        let (id, text) = match check(layout, header, record, text, line, seen) {
+            Ok(id) => (id, text.expect("a usable row is valid UTF-8")),
             Err(bad) => return DigestedItem::Item(SourceItem::Bad(bad)),
         };
-        // `check` passed, so `text` is the whole row; trimmed as `fields_of` trims.
+        // Trimmed as `fields_from` trims.
         let digest = self.fingerprint.digest(|i| {
             self.columns[i]
-                .and_then(|c| text.and_then(|t| t.get(record.range(c)?)))
+                .and_then(|c| text.get(record.range(c)?))
                 .map(str::trim)
                 .unwrap_or_default()
         });
@@ -746,13 +811,27 @@ impl<'a> DigestPlan<'a> {
             external_id: id,
             digest,
             updated_at: row_updated_at(layout, header, record, line),
-            raw: RawRow {
-                record: record.clone(),
-                line,
-                names: Arc::clone(&self.names),
-                file: Arc::clone(&self.file),
-            },
+            raw: self.keep(record, text, line),
         })
+    }
+
+    /// Copies a usable row's cells into the batch's store.
+    fn keep(&mut self, record: &ByteRecord, text: &str, line: u64) -> RawRow {
+        let store = &mut self.store;
+        let offset = |n: usize| u32::try_from(n).expect("a batch's text stays under 4 GiB");
+        let start = offset(store.text.len());
+        let first = offset(store.ends.len());
+        store.text.push_str(text);
+        for i in 0..record.len() {
+            let end = record.range(i).map_or(0, |r| r.end);
+            store.ends.push(start + offset(end));
+        }
+        RawRow {
+            store: Arc::clone(&self.sealed),
+            cells: first..offset(store.ends.len()),
+            start,
+            line,
+        }
     }
 }
 
