@@ -24,7 +24,7 @@ use crate::source::{
 
 /// Batches (of up to 512 rows) the source may read ahead of the planner: deep enough that the
 /// file is parsed and fingerprinted while the ledger index loads.
-const READ_AHEAD_BATCHES: usize = 128;
+const READ_AHEAD_BATCHES: usize = 256;
 
 /// What the read left for the settle phase.
 pub(super) struct ReadOutcome {
