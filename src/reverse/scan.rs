@@ -136,14 +136,10 @@ pub async fn scan(
                 progress.notices += note_missing(ledger, &scan_id).await?;
                 finish_pass(ledger).await?;
                 progress.complete = true;
-                info!(
-                    event = "quo_scanned",
-                    pages = progress.pages,
-                    contacts = progress.contacts,
-                    notices = progress.notices,
-                    orphans = progress.orphans,
-                    "scan pass complete"
-                );
+                if max_pages.is_none() {
+                    // A paged caller sees only its last slice here; it logs the pass itself.
+                    log_pass(&progress, None);
+                }
                 return Ok(progress);
             }
         }
@@ -217,6 +213,30 @@ async fn note_missing(ledger: &Ledger, scan_id: &str) -> Result<u64, IntakeError
     Ok(notices)
 }
 
+/// The `quo_scanned` line for a complete pass (`seconds`: since the pass started in this process).
+fn log_pass(pass: &ScanProgress, seconds: Option<f64>) {
+    info!(
+        event = "quo_scanned",
+        pages = pass.pages,
+        contacts = pass.contacts,
+        notices = pass.notices,
+        orphans = pass.orphans,
+        seconds,
+        "scan pass complete"
+    );
+}
+
+impl ScanProgress {
+    /// Adds one slice of a pass to the pass's totals.
+    fn add(&mut self, slice: &ScanProgress) {
+        self.pages += slice.pages;
+        self.contacts += slice.contacts;
+        self.notices += slice.notices;
+        self.orphans += slice.orphans;
+        self.complete = slice.complete;
+    }
+}
+
 async fn finish_pass(ledger: &Ledger) -> Result<(), IntakeError> {
     restart_pass(ledger).await?;
     ledger
@@ -241,14 +261,25 @@ pub async fn run_scanner(
     cancel: CancellationToken,
 ) {
     let idle = interval.clamp(Duration::from_millis(50), Duration::from_secs(30));
+    // The pass's totals in this process (a resumed pass counts from the restart).
+    let mut pass = ScanProgress::default();
+    let mut pass_started = std::time::Instant::now();
     loop {
+        if pass.pages == 0 {
+            pass_started = std::time::Instant::now();
+        }
         let wait = match due(&ledger, interval).await {
             Ok(true) => match scan(&ledger, &client, Some(1), &cancel).await {
                 Ok(progress) => {
+                    pass.add(&progress);
                     if progress.notices > 0 {
                         wake.notify_one();
                     }
                     if progress.complete {
+                        if pass.pages > 0 {
+                            log_pass(&pass, Some(pass_started.elapsed().as_secs_f64()));
+                        }
+                        pass = ScanProgress::default();
                         idle
                     } else {
                         Duration::ZERO
