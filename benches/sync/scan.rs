@@ -8,7 +8,8 @@
 //! - `requests`: list pages the pass took (the scanner's own count in its `quo_scanned` line),
 //!   against `min_requests` = ⌈n ÷ 50⌉ (Quo's largest page);
 //! - `seconds`: the pass's wall time, and `seconds_over_limit` = seconds × rate ÷ requests
-//!   (1.0: every permit of the limit used);
+//!   (1.0: the scan had every permit; the edits' requests push it up), `limit_used` = all
+//!   requests the service sent ÷ (seconds × rate);
 //! - `write_delay_ms`: the median (and max) time from a CSV edit to its PATCH in the sandbox,
 //!   for `EDITS` edits spread evenly over the pass's expected length.
 //!
@@ -286,6 +287,10 @@ async fn scan_with_edits(n: u64, rate: u32) -> Value {
         "requests_over_min": requests as f64 / min_requests as f64,
         "seconds": seconds,
         "seconds_over_limit": seconds * f64::from(rate) / requests.max(1) as f64,
+        // Every request the service sent (the edits' reads and PATCHes, the first cycle's field
+        // read) against the permits of the pass: how much of the limit was used in all.
+        "requests_all": stats.requests_total,
+        "limit_used": stats.requests_total as f64 / (seconds * f64::from(rate)).max(f64::EPSILON),
         "contacts_listed": scanned["contacts"],
         "notices": scanned["notices"],
         "write_delay_ms": sorted.get(sorted.len() / 2),
