@@ -188,3 +188,63 @@ async fn a_scan_killed_mid_pass_resumes_from_its_page_token() {
     assert_eq!(line["notices"], 0, "nothing changed in Quo");
     assert!(token().await.is_none(), "a finished pass clears its token");
 }
+
+/// A contact the pass listed before the ledger linked it (a create committed while the pass
+/// ran) is not "missing" at the end of the pass: it was listed, only too early to be marked.
+#[tokio::test]
+async fn a_contact_linked_while_the_pass_ran_is_not_called_missing() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(120)),
+        SandboxConfig::default(),
+        "[reverse]\npoll_interval = \"0s\"\n",
+    )
+    .await;
+    app.cycle().await;
+    // s-2 (on the first of 3 pages) is unlinked while page 1 is listed and linked again while
+    // the slow later pages are fetched.
+    let id = quo_sync::domain::ExternalId::parse("s-2").unwrap();
+    let row = app.row("s-2").await;
+    app.ledger().forget(&id).await.unwrap();
+    app.sandbox.set_latency(Duration::from_millis(150));
+    let (ledger, client) = (app.ledger().clone(), app.ctx.client.clone());
+    let pass = tokio::spawn(async move {
+        let stop = CancellationToken::new();
+        quo_sync::reverse::scan::scan(&ledger, &client, None, &stop).await
+    });
+    wait_for("page 1 noted", Duration::from_secs(10), async || {
+        app.ledger()
+            .debug_query_i64(
+                "SELECT COUNT(*) FROM records WHERE scan_seen IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            >= 49
+    })
+    .await;
+    app.ledger()
+        .commit_synced(quo_sync::ledger::SyncedRecord {
+            external_id: &id,
+            quo_id: row.quo_id.as_ref().unwrap(),
+            source_fingerprint: row.source_fingerprint.as_deref(),
+            snapshot: row.snapshot.as_ref().unwrap(),
+            contact: row.quo_contact.as_ref().unwrap(),
+            crm_updated_at: row.crm_updated_at.clone(),
+        })
+        .await
+        .unwrap();
+    let progress = pass.await.unwrap().unwrap();
+    assert!(progress.complete);
+    assert!(
+        progress.pages == 3 && progress.orphans == 1,
+        "s-2 was listed before it was linked: {progress:?}"
+    );
+    assert_eq!(progress.notices, 0, "nothing changed or went missing");
+    assert_eq!(
+        app.ledger()
+            .debug_query_i64("SELECT COUNT(*) FROM inbox", &[])
+            .await
+            .unwrap(),
+        0
+    );
+}
