@@ -6,7 +6,9 @@
 //! - a no-change cycle over 100,000 and 1,000,000 CSV rows, run by the real binary: wall time and
 //!   peak RSS;
 //! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling;
-//! - failover (`ha`, `sync/ha.rs`): time for a standby to take over from a killed or paused leader.
+//! - failover (`ha`, `sync/ha.rs`): time for a standby to take over from a killed or paused leader;
+//! - reverse scans (`scan`, `sync/scan.rs`): one pass over 10,000 and 100,000 contacts at 10/s,
+//!   and the delay of CRM edits made meanwhile (`reverse.scan_<n>`).
 //!
 //! Environment: `QUO_SYNC_BENCH_RATE` (limit used for the load, default 20/s to keep it short),
 //! `QUO_SYNC_BENCH_RECORDS` (default 400), `QUO_SYNC_BENCH_ROWS` (comma list, default
@@ -32,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 mod crm;
 #[path = "sync/ha.rs"]
 mod ha;
+#[path = "sync/scan.rs"]
+mod scan;
 
 const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
@@ -436,6 +440,13 @@ fn main() {
             eprintln!("crm_to_quo: {crm}");
             figures.insert("crm_to_quo".into(), crm);
         }
+        if wanted("scan") {
+            // Beside the `reverse` section's figures, in the same object.
+            let reverse = figures.entry("reverse").or_insert_with(|| json!({}));
+            for (key, value) in scan::scans().await {
+                reverse[key] = value;
+            }
+        }
         // New sections: `#[path = "sync/<name>.rs"] mod <name>;` plus one `if wanted(..)` here.
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
         // A partial run (QUO_SYNC_BENCH_ONLY) keeps the other sections of the last full run.
@@ -444,8 +455,19 @@ fn main() {
                 .map_err(|_| ())
                 .and_then(|b| serde_json::from_slice(&b).map_err(|_| ()))
         {
+            // One level deep: a section that shares an object (`reverse`) keeps the others' keys.
             for (key, value) in previous {
-                figures.entry(key).or_insert(value);
+                match (figures.get_mut(&key), value) {
+                    (None, value) => {
+                        figures.insert(key, value);
+                    }
+                    (Some(Value::Object(now)), Value::Object(before)) => {
+                        for (k, v) in before {
+                            now.entry(k).or_insert(v);
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
         let figures = Value::Object(figures);

@@ -528,8 +528,10 @@ impl Ledger {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // `state` is checked below, not in SQL: with it there, SQLite walks the `state` index,
+        // i.e. every synced row, on every page of a scan.
         let select = format!(
-            "SELECT quo_id, quo_updated_at FROM records WHERE state = 'synced' AND quo_id IN ({})",
+            "SELECT quo_id, quo_updated_at, state FROM records WHERE quo_id IN ({})",
             marks(1)
         );
         // $1 is the scan id; the ids follow.
@@ -539,11 +541,16 @@ impl Ledger {
         );
         let known = on_pool!(&self.pool, |p| {
             let query = sqlx::query_as(sqlx::AssertSqlSafe(select));
-            let known: Vec<(String, Option<String>)> = quo_ids
+            let rows: Vec<(String, Option<String>, String)> = quo_ids
                 .iter()
                 .fold(query, |q, id| q.bind(*id))
                 .fetch_all(p)
                 .await?;
+            let known: Vec<(String, Option<String>)> = rows
+                .into_iter()
+                .filter(|(_, _, state)| state == "synced")
+                .map(|(quo_id, updated_at, _)| (quo_id, updated_at))
+                .collect();
             let query = sqlx::query(sqlx::AssertSqlSafe(update)).bind(scan_id);
             quo_ids
                 .iter()

@@ -9,7 +9,8 @@
 //! limit while writes wait ([`crate::quo::limiter`]), instead of in front of every cycle.
 //!
 //! Absence is not deletion: a linked contact that a complete pass did not list becomes a
-//! "missing" notice, and only the fetch by id that follows (a 404) can call it deleted.
+//! "missing" notice, and only the fetch by id that follows (a 404) can call it deleted. A contact
+//! linked while the pass ran (an initial load racing it) waits for the next pass instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub const LAST_SCAN: &str = "reverse.last_scan_at";
 const SCAN_ID: &str = "reverse.scan_id";
 /// Meta key: the running pass's next page token.
 const SCAN_TOKEN: &str = "reverse.scan_token";
+/// Meta key: when the running pass started. A contact created after it, or listed before the
+/// ledger linked it (creates racing the pass), is not called missing until the next pass.
+const SCAN_STARTED: &str = "reverse.scan_started_at";
 /// Event type of a "listed nowhere in a complete pass" notice.
 pub const MISSING: &str = "contact.missing_from_scan";
 
@@ -71,6 +75,22 @@ pub async fn scan(
     max_pages: Option<u32>,
     stop: &CancellationToken,
 ) -> Result<ScanProgress, IntakeError> {
+    scan_with(ledger, client, max_pages, stop, |_| {}).await
+}
+
+/// [`scan`], calling `on_page` with each page's own counts once its notices are stored.
+///
+/// The next page is requested while this one's notices are written (its token is in the
+/// answer), so the ledger's time hides behind Quo's round trip instead of adding to it; the
+/// token is stored only after the notices, so a restart never skips a page.
+pub async fn scan_with(
+    ledger: &Ledger,
+    client: &QuoClient,
+    max_pages: Option<u32>,
+    stop: &CancellationToken,
+    mut on_page: impl FnMut(&ScanProgress),
+) -> Result<ScanProgress, IntakeError> {
+    let started = std::time::Instant::now();
     let mut progress = ScanProgress::default();
     let linked = ledger.linked_count().await?;
     if linked == 0 {
@@ -84,17 +104,24 @@ pub async fn scan(
         Some(id) => id,
         None => {
             let id = uuid::Uuid::new_v4().to_string();
+            ledger
+                .set_meta(SCAN_STARTED, &chrono::Utc::now().to_rfc3339())
+                .await?;
             ledger.set_meta(SCAN_ID, &id).await?;
             id
         }
     };
+    let more_allowed = |pages: u32| !stop.is_cancelled() && max_pages.is_none_or(|m| pages < m);
     let mut token = ledger.meta(SCAN_TOKEN).await?;
     let mut tokens = crate::quo::client::PageTokens::default();
+    // Listed before the ledger linked them (a create racing the pass): not missing at the end.
+    let mut unlinked_when_listed = std::collections::HashSet::new();
+    if !more_allowed(0) {
+        return Ok(progress);
+    }
+    let mut answer = client.list_page(token.as_deref()).await;
     loop {
-        if stop.is_cancelled() || max_pages.is_some_and(|m| progress.pages >= m) {
-            return Ok(progress);
-        }
-        let page = match client.list_page(token.as_deref()).await {
+        let page = match answer {
             Ok(page) => page,
             Err(QuoError::Rejected { status: 400, .. }) if token.is_some() => {
                 // The token expired or was refused: start the pass over rather than stall.
@@ -107,7 +134,6 @@ pub async fn scan(
             }
             Err(e) => return Err(e.into()),
         };
-        progress.pages += 1;
         let mut listed: Vec<(String, Option<String>)> = page
             .contacts
             .iter()
@@ -119,46 +145,69 @@ pub async fn scan(
                 .iter()
                 .filter_map(|u| u.quo_id.clone().map(|id| (id, None))),
         );
-        progress.contacts += listed.len() as u64;
-        let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
-        progress.notices += notices;
-        progress.orphans += orphans;
-        match page.next_page_token {
-            Some(next) => {
-                if let Err(e) = tokens.next("GET /v1/contacts", &next) {
-                    restart_pass(ledger).await?;
-                    return Err(e.into());
-                }
-                ledger.set_meta(SCAN_TOKEN, &next).await?;
-                token = Some(next);
-            }
-            None => {
-                progress.notices += note_missing(ledger, &scan_id).await?;
-                finish_pass(ledger).await?;
-                progress.complete = true;
-                info!(
-                    event = "quo_scanned",
-                    pages = progress.pages,
-                    contacts = progress.contacts,
-                    notices = progress.notices,
-                    orphans = progress.orphans,
-                    "scan pass complete"
-                );
-                return Ok(progress);
-            }
+        let Some(next) = page.next_page_token else {
+            let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
+            let mut slice = ScanProgress {
+                pages: 1,
+                contacts: listed.len() as u64,
+                notices,
+                orphans: orphans.len() as u64,
+                complete: false,
+            };
+            unlinked_when_listed.extend(orphans);
+            slice.notices += note_missing(ledger, &scan_id, &unlinked_when_listed).await?;
+            finish_pass(ledger).await?;
+            on_page(&slice);
+            progress.add(&slice);
+            progress.complete = true;
+            log_pass(&progress, started.elapsed().as_secs_f64());
+            return Ok(progress);
+        };
+        if let Err(e) = tokens.next("GET /v1/contacts", &next) {
+            restart_pass(ledger).await?;
+            return Err(e.into());
+        }
+        let store = async {
+            let noted = note_page(ledger, &scan_id, &listed).await?;
+            ledger.set_meta(SCAN_TOKEN, &next).await?;
+            Ok::<_, IntakeError>(noted)
+        };
+        let prefetch = more_allowed(progress.pages + 1);
+        let (noted, next_answer) = if prefetch {
+            let (noted, next_answer) = tokio::join!(store, client.list_page(Some(&next)));
+            (noted, Some(next_answer))
+        } else {
+            (store.await, None)
+        };
+        let (notices, orphans) = noted?;
+        let slice = ScanProgress {
+            pages: 1,
+            contacts: listed.len() as u64,
+            notices,
+            orphans: orphans.len() as u64,
+            complete: false,
+        };
+        unlinked_when_listed.extend(orphans);
+        on_page(&slice);
+        progress.add(&slice);
+        token = Some(next);
+        match next_answer {
+            Some(next_answer) if !stop.is_cancelled() => answer = next_answer,
+            // Stopped or out of pages: the next call starts from the stored token.
+            _ => return Ok(progress),
         }
     }
 }
 
 /// Marks one page's linked contacts as listed and writes a notice for each whose `updatedAt`
-/// moved (or is unknown). Returns (notices, orphans).
+/// moved (or is unknown). Returns the notices and the listed contacts the ledger does not link.
 async fn note_page(
     ledger: &Ledger,
     scan_id: &str,
     listed: &[(String, Option<String>)],
-) -> Result<(u64, u64), IntakeError> {
+) -> Result<(u64, Vec<String>), IntakeError> {
     if listed.is_empty() {
-        return Ok((0, 0));
+        return Ok((0, Vec::new()));
     }
     let ids: Vec<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
     let known: std::collections::HashMap<String, Option<String>> = ledger
@@ -166,10 +215,10 @@ async fn note_page(
         .await?
         .into_iter()
         .collect();
-    let (mut notices, mut orphans) = (0, 0);
+    let (mut notices, mut orphans) = (0, Vec::new());
     for (quo_id, updated_at) in listed {
         let Some(stored) = known.get(quo_id) else {
-            orphans += 1;
+            orphans.push(quo_id.clone());
             continue;
         };
         if updated_at.is_some() && updated_at == stored {
@@ -192,8 +241,34 @@ async fn note_page(
 }
 
 /// At the end of a complete pass: a notice for every linked contact it did not list.
-async fn note_missing(ledger: &Ledger, scan_id: &str) -> Result<u64, IntakeError> {
-    let missing = ledger.scan_unseen(scan_id).await?;
+async fn note_missing(
+    ledger: &Ledger,
+    scan_id: &str,
+    unlinked_when_listed: &std::collections::HashSet<String>,
+) -> Result<u64, IntakeError> {
+    let unseen = ledger.scan_unseen(scan_id).await?;
+    let started = ledger.meta_time(SCAN_STARTED).await?;
+    let mut missing = Vec::with_capacity(unseen.len());
+    let mut deferred = 0u64;
+    for quo_id in unseen {
+        let late = match started {
+            _ if unlinked_when_listed.contains(&quo_id) => true,
+            Some(started) => created_after(ledger, &quo_id, started).await?,
+            None => false,
+        };
+        if late {
+            deferred += 1;
+        } else {
+            missing.push(quo_id);
+        }
+    }
+    if deferred > 0 {
+        info!(
+            event = "scan_missing_deferred",
+            contacts = deferred,
+            "contacts linked while the pass ran are not called missing until the next pass"
+        );
+    }
     let mut notices = 0;
     for quo_id in &missing {
         let event_id = format!("scan:{scan_id}:missing:{quo_id}");
@@ -217,6 +292,47 @@ async fn note_missing(ledger: &Ledger, scan_id: &str) -> Result<u64, IntakeError
     Ok(notices)
 }
 
+/// The `quo_scanned` line for a complete pass (`pages`, `seconds`: those of the call that
+/// finished it; a pass resumed after a restart counts from the restart).
+fn log_pass(pass: &ScanProgress, seconds: f64) {
+    info!(
+        event = "quo_scanned",
+        pages = pass.pages,
+        contacts = pass.contacts,
+        notices = pass.notices,
+        orphans = pass.orphans,
+        seconds,
+        "scan pass complete"
+    );
+}
+
+impl ScanProgress {
+    /// Adds one slice of a pass to the pass's totals.
+    fn add(&mut self, slice: &ScanProgress) {
+        self.pages += slice.pages;
+        self.contacts += slice.contacts;
+        self.notices += slice.notices;
+        self.orphans += slice.orphans;
+        self.complete = slice.complete;
+    }
+}
+
+/// Whether the linked contact `quo_id` was created in Quo after `since` (by its stored copy;
+/// unknown: no).
+async fn created_after(
+    ledger: &Ledger,
+    quo_id: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, IntakeError> {
+    let created = ledger
+        .record_by_quo_id(quo_id)
+        .await?
+        .and_then(|row| row.quo_contact)
+        .and_then(|contact| contact.created_at)
+        .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok());
+    Ok(created.is_some_and(|at| at > since))
+}
+
 async fn finish_pass(ledger: &Ledger) -> Result<(), IntakeError> {
     restart_pass(ledger).await?;
     ledger
@@ -226,7 +342,9 @@ async fn finish_pass(ledger: &Ledger) -> Result<(), IntakeError> {
 }
 
 async fn restart_pass(ledger: &Ledger) -> Result<(), IntakeError> {
-    ledger.delete_meta(&[SCAN_ID, SCAN_TOKEN]).await?;
+    ledger
+        .delete_meta(&[SCAN_ID, SCAN_TOKEN, SCAN_STARTED])
+        .await?;
     Ok(())
 }
 
@@ -242,18 +360,15 @@ pub async fn run_scanner(
 ) {
     let idle = interval.clamp(Duration::from_millis(50), Duration::from_secs(30));
     loop {
+        let wake_on_notices = |page: &ScanProgress| {
+            if page.notices > 0 {
+                wake.notify_one();
+            }
+        };
         let wait = match due(&ledger, interval).await {
-            Ok(true) => match scan(&ledger, &client, Some(1), &cancel).await {
-                Ok(progress) => {
-                    if progress.notices > 0 {
-                        wake.notify_one();
-                    }
-                    if progress.complete {
-                        idle
-                    } else {
-                        Duration::ZERO
-                    }
-                }
+            // A whole pass per call: the ledger's pass state is read once, not once a page.
+            Ok(true) => match scan_with(&ledger, &client, None, &cancel, wake_on_notices).await {
+                Ok(_) => idle,
                 Err(IntakeError::Quo(e)) if e.is_fatal() => {
                     warn!(event = "scan_stopped", error = %e, "the scanner stops");
                     return;

@@ -1,0 +1,250 @@
+//! The reverse scan inside the service: it polls Quo on `reverse.poll_interval` without reading
+//! the CRM (the source is read on `schedule.interval` and on change signals only), and a pass
+//! cut short by a SIGKILL resumes from its stored page token in the next process.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{TestApp, csv, row};
+use quo_sync::config::Config;
+use quo_sync::ledger::Ledger;
+use quo_sync::sandbox::SandboxConfig;
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+use tokio_util::sync::CancellationToken;
+
+fn rows(n: u32) -> Vec<String> {
+    (1..=n).map(|i| row(&format!("s-{i}"), i)).collect()
+}
+
+/// Polls `check` every 10 ms until it holds or `deadline` passes.
+async fn wait_for(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within {deadline:?}");
+}
+
+/// `GET /v1/contacts` answers so far (scan pages; no other list runs in these tests).
+fn list_requests(app: &TestApp) -> u64 {
+    app.sandbox
+        .stats()
+        .by_route_status
+        .get("GET /v1/contacts 200")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Cycles recorded in the ledger: each one reads the source, and nothing else does.
+async fn cycles(app: &TestApp) -> usize {
+    app.ledger().recent_runs(1000).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn scan_polls_do_not_read_the_source_between_intervals() {
+    // 120 contacts: 3 pages per pass.
+    let app = TestApp::spawn_with(
+        &csv(&rows(120)),
+        SandboxConfig::default(),
+        "[schedule]\ninterval = \"1h\"\n[reverse]\npoll_interval = \"100ms\"\n",
+    )
+    .await;
+    let config = Config::load_with_env(&app.config_path, std::iter::empty()).unwrap();
+    let cancel = CancellationToken::new();
+    let mut ctx = app.ctx.clone();
+    ctx.cancel = cancel.clone();
+    let service =
+        tokio::spawn(async move { quo_sync::app::run_service(&ctx, &config, None).await });
+    wait_for("the initial load", Duration::from_secs(20), async || {
+        app.sandbox.contacts().len() == 120 && cycles(&app).await == 1
+    })
+    .await;
+
+    // Several complete passes over Quo (at least 4 × 3 pages) …
+    let listed = list_requests(&app);
+    wait_for("four scan passes", Duration::from_secs(20), async || {
+        list_requests(&app) >= listed + 12
+    })
+    .await;
+    // … and the CSV was read once, by the first cycle.
+    assert_eq!(cycles(&app).await, 1, "a scan poll started a cycle");
+
+    // What a pass finds still reaches the CRM: the notice wakes a cycle.
+    let quo_id = app.quo_id("s-77");
+    app.sandbox
+        .app_edit(
+            &quo_id,
+            json!({"defaultFields": {"lastName": "FoundByScan"}}),
+        )
+        .unwrap();
+    wait_for(
+        "the scan's find in the CSV",
+        Duration::from_secs(10),
+        async || app.csv_text().contains("FoundByScan"),
+    )
+    .await;
+    assert!(cycles(&app).await >= 2);
+
+    cancel.cancel();
+    service.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_scan_killed_mid_pass_resumes_from_its_page_token() {
+    // 300 contacts: 6 pages per pass. `poll_interval = 0s` here: the initial load runs no pass.
+    let app = TestApp::spawn_with(
+        &csv(&rows(300)),
+        SandboxConfig::default(),
+        "[reverse]\npoll_interval = \"0s\"\n",
+    )
+    .await;
+    assert_eq!(app.cycle().await.counts.created, 300);
+    let pages = 6;
+    // Slow pages, so the kill lands mid-pass.
+    app.sandbox.set_latency(Duration::from_millis(150));
+    app.sandbox.reset_stats();
+    let token = async || {
+        let ledger = Ledger::open(&app.dir.path().join("ledger.db"))
+            .await
+            .unwrap();
+        let token = ledger.meta("reverse.scan_token").await.unwrap();
+        ledger.close().await;
+        token
+    };
+    let run = || {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+            .args(["run", "--config"])
+            .arg(&app.config_path)
+            .env_remove("QUO_SYNC_CONFIG")
+            .env("QUO_SYNC__SCHEDULE__INTERVAL", "1h")
+            .env("QUO_SYNC__REVERSE__POLL_INTERVAL", "1h")
+            .env("QUO_SYNC__SOURCE__WATCH", "false")
+            .env("QUO_SYNC__LOG__FORMAT", "json")
+            .env("QUO_SYNC__LOG__LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn quo-sync");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(String::new());
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tx.send_modify(|log| log.push_str(&(line + "\n")));
+            }
+        });
+        (child, rx)
+    };
+
+    let (mut first, _log) = run();
+    wait_for("two scan pages", Duration::from_secs(20), async || {
+        list_requests(&app) >= 2
+    })
+    .await;
+    first.kill().await.unwrap(); // SIGKILL: no chance to tidy up
+    let listed_before_kill = list_requests(&app);
+    assert!(
+        listed_before_kill < pages,
+        "the kill came too late: {listed_before_kill} pages"
+    );
+    assert!(
+        token().await.is_some(),
+        "the killed pass left its page token in the ledger"
+    );
+
+    let (_second, log) = run();
+    let mut watch = log.clone();
+    let finished = tokio::time::timeout(
+        Duration::from_secs(30),
+        watch.wait_for(|log| log.contains("\"event\":\"quo_scanned\"")),
+    )
+    .await;
+    assert!(finished.is_ok(), "the resumed pass never finished");
+    let line: serde_json::Value = log
+        .borrow()
+        .lines()
+        .find(|l| l.contains("\"event\":\"quo_scanned\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    let resumed_pages = line["pages"].as_u64().unwrap();
+    // The second process listed only what was left (the page in flight at the kill may be
+    // listed again), and both together no more than one pass and one page.
+    assert!(
+        resumed_pages <= pages - listed_before_kill + 1,
+        "resumed pass listed {resumed_pages} pages after {listed_before_kill}"
+    );
+    assert!(
+        list_requests(&app) <= pages + 1,
+        "list requests in all: {}",
+        list_requests(&app)
+    );
+    assert_eq!(line["notices"], 0, "nothing changed in Quo");
+    assert!(token().await.is_none(), "a finished pass clears its token");
+}
+
+/// A contact the pass listed before the ledger linked it (a create committed while the pass
+/// ran) is not "missing" at the end of the pass: it was listed, only too early to be marked.
+#[tokio::test]
+async fn a_contact_linked_while_the_pass_ran_is_not_called_missing() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(120)),
+        SandboxConfig::default(),
+        "[reverse]\npoll_interval = \"0s\"\n",
+    )
+    .await;
+    app.cycle().await;
+    // s-2 (on the first of 3 pages) is unlinked while page 1 is listed and linked again while
+    // the slow later pages are fetched.
+    let id = quo_sync::domain::ExternalId::parse("s-2").unwrap();
+    let row = app.row("s-2").await;
+    app.ledger().forget(&id).await.unwrap();
+    app.sandbox.set_latency(Duration::from_millis(150));
+    let (ledger, client) = (app.ledger().clone(), app.ctx.client.clone());
+    let pass = tokio::spawn(async move {
+        let stop = CancellationToken::new();
+        quo_sync::reverse::scan::scan(&ledger, &client, None, &stop).await
+    });
+    wait_for("page 1 noted", Duration::from_secs(10), async || {
+        app.ledger()
+            .debug_query_i64(
+                "SELECT COUNT(*) FROM records WHERE scan_seen IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            >= 49
+    })
+    .await;
+    app.ledger()
+        .commit_synced(quo_sync::ledger::SyncedRecord {
+            external_id: &id,
+            quo_id: row.quo_id.as_ref().unwrap(),
+            source_fingerprint: row.source_fingerprint.as_deref(),
+            snapshot: row.snapshot.as_ref().unwrap(),
+            contact: row.quo_contact.as_ref().unwrap(),
+            crm_updated_at: row.crm_updated_at.clone(),
+        })
+        .await
+        .unwrap();
+    let progress = pass.await.unwrap().unwrap();
+    assert!(progress.complete);
+    assert!(
+        progress.pages == 3 && progress.orphans == 1,
+        "s-2 was listed before it was linked: {progress:?}"
+    );
+    assert_eq!(progress.notices, 0, "nothing changed or went missing");
+    assert_eq!(
+        app.ledger()
+            .debug_query_i64("SELECT COUNT(*) FROM inbox", &[])
+            .await
+            .unwrap(),
+        0
+    );
+}
