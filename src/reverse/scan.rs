@@ -147,13 +147,7 @@ pub async fn scan_with(
         );
         let Some(next) = page.next_page_token else {
             let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
-            let mut slice = ScanProgress {
-                pages: 1,
-                contacts: listed.len() as u64,
-                notices,
-                orphans: orphans.len() as u64,
-                complete: false,
-            };
+            let mut slice = ScanProgress::page(listed.len(), notices, orphans.len());
             unlinked_when_listed.extend(orphans);
             slice.notices += note_missing(ledger, &scan_id, &unlinked_when_listed).await?;
             finish_pass(ledger).await?;
@@ -180,13 +174,7 @@ pub async fn scan_with(
             (store.await, None)
         };
         let (notices, orphans) = noted?;
-        let slice = ScanProgress {
-            pages: 1,
-            contacts: listed.len() as u64,
-            notices,
-            orphans: orphans.len() as u64,
-            complete: false,
-        };
+        let slice = ScanProgress::page(listed.len(), notices, orphans.len());
         unlinked_when_listed.extend(orphans);
         on_page(&slice);
         progress.add(&slice);
@@ -307,6 +295,17 @@ fn log_pass(pass: &ScanProgress, seconds: f64) {
 }
 
 impl ScanProgress {
+    /// One listed page's slice of a pass.
+    fn page(contacts: usize, notices: u64, orphans: usize) -> Self {
+        ScanProgress {
+            pages: 1,
+            contacts: contacts as u64,
+            notices,
+            orphans: orphans as u64,
+            complete: false,
+        }
+    }
+
     /// Adds one slice of a pass to the pass's totals.
     fn add(&mut self, slice: &ScanProgress) {
         self.pages += slice.pages;
