@@ -3,7 +3,7 @@
 //!
 //! It is the only memory that grows with the CRM, so it is laid out flat: the ids live end to
 //! end in one string, the entries in one vector, and a hash table maps an id to its entry's
-//! position. A million records cost about 45 MB and three allocations, where a map of `String`
+//! position. A million records cost about 50 MB and three allocations, where a map of `String`
 //! keys cost 120 MB, a million allocations, and a cache miss more per lookup.
 
 use std::hash::BuildHasher;
