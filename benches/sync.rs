@@ -36,6 +36,8 @@ mod crm;
 mod ha;
 #[path = "sync/scan.rs"]
 mod scan;
+#[path = "sync/service.rs"]
+mod service;
 
 const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 

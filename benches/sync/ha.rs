@@ -7,55 +7,14 @@
 //!   on another machine that died or lost its network looks like): the standby must wait for the
 //!   lease to run out, so this is bounded by `lease_ms` plus one poll.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::service::Service;
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 
 const RECORDS: u64 = 200;
 const LEASE: Duration = Duration::from_secs(2);
-
-struct Replica {
-    child: tokio::process::Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Replica {
-    fn start(config: &Path) -> Replica {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env_remove("QUO_SYNC_CONFIG")
-            .env("QUO_SYNC__SCHEDULE__INTERVAL", "200ms")
-            .env("QUO_SYNC__LOG__FORMAT", "json")
-            .env("QUO_SYNC__LOG__LEVEL", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        Replica { child, log }
-    }
-
-    fn has(&self, event: &str) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .contains(&format!("\"event\":\"{event}\""))
-    }
-}
 
 async fn wait(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -86,8 +45,8 @@ async fn failover(pause: bool) -> (f64, f64, usize) {
         60,
         &format!("[ha]\nlease = \"{}s\"\n", LEASE.as_secs()),
     );
-    let a = Replica::start(&config);
-    let b = Replica::start(&config);
+    let a = Service::start(&config, &[("QUO_SYNC__SCHEDULE__INTERVAL", "200ms")]);
+    let b = Service::start(&config, &[("QUO_SYNC__SCHEDULE__INTERVAL", "200ms")]);
     wait("a leader", Duration::from_secs(20), || {
         a.has("leader_acquired") || b.has("leader_acquired")
     })

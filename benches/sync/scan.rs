@@ -22,9 +22,10 @@
 //! the scanner still asks for every permit and writes meet the strongest competition.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
+use super::service::Service;
 use quo_sync::config::Config;
 use quo_sync::domain::QuoContactId;
 use quo_sync::ledger::{Ledger, SyncedRecord};
@@ -33,7 +34,6 @@ use quo_sync::quo::types::Contact;
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
 use quo_sync::source::{ReadRequest, Source, SourceItem};
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 
 /// CSV edits made during each pass.
 const EDITS: usize = 5;
@@ -60,70 +60,6 @@ pub async fn scans() -> serde_json::Map<String, Value> {
         out.insert(format!("scan_{n}"), figures);
     }
     out
-}
-
-/// The real binary under `run`, its JSON log lines collected.
-struct Service {
-    child: tokio::process::Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Service {
-    fn start(config: &Path) -> Service {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env_remove("QUO_SYNC_CONFIG")
-            .env("QUO_SYNC__LOG__FORMAT", "json")
-            .env("QUO_SYNC__LOG__LEVEL", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Service { child, log }
-    }
-
-    /// The first log line with `"event": event`, parsed.
-    fn event(&self, event: &str) -> Option<Value> {
-        let needle = format!("\"event\":\"{event}\"");
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(&needle))
-            .and_then(|l| serde_json::from_str(l).ok())
-    }
-
-    async fn wait_for(&self, event: &str, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(line) = self.event(event) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "scan bench: no {event} within {within:?}; log tail: {:?}",
-                self.log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
 }
 
 /// Seeds the sandbox and the ledger as if every CSV row had been created and synced; returns the
@@ -233,7 +169,7 @@ async fn scan_with_edits(n: u64, rate: u32) -> Value {
     let seed_seconds = seed_started.elapsed().as_secs_f64();
     sandbox.reset_stats();
 
-    let service = Service::start(&config_path);
+    let service = Service::start(&config_path, &[]);
     service
         .wait_for("cycles_started", Duration::from_secs(60))
         .await;
