@@ -53,12 +53,7 @@ async fn a_csv_edit_starts_a_cycle_and_our_own_write_back_does_not() {
         "[schedule]\ninterval = \"1h\"\n[reverse]\npoll_interval = \"250ms\"\n",
     )
     .await;
-    let config = Config::load_with_env(&app.config_path, std::iter::empty()).unwrap();
-    let cancel = CancellationToken::new();
-    let mut ctx = app.ctx.clone();
-    ctx.cancel = cancel.clone();
-    let service =
-        tokio::spawn(async move { quo_sync::app::run_service(&ctx, &config, None).await });
+    let service = app.start_service();
     wait_for("first cycle", Duration::from_secs(10), async || {
         app.sandbox.contacts().len() == 3
     })
@@ -107,8 +102,7 @@ async fn a_csv_edit_starts_a_cycle_and_our_own_write_back_does_not() {
         "our own write-back started a cycle"
     );
 
-    cancel.cancel();
-    service.await.unwrap().unwrap();
+    service.stop().await;
 }
 
 fn sign(secret: &str, body: &[u8]) -> String {

@@ -57,7 +57,33 @@ pub struct TestApp {
     pub ctx: SyncContext,
 }
 
+/// The service started by [`TestApp::start_service`].
+pub struct RunningService {
+    cancel: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), quo_sync::app::AppError>>,
+}
+
+impl RunningService {
+    /// Stops the service the way SIGTERM does and checks it ended without error.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
 impl TestApp {
+    /// Runs the service (`quo-sync run`) in-process on this app's config and context until
+    /// [`RunningService::stop`].
+    pub fn start_service(&self) -> RunningService {
+        let config = Config::load_with_env(&self.config_path, std::iter::empty()).unwrap();
+        let cancel = CancellationToken::new();
+        let mut ctx = self.ctx.clone();
+        ctx.cancel = cancel.clone();
+        let handle =
+            tokio::spawn(async move { quo_sync::app::run_service(&ctx, &config, None).await });
+        RunningService { cancel, handle }
+    }
+
     /// Spawns with the default sandbox and `extra` TOML appended to the config.
     pub async fn spawn(csv_text: &str) -> TestApp {
         Self::spawn_with(csv_text, SandboxConfig::default(), "").await
