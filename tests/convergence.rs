@@ -181,6 +181,7 @@ impl World {
         if let Some(c) = contact
             && self.app.sandbox.app_delete(c["id"].as_str().unwrap())
         {
+            trace(|| format!("quo delete {} ({})", r[0], c["id"]));
             for (col, field) in MANAGED {
                 let edits = self
                     .log
@@ -201,7 +202,9 @@ impl World {
     async fn fault(&mut self) {
         let base = self.app.sandbox.base_url();
         let seed: u64 = self.rng.random_range(0..1_000_000);
-        match self.rng.random_range(0..12) {
+        let kind = self.rng.random_range(0..12);
+        trace(|| format!("fault {kind} (seed {seed})"));
+        match kind {
             0 => self.app.sandbox.inject(Fault::Status {
                 status: 429,
                 count: self.rng.random_range(1..4),
@@ -280,11 +283,20 @@ impl World {
     }
 }
 
-/// `QUO_SYNC_CONVERGENCE_TRACE=1` prints each step and the service's log lines.
+/// The current seed's steps, kept so a failure can say what led to it without the trace
+/// setting (whose logging slows the run enough to hide timing-dependent failures).
+static STEPS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a step; `QUO_SYNC_CONVERGENCE_TRACE=1` also prints it and the service's log lines.
 fn trace(line: impl FnOnce() -> String) {
+    let line = line();
     if std::env::var_os("QUO_SYNC_CONVERGENCE_TRACE").is_some() {
-        eprintln!("[convergence] {}", line());
+        eprintln!("[convergence] {line}");
     }
+    STEPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(line);
 }
 
 async fn run_seed(seed: u64, steps: usize) {
@@ -452,10 +464,18 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
     for seed in seeds() {
+        STEPS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         let outcome = tokio::spawn(run_seed(seed, steps)).await;
         if let Err(e) = outcome {
+            let steps = STEPS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .join("\n  ");
             panic!(
-                "convergence failed for seed {seed} (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence): {e}"
+                "convergence failed for seed {seed} (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence): {e}\nsteps:\n  {steps}"
             );
         }
     }
