@@ -155,10 +155,7 @@ impl Ledger {
     pub async fn load_index(&self) -> Result<LedgerIndex, LedgerError> {
         let count: i64 = self.record_count().await?;
         let mut index = LedgerIndex::with_capacity(count as usize);
-        match &self.pool {
-            Pool::Sqlite(pool) => load_index_sqlite(pool, &mut index).await?,
-            Pool::Postgres(pool) => load_index_postgres(pool, &mut index).await?,
-        }
+        load_index_chunks(&self.pool, &mut index).await?;
         Ok(index)
     }
 
@@ -444,54 +441,38 @@ fn unpack_index(packed: &str, index: &mut LedgerIndex) {
 
 const INDEX_CHUNK: i64 = 20_000;
 
-/// Walks `records_index_cover` (migration 0006) in key order: the selected expressions are the
-/// index's own, so SQLite never touches the table rows.
-async fn load_index_sqlite(
-    pool: &sqlx::SqlitePool,
-    index: &mut LedgerIndex,
-) -> Result<(), sqlx::Error> {
-    let mut after = String::new();
-    loop {
-        let (packed, last, rows): (Option<String>, Option<String>, i64) = sqlx::query_as(
-            "SELECT group_concat(id || char(31) || COALESCE(head, '') || char(31) || state
-                                 || char(31) || linked, char(30)),
-                    MAX(id), COUNT(*)
-             FROM (SELECT external_id AS id, substr(source_fingerprint, 1, 16) AS head, state,
-                          quo_id IS NOT NULL AS linked
-                   FROM records WHERE external_id > $1 ORDER BY external_id LIMIT $2)",
-        )
-        .bind(&after)
-        .bind(INDEX_CHUNK)
-        .fetch_one(pool)
-        .await?;
-        if let Some(packed) = packed {
-            unpack_index(&packed, index);
-        }
-        match last {
-            Some(last) if rows == INDEX_CHUNK => after = last,
-            _ => return Ok(()),
-        }
-    }
-}
+/// One chunk of the index walk on SQLite: the selected expressions are exactly those of
+/// `records_index_cover` (migration 0006), so SQLite never touches the table rows.
+const INDEX_CHUNK_SQLITE: &str =
+    "SELECT group_concat(id || char(31) || COALESCE(head, '') || char(31) || state
+                         || char(31) || linked, char(30)),
+            MAX(id), COUNT(*)
+     FROM (SELECT external_id AS id, substr(source_fingerprint, 1, 16) AS head, state,
+                  quo_id IS NOT NULL AS linked
+           FROM records WHERE external_id > $1 ORDER BY external_id LIMIT $2)";
 
-/// PostgreSQL has no rowid: chunks are ranges of the primary key, walked in key order.
-async fn load_index_postgres(
-    pool: &sqlx::PgPool,
-    index: &mut LedgerIndex,
-) -> Result<(), sqlx::Error> {
+/// The same on PostgreSQL, answered by an index-only scan of `records_index_cover`.
+const INDEX_CHUNK_POSTGRES: &str =
+    "SELECT string_agg(external_id || chr(31) || COALESCE(substr(source_fingerprint, 1, 16), '') || chr(31)
+                       || state || chr(31) || CASE WHEN quo_id IS NULL THEN '0' ELSE '1' END, chr(30)),
+            MAX(external_id), COUNT(*)
+     FROM (SELECT external_id, source_fingerprint, state, quo_id FROM records
+           WHERE external_id > $1 ORDER BY external_id LIMIT $2) chunk";
+
+/// Walks the records in key order, `INDEX_CHUNK` packed rows per query, into `index`.
+async fn load_index_chunks(pool: &Pool, index: &mut LedgerIndex) -> Result<(), sqlx::Error> {
     let mut after = String::new();
     loop {
-        let (packed, last, rows): (Option<String>, Option<String>, i64) = sqlx::query_as(
-            "SELECT string_agg(external_id || chr(31) || COALESCE(substr(source_fingerprint, 1, 16), '') || chr(31)
-                               || state || chr(31) || CASE WHEN quo_id IS NULL THEN '0' ELSE '1' END, chr(30)),
-                    MAX(external_id), COUNT(*)
-             FROM (SELECT external_id, source_fingerprint, state, quo_id FROM records
-                   WHERE external_id > $1 ORDER BY external_id LIMIT $2) chunk",
-        )
-        .bind(&after)
-        .bind(INDEX_CHUNK)
-        .fetch_one(pool)
-        .await?;
+        let (packed, last, rows): (Option<String>, Option<String>, i64) =
+            on_pool!(pool, |p, pg| sqlx::query_as(if pg {
+                INDEX_CHUNK_POSTGRES
+            } else {
+                INDEX_CHUNK_SQLITE
+            })
+            .bind(&after)
+            .bind(INDEX_CHUNK)
+            .fetch_one(p)
+            .await?);
         if let Some(packed) = packed {
             unpack_index(&packed, index);
         }
