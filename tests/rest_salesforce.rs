@@ -10,14 +10,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use quo_sync::app::AppError;
-use quo_sync::config::{Config, LogFormat};
+use quo_sync::config::LogFormat;
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
-use quo_sync::sync::{Mode, SyncContext, run_cycle};
+use quo_sync::sync::{Mode, run_cycle};
 use quo_sync::telemetry::{CaptureWriter, init_with_writer};
 use serde_json::{Value, json};
 use support::salesforce::FakeSalesforce;
 use support::token_desk::TokenDesk;
-use tokio_util::sync::CancellationToken;
+use support::vendor_run::{contact_for, example_context};
 
 const CLIENT_ID: &str = "3MVG9-test-consumer-key";
 const SECRET: &str = "sf-client-secret-DO-NOT-LEAK-91c2";
@@ -69,31 +69,6 @@ fn write_config(dir: &Path, crm: &str, secret: &str) -> std::path::PathBuf {
     path
 }
 
-async fn context(path: &Path, sandbox: &SandboxHandle, ledger: &Path) -> SyncContext {
-    let env = [
-        ("QUO_SYNC__QUO__BASE_URL", sandbox.base_url()),
-        ("QUO_API_KEY", sandbox.api_key().to_string()),
-        ("QUO_SYNC__QUO__REQUESTS_PER_SECOND", "1000".into()),
-        ("QUO_SYNC__LEDGER__PATH", ledger.display().to_string()),
-        ("QUO_SYNC__REVERSE__POLL_INTERVAL", "1ms".into()),
-    ]
-    .map(|(k, v)| (k.to_string(), v));
-    let config = Config::load_with_env(path, env).expect("the example config loads");
-    quo_sync::app::build_context(&config, "once", CancellationToken::new())
-        .await
-        .expect("context builds")
-}
-
-fn contact_for(sandbox: &SandboxHandle, id: &str) -> Value {
-    let found: Vec<Value> = sandbox
-        .contacts()
-        .into_iter()
-        .filter(|c| c["externalId"] == id)
-        .collect();
-    assert_eq!(found.len(), 1, "one contact for {id}: {found:#?}");
-    found.into_iter().next().unwrap()
-}
-
 #[tokio::test]
 async fn salesforce_example_syncs_both_ways_with_refreshed_tokens_and_no_secret_in_logs() {
     let logs = CaptureWriter::default();
@@ -110,7 +85,7 @@ async fn salesforce_example_syncs_both_ways_with_refreshed_tokens_and_no_secret_
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger.db");
     let path = write_config(dir.path(), &crm.base_url, SECRET);
-    let ctx = context(&path, &sandbox, &ledger).await;
+    let ctx = example_context(&path, &sandbox, &ledger).await;
 
     // CRM → Quo: a full read (SystemModstamp > epoch), in batches of 3 via nextRecordsUrl.
     let report = run_cycle(&ctx, Mode::Apply).await.expect("first cycle");
@@ -166,7 +141,7 @@ async fn salesforce_example_syncs_both_ways_with_refreshed_tokens_and_no_secret_
     drop(ctx);
     assert_ne!(crm.desk().current_refresh(), REFRESH);
     let issued = crm.desk().issued();
-    let ctx = context(&path, &sandbox, &ledger).await;
+    let ctx = example_context(&path, &sandbox, &ledger).await;
     run_cycle(&ctx, Mode::Apply)
         .await
         .expect("a restart uses the rotated refresh token");
@@ -177,7 +152,7 @@ async fn salesforce_example_syncs_both_ways_with_refreshed_tokens_and_no_secret_
     // Refused credentials: a typed error that main maps to exit 2, naming no secret.
     let bad_dir = tempfile::tempdir().unwrap();
     let bad_path = write_config(bad_dir.path(), &crm.base_url, "wrong-secret-value");
-    let bad = context(&bad_path, &sandbox, &bad_dir.path().join("l.db")).await;
+    let bad = example_context(&bad_path, &sandbox, &bad_dir.path().join("l.db")).await;
     let error = run_cycle(&bad, Mode::Apply).await.unwrap_err();
     let shown = format!("{error} {error:?}");
     assert!(shown.contains("invalid_client"), "{shown}");

@@ -9,14 +9,14 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use quo_sync::config::{Config, LogFormat};
+use quo_sync::config::LogFormat;
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
-use quo_sync::sync::{Mode, SyncContext, run_cycle};
+use quo_sync::sync::{Mode, run_cycle};
 use quo_sync::telemetry::{CaptureWriter, init_with_writer};
 use serde_json::{Value, json};
 use support::token_desk::TokenDesk;
+use support::vendor_run::{contact_for, example_context};
 use support::zoho::FakeZoho;
-use tokio_util::sync::CancellationToken;
 
 const CLIENT_ID: &str = "1000.TESTCLIENT";
 const SECRET: &str = "zoho-client-secret-DO-NOT-LEAK-0b1d";
@@ -71,31 +71,6 @@ fn write_config(dir: &Path, crm: &str) -> std::path::PathBuf {
     path
 }
 
-async fn context(path: &Path, sandbox: &SandboxHandle, ledger: &Path) -> SyncContext {
-    let env = [
-        ("QUO_SYNC__QUO__BASE_URL", sandbox.base_url()),
-        ("QUO_API_KEY", sandbox.api_key().to_string()),
-        ("QUO_SYNC__QUO__REQUESTS_PER_SECOND", "1000".into()),
-        ("QUO_SYNC__LEDGER__PATH", ledger.display().to_string()),
-        ("QUO_SYNC__REVERSE__POLL_INTERVAL", "1ms".into()),
-    ]
-    .map(|(k, v)| (k.to_string(), v));
-    let config = Config::load_with_env(path, env).expect("the example config loads");
-    quo_sync::app::build_context(&config, "once", CancellationToken::new())
-        .await
-        .expect("context builds")
-}
-
-fn contact_for(sandbox: &SandboxHandle, id: &str) -> Value {
-    let found: Vec<Value> = sandbox
-        .contacts()
-        .into_iter()
-        .filter(|c| c["externalId"] == id)
-        .collect();
-    assert_eq!(found.len(), 1, "one contact for {id}: {found:#?}");
-    found.into_iter().next().unwrap()
-}
-
 #[tokio::test]
 async fn zoho_example_syncs_both_ways_with_tokens_refreshed_before_expiry_and_no_secret_in_logs() {
     let logs = CaptureWriter::default();
@@ -111,7 +86,7 @@ async fn zoho_example_syncs_both_ways_with_tokens_refreshed_before_expiry_and_no
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger.db");
     let path = write_config(dir.path(), &crm.base_url);
-    let ctx = context(&path, &sandbox, &ledger).await;
+    let ctx = example_context(&path, &sandbox, &ledger).await;
 
     // CRM → Quo: a full read, pages 1 and 2 of 200, without If-Modified-Since.
     let report = run_cycle(&ctx, Mode::Apply).await.expect("first cycle");
