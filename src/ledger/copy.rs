@@ -119,6 +119,17 @@ const TABLES: &[Table] = &[
         pg_order: "id",
     },
     Table {
+        name: "unconfirmed_creates",
+        columns: &[
+            ("id", Int),
+            ("external_id", Text),
+            ("snapshot", Text),
+            ("sent_at", Text),
+            ("passes", Int),
+        ],
+        pg_order: "id",
+    },
+    Table {
         name: "meta",
         columns: &[("key", Text), ("value", Text)],
         pg_order: "key",
@@ -206,6 +217,11 @@ impl Ledger {
                 // Explicit ids bypass the identity sequence: move it past them.
                 sqlx::query(
                     "SELECT setval(pg_get_serial_sequence('conflicts', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM conflicts",
+                )
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "SELECT setval(pg_get_serial_sequence('unconfirmed_creates', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM unconfirmed_creates",
                 )
                 .execute(&mut *tx)
                 .await?;

@@ -15,6 +15,7 @@ mod lease;
 mod quarantine;
 mod records;
 mod runs;
+mod unconfirmed;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub use lease::{
 pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
+pub use unconfirmed::{PASSES_TO_RULE_OUT, UnconfirmedCreate};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.
 #[derive(Debug, thiserror::Error)]

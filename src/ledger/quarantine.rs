@@ -163,6 +163,17 @@ impl Ledger {
         .await)?)
     }
 
+    /// Whether the record is quarantined now (the CRM has it, but it could not be synced).
+    pub async fn is_quarantined(&self, external_id: &str) -> Result<bool, LedgerError> {
+        let n: i64 = on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM quarantine WHERE external_id = $1 AND discarded_at IS NULL"
+        )
+        .bind(external_id)
+        .fetch_one(p)
+        .await)?;
+        Ok(n > 0)
+    }
+
     /// Every quarantined record including discarded ones, oldest first.
     pub async fn quarantined_all(&self) -> Result<Vec<QuarantineEntry>, LedgerError> {
         let rows: Vec<QuarantineEntry> = on_pool!(&self.pool, |p| sqlx::query_as(

@@ -27,6 +27,7 @@ pub fn register_service_metrics() {
     metrics::counter!("quo_sync_cycles_failed_total").increment(0);
     metrics::counter!("quo_sync_quo_rate_limited_total").increment(0);
     metrics::counter!("quo_sync_conflicts_total").increment(0);
+    metrics::counter!("quo_sync_duplicates_removed_total").increment(0);
     for outcome in ["stored", "duplicate", "rejected"] {
         metrics::counter!("quo_sync_webhooks_total", "outcome" => outcome).increment(0);
     }
@@ -156,6 +157,9 @@ async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
     }
     if let Ok(quarantined) = ops.ledger.quarantined_count().await {
         metrics::gauge!("quo_sync_quarantined_records").set(quarantined as f64);
+    }
+    if let Ok(unconfirmed) = ops.ledger.unconfirmed_count().await {
+        metrics::gauge!("quo_sync_unconfirmed_creates").set(unconfirmed as f64);
     }
     if let Some(role) = &ops.role {
         let leading = role.leader_epoch().is_some();

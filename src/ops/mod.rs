@@ -29,6 +29,9 @@ pub struct Status {
     pub pending_reverse_events: i64,
     /// Conflicts recorded.
     pub conflicts: i64,
+    /// Creates whose answer was lost and whose contact no scan has found yet (a twin may exist
+    /// until one does).
+    pub unconfirmed_creates: i64,
 }
 
 /// Gathers the status report.
@@ -47,6 +50,7 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         last_error,
         pending_reverse_events: ledger.inbox_depth().await?,
         conflicts,
+        unconfirmed_creates: ledger.unconfirmed_count().await?,
     })
 }
 
@@ -122,6 +126,12 @@ impl Status {
             self.pending_reverse_events
         ));
         out.push_str(&format!("conflicts     {}\n", self.conflicts));
+        if self.unconfirmed_creates > 0 {
+            out.push_str(&format!(
+                "unconfirmed creates {} (lost POST answers; resolved by the next scans)\n",
+                self.unconfirmed_creates
+            ));
+        }
         out
     }
 }

@@ -156,6 +156,9 @@ pub struct CreateOutcome {
     pub contact: Contact,
     /// True when an existing contact was found and adopted instead of created.
     pub adopted: bool,
+    /// POSTs sent before the one that succeeded whose outcome stayed unknown (a 5xx, then a
+    /// lookup that missed): each may have made a contact a lagging list hid.
+    pub unconfirmed_posts: u32,
 }
 
 /// Settings for `QuoClient::new`.
@@ -466,6 +469,7 @@ impl QuoClient {
     pub async fn create_contact(&self, body: &CreateContact) -> Result<CreateOutcome, QuoError> {
         let route = "POST /v1/contacts";
         let mut retries = 0u32;
+        let mut unconfirmed_posts = 0u32;
         loop {
             // `resend`: whether nothing listed after the wait makes a second POST safe enough.
             let (last, wait_hint, limited, look_first, resend) = match self
@@ -477,6 +481,7 @@ impl QuoClient {
                     return Ok(CreateOutcome {
                         contact: envelope.data,
                         adopted: false,
+                        unconfirmed_posts,
                     });
                 }
                 // Quo says it exists: look now (no wait needed for a definite answer).
@@ -485,6 +490,7 @@ impl QuoClient {
                         return Ok(CreateOutcome {
                             contact,
                             adopted: true,
+                            unconfirmed_posts,
                         });
                     }
                     let text = format!(
@@ -518,9 +524,12 @@ impl QuoClient {
                     return Ok(CreateOutcome {
                         contact,
                         adopted: true,
+                        unconfirmed_posts,
                     });
                 }
-                if !resend {
+                if resend {
+                    unconfirmed_posts += 1;
+                } else {
                     // Our POST may have landed and a list may lag it: sending again now could
                     // make a duplicate that no lookup can undo. The intent stays pending; the
                     // next cycle looks again before any POST.

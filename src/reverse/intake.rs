@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::domain::{ExternalId, QuoContactId};
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, RecordState};
 use crate::quo::client::{QuoClient, QuoError};
 use crate::quo::types::Contact;
 
@@ -53,6 +53,19 @@ pub struct QuoChanges {
     /// Linked contacts that could not be read this cycle; their records are quarantined (stage
     /// `quo`) and their events stay pending.
     pub unreadable: Vec<UnreadableContact>,
+    /// Unlinked contacts of ours carrying the externalId of an unconfirmed create (found by a
+    /// scan or a webhook): resolved in the settle phase (`sync::copies`).
+    pub copies: Vec<UnlinkedCopy>,
+}
+
+/// A contact Quo holds with our `source` and the externalId of a create never confirmed, which
+/// the ledger does not link: most likely the contact that POST made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlinkedCopy {
+    /// The record whose create it may be.
+    pub external_id: ExternalId,
+    /// The contact.
+    pub quo_id: QuoContactId,
 }
 
 /// A linked contact Quo would not give us in readable form this cycle.
@@ -67,6 +80,17 @@ pub struct UnreadableContact {
 }
 
 impl QuoChanges {
+    /// Takes an unlinked-copy notice; one without a usable externalId needs nothing.
+    fn note_copy(&mut self, event_id: &str, copy: Option<UnlinkedCopy>) {
+        match copy {
+            Some(copy) => {
+                self.note_event(copy.external_id.as_str(), event_id);
+                self.copies.push(copy);
+            }
+            None => self.note_event("", event_id),
+        }
+    }
+
     fn note_event(&mut self, external_id: &str, event_id: &str) {
         self.events
             .entry(external_id.to_string())
@@ -98,12 +122,32 @@ pub async fn gather(
         }
     }
     let mut fetched: HashSet<String> = HashSet::new();
-    for event in ledger.inbox_pending(10_000).await? {
+    let pending = ledger.inbox_pending(10_000).await?;
+    // An event for a contact the ledger does not link may announce the contact of a create
+    // whose answer was lost (Quo sends `contact.updated` for a created contact too).
+    let unconfirmed = if pending.is_empty() {
+        HashSet::new()
+    } else {
+        ledger.unconfirmed_external_ids().await?
+    };
+    for event in pending {
         let Some(quo_id) = event.quo_id.clone() else {
             changes.note_event("", &event.event_id);
             continue;
         };
+        if event.event_type == super::scan::UNLINKED_COPY {
+            let copy = copy_of(&event.payload, &quo_id, client.source());
+            changes.note_copy(&event.event_id, copy);
+            continue;
+        }
         let Some(row) = ledger.record_by_quo_id(&quo_id).await? else {
+            if event.event_type != "contact.deleted"
+                && let Some(copy) = copy_of(&event.payload, &quo_id, client.source())
+                && ours_unconfirmed(ledger, &copy, &unconfirmed).await?
+            {
+                changes.note_copy(&event.event_id, Some(copy));
+                continue;
+            }
             debug!(event = "webhook_not_ours", event_id = %event.event_id, quo_id, "event for a contact quo-sync does not manage");
             changes.note_event("", &event.event_id);
             continue;
@@ -136,6 +180,43 @@ pub async fn gather(
         .await?;
     }
     Ok(changes)
+}
+
+/// The copy an event announces: its contact carries our `source` (when the payload says) and
+/// an externalId. A scan's notice has the externalId at the top; a webhook's, in its object.
+fn copy_of(payload: &str, quo_id: &str, our_source: &str) -> Option<UnlinkedCopy> {
+    let payload: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let object = payload["data"]
+        .get("object")
+        .or_else(|| payload["data"].get("resource"));
+    if let Some(source) = object.and_then(|o| o["source"].as_str())
+        && source != our_source
+    {
+        return None;
+    }
+    let external_id = payload["externalId"]
+        .as_str()
+        .or_else(|| object.and_then(|o| o["externalId"].as_str()))?;
+    Some(UnlinkedCopy {
+        external_id: ExternalId::parse(external_id).ok()?,
+        quo_id: QuoContactId(quo_id.to_string()),
+    })
+}
+
+/// Whether a webhook's unlinked contact may be one our lost create made: its record has an
+/// unconfirmed create, or a create still pending (whose answer never came).
+async fn ours_unconfirmed(
+    ledger: &Ledger,
+    copy: &UnlinkedCopy,
+    unconfirmed: &HashSet<String>,
+) -> Result<bool, IntakeError> {
+    if unconfirmed.contains(copy.external_id.as_str()) {
+        return Ok(true);
+    }
+    Ok(ledger
+        .record(&copy.external_id)
+        .await?
+        .is_some_and(|row| row.quo_id.is_none() && row.state == RecordState::PendingCreate))
 }
 
 /// Reads one linked contact by id: deleted only on a 404; changed when its `updatedAt` moved;

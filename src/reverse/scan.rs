@@ -34,6 +34,9 @@ const SCAN_TOKEN: &str = "reverse.scan_token";
 const SCAN_STARTED: &str = "reverse.scan_started_at";
 /// Event type of a "listed nowhere in a complete pass" notice.
 pub const MISSING: &str = "contact.missing_from_scan";
+/// Event type of an "unlinked contact carrying the externalId of an unconfirmed create" notice
+/// (payload `{"externalId": …}`): most likely the contact a POST whose answer we lost made.
+pub const UNLINKED_COPY: &str = "contact.unlinked_copy";
 
 /// What one call to [`scan`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,6 +119,8 @@ pub async fn scan_with(
     let mut tokens = crate::quo::client::PageTokens::default();
     // Listed before the ledger linked them (a create racing the pass): not missing at the end.
     let mut unlinked_when_listed = std::collections::HashSet::new();
+    // Records with an unconfirmed create that this call found a contact for.
+    let mut copies_found = std::collections::HashSet::new();
     if !more_allowed(0) {
         return Ok(progress);
     }
@@ -134,6 +139,11 @@ pub async fn scan_with(
             }
             Err(e) => return Err(e.into()),
         };
+        let external_ids: std::collections::HashMap<String, String> = page
+            .contacts
+            .iter()
+            .filter_map(|c| Some((c.id.clone(), c.external_id.clone()?)))
+            .collect();
         let mut listed: Vec<(String, Option<String>)> = page
             .contacts
             .iter()
@@ -147,9 +157,12 @@ pub async fn scan_with(
         );
         let Some(next) = page.next_page_token else {
             let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
-            let mut slice = ScanProgress::page(listed.len(), notices, orphans.len());
+            let (copies, found) = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
+            copies_found.extend(found);
+            let mut slice = ScanProgress::page(listed.len(), notices + copies, orphans.len());
             unlinked_when_listed.extend(orphans);
             slice.notices += note_missing(ledger, &scan_id, &unlinked_when_listed).await?;
+            count_unconfirmed_misses(ledger, &copies_found).await?;
             finish_pass(ledger).await?;
             on_page(&slice);
             progress.add(&slice);
@@ -162,9 +175,10 @@ pub async fn scan_with(
             return Err(e.into());
         }
         let store = async {
-            let noted = note_page(ledger, &scan_id, &listed).await?;
+            let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
+            let (copies, found) = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
             ledger.set_meta(SCAN_TOKEN, &next).await?;
-            Ok::<_, IntakeError>(noted)
+            Ok::<_, IntakeError>((notices + copies, orphans, found))
         };
         let prefetch = more_allowed(progress.pages + 1);
         let (noted, next_answer) = if prefetch {
@@ -173,7 +187,8 @@ pub async fn scan_with(
         } else {
             (store.await, None)
         };
-        let (notices, orphans) = noted?;
+        let (notices, orphans, found) = noted?;
+        copies_found.extend(found);
         let slice = ScanProgress::page(listed.len(), notices, orphans.len());
         unlinked_when_listed.extend(orphans);
         on_page(&slice);
@@ -226,6 +241,72 @@ async fn note_page(
         notices += u64::from(stored_new);
     }
     Ok((notices, orphans))
+}
+
+/// A notice for each unlinked contact carrying the externalId of an unconfirmed create (see
+/// `ledger::unconfirmed`). Returns the notices and the records they are for.
+async fn note_copies(
+    ledger: &Ledger,
+    scan_id: &str,
+    orphans: &[String],
+    external_ids: &std::collections::HashMap<String, String>,
+) -> Result<(u64, Vec<String>), IntakeError> {
+    let candidates: Vec<(&String, &String)> = orphans
+        .iter()
+        .filter_map(|quo_id| Some((quo_id, external_ids.get(quo_id)?)))
+        .collect();
+    if candidates.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let unconfirmed = ledger.unconfirmed_external_ids().await?;
+    let (mut notices, mut found) = (0, Vec::new());
+    for (quo_id, external_id) in candidates {
+        if !unconfirmed.contains(external_id) {
+            continue;
+        }
+        // One notice per pass: a copy left alone this pass (its record still pending) is
+        // noticed again by the next.
+        let event_id = format!("scan:{scan_id}:copy:{quo_id}");
+        let payload = serde_json::json!({"externalId": external_id, "source": "scan"});
+        let stored = ledger
+            .inbox_put(NewInboxEvent {
+                event_id: &event_id,
+                event_type: UNLINKED_COPY,
+                quo_id: Some(quo_id),
+                payload: &payload.to_string(),
+            })
+            .await?;
+        notices += u64::from(stored);
+        found.push(external_id.clone());
+    }
+    if !found.is_empty() {
+        info!(
+            event = "scan_unlinked_copies",
+            contacts = found.len(),
+            "contacts an unconfirmed create may have made are listed; each is resolved against what that POST sent"
+        );
+    }
+    Ok((notices, found))
+}
+
+/// At the end of a complete pass: counts it against the unconfirmed creates it found no
+/// contact for, and says which it rules out.
+async fn count_unconfirmed_misses(
+    ledger: &Ledger,
+    found: &std::collections::HashSet<String>,
+) -> Result<(), IntakeError> {
+    let Some(started) = ledger.meta_time(SCAN_STARTED).await? else {
+        return Ok(());
+    };
+    for external_id in ledger.unconfirmed_pass_finished(started, found).await? {
+        info!(
+            event = "unconfirmed_create_ruled_out",
+            external_id,
+            passes = crate::ledger::PASSES_TO_RULE_OUT,
+            "no contact for this record's unconfirmed create was listed in the scans since; it is ruled out"
+        );
+    }
+    Ok(())
 }
 
 /// At the end of a complete pass: a notice for every linked contact it did not list.

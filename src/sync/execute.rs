@@ -401,6 +401,10 @@ impl Cycle {
         &self,
         external_id: &ExternalId,
     ) -> Result<Option<Contact>, Failure> {
+        // A webhook named the contact it made, read by id: no list to lag.
+        if let Some(found) = self.found_creates.lock().await.remove(external_id.as_str()) {
+            return Ok(Some(found));
+        }
         let client = &self.ctx.client;
         for attempt in 0..2 {
             if attempt > 0 {
@@ -418,6 +422,7 @@ impl Cycle {
     }
 
     async fn resolve_pending(&self, external_id: ExternalId) -> Result<(), Failure> {
+        let intent = self.ctx.ledger.record(&external_id).await?;
         let found = self.lookup_interrupted(&external_id).await?;
         match found {
             Some(contact) => {
@@ -436,6 +441,11 @@ impl Cycle {
                 info!(event = "create_resolved", external_id = %external_id, quo_id = %contact.id, "adopted the contact an interrupted create had made");
             }
             None => {
+                // The record left the CRM, but its POST may still have landed behind a lagging
+                // list: a later scan that lists it deletes it by `sync.on_source_delete`.
+                if let Some(sent) = intent.and_then(sent_by_intent) {
+                    self.ctx.ledger.unconfirmed_add(&external_id, &sent).await?;
+                }
                 self.ctx.ledger.forget(&external_id).await?;
             }
         }
@@ -452,17 +462,26 @@ impl Cycle {
         fingerprint: Option<&str>,
         pending: bool,
     ) -> Result<(), Failure> {
-        // What an earlier, interrupted attempt sent: the base if its contact is adopted now.
-        let sent_before = if pending {
+        let intent = if pending {
             self.ctx
                 .ledger
                 .record(external_id)
                 .await?
                 .filter(|row| row.quo_id.is_none())
-                .and_then(|row| row.snapshot)
         } else {
             None
         };
+        // What an earlier, interrupted attempt sent: the base if its contact is adopted now.
+        let sent_before = intent.as_ref().and_then(|row| row.snapshot.clone());
+        // A record whose earlier POST was never confirmed (its row since forgotten) is looked up
+        // like a pending one.
+        let pending = pending
+            || !self
+                .ctx
+                .ledger
+                .unconfirmed_for(external_id.as_str())
+                .await?
+                .is_empty();
         // A previous run may have created it and died before committing: look first (its row
         // is already a pending intent).
         let existing = if pending {
@@ -473,6 +492,12 @@ impl Cycle {
         let (contact, adopted) = match existing {
             Some(contact) => (contact, true),
             None => {
+                // Two lookups missed, but a list can lag longer than any wait: what the earlier
+                // POST sent is kept, so the contact it may have made is recognised when a scan
+                // lists it (`copies.rs`) instead of staying a duplicate.
+                if let Some(sent) = intent.and_then(sent_by_intent) {
+                    self.ctx.ledger.unconfirmed_add(external_id, &sent).await?;
+                }
                 self.ctx
                     .ledger
                     .record_intent_with(external_id, Some(snapshot))
@@ -495,6 +520,13 @@ impl Cycle {
                     .create_contact(&body)
                     .await
                     .map_err(Failure::Quo)?;
+                if outcome.unconfirmed_posts > 0 {
+                    // A 5xx'd POST may have landed behind a lagging list, like a lost answer.
+                    self.ctx
+                        .ledger
+                        .unconfirmed_add(external_id, snapshot)
+                        .await?;
+                }
                 (self.normalized(outcome.contact), outcome.adopted)
             }
         };
@@ -680,4 +712,12 @@ impl Cycle {
         self.operations.lock().await.push(op);
         Ok(())
     }
+}
+
+/// What an interrupted POST sent, when `row` is its intent (a `pending_create` row keeps the
+/// body's snapshot; an unlinked row's snapshot is an old agreement, not a POST).
+fn sent_by_intent(row: crate::ledger::RecordRow) -> Option<Snapshot> {
+    (row.state == RecordState::PendingCreate && row.quo_id.is_none())
+        .then_some(row.snapshot)
+        .flatten()
 }

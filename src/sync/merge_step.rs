@@ -29,6 +29,7 @@ impl Cycle {
             return Ok(QuoChanges::default());
         }
         let mut changes = self.gather_quo_changes().await?;
+        self.claim_found_creates(&mut changes.copies).await?;
         for (external_id, quo_id) in &changes.deleted {
             self.apply_quo_delete(external_id, quo_id).await?;
         }

@@ -10,8 +10,10 @@
 //! 4. **execute** (`execute.rs`): POST / PATCH / DELETE on a bounded worker pool behind the shared
 //!    rate limiter; every confirmed outcome is committed before the worker takes the next record.
 //! 5. **settle** (`settle.rs`): CRM write-back, deletions (behind the mass-deletion guard),
-//!    interrupted creates, the incremental high-water mark and the webhook inbox.
+//!    interrupted creates, contacts an unconfirmed create made (`copies.rs`), the incremental
+//!    high-water mark and the webhook inbox.
 
+mod copies;
 mod execute;
 mod freshen;
 mod merge_step;
@@ -204,6 +206,9 @@ struct Cycle {
     quo_changed: Mutex<HashMap<String, Contact>>,
     /// Records whose contact is confirmed deleted in Quo; the forward pass leaves them alone.
     quo_deleted: Mutex<HashSet<String>>,
+    /// Contacts that creates whose answer was lost made, announced by a webhook and read by id
+    /// (no list lag), by external id: the pending create adopts one instead of looking it up.
+    found_creates: Mutex<HashMap<String, Contact>>,
     /// Whether intake left anything in `quo_changed` or `quo_deleted` (the read's fast path).
     quo_side: AtomicBool,
     /// Merges that must write to the CRM (after the read, in one batch).
@@ -392,6 +397,7 @@ impl Cycle {
             fatal: Mutex::new(None),
             quo_changed: Mutex::new(HashMap::new()),
             quo_deleted: Mutex::new(HashSet::new()),
+            found_creates: Mutex::new(HashMap::new()),
             quo_side: AtomicBool::new(false),
             writebacks: Mutex::new(Vec::new()),
             unsettled: Mutex::new(HashSet::new()),

@@ -80,6 +80,10 @@ impl Cycle {
             self.crm_deletions(&index).await?;
             pool.finish(self).await?;
         }
+        // After the read and its creates: a record still in the CRM has a linked or pending
+        // row by now, so a copy without one belongs to a record that left it.
+        self.resolve_copies(&intake.copies, read_whole && complete)
+            .await?;
         if self.mode == Mode::Apply && read_whole {
             if complete {
                 self.ctx.ledger.release_unseen(&self.run_id).await?;

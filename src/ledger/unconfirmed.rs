@@ -1,0 +1,158 @@
+//! The `unconfirmed_creates` table: POSTs that may have made a contact we never linked.
+//!
+//! Quo has no idempotency key, so an interrupted create is resolved by looking its `externalId`
+//! up before sending again. Lists can lag a write for longer than any wait, so a lookup that
+//! misses is not proof: when the record is then created again (or forgotten, its CRM row gone),
+//! what the earlier POST sent is kept here. A scan that later lists a contact with that
+//! `externalId` the ledger does not link finds it here: it is ours, and the kept snapshot is the
+//! base that tells a person's edits on it from the values we sent (`sync::copies`). An entry
+//! that three complete scans, all started after it, never matched is ruled out.
+
+use std::collections::HashSet;
+
+use super::db::on_pool;
+use super::{Ledger, LedgerError, now_text};
+use crate::domain::{ExternalId, Snapshot};
+
+/// Complete scans that must miss an entry before it is ruled out.
+pub const PASSES_TO_RULE_OUT: i64 = 3;
+
+/// A POST whose outcome was never confirmed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnconfirmedCreate {
+    /// Row id.
+    pub id: i64,
+    /// The record it was for.
+    pub external_id: String,
+    /// What it sent.
+    pub sent: Snapshot,
+    /// When we gave up looking for it (RFC 3339).
+    pub sent_at: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredUnconfirmed {
+    id: i64,
+    external_id: String,
+    snapshot: String,
+    sent_at: String,
+}
+
+impl StoredUnconfirmed {
+    fn decode(self) -> Result<UnconfirmedCreate, LedgerError> {
+        let sent = serde_json::from_str(&self.snapshot).map_err(|e| LedgerError::Corrupt {
+            external_id: self.external_id.clone(),
+            column: "unconfirmed_creates.snapshot",
+            reason: e.to_string(),
+        })?;
+        Ok(UnconfirmedCreate {
+            id: self.id,
+            external_id: self.external_id,
+            sent,
+            sent_at: self.sent_at,
+        })
+    }
+}
+
+impl Ledger {
+    /// Remembers a POST for `external_id` that sent `sent` and may have landed unseen.
+    pub async fn unconfirmed_add(
+        &self,
+        external_id: &ExternalId,
+        sent: &Snapshot,
+    ) -> Result<(), LedgerError> {
+        let snapshot = serde_json::to_string(sent).expect("snapshot serialises");
+        on_pool!(&self.pool, |p| sqlx::query(
+            "INSERT INTO unconfirmed_creates (external_id, snapshot, sent_at) VALUES ($1, $2, $3)"
+        )
+        .bind(external_id.as_str())
+        .bind(snapshot)
+        .bind(now_text())
+        .execute(p)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// The unconfirmed creates for one record, oldest first.
+    pub async fn unconfirmed_for(
+        &self,
+        external_id: &str,
+    ) -> Result<Vec<UnconfirmedCreate>, LedgerError> {
+        let rows: Vec<StoredUnconfirmed> = on_pool!(&self.pool, |p| sqlx::query_as(
+            "SELECT id, external_id, snapshot, sent_at FROM unconfirmed_creates
+             WHERE external_id = $1 ORDER BY id"
+        )
+        .bind(external_id)
+        .fetch_all(p)
+        .await)?;
+        rows.into_iter().map(StoredUnconfirmed::decode).collect()
+    }
+
+    /// The external ids that have unconfirmed creates (the table holds a handful at most).
+    pub async fn unconfirmed_external_ids(&self) -> Result<HashSet<String>, LedgerError> {
+        let ids: Vec<String> = on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT DISTINCT external_id FROM unconfirmed_creates"
+        )
+        .fetch_all(p)
+        .await)?;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// How many unconfirmed creates wait for a scan.
+    pub async fn unconfirmed_count(&self) -> Result<i64, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM unconfirmed_creates"
+        )
+        .fetch_one(p)
+        .await)?)
+    }
+
+    /// Drops one entry: its contact was found and resolved.
+    pub async fn unconfirmed_remove(&self, id: i64) -> Result<(), LedgerError> {
+        on_pool!(&self.pool, |p| sqlx::query(
+            "DELETE FROM unconfirmed_creates WHERE id = $1"
+        )
+        .bind(id)
+        .execute(p)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// Counts a complete scan that started at `pass_started` against every entry older than it
+    /// whose record the scan found no contact for (`found`), and rules out those it has now
+    /// missed [`PASSES_TO_RULE_OUT`] times. Returns the ruled-out records.
+    pub async fn unconfirmed_pass_finished(
+        &self,
+        pass_started: chrono::DateTime<chrono::Utc>,
+        found: &HashSet<String>,
+    ) -> Result<Vec<String>, LedgerError> {
+        let rows: Vec<(i64, String, String, i64)> = on_pool!(&self.pool, |p| sqlx::query_as(
+            "SELECT id, external_id, sent_at, passes FROM unconfirmed_creates ORDER BY id"
+        )
+        .fetch_all(p)
+        .await)?;
+        let mut ruled_out = Vec::new();
+        for (id, external_id, sent_at, passes) in rows {
+            let before_pass = chrono::DateTime::parse_from_rfc3339(&sent_at)
+                .is_ok_and(|sent| sent < pass_started);
+            if !before_pass || found.contains(&external_id) {
+                continue;
+            }
+            if passes + 1 >= PASSES_TO_RULE_OUT {
+                self.unconfirmed_remove(id).await?;
+                ruled_out.push(external_id);
+            } else {
+                on_pool!(&self.pool, |p| sqlx::query(
+                    "UPDATE unconfirmed_creates SET passes = passes + 1 WHERE id = $1"
+                )
+                .bind(id)
+                .execute(p)
+                .await
+                .map(drop))?;
+            }
+        }
+        Ok(ruled_out)
+    }
+}

@@ -1,0 +1,252 @@
+//! Creates whose answer was lost while Quo's lists lagged: the lookup before a second POST
+//! misses, so a twin can be made (Quo has no idempotency key, and the sandbox here accepts a
+//! repeated externalId, as Quo's older API did). The ledger keeps what the lost POST sent, and
+//! the next scan that lists the twin resolves it: what a person typed on it moves to the linked
+//! contact (and on to the CRM), then the twin is deleted; a twin of a record that left the CRM
+//! follows `sync.on_source_delete`.
+
+mod common;
+
+use common::{Backend, TestApp, WEBHOOK_KEY, csv, custom_value};
+use quo_sync::sandbox::webhooks::{WebhookScheme, WebhookTarget};
+use quo_sync::sandbox::{Fault, SandboxConfig};
+use serde_json::json;
+
+fn rows(n: u32) -> Vec<String> {
+    (1..=n).map(|i| common::row(&format!("c-{i}"), i)).collect()
+}
+
+const SCAN_EVERY_CYCLE: &str = "[reverse]\npoll_interval = \"1ms\"\n";
+
+/// A sandbox that accepts a second contact with the same externalId.
+async fn spawn(rows: &[String], extra: &str) -> TestApp {
+    spawn_on(Backend::Sqlite, rows, extra).await.unwrap()
+}
+
+async fn spawn_on(backend: Backend, rows: &[String], extra: &str) -> Option<TestApp> {
+    let sandbox = SandboxConfig {
+        conflict_on_duplicate: false,
+        ..SandboxConfig::default()
+    };
+    TestApp::spawn_on(backend, &csv(rows), sandbox, extra).await
+}
+
+/// The first POST of the next cycle lands but its answer is lost, and the contact it makes
+/// stays out of every list answer (lookups included) until the faults are cleared.
+async fn lose_the_next_create_behind_a_lagging_list(app: &TestApp) {
+    common::sandbox_fault(
+        &app.sandbox.base_url(),
+        json!({"kind": "lagging_list", "next_created": 1, "scope": "all"}),
+    )
+    .await;
+    app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
+}
+
+/// The records with more than one contact in Quo.
+fn twinned(app: &TestApp, ids: &[&str]) -> Vec<String> {
+    ids.iter()
+        .filter(|id| app.sandbox.count_by_external_id(id) > 1)
+        .map(|id| id.to_string())
+        .collect()
+}
+
+async fn unconfirmed(app: &TestApp, id: &str) -> usize {
+    app.ledger().unconfirmed_for(id).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn a_twin_made_behind_a_lagging_list_is_merged_into_the_linked_contact_and_deleted() {
+    twin_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_twin_made_behind_a_lagging_list_is_merged_and_deleted_on_postgres() {
+    twin_scenario(Backend::Postgres).await;
+}
+
+async fn twin_scenario(backend: Backend) {
+    let Some(app) = spawn_on(backend, &rows(2), SCAN_EVERY_CYCLE).await else {
+        return;
+    };
+    lose_the_next_create_behind_a_lagging_list(&app).await;
+    app.cycle().await; // the lost POST: its record stays a pending create
+    app.cycle().await; // both lookups miss, so the record is created again
+    let twinned = twinned(&app, &["c-1", "c-2"]);
+    let [id] = twinned.as_slice() else {
+        panic!("expected one record with a twin, got {twinned:?}")
+    };
+    assert_eq!(
+        unconfirmed(&app, id).await,
+        1,
+        "the lost POST is remembered"
+    );
+    let status = quo_sync::ops::status(app.ledger()).await.unwrap();
+    assert_eq!(status.unconfirmed_creates, 1);
+    assert!(status.render().contains("unconfirmed creates 1"));
+    let linked = app.row(id).await.quo_id.expect("linked").0;
+    let twin = app
+        .sandbox
+        .contacts()
+        .into_iter()
+        .find(|c| c["externalId"] == id.as_str() && c["id"] != linked.as_str())
+        .unwrap();
+    let twin_id = twin["id"].as_str().unwrap().to_string();
+    // Someone finds the twin in the Quo app and types on it.
+    app.sandbox
+        .app_edit(
+            &twin_id,
+            json!({"defaultFields": {"company": "Typed On The Twin"},
+                   "customFields": [{"key": "notes", "value": "met at the fair"}]}),
+        )
+        .expect("app edit");
+
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.cycle().await; // the scan lists the twin: its edits move over, then it is deleted
+    app.cycle().await; // the linked contact's new values reach the CRM
+
+    assert_eq!(app.sandbox.count_by_external_id(id), 1, "the twin is gone");
+    let kept = app.contact_for(id);
+    assert_eq!(
+        kept["id"],
+        linked.as_str(),
+        "the linked contact is the one kept"
+    );
+    assert_eq!(kept["defaultFields"]["company"], "Typed On The Twin");
+    assert_eq!(custom_value(&kept, "notes"), json!("met at the fair"));
+    assert!(
+        app.csv_text().contains("Typed On The Twin"),
+        "the edit made on the twin reached the CRM:\n{}",
+        app.csv_text()
+    );
+    assert_eq!(unconfirmed(&app, id).await, 0, "the lost POST is resolved");
+    // And nothing moves any more.
+    app.sandbox.reset_stats();
+    app.cycle().await;
+    assert_eq!(app.sandbox.stats().writes_total(), 0);
+}
+
+#[tokio::test]
+async fn an_untouched_twin_is_deleted_without_writing_to_the_linked_contact() {
+    let app = spawn(&rows(2), SCAN_EVERY_CYCLE).await;
+    lose_the_next_create_behind_a_lagging_list(&app).await;
+    app.cycle().await;
+    app.cycle().await;
+    let twinned = twinned(&app, &["c-1", "c-2"]);
+    let [id] = twinned.as_slice() else {
+        panic!("expected one record with a twin, got {twinned:?}")
+    };
+    let linked = app.row(id).await.quo_id.expect("linked").0;
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.sandbox.reset_stats();
+    app.cycle().await;
+    let writes = app.sandbox.stats().writes;
+    assert_eq!(
+        (writes.updates, writes.deletes),
+        (0, 1),
+        "one DELETE, no PATCH"
+    );
+    assert_eq!(app.sandbox.count_by_external_id(id), 1);
+    assert_eq!(app.contact_for(id)["id"], linked.as_str());
+    assert_eq!(unconfirmed(&app, id).await, 0);
+}
+
+#[tokio::test]
+async fn a_contact_made_for_a_record_that_left_the_crm_is_deleted_by_policy() {
+    let extra = format!("{SCAN_EVERY_CYCLE}[sync]\non_source_delete = \"delete\"\n");
+    let app = spawn(&rows(3), &extra).await;
+    app.cycle().await;
+    lose_the_next_create_behind_a_lagging_list(&app).await;
+    let mut grown = rows(3);
+    grown.push(common::row("c-4", 4));
+    app.write_csv(&csv(&grown));
+    app.cycle().await; // c-4's POST lands unseen
+    assert_eq!(app.sandbox.count_by_external_id("c-4"), 1);
+    app.write_csv(&csv(&rows(3)));
+    app.cycle().await; // c-4 left the CRM; its lookups miss, so its intent is forgotten
+    assert_eq!(
+        unconfirmed(&app, "c-4").await,
+        1,
+        "the lost POST is remembered"
+    );
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.cycle().await;
+    assert_eq!(
+        app.sandbox.count_by_external_id("c-4"),
+        0,
+        "no contact is left for a record the CRM deleted"
+    );
+    assert_eq!(unconfirmed(&app, "c-4").await, 0);
+    app.assert_one_contact_per_record(&["c-1".into(), "c-2".into(), "c-3".into()])
+        .await;
+}
+
+#[tokio::test]
+async fn a_lost_create_that_never_landed_is_ruled_out_after_three_scans() {
+    // The POST was lost before reaching Quo: nothing to find, and the entry must not stay
+    // forever.
+    let app = spawn(&rows(2), SCAN_EVERY_CYCLE).await;
+    let id = quo_sync::domain::ExternalId::parse("c-1").unwrap();
+    app.ledger()
+        .record_intent_with(
+            &id,
+            Some(&quo_sync::domain::Snapshot {
+                first_name: Some("First1".into()),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    app.cycle().await;
+    app.assert_one_contact_per_record(&["c-1".into(), "c-2".into()])
+        .await;
+    assert_eq!(unconfirmed(&app, "c-1").await, 1);
+    for pass in 1..=quo_sync::ledger::PASSES_TO_RULE_OUT {
+        assert_eq!(unconfirmed(&app, "c-1").await, 1, "before pass {pass}");
+        app.cycle().await;
+    }
+    assert_eq!(unconfirmed(&app, "c-1").await, 0, "ruled out");
+    app.assert_one_contact_per_record(&["c-1".into(), "c-2".into()])
+        .await;
+}
+
+/// With webhooks, Quo names the contact a lost POST made: the pending create reads it by id and
+/// adopts it, so no twin is made even while every list still hides it.
+#[tokio::test]
+async fn a_webhook_for_a_lost_create_lets_it_adopt_its_contact_despite_the_lagging_list() {
+    let extra = format!(
+        "[reverse]\nwebhook_secret = \"{}\"\npoll_interval = \"0s\"\n",
+        common::whsec()
+    );
+    let app = spawn(&rows(2), &extra).await;
+    let url = app.start_receiver().await;
+    app.sandbox.set_webhook(Some(WebhookTarget {
+        url,
+        secret_key: WEBHOOK_KEY.to_vec(),
+        scheme: WebhookScheme::Standard,
+    }));
+    lose_the_next_create_behind_a_lagging_list(&app).await;
+    app.cycle().await; // one POST's answer is lost; both creates are announced
+    app.wait_for_inbox(2).await;
+    let mut lost = Vec::new();
+    for id in ["c-1", "c-2"] {
+        if app.row(id).await.quo_id.is_none() {
+            lost.push(id);
+        }
+    }
+    let [lost] = lost.as_slice() else {
+        panic!("expected one pending create, got {lost:?}")
+    };
+    let made = app.sandbox.contacts();
+    let made = made.iter().find(|c| c["externalId"] == *lost).unwrap();
+
+    app.cycle().await; // the list still hides it; the webhook does not
+    assert_eq!(app.sandbox.count_by_external_id(lost), 1, "no twin");
+    assert_eq!(
+        app.row(lost).await.quo_id.expect("linked").0,
+        made["id"].as_str().unwrap(),
+        "the contact the lost POST made is the one linked"
+    );
+    assert_eq!(unconfirmed(&app, lost).await, 0);
+    app.assert_one_contact_per_record(&["c-1".into(), "c-2".into()])
+        .await;
+}
