@@ -250,3 +250,184 @@ async fn a_webhook_for_a_lost_create_lets_it_adopt_its_contact_despite_the_laggi
     app.assert_one_contact_per_record(&["c-1".into(), "c-2".into()])
         .await;
 }
+
+/// The record with a twin and the twin's id, after a lost create was sent again.
+async fn make_a_twin(app: &TestApp, ids: &[&str]) -> (String, String) {
+    lose_the_next_create_behind_a_lagging_list(app).await;
+    app.cycle().await; // the lost POST: its record stays a pending create
+    app.cycle().await; // both lookups miss, so the record is created again
+    let twinned = twinned(app, ids);
+    let [id] = twinned.as_slice() else {
+        panic!("expected one record with a twin, got {twinned:?}")
+    };
+    let linked = app.row(id).await.quo_id.expect("linked").0;
+    let twin = app
+        .sandbox
+        .contacts()
+        .into_iter()
+        .find(|c| c["externalId"] == id.as_str() && c["id"] != linked.as_str())
+        .expect("a twin");
+    (id.clone(), twin["id"].as_str().unwrap().to_string())
+}
+
+/// A person types on the twin, then the CRM changes the same field later (and it reaches the
+/// linked contact): resolving the twin must not bring the older value back over the newer one.
+#[tokio::test]
+async fn a_twins_older_edit_does_not_revert_a_later_crm_edit_and_is_recorded_as_a_conflict() {
+    let app = spawn(&rows(2), SCAN_EVERY_CYCLE).await;
+    let (id, twin_id) = make_a_twin(&app, &["c-1", "c-2"]).await;
+    app.sandbox
+        .app_edit(
+            &twin_id,
+            json!({"defaultFields": {"company": "Typed On The Twin"}}),
+        )
+        .expect("app edit");
+    // Later, the CRM changes the same field; the twin is still hidden from every list.
+    let n: u32 = id.trim_start_matches("c-").parse().unwrap();
+    let edited: Vec<String> = (1..=2)
+        .map(|i| {
+            let row = common::row(&format!("c-{i}"), i);
+            if i == n {
+                row.replace(&format!(",Acme {i},"), ",CRM Later,")
+            } else {
+                row
+            }
+        })
+        .collect();
+    app.write_csv(&csv(&edited));
+    app.cycle().await;
+    let linked = app.row(&id).await.quo_id.expect("linked").0;
+    let linked_contact = app
+        .sandbox
+        .contacts()
+        .into_iter()
+        .find(|c| c["id"] == linked.as_str())
+        .unwrap();
+    assert_eq!(linked_contact["defaultFields"]["company"], "CRM Later");
+
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.cycle().await; // the scan lists the twin
+    app.cycle().await;
+
+    assert_eq!(app.sandbox.count_by_external_id(&id), 1, "the twin is gone");
+    assert_eq!(
+        app.contact_for(&id)["defaultFields"]["company"],
+        "CRM Later",
+        "the later CRM edit stands"
+    );
+    assert!(
+        app.csv_text().contains("CRM Later") && !app.csv_text().contains("Typed On The Twin"),
+        "the CRM keeps its later value:\n{}",
+        app.csv_text()
+    );
+    let conflicts = app.ledger().conflicts(100).await.unwrap();
+    let conflict = conflicts
+        .iter()
+        .find(|c| c.external_id == id && c.field == "company")
+        .unwrap_or_else(|| panic!("a conflict names the field: {conflicts:?}"));
+    assert_eq!(conflict.winner, "crm");
+    assert!(
+        conflict
+            .quo_value
+            .as_deref()
+            .is_some_and(|v| v.contains("Typed On The Twin")),
+        "the conflict keeps the twin's value: {conflict:?}"
+    );
+    assert_eq!(unconfirmed(&app, &id).await, 0);
+}
+
+/// A record leaves the CRM while its create's answer is lost, a person edits the contact that
+/// POST made, and the record comes back: the contact is adopted with what the lost POST sent
+/// as the base, so the person's edit is kept (and reaches the CRM) instead of being overwritten.
+#[tokio::test]
+async fn a_returning_record_adopts_its_lost_creates_contact_keeping_what_was_typed_on_it() {
+    let app = spawn(&rows(3), SCAN_EVERY_CYCLE).await;
+    app.cycle().await;
+    lose_the_next_create_behind_a_lagging_list(&app).await;
+    let mut grown = rows(3);
+    grown.push(common::row("c-4", 4));
+    app.write_csv(&csv(&grown));
+    app.cycle().await; // c-4's POST lands unseen
+    app.write_csv(&csv(&rows(3)));
+    app.cycle().await; // c-4 left the CRM; its lookups miss, so its intent is forgotten
+    assert_eq!(unconfirmed(&app, "c-4").await, 1);
+    let made = app.contact_for("c-4");
+    app.sandbox
+        .app_edit(
+            made["id"].as_str().unwrap(),
+            json!({"defaultFields": {"role": "Typed In Quo"}}),
+        )
+        .expect("app edit");
+
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.write_csv(&csv(&grown)); // the record is restored in the CRM
+    app.cycle().await;
+    app.cycle().await;
+
+    assert_eq!(app.sandbox.count_by_external_id("c-4"), 1, "no twin");
+    assert_eq!(app.row("c-4").await.quo_id.expect("linked").0, made["id"]);
+    assert_eq!(
+        app.contact_for("c-4")["defaultFields"]["role"],
+        "Typed In Quo",
+        "the edit made in Quo is kept"
+    );
+    let c4 = app
+        .csv_text()
+        .lines()
+        .find(|l| l.starts_with("c-4,"))
+        .unwrap()
+        .to_string();
+    assert!(c4.contains("Typed In Quo"), "and reached the CRM: {c4}");
+    assert_eq!(unconfirmed(&app, "c-4").await, 0, "its entry is settled");
+}
+
+/// A pass that lists a copy resets the entry's run of misses, even when the copy was listed
+/// before a restart resumed the pass; only passes in a row that list nothing rule it out.
+#[tokio::test]
+async fn an_entry_is_ruled_out_only_after_passes_in_a_row_that_list_no_copy() {
+    use chrono::{DurationRound, TimeDelta, Utc};
+    let app = spawn(&rows(1), "").await;
+    let ledger = app.ledger();
+    let id = quo_sync::domain::ExternalId::parse("c-1").unwrap();
+    ledger
+        .unconfirmed_add(&id, &quo_sync::domain::Snapshot::default())
+        .await
+        .unwrap();
+    let pass = || Utc::now() + TimeDelta::milliseconds(1);
+    for _ in 1..quo_sync::ledger::PASSES_TO_RULE_OUT {
+        assert!(
+            ledger
+                .unconfirmed_pass_finished(pass())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    // One more miss would rule it out, but this pass lists a copy (then is resumed and ends).
+    let started = Utc::now()
+        .duration_trunc(TimeDelta::milliseconds(1))
+        .unwrap();
+    ledger.unconfirmed_seen("c-1").await.unwrap();
+    assert!(
+        ledger
+            .unconfirmed_pass_finished(started)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for _ in 1..quo_sync::ledger::PASSES_TO_RULE_OUT {
+        assert!(
+            ledger
+                .unconfirmed_pass_finished(pass())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(unconfirmed(&app, "c-1").await, 1, "the misses started over");
+    }
+    assert_eq!(
+        ledger.unconfirmed_pass_finished(pass()).await.unwrap(),
+        vec!["c-1".to_string()]
+    );
+    assert_eq!(unconfirmed(&app, "c-1").await, 0);
+}

@@ -4,6 +4,9 @@ CREATE TABLE unconfirmed_creates (
     external_id  TEXT NOT NULL,
     snapshot     TEXT NOT NULL,
     sent_at      TEXT NOT NULL,
-    passes       BIGINT NOT NULL DEFAULT 0
+    passes       BIGINT NOT NULL DEFAULT 0,
+    -- when a scan last listed a contact this entry may have made (a miss counts only in a pass
+    -- that started after it)
+    seen_at      TEXT
 );
 CREATE INDEX unconfirmed_creates_external_id ON unconfirmed_creates (external_id);

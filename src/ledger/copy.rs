@@ -126,6 +126,7 @@ const TABLES: &[Table] = &[
             ("snapshot", Text),
             ("sent_at", Text),
             ("passes", Int),
+            ("seen_at", Text),
         ],
         pg_order: "id",
     },

@@ -163,12 +163,17 @@ impl Ledger {
         .await)?)
     }
 
-    /// Whether the record is quarantined now (the CRM has it, but it could not be synced).
-    pub async fn is_quarantined(&self, external_id: &str) -> Result<bool, LedgerError> {
+    /// Whether run `run_id` quarantined the record (so the CRM still has it, discarded or not).
+    pub async fn quarantined_in_run(
+        &self,
+        external_id: &str,
+        run_id: &str,
+    ) -> Result<bool, LedgerError> {
         let n: i64 = on_pool!(&self.pool, |p| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM quarantine WHERE external_id = $1 AND discarded_at IS NULL"
+            "SELECT COUNT(*) FROM quarantine WHERE external_id = $1 AND last_run_id = $2"
         )
         .bind(external_id)
+        .bind(run_id)
         .fetch_one(p)
         .await)?;
         Ok(n > 0)

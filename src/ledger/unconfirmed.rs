@@ -5,8 +5,10 @@
 //! misses is not proof: when the record is then created again (or forgotten, its CRM row gone),
 //! what the earlier POST sent is kept here. A scan that later lists a contact with that
 //! `externalId` the ledger does not link finds it here: it is ours, and the kept snapshot is the
-//! base that tells a person's edits on it from the values we sent (`sync::copies`). An entry
-//! that three complete scans, all started after it, never matched is ruled out.
+//! base that tells a person's edits on it from the values we sent (`sync::copies`). There is one
+//! entry per POST (two lost POSTs may have made two twins); resolving a twin removes one. An
+//! entry that three complete passes in a row, all started after it, listed no contact for is
+//! ruled out.
 
 use std::collections::HashSet;
 
@@ -120,24 +122,41 @@ impl Ledger {
         Ok(())
     }
 
-    /// Counts a complete scan that started at `pass_started` against every entry older than it
-    /// whose record the scan found no contact for (`found`), and rules out those it has now
-    /// missed [`PASSES_TO_RULE_OUT`] times. Returns the ruled-out records.
+    /// A scan listed an unlinked contact that `external_id`'s entries may have made: their run of
+    /// missed passes starts over, and the pass that listed it does not count as a miss.
+    pub async fn unconfirmed_seen(&self, external_id: &str) -> Result<(), LedgerError> {
+        on_pool!(&self.pool, |p| sqlx::query(
+            "UPDATE unconfirmed_creates SET passes = 0, seen_at = $2 WHERE external_id = $1"
+        )
+        .bind(external_id)
+        .bind(now_text())
+        .execute(p)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// Counts a complete pass that started at `pass_started` against every entry older than it
+    /// that it listed no contact for (no `unconfirmed_seen` since it started, even before a
+    /// restart resumed it), and rules out those it has now missed [`PASSES_TO_RULE_OUT`] times
+    /// in a row. Returns the ruled-out records.
     pub async fn unconfirmed_pass_finished(
         &self,
         pass_started: chrono::DateTime<chrono::Utc>,
-        found: &HashSet<String>,
     ) -> Result<Vec<String>, LedgerError> {
-        let rows: Vec<(i64, String, String, i64)> = on_pool!(&self.pool, |p| sqlx::query_as(
-            "SELECT id, external_id, sent_at, passes FROM unconfirmed_creates ORDER BY id"
-        )
-        .fetch_all(p)
-        .await)?;
+        let rows: Vec<(i64, String, String, i64, Option<String>)> = on_pool!(&self.pool, |p| {
+            sqlx::query_as(
+                "SELECT id, external_id, sent_at, passes, seen_at FROM unconfirmed_creates ORDER BY id"
+            )
+            .fetch_all(p)
+            .await
+        })?;
+        let before =
+            |at: &str| chrono::DateTime::parse_from_rfc3339(at).is_ok_and(|at| at < pass_started);
         let mut ruled_out = Vec::new();
-        for (id, external_id, sent_at, passes) in rows {
-            let before_pass = chrono::DateTime::parse_from_rfc3339(&sent_at)
-                .is_ok_and(|sent| sent < pass_started);
-            if !before_pass || found.contains(&external_id) {
+        for (id, external_id, sent_at, passes, seen_at) in rows {
+            let seen_this_pass = seen_at.as_deref().is_some_and(|at| !before(at));
+            if !before(&sent_at) || seen_this_pass {
                 continue;
             }
             if passes + 1 >= PASSES_TO_RULE_OUT {

@@ -471,6 +471,8 @@ impl QuoClient {
         let mut retries = 0u32;
         let mut unconfirmed_posts = 0u32;
         loop {
+            // A 409 made nothing: a second POST after it leaves no contact unaccounted for.
+            let mut refused_as_conflict = false;
             // `resend`: whether nothing listed after the wait makes a second POST safe enough.
             let (last, wait_hint, limited, look_first, resend) = match self
                 .attempt(route, Method::POST, "/v1/contacts", &[], Some(body))
@@ -486,7 +488,8 @@ impl QuoClient {
                 }
                 // Quo says it exists: look now (no wait needed for a definite answer).
                 Ok((StatusCode::CONFLICT, _)) => {
-                    if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
+                    let found = self.lookup_after_post(route, &body.external_id).await?;
+                    if let Some(contact) = found {
                         return Ok(CreateOutcome {
                             contact,
                             adopted: true,
@@ -497,9 +500,22 @@ impl QuoClient {
                         "409 on create, yet no contact with externalId {:?} is listed",
                         body.external_id
                     );
+                    refused_as_conflict = true;
                     (text, None, false, true, true)
                 }
-                Ok((status, bytes)) => return Err(rejected(status, &bytes)),
+                // Refused, so this POST made nothing; an earlier one of this call may have.
+                Ok((status, bytes)) if unconfirmed_posts == 0 => {
+                    return Err(rejected(status, &bytes));
+                }
+                Ok((status, bytes)) => {
+                    return Err(QuoError::Ambiguous {
+                        route,
+                        reason: format!(
+                            "an earlier POST's outcome is unknown, and the next was refused: {}",
+                            rejected(status, &bytes)
+                        ),
+                    });
+                }
                 // Never reached Quo, or refused by the rate limit before any work: plain retry.
                 Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }),
                 Err(AttemptError::NotSent(text)) => (text, None, false, false, false),
@@ -520,7 +536,7 @@ impl QuoClient {
                 .before_retry(route, retries, last, wait_hint, limited)
                 .await?;
             if look_first {
-                if let Some(contact) = self.lookup_for_adoption(&body.external_id).await? {
+                if let Some(contact) = self.lookup_after_post(route, &body.external_id).await? {
                     return Ok(CreateOutcome {
                         contact,
                         adopted: true,
@@ -528,7 +544,7 @@ impl QuoClient {
                     });
                 }
                 if resend {
-                    unconfirmed_posts += 1;
+                    unconfirmed_posts += u32::from(!refused_as_conflict);
                 } else {
                     // Our POST may have landed and a list may lag it: sending again now could
                     // make a duplicate that no lookup can undo. The intent stays pending; the
@@ -540,6 +556,25 @@ impl QuoClient {
                 }
             }
         }
+    }
+
+    /// `lookup_for_adoption` after a POST whose outcome is not known: a refused lookup leaves
+    /// the outcome unknown (`Ambiguous`), so `Rejected` from `create_contact` always means the
+    /// POST itself was refused.
+    async fn lookup_after_post(
+        &self,
+        route: &'static str,
+        external_id: &str,
+    ) -> Result<Option<Contact>, QuoError> {
+        self.lookup_for_adoption(external_id)
+            .await
+            .map_err(|e| match e {
+                QuoError::Rejected { .. } => QuoError::Ambiguous {
+                    route,
+                    reason: format!("the lookup after the POST was refused: {e}"),
+                },
+                other => other,
+            })
     }
 
     async fn lookup_for_adoption(&self, external_id: &str) -> Result<Option<Contact>, QuoError> {

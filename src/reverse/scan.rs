@@ -119,8 +119,6 @@ pub async fn scan_with(
     let mut tokens = crate::quo::client::PageTokens::default();
     // Listed before the ledger linked them (a create racing the pass): not missing at the end.
     let mut unlinked_when_listed = std::collections::HashSet::new();
-    // Records with an unconfirmed create that this call found a contact for.
-    let mut copies_found = std::collections::HashSet::new();
     if !more_allowed(0) {
         return Ok(progress);
     }
@@ -157,12 +155,11 @@ pub async fn scan_with(
         );
         let Some(next) = page.next_page_token else {
             let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
-            let (copies, found) = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
-            copies_found.extend(found);
+            let copies = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
             let mut slice = ScanProgress::page(listed.len(), notices + copies, orphans.len());
             unlinked_when_listed.extend(orphans);
             slice.notices += note_missing(ledger, &scan_id, &unlinked_when_listed).await?;
-            count_unconfirmed_misses(ledger, &copies_found).await?;
+            count_unconfirmed_misses(ledger).await?;
             finish_pass(ledger).await?;
             on_page(&slice);
             progress.add(&slice);
@@ -176,9 +173,9 @@ pub async fn scan_with(
         }
         let store = async {
             let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
-            let (copies, found) = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
+            let copies = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
             ledger.set_meta(SCAN_TOKEN, &next).await?;
-            Ok::<_, IntakeError>((notices + copies, orphans, found))
+            Ok::<_, IntakeError>((notices + copies, orphans))
         };
         let prefetch = more_allowed(progress.pages + 1);
         let (noted, next_answer) = if prefetch {
@@ -187,8 +184,7 @@ pub async fn scan_with(
         } else {
             (store.await, None)
         };
-        let (notices, orphans, found) = noted?;
-        copies_found.extend(found);
+        let (notices, orphans) = noted?;
         let slice = ScanProgress::page(listed.len(), notices, orphans.len());
         unlinked_when_listed.extend(orphans);
         on_page(&slice);
@@ -244,19 +240,19 @@ async fn note_page(
 }
 
 /// A notice for each unlinked contact carrying the externalId of an unconfirmed create (see
-/// `ledger::unconfirmed`). Returns the notices and the records they are for.
+/// `ledger::unconfirmed`), marking those entries seen. Returns the notices stored.
 async fn note_copies(
     ledger: &Ledger,
     scan_id: &str,
     orphans: &[String],
     external_ids: &std::collections::HashMap<String, String>,
-) -> Result<(u64, Vec<String>), IntakeError> {
+) -> Result<u64, IntakeError> {
     let candidates: Vec<(&String, &String)> = orphans
         .iter()
         .filter_map(|quo_id| Some((quo_id, external_ids.get(quo_id)?)))
         .collect();
     if candidates.is_empty() {
-        return Ok((0, Vec::new()));
+        return Ok(0);
     }
     let unconfirmed = ledger.unconfirmed_external_ids().await?;
     let (mut notices, mut found) = (0, Vec::new());
@@ -277,6 +273,7 @@ async fn note_copies(
             })
             .await?;
         notices += u64::from(stored);
+        ledger.unconfirmed_seen(external_id).await?;
         found.push(external_id.clone());
     }
     if !found.is_empty() {
@@ -286,19 +283,16 @@ async fn note_copies(
             "contacts an unconfirmed create may have made are listed; each is resolved against what that POST sent"
         );
     }
-    Ok((notices, found))
+    Ok(notices)
 }
 
 /// At the end of a complete pass: counts it against the unconfirmed creates it found no
 /// contact for, and says which it rules out.
-async fn count_unconfirmed_misses(
-    ledger: &Ledger,
-    found: &std::collections::HashSet<String>,
-) -> Result<(), IntakeError> {
+async fn count_unconfirmed_misses(ledger: &Ledger) -> Result<(), IntakeError> {
     let Some(started) = ledger.meta_time(SCAN_STARTED).await? else {
         return Ok(());
     };
-    for external_id in ledger.unconfirmed_pass_finished(started, found).await? {
+    for external_id in ledger.unconfirmed_pass_finished(started).await? {
         info!(
             event = "unconfirmed_create_ruled_out",
             external_id,

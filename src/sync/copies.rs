@@ -10,11 +10,17 @@
 //! - **a twin of a linked contact**: what a person typed on the twin since our POST (fields that
 //!   differ from what the POST sent, and values of fields we do not manage) is moved to the
 //!   linked contact, where the reverse path merges it into the CRM like any edit made in Quo;
-//!   then the twin is deleted. Nothing anyone typed is lost, and the workspace holds one contact
-//!   per record again.
-//! - **a contact of a record gone from the CRM**: `sync.on_source_delete` decides, as it would
-//!   for a linked one (`delete` deletes it, `ignore` leaves it).
-//! - **a record whose create is still pending**: left alone; that create's lookup adopts it.
+//!   then the twin is deleted. A field that also changed on the linked contact since that POST
+//!   keeps the later contact's value and is recorded as a conflict (policy `twin_later_edit`), so
+//!   an old edit on the twin never reverts a newer one. Nothing typed goes unrecorded, and the
+//!   workspace holds one contact per record again.
+//! - **a contact of a record gone from the CRM** (a complete read did not return it, neither as
+//!   a record nor as a quarantined row): `sync.on_source_delete` decides, as it would for a linked
+//!   one (`delete` deletes it, `ignore` leaves it). Without a complete read it waits.
+//! - **a record whose create is still pending**: left alone; that create's lookup adopts it,
+//!   with what the lost POST sent as the merge base.
+//! - **a copy made after every entry of its record was written**: not made by those POSTs (a
+//!   second deployment sharing our `source`, say): left alone (`copy_not_ours`).
 //!
 //! Every Quo failure leaves the copy for the next scan to find again: each step is computed from
 //! fresh reads, so repeating it after an ambiguous write sends nothing twice.
@@ -23,8 +29,8 @@ use tracing::{info, warn};
 
 use super::{Cycle, Mode, SyncError};
 use crate::config::OnSourceDelete;
-use crate::domain::{QuoContactId, Snapshot};
-use crate::ledger::{LedgerError, NewInboxEvent, RecordRow, RecordState, UnconfirmedCreate};
+use crate::domain::{ExternalId, QuoContactId, Snapshot};
+use crate::ledger::{LedgerError, LedgerIndex, NewInboxEvent, RecordState, UnconfirmedCreate};
 use crate::quo::client::QuoError;
 use crate::quo::types::{Contact, ContactItem};
 use crate::reverse::intake::UnlinkedCopy;
@@ -47,6 +53,47 @@ struct Carried {
     fields: Vec<String>,
     /// Unmanaged emails, phones and custom values taken from the twin.
     unmanaged: Vec<String>,
+    /// Fields changed on both the twin and the linked contact since the lost POST.
+    conflicts: Vec<TwinConflict>,
+}
+
+/// A field typed on a twin that also changed on the linked contact since the lost POST.
+#[derive(Debug)]
+struct TwinConflict {
+    field: String,
+    /// What the lost POST sent (the base).
+    sent: serde_json::Value,
+    /// The linked contact's value (the CRM's side, or a later edit there).
+    linked: serde_json::Value,
+    /// The twin's value.
+    twin: serde_json::Value,
+    /// Whether the twin was changed later, so its value stands.
+    twin_won: bool,
+}
+
+/// How far Quo's clock may run ahead of ours when a copy's `createdAt` is compared with the
+/// time an entry was written.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// The policy named in a twin's conflicts: the later contact's value stands.
+const TWIN_POLICY: &str = "twin_later_edit";
+
+/// The entry whose POST made `have` most likely: the one whose values differ from it in the
+/// fewest fields (a person's edits aside, a contact keeps what its POST sent); the oldest on a
+/// tie.
+pub(super) fn entry_that_made<'a>(
+    have: &Snapshot,
+    entries: &'a [UnconfirmedCreate],
+) -> &'a UnconfirmedCreate {
+    entries
+        .iter()
+        .min_by_key(|e| have.changed_fields(&e.sent).len())
+        .expect("a copy is resolved only against at least one entry")
+}
+
+fn parse_time(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 impl Cycle {
@@ -91,12 +138,12 @@ impl Cycle {
         Ok(())
     }
 
-    /// Resolves the unlinked copies intake found. `complete`: this cycle read the whole CRM, so
-    /// a record without a ledger row (or a deleted one) is known to have left it.
+    /// Resolves the unlinked copies intake found. `read`: the index of a complete read of the
+    /// CRM, which tells a record that left it from one that is still there.
     pub(super) async fn resolve_copies(
         &self,
         copies: &[UnlinkedCopy],
-        complete: bool,
+        read: Option<&LedgerIndex>,
     ) -> Result<(), SyncError> {
         if self.mode != Mode::Apply {
             return Ok(());
@@ -105,7 +152,7 @@ impl Cycle {
             if self.stop.is_cancelled() {
                 break;
             }
-            match self.resolve_copy(copy, complete).await {
+            match self.resolve_copy(copy, read).await {
                 Ok(()) => {}
                 Err(CopyError::Ledger(e)) => return Err(e.into()),
                 Err(CopyError::Quo(e)) if e.is_fatal() => return Err(e.into()),
@@ -121,7 +168,11 @@ impl Cycle {
         Ok(())
     }
 
-    async fn resolve_copy(&self, copy: &UnlinkedCopy, complete: bool) -> Result<(), CopyError> {
+    async fn resolve_copy(
+        &self,
+        copy: &UnlinkedCopy,
+        read: Option<&LedgerIndex>,
+    ) -> Result<(), CopyError> {
         let ledger = &self.ctx.ledger;
         let entries = ledger.unconfirmed_for(copy.external_id.as_str()).await?;
         if entries.is_empty() {
@@ -130,17 +181,48 @@ impl Cycle {
         }
         let row = ledger.record(&copy.external_id).await?;
         let linked = row.as_ref().and_then(|r| r.quo_id.clone());
-        match (&row, linked) {
+        let state = row.as_ref().map(|r| r.state);
+        match (linked, state) {
             // Our create was confirmed after all: this is the linked contact.
-            (_, Some(linked)) if linked == copy.quo_id => Ok(()),
-            (Some(row), Some(linked)) => self.remove_twin(copy, row, &linked, &entries).await,
-            (None, None) if complete => self.remove_stray(copy, &entries).await,
-            (Some(row), None) if complete && row.state == RecordState::Deleted => {
-                self.remove_stray(copy, &entries).await
+            (Some(linked), _) if linked == copy.quo_id => Ok(()),
+            (Some(linked), _) => self.remove_twin(copy, &linked, &entries).await,
+            // A create still pending: its lookup adopts the copy.
+            (None, Some(RecordState::PendingCreate)) => Ok(()),
+            (None, Some(RecordState::Unlinked)) => {
+                // Its contact was deleted in Quo and the record unlinked: nothing is synced for
+                // it any more, so the copy is left as it is and the entry is settled.
+                info!(event = "stray_contact_kept", external_id = %copy.external_id, quo_id = %copy.quo_id, "a contact made by a create whose answer was lost belongs to an unlinked record; left in Quo");
+                ledger.unconfirmed_remove(entries[0].id).await?;
+                Ok(())
             }
-            // A create still pending (its lookup adopts the copy), or an unlinked record.
-            _ => Ok(()),
+            (None, _) => match read {
+                Some(index) if !self.in_crm(copy, index).await? => {
+                    self.remove_stray(copy, &entries).await
+                }
+                Some(_) => Ok(()),
+                None => {
+                    // Only a complete read can tell whether the record left the CRM: the
+                    // notice stays pending until one has.
+                    self.unsettled
+                        .lock()
+                        .await
+                        .insert(copy.external_id.to_string());
+                    Ok(())
+                }
+            },
         }
+    }
+
+    /// Whether this cycle's complete read returned the record, as a record or a quarantined row.
+    async fn in_crm(&self, copy: &UnlinkedCopy, index: &LedgerIndex) -> Result<bool, CopyError> {
+        if index.get(copy.external_id.as_str()).is_some_and(|e| e.seen) {
+            return Ok(true);
+        }
+        Ok(self
+            .ctx
+            .ledger
+            .quarantined_in_run(copy.external_id.as_str(), &self.run_id)
+            .await?)
     }
 
     /// Reads the copy; `None` when it is gone or not ours after all (another source or id).
@@ -153,23 +235,43 @@ impl Cycle {
         Ok(ours.then(|| self.normalized(contact)))
     }
 
+    /// Reads a copy to resolve against `entries`: one made after every entry was written (a
+    /// second deployment sharing our `source`, say) was not made by their POSTs, and is left
+    /// alone.
+    async fn read_copy_of(
+        &self,
+        copy: &UnlinkedCopy,
+        entries: &[UnconfirmedCreate],
+    ) -> Result<Option<Contact>, CopyError> {
+        let Some(contact) = self.read_copy(copy).await? else {
+            return Ok(None);
+        };
+        let created = parse_time(contact.created_at.as_deref());
+        let made_in_time = entries.iter().any(|e| {
+            let written = parse_time(Some(&e.sent_at));
+            match (created, written) {
+                (Some(created), Some(written)) => created <= written + CLOCK_SKEW,
+                _ => true,
+            }
+        });
+        if !made_in_time {
+            warn!(event = "copy_not_ours", external_id = %copy.external_id, quo_id = %copy.quo_id, created_at = ?contact.created_at, "an unlinked contact with our source and this externalId was made after every unconfirmed create of the record; left alone");
+            return Ok(None);
+        }
+        Ok(Some(contact))
+    }
+
     /// A twin of the linked contact `linked`: moves what a person typed on it, then deletes it.
     async fn remove_twin(
         &self,
         copy: &UnlinkedCopy,
-        row: &RecordRow,
         linked: &QuoContactId,
         entries: &[UnconfirmedCreate],
     ) -> Result<(), CopyError> {
-        let Some(twin) = self.read_copy(copy).await? else {
+        let Some(twin) = self.read_copy_of(copy, entries).await? else {
             return Ok(());
         };
-        let have = self.mapper.from_contact(&twin);
-        // The POST that made it: the one whose values it still has, else the oldest.
-        let entry = entries
-            .iter()
-            .find(|e| have.changed_fields(&e.sent).is_empty())
-            .unwrap_or(&entries[0]);
+        let entry = entry_that_made(&self.mapper.from_contact(&twin), entries);
         let Some(kept) = self.ctx.client.get_contact(linked.as_str()).await? else {
             // The linked contact is gone: `reverse.on_quo_delete` decides first.
             return Ok(());
@@ -179,34 +281,28 @@ impl Cycle {
         // touched it, whatever a comparison with what we sent would say.
         let touched = twin.updated_at.is_none() || twin.updated_at != twin.created_at;
         let carried = if touched {
-            self.carried(&twin, &entry.sent, &kept, row.snapshot.as_ref())
+            self.carried(&twin, &entry.sent, &kept)
         } else {
             Carried::default()
         };
+        self.record_twin_conflicts(&copy.external_id, &carried.conflicts)
+            .await?;
         if !carried.fields.is_empty() || !carried.unmanaged.is_empty() {
-            let mut current = kept.clone();
-            add_unmanaged(&mut current, &twin, &self.managed);
-            let body = super::payload::patch_body(&carried.desired, Some(&current), &self.managed);
-            let updated = self
-                .ctx
-                .client
-                .update_contact(linked.as_str(), &body)
-                .await?;
-            // The ledger keeps its agreed snapshot: the next cycle reads the linked contact,
-            // sees a change made in Quo and merges it into the CRM three-way, as for any edit.
-            let stamp = updated.updated_at.as_deref().unwrap_or("unknown");
-            let event_id = format!("copy:{}:{stamp}", copy.quo_id);
-            self.ctx
-                .ledger
-                .inbox_put(NewInboxEvent {
-                    event_id: &event_id,
-                    event_type: "contact.updated",
-                    quo_id: Some(linked.as_str()),
-                    payload: "{\"source\":\"copy\"}",
-                })
+            self.carry_over(copy, linked, &kept, &twin, &carried)
                 .await?;
         }
-        self.ctx.client.delete_contact(copy.quo_id.as_str()).await?;
+        // Typed on again since it was read: what is new would go with it, so the next pass
+        // carries it over first.
+        let again = self.read_copy(copy).await?;
+        if again
+            .as_ref()
+            .is_some_and(|a| a.updated_at != twin.updated_at)
+        {
+            return Ok(());
+        }
+        if again.is_some() {
+            self.ctx.client.delete_contact(copy.quo_id.as_str()).await?;
+        }
         self.ctx.ledger.unconfirmed_remove(entry.id).await?;
         metrics::counter!("quo_sync_duplicates_removed_total").increment(1);
         info!(
@@ -221,31 +317,75 @@ impl Cycle {
         Ok(())
     }
 
-    /// What a person typed on `twin` since our POST sent `sent`, applied to the linked contact
-    /// `kept`. A field edited on both since the last agreement (`agreed`) keeps the later edit.
-    fn carried(
+    /// PATCHes what was typed on the twin onto the linked contact `kept` (read just before),
+    /// and leaves a notice so the next cycle merges it into the CRM like any edit made in Quo.
+    async fn carry_over(
         &self,
-        twin: &Contact,
-        sent: &Snapshot,
+        copy: &UnlinkedCopy,
+        linked: &QuoContactId,
         kept: &Contact,
-        agreed: Option<&Snapshot>,
-    ) -> Carried {
-        let theirs = self.mapper.from_contact(twin).fields();
+        twin: &Contact,
+        carried: &Carried,
+    ) -> Result<(), CopyError> {
+        let mut current = kept.clone();
+        add_unmanaged(&mut current, twin, &self.managed);
+        let body = super::payload::patch_body(&carried.desired, Some(&current), &self.managed);
+        let updated = self
+            .ctx
+            .client
+            .update_contact(linked.as_str(), &body)
+            .await?;
+        // The ledger keeps its agreed snapshot: the next cycle reads the linked contact, sees a
+        // change made in Quo and merges it into the CRM three-way, as for any edit.
+        let stamp = updated.updated_at.as_deref().unwrap_or("unknown");
+        let event_id = format!("copy:{}:{stamp}", copy.quo_id);
+        self.ctx
+            .ledger
+            .inbox_put(NewInboxEvent {
+                event_id: &event_id,
+                event_type: "contact.updated",
+                quo_id: Some(linked.as_str()),
+                payload: "{\"source\":\"copy\"}",
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// What a person typed on `twin` since our POST sent `sent`, applied to the linked contact
+    /// `kept`. A field that also changed on the linked contact since that POST (the CRM or a
+    /// person changed it there) keeps the later of the two contacts' values, and the clash is
+    /// recorded as a conflict.
+    fn carried(&self, twin: &Contact, sent: &Snapshot, kept: &Contact) -> Carried {
+        let twin_snapshot = self.mapper.from_contact(twin);
+        let theirs = twin_snapshot.fields();
+        let sent_fields = sent.fields();
         let kept_snapshot = self.mapper.from_contact(kept);
         let kept_fields = kept_snapshot.fields();
-        let kept_later = kept.updated_at.as_deref() > twin.updated_at.as_deref();
+        let twin_later =
+            parse_time(twin.updated_at.as_deref()) > parse_time(kept.updated_at.as_deref());
         let mut carried = Carried {
             desired: kept_snapshot.clone(),
             ..Carried::default()
         };
-        for field in self.mapper.from_contact(twin).changed_fields(sent) {
-            let edited_on_kept =
-                agreed.is_some_and(|agreed| agreed.fields().get(&field) != kept_fields.get(&field));
-            if edited_on_kept && kept_later {
+        for field in twin_snapshot.changed_fields(sent) {
+            let value = theirs.get(&field).cloned().unwrap_or_default();
+            let ours = kept_fields.get(&field).cloned().unwrap_or_default();
+            if ours == value {
                 continue;
             }
-            let value = theirs.get(&field).cloned().unwrap_or_default();
-            if kept_fields.get(&field) != Some(&value) && carried.desired.set_field(&field, value) {
+            if sent_fields.get(&field) != Some(&ours) {
+                carried.conflicts.push(TwinConflict {
+                    field: field.clone(),
+                    sent: sent_fields.get(&field).cloned().unwrap_or_default(),
+                    linked: ours,
+                    twin: value.clone(),
+                    twin_won: twin_later,
+                });
+                if !twin_later {
+                    continue;
+                }
+            }
+            if carried.desired.set_field(&field, value) {
                 carried.fields.push(field);
             }
         }
@@ -254,29 +394,51 @@ impl Cycle {
         carried
     }
 
+    /// Records each field changed on both the twin and the linked contact, with the winner.
+    async fn record_twin_conflicts(
+        &self,
+        external_id: &ExternalId,
+        conflicts: &[TwinConflict],
+    ) -> Result<(), LedgerError> {
+        for conflict in conflicts {
+            let winner = if conflict.twin_won { "quo" } else { "crm" };
+            warn!(event = "conflict", external_id = %external_id, field = %conflict.field,
+                  crm_value = %conflict.linked, quo_value = %conflict.twin, winner,
+                  policy = TWIN_POLICY, "field changed on a twin made by a lost create and on the linked contact");
+            metrics::counter!("quo_sync_conflicts_total").increment(1);
+            self.ctx
+                .ledger
+                .record_conflict(
+                    external_id.as_str(),
+                    &conflict.field,
+                    &conflict.sent,
+                    &conflict.linked,
+                    &conflict.twin,
+                    winner,
+                    TWIN_POLICY,
+                    Some(&self.run_id),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     /// A contact of a record gone from the CRM: `sync.on_source_delete` decides.
     async fn remove_stray(
         &self,
         copy: &UnlinkedCopy,
         entries: &[UnconfirmedCreate],
     ) -> Result<(), CopyError> {
-        if self
-            .ctx
-            .ledger
-            .is_quarantined(copy.external_id.as_str())
-            .await?
-        {
-            // The CRM still has the record; it just could not be synced this cycle.
-            return Ok(());
-        }
         let entry = &entries[0];
         match self.ctx.settings.on_source_delete {
             OnSourceDelete::Delete => {
-                if self.read_copy(copy).await?.is_some() {
-                    self.ctx.client.delete_contact(copy.quo_id.as_str()).await?;
-                    metrics::counter!("quo_sync_duplicates_removed_total").increment(1);
-                    info!(event = "stray_contact_deleted", external_id = %copy.external_id, quo_id = %copy.quo_id, "a contact made by a create whose answer was lost belongs to a record gone from the CRM; deleted (sync.on_source_delete = \"delete\")");
+                if self.read_copy_of(copy, entries).await?.is_none() {
+                    // Gone already, or not made by our POST: the entry waits for the next pass.
+                    return Ok(());
                 }
+                self.ctx.client.delete_contact(copy.quo_id.as_str()).await?;
+                metrics::counter!("quo_sync_duplicates_removed_total").increment(1);
+                info!(event = "stray_contact_deleted", external_id = %copy.external_id, quo_id = %copy.quo_id, "a contact made by a create whose answer was lost belongs to a record gone from the CRM; deleted (sync.on_source_delete = \"delete\")");
             }
             OnSourceDelete::Ignore => {
                 info!(event = "stray_contact_kept", external_id = %copy.external_id, quo_id = %copy.quo_id, "a contact made by a create whose answer was lost belongs to a record gone from the CRM; left in Quo (sync.on_source_delete = \"ignore\")");

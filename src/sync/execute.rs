@@ -475,13 +475,12 @@ impl Cycle {
         let sent_before = intent.as_ref().and_then(|row| row.snapshot.clone());
         // A record whose earlier POST was never confirmed (its row since forgotten) is looked up
         // like a pending one.
-        let pending = pending
-            || !self
-                .ctx
-                .ledger
-                .unconfirmed_for(external_id.as_str())
-                .await?
-                .is_empty();
+        let unconfirmed = self
+            .ctx
+            .ledger
+            .unconfirmed_for(external_id.as_str())
+            .await?;
+        let pending = pending || !unconfirmed.is_empty();
         // A previous run may have created it and died before committing: look first (its row
         // is already a pending intent).
         let existing = if pending {
@@ -514,14 +513,22 @@ impl Cycle {
                     self.ctx.client.source(),
                     source_url,
                 );
-                let outcome = self
-                    .ctx
-                    .client
-                    .create_contact(&body)
-                    .await
-                    .map_err(Failure::Quo)?;
-                if outcome.unconfirmed_posts > 0 {
-                    // A 5xx'd POST may have landed behind a lagging list, like a lost answer.
+                let outcome = match self.ctx.client.create_contact(&body).await {
+                    Ok(outcome) => outcome,
+                    Err(e @ QuoError::Rejected { .. }) => {
+                        // Quo refused the POST itself, so it made nothing: the intent no longer
+                        // stands for a POST that may have landed (no entry for it next time).
+                        self.ctx
+                            .ledger
+                            .record_intent_with(external_id, None)
+                            .await?;
+                        return Err(Failure::Quo(e));
+                    }
+                    Err(e) => return Err(Failure::Quo(e)),
+                };
+                // Each 5xx'd POST may have landed behind a lagging list, like a lost answer,
+                // and each may have made its own twin.
+                for _ in 0..outcome.unconfirmed_posts {
                     self.ctx
                         .ledger
                         .unconfirmed_add(external_id, snapshot)
@@ -530,20 +537,29 @@ impl Cycle {
                 (self.normalized(outcome.contact), outcome.adopted)
             }
         };
+        // Without an intent's snapshot, the contact found may be one an unconfirmed POST made:
+        // what that POST sent is the base, and its entry is settled once the contact is ours.
+        let made_by = (adopted && sent_before.is_none() && !unconfirmed.is_empty()).then(|| {
+            super::copies::entry_that_made(&self.mapper.from_contact(&contact), &unconfirmed)
+        });
+        let sent_before = sent_before.or_else(|| made_by.map(|entry| entry.sent.clone()));
         if adopted {
             // The merge base is what an earlier attempt sent, when the intent kept it. Without
             // it (a 409 for a contact made elsewhere, an intent from an older version) nothing
             // is known to be a Quo-side edit, and the CRM's values are brought over.
-            return self
-                .adopt(
-                    external_id,
-                    record,
-                    snapshot,
-                    sent_before,
-                    fingerprint,
-                    contact,
-                )
-                .await;
+            self.adopt(
+                external_id,
+                record,
+                snapshot,
+                sent_before,
+                fingerprint,
+                contact,
+            )
+            .await?;
+            if let Some(entry) = made_by {
+                self.ctx.ledger.unconfirmed_remove(entry.id).await?;
+            }
+            return Ok(());
         }
         let quo_id = QuoContactId(contact.id.clone());
         self.commit(

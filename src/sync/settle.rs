@@ -81,9 +81,9 @@ impl Cycle {
             pool.finish(self).await?;
         }
         // After the read and its creates: a record still in the CRM has a linked or pending
-        // row by now, so a copy without one belongs to a record that left it.
-        self.resolve_copies(&intake.copies, read_whole && complete)
-            .await?;
+        // row by now, or the read saw it, so a copy without either belongs to one that left it.
+        let whole_crm = (read_whole && complete).then_some(&index);
+        self.resolve_copies(&intake.copies, whole_crm).await?;
         if self.mode == Mode::Apply && read_whole {
             if complete {
                 self.ctx.ledger.release_unseen(&self.run_id).await?;
