@@ -1,0 +1,426 @@
+//! What each command does: load the configuration, call the library, print the outcome and
+//! choose the exit code.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+use secrecy::SecretString;
+
+use quo_sync::app::{self, AppError};
+use quo_sync::config::Config;
+use quo_sync::ops;
+use quo_sync::sandbox::{PatchMode, SandboxConfig, SandboxHandle};
+use quo_sync::sync::{Mode, plan::render_table};
+
+use super::EXIT_QUARANTINED;
+use super::args::{Cli, Command, LedgerAction};
+
+/// How long `run` waits for in-flight work after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Runs the command line's command; the exit code on success.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let config_path = cli.config.as_path();
+    match cli.command {
+        Command::CheckConfig => check_config(config_path),
+        Command::Sandbox {
+            listen,
+            api_key,
+            requests_per_second,
+            patch_mode,
+            latency_ms,
+        } => sandbox(listen, api_key, requests_per_second, patch_mode, latency_ms).await,
+        Command::Status { json } => status(config_path, json).await,
+        Command::Runs { limit, json } => {
+            let ledger = open_ledger(config_path).await?;
+            let runs = ledger.recent_runs(limit).await?;
+            emit(json, &runs, |r| ops::render_runs(r))?;
+            Ok(0)
+        }
+        Command::Conflicts { limit, json } => {
+            let ledger = open_ledger(config_path).await?;
+            let conflicts = ledger.conflicts(limit).await?;
+            emit(json, &conflicts, |c| ops::render_conflicts(c))?;
+            Ok(0)
+        }
+        Command::Quarantine { action } => super::quarantine::quarantine(config_path, action).await,
+        Command::Ledger {
+            action: LedgerAction::Copy { to },
+        } => ledger_copy(config_path, to).await,
+        Command::Reconcile { repair, json, wait } => {
+            reconcile(config_path, repair, json, wait).await
+        }
+        Command::Run {
+            with_sandbox,
+            allow_mass_delete,
+        } => run(config_path, with_sandbox, allow_mass_delete).await,
+        Command::Once {
+            with_sandbox,
+            json,
+            allow_mass_delete,
+            wait,
+        } => once(config_path, with_sandbox, json, allow_mass_delete, wait).await,
+        Command::Plan { json, with_sandbox } => plan(config_path, json, with_sandbox).await,
+    }
+}
+
+/// `check-config`: loads and validates the configuration (no network).
+fn check_config(config_path: &Path) -> anyhow::Result<u8> {
+    let config = load_config(config_path)?;
+    println!(
+        "{}: OK ({}, ledger {}, Quo {}, {} req/s, API key {})",
+        config_path.display(),
+        config.describe_source(),
+        config
+            .ledger
+            .target()
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        config.quo.base_url,
+        config.quo.requests_per_second,
+        if config.quo.api_key.is_some() {
+            "set"
+        } else {
+            "NOT set (needed by run, once, plan)"
+        }
+    );
+    Ok(0)
+}
+
+/// `sandbox`: serves the Quo sandbox until SIGINT/SIGTERM.
+async fn sandbox(
+    listen: SocketAddr,
+    api_key: String,
+    requests_per_second: u32,
+    patch_mode: String,
+    latency_ms: u64,
+) -> anyhow::Result<u8> {
+    quo_sync::telemetry::init(quo_sync::config::LogFormat::Json, "info");
+    let patch_mode = match patch_mode.as_str() {
+        "merge" => PatchMode::Merge,
+        "replace" => PatchMode::Replace,
+        other => anyhow::bail!(AppError::Config(quo_sync::config::ConfigError::BadValue {
+            file: "(command line)".into(),
+            key: "--patch-mode".into(),
+            reason: format!("expected merge or replace, got {other:?}"),
+        })),
+    };
+    let config = SandboxConfig {
+        api_key,
+        requests_per_second,
+        patch_mode,
+        latency: std::time::Duration::from_millis(latency_ms),
+        ..SandboxConfig::default()
+    };
+    let sandbox = SandboxHandle::start_on(config, listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    eprintln!(
+        "Quo sandbox listening on {} (Authorization: {})",
+        sandbox.base_url(),
+        sandbox.api_key()
+    );
+    let cancel = app::shutdown_token();
+    cancel.cancelled().await;
+    sandbox.shutdown().await;
+    Ok(0)
+}
+
+/// `status`: the ledger summary and who holds the writer lease.
+async fn status(config_path: &Path, json: bool) -> anyhow::Result<u8> {
+    let ledger = open_ledger(config_path).await?;
+    let status = quo_sync::ops::status(&ledger).await?;
+    let writer = ledger.lease_holder().await?;
+    if json {
+        let mut value = serde_json::to_value(&status)?;
+        value["writer"] = serde_json::to_value(&writer)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", status.render());
+        println!("{}", render_writer(writer.as_ref()));
+    }
+    Ok(0)
+}
+
+/// `ledger copy --to`: copies the ledger into a new, empty one and checks every table.
+async fn ledger_copy(config_path: &Path, to: String) -> anyhow::Result<u8> {
+    let target = quo_sync::ledger::LedgerTarget::parse(&to)?;
+    let source = open_ledger(config_path).await?;
+    let target = quo_sync::ledger::Ledger::open_target(&target).await?;
+    let report = source.copy_to(&target).await;
+    source.close().await;
+    target.close().await;
+    let report = report?;
+    println!("copied ledger {} -> {}", source.path(), report.target);
+    for (table, rows) in &report.tables {
+        println!("  {table:<12} {rows:>9} rows");
+    }
+    println!("row counts checked: every table matches the source");
+    Ok(0)
+}
+
+/// `reconcile`: compares Quo, the ledger and the CRM; `--repair` takes the writer lease.
+async fn reconcile(
+    config_path: &Path,
+    repair: bool,
+    json: bool,
+    wait: std::time::Duration,
+) -> anyhow::Result<u8> {
+    let config = load_config(config_path)?;
+    quo_sync::telemetry::init(config.log.format, "warn");
+    // Only --repair writes; a plain comparison is a read and needs no lease.
+    let writer = if repair {
+        Some(app::acquire_writer(&config, "reconcile", wait, app::shutdown_token()).await?)
+    } else {
+        None
+    };
+    let ctx = match &writer {
+        Some(w) => app::build_context_on(&config, "reconcile", w.cancel.clone(), w.ledger.clone())?,
+        None => {
+            app::build_context(
+                &config,
+                "reconcile",
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await?
+        }
+    };
+    let spinner = ops::progress::progress_bar("reconciling");
+    let report = quo_sync::ops::reconcile::reconcile(
+        &ctx.ledger,
+        &ctx.client,
+        &ctx.source,
+        &config.mapping,
+        repair,
+    )
+    .await?;
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+    }
+    match writer {
+        Some(w) => w.release().await,
+        None => ctx.ledger.close().await,
+    }
+    emit(json, &report, |r| r.render())?;
+    Ok(0)
+}
+
+/// `run`: the service, until SIGINT/SIGTERM (with a grace period for in-flight work).
+async fn run(
+    config_path: &Path,
+    with_sandbox: bool,
+    allow_mass_delete: bool,
+) -> anyhow::Result<u8> {
+    let mut config = load_config(config_path)?;
+    quo_sync::telemetry::init(config.log.format, &config.log.level);
+    let _sandbox = if with_sandbox {
+        Some(attach_sandbox(&mut config).await?)
+    } else {
+        None
+    };
+    let cancel = app::shutdown_token();
+    let metrics = quo_sync::ops::http::install_metrics();
+    // Checked before standing by: a bad API key should fail now, not at takeover.
+    app::build_client(&config)?;
+    // In-flight work gets a grace period after SIGTERM; what is cut short is safe
+    // (intents are committed before POSTs and resolved by lookup on the next start).
+    tokio::select! {
+        result = app::run_replica(&config, cancel.clone(), metrics, allow_mass_delete) => result?,
+        _ = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(event = "shutdown_forced", grace_s = SHUTDOWN_GRACE.as_secs(), "in-flight work did not finish in time; exiting (interrupted creates are resolved on the next start)");
+        }
+    }
+    Ok(0)
+}
+
+/// `once`: one cycle under the writer lease, and its summary.
+async fn once(
+    config_path: &Path,
+    with_sandbox: bool,
+    json: bool,
+    allow_mass_delete: bool,
+    wait: std::time::Duration,
+) -> anyhow::Result<u8> {
+    let mut config = load_config(config_path)?;
+    quo_sync::telemetry::init(config.log.format, &config.log.level);
+    let _sandbox = if with_sandbox {
+        Some(attach_sandbox(&mut config).await?)
+    } else {
+        None
+    };
+    let writer = app::acquire_writer(&config, "once", wait, app::shutdown_token()).await?;
+    let mut ctx = app::build_context_on(
+        &config,
+        "once",
+        writer.cancel.clone(),
+        writer.ledger.clone(),
+    )?;
+    ctx.settings.allow_mass_delete = allow_mass_delete;
+    let progress = ops::progress::watch_progress(&ctx);
+    let report = app::once(&ctx, Mode::Apply).await;
+    progress.abort();
+    writer.release().await;
+    let report = report?;
+    if json {
+        let mut value = serde_json::to_value(&report)?;
+        value["peak_rss_mib"] = serde_json::json!(quo_sync::telemetry::peak_rss_mib());
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if std::io::stdout().is_terminal() || with_sandbox {
+        let c = &report.counts;
+        println!(
+            "created {}  updated {}  unchanged {}  deleted {}  quarantined {}  requests {}  429s {}  in {:.1}s",
+            c.created,
+            c.updated,
+            c.unchanged,
+            c.deleted,
+            c.quarantined,
+            c.requests,
+            c.rate_limited,
+            report.duration_ms as f64 / 1000.0
+        );
+    }
+    Ok(
+        if report.counts.quarantined > 0 || report.mass_delete_refused {
+            EXIT_QUARANTINED
+        } else {
+            0
+        },
+    )
+}
+
+/// `plan`: what a cycle would do, sending no writes.
+async fn plan(config_path: &Path, json: bool, with_sandbox: bool) -> anyhow::Result<u8> {
+    let mut config = load_config(config_path)?;
+    quo_sync::telemetry::init(config.log.format, "warn");
+    let _sandbox = if with_sandbox {
+        Some(attach_sandbox(&mut config).await?)
+    } else {
+        None
+    };
+    let ctx =
+        app::build_context(&config, "plan", tokio_util::sync::CancellationToken::new()).await?;
+    let progress = ops::progress::watch_progress(&ctx);
+    let report = app::once(&ctx, Mode::DryRun).await;
+    progress.abort();
+    let report = report?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "counts": report.counts, "operations": report.operations })
+            )?
+        );
+    } else {
+        let c = &report.counts;
+        println!(
+            "plan: create {}  update {}  delete {}  unchanged {}  quarantine {}",
+            c.created, c.updated, c.deleted, c.unchanged, c.quarantined
+        );
+        print!("{}", render_table(&report.operations));
+    }
+    Ok(0)
+}
+
+pub(super) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+/// Points the config at a fresh in-process sandbox with a throwaway ledger.
+async fn attach_sandbox(
+    config: &mut Config,
+) -> anyhow::Result<(SandboxHandle, tempfile_dir::TempDir)> {
+    let sandbox = SandboxHandle::start(SandboxConfig::default())
+        .await
+        .context("starting the sandbox")?;
+    config.quo.base_url = sandbox.base_url();
+    config.quo.api_key = Some(SecretString::from(sandbox.api_key().to_string()));
+    let dir = tempfile_dir::TempDir::new()?;
+    config.ledger.path = dir.path().join("quo-sync.db");
+    config.ledger.url = None;
+    // Work on a copy: a demo must never rewrite the operator's CSV.
+    if let Some(csv) = config
+        .source
+        .path
+        .clone()
+        .filter(|_| config.source.kind == quo_sync::config::SourceKind::Csv)
+    {
+        let copy = dir.path().join(
+            csv.file_name()
+                .unwrap_or_else(|| std::ffi::OsStr::new("contacts.csv")),
+        );
+        std::fs::copy(&csv, &copy).with_context(|| format!("copying {}", csv.display()))?;
+        config.source.path = Some(copy);
+    }
+    tracing::info!(event = "sandbox_started", base_url = %sandbox.base_url(), ledger = %config.ledger.path.display(), "syncing into the built-in Quo sandbox with a throwaway ledger");
+    Ok((sandbox, dir))
+}
+
+/// The `writer` line of `status`: who holds the ledger's writer lease.
+fn render_writer(holder: Option<&quo_sync::ledger::LeaseHolder>) -> String {
+    match holder {
+        Some(h) if h.live => format!(
+            "writer        leader {} pid {} ({}, epoch {}, since {}, lease until {})",
+            h.host, h.pid, h.command, h.epoch, h.since, h.expires
+        ),
+        Some(h) => format!(
+            "writer        none (last: {} pid {}, {}, epoch {}, until {})",
+            h.host, h.pid, h.command, h.epoch, h.expires
+        ),
+        None => "writer        none yet".to_string(),
+    }
+}
+
+/// Prints `value` as pretty JSON, or the text `table` renders from it.
+pub(super) fn emit<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    table: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", table(value));
+    }
+    Ok(())
+}
+
+pub(super) async fn open_ledger(
+    config: &std::path::Path,
+) -> anyhow::Result<quo_sync::ledger::Ledger> {
+    let config = load_config(config)?;
+    Ok(quo_sync::ledger::Ledger::open_config(&config.ledger).await?)
+}
+
+/// A temp folder that removes itself (a thin alias so the binary does not depend on dev crates).
+mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    /// A folder under the system temp dir, removed on drop.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        /// Creates a fresh folder.
+        pub fn new() -> std::io::Result<Self> {
+            let path =
+                std::env::temp_dir().join(format!("quo-sync-sandbox-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&path)?;
+            Ok(Self(path))
+        }
+
+        /// Its path.
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
