@@ -54,6 +54,25 @@ async fn unconfirmed(app: &TestApp, id: &str) -> usize {
     app.ledger().unconfirmed_for(id).await.unwrap().len()
 }
 
+/// The record with a twin and the twin's id, after a lost create was sent again.
+async fn make_a_twin(app: &TestApp, ids: &[&str]) -> (String, String) {
+    lose_the_next_create_behind_a_lagging_list(app).await;
+    app.cycle().await; // the lost POST: its record stays a pending create
+    app.cycle().await; // both lookups miss, so the record is created again
+    let twinned = twinned(app, ids);
+    let [id] = twinned.as_slice() else {
+        panic!("expected one record with a twin, got {twinned:?}")
+    };
+    let linked = app.row(id).await.quo_id.expect("linked").0;
+    let twin = app
+        .sandbox
+        .contacts()
+        .into_iter()
+        .find(|c| c["externalId"] == id.as_str() && c["id"] != linked.as_str())
+        .expect("a twin");
+    (id.clone(), twin["id"].as_str().unwrap().to_string())
+}
+
 #[tokio::test]
 async fn a_twin_made_behind_a_lagging_list_is_merged_into_the_linked_contact_and_deleted() {
     twin_scenario(Backend::Sqlite).await;
@@ -68,13 +87,8 @@ async fn twin_scenario(backend: Backend) {
     let Some(app) = spawn_on(backend, &rows(2), SCAN_EVERY_CYCLE).await else {
         return;
     };
-    lose_the_next_create_behind_a_lagging_list(&app).await;
-    app.cycle().await; // the lost POST: its record stays a pending create
-    app.cycle().await; // both lookups miss, so the record is created again
-    let twinned = twinned(&app, &["c-1", "c-2"]);
-    let [id] = twinned.as_slice() else {
-        panic!("expected one record with a twin, got {twinned:?}")
-    };
+    let (id, twin_id) = make_a_twin(&app, &["c-1", "c-2"]).await;
+    let id = &id;
     assert_eq!(
         unconfirmed(&app, id).await,
         1,
@@ -84,13 +98,6 @@ async fn twin_scenario(backend: Backend) {
     assert_eq!(status.unconfirmed_creates, 1);
     assert!(status.render().contains("unconfirmed creates 1"));
     let linked = app.row(id).await.quo_id.expect("linked").0;
-    let twin = app
-        .sandbox
-        .contacts()
-        .into_iter()
-        .find(|c| c["externalId"] == id.as_str() && c["id"] != linked.as_str())
-        .unwrap();
-    let twin_id = twin["id"].as_str().unwrap().to_string();
     // Someone finds the twin in the Quo app and types on it.
     app.sandbox
         .app_edit(
@@ -128,13 +135,8 @@ async fn twin_scenario(backend: Backend) {
 #[tokio::test]
 async fn an_untouched_twin_is_deleted_without_writing_to_the_linked_contact() {
     let app = spawn(&rows(2), SCAN_EVERY_CYCLE).await;
-    lose_the_next_create_behind_a_lagging_list(&app).await;
-    app.cycle().await;
-    app.cycle().await;
-    let twinned = twinned(&app, &["c-1", "c-2"]);
-    let [id] = twinned.as_slice() else {
-        panic!("expected one record with a twin, got {twinned:?}")
-    };
+    let (id, _) = make_a_twin(&app, &["c-1", "c-2"]).await;
+    let id = &id;
     let linked = app.row(id).await.quo_id.expect("linked").0;
     common::sandbox_clear_faults(&app.sandbox.base_url()).await;
     app.sandbox.reset_stats();
@@ -249,25 +251,6 @@ async fn a_webhook_for_a_lost_create_lets_it_adopt_its_contact_despite_the_laggi
     assert_eq!(unconfirmed(&app, lost).await, 0);
     app.assert_one_contact_per_record(&["c-1".into(), "c-2".into()])
         .await;
-}
-
-/// The record with a twin and the twin's id, after a lost create was sent again.
-async fn make_a_twin(app: &TestApp, ids: &[&str]) -> (String, String) {
-    lose_the_next_create_behind_a_lagging_list(app).await;
-    app.cycle().await; // the lost POST: its record stays a pending create
-    app.cycle().await; // both lookups miss, so the record is created again
-    let twinned = twinned(app, ids);
-    let [id] = twinned.as_slice() else {
-        panic!("expected one record with a twin, got {twinned:?}")
-    };
-    let linked = app.row(id).await.quo_id.expect("linked").0;
-    let twin = app
-        .sandbox
-        .contacts()
-        .into_iter()
-        .find(|c| c["externalId"] == id.as_str() && c["id"] != linked.as_str())
-        .expect("a twin");
-    (id.clone(), twin["id"].as_str().unwrap().to_string())
 }
 
 /// A person types on the twin, then the CRM changes the same field later (and it reaches the
@@ -393,41 +376,22 @@ async fn an_entry_is_ruled_out_only_after_passes_in_a_row_that_list_no_copy() {
         .unconfirmed_add(&id, &quo_sync::domain::Snapshot::default())
         .await
         .unwrap();
+    // A pass that ended now; what it ruled out.
+    let pass_from = async |started| ledger.unconfirmed_pass_finished(started).await.unwrap();
     let pass = || Utc::now() + TimeDelta::milliseconds(1);
     for _ in 1..quo_sync::ledger::PASSES_TO_RULE_OUT {
-        assert!(
-            ledger
-                .unconfirmed_pass_finished(pass())
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(pass_from(pass()).await.is_empty());
     }
     // One more miss would rule it out, but this pass lists a copy (then is resumed and ends).
     let started = Utc::now()
         .duration_trunc(TimeDelta::milliseconds(1))
         .unwrap();
     ledger.unconfirmed_seen("c-1").await.unwrap();
-    assert!(
-        ledger
-            .unconfirmed_pass_finished(started)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(pass_from(started).await.is_empty());
     for _ in 1..quo_sync::ledger::PASSES_TO_RULE_OUT {
-        assert!(
-            ledger
-                .unconfirmed_pass_finished(pass())
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(pass_from(pass()).await.is_empty());
         assert_eq!(unconfirmed(&app, "c-1").await, 1, "the misses started over");
     }
-    assert_eq!(
-        ledger.unconfirmed_pass_finished(pass()).await.unwrap(),
-        vec!["c-1".to_string()]
-    );
+    assert_eq!(pass_from(pass()).await, vec!["c-1".to_string()]);
     assert_eq!(unconfirmed(&app, "c-1").await, 0);
 }

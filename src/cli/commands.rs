@@ -213,13 +213,7 @@ async fn run(
     with_sandbox: bool,
     allow_mass_delete: bool,
 ) -> anyhow::Result<u8> {
-    let mut config = load_config(config_path)?;
-    quo_sync::telemetry::init(config.log.format, &config.log.level);
-    let _sandbox = if with_sandbox {
-        Some(attach_sandbox(&mut config).await?)
-    } else {
-        None
-    };
+    let (config, _sandbox) = configured(config_path, with_sandbox, None).await?;
     let cancel = app::shutdown_token();
     let metrics = quo_sync::ops::http::install_metrics();
     // Checked before standing by: a bad API key should fail now, not at takeover.
@@ -246,13 +240,7 @@ async fn once(
     allow_mass_delete: bool,
     wait: std::time::Duration,
 ) -> anyhow::Result<u8> {
-    let mut config = load_config(config_path)?;
-    quo_sync::telemetry::init(config.log.format, &config.log.level);
-    let _sandbox = if with_sandbox {
-        Some(attach_sandbox(&mut config).await?)
-    } else {
-        None
-    };
+    let (config, _sandbox) = configured(config_path, with_sandbox, None).await?;
     let writer = app::acquire_writer(&config, "once", wait, app::shutdown_token()).await?;
     let mut ctx = app::build_context_on(
         &config,
@@ -295,13 +283,7 @@ async fn once(
 
 /// `plan`: what a cycle would do, sending no writes.
 async fn plan(config_path: &Path, json: bool, with_sandbox: bool) -> anyhow::Result<u8> {
-    let mut config = load_config(config_path)?;
-    quo_sync::telemetry::init(config.log.format, "warn");
-    let _sandbox = if with_sandbox {
-        Some(attach_sandbox(&mut config).await?)
-    } else {
-        None
-    };
+    let (config, _sandbox) = configured(config_path, with_sandbox, Some("warn")).await?;
     let ctx =
         app::build_context(&config, "plan", tokio_util::sync::CancellationToken::new()).await?;
     let progress = ops::progress::watch_progress(&ctx);
@@ -324,6 +306,24 @@ async fn plan(config_path: &Path, json: bool, with_sandbox: bool) -> anyhow::Res
         print!("{}", render_table(&report.operations));
     }
     Ok(0)
+}
+
+/// The configuration with logging started (at `log_level`, else the configured level), pointed
+/// at a fresh in-process sandbox when `with_sandbox`; the sandbox lives as long as the handle.
+async fn configured(
+    config_path: &Path,
+    with_sandbox: bool,
+    log_level: Option<&str>,
+) -> anyhow::Result<(Config, Option<(SandboxHandle, tempfile_dir::TempDir)>)> {
+    let mut config = load_config(config_path)?;
+    let level = log_level.unwrap_or(&config.log.level).to_string();
+    quo_sync::telemetry::init(config.log.format, &level);
+    let sandbox = if with_sandbox {
+        Some(attach_sandbox(&mut config).await?)
+    } else {
+        None
+    };
+    Ok((config, sandbox))
 }
 
 pub(super) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
