@@ -73,6 +73,21 @@ async fn make_a_twin(app: &TestApp, ids: &[&str]) -> (String, String) {
     (id.clone(), twin["id"].as_str().unwrap().to_string())
 }
 
+/// c-1..c-3 are synced; c-4 is added, its POST lands but the answer is lost (and the contact
+/// stays out of every list), then c-4 leaves the CRM. Returns the rows with c-4.
+async fn lose_a_create_whose_record_then_leaves_the_crm(app: &TestApp) -> Vec<String> {
+    app.cycle().await;
+    lose_the_next_create_behind_a_lagging_list(app).await;
+    let mut grown = rows(3);
+    grown.push(common::row("c-4", 4));
+    app.write_csv(&csv(&grown));
+    app.cycle().await; // c-4's POST lands unseen
+    assert_eq!(app.sandbox.count_by_external_id("c-4"), 1);
+    app.write_csv(&csv(&rows(3)));
+    app.cycle().await; // c-4 left the CRM; its lookups miss, so its intent is forgotten
+    grown
+}
+
 #[tokio::test]
 async fn a_twin_made_behind_a_lagging_list_is_merged_into_the_linked_contact_and_deleted() {
     twin_scenario(Backend::Sqlite).await;
@@ -156,15 +171,7 @@ async fn an_untouched_twin_is_deleted_without_writing_to_the_linked_contact() {
 async fn a_contact_made_for_a_record_that_left_the_crm_is_deleted_by_policy() {
     let extra = format!("{SCAN_EVERY_CYCLE}[sync]\non_source_delete = \"delete\"\n");
     let app = spawn(&rows(3), &extra).await;
-    app.cycle().await;
-    lose_the_next_create_behind_a_lagging_list(&app).await;
-    let mut grown = rows(3);
-    grown.push(common::row("c-4", 4));
-    app.write_csv(&csv(&grown));
-    app.cycle().await; // c-4's POST lands unseen
-    assert_eq!(app.sandbox.count_by_external_id("c-4"), 1);
-    app.write_csv(&csv(&rows(3)));
-    app.cycle().await; // c-4 left the CRM; its lookups miss, so its intent is forgotten
+    lose_a_create_whose_record_then_leaves_the_crm(&app).await;
     assert_eq!(
         unconfirmed(&app, "c-4").await,
         1,
@@ -325,14 +332,7 @@ async fn a_twins_older_edit_does_not_revert_a_later_crm_edit_and_is_recorded_as_
 #[tokio::test]
 async fn a_returning_record_adopts_its_lost_creates_contact_keeping_what_was_typed_on_it() {
     let app = spawn(&rows(3), SCAN_EVERY_CYCLE).await;
-    app.cycle().await;
-    lose_the_next_create_behind_a_lagging_list(&app).await;
-    let mut grown = rows(3);
-    grown.push(common::row("c-4", 4));
-    app.write_csv(&csv(&grown));
-    app.cycle().await; // c-4's POST lands unseen
-    app.write_csv(&csv(&rows(3)));
-    app.cycle().await; // c-4 left the CRM; its lookups miss, so its intent is forgotten
+    let grown = lose_a_create_whose_record_then_leaves_the_crm(&app).await;
     assert_eq!(unconfirmed(&app, "c-4").await, 1);
     let made = app.contact_for("c-4");
     app.sandbox
