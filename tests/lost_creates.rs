@@ -269,7 +269,8 @@ async fn a_twins_older_edit_does_not_revert_a_later_crm_edit_and_is_recorded_as_
     app.sandbox
         .app_edit(
             &twin_id,
-            json!({"defaultFields": {"company": "Typed On The Twin"}}),
+            json!({"defaultFields": {"company": "Typed On The Twin"},
+                   "customFields": [{"key": "notes", "value": "noted on the twin"}]}),
         )
         .expect("app edit");
     // Later, the CRM changes the same field; the twin is still hidden from every list.
@@ -294,6 +295,13 @@ async fn a_twins_older_edit_does_not_revert_a_later_crm_edit_and_is_recorded_as_
         .find(|c| c["id"] == linked.as_str())
         .unwrap();
     assert_eq!(linked_contact["defaultFields"]["company"], "CRM Later");
+    // Someone also keeps a note, not synced to the CRM, on the linked contact.
+    app.sandbox
+        .app_edit(
+            &linked,
+            json!({"customFields": [{"key": "notes", "value": "noted on the linked one"}]}),
+        )
+        .expect("app edit");
 
     common::sandbox_clear_faults(&app.sandbox.base_url()).await;
     app.cycle().await; // the scan lists the twin
@@ -322,6 +330,21 @@ async fn a_twins_older_edit_does_not_revert_a_later_crm_edit_and_is_recorded_as_
             .as_deref()
             .is_some_and(|v| v.contains("Typed On The Twin")),
         "the conflict keeps the twin's value: {conflict:?}"
+    );
+    let notes = conflicts
+        .iter()
+        .find(|c| c.external_id == id && c.field == "notes")
+        .unwrap_or_else(|| panic!("the clashing note is recorded: {conflicts:?}"));
+    assert!(
+        notes
+            .quo_value
+            .as_deref()
+            .is_some_and(|v| v.contains("noted on the twin")),
+        "{notes:?}"
+    );
+    assert_eq!(
+        custom_value(&app.contact_for(&id), "notes"),
+        json!("noted on the linked one")
     );
     assert_eq!(unconfirmed(&app, &id).await, 0);
 }

@@ -392,6 +392,9 @@ impl Cycle {
         let mut with_unmanaged = kept.clone();
         carried.unmanaged = add_unmanaged(&mut with_unmanaged, twin, &self.managed);
         carried
+            .conflicts
+            .extend(unmanaged_clashes(kept, twin, &self.managed));
+        carried
     }
 
     /// Records each field changed on both the twin and the linked contact, with the winner.
@@ -447,6 +450,37 @@ impl Cycle {
         self.ctx.ledger.unconfirmed_remove(entry.id).await?;
         Ok(())
     }
+}
+
+/// Custom values we do not manage that the twin and the linked contact both hold, differently:
+/// the linked contact's stays (nothing tells which is later per field), and the twin's is
+/// recorded as a conflict rather than deleted with it unseen.
+fn unmanaged_clashes(
+    kept: &Contact,
+    twin: &Contact,
+    managed: &super::payload::Managed,
+) -> Vec<TwinConflict> {
+    let mut clashes = Vec::new();
+    for field in &twin.custom_fields {
+        let Some(key) = &field.key else { continue };
+        if managed.custom_keys.contains(key) || field.value.is_null() {
+            continue;
+        }
+        let theirs = kept
+            .custom_fields
+            .iter()
+            .find(|k| k.key.as_ref() == Some(key) && !k.value.is_null());
+        if let Some(linked) = theirs.filter(|k| k.value != field.value) {
+            clashes.push(TwinConflict {
+                field: key.clone(),
+                sent: serde_json::Value::Null,
+                linked: linked.value.clone(),
+                twin: field.value.clone(),
+                twin_won: false,
+            });
+        }
+    }
+    clashes
 }
 
 /// Adds to `kept` the emails, phones (labels the mapping does not write) and custom values
