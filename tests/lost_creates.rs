@@ -418,3 +418,37 @@ async fn an_entry_is_ruled_out_only_after_passes_in_a_row_that_list_no_copy() {
     assert_eq!(pass_from(pass()).await, vec!["c-1".to_string()]);
     assert_eq!(unconfirmed(&app, "c-1").await, 0);
 }
+
+/// The answer to the PATCH that carries the twin's values over is lost. Under merge semantics an
+/// item sent without an id is appended each time a PATCH lands, so a blind resend would double
+/// it: the next pass reads both contacts again, sends nothing twice, and still removes the twin.
+#[tokio::test]
+async fn a_lost_answer_to_the_carry_over_patch_appends_nothing_twice() {
+    let sandbox = SandboxConfig {
+        conflict_on_duplicate: false,
+        patch_mode: quo_sync::sandbox::PatchMode::Merge,
+        ..SandboxConfig::default()
+    };
+    let app = TestApp::spawn_on(Backend::Sqlite, &csv(&rows(2)), sandbox, SCAN_EVERY_CYCLE)
+        .await
+        .unwrap();
+    let (id, twin_id) = make_a_twin(&app, &["c-1", "c-2"]).await;
+    app.sandbox
+        .app_edit(
+            &twin_id,
+            json!({"defaultFields": {"emails": [{"name": "personal", "value": "home@example.org"}]}}),
+        )
+        .expect("app edit");
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
+    for _ in 0..3 {
+        app.cycle().await;
+    }
+    assert_eq!(app.sandbox.count_by_external_id(&id), 1, "the twin is gone");
+    let home: Vec<_> = common::items(&app.contact_for(&id), "emails")
+        .into_iter()
+        .filter(|(_, value)| value == "home@example.org")
+        .collect();
+    assert_eq!(home.len(), 1, "carried over once: {home:?}");
+    assert_eq!(unconfirmed(&app, &id).await, 0);
+}
