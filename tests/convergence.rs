@@ -248,6 +248,19 @@ impl World {
                 .await
             }
             9 => common::sandbox_fault(&base, json!({"kind": "repeat_page_token", "count": 1})).await,
+            // The next write's answer is lost, the next contact created stays out of every list
+            // until the faults clear, and no webhook announces it: a lost create whose lookups
+            // miss makes a twin (where Quo accepts a repeated externalId), which the quiet
+            // cycles' scans must find and remove.
+            10 => {
+                common::sandbox_fault(
+                    &base,
+                    json!({"kind": "lagging_list", "seed": seed, "next_created": 1, "scope": "all"}),
+                )
+                .await;
+                self.app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
+                self.app.sandbox.set_webhook(None);
+            }
             _ => {}
         }
     }

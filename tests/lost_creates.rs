@@ -190,7 +190,7 @@ async fn a_contact_made_for_a_record_that_left_the_crm_is_deleted_by_policy() {
 }
 
 #[tokio::test]
-async fn a_lost_create_that_never_landed_is_ruled_out_after_three_scans() {
+async fn a_lost_create_that_never_landed_is_ruled_out_only_by_passes_long_after_it() {
     // The POST was lost before reaching Quo: nothing to find, and the entry must not stay
     // forever.
     let app = spawn(&rows(2), SCAN_EVERY_CYCLE).await;
@@ -209,9 +209,16 @@ async fn a_lost_create_that_never_landed_is_ruled_out_after_three_scans() {
     app.assert_one_contact_per_record(&["c-1".into(), "c-2".into()])
         .await;
     assert_eq!(unconfirmed(&app, "c-1").await, 1);
+    // Passes that follow the POST closely prove nothing: a list may still lag it.
+    for _ in 0..=quo_sync::ledger::PASSES_TO_RULE_OUT {
+        app.cycle().await;
+    }
+    assert_eq!(unconfirmed(&app, "c-1").await, 1, "not ruled out yet");
+    // Passes started well past any lag, listing no copy, rule it out.
+    let later = chrono::Utc::now() + quo_sync::ledger::RULE_OUT_AFTER;
     for pass in 1..=quo_sync::ledger::PASSES_TO_RULE_OUT {
         assert_eq!(unconfirmed(&app, "c-1").await, 1, "before pass {pass}");
-        app.cycle().await;
+        app.ledger().unconfirmed_pass_finished(later).await.unwrap();
     }
     assert_eq!(unconfirmed(&app, "c-1").await, 0, "ruled out");
     app.assert_one_contact_per_record(&["c-1".into(), "c-2".into()])
@@ -387,11 +394,12 @@ async fn a_returning_record_adopts_its_lost_creates_contact_keeping_what_was_typ
     assert_eq!(unconfirmed(&app, "c-4").await, 0, "its entry is settled");
 }
 
-/// A pass that lists a copy resets the entry's run of misses, even when the copy was listed
-/// before a restart resumed the pass; only passes in a row that list nothing rule it out.
+/// A pass that lists a copy resets the entry's run of misses: only passes in a row that list
+/// none, all started well after the entry, rule it out.
 #[tokio::test]
 async fn an_entry_is_ruled_out_only_after_passes_in_a_row_that_list_no_copy() {
-    use chrono::{DurationRound, TimeDelta, Utc};
+    use chrono::{TimeDelta, Utc};
+    use quo_sync::ledger::{PASSES_TO_RULE_OUT, RULE_OUT_AFTER};
     let app = spawn(&rows(1), "").await;
     let ledger = app.ledger();
     let id = quo_sync::domain::ExternalId::parse("c-1").unwrap();
@@ -399,23 +407,23 @@ async fn an_entry_is_ruled_out_only_after_passes_in_a_row_that_list_no_copy() {
         .unconfirmed_add(&id, &quo_sync::domain::Snapshot::default())
         .await
         .unwrap();
-    // A pass that ended now; what it ruled out.
-    let pass_from = async |started| ledger.unconfirmed_pass_finished(started).await.unwrap();
-    let pass = || Utc::now() + TimeDelta::milliseconds(1);
-    for _ in 1..quo_sync::ledger::PASSES_TO_RULE_OUT {
-        assert!(pass_from(pass()).await.is_empty());
+    // A pass that ended now, started `after` the entry; what it ruled out.
+    let pass = async |after: TimeDelta| {
+        let started = Utc::now() + after + TimeDelta::milliseconds(1);
+        ledger.unconfirmed_pass_finished(started).await.unwrap()
+    };
+    assert!(pass(RULE_OUT_AFTER / 2).await.is_empty());
+    assert_eq!(unconfirmed(&app, "c-1").await, 1, "too soon to count");
+    for _ in 1..PASSES_TO_RULE_OUT {
+        assert!(pass(RULE_OUT_AFTER).await.is_empty());
     }
-    // One more miss would rule it out, but this pass lists a copy (then is resumed and ends).
-    let started = Utc::now()
-        .duration_trunc(TimeDelta::milliseconds(1))
-        .unwrap();
+    // One more miss would rule it out, but a pass lists a copy.
     ledger.unconfirmed_seen("c-1").await.unwrap();
-    assert!(pass_from(started).await.is_empty());
-    for _ in 1..quo_sync::ledger::PASSES_TO_RULE_OUT {
-        assert!(pass_from(pass()).await.is_empty());
+    for _ in 1..PASSES_TO_RULE_OUT {
+        assert!(pass(RULE_OUT_AFTER).await.is_empty());
         assert_eq!(unconfirmed(&app, "c-1").await, 1, "the misses started over");
     }
-    assert_eq!(pass_from(pass()).await, vec!["c-1".to_string()]);
+    assert_eq!(pass(RULE_OUT_AFTER).await, vec!["c-1".to_string()]);
     assert_eq!(unconfirmed(&app, "c-1").await, 0);
 }
 
@@ -451,4 +459,43 @@ async fn a_lost_answer_to_the_carry_over_patch_appends_nothing_twice() {
         .collect();
     assert_eq!(home.len(), 1, "carried over once: {home:?}");
     assert_eq!(unconfirmed(&app, &id).await, 0);
+}
+
+/// A create's answer is lost behind a lagging list; the CRM then changes the record, and the
+/// next POST (with the new value) is refused with 409 because the first contact exists. When
+/// the list catches up, that contact is adopted with what the first POST sent as the base, not
+/// what the refused one sent: the CRM's change is a change, and is not reverted.
+#[tokio::test]
+async fn a_contact_adopted_after_409s_is_merged_against_the_post_that_made_it() {
+    let sandbox = SandboxConfig {
+        conflict_on_duplicate: true,
+        ..SandboxConfig::default()
+    };
+    let app = TestApp::spawn_on(Backend::Sqlite, &csv(&rows(1)), sandbox, SCAN_EVERY_CYCLE)
+        .await
+        .unwrap();
+    lose_the_next_create_behind_a_lagging_list(&app).await;
+    app.cycle().await; // the lost POST: its record stays a pending create
+    let edited = common::row("c-1", 1).replace(",Acme 1,", ",Renamed In CRM,");
+    app.write_csv(&csv(&[edited]));
+    app.cycle().await; // lookups miss; the POST with the new value meets 409s
+    assert_eq!(
+        unconfirmed(&app, "c-1").await,
+        1,
+        "the lost POST is remembered"
+    );
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.cycle().await; // the contact is listed and adopted
+    app.cycle().await;
+    assert_eq!(app.sandbox.count_by_external_id("c-1"), 1);
+    assert_eq!(
+        app.contact_for("c-1")["defaultFields"]["company"],
+        "Renamed In CRM"
+    );
+    assert!(
+        app.csv_text().contains("Renamed In CRM"),
+        "the CRM keeps its change:\n{}",
+        app.csv_text()
+    );
+    assert_eq!(unconfirmed(&app, "c-1").await, 0, "its entry is settled");
 }

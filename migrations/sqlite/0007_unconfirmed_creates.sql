@@ -3,7 +3,8 @@
 -- the record was then created again or forgotten. Quo may hold the contact that POST made; a
 -- scan that lists it resolves it against `snapshot` (what that POST sent: the base for telling
 -- a person's edits on it from our values). One row per POST whose outcome is unknown; an entry
--- that three complete passes in a row, all started after it, listed no contact for is ruled out.
+-- that three complete passes in a row, all started at least ten minutes after it, listed no
+-- contact for is ruled out.
 CREATE TABLE unconfirmed_creates (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     external_id  TEXT NOT NULL,

@@ -7,8 +7,8 @@
 //! `externalId` the ledger does not link finds it here: it is ours, and the kept snapshot is the
 //! base that tells a person's edits on it from the values we sent (`sync::copies`). There is one
 //! entry per POST (two lost POSTs may have made two twins); resolving a twin removes one. An
-//! entry that three complete passes in a row, all started after it, listed no contact for is
-//! ruled out.
+//! entry that three complete passes in a row, all started at least ten minutes after it (past
+//! any list lag), listed no contact for is ruled out.
 
 use std::collections::HashSet;
 
@@ -18,6 +18,11 @@ use crate::domain::{ExternalId, Snapshot};
 
 /// Complete scans that must miss an entry before it is ruled out.
 pub const PASSES_TO_RULE_OUT: i64 = 3;
+
+/// How long after an entry is written a pass must start to count as a miss: a list may lag a
+/// create by moments, not by this much, so a pass started later would have listed what the POST
+/// made. Earlier passes prove nothing, however many there are.
+pub const RULE_OUT_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// A POST whose outcome was never confirmed.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,8 +141,8 @@ impl Ledger {
         Ok(())
     }
 
-    /// Counts a complete pass that started at `pass_started` against every entry older than it
-    /// that it listed no contact for (no `unconfirmed_seen` since it started, even before a
+    /// Counts a complete pass that started at `pass_started` against every entry written at least
+    /// [`RULE_OUT_AFTER`] before it that it listed no contact for (no `unconfirmed_seen` since it started, even before a
     /// restart resumed it), and rules out those it has now missed [`PASSES_TO_RULE_OUT`] times
     /// in a row. Returns the ruled-out records.
     pub async fn unconfirmed_pass_finished(
@@ -151,12 +156,14 @@ impl Ledger {
             .fetch_all(p)
             .await
         })?;
-        let before =
-            |at: &str| chrono::DateTime::parse_from_rfc3339(at).is_ok_and(|at| at < pass_started);
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).ok();
         let mut ruled_out = Vec::new();
         for (id, external_id, sent_at, passes, seen_at) in rows {
-            let seen_this_pass = seen_at.as_deref().is_some_and(|at| !before(at));
-            if !before(&sent_at) || seen_this_pass {
+            let seen_this_pass = seen_at
+                .as_deref()
+                .is_some_and(|seen| at(seen).is_none_or(|seen| seen >= pass_started));
+            let long_after = at(&sent_at).is_some_and(|sent| sent + RULE_OUT_AFTER <= pass_started);
+            if !long_after || seen_this_pass {
                 continue;
             }
             if passes + 1 >= PASSES_TO_RULE_OUT {

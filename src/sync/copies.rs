@@ -91,6 +91,26 @@ pub(super) fn entry_that_made<'a>(
         .expect("a copy is resolved only against at least one entry")
 }
 
+/// The merge base for adopting `have`: the intent's snapshot or the entry whose POST most likely
+/// made it, whichever differs from it in fewer fields (the intent on a tie), with that entry.
+pub(super) fn base_of<'a>(
+    have: &Snapshot,
+    intent: Option<Snapshot>,
+    entries: &'a [UnconfirmedCreate],
+) -> (Option<Snapshot>, Option<&'a UnconfirmedCreate>) {
+    let entry = (!entries.is_empty()).then(|| entry_that_made(have, entries));
+    match (intent, entry) {
+        (Some(intent), Some(entry))
+            if have.changed_fields(&entry.sent).len() < have.changed_fields(&intent).len() =>
+        {
+            (Some(entry.sent.clone()), Some(entry))
+        }
+        (Some(intent), _) => (Some(intent), None),
+        (None, Some(entry)) => (Some(entry.sent.clone()), Some(entry)),
+        (None, None) => (None, None),
+    }
+}
+
 fn parse_time(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
     text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&chrono::Utc))

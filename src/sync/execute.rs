@@ -537,12 +537,18 @@ impl Cycle {
                 (self.normalized(outcome.contact), outcome.adopted)
             }
         };
-        // Without an intent's snapshot, the contact found may be one an unconfirmed POST made:
-        // what that POST sent is the base, and its entry is settled once the contact is ours.
-        let made_by = (adopted && sent_before.is_none() && !unconfirmed.is_empty()).then(|| {
-            super::copies::entry_that_made(&self.mapper.from_contact(&contact), &unconfirmed)
-        });
-        let sent_before = sent_before.or_else(|| made_by.map(|entry| entry.sent.clone()));
+        // The merge base is what the POST that made the contact sent. The intent keeps the last
+        // POST's body, which may have made nothing (a 409 while a list lagged); the entries keep
+        // earlier ones'. The closest to the contact made it; its entry is settled once adopted.
+        let (sent_before, made_by) = if adopted {
+            super::copies::base_of(
+                &self.mapper.from_contact(&contact),
+                sent_before,
+                &unconfirmed,
+            )
+        } else {
+            (sent_before, None)
+        };
         if adopted {
             // The merge base is what an earlier attempt sent, when the intent kept it. Without
             // it (a 409 for a contact made elsewhere, an intent from an older version) nothing
