@@ -499,3 +499,34 @@ async fn a_contact_adopted_after_409s_is_merged_against_the_post_that_made_it() 
     );
     assert_eq!(unconfirmed(&app, "c-1").await, 0, "its entry is settled");
 }
+
+/// The answer to the twin's DELETE is lost: the retry meets a 404, which means gone, so the
+/// entry is settled and the linked contact is left alone.
+#[tokio::test]
+async fn a_lost_answer_to_the_twins_delete_still_settles_it() {
+    let app = spawn(&rows(2), SCAN_EVERY_CYCLE).await;
+    let (id, twin_id) = make_a_twin(&app, &["c-1", "c-2"]).await;
+    let linked = app.row(&id).await.quo_id.expect("linked").0;
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
+    app.sandbox.reset_stats();
+    app.cycle().await; // an untouched twin: its DELETE is the cycle's first write
+    assert_eq!(
+        app.sandbox.stats().writes.updates,
+        0,
+        "nothing to carry over"
+    );
+    assert!(
+        app.sandbox
+            .contacts()
+            .iter()
+            .all(|c| c["id"] != twin_id.as_str()),
+        "the twin is gone"
+    );
+    assert_eq!(app.contact_for(&id)["id"], linked.as_str());
+    assert_eq!(
+        unconfirmed(&app, &id).await,
+        0,
+        "the lost answer did not keep it open"
+    );
+}

@@ -141,10 +141,10 @@ impl Ledger {
         Ok(())
     }
 
-    /// Counts a complete pass that started at `pass_started` against every entry written at least
-    /// [`RULE_OUT_AFTER`] before it that it listed no contact for (no `unconfirmed_seen` since it started, even before a
-    /// restart resumed it), and rules out those it has now missed [`PASSES_TO_RULE_OUT`] times
-    /// in a row. Returns the ruled-out records.
+    /// Counts a complete pass that started at `pass_started` against every entry written at
+    /// least [`RULE_OUT_AFTER`] before it that it listed no contact for (no `unconfirmed_seen`
+    /// since it started, even before a restart resumed it), and rules out those it has now
+    /// missed [`PASSES_TO_RULE_OUT`] times in a row. Returns the ruled-out records.
     pub async fn unconfirmed_pass_finished(
         &self,
         pass_started: chrono::DateTime<chrono::Utc>,

@@ -27,6 +27,7 @@
 
 use tracing::{info, warn};
 
+use super::merge_step::parse_time;
 use super::{Cycle, Mode, SyncError};
 use crate::config::OnSourceDelete;
 use crate::domain::{ExternalId, QuoContactId, Snapshot};
@@ -53,6 +54,8 @@ struct Carried {
     fields: Vec<String>,
     /// Unmanaged emails, phones and custom values taken from the twin.
     unmanaged: Vec<String>,
+    /// The linked contact as read, with those unmanaged items added: the PATCH's base.
+    current: Option<Contact>,
     /// Fields changed on both the twin and the linked contact since the lost POST.
     conflicts: Vec<TwinConflict>,
 }
@@ -109,11 +112,6 @@ pub(super) fn base_of<'a>(
         (None, Some(entry)) => (Some(entry.sent.clone()), Some(entry)),
         (None, None) => (None, None),
     }
-}
-
-fn parse_time(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
-    text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 impl Cycle {
@@ -308,8 +306,7 @@ impl Cycle {
         self.record_twin_conflicts(&copy.external_id, &carried.conflicts)
             .await?;
         if !carried.fields.is_empty() || !carried.unmanaged.is_empty() {
-            self.carry_over(copy, linked, &kept, &twin, &carried)
-                .await?;
+            self.carry_over(copy, linked, &carried).await?;
         }
         // Typed on again since it was read: what is new would go with it, so the next pass
         // carries it over first.
@@ -337,19 +334,16 @@ impl Cycle {
         Ok(())
     }
 
-    /// PATCHes what was typed on the twin onto the linked contact `kept` (read just before),
-    /// and leaves a notice so the next cycle merges it into the CRM like any edit made in Quo.
+    /// PATCHes what was typed on the twin onto the linked contact (built on the copy read just
+    /// before), and leaves a notice so the next cycle merges it into the CRM like any edit made in Quo.
     async fn carry_over(
         &self,
         copy: &UnlinkedCopy,
         linked: &QuoContactId,
-        kept: &Contact,
-        twin: &Contact,
         carried: &Carried,
     ) -> Result<(), CopyError> {
-        let mut current = kept.clone();
-        add_unmanaged(&mut current, twin, &self.managed);
-        let body = super::payload::patch_body(&carried.desired, Some(&current), &self.managed);
+        let body =
+            super::payload::patch_body(&carried.desired, carried.current.as_ref(), &self.managed);
         let updated = self
             .ctx
             .client
@@ -409,8 +403,9 @@ impl Cycle {
                 carried.fields.push(field);
             }
         }
-        let mut with_unmanaged = kept.clone();
-        carried.unmanaged = add_unmanaged(&mut with_unmanaged, twin, &self.managed);
+        let mut current = kept.clone();
+        carried.unmanaged = add_unmanaged(&mut current, twin, &self.managed);
+        carried.current = Some(current);
         carried
             .conflicts
             .extend(unmanaged_clashes(kept, twin, &self.managed));

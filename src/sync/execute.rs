@@ -537,22 +537,14 @@ impl Cycle {
                 (self.normalized(outcome.contact), outcome.adopted)
             }
         };
-        // The merge base is what the POST that made the contact sent. The intent keeps the last
-        // POST's body, which may have made nothing (a 409 while a list lagged); the entries keep
-        // earlier ones'. The closest to the contact made it; its entry is settled once adopted.
-        let (sent_before, made_by) = if adopted {
-            super::copies::base_of(
-                &self.mapper.from_contact(&contact),
-                sent_before,
-                &unconfirmed,
-            )
-        } else {
-            (sent_before, None)
-        };
         if adopted {
-            // The merge base is what an earlier attempt sent, when the intent kept it. Without
-            // it (a 409 for a contact made elsewhere, an intent from an older version) nothing
+            // The merge base is what the POST that made the contact sent. The intent keeps the
+            // last POST's body, which may have made nothing (a 409 while a list lagged); the
+            // entries keep earlier ones'; the closest to the contact made it, and its entry is
+            // settled once adopted. Without either (a 409 for a contact made elsewhere) nothing
             // is known to be a Quo-side edit, and the CRM's values are brought over.
+            let have = self.mapper.from_contact(&contact);
+            let (sent_before, made_by) = super::copies::base_of(&have, sent_before, &unconfirmed);
             self.adopt(
                 external_id,
                 record,

@@ -16,7 +16,8 @@ use crate::reverse::intake::{self, QuoChanges};
 use crate::reverse::merge::{MergeOutcome, merge};
 use crate::source::{CrmChange, SourceError, SourceRecord};
 
-fn parse_time(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+/// An RFC 3339 stamp from Quo or the ledger, in UTC; `None` when absent or unreadable.
+pub(super) fn parse_time(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
     text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&chrono::Utc))
 }

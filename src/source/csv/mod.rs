@@ -84,16 +84,8 @@ impl CsvSource {
         _request: ReadRequest,
         tx: mpsc::Sender<SourceItem>,
     ) -> Result<ReadSummary, SourceError> {
-        let layout = self.layout();
-        let (summary, fingerprint) =
-            tokio::task::spawn_blocking(move || read_file(&layout, Sink::Plain(&tx)))
-                .await
-                .map_err(|e| self.io_error(format!("reader thread failed: {e}")))??;
-        *self
-            .last_read
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(fingerprint);
-        Ok(summary)
+        self.read_blocking(move |layout| read_file(layout, Sink::Plain(&tx)))
+            .await
     }
 
     /// Like `read`, but each usable row arrives with the digest of its fingerprinted cells and
@@ -103,18 +95,25 @@ impl CsvSource {
         fingerprint: RawFingerprint,
         tx: mpsc::Sender<Vec<DigestedItem>>,
     ) -> Result<ReadSummary, SourceError> {
-        let layout = self.layout();
-        let (summary, file) = tokio::task::spawn_blocking(move || {
-            read_file(
-                &layout,
-                Sink::Digested {
-                    tx: &tx,
-                    fingerprint: &fingerprint,
-                },
-            )
+        self.read_blocking(move |layout| {
+            let sink = Sink::Digested {
+                tx: &tx,
+                fingerprint: &fingerprint,
+            };
+            read_file(layout, sink)
         })
         .await
-        .map_err(|e| self.io_error(format!("reader thread failed: {e}")))??;
+    }
+
+    /// Runs a read on a blocking thread and remembers the bytes it saw for write-back.
+    async fn read_blocking(
+        &self,
+        read: impl FnOnce(&Layout) -> Result<(ReadSummary, Fingerprint), SourceError> + Send + 'static,
+    ) -> Result<ReadSummary, SourceError> {
+        let layout = self.layout();
+        let (summary, file) = tokio::task::spawn_blocking(move || read(&layout))
+            .await
+            .map_err(|e| self.io_error(format!("reader thread failed: {e}")))??;
         *self
             .last_read
             .lock()
@@ -152,20 +151,23 @@ impl CsvSource {
     /// Rewrites only the changed cells of the changed rows, atomically; refuses if the file
     /// changed since the last read.
     pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {
-        let layout = self.layout();
-        let last_read = Arc::clone(&self.last_read);
-        let changes = changes.to_vec();
-        tokio::task::spawn_blocking(move || write_file(&layout, &last_read, &changes, &[]))
-            .await
-            .map_err(|e| self.io_error(format!("writer thread failed: {e}")))?
+        self.write_blocking(changes.to_vec(), Vec::new()).await
     }
 
     /// Removes the rows of these records, atomically, under the same rules as `write_back`.
     pub async fn delete_records(&self, ids: &[ExternalId]) -> Result<WriteReport, SourceError> {
+        self.write_blocking(Vec::new(), ids.to_vec()).await
+    }
+
+    /// Runs one write-back (changed cells, removed rows) on a blocking thread.
+    async fn write_blocking(
+        &self,
+        changes: Vec<CrmChange>,
+        deletes: Vec<ExternalId>,
+    ) -> Result<WriteReport, SourceError> {
         let layout = self.layout();
         let last_read = Arc::clone(&self.last_read);
-        let ids = ids.to_vec();
-        tokio::task::spawn_blocking(move || write_file(&layout, &last_read, &[], &ids))
+        tokio::task::spawn_blocking(move || write_file(&layout, &last_read, &changes, &deletes))
             .await
             .map_err(|e| self.io_error(format!("writer thread failed: {e}")))?
     }
