@@ -44,6 +44,7 @@
 //! unusual legal shapes, `conn` lets a handler kill its own connection, and [`webhooks`] signs
 //! and delivers events (and drops, repeats or reorders them).
 
+pub mod activity;
 mod conn;
 mod error;
 pub mod faults;
@@ -184,6 +185,7 @@ pub(crate) struct Shared {
     pub acct: Mutex<Accounting>,
     pub faults: Mutex<FaultQueue>,
     pub hub: Arc<Hub>,
+    pub activity: Arc<activity::ActivitySandbox>,
 }
 
 impl Shared {
@@ -479,6 +481,7 @@ impl SandboxHandle {
             acct: Mutex::new(Accounting::default()),
             faults: Mutex::new(FaultQueue::default()),
             hub: hub.clone(),
+            activity: activity::ActivitySandbox::start(),
         });
         shared.set_shapes(config.response_shapes);
         let worker = tokio::spawn(hub.run(rx));
