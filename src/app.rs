@@ -512,6 +512,16 @@ async fn start_listeners(
     {
         routers.push((addr, receiver_router(receiver)));
     }
+    // Quo's call and message webhooks (activity logging), beside the contact webhooks.
+    if let (Some(activity), Some(addr)) = (
+        crate::activity::receiver_routes(config, ledger),
+        config.reverse.listen.or(config.service.listen),
+    ) {
+        match routers.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, router)) => *router = router.clone().merge(activity),
+            None => routers.push((addr, activity)),
+        }
+    }
     // CRM change signals (CSV file watch, POST /webhooks/crm) wake the loop like Quo webhooks.
     let signals = crate::source::watch::Signals::start(
         source.clone(),
@@ -569,6 +579,8 @@ async fn cycle_loop(
         }
         _ => None,
     };
+    // Calls, texts and voicemails to the CRM, beside the cycles (leader only).
+    let activity = crate::activity::start(config, &ctx);
     let ctx = &ctx;
     let tick = interval;
     info!(event = "cycles_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "cycles started");
@@ -612,6 +624,9 @@ async fn cycle_loop(
     }
     if let Some(scanner) = scanner {
         let _ = scanner.await;
+    }
+    if let Some(activity) = activity {
+        activity.join().await;
     }
     Ok(())
 }

@@ -107,6 +107,9 @@ pub struct Config {
     /// More than one replica on one ledger: the writer lease.
     #[serde(default)]
     pub ha: HaConfig,
+    /// Calls, texts and voicemails logged on the CRM record (`src/activity/config.rs`).
+    #[serde(default)]
+    pub activity: Option<crate::activity::config::ActivityConfig>,
 }
 
 /// `[quo]`: the Quo API and how hard to use it.
@@ -453,6 +456,9 @@ pub struct ReverseConfig {
     /// Longest a webhook delivery may take to arrive in full, default `10s` (slow clients get
     /// 408 instead of holding a connection).
     pub read_timeout: HumanDuration,
+    /// The URL at which Quo reaches `reverse.listen` (`https://sync.example.com`): with it,
+    /// quo-sync registers its own webhooks (`quo-sync webhooks ensure`).
+    pub public_url: Option<String>,
 }
 
 impl Default for ReverseConfig {
@@ -469,6 +475,7 @@ impl Default for ReverseConfig {
             inbox_retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             scan_share: 0.3,
             read_timeout: HumanDuration(Duration::from_secs(10)),
+            public_url: None,
         }
     }
 }
@@ -814,6 +821,19 @@ impl Config {
                     self.log.level
                 ),
             ));
+        }
+        if let Some(url) = &self.reverse.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(bad(
+                "reverse.public_url",
+                format!("expected an http(s) URL, got {url:?}"),
+            ));
+        }
+        if let Some(activity) = &self.activity {
+            activity
+                .validate(self.source.kind)
+                .map_err(|e| bad(&format!("activity.{}", e.key), e.reason))?;
         }
         for name in self.reverse.fields.keys() {
             let known = [

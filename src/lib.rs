@@ -6,6 +6,7 @@
 //! client pushes the difference through one shared rate limiter. The [`reverse`] path brings
 //! edits made in Quo back. The [`sandbox`] is a faithful local Quo for tests and demos.
 
+pub mod activity;
 pub mod app;
 pub mod config;
 pub mod domain;

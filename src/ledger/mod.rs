@@ -7,6 +7,7 @@
 //! Migrations live in `migrations/<backend>/` and are embedded in the binary; they run only
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
+mod activity;
 mod copy;
 pub(crate) mod db;
 mod inbox;
@@ -26,6 +27,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
+pub use activity::{
+    ActivityEventRow, ActivityRow, ActivityState, NewActivityEvent, RecordPhones,
+    WebhookRegistration,
+};
 pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
 

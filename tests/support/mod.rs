@@ -1,5 +1,6 @@
 //! Shared helpers for integration tests.
 
+pub mod activity;
 pub mod fake_crm;
 pub mod salesforce;
 pub mod token_desk;

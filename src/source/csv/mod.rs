@@ -44,6 +44,7 @@ use super::*;
 use crate::mapping::RawFingerprint;
 pub use read::RawRow;
 use read::{Sink, read_file};
+pub(crate) use write::replace_with;
 use write::write_file;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";

@@ -47,6 +47,37 @@ impl RestSource {
         body: Option<&Value>,
         headers: &HeaderMap,
     ) -> Result<Reply, SourceError> {
+        self.send_with(method, url, body, headers, false).await
+    }
+
+    /// A JSON exchange for the other writers on this CRM's connection (activity logging):
+    /// `path` is relative to the API base; auth, limiter and retries as for contacts. With
+    /// `once`, a request that may have been applied is never sent again: a 5xx comes back as
+    /// the reply and a lost answer (timeout or reset after sending) as `SourceError::Crm`, for
+    /// the caller to settle by a lookup. Returns the status and body.
+    pub async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+        once: bool,
+    ) -> Result<(u16, Vec<u8>), SourceError> {
+        self.prepare().await?;
+        let url = self.url(path)?;
+        let reply = self.send_with(method, &url, body, headers, once).await?;
+        Ok((reply.status.as_u16(), reply.body))
+    }
+
+    /// `send`, and with `once` no resend of what may have landed (see [`RestSource::exchange`]).
+    async fn send_with(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+        once: bool,
+    ) -> Result<Reply, SourceError> {
         let shown = self.shown(url);
         let mut target = url.clone();
         if let Auth::Query(name, token) = &self.auth {
@@ -116,7 +147,8 @@ impl RestSource {
                     let headers = response.headers().clone();
                     let wait_hint = retry_after_capped(&headers, self.retry.cap);
                     if retry::is_retryable_status(status) {
-                        if self.retry.may_retry(retries) {
+                        let may_have_landed = once && status != StatusCode::TOO_MANY_REQUESTS;
+                        if !may_have_landed && self.retry.may_retry(retries) {
                             retries += 1;
                             let wait = self.retry.backoff(retries, wait_hint);
                             tracing::warn!(method = %method, url = %shown, status = status.as_u16(), retry = retries, wait_ms = wait.as_millis() as u64, "CRM asked us to retry");
@@ -152,7 +184,8 @@ impl RestSource {
                 || failure.is_connect()
                 || failure.is_body()
                 || failure.is_request();
-            if transient && self.retry.may_retry(retries) {
+            let may_have_landed = once && !failure.is_connect();
+            if transient && !may_have_landed && self.retry.may_retry(retries) {
                 retries += 1;
                 let wait = self.retry.backoff(retries, None);
                 tracing::warn!(method = %method, url = %shown, error = %failure, retry = retries, wait_ms = wait.as_millis() as u64, "CRM request failed; retrying");
