@@ -396,9 +396,12 @@ fn summary_text(summary: Option<&Summary>) -> Option<String> {
 /// What the CRM gets: the CSV row and the values REST templates point into, as one JSON object.
 ///
 /// The stable CSV columns are keys of the same name; the other keys are formats CRMs want
-/// (`started_at_ms`, `started_date`, `started_time`, `duration_hhmm`, `duration_mmss`,
-/// `duration_ms`, `call_type`, `direction_upper`), a `subject` and a `description`. Content
-/// keys (`text`, `transcript`, `voicemail_transcript`) are present only with full content.
+/// (`started_at_ms`, `started_at_offset`, `started_date`, `started_time`, `duration_hhmm`,
+/// `duration_mmss`, `duration_ms`, `call_type` (Inbound/Outbound), `call_kind`
+/// (Inbound/Outbound/Missed), `direction_upper`, `subtype` (Call, or Task for a text),
+/// `record_id_number` and `owner_id_number` for CRMs with numeric ids), a `subject` and a
+/// `description`. Content keys (`text`, `transcript`, `voicemail_transcript`) are present only
+/// with full content.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActivityDocument(pub Value);
 
@@ -465,6 +468,15 @@ impl ActivityDocument {
             "subject": subject,
             "description": description.join("\n"),
             "call_type": if incoming { "Inbound" } else { "Outbound" },
+            "call_kind": match (activity.status.as_deref(), incoming) {
+                (Some("missed"), true) => "Missed",
+                (_, true) => "Inbound",
+                (_, false) => "Outbound",
+            },
+            "subtype": if activity.family == Family::Message { "Task" } else { "Call" },
+            "record_id_number": record_id.parse::<i64>().ok(),
+            "owner_id_number": people.owner_id.as_deref().and_then(|o| o.parse::<i64>().ok()),
+            "started_at_offset": started.map(|t| t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()),
             "direction_upper": if incoming { "INBOUND" } else { "OUTBOUND" },
             "started_at_ms": started.map(|t| t.timestamp_millis()),
             "started_date": started.map(|t| t.format("%Y-%m-%d").to_string()),

@@ -436,7 +436,7 @@ impl Ledger {
         limit: i64,
     ) -> Result<Vec<ActivityRow>, LedgerError> {
         self.activities_where(
-            "final = 0 AND family = $1 AND occurred_at >= $2 ORDER BY occurred_at",
+            "final = 0 AND state <> 'skipped' AND family = $1 AND occurred_at >= $2 ORDER BY occurred_at",
             &[family, since],
             limit,
         )

@@ -56,6 +56,10 @@ pub fn render(template: &Value, doc: &Value, omit_nulls: bool) -> Value {
                 }
                 out.insert(key.clone(), filled);
             }
+            // `Owner = { id = "{/owner_id}" }` without an owner is left out, not sent as `{}`.
+            if omit_nulls && out.is_empty() && !map.is_empty() {
+                return Value::Null;
+            }
             Value::Object(out)
         }
         Value::Array(items) => {
@@ -116,12 +120,17 @@ mod tests {
             "Subject": "Call ({/direction}, {/duration_s}s)",
             "Description": "{/summary}",
             "Fixed": true,
+            "Owner": {"id": "{/summary}"},
             "data": [{"nested": "{/record_id}"}],
         });
         let out = render(&template, &doc, true);
         assert_eq!(out["CallDurationInSeconds"], 61);
         assert_eq!(out["Subject"], "Call (incoming, 61s)");
         assert!(out.get("Description").is_none(), "omitted null");
+        assert!(
+            out.get("Owner").is_none(),
+            "an object left empty is omitted too"
+        );
         assert_eq!(out["data"][0]["nested"], "003X");
         assert_eq!(render(&template, &doc, false)["Description"], Value::Null);
         assert_eq!(
