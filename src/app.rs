@@ -488,7 +488,10 @@ async fn start_listeners(
     wake: &Arc<Notify>,
     cancel: &CancellationToken,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, AppError> {
-    use crate::reverse::receiver::{Receiver, router as receiver_router, webhook_routes};
+    use crate::reverse::receiver::Receiver;
+    // The contact webhook: with the configured secret, or with the key of the one quo-sync
+    // registered itself (reverse.public_url).
+    let contact_routes = |receiver: Receiver| crate::activity::contact_routes(config, receiver);
     let receiver = (config.reverse.enabled && config.reverse.listen.is_some()).then(|| Receiver {
         ledger: ledger.clone(),
         secret: config.reverse.webhook_secret.clone(),
@@ -503,14 +506,15 @@ async fn start_listeners(
             .clone()
             .filter(|_| config.reverse.listen == Some(addr))
         {
-            router = router.merge(webhook_routes(receiver));
+            router = router.merge(contact_routes(receiver));
         }
         routers.push((addr, router));
     }
     if let (Some(receiver), Some(addr)) = (receiver, config.reverse.listen)
         && config.service.listen != Some(addr)
     {
-        routers.push((addr, receiver_router(receiver)));
+        let health = axum::routing::get(|| async { "ok\n" });
+        routers.push((addr, contact_routes(receiver).route("/healthz", health)));
     }
     // Quo's call and message webhooks (activity logging), beside the contact webhooks.
     if let (Some(activity), Some(addr)) = (

@@ -19,6 +19,7 @@ pub mod observe;
 pub mod owners;
 pub mod pipeline;
 pub mod poller;
+pub mod registration;
 pub mod sinks;
 pub mod status;
 
@@ -55,6 +56,32 @@ pub fn receiver_routes(config: &Config, ledger: &Ledger) -> Option<axum::Router>
         )
         .routes(),
     )
+}
+
+/// The contact webhook route: the reverse receiver with its configured secret, or, when none is
+/// configured and `reverse.public_url` is set, with the key of the contact webhook quo-sync
+/// registered itself.
+pub fn contact_routes(
+    config: &Config,
+    receiver: crate::reverse::receiver::Receiver,
+) -> axum::Router {
+    if receiver.secret.is_none() && config.reverse.public_url.is_some() {
+        registration::registered_contact_routes(receiver)
+    } else {
+        crate::reverse::receiver::webhook_routes(receiver)
+    }
+}
+
+/// The webhooks quo-sync registers itself, from the configuration.
+pub fn wanted_webhooks(config: &Config) -> Vec<registration::Wanted> {
+    let Some(url) = &config.reverse.public_url else {
+        return Vec::new();
+    };
+    let activity = enabled(config).is_some_and(|a| a.register_webhooks);
+    let contacts = config.reverse.enabled
+        && config.reverse.listen.is_some()
+        && config.reverse.webhook_secret.is_none();
+    registration::wanted(url, activity, contacts)
 }
 
 /// Activity logging of one leader term: the pipeline and the poller, until `ctx.cancel`.
@@ -108,9 +135,20 @@ pub fn poller(activity: &ActivityConfig, ctx: &SyncContext) -> Poller {
     )
 }
 
-/// Starts activity logging for a leader term, when `[activity]` is on. A sink that cannot be
-/// opened is logged and leaves contact sync running.
+/// Starts a leader term's webhook registration (`reverse.public_url`) and activity logging
+/// (when `[activity]` is on). A sink that cannot be opened, or a registration that fails, is
+/// logged and leaves contact sync running (the poller still fills in).
 pub fn start(config: &Config, ctx: &SyncContext) -> Option<Running> {
+    let wanted = wanted_webhooks(config);
+    if !wanted.is_empty() {
+        let registrar =
+            registration::Registrar::new(DatedClient::new(&ctx.client), ctx.ledger.clone());
+        tokio::spawn(async move {
+            if let Err(e) = registrar.ensure(&wanted).await {
+                warn!(event = "webhook_registration_failed", error = %e, "could not register quo-sync's webhooks; the poller still fills in; retried at the next start or with `quo-sync webhooks ensure`");
+            }
+        });
+    }
     let activity = enabled(config)?;
     status::register_metrics();
     let pipeline = match pipeline(activity, ctx) {

@@ -31,7 +31,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             requests_per_second,
             patch_mode,
             latency_ms,
-        } => sandbox(listen, api_key, requests_per_second, patch_mode, latency_ms).await,
+            simulate_calls,
+        } => {
+            sandbox(
+                listen,
+                api_key,
+                requests_per_second,
+                patch_mode,
+                latency_ms,
+                simulate_calls,
+            )
+            .await
+        }
+        Command::Webhooks { action } => super::webhooks::webhooks(config_path, action).await,
         Command::Status { json } => status(config_path, json).await,
         Command::Runs { limit, json } => {
             let ledger = open_ledger(config_path).await?;
@@ -96,6 +108,7 @@ async fn sandbox(
     requests_per_second: u32,
     patch_mode: String,
     latency_ms: u64,
+    simulate_calls: Option<u32>,
 ) -> anyhow::Result<u8> {
     quo_sync::telemetry::init(quo_sync::config::LogFormat::Json, "info");
     let patch_mode = match patch_mode.as_str() {
@@ -122,6 +135,12 @@ async fn sandbox(
         sandbox.base_url(),
         sandbox.api_key()
     );
+    if let Some(per_minute) = simulate_calls.filter(|n| *n > 0) {
+        sandbox.simulate_activity(per_minute);
+        eprintln!(
+            "simulating about {per_minute} calls and texts a minute against the contacts with phone numbers"
+        );
+    }
     let cancel = app::shutdown_token();
     cancel.cancelled().await;
     sandbox.shutdown().await;
@@ -326,7 +345,7 @@ async fn configured(
     Ok((config, sandbox))
 }
 
-pub(super) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+pub(crate) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
@@ -376,7 +395,7 @@ fn render_writer(holder: Option<&quo_sync::ledger::LeaseHolder>) -> String {
 }
 
 /// Prints `value` as pretty JSON, or the text `table` renders from it.
-pub(super) fn emit<T: serde::Serialize>(
+pub(crate) fn emit<T: serde::Serialize>(
     json: bool,
     value: &T,
     table: impl FnOnce(&T) -> String,

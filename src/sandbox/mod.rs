@@ -307,6 +307,9 @@ impl Shared {
     /// Emits an event for an API write, when API writes emit and a target is set.
     pub(crate) fn emit_api(&self, kind: &'static str, mut contact: Value) {
         let s = self.settings();
+        if s.webhooks_on_api_writes {
+            self.activity.hub.emit_contact(kind, &contact);
+        }
         if s.webhooks_on_api_writes
             && let Some(t) = s.webhook
         {
@@ -337,6 +340,7 @@ impl Shared {
     /// Emits an event for an edit made in the Quo app, when a target is set.
     pub(crate) fn emit_app(&self, kind: &'static str, mut contact: Value) {
         let s = self.settings();
+        self.activity.hub.emit_contact(kind, &contact);
         if let Some(t) = s.webhook {
             s.response_shapes.apply(&mut contact);
             self.hub.emit(&t, kind, contact);

@@ -165,11 +165,14 @@ impl Subscription {
     }
 
     fn wants(&self, e: &Emitted) -> bool {
+        // `contact.*` events are workspace-wide: the phone-number filter does not apply.
+        let workspace_wide = e.event_type.starts_with("contact.");
         self.enabled
             && self.events.iter().any(|t| t == e.event_type)
-            && self.resource_ids.as_ref().is_none_or(|ids| {
-                ids.is_empty() || ids.iter().any(|id| id == "*" || *id == e.phone_number_id)
-            })
+            && (workspace_wide
+                || self.resource_ids.as_ref().is_none_or(|ids| {
+                    ids.is_empty() || ids.iter().any(|id| id == "*" || *id == e.phone_number_id)
+                }))
     }
 }
 
@@ -384,6 +387,21 @@ impl ActivityHub {
             let _ = self.tx.send(job);
         }
         event_id
+    }
+
+    /// Delivers a contact event (`contact.updated`, `contact.deleted`) to the subscriptions
+    /// that name it, with the contact as `data.resource`.
+    pub(crate) fn emit_contact(&self, kind: &'static str, contact: &Value) {
+        let id = contact["id"].as_str().unwrap_or_default().to_string();
+        self.emit(Emitted {
+            event_type: kind,
+            activity_id: id,
+            phone_number_id: String::new(),
+            resource: contact.clone(),
+            context: json!({"orgId": super::store::ORG_ID}),
+            link: String::new(),
+            legacy: None,
+        });
     }
 
     /// Sends held jobs newest event first.
