@@ -24,13 +24,13 @@ struct Scene {
     activity_csv: PathBuf,
 }
 
-async fn scene(records: u32, activity: &str) -> Scene {
+async fn scene(records: u32, activity: &str, extra: &str) -> Scene {
     let rows: Vec<String> = (1..=records).map(|n| row(&format!("r-{n}"), n)).collect();
     let port = free_port();
     let mut app = TestApp::spawn_with(
         &csv(&rows),
         SandboxConfig::default(),
-        &format!("[reverse]\nlisten = \"127.0.0.1:{port}\"\npoll_interval = \"0s\"\n"),
+        &format!("[reverse]\nlisten = \"127.0.0.1:{port}\"\npoll_interval = \"0s\"\n{extra}\n"),
     )
     .await;
     app.cycle().await;
@@ -89,7 +89,12 @@ fn call(n: u32, direction: Direction, outcome: CallOutcome) -> CallSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_calls_and_texts_land_once_despite_lost_duplicated_and_reordered_deliveries() {
-    let s = scene(25, "poll_interval = \"400ms\"\nenrichment_window = \"1h\"").await;
+    let s = scene(
+        25,
+        "poll_interval = \"400ms\"\nenrichment_window = \"1h\"",
+        "",
+    )
+    .await;
     let sb = &s.app.sandbox;
     sb.set_activity_enrichment_delay(Duration::from_millis(10), Duration::from_millis(400));
     sb.set_activity_faults(ActivityFaults {
@@ -211,9 +216,11 @@ async fn five_hundred_calls_and_texts_land_once_despite_lost_duplicated_and_reor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_summaries_and_transcripts_rewrite_their_own_row_and_unmatched_calls_are_held() {
+    let console = free_port();
     let s = scene(
         3,
         "content = \"full\"\nunmatched = \"hold\"\npoll_interval = \"0s\"",
+        &format!("[service]\nlisten = \"127.0.0.1:{console}\"\nconsole = true\n"),
     )
     .await;
     let sb = &s.app.sandbox;

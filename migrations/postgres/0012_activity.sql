@@ -32,6 +32,8 @@ CREATE TABLE activities (
     state           TEXT NOT NULL,
     reason          TEXT,
     crm_id          TEXT,
+    -- the CRM copy in the CRM's app (activity.rest.link), for the console
+    crm_link        TEXT,
     wanted_digest   TEXT,
     written_digest  TEXT,
     final           BIGINT NOT NULL DEFAULT 0,

@@ -413,6 +413,7 @@ impl Pipeline {
                 info!(event = "activity_adopted", activity_id = %row.activity_id, crm_id = %crm_id, "an interrupted create had landed; adopted, not sent again");
                 report.adopted += 1;
                 metrics::counter!("quo_sync_activity_adopted_total").increment(1);
+                row.crm_link = self.sink.link(&crm_id);
                 row.crm_id = Some(crm_id);
                 row.written_at.get_or_insert_with(|| stamp(now()));
                 row.last_error = None;
@@ -479,6 +480,7 @@ impl Pipeline {
                         report.updated += 1;
                     }
                     metrics::counter!("quo_sync_activity_writes_total", "op" => if create { "create" } else { "update" }).increment(1);
+                    row.crm_link = self.sink.link(&crm_id);
                     row.crm_id = Some(crm_id);
                     row.state = Some(if row.wanted_digest.as_deref() == Some(digest.as_str()) {
                         ActivityState::Written

@@ -115,6 +115,64 @@ pub async fn gather(ledger: &Ledger) -> Result<ActivityStatus, LedgerError> {
     })
 }
 
+/// The console's panel: the last activities, the record each went to, and its CRM copy (a link
+/// when the sink has one). `esc` escapes text for HTML; content is never shown.
+pub fn panel(rows: &[ActivityRow], status: &ActivityStatus, esc: fn(&str) -> String) -> String {
+    let mut out = format!(
+        "<section id=\"activity\"><h2>Activity</h2><ul class=\"counts\"><li><b>{}</b> written</li>\
+         <li><b>{}</b> pending</li><li><b>{}</b> unmatched</li><li><b>{}</b> events to apply</li></ul>",
+        status.count("written"),
+        status.count("pending") + status.count("writing"),
+        status.unmatched(),
+        status.pending_events
+    );
+    if rows.is_empty() {
+        out.push_str("<p class=\"empty\">No calls or texts yet.</p></section>");
+        return out;
+    }
+    out.push_str(
+        "<div class=\"scroll\"><table><thead><tr><th>When</th><th>Activity</th><th>Kind</th>\
+         <th>Record</th><th>State</th><th>CRM</th></tr></thead><tbody>",
+    );
+    for row in rows {
+        let facts: Option<super::model::Activity> = serde_json::from_str(&row.facts).ok();
+        let kind = facts
+            .as_ref()
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    f.direction.as_deref().unwrap_or(""),
+                    f.kind(true).as_str()
+                )
+            })
+            .unwrap_or_else(|| row.family.clone());
+        let crm = match (&row.crm_link, &row.crm_id) {
+            (Some(link), Some(id))
+                if link.starts_with("https://") || link.starts_with("http://") =>
+            {
+                format!(
+                    "<a href=\"{}\" rel=\"noreferrer\">{}</a>",
+                    esc(link),
+                    esc(id)
+                )
+            }
+            (_, Some(id)) => esc(id),
+            _ => esc(row.reason.as_deref().unwrap_or("")),
+        };
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&row.occurred_at),
+            esc(&row.activity_id),
+            esc(kind.trim()),
+            esc(row.record_id.as_deref().unwrap_or("—")),
+            esc(row.state().as_str()),
+            crm
+        ));
+    }
+    out.push_str("</tbody></table></div></section>");
+    out
+}
+
 /// Sets the activity gauges from the ledger (called when `/metrics` is scraped).
 pub async fn publish(ledger: &Ledger) {
     let Ok(status) = gather(ledger).await else {

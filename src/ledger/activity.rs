@@ -107,6 +107,8 @@ pub struct ActivityRow {
     pub reason: Option<String>,
     /// The CRM object's id (the activity id for CSV).
     pub crm_id: Option<String>,
+    /// The CRM copy in the CRM's app, when the sink has a link template.
+    pub crm_link: Option<String>,
     /// Digest of what the CRM should hold.
     pub wanted_digest: Option<String>,
     /// Digest of what the CRM holds.
@@ -147,6 +149,7 @@ struct StoredActivity {
     state: String,
     reason: Option<String>,
     crm_id: Option<String>,
+    crm_link: Option<String>,
     wanted_digest: Option<String>,
     written_digest: Option<String>,
     #[sqlx(rename = "final")]
@@ -172,6 +175,7 @@ impl From<StoredActivity> for ActivityRow {
             state: Some(ActivityState::parse(&r.state)),
             reason: r.reason,
             crm_id: r.crm_id,
+            crm_link: r.crm_link,
             wanted_digest: r.wanted_digest,
             written_digest: r.written_digest,
             is_final: r.is_final != 0,
@@ -186,17 +190,18 @@ impl From<StoredActivity> for ActivityRow {
     }
 }
 
-const ACTIVITY_COLUMNS: &str = "activity_id, family, occurred_at, facts, record_id, link, state, reason, crm_id, wanted_digest, written_digest, final, attempts, next_attempt_at, last_error, possible_duplicates, first_seen_at, delivered_at, written_at";
+const ACTIVITY_COLUMNS: &str = "activity_id, family, occurred_at, facts, record_id, link, state, reason, crm_id, crm_link, wanted_digest, written_digest, final, attempts, next_attempt_at, last_error, possible_duplicates, first_seen_at, delivered_at, written_at";
 
-const UPSERT: &str = "INSERT INTO activities (activity_id, family, occurred_at, facts, record_id, link, state, reason, crm_id, wanted_digest, written_digest, final, attempts, next_attempt_at, last_error, possible_duplicates, first_seen_at, delivered_at, written_at, updated_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+const UPSERT: &str = "INSERT INTO activities (activity_id, family, occurred_at, facts, record_id, link, state, reason, crm_id, wanted_digest, written_digest, final, attempts, next_attempt_at, last_error, possible_duplicates, first_seen_at, delivered_at, written_at, updated_at, crm_link)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
      ON CONFLICT (activity_id) DO UPDATE SET family = excluded.family, occurred_at = excluded.occurred_at,
        facts = excluded.facts, record_id = excluded.record_id, link = excluded.link, state = excluded.state,
        reason = excluded.reason, crm_id = excluded.crm_id, wanted_digest = excluded.wanted_digest,
        written_digest = excluded.written_digest, final = excluded.final, attempts = excluded.attempts,
        next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,
        possible_duplicates = excluded.possible_duplicates, first_seen_at = excluded.first_seen_at,
-       delivered_at = excluded.delivered_at, written_at = excluded.written_at, updated_at = excluded.updated_at";
+       delivered_at = excluded.delivered_at, written_at = excluded.written_at, updated_at = excluded.updated_at,
+       crm_link = excluded.crm_link";
 
 /// A webhook quo-sync registered itself. `Debug` hides the key.
 #[derive(Clone, PartialEq, sqlx::FromRow)]
@@ -367,6 +372,7 @@ impl Ledger {
                     .bind(&r.delivered_at)
                     .bind(&r.written_at)
                     .bind(&now)
+                    .bind(&r.crm_link)
                     .execute(&mut *tx)
                     .await?;
             }

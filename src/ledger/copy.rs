@@ -155,6 +155,7 @@ const TABLES: &[Table] = &[
             ("state", Text),
             ("reason", Text),
             ("crm_id", Text),
+            ("crm_link", Text),
             ("wanted_digest", Text),
             ("written_digest", Text),
             ("final", Int),

@@ -32,6 +32,8 @@ pub struct Status {
     /// Creates whose answer was lost and whose contact no scan has found yet (a twin may exist
     /// until one does).
     pub unconfirmed_creates: i64,
+    /// Calls, texts and voicemails logged to the CRM (all zero without `[activity]`).
+    pub activity: crate::activity::status::ActivityStatus,
 }
 
 /// Gathers the status report.
@@ -51,6 +53,7 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         pending_reverse_events: ledger.inbox_depth().await?,
         conflicts,
         unconfirmed_creates: ledger.unconfirmed_count().await?,
+        activity: crate::activity::status::gather(ledger).await?,
     })
 }
 
@@ -131,6 +134,9 @@ impl Status {
                 "unconfirmed creates {} (lost POST answers; resolved by the next scans)\n",
                 self.unconfirmed_creates
             ));
+        }
+        if !self.activity.activities.is_empty() || !self.activity.webhooks.is_empty() {
+            out.push_str(&self.activity.render());
         }
         out
     }
