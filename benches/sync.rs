@@ -8,7 +8,9 @@
 //! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling;
 //! - failover (`ha`, `sync/ha.rs`): time for a standby to take over from a killed or paused leader;
 //! - reverse scans (`scan`, `sync/scan.rs`): one pass over 10,000 and 100,000 contacts at 10/s,
-//!   and the delay of CRM edits made meanwhile (`reverse.scan_<n>`).
+//!   and the delay of CRM edits made meanwhile (`reverse.scan_<n>`);
+//! - activity logging (`activity`, `sync/activity.rs`): delivery-to-CRM delay with the contact
+//!   sync busy, and a 10,000-call backfill's requests and time.
 //!
 //! Environment: `QUO_SYNC_BENCH_RATE` (limit used for the load, default 20/s to keep it short),
 //! `QUO_SYNC_BENCH_RECORDS` (default 400), `QUO_SYNC_BENCH_ROWS` (comma list, default
@@ -30,6 +32,8 @@ use quo_sync::sync::{Mode, run_cycle};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "sync/activity.rs"]
+mod activity;
 #[path = "sync/crm.rs"]
 mod crm;
 #[path = "sync/ha.rs"]
@@ -448,6 +452,9 @@ fn main() {
             for (key, value) in scan::scans().await {
                 reverse[key] = value;
             }
+        }
+        if wanted("activity") {
+            figures.insert("activity".into(), activity::activity().await);
         }
         // New sections: `#[path = "sync/<name>.rs"] mod <name>;` plus one `if wanted(..)` here.
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");

@@ -59,6 +59,11 @@ impl People {
         }
     }
 
+    /// Reads `GET /users` now (at start), so the first activity does not wait for it.
+    pub async fn warm(&self) {
+        let _ = self.email("").await;
+    }
+
     /// The email and CRM owner of `user_id`.
     pub async fn attribution(&self, user_id: Option<&str>) -> Attribution {
         let Some(user_id) = user_id else {

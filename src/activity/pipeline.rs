@@ -164,6 +164,7 @@ impl Pipeline {
     /// Runs passes until `cancel`: at once when woken, else every quarter second.
     pub async fn run(self: Arc<Self>, wake: Arc<Notify>, cancel: CancellationToken) {
         info!(event = "activity_started", sink = %self.sink.describe(), "activity logging started");
+        self.people.warm().await;
         loop {
             match self.pass().await {
                 Ok(report) if report != PassReport::default() => {

@@ -22,6 +22,7 @@
 //! | `POST /_sandbox/app/contacts[?source=hubspot]` | create as the Quo app / an integration |
 //! | `POST`/`DELETE /_sandbox/app/contacts/{id}` | edit (merge) / delete as a user in the Quo app |
 //! | `GET /_sandbox/webhooks`, `POST /_sandbox/webhooks/{event_id}/redeliver` | delivery log / redeliver |
+//! | `GET /_sandbox/activity`, `POST /_sandbox/activity/calls\|messages\|flush`, `GET`/`POST /_sandbox/activity/faults`, `GET /_sandbox/activity/deliveries` | calls and messages ([`activity`], the dated `2026-03-30` surface) |
 //!
 //! Sandbox choices where Quo's behaviour is undocumented: custom field values set to `null` are
 //! removed from the contact's `customFields`; `date` values are normalised to UTC with
