@@ -15,7 +15,9 @@ use quo_sync::ledger::Ledger;
 use quo_sync::sandbox::activity::{CallOutcome, CallSpec, Direction};
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
 use serde_json::{Value, json};
-use support::activity::{free_port, number_of, subscribe, until};
+use support::activity::{
+    free_port, number_of, point_at, set, subscribe, text, until, vendor_config,
+};
 use support::token_crm::TokenCrm;
 
 /// `config/<example>` + `config/<activity>` with the test's endpoints.
@@ -28,40 +30,10 @@ fn write_config(
     port: u16,
     key: &str,
 ) -> std::path::PathBuf {
-    let mut text = std::fs::read_to_string(format!("config/{example}")).unwrap();
-    text.push('\n');
-    text.push_str(&std::fs::read_to_string(format!("config/{activity}")).unwrap());
-    for (from, to) in replace {
-        text = text.replace(from, to);
-    }
-    let mut table: toml::Table = text.parse().unwrap();
-    let mut put = |path: &[&str], value: toml::Value| {
-        let mut at = &mut table;
-        for key in &path[..path.len() - 1] {
-            at = at
-                .entry(key.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-                .unwrap();
-        }
-        at.insert(path[path.len() - 1].to_string(), value);
-    };
-    let s = |v: &str| toml::Value::String(v.to_string());
-    put(&["quo", "base_url"], s(&sandbox.base_url()));
-    put(&["quo", "api_key"], s(sandbox.api_key()));
-    put(&["quo", "requests_per_second"], toml::Value::Integer(1000));
-    put(
-        &["ledger", "path"],
-        s(&dir.join("ledger.db").display().to_string()),
-    );
-    put(&["reverse", "listen"], s(&format!("127.0.0.1:{port}")));
-    put(&["reverse", "poll_interval"], s("0s"));
-    put(&["schedule", "interval"], s("1s"));
-    put(&["activity", "poll_interval"], s("0s"));
-    put(
-        &["activity", "webhook_secrets"],
-        toml::Value::Array(vec![s(key)]),
-    );
+    let mut table = vendor_config(example, activity, replace);
+    point_at(&mut table, sandbox, &dir.join("ledger.db"), port, key);
+    set(&mut table, &["schedule", "interval"], text("1s"));
+    set(&mut table, &["activity", "poll_interval"], text("0s"));
     let path = dir.join("quo-sync.toml");
     std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
     path

@@ -15,35 +15,14 @@ use quo_sync::config::Config;
 use quo_sync::sandbox::activity::{ActivityFaults, CallOutcome, CallSpec, Direction, MessageSpec};
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
 use serde_json::{Value, json};
-use support::activity::{free_port, number_of, subscribe, until};
+use support::activity::{
+    free_port, number_of, point_at, set, subscribe, text, until, vendor_config as merged,
+};
 use support::token_desk::TokenDesk;
 use tokio_util::sync::CancellationToken;
 
 const CONTACTS: u32 = 20;
 const ACTIVITIES: u32 = 500;
-
-/// `config/<example>` and `config/<activity>` merged into one table.
-fn merged(example: &str, activity: &str, replace: &[(&str, String)]) -> toml::Table {
-    let mut text = std::fs::read_to_string(format!("config/{example}")).unwrap();
-    text.push('\n');
-    text.push_str(&std::fs::read_to_string(format!("config/{activity}")).unwrap());
-    for (from, to) in replace {
-        text = text.replace(from, to);
-    }
-    text.parse().expect("the examples are valid TOML together")
-}
-
-fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) {
-    let mut at = table;
-    for key in &path[..path.len() - 1] {
-        at = at
-            .entry(key.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .unwrap();
-    }
-    at.insert(path[path.len() - 1].to_string(), value);
-}
 
 /// What a vendor's object says: its activity id, contact, and text.
 struct Reading {
@@ -66,39 +45,17 @@ async fn run_scenario(
         &format!("http://127.0.0.1:{port}/webhooks/quo/activity"),
     )
     .await;
-    let s = |v: &str| toml::Value::String(v.to_string());
-    set(&mut table, &["quo", "base_url"], s(&sandbox.base_url()));
-    set(&mut table, &["quo", "api_key"], s(sandbox.api_key()));
-    set(
-        &mut table,
-        &["quo", "requests_per_second"],
-        toml::Value::Integer(1000),
-    );
-    set(
-        &mut table,
-        &["ledger", "path"],
-        s(&dir.join("ledger.db").display().to_string()),
-    );
+    point_at(&mut table, sandbox, &dir.join("ledger.db"), port, &key);
+    let rest_rate = toml::Value::Integer(500);
     set(
         &mut table,
         &["source", "rest", "requests_per_second"],
-        toml::Value::Integer(500),
+        rest_rate,
     );
-    set(
-        &mut table,
-        &["reverse", "listen"],
-        s(&format!("127.0.0.1:{port}")),
-    );
-    set(&mut table, &["reverse", "poll_interval"], s("0s"));
-    set(&mut table, &["activity", "poll_interval"], s("400ms"));
-    set(&mut table, &["activity", "enrichment_window"], s("1h"));
-    set(&mut table, &["activity", "backfill"], s("0s"));
-    set(
-        &mut table,
-        &["activity", "webhook_secrets"],
-        toml::Value::Array(vec![s(&key)]),
-    );
-    set(&mut table, &["log", "level"], s("warn"));
+    set(&mut table, &["activity", "poll_interval"], text("400ms"));
+    set(&mut table, &["activity", "enrichment_window"], text("1h"));
+    set(&mut table, &["activity", "backfill"], text("0s"));
+    set(&mut table, &["log", "level"], text("warn"));
     let path = dir.join("quo-sync.toml");
     std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
     let config = Config::load_with_env(&path, std::iter::empty()).expect("the examples load");

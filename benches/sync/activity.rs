@@ -15,12 +15,15 @@ use quo_sync::ledger::Ledger;
 use quo_sync::sandbox::activity::{CallOutcome, CallSpec, Direction, MessageSpec};
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
 use serde_json::{Value, json};
+use support::{free_port, subscribe, until};
 use tokio_util::sync::CancellationToken;
 
 #[path = "../../tests/support/crm_objects.rs"]
 mod crm_objects;
 #[path = "../../tests/support/hubspot.rs"]
 mod hubspot;
+#[path = "../../tests/support/activity.rs"]
+mod support;
 #[path = "../../tests/support/token_crm.rs"]
 mod token_crm;
 #[path = "../../tests/support/token_desk.rs"]
@@ -31,54 +34,6 @@ mod vendor;
 /// The number `super::row(i, …)` gives record `b-i`.
 fn number(i: u64) -> String {
     format!("+1415{:03}{:04}", 200 + (i / 10_000) % 300, i % 10_000)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn subscribe(sandbox: &SandboxHandle, url: &str) -> String {
-    use quo_sync::quo::client::{ClientSettings, QuoClient};
-    use quo_sync::quo::dated::{DatedClient, NewWebhook};
-    use secrecy::ExposeSecret;
-    let client = QuoClient::new(
-        ClientSettings {
-            base_url: sandbox.base_url(),
-            api_key: secrecy::SecretString::from(sandbox.api_key().to_string()),
-            source: "quo-sync".into(),
-            timeout: Duration::from_secs(5),
-            retry: quo_sync::quo::retry::RetryPolicy::default(),
-        },
-        quo_sync::quo::limiter::RateLimiter::per_second(1000),
-    );
-    let created = DatedClient::new(&client)
-        .create_webhook(&NewWebhook {
-            url: url.into(),
-            events: quo_sync::activity::observe::EVENT_TYPES
-                .iter()
-                .map(|e| e.to_string())
-                .collect(),
-            resource_ids: Some(vec!["*".into()]),
-            label: "bench".into(),
-        })
-        .await
-        .unwrap();
-    created.key.expose_secret().to_string()
-}
-
-async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "activity bench: {what} not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -151,7 +106,7 @@ async fn delay_under_load() -> Value {
     until(
         "the contact cycle underway",
         Duration::from_secs(30),
-        async || sandbox.contacts().len() as u64 > LINKED + 5,
+        || async { sandbox.contacts().len() as u64 > LINKED + 5 },
     )
     .await;
     sandbox.set_activity_enrichment_delay(Duration::from_millis(100), Duration::from_millis(800));
@@ -189,7 +144,7 @@ async fn delay_under_load() -> Value {
     until(
         "every activity written",
         Duration::from_secs(60),
-        async || {
+        || async {
             ledger
                 .debug_query_i64(
                     "SELECT COUNT(*) FROM activities WHERE state = 'written'",
@@ -314,14 +269,14 @@ async fn backfill() -> Value {
     until(
         "10,000 calls in the CRM",
         Duration::from_secs(900),
-        async || crm.objects().len() as u64 == CALLS,
+        || async { crm.objects().len() as u64 == CALLS },
     )
     .await;
     let seconds = started.elapsed().as_secs_f64();
     until(
         "their ledger rows written",
         Duration::from_secs(60),
-        async || {
+        || async {
             ledger
                 .debug_query_i64(
                     "SELECT COUNT(*) FROM activities WHERE state = 'written'",

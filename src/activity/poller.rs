@@ -77,6 +77,14 @@ pub struct PollSettings {
     pub backfill: Duration,
 }
 
+/// Where a listing stands.
+#[derive(Default)]
+struct Cursor {
+    tokens: PageTokens,
+    after: Option<String>,
+    done: bool,
+}
+
 /// The poller.
 pub struct Poller {
     ledger: Ledger,
@@ -242,19 +250,9 @@ impl Poller {
             since: Some(since),
             until: None,
         };
-        let route = if calls { "GET /calls" } else { "GET /messages" };
-        let mut tokens = PageTokens::default();
-        let mut after: Option<String> = None;
-        loop {
-            let page = if calls {
-                self.dated
-                    .list_calls(range, Include::ALL, after.as_deref())
-                    .await?
-            } else {
-                self.dated.list_messages(range, after.as_deref()).await?
-            };
-            report.pages += 1;
-            for item in &page.data {
+        let mut cursor = Cursor::default();
+        while let Some(items) = self.next_page(calls, range, &mut cursor, report).await? {
+            for item in &items {
                 let view = if calls {
                     rest_call(item, workspace, self.settings.full)
                 } else {
@@ -263,7 +261,7 @@ impl Poller {
                 let Some(view) = view else {
                     warn!(
                         event = "activity_item_unreadable",
-                        route, "a listed item has no id; skipped"
+                        "a listed item has no id; skipped"
                     );
                     continue;
                 };
@@ -278,18 +276,44 @@ impl Poller {
                 )
                 .await?;
             }
-            match page.next_cursor {
-                Some(next) => {
-                    tokens.next(route, &next)?;
-                    after = Some(next);
-                }
-                None => break,
-            }
         }
         // A complete listing has seen everything created before it began: the mark moves there
         // (the next listing starts the overlap earlier, for items a lagging list left out).
         self.ledger.set_meta(mark, &stamp(started)).await?;
         Ok(())
+    }
+
+    /// The next page of calls (`calls`) or messages created within `range`; `None` after the
+    /// last. A cursor answered twice is an error: a listing that cannot finish proves nothing.
+    async fn next_page(
+        &self,
+        calls: bool,
+        range: CreatedRange,
+        cursor: &mut Cursor,
+        report: &mut PollReport,
+    ) -> Result<Option<Vec<Value>>, PollError> {
+        if cursor.done {
+            return Ok(None);
+        }
+        let page = if calls {
+            self.dated
+                .list_calls(range, Include::ALL, cursor.after.as_deref())
+                .await?
+        } else {
+            self.dated
+                .list_messages(range, cursor.after.as_deref())
+                .await?
+        };
+        report.pages += 1;
+        match page.next_cursor {
+            Some(next) => {
+                let route = if calls { "GET /calls" } else { "GET /messages" };
+                cursor.tokens.next(route, &next)?;
+                cursor.after = Some(next);
+            }
+            None => cursor.done = true,
+        }
+        Ok(Some(page.data))
     }
 
     /// Re-reads unfinished calls of the enrichment window that this poll did not list.
@@ -320,25 +344,12 @@ impl Poller {
                 since: Some(oldest),
                 until: None,
             };
-            let mut tokens = PageTokens::default();
-            let mut after: Option<String> = None;
-            loop {
-                let page = self
-                    .dated
-                    .list_calls(range, Include::ALL, after.as_deref())
-                    .await?;
-                report.pages += 1;
-                for item in &page.data {
+            let mut cursor = Cursor::default();
+            while let Some(items) = self.next_page(true, range, &mut cursor, report).await? {
+                for item in &items {
                     if let Some(view) = rest_call(item, workspace, self.settings.full) {
                         self.enrich(view, report).await?;
                     }
-                }
-                match page.next_cursor {
-                    Some(next) => {
-                        tokens.next("GET /calls", &next)?;
-                        after = Some(next);
-                    }
-                    None => break,
                 }
             }
             return Ok(());

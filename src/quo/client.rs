@@ -760,7 +760,7 @@ impl QuoClient {
 }
 
 /// Percent-encodes a path segment (ids are opaque strings).
-pub(super) fn encode_segment(segment: &str) -> String {
+pub(crate) fn encode_segment(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {

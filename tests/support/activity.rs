@@ -96,3 +96,66 @@ where
 pub fn number_of(n: u32) -> String {
     format!("+1415555{:04}", 1000 + n)
 }
+
+/// `config/<example>` followed by `config/<activity>`, with `replace` applied, as one table.
+pub fn vendor_config(example: &str, activity: &str, replace: &[(&str, String)]) -> toml::Table {
+    let mut text = std::fs::read_to_string(format!("config/{example}")).unwrap();
+    text.push('\n');
+    text.push_str(&std::fs::read_to_string(format!("config/{activity}")).unwrap());
+    for (from, to) in replace {
+        text = text.replace(from, to);
+    }
+    text.parse().expect("the examples are valid TOML together")
+}
+
+/// Sets the key at `path` (tables made as needed).
+pub fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let mut at = table;
+    for key in &path[..path.len() - 1] {
+        at = at
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .unwrap();
+    }
+    at.insert(path[path.len() - 1].to_string(), value);
+}
+
+/// A TOML string.
+pub fn text(v: &str) -> toml::Value {
+    toml::Value::String(v.to_string())
+}
+
+/// Points `table` at `sandbox` (Quo), `ledger`, a receiver on `port` with the subscription
+/// `key`, and turns the contact scan off.
+pub fn point_at(
+    table: &mut toml::Table,
+    sandbox: &SandboxHandle,
+    ledger: &Path,
+    port: u16,
+    key: &str,
+) {
+    set(table, &["quo", "base_url"], text(&sandbox.base_url()));
+    set(table, &["quo", "api_key"], text(sandbox.api_key()));
+    set(
+        table,
+        &["quo", "requests_per_second"],
+        toml::Value::Integer(1000),
+    );
+    set(
+        table,
+        &["ledger", "path"],
+        text(&ledger.display().to_string()),
+    );
+    set(
+        table,
+        &["reverse", "listen"],
+        text(&format!("127.0.0.1:{port}")),
+    );
+    set(table, &["reverse", "poll_interval"], text("0s"));
+    set(
+        table,
+        &["activity", "webhook_secrets"],
+        toml::Value::Array(vec![text(key)]),
+    );
+}

@@ -8,6 +8,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::quo::client::encode_segment as encode;
+
 /// The value's text: strings as they are, `null` as nothing, anything else as JSON.
 fn as_text(v: Option<&Value>) -> String {
     match v {
@@ -67,19 +69,6 @@ pub fn render(template: &Value, doc: &Value, omit_nulls: bool) -> Value {
         }
         other => other.clone(),
     }
-}
-
-/// Percent-encodes everything but unreserved characters (safe in a path segment or a query).
-pub fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// Fills `{activity_id}`, `{record_id}` and `{crm_id}` in a path.

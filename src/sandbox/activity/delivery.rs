@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::store::Emitted;
 use crate::sandbox::faults::Draw;
 use crate::sandbox::state::{iso_ms, random_hex};
-use crate::sandbox::webhooks::{WebhookScheme, WebhookTarget, lock, sign_legacy, sign_standard};
+use crate::sandbox::webhooks::{WebhookScheme, WebhookTarget, lock, signed_post};
 
 /// Attempts per delivery (the first plus retries).
 const MAX_ATTEMPTS: u32 = 6;
@@ -444,25 +444,16 @@ impl ActivityHub {
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             let now = Utc::now();
-            let mut request = self
-                .client
-                .post(&job.url)
-                .header("content-type", "application/json")
-                .header("user-agent", "quo-sandbox-webhooks/1");
-            request = match job.scheme {
-                WebhookScheme::Legacy => request.header(
-                    "openphone-signature",
-                    sign_legacy(&job.key, now.timestamp_millis(), &job.body),
-                ),
-                WebhookScheme::Standard => request
-                    .header("webhook-id", &job.delivery_id)
-                    .header("webhook-timestamp", now.timestamp().to_string())
-                    .header(
-                        "webhook-signature",
-                        sign_standard(&job.key, &job.delivery_id, now.timestamp(), &job.body),
-                    ),
-            };
-            let (status, error) = match request.body(job.body.as_ref().clone()).send().await {
+            let request = signed_post(
+                &self.client,
+                &job.url,
+                job.scheme,
+                &job.key,
+                &job.delivery_id,
+                &job.body,
+                now,
+            );
+            let (status, error) = match request.send().await {
                 Ok(response) => (Some(response.status().as_u16()), None),
                 Err(e) => (None, Some(e.to_string())),
             };
