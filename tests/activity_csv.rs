@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{TestApp, csv, row};
+use common::{Backend, TestApp, csv, row};
 use quo_sync::sandbox::SandboxConfig;
 use quo_sync::sandbox::activity::{ActivityFaults, CallOutcome, CallSpec, Direction, MessageSpec};
 use support::activity::{csv_rows, free_port, number_of, subscribe, until};
@@ -24,15 +24,16 @@ struct Scene {
     activity_csv: PathBuf,
 }
 
-async fn scene(records: u32, activity: &str, extra: &str) -> Scene {
+async fn scene(backend: Backend, records: u32, activity: &str, extra: &str) -> Option<Scene> {
     let rows: Vec<String> = (1..=records).map(|n| row(&format!("r-{n}"), n)).collect();
     let port = free_port();
-    let mut app = TestApp::spawn_with(
+    let mut app = TestApp::spawn_on(
+        backend,
         &csv(&rows),
         SandboxConfig::default(),
         &format!("[reverse]\nlisten = \"127.0.0.1:{port}\"\npoll_interval = \"0s\"\n{extra}\n"),
     )
-    .await;
+    .await?;
     app.cycle().await;
     let key = subscribe(
         &app.sandbox,
@@ -51,11 +52,11 @@ async fn scene(records: u32, activity: &str, extra: &str) -> Scene {
     .unwrap();
     app.restart().await;
     let service = app.start_service();
-    Scene {
+    Some(Scene {
         app,
         service,
         activity_csv,
-    }
+    })
 }
 
 impl Scene {
@@ -89,12 +90,25 @@ fn call(n: u32, direction: Direction, outcome: CallOutcome) -> CallSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_calls_and_texts_land_once_despite_lost_duplicated_and_reordered_deliveries() {
-    let s = scene(
+    five_hundred(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_five_hundred_calls_and_texts_land_once_despite_faulty_deliveries() {
+    five_hundred(Backend::Postgres).await;
+}
+
+async fn five_hundred(backend: Backend) {
+    let Some(s) = scene(
+        backend,
         25,
         "poll_interval = \"400ms\"\nenrichment_window = \"1h\"",
         "",
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     let sb = &s.app.sandbox;
     sb.set_activity_enrichment_delay(Duration::from_millis(10), Duration::from_millis(400));
     sb.set_activity_faults(ActivityFaults {
@@ -218,11 +232,13 @@ async fn five_hundred_calls_and_texts_land_once_despite_lost_duplicated_and_reor
 async fn late_summaries_and_transcripts_rewrite_their_own_row_and_unmatched_calls_are_held() {
     let console = free_port();
     let s = scene(
+        Backend::Sqlite,
         3,
         "content = \"full\"\nunmatched = \"hold\"\npoll_interval = \"0s\"",
         &format!("[service]\nlisten = \"127.0.0.1:{console}\"\nconsole = true\n"),
     )
-    .await;
+    .await
+    .expect("SQLite is always there");
     let sb = &s.app.sandbox;
     sb.set_activity_enrichment_delay(Duration::from_secs(3600), Duration::from_secs(3600));
     let first = sb.activity_call(call(1, Direction::Incoming, CallOutcome::Answered));
