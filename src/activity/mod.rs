@@ -114,7 +114,7 @@ pub fn pipeline(activity: &ActivityConfig, ctx: &SyncContext) -> Result<Pipeline
         ctx.ledger.clone(),
         sink,
         people,
-        Settings::from_config(activity),
+        Settings::from_config(activity, ctx.settings.inbox_retention),
     ))
 }
 

@@ -54,12 +54,15 @@ pub struct Settings {
     pub full: bool,
     /// `activity.unmatched`.
     pub unmatched: Unmatched,
+    /// How long applied deliveries are kept (`reverse.inbox_retention`).
+    pub retention: Duration,
 }
 
 impl Settings {
     /// From `[activity]`.
-    pub fn from_config(config: &ActivityConfig) -> Self {
+    pub fn from_config(config: &ActivityConfig, retention: Duration) -> Self {
         Self {
+            retention,
             calls: config.logs(KindName::Calls),
             messages: config.logs(KindName::Messages),
             voicemails: config.logs(KindName::Voicemails),
@@ -134,6 +137,7 @@ pub struct Pipeline {
     people: People,
     index: tokio::sync::Mutex<PhoneIndex>,
     settings: Settings,
+    pruned_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -153,6 +157,7 @@ impl Pipeline {
             people,
             index: tokio::sync::Mutex::new(PhoneIndex::default()),
             settings,
+            pruned_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -204,7 +209,34 @@ impl Pipeline {
             }
         }
         super::status::record_pass(&report);
+        self.prune().await?;
         Ok(report)
+    }
+
+    /// Drops applied deliveries older than the retention, at most once an hour.
+    async fn prune(&self) -> Result<(), PipelineError> {
+        let due = {
+            let mut at = self.pruned_at.lock().unwrap_or_else(|e| e.into_inner());
+            let due = at.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+            if due {
+                *at = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            let keep = chrono::Duration::from_std(self.settings.retention).unwrap_or_default();
+            let pruned = self
+                .ledger
+                .activity_inbox_prune(&stamp(now() - keep))
+                .await?;
+            if pruned > 0 {
+                debug!(
+                    event = "activity_inbox_pruned",
+                    pruned, "applied activity deliveries pruned"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The document the CRM should hold for `facts`, linked to `record_id`.

@@ -37,7 +37,8 @@ pub const COLUMNS: [&str; 12] = [
     "quo_url",
 ];
 
-/// The column added with `activity.content = "full"`: message text, else the call transcript.
+/// The column added with `activity.content = "full"`: the message text, else the call's
+/// transcript, else the voicemail's.
 pub const TEXT_COLUMN: &str = "text";
 
 #[derive(Debug)]
@@ -79,12 +80,11 @@ fn cells(
             if COLUMNS.contains(&column.as_str()) {
                 doc.text(column)
             } else if column == TEXT_COLUMN && full {
-                let text = doc.text("text");
-                if text.is_empty() {
-                    doc.text("transcript")
-                } else {
-                    text
-                }
+                ["text", "transcript", "voicemail_transcript"]
+                    .iter()
+                    .map(|key| doc.text(key))
+                    .find(|t| !t.is_empty())
+                    .unwrap_or_default()
             } else {
                 String::new()
             }
