@@ -14,7 +14,7 @@ use crate::ops::http::ReplicaRole;
 use crate::ops::progress::{CycleView, TICK};
 use crate::ops::summary::{self, Setting};
 use crate::quo::client::ClientStats;
-use crate::sync::{CycleProgress, CycleReport, HeldBack};
+use crate::sync::{CycleProgress, CycleReport};
 use crate::telemetry::Terminal;
 
 /// The live state of one `run` process (cheap to clone; all clones share it).
@@ -178,7 +178,8 @@ pub fn show(
         );
         let mut seen_cycles = 0u64;
         let mut view: Option<CycleView> = None;
-        let mut last_held: Vec<HeldBack> = Vec::new();
+        // What the last cycle held back and warned about: the same again is no news.
+        let mut last_rows: (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
         let mut last: Option<(String, String)> = None;
         loop {
             tokio::select! {
@@ -188,12 +189,15 @@ pub fn show(
             let inner = &status.0;
             if inner.running.load(Ordering::Acquire) && view.is_none() {
                 let stats = lock(&inner.stats).clone().unwrap_or_default();
-                view = Some(CycleView::on(
-                    terminal.clone(),
-                    inner.progress.clone(),
-                    stats,
-                    setting.limit_per_s,
-                ));
+                view = Some(
+                    CycleView::on(
+                        terminal.clone(),
+                        inner.progress.clone(),
+                        stats,
+                        setting.limit_per_s,
+                    )
+                    .deferred(),
+                );
             }
             if let Some(v) = view.as_mut() {
                 v.tick();
@@ -201,7 +205,7 @@ pub fn show(
             let cycles = inner.cycles.load(Ordering::Acquire);
             if cycles != seen_cycles {
                 seen_cycles = cycles;
-                let writes = view.take().map(CycleView::finish).unwrap_or_default();
+                let (writes, read_line) = view.take().map(CycleView::finish).unwrap_or_default();
                 let finished = lock(&inner.finished).clone();
                 if let Some(finished) = finished {
                     last = Some((
@@ -211,20 +215,23 @@ pub fn show(
                     if let Finished::Report(report) = finished {
                         let held = inner.progress.held_back();
                         let notices = terminal.take_notices();
+                        let rows = (
+                            row_keys(&held, |h| format!("{h:?}")),
+                            row_keys(&notices, |n| format!("{n:?}")),
+                        );
                         let c = &report.counts;
                         let news = c.created + c.updated + c.deleted + c.written_to_crm > 0
-                            || held != last_held
-                            || !notices.is_empty()
+                            || rows != last_rows
                             || report.interrupted
                             || report.mass_delete_refused;
                         if news {
-                            for text in summary::outcome_lines(
+                            for text in read_line.into_iter().chain(summary::outcome_lines(
                                 &terminal, &report, &held, &notices, writes, setting,
-                            ) {
+                            )) {
                                 terminal.line(&text);
                             }
                         }
-                        last_held = held;
+                        last_rows = rows;
                     }
                 }
             }
@@ -249,7 +256,16 @@ pub fn show(
         }
         line.finish_and_clear();
         terminal.remove(&line);
+        terminal.clear();
     })
+}
+
+/// Rows as sorted keys, to tell whether a cycle held back (or warned about) the same rows as
+/// the one before (workers finish in any order).
+fn row_keys<T>(rows: &[T], key: impl Fn(&T) -> String) -> Vec<String> {
+    let mut keys: Vec<String> = rows.iter().map(key).collect();
+    keys.sort();
+    keys
 }
 
 #[cfg(test)]

@@ -88,6 +88,9 @@ pub struct CycleView {
     started: Instant,
     read_started: Option<Instant>,
     read_reported: bool,
+    /// Print the read line as soon as the read is done (`once`), or leave it to the caller.
+    eager: bool,
+    read_line: Option<String>,
     scan_started: Option<Instant>,
     writes_started: Option<Instant>,
     last_confirmed: (u64, Instant),
@@ -125,6 +128,8 @@ impl CycleView {
             started: now,
             read_started: None,
             read_reported: false,
+            eager: true,
+            read_line: None,
             scan_started: None,
             writes_started: None,
             last_confirmed: (0, now),
@@ -134,6 +139,13 @@ impl CycleView {
             write_bar: None,
             scan_bar: None,
         }
+    }
+
+    /// Keeps the read line for [`CycleView::finish`] instead of printing it (a service prints
+    /// a cycle's lines only when the cycle changed something).
+    pub fn deferred(mut self) -> Self {
+        self.eager = false;
+        self
     }
 
     /// Looks at the counters and redraws.
@@ -150,8 +162,9 @@ impl CycleView {
         self.writes(now, &snap);
     }
 
-    /// The cycle ended: the last frame of the bars, then their place goes to the lines.
-    pub fn finish(mut self) -> WriteTiming {
+    /// The cycle ended: the last frame of the bars, then their place goes to the lines. Returns
+    /// what the writes took and, when deferred, the read line.
+    pub fn finish(mut self) -> (WriteTiming, Option<String>) {
         let now = Instant::now();
         let snap = self.progress.snapshot();
         if let Some(bar) = self.scan_bar.take() {
@@ -169,7 +182,7 @@ impl CycleView {
             self.report_read(now, &snap);
         }
         let (count, last) = self.last_confirmed;
-        WriteTiming {
+        let timing = WriteTiming {
             elapsed: self
                 .writes_started
                 .map(|t| last.saturating_duration_since(t))
@@ -179,7 +192,8 @@ impl CycleView {
                 let span = last.saturating_duration_since(first).as_secs_f64();
                 (count > 1 && span > 0.0).then(|| (count - 1) as f64 / span)
             }),
-        }
+        };
+        (timing, self.read_line.take())
     }
 
     fn report_read(&mut self, now: Instant, snap: &ProgressSnapshot) {
@@ -305,7 +319,7 @@ pub fn watch_progress(ctx: &SyncContext, limit_per_s: u32) -> CycleWatch {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(TICK) => view.tick(),
-                        _ = until.cancelled() => return Some(view.finish()),
+                        _ = until.cancelled() => return Some(view.finish().0),
                     }
                 }
             })

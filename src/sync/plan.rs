@@ -94,6 +94,8 @@ pub fn render_table(operations: &[PlannedOp], colour: bool) -> String {
     let mut sorted: Vec<&PlannedOp> = operations.iter().collect();
     sorted.sort_by(|a, b| (a.action as u8, &a.external_id).cmp(&(b.action as u8, &b.external_id)));
     let contact = |op: &PlannedOp| op.quo_id.clone().unwrap_or_else(|| "-".into());
+    // A row without an id is named by its location: its file name and line are enough.
+    let record = |op: &PlannedOp| crate::telemetry::shorten(&op.external_id);
     let detail = |op: &PlannedOp| {
         let fields = op.fields.join(", ");
         match (&op.reason, fields.is_empty()) {
@@ -111,7 +113,7 @@ pub fn render_table(operations: &[PlannedOp], colour: bool) -> String {
             .max(title.len())
     };
     let action_w = width("ACTION", &|op| op.action.as_str().to_string());
-    let record_w = width("RECORD", &|op| op.external_id.clone());
+    let record_w = width("RECORD", &record);
     let contact_w = width("CONTACT", &contact);
     let mut out = summary_line(operations);
     out.push('\n');
@@ -129,7 +131,7 @@ pub fn render_table(operations: &[PlannedOp], colour: bool) -> String {
         let row = format!(
             "{}  {:<record_w$}  {:<contact_w$}  {}",
             paint(colour, action_colour(op.action), &action),
-            op.external_id,
+            record(op),
             contact(op),
             detail(op)
         );

@@ -93,6 +93,11 @@ impl Terminal {
         self.bars.remove(bar);
     }
 
+    /// Clears whatever bars are drawn.
+    pub fn clear(&self) {
+        let _ = self.bars.clear();
+    }
+
     /// Keeps a row-level warning for the summary.
     pub(super) fn keep(&self, notice: Notice) {
         self.lock_notices().push(notice);
