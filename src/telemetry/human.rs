@@ -4,7 +4,7 @@
 //! about the service at once; warnings about one row kept for the cycle's summary (with row,
 //! field and value); the lines of single records (`contact_created` …) only when verbose; and
 //! nothing of what the view draws itself (phases, progress, the result). Everywhere else it
-//! writes every event as a compact line.
+//! writes every event as a compact line with its full values, event name and spans.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -177,7 +177,8 @@ where
                         let style = LineStyle {
                             colour: terminal.colour(),
                             verbose: terminal.verbose(),
-                            width: Some(terminal.width()),
+                            // Verbose lines keep everything; the rest fit the width.
+                            width: (!terminal.verbose()).then(|| terminal.width()),
                         };
                         terminal.line(&format_line(
                             &time,
@@ -198,12 +199,13 @@ where
                 }
             }
             Output::Lines(writer) => {
+                // A file keeps everything: full values, the event name, the spans.
                 let style = LineStyle {
                     colour: false,
-                    verbose: false,
+                    verbose: true,
                     width: None,
                 };
-                let mut line = format_line(&time, *meta.level(), &fields, "", style);
+                let mut line = format_line(&time, *meta.level(), &fields, &spans.join(" "), style);
                 line.push('\n');
                 let _ = writer.make_writer().write_all(line.as_bytes());
             }

@@ -73,9 +73,13 @@ impl Terminal {
         style.force_styling(self.colour).apply_to(text).to_string()
     }
 
-    /// Writes a line above the bars (cut to the width).
+    /// Writes a line above the bars (cut to the width unless verbose).
     pub fn line(&self, text: &str) {
-        let text = console::truncate_str(text, self.width(), "…");
+        let text = if self.verbose {
+            std::borrow::Cow::Borrowed(text)
+        } else {
+            console::truncate_str(text, self.width(), "…")
+        };
         self.bars.suspend(|| {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{text}");
