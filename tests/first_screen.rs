@@ -7,7 +7,7 @@
 //! and clear, not the escape codes in between. Debian's `script` would give neither a window
 //! size nor a byte stream to read while the program runs.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -272,4 +272,118 @@ fn the_quick_start_piped_gives_the_json_lines_it_gave_before_the_human_view() {
     let (before, now) = (normalised_lines(&before), normalised_lines(&stderr));
     assert_eq!(before.len(), 35, "the fixture holds the whole run");
     assert_eq!(now, before, "the JSON lines changed:\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_a_terminal_keeps_one_status_line_and_nothing_scrolls_while_idle() {
+    let pty = native_pty_system()
+        .openpty(PtySize {
+            rows: ROWS,
+            cols: COLS,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .expect("a pseudo-terminal");
+    let mut command = CommandBuilder::new(env!("CARGO_BIN_EXE_quo-sync"));
+    command.args(["run", "--with-sandbox"]);
+    command.cwd(repo());
+    command.env("TERM", "xterm-256color");
+    for name in CLEARED
+        .iter()
+        .map(|s| s.to_string())
+        .chain(quo_sync_overrides())
+    {
+        command.env_remove(name);
+    }
+    command.env("QUO_SYNC__SCHEDULE__INTERVAL", "1s");
+    let mut child = pty.slave.spawn_command(command).expect("spawn quo-sync");
+    drop(pty.slave);
+    let mut reader = pty.master.try_clone_reader().expect("pty reader");
+    let mut keys = pty.master.take_writer().expect("pty writer");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let size = |n: u16| std::num::NonZeroU16::new(n).expect("not zero");
+    let mut screen = vt100::Parser::new(size(ROWS), size(COLS), 0);
+    let lines = |screen: &vt100::Parser| -> Vec<String> {
+        screen
+            .screen()
+            .contents()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    };
+    // Reads until `done` holds for the screen, or fails after `limit`.
+    async fn until(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+        screen: &mut vt100::Parser,
+        limit: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if done(&screen.screen().contents()) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(chunk)) => screen.process(&chunk),
+                _ => return done(&screen.screen().contents()),
+            }
+        }
+    }
+    assert!(
+        until(&mut rx, &mut screen, Duration::from_secs(30), |s| {
+            s.contains("Finished") && s.contains("last cycle")
+        })
+        .await,
+        "the first cycle's lines and the status line:\n{}",
+        lines(&screen).join("\n")
+    );
+    let first = lines(&screen);
+    let status = first.last().cloned().unwrap_or_default();
+    for needle in ["leader", "last cycle", "4 held back", "webhooks received"] {
+        assert!(status.contains(needle), "status line: {status:?}");
+    }
+    // Later cycles (one a second) find nothing new: only the status line changes.
+    let stamp = |s: &str| {
+        s.lines()
+            .rev()
+            .find_map(|l| l.split("last cycle ").nth(1))
+            .map(|rest| rest.chars().take(8).collect::<String>())
+    };
+    let seen_at = stamp(&screen.screen().contents());
+    assert!(
+        until(&mut rx, &mut screen, Duration::from_secs(15), |s| {
+            stamp(s).is_some_and(|t| Some(&t) != seen_at.as_ref())
+        })
+        .await,
+        "later cycles report on the status line:\n{}",
+        lines(&screen).join("\n")
+    );
+    until(&mut rx, &mut screen, Duration::from_secs(2), |_| false).await;
+    let later = lines(&screen);
+    assert_eq!(
+        later[..later.len() - 1],
+        first[..first.len() - 1],
+        "nothing scrolls while idle"
+    );
+    assert_eq!(later.len(), first.len());
+    assert!(later.last().unwrap().contains("no changes"), "{later:?}");
+
+    // Ctrl-C: the service stops cleanly and takes its status line with it.
+    keys.write_all(b"\x03").expect("send Ctrl-C");
+    keys.flush().unwrap();
+    until(&mut rx, &mut screen, Duration::from_secs(15), |s| {
+        s.contains("stopped cleanly")
+    })
+    .await;
+    let status = child.wait().expect("exit status");
+    assert_eq!(status.exit_code(), 0, "{}", lines(&screen).join("\n"));
 }

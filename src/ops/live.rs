@@ -14,7 +14,8 @@ use crate::ops::http::ReplicaRole;
 use crate::ops::progress::{CycleView, TICK};
 use crate::ops::summary::{self, Setting};
 use crate::quo::client::ClientStats;
-use crate::sync::{CycleProgress, CycleReport};
+use crate::sync::{CycleProgress, CycleReport, HeldBack};
+use crate::telemetry::Notice;
 use crate::telemetry::Terminal;
 
 /// The live state of one `run` process (cheap to clone; all clones share it).
@@ -35,10 +36,11 @@ struct Inner {
     webhooks: Arc<AtomicU64>,
 }
 
-/// How the last cycle ended.
+/// How the last cycle ended, with the rows it held back and warned about (taken the moment it
+/// ended: the next cycle starts counting at once).
 #[derive(Debug, Clone)]
 enum Finished {
-    Report(Box<CycleReport>),
+    Report(Box<CycleReport>, Vec<HeldBack>, Vec<Notice>),
     Failed(String),
 }
 
@@ -81,8 +83,15 @@ impl ServiceStatus {
 
     /// A cycle ended with `result`.
     pub fn cycle_finished<E: std::fmt::Display>(&self, result: &Result<CycleReport, E>) {
+        let notices = crate::telemetry::terminal()
+            .map(|t| t.take_notices())
+            .unwrap_or_default();
         *lock(&self.0.finished) = Some(match result {
-            Ok(report) => Finished::Report(Box::new(report.clone())),
+            Ok(report) => Finished::Report(
+                Box::new(report.clone()),
+                self.0.progress.held_back(),
+                notices,
+            ),
             Err(e) => Finished::Failed(e.to_string()),
         });
         self.0.running.store(false, Ordering::Release);
@@ -140,24 +149,25 @@ pub fn status_text(words: &StatusWords) -> String {
 fn outcome_words(finished: &Finished) -> String {
     match finished {
         Finished::Failed(e) => format!("failed ({})", crate::telemetry::shorten(e)),
-        Finished::Report(report) => {
+        Finished::Report(report, ..) => {
             let c = &report.counts;
-            let parts: Vec<String> = [
+            let mut parts: Vec<String> = [
                 (c.created, "created"),
                 (c.updated, "updated"),
                 (c.deleted, "deleted"),
                 (c.written_to_crm, "to the CRM"),
-                (c.quarantined, "held back"),
             ]
             .into_iter()
             .filter(|(n, _)| *n > 0)
             .map(|(n, what)| format!("{n} {what}"))
             .collect();
             if parts.is_empty() {
-                "no changes".to_string()
-            } else {
-                parts.join(", ")
+                parts.push("no changes".to_string());
             }
+            if c.quarantined > 0 {
+                parts.push(format!("{} held back", c.quarantined));
+            }
+            parts.join(", ")
         }
     }
 }
@@ -178,8 +188,9 @@ pub fn show(
         );
         let mut seen_cycles = 0u64;
         let mut view: Option<CycleView> = None;
-        // What the last cycle held back and warned about: the same again is no news.
-        let mut last_rows: (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        // Rows already reported held back or warned about: the same again is no news (a row's
+        // warning may come in one cycle and not the next, as the read takes a faster path).
+        let mut reported: std::collections::HashSet<String> = Default::default();
         let mut last: Option<(String, String)> = None;
         loop {
             tokio::select! {
@@ -212,16 +223,15 @@ pub fn show(
                         chrono::Local::now().format("%H:%M:%S").to_string(),
                         outcome_words(&finished),
                     ));
-                    if let Finished::Report(report) = finished {
-                        let held = inner.progress.held_back();
-                        let notices = terminal.take_notices();
-                        let rows = (
-                            row_keys(&held, |h| format!("{h:?}")),
-                            row_keys(&notices, |n| format!("{n:?}")),
-                        );
+                    if let Finished::Report(report, held, notices) = finished {
+                        let rows: Vec<String> = held
+                            .iter()
+                            .map(|h| format!("{h:?}"))
+                            .chain(notices.iter().map(|n| format!("{n:?}")))
+                            .collect();
                         let c = &report.counts;
                         let news = c.created + c.updated + c.deleted + c.written_to_crm > 0
-                            || rows != last_rows
+                            || rows.iter().any(|r| !reported.contains(r))
                             || report.interrupted
                             || report.mass_delete_refused;
                         if news {
@@ -231,7 +241,7 @@ pub fn show(
                                 terminal.line(&text);
                             }
                         }
-                        last_rows = rows;
+                        reported.extend(rows);
                     }
                 }
             }
@@ -258,14 +268,6 @@ pub fn show(
         terminal.remove(&line);
         terminal.clear();
     })
-}
-
-/// Rows as sorted keys, to tell whether a cycle held back (or warned about) the same rows as
-/// the one before (workers finish in any order).
-fn row_keys<T>(rows: &[T], key: impl Fn(&T) -> String) -> Vec<String> {
-    let mut keys: Vec<String> = rows.iter().map(key).collect();
-    keys.sort();
-    keys
 }
 
 #[cfg(test)]
