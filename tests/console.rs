@@ -656,15 +656,7 @@ async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
         std::fs::write(path, png).unwrap();
     }
 
-    let shot = wd(
-        &http,
-        reqwest::Method::GET,
-        &format!("{s}/screenshot"),
-        None,
-    )
-    .await;
-    let png = base64_decode(shot.as_str().expect("screenshot"));
-    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let png = screenshot(&http, &s).await;
     // Refreshing the committed screenshot is opt-in, so a test run leaves the tree clean.
     let shot_path = if std::env::var_os("QUO_SYNC_UPDATE_SCREENSHOT").is_some() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.png")
@@ -711,6 +703,20 @@ return {
   untitled,
 };
 "#;
+
+/// The page as a PNG.
+async fn screenshot(http: &reqwest::Client, session: &str) -> Vec<u8> {
+    let shot = wd(
+        http,
+        reqwest::Method::GET,
+        &format!("{session}/screenshot"),
+        None,
+    )
+    .await;
+    let png = base64_decode(shot.as_str().expect("screenshot"));
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    png
+}
 
 fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine;

@@ -78,8 +78,18 @@ fn sandbox_url(text: &str) -> Option<String> {
     Some(text[at..end].to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
+/// quo-sync running in a pseudo-terminal: its exit, its output as it comes, and its keyboard.
+struct OnTerminal {
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+    output: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    keys: Box<dyn Write + Send>,
+    /// The screen as a person sees it.
+    screen: vt100::Parser,
+}
+
+/// Starts `quo-sync args…` from the repository (so the shipped config is used) in a
+/// pseudo-terminal `COLS` wide, with `env` set and what would change its output cleared.
+fn on_terminal(args: &[&str], env: &[(&str, &str)]) -> OnTerminal {
     let pty = native_pty_system()
         .openpty(PtySize {
             rows: ROWS,
@@ -89,7 +99,7 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
         })
         .expect("a pseudo-terminal");
     let mut command = CommandBuilder::new(env!("CARGO_BIN_EXE_quo-sync"));
-    command.args(["once", "--with-sandbox"]);
+    command.args(args);
     command.cwd(repo());
     command.env("TERM", "xterm-256color");
     for name in CLEARED
@@ -99,10 +109,14 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
     {
         command.env_remove(name);
     }
-    let mut child = pty.slave.spawn_command(command).expect("spawn quo-sync");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = pty.slave.spawn_command(command).expect("spawn quo-sync");
     drop(pty.slave);
     let mut reader = pty.master.try_clone_reader().expect("pty reader");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let keys = pty.master.take_writer().expect("pty writer");
+    let (tx, output) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         // Ends with EOF or EIO once the child has exited.
@@ -112,10 +126,24 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
             }
         }
     });
-
-    let client = reqwest::Client::new();
     let size = |n: u16| std::num::NonZeroU16::new(n).expect("not zero");
-    let mut screen = vt100::Parser::new(size(ROWS), size(COLS), 0);
+    OnTerminal {
+        child,
+        output,
+        keys,
+        screen: vt100::Parser::new(size(ROWS), size(COLS), 0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
+    let OnTerminal {
+        mut child,
+        output: mut rx,
+        mut screen,
+        ..
+    } = on_terminal(&["once", "--with-sandbox"], &[]);
+    let client = reqwest::Client::new();
     let mut stream = String::new();
     let mut frames_checked = 0usize;
     // (bar position, contacts the sandbox held when that frame was read)
@@ -276,41 +304,15 @@ fn the_quick_start_piped_gives_the_json_lines_it_gave_before_the_human_view() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_a_terminal_keeps_one_status_line_and_nothing_scrolls_while_idle() {
-    let pty = native_pty_system()
-        .openpty(PtySize {
-            rows: ROWS,
-            cols: COLS,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .expect("a pseudo-terminal");
-    let mut command = CommandBuilder::new(env!("CARGO_BIN_EXE_quo-sync"));
-    command.args(["run", "--with-sandbox"]);
-    command.cwd(repo());
-    command.env("TERM", "xterm-256color");
-    for name in CLEARED
-        .iter()
-        .map(|s| s.to_string())
-        .chain(quo_sync_overrides())
-    {
-        command.env_remove(name);
-    }
-    command.env("QUO_SYNC__SCHEDULE__INTERVAL", "1s");
-    let mut child = pty.slave.spawn_command(command).expect("spawn quo-sync");
-    drop(pty.slave);
-    let mut reader = pty.master.try_clone_reader().expect("pty reader");
-    let mut keys = pty.master.take_writer().expect("pty writer");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let size = |n: u16| std::num::NonZeroU16::new(n).expect("not zero");
-    let mut screen = vt100::Parser::new(size(ROWS), size(COLS), 0);
+    let OnTerminal {
+        mut child,
+        output: mut rx,
+        mut keys,
+        mut screen,
+    } = on_terminal(
+        &["run", "--with-sandbox"],
+        &[("QUO_SYNC__SCHEDULE__INTERVAL", "1s")],
+    );
     let lines = |screen: &vt100::Parser| -> Vec<String> {
         screen
             .screen()

@@ -199,8 +199,12 @@ impl CycleView {
     fn report_read(&mut self, now: Instant, snap: &ProgressSnapshot) {
         self.read_reported = true;
         let took = now.duration_since(self.read_started.unwrap_or(self.started));
-        self.terminal
-            .line(&crate::ops::summary::read_line(&self.terminal, snap, took));
+        let line = crate::ops::summary::read_line(&self.terminal, snap, took);
+        if self.eager {
+            self.terminal.line(&line);
+        } else {
+            self.read_line = Some(line);
+        }
     }
 
     fn scan(&mut self, now: Instant, snap: &ProgressSnapshot) {

@@ -194,55 +194,49 @@ fn row_block(
 ) -> Vec<String> {
     let indent = " ".repeat(VERB);
     let mut lines = Vec::new();
+    let held: Vec<String> = held_back
+        .iter()
+        .map(|row| {
+            row_line(
+                Some(&row.location),
+                row.external_id.as_deref(),
+                row.field.as_deref(),
+                row.value.as_deref(),
+                &row.reason,
+            )
+        })
+        .collect();
+    let warned: Vec<String> = notices
+        .iter()
+        .map(|notice| {
+            row_line(
+                notice.location.as_deref(),
+                notice.external_id.as_deref(),
+                notice.field.as_deref(),
+                notice.value.as_deref(),
+                &notice.message,
+            )
+        })
+        .collect();
     let mut room = MAX_ROWS;
     let mut hidden = 0usize;
-    if !held_back.is_empty() {
-        lines.push(format!(
-            "{} {}, retried every cycle:",
-            warn(terminal, "Held back"),
-            plural(held_back.len() as u64, "row", "rows")
-        ));
-        for row in held_back {
-            if room == 0 {
-                hidden += 1;
-                continue;
-            }
-            room -= 1;
-            lines.push(format!(
-                "{indent} {}",
-                row_line(
-                    Some(&row.location),
-                    row.external_id.as_deref(),
-                    row.field.as_deref(),
-                    row.value.as_deref(),
-                    &row.reason
-                )
-            ));
+    for (rows, verb, tail) in [
+        (held, "Held back", ", retried every cycle:"),
+        (warned, "Warning", ":"),
+    ] {
+        if rows.is_empty() {
+            continue;
         }
-    }
-    if !notices.is_empty() {
-        lines.push(format!(
-            "{} {}:",
-            warn(terminal, "Warning"),
-            plural(notices.len() as u64, "row", "rows")
-        ));
-        for notice in notices {
-            if room == 0 {
-                hidden += 1;
-                continue;
-            }
-            room -= 1;
-            lines.push(format!(
-                "{indent} {}",
-                row_line(
-                    notice.location.as_deref(),
-                    notice.external_id.as_deref(),
-                    notice.field.as_deref(),
-                    notice.value.as_deref(),
-                    &notice.message
-                )
-            ));
-        }
+        let count = plural(rows.len() as u64, "row", "rows");
+        lines.push(format!("{} {count}{tail}", warn(terminal, verb)));
+        let shown = rows.len().min(room);
+        room -= shown;
+        hidden += rows.len() - shown;
+        lines.extend(
+            rows.into_iter()
+                .take(shown)
+                .map(|r| format!("{indent} {r}")),
+        );
     }
     if hidden > 0 {
         let rest = if setting.sandbox {
