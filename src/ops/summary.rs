@@ -125,7 +125,6 @@ pub fn outcome_lines(
 ) -> Vec<String> {
     let c = &report.counts;
     let mut lines = Vec::new();
-    let writes_done = c.created + c.updated + c.deleted;
     let kinds: Vec<(u64, &str)> = [
         (c.created, "Created"),
         (c.updated, "Updated"),
@@ -134,7 +133,7 @@ pub fn outcome_lines(
     .into_iter()
     .filter(|(n, _)| *n > 0)
     .collect();
-    let pace = |_: u64| match writes.per_second {
+    let pace = match writes.per_second {
         Some(rate) if writes.elapsed >= Duration::from_millis(500) => format!(
             " in {} ({rate:.1}/s; Quo allows {}/s)",
             took(writes.elapsed),
@@ -148,7 +147,7 @@ pub fn outcome_lines(
             "{} {}{}",
             ok(terminal, verb),
             plural(*n, "contact", "contacts"),
-            pace(*n)
+            pace
         )),
         several => lines.push(format!(
             "{} {}{}",
@@ -158,7 +157,7 @@ pub fn outcome_lines(
                 .map(|(n, verb)| format!("{n} {}", verb.to_lowercase()))
                 .collect::<Vec<_>>()
                 .join(", "),
-            pace(writes_done)
+            pace
         )),
     }
     if c.written_to_crm > 0 {
