@@ -167,7 +167,12 @@ pub fn outcome_lines(
             plural(c.written_to_crm, "Quo edit", "Quo edits")
         ));
     }
-    lines.extend(row_block(terminal, held_back, notices, setting));
+    lines.extend(row_block(
+        terminal,
+        (held_back, c.quarantined.max(held_back.len() as u64)),
+        notices,
+        setting,
+    ));
     if report.mass_delete_refused {
         lines.push(format!(
             "{} this cycle's deletions: more than sync.max_delete_fraction of the contacts",
@@ -178,7 +183,7 @@ pub fn outcome_lines(
     lines.extend(next_lines(
         terminal,
         report,
-        held_back.len() as u64,
+        c.quarantined.max(held_back.len() as u64),
         setting,
     ));
     lines
@@ -187,7 +192,7 @@ pub fn outcome_lines(
 /// The held-back rows and the row warnings, at most [`MAX_ROWS`] rows in all.
 fn row_block(
     terminal: &Terminal,
-    held_back: &[HeldBack],
+    (held_back, held_total): (&[HeldBack], u64),
     notices: &[Notice],
     setting: Setting,
 ) -> Vec<String> {
@@ -219,18 +224,19 @@ fn row_block(
         .collect();
     let mut room = MAX_ROWS;
     let mut hidden = 0usize;
-    for (rows, verb, tail) in [
-        (held, "Held back", ", retried every cycle:"),
-        (warned, "Warning", ":"),
+    let warned_total = warned.len() as u64;
+    for (rows, total, verb, tail) in [
+        (held, held_total, "Held back", ", retried every cycle:"),
+        (warned, warned_total, "Warning", ":"),
     ] {
-        if rows.is_empty() {
+        if total == 0 {
             continue;
         }
-        let count = plural(rows.len() as u64, "row", "rows");
+        let count = plural(total, "row", "rows");
         lines.push(format!("{} {count}{tail}", warn(terminal, verb)));
         let shown = rows.len().min(room);
         room -= shown;
-        hidden += rows.len() - shown;
+        hidden += total as usize - shown;
         lines.extend(
             rows.into_iter()
                 .take(shown)

@@ -6,6 +6,10 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
+/// Held-back rows kept with their details; past this only the count grows (a display lists a
+/// few, and `quo-sync quarantine list` has them all).
+pub const HELD_BACK_KEPT: usize = 100;
+
 /// Where a cycle stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CyclePhase {
@@ -54,6 +58,7 @@ pub struct CycleProgress {
     confirmed: [AtomicU64; 3],
     pages_scanned: AtomicU64,
     held_back: Mutex<Vec<HeldBack>>,
+    held_total: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -108,6 +113,7 @@ impl CycleProgress {
         self.phase.store(0, Ordering::Relaxed);
         self.records_read.store(0, Ordering::Relaxed);
         self.pages_scanned.store(0, Ordering::Relaxed);
+        self.held_total.store(0, Ordering::Relaxed);
         for counter in self.planned.iter().chain(self.confirmed.iter()) {
             counter.store(0, Ordering::Relaxed);
         }
@@ -147,10 +153,15 @@ impl CycleProgress {
 
     /// A row was quarantined.
     pub fn held(&self, row: HeldBack) {
-        self.lock_held().push(row);
+        self.held_total.fetch_add(1, Ordering::Relaxed);
+        let mut kept = self.lock_held();
+        if kept.len() < HELD_BACK_KEPT {
+            kept.push(row);
+        }
     }
 
-    /// The rows held back so far, in the order they were quarantined.
+    /// The first [`HELD_BACK_KEPT`] rows held back so far, in the order they were quarantined
+    /// (`snapshot().held_back` counts them all).
     pub fn held_back(&self) -> Vec<HeldBack> {
         self.lock_held().clone()
     }
@@ -172,7 +183,7 @@ impl CycleProgress {
             planned: load(&self.planned),
             confirmed: load(&self.confirmed),
             pages_scanned: self.pages_scanned.load(Ordering::Relaxed),
-            held_back: self.lock_held().len() as u64,
+            held_back: self.held_total.load(Ordering::Relaxed),
         }
     }
 
@@ -207,6 +218,19 @@ mod tests {
         assert_eq!(now.phase, Some(CyclePhase::Reading));
         assert_eq!((now.planned_writes(), now.confirmed_writes()), (23, 1));
         assert_eq!((now.records_read, now.held_back), (27, 1));
+        for _ in 0..HELD_BACK_KEPT + 5 {
+            progress.held(progress.held_back()[0].clone());
+        }
+        assert_eq!(
+            progress.held_back().len(),
+            HELD_BACK_KEPT,
+            "details of the first few"
+        );
+        assert_eq!(
+            progress.snapshot().held_back,
+            HELD_BACK_KEPT as u64 + 6,
+            "all counted"
+        );
         progress.reset();
         assert_eq!(
             progress.snapshot(),

@@ -22,8 +22,11 @@ pub struct Terminal {
     bars: indicatif::MultiProgress,
     colour: bool,
     verbose: bool,
-    notices: Mutex<Vec<Notice>>,
+    notices: Mutex<(Vec<Notice>, u64)>,
 }
+
+/// Row warnings kept per cycle with their details; the rest are counted.
+const NOTICES_KEPT: usize = 100;
 
 impl std::fmt::Debug for Terminal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,7 +49,7 @@ impl Terminal {
                     // console honours NO_COLOR, CLICOLOR and CLICOLOR_FORCE.
                     colour: console::colors_enabled_stderr(),
                     verbose,
-                    notices: Mutex::new(Vec::new()),
+                    notices: Mutex::new((Vec::new(), 0)),
                 })
             })
             .clone()
@@ -104,15 +107,31 @@ impl Terminal {
 
     /// Keeps a row-level warning for the summary.
     pub(super) fn keep(&self, notice: Notice) {
-        self.lock_notices().push(notice);
+        let mut notices = self.lock_notices();
+        if notices.0.len() < NOTICES_KEPT {
+            notices.0.push(notice);
+        } else {
+            notices.1 += 1;
+        }
     }
 
-    /// The row-level warnings kept since the last call.
+    /// The row-level warnings kept since the last call (past the first 100, one more notice
+    /// counts the rest).
     pub fn take_notices(&self) -> Vec<Notice> {
-        std::mem::take(&mut *self.lock_notices())
+        let (mut kept, more) = std::mem::take(&mut *self.lock_notices());
+        if more > 0 {
+            kept.push(Notice {
+                location: None,
+                external_id: None,
+                field: None,
+                value: None,
+                message: format!("and {more} more warnings (-v shows each as it happens)"),
+            });
+        }
+        kept
     }
 
-    fn lock_notices(&self) -> std::sync::MutexGuard<'_, Vec<Notice>> {
+    fn lock_notices(&self) -> std::sync::MutexGuard<'_, (Vec<Notice>, u64)> {
         self.notices
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
