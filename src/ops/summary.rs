@@ -133,12 +133,25 @@ pub fn outcome_lines(
     .into_iter()
     .filter(|(n, _)| *n > 0)
     .collect();
+    // Confirmations are seen at the view's ticks, so a rate is known to a few percent: one
+    // that close to the limit is the limit.
     let pace = match writes.per_second {
-        Some(rate) if writes.elapsed >= Duration::from_millis(500) => format!(
-            " in {} ({rate:.1}/s; Quo allows {}/s)",
-            took(writes.elapsed),
-            setting.limit_per_s
-        ),
+        Some(rate) if writes.elapsed >= Duration::from_millis(500) => {
+            let limit = f64::from(setting.limit_per_s);
+            if rate >= 0.95 * limit {
+                format!(
+                    " in {} (at Quo's limit of {}/s)",
+                    took(writes.elapsed),
+                    setting.limit_per_s
+                )
+            } else {
+                format!(
+                    " in {} ({rate:.1}/s; Quo allows {}/s)",
+                    took(writes.elapsed),
+                    setting.limit_per_s
+                )
+            }
+        }
         _ => String::new(),
     };
     match kinds.as_slice() {
