@@ -165,6 +165,13 @@ pub fn build_context_with_source(
             allow_mass_delete: false,
             inbox_retention: config.reverse.inbox_retention.0,
             list_lag: config.quo.list_lag.0,
+            scope: crate::sync::ScopeRules::from_config(&config.sync).map_err(|e| {
+                AppError::Config(crate::config::ConfigError::BadValue {
+                    file: "(config)".into(),
+                    key: "sync.filter".into(),
+                    reason: e.to_string(),
+                })
+            })?,
         },
         cancel,
         progress: Arc::default(),

@@ -13,6 +13,9 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+mod scope;
+pub use scope::{FieldSource, OnLeaveScope, SyncMode};
+
 /// Prefix of environment overrides (`QUO_SYNC__QUO__BASE_URL`).
 pub const ENV_PREFIX: &str = "QUO_SYNC";
 /// Separator between prefix, section and key in environment overrides.
@@ -240,8 +243,8 @@ fn default_updated_at_field() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabeledFieldMapping {
-    /// Source field (CSV column).
-    pub field: String,
+    /// Source field (CSV column), or `{ expr = "..." }`.
+    pub field: FieldSource,
     /// Quo label (`name`), e.g. `work`.
     pub label: String,
 }
@@ -252,8 +255,8 @@ pub struct LabeledFieldMapping {
 pub struct CustomFieldMapping {
     /// The custom field's name in Quo (resolved to its key each cycle).
     pub name: String,
-    /// Source field (CSV column).
-    pub field: String,
+    /// Source field (CSV column), or `{ expr = "..." }`.
+    pub field: FieldSource,
     /// Separator for multi-select values, default `;`.
     #[serde(default)]
     pub delimiter: Option<String>,
@@ -265,14 +268,14 @@ pub struct CustomFieldMapping {
 pub struct MappingConfig {
     /// Region for national-format phone numbers (ISO 3166 code), default `US`.
     pub default_region: String,
-    /// Source field for `firstName`.
-    pub first_name: Option<String>,
+    /// Source field for `firstName` (or `{ expr = "..." }`, as every entry may).
+    pub first_name: Option<FieldSource>,
     /// Source field for `lastName`.
-    pub last_name: Option<String>,
+    pub last_name: Option<FieldSource>,
     /// Source field for `company`.
-    pub company: Option<String>,
+    pub company: Option<FieldSource>,
     /// Source field for `role`.
-    pub role: Option<String>,
+    pub role: Option<FieldSource>,
     /// Email fields with their labels.
     pub emails: Vec<LabeledFieldMapping>,
     /// Phone fields with their labels.
@@ -318,6 +321,12 @@ pub struct SyncConfig {
     /// Largest share of the managed contacts (or CRM rows) one cycle may delete, default `0.1`;
     /// above it the cycle deletes nothing and logs `mass_delete_refused`.
     pub max_delete_fraction: f64,
+    /// Which records are in scope: an expression over `record` (none: every record).
+    pub filter: Option<String>,
+    /// `keep` (default), `unlink` or `delete`: a synced record the filter no longer admits.
+    pub on_leave_scope: OnLeaveScope,
+    /// `upsert` (default), `update_only` or `create_only`.
+    pub mode: SyncMode,
 }
 
 impl Default for SyncConfig {
@@ -325,6 +334,9 @@ impl Default for SyncConfig {
         Self {
             on_source_delete: OnSourceDelete::Ignore,
             max_delete_fraction: 0.1,
+            filter: None,
+            on_leave_scope: OnLeaveScope::Keep,
+            mode: SyncMode::Upsert,
         }
     }
 }
@@ -609,6 +621,7 @@ impl Config {
         }
         config.validate(&file_name)?;
         config.validate_console(&file_name)?;
+        config.validate_scope(&file_name)?;
         Ok(config)
     }
 

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod expr;
 pub mod ledger;
 pub mod mapping;
 pub mod ops;

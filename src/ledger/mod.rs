@@ -7,6 +7,7 @@
 //! Migrations live in `migrations/<backend>/` and are embedded in the binary; they run only
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
+mod control;
 mod copy;
 pub(crate) mod db;
 mod inbox;
@@ -15,6 +16,7 @@ mod lease;
 mod quarantine;
 mod records;
 mod runs;
+mod scope;
 mod unconfirmed;
 
 use std::fmt;
@@ -26,6 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
+pub use control::{Control, Pause};
 pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
 
@@ -37,6 +40,7 @@ pub use lease::{
 pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
+pub use scope::{ScopeLink, ScopeMark};
 pub use unconfirmed::{PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.

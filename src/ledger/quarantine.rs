@@ -15,6 +15,8 @@ pub enum QuarantineStage {
     Mapping,
     /// Quo refused the record (non-retryable 4xx) or retries ran out.
     Quo,
+    /// `sync.filter` could not be evaluated on the record (e.g. `int()` of a word).
+    Filter,
 }
 
 impl QuarantineStage {
@@ -24,6 +26,7 @@ impl QuarantineStage {
             QuarantineStage::Read => "read",
             QuarantineStage::Mapping => "mapping",
             QuarantineStage::Quo => "quo",
+            QuarantineStage::Filter => "filter",
         }
     }
 }

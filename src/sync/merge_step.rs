@@ -87,7 +87,18 @@ impl Cycle {
         external_id: &ExternalId,
         quo_id: &QuoContactId,
     ) -> Result<(), SyncError> {
-        let policy = self.ctx.settings.on_quo_delete;
+        let mut policy = self.ctx.settings.on_quo_delete;
+        // A record out of scope is not written to the CRM: its contact is only forgotten.
+        if policy == OnQuoDelete::DeleteInCrm
+            && self
+                .ctx
+                .ledger
+                .record(external_id)
+                .await?
+                .is_some_and(|row| row.state.is_judged())
+        {
+            policy = OnQuoDelete::Unlink;
+        }
         let op = PlannedOp::new(external_id.as_str(), Action::Unlink).with_quo_id(quo_id.as_str());
         if self.mode == Mode::DryRun {
             self.operations
@@ -144,6 +155,10 @@ impl Cycle {
         let Some(row) = self.ctx.ledger.record(&external_id).await? else {
             return Ok(None);
         };
+        // Out of scope (left it, kept): Quo's edits are not written to the CRM.
+        if row.state.is_judged() {
+            return Ok(None);
+        }
         let Some(quo_id) = row.quo_id.clone() else {
             return Ok(None);
         };

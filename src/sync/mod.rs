@@ -21,10 +21,12 @@ pub mod payload;
 pub mod plan;
 pub mod progress;
 mod read;
+mod scope;
 mod settle;
 
 pub use plan::{Action, PlannedOp};
 pub use progress::{CyclePhase, CycleProgress, HeldBack, ProgressSnapshot, WriteKind};
+pub use scope::ScopeRules;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -121,6 +123,8 @@ pub struct CycleSettings {
     pub inbox_retention: Duration,
     /// `quo.list_lag`: the wait between the two lookups of an interrupted create.
     pub list_lag: Duration,
+    /// What syncs: `sync.filter`, `sync.on_leave_scope`, `sync.mode`.
+    pub scope: ScopeRules,
 }
 
 /// Everything a cycle works with.
@@ -227,6 +231,13 @@ struct Cycle {
     mass_delete_refused: AtomicBool,
     /// Phase timings for the report.
     phases: std::sync::Mutex<PhaseTimes>,
+    /// The scope rules (a copy of `ctx.settings.scope`).
+    scope: ScopeRules,
+    /// Scope judgements waiting to be written (in batches).
+    scope_marks: Mutex<Vec<crate::ledger::ScopeMark>>,
+    /// Contacts of records that left scope under `on_leave_scope = "delete"`: deleted in the
+    /// settle phase behind the mass-deletion guard (with the fingerprint to commit).
+    scope_deletes: Mutex<Vec<(ExternalId, QuoContactId, String)>>,
 }
 
 /// A merge waiting for its CRM write.
@@ -276,6 +287,9 @@ enum Work {
     Delete {
         external_id: ExternalId,
         quo_id: QuoContactId,
+        /// Set when the record left scope (`on_leave_scope = "delete"`): the fingerprint the
+        /// judgement is committed with once the contact is gone.
+        left_scope: Option<String>,
     },
     ResolvePending {
         external_id: ExternalId,
@@ -384,7 +398,8 @@ impl Cycle {
         run_id: String,
     ) -> Result<Arc<Self>, SyncError> {
         let defs = ctx.client.custom_fields().await?;
-        let mapper = Mapper::new(&ctx.mapping, &defs)?;
+        let (rules, filter_fields) = ctx.settings.scope.fingerprint_inputs();
+        let mapper = Mapper::new(&ctx.mapping, &defs)?.fingerprint_also(&rules, &filter_fields);
         let (email_labels, phone_labels) = mapper.managed_labels();
         let managed = Managed {
             email_labels,
@@ -412,6 +427,9 @@ impl Cycle {
             failed_since: Mutex::new(None),
             mass_delete_refused: AtomicBool::new(false),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
+            scope: ctx.settings.scope.clone(),
+            scope_marks: Mutex::new(Vec::new()),
+            scope_deletes: Mutex::new(Vec::new()),
         }))
     }
 

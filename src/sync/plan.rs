@@ -21,6 +21,12 @@ pub enum Action {
     WriteCrm,
     /// A contact deleted in Quo, handled by `reverse.on_quo_delete`.
     Unlink,
+    /// A synced record the filter no longer admits (`reason`: `sync.on_leave_scope`).
+    LeaveScope,
+    /// A record back in scope, linked to its contact again (`quo_id`).
+    Relink,
+    /// Work `sync.mode` holds back (`reason` says which mode).
+    Skip,
 }
 
 impl Action {
@@ -34,6 +40,9 @@ impl Action {
             Action::Resolve => "resolve",
             Action::WriteCrm => "write_crm",
             Action::Unlink => "unlink",
+            Action::LeaveScope => "leave_scope",
+            Action::Relink => "relink",
+            Action::Skip => "skip",
         }
     }
 }
@@ -173,9 +182,9 @@ fn action_colour(action: Action) -> &'static str {
     // By name, so that an action added later gets a colour without an edit here.
     match action.as_str() {
         "create" => "32",
-        "update" | "write_crm" | "adopt" => "36",
-        "delete" | "unlink" => "31",
-        "quarantine" | "held" => "33",
+        "update" | "write_crm" | "adopt" | "relink" => "36",
+        "delete" | "unlink" | "leave_scope" => "31",
+        "quarantine" | "held" | "skip" => "33",
         _ => "35",
     }
 }

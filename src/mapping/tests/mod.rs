@@ -62,7 +62,7 @@ fn custom_value(field: &str, raw: &str) -> Result<Value, MappingError> {
     let key = m
         .custom
         .iter()
-        .find(|c| c.field == field)
+        .find(|c| c.field.column() == Some(field))
         .unwrap()
         .key
         .clone();
