@@ -611,6 +611,12 @@ async fn cycle_loop(
         }
         _ => None,
     };
+    // Run-now requests and the end of a pause, from any replica or shell, wake this loop.
+    let control = tokio::spawn(crate::ops::control::watch(
+        ctx.ledger.clone(),
+        wake.clone(),
+        ctx.cancel.child_token(),
+    ));
     let ctx = &ctx;
     let tick = interval;
     info!(event = "cycles_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "cycles started");
@@ -656,6 +662,7 @@ async fn cycle_loop(
             _ = ctx.cancel.cancelled() => break,
         }
     }
+    control.abort();
     if let Some(scanner) = scanner {
         let _ = scanner.await;
     }

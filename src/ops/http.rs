@@ -36,6 +36,7 @@ pub fn register_service_metrics() {
     }
     // A replica starts as a standby; `ReplicaRole::set_leader` raises it once the lease is held.
     metrics::gauge!("quo_sync_leader").set(0.0);
+    metrics::gauge!("quo_sync_paused").set(0.0);
 }
 /// This replica's role, shared between the run loop (which sets it) and the listener.
 #[derive(Debug, Clone, Default)]
@@ -157,6 +158,9 @@ async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
     }
     if let Ok(quarantined) = ops.ledger.quarantined_count().await {
         metrics::gauge!("quo_sync_quarantined_records").set(quarantined as f64);
+    }
+    if let Ok(paused) = ops.ledger.pause_state().await {
+        metrics::gauge!("quo_sync_paused").set(if paused.is_some() { 1.0 } else { 0.0 });
     }
     if let Ok(unconfirmed) = ops.ledger.unconfirmed_count().await {
         metrics::gauge!("quo_sync_unconfirmed_creates").set(unconfirmed as f64);

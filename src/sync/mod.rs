@@ -163,6 +163,10 @@ pub struct CycleReport {
     pub mass_delete_refused: bool,
     /// Where the time went, by phase.
     pub phases_ms: PhaseTimes,
+    /// The pause that kept this cycle from writing (at its start: nothing was done; during it:
+    /// it stopped taking records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<crate::ledger::Pause>,
 }
 
 /// Milliseconds per phase of a cycle. `read` (the source's own reading thread) and `index` (the
@@ -182,7 +186,9 @@ pub struct PhaseTimes {
 impl CycleReport {
     /// Exit status word recorded in `runs`.
     pub fn status(&self) -> &'static str {
-        if self.interrupted {
+        if self.paused.is_some() {
+            "paused"
+        } else if self.interrupted {
             "interrupted"
         } else if self.mass_delete_refused {
             "mass_delete_refused"
@@ -235,6 +241,8 @@ struct Cycle {
     scope: ScopeRules,
     /// Scope judgements waiting to be written (in batches).
     scope_marks: Mutex<Vec<crate::ledger::ScopeMark>>,
+    /// The pause that stopped this cycle midway, if one did.
+    paused: std::sync::Mutex<Option<crate::ledger::Pause>>,
     /// Contacts of records that left scope under `on_leave_scope = "delete"`: deleted in the
     /// settle phase behind the mass-deletion guard (with the fingerprint to commit).
     scope_deletes: Mutex<Vec<(ExternalId, QuoContactId, String)>>,
@@ -299,6 +307,22 @@ enum Work {
 /// Runs one cycle.
 pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, SyncError> {
     let run_id = uuid::Uuid::new_v4().to_string();
+    if mode == Mode::Apply
+        && let Some(pause) = ctx.ledger.pause_state().await?
+    {
+        info!(event = "cycle_paused", run_id = %run_id, paused_by = %pause.by, until = pause.until.as_deref(), "syncing is paused: nothing is sent to Quo or the CRM (webhooks are kept for after `quo-sync resume`)");
+        metrics::gauge!("quo_sync_paused").set(1.0);
+        return Ok(CycleReport {
+            run_id,
+            counts: RunCounts::default(),
+            duration_ms: 0,
+            operations: Vec::new(),
+            interrupted: false,
+            mass_delete_refused: false,
+            phases_ms: PhaseTimes::default(),
+            paused: Some(pause),
+        });
+    }
     let span = info_span!("cycle", run_id = %run_id, mode = ?mode);
     let started = Instant::now();
     let (requests_before, limited_before) = ctx.client.stats().snapshot();
@@ -375,6 +399,39 @@ async fn run_phases(
     run_id: String,
 ) -> Result<CycleReport, SyncError> {
     let cycle = Cycle::prepare(ctx, mode, run_id).await?;
+    // A pause during the cycle stops it taking records within a poll.
+    let watch = (mode == Mode::Apply).then(|| tokio::spawn(watch_pause(cycle.clone())));
+    let result = phases(ctx, &cycle).await;
+    if let Some(watch) = watch {
+        watch.abort();
+    }
+    result
+}
+
+/// How often a running cycle looks for a pause.
+const PAUSE_POLL: Duration = Duration::from_millis(250);
+
+/// Until the cycle stops: stops it when syncing is paused, keeping who paused it.
+async fn watch_pause(cycle: Arc<Cycle>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PAUSE_POLL) => {}
+            _ = cycle.stop.cancelled() => return,
+        }
+        if let Ok(Some(pause)) = cycle.ctx.ledger.pause_state().await {
+            tracing::warn!(event = "cycle_paused_midway", paused_by = %pause.by, "syncing was paused during the cycle; it takes no more records (what is in flight finishes and is committed)");
+            *cycle
+                .paused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pause);
+            cycle.stop.cancel();
+            return;
+        }
+    }
+}
+
+/// The phases of [`run_phases`], in order.
+async fn phases(ctx: &SyncContext, cycle: &Arc<Cycle>) -> Result<CycleReport, SyncError> {
     ctx.progress.enter(CyclePhase::Intake);
     let intake = cycle.intake().await?;
     ctx.progress.enter(CyclePhase::Reading);
@@ -430,6 +487,7 @@ impl Cycle {
             scope: ctx.settings.scope.clone(),
             scope_marks: Mutex::new(Vec::new()),
             scope_deletes: Mutex::new(Vec::new()),
+            paused: std::sync::Mutex::new(None),
         }))
     }
 
@@ -453,6 +511,11 @@ impl Cycle {
                 .phases
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
+            paused: self
+                .paused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         })
     }
 }

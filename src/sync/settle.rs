@@ -63,6 +63,10 @@ impl Cycle {
         }
         pool.finish(self).await?;
         for _ in 0..WRITE_BACK_ROUNDS {
+            // Paused midway: nothing more goes to the CRM (the events stay pending).
+            if self.paused_midway() {
+                break;
+            }
             let follow_up = self.write_back().await?;
             if follow_up.is_empty() {
                 break;
@@ -101,6 +105,14 @@ impl Cycle {
             self.settle_inbox(&intake).await?;
         }
         Ok(())
+    }
+
+    /// Whether a pause stopped this cycle.
+    fn paused_midway(&self) -> bool {
+        self.paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 
     /// Reloads one index entry from the ledger (the first copy of a repeated id was committed
