@@ -68,7 +68,7 @@ impl Ledger {
         let pause = Pause {
             by: by.to_string(),
             since: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            until: until.map(|u| u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            until: until.map(|u| u.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         };
         self.set_meta(
             PAUSE,

@@ -279,7 +279,7 @@ impl Cycle {
             quo,
             crm_modified,
             parse_time(quo_updated_at),
-            &self.ctx.settings.merge_policy,
+            &self.merge_policy,
         );
         for conflict in &outcome.conflicts {
             warn!(event = "conflict", external_id = %external_id, quo_id = %quo_id, field = %conflict.field,

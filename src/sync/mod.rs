@@ -237,6 +237,9 @@ struct Cycle {
     mass_delete_refused: AtomicBool,
     /// Phase timings for the report.
     phases: std::sync::Mutex<PhaseTimes>,
+    /// `ctx.settings.merge_policy` with the computed fields one-way (to Quo): a Quo-side edit
+    /// of one is set back to the computed value, never written to the CRM.
+    merge_policy: MergePolicy,
     /// The scope rules (a copy of `ctx.settings.scope`).
     scope: ScopeRules,
     /// Scope judgements waiting to be written (in batches).
@@ -408,6 +411,21 @@ async fn run_phases(
     result
 }
 
+/// `policy` with every computed mapping entry's field flowing to Quo only.
+fn one_way_computed(policy: &MergePolicy, mapper: &Mapper) -> MergePolicy {
+    let mut policy = policy.clone();
+    for name in mapper.computed_fields() {
+        policy.fields.insert(
+            name,
+            crate::config::FieldPolicy {
+                conflict: None,
+                direction: Some(crate::config::FieldDirection::ToQuo),
+            },
+        );
+    }
+    policy
+}
+
 /// How often a running cycle looks for a pause.
 const PAUSE_POLL: Duration = Duration::from_millis(250);
 
@@ -463,6 +481,7 @@ impl Cycle {
             phone_labels,
             custom_keys: mapper.custom_field_keys(),
         };
+        let merge_policy = one_way_computed(&ctx.settings.merge_policy, &mapper);
         Ok(Arc::new(Cycle {
             ctx: ctx.clone(),
             mode,
@@ -484,6 +503,7 @@ impl Cycle {
             failed_since: Mutex::new(None),
             mass_delete_refused: AtomicBool::new(false),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
+            merge_policy,
             scope: ctx.settings.scope.clone(),
             scope_marks: Mutex::new(Vec::new()),
             scope_deletes: Mutex::new(Vec::new()),
