@@ -81,7 +81,9 @@ impl ScopeRules {
     }
 }
 
-/// What the predicate left for the rest of classification.
+/// What the predicate left for the rest of classification (short-lived and moved once, like
+/// [`Work`], so the size gap between variants costs nothing worth a box).
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Scoped {
     /// In scope: classify on, with the ledger state it has now (a relinked record is `Synced`).
     In(Option<RecordState>),
