@@ -314,7 +314,7 @@ async fn configured(
     config_path: &Path,
     with_sandbox: bool,
     log_level: Option<&str>,
-) -> anyhow::Result<(Config, Option<(SandboxHandle, tempfile_dir::TempDir)>)> {
+) -> anyhow::Result<(Config, Option<(SandboxHandle, tempfile::TempDir)>)> {
     let mut config = load_config(config_path)?;
     let level = log_level.unwrap_or(&config.log.level).to_string();
     quo_sync::telemetry::init(config.log.format, &level);
@@ -331,15 +331,15 @@ pub(super) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 }
 
 /// Points the config at a fresh in-process sandbox with a throwaway ledger.
-async fn attach_sandbox(
-    config: &mut Config,
-) -> anyhow::Result<(SandboxHandle, tempfile_dir::TempDir)> {
+async fn attach_sandbox(config: &mut Config) -> anyhow::Result<(SandboxHandle, tempfile::TempDir)> {
     let sandbox = SandboxHandle::start(SandboxConfig::default())
         .await
         .context("starting the sandbox")?;
     config.quo.base_url = sandbox.base_url();
     config.quo.api_key = Some(SecretString::from(sandbox.api_key().to_string()));
-    let dir = tempfile_dir::TempDir::new()?;
+    let dir = tempfile::Builder::new()
+        .prefix("quo-sync-sandbox-")
+        .tempdir()?;
     config.ledger.path = dir.path().join("quo-sync.db");
     config.ledger.url = None;
     // Work on a copy: a demo must never rewrite the operator's CSV.
@@ -394,33 +394,4 @@ pub(super) async fn open_ledger(
 ) -> anyhow::Result<quo_sync::ledger::Ledger> {
     let config = load_config(config)?;
     Ok(quo_sync::ledger::Ledger::open_config(&config.ledger).await?)
-}
-
-/// A temp folder that removes itself (a thin alias so the binary does not depend on dev crates).
-mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-
-    /// A folder under the system temp dir, removed on drop.
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        /// Creates a fresh folder.
-        pub fn new() -> std::io::Result<Self> {
-            let path =
-                std::env::temp_dir().join(format!("quo-sync-sandbox-{}", uuid::Uuid::new_v4()));
-            std::fs::create_dir_all(&path)?;
-            Ok(Self(path))
-        }
-
-        /// Its path.
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
