@@ -71,6 +71,7 @@ impl AppError {
                 self,
                 AppError::Sync(SyncError::Source(SourceError::MissingColumn { .. }))
             )
+            || matches!(self, AppError::Ledger(e) if e.is_config())
     }
 
     /// Whether another process holds the writer lease (exit code 4).

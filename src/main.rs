@@ -50,7 +50,10 @@ fn main() -> ExitCode {
                     .is_some_and(AppError::is_config)
                     || error
                         .downcast_ref::<quo_sync::config::ConfigError>()
-                        .is_some();
+                        .is_some()
+                    || error
+                        .downcast_ref::<quo_sync::ledger::LedgerError>()
+                        .is_some_and(quo_sync::ledger::LedgerError::is_config);
                 eprintln!("quo-sync: error: {}", error_chain(&error));
                 ExitCode::from(if config_error {
                     EXIT_CONFIG
