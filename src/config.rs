@@ -13,6 +13,10 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+pub mod paths;
+
+pub use paths::ResolvedPath;
+
 /// Prefix of environment overrides (`QUO_SYNC__QUO__BASE_URL`).
 pub const ENV_PREFIX: &str = "QUO_SYNC";
 /// Separator between prefix, section and key in environment overrides.
@@ -107,6 +111,10 @@ pub struct Config {
     /// More than one replica on one ledger: the writer lease.
     #[serde(default)]
     pub ha: HaConfig,
+    /// The relative paths read against the configuration file's folder, as resolved (not a
+    /// key: filled by [`Config::load`], logged at start).
+    #[serde(skip)]
+    pub resolved_paths: Vec<ResolvedPath>,
 }
 
 /// `[quo]`: the Quo API and how hard to use it.
@@ -563,6 +571,7 @@ impl Config {
             file: file_name.clone(),
             message: e.to_string(),
         })?;
+        config.resolve_paths(file);
         if config.quo.api_key.is_none() {
             if let Some(path) = &config.quo.api_key_file {
                 let key = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
@@ -610,6 +619,53 @@ impl Config {
         config.validate(&file_name)?;
         config.validate_console(&file_name)?;
         Ok(config)
+    }
+
+    /// Makes every relative path absolute against the configuration file's folder (falling
+    /// back to the working directory where only it holds the file); see [`paths`].
+    fn resolve_paths(&mut self, file: &Path) {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let base = paths::config_dir(file, &cwd);
+        let mut found = Vec::new();
+        let mut one = |key: &str, path: &mut PathBuf| {
+            let resolved = paths::resolve(&base, &cwd, key, path);
+            *path = resolved.path.clone();
+            found.push(resolved);
+        };
+        if let Some(path) = self.source.path.as_mut() {
+            one("source.path", path);
+        }
+        if self.ledger.url.is_none() && self.ledger.url_file.is_none() {
+            one("ledger.path", &mut self.ledger.path);
+        }
+        for (key, path) in [
+            ("quo.api_key_file", self.quo.api_key_file.as_mut()),
+            ("ledger.url_file", self.ledger.url_file.as_mut()),
+            (
+                "service.console_token_file",
+                self.service.console_token_file.as_mut(),
+            ),
+        ] {
+            if let Some(path) = path {
+                one(key, path);
+            }
+        }
+        if let Some(table) = self.source.rest.as_mut() {
+            paths::resolve_table(&base, &cwd, "source.rest", table, &mut found);
+        }
+        self.resolved_paths = found;
+    }
+
+    /// Logs where each configured path was found (call once logging is set up); a path found
+    /// only in the working directory is a warning.
+    pub fn log_resolved_paths(&self) {
+        for resolved in &self.resolved_paths {
+            if resolved.from_working_directory {
+                tracing::warn!(event = "path_from_working_directory", key = %resolved.key, path = %resolved.path.display(), "found relative to the working directory, not beside the config file; relative paths are read beside the config file since 0.2: make it absolute or move the file");
+            } else {
+                tracing::info!(event = "config_path", key = %resolved.key, path = %resolved.path.display(), "configured path");
+            }
+        }
     }
 
     /// The console is safe by default: off unless asked for, and behind a token (at least 16

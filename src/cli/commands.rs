@@ -170,6 +170,7 @@ async fn reconcile(
 ) -> anyhow::Result<u8> {
     let config = load_config(config_path)?;
     quo_sync::telemetry::init(config.log.format, "warn");
+    config.log_resolved_paths();
     // Only --repair writes; a plain comparison is a read and needs no lease.
     let writer = if repair {
         Some(app::acquire_writer(&config, "reconcile", wait, app::shutdown_token()).await?)
@@ -318,6 +319,7 @@ async fn configured(
     let mut config = load_config(config_path)?;
     let level = log_level.unwrap_or(&config.log.level).to_string();
     quo_sync::telemetry::init(config.log.format, &level);
+    config.log_resolved_paths();
     let sandbox = if with_sandbox {
         Some(attach_sandbox(&mut config).await?)
     } else {
