@@ -21,7 +21,7 @@ pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W) -> bool
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -35,6 +35,15 @@ where
             .is_ok(),
         LogFormat::Pretty => builder.try_init().is_ok(),
     }
+}
+
+/// `RUST_LOG` when it is set and reads as a filter, else `level` (`log.level`), else `info`.
+fn filter(rust_log: Option<&str>, level: &str) -> EnvFilter {
+    rust_log
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"))
 }
 
 /// `auto` becomes `pretty` on a terminal and `json` everywhere else (services, pipes, files).
@@ -87,6 +96,14 @@ pub fn peak_rss_mib() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_wins_over_log_level() {
+        assert_eq!(filter(Some("debug"), "warn").to_string(), "debug");
+        assert_eq!(filter(None, "warn").to_string(), "warn");
+        assert_eq!(filter(Some(""), "warn").to_string(), "warn");
+        assert_eq!(filter(Some("[[bad"), "warn").to_string(), "warn");
+    }
 
     #[test]
     fn auto_is_pretty_on_a_terminal_and_json_elsewhere() {

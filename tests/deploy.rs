@@ -169,3 +169,210 @@ async fn a_file_only_the_working_directory_holds_is_still_used_with_a_warning() 
     );
     assert!(!config_dir.path().join("ledger.db").exists());
 }
+
+fn run_bin(args: &[&str], cwd: &Path) -> Output {
+    bin().args(args).current_dir(cwd).output().unwrap()
+}
+
+#[test]
+fn help_shows_examples_exit_codes_and_where_the_config_is_looked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bin(&["--help"], dir.path());
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0));
+    for needle in [
+        "Examples:",
+        "quo-sync once --with-sandbox",
+        "Exit codes:",
+        "4  another process holds the ledger's writer lease",
+        "QUO_SYNC_CONFIG",
+        "./quo-sync.toml",
+        "/etc/quo-sync/quo-sync.toml",
+        "RUST_LOG",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing:\n{stdout}");
+    }
+}
+
+#[test]
+fn version_names_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, _) = text(&run_bin(&["--version"], dir.path()));
+    assert!(
+        stdout.starts_with(&format!("quo-sync {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(head) = head {
+        assert!(stdout.contains(&head), "{stdout} (HEAD {head})");
+    }
+}
+
+#[test]
+fn a_limit_must_be_positive_and_closed_choices_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bin(&["runs", "--limit", "0"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    assert!(text(&out).1.contains("--limit"), "{:?}", text(&out));
+    let out = run_bin(&["sandbox", "--patch-mode", "sideways"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("possible values: merge, replace"),
+        "{:?}",
+        text(&out)
+    );
+}
+
+#[test]
+fn completions_and_a_man_page_are_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bin(&["completions", "bash"], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    let (script, _) = text(&out);
+    assert!(
+        script.contains("complete -F") && script.contains("check-config"),
+        "{script}"
+    );
+    let out = run_bin(&["man"], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    let (page, _) = text(&out);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH quo-sync"),
+        "{page}"
+    );
+    assert!(page.contains("healthcheck"), "{page}");
+}
+
+#[test]
+fn the_config_is_found_in_the_working_directory_then_etc() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bin(&["check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    if !Path::new("/etc/quo-sync/quo-sync.toml").exists() {
+        assert!(
+            text(&out).1.contains("no configuration file found"),
+            "{:?}",
+            text(&out)
+        );
+    }
+    std::fs::write(dir.path().join("contacts.csv"), sample_csv()).unwrap();
+    std::fs::write(
+        dir.path().join("quo-sync.toml"),
+        format!(
+            "[source]\nkind = \"csv\"\npath = \"contacts.csv\"\n{}",
+            common::MAPPING
+        ),
+    )
+    .unwrap();
+    let out = run_bin(&["check-config"], dir.path());
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.starts_with("quo-sync.toml: OK"), "{stdout}");
+}
+
+#[test]
+fn check_config_print_shows_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("contacts.csv"), sample_csv()).unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[quo]\napi_key = \"qk-live-secret-1\"\n[ledger]\nurl = \"postgres://quo:pg-pass-2@db.example.com:5432/quo?sslmode=verify-full\"\n[source]\nkind = \"csv\"\npath = \"contacts.csv\"\n{}\n[reverse]\nwebhook_secret = \"whsec_c2VjcmV0LTM=\"\n",
+            common::MAPPING
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--print", "--config"])
+        .arg(&config)
+        .env("QUO_SYNC__SCHEDULE__INTERVAL", "90s")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for secret in ["qk-live-secret-1", "pg-pass-2", "whsec_c2VjcmV0LTM="] {
+        assert!(!stdout.contains(secret), "{secret} shown:\n{stdout}");
+    }
+    let printed: toml::Table = stdout.parse().expect("the printout is TOML");
+    assert_eq!(printed["quo"]["api_key"].as_str(), Some("[REDACTED]"));
+    assert_eq!(printed["schedule"]["interval"].as_str(), Some("1m 30s"));
+    assert_eq!(printed["quo"]["requests_per_second"].as_integer(), Some(10));
+    let url = printed["ledger"]["url"].as_str().unwrap();
+    assert!(
+        url.contains("sslmode=verify-full") && url.contains("quo:"),
+        "{url}"
+    );
+    assert_eq!(
+        printed["source"]["path"].as_str(),
+        Some(
+            dir.path()
+                .join("contacts.csv")
+                .display()
+                .to_string()
+                .as_str()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_single_failed_cycle_keeps_the_only_replica_ready_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = quo_sync::ledger::Ledger::open(&dir.path().join("l.db"))
+        .await
+        .unwrap();
+    let serve = |rule: quo_sync::ops::http::ReadinessRule| {
+        let ledger = ledger.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let cancel = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(quo_sync::app::serve(
+                listener,
+                quo_sync::ops::http::router_with(ledger, None, rule),
+                cancel.clone(),
+            ));
+            (base, cancel)
+        }
+    };
+    let (default_base, _a) = serve(quo_sync::ops::http::ReadinessRule::default()).await;
+    let (cycles_base, _b) = serve(quo_sync::ops::http::ReadinessRule {
+        readiness: quo_sync::config::Readiness::Cycles,
+        failed_cycles: 2,
+    })
+    .await;
+    let ready = |base: String| async move {
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let fail = |n: u32| {
+        let ledger = ledger.clone();
+        async move {
+            let id = format!("failed-{n}");
+            ledger.start_run(&id, "run").await.unwrap();
+            ledger
+                .finish_run(&id, "failed", &Default::default(), 1, Some("quo: 500"))
+                .await
+                .unwrap();
+        }
+    };
+    fail(1).await;
+    assert_eq!(ready(default_base.clone()).await, 200);
+    assert_eq!(ready(cycles_base.clone()).await, 200, "one failure of two");
+    fail(2).await;
+    assert_eq!(
+        ready(default_base.clone()).await,
+        200,
+        "cycles are for alerts"
+    );
+    assert_eq!(ready(cycles_base.clone()).await, 503, "two in a row");
+}
