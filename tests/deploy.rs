@@ -376,3 +376,364 @@ async fn a_single_failed_cycle_keeps_the_only_replica_ready_by_default() {
     );
     assert_eq!(ready(cycles_base.clone()).await, 503, "two in a row");
 }
+
+/// The runtime stage of the Dockerfile, as the container runs it.
+struct Image {
+    env: Vec<(String, String)>,
+    user: Option<(u32, u32)>,
+    workdir: String,
+    command: Vec<String>,
+    healthcheck: Vec<String>,
+    /// `COPY <repo file> <absolute path>` of the runtime stage (from the build context).
+    copies: Vec<(String, String)>,
+}
+
+/// A JSON array directive (`["quo-sync", "run"]`).
+fn exec_form(text: &str) -> Vec<String> {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not exec form: {text}: {e}"))
+}
+
+fn read_dockerfile() -> Image {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    let runtime = &text[text.rfind("\nFROM ").expect("a runtime stage")..];
+    let mut image = Image {
+        env: Vec::new(),
+        user: None,
+        workdir: "/".into(),
+        command: Vec::new(),
+        healthcheck: Vec::new(),
+        copies: Vec::new(),
+    };
+    let mut entrypoint = Vec::new();
+    let mut cmd = Vec::new();
+    for line in runtime.lines() {
+        let (directive, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match directive {
+            "ENV" => {
+                let (key, value) = rest.split_once('=').expect("ENV KEY=VALUE");
+                image.env.push((key.trim().into(), value.trim().into()));
+            }
+            "USER" => {
+                let (uid, gid) = rest.trim().split_once(':').expect("USER uid:gid");
+                image.user = Some((uid.parse().unwrap(), gid.parse().unwrap()));
+            }
+            "WORKDIR" => image.workdir = rest.trim().into(),
+            "ENTRYPOINT" => entrypoint = exec_form(rest),
+            "CMD" => cmd = exec_form(rest),
+            "HEALTHCHECK" => {
+                image.healthcheck = exec_form(rest.split_once("CMD ").expect("HEALTHCHECK CMD").1)
+            }
+            "COPY" if !rest.starts_with("--from") => {
+                let parts: Vec<&str> = rest.split_whitespace().collect();
+                image.copies.push((parts[0].into(), parts[1].into()));
+            }
+            _ => {}
+        }
+    }
+    image.command = entrypoint.into_iter().chain(cmd).collect();
+    image
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The container's filesystem under `root`: its absolute paths mapped below it.
+struct Container {
+    root: tempfile::TempDir,
+    image: Image,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Container {
+    fn map(&self, text: &str) -> String {
+        let root = self.root.path().display().to_string();
+        text.replace("/etc/quo-sync", &format!("{root}/etc/quo-sync"))
+            .replace("/var/lib/quo-sync", &format!("{root}/var/lib/quo-sync"))
+    }
+
+    /// Lays out what the image holds: its COPYs from the build context, the data volume's
+    /// first contents (the sample CSV, as the build stage prepares it) owned by USER.
+    fn new(extra_env: Vec<(String, String)>) -> Container {
+        let root = tempfile::tempdir().unwrap();
+        let image = read_dockerfile();
+        let container = Container {
+            root,
+            image,
+            extra_env,
+        };
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (from, to) in &container.image.copies {
+            if !to.starts_with("/etc/") {
+                continue;
+            }
+            let target = PathBuf::from(container.map(to));
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            let text = std::fs::read_to_string(repo.join(from)).unwrap();
+            std::fs::write(&target, container.map(&text)).unwrap();
+        }
+        let volume = PathBuf::from(container.map("/var/lib/quo-sync"));
+        std::fs::create_dir_all(&volume).unwrap();
+        std::fs::copy(
+            repo.join("config/contacts.example.csv"),
+            volume.join("contacts.csv"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            container.root.path(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        if let (true, Some((uid, gid))) = (is_root(), container.image.user) {
+            let status = std::process::Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{gid}"))
+                .arg(&volume)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        container
+    }
+
+    /// `args` run the way the container runs them: the image's environment only (plus what
+    /// `docker run -e` adds), as its USER, in its WORKDIR.
+    fn command(&self, args: &[String]) -> tokio::process::Command {
+        assert_eq!(
+            args[0], "quo-sync",
+            "the image's binary is on PATH as quo-sync"
+        );
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"));
+        command
+            .args(args[1..].iter().map(|a| self.map(a)))
+            .env_clear();
+        for (key, value) in self.image.env.iter().chain(&self.extra_env) {
+            command.env(key, self.map(value));
+        }
+        command.current_dir(self.map(&self.image.workdir));
+        if let (true, Some((uid, gid))) = (is_root(), self.image.user) {
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, seconds: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_containers_command_line_syncs_answers_its_healthcheck_and_backs_up_while_running() {
+    let sandbox = sandbox().await;
+    let port = free_port();
+    // What `docker run -e` adds: the key, and (this test only) the sandbox instead of Quo and a
+    // free port instead of 9464, since tests run side by side.
+    let container = Container::new(vec![
+        ("QUO_API_KEY".into(), sandbox.api_key().into()),
+        ("QUO_SYNC__QUO__BASE_URL".into(), sandbox.base_url()),
+        (
+            "QUO_SYNC__SERVICE__LISTEN".into(),
+            format!("0.0.0.0:{port}"),
+        ),
+    ]);
+    assert_eq!(container.image.command, ["quo-sync", "run"]);
+    assert_eq!(container.image.healthcheck, ["quo-sync", "healthcheck"]);
+    let service = container
+        .command(&container.image.command)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the container's command starts");
+    let pid = service.id().unwrap().to_string();
+
+    let healthcheck = || async {
+        container
+            .command(&container.image.healthcheck)
+            .output()
+            .await
+            .unwrap()
+    };
+    wait_until("the HEALTHCHECK passes", 60, || async {
+        healthcheck().await.status.success()
+    })
+    .await;
+    wait_until(
+        "the sample's 23 contacts are in the sandbox",
+        60,
+        || async { common::sandbox_truth(&sandbox.base_url()).await.len() == 23 },
+    )
+    .await;
+    let volume = PathBuf::from(container.map("/var/lib/quo-sync"));
+    assert!(
+        volume.join("quo-sync.db").exists(),
+        "{:?}",
+        entries(&volume)
+    );
+    if is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(volume.join("quo-sync.db")).unwrap().uid();
+        assert_eq!(Some(owner), container.image.user.map(|u| u.0));
+    }
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("# TYPE quo_sync_cycle_duration_seconds histogram"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("quo_sync_build_info{"), "{metrics}");
+
+    // A backup while the service runs, as the same user.
+    let backup = container
+        .command(&[
+            "quo-sync".into(),
+            "ledger".into(),
+            "backup".into(),
+            "--to".into(),
+            "/var/lib/quo-sync/backup/ledger.db".into(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&backup);
+    assert_eq!(backup.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("integrity ok"), "{stdout}");
+    let copy = volume.join("backup/ledger.db");
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", copy.display()))
+        .await
+        .unwrap();
+    let linked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE quo_id IS NOT NULL")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(linked, 23);
+    conn.close().await.unwrap();
+
+    // SIGHUP: a clean stop that hands the writer lease over.
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        service.wait_with_output(),
+    )
+    .await
+    .expect("SIGHUP stops the service")
+    .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("\"signal\":\"SIGHUP\"")
+            && stderr.contains("\"event\":\"service_stopped\""),
+        "{stderr}"
+    );
+    let status = container
+        .command(&["quo-sync".into(), "status".into(), "--json".into()])
+        .output()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["writer"]["live"], false, "{status}");
+    assert!(!healthcheck().await.status.success(), "nothing answers now");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_exits_at_once_while_the_first_waits_for_in_flight_work() {
+    // Every Quo request takes 30 s: the first cycle is in flight for long.
+    let sandbox = SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        latency: std::time::Duration::from_secs(30),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("contacts.csv"), sample_csv()).unwrap();
+    let config = write_config(dir.path(), &sandbox, "ledger.db");
+    let mut service = tokio::process::Command::from(bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("QUO_API_KEY", sandbox.api_key())
+        .env("QUO_SYNC__SERVICE__SHUTDOWN_GRACE", "60s")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = service.id().unwrap().to_string();
+    let ledger = dir.path().join("ledger.db");
+    wait_until("a cycle is running", 30, || async {
+        let Ok(mut conn) =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", ledger.display()))
+                .await
+        else {
+            return false;
+        };
+        use sqlx::Connection;
+        let running: Result<i64, _> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE status = 'running'")
+                .fetch_one(&mut conn)
+                .await;
+        let _ = conn.close().await;
+        running.unwrap_or(0) > 0
+    })
+    .await;
+    let interrupt = || {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    interrupt();
+    // The first Ctrl-C waits for the request in flight (up to the 60 s grace).
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), service.wait())
+            .await
+            .is_err(),
+        "the first signal lets in-flight work finish"
+    );
+    interrupt();
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        service.wait_with_output(),
+    )
+    .await
+    .expect("the second signal exits at once")
+    .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("\"event\":\"shutdown_forced\""), "{stderr}");
+}
