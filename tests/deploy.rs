@@ -737,3 +737,61 @@ async fn a_second_signal_exits_at_once_while_the_first_waits_for_in_flight_work(
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("\"event\":\"shutdown_forced\""), "{stderr}");
 }
+
+/// Every configuration the repository ships for a deployment passes `check-config`, its
+/// absolute paths mapped to a folder holding the files they name.
+#[test]
+fn the_shipped_deployment_configs_pass_check_config() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = tempfile::tempdir().unwrap();
+    let map = |text: &str| {
+        text.replace(
+            "/etc/quo-sync",
+            &root.path().join("etc").display().to_string(),
+        )
+        .replace(
+            "/var/lib/quo-sync",
+            &root.path().join("var").display().to_string(),
+        )
+    };
+    let secrets = root.path().join("etc/secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::create_dir_all(root.path().join("var")).unwrap();
+    for (name, value) in [
+        ("quo_api_key", "k".to_string()),
+        ("crm_token", "t".to_string()),
+        (
+            "ledger_url",
+            "postgres://quo@db.example.com:5432/quo?sslmode=verify-full".to_string(),
+        ),
+    ] {
+        std::fs::write(secrets.join(name), value).unwrap();
+    }
+    std::fs::copy(
+        repo.join("config/contacts.example.csv"),
+        root.path().join("var/contacts.csv"),
+    )
+    .unwrap();
+    // The ConfigMap's embedded quo-sync.toml.
+    let configmap = std::fs::read_to_string(repo.join("docs/k8s/configmap.yaml")).unwrap();
+    let embedded: String = configmap
+        .split_once("quo-sync.toml: |\n")
+        .expect("the ConfigMap holds quo-sync.toml")
+        .1
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let container = std::fs::read_to_string(repo.join("config/container.toml")).unwrap();
+    for (name, text) in [("configmap.toml", embedded), ("container.toml", container)] {
+        let path = root.path().join(name);
+        std::fs::write(&path, map(&text)).unwrap();
+        let out = bin()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{name}: {stdout}{stderr}");
+    }
+}
