@@ -783,9 +783,9 @@ fn the_shipped_deployment_configs_pass_check_config() {
         .collect::<Vec<_>>()
         .join("\n");
     let container = std::fs::read_to_string(repo.join("config/container.toml")).unwrap();
-    for (name, text) in [("configmap.toml", embedded), ("container.toml", container)] {
+    for (name, config) in [("configmap.toml", embedded), ("container.toml", container)] {
         let path = root.path().join(name);
-        std::fs::write(&path, map(&text)).unwrap();
+        std::fs::write(&path, map(&config)).unwrap();
         let out = bin()
             .args(["check-config", "--config"])
             .arg(&path)
@@ -794,4 +794,93 @@ fn the_shipped_deployment_configs_pass_check_config() {
         let (stdout, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(0), "{name}: {stdout}{stderr}");
     }
+}
+
+/// Markdown files a reader opens: the README, the top-level notes and everything under docs/.
+fn markdown_files(repo: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = ["README.md", "CHANGELOG.md", "SECURITY.md"]
+        .iter()
+        .map(|f| repo.join(f))
+        .filter(|p| p.exists())
+        .collect();
+    let mut folders = vec![repo.join("docs")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn every_link_in_the_readme_and_docs_resolves_inside_the_repository() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut broken = Vec::new();
+    for file in markdown_files(repo) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("](") {
+            let tail = &rest[at + 2..];
+            let end = tail.find(')').unwrap_or(tail.len());
+            let target = &tail[..end];
+            rest = &tail[end..];
+            if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+                continue;
+            }
+            let path = target.split('#').next().unwrap_or_default();
+            let resolved = file.parent().unwrap().join(path);
+            let inside = resolved
+                .canonicalize()
+                .is_ok_and(|p| p.starts_with(repo.canonicalize().unwrap()));
+            if !inside {
+                broken.push(format!("{}: {target}", file.display()));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "links that do not resolve inside the repository:\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn nothing_points_at_the_contract_outside_the_repository() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Spelled in two halves so this file does not match itself.
+    let needle = format!("{}/quo-", "shared");
+    let mut found = Vec::new();
+    let mut folders = vec![
+        repo.join("src"),
+        repo.join("tests"),
+        repo.join("benches"),
+        repo.join("docs"),
+    ];
+    let mut files = vec![repo.join("README.md")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    for file in files {
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && text.contains(&needle)
+        {
+            found.push(file.display().to_string());
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "point at docs/quo-api.md instead: {found:?}"
+    );
 }
