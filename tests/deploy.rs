@@ -90,15 +90,6 @@ fn sample_csv() -> String {
     common::csv(&[common::row("p-1", 1), common::row("p-2", 2)])
 }
 
-async fn sandbox() -> SandboxHandle {
-    SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap()
-}
-
 async fn once(config: &Path, cwd: &Path, api_key: &str) -> Output {
     let mut command = tokio::process::Command::from(bin());
     command
@@ -114,7 +105,7 @@ async fn once(config: &Path, cwd: &Path, api_key: &str) -> Output {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn relative_ledger_and_csv_paths_are_read_beside_the_config_file() {
-    let sandbox = sandbox().await;
+    let sandbox = common::unlimited_sandbox().await;
     let config_dir = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     std::fs::write(config_dir.path().join("contacts.csv"), sample_csv()).unwrap();
@@ -143,7 +134,7 @@ async fn relative_ledger_and_csv_paths_are_read_beside_the_config_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_only_the_working_directory_holds_is_still_used_with_a_warning() {
-    let sandbox = sandbox().await;
+    let sandbox = common::unlimited_sandbox().await;
     let config_dir = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     // Yesterday's layout: the CSV and the ledger beside the process, not beside the config.
@@ -546,7 +537,7 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_containers_command_line_syncs_answers_its_healthcheck_and_backs_up_while_running() {
-    let sandbox = sandbox().await;
+    let sandbox = common::unlimited_sandbox().await;
     let port = free_port();
     // What `docker run -e` adds: the key, and (this test only) the sandbox instead of Quo and a
     // free port instead of 9464, since tests run side by side.

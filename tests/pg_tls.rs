@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
+use quo_sync::sandbox::SandboxHandle;
 
 /// Runs `quo-sync once` on a two-row CSV against `sandbox`, with `ledger_url` as `ledger.url`.
 async fn once_with_ledger(dir: &Path, sandbox: &SandboxHandle, ledger_url: &str) -> Output {
@@ -41,21 +41,12 @@ async fn once_with_ledger(dir: &Path, sandbox: &SandboxHandle, ledger_url: &str)
         .expect("run quo-sync")
 }
 
-async fn sandbox() -> SandboxHandle {
-    SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_full_with_the_servers_ca_syncs_over_tls() {
     let (Some(url), Some(tls)) = (common::pg::database().await, common::pg::tls().await) else {
         return;
     };
-    let sandbox = sandbox().await;
+    let sandbox = common::unlimited_sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("{url}?sslmode=verify-full&sslrootcert={}", tls.ca.display());
     let out = once_with_ledger(dir.path(), &sandbox, &url).await;
@@ -87,7 +78,7 @@ async fn a_wrong_ca_fails_with_a_clear_error_and_exit_2() {
     let (Some(url), Some(tls)) = (common::pg::database().await, common::pg::tls().await) else {
         return;
     };
-    let sandbox = sandbox().await;
+    let sandbox = common::unlimited_sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     for mode in ["verify-full", "verify-ca"] {
         let url = format!(
@@ -113,7 +104,7 @@ async fn sslmode_require_encrypts_without_a_ca() {
     let Some(url) = common::pg::database().await else {
         return;
     };
-    let sandbox = sandbox().await;
+    let sandbox = common::unlimited_sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let out = once_with_ledger(dir.path(), &sandbox, &format!("{url}?sslmode=require")).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
