@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
+use quo_sync::sandbox::SandboxHandle;
 
 fn bin() -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"));

@@ -51,6 +51,9 @@ pub struct Cli {
     /// The TOML configuration file (default: see "Configuration" below).
     #[arg(long, global = true, env = "QUO_SYNC_CONFIG")]
     pub config: Option<PathBuf>,
+    /// On a terminal: show every record's line and the span ids (-vv: debug level, -vvv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
