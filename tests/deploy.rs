@@ -588,14 +588,28 @@ async fn the_containers_command_line_syncs_answers_its_healthcheck_and_backs_up_
         let owner = std::fs::metadata(volume.join("quo-sync.db")).unwrap().uid();
         assert_eq!(Some(owner), container.image.user.map(|u| u.0));
     }
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // The cycle's duration is recorded as it finishes, a moment after its last contact.
+    wait_until(
+        "the cycle's duration is a histogram in /metrics",
+        30,
+        || async {
+            metrics()
+                .await
+                .contains("# TYPE quo_sync_cycle_duration_seconds histogram")
+        },
+    )
+    .await;
+    let metrics = metrics().await;
     assert!(
-        metrics.contains("# TYPE quo_sync_cycle_duration_seconds histogram"),
+        metrics.contains("quo_sync_cycle_duration_seconds_bucket{le=\"0.5\"}"),
         "{metrics}"
     );
     assert!(metrics.contains("quo_sync_build_info{"), "{metrics}");
