@@ -6,13 +6,14 @@
 use std::fmt;
 
 use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Config, ConfigError};
 use crate::expr::{Expression, Yields};
 
 /// `sync.mode`: which writes a cycle may make to Quo.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncMode {
     /// Create contacts for new records and update linked ones (default).
@@ -37,7 +38,7 @@ impl SyncMode {
 
 /// `sync.on_leave_scope`: what happens to the contact of a synced record that the filter no
 /// longer admits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnLeaveScope {
     /// The contact stays linked and is no longer updated (default).
@@ -105,6 +106,21 @@ impl FieldSource {
 impl From<&str> for FieldSource {
     fn from(column: &str) -> Self {
         FieldSource::Column(column.to_string())
+    }
+}
+
+/// Written as it is read: a column as a string, a computed value as `{ expr = "..." }`
+/// (`check-config --print`).
+impl Serialize for FieldSource {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FieldSource::Column(column) => serializer.serialize_str(column),
+            FieldSource::Computed { expr } => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("expr", expr)?;
+                map.end()
+            }
+        }
     }
 }
 
