@@ -3,7 +3,8 @@
 //! - initial load with 300 ms added latency: requests per second achieved ÷ the limit, 429s,
 //!   requests sent ÷ minimum needed;
 //! - one changed field on every record: requests ÷ minimum;
-//! - a no-change cycle over 100,000 and 1,000,000 CSV rows, run by the real binary: wall time and
+//! - a no-change cycle over 100,000 and 1,000,000 CSV rows, run by the real binary, unfiltered
+//!   and with a `sync.filter` admitting half of them (`no_change.rows_<n>_filtered`): wall time and
 //!   peak RSS;
 //! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling;
 //! - failover (`ha`, `sync/ha.rs`): time for a standby to take over from a killed or paused leader;
@@ -175,8 +176,13 @@ async fn initial_load_at_real_rate(records: u64) -> Value {
     })
 }
 
-/// Seeds a ledger as if `rows` records had synced, then times the real binary's no-change cycle.
-async fn no_change(rows: u64) -> Value {
+/// The filter of `no_change.rows_<n>_filtered`: half the rows in scope (`lead_score` is
+/// `i % 100`), so the cycle both evaluates and remembers judgements.
+const NO_CHANGE_FILTER: &str = "int(record.lead_score) < 50";
+
+/// Seeds a ledger as if `rows` records had synced (under `filter`: the rows it admits synced,
+/// the others judged out of scope), then times the real binary's no-change cycle.
+async fn no_change(rows: u64, filter: Option<&str>) -> Value {
     let sandbox = SandboxHandle::start(SandboxConfig {
         requests_per_second: 0,
         ..SandboxConfig::default()
@@ -186,8 +192,14 @@ async fn no_change(rows: u64) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let csv_path = dir.path().join("contacts.csv");
     write_csv(&csv_path, rows, "Acme");
-    let config_path = write_config(dir.path(), &sandbox, 10, "[reverse]\nenabled = false\n");
+    let mut extra = "[reverse]\nenabled = false\n".to_string();
+    if let Some(filter) = filter {
+        extra.push_str(&format!("[sync]\nfilter = '{filter}'\n"));
+    }
+    let config_path = write_config(dir.path(), &sandbox, 10, &extra);
     let config = Config::load_with_env(&config_path, std::iter::empty()).unwrap();
+    let scope = quo_sync::sync::ScopeRules::from_config(&config.sync).unwrap();
+    let (rules, filter_fields) = scope.fingerprint_inputs();
 
     // Seed: map every row exactly as a cycle would and commit it as synced.
     let seed_started = Instant::now();
@@ -196,20 +208,38 @@ async fn no_change(rows: u64) -> Value {
         .custom_fields()
         .await
         .unwrap();
-    let mapper = Arc::new(Mapper::new(&config.mapping, &defs).unwrap());
+    let mapper = Arc::new(
+        Mapper::new(&config.mapping, &defs)
+            .unwrap()
+            .fingerprint_also(&rules, &filter_fields),
+    );
     let ledger = Ledger::open(&config.ledger.path).await.unwrap();
     let source = Source::from_config(&config.source).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
     let reader = tokio::spawn(async move { source.read(ReadRequest::default(), tx).await });
     let contact: Contact = serde_json::from_value(json!({"id": "seed"})).unwrap();
     let mut batch = Vec::with_capacity(5000);
+    let mut out_of_scope = Vec::with_capacity(5000);
     let mut seeded = 0u64;
     while let Some(item) = rx.recv().await {
         let SourceItem::Record(record) = item else {
             panic!("bench rows are valid")
         };
-        let snapshot = mapper.map(&record).unwrap();
         let fingerprint = mapper.fingerprint(&record);
+        if !scope.admits(&record).unwrap() {
+            out_of_scope.push(quo_sync::ledger::ScopeMark {
+                external_id: record.external_id,
+                state: quo_sync::ledger::RecordState::OutOfScope,
+                fingerprint,
+                link: quo_sync::ledger::ScopeLink::Keep,
+            });
+            if out_of_scope.len() == 5000 {
+                ledger.mark_scope(&out_of_scope).await.unwrap();
+                out_of_scope.clear();
+            }
+            continue;
+        }
+        let snapshot = mapper.map(&record).unwrap();
         seeded += 1;
         batch.push((
             record.external_id,
@@ -223,6 +253,7 @@ async fn no_change(rows: u64) -> Value {
         }
     }
     flush(&ledger, &mut batch, &contact).await;
+    ledger.mark_scope(&out_of_scope).await.unwrap();
     reader.await.unwrap().unwrap();
     ledger.close().await;
     let seed_seconds = seed_started.elapsed().as_secs_f64();
@@ -252,6 +283,7 @@ async fn no_change(rows: u64) -> Value {
         "peak_rss_mib": summary["peak_rss_mib"],
         "phases_ms": summary["phases_ms"],
         "unchanged": summary["counts"]["unchanged"],
+        "out_of_scope": summary["counts"]["out_of_scope"],
         "requests": stats.requests_total,
         "writes": stats.writes_total(),
         "seed_seconds": seed_seconds,
@@ -417,9 +449,16 @@ fn main() {
         if wanted("no_change") {
             let mut no_change_figures = serde_json::Map::new();
             for rows in sizes {
-                let figures = no_change(rows).await;
+                let figures = no_change(rows, None).await;
                 eprintln!("no change, {rows} rows: {figures}");
+                let plain = figures["seconds"].as_f64().unwrap_or(f64::NAN);
                 no_change_figures.insert(format!("rows_{rows}"), figures);
+                let mut filtered = no_change(rows, Some(NO_CHANGE_FILTER)).await;
+                filtered["filter"] = json!(NO_CHANGE_FILTER);
+                filtered["over_unfiltered"] =
+                    json!(filtered["seconds"].as_f64().unwrap_or(f64::NAN) / plain);
+                eprintln!("no change, {rows} rows, filtered: {filtered}");
+                no_change_figures.insert(format!("rows_{rows}_filtered"), filtered);
             }
             figures.insert("no_change".into(), Value::Object(no_change_figures));
         }

@@ -140,7 +140,11 @@ impl Mapper {
 
     /// Adds inputs of other decisions to the fingerprint (the scope filter's fields and rules):
     /// an unchanged fingerprint then means those decisions would come out as last time too.
+    /// Nothing to add (no rules, no fields) leaves the fingerprint as it is.
     pub fn fingerprint_also(mut self, rules: &str, fields: &[String]) -> Self {
+        if rules.is_empty() && fields.is_empty() {
+            return self;
+        }
         self.mapped_fields.extend(fields.iter().cloned());
         self.mapped_fields.sort();
         self.mapped_fields.dedup();

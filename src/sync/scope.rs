@@ -51,8 +51,13 @@ impl ScopeRules {
     }
 
     /// What the fingerprint must also cover so that an unchanged row needs no new judgement:
-    /// the filter and the mode as rules, the filter's fields as inputs.
+    /// the filter and the mode as rules, the filter's fields as inputs. With no filter in
+    /// upsert mode there is nothing to add, so a ledger written before `sync.filter` existed
+    /// keeps recognising its unchanged rows.
     pub fn fingerprint_inputs(&self) -> (String, Vec<String>) {
+        if self.filter.is_none() && self.mode == SyncMode::Upsert {
+            return (String::new(), Vec::new());
+        }
         let rules = format!(
             "filter={:?};mode={}",
             self.filter.as_ref().map(Expression::source),
