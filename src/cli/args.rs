@@ -33,6 +33,10 @@ pub enum Command {
         /// Start the built-in Quo sandbox and sync into it (demo; no API key, no network).
         #[arg(long)]
         with_sandbox: bool,
+        /// With --with-sandbox: seed the sandbox with the people in this CSV first, as a
+        /// workspace that already holds contacts (format: `quo-sync sandbox --help`).
+        #[arg(long, value_name = "CSV", requires = "with_sandbox")]
+        seed_existing: Option<PathBuf>,
         /// Lift the mass-deletion guard (sync.max_delete_fraction) for this process.
         #[arg(long)]
         allow_mass_delete: bool,
@@ -43,6 +47,10 @@ pub enum Command {
         /// Start the built-in Quo sandbox and sync into it (demo; no API key, no network).
         #[arg(long)]
         with_sandbox: bool,
+        /// With --with-sandbox: seed the sandbox with the people in this CSV first, as a
+        /// workspace that already holds contacts (format: `quo-sync sandbox --help`).
+        #[arg(long, value_name = "CSV", requires = "with_sandbox")]
+        seed_existing: Option<PathBuf>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -61,6 +69,10 @@ pub enum Command {
         /// Plan against the built-in Quo sandbox.
         #[arg(long)]
         with_sandbox: bool,
+        /// With --with-sandbox: seed the sandbox with the people in this CSV first, as a
+        /// workspace that already holds contacts (format: `quo-sync sandbox --help`).
+        #[arg(long, value_name = "CSV", requires = "with_sandbox")]
+        seed_existing: Option<PathBuf>,
     },
     /// Summarise the ledger.
     Status {
@@ -127,6 +139,13 @@ pub enum Command {
         /// Added latency per request, milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Start with the people in this CSV already in the workspace, as a team has them
+        /// before quo-sync: columns first_name, last_name, company, role, email, work_email,
+        /// phone, mobile, notes, and `source` (empty: made in the Quo app; `zapier` or another
+        /// label: another integration; hubspot, salesforce, google-people, outlook: a native
+        /// integration, read-only through the API) and `external_id`; other columns are ignored.
+        #[arg(long, value_name = "CSV")]
+        seed_existing: Option<PathBuf>,
     },
 }
 

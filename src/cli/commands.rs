@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use secrecy::SecretString;
@@ -31,7 +31,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             requests_per_second,
             patch_mode,
             latency_ms,
-        } => sandbox(listen, api_key, requests_per_second, patch_mode, latency_ms).await,
+            seed_existing,
+        } => {
+            let options = SandboxOptions {
+                api_key,
+                requests_per_second,
+                patch_mode,
+                latency_ms,
+                seed_existing,
+            };
+            sandbox(listen, options).await
+        }
         Command::Status { json } => status(config_path, json).await,
         Command::Runs { limit, json } => {
             let ledger = open_ledger(config_path).await?;
@@ -54,15 +64,31 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Run {
             with_sandbox,
+            seed_existing,
             allow_mass_delete,
-        } => run(config_path, with_sandbox, allow_mass_delete).await,
+        } => {
+            run(
+                config_path,
+                demo(with_sandbox, seed_existing),
+                allow_mass_delete,
+            )
+            .await
+        }
         Command::Once {
             with_sandbox,
+            seed_existing,
             json,
             allow_mass_delete,
             wait,
-        } => once(config_path, with_sandbox, json, allow_mass_delete, wait).await,
-        Command::Plan { json, with_sandbox } => plan(config_path, json, with_sandbox).await,
+        } => {
+            let demo = demo(with_sandbox, seed_existing);
+            once(config_path, demo, json, allow_mass_delete, wait).await
+        }
+        Command::Plan {
+            json,
+            with_sandbox,
+            seed_existing,
+        } => plan(config_path, json, demo(with_sandbox, seed_existing)).await,
     }
 }
 
@@ -89,15 +115,50 @@ fn check_config(config_path: &Path) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `sandbox`: serves the Quo sandbox until SIGINT/SIGTERM.
-async fn sandbox(
-    listen: SocketAddr,
+/// `--with-sandbox [--seed-existing <csv>]`: sync into a fresh in-process sandbox, seeded with
+/// the people of a CSV.
+struct Demo {
+    seed_existing: Option<PathBuf>,
+}
+
+fn demo(with_sandbox: bool, seed_existing: Option<PathBuf>) -> Option<Demo> {
+    with_sandbox.then_some(Demo { seed_existing })
+}
+
+/// How `quo-sync sandbox` starts.
+struct SandboxOptions {
     api_key: String,
     requests_per_second: u32,
     patch_mode: String,
     latency_ms: u64,
-) -> anyhow::Result<u8> {
+    seed_existing: Option<PathBuf>,
+}
+
+/// Seeds `sandbox` from the seed CSV at `path`, saying how many contacts it now holds.
+fn seed_sandbox(sandbox: &SandboxHandle, path: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let seeded = sandbox.seed_existing_csv(&text).map_err(|reason| {
+        AppError::Config(quo_sync::config::ConfigError::BadValue {
+            file: "(command line)".into(),
+            key: "--seed-existing".into(),
+            reason: format!("{}: {reason}", path.display()),
+        })
+    })?;
+    tracing::info!(event = "sandbox_seeded", contacts = seeded, csv = %path.display(), "the sandbox workspace holds contacts made before quo-sync");
+    Ok(())
+}
+
+/// `sandbox`: serves the Quo sandbox until SIGINT/SIGTERM.
+async fn sandbox(listen: SocketAddr, options: SandboxOptions) -> anyhow::Result<u8> {
     quo_sync::telemetry::init(quo_sync::config::LogFormat::Json, "info");
+    let SandboxOptions {
+        api_key,
+        requests_per_second,
+        patch_mode,
+        latency_ms,
+        seed_existing,
+    } = options;
     let patch_mode = match patch_mode.as_str() {
         "merge" => PatchMode::Merge,
         "replace" => PatchMode::Replace,
@@ -117,6 +178,9 @@ async fn sandbox(
     let sandbox = SandboxHandle::start_on(config, listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    if let Some(path) = &seed_existing {
+        seed_sandbox(&sandbox, path)?;
+    }
     eprintln!(
         "Quo sandbox listening on {} (Authorization: {})",
         sandbox.base_url(),
@@ -210,10 +274,10 @@ async fn reconcile(
 /// `run`: the service, until SIGINT/SIGTERM (with a grace period for in-flight work).
 async fn run(
     config_path: &Path,
-    with_sandbox: bool,
+    demo: Option<Demo>,
     allow_mass_delete: bool,
 ) -> anyhow::Result<u8> {
-    let (config, _sandbox) = configured(config_path, with_sandbox, None).await?;
+    let (config, _sandbox) = configured(config_path, demo, None).await?;
     let cancel = app::shutdown_token();
     let metrics = quo_sync::ops::http::install_metrics();
     // Checked before standing by: a bad API key should fail now, not at takeover.
@@ -235,12 +299,13 @@ async fn run(
 /// `once`: one cycle under the writer lease, and its summary.
 async fn once(
     config_path: &Path,
-    with_sandbox: bool,
+    demo: Option<Demo>,
     json: bool,
     allow_mass_delete: bool,
     wait: std::time::Duration,
 ) -> anyhow::Result<u8> {
-    let (config, _sandbox) = configured(config_path, with_sandbox, None).await?;
+    let with_sandbox = demo.is_some();
+    let (config, _sandbox) = configured(config_path, demo, None).await?;
     let writer = app::acquire_writer(&config, "once", wait, app::shutdown_token()).await?;
     let mut ctx = app::build_context_on(
         &config,
@@ -282,8 +347,8 @@ async fn once(
 }
 
 /// `plan`: what a cycle would do, sending no writes.
-async fn plan(config_path: &Path, json: bool, with_sandbox: bool) -> anyhow::Result<u8> {
-    let (config, _sandbox) = configured(config_path, with_sandbox, Some("warn")).await?;
+async fn plan(config_path: &Path, json: bool, demo: Option<Demo>) -> anyhow::Result<u8> {
+    let (config, _sandbox) = configured(config_path, demo, Some("warn")).await?;
     let ctx =
         app::build_context(&config, "plan", tokio_util::sync::CancellationToken::new()).await?;
     let progress = ops::progress::watch_progress(&ctx);
@@ -309,19 +374,25 @@ async fn plan(config_path: &Path, json: bool, with_sandbox: bool) -> anyhow::Res
 }
 
 /// The configuration with logging started (at `log_level`, else the configured level), pointed
-/// at a fresh in-process sandbox when `with_sandbox`; the sandbox lives as long as the handle.
+/// at a fresh in-process sandbox for a `demo` (seeded when it says so); the sandbox lives as long
+/// as the handle.
 async fn configured(
     config_path: &Path,
-    with_sandbox: bool,
+    demo: Option<Demo>,
     log_level: Option<&str>,
 ) -> anyhow::Result<(Config, Option<(SandboxHandle, tempfile_dir::TempDir)>)> {
     let mut config = load_config(config_path)?;
     let level = log_level.unwrap_or(&config.log.level).to_string();
     quo_sync::telemetry::init(config.log.format, &level);
-    let sandbox = if with_sandbox {
-        Some(attach_sandbox(&mut config).await?)
-    } else {
-        None
+    let sandbox = match demo {
+        Some(demo) => {
+            let (sandbox, dir) = attach_sandbox(&mut config).await?;
+            if let Some(path) = &demo.seed_existing {
+                seed_sandbox(&sandbox, path)?;
+            }
+            Some((sandbox, dir))
+        }
+        None => None,
     };
     Ok((config, sandbox))
 }
