@@ -105,6 +105,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Answer a record held before create: adopt a contact already in Quo for it
+    /// (`link <external-id> <quo-contact-id>`), create a new one (`--create`), or give back the
+    /// contact it adopted (`--undo`: its source, externalId and replaced values; the record is
+    /// held again). Applied at once by a cycle; exit 3 when the record is still held.
+    Link {
+        /// The record's CRM id.
+        external_id: String,
+        /// The Quo contact to adopt for it.
+        #[arg(required_unless_present_any = ["create", "undo"], conflicts_with_all = ["create", "undo"])]
+        quo_contact_id: Option<String>,
+        /// Create a new contact for the record, whatever it matches.
+        #[arg(long, conflicts_with = "undo")]
+        create: bool,
+        /// Give back the contact the record adopted, and hold the record.
+        #[arg(long)]
+        undo: bool,
+        /// How long to wait for another writer to release the ledger (e.g. `30s`); exit 4 after.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Compare Quo, the ledger and the CRM; `--repair` adopts orphans and rebuilds lost ids.
     Reconcile {
         /// Adopt orphans by externalId and relink; never deletes a contact.

@@ -12,7 +12,7 @@ use quo_sync::app::{self, AppError};
 use quo_sync::config::Config;
 use quo_sync::ops;
 use quo_sync::sandbox::{PatchMode, SandboxConfig, SandboxHandle};
-use quo_sync::sync::{Mode, plan::render_table};
+use quo_sync::sync::{Mode, plan::render_plan};
 
 use super::EXIT_QUARANTINED;
 use super::args::{Cli, Command, LedgerAction};
@@ -56,6 +56,21 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Quarantine { action } => super::quarantine::quarantine(config_path, action).await,
+        Command::Link {
+            external_id,
+            quo_contact_id,
+            create,
+            undo,
+            wait,
+        } => {
+            use quo_sync::ops::link::LinkRequest;
+            let request = match (quo_contact_id, create, undo) {
+                (Some(quo_id), _, _) => LinkRequest::To(quo_id),
+                (None, true, _) => LinkRequest::Create,
+                (None, false, _) => LinkRequest::Undo,
+            };
+            super::link::link(config_path, &external_id, request, wait).await
+        }
         Command::Ledger {
             action: LedgerAction::Copy { to },
         } => ledger_copy(config_path, to).await,
@@ -326,11 +341,13 @@ async fn once(
     } else if std::io::stdout().is_terminal() || with_sandbox {
         let c = &report.counts;
         println!(
-            "created {}  updated {}  unchanged {}  deleted {}  quarantined {}  requests {}  429s {}  in {:.1}s",
+            "created {}  adopted {}  updated {}  unchanged {}  deleted {}  held {}  quarantined {}  requests {}  429s {}  in {:.1}s",
             c.created,
+            c.adopted,
             c.updated,
             c.unchanged,
             c.deleted,
+            c.held,
             c.quarantined,
             c.requests,
             c.rate_limited,
@@ -338,7 +355,7 @@ async fn once(
         );
     }
     Ok(
-        if report.counts.quarantined > 0 || report.mass_delete_refused {
+        if report.counts.quarantined > 0 || report.counts.held > 0 || report.mass_delete_refused {
             EXIT_QUARANTINED
         } else {
             0
@@ -363,12 +380,7 @@ async fn plan(config_path: &Path, json: bool, demo: Option<Demo>) -> anyhow::Res
             )?
         );
     } else {
-        let c = &report.counts;
-        println!(
-            "plan: create {}  update {}  delete {}  unchanged {}  quarantine {}",
-            c.created, c.updated, c.deleted, c.unchanged, c.quarantined
-        );
-        print!("{}", render_table(&report.operations));
+        print!("{}", render_plan(&report.counts, &report.operations));
     }
     Ok(0)
 }

@@ -71,13 +71,21 @@ impl Cycle {
         let ledger = &self.ctx.ledger;
         // A dry run writes nothing, and a scan's findings are notices written to the inbox: a
         // plan shows what the notices already there would do.
+        let day_one = &self.ctx.settings.day_one;
         let scan = match self.ctx.settings.poll_interval {
             Some(interval) if self.mode == Mode::Apply => {
                 crate::reverse::scan::due(ledger, interval).await?
             }
             _ => false,
         };
-        Ok(intake::gather(ledger, &self.ctx.client, scan).await?)
+        let scope = scan.then(|| day_one.scan_scope());
+        // A dry run writes nothing, the workspace index included.
+        let index = day_one.wants_workspace() && self.mode == Mode::Apply;
+        let _pass = match scope {
+            Some(_) => Some(self.ctx.scan_gate.lock().await),
+            None => None,
+        };
+        Ok(intake::gather(ledger, &self.ctx.client, scope, index).await?)
     }
 
     /// A managed contact is gone from Quo: apply `reverse.on_quo_delete`, never silently.

@@ -21,6 +21,11 @@ pub enum Action {
     WriteCrm,
     /// A contact deleted in Quo, handled by `reverse.on_quo_delete`.
     Unlink,
+    /// A contact already in Quo made the record's by one PATCH (`quo_id`: the contact;
+    /// `fields`: what changes, `source` and `externalId` included).
+    Adopt,
+    /// Held before create (`reason` names the contacts): nothing created, nothing changed.
+    Held,
 }
 
 impl Action {
@@ -34,6 +39,8 @@ impl Action {
             Action::Resolve => "resolve",
             Action::WriteCrm => "write_crm",
             Action::Unlink => "unlink",
+            Action::Adopt => "adopt",
+            Action::Held => "held",
         }
     }
 }
@@ -87,6 +94,18 @@ impl PlannedOp {
     }
 }
 
+/// The text `quo-sync plan` prints: a summary of counts, then one line per record (`adopt
+/// <contact-id>: <fields that change>`, `create`, `update <fields>`, `held <reason>`, …).
+pub fn render_plan(counts: &crate::ledger::RunCounts, operations: &[PlannedOp]) -> String {
+    let c = counts;
+    let mut out = format!(
+        "plan: create {}  adopt {}  update {}  held {}  delete {}  unchanged {}  quarantine {}\n",
+        c.created, c.adopted, c.updated, c.held, c.deleted, c.unchanged, c.quarantined
+    );
+    out.push_str(&render_table(operations));
+    out
+}
+
 /// Renders operations as an aligned text table.
 pub fn render_table(operations: &[PlannedOp]) -> String {
     let mut out = String::new();
@@ -101,10 +120,13 @@ pub fn render_table(operations: &[PlannedOp]) -> String {
         "ACTION", "EXTERNAL_ID", "DETAIL"
     ));
     for op in operations {
-        let detail = match (&op.reason, op.fields.is_empty()) {
-            (Some(reason), _) => reason.clone(),
-            (None, false) => op.fields.join(", "),
-            (None, true) => op.quo_id.clone().unwrap_or_default(),
+        let detail = match (&op.reason, op.fields.is_empty(), &op.quo_id) {
+            (Some(reason), _, _) => reason.clone(),
+            (None, false, Some(quo_id)) if op.action == Action::Adopt => {
+                format!("{quo_id}: {}", op.fields.join(", "))
+            }
+            (None, false, _) => op.fields.join(", "),
+            (None, true, quo_id) => quo_id.clone().unwrap_or_default(),
         };
         out.push_str(&format!(
             "{:<10} {:<width$} {}\n",

@@ -39,6 +39,10 @@ impl Cycle {
         let complete = summary.as_ref().is_some_and(|s| s.complete);
         let read_whole = summary.is_some() && !self.stop.is_cancelled();
         if read_whole {
+            // Matches need the whole read: a contact two records match is known only now.
+            self.decide_matches(&mut pool, complete).await?;
+        }
+        if read_whole {
             // Quo-side changes whose record this read did not return.
             let leftovers: Vec<_> = self.quo_changed.lock().await.drain().collect();
             for (external_id, contact) in leftovers {
