@@ -235,6 +235,17 @@ impl Ledger {
             .collect()
     }
 
+    /// Contacts the index last read before `before` (RFC 3339): those a complete listing that
+    /// started then did not show.
+    pub async fn workspace_unseen_since(&self, before: &str) -> Result<Vec<String>, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT quo_id FROM workspace_contacts WHERE seen_at < $1 ORDER BY quo_id"
+        )
+        .bind(before)
+        .fetch_all(p)
+        .await)?)
+    }
+
     /// How many contacts the index holds.
     pub async fn workspace_count(&self) -> Result<i64, LedgerError> {
         Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(

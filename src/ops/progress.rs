@@ -14,9 +14,11 @@ pub fn progress_bar(message: &'static str) -> Option<indicatif::ProgressBar> {
 }
 
 /// Shows cycle progress: a bar with counts and ETA on a terminal (the total estimated from the
-/// ledger's size), plain log lines every 10 s otherwise.
+/// ledger's size; while the workspace is listed before the first creates, the contacts listed),
+/// plain log lines every 10 s otherwise.
 pub fn watch_progress(ctx: &crate::sync::SyncContext) -> tokio::task::JoinHandle<()> {
     let counter = ctx.progress.clone();
+    let listing = ctx.listing.clone();
     let ledger = ctx.ledger.clone();
     tokio::spawn(async move {
         use std::sync::atomic::Ordering;
@@ -25,7 +27,7 @@ pub fn watch_progress(ctx: &crate::sync::SyncContext) -> tokio::task::JoinHandle
             let bar = indicatif::ProgressBar::new(expected.max(1) as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{spinner} {pos}/{len} records  {per_sec}  eta {eta}",
+                    "{spinner} {pos}/{len} records  {per_sec}  eta {eta}  {msg}",
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
@@ -35,6 +37,10 @@ pub fn watch_progress(ctx: &crate::sync::SyncContext) -> tokio::task::JoinHandle
                     bar.set_length(done);
                 }
                 bar.set_position(done);
+                let listed = listing.load(Ordering::Relaxed);
+                if listed > 0 {
+                    bar.set_message(format!("(Quo workspace listed: {listed} contacts)"));
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         } else {
@@ -44,6 +50,7 @@ pub fn watch_progress(ctx: &crate::sync::SyncContext) -> tokio::task::JoinHandle
                     event = "progress",
                     records_read = counter.load(Ordering::Relaxed),
                     expected,
+                    contacts_listed = listing.load(Ordering::Relaxed),
                     "cycle in progress"
                 );
             }

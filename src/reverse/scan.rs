@@ -146,7 +146,7 @@ pub async fn scan_pass(
     if scope == Scope::Ours && ledger.linked_count().await? == 0 {
         // Nothing linked yet (a first load): a pass could only count orphans, and in a cycle it
         // would delay the first create by a whole listing.
-        finish_pass(ledger, scope).await?;
+        finish_pass(ledger, client, scope).await?;
         progress.complete = true;
         return Ok(progress);
     }
@@ -229,7 +229,7 @@ pub async fn scan_pass(
             unlinked_when_listed.extend(orphans);
             slice.notices += note_missing(ledger, &scan_id, &unlinked_when_listed).await?;
             count_unconfirmed_misses(ledger).await?;
-            finish_pass(ledger, scope).await?;
+            finish_pass(ledger, client, scope).await?;
             on_page(&slice);
             progress.add(&slice);
             progress.complete = true;
@@ -486,10 +486,23 @@ fn only_ours(orphans: Vec<String>, not_ours: &std::collections::HashSet<&str>) -
         .collect()
 }
 
-async fn finish_pass(ledger: &Ledger, scope: Scope) -> Result<(), IntakeError> {
+async fn finish_pass(ledger: &Ledger, client: &QuoClient, scope: Scope) -> Result<(), IntakeError> {
     if scope == Scope::Workspace
         && let Some(started) = ledger.meta(SCAN_STARTED).await?
     {
+        // Absence is not deletion: a contact the pass did not list is read by id, and only a
+        // 404 takes it out of the index (a stale one would hold records back for ever).
+        if let Some(since) = chrono::DateTime::parse_from_rfc3339(&started)
+            .ok()
+            .map(|t| {
+                t.with_timezone(&chrono::Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            })
+        {
+            for quo_id in ledger.workspace_unseen_since(&since).await? {
+                super::intake::index_contact(ledger, client, &quo_id).await?;
+            }
+        }
         // Every contact that existed when the pass started is in the index now.
         ledger.set_meta(WORKSPACE_LISTED, &started).await?;
         let contacts = ledger.workspace_count().await?;

@@ -226,9 +226,12 @@ impl Cycle {
         let mut candidates = Vec::new();
         for (contact, by) in index.ledger.workspace_matches(&keys).await? {
             let ours = contact.source.as_deref() == Some(self.ctx.client.source());
-            let holder = self.ctx.ledger.record_holding(&contact.quo_id).await?;
+            let holder = match self.claimed.get(&contact.quo_id) {
+                Some(decided_for) => Some(decided_for.clone()),
+                None => self.ctx.ledger.record_holding(&contact.quo_id).await?,
+            };
             if holder.as_deref().is_some_and(|h| h != external_id) {
-                continue; // another record's contact
+                continue; // another record's contact (linked, being adopted, or decided)
             }
             if ours {
                 if contact.external_id.as_deref() == Some(external_id.as_str()) && decided.is_none()

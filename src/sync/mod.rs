@@ -278,6 +278,8 @@ struct Cycle {
     decisions: HashMap<String, crate::ledger::MatchDecision>,
     /// Contacts made in Quo whose CRM record exists or is being made: external id → Quo id.
     exports_by_record: HashMap<String, String>,
+    /// Contacts decided for a record (an operator's link, an export): Quo id → external id.
+    claimed: HashMap<String, String>,
 }
 
 /// A merge waiting for its CRM write.
@@ -483,6 +485,15 @@ impl Cycle {
             started,
             workspace: tokio::sync::OnceCell::new(),
             deferred: Mutex::new(Vec::new()),
+            claimed: decisions
+                .iter()
+                .filter_map(|(id, d)| match d {
+                    crate::ledger::MatchDecision::Link(quo_id) => {
+                        Some((quo_id.clone(), id.clone()))
+                    }
+                    _ => None,
+                })
+                .collect(),
             decisions,
             exports_by_record: HashMap::new(),
         }))
