@@ -56,6 +56,17 @@ pub struct Adoption {
     pub adopted_at: String,
 }
 
+/// An adoption about to be sent, as its intent is committed.
+#[derive(Debug, Clone, Copy)]
+pub struct AdoptionIntent<'a> {
+    /// What the PATCH brings the managed fields to (the merge base if it lands unconfirmed).
+    pub sent: &'a crate::domain::Snapshot,
+    /// What it replaces (recorded as conflicts with policy `adopted`).
+    pub adoption: &'a Adoption,
+    /// The run sending it.
+    pub run_id: Option<&'a str>,
+}
+
 /// An `adoptions` row as stored, before its JSON is parsed.
 #[derive(sqlx::FromRow)]
 struct StoredAdoption {
@@ -122,30 +133,64 @@ impl Ledger {
         Ok(())
     }
 
-    /// Remembers what an adoption replaces, before its PATCH is sent (replacing the row of an
-    /// earlier, unconfirmed attempt).
-    pub async fn record_adoption(&self, adoption: &Adoption) -> Result<(), LedgerError> {
+    /// Commits an adoption's intent before its PATCH is sent, in one transaction: the record's
+    /// pending row naming the contact (what the PATCH sends is its snapshot), what the adoption
+    /// replaces (`adoptions`, replacing an earlier unconfirmed attempt's row), and each replaced
+    /// value as a conflict with policy `adopted`, recorded once however often it is retried.
+    pub async fn record_adoption_intent(
+        &self,
+        intent: &AdoptionIntent<'_>,
+    ) -> Result<(), LedgerError> {
+        let adoption = intent.adoption;
+        let now = now_text();
+        let sent = serde_json::to_string(intent.sent).expect("snapshot serialises");
         let replaced = serde_json::to_string(&adoption.replaced).expect("values serialise");
         let written = serde_json::to_string(&adoption.written).expect("values serialise");
         on_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query(super::records::PENDING_UPSERT)
+                .bind(&adoption.external_id)
+                .bind(&sent)
+                .bind(&adoption.quo_id)
+                .bind(&now)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
-            "INSERT INTO adoptions (external_id, quo_id, previous_source, previous_external_id, replaced, written, adopted_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT(external_id) DO UPDATE SET quo_id = excluded.quo_id, previous_source = excluded.previous_source,
-                previous_external_id = excluded.previous_external_id, replaced = excluded.replaced,
-                written = excluded.written, adopted_at = excluded.adopted_at"
-        )
-        .bind(&adoption.external_id)
-        .bind(&adoption.quo_id)
-        .bind(&adoption.previous_source)
-        .bind(&adoption.previous_external_id)
-        .bind(replaced)
-        .bind(written)
-        .bind(&adoption.adopted_at)
-        .execute(p)
-        .await
-        .map(drop)
-        })?;
+                "INSERT INTO adoptions (external_id, quo_id, previous_source, previous_external_id, replaced, written, adopted_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT(external_id) DO UPDATE SET quo_id = excluded.quo_id, previous_source = excluded.previous_source,
+                    previous_external_id = excluded.previous_external_id, replaced = excluded.replaced,
+                    written = excluded.written, adopted_at = excluded.adopted_at"
+            )
+            .bind(&adoption.external_id)
+            .bind(&adoption.quo_id)
+            .bind(&adoption.previous_source)
+            .bind(&adoption.previous_external_id)
+            .bind(&replaced)
+            .bind(&written)
+            .bind(&adoption.adopted_at)
+            .execute(&mut *tx)
+            .await?;
+            for (field, quo) in &adoption.replaced {
+                let crm = adoption.written.get(field).cloned().unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO conflicts (external_id, field, base_value, crm_value, quo_value, winner, policy, run_id, at)
+                     SELECT $1, $2, 'null', $3, $4, 'crm', 'adopted', $5, $6
+                     WHERE NOT EXISTS (SELECT 1 FROM conflicts WHERE external_id = $1 AND field = $2
+                                       AND quo_value = $4 AND policy = 'adopted')"
+                )
+                .bind(&adoption.external_id)
+                .bind(field)
+                .bind(crm.to_string())
+                .bind(quo.to_string())
+                .bind(intent.run_id)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -191,38 +236,6 @@ impl Ledger {
         .await
         .map(drop))?;
         Ok(())
-    }
-
-    /// Records a conflict unless the same one (record, field, Quo's value, policy) is recorded
-    /// already: an adoption retried after a crash records what it replaces once.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn record_conflict_once(
-        &self,
-        external_id: &str,
-        field: &str,
-        base: &serde_json::Value,
-        crm: &serde_json::Value,
-        quo: &serde_json::Value,
-        winner: &str,
-        policy: &str,
-        run_id: Option<&str>,
-    ) -> Result<(), LedgerError> {
-        let seen: i64 = on_pool!(&self.pool, |p| {
-            sqlx::query_scalar(
-            "SELECT COUNT(*) FROM conflicts WHERE external_id = $1 AND field = $2 AND quo_value = $3 AND policy = $4"
-        )
-        .bind(external_id)
-        .bind(field)
-        .bind(quo.to_string())
-        .bind(policy)
-        .fetch_one(p)
-        .await
-        })?;
-        if seen > 0 {
-            return Ok(());
-        }
-        self.record_conflict(external_id, field, base, crm, quo, winner, policy, run_id)
-            .await
     }
 
     /// Whether the inbox holds an unapplied event for contact `quo_id` (an edit Quo announced

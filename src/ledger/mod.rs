@@ -28,7 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
-pub use adoptions::{Adoption, MatchDecision};
+pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
 

@@ -149,6 +149,15 @@ fn decode_row(row: StoredRecord) -> Result<RecordRow, LedgerError> {
     })
 }
 
+/// A pending row: a create's intent (`$3` NULL) or an adoption's (`$3` the contact); a row that
+/// has a Quo id keeps it.
+pub(super) const PENDING_UPSERT: &str =
+    "INSERT INTO records (external_id, state, snapshot, adopt_quo_id, created_at, updated_at)
+     VALUES ($1, 'pending_create', $2, $3, $4, $5)
+     ON CONFLICT(external_id) DO UPDATE SET state = 'pending_create', snapshot = excluded.snapshot,
+         adopt_quo_id = excluded.adopt_quo_id, updated_at = excluded.updated_at
+     WHERE records.quo_id IS NULL";
+
 const COLUMNS: &str = "external_id, quo_id, state, source_fingerprint, snapshot, quo_contact, quo_updated_at, crm_updated_at, attempts, last_error, adopt_quo_id";
 
 impl Ledger {
@@ -240,19 +249,6 @@ impl Ledger {
         self.record_pending(external_id, sent, None).await
     }
 
-    /// Commits the intent to adopt the existing contact `quo_id` for `external_id`, before the
-    /// PATCH that makes it ours is sent: `sent` is what the PATCH brings the managed fields to. A
-    /// crash or a lost answer is resolved next cycle by reading that contact by id.
-    pub async fn record_adopt_intent(
-        &self,
-        external_id: &ExternalId,
-        sent: &Snapshot,
-        quo_id: &str,
-    ) -> Result<(), LedgerError> {
-        self.record_pending(external_id, Some(sent), Some(quo_id))
-            .await
-    }
-
     async fn record_pending(
         &self,
         external_id: &ExternalId,
@@ -262,20 +258,15 @@ impl Ledger {
         let now = now_text();
         let sent = sent.map(|s| serde_json::to_string(s).expect("snapshot serialises"));
         on_pool!(&self.pool, |p| {
-            sqlx::query(
-            "INSERT INTO records (external_id, state, snapshot, adopt_quo_id, created_at, updated_at)
-             VALUES ($1, 'pending_create', $2, $3, $4, $5)
-             ON CONFLICT(external_id) DO UPDATE SET state = 'pending_create', snapshot = excluded.snapshot,
-                 adopt_quo_id = excluded.adopt_quo_id, updated_at = excluded.updated_at
-             WHERE records.quo_id IS NULL",
-        )
-        .bind(external_id.as_str())
-        .bind(sent)
-        .bind(adopting)
-        .bind(&now)
-        .bind(&now)
-        .execute(p)
-        .await.map(drop)
+            sqlx::query(PENDING_UPSERT)
+                .bind(external_id.as_str())
+                .bind(sent)
+                .bind(adopting)
+                .bind(&now)
+                .bind(&now)
+                .execute(p)
+                .await
+                .map(drop)
         })?;
         Ok(())
     }

@@ -27,8 +27,8 @@ use super::matching::{AdoptTarget, Held, Owner};
 use super::merge_step::parse_time;
 use super::{Action, Cycle};
 use crate::domain::{ExternalId, QuoContactId, Snapshot, field};
-use crate::ledger::Adoption;
 use crate::ledger::workspace::{email_key, phone_key};
+use crate::ledger::{Adoption, AdoptionIntent};
 use crate::quo::client::QuoError;
 use crate::quo::types::{Contact, ContactItem};
 use crate::source::SourceRecord;
@@ -104,20 +104,21 @@ impl Cycle {
         let have = self.mapper.from_contact(&fresh);
         let (replaced, written) = replaced_values(&have, crm, &relabelled);
         // What the PATCH replaces is on record before it is sent.
+        let adoption = Adoption {
+            external_id: external_id.to_string(),
+            quo_id: quo_id.to_string(),
+            previous_source: fresh.source.clone().filter(|s| !s.is_empty()),
+            previous_external_id: fresh.external_id.clone(),
+            replaced: replaced.clone(),
+            written: written.clone(),
+            adopted_at: crate::ledger::now_text(),
+        };
         self.ctx
             .ledger
-            .record_adopt_intent(external_id, crm, quo_id.as_str())
-            .await?;
-        self.ctx
-            .ledger
-            .record_adoption(&Adoption {
-                external_id: external_id.to_string(),
-                quo_id: quo_id.to_string(),
-                previous_source: fresh.source.clone().filter(|s| !s.is_empty()),
-                previous_external_id: fresh.external_id.clone(),
-                replaced: replaced.clone(),
-                written: written.clone(),
-                adopted_at: crate::ledger::now_text(),
+            .record_adoption_intent(&AdoptionIntent {
+                sent: crm,
+                adoption: &adoption,
+                run_id: Some(&self.run_id),
             })
             .await?;
         for (field, quo) in &replaced {
@@ -126,19 +127,6 @@ impl Cycle {
                   crm_value = %crm_value, quo_value = %quo, winner = "crm", policy = ADOPTED,
                   "adoption replaces a value typed in Quo");
             metrics::counter!("quo_sync_conflicts_total").increment(1);
-            self.ctx
-                .ledger
-                .record_conflict_once(
-                    external_id.as_str(),
-                    field,
-                    &Value::Null,
-                    &crm_value,
-                    quo,
-                    "crm",
-                    ADOPTED,
-                    Some(&self.run_id),
-                )
-                .await?;
         }
         let confirmed = match self
             .patch_confirmed_claiming(&quo_id, crm, base, Some(&claim))
