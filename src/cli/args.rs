@@ -57,6 +57,10 @@ pub enum Command {
         /// Lift the mass-deletion guard (sync.max_delete_fraction) for this cycle.
         #[arg(long)]
         allow_mass_delete: bool,
+        /// With reverse.create_in_crm: also make CRM records of the contacts made in the Quo app
+        /// before quo-sync's first cycle (by default only later ones are).
+        #[arg(long)]
+        export_existing: bool,
         /// How long to wait for another writer to release the ledger (e.g. `30s`); exit 4 after.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,

@@ -94,10 +94,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             seed_existing,
             json,
             allow_mass_delete,
+            export_existing,
             wait,
         } => {
             let demo = demo(with_sandbox, seed_existing);
-            once(config_path, demo, json, allow_mass_delete, wait).await
+            let options = OnceOptions {
+                json,
+                allow_mass_delete,
+                export_existing,
+                wait,
+            };
+            once(config_path, demo, options).await
         }
         Command::Plan {
             json,
@@ -312,13 +319,21 @@ async fn run(
 }
 
 /// `once`: one cycle under the writer lease, and its summary.
-async fn once(
-    config_path: &Path,
-    demo: Option<Demo>,
+/// `once`'s flags.
+struct OnceOptions {
     json: bool,
     allow_mass_delete: bool,
+    export_existing: bool,
     wait: std::time::Duration,
-) -> anyhow::Result<u8> {
+}
+
+async fn once(config_path: &Path, demo: Option<Demo>, options: OnceOptions) -> anyhow::Result<u8> {
+    let OnceOptions {
+        json,
+        allow_mass_delete,
+        export_existing,
+        wait,
+    } = options;
     let with_sandbox = demo.is_some();
     let (config, _sandbox) = configured(config_path, demo, None).await?;
     let writer = app::acquire_writer(&config, "once", wait, app::shutdown_token()).await?;
@@ -329,6 +344,7 @@ async fn once(
         writer.ledger.clone(),
     )?;
     ctx.settings.allow_mass_delete = allow_mass_delete;
+    ctx.settings.day_one.export_existing = export_existing;
     let progress = ops::progress::watch_progress(&ctx);
     let report = app::once(&ctx, Mode::Apply).await;
     progress.abort();

@@ -87,6 +87,19 @@ impl Config {
                 ),
             ));
         }
+        if self.reverse.create_in_crm
+            && self.source.kind == super::SourceKind::Rest
+            && self
+                .source
+                .rest
+                .as_ref()
+                .is_none_or(|rest| !rest.contains_key("create"))
+        {
+            return Err(bad(
+                "source.rest.create",
+                "required with reverse.create_in_crm = true: how the CRM creates a record (method, path, id_pointer)".into(),
+            ));
+        }
         if let Some(field) = &self.reverse.quo_id_field
             && field.trim().is_empty()
         {

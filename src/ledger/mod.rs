@@ -10,6 +10,7 @@
 mod adoptions;
 mod copy;
 pub(crate) mod db;
+mod exports;
 mod inbox;
 mod index;
 mod lease;
@@ -31,6 +32,7 @@ use db::{Pool, on_pool};
 pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
+pub use exports::{Export, ExportState};
 
 pub use inbox::{InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};

@@ -207,7 +207,7 @@ impl Cycle {
                     .await;
             }
             Some(MatchDecision::Link(quo_id)) => Some(quo_id.clone()),
-            None => self.exports_by_record.get(&external_id).cloned(),
+            None => self.export_of(&record).await,
         };
         let keys = record_keys(&snapshot, day_one.match_existing);
         if keys.is_empty() && decided.is_none() {
@@ -252,6 +252,12 @@ impl Cycle {
         if candidates.is_empty() && decided.is_none() {
             return create(record, snapshot, fingerprint, None);
         }
+        self.matched_contacts.lock().await.extend(
+            decided
+                .iter()
+                .map(|c| c.quo_id.clone())
+                .chain(candidates.iter().map(|c| c.contact.quo_id.clone())),
+        );
         self.deferred.lock().await.push(Deferred {
             record,
             snapshot,
@@ -261,6 +267,28 @@ impl Cycle {
             decided,
         });
         Ok(None)
+    }
+
+    /// The contact a record was made from (`reverse.create_in_crm`): by the id its export was
+    /// given, or by the Quo id it carries in `reverse.quo_id_field`. Noted as found: its create
+    /// landed.
+    async fn export_of(&self, record: &SourceRecord) -> Option<String> {
+        let by_id = self
+            .exports_by_record
+            .get(record.external_id.as_str())
+            .cloned();
+        let carried = self
+            .ctx
+            .settings
+            .day_one
+            .quo_id_field
+            .as_ref()
+            .and_then(|field| record.fields.get(field))
+            .map(|v| v.trim().to_string())
+            .filter(|q| self.exports.contains_key(q));
+        let quo_id = by_id.or(carried)?;
+        self.exports_found.lock().await.insert(quo_id.clone());
+        Some(quo_id)
     }
 
     /// After the read: decides every waiting record, dispatching adoptions (and pending creates'

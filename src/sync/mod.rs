@@ -16,6 +16,7 @@
 mod adopt;
 mod copies;
 mod execute;
+mod export;
 mod freshen;
 mod matching;
 mod merge_step;
@@ -276,8 +277,14 @@ struct Cycle {
     deferred: Mutex<Vec<matching::Deferred>>,
     /// Operators' answers to held records, by external id.
     decisions: HashMap<String, crate::ledger::MatchDecision>,
-    /// Contacts made in Quo whose CRM record exists or is being made: external id → Quo id.
+    /// Contacts made in Quo on their way to the CRM (not done), by Quo id.
+    exports: HashMap<String, crate::ledger::Export>,
+    /// The same by the CRM id their record has or will have: external id → Quo id.
     exports_by_record: HashMap<String, String>,
+    /// Exports whose record this read returned (its adoption is under way).
+    exports_found: Mutex<HashSet<String>>,
+    /// Contacts some record matched this cycle (no export for them).
+    matched_contacts: Mutex<HashSet<String>>,
     /// Contacts decided for a record (an operator's link, an export): Quo id → external id.
     claimed: HashMap<String, String>,
 }
@@ -460,6 +467,16 @@ impl Cycle {
         } else {
             HashMap::new()
         };
+        let exports = if ctx.settings.day_one.create_in_crm {
+            ctx.ledger.open_exports().await?
+        } else {
+            HashMap::new()
+        };
+        let exports_by_record = exports
+            .values()
+            .filter(|e| e.state != crate::ledger::ExportState::Held)
+            .filter_map(|e| Some((e.external_id.clone()?, e.quo_id.clone())))
+            .collect();
         let managed = managed_of(&mapper);
         Ok(Arc::new(Cycle {
             ctx: ctx.clone(),
@@ -493,9 +510,17 @@ impl Cycle {
                     }
                     _ => None,
                 })
+                .chain(
+                    exports
+                        .values()
+                        .filter_map(|e| Some((e.quo_id.clone(), e.external_id.clone()?))),
+                )
                 .collect(),
             decisions,
-            exports_by_record: HashMap::new(),
+            exports,
+            exports_by_record,
+            exports_found: Mutex::new(HashSet::new()),
+            matched_contacts: Mutex::new(HashSet::new()),
         }))
     }
 

@@ -26,6 +26,9 @@ pub enum Action {
     Adopt,
     /// Held before create (`reason` names the contacts): nothing created, nothing changed.
     Held,
+    /// A contact made in the Quo app made into a CRM record (`quo_id`: the contact; `fields`:
+    /// what the record holds), then adopted for it.
+    CreateInCrm,
 }
 
 impl Action {
@@ -41,6 +44,7 @@ impl Action {
             Action::Unlink => "unlink",
             Action::Adopt => "adopt",
             Action::Held => "held",
+            Action::CreateInCrm => "create_in_crm",
         }
     }
 }
@@ -99,8 +103,19 @@ impl PlannedOp {
 pub fn render_plan(counts: &crate::ledger::RunCounts, operations: &[PlannedOp]) -> String {
     let c = counts;
     let mut out = format!(
-        "plan: create {}  adopt {}  update {}  held {}  delete {}  unchanged {}  quarantine {}\n",
-        c.created, c.adopted, c.updated, c.held, c.deleted, c.unchanged, c.quarantined
+        "plan: create {}  adopt {}  update {}  held {}  delete {}  unchanged {}  quarantine {}{}\n",
+        c.created,
+        c.adopted,
+        c.updated,
+        c.held,
+        c.deleted,
+        c.unchanged,
+        c.quarantined,
+        if c.exported > 0 {
+            format!("  create_in_crm {}", c.exported)
+        } else {
+            String::new()
+        }
     );
     out.push_str(&render_table(operations));
     out

@@ -47,6 +47,30 @@ impl RestSource {
         body: Option<&Value>,
         headers: &HeaderMap,
     ) -> Result<Reply, SourceError> {
+        self.send_with(method, url, body, headers, true).await
+    }
+
+    /// [`RestSource::send`] for a request that must not be sent twice (a create): retried only
+    /// when it surely did not reach the CRM (a refused connection) or was refused unapplied (429);
+    /// a 5xx is returned as it is and a lost answer as an error, for the caller to resolve.
+    pub(super) async fn send_once(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+    ) -> Result<Reply, SourceError> {
+        self.send_with(method, url, body, headers, false).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+        replayable: bool,
+    ) -> Result<Reply, SourceError> {
         let shown = self.shown(url);
         let mut target = url.clone();
         if let Auth::Query(name, token) = &self.auth {
@@ -115,7 +139,8 @@ impl RestSource {
                     }
                     let headers = response.headers().clone();
                     let wait_hint = retry_after_capped(&headers, self.retry.cap);
-                    if retry::is_retryable_status(status) {
+                    let may_replay = replayable || status == StatusCode::TOO_MANY_REQUESTS;
+                    if retry::is_retryable_status(status) && may_replay {
                         if self.retry.may_retry(retries) {
                             retries += 1;
                             let wait = self.retry.backoff(retries, wait_hint);
@@ -148,10 +173,9 @@ impl RestSource {
                 }
                 Err(e) => e.without_url(),
             };
-            let transient = failure.is_timeout()
-                || failure.is_connect()
-                || failure.is_body()
-                || failure.is_request();
+            let transient = failure.is_connect()
+                || (replayable
+                    && (failure.is_timeout() || failure.is_body() || failure.is_request()));
             if transient && self.retry.may_retry(retries) {
                 retries += 1;
                 let wait = self.retry.backoff(retries, None);
