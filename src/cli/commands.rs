@@ -391,9 +391,11 @@ async fn plan(config_path: &Path, json: bool, demo: Option<Demo>) -> anyhow::Res
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "counts": report.counts, "operations": report.operations })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "counts": report.counts,
+                "operations": report.operations,
+                "peak_rss_mib": quo_sync::telemetry::peak_rss_mib(),
+            }))?
         );
     } else {
         print!("{}", render_plan(&report.counts, &report.operations));
