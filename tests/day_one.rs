@@ -136,15 +136,17 @@ async fn plan_shows_day_one_before_it_happens_and_writes_nothing() {
     assert!(op("c-5").reason.as_deref().unwrap().contains("hubspot"));
     assert!(op("c-4").reason.as_deref().unwrap().contains("zapier"));
     assert_eq!(op("c-6").action.as_str(), "create");
-    let text = quo_sync::sync::plan::render_plan(&plan.counts, &plan.operations);
+    let text = quo_sync::sync::plan::render_table(&plan.operations, false);
     assert!(
-        text.starts_with("plan: create 1  adopt 2  update 0  held 3"),
+        text.starts_with("plan: 1 create, 2 adopt, 3 held (6 records)"),
         "{text}"
     );
-    let bob_line = format!("{}: ", bob["id"].as_str().unwrap());
+    let bob_id = bob["id"].as_str().unwrap();
     assert!(
-        text.lines()
-            .any(|l| l.starts_with("adopt ") && l.contains(" c-1 ") && l.contains(&bob_line)),
+        text.lines().any(|l| l.starts_with("adopt ")
+            && l.contains(" c-1 ")
+            && l.contains(&format!(" {bob_id} "))
+            && l.contains("externalId")),
         "{text}"
     );
 

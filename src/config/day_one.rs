@@ -2,13 +2,13 @@
 //! (`sync.match_existing`, `sync.adopt_sources`) and how contacts made in Quo become CRM records
 //! (`reverse.create_in_crm`, `reverse.new_record_id`, `reverse.quo_id_field`), and their checks.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Config, ConfigError};
 
 /// What makes a contact already in Quo a record's, before the record is created
 /// (`sync.match_existing`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MatchExisting {
     /// Any phone equal in E.164, or any email equal after trimming and lower-casing (default).

@@ -100,20 +100,22 @@ impl QuoChanges {
 }
 
 /// Reads pending inbox events (and runs a scan pass of `scan`'s scope when one is given) into
-/// `QuoChanges`. With `index_workspace`, a contact the ledger does not link that an event names
-/// is read by id into the workspace index (or out of it, on a 404), so a contact made in the
-/// Quo app is known before a record that matches it is created.
+/// `QuoChanges`; `on_page` hears of each page the scan lists. With `index_workspace`, a contact
+/// the ledger does not link that an event names is read by id into the workspace index (or out
+/// of it, on a 404), so a contact made in the Quo app is known before a record that matches it
+/// is created.
 pub async fn gather(
     ledger: &Ledger,
     client: &QuoClient,
     scan: Option<super::scan::Scope>,
     index_workspace: bool,
+    on_page: impl FnMut(&super::scan::ScanProgress),
 ) -> Result<QuoChanges, IntakeError> {
     let mut changes = QuoChanges::default();
     if let Some(scope) = scan {
         // The pass writes its findings as notices into the inbox, read just below.
         let stop = CancellationToken::new();
-        match super::scan::scan_pass(ledger, client, scope, None, &stop, |_| {}).await {
+        match super::scan::scan_pass(ledger, client, scope, None, &stop, on_page).await {
             Ok(progress) => {
                 changes.scanned = progress.complete;
                 changes.orphans = progress.orphans;

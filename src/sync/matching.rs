@@ -23,7 +23,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
 
@@ -560,7 +559,9 @@ impl Cycle {
             event = "workspace_listing",
             "listing every contact already in Quo before the first creates (50 a page, resumable)"
         );
-        let counter = self.ctx.listing.clone();
+        // The displays show it as what it is: a pass over Quo, before the read goes on.
+        let shown = &self.ctx.progress;
+        shown.enter(super::CyclePhase::Intake);
         let mut restarts = 0;
         loop {
             let progress = scan_pass(
@@ -569,16 +570,22 @@ impl Cycle {
                 Scope::Workspace,
                 None,
                 &self.stop,
-                |page| {
-                    counter.fetch_add(page.contacts, Ordering::Relaxed);
-                },
+                |_| shown.page_scanned(),
             )
-            .await?;
+            .await;
+            let progress = match progress {
+                Ok(progress) => progress,
+                Err(e) => {
+                    shown.enter(super::CyclePhase::Reading);
+                    return Err(e.into());
+                }
+            };
             if progress.complete || self.stop.is_cancelled() {
                 break;
             }
             restarts += 1;
             if restarts > 3 {
+                shown.enter(super::CyclePhase::Reading);
                 return Err(SyncError::Intake(crate::reverse::intake::IntakeError::Quo(
                     crate::quo::client::QuoError::Paging {
                         route: "GET /v1/contacts",
@@ -587,6 +594,7 @@ impl Cycle {
                 )));
             }
         }
+        shown.enter(super::CyclePhase::Reading);
         if self.mode == Mode::Apply {
             for event in ledger.inbox_pending(10_000).await? {
                 let Some(quo_id) = event.quo_id else { continue };

@@ -85,7 +85,9 @@ impl Cycle {
             Some(_) => Some(self.ctx.scan_gate.lock().await),
             None => None,
         };
-        Ok(intake::gather(ledger, &self.ctx.client, scope, index).await?)
+        let progress = &self.ctx.progress;
+        let on_page = |_: &crate::reverse::scan::ScanProgress| progress.page_scanned();
+        Ok(intake::gather(ledger, &self.ctx.client, scope, index, on_page).await?)
     }
 
     /// A managed contact is gone from Quo: apply `reverse.on_quo_delete`, never silently.
