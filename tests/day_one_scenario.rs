@@ -107,6 +107,10 @@ async fn ten_thousand_contacts_five_thousand_records() {
         "{c:?}"
     );
     assert_eq!(
+        quo_sync::sync::plan::summary_line(&plan.operations),
+        "plan: 1930 create, 3000 adopt, 70 held (5000 records)"
+    );
+    assert_eq!(
         app.sandbox.stats().writes_total(),
         0,
         "a plan writes nothing"
