@@ -127,6 +127,12 @@ async fn ten_thousand_contacts_five_thousand_records() {
         1 + pages + 3_000 + 1_930,
         "one custom-field read, the listing, one PATCH per adoption, one POST per create"
     );
+    assert_eq!(c.listing_pages, pages);
+    assert_eq!(
+        quo_sync::ops::summary::minimum_requests(&report),
+        c.requests,
+        "the summary's minimum counts the listing and the adoptions"
+    );
     let writes = app.sandbox.stats().writes;
     assert_eq!(
         (writes.creates, writes.updates, writes.deletes),

@@ -491,21 +491,22 @@ async fn once(session: Session, options: OnceOptions) -> anyhow::Result<u8> {
     )
 }
 
-/// `once`'s one-line summary on stdout (`created 23  updated 0 …`).
+/// `once`'s one-line summary on stdout (`created 23  updated 0 …`). Scripts read it: new
+/// counts go at the end (day one's `adopted` and `held`), never between the old ones.
 fn summary_line(report: &quo_sync::sync::CycleReport) -> String {
     let c = &report.counts;
     format!(
-        "created {}  adopted {}  updated {}  unchanged {}  deleted {}  held {}  quarantined {}  requests {}  429s {}  in {:.1}s",
+        "created {}  updated {}  unchanged {}  deleted {}  quarantined {}  requests {}  429s {}  in {:.1}s  adopted {}  held {}",
         c.created,
-        c.adopted,
         c.updated,
         c.unchanged,
         c.deleted,
-        c.held,
         c.quarantined,
         c.requests,
         c.rate_limited,
-        report.duration_ms as f64 / 1000.0
+        report.duration_ms as f64 / 1000.0,
+        c.adopted,
+        c.held,
     )
 }
 

@@ -30,6 +30,10 @@ pub struct RunCounts {
     pub held: u64,
     /// Contacts made in the Quo app that became CRM records (`reverse.create_in_crm`).
     pub exported: u64,
+    /// Pages of a listing of the whole workspace this cycle read (day one's match index, 50
+    /// contacts a page): the listing before the first creates, and a due scan pass of the
+    /// workspace, which keeps the index fresh.
+    pub listing_pages: u64,
 }
 
 /// One row of `runs`.

@@ -574,7 +574,10 @@ impl Cycle {
             )
             .await;
             let progress = match progress {
-                Ok(progress) => progress,
+                Ok(progress) => {
+                    self.counts.lock().await.listing_pages += u64::from(progress.pages);
+                    progress
+                }
                 Err(e) => {
                     shown.enter(super::CyclePhase::Reading);
                     return Err(e.into());

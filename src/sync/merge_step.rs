@@ -86,8 +86,17 @@ impl Cycle {
             None => None,
         };
         let progress = &self.ctx.progress;
-        let on_page = |_: &crate::reverse::scan::ScanProgress| progress.page_scanned();
-        Ok(intake::gather(ledger, &self.ctx.client, scope, index, on_page).await?)
+        let pages = std::sync::atomic::AtomicU64::new(0);
+        let on_page = |_: &crate::reverse::scan::ScanProgress| {
+            pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            progress.page_scanned();
+        };
+        let changes = intake::gather(ledger, &self.ctx.client, scope, index, on_page).await?;
+        if scope == Some(crate::reverse::scan::Scope::Workspace) {
+            // Day one's listing of the workspace, when this pass is what fills the index.
+            self.counts.lock().await.listing_pages += pages.into_inner();
+        }
+        Ok(changes)
     }
 
     /// A managed contact is gone from Quo: apply `reverse.on_quo_delete`, never silently.
