@@ -77,6 +77,31 @@ async fn day_one_adopts_the_people_already_in_quo_and_holds_what_it_cannot_decid
             .any(|x| x.external_id == "c-1" && x.policy == "adopted" && x.field == "firstName"),
         "{conflicts:#?}"
     );
+    // The operator sees them: `status` counts them, `quarantine list` names each with its reason.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+            .args(args)
+            .arg("--config")
+            .arg(&app.config_path)
+            .env("QUO_SYNC__LOG__LEVEL", "warn")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let status: serde_json::Value = serde_json::from_str(&cli(&["status", "--json"])).unwrap();
+    assert_eq!(status["held"], 3, "{status:#}");
+    assert!(cli(&["status"]).contains("held          3 "));
+    let listed = cli(&["quarantine", "list"]);
+    for held in ["c-3", "c-4", "c-5"] {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.contains(held) && l.contains("quo-sync link")),
+            "{held}: {listed}"
+        );
+    }
+
     app.sandbox.reset_stats();
     let second = app.cycle().await;
     assert_eq!(app.sandbox.stats().writes_total(), 0, "{:?}", second.counts);
