@@ -10,7 +10,9 @@
 //! - `day_one.index_100000`: a workspace of 100,000 contacts and a CRM of 1,000 records (500 of
 //!   them in Quo): the peak RSS of `once` (which lists the workspace into the ledger's index
 //!   before its first creates) and of `plan` (which lists it into a throwaway ledger), with the
-//!   rate lifted so the listing takes seconds; goal under 64 MiB.
+//!   rate lifted so the listing takes seconds; goal under 64 MiB. `baseline_peak_rss_mib` is the
+//!   same `once` against a workspace of only the CRM's 500 people, and `index_mib` the
+//!   difference: what the 100,000-contact index costs over the process itself.
 //!
 //! Knobs: `QUO_SYNC_BENCH_DAY_ONE_RATE` (default 20/s, as the load section: the 5,000-record
 //! cycle takes about four minutes; 10/s doubles it).
@@ -159,11 +161,30 @@ async fn index_100000() -> Value {
     let once = run_json("once", &config);
     let once_seconds = started.elapsed().as_secs_f64();
     sandbox.shutdown().await;
+    // The same CRM against a workspace of only its 500 people: what the process costs without
+    // the 100,000-contact index (binary, runtime, SQLite, HTTP).
+    let baseline = SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    baseline
+        .seed_existing_csv(&workspace_csv(existing, existing, false))
+        .unwrap();
+    let small = tempfile::tempdir().unwrap();
+    crm_csv(&small.path().join("contacts.csv"), records);
+    let small_config = super::write_config(small.path(), &baseline, 100_000, "");
+    let base = run_json("once", &small_config);
+    baseline.shutdown().await;
+    let mib = |v: &Value| v["peak_rss_mib"].as_f64();
     json!({
         "contacts": contacts,
         "records": records,
         "peak_rss_mib": once["peak_rss_mib"],
         "plan_peak_rss_mib": plan["peak_rss_mib"],
+        "baseline_peak_rss_mib": base["peak_rss_mib"],
+        "index_mib": mib(&once).zip(mib(&base)).map(|(a, b)| a - b),
         "once_seconds": once_seconds,
         "plan_seconds": plan_seconds,
         "adopted": once["counts"]["adopted"],
