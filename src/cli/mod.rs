@@ -5,6 +5,7 @@
 mod args;
 mod commands;
 mod control;
+mod link;
 mod quarantine;
 
 pub use args::Cli;

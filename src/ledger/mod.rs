@@ -7,10 +7,12 @@
 //! Migrations live in `migrations/<backend>/` and are embedded in the binary; they run only
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
+mod adoptions;
 mod backup;
 mod control;
 mod copy;
 pub(crate) mod db;
+mod exports;
 mod inbox;
 mod index;
 mod lease;
@@ -19,6 +21,7 @@ mod records;
 mod runs;
 mod scope;
 mod unconfirmed;
+pub mod workspace;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,10 +32,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
+pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use backup::{BackupError, BackupReport};
 pub use control::{Control, Pause};
 pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
+pub use exports::{Export, ExportState};
 
 pub use inbox::{InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
@@ -44,6 +49,7 @@ pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
 pub use scope::{ScopeLink, ScopeMark};
 pub use unconfirmed::{PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate};
+pub use workspace::{WORKSPACE_LISTED, WorkspaceContact};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.
 #[derive(Debug, thiserror::Error)]

@@ -278,26 +278,26 @@ impl Cycle {
         let Some(snapshot) = self.map_or_quarantine(&record).await? else {
             return Ok(None);
         };
-        let create = |record, snapshot, fingerprint, pending| {
-            Ok(Some(Work::Create {
-                record,
-                snapshot,
-                fingerprint,
-                pending,
-            }))
-        };
         match state {
-            // New, or out of scope or skipped until now: a create (the mode gate may hold it).
+            // New, or out of scope or skipped until now: matched against the workspace, or a
+            // create (the mode gate may hold it).
             None
             | Some(RecordState::OutOfScope)
             | Some(RecordState::Skipped)
-            | Some(RecordState::LeftScope) => create(record, snapshot, fingerprint, false),
-            Some(RecordState::PendingCreate) => create(record, snapshot, fingerprint, true),
+            | Some(RecordState::LeftScope) => {
+                self.match_or_create(record, snapshot, fingerprint, false)
+                    .await
+            }
+            Some(RecordState::PendingCreate) => {
+                self.match_or_create(record, snapshot, fingerprint, true)
+                    .await
+            }
             Some(RecordState::Unlinked) | Some(RecordState::Deleted) => {
                 if self.ctx.settings.on_quo_delete == OnQuoDelete::Recreate
                     || state == Some(RecordState::Deleted)
                 {
-                    create(record, snapshot, fingerprint, false)
+                    self.match_or_create(record, snapshot, fingerprint, false)
+                        .await
                 } else {
                     self.counts.lock().await.unchanged += 1;
                     Ok(None)
@@ -349,6 +349,7 @@ impl Cycle {
                 snapshot,
                 fingerprint,
                 pending: true,
+                matched: None,
             }))
         };
 
