@@ -483,3 +483,69 @@ fn check_config_refuses_a_bad_filter_naming_the_expression_and_the_position() {
         );
     }
 }
+
+#[tokio::test]
+async fn update_only_with_matching_enriches_the_contacts_already_in_quo_and_creates_nothing() {
+    // r-1 exists by phone, r-2 by email (Quo's own contacts, made in the app); r-3 matches
+    // nobody.
+    let app = TestApp::spawn_with(
+        &csv(&rows(3)),
+        SandboxConfig::default(),
+        "[sync]\nmode = \"update_only\"\nmatch_existing = \"phone_or_email\"\n",
+    )
+    .await;
+    app.sandbox
+        .seed_existing_csv(
+            "first_name,last_name,email,phone,notes,source\n\
+             Bob,Phone-Match,,(415) 555-1001,met at the fair,\n\
+             Gina,Email-Match,FIRST2@example.com,,,\n",
+        )
+        .unwrap();
+    let plan = app.plan().await;
+    assert_eq!(
+        (plan.counts.adopted, plan.counts.skipped_by_mode),
+        (2, 1),
+        "{:?}",
+        plan.operations
+    );
+    let report = app.cycle().await;
+    let c = &report.counts;
+    assert_eq!(
+        (c.created, c.adopted, c.skipped_by_mode),
+        (0, 2, 1),
+        "{:?}",
+        report.operations
+    );
+    assert_eq!(app.sandbox.stats().writes.creates, 0);
+    assert_eq!(app.sandbox.contacts().len(), 2, "nothing new in Quo");
+    assert_eq!(app.sandbox.count_by_external_id("r-3"), 0);
+    let bob = app.contact_for("r-1");
+    assert_eq!(bob["defaultFields"]["company"], "Acme 1", "enriched");
+    assert_eq!(
+        common::custom_value(&bob, "notes"),
+        "met at the fair",
+        "what Quo had stays"
+    );
+    assert_eq!(app.contact_for("r-2")["defaultFields"]["lastName"], "Last2");
+    assert_eq!(ledger_row(&app, "r-3").await.state, RecordState::Skipped);
+
+    // Linked now, they update as any other; the unmatched one stays skipped, nothing twice.
+    let mut edited = rows(3);
+    edited[1] = edited[1].replace("Acme 2", "Enriched Co");
+    app.write_csv(&csv(&edited));
+    app.sandbox.reset_stats();
+    let next = app.cycle().await;
+    assert_eq!(
+        (
+            next.counts.updated,
+            next.counts.created,
+            next.counts.skipped_by_mode
+        ),
+        (1, 0, 1)
+    );
+    assert_eq!(app.sandbox.stats().writes_total(), 1);
+    assert_eq!(
+        app.contact_for("r-2")["defaultFields"]["company"],
+        "Enriched Co"
+    );
+}

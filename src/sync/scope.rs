@@ -4,8 +4,8 @@
 //!   fields are part of the fingerprint), and what a record that leaves scope does
 //!   (`sync.on_leave_scope`) or one that comes back (relinked to its contact, never a new one);
 //! * the **mode gate** ([`Cycle::mode_gate`]): every unit of work passes it before a worker
-//!   takes it; `update_only` lets no new contact be POSTed, `create_only` lets no PATCH of
-//!   managed fields through.
+//!   takes it; `update_only` lets no new contact be POSTed (a match adopted from the workspace
+//!   passes: it is one PATCH), `create_only` lets no PATCH of managed fields through.
 //!
 //! Judgements are stored in `records` (`ledger/scope.rs`), batched, so a million out-of-scope
 //! rows cost one hash lookup each on the next no-change cycle.
@@ -289,16 +289,20 @@ impl Cycle {
                 Work::Create {
                     record,
                     pending: true,
+                    matched: None,
                     ..
                 },
             ) => Ok(Some(Work::ResolvePending {
                 external_id: record.external_id,
             })),
+            // A contact already in the workspace (day-one matching) is adopted by one PATCH:
+            // "enrich the contacts we already have". Only a POST of a new contact is held.
             (
                 SyncMode::UpdateOnly,
                 Work::Create {
                     record,
                     fingerprint,
+                    matched: None,
                     ..
                 },
             ) => {
