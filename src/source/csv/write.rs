@@ -1,5 +1,9 @@
 //! Write-back: changes only the affected cells of the affected rows, copies every other byte as
 //! it was, and replaces the file atomically, refusing when it is not the file the last read saw.
+//!
+//! A changed cell is written in the file's dialect (`Dialect::field`: its encoding, separator,
+//! quoting; the row keeps its line ending). A value the encoding cannot hold is left out of the
+//! row, which is written with the rest, and reported in `WriteReport::unwritable`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -12,7 +16,9 @@ use ::csv::ByteRecord;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 
-use super::read::{RowId, is_blank, row_id, row_text, shape_problems};
+use super::dialect::{split_fields, unquote};
+use super::read::{RowId, RowText, TextRule, is_blank, problems, row_id};
+use super::stream::HashingReader;
 use super::*;
 
 /// Passes writes through while hashing and counting every byte.
@@ -105,7 +111,7 @@ fn parent_dir(path: &Path) -> PathBuf {
 /// The blocking half of `write_back` and `delete_records`.
 pub(super) fn write_file(
     layout: &Layout,
-    last_read: &Mutex<Option<Fingerprint>>,
+    last_read: &Mutex<Option<Seen>>,
     changes: &[CrmChange],
     deletes: &[ExternalId],
 ) -> Result<WriteReport, SourceError> {
@@ -117,7 +123,7 @@ pub(super) fn write_file(
     let mut stored = last_read.lock().unwrap_or_else(PoisonError::into_inner);
     let expected = stored.clone().ok_or_else(|| changed_since_read(layout))?;
     let meta = fs::metadata(&layout.path).map_err(|e| layout.io(e))?;
-    if meta.len() != expected.len || meta.modified().ok() != expected.modified {
+    if meta.len() != expected.file.len || meta.modified().ok() != expected.file.modified {
         return Err(changed_since_read(layout));
     }
     let (pending, order) = pending_changes(changes, deletes);
@@ -127,8 +133,10 @@ pub(super) fn write_file(
         handled,
         applied,
         failed,
+        unwritable,
     } = rewrite(layout, &expected, &pending)?;
     report.failed = failed;
+    report.unwritable = unwritable;
     for key in order.iter().filter(|key| !handled.contains(*key)) {
         report.failed.push((
             pending[key].id.clone(),
@@ -138,7 +146,11 @@ pub(super) fn write_file(
     if applied.is_empty() {
         return Ok(report); // the temp file is removed on drop
     }
-    *stored = Some(replace_file(layout, temp, out, meta.permissions())?);
+    let file = replace_file(layout, temp, out, meta.permissions())?;
+    *stored = Some(Seen {
+        file,
+        dialect: expected.dialect,
+    });
     report.written = applied;
     Ok(report)
 }
@@ -199,19 +211,21 @@ struct Rewritten {
     applied: Vec<ExternalId>,
     /// Changes that could not be applied to their row, and why.
     failed: Vec<(ExternalId, String)>,
+    /// Values left out of their (otherwise written) row: the file's encoding cannot hold them.
+    unwritable: Vec<Unwritable>,
 }
 
 /// Copies the file into a temp file beside it with the pending rows rewritten or left out;
 /// refuses when the bytes are not the ones the last read saw.
 fn rewrite(
     layout: &Layout,
-    expected: &Fingerprint,
+    expected: &Seen,
     pending: &HashMap<String, PendingChange>,
 ) -> Result<Rewritten, SourceError> {
     let source = File::open(&layout.path).map_err(|e| layout.io(e))?;
     // Every byte of the file passes through the copier exactly once (copied as is, or read as
     // the span of a changed row), so its hash proves the output was built from the read bytes.
-    let mut copier = HashingReader::plain(BufReader::new(
+    let mut copier = HashingReader::new(BufReader::new(
         File::open(&layout.path).map_err(|e| layout.io(e))?,
     ));
     let (temp, temp_file) = TempFile::create(&layout.path).map_err(|e| layout.io(e))?;
@@ -225,61 +239,100 @@ fn rewrite(
         handled: HashSet::new(),
         applied: Vec::new(),
         failed: Vec::new(),
+        unwritable: Vec::new(),
     };
-    let mut reader = csv_reader(HashingReader::new(source));
+    let mut parser = Parser::open(layout, source, Some(&expected.dialect))?;
+    let dialect = parser.dialect.clone();
     let mut record = ByteRecord::new();
     let mut header: Option<Header> = None;
     let mut copied = 0u64;
     let mut edit: Option<RowEdit> = None;
-    while reader
+    while parser
+        .reader
         .read_byte_record(&mut record)
         .map_err(|e| layout.io(e))?
     {
-        let line = reader.get_mut().start_line(record.position());
-        let start = record.position().map_or(0, |p| p.byte());
+        let (line, start) = parser.reader.get_mut().locate(record.position());
+        let start = start.ok_or_else(|| {
+            layout.io(format!("cannot tell where line {line} starts in the file"))
+        })?;
         if let Some(row) = edit.take() {
-            apply_edit(&mut copier, &mut done.out, &mut copied, row, start)
-                .map_err(|e| layout.io(e))?;
+            apply_edit(
+                &mut copier,
+                &mut done.out,
+                &mut copied,
+                row,
+                start,
+                &dialect,
+            )
+            .map_err(|e| layout.io(e))?;
         }
+        let (text, rule) = parser.cells.text(&record, line);
         let Some(header) = header.as_ref() else {
-            header = Some(parse_header(layout, Some(&record))?);
+            header = Some(parse_header(layout, Some((&record, text)))?);
             continue;
         };
-        edit = done.plan_row(layout, header, &record, pending, (line, start));
+        let row = Row {
+            record: &record,
+            text,
+            rule,
+            at: (line, start),
+        };
+        edit = done.plan_row(layout, &dialect, header, row, pending);
     }
     if header.is_none() {
         parse_header(layout, None)?;
     }
-    let (len, sha256) = reader.into_inner().finish().map_err(|e| layout.io(e))?;
-    if len != expected.len || sha256 != expected.sha256 {
+    let (len, sha256, _) = parser
+        .reader
+        .into_inner()
+        .finish()
+        .map_err(|e| layout.io(e))?;
+    if len != expected.file.len || sha256 != expected.file.sha256 {
         return Err(changed_since_read(layout));
     }
     if let Some(row) = edit.take() {
-        apply_edit(&mut copier, &mut done.out, &mut copied, row, len).map_err(|e| layout.io(e))?;
+        apply_edit(&mut copier, &mut done.out, &mut copied, row, len, &dialect)
+            .map_err(|e| layout.io(e))?;
     }
     copy_exact(&mut copier, &mut done.out, len - copied).map_err(|e| layout.io(e))?;
-    let (copied_len, copied_sha256) = copier.finish().map_err(|e| layout.io(e))?;
-    if copied_len != expected.len || copied_sha256 != expected.sha256 {
+    let (copied_len, copied_sha256, _) = copier.finish().map_err(|e| layout.io(e))?;
+    if copied_len != expected.file.len || copied_sha256 != expected.file.sha256 {
         return Err(changed_since_read(layout));
     }
     Ok(done)
 }
 
+/// A data row as write-back sees it: its cells, how they read, and (line, first byte in the
+/// file).
+struct Row<'r> {
+    record: &'r ByteRecord,
+    text: Option<RowText<'r>>,
+    rule: TextRule,
+    at: (u64, u64),
+}
+
 impl Rewritten {
-    /// The edit a data row needs when a pending change names it (`at`: its line and first
-    /// byte); a change that cannot be applied to it is noted as failed.
+    /// The edit a data row needs when a pending change names it; a change that cannot be
+    /// applied to it is noted as failed, a value the encoding cannot hold as unwritable.
     fn plan_row(
         &mut self,
         layout: &Layout,
+        dialect: &Dialect,
         header: &Header,
-        record: &ByteRecord,
+        row: Row<'_>,
         pending: &HashMap<String, PendingChange>,
-        (line, start): (u64, u64),
     ) -> Option<RowEdit> {
+        let Row {
+            record,
+            text,
+            rule,
+            at: (line, start),
+        } = row;
         if is_blank(record) {
             return None;
         }
-        let RowId::Valid(id) = row_id(layout, header, record) else {
+        let RowId::Valid(id) = row_id(layout, header, record, text, rule) else {
             return None;
         };
         let change = pending.get(id.as_str())?;
@@ -289,7 +342,17 @@ impl Rewritten {
         let planned = if change.delete {
             Ok(BTreeMap::new())
         } else {
-            plan_edit(layout, header, record, change)
+            plan_edit(
+                layout,
+                dialect,
+                header,
+                &row_shape(rule, header, record, text),
+                change,
+            )
+            .map(|(cells, unwritable)| {
+                self.unwritable.extend(unwritable);
+                cells
+            })
         };
         match planned {
             Ok(cells) => {
@@ -310,6 +373,16 @@ impl Rewritten {
             }
         }
     }
+}
+
+/// What is wrong with a row's shape (empty when it can take changes).
+fn row_shape(
+    rule: TextRule,
+    header: &Header,
+    record: &ByteRecord,
+    text: Option<RowText<'_>>,
+) -> Vec<String> {
+    problems(rule, header, record, text.is_some())
 }
 
 /// Puts the rewritten file in the old one's place (synced, with its permissions) and returns
@@ -348,22 +421,24 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Which cells of `record` change, or why the change cannot be applied to it.
+/// Which cells of the row change (column → new text), and the values left out because the
+/// file's encoding cannot hold them; or why the change cannot be applied to the row.
 fn plan_edit(
     layout: &Layout,
+    dialect: &Dialect,
     header: &Header,
-    record: &ByteRecord,
+    shape: &[String],
     change: &PendingChange,
-) -> Result<BTreeMap<usize, String>, String> {
-    let problems = shape_problems(header, record, row_text(record));
-    if !problems.is_empty() {
+) -> Result<(BTreeMap<usize, String>, Vec<Unwritable>), String> {
+    if !shape.is_empty() {
         return Err(format!(
             "the row is quarantined ({}); fix it before changes can be written",
-            problems.join("; ")
+            shape.join("; ")
         ));
     }
     let mut cells = BTreeMap::new();
     let mut missing = Vec::new();
+    let mut unwritable = Vec::new();
     for (name, value) in &change.fields {
         match header.index.get(name) {
             Some(&i) if i == header.id => {
@@ -372,9 +447,21 @@ fn plan_edit(
                     layout.id_field
                 ));
             }
-            Some(&i) => {
-                cells.insert(i, value.clone());
-            }
+            Some(&i) => match dialect.cells().encode(value) {
+                Ok(_) => {
+                    cells.insert(i, value.clone());
+                }
+                Err(character) => unwritable.push(Unwritable {
+                    external_id: change.id.clone(),
+                    field: name.clone(),
+                    reason: Unrepresentable {
+                        index: i,
+                        character,
+                        encoding: dialect.encoding,
+                    }
+                    .to_string(),
+                }),
+            },
             None => missing.push(format!("{name:?}")),
         }
     }
@@ -391,7 +478,7 @@ fn plan_edit(
             change.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         );
     }
-    Ok(cells)
+    Ok((cells, unwritable))
 }
 
 fn copy_exact(from: &mut impl Read, to: &mut impl Write, len: u64) -> io::Result<()> {
@@ -412,6 +499,7 @@ fn apply_edit(
     copied: &mut u64,
     row: RowEdit,
     end: u64,
+    dialect: &Dialect,
 ) -> io::Result<()> {
     copy_exact(copier, out, row.start - *copied)?;
     let mut span = vec![0u8; (end - row.start) as usize];
@@ -420,97 +508,82 @@ fn apply_edit(
     if row.delete {
         return Ok(());
     }
-    out.write_all(&rewrite_row(&span, &row.record, &row.cells))
+    let stream = dialect.to_stream(&span);
+    let rewritten = rewrite_row(&stream, &row.record, &row.cells, dialect).map_err(|c| {
+        io::Error::other(format!(
+            "{c:?} cannot be written in {}",
+            dialect.encoding.label()
+        ))
+    })?;
+    out.write_all(&dialect.to_file(rewritten))
 }
 
-/// Rewrites one row's bytes (`span`: the row, its line ending and any blank lines after it),
-/// keeping every untouched cell's bytes and the line ending as they were.
-fn rewrite_row(span: &[u8], record: &ByteRecord, cells: &BTreeMap<usize, String>) -> Vec<u8> {
+/// Rewrites one row's bytes in the parser's stream (`span`: the row, its line ending and any
+/// blank lines after it), keeping every untouched cell's bytes and the line ending as they
+/// were. `Err` is a character the encoding lacks (checked before, so it does not happen).
+fn rewrite_row(
+    span: &[u8],
+    record: &ByteRecord,
+    cells: &BTreeMap<usize, String>,
+    dialect: &Dialect,
+) -> Result<Vec<u8>, char> {
     let is_eol = |b: &u8| *b == b'\r' || *b == b'\n';
     let lead = span.iter().take_while(|b| is_eol(b)).count();
     let trail = span[lead..].iter().rev().take_while(|b| is_eol(b)).count();
     let content = &span[lead..span.len() - trail];
 
-    let raw_fields = split_raw(content);
+    let (quote, escape) = (dialect.quote, dialect.escape);
+    let raw_fields = split_fields(content, dialect.delimiter, quote, escape);
     let faithful = raw_fields.len() == record.len()
         && raw_fields
             .iter()
             .zip(record.iter())
-            .all(|(raw, parsed)| unquote(raw) == parsed);
+            .all(|(raw, parsed)| unquote(raw, quote, escape) == parsed);
 
     let mut out = Vec::with_capacity(span.len() + 16);
     out.extend_from_slice(&span[..lead]);
     for i in 0..record.len() {
         if i > 0 {
-            out.push(b',');
+            out.push(dialect.delimiter);
         }
         match (cells.get(&i), faithful) {
-            (Some(value), true) => out.extend(encode(value, raw_fields[i].first() == Some(&b'"'))),
-            (Some(value), false) => out.extend(encode(value, false)),
+            (Some(value), true) => {
+                out.extend(dialect.field(value, raw_fields[i].first() == Some(&quote))?)
+            }
+            (Some(value), false) => out.extend(dialect.field(value, false)?),
             (None, true) => out.extend_from_slice(raw_fields[i]),
-            (None, false) => out.extend(encode(&String::from_utf8_lossy(&record[i]), false)),
+            (None, false) => out.extend(dialect.quote_field(&record[i], false)),
         }
     }
     out.extend_from_slice(&span[span.len() - trail..]);
-    out
-}
-
-/// Splits a row's bytes on commas outside quotes, keeping each field's raw bytes.
-fn split_raw(content: &[u8]) -> Vec<&[u8]> {
-    let mut fields = Vec::new();
-    let mut in_quotes = false;
-    let mut start = 0;
-    for (i, b) in content.iter().enumerate() {
-        match b {
-            b'"' => in_quotes = !in_quotes,
-            b',' if !in_quotes => {
-                fields.push(&content[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    fields.push(&content[start..]);
-    fields
-}
-
-/// A raw field's value: quotes removed and `""` unescaped when it is quoted.
-fn unquote(raw: &[u8]) -> Vec<u8> {
-    match raw {
-        [b'"', inner @ .., b'"'] if raw.len() >= 2 => {
-            let mut out = Vec::with_capacity(inner.len());
-            let mut i = 0;
-            while i < inner.len() {
-                out.push(inner[i]);
-                i += if inner[i] == b'"' && inner.get(i + 1) == Some(&b'"') {
-                    2
-                } else {
-                    1
-                };
-            }
-            out
-        }
-        _ => raw.to_vec(),
-    }
-}
-
-/// A value as a CSV field: quoted when it must be, or when the old value was.
-fn encode(value: &str, quote: bool) -> Vec<u8> {
-    let needs =
-        value.contains([',', '"', '\r', '\n']) || value.starts_with(' ') || value.ends_with(' ');
-    if quote || needs {
-        format!("\"{}\"", value.replace('"', "\"\"")).into_bytes()
-    } else {
-        value.as_bytes().to_vec()
-    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::dialect::{DelimiterBy, EncodingBy, LineEnding};
     use super::*;
 
     fn record(fields: &[&str]) -> ByteRecord {
         ByteRecord::from(fields.to_vec())
+    }
+
+    fn dialect(encoding: FileEncoding, delimiter: u8) -> Dialect {
+        Dialect {
+            encoding,
+            encoding_by: EncodingBy::Configured,
+            bom: false,
+            delimiter,
+            delimiter_by: DelimiterBy::Configured,
+            quote: b'"',
+            escape: None,
+            line_ending: LineEnding::Lf,
+            quote_all: false,
+        }
+    }
+
+    fn comma() -> Dialect {
+        dialect(FileEncoding::Utf8, b',')
     }
 
     #[test]
@@ -519,12 +592,12 @@ mod tests {
         let rec = record(&["c1", "Ada, Countess", "ada@x.example", "\"q\""]);
         let cells = BTreeMap::from([(2, "new@x.example".to_string())]);
         assert_eq!(
-            rewrite_row(span, &rec, &cells),
+            rewrite_row(span, &rec, &cells, &comma()).unwrap(),
             b"c1,\"Ada, Countess\",new@x.example,\"\"\"q\"\"\"\r\n\r\n".to_vec()
         );
         let cells = BTreeMap::from([(1, "Ada".to_string()), (3, "a,b".to_string())]);
         assert_eq!(
-            rewrite_row(span, &rec, &cells),
+            rewrite_row(span, &rec, &cells, &comma()).unwrap(),
             b"c1,\"Ada\",ada@x.example,\"a,b\"\r\n\r\n".to_vec()
         );
     }
@@ -535,15 +608,36 @@ mod tests {
         let span = b"c1,\"ab\"c,x\n";
         let rec = record(&["c1", "abc", "x"]);
         let cells = BTreeMap::from([(2, "y".to_string())]);
-        assert_eq!(rewrite_row(span, &rec, &cells), b"c1,abc,y\n".to_vec());
+        assert_eq!(
+            rewrite_row(span, &rec, &cells, &comma()).unwrap(),
+            b"c1,abc,y\n".to_vec()
+        );
     }
 
     #[test]
-    fn encode_quotes_only_when_needed() {
-        assert_eq!(encode("plain", false), b"plain");
-        assert_eq!(encode("plain", true), b"\"plain\"");
-        assert_eq!(encode("a\"b", false), b"\"a\"\"b\"");
-        assert_eq!(encode("line\nbreak", false), b"\"line\nbreak\"");
-        assert_eq!(encode("", false), b"");
+    fn rewrite_writes_in_the_rows_dialect() {
+        // Semicolons, Windows-1252, CRLF: the untouched cells keep their bytes (é is E9).
+        let semi = dialect(FileEncoding::Windows1252, b';');
+        let span = b"c1;Jos\xe9;\"a;b\";old\r\n";
+        let rec = ByteRecord::from(vec![&b"c1"[..], b"Jos\xe9", b"a;b", b"old"]);
+        let cells = BTreeMap::from([(3, "Müller; Sohn".to_string())]);
+        assert_eq!(
+            rewrite_row(span, &rec, &cells, &semi).unwrap(),
+            b"c1;Jos\xe9;\"a;b\";\"M\xfcller; Sohn\"\r\n".to_vec()
+        );
+        let cells = BTreeMap::from([(3, "😀".to_string())]);
+        assert_eq!(rewrite_row(span, &rec, &cells, &semi), Err('😀'));
+        // Backslash escapes: the quoted cell is split where the parser splits it.
+        let escaped = Dialect {
+            escape: Some(b'\\'),
+            ..comma()
+        };
+        let span = b"c1,\"say \\\"hi\\\", ok\",x\n";
+        let rec = record(&["c1", "say \"hi\", ok", "x"]);
+        let cells = BTreeMap::from([(2, "y".to_string())]);
+        assert_eq!(
+            rewrite_row(span, &rec, &cells, &escaped).unwrap(),
+            b"c1,\"say \\\"hi\\\", ok\",y\n".to_vec()
+        );
     }
 }
