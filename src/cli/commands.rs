@@ -86,6 +86,14 @@ fn check_config(config_path: &Path) -> anyhow::Result<u8> {
             "NOT set (needed by run, once, plan)"
         }
     );
+    if config.source.kind == quo_sync::config::SourceKind::Csv {
+        let csv =
+            quo_sync::source::csv::CsvSource::new(&config.source).expect_columns(&config.mapping);
+        match csv.sniff_dialect() {
+            Ok(dialect) => println!("{}: {}", csv.path().display(), dialect.describe()),
+            Err(e) => println!("{}: cannot tell its dialect yet: {e}", csv.path().display()),
+        }
+    }
     Ok(0)
 }
 
@@ -290,14 +298,18 @@ async fn plan(config_path: &Path, json: bool, with_sandbox: bool) -> anyhow::Res
     let report = app::once(&ctx, Mode::DryRun).await;
     progress.abort();
     let report = report?;
+    let dialect = ctx.source.describe_dialect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "counts": report.counts, "operations": report.operations })
-            )?
-        );
+        let mut out =
+            serde_json::json!({ "counts": report.counts, "operations": report.operations });
+        if let Some(dialect) = &dialect {
+            out["source_dialect"] = serde_json::json!(dialect);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        if let Some(dialect) = &dialect {
+            println!("source: {} read as {dialect}", ctx.source.describe());
+        }
         let c = &report.counts;
         println!(
             "plan: create {}  update {}  delete {}  unchanged {}  quarantine {}",

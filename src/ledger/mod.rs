@@ -7,6 +7,7 @@
 //! Migrations live in `migrations/<backend>/` and are embedded in the binary; they run only
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
+mod absences;
 mod copy;
 pub(crate) mod db;
 mod inbox;
@@ -26,6 +27,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
+pub use absences::CrmHold;
 pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
 

@@ -13,9 +13,11 @@
 //!    interrupted creates, contacts an unconfirmed create made (`copies.rs`), the incremental
 //!    high-water mark and the webhook inbox.
 
+mod absences;
 mod copies;
 mod execute;
 mod freshen;
+mod holds;
 mod merge_step;
 pub mod payload;
 pub mod plan;
@@ -225,6 +227,8 @@ struct Cycle {
     mass_delete_refused: AtomicBool,
     /// Phase timings for the report.
     phases: std::sync::Mutex<PhaseTimes>,
+    /// Records with CRM holds (`sync::holds`), read once per cycle when first needed.
+    held: tokio::sync::OnceCell<HashSet<String>>,
 }
 
 /// A merge waiting for its CRM write.
@@ -405,6 +409,7 @@ impl Cycle {
             failed_since: Mutex::new(None),
             mass_delete_refused: AtomicBool::new(false),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
+            held: tokio::sync::OnceCell::new(),
         }))
     }
 
