@@ -129,6 +129,24 @@ impl CellCodec {
         }
     }
 
+    /// Appends a cell's text to `out` (bytes that are not UTF-8 in a UTF-8 cell become
+    /// U+FFFD; callers decode UTF-8 cells with [`decode`](Self::decode) first).
+    pub(super) fn decode_into(self, raw: &[u8], out: &mut String) {
+        match self {
+            CellCodec::Utf8 => out.push_str(&String::from_utf8_lossy(raw)),
+            CellCodec::Windows1252 => {
+                let mut decoder = WINDOWS_1252.new_decoder_without_bom_handling();
+                let room = decoder
+                    .max_utf8_buffer_length_without_replacement(raw.len())
+                    .unwrap_or(raw.len() * 3);
+                out.reserve(room);
+                // Every byte is a character in Windows-1252, and `out` has room for all.
+                let _ = decoder.decode_to_string_without_replacement(raw, out, true);
+            }
+            CellCodec::Latin1 => out.push_str(&encoding_rs::mem::decode_latin1(raw)),
+        }
+    }
+
     /// The bytes of `text` in this encoding; `Err` is the first character it cannot hold.
     pub(super) fn encode(self, text: &str) -> Result<Cow<'_, [u8]>, char> {
         match self {
@@ -509,22 +527,28 @@ pub(super) fn unquote(raw: &[u8], quote: u8, escape: Option<u8>) -> Vec<u8> {
     }
 }
 
+/// A configured dialect with `"` quotes and CRLF line endings (unit tests).
+#[cfg(test)]
+pub(super) fn configured(encoding: FileEncoding, delimiter: u8) -> Dialect {
+    Dialect {
+        encoding,
+        encoding_by: EncodingBy::Configured,
+        bom: false,
+        delimiter,
+        delimiter_by: DelimiterBy::Configured,
+        quote: b'"',
+        escape: None,
+        line_ending: LineEnding::CrLf,
+        quote_all: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn dialect(encoding: FileEncoding, delimiter: u8) -> Dialect {
-        Dialect {
-            encoding,
-            encoding_by: EncodingBy::Configured,
-            bom: false,
-            delimiter,
-            delimiter_by: DelimiterBy::Configured,
-            quote: b'"',
-            escape: None,
-            line_ending: LineEnding::CrLf,
-            quote_all: false,
-        }
+        configured(encoding, delimiter)
     }
 
     #[test]
@@ -541,6 +565,9 @@ mod tests {
             "García"
         );
         assert_eq!(CellCodec::Windows1252.decode(b"\x80").unwrap(), "€");
+        let mut out = String::from("a");
+        CellCodec::Windows1252.decode_into(b"\x80 Gr\xfc\xdfe", &mut out);
+        assert_eq!(out, "a€ Grüße");
         assert_eq!(CellCodec::Latin1.decode(b"\x80").unwrap(), "\u{80}");
         assert_eq!(CellCodec::Latin1.decode(b"Stra\xdfe").unwrap(), "Straße");
         assert_eq!(CellCodec::Utf8.decode(b"ok\xff"), Err(2));

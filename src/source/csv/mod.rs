@@ -453,9 +453,13 @@ impl Parser {
             quote_all: quotes_every_name(line, delimiter, settings.quote, settings.escape),
         };
         let undecided = encoding.is_none() && known.is_none();
+        let decided_at = match dialect.encoding_by {
+            EncodingBy::Line(line) => Some(line),
+            _ => None,
+        };
         Ok(Parser {
             reader: dialect.reader(stream),
-            cells: Cells::new(dialect.encoding, undecided),
+            cells: Cells::decided(dialect.encoding, undecided, decided_at),
             dialect,
         })
     }

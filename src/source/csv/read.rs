@@ -114,12 +114,20 @@ pub(super) struct Cells {
 }
 
 impl Cells {
+    /// Cells of a file in `encoding`; `undecided` while `auto` waits for a non-ASCII row.
+    #[cfg(test)]
     pub(super) fn new(encoding: FileEncoding, undecided: bool) -> Self {
+        Self::decided(encoding, undecided, None)
+    }
+
+    /// Cells of a file whose encoding `auto` decided at `line` in an earlier read of the same
+    /// bytes (write-back), so rows that do not fit are refused as the read refused them.
+    pub(super) fn decided(encoding: FileEncoding, undecided: bool, line: Option<u64>) -> Self {
         Cells {
             rule: TextRule {
                 codec: encoding.cells(),
                 encoding,
-                decided: None,
+                decided: line.map(|line| (encoding, line)),
             },
             undecided,
             scratch: String::new(),
@@ -185,13 +193,16 @@ impl Cells {
         (text, rule)
     }
 
-    /// Decodes a single-byte-encoded row into the scratch buffer.
+    /// Decodes a single-byte-encoded row into the scratch buffer: an ASCII cell is copied as
+    /// it is, only a cell with a byte above 127 goes through the decoder.
     fn decode<'a>(&'a mut self, record: &ByteRecord) -> RowText<'a> {
         self.scratch.clear();
         self.ends.clear();
         for raw in record.iter() {
-            let text = self.rule.codec.decode(raw).unwrap_or_default();
-            self.scratch.push_str(&text);
+            match std::str::from_utf8(raw) {
+                Ok(ascii) if ascii.is_ascii() => self.scratch.push_str(ascii),
+                _ => self.rule.codec.decode_into(raw, &mut self.scratch),
+            }
             self.ends.push(self.scratch.len());
         }
         RowText {

@@ -561,25 +561,11 @@ fn rewrite_row(
 
 #[cfg(test)]
 mod tests {
-    use super::super::dialect::{DelimiterBy, EncodingBy, LineEnding};
+    use super::super::dialect::configured as dialect;
     use super::*;
 
     fn record(fields: &[&str]) -> ByteRecord {
         ByteRecord::from(fields.to_vec())
-    }
-
-    fn dialect(encoding: FileEncoding, delimiter: u8) -> Dialect {
-        Dialect {
-            encoding,
-            encoding_by: EncodingBy::Configured,
-            bom: false,
-            delimiter,
-            delimiter_by: DelimiterBy::Configured,
-            quote: b'"',
-            escape: None,
-            line_ending: LineEnding::Lf,
-            quote_all: false,
-        }
     }
 
     fn comma() -> Dialect {
