@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{ConfigError, SourceConfig};
 
@@ -45,6 +45,15 @@ impl fmt::Display for CsvDelimiter {
         match self {
             CsvDelimiter::Auto => f.write_str("auto"),
             CsvDelimiter::Byte(b) => f.write_str(&show_byte(*b)),
+        }
+    }
+}
+
+impl Serialize for CsvDelimiter {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CsvDelimiter::Auto => serializer.serialize_str("auto"),
+            CsvDelimiter::Byte(b) => serializer.serialize_str(&char::from(*b).to_string()),
         }
     }
 }
@@ -106,6 +115,12 @@ impl fmt::Display for CsvEncoding {
     }
 }
 
+impl Serialize for CsvEncoding {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
 /// `source.quote`: the character that quotes a field, default `"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CsvQuote(pub u8);
@@ -127,6 +142,12 @@ impl<'de> Deserialize<'de> for CsvQuote {
     }
 }
 
+impl Serialize for CsvQuote {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&char::from(self.0).to_string())
+    }
+}
+
 /// `source.escape`: the character that escapes a quote inside a quoted field (`\"`), or none
 /// (the default: a quote is escaped by doubling it, `""`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,6 +166,17 @@ impl<'de> Deserialize<'de> for CsvEscape {
                     "expected one ASCII character such as \"\\\\\", or \"\" for doubled quotes, got {text:?}"
                 ))
             })
+    }
+}
+
+impl Serialize for CsvEscape {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(
+            &self
+                .0
+                .map(|b| char::from(b).to_string())
+                .unwrap_or_default(),
+        )
     }
 }
 

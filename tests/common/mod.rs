@@ -305,6 +305,7 @@ impl TestApp {
             wake: Arc::new(tokio::sync::Notify::new()),
             max_body_bytes: 64 * 1024,
             read_timeout: std::time::Duration::from_millis(500),
+            received: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -475,4 +476,14 @@ pub async fn sandbox_settings(base_url: &str, patch: serde_json::Value) -> serde
         .expect("admin request");
     assert_eq!(resp.status().as_u16(), 200, "settings {patch} refused");
     resp.json().await.expect("json")
+}
+
+/// A sandbox on port 0 without a rate limit, for tests that run the binary against it.
+pub async fn unlimited_sandbox() -> SandboxHandle {
+    SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("sandbox starts")
 }

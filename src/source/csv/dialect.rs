@@ -267,6 +267,17 @@ pub struct Unrepresentable {
 }
 
 impl Dialect {
+    /// Plain CSV as the sample file is: UTF-8 with no byte order mark, commas, double quotes
+    /// escaped by doubling. Its detection is logged at debug level only (the quick start's
+    /// screen and logs stay as they were); any other dialect is logged at info.
+    pub fn is_plain(&self) -> bool {
+        self.encoding == FileEncoding::Utf8
+            && !self.bom
+            && self.delimiter == b','
+            && self.quote == b'"'
+            && self.escape.is_none()
+    }
+
     /// One line for logs, `check-config` and `plan`:
     /// `windows-1252 (line 2 is not UTF-8), separator ";" (from the header), CRLF`.
     pub fn describe(&self) -> String {

@@ -204,14 +204,25 @@ impl CsvSource {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if last.as_ref().map(|s| &s.dialect) != Some(&seen.dialect) {
-            tracing::info!(
-                event = "csv_dialect",
-                path = %self.path.display(),
-                encoding = seen.dialect.encoding.label(),
-                delimiter = %char::from(seen.dialect.delimiter).escape_default(),
-                "CSV file read as {}",
-                seen.dialect.describe()
-            );
+            let dialect = &seen.dialect;
+            macro_rules! log_dialect {
+                ($level:expr) => {
+                    tracing::event!(
+                        $level,
+                        event = "csv_dialect",
+                        path = %self.path.display(),
+                        encoding = dialect.encoding.label(),
+                        delimiter = %char::from(dialect.delimiter).escape_default(),
+                        "CSV file read as {}",
+                        dialect.describe()
+                    )
+                };
+            }
+            if dialect.is_plain() {
+                log_dialect!(tracing::Level::DEBUG);
+            } else {
+                log_dialect!(tracing::Level::INFO);
+            }
         }
         *last = Some(seen);
         Ok(summary)

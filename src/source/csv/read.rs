@@ -576,6 +576,8 @@ fn check<'r>(
         line,
         delimiter,
     } = row;
+    // The id column is to blame when the id is missing, unusable or repeated.
+    let mut id_to_blame = true;
     let (id, shown, mut found) = match row_id(layout, header, record, text, rule) {
         RowId::Valid(id) => {
             let mut found = Vec::new();
@@ -584,6 +586,8 @@ fn check<'r>(
                     "duplicate id {:?}: already used by line {first}",
                     id.as_str()
                 ));
+            } else {
+                id_to_blame = false;
             }
             (Some(id), None, found)
         }
@@ -592,12 +596,21 @@ fn check<'r>(
     found.extend(problems(rule, header, record, text.is_some()));
     match (id, text) {
         (Some(id), Some(text)) if found.is_empty() => Ok((id, text)),
-        (id, _) => Err(BadRecord {
-            location: layout.location(line),
-            external_id: id.map(|id| id.as_str().to_string()).or(shown),
-            reason: found.join("; "),
-            raw: raw_text(record, rule, delimiter),
-        }),
+        (id, _) => {
+            let external_id = id.map(|id| id.as_str().to_string()).or(shown);
+            Err(BadRecord {
+                location: layout.location(line),
+                blame: id_to_blame.then(|| {
+                    Box::new(Blame {
+                        field: layout.id_field.clone(),
+                        value: external_id.clone().unwrap_or_default(),
+                    })
+                }),
+                external_id,
+                reason: found.join("; "),
+                raw: raw_text(record, rule, delimiter),
+            })
+        }
     }
 }
 
