@@ -343,3 +343,59 @@ async fn a_latin1_file_reads_and_writes_back_in_latin1() {
     );
     assert_eq!(field(&app, "r-1", "lastName"), "Straße-Hélène");
 }
+
+/// `check-config` and `plan` say what `auto` found: the Excel export's encoding, separator and
+/// line endings, with how each was decided.
+#[test]
+fn check_config_and_plan_show_the_detected_dialect() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("quo-sync.toml");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/quo-sync.toml"),
+        &config,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("contacts.example.csv"), excel_export()).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("QUO_API_KEY")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let expected = [
+        "windows-1252 (detected: line 2 is the first non-ASCII line, and it is not UTF-8)",
+        "separator \";\" (detected from the header)",
+        "CRLF line endings",
+    ];
+
+    let checked = run(&["check-config"]);
+    for needle in expected {
+        assert!(checked.contains(needle), "{needle:?} not in: {checked}");
+    }
+
+    let planned: serde_json::Value =
+        serde_json::from_str(&run(&["plan", "--json", "--with-sandbox"])).unwrap();
+    assert_eq!(planned["counts"]["created"], 3, "{planned}");
+    let dialect = planned["source_dialect"].as_str().unwrap_or_default();
+    for needle in expected {
+        assert!(dialect.contains(needle), "{needle:?} not in: {planned}");
+    }
+    let table = run(&["plan", "--with-sandbox"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("source: csv ")
+                && expected.iter().all(|needle| l.contains(needle))),
+        "{table}"
+    );
+}
