@@ -22,6 +22,8 @@ mod csv_dialect;
 pub use csv_dialect::{
     CsvDelimiter, CsvEncoding, CsvEscape, CsvQuote, DELIMITER_CANDIDATES, show_byte,
 };
+mod day_one;
+pub use day_one::{MatchExisting, NATIVE_SOURCES};
 
 /// Prefix of environment overrides (`QUO_SYNC__QUO__BASE_URL`).
 pub const ENV_PREFIX: &str = "QUO_SYNC";
@@ -361,6 +363,11 @@ pub struct SyncConfig {
     /// Largest share of the managed contacts (or CRM rows) one cycle may delete, default `0.1`;
     /// above it the cycle deletes nothing and logs `mass_delete_refused`.
     pub max_delete_fraction: f64,
+    /// Match a new record against the contacts already in the workspace before creating it.
+    pub match_existing: MatchExisting,
+    /// Sources of other API integrations (e.g. `zapier`) whose contacts may be adopted; contacts
+    /// without a source (made in the Quo app) always may.
+    pub adopt_sources: Vec<String>,
 }
 
 impl Default for SyncConfig {
@@ -368,6 +375,8 @@ impl Default for SyncConfig {
         Self {
             on_source_delete: OnSourceDelete::Ignore,
             max_delete_fraction: 0.1,
+            match_existing: MatchExisting::PhoneOrEmail,
+            adopt_sources: Vec::new(),
         }
     }
 }
@@ -497,6 +506,13 @@ pub struct ReverseConfig {
     /// Longest a webhook delivery may take to arrive in full, default `10s` (slow clients get
     /// 408 instead of holding a connection).
     pub read_timeout: HumanDuration,
+    /// Contacts made in the Quo app after the first cycle become CRM records, default false.
+    pub create_in_crm: bool,
+    /// The CRM id of such a record (CSV), `{quo_id}` replaced: default `quo-{quo_id}`.
+    pub new_record_id: String,
+    /// A CRM field that carries the Quo contact id of a record made from a Quo contact, so an
+    /// interrupted create is found in the CRM instead of made twice.
+    pub quo_id_field: Option<String>,
 }
 
 impl Default for ReverseConfig {
@@ -513,6 +529,9 @@ impl Default for ReverseConfig {
             inbox_retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             scan_share: 0.3,
             read_timeout: HumanDuration(Duration::from_secs(10)),
+            create_in_crm: false,
+            new_record_id: "quo-{quo_id}".into(),
+            quo_id_field: None,
         }
     }
 }
@@ -689,6 +708,7 @@ impl Config {
         }
         config.validate(&file_name)?;
         config.validate_console(&file_name)?;
+        config.validate_day_one(&file_name)?;
         Ok(config)
     }
 

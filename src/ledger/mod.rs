@@ -8,9 +8,11 @@
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
 mod absences;
+mod adoptions;
 mod backup;
 mod copy;
 pub(crate) mod db;
+mod exports;
 mod inbox;
 mod index;
 mod lease;
@@ -18,6 +20,7 @@ mod quarantine;
 mod records;
 mod runs;
 mod unconfirmed;
+pub mod workspace;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,9 +32,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use db::{Pool, on_pool};
 
 pub use absences::CrmHold;
+pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use backup::{BackupError, BackupReport};
 pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
+pub use exports::{Export, ExportState};
 
 pub use inbox::{InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
@@ -42,6 +47,7 @@ pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
 pub use unconfirmed::{PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate};
+pub use workspace::{WORKSPACE_LISTED, WorkspaceContact};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.
 #[derive(Debug, thiserror::Error)]

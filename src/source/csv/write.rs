@@ -21,17 +21,24 @@ use super::read::{RowId, RowText, TextRule, is_blank, problems, row_id};
 use super::stream::HashingReader;
 use super::*;
 
-/// Passes writes through while hashing and counting every byte.
+/// Passes writes through while hashing and counting every byte, and remembers the last two
+/// bytes (whether the file ends with a line ending, in any encoding, before a row is appended).
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     count: u64,
+    /// The last two bytes written, the last one last.
+    tail: Vec<u8>,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        let written = &buf[..n];
+        self.hasher.update(written);
+        self.tail.extend_from_slice(&written[n.saturating_sub(2)..]);
+        let extra = self.tail.len().saturating_sub(2);
+        self.tail.drain(..extra);
         self.count += n as u64;
         Ok(n)
     }
@@ -48,6 +55,8 @@ struct PendingChange {
     updated_at: DateTime<Utc>,
     /// Remove the row instead of editing it.
     delete: bool,
+    /// A new row to add after the last one, unless the file has a row with this id already.
+    append: bool,
 }
 
 /// A row being rewritten: where it starts and its new cells.
@@ -80,15 +89,17 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// The blocking half of `write_back` and `delete_records`.
+/// The blocking half of `write_back`, `delete_records` and `append_records`: one new file with
+/// the changed cells, without the deleted rows, and with the new rows after the last one.
 pub(super) fn write_file(
     layout: &Layout,
     last_read: &Mutex<Option<Seen>>,
     changes: &[CrmChange],
     deletes: &[ExternalId],
+    appends: &[CrmChange],
 ) -> Result<WriteReport, SourceError> {
     let mut report = WriteReport::default();
-    if changes.is_empty() && deletes.is_empty() {
+    if changes.is_empty() && deletes.is_empty() && appends.is_empty() {
         return Ok(report);
     }
     // Held for the whole write so two write-backs cannot interleave.
@@ -98,23 +109,38 @@ pub(super) fn write_file(
     if meta.len() != expected.file.len || meta.modified().ok() != expected.file.modified {
         return Err(changed_since_read(layout));
     }
-    let (pending, order) = pending_changes(changes, deletes);
+    let (pending, order) = pending_changes(changes, deletes, appends);
     let Rewritten {
         temp,
-        out,
+        mut out,
         handled,
-        applied,
+        mut applied,
         failed,
         unwritable,
+        header,
     } = rewrite(layout, &expected, &pending)?;
     report.failed = failed;
     report.unwritable = unwritable;
     for key in order.iter().filter(|key| !handled.contains(*key)) {
+        if pending[key].append {
+            continue;
+        }
         report.failed.push((
             pending[key].id.clone(),
             format!("{} has no record with id {key:?}", layout.name()),
         ));
     }
+    applied.extend(
+        append_rows(
+            &mut out,
+            &expected.dialect,
+            &header,
+            &pending,
+            (&order, &handled),
+            &mut report.failed,
+        )
+        .map_err(|e| layout.io(e))?,
+    );
     if applied.is_empty() {
         return Ok(report); // the temp file is removed on drop
     }
@@ -133,14 +159,32 @@ fn changed_since_read(layout: &Layout) -> SourceError {
     }
 }
 
-/// The changes and deletions by id (several changes to one id merged in order), and the ids in
-/// the order they were first named.
+/// The changes, deletions and new rows by id (several changes to one id merged in order), and
+/// the ids in the order they were first named.
 fn pending_changes(
     changes: &[CrmChange],
     deletes: &[ExternalId],
+    appends: &[CrmChange],
 ) -> (HashMap<String, PendingChange>, Vec<String>) {
     let mut pending: HashMap<String, PendingChange> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
+    for change in appends {
+        let key = change.external_id.as_str().to_string();
+        if pending.contains_key(&key) {
+            continue;
+        }
+        order.push(key.clone());
+        pending.insert(
+            key,
+            PendingChange {
+                id: change.external_id.clone(),
+                fields: change.fields.clone(),
+                updated_at: change.updated_at,
+                delete: false,
+                append: true,
+            },
+        );
+    }
     for change in changes {
         let key = change.external_id.as_str().to_string();
         let entry = pending.entry(key.clone()).or_insert_with(|| {
@@ -150,6 +194,7 @@ fn pending_changes(
                 fields: BTreeMap::new(),
                 updated_at: change.updated_at,
                 delete: false,
+                append: false,
             }
         });
         entry.fields.extend(change.fields.clone());
@@ -167,6 +212,7 @@ fn pending_changes(
                 fields: BTreeMap::new(),
                 updated_at: Utc::now(),
                 delete: true,
+                append: false,
             },
         );
     }
@@ -185,6 +231,8 @@ struct Rewritten {
     failed: Vec<(ExternalId, String)>,
     /// Values left out of their (otherwise written) row: the file's encoding cannot hold them.
     unwritable: Vec<Unwritable>,
+    /// The header row, resolved.
+    header: Header,
 }
 
 /// Copies the file into a temp file beside it with the pending rows rewritten or left out;
@@ -207,11 +255,18 @@ fn rewrite(
             inner: BufWriter::new(temp_file),
             hasher: Sha256::new(),
             count: 0,
+            tail: Vec::with_capacity(4),
         },
         handled: HashSet::new(),
         applied: Vec::new(),
         failed: Vec::new(),
         unwritable: Vec::new(),
+        header: Header {
+            names: Vec::new(),
+            index: HashMap::new(),
+            id: 0,
+            updated_at: None,
+        },
     };
     let mut parser = Parser::open(layout, source, Some(&expected.dialect))?;
     let dialect = parser.dialect.clone();
@@ -252,9 +307,10 @@ fn rewrite(
         };
         edit = done.plan_row(layout, &dialect, header, row, pending);
     }
-    if header.is_none() {
-        parse_header(layout, None)?;
-    }
+    let header = match header {
+        Some(header) => header,
+        None => parse_header(layout, None)?,
+    };
     let (len, sha256, _) = parser
         .reader
         .into_inner()
@@ -272,6 +328,7 @@ fn rewrite(
     if copied_len != expected.file.len || copied_sha256 != expected.file.sha256 {
         return Err(changed_since_read(layout));
     }
+    done.header = header;
     Ok(done)
 }
 
@@ -310,6 +367,11 @@ impl Rewritten {
         let change = pending.get(id.as_str())?;
         if !self.handled.insert(id.as_str().to_string()) {
             return None; // a later duplicate: never a record, never written
+        }
+        if change.append {
+            // The file has this record already (an earlier create of it): not made twice.
+            self.applied.push(change.id.clone());
+            return None;
         }
         let planned = if change.delete {
             Ok(BTreeMap::new())
@@ -370,6 +432,7 @@ fn replace_file(
         inner,
         hasher,
         count,
+        ..
     } = out;
     let file = inner.into_inner().map_err(|e| layout.io(e.error()))?;
     file.sync_all().map_err(|e| layout.io(e))?;
@@ -450,6 +513,72 @@ fn plan_edit(
         );
     }
     Ok((cells, unwritable))
+}
+
+/// The append step: the new records the file does not hold yet, one row each after the last
+/// row, in the file's dialect (encoding, separator, quoting, the header's line ending; a missing
+/// final line ending is added first), with the header's columns in order (the id, the record's
+/// fields, the last-modified time, empty elsewhere). A record with a value the file's encoding
+/// cannot hold is not appended: it is reported as failed, naming the column and the character.
+/// Returns the records appended.
+fn append_rows<W: Write>(
+    out: &mut HashingWriter<W>,
+    dialect: &Dialect,
+    header: &Header,
+    pending: &HashMap<String, PendingChange>,
+    (order, handled): (&[String], &HashSet<String>),
+    failed: &mut Vec<(ExternalId, String)>,
+) -> io::Result<Vec<ExternalId>> {
+    let new: Vec<&PendingChange> = order
+        .iter()
+        .filter(|key| !handled.contains(*key))
+        .filter_map(|key| pending.get(key))
+        .filter(|change| change.append)
+        .collect();
+    let mut appended = Vec::with_capacity(new.len());
+    let mut ended = [b"\n", b"\r"]
+        .iter()
+        .any(|eol| out.tail.ends_with(&dialect.to_file(eol.to_vec())));
+    for change in new {
+        let values = row_values(header, change);
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        match dialect.render_row(&values) {
+            Ok(row) => {
+                if !ended {
+                    out.write_all(&dialect.to_file(dialect.line_ending.bytes().to_vec()))?;
+                    ended = true;
+                }
+                out.write_all(&row)?;
+                appended.push(change.id.clone());
+            }
+            Err(e) => failed.push((
+                change.id.clone(),
+                format!(
+                    "column {:?}: {e}; the row was not added",
+                    header.names.get(e.index).map(String::as_str).unwrap_or("")
+                ),
+            )),
+        }
+    }
+    Ok(appended)
+}
+
+/// A new row's values: every header column in order.
+fn row_values(header: &Header, change: &PendingChange) -> Vec<String> {
+    header
+        .names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            if i == header.id {
+                change.id.as_str().to_string()
+            } else if Some(i) == header.updated_at {
+                change.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+            } else {
+                change.fields.get(name).cloned().unwrap_or_default()
+            }
+        })
+        .collect()
 }
 
 fn copy_exact(from: &mut impl Read, to: &mut impl Write, len: u64) -> io::Result<()> {
