@@ -873,3 +873,58 @@ async fn a_byte_order_mark_that_contradicts_the_configured_encoding_is_refused()
         "{err}"
     );
 }
+
+/// Rows appended for contacts made in Quo follow the file's dialect: a Windows-1252 semicolon
+/// CRLF file without a final line ending gets one in its own bytes, then the new row in
+/// Windows-1252; a value the encoding cannot hold (an emoji) fails that row only, naming the
+/// column. A tab-separated UTF-16LE file gets UTF-16LE rows.
+#[tokio::test]
+async fn appended_rows_are_written_in_the_files_dialect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp1252, _, _) =
+        encoding_rs::WINDOWS_1252.encode("crm_id;first_name;updated_at\r\nc1;Jürgen;2026-01-01");
+    let path = write_file(&dir, "cp1252.csv", &cp1252);
+    let source = CsvSource::new(&source_config(&path));
+    let (_, bad, _) = read_all(&source).await;
+    assert!(bad.is_empty(), "{bad:?}");
+    let report = source
+        .append_records(&[
+            change("quo-1", &[("first_name", "Zoë; Ann")]),
+            change("quo-2", &[("first_name", "Ada 😀")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(report.written.len(), 1, "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].0.as_str(), "quo-2");
+    assert!(
+        report.failed[0].1.contains("column \"first_name\""),
+        "{report:?}"
+    );
+    let mut expected = cp1252.into_owned();
+    expected.extend_from_slice(b"\r\nquo-1;\"Zo\xeb; Ann\";2026-11-27T03:00:00Z\r\n");
+    assert_eq!(std::fs::read(&path).unwrap(), expected);
+
+    let utf16 = |text: &str| -> Vec<u8> {
+        [0xFF, 0xFE]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect()
+    };
+    let path = write_file(
+        &dir,
+        "utf16.csv",
+        &utf16("crm_id\tfirst_name\r\nc1\tAda\r\n"),
+    );
+    let source = CsvSource::new(&source_config(&path));
+    read_all(&source).await;
+    let report = source
+        .append_records(&[change("quo-3", &[("first_name", "Zoë 😀")])])
+        .await
+        .unwrap();
+    assert_eq!(report.written.len(), 1, "{report:?}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        utf16("crm_id\tfirst_name\r\nc1\tAda\r\nquo-3\tZoë 😀\r\n")
+    );
+}
