@@ -14,6 +14,7 @@ use super::values::{canonical_quo_value, coerce, normalize_email, render};
 use super::{MappingConfigError, MappingError};
 use crate::config::{FieldSource, LabeledFieldMapping, MappingConfig};
 use crate::domain::{Labeled, Snapshot, field};
+use crate::expr::{Expression, Yields};
 use crate::quo::types::{Contact, ContactItem, CustomFieldDef, CustomFieldType};
 use crate::source::SourceRecord;
 
@@ -375,6 +376,25 @@ impl Mapper {
         }
         out
     }
+}
+
+/// Every source field the mapping reads (sorted, once each): the fingerprint's fields, and the
+/// columns a CSV header is expected to have.
+pub fn source_fields(config: &MappingConfig) -> Vec<String> {
+    let mut fields: Vec<String> = config
+        .sources()
+        .into_iter()
+        .flat_map(|(_, source)| match source {
+            FieldSource::Column(column) => vec![column.clone()],
+            // The fields a computed entry reads (a bad expression was refused at load).
+            FieldSource::Computed { expr } => Expression::compile(expr, Yields::Value)
+                .map(|e| e.inputs().to_vec())
+                .unwrap_or_default(),
+        })
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
 }
 
 /// Resolves `mapping.custom_fields` to Quo keys and types (exact name, then case-insensitive),

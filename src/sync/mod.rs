@@ -13,11 +13,13 @@
 //!    interrupted creates, contacts an unconfirmed create made (`copies.rs`), the incremental
 //!    high-water mark and the webhook inbox.
 
+mod absences;
 mod adopt;
 mod copies;
 mod execute;
 mod export;
 mod freshen;
+mod holds;
 mod matching;
 mod merge_step;
 pub mod payload;
@@ -295,6 +297,8 @@ struct Cycle {
     /// Contacts of records that left scope under `on_leave_scope = "delete"`: deleted in the
     /// settle phase behind the mass-deletion guard (with the fingerprint to commit).
     scope_deletes: Mutex<Vec<(ExternalId, QuoContactId, String)>>,
+    /// Records with CRM holds (`sync::holds`), read once per cycle when first needed.
+    held: tokio::sync::OnceCell<HashSet<String>>,
     /// When the cycle started: a copy read since is fresh.
     started: DateTime<Utc>,
     /// The workspace index, once a record needs it (listed first if it never was).
@@ -604,6 +608,7 @@ impl Cycle {
             scope_marks: Mutex::new(Vec::new()),
             scope_deletes: Mutex::new(Vec::new()),
             paused: std::sync::Mutex::new(None),
+            held: tokio::sync::OnceCell::new(),
             started,
             workspace: tokio::sync::OnceCell::new(),
             deferred: Mutex::new(Vec::new()),

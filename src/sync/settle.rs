@@ -206,8 +206,9 @@ impl Cycle {
     }
 
     /// Contacts to delete, counted together behind the mass-deletion guard: those of records
-    /// gone from a complete read (`sync.on_source_delete`) and of records that left scope
-    /// (`sync.on_leave_scope = "delete"`).
+    /// gone from this complete read and the one before (`sync::absences`,
+    /// `sync.on_source_delete`) and of records that left scope (`sync.on_leave_scope =
+    /// "delete"`).
     async fn deletions(
         self: &Arc<Self>,
         index: &LedgerIndex,
@@ -216,11 +217,12 @@ impl Cycle {
     ) -> Result<(), SyncError> {
         let gone: Vec<ExternalId> =
             if complete && self.ctx.settings.on_source_delete != OnSourceDelete::Ignore {
-                index
+                let gone = index
                     .iter()
                     .filter(|(_, e)| !e.seen && e.state == RecordState::Synced && e.has_quo_id)
                     .filter_map(|(id, _)| ExternalId::parse(id).ok())
-                    .collect()
+                    .collect();
+                self.confirmed_absences(gone).await?
             } else {
                 Vec::new()
             };
