@@ -250,6 +250,55 @@ async fn a_mass_deletion_is_refused_until_allowed() {
     app.restart().await;
 }
 
+/// An export cut short leaves rows out for one cycle while a person edits one of their contacts
+/// in Quo. The deletion is refused by the guard (or `on_source_delete` ignores it), and when the
+/// rows are back the edit reaches the CRM. Found by the convergence test (seed 4): the change
+/// was marked applied while its record was absent, and the scan never noticed it again.
+#[tokio::test]
+async fn a_quo_edit_made_while_its_row_is_missing_from_an_export_reaches_the_crm_later() {
+    for on_source_delete in ["delete", "ignore"] {
+        let app = TestApp::spawn_with(
+            &csv(&rows(6)),
+            SandboxConfig::default(),
+            &format!(
+                "[sync]\non_source_delete = \"{on_source_delete}\"\nmax_delete_fraction = 0.1\n\
+                 [reverse]\npoll_interval = \"1ms\"\n"
+            ),
+        )
+        .await;
+        app.cycle().await;
+        app.sandbox
+            .app_edit(
+                &app.quo_id("c-2"),
+                json!({"defaultFields": {"company": "Typed While Missing"}}),
+            )
+            .expect("app edit");
+        let all = rows(6);
+        app.write_csv(&csv(&[all[0].clone(), all[4].clone(), all[5].clone()]));
+        let report = app.cycle().await;
+        assert_eq!(report.counts.deleted, 0, "{on_source_delete}: {report:?}");
+        assert_eq!(
+            report.mass_delete_refused,
+            on_source_delete == "delete",
+            "{report:?}"
+        );
+        app.write_csv(&csv(&all));
+        app.cycle().await;
+        assert!(
+            app.csv_text().contains("Typed While Missing"),
+            "{on_source_delete}: the Quo edit reached the CRM:\n{}",
+            app.csv_text()
+        );
+        assert_eq!(
+            app.contact_for("c-2")["defaultFields"]["company"],
+            "Typed While Missing"
+        );
+        app.sandbox.reset_stats();
+        app.cycle().await;
+        assert_eq!(app.sandbox.stats().writes_total(), 0, "{on_source_delete}");
+    }
+}
+
 /// A 401 met by a worker stops the cycle with an auth failure, and never passes for a
 /// shutdown request (which once made `run` exit 0 as if stopped on purpose).
 #[tokio::test]

@@ -1,0 +1,460 @@
+//! The world one seed runs in: a CRM (the CSV) and a Quo workspace (the sandbox) that people
+//! edit at random, a sync that runs cycles and is killed at random points, and the log of what
+//! everyone did.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use quo_sync::domain::ExternalId;
+use quo_sync::mapping::Mapper;
+use quo_sync::source::SourceRecord;
+use quo_sync::sync::{CycleReport, Mode, run_cycle};
+use rand::Rng;
+use rand::rngs::StdRng;
+use serde_json::Value;
+
+use super::model::{AppOnly, FIELDS, Log, Side, UPDATED_AT};
+use crate::common::{HEADER, TestApp, WEBHOOK_KEY, row};
+use crate::trace;
+
+/// How a kill picks its moment.
+#[derive(Debug, Clone, Copy)]
+pub enum KillAt {
+    /// A random moment up to 15 ms into the cycle.
+    Random(Duration),
+    /// The moment the sandbox holds the cycle's first write (requests slowed to 5 ms so it
+    /// is still in flight when the kill lands).
+    FirstWrite,
+}
+
+/// One kill of the sync, as it landed.
+#[derive(Debug, Clone)]
+pub struct Kill {
+    /// How its moment was picked (shown in the steps).
+    #[expect(dead_code, reason = "read through Debug in the trace")]
+    pub at: KillAt,
+    /// Whether the cycle was still running (else the kill came after it ended).
+    pub mid_cycle: bool,
+    /// Whether a write (POST, PATCH, DELETE) had reached the sandbox and was not yet answered.
+    pub write_in_flight: bool,
+}
+
+/// A CRM, a Quo workspace, the sync between them and the people editing both.
+pub struct World {
+    pub app: TestApp,
+    pub rng: StdRng,
+    pub log: Log,
+    /// The sync's own mapping, to compare both sides in one form.
+    pub mapper: Mapper,
+    /// `reverse.conflict` for this seed.
+    pub policy: &'static str,
+    /// Whether the mass-deletion guard is on (`sync.max_delete_fraction` below 1).
+    pub guarded: bool,
+    pub kills: Vec<Kill>,
+    /// Cycles the mass-deletion guard refused.
+    pub refusals: u32,
+    /// The operator lets the next cycle delete past the guard (`--allow-mass-delete`).
+    allow_mass_delete_once: bool,
+    next_id: u32,
+    n: u32,
+}
+
+impl World {
+    /// A world whose CRM holds `initial` rows (`k-1`…), already logged as typed in the CRM.
+    pub async fn new(
+        app: TestApp,
+        rng: StdRng,
+        policy: &'static str,
+        guarded: bool,
+        initial: u32,
+    ) -> World {
+        let defs = app.ctx.client.custom_fields().await.expect("custom fields");
+        let mapper = Mapper::new(&app.ctx.mapping, &defs).expect("the test mapping builds");
+        let mut world = World {
+            app,
+            rng,
+            log: Log::default(),
+            mapper,
+            policy,
+            guarded,
+            kills: Vec::new(),
+            refusals: 0,
+            allow_mass_delete_once: false,
+            next_id: initial,
+            n: 0,
+        };
+        for r in world.crm_rows() {
+            world.log_new_record(&r);
+        }
+        world
+    }
+
+    /// A fresh number for a value nobody typed before.
+    fn next_n(&mut self) -> u32 {
+        self.n += 1;
+        self.n
+    }
+
+    // ---- the CRM ----
+
+    /// The CSV's rows (without the header).
+    pub fn crm_rows(&self) -> Vec<Vec<String>> {
+        let text = self.app.csv_text();
+        csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .map(|r| {
+                r.expect("the CSV parses")
+                    .iter()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Replaces the CSV with `rows`.
+    pub fn write_rows(&self, rows: &[Vec<String>]) {
+        let mut out = csv::Writer::from_writer(Vec::new());
+        out.write_record(HEADER.split(',')).unwrap();
+        for r in rows {
+            out.write_record(r).unwrap();
+        }
+        self.app
+            .write_csv(&String::from_utf8(out.into_inner().unwrap()).unwrap());
+    }
+
+    /// A row's managed values as the sync sees them.
+    pub fn crm_fields(&self, row: &[String]) -> BTreeMap<String, Value> {
+        let record = SourceRecord {
+            external_id: ExternalId::parse(&row[0]).unwrap(),
+            fields: HEADER
+                .split(',')
+                .zip(row)
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            updated_at: None,
+            location: format!("row {}", row[0]),
+        };
+        self.mapper
+            .map(&record)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: the test typed a value the mapping refuses: {e}",
+                    row[0]
+                )
+            })
+            .fields()
+    }
+
+    fn log_new_record(&mut self, row: &[String]) {
+        for (field, value) in self.crm_fields(row) {
+            self.log.put(&row[0], &field, Side::Crm, value);
+        }
+    }
+
+    /// A person edits the CRM: a field, a new record, or a deletion.
+    pub fn edit_crm(&mut self) {
+        let mut rows = self.crm_rows();
+        let roll = self.rng.random_range(0..10);
+        if roll == 0 || rows.is_empty() {
+            self.next_id += 1;
+            let id = format!("k-{}", self.next_id);
+            let new: Vec<String> = row(&id, self.next_id)
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            trace(|| format!("crm add {id}"));
+            self.log_new_record(&new);
+            rows.push(new);
+        } else if roll == 1 && rows.len() > 3 {
+            let gone = rows.remove(self.rng.random_range(0..rows.len()));
+            trace(|| format!("crm delete {}", gone[0]));
+            self.log.deleted_in_crm.insert(gone[0].clone());
+        } else {
+            let i = self.rng.random_range(0..rows.len());
+            let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
+            let n = self.next_n();
+            let before = self.crm_fields(&rows[i]);
+            let text = field.crm_text(n, &rows[i][field.column()], &mut self.rng);
+            rows[i][field.column()] = text.clone();
+            rows[i][UPDATED_AT] =
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let after = self.crm_fields(&rows[i]);
+            let name = field.diff_name();
+            if after[name] != before[name] {
+                trace(|| format!("crm edit {} {field:?} = {text:?}", rows[i][0]));
+                self.log
+                    .put(&rows[i][0], name, Side::Crm, after[name].clone());
+            }
+        }
+        self.write_rows(&rows);
+    }
+
+    // ---- Quo ----
+
+    /// The sandbox's contacts (every one, hidden from lists or not) by externalId.
+    pub fn contacts_by_record(&self) -> BTreeMap<String, Vec<Value>> {
+        let mut by: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for c in self.app.sandbox.contacts() {
+            let id = c["externalId"].as_str().unwrap_or_default().to_string();
+            by.entry(id).or_default().push(c);
+        }
+        by
+    }
+
+    /// A contact's managed values as the sync sees them.
+    pub fn quo_fields(&self, contact: &Value) -> BTreeMap<String, Value> {
+        let contact: quo_sync::quo::types::Contact =
+            serde_json::from_value(contact.clone()).expect("a sandbox contact decodes");
+        self.mapper.from_contact(&contact).fields()
+    }
+
+    /// A random CRM record's contact, when it has exactly one (a person cannot tell a twin
+    /// apart, so they leave records with two alone).
+    fn pick_contact(&mut self) -> Option<(String, Value)> {
+        let rows = self.crm_rows();
+        if rows.is_empty() {
+            return None;
+        }
+        let id = rows[self.rng.random_range(0..rows.len())][0].clone();
+        let mut contacts = self.contacts_by_record().remove(&id).unwrap_or_default();
+        (contacts.len() == 1).then(|| (id, contacts.remove(0)))
+    }
+
+    /// A person edits a contact in the Quo app: a managed field, or a value only Quo keeps.
+    pub fn edit_quo(&mut self) {
+        let Some((id, contact)) = self.pick_contact() else {
+            return;
+        };
+        let quo_id = contact["id"].as_str().unwrap().to_string();
+        let n = self.next_n();
+        if self.rng.random_bool(0.35) {
+            let kind = if self.rng.random_bool(0.6) {
+                AppOnly::Notes
+            } else {
+                AppOnly::HomeEmail
+            };
+            let (patch, value) = kind.edit(n, &contact, &mut self.rng);
+            if self.app.sandbox.app_edit(&quo_id, patch).is_some() {
+                trace(|| format!("quo {} {id} = {value}", kind.name()));
+                self.log.put(&id, kind.name(), Side::Quo, value);
+            }
+            return;
+        }
+        let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
+        let Some(patch) = field.quo_patch(n, &contact, &mut self.rng) else {
+            return;
+        };
+        let name = field.diff_name();
+        let before = self.quo_fields(&contact)[name].clone();
+        if let Some(edited) = self.app.sandbox.app_edit(&quo_id, patch.clone()) {
+            let after = self.quo_fields(&edited)[name].clone();
+            if after != before {
+                trace(|| format!("quo edit {id} {field:?}: {patch}"));
+                self.log.put(&id, name, Side::Quo, after);
+            }
+        }
+    }
+
+    /// A person deletes a contact in the Quo app; `recreate` brings it back from the CRM, so
+    /// what was typed only in Quo for it is gone by the deletion, not by the sync.
+    pub fn delete_in_quo(&mut self) {
+        let Some((id, contact)) = self.pick_contact() else {
+            return;
+        };
+        if self.app.sandbox.app_delete(contact["id"].as_str().unwrap()) {
+            trace(|| format!("quo delete {id} ({})", contact["id"]));
+            let rows = self.crm_rows();
+            let r = rows
+                .iter()
+                .find(|r| r[0] == id)
+                .expect("picked from the CRM");
+            let crm = self.crm_fields(r);
+            self.log.deleted_in_quo(&id, &crm);
+        }
+    }
+
+    // ---- the sync ----
+
+    /// Points the sandbox's webhooks at a fresh receiver on this process's ledger.
+    pub async fn point_webhooks(&self) {
+        let url = self.app.start_receiver().await;
+        self.app
+            .sandbox
+            .set_webhook(Some(quo_sync::sandbox::WebhookTarget {
+                url,
+                secret_key: WEBHOOK_KEY.to_vec(),
+                scheme: quo_sync::sandbox::WebhookScheme::Standard,
+            }));
+    }
+
+    /// One cycle to its end; the operator's one-off `--allow-mass-delete` applies to it.
+    pub async fn cycle(&mut self) -> Result<CycleReport, quo_sync::sync::SyncError> {
+        let allow = std::mem::take(&mut self.allow_mass_delete_once);
+        self.app.ctx.settings.allow_mass_delete = allow;
+        let outcome = run_cycle(&self.app.ctx, Mode::Apply).await;
+        self.app.ctx.settings.allow_mass_delete = false;
+        if let Ok(report) = &outcome {
+            trace(|| format!("cycle: {}", summary(report)));
+            if report.mass_delete_refused {
+                // Rows really left the CRM: the operator checks and allows it, once.
+                self.refusals += 1;
+                self.allow_mass_delete_once = true;
+                trace(|| "mass deletion refused; the operator allows the next cycle".into());
+            }
+        } else if let Err(e) = &outcome {
+            trace(|| format!("cycle failed: {e}"));
+            self.allow_mass_delete_once |= allow;
+        }
+        outcome
+    }
+
+    /// One cycle, or a cycle killed at a random point (or at its first write) and a restart.
+    pub async fn cycle_or_kill(&mut self) {
+        if !self.rng.random_bool(0.2) {
+            // Faults may fail a cycle as a whole (a 500 on the custom-field read): that is a
+            // failed run, retried by the next cycle, not a test failure.
+            let _ = self.cycle().await;
+            return;
+        }
+        let at = if self.rng.random_bool(0.5) {
+            KillAt::Random(Duration::from_micros(self.rng.random_range(0..15_000)))
+        } else {
+            KillAt::FirstWrite
+        };
+        let kill = self.kill_a_cycle(at).await;
+        trace(|| format!("kill {kill:?}"));
+        self.kills.push(kill);
+        self.app.restart().await;
+        self.point_webhooks().await;
+    }
+
+    /// Runs a cycle and kills it at `at`; waits until the dead process's last request has
+    /// landed (or been dropped), as a restart after a crash finds it.
+    async fn kill_a_cycle(&mut self, at: KillAt) -> Kill {
+        let mut in_flight = self.app.sandbox.writes_in_flight();
+        if let KillAt::FirstWrite = at {
+            self.app.sandbox.set_latency(Duration::from_millis(5));
+        }
+        let ctx = self.app.ctx.clone();
+        let mut task = tokio::spawn(async move { run_cycle(&ctx, Mode::Apply).await });
+        let ended = match at {
+            KillAt::Random(after) => tokio::time::timeout(after, &mut task).await.is_ok(),
+            KillAt::FirstWrite => tokio::select! {
+                _ = in_flight.wait_for(|n| *n > 0) => false,
+                _ = &mut task => true,
+            },
+        };
+        let write_in_flight = *in_flight.borrow_and_update() > 0;
+        let mid_cycle = !ended && !task.is_finished();
+        task.abort();
+        if !ended {
+            let _ = task.await;
+        }
+        self.app.sandbox.set_latency(Duration::ZERO);
+        tokio::time::timeout(Duration::from_secs(10), in_flight.wait_for(|n| *n == 0))
+            .await
+            .expect("the killed process's writes land within 10 s")
+            .expect("sandbox running");
+        Kill {
+            at,
+            mid_cycle,
+            write_in_flight,
+        }
+    }
+
+    /// An export cut short: more than half of the linked records vanish from the CSV for one
+    /// cycle. With the guard on that cycle deletes nothing; then the file is whole again.
+    pub async fn cycle_on_a_cut_short_export(&mut self) {
+        let rows = self.crm_rows();
+        let mut linked = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            let row = self
+                .app
+                .ledger()
+                .record(&ExternalId::parse(&r[0]).unwrap())
+                .await
+                .unwrap();
+            if row.is_some_and(|row| row.quo_id.is_some()) {
+                linked.push(i);
+            }
+        }
+        if linked.len() < 4 {
+            return self.cycle_or_kill().await;
+        }
+        // More than half of them: past any guard below 0.5 (the tests use 0.25).
+        let cut_size = linked.len() / 2 + 1;
+        while linked.len() > cut_size {
+            linked.remove(self.rng.random_range(0..linked.len()));
+        }
+        let cut: Vec<Vec<String>> = linked.iter().map(|i| rows[*i].clone()).collect();
+        let ids: Vec<&str> = cut.iter().map(|r| r[0].as_str()).collect();
+        trace(|| format!("export cut short: {ids:?} missing"));
+        let short: Vec<Vec<String>> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !linked.contains(i))
+            .map(|(_, r)| r.clone())
+            .collect();
+        self.write_rows(&short);
+        if let Ok(report) = self.cycle().await {
+            assert!(
+                report.mass_delete_refused,
+                "the guard lets a cut-short export delete {ids:?}: {}",
+                summary(&report)
+            );
+            self.allow_mass_delete_once = false;
+            for id in &ids {
+                assert!(
+                    self.app.sandbox.count_by_external_id(id) > 0,
+                    "{id}'s contact was deleted although the guard refused the deletion"
+                );
+            }
+        }
+        // The next export is whole again (with anything the cycle wrote back).
+        let mut whole = self.crm_rows();
+        whole.extend(cut);
+        self.write_rows(&whole);
+    }
+
+    /// Cycles with no faults until one writes nothing to either side; fails after `cap`.
+    pub async fn quiet(&mut self, cap: usize) {
+        let mut reports = Vec::new();
+        for _ in 0..cap {
+            let before = self.app.csv_text();
+            self.app.sandbox.reset_stats();
+            let report = self.cycle().await.expect("a quiet cycle runs");
+            let writes = self.app.sandbox.stats().writes_total();
+            let crm_changed = self.app.csv_text() != before;
+            reports.push(format!(
+                "{} (Quo writes {writes}, CRM changed {crm_changed})",
+                summary(&report)
+            ));
+            if writes == 0 && !crm_changed && !report.mass_delete_refused {
+                return;
+            }
+        }
+        panic!(
+            "still writing after {cap} quiet cycles:\n  {}",
+            reports.join("\n  ")
+        );
+    }
+}
+
+/// A cycle's counts on one line.
+pub fn summary(report: &CycleReport) -> String {
+    let c = &report.counts;
+    format!(
+        "created {} updated {} deleted {} to CRM {} quarantined {} unchanged {}{}",
+        c.created,
+        c.updated,
+        c.deleted,
+        c.written_to_crm,
+        c.quarantined,
+        c.unchanged,
+        if report.mass_delete_refused {
+            " mass_delete_refused"
+        } else {
+            ""
+        }
+    )
+}
