@@ -235,6 +235,29 @@ path = "{csv}"
         matches.into_iter().next().unwrap()
     }
 
+    /// [`TestApp::assert_one_contact_per_record`], and no record was sent a second create since
+    /// the last stats reset: with 409 on, a second POST for a record Quo already has still ends
+    /// with one contact, so the count alone cannot fail; the 409 that POST draws can.
+    pub async fn assert_created_once(&self, external_ids: &[String]) {
+        let stats = self.sandbox.stats();
+        assert_eq!(
+            stats.by_route_status.get("POST /v1/contacts 409"),
+            None,
+            "a create was sent again for a contact Quo already had: {stats:?}"
+        );
+        self.assert_one_contact_per_record(external_ids).await;
+    }
+
+    /// POSTs to `/v1/contacts` the sandbox answered 201 since the last stats reset.
+    pub fn creates_answered(&self) -> u64 {
+        self.sandbox
+            .stats()
+            .by_route_status
+            .get("POST /v1/contacts 201")
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Every external id must map to exactly one sandbox contact and one ledger Quo id.
     pub async fn assert_one_contact_per_record(&self, external_ids: &[String]) {
         for id in external_ids {
