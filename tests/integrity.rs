@@ -196,6 +196,11 @@ async fn a_recreate_whose_answer_is_lost_is_adopted_not_duplicated() {
     app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
     let report = app.cycle().await;
     assert_eq!(report.counts.quarantined, 1);
+    assert_eq!(
+        app.sandbox.fault_counters().dropped_after_write,
+        1,
+        "the recreate's answer was lost"
+    );
     let row = app.row("c-1").await;
     assert_eq!(
         row.state,
@@ -392,6 +397,7 @@ async fn an_adopted_contact_keeps_the_quo_edit_made_before_adoption() {
         report.counts.quarantined, 2,
         "both answers lost, retries off"
     );
+    assert_eq!(app.sandbox.fault_counters().dropped_after_write, 2);
     let id = app.contact_for("c-1")["id"].as_str().unwrap().to_string();
     app.sandbox
         .app_edit(
@@ -488,6 +494,11 @@ async fn contacts_missing_from_a_lagging_list_are_confirmed_by_id_not_unlinked()
     .await;
     let report = app.cycle().await;
     assert_eq!(report.counts.quarantined, 0);
+    let fired = app.sandbox.fault_counters();
+    assert!(
+        fired.lagging_list_answers > 0 && fired.contacts_left_out >= 3,
+        "the list left the three contacts out: {fired:?}"
+    );
     for id in ["c-2", "c-4", "c-6"] {
         assert!(linked(&app, id).await, "{id} must stay linked");
     }
@@ -519,6 +530,11 @@ async fn a_repeated_page_token_abandons_the_scan_and_deletes_nothing() {
     )
     .await;
     app.cycle().await;
+    assert_eq!(
+        app.sandbox.fault_counters().repeated_page_tokens,
+        1,
+        "the list repeated a page token"
+    );
     for i in 1..=120 {
         assert!(
             linked(&app, &format!("c-{i}")).await,

@@ -448,8 +448,16 @@ async fn a_lost_answer_to_the_carry_over_patch_appends_nothing_twice() {
         )
         .expect("app edit");
     common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.sandbox.reset_stats();
     app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
-    for _ in 0..3 {
+    app.cycle().await;
+    let stats = app.sandbox.stats();
+    assert_eq!(
+        (stats.faults.dropped_after_write, stats.writes.updates > 0),
+        (1, true),
+        "the carry-over PATCH landed and its answer was lost: {stats:?}"
+    );
+    for _ in 0..2 {
         app.cycle().await;
     }
     assert_eq!(app.sandbox.count_by_external_id(&id), 1, "the twin is gone");
@@ -476,9 +484,23 @@ async fn a_contact_adopted_after_409s_is_merged_against_the_post_that_made_it() 
         .unwrap();
     lose_the_next_create_behind_a_lagging_list(&app).await;
     app.cycle().await; // the lost POST: its record stays a pending create
+    assert_eq!(
+        app.sandbox.fault_counters().dropped_after_write,
+        1,
+        "the POST's answer was lost"
+    );
     let edited = common::row("c-1", 1).replace(",Acme 1,", ",Renamed In CRM,");
     app.write_csv(&csv(&[edited]));
     app.cycle().await; // lookups miss; the POST with the new value meets 409s
+    let stats = app.sandbox.stats();
+    assert!(
+        stats.faults.contacts_left_out > 0
+            && stats
+                .by_route_status
+                .get("POST /v1/contacts 409")
+                .is_some_and(|n| *n > 0),
+        "the lookups missed the hidden contact and the next POST met a 409: {stats:?}"
+    );
     assert_eq!(
         unconfirmed(&app, "c-1").await,
         1,
@@ -511,10 +533,12 @@ async fn a_lost_answer_to_the_twins_delete_still_settles_it() {
     app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
     app.sandbox.reset_stats();
     app.cycle().await; // an untouched twin: its DELETE is the cycle's first write
+    let stats = app.sandbox.stats();
+    assert_eq!(stats.writes.updates, 0, "nothing to carry over");
     assert_eq!(
-        app.sandbox.stats().writes.updates,
-        0,
-        "nothing to carry over"
+        (stats.faults.dropped_after_write, stats.writes.deletes),
+        (1, 1),
+        "the DELETE landed and its answer was lost: {stats:?}"
     );
     assert!(
         app.sandbox
