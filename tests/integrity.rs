@@ -158,18 +158,32 @@ async fn a_lost_patch_answer_never_doubles_an_added_email_or_phone() {
     assert_eq!(app.sandbox.stats().writes_total(), 0);
 }
 
-/// `Retry-After: 18446744073709551615` once crashed the process building a `Duration`.
+/// `Retry-After: 18446744073709551615` once crashed the process building a `Duration`. Both it
+/// and a plausible ten minutes are clamped to `quo.max_backoff` (50 ms here): the cycle takes
+/// about 0.1 s, and the 5 s bound fails anything that honours even one of them for longer than
+/// 2.5 s (the policy's own 30 s cap, a day, the header as sent).
 #[tokio::test]
 async fn a_hostile_retry_after_is_clamped_and_the_cycle_completes() {
     let app = TestApp::spawn(&csv(&rows(3))).await;
-    app.sandbox.inject(Fault::Status {
-        status: 429,
-        count: 2,
-        retry_after: Some(u64::MAX),
-    });
-    let report = app.cycle().await;
+    for retry_after in [u64::MAX, 600] {
+        app.sandbox.inject(Fault::Status {
+            status: 429,
+            count: 1,
+            retry_after: Some(retry_after),
+        });
+    }
+    let started = std::time::Instant::now();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), app.cycle())
+        .await
+        .expect("a Retry-After honoured past max_backoff stalls the cycle");
+    let took = started.elapsed();
     assert_eq!(report.counts.created, 3);
     assert_eq!(report.counts.rate_limited, 2);
+    assert_eq!(app.sandbox.fault_counters().status_answers, 2);
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "two 429s with Retry-After clamped to 50 ms took {took:?}"
+    );
 }
 
 /// A recreate after a 404 goes through an intent: a POST that landed but whose answer was
