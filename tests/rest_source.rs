@@ -1038,7 +1038,7 @@ async fn hostile_retry_after_is_clamped_and_never_panics() {
         crm.push_faults(batch.map(|v| Fault::Status(429, Some(v.to_string()))));
         let started = std::time::Instant::now();
         let (items, summary) = tokio::time::timeout(
-            Duration::from_secs(60),
+            Duration::from_secs(20),
             read(&source, ReadRequest::default()),
         )
         .await
