@@ -573,5 +573,13 @@ async fn sigterm_on_the_leader_hands_over_at_once() {
     // The lease was released: the standby's next poll takes it, long before it could expire.
     assert!(takeover < Duration::from_secs(4), "{takeover:?}");
     assert_eq!(leader.events("leader_released"), 1, "{}", leader.log());
+    // Taken because it was released, not because its holder's pid is gone (the path a SIGKILL
+    // takes, which would hide a release that never happened).
+    assert_eq!(
+        standby.events("lease_holder_dead"),
+        0,
+        "{}",
+        standby.log()
+    );
     fleet.assert_no_duplicates(10);
 }
