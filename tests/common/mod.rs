@@ -23,6 +23,23 @@ pub enum Backend {
     Postgres,
 }
 
+/// Skips the running test because a real component it needs (PostgreSQL, Chromium) is missing.
+/// Under `CI` that is a failure: CI must run everything. Elsewhere it writes
+/// `SKIPPED <test>: <reason>` to the process's own stderr, which libtest does not capture, so
+/// the line shows in `cargo test` output next to the test's `ok`; the caller then returns.
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI is set, so nothing may be skipped, yet {reason}"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+}
+
 /// The sample header operators copy.
 pub const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
@@ -94,7 +111,7 @@ impl TestApp {
         Self::spawn_at(csv_text, sandbox, extra, None).await
     }
 
-    /// Spawns on `backend`; `None` (a skip, after a printed line) when PostgreSQL is wanted but
+    /// Spawns on `backend`; `None` (a visible skip, see [`skip`]) when PostgreSQL is wanted but
     /// not installed outside CI.
     pub async fn spawn_on(
         backend: Backend,
