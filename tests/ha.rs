@@ -474,9 +474,11 @@ async fn two_onces_scenario(backend: Backend) {
     fleet.sandbox.set_latency(Duration::from_millis(500));
     let mut a = fleet.start(&["once", "--json"], &[]);
     let mut b = fleet.start(&["once", "--json"], &[]);
-    until("one of the two onces exits", Duration::from_secs(30), || {
-        a.child.try_wait().unwrap().is_some() || b.child.try_wait().unwrap().is_some()
-    })
+    until(
+        "one of the two onces exits",
+        Duration::from_secs(30),
+        || a.child.try_wait().unwrap().is_some() || b.child.try_wait().unwrap().is_some(),
+    )
     .await;
     fleet.sandbox.set_latency(Duration::ZERO);
     let (ca, cb) = (
@@ -549,10 +551,7 @@ async fn sigterm_on_the_leader_hands_over_at_once() {
     // frees up at least 4 s after the signal; a released one at the standby's next poll (1 s).
     let lease = [("QUO_SYNC__HA__LEASE", "6s")];
     let fleet = Fleet::new(10, 1000).await;
-    let (a, b) = (
-        fleet.start(&["run"], &lease),
-        fleet.start(&["run"], &lease),
-    );
+    let (a, b) = (fleet.start(&["run"], &lease), fleet.start(&["run"], &lease));
     let (mut leader, standby) = roles(a, b).await;
     until("10 contacts", Duration::from_secs(20), || {
         fleet.contacts() >= 10
@@ -575,11 +574,6 @@ async fn sigterm_on_the_leader_hands_over_at_once() {
     assert_eq!(leader.events("leader_released"), 1, "{}", leader.log());
     // Taken because it was released, not because its holder's pid is gone (the path a SIGKILL
     // takes, which would hide a release that never happened).
-    assert_eq!(
-        standby.events("lease_holder_dead"),
-        0,
-        "{}",
-        standby.log()
-    );
+    assert_eq!(standby.events("lease_holder_dead"), 0, "{}", standby.log());
     fleet.assert_no_duplicates(10);
 }

@@ -712,12 +712,16 @@ impl Cycle {
         self.operations.lock().await.push(op);
     }
 
-    /// Quarantines a record (or an unreadable row) and lists it in the report.
+    /// Quarantines a record (or an unreadable row) and lists it in the report, once per cycle:
+    /// a later failure of the same record in this cycle adds nothing.
     pub(super) async fn quarantine(
         &self,
         entry: NewQuarantine<'_>,
         op: PlannedOp,
     ) -> Result<(), SyncError> {
+        if !self.quarantined.lock().await.insert(op.external_id.clone()) {
+            return Ok(());
+        }
         if self.mode == Mode::Apply {
             self.ctx.ledger.quarantine(entry, &self.run_id).await?;
         }
