@@ -269,6 +269,58 @@ async fn a_mass_deletion_is_refused_until_allowed() {
     app.restart().await;
 }
 
+/// `quo-sync once --json [extra…]` on `app`'s config: exit code, the JSON report and stderr.
+async fn once(app: &TestApp, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["once", "--json", "--config"])
+        .arg(&app.config_path)
+        .args(extra)
+        .env_remove("QUO_SYNC_CONFIG")
+        .env("QUO_SYNC__LOG__FORMAT", "json")
+        .output()
+        .await
+        .expect("once runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("once --json: {e}\nstderr: {stderr}"));
+    (out.status.code().unwrap_or(-1), report, stderr)
+}
+
+/// The guard as the operator meets it: `once` exits 3 on a refused mass deletion (so cron or a
+/// supervisor notices) and deletes nothing; `--allow-mass-delete` lifts the guard for that one
+/// process, and the next plain `once` is guarded again.
+#[tokio::test]
+async fn once_exits_3_on_a_refused_mass_deletion_and_allow_mass_delete_lifts_it_for_one_run() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(20)),
+        SandboxConfig::default(),
+        "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = 0.1\n",
+    )
+    .await;
+    app.cycle().await;
+    app.write_csv(&csv(&rows(5)));
+
+    let (code, report, stderr) = once(&app, &[]).await;
+    assert_eq!(code, 3, "refused: exit 3\n{stderr}");
+    assert_eq!(report["mass_delete_refused"], true, "{report:#}");
+    assert_eq!(report["counts"]["deleted"], 0, "{report:#}");
+    assert!(stderr.contains("\"mass_delete_refused\""), "{stderr}");
+    assert_eq!(app.sandbox.contacts().len(), 20, "nothing deleted");
+
+    let (code, report, stderr) = once(&app, &["--allow-mass-delete"]).await;
+    assert_eq!(code, 0, "allowed: exit 0\n{stderr}");
+    assert_eq!(report["counts"]["deleted"], 15, "{report:#}");
+    assert_eq!(report["mass_delete_refused"], false);
+    assert_eq!(app.sandbox.contacts().len(), 5);
+
+    // The allowance was for that process: 4 of the 5 left going is refused again.
+    app.write_csv(&csv(&rows(1)));
+    let (code, report, stderr) = once(&app, &[]).await;
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(report["mass_delete_refused"], true, "{report:#}");
+    assert_eq!(app.sandbox.contacts().len(), 5);
+}
+
 /// An export cut short leaves rows out for one cycle while a person edits one of their contacts
 /// in Quo. The deletion is refused by the guard (or `on_source_delete` ignores it), and when the
 /// rows are back the edit reaches the CRM. Found by the convergence test (seed 4): the change
