@@ -8,7 +8,8 @@
 //! labels, a number, a boolean, a date, a multi-select and a url custom field, optional ones
 //! sometimes cleared), add records, delete records, and now and then export only part of the
 //! file; in the Quo app, edit the same field kinds, type, retype and clear notes, add or change
-//! a home email, and delete contacts (`on_quo_delete = "recreate"` brings them back).
+//! a home email, and delete contacts (`on_quo_delete = "recreate"` brings them back); and now
+//! and then change one field of one record on both sides before the sync runs (a conflict).
 //!
 //! Faults (`convergence/faults.rs`, one drawn per step): 429s, 500s, lost answers (counted and
 //! seeded), webhooks off, dropped or doubled webhooks, lagging lists, a repeated page token, a
@@ -135,6 +136,9 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
         }
         for _ in 0..world.rng.random_range(0..3) {
             world.edit_quo();
+        }
+        if world.rng.random_bool(0.35) {
+            world.edit_one_field_on_both_sides();
         }
         if world.rng.random_bool(0.05) {
             world.delete_in_quo();

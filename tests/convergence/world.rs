@@ -13,7 +13,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::Value;
 
-use super::model::{AppOnly, FIELDS, Log, Side, UPDATED_AT};
+use super::model::{AppOnly, FIELDS, Field, Log, Side, UPDATED_AT};
 use crate::common::{HEADER, TestApp, WEBHOOK_KEY, row};
 use crate::trace;
 
@@ -172,21 +172,52 @@ impl World {
         } else {
             let i = self.rng.random_range(0..rows.len());
             let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
-            let n = self.next_n();
-            let before = self.crm_fields(&rows[i]);
-            let text = field.crm_text(n, &rows[i][field.column()], &mut self.rng);
-            rows[i][field.column()] = text.clone();
-            rows[i][UPDATED_AT] =
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            let after = self.crm_fields(&rows[i]);
-            let name = field.diff_name();
-            if after[name] != before[name] {
-                trace(|| format!("crm edit {} {field:?} = {text:?}", rows[i][0]));
-                self.log
-                    .put(&rows[i][0], name, Side::Crm, after[name].clone());
-            }
+            self.edit_crm_field(&mut rows[i], field);
         }
         self.write_rows(&rows);
+    }
+
+    /// A person changes `field` of `row` (stamping its `updated_at`), logged when the value
+    /// the sync sees changed.
+    fn edit_crm_field(&mut self, row: &mut [String], field: Field) {
+        let n = self.next_n();
+        let before = self.crm_fields(row);
+        let text = field.crm_text(n, &row[field.column()], &mut self.rng);
+        row[field.column()] = text.clone();
+        row[UPDATED_AT] = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let after = self.crm_fields(row);
+        let name = field.diff_name();
+        if after[name] != before[name] {
+            trace(|| format!("crm edit {} {field:?} = {text:?}", row[0]));
+            self.log.put(&row[0], name, Side::Crm, after[name].clone());
+        }
+    }
+
+    /// Two people change the same field of one record before the sync runs, one in the CRM and
+    /// one in the Quo app, in either order: a conflict the seed's policy decides.
+    pub fn edit_one_field_on_both_sides(&mut self) {
+        let Some((id, contact)) = self.pick_contact() else {
+            return;
+        };
+        let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
+        let mut rows = self.crm_rows();
+        let Some(i) = rows.iter().position(|r| r[0] == id) else {
+            return;
+        };
+        let crm_first = self.rng.random_bool(0.5);
+        if !crm_first {
+            self.edit_quo_field(&id, &contact, field);
+        }
+        // Milliseconds apart, so `newest` has an order to go by.
+        std::thread::sleep(Duration::from_millis(2));
+        self.edit_crm_field(&mut rows[i], field);
+        self.write_rows(&rows);
+        if crm_first {
+            std::thread::sleep(Duration::from_millis(2));
+            if let Some(contact) = self.app.sandbox.contact(contact["id"].as_str().unwrap()) {
+                self.edit_quo_field(&id, &contact, field);
+            }
+        }
     }
 
     // ---- Quo ----
@@ -241,16 +272,24 @@ impl World {
             return;
         }
         let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
-        let Some(patch) = field.quo_patch(n, &contact, &mut self.rng) else {
+        self.edit_quo_field(&id, &contact, field);
+    }
+
+    /// A person changes `field` on `id`'s contact in the Quo app, logged when the value the
+    /// sync sees changed.
+    fn edit_quo_field(&mut self, id: &str, contact: &Value, field: Field) {
+        let n = self.next_n();
+        let quo_id = contact["id"].as_str().unwrap().to_string();
+        let Some(patch) = field.quo_patch(n, contact, &mut self.rng) else {
             return;
         };
         let name = field.diff_name();
-        let before = self.quo_fields(&contact)[name].clone();
+        let before = self.quo_fields(contact)[name].clone();
         if let Some(edited) = self.app.sandbox.app_edit(&quo_id, patch.clone()) {
             let after = self.quo_fields(&edited)[name].clone();
             if after != before {
                 trace(|| format!("quo edit {id} {field:?}: {patch}"));
-                self.log.put(&id, name, Side::Quo, after);
+                self.log.put(id, name, Side::Quo, after);
             }
         }
     }
