@@ -595,11 +595,19 @@ async fn a_repeated_page_token_abandons_the_scan_and_deletes_nothing() {
         json!({"kind": "repeat_page_token", "count": 1}),
     )
     .await;
+    app.sandbox.reset_stats();
     app.cycle().await;
+    let stats = app.sandbox.stats();
     assert_eq!(
-        app.sandbox.fault_counters().repeated_page_tokens,
-        1,
+        stats.faults.repeated_page_tokens, 1,
         "the list repeated a page token"
+    );
+    // Page 1, then page 2 answered with the token just sent: the pass stops there (following
+    // the repeat would ask for page 2 again, then page 3).
+    assert_eq!(
+        stats.by_route_status.get("GET /v1/contacts 200"),
+        Some(&2),
+        "{stats:?}"
     );
     for i in 1..=120 {
         assert!(
