@@ -144,9 +144,17 @@ async fn synced_behind_a_proxy() -> (TestApp, Arc<Proxy>) {
     (app, proxy)
 }
 
-/// The CRM renames every company; returns the new names.
-fn rename_every_company(app: &TestApp) -> Vec<String> {
-    let names: Vec<String> = (1..=3).map(|i| format!("Renamed {i}")).collect();
+/// Three records synced behind the proxy; `broken` picks how c-2's contact breaks; the CRM
+/// renames every company and a cycle runs. Only c-2 is quarantined, at stage `quo`, and the
+/// others are updated. Returns the app, the proxy and c-2's Quo id.
+async fn rename_every_company_with_c2_broken(
+    broken: fn(&mut Breakage) -> &mut HashSet<String>,
+) -> (TestApp, Arc<Proxy>, String) {
+    let (app, proxy) = synced_behind_a_proxy().await;
+    let bad = app.quo_id("c-2");
+    proxy.break_contact(|b| {
+        broken(b).insert(bad.clone());
+    });
     let edited: Vec<String> = (1..=3)
         .map(|i| {
             row(&format!("c-{i}"), i)
@@ -155,11 +163,7 @@ fn rename_every_company(app: &TestApp) -> Vec<String> {
         })
         .collect();
     app.write_csv(&csv(&edited));
-    names
-}
-
-/// The cycle quarantined exactly c-2, at stage `quo`, and updated c-1 and c-3.
-async fn only_c2_is_quarantined(app: &TestApp, report: &quo_sync::sync::CycleReport) {
+    let report = app.cycle().await;
     assert_eq!(report.counts.quarantined, 1, "{report:?}");
     assert_eq!(report.counts.updated, 2, "the rest proceeds: {report:?}");
     let quarantine = app.ledger().quarantined().await.unwrap();
@@ -168,14 +172,11 @@ async fn only_c2_is_quarantined(app: &TestApp, report: &quo_sync::sync::CycleRep
         .map(|q| (q.key.as_str(), q.stage.as_str()))
         .collect();
     assert_eq!(keys, vec![("c-2", "quo")], "{quarantine:#?}");
-    for id in ["c-1", "c-3"] {
-        let n = &id[2..];
-        assert_eq!(
-            app.contact_for(id)["defaultFields"]["company"],
-            format!("Renamed {n}")
-        );
+    for (id, company) in [("c-1", "Renamed 1"), ("c-3", "Renamed 3")] {
+        assert_eq!(app.contact_for(id)["defaultFields"]["company"], company);
     }
     assert_eq!(app.contact_for("c-2")["defaultFields"]["company"], "Acme 2");
+    (app, proxy, bad)
 }
 
 /// Quo answers well again: the next cycle works c-2 and takes it out of the quarantine.
@@ -192,14 +193,7 @@ async fn c2_recovers_once_healed(app: &TestApp, proxy: &Proxy) {
 
 #[tokio::test]
 async fn a_contact_that_does_not_decode_quarantines_its_record_and_the_rest_sync() {
-    let (app, proxy) = synced_behind_a_proxy().await;
-    let bad = app.quo_id("c-2");
-    proxy.break_contact(|b| {
-        b.undecodable.insert(bad.clone());
-    });
-    rename_every_company(&app);
-    let report = app.cycle().await;
-    only_c2_is_quarantined(&app, &report).await;
+    let (app, proxy, bad) = rename_every_company_with_c2_broken(|b| &mut b.undecodable).await;
     let entry = app.ledger().quarantined_one("c-2").await.unwrap().unwrap();
     assert!(
         entry.reason.contains(&bad) && entry.reason.contains("unexpected response body"),
@@ -211,13 +205,6 @@ async fn a_contact_that_does_not_decode_quarantines_its_record_and_the_rest_sync
 
 #[tokio::test]
 async fn a_persistent_5xx_on_one_contact_quarantines_its_record_and_the_rest_sync() {
-    let (app, proxy) = synced_behind_a_proxy().await;
-    let bad = app.quo_id("c-2");
-    proxy.break_contact(|b| {
-        b.failing.insert(bad.clone());
-    });
-    rename_every_company(&app);
-    let report = app.cycle().await;
-    only_c2_is_quarantined(&app, &report).await;
+    let (app, proxy, _) = rename_every_company_with_c2_broken(|b| &mut b.failing).await;
     c2_recovers_once_healed(&app, &proxy).await;
 }

@@ -75,16 +75,9 @@ async fn every_record_linked_to_its_one_contact(world: &World, rows: &[Vec<Strin
 fn no_doubled_email_or_phone_items(contacts: &BTreeMap<String, Vec<Value>>) {
     for contact in contacts.values().flatten() {
         for list in ["emails", "phoneNumbers"] {
-            let items: Vec<(String, String)> = contact["defaultFields"][list]
-                .as_array()
+            let items: Vec<(String, String)> = crate::common::items(contact, list)
                 .into_iter()
-                .flatten()
-                .map(|i| {
-                    (
-                        i["name"].as_str().unwrap_or_default().to_string(),
-                        i["value"].as_str().unwrap_or_default().to_lowercase(),
-                    )
-                })
+                .map(|(label, value)| (label, value.to_lowercase()))
                 .collect();
             for (k, (label, value)) in items.iter().enumerate() {
                 let twice = items[k + 1..]
