@@ -34,6 +34,13 @@
 //!   anyone put there, or a conflict names what it holds as the winner and that last value as
 //!   the loser.
 //!
+//! And after every cycle that finishes, faults and all (`invariants::cycle_counts_agree`): the
+//! progress a display shows agrees with the cycle's report (confirmed creates, updates and
+//! deletes are the report's, never more than planned; rows held back are the quarantined
+//! records; every CSV row read; back to idle), the run row `status` reads holds the report's
+//! counts, and the requests and 429s counted are the ones the sandbox answered. A seed that
+//! hangs fails at its timeout; one that blocks the runtime itself, at a watchdog thread's.
+//!
 //! `cargo test` runs 12 seeds of 12 steps. The long one: `QUO_SYNC_CONVERGENCE_SEEDS=200 cargo
 //! test --release --test convergence`; `QUO_SYNC_CONVERGENCE_SEED=N` replays one seed,
 //! `QUO_SYNC_CONVERGENCE_STEPS` sets the steps, `QUO_SYNC_CONVERGENCE_SEED_TIMEOUT` the seconds a
@@ -81,11 +88,13 @@ fn trace(line: impl FnOnce() -> String) {
         .push(line);
 }
 
-/// What a seed's kills did, for the run's own check.
+/// What a seed's kills did and what its cycles' counters were checked on, for the run's own
+/// check.
 #[derive(Debug, Default)]
 struct KillTally {
     kills: usize,
     mid_write: usize,
+    counted: world::CountTally,
 }
 
 /// The world for `seed`: its policy, guard, PATCH semantics and 409 switch, and six records.
@@ -132,13 +141,13 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
     for step in 1..=steps {
         trace(|| format!("step {step}"));
         for _ in 0..world.rng.random_range(0..3) {
-            world.edit_crm();
+            world.edit_crm().await;
         }
         for _ in 0..world.rng.random_range(0..3) {
-            world.edit_quo();
+            world.edit_quo().await;
         }
         if world.rng.random_bool(0.35) {
-            world.edit_one_field_on_both_sides();
+            world.edit_one_field_on_both_sides().await;
         }
         if world.rng.random_bool(0.05) {
             world.delete_in_quo();
@@ -160,6 +169,7 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
     KillTally {
         kills: world.kills.iter().filter(|k| k.mid_cycle).count(),
         mid_write: world.kills.iter().filter(|k| k.write_in_flight).count(),
+        counted: world.counted,
     }
 }
 
@@ -178,6 +188,37 @@ fn seeds() -> Vec<u64> {
         "QUO_SYNC_CONVERGENCE_SEEDS=0 would run nothing and pass: give at least 1"
     );
     (1..=count).collect()
+}
+
+/// The current seed's steps on lines.
+fn steps_so_far() -> String {
+    STEPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .join("\n  ")
+}
+
+/// How long past a seed's timeout the watchdog waits for the runtime's own timeout to fire.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(30);
+
+/// A seed that hangs where the runtime's timeout cannot reach it (a cycle that blocks the
+/// worker threads, so no timer fires) still fails: past `after`, a plain thread prints the
+/// seed and its steps and ends the test process. Dropping the returned sender stands it down.
+fn watchdog(seed: u64, after: Duration) -> std::sync::mpsc::Sender<()> {
+    let (stand_down, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(after) {
+            let steps = STEPS
+                .try_lock()
+                .map(|s| s.join("\n  "))
+                .unwrap_or_else(|_| "(the steps are locked by the hung seed)".into());
+            eprintln!(
+                "convergence hung for seed {seed}: no answer after {after:?}, not even the runtime's timeout (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence)\nsteps:\n  {steps}"
+            );
+            std::process::exit(101);
+        }
+    });
+    stand_down
 }
 
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -200,11 +241,13 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
+        let watchdog = watchdog(seed, limit + WATCHDOG_GRACE);
         let mut task = tokio::spawn(run_seed(seed, steps));
         let failure = match tokio::time::timeout(limit, &mut task).await {
             Ok(Ok(seed_tally)) => {
                 tally.kills += seed_tally.kills;
                 tally.mid_write += seed_tally.mid_write;
+                tally.counted.merge(seed_tally.counted);
                 None
             }
             Ok(Err(e)) => Some(e.to_string()),
@@ -213,27 +256,34 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
                 Some(format!("timed out after {limit:?} (a hung cycle?)"))
             }
         };
+        drop(watchdog);
         if let Some(failure) = failure {
-            let steps = STEPS
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .join("\n  ");
+            let steps = steps_so_far();
             panic!(
                 "convergence failed for seed {seed} (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence): {failure}\nsteps:\n  {steps}"
             );
         }
     }
+    let counted = tally.counted;
     eprintln!(
-        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight",
+        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s)",
         seeds.len(),
         tally.kills,
-        tally.mid_write
+        tally.mid_write,
+        counted.cycles,
+        counted.with_writes,
+        counted.with_held_back,
+        counted.with_429s
     );
     if seeds.len() >= 3 {
         assert!(
             tally.mid_write > 0,
             "no kill landed while a write was in flight ({} kills): the crash-mid-write case went untested",
             tally.kills
+        );
+        assert!(
+            counted.with_writes > 0 && counted.with_429s > 0,
+            "the cycles' counters were never checked on writes and 429s: {counted:?}"
         );
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use quo_sync::domain::ExternalId;
 use quo_sync::ledger::ConflictRow;
+use quo_sync::sync::{CyclePhase, CycleReport};
 use serde_json::Value;
 
 use super::model::APP_ONLY;
@@ -206,4 +207,110 @@ fn each_value_is_the_last_typed_unless_a_conflict_names_both(
                 .collect::<Vec<_>>()
         );
     }
+}
+
+/// What the world saw of one cycle from outside: the CRM rows it could read and the sandbox's
+/// own count of the requests and 429s it answered while the cycle ran.
+#[derive(Debug, Clone, Copy)]
+pub struct CycleSeen {
+    /// Rows in the CSV when the cycle started.
+    pub rows: u64,
+    /// API requests the sandbox received during the cycle.
+    pub requests: u64,
+    /// 429s the sandbox answered during the cycle.
+    pub rate_limited: u64,
+}
+
+/// After every cycle that finished (not only at the end of a seed): what a progress display
+/// shows (`SyncContext.progress`), the cycle's report, the run row `quo-sync status` reads and
+/// what the sandbox answered agree. Confirmed writes per kind are the report's created, updated
+/// and deleted, and never more than were planned; rows held back are the quarantined records;
+/// every CSV row was read; the cycle is back to idle; requests and 429s are the sandbox's.
+pub async fn cycle_counts_agree(world: &World, report: &CycleReport, seen: CycleSeen) {
+    let c = &report.counts;
+    let progress = world.app.ctx.progress.snapshot();
+    let context = || format!("report {c:?}, progress {progress:?}, sandbox {seen:?}");
+    assert_eq!(
+        progress.confirmed,
+        [c.created, c.updated, c.deleted],
+        "confirmed writes (create, update, delete) a display shows differ from the report: {}",
+        context()
+    );
+    for (kind, (planned, confirmed)) in ["creates", "updates", "deletes"]
+        .iter()
+        .zip(progress.planned.iter().zip(progress.confirmed))
+    {
+        assert!(
+            confirmed <= *planned,
+            "{confirmed} {kind} confirmed but {planned} planned (a bar past its end): {}",
+            context()
+        );
+    }
+    assert_eq!(
+        progress.held_back,
+        c.quarantined,
+        "rows held back a display shows differ from the quarantined count: {}",
+        context()
+    );
+    assert_eq!(
+        progress.held_back,
+        world.app.ctx.progress.held_back().len() as u64,
+        "every held-back row is listed with its details (fewer than 100 here): {}",
+        context()
+    );
+    if !report.interrupted {
+        assert_eq!(
+            progress.records_read,
+            seen.rows,
+            "a finished cycle read every CSV row: {}",
+            context()
+        );
+    }
+    assert_eq!(
+        progress.phase,
+        Some(CyclePhase::Idle),
+        "a finished cycle is idle: {}",
+        context()
+    );
+    assert_eq!(
+        (c.requests, c.rate_limited),
+        (seen.requests, seen.rate_limited),
+        "requests and 429s the report counts are not the ones the sandbox answered: {}",
+        context()
+    );
+    let run = world
+        .app
+        .ledger()
+        .last_finished_run()
+        .await
+        .unwrap()
+        .expect("a finished cycle has its run row");
+    assert_eq!(run.id, report.run_id, "the last run row is this cycle's");
+    let row = [
+        run.created,
+        run.updated,
+        run.unchanged,
+        run.deleted,
+        run.quarantined,
+        run.written_to_crm,
+        run.requests,
+        run.rate_limited,
+    ];
+    let counted = [
+        c.created,
+        c.updated,
+        c.unchanged,
+        c.deleted,
+        c.quarantined,
+        c.written_to_crm,
+        c.requests,
+        c.rate_limited,
+    ]
+    .map(|n| n as i64);
+    assert_eq!(
+        row,
+        counted,
+        "the run row `status` shows differs from the report: {run:?}, {}",
+        context()
+    );
 }

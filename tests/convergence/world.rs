@@ -13,6 +13,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::Value;
 
+use super::invariants::{CycleSeen, cycle_counts_agree};
 use super::model::{AppOnly, FIELDS, Field, Log, Side, UPDATED_AT};
 use crate::common::{HEADER, TestApp, WEBHOOK_KEY, row};
 use crate::trace;
@@ -39,6 +40,33 @@ pub struct Kill {
     pub write_in_flight: bool,
 }
 
+/// How many finished cycles had their counters checked, and how many of those had something
+/// to count: a run whose checks only ever compared zeros would prove nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CountTally {
+    pub cycles: u64,
+    pub with_writes: u64,
+    pub with_held_back: u64,
+    pub with_429s: u64,
+}
+
+impl CountTally {
+    fn add(&mut self, report: &CycleReport) {
+        let c = &report.counts;
+        self.cycles += 1;
+        self.with_writes += u64::from(c.created + c.updated + c.deleted > 0);
+        self.with_held_back += u64::from(c.quarantined > 0);
+        self.with_429s += u64::from(c.rate_limited > 0);
+    }
+
+    pub fn merge(&mut self, other: CountTally) {
+        self.cycles += other.cycles;
+        self.with_writes += other.with_writes;
+        self.with_held_back += other.with_held_back;
+        self.with_429s += other.with_429s;
+    }
+}
+
 /// A CRM, a Quo workspace, the sync between them and the people editing both.
 pub struct World {
     pub app: TestApp,
@@ -53,6 +81,8 @@ pub struct World {
     pub kills: Vec<Kill>,
     /// Cycles the mass-deletion guard refused.
     pub refusals: u32,
+    /// What the finished cycles' counters were checked on.
+    pub counted: CountTally,
     /// The operator lets the next cycle delete past the guard (`--allow-mass-delete`).
     allow_mass_delete_once: bool,
     next_id: u32,
@@ -79,6 +109,7 @@ impl World {
             guarded,
             kills: Vec::new(),
             refusals: 0,
+            counted: CountTally::default(),
             allow_mass_delete_once: false,
             next_id: initial,
             n: 0,
@@ -152,7 +183,7 @@ impl World {
     }
 
     /// A person edits the CRM: a field, a new record, or a deletion.
-    pub fn edit_crm(&mut self) {
+    pub async fn edit_crm(&mut self) {
         let mut rows = self.crm_rows();
         let roll = self.rng.random_range(0..10);
         if roll == 0 || rows.is_empty() {
@@ -172,21 +203,48 @@ impl World {
         } else {
             let i = self.rng.random_range(0..rows.len());
             let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
-            self.edit_crm_field(&mut rows[i], field);
+            self.edit_crm_field(&mut rows[i], field).await;
         }
         self.write_rows(&rows);
     }
 
+    /// `id`'s `field` as both sides last agreed on it (the ledger's snapshot), if they have.
+    async fn agreed(&self, id: &str, field: &str) -> Option<Value> {
+        let row = self
+            .app
+            .ledger()
+            .record(&ExternalId::parse(id).unwrap())
+            .await
+            .unwrap()?;
+        row.snapshot.map(|s| s.fields()[field].clone())
+    }
+
     /// A person changes `field` of `row` (stamping its `updated_at`), logged when the value
-    /// the sync sees changed.
-    fn edit_crm_field(&mut self, row: &mut [String], field: Field) {
+    /// the sync sees changed. A change back to the value both sides last agreed on is not
+    /// made: the sync compares each side with that value, so to it such a field is unchanged
+    /// (A -> B -> A between two reads is no edit; the README says so), and a Quo edit made
+    /// meanwhile stands, which the log of typed values could not predict.
+    async fn edit_crm_field(&mut self, row: &mut [String], field: Field) {
         let n = self.next_n();
         let before = self.crm_fields(row);
         let text = field.crm_text(n, &row[field.column()], &mut self.rng);
+        let name = field.diff_name();
+        let mut edited = row.to_vec();
+        edited[field.column()] = text.clone();
+        let after = self.crm_fields(&edited);
+        if after[name] != before[name]
+            && self.agreed(&row[0], name).await.as_ref() == Some(&after[name])
+        {
+            trace(|| {
+                format!(
+                    "crm edit {} {field:?} = {text:?} not made: back to the agreed value",
+                    row[0]
+                )
+            });
+            return;
+        }
         row[field.column()] = text.clone();
         row[UPDATED_AT] = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let after = self.crm_fields(row);
-        let name = field.diff_name();
         if after[name] != before[name] {
             trace(|| format!("crm edit {} {field:?} = {text:?}", row[0]));
             self.log.put(&row[0], name, Side::Crm, after[name].clone());
@@ -195,7 +253,7 @@ impl World {
 
     /// Two people change the same field of one record before the sync runs, one in the CRM and
     /// one in the Quo app, in either order: a conflict the seed's policy decides.
-    pub fn edit_one_field_on_both_sides(&mut self) {
+    pub async fn edit_one_field_on_both_sides(&mut self) {
         let Some((id, contact)) = self.pick_contact() else {
             return;
         };
@@ -206,16 +264,16 @@ impl World {
         };
         let crm_first = self.rng.random_bool(0.5);
         if !crm_first {
-            self.edit_quo_field(&id, &contact, field);
+            self.edit_quo_field(&id, &contact, field).await;
         }
         // Milliseconds apart, so `newest` has an order to go by.
-        std::thread::sleep(Duration::from_millis(2));
-        self.edit_crm_field(&mut rows[i], field);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.edit_crm_field(&mut rows[i], field).await;
         self.write_rows(&rows);
         if crm_first {
-            std::thread::sleep(Duration::from_millis(2));
+            tokio::time::sleep(Duration::from_millis(2)).await;
             if let Some(contact) = self.app.sandbox.contact(contact["id"].as_str().unwrap()) {
-                self.edit_quo_field(&id, &contact, field);
+                self.edit_quo_field(&id, &contact, field).await;
             }
         }
     }
@@ -252,7 +310,7 @@ impl World {
     }
 
     /// A person edits a contact in the Quo app: a managed field, or a value only Quo keeps.
-    pub fn edit_quo(&mut self) {
+    pub async fn edit_quo(&mut self) {
         let Some((id, contact)) = self.pick_contact() else {
             return;
         };
@@ -272,25 +330,37 @@ impl World {
             return;
         }
         let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
-        self.edit_quo_field(&id, &contact, field);
+        self.edit_quo_field(&id, &contact, field).await;
     }
 
     /// A person changes `field` on `id`'s contact in the Quo app, logged when the value the
-    /// sync sees changed.
-    fn edit_quo_field(&mut self, id: &str, contact: &Value, field: Field) {
-        let n = self.next_n();
+    /// sync sees changed. An edit that lands on the value both sides last agreed on (a toggle
+    /// back, a field cleared) is followed at once by another, as a person changing their mind
+    /// twice: to the sync a side back at the agreed value is unchanged (see `edit_crm_field`).
+    async fn edit_quo_field(&mut self, id: &str, contact: &Value, field: Field) {
         let quo_id = contact["id"].as_str().unwrap().to_string();
-        let Some(patch) = field.quo_patch(n, contact, &mut self.rng) else {
-            return;
-        };
         let name = field.diff_name();
         let before = self.quo_fields(contact)[name].clone();
-        if let Some(edited) = self.app.sandbox.app_edit(&quo_id, patch.clone()) {
-            let after = self.quo_fields(&edited)[name].clone();
-            if after != before {
-                trace(|| format!("quo edit {id} {field:?}: {patch}"));
-                self.log.put(id, name, Side::Quo, after);
+        let agreed = self.agreed(id, name).await;
+        let mut current = contact.clone();
+        for _ in 0..3 {
+            let n = self.next_n();
+            let Some(patch) = field.quo_patch(n, &current, &mut self.rng) else {
+                break;
+            };
+            let Some(edited) = self.app.sandbox.app_edit(&quo_id, patch.clone()) else {
+                return;
+            };
+            trace(|| format!("quo edit {id} {field:?}: {patch}"));
+            current = edited;
+            let after = self.quo_fields(&current)[name].clone();
+            if after == before || agreed.as_ref() != Some(&after) {
+                break;
             }
+        }
+        let after = self.quo_fields(&current)[name].clone();
+        if after != before && agreed.as_ref() != Some(&after) {
+            self.log.put(id, name, Side::Quo, after);
         }
     }
 
@@ -330,10 +400,20 @@ impl World {
     pub async fn cycle(&mut self) -> Result<CycleReport, quo_sync::sync::SyncError> {
         let allow = std::mem::take(&mut self.allow_mass_delete_once);
         self.app.ctx.settings.allow_mass_delete = allow;
+        let rows = self.crm_rows().len() as u64;
+        let before = self.app.sandbox.stats();
         let outcome = run_cycle(&self.app.ctx, Mode::Apply).await;
+        let after = self.app.sandbox.stats();
         self.app.ctx.settings.allow_mass_delete = false;
         if let Ok(report) = &outcome {
             trace(|| format!("cycle: {}", summary(report)));
+            let seen = CycleSeen {
+                rows,
+                requests: after.requests_total - before.requests_total,
+                rate_limited: after.rate_limited - before.rate_limited,
+            };
+            cycle_counts_agree(self, report, seen).await;
+            self.counted.add(report);
             if report.mass_delete_refused {
                 // Rows really left the CRM: the operator checks and allows it, once.
                 self.refusals += 1;
@@ -417,7 +497,9 @@ impl World {
                 linked.push(i);
             }
         }
-        if linked.len() < 4 {
+        // Not while the operator's `--allow-mass-delete` is pending: that cycle may delete
+        // whatever is missing, a cut-short export included.
+        if linked.len() < 4 || self.allow_mass_delete_once {
             return self.cycle_or_kill().await;
         }
         // More than half of them: past any guard below 0.5 (the tests use 0.25).
@@ -435,6 +517,12 @@ impl World {
             .map(|(_, r)| r.clone())
             .collect();
         self.write_rows(&short);
+        // Only contacts there before the cycle: a person may have just deleted one in Quo.
+        let had: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.app.sandbox.count_by_external_id(id) > 0)
+            .collect();
         if let Ok(report) = self.cycle().await {
             assert!(
                 report.mass_delete_refused,
@@ -442,7 +530,7 @@ impl World {
                 summary(&report)
             );
             self.allow_mass_delete_once = false;
-            for id in &ids {
+            for id in &had {
                 assert!(
                     self.app.sandbox.count_by_external_id(id) > 0,
                     "{id}'s contact was deleted although the guard refused the deletion"
