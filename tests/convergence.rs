@@ -11,7 +11,8 @@
 //! a home email, and delete contacts (`on_quo_delete = "recreate"` brings them back); and now
 //! and then change one field of one record on both sides before the sync runs (a conflict).
 //!
-//! Faults (`convergence/faults.rs`, one drawn per step): 429s, 500s, lost answers (counted and
+//! Faults (`convergence/faults.rs`, one drawn per step): 429s, 500s, an outage longer than the
+//! retries (a failed cycle or a quarantined record), lost answers (counted and
 //! seeded), webhooks off, dropped or doubled webhooks, lagging lists, a repeated page token, a
 //! lost create behind a list that lags until the faults clear, slow answers. Kills: at a random
 //! moment, or at the moment a write reaches Quo; each records whether a write was in flight,
@@ -38,7 +39,8 @@
 //! progress a display shows agrees with the cycle's report (confirmed creates, updates and
 //! deletes are the report's, never more than planned; rows held back are the quarantined
 //! records; every CSV row read; back to idle), the run row `status` reads holds the report's
-//! counts, and the requests and 429s counted are the ones the sandbox answered. A seed that
+//! counts, and the requests and 429s counted are the ones the sandbox answered (for a failed
+//! cycle too, whose run row must say failed, with its error). A seed that
 //! hangs fails at its timeout; one that blocks the runtime itself, at a watchdog thread's.
 //!
 //! `cargo test` runs 12 seeds of 12 steps. The long one: `QUO_SYNC_CONVERGENCE_SEEDS=200 cargo
@@ -266,14 +268,15 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
     }
     let counted = tally.counted;
     eprintln!(
-        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s)",
+        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s) and {} failed ones",
         seeds.len(),
         tally.kills,
         tally.mid_write,
         counted.cycles,
         counted.with_writes,
         counted.with_held_back,
-        counted.with_429s
+        counted.with_429s,
+        counted.failed
     );
     if seeds.len() >= 3 {
         assert!(
@@ -282,8 +285,8 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
             tally.kills
         );
         assert!(
-            counted.with_writes > 0 && counted.with_429s > 0,
-            "the cycles' counters were never checked on writes and 429s: {counted:?}"
+            counted.with_writes > 0 && counted.with_429s > 0 && counted.failed > 0,
+            "the cycles' counters were never checked on writes, 429s or a failed cycle: {counted:?}"
         );
     }
 }

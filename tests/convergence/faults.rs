@@ -18,6 +18,9 @@ pub enum FaultKind {
     RateLimited,
     /// 1–3 answers of 500.
     ServerErrors,
+    /// 11–16 answers of 500 in a row: past the 10 retries of the tests' config, so a request
+    /// gives up and what needed it fails (the cycle, or one record, which is quarantined).
+    Outage,
     /// The next 1–3 writes are applied, then their answers lost.
     LostAnswers,
     /// Each write loses its answer with probability 0.4 (seeded per record).
@@ -46,6 +49,7 @@ pub const FAULTS: &[FaultKind] = &[
     FaultKind::None,
     FaultKind::RateLimited,
     FaultKind::ServerErrors,
+    FaultKind::Outage,
     FaultKind::LostAnswers,
     FaultKind::LostAnswersSeeded,
     FaultKind::WebhooksOff,
@@ -78,6 +82,11 @@ impl FaultKind {
             FaultKind::ServerErrors => app.sandbox.inject(Fault::Status {
                 status: 500,
                 count: rng.random_range(1..4),
+                retry_after: None,
+            }),
+            FaultKind::Outage => app.sandbox.inject(Fault::Status {
+                status: 500,
+                count: rng.random_range(11..17),
                 retry_after: None,
             }),
             FaultKind::LostAnswers => app.sandbox.inject(Fault::DropAfterWrite {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use quo_sync::domain::ExternalId;
 use quo_sync::ledger::ConflictRow;
-use quo_sync::sync::{CyclePhase, CycleReport};
+use quo_sync::sync::{CyclePhase, CycleReport, SyncError};
 use serde_json::Value;
 
 use super::model::APP_ONLY;
@@ -312,5 +312,25 @@ pub async fn cycle_counts_agree(world: &World, report: &CycleReport, seen: Cycle
         counted,
         "the run row `status` shows differs from the report: {run:?}, {}",
         context()
+    );
+}
+
+/// After a cycle that failed: its run row says so, with the error, and the requests and 429s
+/// it spent are the ones the sandbox answered (an operator reads them to see what a failure
+/// cost).
+pub async fn failed_run_counts_agree(world: &World, error: &SyncError, seen: CycleSeen) {
+    let run = world
+        .app
+        .ledger()
+        .last_finished_run()
+        .await
+        .unwrap()
+        .expect("a failed cycle has its run row");
+    assert_eq!(run.status, "failed", "{run:?} after {error}");
+    assert_eq!(run.error.as_deref(), Some(error.to_string().as_str()));
+    assert_eq!(
+        (run.requests, run.rate_limited),
+        (seen.requests as i64, seen.rate_limited as i64),
+        "requests and 429s of a failed run are not the ones the sandbox answered: {run:?}, {seen:?}"
     );
 }

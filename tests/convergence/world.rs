@@ -13,7 +13,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::Value;
 
-use super::invariants::{CycleSeen, cycle_counts_agree};
+use super::invariants::{CycleSeen, cycle_counts_agree, failed_run_counts_agree};
 use super::model::{AppOnly, FIELDS, Field, Log, Side, UPDATED_AT};
 use crate::common::{HEADER, TestApp, WEBHOOK_KEY, row};
 use crate::trace;
@@ -48,6 +48,7 @@ pub struct CountTally {
     pub with_writes: u64,
     pub with_held_back: u64,
     pub with_429s: u64,
+    pub failed: u64,
 }
 
 impl CountTally {
@@ -64,6 +65,7 @@ impl CountTally {
         self.with_writes += other.with_writes;
         self.with_held_back += other.with_held_back;
         self.with_429s += other.with_429s;
+        self.failed += other.failed;
     }
 }
 
@@ -423,6 +425,13 @@ impl World {
         } else if let Err(e) = &outcome {
             trace(|| format!("cycle failed: {e}"));
             self.allow_mass_delete_once |= allow;
+            let seen = CycleSeen {
+                rows,
+                requests: after.requests_total - before.requests_total,
+                rate_limited: after.rate_limited - before.rate_limited,
+            };
+            failed_run_counts_agree(self, e, seen).await;
+            self.counted.failed += 1;
         }
         outcome
     }
