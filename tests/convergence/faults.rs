@@ -18,8 +18,8 @@ pub enum FaultKind {
     RateLimited,
     /// 1–3 answers of 500.
     ServerErrors,
-    /// 11–16 answers of 500 in a row: past the 10 retries of the tests' config, so a request
-    /// gives up and what needed it fails (the cycle, or one record, which is quarantined).
+    /// A 429, then 11–16 answers of 500 in a row: past the 10 retries of the tests' config, so
+    /// a request gives up and what needed it fails (the cycle, or one record, quarantined).
     Outage,
     /// The next 1–3 writes are applied, then their answers lost.
     LostAnswers,
@@ -84,11 +84,19 @@ impl FaultKind {
                 count: rng.random_range(1..4),
                 retry_after: None,
             }),
-            FaultKind::Outage => app.sandbox.inject(Fault::Status {
-                status: 500,
-                count: rng.random_range(11..17),
-                retry_after: None,
-            }),
+            FaultKind::Outage => {
+                // A 429 first, so a cycle that fails has spent one (its run row must say so).
+                app.sandbox.inject(Fault::Status {
+                    status: 429,
+                    count: 1,
+                    retry_after: Some(0),
+                });
+                app.sandbox.inject(Fault::Status {
+                    status: 500,
+                    count: rng.random_range(11..17),
+                    retry_after: None,
+                });
+            }
             FaultKind::LostAnswers => app.sandbox.inject(Fault::DropAfterWrite {
                 count: rng.random_range(1..4),
             }),
