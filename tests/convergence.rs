@@ -214,8 +214,11 @@ fn watchdog(seed: u64, after: Duration) -> std::sync::mpsc::Sender<()> {
                 .try_lock()
                 .map(|s| s.join("\n  "))
                 .unwrap_or_else(|_| "(the steps are locked by the hung seed)".into());
-            eprintln!(
-                "convergence hung for seed {seed}: no answer after {after:?}, not even the runtime's timeout (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence)\nsteps:\n  {steps}"
+            // Past libtest's capture (`eprintln!` output would be lost with the process).
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "convergence hung for seed {seed}: not finished after {after:?}, and the runtime's own timeout could not end it (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence)\nsteps:\n  {steps}"
             );
             std::process::exit(101);
         }
@@ -258,13 +261,16 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
                 Some(format!("timed out after {limit:?} (a hung cycle?)"))
             }
         };
-        drop(watchdog);
         if let Some(failure) = failure {
+            // The watchdog stays armed: a seed that timed out may hold a worker thread that the
+            // runtime's shutdown would wait for forever.
+            std::mem::forget(watchdog);
             let steps = steps_so_far();
             panic!(
                 "convergence failed for seed {seed} (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence): {failure}\nsteps:\n  {steps}"
             );
         }
+        drop(watchdog);
     }
     let counted = tally.counted;
     eprintln!(
