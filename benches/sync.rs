@@ -8,7 +8,10 @@
 //! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling;
 //! - failover (`ha`, `sync/ha.rs`): time for a standby to take over from a killed or paused leader;
 //! - reverse scans (`scan`, `sync/scan.rs`): one pass over 10,000 and 100,000 contacts at 10/s,
-//!   and the delay of CRM edits made meanwhile (`reverse.scan_<n>`).
+//!   and the delay of CRM edits made meanwhile (`reverse.scan_<n>`);
+//! - day one (`day_one`, `sync/day_one.rs`): the first cycle in a workspace of 10,000 contacts
+//!   that already holds 3,000 of the CRM's 5,000 people (requests against the minimum), and the
+//!   peak RSS with a 100,000-contact workspace index.
 //!
 //! Environment: `QUO_SYNC_BENCH_RATE` (limit used for the load, default 20/s to keep it short),
 //! `QUO_SYNC_BENCH_RECORDS` (default 400), `QUO_SYNC_BENCH_ROWS` (comma list, default
@@ -32,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "sync/crm.rs"]
 mod crm;
+#[path = "sync/day_one.rs"]
+mod day_one;
 #[path = "sync/ha.rs"]
 mod ha;
 #[path = "sync/scan.rs"]
@@ -448,6 +453,9 @@ fn main() {
             for (key, value) in scan::scans().await {
                 reverse[key] = value;
             }
+        }
+        if wanted("day_one") {
+            figures.insert("day_one".into(), day_one::day_one().await);
         }
         // New sections: `#[path = "sync/<name>.rs"] mod <name>;` plus one `if wanted(..)` here.
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");

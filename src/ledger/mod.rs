@@ -7,9 +7,11 @@
 //! Migrations live in `migrations/<backend>/` and are embedded in the binary; they run only
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
+mod adoptions;
 mod backup;
 mod copy;
 pub(crate) mod db;
+mod exports;
 mod inbox;
 mod index;
 mod lease;
@@ -17,6 +19,7 @@ mod quarantine;
 mod records;
 mod runs;
 mod unconfirmed;
+pub mod workspace;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -27,9 +30,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
+pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use backup::{BackupError, BackupReport};
 pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
+pub use exports::{Export, ExportState};
 
 pub use inbox::{InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
@@ -40,6 +45,7 @@ pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
 pub use unconfirmed::{PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate};
+pub use workspace::{WORKSPACE_LISTED, WorkspaceContact};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.
 #[derive(Debug, thiserror::Error)]
