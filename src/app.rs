@@ -124,7 +124,7 @@ pub fn build_context_on(
     cancel: CancellationToken,
     ledger: Ledger,
 ) -> Result<SyncContext, AppError> {
-    let source = Arc::new(Source::from_config(&config.source)?);
+    let source = Arc::new(Source::from_config_mapped(&config.source, &config.mapping)?);
     source.attach_ledger(&ledger);
     build_context_with_source(config, kind, cancel, ledger, source)
 }
@@ -393,7 +393,7 @@ pub async fn run_replica_observed(
         .merge(replica_console_routes(config, &base, &wake, &role));
     // One source for every leader term: its change watcher must know what quo-sync wrote. A
     // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
-    let source = Arc::new(Source::from_config(&config.source)?);
+    let source = Arc::new(Source::from_config_mapped(&config.source, &config.mapping)?);
     source.attach_ledger(&base);
     let servers = start_listeners(config, &base, &source, ops, &wake, &shutdown, &status).await?;
     let who = Candidate::this_process("run");
