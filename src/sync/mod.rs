@@ -273,6 +273,9 @@ struct Cycle {
     failed_since: Mutex<Option<DateTime<Utc>>>,
     /// Whether the mass-deletion guard refused this cycle's deletions.
     mass_delete_refused: AtomicBool,
+    /// Records (or unreadable rows) quarantined this cycle: one bad record counts once, however
+    /// many of its steps failed (an unreadable contact fails at intake and again at its PATCH).
+    quarantined: Mutex<HashSet<String>>,
     /// Phase timings for the report.
     phases: std::sync::Mutex<PhaseTimes>,
     /// Records with CRM holds (`sync::holds`), read once per cycle when first needed.
@@ -511,6 +514,7 @@ impl Cycle {
             crm_deletes: Mutex::new(Vec::new()),
             failed_since: Mutex::new(None),
             mass_delete_refused: AtomicBool::new(false),
+            quarantined: Mutex::new(HashSet::new()),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
             held: tokio::sync::OnceCell::new(),
             started,
