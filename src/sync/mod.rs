@@ -283,6 +283,9 @@ struct Cycle {
     failed_since: Mutex<Option<DateTime<Utc>>>,
     /// Whether the mass-deletion guard refused this cycle's deletions.
     mass_delete_refused: AtomicBool,
+    /// Records (or unreadable rows) quarantined this cycle: one bad record counts once, however
+    /// many of its steps failed (an unreadable contact fails at intake and again at its PATCH).
+    quarantined: Mutex<HashSet<String>>,
     /// Phase timings for the report.
     phases: std::sync::Mutex<PhaseTimes>,
     /// `ctx.settings.merge_policy` with the computed fields one-way (to Quo): a Quo-side edit
@@ -602,6 +605,7 @@ impl Cycle {
             crm_deletes: Mutex::new(Vec::new()),
             failed_since: Mutex::new(None),
             mass_delete_refused: AtomicBool::new(false),
+            quarantined: Mutex::new(HashSet::new()),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
             merge_policy,
             scope: ctx.settings.scope.clone(),

@@ -33,6 +33,8 @@ struct DeskInner {
     refresh: String,
     access: HashMap<String, Instant>,
     issued: u64,
+    /// When each access token was issued, in order.
+    issued_at: Vec<Instant>,
     expired_uses: u64,
 }
 
@@ -64,6 +66,7 @@ impl TokenDesk {
             return Grant::Refused("invalid_grant");
         }
         inner.issued += 1;
+        inner.issued_at.push(Instant::now());
         let access = format!("acc-{}-{:08x}", inner.issued, rand_suffix(inner.issued));
         inner
             .access
@@ -94,6 +97,11 @@ impl TokenDesk {
     /// Access tokens issued so far.
     pub fn issued(&self) -> u64 {
         self.inner.lock().unwrap().issued
+    }
+
+    /// When the latest access token was issued.
+    pub fn last_issued_at(&self) -> Option<Instant> {
+        self.inner.lock().unwrap().issued_at.last().copied()
     }
 
     /// Requests refused because their token had expired.
