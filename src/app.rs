@@ -167,6 +167,13 @@ pub fn build_context_with_source(
             allow_mass_delete: false,
             inbox_retention: config.reverse.inbox_retention.0,
             list_lag: config.quo.list_lag.0,
+            scope: crate::sync::ScopeRules::from_config(&config.sync).map_err(|e| {
+                AppError::Config(crate::config::ConfigError::BadValue {
+                    file: "(config)".into(),
+                    key: "sync.filter".into(),
+                    reason: e.to_string(),
+                })
+            })?,
             day_one: crate::sync::DayOneSettings {
                 match_existing: config.sync.match_existing,
                 adopt_sources: config
@@ -636,6 +643,12 @@ async fn cycle_loop(
         }
         _ => None,
     };
+    // Run-now requests and the end of a pause, from any replica or shell, wake this loop.
+    let control = tokio::spawn(crate::ops::control::watch(
+        ctx.ledger.clone(),
+        wake.clone(),
+        ctx.cancel.child_token(),
+    ));
     let ctx = &ctx;
     let tick = interval;
     info!(event = "cycles_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "cycles started");
@@ -681,6 +694,7 @@ async fn cycle_loop(
             _ = ctx.cancel.cancelled() => break,
         }
     }
+    control.abort();
     if let Some(scanner) = scanner {
         let _ = scanner.await;
     }

@@ -18,6 +18,8 @@ mod print;
 
 pub use paths::ResolvedPath;
 
+mod scope;
+pub use scope::{FieldSource, OnLeaveScope, SyncMode};
 mod csv_dialect;
 pub use csv_dialect::{
     CsvDelimiter, CsvEncoding, CsvEscape, CsvQuote, DELIMITER_CANDIDATES, show_byte,
@@ -285,8 +287,8 @@ fn default_updated_at_field() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabeledFieldMapping {
-    /// Source field (CSV column).
-    pub field: String,
+    /// Source field (CSV column), or `{ expr = "..." }`.
+    pub field: FieldSource,
     /// Quo label (`name`), e.g. `work`.
     pub label: String,
 }
@@ -297,8 +299,8 @@ pub struct LabeledFieldMapping {
 pub struct CustomFieldMapping {
     /// The custom field's name in Quo (resolved to its key each cycle).
     pub name: String,
-    /// Source field (CSV column).
-    pub field: String,
+    /// Source field (CSV column), or `{ expr = "..." }`.
+    pub field: FieldSource,
     /// Separator for multi-select values, default `;`.
     #[serde(default)]
     pub delimiter: Option<String>,
@@ -310,14 +312,14 @@ pub struct CustomFieldMapping {
 pub struct MappingConfig {
     /// Region for national-format phone numbers (ISO 3166 code), default `US`.
     pub default_region: String,
-    /// Source field for `firstName`.
-    pub first_name: Option<String>,
+    /// Source field for `firstName` (or `{ expr = "..." }`, as every entry may).
+    pub first_name: Option<FieldSource>,
     /// Source field for `lastName`.
-    pub last_name: Option<String>,
+    pub last_name: Option<FieldSource>,
     /// Source field for `company`.
-    pub company: Option<String>,
+    pub company: Option<FieldSource>,
     /// Source field for `role`.
-    pub role: Option<String>,
+    pub role: Option<FieldSource>,
     /// Email fields with their labels.
     pub emails: Vec<LabeledFieldMapping>,
     /// Phone fields with their labels.
@@ -363,6 +365,12 @@ pub struct SyncConfig {
     /// Largest share of the managed contacts (or CRM rows) one cycle may delete, default `0.1`;
     /// above it the cycle deletes nothing and logs `mass_delete_refused`.
     pub max_delete_fraction: f64,
+    /// Which records are in scope: an expression over `record` (none: every record).
+    pub filter: Option<String>,
+    /// `keep` (default), `unlink` or `delete`: a synced record the filter no longer admits.
+    pub on_leave_scope: OnLeaveScope,
+    /// `upsert` (default), `update_only` or `create_only`.
+    pub mode: SyncMode,
     /// Match a new record against the contacts already in the workspace before creating it.
     pub match_existing: MatchExisting,
     /// Sources of other API integrations (e.g. `zapier`) whose contacts may be adopted; contacts
@@ -375,6 +383,9 @@ impl Default for SyncConfig {
         Self {
             on_source_delete: OnSourceDelete::Ignore,
             max_delete_fraction: 0.1,
+            filter: None,
+            on_leave_scope: OnLeaveScope::Keep,
+            mode: SyncMode::Upsert,
             match_existing: MatchExisting::PhoneOrEmail,
             adopt_sources: Vec::new(),
         }
@@ -708,6 +719,7 @@ impl Config {
         }
         config.validate(&file_name)?;
         config.validate_console(&file_name)?;
+        config.validate_scope(&file_name)?;
         config.validate_day_one(&file_name)?;
         Ok(config)
     }

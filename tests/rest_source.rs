@@ -834,25 +834,12 @@ fn example_configs_load_and_their_rest_tables_parse() {
                     .iter()
                     .any(|a| field.starts_with(&format!("{}.", a.prefix)))
         };
-        let mapping = &config.mapping;
-        let mut mapped: Vec<&str> = [
-            &mapping.first_name,
-            &mapping.last_name,
-            &mapping.company,
-            &mapping.role,
-        ]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-        mapped.extend(
-            mapping
-                .emails
-                .iter()
-                .chain(&mapping.phones)
-                .map(|m| m.field.as_str()),
-        );
-        mapped.extend(mapping.custom_fields.iter().map(|m| m.field.as_str()));
+        let mapped: Vec<&str> = config
+            .mapping
+            .sources()
+            .into_iter()
+            .filter_map(|(_, source)| source.column())
+            .collect();
         assert!(!mapped.is_empty(), "{name}: empty mapping");
         for field in mapped {
             assert!(

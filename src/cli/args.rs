@@ -173,6 +173,17 @@ pub enum Command {
     },
     /// Print the man page (roff) to stdout: `quo-sync man > quo-sync.1`.
     Man,
+    /// Pause syncing on every replica: no writes to Quo or the CRM until `resume` (webhooks
+    /// are still received and kept, and applied after).
+    Pause {
+        /// End the pause by itself after this long (e.g. `1h`, `30m`).
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+    /// End a pause; the leader starts a cycle at once.
+    Resume,
+    /// Ask the leader, wherever it runs, to start a cycle now (within a second).
+    RunNow,
     /// Recent runs with their counts and durations.
     Runs {
         /// How many (at least 1).

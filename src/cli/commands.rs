@@ -62,6 +62,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             healthcheck(listen, &path, timeout).await
         }
         Command::CheckConfig { print } => check_config(config_path, print),
+        Command::Pause { duration } => super::control::pause(config_path, duration).await,
+        Command::Resume => super::control::resume(config_path).await,
+        Command::RunNow => super::control::run_now(config_path).await,
         Command::Sandbox {
             listen,
             api_key,
@@ -466,6 +469,12 @@ async fn once(session: Session, options: OnceOptions) -> anyhow::Result<u8> {
     let writes = watch.finish().await;
     writer.release().await;
     let report = report?;
+    if let Some(pause) = &report.paused {
+        eprintln!(
+            "{}: nothing was sent to Quo or the CRM (quo-sync resume)",
+            pause.describe()
+        );
+    }
     let stdout_terminal = std::io::stdout().is_terminal();
     if json {
         let mut value = serde_json::to_value(&report)?;
@@ -545,6 +554,9 @@ async fn plan(session: Session, json: bool) -> anyhow::Result<u8> {
         }
         let colour = std::io::stdout().is_terminal() && console::colors_enabled();
         print!("{}", render_table(&report.operations, colour));
+        if config.sync.filter.is_some() || config.sync.mode != quo_sync::config::SyncMode::Upsert {
+            println!("{}", scope_line(&report.counts, config.sync.mode));
+        }
         if let Some(terminal) = &session.terminal {
             let notices = terminal.take_notices();
             if !notices.is_empty() {
@@ -565,6 +577,18 @@ async fn plan(session: Session, json: bool) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `scope: in scope 12, out of scope 28 (3 leave scope), skipped by mode 0 (upsert)`.
+fn scope_line(c: &quo_sync::ledger::RunCounts, mode: quo_sync::config::SyncMode) -> String {
+    format!(
+        "scope: in scope {}, out of scope {} ({} leave scope), skipped by mode {} (sync.mode = {})",
+        c.in_scope,
+        c.out_of_scope,
+        c.left_scope,
+        c.skipped_by_mode,
+        mode.as_str()
+    )
 }
 
 /// A command's configuration with logging started, pointed at the built-in sandbox when asked.

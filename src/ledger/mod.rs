@@ -10,6 +10,7 @@
 mod absences;
 mod adoptions;
 mod backup;
+mod control;
 mod copy;
 pub(crate) mod db;
 mod exports;
@@ -19,6 +20,7 @@ mod lease;
 mod quarantine;
 mod records;
 mod runs;
+mod scope;
 mod unconfirmed;
 pub mod workspace;
 
@@ -34,6 +36,7 @@ use db::{Pool, on_pool};
 pub use absences::CrmHold;
 pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use backup::{BackupError, BackupReport};
+pub use control::{Control, Pause};
 pub use copy::CopyReport;
 pub use db::{BadPgUrl, PgUrl};
 pub use exports::{Export, ExportState};
@@ -46,6 +49,7 @@ pub use lease::{
 pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
+pub use scope::{ScopeLink, ScopeMark};
 pub use unconfirmed::{PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate};
 pub use workspace::{WORKSPACE_LISTED, WorkspaceContact};
 

@@ -77,6 +77,7 @@ pub fn register_service_metrics() {
     }
     // A replica starts as a standby; `ReplicaRole::set_leader` raises it once the lease is held.
     metrics::gauge!("quo_sync_leader").set(0.0);
+    metrics::gauge!("quo_sync_paused").set(0.0);
     metrics::gauge!(
         "quo_sync_build_info",
         "version" => env!("CARGO_PKG_VERSION"),
@@ -232,6 +233,9 @@ async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
     }
     if let Ok(quarantined) = ops.ledger.quarantined_count().await {
         metrics::gauge!("quo_sync_quarantined_records").set(quarantined as f64);
+    }
+    if let Ok(paused) = ops.ledger.pause_state().await {
+        metrics::gauge!("quo_sync_paused").set(if paused.is_some() { 1.0 } else { 0.0 });
     }
     if let Ok(unconfirmed) = ops.ledger.unconfirmed_count().await {
         metrics::gauge!("quo_sync_unconfirmed_creates").set(unconfirmed as f64);

@@ -40,6 +40,9 @@ impl Pool {
     /// Starts `work` (updates wait for a full freshen batch) and reaps finished workers so
     /// errors surface early and memory stays flat.
     pub async fn dispatch(&mut self, cycle: &Arc<Cycle>, work: Work) -> Result<(), SyncError> {
+        let Some(work) = cycle.mode_gate(work).await? else {
+            return Ok(());
+        };
         cycle.ctx.progress.planned(match &work {
             Work::Create { .. } | Work::ResolvePending { .. } => WriteKind::Create,
             Work::Update(_) => WriteKind::Update,
@@ -157,7 +160,8 @@ impl Cycle {
                 Work::Delete {
                     external_id,
                     quo_id,
-                } => self.delete(external_id, quo_id).await,
+                    left_scope,
+                } => self.delete(external_id, quo_id, left_scope).await,
                 Work::ResolvePending { external_id } => self.resolve_pending(external_id).await,
             }
         }
@@ -256,7 +260,15 @@ impl Cycle {
             Work::Delete {
                 external_id,
                 quo_id,
-            } => PlannedOp::new(external_id.as_str(), Action::Delete).with_quo_id(quo_id.as_str()),
+                left_scope,
+            } => {
+                let op = PlannedOp::new(external_id.as_str(), Action::Delete)
+                    .with_quo_id(quo_id.as_str());
+                match left_scope {
+                    Some(_) => op.with_reason("left scope (sync.on_leave_scope = delete)"),
+                    None => op,
+                }
+            }
             Work::ResolvePending { external_id } => {
                 PlannedOp::new(external_id.as_str(), Action::Resolve)
             }
@@ -386,6 +398,14 @@ impl Cycle {
         let policy = self.ctx.settings.on_quo_delete;
         warn!(event = "contact_missing", external_id = %external_id, quo_id = %update.quo_id, policy = ?policy, "the Quo contact is gone");
         match policy {
+            // `sync.mode = "update_only"` creates nothing, a contact deleted in Quo included.
+            OnQuoDelete::Recreate if !self.may_create() => {
+                self.ctx
+                    .ledger
+                    .unlink(external_id, RecordState::Unlinked)
+                    .await?;
+                Ok(())
+            }
             OnQuoDelete::Recreate => {
                 // Forget the dead id first so the intent row is a real pending create: a crash
                 // or an ambiguous POST from here is resolved by lookup, never duplicated.
@@ -420,18 +440,39 @@ impl Cycle {
         }
     }
 
-    async fn delete(&self, external_id: ExternalId, quo_id: QuoContactId) -> Result<(), Failure> {
+    async fn delete(
+        &self,
+        external_id: ExternalId,
+        quo_id: QuoContactId,
+        left_scope: Option<String>,
+    ) -> Result<(), Failure> {
         let existed = self
             .ctx
             .client
             .delete_contact(quo_id.as_str())
             .await
             .map_err(Failure::Quo)?;
-        self.ctx
-            .ledger
-            .unlink(&external_id, RecordState::Deleted)
-            .await?;
-        info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left the source; Quo contact deleted (sync.on_source_delete = \"delete\")");
+        match left_scope {
+            Some(fingerprint) => {
+                self.ctx
+                    .ledger
+                    .mark_scope(&[crate::ledger::ScopeMark {
+                        external_id: external_id.clone(),
+                        state: RecordState::LeftScope,
+                        fingerprint,
+                        link: crate::ledger::ScopeLink::Forget,
+                    }])
+                    .await?;
+                info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left scope; Quo contact deleted (sync.on_leave_scope = \"delete\")");
+            }
+            None => {
+                self.ctx
+                    .ledger
+                    .unlink(&external_id, RecordState::Deleted)
+                    .await?;
+                info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left the source; Quo contact deleted (sync.on_source_delete = \"delete\")");
+            }
+        }
         self.counted(
             Action::Delete,
             &external_id,

@@ -105,7 +105,18 @@ impl Cycle {
         external_id: &ExternalId,
         quo_id: &QuoContactId,
     ) -> Result<(), SyncError> {
-        let policy = self.ctx.settings.on_quo_delete;
+        let mut policy = self.ctx.settings.on_quo_delete;
+        // A record out of scope is not written to the CRM: its contact is only forgotten.
+        if policy == OnQuoDelete::DeleteInCrm
+            && self
+                .ctx
+                .ledger
+                .record(external_id)
+                .await?
+                .is_some_and(|row| row.state.is_judged())
+        {
+            policy = OnQuoDelete::Unlink;
+        }
         let op = PlannedOp::new(external_id.as_str(), Action::Unlink).with_quo_id(quo_id.as_str());
         if self.mode == Mode::DryRun {
             self.operations
@@ -162,6 +173,10 @@ impl Cycle {
         let Some(row) = self.ctx.ledger.record(&external_id).await? else {
             return Ok(None);
         };
+        // Out of scope (left it, kept): Quo's edits are not written to the CRM.
+        if row.state.is_judged() {
+            return Ok(None);
+        }
         let Some(quo_id) = row.quo_id.clone() else {
             return Ok(None);
         };
@@ -282,7 +297,7 @@ impl Cycle {
             quo,
             crm_modified,
             parse_time(quo_updated_at),
-            &self.ctx.settings.merge_policy,
+            &self.merge_policy,
         );
         for conflict in &outcome.conflicts {
             warn!(event = "conflict", external_id = %external_id, quo_id = %quo_id, field = %conflict.field,

@@ -70,6 +70,10 @@ impl Cycle {
         }
         pool.finish(self).await?;
         for _ in 0..WRITE_BACK_ROUNDS {
+            // Paused midway: nothing more goes to the CRM (the events stay pending).
+            if self.paused_midway() {
+                break;
+            }
             let follow_up = self.write_back().await?;
             if follow_up.is_empty() {
                 break;
@@ -81,8 +85,9 @@ impl Cycle {
         }
         if read_whole {
             self.resolve_orphan_intents(&index, &mut pool).await?;
-            if complete {
-                self.source_deletions(&index, &mut pool).await?;
+            self.deletions(&index, &mut pool, complete).await?;
+            if complete && self.mode == Mode::Apply {
+                self.forget_gone_judged(&index).await?;
             }
             self.crm_deletions(&index).await?;
             pool.finish(self).await?;
@@ -97,6 +102,7 @@ impl Cycle {
         // row by now, or the read saw it, so a copy without either belongs to one that left it.
         let whole_crm = (read_whole && complete).then_some(&index);
         self.resolve_copies(&intake.copies, whole_crm).await?;
+        self.flush_judged().await?;
         if self.mode == Mode::Apply && read_whole {
             if complete {
                 self.ctx.ledger.release_unseen(&self.run_id).await?;
@@ -125,6 +131,14 @@ impl Cycle {
             self.settle_inbox(&intake).await?;
         }
         Ok(())
+    }
+
+    /// Whether a pause stopped this cycle.
+    fn paused_midway(&self) -> bool {
+        self.paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 
     /// Reloads one index entry from the ledger (the first copy of a repeated id was committed
@@ -195,24 +209,44 @@ impl Cycle {
         false
     }
 
-    /// Records gone from this complete read and the one before (`sync::absences`):
-    /// `sync.on_source_delete` decides.
-    async fn source_deletions(
+    /// Contacts to delete, counted together behind the mass-deletion guard: those of records
+    /// gone from this complete read and the one before (`sync::absences`,
+    /// `sync.on_source_delete`) and of records that left scope (`sync.on_leave_scope =
+    /// "delete"`).
+    async fn deletions(
         self: &Arc<Self>,
         index: &LedgerIndex,
         pool: &mut super::execute::Pool,
+        complete: bool,
     ) -> Result<(), SyncError> {
-        if self.ctx.settings.on_source_delete == OnSourceDelete::Ignore {
+        let gone: Vec<ExternalId> =
+            if complete && self.ctx.settings.on_source_delete != OnSourceDelete::Ignore {
+                let gone = index
+                    .iter()
+                    .filter(|(_, e)| !e.seen && e.state == RecordState::Synced && e.has_quo_id)
+                    .filter_map(|(id, _)| ExternalId::parse(id).ok())
+                    .collect();
+                self.confirmed_absences(gone).await?
+            } else {
+                Vec::new()
+            };
+        let leaving = std::mem::take(&mut *self.scope_deletes.lock().await);
+        let count = gone.len() + leaving.len();
+        if count == 0 || !self.guard_deletions("quo_contacts", count, managed(index)) {
+            // Records that were to leave stay linked, with their old fingerprint: judged again
+            // next cycle, deleted once the guard allows it.
             return Ok(());
         }
-        let gone: Vec<ExternalId> = index
-            .iter()
-            .filter(|(_, e)| !e.seen && e.state == RecordState::Synced && e.has_quo_id)
-            .filter_map(|(id, _)| ExternalId::parse(id).ok())
-            .collect();
-        let gone = self.confirmed_absences(gone).await?;
-        if gone.is_empty() || !self.guard_deletions("quo_contacts", gone.len(), managed(index)) {
-            return Ok(());
+        for (external_id, quo_id, fingerprint) in leaving {
+            pool.dispatch(
+                self,
+                Work::Delete {
+                    external_id,
+                    quo_id,
+                    left_scope: Some(fingerprint),
+                },
+            )
+            .await?;
         }
         for external_id in gone {
             let Some(row) = self.ctx.ledger.record(&external_id).await? else {
@@ -224,10 +258,23 @@ impl Cycle {
                 Work::Delete {
                     external_id,
                     quo_id,
+                    left_scope: None,
                 },
             )
             .await?;
         }
+        Ok(())
+    }
+
+    /// Out-of-scope and skipped records a complete read no longer returned, with no contact:
+    /// forgotten, so the ledger does not keep every lead that ever passed through the CRM.
+    async fn forget_gone_judged(&self, index: &LedgerIndex) -> Result<(), SyncError> {
+        let gone: Vec<ExternalId> = index
+            .iter()
+            .filter(|(_, e)| !e.seen && e.state.is_judged() && !e.has_quo_id)
+            .filter_map(|(id, _)| ExternalId::parse(id).ok())
+            .collect();
+        self.ctx.ledger.forget_judged(&gone).await?;
         Ok(())
     }
 

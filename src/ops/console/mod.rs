@@ -9,6 +9,7 @@
 //! Content-Security-Policy, and every CRM value is HTML-escaped before it reaches the page.
 
 mod auth;
+mod control;
 mod page;
 
 use std::sync::Arc;
@@ -106,6 +107,9 @@ pub fn routes(console: Console) -> Router {
         .route("/api/csrf", get(api_csrf))
         .route("/api/quarantine/{key}/retry", post(retry))
         .route("/api/quarantine/{key}/discard", post(discard))
+        .route("/api/pause", post(control::pause))
+        .route("/api/resume", post(control::resume))
+        .route("/api/run-now", post(control::run_now))
         .route_layer(middleware::from_fn_with_state(
             console.clone(),
             auth::require,
