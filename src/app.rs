@@ -563,6 +563,7 @@ async fn cycle_loop(
                 ctx.ledger.clone(),
                 ctx.client.background(),
                 poll,
+                ctx.settings.delete_guard(),
                 wake.clone(),
                 ctx.cancel.clone(),
             )))

@@ -384,15 +384,27 @@ async fn a_scan_pass_resumes_after_a_restart() {
             .unwrap();
     }
     let stop = tokio_util::sync::CancellationToken::new();
-    let first = quo_sync::reverse::scan::scan(app.ledger(), &app.ctx.client, Some(1), &stop)
-        .await
-        .unwrap();
+    let first = quo_sync::reverse::scan::scan(
+        app.ledger(),
+        &app.ctx.client,
+        Some(1),
+        &stop,
+        app.ctx.settings.delete_guard(),
+    )
+    .await
+    .unwrap();
     assert_eq!((first.pages, first.complete), (1, false));
     app.restart().await;
     app.sandbox.reset_stats();
-    let rest = quo_sync::reverse::scan::scan(app.ledger(), &app.ctx.client, None, &stop)
-        .await
-        .unwrap();
+    let rest = quo_sync::reverse::scan::scan(
+        app.ledger(),
+        &app.ctx.client,
+        None,
+        &stop,
+        app.ctx.settings.delete_guard(),
+    )
+    .await
+    .unwrap();
     assert!(rest.complete);
     assert_eq!(
         rest.pages, 2,

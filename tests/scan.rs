@@ -203,9 +203,10 @@ async fn a_contact_linked_while_the_pass_ran_is_not_called_missing() {
     app.ledger().forget(&id).await.unwrap();
     app.sandbox.set_latency(Duration::from_millis(150));
     let (ledger, client) = (app.ledger().clone(), app.ctx.client.clone());
+    let guard = app.ctx.settings.delete_guard();
     let pass = tokio::spawn(async move {
         let stop = CancellationToken::new();
-        quo_sync::reverse::scan::scan(&ledger, &client, None, &stop).await
+        quo_sync::reverse::scan::scan(&ledger, &client, None, &stop, guard).await
     });
     // Page 1 is done once its notes are stored and the token for page 2 after them (marking
     // rows seen comes earlier, before the orphans are counted: too early to link s-2 again).

@@ -25,6 +25,11 @@ use super::types::{Contact, CreateContact, CustomFieldDef, DataEnvelope, ErrorBo
 /// Largest page Quo serves.
 pub const MAX_PAGE: u32 = 50;
 
+/// 401/403/404 answers since the workspace was last checked after which absences are no longer
+/// believed until it is checked again (`reverse::absence`): a key pointed at another workspace
+/// answers 404 for every id.
+pub const REFUSAL_STORM: u64 = 10;
+
 /// Why a Quo call failed for good.
 #[derive(Debug, thiserror::Error)]
 pub enum QuoError {
@@ -137,6 +142,10 @@ pub struct ClientStats {
     pub retries: AtomicU64,
     /// Creates resolved by lookup (409 or ambiguous outcome).
     pub adopted: AtomicU64,
+    /// 401, 403 and 404 answers.
+    pub refusals: AtomicU64,
+    /// `refusals + 1` when the key was last shown to answer for our workspace; 0: never.
+    workspace_checked_at: AtomicU64,
 }
 
 impl ClientStats {
@@ -264,6 +273,22 @@ impl QuoClient {
     /// Shared counters.
     pub fn stats(&self) -> &Arc<ClientStats> {
         &self.stats
+    }
+
+    /// Whether absences seen through this key may be believed: the workspace was checked, and
+    /// fewer than [`REFUSAL_STORM`] 401/403/404 answers came since (see `reverse::absence`).
+    pub fn absences_trusted(&self) -> bool {
+        let checked = self.stats.workspace_checked_at.load(Ordering::Acquire);
+        checked != 0 && self.stats.refusals.load(Ordering::Acquire) + 1 - checked < REFUSAL_STORM
+    }
+
+    /// Records that a sample of linked contacts was just read back: the key answers for our
+    /// workspace.
+    pub fn workspace_confirmed(&self) {
+        let now = self.stats.refusals.load(Ordering::Acquire);
+        self.stats
+            .workspace_checked_at
+            .store(now + 1, Ordering::Release);
     }
 
     /// The shared limiter.
@@ -712,6 +737,9 @@ impl QuoClient {
             Ok(bytes) => bytes,
             Err(e) => return Err(AttemptError::Ambiguous(describe_reqwest_error(&e))),
         };
+        if matches!(status.as_u16(), 401 | 403 | 404) {
+            self.stats.refusals.fetch_add(1, Ordering::AcqRel);
+        }
         if status == StatusCode::TOO_MANY_REQUESTS {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("quo_sync_quo_rate_limited_total").increment(1);

@@ -56,6 +56,9 @@ pub struct QuoChanges {
     /// Unlinked contacts of ours carrying the externalId of an unconfirmed create (found by a
     /// scan or a webhook): resolved in the settle phase (`sync::copies`).
     pub copies: Vec<UnlinkedCopy>,
+    /// The scan left more linked contacts unlisted than the deletion guard allows, and noted
+    /// none of them missing.
+    pub mass_delete_refused: bool,
 }
 
 /// A contact Quo holds with our `source` and the externalId of a create never confirmed, which
@@ -99,19 +102,23 @@ impl QuoChanges {
     }
 }
 
-/// Reads pending inbox events (and scans when `scan` is set) into `QuoChanges`.
+/// Reads pending inbox events (and scans when `scan` is set, its missing contacts behind
+/// `guard`) into `QuoChanges`.
 pub async fn gather(
     ledger: &Ledger,
     client: &QuoClient,
     scan: bool,
+    guard: super::absence::DeleteGuard,
 ) -> Result<QuoChanges, IntakeError> {
     let mut changes = QuoChanges::default();
     if scan {
         // The pass writes its findings as notices into the inbox, read just below.
-        match super::scan::scan(ledger, client, None, &CancellationToken::new()).await {
+        let stop = CancellationToken::new();
+        match super::scan::scan_with(ledger, client, None, &stop, guard, |_| {}).await {
             Ok(progress) => {
                 changes.scanned = progress.complete;
                 changes.orphans = progress.orphans;
+                changes.mass_delete_refused = progress.missing_refused;
             }
             Err(IntakeError::Quo(e)) if !e.is_fatal() => {
                 // Nothing is concluded from a partial listing; the next cycle goes on with it.

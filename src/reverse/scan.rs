@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::absence::DeleteGuard;
 use super::intake::IntakeError;
 use crate::ledger::{Ledger, NewInboxEvent};
 use crate::quo::client::{QuoClient, QuoError};
@@ -51,6 +52,9 @@ pub struct ScanProgress {
     pub orphans: u64,
     /// Whether the pass completed.
     pub complete: bool,
+    /// The pass left more linked contacts unlisted than the deletion guard allows, and noted
+    /// none of them missing (`mass_delete_refused`).
+    pub missing_refused: bool,
 }
 
 /// Whether a scan is due: never ran, or the last complete pass is older than `interval`, or a
@@ -71,14 +75,17 @@ pub async fn due(ledger: &Ledger, interval: Duration) -> Result<bool, IntakeErro
     })
 }
 
-/// Lists pages (all of them, or at most `max_pages`) from where the pass stands, writing notices.
+/// Lists pages (all of them, or at most `max_pages`) from where the pass stands, writing
+/// notices; a pass that leaves more linked contacts unlisted than `guard` allows notes none of
+/// them missing.
 pub async fn scan(
     ledger: &Ledger,
     client: &QuoClient,
     max_pages: Option<u32>,
     stop: &CancellationToken,
+    guard: DeleteGuard,
 ) -> Result<ScanProgress, IntakeError> {
-    scan_with(ledger, client, max_pages, stop, |_| {}).await
+    scan_with(ledger, client, max_pages, stop, guard, |_| {}).await
 }
 
 /// [`scan`], calling `on_page` with each page's own counts once its notices are stored.
@@ -91,6 +98,7 @@ pub async fn scan_with(
     client: &QuoClient,
     max_pages: Option<u32>,
     stop: &CancellationToken,
+    guard: DeleteGuard,
     mut on_page: impl FnMut(&ScanProgress),
 ) -> Result<ScanProgress, IntakeError> {
     let started = std::time::Instant::now();
@@ -158,7 +166,16 @@ pub async fn scan_with(
             let copies = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
             let mut slice = ScanProgress::page(listed.len(), notices + copies, orphans.len());
             unlinked_when_listed.extend(orphans);
-            slice.notices += note_missing(ledger, &scan_id, &unlinked_when_listed).await?;
+            let (missing, refused) = note_missing(
+                ledger,
+                &scan_id,
+                &unlinked_when_listed,
+                guard,
+                linked.max(0) as usize,
+            )
+            .await?;
+            slice.notices += missing;
+            slice.missing_refused = refused;
             count_unconfirmed_misses(ledger).await?;
             finish_pass(ledger).await?;
             on_page(&slice);
@@ -303,12 +320,16 @@ async fn count_unconfirmed_misses(ledger: &Ledger) -> Result<(), IntakeError> {
     Ok(())
 }
 
-/// At the end of a complete pass: a notice for every linked contact it did not list.
+/// At the end of a complete pass: a notice for every linked contact it did not list, or none
+/// when they are more than `guard` allows out of `linked` (a key for another workspace lists
+/// nothing). Returns the notices stored and whether the guard refused.
 async fn note_missing(
     ledger: &Ledger,
     scan_id: &str,
     unlinked_when_listed: &std::collections::HashSet<String>,
-) -> Result<u64, IntakeError> {
+    guard: DeleteGuard,
+    linked: usize,
+) -> Result<(u64, bool), IntakeError> {
     let unseen = ledger.scan_unseen(scan_id).await?;
     let started = ledger.meta_time(SCAN_STARTED).await?;
     let mut missing = Vec::with_capacity(unseen.len());
@@ -332,6 +353,9 @@ async fn note_missing(
             "contacts linked while the pass ran are not called missing until the next pass"
         );
     }
+    if !missing.is_empty() && !guard.permits("quo_contacts_unlisted", missing.len(), linked) {
+        return Ok((0, true));
+    }
     let mut notices = 0;
     for quo_id in &missing {
         let event_id = format!("scan:{scan_id}:missing:{quo_id}");
@@ -352,7 +376,7 @@ async fn note_missing(
             "linked contacts not listed by a complete scan; each is confirmed by id before anything is concluded"
         );
     }
-    Ok(notices)
+    Ok((notices, false))
 }
 
 /// The `quo_scanned` line for a complete pass (`pages`, `seconds`: those of the call that
@@ -378,6 +402,7 @@ impl ScanProgress {
             notices,
             orphans: orphans as u64,
             complete: false,
+            missing_refused: false,
         }
     }
 
@@ -388,6 +413,7 @@ impl ScanProgress {
         self.notices += slice.notices;
         self.orphans += slice.orphans;
         self.complete = slice.complete;
+        self.missing_refused |= slice.missing_refused;
     }
 }
 
@@ -429,6 +455,7 @@ pub async fn run_scanner(
     ledger: Ledger,
     client: QuoClient,
     interval: Duration,
+    guard: DeleteGuard,
     wake: Arc<Notify>,
     cancel: CancellationToken,
 ) {
@@ -441,18 +468,20 @@ pub async fn run_scanner(
         };
         let wait = match due(&ledger, interval).await {
             // A whole pass per call: the ledger's pass state is read once, not once a page.
-            Ok(true) => match scan_with(&ledger, &client, None, &cancel, wake_on_notices).await {
-                Ok(_) => idle,
-                Err(IntakeError::Quo(e)) if e.is_fatal() => {
-                    warn!(event = "scan_stopped", error = %e, "the scanner stops");
-                    return;
+            Ok(true) => {
+                match scan_with(&ledger, &client, None, &cancel, guard, wake_on_notices).await {
+                    Ok(_) => idle,
+                    Err(IntakeError::Quo(e)) if e.is_fatal() => {
+                        warn!(event = "scan_stopped", error = %e, "the scanner stops");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(event = "scan_failed", error = %e, "scan page failed; retrying shortly");
+                        metrics::counter!("quo_sync_scans_failed_total").increment(1);
+                        idle
+                    }
                 }
-                Err(e) => {
-                    warn!(event = "scan_failed", error = %e, "scan page failed; retrying shortly");
-                    metrics::counter!("quo_sync_scans_failed_total").increment(1);
-                    idle
-                }
-            },
+            }
             Ok(false) => idle,
             Err(e) => {
                 warn!(event = "scan_failed", error = %e, "scan could not read the ledger");

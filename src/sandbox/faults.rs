@@ -18,6 +18,7 @@
 //! | JSON (`POST /_sandbox/faults`) | effect |
 //! | --- | --- |
 //! | `{"kind":"status","status":500,"count":3,"retry_after":2}` | the next `count` API requests answer `status` with Quo's error body (and `Retry-After` if given), applying nothing |
+//! | `{"kind":"status_after_write","status":502,"count":2,"retry_after":1}` | the next `count` successful writes are applied, then answered `status` with Quo's error body (a gateway that timed out after the backend did the work); a rejected write answers normally and leaves the fault queued |
 //! | `{"kind":"drop_after_write","count":1}` | the next `count` successful writes (POST/PATCH/DELETE) are applied, then the connection is closed without a response; a rejected write answers normally and leaves the fault queued |
 //! | `{"kind":"drop_after_write_ratio","ratio":0.4,"seed":7,"methods":["PATCH"]}` | until cleared, each successful write whose method is in `methods` (default all three) loses its response with probability `ratio` (seeded, keyed `"METHOD externalId"`); injecting again replaces it; a queued `drop_after_write` count is used first |
 //! | `{"kind":"latency","extra_ms":200,"count":2}` | the next `count` API requests are delayed `extra_ms` more |
@@ -65,6 +66,16 @@ pub enum Fault {
         /// HTTP status, e.g. 429, 500, 503.
         status: u16,
         /// How many requests get it.
+        count: u32,
+        /// Whole seconds for a `Retry-After` header, if any.
+        retry_after: Option<u64>,
+    },
+    /// The next `count` successful write requests are applied, then answered `status` (with
+    /// Quo's error body) instead of their result (rejected writes answer normally).
+    StatusAfterWrite {
+        /// HTTP status, e.g. 500, 502.
+        status: u16,
+        /// How many writes get it.
         count: u32,
         /// Whole seconds for a `Retry-After` header, if any.
         retry_after: Option<u64>,
@@ -171,6 +182,17 @@ pub enum FaultSpec {
         /// HTTP status.
         status: u16,
         /// How many requests.
+        #[serde(default = "one")]
+        count: u32,
+        /// `Retry-After` seconds.
+        #[serde(default)]
+        retry_after: Option<u64>,
+    },
+    /// See [`Fault::StatusAfterWrite`].
+    StatusAfterWrite {
+        /// HTTP status.
+        status: u16,
+        /// How many writes.
         #[serde(default = "one")]
         count: u32,
         /// `Retry-After` seconds.
@@ -291,6 +313,15 @@ impl From<FaultSpec> for Fault {
                 count,
                 retry_after,
             },
+            FaultSpec::StatusAfterWrite {
+                status,
+                count,
+                retry_after,
+            } => Fault::StatusAfterWrite {
+                status,
+                count,
+                retry_after,
+            },
             FaultSpec::DropAfterWrite { count } => Fault::DropAfterWrite { count },
             FaultSpec::DropAfterWriteRatio {
                 ratio,
@@ -340,6 +371,8 @@ impl From<FaultSpec> for Fault {
 pub struct FaultCounters {
     /// Answers produced by `status` faults.
     pub status_answers: u64,
+    /// Applied writes answered with a status by `status_after_write`.
+    pub status_after_write: u64,
     /// Requests delayed by `latency` faults.
     pub delayed_requests: u64,
     /// Writes applied and then dropped by a `drop_after_write` count.
@@ -457,6 +490,7 @@ impl FaultQueue {
     pub(crate) fn push(&mut self, fault: Fault) {
         match fault {
             Fault::Status { count, .. }
+            | Fault::StatusAfterWrite { count, .. }
             | Fault::DropAfterWrite { count }
             | Fault::Latency { count, .. } => {
                 if count > 0 {
@@ -514,6 +548,18 @@ impl FaultQueue {
     pub(crate) fn take_status(&mut self) -> Option<(u16, Option<u64>)> {
         self.take(|f| match f {
             Fault::Status {
+                status,
+                count,
+                retry_after,
+            } => Some(((*status, *retry_after), count)),
+            _ => None,
+        })
+    }
+
+    /// Consumes one status-after-write answer, if queued.
+    pub(crate) fn take_status_after_write(&mut self) -> Option<(u16, Option<u64>)> {
+        self.take(|f| match f {
+            Fault::StatusAfterWrite {
                 status,
                 count,
                 retry_after,
@@ -612,6 +658,11 @@ impl FaultQueue {
                     count,
                     retry_after,
                 } => json!({"kind": "status", "status": status, "count": count, "retry_after": retry_after}),
+                Fault::StatusAfterWrite {
+                    status,
+                    count,
+                    retry_after,
+                } => json!({"kind": "status_after_write", "status": status, "count": count, "retry_after": retry_after}),
                 Fault::DropAfterWrite { count } => json!({"kind": "drop_after_write", "count": count}),
                 Fault::Latency { extra, count } => json!({"kind": "latency", "extra_ms": extra.as_millis() as u64, "count": count}),
                 other => json!({"kind": format!("{other:?}")}),

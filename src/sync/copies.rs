@@ -45,6 +45,15 @@ enum CopyError {
     Ledger(#[from] LedgerError),
 }
 
+/// How far one copy got.
+enum Resolution {
+    /// Resolved, or left for a later cycle.
+    Done,
+    /// A contact of a record gone from the CRM, with that record's entries: deleted or kept by
+    /// `sync.on_source_delete`, together with the cycle's other strays.
+    Stray(Vec<UnconfirmedCreate>),
+}
+
 /// What a person typed on a twin that the linked contact lacks.
 #[derive(Debug, Default)]
 struct Carried {
@@ -157,7 +166,8 @@ impl Cycle {
     }
 
     /// Resolves the unlinked copies intake found. `read`: the index of a complete read of the
-    /// CRM, which tells a record that left it from one that is still there.
+    /// CRM, which tells a record that left it from one that is still there. Strays to delete are
+    /// deleted together, behind the deletion guard.
     pub(super) async fn resolve_copies(
         &self,
         copies: &[UnlinkedCopy],
@@ -166,58 +176,84 @@ impl Cycle {
         if self.mode != Mode::Apply {
             return Ok(());
         }
+        let mut strays = Vec::new();
         for copy in copies {
             if self.stop.is_cancelled() {
                 break;
             }
             match self.resolve_copy(copy, read).await {
-                Ok(()) => {}
-                Err(CopyError::Ledger(e)) => return Err(e.into()),
-                Err(CopyError::Quo(e)) if e.is_fatal() => return Err(e.into()),
-                Err(CopyError::Quo(e)) => {
-                    warn!(event = "duplicate_unresolved", external_id = %copy.external_id, quo_id = %copy.quo_id, error = %e, "could not resolve a contact an unconfirmed create made; the next scan finds it again");
-                    self.unsettled
-                        .lock()
-                        .await
-                        .insert(copy.external_id.to_string());
-                }
+                Ok(Resolution::Done) => {}
+                Ok(Resolution::Stray(entries)) => strays.push((copy, entries)),
+                Err(e) => self.copy_failed(copy, e).await?,
+            }
+        }
+        if strays.is_empty() {
+            return Ok(());
+        }
+        let deleting = self.ctx.settings.on_source_delete == OnSourceDelete::Delete;
+        if deleting && !self.guard_deletions("stray_contacts", strays.len()).await? {
+            let mut unsettled = self.unsettled.lock().await;
+            unsettled.extend(strays.iter().map(|(c, _)| c.external_id.to_string()));
+            return Ok(());
+        }
+        for (copy, entries) in strays {
+            if let Err(e) = self.remove_stray(copy, &entries).await {
+                self.copy_failed(copy, e).await?;
             }
         }
         Ok(())
+    }
+
+    /// A copy whose resolution failed: the cycle stops on a ledger error, a refused key or
+    /// shutdown; otherwise the next scan finds it again.
+    async fn copy_failed(&self, copy: &UnlinkedCopy, error: CopyError) -> Result<(), SyncError> {
+        match error {
+            CopyError::Ledger(e) => Err(e.into()),
+            CopyError::Quo(e) if e.is_fatal() => Err(e.into()),
+            CopyError::Quo(e) => {
+                warn!(event = "duplicate_unresolved", external_id = %copy.external_id, quo_id = %copy.quo_id, error = %e, "could not resolve a contact an unconfirmed create made; the next scan finds it again");
+                self.unsettled
+                    .lock()
+                    .await
+                    .insert(copy.external_id.to_string());
+                Ok(())
+            }
+        }
     }
 
     async fn resolve_copy(
         &self,
         copy: &UnlinkedCopy,
         read: Option<&LedgerIndex>,
-    ) -> Result<(), CopyError> {
+    ) -> Result<Resolution, CopyError> {
         let ledger = &self.ctx.ledger;
         let entries = ledger.unconfirmed_for(copy.external_id.as_str()).await?;
         if entries.is_empty() {
             // Resolved already (a scan notice and a webhook for the same copy), or ruled out.
-            return Ok(());
+            return Ok(Resolution::Done);
         }
         let row = ledger.record(&copy.external_id).await?;
         let linked = row.as_ref().and_then(|r| r.quo_id.clone());
         let state = row.as_ref().map(|r| r.state);
         match (linked, state) {
             // Our create was confirmed after all: this is the linked contact.
-            (Some(linked), _) if linked == copy.quo_id => Ok(()),
-            (Some(linked), _) => self.remove_twin(copy, &linked, &entries).await,
+            (Some(linked), _) if linked == copy.quo_id => Ok(Resolution::Done),
+            (Some(linked), _) => {
+                self.remove_twin(copy, &linked, &entries).await?;
+                Ok(Resolution::Done)
+            }
             // A create still pending: its lookup adopts the copy.
-            (None, Some(RecordState::PendingCreate)) => Ok(()),
+            (None, Some(RecordState::PendingCreate)) => Ok(Resolution::Done),
             (None, Some(RecordState::Unlinked)) => {
                 // Its contact was deleted in Quo and the record unlinked: nothing is synced for
                 // it any more, so the copy is left as it is and the entry is settled.
                 info!(event = "stray_contact_kept", external_id = %copy.external_id, quo_id = %copy.quo_id, "a contact made by a create whose answer was lost belongs to an unlinked record; left in Quo");
                 ledger.unconfirmed_remove(entries[0].id).await?;
-                Ok(())
+                Ok(Resolution::Done)
             }
             (None, _) => match read {
-                Some(index) if !self.in_crm(copy, index).await? => {
-                    self.remove_stray(copy, &entries).await
-                }
-                Some(_) => Ok(()),
+                Some(index) if !self.in_crm(copy, index).await? => Ok(Resolution::Stray(entries)),
+                Some(_) => Ok(Resolution::Done),
                 None => {
                     // Only a complete read can tell whether the record left the CRM: the
                     // notice stays pending until one has.
@@ -225,7 +261,7 @@ impl Cycle {
                         .lock()
                         .await
                         .insert(copy.external_id.to_string());
-                    Ok(())
+                    Ok(Resolution::Done)
                 }
             },
         }

@@ -118,7 +118,7 @@ impl Cycle {
                 record.location.clone(),
                 record.updated_at,
             ),
-            Work::Update(u) => (
+            Work::Update(u) | Work::Missing(u) => (
                 u.record.external_id.clone(),
                 u.record.location.clone(),
                 u.record.updated_at,
@@ -151,6 +151,7 @@ impl Cycle {
                     quo_id,
                 } => self.delete(external_id, quo_id).await,
                 Work::ResolvePending { external_id } => self.resolve_pending(external_id).await,
+                Work::Missing(update) => self.apply_contact_missing(*update).await,
             }
         }
         .instrument(span)
@@ -225,6 +226,8 @@ impl Cycle {
             }
             Work::Update(u) => PlannedOp::new(u.record.external_id.as_str(), Action::Update)
                 .with_fields(u.changed.clone())
+                .with_quo_id(u.quo_id.as_str()),
+            Work::Missing(u) => PlannedOp::new(u.record.external_id.as_str(), Action::Unlink)
                 .with_quo_id(u.quo_id.as_str()),
             Work::Delete {
                 external_id,
@@ -333,8 +336,17 @@ impl Cycle {
         Ok(())
     }
 
-    /// The contact is gone from Quo (a 404 confirmed it): apply `reverse.on_quo_delete`.
+    /// Quo answered 404 for the contact: `reverse.on_quo_delete` is applied in the settle phase,
+    /// together with every other such answer of the cycle, once the workspace check and the
+    /// deletion guard let them through (`settle_missing`).
     async fn contact_missing(&self, update: Update) -> Result<(), Failure> {
+        self.missing.lock().await.push(update);
+        Ok(())
+    }
+
+    /// The contact is gone from Quo (a 404 confirmed it, and the settle phase let that absence
+    /// be acted on): apply `reverse.on_quo_delete`.
+    async fn apply_contact_missing(&self, update: Update) -> Result<(), Failure> {
         let external_id = &update.record.external_id;
         let policy = self.ctx.settings.on_quo_delete;
         warn!(event = "contact_missing", external_id = %external_id, quo_id = %update.quo_id, policy = ?policy, "the Quo contact is gone");
@@ -440,14 +452,13 @@ impl Cycle {
                     .await?;
                 info!(event = "create_resolved", external_id = %external_id, quo_id = %contact.id, "adopted the contact an interrupted create had made");
             }
-            None => {
-                // The record left the CRM, but its POST may still have landed behind a lagging
-                // list: a later scan that lists it deletes it by `sync.on_source_delete`.
-                if let Some(sent) = intent.and_then(sent_by_intent) {
-                    self.ctx.ledger.unconfirmed_add(&external_id, &sent).await?;
-                }
-                self.ctx.ledger.forget(&external_id).await?;
-            }
+            // Forgotten in the settle phase, behind the workspace check and the deletion guard:
+            // a miss is an absence, and a key for another workspace finds nothing.
+            None => self
+                .unfound_creates
+                .lock()
+                .await
+                .push((external_id, intent.and_then(sent_by_intent))),
         }
         Ok(())
     }

@@ -121,6 +121,16 @@ pub struct CycleSettings {
     pub list_lag: Duration,
 }
 
+impl CycleSettings {
+    /// The mass-deletion guard these settings describe.
+    pub fn delete_guard(&self) -> crate::reverse::absence::DeleteGuard {
+        crate::reverse::absence::DeleteGuard {
+            max_fraction: self.max_delete_fraction,
+            allow: self.allow_mass_delete,
+        }
+    }
+}
+
 /// Everything a cycle works with.
 #[derive(Debug, Clone)]
 pub struct SyncContext {
@@ -223,6 +233,16 @@ struct Cycle {
     failed_since: Mutex<Option<DateTime<Utc>>>,
     /// Whether the mass-deletion guard refused this cycle's deletions.
     mass_delete_refused: AtomicBool,
+    /// The linked records when the cycle first guarded a deletion: what the guard measures.
+    linked_at_start: tokio::sync::OnceCell<usize>,
+    /// Deletions of every kind this cycle let through so far.
+    deletions_spent: std::sync::atomic::AtomicUsize,
+    /// PATCHes Quo answered 404 for: acted on (`reverse.on_quo_delete`) only in the settle
+    /// phase, all together, behind the workspace check and the deletion guard.
+    missing: Mutex<Vec<Update>>,
+    /// Pending creates of records gone from the CRM whose contact no lookup found (with what
+    /// their POST sent): forgotten in the settle phase, behind the same checks.
+    unfound_creates: Mutex<Vec<(ExternalId, Option<Snapshot>)>>,
     /// Phase timings for the report.
     phases: std::sync::Mutex<PhaseTimes>,
 }
@@ -278,6 +298,8 @@ enum Work {
     ResolvePending {
         external_id: ExternalId,
     },
+    /// A contact Quo answered 404 for, once the settle phase let its absence be acted on.
+    Missing(Box<Update>),
 }
 
 /// Runs one cycle.
@@ -404,6 +426,10 @@ impl Cycle {
             crm_deletes: Mutex::new(Vec::new()),
             failed_since: Mutex::new(None),
             mass_delete_refused: AtomicBool::new(false),
+            linked_at_start: tokio::sync::OnceCell::new(),
+            deletions_spent: std::sync::atomic::AtomicUsize::new(0),
+            missing: Mutex::new(Vec::new()),
+            unfound_creates: Mutex::new(Vec::new()),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
         }))
     }
