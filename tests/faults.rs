@@ -134,3 +134,132 @@ async fn once_exits_3_when_the_key_points_at_another_workspace() {
     assert!(stderr.contains("\"mass_delete_refused\""), "{stderr}");
     assert!(app.sandbox.foreign_contacts().is_empty());
 }
+
+/// A sandbox that accepts a second contact with the same externalId (as Quo's older API did),
+/// so a POST sent twice can make a twin; scans are off until [`scan_every_cycle`].
+async fn spawn_twinnable(n: u32) -> TestApp {
+    let mut app = TestApp::spawn_with(
+        &csv(&rows(n)),
+        SandboxConfig {
+            conflict_on_duplicate: false,
+            ..SandboxConfig::default()
+        },
+        "[reverse]\npoll_interval = \"1ms\"\n",
+    )
+    .await;
+    app.ctx.settings.poll_interval = None;
+    app.cycle().await;
+    app
+}
+
+/// Scans again in every cycle, so the twins a lagging list hid are found.
+fn scan_every_cycle(app: &mut TestApp) {
+    app.ctx.settings.poll_interval = Some(Duration::from_millis(1));
+}
+
+async fn unconfirmed(app: &TestApp, id: &str) -> usize {
+    app.ledger().unconfirmed_for(id).await.unwrap().len()
+}
+
+/// The next `n` contacts created stay out of list answers (`scope`, for `lists` list requests
+/// or until cleared).
+async fn hide_next_created(app: &TestApp, n: u32, scope: &str, lists: Option<u32>) {
+    let mut spec = serde_json::json!({"kind": "lagging_list", "next_created": n, "scope": scope});
+    if let Some(lists) = lists {
+        spec["lists"] = lists.into();
+    }
+    common::sandbox_fault(&app.sandbox.base_url(), spec).await;
+}
+
+/// The next `n` writes are applied, then answered 502.
+async fn applied_then_502(app: &TestApp, n: u32) {
+    common::sandbox_fault(
+        &app.sandbox.base_url(),
+        serde_json::json!({"kind": "status_after_write", "status": 502, "count": n}),
+    )
+    .await;
+}
+
+/// Clears the faults and scans until the workspace holds one contact per record again (or
+/// fails after a few cycles), with no unconfirmed create left.
+async fn converges(app: &mut TestApp, ids: &[&str]) {
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    scan_every_cycle(app);
+    for _ in 0..4 {
+        app.cycle().await;
+    }
+    let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    app.assert_one_contact_per_record(&ids).await;
+    for id in &ids {
+        assert_eq!(unconfirmed(app, id).await, 0, "{id}: entries left");
+    }
+}
+
+/// Retries run out after 5xx resends, each POST having landed behind a lagging list: every one
+/// is on record, so every twin it made is found and removed later.
+#[tokio::test]
+async fn every_post_of_a_create_that_ran_out_of_retries_after_5xx_is_on_record() {
+    let mut app = spawn_twinnable(2).await;
+    app.write_csv(&csv(&rows(3)));
+    // `max_retries = 10`: eleven POSTs, each applied, answered 502 and hidden from lists.
+    hide_next_created(&app, 11, "all", None).await;
+    applied_then_502(&app, 11).await;
+    let report = app.cycle().await;
+    assert_eq!(report.counts.quarantined, 1, "{report:#?}");
+    assert_eq!(app.sandbox.count_by_external_id("c-3"), 11);
+    assert_eq!(
+        unconfirmed(&app, "c-3").await,
+        11,
+        "each POST that may have landed is on record"
+    );
+    converges(&mut app, &["c-1", "c-2", "c-3"]).await;
+}
+
+/// A 5xx'd POST is resent and the second one times out (its connection lost after Quo applied
+/// it): both are on record, not only the last one's intent.
+#[tokio::test]
+async fn a_create_that_timed_out_after_a_5xx_resend_leaves_both_posts_on_record() {
+    let mut app = spawn_twinnable(2).await;
+    app.write_csv(&csv(&rows(3)));
+    hide_next_created(&app, 2, "all", None).await;
+    applied_then_502(&app, 1).await;
+    app.sandbox
+        .inject(quo_sync::sandbox::Fault::DropAfterWrite { count: 1 });
+    let report = app.cycle().await;
+    assert_eq!(report.counts.quarantined, 1, "{report:#?}");
+    assert_eq!(app.sandbox.count_by_external_id("c-3"), 2);
+    assert_eq!(unconfirmed(&app, "c-3").await, 2);
+    converges(&mut app, &["c-1", "c-2", "c-3"]).await;
+}
+
+/// The lookup after a 5xx adopts the contact an earlier cycle's lost POST made, not the one the
+/// 5xx'd POST may have made: that POST stays on record, and its twin is removed later. The CRM
+/// changed after the first POST, so the entry the adopted contact settles is the oldest one, and
+/// the two later POSTs (a lost answer, then the 5xx) must each still have theirs.
+#[tokio::test]
+async fn a_5xx_resolved_by_adopting_an_older_contact_keeps_its_own_post_on_record() {
+    let mut app = spawn_twinnable(2).await;
+    app.write_csv(&csv(&rows(3)));
+    // Six lookups miss: one after each lost answer, two before each later POST.
+    hide_next_created(&app, 3, "by_external_id", Some(6)).await;
+    app.sandbox
+        .inject(quo_sync::sandbox::Fault::DropAfterWrite { count: 2 });
+    app.cycle().await;
+    let mut edited = rows(3);
+    edited[2] = edited[2].replace("Acme 3,", "Globex,");
+    app.write_csv(&csv(&edited));
+    app.cycle().await;
+    assert_eq!(app.sandbox.count_by_external_id("c-3"), 2);
+    // The third POST lands and answers 502; the lookup after it (the lag over) adopts the
+    // oldest contact, the first POST's.
+    applied_then_502(&app, 1).await;
+    app.cycle().await;
+    assert_eq!(app.sandbox.count_by_external_id("c-3"), 3);
+    assert_eq!(
+        unconfirmed(&app, "c-3").await,
+        2,
+        "one entry per twin: the lost answer's and the 5xx'd POST's"
+    );
+    converges(&mut app, &["c-1", "c-2", "c-3"]).await;
+    assert_eq!(app.contact_for("c-3")["defaultFields"]["company"], "Globex");
+}

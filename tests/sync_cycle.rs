@@ -329,7 +329,7 @@ async fn lost_intent_scenario(backend: Backend) {
         "quo-sync",
         None,
     );
-    app.ctx.client.create_contact(&body).await.unwrap();
+    app.ctx.client.create_contact(&body, &()).await.unwrap();
     let report = app.cycle().await;
     assert_eq!(report.counts.created, 2);
     app.assert_one_contact_per_record(&ids(2)).await;

@@ -81,6 +81,39 @@ impl Ledger {
         Ok(())
     }
 
+    /// A POST for `external_id` that sent `sent` may have landed unseen, and the pending create's
+    /// row held it: the entry is written and the row's snapshot cleared in one transaction, so
+    /// each POST is on record exactly once (a crash between the two cannot count it twice).
+    pub async fn unconfirmed_from_intent(
+        &self,
+        external_id: &ExternalId,
+        sent: &Snapshot,
+    ) -> Result<(), LedgerError> {
+        let snapshot = serde_json::to_string(sent).expect("snapshot serialises");
+        let now = now_text();
+        on_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO unconfirmed_creates (external_id, snapshot, sent_at) VALUES ($1, $2, $3)",
+            )
+            .bind(external_id.as_str())
+            .bind(&snapshot)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE records SET snapshot = NULL, updated_at = $2
+                 WHERE external_id = $1 AND quo_id IS NULL AND state = 'pending_create'",
+            )
+            .bind(external_id.as_str())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
     /// The unconfirmed creates for one record, oldest first.
     pub async fn unconfirmed_for(
         &self,

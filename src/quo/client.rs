@@ -165,9 +165,46 @@ pub struct CreateOutcome {
     pub contact: Contact,
     /// True when an existing contact was found and adopted instead of created.
     pub adopted: bool,
-    /// POSTs sent before the one that succeeded whose outcome stayed unknown (a 5xx, then a
-    /// lookup that missed): each may have made a contact a lagging list hid.
-    pub unconfirmed_posts: u32,
+}
+
+/// What [`QuoClient::create_contact`] tells the caller's record of POSTs as they happen, so a
+/// POST that may have made a contact is never forgotten: Quo has no idempotency key, a list can
+/// lag a create for longer than any wait, and only the record tells a contact such a POST made
+/// from a stranger's later on.
+pub trait PostJournal {
+    /// Why the record could not be written (the create stops: nothing unrecorded is sent).
+    type Error;
+
+    /// A POST is about to be sent: what it sends must be on record until its outcome is known.
+    fn sending(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The POST just sent may have made a contact (a 5xx, a timeout, a reset): record it as
+    /// unconfirmed now, before any lookup or second POST.
+    fn may_have_landed(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// A journal that keeps nothing (tests and tools that create by hand).
+impl PostJournal for () {
+    type Error = std::convert::Infallible;
+
+    async fn sending(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    async fn may_have_landed(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Why [`QuoClient::create_contact`] failed: Quo, or the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError<E> {
+    /// Quo refused the create, or its outcome is unknown.
+    #[error(transparent)]
+    Quo(#[from] QuoError),
+    /// The journal could not record a POST; nothing more was sent.
+    #[error("the record of POSTs failed")]
+    Journal(E),
 }
 
 /// Settings for `QuoClient::new`.
@@ -491,13 +528,21 @@ impl QuoClient {
 
     /// `POST /v1/contacts`, never creating a duplicate: a 409 or an unknown outcome is resolved
     /// by a lookup by external id, and a found contact is adopted instead of created again.
-    pub async fn create_contact(&self, body: &CreateContact) -> Result<CreateOutcome, QuoError> {
+    ///
+    /// `journal` is told before each POST is sent ([`PostJournal::sending`]) and at the moment
+    /// each one's outcome becomes unknown ([`PostJournal::may_have_landed`]: a 5xx, a timeout, a
+    /// reset), before any lookup or resend: a POST that may have made a contact is on record
+    /// whatever happens next (retries running out, a later timeout, the lookup adopting an
+    /// older contact, the process dying).
+    pub async fn create_contact<J: PostJournal>(
+        &self,
+        body: &CreateContact,
+        journal: &J,
+    ) -> Result<CreateOutcome, CreateError<J::Error>> {
         let route = "POST /v1/contacts";
         let mut retries = 0u32;
-        let mut unconfirmed_posts = 0u32;
         loop {
-            // A 409 made nothing: a second POST after it leaves no contact unaccounted for.
-            let mut refused_as_conflict = false;
+            journal.sending().await.map_err(CreateError::Journal)?;
             // `resend`: whether nothing listed after the wait makes a second POST safe enough.
             let (last, wait_hint, limited, look_first, resend) = match self
                 .attempt(route, Method::POST, "/v1/contacts", &[], Some(body))
@@ -508,54 +553,55 @@ impl QuoClient {
                     return Ok(CreateOutcome {
                         contact: envelope.data,
                         adopted: false,
-                        unconfirmed_posts,
                     });
                 }
-                // Quo says it exists: look now (no wait needed for a definite answer).
+                // Quo says it exists: look now (no wait needed for a definite answer). A 409
+                // made nothing, so a second POST after it leaves no contact unaccounted for.
                 Ok((StatusCode::CONFLICT, _)) => {
                     let found = self.lookup_after_post(route, &body.external_id).await?;
                     if let Some(contact) = found {
                         return Ok(CreateOutcome {
                             contact,
                             adopted: true,
-                            unconfirmed_posts,
                         });
                     }
                     let text = format!(
                         "409 on create, yet no contact with externalId {:?} is listed",
                         body.external_id
                     );
-                    refused_as_conflict = true;
                     (text, None, false, true, true)
                 }
-                // Refused, so this POST made nothing; an earlier one of this call may have.
-                Ok((status, bytes)) if unconfirmed_posts == 0 => {
-                    return Err(rejected(status, &bytes));
-                }
-                Ok((status, bytes)) => {
-                    return Err(QuoError::Ambiguous {
-                        route,
-                        reason: format!(
-                            "an earlier POST's outcome is unknown, and the next was refused: {}",
-                            rejected(status, &bytes)
-                        ),
-                    });
-                }
+                // Refused, so this POST made nothing (an earlier one of this call that may have
+                // is on record already).
+                Ok((status, bytes)) => return Err(rejected(status, &bytes).into()),
                 // Never reached Quo, or refused by the rate limit before any work: plain retry.
-                Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }),
+                Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }.into()),
                 Err(AttemptError::NotSent(text)) => (text, None, false, false, false),
                 Err(AttemptError::Retryable {
                     status: StatusCode::TOO_MANY_REQUESTS,
                     retry_after,
                     text,
                 }) => (text, retry_after, true, false, false),
-                // The write may have landed, and a list may lag the write: wait first, then
-                // look, then send again only if nothing is there.
-                // A 5xx usually applied nothing: look, and send again if nothing is listed.
+                // A 5xx usually applied nothing, but may have: on record, then look, and send
+                // again if nothing is listed.
                 Err(AttemptError::Retryable {
                     retry_after, text, ..
-                }) => (text, retry_after, false, true, true),
-                Err(AttemptError::Ambiguous(text)) => (text, None, false, true, false),
+                }) => {
+                    journal
+                        .may_have_landed()
+                        .await
+                        .map_err(CreateError::Journal)?;
+                    (text, retry_after, false, true, true)
+                }
+                // The write may have landed, and a list may lag the write: on record, wait,
+                // look, and never send again in this call.
+                Err(AttemptError::Ambiguous(text)) => {
+                    journal
+                        .may_have_landed()
+                        .await
+                        .map_err(CreateError::Journal)?;
+                    (text, None, false, true, false)
+                }
             };
             retries = self
                 .before_retry(route, retries, last, wait_hint, limited)
@@ -565,19 +611,17 @@ impl QuoClient {
                     return Ok(CreateOutcome {
                         contact,
                         adopted: true,
-                        unconfirmed_posts,
                     });
                 }
-                if resend {
-                    unconfirmed_posts += u32::from(!refused_as_conflict);
-                } else {
+                if !resend {
                     // Our POST may have landed and a list may lag it: sending again now could
                     // make a duplicate that no lookup can undo. The intent stays pending; the
                     // next cycle looks again before any POST.
                     return Err(QuoError::Ambiguous {
                         route,
                         reason: "the create's outcome is unknown and the contact is not listed yet; resolved by lookup next cycle".into(),
-                    });
+                    }
+                    .into());
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! fails is quarantined on its own (stage `quo`) and the rest of the cycle goes on.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -11,8 +12,9 @@ use tracing::{Instrument, info, info_span, warn};
 use super::{Action, Cycle, Mode, PlannedOp, SyncError, Update, Work};
 use crate::config::OnQuoDelete;
 use crate::domain::{ExternalId, QuoContactId, Snapshot};
+use crate::ledger::Ledger;
 use crate::ledger::{LedgerError, NewQuarantine, QuarantineStage, RecordState, SyncedRecord};
-use crate::quo::client::QuoError;
+use crate::quo::client::{CreateError, PostJournal, QuoError};
 use crate::quo::types::Contact;
 use crate::source::SourceRecord;
 
@@ -499,19 +501,18 @@ impl Cycle {
         } else {
             None
         };
-        let (contact, adopted) = match existing {
-            Some(contact) => (contact, true),
+        let (contact, adopted, sent_before, unconfirmed) = match existing {
+            Some(contact) => (contact, true, sent_before, unconfirmed),
             None => {
                 // Two lookups missed, but a list can lag longer than any wait: what the earlier
                 // POST sent is kept, so the contact it may have made is recognised when a scan
                 // lists it (`copies.rs`) instead of staying a duplicate.
                 if let Some(sent) = intent.and_then(sent_by_intent) {
-                    self.ctx.ledger.unconfirmed_add(external_id, &sent).await?;
+                    self.ctx
+                        .ledger
+                        .unconfirmed_from_intent(external_id, &sent)
+                        .await?;
                 }
-                self.ctx
-                    .ledger
-                    .record_intent_with(external_id, Some(snapshot))
-                    .await?;
                 let source_url = self
                     .ctx
                     .settings
@@ -524,9 +525,15 @@ impl Cycle {
                     self.ctx.client.source(),
                     source_url,
                 );
-                let outcome = match self.ctx.client.create_contact(&body).await {
+                let journal = IntentJournal {
+                    ledger: &self.ctx.ledger,
+                    external_id,
+                    snapshot,
+                    held: AtomicBool::new(false),
+                };
+                let outcome = match self.ctx.client.create_contact(&body, &journal).await {
                     Ok(outcome) => outcome,
-                    Err(e @ QuoError::Rejected { .. }) => {
+                    Err(CreateError::Quo(e @ QuoError::Rejected { .. })) => {
                         // Quo refused the POST itself, so it made nothing: the intent no longer
                         // stands for a POST that may have landed (no entry for it next time).
                         self.ctx
@@ -535,17 +542,28 @@ impl Cycle {
                             .await?;
                         return Err(Failure::Quo(e));
                     }
-                    Err(e) => return Err(Failure::Quo(e)),
+                    Err(CreateError::Quo(e)) => return Err(Failure::Quo(e)),
+                    Err(CreateError::Journal(e)) => return Err(Failure::Ledger(e)),
                 };
-                // Each 5xx'd POST may have landed behind a lagging list, like a lost answer,
-                // and each may have made its own twin.
-                for _ in 0..outcome.unconfirmed_posts {
-                    self.ctx
+                let contact = self.normalized(outcome.contact);
+                if !outcome.adopted {
+                    (contact, false, sent_before, unconfirmed)
+                } else {
+                    // The POSTs of this call are on record now: the intent holds the last one
+                    // unless its outcome became unknown, the entries hold the others.
+                    let intent_now = self
+                        .ctx
                         .ledger
-                        .unconfirmed_add(external_id, snapshot)
+                        .record(external_id)
+                        .await?
+                        .and_then(sent_by_intent);
+                    let entries = self
+                        .ctx
+                        .ledger
+                        .unconfirmed_for(external_id.as_str())
                         .await?;
+                    (contact, true, intent_now, entries)
                 }
-                (self.normalized(outcome.contact), outcome.adopted)
             }
         };
         if adopted {
@@ -745,4 +763,37 @@ fn sent_by_intent(row: crate::ledger::RecordRow) -> Option<Snapshot> {
     (row.state == RecordState::PendingCreate && row.quo_id.is_none())
         .then_some(row.snapshot)
         .flatten()
+}
+
+/// The ledger's record of one create's POSTs ([`PostJournal`]): the pending create's row holds
+/// the body of the POST in flight (a crash leaves it there, and the next cycle looks it up); a
+/// POST whose outcome becomes unknown moves, at that moment, to `unconfirmed_creates`, one entry
+/// per POST, so every contact such POSTs made is recognised as ours when a scan lists it.
+struct IntentJournal<'a> {
+    ledger: &'a Ledger,
+    external_id: &'a ExternalId,
+    snapshot: &'a Snapshot,
+    /// Whether the row holds the body now (a retry of a POST that never left writes nothing).
+    held: AtomicBool,
+}
+
+impl PostJournal for IntentJournal<'_> {
+    type Error = LedgerError;
+
+    async fn sending(&self) -> Result<(), LedgerError> {
+        if !self.held.swap(true, Ordering::AcqRel) {
+            self.ledger
+                .record_intent_with(self.external_id, Some(self.snapshot))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn may_have_landed(&self) -> Result<(), LedgerError> {
+        self.ledger
+            .unconfirmed_from_intent(self.external_id, self.snapshot)
+            .await?;
+        self.held.store(false, Ordering::Release);
+        Ok(())
+    }
 }
