@@ -263,3 +263,311 @@ async fn a_5xx_resolved_by_adopting_an_older_contact_keeps_its_own_post_on_recor
     converges(&mut app, &["c-1", "c-2", "c-3"]).await;
     assert_eq!(app.contact_for("c-3")["defaultFields"]["company"], "Globex");
 }
+
+/// The record with a twin and (linked id, twin id), after a create whose answer was lost
+/// behind a lagging list was sent again (the lag lasts until the faults are cleared).
+async fn make_a_twin(app: &TestApp, ids: &[&str]) -> (String, String, String) {
+    hide_next_created(app, 1, "all", None).await;
+    app.sandbox
+        .inject(quo_sync::sandbox::Fault::DropAfterWrite { count: 1 });
+    app.cycle().await; // the lost POST: its record stays a pending create
+    app.cycle().await; // both lookups miss, so the record is created again
+    let twinned: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| app.sandbox.count_by_external_id(id) > 1)
+        .collect();
+    let [id] = twinned.as_slice() else {
+        panic!("expected one record with a twin, got {twinned:?}")
+    };
+    let linked = app.row(id).await.quo_id.expect("linked").0;
+    let twin = app
+        .sandbox
+        .contacts()
+        .into_iter()
+        .find(|c| c["externalId"] == *id && c["id"] != linked.as_str())
+        .expect("a twin");
+    (
+        id.to_string(),
+        linked,
+        twin["id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The mapping without `company` and `role`: those fields are Quo's alone.
+async fn without_company_and_role(app: &mut TestApp) {
+    let config = std::fs::read_to_string(&app.config_path).unwrap();
+    let config = config
+        .replace("company = \"company\"\n", "")
+        .replace("role = \"role\"\n", "");
+    std::fs::write(&app.config_path, config).unwrap();
+    app.restart().await;
+}
+
+/// Typed on a twin outside the mapping: a company (a default field the mapping does not
+/// manage) the linked contact lacks is carried over; a role the linked contact holds otherwise
+/// and a value of a custom field type the API cannot write are recorded as conflicts. Nothing
+/// goes with the twin's DELETE unrecorded, and a later PATCH keeps the carried company.
+#[tokio::test]
+async fn what_was_typed_on_a_twin_outside_the_mapping_is_carried_over_or_recorded() {
+    let mut app = TestApp::spawn_with(
+        &csv(&rows(2)),
+        SandboxConfig {
+            conflict_on_duplicate: false,
+            ..SandboxConfig::default()
+        },
+        "[reverse]\npoll_interval = \"1ms\"\n",
+    )
+    .await;
+    without_company_and_role(&mut app).await;
+    app.sandbox
+        .define_custom_field("Rating", "rating", "rating", None, None)
+        .unwrap();
+    let (id, linked, twin) = make_a_twin(&app, &["c-1", "c-2"]).await;
+    app.sandbox
+        .app_edit(
+            &twin,
+            serde_json::json!({"defaultFields": {"company": "Typed On The Twin", "role": "Twin role"},
+                   "customFields": [{"key": "rating", "value": 5}]}),
+        )
+        .expect("app edit");
+    app.sandbox
+        .app_edit(
+            &linked,
+            serde_json::json!({"defaultFields": {"role": "Linked role"}}),
+        )
+        .expect("app edit");
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.cycle().await; // the scan lists the twin
+    app.cycle().await;
+
+    assert_eq!(app.sandbox.count_by_external_id(&id), 1, "the twin is gone");
+    let contact = app.contact_for(&id);
+    assert_eq!(contact["id"], linked.as_str());
+    assert_eq!(contact["defaultFields"]["company"], "Typed On The Twin");
+    assert_eq!(contact["defaultFields"]["role"], "Linked role");
+    let conflicts = app.ledger().conflicts(100).await.unwrap();
+    let named = |field: &str| {
+        conflicts
+            .iter()
+            .find(|c| c.external_id == id && c.field == field)
+            .unwrap_or_else(|| panic!("no conflict for {field}: {conflicts:#?}"))
+    };
+    let role = named("role");
+    assert!(role.quo_value.as_deref().unwrap().contains("Twin role"));
+    assert_eq!(role.winner, "crm");
+    let rating = named("rating");
+    assert_eq!(rating.quo_value.as_deref(), Some("5"));
+    assert_eq!(rating.policy, "twin_not_carried");
+    assert_eq!(unconfirmed(&app, &id).await, 0);
+
+    // A CRM edit PATCHes the contact: the company typed in Quo is not cleared.
+    let n: u32 = id.trim_start_matches("c-").parse().unwrap();
+    let edited: Vec<String> = (1..=2)
+        .map(|i| {
+            let row = row(&format!("c-{i}"), i);
+            if i == n {
+                row.replace(&format!("First{i},"), "Renamed,")
+            } else {
+                row
+            }
+        })
+        .collect();
+    app.write_csv(&csv(&edited));
+    let report = app.cycle().await;
+    assert_eq!(report.counts.updated, 1, "{report:#?}");
+    let contact = app.contact_for(&id);
+    assert_eq!(contact["defaultFields"]["firstName"], "Renamed");
+    assert_eq!(contact["defaultFields"]["company"], "Typed On The Twin");
+}
+
+/// A twin and the app that made it, with scans every cycle (the twin stays hidden from every
+/// list until the faults are cleared).
+async fn app_with_a_twin(extra: &str) -> (TestApp, String, String, String) {
+    let app = TestApp::spawn_with(
+        &csv(&rows(2)),
+        SandboxConfig {
+            conflict_on_duplicate: false,
+            ..SandboxConfig::default()
+        },
+        &format!("[reverse]\npoll_interval = \"1ms\"\n{extra}"),
+    )
+    .await;
+    let (id, linked, twin) = make_a_twin(&app, &["c-1", "c-2"]).await;
+    (app, id, linked, twin)
+}
+
+/// Quo refuses the PATCH that carries what was typed on a twin over (here: a multi-select value
+/// the field no longer offers). It is not tried for good: what it would have carried is
+/// recorded as conflicts, the twin is deleted, and the entry ends.
+#[tokio::test]
+async fn a_refused_carry_over_ends_recorded_as_conflicts() {
+    let (app, id, linked, twin) = app_with_a_twin("").await;
+    let options = |o: &[&str]| Some(o.iter().map(|s| s.to_string()).collect());
+    app.sandbox
+        .define_custom_field(
+            "Segments",
+            "segments",
+            "multi-select",
+            options(&["a", "b"]),
+            None,
+        )
+        .unwrap();
+    app.sandbox
+        .app_edit(
+            &twin,
+            serde_json::json!({"customFields": [{"key": "segments", "value": ["a"]}]}),
+        )
+        .expect("app edit");
+    app.sandbox
+        .define_custom_field(
+            "Segments",
+            "segments",
+            "multi-select",
+            options(&["b"]),
+            None,
+        )
+        .unwrap();
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    for _ in 0..3 {
+        app.cycle().await;
+    }
+    assert_eq!(app.sandbox.count_by_external_id(&id), 1, "the twin is gone");
+    assert_eq!(app.contact_for(&id)["id"], linked.as_str());
+    assert_eq!(unconfirmed(&app, &id).await, 0, "the entry ended");
+    let conflicts = app.ledger().conflicts(100).await.unwrap();
+    let segments = conflicts
+        .iter()
+        .find(|c| c.external_id == id && c.field == "segments")
+        .unwrap_or_else(|| panic!("the refused value is recorded: {conflicts:#?}"));
+    assert_eq!(segments.policy, "twin_not_carried");
+    assert!(segments.quo_value.as_deref().unwrap().contains("\"a\""));
+}
+
+/// The ledger's contact for the record no longer carries its externalId (a person changed it in
+/// Quo): which contact is the twin cannot be told, so neither is deleted, and the entry ends as
+/// abandoned, with the reason, for an operator.
+#[tokio::test]
+async fn a_twin_is_not_deleted_when_the_linked_contact_is_not_ours() {
+    let (app, id, linked, twin) = app_with_a_twin("").await;
+    app.sandbox
+        .app_edit(&linked, serde_json::json!({"externalId": "moved-by-hand"}))
+        .expect("app edit");
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    for _ in 0..3 {
+        app.cycle().await;
+    }
+    assert!(app.sandbox.contact(&twin).is_some(), "the twin was deleted");
+    assert!(app.sandbox.contact(&linked).is_some());
+    assert_eq!(unconfirmed(&app, &id).await, 0, "the entry ended");
+    assert_abandoned(&app, &id, &twin).await;
+}
+
+/// One of `id`'s unconfirmed creates ended as abandoned, naming `contact`.
+async fn assert_abandoned(app: &TestApp, id: &str, contact: &str) {
+    let abandoned = app.ledger().unconfirmed_abandoned(10).await.unwrap();
+    assert!(
+        abandoned
+            .iter()
+            .any(|(external_id, _, reason)| external_id == id && reason.contains(contact)),
+        "{abandoned:#?}"
+    );
+}
+
+/// A contact a lost create made, of a record gone from the CRM, that Quo cannot serve (every
+/// request for it answers 500): after a few attempts its entry ends as abandoned, with the
+/// reason, instead of being retried (and alerted on) for good. It is not deleted.
+#[tokio::test]
+async fn an_unreadable_stray_ends_abandoned_with_the_reason() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(2)),
+        SandboxConfig {
+            conflict_on_duplicate: false,
+            ..SandboxConfig::default()
+        },
+        "[sync]\non_source_delete = \"delete\"\n[reverse]\npoll_interval = \"1ms\"\n",
+    )
+    .await;
+    app.cycle().await;
+    // c-3's POST lands behind a lagging list and its answer is lost; then c-3 leaves the CRM
+    // and the pending create is forgotten (its POST kept as an entry).
+    hide_next_created(&app, 1, "all", None).await;
+    app.sandbox
+        .inject(quo_sync::sandbox::Fault::DropAfterWrite { count: 1 });
+    app.write_csv(&csv(&rows(3)));
+    app.cycle().await;
+    app.write_csv(&csv(&rows(2)));
+    app.cycle().await;
+    assert_eq!(unconfirmed(&app, "c-3").await, 1);
+    let stray = app
+        .sandbox
+        .contacts()
+        .into_iter()
+        .find(|c| c["externalId"] == "c-3");
+    let stray = stray.expect("the lost create's contact")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    common::sandbox_fault(
+        &app.sandbox.base_url(),
+        serde_json::json!({"kind": "broken_contacts", "ids": [stray], "status": 500}),
+    )
+    .await;
+    for _ in 0..6 {
+        app.cycle().await;
+    }
+    assert_eq!(unconfirmed(&app, "c-3").await, 0, "the entry ended");
+    assert!(app.sandbox.contact(&stray).is_some(), "not deleted unread");
+    assert_abandoned(&app, "c-3", &stray).await;
+    let status = quo_sync::ops::status(app.ledger()).await.unwrap();
+    assert!(status.render().contains(&stray), "{}", status.render());
+}
+
+/// An unlinked contact with our source and a record's externalId, made long after that record's
+/// unconfirmed create (another deployment sharing `quo.source`): left alone, and the entry is
+/// still ruled out by the passes that follow instead of being kept alive by it for good.
+#[tokio::test]
+async fn a_copy_not_ours_does_not_keep_an_entry_alive() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(2)),
+        SandboxConfig {
+            conflict_on_duplicate: false,
+            ..SandboxConfig::default()
+        },
+        "[reverse]\npoll_interval = \"1ms\"\n",
+    )
+    .await;
+    app.cycle().await;
+    let c1 = quo_sync::domain::ExternalId::parse("c-1").unwrap();
+    app.ledger()
+        .unconfirmed_add(&c1, &quo_sync::domain::Snapshot::default())
+        .await
+        .unwrap();
+    // The entry was written an hour ago.
+    let db = app.dir.path().join("ledger.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let hour_ago = (chrono::Utc::now() - chrono::TimeDelta::hours(1)).to_rfc3339();
+    sqlx::query("UPDATE unconfirmed_creates SET sent_at = $1")
+        .bind(&hour_ago)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let stranger = app.sandbox.app_create(
+        serde_json::json!({"defaultFields": {"firstName": "Someone"}, "externalId": "c-1"}),
+        "quo-sync",
+    );
+    for _ in 0..=quo_sync::ledger::PASSES_TO_RULE_OUT {
+        app.cycle().await;
+    }
+    assert_eq!(unconfirmed(&app, "c-1").await, 0, "ruled out");
+    assert!(
+        app.sandbox
+            .contact(stranger["id"].as_str().unwrap())
+            .is_some()
+    );
+    assert_eq!(app.sandbox.count_by_external_id("c-1"), 2);
+}

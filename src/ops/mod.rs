@@ -32,6 +32,9 @@ pub struct Status {
     /// Creates whose answer was lost and whose contact no scan has found yet (a twin may exist
     /// until one does).
     pub unconfirmed_creates: i64,
+    /// Unconfirmed creates whose contact could not be resolved, abandoned with a reason (the
+    /// contact is left in Quo for an operator): the newest few, (external id, when, why).
+    pub abandoned_creates: Vec<(String, String, String)>,
 }
 
 /// Gathers the status report.
@@ -51,6 +54,7 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         pending_reverse_events: ledger.inbox_depth().await?,
         conflicts,
         unconfirmed_creates: ledger.unconfirmed_count().await?,
+        abandoned_creates: ledger.unconfirmed_abandoned(5).await?,
     })
 }
 
@@ -130,6 +134,11 @@ impl Status {
             out.push_str(&format!(
                 "unconfirmed creates {} (lost POST answers; resolved by the next scans)\n",
                 self.unconfirmed_creates
+            ));
+        }
+        for (external_id, at, reason) in &self.abandoned_creates {
+            out.push_str(&format!(
+                "abandoned create {external_id} ({at}): {reason}\n"
             ));
         }
         out

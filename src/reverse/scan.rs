@@ -145,10 +145,12 @@ pub async fn scan_with(
             }
             Err(e) => return Err(e.into()),
         };
-        let external_ids: std::collections::HashMap<String, String> = page
+        // Each contact's externalId and creation time (a copy made after every unconfirmed create
+        // of its record is not theirs).
+        let external_ids: std::collections::HashMap<String, (String, Option<String>)> = page
             .contacts
             .iter()
-            .filter_map(|c| Some((c.id.clone(), c.external_id.clone()?)))
+            .filter_map(|c| Some((c.id.clone(), (c.external_id.clone()?, c.created_at.clone()))))
             .collect();
         let mut listed: Vec<(String, Option<String>)> = page
             .contacts
@@ -257,24 +259,41 @@ async fn note_page(
 }
 
 /// A notice for each unlinked contact carrying the externalId of an unconfirmed create (see
-/// `ledger::unconfirmed`), marking those entries seen. Returns the notices stored.
+/// `ledger::unconfirmed`), marking those entries seen. A contact created after every entry of
+/// its record was written was not made by their POSTs (a second deployment sharing our
+/// `source`, say): it is left alone and does not count as seen, so the entries are still ruled
+/// out by passes that list nothing of theirs. Returns the notices stored.
 async fn note_copies(
     ledger: &Ledger,
     scan_id: &str,
     orphans: &[String],
-    external_ids: &std::collections::HashMap<String, String>,
+    external_ids: &std::collections::HashMap<String, (String, Option<String>)>,
 ) -> Result<u64, IntakeError> {
-    let candidates: Vec<(&String, &String)> = orphans
+    let candidates: Vec<(&String, &String, Option<&str>)> = orphans
         .iter()
-        .filter_map(|quo_id| Some((quo_id, external_ids.get(quo_id)?)))
+        .filter_map(|quo_id| {
+            let (external_id, created_at) = external_ids.get(quo_id)?;
+            Some((quo_id, external_id, created_at.as_deref()))
+        })
         .collect();
     if candidates.is_empty() {
         return Ok(0);
     }
     let unconfirmed = ledger.unconfirmed_external_ids().await?;
     let (mut notices, mut found) = (0, Vec::new());
-    for (quo_id, external_id) in candidates {
+    for (quo_id, external_id, created_at) in candidates {
         if !unconfirmed.contains(external_id) {
+            continue;
+        }
+        let entries = ledger.unconfirmed_for(external_id).await?;
+        if !crate::ledger::made_in_time(&entries, created_at) {
+            info!(
+                event = "copy_not_ours",
+                external_id,
+                quo_id,
+                created_at,
+                "an unlinked contact with our source and this externalId was made after every unconfirmed create of the record; left alone, and it does not keep them from being ruled out"
+            );
             continue;
         }
         // One notice per pass: a copy left alone this pass (its record still pending) is

@@ -19,6 +19,7 @@
 //! | --- | --- |
 //! | `{"kind":"status","status":500,"count":3,"retry_after":2}` | the next `count` API requests answer `status` with Quo's error body (and `Retry-After` if given), applying nothing |
 //! | `{"kind":"status_after_write","status":502,"count":2,"retry_after":1}` | the next `count` successful writes are applied, then answered `status` with Quo's error body (a gateway that timed out after the backend did the work); a rejected write answers normally and leaves the fault queued |
+//! | `{"kind":"broken_contacts","ids":["…"],"status":500}` | until cleared (or injected again with other ids), every `/v1/contacts/{id}` request (GET, PATCH, DELETE) for these Quo ids answers `status` with Quo's error body, applying nothing: a contact Quo cannot serve; lists still show it |
 //! | `{"kind":"drop_after_write","count":1}` | the next `count` successful writes (POST/PATCH/DELETE) are applied, then the connection is closed without a response; a rejected write answers normally and leaves the fault queued |
 //! | `{"kind":"drop_after_write_ratio","ratio":0.4,"seed":7,"methods":["PATCH"]}` | until cleared, each successful write whose method is in `methods` (default all three) loses its response with probability `ratio` (seeded, keyed `"METHOD externalId"`); injecting again replaces it; a queued `drop_after_write` count is used first |
 //! | `{"kind":"latency","extra_ms":200,"count":2}` | the next `count` API requests are delayed `extra_ms` more |
@@ -85,6 +86,13 @@ pub enum Fault {
     DropAfterWrite {
         /// How many writes get it.
         count: u32,
+    },
+    /// Until cleared, every request addressed to one of these contacts by id answers `status`.
+    BrokenContacts {
+        /// Quo ids.
+        ids: Vec<String>,
+        /// HTTP status, e.g. 500.
+        status: u16,
     },
     /// Until cleared, a seeded random fraction of successful writes lose their response.
     DropAfterWriteRatio {
@@ -205,6 +213,14 @@ pub enum FaultSpec {
         #[serde(default = "one")]
         count: u32,
     },
+    /// See [`Fault::BrokenContacts`].
+    BrokenContacts {
+        /// Quo ids.
+        ids: Vec<String>,
+        /// HTTP status.
+        #[serde(default = "five_hundred")]
+        status: u16,
+    },
     /// See [`Fault::DropAfterWriteRatio`].
     DropAfterWriteRatio {
         /// Probability per write.
@@ -294,6 +310,10 @@ fn two() -> u32 {
     2
 }
 
+fn five_hundred() -> u16 {
+    500
+}
+
 fn pick(count: u32, ratio: Option<f64>, seed: u64) -> Pick {
     match ratio {
         Some(ratio) => Pick::Ratio { ratio, seed },
@@ -323,6 +343,7 @@ impl From<FaultSpec> for Fault {
                 retry_after,
             },
             FaultSpec::DropAfterWrite { count } => Fault::DropAfterWrite { count },
+            FaultSpec::BrokenContacts { ids, status } => Fault::BrokenContacts { ids, status },
             FaultSpec::DropAfterWriteRatio {
                 ratio,
                 seed,
@@ -373,6 +394,8 @@ pub struct FaultCounters {
     pub status_answers: u64,
     /// Applied writes answered with a status by `status_after_write`.
     pub status_after_write: u64,
+    /// Requests to a broken contact answered with its status.
+    pub broken_contact_answers: u64,
     /// Requests delayed by `latency` faults.
     pub delayed_requests: u64,
     /// Writes applied and then dropped by a `drop_after_write` count.
@@ -482,6 +505,7 @@ pub(crate) struct FaultQueue {
     drop_ratio: Option<DropRatio>,
     lag: Option<LaggingList>,
     repeat_token: u32,
+    broken: HashMap<String, u16>,
 }
 
 impl FaultQueue {
@@ -508,6 +532,9 @@ impl FaultQueue {
                 });
             }
             Fault::RepeatPageToken { count } => self.repeat_token += count,
+            Fault::BrokenContacts { ids, status } => {
+                self.broken = ids.into_iter().map(|id| (id, status)).collect();
+            }
             Fault::LaggingList { .. }
             | Fault::WebhookDrop(_)
             | Fault::WebhookDuplicate(_)
@@ -566,6 +593,11 @@ impl FaultQueue {
             } => Some(((*status, *retry_after), count)),
             _ => None,
         })
+    }
+
+    /// The status a request to contact `id` gets while it is broken.
+    pub(crate) fn broken_status(&self, id: &str) -> Option<u16> {
+        self.broken.get(id).copied()
     }
 
     /// Consumes one counted connection drop, if queued.
@@ -682,6 +714,7 @@ impl FaultQueue {
                 "scope": l.scope,
             })),
             "repeat_page_token": self.repeat_token,
+            "broken_contacts": self.broken,
         })
     }
 }

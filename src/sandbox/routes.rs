@@ -138,12 +138,21 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let injected = lock(&s.faults).take_status();
+        let broken = path
+            .strip_prefix("/v1/contacts/")
+            .and_then(|id| lock(&s.faults).broken_status(id));
+        let injected = match broken {
+            Some(status) => {
+                lock(&s.acct).stats.faults.broken_contact_answers += 1;
+                Some((status, None))
+            }
+            None => lock(&s.faults).take_status(),
+        };
         if let Some((status, retry_after)) = injected {
             {
                 let mut acct = lock(&s.acct);
                 acct.stats.injected_faults += 1;
-                acct.stats.faults.status_answers += 1;
+                acct.stats.faults.status_answers += u64::from(broken.is_none());
             }
             ApiError::Injected {
                 status,

@@ -405,6 +405,7 @@ impl Cycle {
             email_labels,
             phone_labels,
             custom_keys: mapper.custom_field_keys(),
+            default_fields: mapper.managed_default_fields(),
         };
         Ok(Arc::new(Cycle {
             ctx: ctx.clone(),
