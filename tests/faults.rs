@@ -571,3 +571,130 @@ async fn a_copy_not_ours_does_not_keep_an_entry_alive() {
     );
     assert_eq!(app.sandbox.count_by_external_id("c-1"), 2);
 }
+
+/// Whether this test process can make a mount namespace and run a command as another user
+/// (root with `unshare` and `setpriv`, as on the CI machine).
+fn can_hide_proc() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    let tool = |name: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    root && tool("unshare") && tool("setpriv")
+}
+
+/// A live leader whose process another user cannot see in `/proc` (mounted `hidepid=2`, as
+/// systemd `ProtectProc=invisible` does): a `once` run as that other user on the same machine
+/// must not take it for dead and take its lease; it exits 4 (the lease is held) and the leader
+/// keeps leading.
+#[tokio::test]
+async fn a_leader_hidden_from_proc_is_not_taken_for_dead() {
+    if !can_hide_proc() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs this as root with unshare and setpriv"
+        );
+        println!("skipped: needs root, unshare and setpriv");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncBufReadExt;
+    let sandbox = quo_sync::sandbox::SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let csv_path = dir.path().join("contacts.csv");
+    std::fs::write(&csv_path, csv(&rows(3))).unwrap();
+    let config = dir.path().join("quo-sync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[quo]\nbase_url = \"{}\"\napi_key = \"{}\"\ntimeout = \"5s\"\n\
+             [ledger]\npath = \"{}\"\n[ha]\nlease = \"2s\"\n\
+             [source]\nkind = \"csv\"\npath = \"{}\"\n{}",
+            sandbox.base_url(),
+            sandbox.api_key(),
+            dir.path().join("ledger.db").display(),
+            csv_path.display(),
+            common::MAPPING
+        ),
+    )
+    .unwrap();
+    for file in [&csv_path, &config] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let bin = env!("CARGO_BIN_EXE_quo-sync");
+    // The leader, as root.
+    let mut leader = tokio::process::Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("QUO_SYNC_CONFIG")
+        .env("QUO_SYNC__SCHEDULE__INTERVAL", "200ms")
+        .env("QUO_SYNC__LOG__FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(leader.stderr.take().unwrap()).lines();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut cycled = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cycled {
+        assert!(std::time::Instant::now() < deadline, "no cycle");
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the leader runs");
+        cycled = line.contains("\"cycle_finished\"");
+        log.lock().unwrap().push_str(&line);
+    }
+    // SQLite creates its files 0644: let the other user write the ledger.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("ledger.db") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+    }
+    let sink = log.clone();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push_str(&line);
+        }
+    });
+    // `once` as nobody, in a mount namespace where /proc hides other users' processes.
+    let out = tokio::process::Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t proc -o hidepid=2 proc /proc && exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$0\" once --config \"$1\"",
+            bin,
+        ])
+        .arg(&config)
+        .env_remove("QUO_SYNC_CONFIG")
+        .env("QUO_SYNC__LOG__FORMAT", "json")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("once finishes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("held by another writer"), "{stderr}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leader.kill().await.unwrap();
+    reader.abort();
+    let log = log.lock().unwrap().clone();
+    assert!(!log.contains("\"leader_lost\""), "{log}");
+    assert_eq!(sandbox.contacts().len(), 3);
+}

@@ -156,16 +156,28 @@ fn host_key() -> String {
     format!("{}/{pid_ns}", boot.trim())
 }
 
-/// Whether `pid` is certainly not running here (absent from `/proc`, or a zombie).
+/// Whether `pid` is certainly not running here. The kernel is asked with `kill(pid, 0)`, which
+/// sees every process even where `/proc` hides them (`hidepid=2`, systemd
+/// `ProtectProc=invisible`, a `once` run as another user): ESRCH means dead; EPERM (alive, not
+/// ours to signal) and any other doubt mean alive, until the lease expires. A process that
+/// answers but that `/proc` shows as a zombie (exited, not reaped) is dead.
 fn pid_is_dead(pid: i64) -> bool {
     if pid <= 0 || i64::from(std::process::id()) == pid {
         return false;
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    let Some(target) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(target) {
+        Err(rustix::io::Errno::SRCH) => true,
+        Ok(()) => std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        }),
+        Err(_) => false,
     }
 }
 
@@ -722,6 +734,31 @@ mod tests {
 
     async fn ledger(dir: &tempfile::TempDir) -> Ledger {
         Ledger::open(&dir.path().join("l.db")).await.unwrap()
+    }
+
+    #[test]
+    fn a_pid_is_dead_only_when_the_kernel_says_so_or_it_is_a_zombie() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i64::from(child.id());
+        assert!(!pid_is_dead(pid), "a running process");
+        assert!(!pid_is_dead(i64::from(std::process::id())), "ourselves");
+        assert!(
+            !pid_is_dead(1),
+            "init (EPERM for an unprivileged user: alive)"
+        );
+        child.kill().unwrap();
+        // Killed, not reaped yet: a zombie, which `kill(pid, 0)` still answers for.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pid_is_dead(pid) {
+            assert!(Instant::now() < deadline, "a zombie counts as dead");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert!(pid_is_dead(pid), "reaped: ESRCH");
+        assert!(!pid_is_dead(0) && !pid_is_dead(-5), "never a real pid");
     }
 
     #[tokio::test]
