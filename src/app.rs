@@ -137,8 +137,8 @@ pub fn build_context_with_source(
 ) -> Result<SyncContext, AppError> {
     source.set_list_read_every(config.schedule.interval.0);
     let mut client = build_client(config)?;
-    if let Some(permit) = ledger.write_permit() {
-        client = client.with_write_gate(permit);
+    if let Some(fence) = ledger.write_fence() {
+        client = client.with_write_fence(fence);
     }
     Ok(SyncContext {
         ledger,

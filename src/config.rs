@@ -523,6 +523,18 @@ impl HaConfig {
     }
 }
 
+/// The least time a held lease of length `lease` has left whenever its renewals (every third of
+/// it) are on time, before the safety margin (a tenth) at its end: 17/30 of it. A leader's write
+/// timeouts are capped at it, and a write starts only when that much is left, so no write of a
+/// leader is still in flight when its lease can have passed to another process.
+pub fn lease_write_window(lease: Duration) -> Duration {
+    lease.saturating_sub(lease / 3).saturating_sub(lease / 10)
+}
+
+/// The shortest write timeout a lease must leave room for (or the configured timeout, when
+/// shorter): below it a write is cut short before Quo or the CRM can answer.
+pub const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Config {
     /// Loads `file` with environment overrides and validates it; no network.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
@@ -669,6 +681,40 @@ impl Config {
         }
     }
 
+    /// Refuses an `ha.lease` whose write window ([`lease_write_window`]) cannot hold a write of
+    /// the configured timeouts (`quo.timeout`, `source.rest.timeout`), or [`MIN_WRITE_TIMEOUT`]
+    /// when they are longer.
+    fn check_lease_fits_timeouts(&self, file: &str) -> Result<(), ConfigError> {
+        let window = lease_write_window(self.ha.lease.0);
+        let rest_timeout = self
+            .source
+            .rest
+            .as_ref()
+            .and_then(|t| crate::source::rest::RestSourceConfig::from_table(t).ok())
+            .map(|r| ("source.rest.timeout", r.timeout.0));
+        let timeouts = std::iter::once(("quo.timeout", self.quo.timeout.0)).chain(rest_timeout);
+        for (key, timeout) in timeouts {
+            let needed = timeout.min(MIN_WRITE_TIMEOUT);
+            if window < needed {
+                return Err(ConfigError::BadValue {
+                    file: file.to_string(),
+                    key: "ha.lease".into(),
+                    reason: format!(
+                        "{} is too short for {key} = {}: between renewals a leader's writes get at most 17/30 of the lease ({}), and a write needs {}; use at least {}",
+                        humantime::format_duration(self.ha.lease.0),
+                        humantime::format_duration(timeout),
+                        humantime::format_duration(window),
+                        humantime::format_duration(needed),
+                        humantime::format_duration(Duration::from_millis(
+                            (needed.as_millis() as u64 * 30).div_ceil(17)
+                        )),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let bad = |key: &str, reason: String| ConfigError::BadValue {
             file: file.to_string(),
@@ -711,6 +757,7 @@ impl Config {
                 ),
             ));
         }
+        self.check_lease_fits_timeouts(file)?;
         if self.quo.concurrency == 0 {
             return Err(bad(
                 "quo.concurrency",

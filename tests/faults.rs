@@ -698,3 +698,102 @@ async fn a_leader_hidden_from_proc_is_not_taken_for_dead() {
     assert!(!log.contains("\"leader_lost\""), "{log}");
     assert_eq!(sandbox.contacts().len(), 3);
 }
+
+/// A leader's fence for tests: `left` of lease time from now, writes of at most `window` each.
+fn fence_for(left: Duration, window: Duration) -> quo_sync::quo::fence::WriteFence {
+    let deadline = std::time::Instant::now() + left;
+    quo_sync::quo::fence::WriteFence::new(
+        std::sync::Arc::new(move || deadline.checked_duration_since(std::time::Instant::now())),
+        window,
+    )
+}
+
+/// A leader's PATCH to a slow Quo: its timeout is capped by the lease's write window, so it is
+/// over (abandoned by us) before the lease runs out, instead of landing late (a connect may take
+/// 10 s and a request 30 s); and with less than the window left, no write is started at all.
+#[tokio::test]
+async fn a_leaders_write_never_outlives_its_lease() {
+    let app = TestApp::spawn(&csv(&rows(1))).await;
+    app.cycle().await;
+    let quo_id = app.quo_id("c-1");
+    let config =
+        quo_sync::config::Config::load_with_env(&app.config_path, std::iter::empty()).unwrap();
+    let base = quo_sync::app::build_client(&config).unwrap();
+    let body = quo_sync::quo::types::PatchContact {
+        default_fields: Some(quo_sync::quo::types::PatchDefaultFields {
+            role: Some(Some("Late".into())),
+            ..Default::default()
+        }),
+        custom_fields: None,
+    };
+    // 1 s of lease left, writes of at most 700 ms; Quo takes 2 s to answer.
+    let left = Duration::from_secs(1);
+    let client = base
+        .clone()
+        .with_write_fence(fence_for(left, Duration::from_millis(700)));
+    app.sandbox.inject(quo_sync::sandbox::Fault::Latency {
+        extra: Duration::from_secs(2),
+        count: 1,
+    });
+    let started = std::time::Instant::now();
+    let outcome = client.update_contact(&quo_id, &body).await;
+    let took = started.elapsed();
+    assert!(
+        took < left,
+        "the write was still in flight {took:?} after it started, past the lease's {left:?}: {outcome:?}"
+    );
+    assert!(
+        matches!(
+            outcome,
+            Err(quo_sync::quo::client::QuoError::Ambiguous { .. })
+        ),
+        "{outcome:?}"
+    );
+    // 200 ms left, writes of 1 s: the PATCH is not sent.
+    let patches = || {
+        app.sandbox
+            .stats()
+            .by_route_status
+            .iter()
+            .filter(|(k, _)| k.starts_with("PATCH "))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    let before = patches();
+    let client = base.with_write_fence(fence_for(
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+    ));
+    let outcome = client.update_contact(&quo_id, &body).await;
+    assert!(
+        matches!(outcome, Err(quo_sync::quo::client::QuoError::Fenced { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(patches(), before, "a PATCH was sent");
+}
+
+/// `ha.lease` too short for the configured timeouts is refused at start (exit 2), naming the
+/// key: its writes would be cut short between renewals.
+#[tokio::test]
+async fn a_lease_too_short_for_the_timeouts_is_refused() {
+    let app = TestApp::spawn(&csv(&rows(1))).await;
+    let config = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(
+        &app.config_path,
+        config.replace("timeout = \"5s\"", "timeout = \"30s\"") + "\n[ha]\nlease = \"1s\"\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["check-config", "--config"])
+        .arg(&app.config_path)
+        .env_remove("QUO_SYNC_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ha.lease") && stderr.contains("quo.timeout"),
+        "{stderr}"
+    );
+}

@@ -16,6 +16,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
+use super::fence::WriteFence;
 use super::limiter::RateLimiter;
 use super::listing::RawContactPage;
 pub use super::listing::{ContactList, PageTokens, UndecodableContact};
@@ -222,10 +223,6 @@ pub struct ClientSettings {
     pub retry: RetryPolicy,
 }
 
-/// Asked before every write attempt (retries included): `false` means this process may no
-/// longer write (its writer lease ran out), so the request is not sent.
-pub type WriteGate = Arc<dyn Fn() -> bool + Send + Sync>;
-
 /// The Quo client; cheap to clone, all clones share the limiter and counters.
 #[derive(Clone)]
 pub struct QuoClient {
@@ -238,8 +235,10 @@ pub struct QuoClient {
     stats: Arc<ClientStats>,
     /// Requests of background work (the reverse scan) yield to the others.
     background: bool,
-    /// Whether writes may still be sent (a leader's lease); `None`: always.
-    write_gate: Option<WriteGate>,
+    /// The per-request timeout.
+    timeout: Duration,
+    /// A leader's lease, asked before every write attempt; `None`: always allowed.
+    fence: Option<WriteFence>,
 }
 
 impl std::fmt::Debug for QuoClient {
@@ -287,14 +286,17 @@ impl QuoClient {
             retry: settings.retry,
             stats: Arc::new(ClientStats::default()),
             background: false,
-            write_gate: None,
+            timeout: settings.timeout,
+            fence: None,
         }
     }
 
-    /// This client, refusing every write once `gate` answers `false` (checked after the rate
-    /// limiter's wait and before each attempt, so a paused process never sends a stale write).
-    pub fn with_write_gate(mut self, gate: WriteGate) -> Self {
-        self.write_gate = Some(gate);
+    /// This client, writing only under `fence`: asked after the rate limiter's wait and before
+    /// each write attempt, which is sent with a timeout no longer than the lease's write window
+    /// and only while that much is left, so no write of a process that lost its lease (paused,
+    /// suspended, cut off) is sent or still in flight when another may lead.
+    pub fn with_write_fence(mut self, fence: WriteFence) -> Self {
+        self.fence = Some(fence);
         self
     }
 
@@ -743,19 +745,19 @@ impl QuoClient {
         } else {
             self.limiter.acquire().await;
         }
-        if method != Method::GET
-            && self
-                .write_gate
-                .as_ref()
-                .is_some_and(|may_write| !may_write())
-        {
-            return Err(AttemptError::Fenced);
-        }
+        let timeout = match &self.fence {
+            Some(fence) if method != Method::GET => fence
+                .admit(self.timeout)
+                .await
+                .ok_or(AttemptError::Fenced)?,
+            _ => self.timeout,
+        };
         let mut request = self
             .http
             .request(method, format!("{}{}", self.base_url, path))
             .header(reqwest::header::AUTHORIZATION, self.api_key.expose_secret())
-            .query(query);
+            .query(query)
+            .timeout(timeout);
         if let Some(body) = body {
             request = request.json(body);
         }

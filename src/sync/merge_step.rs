@@ -368,7 +368,12 @@ impl Cycle {
             }
         }
         self.ctx.ledger.ensure_leader()?;
-        let report = match self.ctx.source.write_back(&changes).await {
+        let report = match self
+            .ctx
+            .source
+            .write_back(&changes, &self.crm_guard())
+            .await
+        {
             Ok(report) => report,
             Err(error) => {
                 let postponed = matches!(error, SourceError::ChangedSinceRead { .. });

@@ -435,6 +435,15 @@ impl Cycle {
         }))
     }
 
+    /// What every CRM write of this cycle asks first: this cycle's stop token and the leader's
+    /// write fence.
+    fn crm_guard(&self) -> crate::source::WriteGuard {
+        crate::source::WriteGuard {
+            fence: self.ctx.ledger.write_fence(),
+            cancel: self.stop.clone(),
+        }
+    }
+
     /// The summary, or the failure that stopped every record.
     async fn report(&self) -> Result<CycleReport, SyncError> {
         if let Some(fatal) = self.fatal.lock().await.take() {

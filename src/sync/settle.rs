@@ -325,7 +325,12 @@ impl Cycle {
         // Each was let through by the guard where its absence was concluded (intake, or the
         // PATCHes answered 404).
         self.ctx.ledger.ensure_leader()?;
-        let report = match self.ctx.source.delete_records(&ids).await {
+        let report = match self
+            .ctx
+            .source
+            .delete_records(&ids, &self.crm_guard())
+            .await
+        {
             Ok(report) => report,
             Err(e) => {
                 warn!(event = "crm_delete_failed", records = ids.len(), error = %e, "could not delete the CRM records; will retry");

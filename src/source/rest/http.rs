@@ -47,6 +47,19 @@ impl RestSource {
         body: Option<&Value>,
         headers: &HeaderMap,
     ) -> Result<Reply, SourceError> {
+        self.send_with(method, url, body, headers, None).await
+    }
+
+    /// [`RestSource::send`] for a write: every attempt is admitted by `guard` just before it is
+    /// sent, with its timeout capped by the leader's fence.
+    pub(super) async fn send_with(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+        guard: Option<&crate::source::WriteGuard>,
+    ) -> Result<Reply, SourceError> {
         let shown = self.shown(url);
         let mut target = url.clone();
         if let Auth::Query(name, token) = &self.auth {
@@ -92,6 +105,9 @@ impl RestSource {
             };
             if let Some(body) = body {
                 request = request.json(body);
+            }
+            if let Some(guard) = guard {
+                request = request.timeout(guard.admit(self.config.timeout.0).await?);
             }
             tracing::debug!(method = %method, url = %shown, attempt = retries + 1, "CRM request");
             let failure = match request.send().await {
