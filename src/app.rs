@@ -136,6 +136,7 @@ pub fn build_context_with_source(
     source: Arc<Source>,
 ) -> Result<SyncContext, AppError> {
     source.set_list_read_every(config.schedule.interval.0);
+    warn_shared_source_label(config, &ledger);
     let mut client = build_client(config)?;
     if let Some(fence) = ledger.write_fence() {
         client = client.with_write_fence(fence);
@@ -168,6 +169,18 @@ pub fn build_context_with_source(
         cancel,
         progress: Arc::default(),
     })
+}
+
+/// `quo.source` tells our contacts from everyone else's (lists, lookups, twins): two
+/// deployments sharing one label in one workspace take each other's contacts for theirs. A
+/// PostgreSQL ledger usually means a fleet, where a second deployment is likely: say so when the
+/// label is still the default.
+fn warn_shared_source_label(config: &Config, ledger: &Ledger) {
+    if ledger.backend() == "postgres"
+        && config.quo.source == crate::config::QuoConfig::default().source
+    {
+        warn!(event = "quo_source_default", source = %config.quo.source, "quo.source is the default label on a PostgreSQL ledger: it must be unique per deployment (two deployments sharing it in one workspace take each other's contacts for theirs); set quo.source to a name of this deployment");
+    }
 }
 
 /// A process allowed to write: the held lease, the fenced ledger its writes go through, and a

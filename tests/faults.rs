@@ -797,3 +797,75 @@ async fn a_lease_too_short_for_the_timeouts_is_refused() {
         "{stderr}"
     );
 }
+
+/// `quo.source` must be unique per deployment (two sharing it in one workspace take each other's
+/// contacts for theirs): on a PostgreSQL ledger, where a fleet is likely, a writer warns at start
+/// while it is still the default.
+#[tokio::test]
+async fn a_default_source_label_on_postgres_is_warned_about() {
+    let Some(app) = TestApp::spawn_on(
+        common::Backend::Postgres,
+        &csv(&rows(1)),
+        SandboxConfig::default(),
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    app.ctx.ledger.close().await;
+    let once = |source: Option<&str>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"));
+        cmd.args(["once", "--config"])
+            .arg(&app.config_path)
+            .env_remove("QUO_SYNC_CONFIG")
+            .env("QUO_SYNC__LOG__FORMAT", "json");
+        if let Some(source) = source {
+            cmd.env("QUO_SYNC__QUO__SOURCE", source);
+        }
+        cmd.output()
+    };
+    let out = once(None).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("\"quo_source_default\""), "{stderr}");
+    let out = once(Some("acme-eu")).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("\"quo_source_default\""), "{stderr}");
+}
+
+/// `ledger copy` reads the ledger table by table: it refuses (exit 4) while a writer holds the
+/// lease, and holds the lease itself while it copies, so no cycle writes between the tables.
+#[tokio::test]
+async fn ledger_copy_refuses_while_a_writer_holds_the_lease() {
+    use quo_sync::ledger::{Candidate, LeaderLease};
+    let app = TestApp::spawn(&csv(&rows(3))).await;
+    app.cycle().await;
+    let lease = LeaderLease::try_acquire(
+        app.ledger(),
+        &Candidate::this_process("run"),
+        Duration::from_secs(15),
+    )
+    .await
+    .unwrap();
+    let target = app.dir.path().join("copy.db");
+    let copy = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+            .args(["ledger", "copy", "--to"])
+            .arg(&target)
+            .arg("--config")
+            .arg(&app.config_path)
+            .env_remove("QUO_SYNC_CONFIG")
+            .output()
+    };
+    let out = copy().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("held by another writer"), "{stderr}");
+    lease.release().await;
+    let out = copy().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let copied = quo_sync::ledger::Ledger::open(&target).await.unwrap();
+    assert_eq!(copied.linked_count().await.unwrap(), 3);
+}

@@ -3,10 +3,12 @@
 //! operator console (`crate::ops::console`) mounts beside them when `service.console = true`.
 //! With more than one replica on a ledger, every replica serves them: `/readyz` says `leader` or
 //! `standby` (a standby is ready: it stores webhooks and takes over when the leader goes) and
-//! `/metrics` carries the `quo_sync_leader` gauge (1 leader, 0 standby).
+//! `/metrics` carries the `quo_sync_leader` gauge (1 leader, 0 standby). The ledger counts behind
+//! `/metrics` are read at most once per [`LEDGER_READ_TTL`], however many scrapers ask.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -68,6 +70,50 @@ struct Ops {
     ledger: Ledger,
     metrics: Option<PrometheusHandle>,
     role: Option<ReplicaRole>,
+    /// The ledger gauges of `/metrics`, counted at most once per [`LEDGER_READ_TTL`].
+    gauges: Arc<Cached<LedgerGauges>>,
+}
+
+/// How long `/metrics` reuses the counts it read from the ledger: several scrapers every few
+/// seconds would otherwise run `COUNT(*)` over a large ledger back to back, beside the cycles.
+pub const LEDGER_READ_TTL: Duration = Duration::from_secs(5);
+
+/// The ledger gauges of `/metrics` (`None`: the query failed).
+#[derive(Clone, Copy, Default)]
+struct LedgerGauges {
+    inbox_depth: Option<i64>,
+    quarantined: Option<i64>,
+    unconfirmed: Option<i64>,
+}
+
+/// A value computed at most once per TTL; concurrent readers wait for the one computing it.
+struct Cached<T> {
+    ttl: Duration,
+    slot: tokio::sync::Mutex<Option<(Instant, T)>>,
+}
+
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Self {
+            ttl: LEDGER_READ_TTL,
+            slot: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Clone> Cached<T> {
+    /// The value, from `load` when the kept one is missing or older than the TTL.
+    async fn get_or<F: std::future::Future<Output = T>>(&self, load: impl FnOnce() -> F) -> T {
+        let mut slot = self.slot.lock().await;
+        if let Some((at, value)) = slot.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return value.clone();
+        }
+        let value = load().await;
+        *slot = Some((Instant::now(), value.clone()));
+        value
+    }
 }
 
 /// The routes `/healthz`, `/readyz`, `/metrics`, plus the operator console when given.
@@ -89,6 +135,7 @@ pub fn router(ledger: Ledger, metrics: Option<PrometheusHandle>) -> Router {
         ledger,
         metrics,
         role: None,
+        gauges: Arc::default(),
     })
 }
 
@@ -102,6 +149,7 @@ pub fn replica_router(
         ledger,
         metrics,
         role: Some(role),
+        gauges: Arc::default(),
     })
 }
 
@@ -124,6 +172,8 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
     if let Some(None) = role {
         return (StatusCode::OK, "ready (standby)\n".into());
     }
+    // An index lookup (`runs_started_at`), cheap enough for every probe: readiness follows a
+    // failed cycle at once.
     match ops.ledger.last_finished_run().await {
         Ok(run) => match run {
             Some(run) if run.status == "failed" => (
@@ -152,13 +202,23 @@ async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
             "metrics recorder not installed\n".into(),
         );
     };
-    if let Ok(depth) = ops.ledger.inbox_depth().await {
+    let gauges = ops
+        .gauges
+        .get_or(|| async {
+            LedgerGauges {
+                inbox_depth: ops.ledger.inbox_depth().await.ok(),
+                quarantined: ops.ledger.quarantined_count().await.ok(),
+                unconfirmed: ops.ledger.unconfirmed_count().await.ok(),
+            }
+        })
+        .await;
+    if let Some(depth) = gauges.inbox_depth {
         metrics::gauge!("quo_sync_inbox_depth").set(depth as f64);
     }
-    if let Ok(quarantined) = ops.ledger.quarantined_count().await {
+    if let Some(quarantined) = gauges.quarantined {
         metrics::gauge!("quo_sync_quarantined_records").set(quarantined as f64);
     }
-    if let Ok(unconfirmed) = ops.ledger.unconfirmed_count().await {
+    if let Some(unconfirmed) = gauges.unconfirmed {
         metrics::gauge!("quo_sync_unconfirmed_creates").set(unconfirmed as f64);
     }
     if let Some(role) = &ops.role {
@@ -167,4 +227,25 @@ async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
     }
     handle.run_upkeep();
     (StatusCode::OK, handle.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[tokio::test]
+    async fn a_burst_of_scrapes_reads_the_ledger_once_per_ttl() {
+        let cache: Cached<u32> = Cached {
+            ttl: Duration::from_millis(200),
+            slot: tokio::sync::Mutex::new(None),
+        };
+        let loads = AtomicU32::new(0);
+        let load = || async { loads.fetch_add(1, Ordering::SeqCst) + 1 };
+        let burst = futures::future::join_all((0..50).map(|_| cache.get_or(load))).await;
+        assert!(burst.iter().all(|v| *v == 1), "{burst:?}");
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(cache.get_or(load).await, 2, "read again after the TTL");
+    }
 }

@@ -7,3 +7,7 @@
 ALTER TABLE unconfirmed_creates ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE unconfirmed_creates ADD COLUMN abandoned_at TEXT;
 ALTER TABLE unconfirmed_creates ADD COLUMN abandoned_reason TEXT;
+
+-- `/readyz` asks for the last finished run on every probe: an index walk instead of sorting the
+-- whole run history (one row per cycle, for as long as the service runs).
+CREATE INDEX runs_started_at ON runs (started_at);
