@@ -5,8 +5,10 @@ use serde::Serialize;
 
 pub mod console;
 pub mod http;
+pub mod live;
 pub mod progress;
 pub mod reconcile;
+pub mod summary;
 
 use crate::ledger::{Ledger, LedgerError, QuarantineEntry, RunRow};
 

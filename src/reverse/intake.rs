@@ -103,18 +103,19 @@ impl QuoChanges {
 }
 
 /// Reads pending inbox events (and scans when `scan` is set, its missing contacts behind
-/// `guard`) into `QuoChanges`.
+/// `guard`) into `QuoChanges`; `on_page` hears of each page the scan lists.
 pub async fn gather(
     ledger: &Ledger,
     client: &QuoClient,
     scan: bool,
     guard: super::absence::DeleteGuard,
+    on_page: impl FnMut(&super::scan::ScanProgress),
 ) -> Result<QuoChanges, IntakeError> {
     let mut changes = QuoChanges::default();
     if scan {
         // The pass writes its findings as notices into the inbox, read just below.
         let stop = CancellationToken::new();
-        match super::scan::scan_with(ledger, client, None, &stop, guard, |_| {}).await {
+        match super::scan::scan_with(ledger, client, None, &stop, guard, on_page).await {
             Ok(progress) => {
                 changes.scanned = progress.complete;
                 changes.orphans = progress.orphans;

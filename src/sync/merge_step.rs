@@ -104,11 +104,13 @@ impl Cycle {
             }
             _ => false,
         };
+        let progress = &self.ctx.progress;
         Ok(intake::gather(
             ledger,
             &self.ctx.client,
             scan,
             self.ctx.settings.delete_guard(),
+            |_| progress.page_scanned(),
         )
         .await?)
     }
