@@ -10,7 +10,9 @@
 //!
 //! Absence is not deletion: a linked contact that a complete pass did not list becomes a
 //! "missing" notice, and only the fetch by id that follows (a 404) can call it deleted. A contact
-//! linked while the pass ran (an initial load racing it) waits for the next pass instead.
+//! linked while the pass ran (an initial load racing it) waits for the next pass instead. A pass
+//! that leaves more linked contacts unlisted than the deletion guard allows (a key for another
+//! workspace lists nothing) notes none of them (`reverse::absence`).
 
 use std::sync::Arc;
 use std::time::Duration;
