@@ -135,18 +135,23 @@ async fn once_exits_3_when_the_key_points_at_another_workspace() {
     assert!(app.sandbox.foreign_contacts().is_empty());
 }
 
-/// A sandbox that accepts a second contact with the same externalId (as Quo's older API did),
-/// so a POST sent twice can make a twin; scans are off until [`scan_every_cycle`].
-async fn spawn_twinnable(n: u32) -> TestApp {
-    let mut app = TestApp::spawn_with(
+/// `n` records against a sandbox that accepts a second contact with the same externalId (as
+/// Quo's older API did), so a POST sent twice can make a twin; `extra` TOML appended.
+async fn spawn_twinnable_with(n: u32, extra: &str) -> TestApp {
+    TestApp::spawn_with(
         &csv(&rows(n)),
         SandboxConfig {
             conflict_on_duplicate: false,
             ..SandboxConfig::default()
         },
-        "[reverse]\npoll_interval = \"1ms\"\n",
+        extra,
     )
-    .await;
+    .await
+}
+
+/// [`spawn_twinnable_with`], synced once, scans off until [`scan_every_cycle`].
+async fn spawn_twinnable(n: u32) -> TestApp {
+    let mut app = spawn_twinnable_with(n, "[reverse]\npoll_interval = \"1ms\"\n").await;
     app.ctx.settings.poll_interval = None;
     app.cycle().await;
     app
@@ -310,15 +315,7 @@ async fn without_company_and_role(app: &mut TestApp) {
 /// goes with the twin's DELETE unrecorded, and a later PATCH keeps the carried company.
 #[tokio::test]
 async fn what_was_typed_on_a_twin_outside_the_mapping_is_carried_over_or_recorded() {
-    let mut app = TestApp::spawn_with(
-        &csv(&rows(2)),
-        SandboxConfig {
-            conflict_on_duplicate: false,
-            ..SandboxConfig::default()
-        },
-        "[reverse]\npoll_interval = \"1ms\"\n",
-    )
-    .await;
+    let mut app = spawn_twinnable_with(2, "[reverse]\npoll_interval = \"1ms\"\n").await;
     without_company_and_role(&mut app).await;
     app.sandbox
         .define_custom_field("Rating", "rating", "rating", None, None)
@@ -384,15 +381,8 @@ async fn what_was_typed_on_a_twin_outside_the_mapping_is_carried_over_or_recorde
 /// A twin and the app that made it, with scans every cycle (the twin stays hidden from every
 /// list until the faults are cleared).
 async fn app_with_a_twin(extra: &str) -> (TestApp, String, String, String) {
-    let app = TestApp::spawn_with(
-        &csv(&rows(2)),
-        SandboxConfig {
-            conflict_on_duplicate: false,
-            ..SandboxConfig::default()
-        },
-        &format!("[reverse]\npoll_interval = \"1ms\"\n{extra}"),
-    )
-    .await;
+    let app =
+        spawn_twinnable_with(2, &format!("[reverse]\npoll_interval = \"1ms\"\n{extra}")).await;
     let (id, linked, twin) = make_a_twin(&app, &["c-1", "c-2"]).await;
     (app, id, linked, twin)
 }
@@ -479,12 +469,8 @@ async fn assert_abandoned(app: &TestApp, id: &str, contact: &str) {
 /// reason, instead of being retried (and alerted on) for good. It is not deleted.
 #[tokio::test]
 async fn an_unreadable_stray_ends_abandoned_with_the_reason() {
-    let app = TestApp::spawn_with(
-        &csv(&rows(2)),
-        SandboxConfig {
-            conflict_on_duplicate: false,
-            ..SandboxConfig::default()
-        },
+    let app = spawn_twinnable_with(
+        2,
         "[sync]\non_source_delete = \"delete\"\n[reverse]\npoll_interval = \"1ms\"\n",
     )
     .await;
@@ -529,15 +515,7 @@ async fn an_unreadable_stray_ends_abandoned_with_the_reason() {
 /// still ruled out by the passes that follow instead of being kept alive by it for good.
 #[tokio::test]
 async fn a_copy_not_ours_does_not_keep_an_entry_alive() {
-    let app = TestApp::spawn_with(
-        &csv(&rows(2)),
-        SandboxConfig {
-            conflict_on_duplicate: false,
-            ..SandboxConfig::default()
-        },
-        "[reverse]\npoll_interval = \"1ms\"\n",
-    )
-    .await;
+    let app = spawn_twinnable_with(2, "[reverse]\npoll_interval = \"1ms\"\n").await;
     app.cycle().await;
     let c1 = quo_sync::domain::ExternalId::parse("c-1").unwrap();
     app.ledger()
