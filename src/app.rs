@@ -53,7 +53,8 @@ pub enum AppError {
 }
 
 impl AppError {
-    /// Whether Quo refused the API key (the service stops: nothing works until it is fixed).
+    /// Whether Quo refused the API key or the CRM its credentials (the service stops, exit 2:
+    /// nothing works until it is fixed).
     pub fn is_auth_failure(&self) -> bool {
         matches!(self, AppError::Sync(e) if e.is_auth_failure())
     }
@@ -72,6 +73,7 @@ impl AppError {
                 self,
                 AppError::Sync(SyncError::Source(SourceError::MissingColumn { .. }))
             )
+            || matches!(self, AppError::Ledger(e) if e.is_config())
     }
 
     /// Whether another process holds the writer lease (exit code 4).
@@ -261,34 +263,49 @@ fn link_cancel(shutdown: &CancellationToken, lease: &LeaderLease) -> Cancellatio
     cancel
 }
 
-/// A token cancelled on the first SIGINT or SIGTERM.
+/// A token cancelled on the first SIGINT, SIGTERM or SIGHUP: in-flight work finishes and a
+/// leader releases its writer lease, so a standby takes over at its next poll (SIGHUP is a
+/// clean stop, not a reload: a supervisor restarts the process with the new config). A second
+/// signal exits at once (code 1): what it cuts short is safe, interrupted creates are resolved
+/// by lookup on the next start.
 pub fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        let signal = wait_for_signal().await;
         info!(
             event = "shutdown_requested",
-            "shutdown requested: finishing in-flight work"
+            signal, "shutdown requested: finishing in-flight work (a second signal exits at once)"
         );
         trigger.cancel();
+        let again = wait_for_signal().await;
+        warn!(
+            event = "shutdown_forced",
+            signal = again,
+            "second signal: exiting now; interrupted creates are resolved on the next start"
+        );
+        std::process::exit(1);
     });
     token
 }
 
+/// Waits for SIGINT, SIGTERM or SIGHUP and names it.
 #[cfg(unix)]
-async fn wait_for_signal() {
+async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
+async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
+    "Ctrl-C"
 }
 
 /// One cycle (`once` and `plan`).
@@ -306,11 +323,9 @@ pub async fn run_service(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<(), AppError> {
     let wake = Arc::new(Notify::new());
-    let ops = crate::ops::http::router(ctx.ledger.clone(), metrics).merge(console_routes(
-        config,
-        &ctx.ledger,
-        &wake,
-    ));
+    let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
+    let ops = crate::ops::http::router_with(ctx.ledger.clone(), metrics, readiness)
+        .merge(console_routes(config, &ctx.ledger, &wake));
     crate::ops::http::register_service_metrics();
     metrics::gauge!("quo_sync_leader").set(1.0);
     let status = ServiceStatus::default();
@@ -372,7 +387,8 @@ pub async fn run_replica_observed(
     role.set_standby();
     let wake = Arc::new(Notify::new());
     crate::ops::http::register_service_metrics();
-    let ops = crate::ops::http::replica_router(base.clone(), metrics, role.clone())
+    let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
+    let ops = crate::ops::http::replica_router(base.clone(), metrics, role.clone(), readiness)
         .merge(replica_console_routes(config, &base, &wake, &role));
     // One source for every leader term: its change watcher must know what quo-sync wrote. A
     // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
@@ -641,7 +657,7 @@ async fn cycle_loop(
             Err(e) if e.is_auth_failure() => {
                 // Nothing will work until an operator fixes the key: stop, non-zero, so a
                 // supervisor notices instead of a service that looks up and does nothing.
-                error!(event = "auth_failed", error = %e, "Quo refused the API key; stopping");
+                error!(event = "auth_failed", error = %e, "a credential was refused (Quo's API key or the CRM's); stopping");
                 ctx.cancel.cancel();
                 if let Some(scanner) = scanner {
                     let _ = scanner.await;

@@ -20,9 +20,10 @@
 
 use std::fmt;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use backon::Retryable;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -302,76 +303,90 @@ impl OAuth {
         SecretString::from(form.finish())
     }
 
-    /// One token request with retries for 429, 5xx and transport failures.
+    /// One token request with retries for 429, 5xx and transport failures (run by `backon` with
+    /// the source's `RetryPolicy`).
     async fn request(&self, refresh: Option<&SecretString>) -> Result<Value, SourceError> {
         let body = self.form(refresh);
-        let mut retries = 0u32;
-        loop {
-            let mut request = self
-                .http
-                .post(self.token_url.clone())
-                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .header(reqwest::header::ACCEPT, "application/json")
-                .body(body.expose_secret().to_string());
-            if self.style == OAuthStyle::Basic {
-                let encode =
-                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                request = request.basic_auth(
-                    encode(&self.client_id),
-                    Some(encode(self.client_secret.expose_secret())),
-                );
-            }
-            let problem = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let bytes = response.bytes().await.unwrap_or_default();
-                    let json: Option<Value> = serde_json::from_slice(&bytes).ok();
-                    let code = json
-                        .as_ref()
-                        .and_then(|j| j.get("error"))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
-                    // Some vendors (Zoho) answer refusals with 200 and an `error` field.
-                    if status.is_success() && code.is_empty() {
-                        return json.filter(Value::is_object).ok_or_else(|| {
-                            self.failed(&format!(
-                                "HTTP {}: the token answer is not a JSON object",
-                                status.as_u16()
-                            ))
-                        });
-                    }
-                    let refused = REFUSALS.contains(&code.as_str())
-                        || matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-                        || ((status == StatusCode::BAD_REQUEST || status.is_success())
-                            && !code.is_empty());
-                    if refused {
-                        let error = if code.is_empty() {
-                            format!("HTTP {}", status.as_u16())
-                        } else {
-                            format!("HTTP {}: {code}", status.as_u16())
-                        };
-                        tracing::error!(event = "crm_auth_failed", token_url = %self.token_url, error = %error, "the CRM's token endpoint refused the credentials");
-                        return Err(SourceError::CredentialsRefused {
-                            url: self.token_url.to_string(),
-                            error,
-                        });
-                    }
-                    if !retry::is_retryable_status(status) {
-                        return Err(self.failed(&format!("HTTP {}", status.as_u16())));
-                    }
-                    format!("HTTP {}", status.as_u16())
+        let retries = AtomicU32::new(0);
+        let outcome = (|| self.token_attempt(&body))
+            .retry(self.retry)
+            .when(|failure| matches!(failure, TokenFailure::Transient(_)))
+            .notify(|failure, wait| {
+                let retry = retries.fetch_add(1, Ordering::Relaxed) + 1;
+                if let TokenFailure::Transient(problem) = failure {
+                    tracing::warn!(event = "crm_auth_failed", token_url = %self.token_url, error = %problem, retry, wait_ms = wait.as_millis() as u64, "CRM token request failed; retrying");
                 }
-                Err(e) => error_chain(&e.without_url()),
-            };
-            if !self.retry.may_retry(retries) {
-                return Err(self.failed(&format!("{problem} (after {retries} retries)")));
+            })
+            .await;
+        match outcome {
+            Ok(token) => Ok(token),
+            Err(TokenFailure::Final(e)) => Err(e),
+            Err(TokenFailure::Transient(problem)) => {
+                let retries = retries.load(Ordering::Relaxed);
+                Err(self.failed(&format!("{problem} (after {retries} retries)")))
             }
-            retries += 1;
-            let wait = self.retry.backoff(retries, None);
-            tracing::warn!(event = "crm_auth_failed", token_url = %self.token_url, error = %problem, retry = retries, wait_ms = wait.as_millis() as u64, "CRM token request failed; retrying");
-            tokio::time::sleep(wait).await;
         }
+    }
+
+    /// One POST to the token endpoint.
+    async fn token_attempt(&self, body: &SecretString) -> Result<Value, TokenFailure> {
+        let mut request = self
+            .http
+            .post(self.token_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(body.expose_secret().to_string());
+        if self.style == OAuthStyle::Basic {
+            let encode =
+                |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            request = request.basic_auth(
+                encode(&self.client_id),
+                Some(encode(self.client_secret.expose_secret())),
+            );
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Err(TokenFailure::Transient(error_chain(&e.without_url()))),
+        };
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let json: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let code = json
+            .as_ref()
+            .and_then(|j| j.get("error"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        // Some vendors (Zoho) answer refusals with 200 and an `error` field.
+        if status.is_success() && code.is_empty() {
+            return json.filter(Value::is_object).ok_or_else(|| {
+                TokenFailure::Final(self.failed(&format!(
+                    "HTTP {}: the token answer is not a JSON object",
+                    status.as_u16()
+                )))
+            });
+        }
+        let refused = REFUSALS.contains(&code.as_str())
+            || matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+            || ((status == StatusCode::BAD_REQUEST || status.is_success()) && !code.is_empty());
+        if refused {
+            let error = if code.is_empty() {
+                format!("HTTP {}", status.as_u16())
+            } else {
+                format!("HTTP {}: {code}", status.as_u16())
+            };
+            tracing::error!(event = "crm_auth_failed", token_url = %self.token_url, error = %error, "the CRM's token endpoint refused the credentials");
+            return Err(TokenFailure::Final(SourceError::CredentialsRefused {
+                url: self.token_url.to_string(),
+                error,
+            }));
+        }
+        if !retry::is_retryable_status(status) {
+            return Err(TokenFailure::Final(
+                self.failed(&format!("HTTP {}", status.as_u16())),
+            ));
+        }
+        Err(TokenFailure::Transient(format!("HTTP {}", status.as_u16())))
     }
 
     fn failed(&self, reason: &str) -> SourceError {
@@ -547,4 +562,12 @@ impl RestSourceConfig {
         }
         Ok(())
     }
+}
+
+/// Why one token request did not give a token.
+enum TokenFailure {
+    /// 429, 5xx or a transport failure: retried.
+    Transient(String),
+    /// A refusal or an unusable answer: not retried.
+    Final(SourceError),
 }
