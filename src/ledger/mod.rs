@@ -8,6 +8,7 @@
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
 mod copy;
+mod crm_tokens;
 pub(crate) mod db;
 mod inbox;
 mod index;
@@ -27,6 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use db::{Pool, on_pool};
 
 pub use copy::CopyReport;
+pub use crm_tokens::StoredRefreshToken;
 pub use db::{BadPgUrl, PgUrl};
 
 pub use inbox::{InboxEvent, NewInboxEvent};

@@ -108,7 +108,12 @@ impl RestSource {
             base: config.retry_base.0,
             cap: config.max_backoff.0,
         };
-        let auth = Auth::resolve(&config.auth, config.timeout.0, retry)?;
+        let auth = Auth::resolve(
+            &config.auth,
+            config.timeout.0,
+            retry,
+            config.allow_insecure_http,
+        )?;
         let base = Url::parse(config.base_url.trim_end_matches('/'))
             .map_err(|e| RestConfigError::new("base_url", e.to_string()))?;
         let client = reqwest::Client::builder()
