@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::ledger::{Candidate, LeaderLease, LeaseError, Ledger, LedgerError};
 use crate::ops::http::ReplicaRole;
 use crate::quo::client::{ClientSettings, QuoClient};
+use crate::quo::grace::{AfterRefusal, AuthGrace};
 use crate::quo::limiter::RateLimiter;
 use crate::quo::retry::RetryPolicy;
 use crate::source::{Source, SourceError};
@@ -41,6 +42,12 @@ pub enum AppError {
     /// The writer lease is held by another process (exit 4).
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// Quo refused the API key for longer than `quo.auth_grace` (exit 1, `auth_failed`).
+    #[error("Quo refused the API key for longer than quo.auth_grace ({grace_s}s)")]
+    QuoAuthFailed {
+        /// The grace, in seconds.
+        grace_s: u64,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -55,6 +62,7 @@ impl AppError {
     /// Whether Quo refused the API key (the service stops: nothing works until it is fixed).
     pub fn is_auth_failure(&self) -> bool {
         matches!(self, AppError::Sync(e) if e.is_auth_failure())
+            || matches!(self, AppError::QuoAuthFailed { .. })
     }
 
     /// Whether this is the operator's configuration to fix (exit code 2).
@@ -292,17 +300,15 @@ pub async fn run_service(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<(), AppError> {
     let wake = Arc::new(Notify::new());
-    let ops = crate::ops::http::router(ctx.ledger.clone(), metrics).merge(console_routes(
-        config,
-        &ctx.ledger,
-        &wake,
-    ));
+    let auth = Arc::new(AuthGrace::new(config.quo.auth_grace.0));
+    let ops = crate::ops::http::service_router(ctx.ledger.clone(), metrics, None, auth.clone())
+        .merge(console_routes(config, &ctx.ledger, &wake));
     crate::ops::http::register_service_metrics();
     metrics::gauge!("quo_sync_leader").set(1.0);
     let servers =
         start_listeners(config, &ctx.ledger, &ctx.source, ops, &wake, &ctx.cancel).await?;
     info!(event = "service_started", source = %ctx.source.describe(), interval_s = config.schedule.interval.0.as_secs(), "quo-sync service started");
-    let result = cycle_loop(ctx, config, &wake).await;
+    let result = cycle_loop(ctx, config, &wake, &auth).await;
     if result.is_err() {
         // Stopping for good: let the listeners go too.
         ctx.cancel.cancel();
@@ -330,9 +336,11 @@ pub async fn run_replica(
     let role = ReplicaRole::default();
     role.set_standby();
     let wake = Arc::new(Notify::new());
+    let auth = Arc::new(AuthGrace::new(config.quo.auth_grace.0));
     crate::ops::http::register_service_metrics();
-    let ops = crate::ops::http::replica_router(base.clone(), metrics, role.clone())
-        .merge(replica_console_routes(config, &base, &wake, &role));
+    let ops =
+        crate::ops::http::service_router(base.clone(), metrics, Some(role.clone()), auth.clone())
+            .merge(replica_console_routes(config, &base, &wake, &role));
     // One source for every leader term: its change watcher must know what quo-sync wrote. A
     // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
     let source = Arc::new(Source::from_config(&config.source)?);
@@ -348,7 +356,7 @@ pub async fn run_replica(
             &lease,
             config,
             &shutdown,
-            &wake,
+            (&wake, &auth),
             &source,
             allow_mass_delete,
         )
@@ -460,7 +468,7 @@ async fn lead(
     lease: &LeaderLease,
     config: &Config,
     shutdown: &CancellationToken,
-    wake: &Arc<Notify>,
+    (wake, auth): (&Arc<Notify>, &Arc<AuthGrace>),
     source: &Arc<Source>,
     allow_mass_delete: bool,
 ) -> Result<(), AppError> {
@@ -468,7 +476,7 @@ async fn lead(
     let term = link_cancel(shutdown, lease);
     let mut ctx = build_context_with_source(config, "run", term.clone(), ledger, source.clone())?;
     ctx.settings.allow_mass_delete = allow_mass_delete;
-    let result = cycle_loop(&ctx, config, wake).await;
+    let result = cycle_loop(&ctx, config, wake, auth).await;
     ctx.ledger.close().await;
     // A cycle cancels its token on a fatal Quo error (bad API key): that stops the service, as
     // it does for a single writer, unless the token fired because the lease was lost.
@@ -548,11 +556,14 @@ async fn start_listeners(
     Ok(servers)
 }
 
-/// Cycles until `ctx.cancel` fires: every tick, or early on a webhook.
+/// Cycles until `ctx.cancel` fires: every tick, or early on a webhook. While Quo refuses the
+/// API key, cycles back off on `auth`'s clock instead; past `quo.auth_grace` (in a cycle or in
+/// the scanner) the loop ends with an auth failure.
 async fn cycle_loop(
     ctx: &SyncContext,
     config: &Config,
     wake: &Arc<Notify>,
+    auth: &Arc<AuthGrace>,
 ) -> Result<(), AppError> {
     let interval = config.schedule.interval.0;
     // The scan runs beside the cycles, yielding to their writes; what it finds wakes a cycle.
@@ -564,11 +575,13 @@ async fn cycle_loop(
                 ctx.client.background(),
                 poll,
                 wake.clone(),
+                auth.clone(),
                 ctx.cancel.clone(),
             )))
         }
         _ => None,
     };
+    let exhausted = auth.exhausted();
     let ctx = &ctx;
     let tick = interval;
     info!(event = "cycles_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "cycles started");
@@ -577,8 +590,9 @@ async fn cycle_loop(
             break;
         }
         let started = tokio::time::Instant::now();
+        let mut next = None;
         match run_cycle(ctx, Mode::Apply).await {
-            Ok(_) => {}
+            Ok(_) => auth.accepted(),
             Err(SyncError::Mapping(e)) => {
                 ctx.cancel.cancel();
                 if let Some(scanner) = scanner {
@@ -586,26 +600,41 @@ async fn cycle_loop(
                 }
                 return Err(SyncError::Mapping(e).into());
             }
-            Err(e) if e.is_auth_failure() => {
-                // Nothing will work until an operator fixes the key: stop, non-zero, so a
-                // supervisor notices instead of a service that looks up and does nothing.
-                error!(event = "auth_failed", error = %e, "Quo refused the API key; stopping");
-                ctx.cancel.cancel();
-                if let Some(scanner) = scanner {
-                    let _ = scanner.await;
+            Err(e) if e.is_auth_failure() => match auth.refused() {
+                AfterRefusal::RetryIn(pause) => {
+                    warn!(event = "auth_refused", error = %e, retry_in_ms = pause.as_millis() as u64, grace_s = auth.grace().as_secs(), "Quo refused the API key; trying again until quo.auth_grace runs out (not ready meanwhile)");
+                    next = Some(pause);
                 }
-                return Err(e.into());
-            }
+                AfterRefusal::GiveUp => {
+                    // Nothing will work until an operator fixes the key: stop, non-zero, so a
+                    // supervisor notices instead of a service that looks up and does nothing.
+                    error!(event = "auth_failed", error = %e, grace_s = auth.grace().as_secs(), "Quo refused the API key for longer than quo.auth_grace; stopping");
+                    ctx.cancel.cancel();
+                    if let Some(scanner) = scanner {
+                        let _ = scanner.await;
+                    }
+                    return Err(e.into());
+                }
+            },
             Err(e) => {
                 error!(event = "cycle_error", error = %e, "cycle failed; retrying at the next tick")
             }
         }
-        let next = tick.saturating_sub(started.elapsed());
+        let next = next.unwrap_or_else(|| tick.saturating_sub(started.elapsed()));
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
             _ = wake.notified() => {
                 // Let a burst of deliveries land before the cycle that applies them.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ = exhausted.cancelled() => {
+                let grace_s = auth.grace().as_secs();
+                error!(event = "auth_failed", grace_s, "Quo refused the API key on every scan page for longer than quo.auth_grace; stopping");
+                ctx.cancel.cancel();
+                if let Some(scanner) = scanner {
+                    let _ = scanner.await;
+                }
+                return Err(AppError::QuoAuthFailed { grace_s });
             }
             _ = ctx.cancel.cancelled() => break,
         }

@@ -136,6 +136,9 @@ pub struct QuoConfig {
     pub list_lag: HumanDuration,
     /// Optional link to the CRM record, `{id}` replaced by the external id.
     pub source_url_template: Option<String>,
+    /// How long the service keeps retrying while Quo refuses the API key (401), reporting
+    /// not-ready, before it stops with `auth_failed` (exit 1); default `5m`.
+    pub auth_grace: HumanDuration,
 }
 
 impl Default for QuoConfig {
@@ -152,6 +155,7 @@ impl Default for QuoConfig {
             list_lag: HumanDuration(Duration::from_secs(1)),
             concurrency: 16,
             source_url_template: None,
+            auth_grace: HumanDuration(Duration::from_secs(300)),
         }
     }
 }

@@ -117,9 +117,8 @@ impl Ledger {
         configured: &str,
         token: &str,
     ) -> Result<bool, LedgerError> {
-        let done =
-            on_pool!(&self.pool, |p| {
-                sqlx::query(
+        let done = on_pool!(&self.pool, |p| {
+            sqlx::query(
             "UPDATE crm_oauth SET refresh_token = $1, configured = $2, generation = generation + 1,
                     claimed_by = NULL, claim_until_ms = 0, rotated_at = $3
              WHERE name = $4 AND generation = $5"
@@ -132,7 +131,7 @@ impl Ledger {
         .execute(p)
         .await
         .map(|done| done.rows_affected())
-            })?;
+        })?;
         Ok(done == 1)
     }
 

@@ -15,6 +15,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::ledger::Ledger;
+use crate::quo::grace::AuthGrace;
 
 /// Installs the global Prometheus recorder; `None` when one is already installed.
 pub fn install_metrics() -> Option<PrometheusHandle> {
@@ -68,6 +69,8 @@ struct Ops {
     ledger: Ledger,
     metrics: Option<PrometheusHandle>,
     role: Option<ReplicaRole>,
+    /// The service's refusal clock: not ready while Quo refuses the API key.
+    auth: Option<Arc<AuthGrace>>,
 }
 
 /// The routes `/healthz`, `/readyz`, `/metrics`, plus the operator console when given.
@@ -89,6 +92,7 @@ pub fn router(ledger: Ledger, metrics: Option<PrometheusHandle>) -> Router {
         ledger,
         metrics,
         role: None,
+        auth: None,
     })
 }
 
@@ -102,6 +106,23 @@ pub fn replica_router(
         ledger,
         metrics,
         role: Some(role),
+        auth: None,
+    })
+}
+
+/// The routes of the service (a replica when `role` is given), whose `/readyz` also says not
+/// ready while Quo refuses the API key (`auth`).
+pub fn service_router(
+    ledger: Ledger,
+    metrics: Option<PrometheusHandle>,
+    role: Option<ReplicaRole>,
+    auth: Arc<AuthGrace>,
+) -> Router {
+    routes(Ops {
+        ledger,
+        metrics,
+        role,
+        auth: Some(auth),
     })
 }
 
@@ -113,35 +134,34 @@ fn routes(ops: Ops) -> Router {
         .with_state(ops)
 }
 
+/// `/readyz`. Its text names states, never error messages: those can carry CRM data (a value,
+/// an id, a URL) and this route needs no login; the logs and `quo-sync status` have the detail.
 async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
-    if let Err(e) = ops.ledger.ping().await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("ledger unavailable: {e}\n"),
-        );
+    let unavailable = |text: String| (StatusCode::SERVICE_UNAVAILABLE, text);
+    if ops.ledger.ping().await.is_err() {
+        return unavailable("ledger unavailable (details in the logs)\n".into());
+    }
+    if let Some(refused) = ops.auth.as_ref().and_then(|a| a.refused_for()) {
+        return unavailable(format!(
+            "Quo refuses the API key (for {}s); retrying until quo.auth_grace runs out\n",
+            refused.as_secs()
+        ));
     }
     let role = ops.role.as_ref().map(ReplicaRole::leader_epoch);
     if let Some(None) = role {
         return (StatusCode::OK, "ready (standby)\n".into());
     }
     match ops.ledger.last_finished_run().await {
-        Ok(run) => match run {
-            Some(run) if run.status == "failed" => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "last cycle failed: {}\n",
-                    run.error.clone().unwrap_or_default()
-                ),
-            ),
-            _ => match role {
-                Some(Some(epoch)) => (StatusCode::OK, format!("ready (leader, epoch {epoch})\n")),
-                _ => (StatusCode::OK, "ready\n".into()),
-            },
+        Ok(Some(run)) if run.status == "failed" => unavailable(format!(
+            "last cycle failed (run {}, finished {}); details in `quo-sync status` and the logs\n",
+            run.id,
+            run.finished_at.as_deref().unwrap_or("-")
+        )),
+        Ok(_) => match role {
+            Some(Some(epoch)) => (StatusCode::OK, format!("ready (leader, epoch {epoch})\n")),
+            _ => (StatusCode::OK, "ready\n".into()),
         },
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("ledger unavailable: {e}\n"),
-        ),
+        Err(_) => unavailable("ledger unavailable (details in the logs)\n".into()),
     }
 }
 
