@@ -524,6 +524,7 @@ async fn start_listeners(
     let signals = crate::source::watch::Signals::start(
         source.clone(),
         config.source.watch,
+        ledger.clone(),
         wake.clone(),
         cancel.clone(),
     )?;
@@ -565,7 +566,6 @@ async fn cycle_loop(
     wake: &Arc<Notify>,
     auth: &Arc<AuthGrace>,
 ) -> Result<(), AppError> {
-    let interval = config.schedule.interval.0;
     // The scan runs beside the cycles, yielding to their writes; what it finds wakes a cycle.
     let mut ctx = ctx.clone();
     let scanner = match ctx.settings.poll_interval.take() {
@@ -581,8 +581,31 @@ async fn cycle_loop(
         }
         _ => None,
     };
+    // What any replica stores (webhooks, CRM notices) wakes this loop; this leader's reads take
+    // the stored CRM notices until the loop ends.
+    let stop_watch = ctx.cancel.child_token();
+    let watcher = tokio::spawn({
+        let (ledger, wake, stop) = (ctx.ledger.clone(), wake.clone(), stop_watch.clone());
+        async move { ledger.watch_intake(wake, stop).await }
+    });
+    ctx.source.take_notices_from(Some(ctx.ledger.clone()));
+    let result = cycles(&ctx, config, wake, auth, scanner).await;
+    ctx.source.take_notices_from(None);
+    stop_watch.cancel();
+    let _ = watcher.await;
+    result
+}
+
+/// The loop of [`cycle_loop`], with its scanner.
+async fn cycles(
+    ctx: &SyncContext,
+    config: &Config,
+    wake: &Arc<Notify>,
+    auth: &Arc<AuthGrace>,
+    scanner: Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), AppError> {
+    let interval = config.schedule.interval.0;
     let exhausted = auth.exhausted();
-    let ctx = &ctx;
     let tick = interval;
     info!(event = "cycles_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "cycles started");
     loop {

@@ -8,6 +8,7 @@
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
 mod copy;
+mod crm_notices;
 mod crm_tokens;
 pub(crate) mod db;
 mod inbox;
@@ -31,7 +32,7 @@ pub use copy::CopyReport;
 pub use crm_tokens::StoredRefreshToken;
 pub use db::{BadPgUrl, PgUrl};
 
-pub use inbox::{InboxEvent, NewInboxEvent};
+pub use inbox::{INTAKE_POLL, InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
 pub use lease::{
     Attempt, Candidate, FENCED_MESSAGE, Fence, LeaderLease, LeaseError, LeaseHolder, host_name,

@@ -2,8 +2,9 @@
 //!
 //! It verifies the signature, refuses what it must (401 bad or stale signature, 413 too large,
 //! 400 malformed), stores the event in the ledger's inbox *before* answering 2xx, and wakes the
-//! service. Applying the event happens later in a cycle, so an acknowledged event survives a
-//! crash, and a redelivery (same event id) is recognised and ignored.
+//! service, wherever the leader runs (the intake signal, see `ledger::inbox`). Applying the
+//! event happens later in a cycle, so an acknowledged event survives a crash, and a redelivery
+//! (same event id) is recognised and ignored.
 
 use std::sync::Arc;
 
@@ -143,6 +144,11 @@ async fn receive(
                 event_id, event_type, quo_id, "webhook stored"
             );
             metrics::counter!("quo_sync_webhooks_total", "outcome" => "stored").increment(1);
+            // The leader may be another replica: it watches the signal. Failing to bump it only
+            // delays the event to the leader's next tick or scan; it is stored.
+            if let Err(e) = receiver.ledger.signal_intake().await {
+                warn!(event = "intake_signal_failed", error = %e, "stored webhook not signalled to the leader; it is applied at the next cycle");
+            }
             receiver.wake.notify_one();
             (StatusCode::OK, "stored\n".into())
         }

@@ -5,6 +5,8 @@
 //! `source.rest.webhook.secret` (`<signature_header>: sha256=<hex>`). Both only wake the service
 //! loop through the same `Notify` the Quo webhook receiver uses; the cycle does the reading (of
 //! just the records a webhook names, with `source.rest.webhook.ids_pointer`: see `rest::named`).
+//! A CRM notice is stored in the ledger before it is answered, and signalled to the leader
+//! (`ledger::inbox`): a standby answers deliveries too, and the leader is another process.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::rest::NoticeIds;
 use super::{Source, SourceError};
+use crate::ledger::Ledger;
 
 /// Quiet time after the last file event before the change is acted on (editors write in bursts).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -40,6 +43,7 @@ impl Signals {
     pub fn start(
         source: Arc<Source>,
         watch_file: bool,
+        ledger: Ledger,
         wake: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Result<Self, SourceError> {
@@ -64,6 +68,7 @@ impl Signals {
                         .layer(DefaultBodyLimit::max(max))
                         .with_state(Arc::new(WebhookState {
                             source: source.clone(),
+                            ledger,
                             wake,
                         }))
                 }),
@@ -142,11 +147,15 @@ fn watch_csv(
 
 struct WebhookState {
     source: Arc<Source>,
+    /// Where notices are stored (the base ledger: a standby stores them too).
+    ledger: Ledger,
     wake: Arc<Notify>,
 }
 
-/// `POST /webhooks/crm`: 202 and a cycle for a correctly signed body; 401 otherwise (413 above
-/// the size limit, from the body limit layer). Nothing is read from the CRM here.
+/// `POST /webhooks/crm`: a correctly signed notice is stored in the ledger, the leader is
+/// signalled (wherever it runs) and the answer is 202; 401 otherwise (413 above the size limit,
+/// from the body limit layer; 503 when the ledger cannot store it, so the CRM sends it again).
+/// Nothing is read from the CRM here.
 async fn crm_webhook(
     State(state): State<Arc<WebhookState>>,
     headers: HeaderMap,
@@ -179,19 +188,27 @@ async fn crm_webhook(
         metrics::counter!("quo_sync_crm_webhooks_total", "outcome" => "rejected").increment(1);
         return StatusCode::UNAUTHORIZED;
     }
-    metrics::counter!("quo_sync_crm_webhooks_total", "outcome" => "accepted").increment(1);
     // With `ids_pointer`, the next read fetches just the named records.
-    let (read, ids) = match rest.queue_notice(&body) {
+    let (kind, ids) = rest.notice_ids(&body);
+    let (read, count) = match kind {
         NoticeIds::Named(n) => ("named", n),
         NoticeIds::None | NoticeIds::Refused => ("list", 0),
     };
+    if let Err(e) = state.ledger.crm_notice_put(ids.as_deref(), None).await {
+        tracing::warn!(event = "crm_webhook_store_failed", error = %e, "CRM webhook not stored; answered 503 so the CRM sends it again");
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    metrics::counter!("quo_sync_crm_webhooks_total", "outcome" => "accepted").increment(1);
+    if let Err(e) = state.ledger.signal_intake().await {
+        tracing::warn!(event = "intake_signal_failed", error = %e, "stored CRM notice not signalled to the leader; it is read at the next cycle");
+    }
     tracing::info!(
         event = "crm_change_detected",
         via = "webhook",
         bytes = body.len(),
-        ids,
+        ids = count,
         read,
-        "CRM webhook; starting a cycle"
+        "CRM webhook stored; starting a cycle"
     );
     state.wake.notify_one();
     StatusCode::ACCEPTED
