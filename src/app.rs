@@ -393,15 +393,18 @@ fn console_routes(config: &Config, ledger: &Ledger, wake: &Arc<Notify>) -> axum:
     if !config.service.console || config.service.listen.is_none() {
         return axum::Router::new();
     }
-    crate::ops::console::routes(crate::ops::console::Console::new(
-        ledger.clone(),
-        config.service.console_token.clone(),
-        wake.clone(),
-        crate::ops::console::ServiceInfo::always_leader(
-            config.schedule.interval.0,
-            config.quo.requests_per_second,
-        ),
-    ))
+    crate::ops::console::routes(
+        crate::ops::console::Console::new(
+            ledger.clone(),
+            config.service.console_token.clone(),
+            wake.clone(),
+            crate::ops::console::ServiceInfo::always_leader(
+                config.schedule.interval.0,
+                config.quo.requests_per_second,
+            ),
+        )
+        .listening_on(config.service.listen),
+    )
 }
 
 /// The console of a replica: it shows leader or standby as `role` says.
@@ -423,12 +426,15 @@ fn replica_console_routes(
         Some(_) => crate::ops::console::Role::Leader,
         None => crate::ops::console::Role::Standby,
     });
-    crate::ops::console::routes(crate::ops::console::Console::new(
-        ledger.clone(),
-        config.service.console_token.clone(),
-        wake.clone(),
-        info,
-    ))
+    crate::ops::console::routes(
+        crate::ops::console::Console::new(
+            ledger.clone(),
+            config.service.console_token.clone(),
+            wake.clone(),
+            info,
+        )
+        .listening_on(config.service.listen),
+    )
 }
 
 /// Stands by until the lease is ours (`None` on shutdown), logging `standby` with the holder
