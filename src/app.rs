@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::ledger::{Candidate, LeaderLease, LeaseError, Ledger, LedgerError};
 use crate::ops::http::ReplicaRole;
+use crate::ops::listener::ListenerLimits;
 use crate::quo::client::{ClientSettings, QuoClient};
 use crate::quo::grace::{AfterRefusal, AuthGrace};
 use crate::quo::limiter::RateLimiter;
@@ -552,7 +553,12 @@ async fn start_listeners(
                 reason: e.to_string(),
             })?;
         info!(event = "listener_started", addr = %addr, "HTTP listener started");
-        servers.push(tokio::spawn(serve(listener, router, cancel.clone())));
+        servers.push(tokio::spawn(crate::ops::listener::serve(
+            listener,
+            router,
+            ListenerLimits::from_config(&config.service),
+            cancel.clone(),
+        )));
     }
     // The file watcher lives as long as the listeners (it stops when dropped).
     let until = cancel.clone();
@@ -674,16 +680,12 @@ async fn cycles(
     Ok(())
 }
 
-/// Serves `router` on `listener` until `cancel` fires.
+/// Serves `router` on `listener` until `cancel` fires, with the default header and request
+/// timeouts (see [`crate::ops::listener`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     cancel: CancellationToken,
 ) {
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        error!(event = "http_server_failed", error = %e, "HTTP listener stopped");
-    }
+    crate::ops::listener::serve(listener, router, ListenerLimits::default(), cancel).await;
 }

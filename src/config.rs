@@ -490,7 +490,7 @@ impl ReverseConfig {
 }
 
 /// `[service]`: health and metrics.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
     /// Address for `/healthz`, `/readyz`, `/metrics`; none to disable.
@@ -501,6 +501,25 @@ pub struct ServiceConfig {
     pub console_token: Option<SecretString>,
     /// A file holding the console token.
     pub console_token_file: Option<PathBuf>,
+    /// On every listener (`service.listen`, `reverse.listen`): the longest a client may take to
+    /// send a request's headers before the connection is closed, default `10s`.
+    pub header_timeout: HumanDuration,
+    /// On every listener: the longest a request may take, body included, before it is answered
+    /// 408, default `30s`.
+    pub request_timeout: HumanDuration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            console: false,
+            console_token: None,
+            console_token_file: None,
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
 }
 
 /// `[ha]`: the writer lease that lets exactly one process write a ledger.
@@ -714,6 +733,17 @@ impl Config {
                     humantime::format_duration(self.ha.lease.0)
                 ),
             ));
+        }
+        for (key, timeout) in [
+            ("service.header_timeout", self.service.header_timeout),
+            ("service.request_timeout", self.service.request_timeout),
+        ] {
+            if timeout.0.is_zero() {
+                return Err(bad(
+                    key,
+                    "expected a duration above zero, like `10s`".into(),
+                ));
+            }
         }
         if self.quo.concurrency == 0 {
             return Err(bad(

@@ -32,7 +32,7 @@ pub fn register_service_metrics() {
     for outcome in ["stored", "duplicate", "rejected"] {
         metrics::counter!("quo_sync_webhooks_total", "outcome" => outcome).increment(0);
     }
-    for outcome in ["accepted", "rejected"] {
+    for outcome in ["accepted", "duplicate", "rejected"] {
         metrics::counter!("quo_sync_crm_webhooks_total", "outcome" => outcome).increment(0);
     }
     // A replica starts as a standby; `ReplicaRole::set_leader` raises it once the lease is held.

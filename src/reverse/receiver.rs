@@ -28,7 +28,8 @@ pub struct Receiver {
     pub ledger: Ledger,
     /// The signing secret; without one every delivery is refused.
     pub secret: Option<SecretString>,
-    /// Woken when a new event is stored.
+    /// Woken when an event was stored but the ledger's intake signal could not be bumped (the
+    /// leader otherwise hears of it through the signal, see `ledger::inbox`).
     pub wake: Arc<Notify>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
@@ -72,6 +73,19 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> (StatusCode, String) {
+    // What the headers alone refuse is refused before the body is read.
+    let Some(secret) = &receiver.secret else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "reverse.webhook_secret is not configured",
+        );
+    };
+    if !headers.contains_key("webhook-signature") && !headers.contains_key("openphone-signature") {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            &signature::SignatureError::Missing.to_string(),
+        );
+    }
     let read = axum::body::to_bytes(body, receiver.max_body_bytes);
     let bytes = match tokio::time::timeout(receiver.read_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
@@ -90,12 +104,6 @@ async fn receive(
                 ),
             );
         }
-    };
-    let Some(secret) = &receiver.secret else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "reverse.webhook_secret is not configured",
-        );
     };
     if let Err(error) = signature::verify(&headers, &bytes, secret, chrono::Utc::now().timestamp())
     {
@@ -144,12 +152,13 @@ async fn receive(
                 event_id, event_type, quo_id, "webhook stored"
             );
             metrics::counter!("quo_sync_webhooks_total", "outcome" => "stored").increment(1);
-            // The leader may be another replica: it watches the signal. Failing to bump it only
-            // delays the event to the leader's next tick or scan; it is stored.
+            // The leader, this process or another replica, watches the signal (waking this
+            // process as well would run a second cycle for the same event). Failing to bump it
+            // only delays the event to the next tick or scan: it is stored.
             if let Err(e) = receiver.ledger.signal_intake().await {
                 warn!(event = "intake_signal_failed", error = %e, "stored webhook not signalled to the leader; it is applied at the next cycle");
+                receiver.wake.notify_one();
             }
-            receiver.wake.notify_one();
             (StatusCode::OK, "stored\n".into())
         }
         Ok(false) => {

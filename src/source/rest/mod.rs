@@ -80,6 +80,8 @@ pub struct WebhookSettings {
     pub secret: secrecy::SecretString,
     /// Header carrying `sha256=<hex>`.
     pub signature_header: String,
+    /// Header carrying the signed delivery time, when configured.
+    pub timestamp_header: Option<String>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
 }
@@ -134,6 +136,7 @@ impl RestSource {
                     &w.secret_file,
                 )?,
                 signature_header: w.signature_header.clone(),
+                timestamp_header: w.timestamp_header.clone(),
                 max_body_bytes: w.max_body_bytes,
             }),
         };
