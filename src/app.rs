@@ -8,7 +8,10 @@
 //! starting new work and its late writes are refused by the database.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -596,23 +599,27 @@ async fn cycle_loop(
     // What any replica stores (webhooks, CRM notices) wakes this loop; this leader's reads take
     // the stored CRM notices until the loop ends.
     let stop_watch = ctx.cancel.child_token();
+    let covered = Arc::new(AtomicI64::new(i64::MIN));
     let watcher = tokio::spawn({
         let (ledger, wake, stop) = (ctx.ledger.clone(), wake.clone(), stop_watch.clone());
-        async move { ledger.watch_intake(wake, stop).await }
+        let covered = covered.clone();
+        async move { ledger.watch_intake(wake, covered, stop).await }
     });
     ctx.source.take_notices_from(Some(ctx.ledger.clone()));
-    let result = cycles(&ctx, config, wake, auth, scanner).await;
+    let result = cycles(&ctx, config, (wake, &covered), auth, scanner).await;
     ctx.source.take_notices_from(None);
     stop_watch.cancel();
     let _ = watcher.await;
     result
 }
 
-/// The loop of [`cycle_loop`], with its scanner.
+/// The loop of [`cycle_loop`], with its scanner. Before each cycle, `covered` takes the intake
+/// signal's value (so the watcher does not wake the loop again for intake this cycle reads), and
+/// wakes that arrived meanwhile are dropped: the cycle about to start covers them.
 async fn cycles(
     ctx: &SyncContext,
     config: &Config,
-    wake: &Arc<Notify>,
+    (wake, covered): (&Arc<Notify>, &Arc<AtomicI64>),
     auth: &Arc<AuthGrace>,
     scanner: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<(), AppError> {
@@ -624,6 +631,10 @@ async fn cycles(
         if ctx.cancel.is_cancelled() {
             break;
         }
+        if let Ok(signal) = ctx.ledger.intake_signal().await {
+            covered.store(signal, Ordering::Release);
+        }
+        let _ = wake.notified().now_or_never();
         let started = tokio::time::Instant::now();
         let mut next = None;
         match run_cycle(ctx, Mode::Apply).await {

@@ -9,6 +9,7 @@
 //! was sent while it reconnects).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -135,8 +136,16 @@ impl Ledger {
             .unwrap_or(0))
     }
 
-    /// Until `cancel`, wakes `wake` within [`INTAKE_POLL`] of any process signalling intake.
-    pub async fn watch_intake(&self, wake: Arc<Notify>, cancel: CancellationToken) {
+    /// Until `cancel`, wakes `wake` within [`INTAKE_POLL`] of any process signalling intake,
+    /// unless a cycle that started since already covers it: `covered` is the signal's value when
+    /// the latest cycle started (this process's own receivers wake it directly; that cycle
+    /// covers their signal, and a second wake would run a second cycle for nothing).
+    pub async fn watch_intake(
+        &self,
+        wake: Arc<Notify>,
+        covered: Arc<AtomicI64>,
+        cancel: CancellationToken,
+    ) {
         let mut last = self.intake_signal().await.ok();
         loop {
             tokio::select! {
@@ -145,10 +154,10 @@ impl Ledger {
             }
             match self.intake_signal().await {
                 Ok(now) if Some(now) != last => {
-                    if last.is_some() {
+                    if last.is_some() && now > covered.load(Ordering::Acquire) {
                         tracing::debug!(
                             event = "intake_signalled",
-                            "intake stored (maybe by another replica); waking the cycle loop"
+                            "intake stored by another replica; waking the cycle loop"
                         );
                         wake.notify_one();
                     }

@@ -28,8 +28,8 @@ pub struct Receiver {
     pub ledger: Ledger,
     /// The signing secret; without one every delivery is refused.
     pub secret: Option<SecretString>,
-    /// Woken when an event was stored but the ledger's intake signal could not be bumped (the
-    /// leader otherwise hears of it through the signal, see `ledger::inbox`).
+    /// Woken when a new event is stored (a leader in another process hears of it through the
+    /// ledger's intake signal, see `ledger::inbox`).
     pub wake: Arc<Notify>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
@@ -152,13 +152,12 @@ async fn receive(
                 event_id, event_type, quo_id, "webhook stored"
             );
             metrics::counter!("quo_sync_webhooks_total", "outcome" => "stored").increment(1);
-            // The leader, this process or another replica, watches the signal (waking this
-            // process as well would run a second cycle for the same event). Failing to bump it
-            // only delays the event to the next tick or scan: it is stored.
+            // The leader may be another replica: it watches the signal. Failing to bump it only
+            // delays the event there to the next tick or scan: it is stored.
             if let Err(e) = receiver.ledger.signal_intake().await {
-                warn!(event = "intake_signal_failed", error = %e, "stored webhook not signalled to the leader; it is applied at the next cycle");
-                receiver.wake.notify_one();
+                warn!(event = "intake_signal_failed", error = %e, "stored webhook not signalled to other replicas; a leader elsewhere applies it at its next cycle");
             }
+            receiver.wake.notify_one();
             (StatusCode::OK, "stored\n".into())
         }
         Ok(false) => {

@@ -122,11 +122,9 @@ pub(super) async fn receive(
         }
     }
     metrics::counter!("quo_sync_crm_webhooks_total", "outcome" => "accepted").increment(1);
-    // The leader, this process or another, watches the signal; waking this process as well
-    // would run a second cycle for the same notice.
+    // The leader may be another replica: it watches the signal.
     if let Err(e) = state.ledger.signal_intake().await {
-        tracing::warn!(event = "intake_signal_failed", error = %e, "stored CRM notice not signalled to the leader; it is read at the next cycle");
-        state.wake.notify_one();
+        tracing::warn!(event = "intake_signal_failed", error = %e, "stored CRM notice not signalled to other replicas; a leader elsewhere reads it at its next cycle");
     }
     tracing::info!(
         event = "crm_change_detected",
@@ -136,6 +134,7 @@ pub(super) async fn receive(
         read,
         "CRM webhook stored; starting a cycle"
     );
+    state.wake.notify_one();
     StatusCode::ACCEPTED
 }
 
