@@ -436,8 +436,11 @@ pub struct ReverseConfig {
     pub enabled: bool,
     /// Webhook receiver address (`/webhooks/quo`, `/healthz`).
     pub listen: Option<SocketAddr>,
-    /// Webhook signing secret (legacy base64 key or `whsec_…`).
+    /// Webhook signing secret (legacy base64 key or `whsec_…`); it must decode to at least
+    /// [`MIN_WEBHOOK_KEY_BYTES`].
     pub webhook_secret: Option<SecretString>,
+    /// A file holding the webhook signing secret (Docker/Kubernetes secrets).
+    pub webhook_secret_file: Option<PathBuf>,
     /// Scan interval; default `1m` without a webhook secret, `1h` with one (a slow fallback
     /// that pulls what a missed delivery left behind); `0s` disables.
     pub poll_interval: Option<HumanDuration>,
@@ -465,6 +468,7 @@ impl Default for ReverseConfig {
             enabled: true,
             listen: None,
             webhook_secret: None,
+            webhook_secret_file: None,
             poll_interval: None,
             conflict: ConflictPolicy::Newest,
             fields: BTreeMap::new(),
@@ -475,6 +479,21 @@ impl Default for ReverseConfig {
             read_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
+}
+
+/// The shortest Quo webhook signing key accepted, in decoded bytes: anyone can forge a
+/// signature with an empty or near-empty key.
+pub const MIN_WEBHOOK_KEY_BYTES: usize = 16;
+
+/// The signing key bytes of a Quo webhook secret: `whsec_<base64>` (Standard Webhooks) or plain
+/// base64 (legacy). `None` when it does not decode.
+pub fn webhook_signing_key(secret: &SecretString) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text = secret.expose_secret().trim();
+    let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
 }
 
 impl ReverseConfig {
@@ -607,6 +626,16 @@ impl Config {
                 reason: format!("cannot read {}: {e}", path.display()),
             })?;
             config.service.console_token = Some(SecretString::from(token.trim().to_string()));
+        }
+        if config.reverse.webhook_secret.is_none()
+            && let Some(path) = &config.reverse.webhook_secret_file
+        {
+            let secret = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
+                file: file_name.clone(),
+                key: "reverse.webhook_secret_file".into(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            config.reverse.webhook_secret = Some(SecretString::from(secret.trim().to_string()));
         }
         if config.ledger.url.is_none()
             && let Some(path) = &config.ledger.url_file
@@ -771,6 +800,21 @@ impl Config {
                 "quo.source",
                 format!(
                     "{source:?} is reserved by Quo or not 1–72 characters; expected a label such as \"quo-sync\""
+                ),
+            ));
+        }
+        if let Some(secret) = &self.reverse.webhook_secret
+            && webhook_signing_key(secret).is_none_or(|key| key.len() < MIN_WEBHOOK_KEY_BYTES)
+        {
+            let key = if self.reverse.webhook_secret_file.is_some() {
+                "reverse.webhook_secret_file"
+            } else {
+                "reverse.webhook_secret"
+            };
+            return Err(bad(
+                key,
+                format!(
+                    "expected Quo's signing key, `whsec_<base64>` or base64, of at least {MIN_WEBHOOK_KEY_BYTES} bytes once decoded (the value is not shown)"
                 ),
             ));
         }
