@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::ledger::{Candidate, LeaderLease, LeaseError, Ledger, LedgerError};
 use crate::ops::http::ReplicaRole;
 use crate::ops::listener::ListenerLimits;
+use crate::ops::live::ServiceStatus;
 use crate::quo::client::{ClientSettings, QuoClient};
 use crate::quo::grace::{AfterRefusal, AuthGrace};
 use crate::quo::limiter::RateLimiter;
@@ -309,10 +310,19 @@ pub async fn run_service(
         .merge(console_routes(config, &ctx.ledger, &wake));
     crate::ops::http::register_service_metrics();
     metrics::gauge!("quo_sync_leader").set(1.0);
-    let servers =
-        start_listeners(config, &ctx.ledger, &ctx.source, ops, &wake, &ctx.cancel).await?;
+    let status = ServiceStatus::default();
+    let servers = start_listeners(
+        config,
+        &ctx.ledger,
+        &ctx.source,
+        ops,
+        &wake,
+        &ctx.cancel,
+        &status,
+    )
+    .await?;
     info!(event = "service_started", source = %ctx.source.describe(), interval_s = config.schedule.interval.0.as_secs(), "quo-sync service started");
-    let result = cycle_loop(ctx, config, &wake, &auth).await;
+    let result = cycle_loop(ctx, config, (&wake, &auth), &status).await;
     if result.is_err() {
         // Stopping for good: let the listeners go too.
         ctx.cancel.cancel();
@@ -336,8 +346,26 @@ pub async fn run_replica(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     allow_mass_delete: bool,
 ) -> Result<(), AppError> {
+    run_replica_observed(
+        config,
+        shutdown,
+        metrics,
+        allow_mass_delete,
+        ServiceStatus::default(),
+    )
+    .await
+}
+
+/// [`run_replica`], publishing what it does into `status` (the terminal's status line).
+pub async fn run_replica_observed(
+    config: &Config,
+    shutdown: CancellationToken,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    allow_mass_delete: bool,
+    status: ServiceStatus,
+) -> Result<(), AppError> {
     let base = Ledger::connect_config(&config.ledger).await?;
-    let role = ReplicaRole::default();
+    let role = status.role().clone();
     role.set_standby();
     let wake = Arc::new(Notify::new());
     let auth = Arc::new(AuthGrace::new(config.quo.auth_grace.0));
@@ -349,18 +377,18 @@ pub async fn run_replica(
     // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
     let source = Arc::new(Source::from_config(&config.source)?);
     source.attach_ledger(&base);
-    let servers = start_listeners(config, &base, &source, ops, &wake, &shutdown).await?;
+    let servers = start_listeners(config, &base, &source, ops, &wake, &shutdown, &status).await?;
     let who = Candidate::this_process("run");
     info!(event = "service_started", ledger = %base.path(), host = %who.host, pid = who.pid, lease_ms = config.ha.lease.0.as_millis() as u64, "quo-sync replica started");
     let mut result = Ok(());
-    while let Some(lease) = wait_for_lease(&base, &who, config, &shutdown).await {
+    while let Some(lease) = wait_for_lease(&base, &who, config, &shutdown, &status).await {
         role.set_leader(lease.epoch());
         let term = lead(
             &base,
             &lease,
             config,
             &shutdown,
-            (&wake, &auth),
+            (&wake, &auth, &status),
             &source,
             allow_mass_delete,
         )
@@ -448,6 +476,7 @@ async fn wait_for_lease(
     who: &Candidate,
     config: &Config,
     shutdown: &CancellationToken,
+    status: &ServiceStatus,
 ) -> Option<LeaderLease> {
     let mut last_seen: Option<(String, i64, i64)> = None;
     while !shutdown.is_cancelled() {
@@ -456,6 +485,7 @@ async fn wait_for_lease(
             Err(LeaseError::Held { holder, .. }) => {
                 let key = (holder.host.clone(), holder.pid, holder.epoch);
                 if last_seen.as_ref() != Some(&key) {
+                    status.standing_by(format!("{} pid {}", holder.host, holder.pid));
                     info!(event = "standby", holder_host = %holder.host, holder_pid = holder.pid, holder_command = %holder.command, holder_since = %holder.since, holder_epoch = holder.epoch, holder_expires = %holder.expires, "standing by: another replica holds the writer lease");
                     last_seen = Some(key);
                 }
@@ -478,7 +508,7 @@ async fn lead(
     lease: &LeaderLease,
     config: &Config,
     shutdown: &CancellationToken,
-    (wake, auth): (&Arc<Notify>, &Arc<AuthGrace>),
+    (wake, auth, status): (&Arc<Notify>, &Arc<AuthGrace>, &ServiceStatus),
     source: &Arc<Source>,
     allow_mass_delete: bool,
 ) -> Result<(), AppError> {
@@ -486,7 +516,9 @@ async fn lead(
     let term = link_cancel(shutdown, lease);
     let mut ctx = build_context_with_source(config, "run", term.clone(), ledger, source.clone())?;
     ctx.settings.allow_mass_delete = allow_mass_delete;
-    let result = cycle_loop(&ctx, config, wake, auth).await;
+    ctx.progress = status.progress();
+    status.set_stats(ctx.client.stats().clone());
+    let result = cycle_loop(&ctx, config, (wake, auth), status).await;
     ctx.ledger.close().await;
     // A cycle cancels its token on a fatal Quo error (bad API key): that stops the service, as
     // it does for a single writer, unless the token fired because the lease was lost.
@@ -505,6 +537,7 @@ async fn start_listeners(
     ops: axum::Router,
     wake: &Arc<Notify>,
     cancel: &CancellationToken,
+    status: &ServiceStatus,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, AppError> {
     use crate::reverse::receiver::{Receiver, router as receiver_router, webhook_routes};
     let receiver = (config.reverse.enabled && config.reverse.listen.is_some()).then(|| Receiver {
@@ -513,6 +546,7 @@ async fn start_listeners(
         wake: wake.clone(),
         max_body_bytes: config.reverse.max_body_bytes,
         read_timeout: config.reverse.read_timeout.0,
+        received: status.webhooks(),
     });
     let mut routers: Vec<(std::net::SocketAddr, axum::Router)> = Vec::new();
     if let Some(addr) = config.service.listen {
@@ -578,8 +612,8 @@ async fn start_listeners(
 async fn cycle_loop(
     ctx: &SyncContext,
     config: &Config,
-    wake: &Arc<Notify>,
-    auth: &Arc<AuthGrace>,
+    (wake, auth): (&Arc<Notify>, &Arc<AuthGrace>),
+    status: &ServiceStatus,
 ) -> Result<(), AppError> {
     // The scan runs beside the cycles, yielding to their writes; what it finds wakes a cycle.
     let mut ctx = ctx.clone();
@@ -606,7 +640,7 @@ async fn cycle_loop(
         async move { ledger.watch_intake(wake, covered, stop).await }
     });
     ctx.source.take_notices_from(Some(ctx.ledger.clone()));
-    let result = cycles(&ctx, config, (wake, &covered), auth, scanner).await;
+    let result = cycles(&ctx, config, (wake, &covered), (auth, status), scanner).await;
     ctx.source.take_notices_from(None);
     stop_watch.cancel();
     let _ = watcher.await;
@@ -620,7 +654,7 @@ async fn cycles(
     ctx: &SyncContext,
     config: &Config,
     (wake, covered): (&Arc<Notify>, &Arc<AtomicI64>),
-    auth: &Arc<AuthGrace>,
+    (auth, status): (&Arc<AuthGrace>, &ServiceStatus),
     scanner: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<(), AppError> {
     let interval = config.schedule.interval.0;
@@ -637,7 +671,10 @@ async fn cycles(
         let _ = wake.notified().now_or_never();
         let started = tokio::time::Instant::now();
         let mut next = None;
-        match run_cycle(ctx, Mode::Apply).await {
+        status.cycle_started();
+        let result = run_cycle(ctx, Mode::Apply).await;
+        status.cycle_finished(&result);
+        match result {
             Ok(_) => auth.accepted(),
             Err(SyncError::Mapping(e)) => {
                 ctx.cancel.cancel();
@@ -667,6 +704,7 @@ async fn cycles(
             }
         }
         let next = next.unwrap_or_else(|| tick.saturating_sub(started.elapsed()));
+        status.next_cycle_in(next);
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
             _ = wake.notified() => {

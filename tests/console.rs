@@ -605,15 +605,58 @@ async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
     let contact = app.contact_for("q-1");
     assert!(contact["id"].is_string(), "q-1 synced to Quo: {contact}");
 
-    let shot = wd(
-        &http,
-        reqwest::Method::GET,
-        &format!("{s}/screenshot"),
-        None,
-    )
-    .await;
-    let png = base64_decode(shot.as_str().expect("screenshot"));
-    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    // Headers never break inside a word, on a desktop or a phone; the phone never scrolls
+    // sideways; a cut value carries the whole value on hover.
+    for (width, height) in [(390, 844), (1100, 1000)] {
+        wd(
+            &http,
+            reqwest::Method::POST,
+            &format!("{s}/window/rect"),
+            Some(serde_json::json!({"width": width, "height": height})),
+        )
+        .await;
+        let layout = wd(
+            &http,
+            reqwest::Method::POST,
+            &format!("{s}/execute/sync"),
+            Some(serde_json::json!({"script": LAYOUT_CHECK, "args": []})),
+        )
+        .await;
+        let inner = layout["width"].as_f64().unwrap_or_default();
+        assert!(
+            (inner - f64::from(width)).abs() <= 20.0,
+            "viewport {inner}px, asked for {width}px: {layout}"
+        );
+        assert!(
+            layout["checked"].as_u64().unwrap_or_default() >= 5,
+            "headers were found at {width}px: {layout}"
+        );
+        assert_eq!(
+            layout["split"],
+            serde_json::json!([]),
+            "headers broken inside a word at {width}px: {layout}"
+        );
+        assert!(
+            layout["sideways"].as_f64().unwrap_or(1.0) <= 0.0,
+            "the page scrolls sideways at {width}px: {layout}"
+        );
+        assert_eq!(
+            layout["untitled"], 0,
+            "a cut value without its title: {layout}"
+        );
+        let shot = wd(
+            &http,
+            reqwest::Method::GET,
+            &format!("{s}/screenshot"),
+            None,
+        )
+        .await;
+        let png = base64_decode(shot.as_str().expect("screenshot"));
+        let path = format!("{}/console-{width}.png", env!("CARGO_TARGET_TMPDIR"));
+        std::fs::write(path, png).unwrap();
+    }
+
+    let png = screenshot(&http, &s).await;
     // Refreshing the committed screenshot is opt-in, so a test run leaves the tree clean.
     let shot_path = if std::env::var_os("QUO_SYNC_UPDATE_SCREENSHOT").is_some() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.png")
@@ -625,6 +668,54 @@ async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
     drop(driver);
     cancel.cancel();
     service.await.unwrap();
+}
+
+/// Runs in the page: every visible header word (`th`, `dt`, headings, buttons) that the layout
+/// split over two lines, how far the page scrolls sideways, and cut cells whose title does not
+/// hold what they show (a location shows its file name and line, its title the whole path).
+const LAYOUT_CHECK: &str = r#"
+const split = [];
+let checked = 0;
+for (const el of document.querySelectorAll('th, dt, h1, h2, h3, button')) {
+  if (!el.getClientRects().length) continue;
+  checked++;
+  const walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  let node;
+  while ((node = walk.nextNode())) {
+    const words = /\S+/g;
+    let m;
+    while ((m = words.exec(node.data))) {
+      const range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+      if (lines.size > 1) split.push(el.tagName + ' ' + m[0]);
+    }
+  }
+}
+const untitled = [...document.querySelectorAll('td.clip')]
+  .filter(td => td.textContent && !td.title.includes(td.textContent)).length;
+return {
+  width: window.innerWidth,
+  checked,
+  split,
+  sideways: document.documentElement.scrollWidth - window.innerWidth,
+  untitled,
+};
+"#;
+
+/// The page as a PNG.
+async fn screenshot(http: &reqwest::Client, session: &str) -> Vec<u8> {
+    let shot = wd(
+        http,
+        reqwest::Method::GET,
+        &format!("{session}/screenshot"),
+        None,
+    )
+    .await;
+    let png = base64_decode(shot.as_str().expect("screenshot"));
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    png
 }
 
 fn base64_decode(text: &str) -> Vec<u8> {

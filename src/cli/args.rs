@@ -21,6 +21,9 @@ pub struct Cli {
         default_value = "config/quo-sync.toml"
     )]
     pub config: PathBuf,
+    /// On a terminal: show every record's line and the span ids (-vv: debug level, -vvv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

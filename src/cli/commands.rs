@@ -23,6 +23,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
 /// Runs the command line's command; the exit code on success.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let config_path = cli.config.as_path();
+    let verbose = cli.verbose;
     match cli.command {
         Command::CheckConfig => check_config(config_path),
         Command::Sandbox {
@@ -50,19 +51,28 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             action: LedgerAction::Copy { to },
         } => ledger_copy(config_path, to).await,
         Command::Reconcile { repair, json, wait } => {
-            reconcile(config_path, repair, json, wait).await
+            reconcile(config_path, repair, json, wait, verbose).await
         }
         Command::Run {
             with_sandbox,
             allow_mass_delete,
-        } => run(config_path, with_sandbox, allow_mass_delete).await,
+        } => {
+            let session = configured(config_path, with_sandbox, None, verbose).await?;
+            run(session, allow_mass_delete).await
+        }
         Command::Once {
             with_sandbox,
             json,
             allow_mass_delete,
             wait,
-        } => once(config_path, with_sandbox, json, allow_mass_delete, wait).await,
-        Command::Plan { json, with_sandbox } => plan(config_path, json, with_sandbox).await,
+        } => {
+            let session = configured(config_path, with_sandbox, None, verbose).await?;
+            once(session, json, allow_mass_delete, wait).await
+        }
+        Command::Plan { json, with_sandbox } => {
+            let session = configured(config_path, with_sandbox, Some("warn"), verbose).await?;
+            plan(session, json).await
+        }
     }
 }
 
@@ -167,9 +177,10 @@ async fn reconcile(
     repair: bool,
     json: bool,
     wait: std::time::Duration,
+    verbose: u8,
 ) -> anyhow::Result<u8> {
     let config = load_config(config_path)?;
-    quo_sync::telemetry::init(config.log.format, "warn");
+    quo_sync::telemetry::init_verbose(config.log.format, "warn", verbose);
     // Only --repair writes; a plain comparison is a read and needs no lease.
     let writer = if repair {
         Some(app::acquire_writer(&config, "reconcile", wait, app::shutdown_token()).await?)
@@ -207,70 +218,87 @@ async fn reconcile(
     Ok(0)
 }
 
-/// `run`: the service, until SIGINT/SIGTERM (with a grace period for in-flight work).
-async fn run(
-    config_path: &Path,
-    with_sandbox: bool,
-    allow_mass_delete: bool,
-) -> anyhow::Result<u8> {
-    let (config, _sandbox) = configured(config_path, with_sandbox, None).await?;
+/// `run`: the service, until SIGINT/SIGTERM (with a grace period for in-flight work). On the
+/// human view's terminal one live status line says what it is doing between cycles.
+async fn run(session: Session, allow_mass_delete: bool) -> anyhow::Result<u8> {
+    let config = &session.config;
     let cancel = app::shutdown_token();
     let metrics = quo_sync::ops::http::install_metrics();
     // Checked before standing by: a bad API key should fail now, not at takeover.
-    app::build_client(&config)?;
+    app::build_client(config)?;
+    let status = quo_sync::ops::live::ServiceStatus::default();
+    let view = session.terminal.clone().map(|terminal| {
+        terminal.line(&session.syncing_line(&terminal));
+        quo_sync::ops::live::show(
+            terminal,
+            status.clone(),
+            session.setting(true),
+            cancel.clone(),
+        )
+    });
     // In-flight work gets a grace period after SIGTERM; what is cut short is safe
     // (intents are committed before POSTs and resolved by lookup on the next start).
-    tokio::select! {
-        result = app::run_replica(&config, cancel.clone(), metrics, allow_mass_delete) => result?,
+    let result = tokio::select! {
+        result = app::run_replica_observed(config, cancel.clone(), metrics, allow_mass_delete, status) => result.map_err(anyhow::Error::from),
         _ = async {
             cancel.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => {
             tracing::warn!(event = "shutdown_forced", grace_s = SHUTDOWN_GRACE.as_secs(), "in-flight work did not finish in time; exiting (interrupted creates are resolved on the next start)");
+            Ok(())
         }
+    };
+    cancel.cancel();
+    if let Some(view) = view {
+        let _ = view.await;
     }
+    result?;
     Ok(0)
 }
 
 /// `once`: one cycle under the writer lease, and its summary.
 async fn once(
-    config_path: &Path,
-    with_sandbox: bool,
+    session: Session,
     json: bool,
     allow_mass_delete: bool,
     wait: std::time::Duration,
 ) -> anyhow::Result<u8> {
-    let (config, _sandbox) = configured(config_path, with_sandbox, None).await?;
-    let writer = app::acquire_writer(&config, "once", wait, app::shutdown_token()).await?;
-    let mut ctx = app::build_context_on(
-        &config,
-        "once",
-        writer.cancel.clone(),
-        writer.ledger.clone(),
-    )?;
+    let config = &session.config;
+    let writer = app::acquire_writer(config, "once", wait, app::shutdown_token()).await?;
+    let mut ctx =
+        app::build_context_on(config, "once", writer.cancel.clone(), writer.ledger.clone())?;
     ctx.settings.allow_mass_delete = allow_mass_delete;
-    let progress = ops::progress::watch_progress(&ctx);
+    if let Some(terminal) = &session.terminal {
+        terminal.line(&session.syncing_line(terminal));
+    }
+    let watch = ops::progress::watch_progress(&ctx, config.quo.requests_per_second);
     let report = app::once(&ctx, Mode::Apply).await;
-    progress.abort();
+    let writes = watch.finish().await;
     writer.release().await;
     let report = report?;
+    let stdout_terminal = std::io::stdout().is_terminal();
     if json {
         let mut value = serde_json::to_value(&report)?;
         value["peak_rss_mib"] = serde_json::json!(quo_sync::telemetry::peak_rss_mib());
         println!("{}", serde_json::to_string_pretty(&value)?);
-    } else if std::io::stdout().is_terminal() || with_sandbox {
-        let c = &report.counts;
-        println!(
-            "created {}  updated {}  unchanged {}  deleted {}  quarantined {}  requests {}  429s {}  in {:.1}s",
-            c.created,
-            c.updated,
-            c.unchanged,
-            c.deleted,
-            c.quarantined,
-            c.requests,
-            c.rate_limited,
-            report.duration_ms as f64 / 1000.0
-        );
+    } else if let Some(terminal) = &session.terminal {
+        let held_back = ctx.progress.held_back();
+        for line in ops::summary::outcome_lines(
+            terminal,
+            &report,
+            &held_back,
+            &terminal.take_notices(),
+            writes,
+            session.setting(false),
+        ) {
+            terminal.line(&line);
+        }
+        // The human view said it all on the terminal; a piped stdout still gets its line.
+        if !stdout_terminal && session.sandbox.is_some() {
+            println!("{}", summary_line(&report));
+        }
+    } else if stdout_terminal || session.sandbox.is_some() {
+        println!("{}", summary_line(&report));
     }
     Ok(
         if report.counts.quarantined > 0 || report.mass_delete_refused {
@@ -281,14 +309,31 @@ async fn once(
     )
 }
 
-/// `plan`: what a cycle would do, sending no writes.
-async fn plan(config_path: &Path, json: bool, with_sandbox: bool) -> anyhow::Result<u8> {
-    let (config, _sandbox) = configured(config_path, with_sandbox, Some("warn")).await?;
+/// `once`'s one-line summary on stdout (`created 23  updated 0 …`).
+fn summary_line(report: &quo_sync::sync::CycleReport) -> String {
+    let c = &report.counts;
+    format!(
+        "created {}  updated {}  unchanged {}  deleted {}  quarantined {}  requests {}  429s {}  in {:.1}s",
+        c.created,
+        c.updated,
+        c.unchanged,
+        c.deleted,
+        c.quarantined,
+        c.requests,
+        c.rate_limited,
+        report.duration_ms as f64 / 1000.0
+    )
+}
+
+/// `plan`: what a cycle would do, sending no writes: an aligned table (coloured on a terminal)
+/// with a summary line, or `--json`.
+async fn plan(session: Session, json: bool) -> anyhow::Result<u8> {
+    let config = &session.config;
     let ctx =
-        app::build_context(&config, "plan", tokio_util::sync::CancellationToken::new()).await?;
-    let progress = ops::progress::watch_progress(&ctx);
+        app::build_context(config, "plan", tokio_util::sync::CancellationToken::new()).await?;
+    let watch = ops::progress::watch_progress(&ctx, config.quo.requests_per_second);
     let report = app::once(&ctx, Mode::DryRun).await;
-    progress.abort();
+    watch.finish().await;
     let report = report?;
     if json {
         println!(
@@ -298,32 +343,92 @@ async fn plan(config_path: &Path, json: bool, with_sandbox: bool) -> anyhow::Res
             )?
         );
     } else {
-        let c = &report.counts;
-        println!(
-            "plan: create {}  update {}  delete {}  unchanged {}  quarantine {}",
-            c.created, c.updated, c.deleted, c.unchanged, c.quarantined
-        );
-        print!("{}", render_table(&report.operations));
+        let colour = std::io::stdout().is_terminal() && console::colors_enabled();
+        print!("{}", render_table(&report.operations, colour));
+        if let Some(terminal) = &session.terminal {
+            let notices = terminal.take_notices();
+            if !notices.is_empty() {
+                for notice in notices.iter().take(ops::summary::MAX_ROWS) {
+                    terminal.line(&format!(
+                        "{} {}",
+                        ops::summary::head(terminal, "Warning", console::Style::new().yellow()),
+                        ops::summary::row_line(
+                            notice.location.as_deref(),
+                            notice.external_id.as_deref(),
+                            notice.field.as_deref(),
+                            notice.value.as_deref(),
+                            &notice.message
+                        )
+                    ));
+                }
+            }
+        }
     }
     Ok(0)
 }
 
+/// A command's configuration with logging started, pointed at the built-in sandbox when asked.
+struct Session {
+    config: Config,
+    /// The sandbox and its throwaway folder (they live as long as the session).
+    sandbox: Option<(SandboxHandle, tempfile_dir::TempDir)>,
+    /// The human view's terminal, when logs go to one.
+    terminal: Option<std::sync::Arc<quo_sync::telemetry::Terminal>>,
+    /// What is synced, as configured (before the sandbox swapped in a copy).
+    source: String,
+}
+
+impl Session {
+    /// `Syncing csv config/contacts.csv → Quo sandbox at … (throwaway ledger)`.
+    fn syncing_line(&self, terminal: &quo_sync::telemetry::Terminal) -> String {
+        let (quo, ledger) = match &self.sandbox {
+            Some((sandbox, _)) => (
+                format!("the Quo sandbox at {}", sandbox.base_url()),
+                "throwaway ledger".to_string(),
+            ),
+            None => (
+                format!("Quo at {}", self.config.quo.base_url),
+                match &self.config.ledger.url {
+                    Some(_) => "ledger on PostgreSQL".to_string(),
+                    None => format!("ledger {}", self.config.ledger.path.display()),
+                },
+            ),
+        };
+        ops::summary::syncing_line(terminal, &self.source, &quo, &ledger)
+    }
+
+    fn setting(&self, service: bool) -> ops::summary::Setting {
+        ops::summary::Setting {
+            limit_per_s: self.config.quo.requests_per_second,
+            sandbox: self.sandbox.is_some(),
+            service,
+        }
+    }
+}
+
 /// The configuration with logging started (at `log_level`, else the configured level), pointed
-/// at a fresh in-process sandbox when `with_sandbox`; the sandbox lives as long as the handle.
+/// at a fresh in-process sandbox when `with_sandbox`; the sandbox lives as long as the session.
 async fn configured(
     config_path: &Path,
     with_sandbox: bool,
     log_level: Option<&str>,
-) -> anyhow::Result<(Config, Option<(SandboxHandle, tempfile_dir::TempDir)>)> {
+    verbose: u8,
+) -> anyhow::Result<Session> {
     let mut config = load_config(config_path)?;
     let level = log_level.unwrap_or(&config.log.level).to_string();
-    quo_sync::telemetry::init(config.log.format, &level);
+    quo_sync::telemetry::init_verbose(config.log.format, &level, verbose);
+    let source = config.describe_source();
     let sandbox = if with_sandbox {
         Some(attach_sandbox(&mut config).await?)
     } else {
         None
     };
-    Ok((config, sandbox))
+    Ok(Session {
+        config,
+        sandbox,
+        terminal: quo_sync::telemetry::terminal(),
+        source,
+    })
 }
 
 pub(super) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {

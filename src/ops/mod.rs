@@ -6,8 +6,10 @@ use serde::Serialize;
 pub mod console;
 pub mod http;
 pub mod listener;
+pub mod live;
 pub mod progress;
 pub mod reconcile;
+pub mod summary;
 
 use crate::ledger::{Ledger, LedgerError, QuarantineEntry, RunRow};
 

@@ -99,16 +99,19 @@ impl QuoChanges {
     }
 }
 
-/// Reads pending inbox events (and scans when `scan` is set) into `QuoChanges`.
+/// Reads pending inbox events (and scans when `scan` is set) into `QuoChanges`; `on_page` hears
+/// of each page the scan lists.
 pub async fn gather(
     ledger: &Ledger,
     client: &QuoClient,
     scan: bool,
+    on_page: impl FnMut(&super::scan::ScanProgress),
 ) -> Result<QuoChanges, IntakeError> {
     let mut changes = QuoChanges::default();
     if scan {
         // The pass writes its findings as notices into the inbox, read just below.
-        match super::scan::scan(ledger, client, None, &CancellationToken::new()).await {
+        match super::scan::scan_with(ledger, client, None, &CancellationToken::new(), on_page).await
+        {
             Ok(progress) => {
                 changes.scanned = progress.complete;
                 changes.orphans = progress.orphans;

@@ -35,6 +35,8 @@ pub struct Receiver {
     pub max_body_bytes: usize,
     /// Longest the body may take to arrive (a slow client gets 408, not a held connection).
     pub read_timeout: std::time::Duration,
+    /// Counts the events stored (the terminal's status line shows it).
+    pub received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -152,6 +154,9 @@ async fn receive(
                 event_id, event_type, quo_id, "webhook stored"
             );
             metrics::counter!("quo_sync_webhooks_total", "outcome" => "stored").increment(1);
+            receiver
+                .received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // The leader may be another replica: it watches the signal. Failing to bump it only
             // delays the event there to the next tick or scan: it is stored.
             if let Err(e) = receiver.ledger.signal_intake().await {

@@ -41,6 +41,18 @@ pub struct BadRecord {
     pub reason: String,
     /// The raw row (lossy text), for the operator.
     pub raw: String,
+    /// The field to blame (the id column for a missing or repeated id) and its value as read,
+    /// when one is to blame.
+    pub blame: Option<Box<Blame>>,
+}
+
+/// The field of an unreadable row to blame, with its value as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blame {
+    /// The field (a CSV column, a JSON pointer).
+    pub field: String,
+    /// Its value.
+    pub value: String,
 }
 
 /// What an adapter yields while reading.

@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{Action, Cycle, Mode, PlannedOp, SyncError, Update, Work};
+use super::{Action, Cycle, HeldBack, Mode, PlannedOp, SyncError, Update, Work, WriteKind};
 use crate::config::OnQuoDelete;
 use crate::domain::{ExternalId, QuoContactId, Snapshot};
 use crate::ledger::{LedgerError, NewQuarantine, QuarantineStage, RecordState, SyncedRecord};
@@ -39,6 +39,11 @@ impl Pool {
     /// Starts `work` (updates wait for a full freshen batch) and reaps finished workers so
     /// errors surface early and memory stays flat.
     pub async fn dispatch(&mut self, cycle: &Arc<Cycle>, work: Work) -> Result<(), SyncError> {
+        cycle.ctx.progress.planned(match &work {
+            Work::Create { .. } | Work::ResolvePending { .. } => WriteKind::Create,
+            Work::Update(_) => WriteKind::Update,
+            Work::Delete { .. } => WriteKind::Delete,
+        });
         match work {
             Work::Update(update) if cycle.mode == Mode::Apply => {
                 self.updates.push(*update);
@@ -697,11 +702,23 @@ impl Cycle {
     ) {
         {
             let mut counts = self.counts.lock().await;
-            match action {
-                Action::Create => counts.created += 1,
-                Action::Update => counts.updated += 1,
-                Action::Delete => counts.deleted += 1,
-                _ => {}
+            let kind = match action {
+                Action::Create => {
+                    counts.created += 1;
+                    Some(WriteKind::Create)
+                }
+                Action::Update => {
+                    counts.updated += 1;
+                    Some(WriteKind::Update)
+                }
+                Action::Delete => {
+                    counts.deleted += 1;
+                    Some(WriteKind::Delete)
+                }
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                self.ctx.progress.confirmed(kind);
             }
         }
         metrics::counter!("quo_sync_records_total", "outcome" => action.as_str()).increment(1);
@@ -718,6 +735,13 @@ impl Cycle {
         entry: NewQuarantine<'_>,
         op: PlannedOp,
     ) -> Result<(), SyncError> {
+        self.ctx.progress.held(HeldBack {
+            location: entry.location.to_string(),
+            external_id: entry.external_id.map(str::to_string),
+            field: entry.field.map(str::to_string),
+            value: entry.value.map(str::to_string),
+            reason: entry.reason.to_string(),
+        });
         if self.mode == Mode::Apply {
             self.ctx.ledger.quarantine(entry, &self.run_id).await?;
         }

@@ -77,7 +77,8 @@ impl Cycle {
             }
             _ => false,
         };
-        Ok(intake::gather(ledger, &self.ctx.client, scan).await?)
+        let progress = &self.ctx.progress;
+        Ok(intake::gather(ledger, &self.ctx.client, scan, |_| progress.page_scanned()).await?)
     }
 
     /// A managed contact is gone from Quo: apply `reverse.on_quo_delete`, never silently.

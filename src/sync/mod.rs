@@ -19,10 +19,12 @@ mod freshen;
 mod merge_step;
 pub mod payload;
 pub mod plan;
+pub mod progress;
 mod read;
 mod settle;
 
 pub use plan::{Action, PlannedOp};
+pub use progress::{CyclePhase, CycleProgress, HeldBack, ProgressSnapshot, WriteKind};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -136,8 +138,8 @@ pub struct SyncContext {
     pub settings: CycleSettings,
     /// Cancelled on SIGINT/SIGTERM: no new records are started.
     pub cancel: CancellationToken,
-    /// Records read so far by the running cycle (progress displays poll it).
-    pub progress: Arc<std::sync::atomic::AtomicU64>,
+    /// What the running cycle has done so far (progress displays poll it).
+    pub progress: Arc<CycleProgress>,
 }
 
 /// What a cycle did.
@@ -286,12 +288,14 @@ pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, Syn
     let span = info_span!("cycle", run_id = %run_id, mode = ?mode);
     let started = Instant::now();
     let (requests_before, limited_before) = ctx.client.stats().snapshot();
+    ctx.progress.reset();
     if mode == Mode::Apply {
         ctx.ledger.start_run(&run_id, ctx.settings.kind).await?;
     }
     let result = run_phases(ctx, mode, run_id.clone())
         .instrument(span.clone())
         .await;
+    ctx.progress.enter(CyclePhase::Idle);
     let duration_ms = started.elapsed().as_millis() as u64;
     let (requests_after, limited_after) = ctx.client.stats().snapshot();
     match result {
@@ -357,8 +361,11 @@ async fn run_phases(
     run_id: String,
 ) -> Result<CycleReport, SyncError> {
     let cycle = Cycle::prepare(ctx, mode, run_id).await?;
+    ctx.progress.enter(CyclePhase::Intake);
     let intake = cycle.intake().await?;
+    ctx.progress.enter(CyclePhase::Reading);
     let read = cycle.read_and_plan().await?;
+    ctx.progress.enter(CyclePhase::Settling);
     let settle_started = Instant::now();
     cycle.settle(read, intake).await?;
     cycle

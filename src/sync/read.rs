@@ -83,11 +83,9 @@ impl Cycle {
         let mut repeats = Vec::new();
         let mut unchanged = 0u64;
         let mut compare = std::time::Duration::ZERO;
-        ctx.progress.store(0, Ordering::Relaxed);
         'read: while let Some(batch) = rx.recv().await {
             let batch_started = Instant::now();
-            ctx.progress
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            ctx.progress.read(batch.len() as u64);
             for item in batch {
                 if self.stop.is_cancelled() {
                     break 'read;
@@ -187,8 +185,8 @@ impl Cycle {
                 external_id: bad.external_id.as_deref(),
                 location: &bad.location,
                 stage: QuarantineStage::Read,
-                field: None,
-                value: None,
+                field: bad.blame.as_ref().map(|b| b.field.as_str()),
+                value: bad.blame.as_ref().map(|b| b.value.as_str()),
                 reason: &bad.reason,
                 raw: Some(&bad.raw),
             },

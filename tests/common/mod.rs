@@ -305,6 +305,7 @@ impl TestApp {
             wake: Arc::new(tokio::sync::Notify::new()),
             max_body_bytes: 64 * 1024,
             read_timeout: std::time::Duration::from_millis(500),
+            received: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -251,6 +251,8 @@ fn check(
     line: u64,
     seen: &mut SeenIds,
 ) -> Result<ExternalId, BadRecord> {
+    // The id column is to blame when the id is missing, unusable or repeated.
+    let mut id_to_blame = true;
     let (id, shown, mut problems) = match row_id(layout, header, record) {
         RowId::Valid(id) => {
             let mut problems = Vec::new();
@@ -259,6 +261,8 @@ fn check(
                     "duplicate id {:?}: already used by line {first}",
                     id.as_str()
                 ));
+            } else {
+                id_to_blame = false;
             }
             (Some(id), None, problems)
         }
@@ -267,12 +271,21 @@ fn check(
     problems.extend(shape_problems(header, record, text));
     match id {
         Some(id) if problems.is_empty() => Ok(id),
-        id => Err(BadRecord {
-            location: layout.location(line),
-            external_id: id.map(|id| id.as_str().to_string()).or(shown),
-            reason: problems.join("; "),
-            raw: raw_text(record),
-        }),
+        id => {
+            let external_id = id.map(|id| id.as_str().to_string()).or(shown);
+            Err(BadRecord {
+                location: layout.location(line),
+                blame: id_to_blame.then(|| {
+                    Box::new(Blame {
+                        field: layout.id_field.clone(),
+                        value: external_id.clone().unwrap_or_default(),
+                    })
+                }),
+                external_id,
+                reason: problems.join("; "),
+                raw: raw_text(record),
+            })
+        }
     }
 }
 

@@ -338,6 +338,7 @@ fn bad(id: &ExternalId, location: &str, reason: String, raw: &[u8]) -> SourceIte
         external_id: Some(id.to_string()),
         reason,
         raw: String::from_utf8_lossy(raw).chars().take(2000).collect(),
+        blame: None,
     })
 }
 
