@@ -64,7 +64,8 @@ pub enum AppError {
 }
 
 impl AppError {
-    /// Whether Quo refused the API key (the service stops: nothing works until it is fixed).
+    /// Whether Quo refused the API key or the CRM its credentials (the service stops, exit 2:
+    /// nothing works until it is fixed).
     pub fn is_auth_failure(&self) -> bool {
         matches!(self, AppError::Sync(e) if e.is_auth_failure())
             || matches!(self, AppError::QuoAuthFailed { .. })
@@ -84,6 +85,7 @@ impl AppError {
                 self,
                 AppError::Sync(SyncError::Source(SourceError::MissingColumn { .. }))
             )
+            || matches!(self, AppError::Ledger(e) if e.is_config())
     }
 
     /// Whether another process holds the writer lease (exit code 4).
@@ -260,34 +262,49 @@ fn link_cancel(shutdown: &CancellationToken, lease: &LeaderLease) -> Cancellatio
     cancel
 }
 
-/// A token cancelled on the first SIGINT or SIGTERM.
+/// A token cancelled on the first SIGINT, SIGTERM or SIGHUP: in-flight work finishes and a
+/// leader releases its writer lease, so a standby takes over at its next poll (SIGHUP is a
+/// clean stop, not a reload: a supervisor restarts the process with the new config). A second
+/// signal exits at once (code 1): what it cuts short is safe, interrupted creates are resolved
+/// by lookup on the next start.
 pub fn shutdown_token() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        let signal = wait_for_signal().await;
         info!(
             event = "shutdown_requested",
-            "shutdown requested: finishing in-flight work"
+            signal, "shutdown requested: finishing in-flight work (a second signal exits at once)"
         );
         trigger.cancel();
+        let again = wait_for_signal().await;
+        warn!(
+            event = "shutdown_forced",
+            signal = again,
+            "second signal: exiting now; interrupted creates are resolved on the next start"
+        );
+        std::process::exit(1);
     });
     token
 }
 
+/// Waits for SIGINT, SIGTERM or SIGHUP and names it.
 #[cfg(unix)]
-async fn wait_for_signal() {
+async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
+async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
+    "Ctrl-C"
 }
 
 /// One cycle (`once` and `plan`).
@@ -306,8 +323,15 @@ pub async fn run_service(
 ) -> Result<(), AppError> {
     let wake = Arc::new(Notify::new());
     let auth = Arc::new(AuthGrace::new(config.quo.auth_grace.0));
-    let ops = crate::ops::http::service_router(ctx.ledger.clone(), metrics, None, auth.clone())
-        .merge(console_routes(config, &ctx.ledger, &wake));
+    let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
+    let ops = crate::ops::http::service_router(
+        ctx.ledger.clone(),
+        metrics,
+        None,
+        readiness,
+        auth.clone(),
+    )
+    .merge(console_routes(config, &ctx.ledger, &wake));
     crate::ops::http::register_service_metrics();
     metrics::gauge!("quo_sync_leader").set(1.0);
     let status = ServiceStatus::default();
@@ -370,9 +394,15 @@ pub async fn run_replica_observed(
     let wake = Arc::new(Notify::new());
     let auth = Arc::new(AuthGrace::new(config.quo.auth_grace.0));
     crate::ops::http::register_service_metrics();
-    let ops =
-        crate::ops::http::service_router(base.clone(), metrics, Some(role.clone()), auth.clone())
-            .merge(replica_console_routes(config, &base, &wake, &role));
+    let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
+    let ops = crate::ops::http::service_router(
+        base.clone(),
+        metrics,
+        Some(role.clone()),
+        readiness,
+        auth.clone(),
+    )
+    .merge(replica_console_routes(config, &base, &wake, &role));
     // One source for every leader term: its change watcher must know what quo-sync wrote. A
     // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
     let source = Arc::new(Source::from_config(&config.source)?);
@@ -683,7 +713,7 @@ async fn cycles(
                 }
                 return Err(SyncError::Mapping(e).into());
             }
-            Err(e) if e.is_auth_failure() => match auth.refused() {
+            Err(e) if quo_refused_key(&e) => match auth.refused() {
                 AfterRefusal::RetryIn(pause) => {
                     warn!(event = "auth_refused", error = %e, retry_in_ms = pause.as_millis() as u64, grace_s = auth.grace().as_secs(), "Quo refused the API key; trying again until quo.auth_grace runs out (not ready meanwhile)");
                     next = Some(pause);
@@ -699,6 +729,16 @@ async fn cycles(
                     return Err(e.into());
                 }
             },
+            Err(e) if e.is_auth_failure() => {
+                // Nothing will work until an operator fixes the key: stop, non-zero, so a
+                // supervisor notices instead of a service that looks up and does nothing.
+                error!(event = "auth_failed", error = %e, "a credential was refused (Quo's API key or the CRM's); stopping");
+                ctx.cancel.cancel();
+                if let Some(scanner) = scanner {
+                    let _ = scanner.await;
+                }
+                return Err(e.into());
+            }
             Err(e) => {
                 error!(event = "cycle_error", error = %e, "cycle failed; retrying at the next tick")
             }
@@ -727,6 +767,18 @@ async fn cycles(
         let _ = scanner.await;
     }
     Ok(())
+}
+
+/// Whether a cycle failed because Quo refused the API key (the `quo.auth_grace` clock runs),
+/// as opposed to the CRM refusing its credentials (the service stops at once).
+fn quo_refused_key(error: &SyncError) -> bool {
+    matches!(
+        error,
+        SyncError::Quo(crate::quo::client::QuoError::Unauthorized { .. })
+            | SyncError::Intake(crate::reverse::intake::IntakeError::Quo(
+                crate::quo::client::QuoError::Unauthorized { .. }
+            ))
+    )
 }
 
 /// Serves `router` on `listener` until `cancel` fires, with the default header and request

@@ -11,7 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub mod paths;
+mod print;
+
+pub use paths::ResolvedPath;
 
 /// Prefix of environment overrides (`QUO_SYNC__QUO__BASE_URL`).
 pub const ENV_PREFIX: &str = "QUO_SYNC";
@@ -61,6 +66,12 @@ impl fmt::Debug for HumanDuration {
     }
 }
 
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -75,7 +86,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
 }
 
 /// The whole configuration.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The Quo API.
@@ -107,15 +118,20 @@ pub struct Config {
     /// More than one replica on one ledger: the writer lease.
     #[serde(default)]
     pub ha: HaConfig,
+    /// The relative paths read against the configuration file's folder, as resolved (not a
+    /// key: filled by [`Config::load`], logged at start).
+    #[serde(skip)]
+    pub resolved_paths: Vec<ResolvedPath>,
 }
 
 /// `[quo]`: the Quo API and how hard to use it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuoConfig {
     /// API root, default `https://api.quo.com`.
     pub base_url: String,
     /// The API key (also `QUO_API_KEY`, or `api_key_file`).
+    #[serde(serialize_with = "print::secret")]
     pub api_key: Option<SecretString>,
     /// A file holding the API key (Docker secrets).
     pub api_key_file: Option<PathBuf>,
@@ -161,12 +177,13 @@ impl Default for QuoConfig {
 }
 
 /// `[ledger]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
     /// SQLite file, created if missing (ignored when `url` is set).
     pub path: PathBuf,
     /// PostgreSQL URL (`postgres://user:password@host:5432/db`); wins over `path`.
+    #[serde(serialize_with = "print::database_url")]
     pub url: Option<SecretString>,
     /// A file holding the PostgreSQL URL (Docker/Kubernetes secrets).
     pub url_file: Option<PathBuf>,
@@ -195,7 +212,7 @@ impl LedgerConfig {
 }
 
 /// Which adapter reads the CRM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     /// A CSV file.
@@ -205,7 +222,7 @@ pub enum SourceKind {
 }
 
 /// `[source]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// `csv` or `rest`.
@@ -220,7 +237,7 @@ pub struct SourceConfig {
     #[serde(default = "default_updated_at_field")]
     pub updated_at_field: String,
     /// `[source.rest]`: the REST CRM (rest).
-    #[serde(default)]
+    #[serde(default, serialize_with = "print::rest_table")]
     pub rest: Option<toml::Table>,
     /// Watch the CSV file and start a cycle when it changes (csv), default true; turn off where
     /// file events are unreliable (some network filesystems) and rely on `schedule.interval`.
@@ -241,7 +258,7 @@ fn default_updated_at_field() -> String {
 }
 
 /// One email or phone column and the label it gets in Quo.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabeledFieldMapping {
     /// Source field (CSV column).
@@ -251,7 +268,7 @@ pub struct LabeledFieldMapping {
 }
 
 /// One custom field, named as in Quo.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomFieldMapping {
     /// The custom field's name in Quo (resolved to its key each cycle).
@@ -264,7 +281,7 @@ pub struct CustomFieldMapping {
 }
 
 /// `[mapping]`: source fields → Quo fields.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MappingConfig {
     /// Region for national-format phone numbers (ISO 3166 code), default `US`.
@@ -304,7 +321,7 @@ impl Default for MappingConfig {
 }
 
 /// What to do when a record disappears from the source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnSourceDelete {
     /// Leave the Quo contact alone (default).
@@ -314,7 +331,7 @@ pub enum OnSourceDelete {
 }
 
 /// `[sync]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncConfig {
     /// `ignore` (default) or `delete`.
@@ -334,7 +351,7 @@ impl Default for SyncConfig {
 }
 
 /// `[schedule]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
     /// Time between the start of one cycle and the next, default `5m`.
@@ -350,7 +367,7 @@ impl Default for ScheduleConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One JSON object per line (default).
@@ -362,7 +379,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `auto` (default), `json` or `pretty`.
@@ -381,7 +398,7 @@ impl Default for LogConfig {
 }
 
 /// Which side wins a field changed on both sides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConflictPolicy {
     /// The side modified last (CRM last-modified vs Quo `updatedAt`), else the CRM.
@@ -393,7 +410,7 @@ pub enum ConflictPolicy {
 }
 
 /// Which way a field may flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldDirection {
     /// Both ways.
@@ -405,7 +422,7 @@ pub enum FieldDirection {
 }
 
 /// What to do when a managed contact is deleted in Quo.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnQuoDelete {
     /// Create it again from the CRM.
@@ -417,7 +434,7 @@ pub enum OnQuoDelete {
 }
 
 /// Per-field reverse-path settings, keyed by diff name (`firstName`, `custom:vip`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldPolicy {
     /// Overrides `reverse.conflict` for this field.
@@ -429,7 +446,7 @@ pub struct FieldPolicy {
 }
 
 /// `[reverse]`: Quo → CRM.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReverseConfig {
     /// Run the reverse path at all.
@@ -438,6 +455,7 @@ pub struct ReverseConfig {
     pub listen: Option<SocketAddr>,
     /// Webhook signing secret (legacy base64 key or `whsec_…`); it must decode to at least
     /// [`MIN_WEBHOOK_KEY_BYTES`].
+    #[serde(serialize_with = "print::secret")]
     pub webhook_secret: Option<SecretString>,
     /// A file holding the webhook signing secret (Docker/Kubernetes secrets).
     pub webhook_secret_file: Option<PathBuf>,
@@ -509,7 +527,7 @@ impl ReverseConfig {
 }
 
 /// `[service]`: health and metrics.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
     /// Address for `/healthz`, `/readyz`, `/metrics`; none to disable.
@@ -517,9 +535,19 @@ pub struct ServiceConfig {
     /// Serve the operator console (`/`, `/api/...`) on `listen`; off by default.
     pub console: bool,
     /// The console's access token; required when `listen` is not a loopback address.
+    #[serde(serialize_with = "print::secret")]
     pub console_token: Option<SecretString>,
     /// A file holding the console token.
     pub console_token_file: Option<PathBuf>,
+    /// What `/readyz` means: `ledger` (default: the ledger answers) or `cycles` (and the last
+    /// `readiness_failed_cycles` cycles did not all fail).
+    pub readiness: Readiness,
+    /// With `readiness = "cycles"`: how many failed cycles in a row make the replica unready,
+    /// default 3.
+    pub readiness_failed_cycles: u32,
+    /// How long `run` lets in-flight work finish after SIGTERM/SIGINT/SIGHUP before it exits
+    /// anyway, default `8s` (a second Ctrl-C exits at once).
+    pub shutdown_grace: HumanDuration,
     /// On every listener (`service.listen`, `reverse.listen`): the longest a client may take to
     /// send a request's headers before the connection is closed, default `10s`.
     pub header_timeout: HumanDuration,
@@ -535,14 +563,28 @@ impl Default for ServiceConfig {
             console: false,
             console_token: None,
             console_token_file: None,
+            readiness: Readiness::Ledger,
+            readiness_failed_cycles: 3,
+            shutdown_grace: HumanDuration(Duration::from_secs(8)),
             header_timeout: HumanDuration(Duration::from_secs(10)),
             request_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
 
+/// What `/readyz` answers 503 for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// Only an unreachable ledger: a failing cycle is for metrics and alerts
+    /// (`quo_sync_cycles_failed_total`), so the only replica stays in its Service.
+    Ledger,
+    /// Also `readiness_failed_cycles` failed cycles in a row.
+    Cycles,
+}
+
 /// `[ha]`: the writer lease that lets exactly one process write a ledger.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HaConfig {
     /// How long a lease lasts unless renewed (renewed every third of it); a standby takes over
@@ -605,6 +647,7 @@ impl Config {
             file: file_name.clone(),
             message: e.to_string(),
         })?;
+        config.resolve_paths(file);
         if config.quo.api_key.is_none() {
             if let Some(path) = &config.quo.api_key_file {
                 let key = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
@@ -662,6 +705,57 @@ impl Config {
         config.validate(&file_name)?;
         config.validate_console(&file_name)?;
         Ok(config)
+    }
+
+    /// Makes every relative path absolute against the configuration file's folder (falling
+    /// back to the working directory where only it holds the file); see [`paths`].
+    fn resolve_paths(&mut self, file: &Path) {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let base = paths::config_dir(file, &cwd);
+        let mut found = Vec::new();
+        let mut one = |key: &str, path: &mut PathBuf| {
+            let resolved = paths::resolve(&base, &cwd, key, path);
+            *path = resolved.path.clone();
+            found.push(resolved);
+        };
+        if let Some(path) = self.source.path.as_mut() {
+            one("source.path", path);
+        }
+        if self.ledger.url.is_none() && self.ledger.url_file.is_none() {
+            one("ledger.path", &mut self.ledger.path);
+        }
+        for (key, path) in [
+            ("quo.api_key_file", self.quo.api_key_file.as_mut()),
+            ("ledger.url_file", self.ledger.url_file.as_mut()),
+            (
+                "service.console_token_file",
+                self.service.console_token_file.as_mut(),
+            ),
+            (
+                "reverse.webhook_secret_file",
+                self.reverse.webhook_secret_file.as_mut(),
+            ),
+        ] {
+            if let Some(path) = path {
+                one(key, path);
+            }
+        }
+        if let Some(table) = self.source.rest.as_mut() {
+            paths::resolve_table(&base, &cwd, "source.rest", table, &mut found);
+        }
+        self.resolved_paths = found;
+    }
+
+    /// Logs where each configured path was found (call once logging is set up); a path found
+    /// only in the working directory is a warning.
+    pub fn log_resolved_paths(&self) {
+        for resolved in &self.resolved_paths {
+            if resolved.from_working_directory {
+                tracing::warn!(event = "path_from_working_directory", key = %resolved.key, path = %resolved.path.display(), "found relative to the working directory, not beside the config file; relative paths are read beside the config file since 0.2: make it absolute or move the file");
+            } else {
+                tracing::info!(event = "config_path", key = %resolved.key, path = %resolved.path.display(), "configured path");
+            }
+        }
     }
 
     /// The console is safe by default: off unless asked for, and behind a token (at least 16
@@ -761,6 +855,12 @@ impl Config {
                     "expected between 1s and 1h, got {}",
                     humantime::format_duration(self.ha.lease.0)
                 ),
+            ));
+        }
+        if self.service.readiness_failed_cycles == 0 {
+            return Err(bad(
+                "service.readiness_failed_cycles",
+                "expected a whole number above 0".into(),
             ));
         }
         for (key, timeout) in [

@@ -1,8 +1,9 @@
 //! The `quo-sync` binary: argument parsing and exit codes (`cli/`); everything else is in the
 //! library.
 //!
-//! Exit codes: 0 success; 2 configuration or usage error; 3 the cycle finished but some records
-//! were quarantined; 4 another process holds the ledger's writer lease (a one-shot writer that
+//! Exit codes: 0 success; 2 configuration or usage error (a credential Quo or the CRM refuses
+//! included: only an operator can fix it, so a supervisor should not restart into it); 3 the
+//! cycle finished but some records were quarantined; 4 another process holds the ledger's writer lease (a one-shot writer that
 //! could not get it within `--wait`); 1 anything else.
 
 mod cli;
@@ -47,10 +48,13 @@ fn main() -> ExitCode {
                 }
                 let config_error = error
                     .downcast_ref::<AppError>()
-                    .is_some_and(AppError::is_config)
+                    .is_some_and(|e| e.is_config() || e.is_auth_failure())
                     || error
                         .downcast_ref::<quo_sync::config::ConfigError>()
-                        .is_some();
+                        .is_some()
+                    || error
+                        .downcast_ref::<quo_sync::ledger::LedgerError>()
+                        .is_some_and(quo_sync::ledger::LedgerError::is_config);
                 eprintln!("quo-sync: error: {}", error_chain(&error));
                 ExitCode::from(if config_error {
                     EXIT_CONFIG

@@ -86,9 +86,19 @@ where
     }
 }
 
-/// The level filter: an `EnvFilter` directive such as `info` or `quo_sync=debug`.
+/// The level filter: `RUST_LOG` when it is set and reads as a filter (#22), else `level`
+/// (`log.level`, a directive such as `info` or `quo_sync=debug`), else `info`.
 fn env_filter(level: &str) -> EnvFilter {
-    EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"))
+    filter(std::env::var("RUST_LOG").ok().as_deref(), level)
+}
+
+/// [`env_filter`] with the environment given (tests).
+fn filter(rust_log: Option<&str>, level: &str) -> EnvFilter {
+    rust_log
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"))
 }
 
 /// `auto` becomes `pretty` on a terminal and `json` everywhere else (services, pipes, files).
@@ -141,6 +151,14 @@ pub fn peak_rss_mib() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_wins_over_log_level() {
+        assert_eq!(filter(Some("debug"), "warn").to_string(), "debug");
+        assert_eq!(filter(None, "warn").to_string(), "warn");
+        assert_eq!(filter(Some(""), "warn").to_string(), "warn");
+        assert_eq!(filter(Some("[[bad"), "warn").to_string(), "warn");
+    }
 
     #[test]
     fn auto_is_pretty_on_a_terminal_and_json_elsewhere() {

@@ -117,9 +117,10 @@ fn env_overrides_every_section_and_the_api_key_env_is_read() {
         std::time::Duration::from_secs(90)
     );
     assert_eq!(config.log.format, quo_sync::config::LogFormat::Pretty);
+    // Relative paths are read beside the config file (#22).
     assert_eq!(
         config.source.path.as_deref(),
-        Some(std::path::Path::new("other.csv"))
+        Some(dir.path().join("other.csv").as_path())
     );
     use secrecy::ExposeSecret;
     assert_eq!(

@@ -291,11 +291,11 @@ async fn a_401_inside_a_worker_fails_the_cycle_without_requesting_shutdown() {
     );
 }
 
-/// `run` with a key Quo refuses stops with exit code 1 and `auth_failed` once
-/// `quo.auth_grace` has run out, so a supervisor notices, instead of cycling forever or
-/// exiting 0.
+/// `run` with a key Quo refuses stops with exit code 2 (the code of a refused CRM credential
+/// too, #22) and `auth_failed` once `quo.auth_grace` has run out, so a supervisor notices,
+/// instead of cycling forever or exiting 0.
 #[tokio::test]
-async fn run_exits_1_with_auth_failed_when_quo_refuses_the_key() {
+async fn run_exits_2_with_auth_failed_when_quo_refuses_the_key() {
     let app = TestApp::spawn(&csv(&rows(2))).await;
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
         .args(["run", "--config"])
@@ -315,7 +315,7 @@ async fn run_exits_1_with_auth_failed_when_quo_refuses_the_key() {
         .expect("run stops by itself")
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("\"auth_failed\""), "{stderr}");
     assert!(
         !stderr.contains("not-the-key-q9z"),

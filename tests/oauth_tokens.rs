@@ -447,18 +447,20 @@ fn an_http_token_url_beyond_loopback_is_refused_unless_allowed() {
 
 #[tokio::test]
 async fn an_http_api_base_from_the_token_answer_is_refused_unless_allowed() {
-    use wiremock::matchers::{method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/oauth/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "access_token": "access-DO-NOT-LEAK-77",
-            // TEST-NET-1: beyond loopback, and never answers.
-            "instance_url": "http://192.0.2.1",
-        })))
-        .mount(&server)
-        .await;
+    // A token endpoint whose answer names a plain-http API base beyond loopback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/oauth/token",
+        axum::routing::post(|| async {
+            axum::Json(json!({
+                "access_token": "access-DO-NOT-LEAK-77",
+                // TEST-NET-1: beyond loopback, and never answers.
+                "instance_url": "http://192.0.2.1",
+            }))
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let table = |extra: &str| -> toml::Table {
         format!(
             r#"
@@ -471,12 +473,11 @@ max_retries = 0
 [auth]
 kind = "oauth2"
 grant = "client_credentials"
-token_url = "{}/oauth/token"
+token_url = "{token_base}/oauth/token"
 client_id = "cid"
 client_secret = "cs"
 base_url_pointer = "/instance_url"
-"#,
-            server.uri()
+"#
         )
         .parse()
         .unwrap()

@@ -474,7 +474,8 @@ async fn a_failed_cycle_is_one_clear_error_and_a_failed_run() {
     )
     .unwrap();
     let (code, _, stderr) = cli(&app.config_path, &["once"]).await;
-    assert_eq!(code, 1, "{stderr}");
+    // A refused credential is the operator's to fix: exit 2, as for the CRM's (#22).
+    assert_eq!(code, 2, "{stderr}");
     let line = stderr
         .lines()
         .find(|l| l.starts_with("quo-sync: error:"))

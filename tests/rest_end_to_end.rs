@@ -568,7 +568,8 @@ async fn refused_credentials_fail_the_cycle_and_leave_the_ledger_untouched() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // A CRM that refuses its credentials exits 2, as a refused Quo key does (#22).
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         !stderr.contains(wrong) && !stdout.contains(wrong),
         "{stderr}"

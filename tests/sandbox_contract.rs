@@ -1,4 +1,4 @@
-//! The sandbox against the Quo contract (`shared/quo-api.md`), over real HTTP with reqwest.
+//! The sandbox against the Quo contract (`docs/quo-api.md`), over real HTTP with reqwest.
 //!
 //! These tests pin the sandbox's behaviour so that quo-sync's own tests, which run against it,
 //! test the client against Quo's contract rather than against the sandbox's accidents.

@@ -4,29 +4,87 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Where the configuration is looked for when neither `--config` nor `QUO_SYNC_CONFIG` names
+/// it, in this order (`config/quo-sync.toml` is the repository's sample, for the quick start).
+pub const CONFIG_LOOKUP: &[&str] = &[
+    "quo-sync.toml",
+    "config/quo-sync.toml",
+    "/etc/quo-sync/quo-sync.toml",
+];
+
+/// Shown under `--help`: examples, exit codes, where the configuration is read from.
+const AFTER_HELP: &str = "\
+Examples:
+  quo-sync once --with-sandbox              one cycle of the sample against the built-in sandbox
+  quo-sync --config my.toml check-config --print
+  quo-sync --config my.toml plan            what a cycle would do; sends no writes
+  quo-sync --config my.toml run             the service (SIGTERM/SIGINT/SIGHUP stop it cleanly)
+  quo-sync ledger backup --to /backup/quo-sync.db
+  quo-sync completions bash > /etc/bash_completion.d/quo-sync
+
+Exit codes:
+  0  success
+  1  anything else (network, ledger, I/O)
+  2  configuration or usage error, a credential Quo or the CRM refused, a TLS setup that fails
+  3  the cycle finished but records were quarantined, or a mass deletion was refused
+  4  another process holds the ledger's writer lease (one-shot writers, after --wait)
+
+Configuration, the first that applies:
+  1. --config PATH
+  2. QUO_SYNC_CONFIG
+  3. ./quo-sync.toml
+  4. ./config/quo-sync.toml (the repository's sample)
+  5. /etc/quo-sync/quo-sync.toml
+Relative paths inside it are read beside the file. Every key can be overridden as
+QUO_SYNC__<SECTION>__<KEY>. Logs: RUST_LOG wins over log.level.";
 
 #[derive(Parser)]
 #[command(
     name = "quo-sync",
-    version,
-    about = "Keeps CRM contacts and Quo contacts in agreement, both ways."
+    version = quo_sync::VERSION,
+    about = "Keeps CRM contacts and Quo contacts in agreement, both ways.",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// The TOML configuration file.
-    #[arg(
-        long,
-        global = true,
-        env = "QUO_SYNC_CONFIG",
-        default_value = "config/quo-sync.toml"
-    )]
-    pub config: PathBuf,
+    /// The TOML configuration file (default: see "Configuration" below).
+    #[arg(long, global = true, env = "QUO_SYNC_CONFIG")]
+    pub config: Option<PathBuf>,
     /// On a terminal: show every record's line and the span ids (-vv: debug level, -vvv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The configuration file: `--config`/`QUO_SYNC_CONFIG`, else the first of
+    /// [`CONFIG_LOOKUP`] that exists.
+    pub fn config_path(&self) -> Result<PathBuf, quo_sync::config::ConfigError> {
+        if let Some(path) = &self.config {
+            return Ok(path.clone());
+        }
+        CONFIG_LOOKUP
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| quo_sync::config::ConfigError::Unreadable {
+                file: CONFIG_LOOKUP.join(", "),
+                reason: "no configuration file found: pass --config PATH or set QUO_SYNC_CONFIG"
+                    .into(),
+            })
+    }
+}
+
+/// PATCH array semantics of the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PatchModeArg {
+    /// Items sent are merged into the contact's arrays.
+    Merge,
+    /// Arrays sent replace the contact's.
+    Replace,
 }
 
 #[derive(Subcommand)]
@@ -72,11 +130,37 @@ pub enum Command {
         json: bool,
     },
     /// Validate the configuration (no network) and exit 0, or 2 naming the problem.
-    CheckConfig,
+    CheckConfig {
+        /// Print the effective configuration (defaults, environment overrides and resolved
+        /// paths applied) as TOML, secrets redacted.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Ask the running service's `/readyz` (or `--path`) and exit 0 when it answers 200: for a
+    /// container's HEALTHCHECK (the image has no curl).
+    Healthcheck {
+        /// The service's address; default `service.listen` of the configuration (0.0.0.0 and ::
+        /// are asked on loopback).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        /// Which endpoint.
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `quo-sync man > quo-sync.1`.
+    Man,
     /// Recent runs with their counts and durations.
     Runs {
-        /// How many.
-        #[arg(long, default_value_t = 20)]
+        /// How many (at least 1).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
         /// Print JSON.
         #[arg(long)]
@@ -89,8 +173,8 @@ pub enum Command {
     },
     /// Conflicts recorded by the three-way merge, newest first.
     Conflicts {
-        /// How many.
-        #[arg(long, default_value_t = 50)]
+        /// How many (at least 1).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
         /// Print JSON.
         #[arg(long)]
@@ -108,7 +192,7 @@ pub enum Command {
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
-    /// Ledger maintenance: `ledger copy --to <postgres-url | sqlite-path>`.
+    /// Ledger maintenance: `ledger copy --to <postgres-url | sqlite-path>`, `ledger backup --to FILE`.
     Ledger {
         #[command(subcommand)]
         action: LedgerAction,
@@ -124,9 +208,9 @@ pub enum Command {
         /// Requests per second per key before 429 (0 = unlimited).
         #[arg(long, default_value_t = 10)]
         requests_per_second: u32,
-        /// PATCH array semantics: merge or replace.
-        #[arg(long, default_value = "merge")]
-        patch_mode: String,
+        /// PATCH array semantics.
+        #[arg(long, value_enum, default_value_t = PatchModeArg::Merge)]
+        patch_mode: PatchModeArg,
         /// Added latency per request, milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
@@ -141,6 +225,13 @@ pub enum LedgerAction {
         /// `postgres://user@host:port/db` (password from the URL or PGPASSWORD) or an SQLite path.
         #[arg(long)]
         to: String,
+    },
+    /// Write a consistent copy of the SQLite ledger to a new file (`VACUUM INTO`), safe while
+    /// the service runs; for a PostgreSQL ledger use `pg_dump`.
+    Backup {
+        /// The new file (must not exist).
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 

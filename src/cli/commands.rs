@@ -14,18 +14,54 @@ use quo_sync::ops;
 use quo_sync::sandbox::{PatchMode, SandboxConfig, SandboxHandle};
 use quo_sync::sync::{Mode, plan::render_table};
 
-use super::EXIT_QUARANTINED;
-use super::args::{Cli, Command, LedgerAction};
-
-/// How long `run` waits for in-flight work after SIGINT/SIGTERM.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+use super::args::{Cli, Command, LedgerAction, PatchModeArg};
+use super::{EXIT_FAILURE, EXIT_QUARANTINED};
 
 /// Runs the command line's command; the exit code on success.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
-    let config_path = cli.config.as_path();
+    // Commands that need no configuration file.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "quo-sync", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            return Ok(0);
+        }
+        Command::Healthcheck {
+            addr: Some(addr),
+            path,
+            timeout,
+        } => return healthcheck(*addr, path, *timeout).await,
+        _ => {}
+    }
+    let config_path = &cli.config_path()?;
+    let config_path = config_path.as_path();
     let verbose = cli.verbose;
     match cli.command {
-        Command::CheckConfig => check_config(config_path),
+        Command::Completions { .. } | Command::Man => Ok(0),
+        Command::Healthcheck {
+            addr,
+            path,
+            timeout,
+            ..
+        } => {
+            let config = load_config(config_path)?;
+            let Some(listen) = addr.or(config.service.listen) else {
+                anyhow::bail!(AppError::Config(quo_sync::config::ConfigError::BadValue {
+                    file: config_path.display().to_string(),
+                    key: "service.listen".into(),
+                    reason:
+                        "healthcheck needs the service's address: set service.listen or pass --addr"
+                            .into(),
+                }));
+            };
+            healthcheck(listen, &path, timeout).await
+        }
+        Command::CheckConfig { print } => check_config(config_path, print),
         Command::Sandbox {
             listen,
             api_key,
@@ -50,6 +86,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Ledger {
             action: LedgerAction::Copy { to },
         } => ledger_copy(config_path, to).await,
+        Command::Ledger {
+            action: LedgerAction::Backup { to },
+        } => ledger_backup(config_path, &to).await,
         Command::Reconcile { repair, json, wait } => {
             reconcile(config_path, repair, json, wait, verbose).await
         }
@@ -76,9 +115,48 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// `check-config`: loads and validates the configuration (no network).
-fn check_config(config_path: &Path) -> anyhow::Result<u8> {
+/// `healthcheck`: GET `path` on the service at `addr` (a wildcard address is asked on
+/// loopback); 0 when it answers 200, 1 otherwise, with the answer on stdout.
+async fn healthcheck(
+    addr: SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<u8> {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{target}/{}", path.trim_start_matches('/'));
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
+    match client.get(&url).send().await {
+        Ok(response) => {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            println!("{url}: {} {}", status.as_u16(), body.trim());
+            Ok(if status.is_success() { 0 } else { EXIT_FAILURE })
+        }
+        Err(e) => {
+            println!("{url}: unreachable ({})", e.without_url());
+            Ok(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `check-config`: loads and validates the configuration (no network); `--print` shows the
+/// effective configuration, secrets redacted.
+fn check_config(config_path: &Path, print: bool) -> anyhow::Result<u8> {
     let config = load_config(config_path)?;
+    if print {
+        println!(
+            "# The effective configuration of {}: defaults filled in, QUO_SYNC__* overrides\n# applied, relative paths resolved, secrets redacted.",
+            config_path.display()
+        );
+        print!("{}", config.to_redacted_toml()?);
+        return Ok(0);
+    }
     println!(
         "{}: OK ({}, ledger {}, Quo {}, {} req/s, API key {})",
         config_path.display(),
@@ -104,18 +182,13 @@ async fn sandbox(
     listen: SocketAddr,
     api_key: String,
     requests_per_second: u32,
-    patch_mode: String,
+    patch_mode: PatchModeArg,
     latency_ms: u64,
 ) -> anyhow::Result<u8> {
     quo_sync::telemetry::init(quo_sync::config::LogFormat::Json, "info");
-    let patch_mode = match patch_mode.as_str() {
-        "merge" => PatchMode::Merge,
-        "replace" => PatchMode::Replace,
-        other => anyhow::bail!(AppError::Config(quo_sync::config::ConfigError::BadValue {
-            file: "(command line)".into(),
-            key: "--patch-mode".into(),
-            reason: format!("expected merge or replace, got {other:?}"),
-        })),
+    let patch_mode = match patch_mode {
+        PatchModeArg::Merge => PatchMode::Merge,
+        PatchModeArg::Replace => PatchMode::Replace,
     };
     let config = SandboxConfig {
         api_key,
@@ -171,6 +244,23 @@ async fn ledger_copy(config_path: &Path, to: String) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `ledger backup --to`: a consistent copy of the SQLite ledger, taken while the service may be
+/// writing (`VACUUM INTO` reads one snapshot), checked before it is reported.
+async fn ledger_backup(config_path: &Path, to: &Path) -> anyhow::Result<u8> {
+    let ledger = open_ledger(config_path).await?;
+    let report = ledger.backup_to(to).await;
+    ledger.close().await;
+    let report = report?;
+    println!(
+        "backed up ledger {} -> {} ({} records, {} bytes, integrity ok)",
+        ledger.path(),
+        to.display(),
+        report.records,
+        report.bytes
+    );
+    Ok(0)
+}
+
 /// `reconcile`: compares Quo, the ledger and the CRM; `--repair` takes the writer lease.
 async fn reconcile(
     config_path: &Path,
@@ -181,6 +271,7 @@ async fn reconcile(
 ) -> anyhow::Result<u8> {
     let config = load_config(config_path)?;
     quo_sync::telemetry::init_verbose(config.log.format, "warn", verbose);
+    config.log_resolved_paths();
     // Only --repair writes; a plain comparison is a read and needs no lease.
     let writer = if repair {
         Some(app::acquire_writer(&config, "reconcile", wait, app::shutdown_token()).await?)
@@ -218,8 +309,9 @@ async fn reconcile(
     Ok(0)
 }
 
-/// `run`: the service, until SIGINT/SIGTERM (with a grace period for in-flight work). On the
-/// human view's terminal one live status line says what it is doing between cycles.
+/// `run`: the service, until SIGINT/SIGTERM/SIGHUP (with `service.shutdown_grace` for in-flight
+/// work; a second signal exits at once). On the human view's terminal one live status line says
+/// what it is doing between cycles.
 async fn run(session: Session, allow_mass_delete: bool) -> anyhow::Result<u8> {
     let config = &session.config;
     let cancel = app::shutdown_token();
@@ -238,13 +330,14 @@ async fn run(session: Session, allow_mass_delete: bool) -> anyhow::Result<u8> {
     });
     // In-flight work gets a grace period after SIGTERM; what is cut short is safe
     // (intents are committed before POSTs and resolved by lookup on the next start).
+    let grace = config.service.shutdown_grace.0;
     let result = tokio::select! {
         result = app::run_replica_observed(config, cancel.clone(), metrics, allow_mass_delete, status) => result.map_err(anyhow::Error::from),
         _ = async {
             cancel.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tokio::time::sleep(grace).await;
         } => {
-            tracing::warn!(event = "shutdown_forced", grace_s = SHUTDOWN_GRACE.as_secs(), "in-flight work did not finish in time; exiting (interrupted creates are resolved on the next start)");
+            tracing::warn!(event = "shutdown_forced", grace_ms = grace.as_millis() as u64, "in-flight work did not finish within service.shutdown_grace; exiting (interrupted creates are resolved on the next start)");
             Ok(())
         }
     };
@@ -371,7 +464,7 @@ async fn plan(session: Session, json: bool) -> anyhow::Result<u8> {
 struct Session {
     config: Config,
     /// The sandbox and its throwaway folder (they live as long as the session).
-    sandbox: Option<(SandboxHandle, tempfile_dir::TempDir)>,
+    sandbox: Option<(SandboxHandle, tempfile::TempDir)>,
     /// The human view's terminal, when logs go to one.
     terminal: Option<std::sync::Arc<quo_sync::telemetry::Terminal>>,
     /// What is synced, as configured (before the sandbox swapped in a copy).
@@ -417,6 +510,7 @@ async fn configured(
     let mut config = load_config(config_path)?;
     let level = log_level.unwrap_or(&config.log.level).to_string();
     quo_sync::telemetry::init_verbose(config.log.format, &level, verbose);
+    config.log_resolved_paths();
     let source = config.describe_source();
     let sandbox = if with_sandbox {
         Some(attach_sandbox(&mut config).await?)
@@ -436,15 +530,15 @@ pub(super) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 }
 
 /// Points the config at a fresh in-process sandbox with a throwaway ledger.
-async fn attach_sandbox(
-    config: &mut Config,
-) -> anyhow::Result<(SandboxHandle, tempfile_dir::TempDir)> {
+async fn attach_sandbox(config: &mut Config) -> anyhow::Result<(SandboxHandle, tempfile::TempDir)> {
     let sandbox = SandboxHandle::start(SandboxConfig::default())
         .await
         .context("starting the sandbox")?;
     config.quo.base_url = sandbox.base_url();
     config.quo.api_key = Some(SecretString::from(sandbox.api_key().to_string()));
-    let dir = tempfile_dir::TempDir::new()?;
+    let dir = tempfile::Builder::new()
+        .prefix("quo-sync-sandbox-")
+        .tempdir()?;
     config.ledger.path = dir.path().join("quo-sync.db");
     config.ledger.url = None;
     // Work on a copy: a demo must never rewrite the operator's CSV.
@@ -499,33 +593,4 @@ pub(super) async fn open_ledger(
 ) -> anyhow::Result<quo_sync::ledger::Ledger> {
     let config = load_config(config)?;
     Ok(quo_sync::ledger::Ledger::open_config(&config.ledger).await?)
-}
-
-/// A temp folder that removes itself (a thin alias so the binary does not depend on dev crates).
-mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-
-    /// A folder under the system temp dir, removed on drop.
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        /// Creates a fresh folder.
-        pub fn new() -> std::io::Result<Self> {
-            let path =
-                std::env::temp_dir().join(format!("quo-sync-sandbox-{}", uuid::Uuid::new_v4()));
-            std::fs::create_dir_all(&path)?;
-            Ok(Self(path))
-        }
-
-        /// Its path.
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }

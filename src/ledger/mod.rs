@@ -7,6 +7,7 @@
 //! Migrations live in `migrations/<backend>/` and are embedded in the binary; they run only
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
+mod backup;
 mod copy;
 mod crm_notices;
 mod crm_tokens;
@@ -28,6 +29,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
+pub use backup::{BackupError, BackupReport};
 pub use copy::CopyReport;
 pub use crm_tokens::StoredRefreshToken;
 pub use db::{BadPgUrl, PgUrl};
@@ -52,6 +54,17 @@ pub enum LedgerError {
         path: String,
         /// The driver error.
         source: sqlx::Error,
+    },
+    /// The PostgreSQL server's TLS could not be set up or verified (a configuration problem:
+    /// `sslmode`, `sslrootcert`, or a server without TLS).
+    #[error(
+        "cannot open ledger {path}: TLS failed: {reason} (check sslmode and sslrootcert in ledger.url, or PGSSLMODE/PGSSLROOTCERT)"
+    )]
+    Tls {
+        /// The database URL without its password.
+        path: String,
+        /// What the TLS layer said.
+        reason: String,
     },
     /// Embedded migrations failed.
     #[error("cannot migrate ledger {path}: {source}")]
@@ -146,6 +159,29 @@ impl fmt::Display for LedgerTarget {
 }
 
 impl LedgerError {
+    /// An error opening the ledger at `path`: TLS failures are told apart (exit code 2).
+    pub(crate) fn open(path: String, source: sqlx::Error) -> Self {
+        // sqlx reports a failed handshake (wrong CA, wrong host name) as I/O carrying the
+        // rustls error, and a server without TLS under sslmode=require as `Tls`.
+        let handshake = match &source {
+            sqlx::Error::Io(e) => e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map(ToString::to_string),
+            sqlx::Error::Tls(e) => Some(e.to_string()),
+            _ => None,
+        };
+        match handshake {
+            Some(reason) => LedgerError::Tls { path, reason },
+            None => LedgerError::Open { path, source },
+        }
+    }
+
+    /// Whether the operator's configuration is to blame (exit code 2): a TLS setup that fails.
+    pub fn is_config(&self) -> bool {
+        matches!(self, LedgerError::Tls { .. })
+    }
+
     /// Whether a write was refused because the writer lease is no longer ours.
     pub fn is_fenced(&self) -> bool {
         match self {
@@ -252,7 +288,11 @@ impl Ledger {
         let options = db::ConnectOptions::Postgres(
             url.options().options([("client_min_messages", "warning")]),
         );
-        Self::connect_with(display, options).await
+        let ledger = Self::connect_with(display, options).await?;
+        if let Pool::Postgres(pool) = &ledger.pool {
+            db::report_pg_security(pool, url).await;
+        }
+        Ok(ledger)
     }
 
     /// Opens a pool with `options` and makes sure the lease table exists (both backends).
@@ -263,10 +303,7 @@ impl Ledger {
         let pool = options
             .pool(None)
             .await
-            .map_err(|source| LedgerError::Open {
-                path: display.clone(),
-                source,
-            })?;
+            .map_err(|source| LedgerError::open(display.clone(), source))?;
         let ledger = Self {
             pool,
             path: display,

@@ -1,5 +1,5 @@
 //! The service listener (`service.listen`): `/healthz` (the process answers), `/readyz` (the
-//! ledger answers and the last cycle did not fail) and `/metrics` (Prometheus text format); the
+//! ledger answers; with `service.readiness = "cycles"` also the last N cycles did not all fail) and `/metrics` (Prometheus text format); the
 //! operator console (`crate::ops::console`) mounts beside them when `service.console = true`.
 //! With more than one replica on a ledger, every replica serves them: `/readyz` says `leader` or
 //! `standby` (a standby is ready: it stores webhooks and takes over when the leader goes) and
@@ -14,12 +14,53 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::config::Readiness;
 use crate::ledger::Ledger;
 use crate::quo::grace::AuthGrace;
 
+/// Bucket bounds (seconds) of the duration histograms: Prometheus histograms, not summaries,
+/// so the series of several replicas add up (`histogram_quantile(sum by (le) (rate(...)))`).
+/// From a limiter wait of a few milliseconds to a cycle over a million rows.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+
 /// Installs the global Prometheus recorder; `None` when one is already installed.
 pub fn install_metrics() -> Option<PrometheusHandle> {
-    PrometheusBuilder::new().install_recorder().ok()
+    PrometheusBuilder::new()
+        .set_buckets(DURATION_BUCKETS)
+        .ok()?
+        .install_recorder()
+        .ok()
+}
+
+/// How the readiness probe is judged (`service.readiness`, `service.readiness_failed_cycles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadinessRule {
+    /// What counts.
+    pub readiness: Readiness,
+    /// Failed cycles in a row that make a `cycles` replica unready.
+    pub failed_cycles: u32,
+}
+
+impl Default for ReadinessRule {
+    fn default() -> Self {
+        Self {
+            readiness: Readiness::Ledger,
+            failed_cycles: 3,
+        }
+    }
+}
+
+impl ReadinessRule {
+    /// The rule `[service]` configures.
+    pub fn from_config(service: &crate::config::ServiceConfig) -> Self {
+        Self {
+            readiness: service.readiness,
+            failed_cycles: service.readiness_failed_cycles.max(1),
+        }
+    }
 }
 
 /// Registers the series dashboards and alerts rely on at zero, so `rate()` and `absent()` see
@@ -37,6 +78,12 @@ pub fn register_service_metrics() {
     }
     // A replica starts as a standby; `ReplicaRole::set_leader` raises it once the lease is held.
     metrics::gauge!("quo_sync_leader").set(0.0);
+    metrics::gauge!(
+        "quo_sync_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => crate::GIT_COMMIT
+    )
+    .set(1.0);
 }
 /// This replica's role, shared between the run loop (which sets it) and the listener.
 #[derive(Debug, Clone, Default)]
@@ -69,6 +116,7 @@ struct Ops {
     ledger: Ledger,
     metrics: Option<PrometheusHandle>,
     role: Option<ReplicaRole>,
+    readiness: ReadinessRule,
     /// The service's refusal clock: not ready while Quo refuses the API key.
     auth: Option<Arc<AuthGrace>>,
 }
@@ -86,12 +134,22 @@ pub fn router_with_console(
     }
 }
 
-/// The routes: `/healthz`, `/readyz`, `/metrics`.
+/// The routes: `/healthz`, `/readyz` (default rule: the ledger answers), `/metrics`.
 pub fn router(ledger: Ledger, metrics: Option<PrometheusHandle>) -> Router {
+    router_with(ledger, metrics, ReadinessRule::default())
+}
+
+/// The routes, `/readyz` judged by `readiness`.
+pub fn router_with(
+    ledger: Ledger,
+    metrics: Option<PrometheusHandle>,
+    readiness: ReadinessRule,
+) -> Router {
     routes(Ops {
         ledger,
         metrics,
         role: None,
+        readiness,
         auth: None,
     })
 }
@@ -101,27 +159,31 @@ pub fn replica_router(
     ledger: Ledger,
     metrics: Option<PrometheusHandle>,
     role: ReplicaRole,
+    readiness: ReadinessRule,
 ) -> Router {
     routes(Ops {
         ledger,
         metrics,
         role: Some(role),
+        readiness,
         auth: None,
     })
 }
 
 /// The routes of the service (a replica when `role` is given), whose `/readyz` also says not
-/// ready while Quo refuses the API key (`auth`).
+/// ready while Quo refuses the API key (`auth`), whatever `readiness` says.
 pub fn service_router(
     ledger: Ledger,
     metrics: Option<PrometheusHandle>,
     role: Option<ReplicaRole>,
+    readiness: ReadinessRule,
     auth: Arc<AuthGrace>,
 ) -> Router {
     routes(Ops {
         ledger,
         metrics,
         role,
+        readiness,
         auth: Some(auth),
     })
 }
@@ -151,17 +213,32 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
     if let Some(None) = role {
         return (StatusCode::OK, "ready (standby)\n".into());
     }
-    match ops.ledger.last_finished_run().await {
-        Ok(Some(run)) if run.status == "failed" => unavailable(format!(
-            "last cycle failed (run {}, finished {}); details in `quo-sync status` and the logs\n",
-            run.id,
-            run.finished_at.as_deref().unwrap_or("-")
-        )),
-        Ok(_) => match role {
-            Some(Some(epoch)) => (StatusCode::OK, format!("ready (leader, epoch {epoch})\n")),
-            _ => (StatusCode::OK, "ready\n".into()),
-        },
-        Err(_) => unavailable("ledger unavailable (details in the logs)\n".into()),
+    if ops.readiness.readiness == Readiness::Cycles {
+        let wanted = ops.readiness.failed_cycles;
+        // Runs still in progress do not hide the failures before them.
+        match ops.ledger.recent_runs(i64::from(wanted) + 16).await {
+            Ok(runs) => {
+                let finished: Vec<_> = runs
+                    .iter()
+                    .filter(|r| r.status != "running")
+                    .take(wanted as usize)
+                    .collect();
+                if finished.len() == wanted as usize
+                    && finished.iter().all(|r| r.status == "failed")
+                {
+                    return unavailable(format!(
+                        "last cycle failed ({wanted} in a row; the last: run {}, finished {}); details in `quo-sync status` and the logs\n",
+                        finished[0].id,
+                        finished[0].finished_at.as_deref().unwrap_or("-")
+                    ));
+                }
+            }
+            Err(_) => return unavailable("ledger unavailable (details in the logs)\n".into()),
+        }
+    }
+    match role {
+        Some(Some(epoch)) => (StatusCode::OK, format!("ready (leader, epoch {epoch})\n")),
+        _ => (StatusCode::OK, "ready\n".into()),
     }
 }
 

@@ -12,12 +12,14 @@
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 use tracing::{debug, warn};
 
 /// How long each part of a request may take.
@@ -58,9 +60,9 @@ pub async fn serve(
     limits: ListenerLimits,
     cancel: CancellationToken,
 ) {
-    let router = router.layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
+    let router = router.layer(axum::middleware::from_fn_with_state(
         limits.request_timeout,
+        within,
     ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -96,5 +98,17 @@ pub async fn serve(
             event = "listener_shutdown_timeout",
             "requests still in flight at shutdown were dropped"
         );
+    }
+}
+
+/// Answers 408 when a request (reading its body included) takes longer than `limit`.
+async fn within(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request not completed within {}s\n", limit.as_secs_f64()),
+        )
+            .into_response(),
     }
 }

@@ -294,7 +294,7 @@ impl QuoClient {
     /// `GET /v1/contacts/{id}`; `None` when Quo no longer has it.
     pub async fn get_contact(&self, id: &str) -> Result<Option<Contact>, QuoError> {
         let route = "GET /v1/contacts/{id}";
-        let path = format!("/v1/contacts/{}", encode_segment(id));
+        let path = format!("/v1/contacts/{}", super::encode_path_segment(id));
         match self
             .call_idempotent::<DataEnvelope<Contact>, ()>(route, Method::GET, &path, &[], None)
             .await
@@ -313,7 +313,7 @@ impl QuoClient {
     /// reached Quo, and 429s (refused before any work), are retried here.
     pub async fn update_contact(&self, id: &str, body: &PatchContact) -> Result<Contact, QuoError> {
         let route = "PATCH /v1/contacts/{id}";
-        let path = format!("/v1/contacts/{}", encode_segment(id));
+        let path = format!("/v1/contacts/{}", super::encode_path_segment(id));
         let mut retries = 0u32;
         loop {
             let (last, wait_hint, limited) = match self
@@ -359,7 +359,7 @@ impl QuoClient {
     /// `DELETE /v1/contacts/{id}`; `false` when it was already gone.
     pub async fn delete_contact(&self, id: &str) -> Result<bool, QuoError> {
         let route = "DELETE /v1/contacts/{id}";
-        let path = format!("/v1/contacts/{}", encode_segment(id));
+        let path = format!("/v1/contacts/{}", super::encode_path_segment(id));
         match self
             .call_idempotent::<serde_json::Value, ()>(route, Method::DELETE, &path, &[], None)
             .await
@@ -727,19 +727,6 @@ impl QuoClient {
         // A final answer; `rejected` turns 401 into `Unauthorized`.
         Ok((status, bytes))
     }
-}
-
-/// Percent-encodes a path segment (ids are opaque strings).
-fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 fn decode<T: DeserializeOwned>(route: &'static str, bytes: &[u8]) -> Result<T, QuoError> {

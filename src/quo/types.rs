@@ -1,5 +1,5 @@
 //! Typed request and response bodies of the Quo contacts API, as the v1 OpenAPI spec defines
-//! them (`shared/quo-openapi-v1-contacts.json`). Field names follow the wire (camelCase).
+//! them (`docs/quo-openapi-v1-contacts.json`). Field names follow the wire (camelCase).
 
 use serde::{Deserialize, Serialize};
 

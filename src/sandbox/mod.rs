@@ -3,7 +3,7 @@
 //! quo-sync's correctness depends on behaviour a canned mock cannot show: 409s on duplicate
 //! `(source, externalId)`, two possible PATCH semantics, a strict per-key one-second rate limit,
 //! validation errors naming JSON paths, writes that succeed but lose their response, and signed
-//! webhooks that may repeat. The sandbox implements the contract in `shared/quo-api.md` and the
+//! webhooks that may repeat. The sandbox implements the contract in `docs/quo-api.md` and the
 //! v1 OpenAPI spec over real HTTP, so the client is tested exactly as it talks to production.
 //! Tests and demos drive it through [`SandboxHandle`] (in process) or the unauthenticated
 //! `/_sandbox/…` admin routes (with curl): switch semantics, inject faults, simulate edits made

@@ -73,13 +73,17 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// Whether Quo refused the API key: nothing will work until an operator fixes it, so a
-    /// service must stop and say so (`auth_failed`, exit 1) rather than keep cycling.
+    /// Whether Quo refused the API key or the CRM refused its credentials: nothing will work
+    /// until an operator fixes it, so a service must stop and say so (`auth_failed`, exit 2,
+    /// the same for both sides) rather than keep cycling.
     pub fn is_auth_failure(&self) -> bool {
         matches!(
             self,
             SyncError::Quo(QuoError::Unauthorized { .. })
                 | SyncError::Intake(IntakeError::Quo(QuoError::Unauthorized { .. }))
+                | SyncError::Source(
+                    SourceError::Unauthorized { .. } | SourceError::CredentialsRefused { .. }
+                )
         )
     }
 }

@@ -477,3 +477,13 @@ pub async fn sandbox_settings(base_url: &str, patch: serde_json::Value) -> serde
     assert_eq!(resp.status().as_u16(), 200, "settings {patch} refused");
     resp.json().await.expect("json")
 }
+
+/// A sandbox on port 0 without a rate limit, for tests that run the binary against it.
+pub async fn unlimited_sandbox() -> SandboxHandle {
+    SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("sandbox starts")
+}

@@ -2,15 +2,15 @@
 //! it was, and replaces the file atomically, refusing when it is not the file the last read saw.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::SystemTime;
 
 use ::csv::ByteRecord;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
+use tempfile::TempPath;
 
 use super::read::{RowId, is_blank, row_id, row_text, shape_problems};
 use super::*;
@@ -52,47 +52,19 @@ struct RowEdit {
     delete: bool,
 }
 
-/// A temp file next to the target, removed unless it was renamed into place.
-struct TempFile {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempFile {
-    fn create(target: &Path) -> io::Result<(TempFile, File)> {
-        let dir = parent_dir(target);
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "source.csv".into());
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        for attempt in 0..100u32 {
-            let path = dir.join(format!(
-                ".{name}.quo-sync-{}-{nanos}-{attempt}.tmp",
-                std::process::id()
-            ));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok((TempFile { path, armed: true }, file)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "could not create a unique temporary file",
-        ))
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
+/// A temp file next to the target (`tempfile`: created exclusively, owner-only until the old
+/// file's permissions are copied onto it), removed on drop unless it was renamed into place.
+fn create_temp(target: &Path) -> io::Result<(TempPath, File)> {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "source.csv".into());
+    let (file, path) = tempfile::Builder::new()
+        .prefix(&format!(".{name}.quo-sync-"))
+        .suffix(".tmp")
+        .tempfile_in(parent_dir(target))?
+        .into_parts();
+    Ok((path, file))
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -191,7 +163,7 @@ fn pending_changes(
 
 /// The new file, written beside the old one but not yet in its place, and what went into it.
 struct Rewritten {
-    temp: TempFile,
+    temp: TempPath,
     out: HashingWriter<BufWriter<File>>,
     /// Ids whose row was found (the first row with that id).
     handled: HashSet<String>,
@@ -214,7 +186,7 @@ fn rewrite(
     let mut copier = HashingReader::plain(BufReader::new(
         File::open(&layout.path).map_err(|e| layout.io(e))?,
     ));
-    let (temp, temp_file) = TempFile::create(&layout.path).map_err(|e| layout.io(e))?;
+    let (temp, temp_file) = create_temp(&layout.path).map_err(|e| layout.io(e))?;
     let mut done = Rewritten {
         temp,
         out: HashingWriter {
@@ -316,7 +288,7 @@ impl Rewritten {
 /// what the file now holds.
 fn replace_file(
     layout: &Layout,
-    mut temp: TempFile,
+    temp: TempPath,
     mut out: HashingWriter<BufWriter<File>>,
     permissions: fs::Permissions,
 ) -> Result<Fingerprint, SourceError> {
@@ -329,9 +301,8 @@ fn replace_file(
     let file = inner.into_inner().map_err(|e| layout.io(e.error()))?;
     file.sync_all().map_err(|e| layout.io(e))?;
     drop(file);
-    fs::set_permissions(&temp.path, permissions).map_err(|e| layout.io(e))?;
-    fs::rename(&temp.path, &layout.path).map_err(|e| layout.io(e))?;
-    temp.armed = false;
+    fs::set_permissions(&temp, permissions).map_err(|e| layout.io(e))?;
+    temp.persist(&layout.path).map_err(|e| layout.io(e.error))?;
     sync_dir(&parent_dir(&layout.path));
     let modified = fs::metadata(&layout.path).and_then(|m| m.modified()).ok();
     Ok(Fingerprint {

@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 
 use super::RestSource;
 use super::records::json_type;
-use super::write::encode_segment;
 use crate::domain::ExternalId;
 use crate::ledger::Ledger;
+use crate::quo::encode_path_segment;
 use crate::source::{BadRecord, ReadRequest, ReadSummary, SourceError, SourceItem};
 
 /// Most ids fetched one by one in a cycle; more pending ids make that cycle a list read.
@@ -278,7 +278,7 @@ impl RestSource {
         );
         let mut items = 0u64;
         for id in ids {
-            let url = self.url(&path.replace("{id}", &encode_segment(id.as_str())))?;
+            let url = self.url(&path.replace("{id}", &encode_path_segment(id.as_str())))?;
             let location = format!("GET {}", self.shown(&url));
             let reply = self
                 .send(Method::GET, &url, None, &Default::default())

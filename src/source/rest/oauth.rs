@@ -28,9 +28,10 @@ mod shared;
 
 use std::fmt;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use backon::Retryable;
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
@@ -109,6 +110,17 @@ pub(super) fn shown_token_url(url: &Url) -> String {
         shown.set_query(Some("REDACTED"));
     }
     shown.to_string()
+}
+
+/// How one attempt at the token endpoint failed.
+enum Attempt {
+    /// Worth retrying after a pause (`wait_hint`: the endpoint's `Retry-After`).
+    Transient {
+        problem: String,
+        wait_hint: Option<Duration>,
+    },
+    /// Not retried.
+    Final(GrantFailure),
 }
 
 /// How one token request ended, before it becomes a [`SourceError`].
@@ -358,70 +370,100 @@ impl OAuth {
         SecretString::from(form.finish())
     }
 
-    /// One token request, retried for transport failures and the answers [`answer`] calls
-    /// transient. With a `claim` on the shared refresh token, the claim is renewed before each
-    /// retry, and a claim lost to another process ends the request before anything is sent.
+    /// One token request, retried (by `backon`, with the source's `RetryPolicy`; a
+    /// `Retry-After` takes a delay's place) for transport failures and the answers [`answer`]
+    /// calls transient. With a `claim` on the shared refresh token, the claim is renewed before
+    /// each retry, and a claim lost to another process ends the request before anything is sent.
     async fn request(
         &self,
         refresh: Option<&SecretString>,
         claim: Option<&shared::Claim<'_>>,
     ) -> Result<Value, GrantFailure> {
         let body = self.form(refresh);
-        let mut retries = 0u32;
-        loop {
-            if retries > 0
-                && let Some(claim) = claim
-            {
-                claim.renew(self).await?;
-            }
-            let mut request = self
-                .http
-                .post(self.token_url.clone())
-                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .header(reqwest::header::ACCEPT, "application/json")
-                .body(body.expose_secret().to_string());
-            if self.style == OAuthStyle::Basic {
-                let encode =
-                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                request = request.basic_auth(
-                    encode(&self.client_id),
-                    Some(encode(self.client_secret.expose_secret())),
-                );
-            }
-            let (problem, wait_hint) = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let wait_hint = retry_after_capped(response.headers(), self.retry.cap);
-                    let bytes = response.bytes().await.unwrap_or_default();
-                    match answer::classify(status, &bytes) {
-                        Verdict::Token(json) => return Ok(json),
-                        Verdict::Refused { code, shown } => {
-                            tracing::error!(event = "crm_auth_failed", token_url = %self.token_url_shown, error = %shown, "the CRM's token endpoint refused the credentials");
-                            return Err(GrantFailure::Refused {
-                                code,
-                                error: SourceError::CredentialsRefused {
-                                    url: self.token_url_shown.clone(),
-                                    error: shown,
-                                },
-                            });
-                        }
-                        Verdict::Failed(shown) => {
-                            return Err(GrantFailure::Failed(self.failed(&shown)));
-                        }
-                        Verdict::Transient(shown) => (shown, wait_hint),
-                    }
+        let attempts = AtomicU32::new(0);
+        let outcome = (|| self.grant_attempt(&body, claim, &attempts))
+            .retry(self.retry)
+            .when(|failure| matches!(failure, Attempt::Transient { .. }))
+            .adjust(|failure, delay| match failure {
+                Attempt::Transient {
+                    wait_hint: Some(hint),
+                    ..
+                } => delay.map(|_| *hint),
+                _ => delay,
+            })
+            .notify(|failure, wait| {
+                if let Attempt::Transient { problem, .. } = failure {
+                    let retry = attempts.load(Ordering::Relaxed);
+                    tracing::warn!(event = "crm_auth_failed", token_url = %self.token_url_shown, error = %problem, retry, wait_ms = wait.as_millis() as u64, "CRM token request failed; retrying");
                 }
-                Err(e) => (error_chain(&e.without_url()), None),
-            };
-            if !self.retry.may_retry(retries) {
-                return Err(GrantFailure::Failed(
+            })
+            .await;
+        match outcome {
+            Ok(answer) => Ok(answer),
+            Err(Attempt::Final(failure)) => Err(failure),
+            Err(Attempt::Transient { problem, .. }) => {
+                let retries = attempts.load(Ordering::Relaxed).saturating_sub(1);
+                Err(GrantFailure::Failed(
                     self.failed(&format!("{problem} (after {retries} retries)")),
-                ));
+                ))
             }
-            retries += 1;
-            let wait = self.retry.backoff(retries, wait_hint);
-            tracing::warn!(event = "crm_auth_failed", token_url = %self.token_url_shown, error = %problem, retry = retries, wait_ms = wait.as_millis() as u64, "CRM token request failed; retrying");
-            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One POST to the token endpoint (after renewing the claim, from the second on).
+    async fn grant_attempt(
+        &self,
+        body: &SecretString,
+        claim: Option<&shared::Claim<'_>>,
+        attempts: &AtomicU32,
+    ) -> Result<Value, Attempt> {
+        if attempts.fetch_add(1, Ordering::Relaxed) > 0
+            && let Some(claim) = claim
+        {
+            claim.renew(self).await.map_err(Attempt::Final)?;
+        }
+        let mut request = self
+            .http
+            .post(self.token_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(body.expose_secret().to_string());
+        if self.style == OAuthStyle::Basic {
+            let encode =
+                |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            request = request.basic_auth(
+                encode(&self.client_id),
+                Some(encode(self.client_secret.expose_secret())),
+            );
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                return Err(Attempt::Transient {
+                    problem: error_chain(&e.without_url()),
+                    wait_hint: None,
+                });
+            }
+        };
+        let status = response.status();
+        let wait_hint = retry_after_capped(response.headers(), self.retry.cap);
+        let bytes = response.bytes().await.unwrap_or_default();
+        match answer::classify(status, &bytes) {
+            Verdict::Token(json) => Ok(json),
+            Verdict::Refused { code, shown } => {
+                tracing::error!(event = "crm_auth_failed", token_url = %self.token_url_shown, error = %shown, "the CRM's token endpoint refused the credentials");
+                Err(Attempt::Final(GrantFailure::Refused {
+                    code,
+                    error: SourceError::CredentialsRefused {
+                        url: self.token_url_shown.clone(),
+                        error: shown,
+                    },
+                }))
+            }
+            Verdict::Failed(shown) => {
+                Err(Attempt::Final(GrantFailure::Failed(self.failed(&shown))))
+            }
+            Verdict::Transient(problem) => Err(Attempt::Transient { problem, wait_hint }),
         }
     }
 

@@ -11,6 +11,7 @@ use super::RestSource;
 use super::config::{ArrayFieldConfig, UpdateConfig, UpdateMethod};
 use super::pointer::{set_array_item, set_pointer, typed_like};
 use super::versions::ReadVersion;
+use crate::quo::encode_path_segment;
 use crate::source::{CrmChange, SourceError, SourceItem, WriteReport};
 
 impl RestSource {
@@ -69,7 +70,7 @@ impl RestSource {
         change: &CrmChange,
     ) -> Result<Outcome, SourceError> {
         let id = change.external_id.as_str();
-        let path = update.path.replace("{id}", &encode_segment(id));
+        let path = update.path.replace("{id}", &encode_path_segment(id));
         let url = self.url(&path)?;
         let touches_array = change
             .fields
@@ -85,7 +86,7 @@ impl RestSource {
                 .get_path
                 .as_deref()
                 .unwrap_or(&update.path)
-                .replace("{id}", &encode_segment(id));
+                .replace("{id}", &encode_path_segment(id));
             let get_url = self.url(&get_path)?;
             let reply = self
                 .send(Method::GET, &get_url, None, &HeaderMap::new())
@@ -235,28 +236,4 @@ pub(super) enum Outcome {
     Written,
     Conflicted,
     Failed(String),
-}
-
-/// Percent-encodes an id for use as one path segment.
-pub(super) fn encode_segment(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for byte in id.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_encoded_as_one_segment() {
-        assert_eq!(encode_segment("a b/c?"), "a%20b%2Fc%3F");
-        assert_eq!(encode_segment("abc-1_2.3~"), "abc-1_2.3~");
-    }
 }
