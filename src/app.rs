@@ -8,7 +8,10 @@
 //! starting new work and its late writes are refused by the database.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +20,10 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::ledger::{Candidate, LeaderLease, LeaseError, Ledger, LedgerError};
 use crate::ops::http::ReplicaRole;
+use crate::ops::listener::ListenerLimits;
 use crate::ops::live::ServiceStatus;
 use crate::quo::client::{ClientSettings, QuoClient};
+use crate::quo::grace::{AfterRefusal, AuthGrace};
 use crate::quo::limiter::RateLimiter;
 use crate::quo::retry::RetryPolicy;
 use crate::source::{Source, SourceError};
@@ -42,6 +47,12 @@ pub enum AppError {
     /// The writer lease is held by another process (exit 4).
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// Quo refused the API key for longer than `quo.auth_grace` (exit 1, `auth_failed`).
+    #[error("Quo refused the API key for longer than quo.auth_grace ({grace_s}s)")]
+    QuoAuthFailed {
+        /// The grace, in seconds.
+        grace_s: u64,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -57,6 +68,7 @@ impl AppError {
     /// nothing works until it is fixed).
     pub fn is_auth_failure(&self) -> bool {
         matches!(self, AppError::Sync(e) if e.is_auth_failure())
+            || matches!(self, AppError::QuoAuthFailed { .. })
     }
 
     /// Whether this is the operator's configuration to fix (exit code 2).
@@ -323,9 +335,16 @@ pub async fn run_service(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<(), AppError> {
     let wake = Arc::new(Notify::new());
+    let auth = Arc::new(AuthGrace::new(config.quo.auth_grace.0));
     let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
-    let ops = crate::ops::http::router_with(ctx.ledger.clone(), metrics, readiness)
-        .merge(console_routes(config, &ctx.ledger, &wake));
+    let ops = crate::ops::http::service_router(
+        ctx.ledger.clone(),
+        metrics,
+        None,
+        readiness,
+        auth.clone(),
+    )
+    .merge(console_routes(config, &ctx.ledger, &wake));
     crate::ops::http::register_service_metrics();
     metrics::gauge!("quo_sync_leader").set(1.0);
     let status = ServiceStatus::default();
@@ -340,7 +359,7 @@ pub async fn run_service(
     )
     .await?;
     info!(event = "service_started", source = %ctx.source.describe(), interval_s = config.schedule.interval.0.as_secs(), "quo-sync service started");
-    let result = cycle_loop(ctx, config, &wake, &status).await;
+    let result = cycle_loop(ctx, config, (&wake, &auth), &status).await;
     if result.is_err() {
         // Stopping for good: let the listeners go too.
         ctx.cancel.cancel();
@@ -386,10 +405,17 @@ pub async fn run_replica_observed(
     let role = status.role().clone();
     role.set_standby();
     let wake = Arc::new(Notify::new());
+    let auth = Arc::new(AuthGrace::new(config.quo.auth_grace.0));
     crate::ops::http::register_service_metrics();
     let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
-    let ops = crate::ops::http::replica_router(base.clone(), metrics, role.clone(), readiness)
-        .merge(replica_console_routes(config, &base, &wake, &role));
+    let ops = crate::ops::http::service_router(
+        base.clone(),
+        metrics,
+        Some(role.clone()),
+        readiness,
+        auth.clone(),
+    )
+    .merge(replica_console_routes(config, &base, &wake, &role));
     // One source for every leader term: its change watcher must know what quo-sync wrote. A
     // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
     let source = Arc::new(Source::from_config(&config.source)?);
@@ -405,7 +431,7 @@ pub async fn run_replica_observed(
             &lease,
             config,
             &shutdown,
-            (&wake, &status),
+            (&wake, &auth, &status),
             &source,
             allow_mass_delete,
         )
@@ -442,15 +468,18 @@ fn console_routes(config: &Config, ledger: &Ledger, wake: &Arc<Notify>) -> axum:
     if !config.service.console || config.service.listen.is_none() {
         return axum::Router::new();
     }
-    crate::ops::console::routes(crate::ops::console::Console::new(
-        ledger.clone(),
-        config.service.console_token.clone(),
-        wake.clone(),
-        crate::ops::console::ServiceInfo::always_leader(
-            config.schedule.interval.0,
-            config.quo.requests_per_second,
-        ),
-    ))
+    crate::ops::console::routes(
+        crate::ops::console::Console::new(
+            ledger.clone(),
+            config.service.console_token.clone(),
+            wake.clone(),
+            crate::ops::console::ServiceInfo::always_leader(
+                config.schedule.interval.0,
+                config.quo.requests_per_second,
+            ),
+        )
+        .listening_on(config.service.listen),
+    )
 }
 
 /// The console of a replica: it shows leader or standby as `role` says.
@@ -472,12 +501,15 @@ fn replica_console_routes(
         Some(_) => crate::ops::console::Role::Leader,
         None => crate::ops::console::Role::Standby,
     });
-    crate::ops::console::routes(crate::ops::console::Console::new(
-        ledger.clone(),
-        config.service.console_token.clone(),
-        wake.clone(),
-        info,
-    ))
+    crate::ops::console::routes(
+        crate::ops::console::Console::new(
+            ledger.clone(),
+            config.service.console_token.clone(),
+            wake.clone(),
+            info,
+        )
+        .listening_on(config.service.listen),
+    )
 }
 
 /// Stands by until the lease is ours (`None` on shutdown), logging `standby` with the holder
@@ -519,7 +551,7 @@ async fn lead(
     lease: &LeaderLease,
     config: &Config,
     shutdown: &CancellationToken,
-    (wake, status): (&Arc<Notify>, &ServiceStatus),
+    (wake, auth, status): (&Arc<Notify>, &Arc<AuthGrace>, &ServiceStatus),
     source: &Arc<Source>,
     allow_mass_delete: bool,
 ) -> Result<(), AppError> {
@@ -529,7 +561,7 @@ async fn lead(
     ctx.settings.allow_mass_delete = allow_mass_delete;
     ctx.progress = status.progress();
     status.set_stats(ctx.client.stats().clone());
-    let result = cycle_loop(&ctx, config, wake, status).await;
+    let result = cycle_loop(&ctx, config, (wake, auth), status).await;
     ctx.ledger.close().await;
     // A cycle cancels its token on a fatal Quo error (bad API key): that stops the service, as
     // it does for a single writer, unless the token fired because the lease was lost.
@@ -579,6 +611,7 @@ async fn start_listeners(
     let signals = crate::source::watch::Signals::start(
         source.clone(),
         config.source.watch,
+        ledger.clone(),
         wake.clone(),
         cancel.clone(),
     )?;
@@ -600,7 +633,12 @@ async fn start_listeners(
                 reason: e.to_string(),
             })?;
         info!(event = "listener_started", addr = %addr, "HTTP listener started");
-        servers.push(tokio::spawn(serve(listener, router, cancel.clone())));
+        servers.push(tokio::spawn(crate::ops::listener::serve(
+            listener,
+            router,
+            ListenerLimits::from_config(&config.service),
+            cancel.clone(),
+        )));
     }
     // The file watcher lives as long as the listeners (it stops when dropped).
     let until = cancel.clone();
@@ -611,14 +649,15 @@ async fn start_listeners(
     Ok(servers)
 }
 
-/// Cycles until `ctx.cancel` fires: every tick, or early on a webhook.
+/// Cycles until `ctx.cancel` fires: every tick, or early on a webhook. While Quo refuses the
+/// API key, cycles back off on `auth`'s clock instead; past `quo.auth_grace` (in a cycle or in
+/// the scanner) the loop ends with an auth failure.
 async fn cycle_loop(
     ctx: &SyncContext,
     config: &Config,
-    wake: &Arc<Notify>,
+    (wake, auth): (&Arc<Notify>, &Arc<AuthGrace>),
     status: &ServiceStatus,
 ) -> Result<(), AppError> {
-    let interval = config.schedule.interval.0;
     // The scan runs beside the cycles, yielding to their writes; what it finds wakes a cycle.
     let mut ctx = ctx.clone();
     let scanner = match ctx.settings.poll_interval.take() {
@@ -629,24 +668,58 @@ async fn cycle_loop(
                 poll,
                 ctx.settings.delete_guard(),
                 wake.clone(),
+                auth.clone(),
                 ctx.cancel.clone(),
             )))
         }
         _ => None,
     };
-    let ctx = &ctx;
+    // What any replica stores (webhooks, CRM notices) wakes this loop; this leader's reads take
+    // the stored CRM notices until the loop ends.
+    let stop_watch = ctx.cancel.child_token();
+    let covered = Arc::new(AtomicI64::new(i64::MIN));
+    let watcher = tokio::spawn({
+        let (ledger, wake, stop) = (ctx.ledger.clone(), wake.clone(), stop_watch.clone());
+        let covered = covered.clone();
+        async move { ledger.watch_intake(wake, covered, stop).await }
+    });
+    ctx.source.take_notices_from(Some(ctx.ledger.clone()));
+    let result = cycles(&ctx, config, (wake, &covered), (auth, status), scanner).await;
+    ctx.source.take_notices_from(None);
+    stop_watch.cancel();
+    let _ = watcher.await;
+    result
+}
+
+/// The loop of [`cycle_loop`], with its scanner. Before each cycle, `covered` takes the intake
+/// signal's value (so the watcher does not wake the loop again for intake this cycle reads), and
+/// wakes that arrived meanwhile are dropped: the cycle about to start covers them.
+async fn cycles(
+    ctx: &SyncContext,
+    config: &Config,
+    (wake, covered): (&Arc<Notify>, &Arc<AtomicI64>),
+    (auth, status): (&Arc<AuthGrace>, &ServiceStatus),
+    scanner: Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), AppError> {
+    let interval = config.schedule.interval.0;
+    let exhausted = auth.exhausted();
     let tick = interval;
     info!(event = "cycles_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "cycles started");
     loop {
         if ctx.cancel.is_cancelled() {
             break;
         }
+        if let Ok(signal) = ctx.ledger.intake_signal().await {
+            covered.store(signal, Ordering::Release);
+        }
+        let _ = wake.notified().now_or_never();
         let started = tokio::time::Instant::now();
+        let mut next = None;
         status.cycle_started();
         let result = run_cycle(ctx, Mode::Apply).await;
         status.cycle_finished(&result);
         match result {
-            Ok(_) => {}
+            Ok(_) => auth.accepted(),
             Err(SyncError::Mapping(e)) => {
                 ctx.cancel.cancel();
                 if let Some(scanner) = scanner {
@@ -654,6 +727,22 @@ async fn cycle_loop(
                 }
                 return Err(SyncError::Mapping(e).into());
             }
+            Err(e) if quo_refused_key(&e) => match auth.refused() {
+                AfterRefusal::RetryIn(pause) => {
+                    warn!(event = "auth_refused", error = %e, retry_in_ms = pause.as_millis() as u64, grace_s = auth.grace().as_secs(), "Quo refused the API key; trying again until quo.auth_grace runs out (not ready meanwhile)");
+                    next = Some(pause);
+                }
+                AfterRefusal::GiveUp => {
+                    // Nothing will work until an operator fixes the key: stop, non-zero, so a
+                    // supervisor notices instead of a service that looks up and does nothing.
+                    error!(event = "auth_failed", error = %e, grace_s = auth.grace().as_secs(), "Quo refused the API key for longer than quo.auth_grace; stopping");
+                    ctx.cancel.cancel();
+                    if let Some(scanner) = scanner {
+                        let _ = scanner.await;
+                    }
+                    return Err(e.into());
+                }
+            },
             Err(e) if e.is_auth_failure() => {
                 // Nothing will work until an operator fixes the key: stop, non-zero, so a
                 // supervisor notices instead of a service that looks up and does nothing.
@@ -668,13 +757,22 @@ async fn cycle_loop(
                 error!(event = "cycle_error", error = %e, "cycle failed; retrying at the next tick")
             }
         }
-        let next = tick.saturating_sub(started.elapsed());
+        let next = next.unwrap_or_else(|| tick.saturating_sub(started.elapsed()));
         status.next_cycle_in(next);
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
             _ = wake.notified() => {
                 // Let a burst of deliveries land before the cycle that applies them.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ = exhausted.cancelled() => {
+                let grace_s = auth.grace().as_secs();
+                error!(event = "auth_failed", grace_s, "Quo refused the API key on every scan page for longer than quo.auth_grace; stopping");
+                ctx.cancel.cancel();
+                if let Some(scanner) = scanner {
+                    let _ = scanner.await;
+                }
+                return Err(AppError::QuoAuthFailed { grace_s });
             }
             _ = ctx.cancel.cancelled() => break,
         }
@@ -685,16 +783,24 @@ async fn cycle_loop(
     Ok(())
 }
 
-/// Serves `router` on `listener` until `cancel` fires.
+/// Whether a cycle failed because Quo refused the API key (the `quo.auth_grace` clock runs),
+/// as opposed to the CRM refusing its credentials (the service stops at once).
+fn quo_refused_key(error: &SyncError) -> bool {
+    matches!(
+        error,
+        SyncError::Quo(crate::quo::client::QuoError::Unauthorized { .. })
+            | SyncError::Intake(crate::reverse::intake::IntakeError::Quo(
+                crate::quo::client::QuoError::Unauthorized { .. }
+            ))
+    )
+}
+
+/// Serves `router` on `listener` until `cancel` fires, with the default header and request
+/// timeouts (see [`crate::ops::listener`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     cancel: CancellationToken,
 ) {
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        error!(event = "http_server_failed", error = %e, "HTTP listener stopped");
-    }
+    crate::ops::listener::serve(listener, router, ListenerLimits::default(), cancel).await;
 }

@@ -292,7 +292,8 @@ async fn a_401_inside_a_worker_fails_the_cycle_without_requesting_shutdown() {
 }
 
 /// `run` with a key Quo refuses stops with exit code 2 (the code of a refused CRM credential
-/// too, #22) and `auth_failed`, so a supervisor notices, instead of cycling forever or exiting 0.
+/// too, #22) and `auth_failed` once `quo.auth_grace` has run out, so a supervisor notices,
+/// instead of cycling forever or exiting 0.
 #[tokio::test]
 async fn run_exits_2_with_auth_failed_when_quo_refuses_the_key() {
     let app = TestApp::spawn(&csv(&rows(2))).await;
@@ -301,6 +302,7 @@ async fn run_exits_2_with_auth_failed_when_quo_refuses_the_key() {
         .arg(&app.config_path)
         .env_remove("QUO_SYNC_CONFIG")
         .env("QUO_SYNC__QUO__API_KEY", "not-the-key-q9z")
+        .env("QUO_SYNC__QUO__AUTH_GRACE", "2s")
         .env("QUO_SYNC__SCHEDULE__INTERVAL", "100ms")
         .env("QUO_SYNC__LOG__FORMAT", "json")
         .stdout(std::process::Stdio::piped())

@@ -24,7 +24,7 @@ use super::{Ledger, LedgerError};
 
 /// "Now" in unix milliseconds by the database's clock (one clock for every replica, so lease
 /// expiry never depends on the replicas' clocks agreeing).
-fn db_now_ms(pg: bool) -> &'static str {
+pub(super) fn db_now_ms(pg: bool) -> &'static str {
     if pg {
         "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
     } else {
@@ -108,8 +108,10 @@ fn pg_fence_trigger(table: &str) -> String {
 }
 
 /// Tables whose writes are never fenced: the lease itself (it fences itself by its `WHERE`
-/// clauses) and sqlx's migration bookkeeping (migrations run only under the lease).
-const UNFENCED_TABLES: [&str; 2] = ["leader_lease", "_sqlx_migrations"];
+/// clauses), sqlx's migration bookkeeping (migrations run only under the lease) and the CRM's
+/// OAuth2 refresh token (a rotated token must be kept whoever leads; its row has its own
+/// compare-and-swap, see `crm_tokens`).
+const UNFENCED_TABLES: [&str; 3] = ["leader_lease", "_sqlx_migrations", "crm_oauth"];
 
 /// The message a fenced write fails with (also matched by [`LedgerError::is_fenced`]).
 pub const FENCED_MESSAGE: &str =

@@ -9,6 +9,8 @@
 
 mod backup;
 mod copy;
+mod crm_notices;
+mod crm_tokens;
 pub(crate) mod db;
 mod inbox;
 mod index;
@@ -29,9 +31,10 @@ use db::{Pool, on_pool};
 
 pub use backup::{BackupError, BackupReport};
 pub use copy::CopyReport;
+pub use crm_tokens::StoredRefreshToken;
 pub use db::{BadPgUrl, PgUrl};
 
-pub use inbox::{InboxEvent, NewInboxEvent};
+pub use inbox::{INTAKE_POLL, InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
 pub use lease::{
     Attempt, Candidate, FENCED_MESSAGE, Fence, LeaderLease, LeaseError, LeaseHolder, host_name,

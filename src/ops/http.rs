@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Readiness;
 use crate::ledger::Ledger;
+use crate::quo::grace::AuthGrace;
 
 /// Bucket bounds (seconds) of the duration histograms: Prometheus histograms, not summaries,
 /// so the series of several replicas add up (`histogram_quantile(sum by (le) (rate(...)))`).
@@ -74,7 +75,7 @@ pub fn register_service_metrics() {
     for outcome in ["stored", "duplicate", "rejected"] {
         metrics::counter!("quo_sync_webhooks_total", "outcome" => outcome).increment(0);
     }
-    for outcome in ["accepted", "rejected"] {
+    for outcome in ["accepted", "duplicate", "rejected"] {
         metrics::counter!("quo_sync_crm_webhooks_total", "outcome" => outcome).increment(0);
     }
     // A replica starts as a standby; `ReplicaRole::set_leader` raises it once the lease is held.
@@ -120,6 +121,8 @@ struct Ops {
     /// The ledger gauges of `/metrics`, counted at most once per [`LEDGER_READ_TTL`].
     gauges: Arc<Cached<LedgerGauges>>,
     readiness: ReadinessRule,
+    /// The service's refusal clock: not ready while Quo refuses the API key.
+    auth: Option<Arc<AuthGrace>>,
 }
 
 /// How long `/metrics` reuses the counts it read from the ledger: several scrapers every few
@@ -194,6 +197,7 @@ pub fn router_with(
         role: None,
         gauges: Arc::default(),
         readiness,
+        auth: None,
     })
 }
 
@@ -210,6 +214,26 @@ pub fn replica_router(
         role: Some(role),
         gauges: Arc::default(),
         readiness,
+        auth: None,
+    })
+}
+
+/// The routes of the service (a replica when `role` is given), whose `/readyz` also says not
+/// ready while Quo refuses the API key (`auth`), whatever `readiness` says.
+pub fn service_router(
+    ledger: Ledger,
+    metrics: Option<PrometheusHandle>,
+    role: Option<ReplicaRole>,
+    readiness: ReadinessRule,
+    auth: Arc<AuthGrace>,
+) -> Router {
+    routes(Ops {
+        ledger,
+        metrics,
+        role,
+        gauges: Arc::default(),
+        readiness,
+        auth: Some(auth),
     })
 }
 
@@ -221,12 +245,18 @@ fn routes(ops: Ops) -> Router {
         .with_state(ops)
 }
 
+/// `/readyz`. Its text names states, never error messages: those can carry CRM data (a value,
+/// an id, a URL) and this route needs no login; the logs and `quo-sync status` have the detail.
 async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
-    if let Err(e) = ops.ledger.ping().await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("ledger unavailable: {e}\n"),
-        );
+    let unavailable = |text: String| (StatusCode::SERVICE_UNAVAILABLE, text);
+    if ops.ledger.ping().await.is_err() {
+        return unavailable("ledger unavailable (details in the logs)\n".into());
+    }
+    if let Some(refused) = ops.auth.as_ref().and_then(|a| a.refused_for()) {
+        return unavailable(format!(
+            "Quo refuses the API key (for {}s); retrying until quo.auth_grace runs out\n",
+            refused.as_secs()
+        ));
     }
     let role = ops.role.as_ref().map(ReplicaRole::leader_epoch);
     if let Some(None) = role {
@@ -245,21 +275,14 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
                 if finished.len() == wanted as usize
                     && finished.iter().all(|r| r.status == "failed")
                 {
-                    return (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!(
-                            "last cycle failed ({wanted} in a row): {}\n",
-                            finished[0].error.clone().unwrap_or_default()
-                        ),
-                    );
+                    return unavailable(format!(
+                        "last cycle failed ({wanted} in a row; the last: run {}, finished {}); details in `quo-sync status` and the logs\n",
+                        finished[0].id,
+                        finished[0].finished_at.as_deref().unwrap_or("-")
+                    ));
                 }
             }
-            Err(e) => {
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("ledger unavailable: {e}\n"),
-                );
-            }
+            Err(_) => return unavailable("ledger unavailable (details in the logs)\n".into()),
         }
     }
     match role {

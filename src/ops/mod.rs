@@ -5,6 +5,7 @@ use serde::Serialize;
 
 pub mod console;
 pub mod http;
+pub mod listener;
 pub mod live;
 pub mod progress;
 pub mod reconcile;

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod fence;
+pub mod grace;
 pub mod limiter;
 pub mod listing;
 pub mod retry;

@@ -25,6 +25,7 @@ use super::absence::DeleteGuard;
 use super::intake::IntakeError;
 use crate::ledger::{Ledger, NewInboxEvent};
 use crate::quo::client::{QuoClient, QuoError};
+use crate::quo::grace::{AfterRefusal, AuthGrace};
 
 /// Meta key: when the last complete pass ended.
 pub const LAST_SCAN: &str = "reverse.last_scan_at";
@@ -471,13 +472,16 @@ async fn restart_pass(ledger: &Ledger) -> Result<(), IntakeError> {
 
 /// The service's scanner: whenever a pass is due, lists page by page through `client` (a
 /// background client: its requests yield to writes), waking the service after each page that
-/// left notices. Failures are logged and retried after a pause; a bad key stops it.
+/// left notices. Failures are logged and retried after a pause. A refused key pauses it on
+/// `auth`'s clock (the service reports not ready meanwhile); once `quo.auth_grace` has run out
+/// it stops, and `auth.exhausted()` stops the service.
 pub async fn run_scanner(
     ledger: Ledger,
     client: QuoClient,
     interval: Duration,
     guard: DeleteGuard,
     wake: Arc<Notify>,
+    auth: Arc<AuthGrace>,
     cancel: CancellationToken,
 ) {
     let idle = interval.clamp(Duration::from_millis(50), Duration::from_secs(30));
@@ -491,7 +495,22 @@ pub async fn run_scanner(
             // A whole pass per call: the ledger's pass state is read once, not once a page.
             Ok(true) => {
                 match scan_with(&ledger, &client, None, &cancel, guard, wake_on_notices).await {
-                    Ok(_) => idle,
+                    Ok(_) => {
+                        auth.accepted();
+                        idle
+                    }
+                    Err(IntakeError::Quo(e @ QuoError::Unauthorized { .. })) => {
+                        match auth.refused() {
+                            AfterRefusal::RetryIn(pause) => {
+                                warn!(event = "scan_auth_refused", error = %e, retry_in_ms = pause.as_millis() as u64, grace_s = auth.grace().as_secs(), "Quo refused the API key on a scan page; the scanner pauses and tries again (not ready meanwhile)");
+                                pause
+                            }
+                            AfterRefusal::GiveUp => {
+                                warn!(event = "scan_stopped", error = %e, "Quo refused the API key for longer than quo.auth_grace; the scanner stops");
+                                return;
+                            }
+                        }
+                    }
                     Err(IntakeError::Quo(e)) if e.is_fatal() => {
                         warn!(event = "scan_stopped", error = %e, "the scanner stops");
                         return;

@@ -348,6 +348,14 @@ impl Source {
         }
     }
 
+    /// Lets the leader's reads take the CRM change notices stored in `ledger` by any replica
+    /// (`None` stops it: a standby or a `plan` takes none).
+    pub fn take_notices_from(&self, ledger: Option<crate::ledger::Ledger>) {
+        if let Source::Rest(rest) = self {
+            rest.take_notices_from(ledger);
+        }
+    }
+
     /// Lets the adapter keep state in the ledger (the REST source's rotated OAuth2 refresh token).
     pub fn attach_ledger(&self, ledger: &crate::ledger::Ledger) {
         if let Source::Rest(rest) = self {

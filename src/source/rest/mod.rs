@@ -80,6 +80,8 @@ pub struct WebhookSettings {
     pub secret: secrecy::SecretString,
     /// Header carrying `sha256=<hex>`.
     pub signature_header: String,
+    /// Header carrying the signed delivery time, when configured.
+    pub timestamp_header: Option<String>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
 }
@@ -108,7 +110,12 @@ impl RestSource {
             base: config.retry_base.0,
             cap: config.max_backoff.0,
         };
-        let auth = Auth::resolve(&config.auth, config.timeout.0, retry)?;
+        let auth = Auth::resolve(
+            &config.auth,
+            config.timeout.0,
+            retry,
+            config.allow_insecure_http,
+        )?;
         let base = Url::parse(config.base_url.trim_end_matches('/'))
             .map_err(|e| RestConfigError::new("base_url", e.to_string()))?;
         let client = reqwest::Client::builder()
@@ -129,6 +136,7 @@ impl RestSource {
                     &w.secret_file,
                 )?,
                 signature_header: w.signature_header.clone(),
+                timestamp_header: w.timestamp_header.clone(),
                 max_body_bytes: w.max_body_bytes,
             }),
         };
