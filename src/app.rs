@@ -23,7 +23,7 @@ use crate::ops::http::ReplicaRole;
 use crate::ops::listener::ListenerLimits;
 use crate::ops::live::ServiceStatus;
 use crate::quo::client::{ClientSettings, QuoClient};
-use crate::quo::grace::{AfterRefusal, AuthGrace};
+use crate::quo::grace::{AfterRefusal, AuthGrace, Credential, Credentials};
 use crate::quo::limiter::RateLimiter;
 use crate::quo::retry::RetryPolicy;
 use crate::source::{Source, SourceError};
@@ -47,11 +47,17 @@ pub enum AppError {
     /// The writer lease is held by another process (exit 4).
     #[error(transparent)]
     Lease(#[from] LeaseError),
-    /// Quo refused the API key for longer than `quo.auth_grace` (exit 1, `auth_failed`).
-    #[error("Quo refused the API key for longer than quo.auth_grace ({grace_s}s)")]
-    QuoAuthFailed {
-        /// The grace, in seconds.
-        grace_s: u64,
+    /// A service stopped because a credential was refused (`auth_failed`): before this process
+    /// ever saw it accepted (`grace_s: None`, exit 2: the configuration), or, after it had
+    /// worked, for longer than its grace (exit 1: a supervisor restarts the service).
+    #[error("{}", auth_failed_message(*.credential, *.grace_s, .reason))]
+    AuthFailed {
+        /// Quo's key or the CRM's credential.
+        credential: Credential,
+        /// The grace that ran out, in seconds; `None`: never accepted by this process.
+        grace_s: Option<u64>,
+        /// The last refusal, as reported (never carries the secret).
+        reason: String,
     },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {reason}")]
@@ -64,23 +70,28 @@ pub enum AppError {
 }
 
 impl AppError {
-    /// Whether Quo refused the API key or the CRM its credentials (the service stops, exit 2:
-    /// nothing works until it is fixed).
+    /// Whether Quo refused the API key or the CRM its credentials, so the service stops (exit
+    /// 2 when the credential never worked in this process, or in a one-shot command; exit 1
+    /// when it worked and was then refused for longer than its grace).
     pub fn is_auth_failure(&self) -> bool {
         matches!(self, AppError::Sync(e) if e.is_auth_failure())
-            || matches!(self, AppError::QuoAuthFailed { .. })
+            || matches!(self, AppError::AuthFailed { .. })
     }
 
-    /// Whether this is the operator's configuration to fix (exit code 2).
+    /// Whether this is the operator's configuration to fix (exit code 2): a credential refused
+    /// before it was ever accepted is one (a one-shot command's refusal too: it has no grace).
     pub fn is_config(&self) -> bool {
         matches!(
             self,
             AppError::Config(_) | AppError::Sync(SyncError::Mapping(_))
-        ) || matches!(
-            self,
-            AppError::Source(SourceError::MissingColumn { .. } | SourceError::Config(_))
-                | AppError::Sync(SyncError::Source(SourceError::CredentialsRefused { .. }))
-        ) || matches!(self, AppError::Source(SourceError::MissingColumn { .. }))
+        ) || matches!(self, AppError::Sync(e) if e.is_auth_failure())
+            || matches!(self, AppError::AuthFailed { grace_s: None, .. })
+            || matches!(
+                self,
+                AppError::Source(SourceError::MissingColumn { .. } | SourceError::Config(_))
+                    | AppError::Sync(SyncError::Source(SourceError::CredentialsRefused { .. }))
+            )
+            || matches!(self, AppError::Source(SourceError::MissingColumn { .. }))
             || matches!(
                 self,
                 AppError::Sync(SyncError::Source(SourceError::MissingColumn { .. }))
@@ -335,7 +346,7 @@ pub async fn run_service(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<(), AppError> {
     let wake = Arc::new(Notify::new());
-    let auth = Arc::new(AuthGrace::new(config.quo.auth_grace.0));
+    let auth = credentials(config, &ctx.source);
     let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
     let ops = crate::ops::http::service_router(
         ctx.ledger.clone(),
@@ -405,7 +416,13 @@ pub async fn run_replica_observed(
     let role = status.role().clone();
     role.set_standby();
     let wake = Arc::new(Notify::new());
-    let auth = Arc::new(AuthGrace::new(config.quo.auth_grace.0));
+    // One source for every leader term: its change watcher must know what quo-sync wrote. A
+    // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
+    let source = Arc::new(Source::from_config(&config.source)?);
+    source.attach_ledger(&base);
+    // One refusal clock per credential for the process: what a leader term saw accepted
+    // counts in the next term too.
+    let auth = credentials(config, &source);
     crate::ops::http::register_service_metrics();
     let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
     let ops = crate::ops::http::service_router(
@@ -416,11 +433,13 @@ pub async fn run_replica_observed(
         auth.clone(),
     )
     .merge(replica_console_routes(config, &base, &wake, &role));
-    // One source for every leader term: its change watcher must know what quo-sync wrote. A
-    // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
-    let source = Arc::new(Source::from_config(&config.source)?);
-    source.attach_ledger(&base);
     let servers = start_listeners(config, &base, &source, ops, &wake, &shutdown, &status).await?;
+    tokio::spawn(show_quo_key_accepted(
+        build_client(config)?
+            .background()
+            .with_auth_grace(auth.quo.clone()),
+        shutdown.clone(),
+    ));
     let who = Candidate::this_process("run");
     info!(event = "service_started", ledger = %base.path(), host = %who.host, pid = who.pid, lease_ms = config.ha.lease.0.as_millis() as u64, "quo-sync replica started");
     let mut result = Ok(());
@@ -551,7 +570,7 @@ async fn lead(
     lease: &LeaderLease,
     config: &Config,
     shutdown: &CancellationToken,
-    (wake, auth, status): (&Arc<Notify>, &Arc<AuthGrace>, &ServiceStatus),
+    (wake, auth, status): (&Arc<Notify>, &Credentials, &ServiceStatus),
     source: &Arc<Source>,
     allow_mass_delete: bool,
 ) -> Result<(), AppError> {
@@ -570,6 +589,22 @@ async fn lead(
     }
     term.cancel();
     result
+}
+
+/// One cheap read (the custom-field definitions) at a replica's start, so its clock knows
+/// whether Quo accepts the key before this replica ever leads: a standby that takes over
+/// during a Quo auth incident then backs off for `quo.auth_grace` like the leader it replaces,
+/// instead of stopping with exit 2 at its first refusal. A refusal here is only logged; the
+/// replica stops (exit 2) if it leads while the key is still refused.
+async fn show_quo_key_accepted(client: QuoClient, cancel: CancellationToken) {
+    tokio::select! {
+        result = client.custom_fields() => {
+            if let Err(e) = result {
+                warn!(event = "quo_key_unconfirmed", error = %e, "could not show at start that Quo accepts the API key; a refusal while leading will stop this replica (exit 2)");
+            }
+        }
+        _ = cancel.cancelled() => {}
+    }
 }
 
 /// Binds the health/metrics router and the webhook receiver (on one port or two).
@@ -649,17 +684,20 @@ async fn start_listeners(
     Ok(servers)
 }
 
-/// Cycles until `ctx.cancel` fires: every tick, or early on a webhook. While Quo refuses the
-/// API key, cycles back off on `auth`'s clock instead; past `quo.auth_grace` (in a cycle or in
-/// the scanner) the loop ends with an auth failure.
+/// Cycles until `ctx.cancel` fires: every tick, or early on a webhook. While Quo or the CRM
+/// refuses a credential that worked, cycles back off on its clock in `auth` instead; past its
+/// grace (in a cycle or, for Quo's key, in the scanner), or at the first refusal of a credential
+/// this process never saw accepted, the loop ends with [`AppError::AuthFailed`].
 async fn cycle_loop(
     ctx: &SyncContext,
     config: &Config,
-    (wake, auth): (&Arc<Notify>, &Arc<AuthGrace>),
+    (wake, auth): (&Arc<Notify>, &Credentials),
     status: &ServiceStatus,
 ) -> Result<(), AppError> {
     // The scan runs beside the cycles, yielding to their writes; what it finds wakes a cycle.
     let mut ctx = ctx.clone();
+    // Every answer that shows Quo's key accepted stops its clock (the scanner's too).
+    ctx.client = ctx.client.clone().with_auth_grace(auth.quo.clone());
     let scanner = match ctx.settings.poll_interval.take() {
         Some(poll) if ctx.settings.reverse_enabled => {
             Some(tokio::spawn(crate::reverse::scan::run_scanner(
@@ -668,7 +706,7 @@ async fn cycle_loop(
                 poll,
                 ctx.settings.delete_guard(),
                 wake.clone(),
-                auth.clone(),
+                auth.quo.clone(),
                 ctx.cancel.clone(),
             )))
         }
@@ -698,13 +736,19 @@ async fn cycles(
     ctx: &SyncContext,
     config: &Config,
     (wake, covered): (&Arc<Notify>, &Arc<AtomicI64>),
-    (auth, status): (&Arc<AuthGrace>, &ServiceStatus),
+    (auth, status): (&Credentials, &ServiceStatus),
     scanner: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<(), AppError> {
     let interval = config.schedule.interval.0;
-    let exhausted = auth.exhausted();
+    let exhausted = auth.quo.exhausted();
     let tick = interval;
     info!(event = "cycles_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "cycles started");
+    let stop = async |scanner: Option<tokio::task::JoinHandle<()>>| {
+        ctx.cancel.cancel();
+        if let Some(scanner) = scanner {
+            let _ = scanner.await;
+        }
+    };
     loop {
         if ctx.cancel.is_cancelled() {
             break;
@@ -719,40 +763,21 @@ async fn cycles(
         let result = run_cycle(ctx, Mode::Apply).await;
         status.cycle_finished(&result);
         match result {
-            Ok(_) => auth.accepted(),
+            Ok(_) => {}
             Err(SyncError::Mapping(e)) => {
-                ctx.cancel.cancel();
-                if let Some(scanner) = scanner {
-                    let _ = scanner.await;
-                }
+                stop(scanner).await;
                 return Err(SyncError::Mapping(e).into());
             }
-            Err(e) if quo_refused_key(&e) => match auth.refused() {
-                AfterRefusal::RetryIn(pause) => {
-                    warn!(event = "auth_refused", error = %e, retry_in_ms = pause.as_millis() as u64, grace_s = auth.grace().as_secs(), "Quo refused the API key; trying again until quo.auth_grace runs out (not ready meanwhile)");
-                    next = Some(pause);
-                }
-                AfterRefusal::GiveUp => {
-                    // Nothing will work until an operator fixes the key: stop, non-zero, so a
-                    // supervisor notices instead of a service that looks up and does nothing.
-                    error!(event = "auth_failed", error = %e, grace_s = auth.grace().as_secs(), "Quo refused the API key for longer than quo.auth_grace; stopping");
-                    ctx.cancel.cancel();
-                    if let Some(scanner) = scanner {
-                        let _ = scanner.await;
-                    }
-                    return Err(e.into());
+            Err(e) if e.is_auth_failure() => match after_refusal(auth, &e) {
+                Ok(pause) => next = Some(pause),
+                Err(failed) => {
+                    // Nothing works until the credential is fixed or the incident ends: stop,
+                    // non-zero, so a supervisor notices instead of a service that looks up and
+                    // does nothing.
+                    stop(scanner).await;
+                    return Err(failed);
                 }
             },
-            Err(e) if e.is_auth_failure() => {
-                // Nothing will work until an operator fixes the key: stop, non-zero, so a
-                // supervisor notices instead of a service that looks up and does nothing.
-                error!(event = "auth_failed", error = %e, "a credential was refused (Quo's API key or the CRM's); stopping");
-                ctx.cancel.cancel();
-                if let Some(scanner) = scanner {
-                    let _ = scanner.await;
-                }
-                return Err(e.into());
-            }
             Err(e) => {
                 error!(event = "cycle_error", error = %e, "cycle failed; retrying at the next tick")
             }
@@ -766,13 +791,14 @@ async fn cycles(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             _ = exhausted.cancelled() => {
-                let grace_s = auth.grace().as_secs();
-                error!(event = "auth_failed", grace_s, "Quo refused the API key on every scan page for longer than quo.auth_grace; stopping");
-                ctx.cancel.cancel();
-                if let Some(scanner) = scanner {
-                    let _ = scanner.await;
-                }
-                return Err(AppError::QuoAuthFailed { grace_s });
+                // The scanner gave up on Quo's key.
+                let failed = auth_failed(
+                    Credential::QuoKey,
+                    &auth.quo,
+                    "Quo refused the API key on a scan page".into(),
+                );
+                stop(scanner).await;
+                return Err(failed);
             }
             _ = ctx.cancel.cancelled() => break,
         }
@@ -783,16 +809,72 @@ async fn cycles(
     Ok(())
 }
 
-/// Whether a cycle failed because Quo refused the API key (the `quo.auth_grace` clock runs),
-/// as opposed to the CRM refusing its credentials (the service stops at once).
-fn quo_refused_key(error: &SyncError) -> bool {
-    matches!(
-        error,
-        SyncError::Quo(crate::quo::client::QuoError::Unauthorized { .. })
-            | SyncError::Intake(crate::reverse::intake::IntakeError::Quo(
-                crate::quo::client::QuoError::Unauthorized { .. }
-            ))
-    )
+/// A cycle failed because a credential was refused (`error.is_auth_failure()`): the pause
+/// before the next try while its clock allows one (`auth_refused`), else the failure that stops
+/// the service (`auth_failed`).
+fn after_refusal(auth: &Credentials, error: &SyncError) -> Result<Duration, AppError> {
+    let credential = refused_credential(error);
+    let Some(clock) = auth.clock(credential) else {
+        return Err(auth_failed(
+            credential,
+            &AuthGrace::new(Duration::ZERO),
+            error.to_string(),
+        ));
+    };
+    match clock.refused() {
+        AfterRefusal::RetryIn(pause) => {
+            warn!(event = "auth_refused", error = %error, retry_in_ms = pause.as_millis() as u64, grace_s = clock.grace().as_secs(), grace_key = credential.grace_key(), "{}; it worked before, so trying again until its grace runs out (not ready meanwhile)", credential.refused());
+            Ok(pause)
+        }
+        AfterRefusal::GiveUp | AfterRefusal::NeverAccepted => {
+            Err(auth_failed(credential, clock, error.to_string()))
+        }
+    }
+}
+
+/// The failure that stops the service once `credential` is given up on (logged as
+/// `auth_failed`): exit 2 when `clock` never saw it accepted, exit 1 after its grace.
+fn auth_failed(credential: Credential, clock: &AuthGrace, reason: String) -> AppError {
+    let grace_s = clock.ever_accepted().then(|| clock.grace().as_secs());
+    let failed = AppError::AuthFailed {
+        credential,
+        grace_s,
+        reason,
+    };
+    error!(event = "auth_failed", error = %failed, grace_s, ever_accepted = grace_s.is_some(), "stopping: {}", credential.refused());
+    failed
+}
+
+/// [`AppError::AuthFailed`]'s message.
+fn auth_failed_message(credential: Credential, grace_s: Option<u64>, reason: &str) -> String {
+    match grace_s {
+        None => format!(
+            "{} before accepting it once since this process started (check the credential): {reason}",
+            credential.refused()
+        ),
+        Some(grace_s) => format!(
+            "{} for longer than {} ({grace_s}s) after accepting it: {reason}",
+            credential.refused(),
+            credential.grace_key()
+        ),
+    }
+}
+
+/// Which credential a refusal (`error.is_auth_failure()`) is about.
+fn refused_credential(error: &SyncError) -> Credential {
+    match error {
+        SyncError::Source(_) => Credential::Crm,
+        _ => Credential::QuoKey,
+    }
+}
+
+/// The refusal clocks of a service's credentials: Quo's key (`quo.auth_grace`) and the
+/// source's (`source.rest.auth_grace`, kept by the source, which reports what it sees accepted).
+fn credentials(config: &Config, source: &Source) -> Credentials {
+    Credentials {
+        quo: Arc::new(AuthGrace::new(config.quo.auth_grace.0)),
+        crm: source.auth_grace().cloned(),
+    }
 }
 
 /// Serves `router` on `listener` until `cancel` fires, with the default header and request

@@ -352,6 +352,8 @@ async fn a_quo_auth_failure_past_auth_grace_stops_the_service_with_auth_failed()
         .unwrap();
     let error = result.expect_err("an auth failure");
     assert!(error.is_auth_failure(), "{error}");
+    // The key worked (the initial load): an incident, exit 1, not configuration (exit 2).
+    assert!(!error.is_config(), "{error}");
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "not before quo.auth_grace ran out: {:?}",

@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::Readiness;
 use crate::ledger::Ledger;
-use crate::quo::grace::AuthGrace;
+use crate::quo::grace::Credentials;
 
 /// Bucket bounds (seconds) of the duration histograms: Prometheus histograms, not summaries,
 /// so the series of several replicas add up (`histogram_quantile(sum by (le) (rate(...)))`).
@@ -121,8 +121,8 @@ struct Ops {
     /// The ledger gauges of `/metrics`, counted at most once per [`LEDGER_READ_TTL`].
     gauges: Arc<Cached<LedgerGauges>>,
     readiness: ReadinessRule,
-    /// The service's refusal clock: not ready while Quo refuses the API key.
-    auth: Option<Arc<AuthGrace>>,
+    /// The service's refusal clocks: not ready while Quo or the CRM refuses a credential.
+    auth: Option<Credentials>,
 }
 
 /// How long `/metrics` reuses the counts it read from the ledger: several scrapers every few
@@ -219,13 +219,14 @@ pub fn replica_router(
 }
 
 /// The routes of the service (a replica when `role` is given), whose `/readyz` also says not
-/// ready while Quo refuses the API key (`auth`), whatever `readiness` says.
+/// ready while Quo or the CRM refuses a credential that worked (`auth`), whatever `readiness`
+/// says.
 pub fn service_router(
     ledger: Ledger,
     metrics: Option<PrometheusHandle>,
     role: Option<ReplicaRole>,
     readiness: ReadinessRule,
-    auth: Arc<AuthGrace>,
+    auth: Credentials,
 ) -> Router {
     routes(Ops {
         ledger,
@@ -252,10 +253,12 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
     if ops.ledger.ping().await.is_err() {
         return unavailable("ledger unavailable (details in the logs)\n".into());
     }
-    if let Some(refused) = ops.auth.as_ref().and_then(|a| a.refused_for()) {
+    if let Some((credential, refused)) = ops.auth.as_ref().and_then(Credentials::refused) {
         return unavailable(format!(
-            "Quo refuses the API key (for {}s); retrying until quo.auth_grace runs out\n",
-            refused.as_secs()
+            "{} (for {}s); retrying until {} runs out\n",
+            credential.refused(),
+            refused.as_secs(),
+            credential.grace_key()
         ));
     }
     let role = ops.role.as_ref().map(ReplicaRole::leader_epoch);

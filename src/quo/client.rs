@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 use super::fence::WriteFence;
+use super::grace::AuthGrace;
 use super::limiter::RateLimiter;
 use super::listing::RawContactPage;
 pub use super::listing::{ContactList, PageTokens, UndecodableContact};
@@ -239,6 +240,8 @@ pub struct QuoClient {
     timeout: Duration,
     /// A leader's lease, asked before every write attempt; `None`: always allowed.
     fence: Option<WriteFence>,
+    /// The key's refusal clock, told of every accepted (2xx) answer; `None`: nobody asks.
+    auth: Option<Arc<AuthGrace>>,
 }
 
 impl std::fmt::Debug for QuoClient {
@@ -288,7 +291,15 @@ impl QuoClient {
             background: false,
             timeout: settings.timeout,
             fence: None,
+            auth: None,
         }
+    }
+
+    /// This client, telling `auth` of every answer that shows the key accepted (a 2xx): that
+    /// stops its refusal clock, and tells a later refusal from a key that never worked.
+    pub fn with_auth_grace(mut self, auth: Arc<AuthGrace>) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     /// This client, writing only under `fence`: asked after the rate limiter's wait and before
@@ -785,6 +796,11 @@ impl QuoClient {
         };
         if matches!(status.as_u16(), 401 | 403 | 404) {
             self.stats.refusals.fetch_add(1, Ordering::AcqRel);
+        }
+        if status.is_success()
+            && let Some(auth) = &self.auth
+        {
+            auth.accepted();
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);

@@ -495,10 +495,8 @@ pub async fn run_scanner(
             // A whole pass per call: the ledger's pass state is read once, not once a page.
             Ok(true) => {
                 match scan_with(&ledger, &client, None, &cancel, guard, wake_on_notices).await {
-                    Ok(_) => {
-                        auth.accepted();
-                        idle
-                    }
+                    // The client tells `auth` of each accepted page.
+                    Ok(_) => idle,
                     Err(IntakeError::Quo(e @ QuoError::Unauthorized { .. })) => {
                         match auth.refused() {
                             AfterRefusal::RetryIn(pause) => {
@@ -507,6 +505,10 @@ pub async fn run_scanner(
                             }
                             AfterRefusal::GiveUp => {
                                 warn!(event = "scan_stopped", error = %e, "Quo refused the API key for longer than quo.auth_grace; the scanner stops");
+                                return;
+                            }
+                            AfterRefusal::NeverAccepted => {
+                                warn!(event = "scan_stopped", error = %e, "Quo refused the API key, which it never accepted since this process started; the scanner stops");
                                 return;
                             }
                         }

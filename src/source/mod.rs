@@ -356,6 +356,14 @@ impl Source {
         }
     }
 
+    /// The refusal clock of the adapter's credential (the REST source's; a CSV file has none).
+    pub fn auth_grace(&self) -> Option<&std::sync::Arc<crate::quo::grace::AuthGrace>> {
+        match self {
+            Source::Csv(_) => None,
+            Source::Rest(rest) => Some(rest.auth_grace()),
+        }
+    }
+
     /// Lets the adapter keep state in the ledger (the REST source's rotated OAuth2 refresh token).
     pub fn attach_ledger(&self, ledger: &crate::ledger::Ledger) {
         if let Source::Rest(rest) = self {

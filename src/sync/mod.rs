@@ -73,9 +73,10 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// Whether Quo refused the API key or the CRM refused its credentials: nothing will work
-    /// until an operator fixes it, so a service must stop and say so (`auth_failed`, exit 2,
-    /// the same for both sides) rather than keep cycling.
+    /// Whether Quo refused the API key or the CRM refused its credentials. A one-shot command
+    /// stops (exit 2); a service stops at once when the credential never worked in this process
+    /// (exit 2), else backs off for its grace before it stops (`auth_failed`, exit 1), the same
+    /// rule for both sides (see `crate::quo::grace`).
     pub fn is_auth_failure(&self) -> bool {
         matches!(
             self,

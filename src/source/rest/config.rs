@@ -470,6 +470,12 @@ pub struct RestSourceConfig {
     /// Per-request timeout, default `30s`.
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
+    /// While the CRM refuses a credential it accepted earlier in this process (401/403, or
+    /// the token endpoint's refusal), how long cycles back off and retry, not ready meanwhile,
+    /// before the service stops with `auth_failed` (exit 1); default `5m`. A credential never
+    /// accepted stops the service at its first refusal (exit 2).
+    #[serde(default = "default_auth_grace")]
+    pub auth_grace: HumanDuration,
     /// Write-back; without it the CRM is read-only for quo-sync.
     #[serde(default)]
     pub update: Option<UpdateConfig>,
@@ -513,6 +519,9 @@ pub(super) fn default_max_backoff() -> HumanDuration {
 }
 pub(super) fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
+}
+pub(super) fn default_auth_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 /// Replaced inside `query` values by the incremental-read time (the Unix epoch on full reads).

@@ -244,6 +244,9 @@ impl RestSource {
                     wait_hint,
                 });
             }
+            if status.is_success() {
+                self.auth_grace.accepted();
+            }
             let body = response.bytes().await.map_err(transport)?;
             tracing::debug!(method = %method, url = %shown, status = status.as_u16(), bytes = body.len(), "CRM response");
             return Ok(Reply {

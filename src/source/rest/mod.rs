@@ -51,6 +51,7 @@ use chrono::{DateTime, Utc};
 use reqwest::Url;
 
 use super::SourceError;
+use crate::quo::grace::AuthGrace;
 use crate::quo::limiter::RateLimiter;
 use crate::quo::retry::RetryPolicy;
 use auth::Auth;
@@ -72,6 +73,8 @@ pub struct RestSource {
     webhook: Option<WebhookSettings>,
     /// Ids named by CRM webhooks, waiting for the next read.
     named: named::NamedReads,
+    /// The credential's refusal clock (`auth_grace`), told of every accepted (2xx) answer.
+    auth_grace: Arc<AuthGrace>,
 }
 
 /// The CRM webhook's settings, secret resolved (never shown by `Debug`).
@@ -150,6 +153,7 @@ impl RestSource {
             versions: versions::ReadVersions::default(),
             full_read_due: AtomicBool::new(false),
             named: named::NamedReads::default(),
+            auth_grace: Arc::new(AuthGrace::new(config.auth_grace.0)),
             config,
         })
     }
@@ -168,6 +172,12 @@ impl RestSource {
     /// `{updated_since}` in a `query` value).
     pub fn supports_incremental(&self) -> bool {
         self.config.incremental()
+    }
+
+    /// The credential's refusal clock: whether the CRM has accepted it in this process, and
+    /// for how long it has been refused since (see [`crate::quo::grace`]).
+    pub fn auth_grace(&self) -> &Arc<AuthGrace> {
+        &self.auth_grace
     }
 
     /// The CRM webhook's settings, when `[source.rest.webhook]` is configured.
