@@ -6,8 +6,8 @@
 //! token family when a rotated-away refresh token comes back (`reuse_detection`). Tests can
 //! slow every grant down (`set_delay`, so two clients' refreshes overlap), stall the next ones
 //! past a client's timeout without processing them (`stall_next`), answer the next ones with
-//! an error of their choice (`answer_next`), and rotate the token as another client would
-//! (`rotate_elsewhere`).
+//! an error of their choice (`answer_next`), rotate the token as another client would
+//! (`rotate_elsewhere`), and expire every access token at once (`expire_all`).
 
 #![allow(dead_code)]
 
@@ -142,6 +142,15 @@ impl TokenDesk {
         let old = std::mem::replace(&mut inner.refresh, next.clone());
         inner.retired.insert(old);
         next
+    }
+
+    /// Every access token issued so far expires now (as its lifetime running out would), so a
+    /// test exercises expiry without racing a short lifetime against the machine's speed.
+    pub fn expire_all(&self) {
+        let now = Instant::now();
+        for until in self.inner.lock().unwrap().access.values_mut() {
+            *until = now;
+        }
     }
 
     /// Every later grant waits `delay` before it is processed.
