@@ -8,7 +8,10 @@
 //! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling;
 //! - failover (`ha`, `sync/ha.rs`): time for a standby to take over from a killed or paused leader;
 //! - reverse scans (`scan`, `sync/scan.rs`): one pass over 10,000 and 100,000 contacts at 10/s,
-//!   and the delay of CRM edits made meanwhile (`reverse.scan_<n>`).
+//!   and the delay of CRM edits made meanwhile (`reverse.scan_<n>`);
+//! - soak (`soak`, `sync/soak.rs`): two `run` replicas for `QUO_SYNC_BENCH_SOAK_SECS` (600) under
+//!   random Quo 5xx bursts, the CRM down for 60 s and the leader SIGSTOPped past its lease: peak
+//!   RSS, RSS growth, convergence and duplicates.
 //!
 //! Environment: `QUO_SYNC_BENCH_RATE` (limit used for the load, default 20/s to keep it short),
 //! `QUO_SYNC_BENCH_RECORDS` (default 400), `QUO_SYNC_BENCH_ROWS` (comma list, default
@@ -38,6 +41,8 @@ mod ha;
 mod scan;
 #[path = "sync/service.rs"]
 mod service;
+#[path = "sync/soak.rs"]
+mod soak;
 
 const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
@@ -448,6 +453,11 @@ fn main() {
             for (key, value) in scan::scans().await {
                 reverse[key] = value;
             }
+        }
+        if wanted("soak") {
+            let soak = soak::soak().await;
+            eprintln!("soak: {soak}");
+            figures.insert("soak".into(), soak);
         }
         // New sections: `#[path = "sync/<name>.rs"] mod <name>;` plus one `if wanted(..)` here.
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");

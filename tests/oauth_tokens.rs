@@ -31,8 +31,9 @@ const CLIENT_ID: &str = "3MVG9-rotation-consumer-key";
 const SECRET: &str = "sf-rotation-secret-DO-NOT-LEAK-31b7";
 const REFRESH: &str = "sf-rotation-refresh-DO-NOT-LEAK-8c21";
 /// How long the fake org's access tokens live (it sends no `expires_in`: a 401 triggers the
-/// refresh).
-const LIFETIME: Duration = Duration::from_millis(400);
+/// refresh). Tests end them with `TokenDesk::expire_all` rather than waiting out a short
+/// lifetime, which a slow read under load outlived (an extra refresh broke the counts).
+const LIFETIME: Duration = Duration::from_secs(60);
 
 /// The log capture for this test binary (one global subscriber, shared by every test).
 fn logs() -> CaptureWriter {
@@ -186,7 +187,7 @@ async fn a_token_rotated_by_another_process_is_read_from_the_ledger_at_the_next_
     assert_eq!(rig.desk().issued(), 2);
 
     // The leader's access token runs out: its refresh must use the token `plan` stored.
-    tokio::time::sleep(LIFETIME + Duration::from_millis(100)).await;
+    rig.desk().expire_all();
     let read = leader.read().await;
     assert_eq!(
         rig.desk().stale_presented(),
@@ -219,7 +220,7 @@ async fn concurrent_refreshes(rig: Rig) {
     a.read().await.expect("a reads");
     b.read().await.expect("b reads");
     // Both access tokens run out, and each grant takes a while: both refresh at once.
-    tokio::time::sleep(LIFETIME + Duration::from_millis(100)).await;
+    rig.desk().expire_all();
     rig.desk().set_delay(Duration::from_millis(300));
     let (ra, rb) = tokio::join!(a.read(), b.read());
     assert_eq!(
@@ -239,7 +240,7 @@ async fn a_timed_out_token_request_is_not_retried_after_another_process_rotated_
     let b = rig.process().await;
     a.read().await.expect("a reads");
     b.read().await.expect("b reads");
-    tokio::time::sleep(LIFETIME + Duration::from_millis(100)).await;
+    rig.desk().expire_all();
     // A's next token request hangs past its timeout (and is never processed); meanwhile B
     // needs a token too.
     rig.desk().stall_next(1, Duration::from_millis(1500));
@@ -290,7 +291,7 @@ async fn invalid_grant_reads_the_ledger_again_and_retries_once() {
     let rig = Rig::with_org(rotating_org(false, LIFETIME).await, &[]);
     let a = rig.process().await;
     a.read().await.expect("a reads");
-    tokio::time::sleep(LIFETIME + Duration::from_millis(100)).await;
+    rig.desk().expire_all();
     // A client that does not take part in the ledger's claims (an older quo-sync, a script)
     // rotates the token while A's request is on its way, and stores what it got.
     rig.desk().set_delay(Duration::from_millis(300));
@@ -380,7 +381,7 @@ async fn temporarily_unavailable_and_vendor_rate_limits_are_retried_not_refusals
     assert_eq!(rig.desk().received(), 4);
 
     // A real refusal still is one (exit 2), and is not retried.
-    tokio::time::sleep(LIFETIME + Duration::from_millis(100)).await;
+    rig.desk().expire_all();
     rig.desk()
         .answer_next(400, json!({"error": "invalid_client"}));
     let error = a.read().await.expect_err("refused");
