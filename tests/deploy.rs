@@ -894,3 +894,52 @@ fn nothing_points_at_the_contract_outside_the_repository() {
         "point at docs/quo-api.md instead: {found:?}"
     );
 }
+
+/// #22: the README is read in five minutes: under 220 lines, with a table of contents whose every
+/// anchor names one of its headings, and a documentation index that reaches every page in docs/.
+#[test]
+fn the_readme_is_short_and_its_contents_and_index_reach_everything() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let lines = readme.lines().count();
+    assert!(
+        lines < 220,
+        "README.md has {lines} lines; keep it under 220"
+    );
+    // GitHub's anchor for a heading: lower case, spaces to '-', punctuation other than '-' dropped.
+    let anchors: Vec<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| {
+            h.to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect();
+    let mut rest = readme.as_str();
+    let mut missing = Vec::new();
+    while let Some(at) = rest.find("](#") {
+        let tail = &rest[at + 3..];
+        let end = tail.find(')').unwrap_or(tail.len());
+        if !anchors.iter().any(|a| a == &tail[..end]) {
+            missing.push(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    assert!(
+        missing.is_empty(),
+        "contents entries with no heading: {missing:?}"
+    );
+    let unlisted: Vec<String> = std::fs::read_dir(repo.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .filter(|name| !readme.contains(&format!("(docs/{name})")))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "pages in docs/ the README never links to: {unlisted:?}"
+    );
+}
