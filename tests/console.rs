@@ -798,7 +798,15 @@ async fn readyz_shows_no_error_text() {
     let cancel = CancellationToken::new();
     tokio::spawn(quo_sync::app::serve(
         listener,
-        quo_sync::ops::http::router(app.ledger().clone(), None),
+        // `cycles`: a failed run makes it unready (the default, `ledger`, looks at the ledger only).
+        quo_sync::ops::http::router_with(
+            app.ledger().clone(),
+            None,
+            quo_sync::ops::http::ReadinessRule {
+                readiness: quo_sync::config::Readiness::Cycles,
+                failed_cycles: 1,
+            },
+        ),
         cancel.clone(),
     ));
     let response = client().get(format!("{base}/readyz")).send().await.unwrap();
