@@ -9,6 +9,9 @@
 //! - failover (`ha`, `sync/ha.rs`): time for a standby to take over from a killed or paused leader;
 //! - reverse scans (`scan`, `sync/scan.rs`): one pass over 10,000 and 100,000 contacts at 10/s,
 //!   and the delay of CRM edits made meanwhile (`reverse.scan_<n>`);
+//! - day one (`day_one`, `sync/day_one.rs`): the first cycle in a workspace of 10,000 contacts
+//!   that already holds 3,000 of the CRM's 5,000 people (requests against the minimum), and the
+//!   peak RSS with a 100,000-contact workspace index.
 //! - soak (`soak`, `sync/soak.rs`): two `run` replicas for `QUO_SYNC_BENCH_SOAK_SECS` (600) under
 //!   random Quo 5xx bursts, the CRM down for 60 s and the leader SIGSTOPped past its lease: peak
 //!   RSS, RSS growth, convergence and duplicates.
@@ -35,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "sync/crm.rs"]
 mod crm;
+#[path = "sync/day_one.rs"]
+mod day_one;
 #[path = "sync/ha.rs"]
 mod ha;
 #[path = "sync/scan.rs"]
@@ -453,6 +458,9 @@ fn main() {
             for (key, value) in scan::scans().await {
                 reverse[key] = value;
             }
+        }
+        if wanted("day_one") {
+            figures.insert("day_one".into(), day_one::day_one().await);
         }
         if wanted("soak") {
             let soak = soak::soak().await;

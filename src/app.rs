@@ -191,9 +191,23 @@ pub fn build_context_with_source(
             allow_mass_delete: false,
             inbox_retention: config.reverse.inbox_retention.0,
             list_lag: config.quo.list_lag.0,
+            day_one: crate::sync::DayOneSettings {
+                match_existing: config.sync.match_existing,
+                adopt_sources: config
+                    .sync
+                    .adopt_sources
+                    .iter()
+                    .map(|s| s.trim().to_string())
+                    .collect(),
+                create_in_crm: config.reverse.create_in_crm && config.reverse.enabled,
+                new_record_id: config.reverse.new_record_id.clone(),
+                quo_id_field: config.reverse.quo_id_field.clone(),
+                export_existing: false,
+            },
         },
         cancel,
         progress: Arc::default(),
+        scan_gate: Arc::default(),
     })
 }
 
@@ -703,10 +717,10 @@ async fn cycle_loop(
             Some(tokio::spawn(crate::reverse::scan::run_scanner(
                 ctx.ledger.clone(),
                 ctx.client.background(),
+                ctx.settings.day_one.scan_scope(),
                 poll,
                 ctx.settings.delete_guard(),
-                wake.clone(),
-                auth.quo.clone(),
+                (wake.clone(), auth.quo.clone(), ctx.scan_gate.clone()),
                 ctx.cancel.clone(),
             )))
         }

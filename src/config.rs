@@ -18,6 +18,9 @@ mod print;
 
 pub use paths::ResolvedPath;
 
+mod day_one;
+pub use day_one::{MatchExisting, NATIVE_SOURCES};
+
 /// Prefix of environment overrides (`QUO_SYNC__QUO__BASE_URL`).
 pub const ENV_PREFIX: &str = "QUO_SYNC";
 /// Separator between prefix, section and key in environment overrides.
@@ -339,6 +342,11 @@ pub struct SyncConfig {
     /// Largest share of the managed contacts (or CRM rows) one cycle may delete, default `0.1`;
     /// above it the cycle deletes nothing and logs `mass_delete_refused`.
     pub max_delete_fraction: f64,
+    /// Match a new record against the contacts already in the workspace before creating it.
+    pub match_existing: MatchExisting,
+    /// Sources of other API integrations (e.g. `zapier`) whose contacts may be adopted; contacts
+    /// without a source (made in the Quo app) always may.
+    pub adopt_sources: Vec<String>,
 }
 
 impl Default for SyncConfig {
@@ -346,6 +354,8 @@ impl Default for SyncConfig {
         Self {
             on_source_delete: OnSourceDelete::Ignore,
             max_delete_fraction: 0.1,
+            match_existing: MatchExisting::PhoneOrEmail,
+            adopt_sources: Vec::new(),
         }
     }
 }
@@ -478,6 +488,13 @@ pub struct ReverseConfig {
     /// Longest a webhook delivery may take to arrive in full, default `10s` (slow clients get
     /// 408 instead of holding a connection).
     pub read_timeout: HumanDuration,
+    /// Contacts made in the Quo app after the first cycle become CRM records, default false.
+    pub create_in_crm: bool,
+    /// The CRM id of such a record (CSV), `{quo_id}` replaced: default `quo-{quo_id}`.
+    pub new_record_id: String,
+    /// A CRM field that carries the Quo contact id of a record made from a Quo contact, so an
+    /// interrupted create is found in the CRM instead of made twice.
+    pub quo_id_field: Option<String>,
 }
 
 impl Default for ReverseConfig {
@@ -495,6 +512,9 @@ impl Default for ReverseConfig {
             inbox_retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             scan_share: 0.3,
             read_timeout: HumanDuration(Duration::from_secs(10)),
+            create_in_crm: false,
+            new_record_id: "quo-{quo_id}".into(),
+            quo_id_field: None,
         }
     }
 }
@@ -716,6 +736,7 @@ impl Config {
         }
         config.validate(&file_name)?;
         config.validate_console(&file_name)?;
+        config.validate_day_one(&file_name)?;
         Ok(config)
     }
 

@@ -703,6 +703,9 @@ async fn a_leaders_write_never_outlives_its_lease() {
             ..Default::default()
         }),
         custom_fields: None,
+        external_id: None,
+        source: None,
+        source_url: None,
     };
     // 1 s of lease left, writes of at most 700 ms; Quo takes 2 s to answer.
     let left = Duration::from_secs(1);

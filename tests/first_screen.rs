@@ -214,7 +214,8 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
         "line 27  crm_id \"\": the id column \"crm_id\" is empty",
         "line 28  C-1002  crm_id \"C-1002\": duplicate id",
         "line 26  updated_at \"last tuesday\"",
-        "24 requests (minimum 24)",
+        // 23 creates, the custom field definitions, one page listing the (empty) workspace.
+        "25 requests (minimum 25)",
         "quo-sync run --with-sandbox",
     ] {
         assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
@@ -297,8 +298,14 @@ fn the_quick_start_piped_gives_the_json_lines_it_gave_before_the_human_view() {
     // Captured from the release before the human view (commit 9225a1a), unedited.
     let before = std::fs::read_to_string(repo().join("tests/fixtures/quickstart_once.jsonl"))
         .expect("fixture");
-    // Events added since the fixture was captured: the resolved config paths (#22).
-    let added = ["\"event\":\"config_path\""];
+    // Events added since the fixture was captured: the resolved config paths (#22), day one's
+    // listing of the workspace before the first creates (#20: a scan pass of one page here).
+    let added = [
+        "\"event\":\"config_path\"",
+        "\"event\":\"workspace_listing\"",
+        "\"event\":\"workspace_listed\"",
+        "\"event\":\"quo_scanned\"",
+    ];
     let stderr: String = stderr
         .lines()
         .filter(|l| !added.iter().any(|event| l.contains(event)))

@@ -95,7 +95,8 @@ async fn a_scan_killed_mid_pass_resumes_from_its_page_token() {
     let app = TestApp::spawn_with(
         &csv(&rows(300)),
         SandboxConfig::default(),
-        "[reverse]\npoll_interval = \"0s\"\n",
+        // Without matching, the first cycle lists nothing: the service's first pass is due.
+        "[reverse]\npoll_interval = \"0s\"\n[sync]\nmatch_existing = \"off\"\n",
     )
     .await;
     assert_eq!(app.cycle().await.counts.created, 300);

@@ -96,6 +96,10 @@ pub enum Command {
         /// Start the built-in Quo sandbox and sync into it (demo; no API key, no network).
         #[arg(long)]
         with_sandbox: bool,
+        /// With --with-sandbox: seed the sandbox with the people in this CSV first, as a
+        /// workspace that already holds contacts (format: `quo-sync sandbox --help`).
+        #[arg(long, value_name = "CSV", requires = "with_sandbox")]
+        seed_existing: Option<PathBuf>,
         /// Lift the mass-deletion guard (sync.max_delete_fraction) for this process.
         #[arg(long)]
         allow_mass_delete: bool,
@@ -106,12 +110,20 @@ pub enum Command {
         /// Start the built-in Quo sandbox and sync into it (demo; no API key, no network).
         #[arg(long)]
         with_sandbox: bool,
+        /// With --with-sandbox: seed the sandbox with the people in this CSV first, as a
+        /// workspace that already holds contacts (format: `quo-sync sandbox --help`).
+        #[arg(long, value_name = "CSV", requires = "with_sandbox")]
+        seed_existing: Option<PathBuf>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
         /// Lift the mass-deletion guard (sync.max_delete_fraction) for this cycle.
         #[arg(long)]
         allow_mass_delete: bool,
+        /// With reverse.create_in_crm: also make CRM records of the contacts made in the Quo app
+        /// before quo-sync's first cycle (by default only later ones are).
+        #[arg(long)]
+        export_existing: bool,
         /// How long to wait for another writer to release the ledger (e.g. `30s`); exit 4 after.
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
@@ -124,6 +136,10 @@ pub enum Command {
         /// Plan against the built-in Quo sandbox.
         #[arg(long)]
         with_sandbox: bool,
+        /// With --with-sandbox: seed the sandbox with the people in this CSV first, as a
+        /// workspace that already holds contacts (format: `quo-sync sandbox --help`).
+        #[arg(long, value_name = "CSV", requires = "with_sandbox")]
+        seed_existing: Option<PathBuf>,
     },
     /// Summarise the ledger.
     Status {
@@ -182,6 +198,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Answer a record held before create: adopt a contact already in Quo for it
+    /// (`link <external-id> <quo-contact-id>`), create a new one (`--create`), or give back the
+    /// contact it adopted (`--undo`: its source, externalId and replaced values; the record is
+    /// held again). Applied at once by a cycle; exit 3 when the record is still held.
+    Link {
+        /// The record's CRM id.
+        external_id: String,
+        /// The Quo contact to adopt for it.
+        #[arg(required_unless_present_any = ["create", "undo"], conflicts_with_all = ["create", "undo"])]
+        quo_contact_id: Option<String>,
+        /// Create a new contact for the record, whatever it matches.
+        #[arg(long, conflicts_with = "undo")]
+        create: bool,
+        /// Give back the contact the record adopted, and hold the record.
+        #[arg(long)]
+        undo: bool,
+        /// How long to wait for another writer to release the ledger (e.g. `30s`); exit 4 after.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Compare Quo, the ledger and the CRM; `--repair` adopts orphans and rebuilds lost ids.
     Reconcile {
         /// Adopt orphans by externalId and relink; never deletes a contact.
@@ -216,6 +252,13 @@ pub enum Command {
         /// Added latency per request, milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Start with the people in this CSV already in the workspace, as a team has them
+        /// before quo-sync: columns first_name, last_name, company, role, email, work_email,
+        /// phone, mobile, notes, and `source` (empty: made in the Quo app; `zapier` or another
+        /// label: another integration; hubspot, salesforce, google-people, outlook: a native
+        /// integration, read-only through the API) and `external_id`; other columns are ignored.
+        #[arg(long, value_name = "CSV")]
+        seed_existing: Option<PathBuf>,
     },
 }
 

@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use secrecy::SecretString;
@@ -68,7 +68,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             requests_per_second,
             patch_mode,
             latency_ms,
-        } => sandbox(listen, api_key, requests_per_second, patch_mode, latency_ms).await,
+            seed_existing,
+        } => {
+            let options = SandboxOptions {
+                api_key,
+                requests_per_second,
+                patch_mode,
+                latency_ms,
+                seed_existing,
+            };
+            sandbox(listen, options).await
+        }
         Command::Status { json } => status(config_path, json).await,
         Command::Runs { limit, json } => {
             let ledger = open_ledger(config_path).await?;
@@ -83,6 +93,21 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Quarantine { action } => super::quarantine::quarantine(config_path, action).await,
+        Command::Link {
+            external_id,
+            quo_contact_id,
+            create,
+            undo,
+            wait,
+        } => {
+            use quo_sync::ops::link::LinkRequest;
+            let request = match (quo_contact_id, create, undo) {
+                (Some(quo_id), _, _) => LinkRequest::To(quo_id),
+                (None, true, _) => LinkRequest::Create,
+                (None, false, _) => LinkRequest::Undo,
+            };
+            super::link::link(config_path, &external_id, request, wait).await
+        }
         Command::Ledger {
             action: LedgerAction::Copy { to },
         } => ledger_copy(config_path, to).await,
@@ -94,22 +119,38 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Run {
             with_sandbox,
+            seed_existing,
             allow_mass_delete,
         } => {
-            let session = configured(config_path, with_sandbox, None, verbose).await?;
+            let demo = demo(with_sandbox, seed_existing);
+            let session = configured(config_path, demo, None, verbose).await?;
             run(session, allow_mass_delete).await
         }
         Command::Once {
             with_sandbox,
+            seed_existing,
             json,
             allow_mass_delete,
+            export_existing,
             wait,
         } => {
-            let session = configured(config_path, with_sandbox, None, verbose).await?;
-            once(session, json, allow_mass_delete, wait).await
+            let demo = demo(with_sandbox, seed_existing);
+            let session = configured(config_path, demo, None, verbose).await?;
+            let options = OnceOptions {
+                json,
+                allow_mass_delete,
+                export_existing,
+                wait,
+            };
+            once(session, options).await
         }
-        Command::Plan { json, with_sandbox } => {
-            let session = configured(config_path, with_sandbox, Some("warn"), verbose).await?;
+        Command::Plan {
+            json,
+            with_sandbox,
+            seed_existing,
+        } => {
+            let demo = demo(with_sandbox, seed_existing);
+            let session = configured(config_path, demo, Some("warn"), verbose).await?;
             plan(session, json).await
         }
     }
@@ -177,15 +218,50 @@ fn check_config(config_path: &Path, print: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `sandbox`: serves the Quo sandbox until SIGINT/SIGTERM.
-async fn sandbox(
-    listen: SocketAddr,
+/// `--with-sandbox [--seed-existing <csv>]`: sync into a fresh in-process sandbox, seeded with
+/// the people of a CSV.
+struct Demo {
+    seed_existing: Option<PathBuf>,
+}
+
+fn demo(with_sandbox: bool, seed_existing: Option<PathBuf>) -> Option<Demo> {
+    with_sandbox.then_some(Demo { seed_existing })
+}
+
+/// How `quo-sync sandbox` starts.
+struct SandboxOptions {
     api_key: String,
     requests_per_second: u32,
     patch_mode: PatchModeArg,
     latency_ms: u64,
-) -> anyhow::Result<u8> {
+    seed_existing: Option<PathBuf>,
+}
+
+/// Seeds `sandbox` from the seed CSV at `path`, saying how many contacts it now holds.
+fn seed_sandbox(sandbox: &SandboxHandle, path: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let seeded = sandbox.seed_existing_csv(&text).map_err(|reason| {
+        AppError::Config(quo_sync::config::ConfigError::BadValue {
+            file: "(command line)".into(),
+            key: "--seed-existing".into(),
+            reason: format!("{}: {reason}", path.display()),
+        })
+    })?;
+    tracing::info!(event = "sandbox_seeded", contacts = seeded, csv = %path.display(), "the sandbox workspace holds contacts made before quo-sync");
+    Ok(())
+}
+
+/// `sandbox`: serves the Quo sandbox until SIGINT/SIGTERM.
+async fn sandbox(listen: SocketAddr, options: SandboxOptions) -> anyhow::Result<u8> {
     quo_sync::telemetry::init(quo_sync::config::LogFormat::Json, "info");
+    let SandboxOptions {
+        api_key,
+        requests_per_second,
+        patch_mode,
+        latency_ms,
+        seed_existing,
+    } = options;
     let patch_mode = match patch_mode {
         PatchModeArg::Merge => PatchMode::Merge,
         PatchModeArg::Replace => PatchMode::Replace,
@@ -200,6 +276,9 @@ async fn sandbox(
     let sandbox = SandboxHandle::start_on(config, listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    if let Some(path) = &seed_existing {
+        seed_sandbox(&sandbox, path)?;
+    }
     eprintln!(
         "Quo sandbox listening on {} (Authorization: {})",
         sandbox.base_url(),
@@ -365,18 +444,28 @@ async fn run(session: Session, allow_mass_delete: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `once`: one cycle under the writer lease, and its summary.
-async fn once(
-    session: Session,
+/// `once`'s flags.
+struct OnceOptions {
     json: bool,
     allow_mass_delete: bool,
+    export_existing: bool,
     wait: std::time::Duration,
-) -> anyhow::Result<u8> {
+}
+
+/// `once`: one cycle under the writer lease, and its summary.
+async fn once(session: Session, options: OnceOptions) -> anyhow::Result<u8> {
+    let OnceOptions {
+        json,
+        allow_mass_delete,
+        export_existing,
+        wait,
+    } = options;
     let config = &session.config;
     let writer = app::acquire_writer(config, "once", wait, app::shutdown_token()).await?;
     let mut ctx =
         app::build_context_on(config, "once", writer.cancel.clone(), writer.ledger.clone())?;
     ctx.settings.allow_mass_delete = allow_mass_delete;
+    ctx.settings.day_one.export_existing = export_existing;
     if let Some(terminal) = &session.terminal {
         terminal.line(&session.syncing_line(terminal));
     }
@@ -410,7 +499,7 @@ async fn once(
         println!("{}", summary_line(&report));
     }
     Ok(
-        if report.counts.quarantined > 0 || report.mass_delete_refused {
+        if report.counts.quarantined > 0 || report.counts.held > 0 || report.mass_delete_refused {
             EXIT_QUARANTINED
         } else {
             0
@@ -418,11 +507,12 @@ async fn once(
     )
 }
 
-/// `once`'s one-line summary on stdout (`created 23  updated 0 …`).
+/// `once`'s one-line summary on stdout (`created 23  updated 0 …`). Scripts read it: new
+/// counts go at the end (day one's `adopted` and `held`), never between the old ones.
 fn summary_line(report: &quo_sync::sync::CycleReport) -> String {
     let c = &report.counts;
     format!(
-        "created {}  updated {}  unchanged {}  deleted {}  quarantined {}  requests {}  429s {}  in {:.1}s",
+        "created {}  updated {}  unchanged {}  deleted {}  quarantined {}  requests {}  429s {}  in {:.1}s  adopted {}  held {}",
         c.created,
         c.updated,
         c.unchanged,
@@ -430,7 +520,9 @@ fn summary_line(report: &quo_sync::sync::CycleReport) -> String {
         c.quarantined,
         c.requests,
         c.rate_limited,
-        report.duration_ms as f64 / 1000.0
+        report.duration_ms as f64 / 1000.0,
+        c.adopted,
+        c.held,
     )
 }
 
@@ -447,9 +539,11 @@ async fn plan(session: Session, json: bool) -> anyhow::Result<u8> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "counts": report.counts, "operations": report.operations })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "counts": report.counts,
+                "operations": report.operations,
+                "peak_rss_mib": quo_sync::telemetry::peak_rss_mib(),
+            }))?
         );
     } else {
         let colour = std::io::stdout().is_terminal() && console::colors_enabled();
@@ -516,10 +610,11 @@ impl Session {
 }
 
 /// The configuration with logging started (at `log_level`, else the configured level), pointed
-/// at a fresh in-process sandbox when `with_sandbox`; the sandbox lives as long as the session.
+/// at a fresh in-process sandbox for a `demo` (seeded with a CSV's people when it says so); the
+/// sandbox lives as long as the session.
 async fn configured(
     config_path: &Path,
-    with_sandbox: bool,
+    demo: Option<Demo>,
     log_level: Option<&str>,
     verbose: u8,
 ) -> anyhow::Result<Session> {
@@ -528,10 +623,15 @@ async fn configured(
     quo_sync::telemetry::init_verbose(config.log.format, &level, verbose);
     config.log_resolved_paths();
     let source = config.describe_source();
-    let sandbox = if with_sandbox {
-        Some(attach_sandbox(&mut config).await?)
-    } else {
-        None
+    let sandbox = match demo {
+        Some(demo) => {
+            let (sandbox, dir) = attach_sandbox(&mut config).await?;
+            if let Some(path) = &demo.seed_existing {
+                seed_sandbox(&sandbox, path)?;
+            }
+            Some((sandbox, dir))
+        }
+        None => None,
     };
     Ok(Session {
         config,

@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod link;
 mod quarantine;
 
 pub use args::Cli;

@@ -7,11 +7,13 @@
 //! Migrations live in `migrations/<backend>/` and are embedded in the binary; they run only
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
+mod adoptions;
 mod backup;
 mod copy;
 mod crm_notices;
 mod crm_tokens;
 pub(crate) mod db;
+mod exports;
 mod inbox;
 mod index;
 mod lease;
@@ -19,6 +21,7 @@ mod quarantine;
 mod records;
 mod runs;
 mod unconfirmed;
+pub mod workspace;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,10 +32,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
+pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use backup::{BackupError, BackupReport};
 pub use copy::CopyReport;
 pub use crm_tokens::StoredRefreshToken;
 pub use db::{BadPgUrl, PgUrl};
+pub use exports::{Export, ExportState};
 
 pub use inbox::{INTAKE_POLL, InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
@@ -46,6 +51,7 @@ pub use unconfirmed::{
     ATTEMPTS_TO_GIVE_UP, CLOCK_SKEW, PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate,
     made_in_time,
 };
+pub use workspace::{WORKSPACE_LISTED, WorkspaceContact};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.
 #[derive(Debug, thiserror::Error)]

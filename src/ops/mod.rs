@@ -5,6 +5,7 @@ use serde::Serialize;
 
 pub mod console;
 pub mod http;
+pub mod link;
 pub mod listener;
 pub mod live;
 pub mod progress;
@@ -22,6 +23,9 @@ pub struct Status {
     pub records: std::collections::BTreeMap<String, i64>,
     /// Records in quarantine.
     pub quarantined: usize,
+    /// Of those, records held before create (stage `match`): they match contacts already in
+    /// Quo and wait for `quo-sync link` or a fix in the CRM.
+    pub held: i64,
     /// The oldest quarantined record.
     pub oldest_quarantined: Option<QuarantineEntry>,
     /// The last run.
@@ -51,6 +55,7 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         ledger: ledger.path().to_string(),
         records,
         quarantined: quarantine.len(),
+        held: ledger.held_count().await?,
         oldest_quarantined: quarantine.into_iter().next(),
         last_run,
         last_error,
@@ -112,6 +117,12 @@ impl Status {
             }
         ));
         out.push_str(&format!("quarantined   {}\n", self.quarantined));
+        if self.held > 0 {
+            out.push_str(&format!(
+                "held          {} (match contacts already in Quo: `quo-sync quarantine list`, resolve with `quo-sync link`)\n",
+                self.held
+            ));
+        }
         if let Some(q) = &self.oldest_quarantined {
             out.push_str(&format!(
                 "  oldest      {} ({}, since {}): {}\n",

@@ -303,11 +303,18 @@ fn result_line(terminal: &Terminal, report: &CycleReport, held_back: usize) -> S
     )
 }
 
-/// The fewest requests this cycle's outcome could have cost: one per confirmed write, one read
-/// of the custom field definitions, one freshen read per 50 updates.
+/// The fewest requests this cycle's outcome could have cost: one per confirmed write (an
+/// adoption is one PATCH), one read of the custom field definitions, one freshen read per 50
+/// updates, and the pages of a listing of the whole workspace the cycle read (day one's match
+/// index: one per 50 contacts in Quo).
 pub fn minimum_requests(report: &CycleReport) -> u64 {
     let c = &report.counts;
-    1 + c.created + c.updated + c.deleted + c.updated.div_ceil(crate::quo::client::MAX_PAGE as u64)
+    1 + c.created
+        + c.updated
+        + c.deleted
+        + c.adopted
+        + c.listing_pages
+        + c.updated.div_ceil(crate::quo::client::MAX_PAGE as u64)
 }
 
 /// What to do next.
@@ -415,5 +422,9 @@ mod tests {
         assert_eq!(minimum_requests(&report), 24);
         report.counts.updated = 51;
         assert_eq!(minimum_requests(&report), 24 + 51 + 2);
+        // Day one: the workspace listing's pages and one PATCH per adoption.
+        report.counts.listing_pages = 200;
+        report.counts.adopted = 3_000;
+        assert_eq!(minimum_requests(&report), 24 + 51 + 2 + 200 + 3_000);
     }
 }

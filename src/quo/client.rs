@@ -520,6 +520,27 @@ impl QuoClient {
         Ok(raw.into())
     }
 
+    /// One page of every contact in the workspace, whatever its source (the day-one listing).
+    pub async fn list_workspace_page(
+        &self,
+        page_token: Option<&str>,
+    ) -> Result<ContactList, QuoError> {
+        let mut query = vec![("maxResults", MAX_PAGE.to_string())];
+        if let Some(t) = page_token {
+            query.push(("pageToken", t.to_string()));
+        }
+        let raw: RawContactPage = self
+            .call_idempotent(
+                "GET /v1/contacts",
+                Method::GET,
+                "/v1/contacts",
+                &query,
+                None::<&()>,
+            )
+            .await?;
+        Ok(raw.into())
+    }
+
     /// Every contact with our source, page by page; a repeated page token is an error.
     pub async fn list_all(&self) -> Result<ContactList, QuoError> {
         let mut all = ContactList::default();

@@ -13,6 +13,12 @@
 //! linked while the pass ran (an initial load racing it) waits for the next pass instead. A pass
 //! that leaves more linked contacts unlisted than the deletion guard allows (a key for another
 //! workspace lists nothing) notes none of them (`reverse::absence`).
+//!
+//! With `sync.match_existing` or `reverse.create_in_crm` on, a pass lists the whole workspace
+//! ([`Scope::Workspace`]) instead of our `source` only: every page also goes into the ledger's
+//! workspace index (`ledger::workspace`), which is how the index of existing contacts is built
+//! the first time (before the first creates) and kept fresh after; our own contacts get their
+//! notices exactly as before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +29,8 @@ use tracing::{info, warn};
 
 use super::absence::DeleteGuard;
 use super::intake::IntakeError;
-use crate::ledger::{Ledger, NewInboxEvent};
-use crate::quo::client::{QuoClient, QuoError};
+use crate::ledger::{Ledger, NewInboxEvent, WORKSPACE_LISTED};
+use crate::quo::client::{ContactList, QuoClient, QuoError};
 use crate::quo::grace::{AfterRefusal, AuthGrace};
 
 /// Meta key: when the last complete pass ended.
@@ -36,11 +42,39 @@ const SCAN_TOKEN: &str = "reverse.scan_token";
 /// Meta key: when the running pass started. A contact created after it, or listed before the
 /// ledger linked it (creates racing the pass), is not called missing until the next pass.
 const SCAN_STARTED: &str = "reverse.scan_started_at";
+/// Meta key: the scope of the running pass (a pass started in one scope is not resumed in the
+/// other: its page token belongs to another listing).
+const SCAN_SCOPE: &str = "reverse.scan_scope";
 /// Event type of a "listed nowhere in a complete pass" notice.
 pub const MISSING: &str = "contact.missing_from_scan";
 /// Event type of an "unlinked contact carrying the externalId of an unconfirmed create" notice
 /// (payload `{"externalId": …}`): most likely the contact a POST whose answer we lost made.
 pub const UNLINKED_COPY: &str = "contact.unlinked_copy";
+
+/// What a pass lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The contacts with our `source`.
+    Ours,
+    /// Every contact of the workspace, each into the workspace index; ours as in [`Scope::Ours`].
+    Workspace,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::Ours => "ours",
+            Scope::Workspace => "workspace",
+        }
+    }
+
+    async fn page(self, client: &QuoClient, token: Option<&str>) -> Result<ContactList, QuoError> {
+        match self {
+            Scope::Ours => client.list_page(token).await,
+            Scope::Workspace => client.list_workspace_page(token).await,
+        }
+    }
+}
 
 /// What one call to [`scan`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -92,13 +126,28 @@ pub async fn scan(
 }
 
 /// [`scan`], calling `on_page` with each page's own counts once its notices are stored.
+pub async fn scan_with(
+    ledger: &Ledger,
+    client: &QuoClient,
+    max_pages: Option<u32>,
+    stop: &CancellationToken,
+    guard: DeleteGuard,
+    on_page: impl FnMut(&ScanProgress),
+) -> Result<ScanProgress, IntakeError> {
+    scan_pass(ledger, client, Scope::Ours, max_pages, stop, guard, on_page).await
+}
+
+/// Lists pages of `scope` (all of them, or at most `max_pages`) from where the pass stands,
+/// writing notices (and, for [`Scope::Workspace`], every contact into the workspace index), and
+/// calling `on_page` with each page's own counts once they are stored.
 ///
 /// The next page is requested while this one's notices are written (its token is in the
 /// answer), so the ledger's time hides behind Quo's round trip instead of adding to it; the
 /// token is stored only after the notices, so a restart never skips a page.
-pub async fn scan_with(
+pub async fn scan_pass(
     ledger: &Ledger,
     client: &QuoClient,
+    scope: Scope,
     max_pages: Option<u32>,
     stop: &CancellationToken,
     guard: DeleteGuard,
@@ -107,12 +156,20 @@ pub async fn scan_with(
     let started = std::time::Instant::now();
     let mut progress = ScanProgress::default();
     let linked = ledger.linked_count().await?;
-    if linked == 0 {
+    if scope == Scope::Ours && linked == 0 {
         // Nothing linked yet (a first load): a pass could only count orphans, and in a cycle it
         // would delay the first create by a whole listing.
-        finish_pass(ledger).await?;
+        finish_pass(ledger, client, scope).await?;
         progress.complete = true;
         return Ok(progress);
+    }
+    if ledger
+        .meta(SCAN_SCOPE)
+        .await?
+        .is_some_and(|stored| stored != scope.as_str())
+    {
+        // A pass of the other scope was cut short: its page token belongs to another listing.
+        restart_pass(ledger).await?;
     }
     let scan_id = match ledger.meta(SCAN_ID).await? {
         Some(id) => id,
@@ -121,10 +178,12 @@ pub async fn scan_with(
             ledger
                 .set_meta(SCAN_STARTED, &chrono::Utc::now().to_rfc3339())
                 .await?;
+            ledger.set_meta(SCAN_SCOPE, scope.as_str()).await?;
             ledger.set_meta(SCAN_ID, &id).await?;
             id
         }
     };
+    let ours = client.source().to_string();
     let more_allowed = |pages: u32| !stop.is_cancelled() && max_pages.is_none_or(|m| pages < m);
     let mut token = ledger.meta(SCAN_TOKEN).await?;
     let mut tokens = crate::quo::client::PageTokens::default();
@@ -133,7 +192,7 @@ pub async fn scan_with(
     if !more_allowed(0) {
         return Ok(progress);
     }
-    let mut answer = client.list_page(token.as_deref()).await;
+    let mut answer = scope.page(client, token.as_deref()).await;
     loop {
         let page = match answer {
             Ok(page) => page,
@@ -148,12 +207,23 @@ pub async fn scan_with(
             }
             Err(e) => return Err(e.into()),
         };
-        // Each contact's externalId and creation time (a copy made after every unconfirmed create
-        // of its record is not theirs).
+        if scope == Scope::Workspace {
+            ledger.workspace_put(&page.contacts).await?;
+        }
+        // Unlinked contacts that may be ours (only those carrying our source): each one's
+        // externalId and creation time (a copy made after every unconfirmed create of its record
+        // is not theirs).
         let external_ids: std::collections::HashMap<String, (String, Option<String>)> = page
             .contacts
             .iter()
+            .filter(|c| c.source.as_deref() == Some(ours.as_str()))
             .filter_map(|c| Some((c.id.clone(), (c.external_id.clone()?, c.created_at.clone()))))
+            .collect();
+        let not_ours: std::collections::HashSet<&str> = page
+            .contacts
+            .iter()
+            .filter(|c| c.source.as_deref() != Some(ours.as_str()))
+            .map(|c| c.id.as_str())
             .collect();
         let mut listed: Vec<(String, Option<String>)> = page
             .contacts
@@ -168,6 +238,7 @@ pub async fn scan_with(
         );
         let Some(next) = page.next_page_token else {
             let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
+            let orphans = only_ours(orphans, &not_ours);
             let copies = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
             let mut slice = ScanProgress::page(listed.len(), notices + copies, orphans.len());
             unlinked_when_listed.extend(orphans);
@@ -182,7 +253,7 @@ pub async fn scan_with(
             slice.notices += missing;
             slice.missing_refused = refused;
             count_unconfirmed_misses(ledger).await?;
-            finish_pass(ledger).await?;
+            finish_pass(ledger, client, scope).await?;
             on_page(&slice);
             progress.add(&slice);
             progress.complete = true;
@@ -195,13 +266,14 @@ pub async fn scan_with(
         }
         let store = async {
             let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
+            let orphans = only_ours(orphans, &not_ours);
             let copies = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
             ledger.set_meta(SCAN_TOKEN, &next).await?;
             Ok::<_, IntakeError>((notices + copies, orphans))
         };
         let prefetch = more_allowed(progress.pages + 1);
         let (noted, next_answer) = if prefetch {
-            let (noted, next_answer) = tokio::join!(store, client.list_page(Some(&next)));
+            let (noted, next_answer) = tokio::join!(store, scope.page(client, Some(&next)));
             (noted, Some(next_answer))
         } else {
             (store.await, None)
@@ -455,7 +527,40 @@ async fn created_after(
     Ok(created.is_some_and(|at| at > since))
 }
 
-async fn finish_pass(ledger: &Ledger) -> Result<(), IntakeError> {
+/// The listed contacts the ledger does not link that carry our source (the others are the
+/// workspace's, not orphans of ours).
+fn only_ours(orphans: Vec<String>, not_ours: &std::collections::HashSet<&str>) -> Vec<String> {
+    orphans
+        .into_iter()
+        .filter(|id| !not_ours.contains(id.as_str()))
+        .collect()
+}
+
+async fn finish_pass(ledger: &Ledger, client: &QuoClient, scope: Scope) -> Result<(), IntakeError> {
+    if scope == Scope::Workspace
+        && let Some(started) = ledger.meta(SCAN_STARTED).await?
+    {
+        // Absence is not deletion: a contact the pass did not list is read by id, and only a
+        // 404 takes it out of the index (a stale one would hold records back for ever).
+        if let Some(since) = chrono::DateTime::parse_from_rfc3339(&started)
+            .ok()
+            .map(|t| {
+                t.with_timezone(&chrono::Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            })
+        {
+            for quo_id in ledger.workspace_unseen_since(&since).await? {
+                super::intake::index_contact(ledger, client, &quo_id).await?;
+            }
+        }
+        // Every contact that existed when the pass started is in the index now.
+        ledger.set_meta(WORKSPACE_LISTED, &started).await?;
+        let contacts = ledger.workspace_count().await?;
+        info!(
+            event = "workspace_listed",
+            contacts, "the workspace index holds every contact in Quo"
+        );
+    }
     restart_pass(ledger).await?;
     ledger
         .set_meta(LAST_SCAN, &chrono::Utc::now().to_rfc3339())
@@ -465,23 +570,37 @@ async fn finish_pass(ledger: &Ledger) -> Result<(), IntakeError> {
 
 async fn restart_pass(ledger: &Ledger) -> Result<(), IntakeError> {
     ledger
-        .delete_meta(&[SCAN_ID, SCAN_TOKEN, SCAN_STARTED])
+        .delete_meta(&[SCAN_ID, SCAN_TOKEN, SCAN_STARTED, SCAN_SCOPE])
         .await?;
     Ok(())
+}
+
+/// One whole pass under `gate`.
+async fn pass(
+    ledger: &Ledger,
+    client: &QuoClient,
+    (scope, guard): (Scope, DeleteGuard),
+    gate: &tokio::sync::Mutex<()>,
+    cancel: &CancellationToken,
+    on_page: impl FnMut(&ScanProgress),
+) -> Result<ScanProgress, IntakeError> {
+    let _pass = gate.lock().await;
+    scan_pass(ledger, client, scope, None, cancel, guard, on_page).await
 }
 
 /// The service's scanner: whenever a pass is due, lists page by page through `client` (a
 /// background client: its requests yield to writes), waking the service after each page that
 /// left notices. Failures are logged and retried after a pause. A refused key pauses it on
 /// `auth`'s clock (the service reports not ready meanwhile); once `quo.auth_grace` has run out
-/// it stops, and `auth.exhausted()` stops the service.
+/// it stops, and `auth.exhausted()` stops the service. A pass holds `gate`, which a cycle that
+/// must list the workspace before its first creates takes too.
 pub async fn run_scanner(
     ledger: Ledger,
     client: QuoClient,
+    scope: Scope,
     interval: Duration,
     guard: DeleteGuard,
-    wake: Arc<Notify>,
-    auth: Arc<AuthGrace>,
+    (wake, auth, gate): (Arc<Notify>, Arc<AuthGrace>, Arc<tokio::sync::Mutex<()>>),
     cancel: CancellationToken,
 ) {
     let idle = interval.clamp(Duration::from_millis(50), Duration::from_secs(30));
@@ -494,7 +613,16 @@ pub async fn run_scanner(
         let wait = match due(&ledger, interval).await {
             // A whole pass per call: the ledger's pass state is read once, not once a page.
             Ok(true) => {
-                match scan_with(&ledger, &client, None, &cancel, guard, wake_on_notices).await {
+                match pass(
+                    &ledger,
+                    &client,
+                    (scope, guard),
+                    &gate,
+                    &cancel,
+                    wake_on_notices,
+                )
+                .await
+                {
                     // The client tells `auth` of each accepted page.
                     Ok(_) => idle,
                     Err(IntakeError::Quo(e @ QuoError::Unauthorized { .. })) => {

@@ -20,6 +20,7 @@
 //! | `GET`/`POST /_sandbox/settings` | `patch_mode`, `conflict_on_duplicate`, `latency_ms`, `requests_per_second`, `send_retry_after`, `webhooks_on_api_writes`, `response_shapes` ([`ResponseShapes`]), `refuse_stale_item_ids`, `foreign_workspace` (the key answers for another workspace: [`SandboxHandle::set_foreign_workspace`]) |
 //! | `GET`/`POST /_sandbox/custom-fields` | definitions with options / define or redefine one: `{"name","key","type","options"?,"fill"?}` |
 //! | `POST /_sandbox/app/contacts[?source=hubspot]` | create as the Quo app / an integration |
+//! | `POST /_sandbox/app/seed` | a seed CSV ([`seed`]): contacts that were there before the run, `{"seeded": n}` |
 //! | `POST`/`DELETE /_sandbox/app/contacts/{id}` | edit (merge) / delete as a user in the Quo app |
 //! | `GET /_sandbox/webhooks`, `POST /_sandbox/webhooks/{event_id}/redeliver` | delivery log / redeliver |
 //!
@@ -34,7 +35,12 @@
 //! `/customFields/{i}/value/{j}` with the value; `/v1/contact-custom-fields` keeps the spec's
 //! shape (no `options`); a field of a type outside the spec's enum (e.g. `rating`) is shown in
 //! definitions and on contacts, can be set by app edits only, and an API write to it answers
-//! 400 `0801400` at `/customFields/{i}/key`; a `DropAfterWrite` fault is consumed by the next
+//! 400 `0801400` at `/customFields/{i}/key`; contacts of Quo's native integrations (sources
+//! `hubspot`, `salesforce`, `google-people`, `outlook`) are read-only through the API, as Quo's
+//! guide says, and a PATCH or DELETE of one answers 403 `0801403` in the v1 error envelope
+//! (Quo documents the refusal, not its status; 403 is its code for an action the key may not
+//! take), applying nothing; contacts of any other source, and those with none (made in the app),
+//! are writable; a `DropAfterWrite` fault is consumed by the next
 //! write that succeeds (a rejected write answers normally and leaves it queued).
 //!
 //! Modules: `state` stores contacts and applies writes, `validate` turns raw bodies into typed
@@ -49,6 +55,7 @@ mod error;
 pub mod faults;
 mod query;
 mod routes;
+pub mod seed;
 pub mod shapes;
 mod state;
 pub mod stats;
@@ -384,15 +391,32 @@ impl Shared {
             .collect()
     }
 
+    /// Stores contacts as the Quo app, another integration or a native one made them before the
+    /// run (see [`seed`]): validated as app creates, in one lock, without webhook events or
+    /// statistics.
+    pub(crate) fn seed_existing(&self, seeds: &[seed::SeedContact]) -> Result<usize, ApiError> {
+        let defs = self.defs();
+        let checks = self.checks(Mode::AppCreate);
+        let inputs = seeds
+            .iter()
+            .map(|s| validate::contact_body(&s.body, checks, &defs, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut store = lock(&self.store);
+        for (input, seed) in inputs.into_iter().zip(seeds) {
+            let source = (!seed.source.is_empty()).then(|| seed.source.clone());
+            let read_only = is_native(source.as_deref());
+            store.insert(input, source, read_only);
+        }
+        Ok(seeds.len())
+    }
+
     /// Creates a contact as the Quo app or a native integration would.
     pub(crate) fn app_create(&self, body: &Value, source: &str) -> Result<Value, ApiError> {
         let defs = self.defs();
         let input = validate::contact_body(body, self.checks(Mode::AppCreate), &defs, None)
             .map_err(|e| self.count_refusal(e))?;
         let source = (!source.is_empty()).then(|| source.to_string());
-        let read_only = source
-            .as_deref()
-            .is_some_and(|s| INTEGRATION_SOURCES.contains(&s));
+        let read_only = is_native(source.as_deref());
         let contact = {
             let mut store = lock(&self.store);
             let stored = store.insert(input, source, read_only);
@@ -431,6 +455,12 @@ impl Shared {
         self.emit_app("contact.deleted", removed.clone());
         Some(removed)
     }
+}
+
+/// Whether contacts of `source` come from one of Quo's native integrations (read-only through
+/// the API).
+fn is_native(source: Option<&str>) -> bool {
+    source.is_some_and(|s| INTEGRATION_SOURCES.contains(&s))
 }
 
 /// Entry point; see [`SandboxHandle`].
@@ -701,6 +731,18 @@ impl SandboxHandle {
         self.shared
             .seed(bodies)
             .map_err(|e| e.body(error::Family::Contacts))
+    }
+
+    /// Seeds the workspace from a CSV of people a team already has in Quo (format in [`seed`]):
+    /// contacts made in the app (no `source`), by another integration, or by a native one
+    /// (read-only: PATCH and DELETE answer 403 `0801403`). No webhook events, no statistics.
+    /// Returns how many were stored, or the line, column and value of the first bad row (none
+    /// stored then).
+    pub fn seed_existing_csv(&self, text: &str) -> Result<usize, String> {
+        let seeds = seed::parse_seed_csv(text).map_err(|e| e.to_string())?;
+        self.shared
+            .seed_existing(&seeds)
+            .map_err(|e| format!("{e}: {}", e.body(error::Family::Contacts)))
     }
 
     /// Edits a contact as a user in the Quo app: merge-patch semantics whatever the API's mode,

@@ -81,6 +81,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(admin_settings).post(admin_set_settings),
         )
         .route("/_sandbox/app/contacts", post(admin_app_create))
+        .route("/_sandbox/app/seed", post(admin_app_seed))
         .route(
             "/_sandbox/app/contacts/{id}",
             post(admin_app_edit).delete(admin_app_delete),
@@ -582,6 +583,19 @@ async fn admin_app_create(State(s): S, RawQuery(q): RawQuery, body: Bytes) -> Re
         .unwrap_or_default();
     match s.app_create(&v, &source) {
         Ok(c) => (StatusCode::CREATED, axum::Json(json!({ "data": c }))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /_sandbox/app/seed`: the body is a seed CSV (`super::seed`); answers `{"seeded": n}`.
+async fn admin_app_seed(State(s): S, body: Bytes) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    let seeds = match super::seed::parse_seed_csv(&text) {
+        Ok(seeds) => seeds,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match s.seed_existing(&seeds) {
+        Ok(n) => axum::Json(json!({ "seeded": n })).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -130,6 +130,32 @@ pub struct WriteReport {
     pub failed: Vec<(ExternalId, String)>,
 }
 
+/// A record to make in the CRM from a contact made in the Quo app (`reverse.create_in_crm`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecord {
+    /// The Quo contact it is made from.
+    pub quo_id: String,
+    /// Its id when the adapter takes one (CSV: `reverse.new_record_id`); a REST CRM assigns its
+    /// own.
+    pub external_id: Option<ExternalId>,
+    /// Raw values by source field name.
+    pub fields: BTreeMap<String, String>,
+    /// Its last-modified time.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How one create ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// The CRM has the record, with this id (made now, or found made by an earlier attempt).
+    Made(ExternalId),
+    /// The CRM refused it: nothing was made (a later cycle may try again).
+    Refused(String),
+    /// The outcome is not known (a lost answer, a 5xx): the record may exist, so it is not sent
+    /// again; a later read finds it by the Quo id it carries.
+    Unknown(String),
+}
+
 /// Failures that stop a read or a write as a whole (per-row problems are `BadRecord`s).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -300,6 +326,65 @@ impl Source {
             }
             Source::Rest(rest) => rest.write_back_guarded(changes, guard).await,
         }
+    }
+
+    /// Makes records from contacts made in Quo, at most once each (see [`Created`]), by Quo id.
+    pub async fn create_records(
+        &self,
+        records: &[NewRecord],
+    ) -> Result<Vec<(String, Created)>, SourceError> {
+        match self {
+            Source::Csv(csv) => {
+                let rows: Vec<(String, CrmChange)> = records
+                    .iter()
+                    .filter_map(|r| {
+                        let id = r.external_id.clone()?;
+                        Some((
+                            r.quo_id.clone(),
+                            CrmChange {
+                                external_id: id,
+                                fields: r.fields.clone(),
+                                updated_at: r.updated_at,
+                            },
+                        ))
+                    })
+                    .collect();
+                let changes: Vec<CrmChange> = rows.iter().map(|(_, c)| c.clone()).collect();
+                let report = csv.append_records(&changes).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(quo_id, change)| {
+                        let id = change.external_id;
+                        let outcome = if report.written.contains(&id) {
+                            Created::Made(id)
+                        } else {
+                            let reason = report
+                                .failed
+                                .iter()
+                                .find(|(f, _)| *f == id)
+                                .map_or_else(|| "not written".to_string(), |(_, r)| r.clone());
+                            Created::Refused(reason)
+                        };
+                        (quo_id, outcome)
+                    })
+                    .collect())
+            }
+            Source::Rest(rest) => rest.create_records(records).await,
+        }
+    }
+
+    /// Whether records can be made in this CRM (CSV always; REST with `[source.rest.create]`).
+    pub fn can_create(&self) -> bool {
+        match self {
+            Source::Csv(_) => true,
+            Source::Rest(rest) => rest.can_create(),
+        }
+    }
+
+    /// Whether a record made from a Quo contact gets an id known in advance
+    /// (`reverse.new_record_id`), so a read can tell whether an interrupted create landed.
+    pub fn assigns_ids(&self) -> bool {
+        matches!(self, Source::Csv(_))
     }
 
     /// Deletes records in the CRM (`reverse.on_quo_delete = "delete_in_crm"`), admitted by

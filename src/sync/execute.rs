@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::matching::Matched;
 use super::{Action, Cycle, HeldBack, Mode, PlannedOp, SyncError, Update, Work, WriteKind};
 use crate::config::OnQuoDelete;
 use crate::domain::{ExternalId, QuoContactId, Snapshot};
@@ -148,6 +149,7 @@ impl Cycle {
                     snapshot,
                     fingerprint,
                     pending,
+                    matched,
                 } => {
                     self.create(
                         &record.external_id,
@@ -155,6 +157,7 @@ impl Cycle {
                         &snapshot,
                         Some(&fingerprint),
                         pending,
+                        matched,
                     )
                     .await
                 }
@@ -234,8 +237,27 @@ impl Cycle {
     /// A dry run's record of what would happen.
     async fn plan_only(&self, work: Work) {
         let op = match &work {
-            Work::Create { record, .. } => {
-                PlannedOp::new(record.external_id.as_str(), Action::Create)
+            Work::Create {
+                record,
+                snapshot,
+                matched,
+                ..
+            } => {
+                let id = record.external_id.as_str();
+                match matched {
+                    Some(Matched::Adopt(target)) => PlannedOp::new(id, Action::Adopt)
+                        .with_quo_id(&target.contact.quo_id)
+                        .with_fields(self.adoption_plan(snapshot, target)),
+                    Some(Matched::Own(contact)) => {
+                        PlannedOp::new(id, Action::Resolve).with_quo_id(&contact.quo_id)
+                    }
+                    Some(Matched::Hold(held)) => {
+                        // A plan cannot run the pending create's lookup; it shows the hold.
+                        let _ = self.hold(record, held).await;
+                        return;
+                    }
+                    None => PlannedOp::new(id, Action::Create),
+                }
             }
             Work::Update(u) => PlannedOp::new(u.record.external_id.as_str(), Action::Update)
                 .with_fields(u.changed.clone())
@@ -255,6 +277,7 @@ impl Cycle {
             Action::Create => counts.created += 1,
             Action::Update => counts.updated += 1,
             Action::Delete => counts.deleted += 1,
+            Action::Adopt => counts.adopted += 1,
             _ => {}
         }
         drop(counts);
@@ -271,11 +294,29 @@ impl Cycle {
         desired: &Snapshot,
         fresh: Contact,
     ) -> Result<Contact, Failure> {
+        self.patch_confirmed_claiming(quo_id, desired, fresh, None)
+            .await
+    }
+
+    /// [`Cycle::patch_confirmed`], also giving the contact `claim`'s identity (an adoption):
+    /// a read after a lost answer confirms the identity too.
+    pub(super) async fn patch_confirmed_claiming(
+        &self,
+        quo_id: &QuoContactId,
+        desired: &Snapshot,
+        fresh: Contact,
+        claim: Option<&super::adopt::Claim>,
+    ) -> Result<Contact, Failure> {
         let client = &self.ctx.client;
         let mut base = fresh;
         let mut retries = 0u32;
         loop {
-            let body = super::payload::patch_body(desired, Some(&base), &self.managed);
+            let mut body = super::payload::patch_body(desired, Some(&base), &self.managed);
+            if let Some(claim) = claim {
+                body.source = Some(Some(claim.source.clone()));
+                body.external_id = Some(Some(claim.external_id.clone()));
+                body.source_url = claim.source_url.clone().map(Some);
+            }
             match client.update_contact(quo_id.as_str(), &body).await {
                 Ok(contact) => return Ok(self.normalized(contact)),
                 Err(QuoError::Ambiguous { route, reason }) => {
@@ -294,6 +335,7 @@ impl Cycle {
                         .from_contact(&now)
                         .changed_fields(desired)
                         .is_empty()
+                        && claim.is_none_or(|c| c.holds(&now))
                     {
                         info!(event = "patch_confirmed_by_read", quo_id = %quo_id, "a PATCH whose answer was lost had landed");
                         return Ok(now);
@@ -377,6 +419,7 @@ impl Cycle {
                     &update.crm,
                     update.fingerprint.as_deref(),
                     true,
+                    None,
                 )
                 .await
             }
@@ -471,9 +514,46 @@ impl Cycle {
                 .unfound_creates
                 .lock()
                 .await
-                .push((external_id, intent.and_then(sent_by_intent))),
+                .push((external_id, intent.as_ref().and_then(sent_by_intent))),
         }
         Ok(())
+    }
+
+    /// A contact that is the record's already: what its pending create made (looked up by
+    /// `externalId`), the contact its pending adoption claimed (read by id: the PATCH landed),
+    /// or its own contact the index found. `None` when there is none to link.
+    async fn find_existing(
+        &self,
+        external_id: &ExternalId,
+        pending: bool,
+        intent: Option<&crate::ledger::RecordRow>,
+        matched: Option<&Matched>,
+    ) -> Result<Option<Contact>, Failure> {
+        if pending && let Some(found) = self.lookup_interrupted(external_id).await? {
+            return Ok(Some(found));
+        }
+        let by_id = intent
+            .and_then(|row| row.adopt_quo_id.clone())
+            .or_else(|| match matched {
+                Some(Matched::Own(contact)) => Some(contact.quo_id.clone()),
+                _ => None,
+            });
+        let Some(quo_id) = by_id else {
+            return Ok(None);
+        };
+        let claim = self.claim_for(external_id);
+        let found = self
+            .ctx
+            .client
+            .get_contact(&quo_id)
+            .await
+            .map_err(Failure::Quo)?
+            .map(|c| self.normalized(c))
+            .filter(|c| claim.holds(c));
+        if found.is_some() {
+            info!(event = "create_resolved", external_id = %external_id, quo_id = %quo_id, "the contact is already this record's (an adoption that landed, or a contact the ledger lost)");
+        }
+        Ok(found)
     }
 
     /// One POST, never a duplicate: the intent (with what it sends) is committed first, a
@@ -485,6 +565,7 @@ impl Cycle {
         snapshot: &Snapshot,
         fingerprint: Option<&str>,
         pending: bool,
+        matched: Option<Matched>,
     ) -> Result<(), Failure> {
         let intent = if pending {
             self.ctx
@@ -507,22 +588,40 @@ impl Cycle {
         let pending = pending || !unconfirmed.is_empty();
         // A previous run may have created it and died before committing: look first (its row
         // is already a pending intent).
-        let existing = if pending {
-            self.lookup_interrupted(external_id).await?
-        } else {
-            None
-        };
+        let existing = self
+            .find_existing(external_id, pending, intent.as_ref(), matched.as_ref())
+            .await?;
         let (contact, adopted, sent_before, unconfirmed) = match existing {
             Some(contact) => (contact, true, sent_before, unconfirmed),
             None => {
                 // Two lookups missed, but a list can lag longer than any wait: what the earlier
                 // POST sent is kept, so the contact it may have made is recognised when a scan
-                // lists it (`copies.rs`) instead of staying a duplicate.
-                if let Some(sent) = intent.and_then(sent_by_intent) {
+                // lists it (`copies.rs`) instead of staying a duplicate (of a contact adopted
+                // below, too).
+                if let Some(sent) = intent.as_ref().and_then(sent_by_intent) {
                     self.ctx
                         .ledger
                         .unconfirmed_from_intent(external_id, &sent)
                         .await?;
+                }
+                match matched {
+                    Some(Matched::Adopt(target)) => {
+                        let record = record.cloned().unwrap_or_else(|| stand_in(external_id));
+                        return self
+                            .adopt_existing(&record, snapshot, fingerprint, &target)
+                            .await;
+                    }
+                    Some(Matched::Hold(held)) => {
+                        // The pending create made nothing that can be found: the record is
+                        // held, and its POST lives on as the entry just kept.
+                        if intent.is_some() {
+                            self.ctx.ledger.forget(external_id).await?;
+                        }
+                        let record = record.cloned().unwrap_or_else(|| stand_in(external_id));
+                        self.hold(&record, &held).await?;
+                        return Ok(());
+                    }
+                    Some(Matched::Own(_)) | None => {}
                 }
                 let source_url = self
                     .ctx
@@ -567,6 +666,7 @@ impl Cycle {
                         .ledger
                         .record(external_id)
                         .await?
+                        .as_ref()
                         .and_then(sent_by_intent);
                     let entries = self
                         .ctx
@@ -623,7 +723,7 @@ impl Cycle {
     /// A contact found in Quo instead of created (our earlier POST landed, or Quo answered 409):
     /// its id is committed at once, then it is merged three-way against what we sent, so an
     /// edit made in Quo since then is kept (and written to the CRM) rather than overwritten.
-    async fn adopt(
+    pub(super) async fn adopt(
         &self,
         external_id: &ExternalId,
         record: Option<&SourceRecord>,
@@ -742,6 +842,10 @@ impl Cycle {
                     counts.created += 1;
                     Some(WriteKind::Create)
                 }
+                Action::Adopt => {
+                    counts.adopted += 1;
+                    Some(WriteKind::Create)
+                }
                 Action::Update => {
                     counts.updated += 1;
                     Some(WriteKind::Update)
@@ -789,9 +893,10 @@ impl Cycle {
 
 /// What an interrupted POST sent, when `row` is its intent (a `pending_create` row keeps the
 /// body's snapshot; an unlinked row's snapshot is an old agreement, not a POST).
-fn sent_by_intent(row: crate::ledger::RecordRow) -> Option<Snapshot> {
-    (row.state == RecordState::PendingCreate && row.quo_id.is_none())
-        .then_some(row.snapshot)
+fn sent_by_intent(row: &crate::ledger::RecordRow) -> Option<Snapshot> {
+    // An adoption's intent sent a PATCH, which can make no twin.
+    (row.state == RecordState::PendingCreate && row.quo_id.is_none() && row.adopt_quo_id.is_none())
+        .then(|| row.snapshot.clone())
         .flatten()
 }
 
@@ -825,5 +930,16 @@ impl PostJournal for IntentJournal<'_> {
             .await?;
         self.held.store(false, Ordering::Release);
         Ok(())
+    }
+}
+
+/// Stand-in for a record a create was asked for without its CRM row (a recreate of a record an
+/// incremental read did not return).
+fn stand_in(external_id: &ExternalId) -> SourceRecord {
+    SourceRecord {
+        external_id: external_id.clone(),
+        fields: Default::default(),
+        updated_at: None,
+        location: "not read this cycle".into(),
     }
 }

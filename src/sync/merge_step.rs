@@ -98,21 +98,40 @@ impl Cycle {
         let ledger = &self.ctx.ledger;
         // A dry run writes nothing, and a scan's findings are notices written to the inbox: a
         // plan shows what the notices already there would do.
+        let day_one = &self.ctx.settings.day_one;
         let scan = match self.ctx.settings.poll_interval {
             Some(interval) if self.mode == Mode::Apply => {
                 crate::reverse::scan::due(ledger, interval).await?
             }
             _ => false,
         };
+        let scope = scan.then(|| day_one.scan_scope());
+        // A dry run writes nothing, the workspace index included.
+        let index = day_one.wants_workspace() && self.mode == Mode::Apply;
+        let _pass = match scope {
+            Some(_) => Some(self.ctx.scan_gate.lock().await),
+            None => None,
+        };
         let progress = &self.ctx.progress;
-        Ok(intake::gather(
+        let pages = std::sync::atomic::AtomicU64::new(0);
+        let on_page = |_: &crate::reverse::scan::ScanProgress| {
+            pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            progress.page_scanned();
+        };
+        let changes = intake::gather(
             ledger,
             &self.ctx.client,
-            scan,
+            scope,
+            index,
             self.ctx.settings.delete_guard(),
-            |_| progress.page_scanned(),
+            on_page,
         )
-        .await?)
+        .await?;
+        if scope == Some(crate::reverse::scan::Scope::Workspace) {
+            // Day one's listing of the workspace, when this pass is what fills the index.
+            self.counts.lock().await.listing_pages += pages.into_inner();
+        }
+        Ok(changes)
     }
 
     /// A managed contact is gone from Quo: apply `reverse.on_quo_delete`, never silently.

@@ -13,9 +13,12 @@
 //!    interrupted creates, contacts an unconfirmed create made (`copies.rs`), the incremental
 //!    high-water mark and the webhook inbox.
 
+mod adopt;
 mod copies;
 mod execute;
+mod export;
 mod freshen;
+mod matching;
 mod merge_step;
 pub mod payload;
 pub mod plan;
@@ -126,6 +129,42 @@ pub struct CycleSettings {
     pub inbox_retention: Duration,
     /// `quo.list_lag`: the wait between the two lookups of an interrupted create.
     pub list_lag: Duration,
+    /// Day one: matching new records against the workspace, and contacts made in Quo.
+    pub day_one: DayOneSettings,
+}
+
+/// How a cycle meets the contacts already in the workspace (`sync.match_existing`,
+/// `sync.adopt_sources`) and the contacts made in the Quo app (`reverse.create_in_crm`).
+#[derive(Debug, Clone, Default)]
+pub struct DayOneSettings {
+    /// `sync.match_existing`.
+    pub match_existing: crate::config::MatchExisting,
+    /// `sync.adopt_sources`.
+    pub adopt_sources: Vec<String>,
+    /// `reverse.create_in_crm`.
+    pub create_in_crm: bool,
+    /// `reverse.new_record_id`.
+    pub new_record_id: String,
+    /// `reverse.quo_id_field`.
+    pub quo_id_field: Option<String>,
+    /// `once --export-existing`: contacts made in the app before the first cycle go too.
+    pub export_existing: bool,
+}
+
+impl DayOneSettings {
+    /// Whether the cycle needs the workspace index (every contact, not only ours).
+    pub fn wants_workspace(&self) -> bool {
+        self.match_existing.is_on() || self.create_in_crm
+    }
+
+    /// What a scan pass lists.
+    pub fn scan_scope(&self) -> crate::reverse::scan::Scope {
+        if self.wants_workspace() {
+            crate::reverse::scan::Scope::Workspace
+        } else {
+            crate::reverse::scan::Scope::Ours
+        }
+    }
 }
 
 impl CycleSettings {
@@ -155,6 +194,9 @@ pub struct SyncContext {
     pub cancel: CancellationToken,
     /// What the running cycle has done so far (progress displays poll it).
     pub progress: Arc<CycleProgress>,
+    /// Held by a scan pass: the service's scanner and a cycle that must list the workspace
+    /// before its first creates never list at once.
+    pub scan_gate: Arc<Mutex<()>>,
 }
 
 /// What a cycle did.
@@ -197,7 +239,7 @@ impl CycleReport {
             "interrupted"
         } else if self.mass_delete_refused {
             "mass_delete_refused"
-        } else if self.counts.quarantined > 0 {
+        } else if self.counts.quarantined > 0 || self.counts.held > 0 {
             "quarantined"
         } else {
             "ok"
@@ -252,6 +294,24 @@ struct Cycle {
     unfound_creates: Mutex<Vec<(ExternalId, Option<Snapshot>)>>,
     /// Phase timings for the report.
     phases: std::sync::Mutex<PhaseTimes>,
+    /// When the cycle started: a copy read since is fresh.
+    started: DateTime<Utc>,
+    /// The workspace index, once a record needs it (listed first if it never was).
+    workspace: tokio::sync::OnceCell<matching::WorkspaceIndex>,
+    /// Records with matches, waiting for the whole read.
+    deferred: Mutex<Vec<matching::Deferred>>,
+    /// Operators' answers to held records, by external id.
+    decisions: HashMap<String, crate::ledger::MatchDecision>,
+    /// Contacts made in Quo on their way to the CRM (not done), by Quo id.
+    exports: HashMap<String, crate::ledger::Export>,
+    /// The same by the CRM id their record has or will have: external id → Quo id.
+    exports_by_record: HashMap<String, String>,
+    /// Exports whose record this read returned (its adoption is under way).
+    exports_found: Mutex<HashSet<String>>,
+    /// Contacts some record matched this cycle (no export for them).
+    matched_contacts: Mutex<HashSet<String>>,
+    /// Contacts decided for a record (an operator's link, an export): Quo id → external id.
+    claimed: HashMap<String, String>,
 }
 
 /// A merge waiting for its CRM write.
@@ -296,6 +356,8 @@ enum Work {
         snapshot: Snapshot,
         fingerprint: String,
         pending: bool,
+        /// What matching against the workspace decided (`None`: nothing matched, POST).
+        matched: Option<matching::Matched>,
     },
     Update(Box<Update>),
     Delete {
@@ -307,6 +369,26 @@ enum Work {
     },
     /// A contact Quo answered 404 for, once the settle phase let its absence be acted on.
     Missing(Box<Update>),
+}
+
+/// The mapper and what it manages, built on the workspace's custom fields as a cycle builds
+/// them (for operator commands that write to Quo outside a cycle).
+pub async fn mapper_for(ctx: &SyncContext) -> Result<(Mapper, Managed), SyncError> {
+    let defs = ctx.client.custom_fields().await?;
+    let mapper = Mapper::new(&ctx.mapping, &defs)?;
+    let managed = managed_of(&mapper);
+    Ok((mapper, managed))
+}
+
+/// The labels and keys `mapper` writes.
+fn managed_of(mapper: &Mapper) -> Managed {
+    let (email_labels, phone_labels) = mapper.managed_labels();
+    Managed {
+        email_labels,
+        phone_labels,
+        custom_keys: mapper.custom_field_keys(),
+        default_fields: mapper.managed_default_fields(),
+    }
 }
 
 /// Runs one cycle.
@@ -410,15 +492,25 @@ impl Cycle {
         mode: Mode,
         run_id: String,
     ) -> Result<Arc<Self>, SyncError> {
+        let started = Utc::now();
         let defs = ctx.client.custom_fields().await?;
         let mapper = Mapper::new(&ctx.mapping, &defs)?;
-        let (email_labels, phone_labels) = mapper.managed_labels();
-        let managed = Managed {
-            email_labels,
-            phone_labels,
-            custom_keys: mapper.custom_field_keys(),
-            default_fields: mapper.managed_default_fields(),
+        let decisions = if ctx.settings.day_one.match_existing.is_on() {
+            ctx.ledger.match_decisions().await?
+        } else {
+            HashMap::new()
         };
+        let exports = if ctx.settings.day_one.create_in_crm {
+            ctx.ledger.open_exports().await?
+        } else {
+            HashMap::new()
+        };
+        let exports_by_record = exports
+            .values()
+            .filter(|e| e.state != crate::ledger::ExportState::Held)
+            .filter_map(|e| Some((e.external_id.clone()?, e.quo_id.clone())))
+            .collect();
+        let managed = managed_of(&mapper);
         Ok(Arc::new(Cycle {
             ctx: ctx.clone(),
             mode,
@@ -444,6 +536,28 @@ impl Cycle {
             missing: Mutex::new(Vec::new()),
             unfound_creates: Mutex::new(Vec::new()),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
+            started,
+            workspace: tokio::sync::OnceCell::new(),
+            deferred: Mutex::new(Vec::new()),
+            claimed: decisions
+                .iter()
+                .filter_map(|(id, d)| match d {
+                    crate::ledger::MatchDecision::Link(quo_id) => {
+                        Some((quo_id.clone(), id.clone()))
+                    }
+                    _ => None,
+                })
+                .chain(
+                    exports
+                        .values()
+                        .filter_map(|e| Some((e.quo_id.clone(), e.external_id.clone()?))),
+                )
+                .collect(),
+            decisions,
+            exports,
+            exports_by_record,
+            exports_found: Mutex::new(HashSet::new()),
+            matched_contacts: Mutex::new(HashSet::new()),
         }))
     }
 

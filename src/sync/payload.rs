@@ -182,6 +182,9 @@ pub fn patch_body(
         custom.insert(key.clone(), value);
     }
     PatchContact {
+        external_id: None,
+        source: None,
+        source_url: None,
         default_fields: Some(default_fields),
         custom_fields: Some(
             custom

@@ -9,16 +9,24 @@ use serde::Serialize;
 pub enum Action {
     /// One POST.
     Create,
+    /// A contact already in Quo made the record's by one PATCH (`quo_id`: the contact;
+    /// `fields`: what changes, `source` and `externalId` included).
+    Adopt,
     /// One PATCH.
     Update,
     /// One DELETE (`sync.on_source_delete = "delete"`).
     Delete,
     /// Quarantined, with the reason.
     Quarantine,
+    /// Held before create (`reason` names the contacts): nothing created, nothing changed.
+    Held,
     /// An interrupted create to resolve by lookup.
     Resolve,
     /// A Quo edit written to the CRM.
     WriteCrm,
+    /// A contact made in the Quo app made into a CRM record (`quo_id`: the contact; `fields`:
+    /// what the record holds), then adopted for it.
+    CreateInCrm,
     /// A contact deleted in Quo, handled by `reverse.on_quo_delete`.
     Unlink,
 }
@@ -28,11 +36,14 @@ impl Action {
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Create => "create",
+            Action::Adopt => "adopt",
             Action::Update => "update",
             Action::Delete => "delete",
             Action::Quarantine => "quarantine",
+            Action::Held => "held",
             Action::Resolve => "resolve",
             Action::WriteCrm => "write_crm",
+            Action::CreateInCrm => "create_in_crm",
             Action::Unlink => "unlink",
         }
     }
@@ -173,7 +184,7 @@ fn action_colour(action: Action) -> &'static str {
     // By name, so that an action added later gets a colour without an edit here.
     match action.as_str() {
         "create" => "32",
-        "update" | "write_crm" | "adopt" => "36",
+        "update" | "write_crm" | "adopt" | "create_in_crm" => "36",
         "delete" | "unlink" => "31",
         "quarantine" | "held" => "33",
         _ => "35",

@@ -255,22 +255,21 @@ impl Cycle {
         let Some(snapshot) = self.map_or_quarantine(&record).await? else {
             return Ok(None);
         };
-        let create = |record, snapshot, fingerprint, pending| {
-            Ok(Some(Work::Create {
-                record,
-                snapshot,
-                fingerprint,
-                pending,
-            }))
-        };
         match state {
-            None => create(record, snapshot, fingerprint, false),
-            Some(RecordState::PendingCreate) => create(record, snapshot, fingerprint, true),
+            None => {
+                self.match_or_create(record, snapshot, fingerprint, false)
+                    .await
+            }
+            Some(RecordState::PendingCreate) => {
+                self.match_or_create(record, snapshot, fingerprint, true)
+                    .await
+            }
             Some(RecordState::Unlinked) | Some(RecordState::Deleted) => {
                 if self.ctx.settings.on_quo_delete == OnQuoDelete::Recreate
                     || state == Some(RecordState::Deleted)
                 {
-                    create(record, snapshot, fingerprint, false)
+                    self.match_or_create(record, snapshot, fingerprint, false)
+                        .await
                 } else {
                     self.counts.lock().await.unchanged += 1;
                     Ok(None)
@@ -322,6 +321,7 @@ impl Cycle {
                 snapshot,
                 fingerprint,
                 pending: true,
+                matched: None,
             }))
         };
 

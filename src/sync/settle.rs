@@ -41,6 +41,10 @@ impl Cycle {
         let complete = summary.as_ref().is_some_and(|s| s.complete);
         let read_whole = summary.is_some() && !self.stop.is_cancelled();
         if read_whole {
+            // Matches need the whole read: a contact two records match is known only now.
+            self.decide_matches(&mut pool, complete).await?;
+        }
+        if read_whole {
             // Quo-side changes whose record this read did not return.
             let leftovers: Vec<_> = self.quo_changed.lock().await.drain().collect();
             for (external_id, contact) in leftovers {
@@ -85,6 +89,11 @@ impl Cycle {
             }
             self.crm_deletions().await?;
             pool.finish(self).await?;
+            if self.mode == Mode::Apply {
+                self.settle_exports().await?;
+            }
+            // Contacts made in Quo: only a complete read tells that no record matches them.
+            self.export_app_contacts(complete, started).await?;
         }
         // After the read and its creates: a record still in the CRM has a linked or pending
         // row by now, or the read saw it, so a copy without either belongs to one that left it.
@@ -97,6 +106,19 @@ impl Cycle {
                     .ledger
                     .set_meta(LAST_FULL_READ, &started.to_rfc3339())
                     .await?;
+                if self
+                    .ctx
+                    .ledger
+                    .meta(super::export::FIRST_CYCLE)
+                    .await?
+                    .is_none()
+                {
+                    // What is made in the Quo app from now on is made after quo-sync started.
+                    self.ctx
+                        .ledger
+                        .set_meta(super::export::FIRST_CYCLE, &crate::ledger::now_text())
+                        .await?;
+                }
             }
             // Records a CRM webhook named say nothing of the others' times: the mark stays.
             if !self.ctx.source.last_read_was_named() {

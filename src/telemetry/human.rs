@@ -49,6 +49,9 @@ const DRAWN_BY_THE_VIEW: &[&str] = &[
     "standby",
     "progress",
     "quo_scanned",
+    // Day one's listing of the workspace: drawn as the scan's bar.
+    "workspace_listing",
+    "workspace_listed",
 ];
 
 /// Events about one row whose summary comes from the cycle itself (`CycleProgress::held_back`).

@@ -232,8 +232,9 @@ fn render_service(out: &mut String, s: &Snapshot) {
     }
     let _ = write!(
         out,
-        "<li><b>{}</b> quarantined</li><li><b>{}</b> conflicts</li></ul></section>",
-        status.quarantined, status.conflicts
+        "<li><b>{}</b> quarantined</li><li id=\"held\"><b>{}</b> held (match contacts already in Quo)</li>\
+<li><b>{}</b> conflicts</li></ul></section>",
+        status.quarantined, status.held, status.conflicts
     );
 }
 
@@ -275,7 +276,7 @@ fn render_quarantine(out: &mut String, entries: &[QuarantineEntry], csrf: &str) 
             ),
             opt(&q.field),
             clipped_code("Value", &opt(&q.value)),
-            clipped("Reason", &esc(&q.reason)),
+            clipped("Reason", &esc(&held_reason(q))),
             q.attempts,
             when(&q.first_seen),
             when(&q.last_seen),
@@ -284,6 +285,15 @@ fn render_quarantine(out: &mut String, entries: &[QuarantineEntry], csrf: &str) 
         );
     }
     out.push_str("</tbody></table></div></section>");
+}
+
+/// A held record's reason says so (its value lists the contacts it matched).
+fn held_reason(q: &QuarantineEntry) -> String {
+    if q.stage == "match" {
+        format!("held: {}", q.reason)
+    } else {
+        q.reason.clone()
+    }
 }
 
 fn render_runs(out: &mut String, runs: &[RunRow]) {

@@ -151,25 +151,38 @@ impl CsvSource {
     /// Rewrites only the changed cells of the changed rows, atomically; refuses if the file
     /// changed since the last read.
     pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {
-        self.write_blocking(changes.to_vec(), Vec::new()).await
+        self.write_blocking(changes.to_vec(), Vec::new(), Vec::new())
+            .await
     }
 
     /// Removes the rows of these records, atomically, under the same rules as `write_back`.
     pub async fn delete_records(&self, ids: &[ExternalId]) -> Result<WriteReport, SourceError> {
-        self.write_blocking(Vec::new(), ids.to_vec()).await
+        self.write_blocking(Vec::new(), ids.to_vec(), Vec::new())
+            .await
     }
 
-    /// Runs one write-back (changed cells, removed rows) on a blocking thread.
+    /// Adds rows for new records after the last row, atomically, under the same rules as
+    /// `write_back`; a record whose id the file holds already is reported written, not added
+    /// twice.
+    pub async fn append_records(&self, records: &[CrmChange]) -> Result<WriteReport, SourceError> {
+        self.write_blocking(Vec::new(), Vec::new(), records.to_vec())
+            .await
+    }
+
+    /// Runs one write (changed cells, removed rows, new rows) on a blocking thread.
     async fn write_blocking(
         &self,
         changes: Vec<CrmChange>,
         deletes: Vec<ExternalId>,
+        appends: Vec<CrmChange>,
     ) -> Result<WriteReport, SourceError> {
         let layout = self.layout();
         let last_read = Arc::clone(&self.last_read);
-        tokio::task::spawn_blocking(move || write_file(&layout, &last_read, &changes, &deletes))
-            .await
-            .map_err(|e| self.io_error(format!("writer thread failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            write_file(&layout, &last_read, &changes, &deletes, &appends)
+        })
+        .await
+        .map_err(|e| self.io_error(format!("writer thread failed: {e}")))?
     }
 
     /// A short human description (`csv config/contacts.csv`).

@@ -15,17 +15,39 @@ use tempfile::TempPath;
 use super::read::{RowId, is_blank, row_id, row_text, shape_problems};
 use super::*;
 
-/// Passes writes through while hashing and counting every byte.
+/// Passes writes through while hashing and counting every byte, and remembers the file's first
+/// line ending and last byte (an appended row follows the file's own style).
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     count: u64,
+    /// `\r\n` or `\n`, once a line has ended.
+    eol: Option<&'static [u8]>,
+    last: Option<u8>,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        let written = &buf[..n];
+        self.hasher.update(written);
+        if self.eol.is_none()
+            && let Some(at) = memchr::memchr(b'\n', written)
+        {
+            let before = if at > 0 {
+                Some(written[at - 1])
+            } else {
+                self.last
+            };
+            self.eol = Some(if before == Some(b'\r') {
+                b"\r\n"
+            } else {
+                b"\n"
+            });
+        }
+        if let Some(&byte) = written.last() {
+            self.last = Some(byte);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -42,6 +64,8 @@ struct PendingChange {
     updated_at: DateTime<Utc>,
     /// Remove the row instead of editing it.
     delete: bool,
+    /// A new row to add after the last one, unless the file has a row with this id already.
+    append: bool,
 }
 
 /// A row being rewritten: where it starts and its new cells.
@@ -74,15 +98,17 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// The blocking half of `write_back` and `delete_records`.
+/// The blocking half of `write_back`, `delete_records` and `append_records`: one new file with
+/// the changed cells, without the deleted rows, and with the new rows after the last one.
 pub(super) fn write_file(
     layout: &Layout,
     last_read: &Mutex<Option<Fingerprint>>,
     changes: &[CrmChange],
     deletes: &[ExternalId],
+    appends: &[CrmChange],
 ) -> Result<WriteReport, SourceError> {
     let mut report = WriteReport::default();
-    if changes.is_empty() && deletes.is_empty() {
+    if changes.is_empty() && deletes.is_empty() && appends.is_empty() {
         return Ok(report);
     }
     // Held for the whole write so two write-backs cannot interleave.
@@ -92,21 +118,28 @@ pub(super) fn write_file(
     if meta.len() != expected.len || meta.modified().ok() != expected.modified {
         return Err(changed_since_read(layout));
     }
-    let (pending, order) = pending_changes(changes, deletes);
+    let (pending, order) = pending_changes(changes, deletes, appends);
     let Rewritten {
         temp,
-        out,
+        mut out,
         handled,
-        applied,
+        mut applied,
         failed,
+        header,
     } = rewrite(layout, &expected, &pending)?;
     report.failed = failed;
     for key in order.iter().filter(|key| !handled.contains(*key)) {
+        if pending[key].append {
+            continue;
+        }
         report.failed.push((
             pending[key].id.clone(),
             format!("{} has no record with id {key:?}", layout.name()),
         ));
     }
+    applied.extend(
+        append_rows(&mut out, &header, &pending, &order, &handled).map_err(|e| layout.io(e))?,
+    );
     if applied.is_empty() {
         return Ok(report); // the temp file is removed on drop
     }
@@ -121,14 +154,32 @@ fn changed_since_read(layout: &Layout) -> SourceError {
     }
 }
 
-/// The changes and deletions by id (several changes to one id merged in order), and the ids in
-/// the order they were first named.
+/// The changes, deletions and new rows by id (several changes to one id merged in order), and
+/// the ids in the order they were first named.
 fn pending_changes(
     changes: &[CrmChange],
     deletes: &[ExternalId],
+    appends: &[CrmChange],
 ) -> (HashMap<String, PendingChange>, Vec<String>) {
     let mut pending: HashMap<String, PendingChange> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
+    for change in appends {
+        let key = change.external_id.as_str().to_string();
+        if pending.contains_key(&key) {
+            continue;
+        }
+        order.push(key.clone());
+        pending.insert(
+            key,
+            PendingChange {
+                id: change.external_id.clone(),
+                fields: change.fields.clone(),
+                updated_at: change.updated_at,
+                delete: false,
+                append: true,
+            },
+        );
+    }
     for change in changes {
         let key = change.external_id.as_str().to_string();
         let entry = pending.entry(key.clone()).or_insert_with(|| {
@@ -138,6 +189,7 @@ fn pending_changes(
                 fields: BTreeMap::new(),
                 updated_at: change.updated_at,
                 delete: false,
+                append: false,
             }
         });
         entry.fields.extend(change.fields.clone());
@@ -155,6 +207,7 @@ fn pending_changes(
                 fields: BTreeMap::new(),
                 updated_at: Utc::now(),
                 delete: true,
+                append: false,
             },
         );
     }
@@ -171,6 +224,8 @@ struct Rewritten {
     applied: Vec<ExternalId>,
     /// Changes that could not be applied to their row, and why.
     failed: Vec<(ExternalId, String)>,
+    /// The header row, resolved.
+    header: Header,
 }
 
 /// Copies the file into a temp file beside it with the pending rows rewritten or left out;
@@ -193,10 +248,18 @@ fn rewrite(
             inner: BufWriter::new(temp_file),
             hasher: Sha256::new(),
             count: 0,
+            eol: None,
+            last: None,
         },
         handled: HashSet::new(),
         applied: Vec::new(),
         failed: Vec::new(),
+        header: Header {
+            names: Vec::new(),
+            index: HashMap::new(),
+            id: 0,
+            updated_at: None,
+        },
     };
     let mut reader = csv_reader(HashingReader::new(source));
     let mut record = ByteRecord::new();
@@ -219,9 +282,10 @@ fn rewrite(
         };
         edit = done.plan_row(layout, header, &record, pending, (line, start));
     }
-    if header.is_none() {
-        parse_header(layout, None)?;
-    }
+    let header = match header {
+        Some(header) => header,
+        None => parse_header(layout, None)?,
+    };
     let (len, sha256) = reader.into_inner().finish().map_err(|e| layout.io(e))?;
     if len != expected.len || sha256 != expected.sha256 {
         return Err(changed_since_read(layout));
@@ -234,6 +298,7 @@ fn rewrite(
     if copied_len != expected.len || copied_sha256 != expected.sha256 {
         return Err(changed_since_read(layout));
     }
+    done.header = header;
     Ok(done)
 }
 
@@ -257,6 +322,11 @@ impl Rewritten {
         let change = pending.get(id.as_str())?;
         if !self.handled.insert(id.as_str().to_string()) {
             return None; // a later duplicate: never a record, never written
+        }
+        if change.append {
+            // The file has this record already (an earlier create of it): not made twice.
+            self.applied.push(change.id.clone());
+            return None;
         }
         let planned = if change.delete {
             Ok(BTreeMap::new())
@@ -297,6 +367,7 @@ fn replace_file(
         inner,
         hasher,
         count,
+        ..
     } = out;
     let file = inner.into_inner().map_err(|e| layout.io(e.error()))?;
     file.sync_all().map_err(|e| layout.io(e))?;
@@ -363,6 +434,58 @@ fn plan_edit(
         );
     }
     Ok(cells)
+}
+
+/// The append step: the new records the file does not hold yet, one row each after the last
+/// row, in the file's line ending (a missing final line ending is added first), with the
+/// header's columns in order (the id, the record's fields, the last-modified time, empty
+/// elsewhere). Returns the records appended.
+fn append_rows<W: Write>(
+    out: &mut HashingWriter<W>,
+    header: &Header,
+    pending: &HashMap<String, PendingChange>,
+    order: &[String],
+    handled: &HashSet<String>,
+) -> io::Result<Vec<ExternalId>> {
+    let new: Vec<&PendingChange> = order
+        .iter()
+        .filter(|key| !handled.contains(*key))
+        .filter_map(|key| pending.get(key))
+        .filter(|change| change.append)
+        .collect();
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let eol = out.eol.unwrap_or(b"\n");
+    if out.last.is_some_and(|b| b != b'\n') {
+        out.write_all(eol)?;
+    }
+    let mut appended = Vec::with_capacity(new.len());
+    for change in new {
+        out.write_all(&encode_row(header, change))?;
+        out.write_all(eol)?;
+        appended.push(change.id.clone());
+    }
+    Ok(appended)
+}
+
+/// A new row's bytes: every header column in order.
+fn encode_row(header: &Header, change: &PendingChange) -> Vec<u8> {
+    let mut row = Vec::new();
+    for (i, name) in header.names.iter().enumerate() {
+        if i > 0 {
+            row.push(b',');
+        }
+        let value = if i == header.id {
+            change.id.as_str().to_string()
+        } else if Some(i) == header.updated_at {
+            change.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+        } else {
+            change.fields.get(name).cloned().unwrap_or_default()
+        };
+        row.extend(encode(&value, false));
+    }
+    row
 }
 
 fn copy_exact(from: &mut impl Read, to: &mut impl Write, len: u64) -> io::Result<()> {

@@ -11,6 +11,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use super::create::CreateConfig;
 use super::webhook::WebhookConfig;
 use crate::config::HumanDuration;
 use crate::source::SourceError;
@@ -482,6 +483,9 @@ pub struct RestSourceConfig {
     /// `POST /webhooks/crm`: a signed notice from the CRM starts a cycle at once.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
+    /// Creating records from contacts made in Quo (`reverse.create_in_crm`).
+    #[serde(default)]
+    pub create: Option<CreateConfig>,
     /// Allow credentials over plain `http://` to hosts beyond loopback (`base_url` with auth,
     /// `auth.token_url`, an API base from `auth.base_url_pointer`); default false.
     #[serde(default)]
@@ -694,6 +698,9 @@ impl RestSourceConfig {
         }
         self.validate_oauth(&pointer)?;
         self.validate_webhook(&pointer)?;
+        if let Some(create) = &self.create {
+            create.validate()?;
+        }
         if let Some(update) = &self.update {
             for (key, path) in [
                 ("update.path", Some(&update.path)),

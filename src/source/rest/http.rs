@@ -58,10 +58,17 @@ enum Failure {
 }
 
 impl Failure {
-    fn retryable(&self) -> bool {
+    /// Whether to try again: a `replayable` request on any retryable failure; a request that
+    /// must not be sent twice (a create) only when it surely made nothing (a 429, a connection
+    /// never made).
+    fn retryable(&self, replayable: bool) -> bool {
         match self {
-            Failure::Status { .. } => true,
-            Failure::Transport { transient, .. } => *transient,
+            Failure::Status { reply, .. } => {
+                replayable || reply.status == StatusCode::TOO_MANY_REQUESTS
+            }
+            Failure::Transport { error, transient } => {
+                *transient && (replayable || error.is_connect())
+            }
             Failure::Fatal(_) => false,
         }
     }
@@ -93,18 +100,45 @@ impl RestSource {
         body: Option<&Value>,
         headers: &HeaderMap,
     ) -> Result<Reply, SourceError> {
-        self.send_with(method, url, body, headers, None).await
+        self.send_with(method, url, body, headers, None, true).await
     }
 
     /// [`RestSource::send`] for a write: every attempt is admitted by `guard` just before it is
     /// sent, with its timeout capped by the leader's fence.
-    pub(super) async fn send_with(
+    pub(super) async fn send_guarded(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+        guard: &crate::source::WriteGuard,
+    ) -> Result<Reply, SourceError> {
+        self.send_with(method, url, body, headers, Some(guard), true)
+            .await
+    }
+
+    /// [`RestSource::send`] for a request that must not be sent twice (a create): retried only
+    /// when it surely did not reach the CRM (a connection never made) or was refused unapplied
+    /// (429); a 5xx is returned as it is and a lost answer as an error, for the caller to resolve.
+    pub(super) async fn send_once(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+    ) -> Result<Reply, SourceError> {
+        self.send_with(method, url, body, headers, None, false)
+            .await
+    }
+
+    async fn send_with(
         &self,
         method: Method,
         url: &Url,
         body: Option<&Value>,
         headers: &HeaderMap,
         guard: Option<&crate::source::WriteGuard>,
+        replayable: bool,
     ) -> Result<Reply, SourceError> {
         let shown = self.shown(url);
         let mut target = url.clone();
@@ -133,7 +167,7 @@ impl RestSource {
         };
         let outcome = (|| self.attempt(&exchange))
             .retry(self.retry)
-            .when(Failure::retryable)
+            .when(|failure| failure.retryable(replayable))
             .adjust(|failure, delay| match failure {
                 Failure::Status {
                     wait_hint: Some(hint),

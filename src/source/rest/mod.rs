@@ -18,10 +18,12 @@
 //! retries), `paging` (the list call), `records` (JSON → `SourceRecord`), `pointer` (editing
 //! JSON records), `write` (write-back), `versions` (records as read, to detect edits before a
 //! write), `webhook` (the `[source.rest.webhook]` settings), `named` (reading only the records
-//! a CRM webhook names). This file holds the adapter itself.
+//! a CRM webhook names), `create` (records made from contacts made in Quo). This file holds the
+//! adapter itself.
 
 mod auth;
 mod config;
+mod create;
 mod http;
 mod named;
 mod oauth;
@@ -37,6 +39,7 @@ pub use config::{
     PagingConfig, PagingStyle, ParamValue, RestConfigError, RestSourceConfig, SinceFormat,
     UPDATED_SINCE_PLACEHOLDER, UpdateConfig, UpdateMethod,
 };
+pub use create::{CreateConfig, CreateMethod};
 pub use http::redact_url;
 pub use named::{MAX_NAMED_IDS, NoticeIds};
 pub use paging::next_link;

@@ -177,48 +177,20 @@ impl RestSource {
         } else {
             Value::Object(Map::new())
         };
-        for (name, value) in &change.fields {
-            let result = if let Some(pointer) = self.config.fields.get(name) {
-                let typed = typed_like(record.pointer(pointer), value);
-                set_pointer(&mut record, pointer, typed)
-            } else if let Some((array, label)) = self.array_for(name) {
-                set_array_item(&mut record, array, label, value)
-            } else {
-                Err(format!(
-                    "no pointer configured for field {name:?} (source.rest.fields or source.rest.arrays)"
-                ))
-            };
-            if let Err(reason) = result {
-                return Ok(Outcome::Failed(reason));
-            }
-        }
-        if update.set_updated_at
-            && let Some(pointer) = &self.config.updated_at_pointer
-        {
-            let stamp = Value::String(
-                change
-                    .updated_at
-                    .to_rfc3339_opts(SecondsFormat::Millis, true),
-            );
-            if let Err(reason) = set_pointer(&mut record, pointer, stamp) {
-                return Ok(Outcome::Failed(reason));
-            }
-        }
-        if update.wrap_array {
-            record = Value::Array(vec![record]);
-        }
-        let mut body = Value::Object(Map::new());
-        if update.wrap_pointer.is_empty() {
-            body = record;
-        } else if let Err(reason) = set_pointer(&mut body, &update.wrap_pointer, record) {
+        let stamp = update.set_updated_at.then_some(change.updated_at);
+        if let Err(reason) = self.apply_fields(&mut record, &change.fields, stamp) {
             return Ok(Outcome::Failed(reason));
         }
+        let body = match wrap(record, &update.wrap_pointer, update.wrap_array) {
+            Ok(body) => body,
+            Err(reason) => return Ok(Outcome::Failed(reason)),
+        };
         let method = match update.method {
             UpdateMethod::Patch => Method::PATCH,
             UpdateMethod::Put => Method::PUT,
         };
         let reply = self
-            .send_with(method.clone(), &url, Some(&body), &headers, Some(guard))
+            .send_guarded(method.clone(), &url, Some(&body), &headers, guard)
             .await?;
         let status = reply.status;
         Ok(if status.is_success() {
@@ -240,6 +212,34 @@ impl RestSource {
         })
     }
 
+    /// Writes raw field values into a record by the configured pointers (typed like the value
+    /// already there) and labelled arrays, and the change time at `updated_at_pointer` when
+    /// `stamp` is given: the body of a write-back and of a create alike.
+    pub(super) fn apply_fields(
+        &self,
+        record: &mut Value,
+        fields: &std::collections::BTreeMap<String, String>,
+        stamp: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), String> {
+        for (name, value) in fields {
+            if let Some(pointer) = self.config.fields.get(name) {
+                let typed = typed_like(record.pointer(pointer), value);
+                set_pointer(record, pointer, typed)?;
+            } else if let Some((array, label)) = self.array_for(name) {
+                set_array_item(record, array, label, value)?;
+            } else {
+                return Err(format!(
+                    "no pointer configured for field {name:?} (source.rest.fields or source.rest.arrays)"
+                ));
+            }
+        }
+        if let (Some(at), Some(pointer)) = (stamp, &self.config.updated_at_pointer) {
+            let stamp = Value::String(at.to_rfc3339_opts(SecondsFormat::Millis, true));
+            set_pointer(record, pointer, stamp)?;
+        }
+        Ok(())
+    }
+
     /// The array config and label a flattened field name (`email.work`) refers to.
     pub(super) fn array_for<'a>(
         &'a self,
@@ -252,6 +252,22 @@ impl RestSource {
                 .map(|label| (array, label))
         })
     }
+}
+
+/// A record placed in a request body: at `wrap_pointer` ("" = the body is the record), inside
+/// a one-item array when `wrap_array`.
+pub(super) fn wrap(record: Value, wrap_pointer: &str, wrap_array: bool) -> Result<Value, String> {
+    let record = if wrap_array {
+        Value::Array(vec![record])
+    } else {
+        record
+    };
+    if wrap_pointer.is_empty() {
+        return Ok(record);
+    }
+    let mut body = Value::Object(Map::new());
+    set_pointer(&mut body, wrap_pointer, record)?;
+    Ok(body)
 }
 
 pub(super) enum Outcome {
