@@ -4,7 +4,8 @@
 //!   requests sent ÷ minimum needed;
 //! - one changed field on every record: requests ÷ minimum;
 //! - a no-change cycle over 100,000 and 1,000,000 CSV rows, run by the real binary: wall time and
-//!   peak RSS;
+//!   peak RSS; the same over a Windows-1252 export with a non-ASCII character in every row
+//!   (`no_change.rows_<n>_cp1252`, with `over_utf8`: its time ÷ the UTF-8 file's, same run);
 //! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling;
 //! - failover (`ha`, `sync/ha.rs`): time for a standby to take over from a killed or paused leader;
 //! - reverse scans (`scan`, `sync/scan.rs`): one pass over 10,000 and 100,000 contacts at 10/s,
@@ -63,11 +64,31 @@ fn row(i: u64, company: &str) -> String {
 }
 
 fn write_csv(path: &Path, rows: u64, company: &str) {
+    write_csv_as(path, rows, company, Encoding::Utf8);
+}
+
+/// The text encoding a bench CSV is written in.
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Utf8,
+    Windows1252,
+}
+
+fn write_csv_as(path: &Path, rows: u64, company: &str, encoding: Encoding) {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(out, "{HEADER}").unwrap();
+    let mut line = |text: &str| match encoding {
+        Encoding::Utf8 => writeln!(out, "{text}").unwrap(),
+        Encoding::Windows1252 => {
+            let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(text);
+            assert!(!unmappable);
+            out.write_all(&bytes).unwrap();
+            out.write_all(b"\n").unwrap();
+        }
+    };
+    line(HEADER);
     for i in 0..rows {
-        writeln!(out, "{}", row(i, company)).unwrap();
+        line(&row(i, company));
     }
 }
 
@@ -186,7 +207,10 @@ async fn initial_load_at_real_rate(records: u64) -> Value {
 }
 
 /// Seeds a ledger as if `rows` records had synced, then times the real binary's no-change cycle.
-async fn no_change(rows: u64) -> Value {
+/// `Windows1252`: the file is a Windows-1252 export whose every row holds a non-ASCII
+/// character (a company named "Société …"), read with `source.encoding = "auto"`, so every row
+/// takes the decoding path.
+async fn no_change(rows: u64, encoding: Encoding) -> Value {
     let sandbox = SandboxHandle::start(SandboxConfig {
         requests_per_second: 0,
         ..SandboxConfig::default()
@@ -195,7 +219,11 @@ async fn no_change(rows: u64) -> Value {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let csv_path = dir.path().join("contacts.csv");
-    write_csv(&csv_path, rows, "Acme");
+    let company = match encoding {
+        Encoding::Utf8 => "Acme",
+        Encoding::Windows1252 => "Société",
+    };
+    write_csv_as(&csv_path, rows, company, encoding);
     let config_path = write_config(dir.path(), &sandbox, 10, "[reverse]\nenabled = false\n");
     let config = Config::load_with_env(&config_path, std::iter::empty()).unwrap();
 
@@ -427,9 +455,16 @@ fn main() {
         if wanted("no_change") {
             let mut no_change_figures = serde_json::Map::new();
             for rows in sizes {
-                let figures = no_change(rows).await;
+                let figures = no_change(rows, Encoding::Utf8).await;
                 eprintln!("no change, {rows} rows: {figures}");
+                let utf8_seconds = figures["seconds"].as_f64().unwrap_or(0.0);
                 no_change_figures.insert(format!("rows_{rows}"), figures);
+                // The same file as a Windows-1252 export, measured in the same run.
+                let mut figures = no_change(rows, Encoding::Windows1252).await;
+                let seconds = figures["seconds"].as_f64().unwrap_or(0.0);
+                figures["over_utf8"] = json!(seconds / utf8_seconds);
+                eprintln!("no change, {rows} rows, Windows-1252: {figures}");
+                no_change_figures.insert(format!("rows_{rows}_cp1252"), figures);
             }
             figures.insert("no_change".into(), Value::Object(no_change_figures));
         }

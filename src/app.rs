@@ -147,7 +147,7 @@ pub fn build_context_on(
     cancel: CancellationToken,
     ledger: Ledger,
 ) -> Result<SyncContext, AppError> {
-    let source = Arc::new(Source::from_config(&config.source)?);
+    let source = Arc::new(Source::from_config_mapped(&config.source, &config.mapping)?);
     source.attach_ledger(&ledger);
     build_context_with_source(config, kind, cancel, ledger, source)
 }
@@ -432,7 +432,7 @@ pub async fn run_replica_observed(
     let wake = Arc::new(Notify::new());
     // One source for every leader term: its change watcher must know what quo-sync wrote. A
     // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
-    let source = Arc::new(Source::from_config(&config.source)?);
+    let source = Arc::new(Source::from_config_mapped(&config.source, &config.mapping)?);
     source.attach_ledger(&base);
     // One refusal clock per credential for the process: what a leader term saw accepted
     // counts in the next term too.

@@ -18,6 +18,10 @@ mod print;
 
 pub use paths::ResolvedPath;
 
+mod csv_dialect;
+pub use csv_dialect::{
+    CsvDelimiter, CsvEncoding, CsvEscape, CsvQuote, DELIMITER_CANDIDATES, show_byte,
+};
 mod day_one;
 pub use day_one::{MatchExisting, NATIVE_SOURCES};
 
@@ -246,6 +250,27 @@ pub struct SourceConfig {
     /// file events are unreliable (some network filesystems) and rely on `schedule.interval`.
     #[serde(default = "default_true")]
     pub watch: bool,
+    /// The CSV file's field separator (csv): `","`, `";"`, `"\t"`, `"|"` or `"auto"` (default:
+    /// chosen from the header line).
+    #[serde(default)]
+    pub delimiter: CsvDelimiter,
+    /// The CSV file's encoding (csv), default `auto`.
+    #[serde(default)]
+    pub encoding: CsvEncoding,
+    /// The CSV quote character (csv), default `"`.
+    #[serde(default)]
+    pub quote: CsvQuote,
+    /// The CSV escape character inside quotes (csv), default none (doubled quotes).
+    #[serde(default)]
+    pub escape: CsvEscape,
+    /// How long the CSV file's size and modification time must stay unchanged before
+    /// `quo-sync run` reads it (csv), default `1s`; `0s` reads at once.
+    #[serde(default = "default_quiet_period")]
+    pub quiet_period: HumanDuration,
+}
+
+fn default_quiet_period() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
 }
 
 fn default_true() -> bool {
@@ -888,6 +913,7 @@ impl Config {
             key: key.to_string(),
             reason,
         };
+        self.source.validate_dialect(file)?;
         if !(self.quo.base_url.starts_with("http://") || self.quo.base_url.starts_with("https://"))
         {
             return Err(bad(

@@ -614,3 +614,182 @@ async fn a_timestamped_notice_is_refused_when_stale_and_ignored_when_replayed() 
     assert_eq!(rig.runs_finished().await, 2, "a replay starts no cycle");
     rig.stop().await;
 }
+
+/// The dialects the half-written-file guard is exercised in: each encodes the file's text, with
+/// its separator, and the `[source]` keys it needs. The guard looks at the file's size and
+/// modification time, and the cut falls inside a multi-byte name, so it works the same way in
+/// every one of them.
+#[derive(Clone, Copy)]
+enum Dialect {
+    Utf8Comma,
+    Windows1252Semicolon,
+    Utf16LeTab,
+}
+
+impl Dialect {
+    fn separator(self) -> &'static str {
+        match self {
+            Dialect::Utf8Comma => ",",
+            Dialect::Windows1252Semicolon => ";",
+            Dialect::Utf16LeTab => "\t",
+        }
+    }
+
+    fn encode(self, text: &str) -> Vec<u8> {
+        match self {
+            Dialect::Utf8Comma => text.as_bytes().to_vec(),
+            Dialect::Windows1252Semicolon => {
+                let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(text);
+                assert!(!unmappable);
+                bytes.into_owned()
+            }
+            Dialect::Utf16LeTab => [0xFF, 0xFE]
+                .into_iter()
+                .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+                .collect(),
+        }
+    }
+}
+
+/// A file rewritten in place (`cat > file`, `scp`, a streaming export) with a pause in the
+/// middle is read only once it is whole: the watcher's cycle waits until its size and
+/// modification time have been still for `source.quiet_period`. No record past the cut is
+/// deleted, and the row cut in half never sends its truncated name.
+async fn a_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole(dialect: Dialect) {
+    use std::collections::HashSet;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    // first_name is the last column, so a cut inside it still leaves a row of the right width.
+    let header = "crm_id,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at,first_name"
+        .replace(',', dialect.separator());
+    let file = |company_of_3: &str| {
+        let mut text = format!("{header}\n");
+        for i in 1..=20u32 {
+            let company = if i == 3 {
+                company_of_3.to_string()
+            } else {
+                format!("Acme {i}")
+            };
+            let row = format!(
+                "p-{i},Last{i},{company},Buyer,p{i}@example.com,,(415) 555-{:04},,{i},yes,2026-03-01,vip,https://p{i}.example.com,2026-01-01T00:00:00Z,Fírstname{i}\n",
+                1000 + i
+            );
+            text.push_str(&row.replace(',', dialect.separator()));
+        }
+        text
+    };
+    let mut app = TestApp::spawn_with(
+        "crm_id,first_name\n",
+        SandboxConfig::default(),
+        "[schedule]\ninterval = \"1h\"\n[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = 1.0\n[reverse]\nenabled = false\n",
+    )
+    .await;
+    std::fs::write(&app.csv_path, dialect.encode(&file("Acme 3"))).unwrap();
+    let config = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(
+        &app.config_path,
+        config.replacen(
+            "[source]\nkind = \"csv\"\n",
+            "[source]\nkind = \"csv\"\nquiet_period = \"2s\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    app.restart().await;
+    let service = app.start_service();
+    wait_for("first cycle", Duration::from_secs(15), async || {
+        app.sandbox.contacts().len() == 20
+    })
+    .await;
+    assert_eq!(
+        app.contact_for("p-7")["defaultFields"]["firstName"],
+        "Fírstname7"
+    );
+
+    // Everything Quo shows from now on: every first name, and the fewest contacts at once.
+    let names = Arc::new(Mutex::new(HashSet::new()));
+    let fewest = Arc::new(AtomicUsize::new(20));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (base, names, fewest, done) = (
+            app.sandbox.base_url(),
+            names.clone(),
+            fewest.clone(),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let contacts = common::sandbox_truth(&base).await;
+                fewest.fetch_min(contacts.len(), Ordering::Relaxed);
+                names.lock().unwrap().extend(
+                    contacts
+                        .iter()
+                        .filter_map(|c| c["defaultFields"]["firstName"].as_str())
+                        .map(str::to_string),
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // Rewritten in place: up to the middle of p-12's first name (past its accent), a pause,
+    // then the rest.
+    let new = file("Moved");
+    let cut = dialect
+        .encode(&new[..new.find("Fírstname12").unwrap() + "Fírstn".len()])
+        .len();
+    let new = dialect.encode(&new);
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&app.csv_path)
+        .unwrap();
+    writer.write_all(&new[..cut]).unwrap();
+    writer.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    writer.write_all(&new[cut..]).unwrap();
+    writer.flush().unwrap();
+    drop(writer);
+
+    wait_for(
+        "the rewrite reaches Quo",
+        Duration::from_secs(15),
+        async || app.contact_for("p-3")["defaultFields"]["company"] == "Moved",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    watcher.await.unwrap();
+
+    assert_eq!(fewest.load(Ordering::Relaxed), 20, "a contact was deleted");
+    let expected: HashSet<String> = (1..=20).map(|i| format!("Fírstname{i}")).collect();
+    let names = names.lock().unwrap().clone();
+    assert!(
+        names.is_subset(&expected),
+        "a truncated name reached Quo: {:?}",
+        names.difference(&expected).collect::<Vec<_>>()
+    );
+    let ids: Vec<String> = (1..=20).map(|i| format!("p-{i}")).collect();
+    app.assert_one_contact_per_record(&ids).await;
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_utf8_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole() {
+    a_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole(Dialect::Utf8Comma).await;
+}
+
+#[tokio::test]
+async fn a_windows_1252_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole() {
+    a_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole(
+        Dialect::Windows1252Semicolon,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_utf16le_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole() {
+    a_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole(Dialect::Utf16LeTab).await;
+}

@@ -395,6 +395,11 @@ async fn csv_rows_are_appended_in_the_files_own_style_and_never_twice() {
         updated_at_field: "updated_at".into(),
         rest: None,
         watch: false,
+        delimiter: Default::default(),
+        encoding: Default::default(),
+        quote: Default::default(),
+        escape: Default::default(),
+        quiet_period: quo_sync::config::HumanDuration(std::time::Duration::from_secs(1)),
     })
     .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);

@@ -510,15 +510,26 @@ async fn incremental_reads_send_the_param_and_deletions_wait_for_a_full_read() {
     );
     assert_eq!(app.sandbox.count_by_external_id("c005"), 1);
 
-    // Force the next read to be full: it notices c005 is gone and deletes it from Quo.
-    app.ctx
-        .ledger
-        .set_meta(
-            "source.last_full_read_at",
-            &(chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339(),
-        )
-        .await
-        .unwrap();
+    // Force the next reads to be full: the first notices c005 is gone, the second agrees and
+    // deletes it from Quo.
+    let force_full_read = async || {
+        app.ctx
+            .ledger
+            .set_meta(
+                "source.last_full_read_at",
+                &(chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339(),
+            )
+            .await
+            .unwrap();
+    };
+    force_full_read().await;
+    let report = app.cycle().await;
+    assert_eq!(
+        report.counts.deleted, 0,
+        "one full read only notes it: {report:?}"
+    );
+    assert_eq!(app.sandbox.count_by_external_id("c005"), 1);
+    force_full_read().await;
     let seen = app.crm.requests().len();
     app.sandbox.reset_stats();
     let report = app.cycle().await;

@@ -388,6 +388,10 @@ async fn records_gone_from_the_source_are_ignored_by_default_and_deleted_when_co
     .await;
     app.cycle().await;
     app.write_csv(&csv(&rows(2)));
+    // One complete read that misses a record only notes it; the next that agrees deletes.
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 0);
+    assert_eq!(app.sandbox.count_by_external_id("c-3"), 1);
     let report = app.cycle().await;
     assert_eq!(report.counts.deleted, 1);
     assert_eq!(app.sandbox.count_by_external_id("c-3"), 0);
@@ -398,4 +402,48 @@ async fn records_gone_from_the_source_are_ignored_by_default_and_deleted_when_co
         .unwrap()
         .unwrap();
     assert_eq!(row.state, quo_sync::ledger::RecordState::Deleted);
+}
+
+/// A record one complete read misses (a file caught half-written, a list that skipped a page)
+/// is deleted only when the next complete read misses it too; one that comes back is kept, and
+/// its absence forgotten.
+#[tokio::test]
+async fn a_record_is_deleted_only_when_two_complete_reads_in_a_row_miss_it() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(4)),
+        SandboxConfig::default(),
+        "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = 1.0\n",
+    )
+    .await;
+    app.cycle().await;
+    let absent = async || {
+        let mut ids: Vec<String> = app.ledger().absences().await.unwrap().into_iter().collect();
+        ids.sort();
+        ids
+    };
+
+    // A read cut after two rows: nothing deleted, the two missing rows noted.
+    app.write_csv(&csv(&rows(2)));
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 0, "{report:?}");
+    assert_eq!(app.sandbox.contacts().len(), 4);
+    assert_eq!(absent().await, ["c-3", "c-4"]);
+
+    // The whole file again: they are back, kept, and no longer noted.
+    app.write_csv(&csv(&rows(4)));
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 0, "{report:?}");
+    assert!(absent().await.is_empty());
+
+    // A record really removed: kept after the first read that misses it, deleted after the
+    // second, and its absence then forgotten.
+    app.write_csv(&csv(&rows(3)));
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 0, "{report:?}");
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 1, "{report:?}");
+    assert_eq!(app.sandbox.count_by_external_id("c-4"), 0);
+    assert_eq!(app.sandbox.contacts().len(), 3);
+    app.cycle().await;
+    assert!(absent().await.is_empty());
 }

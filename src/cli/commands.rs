@@ -215,6 +215,14 @@ fn check_config(config_path: &Path, print: bool) -> anyhow::Result<u8> {
             "NOT set (needed by run, once, plan)"
         }
     );
+    if config.source.kind == quo_sync::config::SourceKind::Csv {
+        let csv =
+            quo_sync::source::csv::CsvSource::new(&config.source).expect_columns(&config.mapping);
+        match csv.sniff_dialect() {
+            Ok(dialect) => println!("{}: {}", csv.path().display(), dialect.describe()),
+            Err(e) => println!("{}: cannot tell its dialect yet: {e}", csv.path().display()),
+        }
+    }
     Ok(0)
 }
 
@@ -536,16 +544,21 @@ async fn plan(session: Session, json: bool) -> anyhow::Result<u8> {
     let report = app::once(&ctx, Mode::DryRun).await;
     watch.finish().await;
     let report = report?;
+    let dialect = ctx.source.describe_dialect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "counts": report.counts,
-                "operations": report.operations,
-                "peak_rss_mib": quo_sync::telemetry::peak_rss_mib(),
-            }))?
-        );
+        let mut out = serde_json::json!({
+            "counts": report.counts,
+            "operations": report.operations,
+            "peak_rss_mib": quo_sync::telemetry::peak_rss_mib(),
+        });
+        if let Some(dialect) = &dialect {
+            out["source_dialect"] = serde_json::json!(dialect);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        if let Some(dialect) = &dialect {
+            println!("source: {} read as {dialect}", ctx.source.describe());
+        }
         let colour = std::io::stdout().is_terminal() && console::colors_enabled();
         print!("{}", render_table(&report.operations, colour));
         if let Some(terminal) = &session.terminal {

@@ -195,6 +195,27 @@ const TABLES: &[Table] = &[
         pg_order: "quo_id",
     },
     Table {
+        name: "source_absences",
+        columns: &[
+            ("external_id", Text),
+            ("first_missed_at", Text),
+            ("run_id", Text),
+        ],
+        pg_order: "external_id",
+    },
+    Table {
+        name: "crm_holds",
+        columns: &[
+            ("external_id", Text),
+            ("field", Text),
+            ("crm_value", Text),
+            ("quo_value", Text),
+            ("reason", Text),
+            ("at", Text),
+        ],
+        pg_order: "external_id, field",
+    },
+    Table {
         name: "meta",
         columns: &[("key", Text), ("value", Text)],
         pg_order: "key",

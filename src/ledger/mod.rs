@@ -7,6 +7,7 @@
 //! Migrations live in `migrations/<backend>/` and are embedded in the binary; they run only
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
+mod absences;
 mod adoptions;
 mod backup;
 mod copy;
@@ -32,6 +33,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
+pub use absences::CrmHold;
 pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use backup::{BackupError, BackupReport};
 pub use copy::CopyReport;

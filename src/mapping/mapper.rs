@@ -71,23 +71,7 @@ impl Mapper {
 
         let (custom, def_names) = resolve_custom(config, defs)?;
 
-        let mut mapped_fields: Vec<String> = [
-            &config.first_name,
-            &config.last_name,
-            &config.company,
-            &config.role,
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-        mapped_fields.extend(config.emails.iter().map(|m| m.field.clone()));
-        mapped_fields.extend(config.phones.iter().map(|m| m.field.clone()));
-        mapped_fields.extend(custom.iter().map(|c| c.field.clone()));
-        mapped_fields.sort();
-        mapped_fields.dedup();
-
-        let raw = raw_fingerprint(&config_digest(config, &custom), &mapped_fields);
+        let raw = raw_fingerprint(&config_digest(config, &custom), &source_fields(config));
 
         Ok(Mapper {
             region,
@@ -320,6 +304,27 @@ impl Mapper {
             self.phones.iter().map(|m| m.label.clone()).collect(),
         )
     }
+}
+
+/// Every source field the mapping reads (sorted, once each): the fingerprint's fields, and the
+/// columns a CSV header is expected to have.
+pub fn source_fields(config: &MappingConfig) -> Vec<String> {
+    let mut fields: Vec<String> = [
+        &config.first_name,
+        &config.last_name,
+        &config.company,
+        &config.role,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
+    fields.extend(config.emails.iter().map(|m| m.field.clone()));
+    fields.extend(config.phones.iter().map(|m| m.field.clone()));
+    fields.extend(config.custom_fields.iter().map(|c| c.field.clone()));
+    fields.sort();
+    fields.dedup();
+    fields
 }
 
 /// Resolves `mapping.custom_fields` to Quo keys and types (exact name, then case-insensitive),

@@ -43,7 +43,7 @@ use crate::quo::types::{CustomFieldDef, CustomFieldType};
 
 pub use fingerprint::RawFingerprint;
 pub use lenient::normalize_contact;
-pub use mapper::Mapper;
+pub use mapper::{Mapper, source_fields};
 pub use phones::normalize_phone;
 
 /// The configured mapping cannot work against this workspace; the cycle does not start.

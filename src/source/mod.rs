@@ -128,6 +128,20 @@ pub struct WriteReport {
     pub conflicted: Vec<ExternalId>,
     /// Records that failed, with the reason.
     pub failed: Vec<(ExternalId, String)>,
+    /// Values the CRM cannot hold (a character the CSV file's encoding lacks): the rest of the
+    /// record was written (it is in `written`), this field was left as it was.
+    pub unwritable: Vec<Unwritable>,
+}
+
+/// One value write-back left out of an otherwise written record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unwritable {
+    /// The record.
+    pub external_id: ExternalId,
+    /// The source field (CSV column).
+    pub field: String,
+    /// Why (`😀 (U+1F600) cannot be written in windows-1252`).
+    pub reason: String,
 }
 
 /// A record to make in the CRM from a contact made in the Quo app (`reverse.create_in_crm`).
@@ -260,6 +274,18 @@ pub enum Source {
 }
 
 impl Source {
+    /// Builds the adapter the configuration names, knowing which source fields the mapping
+    /// reads (a CSV header's separator is chosen by them).
+    pub fn from_config_mapped(
+        config: &SourceConfig,
+        mapping: &crate::config::MappingConfig,
+    ) -> Result<Self, SourceError> {
+        Ok(match Self::from_config(config)? {
+            Source::Csv(csv) => Source::Csv(csv.expect_columns(mapping)),
+            other => other,
+        })
+    }
+
     /// Builds the adapter the configuration names.
     pub fn from_config(config: &SourceConfig) -> Result<Self, SourceError> {
         match config.kind {
@@ -461,6 +487,15 @@ impl Source {
         match self {
             Source::Csv(csv) => csv.describe(),
             Source::Rest(rest) => rest.describe(),
+        }
+    }
+
+    /// The CSV dialect the last read found (`plan` shows it); `None` for other sources or
+    /// before a read.
+    pub fn describe_dialect(&self) -> Option<String> {
+        match self {
+            Source::Csv(csv) => csv.describe_dialect(),
+            Source::Rest(_) => None,
         }
     }
 }

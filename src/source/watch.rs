@@ -1,9 +1,11 @@
 //! Change signals from the CRM side that start a cycle at once instead of at the next
 //! `schedule.interval`: the CSV file watched with `notify` (debounced, and ignoring changes that
-//! leave the file as quo-sync last read or wrote it, so our own write-back starts no cycle), and
-//! `POST /webhooks/crm` for REST CRMs (see [`crm_webhook`]). Both only wake the service loop
-//! through the same `Notify` the Quo webhook receiver uses; the cycle does the reading (of just
-//! the records a webhook names, with `source.rest.webhook.ids_pointer`: see `rest::named`).
+//! leave the file as quo-sync last read or wrote it, so our own write-back starts no cycle; the
+//! cycle's read then waits until the file has been still for `source.quiet_period`, so a file
+//! rewritten in place with pauses is not read half-written), and `POST /webhooks/crm` for REST
+//! CRMs (see [`crm_webhook`]). Both only wake the service loop through the same `Notify` the Quo
+//! webhook receiver uses; the cycle does the reading (of just the records a webhook names, with
+//! `source.rest.webhook.ids_pointer`: see `rest::named`).
 
 mod crm_webhook;
 
@@ -40,6 +42,11 @@ impl Signals {
         wake: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Result<Self, SourceError> {
+        if let Source::Csv(csv) = source.as_ref() {
+            // Whatever starts a cycle (the watcher, the schedule, a Quo webhook), the service
+            // reads the file only once it has been still for `source.quiet_period`.
+            csv.guard_reads();
+        }
         match source.as_ref() {
             Source::Csv(_) if !watch_file => Ok(Self {
                 _watcher: None,

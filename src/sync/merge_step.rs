@@ -203,7 +203,7 @@ impl Cycle {
         let base = row.snapshot.clone().unwrap_or_default();
         let crm = match &record {
             Some(record) => match self.mapper.map(record) {
-                Ok(snapshot) => snapshot,
+                Ok(snapshot) => self.crm_view(&external_id, snapshot).await?,
                 Err(error) => {
                     self.unsettled.lock().await.insert(external_id.to_string());
                     self.quarantine(
@@ -407,9 +407,20 @@ impl Cycle {
             }
         };
         let mut follow_up = Vec::new();
-        for (wb, change) in ready.into_iter().zip(changes) {
+        for (mut wb, change) in ready.into_iter().zip(changes) {
             if report.written.contains(&wb.external_id) {
-                if let Some(work) = self.commit_written(wb, &change.fields, now).await? {
+                let left_out: Vec<_> = report
+                    .unwritable
+                    .iter()
+                    .filter(|v| v.external_id == wb.external_id)
+                    .collect();
+                let fields = if left_out.is_empty() {
+                    change.fields
+                } else {
+                    self.hold_unwritable(&mut wb, change.fields, &left_out)
+                        .await?
+                };
+                if let Some(work) = self.commit_written(wb, &fields, now).await? {
                     follow_up.push(work);
                 }
             } else {
@@ -497,7 +508,10 @@ impl Cycle {
 }
 
 /// The record as it will read after `fields` are written.
-fn apply_change(record: &SourceRecord, fields: &BTreeMap<String, String>) -> SourceRecord {
+pub(super) fn apply_change(
+    record: &SourceRecord,
+    fields: &BTreeMap<String, String>,
+) -> SourceRecord {
     let mut updated = record.clone();
     for (name, value) in fields {
         updated.fields.insert(name.clone(), value.clone());

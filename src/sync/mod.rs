@@ -13,11 +13,13 @@
 //!    interrupted creates, contacts an unconfirmed create made (`copies.rs`), the incremental
 //!    high-water mark and the webhook inbox.
 
+mod absences;
 mod adopt;
 mod copies;
 mod execute;
 mod export;
 mod freshen;
+mod holds;
 mod matching;
 mod merge_step;
 pub mod payload;
@@ -294,6 +296,8 @@ struct Cycle {
     unfound_creates: Mutex<Vec<(ExternalId, Option<Snapshot>)>>,
     /// Phase timings for the report.
     phases: std::sync::Mutex<PhaseTimes>,
+    /// Records with CRM holds (`sync::holds`), read once per cycle when first needed.
+    held: tokio::sync::OnceCell<HashSet<String>>,
     /// When the cycle started: a copy read since is fresh.
     started: DateTime<Utc>,
     /// The workspace index, once a record needs it (listed first if it never was).
@@ -536,6 +540,7 @@ impl Cycle {
             missing: Mutex::new(Vec::new()),
             unfound_creates: Mutex::new(Vec::new()),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
+            held: tokio::sync::OnceCell::new(),
             started,
             workspace: tokio::sync::OnceCell::new(),
             deferred: Mutex::new(Vec::new()),

@@ -335,6 +335,7 @@ impl Cycle {
             return create(record, snapshot, fingerprint);
         };
         let base = row.snapshot.unwrap_or_default();
+        let snapshot = self.crm_view(&record.external_id, snapshot).await?;
         let changed = base.changed_fields(&snapshot);
         if changed.is_empty() {
             // Only unmapped columns or formatting changed: remember the new fingerprint.

@@ -290,7 +290,8 @@ impl Cycle {
         Ok(())
     }
 
-    /// Records gone from a complete read: `sync.on_source_delete` decides.
+    /// Records gone from this complete read and the one before (`sync::absences`):
+    /// `sync.on_source_delete` decides.
     async fn source_deletions(
         self: &Arc<Self>,
         index: &LedgerIndex,
@@ -304,6 +305,7 @@ impl Cycle {
             .filter(|(_, e)| !e.seen && e.state == RecordState::Synced && e.has_quo_id)
             .filter_map(|(id, _)| ExternalId::parse(id).ok())
             .collect();
+        let gone = self.confirmed_absences(gone).await?;
         if gone.is_empty() || !self.guard_deletions("quo_contacts", gone.len()).await? {
             return Ok(());
         }
