@@ -1036,14 +1036,22 @@ async fn hostile_retry_after_is_clamped_and_never_panics() {
         ],
     ] {
         crm.push_faults(batch.map(|v| Fault::Status(429, Some(v.to_string()))));
+        let started = std::time::Instant::now();
         let (items, summary) = tokio::time::timeout(
-            Duration::from_secs(10),
+            Duration::from_secs(20),
             read(&source, ReadRequest::default()),
         )
         .await
         .expect("Retry-After is capped at max_backoff");
+        let took = started.elapsed();
         summary.unwrap();
         assert_eq!(ids(&items), expected_ids(3));
+        // Four waits of at most 200 ms: about 0.8 s. Honouring any of these values for longer
+        // than the cap (the policy's 30 s, a day) takes far past 3 s.
+        assert!(
+            took < Duration::from_secs(3),
+            "{batch:?}: four 429s clamped to 200 ms took {took:?}"
+        );
     }
 }
 

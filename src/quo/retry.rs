@@ -135,6 +135,36 @@ mod tests {
         assert!(policy.backoff(1, None) <= Duration::from_millis(100));
     }
 
+    /// Full jitter: waits spread over the whole `[0, ceiling]` (200 draws for retry 3, ceiling
+    /// 400 ms), so concurrent workers that failed together do not retry together. A constant or
+    /// half-jittered wait fails; a spread this wide by chance has odds below 1e-20.
+    #[test]
+    fn backoff_is_spread_over_the_whole_ceiling() {
+        let policy = RetryPolicy {
+            max_retries: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        let draws: Vec<Duration> = (0..200).map(|_| policy.backoff(3, None)).collect();
+        let ceiling = Duration::from_millis(400);
+        assert!(draws.iter().all(|d| *d <= ceiling), "{draws:?}");
+        let (low, high) = (
+            draws
+                .iter()
+                .filter(|d| **d < Duration::from_millis(100))
+                .count(),
+            draws
+                .iter()
+                .filter(|d| **d > Duration::from_millis(300))
+                .count(),
+        );
+        assert!(low > 0 && high > 0, "low {low}, high {high}: {draws:?}");
+        let mut distinct = draws.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() > 50, "{} distinct waits", distinct.len());
+    }
+
     #[test]
     fn backon_backoff_gives_max_retries_capped_delays() {
         let policy = RetryPolicy {

@@ -196,6 +196,8 @@ pub(crate) struct Shared {
     pub acct: Mutex<Accounting>,
     pub faults: Mutex<FaultQueue>,
     pub hub: Arc<Hub>,
+    /// API writes (POST, PATCH, DELETE) that arrived and are not answered yet.
+    pub writes_in_flight: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -528,6 +530,7 @@ impl SandboxHandle {
             acct: Mutex::new(Accounting::default()),
             faults: Mutex::new(FaultQueue::default()),
             hub: hub.clone(),
+            writes_in_flight: tokio::sync::watch::Sender::new(0),
         });
         shared.set_shapes(config.response_shapes);
         let worker = tokio::spawn(hub.run(rx));
@@ -590,6 +593,12 @@ impl SandboxHandle {
     /// A snapshot of the statistics.
     pub fn stats(&self) -> SandboxStats {
         self.shared.stats()
+    }
+
+    /// API writes (POST, PATCH, DELETE) that have arrived and are not answered yet, as a watch:
+    /// a test that kills a client can tell (and wait for) a write in flight at that moment.
+    pub fn writes_in_flight(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.writes_in_flight.subscribe()
     }
 
     /// How many times each fault fired (the `faults` member of [`SandboxHandle::stats`]).

@@ -115,6 +115,7 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
         .get::<ConnectInfo<ConnInfo>>()
         .map(|c| c.0.clone());
     lock(&s.acct).arrived();
+    let _in_flight = is_write.then(|| InFlight::enter(&s.writes_in_flight));
 
     let authorized = req
         .headers()
@@ -200,6 +201,23 @@ fn status_after_write(s: &Shared, is_write: bool, resp: &Response) -> Option<(u1
     acct.stats.injected_faults += 1;
     acct.stats.faults.status_after_write += 1;
     Some(injected)
+}
+
+/// Counts a write in flight until answered (or until its handler is dropped: a client that
+/// hangs up can cancel it).
+struct InFlight<'a>(&'a tokio::sync::watch::Sender<u64>);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a tokio::sync::watch::Sender<u64>) -> Self {
+        gauge.send_modify(|n| *n += 1);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// After a successful write: consumes a `drop_after_write` count or draws the ratio, and if

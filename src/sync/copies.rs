@@ -123,7 +123,11 @@ pub(super) fn entry_that_made<'a>(
 }
 
 /// The merge base for adopting `have`: the intent's snapshot or the entry whose POST most likely
-/// made it, whichever differs from it in fewer fields (the intent on a tie), with that entry.
+/// made it, whichever differs from it in fewer fields, with that entry. On a tie the entry, the
+/// earlier POST: the intent may be a POST refused with 409 carrying the CRM's later values, and
+/// as the base it would make those look unchanged in the CRM, so a Quo edit to the same field
+/// would overwrite them with no conflict recorded; the earlier base at worst shows both sides
+/// changed, and the conflict is decided by the policy and recorded.
 pub(super) fn base_of<'a>(
     have: &Snapshot,
     intent: Option<Snapshot>,
@@ -132,7 +136,7 @@ pub(super) fn base_of<'a>(
     let entry = (!entries.is_empty()).then(|| entry_that_made(have, entries));
     match (intent, entry) {
         (Some(intent), Some(entry))
-            if have.changed_fields(&entry.sent).len() < have.changed_fields(&intent).len() =>
+            if have.changed_fields(&entry.sent).len() <= have.changed_fields(&intent).len() =>
         {
             (Some(entry.sent.clone()), Some(entry))
         }

@@ -680,8 +680,8 @@ impl Cycle {
         if adopted {
             // The merge base is what the POST that made the contact sent. The intent keeps the
             // last POST's body, which may have made nothing (a 409 while a list lagged); the
-            // entries keep earlier ones'; the closest to the contact made it, and its entry is
-            // settled once adopted. Without either (a 409 for a contact made elsewhere) nothing
+            // entries keep earlier ones'; the closest to the contact made it (the earlier on a
+            // tie, see `base_of`), and its entry is settled once adopted. Without either (a 409 for a contact made elsewhere) nothing
             // is known to be a Quo-side edit, and the CRM's values are brought over.
             let have = self.mapper.from_contact(&contact);
             let (sent_before, made_by) = super::copies::base_of(&have, sent_before, &unconfirmed);
@@ -868,12 +868,16 @@ impl Cycle {
         self.operations.lock().await.push(op);
     }
 
-    /// Quarantines a record (or an unreadable row) and lists it in the report.
+    /// Quarantines a record (or an unreadable row) and lists it in the report, once per cycle:
+    /// a later failure of the same record in this cycle adds nothing.
     pub(super) async fn quarantine(
         &self,
         entry: NewQuarantine<'_>,
         op: PlannedOp,
     ) -> Result<(), SyncError> {
+        if !self.quarantined.lock().await.insert(op.external_id.clone()) {
+            return Ok(());
+        }
         self.ctx.progress.held(HeldBack {
             location: entry.location.to_string(),
             external_id: entry.external_id.map(str::to_string),

@@ -294,6 +294,9 @@ struct Cycle {
     /// Pending creates of records gone from the CRM whose contact no lookup found (with what
     /// their POST sent): forgotten in the settle phase, behind the same checks.
     unfound_creates: Mutex<Vec<(ExternalId, Option<Snapshot>)>>,
+    /// Records (or unreadable rows) quarantined this cycle: one bad record counts once, however
+    /// many of its steps failed (an unreadable contact fails at intake and again at its PATCH).
+    quarantined: Mutex<HashSet<String>>,
     /// Phase timings for the report.
     phases: std::sync::Mutex<PhaseTimes>,
     /// Records with CRM holds (`sync::holds`), read once per cycle when first needed.
@@ -539,6 +542,7 @@ impl Cycle {
             deletions_spent: std::sync::atomic::AtomicUsize::new(0),
             missing: Mutex::new(Vec::new()),
             unfound_creates: Mutex::new(Vec::new()),
+            quarantined: Mutex::new(HashSet::new()),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
             held: tokio::sync::OnceCell::new(),
             started,

@@ -40,6 +40,8 @@ impl Cycle {
         } = read;
         let complete = summary.as_ref().is_some_and(|s| s.complete);
         let read_whole = summary.is_some() && !self.stop.is_cancelled();
+        // Records changed in Quo that a complete read did not return.
+        let mut absent = Vec::new();
         if read_whole {
             // Matches need the whole read: a contact two records match is known only now.
             self.decide_matches(&mut pool, complete).await?;
@@ -50,6 +52,7 @@ impl Cycle {
             for (external_id, contact) in leftovers {
                 if complete {
                     // The record left the CRM; on_source_delete decides, not the reverse path.
+                    absent.push(external_id);
                     continue;
                 }
                 // Incremental read: the CRM record did not change since the last agreement.
@@ -89,6 +92,7 @@ impl Cycle {
             }
             self.crm_deletions().await?;
             pool.finish(self).await?;
+            self.keep_changes_of_absent_records(&absent).await?;
             if self.mode == Mode::Apply {
                 self.settle_exports().await?;
             }
@@ -405,6 +409,28 @@ impl Cycle {
                 .ledger
                 .set_meta(HIGH_WATER, &mark.to_rfc3339())
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// A Quo-side change to a record the CRM did not return, whose contact was not deleted
+    /// (deletion refused by the guard, `on_source_delete = "ignore"`, or failed): its events
+    /// stay pending, so the change is merged when the record is back (an export cut short)
+    /// instead of being marked applied and never seen again.
+    async fn keep_changes_of_absent_records(&self, absent: &[String]) -> Result<(), SyncError> {
+        for external_id in absent {
+            let Ok(id) = ExternalId::parse(external_id) else {
+                continue;
+            };
+            let still_linked = self
+                .ctx
+                .ledger
+                .record(&id)
+                .await?
+                .is_some_and(|row| row.quo_id.is_some() && row.state != RecordState::Deleted);
+            if still_linked {
+                self.unsettled.lock().await.insert(external_id.clone());
+            }
         }
         Ok(())
     }

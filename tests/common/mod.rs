@@ -23,6 +23,23 @@ pub enum Backend {
     Postgres,
 }
 
+/// Skips the running test because a real component it needs (PostgreSQL, Chromium) is missing.
+/// Under `CI` that is a failure: CI must run everything. Elsewhere it writes
+/// `SKIPPED <test>: <reason>` to the process's own stderr, which libtest does not capture, so
+/// the line shows in `cargo test` output next to the test's `ok`; the caller then returns.
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI is set, so nothing may be skipped, yet {reason}"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+}
+
 /// The sample header operators copy.
 pub const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
@@ -94,7 +111,7 @@ impl TestApp {
         Self::spawn_at(csv_text, sandbox, extra, None).await
     }
 
-    /// Spawns on `backend`; `None` (a skip, after a printed line) when PostgreSQL is wanted but
+    /// Spawns on `backend`; `None` (a visible skip, see [`skip`]) when PostgreSQL is wanted but
     /// not installed outside CI.
     pub async fn spawn_on(
         backend: Backend,
@@ -233,6 +250,29 @@ path = "{csv}"
             "exactly one contact for {external_id}: {matches:#?}"
         );
         matches.into_iter().next().unwrap()
+    }
+
+    /// [`TestApp::assert_one_contact_per_record`], and no record was sent a second create since
+    /// the last stats reset: with 409 on, a second POST for a record Quo already has still ends
+    /// with one contact, so the count alone cannot fail; the 409 that POST draws can.
+    pub async fn assert_created_once(&self, external_ids: &[String]) {
+        let stats = self.sandbox.stats();
+        assert_eq!(
+            stats.by_route_status.get("POST /v1/contacts 409"),
+            None,
+            "a create was sent again for a contact Quo already had: {stats:?}"
+        );
+        self.assert_one_contact_per_record(external_ids).await;
+    }
+
+    /// POSTs to `/v1/contacts` the sandbox answered 201 since the last stats reset.
+    pub fn creates_answered(&self) -> u64 {
+        self.sandbox
+            .stats()
+            .by_route_status
+            .get("POST /v1/contacts 201")
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every external id must map to exactly one sandbox contact and one ledger Quo id.

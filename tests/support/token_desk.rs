@@ -43,6 +43,8 @@ struct DeskInner {
     refresh: String,
     access: HashMap<String, Instant>,
     issued: u64,
+    /// When each access token was issued, in order.
+    issued_at: Vec<Instant>,
     expired_uses: u64,
     /// Refresh tokens rotated away.
     retired: HashSet<String>,
@@ -119,6 +121,7 @@ impl TokenDesk {
             return Grant::Refused("invalid_grant");
         }
         inner.issued += 1;
+        inner.issued_at.push(Instant::now());
         let access = format!("acc-{}-{:08x}", inner.issued, rand_suffix(inner.issued));
         inner
             .access
@@ -190,6 +193,11 @@ impl TokenDesk {
     /// Token requests received so far.
     pub fn received(&self) -> u64 {
         self.inner.lock().unwrap().received
+    }
+
+    /// When the latest access token was issued.
+    pub fn last_issued_at(&self) -> Option<Instant> {
+        self.inner.lock().unwrap().issued_at.last().copied()
     }
 
     /// Requests refused because their token had expired.
