@@ -15,6 +15,9 @@
 //! - day one (`day_one`, `sync/day_one.rs`): the first cycle in a workspace of 10,000 contacts
 //!   that already holds 3,000 of the CRM's 5,000 people (requests against the minimum), and the
 //!   peak RSS with a 100,000-contact workspace index.
+//! - soak (`soak`, `sync/soak.rs`): two `run` replicas for `QUO_SYNC_BENCH_SOAK_SECS` (600) under
+//!   random Quo 5xx bursts, the CRM down for 60 s and the leader SIGSTOPped past its lease: peak
+//!   RSS, RSS growth, convergence and duplicates.
 //!
 //! Environment: `QUO_SYNC_BENCH_RATE` (limit used for the load, default 20/s to keep it short),
 //! `QUO_SYNC_BENCH_RECORDS` (default 400), `QUO_SYNC_BENCH_ROWS` (comma list, default
@@ -46,6 +49,8 @@ mod ha;
 mod scan;
 #[path = "sync/service.rs"]
 mod service;
+#[path = "sync/soak.rs"]
+mod soak;
 
 const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
@@ -531,6 +536,11 @@ fn main() {
         }
         if wanted("day_one") {
             figures.insert("day_one".into(), day_one::day_one().await);
+        }
+        if wanted("soak") {
+            let soak = soak::soak().await;
+            eprintln!("soak: {soak}");
+            figures.insert("soak".into(), soak);
         }
         // New sections: `#[path = "sync/<name>.rs"] mod <name>;` plus one `if wanted(..)` here.
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");

@@ -161,6 +161,9 @@ pub struct QuoConfig {
     pub list_lag: HumanDuration,
     /// Optional link to the CRM record, `{id}` replaced by the external id.
     pub source_url_template: Option<String>,
+    /// How long the service keeps retrying while Quo refuses the API key (401), reporting
+    /// not-ready, before it stops with `auth_failed` (exit 1); default `5m`.
+    pub auth_grace: HumanDuration,
 }
 
 impl Default for QuoConfig {
@@ -177,6 +180,7 @@ impl Default for QuoConfig {
             list_lag: HumanDuration(Duration::from_secs(1)),
             concurrency: 16,
             source_url_template: None,
+            auth_grace: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -495,9 +499,12 @@ pub struct ReverseConfig {
     pub enabled: bool,
     /// Webhook receiver address (`/webhooks/quo`, `/healthz`).
     pub listen: Option<SocketAddr>,
-    /// Webhook signing secret (legacy base64 key or `whsec_…`).
+    /// Webhook signing secret (legacy base64 key or `whsec_…`); it must decode to at least
+    /// [`MIN_WEBHOOK_KEY_BYTES`].
     #[serde(serialize_with = "print::secret")]
     pub webhook_secret: Option<SecretString>,
+    /// A file holding the webhook signing secret (Docker/Kubernetes secrets).
+    pub webhook_secret_file: Option<PathBuf>,
     /// Scan interval; default `1m` without a webhook secret, `1h` with one (a slow fallback
     /// that pulls what a missed delivery left behind); `0s` disables.
     pub poll_interval: Option<HumanDuration>,
@@ -532,6 +539,7 @@ impl Default for ReverseConfig {
             enabled: true,
             listen: None,
             webhook_secret: None,
+            webhook_secret_file: None,
             poll_interval: None,
             conflict: ConflictPolicy::Newest,
             fields: BTreeMap::new(),
@@ -545,6 +553,21 @@ impl Default for ReverseConfig {
             quo_id_field: None,
         }
     }
+}
+
+/// The shortest Quo webhook signing key accepted, in decoded bytes: anyone can forge a
+/// signature with an empty or near-empty key.
+pub const MIN_WEBHOOK_KEY_BYTES: usize = 16;
+
+/// The signing key bytes of a Quo webhook secret: `whsec_<base64>` (Standard Webhooks) or plain
+/// base64 (legacy). `None` when it does not decode.
+pub fn webhook_signing_key(secret: &SecretString) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text = secret.expose_secret().trim();
+    let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
 }
 
 impl ReverseConfig {
@@ -581,6 +604,12 @@ pub struct ServiceConfig {
     /// How long `run` lets in-flight work finish after SIGTERM/SIGINT/SIGHUP before it exits
     /// anyway, default `8s` (a second Ctrl-C exits at once).
     pub shutdown_grace: HumanDuration,
+    /// On every listener (`service.listen`, `reverse.listen`): the longest a client may take to
+    /// send a request's headers before the connection is closed, default `10s`.
+    pub header_timeout: HumanDuration,
+    /// On every listener: the longest a request may take, body included, before it is answered
+    /// 408, default `30s`.
+    pub request_timeout: HumanDuration,
 }
 
 impl Default for ServiceConfig {
@@ -593,6 +622,8 @@ impl Default for ServiceConfig {
             readiness: Readiness::Ledger,
             readiness_failed_cycles: 3,
             shutdown_grace: HumanDuration(Duration::from_secs(8)),
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -631,6 +662,18 @@ impl HaConfig {
         (self.lease.0 / 3).min(Duration::from_secs(1))
     }
 }
+
+/// The least time a held lease of length `lease` has left whenever its renewals (every third of
+/// it) are on time, before the safety margin (a tenth) at its end: 17/30 of it. A leader's write
+/// timeouts are capped at it, and a write starts only when that much is left, so no write of a
+/// leader is still in flight when its lease can have passed to another process.
+pub fn lease_write_window(lease: Duration) -> Duration {
+    lease.saturating_sub(lease / 3).saturating_sub(lease / 10)
+}
+
+/// The shortest write timeout a lease must leave room for (or the configured timeout, when
+/// shorter): below it a write is cut short before Quo or the CRM can answer.
+pub const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Config {
     /// Loads `file` with environment overrides and validates it; no network.
@@ -695,6 +738,16 @@ impl Config {
             })?;
             config.service.console_token = Some(SecretString::from(token.trim().to_string()));
         }
+        if config.reverse.webhook_secret.is_none()
+            && let Some(path) = &config.reverse.webhook_secret_file
+        {
+            let secret = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
+                file: file_name.clone(),
+                key: "reverse.webhook_secret_file".into(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            config.reverse.webhook_secret = Some(SecretString::from(secret.trim().to_string()));
+        }
         if config.ledger.url.is_none()
             && let Some(path) = &config.ledger.url_file
         {
@@ -747,6 +800,10 @@ impl Config {
             (
                 "service.console_token_file",
                 self.service.console_token_file.as_mut(),
+            ),
+            (
+                "reverse.webhook_secret_file",
+                self.reverse.webhook_secret_file.as_mut(),
             ),
         ] {
             if let Some(path) = path {
@@ -828,6 +885,40 @@ impl Config {
         }
     }
 
+    /// Refuses an `ha.lease` whose write window ([`lease_write_window`]) cannot hold a write of
+    /// the configured timeouts (`quo.timeout`, `source.rest.timeout`), or [`MIN_WRITE_TIMEOUT`]
+    /// when they are longer.
+    fn check_lease_fits_timeouts(&self, file: &str) -> Result<(), ConfigError> {
+        let window = lease_write_window(self.ha.lease.0);
+        let rest_timeout = self
+            .source
+            .rest
+            .as_ref()
+            .and_then(|t| crate::source::rest::RestSourceConfig::from_table(t).ok())
+            .map(|r| ("source.rest.timeout", r.timeout.0));
+        let timeouts = std::iter::once(("quo.timeout", self.quo.timeout.0)).chain(rest_timeout);
+        for (key, timeout) in timeouts {
+            let needed = timeout.min(MIN_WRITE_TIMEOUT);
+            if window < needed {
+                return Err(ConfigError::BadValue {
+                    file: file.to_string(),
+                    key: "ha.lease".into(),
+                    reason: format!(
+                        "{} is too short for {key} = {}: between renewals a leader's writes get at most 17/30 of the lease ({}), and a write needs {}; use at least {}",
+                        humantime::format_duration(self.ha.lease.0),
+                        humantime::format_duration(timeout),
+                        humantime::format_duration(window),
+                        humantime::format_duration(needed),
+                        humantime::format_duration(Duration::from_millis(
+                            (needed.as_millis() as u64 * 30).div_ceil(17)
+                        )),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let bad = |key: &str, reason: String| ConfigError::BadValue {
             file: file.to_string(),
@@ -877,6 +968,18 @@ impl Config {
                 "expected a whole number above 0".into(),
             ));
         }
+        for (key, timeout) in [
+            ("service.header_timeout", self.service.header_timeout),
+            ("service.request_timeout", self.service.request_timeout),
+        ] {
+            if timeout.0.is_zero() {
+                return Err(bad(
+                    key,
+                    "expected a duration above zero, like `10s`".into(),
+                ));
+            }
+        }
+        self.check_lease_fits_timeouts(file)?;
         if self.quo.concurrency == 0 {
             return Err(bad(
                 "quo.concurrency",
@@ -903,6 +1006,21 @@ impl Config {
                 "quo.source",
                 format!(
                     "{source:?} is reserved by Quo or not 1–72 characters; expected a label such as \"quo-sync\""
+                ),
+            ));
+        }
+        if let Some(secret) = &self.reverse.webhook_secret
+            && webhook_signing_key(secret).is_none_or(|key| key.len() < MIN_WEBHOOK_KEY_BYTES)
+        {
+            let key = if self.reverse.webhook_secret_file.is_some() {
+                "reverse.webhook_secret_file"
+            } else {
+                "reverse.webhook_secret"
+            };
+            return Err(bad(
+                key,
+                format!(
+                    "expected Quo's signing key, `whsec_<base64>` or base64, of at least {MIN_WEBHOOK_KEY_BYTES} bytes once decoded (the value is not shown)"
                 ),
             ));
         }

@@ -26,8 +26,10 @@ Examples:
 
 Exit codes:
   0  success
-  1  anything else (network, ledger, I/O)
-  2  configuration or usage error, a credential Quo or the CRM refused, a TLS setup that fails
+  1  anything else (network, ledger, I/O); run: a credential that worked, then was refused
+     for longer than its grace (quo.auth_grace, source.rest.auth_grace)
+  2  configuration or usage error, a TLS setup that fails, a credential Quo or the CRM refused
+     before this process saw it accepted (one-shot commands: any refusal)
   3  the cycle finished but records were quarantined, or a mass deletion was refused
   4  another process holds the ledger's writer lease (one-shot writers, after --wait)
 

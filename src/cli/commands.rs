@@ -317,13 +317,29 @@ async fn status(config_path: &Path, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `ledger copy --to`: copies the ledger into a new, empty one and checks every table.
+/// `ledger copy --to`: copies the ledger into a new, empty one and checks every table. It holds
+/// the writer lease while it reads (exit 4 while another process holds it), so no cycle writes
+/// between the tables it reads one after the other.
 async fn ledger_copy(config_path: &Path, to: String) -> anyhow::Result<u8> {
     let target = quo_sync::ledger::LedgerTarget::parse(&to)?;
-    let source = open_ledger(config_path).await?;
-    let target = quo_sync::ledger::Ledger::open_target(&target).await?;
+    let config = load_config(config_path)?;
+    let writer = app::acquire_writer(
+        &config,
+        "ledger copy",
+        std::time::Duration::ZERO,
+        app::shutdown_token(),
+    )
+    .await?;
+    let source = writer.ledger.clone();
+    let target = match quo_sync::ledger::Ledger::open_target(&target).await {
+        Ok(target) => target,
+        Err(e) => {
+            writer.release().await;
+            return Err(e.into());
+        }
+    };
     let report = source.copy_to(&target).await;
-    source.close().await;
+    writer.release().await;
     target.close().await;
     let report = report?;
     println!("copied ledger {} -> {}", source.path(), report.target);

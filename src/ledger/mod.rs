@@ -12,6 +12,8 @@ mod adoptions;
 mod backup;
 mod control;
 mod copy;
+mod crm_notices;
+mod crm_tokens;
 pub(crate) mod db;
 mod exports;
 mod inbox;
@@ -38,10 +40,11 @@ pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use backup::{BackupError, BackupReport};
 pub use control::{Control, Pause};
 pub use copy::CopyReport;
+pub use crm_tokens::StoredRefreshToken;
 pub use db::{BadPgUrl, PgUrl};
 pub use exports::{Export, ExportState};
 
-pub use inbox::{InboxEvent, NewInboxEvent};
+pub use inbox::{INTAKE_POLL, InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
 pub use lease::{
     Attempt, Candidate, FENCED_MESSAGE, Fence, LeaderLease, LeaseError, LeaseHolder, host_name,
@@ -50,7 +53,10 @@ pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
 pub use scope::{ScopeLink, ScopeMark};
-pub use unconfirmed::{PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate};
+pub use unconfirmed::{
+    ATTEMPTS_TO_GIVE_UP, CLOCK_SKEW, PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate,
+    made_in_time,
+};
 pub use workspace::{WORKSPACE_LISTED, WorkspaceContact};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.

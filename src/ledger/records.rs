@@ -536,6 +536,18 @@ impl Ledger {
         .await)?)
     }
 
+    /// Up to `n` Quo ids of linked records, drawn at random (the workspace check reads them
+    /// back).
+    pub async fn sample_linked(&self, n: usize) -> Result<Vec<String>, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT quo_id FROM records WHERE quo_id IS NOT NULL AND state = 'synced'
+             ORDER BY RANDOM() LIMIT $1",
+        )
+        .bind(n as i64)
+        .fetch_all(p)
+        .await)?)
+    }
+
     /// Reverse scan: marks the listed Quo contacts as seen by pass `scan_id` and returns, for
     /// those linked to a synced record, (quo id, the `updatedAt` last stored).
     pub async fn scan_mark_seen(

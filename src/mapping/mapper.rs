@@ -342,6 +342,22 @@ impl Mapper {
         self.custom.iter().map(|c| c.key.clone()).collect()
     }
 
+    /// The default scalar fields the mapping writes (`firstName`, `lastName`, `company`,
+    /// `role`, by their diff names); the others are Quo's alone.
+    pub fn managed_default_fields(&self) -> Vec<&'static str> {
+        use crate::domain::field;
+        [
+            (&self.first_name, field::FIRST_NAME),
+            (&self.last_name, field::LAST_NAME),
+            (&self.company, field::COMPANY),
+            (&self.role, field::ROLE),
+        ]
+        .into_iter()
+        .filter(|(mapped, _)| mapped.is_some())
+        .map(|(_, name)| name)
+        .collect()
+    }
+
     /// The managed email labels and phone labels, in mapping order.
     pub fn managed_labels(&self) -> (Vec<String>, Vec<String>) {
         (

@@ -7,6 +7,7 @@ pub mod console;
 pub mod control;
 pub mod http;
 pub mod link;
+pub mod listener;
 pub mod live;
 pub mod progress;
 pub mod reconcile;
@@ -43,6 +44,9 @@ pub struct Status {
     pub scope: ScopeCounts,
     /// The pause in force (`quo-sync pause`), with who paused and until when.
     pub paused: Option<crate::ledger::Pause>,
+    /// Unconfirmed creates whose contact could not be resolved, abandoned with a reason (the
+    /// contact is left in Quo for an operator): the newest few, (external id, when, why).
+    pub abandoned_creates: Vec<(String, String, String)>,
 }
 
 /// Records by scope (`sync.filter`) and mode (`sync.mode`), as last judged.
@@ -95,6 +99,7 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         unconfirmed_creates: ledger.unconfirmed_count().await?,
         scope,
         paused: ledger.pause_state().await?,
+        abandoned_creates: ledger.unconfirmed_abandoned(5).await?,
     })
 }
 
@@ -191,6 +196,11 @@ impl Status {
             out.push_str(&format!(
                 "unconfirmed creates {} (lost POST answers; resolved by the next scans)\n",
                 self.unconfirmed_creates
+            ));
+        }
+        for (external_id, at, reason) in &self.abandoned_creates {
+            out.push_str(&format!(
+                "abandoned create {external_id} ({at}): {reason}\n"
             ));
         }
         out

@@ -80,9 +80,10 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// Whether Quo refused the API key or the CRM refused its credentials: nothing will work
-    /// until an operator fixes it, so a service must stop and say so (`auth_failed`, exit 2,
-    /// the same for both sides) rather than keep cycling.
+    /// Whether Quo refused the API key or the CRM refused its credentials. A one-shot command
+    /// stops (exit 2); a service stops at once when the credential never worked in this process
+    /// (exit 2), else backs off for its grace before it stops (`auth_failed`, exit 1), the same
+    /// rule for both sides (see `crate::quo::grace`).
     pub fn is_auth_failure(&self) -> bool {
         matches!(
             self,
@@ -168,6 +169,16 @@ impl DayOneSettings {
             crate::reverse::scan::Scope::Workspace
         } else {
             crate::reverse::scan::Scope::Ours
+        }
+    }
+}
+
+impl CycleSettings {
+    /// The mass-deletion guard these settings describe.
+    pub fn delete_guard(&self) -> crate::reverse::absence::DeleteGuard {
+        crate::reverse::absence::DeleteGuard {
+            max_fraction: self.max_delete_fraction,
+            allow: self.allow_mass_delete,
         }
     }
 }
@@ -283,6 +294,16 @@ struct Cycle {
     failed_since: Mutex<Option<DateTime<Utc>>>,
     /// Whether the mass-deletion guard refused this cycle's deletions.
     mass_delete_refused: AtomicBool,
+    /// The linked records when the cycle first guarded a deletion: what the guard measures.
+    linked_at_start: tokio::sync::OnceCell<usize>,
+    /// Deletions of every kind this cycle let through so far.
+    deletions_spent: std::sync::atomic::AtomicUsize,
+    /// PATCHes Quo answered 404 for: acted on (`reverse.on_quo_delete`) only in the settle
+    /// phase, all together, behind the workspace check and the deletion guard.
+    missing: Mutex<Vec<Update>>,
+    /// Pending creates of records gone from the CRM whose contact no lookup found (with what
+    /// their POST sent): forgotten in the settle phase, behind the same checks.
+    unfound_creates: Mutex<Vec<(ExternalId, Option<Snapshot>)>>,
     /// Records (or unreadable rows) quarantined this cycle: one bad record counts once, however
     /// many of its steps failed (an unreadable contact fails at intake and again at its PATCH).
     quarantined: Mutex<HashSet<String>>,
@@ -378,6 +399,8 @@ enum Work {
     ResolvePending {
         external_id: ExternalId,
     },
+    /// A contact Quo answered 404 for, once the settle phase let its absence be acted on.
+    Missing(Box<Update>),
 }
 
 /// The mapper and what it manages, built on the workspace's custom fields as a cycle builds
@@ -396,6 +419,7 @@ fn managed_of(mapper: &Mapper) -> Managed {
         email_labels,
         phone_labels,
         custom_keys: mapper.custom_field_keys(),
+        default_fields: mapper.managed_default_fields(),
     }
 }
 
@@ -605,6 +629,10 @@ impl Cycle {
             crm_deletes: Mutex::new(Vec::new()),
             failed_since: Mutex::new(None),
             mass_delete_refused: AtomicBool::new(false),
+            linked_at_start: tokio::sync::OnceCell::new(),
+            deletions_spent: std::sync::atomic::AtomicUsize::new(0),
+            missing: Mutex::new(Vec::new()),
+            unfound_creates: Mutex::new(Vec::new()),
             quarantined: Mutex::new(HashSet::new()),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
             merge_policy,
@@ -636,6 +664,15 @@ impl Cycle {
             exports_found: Mutex::new(HashSet::new()),
             matched_contacts: Mutex::new(HashSet::new()),
         }))
+    }
+
+    /// What every CRM write of this cycle asks first: this cycle's stop token and the leader's
+    /// write fence.
+    fn crm_guard(&self) -> crate::source::WriteGuard {
+        crate::source::WriteGuard {
+            fence: self.ctx.ledger.write_fence(),
+            cancel: self.stop.clone(),
+        }
     }
 
     /// The summary, or the failure that stopped every record.
