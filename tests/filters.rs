@@ -549,3 +549,118 @@ async fn update_only_with_matching_enriches_the_contacts_already_in_quo_and_crea
         "Enriched Co"
     );
 }
+
+/// Runs `quo-sync args… --config <config>` as `USER=op-tester`; (exit code, stdout, stderr).
+async fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("QUO_SYNC_CONFIG")
+        .env("USER", "op-tester")
+        .output()
+        .await
+        .expect("binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `status --json` from the binary.
+async fn status_json(config: &std::path::Path) -> serde_json::Value {
+    let (code, stdout, stderr) = cli(config, &["status", "--json"]).await;
+    assert_eq!(code, 0, "status --json: {stdout}\n{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// Scrapes `/metrics` at `addr` until it shows `quo_sync_paused <value>` (the ledger gauges
+/// are cached for a few seconds), within a deadline.
+async fn wait_for_paused_gauge(addr: std::net::SocketAddr, value: u8) {
+    let client = reqwest::Client::new();
+    let want = format!("quo_sync_paused {value}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    loop {
+        if let Ok(response) = client
+            .get(format!("http://{addr}/metrics"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            last = response.text().await.unwrap_or_default();
+            if last.lines().any(|line| line.trim() == want) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics never showed {want:?}; last scrape's pause line: {:?}",
+            last.lines().find(|l| l.starts_with("quo_sync_paused"))
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// #27 as an operator meets it: `quo-sync pause --for 1h` and `resume` run as the binary;
+/// `status --json` shows who paused and until when, and the scope counts; a running
+/// `quo-sync run` shows `quo_sync_paused 1` on `/metrics`, then `0` after the resume.
+#[tokio::test]
+async fn pause_and_resume_through_the_binary_show_in_status_and_on_metrics() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(5)),
+        SandboxConfig::default(),
+        "[sync]\nfilter = 'int(record.lead_score) > 3'\n",
+    )
+    .await;
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["run", "--config"])
+        .arg(&app.config_path)
+        .env_remove("QUO_SYNC_CONFIG")
+        .env("QUO_SYNC__SCHEDULE__INTERVAL", "1h")
+        .env("QUO_SYNC__SERVICE__LISTEN", addr.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.sandbox.contacts().len() < 2 {
+        assert!(Instant::now() < deadline, "the first cycle never synced");
+        assert!(run.try_wait().unwrap().is_none(), "run exited early");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_paused_gauge(addr, 0).await;
+
+    let asked = chrono::Utc::now();
+    let (code, stdout, stderr) = cli(&app.config_path, &["pause", "--for", "1h"]).await;
+    assert_eq!(code, 0, "pause: {stdout}\n{stderr}");
+    let status = status_json(&app.config_path).await;
+    let paused = &status["paused"];
+    let by = paused["by"].as_str().unwrap_or_else(|| panic!("{status}"));
+    assert!(by.starts_with("op-tester@"), "who paused: {paused}");
+    let until = chrono::DateTime::parse_from_rfc3339(paused["until"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {paused}"));
+    let ends_in = until.with_timezone(&chrono::Utc) - asked;
+    assert!(
+        (chrono::Duration::minutes(59)..=chrono::Duration::minutes(61)).contains(&ends_in),
+        "until is an hour on: {paused}"
+    );
+    assert_eq!(status["scope"]["in_scope"], 2, "{status}");
+    assert_eq!(status["scope"]["out_of_scope"], 3, "{status}");
+    wait_for_paused_gauge(addr, 1).await;
+
+    let (code, stdout, stderr) = cli(&app.config_path, &["resume"]).await;
+    assert_eq!(code, 0, "resume: {stdout}\n{stderr}");
+    assert!(stdout.contains("resumed"), "{stdout}");
+    let status = status_json(&app.config_path).await;
+    assert!(status["paused"].is_null(), "{status}");
+    wait_for_paused_gauge(addr, 0).await;
+    assert!(run.try_wait().unwrap().is_none(), "run still serves");
+    run.kill().await.unwrap();
+}

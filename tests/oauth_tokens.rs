@@ -195,6 +195,14 @@ async fn a_token_rotated_by_another_process_is_read_from_the_ledger_at_the_next_
         "a rotated-away token was sent"
     );
     assert_eq!(read.expect("the leader refreshes with the stored token"), 3);
+    // The refresh this test is about happened: the leader's expired token was refused once and
+    // one token was granted for the refresh token `plan` stored.
+    assert_eq!(
+        rig.desk().expired_uses(),
+        1,
+        "the leader's expired access token was presented"
+    );
+    assert_eq!(rig.desk().issued(), 3, "the leader refreshed once");
     assert!(!rig.desk().revoked());
     assert_eq!(plan.read().await.expect("plan still works"), 3);
 }
@@ -223,6 +231,18 @@ async fn concurrent_refreshes(rig: Rig) {
     rig.desk().expire_all();
     rig.desk().set_delay(Duration::from_millis(300));
     let (ra, rb) = tokio::join!(a.read(), b.read());
+    // The refreshes this test is about happened: both expired access tokens were refused, and
+    // each process was granted a new one.
+    assert_eq!(
+        rig.desk().expired_uses(),
+        2,
+        "both processes presented their expired access token"
+    );
+    assert_eq!(
+        rig.desk().issued(),
+        4,
+        "each process refreshed once (access tokens are its own; the refresh token is shared)"
+    );
     assert_eq!(
         rig.desk().stale_presented(),
         0,

@@ -1089,3 +1089,73 @@ async fn write_back_sends_nothing_once_the_writer_lease_is_gone() {
     assert!(report.written.is_empty(), "{report:?}");
     assert_eq!(crm.count("PATCH", "/contacts"), 1, "PATCHes sent");
 }
+
+/// Day one's CRM create (`reverse.create_in_crm`) asks the writer lease (and the cycle's cancel
+/// token) before it is sent, like the write-back: a leader whose lease is gone sends no POST
+/// (a deposed leader's late create would make a record the new leader makes again), and says
+/// so with `NotSent`, so the export intent stays pending; the lease held again, it is sent.
+#[tokio::test]
+async fn a_crm_create_is_not_sent_once_the_writer_lease_is_gone() {
+    use quo_sync::quo::fence::WriteFence;
+    use quo_sync::source::{Created, NewRecord, WriteGuard};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(1)).await;
+    let source = source(
+        &crm,
+        &format!("{PAGE}\ncreate = {{ path = \"/contacts\", id_pointer = \"/id\" }}"),
+    );
+    let records = [NewRecord {
+        quo_id: "q-new".into(),
+        external_id: None,
+        fields: [("first_name".to_string(), "Made".to_string())].into(),
+        updated_at: Utc::now(),
+    }];
+    let held = Arc::new(AtomicBool::new(false));
+    let lease = held.clone();
+    let guard = WriteGuard {
+        fence: Some(WriteFence::new(
+            Arc::new(move || {
+                lease
+                    .load(Ordering::SeqCst)
+                    .then_some(Duration::from_secs(60))
+            }),
+            Duration::from_secs(5),
+        )),
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
+    let refused = source.create_records(&records, &guard).await;
+    assert!(
+        matches!(&refused, Err(SourceError::NotSent(why)) if why.contains("writer lease")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        crm.count("POST", "/contacts"),
+        0,
+        "POSTs sent without the lease"
+    );
+
+    let cancelled = WriteGuard::default();
+    cancelled.cancel.cancel();
+    let refused = source.create_records(&records, &cancelled).await;
+    assert!(
+        matches!(refused, Err(SourceError::NotSent(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        crm.count("POST", "/contacts"),
+        0,
+        "POSTs sent after shutdown"
+    );
+
+    held.store(true, Ordering::SeqCst);
+    let made = source.create_records(&records, &guard).await.unwrap();
+    assert!(
+        matches!(made.as_slice(), [(quo_id, Created::Made(_))] if quo_id == "q-new"),
+        "{made:?}"
+    );
+    assert_eq!(
+        crm.count("POST", "/contacts"),
+        1,
+        "POSTs sent with the lease"
+    );
+}

@@ -354,13 +354,17 @@ impl Source {
         }
     }
 
-    /// Makes records from contacts made in Quo, at most once each (see [`Created`]), by Quo id.
+    /// Makes records from contacts made in Quo, at most once each (see [`Created`]), by Quo id,
+    /// each create admitted by `guard` first (the CSV file is one write): a refused guard sends
+    /// nothing (`SourceError::NotSent`).
     pub async fn create_records(
         &self,
         records: &[NewRecord],
+        guard: &WriteGuard,
     ) -> Result<Vec<(String, Created)>, SourceError> {
         match self {
             Source::Csv(csv) => {
+                guard.admit(CSV_WRITE).await?;
                 let rows: Vec<(String, CrmChange)> = records
                     .iter()
                     .filter_map(|r| {
@@ -395,7 +399,7 @@ impl Source {
                     })
                     .collect())
             }
-            Source::Rest(rest) => rest.create_records(records).await,
+            Source::Rest(rest) => rest.create_records(records, guard).await,
         }
     }
 

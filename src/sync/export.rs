@@ -26,7 +26,7 @@ use super::merge_step::parse_time;
 use super::{Action, Cycle, Mode, PlannedOp, SyncError};
 use crate::domain::{ExternalId, Labeled, Snapshot};
 use crate::ledger::{Export, ExportState, NewQuarantine, QuarantineStage, WorkspaceContact};
-use crate::source::{Created, NewRecord, SourceRecord};
+use crate::source::{Created, NewRecord, SourceError, SourceRecord};
 
 /// Meta key: when this ledger's first cycle with a complete read finished; contacts made in the
 /// app after it are exported.
@@ -188,10 +188,15 @@ impl Cycle {
         let outcome = match self
             .ctx
             .source
-            .create_records(std::slice::from_ref(&new))
+            .create_records(std::slice::from_ref(&new), &self.crm_guard())
             .await
         {
             Ok(mut outcomes) => outcomes.pop().map(|(_, o)| o),
+            Err(e @ SourceError::NotSent(_)) => {
+                // Nothing was sent: the intent stays pending for whoever leads next.
+                warn!(event = "crm_create_not_sent", quo_id, reason = %e, "the CRM create was not sent; the export stays pending");
+                return Ok(());
+            }
             Err(e) => Some(Created::Unknown(e.to_string())),
         };
         match outcome {

@@ -17,7 +17,7 @@ use super::RestSource;
 use super::config::RestConfigError;
 use super::write::wrap;
 use crate::domain::ExternalId;
-use crate::source::{Created, NewRecord, SourceError};
+use crate::source::{Created, NewRecord, SourceError, WriteGuard};
 
 /// The create request's method.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -90,10 +90,14 @@ impl RestSource {
 
     /// Creates each record, one request each, never twice: `Made` with the id from the answer,
     /// `Refused` (a 4xx: nothing made) or `Unknown` (a 5xx, a lost answer, an answer without
-    /// an id: the record may exist).
+    /// an id: the record may exist). Each create (every attempt of it) is admitted by `guard`
+    /// just before it is sent: once `guard` refuses (shutdown, or this process lost the writer
+    /// lease), nothing more is sent; the records not sent are left out of the answer, and when
+    /// none was sent the refusal is the error (`SourceError::NotSent`).
     pub async fn create_records(
         &self,
         records: &[NewRecord],
+        guard: &WriteGuard,
     ) -> Result<Vec<(String, Created)>, SourceError> {
         let Some(create) = &self.config.create else {
             return Ok(records
@@ -133,12 +137,17 @@ impl RestSource {
                 }
             };
             let reply = match self
-                .send_once(method.clone(), &url, Some(&body), &headers)
+                .send_once(method.clone(), &url, Some(&body), &headers, guard)
                 .await
             {
                 Ok(reply) => reply,
                 Err(e @ (SourceError::Unauthorized { .. } | SourceError::Cancelled)) => {
                     return Err(e);
+                }
+                Err(e @ SourceError::NotSent(_)) if out.is_empty() => return Err(e),
+                Err(e @ SourceError::NotSent(_)) => {
+                    tracing::warn!(event = "crm_write_stopped", error = %e, left = records.len() - out.len(), "CRM creates stopped before the next one");
+                    return Ok(out);
                 }
                 Err(e) => {
                     out.push((record.quo_id.clone(), Created::Unknown(e.to_string())));

@@ -117,17 +117,19 @@ impl RestSource {
             .await
     }
 
-    /// [`RestSource::send`] for a request that must not be sent twice (a create): retried only
+    /// [`RestSource::send`] for a write that must not be sent twice (a create): retried only
     /// when it surely did not reach the CRM (a connection never made) or was refused unapplied
     /// (429); a 5xx is returned as it is and a lost answer as an error, for the caller to resolve.
+    /// Every attempt is admitted by `guard` just before it is sent, like [`RestSource::send_guarded`].
     pub(super) async fn send_once(
         &self,
         method: Method,
         url: &Url,
         body: Option<&Value>,
         headers: &HeaderMap,
+        guard: &crate::source::WriteGuard,
     ) -> Result<Reply, SourceError> {
-        self.send_with(method, url, body, headers, None, false)
+        self.send_with(method, url, body, headers, Some(guard), false)
             .await
     }
 
