@@ -25,6 +25,14 @@
 //! moment, or at the moment a write reaches Quo; each records whether a write was in flight,
 //! and a run of several seeds must have killed some mid-write.
 //!
+//! Day one (#20, `convergence/day_one.rs`): the workspace already holds people before the first
+//! cycle (app-made contacts matching `k-1` by phone and `k-2` by email, each with a note; a
+//! Zapier contact on `k-3`'s phone; `k-4`'s person entered twice), and people make contacts in
+//! the app mid-run; seeds rotate `reverse.create_in_crm`. Held records stay held, the contacts
+//! they match untouched, no person has two contacts of ours, adopted notes survive, and an
+//! app-made contact becomes exactly one CRM row linked to it (with `create_in_crm`) or is never
+//! written (without).
+//!
 //! Seeds rotate the conflict policy (`newest`, `crm`, `quo`), turn the mass-deletion guard on
 //! (`max_delete_fraction = 0.25`, with exports cut short that it must refuse) for even seeds,
 //! and draw PATCH semantics (merge or replace) and whether Quo answers 409 to a repeated
@@ -57,6 +65,8 @@
 //! happens. A failure prints its seed and its steps.
 
 mod common;
+#[path = "convergence/day_one.rs"]
+mod day_one;
 #[path = "convergence/faults.rs"]
 mod faults;
 #[path = "convergence/invariants.rs"]
@@ -122,6 +132,7 @@ async fn world_for(seed: u64) -> World {
         PatchMode::Replace
     };
     let conflict_on_duplicate = rng.random_bool(0.5);
+    let create_in_crm = (seed / 2) % 2 == 1;
     let fraction = if guarded { 0.25 } else { 1.0 };
     trace(|| {
         format!(
@@ -138,7 +149,7 @@ async fn world_for(seed: u64) -> World {
         },
         &format!(
             "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = {fraction}\n\
-             [reverse]\nwebhook_secret = \"{}\"\npoll_interval = \"1ms\"\nconflict = \"{policy}\"\non_quo_delete = \"recreate\"\n",
+             [reverse]\nwebhook_secret = \"{}\"\npoll_interval = \"1ms\"\nconflict = \"{policy}\"\non_quo_delete = \"recreate\"\ncreate_in_crm = {create_in_crm}\n",
             whsec()
         ),
     )
@@ -157,7 +168,9 @@ async fn world_for(seed: u64) -> World {
     assert!(config.contains("quiet_period"), "the quiet period is set");
     std::fs::write(&app.config_path, config).unwrap();
     app.restart().await;
-    World::new(app, rng, policy, guarded, 6).await
+    let mut world = World::new(app, rng, policy, guarded, 6).await;
+    world.seed_existing(create_in_crm);
+    world
 }
 
 async fn run_seed(seed: u64, steps: usize) -> KillTally {
@@ -180,7 +193,21 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
         if world.rng.random_bool(0.05) {
             world.delete_in_quo();
         }
-        let fault = FaultKind::draw(&mut world.rng);
+        if world.rng.random_bool(0.15) {
+            world.create_in_app();
+        }
+        let mut fault = FaultKind::draw(&mut world.rng);
+        // Day one's listing of the workspace sees every contact already there: a list that
+        // hides some of them then (a twin unseen, so the other is adopted; a match unseen, so
+        // a second contact is made) is a known limitation, not drawn here (docs/testing.md).
+        while step == 1
+            && matches!(
+                fault,
+                FaultKind::LaggingList | FaultKind::LostCreateBehindLaggingList
+            )
+        {
+            fault = FaultKind::draw(&mut world.rng);
+        }
         trace(|| format!("fault {fault:?}"));
         fault.inject(&world.app, &mut world.rng).await;
         if world.guarded && world.rng.random_bool(0.1) {
@@ -304,7 +331,7 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
     }
     let counted = tally.counted;
     eprintln!(
-        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight, {} cycles over a CSV half-written in place; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s) and {} failed ones",
+        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight, {} cycles over a CSV half-written in place; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s) and {} failed ones; {} contacts adopted, {} made in the app exported to the CRM",
         seeds.len(),
         tally.kills,
         tally.mid_write,
@@ -313,13 +340,19 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
         counted.with_writes,
         counted.with_held_back,
         counted.with_429s,
-        counted.failed
+        counted.failed,
+        counted.adopted,
+        counted.exported
     );
     if seeds.len() >= 3 {
         assert!(
             tally.mid_write > 0,
             "no kill landed while a write was in flight ({} kills): the crash-mid-write case went untested",
             tally.kills
+        );
+        assert!(
+            counted.adopted > 0 && counted.exported > 0,
+            "no contact already in Quo was adopted or no app-made contact exported: {counted:?}"
         );
         assert!(
             tally.in_place_overlaps > 0,

@@ -50,6 +50,9 @@ pub struct CountTally {
     pub with_held_back: u64,
     pub with_429s: u64,
     pub failed: u64,
+    /// Contacts already in Quo adopted, and contacts made in the app made CRM rows.
+    pub adopted: u64,
+    pub exported: u64,
 }
 
 impl CountTally {
@@ -59,6 +62,8 @@ impl CountTally {
         self.with_writes += u64::from(c.created + c.updated + c.deleted > 0);
         self.with_held_back += u64::from(c.quarantined > 0);
         self.with_429s += u64::from(c.rate_limited > 0);
+        self.adopted += c.adopted;
+        self.exported += c.exported;
     }
 
     pub fn merge(&mut self, other: CountTally) {
@@ -67,6 +72,8 @@ impl CountTally {
         self.with_held_back += other.with_held_back;
         self.with_429s += other.with_429s;
         self.failed += other.failed;
+        self.adopted += other.adopted;
+        self.exported += other.exported;
     }
 }
 
@@ -86,6 +93,8 @@ pub struct World {
     pub refusals: u32,
     /// What the finished cycles' counters were checked on.
     pub counted: CountTally,
+    /// The people already in Quo and those made in the app (#20).
+    pub day_one: super::day_one::DayOne,
     /// In-place CSV writes a cycle started during (the file half-written).
     pub in_place_overlaps: u32,
     /// The operator lets the next cycle delete past the guard (`--allow-mass-delete`).
@@ -116,6 +125,7 @@ impl World {
             refusals: 0,
             counted: CountTally::default(),
             in_place_overlaps: 0,
+            day_one: Default::default(),
             allow_mass_delete_once: false,
             next_id: initial,
             n: 0,
@@ -128,7 +138,7 @@ impl World {
     }
 
     /// A fresh number for a value nobody typed before.
-    fn next_n(&mut self) -> u32 {
+    pub fn next_n(&mut self) -> u32 {
         self.n += 1;
         self.n
     }
@@ -208,7 +218,8 @@ impl World {
     pub async fn edit_crm(&mut self) {
         let mut rows = self.crm_rows();
         let roll = self.rng.random_range(0..10);
-        if roll == 0 || rows.is_empty() {
+        let editable = self.editable(&rows);
+        if roll == 0 || editable.is_empty() {
             self.next_id += 1;
             let id = format!("k-{}", self.next_id);
             let new: Vec<String> = row(&id, self.next_id)
@@ -218,16 +229,27 @@ impl World {
             trace(|| format!("crm add {id}"));
             self.log_new_record(&new);
             rows.push(new);
-        } else if roll == 1 && rows.len() > 3 {
-            let gone = rows.remove(self.rng.random_range(0..rows.len()));
+        } else if roll == 1 && editable.len() > 3 {
+            let gone = rows.remove(editable[self.rng.random_range(0..editable.len())]);
             trace(|| format!("crm delete {}", gone[0]));
             self.log.deleted_in_crm.insert(gone[0].clone());
         } else {
-            let i = self.rng.random_range(0..rows.len());
+            let i = editable[self.rng.random_range(0..editable.len())];
             let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
             self.edit_crm_field(&mut rows[i], field).await;
         }
         self.write_rows(&rows);
+    }
+
+    /// The rows people edit: all but the records held on day one or not yet adopted.
+    fn editable(&self, rows: &[Vec<String>]) -> Vec<usize> {
+        (0..rows.len())
+            .filter(|i| {
+                let id = &rows[*i][0];
+                !self.day_one.held_records.contains(id)
+                    && !self.day_one.pending_adoption.contains(id)
+            })
+            .collect()
     }
 
     /// `id`'s `field` as both sides last agreed on it (the ledger's snapshot), if they have.
@@ -302,11 +324,15 @@ impl World {
 
     // ---- Quo ----
 
-    /// The sandbox's contacts (every one, hidden from lists or not) by externalId.
+    /// The sandbox's contacts with an externalId (every one, hidden from lists or not) by
+    /// externalId; the people in Quo without one are not the CRM's (yet).
     pub fn contacts_by_record(&self) -> BTreeMap<String, Vec<Value>> {
         let mut by: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for c in self.app.sandbox.contacts() {
-            let id = c["externalId"].as_str().unwrap_or_default().to_string();
+            let Some(id) = c["externalId"].as_str().filter(|id| !id.is_empty()) else {
+                continue;
+            };
+            let id = id.to_string();
             by.entry(id).or_default().push(c);
         }
         by
@@ -393,6 +419,9 @@ impl World {
             return;
         };
         if self.app.sandbox.app_delete(contact["id"].as_str().unwrap()) {
+            self.day_one
+                .deleted_in_quo
+                .insert(contact["id"].as_str().unwrap().to_string());
             trace(|| format!("quo delete {id} ({})", contact["id"]));
             let rows = self.crm_rows();
             let r = rows
@@ -442,6 +471,7 @@ impl World {
             };
             cycle_counts_agree(self, report, seen).await;
             self.counted.add(report);
+            self.note_adoptions().await;
             if report.mass_delete_refused {
                 // Rows really left the CRM: the operator checks and allows it, once.
                 self.refusals += 1;
@@ -500,10 +530,11 @@ impl World {
     /// truncated prefix of a value someone typed.
     pub async fn cycle_during_an_in_place_write(&mut self) {
         let mut rows = self.crm_rows();
-        if rows.is_empty() {
+        let editable = self.editable(&rows);
+        if editable.is_empty() {
             return self.cycle_or_kill().await;
         }
-        let i = self.rng.random_range(0..rows.len());
+        let i = editable[self.rng.random_range(0..editable.len())];
         let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
         self.edit_crm_field(&mut rows[i], field).await;
         let mut had = Vec::new();
@@ -670,8 +701,16 @@ impl World {
             }
         }
         // Not while the operator's `--allow-mass-delete` is pending: that cycle may delete
-        // whatever is missing, a cut-short export included.
-        if linked.len() < 4 || self.allow_mass_delete_once {
+        // whatever is missing, a cut-short export included. Nor before a cycle has read the
+        // last cut-short export whole again: records it missed await a second read, and to
+        // the sync a cut now would be that read agreeing they are gone.
+        let awaiting = self
+            .app
+            .ledger()
+            .debug_query_i64("SELECT COUNT(*) FROM source_absences", &[])
+            .await
+            .unwrap();
+        if linked.len() < 4 || self.allow_mass_delete_once || awaiting > 0 {
             return self.cycle_or_kill().await;
         }
         // More than half of them: past any guard below 0.5 (the tests use 0.25).
@@ -761,8 +800,11 @@ impl World {
 pub fn summary(report: &CycleReport) -> String {
     let c = &report.counts;
     format!(
-        "created {} updated {} deleted {} to CRM {} quarantined {} unchanged {}{}",
+        "created {} adopted {} held {} exported {} updated {} deleted {} to CRM {} quarantined {} unchanged {}{}",
         c.created,
+        c.adopted,
+        c.held,
+        c.exported,
         c.updated,
         c.deleted,
         c.written_to_crm,
