@@ -8,7 +8,10 @@
 //! starting new work and its late writes are refused by the database.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +20,10 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::ledger::{Candidate, LeaderLease, LeaseError, Ledger, LedgerError};
 use crate::ops::http::ReplicaRole;
+use crate::ops::listener::ListenerLimits;
 use crate::ops::live::ServiceStatus;
 use crate::quo::client::{ClientSettings, QuoClient};
+use crate::quo::grace::{AfterRefusal, AuthGrace, Credential, Credentials};
 use crate::quo::limiter::RateLimiter;
 use crate::quo::retry::RetryPolicy;
 use crate::source::{Source, SourceError};
@@ -42,6 +47,18 @@ pub enum AppError {
     /// The writer lease is held by another process (exit 4).
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// A service stopped because a credential was refused (`auth_failed`): before this process
+    /// ever saw it accepted (`grace_s: None`, exit 2: the configuration), or, after it had
+    /// worked, for longer than its grace (exit 1: a supervisor restarts the service).
+    #[error("{}", auth_failed_message(*.credential, *.grace_s, .reason))]
+    AuthFailed {
+        /// Quo's key or the CRM's credential.
+        credential: Credential,
+        /// The grace that ran out, in seconds; `None`: never accepted by this process.
+        grace_s: Option<u64>,
+        /// The last refusal, as reported (never carries the secret).
+        reason: String,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -53,22 +70,28 @@ pub enum AppError {
 }
 
 impl AppError {
-    /// Whether Quo refused the API key or the CRM its credentials (the service stops, exit 2:
-    /// nothing works until it is fixed).
+    /// Whether Quo refused the API key or the CRM its credentials, so the service stops (exit
+    /// 2 when the credential never worked in this process, or in a one-shot command; exit 1
+    /// when it worked and was then refused for longer than its grace).
     pub fn is_auth_failure(&self) -> bool {
         matches!(self, AppError::Sync(e) if e.is_auth_failure())
+            || matches!(self, AppError::AuthFailed { .. })
     }
 
-    /// Whether this is the operator's configuration to fix (exit code 2).
+    /// Whether this is the operator's configuration to fix (exit code 2): a credential refused
+    /// before it was ever accepted is one (a one-shot command's refusal too: it has no grace).
     pub fn is_config(&self) -> bool {
         matches!(
             self,
             AppError::Config(_) | AppError::Sync(SyncError::Mapping(_))
-        ) || matches!(
-            self,
-            AppError::Source(SourceError::MissingColumn { .. } | SourceError::Config(_))
-                | AppError::Sync(SyncError::Source(SourceError::CredentialsRefused { .. }))
-        ) || matches!(self, AppError::Source(SourceError::MissingColumn { .. }))
+        ) || matches!(self, AppError::Sync(e) if e.is_auth_failure())
+            || matches!(self, AppError::AuthFailed { grace_s: None, .. })
+            || matches!(
+                self,
+                AppError::Source(SourceError::MissingColumn { .. } | SourceError::Config(_))
+                    | AppError::Sync(SyncError::Source(SourceError::CredentialsRefused { .. }))
+            )
+            || matches!(self, AppError::Source(SourceError::MissingColumn { .. }))
             || matches!(
                 self,
                 AppError::Sync(SyncError::Source(SourceError::MissingColumn { .. }))
@@ -139,9 +162,10 @@ pub fn build_context_with_source(
     source: Arc<Source>,
 ) -> Result<SyncContext, AppError> {
     source.set_list_read_every(config.schedule.interval.0);
+    warn_shared_source_label(config, &ledger);
     let mut client = build_client(config)?;
-    if let Some(permit) = ledger.write_permit() {
-        client = client.with_write_gate(permit);
+    if let Some(fence) = ledger.write_fence() {
+        client = client.with_write_fence(fence);
     }
     Ok(SyncContext {
         ledger,
@@ -167,6 +191,13 @@ pub fn build_context_with_source(
             allow_mass_delete: false,
             inbox_retention: config.reverse.inbox_retention.0,
             list_lag: config.quo.list_lag.0,
+            scope: crate::sync::ScopeRules::from_config(&config.sync).map_err(|e| {
+                AppError::Config(crate::config::ConfigError::BadValue {
+                    file: "(config)".into(),
+                    key: "sync.filter".into(),
+                    reason: e.to_string(),
+                })
+            })?,
             day_one: crate::sync::DayOneSettings {
                 match_existing: config.sync.match_existing,
                 adopt_sources: config
@@ -185,6 +216,18 @@ pub fn build_context_with_source(
         progress: Arc::default(),
         scan_gate: Arc::default(),
     })
+}
+
+/// `quo.source` tells our contacts from everyone else's (lists, lookups, twins): two
+/// deployments sharing one label in one workspace take each other's contacts for theirs. A
+/// PostgreSQL ledger usually means a fleet, where a second deployment is likely: say so when the
+/// label is still the default.
+fn warn_shared_source_label(config: &Config, ledger: &Ledger) {
+    if ledger.backend() == "postgres"
+        && config.quo.source == crate::config::QuoConfig::default().source
+    {
+        warn!(event = "quo_source_default", source = %config.quo.source, "quo.source is the default label on a PostgreSQL ledger: it must be unique per deployment (two deployments sharing it in one workspace take each other's contacts for theirs); set quo.source to a name of this deployment");
+    }
 }
 
 /// A process allowed to write: the held lease, the fenced ledger its writes go through, and a
@@ -324,9 +367,16 @@ pub async fn run_service(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<(), AppError> {
     let wake = Arc::new(Notify::new());
+    let auth = credentials(config, &ctx.source);
     let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
-    let ops = crate::ops::http::router_with(ctx.ledger.clone(), metrics, readiness)
-        .merge(console_routes(config, &ctx.ledger, &wake));
+    let ops = crate::ops::http::service_router(
+        ctx.ledger.clone(),
+        metrics,
+        None,
+        readiness,
+        auth.clone(),
+    )
+    .merge(console_routes(config, &ctx.ledger, &wake));
     crate::ops::http::register_service_metrics();
     metrics::gauge!("quo_sync_leader").set(1.0);
     let status = ServiceStatus::default();
@@ -341,7 +391,7 @@ pub async fn run_service(
     )
     .await?;
     info!(event = "service_started", source = %ctx.source.describe(), interval_s = config.schedule.interval.0.as_secs(), "quo-sync service started");
-    let result = cycle_loop(ctx, config, &wake, &status).await;
+    let result = cycle_loop(ctx, config, (&wake, &auth), &status).await;
     if result.is_err() {
         // Stopping for good: let the listeners go too.
         ctx.cancel.cancel();
@@ -387,15 +437,30 @@ pub async fn run_replica_observed(
     let role = status.role().clone();
     role.set_standby();
     let wake = Arc::new(Notify::new());
-    crate::ops::http::register_service_metrics();
-    let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
-    let ops = crate::ops::http::replica_router(base.clone(), metrics, role.clone(), readiness)
-        .merge(replica_console_routes(config, &base, &wake, &role));
     // One source for every leader term: its change watcher must know what quo-sync wrote. A
     // rotated OAuth refresh token is kept through the base ledger (a standby never fetches one).
     let source = Arc::new(Source::from_config_mapped(&config.source, &config.mapping)?);
     source.attach_ledger(&base);
+    // One refusal clock per credential for the process: what a leader term saw accepted
+    // counts in the next term too.
+    let auth = credentials(config, &source);
+    crate::ops::http::register_service_metrics();
+    let readiness = crate::ops::http::ReadinessRule::from_config(&config.service);
+    let ops = crate::ops::http::service_router(
+        base.clone(),
+        metrics,
+        Some(role.clone()),
+        readiness,
+        auth.clone(),
+    )
+    .merge(replica_console_routes(config, &base, &wake, &role));
     let servers = start_listeners(config, &base, &source, ops, &wake, &shutdown, &status).await?;
+    tokio::spawn(show_quo_key_accepted(
+        build_client(config)?
+            .background()
+            .with_auth_grace(auth.quo.clone()),
+        shutdown.clone(),
+    ));
     let who = Candidate::this_process("run");
     info!(event = "service_started", ledger = %base.path(), host = %who.host, pid = who.pid, lease_ms = config.ha.lease.0.as_millis() as u64, "quo-sync replica started");
     let mut result = Ok(());
@@ -406,7 +471,7 @@ pub async fn run_replica_observed(
             &lease,
             config,
             &shutdown,
-            (&wake, &status),
+            (&wake, &auth, &status),
             &source,
             allow_mass_delete,
         )
@@ -443,15 +508,18 @@ fn console_routes(config: &Config, ledger: &Ledger, wake: &Arc<Notify>) -> axum:
     if !config.service.console || config.service.listen.is_none() {
         return axum::Router::new();
     }
-    crate::ops::console::routes(crate::ops::console::Console::new(
-        ledger.clone(),
-        config.service.console_token.clone(),
-        wake.clone(),
-        crate::ops::console::ServiceInfo::always_leader(
-            config.schedule.interval.0,
-            config.quo.requests_per_second,
-        ),
-    ))
+    crate::ops::console::routes(
+        crate::ops::console::Console::new(
+            ledger.clone(),
+            config.service.console_token.clone(),
+            wake.clone(),
+            crate::ops::console::ServiceInfo::always_leader(
+                config.schedule.interval.0,
+                config.quo.requests_per_second,
+            ),
+        )
+        .listening_on(config.service.listen),
+    )
 }
 
 /// The console of a replica: it shows leader or standby as `role` says.
@@ -473,12 +541,15 @@ fn replica_console_routes(
         Some(_) => crate::ops::console::Role::Leader,
         None => crate::ops::console::Role::Standby,
     });
-    crate::ops::console::routes(crate::ops::console::Console::new(
-        ledger.clone(),
-        config.service.console_token.clone(),
-        wake.clone(),
-        info,
-    ))
+    crate::ops::console::routes(
+        crate::ops::console::Console::new(
+            ledger.clone(),
+            config.service.console_token.clone(),
+            wake.clone(),
+            info,
+        )
+        .listening_on(config.service.listen),
+    )
 }
 
 /// Stands by until the lease is ours (`None` on shutdown), logging `standby` with the holder
@@ -520,7 +591,7 @@ async fn lead(
     lease: &LeaderLease,
     config: &Config,
     shutdown: &CancellationToken,
-    (wake, status): (&Arc<Notify>, &ServiceStatus),
+    (wake, auth, status): (&Arc<Notify>, &Credentials, &ServiceStatus),
     source: &Arc<Source>,
     allow_mass_delete: bool,
 ) -> Result<(), AppError> {
@@ -530,7 +601,7 @@ async fn lead(
     ctx.settings.allow_mass_delete = allow_mass_delete;
     ctx.progress = status.progress();
     status.set_stats(ctx.client.stats().clone());
-    let result = cycle_loop(&ctx, config, wake, status).await;
+    let result = cycle_loop(&ctx, config, (wake, auth), status).await;
     ctx.ledger.close().await;
     // A cycle cancels its token on a fatal Quo error (bad API key): that stops the service, as
     // it does for a single writer, unless the token fired because the lease was lost.
@@ -539,6 +610,22 @@ async fn lead(
     }
     term.cancel();
     result
+}
+
+/// One cheap read (the custom-field definitions) at a replica's start, so its clock knows
+/// whether Quo accepts the key before this replica ever leads: a standby that takes over
+/// during a Quo auth incident then backs off for `quo.auth_grace` like the leader it replaces,
+/// instead of stopping with exit 2 at its first refusal. A refusal here is only logged; the
+/// replica stops (exit 2) if it leads while the key is still refused.
+async fn show_quo_key_accepted(client: QuoClient, cancel: CancellationToken) {
+    tokio::select! {
+        result = client.custom_fields() => {
+            if let Err(e) = result {
+                warn!(event = "quo_key_unconfirmed", error = %e, "could not show at start that Quo accepts the API key; a refusal while leading will stop this replica (exit 2)");
+            }
+        }
+        _ = cancel.cancelled() => {}
+    }
 }
 
 /// Binds the health/metrics router and the webhook receiver (on one port or two).
@@ -580,6 +667,7 @@ async fn start_listeners(
     let signals = crate::source::watch::Signals::start(
         source.clone(),
         config.source.watch,
+        ledger.clone(),
         wake.clone(),
         cancel.clone(),
     )?;
@@ -601,7 +689,12 @@ async fn start_listeners(
                 reason: e.to_string(),
             })?;
         info!(event = "listener_started", addr = %addr, "HTTP listener started");
-        servers.push(tokio::spawn(serve(listener, router, cancel.clone())));
+        servers.push(tokio::spawn(crate::ops::listener::serve(
+            listener,
+            router,
+            ListenerLimits::from_config(&config.service),
+            cancel.clone(),
+        )));
     }
     // The file watcher lives as long as the listeners (it stops when dropped).
     let until = cancel.clone();
@@ -612,16 +705,20 @@ async fn start_listeners(
     Ok(servers)
 }
 
-/// Cycles until `ctx.cancel` fires: every tick, or early on a webhook.
+/// Cycles until `ctx.cancel` fires: every tick, or early on a webhook. While Quo or the CRM
+/// refuses a credential that worked, cycles back off on its clock in `auth` instead; past its
+/// grace (in a cycle or, for Quo's key, in the scanner), or at the first refusal of a credential
+/// this process never saw accepted, the loop ends with [`AppError::AuthFailed`].
 async fn cycle_loop(
     ctx: &SyncContext,
     config: &Config,
-    wake: &Arc<Notify>,
+    (wake, auth): (&Arc<Notify>, &Credentials),
     status: &ServiceStatus,
 ) -> Result<(), AppError> {
-    let interval = config.schedule.interval.0;
     // The scan runs beside the cycles, yielding to their writes; what it finds wakes a cycle.
     let mut ctx = ctx.clone();
+    // Every answer that shows Quo's key accepted stops its clock (the scanner's too).
+    ctx.client = ctx.client.clone().with_auth_grace(auth.quo.clone());
     let scanner = match ctx.settings.poll_interval.take() {
         Some(poll) if ctx.settings.reverse_enabled => {
             Some(tokio::spawn(crate::reverse::scan::run_scanner(
@@ -629,54 +726,107 @@ async fn cycle_loop(
                 ctx.client.background(),
                 ctx.settings.day_one.scan_scope(),
                 poll,
-                wake.clone(),
-                ctx.scan_gate.clone(),
+                ctx.settings.delete_guard(),
+                (wake.clone(), auth.quo.clone(), ctx.scan_gate.clone()),
                 ctx.cancel.clone(),
             )))
         }
         _ => None,
     };
-    let ctx = &ctx;
+    // What any replica stores (webhooks, CRM notices) wakes this loop; this leader's reads take
+    // the stored CRM notices until the loop ends.
+    let stop_watch = ctx.cancel.child_token();
+    // Run-now requests and the end of a pause, from any replica or shell, wake it too.
+    let control = tokio::spawn(crate::ops::control::watch(
+        ctx.ledger.clone(),
+        wake.clone(),
+        stop_watch.clone(),
+    ));
+    let covered = Arc::new(AtomicI64::new(i64::MIN));
+    let watcher = tokio::spawn({
+        let (ledger, wake, stop) = (ctx.ledger.clone(), wake.clone(), stop_watch.clone());
+        let covered = covered.clone();
+        async move { ledger.watch_intake(wake, covered, stop).await }
+    });
+    ctx.source.take_notices_from(Some(ctx.ledger.clone()));
+    let result = cycles(&ctx, config, (wake, &covered), (auth, status), scanner).await;
+    ctx.source.take_notices_from(None);
+    stop_watch.cancel();
+    let _ = watcher.await;
+    let _ = control.await;
+    result
+}
+
+/// The loop of [`cycle_loop`], with its scanner. Before each cycle, `covered` takes the intake
+/// signal's value (so the watcher does not wake the loop again for intake this cycle reads), and
+/// wakes that arrived meanwhile are dropped: the cycle about to start covers them.
+async fn cycles(
+    ctx: &SyncContext,
+    config: &Config,
+    (wake, covered): (&Arc<Notify>, &Arc<AtomicI64>),
+    (auth, status): (&Credentials, &ServiceStatus),
+    scanner: Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), AppError> {
+    let interval = config.schedule.interval.0;
+    let exhausted = auth.quo.exhausted();
     let tick = interval;
     info!(event = "cycles_started", source = %ctx.source.describe(), interval_s = interval.as_secs(), tick_ms = tick.as_millis() as u64, "cycles started");
+    let stop = async |scanner: Option<tokio::task::JoinHandle<()>>| {
+        ctx.cancel.cancel();
+        if let Some(scanner) = scanner {
+            let _ = scanner.await;
+        }
+    };
     loop {
         if ctx.cancel.is_cancelled() {
             break;
         }
+        if let Ok(signal) = ctx.ledger.intake_signal().await {
+            covered.store(signal, Ordering::Release);
+        }
+        let _ = wake.notified().now_or_never();
         let started = tokio::time::Instant::now();
+        let mut next = None;
         status.cycle_started();
         let result = run_cycle(ctx, Mode::Apply).await;
         status.cycle_finished(&result);
         match result {
             Ok(_) => {}
             Err(SyncError::Mapping(e)) => {
-                ctx.cancel.cancel();
-                if let Some(scanner) = scanner {
-                    let _ = scanner.await;
-                }
+                stop(scanner).await;
                 return Err(SyncError::Mapping(e).into());
             }
-            Err(e) if e.is_auth_failure() => {
-                // Nothing will work until an operator fixes the key: stop, non-zero, so a
-                // supervisor notices instead of a service that looks up and does nothing.
-                error!(event = "auth_failed", error = %e, "a credential was refused (Quo's API key or the CRM's); stopping");
-                ctx.cancel.cancel();
-                if let Some(scanner) = scanner {
-                    let _ = scanner.await;
+            Err(e) if e.is_auth_failure() => match after_refusal(auth, &e) {
+                Ok(pause) => next = Some(pause),
+                Err(failed) => {
+                    // Nothing works until the credential is fixed or the incident ends: stop,
+                    // non-zero, so a supervisor notices instead of a service that looks up and
+                    // does nothing.
+                    stop(scanner).await;
+                    return Err(failed);
                 }
-                return Err(e.into());
-            }
+            },
             Err(e) => {
                 error!(event = "cycle_error", error = %e, "cycle failed; retrying at the next tick")
             }
         }
-        let next = tick.saturating_sub(started.elapsed());
+        let next = next.unwrap_or_else(|| tick.saturating_sub(started.elapsed()));
         status.next_cycle_in(next);
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
             _ = wake.notified() => {
                 // Let a burst of deliveries land before the cycle that applies them.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ = exhausted.cancelled() => {
+                // The scanner gave up on Quo's key.
+                let failed = auth_failed(
+                    Credential::QuoKey,
+                    &auth.quo,
+                    "Quo refused the API key on a scan page".into(),
+                );
+                stop(scanner).await;
+                return Err(failed);
             }
             _ = ctx.cancel.cancelled() => break,
         }
@@ -687,16 +837,80 @@ async fn cycle_loop(
     Ok(())
 }
 
-/// Serves `router` on `listener` until `cancel` fires.
+/// A cycle failed because a credential was refused (`error.is_auth_failure()`): the pause
+/// before the next try while its clock allows one (`auth_refused`), else the failure that stops
+/// the service (`auth_failed`).
+fn after_refusal(auth: &Credentials, error: &SyncError) -> Result<Duration, AppError> {
+    let credential = refused_credential(error);
+    let Some(clock) = auth.clock(credential) else {
+        return Err(auth_failed(
+            credential,
+            &AuthGrace::new(Duration::ZERO),
+            error.to_string(),
+        ));
+    };
+    match clock.refused() {
+        AfterRefusal::RetryIn(pause) => {
+            warn!(event = "auth_refused", error = %error, retry_in_ms = pause.as_millis() as u64, grace_s = clock.grace().as_secs(), grace_key = credential.grace_key(), "{}; it worked before, so trying again until its grace runs out (not ready meanwhile)", credential.refused());
+            Ok(pause)
+        }
+        AfterRefusal::GiveUp | AfterRefusal::NeverAccepted => {
+            Err(auth_failed(credential, clock, error.to_string()))
+        }
+    }
+}
+
+/// The failure that stops the service once `credential` is given up on (logged as
+/// `auth_failed`): exit 2 when `clock` never saw it accepted, exit 1 after its grace.
+fn auth_failed(credential: Credential, clock: &AuthGrace, reason: String) -> AppError {
+    let grace_s = clock.ever_accepted().then(|| clock.grace().as_secs());
+    let failed = AppError::AuthFailed {
+        credential,
+        grace_s,
+        reason,
+    };
+    error!(event = "auth_failed", error = %failed, grace_s, ever_accepted = grace_s.is_some(), "stopping: {}", credential.refused());
+    failed
+}
+
+/// [`AppError::AuthFailed`]'s message.
+fn auth_failed_message(credential: Credential, grace_s: Option<u64>, reason: &str) -> String {
+    match grace_s {
+        None => format!(
+            "{} before accepting it once since this process started (check the credential): {reason}",
+            credential.refused()
+        ),
+        Some(grace_s) => format!(
+            "{} for longer than {} ({grace_s}s) after accepting it: {reason}",
+            credential.refused(),
+            credential.grace_key()
+        ),
+    }
+}
+
+/// Which credential a refusal (`error.is_auth_failure()`) is about.
+fn refused_credential(error: &SyncError) -> Credential {
+    match error {
+        SyncError::Source(_) => Credential::Crm,
+        _ => Credential::QuoKey,
+    }
+}
+
+/// The refusal clocks of a service's credentials: Quo's key (`quo.auth_grace`) and the
+/// source's (`source.rest.auth_grace`, kept by the source, which reports what it sees accepted).
+fn credentials(config: &Config, source: &Source) -> Credentials {
+    Credentials {
+        quo: Arc::new(AuthGrace::new(config.quo.auth_grace.0)),
+        crm: source.auth_grace().cloned(),
+    }
+}
+
+/// Serves `router` on `listener` until `cancel` fires, with the default header and request
+/// timeouts (see [`crate::ops::listener`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     cancel: CancellationToken,
 ) {
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        error!(event = "http_server_failed", error = %e, "HTTP listener stopped");
-    }
+    crate::ops::listener::serve(listener, router, ListenerLimits::default(), cancel).await;
 }

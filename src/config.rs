@@ -18,6 +18,8 @@ mod print;
 
 pub use paths::ResolvedPath;
 
+mod scope;
+pub use scope::{FieldSource, OnLeaveScope, SyncMode};
 mod csv_dialect;
 pub use csv_dialect::{
     CsvDelimiter, CsvEncoding, CsvEscape, CsvQuote, DELIMITER_CANDIDATES, show_byte,
@@ -159,6 +161,9 @@ pub struct QuoConfig {
     pub list_lag: HumanDuration,
     /// Optional link to the CRM record, `{id}` replaced by the external id.
     pub source_url_template: Option<String>,
+    /// How long the service keeps retrying while Quo refuses the API key (401), reporting
+    /// not-ready, before it stops with `auth_failed` (exit 1); default `5m`.
+    pub auth_grace: HumanDuration,
 }
 
 impl Default for QuoConfig {
@@ -175,6 +180,7 @@ impl Default for QuoConfig {
             list_lag: HumanDuration(Duration::from_secs(1)),
             concurrency: 16,
             source_url_template: None,
+            auth_grace: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -285,8 +291,8 @@ fn default_updated_at_field() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabeledFieldMapping {
-    /// Source field (CSV column).
-    pub field: String,
+    /// Source field (CSV column), or `{ expr = "..." }`.
+    pub field: FieldSource,
     /// Quo label (`name`), e.g. `work`.
     pub label: String,
 }
@@ -297,8 +303,8 @@ pub struct LabeledFieldMapping {
 pub struct CustomFieldMapping {
     /// The custom field's name in Quo (resolved to its key each cycle).
     pub name: String,
-    /// Source field (CSV column).
-    pub field: String,
+    /// Source field (CSV column), or `{ expr = "..." }`.
+    pub field: FieldSource,
     /// Separator for multi-select values, default `;`.
     #[serde(default)]
     pub delimiter: Option<String>,
@@ -310,14 +316,14 @@ pub struct CustomFieldMapping {
 pub struct MappingConfig {
     /// Region for national-format phone numbers (ISO 3166 code), default `US`.
     pub default_region: String,
-    /// Source field for `firstName`.
-    pub first_name: Option<String>,
+    /// Source field for `firstName` (or `{ expr = "..." }`, as every entry may).
+    pub first_name: Option<FieldSource>,
     /// Source field for `lastName`.
-    pub last_name: Option<String>,
+    pub last_name: Option<FieldSource>,
     /// Source field for `company`.
-    pub company: Option<String>,
+    pub company: Option<FieldSource>,
     /// Source field for `role`.
-    pub role: Option<String>,
+    pub role: Option<FieldSource>,
     /// Email fields with their labels.
     pub emails: Vec<LabeledFieldMapping>,
     /// Phone fields with their labels.
@@ -363,6 +369,12 @@ pub struct SyncConfig {
     /// Largest share of the managed contacts (or CRM rows) one cycle may delete, default `0.1`;
     /// above it the cycle deletes nothing and logs `mass_delete_refused`.
     pub max_delete_fraction: f64,
+    /// Which records are in scope: an expression over `record` (none: every record).
+    pub filter: Option<String>,
+    /// `keep` (default), `unlink` or `delete`: a synced record the filter no longer admits.
+    pub on_leave_scope: OnLeaveScope,
+    /// `upsert` (default), `update_only` or `create_only`.
+    pub mode: SyncMode,
     /// Match a new record against the contacts already in the workspace before creating it.
     pub match_existing: MatchExisting,
     /// Sources of other API integrations (e.g. `zapier`) whose contacts may be adopted; contacts
@@ -375,6 +387,9 @@ impl Default for SyncConfig {
         Self {
             on_source_delete: OnSourceDelete::Ignore,
             max_delete_fraction: 0.1,
+            filter: None,
+            on_leave_scope: OnLeaveScope::Keep,
+            mode: SyncMode::Upsert,
             match_existing: MatchExisting::PhoneOrEmail,
             adopt_sources: Vec::new(),
         }
@@ -484,9 +499,12 @@ pub struct ReverseConfig {
     pub enabled: bool,
     /// Webhook receiver address (`/webhooks/quo`, `/healthz`).
     pub listen: Option<SocketAddr>,
-    /// Webhook signing secret (legacy base64 key or `whsec_…`).
+    /// Webhook signing secret (legacy base64 key or `whsec_…`); it must decode to at least
+    /// [`MIN_WEBHOOK_KEY_BYTES`].
     #[serde(serialize_with = "print::secret")]
     pub webhook_secret: Option<SecretString>,
+    /// A file holding the webhook signing secret (Docker/Kubernetes secrets).
+    pub webhook_secret_file: Option<PathBuf>,
     /// Scan interval; default `1m` without a webhook secret, `1h` with one (a slow fallback
     /// that pulls what a missed delivery left behind); `0s` disables.
     pub poll_interval: Option<HumanDuration>,
@@ -521,6 +539,7 @@ impl Default for ReverseConfig {
             enabled: true,
             listen: None,
             webhook_secret: None,
+            webhook_secret_file: None,
             poll_interval: None,
             conflict: ConflictPolicy::Newest,
             fields: BTreeMap::new(),
@@ -534,6 +553,21 @@ impl Default for ReverseConfig {
             quo_id_field: None,
         }
     }
+}
+
+/// The shortest Quo webhook signing key accepted, in decoded bytes: anyone can forge a
+/// signature with an empty or near-empty key.
+pub const MIN_WEBHOOK_KEY_BYTES: usize = 16;
+
+/// The signing key bytes of a Quo webhook secret: `whsec_<base64>` (Standard Webhooks) or plain
+/// base64 (legacy). `None` when it does not decode.
+pub fn webhook_signing_key(secret: &SecretString) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text = secret.expose_secret().trim();
+    let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
 }
 
 impl ReverseConfig {
@@ -570,6 +604,12 @@ pub struct ServiceConfig {
     /// How long `run` lets in-flight work finish after SIGTERM/SIGINT/SIGHUP before it exits
     /// anyway, default `8s` (a second Ctrl-C exits at once).
     pub shutdown_grace: HumanDuration,
+    /// On every listener (`service.listen`, `reverse.listen`): the longest a client may take to
+    /// send a request's headers before the connection is closed, default `10s`.
+    pub header_timeout: HumanDuration,
+    /// On every listener: the longest a request may take, body included, before it is answered
+    /// 408, default `30s`.
+    pub request_timeout: HumanDuration,
 }
 
 impl Default for ServiceConfig {
@@ -582,6 +622,8 @@ impl Default for ServiceConfig {
             readiness: Readiness::Ledger,
             readiness_failed_cycles: 3,
             shutdown_grace: HumanDuration(Duration::from_secs(8)),
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -620,6 +662,18 @@ impl HaConfig {
         (self.lease.0 / 3).min(Duration::from_secs(1))
     }
 }
+
+/// The least time a held lease of length `lease` has left whenever its renewals (every third of
+/// it) are on time, before the safety margin (a tenth) at its end: 17/30 of it. A leader's write
+/// timeouts are capped at it, and a write starts only when that much is left, so no write of a
+/// leader is still in flight when its lease can have passed to another process.
+pub fn lease_write_window(lease: Duration) -> Duration {
+    lease.saturating_sub(lease / 3).saturating_sub(lease / 10)
+}
+
+/// The shortest write timeout a lease must leave room for (or the configured timeout, when
+/// shorter): below it a write is cut short before Quo or the CRM can answer.
+pub const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Config {
     /// Loads `file` with environment overrides and validates it; no network.
@@ -684,6 +738,16 @@ impl Config {
             })?;
             config.service.console_token = Some(SecretString::from(token.trim().to_string()));
         }
+        if config.reverse.webhook_secret.is_none()
+            && let Some(path) = &config.reverse.webhook_secret_file
+        {
+            let secret = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
+                file: file_name.clone(),
+                key: "reverse.webhook_secret_file".into(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            config.reverse.webhook_secret = Some(SecretString::from(secret.trim().to_string()));
+        }
         if config.ledger.url.is_none()
             && let Some(path) = &config.ledger.url_file
         {
@@ -708,6 +772,7 @@ impl Config {
         }
         config.validate(&file_name)?;
         config.validate_console(&file_name)?;
+        config.validate_scope(&file_name)?;
         config.validate_day_one(&file_name)?;
         Ok(config)
     }
@@ -735,6 +800,10 @@ impl Config {
             (
                 "service.console_token_file",
                 self.service.console_token_file.as_mut(),
+            ),
+            (
+                "reverse.webhook_secret_file",
+                self.reverse.webhook_secret_file.as_mut(),
             ),
         ] {
             if let Some(path) = path {
@@ -816,6 +885,40 @@ impl Config {
         }
     }
 
+    /// Refuses an `ha.lease` whose write window ([`lease_write_window`]) cannot hold a write of
+    /// the configured timeouts (`quo.timeout`, `source.rest.timeout`), or [`MIN_WRITE_TIMEOUT`]
+    /// when they are longer.
+    fn check_lease_fits_timeouts(&self, file: &str) -> Result<(), ConfigError> {
+        let window = lease_write_window(self.ha.lease.0);
+        let rest_timeout = self
+            .source
+            .rest
+            .as_ref()
+            .and_then(|t| crate::source::rest::RestSourceConfig::from_table(t).ok())
+            .map(|r| ("source.rest.timeout", r.timeout.0));
+        let timeouts = std::iter::once(("quo.timeout", self.quo.timeout.0)).chain(rest_timeout);
+        for (key, timeout) in timeouts {
+            let needed = timeout.min(MIN_WRITE_TIMEOUT);
+            if window < needed {
+                return Err(ConfigError::BadValue {
+                    file: file.to_string(),
+                    key: "ha.lease".into(),
+                    reason: format!(
+                        "{} is too short for {key} = {}: between renewals a leader's writes get at most 17/30 of the lease ({}), and a write needs {}; use at least {}",
+                        humantime::format_duration(self.ha.lease.0),
+                        humantime::format_duration(timeout),
+                        humantime::format_duration(window),
+                        humantime::format_duration(needed),
+                        humantime::format_duration(Duration::from_millis(
+                            (needed.as_millis() as u64 * 30).div_ceil(17)
+                        )),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let bad = |key: &str, reason: String| ConfigError::BadValue {
             file: file.to_string(),
@@ -865,6 +968,18 @@ impl Config {
                 "expected a whole number above 0".into(),
             ));
         }
+        for (key, timeout) in [
+            ("service.header_timeout", self.service.header_timeout),
+            ("service.request_timeout", self.service.request_timeout),
+        ] {
+            if timeout.0.is_zero() {
+                return Err(bad(
+                    key,
+                    "expected a duration above zero, like `10s`".into(),
+                ));
+            }
+        }
+        self.check_lease_fits_timeouts(file)?;
         if self.quo.concurrency == 0 {
             return Err(bad(
                 "quo.concurrency",
@@ -891,6 +1006,21 @@ impl Config {
                 "quo.source",
                 format!(
                     "{source:?} is reserved by Quo or not 1–72 characters; expected a label such as \"quo-sync\""
+                ),
+            ));
+        }
+        if let Some(secret) = &self.reverse.webhook_secret
+            && webhook_signing_key(secret).is_none_or(|key| key.len() < MIN_WEBHOOK_KEY_BYTES)
+        {
+            let key = if self.reverse.webhook_secret_file.is_some() {
+                "reverse.webhook_secret_file"
+            } else {
+                "reverse.webhook_secret"
+            };
+            return Err(bad(
+                key,
+                format!(
+                    "expected Quo's signing key, `whsec_<base64>` or base64, of at least {MIN_WEBHOOK_KEY_BYTES} bytes once decoded (the value is not shown)"
                 ),
             ));
         }

@@ -20,6 +20,7 @@ pub const VERSION: &str = concat!(
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod expr;
 pub mod ledger;
 pub mod mapping;
 pub mod ops;

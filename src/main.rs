@@ -2,9 +2,12 @@
 //! library.
 //!
 //! Exit codes: 0 success; 2 configuration or usage error (a credential Quo or the CRM refuses
-//! included: only an operator can fix it, so a supervisor should not restart into it); 3 the
-//! cycle finished but some records were quarantined; 4 another process holds the ledger's writer lease (a one-shot writer that
-//! could not get it within `--wait`); 1 anything else.
+//! before this process ever saw it accepted included, and any refusal in a one-shot command:
+//! only an operator can fix it, so a supervisor should not restart into it); 3 the cycle
+//! finished but some records were quarantined; 4 another process holds the ledger's writer
+//! lease (a one-shot writer that could not get it within `--wait`); 1 anything else, a
+//! credential that worked and was then refused for longer than its grace included (`run`: a
+//! supervisor restarts it, and a key still refused then exits 2).
 
 mod cli;
 
@@ -48,7 +51,7 @@ fn main() -> ExitCode {
                 }
                 let config_error = error
                     .downcast_ref::<AppError>()
-                    .is_some_and(|e| e.is_config() || e.is_auth_failure())
+                    .is_some_and(AppError::is_config)
                     || error
                         .downcast_ref::<quo_sync::config::ConfigError>()
                         .is_some()

@@ -7,6 +7,10 @@
 //! fetch just those records with the record GET — no list call — and that partial read neither
 //! deletes the records it did not fetch nor moves the incremental high-water mark. A notice
 //! without ids, or with more than `MAX_NAMED_IDS`, still starts an incremental list read.
+//!
+//! No client can hold a listener: headers and bodies must arrive within their timeouts, an
+//! unsigned notice is refused before its body is read, and with `webhook.timestamp_header` a
+//! notice is signed with its time, refused outside five minutes and recognised when replayed.
 
 mod common;
 mod support;
@@ -133,6 +137,11 @@ struct Rig {
 
 impl Rig {
     async fn start(webhook: &str) -> Rig {
+        Self::start_with(webhook, "").await
+    }
+
+    /// With `service` lines added to `[service]`.
+    async fn start_with(webhook: &str, service: &str) -> Rig {
         let sandbox = SandboxHandle::start(SandboxConfig {
             requests_per_second: 0,
             ..SandboxConfig::default()
@@ -195,6 +204,7 @@ interval = "1h"
 
 [service]
 listen = "{addr}"
+{service}
 "#,
             quo = sandbox.base_url(),
             key = sandbox.api_key(),
@@ -436,6 +446,172 @@ async fn too_many_ids_fall_back_to_a_list_read_and_a_missing_one_is_skipped() {
         runs.iter().all(|r| r.error.is_none()),
         "a 404 for a named id fails no cycle: {runs:?}"
     );
+    rig.stop().await;
+}
+
+/// A raw HTTP/1.1 connection to `addr`.
+async fn connect(url: &str) -> tokio::net::TcpStream {
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+/// Reads until the server answers or closes: the answer's first line ("" when closed
+/// without one), and how long it took.
+async fn answer_of(stream: &mut tokio::net::TcpStream, within: Duration) -> (String, Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(2).any(|w| w == b"\r\n") {
+                    break;
+                }
+            }
+            Err(_) => {
+                panic!("the server held the connection for {within:?} without answering or closing")
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    (
+        text.lines().next().unwrap_or_default().to_string(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn slow_headers_and_slow_bodies_cannot_hold_a_listener() {
+    use tokio::io::AsyncWriteExt;
+    let rig = Rig::start_with("", "header_timeout = \"1s\"\nrequest_timeout = \"1s\"").await;
+    // Headers trickled one byte every 200 ms: the connection is closed.
+    let mut slow = connect(&rig.url).await;
+    let trickle = tokio::spawn(async move {
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .unwrap();
+        for byte in b"X-Slow: 0123456789abcdefghijklmnopqrstuvwxyz"
+            .iter()
+            .cycle()
+        {
+            if slow.write_all(&[*byte]).await.is_err() {
+                return slow;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        unreachable!()
+    });
+    let mut slow = tokio::time::timeout(Duration::from_secs(5), trickle)
+        .await
+        .expect("slow headers were cut off")
+        .unwrap();
+    let (line, _) = answer_of(&mut slow, Duration::from_secs(2)).await;
+    assert!(!line.contains("200"), "{line}");
+    // A connection that sends nothing at all is closed too.
+    let mut silent = connect(&rig.url).await;
+    let (line, took) = answer_of(&mut silent, Duration::from_secs(3)).await;
+    assert!(!line.contains("200"), "{line}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // A signed notice whose body never comes: 408, not a held connection.
+    let body = br#"{"event":"contact.updated"}"#;
+    let mut stalled = connect(&rig.url).await;
+    stalled
+        .write_all(
+            format!(
+                "POST /webhooks/crm HTTP/1.1\r\nHost: localhost\r\nX-Signature: {}\r\nContent-Length: {}\r\n\r\n{{",
+                sign(SECRET, body),
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (line, took) = answer_of(&mut stalled, Duration::from_secs(5)).await;
+    assert!(line.contains("408"), "{line}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(rig.list_reads(), 1, "nothing read for them");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_unsigned_notice_is_refused_before_its_body_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let rig = Rig::start("").await;
+    let mut stream = connect(&rig.url).await;
+    // Headers only: a promised megabyte that never comes.
+    stream
+        .write_all(
+            b"POST /webhooks/crm HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (line, took) = answer_of(&mut stream, Duration::from_secs(3)).await;
+    assert!(line.contains("401"), "{line}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    rig.stop().await;
+}
+
+/// `X-Timestamp: <unix seconds>` and `X-Signature: sha256=hex(HMAC(secret, "<ts>.<body>"))`.
+fn sign_at(ts: i64, body: &[u8]) -> String {
+    let mut signed = format!("{ts}.").into_bytes();
+    signed.extend_from_slice(body);
+    sign(SECRET, &signed)
+}
+
+#[tokio::test]
+async fn a_timestamped_notice_is_refused_when_stale_and_ignored_when_replayed() {
+    let rig = Rig::start("timestamp_header = \"X-Timestamp\"").await;
+    let post = async |ts: Option<i64>, signature: String, body: &[u8]| {
+        let mut request = rig
+            .http
+            .post(&rig.url)
+            .header("X-Signature", signature)
+            .body(body.to_vec());
+        if let Some(ts) = ts {
+            request = request.header("X-Timestamp", ts.to_string());
+        }
+        request.send().await.unwrap().status().as_u16()
+    };
+    let body = br#"{"event":"contact.updated"}"#;
+    let now = chrono::Utc::now().timestamp();
+    // Without the timestamp, with the body alone signed, stale, or from the future: 401.
+    assert_eq!(post(None, sign(SECRET, body), body).await, 401);
+    assert_eq!(post(Some(now), sign(SECRET, body), body).await, 401);
+    assert_eq!(
+        post(Some(now - 600), sign_at(now - 600, body), body).await,
+        401
+    );
+    assert_eq!(
+        post(Some(now + 600), sign_at(now + 600, body), body).await,
+        401
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rig.list_reads(), 1, "refused notices read nothing");
+
+    rig.edit("h1", "Timely", chrono::Utc::now());
+    assert_eq!(post(Some(now), sign_at(now, body), body).await, 202);
+    wait_for("the notice's read", Duration::from_secs(3), async || {
+        first_name(&rig.sandbox, "h1").as_deref() == Some("Timely")
+            && rig.runs_finished().await == 2
+    })
+    .await;
+    // The same delivery again, within the window: acknowledged, nothing read.
+    for _ in 0..3 {
+        assert_eq!(post(Some(now), sign_at(now, body), body).await, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rig.list_reads(), 2, "a replay reads nothing");
+    assert_eq!(rig.runs_finished().await, 2, "a replay starts no cycle");
     rig.stop().await;
 }
 

@@ -726,3 +726,97 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .decode(text)
         .expect("base64")
 }
+
+/// DNS rebinding: a page on another site whose name now resolves to 127.0.0.1 reaches a
+/// console without a token with its own name in `Host`, and can read the CSRF token from the
+/// page like any same-origin script. Without a token, only loopback names (or the configured
+/// listen address) are served, and a POST's `Origin` must be one of them.
+#[tokio::test]
+async fn without_a_token_only_loopback_hosts_are_served_and_posts_need_a_loopback_origin() {
+    let app = app_with_quarantine().await;
+    let (base, cancel) = serve_console(&app, None, Arc::default()).await;
+    let port = base.rsplit(':').next().unwrap().to_string();
+    let client = client();
+    let get = async |host: &str, path: &str| {
+        let response = client
+            .get(format!("{base}{path}"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    for path in ["/api/quarantine", "/", "/api/csrf"] {
+        let (status, body) = get(&format!("rebound.attacker.example:{port}"), path).await;
+        assert_eq!(status, 421, "{path}: {body}");
+        assert!(!body.contains("q-1") && !body.contains("csrf\""), "{body}");
+    }
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "localhost".to_string(),
+    ] {
+        assert_eq!(get(&host, "/api/quarantine").await.0, 200, "{host}");
+    }
+
+    let token = csrf(&client, &base).await;
+    let post = async |origin: Option<&str>| {
+        let mut request = client
+            .post(format!("{base}/api/quarantine/q-1/retry"))
+            .header("x-csrf-token", &token);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(post(Some("http://rebound.attacker.example")).await, 403);
+    assert_eq!(post(Some("null")).await, 403);
+    assert_eq!(post(Some(&format!("http://localhost:{port}"))).await, 202);
+    assert_eq!(
+        post(None).await,
+        202,
+        "a client without Origin is no browser"
+    );
+    cancel.cancel();
+}
+
+/// `/readyz` needs no login: it names the failure, never its text (which can carry CRM data).
+#[tokio::test]
+async fn readyz_shows_no_error_text() {
+    let app = TestApp::spawn(&csv(&[row("r-1", 1)])).await;
+    app.ledger().start_run("failing-run", "run").await.unwrap();
+    app.ledger()
+        .finish_run(
+            "failing-run",
+            "failed",
+            &quo_sync::ledger::RunCounts::default(),
+            5,
+            Some("CRM request failed: GET https://crm.example/contacts?email=ada@lovelace.example: HTTP 500: {\"name\":\"Ada Lovelace\"}"),
+        )
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    tokio::spawn(quo_sync::app::serve(
+        listener,
+        // `cycles`: a failed run makes it unready (the default, `ledger`, looks at the ledger only).
+        quo_sync::ops::http::router_with(
+            app.ledger().clone(),
+            None,
+            quo_sync::ops::http::ReadinessRule {
+                readiness: quo_sync::config::Readiness::Cycles,
+                failed_cycles: 1,
+            },
+        ),
+        cancel.clone(),
+    ));
+    let response = client().get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("failing-run"), "{body}");
+    for data in ["ada@lovelace.example", "Ada Lovelace", "crm.example"] {
+        assert!(!body.contains(data), "{data} in /readyz: {body}");
+    }
+    cancel.cancel();
+}

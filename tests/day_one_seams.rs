@@ -166,6 +166,7 @@ async fn a_listing_cut_short_resumes_from_its_page_token() {
         Scope::Workspace,
         Some(2),
         &stop,
+        app.ctx.settings.delete_guard(),
         |_| {},
     )
     .await

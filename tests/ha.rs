@@ -385,6 +385,53 @@ async fn killed_leader_scenario(backend: Backend) {
     fleet.assert_no_duplicates(200);
 }
 
+/// A standby that takes over during a Quo auth incident waits it out for `quo.auth_grace`, as
+/// the leader it replaces would, instead of stopping with exit 2 at its first 401: it read
+/// Quo's custom fields at start, so it knows the key worked (#21 item 8 with #22's exit 2 for
+/// a credential never accepted). Once the incident ends it syncs.
+#[tokio::test]
+async fn a_standby_taking_over_during_a_quo_auth_incident_waits_it_out() {
+    let fleet = Fleet::new(20, 1000).await;
+    let env = [("QUO_SYNC__QUO__AUTH_GRACE", "60s")];
+    let (a, b) = (fleet.start(&["run"], &env), fleet.start(&["run"], &env));
+    let (leader, mut standby) = roles(a, b).await;
+    until("20 contacts", Duration::from_secs(30), || {
+        fleet.contacts() >= 20
+    })
+    .await;
+    assert_eq!(
+        standby.events("quo_key_unconfirmed"),
+        0,
+        "{}",
+        standby.log()
+    );
+    fleet.sandbox.inject(quo_sync::sandbox::Fault::Status {
+        status: 401,
+        count: 1_000_000,
+        retry_after: None,
+    });
+    leader.kill().await;
+    standby
+        .wait_event("leader_acquired", 1, LEASE + Duration::from_secs(2))
+        .await;
+    standby
+        .wait_event("auth_refused", 1, Duration::from_secs(10))
+        .await;
+    assert!(
+        standby.child.try_wait().unwrap().is_none(),
+        "the new leader waits the incident out:\n{}",
+        standby.log()
+    );
+    assert_eq!(standby.events("auth_failed"), 0, "{}", standby.log());
+    fleet.sandbox.clear_faults();
+    let cycles = standby.events("cycle_finished");
+    standby
+        .wait_event("cycle_finished", cycles + 1, Duration::from_secs(30))
+        .await;
+    fleet.assert_no_duplicates(20);
+    assert!(standby.child.try_wait().unwrap().is_none());
+}
+
 #[tokio::test]
 async fn a_paused_leader_is_fenced_and_sends_nothing_after_it_resumes() {
     paused_leader_scenario(Backend::Sqlite).await;

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{TestApp, csv, custom_value, items};
 use quo_sync::ledger::RecordState;
 use quo_sync::sandbox::{Fault, PatchMode, SandboxConfig};
@@ -417,16 +419,19 @@ async fn a_401_inside_a_worker_fails_the_cycle_without_requesting_shutdown() {
     );
 }
 
-/// `run` with a key Quo refuses stops with exit code 2 (the code of a refused CRM credential
-/// too, #22) and `auth_failed`, so a supervisor notices, instead of cycling forever or exiting 0.
+/// `run` with a key Quo refuses from the start stops at once with exit code 2 and
+/// `auth_failed`, however long `quo.auth_grace` is: a key this process never saw accepted is
+/// configuration (the code of a refused CRM credential too, #22), which a supervisor does not
+/// restart into. The key never appears in the logs.
 #[tokio::test]
-async fn run_exits_2_with_auth_failed_when_quo_refuses_the_key() {
+async fn run_exits_2_at_once_with_auth_failed_when_quo_never_accepted_the_key() {
     let app = TestApp::spawn(&csv(&rows(2))).await;
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
         .args(["run", "--config"])
         .arg(&app.config_path)
         .env_remove("QUO_SYNC_CONFIG")
         .env("QUO_SYNC__QUO__API_KEY", "not-the-key-q9z")
+        .env("QUO_SYNC__QUO__AUTH_GRACE", "1h")
         .env("QUO_SYNC__SCHEDULE__INTERVAL", "100ms")
         .env("QUO_SYNC__LOG__FORMAT", "json")
         .stdout(std::process::Stdio::piped())
@@ -434,17 +439,102 @@ async fn run_exits_2_with_auth_failed_when_quo_refuses_the_key() {
         .kill_on_drop(true)
         .spawn()
         .expect("run starts");
-    let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
         .await
-        .expect("run stops by itself")
+        .expect("run stops by itself, long before quo.auth_grace")
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("\"auth_failed\""), "{stderr}");
+    assert!(stderr.contains("before accepting it once"), "{stderr}");
     assert!(
         !stderr.contains("not-the-key-q9z"),
         "the key is never logged"
     );
+}
+
+/// `run` whose key worked and is then refused (a Quo auth incident, or a key revoked while it
+/// runs): cycles back off and `/readyz` says not ready while `quo.auth_grace` runs, then the
+/// service stops with `auth_failed` and exit code 1, which a supervisor restarts (#21 item 8
+/// reconciled with #22's exit 2 for a credential that never worked).
+#[tokio::test]
+async fn run_exits_1_after_auth_grace_when_a_quo_key_that_worked_is_refused() {
+    let app = TestApp::spawn(&csv(&rows(2))).await;
+    let addr = free_addr();
+    let log = app.dir.path().join("run.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["run", "--config"])
+        .arg(&app.config_path)
+        .env_remove("QUO_SYNC_CONFIG")
+        .env("QUO_SYNC__QUO__AUTH_GRACE", "3s")
+        .env("QUO_SYNC__SCHEDULE__INTERVAL", "200ms")
+        .env("QUO_SYNC__SERVICE__LISTEN", addr.to_string())
+        .env("QUO_SYNC__LOG__FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run starts");
+    poll("the first cycle and /readyz", async || {
+        app.sandbox.contacts().len() == 2 && readyz(addr).await.0 == 200
+    })
+    .await;
+    app.sandbox.inject(Fault::Status {
+        status: 401,
+        count: 1_000_000,
+        retry_after: None,
+    });
+    let refused = std::time::Instant::now();
+    poll("/readyz not ready while the key is refused", async || {
+        let (status, body) = readyz(addr).await;
+        status == 503 && body.contains("Quo refused the API key")
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running within the grace"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("run stops by itself once quo.auth_grace has run out")
+        .unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        refused.elapsed() >= Duration::from_millis(2500),
+        "not before the grace: {:?}",
+        refused.elapsed()
+    );
+    assert!(stderr.contains("\"auth_refused\""), "{stderr}");
+    assert!(stderr.contains("\"auth_failed\""), "{stderr}");
+    assert!(stderr.contains("quo.auth_grace (3s)"), "{stderr}");
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// `GET /readyz`: status and body (0 when nothing answers yet).
+async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
+    match reqwest::Client::new()
+        .get(format!("http://{addr}/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(response) => (response.status().as_u16(), response.text().await.unwrap()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Polls `check` every 50 ms for up to 20 s.
+async fn poll(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A create whose answer was lost is adopted later; an edit made in Quo in between is merged
@@ -511,15 +601,27 @@ async fn a_scan_pass_resumes_after_a_restart() {
             .unwrap();
     }
     let stop = tokio_util::sync::CancellationToken::new();
-    let first = quo_sync::reverse::scan::scan(app.ledger(), &app.ctx.client, Some(1), &stop)
-        .await
-        .unwrap();
+    let first = quo_sync::reverse::scan::scan(
+        app.ledger(),
+        &app.ctx.client,
+        Some(1),
+        &stop,
+        app.ctx.settings.delete_guard(),
+    )
+    .await
+    .unwrap();
     assert_eq!((first.pages, first.complete), (1, false));
     app.restart().await;
     app.sandbox.reset_stats();
-    let rest = quo_sync::reverse::scan::scan(app.ledger(), &app.ctx.client, None, &stop)
-        .await
-        .unwrap();
+    let rest = quo_sync::reverse::scan::scan(
+        app.ledger(),
+        &app.ctx.client,
+        None,
+        &stop,
+        app.ctx.settings.delete_guard(),
+    )
+    .await
+    .unwrap();
     assert!(rest.complete);
     assert_eq!(
         rest.pages, 2,

@@ -593,6 +593,117 @@ async fn refused_credentials_fail_the_cycle_and_leave_the_ledger_untouched() {
     assert!(app.sandbox.contacts().is_empty());
 }
 
+/// `quo-sync run` against this app's config, its log in `run.log`, `/readyz` on `addr`.
+fn spawn_run(app: &RestApp, addr: std::net::SocketAddr) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["run", "--config"])
+        .arg(&app.config_path)
+        .env_remove("QUO_SYNC_CONFIG")
+        .env_remove("QUO_API_KEY")
+        .env("QUO_SYNC__SCHEDULE__INTERVAL", "200ms")
+        .env("QUO_SYNC__SERVICE__LISTEN", addr.to_string())
+        .env("QUO_SYNC__LOG__FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(app.dir.path().join("run.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run starts")
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// `GET /readyz`: status and body (0 when nothing answers yet).
+async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
+    match reqwest::Client::new()
+        .get(format!("http://{addr}/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(response) => (response.status().as_u16(), response.text().await.unwrap()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Polls `check` every 50 ms for up to 20 s.
+async fn poll(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `run` whose CRM credential never worked stops at its first refusal with exit code 2 and
+/// `auth_failed`, however long `source.rest.auth_grace` is: configuration, like a Quo key that
+/// never worked (#22), which a supervisor does not restart into.
+#[tokio::test]
+async fn run_exits_2_at_once_when_the_crm_never_accepted_its_credential() {
+    let shape = hubspot(3);
+    let wrong = "wrong-TOKEN-leak-check-run-4242";
+    let app = RestApp::spawn_with_token(&shape, wrong, "auth_grace = \"1h\"", "").await;
+    app.ctx.ledger.close().await;
+    let mut child = spawn_run(&app, free_addr());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("run stops by itself, long before source.rest.auth_grace")
+        .unwrap();
+    let stderr = std::fs::read_to_string(app.dir.path().join("run.log")).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("\"auth_failed\""), "{stderr}");
+    assert!(
+        stderr.contains("the CRM refused its credential"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(wrong), "the token is never logged");
+    assert!(app.sandbox.contacts().is_empty());
+}
+
+/// `run` whose CRM credential worked and is then refused (401 on every list) backs off, not
+/// ready, for `source.rest.auth_grace`, then stops with `auth_failed` and exit code 1: the same
+/// rule as Quo's key (#21 item 8 with #22).
+#[tokio::test]
+async fn run_exits_1_after_auth_grace_when_a_crm_credential_that_worked_is_refused() {
+    let shape = hubspot(3);
+    let app = RestApp::spawn(&shape, "auth_grace = \"3s\"", "").await;
+    app.ctx.ledger.close().await;
+    let addr = free_addr();
+    let mut child = spawn_run(&app, addr);
+    poll("the first cycle and /readyz", async || {
+        app.sandbox.contacts().len() == 3 && readyz(addr).await.0 == 200
+    })
+    .await;
+    app.crm
+        .push_faults(std::iter::repeat_n(Fault::Status(401, None), 100_000));
+    let refused = std::time::Instant::now();
+    poll("/readyz not ready while the CRM refuses", async || {
+        let (status, body) = readyz(addr).await;
+        status == 503 && body.contains("the CRM refused its credential")
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running within the grace"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("run stops by itself once source.rest.auth_grace has run out")
+        .unwrap();
+    let stderr = std::fs::read_to_string(app.dir.path().join("run.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        refused.elapsed() >= Duration::from_millis(2500),
+        "not before the grace: {:?}",
+        refused.elapsed()
+    );
+    assert!(stderr.contains("\"auth_refused\""), "{stderr}");
+    assert!(stderr.contains("source.rest.auth_grace (3s)"), "{stderr}");
+    assert!(!stderr.contains(TOKEN), "the token is never logged");
+}
+
 #[tokio::test]
 async fn rate_limit_and_server_error_bursts_converge() {
     let shape = hubspot(12);

@@ -834,25 +834,12 @@ fn example_configs_load_and_their_rest_tables_parse() {
                     .iter()
                     .any(|a| field.starts_with(&format!("{}.", a.prefix)))
         };
-        let mapping = &config.mapping;
-        let mut mapped: Vec<&str> = [
-            &mapping.first_name,
-            &mapping.last_name,
-            &mapping.company,
-            &mapping.role,
-        ]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-        mapped.extend(
-            mapping
-                .emails
-                .iter()
-                .chain(&mapping.phones)
-                .map(|m| m.field.as_str()),
-        );
-        mapped.extend(mapping.custom_fields.iter().map(|m| m.field.as_str()));
+        let mapped: Vec<&str> = config
+            .mapping
+            .sources()
+            .into_iter()
+            .filter_map(|(_, source)| source.column())
+            .collect();
         assert!(!mapped.is_empty(), "{name}: empty mapping");
         for field in mapped {
             assert!(
@@ -1053,4 +1040,52 @@ async fn hostile_retry_after_is_clamped_and_never_panics() {
             "{batch:?}: four 429s clamped to 200 ms took {took:?}"
         );
     }
+}
+
+/// A leader's CRM write-back asks its writer lease (and the cycle's cancel token) before every
+/// write, not once per batch: when the lease runs out after the first write, the rest are not
+/// sent (they would land after another process took over, reverting newer edits) and are
+/// reported as not written; a cancelled cycle sends nothing.
+#[tokio::test]
+async fn write_back_sends_nothing_once_the_writer_lease_is_gone() {
+    use quo_sync::quo::fence::WriteFence;
+    use quo_sync::source::WriteGuard;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(3)).await;
+    let source = source(
+        &crm,
+        &format!("{PAGE}\nupdate = {{ method = \"PATCH\", path = \"/contacts/{{id}}\" }}"),
+    );
+    let changes = [
+        change("c001", &[("first_name", "A")]),
+        change("c002", &[("first_name", "B")]),
+        change("c003", &[("first_name", "C")]),
+    ];
+    // The lease holds for the first write it is asked about, and is lost after.
+    let asked = Arc::new(AtomicU32::new(0));
+    let seen = asked.clone();
+    let fence = WriteFence::new(
+        Arc::new(move || {
+            (seen.fetch_add(1, Ordering::SeqCst) == 0).then_some(Duration::from_secs(60))
+        }),
+        Duration::from_secs(5),
+    );
+    let guard = WriteGuard {
+        fence: Some(fence),
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
+    let report = source.write_back_guarded(&changes, &guard).await.unwrap();
+    assert_eq!(report.written, vec![ExternalId::parse("c001").unwrap()]);
+    assert_eq!(report.failed.len(), 2, "{report:?}");
+    assert!(report.failed[0].1.contains("writer lease"), "{report:?}");
+    assert_eq!(crm.count("PATCH", "/contacts"), 1, "PATCHes sent");
+
+    let cancelled = WriteGuard::default();
+    cancelled.cancel.cancel();
+    let report = source
+        .write_back_guarded(&changes, &cancelled)
+        .await
+        .unwrap();
+    assert!(report.written.is_empty(), "{report:?}");
+    assert_eq!(crm.count("PATCH", "/contacts"), 1, "PATCHes sent");
 }

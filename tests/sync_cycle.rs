@@ -342,7 +342,7 @@ async fn lost_intent_scenario(backend: Backend) {
         "quo-sync",
         None,
     );
-    app.ctx.client.create_contact(&body).await.unwrap();
+    app.ctx.client.create_contact(&body, &()).await.unwrap();
     app.sandbox.reset_stats();
     let report = app.cycle().await;
     assert_eq!(report.counts.created, 2);

@@ -26,8 +26,10 @@ Examples:
 
 Exit codes:
   0  success
-  1  anything else (network, ledger, I/O)
-  2  configuration or usage error, a credential Quo or the CRM refused, a TLS setup that fails
+  1  anything else (network, ledger, I/O); run: a credential that worked, then was refused
+     for longer than its grace (quo.auth_grace, source.rest.auth_grace)
+  2  configuration or usage error, a TLS setup that fails, a credential Quo or the CRM refused
+     before this process saw it accepted (one-shot commands: any refusal)
   3  the cycle finished but records were quarantined, or a mass deletion was refused
   4  another process holds the ledger's writer lease (one-shot writers, after --wait)
 
@@ -173,6 +175,17 @@ pub enum Command {
     },
     /// Print the man page (roff) to stdout: `quo-sync man > quo-sync.1`.
     Man,
+    /// Pause syncing on every replica: no writes to Quo or the CRM until `resume` (webhooks
+    /// are still received and kept, and applied after).
+    Pause {
+        /// End the pause by itself after this long (e.g. `1h`, `30m`).
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+    /// End a pause; the leader starts a cycle at once.
+    Resume,
+    /// Ask the leader, wherever it runs, to start a cycle now (within a second).
+    RunNow,
     /// Recent runs with their counts and durations.
     Runs {
         /// How many (at least 1).

@@ -62,6 +62,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             healthcheck(listen, &path, timeout).await
         }
         Command::CheckConfig { print } => check_config(config_path, print),
+        Command::Pause { duration } => super::control::pause(config_path, duration).await,
+        Command::Resume => super::control::resume(config_path).await,
+        Command::RunNow => super::control::run_now(config_path).await,
         Command::Sandbox {
             listen,
             api_key,
@@ -314,13 +317,29 @@ async fn status(config_path: &Path, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `ledger copy --to`: copies the ledger into a new, empty one and checks every table.
+/// `ledger copy --to`: copies the ledger into a new, empty one and checks every table. It holds
+/// the writer lease while it reads (exit 4 while another process holds it), so no cycle writes
+/// between the tables it reads one after the other.
 async fn ledger_copy(config_path: &Path, to: String) -> anyhow::Result<u8> {
     let target = quo_sync::ledger::LedgerTarget::parse(&to)?;
-    let source = open_ledger(config_path).await?;
-    let target = quo_sync::ledger::Ledger::open_target(&target).await?;
+    let config = load_config(config_path)?;
+    let writer = app::acquire_writer(
+        &config,
+        "ledger copy",
+        std::time::Duration::ZERO,
+        app::shutdown_token(),
+    )
+    .await?;
+    let source = writer.ledger.clone();
+    let target = match quo_sync::ledger::Ledger::open_target(&target).await {
+        Ok(target) => target,
+        Err(e) => {
+            writer.release().await;
+            return Err(e.into());
+        }
+    };
     let report = source.copy_to(&target).await;
-    source.close().await;
+    writer.release().await;
     target.close().await;
     let report = report?;
     println!("copied ledger {} -> {}", source.path(), report.target);
@@ -466,6 +485,12 @@ async fn once(session: Session, options: OnceOptions) -> anyhow::Result<u8> {
     let writes = watch.finish().await;
     writer.release().await;
     let report = report?;
+    if let Some(pause) = &report.paused {
+        eprintln!(
+            "{}: nothing was sent to Quo or the CRM (quo-sync resume)",
+            pause.describe()
+        );
+    }
     let stdout_terminal = std::io::stdout().is_terminal();
     if json {
         let mut value = serde_json::to_value(&report)?;
@@ -545,6 +570,9 @@ async fn plan(session: Session, json: bool) -> anyhow::Result<u8> {
         }
         let colour = std::io::stdout().is_terminal() && console::colors_enabled();
         print!("{}", render_table(&report.operations, colour));
+        if config.sync.filter.is_some() || config.sync.mode != quo_sync::config::SyncMode::Upsert {
+            println!("{}", scope_line(&report.counts, config.sync.mode));
+        }
         if let Some(terminal) = &session.terminal {
             let notices = terminal.take_notices();
             if !notices.is_empty() {
@@ -565,6 +593,18 @@ async fn plan(session: Session, json: bool) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `scope: in scope 12, out of scope 28 (3 leave scope), skipped by mode 0 (upsert)`.
+fn scope_line(c: &quo_sync::ledger::RunCounts, mode: quo_sync::config::SyncMode) -> String {
+    format!(
+        "scope: in scope {}, out of scope {} ({} leave scope), skipped by mode {} (sync.mode = {})",
+        c.in_scope,
+        c.out_of_scope,
+        c.left_scope,
+        c.skipped_by_mode,
+        mode.as_str()
+    )
 }
 
 /// A command's configuration with logging started, pointed at the built-in sandbox when asked.

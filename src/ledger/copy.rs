@@ -5,6 +5,8 @@
 //! does not add up is an error, never a silent partial ledger.
 //!
 //! The lease table (if any) and the migration bookkeeping are not copied: the target has its own.
+//! Neither are pending CRM change notices (`crm_notices`): they only say "read soon", and the
+//! first read of a process is a list read, which covers them.
 
 use futures::TryStreamExt;
 use serde::Serialize;
@@ -131,6 +133,9 @@ const TABLES: &[Table] = &[
             ("sent_at", Text),
             ("passes", Int),
             ("seen_at", Text),
+            ("failures", Int),
+            ("abandoned_at", Text),
+            ("abandoned_reason", Text),
         ],
         pg_order: "id",
     },
@@ -214,6 +219,19 @@ const TABLES: &[Table] = &[
         name: "meta",
         columns: &[("key", Text), ("value", Text)],
         pg_order: "key",
+    },
+    Table {
+        name: "crm_oauth",
+        columns: &[
+            ("name", Text),
+            ("configured", Text),
+            ("refresh_token", Text),
+            ("generation", Int),
+            ("claimed_by", Text),
+            ("claim_until_ms", Int),
+            ("rotated_at", Text),
+        ],
+        pg_order: "name",
     },
 ];
 

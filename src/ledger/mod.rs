@@ -10,7 +10,10 @@
 mod absences;
 mod adoptions;
 mod backup;
+mod control;
 mod copy;
+mod crm_notices;
+mod crm_tokens;
 pub(crate) mod db;
 mod exports;
 mod inbox;
@@ -19,6 +22,7 @@ mod lease;
 mod quarantine;
 mod records;
 mod runs;
+mod scope;
 mod unconfirmed;
 pub mod workspace;
 
@@ -34,11 +38,13 @@ use db::{Pool, on_pool};
 pub use absences::CrmHold;
 pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use backup::{BackupError, BackupReport};
+pub use control::{Control, Pause};
 pub use copy::CopyReport;
+pub use crm_tokens::StoredRefreshToken;
 pub use db::{BadPgUrl, PgUrl};
 pub use exports::{Export, ExportState};
 
-pub use inbox::{InboxEvent, NewInboxEvent};
+pub use inbox::{INTAKE_POLL, InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
 pub use lease::{
     Attempt, Candidate, FENCED_MESSAGE, Fence, LeaderLease, LeaseError, LeaseHolder, host_name,
@@ -46,7 +52,11 @@ pub use lease::{
 pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
-pub use unconfirmed::{PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate};
+pub use scope::{ScopeLink, ScopeMark};
+pub use unconfirmed::{
+    ATTEMPTS_TO_GIVE_UP, CLOCK_SKEW, PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate,
+    made_in_time,
+};
 pub use workspace::{WORKSPACE_LISTED, WorkspaceContact};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.

@@ -15,6 +15,8 @@ pub enum QuarantineStage {
     Mapping,
     /// Quo refused the record (non-retryable 4xx) or retries ran out.
     Quo,
+    /// `sync.filter` could not be evaluated on the record (e.g. `int()` of a word).
+    Filter,
     /// Held before create: the record matches existing contacts and no one of them can be
     /// chosen without guessing (`value` lists the contact ids).
     Match,
@@ -27,6 +29,7 @@ impl QuarantineStage {
             QuarantineStage::Read => "read",
             QuarantineStage::Mapping => "mapping",
             QuarantineStage::Quo => "quo",
+            QuarantineStage::Filter => "filter",
             QuarantineStage::Match => "match",
         }
     }

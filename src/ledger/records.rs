@@ -19,9 +19,24 @@ pub enum RecordState {
     Unlinked,
     /// Gone from the source; its Quo contact was deleted.
     Deleted,
+    /// The filter does not admit it, and it has no contact (`ledger/scope.rs`).
+    OutOfScope,
+    /// It had a contact when the filter stopped admitting it: kept (`quo_id` set) or unlinked.
+    LeftScope,
+    /// In scope, but `sync.mode = "update_only"` and no contact to update.
+    Skipped,
 }
 
 impl RecordState {
+    /// Whether this is a scope or mode judgement (`out_of_scope`, `left_scope`, `skipped`):
+    /// nothing is synced for the record while its fingerprint stays the same.
+    pub fn is_judged(self) -> bool {
+        matches!(
+            self,
+            RecordState::OutOfScope | RecordState::LeftScope | RecordState::Skipped
+        )
+    }
+
     /// The stored text.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -29,6 +44,9 @@ impl RecordState {
             RecordState::Synced => "synced",
             RecordState::Unlinked => "unlinked",
             RecordState::Deleted => "deleted",
+            RecordState::OutOfScope => "out_of_scope",
+            RecordState::LeftScope => "left_scope",
+            RecordState::Skipped => "skipped",
         }
     }
 
@@ -37,6 +55,9 @@ impl RecordState {
             "pending_create" => RecordState::PendingCreate,
             "unlinked" => RecordState::Unlinked,
             "deleted" => RecordState::Deleted,
+            "out_of_scope" => RecordState::OutOfScope,
+            "left_scope" => RecordState::LeftScope,
+            "skipped" => RecordState::Skipped,
             _ => RecordState::Synced,
         }
     }
@@ -512,6 +533,18 @@ impl Ledger {
             "SELECT COUNT(*) FROM records WHERE quo_id IS NOT NULL AND state = 'synced'",
         )
         .fetch_one(p)
+        .await)?)
+    }
+
+    /// Up to `n` Quo ids of linked records, drawn at random (the workspace check reads them
+    /// back).
+    pub async fn sample_linked(&self, n: usize) -> Result<Vec<String>, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT quo_id FROM records WHERE quo_id IS NOT NULL AND state = 'synced'
+             ORDER BY RANDOM() LIMIT $1",
+        )
+        .bind(n as i64)
+        .fetch_all(p)
         .await)?)
     }
 

@@ -24,6 +24,14 @@ pub struct RunCounts {
     pub requests: u64,
     /// 429 answers received.
     pub rate_limited: u64,
+    /// Records read that `sync.filter` admits.
+    pub in_scope: u64,
+    /// Records read that it does not (never created; left scope included).
+    pub out_of_scope: u64,
+    /// Synced records that left scope this cycle (`sync.on_leave_scope`).
+    pub left_scope: u64,
+    /// Work `sync.mode` held back: creates under `update_only`, updates under `create_only`.
+    pub skipped_by_mode: u64,
     /// Contacts already in Quo linked to their record by one PATCH (day one).
     pub adopted: u64,
     /// Records held in quarantine (stage `match`): no contact could be chosen without guessing.

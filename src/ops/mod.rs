@@ -4,8 +4,10 @@
 use serde::Serialize;
 
 pub mod console;
+pub mod control;
 pub mod http;
 pub mod link;
+pub mod listener;
 pub mod live;
 pub mod progress;
 pub mod reconcile;
@@ -38,11 +40,48 @@ pub struct Status {
     /// Creates whose answer was lost and whose contact no scan has found yet (a twin may exist
     /// until one does).
     pub unconfirmed_creates: i64,
+    /// What syncs, by the records' last judgement.
+    pub scope: ScopeCounts,
+    /// The pause in force (`quo-sync pause`), with who paused and until when.
+    pub paused: Option<crate::ledger::Pause>,
+    /// Unconfirmed creates whose contact could not be resolved, abandoned with a reason (the
+    /// contact is left in Quo for an operator): the newest few, (external id, when, why).
+    pub abandoned_creates: Vec<(String, String, String)>,
+}
+
+/// Records by scope (`sync.filter`) and mode (`sync.mode`), as last judged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ScopeCounts {
+    /// Records the filter admits (every record without a filter).
+    pub in_scope: i64,
+    /// Records it does not, and never did while synced: never created.
+    pub out_of_scope: i64,
+    /// Records that had a contact when they left scope (kept, unlinked or deleted).
+    pub left_scope: i64,
+    /// In scope, but `sync.mode = "update_only"` and no contact to update.
+    pub skipped_by_mode: i64,
+}
+
+impl ScopeCounts {
+    /// From the record counts by state.
+    pub fn from_states(states: &std::collections::BTreeMap<String, i64>) -> Self {
+        let of = |state: &str| states.get(state).copied().unwrap_or(0);
+        let out_of_scope = of("out_of_scope");
+        let left_scope = of("left_scope");
+        let skipped_by_mode = of("skipped");
+        Self {
+            in_scope: states.values().sum::<i64>() - out_of_scope - left_scope,
+            out_of_scope,
+            left_scope,
+            skipped_by_mode,
+        }
+    }
 }
 
 /// Gathers the status report.
 pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
     let records = ledger.count_by_state().await?.into_iter().collect();
+    let scope = ScopeCounts::from_states(&records);
     let quarantine = ledger.quarantined().await?;
     let last_run = ledger.recent_runs(1).await?.into_iter().next();
     let last_error = ledger.last_run_error().await?;
@@ -58,6 +97,9 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         pending_reverse_events: ledger.inbox_depth().await?,
         conflicts,
         unconfirmed_creates: ledger.unconfirmed_count().await?,
+        scope,
+        paused: ledger.pause_state().await?,
+        abandoned_creates: ledger.unconfirmed_abandoned(5).await?,
     })
 }
 
@@ -111,6 +153,17 @@ impl Status {
                 states.join(", ")
             }
         ));
+        let s = &self.scope;
+        out.push_str(&format!(
+            "scope         in scope {}, out of scope {}, left scope {}, skipped by mode {}\n",
+            s.in_scope, s.out_of_scope, s.left_scope, s.skipped_by_mode
+        ));
+        if let Some(pause) = &self.paused {
+            out.push_str(&format!(
+                "paused        {} (no writes to Quo or the CRM; quo-sync resume)\n",
+                pause.describe()
+            ));
+        }
         out.push_str(&format!("quarantined   {}\n", self.quarantined));
         if self.held > 0 {
             out.push_str(&format!(
@@ -143,6 +196,11 @@ impl Status {
             out.push_str(&format!(
                 "unconfirmed creates {} (lost POST answers; resolved by the next scans)\n",
                 self.unconfirmed_creates
+            ));
+        }
+        for (external_id, at, reason) in &self.abandoned_creates {
+            out.push_str(&format!(
+                "abandoned create {external_id} ({at}): {reason}\n"
             ));
         }
         out

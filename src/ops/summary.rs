@@ -416,6 +416,7 @@ mod tests {
             interrupted: false,
             mass_delete_refused: false,
             phases_ms: Default::default(),
+            paused: None,
         };
         assert_eq!(minimum_requests(&report), 1);
         report.counts.created = 23;

@@ -1,6 +1,8 @@
 //! The Quo side: typed API bodies, the shared rate limiter, the retry policy and the client.
 
 pub mod client;
+pub mod fence;
+pub mod grace;
 pub mod limiter;
 pub mod listing;
 pub mod retry;

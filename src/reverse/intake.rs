@@ -56,6 +56,9 @@ pub struct QuoChanges {
     /// Unlinked contacts of ours carrying the externalId of an unconfirmed create (found by a
     /// scan or a webhook): resolved in the settle phase (`sync::copies`).
     pub copies: Vec<UnlinkedCopy>,
+    /// The scan left more linked contacts unlisted than the deletion guard allows, and noted
+    /// none of them missing.
+    pub mass_delete_refused: bool,
 }
 
 /// A contact Quo holds with our `source` and the externalId of a create never confirmed, which
@@ -99,26 +102,28 @@ impl QuoChanges {
     }
 }
 
-/// Reads pending inbox events (and runs a scan pass of `scan`'s scope when one is given) into
-/// `QuoChanges`; `on_page` hears of each page the scan lists. With `index_workspace`, a contact
-/// the ledger does not link that an event names is read by id into the workspace index (or out
-/// of it, on a 404), so a contact made in the Quo app is known before a record that matches it
-/// is created.
+/// Reads pending inbox events (and runs a scan pass of `scan`'s scope when one is given, its
+/// missing contacts behind `guard`) into `QuoChanges`; `on_page` hears of each page the scan
+/// lists. With `index_workspace`, a contact the ledger does not link that an event names is read
+/// by id into the workspace index (or out of it, on a 404), so a contact made in the Quo app is
+/// known before a record that matches it is created.
 pub async fn gather(
     ledger: &Ledger,
     client: &QuoClient,
     scan: Option<super::scan::Scope>,
     index_workspace: bool,
+    guard: super::absence::DeleteGuard,
     on_page: impl FnMut(&super::scan::ScanProgress),
 ) -> Result<QuoChanges, IntakeError> {
     let mut changes = QuoChanges::default();
     if let Some(scope) = scan {
         // The pass writes its findings as notices into the inbox, read just below.
         let stop = CancellationToken::new();
-        match super::scan::scan_pass(ledger, client, scope, None, &stop, on_page).await {
+        match super::scan::scan_pass(ledger, client, scope, None, &stop, guard, on_page).await {
             Ok(progress) => {
                 changes.scanned = progress.complete;
                 changes.orphans = progress.orphans;
+                changes.mass_delete_refused = progress.missing_refused;
             }
             Err(IntakeError::Quo(e)) if !e.is_fatal() => {
                 // Nothing is concluded from a partial listing; the next cycle goes on with it.

@@ -10,7 +10,9 @@
 //!
 //! Absence is not deletion: a linked contact that a complete pass did not list becomes a
 //! "missing" notice, and only the fetch by id that follows (a 404) can call it deleted. A contact
-//! linked while the pass ran (an initial load racing it) waits for the next pass instead.
+//! linked while the pass ran (an initial load racing it) waits for the next pass instead. A pass
+//! that leaves more linked contacts unlisted than the deletion guard allows (a key for another
+//! workspace lists nothing) notes none of them (`reverse::absence`).
 //!
 //! With `sync.match_existing` or `reverse.create_in_crm` on, a pass lists the whole workspace
 //! ([`Scope::Workspace`]) instead of our `source` only: every page also goes into the ledger's
@@ -25,9 +27,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::absence::DeleteGuard;
 use super::intake::IntakeError;
 use crate::ledger::{Ledger, NewInboxEvent, WORKSPACE_LISTED};
 use crate::quo::client::{ContactList, QuoClient, QuoError};
+use crate::quo::grace::{AfterRefusal, AuthGrace};
 
 /// Meta key: when the last complete pass ended.
 pub const LAST_SCAN: &str = "reverse.last_scan_at";
@@ -85,6 +89,9 @@ pub struct ScanProgress {
     pub orphans: u64,
     /// Whether the pass completed.
     pub complete: bool,
+    /// The pass left more linked contacts unlisted than the deletion guard allows, and noted
+    /// none of them missing (`mass_delete_refused`).
+    pub missing_refused: bool,
 }
 
 /// Whether a scan is due: never ran, or the last complete pass is older than `interval`, or a
@@ -105,14 +112,17 @@ pub async fn due(ledger: &Ledger, interval: Duration) -> Result<bool, IntakeErro
     })
 }
 
-/// Lists pages (all of them, or at most `max_pages`) from where the pass stands, writing notices.
+/// Lists pages (all of them, or at most `max_pages`) from where the pass stands, writing
+/// notices; a pass that leaves more linked contacts unlisted than `guard` allows notes none of
+/// them missing.
 pub async fn scan(
     ledger: &Ledger,
     client: &QuoClient,
     max_pages: Option<u32>,
     stop: &CancellationToken,
+    guard: DeleteGuard,
 ) -> Result<ScanProgress, IntakeError> {
-    scan_with(ledger, client, max_pages, stop, |_| {}).await
+    scan_with(ledger, client, max_pages, stop, guard, |_| {}).await
 }
 
 /// [`scan`], calling `on_page` with each page's own counts once its notices are stored.
@@ -121,9 +131,10 @@ pub async fn scan_with(
     client: &QuoClient,
     max_pages: Option<u32>,
     stop: &CancellationToken,
+    guard: DeleteGuard,
     on_page: impl FnMut(&ScanProgress),
 ) -> Result<ScanProgress, IntakeError> {
-    scan_pass(ledger, client, Scope::Ours, max_pages, stop, on_page).await
+    scan_pass(ledger, client, Scope::Ours, max_pages, stop, guard, on_page).await
 }
 
 /// Lists pages of `scope` (all of them, or at most `max_pages`) from where the pass stands,
@@ -139,11 +150,13 @@ pub async fn scan_pass(
     scope: Scope,
     max_pages: Option<u32>,
     stop: &CancellationToken,
+    guard: DeleteGuard,
     mut on_page: impl FnMut(&ScanProgress),
 ) -> Result<ScanProgress, IntakeError> {
     let started = std::time::Instant::now();
     let mut progress = ScanProgress::default();
-    if scope == Scope::Ours && ledger.linked_count().await? == 0 {
+    let linked = ledger.linked_count().await?;
+    if scope == Scope::Ours && linked == 0 {
         // Nothing linked yet (a first load): a pass could only count orphans, and in a cycle it
         // would delay the first create by a whole listing.
         finish_pass(ledger, client, scope).await?;
@@ -197,12 +210,14 @@ pub async fn scan_pass(
         if scope == Scope::Workspace {
             ledger.workspace_put(&page.contacts).await?;
         }
-        // Unlinked contacts that may be ours: only those carrying our source.
-        let external_ids: std::collections::HashMap<String, String> = page
+        // Unlinked contacts that may be ours (only those carrying our source): each one's
+        // externalId and creation time (a copy made after every unconfirmed create of its record
+        // is not theirs).
+        let external_ids: std::collections::HashMap<String, (String, Option<String>)> = page
             .contacts
             .iter()
             .filter(|c| c.source.as_deref() == Some(ours.as_str()))
-            .filter_map(|c| Some((c.id.clone(), c.external_id.clone()?)))
+            .filter_map(|c| Some((c.id.clone(), (c.external_id.clone()?, c.created_at.clone()))))
             .collect();
         let not_ours: std::collections::HashSet<&str> = page
             .contacts
@@ -227,7 +242,16 @@ pub async fn scan_pass(
             let copies = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
             let mut slice = ScanProgress::page(listed.len(), notices + copies, orphans.len());
             unlinked_when_listed.extend(orphans);
-            slice.notices += note_missing(ledger, &scan_id, &unlinked_when_listed).await?;
+            let (missing, refused) = note_missing(
+                ledger,
+                &scan_id,
+                &unlinked_when_listed,
+                guard,
+                linked.max(0) as usize,
+            )
+            .await?;
+            slice.notices += missing;
+            slice.missing_refused = refused;
             count_unconfirmed_misses(ledger).await?;
             finish_pass(ledger, client, scope).await?;
             on_page(&slice);
@@ -310,24 +334,41 @@ async fn note_page(
 }
 
 /// A notice for each unlinked contact carrying the externalId of an unconfirmed create (see
-/// `ledger::unconfirmed`), marking those entries seen. Returns the notices stored.
+/// `ledger::unconfirmed`), marking those entries seen. A contact created after every entry of
+/// its record was written was not made by their POSTs (a second deployment sharing our
+/// `source`, say): it is left alone and does not count as seen, so the entries are still ruled
+/// out by passes that list nothing of theirs. Returns the notices stored.
 async fn note_copies(
     ledger: &Ledger,
     scan_id: &str,
     orphans: &[String],
-    external_ids: &std::collections::HashMap<String, String>,
+    external_ids: &std::collections::HashMap<String, (String, Option<String>)>,
 ) -> Result<u64, IntakeError> {
-    let candidates: Vec<(&String, &String)> = orphans
+    let candidates: Vec<(&String, &String, Option<&str>)> = orphans
         .iter()
-        .filter_map(|quo_id| Some((quo_id, external_ids.get(quo_id)?)))
+        .filter_map(|quo_id| {
+            let (external_id, created_at) = external_ids.get(quo_id)?;
+            Some((quo_id, external_id, created_at.as_deref()))
+        })
         .collect();
     if candidates.is_empty() {
         return Ok(0);
     }
     let unconfirmed = ledger.unconfirmed_external_ids().await?;
     let (mut notices, mut found) = (0, Vec::new());
-    for (quo_id, external_id) in candidates {
+    for (quo_id, external_id, created_at) in candidates {
         if !unconfirmed.contains(external_id) {
+            continue;
+        }
+        let entries = ledger.unconfirmed_for(external_id).await?;
+        if !crate::ledger::made_in_time(&entries, created_at) {
+            info!(
+                event = "copy_not_ours",
+                external_id,
+                quo_id,
+                created_at,
+                "an unlinked contact with our source and this externalId was made after every unconfirmed create of the record; left alone, and it does not keep them from being ruled out"
+            );
             continue;
         }
         // One notice per pass: a copy left alone this pass (its record still pending) is
@@ -373,12 +414,16 @@ async fn count_unconfirmed_misses(ledger: &Ledger) -> Result<(), IntakeError> {
     Ok(())
 }
 
-/// At the end of a complete pass: a notice for every linked contact it did not list.
+/// At the end of a complete pass: a notice for every linked contact it did not list, or none
+/// when they are more than `guard` allows out of `linked` (a key for another workspace lists
+/// nothing). Returns the notices stored and whether the guard refused.
 async fn note_missing(
     ledger: &Ledger,
     scan_id: &str,
     unlinked_when_listed: &std::collections::HashSet<String>,
-) -> Result<u64, IntakeError> {
+    guard: DeleteGuard,
+    linked: usize,
+) -> Result<(u64, bool), IntakeError> {
     let unseen = ledger.scan_unseen(scan_id).await?;
     let started = ledger.meta_time(SCAN_STARTED).await?;
     let mut missing = Vec::with_capacity(unseen.len());
@@ -402,6 +447,9 @@ async fn note_missing(
             "contacts linked while the pass ran are not called missing until the next pass"
         );
     }
+    if !missing.is_empty() && !guard.permits("quo_contacts_unlisted", missing.len(), linked) {
+        return Ok((0, true));
+    }
     let mut notices = 0;
     for quo_id in &missing {
         let event_id = format!("scan:{scan_id}:missing:{quo_id}");
@@ -422,7 +470,7 @@ async fn note_missing(
             "linked contacts not listed by a complete scan; each is confirmed by id before anything is concluded"
         );
     }
-    Ok(notices)
+    Ok((notices, false))
 }
 
 /// The `quo_scanned` line for a complete pass (`pages`, `seconds`: those of the call that
@@ -448,6 +496,7 @@ impl ScanProgress {
             notices,
             orphans: orphans as u64,
             complete: false,
+            missing_refused: false,
         }
     }
 
@@ -458,6 +507,7 @@ impl ScanProgress {
         self.notices += slice.notices;
         self.orphans += slice.orphans;
         self.complete = slice.complete;
+        self.missing_refused |= slice.missing_refused;
     }
 }
 
@@ -529,26 +579,28 @@ async fn restart_pass(ledger: &Ledger) -> Result<(), IntakeError> {
 async fn pass(
     ledger: &Ledger,
     client: &QuoClient,
-    scope: Scope,
+    (scope, guard): (Scope, DeleteGuard),
     gate: &tokio::sync::Mutex<()>,
     cancel: &CancellationToken,
     on_page: impl FnMut(&ScanProgress),
 ) -> Result<ScanProgress, IntakeError> {
     let _pass = gate.lock().await;
-    scan_pass(ledger, client, scope, None, cancel, on_page).await
+    scan_pass(ledger, client, scope, None, cancel, guard, on_page).await
 }
 
 /// The service's scanner: whenever a pass is due, lists page by page through `client` (a
 /// background client: its requests yield to writes), waking the service after each page that
-/// left notices. Failures are logged and retried after a pause; a bad key stops it. A pass holds
-/// `gate`, which a cycle that must list the workspace before its first creates takes too.
+/// left notices. Failures are logged and retried after a pause. A refused key pauses it on
+/// `auth`'s clock (the service reports not ready meanwhile); once `quo.auth_grace` has run out
+/// it stops, and `auth.exhausted()` stops the service. A pass holds `gate`, which a cycle that
+/// must list the workspace before its first creates takes too.
 pub async fn run_scanner(
     ledger: Ledger,
     client: QuoClient,
     scope: Scope,
     interval: Duration,
-    wake: Arc<Notify>,
-    gate: Arc<tokio::sync::Mutex<()>>,
+    guard: DeleteGuard,
+    (wake, auth, gate): (Arc<Notify>, Arc<AuthGrace>, Arc<tokio::sync::Mutex<()>>),
     cancel: CancellationToken,
 ) {
     let idle = interval.clamp(Duration::from_millis(50), Duration::from_secs(30));
@@ -561,8 +613,34 @@ pub async fn run_scanner(
         let wait = match due(&ledger, interval).await {
             // A whole pass per call: the ledger's pass state is read once, not once a page.
             Ok(true) => {
-                match pass(&ledger, &client, scope, &gate, &cancel, wake_on_notices).await {
+                match pass(
+                    &ledger,
+                    &client,
+                    (scope, guard),
+                    &gate,
+                    &cancel,
+                    wake_on_notices,
+                )
+                .await
+                {
+                    // The client tells `auth` of each accepted page.
                     Ok(_) => idle,
+                    Err(IntakeError::Quo(e @ QuoError::Unauthorized { .. })) => {
+                        match auth.refused() {
+                            AfterRefusal::RetryIn(pause) => {
+                                warn!(event = "scan_auth_refused", error = %e, retry_in_ms = pause.as_millis() as u64, grace_s = auth.grace().as_secs(), "Quo refused the API key on a scan page; the scanner pauses and tries again (not ready meanwhile)");
+                                pause
+                            }
+                            AfterRefusal::GiveUp => {
+                                warn!(event = "scan_stopped", error = %e, "Quo refused the API key for longer than quo.auth_grace; the scanner stops");
+                                return;
+                            }
+                            AfterRefusal::NeverAccepted => {
+                                warn!(event = "scan_stopped", error = %e, "Quo refused the API key, which it never accepted since this process started; the scanner stops");
+                                return;
+                            }
+                        }
+                    }
                     Err(IntakeError::Quo(e)) if e.is_fatal() => {
                         warn!(event = "scan_stopped", error = %e, "the scanner stops");
                         return;

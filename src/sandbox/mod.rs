@@ -14,10 +14,10 @@
 //! | route | does |
 //! | --- | --- |
 //! | `GET /_sandbox/stats`, `POST /_sandbox/reset-stats` | read / clear [`SandboxStats`] |
-//! | `GET /_sandbox/contacts` | every contact, `{"data": [...]}`: the internal truth, untouched by faults and response shapes |
+//! | `GET /_sandbox/contacts[?workspace=foreign]` | every contact, `{"data": [...]}`: the internal truth, untouched by faults and response shapes (`workspace=foreign`: the other workspace's, see `foreign_workspace`) |
 //! | `POST /_sandbox/faults`, `DELETE /_sandbox/faults` | arm a [`FaultSpec`] (JSON forms in [`faults`]) / clear every fault |
 //! | `GET /_sandbox/faults` | what is armed (`queued`, `drop_after_write_ratio`, `lagging_list`, `repeat_page_token`, `webhooks`) and `fired`: [`FaultCounters`] |
-//! | `GET`/`POST /_sandbox/settings` | `patch_mode`, `conflict_on_duplicate`, `latency_ms`, `requests_per_second`, `send_retry_after`, `webhooks_on_api_writes`, `response_shapes` ([`ResponseShapes`]), `refuse_stale_item_ids` |
+//! | `GET`/`POST /_sandbox/settings` | `patch_mode`, `conflict_on_duplicate`, `latency_ms`, `requests_per_second`, `send_retry_after`, `webhooks_on_api_writes`, `response_shapes` ([`ResponseShapes`]), `refuse_stale_item_ids`, `foreign_workspace` (the key answers for another workspace: [`SandboxHandle::set_foreign_workspace`]) |
 //! | `GET`/`POST /_sandbox/custom-fields` | definitions with options / define or redefine one: `{"name","key","type","options"?,"fill"?}` |
 //! | `POST /_sandbox/app/contacts[?source=hubspot]` | create as the Quo app / an integration |
 //! | `POST /_sandbox/app/seed` | a seed CSV ([`seed`]): contacts that were there before the run, `{"seeded": n}` |
@@ -179,6 +179,8 @@ pub(crate) struct Settings {
     pub webhooks_on_api_writes: bool,
     pub response_shapes: ResponseShapes,
     pub refuse_stale_item_ids: bool,
+    /// The key answers for another workspace (see [`SandboxHandle::set_foreign_workspace`]).
+    pub foreign_workspace: bool,
 }
 
 /// State shared by the HTTP routes and the handle.
@@ -188,6 +190,9 @@ pub(crate) struct Shared {
     pub defs: Mutex<Vec<FieldDef>>,
     pub settings: Mutex<Settings>,
     pub store: Mutex<Store>,
+    /// The other workspace the key answers for while `foreign_workspace` is on: it holds none
+    /// of the home workspace's contacts, and what the API creates meanwhile lands here.
+    pub foreign: Mutex<Store>,
     pub acct: Mutex<Accounting>,
     pub faults: Mutex<FaultQueue>,
     pub hub: Arc<Hub>,
@@ -199,6 +204,16 @@ impl Shared {
     /// A snapshot of the current settings.
     pub(crate) fn settings(&self) -> Settings {
         lock(&self.settings).clone()
+    }
+
+    /// The contacts `/v1` requests see: the home workspace's, or the other one's while the key
+    /// answers for another workspace.
+    pub(crate) fn api_store(&self) -> &Mutex<Store> {
+        if self.settings().foreign_workspace {
+            &self.foreign
+        } else {
+            &self.store
+        }
     }
 
     /// A snapshot of the workspace's custom field definitions.
@@ -314,7 +329,9 @@ impl Shared {
     /// Emits an event for an API write, when API writes emit and a target is set.
     pub(crate) fn emit_api(&self, kind: &'static str, mut contact: Value) {
         let s = self.settings();
+        // Another workspace's webhooks are not subscribed to ours.
         if s.webhooks_on_api_writes
+            && !s.foreign_workspace
             && let Some(t) = s.webhook
         {
             s.response_shapes.apply(&mut contact);
@@ -506,8 +523,10 @@ impl SandboxHandle {
                 webhooks_on_api_writes: config.webhooks_on_api_writes,
                 response_shapes: ResponseShapes::default(),
                 refuse_stale_item_ids: config.refuse_stale_item_ids,
+                foreign_workspace: false,
             }),
             store: Mutex::new(Store::default()),
+            foreign: Mutex::new(Store::default()),
             acct: Mutex::new(Accounting::default()),
             faults: Mutex::new(FaultQueue::default()),
             hub: hub.clone(),
@@ -645,6 +664,26 @@ impl SandboxHandle {
     /// Switches the unusual response shapes (see [`ResponseShapes`]).
     pub fn set_response_shapes(&self, shapes: ResponseShapes) {
         self.shared.set_shapes(shapes);
+    }
+
+    /// Points the API key at another workspace (`true`) or back home (`false`), as a rotated
+    /// key, an API incident or changed access would: meanwhile every `/v1` request sees the other
+    /// workspace, which holds none of the home contacts (each known id answers 404, lists are
+    /// empty) and keeps whatever the API creates in it (no webhooks: they are not ours). Custom
+    /// field definitions are the same (a workspace set up alike). The home workspace, its app
+    /// edits and `/_sandbox/contacts` are untouched; [`SandboxHandle::foreign_contacts`] shows the
+    /// other one.
+    pub fn set_foreign_workspace(&self, on: bool) {
+        lock(&self.shared.settings).foreign_workspace = on;
+    }
+
+    /// The contacts of the other workspace (what was created there while the key pointed at it).
+    pub fn foreign_contacts(&self) -> Vec<Value> {
+        let defs = self.shared.defs();
+        lock(&self.shared.foreign)
+            .all()
+            .map(|c| c.render(&defs))
+            .collect()
     }
 
     /// Switches whether PATCHes addressing unknown email/phone item ids answer 400.

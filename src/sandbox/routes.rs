@@ -140,12 +140,21 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let injected = lock(&s.faults).take_status();
+        let broken = path
+            .strip_prefix("/v1/contacts/")
+            .and_then(|id| lock(&s.faults).broken_status(id));
+        let injected = match broken {
+            Some(status) => {
+                lock(&s.acct).stats.faults.broken_contact_answers += 1;
+                Some((status, None))
+            }
+            None => lock(&s.faults).take_status(),
+        };
         if let Some((status, retry_after)) = injected {
             {
                 let mut acct = lock(&s.acct);
                 acct.stats.injected_faults += 1;
-                acct.stats.faults.status_answers += 1;
+                acct.stats.faults.status_answers += u64::from(broken.is_none());
             }
             ApiError::Injected {
                 status,
@@ -154,8 +163,17 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
             .into_response_for(family)
         } else {
             let resp = next.run(req).await;
-            dropped = is_write && drop_after_write(&s, &method, &resp, conn.as_ref());
-            resp
+            match status_after_write(&s, is_write, &resp) {
+                Some((status, retry_after)) => ApiError::Injected {
+                    status,
+                    retry_after,
+                }
+                .into_response_for(family),
+                None => {
+                    dropped = is_write && drop_after_write(&s, &method, &resp, conn.as_ref());
+                    resp
+                }
+            }
         }
     };
     let status = resp.status().as_u16();
@@ -170,6 +188,19 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
         "sandbox api request"
     );
     resp
+}
+
+/// After a successful write: consumes a `status_after_write` count, whose status then replaces
+/// the answer (the write stays applied). A rejected write leaves it queued.
+fn status_after_write(s: &Shared, is_write: bool, resp: &Response) -> Option<(u16, Option<u64>)> {
+    if !is_write || !resp.status().is_success() {
+        return None;
+    }
+    let injected = lock(&s.faults).take_status_after_write()?;
+    let mut acct = lock(&s.acct);
+    acct.stats.injected_faults += 1;
+    acct.stats.faults.status_after_write += 1;
+    Some(injected)
 }
 
 /// Counts a write in flight until answered (or until its handler is dropped: a client that
@@ -256,7 +287,7 @@ async fn create(State(s): S, body: Bytes) -> Result<Response, ApiError> {
         .unwrap_or_else(|| "public-api".to_string());
     let conflict = s.settings().conflict_on_duplicate;
     let contact = {
-        let mut store = lock(&s.store);
+        let mut store = lock(s.api_store());
         if conflict
             && let Some(Some(ext)) = &input.external_id
             && store.has_duplicate(Some(&source), ext)
@@ -288,7 +319,7 @@ async fn list(State(s): S, RawQuery(q): RawQuery) -> Result<Response, ApiError> 
         let repeat = query.page_token.is_some() && faults.take_repeat_token();
         (hidden, repeat)
     };
-    let page = lock(&s.store).list(&query, &defs, &hidden);
+    let page = lock(s.api_store()).list(&query, &defs, &hidden);
     let shapes = s.settings().response_shapes;
     let mut items = page.items;
     for c in &mut items {
@@ -317,7 +348,7 @@ async fn list(State(s): S, RawQuery(q): RawQuery) -> Result<Response, ApiError> 
 
 async fn get_one(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
     let defs = s.defs();
-    let contact = lock(&s.store)
+    let contact = lock(s.api_store())
         .get(&id)
         .map(|c| s.render_api(c, &defs))
         .ok_or_else(|| contact_not_found(&id))?;
@@ -329,7 +360,7 @@ async fn update(State(s): S, Path(id): Path<String>, body: Bytes) -> Result<Resp
     let mode = s.settings().patch_mode;
     let defs = s.defs();
     let contact = {
-        let mut store = lock(&s.store);
+        let mut store = lock(s.api_store());
         let existing = store.get(&id).ok_or_else(|| contact_not_found(&id))?;
         if existing.read_only {
             return Err(read_only(&id));
@@ -354,7 +385,7 @@ async fn update(State(s): S, Path(id): Path<String>, body: Bytes) -> Result<Resp
 async fn delete(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
     let defs = s.defs();
     let removed = {
-        let mut store = lock(&s.store);
+        let mut store = lock(s.api_store());
         let existing = store.get(&id).ok_or_else(|| contact_not_found(&id))?;
         if existing.read_only {
             return Err(read_only(&id));
@@ -406,8 +437,17 @@ async fn admin_reset_stats(State(s): S) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn admin_contacts(State(s): S) -> Response {
-    axum::Json(json!({ "data": s.contacts() })).into_response()
+/// `GET /_sandbox/contacts[?workspace=foreign]`: the home workspace's contacts (or the other
+/// workspace's, see `foreign_workspace`).
+async fn admin_contacts(State(s): S, RawQuery(q): RawQuery) -> Response {
+    let foreign = q.as_deref() == Some("workspace=foreign");
+    let data = if foreign {
+        let defs = s.defs();
+        lock(&s.foreign).all().map(|c| c.render(&defs)).collect()
+    } else {
+        s.contacts()
+    };
+    axum::Json(json!({ "data": data })).into_response()
 }
 
 async fn admin_fault(State(s): S, body: Bytes) -> Response {
@@ -484,6 +524,7 @@ struct SettingsPatch {
     webhooks_on_api_writes: Option<bool>,
     response_shapes: Option<super::ResponseShapes>,
     refuse_stale_item_ids: Option<bool>,
+    foreign_workspace: Option<bool>,
 }
 
 fn settings_view(s: &Shared) -> Response {
@@ -497,6 +538,7 @@ fn settings_view(s: &Shared) -> Response {
         "webhooks_on_api_writes": st.webhooks_on_api_writes,
         "response_shapes": st.response_shapes,
         "refuse_stale_item_ids": st.refuse_stale_item_ids,
+        "foreign_workspace": st.foreign_workspace,
         "webhook": st.webhook.as_ref().map(|w| json!({"url": w.url, "scheme": w.scheme})),
     }))
     .into_response()
@@ -533,6 +575,9 @@ async fn admin_set_settings(State(s): S, body: Bytes) -> Response {
         }
         if let Some(b) = patch.refuse_stale_item_ids {
             st.refuse_stale_item_ids = b;
+        }
+        if let Some(b) = patch.foreign_workspace {
+            st.foreign_workspace = b;
         }
     }
     if let Some(shapes) = patch.response_shapes {

@@ -225,7 +225,44 @@ pub enum SourceError {
     /// The reader stopped because the receiver went away (shutdown).
     #[error("read cancelled")]
     Cancelled,
+    /// A write was not sent: shutdown was requested, or this process no longer holds the
+    /// ledger's writer lease (its time ran out, or another process took it).
+    #[error("CRM write not sent: {0}")]
+    NotSent(&'static str),
 }
+
+/// What every CRM write asks just before it is sent: the cycle's cancel token (shutdown, a
+/// failure no record can get past) and the leader's write fence (`quo::fence`), which also caps
+/// the write's timeout. A batch of writes stops at the first one it refuses.
+#[derive(Debug, Clone, Default)]
+pub struct WriteGuard {
+    /// The leader's fence; `None` on an unfenced ledger.
+    pub fence: Option<crate::quo::fence::WriteFence>,
+    /// Cancelled on shutdown.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl WriteGuard {
+    /// Admits one write configured with `timeout`: the timeout to send it with, or why it must
+    /// not be sent.
+    pub async fn admit(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<std::time::Duration, SourceError> {
+        if self.cancel.is_cancelled() {
+            return Err(SourceError::NotSent("shutdown requested"));
+        }
+        match &self.fence {
+            None => Ok(timeout),
+            Some(fence) => fence.admit(timeout).await.ok_or(SourceError::NotSent(
+                "this process no longer holds the writer lease",
+            )),
+        }
+    }
+}
+
+/// What a CSV rewrite (a local file, written and renamed at once) asks of the write fence.
+const CSV_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A configured source adapter.
 #[derive(Debug)]
@@ -301,11 +338,19 @@ impl Source {
         }
     }
 
-    /// Applies reverse-path changes to the CRM.
-    pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {
+    /// Applies reverse-path changes to the CRM, each write admitted by `guard` first (the CSV
+    /// file is one write).
+    pub async fn write_back(
+        &self,
+        changes: &[CrmChange],
+        guard: &WriteGuard,
+    ) -> Result<WriteReport, SourceError> {
         match self {
-            Source::Csv(csv) => csv.write_back(changes).await,
-            Source::Rest(rest) => rest.write_back(changes).await,
+            Source::Csv(csv) => {
+                guard.admit(CSV_WRITE).await?;
+                csv.write_back(changes).await
+            }
+            Source::Rest(rest) => rest.write_back_guarded(changes, guard).await,
         }
     }
 
@@ -368,10 +413,18 @@ impl Source {
         matches!(self, Source::Csv(_))
     }
 
-    /// Deletes records in the CRM (`reverse.on_quo_delete = "delete_in_crm"`).
-    pub async fn delete_records(&self, ids: &[ExternalId]) -> Result<WriteReport, SourceError> {
+    /// Deletes records in the CRM (`reverse.on_quo_delete = "delete_in_crm"`), admitted by
+    /// `guard` first.
+    pub async fn delete_records(
+        &self,
+        ids: &[ExternalId],
+        guard: &WriteGuard,
+    ) -> Result<WriteReport, SourceError> {
         match self {
-            Source::Csv(csv) => csv.delete_records(ids).await,
+            Source::Csv(csv) => {
+                guard.admit(CSV_WRITE).await?;
+                csv.delete_records(ids).await
+            }
             Source::Rest(_) => Err(SourceError::Crm(
                 "deleting records is not supported by the REST adapter; use reverse.on_quo_delete = \"unlink\"".into(),
             )),
@@ -403,6 +456,22 @@ impl Source {
     pub fn set_list_read_every(&self, every: std::time::Duration) {
         if let Source::Rest(rest) = self {
             rest.set_list_read_every(every);
+        }
+    }
+
+    /// Lets the leader's reads take the CRM change notices stored in `ledger` by any replica
+    /// (`None` stops it: a standby or a `plan` takes none).
+    pub fn take_notices_from(&self, ledger: Option<crate::ledger::Ledger>) {
+        if let Source::Rest(rest) = self {
+            rest.take_notices_from(ledger);
+        }
+    }
+
+    /// The refusal clock of the adapter's credential (the REST source's; a CSV file has none).
+    pub fn auth_grace(&self) -> Option<&std::sync::Arc<crate::quo::grace::AuthGrace>> {
+        match self {
+            Source::Csv(_) => None,
+            Source::Rest(rest) => Some(rest.auth_grace()),
         }
     }
 

@@ -3,6 +3,7 @@
 //! fails is quarantined on its own (stage `quo`) and the rest of the cycle goes on.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -12,8 +13,9 @@ use super::matching::Matched;
 use super::{Action, Cycle, HeldBack, Mode, PlannedOp, SyncError, Update, Work, WriteKind};
 use crate::config::OnQuoDelete;
 use crate::domain::{ExternalId, QuoContactId, Snapshot};
+use crate::ledger::Ledger;
 use crate::ledger::{LedgerError, NewQuarantine, QuarantineStage, RecordState, SyncedRecord};
-use crate::quo::client::QuoError;
+use crate::quo::client::{CreateError, PostJournal, QuoError};
 use crate::quo::types::Contact;
 use crate::source::SourceRecord;
 
@@ -40,11 +42,20 @@ impl Pool {
     /// Starts `work` (updates wait for a full freshen batch) and reaps finished workers so
     /// errors surface early and memory stays flat.
     pub async fn dispatch(&mut self, cycle: &Arc<Cycle>, work: Work) -> Result<(), SyncError> {
-        cycle.ctx.progress.planned(match &work {
-            Work::Create { .. } | Work::ResolvePending { .. } => WriteKind::Create,
-            Work::Update(_) => WriteKind::Update,
-            Work::Delete { .. } => WriteKind::Delete,
-        });
+        let Some(work) = cycle.mode_gate(work).await? else {
+            return Ok(());
+        };
+        let kind = match &work {
+            Work::Create { .. } | Work::ResolvePending { .. } => Some(WriteKind::Create),
+            Work::Update(_) => Some(WriteKind::Update),
+            Work::Delete { .. } => Some(WriteKind::Delete),
+            // A contact gone from Quo is written again only under `recreate`.
+            Work::Missing(_) => (cycle.ctx.settings.on_quo_delete == OnQuoDelete::Recreate)
+                .then_some(WriteKind::Create),
+        };
+        if let Some(kind) = kind {
+            cycle.ctx.progress.planned(kind);
+        }
         match work {
             Work::Update(update) if cycle.mode == Mode::Apply => {
                 self.updates.push(*update);
@@ -124,7 +135,7 @@ impl Cycle {
                 record.location.clone(),
                 record.updated_at,
             ),
-            Work::Update(u) => (
+            Work::Update(u) | Work::Missing(u) => (
                 u.record.external_id.clone(),
                 u.record.location.clone(),
                 u.record.updated_at,
@@ -157,8 +168,10 @@ impl Cycle {
                 Work::Delete {
                     external_id,
                     quo_id,
-                } => self.delete(external_id, quo_id).await,
+                    left_scope,
+                } => self.delete(external_id, quo_id, left_scope).await,
                 Work::ResolvePending { external_id } => self.resolve_pending(external_id).await,
+                Work::Missing(update) => self.apply_contact_missing(*update).await,
             }
         }
         .instrument(span)
@@ -253,10 +266,20 @@ impl Cycle {
             Work::Update(u) => PlannedOp::new(u.record.external_id.as_str(), Action::Update)
                 .with_fields(u.changed.clone())
                 .with_quo_id(u.quo_id.as_str()),
+            Work::Missing(u) => PlannedOp::new(u.record.external_id.as_str(), Action::Unlink)
+                .with_quo_id(u.quo_id.as_str()),
             Work::Delete {
                 external_id,
                 quo_id,
-            } => PlannedOp::new(external_id.as_str(), Action::Delete).with_quo_id(quo_id.as_str()),
+                left_scope,
+            } => {
+                let op = PlannedOp::new(external_id.as_str(), Action::Delete)
+                    .with_quo_id(quo_id.as_str());
+                match left_scope {
+                    Some(_) => op.with_reason("left scope (sync.on_leave_scope = delete)"),
+                    None => op,
+                }
+            }
             Work::ResolvePending { external_id } => {
                 PlannedOp::new(external_id.as_str(), Action::Resolve)
             }
@@ -380,12 +403,29 @@ impl Cycle {
         Ok(())
     }
 
-    /// The contact is gone from Quo (a 404 confirmed it): apply `reverse.on_quo_delete`.
+    /// Quo answered 404 for the contact: `reverse.on_quo_delete` is applied in the settle phase,
+    /// together with every other such answer of the cycle, once the workspace check and the
+    /// deletion guard let them through (`settle_missing`).
     async fn contact_missing(&self, update: Update) -> Result<(), Failure> {
+        self.missing.lock().await.push(update);
+        Ok(())
+    }
+
+    /// The contact is gone from Quo (a 404 confirmed it, and the settle phase let that absence
+    /// be acted on): apply `reverse.on_quo_delete`.
+    async fn apply_contact_missing(&self, update: Update) -> Result<(), Failure> {
         let external_id = &update.record.external_id;
         let policy = self.ctx.settings.on_quo_delete;
         warn!(event = "contact_missing", external_id = %external_id, quo_id = %update.quo_id, policy = ?policy, "the Quo contact is gone");
         match policy {
+            // `sync.mode = "update_only"` creates nothing, a contact deleted in Quo included.
+            OnQuoDelete::Recreate if !self.may_create() => {
+                self.ctx
+                    .ledger
+                    .unlink(external_id, RecordState::Unlinked)
+                    .await?;
+                Ok(())
+            }
             OnQuoDelete::Recreate => {
                 // Forget the dead id first so the intent row is a real pending create: a crash
                 // or an ambiguous POST from here is resolved by lookup, never duplicated.
@@ -420,18 +460,39 @@ impl Cycle {
         }
     }
 
-    async fn delete(&self, external_id: ExternalId, quo_id: QuoContactId) -> Result<(), Failure> {
+    async fn delete(
+        &self,
+        external_id: ExternalId,
+        quo_id: QuoContactId,
+        left_scope: Option<String>,
+    ) -> Result<(), Failure> {
         let existed = self
             .ctx
             .client
             .delete_contact(quo_id.as_str())
             .await
             .map_err(Failure::Quo)?;
-        self.ctx
-            .ledger
-            .unlink(&external_id, RecordState::Deleted)
-            .await?;
-        info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left the source; Quo contact deleted (sync.on_source_delete = \"delete\")");
+        match left_scope {
+            Some(fingerprint) => {
+                self.ctx
+                    .ledger
+                    .mark_scope(&[crate::ledger::ScopeMark {
+                        external_id: external_id.clone(),
+                        state: RecordState::LeftScope,
+                        fingerprint,
+                        link: crate::ledger::ScopeLink::Forget,
+                    }])
+                    .await?;
+                info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left scope; Quo contact deleted (sync.on_leave_scope = \"delete\")");
+            }
+            None => {
+                self.ctx
+                    .ledger
+                    .unlink(&external_id, RecordState::Deleted)
+                    .await?;
+                info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left the source; Quo contact deleted (sync.on_source_delete = \"delete\")");
+            }
+        }
         self.counted(
             Action::Delete,
             &external_id,
@@ -488,14 +549,13 @@ impl Cycle {
                     .await?;
                 info!(event = "create_resolved", external_id = %external_id, quo_id = %contact.id, "adopted the contact an interrupted create had made");
             }
-            None => {
-                // The record left the CRM, but its POST may still have landed behind a lagging
-                // list: a later scan that lists it deletes it by `sync.on_source_delete`.
-                if let Some(sent) = intent.as_ref().and_then(sent_by_intent) {
-                    self.ctx.ledger.unconfirmed_add(&external_id, &sent).await?;
-                }
-                self.ctx.ledger.forget(&external_id).await?;
-            }
+            // Forgotten in the settle phase, behind the workspace check and the deletion guard:
+            // a miss is an absence, and a key for another workspace finds nothing.
+            None => self
+                .unfound_creates
+                .lock()
+                .await
+                .push((external_id, intent.as_ref().and_then(sent_by_intent))),
         }
         Ok(())
     }
@@ -572,15 +632,18 @@ impl Cycle {
         let existing = self
             .find_existing(external_id, pending, intent.as_ref(), matched.as_ref())
             .await?;
-        let (contact, adopted) = match existing {
-            Some(contact) => (contact, true),
+        let (contact, adopted, sent_before, unconfirmed) = match existing {
+            Some(contact) => (contact, true, sent_before, unconfirmed),
             None => {
                 // Two lookups missed, but a list can lag longer than any wait: what the earlier
                 // POST sent is kept, so the contact it may have made is recognised when a scan
                 // lists it (`copies.rs`) instead of staying a duplicate (of a contact adopted
                 // below, too).
                 if let Some(sent) = intent.as_ref().and_then(sent_by_intent) {
-                    self.ctx.ledger.unconfirmed_add(external_id, &sent).await?;
+                    self.ctx
+                        .ledger
+                        .unconfirmed_from_intent(external_id, &sent)
+                        .await?;
                 }
                 match matched {
                     Some(Matched::Adopt(target)) => {
@@ -601,10 +664,6 @@ impl Cycle {
                     }
                     Some(Matched::Own(_)) | None => {}
                 }
-                self.ctx
-                    .ledger
-                    .record_intent_with(external_id, Some(snapshot))
-                    .await?;
                 let source_url = self
                     .ctx
                     .settings
@@ -617,9 +676,15 @@ impl Cycle {
                     self.ctx.client.source(),
                     source_url,
                 );
-                let outcome = match self.ctx.client.create_contact(&body).await {
+                let journal = IntentJournal {
+                    ledger: &self.ctx.ledger,
+                    external_id,
+                    snapshot,
+                    held: AtomicBool::new(false),
+                };
+                let outcome = match self.ctx.client.create_contact(&body, &journal).await {
                     Ok(outcome) => outcome,
-                    Err(e @ QuoError::Rejected { .. }) => {
+                    Err(CreateError::Quo(e @ QuoError::Rejected { .. })) => {
                         // Quo refused the POST itself, so it made nothing: the intent no longer
                         // stands for a POST that may have landed (no entry for it next time).
                         self.ctx
@@ -628,17 +693,29 @@ impl Cycle {
                             .await?;
                         return Err(Failure::Quo(e));
                     }
-                    Err(e) => return Err(Failure::Quo(e)),
+                    Err(CreateError::Quo(e)) => return Err(Failure::Quo(e)),
+                    Err(CreateError::Journal(e)) => return Err(Failure::Ledger(e)),
                 };
-                // Each 5xx'd POST may have landed behind a lagging list, like a lost answer,
-                // and each may have made its own twin.
-                for _ in 0..outcome.unconfirmed_posts {
-                    self.ctx
+                let contact = self.normalized(outcome.contact);
+                if !outcome.adopted {
+                    (contact, false, sent_before, unconfirmed)
+                } else {
+                    // The POSTs of this call are on record now: the intent holds the last one
+                    // unless its outcome became unknown, the entries hold the others.
+                    let intent_now = self
+                        .ctx
                         .ledger
-                        .unconfirmed_add(external_id, snapshot)
+                        .record(external_id)
+                        .await?
+                        .as_ref()
+                        .and_then(sent_by_intent);
+                    let entries = self
+                        .ctx
+                        .ledger
+                        .unconfirmed_for(external_id.as_str())
                         .await?;
+                    (contact, true, intent_now, entries)
                 }
-                (self.normalized(outcome.contact), outcome.adopted)
             }
         };
         if adopted {
@@ -866,6 +943,39 @@ fn sent_by_intent(row: &crate::ledger::RecordRow) -> Option<Snapshot> {
     (row.state == RecordState::PendingCreate && row.quo_id.is_none() && row.adopt_quo_id.is_none())
         .then(|| row.snapshot.clone())
         .flatten()
+}
+
+/// The ledger's record of one create's POSTs ([`PostJournal`]): the pending create's row holds
+/// the body of the POST in flight (a crash leaves it there, and the next cycle looks it up); a
+/// POST whose outcome becomes unknown moves, at that moment, to `unconfirmed_creates`, one entry
+/// per POST, so every contact such POSTs made is recognised as ours when a scan lists it.
+struct IntentJournal<'a> {
+    ledger: &'a Ledger,
+    external_id: &'a ExternalId,
+    snapshot: &'a Snapshot,
+    /// Whether the row holds the body now (a retry of a POST that never left writes nothing).
+    held: AtomicBool,
+}
+
+impl PostJournal for IntentJournal<'_> {
+    type Error = LedgerError;
+
+    async fn sending(&self) -> Result<(), LedgerError> {
+        if !self.held.swap(true, Ordering::AcqRel) {
+            self.ledger
+                .record_intent_with(self.external_id, Some(self.snapshot))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn may_have_landed(&self) -> Result<(), LedgerError> {
+        self.ledger
+            .unconfirmed_from_intent(self.external_id, self.snapshot)
+            .await?;
+        self.held.store(false, Ordering::Release);
+        Ok(())
+    }
 }
 
 /// Stand-in for a record a create was asked for without its CRM row (a recreate of a record an

@@ -570,6 +570,7 @@ impl Cycle {
                 Scope::Workspace,
                 None,
                 &self.stop,
+                self.ctx.settings.delete_guard(),
                 |_| shown.page_scanned(),
             )
             .await;

@@ -30,7 +30,12 @@ impl Cycle {
             return Ok(QuoChanges::default());
         }
         let mut changes = self.gather_quo_changes().await?;
+        if changes.mass_delete_refused {
+            self.mass_delete_refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.claim_found_creates(&mut changes.copies).await?;
+        self.guard_quo_deletions(&mut changes).await?;
         for (external_id, quo_id) in &changes.deleted {
             self.apply_quo_delete(external_id, quo_id).await?;
         }
@@ -66,6 +71,28 @@ impl Cycle {
         Ok(changes)
     }
 
+    /// Contacts Quo answered 404 for: all of them are acted on, or (the key not shown to answer
+    /// for our workspace, or more than the deletion guard allows) none, and their notices stay
+    /// pending for the next cycle.
+    async fn guard_quo_deletions(&self, changes: &mut QuoChanges) -> Result<(), SyncError> {
+        if changes.deleted.is_empty() {
+            return Ok(());
+        }
+        let absent: std::collections::HashSet<String> = changes
+            .deleted
+            .iter()
+            .map(|(_, quo_id)| quo_id.to_string())
+            .collect();
+        if self.absences_may_act("quo_deleted", &absent).await? {
+            return Ok(());
+        }
+        let mut unsettled = self.unsettled.lock().await;
+        for (external_id, _) in std::mem::take(&mut changes.deleted) {
+            unsettled.insert(external_id.to_string());
+        }
+        Ok(())
+    }
+
     /// Inbox events, plus a scan when `reverse.poll_interval` says one is due.
     async fn gather_quo_changes(&self) -> Result<QuoChanges, SyncError> {
         let ledger = &self.ctx.ledger;
@@ -91,7 +118,15 @@ impl Cycle {
             pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             progress.page_scanned();
         };
-        let changes = intake::gather(ledger, &self.ctx.client, scope, index, on_page).await?;
+        let changes = intake::gather(
+            ledger,
+            &self.ctx.client,
+            scope,
+            index,
+            self.ctx.settings.delete_guard(),
+            on_page,
+        )
+        .await?;
         if scope == Some(crate::reverse::scan::Scope::Workspace) {
             // Day one's listing of the workspace, when this pass is what fills the index.
             self.counts.lock().await.listing_pages += pages.into_inner();
@@ -105,7 +140,18 @@ impl Cycle {
         external_id: &ExternalId,
         quo_id: &QuoContactId,
     ) -> Result<(), SyncError> {
-        let policy = self.ctx.settings.on_quo_delete;
+        let mut policy = self.ctx.settings.on_quo_delete;
+        // A record out of scope is not written to the CRM: its contact is only forgotten.
+        if policy == OnQuoDelete::DeleteInCrm
+            && self
+                .ctx
+                .ledger
+                .record(external_id)
+                .await?
+                .is_some_and(|row| row.state.is_judged())
+        {
+            policy = OnQuoDelete::Unlink;
+        }
         let op = PlannedOp::new(external_id.as_str(), Action::Unlink).with_quo_id(quo_id.as_str());
         if self.mode == Mode::DryRun {
             self.operations
@@ -162,6 +208,10 @@ impl Cycle {
         let Some(row) = self.ctx.ledger.record(&external_id).await? else {
             return Ok(None);
         };
+        // Out of scope (left it, kept): Quo's edits are not written to the CRM.
+        if row.state.is_judged() {
+            return Ok(None);
+        }
         let Some(quo_id) = row.quo_id.clone() else {
             return Ok(None);
         };
@@ -282,7 +332,7 @@ impl Cycle {
             quo,
             crm_modified,
             parse_time(quo_updated_at),
-            &self.ctx.settings.merge_policy,
+            &self.merge_policy,
         );
         for conflict in &outcome.conflicts {
             warn!(event = "conflict", external_id = %external_id, quo_id = %quo_id, field = %conflict.field,
@@ -354,7 +404,12 @@ impl Cycle {
             }
         }
         self.ctx.ledger.ensure_leader()?;
-        let report = match self.ctx.source.write_back(&changes).await {
+        let report = match self
+            .ctx
+            .source
+            .write_back(&changes, &self.crm_guard())
+            .await
+        {
             Ok(report) => report,
             Err(error) => {
                 let postponed = matches!(error, SourceError::ChangedSinceRead { .. });

@@ -29,6 +29,12 @@ pub enum Action {
     CreateInCrm,
     /// A contact deleted in Quo, handled by `reverse.on_quo_delete`.
     Unlink,
+    /// A synced record the filter no longer admits (`reason`: `sync.on_leave_scope`).
+    LeaveScope,
+    /// A record back in scope, linked to its contact again (`quo_id`).
+    Relink,
+    /// Work `sync.mode` holds back (`reason` says which mode).
+    Skip,
 }
 
 impl Action {
@@ -45,6 +51,9 @@ impl Action {
             Action::WriteCrm => "write_crm",
             Action::CreateInCrm => "create_in_crm",
             Action::Unlink => "unlink",
+            Action::LeaveScope => "leave_scope",
+            Action::Relink => "relink",
+            Action::Skip => "skip",
         }
     }
 }
@@ -184,9 +193,9 @@ fn action_colour(action: Action) -> &'static str {
     // By name, so that an action added later gets a colour without an edit here.
     match action.as_str() {
         "create" => "32",
-        "update" | "write_crm" | "adopt" | "create_in_crm" => "36",
-        "delete" | "unlink" => "31",
-        "quarantine" | "held" => "33",
+        "update" | "write_crm" | "adopt" | "relink" | "create_in_crm" => "36",
+        "delete" | "unlink" | "leave_scope" => "31",
+        "quarantine" | "held" | "skip" => "33",
         _ => "35",
     }
 }

@@ -13,10 +13,13 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::execute::Pool;
+use super::scope::Scoped;
 use super::{Action, Cycle, HIGH_WATER, LAST_FULL_READ, Mode, PlannedOp, SyncError, Update, Work};
 use crate::config::OnQuoDelete;
 use crate::domain::Snapshot;
-use crate::ledger::{LedgerIndex, NewQuarantine, QuarantineStage, RecordState};
+use crate::ledger::{
+    IndexEntry, LedgerIndex, NewQuarantine, QuarantineStage, RecordState, RunCounts,
+};
 use crate::source::{
     BadRecord, DigestedItem, DigestedRow, ReadRequest, ReadSummary, SourceError, SourceItem,
     SourceRecord,
@@ -81,7 +84,7 @@ impl Cycle {
         let mut pool = Pool::new(ctx.settings.concurrency);
         let mut dispatched: HashSet<String> = HashSet::new();
         let mut repeats = Vec::new();
-        let mut unchanged = 0u64;
+        let mut tally = Tally::default();
         let mut compare = std::time::Duration::ZERO;
         'read: while let Some(batch) = rx.recv().await {
             let batch_started = Instant::now();
@@ -98,8 +101,8 @@ impl Cycle {
                     DigestedItem::Item(SourceItem::Record(record)) => record,
                     DigestedItem::Row(row) => {
                         high_water = high_water.max(row.updated_at);
-                        if self.unchanged_row(&row, &dispatched, &mut index) {
-                            unchanged += 1;
+                        if let Some(state) = self.unchanged_row(&row, &dispatched, &mut index) {
+                            tally.add(state);
                             continue;
                         }
                         row.into_record()
@@ -120,7 +123,8 @@ impl Cycle {
             compare += batch_started.elapsed();
         }
         drop(rx);
-        self.counts.lock().await.unchanged += unchanged;
+        tally.into_counts(&mut *self.counts.lock().await);
+        self.flush_judged().await?;
         info!(
             event = "source_read",
             ms = index_started.elapsed().as_millis() as u64,
@@ -152,27 +156,25 @@ impl Cycle {
         })
     }
 
-    /// The fast path: a row whose digest matches its synced, linked ledger entry, with no
-    /// Quo-side news and not already dispatched this read, is marked seen and needs nothing.
+    /// The fast path: a row whose digest matches its ledger entry (synced and linked, or a
+    /// scope or mode judgement: the digest covers the filter's fields, so the judgement stands),
+    /// with no Quo-side news and not already dispatched this read, is marked seen and needs
+    /// nothing. Returns the entry's state.
     fn unchanged_row(
         &self,
         row: &DigestedRow,
         dispatched: &HashSet<String>,
         index: &mut LedgerIndex,
-    ) -> bool {
+    ) -> Option<RecordState> {
         if self.quo_side.load(Ordering::Relaxed) || dispatched.contains(row.external_id.as_str()) {
-            return false;
+            return None;
         }
         match index.get_mut(row.external_id.as_str()) {
-            Some(entry)
-                if entry.state == RecordState::Synced
-                    && entry.has_quo_id
-                    && entry.fingerprint == row.digest =>
-            {
+            Some(entry) if unchanged(entry, row.digest) => {
                 entry.seen = true;
-                true
+                Some(entry.state)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -222,10 +224,25 @@ impl Cycle {
             } else {
                 self.quo_changed.lock().await.remove(id)
             };
-            if deleted || changed.is_some() {
+            // A Quo-side change to a record out of scope is not merged (nothing is written to
+            // the CRM for it): the record is classified as any other.
+            let admitted =
+                (deleted || changed.is_some()) && matches!(self.scope.admits(&record), Ok(true));
+            if !admitted && changed.is_some() {
+                info!(event = "quo_change_out_of_scope", external_id = %id, "a change made in Quo to a contact whose record is out of scope is not written to the CRM");
+            }
+            if !admitted && deleted {
+                // `delete_in_crm` deletes no CRM record out of scope either.
+                self.crm_deletes
+                    .lock()
+                    .await
+                    .retain(|(external_id, _)| external_id.as_str() != id);
+            }
+            if admitted {
                 if let Some(entry) = index.get_mut(id) {
                     entry.seen = true;
                 }
+                self.counts.lock().await.in_scope += 1;
                 // Deleted in Quo: `reverse.on_quo_delete` already decided. Changed: merge.
                 return match changed {
                     Some(contact) => self.classify_merge(Some(record), contact).await,
@@ -237,26 +254,37 @@ impl Cycle {
         let digest = crate::ledger::fingerprint_digest(&fingerprint);
         let entry = index.get_mut(record.external_id.as_str());
         if let Some(entry) = entry.as_ref()
-            && entry.state == RecordState::Synced
-            && entry.has_quo_id
-            && entry.fingerprint == digest
+            && unchanged(entry, digest)
         {
+            let state = entry.state;
             index
                 .get_mut(record.external_id.as_str())
                 .expect("present")
                 .seen = true;
-            self.counts.lock().await.unchanged += 1;
+            let mut tally = Tally::default();
+            tally.add(state);
+            tally.into_counts(&mut *self.counts.lock().await);
             return Ok(None);
         }
         let state = entry.as_ref().map(|e| e.state);
         if let Some(entry) = entry {
             entry.seen = true;
         }
+        // The in-scope predicate: a record out of scope goes no further.
+        let state = match self.judge_scope(&record, state, &fingerprint).await? {
+            Scoped::In(state) => state,
+            Scoped::Done(work) => return Ok(work),
+        };
         let Some(snapshot) = self.map_or_quarantine(&record).await? else {
             return Ok(None);
         };
         match state {
-            None => {
+            // New, or out of scope or skipped until now: matched against the workspace, or a
+            // create (the mode gate may hold it).
+            None
+            | Some(RecordState::OutOfScope)
+            | Some(RecordState::Skipped)
+            | Some(RecordState::LeftScope) => {
                 self.match_or_create(record, snapshot, fingerprint, false)
                     .await
             }
@@ -361,5 +389,37 @@ impl Cycle {
             changed,
             crm_modified,
         }))))
+    }
+}
+
+/// Whether an index entry needs nothing for a row with `digest`: synced and linked, or judged
+/// (out of scope, left scope, skipped by mode) on the same fingerprint.
+fn unchanged(entry: &IndexEntry, digest: u64) -> bool {
+    entry.fingerprint == digest
+        && ((entry.state == RecordState::Synced && entry.has_quo_id) || entry.state.is_judged())
+}
+
+/// Counts of the rows that needed nothing, by what they are.
+#[derive(Default)]
+struct Tally {
+    unchanged: u64,
+    out_of_scope: u64,
+    skipped: u64,
+}
+
+impl Tally {
+    fn add(&mut self, state: RecordState) {
+        match state {
+            RecordState::OutOfScope | RecordState::LeftScope => self.out_of_scope += 1,
+            RecordState::Skipped => self.skipped += 1,
+            _ => self.unchanged += 1,
+        }
+    }
+
+    fn into_counts(self, counts: &mut RunCounts) {
+        counts.unchanged += self.unchanged;
+        counts.out_of_scope += self.out_of_scope;
+        counts.skipped_by_mode += self.skipped;
+        counts.in_scope += self.unchanged + self.skipped;
     }
 }

@@ -61,6 +61,11 @@ impl Auth {
         }
     }
 
+    /// Whether a console token is configured.
+    pub(super) fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     /// The CSRF token printed in the page.
     pub(super) fn csrf(&self) -> &str {
         &self.csrf

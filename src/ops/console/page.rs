@@ -178,6 +178,7 @@ pub(super) fn render(s: &Snapshot, csrf: &str) -> String {
     let mut out = head("quo-sync console");
     out.push_str("<body><header><h1>quo-sync</h1></header><main id=\"console\">");
     render_service(&mut out, s);
+    super::control::render(&mut out, s.status.paused.as_ref(), csrf);
     render_quarantine(&mut out, &s.quarantine, csrf);
     render_runs(&mut out, &s.runs);
     render_conflicts(&mut out, &s.conflicts);

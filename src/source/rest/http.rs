@@ -81,6 +81,8 @@ struct Exchange<'a> {
     shown: &'a str,
     body: Option<&'a Value>,
     headers: &'a HeaderMap,
+    /// A write's fence: admits each attempt just before it is sent, its timeout capped.
+    guard: Option<&'a crate::source::WriteGuard>,
     /// Attempts made so far (the first is attempt 1).
     attempts: AtomicU32,
     /// An OAuth token refused with 401 is refreshed once per call, not once per attempt.
@@ -98,7 +100,21 @@ impl RestSource {
         body: Option<&Value>,
         headers: &HeaderMap,
     ) -> Result<Reply, SourceError> {
-        self.send_with(method, url, body, headers, true).await
+        self.send_with(method, url, body, headers, None, true).await
+    }
+
+    /// [`RestSource::send`] for a write: every attempt is admitted by `guard` just before it is
+    /// sent, with its timeout capped by the leader's fence.
+    pub(super) async fn send_guarded(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+        guard: &crate::source::WriteGuard,
+    ) -> Result<Reply, SourceError> {
+        self.send_with(method, url, body, headers, Some(guard), true)
+            .await
     }
 
     /// [`RestSource::send`] for a request that must not be sent twice (a create): retried only
@@ -111,7 +127,8 @@ impl RestSource {
         body: Option<&Value>,
         headers: &HeaderMap,
     ) -> Result<Reply, SourceError> {
-        self.send_with(method, url, body, headers, false).await
+        self.send_with(method, url, body, headers, None, false)
+            .await
     }
 
     async fn send_with(
@@ -120,6 +137,7 @@ impl RestSource {
         url: &Url,
         body: Option<&Value>,
         headers: &HeaderMap,
+        guard: Option<&crate::source::WriteGuard>,
         replayable: bool,
     ) -> Result<Reply, SourceError> {
         let shown = self.shown(url);
@@ -143,6 +161,7 @@ impl RestSource {
             shown: &shown,
             body,
             headers,
+            guard,
             attempts: AtomicU32::new(0),
             refreshed_on_401: AtomicBool::new(false),
         };
@@ -217,6 +236,13 @@ impl RestSource {
             if let Some(body) = exchange.body {
                 request = request.json(body);
             }
+            if let Some(guard) = exchange.guard {
+                let timeout = guard
+                    .admit(self.config.timeout.0)
+                    .await
+                    .map_err(Failure::Fatal)?;
+                request = request.timeout(timeout);
+            }
             tracing::debug!(method = %method, url = %shown, attempt, "CRM request");
             let response = request.send().await.map_err(transport)?;
             let status = response.status();
@@ -251,6 +277,9 @@ impl RestSource {
                     },
                     wait_hint,
                 });
+            }
+            if status.is_success() {
+                self.auth_grace.accepted();
             }
             let body = response.bytes().await.map_err(transport)?;
             tracing::debug!(method = %method, url = %shown, status = status.as_u16(), bytes = body.len(), "CRM response");

@@ -12,7 +12,7 @@ use super::config::{ArrayFieldConfig, UpdateConfig, UpdateMethod};
 use super::pointer::{set_array_item, set_pointer, typed_like};
 use super::versions::ReadVersion;
 use crate::quo::encode_path_segment;
-use crate::source::{CrmChange, SourceError, SourceItem, WriteReport};
+use crate::source::{CrmChange, SourceError, SourceItem, WriteGuard, WriteReport};
 
 impl RestSource {
     /// Applies reverse-path changes: one request per record, two when the record is fetched
@@ -21,6 +21,18 @@ impl RestSource {
     /// as conflicted). The fetched ETag is sent as `If-Match`. 409/412 → conflicted; other
     /// 4xx → failed.
     pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {
+        self.write_back_guarded(changes, &WriteGuard::default())
+            .await
+    }
+
+    /// [`RestSource::write_back`], each write (every attempt of it) admitted by `guard` just
+    /// before it is sent, with its timeout capped by the leader's fence: once `guard` refuses,
+    /// nothing more is sent and the records not written are reported as failed.
+    pub async fn write_back_guarded(
+        &self,
+        changes: &[CrmChange],
+        guard: &WriteGuard,
+    ) -> Result<WriteReport, SourceError> {
         let mut report = WriteReport::default();
         let Some(update) = &self.config.update else {
             for change in changes {
@@ -41,8 +53,8 @@ impl RestSource {
                 headers.insert(name, value);
             }
         }
-        for change in changes {
-            match self.write_one(update, &headers, change).await {
+        for (i, change) in changes.iter().enumerate() {
+            match self.write_one(update, &headers, change, guard).await {
                 Ok(Outcome::Written) => {
                     // Our own write changed the record; the next read sets a new baseline.
                     self.versions.forget(change.external_id.as_str());
@@ -54,6 +66,15 @@ impl RestSource {
                 }
                 Err(e @ (SourceError::Unauthorized { .. } | SourceError::Cancelled)) => {
                     return Err(e);
+                }
+                Err(e @ SourceError::NotSent(_)) => {
+                    tracing::warn!(event = "crm_write_stopped", error = %e, left = changes.len() - i, "CRM write-back stopped before its next write");
+                    for rest in &changes[i..] {
+                        report
+                            .failed
+                            .push((rest.external_id.clone(), e.to_string()));
+                    }
+                    return Ok(report);
                 }
                 Err(e) => report
                     .failed
@@ -68,6 +89,7 @@ impl RestSource {
         update: &UpdateConfig,
         headers: &HeaderMap,
         change: &CrmChange,
+        guard: &WriteGuard,
     ) -> Result<Outcome, SourceError> {
         let id = change.external_id.as_str();
         let path = update.path.replace("{id}", &encode_path_segment(id));
@@ -168,7 +190,7 @@ impl RestSource {
             UpdateMethod::Put => Method::PUT,
         };
         let reply = self
-            .send(method.clone(), &url, Some(&body), &headers)
+            .send_guarded(method.clone(), &url, Some(&body), &headers, guard)
             .await?;
         let status = reply.status;
         Ok(if status.is_success() {
