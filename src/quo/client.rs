@@ -501,23 +501,7 @@ impl QuoClient {
 
     /// One page of our contacts (`sources=<ours>`, 50 a page), decoded contact by contact.
     pub async fn list_page(&self, page_token: Option<&str>) -> Result<ContactList, QuoError> {
-        let mut query = vec![
-            ("sources", self.source.clone()),
-            ("maxResults", MAX_PAGE.to_string()),
-        ];
-        if let Some(t) = page_token {
-            query.push(("pageToken", t.to_string()));
-        }
-        let raw: RawContactPage = self
-            .call_idempotent(
-                "GET /v1/contacts",
-                Method::GET,
-                "/v1/contacts",
-                &query,
-                None::<&()>,
-            )
-            .await?;
-        Ok(raw.into())
+        self.contacts_page(Some(&self.source), page_token).await
     }
 
     /// One page of every contact in the workspace, whatever its source (the day-one listing).
@@ -525,7 +509,21 @@ impl QuoClient {
         &self,
         page_token: Option<&str>,
     ) -> Result<ContactList, QuoError> {
-        let mut query = vec![("maxResults", MAX_PAGE.to_string())];
+        self.contacts_page(None, page_token).await
+    }
+
+    /// One page of `GET /v1/contacts` (50 a page), of one source or of all.
+    async fn contacts_page(
+        &self,
+        source: Option<&str>,
+        page_token: Option<&str>,
+    ) -> Result<ContactList, QuoError> {
+        // Our source first, as Quo's examples order them.
+        let mut query: Vec<(&str, String)> = source
+            .map(|source| ("sources", source.to_string()))
+            .into_iter()
+            .collect();
+        query.push(("maxResults", MAX_PAGE.to_string()));
         if let Some(t) = page_token {
             query.push(("pageToken", t.to_string()));
         }
