@@ -294,6 +294,10 @@ impl Cycle {
             contact: contact.clone(),
             decided: true,
         };
+        // The adoption PATCH is a write the progress display confirms: plan it first.
+        self.ctx
+            .progress
+            .planned(super::progress::WriteKind::Create);
         let adopted = self
             .adopt_existing(&record, &crm, Some(&fingerprint), &target)
             .await;

@@ -3,6 +3,7 @@
 //! everyone did.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::time::Duration;
 
 use quo_sync::domain::ExternalId;
@@ -16,7 +17,7 @@ use serde_json::Value;
 use super::invariants::{CycleSeen, cycle_counts_agree, failed_run_counts_agree};
 use super::model::{AppOnly, FIELDS, Field, Log, Side, UPDATED_AT};
 use crate::common::{HEADER, TestApp, WEBHOOK_KEY, row};
-use crate::trace;
+use crate::{QUIET_PERIOD, trace};
 
 /// How a kill picks its moment.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +50,9 @@ pub struct CountTally {
     pub with_held_back: u64,
     pub with_429s: u64,
     pub failed: u64,
+    /// Contacts already in Quo adopted, and contacts made in the app made CRM rows.
+    pub adopted: u64,
+    pub exported: u64,
 }
 
 impl CountTally {
@@ -58,6 +62,8 @@ impl CountTally {
         self.with_writes += u64::from(c.created + c.updated + c.deleted > 0);
         self.with_held_back += u64::from(c.quarantined > 0);
         self.with_429s += u64::from(c.rate_limited > 0);
+        self.adopted += c.adopted;
+        self.exported += c.exported;
     }
 
     pub fn merge(&mut self, other: CountTally) {
@@ -66,6 +72,8 @@ impl CountTally {
         self.with_held_back += other.with_held_back;
         self.with_429s += other.with_429s;
         self.failed += other.failed;
+        self.adopted += other.adopted;
+        self.exported += other.exported;
     }
 }
 
@@ -85,6 +93,10 @@ pub struct World {
     pub refusals: u32,
     /// What the finished cycles' counters were checked on.
     pub counted: CountTally,
+    /// The people already in Quo and those made in the app (#20).
+    pub day_one: super::day_one::DayOne,
+    /// In-place CSV writes a cycle started during (the file half-written).
+    pub in_place_overlaps: u32,
     /// The operator lets the next cycle delete past the guard (`--allow-mass-delete`).
     allow_mass_delete_once: bool,
     next_id: u32,
@@ -112,10 +124,13 @@ impl World {
             kills: Vec::new(),
             refusals: 0,
             counted: CountTally::default(),
+            in_place_overlaps: 0,
+            day_one: Default::default(),
             allow_mass_delete_once: false,
             next_id: initial,
             n: 0,
         };
+        world.guard_reads();
         for r in world.crm_rows() {
             world.log_new_record(&r);
         }
@@ -123,7 +138,7 @@ impl World {
     }
 
     /// A fresh number for a value nobody typed before.
-    fn next_n(&mut self) -> u32 {
+    pub fn next_n(&mut self) -> u32 {
         self.n += 1;
         self.n
     }
@@ -144,15 +159,30 @@ impl World {
             .collect()
     }
 
-    /// Replaces the CSV with `rows`.
-    pub fn write_rows(&self, rows: &[Vec<String>]) {
+    /// The CSV's bytes for `rows`.
+    fn csv_bytes(rows: &[Vec<String>]) -> Vec<u8> {
         let mut out = csv::Writer::from_writer(Vec::new());
         out.write_record(HEADER.split(',')).unwrap();
         for r in rows {
             out.write_record(r).unwrap();
         }
-        self.app
-            .write_csv(&String::from_utf8(out.into_inner().unwrap()).unwrap());
+        out.into_inner().unwrap()
+    }
+
+    /// Replaces the CSV with `rows` as an export tool should: a new file renamed over the old
+    /// one. Its modification time is set past the quiet period (the export landed a moment
+    /// before the cycle), so a guarded read takes it at once; only in-place writes
+    /// ([`World::cycle_during_an_in_place_write`]) make a read wait.
+    pub fn write_rows(&self, rows: &[Vec<String>]) {
+        let staged = self.app.csv_path.with_extension("csv.export");
+        std::fs::write(&staged, Self::csv_bytes(rows)).expect("write the export");
+        let landed = std::time::SystemTime::now() - QUIET_PERIOD * 2;
+        std::fs::File::options()
+            .write(true)
+            .open(&staged)
+            .and_then(|f| f.set_modified(landed))
+            .expect("date the export");
+        std::fs::rename(&staged, &self.app.csv_path).expect("rename the export over the CSV");
     }
 
     /// A row's managed values as the sync sees them.
@@ -188,7 +218,8 @@ impl World {
     pub async fn edit_crm(&mut self) {
         let mut rows = self.crm_rows();
         let roll = self.rng.random_range(0..10);
-        if roll == 0 || rows.is_empty() {
+        let editable = self.editable(&rows);
+        if roll == 0 || editable.is_empty() {
             self.next_id += 1;
             let id = format!("k-{}", self.next_id);
             let new: Vec<String> = row(&id, self.next_id)
@@ -198,16 +229,27 @@ impl World {
             trace(|| format!("crm add {id}"));
             self.log_new_record(&new);
             rows.push(new);
-        } else if roll == 1 && rows.len() > 3 {
-            let gone = rows.remove(self.rng.random_range(0..rows.len()));
+        } else if roll == 1 && editable.len() > 3 {
+            let gone = rows.remove(editable[self.rng.random_range(0..editable.len())]);
             trace(|| format!("crm delete {}", gone[0]));
             self.log.deleted_in_crm.insert(gone[0].clone());
         } else {
-            let i = self.rng.random_range(0..rows.len());
+            let i = editable[self.rng.random_range(0..editable.len())];
             let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
             self.edit_crm_field(&mut rows[i], field).await;
         }
         self.write_rows(&rows);
+    }
+
+    /// The rows people edit: all but the records held on day one or not yet adopted.
+    fn editable(&self, rows: &[Vec<String>]) -> Vec<usize> {
+        (0..rows.len())
+            .filter(|i| {
+                let id = &rows[*i][0];
+                !self.day_one.held_records.contains(id)
+                    && !self.day_one.pending_adoption.contains(id)
+            })
+            .collect()
     }
 
     /// `id`'s `field` as both sides last agreed on it (the ledger's snapshot), if they have.
@@ -282,11 +324,15 @@ impl World {
 
     // ---- Quo ----
 
-    /// The sandbox's contacts (every one, hidden from lists or not) by externalId.
+    /// The sandbox's contacts with an externalId (every one, hidden from lists or not) by
+    /// externalId; the people in Quo without one are not the CRM's (yet).
     pub fn contacts_by_record(&self) -> BTreeMap<String, Vec<Value>> {
         let mut by: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for c in self.app.sandbox.contacts() {
-            let id = c["externalId"].as_str().unwrap_or_default().to_string();
+            let Some(id) = c["externalId"].as_str().filter(|id| !id.is_empty()) else {
+                continue;
+            };
+            let id = id.to_string();
             by.entry(id).or_default().push(c);
         }
         by
@@ -373,6 +419,9 @@ impl World {
             return;
         };
         if self.app.sandbox.app_delete(contact["id"].as_str().unwrap()) {
+            self.day_one
+                .deleted_in_quo
+                .insert(contact["id"].as_str().unwrap().to_string());
             trace(|| format!("quo delete {id} ({})", contact["id"]));
             let rows = self.crm_rows();
             let r = rows
@@ -400,9 +449,15 @@ impl World {
 
     /// One cycle to its end; the operator's one-off `--allow-mass-delete` applies to it.
     pub async fn cycle(&mut self) -> Result<CycleReport, quo_sync::sync::SyncError> {
+        let rows = self.crm_rows().len() as u64;
+        self.cycle_over(rows).await
+    }
+
+    /// One cycle over a CSV of `rows` rows (counted by the caller while the file may still be
+    /// being written).
+    async fn cycle_over(&mut self, rows: u64) -> Result<CycleReport, quo_sync::sync::SyncError> {
         let allow = std::mem::take(&mut self.allow_mass_delete_once);
         self.app.ctx.settings.allow_mass_delete = allow;
-        let rows = self.crm_rows().len() as u64;
         let before = self.app.sandbox.stats();
         let outcome = run_cycle(&self.app.ctx, Mode::Apply).await;
         let after = self.app.sandbox.stats();
@@ -416,6 +471,7 @@ impl World {
             };
             cycle_counts_agree(self, report, seen).await;
             self.counted.add(report);
+            self.note_adoptions().await;
             if report.mass_delete_refused {
                 // Rows really left the CRM: the operator checks and allows it, once.
                 self.refusals += 1;
@@ -453,7 +509,145 @@ impl World {
         trace(|| format!("kill {kill:?}"));
         self.kills.push(kill);
         self.app.restart().await;
+        self.guard_reads();
         self.point_webhooks().await;
+    }
+
+    /// As the service does (`quo-sync run`): every read first waits until the CSV has been
+    /// still for `source.quiet_period`. The test runs cycles directly, so it turns this on
+    /// for each process it starts.
+    pub fn guard_reads(&self) {
+        if let quo_sync::source::Source::Csv(csv) = self.app.ctx.source.as_ref() {
+            csv.guard_reads();
+        }
+    }
+
+    /// A person edits one CRM field and the export tool writes the file in place (truncate,
+    /// then the bytes in 2 to 4 chunks cut at random byte offsets, mid-row included, with a
+    /// flush and a 20 to 100 ms pause between chunks, each shorter than the quiet period)
+    /// while a cycle runs. The cycle starts with the file half-written. Then: every record
+    /// that had a contact keeps it (same Quo id, one contact), and no contact holds a
+    /// truncated prefix of a value someone typed.
+    pub async fn cycle_during_an_in_place_write(&mut self) {
+        let mut rows = self.crm_rows();
+        let editable = self.editable(&rows);
+        if editable.is_empty() {
+            return self.cycle_or_kill().await;
+        }
+        let i = editable[self.rng.random_range(0..editable.len())];
+        let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
+        self.edit_crm_field(&mut rows[i], field).await;
+        let mut had = Vec::new();
+        for r in &rows {
+            let quo_id = self
+                .app
+                .ledger()
+                .record(&ExternalId::parse(&r[0]).unwrap())
+                .await
+                .unwrap()
+                .and_then(|row| row.quo_id);
+            if let Some(quo_id) = quo_id
+                && self.app.sandbox.contact(quo_id.as_str()).is_some()
+            {
+                // A lost create behind a lagging list may have left a twin until the faults
+                // clear; the write in place must not add one.
+                let contacts = self.app.sandbox.count_by_external_id(&r[0]);
+                had.push((r[0].clone(), quo_id, contacts));
+            }
+        }
+        let bytes = Self::csv_bytes(&rows);
+        let mut cuts: Vec<usize> = (0..self.rng.random_range(1..=3))
+            .map(|_| self.rng.random_range(1..bytes.len()))
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let pauses: Vec<Duration> = cuts
+            .iter()
+            .map(|_| Duration::from_millis(self.rng.random_range(20..=100)))
+            .collect();
+        trace(|| format!("crm written in place, cut at {cuts:?}, pauses {pauses:?}"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.app.csv_path)
+            .expect("open the CSV in place");
+        let first = cuts[0];
+        file.write_all(&bytes[..first]).unwrap();
+        file.flush().unwrap();
+        let writer = std::thread::spawn(move || {
+            let ends = cuts.iter().skip(1).copied().chain([bytes.len()]);
+            let mut from = first;
+            for (to, pause) in ends.zip(pauses) {
+                std::thread::sleep(pause);
+                file.write_all(&bytes[from..to]).unwrap();
+                file.flush().unwrap();
+                from = to;
+            }
+            std::time::Instant::now()
+        });
+        let started = std::time::Instant::now();
+        let outcome = self.cycle_over(rows.len() as u64).await;
+        let written = tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .unwrap()
+            .expect("the in-place writer finishes");
+        if started < written {
+            self.in_place_overlaps += 1;
+        }
+        if let Ok(report) = &outcome {
+            trace(|| format!("cycle over an in-place write: {}", summary(report)));
+        }
+        for (id, quo_id, contacts) in &had {
+            let now = self
+                .app
+                .ledger()
+                .record(&ExternalId::parse(id).unwrap())
+                .await
+                .unwrap()
+                .and_then(|row| row.quo_id);
+            assert_eq!(
+                now.as_ref(),
+                Some(quo_id),
+                "{id} lost its Quo id over a CSV written in place"
+            );
+            assert!(
+                self.app.sandbox.contact(quo_id.as_str()).is_some(),
+                "{id}'s contact {quo_id} was deleted over a CSV written in place"
+            );
+            let now = self.app.sandbox.count_by_external_id(id);
+            assert!(
+                now <= *contacts,
+                "{id} had {contacts} contact(s) and has {now} after a CSV written in place"
+            );
+        }
+        self.no_truncated_values();
+    }
+
+    /// No contact holds a value that is a strict prefix of one someone typed into that field
+    /// and was never typed itself (a cell cut by a half-written file).
+    pub fn no_truncated_values(&self) {
+        let open = |v: &Value| v.to_string().trim_end_matches(['"', ']', '}']).to_string();
+        for (id, contacts) in self.contacts_by_record() {
+            for contact in contacts {
+                for (field, value) in self.quo_fields(&contact) {
+                    if self.log.was_typed(&id, &field, &value) || value.is_null() {
+                        continue;
+                    }
+                    let cut = open(&value);
+                    if let Some(whole) = self
+                        .log
+                        .edits(&id, &field)
+                        .iter()
+                        .find(|e| e.value != value && e.value.to_string().starts_with(&cut))
+                    {
+                        panic!(
+                            "{id}'s {field} holds {value}, a truncated prefix of {} (a half-written CSV read as whole)",
+                            whole.value
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// Runs a cycle and kills it at `at`; waits until the dead process's last request has
@@ -507,8 +701,16 @@ impl World {
             }
         }
         // Not while the operator's `--allow-mass-delete` is pending: that cycle may delete
-        // whatever is missing, a cut-short export included.
-        if linked.len() < 4 || self.allow_mass_delete_once {
+        // whatever is missing, a cut-short export included. Nor before a cycle has read the
+        // last cut-short export whole again: records it missed await a second read, and to
+        // the sync a cut now would be that read agreeing they are gone.
+        let awaiting = self
+            .app
+            .ledger()
+            .debug_query_i64("SELECT COUNT(*) FROM source_absences", &[])
+            .await
+            .unwrap();
+        if linked.len() < 4 || self.allow_mass_delete_once || awaiting > 0 {
             return self.cycle_or_kill().await;
         }
         // More than half of them: past any guard below 0.5 (the tests use 0.25).
@@ -598,8 +800,11 @@ impl World {
 pub fn summary(report: &CycleReport) -> String {
     let c = &report.counts;
     format!(
-        "created {} updated {} deleted {} to CRM {} quarantined {} unchanged {}{}",
+        "created {} adopted {} held {} exported {} updated {} deleted {} to CRM {} quarantined {} unchanged {}{}",
         c.created,
+        c.adopted,
+        c.held,
+        c.exported,
         c.updated,
         c.deleted,
         c.written_to_crm,
