@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, csv, custom_value, items};
+use common::{TestApp, csv, custom_value, free_addr, items, poll, readyz};
 use quo_sync::ledger::RecordState;
 use quo_sync::sandbox::{Fault, PatchMode, SandboxConfig};
 use serde_json::json;
@@ -508,33 +508,6 @@ async fn run_exits_1_after_auth_grace_when_a_quo_key_that_worked_is_refused() {
     assert!(stderr.contains("\"auth_refused\""), "{stderr}");
     assert!(stderr.contains("\"auth_failed\""), "{stderr}");
     assert!(stderr.contains("quo.auth_grace (3s)"), "{stderr}");
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// `GET /readyz`: status and body (0 when nothing answers yet).
-async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
-    match reqwest::Client::new()
-        .get(format!("http://{addr}/readyz"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-    {
-        Ok(response) => (response.status().as_u16(), response.text().await.unwrap()),
-        Err(_) => (0, String::new()),
-    }
-}
-
-/// Polls `check` every 50 ms for up to 20 s.
-async fn poll(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A create whose answer was lost is adopted later; an edit made in Quo in between is merged

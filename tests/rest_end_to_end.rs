@@ -8,7 +8,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{custom_value, items};
+use common::{custom_value, free_addr, items, poll, readyz};
 use quo_sync::config::Config;
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
 use quo_sync::sync::{CycleReport, Mode, SyncContext, run_cycle};
@@ -608,33 +608,6 @@ fn spawn_run(app: &RestApp, addr: std::net::SocketAddr) -> tokio::process::Child
         .kill_on_drop(true)
         .spawn()
         .expect("run starts")
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// `GET /readyz`: status and body (0 when nothing answers yet).
-async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
-    match reqwest::Client::new()
-        .get(format!("http://{addr}/readyz"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-    {
-        Ok(response) => (response.status().as_u16(), response.text().await.unwrap()),
-        Err(_) => (0, String::new()),
-    }
-}
-
-/// Polls `check` every 50 ms for up to 20 s.
-async fn poll(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `run` whose CRM credential never worked stops at its first refusal with exit code 2 and

@@ -8,7 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{TestApp, csv, row};
+use common::{TestApp, csv, free_addr, readyz, row};
 use quo_sync::ledger::Ledger;
 use quo_sync::sandbox::SandboxConfig;
 use serde_json::json;
@@ -245,23 +245,6 @@ async fn a_contact_linked_while_the_pass_ran_is_not_called_missing() {
             .unwrap(),
         0
     );
-}
-
-/// A free loopback address for the service listener.
-fn free_addr() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// `GET /readyz`: status and body.
-async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{addr}/readyz"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 /// An initial load of 60 contacts, then a service that scans every 100 ms and never cycles on

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp, WEBHOOK_KEY, csv, row, whsec};
+use common::{Backend, TestApp, WEBHOOK_KEY, csv, free_addr, row, whsec};
 use hmac::{Hmac, KeyInit, Mac};
 use quo_sync::config::Config;
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle, WebhookScheme, WebhookTarget};
@@ -22,13 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How soon a notice at a standby must be acted on by the leader.
 const WITHIN: Duration = Duration::from_millis(2500);
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();

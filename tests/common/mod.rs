@@ -527,3 +527,31 @@ pub async fn unlimited_sandbox() -> SandboxHandle {
     .await
     .expect("sandbox starts")
 }
+
+/// A free loopback address for a service listener.
+pub fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// `GET /readyz`: status and body (0 when nothing answers yet).
+pub async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
+    match reqwest::Client::new()
+        .get(format!("http://{addr}/readyz"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(response) => (response.status().as_u16(), response.text().await.unwrap()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Polls `check` every 50 ms for up to 20 s.
+pub async fn poll(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
