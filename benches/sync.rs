@@ -4,11 +4,20 @@
 //!   requests sent ÷ minimum needed;
 //! - one changed field on every record: requests ÷ minimum;
 //! - a no-change cycle over 100,000 and 1,000,000 CSV rows, run by the real binary: wall time and
-//!   peak RSS;
+//!   peak RSS; the same over a Windows-1252 export with a non-ASCII character in every row
+//!   (`no_change.rows_<n>_cp1252`, with `over_utf8`: its time ÷ the UTF-8 file's, same run), and
+//!   with a `sync.filter` admitting half of them (`no_change.rows_<n>_filtered`, with
+//!   `over_unfiltered`);
 //! - reverse path: delay from an in-app edit to the CRM write, by webhook and by polling;
 //! - failover (`ha`, `sync/ha.rs`): time for a standby to take over from a killed or paused leader;
 //! - reverse scans (`scan`, `sync/scan.rs`): one pass over 10,000 and 100,000 contacts at 10/s,
 //!   and the delay of CRM edits made meanwhile (`reverse.scan_<n>`);
+//! - day one (`day_one`, `sync/day_one.rs`): the first cycle in a workspace of 10,000 contacts
+//!   that already holds 3,000 of the CRM's 5,000 people (requests against the minimum), and the
+//!   peak RSS with a 100,000-contact workspace index.
+//! - soak (`soak`, `sync/soak.rs`): two `run` replicas for `QUO_SYNC_BENCH_SOAK_SECS` (600) under
+//!   random Quo 5xx bursts, the CRM down for 60 s and the leader SIGSTOPped past its lease: peak
+//!   RSS, RSS growth, convergence and duplicates.
 //! - activity logging (`activity`, `sync/activity.rs`): delivery-to-CRM delay with the contact
 //!   sync busy, and a 10,000-call backfill's requests and time.
 //!
@@ -36,12 +45,16 @@ use tokio_util::sync::CancellationToken;
 mod activity;
 #[path = "sync/crm.rs"]
 mod crm;
+#[path = "sync/day_one.rs"]
+mod day_one;
 #[path = "sync/ha.rs"]
 mod ha;
 #[path = "sync/scan.rs"]
 mod scan;
 #[path = "sync/service.rs"]
 mod service;
+#[path = "sync/soak.rs"]
+mod soak;
 
 const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
@@ -57,11 +70,31 @@ fn row(i: u64, company: &str) -> String {
 }
 
 fn write_csv(path: &Path, rows: u64, company: &str) {
+    write_csv_as(path, rows, company, Encoding::Utf8);
+}
+
+/// The text encoding a bench CSV is written in.
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Utf8,
+    Windows1252,
+}
+
+fn write_csv_as(path: &Path, rows: u64, company: &str, encoding: Encoding) {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(out, "{HEADER}").unwrap();
+    let mut line = |text: &str| match encoding {
+        Encoding::Utf8 => writeln!(out, "{text}").unwrap(),
+        Encoding::Windows1252 => {
+            let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(text);
+            assert!(!unmappable);
+            out.write_all(&bytes).unwrap();
+            out.write_all(b"\n").unwrap();
+        }
+    };
+    line(HEADER);
     for i in 0..rows {
-        writeln!(out, "{}", row(i, company)).unwrap();
+        line(&row(i, company));
     }
 }
 
@@ -179,8 +212,16 @@ async fn initial_load_at_real_rate(records: u64) -> Value {
     })
 }
 
-/// Seeds a ledger as if `rows` records had synced, then times the real binary's no-change cycle.
-async fn no_change(rows: u64) -> Value {
+/// The filter of `no_change.rows_<n>_filtered`: half the rows in scope (`lead_score` is
+/// `i % 100`), so the cycle both evaluates and remembers judgements.
+const NO_CHANGE_FILTER: &str = "int(record.lead_score) < 50";
+
+/// Seeds a ledger as if `rows` records had synced (under `filter`: the rows it admits synced,
+/// the others judged out of scope), then times the real binary's no-change cycle.
+/// `Windows1252`: the file is a Windows-1252 export whose every row holds a non-ASCII
+/// character (a company named "Société …"), read with `source.encoding = "auto"`, so every row
+/// takes the decoding path.
+async fn no_change(rows: u64, encoding: Encoding, filter: Option<&str>) -> Value {
     let sandbox = SandboxHandle::start(SandboxConfig {
         requests_per_second: 0,
         ..SandboxConfig::default()
@@ -189,9 +230,19 @@ async fn no_change(rows: u64) -> Value {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let csv_path = dir.path().join("contacts.csv");
-    write_csv(&csv_path, rows, "Acme");
-    let config_path = write_config(dir.path(), &sandbox, 10, "[reverse]\nenabled = false\n");
+    let company = match encoding {
+        Encoding::Utf8 => "Acme",
+        Encoding::Windows1252 => "Société",
+    };
+    write_csv_as(&csv_path, rows, company, encoding);
+    let mut extra = "[reverse]\nenabled = false\n".to_string();
+    if let Some(filter) = filter {
+        extra.push_str(&format!("[sync]\nfilter = '{filter}'\n"));
+    }
+    let config_path = write_config(dir.path(), &sandbox, 10, &extra);
     let config = Config::load_with_env(&config_path, std::iter::empty()).unwrap();
+    let scope = quo_sync::sync::ScopeRules::from_config(&config.sync).unwrap();
+    let (rules, filter_fields) = scope.fingerprint_inputs();
 
     // Seed: map every row exactly as a cycle would and commit it as synced.
     let seed_started = Instant::now();
@@ -200,20 +251,38 @@ async fn no_change(rows: u64) -> Value {
         .custom_fields()
         .await
         .unwrap();
-    let mapper = Arc::new(Mapper::new(&config.mapping, &defs).unwrap());
+    let mapper = Arc::new(
+        Mapper::new(&config.mapping, &defs)
+            .unwrap()
+            .fingerprint_also(&rules, &filter_fields),
+    );
     let ledger = Ledger::open(&config.ledger.path).await.unwrap();
     let source = Source::from_config(&config.source).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
     let reader = tokio::spawn(async move { source.read(ReadRequest::default(), tx).await });
     let contact: Contact = serde_json::from_value(json!({"id": "seed"})).unwrap();
     let mut batch = Vec::with_capacity(5000);
+    let mut out_of_scope = Vec::with_capacity(5000);
     let mut seeded = 0u64;
     while let Some(item) = rx.recv().await {
         let SourceItem::Record(record) = item else {
             panic!("bench rows are valid")
         };
-        let snapshot = mapper.map(&record).unwrap();
         let fingerprint = mapper.fingerprint(&record);
+        if !scope.admits(&record).unwrap() {
+            out_of_scope.push(quo_sync::ledger::ScopeMark {
+                external_id: record.external_id,
+                state: quo_sync::ledger::RecordState::OutOfScope,
+                fingerprint,
+                link: quo_sync::ledger::ScopeLink::Keep,
+            });
+            if out_of_scope.len() == 5000 {
+                ledger.mark_scope(&out_of_scope).await.unwrap();
+                out_of_scope.clear();
+            }
+            continue;
+        }
+        let snapshot = mapper.map(&record).unwrap();
         seeded += 1;
         batch.push((
             record.external_id,
@@ -227,6 +296,7 @@ async fn no_change(rows: u64) -> Value {
         }
     }
     flush(&ledger, &mut batch, &contact).await;
+    ledger.mark_scope(&out_of_scope).await.unwrap();
     reader.await.unwrap().unwrap();
     ledger.close().await;
     let seed_seconds = seed_started.elapsed().as_secs_f64();
@@ -256,6 +326,7 @@ async fn no_change(rows: u64) -> Value {
         "peak_rss_mib": summary["peak_rss_mib"],
         "phases_ms": summary["phases_ms"],
         "unchanged": summary["counts"]["unchanged"],
+        "out_of_scope": summary["counts"]["out_of_scope"],
         "requests": stats.requests_total,
         "writes": stats.writes_total(),
         "seed_seconds": seed_seconds,
@@ -421,9 +492,23 @@ fn main() {
         if wanted("no_change") {
             let mut no_change_figures = serde_json::Map::new();
             for rows in sizes {
-                let figures = no_change(rows).await;
+                let figures = no_change(rows, Encoding::Utf8, None).await;
                 eprintln!("no change, {rows} rows: {figures}");
+                let utf8_seconds = figures["seconds"].as_f64().unwrap_or(0.0);
                 no_change_figures.insert(format!("rows_{rows}"), figures);
+                // The same file as a Windows-1252 export, measured in the same run.
+                let mut figures = no_change(rows, Encoding::Windows1252, None).await;
+                let seconds = figures["seconds"].as_f64().unwrap_or(0.0);
+                figures["over_utf8"] = json!(seconds / utf8_seconds);
+                eprintln!("no change, {rows} rows, Windows-1252: {figures}");
+                no_change_figures.insert(format!("rows_{rows}_cp1252"), figures);
+                // Under a filter that admits half the rows, measured in the same run.
+                let mut filtered = no_change(rows, Encoding::Utf8, Some(NO_CHANGE_FILTER)).await;
+                filtered["filter"] = json!(NO_CHANGE_FILTER);
+                filtered["over_unfiltered"] =
+                    json!(filtered["seconds"].as_f64().unwrap_or(f64::NAN) / utf8_seconds);
+                eprintln!("no change, {rows} rows, filtered: {filtered}");
+                no_change_figures.insert(format!("rows_{rows}_filtered"), filtered);
             }
             figures.insert("no_change".into(), Value::Object(no_change_figures));
         }
@@ -452,6 +537,14 @@ fn main() {
             for (key, value) in scan::scans().await {
                 reverse[key] = value;
             }
+        }
+        if wanted("day_one") {
+            figures.insert("day_one".into(), day_one::day_one().await);
+        }
+        if wanted("soak") {
+            let soak = soak::soak().await;
+            eprintln!("soak: {soak}");
+            figures.insert("soak".into(), soak);
         }
         if wanted("activity") {
             figures.insert("activity".into(), activity::activity().await);

@@ -11,7 +11,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub mod paths;
+mod print;
+
+pub use paths::ResolvedPath;
+
+mod scope;
+pub use scope::{FieldSource, OnLeaveScope, SyncMode};
+mod csv_dialect;
+pub use csv_dialect::{
+    CsvDelimiter, CsvEncoding, CsvEscape, CsvQuote, DELIMITER_CANDIDATES, show_byte,
+};
+mod day_one;
+pub use day_one::{MatchExisting, NATIVE_SOURCES};
 
 /// Prefix of environment overrides (`QUO_SYNC__QUO__BASE_URL`).
 pub const ENV_PREFIX: &str = "QUO_SYNC";
@@ -61,6 +75,12 @@ impl fmt::Debug for HumanDuration {
     }
 }
 
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -75,7 +95,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
 }
 
 /// The whole configuration.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The Quo API.
@@ -107,18 +127,23 @@ pub struct Config {
     /// More than one replica on one ledger: the writer lease.
     #[serde(default)]
     pub ha: HaConfig,
+    /// The relative paths read against the configuration file's folder, as resolved (not a
+    /// key: filled by [`Config::load`], logged at start).
+    #[serde(skip)]
+    pub resolved_paths: Vec<ResolvedPath>,
     /// Calls, texts and voicemails logged on the CRM record (`src/activity/config.rs`).
     #[serde(default)]
     pub activity: Option<crate::activity::config::ActivityConfig>,
 }
 
 /// `[quo]`: the Quo API and how hard to use it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuoConfig {
     /// API root, default `https://api.quo.com`.
     pub base_url: String,
     /// The API key (also `QUO_API_KEY`, or `api_key_file`).
+    #[serde(serialize_with = "print::secret")]
     pub api_key: Option<SecretString>,
     /// A file holding the API key (Docker secrets).
     pub api_key_file: Option<PathBuf>,
@@ -139,6 +164,9 @@ pub struct QuoConfig {
     pub list_lag: HumanDuration,
     /// Optional link to the CRM record, `{id}` replaced by the external id.
     pub source_url_template: Option<String>,
+    /// How long the service keeps retrying while Quo refuses the API key (401), reporting
+    /// not-ready, before it stops with `auth_failed` (exit 1); default `5m`.
+    pub auth_grace: HumanDuration,
 }
 
 impl Default for QuoConfig {
@@ -155,17 +183,19 @@ impl Default for QuoConfig {
             list_lag: HumanDuration(Duration::from_secs(1)),
             concurrency: 16,
             source_url_template: None,
+            auth_grace: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
 
 /// `[ledger]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
     /// SQLite file, created if missing (ignored when `url` is set).
     pub path: PathBuf,
     /// PostgreSQL URL (`postgres://user:password@host:5432/db`); wins over `path`.
+    #[serde(serialize_with = "print::database_url")]
     pub url: Option<SecretString>,
     /// A file holding the PostgreSQL URL (Docker/Kubernetes secrets).
     pub url_file: Option<PathBuf>,
@@ -194,7 +224,7 @@ impl LedgerConfig {
 }
 
 /// Which adapter reads the CRM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     /// A CSV file.
@@ -204,7 +234,7 @@ pub enum SourceKind {
 }
 
 /// `[source]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// `csv` or `rest`.
@@ -219,12 +249,33 @@ pub struct SourceConfig {
     #[serde(default = "default_updated_at_field")]
     pub updated_at_field: String,
     /// `[source.rest]`: the REST CRM (rest).
-    #[serde(default)]
+    #[serde(default, serialize_with = "print::rest_table")]
     pub rest: Option<toml::Table>,
     /// Watch the CSV file and start a cycle when it changes (csv), default true; turn off where
     /// file events are unreliable (some network filesystems) and rely on `schedule.interval`.
     #[serde(default = "default_true")]
     pub watch: bool,
+    /// The CSV file's field separator (csv): `","`, `";"`, `"\t"`, `"|"` or `"auto"` (default:
+    /// chosen from the header line).
+    #[serde(default)]
+    pub delimiter: CsvDelimiter,
+    /// The CSV file's encoding (csv), default `auto`.
+    #[serde(default)]
+    pub encoding: CsvEncoding,
+    /// The CSV quote character (csv), default `"`.
+    #[serde(default)]
+    pub quote: CsvQuote,
+    /// The CSV escape character inside quotes (csv), default none (doubled quotes).
+    #[serde(default)]
+    pub escape: CsvEscape,
+    /// How long the CSV file's size and modification time must stay unchanged before
+    /// `quo-sync run` reads it (csv), default `1s`; `0s` reads at once.
+    #[serde(default = "default_quiet_period")]
+    pub quiet_period: HumanDuration,
+}
+
+fn default_quiet_period() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
 }
 
 fn default_true() -> bool {
@@ -240,42 +291,42 @@ fn default_updated_at_field() -> String {
 }
 
 /// One email or phone column and the label it gets in Quo.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabeledFieldMapping {
-    /// Source field (CSV column).
-    pub field: String,
+    /// Source field (CSV column), or `{ expr = "..." }`.
+    pub field: FieldSource,
     /// Quo label (`name`), e.g. `work`.
     pub label: String,
 }
 
 /// One custom field, named as in Quo.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomFieldMapping {
     /// The custom field's name in Quo (resolved to its key each cycle).
     pub name: String,
-    /// Source field (CSV column).
-    pub field: String,
+    /// Source field (CSV column), or `{ expr = "..." }`.
+    pub field: FieldSource,
     /// Separator for multi-select values, default `;`.
     #[serde(default)]
     pub delimiter: Option<String>,
 }
 
 /// `[mapping]`: source fields → Quo fields.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MappingConfig {
     /// Region for national-format phone numbers (ISO 3166 code), default `US`.
     pub default_region: String,
-    /// Source field for `firstName`.
-    pub first_name: Option<String>,
+    /// Source field for `firstName` (or `{ expr = "..." }`, as every entry may).
+    pub first_name: Option<FieldSource>,
     /// Source field for `lastName`.
-    pub last_name: Option<String>,
+    pub last_name: Option<FieldSource>,
     /// Source field for `company`.
-    pub company: Option<String>,
+    pub company: Option<FieldSource>,
     /// Source field for `role`.
-    pub role: Option<String>,
+    pub role: Option<FieldSource>,
     /// Email fields with their labels.
     pub emails: Vec<LabeledFieldMapping>,
     /// Phone fields with their labels.
@@ -303,7 +354,7 @@ impl Default for MappingConfig {
 }
 
 /// What to do when a record disappears from the source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnSourceDelete {
     /// Leave the Quo contact alone (default).
@@ -313,7 +364,7 @@ pub enum OnSourceDelete {
 }
 
 /// `[sync]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncConfig {
     /// `ignore` (default) or `delete`.
@@ -321,6 +372,17 @@ pub struct SyncConfig {
     /// Largest share of the managed contacts (or CRM rows) one cycle may delete, default `0.1`;
     /// above it the cycle deletes nothing and logs `mass_delete_refused`.
     pub max_delete_fraction: f64,
+    /// Which records are in scope: an expression over `record` (none: every record).
+    pub filter: Option<String>,
+    /// `keep` (default), `unlink` or `delete`: a synced record the filter no longer admits.
+    pub on_leave_scope: OnLeaveScope,
+    /// `upsert` (default), `update_only` or `create_only`.
+    pub mode: SyncMode,
+    /// Match a new record against the contacts already in the workspace before creating it.
+    pub match_existing: MatchExisting,
+    /// Sources of other API integrations (e.g. `zapier`) whose contacts may be adopted; contacts
+    /// without a source (made in the Quo app) always may.
+    pub adopt_sources: Vec<String>,
 }
 
 impl Default for SyncConfig {
@@ -328,12 +390,17 @@ impl Default for SyncConfig {
         Self {
             on_source_delete: OnSourceDelete::Ignore,
             max_delete_fraction: 0.1,
+            filter: None,
+            on_leave_scope: OnLeaveScope::Keep,
+            mode: SyncMode::Upsert,
+            match_existing: MatchExisting::PhoneOrEmail,
+            adopt_sources: Vec::new(),
         }
     }
 }
 
 /// `[schedule]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
     /// Time between the start of one cycle and the next, default `5m`.
@@ -349,7 +416,7 @@ impl Default for ScheduleConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One JSON object per line (default).
@@ -361,7 +428,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `auto` (default), `json` or `pretty`.
@@ -380,7 +447,7 @@ impl Default for LogConfig {
 }
 
 /// Which side wins a field changed on both sides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConflictPolicy {
     /// The side modified last (CRM last-modified vs Quo `updatedAt`), else the CRM.
@@ -392,7 +459,7 @@ pub enum ConflictPolicy {
 }
 
 /// Which way a field may flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldDirection {
     /// Both ways.
@@ -404,7 +471,7 @@ pub enum FieldDirection {
 }
 
 /// What to do when a managed contact is deleted in Quo.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnQuoDelete {
     /// Create it again from the CRM.
@@ -416,7 +483,7 @@ pub enum OnQuoDelete {
 }
 
 /// Per-field reverse-path settings, keyed by diff name (`firstName`, `custom:vip`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldPolicy {
     /// Overrides `reverse.conflict` for this field.
@@ -428,15 +495,19 @@ pub struct FieldPolicy {
 }
 
 /// `[reverse]`: Quo → CRM.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReverseConfig {
     /// Run the reverse path at all.
     pub enabled: bool,
     /// Webhook receiver address (`/webhooks/quo`, `/healthz`).
     pub listen: Option<SocketAddr>,
-    /// Webhook signing secret (legacy base64 key or `whsec_…`).
+    /// Webhook signing secret (legacy base64 key or `whsec_…`); it must decode to at least
+    /// [`MIN_WEBHOOK_KEY_BYTES`].
+    #[serde(serialize_with = "print::secret")]
     pub webhook_secret: Option<SecretString>,
+    /// A file holding the webhook signing secret (Docker/Kubernetes secrets).
+    pub webhook_secret_file: Option<PathBuf>,
     /// Scan interval; default `1m` without a webhook secret, `1h` with one (a slow fallback
     /// that pulls what a missed delivery left behind); `0s` disables.
     pub poll_interval: Option<HumanDuration>,
@@ -456,6 +527,13 @@ pub struct ReverseConfig {
     /// Longest a webhook delivery may take to arrive in full, default `10s` (slow clients get
     /// 408 instead of holding a connection).
     pub read_timeout: HumanDuration,
+    /// Contacts made in the Quo app after the first cycle become CRM records, default false.
+    pub create_in_crm: bool,
+    /// The CRM id of such a record (CSV), `{quo_id}` replaced: default `quo-{quo_id}`.
+    pub new_record_id: String,
+    /// A CRM field that carries the Quo contact id of a record made from a Quo contact, so an
+    /// interrupted create is found in the CRM instead of made twice.
+    pub quo_id_field: Option<String>,
     /// The URL at which Quo reaches `reverse.listen` (`https://sync.example.com`): with it,
     /// quo-sync registers its own webhooks (`quo-sync webhooks ensure`).
     pub public_url: Option<String>,
@@ -467,6 +545,7 @@ impl Default for ReverseConfig {
             enabled: true,
             listen: None,
             webhook_secret: None,
+            webhook_secret_file: None,
             poll_interval: None,
             conflict: ConflictPolicy::Newest,
             fields: BTreeMap::new(),
@@ -475,9 +554,27 @@ impl Default for ReverseConfig {
             inbox_retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             scan_share: 0.3,
             read_timeout: HumanDuration(Duration::from_secs(10)),
+            create_in_crm: false,
+            new_record_id: "quo-{quo_id}".into(),
+            quo_id_field: None,
             public_url: None,
         }
     }
+}
+
+/// The shortest Quo webhook signing key accepted, in decoded bytes: anyone can forge a
+/// signature with an empty or near-empty key.
+pub const MIN_WEBHOOK_KEY_BYTES: usize = 16;
+
+/// The signing key bytes of a Quo webhook secret: `whsec_<base64>` (Standard Webhooks) or plain
+/// base64 (legacy). `None` when it does not decode.
+pub fn webhook_signing_key(secret: &SecretString) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text = secret.expose_secret().trim();
+    let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
 }
 
 impl ReverseConfig {
@@ -493,7 +590,7 @@ impl ReverseConfig {
 }
 
 /// `[service]`: health and metrics.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
     /// Address for `/healthz`, `/readyz`, `/metrics`; none to disable.
@@ -501,13 +598,56 @@ pub struct ServiceConfig {
     /// Serve the operator console (`/`, `/api/...`) on `listen`; off by default.
     pub console: bool,
     /// The console's access token; required when `listen` is not a loopback address.
+    #[serde(serialize_with = "print::secret")]
     pub console_token: Option<SecretString>,
     /// A file holding the console token.
     pub console_token_file: Option<PathBuf>,
+    /// What `/readyz` means: `ledger` (default: the ledger answers) or `cycles` (and the last
+    /// `readiness_failed_cycles` cycles did not all fail).
+    pub readiness: Readiness,
+    /// With `readiness = "cycles"`: how many failed cycles in a row make the replica unready,
+    /// default 3.
+    pub readiness_failed_cycles: u32,
+    /// How long `run` lets in-flight work finish after SIGTERM/SIGINT/SIGHUP before it exits
+    /// anyway, default `8s` (a second Ctrl-C exits at once).
+    pub shutdown_grace: HumanDuration,
+    /// On every listener (`service.listen`, `reverse.listen`): the longest a client may take to
+    /// send a request's headers before the connection is closed, default `10s`.
+    pub header_timeout: HumanDuration,
+    /// On every listener: the longest a request may take, body included, before it is answered
+    /// 408, default `30s`.
+    pub request_timeout: HumanDuration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            console: false,
+            console_token: None,
+            console_token_file: None,
+            readiness: Readiness::Ledger,
+            readiness_failed_cycles: 3,
+            shutdown_grace: HumanDuration(Duration::from_secs(8)),
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// What `/readyz` answers 503 for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// Only an unreachable ledger: a failing cycle is for metrics and alerts
+    /// (`quo_sync_cycles_failed_total`), so the only replica stays in its Service.
+    Ledger,
+    /// Also `readiness_failed_cycles` failed cycles in a row.
+    Cycles,
 }
 
 /// `[ha]`: the writer lease that lets exactly one process write a ledger.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HaConfig {
     /// How long a lease lasts unless renewed (renewed every third of it); a standby takes over
@@ -529,6 +669,18 @@ impl HaConfig {
         (self.lease.0 / 3).min(Duration::from_secs(1))
     }
 }
+
+/// The least time a held lease of length `lease` has left whenever its renewals (every third of
+/// it) are on time, before the safety margin (a tenth) at its end: 17/30 of it. A leader's write
+/// timeouts are capped at it, and a write starts only when that much is left, so no write of a
+/// leader is still in flight when its lease can have passed to another process.
+pub fn lease_write_window(lease: Duration) -> Duration {
+    lease.saturating_sub(lease / 3).saturating_sub(lease / 10)
+}
+
+/// The shortest write timeout a lease must leave room for (or the configured timeout, when
+/// shorter): below it a write is cut short before Quo or the CRM can answer.
+pub const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Config {
     /// Loads `file` with environment overrides and validates it; no network.
@@ -570,6 +722,7 @@ impl Config {
             file: file_name.clone(),
             message: e.to_string(),
         })?;
+        config.resolve_paths(file);
         if config.quo.api_key.is_none() {
             if let Some(path) = &config.quo.api_key_file {
                 let key = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
@@ -591,6 +744,16 @@ impl Config {
                 reason: format!("cannot read {}: {e}", path.display()),
             })?;
             config.service.console_token = Some(SecretString::from(token.trim().to_string()));
+        }
+        if config.reverse.webhook_secret.is_none()
+            && let Some(path) = &config.reverse.webhook_secret_file
+        {
+            let secret = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
+                file: file_name.clone(),
+                key: "reverse.webhook_secret_file".into(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            config.reverse.webhook_secret = Some(SecretString::from(secret.trim().to_string()));
         }
         if config.ledger.url.is_none()
             && let Some(path) = &config.ledger.url_file
@@ -616,7 +779,60 @@ impl Config {
         }
         config.validate(&file_name)?;
         config.validate_console(&file_name)?;
+        config.validate_scope(&file_name)?;
+        config.validate_day_one(&file_name)?;
         Ok(config)
+    }
+
+    /// Makes every relative path absolute against the configuration file's folder (falling
+    /// back to the working directory where only it holds the file); see [`paths`].
+    fn resolve_paths(&mut self, file: &Path) {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let base = paths::config_dir(file, &cwd);
+        let mut found = Vec::new();
+        let mut one = |key: &str, path: &mut PathBuf| {
+            let resolved = paths::resolve(&base, &cwd, key, path);
+            *path = resolved.path.clone();
+            found.push(resolved);
+        };
+        if let Some(path) = self.source.path.as_mut() {
+            one("source.path", path);
+        }
+        if self.ledger.url.is_none() && self.ledger.url_file.is_none() {
+            one("ledger.path", &mut self.ledger.path);
+        }
+        for (key, path) in [
+            ("quo.api_key_file", self.quo.api_key_file.as_mut()),
+            ("ledger.url_file", self.ledger.url_file.as_mut()),
+            (
+                "service.console_token_file",
+                self.service.console_token_file.as_mut(),
+            ),
+            (
+                "reverse.webhook_secret_file",
+                self.reverse.webhook_secret_file.as_mut(),
+            ),
+        ] {
+            if let Some(path) = path {
+                one(key, path);
+            }
+        }
+        if let Some(table) = self.source.rest.as_mut() {
+            paths::resolve_table(&base, &cwd, "source.rest", table, &mut found);
+        }
+        self.resolved_paths = found;
+    }
+
+    /// Logs where each configured path was found (call once logging is set up); a path found
+    /// only in the working directory is a warning.
+    pub fn log_resolved_paths(&self) {
+        for resolved in &self.resolved_paths {
+            if resolved.from_working_directory {
+                tracing::warn!(event = "path_from_working_directory", key = %resolved.key, path = %resolved.path.display(), "found relative to the working directory, not beside the config file; relative paths are read beside the config file since 0.2: make it absolute or move the file");
+            } else {
+                tracing::info!(event = "config_path", key = %resolved.key, path = %resolved.path.display(), "configured path");
+            }
+        }
     }
 
     /// The console is safe by default: off unless asked for, and behind a token (at least 16
@@ -676,12 +892,47 @@ impl Config {
         }
     }
 
+    /// Refuses an `ha.lease` whose write window ([`lease_write_window`]) cannot hold a write of
+    /// the configured timeouts (`quo.timeout`, `source.rest.timeout`), or [`MIN_WRITE_TIMEOUT`]
+    /// when they are longer.
+    fn check_lease_fits_timeouts(&self, file: &str) -> Result<(), ConfigError> {
+        let window = lease_write_window(self.ha.lease.0);
+        let rest_timeout = self
+            .source
+            .rest
+            .as_ref()
+            .and_then(|t| crate::source::rest::RestSourceConfig::from_table(t).ok())
+            .map(|r| ("source.rest.timeout", r.timeout.0));
+        let timeouts = std::iter::once(("quo.timeout", self.quo.timeout.0)).chain(rest_timeout);
+        for (key, timeout) in timeouts {
+            let needed = timeout.min(MIN_WRITE_TIMEOUT);
+            if window < needed {
+                return Err(ConfigError::BadValue {
+                    file: file.to_string(),
+                    key: "ha.lease".into(),
+                    reason: format!(
+                        "{} is too short for {key} = {}: between renewals a leader's writes get at most 17/30 of the lease ({}), and a write needs {}; use at least {}",
+                        humantime::format_duration(self.ha.lease.0),
+                        humantime::format_duration(timeout),
+                        humantime::format_duration(window),
+                        humantime::format_duration(needed),
+                        humantime::format_duration(Duration::from_millis(
+                            (needed.as_millis() as u64 * 30).div_ceil(17)
+                        )),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let bad = |key: &str, reason: String| ConfigError::BadValue {
             file: file.to_string(),
             key: key.to_string(),
             reason,
         };
+        self.source.validate_dialect(file)?;
         if !(self.quo.base_url.starts_with("http://") || self.quo.base_url.starts_with("https://"))
         {
             return Err(bad(
@@ -718,6 +969,24 @@ impl Config {
                 ),
             ));
         }
+        if self.service.readiness_failed_cycles == 0 {
+            return Err(bad(
+                "service.readiness_failed_cycles",
+                "expected a whole number above 0".into(),
+            ));
+        }
+        for (key, timeout) in [
+            ("service.header_timeout", self.service.header_timeout),
+            ("service.request_timeout", self.service.request_timeout),
+        ] {
+            if timeout.0.is_zero() {
+                return Err(bad(
+                    key,
+                    "expected a duration above zero, like `10s`".into(),
+                ));
+            }
+        }
+        self.check_lease_fits_timeouts(file)?;
         if self.quo.concurrency == 0 {
             return Err(bad(
                 "quo.concurrency",
@@ -744,6 +1013,21 @@ impl Config {
                 "quo.source",
                 format!(
                     "{source:?} is reserved by Quo or not 1–72 characters; expected a label such as \"quo-sync\""
+                ),
+            ));
+        }
+        if let Some(secret) = &self.reverse.webhook_secret
+            && webhook_signing_key(secret).is_none_or(|key| key.len() < MIN_WEBHOOK_KEY_BYTES)
+        {
+            let key = if self.reverse.webhook_secret_file.is_some() {
+                "reverse.webhook_secret_file"
+            } else {
+                "reverse.webhook_secret"
+            };
+            return Err(bad(
+                key,
+                format!(
+                    "expected Quo's signing key, `whsec_<base64>` or base64, of at least {MIN_WEBHOOK_KEY_BYTES} bytes once decoded (the value is not shown)"
                 ),
             ));
         }

@@ -1,9 +1,13 @@
 //! The `quo-sync` binary: argument parsing and exit codes (`cli/`); everything else is in the
 //! library.
 //!
-//! Exit codes: 0 success; 2 configuration or usage error; 3 the cycle finished but some records
-//! were quarantined; 4 another process holds the ledger's writer lease (a one-shot writer that
-//! could not get it within `--wait`); 1 anything else.
+//! Exit codes: 0 success; 2 configuration or usage error (a credential Quo or the CRM refuses
+//! before this process ever saw it accepted included, and any refusal in a one-shot command:
+//! only an operator can fix it, so a supervisor should not restart into it); 3 the cycle
+//! finished but some records were quarantined; 4 another process holds the ledger's writer
+//! lease (a one-shot writer that could not get it within `--wait`); 1 anything else, a
+//! credential that worked and was then refused for longer than its grace included (`run`: a
+//! supervisor restarts it, and a key still refused then exits 2).
 
 mod cli;
 
@@ -50,7 +54,10 @@ fn main() -> ExitCode {
                     .is_some_and(AppError::is_config)
                     || error
                         .downcast_ref::<quo_sync::config::ConfigError>()
-                        .is_some();
+                        .is_some()
+                    || error
+                        .downcast_ref::<quo_sync::ledger::LedgerError>()
+                        .is_some_and(quo_sync::ledger::LedgerError::is_config);
                 eprintln!("quo-sync: error: {}", error_chain(&error));
                 ExitCode::from(if config_error {
                     EXIT_CONFIG

@@ -7,6 +7,10 @@
 //! fetch just those records with the record GET — no list call — and that partial read neither
 //! deletes the records it did not fetch nor moves the incremental high-water mark. A notice
 //! without ids, or with more than `MAX_NAMED_IDS`, still starts an incremental list read.
+//!
+//! No client can hold a listener: headers and bodies must arrive within their timeouts, an
+//! unsigned notice is refused before its body is read, and with `webhook.timestamp_header` a
+//! notice is signed with its time, refused outside five minutes and recognised when replayed.
 
 mod common;
 mod support;
@@ -133,6 +137,11 @@ struct Rig {
 
 impl Rig {
     async fn start(webhook: &str) -> Rig {
+        Self::start_with(webhook, "").await
+    }
+
+    /// With `service` lines added to `[service]`.
+    async fn start_with(webhook: &str, service: &str) -> Rig {
         let sandbox = SandboxHandle::start(SandboxConfig {
             requests_per_second: 0,
             ..SandboxConfig::default()
@@ -195,6 +204,7 @@ interval = "1h"
 
 [service]
 listen = "{addr}"
+{service}
 "#,
             quo = sandbox.base_url(),
             key = sandbox.api_key(),
@@ -437,4 +447,349 @@ async fn too_many_ids_fall_back_to_a_list_read_and_a_missing_one_is_skipped() {
         "a 404 for a named id fails no cycle: {runs:?}"
     );
     rig.stop().await;
+}
+
+/// A raw HTTP/1.1 connection to `addr`.
+async fn connect(url: &str) -> tokio::net::TcpStream {
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+/// Reads until the server answers or closes: the answer's first line ("" when closed
+/// without one), and how long it took.
+async fn answer_of(stream: &mut tokio::net::TcpStream, within: Duration) -> (String, Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(2).any(|w| w == b"\r\n") {
+                    break;
+                }
+            }
+            Err(_) => {
+                panic!("the server held the connection for {within:?} without answering or closing")
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    (
+        text.lines().next().unwrap_or_default().to_string(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn slow_headers_and_slow_bodies_cannot_hold_a_listener() {
+    use tokio::io::AsyncWriteExt;
+    let rig = Rig::start_with("", "header_timeout = \"1s\"\nrequest_timeout = \"1s\"").await;
+    // Headers trickled one byte every 200 ms: the connection is closed.
+    let mut slow = connect(&rig.url).await;
+    let trickle = tokio::spawn(async move {
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .unwrap();
+        for byte in b"X-Slow: 0123456789abcdefghijklmnopqrstuvwxyz"
+            .iter()
+            .cycle()
+        {
+            if slow.write_all(&[*byte]).await.is_err() {
+                return slow;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        unreachable!()
+    });
+    let mut slow = tokio::time::timeout(Duration::from_secs(5), trickle)
+        .await
+        .expect("slow headers were cut off")
+        .unwrap();
+    let (line, _) = answer_of(&mut slow, Duration::from_secs(2)).await;
+    assert!(!line.contains("200"), "{line}");
+    // A connection that sends nothing at all is closed too.
+    let mut silent = connect(&rig.url).await;
+    let (line, took) = answer_of(&mut silent, Duration::from_secs(3)).await;
+    assert!(!line.contains("200"), "{line}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // A signed notice whose body never comes: 408, not a held connection.
+    let body = br#"{"event":"contact.updated"}"#;
+    let mut stalled = connect(&rig.url).await;
+    stalled
+        .write_all(
+            format!(
+                "POST /webhooks/crm HTTP/1.1\r\nHost: localhost\r\nX-Signature: {}\r\nContent-Length: {}\r\n\r\n{{",
+                sign(SECRET, body),
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (line, took) = answer_of(&mut stalled, Duration::from_secs(5)).await;
+    assert!(line.contains("408"), "{line}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(rig.list_reads(), 1, "nothing read for them");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_unsigned_notice_is_refused_before_its_body_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let rig = Rig::start("").await;
+    let mut stream = connect(&rig.url).await;
+    // Headers only: a promised megabyte that never comes.
+    stream
+        .write_all(
+            b"POST /webhooks/crm HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (line, took) = answer_of(&mut stream, Duration::from_secs(3)).await;
+    assert!(line.contains("401"), "{line}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    rig.stop().await;
+}
+
+/// `X-Timestamp: <unix seconds>` and `X-Signature: sha256=hex(HMAC(secret, "<ts>.<body>"))`.
+fn sign_at(ts: i64, body: &[u8]) -> String {
+    let mut signed = format!("{ts}.").into_bytes();
+    signed.extend_from_slice(body);
+    sign(SECRET, &signed)
+}
+
+#[tokio::test]
+async fn a_timestamped_notice_is_refused_when_stale_and_ignored_when_replayed() {
+    let rig = Rig::start("timestamp_header = \"X-Timestamp\"").await;
+    let post = async |ts: Option<i64>, signature: String, body: &[u8]| {
+        let mut request = rig
+            .http
+            .post(&rig.url)
+            .header("X-Signature", signature)
+            .body(body.to_vec());
+        if let Some(ts) = ts {
+            request = request.header("X-Timestamp", ts.to_string());
+        }
+        request.send().await.unwrap().status().as_u16()
+    };
+    let body = br#"{"event":"contact.updated"}"#;
+    let now = chrono::Utc::now().timestamp();
+    // Without the timestamp, with the body alone signed, stale, or from the future: 401.
+    assert_eq!(post(None, sign(SECRET, body), body).await, 401);
+    assert_eq!(post(Some(now), sign(SECRET, body), body).await, 401);
+    assert_eq!(
+        post(Some(now - 600), sign_at(now - 600, body), body).await,
+        401
+    );
+    assert_eq!(
+        post(Some(now + 600), sign_at(now + 600, body), body).await,
+        401
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rig.list_reads(), 1, "refused notices read nothing");
+
+    rig.edit("h1", "Timely", chrono::Utc::now());
+    assert_eq!(post(Some(now), sign_at(now, body), body).await, 202);
+    wait_for("the notice's read", Duration::from_secs(3), async || {
+        first_name(&rig.sandbox, "h1").as_deref() == Some("Timely")
+            && rig.runs_finished().await == 2
+    })
+    .await;
+    // The same delivery again, within the window: acknowledged, nothing read.
+    for _ in 0..3 {
+        assert_eq!(post(Some(now), sign_at(now, body), body).await, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rig.list_reads(), 2, "a replay reads nothing");
+    assert_eq!(rig.runs_finished().await, 2, "a replay starts no cycle");
+    rig.stop().await;
+}
+
+/// The dialects the half-written-file guard is exercised in: each encodes the file's text, with
+/// its separator, and the `[source]` keys it needs. The guard looks at the file's size and
+/// modification time, and the cut falls inside a multi-byte name, so it works the same way in
+/// every one of them.
+#[derive(Clone, Copy)]
+enum Dialect {
+    Utf8Comma,
+    Windows1252Semicolon,
+    Utf16LeTab,
+}
+
+impl Dialect {
+    fn separator(self) -> &'static str {
+        match self {
+            Dialect::Utf8Comma => ",",
+            Dialect::Windows1252Semicolon => ";",
+            Dialect::Utf16LeTab => "\t",
+        }
+    }
+
+    fn encode(self, text: &str) -> Vec<u8> {
+        match self {
+            Dialect::Utf8Comma => text.as_bytes().to_vec(),
+            Dialect::Windows1252Semicolon => {
+                let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(text);
+                assert!(!unmappable);
+                bytes.into_owned()
+            }
+            Dialect::Utf16LeTab => [0xFF, 0xFE]
+                .into_iter()
+                .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+                .collect(),
+        }
+    }
+}
+
+/// A file rewritten in place (`cat > file`, `scp`, a streaming export) with a pause in the
+/// middle is read only once it is whole: the watcher's cycle waits until its size and
+/// modification time have been still for `source.quiet_period`. No record past the cut is
+/// deleted, and the row cut in half never sends its truncated name.
+async fn a_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole(dialect: Dialect) {
+    use std::collections::HashSet;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    // first_name is the last column, so a cut inside it still leaves a row of the right width.
+    let header = "crm_id,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at,first_name"
+        .replace(',', dialect.separator());
+    let file = |company_of_3: &str| {
+        let mut text = format!("{header}\n");
+        for i in 1..=20u32 {
+            let company = if i == 3 {
+                company_of_3.to_string()
+            } else {
+                format!("Acme {i}")
+            };
+            let row = format!(
+                "p-{i},Last{i},{company},Buyer,p{i}@example.com,,(415) 555-{:04},,{i},yes,2026-03-01,vip,https://p{i}.example.com,2026-01-01T00:00:00Z,Fírstname{i}\n",
+                1000 + i
+            );
+            text.push_str(&row.replace(',', dialect.separator()));
+        }
+        text
+    };
+    let mut app = TestApp::spawn_with(
+        "crm_id,first_name\n",
+        SandboxConfig::default(),
+        "[schedule]\ninterval = \"1h\"\n[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = 1.0\n[reverse]\nenabled = false\n",
+    )
+    .await;
+    std::fs::write(&app.csv_path, dialect.encode(&file("Acme 3"))).unwrap();
+    let config = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(
+        &app.config_path,
+        config.replacen(
+            "[source]\nkind = \"csv\"\n",
+            "[source]\nkind = \"csv\"\nquiet_period = \"2s\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    app.restart().await;
+    let service = app.start_service();
+    wait_for("first cycle", Duration::from_secs(15), async || {
+        app.sandbox.contacts().len() == 20
+    })
+    .await;
+    assert_eq!(
+        app.contact_for("p-7")["defaultFields"]["firstName"],
+        "Fírstname7"
+    );
+
+    // Everything Quo shows from now on: every first name, and the fewest contacts at once.
+    let names = Arc::new(Mutex::new(HashSet::new()));
+    let fewest = Arc::new(AtomicUsize::new(20));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (base, names, fewest, done) = (
+            app.sandbox.base_url(),
+            names.clone(),
+            fewest.clone(),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let contacts = common::sandbox_truth(&base).await;
+                fewest.fetch_min(contacts.len(), Ordering::Relaxed);
+                names.lock().unwrap().extend(
+                    contacts
+                        .iter()
+                        .filter_map(|c| c["defaultFields"]["firstName"].as_str())
+                        .map(str::to_string),
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // Rewritten in place: up to the middle of p-12's first name (past its accent), a pause,
+    // then the rest.
+    let new = file("Moved");
+    let cut = dialect
+        .encode(&new[..new.find("Fírstname12").unwrap() + "Fírstn".len()])
+        .len();
+    let new = dialect.encode(&new);
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&app.csv_path)
+        .unwrap();
+    writer.write_all(&new[..cut]).unwrap();
+    writer.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    writer.write_all(&new[cut..]).unwrap();
+    writer.flush().unwrap();
+    drop(writer);
+
+    wait_for(
+        "the rewrite reaches Quo",
+        Duration::from_secs(15),
+        async || app.contact_for("p-3")["defaultFields"]["company"] == "Moved",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    watcher.await.unwrap();
+
+    assert_eq!(fewest.load(Ordering::Relaxed), 20, "a contact was deleted");
+    let expected: HashSet<String> = (1..=20).map(|i| format!("Fírstname{i}")).collect();
+    let names = names.lock().unwrap().clone();
+    assert!(
+        names.is_subset(&expected),
+        "a truncated name reached Quo: {:?}",
+        names.difference(&expected).collect::<Vec<_>>()
+    );
+    let ids: Vec<String> = (1..=20).map(|i| format!("p-{i}")).collect();
+    app.assert_one_contact_per_record(&ids).await;
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_utf8_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole() {
+    a_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole(Dialect::Utf8Comma).await;
+}
+
+#[tokio::test]
+async fn a_windows_1252_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole() {
+    a_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole(
+        Dialect::Windows1252Semicolon,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_utf16le_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole() {
+    a_file_rewritten_in_place_with_a_pause_is_read_only_once_it_is_whole(Dialect::Utf16LeTab).await;
 }

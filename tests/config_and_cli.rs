@@ -117,9 +117,10 @@ fn env_overrides_every_section_and_the_api_key_env_is_read() {
         std::time::Duration::from_secs(90)
     );
     assert_eq!(config.log.format, quo_sync::config::LogFormat::Pretty);
+    // Relative paths are read beside the config file (#22).
     assert_eq!(
         config.source.path.as_deref(),
-        Some(std::path::Path::new("other.csv"))
+        Some(dir.path().join("other.csv").as_path())
     );
     use secrecy::ExposeSecret;
     assert_eq!(
@@ -135,7 +136,7 @@ fn the_api_key_never_shows_in_debug_output() {
         &dir,
         "c.toml",
         &format!(
-            "{MINIMAL}\n[quo]\napi_key = \"sk-very-secret-123\"\n[reverse]\nwebhook_secret = \"whsec_c2VjcmV0LXNpZ25pbmc=\"\n"
+            "{MINIMAL}\n[quo]\napi_key = \"sk-very-secret-123\"\n[reverse]\nwebhook_secret = \"whsec_c2VjcmV0LXNpZ25pbmcta2V5LTAwMDE=\"\n"
         ),
     );
     let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
@@ -334,4 +335,70 @@ fn once_exits_2_when_the_token_endpoint_refuses_the_credentials() {
     assert!(stderr.contains("invalid_client"), "{stderr}");
     assert!(!stderr.contains("s3cret-value"), "{stderr}");
     drop(runtime);
+}
+
+/// Anyone can sign with an empty or near-empty key: a Quo webhook key that decodes to fewer
+/// than 16 bytes (or does not decode) is refused at load, from the config or from
+/// `reverse.webhook_secret_file`, and the message never shows it.
+#[test]
+fn a_quo_webhook_key_under_16_bytes_exits_2_at_load() {
+    for secret in [
+        "",
+        "whsec_",
+        "whsec_c2VjcmV0",
+        // 15 bytes.
+        "MDEyMzQ1Njc4OWFiY2Rl",
+        "whsec_not base64 at all!",
+    ] {
+        let (code, stderr) = check_config(
+            "c.toml",
+            &format!("{MINIMAL}[reverse]\nwebhook_secret = \"{secret}\"\n"),
+        );
+        assert_eq!(code, Some(2), "{secret:?}: {stderr}");
+        assert!(stderr.contains("reverse.webhook_secret"), "{stderr}");
+        assert!(stderr.contains("16 bytes"), "{stderr}");
+        if secret.len() > 6 {
+            assert!(!stderr.contains(secret), "the key is shown: {stderr}");
+        }
+    }
+    // 16 bytes, in both forms.
+    for secret in ["MDEyMzQ1Njc4OWFiY2RlZg==", "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="] {
+        let (code, stderr) = check_config(
+            "c.toml",
+            &format!("{MINIMAL}[reverse]\nwebhook_secret = \"{secret}\"\n"),
+        );
+        assert_eq!(code, Some(0), "{secret}: {stderr}");
+    }
+
+    // From a file (Docker secrets), trimmed.
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(&dir, "good", "whsec_MDEyMzQ1Njc4OWFiY2RlZg==\n");
+    let path = write(
+        &dir,
+        "c.toml",
+        &format!(
+            "{MINIMAL}[reverse]\nwebhook_secret_file = {:?}\n",
+            good.display().to_string()
+        ),
+    );
+    let config = Config::load_with_env(&path, std::iter::empty()).expect("a good key file");
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        config
+            .reverse
+            .webhook_secret
+            .as_ref()
+            .expect("read from the file")
+            .expose_secret(),
+        "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="
+    );
+    let short = write(&dir, "short", "whsec_c2VjcmV0\n");
+    assert_refused(
+        "c.toml",
+        &format!(
+            "{MINIMAL}[reverse]\nwebhook_secret_file = {:?}\n",
+            short.display().to_string()
+        ),
+        &["reverse.webhook_secret_file", "16 bytes"],
+    );
 }

@@ -1,300 +1,99 @@
 //! A randomized convergence check in the spirit of a model-based (Jepsen-style) test: both sides
 //! are edited at random while random faults hit the wire and the process is killed at random
-//! points; then the faults stop, quiet cycles run, and what both sides hold is checked against
-//! a log of every edit a person made.
+//! points; then the faults stop, quiet cycles run until one writes nothing, and what both sides
+//! hold is checked against a log of every value a person typed.
 //!
-//! Invariants: no duplicate contact; every CRM record linked to exactly one contact; every
-//! managed field equal on both sides and equal to the last edit made to it on either side,
-//! unless a conflict was recorded for it (then the value is one side's and the conflict names
-//! it); every unmanaged app-side edit kept.
+//! What people do (`convergence/model.rs`, `convergence/world.rs`): in the CRM, edit every
+//! managed field kind (first and last name, company, role, both email labels, both phone
+//! labels, a number, a boolean, a date, a multi-select and a url custom field, optional ones
+//! sometimes cleared), add records, delete records, and now and then export only part of the
+//! file; in the Quo app, edit the same field kinds, type, retype and clear notes, add or change
+//! a home email, and delete contacts (`on_quo_delete = "recreate"` brings them back); and now
+//! and then change one field of one record on both sides before the sync runs (a conflict).
 //!
-//! `cargo test` runs a short version. The long one: `QUO_SYNC_CONVERGENCE_SEEDS=200 cargo test
-//! --release --test convergence` (and `QUO_SYNC_CONVERGENCE_SEED=N` replays one seed). A failure
-//! prints its seed.
+//! Faults (`convergence/faults.rs`, one drawn per step): 429s, 500s, an outage longer than the
+//! retries (a failed cycle or a quarantined record), lost answers (counted and
+//! seeded), webhooks off, dropped or doubled webhooks, lagging lists, a repeated page token, a
+//! lost create behind a list that lags until the faults clear, slow answers. A CSV written in
+//! place (#21): truncated, then written in 2 to 4 chunks cut at random byte offsets (mid-row
+//! too) with 20 to 100 ms pauses, shorter than `source.quiet_period` (150 ms; reads are guarded
+//! as `quo-sync run` guards them, re-armed after every restart), while a cycle runs that starts
+//! with the file half-written; every other write replaces the file by rename. After such a
+//! cycle: no record that had a contact lost its Quo id or its contact or gained a twin, and no
+//! contact holds a truncated prefix of a typed value; a run of several seeds must have had a
+//! cycle start on a half-written file. Kills: at a random
+//! moment, or at the moment a write reaches Quo; each records whether a write was in flight,
+//! and a run of several seeds must have killed some mid-write.
+//!
+//! Day one (#20, `convergence/day_one.rs`): the workspace already holds people before the first
+//! cycle (app-made contacts matching `k-1` by phone and `k-2` by email, each with a note; a
+//! Zapier contact on `k-3`'s phone; `k-4`'s person entered twice), and people make contacts in
+//! the app mid-run; seeds rotate `reverse.create_in_crm`. Held records stay held, the contacts
+//! they match untouched, no person has two contacts of ours, adopted notes survive, and an
+//! app-made contact becomes exactly one CRM row linked to it (with `create_in_crm`) or is never
+//! written (without).
+//!
+//! Seeds rotate the conflict policy (`newest`, `crm`, `quo`), turn the mass-deletion guard on
+//! (`max_delete_fraction = 0.25`, with exports cut short that it must refuse) for even seeds,
+//! and draw PATCH semantics (merge or replace) and whether Quo answers 409 to a repeated
+//! externalId.
+//!
+//! Invariants (`convergence/invariants.rs`), after a quiet cycle that wrote nothing (at most
+//! [`QUIET_CAP`] quiet cycles, else the seed fails):
+//! - no duplicate contact, and no contact without a CRM record;
+//! - every CRM record linked to exactly one contact, whose id the ledger holds;
+//! - no email or phone number twice on a contact, no two items under one label;
+//! - every conflict row names two values someone typed into that field, exactly, and the
+//!   winner the seed's policy picks;
+//! - the CRM and Quo agree on every managed field;
+//! - every managed field and every Quo-only value (notes, a home email) holds the last value
+//!   anyone put there, or a conflict names what it holds as the winner and that last value as
+//!   the loser.
+//!
+//! And after every cycle that finishes, faults and all (`invariants::cycle_counts_agree`): the
+//! progress a display shows agrees with the cycle's report (confirmed creates, updates and
+//! deletes are the report's, never more than planned; rows held back are the quarantined
+//! records; every CSV row read; back to idle), the run row `status` reads holds the report's
+//! counts, and the requests and 429s counted are the ones the sandbox answered (for a failed
+//! cycle too, whose run row must say failed, with its error). A seed that
+//! hangs fails at its timeout; one that blocks the runtime itself, at a watchdog thread's.
+//!
+//! `cargo test` runs 12 seeds of 12 steps. The long one: `QUO_SYNC_CONVERGENCE_SEEDS=200 cargo
+//! test --release --test convergence`; `QUO_SYNC_CONVERGENCE_SEED=N` replays one seed,
+//! `QUO_SYNC_CONVERGENCE_STEPS` sets the steps, `QUO_SYNC_CONVERGENCE_SEED_TIMEOUT` the seconds a
+//! seed may take (default 120) and `QUO_SYNC_CONVERGENCE_TRACE=1` prints each step as it
+//! happens. A failure prints its seed and its steps.
 
 mod common;
+#[path = "convergence/day_one.rs"]
+mod day_one;
+#[path = "convergence/faults.rs"]
+mod faults;
+#[path = "convergence/invariants.rs"]
+mod invariants;
+#[path = "convergence/model.rs"]
+mod model;
+#[path = "convergence/world.rs"]
+mod world;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{TestApp, WEBHOOK_KEY, csv, row, whsec};
-use quo_sync::sandbox::{Fault, PatchMode, SandboxConfig, WebhookScheme, WebhookTarget};
+use common::{TestApp, csv, row, whsec};
+use faults::FaultKind;
+use quo_sync::sandbox::{PatchMode, SandboxConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
+use world::World;
 
-/// CSV columns a person edits, with the Quo field they map to.
-const MANAGED: [(usize, &str); 3] = [(2, "lastName"), (3, "company"), (4, "role")];
-/// Column of `updated_at`.
-const UPDATED_AT: usize = 14;
+/// `source.quiet_period`: a guarded read waits until the CSV has been still this long (the
+/// pauses of an in-place write are shorter).
+const QUIET_PERIOD: Duration = Duration::from_millis(150);
 
-/// One edit a person made.
-#[derive(Debug, Clone)]
-struct Edit {
-    side: &'static str,
-    value: String,
-}
+/// Quiet cycles allowed before one must write nothing.
+const QUIET_CAP: usize = 8;
 
-/// What people did, per record and field, in order.
-#[derive(Debug, Default)]
-struct Log {
-    managed: BTreeMap<(String, String), Vec<Edit>>,
-    notes: BTreeMap<String, String>,
-    deleted_in_crm: std::collections::BTreeSet<String>,
-}
-
-struct World {
-    app: TestApp,
-    rng: StdRng,
-    log: Log,
-    next_id: u32,
-    word: u32,
-}
-
-impl World {
-    fn word(&mut self, prefix: &str) -> String {
-        self.word += 1;
-        format!("{prefix}{}", self.word)
-    }
-
-    fn crm_rows(&self) -> Vec<Vec<String>> {
-        self.app
-            .csv_text()
-            .lines()
-            .skip(1)
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split(',').map(str::to_string).collect())
-            .collect()
-    }
-
-    fn write_rows(&self, rows: &[Vec<String>]) {
-        let lines: Vec<String> = rows.iter().map(|r| r.join(",")).collect();
-        self.app.write_csv(&csv(&lines));
-    }
-
-    /// A person edits the CRM: a field, a new record, or a deletion.
-    fn edit_crm(&mut self) {
-        let mut rows = self.crm_rows();
-        let roll = self.rng.random_range(0..10);
-        if roll == 0 || rows.is_empty() {
-            self.next_id += 1;
-            let id = format!("k-{}", self.next_id);
-            rows.push(
-                row(&id, self.next_id)
-                    .split(',')
-                    .map(str::to_string)
-                    .collect(),
-            );
-            for (col, field) in MANAGED {
-                let value = rows.last().unwrap()[col].clone();
-                self.log.managed.insert(
-                    (id.clone(), field.to_string()),
-                    vec![Edit { side: "crm", value }],
-                );
-            }
-        } else if roll == 1 && rows.len() > 3 {
-            let i = self.rng.random_range(0..rows.len());
-            let gone = rows.remove(i);
-            trace(|| format!("crm delete {}", gone[0]));
-            self.log.deleted_in_crm.insert(gone[0].clone());
-        } else {
-            let i = self.rng.random_range(0..rows.len());
-            let (col, field) = MANAGED[self.rng.random_range(0..MANAGED.len())];
-            let value = self.word("crm");
-            rows[i][col] = value.clone();
-            trace(|| format!("crm edit {} {field} = {value}", rows[i][0]));
-            rows[i][UPDATED_AT] =
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            self.log
-                .managed
-                .entry((rows[i][0].clone(), field.to_string()))
-                .or_default()
-                .push(Edit { side: "crm", value });
-        }
-        self.write_rows(&rows);
-    }
-
-    /// A person edits a contact in the Quo app: a managed field, or the unmanaged notes.
-    fn edit_quo(&mut self) {
-        let rows = self.crm_rows();
-        if rows.is_empty() {
-            return;
-        }
-        let id = rows[self.rng.random_range(0..rows.len())][0].clone();
-        let contacts: Vec<Value> = self
-            .app
-            .sandbox
-            .contacts()
-            .into_iter()
-            .filter(|c| c["externalId"] == id.as_str())
-            .collect();
-        let [contact] = contacts.as_slice() else {
-            return;
-        };
-        let quo_id = contact["id"].as_str().unwrap().to_string();
-        if self.rng.random_bool(0.3) {
-            let value = self.word("note");
-            if self
-                .app
-                .sandbox
-                .app_edit(
-                    &quo_id,
-                    json!({"customFields": [{"key": "notes", "value": value}]}),
-                )
-                .is_some()
-            {
-                self.log.notes.insert(id, value);
-            }
-            return;
-        }
-        let (_, field) = MANAGED[self.rng.random_range(0..MANAGED.len())];
-        let value = self.word("quo");
-        if self
-            .app
-            .sandbox
-            .app_edit(&quo_id, json!({"defaultFields": {field: value}}))
-            .is_some()
-        {
-            trace(|| format!("quo edit {id} {field} = {value}"));
-            self.log
-                .managed
-                .entry((id, field.to_string()))
-                .or_default()
-                .push(Edit { side: "quo", value });
-        }
-    }
-
-    /// A person deletes a contact in the Quo app; `recreate` brings it back from the CRM, so
-    /// what was typed only in Quo for it is gone by the deletion, not by the sync.
-    fn delete_in_quo(&mut self) {
-        let rows = self.crm_rows();
-        if rows.is_empty() {
-            return;
-        }
-        let r = &rows[self.rng.random_range(0..rows.len())];
-        let contact = self
-            .app
-            .sandbox
-            .contacts()
-            .into_iter()
-            .find(|c| c["externalId"] == r[0].as_str());
-        if let Some(c) = contact
-            && self.app.sandbox.app_delete(c["id"].as_str().unwrap())
-        {
-            trace(|| format!("quo delete {} ({})", r[0], c["id"]));
-            for (col, field) in MANAGED {
-                let edits = self
-                    .log
-                    .managed
-                    .entry((r[0].clone(), field.to_string()))
-                    .or_default();
-                edits.retain(|e| e.side == "crm");
-                edits.push(Edit {
-                    side: "crm",
-                    value: r[col].clone(),
-                });
-            }
-            self.log.notes.remove(&r[0]);
-        }
-    }
-
-    /// A random fault on the wire, or none.
-    async fn fault(&mut self) {
-        let base = self.app.sandbox.base_url();
-        let seed: u64 = self.rng.random_range(0..1_000_000);
-        let kind = self.rng.random_range(0..12);
-        trace(|| format!("fault {kind} (seed {seed})"));
-        match kind {
-            0 => self.app.sandbox.inject(Fault::Status {
-                status: 429,
-                count: self.rng.random_range(1..4),
-                retry_after: Some(0),
-            }),
-            1 => self.app.sandbox.inject(Fault::Status {
-                status: 500,
-                count: self.rng.random_range(1..4),
-                retry_after: None,
-            }),
-            2 => self.app.sandbox.inject(Fault::DropAfterWrite {
-                count: self.rng.random_range(1..4),
-            }),
-            3 => {
-                common::sandbox_fault(
-                    &base,
-                    json!({"kind": "drop_after_write_ratio", "ratio": 0.4, "seed": seed}),
-                )
-                .await
-            }
-            4 => self.app.sandbox.set_webhook(None),
-            5 | 6 => {
-                common::sandbox_fault(
-                    &base,
-                    json!({"kind": "lagging_list", "ratio": 0.3, "seed": seed, "next_created": 1, "lists": 3}),
-                )
-                .await
-            }
-            7 => {
-                common::sandbox_fault(
-                    &base,
-                    json!({"kind": "webhook_duplicate", "ratio": 0.5, "seed": seed}),
-                )
-                .await
-            }
-            8 => {
-                common::sandbox_fault(
-                    &base,
-                    json!({"kind": "webhook_drop", "ratio": 0.5, "seed": seed}),
-                )
-                .await
-            }
-            9 => common::sandbox_fault(&base, json!({"kind": "repeat_page_token", "count": 1})).await,
-            // The next write's answer is lost, the next contact created stays out of every list
-            // until the faults clear, and no webhook announces it: a lost create whose lookups
-            // miss makes a twin (where Quo accepts a repeated externalId), which the quiet
-            // cycles' scans must find and remove.
-            10 => {
-                common::sandbox_fault(
-                    &base,
-                    json!({"kind": "lagging_list", "seed": seed, "next_created": 1, "scope": "all"}),
-                )
-                .await;
-                self.app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
-                self.app.sandbox.set_webhook(None);
-            }
-            _ => {}
-        }
-    }
-
-    async fn point_webhooks(&self) {
-        let url = self.app.start_receiver().await;
-        self.app.sandbox.set_webhook(Some(WebhookTarget {
-            url,
-            secret_key: WEBHOOK_KEY.to_vec(),
-            scheme: WebhookScheme::Standard,
-        }));
-    }
-
-    /// One cycle, or a cycle killed at a random point and a restart.
-    async fn cycle_or_kill(&mut self) {
-        if self.rng.random_bool(0.2) {
-            let ctx = self.app.ctx.clone();
-            let task = tokio::spawn(async move {
-                quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply).await
-            });
-            let after = Duration::from_micros(self.rng.random_range(0..15_000));
-            trace(|| format!("kill after {after:?}"));
-            tokio::time::sleep(after).await;
-            task.abort();
-            let _ = task.await;
-            self.app.restart().await;
-            self.point_webhooks().await;
-        } else {
-            // Faults may fail a cycle as a whole (a 500 on the custom-field read): that is a
-            // failed run, retried by the next cycle, not a test failure.
-            let _ = quo_sync::sync::run_cycle(&self.app.ctx, quo_sync::sync::Mode::Apply).await;
-        }
-    }
-}
+/// The conflict policies seeds rotate through.
+const POLICIES: [&str; 3] = ["newest", "crm", "quo"];
 
 /// The current seed's steps, kept so a failure can say what led to it without the trace
 /// setting (whose logging slows the run enough to hide timing-dependent failures).
@@ -312,19 +111,36 @@ fn trace(line: impl FnOnce() -> String) {
         .push(line);
 }
 
-async fn run_seed(seed: u64, steps: usize) {
-    if std::env::var_os("QUO_SYNC_CONVERGENCE_TRACE").is_some() {
-        quo_sync::telemetry::init(quo_sync::config::LogFormat::Json, "debug");
-    }
+/// What a seed's kills did and what its cycles' counters were checked on, for the run's own
+/// check.
+#[derive(Debug, Default)]
+struct KillTally {
+    kills: usize,
+    mid_write: usize,
+    in_place_overlaps: u32,
+    counted: world::CountTally,
+}
+
+/// The world for `seed`: its policy, guard, PATCH semantics and 409 switch, and six records.
+async fn world_for(seed: u64) -> World {
     let mut rng = StdRng::seed_from_u64(seed);
+    let policy = POLICIES[(seed % 3) as usize];
+    let guarded = seed.is_multiple_of(2);
     let patch_mode = if rng.random_bool(0.5) {
         PatchMode::Merge
     } else {
         PatchMode::Replace
     };
     let conflict_on_duplicate = rng.random_bool(0.5);
+    let create_in_crm = (seed / 2) % 2 == 1;
+    let fraction = if guarded { 0.25 } else { 1.0 };
+    trace(|| {
+        format!(
+            "seed {seed}: conflict {policy}, max_delete_fraction {fraction}, {patch_mode:?} PATCH, 409 {conflict_on_duplicate}"
+        )
+    });
     let initial: Vec<String> = (1..=6).map(|i| row(&format!("k-{i}"), i)).collect();
-    let app = TestApp::spawn_with(
+    let mut app = TestApp::spawn_with(
         &csv(&initial),
         SandboxConfig {
             patch_mode,
@@ -332,164 +148,219 @@ async fn run_seed(seed: u64, steps: usize) {
             ..SandboxConfig::default()
         },
         &format!(
-            "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = 1.0\n\
-             [reverse]\nwebhook_secret = \"{}\"\npoll_interval = \"1ms\"\nconflict = \"crm\"\non_quo_delete = \"recreate\"\n",
+            "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = {fraction}\n\
+             [reverse]\nwebhook_secret = \"{}\"\npoll_interval = \"1ms\"\nconflict = \"{policy}\"\non_quo_delete = \"recreate\"\ncreate_in_crm = {create_in_crm}\n",
             whsec()
         ),
     )
     .await;
-    let mut world = World {
-        app,
-        rng,
-        log: Log::default(),
-        next_id: 6,
-        word: 0,
-    };
-    for i in 1..=6 {
-        for (col, field) in MANAGED {
-            let value = initial[i - 1].split(',').nth(col).unwrap().to_string();
-            world.log.managed.insert(
-                (format!("k-{i}"), field.to_string()),
-                vec![Edit { side: "crm", value }],
-            );
-        }
+    // `[source]` is the harness's own section: the quiet period goes into it, then the
+    // process starts again on that config.
+    let config = std::fs::read_to_string(&app.config_path).unwrap();
+    let config = config.replacen(
+        "kind = \"csv\"\n",
+        &format!(
+            "kind = \"csv\"\nquiet_period = \"{}ms\"\n",
+            QUIET_PERIOD.as_millis()
+        ),
+        1,
+    );
+    assert!(config.contains("quiet_period"), "the quiet period is set");
+    std::fs::write(&app.config_path, config).unwrap();
+    app.restart().await;
+    let mut world = World::new(app, rng, policy, guarded, 6).await;
+    world.seed_existing(create_in_crm);
+    world
+}
+
+async fn run_seed(seed: u64, steps: usize) -> KillTally {
+    if std::env::var_os("QUO_SYNC_CONVERGENCE_TRACE").is_some() {
+        quo_sync::telemetry::init(quo_sync::config::LogFormat::Json, "debug");
     }
+    let mut world = world_for(seed).await;
     world.point_webhooks().await;
-    for _ in 0..steps {
+    for step in 1..=steps {
+        trace(|| format!("step {step}"));
         for _ in 0..world.rng.random_range(0..3) {
-            world.edit_crm();
+            world.edit_crm().await;
         }
         for _ in 0..world.rng.random_range(0..3) {
-            world.edit_quo();
+            world.edit_quo().await;
+        }
+        if world.rng.random_bool(0.35) {
+            world.edit_one_field_on_both_sides().await;
         }
         if world.rng.random_bool(0.05) {
             world.delete_in_quo();
         }
-        world.fault().await;
-        trace(|| "cycle".into());
-        world.cycle_or_kill().await;
+        if world.rng.random_bool(0.15) {
+            world.create_in_app();
+        }
+        let mut fault = FaultKind::draw(&mut world.rng);
+        // Day one's listing (until a cycle completes) sees every contact already there: a list that
+        // hides some of them then (a twin unseen, so the other is adopted; a match unseen, so
+        // a second contact is made) is a known limitation, not drawn here (docs/testing.md).
+        while world.counted.cycles == 0
+            && matches!(
+                fault,
+                FaultKind::LaggingList | FaultKind::LostCreateBehindLaggingList
+            )
+        {
+            fault = FaultKind::draw(&mut world.rng);
+        }
+        trace(|| format!("fault {fault:?}"));
+        fault.inject(&world.app, &mut world.rng).await;
+        if world.guarded && world.rng.random_bool(0.1) {
+            world.cycle_on_a_cut_short_export().await;
+        } else if world.rng.random_bool(0.12) {
+            world.cycle_during_an_in_place_write().await;
+        } else {
+            world.cycle_or_kill().await;
+        }
     }
-    // Quiet: no faults, webhooks back, then cycles until nothing moves (at most a few).
+    trace(|| "quiet".into());
     common::sandbox_clear_faults(&world.app.sandbox.base_url()).await;
     world.point_webhooks().await;
-    for _ in 0..2 {
-        world.app.cycle().await;
-    }
-    check(&world).await;
-    world.app.sandbox.reset_stats();
-    let report = world.app.cycle().await;
-    assert_eq!(
-        world.app.sandbox.stats().writes_total(),
-        0,
-        "a further quiet cycle writes nothing: {report:?}"
-    );
-}
-
-async fn check(world: &World) {
-    let app = &world.app;
-    let rows = world.crm_rows();
-    let conflicts = app.ledger().conflicts(100_000).await.unwrap();
-    let contacts = app.sandbox.contacts();
-    // No duplicates, and every contact of ours belongs to a CRM record.
-    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
-    for c in &contacts {
-        *per_id
-            .entry(c["externalId"].as_str().unwrap_or("").to_string())
-            .or_default() += 1;
-    }
-    for (id, n) in &per_id {
-        assert_eq!(*n, 1, "{id} has {n} contacts");
-    }
-    let ids: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();
-    app.assert_one_contact_per_record(&ids).await;
-    let mut strays = Vec::new();
-    for id in per_id.keys().filter(|id| !ids.contains(id)) {
-        let row = app
-            .ledger()
-            .record(&quo_sync::domain::ExternalId::parse(id).unwrap())
-            .await
-            .unwrap();
-        strays.push(format!(
-            "{id}: {:?}",
-            row.map(|r| (r.state, r.quo_id, r.attempts, r.last_error))
-        ));
-    }
-    assert!(
-        strays.is_empty(),
-        "contacts without a CRM record (CRM has {ids:?}; deleted in the CRM: {:?}): {strays:?}",
-        world.log.deleted_in_crm
-    );
-    for r in &rows {
-        let id = &r[0];
-        let contact = app.contact_for(id);
-        for (col, field) in MANAGED {
-            let quo = contact["defaultFields"][field]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            assert_eq!(quo, r[col], "{id}.{field}: Quo {quo:?} vs CRM {:?}", r[col]);
-            let edits = &world.log.managed[&(id.clone(), field.to_string())];
-            let last = edits.last().unwrap();
-            if quo != last.value {
-                let recorded = conflicts.iter().any(|c| {
-                    c.external_id == *id
-                        && c.field == field
-                        && c.crm_value
-                            .as_deref()
-                            .is_some_and(|v| v.contains(&quo) || v.contains(&last.value))
-                });
-                assert!(
-                    recorded,
-                    "{id}.{field} = {quo:?}, but the last edit was {last:?} (all: {edits:?}) and no conflict names it"
-                );
-                assert!(
-                    edits.iter().any(|e| e.value == quo),
-                    "{id}.{field} = {quo:?} was never typed by anyone: {edits:?}"
-                );
-            }
-        }
-        if let Some(note) = world.log.notes.get(id) {
-            let have = common::custom_value(&contact, "notes");
-            // A contact deleted in Quo and recreated from the CRM has lost its app-only notes:
-            // that is the deletion's doing, not the sync's.
-            if have != Value::Null {
-                assert_eq!(have, json!(note), "{id}: app-side notes kept");
-            }
-        }
+    world.quiet(QUIET_CAP).await;
+    invariants::check(&world).await;
+    KillTally {
+        kills: world.kills.iter().filter(|k| k.mid_cycle).count(),
+        mid_write: world.kills.iter().filter(|k| k.write_in_flight).count(),
+        in_place_overlaps: world.in_place_overlaps,
+        counted: world.counted,
     }
 }
 
+/// `QUO_SYNC_CONVERGENCE_SEED` (one), else seeds 1..=`QUO_SYNC_CONVERGENCE_SEEDS` (default 12);
+/// zero seeds or a value that is not a number is an error, not a pass.
 fn seeds() -> Vec<u64> {
     if let Ok(one) = std::env::var("QUO_SYNC_CONVERGENCE_SEED") {
-        return vec![one.parse().expect("a seed number")];
+        return vec![
+            one.parse()
+                .expect("QUO_SYNC_CONVERGENCE_SEED is a seed number"),
+        ];
     }
-    let count: u64 = std::env::var("QUO_SYNC_CONVERGENCE_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+    let count: u64 = env_number("QUO_SYNC_CONVERGENCE_SEEDS", 12);
+    assert!(
+        count > 0,
+        "QUO_SYNC_CONVERGENCE_SEEDS=0 would run nothing and pass: give at least 1"
+    );
     (1..=count).collect()
+}
+
+/// The current seed's steps on lines.
+fn steps_so_far() -> String {
+    STEPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .join("\n  ")
+}
+
+/// How long past a seed's timeout the watchdog waits for the runtime's own timeout to fire.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(30);
+
+/// A seed that hangs where the runtime's timeout cannot reach it (a cycle that blocks the
+/// worker threads, so no timer fires) still fails: past `after`, a plain thread prints the
+/// seed and its steps and ends the test process. Dropping the returned sender stands it down.
+fn watchdog(seed: u64, after: Duration) -> std::sync::mpsc::Sender<()> {
+    let (stand_down, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(after) {
+            let steps = STEPS
+                .try_lock()
+                .map(|s| s.join("\n  "))
+                .unwrap_or_else(|_| "(the steps are locked by the hung seed)".into());
+            // Past libtest's capture (`eprintln!` output would be lost with the process).
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "convergence hung for seed {seed}: not finished after {after:?}, and the runtime's own timeout could not end it (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence)\nsteps:\n  {steps}"
+            );
+            std::process::exit(101);
+        }
+    });
+    stand_down
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_sides_converge_under_random_edits_faults_and_kills() {
-    let steps: usize = std::env::var("QUO_SYNC_CONVERGENCE_STEPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    for seed in seeds() {
+    let steps: usize = env_number("QUO_SYNC_CONVERGENCE_STEPS", 12);
+    let limit = Duration::from_secs(env_number("QUO_SYNC_CONVERGENCE_SEED_TIMEOUT", 120));
+    let seeds = seeds();
+    let mut tally = KillTally::default();
+    for &seed in &seeds {
         STEPS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
-        let outcome = tokio::spawn(run_seed(seed, steps)).await;
-        if let Err(e) = outcome {
-            let steps = STEPS
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .join("\n  ");
+        let watchdog = watchdog(seed, limit + WATCHDOG_GRACE);
+        let mut task = tokio::spawn(run_seed(seed, steps));
+        let failure = match tokio::time::timeout(limit, &mut task).await {
+            Ok(Ok(seed_tally)) => {
+                tally.kills += seed_tally.kills;
+                tally.mid_write += seed_tally.mid_write;
+                tally.in_place_overlaps += seed_tally.in_place_overlaps;
+                tally.counted.merge(seed_tally.counted);
+                None
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => {
+                task.abort();
+                Some(format!("timed out after {limit:?} (a hung cycle?)"))
+            }
+        };
+        if let Some(failure) = failure {
+            // The watchdog stays armed: a seed that timed out may hold a worker thread that the
+            // runtime's shutdown would wait for forever.
+            std::mem::forget(watchdog);
+            let steps = steps_so_far();
             panic!(
-                "convergence failed for seed {seed} (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence): {e}\nsteps:\n  {steps}"
+                "convergence failed for seed {seed} (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence): {failure}\nsteps:\n  {steps}"
             );
         }
+        drop(watchdog);
+    }
+    let counted = tally.counted;
+    eprintln!(
+        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight, {} cycles over a CSV half-written in place; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s) and {} failed ones; {} contacts adopted, {} made in the app exported to the CRM",
+        seeds.len(),
+        tally.kills,
+        tally.mid_write,
+        tally.in_place_overlaps,
+        counted.cycles,
+        counted.with_writes,
+        counted.with_held_back,
+        counted.with_429s,
+        counted.failed,
+        counted.adopted,
+        counted.exported
+    );
+    if seeds.len() >= 3 {
+        assert!(
+            tally.mid_write > 0,
+            "no kill landed while a write was in flight ({} kills): the crash-mid-write case went untested",
+            tally.kills
+        );
+        assert!(
+            counted.adopted > 0 && counted.exported > 0,
+            "no contact already in Quo was adopted or no app-made contact exported: {counted:?}"
+        );
+        assert!(
+            tally.in_place_overlaps > 0,
+            "no cycle started while the CSV was being written in place: the half-written file went untested"
+        );
+        assert!(
+            counted.with_writes > 0 && counted.with_429s > 0 && counted.failed > 0,
+            "the cycles' counters were never checked on writes, 429s or a failed cycle: {counted:?}"
+        );
     }
 }

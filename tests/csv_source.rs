@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
-use quo_sync::config::{Config, SourceConfig, SourceKind};
+use quo_sync::config::{Config, CsvEncoding, SourceConfig, SourceKind};
 use quo_sync::domain::ExternalId;
 use quo_sync::ledger::fingerprint_digest;
 use quo_sync::mapping::{Mapper, example_workspace_defs};
@@ -27,6 +27,11 @@ fn source_config(path: &Path) -> SourceConfig {
         updated_at_field: "updated_at".into(),
         rest: None,
         watch: true,
+        delimiter: Default::default(),
+        encoding: Default::default(),
+        quote: Default::default(),
+        escape: Default::default(),
+        quiet_period: quo_sync::config::HumanDuration(std::time::Duration::from_secs(1)),
     }
 }
 
@@ -59,9 +64,20 @@ fn write_file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 async fn read_bytes(bytes: &[u8]) -> (Vec<SourceRecord>, Vec<BadRecord>, ReadSummary) {
+    read_bytes_as(bytes, CsvEncoding::Auto).await
+}
+
+async fn read_bytes_as(
+    bytes: &[u8],
+    encoding: CsvEncoding,
+) -> (Vec<SourceRecord>, Vec<BadRecord>, ReadSummary) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(&dir, "contacts.csv", bytes);
-    read_all(&CsvSource::new(&source_config(&path))).await
+    let config = SourceConfig {
+        encoding,
+        ..source_config(&path)
+    };
+    read_all(&CsvSource::new(&config)).await
 }
 
 fn change(id: &str, fields: &[(&str, &str)]) -> CrmChange {
@@ -93,7 +109,11 @@ fn dir_entries(dir: &tempfile::TempDir) -> Vec<String> {
 fn example_config_loads_and_maps_against_default_defs() {
     let config = Config::load(Path::new(EXAMPLE_CONFIG)).expect("example config loads");
     assert_eq!(config.source.kind, SourceKind::Csv);
-    assert_eq!(config.source.path.as_deref(), Some(Path::new(EXAMPLE_CSV)));
+    // Read beside the config file (#22), so the same file whatever the working directory.
+    assert_eq!(
+        config.source.path.as_deref(),
+        Some(std::env::current_dir().unwrap().join(EXAMPLE_CSV).as_path())
+    );
     assert_eq!(
         config.reverse.fields.keys().collect::<Vec<_>>(),
         ["custom:lead-score", "lastName"],
@@ -257,7 +277,12 @@ async fn tolerates_bom_crlf_multiline_quotes_and_extra_columns() {
 #[tokio::test]
 async fn quarantines_invalid_utf8_and_reads_the_rest() {
     let file = b"crm_id,first_name\nc1,Ada\nc2,Gr\xFFce\nc3,Alan\n";
+    // Under `auto` the first non-ASCII row decides: not UTF-8, so Windows-1252 (FF is ÿ).
     let (good, bad, _) = read_bytes(file).await;
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(good[1].fields["first_name"], "Grÿce");
+    // Told the file is UTF-8, the row is quarantined and the rest is read.
+    let (good, bad, _) = read_bytes_as(file, CsvEncoding::Utf8).await;
     assert_eq!(
         good.iter()
             .map(|r| r.external_id.as_str())
@@ -748,5 +773,158 @@ async fn a_digested_read_builds_the_same_records_and_fingerprints_as_a_plain_rea
     assert_eq!(
         built[0].fields["first_name"], "Ada, 0",
         "the first of a repeated column wins"
+    );
+}
+
+/// A file that changes while it is read (a writer still at work) gives an incomplete read, so
+/// no record counts as gone, and its last row, which may be cut, is not used.
+#[tokio::test]
+async fn a_read_during_which_the_file_changes_is_incomplete_and_drops_its_last_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = String::from("crm_id,first_name\n");
+    for i in 0..3000 {
+        file.push_str(&format!("c{i},Name {i}\n"));
+    }
+    file.push_str("c3000,Alexand");
+    let path = write_file(&dir, "contacts.csv", file.as_bytes());
+    let source = CsvSource::new(&source_config(&path));
+    // A channel of one: the reader waits after the first rows, long before the end of the file.
+    let (tx, mut rx) = mpsc::channel(1);
+    let consumer = async {
+        let first = rx.recv().await.unwrap();
+        // The writer goes on: the row that was cut is finished.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"ra\n").unwrap();
+        let mut items = vec![first];
+        while let Some(item) = rx.recv().await {
+            items.push(item);
+        }
+        items
+    };
+    let (summary, items) = tokio::join!(source.read(ReadRequest::default(), tx), consumer);
+    let summary = summary.unwrap();
+    assert!(!summary.complete, "the file changed under the read");
+    assert_eq!(summary.items, 3000);
+    let last = items.last().unwrap();
+    assert!(
+        matches!(last, SourceItem::Record(r) if r.external_id.as_str() == "c2999"),
+        "{last:?}"
+    );
+    // Read again, still, the file is whole and complete.
+    let (good, bad, summary) = read_all(&source).await;
+    assert!(summary.complete && bad.is_empty());
+    assert_eq!(good.last().unwrap().fields["first_name"], "Alexandra");
+}
+
+#[tokio::test]
+async fn auto_finds_the_separator_and_explicit_settings_read_quotes_and_escapes() {
+    // `;` wins: `,` splits the header too, but does not find the id column.
+    let (good, bad, _) = read_bytes(b"crm_id;first_name;note\r\nc1;Ada;\"a, b; c\"\r\n").await;
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(good[0].fields["note"], "a, b; c");
+    // Pipes, single quotes and backslash escapes, as configured.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        "contacts.csv",
+        b"crm_id|first_name|note\nc1|Ada|'it\\'s | here'\n",
+    );
+    let config = SourceConfig {
+        delimiter: quo_sync::config::CsvDelimiter::Byte(b'|'),
+        quote: quo_sync::config::CsvQuote(b'\''),
+        escape: quo_sync::config::CsvEscape(Some(b'\\')),
+        ..source_config(&path)
+    };
+    let source = CsvSource::new(&config);
+    let (good, bad, _) = read_all(&source).await;
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(good[0].fields["note"], "it's | here");
+    let report = source
+        .write_back(&[change("c1", &[("first_name", "O'Neil | Ada")])])
+        .await
+        .unwrap();
+    assert_eq!(report.written.len(), 1);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"crm_id|first_name|note\nc1|'O\\'Neil | Ada'|'it\\'s | here'\n"
+    );
+}
+
+#[tokio::test]
+async fn a_byte_order_mark_that_contradicts_the_configured_encoding_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, "contacts.csv", b"\xFF\xFEc\x00");
+    let config = SourceConfig {
+        encoding: CsvEncoding::Windows1252,
+        ..source_config(&path)
+    };
+    let (tx, _rx) = mpsc::channel(8);
+    let err = CsvSource::new(&config)
+        .read(ReadRequest::default(), tx)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "starts with a utf-16le byte order mark, but source.encoding = \"windows-1252\""
+        ),
+        "{err}"
+    );
+}
+
+/// Rows appended for contacts made in Quo follow the file's dialect: a Windows-1252 semicolon
+/// CRLF file without a final line ending gets one in its own bytes, then the new row in
+/// Windows-1252; a value the encoding cannot hold (an emoji) fails that row only, naming the
+/// column. A tab-separated UTF-16LE file gets UTF-16LE rows.
+#[tokio::test]
+async fn appended_rows_are_written_in_the_files_dialect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp1252, _, _) =
+        encoding_rs::WINDOWS_1252.encode("crm_id;first_name;updated_at\r\nc1;Jürgen;2026-01-01");
+    let path = write_file(&dir, "cp1252.csv", &cp1252);
+    let source = CsvSource::new(&source_config(&path));
+    let (_, bad, _) = read_all(&source).await;
+    assert!(bad.is_empty(), "{bad:?}");
+    let report = source
+        .append_records(&[
+            change("quo-1", &[("first_name", "Zoë; Ann")]),
+            change("quo-2", &[("first_name", "Ada 😀")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(report.written.len(), 1, "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].0.as_str(), "quo-2");
+    assert!(
+        report.failed[0].1.contains("column \"first_name\""),
+        "{report:?}"
+    );
+    let mut expected = cp1252.into_owned();
+    expected.extend_from_slice(b"\r\nquo-1;\"Zo\xeb; Ann\";2026-11-27T03:00:00Z\r\n");
+    assert_eq!(std::fs::read(&path).unwrap(), expected);
+
+    let utf16 = |text: &str| -> Vec<u8> {
+        [0xFF, 0xFE]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect()
+    };
+    let path = write_file(
+        &dir,
+        "utf16.csv",
+        &utf16("crm_id\tfirst_name\r\nc1\tAda\r\n"),
+    );
+    let source = CsvSource::new(&source_config(&path));
+    read_all(&source).await;
+    let report = source
+        .append_records(&[change("quo-3", &[("first_name", "Zoë 😀")])])
+        .await
+        .unwrap();
+    assert_eq!(report.written.len(), 1, "{report:?}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        utf16("crm_id\tfirst_name\r\nc1\tAda\r\nquo-3\tZoë 😀\r\n")
     );
 }

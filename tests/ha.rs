@@ -385,6 +385,53 @@ async fn killed_leader_scenario(backend: Backend) {
     fleet.assert_no_duplicates(200);
 }
 
+/// A standby that takes over during a Quo auth incident waits it out for `quo.auth_grace`, as
+/// the leader it replaces would, instead of stopping with exit 2 at its first 401: it read
+/// Quo's custom fields at start, so it knows the key worked (#21 item 8 with #22's exit 2 for
+/// a credential never accepted). Once the incident ends it syncs.
+#[tokio::test]
+async fn a_standby_taking_over_during_a_quo_auth_incident_waits_it_out() {
+    let fleet = Fleet::new(20, 1000).await;
+    let env = [("QUO_SYNC__QUO__AUTH_GRACE", "60s")];
+    let (a, b) = (fleet.start(&["run"], &env), fleet.start(&["run"], &env));
+    let (leader, mut standby) = roles(a, b).await;
+    until("20 contacts", Duration::from_secs(30), || {
+        fleet.contacts() >= 20
+    })
+    .await;
+    assert_eq!(
+        standby.events("quo_key_unconfirmed"),
+        0,
+        "{}",
+        standby.log()
+    );
+    fleet.sandbox.inject(quo_sync::sandbox::Fault::Status {
+        status: 401,
+        count: 1_000_000,
+        retry_after: None,
+    });
+    leader.kill().await;
+    standby
+        .wait_event("leader_acquired", 1, LEASE + Duration::from_secs(2))
+        .await;
+    standby
+        .wait_event("auth_refused", 1, Duration::from_secs(10))
+        .await;
+    assert!(
+        standby.child.try_wait().unwrap().is_none(),
+        "the new leader waits the incident out:\n{}",
+        standby.log()
+    );
+    assert_eq!(standby.events("auth_failed"), 0, "{}", standby.log());
+    fleet.sandbox.clear_faults();
+    let cycles = standby.events("cycle_finished");
+    standby
+        .wait_event("cycle_finished", cycles + 1, Duration::from_secs(30))
+        .await;
+    fleet.assert_no_duplicates(20);
+    assert!(standby.child.try_wait().unwrap().is_none());
+}
+
 #[tokio::test]
 async fn a_paused_leader_is_fenced_and_sends_nothing_after_it_resumes() {
     paused_leader_scenario(Backend::Sqlite).await;
@@ -466,12 +513,21 @@ async fn on_postgres_two_onces_one_syncs_the_other_exits_4_or_waits() {
 }
 
 async fn two_onces_scenario(backend: Backend) {
-    // About 1.5 s of work, so the two runs overlap.
     let Some(fleet) = Fleet::on(backend, 60, 40).await else {
         return;
     };
+    // Quo answers slowly until one of the two has exited, so the runs overlap however late the
+    // second one starts on a loaded machine; then the winner finishes at full speed.
+    fleet.sandbox.set_latency(Duration::from_millis(500));
     let mut a = fleet.start(&["once", "--json"], &[]);
     let mut b = fleet.start(&["once", "--json"], &[]);
+    until(
+        "one of the two onces exits",
+        Duration::from_secs(30),
+        || a.child.try_wait().unwrap().is_some() || b.child.try_wait().unwrap().is_some(),
+    )
+    .await;
+    fleet.sandbox.set_latency(Duration::ZERO);
     let (ca, cb) = (
         a.exit_code(Duration::from_secs(30)).await,
         b.exit_code(Duration::from_secs(30)).await,
@@ -537,8 +593,12 @@ async fn first_starts_scenario(backend: Backend) {
 
 #[tokio::test]
 async fn sigterm_on_the_leader_hands_over_at_once() {
+    // A longer lease than the others use, so a lease left to expire is told apart from a
+    // released one by seconds, not milliseconds: renewed every 2 s, an unreleased 6 s lease
+    // frees up at least 4 s after the signal; a released one at the standby's next poll (1 s).
+    let lease = [("QUO_SYNC__HA__LEASE", "6s")];
     let fleet = Fleet::new(10, 1000).await;
-    let (a, b) = (fleet.run(), fleet.run());
+    let (a, b) = (fleet.start(&["run"], &lease), fleet.start(&["run"], &lease));
     let (mut leader, standby) = roles(a, b).await;
     until("10 contacts", Duration::from_secs(20), || {
         fleet.contacts() >= 10
@@ -556,8 +616,11 @@ async fn sigterm_on_the_leader_hands_over_at_once() {
         .wait_event("leader_acquired", 1, Duration::from_secs(10))
         .await;
     let takeover = stopped_at.elapsed();
-    // The lease was released: the standby's next poll (every lease/3) takes it.
-    assert!(takeover < LEASE, "{takeover:?}");
+    // The lease was released: the standby's next poll takes it, long before it could expire.
+    assert!(takeover < Duration::from_secs(4), "{takeover:?}");
     assert_eq!(leader.events("leader_released"), 1, "{}", leader.log());
+    // Taken because it was released, not because its holder's pid is gone (the path a SIGKILL
+    // takes, which would hide a release that never happened).
+    assert_eq!(standby.events("lease_holder_dead"), 0, "{}", standby.log());
     fleet.assert_no_duplicates(10);
 }

@@ -448,8 +448,16 @@ async fn a_lost_answer_to_the_carry_over_patch_appends_nothing_twice() {
         )
         .expect("app edit");
     common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.sandbox.reset_stats();
     app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
-    for _ in 0..3 {
+    app.cycle().await;
+    let stats = app.sandbox.stats();
+    assert_eq!(
+        (stats.faults.dropped_after_write, stats.writes.updates > 0),
+        (1, true),
+        "the carry-over PATCH landed and its answer was lost: {stats:?}"
+    );
+    for _ in 0..2 {
         app.cycle().await;
     }
     assert_eq!(app.sandbox.count_by_external_id(&id), 1, "the twin is gone");
@@ -476,9 +484,23 @@ async fn a_contact_adopted_after_409s_is_merged_against_the_post_that_made_it() 
         .unwrap();
     lose_the_next_create_behind_a_lagging_list(&app).await;
     app.cycle().await; // the lost POST: its record stays a pending create
+    assert_eq!(
+        app.sandbox.fault_counters().dropped_after_write,
+        1,
+        "the POST's answer was lost"
+    );
     let edited = common::row("c-1", 1).replace(",Acme 1,", ",Renamed In CRM,");
     app.write_csv(&csv(&[edited]));
     app.cycle().await; // lookups miss; the POST with the new value meets 409s
+    let stats = app.sandbox.stats();
+    assert!(
+        stats.faults.contacts_left_out > 0
+            && stats
+                .by_route_status
+                .get("POST /v1/contacts 409")
+                .is_some_and(|n| *n > 0),
+        "the lookups missed the hidden contact and the next POST met a 409: {stats:?}"
+    );
     assert_eq!(
         unconfirmed(&app, "c-1").await,
         1,
@@ -500,6 +522,69 @@ async fn a_contact_adopted_after_409s_is_merged_against_the_post_that_made_it() 
     assert_eq!(unconfirmed(&app, "c-1").await, 0, "its entry is settled");
 }
 
+/// As above, but a person also changes the same field on the hidden contact in the Quo app: the
+/// contact now differs as much from the refused POST (the intent) as from the POST that made it.
+/// The base must be the POST that made it, so both sides changed the field and the conflict is
+/// recorded and decided by the policy; with the refused POST as the base, the CRM's value
+/// looked unchanged and Quo's overwrote it with no conflict recorded (found by the convergence
+/// test, seed 123: a CRM edit lost silently).
+#[tokio::test]
+async fn a_contact_adopted_after_409s_and_edited_in_quo_records_the_conflict() {
+    let sandbox = SandboxConfig {
+        conflict_on_duplicate: true,
+        ..SandboxConfig::default()
+    };
+    let app = TestApp::spawn_on(
+        Backend::Sqlite,
+        &csv(&rows(1)),
+        sandbox,
+        "[reverse]\npoll_interval = \"1ms\"\nconflict = \"crm\"\n",
+    )
+    .await
+    .unwrap();
+    lose_the_next_create_behind_a_lagging_list(&app).await;
+    app.cycle().await; // the lost POST: its record stays a pending create
+    assert_eq!(app.sandbox.fault_counters().dropped_after_write, 1);
+    let edited = common::row("c-1", 1).replace(",Acme 1,", ",Renamed In CRM,");
+    app.write_csv(&csv(&[edited]));
+    app.cycle().await; // lookups miss; the POST with the new value meets 409s
+    assert!(
+        app.sandbox
+            .stats()
+            .by_route_status
+            .get("POST /v1/contacts 409")
+            .is_some_and(|n| *n > 0),
+        "the next POST met a 409"
+    );
+    let hidden = app.sandbox.contacts();
+    let [contact] = hidden.as_slice() else {
+        panic!("one contact, made by the lost POST: {hidden:?}")
+    };
+    app.sandbox
+        .app_edit(
+            contact["id"].as_str().unwrap(),
+            json!({"defaultFields": {"company": "Renamed In Quo"}}),
+        )
+        .expect("the hidden contact is edited in the app");
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    app.cycle().await; // the contact is listed and adopted
+    app.cycle().await;
+    let conflicts = app.ledger().conflicts(10).await.unwrap();
+    let company: Vec<_> = conflicts.iter().filter(|c| c.field == "company").collect();
+    assert!(
+        company.len() == 1
+            && company[0].crm_value.as_deref() == Some("\"Renamed In CRM\"")
+            && company[0].quo_value.as_deref() == Some("\"Renamed In Quo\"")
+            && company[0].winner == "crm",
+        "both sides changed company since the POST that made the contact: one conflict, CRM's value wins under `crm`: {conflicts:?}"
+    );
+    assert_eq!(
+        app.contact_for("c-1")["defaultFields"]["company"],
+        "Renamed In CRM"
+    );
+    assert!(app.csv_text().contains("Renamed In CRM"));
+}
+
 /// The answer to the twin's DELETE is lost: the retry meets a 404, which means gone, so the
 /// entry is settled and the linked contact is left alone.
 #[tokio::test]
@@ -511,10 +596,12 @@ async fn a_lost_answer_to_the_twins_delete_still_settles_it() {
     app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
     app.sandbox.reset_stats();
     app.cycle().await; // an untouched twin: its DELETE is the cycle's first write
+    let stats = app.sandbox.stats();
+    assert_eq!(stats.writes.updates, 0, "nothing to carry over");
     assert_eq!(
-        app.sandbox.stats().writes.updates,
-        0,
-        "nothing to carry over"
+        (stats.faults.dropped_after_write, stats.writes.deletes),
+        (1, 1),
+        "the DELETE landed and its answer was lost: {stats:?}"
     );
     assert!(
         app.sandbox

@@ -97,7 +97,15 @@ async fn metrics_health_and_readiness_follow_the_cycles() {
     let cancel = CancellationToken::new();
     let server = tokio::spawn(quo_sync::app::serve(
         listener,
-        quo_sync::ops::http::router(app.ledger().clone(), handle),
+        // `readiness = "cycles"` after one failure: the old meaning, still available (#22).
+        quo_sync::ops::http::router_with(
+            app.ledger().clone(),
+            handle,
+            quo_sync::ops::http::ReadinessRule {
+                readiness: quo_sync::config::Readiness::Cycles,
+                failed_cycles: 1,
+            },
+        ),
         cancel.clone(),
     ));
     let client = reqwest::Client::new();

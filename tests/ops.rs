@@ -409,7 +409,7 @@ async fn a_lost_ledger_is_rebuilt_by_repair_and_the_next_cycle_creates_nothing()
     assert_eq!(stats.writes.creates, 0, "{stats:?} {cycle:?}");
     assert_eq!(stats.writes.deletes, 0, "{stats:?}");
     assert_eq!(cycle.counts.created, 0);
-    app.assert_one_contact_per_record(&ids).await;
+    app.assert_created_once(&ids).await;
     // Every CRM record equals Quo's copy, so a further cycle sends nothing at all.
     app.sandbox.reset_stats();
     app.cycle().await;
@@ -474,7 +474,8 @@ async fn a_failed_cycle_is_one_clear_error_and_a_failed_run() {
     )
     .unwrap();
     let (code, _, stderr) = cli(&app.config_path, &["once"]).await;
-    assert_eq!(code, 1, "{stderr}");
+    // A refused credential is the operator's to fix: exit 2, as for the CRM's (#22).
+    assert_eq!(code, 2, "{stderr}");
     let line = stderr
         .lines()
         .find(|l| l.starts_with("quo-sync: error:"))

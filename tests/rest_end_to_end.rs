@@ -8,7 +8,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{custom_value, items};
+use common::{custom_value, free_addr, items, poll, readyz};
 use quo_sync::config::Config;
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
 use quo_sync::sync::{CycleReport, Mode, SyncContext, run_cycle};
@@ -510,15 +510,26 @@ async fn incremental_reads_send_the_param_and_deletions_wait_for_a_full_read() {
     );
     assert_eq!(app.sandbox.count_by_external_id("c005"), 1);
 
-    // Force the next read to be full: it notices c005 is gone and deletes it from Quo.
-    app.ctx
-        .ledger
-        .set_meta(
-            "source.last_full_read_at",
-            &(chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339(),
-        )
-        .await
-        .unwrap();
+    // Force the next reads to be full: the first notices c005 is gone, the second agrees and
+    // deletes it from Quo.
+    let force_full_read = async || {
+        app.ctx
+            .ledger
+            .set_meta(
+                "source.last_full_read_at",
+                &(chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339(),
+            )
+            .await
+            .unwrap();
+    };
+    force_full_read().await;
+    let report = app.cycle().await;
+    assert_eq!(
+        report.counts.deleted, 0,
+        "one full read only notes it: {report:?}"
+    );
+    assert_eq!(app.sandbox.count_by_external_id("c005"), 1);
+    force_full_read().await;
     let seen = app.crm.requests().len();
     app.sandbox.reset_stats();
     let report = app.cycle().await;
@@ -568,7 +579,8 @@ async fn refused_credentials_fail_the_cycle_and_leave_the_ledger_untouched() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // A CRM that refuses its credentials exits 2, as a refused Quo key does (#22).
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         !stderr.contains(wrong) && !stdout.contains(wrong),
         "{stderr}"
@@ -579,6 +591,90 @@ async fn refused_credentials_fail_the_cycle_and_leave_the_ledger_untouched() {
         .unwrap();
     assert!(ledger.all_records().await.unwrap().is_empty());
     assert!(app.sandbox.contacts().is_empty());
+}
+
+/// `quo-sync run` against this app's config, its log in `run.log`, `/readyz` on `addr`.
+fn spawn_run(app: &RestApp, addr: std::net::SocketAddr) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["run", "--config"])
+        .arg(&app.config_path)
+        .env_remove("QUO_SYNC_CONFIG")
+        .env_remove("QUO_API_KEY")
+        .env("QUO_SYNC__SCHEDULE__INTERVAL", "200ms")
+        .env("QUO_SYNC__SERVICE__LISTEN", addr.to_string())
+        .env("QUO_SYNC__LOG__FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(app.dir.path().join("run.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run starts")
+}
+
+/// `run` whose CRM credential never worked stops at its first refusal with exit code 2 and
+/// `auth_failed`, however long `source.rest.auth_grace` is: configuration, like a Quo key that
+/// never worked (#22), which a supervisor does not restart into.
+#[tokio::test]
+async fn run_exits_2_at_once_when_the_crm_never_accepted_its_credential() {
+    let shape = hubspot(3);
+    let wrong = "wrong-TOKEN-leak-check-run-4242";
+    let app = RestApp::spawn_with_token(&shape, wrong, "auth_grace = \"1h\"", "").await;
+    app.ctx.ledger.close().await;
+    let mut child = spawn_run(&app, free_addr());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("run stops by itself, long before source.rest.auth_grace")
+        .unwrap();
+    let stderr = std::fs::read_to_string(app.dir.path().join("run.log")).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("\"auth_failed\""), "{stderr}");
+    assert!(
+        stderr.contains("the CRM refused its credential"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(wrong), "the token is never logged");
+    assert!(app.sandbox.contacts().is_empty());
+}
+
+/// `run` whose CRM credential worked and is then refused (401 on every list) backs off, not
+/// ready, for `source.rest.auth_grace`, then stops with `auth_failed` and exit code 1: the same
+/// rule as Quo's key (#21 item 8 with #22).
+#[tokio::test]
+async fn run_exits_1_after_auth_grace_when_a_crm_credential_that_worked_is_refused() {
+    let shape = hubspot(3);
+    let app = RestApp::spawn(&shape, "auth_grace = \"3s\"", "").await;
+    app.ctx.ledger.close().await;
+    let addr = free_addr();
+    let mut child = spawn_run(&app, addr);
+    poll("the first cycle and /readyz", async || {
+        app.sandbox.contacts().len() == 3 && readyz(addr).await.0 == 200
+    })
+    .await;
+    app.crm
+        .push_faults(std::iter::repeat_n(Fault::Status(401, None), 100_000));
+    let refused = std::time::Instant::now();
+    poll("/readyz not ready while the CRM refuses", async || {
+        let (status, body) = readyz(addr).await;
+        status == 503 && body.contains("the CRM refused its credential")
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running within the grace"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("run stops by itself once source.rest.auth_grace has run out")
+        .unwrap();
+    let stderr = std::fs::read_to_string(app.dir.path().join("run.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        refused.elapsed() >= Duration::from_millis(2500),
+        "not before the grace: {:?}",
+        refused.elapsed()
+    );
+    assert!(stderr.contains("\"auth_refused\""), "{stderr}");
+    assert!(stderr.contains("source.rest.auth_grace (3s)"), "{stderr}");
+    assert!(!stderr.contains(TOKEN), "the token is never logged");
 }
 
 #[tokio::test]

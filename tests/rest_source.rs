@@ -834,25 +834,12 @@ fn example_configs_load_and_their_rest_tables_parse() {
                     .iter()
                     .any(|a| field.starts_with(&format!("{}.", a.prefix)))
         };
-        let mapping = &config.mapping;
-        let mut mapped: Vec<&str> = [
-            &mapping.first_name,
-            &mapping.last_name,
-            &mapping.company,
-            &mapping.role,
-        ]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-        mapped.extend(
-            mapping
-                .emails
-                .iter()
-                .chain(&mapping.phones)
-                .map(|m| m.field.as_str()),
-        );
-        mapped.extend(mapping.custom_fields.iter().map(|m| m.field.as_str()));
+        let mapped: Vec<&str> = config
+            .mapping
+            .sources()
+            .into_iter()
+            .filter_map(|(_, source)| source.column())
+            .collect();
         assert!(!mapped.is_empty(), "{name}: empty mapping");
         for field in mapped {
             assert!(
@@ -1036,13 +1023,139 @@ async fn hostile_retry_after_is_clamped_and_never_panics() {
         ],
     ] {
         crm.push_faults(batch.map(|v| Fault::Status(429, Some(v.to_string()))));
+        let started = std::time::Instant::now();
         let (items, summary) = tokio::time::timeout(
-            Duration::from_secs(10),
+            Duration::from_secs(20),
             read(&source, ReadRequest::default()),
         )
         .await
         .expect("Retry-After is capped at max_backoff");
+        let took = started.elapsed();
         summary.unwrap();
         assert_eq!(ids(&items), expected_ids(3));
+        // Four waits of at most 200 ms: about 0.8 s. Honouring any of these values for longer
+        // than the cap (the policy's 30 s, a day) takes far past 3 s.
+        assert!(
+            took < Duration::from_secs(3),
+            "{batch:?}: four 429s clamped to 200 ms took {took:?}"
+        );
     }
+}
+
+/// A leader's CRM write-back asks its writer lease (and the cycle's cancel token) before every
+/// write, not once per batch: when the lease runs out after the first write, the rest are not
+/// sent (they would land after another process took over, reverting newer edits) and are
+/// reported as not written; a cancelled cycle sends nothing.
+#[tokio::test]
+async fn write_back_sends_nothing_once_the_writer_lease_is_gone() {
+    use quo_sync::quo::fence::WriteFence;
+    use quo_sync::source::WriteGuard;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(3)).await;
+    let source = source(
+        &crm,
+        &format!("{PAGE}\nupdate = {{ method = \"PATCH\", path = \"/contacts/{{id}}\" }}"),
+    );
+    let changes = [
+        change("c001", &[("first_name", "A")]),
+        change("c002", &[("first_name", "B")]),
+        change("c003", &[("first_name", "C")]),
+    ];
+    // The lease holds for the first write it is asked about, and is lost after.
+    let asked = Arc::new(AtomicU32::new(0));
+    let seen = asked.clone();
+    let fence = WriteFence::new(
+        Arc::new(move || {
+            (seen.fetch_add(1, Ordering::SeqCst) == 0).then_some(Duration::from_secs(60))
+        }),
+        Duration::from_secs(5),
+    );
+    let guard = WriteGuard {
+        fence: Some(fence),
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
+    let report = source.write_back_guarded(&changes, &guard).await.unwrap();
+    assert_eq!(report.written, vec![ExternalId::parse("c001").unwrap()]);
+    assert_eq!(report.failed.len(), 2, "{report:?}");
+    assert!(report.failed[0].1.contains("writer lease"), "{report:?}");
+    assert_eq!(crm.count("PATCH", "/contacts"), 1, "PATCHes sent");
+
+    let cancelled = WriteGuard::default();
+    cancelled.cancel.cancel();
+    let report = source
+        .write_back_guarded(&changes, &cancelled)
+        .await
+        .unwrap();
+    assert!(report.written.is_empty(), "{report:?}");
+    assert_eq!(crm.count("PATCH", "/contacts"), 1, "PATCHes sent");
+}
+
+/// Day one's CRM create (`reverse.create_in_crm`) asks the writer lease (and the cycle's cancel
+/// token) before it is sent, like the write-back: a leader whose lease is gone sends no POST
+/// (a deposed leader's late create would make a record the new leader makes again), and says
+/// so with `NotSent`, so the export intent stays pending; the lease held again, it is sent.
+#[tokio::test]
+async fn a_crm_create_is_not_sent_once_the_writer_lease_is_gone() {
+    use quo_sync::quo::fence::WriteFence;
+    use quo_sync::source::{Created, NewRecord, WriteGuard};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(1)).await;
+    let source = source(
+        &crm,
+        &format!("{PAGE}\ncreate = {{ path = \"/contacts\", id_pointer = \"/id\" }}"),
+    );
+    let records = [NewRecord {
+        quo_id: "q-new".into(),
+        external_id: None,
+        fields: [("first_name".to_string(), "Made".to_string())].into(),
+        updated_at: Utc::now(),
+    }];
+    let held = Arc::new(AtomicBool::new(false));
+    let lease = held.clone();
+    let guard = WriteGuard {
+        fence: Some(WriteFence::new(
+            Arc::new(move || {
+                lease
+                    .load(Ordering::SeqCst)
+                    .then_some(Duration::from_secs(60))
+            }),
+            Duration::from_secs(5),
+        )),
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
+    let refused = source.create_records(&records, &guard).await;
+    assert!(
+        matches!(&refused, Err(SourceError::NotSent(why)) if why.contains("writer lease")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        crm.count("POST", "/contacts"),
+        0,
+        "POSTs sent without the lease"
+    );
+
+    let cancelled = WriteGuard::default();
+    cancelled.cancel.cancel();
+    let refused = source.create_records(&records, &cancelled).await;
+    assert!(
+        matches!(refused, Err(SourceError::NotSent(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        crm.count("POST", "/contacts"),
+        0,
+        "POSTs sent after shutdown"
+    );
+
+    held.store(true, Ordering::SeqCst);
+    let made = source.create_records(&records, &guard).await.unwrap();
+    assert!(
+        matches!(made.as_slice(), [(quo_id, Created::Made(_))] if quo_id == "q-new"),
+        "{made:?}"
+    );
+    assert_eq!(
+        crm.count("POST", "/contacts"),
+        1,
+        "POSTs sent with the lease"
+    );
 }

@@ -23,6 +23,8 @@ const SECRET: &str = "zoho-client-secret-DO-NOT-LEAK-0b1d";
 const REFRESH: &str = "1000.zoho-refresh-DO-NOT-LEAK.77aa";
 /// More than one page of Zoho's 200 records.
 const COUNT: usize = 205;
+/// Access tokens expire this long after they are issued (Zoho's hour, shortened).
+const LIFETIME: Duration = Duration::from_secs(4);
 
 fn contacts() -> Vec<Value> {
     (1..=COUNT)
@@ -81,7 +83,7 @@ async fn zoho_example_syncs_both_ways_with_tokens_refreshed_before_expiry_and_no
     })
     .await
     .unwrap();
-    let desk = TokenDesk::new(CLIENT_ID, SECRET, REFRESH, Duration::from_secs(1));
+    let desk = TokenDesk::new(CLIENT_ID, SECRET, REFRESH, LIFETIME);
     let crm = FakeZoho::start(contacts(), desk).await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger.db");
@@ -118,8 +120,12 @@ async fn zoho_example_syncs_both_ways_with_tokens_refreshed_before_expiry_and_no
     let since = since.expect("If-Modified-Since sent");
     assert!(since.ends_with("+00:00"), "ISO 8601 with offset: {since}");
 
-    // The token's hour (here a second) runs out; it is refreshed before any request fails.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The token's hour (here 4 s) nears its end: 0.75 of it gone is inside the refresh margin
+    // (a quarter of the lifetime) and a second before expiry. The old token still works, so
+    // only a client that refreshes ahead of expiry asks for a new one here.
+    let issued = crm.desk().issued();
+    let last = crm.desk().last_issued_at().expect("a token was issued");
+    tokio::time::sleep_until((last + LIFETIME * 3 / 4 + Duration::from_millis(50)).into()).await;
     crm.edit(first, "Title", json!("Head of Buying"));
     let report = run_cycle(&ctx, Mode::Apply)
         .await
@@ -129,10 +135,13 @@ async fn zoho_example_syncs_both_ways_with_tokens_refreshed_before_expiry_and_no
         contact_for(&sandbox, first)["defaultFields"]["role"],
         "Head of Buying"
     );
-    assert!(crm.desk().issued() >= 2, "refreshed");
+    assert!(
+        crm.desk().issued() > issued,
+        "refreshed within the margin, before the token expired"
+    );
     assert_eq!(
-        crm.unauthorized(),
-        0,
+        (crm.unauthorized(), crm.desk().expired_uses()),
+        (0, 0),
         "refreshed before expiry, never refused"
     );
 

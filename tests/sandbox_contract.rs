@@ -1,4 +1,4 @@
-//! The sandbox against the Quo contract (`shared/quo-api.md`), over real HTTP with reqwest.
+//! The sandbox against the Quo contract (`docs/quo-api.md`), over real HTTP with reqwest.
 //!
 //! These tests pin the sandbox's behaviour so that quo-sync's own tests, which run against it,
 //! test the client against Quo's contract rather than against the sandbox's accidents.
@@ -707,6 +707,94 @@ async fn integration_contacts_are_read_only() {
     assert_eq!(st, StatusCode::OK);
 }
 
+/// A workspace seeded from a CSV, as a team has it before quo-sync: the app's contacts carry no
+/// source, another integration's keep theirs and stay writable, a native integration's refuse
+/// PATCH and DELETE with 403 `0801403`; seeding sends no webhook and counts no request.
+#[tokio::test]
+async fn a_seeded_workspace_holds_app_integration_and_native_contacts() {
+    let env = Env::default().await;
+    let seeded = env
+        .sb
+        .seed_existing_csv(
+            "first_name,last_name,email,phone,notes,source,external_id\n\
+             Ada,Lovelace,ada@example.com,(415) 555-0132,met at the fair,,\n\
+             Zed,Zapped,zed@example.com,,,zapier,zap-7\n\
+             Hub,Spotted,hub@example.com,,,hubspot,\n",
+        )
+        .expect("seeds");
+    assert_eq!(seeded, 3);
+    // Over the admin route too (a curl user's way).
+    let resp = env
+        .http
+        .post(format!("{}/_sandbox/app/seed", env.base))
+        .body("first_name,mobile\nMo,+14155550100\n")
+        .send()
+        .await
+        .expect("admin seed");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["seeded"], 1);
+    let refused = env
+        .http
+        .post(format!("{}/_sandbox/app/seed", env.base))
+        .body("first_name,phone\nBad,555-CALL-NOW\n")
+        .send()
+        .await
+        .expect("admin seed");
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let text = refused.text().await.unwrap_or_default();
+    assert!(
+        text.contains("line 2") && text.contains("555-CALL-NOW"),
+        "{text}"
+    );
+
+    let contacts = env.sb.contacts();
+    assert_eq!(contacts.len(), 4, "the refused CSV stored nothing");
+    let by_name = |name: &str| {
+        contacts
+            .iter()
+            .find(|c| c["defaultFields"]["firstName"] == name)
+            .cloned()
+            .expect(name)
+    };
+    let ada = by_name("Ada");
+    assert_eq!(ada["source"], Value::Null, "made in the Quo app");
+    assert_eq!(
+        ada["defaultFields"]["phoneNumbers"][0]["value"],
+        "+14155550132"
+    );
+    assert_eq!(common::custom_value(&ada, "notes"), "met at the fair");
+    let zed = by_name("Zed");
+    assert_eq!(zed["source"], "zapier");
+    assert_eq!(zed["externalId"], "zap-7");
+    let hub = by_name("Hub");
+    assert_eq!(hub["source"], "hubspot");
+
+    let stats = env.sb.stats();
+    assert_eq!(stats.requests_total, 0, "seeding is not API traffic");
+    assert!(env.sb.webhook_deliveries().is_empty());
+
+    let hub_path = format!("/v1/contacts/{}", hub["id"].as_str().expect("id"));
+    let (st, v) = env
+        .patch(&hub_path, json!({"defaultFields": {"firstName": "X"}}))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_error(&v, 403, "0801403");
+    let (st, v) = env.delete(&hub_path).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_error(&v, 403, "0801403");
+    let zed_path = format!("/v1/contacts/{}", zed["id"].as_str().expect("id"));
+    let (st, v) = env
+        .patch(
+            &zed_path,
+            json!({"source": "quo-sync", "externalId": "c-9"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["source"], "quo-sync");
+    assert_eq!(v["data"]["externalId"], "c-9");
+}
+
 #[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
     let sb = SandboxHandle::start(SandboxConfig {
@@ -943,9 +1031,10 @@ async fn latency_is_added() {
     let t = Instant::now();
     env.get("/v1/contacts?maxResults=1").await;
     assert!(t.elapsed() >= Duration::from_millis(150));
-    let t = Instant::now();
+    // The fault was for one request: the next is not delayed (counted, not timed, so a loaded
+    // machine cannot fail it).
     env.get("/v1/contacts?maxResults=1").await;
-    assert!(t.elapsed() < Duration::from_millis(150));
+    assert_eq!(env.sb.fault_counters().delayed_requests, 1);
 }
 
 // ---- webhooks ----

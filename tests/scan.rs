@@ -1,13 +1,14 @@
 //! The reverse scan inside the service: it polls Quo on `reverse.poll_interval` without reading
-//! the CRM (the source is read on `schedule.interval` and on change signals only), and a pass
-//! cut short by a SIGKILL resumes from its stored page token in the next process.
+//! the CRM (the source is read on `schedule.interval` and on change signals only), a pass cut
+//! short by a SIGKILL resumes from its stored page token in the next process, and a 401 on a
+//! scan page pauses the scanner (and `/readyz`) for `quo.auth_grace` instead of ending it.
 
 mod common;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{TestApp, csv, row};
+use common::{TestApp, csv, free_addr, readyz, row};
 use quo_sync::ledger::Ledger;
 use quo_sync::sandbox::SandboxConfig;
 use serde_json::json;
@@ -94,7 +95,8 @@ async fn a_scan_killed_mid_pass_resumes_from_its_page_token() {
     let app = TestApp::spawn_with(
         &csv(&rows(300)),
         SandboxConfig::default(),
-        "[reverse]\npoll_interval = \"0s\"\n",
+        // Without matching, the first cycle lists nothing: the service's first pass is due.
+        "[reverse]\npoll_interval = \"0s\"\n[sync]\nmatch_existing = \"off\"\n",
     )
     .await;
     assert_eq!(app.cycle().await.counts.created, 300);
@@ -203,9 +205,10 @@ async fn a_contact_linked_while_the_pass_ran_is_not_called_missing() {
     app.ledger().forget(&id).await.unwrap();
     app.sandbox.set_latency(Duration::from_millis(150));
     let (ledger, client) = (app.ledger().clone(), app.ctx.client.clone());
+    let guard = app.ctx.settings.delete_guard();
     let pass = tokio::spawn(async move {
         let stop = CancellationToken::new();
-        quo_sync::reverse::scan::scan(&ledger, &client, None, &stop).await
+        quo_sync::reverse::scan::scan(&ledger, &client, None, &stop, guard).await
     });
     // Page 1 is done once its notes are stored and the token for page 2 after them (marking
     // rows seen comes earlier, before the orphans are counted: too early to link s-2 again).
@@ -241,5 +244,103 @@ async fn a_contact_linked_while_the_pass_ran_is_not_called_missing() {
             .await
             .unwrap(),
         0
+    );
+}
+
+/// An initial load of 60 contacts, then a service that scans every 100 ms and never cycles on
+/// its own, with `/readyz` on `addr`.
+async fn scanning_service(addr: std::net::SocketAddr) -> TestApp {
+    TestApp::spawn_with(
+        &csv(&rows(60)),
+        SandboxConfig::default(),
+        &format!(
+            "[schedule]\ninterval = \"1h\"\n[reverse]\npoll_interval = \"100ms\"\n[service]\nlisten = \"{addr}\"\n"
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_short_quo_auth_incident_pauses_the_scanner_and_readyz_until_it_passes() {
+    let addr = free_addr();
+    let app = scanning_service(addr).await;
+    let service = app.start_service();
+    wait_for("the initial load", Duration::from_secs(20), async || {
+        app.sandbox.contacts().len() == 60 && cycles(&app).await == 1
+    })
+    .await;
+    wait_for("a scan pass", Duration::from_secs(10), async || {
+        list_requests(&app) >= 2
+    })
+    .await;
+    assert_eq!(readyz(addr).await.0, 200);
+
+    // Quo refuses the key for the next two requests (scan pages: nothing else runs).
+    app.sandbox.inject(quo_sync::sandbox::Fault::Status {
+        status: 401,
+        count: 2,
+        retry_after: None,
+    });
+    wait_for(
+        "/readyz says not ready",
+        Duration::from_secs(5),
+        async || readyz(addr).await.0 == 503,
+    )
+    .await;
+    let (_, body) = readyz(addr).await;
+    assert!(body.contains("API key"), "{body}");
+    // The incident passes: the scanner lists again and the service is ready again.
+    let listed = list_requests(&app);
+    wait_for(
+        "the scanner lists again",
+        Duration::from_secs(15),
+        async || list_requests(&app) > listed,
+    )
+    .await;
+    wait_for("/readyz says ready", Duration::from_secs(5), async || {
+        readyz(addr).await.0 == 200
+    })
+    .await;
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_quo_auth_failure_past_auth_grace_stops_the_service_with_auth_failed() {
+    let addr = free_addr();
+    let app = scanning_service(addr).await;
+    let text = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(
+        &app.config_path,
+        text.replace("[quo]\n", "[quo]\nauth_grace = \"1s\"\n"),
+    )
+    .unwrap();
+    let config =
+        quo_sync::config::Config::load_with_env(&app.config_path, std::iter::empty()).unwrap();
+    let mut ctx = app.ctx.clone();
+    ctx.cancel = CancellationToken::new();
+    let service =
+        tokio::spawn(async move { quo_sync::app::run_service(&ctx, &config, None).await });
+    wait_for("the initial load", Duration::from_secs(20), async || {
+        app.sandbox.contacts().len() == 60 && cycles(&app).await == 1
+    })
+    .await;
+    app.sandbox.inject(quo_sync::sandbox::Fault::Status {
+        status: 401,
+        count: 100_000,
+        retry_after: None,
+    });
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), service)
+        .await
+        .expect("the service stops by itself")
+        .unwrap();
+    let error = result.expect_err("an auth failure");
+    assert!(error.is_auth_failure(), "{error}");
+    // The key worked (the initial load): an incident, exit 1, not configuration (exit 2).
+    assert!(!error.is_config(), "{error}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before quo.auth_grace ran out: {:?}",
+        started.elapsed()
     );
 }

@@ -22,7 +22,8 @@ async fn initial_load_creates_each_record_once_and_records_every_id() {
     assert_eq!(report.counts.created, 12);
     assert_eq!(report.counts.quarantined, 0);
     assert_eq!(app.sandbox.contacts().len(), 12);
-    app.assert_one_contact_per_record(&ids(12)).await;
+    assert_eq!(app.creates_answered(), 12, "one POST per record");
+    app.assert_created_once(&ids(12)).await;
 
     let contact = app.contact_for("c-3");
     assert_eq!(contact["source"], "quo-sync");
@@ -207,7 +208,7 @@ async fn bad_values_are_quarantined_while_the_rest_sync_and_retried_once_fixed()
     let report = app.cycle().await;
     assert_eq!(report.counts.created, 2);
     assert!(app.ledger().quarantined().await.unwrap().is_empty());
-    app.assert_one_contact_per_record(&["bad-phone".to_string(), "bad-score".to_string()])
+    app.assert_created_once(&["bad-phone".to_string(), "bad-score".to_string()])
         .await;
 }
 
@@ -269,7 +270,7 @@ async fn a_429_burst_and_a_500_burst_converge_with_every_record_synced() {
     assert_eq!(report.counts.created, 40, "{report:?}");
     assert!(report.counts.rate_limited >= 8, "{report:?}");
     assert_eq!(app.sandbox.stats().injected_faults, 16);
-    app.assert_one_contact_per_record(&ids(40)).await;
+    app.assert_created_once(&ids(40)).await;
 }
 
 async fn dropped_responses_create_no_duplicates(conflict_on_duplicate: bool) {
@@ -285,7 +286,15 @@ async fn dropped_responses_create_no_duplicates(conflict_on_duplicate: bool) {
     app.sandbox.inject(Fault::DropAfterWrite { count: 5 });
     let report = app.cycle().await;
     assert_eq!(report.counts.created, 10, "{report:?}");
-    app.assert_one_contact_per_record(&ids(10)).await;
+    assert_eq!(
+        app.sandbox.fault_counters().dropped_after_write,
+        5,
+        "five answers were lost"
+    );
+    // Each lost create was found by lookup: ten POSTs, none sent twice (with 409 on, a second
+    // POST would still end with one contact, but it would draw a 409).
+    assert_eq!(app.creates_answered(), 10);
+    app.assert_created_once(&ids(10)).await;
     assert_eq!(app.sandbox.contacts().len(), 10);
     // And the next cycle agrees there is nothing to do.
     let report = app.cycle().await;
@@ -313,9 +322,13 @@ async fn a_lost_intent_is_resolved_by_lookup_not_a_second_create_on_postgres() {
 }
 
 async fn lost_intent_scenario(backend: Backend) {
-    // A previous process created c-1 in Quo, then died before committing the id.
-    let Some(app) = TestApp::spawn_on(backend, &csv(&rows(2)), SandboxConfig::default(), "").await
-    else {
+    // A previous process created c-1 in Quo, then died before committing the id. Quo accepts a
+    // repeated externalId here, so a second create would be a second contact.
+    let sandbox = SandboxConfig {
+        conflict_on_duplicate: false,
+        ..SandboxConfig::default()
+    };
+    let Some(app) = TestApp::spawn_on(backend, &csv(&rows(2)), sandbox, "").await else {
         return;
     };
     let id = quo_sync::domain::ExternalId::parse("c-1").unwrap();
@@ -329,9 +342,11 @@ async fn lost_intent_scenario(backend: Backend) {
         "quo-sync",
         None,
     );
-    app.ctx.client.create_contact(&body).await.unwrap();
+    app.ctx.client.create_contact(&body, &()).await.unwrap();
+    app.sandbox.reset_stats();
     let report = app.cycle().await;
     assert_eq!(report.counts.created, 2);
+    assert_eq!(app.creates_answered(), 1, "only c-2 is POSTed");
     app.assert_one_contact_per_record(&ids(2)).await;
     // Adopted and then brought up to date with the CRM.
     assert_eq!(app.contact_for("c-1")["defaultFields"]["company"], "Acme 1");
@@ -388,6 +403,10 @@ async fn records_gone_from_the_source_are_ignored_by_default_and_deleted_when_co
     .await;
     app.cycle().await;
     app.write_csv(&csv(&rows(2)));
+    // One complete read that misses a record only notes it; the next that agrees deletes.
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 0);
+    assert_eq!(app.sandbox.count_by_external_id("c-3"), 1);
     let report = app.cycle().await;
     assert_eq!(report.counts.deleted, 1);
     assert_eq!(app.sandbox.count_by_external_id("c-3"), 0);
@@ -398,4 +417,48 @@ async fn records_gone_from_the_source_are_ignored_by_default_and_deleted_when_co
         .unwrap()
         .unwrap();
     assert_eq!(row.state, quo_sync::ledger::RecordState::Deleted);
+}
+
+/// A record one complete read misses (a file caught half-written, a list that skipped a page)
+/// is deleted only when the next complete read misses it too; one that comes back is kept, and
+/// its absence forgotten.
+#[tokio::test]
+async fn a_record_is_deleted_only_when_two_complete_reads_in_a_row_miss_it() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(4)),
+        SandboxConfig::default(),
+        "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = 1.0\n",
+    )
+    .await;
+    app.cycle().await;
+    let absent = async || {
+        let mut ids: Vec<String> = app.ledger().absences().await.unwrap().into_iter().collect();
+        ids.sort();
+        ids
+    };
+
+    // A read cut after two rows: nothing deleted, the two missing rows noted.
+    app.write_csv(&csv(&rows(2)));
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 0, "{report:?}");
+    assert_eq!(app.sandbox.contacts().len(), 4);
+    assert_eq!(absent().await, ["c-3", "c-4"]);
+
+    // The whole file again: they are back, kept, and no longer noted.
+    app.write_csv(&csv(&rows(4)));
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 0, "{report:?}");
+    assert!(absent().await.is_empty());
+
+    // A record really removed: kept after the first read that misses it, deleted after the
+    // second, and its absence then forgotten.
+    app.write_csv(&csv(&rows(3)));
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 0, "{report:?}");
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 1, "{report:?}");
+    assert_eq!(app.sandbox.count_by_external_id("c-4"), 0);
+    assert_eq!(app.sandbox.contacts().len(), 3);
+    app.cycle().await;
+    assert!(absent().await.is_empty());
 }

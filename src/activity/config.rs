@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::config::{HumanDuration, SourceKind};
@@ -32,7 +32,7 @@ fn bad(key: &str, reason: impl Into<String>) -> ActivityConfigError {
 }
 
 /// One kind of activity to log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KindName {
     /// Calls.
@@ -44,7 +44,7 @@ pub enum KindName {
 }
 
 /// How much of what was said reaches the CRM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ContentLevel {
     /// Who, when, how long, the summary and links; no message text, no transcript (default).
@@ -55,7 +55,7 @@ pub enum ContentLevel {
 }
 
 /// What happens to activity that matches no record, or more than one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unmatched {
     /// Counted and shown, never written (default).
@@ -66,7 +66,7 @@ pub enum Unmatched {
 }
 
 /// An HTTP method of the REST sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HttpMethod {
     /// GET.
@@ -92,7 +92,7 @@ impl HttpMethod {
 }
 
 /// `[activity.csv]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsvSinkConfig {
     /// The activity file (created with its header when missing).
@@ -101,7 +101,7 @@ pub struct CsvSinkConfig {
 
 /// `[activity.rest]`: one CRM object per activity, written through `[source.rest]`'s
 /// connection (base URL, credentials, rate limit).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestSinkConfig {
     /// Method of the create, default `POST`.
@@ -138,8 +138,8 @@ pub struct RestSinkConfig {
     /// JSON pointer to the found object's id in the lookup answer; absent means not found.
     #[serde(default)]
     pub lookup_id_pointer: Option<String>,
-    /// Extra request headers.
-    #[serde(default)]
+    /// Extra request headers (values of credential-like names are redacted when printed).
+    #[serde(default, serialize_with = "redacted_headers")]
     pub headers: BTreeMap<String, String>,
     /// Leave out keys whose value is null (default true: CRMs refuse `null` for many fields).
     #[serde(default = "yes")]
@@ -150,7 +150,7 @@ pub struct RestSinkConfig {
 }
 
 /// `[activity.owner_lookup]`: the CRM owner of a Quo user, found by email (REST CRMs).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OwnerLookupConfig {
     /// Method, default `GET`.
@@ -166,7 +166,7 @@ pub struct OwnerLookupConfig {
 }
 
 /// `[activity]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActivityConfig {
     /// Log activity at all (default true once the table is present).
@@ -192,7 +192,7 @@ pub struct ActivityConfig {
     pub unmatched: Unmatched,
     /// Signing keys of webhooks set up by hand (legacy base64 keys or `whsec_…`); keys of the
     /// webhooks quo-sync registers itself live in the ledger.
-    #[serde(default)]
+    #[serde(default, serialize_with = "redacted_secrets")]
     pub webhook_secrets: Vec<SecretString>,
     /// With `reverse.public_url`, register the activity webhook at start (default true).
     #[serde(default = "yes")]
@@ -209,6 +209,32 @@ pub struct ActivityConfig {
     /// The REST CRM objects.
     #[serde(default)]
     pub rest: Option<RestSinkConfig>,
+}
+
+/// What a secret prints as (`check-config --print`).
+const REDACTED: &str = "[REDACTED]";
+
+/// `webhook_secrets` as `check-config --print` shows them: one `[REDACTED]` per key.
+fn redacted_secrets<S: Serializer>(keys: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(keys.iter().map(|_| REDACTED))
+}
+
+/// Extra headers as printed: a header that carries a credential shows `[REDACTED]`.
+fn redacted_headers<S: Serializer>(
+    headers: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let secret = |name: &str| {
+        let lower = name.to_ascii_lowercase();
+        ["auth", "token", "key", "secret", "cookie", "password"]
+            .iter()
+            .any(|w| lower.contains(w))
+    };
+    s.collect_map(
+        headers
+            .iter()
+            .map(|(k, v)| (k, if secret(k) { REDACTED } else { v.as_str() })),
+    )
 }
 
 fn yes() -> bool {

@@ -110,9 +110,13 @@ pub fn pipeline(activity: &ActivityConfig, ctx: &SyncContext) -> Result<Pipeline
         .clone()
         .map(|l| (l, ctx.source.clone()));
     let people = People::new(dated, &activity.owners, lookup);
+    let guard = crate::source::WriteGuard {
+        fence: ctx.ledger.write_fence(),
+        cancel: ctx.cancel.clone(),
+    };
     Ok(Pipeline::new(
         ctx.ledger.clone(),
-        sink,
+        (sink, guard),
         people,
         Settings::from_config(activity, ctx.settings.inbox_retention),
     ))

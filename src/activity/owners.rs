@@ -162,7 +162,7 @@ async fn lookup_owner(
             &path,
             body.as_ref(),
             &HeaderMap::new(),
-            false,
+            (None, false),
         )
         .await
         .map_err(|e| e.to_string())?;

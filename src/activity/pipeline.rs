@@ -15,7 +15,9 @@
 //!   CRM id, never created again.
 //!
 //! Only the leader runs passes, on its fenced ledger; one task does every pass, so no two
-//! passes race on an activity.
+//! passes race on an activity. Every CRM write is admitted by the leader's write fence, and
+//! while syncing is paused (`quo-sync pause`) nothing is written: deliveries are still stored
+//! and absorbed, and written after `quo-sync resume`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use super::model::{Activity, ActivityDocument, Family};
 use super::owners::People;
 use super::sinks::{Found, Outcome, Outgoing, Sink};
 use crate::ledger::{ActivityRow, ActivityState, Ledger, LedgerError};
+use crate::source::WriteGuard;
 
 /// Deliveries and activities handled per step.
 const BATCH: i64 = 500;
@@ -137,7 +140,11 @@ pub struct Pipeline {
     people: People,
     index: tokio::sync::Mutex<PhoneIndex>,
     settings: Settings,
+    /// What every CRM write asks first: the leader's fence and the shutdown token.
+    guard: WriteGuard,
     pruned_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Whether the last pass found syncing paused (logged once per pause).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -149,16 +156,42 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline writing to `sink`.
-    pub fn new(ledger: Ledger, sink: Sink, people: People, settings: Settings) -> Self {
+    /// A pipeline writing to `sink`, each write admitted by `guard`.
+    pub fn new(
+        ledger: Ledger,
+        (sink, guard): (Sink, WriteGuard),
+        people: People,
+        settings: Settings,
+    ) -> Self {
         Self {
             ledger,
             sink,
             people,
             index: tokio::sync::Mutex::new(PhoneIndex::default()),
             settings,
+            guard,
             pruned_at: std::sync::Mutex::new(None),
+            paused: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether syncing is paused now (logged when that changes): then nothing is written.
+    async fn paused(&self) -> Result<bool, PipelineError> {
+        use std::sync::atomic::Ordering;
+        let pause = self.ledger.pause_state().await?;
+        let now = pause.is_some();
+        if self.paused.swap(now, Ordering::Relaxed) != now {
+            match pause {
+                Some(pause) => {
+                    info!(event = "activity_paused", paused_by = %pause.by, "syncing is paused: calls and texts are stored and written to the CRM after `quo-sync resume`")
+                }
+                None => info!(
+                    event = "activity_resumed",
+                    "syncing resumed: stored calls and texts are written"
+                ),
+            }
+        }
+        Ok(now)
     }
 
     /// The sink.
@@ -204,6 +237,9 @@ impl Pipeline {
         }
         while self.absorb(&mut report).await? == BATCH as usize {}
         for _ in 0..20 {
+            if self.paused().await? {
+                break;
+            }
             if self.write_due(&mut report).await? < BATCH as usize {
                 break;
             }
@@ -498,9 +534,9 @@ impl Pipeline {
             });
         }
         let outcomes = if create {
-            self.sink.create(&items).await
+            self.sink.create(&items, &self.guard).await
         } else {
-            self.sink.update(&items).await
+            self.sink.update(&items, &self.guard).await
         };
         let at = now();
         for ((row, outcome), digest) in rows.iter_mut().zip(outcomes).zip(digests) {
@@ -541,6 +577,12 @@ impl Pipeline {
                     row.next_attempt_at = Some(stamp(at + LOOKUP_LAG));
                     warn!(event = "activity_write_unknown", activity_id = %row.activity_id, reason = %reason, "an activity create's outcome is unknown; settled by lookup before any second create");
                     row.last_error = Some(reason);
+                }
+                Outcome::NotSent(reason) => {
+                    // Nothing left this process: no lookup needed, no backoff.
+                    row.state = Some(ActivityState::Pending);
+                    row.next_attempt_at = None;
+                    debug!(event = "activity_write_not_sent", activity_id = %row.activity_id, reason = %reason, "an activity write was not sent");
                 }
                 Outcome::Missing => {
                     row.crm_id = None;

@@ -5,6 +5,8 @@
 
 mod args;
 mod commands;
+mod control;
+mod link;
 mod quarantine;
 mod webhooks;
 

@@ -61,14 +61,11 @@ pub async fn webhooks(config_path: &Path, action: WebhooksAction) -> anyhow::Res
             }
             let writer =
                 app::acquire_writer(&config, "webhooks", wait, app::shutdown_token()).await?;
-            let dated = DatedClient::new(
-                &client.clone().with_write_gate(
-                    writer
-                        .ledger
-                        .write_permit()
-                        .unwrap_or_else(|| std::sync::Arc::new(|| true)),
-                ),
-            );
+            let client = match writer.ledger.write_fence() {
+                Some(fence) => client.clone().with_write_fence(fence),
+                None => client.clone(),
+            };
+            let dated = DatedClient::new(&client);
             let done = Registrar::new(dated, writer.ledger.clone())
                 .ensure(&wanted)
                 .await;

@@ -5,6 +5,8 @@
 //! does not add up is an error, never a silent partial ledger.
 //!
 //! The lease table (if any) and the migration bookkeeping are not copied: the target has its own.
+//! Neither are pending CRM change notices (`crm_notices`): they only say "read soon", and the
+//! first read of a process is a list read, which covers them.
 
 use futures::TryStreamExt;
 use serde::Serialize;
@@ -46,6 +48,7 @@ const TABLES: &[Table] = &[
             ("created_at", Text),
             ("updated_at", Text),
             ("scan_seen", Text),
+            ("adopt_quo_id", Text),
         ],
         pg_order: "external_id",
     },
@@ -67,6 +70,9 @@ const TABLES: &[Table] = &[
             ("rate_limited", Int),
             ("duration_ms", Int),
             ("error", Text),
+            ("adopted", Int),
+            ("held", Int),
+            ("exported", Int),
         ],
         pg_order: "seq",
     },
@@ -127,8 +133,87 @@ const TABLES: &[Table] = &[
             ("sent_at", Text),
             ("passes", Int),
             ("seen_at", Text),
+            ("failures", Int),
+            ("abandoned_at", Text),
+            ("abandoned_reason", Text),
         ],
         pg_order: "id",
+    },
+    Table {
+        name: "workspace_contacts",
+        columns: &[
+            ("quo_id", Text),
+            ("source", Text),
+            ("external_id", Text),
+            ("keys", Text),
+            ("contact", Text),
+            ("created_at", Text),
+            ("updated_at", Text),
+            ("seen_at", Text),
+        ],
+        pg_order: "quo_id",
+    },
+    Table {
+        name: "workspace_keys",
+        columns: &[("key", Text), ("quo_id", Text)],
+        pg_order: "key, quo_id",
+    },
+    Table {
+        name: "adoptions",
+        columns: &[
+            ("external_id", Text),
+            ("quo_id", Text),
+            ("previous_source", Text),
+            ("previous_external_id", Text),
+            ("replaced", Text),
+            ("written", Text),
+            ("adopted_at", Text),
+        ],
+        pg_order: "external_id",
+    },
+    Table {
+        name: "match_decisions",
+        columns: &[
+            ("external_id", Text),
+            ("decision", Text),
+            ("quo_id", Text),
+            ("decided_at", Text),
+        ],
+        pg_order: "external_id",
+    },
+    Table {
+        name: "crm_exports",
+        columns: &[
+            ("quo_id", Text),
+            ("external_id", Text),
+            ("state", Text),
+            ("snapshot", Text),
+            ("reason", Text),
+            ("created_at", Text),
+            ("updated_at", Text),
+        ],
+        pg_order: "quo_id",
+    },
+    Table {
+        name: "source_absences",
+        columns: &[
+            ("external_id", Text),
+            ("first_missed_at", Text),
+            ("run_id", Text),
+        ],
+        pg_order: "external_id",
+    },
+    Table {
+        name: "crm_holds",
+        columns: &[
+            ("external_id", Text),
+            ("field", Text),
+            ("crm_value", Text),
+            ("quo_value", Text),
+            ("reason", Text),
+            ("at", Text),
+        ],
+        pg_order: "external_id, field",
     },
     Table {
         name: "activity_inbox",
@@ -187,6 +272,19 @@ const TABLES: &[Table] = &[
         name: "meta",
         columns: &[("key", Text), ("value", Text)],
         pg_order: "key",
+    },
+    Table {
+        name: "crm_oauth",
+        columns: &[
+            ("name", Text),
+            ("configured", Text),
+            ("refresh_token", Text),
+            ("generation", Int),
+            ("claimed_by", Text),
+            ("claim_until_ms", Int),
+            ("rotated_at", Text),
+        ],
+        pg_order: "name",
     },
 ];
 

@@ -199,3 +199,74 @@ impl fmt::Debug for PgUrl {
         write!(f, "PgUrl({})", self.shown)
     }
 }
+
+/// Whether `host` is this machine: a loopback name or address, or a Unix socket directory.
+pub(crate) fn is_local_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.starts_with('/')
+        || bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Logs whether the PostgreSQL ledger's connection is encrypted (the server's own view,
+/// `pg_stat_ssl`), and warns when a connection that leaves this machine is not: the default
+/// `sslmode=prefer` falls back to plaintext silently.
+pub(crate) async fn report_pg_security(pool: &PgPool, url: &PgUrl) {
+    let row: Result<Option<(bool, Option<String>)>, sqlx::Error> =
+        sqlx::query_as("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_optional(pool)
+            .await;
+    let host = url.options().get_host().to_string();
+    match row {
+        Ok(Some((true, version))) => tracing::info!(
+            event = "ledger_connected",
+            ledger = %url,
+            tls = true,
+            tls_version = version.as_deref().unwrap_or("unknown"),
+            "PostgreSQL ledger connected over TLS"
+        ),
+        Ok(_) if !is_local_host(&host) => tracing::warn!(
+            event = "ledger_unencrypted",
+            ledger = %url,
+            tls = false,
+            "the PostgreSQL ledger connection is NOT encrypted and leaves this machine: add ?sslmode=verify-full&sslrootcert=/path/to/ca.crt to ledger.url"
+        ),
+        Ok(_) => tracing::info!(
+            event = "ledger_connected",
+            ledger = %url,
+            tls = false,
+            "PostgreSQL ledger connected (unencrypted, on this machine)"
+        ),
+        Err(e) => tracing::debug!(error = %e, "could not read pg_stat_ssl"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_and_sockets_count_as_this_machine() {
+        for local in [
+            "127.0.0.1",
+            "127.8.0.1",
+            "::1",
+            "[::1]",
+            "localhost",
+            "/run/postgresql",
+        ] {
+            assert!(is_local_host(local), "{local}");
+        }
+        for remote in [
+            "db.example.com",
+            "10.0.0.5",
+            "192.168.1.2",
+            "2001:db8::1",
+            "localhost.evil",
+        ] {
+            assert!(!is_local_host(remote), "{remote}");
+        }
+    }
+}

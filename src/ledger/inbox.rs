@@ -1,8 +1,28 @@
 //! The `inbox` table: webhook events, stored before they are acknowledged and processed later,
 //! so an acknowledged event survives a crash, and a redelivered one is recognised by its id.
+//!
+//! Every replica stores deliveries (a load balancer picks any of them), so the leader must
+//! hear of what a standby stored: whoever stores an event or a CRM notice bumps the intake
+//! signal (a counter in `meta`), and the leader watches it ([`Ledger::watch_intake`]). A counter
+//! polled four times a second works the same across processes on SQLite and PostgreSQL, costs a
+//! one-row read, and needs no connection held open (LISTEN/NOTIFY would, and would lose what
+//! was sent while it reconnects).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::db::on_pool;
 use super::{Ledger, LedgerError, now_text};
+
+/// Meta key of the intake signal.
+const INTAKE_SIGNAL: &str = "intake.signal";
+
+/// How often the leader reads the intake signal.
+pub const INTAKE_POLL: Duration = Duration::from_millis(250);
 
 /// An event as received.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +112,63 @@ impl Ledger {
         .await
         .map(|d| d.rows_affected()))?;
         Ok(done)
+    }
+
+    /// Tells the leader, wherever it runs, that intake was stored (bumps the intake signal).
+    pub async fn signal_intake(&self) -> Result<(), LedgerError> {
+        on_pool!(&self.pool, |p| sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, '1') ON CONFLICT(key)
+             DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)"
+        )
+        .bind(INTAKE_SIGNAL)
+        .execute(p)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// The intake signal's value (0 before anything was signalled).
+    pub async fn intake_signal(&self) -> Result<i64, LedgerError> {
+        Ok(self
+            .meta(INTAKE_SIGNAL)
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Until `cancel`, wakes `wake` within [`INTAKE_POLL`] of any process signalling intake,
+    /// unless a cycle that started since already covers it: `covered` is the signal's value when
+    /// the latest cycle started (this process's own receivers wake it directly; that cycle
+    /// covers their signal, and a second wake would run a second cycle for nothing).
+    pub async fn watch_intake(
+        &self,
+        wake: Arc<Notify>,
+        covered: Arc<AtomicI64>,
+        cancel: CancellationToken,
+    ) {
+        let mut last = self.intake_signal().await.ok();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(INTAKE_POLL) => {}
+                _ = cancel.cancelled() => return,
+            }
+            match self.intake_signal().await {
+                Ok(now) if Some(now) != last => {
+                    if last.is_some() && now > covered.load(Ordering::Acquire) {
+                        tracing::debug!(
+                            event = "intake_signalled",
+                            "intake stored by another replica; waking the cycle loop"
+                        );
+                        wake.notify_one();
+                    }
+                    last = Some(now);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(event = "intake_signal_unreadable", error = %e, "cannot read the intake signal; trying again")
+                }
+            }
+        }
     }
 
     /// Events waiting to be applied.

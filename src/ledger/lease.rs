@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use super::{Ledger, LedgerError};
 
 /// "Now" in unix milliseconds by the database's clock (one clock for every replica, so lease
 /// expiry never depends on the replicas' clocks agreeing).
-fn db_now_ms(pg: bool) -> &'static str {
+pub(super) fn db_now_ms(pg: bool) -> &'static str {
     if pg {
         "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
     } else {
@@ -108,8 +108,10 @@ fn pg_fence_trigger(table: &str) -> String {
 }
 
 /// Tables whose writes are never fenced: the lease itself (it fences itself by its `WHERE`
-/// clauses) and sqlx's migration bookkeeping (migrations run only under the lease).
-const UNFENCED_TABLES: [&str; 2] = ["leader_lease", "_sqlx_migrations"];
+/// clauses), sqlx's migration bookkeeping (migrations run only under the lease) and the CRM's
+/// OAuth2 refresh token (a rotated token must be kept whoever leads; its row has its own
+/// compare-and-swap, see `crm_tokens`).
+const UNFENCED_TABLES: [&str; 3] = ["leader_lease", "_sqlx_migrations", "crm_oauth"];
 
 /// The message a fenced write fails with (also matched by [`LedgerError::is_fenced`]).
 pub const FENCED_MESSAGE: &str =
@@ -156,16 +158,28 @@ fn host_key() -> String {
     format!("{}/{pid_ns}", boot.trim())
 }
 
-/// Whether `pid` is certainly not running here (absent from `/proc`, or a zombie).
+/// Whether `pid` is certainly not running here. The kernel is asked with `kill(pid, 0)`, which
+/// sees every process even where `/proc` hides them (`hidepid=2`, systemd
+/// `ProtectProc=invisible`, a `once` run as another user): ESRCH means dead; EPERM (alive, not
+/// ours to signal) and any other doubt mean alive, until the lease expires. A process that
+/// answers but that `/proc` shows as a zombie (exited, not reaped) is dead.
 fn pid_is_dead(pid: i64) -> bool {
     if pid <= 0 || i64::from(std::process::id()) == pid {
         return false;
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    let Some(target) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(target) {
+        Err(rustix::io::Errno::SRCH) => true,
+        Ok(()) => std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        }),
+        Err(_) => false,
     }
 }
 
@@ -471,11 +485,16 @@ impl Ledger {
         })
     }
 
-    /// For a leader's ledger: a check that answers whether the lease is still ours by the local
-    /// clock (hand it to the Quo client and the CRM writers); `None` on an unfenced ledger.
-    pub fn write_permit(&self) -> Option<Arc<dyn Fn() -> bool + Send + Sync>> {
+    /// For a leader's ledger: its writers' fence (hand it to the Quo client and the CRM
+    /// writers): how long the lease is still ours by the local clock, and its write window;
+    /// `None` on an unfenced ledger.
+    pub fn write_fence(&self) -> Option<crate::quo::fence::WriteFence> {
         let fence = self.fence.clone()?;
-        Some(Arc::new(move || fence.holds()))
+        let window = crate::config::lease_write_window(fence.lease);
+        Some(crate::quo::fence::WriteFence::new(
+            Arc::new(move || fence.time_left()),
+            window,
+        ))
     }
 
     /// Fails with [`LedgerError::Fenced`] when this is a leader's ledger whose lease has run out
@@ -489,23 +508,60 @@ impl Ledger {
     }
 }
 
-/// The local view of a held lease: its epoch and until when, by this process's monotonic clock,
-/// it is certainly still ours.
+/// The local view of a held lease: its epoch and until when it is certainly still ours.
+///
+/// Time since `origin` is the longer of the monotonic clock's and the wall clock's: Linux's
+/// monotonic clock stops while the machine sleeps, so after a suspend it alone would say the lease
+/// is still ours long after it expired in the database; the wall clock keeps counting (a wall
+/// clock stepped forward only ends the lease early, the safe direction; one stepped back is
+/// outrun by the monotonic clock).
 #[derive(Debug)]
 pub struct Fence {
     epoch: i64,
+    lease: Duration,
     origin: Instant,
+    origin_wall: SystemTime,
     /// Milliseconds after `origin` until which the lease is ours.
     valid_until_ms: AtomicU64,
     lost: CancellationToken,
 }
 
 impl Fence {
-    /// Whether the lease is still ours by the local clock.
+    fn new(epoch: i64, lease: Duration, asked_at: Instant) -> Self {
+        // The wall clock's origin as of `asked_at` (a moment ago).
+        let origin_wall = SystemTime::now()
+            .checked_sub(asked_at.elapsed())
+            .unwrap_or_else(SystemTime::now);
+        Self {
+            epoch,
+            lease,
+            origin: asked_at,
+            origin_wall,
+            valid_until_ms: AtomicU64::new(0),
+            lost: CancellationToken::new(),
+        }
+    }
+
+    /// Time since `origin`, by whichever of the monotonic and the wall clock ran further.
+    fn elapsed(&self) -> Duration {
+        let wall = SystemTime::now()
+            .duration_since(self.origin_wall)
+            .unwrap_or_default();
+        self.origin.elapsed().max(wall)
+    }
+
+    /// How long the lease is still ours by the local clocks; `None` once it is not.
+    pub fn time_left(&self) -> Option<Duration> {
+        if self.lost.is_cancelled() {
+            return None;
+        }
+        let until = Duration::from_millis(self.valid_until_ms.load(Ordering::Acquire));
+        until.checked_sub(self.elapsed()).filter(|d| !d.is_zero())
+    }
+
+    /// Whether the lease is still ours by the local clocks.
     pub fn holds(&self) -> bool {
-        !self.lost.is_cancelled()
-            && (self.origin.elapsed().as_millis() as u64)
-                < self.valid_until_ms.load(Ordering::Acquire)
+        self.time_left().is_some()
     }
 
     fn extend(&self, asked_at: Instant, lease: Duration) {
@@ -572,12 +628,7 @@ impl LeaderLease {
                 Err(e) => return Err(e.into()),
             }
         };
-        let fence = Arc::new(Fence {
-            epoch,
-            origin: asked_at,
-            valid_until_ms: AtomicU64::new(0),
-            lost: CancellationToken::new(),
-        });
+        let fence = Arc::new(Fence::new(epoch, lease, asked_at));
         fence.extend(asked_at, lease);
         let renewer = tokio::spawn(renew_loop(
             ledger.clone(),
@@ -722,6 +773,49 @@ mod tests {
 
     async fn ledger(dir: &tempfile::TempDir) -> Ledger {
         Ledger::open(&dir.path().join("l.db")).await.unwrap()
+    }
+
+    #[test]
+    fn a_suspend_that_stopped_the_monotonic_clock_ends_the_lease() {
+        let lease = Duration::from_secs(15);
+        let asked_at = Instant::now();
+        let fence = Fence::new(1, lease, asked_at);
+        fence.extend(asked_at, lease);
+        let left = fence.time_left().expect("just taken");
+        assert!(left > Duration::from_secs(13) && left <= Duration::from_millis(13_500));
+        // The machine slept 20 s: the monotonic clock did not count them, the wall clock did.
+        let slept = Fence {
+            origin_wall: fence.origin_wall - Duration::from_secs(20),
+            ..Fence::new(1, lease, asked_at)
+        };
+        slept.extend(asked_at, lease);
+        assert_eq!(slept.time_left(), None, "still ours after a suspend");
+        assert!(!slept.holds());
+    }
+
+    #[test]
+    fn a_pid_is_dead_only_when_the_kernel_says_so_or_it_is_a_zombie() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i64::from(child.id());
+        assert!(!pid_is_dead(pid), "a running process");
+        assert!(!pid_is_dead(i64::from(std::process::id())), "ourselves");
+        assert!(
+            !pid_is_dead(1),
+            "init (EPERM for an unprivileged user: alive)"
+        );
+        child.kill().unwrap();
+        // Killed, not reaped yet: a zombie, which `kill(pid, 0)` still answers for.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pid_is_dead(pid) {
+            assert!(Instant::now() < deadline, "a zombie counts as dead");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert!(pid_is_dead(pid), "reaped: ESRCH");
+        assert!(!pid_is_dead(0) && !pid_is_dead(-5), "never a real pid");
     }
 
     #[tokio::test]

@@ -7,16 +7,25 @@
 //! Migrations live in `migrations/<backend>/` and are embedded in the binary; they run only
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
+mod absences;
 mod activity;
+mod adoptions;
+mod backup;
+mod control;
 mod copy;
+mod crm_notices;
+mod crm_tokens;
 pub(crate) mod db;
+mod exports;
 mod inbox;
 mod index;
 mod lease;
 mod quarantine;
 mod records;
 mod runs;
+mod scope;
 mod unconfirmed;
+pub mod workspace;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -27,14 +36,20 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use db::{Pool, on_pool};
 
+pub use absences::CrmHold;
 pub use activity::{
     ActivityEventRow, ActivityRow, ActivityState, NewActivityEvent, RecordPhones,
     WebhookRegistration,
 };
+pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
+pub use backup::{BackupError, BackupReport};
+pub use control::{Control, Pause};
 pub use copy::CopyReport;
+pub use crm_tokens::StoredRefreshToken;
 pub use db::{BadPgUrl, PgUrl};
+pub use exports::{Export, ExportState};
 
-pub use inbox::{InboxEvent, NewInboxEvent};
+pub use inbox::{INTAKE_POLL, InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
 pub use lease::{
     Attempt, Candidate, FENCED_MESSAGE, Fence, LeaderLease, LeaseError, LeaseHolder, host_name,
@@ -42,7 +57,12 @@ pub use lease::{
 pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
-pub use unconfirmed::{PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate};
+pub use scope::{ScopeLink, ScopeMark};
+pub use unconfirmed::{
+    ATTEMPTS_TO_GIVE_UP, CLOCK_SKEW, PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate,
+    made_in_time,
+};
+pub use workspace::{WORKSPACE_LISTED, WorkspaceContact};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +74,17 @@ pub enum LedgerError {
         path: String,
         /// The driver error.
         source: sqlx::Error,
+    },
+    /// The PostgreSQL server's TLS could not be set up or verified (a configuration problem:
+    /// `sslmode`, `sslrootcert`, or a server without TLS).
+    #[error(
+        "cannot open ledger {path}: TLS failed: {reason} (check sslmode and sslrootcert in ledger.url, or PGSSLMODE/PGSSLROOTCERT)"
+    )]
+    Tls {
+        /// The database URL without its password.
+        path: String,
+        /// What the TLS layer said.
+        reason: String,
     },
     /// Embedded migrations failed.
     #[error("cannot migrate ledger {path}: {source}")]
@@ -148,6 +179,29 @@ impl fmt::Display for LedgerTarget {
 }
 
 impl LedgerError {
+    /// An error opening the ledger at `path`: TLS failures are told apart (exit code 2).
+    pub(crate) fn open(path: String, source: sqlx::Error) -> Self {
+        // sqlx reports a failed handshake (wrong CA, wrong host name) as I/O carrying the
+        // rustls error, and a server without TLS under sslmode=require as `Tls`.
+        let handshake = match &source {
+            sqlx::Error::Io(e) => e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map(ToString::to_string),
+            sqlx::Error::Tls(e) => Some(e.to_string()),
+            _ => None,
+        };
+        match handshake {
+            Some(reason) => LedgerError::Tls { path, reason },
+            None => LedgerError::Open { path, source },
+        }
+    }
+
+    /// Whether the operator's configuration is to blame (exit code 2): a TLS setup that fails.
+    pub fn is_config(&self) -> bool {
+        matches!(self, LedgerError::Tls { .. })
+    }
+
     /// Whether a write was refused because the writer lease is no longer ours.
     pub fn is_fenced(&self) -> bool {
         match self {
@@ -254,7 +308,11 @@ impl Ledger {
         let options = db::ConnectOptions::Postgres(
             url.options().options([("client_min_messages", "warning")]),
         );
-        Self::connect_with(display, options).await
+        let ledger = Self::connect_with(display, options).await?;
+        if let Pool::Postgres(pool) = &ledger.pool {
+            db::report_pg_security(pool, url).await;
+        }
+        Ok(ledger)
     }
 
     /// Opens a pool with `options` and makes sure the lease table exists (both backends).
@@ -265,10 +323,7 @@ impl Ledger {
         let pool = options
             .pool(None)
             .await
-            .map_err(|source| LedgerError::Open {
-                path: display.clone(),
-                source,
-            })?;
+            .map_err(|source| LedgerError::open(display.clone(), source))?;
         let ledger = Self {
             pool,
             path: display,

@@ -15,6 +15,11 @@ pub enum QuarantineStage {
     Mapping,
     /// Quo refused the record (non-retryable 4xx) or retries ran out.
     Quo,
+    /// `sync.filter` could not be evaluated on the record (e.g. `int()` of a word).
+    Filter,
+    /// Held before create: the record matches existing contacts and no one of them can be
+    /// chosen without guessing (`value` lists the contact ids).
+    Match,
 }
 
 impl QuarantineStage {
@@ -24,6 +29,8 @@ impl QuarantineStage {
             QuarantineStage::Read => "read",
             QuarantineStage::Mapping => "mapping",
             QuarantineStage::Quo => "quo",
+            QuarantineStage::Filter => "filter",
+            QuarantineStage::Match => "match",
         }
     }
 }
@@ -37,7 +44,7 @@ pub struct QuarantineEntry {
     pub external_id: Option<String>,
     /// Where the row was read.
     pub location: String,
-    /// `read`, `mapping` or `quo`.
+    /// `read`, `mapping`, `quo` or `match` (held before create).
     pub stage: String,
     /// The offending field, when one is to blame.
     pub field: Option<String>,
@@ -152,6 +159,38 @@ impl Ledger {
         .fetch_all(p)
         .await)?;
         Ok(rows)
+    }
+
+    /// Records held before create (stage `match`, discarded or not): their external ids and the
+    /// contact ids each was matched to.
+    pub async fn held_matches(&self) -> Result<Vec<(String, Vec<String>)>, LedgerError> {
+        let rows: Vec<(Option<String>, Option<String>)> =
+            on_pool!(&self.pool, |p| sqlx::query_as(
+                "SELECT external_id, value FROM quarantine WHERE stage = 'match'"
+            )
+            .fetch_all(p)
+            .await)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, value)| {
+                let contacts = value
+                    .unwrap_or_default()
+                    .split(' ')
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                Some((id?, contacts))
+            })
+            .collect())
+    }
+
+    /// How many records are held before create (stage `match`) and not discarded.
+    pub async fn held_count(&self) -> Result<i64, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM quarantine WHERE stage = 'match' AND discarded_at IS NULL"
+        )
+        .fetch_one(p)
+        .await)?)
     }
 
     /// How many records are quarantined and not discarded.

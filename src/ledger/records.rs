@@ -19,9 +19,24 @@ pub enum RecordState {
     Unlinked,
     /// Gone from the source; its Quo contact was deleted.
     Deleted,
+    /// The filter does not admit it, and it has no contact (`ledger/scope.rs`).
+    OutOfScope,
+    /// It had a contact when the filter stopped admitting it: kept (`quo_id` set) or unlinked.
+    LeftScope,
+    /// In scope, but `sync.mode = "update_only"` and no contact to update.
+    Skipped,
 }
 
 impl RecordState {
+    /// Whether this is a scope or mode judgement (`out_of_scope`, `left_scope`, `skipped`):
+    /// nothing is synced for the record while its fingerprint stays the same.
+    pub fn is_judged(self) -> bool {
+        matches!(
+            self,
+            RecordState::OutOfScope | RecordState::LeftScope | RecordState::Skipped
+        )
+    }
+
     /// The stored text.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -29,6 +44,9 @@ impl RecordState {
             RecordState::Synced => "synced",
             RecordState::Unlinked => "unlinked",
             RecordState::Deleted => "deleted",
+            RecordState::OutOfScope => "out_of_scope",
+            RecordState::LeftScope => "left_scope",
+            RecordState::Skipped => "skipped",
         }
     }
 
@@ -37,6 +55,9 @@ impl RecordState {
             "pending_create" => RecordState::PendingCreate,
             "unlinked" => RecordState::Unlinked,
             "deleted" => RecordState::Deleted,
+            "out_of_scope" => RecordState::OutOfScope,
+            "left_scope" => RecordState::LeftScope,
+            "skipped" => RecordState::Skipped,
             _ => RecordState::Synced,
         }
     }
@@ -65,6 +86,9 @@ pub struct RecordRow {
     pub attempts: i64,
     /// The last failure.
     pub last_error: Option<String>,
+    /// A pending adoption: the existing contact this record is being linked to (its PATCH may
+    /// have landed; a read of this id tells).
+    pub adopt_quo_id: Option<String>,
 }
 
 /// What a sync commits after Quo confirmed a write.
@@ -111,6 +135,7 @@ struct StoredRecord {
     crm_updated_at: Option<String>,
     attempts: i64,
     last_error: Option<String>,
+    adopt_quo_id: Option<String>,
 }
 
 fn decode_row(row: StoredRecord) -> Result<RecordRow, LedgerError> {
@@ -141,10 +166,20 @@ fn decode_row(row: StoredRecord) -> Result<RecordRow, LedgerError> {
         crm_updated_at: row.crm_updated_at,
         attempts: row.attempts,
         last_error: row.last_error,
+        adopt_quo_id: row.adopt_quo_id,
     })
 }
 
-const COLUMNS: &str = "external_id, quo_id, state, source_fingerprint, snapshot, quo_contact, quo_updated_at, crm_updated_at, attempts, last_error";
+/// A pending row: a create's intent (`$3` NULL) or an adoption's (`$3` the contact); a row that
+/// has a Quo id keeps it.
+pub(super) const PENDING_UPSERT: &str =
+    "INSERT INTO records (external_id, state, snapshot, adopt_quo_id, created_at, updated_at)
+     VALUES ($1, 'pending_create', $2, $3, $4, $5)
+     ON CONFLICT(external_id) DO UPDATE SET state = 'pending_create', snapshot = excluded.snapshot,
+         adopt_quo_id = excluded.adopt_quo_id, updated_at = excluded.updated_at
+     WHERE records.quo_id IS NULL";
+
+const COLUMNS: &str = "external_id, quo_id, state, source_fingerprint, snapshot, quo_contact, quo_updated_at, crm_updated_at, attempts, last_error, adopt_quo_id";
 
 impl Ledger {
     /// Loads the compact index of every record.
@@ -232,21 +267,27 @@ impl Ledger {
         external_id: &ExternalId,
         sent: Option<&Snapshot>,
     ) -> Result<(), LedgerError> {
+        self.record_pending(external_id, sent, None).await
+    }
+
+    async fn record_pending(
+        &self,
+        external_id: &ExternalId,
+        sent: Option<&Snapshot>,
+        adopting: Option<&str>,
+    ) -> Result<(), LedgerError> {
         let now = now_text();
         let sent = sent.map(|s| serde_json::to_string(s).expect("snapshot serialises"));
         on_pool!(&self.pool, |p| {
-            sqlx::query(
-            "INSERT INTO records (external_id, state, snapshot, created_at, updated_at) VALUES ($1, 'pending_create', $2, $3, $4)
-             ON CONFLICT(external_id) DO UPDATE SET state = 'pending_create', snapshot = excluded.snapshot,
-                 updated_at = excluded.updated_at
-             WHERE records.quo_id IS NULL",
-        )
-        .bind(external_id.as_str())
-        .bind(sent)
-        .bind(&now)
-        .bind(&now)
-        .execute(p)
-        .await.map(drop)
+            sqlx::query(PENDING_UPSERT)
+                .bind(external_id.as_str())
+                .bind(sent)
+                .bind(adopting)
+                .bind(&now)
+                .bind(&now)
+                .execute(p)
+                .await
+                .map(drop)
         })?;
         Ok(())
     }
@@ -273,7 +314,7 @@ impl Ledger {
                         snapshot = excluded.snapshot, snapshot_hash = excluded.snapshot_hash,
                         quo_contact = excluded.quo_contact, quo_updated_at = excluded.quo_updated_at,
                         crm_updated_at = COALESCE(excluded.crm_updated_at, records.crm_updated_at),
-                        attempts = 0, last_error = NULL, updated_at = excluded.updated_at",
+                        attempts = 0, last_error = NULL, adopt_quo_id = NULL, updated_at = excluded.updated_at",
                 )
                 .bind(synced.external_id.as_str())
                 .bind(synced.quo_id.as_str())
@@ -291,6 +332,8 @@ impl Ledger {
                     .bind(synced.external_id.as_str())
                     .execute(&mut *tx)
                     .await?;
+                // What we just wrote or read is the index's freshest copy of the contact.
+                super::workspace::workspace_put_tx!(&mut *tx, synced.contact);
             }
             tx.commit().await?;
         });
@@ -380,7 +423,7 @@ impl Ledger {
         on_pool!(&self.pool, |p| {
             sqlx::query(
             "UPDATE records SET quo_id = NULL, state = $1, snapshot = NULL, snapshot_hash = NULL, quo_contact = NULL,
-                    source_fingerprint = NULL, updated_at = $2 WHERE external_id = $3",
+                    source_fingerprint = NULL, adopt_quo_id = NULL, updated_at = $2 WHERE external_id = $3",
         )
         .bind(state.as_str())
         .bind(now_text())
@@ -490,6 +533,18 @@ impl Ledger {
             "SELECT COUNT(*) FROM records WHERE quo_id IS NOT NULL AND state = 'synced'",
         )
         .fetch_one(p)
+        .await)?)
+    }
+
+    /// Up to `n` Quo ids of linked records, drawn at random (the workspace check reads them
+    /// back).
+    pub async fn sample_linked(&self, n: usize) -> Result<Vec<String>, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT quo_id FROM records WHERE quo_id IS NOT NULL AND state = 'synced'
+             ORDER BY RANDOM() LIMIT $1",
+        )
+        .bind(n as i64)
+        .fetch_all(p)
         .await)?)
     }
 

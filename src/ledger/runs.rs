@@ -24,6 +24,24 @@ pub struct RunCounts {
     pub requests: u64,
     /// 429 answers received.
     pub rate_limited: u64,
+    /// Records read that `sync.filter` admits.
+    pub in_scope: u64,
+    /// Records read that it does not (never created; left scope included).
+    pub out_of_scope: u64,
+    /// Synced records that left scope this cycle (`sync.on_leave_scope`).
+    pub left_scope: u64,
+    /// Work `sync.mode` held back: creates under `update_only`, updates under `create_only`.
+    pub skipped_by_mode: u64,
+    /// Contacts already in Quo linked to their record by one PATCH (day one).
+    pub adopted: u64,
+    /// Records held in quarantine (stage `match`): no contact could be chosen without guessing.
+    pub held: u64,
+    /// Contacts made in the Quo app that became CRM records (`reverse.create_in_crm`).
+    pub exported: u64,
+    /// Pages of a listing of the whole workspace this cycle read (day one's match index, 50
+    /// contacts a page): the listing before the first creates, and a due scan pass of the
+    /// workspace, which keeps the index fresh.
+    pub listing_pages: u64,
 }
 
 /// One row of `runs`.
@@ -59,6 +77,12 @@ pub struct RunRow {
     pub duration_ms: i64,
     /// The failure, if the run failed.
     pub error: Option<String>,
+    /// Existing contacts adopted.
+    pub adopted: i64,
+    /// Records held (stage `match`).
+    pub held: i64,
+    /// Contacts made in Quo that became CRM records.
+    pub exported: i64,
 }
 
 /// One recorded conflict.
@@ -113,7 +137,8 @@ impl Ledger {
         on_pool!(&self.pool, |p| {
             sqlx::query(
             "UPDATE runs SET finished_at = $1, status = $2, created = $3, updated = $4, unchanged = $5, deleted = $6,
-                    quarantined = $7, written_to_crm = $8, requests = $9, rate_limited = $10, duration_ms = $11, error = $12
+                    quarantined = $7, written_to_crm = $8, requests = $9, rate_limited = $10, duration_ms = $11, error = $12,
+                    adopted = $14, held = $15, exported = $16
              WHERE id = $13",
         )
         .bind(now_text())
@@ -129,6 +154,9 @@ impl Ledger {
         .bind(duration_ms as i64)
         .bind(error)
         .bind(id)
+        .bind(counts.adopted as i64)
+        .bind(counts.held as i64)
+        .bind(counts.exported as i64)
         .execute(p)
         .await.map(drop)
         })?;

@@ -24,6 +24,14 @@ pub const PASSES_TO_RULE_OUT: i64 = 3;
 /// made. Earlier passes prove nothing, however many there are.
 pub const RULE_OUT_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
+/// How far a contact's `createdAt` may run ahead of the time an entry was written (Quo's clock
+/// against ours) for that entry's POST to have made it.
+pub const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// Failed attempts in a row to resolve a contact an entry may have made, after which the entry
+/// ends in the quarantine instead of lingering.
+pub const ATTEMPTS_TO_GIVE_UP: i64 = 3;
+
 /// A POST whose outcome was never confirmed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnconfirmedCreate {
@@ -81,6 +89,39 @@ impl Ledger {
         Ok(())
     }
 
+    /// A POST for `external_id` that sent `sent` may have landed unseen, and the pending create's
+    /// row held it: the entry is written and the row's snapshot cleared in one transaction, so
+    /// each POST is on record exactly once (a crash between the two cannot count it twice).
+    pub async fn unconfirmed_from_intent(
+        &self,
+        external_id: &ExternalId,
+        sent: &Snapshot,
+    ) -> Result<(), LedgerError> {
+        let snapshot = serde_json::to_string(sent).expect("snapshot serialises");
+        let now = now_text();
+        on_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO unconfirmed_creates (external_id, snapshot, sent_at) VALUES ($1, $2, $3)",
+            )
+            .bind(external_id.as_str())
+            .bind(&snapshot)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE records SET snapshot = NULL, updated_at = $2
+                 WHERE external_id = $1 AND quo_id IS NULL AND state = 'pending_create'",
+            )
+            .bind(external_id.as_str())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
     /// The unconfirmed creates for one record, oldest first.
     pub async fn unconfirmed_for(
         &self,
@@ -88,7 +129,7 @@ impl Ledger {
     ) -> Result<Vec<UnconfirmedCreate>, LedgerError> {
         let rows: Vec<StoredUnconfirmed> = on_pool!(&self.pool, |p| sqlx::query_as(
             "SELECT id, external_id, snapshot, sent_at FROM unconfirmed_creates
-             WHERE external_id = $1 ORDER BY id"
+             WHERE external_id = $1 AND abandoned_at IS NULL ORDER BY id"
         )
         .bind(external_id)
         .fetch_all(p)
@@ -99,7 +140,7 @@ impl Ledger {
     /// The external ids that have unconfirmed creates (the table holds a handful at most).
     pub async fn unconfirmed_external_ids(&self) -> Result<HashSet<String>, LedgerError> {
         let ids: Vec<String> = on_pool!(&self.pool, |p| sqlx::query_scalar(
-            "SELECT DISTINCT external_id FROM unconfirmed_creates"
+            "SELECT DISTINCT external_id FROM unconfirmed_creates WHERE abandoned_at IS NULL"
         )
         .fetch_all(p)
         .await)?;
@@ -109,10 +150,56 @@ impl Ledger {
     /// How many unconfirmed creates wait for a scan.
     pub async fn unconfirmed_count(&self) -> Result<i64, LedgerError> {
         Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM unconfirmed_creates"
+            "SELECT COUNT(*) FROM unconfirmed_creates WHERE abandoned_at IS NULL"
         )
         .fetch_one(p)
         .await)?)
+    }
+
+    /// An attempt to resolve a contact `external_id`'s entries may have made failed: counts it
+    /// against them and returns the most failures in a row any of them has now.
+    pub async fn unconfirmed_failed(&self, external_id: &str) -> Result<i64, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "UPDATE unconfirmed_creates SET failures = failures + 1
+             WHERE external_id = $1 AND abandoned_at IS NULL RETURNING failures"
+        )
+        .bind(external_id)
+        .fetch_all(p)
+        .await)?
+        .into_iter()
+        .max()
+        .unwrap_or(0))
+    }
+
+    /// Ends one entry without resolving its contact (left in Quo): it stays in the table with
+    /// when and why, no longer open.
+    pub async fn unconfirmed_abandon(&self, id: i64, reason: &str) -> Result<(), LedgerError> {
+        on_pool!(&self.pool, |p| sqlx::query(
+            "UPDATE unconfirmed_creates SET abandoned_at = $2, abandoned_reason = $3 WHERE id = $1"
+        )
+        .bind(id)
+        .bind(now_text())
+        .bind(reason)
+        .execute(p)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// Abandoned entries, newest first: (external id, when, why).
+    pub async fn unconfirmed_abandoned(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(String, String, String)>, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| {
+            sqlx::query_as(
+            "SELECT external_id, abandoned_at, COALESCE(abandoned_reason, '') FROM unconfirmed_creates
+             WHERE abandoned_at IS NOT NULL ORDER BY abandoned_at DESC, id DESC LIMIT $1"
+        )
+        .bind(limit)
+        .fetch_all(p)
+        .await
+        })?)
     }
 
     /// Drops one entry: its contact was found and resolved.
@@ -131,7 +218,8 @@ impl Ledger {
     /// missed passes starts over, and the pass that listed it does not count as a miss.
     pub async fn unconfirmed_seen(&self, external_id: &str) -> Result<(), LedgerError> {
         on_pool!(&self.pool, |p| sqlx::query(
-            "UPDATE unconfirmed_creates SET passes = 0, seen_at = $2 WHERE external_id = $1"
+            "UPDATE unconfirmed_creates SET passes = 0, seen_at = $2
+             WHERE external_id = $1 AND abandoned_at IS NULL"
         )
         .bind(external_id)
         .bind(now_text())
@@ -151,7 +239,8 @@ impl Ledger {
     ) -> Result<Vec<String>, LedgerError> {
         let rows: Vec<(i64, String, String, i64, Option<String>)> = on_pool!(&self.pool, |p| {
             sqlx::query_as(
-                "SELECT id, external_id, sent_at, passes, seen_at FROM unconfirmed_creates ORDER BY id"
+                "SELECT id, external_id, sent_at, passes, seen_at FROM unconfirmed_creates
+                 WHERE abandoned_at IS NULL ORDER BY id",
             )
             .fetch_all(p)
             .await
@@ -181,4 +270,21 @@ impl Ledger {
         }
         Ok(ruled_out)
     }
+}
+
+/// Whether a contact created at `created_at` may have been made by the POST of one of
+/// `entries`: not when it was created after every one of them was written (plus
+/// [`CLOCK_SKEW`]); unknown times say yes.
+pub fn made_in_time(entries: &[UnconfirmedCreate], created_at: Option<&str>) -> bool {
+    let at = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let Some(created) = created_at.and_then(at) else {
+        return true;
+    };
+    entries
+        .iter()
+        .any(|e| at(&e.sent_at).is_none_or(|written| created <= written + CLOCK_SKEW))
 }

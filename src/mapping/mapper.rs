@@ -8,32 +8,41 @@ use serde_json::Value;
 
 use super::dates::{DateOrder, DateRules};
 use super::fingerprint::{RawFingerprint, config_digest, raw_fingerprint};
+use super::input::Input;
 use super::phones::{normalize_phone_in, parse_region};
 use super::values::{canonical_quo_value, coerce, normalize_email, render};
 use super::{MappingConfigError, MappingError};
-use crate::config::{LabeledFieldMapping, MappingConfig};
+use crate::config::{FieldSource, LabeledFieldMapping, MappingConfig};
 use crate::domain::{Labeled, Snapshot, field};
+use crate::expr::{Expression, Yields};
 use crate::quo::types::{Contact, ContactItem, CustomFieldDef, CustomFieldType};
 use crate::source::SourceRecord;
 
 #[derive(Debug, Clone)]
 pub(super) struct ResolvedCustom {
     pub(super) key: String,
-    pub(super) field: String,
+    pub(super) field: Input,
     pub(super) field_type: CustomFieldType,
     pub(super) delimiter: String,
+}
+
+/// An email or phone entry: its Quo label (`name`) and where its value is read (`value`).
+#[derive(Debug, Clone)]
+pub(super) struct LabeledInput {
+    name: String,
+    value: Input,
 }
 
 #[derive(Debug, Clone)]
 pub struct Mapper {
     region: phonenumber::country::Id,
     region_code: String,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    company: Option<String>,
-    role: Option<String>,
-    emails: Vec<LabeledFieldMapping>,
-    phones: Vec<LabeledFieldMapping>,
+    first_name: Option<Input>,
+    last_name: Option<Input>,
+    company: Option<Input>,
+    role: Option<Input>,
+    emails: Vec<LabeledInput>,
+    phones: Vec<LabeledInput>,
     pub(super) custom: Vec<ResolvedCustom>,
     /// Time zone and slashed-date order for date fields.
     dates: DateRules,
@@ -42,6 +51,10 @@ pub struct Mapper {
     /// The fingerprint: digest of the rules, the configuration and the resolved definitions,
     /// and every mapped source field in a fixed order.
     pub(super) raw: RawFingerprint,
+    /// The digest of the rules behind `raw` (with what `fingerprint_also` added).
+    digest: String,
+    /// The fields behind `raw`.
+    mapped_fields: Vec<String>,
 }
 
 impl Mapper {
@@ -70,100 +83,128 @@ impl Mapper {
         check_labels("mapping.phones", &config.phones)?;
 
         let (custom, def_names) = resolve_custom(config, defs)?;
+        let scalar = |key: &str, source: &Option<FieldSource>| {
+            source
+                .as_ref()
+                .map(|s| Input::new(&format!("mapping.{key}"), s))
+                .transpose()
+        };
+        let labeled = |key: &str, mappings: &[LabeledFieldMapping]| {
+            mappings
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    Ok(LabeledInput {
+                        name: m.label.clone(),
+                        value: Input::new(&format!("{key}[{i}].field"), &m.field)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, MappingConfigError>>()
+        };
+        let first_name = scalar("first_name", &config.first_name)?;
+        let last_name = scalar("last_name", &config.last_name)?;
+        let company = scalar("company", &config.company)?;
+        let role = scalar("role", &config.role)?;
+        let emails = labeled("mapping.emails", &config.emails)?;
+        let phones = labeled("mapping.phones", &config.phones)?;
 
-        let mut mapped_fields: Vec<String> = [
-            &config.first_name,
-            &config.last_name,
-            &config.company,
-            &config.role,
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-        mapped_fields.extend(config.emails.iter().map(|m| m.field.clone()));
-        mapped_fields.extend(config.phones.iter().map(|m| m.field.clone()));
-        mapped_fields.extend(custom.iter().map(|c| c.field.clone()));
+        let mut mapped_fields: Vec<String> = [&first_name, &last_name, &company, &role]
+            .into_iter()
+            .flatten()
+            .chain(emails.iter().chain(&phones).map(|m| &m.value))
+            .chain(custom.iter().map(|c| &c.field))
+            .flat_map(Input::reads)
+            .collect();
         mapped_fields.sort();
         mapped_fields.dedup();
 
-        let raw = raw_fingerprint(&config_digest(config, &custom), &mapped_fields);
+        let digest = config_digest(config, &custom);
+        let raw = raw_fingerprint(&digest, &mapped_fields);
 
         Ok(Mapper {
             region,
             region_code,
-            first_name: config.first_name.clone(),
-            last_name: config.last_name.clone(),
-            company: config.company.clone(),
-            role: config.role.clone(),
-            emails: config.emails.clone(),
-            phones: config.phones.clone(),
+            first_name,
+            last_name,
+            company,
+            role,
+            emails,
+            phones,
             custom,
             dates,
             def_names,
             raw,
+            digest,
+            mapped_fields,
         })
+    }
+
+    /// Adds inputs of other decisions to the fingerprint (the scope filter's fields and rules):
+    /// an unchanged fingerprint then means those decisions would come out as last time too.
+    /// Nothing to add (no rules, no fields) leaves the fingerprint as it is.
+    pub fn fingerprint_also(mut self, rules: &str, fields: &[String]) -> Self {
+        if rules.is_empty() && fields.is_empty() {
+            return self;
+        }
+        self.mapped_fields.extend(fields.iter().cloned());
+        self.mapped_fields.sort();
+        self.mapped_fields.dedup();
+        self.digest = format!("{}+{rules}", self.digest);
+        self.raw = raw_fingerprint(&self.digest, &self.mapped_fields);
+        self
     }
 
     /// Maps one CRM record to its canonical snapshot, or names the first field that cannot be.
     pub fn map(&self, record: &SourceRecord) -> Result<Snapshot, MappingError> {
-        let get = |name: &str| -> &str {
-            record
-                .fields
-                .get(name)
-                .map(|v| v.trim())
-                .unwrap_or_default()
-        };
-        let text = |name: &Option<String>| -> Option<String> {
-            name.as_deref()
-                .map(get)
-                .filter(|v| !v.is_empty())
-                .map(str::to_string)
+        let text = |input: &Option<Input>| -> Result<Option<String>, MappingError> {
+            let Some(input) = input else { return Ok(None) };
+            let value = input.read(record, "")?;
+            Ok((!value.is_empty()).then(|| value.into_owned()))
         };
         let mut snapshot = Snapshot {
-            first_name: text(&self.first_name),
-            last_name: text(&self.last_name),
-            company: text(&self.company),
-            role: text(&self.role),
+            first_name: text(&self.first_name)?,
+            last_name: text(&self.last_name)?,
+            company: text(&self.company)?,
+            role: text(&self.role)?,
             ..Snapshot::default()
         };
         for mapping in &self.emails {
-            let raw = get(&mapping.field);
+            let raw = mapping.value.read(record, "")?;
             if raw.is_empty() {
                 continue;
             }
-            let value = normalize_email(raw).map_err(|reason| MappingError {
-                field: mapping.field.clone(),
+            let value = normalize_email(&raw).map_err(|reason| MappingError {
+                field: mapping.value.label().to_string(),
                 value: raw.to_string(),
                 reason,
             })?;
             snapshot.emails.push(Labeled {
-                name: mapping.label.clone(),
+                name: mapping.name.clone(),
                 value,
             });
         }
         for mapping in &self.phones {
-            let raw = get(&mapping.field);
+            let raw = mapping.value.read(record, "")?;
             if raw.is_empty() {
                 continue;
             }
             let value =
-                normalize_phone_in(raw, self.region, &self.region_code).map_err(|reason| {
+                normalize_phone_in(&raw, self.region, &self.region_code).map_err(|reason| {
                     MappingError {
-                        field: mapping.field.clone(),
+                        field: mapping.value.label().to_string(),
                         value: raw.to_string(),
                         reason,
                     }
                 })?;
             snapshot.phone_numbers.push(Labeled {
-                name: mapping.label.clone(),
+                name: mapping.name.clone(),
                 value,
             });
         }
         for custom in &self.custom {
-            let raw = get(&custom.field);
-            let value = coerce(custom, &self.dates, raw).map_err(|reason| MappingError {
-                field: custom.field.clone(),
+            let raw = custom.field.read(record, &custom.delimiter)?;
+            let value = coerce(custom, &self.dates, &raw).map_err(|reason| MappingError {
+                field: custom.field.label().to_string(),
                 value: raw.to_string(),
                 reason,
             })?;
@@ -180,7 +221,7 @@ impl Mapper {
     /// integral numbers as integers, dates as `…T…000Z`); a managed key Quo lacks is null.
     pub fn from_contact(&self, contact: &Contact) -> Snapshot {
         let defaults = &contact.default_fields;
-        let text = |mapped: &Option<String>, value: &Option<String>| -> Option<String> {
+        let text = |mapped: &Option<Input>, value: &Option<String>| -> Option<String> {
             mapped.as_ref()?;
             value
                 .as_deref()
@@ -188,13 +229,13 @@ impl Mapper {
                 .filter(|v| !v.is_empty())
                 .map(str::to_string)
         };
-        let items = |mappings: &[LabeledFieldMapping],
+        let items = |mappings: &[LabeledInput],
                      items: &[ContactItem],
                      canon: &dyn Fn(&str) -> String|
          -> Vec<Labeled> {
             let mut out = Vec::new();
             for mapping in mappings {
-                for item in items.iter().filter(|i| i.name == mapping.label) {
+                for item in items.iter().filter(|i| i.name == mapping.name) {
                     let Some(value) = item.value.as_deref().map(str::trim) else {
                         continue;
                     };
@@ -202,7 +243,7 @@ impl Mapper {
                         continue;
                     }
                     out.push(Labeled {
-                        name: mapping.label.clone(),
+                        name: mapping.name.clone(),
                         value: canon(value),
                     });
                 }
@@ -274,6 +315,10 @@ impl Mapper {
                     let Some(custom) = self.custom.iter().find(|c| c.key == key) else {
                         continue;
                     };
+                    // A computed value has no column: it is one-way, to Quo.
+                    let Some(column) = custom.field.column() else {
+                        continue;
+                    };
                     let value = snapshot
                         .custom_fields
                         .get(key)
@@ -281,11 +326,11 @@ impl Mapper {
                         .unwrap_or(Value::Null);
                     let text =
                         render(custom, &self.dates, &value).map_err(|reason| MappingError {
-                            field: custom.field.clone(),
+                            field: column.to_string(),
                             value: value.to_string(),
                             reason,
                         })?;
-                    out.insert(custom.field.clone(), text);
+                    out.insert(column.to_string(), text);
                 }
             }
         }
@@ -297,13 +342,75 @@ impl Mapper {
         self.custom.iter().map(|c| c.key.clone()).collect()
     }
 
+    /// The default scalar fields the mapping writes (`firstName`, `lastName`, `company`,
+    /// `role`, by their diff names); the others are Quo's alone.
+    pub fn managed_default_fields(&self) -> Vec<&'static str> {
+        use crate::domain::field;
+        [
+            (&self.first_name, field::FIRST_NAME),
+            (&self.last_name, field::LAST_NAME),
+            (&self.company, field::COMPANY),
+            (&self.role, field::ROLE),
+        ]
+        .into_iter()
+        .filter(|(mapped, _)| mapped.is_some())
+        .map(|(_, name)| name)
+        .collect()
+    }
+
     /// The managed email labels and phone labels, in mapping order.
     pub fn managed_labels(&self) -> (Vec<String>, Vec<String>) {
         (
-            self.emails.iter().map(|m| m.label.clone()).collect(),
-            self.phones.iter().map(|m| m.label.clone()).collect(),
+            self.emails.iter().map(|m| m.name.clone()).collect(),
+            self.phones.iter().map(|m| m.name.clone()).collect(),
         )
     }
+
+    /// The diff names of the computed entries (`company`, `emails`, `custom:<key>`): one-way
+    /// fields, which a Quo-side edit never reaches the CRM through.
+    pub fn computed_fields(&self) -> Vec<String> {
+        let computed = |input: &Option<Input>| input.as_ref().is_some_and(|i| i.column().is_none());
+        let mut out = Vec::new();
+        for (name, input) in [
+            (field::FIRST_NAME, &self.first_name),
+            (field::LAST_NAME, &self.last_name),
+            (field::COMPANY, &self.company),
+            (field::ROLE, &self.role),
+        ] {
+            if computed(input) {
+                out.push(name.to_string());
+            }
+        }
+        if self.emails.iter().any(|m| m.value.column().is_none()) {
+            out.push(field::EMAILS.to_string());
+        }
+        if self.phones.iter().any(|m| m.value.column().is_none()) {
+            out.push(field::PHONE_NUMBERS.to_string());
+        }
+        for custom in self.custom.iter().filter(|c| c.field.column().is_none()) {
+            out.push(format!("{}{}", field::CUSTOM_PREFIX, custom.key));
+        }
+        out
+    }
+}
+
+/// Every source field the mapping reads (sorted, once each): the fingerprint's fields, and the
+/// columns a CSV header is expected to have.
+pub fn source_fields(config: &MappingConfig) -> Vec<String> {
+    let mut fields: Vec<String> = config
+        .sources()
+        .into_iter()
+        .flat_map(|(_, source)| match source {
+            FieldSource::Column(column) => vec![column.clone()],
+            // The fields a computed entry reads (a bad expression was refused at load).
+            FieldSource::Computed { expr } => Expression::compile(expr, Yields::Value)
+                .map(|e| e.inputs().to_vec())
+                .unwrap_or_default(),
+        })
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
 }
 
 /// Resolves `mapping.custom_fields` to Quo keys and types (exact name, then case-insensitive),
@@ -353,7 +460,10 @@ fn resolve_custom(
         }
         custom.push(ResolvedCustom {
             key: def.key.clone(),
-            field: mapping.field.clone(),
+            field: Input::new(
+                &format!("mapping.custom_fields[{index}].field"),
+                &mapping.field,
+            )?,
             field_type: def.field_type.clone(),
             delimiter,
         });
@@ -378,27 +488,32 @@ pub(super) fn check_labels(
     Ok(())
 }
 
+/// A text field back to its column; a computed one has none and is skipped (one-way).
 pub(super) fn put_text(
     out: &mut BTreeMap<String, String>,
-    mapped: &Option<String>,
+    mapped: &Option<Input>,
     value: &Option<String>,
 ) {
-    if let Some(field) = mapped {
-        out.insert(field.clone(), value.clone().unwrap_or_default());
+    if let Some(column) = mapped.as_ref().and_then(Input::column) {
+        out.insert(column.to_string(), value.clone().unwrap_or_default());
     }
 }
 
+/// Emails or phones back to their columns by label; computed entries are skipped (one-way).
 pub(super) fn put_labeled(
     out: &mut BTreeMap<String, String>,
-    mappings: &[LabeledFieldMapping],
+    mappings: &[LabeledInput],
     items: &[Labeled],
 ) {
     for mapping in mappings {
+        let Some(column) = mapping.value.column() else {
+            continue;
+        };
         let value = items
             .iter()
-            .find(|i| i.name == mapping.label)
+            .find(|i| i.name == mapping.name)
             .map(|i| i.value.clone())
             .unwrap_or_default();
-        out.insert(mapping.field.clone(), value);
+        out.insert(column.to_string(), value);
     }
 }

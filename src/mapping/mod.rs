@@ -31,6 +31,7 @@
 
 mod dates;
 mod fingerprint;
+mod input;
 mod lenient;
 mod mapper;
 mod phones;
@@ -43,7 +44,7 @@ use crate::quo::types::{CustomFieldDef, CustomFieldType};
 
 pub use fingerprint::RawFingerprint;
 pub use lenient::normalize_contact;
-pub use mapper::Mapper;
+pub use mapper::{Mapper, source_fields};
 pub use phones::normalize_phone;
 
 /// The configured mapping cannot work against this workspace; the cycle does not start.
@@ -111,6 +112,14 @@ pub enum MappingConfigError {
         name: String,
         /// The type's wire name.
         field_type: String,
+    },
+    /// A computed entry's expression cannot be used (the configuration check refuses it too).
+    #[error("{key}: {message}")]
+    BadExpression {
+        /// The entry's key (`mapping.company`).
+        key: String,
+        /// What is wrong, with the position.
+        message: String,
     },
     /// A multi-select delimiter is empty.
     #[error("mapping.custom_fields[{index}].delimiter: must not be empty (default is \";\")")]

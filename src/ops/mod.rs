@@ -4,9 +4,14 @@
 use serde::Serialize;
 
 pub mod console;
+pub mod control;
 pub mod http;
+pub mod link;
+pub mod listener;
+pub mod live;
 pub mod progress;
 pub mod reconcile;
+pub mod summary;
 
 use crate::ledger::{Ledger, LedgerError, QuarantineEntry, RunRow};
 
@@ -19,6 +24,9 @@ pub struct Status {
     pub records: std::collections::BTreeMap<String, i64>,
     /// Records in quarantine.
     pub quarantined: usize,
+    /// Of those, records held before create (stage `match`): they match contacts already in
+    /// Quo and wait for `quo-sync link` or a fix in the CRM.
+    pub held: i64,
     /// The oldest quarantined record.
     pub oldest_quarantined: Option<QuarantineEntry>,
     /// The last run.
@@ -34,11 +42,48 @@ pub struct Status {
     pub unconfirmed_creates: i64,
     /// Calls, texts and voicemails logged to the CRM (all zero without `[activity]`).
     pub activity: crate::activity::status::ActivityStatus,
+    /// What syncs, by the records' last judgement.
+    pub scope: ScopeCounts,
+    /// The pause in force (`quo-sync pause`), with who paused and until when.
+    pub paused: Option<crate::ledger::Pause>,
+    /// Unconfirmed creates whose contact could not be resolved, abandoned with a reason (the
+    /// contact is left in Quo for an operator): the newest few, (external id, when, why).
+    pub abandoned_creates: Vec<(String, String, String)>,
+}
+
+/// Records by scope (`sync.filter`) and mode (`sync.mode`), as last judged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ScopeCounts {
+    /// Records the filter admits (every record without a filter).
+    pub in_scope: i64,
+    /// Records it does not, and never did while synced: never created.
+    pub out_of_scope: i64,
+    /// Records that had a contact when they left scope (kept, unlinked or deleted).
+    pub left_scope: i64,
+    /// In scope, but `sync.mode = "update_only"` and no contact to update.
+    pub skipped_by_mode: i64,
+}
+
+impl ScopeCounts {
+    /// From the record counts by state.
+    pub fn from_states(states: &std::collections::BTreeMap<String, i64>) -> Self {
+        let of = |state: &str| states.get(state).copied().unwrap_or(0);
+        let out_of_scope = of("out_of_scope");
+        let left_scope = of("left_scope");
+        let skipped_by_mode = of("skipped");
+        Self {
+            in_scope: states.values().sum::<i64>() - out_of_scope - left_scope,
+            out_of_scope,
+            left_scope,
+            skipped_by_mode,
+        }
+    }
 }
 
 /// Gathers the status report.
 pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
     let records = ledger.count_by_state().await?.into_iter().collect();
+    let scope = ScopeCounts::from_states(&records);
     let quarantine = ledger.quarantined().await?;
     let last_run = ledger.recent_runs(1).await?.into_iter().next();
     let last_error = ledger.last_run_error().await?;
@@ -47,6 +92,7 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         ledger: ledger.path().to_string(),
         records,
         quarantined: quarantine.len(),
+        held: ledger.held_count().await?,
         oldest_quarantined: quarantine.into_iter().next(),
         last_run,
         last_error,
@@ -54,6 +100,9 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         conflicts,
         unconfirmed_creates: ledger.unconfirmed_count().await?,
         activity: crate::activity::status::gather(ledger).await?,
+        scope,
+        paused: ledger.pause_state().await?,
+        abandoned_creates: ledger.unconfirmed_abandoned(5).await?,
     })
 }
 
@@ -107,7 +156,24 @@ impl Status {
                 states.join(", ")
             }
         ));
+        let s = &self.scope;
+        out.push_str(&format!(
+            "scope         in scope {}, out of scope {}, left scope {}, skipped by mode {}\n",
+            s.in_scope, s.out_of_scope, s.left_scope, s.skipped_by_mode
+        ));
+        if let Some(pause) = &self.paused {
+            out.push_str(&format!(
+                "paused        {} (no writes to Quo or the CRM; quo-sync resume)\n",
+                pause.describe()
+            ));
+        }
         out.push_str(&format!("quarantined   {}\n", self.quarantined));
+        if self.held > 0 {
+            out.push_str(&format!(
+                "held          {} (match contacts already in Quo: `quo-sync quarantine list`, resolve with `quo-sync link`)\n",
+                self.held
+            ));
+        }
         if let Some(q) = &self.oldest_quarantined {
             out.push_str(&format!(
                 "  oldest      {} ({}, since {}): {}\n",
@@ -133,6 +199,11 @@ impl Status {
             out.push_str(&format!(
                 "unconfirmed creates {} (lost POST answers; resolved by the next scans)\n",
                 self.unconfirmed_creates
+            ));
+        }
+        for (external_id, at, reason) in &self.abandoned_creates {
+            out.push_str(&format!(
+                "abandoned create {external_id} ({at}): {reason}\n"
             ));
         }
         if !self.activity.activities.is_empty() || !self.activity.webhooks.is_empty() {

@@ -16,6 +16,8 @@ use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
+use super::fence::WriteFence;
+use super::grace::AuthGrace;
 use super::limiter::RateLimiter;
 use super::listing::RawContactPage;
 pub use super::listing::{ContactList, PageTokens, UndecodableContact};
@@ -24,6 +26,11 @@ use super::types::{Contact, CreateContact, CustomFieldDef, DataEnvelope, ErrorBo
 
 /// Largest page Quo serves.
 pub const MAX_PAGE: u32 = 50;
+
+/// 401/403/404 answers since the workspace was last checked after which absences are no longer
+/// believed until it is checked again (`reverse::absence`): a key pointed at another workspace
+/// answers 404 for every id.
+pub const REFUSAL_STORM: u64 = 10;
 
 /// Why a Quo call failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +144,10 @@ pub struct ClientStats {
     pub retries: AtomicU64,
     /// Creates resolved by lookup (409 or ambiguous outcome).
     pub adopted: AtomicU64,
+    /// 401, 403 and 404 answers.
+    pub refusals: AtomicU64,
+    /// `refusals + 1` when the key was last shown to answer for our workspace; 0: never.
+    workspace_checked_at: AtomicU64,
 }
 
 impl ClientStats {
@@ -156,9 +167,46 @@ pub struct CreateOutcome {
     pub contact: Contact,
     /// True when an existing contact was found and adopted instead of created.
     pub adopted: bool,
-    /// POSTs sent before the one that succeeded whose outcome stayed unknown (a 5xx, then a
-    /// lookup that missed): each may have made a contact a lagging list hid.
-    pub unconfirmed_posts: u32,
+}
+
+/// What [`QuoClient::create_contact`] tells the caller's record of POSTs as they happen, so a
+/// POST that may have made a contact is never forgotten: Quo has no idempotency key, a list can
+/// lag a create for longer than any wait, and only the record tells a contact such a POST made
+/// from a stranger's later on.
+pub trait PostJournal {
+    /// Why the record could not be written (the create stops: nothing unrecorded is sent).
+    type Error;
+
+    /// A POST is about to be sent: what it sends must be on record until its outcome is known.
+    fn sending(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The POST just sent may have made a contact (a 5xx, a timeout, a reset): record it as
+    /// unconfirmed now, before any lookup or second POST.
+    fn may_have_landed(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// A journal that keeps nothing (tests and tools that create by hand).
+impl PostJournal for () {
+    type Error = std::convert::Infallible;
+
+    async fn sending(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    async fn may_have_landed(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Why [`QuoClient::create_contact`] failed: Quo, or the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError<E> {
+    /// Quo refused the create, or its outcome is unknown.
+    #[error(transparent)]
+    Quo(#[from] QuoError),
+    /// The journal could not record a POST; nothing more was sent.
+    #[error("the record of POSTs failed")]
+    Journal(E),
 }
 
 /// Settings for `QuoClient::new`.
@@ -176,10 +224,6 @@ pub struct ClientSettings {
     pub retry: RetryPolicy,
 }
 
-/// Asked before every write attempt (retries included): `false` means this process may no
-/// longer write (its writer lease ran out), so the request is not sent.
-pub type WriteGate = Arc<dyn Fn() -> bool + Send + Sync>;
-
 /// The Quo client; cheap to clone, all clones share the limiter and counters.
 #[derive(Clone)]
 pub struct QuoClient {
@@ -192,10 +236,14 @@ pub struct QuoClient {
     stats: Arc<ClientStats>,
     /// Requests of background work (the reverse scan) yield to the others.
     background: bool,
-    /// Whether writes may still be sent (a leader's lease); `None`: always.
-    write_gate: Option<WriteGate>,
     /// `Quo-Api-Version` sent with every request (the dated API); `None` for `/v1`.
     api_version: Option<&'static str>,
+    /// The per-request timeout.
+    timeout: Duration,
+    /// A leader's lease, asked before every write attempt; `None`: always allowed.
+    fence: Option<WriteFence>,
+    /// The key's refusal clock, told of every accepted (2xx) answer; `None`: nobody asks.
+    auth: Option<Arc<AuthGrace>>,
 }
 
 impl std::fmt::Debug for QuoClient {
@@ -243,13 +291,16 @@ impl QuoClient {
             retry: settings.retry,
             stats: Arc::new(ClientStats::default()),
             background: false,
-            write_gate: None,
+            timeout: settings.timeout,
+            fence: None,
+            auth: None,
             api_version: None,
         }
     }
 
     /// A clone that sends `Quo-Api-Version: version` with every request (same key, limiter,
-    /// counters and write gate): the dated API's requests share the key's budget.
+    /// counters, write fence and refusal clock): the dated API's requests share the key's
+    /// budget.
     pub(crate) fn with_api_version(&self, version: &'static str) -> Self {
         Self {
             api_version: Some(version),
@@ -257,10 +308,19 @@ impl QuoClient {
         }
     }
 
-    /// This client, refusing every write once `gate` answers `false` (checked after the rate
-    /// limiter's wait and before each attempt, so a paused process never sends a stale write).
-    pub fn with_write_gate(mut self, gate: WriteGate) -> Self {
-        self.write_gate = Some(gate);
+    /// This client, telling `auth` of every answer that shows the key accepted (a 2xx): that
+    /// stops its refusal clock, and tells a later refusal from a key that never worked.
+    pub fn with_auth_grace(mut self, auth: Arc<AuthGrace>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// This client, writing only under `fence`: asked after the rate limiter's wait and before
+    /// each write attempt, which is sent with a timeout no longer than the lease's write window
+    /// and only while that much is left, so no write of a process that lost its lease (paused,
+    /// suspended, cut off) is sent or still in flight when another may lead.
+    pub fn with_write_fence(mut self, fence: WriteFence) -> Self {
+        self.fence = Some(fence);
         self
     }
 
@@ -276,6 +336,22 @@ impl QuoClient {
     /// Shared counters.
     pub fn stats(&self) -> &Arc<ClientStats> {
         &self.stats
+    }
+
+    /// Whether absences seen through this key may be believed: the workspace was checked, and
+    /// fewer than [`REFUSAL_STORM`] 401/403/404 answers came since (see `reverse::absence`).
+    pub fn absences_trusted(&self) -> bool {
+        let checked = self.stats.workspace_checked_at.load(Ordering::Acquire);
+        checked != 0 && self.stats.refusals.load(Ordering::Acquire) + 1 - checked < REFUSAL_STORM
+    }
+
+    /// Records that a sample of linked contacts was just read back: the key answers for our
+    /// workspace.
+    pub fn workspace_confirmed(&self) {
+        let now = self.stats.refusals.load(Ordering::Acquire);
+        self.stats
+            .workspace_checked_at
+            .store(now + 1, Ordering::Release);
     }
 
     /// The shared limiter.
@@ -306,7 +382,7 @@ impl QuoClient {
     /// `GET /v1/contacts/{id}`; `None` when Quo no longer has it.
     pub async fn get_contact(&self, id: &str) -> Result<Option<Contact>, QuoError> {
         let route = "GET /v1/contacts/{id}";
-        let path = format!("/v1/contacts/{}", encode_segment(id));
+        let path = format!("/v1/contacts/{}", super::encode_path_segment(id));
         match self
             .call_idempotent::<DataEnvelope<Contact>, ()>(route, Method::GET, &path, &[], None)
             .await
@@ -325,7 +401,7 @@ impl QuoClient {
     /// reached Quo, and 429s (refused before any work), are retried here.
     pub async fn update_contact(&self, id: &str, body: &PatchContact) -> Result<Contact, QuoError> {
         let route = "PATCH /v1/contacts/{id}";
-        let path = format!("/v1/contacts/{}", encode_segment(id));
+        let path = format!("/v1/contacts/{}", super::encode_path_segment(id));
         let envelope: DataEnvelope<Contact> = self
             .write_once(route, Method::PATCH, &path, Some(body))
             .await?;
@@ -386,7 +462,7 @@ impl QuoClient {
     /// `DELETE /v1/contacts/{id}`; `false` when it was already gone.
     pub async fn delete_contact(&self, id: &str) -> Result<bool, QuoError> {
         let route = "DELETE /v1/contacts/{id}";
-        let path = format!("/v1/contacts/{}", encode_segment(id));
+        let path = format!("/v1/contacts/{}", super::encode_path_segment(id));
         match self
             .call_idempotent::<serde_json::Value, ()>(route, Method::DELETE, &path, &[], None)
             .await
@@ -453,10 +529,29 @@ impl QuoClient {
 
     /// One page of our contacts (`sources=<ours>`, 50 a page), decoded contact by contact.
     pub async fn list_page(&self, page_token: Option<&str>) -> Result<ContactList, QuoError> {
-        let mut query = vec![
-            ("sources", self.source.clone()),
-            ("maxResults", MAX_PAGE.to_string()),
-        ];
+        self.contacts_page(Some(&self.source), page_token).await
+    }
+
+    /// One page of every contact in the workspace, whatever its source (the day-one listing).
+    pub async fn list_workspace_page(
+        &self,
+        page_token: Option<&str>,
+    ) -> Result<ContactList, QuoError> {
+        self.contacts_page(None, page_token).await
+    }
+
+    /// One page of `GET /v1/contacts` (50 a page), of one source or of all.
+    async fn contacts_page(
+        &self,
+        source: Option<&str>,
+        page_token: Option<&str>,
+    ) -> Result<ContactList, QuoError> {
+        // Our source first, as Quo's examples order them.
+        let mut query: Vec<(&str, String)> = source
+            .map(|source| ("sources", source.to_string()))
+            .into_iter()
+            .collect();
+        query.push(("maxResults", MAX_PAGE.to_string()));
         if let Some(t) = page_token {
             query.push(("pageToken", t.to_string()));
         }
@@ -493,13 +588,21 @@ impl QuoClient {
 
     /// `POST /v1/contacts`, never creating a duplicate: a 409 or an unknown outcome is resolved
     /// by a lookup by external id, and a found contact is adopted instead of created again.
-    pub async fn create_contact(&self, body: &CreateContact) -> Result<CreateOutcome, QuoError> {
+    ///
+    /// `journal` is told before each POST is sent ([`PostJournal::sending`]) and at the moment
+    /// each one's outcome becomes unknown ([`PostJournal::may_have_landed`]: a 5xx, a timeout, a
+    /// reset), before any lookup or resend: a POST that may have made a contact is on record
+    /// whatever happens next (retries running out, a later timeout, the lookup adopting an
+    /// older contact, the process dying).
+    pub async fn create_contact<J: PostJournal>(
+        &self,
+        body: &CreateContact,
+        journal: &J,
+    ) -> Result<CreateOutcome, CreateError<J::Error>> {
         let route = "POST /v1/contacts";
         let mut retries = 0u32;
-        let mut unconfirmed_posts = 0u32;
         loop {
-            // A 409 made nothing: a second POST after it leaves no contact unaccounted for.
-            let mut refused_as_conflict = false;
+            journal.sending().await.map_err(CreateError::Journal)?;
             // `resend`: whether nothing listed after the wait makes a second POST safe enough.
             let (last, wait_hint, limited, look_first, resend) = match self
                 .attempt(route, Method::POST, "/v1/contacts", &[], Some(body))
@@ -510,54 +613,55 @@ impl QuoClient {
                     return Ok(CreateOutcome {
                         contact: envelope.data,
                         adopted: false,
-                        unconfirmed_posts,
                     });
                 }
-                // Quo says it exists: look now (no wait needed for a definite answer).
+                // Quo says it exists: look now (no wait needed for a definite answer). A 409
+                // made nothing, so a second POST after it leaves no contact unaccounted for.
                 Ok((StatusCode::CONFLICT, _)) => {
                     let found = self.lookup_after_post(route, &body.external_id).await?;
                     if let Some(contact) = found {
                         return Ok(CreateOutcome {
                             contact,
                             adopted: true,
-                            unconfirmed_posts,
                         });
                     }
                     let text = format!(
                         "409 on create, yet no contact with externalId {:?} is listed",
                         body.external_id
                     );
-                    refused_as_conflict = true;
                     (text, None, false, true, true)
                 }
-                // Refused, so this POST made nothing; an earlier one of this call may have.
-                Ok((status, bytes)) if unconfirmed_posts == 0 => {
-                    return Err(rejected(status, &bytes));
-                }
-                Ok((status, bytes)) => {
-                    return Err(QuoError::Ambiguous {
-                        route,
-                        reason: format!(
-                            "an earlier POST's outcome is unknown, and the next was refused: {}",
-                            rejected(status, &bytes)
-                        ),
-                    });
-                }
+                // Refused, so this POST made nothing (an earlier one of this call that may have
+                // is on record already).
+                Ok((status, bytes)) => return Err(rejected(status, &bytes).into()),
                 // Never reached Quo, or refused by the rate limit before any work: plain retry.
-                Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }),
+                Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }.into()),
                 Err(AttemptError::NotSent(text)) => (text, None, false, false, false),
                 Err(AttemptError::Retryable {
                     status: StatusCode::TOO_MANY_REQUESTS,
                     retry_after,
                     text,
                 }) => (text, retry_after, true, false, false),
-                // The write may have landed, and a list may lag the write: wait first, then
-                // look, then send again only if nothing is there.
-                // A 5xx usually applied nothing: look, and send again if nothing is listed.
+                // A 5xx usually applied nothing, but may have: on record, then look, and send
+                // again if nothing is listed.
                 Err(AttemptError::Retryable {
                     retry_after, text, ..
-                }) => (text, retry_after, false, true, true),
-                Err(AttemptError::Ambiguous(text)) => (text, None, false, true, false),
+                }) => {
+                    journal
+                        .may_have_landed()
+                        .await
+                        .map_err(CreateError::Journal)?;
+                    (text, retry_after, false, true, true)
+                }
+                // The write may have landed, and a list may lag the write: on record, wait,
+                // look, and never send again in this call.
+                Err(AttemptError::Ambiguous(text)) => {
+                    journal
+                        .may_have_landed()
+                        .await
+                        .map_err(CreateError::Journal)?;
+                    (text, None, false, true, false)
+                }
             };
             retries = self
                 .before_retry(route, retries, last, wait_hint, limited)
@@ -567,19 +671,17 @@ impl QuoClient {
                     return Ok(CreateOutcome {
                         contact,
                         adopted: true,
-                        unconfirmed_posts,
                     });
                 }
-                if resend {
-                    unconfirmed_posts += u32::from(!refused_as_conflict);
-                } else {
+                if !resend {
                     // Our POST may have landed and a list may lag it: sending again now could
                     // make a duplicate that no lookup can undo. The intent stays pending; the
                     // next cycle looks again before any POST.
                     return Err(QuoError::Ambiguous {
                         route,
                         reason: "the create's outcome is unknown and the contact is not listed yet; resolved by lookup next cycle".into(),
-                    });
+                    }
+                    .into());
                 }
             }
         }
@@ -701,19 +803,19 @@ impl QuoClient {
         } else {
             self.limiter.acquire().await;
         }
-        if method != Method::GET
-            && self
-                .write_gate
-                .as_ref()
-                .is_some_and(|may_write| !may_write())
-        {
-            return Err(AttemptError::Fenced);
-        }
+        let timeout = match &self.fence {
+            Some(fence) if method != Method::GET => fence
+                .admit(self.timeout)
+                .await
+                .ok_or(AttemptError::Fenced)?,
+            _ => self.timeout,
+        };
         let mut request = self
             .http
             .request(method, format!("{}{}", self.base_url, path))
             .header(reqwest::header::AUTHORIZATION, self.api_key.expose_secret())
-            .query(query);
+            .query(query)
+            .timeout(timeout);
         if let Some(version) = self.api_version {
             request = request.header("Quo-Api-Version", version);
         }
@@ -742,6 +844,14 @@ impl QuoClient {
             Ok(bytes) => bytes,
             Err(e) => return Err(AttemptError::Ambiguous(describe_reqwest_error(&e))),
         };
+        if matches!(status.as_u16(), 401 | 403 | 404) {
+            self.stats.refusals.fetch_add(1, Ordering::AcqRel);
+        }
+        if status.is_success()
+            && let Some(auth) = &self.auth
+        {
+            auth.accepted();
+        }
         if status == StatusCode::TOO_MANY_REQUESTS {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("quo_sync_quo_rate_limited_total").increment(1);
@@ -757,19 +867,6 @@ impl QuoClient {
         // A final answer; `rejected` turns 401 into `Unauthorized`.
         Ok((status, bytes))
     }
-}
-
-/// Percent-encodes a path segment (ids are opaque strings).
-pub(crate) fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 pub(super) fn decode<T: DeserializeOwned>(

@@ -25,7 +25,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::client::{QuoClient, QuoError, encode_segment};
+use super::client::{QuoClient, QuoError};
+use super::encode_path_segment as encode_segment;
 use super::listing::PageTokens;
 use super::types::DataEnvelope;
 

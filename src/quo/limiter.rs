@@ -181,10 +181,13 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(190));
     }
 
+    /// Two foreground callers and one background caller compete: the background keeps to its
+    /// 10% (without the share it would take a third). Counts, not wall time, decide, so a
+    /// loaded machine slows the run without changing the shares.
     #[tokio::test]
     async fn background_work_keeps_to_its_share_while_foreground_waits() {
         let limiter = RateLimiter::per_second(200);
-        limiter.set_background_share(0.25);
+        limiter.set_background_share(0.1);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let count = |background: bool| {
             let limiter = limiter.clone();
@@ -208,24 +211,25 @@ mod tests {
         let (fg, bg) = (fg1.await.unwrap() + fg2.await.unwrap(), bg.await.unwrap());
         let share = f64::from(bg) / f64::from(bg + fg);
         assert!(
-            share <= 0.32,
+            share <= 0.2,
             "background took {share:.2} ({bg} of {})",
             bg + fg
         );
-        assert!(bg >= 5, "background still progresses: {bg}");
+        assert!(bg >= 3, "background still progresses: {bg}");
     }
 
     #[tokio::test]
     async fn background_work_takes_the_whole_rate_when_alone() {
         let limiter = RateLimiter::per_second(200);
-        limiter.set_background_share(0.1);
+        limiter.set_background_share(0.01);
         let started = Instant::now();
         for _ in 0..21 {
             limiter.acquire_background().await;
         }
-        // 20 periods at ~5.1 ms: far less than the 0.5 s a 10% share would take.
+        // 20 periods at ~5.1 ms (about 0.1 s): a 1% share would take 10 s, so a bound of 3 s
+        // holds on a loaded machine and still fails a limiter that applies the share alone.
         assert!(
-            started.elapsed() < Duration::from_millis(300),
+            started.elapsed() < Duration::from_secs(3),
             "{:?}",
             started.elapsed()
         );

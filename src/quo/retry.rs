@@ -52,6 +52,39 @@ impl RetryPolicy {
     }
 }
 
+/// The policy as a `backon` backoff: `max_retries` full-jitter delays, then none. Loops that
+/// have nothing to decide between attempts (the REST source, OAuth token requests) let `backon`
+/// run them; `.adjust` puts a server's `Retry-After` in place of a delay.
+impl backon::BackoffBuilder for RetryPolicy {
+    type Backoff = FullJitter;
+
+    fn build(self) -> FullJitter {
+        FullJitter {
+            policy: self,
+            retries: 0,
+        }
+    }
+}
+
+/// The delays of one retried exchange (see [`RetryPolicy::backoff`]).
+#[derive(Debug)]
+pub struct FullJitter {
+    policy: RetryPolicy,
+    retries: u32,
+}
+
+impl Iterator for FullJitter {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if !self.policy.may_retry(self.retries) {
+            return None;
+        }
+        self.retries += 1;
+        Some(self.policy.backoff(self.retries, None))
+    }
+}
+
 /// Whether an HTTP status is worth retrying (429 and 5xx).
 pub fn is_retryable_status(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
@@ -79,12 +112,9 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
         let clamped = seconds.min(RETRY_AFTER_CEILING.as_secs_f64());
         return Some(Duration::from_secs_f64(clamped));
     }
-    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = date
-        .with_timezone(&chrono::Utc)
-        .signed_duration_since(now)
-        .to_std()
-        .unwrap_or_default();
+    // All three HTTP-date forms (IMF-fixdate, RFC 850, asctime), as RFC 9110 asks.
+    let date = chrono::DateTime::<chrono::Utc>::from(httpdate::parse_http_date(value).ok()?);
+    let wait = date.signed_duration_since(now).to_std().unwrap_or_default();
     Some(wait.min(RETRY_AFTER_CEILING))
 }
 
@@ -103,6 +133,48 @@ mod tests {
             assert!(policy.backoff(retry, None) <= Duration::from_secs(1));
         }
         assert!(policy.backoff(1, None) <= Duration::from_millis(100));
+    }
+
+    /// Full jitter: waits spread over the whole `[0, ceiling]` (200 draws for retry 3, ceiling
+    /// 400 ms), so concurrent workers that failed together do not retry together. A constant or
+    /// half-jittered wait fails; a spread this wide by chance has odds below 1e-20.
+    #[test]
+    fn backoff_is_spread_over_the_whole_ceiling() {
+        let policy = RetryPolicy {
+            max_retries: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        let draws: Vec<Duration> = (0..200).map(|_| policy.backoff(3, None)).collect();
+        let ceiling = Duration::from_millis(400);
+        assert!(draws.iter().all(|d| *d <= ceiling), "{draws:?}");
+        let (low, high) = (
+            draws
+                .iter()
+                .filter(|d| **d < Duration::from_millis(100))
+                .count(),
+            draws
+                .iter()
+                .filter(|d| **d > Duration::from_millis(300))
+                .count(),
+        );
+        assert!(low > 0 && high > 0, "low {low}, high {high}: {draws:?}");
+        let mut distinct = draws.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() > 50, "{} distinct waits", distinct.len());
+    }
+
+    #[test]
+    fn backon_backoff_gives_max_retries_capped_delays() {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(250),
+        };
+        let delays: Vec<Duration> = backon::BackoffBuilder::build(policy).collect();
+        assert_eq!(delays.len(), 3);
+        assert!(delays.iter().all(|d| *d <= policy.cap), "{delays:?}");
     }
 
     #[test]
@@ -134,6 +206,15 @@ mod tests {
             parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
             Some(Duration::ZERO),
             "a date in the past means now"
+        );
+        // The obsolete forms a server may still send (RFC 9110 §5.6.7): RFC 850 and asctime.
+        assert_eq!(
+            parse_retry_after("Wednesday, 21-Oct-15 07:28:00 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Wed Oct 21 07:28:00 2015", now),
+            Some(Duration::from_secs(10))
         );
     }
 

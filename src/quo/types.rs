@@ -1,5 +1,5 @@
 //! Typed request and response bodies of the Quo contacts API, as the v1 OpenAPI spec defines
-//! them (`shared/quo-openapi-v1-contacts.json`). Field names follow the wire (camelCase).
+//! them (`docs/quo-openapi-v1-contacts.json`). Field names follow the wire (camelCase).
 
 use serde::{Deserialize, Serialize};
 
@@ -275,6 +275,15 @@ pub struct PatchContact {
     /// Every custom field value the contact has, managed or not (safe under replace semantics).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub custom_fields: Option<Vec<CustomFieldValue>>,
+    /// A new `externalId` (an adoption sets the record's; `Some(None)` clears it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub external_id: Option<Option<String>>,
+    /// A new `source` (an adoption sets ours; `Some(None)` clears it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source: Option<Option<String>>,
+    /// A new `sourceUrl` (an adoption sets the record's, when configured).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source_url: Option<Option<String>>,
 }
 
 /// Quo's v1 error body.

@@ -56,6 +56,9 @@ pub struct QuoChanges {
     /// Unlinked contacts of ours carrying the externalId of an unconfirmed create (found by a
     /// scan or a webhook): resolved in the settle phase (`sync::copies`).
     pub copies: Vec<UnlinkedCopy>,
+    /// The scan left more linked contacts unlisted than the deletion guard allows, and noted
+    /// none of them missing.
+    pub mass_delete_refused: bool,
 }
 
 /// A contact Quo holds with our `source` and the externalId of a create never confirmed, which
@@ -99,19 +102,28 @@ impl QuoChanges {
     }
 }
 
-/// Reads pending inbox events (and scans when `scan` is set) into `QuoChanges`.
+/// Reads pending inbox events (and runs a scan pass of `scan`'s scope when one is given, its
+/// missing contacts behind `guard`) into `QuoChanges`; `on_page` hears of each page the scan
+/// lists. With `index_workspace`, a contact the ledger does not link that an event names is read
+/// by id into the workspace index (or out of it, on a 404), so a contact made in the Quo app is
+/// known before a record that matches it is created.
 pub async fn gather(
     ledger: &Ledger,
     client: &QuoClient,
-    scan: bool,
+    scan: Option<super::scan::Scope>,
+    index_workspace: bool,
+    guard: super::absence::DeleteGuard,
+    on_page: impl FnMut(&super::scan::ScanProgress),
 ) -> Result<QuoChanges, IntakeError> {
     let mut changes = QuoChanges::default();
-    if scan {
+    if let Some(scope) = scan {
         // The pass writes its findings as notices into the inbox, read just below.
-        match super::scan::scan(ledger, client, None, &CancellationToken::new()).await {
+        let stop = CancellationToken::new();
+        match super::scan::scan_pass(ledger, client, scope, None, &stop, guard, on_page).await {
             Ok(progress) => {
                 changes.scanned = progress.complete;
                 changes.orphans = progress.orphans;
+                changes.mass_delete_refused = progress.missing_refused;
             }
             Err(IntakeError::Quo(e)) if !e.is_fatal() => {
                 // Nothing is concluded from a partial listing; the next cycle goes on with it.
@@ -150,6 +162,9 @@ pub async fn gather(
             }
             debug!(event = "webhook_not_ours", event_id = %event.event_id, quo_id, "event for a contact quo-sync does not manage");
             changes.note_event("", &event.event_id);
+            if index_workspace && fetched.insert(quo_id.clone()) {
+                index_contact(ledger, client, &quo_id).await?;
+            }
             continue;
         };
         let external_id = row.external_id.to_string();
@@ -180,6 +195,25 @@ pub async fn gather(
         .await?;
     }
     Ok(changes)
+}
+
+/// Reads a contact the ledger does not link into the workspace index: stored as Quo has it now,
+/// removed on a 404. A contact that cannot be read is left as the index had it (the next pass
+/// reads it again); a bad key stops the cycle.
+pub async fn index_contact(
+    ledger: &Ledger,
+    client: &QuoClient,
+    quo_id: &str,
+) -> Result<(), IntakeError> {
+    match client.get_contact(quo_id).await {
+        Ok(Some(contact)) => ledger.workspace_put(std::slice::from_ref(&contact)).await?,
+        Ok(None) => ledger.workspace_remove(quo_id).await?,
+        Err(e) if e.is_fatal() => return Err(e.into()),
+        Err(e) => {
+            warn!(event = "workspace_index_stale", quo_id, error = %e, "could not read a contact a webhook named; the next scan reads it")
+        }
+    }
+    Ok(())
 }
 
 /// The copy an event announces: its contact carries our `source` (when the payload says) and

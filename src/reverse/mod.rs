@@ -5,6 +5,7 @@
 //! snapshot inside the next cycle, so one code path decides what goes where, echoes of our own
 //! writes compare equal and cost nothing, and a conflict is decided once, by policy, and recorded.
 
+pub mod absence;
 pub mod intake;
 pub mod merge;
 pub mod receiver;

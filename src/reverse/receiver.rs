@@ -2,8 +2,9 @@
 //!
 //! It verifies the signature, refuses what it must (401 bad or stale signature, 413 too large,
 //! 400 malformed), stores the event in the ledger's inbox *before* answering 2xx, and wakes the
-//! service. Applying the event happens later in a cycle, so an acknowledged event survives a
-//! crash, and a redelivery (same event id) is recognised and ignored.
+//! service, wherever the leader runs (the intake signal, see `ledger::inbox`). Applying the
+//! event happens later in a cycle, so an acknowledged event survives a crash, and a redelivery
+//! (same event id) is recognised and ignored.
 
 use std::sync::Arc;
 
@@ -27,12 +28,15 @@ pub struct Receiver {
     pub ledger: Ledger,
     /// The signing secret; without one every delivery is refused.
     pub secret: Option<SecretString>,
-    /// Woken when a new event is stored.
+    /// Woken when a new event is stored (a leader in another process hears of it through the
+    /// ledger's intake signal, see `ledger::inbox`).
     pub wake: Arc<Notify>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
     /// Longest the body may take to arrive (a slow client gets 408, not a held connection).
     pub read_timeout: std::time::Duration,
+    /// Counts the events stored (the terminal's status line shows it).
+    pub received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -71,6 +75,19 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> (StatusCode, String) {
+    // What the headers alone refuse is refused before the body is read.
+    let Some(secret) = &receiver.secret else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "reverse.webhook_secret is not configured",
+        );
+    };
+    if !headers.contains_key("webhook-signature") && !headers.contains_key("openphone-signature") {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            &signature::SignatureError::Missing.to_string(),
+        );
+    }
     let read = axum::body::to_bytes(body, receiver.max_body_bytes);
     let bytes = match tokio::time::timeout(receiver.read_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
@@ -89,12 +106,6 @@ async fn receive(
                 ),
             );
         }
-    };
-    let Some(secret) = &receiver.secret else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "reverse.webhook_secret is not configured",
-        );
     };
     if let Err(error) = signature::verify(&headers, &bytes, secret, chrono::Utc::now().timestamp())
     {
@@ -143,6 +154,14 @@ async fn receive(
                 event_id, event_type, quo_id, "webhook stored"
             );
             metrics::counter!("quo_sync_webhooks_total", "outcome" => "stored").increment(1);
+            receiver
+                .received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The leader may be another replica: it watches the signal. Failing to bump it only
+            // delays the event there to the next tick or scan: it is stored.
+            if let Err(e) = receiver.ledger.signal_intake().await {
+                warn!(event = "intake_signal_failed", error = %e, "stored webhook not signalled to other replicas; a leader elsewhere applies it at its next cycle");
+            }
             receiver.wake.notify_one();
             (StatusCode::OK, "stored\n".into())
         }

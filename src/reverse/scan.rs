@@ -10,7 +10,15 @@
 //!
 //! Absence is not deletion: a linked contact that a complete pass did not list becomes a
 //! "missing" notice, and only the fetch by id that follows (a 404) can call it deleted. A contact
-//! linked while the pass ran (an initial load racing it) waits for the next pass instead.
+//! linked while the pass ran (an initial load racing it) waits for the next pass instead. A pass
+//! that leaves more linked contacts unlisted than the deletion guard allows (a key for another
+//! workspace lists nothing) notes none of them (`reverse::absence`).
+//!
+//! With `sync.match_existing` or `reverse.create_in_crm` on, a pass lists the whole workspace
+//! ([`Scope::Workspace`]) instead of our `source` only: every page also goes into the ledger's
+//! workspace index (`ledger::workspace`), which is how the index of existing contacts is built
+//! the first time (before the first creates) and kept fresh after; our own contacts get their
+//! notices exactly as before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +27,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::absence::DeleteGuard;
 use super::intake::IntakeError;
-use crate::ledger::{Ledger, NewInboxEvent};
-use crate::quo::client::{QuoClient, QuoError};
+use crate::ledger::{Ledger, NewInboxEvent, WORKSPACE_LISTED};
+use crate::quo::client::{ContactList, QuoClient, QuoError};
+use crate::quo::grace::{AfterRefusal, AuthGrace};
 
 /// Meta key: when the last complete pass ended.
 pub const LAST_SCAN: &str = "reverse.last_scan_at";
@@ -32,11 +42,39 @@ const SCAN_TOKEN: &str = "reverse.scan_token";
 /// Meta key: when the running pass started. A contact created after it, or listed before the
 /// ledger linked it (creates racing the pass), is not called missing until the next pass.
 const SCAN_STARTED: &str = "reverse.scan_started_at";
+/// Meta key: the scope of the running pass (a pass started in one scope is not resumed in the
+/// other: its page token belongs to another listing).
+const SCAN_SCOPE: &str = "reverse.scan_scope";
 /// Event type of a "listed nowhere in a complete pass" notice.
 pub const MISSING: &str = "contact.missing_from_scan";
 /// Event type of an "unlinked contact carrying the externalId of an unconfirmed create" notice
 /// (payload `{"externalId": …}`): most likely the contact a POST whose answer we lost made.
 pub const UNLINKED_COPY: &str = "contact.unlinked_copy";
+
+/// What a pass lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The contacts with our `source`.
+    Ours,
+    /// Every contact of the workspace, each into the workspace index; ours as in [`Scope::Ours`].
+    Workspace,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::Ours => "ours",
+            Scope::Workspace => "workspace",
+        }
+    }
+
+    async fn page(self, client: &QuoClient, token: Option<&str>) -> Result<ContactList, QuoError> {
+        match self {
+            Scope::Ours => client.list_page(token).await,
+            Scope::Workspace => client.list_workspace_page(token).await,
+        }
+    }
+}
 
 /// What one call to [`scan`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,6 +89,9 @@ pub struct ScanProgress {
     pub orphans: u64,
     /// Whether the pass completed.
     pub complete: bool,
+    /// The pass left more linked contacts unlisted than the deletion guard allows, and noted
+    /// none of them missing (`mass_delete_refused`).
+    pub missing_refused: bool,
 }
 
 /// Whether a scan is due: never ran, or the last complete pass is older than `interval`, or a
@@ -71,37 +112,64 @@ pub async fn due(ledger: &Ledger, interval: Duration) -> Result<bool, IntakeErro
     })
 }
 
-/// Lists pages (all of them, or at most `max_pages`) from where the pass stands, writing notices.
+/// Lists pages (all of them, or at most `max_pages`) from where the pass stands, writing
+/// notices; a pass that leaves more linked contacts unlisted than `guard` allows notes none of
+/// them missing.
 pub async fn scan(
     ledger: &Ledger,
     client: &QuoClient,
     max_pages: Option<u32>,
     stop: &CancellationToken,
+    guard: DeleteGuard,
 ) -> Result<ScanProgress, IntakeError> {
-    scan_with(ledger, client, max_pages, stop, |_| {}).await
+    scan_with(ledger, client, max_pages, stop, guard, |_| {}).await
 }
 
 /// [`scan`], calling `on_page` with each page's own counts once its notices are stored.
-///
-/// The next page is requested while this one's notices are written (its token is in the
-/// answer), so the ledger's time hides behind Quo's round trip instead of adding to it; the
-/// token is stored only after the notices, so a restart never skips a page.
 pub async fn scan_with(
     ledger: &Ledger,
     client: &QuoClient,
     max_pages: Option<u32>,
     stop: &CancellationToken,
+    guard: DeleteGuard,
+    on_page: impl FnMut(&ScanProgress),
+) -> Result<ScanProgress, IntakeError> {
+    scan_pass(ledger, client, Scope::Ours, max_pages, stop, guard, on_page).await
+}
+
+/// Lists pages of `scope` (all of them, or at most `max_pages`) from where the pass stands,
+/// writing notices (and, for [`Scope::Workspace`], every contact into the workspace index), and
+/// calling `on_page` with each page's own counts once they are stored.
+///
+/// The next page is requested while this one's notices are written (its token is in the
+/// answer), so the ledger's time hides behind Quo's round trip instead of adding to it; the
+/// token is stored only after the notices, so a restart never skips a page.
+pub async fn scan_pass(
+    ledger: &Ledger,
+    client: &QuoClient,
+    scope: Scope,
+    max_pages: Option<u32>,
+    stop: &CancellationToken,
+    guard: DeleteGuard,
     mut on_page: impl FnMut(&ScanProgress),
 ) -> Result<ScanProgress, IntakeError> {
     let started = std::time::Instant::now();
     let mut progress = ScanProgress::default();
     let linked = ledger.linked_count().await?;
-    if linked == 0 {
+    if scope == Scope::Ours && linked == 0 {
         // Nothing linked yet (a first load): a pass could only count orphans, and in a cycle it
         // would delay the first create by a whole listing.
-        finish_pass(ledger).await?;
+        finish_pass(ledger, client, scope).await?;
         progress.complete = true;
         return Ok(progress);
+    }
+    if ledger
+        .meta(SCAN_SCOPE)
+        .await?
+        .is_some_and(|stored| stored != scope.as_str())
+    {
+        // A pass of the other scope was cut short: its page token belongs to another listing.
+        restart_pass(ledger).await?;
     }
     let scan_id = match ledger.meta(SCAN_ID).await? {
         Some(id) => id,
@@ -110,10 +178,12 @@ pub async fn scan_with(
             ledger
                 .set_meta(SCAN_STARTED, &chrono::Utc::now().to_rfc3339())
                 .await?;
+            ledger.set_meta(SCAN_SCOPE, scope.as_str()).await?;
             ledger.set_meta(SCAN_ID, &id).await?;
             id
         }
     };
+    let ours = client.source().to_string();
     let more_allowed = |pages: u32| !stop.is_cancelled() && max_pages.is_none_or(|m| pages < m);
     let mut token = ledger.meta(SCAN_TOKEN).await?;
     let mut tokens = crate::quo::client::PageTokens::default();
@@ -122,7 +192,7 @@ pub async fn scan_with(
     if !more_allowed(0) {
         return Ok(progress);
     }
-    let mut answer = client.list_page(token.as_deref()).await;
+    let mut answer = scope.page(client, token.as_deref()).await;
     loop {
         let page = match answer {
             Ok(page) => page,
@@ -137,10 +207,23 @@ pub async fn scan_with(
             }
             Err(e) => return Err(e.into()),
         };
-        let external_ids: std::collections::HashMap<String, String> = page
+        if scope == Scope::Workspace {
+            ledger.workspace_put(&page.contacts).await?;
+        }
+        // Unlinked contacts that may be ours (only those carrying our source): each one's
+        // externalId and creation time (a copy made after every unconfirmed create of its record
+        // is not theirs).
+        let external_ids: std::collections::HashMap<String, (String, Option<String>)> = page
             .contacts
             .iter()
-            .filter_map(|c| Some((c.id.clone(), c.external_id.clone()?)))
+            .filter(|c| c.source.as_deref() == Some(ours.as_str()))
+            .filter_map(|c| Some((c.id.clone(), (c.external_id.clone()?, c.created_at.clone()))))
+            .collect();
+        let not_ours: std::collections::HashSet<&str> = page
+            .contacts
+            .iter()
+            .filter(|c| c.source.as_deref() != Some(ours.as_str()))
+            .map(|c| c.id.as_str())
             .collect();
         let mut listed: Vec<(String, Option<String>)> = page
             .contacts
@@ -155,12 +238,22 @@ pub async fn scan_with(
         );
         let Some(next) = page.next_page_token else {
             let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
+            let orphans = only_ours(orphans, &not_ours);
             let copies = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
             let mut slice = ScanProgress::page(listed.len(), notices + copies, orphans.len());
             unlinked_when_listed.extend(orphans);
-            slice.notices += note_missing(ledger, &scan_id, &unlinked_when_listed).await?;
+            let (missing, refused) = note_missing(
+                ledger,
+                &scan_id,
+                &unlinked_when_listed,
+                guard,
+                linked.max(0) as usize,
+            )
+            .await?;
+            slice.notices += missing;
+            slice.missing_refused = refused;
             count_unconfirmed_misses(ledger).await?;
-            finish_pass(ledger).await?;
+            finish_pass(ledger, client, scope).await?;
             on_page(&slice);
             progress.add(&slice);
             progress.complete = true;
@@ -173,13 +266,14 @@ pub async fn scan_with(
         }
         let store = async {
             let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
+            let orphans = only_ours(orphans, &not_ours);
             let copies = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
             ledger.set_meta(SCAN_TOKEN, &next).await?;
             Ok::<_, IntakeError>((notices + copies, orphans))
         };
         let prefetch = more_allowed(progress.pages + 1);
         let (noted, next_answer) = if prefetch {
-            let (noted, next_answer) = tokio::join!(store, client.list_page(Some(&next)));
+            let (noted, next_answer) = tokio::join!(store, scope.page(client, Some(&next)));
             (noted, Some(next_answer))
         } else {
             (store.await, None)
@@ -240,24 +334,41 @@ async fn note_page(
 }
 
 /// A notice for each unlinked contact carrying the externalId of an unconfirmed create (see
-/// `ledger::unconfirmed`), marking those entries seen. Returns the notices stored.
+/// `ledger::unconfirmed`), marking those entries seen. A contact created after every entry of
+/// its record was written was not made by their POSTs (a second deployment sharing our
+/// `source`, say): it is left alone and does not count as seen, so the entries are still ruled
+/// out by passes that list nothing of theirs. Returns the notices stored.
 async fn note_copies(
     ledger: &Ledger,
     scan_id: &str,
     orphans: &[String],
-    external_ids: &std::collections::HashMap<String, String>,
+    external_ids: &std::collections::HashMap<String, (String, Option<String>)>,
 ) -> Result<u64, IntakeError> {
-    let candidates: Vec<(&String, &String)> = orphans
+    let candidates: Vec<(&String, &String, Option<&str>)> = orphans
         .iter()
-        .filter_map(|quo_id| Some((quo_id, external_ids.get(quo_id)?)))
+        .filter_map(|quo_id| {
+            let (external_id, created_at) = external_ids.get(quo_id)?;
+            Some((quo_id, external_id, created_at.as_deref()))
+        })
         .collect();
     if candidates.is_empty() {
         return Ok(0);
     }
     let unconfirmed = ledger.unconfirmed_external_ids().await?;
     let (mut notices, mut found) = (0, Vec::new());
-    for (quo_id, external_id) in candidates {
+    for (quo_id, external_id, created_at) in candidates {
         if !unconfirmed.contains(external_id) {
+            continue;
+        }
+        let entries = ledger.unconfirmed_for(external_id).await?;
+        if !crate::ledger::made_in_time(&entries, created_at) {
+            info!(
+                event = "copy_not_ours",
+                external_id,
+                quo_id,
+                created_at,
+                "an unlinked contact with our source and this externalId was made after every unconfirmed create of the record; left alone, and it does not keep them from being ruled out"
+            );
             continue;
         }
         // One notice per pass: a copy left alone this pass (its record still pending) is
@@ -303,12 +414,16 @@ async fn count_unconfirmed_misses(ledger: &Ledger) -> Result<(), IntakeError> {
     Ok(())
 }
 
-/// At the end of a complete pass: a notice for every linked contact it did not list.
+/// At the end of a complete pass: a notice for every linked contact it did not list, or none
+/// when they are more than `guard` allows out of `linked` (a key for another workspace lists
+/// nothing). Returns the notices stored and whether the guard refused.
 async fn note_missing(
     ledger: &Ledger,
     scan_id: &str,
     unlinked_when_listed: &std::collections::HashSet<String>,
-) -> Result<u64, IntakeError> {
+    guard: DeleteGuard,
+    linked: usize,
+) -> Result<(u64, bool), IntakeError> {
     let unseen = ledger.scan_unseen(scan_id).await?;
     let started = ledger.meta_time(SCAN_STARTED).await?;
     let mut missing = Vec::with_capacity(unseen.len());
@@ -332,6 +447,9 @@ async fn note_missing(
             "contacts linked while the pass ran are not called missing until the next pass"
         );
     }
+    if !missing.is_empty() && !guard.permits("quo_contacts_unlisted", missing.len(), linked) {
+        return Ok((0, true));
+    }
     let mut notices = 0;
     for quo_id in &missing {
         let event_id = format!("scan:{scan_id}:missing:{quo_id}");
@@ -352,7 +470,7 @@ async fn note_missing(
             "linked contacts not listed by a complete scan; each is confirmed by id before anything is concluded"
         );
     }
-    Ok(notices)
+    Ok((notices, false))
 }
 
 /// The `quo_scanned` line for a complete pass (`pages`, `seconds`: those of the call that
@@ -378,6 +496,7 @@ impl ScanProgress {
             notices,
             orphans: orphans as u64,
             complete: false,
+            missing_refused: false,
         }
     }
 
@@ -388,6 +507,7 @@ impl ScanProgress {
         self.notices += slice.notices;
         self.orphans += slice.orphans;
         self.complete = slice.complete;
+        self.missing_refused |= slice.missing_refused;
     }
 }
 
@@ -407,7 +527,40 @@ async fn created_after(
     Ok(created.is_some_and(|at| at > since))
 }
 
-async fn finish_pass(ledger: &Ledger) -> Result<(), IntakeError> {
+/// The listed contacts the ledger does not link that carry our source (the others are the
+/// workspace's, not orphans of ours).
+fn only_ours(orphans: Vec<String>, not_ours: &std::collections::HashSet<&str>) -> Vec<String> {
+    orphans
+        .into_iter()
+        .filter(|id| !not_ours.contains(id.as_str()))
+        .collect()
+}
+
+async fn finish_pass(ledger: &Ledger, client: &QuoClient, scope: Scope) -> Result<(), IntakeError> {
+    if scope == Scope::Workspace
+        && let Some(started) = ledger.meta(SCAN_STARTED).await?
+    {
+        // Absence is not deletion: a contact the pass did not list is read by id, and only a
+        // 404 takes it out of the index (a stale one would hold records back for ever).
+        if let Some(since) = chrono::DateTime::parse_from_rfc3339(&started)
+            .ok()
+            .map(|t| {
+                t.with_timezone(&chrono::Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            })
+        {
+            for quo_id in ledger.workspace_unseen_since(&since).await? {
+                super::intake::index_contact(ledger, client, &quo_id).await?;
+            }
+        }
+        // Every contact that existed when the pass started is in the index now.
+        ledger.set_meta(WORKSPACE_LISTED, &started).await?;
+        let contacts = ledger.workspace_count().await?;
+        info!(
+            event = "workspace_listed",
+            contacts, "the workspace index holds every contact in Quo"
+        );
+    }
     restart_pass(ledger).await?;
     ledger
         .set_meta(LAST_SCAN, &chrono::Utc::now().to_rfc3339())
@@ -417,19 +570,37 @@ async fn finish_pass(ledger: &Ledger) -> Result<(), IntakeError> {
 
 async fn restart_pass(ledger: &Ledger) -> Result<(), IntakeError> {
     ledger
-        .delete_meta(&[SCAN_ID, SCAN_TOKEN, SCAN_STARTED])
+        .delete_meta(&[SCAN_ID, SCAN_TOKEN, SCAN_STARTED, SCAN_SCOPE])
         .await?;
     Ok(())
 }
 
+/// One whole pass under `gate`.
+async fn pass(
+    ledger: &Ledger,
+    client: &QuoClient,
+    (scope, guard): (Scope, DeleteGuard),
+    gate: &tokio::sync::Mutex<()>,
+    cancel: &CancellationToken,
+    on_page: impl FnMut(&ScanProgress),
+) -> Result<ScanProgress, IntakeError> {
+    let _pass = gate.lock().await;
+    scan_pass(ledger, client, scope, None, cancel, guard, on_page).await
+}
+
 /// The service's scanner: whenever a pass is due, lists page by page through `client` (a
 /// background client: its requests yield to writes), waking the service after each page that
-/// left notices. Failures are logged and retried after a pause; a bad key stops it.
+/// left notices. Failures are logged and retried after a pause. A refused key pauses it on
+/// `auth`'s clock (the service reports not ready meanwhile); once `quo.auth_grace` has run out
+/// it stops, and `auth.exhausted()` stops the service. A pass holds `gate`, which a cycle that
+/// must list the workspace before its first creates takes too.
 pub async fn run_scanner(
     ledger: Ledger,
     client: QuoClient,
+    scope: Scope,
     interval: Duration,
-    wake: Arc<Notify>,
+    guard: DeleteGuard,
+    (wake, auth, gate): (Arc<Notify>, Arc<AuthGrace>, Arc<tokio::sync::Mutex<()>>),
     cancel: CancellationToken,
 ) {
     let idle = interval.clamp(Duration::from_millis(50), Duration::from_secs(30));
@@ -441,18 +612,46 @@ pub async fn run_scanner(
         };
         let wait = match due(&ledger, interval).await {
             // A whole pass per call: the ledger's pass state is read once, not once a page.
-            Ok(true) => match scan_with(&ledger, &client, None, &cancel, wake_on_notices).await {
-                Ok(_) => idle,
-                Err(IntakeError::Quo(e)) if e.is_fatal() => {
-                    warn!(event = "scan_stopped", error = %e, "the scanner stops");
-                    return;
+            Ok(true) => {
+                match pass(
+                    &ledger,
+                    &client,
+                    (scope, guard),
+                    &gate,
+                    &cancel,
+                    wake_on_notices,
+                )
+                .await
+                {
+                    // The client tells `auth` of each accepted page.
+                    Ok(_) => idle,
+                    Err(IntakeError::Quo(e @ QuoError::Unauthorized { .. })) => {
+                        match auth.refused() {
+                            AfterRefusal::RetryIn(pause) => {
+                                warn!(event = "scan_auth_refused", error = %e, retry_in_ms = pause.as_millis() as u64, grace_s = auth.grace().as_secs(), "Quo refused the API key on a scan page; the scanner pauses and tries again (not ready meanwhile)");
+                                pause
+                            }
+                            AfterRefusal::GiveUp => {
+                                warn!(event = "scan_stopped", error = %e, "Quo refused the API key for longer than quo.auth_grace; the scanner stops");
+                                return;
+                            }
+                            AfterRefusal::NeverAccepted => {
+                                warn!(event = "scan_stopped", error = %e, "Quo refused the API key, which it never accepted since this process started; the scanner stops");
+                                return;
+                            }
+                        }
+                    }
+                    Err(IntakeError::Quo(e)) if e.is_fatal() => {
+                        warn!(event = "scan_stopped", error = %e, "the scanner stops");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(event = "scan_failed", error = %e, "scan page failed; retrying shortly");
+                        metrics::counter!("quo_sync_scans_failed_total").increment(1);
+                        idle
+                    }
                 }
-                Err(e) => {
-                    warn!(event = "scan_failed", error = %e, "scan page failed; retrying shortly");
-                    metrics::counter!("quo_sync_scans_failed_total").increment(1);
-                    idle
-                }
-            },
+            }
             Ok(false) => idle,
             Err(e) => {
                 warn!(event = "scan_failed", error = %e, "scan could not read the ledger");

@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sha2::Sha256;
 
 /// How far a delivery's timestamp may be from now.
@@ -41,9 +41,7 @@ pub enum SignatureError {
 
 /// The signing key bytes of a configured secret (`whsec_<base64>` or plain base64).
 fn key_bytes(secret: &SecretString) -> Result<Vec<u8>, SignatureError> {
-    let text = secret.expose_secret().trim();
-    let encoded = text.strip_prefix("whsec_").unwrap_or(text);
-    B64.decode(encoded).map_err(|_| SignatureError::BadSecret)
+    crate::config::webhook_signing_key(secret).ok_or(SignatureError::BadSecret)
 }
 
 fn mac(key: &[u8]) -> Hmac<Sha256> {

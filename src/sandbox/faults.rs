@@ -18,6 +18,8 @@
 //! | JSON (`POST /_sandbox/faults`) | effect |
 //! | --- | --- |
 //! | `{"kind":"status","status":500,"count":3,"retry_after":2}` | the next `count` API requests answer `status` with Quo's error body (and `Retry-After` if given), applying nothing |
+//! | `{"kind":"status_after_write","status":502,"count":2,"retry_after":1}` | the next `count` successful writes are applied, then answered `status` with Quo's error body (a gateway that timed out after the backend did the work); a rejected write answers normally and leaves the fault queued |
+//! | `{"kind":"broken_contacts","ids":["…"],"status":500}` | until cleared (or injected again with other ids), every `/v1/contacts/{id}` request (GET, PATCH, DELETE) for these Quo ids answers `status` with Quo's error body, applying nothing: a contact Quo cannot serve; lists still show it |
 //! | `{"kind":"drop_after_write","count":1}` | the next `count` successful writes (POST/PATCH/DELETE) are applied, then the connection is closed without a response; a rejected write answers normally and leaves the fault queued |
 //! | `{"kind":"drop_after_write_ratio","ratio":0.4,"seed":7,"methods":["PATCH"]}` | until cleared, each successful write whose method is in `methods` (default all three) loses its response with probability `ratio` (seeded, keyed `"METHOD externalId"`); injecting again replaces it; a queued `drop_after_write` count is used first |
 //! | `{"kind":"latency","extra_ms":200,"count":2}` | the next `count` API requests are delayed `extra_ms` more |
@@ -69,11 +71,28 @@ pub enum Fault {
         /// Whole seconds for a `Retry-After` header, if any.
         retry_after: Option<u64>,
     },
+    /// The next `count` successful write requests are applied, then answered `status` (with
+    /// Quo's error body) instead of their result (rejected writes answer normally).
+    StatusAfterWrite {
+        /// HTTP status, e.g. 500, 502.
+        status: u16,
+        /// How many writes get it.
+        count: u32,
+        /// Whole seconds for a `Retry-After` header, if any.
+        retry_after: Option<u64>,
+    },
     /// The next `count` successful write requests (POST/PATCH/DELETE) are applied, then their
     /// connection is closed without any response (rejected writes answer normally).
     DropAfterWrite {
         /// How many writes get it.
         count: u32,
+    },
+    /// Until cleared, every request addressed to one of these contacts by id answers `status`.
+    BrokenContacts {
+        /// Quo ids.
+        ids: Vec<String>,
+        /// HTTP status, e.g. 500.
+        status: u16,
     },
     /// Until cleared, a seeded random fraction of successful writes lose their response.
     DropAfterWriteRatio {
@@ -177,11 +196,30 @@ pub enum FaultSpec {
         #[serde(default)]
         retry_after: Option<u64>,
     },
+    /// See [`Fault::StatusAfterWrite`].
+    StatusAfterWrite {
+        /// HTTP status.
+        status: u16,
+        /// How many writes.
+        #[serde(default = "one")]
+        count: u32,
+        /// `Retry-After` seconds.
+        #[serde(default)]
+        retry_after: Option<u64>,
+    },
     /// See [`Fault::DropAfterWrite`].
     DropAfterWrite {
         /// How many writes.
         #[serde(default = "one")]
         count: u32,
+    },
+    /// See [`Fault::BrokenContacts`].
+    BrokenContacts {
+        /// Quo ids.
+        ids: Vec<String>,
+        /// HTTP status.
+        #[serde(default = "five_hundred")]
+        status: u16,
     },
     /// See [`Fault::DropAfterWriteRatio`].
     DropAfterWriteRatio {
@@ -272,6 +310,10 @@ fn two() -> u32 {
     2
 }
 
+fn five_hundred() -> u16 {
+    500
+}
+
 fn pick(count: u32, ratio: Option<f64>, seed: u64) -> Pick {
     match ratio {
         Some(ratio) => Pick::Ratio { ratio, seed },
@@ -291,7 +333,17 @@ impl From<FaultSpec> for Fault {
                 count,
                 retry_after,
             },
+            FaultSpec::StatusAfterWrite {
+                status,
+                count,
+                retry_after,
+            } => Fault::StatusAfterWrite {
+                status,
+                count,
+                retry_after,
+            },
             FaultSpec::DropAfterWrite { count } => Fault::DropAfterWrite { count },
+            FaultSpec::BrokenContacts { ids, status } => Fault::BrokenContacts { ids, status },
             FaultSpec::DropAfterWriteRatio {
                 ratio,
                 seed,
@@ -340,6 +392,10 @@ impl From<FaultSpec> for Fault {
 pub struct FaultCounters {
     /// Answers produced by `status` faults.
     pub status_answers: u64,
+    /// Applied writes answered with a status by `status_after_write`.
+    pub status_after_write: u64,
+    /// Requests to a broken contact answered with its status.
+    pub broken_contact_answers: u64,
     /// Requests delayed by `latency` faults.
     pub delayed_requests: u64,
     /// Writes applied and then dropped by a `drop_after_write` count.
@@ -449,6 +505,7 @@ pub(crate) struct FaultQueue {
     drop_ratio: Option<DropRatio>,
     lag: Option<LaggingList>,
     repeat_token: u32,
+    broken: HashMap<String, u16>,
 }
 
 impl FaultQueue {
@@ -457,6 +514,7 @@ impl FaultQueue {
     pub(crate) fn push(&mut self, fault: Fault) {
         match fault {
             Fault::Status { count, .. }
+            | Fault::StatusAfterWrite { count, .. }
             | Fault::DropAfterWrite { count }
             | Fault::Latency { count, .. } => {
                 if count > 0 {
@@ -474,6 +532,9 @@ impl FaultQueue {
                 });
             }
             Fault::RepeatPageToken { count } => self.repeat_token += count,
+            Fault::BrokenContacts { ids, status } => {
+                self.broken = ids.into_iter().map(|id| (id, status)).collect();
+            }
             Fault::LaggingList { .. }
             | Fault::WebhookDrop(_)
             | Fault::WebhookDuplicate(_)
@@ -520,6 +581,23 @@ impl FaultQueue {
             } => Some(((*status, *retry_after), count)),
             _ => None,
         })
+    }
+
+    /// Consumes one status-after-write answer, if queued.
+    pub(crate) fn take_status_after_write(&mut self) -> Option<(u16, Option<u64>)> {
+        self.take(|f| match f {
+            Fault::StatusAfterWrite {
+                status,
+                count,
+                retry_after,
+            } => Some(((*status, *retry_after), count)),
+            _ => None,
+        })
+    }
+
+    /// The status a request to contact `id` gets while it is broken.
+    pub(crate) fn broken_status(&self, id: &str) -> Option<u16> {
+        self.broken.get(id).copied()
     }
 
     /// Consumes one counted connection drop, if queued.
@@ -612,6 +690,11 @@ impl FaultQueue {
                     count,
                     retry_after,
                 } => json!({"kind": "status", "status": status, "count": count, "retry_after": retry_after}),
+                Fault::StatusAfterWrite {
+                    status,
+                    count,
+                    retry_after,
+                } => json!({"kind": "status_after_write", "status": status, "count": count, "retry_after": retry_after}),
                 Fault::DropAfterWrite { count } => json!({"kind": "drop_after_write", "count": count}),
                 Fault::Latency { extra, count } => json!({"kind": "latency", "extra_ms": extra.as_millis() as u64, "count": count}),
                 other => json!({"kind": format!("{other:?}")}),
@@ -631,6 +714,7 @@ impl FaultQueue {
                 "scope": l.scope,
             })),
             "repeat_page_token": self.repeat_token,
+            "broken_contacts": self.broken,
         })
     }
 }

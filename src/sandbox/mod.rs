@@ -3,7 +3,7 @@
 //! quo-sync's correctness depends on behaviour a canned mock cannot show: 409s on duplicate
 //! `(source, externalId)`, two possible PATCH semantics, a strict per-key one-second rate limit,
 //! validation errors naming JSON paths, writes that succeed but lose their response, and signed
-//! webhooks that may repeat. The sandbox implements the contract in `shared/quo-api.md` and the
+//! webhooks that may repeat. The sandbox implements the contract in `docs/quo-api.md` and the
 //! v1 OpenAPI spec over real HTTP, so the client is tested exactly as it talks to production.
 //! Tests and demos drive it through [`SandboxHandle`] (in process) or the unauthenticated
 //! `/_sandbox/…` admin routes (with curl): switch semantics, inject faults, simulate edits made
@@ -14,12 +14,13 @@
 //! | route | does |
 //! | --- | --- |
 //! | `GET /_sandbox/stats`, `POST /_sandbox/reset-stats` | read / clear [`SandboxStats`] |
-//! | `GET /_sandbox/contacts` | every contact, `{"data": [...]}`: the internal truth, untouched by faults and response shapes |
+//! | `GET /_sandbox/contacts[?workspace=foreign]` | every contact, `{"data": [...]}`: the internal truth, untouched by faults and response shapes (`workspace=foreign`: the other workspace's, see `foreign_workspace`) |
 //! | `POST /_sandbox/faults`, `DELETE /_sandbox/faults` | arm a [`FaultSpec`] (JSON forms in [`faults`]) / clear every fault |
 //! | `GET /_sandbox/faults` | what is armed (`queued`, `drop_after_write_ratio`, `lagging_list`, `repeat_page_token`, `webhooks`) and `fired`: [`FaultCounters`] |
-//! | `GET`/`POST /_sandbox/settings` | `patch_mode`, `conflict_on_duplicate`, `latency_ms`, `requests_per_second`, `send_retry_after`, `webhooks_on_api_writes`, `response_shapes` ([`ResponseShapes`]), `refuse_stale_item_ids` |
+//! | `GET`/`POST /_sandbox/settings` | `patch_mode`, `conflict_on_duplicate`, `latency_ms`, `requests_per_second`, `send_retry_after`, `webhooks_on_api_writes`, `response_shapes` ([`ResponseShapes`]), `refuse_stale_item_ids`, `foreign_workspace` (the key answers for another workspace: [`SandboxHandle::set_foreign_workspace`]) |
 //! | `GET`/`POST /_sandbox/custom-fields` | definitions with options / define or redefine one: `{"name","key","type","options"?,"fill"?}` |
 //! | `POST /_sandbox/app/contacts[?source=hubspot]` | create as the Quo app / an integration |
+//! | `POST /_sandbox/app/seed` | a seed CSV ([`seed`]): contacts that were there before the run, `{"seeded": n}` |
 //! | `POST`/`DELETE /_sandbox/app/contacts/{id}` | edit (merge) / delete as a user in the Quo app |
 //! | `GET /_sandbox/webhooks`, `POST /_sandbox/webhooks/{event_id}/redeliver` | delivery log / redeliver |
 //! | `GET /_sandbox/activity`, `POST /_sandbox/activity/calls\|messages\|flush`, `GET`/`POST /_sandbox/activity/faults`, `GET /_sandbox/activity/deliveries` | calls and messages ([`activity`], the dated `2026-03-30` surface) |
@@ -35,7 +36,12 @@
 //! `/customFields/{i}/value/{j}` with the value; `/v1/contact-custom-fields` keeps the spec's
 //! shape (no `options`); a field of a type outside the spec's enum (e.g. `rating`) is shown in
 //! definitions and on contacts, can be set by app edits only, and an API write to it answers
-//! 400 `0801400` at `/customFields/{i}/key`; a `DropAfterWrite` fault is consumed by the next
+//! 400 `0801400` at `/customFields/{i}/key`; contacts of Quo's native integrations (sources
+//! `hubspot`, `salesforce`, `google-people`, `outlook`) are read-only through the API, as Quo's
+//! guide says, and a PATCH or DELETE of one answers 403 `0801403` in the v1 error envelope
+//! (Quo documents the refusal, not its status; 403 is its code for an action the key may not
+//! take), applying nothing; contacts of any other source, and those with none (made in the app),
+//! are writable; a `DropAfterWrite` fault is consumed by the next
 //! write that succeeds (a rejected write answers normally and leaves it queued).
 //!
 //! Modules: `state` stores contacts and applies writes, `validate` turns raw bodies into typed
@@ -51,6 +57,7 @@ mod error;
 pub mod faults;
 mod query;
 mod routes;
+pub mod seed;
 pub mod shapes;
 mod state;
 pub mod stats;
@@ -174,6 +181,8 @@ pub(crate) struct Settings {
     pub webhooks_on_api_writes: bool,
     pub response_shapes: ResponseShapes,
     pub refuse_stale_item_ids: bool,
+    /// The key answers for another workspace (see [`SandboxHandle::set_foreign_workspace`]).
+    pub foreign_workspace: bool,
 }
 
 /// State shared by the HTTP routes and the handle.
@@ -183,16 +192,31 @@ pub(crate) struct Shared {
     pub defs: Mutex<Vec<FieldDef>>,
     pub settings: Mutex<Settings>,
     pub store: Mutex<Store>,
+    /// The other workspace the key answers for while `foreign_workspace` is on: it holds none
+    /// of the home workspace's contacts, and what the API creates meanwhile lands here.
+    pub foreign: Mutex<Store>,
     pub acct: Mutex<Accounting>,
     pub faults: Mutex<FaultQueue>,
     pub hub: Arc<Hub>,
     pub activity: Arc<activity::ActivitySandbox>,
+    /// API writes (POST, PATCH, DELETE) that arrived and are not answered yet.
+    pub writes_in_flight: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
     /// A snapshot of the current settings.
     pub(crate) fn settings(&self) -> Settings {
         lock(&self.settings).clone()
+    }
+
+    /// The contacts `/v1` requests see: the home workspace's, or the other one's while the key
+    /// answers for another workspace.
+    pub(crate) fn api_store(&self) -> &Mutex<Store> {
+        if self.settings().foreign_workspace {
+            &self.foreign
+        } else {
+            &self.store
+        }
     }
 
     /// A snapshot of the workspace's custom field definitions.
@@ -308,10 +332,12 @@ impl Shared {
     /// Emits an event for an API write, when API writes emit and a target is set.
     pub(crate) fn emit_api(&self, kind: &'static str, mut contact: Value) {
         let s = self.settings();
-        if s.webhooks_on_api_writes {
+        // Another workspace's webhooks are not subscribed to ours.
+        if s.webhooks_on_api_writes && !s.foreign_workspace {
             self.activity.hub.emit_contact(kind, &contact);
         }
         if s.webhooks_on_api_writes
+            && !s.foreign_workspace
             && let Some(t) = s.webhook
         {
             s.response_shapes.apply(&mut contact);
@@ -374,15 +400,32 @@ impl Shared {
             .collect()
     }
 
+    /// Stores contacts as the Quo app, another integration or a native one made them before the
+    /// run (see [`seed`]): validated as app creates, in one lock, without webhook events or
+    /// statistics.
+    pub(crate) fn seed_existing(&self, seeds: &[seed::SeedContact]) -> Result<usize, ApiError> {
+        let defs = self.defs();
+        let checks = self.checks(Mode::AppCreate);
+        let inputs = seeds
+            .iter()
+            .map(|s| validate::contact_body(&s.body, checks, &defs, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut store = lock(&self.store);
+        for (input, seed) in inputs.into_iter().zip(seeds) {
+            let source = (!seed.source.is_empty()).then(|| seed.source.clone());
+            let read_only = is_native(source.as_deref());
+            store.insert(input, source, read_only);
+        }
+        Ok(seeds.len())
+    }
+
     /// Creates a contact as the Quo app or a native integration would.
     pub(crate) fn app_create(&self, body: &Value, source: &str) -> Result<Value, ApiError> {
         let defs = self.defs();
         let input = validate::contact_body(body, self.checks(Mode::AppCreate), &defs, None)
             .map_err(|e| self.count_refusal(e))?;
         let source = (!source.is_empty()).then(|| source.to_string());
-        let read_only = source
-            .as_deref()
-            .is_some_and(|s| INTEGRATION_SOURCES.contains(&s));
+        let read_only = is_native(source.as_deref());
         let contact = {
             let mut store = lock(&self.store);
             let stored = store.insert(input, source, read_only);
@@ -421,6 +464,12 @@ impl Shared {
         self.emit_app("contact.deleted", removed.clone());
         Some(removed)
     }
+}
+
+/// Whether contacts of `source` come from one of Quo's native integrations (read-only through
+/// the API).
+fn is_native(source: Option<&str>) -> bool {
+    source.is_some_and(|s| INTEGRATION_SOURCES.contains(&s))
 }
 
 /// Entry point; see [`SandboxHandle`].
@@ -481,12 +530,15 @@ impl SandboxHandle {
                 webhooks_on_api_writes: config.webhooks_on_api_writes,
                 response_shapes: ResponseShapes::default(),
                 refuse_stale_item_ids: config.refuse_stale_item_ids,
+                foreign_workspace: false,
             }),
             store: Mutex::new(Store::default()),
+            foreign: Mutex::new(Store::default()),
             acct: Mutex::new(Accounting::default()),
             faults: Mutex::new(FaultQueue::default()),
             hub: hub.clone(),
             activity: activity::ActivitySandbox::start(),
+            writes_in_flight: tokio::sync::watch::Sender::new(0),
         });
         shared.set_shapes(config.response_shapes);
         let worker = tokio::spawn(hub.run(rx));
@@ -549,6 +601,12 @@ impl SandboxHandle {
     /// A snapshot of the statistics.
     pub fn stats(&self) -> SandboxStats {
         self.shared.stats()
+    }
+
+    /// API writes (POST, PATCH, DELETE) that have arrived and are not answered yet, as a watch:
+    /// a test that kills a client can tell (and wait for) a write in flight at that moment.
+    pub fn writes_in_flight(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.writes_in_flight.subscribe()
     }
 
     /// How many times each fault fired (the `faults` member of [`SandboxHandle::stats`]).
@@ -616,6 +674,26 @@ impl SandboxHandle {
         self.shared.set_shapes(shapes);
     }
 
+    /// Points the API key at another workspace (`true`) or back home (`false`), as a rotated
+    /// key, an API incident or changed access would: meanwhile every `/v1` request sees the other
+    /// workspace, which holds none of the home contacts (each known id answers 404, lists are
+    /// empty) and keeps whatever the API creates in it (no webhooks: they are not ours). Custom
+    /// field definitions are the same (a workspace set up alike). The home workspace, its app
+    /// edits and `/_sandbox/contacts` are untouched; [`SandboxHandle::foreign_contacts`] shows the
+    /// other one.
+    pub fn set_foreign_workspace(&self, on: bool) {
+        lock(&self.shared.settings).foreign_workspace = on;
+    }
+
+    /// The contacts of the other workspace (what was created there while the key pointed at it).
+    pub fn foreign_contacts(&self) -> Vec<Value> {
+        let defs = self.shared.defs();
+        lock(&self.shared.foreign)
+            .all()
+            .map(|c| c.render(&defs))
+            .collect()
+    }
+
     /// Switches whether PATCHes addressing unknown email/phone item ids answer 400.
     pub fn set_refuse_stale_item_ids(&self, on: bool) {
         lock(&self.shared.settings).refuse_stale_item_ids = on;
@@ -670,6 +748,18 @@ impl SandboxHandle {
         self.shared
             .seed(bodies)
             .map_err(|e| e.body(error::Family::Contacts))
+    }
+
+    /// Seeds the workspace from a CSV of people a team already has in Quo (format in [`seed`]):
+    /// contacts made in the app (no `source`), by another integration, or by a native one
+    /// (read-only: PATCH and DELETE answer 403 `0801403`). No webhook events, no statistics.
+    /// Returns how many were stored, or the line, column and value of the first bad row (none
+    /// stored then).
+    pub fn seed_existing_csv(&self, text: &str) -> Result<usize, String> {
+        let seeds = seed::parse_seed_csv(text).map_err(|e| e.to_string())?;
+        self.shared
+            .seed_existing(&seeds)
+            .map_err(|e| format!("{e}: {}", e.body(error::Family::Contacts)))
     }
 
     /// Edits a contact as a user in the Quo app: merge-patch semantics whatever the API's mode,

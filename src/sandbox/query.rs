@@ -23,24 +23,13 @@ fn decode_page_token(token: &str) -> Option<u64> {
     text.strip_prefix("sbx:")?.parse().ok()
 }
 
-/// Percent-decodes one query-string component (`+` is a space).
+/// Percent-decodes one query-string component (`+` is a space); `None` when it is not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|text| text.into_owned())
 }
 
 /// Decoded `key=value` pairs of a query string (undecodable pairs skipped).

@@ -81,6 +81,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(admin_settings).post(admin_set_settings),
         )
         .route("/_sandbox/app/contacts", post(admin_app_create))
+        .route("/_sandbox/app/seed", post(admin_app_seed))
         .route(
             "/_sandbox/app/contacts/{id}",
             post(admin_app_edit).delete(admin_app_delete),
@@ -117,6 +118,7 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
         .get::<ConnectInfo<ConnInfo>>()
         .map(|c| c.0.clone());
     lock(&s.acct).arrived();
+    let _in_flight = is_write.then(|| InFlight::enter(&s.writes_in_flight));
 
     let authorized = req
         .headers()
@@ -141,12 +143,21 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let injected = lock(&s.faults).take_status();
+        let broken = path
+            .strip_prefix("/v1/contacts/")
+            .and_then(|id| lock(&s.faults).broken_status(id));
+        let injected = match broken {
+            Some(status) => {
+                lock(&s.acct).stats.faults.broken_contact_answers += 1;
+                Some((status, None))
+            }
+            None => lock(&s.faults).take_status(),
+        };
         if let Some((status, retry_after)) = injected {
             {
                 let mut acct = lock(&s.acct);
                 acct.stats.injected_faults += 1;
-                acct.stats.faults.status_answers += 1;
+                acct.stats.faults.status_answers += u64::from(broken.is_none());
             }
             ApiError::Injected {
                 status,
@@ -155,8 +166,17 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
             .into_response_for(family)
         } else {
             let resp = next.run(req).await;
-            dropped = is_write && drop_after_write(&s, &method, &resp, conn.as_ref());
-            resp
+            match status_after_write(&s, is_write, &resp) {
+                Some((status, retry_after)) => ApiError::Injected {
+                    status,
+                    retry_after,
+                }
+                .into_response_for(family),
+                None => {
+                    dropped = is_write && drop_after_write(&s, &method, &resp, conn.as_ref());
+                    resp
+                }
+            }
         }
     };
     let status = resp.status().as_u16();
@@ -171,6 +191,36 @@ async fn api_gate(State(s): S, req: Request, next: Next) -> Response {
         "sandbox api request"
     );
     resp
+}
+
+/// After a successful write: consumes a `status_after_write` count, whose status then replaces
+/// the answer (the write stays applied). A rejected write leaves it queued.
+fn status_after_write(s: &Shared, is_write: bool, resp: &Response) -> Option<(u16, Option<u64>)> {
+    if !is_write || !resp.status().is_success() {
+        return None;
+    }
+    let injected = lock(&s.faults).take_status_after_write()?;
+    let mut acct = lock(&s.acct);
+    acct.stats.injected_faults += 1;
+    acct.stats.faults.status_after_write += 1;
+    Some(injected)
+}
+
+/// Counts a write in flight until answered (or until its handler is dropped: a client that
+/// hangs up can cancel it).
+struct InFlight<'a>(&'a tokio::sync::watch::Sender<u64>);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a tokio::sync::watch::Sender<u64>) -> Self {
+        gauge.send_modify(|n| *n += 1);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// After a successful write: consumes a `drop_after_write` count or draws the ratio, and if
@@ -240,7 +290,7 @@ async fn create(State(s): S, body: Bytes) -> Result<Response, ApiError> {
         .unwrap_or_else(|| "public-api".to_string());
     let conflict = s.settings().conflict_on_duplicate;
     let contact = {
-        let mut store = lock(&s.store);
+        let mut store = lock(s.api_store());
         if conflict
             && let Some(Some(ext)) = &input.external_id
             && store.has_duplicate(Some(&source), ext)
@@ -272,7 +322,7 @@ async fn list(State(s): S, RawQuery(q): RawQuery) -> Result<Response, ApiError> 
         let repeat = query.page_token.is_some() && faults.take_repeat_token();
         (hidden, repeat)
     };
-    let page = lock(&s.store).list(&query, &defs, &hidden);
+    let page = lock(s.api_store()).list(&query, &defs, &hidden);
     let shapes = s.settings().response_shapes;
     let mut items = page.items;
     for c in &mut items {
@@ -301,7 +351,7 @@ async fn list(State(s): S, RawQuery(q): RawQuery) -> Result<Response, ApiError> 
 
 async fn get_one(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
     let defs = s.defs();
-    let contact = lock(&s.store)
+    let contact = lock(s.api_store())
         .get(&id)
         .map(|c| s.render_api(c, &defs))
         .ok_or_else(|| contact_not_found(&id))?;
@@ -313,7 +363,7 @@ async fn update(State(s): S, Path(id): Path<String>, body: Bytes) -> Result<Resp
     let mode = s.settings().patch_mode;
     let defs = s.defs();
     let contact = {
-        let mut store = lock(&s.store);
+        let mut store = lock(s.api_store());
         let existing = store.get(&id).ok_or_else(|| contact_not_found(&id))?;
         if existing.read_only {
             return Err(read_only(&id));
@@ -338,7 +388,7 @@ async fn update(State(s): S, Path(id): Path<String>, body: Bytes) -> Result<Resp
 async fn delete(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
     let defs = s.defs();
     let removed = {
-        let mut store = lock(&s.store);
+        let mut store = lock(s.api_store());
         let existing = store.get(&id).ok_or_else(|| contact_not_found(&id))?;
         if existing.read_only {
             return Err(read_only(&id));
@@ -390,8 +440,17 @@ async fn admin_reset_stats(State(s): S) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn admin_contacts(State(s): S) -> Response {
-    axum::Json(json!({ "data": s.contacts() })).into_response()
+/// `GET /_sandbox/contacts[?workspace=foreign]`: the home workspace's contacts (or the other
+/// workspace's, see `foreign_workspace`).
+async fn admin_contacts(State(s): S, RawQuery(q): RawQuery) -> Response {
+    let foreign = q.as_deref() == Some("workspace=foreign");
+    let data = if foreign {
+        let defs = s.defs();
+        lock(&s.foreign).all().map(|c| c.render(&defs)).collect()
+    } else {
+        s.contacts()
+    };
+    axum::Json(json!({ "data": data })).into_response()
 }
 
 async fn admin_fault(State(s): S, body: Bytes) -> Response {
@@ -468,6 +527,7 @@ struct SettingsPatch {
     webhooks_on_api_writes: Option<bool>,
     response_shapes: Option<super::ResponseShapes>,
     refuse_stale_item_ids: Option<bool>,
+    foreign_workspace: Option<bool>,
 }
 
 fn settings_view(s: &Shared) -> Response {
@@ -481,6 +541,7 @@ fn settings_view(s: &Shared) -> Response {
         "webhooks_on_api_writes": st.webhooks_on_api_writes,
         "response_shapes": st.response_shapes,
         "refuse_stale_item_ids": st.refuse_stale_item_ids,
+        "foreign_workspace": st.foreign_workspace,
         "webhook": st.webhook.as_ref().map(|w| json!({"url": w.url, "scheme": w.scheme})),
     }))
     .into_response()
@@ -518,6 +579,9 @@ async fn admin_set_settings(State(s): S, body: Bytes) -> Response {
         if let Some(b) = patch.refuse_stale_item_ids {
             st.refuse_stale_item_ids = b;
         }
+        if let Some(b) = patch.foreign_workspace {
+            st.foreign_workspace = b;
+        }
     }
     if let Some(shapes) = patch.response_shapes {
         s.set_shapes(shapes);
@@ -540,6 +604,19 @@ async fn admin_app_create(State(s): S, RawQuery(q): RawQuery, body: Bytes) -> Re
         .unwrap_or_default();
     match s.app_create(&v, &source) {
         Ok(c) => (StatusCode::CREATED, axum::Json(json!({ "data": c }))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /_sandbox/app/seed`: the body is a seed CSV (`super::seed`); answers `{"seeded": n}`.
+async fn admin_app_seed(State(s): S, body: Bytes) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    let seeds = match super::seed::parse_seed_csv(&text) {
+        Ok(seeds) => seeds,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match s.seed_existing(&seeds) {
+        Ok(n) => axum::Json(json!({ "seeded": n })).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -41,6 +41,18 @@ pub struct BadRecord {
     pub reason: String,
     /// The raw row (lossy text), for the operator.
     pub raw: String,
+    /// The field to blame (the id column for a missing or repeated id) and its value as read,
+    /// when one is to blame.
+    pub blame: Option<Box<Blame>>,
+}
+
+/// The field of an unreadable row to blame, with its value as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blame {
+    /// The field (a CSV column, a JSON pointer).
+    pub field: String,
+    /// Its value.
+    pub value: String,
 }
 
 /// What an adapter yields while reading.
@@ -116,6 +128,46 @@ pub struct WriteReport {
     pub conflicted: Vec<ExternalId>,
     /// Records that failed, with the reason.
     pub failed: Vec<(ExternalId, String)>,
+    /// Values the CRM cannot hold (a character the CSV file's encoding lacks): the rest of the
+    /// record was written (it is in `written`), this field was left as it was.
+    pub unwritable: Vec<Unwritable>,
+}
+
+/// One value write-back left out of an otherwise written record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unwritable {
+    /// The record.
+    pub external_id: ExternalId,
+    /// The source field (CSV column).
+    pub field: String,
+    /// Why (`😀 (U+1F600) cannot be written in windows-1252`).
+    pub reason: String,
+}
+
+/// A record to make in the CRM from a contact made in the Quo app (`reverse.create_in_crm`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecord {
+    /// The Quo contact it is made from.
+    pub quo_id: String,
+    /// Its id when the adapter takes one (CSV: `reverse.new_record_id`); a REST CRM assigns its
+    /// own.
+    pub external_id: Option<ExternalId>,
+    /// Raw values by source field name.
+    pub fields: BTreeMap<String, String>,
+    /// Its last-modified time.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How one create ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// The CRM has the record, with this id (made now, or found made by an earlier attempt).
+    Made(ExternalId),
+    /// The CRM refused it: nothing was made (a later cycle may try again).
+    Refused(String),
+    /// The outcome is not known (a lost answer, a 5xx): the record may exist, so it is not sent
+    /// again; a later read finds it by the Quo id it carries.
+    Unknown(String),
 }
 
 /// Failures that stop a read or a write as a whole (per-row problems are `BadRecord`s).
@@ -173,7 +225,44 @@ pub enum SourceError {
     /// The reader stopped because the receiver went away (shutdown).
     #[error("read cancelled")]
     Cancelled,
+    /// A write was not sent: shutdown was requested, or this process no longer holds the
+    /// ledger's writer lease (its time ran out, or another process took it).
+    #[error("CRM write not sent: {0}")]
+    NotSent(&'static str),
 }
+
+/// What every CRM write asks just before it is sent: the cycle's cancel token (shutdown, a
+/// failure no record can get past) and the leader's write fence (`quo::fence`), which also caps
+/// the write's timeout. A batch of writes stops at the first one it refuses.
+#[derive(Debug, Clone, Default)]
+pub struct WriteGuard {
+    /// The leader's fence; `None` on an unfenced ledger.
+    pub fence: Option<crate::quo::fence::WriteFence>,
+    /// Cancelled on shutdown.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl WriteGuard {
+    /// Admits one write configured with `timeout`: the timeout to send it with, or why it must
+    /// not be sent.
+    pub async fn admit(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<std::time::Duration, SourceError> {
+        if self.cancel.is_cancelled() {
+            return Err(SourceError::NotSent("shutdown requested"));
+        }
+        match &self.fence {
+            None => Ok(timeout),
+            Some(fence) => fence.admit(timeout).await.ok_or(SourceError::NotSent(
+                "this process no longer holds the writer lease",
+            )),
+        }
+    }
+}
+
+/// What a CSV rewrite (a local file, written and renamed at once) asks of the write fence.
+const CSV_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A configured source adapter.
 #[derive(Debug)]
@@ -185,6 +274,18 @@ pub enum Source {
 }
 
 impl Source {
+    /// Builds the adapter the configuration names, knowing which source fields the mapping
+    /// reads (a CSV header's separator is chosen by them).
+    pub fn from_config_mapped(
+        config: &SourceConfig,
+        mapping: &crate::config::MappingConfig,
+    ) -> Result<Self, SourceError> {
+        Ok(match Self::from_config(config)? {
+            Source::Csv(csv) => Source::Csv(csv.expect_columns(mapping)),
+            other => other,
+        })
+    }
+
     /// Builds the adapter the configuration names.
     pub fn from_config(config: &SourceConfig) -> Result<Self, SourceError> {
         match config.kind {
@@ -237,18 +338,97 @@ impl Source {
         }
     }
 
-    /// Applies reverse-path changes to the CRM.
-    pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {
+    /// Applies reverse-path changes to the CRM, each write admitted by `guard` first (the CSV
+    /// file is one write).
+    pub async fn write_back(
+        &self,
+        changes: &[CrmChange],
+        guard: &WriteGuard,
+    ) -> Result<WriteReport, SourceError> {
         match self {
-            Source::Csv(csv) => csv.write_back(changes).await,
-            Source::Rest(rest) => rest.write_back(changes).await,
+            Source::Csv(csv) => {
+                guard.admit(CSV_WRITE).await?;
+                csv.write_back(changes).await
+            }
+            Source::Rest(rest) => rest.write_back_guarded(changes, guard).await,
         }
     }
 
-    /// Deletes records in the CRM (`reverse.on_quo_delete = "delete_in_crm"`).
-    pub async fn delete_records(&self, ids: &[ExternalId]) -> Result<WriteReport, SourceError> {
+    /// Makes records from contacts made in Quo, at most once each (see [`Created`]), by Quo id,
+    /// each create admitted by `guard` first (the CSV file is one write): a refused guard sends
+    /// nothing (`SourceError::NotSent`).
+    pub async fn create_records(
+        &self,
+        records: &[NewRecord],
+        guard: &WriteGuard,
+    ) -> Result<Vec<(String, Created)>, SourceError> {
         match self {
-            Source::Csv(csv) => csv.delete_records(ids).await,
+            Source::Csv(csv) => {
+                guard.admit(CSV_WRITE).await?;
+                let rows: Vec<(String, CrmChange)> = records
+                    .iter()
+                    .filter_map(|r| {
+                        let id = r.external_id.clone()?;
+                        Some((
+                            r.quo_id.clone(),
+                            CrmChange {
+                                external_id: id,
+                                fields: r.fields.clone(),
+                                updated_at: r.updated_at,
+                            },
+                        ))
+                    })
+                    .collect();
+                let changes: Vec<CrmChange> = rows.iter().map(|(_, c)| c.clone()).collect();
+                let report = csv.append_records(&changes).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(quo_id, change)| {
+                        let id = change.external_id;
+                        let outcome = if report.written.contains(&id) {
+                            Created::Made(id)
+                        } else {
+                            let reason = report
+                                .failed
+                                .iter()
+                                .find(|(f, _)| *f == id)
+                                .map_or_else(|| "not written".to_string(), |(_, r)| r.clone());
+                            Created::Refused(reason)
+                        };
+                        (quo_id, outcome)
+                    })
+                    .collect())
+            }
+            Source::Rest(rest) => rest.create_records(records, guard).await,
+        }
+    }
+
+    /// Whether records can be made in this CRM (CSV always; REST with `[source.rest.create]`).
+    pub fn can_create(&self) -> bool {
+        match self {
+            Source::Csv(_) => true,
+            Source::Rest(rest) => rest.can_create(),
+        }
+    }
+
+    /// Whether a record made from a Quo contact gets an id known in advance
+    /// (`reverse.new_record_id`), so a read can tell whether an interrupted create landed.
+    pub fn assigns_ids(&self) -> bool {
+        matches!(self, Source::Csv(_))
+    }
+
+    /// Deletes records in the CRM (`reverse.on_quo_delete = "delete_in_crm"`), admitted by
+    /// `guard` first.
+    pub async fn delete_records(
+        &self,
+        ids: &[ExternalId],
+        guard: &WriteGuard,
+    ) -> Result<WriteReport, SourceError> {
+        match self {
+            Source::Csv(csv) => {
+                guard.admit(CSV_WRITE).await?;
+                csv.delete_records(ids).await
+            }
             Source::Rest(_) => Err(SourceError::Crm(
                 "deleting records is not supported by the REST adapter; use reverse.on_quo_delete = \"unlink\"".into(),
             )),
@@ -283,6 +463,22 @@ impl Source {
         }
     }
 
+    /// Lets the leader's reads take the CRM change notices stored in `ledger` by any replica
+    /// (`None` stops it: a standby or a `plan` takes none).
+    pub fn take_notices_from(&self, ledger: Option<crate::ledger::Ledger>) {
+        if let Source::Rest(rest) = self {
+            rest.take_notices_from(ledger);
+        }
+    }
+
+    /// The refusal clock of the adapter's credential (the REST source's; a CSV file has none).
+    pub fn auth_grace(&self) -> Option<&std::sync::Arc<crate::quo::grace::AuthGrace>> {
+        match self {
+            Source::Csv(_) => None,
+            Source::Rest(rest) => Some(rest.auth_grace()),
+        }
+    }
+
     /// Lets the adapter keep state in the ledger (the REST source's rotated OAuth2 refresh token).
     pub fn attach_ledger(&self, ledger: &crate::ledger::Ledger) {
         if let Source::Rest(rest) = self {
@@ -295,6 +491,15 @@ impl Source {
         match self {
             Source::Csv(csv) => csv.describe(),
             Source::Rest(rest) => rest.describe(),
+        }
+    }
+
+    /// The CSV dialect the last read found (`plan` shows it); `None` for other sources or
+    /// before a read.
+    pub fn describe_dialect(&self) -> Option<String> {
+        match self {
+            Source::Csv(csv) => csv.describe_dialect(),
+            Source::Rest(_) => None,
         }
     }
 }

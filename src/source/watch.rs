@@ -1,29 +1,27 @@
 //! Change signals from the CRM side that start a cycle at once instead of at the next
 //! `schedule.interval`: the CSV file watched with `notify` (debounced, and ignoring changes that
-//! leave the file as quo-sync last read or wrote it, so our own write-back starts no cycle), and
-//! `POST /webhooks/crm` for REST CRMs, authenticated by HMAC-SHA256 of the raw body with
-//! `source.rest.webhook.secret` (`<signature_header>: sha256=<hex>`). Both only wake the service
-//! loop through the same `Notify` the Quo webhook receiver uses; the cycle does the reading (of
-//! just the records a webhook names, with `source.rest.webhook.ids_pointer`: see `rest::named`).
+//! leave the file as quo-sync last read or wrote it, so our own write-back starts no cycle; the
+//! cycle's read then waits until the file has been still for `source.quiet_period`, so a file
+//! rewritten in place with pauses is not read half-written), and `POST /webhooks/crm` for REST
+//! CRMs (see [`crm_webhook`]). Both only wake the service loop through the same `Notify` the Quo
+//! webhook receiver uses; the cycle does the reading (of just the records a webhook names, with
+//! `source.rest.webhook.ids_pointer`: see `rest::named`).
+
+mod crm_webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
-use hmac::{Hmac, KeyInit, Mac};
 use notify::{RecursiveMode, Watcher};
-use secrecy::ExposeSecret;
-use sha2::Sha256;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::rest::NoticeIds;
 use super::{Source, SourceError};
+use crate::ledger::Ledger;
 
 /// Quiet time after the last file event before the change is acted on (editors write in bursts).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -40,9 +38,15 @@ impl Signals {
     pub fn start(
         source: Arc<Source>,
         watch_file: bool,
+        ledger: Ledger,
         wake: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Result<Self, SourceError> {
+        if let Source::Csv(csv) = source.as_ref() {
+            // Whatever starts a cycle (the watcher, the schedule, a Quo webhook), the service
+            // reads the file only once it has been still for `source.quiet_period`.
+            csv.guard_reads();
+        }
         match source.as_ref() {
             Source::Csv(_) if !watch_file => Ok(Self {
                 _watcher: None,
@@ -60,10 +64,11 @@ impl Signals {
                 webhook: rest.webhook().map(|settings| {
                     let max = settings.max_body_bytes;
                     Router::new()
-                        .route("/webhooks/crm", post(crm_webhook))
+                        .route("/webhooks/crm", post(crm_webhook::receive))
                         .layer(DefaultBodyLimit::max(max))
-                        .with_state(Arc::new(WebhookState {
+                        .with_state(Arc::new(crm_webhook::WebhookState {
                             source: source.clone(),
+                            ledger,
                             wake,
                         }))
                 }),
@@ -138,83 +143,4 @@ fn watch_csv(
         }
     });
     Ok(watcher)
-}
-
-struct WebhookState {
-    source: Arc<Source>,
-    wake: Arc<Notify>,
-}
-
-/// `POST /webhooks/crm`: 202 and a cycle for a correctly signed body; 401 otherwise (413 above
-/// the size limit, from the body limit layer). Nothing is read from the CRM here.
-async fn crm_webhook(
-    State(state): State<Arc<WebhookState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let Source::Rest(rest) = state.source.as_ref() else {
-        return StatusCode::NOT_FOUND;
-    };
-    let Some(settings) = rest.webhook() else {
-        return StatusCode::NOT_FOUND;
-    };
-    let given = headers
-        .get(settings.signature_header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("sha256="))
-        .and_then(decode_hex);
-    let valid = given.is_some_and(|signature| {
-        let mut mac =
-            <Hmac<Sha256> as KeyInit>::new_from_slice(settings.secret.expose_secret().as_bytes())
-                .expect("HMAC takes any key length");
-        mac.update(&body);
-        mac.verify_slice(&signature).is_ok() // constant time
-    });
-    if !valid {
-        tracing::warn!(
-            event = "crm_webhook_rejected",
-            bytes = body.len(),
-            "CRM webhook with a missing or wrong signature; ignored"
-        );
-        metrics::counter!("quo_sync_crm_webhooks_total", "outcome" => "rejected").increment(1);
-        return StatusCode::UNAUTHORIZED;
-    }
-    metrics::counter!("quo_sync_crm_webhooks_total", "outcome" => "accepted").increment(1);
-    // With `ids_pointer`, the next read fetches just the named records.
-    let (read, ids) = match rest.queue_notice(&body) {
-        NoticeIds::Named(n) => ("named", n),
-        NoticeIds::None | NoticeIds::Refused => ("list", 0),
-    };
-    tracing::info!(
-        event = "crm_change_detected",
-        via = "webhook",
-        bytes = body.len(),
-        ids,
-        read,
-        "CRM webhook; starting a cycle"
-    );
-    state.wake.notify_one();
-    StatusCode::ACCEPTED
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_decodes_or_refuses() {
-        assert_eq!(decode_hex("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(decode_hex("0g"), None);
-        assert_eq!(decode_hex("abc"), None);
-    }
 }

@@ -30,8 +30,11 @@ use tracing::{info, warn};
 use super::merge_step::parse_time;
 use super::{Cycle, Mode, SyncError};
 use crate::config::OnSourceDelete;
-use crate::domain::{ExternalId, QuoContactId, Snapshot};
-use crate::ledger::{LedgerError, LedgerIndex, NewInboxEvent, RecordState, UnconfirmedCreate};
+use crate::domain::{ExternalId, QuoContactId, Snapshot, field};
+use crate::ledger::{
+    ATTEMPTS_TO_GIVE_UP, LedgerError, LedgerIndex, NewInboxEvent, RecordState, UnconfirmedCreate,
+    made_in_time,
+};
 use crate::quo::client::QuoError;
 use crate::quo::types::{Contact, ContactItem};
 use crate::reverse::intake::UnlinkedCopy;
@@ -43,6 +46,24 @@ enum CopyError {
     Quo(#[from] QuoError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The contact the ledger links does not carry our `source` and the record's externalId:
+    /// which of the two is the twin cannot be told, so neither is deleted.
+    #[error(
+        "the linked contact {quo_id} does not carry this deployment's quo.source and the record's externalId; the copy was not deleted"
+    )]
+    NotOurs {
+        /// The linked contact.
+        quo_id: String,
+    },
+}
+
+/// How far one copy got.
+enum Resolution {
+    /// Resolved, or left for a later cycle.
+    Done,
+    /// A contact of a record gone from the CRM, with that record's entries: deleted or kept by
+    /// `sync.on_source_delete`, together with the cycle's other strays.
+    Stray(Vec<UnconfirmedCreate>),
 }
 
 /// What a person typed on a twin that the linked contact lacks.
@@ -52,15 +73,19 @@ struct Carried {
     desired: Snapshot,
     /// Managed fields taken from the twin.
     fields: Vec<String>,
-    /// Unmanaged emails, phones and custom values taken from the twin.
+    /// Unmanaged emails, phones, default fields and custom values taken from the twin.
     unmanaged: Vec<String>,
+    /// Default fields the mapping does not manage, typed on the twin, that the linked contact
+    /// lacks: set by the carry-over PATCH (the snapshot does not hold them).
+    defaults: Vec<(&'static str, String)>,
     /// The linked contact as read, with those unmanaged items added: the PATCH's base.
     current: Option<Contact>,
     /// Fields changed on both the twin and the linked contact since the lost POST.
     conflicts: Vec<TwinConflict>,
 }
 
-/// A field typed on a twin that also changed on the linked contact since the lost POST.
+/// A value typed on a twin that does not go to the linked contact: the field also changed there
+/// since the lost POST, or it cannot be carried over.
 #[derive(Debug)]
 struct TwinConflict {
     field: String,
@@ -72,14 +97,17 @@ struct TwinConflict {
     twin: serde_json::Value,
     /// Whether the twin was changed later, so its value stands.
     twin_won: bool,
+    /// Why (`twin_later_edit`, `twin_not_carried`).
+    policy: &'static str,
 }
-
-/// How far Quo's clock may run ahead of ours when a copy's `createdAt` is compared with the
-/// time an entry was written.
-const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// The policy named in a twin's conflicts: the later contact's value stands.
 const TWIN_POLICY: &str = "twin_later_edit";
+
+/// The policy named when a value typed on a twin cannot be carried over (a field type the API
+/// cannot write, or Quo refused the carry-over): the linked contact keeps its value, the twin's
+/// is kept in the conflict.
+const TWIN_NOT_CARRIED: &str = "twin_not_carried";
 
 /// The entry whose POST made `have` most likely: the one whose values differ from it in the
 /// fewest fields (a person's edits aside, a contact keeps what its POST sent); the oldest on a
@@ -95,7 +123,11 @@ pub(super) fn entry_that_made<'a>(
 }
 
 /// The merge base for adopting `have`: the intent's snapshot or the entry whose POST most likely
-/// made it, whichever differs from it in fewer fields (the intent on a tie), with that entry.
+/// made it, whichever differs from it in fewer fields, with that entry. On a tie the entry, the
+/// earlier POST: the intent may be a POST refused with 409 carrying the CRM's later values, and
+/// as the base it would make those look unchanged in the CRM, so a Quo edit to the same field
+/// would overwrite them with no conflict recorded; the earlier base at worst shows both sides
+/// changed, and the conflict is decided by the policy and recorded.
 pub(super) fn base_of<'a>(
     have: &Snapshot,
     intent: Option<Snapshot>,
@@ -104,7 +136,7 @@ pub(super) fn base_of<'a>(
     let entry = (!entries.is_empty()).then(|| entry_that_made(have, entries));
     match (intent, entry) {
         (Some(intent), Some(entry))
-            if have.changed_fields(&entry.sent).len() < have.changed_fields(&intent).len() =>
+            if have.changed_fields(&entry.sent).len() <= have.changed_fields(&intent).len() =>
         {
             (Some(entry.sent.clone()), Some(entry))
         }
@@ -149,7 +181,7 @@ impl Cycle {
                 Err(CopyError::Quo(e)) if e.is_fatal() => return Err(e.into()),
                 Err(CopyError::Ledger(e)) => return Err(e.into()),
                 // Not fatal: the pending create looks it up as before.
-                Err(CopyError::Quo(_)) => {}
+                Err(CopyError::Quo(_) | CopyError::NotOurs { .. }) => {}
             }
         }
         *copies = rest;
@@ -157,7 +189,8 @@ impl Cycle {
     }
 
     /// Resolves the unlinked copies intake found. `read`: the index of a complete read of the
-    /// CRM, which tells a record that left it from one that is still there.
+    /// CRM, which tells a record that left it from one that is still there. Strays to delete are
+    /// deleted together, behind the deletion guard.
     pub(super) async fn resolve_copies(
         &self,
         copies: &[UnlinkedCopy],
@@ -166,23 +199,89 @@ impl Cycle {
         if self.mode != Mode::Apply {
             return Ok(());
         }
-        for copy in copies {
+        let mut strays = Vec::new();
+        // The same copy noticed by several passes (its notices wait while unresolved) is
+        // resolved once a cycle.
+        let mut seen = std::collections::HashSet::new();
+        for copy in copies.iter().filter(|c| seen.insert(c.quo_id.clone())) {
             if self.stop.is_cancelled() {
                 break;
             }
             match self.resolve_copy(copy, read).await {
-                Ok(()) => {}
-                Err(CopyError::Ledger(e)) => return Err(e.into()),
-                Err(CopyError::Quo(e)) if e.is_fatal() => return Err(e.into()),
-                Err(CopyError::Quo(e)) => {
-                    warn!(event = "duplicate_unresolved", external_id = %copy.external_id, quo_id = %copy.quo_id, error = %e, "could not resolve a contact an unconfirmed create made; the next scan finds it again");
-                    self.unsettled
-                        .lock()
-                        .await
-                        .insert(copy.external_id.to_string());
-                }
+                Ok(Resolution::Done) => {}
+                Ok(Resolution::Stray(entries)) => strays.push((copy, entries)),
+                Err(e) => self.copy_failed(copy, e).await?,
             }
         }
+        if strays.is_empty() {
+            return Ok(());
+        }
+        let deleting = self.ctx.settings.on_source_delete == OnSourceDelete::Delete;
+        if deleting && !self.guard_deletions("stray_contacts", strays.len()).await? {
+            let mut unsettled = self.unsettled.lock().await;
+            unsettled.extend(strays.iter().map(|(c, _)| c.external_id.to_string()));
+            return Ok(());
+        }
+        for (copy, entries) in strays {
+            if let Err(e) = self.remove_stray(copy, &entries).await {
+                self.copy_failed(copy, e).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy whose resolution failed: the cycle stops on a ledger error, a refused key or
+    /// shutdown. Otherwise the next scan finds it again, up to [`ATTEMPTS_TO_GIVE_UP`] times in a
+    /// row; then (and at once when the linked contact is not ours) one of the record's entries
+    /// ends as abandoned, with the reason, so nothing lingers unrecorded.
+    async fn copy_failed(&self, copy: &UnlinkedCopy, error: CopyError) -> Result<(), SyncError> {
+        let give_up = match &error {
+            CopyError::Ledger(_) => false,
+            CopyError::Quo(e) if e.is_fatal() => false,
+            CopyError::Quo(_) => {
+                self.ctx
+                    .ledger
+                    .unconfirmed_failed(copy.external_id.as_str())
+                    .await?
+                    >= ATTEMPTS_TO_GIVE_UP
+            }
+            CopyError::NotOurs { .. } => true,
+        };
+        match error {
+            CopyError::Ledger(e) => Err(e.into()),
+            CopyError::Quo(e) if e.is_fatal() => Err(e.into()),
+            error if give_up => self.abandon_copy(copy, &error).await,
+            error => {
+                warn!(event = "duplicate_unresolved", external_id = %copy.external_id, quo_id = %copy.quo_id, error = %error, "could not resolve a contact an unconfirmed create made; the next scan finds it again");
+                self.unsettled
+                    .lock()
+                    .await
+                    .insert(copy.external_id.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends one of the record's entries as abandoned, naming the copy and why it could not be
+    /// resolved (`status` and the log show it): the contact stays in Quo for an operator.
+    async fn abandon_copy(&self, copy: &UnlinkedCopy, error: &CopyError) -> Result<(), SyncError> {
+        let reason = format!(
+            "contact {} (our source, this externalId) was made by a create whose answer was lost and could not be resolved: {error}",
+            copy.quo_id
+        );
+        let entries = self
+            .ctx
+            .ledger
+            .unconfirmed_for(copy.external_id.as_str())
+            .await?;
+        if let Some(entry) = entries.first() {
+            self.ctx
+                .ledger
+                .unconfirmed_abandon(entry.id, &reason)
+                .await?;
+        }
+        warn!(event = "duplicate_abandoned", external_id = %copy.external_id, quo_id = %copy.quo_id, reason = %reason, "left in Quo for an operator; the unconfirmed create ends as abandoned");
+        metrics::counter!("quo_sync_duplicates_abandoned_total").increment(1);
         Ok(())
     }
 
@@ -190,34 +289,35 @@ impl Cycle {
         &self,
         copy: &UnlinkedCopy,
         read: Option<&LedgerIndex>,
-    ) -> Result<(), CopyError> {
+    ) -> Result<Resolution, CopyError> {
         let ledger = &self.ctx.ledger;
         let entries = ledger.unconfirmed_for(copy.external_id.as_str()).await?;
         if entries.is_empty() {
             // Resolved already (a scan notice and a webhook for the same copy), or ruled out.
-            return Ok(());
+            return Ok(Resolution::Done);
         }
         let row = ledger.record(&copy.external_id).await?;
         let linked = row.as_ref().and_then(|r| r.quo_id.clone());
         let state = row.as_ref().map(|r| r.state);
         match (linked, state) {
             // Our create was confirmed after all: this is the linked contact.
-            (Some(linked), _) if linked == copy.quo_id => Ok(()),
-            (Some(linked), _) => self.remove_twin(copy, &linked, &entries).await,
+            (Some(linked), _) if linked == copy.quo_id => Ok(Resolution::Done),
+            (Some(linked), _) => {
+                self.remove_twin(copy, &linked, &entries).await?;
+                Ok(Resolution::Done)
+            }
             // A create still pending: its lookup adopts the copy.
-            (None, Some(RecordState::PendingCreate)) => Ok(()),
+            (None, Some(RecordState::PendingCreate)) => Ok(Resolution::Done),
             (None, Some(RecordState::Unlinked)) => {
                 // Its contact was deleted in Quo and the record unlinked: nothing is synced for
                 // it any more, so the copy is left as it is and the entry is settled.
                 info!(event = "stray_contact_kept", external_id = %copy.external_id, quo_id = %copy.quo_id, "a contact made by a create whose answer was lost belongs to an unlinked record; left in Quo");
                 ledger.unconfirmed_remove(entries[0].id).await?;
-                Ok(())
+                Ok(Resolution::Done)
             }
             (None, _) => match read {
-                Some(index) if !self.in_crm(copy, index).await? => {
-                    self.remove_stray(copy, &entries).await
-                }
-                Some(_) => Ok(()),
+                Some(index) if !self.in_crm(copy, index).await? => Ok(Resolution::Stray(entries)),
+                Some(_) => Ok(Resolution::Done),
                 None => {
                     // Only a complete read can tell whether the record left the CRM: the
                     // notice stays pending until one has.
@@ -225,7 +325,7 @@ impl Cycle {
                         .lock()
                         .await
                         .insert(copy.external_id.to_string());
-                    Ok(())
+                    Ok(Resolution::Done)
                 }
             },
         }
@@ -248,9 +348,9 @@ impl Cycle {
         let Some(contact) = self.ctx.client.get_contact(copy.quo_id.as_str()).await? else {
             return Ok(None);
         };
-        let ours = contact.source.as_deref() == Some(self.ctx.client.source())
-            && contact.external_id.as_deref() == Some(copy.external_id.as_str());
-        Ok(ours.then(|| self.normalized(contact)))
+        Ok(self
+            .is_ours(&contact, copy)
+            .then(|| self.normalized(contact)))
     }
 
     /// Reads a copy to resolve against `entries`: one made after every entry was written (a
@@ -264,14 +364,7 @@ impl Cycle {
         let Some(contact) = self.read_copy(copy).await? else {
             return Ok(None);
         };
-        let created = parse_time(contact.created_at.as_deref());
-        let made_in_time = entries.iter().any(|e| {
-            let written = parse_time(Some(&e.sent_at));
-            match (created, written) {
-                (Some(created), Some(written)) => created <= written + CLOCK_SKEW,
-                _ => true,
-            }
-        });
+        let made_in_time = made_in_time(entries, contact.created_at.as_deref());
         if !made_in_time {
             warn!(event = "copy_not_ours", external_id = %copy.external_id, quo_id = %copy.quo_id, created_at = ?contact.created_at, "an unlinked contact with our source and this externalId was made after every unconfirmed create of the record; left alone");
             return Ok(None);
@@ -295,19 +388,38 @@ impl Cycle {
             return Ok(());
         };
         let kept = self.normalized(kept);
+        if !self.is_ours(&kept, copy) {
+            // The ledger's contact does not carry our source and this externalId: the "twin"
+            // may be the record's only contact of ours. Nothing is deleted; an operator decides.
+            return Err(CopyError::NotOurs {
+                quo_id: kept.id.clone(),
+            });
+        }
         // Quo stamps a contact's creation as its last change too: equal stamps mean nobody has
         // touched it, whatever a comparison with what we sent would say.
         let touched = twin.updated_at.is_none() || twin.updated_at != twin.created_at;
-        let carried = if touched {
+        let mut carried = if touched {
             self.carried(&twin, &entry.sent, &kept)
         } else {
             Carried::default()
         };
+        if !carried.fields.is_empty() || !carried.unmanaged.is_empty() {
+            match self.carry_over(copy, linked, &carried).await {
+                Ok(()) => {}
+                // Refused as a whole: what it carried is kept as conflicts instead, so nothing
+                // typed on the twin goes with it unrecorded (and it is not tried for good).
+                Err(CopyError::Quo(error @ QuoError::Rejected { status: 400, .. })) => {
+                    warn!(event = "twin_carry_over_refused", external_id = %copy.external_id, quo_id = %linked, error = %error, "Quo refused what was typed on a twin; it is recorded as conflicts");
+                    let not_carried = self.not_carried(&twin, &entry.sent, &kept, &carried);
+                    carried.conflicts.extend(not_carried);
+                    carried.fields.clear();
+                    carried.unmanaged.clear();
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.record_twin_conflicts(&copy.external_id, &carried.conflicts)
             .await?;
-        if !carried.fields.is_empty() || !carried.unmanaged.is_empty() {
-            self.carry_over(copy, linked, &carried).await?;
-        }
         // Typed on again since it was read: what is new would go with it, so the next pass
         // carries it over first.
         let again = self.read_copy(copy).await?;
@@ -342,8 +454,20 @@ impl Cycle {
         linked: &QuoContactId,
         carried: &Carried,
     ) -> Result<(), CopyError> {
-        let body =
+        let mut body =
             super::payload::patch_body(&carried.desired, carried.current.as_ref(), &self.managed);
+        if let Some(fields) = body.default_fields.as_mut() {
+            for (name, value) in &carried.defaults {
+                let slot = match *name {
+                    field::FIRST_NAME => &mut fields.first_name,
+                    field::LAST_NAME => &mut fields.last_name,
+                    field::COMPANY => &mut fields.company,
+                    field::ROLE => &mut fields.role,
+                    _ => continue,
+                };
+                *slot = Some(Some(value.clone()));
+            }
+        }
         let updated = self
             .ctx
             .client
@@ -394,6 +518,7 @@ impl Cycle {
                     linked: ours,
                     twin: value.clone(),
                     twin_won: twin_later,
+                    policy: TWIN_POLICY,
                 });
                 if !twin_later {
                     continue;
@@ -404,12 +529,86 @@ impl Cycle {
             }
         }
         let mut current = kept.clone();
-        carried.unmanaged = add_unmanaged(&mut current, twin, &self.managed);
+        let added = add_unmanaged(&mut current, twin, &self.managed);
+        carried.unmanaged = added.into_iter().map(|(name, _)| name).collect();
         carried.current = Some(current);
+        for (name, theirs, ours) in unmanaged_defaults(twin, kept, &self.managed) {
+            match ours {
+                None => {
+                    carried.unmanaged.push(name.to_string());
+                    carried.defaults.push((name, theirs));
+                }
+                Some(ours) if ours != theirs => carried.conflicts.push(TwinConflict {
+                    field: name.to_string(),
+                    sent: serde_json::Value::Null,
+                    linked: ours.into(),
+                    twin: theirs.into(),
+                    twin_won: false,
+                    policy: TWIN_POLICY,
+                }),
+                Some(_) => {}
+            }
+        }
         carried
             .conflicts
             .extend(unmanaged_clashes(kept, twin, &self.managed));
         carried
+            .conflicts
+            .extend(unwritable_left_behind(kept, twin, &self.managed));
+        carried
+    }
+
+    /// What `carried` would have moved from `twin` to `kept`, as conflicts (the linked
+    /// contact's value stands, the twin's is kept in the record): for a carry-over Quo refused.
+    fn not_carried(
+        &self,
+        twin: &Contact,
+        sent: &Snapshot,
+        kept: &Contact,
+        carried: &Carried,
+    ) -> Vec<TwinConflict> {
+        let twin_fields = self.mapper.from_contact(twin).fields();
+        let kept_fields = self.mapper.from_contact(kept).fields();
+        let sent_fields = sent.fields();
+        let value = |fields: &std::collections::BTreeMap<String, serde_json::Value>, name: &str| {
+            fields.get(name).cloned().unwrap_or_default()
+        };
+        let mut conflicts: Vec<TwinConflict> = carried
+            .fields
+            .iter()
+            .map(|name| TwinConflict {
+                field: name.clone(),
+                sent: value(&sent_fields, name),
+                linked: value(&kept_fields, name),
+                twin: value(&twin_fields, name),
+                twin_won: false,
+                policy: TWIN_NOT_CARRIED,
+            })
+            .collect();
+        let mut scratch = kept.clone();
+        let unmanaged = add_unmanaged(&mut scratch, twin, &self.managed)
+            .into_iter()
+            .chain(
+                carried
+                    .defaults
+                    .iter()
+                    .map(|(name, v)| (name.to_string(), v.clone().into())),
+            );
+        conflicts.extend(unmanaged.map(|(name, twin_value)| TwinConflict {
+            field: name,
+            sent: serde_json::Value::Null,
+            linked: serde_json::Value::Null,
+            twin: twin_value,
+            twin_won: false,
+            policy: TWIN_NOT_CARRIED,
+        }));
+        conflicts
+    }
+
+    /// Whether `contact` carries our `source` and the copy's externalId.
+    fn is_ours(&self, contact: &Contact, copy: &UnlinkedCopy) -> bool {
+        contact.source.as_deref() == Some(self.ctx.client.source())
+            && contact.external_id.as_deref() == Some(copy.external_id.as_str())
     }
 
     /// Records each field changed on both the twin and the linked contact, with the winner.
@@ -422,7 +621,7 @@ impl Cycle {
             let winner = if conflict.twin_won { "quo" } else { "crm" };
             warn!(event = "conflict", external_id = %external_id, field = %conflict.field,
                   crm_value = %conflict.linked, quo_value = %conflict.twin, winner,
-                  policy = TWIN_POLICY, "field changed on a twin made by a lost create and on the linked contact");
+                  policy = conflict.policy, "a value typed on a twin made by a lost create does not go to the linked contact");
             metrics::counter!("quo_sync_conflicts_total").increment(1);
             self.ctx
                 .ledger
@@ -433,7 +632,7 @@ impl Cycle {
                     &conflict.linked,
                     &conflict.twin,
                     winner,
-                    TWIN_POLICY,
+                    conflict.policy,
                     Some(&self.run_id),
                 )
                 .await?;
@@ -492,27 +691,88 @@ fn unmanaged_clashes(
                 linked: linked.value.clone(),
                 twin: field.value.clone(),
                 twin_won: false,
+                policy: TWIN_POLICY,
             });
         }
     }
     clashes
 }
 
+/// Default fields (`firstName`, `lastName`, `company`, `role`) the mapping does not manage that
+/// the twin holds: (name, the twin's value, the linked contact's value if any).
+fn unmanaged_defaults(
+    twin: &Contact,
+    kept: &Contact,
+    managed: &super::payload::Managed,
+) -> Vec<(&'static str, String, Option<String>)> {
+    fn text(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+    let (t, k) = (&twin.default_fields, &kept.default_fields);
+    [
+        (field::FIRST_NAME, &t.first_name, &k.first_name),
+        (field::LAST_NAME, &t.last_name, &k.last_name),
+        (field::COMPANY, &t.company, &k.company),
+        (field::ROLE, &t.role, &k.role),
+    ]
+    .into_iter()
+    .filter(|(name, _, _)| !managed.default_fields.contains(name))
+    .filter_map(|(name, theirs, ours)| {
+        Some((
+            name,
+            text(theirs)?.to_string(),
+            text(ours).map(str::to_string),
+        ))
+    })
+    .collect()
+}
+
+/// Custom values of types the API cannot write that the twin holds and the linked contact
+/// lacks: they cannot be carried over, so each is recorded rather than deleted with the twin.
+fn unwritable_left_behind(
+    kept: &Contact,
+    twin: &Contact,
+    managed: &super::payload::Managed,
+) -> Vec<TwinConflict> {
+    twin.custom_fields
+        .iter()
+        .filter(|f| f.field_type.as_ref().is_some_and(|t| !t.is_writable()))
+        .filter(|f| !f.value.is_null())
+        .filter_map(|f| Some((f.key.as_ref()?, f)))
+        .filter(|(key, _)| !managed.custom_keys.contains(key))
+        .filter(|(key, _)| {
+            !kept
+                .custom_fields
+                .iter()
+                .any(|k| k.key.as_ref() == Some(key) && !k.value.is_null())
+        })
+        .map(|(key, f)| TwinConflict {
+            field: key.clone(),
+            sent: serde_json::Value::Null,
+            linked: serde_json::Value::Null,
+            twin: f.value.clone(),
+            twin_won: false,
+            policy: TWIN_NOT_CARRIED,
+        })
+        .collect()
+}
+
 /// Adds to `kept` the emails, phones (labels the mapping does not write) and custom values
-/// (keys it does not write) that `twin` has and `kept` lacks; returns their names. Item ids are
-/// the twin's, so they are dropped: Quo appends the items as new.
+/// (keys it does not write, of types the API can write) that `twin` has and `kept` lacks;
+/// returns their names and values. Item ids are the twin's, so they are dropped: Quo appends the
+/// items as new.
 fn add_unmanaged(
     kept: &mut Contact,
     twin: &Contact,
     managed: &super::payload::Managed,
-) -> Vec<String> {
+) -> Vec<(String, serde_json::Value)> {
     let mut added = Vec::new();
     let mut items = |kept: &mut Vec<ContactItem>, twin: &[ContactItem], labels: &[String]| {
         for item in twin {
             let unmanaged = !labels.contains(&item.name);
             let missing = !kept.iter().any(|k| k.value == item.value);
-            if unmanaged && missing && item.value.is_some() {
-                added.push(item.name.clone());
+            if let Some(value) = item.value.as_ref().filter(|_| unmanaged && missing) {
+                added.push((item.name.clone(), value.clone().into()));
                 kept.push(ContactItem {
                     id: None,
                     ..item.clone()
@@ -539,7 +799,7 @@ fn add_unmanaged(
             .iter()
             .any(|k| k.key.as_ref() == Some(key) && !k.value.is_null());
         if writable && unmanaged && missing && !field.value.is_null() {
-            added.push(key.clone());
+            added.push((key.clone(), field.value.clone()));
             kept.custom_fields.retain(|k| k.key.as_ref() != Some(key));
             kept.custom_fields.push(field.clone());
         }

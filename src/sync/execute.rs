@@ -3,16 +3,19 @@
 //! fails is quarantined on its own (stage `quo`) and the rest of the cycle goes on.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{Action, Cycle, Mode, PlannedOp, SyncError, Update, Work};
+use super::matching::Matched;
+use super::{Action, Cycle, HeldBack, Mode, PlannedOp, SyncError, Update, Work, WriteKind};
 use crate::config::OnQuoDelete;
 use crate::domain::{ExternalId, QuoContactId, Snapshot};
+use crate::ledger::Ledger;
 use crate::ledger::{LedgerError, NewQuarantine, QuarantineStage, RecordState, SyncedRecord};
-use crate::quo::client::QuoError;
+use crate::quo::client::{CreateError, PostJournal, QuoError};
 use crate::quo::types::Contact;
 use crate::source::SourceRecord;
 
@@ -39,6 +42,20 @@ impl Pool {
     /// Starts `work` (updates wait for a full freshen batch) and reaps finished workers so
     /// errors surface early and memory stays flat.
     pub async fn dispatch(&mut self, cycle: &Arc<Cycle>, work: Work) -> Result<(), SyncError> {
+        let Some(work) = cycle.mode_gate(work).await? else {
+            return Ok(());
+        };
+        let kind = match &work {
+            Work::Create { .. } | Work::ResolvePending { .. } => Some(WriteKind::Create),
+            Work::Update(_) => Some(WriteKind::Update),
+            Work::Delete { .. } => Some(WriteKind::Delete),
+            // A contact gone from Quo is written again only under `recreate`.
+            Work::Missing(_) => (cycle.ctx.settings.on_quo_delete == OnQuoDelete::Recreate)
+                .then_some(WriteKind::Create),
+        };
+        if let Some(kind) = kind {
+            cycle.ctx.progress.planned(kind);
+        }
         match work {
             Work::Update(update) if cycle.mode == Mode::Apply => {
                 self.updates.push(*update);
@@ -118,7 +135,7 @@ impl Cycle {
                 record.location.clone(),
                 record.updated_at,
             ),
-            Work::Update(u) => (
+            Work::Update(u) | Work::Missing(u) => (
                 u.record.external_id.clone(),
                 u.record.location.clone(),
                 u.record.updated_at,
@@ -135,6 +152,7 @@ impl Cycle {
                     snapshot,
                     fingerprint,
                     pending,
+                    matched,
                 } => {
                     self.create(
                         &record.external_id,
@@ -142,6 +160,7 @@ impl Cycle {
                         &snapshot,
                         Some(&fingerprint),
                         pending,
+                        matched,
                     )
                     .await
                 }
@@ -149,8 +168,10 @@ impl Cycle {
                 Work::Delete {
                     external_id,
                     quo_id,
-                } => self.delete(external_id, quo_id).await,
+                    left_scope,
+                } => self.delete(external_id, quo_id, left_scope).await,
                 Work::ResolvePending { external_id } => self.resolve_pending(external_id).await,
+                Work::Missing(update) => self.apply_contact_missing(*update).await,
             }
         }
         .instrument(span)
@@ -220,16 +241,45 @@ impl Cycle {
     /// A dry run's record of what would happen.
     async fn plan_only(&self, work: Work) {
         let op = match &work {
-            Work::Create { record, .. } => {
-                PlannedOp::new(record.external_id.as_str(), Action::Create)
+            Work::Create {
+                record,
+                snapshot,
+                matched,
+                ..
+            } => {
+                let id = record.external_id.as_str();
+                match matched {
+                    Some(Matched::Adopt(target)) => PlannedOp::new(id, Action::Adopt)
+                        .with_quo_id(&target.contact.quo_id)
+                        .with_fields(self.adoption_plan(snapshot, target)),
+                    Some(Matched::Own(contact)) => {
+                        PlannedOp::new(id, Action::Resolve).with_quo_id(&contact.quo_id)
+                    }
+                    Some(Matched::Hold(held)) => {
+                        // A plan cannot run the pending create's lookup; it shows the hold.
+                        let _ = self.hold(record, held).await;
+                        return;
+                    }
+                    None => PlannedOp::new(id, Action::Create),
+                }
             }
             Work::Update(u) => PlannedOp::new(u.record.external_id.as_str(), Action::Update)
                 .with_fields(u.changed.clone())
                 .with_quo_id(u.quo_id.as_str()),
+            Work::Missing(u) => PlannedOp::new(u.record.external_id.as_str(), Action::Unlink)
+                .with_quo_id(u.quo_id.as_str()),
             Work::Delete {
                 external_id,
                 quo_id,
-            } => PlannedOp::new(external_id.as_str(), Action::Delete).with_quo_id(quo_id.as_str()),
+                left_scope,
+            } => {
+                let op = PlannedOp::new(external_id.as_str(), Action::Delete)
+                    .with_quo_id(quo_id.as_str());
+                match left_scope {
+                    Some(_) => op.with_reason("left scope (sync.on_leave_scope = delete)"),
+                    None => op,
+                }
+            }
             Work::ResolvePending { external_id } => {
                 PlannedOp::new(external_id.as_str(), Action::Resolve)
             }
@@ -239,6 +289,7 @@ impl Cycle {
             Action::Create => counts.created += 1,
             Action::Update => counts.updated += 1,
             Action::Delete => counts.deleted += 1,
+            Action::Adopt => counts.adopted += 1,
             _ => {}
         }
         drop(counts);
@@ -255,11 +306,29 @@ impl Cycle {
         desired: &Snapshot,
         fresh: Contact,
     ) -> Result<Contact, Failure> {
+        self.patch_confirmed_claiming(quo_id, desired, fresh, None)
+            .await
+    }
+
+    /// [`Cycle::patch_confirmed`], also giving the contact `claim`'s identity (an adoption):
+    /// a read after a lost answer confirms the identity too.
+    pub(super) async fn patch_confirmed_claiming(
+        &self,
+        quo_id: &QuoContactId,
+        desired: &Snapshot,
+        fresh: Contact,
+        claim: Option<&super::adopt::Claim>,
+    ) -> Result<Contact, Failure> {
         let client = &self.ctx.client;
         let mut base = fresh;
         let mut retries = 0u32;
         loop {
-            let body = super::payload::patch_body(desired, Some(&base), &self.managed);
+            let mut body = super::payload::patch_body(desired, Some(&base), &self.managed);
+            if let Some(claim) = claim {
+                body.source = Some(Some(claim.source.clone()));
+                body.external_id = Some(Some(claim.external_id.clone()));
+                body.source_url = claim.source_url.clone().map(Some);
+            }
             match client.update_contact(quo_id.as_str(), &body).await {
                 Ok(contact) => return Ok(self.normalized(contact)),
                 Err(QuoError::Ambiguous { route, reason }) => {
@@ -278,6 +347,7 @@ impl Cycle {
                         .from_contact(&now)
                         .changed_fields(desired)
                         .is_empty()
+                        && claim.is_none_or(|c| c.holds(&now))
                     {
                         info!(event = "patch_confirmed_by_read", quo_id = %quo_id, "a PATCH whose answer was lost had landed");
                         return Ok(now);
@@ -333,12 +403,29 @@ impl Cycle {
         Ok(())
     }
 
-    /// The contact is gone from Quo (a 404 confirmed it): apply `reverse.on_quo_delete`.
+    /// Quo answered 404 for the contact: `reverse.on_quo_delete` is applied in the settle phase,
+    /// together with every other such answer of the cycle, once the workspace check and the
+    /// deletion guard let them through (`settle_missing`).
     async fn contact_missing(&self, update: Update) -> Result<(), Failure> {
+        self.missing.lock().await.push(update);
+        Ok(())
+    }
+
+    /// The contact is gone from Quo (a 404 confirmed it, and the settle phase let that absence
+    /// be acted on): apply `reverse.on_quo_delete`.
+    async fn apply_contact_missing(&self, update: Update) -> Result<(), Failure> {
         let external_id = &update.record.external_id;
         let policy = self.ctx.settings.on_quo_delete;
         warn!(event = "contact_missing", external_id = %external_id, quo_id = %update.quo_id, policy = ?policy, "the Quo contact is gone");
         match policy {
+            // `sync.mode = "update_only"` creates nothing, a contact deleted in Quo included.
+            OnQuoDelete::Recreate if !self.may_create() => {
+                self.ctx
+                    .ledger
+                    .unlink(external_id, RecordState::Unlinked)
+                    .await?;
+                Ok(())
+            }
             OnQuoDelete::Recreate => {
                 // Forget the dead id first so the intent row is a real pending create: a crash
                 // or an ambiguous POST from here is resolved by lookup, never duplicated.
@@ -352,6 +439,7 @@ impl Cycle {
                     &update.crm,
                     update.fingerprint.as_deref(),
                     true,
+                    None,
                 )
                 .await
             }
@@ -372,18 +460,39 @@ impl Cycle {
         }
     }
 
-    async fn delete(&self, external_id: ExternalId, quo_id: QuoContactId) -> Result<(), Failure> {
+    async fn delete(
+        &self,
+        external_id: ExternalId,
+        quo_id: QuoContactId,
+        left_scope: Option<String>,
+    ) -> Result<(), Failure> {
         let existed = self
             .ctx
             .client
             .delete_contact(quo_id.as_str())
             .await
             .map_err(Failure::Quo)?;
-        self.ctx
-            .ledger
-            .unlink(&external_id, RecordState::Deleted)
-            .await?;
-        info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left the source; Quo contact deleted (sync.on_source_delete = \"delete\")");
+        match left_scope {
+            Some(fingerprint) => {
+                self.ctx
+                    .ledger
+                    .mark_scope(&[crate::ledger::ScopeMark {
+                        external_id: external_id.clone(),
+                        state: RecordState::LeftScope,
+                        fingerprint,
+                        link: crate::ledger::ScopeLink::Forget,
+                    }])
+                    .await?;
+                info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left scope; Quo contact deleted (sync.on_leave_scope = \"delete\")");
+            }
+            None => {
+                self.ctx
+                    .ledger
+                    .unlink(&external_id, RecordState::Deleted)
+                    .await?;
+                info!(event = "contact_deleted", external_id = %external_id, quo_id = %quo_id, existed, "record left the source; Quo contact deleted (sync.on_source_delete = \"delete\")");
+            }
+        }
         self.counted(
             Action::Delete,
             &external_id,
@@ -440,16 +549,52 @@ impl Cycle {
                     .await?;
                 info!(event = "create_resolved", external_id = %external_id, quo_id = %contact.id, "adopted the contact an interrupted create had made");
             }
-            None => {
-                // The record left the CRM, but its POST may still have landed behind a lagging
-                // list: a later scan that lists it deletes it by `sync.on_source_delete`.
-                if let Some(sent) = intent.and_then(sent_by_intent) {
-                    self.ctx.ledger.unconfirmed_add(&external_id, &sent).await?;
-                }
-                self.ctx.ledger.forget(&external_id).await?;
-            }
+            // Forgotten in the settle phase, behind the workspace check and the deletion guard:
+            // a miss is an absence, and a key for another workspace finds nothing.
+            None => self
+                .unfound_creates
+                .lock()
+                .await
+                .push((external_id, intent.as_ref().and_then(sent_by_intent))),
         }
         Ok(())
+    }
+
+    /// A contact that is the record's already: what its pending create made (looked up by
+    /// `externalId`), the contact its pending adoption claimed (read by id: the PATCH landed),
+    /// or its own contact the index found. `None` when there is none to link.
+    async fn find_existing(
+        &self,
+        external_id: &ExternalId,
+        pending: bool,
+        intent: Option<&crate::ledger::RecordRow>,
+        matched: Option<&Matched>,
+    ) -> Result<Option<Contact>, Failure> {
+        if pending && let Some(found) = self.lookup_interrupted(external_id).await? {
+            return Ok(Some(found));
+        }
+        let by_id = intent
+            .and_then(|row| row.adopt_quo_id.clone())
+            .or_else(|| match matched {
+                Some(Matched::Own(contact)) => Some(contact.quo_id.clone()),
+                _ => None,
+            });
+        let Some(quo_id) = by_id else {
+            return Ok(None);
+        };
+        let claim = self.claim_for(external_id);
+        let found = self
+            .ctx
+            .client
+            .get_contact(&quo_id)
+            .await
+            .map_err(Failure::Quo)?
+            .map(|c| self.normalized(c))
+            .filter(|c| claim.holds(c));
+        if found.is_some() {
+            info!(event = "create_resolved", external_id = %external_id, quo_id = %quo_id, "the contact is already this record's (an adoption that landed, or a contact the ledger lost)");
+        }
+        Ok(found)
     }
 
     /// One POST, never a duplicate: the intent (with what it sends) is committed first, a
@@ -461,6 +606,7 @@ impl Cycle {
         snapshot: &Snapshot,
         fingerprint: Option<&str>,
         pending: bool,
+        matched: Option<Matched>,
     ) -> Result<(), Failure> {
         let intent = if pending {
             self.ctx
@@ -483,24 +629,41 @@ impl Cycle {
         let pending = pending || !unconfirmed.is_empty();
         // A previous run may have created it and died before committing: look first (its row
         // is already a pending intent).
-        let existing = if pending {
-            self.lookup_interrupted(external_id).await?
-        } else {
-            None
-        };
-        let (contact, adopted) = match existing {
-            Some(contact) => (contact, true),
+        let existing = self
+            .find_existing(external_id, pending, intent.as_ref(), matched.as_ref())
+            .await?;
+        let (contact, adopted, sent_before, unconfirmed) = match existing {
+            Some(contact) => (contact, true, sent_before, unconfirmed),
             None => {
                 // Two lookups missed, but a list can lag longer than any wait: what the earlier
                 // POST sent is kept, so the contact it may have made is recognised when a scan
-                // lists it (`copies.rs`) instead of staying a duplicate.
-                if let Some(sent) = intent.and_then(sent_by_intent) {
-                    self.ctx.ledger.unconfirmed_add(external_id, &sent).await?;
+                // lists it (`copies.rs`) instead of staying a duplicate (of a contact adopted
+                // below, too).
+                if let Some(sent) = intent.as_ref().and_then(sent_by_intent) {
+                    self.ctx
+                        .ledger
+                        .unconfirmed_from_intent(external_id, &sent)
+                        .await?;
                 }
-                self.ctx
-                    .ledger
-                    .record_intent_with(external_id, Some(snapshot))
-                    .await?;
+                match matched {
+                    Some(Matched::Adopt(target)) => {
+                        let record = record.cloned().unwrap_or_else(|| stand_in(external_id));
+                        return self
+                            .adopt_existing(&record, snapshot, fingerprint, &target)
+                            .await;
+                    }
+                    Some(Matched::Hold(held)) => {
+                        // The pending create made nothing that can be found: the record is
+                        // held, and its POST lives on as the entry just kept.
+                        if intent.is_some() {
+                            self.ctx.ledger.forget(external_id).await?;
+                        }
+                        let record = record.cloned().unwrap_or_else(|| stand_in(external_id));
+                        self.hold(&record, &held).await?;
+                        return Ok(());
+                    }
+                    Some(Matched::Own(_)) | None => {}
+                }
                 let source_url = self
                     .ctx
                     .settings
@@ -513,9 +676,15 @@ impl Cycle {
                     self.ctx.client.source(),
                     source_url,
                 );
-                let outcome = match self.ctx.client.create_contact(&body).await {
+                let journal = IntentJournal {
+                    ledger: &self.ctx.ledger,
+                    external_id,
+                    snapshot,
+                    held: AtomicBool::new(false),
+                };
+                let outcome = match self.ctx.client.create_contact(&body, &journal).await {
                     Ok(outcome) => outcome,
-                    Err(e @ QuoError::Rejected { .. }) => {
+                    Err(CreateError::Quo(e @ QuoError::Rejected { .. })) => {
                         // Quo refused the POST itself, so it made nothing: the intent no longer
                         // stands for a POST that may have landed (no entry for it next time).
                         self.ctx
@@ -524,24 +693,36 @@ impl Cycle {
                             .await?;
                         return Err(Failure::Quo(e));
                     }
-                    Err(e) => return Err(Failure::Quo(e)),
+                    Err(CreateError::Quo(e)) => return Err(Failure::Quo(e)),
+                    Err(CreateError::Journal(e)) => return Err(Failure::Ledger(e)),
                 };
-                // Each 5xx'd POST may have landed behind a lagging list, like a lost answer,
-                // and each may have made its own twin.
-                for _ in 0..outcome.unconfirmed_posts {
-                    self.ctx
+                let contact = self.normalized(outcome.contact);
+                if !outcome.adopted {
+                    (contact, false, sent_before, unconfirmed)
+                } else {
+                    // The POSTs of this call are on record now: the intent holds the last one
+                    // unless its outcome became unknown, the entries hold the others.
+                    let intent_now = self
+                        .ctx
                         .ledger
-                        .unconfirmed_add(external_id, snapshot)
+                        .record(external_id)
+                        .await?
+                        .as_ref()
+                        .and_then(sent_by_intent);
+                    let entries = self
+                        .ctx
+                        .ledger
+                        .unconfirmed_for(external_id.as_str())
                         .await?;
+                    (contact, true, intent_now, entries)
                 }
-                (self.normalized(outcome.contact), outcome.adopted)
             }
         };
         if adopted {
             // The merge base is what the POST that made the contact sent. The intent keeps the
             // last POST's body, which may have made nothing (a 409 while a list lagged); the
-            // entries keep earlier ones'; the closest to the contact made it, and its entry is
-            // settled once adopted. Without either (a 409 for a contact made elsewhere) nothing
+            // entries keep earlier ones'; the closest to the contact made it (the earlier on a
+            // tie, see `base_of`), and its entry is settled once adopted. Without either (a 409 for a contact made elsewhere) nothing
             // is known to be a Quo-side edit, and the CRM's values are brought over.
             let have = self.mapper.from_contact(&contact);
             let (sent_before, made_by) = super::copies::base_of(&have, sent_before, &unconfirmed);
@@ -583,7 +764,7 @@ impl Cycle {
     /// A contact found in Quo instead of created (our earlier POST landed, or Quo answered 409):
     /// its id is committed at once, then it is merged three-way against what we sent, so an
     /// edit made in Quo since then is kept (and written to the CRM) rather than overwritten.
-    async fn adopt(
+    pub(super) async fn adopt(
         &self,
         external_id: &ExternalId,
         record: Option<&SourceRecord>,
@@ -697,11 +878,27 @@ impl Cycle {
     ) {
         {
             let mut counts = self.counts.lock().await;
-            match action {
-                Action::Create => counts.created += 1,
-                Action::Update => counts.updated += 1,
-                Action::Delete => counts.deleted += 1,
-                _ => {}
+            let kind = match action {
+                Action::Create => {
+                    counts.created += 1;
+                    Some(WriteKind::Create)
+                }
+                Action::Adopt => {
+                    counts.adopted += 1;
+                    Some(WriteKind::Create)
+                }
+                Action::Update => {
+                    counts.updated += 1;
+                    Some(WriteKind::Update)
+                }
+                Action::Delete => {
+                    counts.deleted += 1;
+                    Some(WriteKind::Delete)
+                }
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                self.ctx.progress.confirmed(kind);
             }
         }
         metrics::counter!("quo_sync_records_total", "outcome" => action.as_str()).increment(1);
@@ -712,12 +909,23 @@ impl Cycle {
         self.operations.lock().await.push(op);
     }
 
-    /// Quarantines a record (or an unreadable row) and lists it in the report.
+    /// Quarantines a record (or an unreadable row) and lists it in the report, once per cycle:
+    /// a later failure of the same record in this cycle adds nothing.
     pub(super) async fn quarantine(
         &self,
         entry: NewQuarantine<'_>,
         op: PlannedOp,
     ) -> Result<(), SyncError> {
+        if !self.quarantined.lock().await.insert(op.external_id.clone()) {
+            return Ok(());
+        }
+        self.ctx.progress.held(HeldBack {
+            location: entry.location.to_string(),
+            external_id: entry.external_id.map(str::to_string),
+            field: entry.field.map(str::to_string),
+            value: entry.value.map(str::to_string),
+            reason: entry.reason.to_string(),
+        });
         if self.mode == Mode::Apply {
             self.ctx.ledger.quarantine(entry, &self.run_id).await?;
         }
@@ -730,8 +938,53 @@ impl Cycle {
 
 /// What an interrupted POST sent, when `row` is its intent (a `pending_create` row keeps the
 /// body's snapshot; an unlinked row's snapshot is an old agreement, not a POST).
-fn sent_by_intent(row: crate::ledger::RecordRow) -> Option<Snapshot> {
-    (row.state == RecordState::PendingCreate && row.quo_id.is_none())
-        .then_some(row.snapshot)
+fn sent_by_intent(row: &crate::ledger::RecordRow) -> Option<Snapshot> {
+    // An adoption's intent sent a PATCH, which can make no twin.
+    (row.state == RecordState::PendingCreate && row.quo_id.is_none() && row.adopt_quo_id.is_none())
+        .then(|| row.snapshot.clone())
         .flatten()
+}
+
+/// The ledger's record of one create's POSTs ([`PostJournal`]): the pending create's row holds
+/// the body of the POST in flight (a crash leaves it there, and the next cycle looks it up); a
+/// POST whose outcome becomes unknown moves, at that moment, to `unconfirmed_creates`, one entry
+/// per POST, so every contact such POSTs made is recognised as ours when a scan lists it.
+struct IntentJournal<'a> {
+    ledger: &'a Ledger,
+    external_id: &'a ExternalId,
+    snapshot: &'a Snapshot,
+    /// Whether the row holds the body now (a retry of a POST that never left writes nothing).
+    held: AtomicBool,
+}
+
+impl PostJournal for IntentJournal<'_> {
+    type Error = LedgerError;
+
+    async fn sending(&self) -> Result<(), LedgerError> {
+        if !self.held.swap(true, Ordering::AcqRel) {
+            self.ledger
+                .record_intent_with(self.external_id, Some(self.snapshot))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn may_have_landed(&self) -> Result<(), LedgerError> {
+        self.ledger
+            .unconfirmed_from_intent(self.external_id, self.snapshot)
+            .await?;
+        self.held.store(false, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Stand-in for a record a create was asked for without its CRM row (a recreate of a record an
+/// incremental read did not return).
+fn stand_in(external_id: &ExternalId) -> SourceRecord {
+    SourceRecord {
+        external_id: external_id.clone(),
+        fields: Default::default(),
+        updated_at: None,
+        location: "not read this cycle".into(),
+    }
 }

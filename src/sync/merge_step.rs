@@ -30,7 +30,12 @@ impl Cycle {
             return Ok(QuoChanges::default());
         }
         let mut changes = self.gather_quo_changes().await?;
+        if changes.mass_delete_refused {
+            self.mass_delete_refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.claim_found_creates(&mut changes.copies).await?;
+        self.guard_quo_deletions(&mut changes).await?;
         for (external_id, quo_id) in &changes.deleted {
             self.apply_quo_delete(external_id, quo_id).await?;
         }
@@ -66,18 +71,67 @@ impl Cycle {
         Ok(changes)
     }
 
+    /// Contacts Quo answered 404 for: all of them are acted on, or (the key not shown to answer
+    /// for our workspace, or more than the deletion guard allows) none, and their notices stay
+    /// pending for the next cycle.
+    async fn guard_quo_deletions(&self, changes: &mut QuoChanges) -> Result<(), SyncError> {
+        if changes.deleted.is_empty() {
+            return Ok(());
+        }
+        let absent: std::collections::HashSet<String> = changes
+            .deleted
+            .iter()
+            .map(|(_, quo_id)| quo_id.to_string())
+            .collect();
+        if self.absences_may_act("quo_deleted", &absent).await? {
+            return Ok(());
+        }
+        let mut unsettled = self.unsettled.lock().await;
+        for (external_id, _) in std::mem::take(&mut changes.deleted) {
+            unsettled.insert(external_id.to_string());
+        }
+        Ok(())
+    }
+
     /// Inbox events, plus a scan when `reverse.poll_interval` says one is due.
     async fn gather_quo_changes(&self) -> Result<QuoChanges, SyncError> {
         let ledger = &self.ctx.ledger;
         // A dry run writes nothing, and a scan's findings are notices written to the inbox: a
         // plan shows what the notices already there would do.
+        let day_one = &self.ctx.settings.day_one;
         let scan = match self.ctx.settings.poll_interval {
             Some(interval) if self.mode == Mode::Apply => {
                 crate::reverse::scan::due(ledger, interval).await?
             }
             _ => false,
         };
-        Ok(intake::gather(ledger, &self.ctx.client, scan).await?)
+        let scope = scan.then(|| day_one.scan_scope());
+        // A dry run writes nothing, the workspace index included.
+        let index = day_one.wants_workspace() && self.mode == Mode::Apply;
+        let _pass = match scope {
+            Some(_) => Some(self.ctx.scan_gate.lock().await),
+            None => None,
+        };
+        let progress = &self.ctx.progress;
+        let pages = std::sync::atomic::AtomicU64::new(0);
+        let on_page = |_: &crate::reverse::scan::ScanProgress| {
+            pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            progress.page_scanned();
+        };
+        let changes = intake::gather(
+            ledger,
+            &self.ctx.client,
+            scope,
+            index,
+            self.ctx.settings.delete_guard(),
+            on_page,
+        )
+        .await?;
+        if scope == Some(crate::reverse::scan::Scope::Workspace) {
+            // Day one's listing of the workspace, when this pass is what fills the index.
+            self.counts.lock().await.listing_pages += pages.into_inner();
+        }
+        Ok(changes)
     }
 
     /// A managed contact is gone from Quo: apply `reverse.on_quo_delete`, never silently.
@@ -86,7 +140,18 @@ impl Cycle {
         external_id: &ExternalId,
         quo_id: &QuoContactId,
     ) -> Result<(), SyncError> {
-        let policy = self.ctx.settings.on_quo_delete;
+        let mut policy = self.ctx.settings.on_quo_delete;
+        // A record out of scope is not written to the CRM: its contact is only forgotten.
+        if policy == OnQuoDelete::DeleteInCrm
+            && self
+                .ctx
+                .ledger
+                .record(external_id)
+                .await?
+                .is_some_and(|row| row.state.is_judged())
+        {
+            policy = OnQuoDelete::Unlink;
+        }
         let op = PlannedOp::new(external_id.as_str(), Action::Unlink).with_quo_id(quo_id.as_str());
         if self.mode == Mode::DryRun {
             self.operations
@@ -143,13 +208,17 @@ impl Cycle {
         let Some(row) = self.ctx.ledger.record(&external_id).await? else {
             return Ok(None);
         };
+        // Out of scope (left it, kept): Quo's edits are not written to the CRM.
+        if row.state.is_judged() {
+            return Ok(None);
+        }
         let Some(quo_id) = row.quo_id.clone() else {
             return Ok(None);
         };
         let base = row.snapshot.clone().unwrap_or_default();
         let crm = match &record {
             Some(record) => match self.mapper.map(record) {
-                Ok(snapshot) => snapshot,
+                Ok(snapshot) => self.crm_view(&external_id, snapshot).await?,
                 Err(error) => {
                     self.unsettled.lock().await.insert(external_id.to_string());
                     self.quarantine(
@@ -263,7 +332,7 @@ impl Cycle {
             quo,
             crm_modified,
             parse_time(quo_updated_at),
-            &self.ctx.settings.merge_policy,
+            &self.merge_policy,
         );
         for conflict in &outcome.conflicts {
             warn!(event = "conflict", external_id = %external_id, quo_id = %quo_id, field = %conflict.field,
@@ -335,7 +404,12 @@ impl Cycle {
             }
         }
         self.ctx.ledger.ensure_leader()?;
-        let report = match self.ctx.source.write_back(&changes).await {
+        let report = match self
+            .ctx
+            .source
+            .write_back(&changes, &self.crm_guard())
+            .await
+        {
             Ok(report) => report,
             Err(error) => {
                 let postponed = matches!(error, SourceError::ChangedSinceRead { .. });
@@ -348,9 +422,20 @@ impl Cycle {
             }
         };
         let mut follow_up = Vec::new();
-        for (wb, change) in ready.into_iter().zip(changes) {
+        for (mut wb, change) in ready.into_iter().zip(changes) {
             if report.written.contains(&wb.external_id) {
-                if let Some(work) = self.commit_written(wb, &change.fields, now).await? {
+                let left_out: Vec<_> = report
+                    .unwritable
+                    .iter()
+                    .filter(|v| v.external_id == wb.external_id)
+                    .collect();
+                let fields = if left_out.is_empty() {
+                    change.fields
+                } else {
+                    self.hold_unwritable(&mut wb, change.fields, &left_out)
+                        .await?
+                };
+                if let Some(work) = self.commit_written(wb, &fields, now).await? {
                     follow_up.push(work);
                 }
             } else {
@@ -438,7 +523,10 @@ impl Cycle {
 }
 
 /// The record as it will read after `fields` are written.
-fn apply_change(record: &SourceRecord, fields: &BTreeMap<String, String>) -> SourceRecord {
+pub(super) fn apply_change(
+    record: &SourceRecord,
+    fields: &BTreeMap<String, String>,
+) -> SourceRecord {
     let mut updated = record.clone();
     for (name, value) in fields {
         updated.fields.insert(name.clone(), value.clone());

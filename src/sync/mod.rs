@@ -13,16 +13,25 @@
 //!    interrupted creates, contacts an unconfirmed create made (`copies.rs`), the incremental
 //!    high-water mark and the webhook inbox.
 
+mod absences;
+mod adopt;
 mod copies;
 mod execute;
+mod export;
 mod freshen;
+mod holds;
+mod matching;
 mod merge_step;
 pub mod payload;
 pub mod plan;
+pub mod progress;
 mod read;
+mod scope;
 mod settle;
 
 pub use plan::{Action, PlannedOp};
+pub use progress::{CyclePhase, CycleProgress, HeldBack, ProgressSnapshot, WriteKind};
+pub use scope::ScopeRules;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -71,13 +80,18 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// Whether Quo refused the API key: nothing will work until an operator fixes it, so a
-    /// service must stop and say so (`auth_failed`, exit 1) rather than keep cycling.
+    /// Whether Quo refused the API key or the CRM refused its credentials. A one-shot command
+    /// stops (exit 2); a service stops at once when the credential never worked in this process
+    /// (exit 2), else backs off for its grace before it stops (`auth_failed`, exit 1), the same
+    /// rule for both sides (see `crate::quo::grace`).
     pub fn is_auth_failure(&self) -> bool {
         matches!(
             self,
             SyncError::Quo(QuoError::Unauthorized { .. })
                 | SyncError::Intake(IntakeError::Quo(QuoError::Unauthorized { .. }))
+                | SyncError::Source(
+                    SourceError::Unauthorized { .. } | SourceError::CredentialsRefused { .. }
+                )
         )
     }
 }
@@ -119,6 +133,54 @@ pub struct CycleSettings {
     pub inbox_retention: Duration,
     /// `quo.list_lag`: the wait between the two lookups of an interrupted create.
     pub list_lag: Duration,
+    /// What syncs: `sync.filter`, `sync.on_leave_scope`, `sync.mode`.
+    pub scope: ScopeRules,
+    /// Day one: matching new records against the workspace, and contacts made in Quo.
+    pub day_one: DayOneSettings,
+}
+
+/// How a cycle meets the contacts already in the workspace (`sync.match_existing`,
+/// `sync.adopt_sources`) and the contacts made in the Quo app (`reverse.create_in_crm`).
+#[derive(Debug, Clone, Default)]
+pub struct DayOneSettings {
+    /// `sync.match_existing`.
+    pub match_existing: crate::config::MatchExisting,
+    /// `sync.adopt_sources`.
+    pub adopt_sources: Vec<String>,
+    /// `reverse.create_in_crm`.
+    pub create_in_crm: bool,
+    /// `reverse.new_record_id`.
+    pub new_record_id: String,
+    /// `reverse.quo_id_field`.
+    pub quo_id_field: Option<String>,
+    /// `once --export-existing`: contacts made in the app before the first cycle go too.
+    pub export_existing: bool,
+}
+
+impl DayOneSettings {
+    /// Whether the cycle needs the workspace index (every contact, not only ours).
+    pub fn wants_workspace(&self) -> bool {
+        self.match_existing.is_on() || self.create_in_crm
+    }
+
+    /// What a scan pass lists.
+    pub fn scan_scope(&self) -> crate::reverse::scan::Scope {
+        if self.wants_workspace() {
+            crate::reverse::scan::Scope::Workspace
+        } else {
+            crate::reverse::scan::Scope::Ours
+        }
+    }
+}
+
+impl CycleSettings {
+    /// The mass-deletion guard these settings describe.
+    pub fn delete_guard(&self) -> crate::reverse::absence::DeleteGuard {
+        crate::reverse::absence::DeleteGuard {
+            max_fraction: self.max_delete_fraction,
+            allow: self.allow_mass_delete,
+        }
+    }
 }
 
 /// Everything a cycle works with.
@@ -136,8 +198,11 @@ pub struct SyncContext {
     pub settings: CycleSettings,
     /// Cancelled on SIGINT/SIGTERM: no new records are started.
     pub cancel: CancellationToken,
-    /// Records read so far by the running cycle (progress displays poll it).
-    pub progress: Arc<std::sync::atomic::AtomicU64>,
+    /// What the running cycle has done so far (progress displays poll it).
+    pub progress: Arc<CycleProgress>,
+    /// Held by a scan pass: the service's scanner and a cycle that must list the workspace
+    /// before its first creates never list at once.
+    pub scan_gate: Arc<Mutex<()>>,
 }
 
 /// What a cycle did.
@@ -157,6 +222,10 @@ pub struct CycleReport {
     pub mass_delete_refused: bool,
     /// Where the time went, by phase.
     pub phases_ms: PhaseTimes,
+    /// The pause that kept this cycle from writing (at its start: nothing was done; during it:
+    /// it stopped taking records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<crate::ledger::Pause>,
 }
 
 /// Milliseconds per phase of a cycle. `read` (the source's own reading thread) and `index` (the
@@ -176,11 +245,13 @@ pub struct PhaseTimes {
 impl CycleReport {
     /// Exit status word recorded in `runs`.
     pub fn status(&self) -> &'static str {
-        if self.interrupted {
+        if self.paused.is_some() {
+            "paused"
+        } else if self.interrupted {
             "interrupted"
         } else if self.mass_delete_refused {
             "mass_delete_refused"
-        } else if self.counts.quarantined > 0 {
+        } else if self.counts.quarantined > 0 || self.counts.held > 0 {
             "quarantined"
         } else {
             "ok"
@@ -223,8 +294,53 @@ struct Cycle {
     failed_since: Mutex<Option<DateTime<Utc>>>,
     /// Whether the mass-deletion guard refused this cycle's deletions.
     mass_delete_refused: AtomicBool,
+    /// The linked records when the cycle first guarded a deletion: what the guard measures.
+    linked_at_start: tokio::sync::OnceCell<usize>,
+    /// Deletions of every kind this cycle let through so far.
+    deletions_spent: std::sync::atomic::AtomicUsize,
+    /// PATCHes Quo answered 404 for: acted on (`reverse.on_quo_delete`) only in the settle
+    /// phase, all together, behind the workspace check and the deletion guard.
+    missing: Mutex<Vec<Update>>,
+    /// Pending creates of records gone from the CRM whose contact no lookup found (with what
+    /// their POST sent): forgotten in the settle phase, behind the same checks.
+    unfound_creates: Mutex<Vec<(ExternalId, Option<Snapshot>)>>,
+    /// Records (or unreadable rows) quarantined this cycle: one bad record counts once, however
+    /// many of its steps failed (an unreadable contact fails at intake and again at its PATCH).
+    quarantined: Mutex<HashSet<String>>,
     /// Phase timings for the report.
     phases: std::sync::Mutex<PhaseTimes>,
+    /// `ctx.settings.merge_policy` with the computed fields one-way (to Quo): a Quo-side edit
+    /// of one is set back to the computed value, never written to the CRM.
+    merge_policy: MergePolicy,
+    /// The scope rules (a copy of `ctx.settings.scope`).
+    scope: ScopeRules,
+    /// Scope judgements waiting to be written (in batches).
+    scope_marks: Mutex<Vec<crate::ledger::ScopeMark>>,
+    /// The pause that stopped this cycle midway, if one did.
+    paused: std::sync::Mutex<Option<crate::ledger::Pause>>,
+    /// Contacts of records that left scope under `on_leave_scope = "delete"`: deleted in the
+    /// settle phase behind the mass-deletion guard (with the fingerprint to commit).
+    scope_deletes: Mutex<Vec<(ExternalId, QuoContactId, String)>>,
+    /// Records with CRM holds (`sync::holds`), read once per cycle when first needed.
+    held: tokio::sync::OnceCell<HashSet<String>>,
+    /// When the cycle started: a copy read since is fresh.
+    started: DateTime<Utc>,
+    /// The workspace index, once a record needs it (listed first if it never was).
+    workspace: tokio::sync::OnceCell<matching::WorkspaceIndex>,
+    /// Records with matches, waiting for the whole read.
+    deferred: Mutex<Vec<matching::Deferred>>,
+    /// Operators' answers to held records, by external id.
+    decisions: HashMap<String, crate::ledger::MatchDecision>,
+    /// Contacts made in Quo on their way to the CRM (not done), by Quo id.
+    exports: HashMap<String, crate::ledger::Export>,
+    /// The same by the CRM id their record has or will have: external id → Quo id.
+    exports_by_record: HashMap<String, String>,
+    /// Exports whose record this read returned (its adoption is under way).
+    exports_found: Mutex<HashSet<String>>,
+    /// Contacts some record matched this cycle (no export for them).
+    matched_contacts: Mutex<HashSet<String>>,
+    /// Contacts decided for a record (an operator's link, an export): Quo id → external id.
+    claimed: HashMap<String, String>,
 }
 
 /// A merge waiting for its CRM write.
@@ -269,29 +385,74 @@ enum Work {
         snapshot: Snapshot,
         fingerprint: String,
         pending: bool,
+        /// What matching against the workspace decided (`None`: nothing matched, POST).
+        matched: Option<matching::Matched>,
     },
     Update(Box<Update>),
     Delete {
         external_id: ExternalId,
         quo_id: QuoContactId,
+        /// Set when the record left scope (`on_leave_scope = "delete"`): the fingerprint the
+        /// judgement is committed with once the contact is gone.
+        left_scope: Option<String>,
     },
     ResolvePending {
         external_id: ExternalId,
     },
+    /// A contact Quo answered 404 for, once the settle phase let its absence be acted on.
+    Missing(Box<Update>),
+}
+
+/// The mapper and what it manages, built on the workspace's custom fields as a cycle builds
+/// them (for operator commands that write to Quo outside a cycle).
+pub async fn mapper_for(ctx: &SyncContext) -> Result<(Mapper, Managed), SyncError> {
+    let defs = ctx.client.custom_fields().await?;
+    let mapper = Mapper::new(&ctx.mapping, &defs)?;
+    let managed = managed_of(&mapper);
+    Ok((mapper, managed))
+}
+
+/// The labels and keys `mapper` writes.
+fn managed_of(mapper: &Mapper) -> Managed {
+    let (email_labels, phone_labels) = mapper.managed_labels();
+    Managed {
+        email_labels,
+        phone_labels,
+        custom_keys: mapper.custom_field_keys(),
+        default_fields: mapper.managed_default_fields(),
+    }
 }
 
 /// Runs one cycle.
 pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, SyncError> {
     let run_id = uuid::Uuid::new_v4().to_string();
+    if mode == Mode::Apply
+        && let Some(pause) = ctx.ledger.pause_state().await?
+    {
+        info!(event = "cycle_paused", run_id = %run_id, paused_by = %pause.by, until = pause.until.as_deref(), "syncing is paused: nothing is sent to Quo or the CRM (webhooks are kept for after `quo-sync resume`)");
+        metrics::gauge!("quo_sync_paused").set(1.0);
+        return Ok(CycleReport {
+            run_id,
+            counts: RunCounts::default(),
+            duration_ms: 0,
+            operations: Vec::new(),
+            interrupted: false,
+            mass_delete_refused: false,
+            phases_ms: PhaseTimes::default(),
+            paused: Some(pause),
+        });
+    }
     let span = info_span!("cycle", run_id = %run_id, mode = ?mode);
     let started = Instant::now();
     let (requests_before, limited_before) = ctx.client.stats().snapshot();
+    ctx.progress.reset();
     if mode == Mode::Apply {
         ctx.ledger.start_run(&run_id, ctx.settings.kind).await?;
     }
     let result = run_phases(ctx, mode, run_id.clone())
         .instrument(span.clone())
         .await;
+    ctx.progress.enter(CyclePhase::Idle);
     let duration_ms = started.elapsed().as_millis() as u64;
     let (requests_after, limited_after) = ctx.client.stats().snapshot();
     match result {
@@ -357,8 +518,59 @@ async fn run_phases(
     run_id: String,
 ) -> Result<CycleReport, SyncError> {
     let cycle = Cycle::prepare(ctx, mode, run_id).await?;
+    // A pause during the cycle stops it taking records within a poll.
+    let watch = (mode == Mode::Apply).then(|| tokio::spawn(watch_pause(cycle.clone())));
+    let result = phases(ctx, &cycle).await;
+    if let Some(watch) = watch {
+        watch.abort();
+    }
+    result
+}
+
+/// `policy` with every computed mapping entry's field flowing to Quo only.
+fn one_way_computed(policy: &MergePolicy, mapper: &Mapper) -> MergePolicy {
+    let mut policy = policy.clone();
+    for name in mapper.computed_fields() {
+        policy.fields.insert(
+            name,
+            crate::config::FieldPolicy {
+                conflict: None,
+                direction: Some(crate::config::FieldDirection::ToQuo),
+            },
+        );
+    }
+    policy
+}
+
+/// How often a running cycle looks for a pause.
+const PAUSE_POLL: Duration = Duration::from_millis(250);
+
+/// Until the cycle stops: stops it when syncing is paused, keeping who paused it.
+async fn watch_pause(cycle: Arc<Cycle>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PAUSE_POLL) => {}
+            _ = cycle.stop.cancelled() => return,
+        }
+        if let Ok(Some(pause)) = cycle.ctx.ledger.pause_state().await {
+            tracing::warn!(event = "cycle_paused_midway", paused_by = %pause.by, "syncing was paused during the cycle; it takes no more records (what is in flight finishes and is committed)");
+            *cycle
+                .paused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pause);
+            cycle.stop.cancel();
+            return;
+        }
+    }
+}
+
+/// The phases of [`run_phases`], in order.
+async fn phases(ctx: &SyncContext, cycle: &Arc<Cycle>) -> Result<CycleReport, SyncError> {
+    ctx.progress.enter(CyclePhase::Intake);
     let intake = cycle.intake().await?;
+    ctx.progress.enter(CyclePhase::Reading);
     let read = cycle.read_and_plan().await?;
+    ctx.progress.enter(CyclePhase::Settling);
     let settle_started = Instant::now();
     cycle.settle(read, intake).await?;
     cycle
@@ -376,14 +588,27 @@ impl Cycle {
         mode: Mode,
         run_id: String,
     ) -> Result<Arc<Self>, SyncError> {
+        let started = Utc::now();
         let defs = ctx.client.custom_fields().await?;
-        let mapper = Mapper::new(&ctx.mapping, &defs)?;
-        let (email_labels, phone_labels) = mapper.managed_labels();
-        let managed = Managed {
-            email_labels,
-            phone_labels,
-            custom_keys: mapper.custom_field_keys(),
+        let (rules, filter_fields) = ctx.settings.scope.fingerprint_inputs();
+        let mapper = Mapper::new(&ctx.mapping, &defs)?.fingerprint_also(&rules, &filter_fields);
+        let decisions = if ctx.settings.day_one.match_existing.is_on() {
+            ctx.ledger.match_decisions().await?
+        } else {
+            HashMap::new()
         };
+        let exports = if ctx.settings.day_one.create_in_crm {
+            ctx.ledger.open_exports().await?
+        } else {
+            HashMap::new()
+        };
+        let exports_by_record = exports
+            .values()
+            .filter(|e| e.state != crate::ledger::ExportState::Held)
+            .filter_map(|e| Some((e.external_id.clone()?, e.quo_id.clone())))
+            .collect();
+        let managed = managed_of(&mapper);
+        let merge_policy = one_way_computed(&ctx.settings.merge_policy, &mapper);
         Ok(Arc::new(Cycle {
             ctx: ctx.clone(),
             mode,
@@ -404,8 +629,50 @@ impl Cycle {
             crm_deletes: Mutex::new(Vec::new()),
             failed_since: Mutex::new(None),
             mass_delete_refused: AtomicBool::new(false),
+            linked_at_start: tokio::sync::OnceCell::new(),
+            deletions_spent: std::sync::atomic::AtomicUsize::new(0),
+            missing: Mutex::new(Vec::new()),
+            unfound_creates: Mutex::new(Vec::new()),
+            quarantined: Mutex::new(HashSet::new()),
             phases: std::sync::Mutex::new(PhaseTimes::default()),
+            merge_policy,
+            scope: ctx.settings.scope.clone(),
+            scope_marks: Mutex::new(Vec::new()),
+            scope_deletes: Mutex::new(Vec::new()),
+            paused: std::sync::Mutex::new(None),
+            held: tokio::sync::OnceCell::new(),
+            started,
+            workspace: tokio::sync::OnceCell::new(),
+            deferred: Mutex::new(Vec::new()),
+            claimed: decisions
+                .iter()
+                .filter_map(|(id, d)| match d {
+                    crate::ledger::MatchDecision::Link(quo_id) => {
+                        Some((quo_id.clone(), id.clone()))
+                    }
+                    _ => None,
+                })
+                .chain(
+                    exports
+                        .values()
+                        .filter_map(|e| Some((e.quo_id.clone(), e.external_id.clone()?))),
+                )
+                .collect(),
+            decisions,
+            exports,
+            exports_by_record,
+            exports_found: Mutex::new(HashSet::new()),
+            matched_contacts: Mutex::new(HashSet::new()),
         }))
+    }
+
+    /// What every CRM write of this cycle asks first: this cycle's stop token and the leader's
+    /// write fence.
+    fn crm_guard(&self) -> crate::source::WriteGuard {
+        crate::source::WriteGuard {
+            fence: self.ctx.ledger.write_fence(),
+            cancel: self.stop.clone(),
+        }
     }
 
     /// The summary, or the failure that stopped every record.
@@ -428,6 +695,11 @@ impl Cycle {
                 .phases
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
+            paused: self
+                .paused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         })
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::domain::{Labeled, Snapshot};
+use crate::domain::{Labeled, Snapshot, field};
 use crate::quo::types::{
     Contact, ContactItem, CreateContact, CustomFieldValue, DefaultFields, PatchContact,
     PatchDefaultFields,
@@ -23,6 +23,9 @@ pub struct Managed {
     pub phone_labels: Vec<String>,
     /// Custom field keys the mapping writes.
     pub custom_keys: Vec<String>,
+    /// Default scalar fields the mapping writes, by diff name (`domain::field`); a PATCH never
+    /// sends the others, so a company or role typed in Quo under a mapping without one stays.
+    pub default_fields: Vec<&'static str>,
 }
 
 /// The `POST /v1/contacts` body for a new contact.
@@ -136,15 +139,15 @@ pub fn patch_body(
     };
     let current = current.unwrap_or(&empty);
     let now = &current.default_fields;
-    let changed = |want: &Option<String>, have: &Option<String>| {
+    let changed = |name: &str, want: &Option<String>, have: &Option<String>| {
         let have = have.clone().filter(|s| !s.is_empty());
-        (*want != have).then(|| want.clone())
+        (managed.default_fields.contains(&name) && *want != have).then(|| want.clone())
     };
     let default_fields = PatchDefaultFields {
-        first_name: changed(&desired.first_name, &now.first_name),
-        last_name: changed(&desired.last_name, &now.last_name),
-        company: changed(&desired.company, &now.company),
-        role: changed(&desired.role, &now.role),
+        first_name: changed(field::FIRST_NAME, &desired.first_name, &now.first_name),
+        last_name: changed(field::LAST_NAME, &desired.last_name, &now.last_name),
+        company: changed(field::COMPANY, &desired.company, &now.company),
+        role: changed(field::ROLE, &desired.role, &now.role),
         emails: Some(merge_items(
             &desired.emails,
             &now.emails,
@@ -179,6 +182,9 @@ pub fn patch_body(
         custom.insert(key.clone(), value);
     }
     PatchContact {
+        external_id: None,
+        source: None,
+        source_url: None,
         default_fields: Some(default_fields),
         custom_fields: Some(
             custom
@@ -209,9 +215,12 @@ mod tests {
             email_labels: vec!["email".into(), "work".into()],
             phone_labels: vec!["phone".into()],
             custom_keys: vec!["vip".into(), "lead-score".into()],
+            default_fields: vec![field::FIRST_NAME, field::COMPANY],
         };
         let mut contact: Contact = serde_json::from_value(json!({"id": "c1"})).unwrap();
         contact.default_fields.first_name = Some("Ada".into());
+        // Not managed: typed in Quo, never cleared by a PATCH.
+        contact.default_fields.role = Some("Founder".into());
         contact.default_fields.emails = vec![
             item("e1", "email", "ada@old.io"),
             item("e2", "work", "ada@work.io"),
@@ -252,6 +261,7 @@ mod tests {
         let body = patch_body(&desired, Some(&contact), &managed);
         let fields = body.default_fields.unwrap();
         assert_eq!(fields.first_name, None, "unchanged scalar is not sent");
+        assert_eq!(fields.role, None, "an unmanaged scalar is never sent");
         assert_eq!(
             fields.emails.unwrap(),
             vec![

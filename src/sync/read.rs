@@ -13,10 +13,13 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::execute::Pool;
+use super::scope::Scoped;
 use super::{Action, Cycle, HIGH_WATER, LAST_FULL_READ, Mode, PlannedOp, SyncError, Update, Work};
 use crate::config::OnQuoDelete;
 use crate::domain::Snapshot;
-use crate::ledger::{LedgerIndex, NewQuarantine, QuarantineStage, RecordState};
+use crate::ledger::{
+    IndexEntry, LedgerIndex, NewQuarantine, QuarantineStage, RecordState, RunCounts,
+};
 use crate::source::{
     BadRecord, DigestedItem, DigestedRow, ReadRequest, ReadSummary, SourceError, SourceItem,
     SourceRecord,
@@ -81,13 +84,11 @@ impl Cycle {
         let mut pool = Pool::new(ctx.settings.concurrency);
         let mut dispatched: HashSet<String> = HashSet::new();
         let mut repeats = Vec::new();
-        let mut unchanged = 0u64;
+        let mut tally = Tally::default();
         let mut compare = std::time::Duration::ZERO;
-        ctx.progress.store(0, Ordering::Relaxed);
         'read: while let Some(batch) = rx.recv().await {
             let batch_started = Instant::now();
-            ctx.progress
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            ctx.progress.read(batch.len() as u64);
             for item in batch {
                 if self.stop.is_cancelled() {
                     break 'read;
@@ -100,8 +101,8 @@ impl Cycle {
                     DigestedItem::Item(SourceItem::Record(record)) => record,
                     DigestedItem::Row(row) => {
                         high_water = high_water.max(row.updated_at);
-                        if self.unchanged_row(&row, &dispatched, &mut index) {
-                            unchanged += 1;
+                        if let Some(state) = self.unchanged_row(&row, &dispatched, &mut index) {
+                            tally.add(state);
                             continue;
                         }
                         row.into_record()
@@ -122,7 +123,8 @@ impl Cycle {
             compare += batch_started.elapsed();
         }
         drop(rx);
-        self.counts.lock().await.unchanged += unchanged;
+        tally.into_counts(&mut *self.counts.lock().await);
+        self.flush_judged().await?;
         info!(
             event = "source_read",
             ms = index_started.elapsed().as_millis() as u64,
@@ -154,27 +156,25 @@ impl Cycle {
         })
     }
 
-    /// The fast path: a row whose digest matches its synced, linked ledger entry, with no
-    /// Quo-side news and not already dispatched this read, is marked seen and needs nothing.
+    /// The fast path: a row whose digest matches its ledger entry (synced and linked, or a
+    /// scope or mode judgement: the digest covers the filter's fields, so the judgement stands),
+    /// with no Quo-side news and not already dispatched this read, is marked seen and needs
+    /// nothing. Returns the entry's state.
     fn unchanged_row(
         &self,
         row: &DigestedRow,
         dispatched: &HashSet<String>,
         index: &mut LedgerIndex,
-    ) -> bool {
+    ) -> Option<RecordState> {
         if self.quo_side.load(Ordering::Relaxed) || dispatched.contains(row.external_id.as_str()) {
-            return false;
+            return None;
         }
         match index.get_mut(row.external_id.as_str()) {
-            Some(entry)
-                if entry.state == RecordState::Synced
-                    && entry.has_quo_id
-                    && entry.fingerprint == row.digest =>
-            {
+            Some(entry) if unchanged(entry, row.digest) => {
                 entry.seen = true;
-                true
+                Some(entry.state)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -187,8 +187,8 @@ impl Cycle {
                 external_id: bad.external_id.as_deref(),
                 location: &bad.location,
                 stage: QuarantineStage::Read,
-                field: None,
-                value: None,
+                field: bad.blame.as_ref().map(|b| b.field.as_str()),
+                value: bad.blame.as_ref().map(|b| b.value.as_str()),
                 reason: &bad.reason,
                 raw: Some(&bad.raw),
             },
@@ -224,10 +224,25 @@ impl Cycle {
             } else {
                 self.quo_changed.lock().await.remove(id)
             };
-            if deleted || changed.is_some() {
+            // A Quo-side change to a record out of scope is not merged (nothing is written to
+            // the CRM for it): the record is classified as any other.
+            let admitted =
+                (deleted || changed.is_some()) && matches!(self.scope.admits(&record), Ok(true));
+            if !admitted && changed.is_some() {
+                info!(event = "quo_change_out_of_scope", external_id = %id, "a change made in Quo to a contact whose record is out of scope is not written to the CRM");
+            }
+            if !admitted && deleted {
+                // `delete_in_crm` deletes no CRM record out of scope either.
+                self.crm_deletes
+                    .lock()
+                    .await
+                    .retain(|(external_id, _)| external_id.as_str() != id);
+            }
+            if admitted {
                 if let Some(entry) = index.get_mut(id) {
                     entry.seen = true;
                 }
+                self.counts.lock().await.in_scope += 1;
                 // Deleted in Quo: `reverse.on_quo_delete` already decided. Changed: merge.
                 return match changed {
                     Some(contact) => self.classify_merge(Some(record), contact).await,
@@ -239,40 +254,50 @@ impl Cycle {
         let digest = crate::ledger::fingerprint_digest(&fingerprint);
         let entry = index.get_mut(record.external_id.as_str());
         if let Some(entry) = entry.as_ref()
-            && entry.state == RecordState::Synced
-            && entry.has_quo_id
-            && entry.fingerprint == digest
+            && unchanged(entry, digest)
         {
+            let state = entry.state;
             index
                 .get_mut(record.external_id.as_str())
                 .expect("present")
                 .seen = true;
-            self.counts.lock().await.unchanged += 1;
+            let mut tally = Tally::default();
+            tally.add(state);
+            tally.into_counts(&mut *self.counts.lock().await);
             return Ok(None);
         }
         let state = entry.as_ref().map(|e| e.state);
         if let Some(entry) = entry {
             entry.seen = true;
         }
+        // The in-scope predicate: a record out of scope goes no further.
+        let state = match self.judge_scope(&record, state, &fingerprint).await? {
+            Scoped::In(state) => state,
+            Scoped::Done(work) => return Ok(work),
+        };
         let Some(snapshot) = self.map_or_quarantine(&record).await? else {
             return Ok(None);
         };
-        let create = |record, snapshot, fingerprint, pending| {
-            Ok(Some(Work::Create {
-                record,
-                snapshot,
-                fingerprint,
-                pending,
-            }))
-        };
         match state {
-            None => create(record, snapshot, fingerprint, false),
-            Some(RecordState::PendingCreate) => create(record, snapshot, fingerprint, true),
+            // New, or out of scope or skipped until now: matched against the workspace, or a
+            // create (the mode gate may hold it).
+            None
+            | Some(RecordState::OutOfScope)
+            | Some(RecordState::Skipped)
+            | Some(RecordState::LeftScope) => {
+                self.match_or_create(record, snapshot, fingerprint, false)
+                    .await
+            }
+            Some(RecordState::PendingCreate) => {
+                self.match_or_create(record, snapshot, fingerprint, true)
+                    .await
+            }
             Some(RecordState::Unlinked) | Some(RecordState::Deleted) => {
                 if self.ctx.settings.on_quo_delete == OnQuoDelete::Recreate
                     || state == Some(RecordState::Deleted)
                 {
-                    create(record, snapshot, fingerprint, false)
+                    self.match_or_create(record, snapshot, fingerprint, false)
+                        .await
                 } else {
                     self.counts.lock().await.unchanged += 1;
                     Ok(None)
@@ -324,6 +349,7 @@ impl Cycle {
                 snapshot,
                 fingerprint,
                 pending: true,
+                matched: None,
             }))
         };
 
@@ -337,6 +363,7 @@ impl Cycle {
             return create(record, snapshot, fingerprint);
         };
         let base = row.snapshot.unwrap_or_default();
+        let snapshot = self.crm_view(&record.external_id, snapshot).await?;
         let changed = base.changed_fields(&snapshot);
         if changed.is_empty() {
             // Only unmapped columns or formatting changed: remember the new fingerprint.
@@ -362,5 +389,37 @@ impl Cycle {
             changed,
             crm_modified,
         }))))
+    }
+}
+
+/// Whether an index entry needs nothing for a row with `digest`: synced and linked, or judged
+/// (out of scope, left scope, skipped by mode) on the same fingerprint.
+fn unchanged(entry: &IndexEntry, digest: u64) -> bool {
+    entry.fingerprint == digest
+        && ((entry.state == RecordState::Synced && entry.has_quo_id) || entry.state.is_judged())
+}
+
+/// Counts of the rows that needed nothing, by what they are.
+#[derive(Default)]
+struct Tally {
+    unchanged: u64,
+    out_of_scope: u64,
+    skipped: u64,
+}
+
+impl Tally {
+    fn add(&mut self, state: RecordState) {
+        match state {
+            RecordState::OutOfScope | RecordState::LeftScope => self.out_of_scope += 1,
+            RecordState::Skipped => self.skipped += 1,
+            _ => self.unchanged += 1,
+        }
+    }
+
+    fn into_counts(self, counts: &mut RunCounts) {
+        counts.unchanged += self.unchanged;
+        counts.out_of_scope += self.out_of_scope;
+        counts.skipped_by_mode += self.skipped;
+        counts.in_scope += self.unchanged + self.skipped;
     }
 }

@@ -4,6 +4,7 @@
 //! deletions behind the mass-deletion guard, the incremental high-water mark, and the webhook
 //! inbox (events stay pending for every record whose change is not applied yet).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -11,10 +12,11 @@ use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use super::read::ReadOutcome;
-use super::{Action, Cycle, HIGH_WATER, LAST_FULL_READ, Mode, PlannedOp, SyncError, Work};
+use super::{Action, Cycle, HIGH_WATER, LAST_FULL_READ, Mode, PlannedOp, SyncError, Update, Work};
 use crate::config::OnSourceDelete;
 use crate::domain::{ExternalId, QuoContactId};
 use crate::ledger::{IndexEntry, LedgerIndex, RecordState, fingerprint_digest};
+use crate::reverse::absence::CheckError;
 use crate::reverse::intake::QuoChanges;
 
 /// Rounds of CRM write-back per cycle: a follow-up PATCH can meet a newer Quo edit that must go
@@ -38,12 +40,19 @@ impl Cycle {
         } = read;
         let complete = summary.as_ref().is_some_and(|s| s.complete);
         let read_whole = summary.is_some() && !self.stop.is_cancelled();
+        // Records changed in Quo that a complete read did not return.
+        let mut absent = Vec::new();
+        if read_whole {
+            // Matches need the whole read: a contact two records match is known only now.
+            self.decide_matches(&mut pool, complete).await?;
+        }
         if read_whole {
             // Quo-side changes whose record this read did not return.
             let leftovers: Vec<_> = self.quo_changed.lock().await.drain().collect();
             for (external_id, contact) in leftovers {
                 if complete {
                     // The record left the CRM; on_source_delete decides, not the reverse path.
+                    absent.push(external_id);
                     continue;
                 }
                 // Incremental read: the CRM record did not change since the last agreement.
@@ -63,6 +72,10 @@ impl Cycle {
         }
         pool.finish(self).await?;
         for _ in 0..WRITE_BACK_ROUNDS {
+            // Paused midway: nothing more goes to the CRM (the events stay pending).
+            if self.paused_midway() {
+                break;
+            }
             let follow_up = self.write_back().await?;
             if follow_up.is_empty() {
                 break;
@@ -72,18 +85,30 @@ impl Cycle {
             }
             pool.finish(self).await?;
         }
+        self.settle_missing(&mut pool).await?;
+        pool.finish(self).await?;
         if read_whole {
             self.resolve_orphan_intents(&index, &mut pool).await?;
-            if complete {
-                self.source_deletions(&index, &mut pool).await?;
-            }
-            self.crm_deletions(&index).await?;
             pool.finish(self).await?;
+            self.forget_unfound_creates().await?;
+            self.deletions(&index, &mut pool, complete).await?;
+            if complete && self.mode == Mode::Apply {
+                self.forget_gone_judged(&index).await?;
+            }
+            self.crm_deletions().await?;
+            pool.finish(self).await?;
+            self.keep_changes_of_absent_records(&absent).await?;
+            if self.mode == Mode::Apply {
+                self.settle_exports().await?;
+            }
+            // Contacts made in Quo: only a complete read tells that no record matches them.
+            self.export_app_contacts(complete, started).await?;
         }
         // After the read and its creates: a record still in the CRM has a linked or pending
         // row by now, or the read saw it, so a copy without either belongs to one that left it.
         let whole_crm = (read_whole && complete).then_some(&index);
         self.resolve_copies(&intake.copies, whole_crm).await?;
+        self.flush_judged().await?;
         if self.mode == Mode::Apply && read_whole {
             if complete {
                 self.ctx.ledger.release_unseen(&self.run_id).await?;
@@ -91,6 +116,19 @@ impl Cycle {
                     .ledger
                     .set_meta(LAST_FULL_READ, &started.to_rfc3339())
                     .await?;
+                if self
+                    .ctx
+                    .ledger
+                    .meta(super::export::FIRST_CYCLE)
+                    .await?
+                    .is_none()
+                {
+                    // What is made in the Quo app from now on is made after quo-sync started.
+                    self.ctx
+                        .ledger
+                        .set_meta(super::export::FIRST_CYCLE, &crate::ledger::now_text())
+                        .await?;
+                }
             }
             // Records a CRM webhook named say nothing of the others' times: the mark stays.
             if !self.ctx.source.last_read_was_named() {
@@ -99,6 +137,14 @@ impl Cycle {
             self.settle_inbox(&intake).await?;
         }
         Ok(())
+    }
+
+    /// Whether a pause stopped this cycle.
+    fn paused_midway(&self) -> bool {
+        self.paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 
     /// Reloads one index entry from the ledger (the first copy of a repeated id was committed
@@ -143,48 +189,163 @@ impl Cycle {
         Ok(())
     }
 
-    /// How many deletions one cycle may make out of `managed` without an operator's consent.
-    fn deletions_allowed(&self, managed: usize) -> usize {
-        let share = (managed as f64 * self.ctx.settings.max_delete_fraction).floor() as usize;
-        share.max(1)
-    }
-
-    /// Whether the guard lets `count` deletions of `what` through; logs and flags a refusal.
-    fn guard_deletions(&self, what: &'static str, count: usize, managed: usize) -> bool {
-        let allowed = self.deletions_allowed(managed);
-        if count <= allowed || self.ctx.settings.allow_mass_delete {
-            return true;
+    /// Whether `count` more deletions of `what` fit this cycle's share of the linked records
+    /// (`sync.max_delete_fraction`, every kind of deletion counted together); a refusal is
+    /// logged and flagged, and nothing of the batch happens.
+    pub(super) async fn guard_deletions(
+        &self,
+        what: &'static str,
+        count: usize,
+    ) -> Result<bool, SyncError> {
+        let linked = *self
+            .linked_at_start
+            .get_or_try_init(|| async {
+                self.ctx
+                    .ledger
+                    .linked_count()
+                    .await
+                    .map(|n| n.max(0) as usize)
+            })
+            .await?;
+        let spent = self.deletions_spent.load(Ordering::Acquire);
+        if !self
+            .ctx
+            .settings
+            .delete_guard()
+            .permits(what, spent + count, linked)
+        {
+            self.mass_delete_refused.store(true, Ordering::Relaxed);
+            return Ok(false);
         }
-        warn!(
-            event = "mass_delete_refused",
-            what,
-            would_delete = count,
-            managed,
-            allowed,
-            max_delete_fraction = self.ctx.settings.max_delete_fraction,
-            "refusing to delete more than sync.max_delete_fraction of the managed records in one cycle; nothing was deleted (rerun with --allow-mass-delete if this is intended)"
-        );
-        metrics::counter!("quo_sync_mass_delete_refused_total").increment(1);
-        self.mass_delete_refused.store(true, Ordering::Relaxed);
-        false
+        self.deletions_spent.fetch_add(count, Ordering::AcqRel);
+        Ok(true)
     }
 
-    /// Records gone from a complete read: `sync.on_source_delete` decides.
-    async fn source_deletions(
+    /// Whether deletions concluded from the absence of `absent` (Quo ids, or external ids of
+    /// pending creates) may happen: the key must be shown to answer for our workspace
+    /// (`reverse::absence`), and the deletion guard must let them through.
+    pub(super) async fn absences_may_act(
+        &self,
+        what: &'static str,
+        absent: &HashSet<String>,
+    ) -> Result<bool, SyncError> {
+        // `--allow-mass-delete`: the operator vouches for the absences too.
+        let trusted = self.ctx.settings.allow_mass_delete
+            || crate::reverse::absence::absences_trusted(
+                &self.ctx.ledger,
+                &self.ctx.client,
+                absent,
+            )
+            .await
+            .map_err(|e| match e {
+                CheckError::Ledger(e) => SyncError::Ledger(e),
+                CheckError::Quo(e) => SyncError::Quo(e),
+            })?;
+        if !trusted {
+            warn!(
+                event = "mass_delete_refused",
+                what,
+                would_delete = absent.len(),
+                reason = "workspace_unconfirmed",
+                "refusing to act on contacts Quo says are gone while the key is not shown to answer for the synced workspace; nothing was deleted or unlinked"
+            );
+            metrics::counter!("quo_sync_mass_delete_refused_total").increment(1);
+            self.mass_delete_refused.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.guard_deletions(what, absent.len()).await
+    }
+
+    /// PATCHes answered 404 this cycle: `reverse.on_quo_delete` applies to all of them, or (the
+    /// workspace unconfirmed, or too many) to none, and their records are tried again next cycle.
+    async fn settle_missing(
+        self: &Arc<Self>,
+        pool: &mut super::execute::Pool,
+    ) -> Result<(), SyncError> {
+        let missing: Vec<Update> = std::mem::take(&mut *self.missing.lock().await);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let absent: HashSet<String> = missing.iter().map(|u| u.quo_id.to_string()).collect();
+        if !self.absences_may_act("quo_contacts_gone", &absent).await? {
+            let mut unsettled = self.unsettled.lock().await;
+            let mut oldest = self.failed_since.lock().await;
+            for update in &missing {
+                unsettled.insert(update.record.external_id.to_string());
+                if let Some(at) = update.record.updated_at {
+                    *oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                }
+            }
+            return Ok(());
+        }
+        for update in missing {
+            pool.dispatch(self, Work::Missing(Box::new(update))).await?;
+        }
+        Ok(())
+    }
+
+    /// Pending creates of records gone from the CRM that no lookup found: forgotten (what their
+    /// POST sent kept as an unconfirmed create), all of them or, when the lookups' misses cannot
+    /// be trusted or are too many, none (looked up again next cycle).
+    async fn forget_unfound_creates(&self) -> Result<(), SyncError> {
+        let unfound = std::mem::take(&mut *self.unfound_creates.lock().await);
+        if unfound.is_empty() {
+            return Ok(());
+        }
+        let absent: HashSet<String> = unfound.iter().map(|(id, _)| id.to_string()).collect();
+        if !self.absences_may_act("pending_creates", &absent).await? {
+            return Ok(());
+        }
+        for (external_id, sent) in unfound {
+            // The record left the CRM, but its POST may still have landed behind a lagging
+            // list: a later scan that lists it deletes it by `sync.on_source_delete`.
+            if let Some(sent) = sent {
+                self.ctx.ledger.unconfirmed_add(&external_id, &sent).await?;
+            }
+            self.ctx.ledger.forget(&external_id).await?;
+            info!(event = "pending_create_forgotten", external_id = %external_id, "a pending create of a record gone from the CRM made no contact any lookup finds; forgotten");
+        }
+        Ok(())
+    }
+
+    /// Contacts to delete, counted together behind the mass-deletion guard: those of records
+    /// gone from this complete read and the one before (`sync::absences`,
+    /// `sync.on_source_delete`) and of records that left scope (`sync.on_leave_scope =
+    /// "delete"`).
+    async fn deletions(
         self: &Arc<Self>,
         index: &LedgerIndex,
         pool: &mut super::execute::Pool,
+        complete: bool,
     ) -> Result<(), SyncError> {
-        if self.ctx.settings.on_source_delete == OnSourceDelete::Ignore {
+        let gone: Vec<ExternalId> =
+            if complete && self.ctx.settings.on_source_delete != OnSourceDelete::Ignore {
+                let gone = index
+                    .iter()
+                    .filter(|(_, e)| !e.seen && e.state == RecordState::Synced && e.has_quo_id)
+                    .filter_map(|(id, _)| ExternalId::parse(id).ok())
+                    .collect();
+                self.confirmed_absences(gone).await?
+            } else {
+                Vec::new()
+            };
+        let leaving = std::mem::take(&mut *self.scope_deletes.lock().await);
+        let count = gone.len() + leaving.len();
+        if count == 0 || !self.guard_deletions("quo_contacts", count).await? {
+            // Records that were to leave stay linked, with their old fingerprint: judged again
+            // next cycle, deleted once the guard allows it.
             return Ok(());
         }
-        let gone: Vec<ExternalId> = index
-            .iter()
-            .filter(|(_, e)| !e.seen && e.state == RecordState::Synced && e.has_quo_id)
-            .filter_map(|(id, _)| ExternalId::parse(id).ok())
-            .collect();
-        if gone.is_empty() || !self.guard_deletions("quo_contacts", gone.len(), managed(index)) {
-            return Ok(());
+        for (external_id, quo_id, fingerprint) in leaving {
+            pool.dispatch(
+                self,
+                Work::Delete {
+                    external_id,
+                    quo_id,
+                    left_scope: Some(fingerprint),
+                },
+            )
+            .await?;
         }
         for external_id in gone {
             let Some(row) = self.ctx.ledger.record(&external_id).await? else {
@@ -196,6 +357,7 @@ impl Cycle {
                 Work::Delete {
                     external_id,
                     quo_id,
+                    left_scope: None,
                 },
             )
             .await?;
@@ -203,9 +365,21 @@ impl Cycle {
         Ok(())
     }
 
+    /// Out-of-scope and skipped records a complete read no longer returned, with no contact:
+    /// forgotten, so the ledger does not keep every lead that ever passed through the CRM.
+    async fn forget_gone_judged(&self, index: &LedgerIndex) -> Result<(), SyncError> {
+        let gone: Vec<ExternalId> = index
+            .iter()
+            .filter(|(_, e)| !e.seen && e.state.is_judged() && !e.has_quo_id)
+            .filter_map(|(id, _)| ExternalId::parse(id).ok())
+            .collect();
+        self.ctx.ledger.forget_judged(&gone).await?;
+        Ok(())
+    }
+
     /// CRM rows whose contact was deleted in Quo (`reverse.on_quo_delete = "delete_in_crm"`),
     /// now that the source has been read.
-    async fn crm_deletions(&self, index: &LedgerIndex) -> Result<(), SyncError> {
+    async fn crm_deletions(&self) -> Result<(), SyncError> {
         let pending: Vec<(ExternalId, QuoContactId)> =
             std::mem::take(&mut *self.crm_deletes.lock().await);
         if pending.is_empty() {
@@ -223,13 +397,15 @@ impl Cycle {
             }
             return Ok(());
         }
-        if !self.guard_deletions("crm_rows", pending.len(), managed(index)) {
-            let mut unsettled = self.unsettled.lock().await;
-            unsettled.extend(ids.iter().map(ToString::to_string));
-            return Ok(());
-        }
+        // Each was let through by the guard where its absence was concluded (intake, or the
+        // PATCHes answered 404).
         self.ctx.ledger.ensure_leader()?;
-        let report = match self.ctx.source.delete_records(&ids).await {
+        let report = match self
+            .ctx
+            .source
+            .delete_records(&ids, &self.crm_guard())
+            .await
+        {
             Ok(report) => report,
             Err(e) => {
                 warn!(event = "crm_delete_failed", records = ids.len(), error = %e, "could not delete the CRM records; will retry");
@@ -284,6 +460,28 @@ impl Cycle {
         Ok(())
     }
 
+    /// A Quo-side change to a record the CRM did not return, whose contact was not deleted
+    /// (deletion refused by the guard, `on_source_delete = "ignore"`, or failed): its events
+    /// stay pending, so the change is merged when the record is back (an export cut short)
+    /// instead of being marked applied and never seen again.
+    async fn keep_changes_of_absent_records(&self, absent: &[String]) -> Result<(), SyncError> {
+        for external_id in absent {
+            let Ok(id) = ExternalId::parse(external_id) else {
+                continue;
+            };
+            let still_linked = self
+                .ctx
+                .ledger
+                .record(&id)
+                .await?
+                .is_some_and(|row| row.quo_id.is_some() && row.state != RecordState::Deleted);
+            if still_linked {
+                self.unsettled.lock().await.insert(external_id.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// Marks consumed webhook events applied (all but those of unsettled records), and prunes
     /// applied events older than `reverse.inbox_retention`.
     async fn settle_inbox(&self, intake: &QuoChanges) -> Result<(), SyncError> {
@@ -314,12 +512,4 @@ impl Cycle {
         }
         Ok(())
     }
-}
-
-/// Linked records: the base the mass-deletion guard measures against.
-fn managed(index: &LedgerIndex) -> usize {
-    index
-        .values()
-        .filter(|e| e.state == RecordState::Synced && e.has_quo_id)
-        .count()
 }

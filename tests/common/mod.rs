@@ -23,6 +23,23 @@ pub enum Backend {
     Postgres,
 }
 
+/// Skips the running test because a real component it needs (PostgreSQL, Chromium) is missing.
+/// Under `CI` that is a failure: CI must run everything. Elsewhere it writes
+/// `SKIPPED <test>: <reason>` to the process's own stderr, which libtest does not capture, so
+/// the line shows in `cargo test` output next to the test's `ok`; the caller then returns.
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI is set, so nothing may be skipped, yet {reason}"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+}
+
 /// The sample header operators copy.
 pub const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 
@@ -94,7 +111,7 @@ impl TestApp {
         Self::spawn_at(csv_text, sandbox, extra, None).await
     }
 
-    /// Spawns on `backend`; `None` (a skip, after a printed line) when PostgreSQL is wanted but
+    /// Spawns on `backend`; `None` (a visible skip, see [`skip`]) when PostgreSQL is wanted but
     /// not installed outside CI.
     pub async fn spawn_on(
         backend: Backend,
@@ -235,6 +252,29 @@ path = "{csv}"
         matches.into_iter().next().unwrap()
     }
 
+    /// [`TestApp::assert_one_contact_per_record`], and no record was sent a second create since
+    /// the last stats reset: with 409 on, a second POST for a record Quo already has still ends
+    /// with one contact, so the count alone cannot fail; the 409 that POST draws can.
+    pub async fn assert_created_once(&self, external_ids: &[String]) {
+        let stats = self.sandbox.stats();
+        assert_eq!(
+            stats.by_route_status.get("POST /v1/contacts 409"),
+            None,
+            "a create was sent again for a contact Quo already had: {stats:?}"
+        );
+        self.assert_one_contact_per_record(external_ids).await;
+    }
+
+    /// POSTs to `/v1/contacts` the sandbox answered 201 since the last stats reset.
+    pub fn creates_answered(&self) -> u64 {
+        self.sandbox
+            .stats()
+            .by_route_status
+            .get("POST /v1/contacts 201")
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Every external id must map to exactly one sandbox contact and one ledger Quo id.
     pub async fn assert_one_contact_per_record(&self, external_ids: &[String]) {
         for id in external_ids {
@@ -305,6 +345,7 @@ impl TestApp {
             wake: Arc::new(tokio::sync::Notify::new()),
             max_body_bytes: 64 * 1024,
             read_timeout: std::time::Duration::from_millis(500),
+            received: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -475,4 +516,42 @@ pub async fn sandbox_settings(base_url: &str, patch: serde_json::Value) -> serde
         .expect("admin request");
     assert_eq!(resp.status().as_u16(), 200, "settings {patch} refused");
     resp.json().await.expect("json")
+}
+
+/// A sandbox on port 0 without a rate limit, for tests that run the binary against it.
+pub async fn unlimited_sandbox() -> SandboxHandle {
+    SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("sandbox starts")
+}
+
+/// A free loopback address for a service listener.
+pub fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// `GET /readyz`: status and body (0 when nothing answers yet).
+pub async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
+    match reqwest::Client::new()
+        .get(format!("http://{addr}/readyz"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(response) => (response.status().as_u16(), response.text().await.unwrap()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Polls `check` every 50 ms for up to 20 s.
+pub async fn poll(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -4,8 +4,10 @@
 //!
 //! A static's Drop never runs, so a watchdog shell started with the cluster waits for this test
 //! process to exit (however it exits) and then stops the cluster (`pg_ctl stop -m immediate`)
-//! and removes the folder. Without PostgreSQL binaries the tests skip with a printed line,
-//! except under `CI`, where they must run.
+//! and removes the folder. The cluster serves TLS (`ssl = on`) with a throwaway CA and server
+//! certificate made by Debian's `openssl` command (`tls()` hands the CA and an unrelated CA to
+//! the TLS tests). Without PostgreSQL binaries each test says `SKIPPED` in the `cargo test`
+//! output, except under `CI`, where it fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,6 +16,91 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 struct Cluster {
     port: u16,
+    tls: Tls,
+}
+
+/// The cluster's throwaway certificates.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The CA that signed the server's certificate (`sslrootcert` for `verify-full`).
+    pub ca: PathBuf,
+    /// A CA that signed nothing the server holds (a wrong `sslrootcert`).
+    pub wrong_ca: PathBuf,
+}
+
+/// Runs `openssl` with `args` in `dir`, panicking with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl (Debian package `openssl`) is needed for the PostgreSQL TLS tests");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate it signs for `localhost` and `127.0.0.1`, and an unrelated CA,
+/// all EC P-256 and valid for two days, in `dir`.
+fn make_certificates(dir: &Path) -> Tls {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for (name, cn) in [("ca", "quo-sync test CA"), ("wrong-ca", "unrelated CA")] {
+        let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+        let subject = format!("/CN={cn}");
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt]);
+        openssl(dir, &args);
+    }
+    let mut args = vec!["req", "-subj", "/CN=localhost"];
+    args.extend(ec);
+    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(dir, &args);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+    // PostgreSQL refuses a key others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod server.key");
+    Tls {
+        ca: dir.join("ca.crt"),
+        wrong_ca: dir.join("wrong-ca.crt"),
+    }
 }
 
 static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
@@ -70,27 +157,21 @@ fn free_port() -> u16 {
 }
 
 fn start() -> Option<Cluster> {
-    let Some(bin) = bin_dir() else {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "CI is set but PostgreSQL (initdb, pg_ctl) is not installed: the PostgreSQL tests must run in CI"
-            );
-        }
-        println!(
-            "skipping PostgreSQL tests: initdb not found under /usr/lib/postgresql/*/bin or PATH"
-        );
-        return None;
-    };
+    // Without the binaries each test that asks for a database is skipped visibly (a failure
+    // under CI): see `database`.
+    let bin = bin_dir()?;
     let dir = tempfile::Builder::new()
         .prefix("quo-sync-pg-")
         .tempdir()
         .expect("temp dir")
         .keep();
     let data = dir.join("data");
+    let tls = make_certificates(&dir);
     if is_root() {
         let status = Command::new("chown")
             .args(["postgres:postgres"])
             .arg(&dir)
+            .arg(dir.join("server.key"))
             .status()
             .expect("chown");
         assert!(status.success(), "chown postgres {}", dir.display());
@@ -116,8 +197,8 @@ fn start() -> Option<Cluster> {
     );
     let port = free_port();
     let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
-        dir.display()
+        "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
+        dir = dir.display()
     );
     let pg_ctl = bin.join("pg_ctl");
     let log = dir.join("postgres.log");
@@ -170,17 +251,30 @@ fn start() -> Option<Cluster> {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the cluster watchdog");
-    Some(Cluster { port })
+    Some(Cluster { port, tls })
 }
 
-/// A URL to a fresh, empty database of the shared test cluster, or `None` (after a printed line)
-/// when PostgreSQL is not installed outside CI.
+/// The cluster's CA and an unrelated CA (starting the cluster if needed), or `None` when
+/// PostgreSQL is not installed outside CI.
+pub async fn tls() -> Option<Tls> {
+    tokio::task::spawn_blocking(|| CLUSTER.get_or_init(start).as_ref().map(|c| c.tls.clone()))
+        .await
+        .expect("cluster start")
+}
+
+/// A URL to a fresh, empty database of the shared test cluster, or `None` (the test is skipped
+/// visibly, see `common::skip`; under CI a failure) when PostgreSQL is not installed.
 pub async fn database() -> Option<String> {
     let cluster =
         tokio::task::spawn_blocking(|| CLUSTER.get_or_init(start).as_ref().map(|c| c.port))
             .await
             .expect("cluster start");
-    let port = cluster?;
+    let Some(port) = cluster else {
+        super::skip(
+            "PostgreSQL is not installed (initdb and pg_ctl under /usr/lib/postgresql/*/bin or on PATH; apt-get install postgresql)",
+        );
+        return None;
+    };
     let name = format!(
         "t{}_{}",
         std::process::id(),

@@ -2,7 +2,8 @@
 //!
 //! It serves the same contacts in every paging style real CRMs use (one URL prefix per style),
 //! checks credentials, filters by `updated_since`, accepts GET/PATCH/PUT on `/contacts/{id}` with
-//! ETags, records every request, and fails on demand (status bursts with `Retry-After`, malformed
+//! ETags and `POST /contacts` (new ids `n1`, `n2`, …; an answer can be lost on demand), records
+//! every request, and fails on demand (status bursts with `Retry-After`, malformed
 //! JSON, a repeating cursor, a server that ignores paging).
 
 #![allow(dead_code)]
@@ -68,6 +69,10 @@ struct Inner {
     edit_after_list: Option<(String, Value)>,
     ignore_paging: bool,
     requests: Vec<Recorded>,
+    /// Creates made so far (ids `n1`, `n2`, …).
+    created: u64,
+    /// The next creates apply, then answer 502: their answer is lost.
+    lose_create_answers: u32,
 }
 
 struct Shared {
@@ -177,6 +182,12 @@ impl FakeCrm {
     /// Delays the next requests by these many milliseconds each (before anything else).
     pub fn push_delays(&self, delays_ms: impl IntoIterator<Item = u64>) {
         self.shared.delays.lock().unwrap().extend(delays_ms);
+    }
+
+    /// The next `n` creates (`POST /contacts`) are applied, then answered 502: the client never
+    /// learns the new id.
+    pub fn lose_create_answers(&self, n: u32) {
+        self.shared.inner.lock().unwrap().lose_create_answers = n;
     }
 
     /// Makes the cursor style return the same cursor forever.
@@ -311,6 +322,30 @@ async fn handle(
                 *inner.versions.entry(id).or_insert(1) += 1;
             }
             response
+        }
+        (["contacts"], Method::POST) => {
+            let Some(mut record) = json_body.filter(Value::is_object) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({"message": "body is not a JSON object"}),
+                );
+            };
+            inner.created += 1;
+            let id = format!("n{}", inner.created);
+            record["id"] = json!(id);
+            if record.get("updated_at").is_none_or(Value::is_null) {
+                record["updated_at"] = json!(Utc::now().to_rfc3339());
+            }
+            inner.contacts.push(record.clone());
+            inner.versions.insert(id, 1);
+            if inner.lose_create_answers > 0 {
+                inner.lose_create_answers -= 1;
+                return json_response(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"message": "upstream timeout"}),
+                );
+            }
+            json_response(StatusCode::CREATED, record)
         }
         (["contacts", id], Method::GET) => match inner.contacts.iter().find(|c| c["id"] == *id) {
             Some(contact) => {

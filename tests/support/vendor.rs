@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::token_desk::{Grant, TokenDesk, parse_form};
+use super::token_desk::{Before, Grant, TokenDesk, parse_form};
 
 /// How a vendor names, stamps and authenticates.
 pub struct Dialect {
@@ -215,6 +215,19 @@ async fn serve_call<X: Send + 'static>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if uri.path() == org.dialect.token_path && method == Method::POST {
+        match org.desk.before() {
+            Before::Delay(delay) => tokio::time::sleep(delay).await,
+            Before::Stall(stall) => {
+                tokio::time::sleep(stall).await;
+                return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            Before::Answer(status, body) => {
+                let status = axum::http::StatusCode::from_u16(status).unwrap();
+                return (status, axum::Json(body)).into_response();
+            }
+        }
+    }
     if let Some(answer) = org.gate(&method, &uri, &headers, &body) {
         return answer;
     }

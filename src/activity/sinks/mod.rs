@@ -11,7 +11,11 @@ use std::sync::Arc;
 
 use super::config::ActivityConfig;
 use super::model::ActivityDocument;
-use crate::source::Source;
+use crate::source::{Source, WriteGuard};
+
+/// What writing the activity file asks of the write fence (a local file, written and renamed at
+/// once), like the contacts write-back.
+const CSV_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a sink cannot be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +54,8 @@ pub enum Outcome {
     Ambiguous(String),
     /// The object to update is gone from the CRM (it is made again).
     Missing,
+    /// Not sent: the write fence refused (shutdown, or the writer lease is no longer ours).
+    NotSent(String),
 }
 
 /// What a lookup found.
@@ -87,29 +93,36 @@ impl Sink {
         }
     }
 
-    /// Creates these (never twice where a lookup exists: see the pipeline).
-    pub async fn create(&self, items: &[Outgoing]) -> Vec<Outcome> {
+    /// Creates these (never twice where a lookup exists: see the pipeline), each write admitted
+    /// by `guard` first.
+    pub async fn create(&self, items: &[Outgoing], guard: &WriteGuard) -> Vec<Outcome> {
         match self {
             Sink::Csv(csv) => {
+                if let Err(e) = guard.admit(CSV_WRITE).await {
+                    return not_sent(items, e);
+                }
                 let (csv, items) = (csv.clone(), items.to_vec());
                 tokio::task::spawn_blocking(move || csv.create(&items))
                     .await
                     .unwrap_or_else(|e| vec![Outcome::Ambiguous(e.to_string())])
             }
-            Sink::Rest(rest) => rest.create(items).await,
+            Sink::Rest(rest) => rest.create(items, guard).await,
         }
     }
 
-    /// Brings these up to date.
-    pub async fn update(&self, items: &[Outgoing]) -> Vec<Outcome> {
+    /// Brings these up to date, each write admitted by `guard` first.
+    pub async fn update(&self, items: &[Outgoing], guard: &WriteGuard) -> Vec<Outcome> {
         match self {
             Sink::Csv(csv) => {
+                if let Err(e) = guard.admit(CSV_WRITE).await {
+                    return not_sent(items, e);
+                }
                 let (csv, items) = (csv.clone(), items.to_vec());
                 tokio::task::spawn_blocking(move || csv.update(&items))
                     .await
                     .unwrap_or_else(|e| vec![Outcome::Refused(e.to_string())])
             }
-            Sink::Rest(rest) => rest.update(items).await,
+            Sink::Rest(rest) => rest.update(items, guard).await,
         }
     }
 
@@ -157,4 +170,12 @@ impl Sink {
             Sink::Rest(rest) => format!("rest {}", rest.describe()),
         }
     }
+}
+
+/// Every item not sent, for the reason the fence gave.
+fn not_sent(items: &[Outgoing], why: crate::source::SourceError) -> Vec<Outcome> {
+    items
+        .iter()
+        .map(|_| Outcome::NotSent(why.to_string()))
+        .collect()
 }

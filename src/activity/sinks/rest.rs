@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::template::{fill_strings, path, render};
 use super::{Found, Outcome, Outgoing, SinkError};
 use crate::activity::config::{RestSinkConfig, body_json};
-use crate::source::{Source, SourceError};
+use crate::source::{Source, SourceError, WriteGuard};
 
 /// Creates in flight at once (the CRM's own limiter spaces them).
 const IN_FLIGHT: usize = 4;
@@ -77,25 +77,32 @@ impl RestSink {
         })
     }
 
+    /// One request; a write (`guard`) is admitted by the leader's fence before each attempt.
     async fn exchange(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
-        once: bool,
+        (guard, once): (Option<&WriteGuard>, bool),
     ) -> Result<(u16, Vec<u8>), SourceError> {
         let Source::Rest(rest) = &*self.source else {
             return Err(SourceError::Config("not a REST source".into()));
         };
-        rest.exchange(method, path, body, &self.headers, once).await
+        rest.exchange(method, path, body, &self.headers, (guard, once))
+            .await
     }
 
-    async fn create_one(&self, item: &Outgoing) -> Outcome {
+    async fn create_one(&self, item: &Outgoing, guard: &WriteGuard) -> Outcome {
         let record = item.doc.text("record_id");
         let target = path(&self.config.path, &item.activity_id, &record, None);
         let body = render(&self.body, &item.doc.0, self.config.omit_nulls);
         match self
-            .exchange(self.config.method.as_reqwest(), &target, Some(&body), true)
+            .exchange(
+                self.config.method.as_reqwest(),
+                &target,
+                Some(&body),
+                (Some(guard), true),
+            )
             .await
         {
             Ok((status, bytes)) if (200..300).contains(&status) => {
@@ -114,6 +121,7 @@ impl RestSink {
                 Outcome::Ambiguous(format!("HTTP {status}: {}", snippet(&bytes)))
             }
             Ok((status, bytes)) => Outcome::Refused(format!("HTTP {status}: {}", snippet(&bytes))),
+            Err(SourceError::NotSent(why)) => Outcome::NotSent(why.to_string()),
             Err(
                 e @ (SourceError::Unauthorized { .. } | SourceError::CredentialsRefused { .. }),
             ) => Outcome::Refused(e.to_string()),
@@ -122,15 +130,18 @@ impl RestSink {
     }
 
     /// Creates one object per item (a few at once).
-    pub async fn create(&self, items: &[Outgoing]) -> Vec<Outcome> {
-        let writes: Vec<_> = items.iter().map(|item| self.create_one(item)).collect();
+    pub async fn create(&self, items: &[Outgoing], guard: &WriteGuard) -> Vec<Outcome> {
+        let writes: Vec<_> = items
+            .iter()
+            .map(|item| self.create_one(item, guard))
+            .collect();
         futures::stream::iter(writes)
             .buffered(IN_FLIGHT)
             .collect()
             .await
     }
 
-    async fn update_one(&self, item: &Outgoing) -> Outcome {
+    async fn update_one(&self, item: &Outgoing, guard: &WriteGuard) -> Outcome {
         let Some(update_path) = &self.config.update_path else {
             return Outcome::Written {
                 crm_id: item.crm_id.clone().unwrap_or_default(),
@@ -149,7 +160,7 @@ impl RestSink {
                 self.config.update_method.as_reqwest(),
                 &target,
                 Some(&body),
-                false,
+                (Some(guard), false),
             )
             .await
         {
@@ -158,13 +169,17 @@ impl RestSink {
             },
             Ok((404 | 410, _)) => Outcome::Missing,
             Ok((status, bytes)) => Outcome::Refused(format!("HTTP {status}: {}", snippet(&bytes))),
+            Err(SourceError::NotSent(why)) => Outcome::NotSent(why.to_string()),
             Err(e) => Outcome::Refused(e.to_string()),
         }
     }
 
     /// Brings existing objects up to date (later enrichment).
-    pub async fn update(&self, items: &[Outgoing]) -> Vec<Outcome> {
-        let writes: Vec<_> = items.iter().map(|item| self.update_one(item)).collect();
+    pub async fn update(&self, items: &[Outgoing], guard: &WriteGuard) -> Vec<Outcome> {
+        let writes: Vec<_> = items
+            .iter()
+            .map(|item| self.update_one(item, guard))
+            .collect();
         futures::stream::iter(writes)
             .buffered(IN_FLIGHT)
             .collect()
@@ -188,7 +203,7 @@ impl RestSink {
                 self.config.lookup_method.as_reqwest(),
                 &target,
                 body.as_ref(),
-                false,
+                (None, false),
             )
             .await
         {

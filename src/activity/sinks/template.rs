@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::quo::client::encode_segment as encode;
+use crate::quo::encode_path_segment as encode;
 
 /// The value's text: strings as they are, `null` as nothing, anything else as JSON.
 fn as_text(v: Option<&Value>) -> String {

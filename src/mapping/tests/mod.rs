@@ -62,7 +62,7 @@ fn custom_value(field: &str, raw: &str) -> Result<Value, MappingError> {
     let key = m
         .custom
         .iter()
-        .find(|c| c.field == field)
+        .find(|c| c.field.column() == Some(field))
         .unwrap()
         .key
         .clone();
@@ -562,4 +562,35 @@ fn raw_digest_matches_fingerprint_digest_and_sees_changes() {
         ("lead_score", "7"),
     ];
     assert_ne!(digest_of(&changed), expected);
+}
+
+#[test]
+fn default_scope_rules_leave_the_fingerprint_as_it_was() {
+    // A ledger written before sync.filter existed (or with none configured, in upsert mode)
+    // keeps recognising its unchanged rows: the no-change cycle stays a hash lookup.
+    let base = record(&[("first_name", "Ada"), ("vip", "yes"), ("tier", "2")]);
+    let plain = mapper().fingerprint(&base);
+    let (rules, fields) = crate::sync::ScopeRules::default().fingerprint_inputs();
+    assert_eq!(
+        mapper()
+            .fingerprint_also(&rules, &fields)
+            .fingerprint(&base),
+        plain
+    );
+    // A filter or another mode does change it, so their judgements are made again.
+    let filtered = crate::sync::ScopeRules::from_config(&crate::config::SyncConfig {
+        filter: Some("record.tier == \"2\"".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let (rules, fields) = filtered.fingerprint_inputs();
+    let scoped = mapper().fingerprint_also(&rules, &fields);
+    assert_ne!(scoped.fingerprint(&base), plain);
+    let mut other_tier = base.clone();
+    other_tier.fields.insert("tier".into(), "3".into());
+    assert_ne!(
+        scoped.fingerprint(&other_tier),
+        scoped.fingerprint(&base),
+        "the filter's fields take part"
+    );
 }

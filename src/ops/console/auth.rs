@@ -37,9 +37,10 @@ fn derive(token: &SecretString, purpose: &str) -> String {
         .collect()
 }
 
-/// Equal without leaking where they differ through timing.
+/// Equal without leaking where they differ through timing (`subtle`; only the length shows).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 impl Auth {
@@ -58,6 +59,11 @@ impl Auth {
             session,
             csrf,
         }
+    }
+
+    /// Whether a console token is configured.
+    pub(super) fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     /// The CSRF token printed in the page.

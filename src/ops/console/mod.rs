@@ -5,10 +5,13 @@
 //! Safe by default: mounted only when `service.console = true`; beyond loopback a token is
 //! required (config error otherwise), sent as a bearer token or through the login form, which
 //! sets an HttpOnly, SameSite=Strict cookie holding a value derived from the token (never the
-//! token). Every POST needs the CSRF token printed in the page, every response carries a strict
+//! token). Without a token, only requests naming this machine in `Host` (and `Origin`, on a
+//! POST) are served, against DNS rebinding (`origin`). Every POST needs the CSRF token printed in the page, every response carries a strict
 //! Content-Security-Policy, and every CRM value is HTML-escaped before it reaches the page.
 
 mod auth;
+mod control;
+mod origin;
 mod page;
 
 use std::sync::Arc;
@@ -74,6 +77,8 @@ impl ServiceInfo {
 pub struct Console {
     ledger: Ledger,
     auth: Arc<auth::Auth>,
+    /// The names a console without a token answers to (see `origin`).
+    names: origin::LocalNames,
     wake: Arc<Notify>,
     service: ServiceInfo,
 }
@@ -89,9 +94,17 @@ impl Console {
         Self {
             ledger,
             auth: Arc::new(auth::Auth::new(token)),
+            names: origin::LocalNames::new(None),
             wake,
             service,
         }
+    }
+
+    /// The address the console listens on (`service.listen`): a console without a token also
+    /// answers to that name.
+    pub fn listening_on(mut self, addr: Option<std::net::SocketAddr>) -> Self {
+        self.names = origin::LocalNames::new(addr);
+        self
     }
 }
 
@@ -107,6 +120,9 @@ pub fn routes(console: Console) -> Router {
         .route("/api/csrf", get(api_csrf))
         .route("/api/quarantine/{key}/retry", post(retry))
         .route("/api/quarantine/{key}/discard", post(discard))
+        .route("/api/pause", post(control::pause))
+        .route("/api/resume", post(control::resume))
+        .route("/api/run-now", post(control::run_now))
         .route_layer(middleware::from_fn_with_state(
             console.clone(),
             auth::require,
@@ -116,6 +132,10 @@ pub fn routes(console: Console) -> Router {
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/console.css", get(css))
         .route("/console.js", get(js))
+        .layer(middleware::from_fn_with_state(
+            console.clone(),
+            origin::same_machine,
+        ))
         .layer(middleware::from_fn(security_headers))
         .with_state(console)
 }
@@ -132,9 +152,12 @@ async fn security_headers(request: axum::extract::Request, next: middleware::Nex
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // `same-origin`, not `no-referrer`: the page's own form posts must carry its `Origin`
+    // (browsers send `Origin: null` under `no-referrer`), which `origin` checks; other sites
+    // still get no referrer.
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

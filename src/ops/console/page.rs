@@ -111,6 +111,44 @@ fn opt(value: &Option<String>) -> String {
     esc(value.as_deref().unwrap_or(""))
 }
 
+/// A cell for a value of any length (`html` already escaped): cut to one line with `…` on a
+/// wide screen, the whole value on hover (`title`); wrapped in full on a phone (console.css).
+fn clipped(label: &str, html: &str) -> String {
+    clipped_as(label, html, html)
+}
+
+/// [`clipped`] showing `shown` (a short form) with `title` on hover.
+fn clipped_as(label: &str, shown: &str, title: &str) -> String {
+    format!("<td data-label=\"{label}\" class=\"clip\" title=\"{title}\"><span>{shown}</span></td>")
+}
+
+/// An RFC 3339 time shown as `2026-12-06 01:19:52Z`: no fractions, and a line may break
+/// between the date and the time, nowhere else.
+fn when(time: &str) -> String {
+    let short = match (time.split_once('T'), time.find('.')) {
+        (Some((date, _)), Some(dot)) if dot > date.len() => {
+            let rest = &time[date.len() + 1..dot];
+            let zone = time[dot..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+            (date.to_string(), format!("{rest}{zone}"))
+        }
+        (Some((date, rest)), None) => (date.to_string(), rest.to_string()),
+        _ => return esc(time),
+    };
+    format!(
+        "<time datetime=\"{}\"><span>{}</span> <span>{}</span></time>",
+        esc(time),
+        esc(&short.0),
+        esc(&short.1)
+    )
+}
+
+/// [`clipped`] for a CRM or Quo value, shown as code.
+fn clipped_code(label: &str, html: &str) -> String {
+    format!(
+        "<td data-label=\"{label}\" class=\"clip\" title=\"{html}\"><span><code>{html}</code></span></td>"
+    )
+}
+
 fn head(title: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -142,6 +180,7 @@ pub(super) fn render(s: &Snapshot, csrf: &str) -> String {
     let mut out = head("quo-sync console");
     out.push_str("<body><header><h1>quo-sync</h1></header><main id=\"console\">");
     render_service(&mut out, s);
+    super::control::render(&mut out, s.status.paused.as_ref(), csrf);
     render_quarantine(&mut out, &s.quarantine, csrf);
     render_runs(&mut out, &s.runs);
     render_conflicts(&mut out, &s.conflicts);
@@ -201,8 +240,9 @@ fn render_service(out: &mut String, s: &Snapshot) {
     }
     let _ = write!(
         out,
-        "<li><b>{}</b> quarantined</li><li><b>{}</b> conflicts</li></ul></section>",
-        status.quarantined, status.conflicts
+        "<li><b>{}</b> quarantined</li><li id=\"held\"><b>{}</b> held (match contacts already in Quo)</li>\
+<li><b>{}</b> conflicts</li></ul></section>",
+        status.quarantined, status.held, status.conflicts
     );
 }
 
@@ -233,22 +273,35 @@ fn render_quarantine(out: &mut String, entries: &[QuarantineEntry], csrf: &str) 
         };
         let _ = write!(
             out,
-            "<tr data-key=\"{key}\"><td data-label=\"Key\">{key}</td><td data-label=\"Location\">{}</td>\
-<td data-label=\"Field\">{}</td><td data-label=\"Value\"><code>{}</code></td><td data-label=\"Reason\">{}</td>\
+            "<tr data-key=\"{key}\"><td data-label=\"Key\">{key}</td>{}\
+<td data-label=\"Field\">{}</td>{}{}\
 <td data-label=\"Attempts\">{}</td><td data-label=\"First seen\">{}</td><td data-label=\"Last seen\">{}</td>\
 <td class=\"actions\">{}{}</td></tr>",
-            esc(&q.location),
+            clipped_as(
+                "Location",
+                &esc(&crate::telemetry::shorten(&q.location)),
+                &esc(&q.location)
+            ),
             opt(&q.field),
-            opt(&q.value),
-            esc(&q.reason),
+            clipped_code("Value", &opt(&q.value)),
+            clipped("Reason", &esc(&held_reason(q))),
             q.attempts,
-            esc(&q.first_seen),
-            esc(&q.last_seen),
+            when(&q.first_seen),
+            when(&q.last_seen),
             action("retry", "Retry"),
             action("discard", "Discard"),
         );
     }
     out.push_str("</tbody></table></div></section>");
+}
+
+/// A held record's reason says so (its value lists the contacts it matched).
+fn held_reason(q: &QuarantineEntry) -> String {
+    if q.stage == "match" {
+        format!("held: {}", q.reason)
+    } else {
+        q.reason.clone()
+    }
 }
 
 fn render_runs(out: &mut String, runs: &[RunRow]) {
@@ -271,8 +324,8 @@ fn render_runs(out: &mut String, runs: &[RunRow]) {
 <td data-label=\"Status\">{}</td><td data-label=\"Created\">{}</td><td data-label=\"Updated\">{}</td>\
 <td data-label=\"Unchanged\">{}</td><td data-label=\"Deleted\">{}</td><td data-label=\"Quarantined\">{}</td>\
 <td data-label=\"Requests\">{}</td><td data-label=\"429s\">{}</td><td data-label=\"ms\">{}</td>\
-<td data-label=\"Error\">{}</td></tr>",
-            esc(&r.started_at),
+{}</tr>",
+            when(&r.started_at),
             esc(&r.kind),
             esc(&r.status),
             r.created,
@@ -283,7 +336,7 @@ fn render_runs(out: &mut String, runs: &[RunRow]) {
             r.requests,
             r.rate_limited,
             r.duration_ms,
-            opt(&r.error),
+            clipped("Error", &opt(&r.error)),
         );
     }
     out.push_str("</tbody></table></div></section>");
@@ -307,13 +360,13 @@ fn render_conflicts(out: &mut String, conflicts: &[ConflictRow]) {
         let _ = write!(
             out,
             "<tr><td data-label=\"At\">{}</td><td data-label=\"Record\">{}</td><td data-label=\"Field\">{}</td>\
-<td data-label=\"CRM value\"><code>{}</code></td><td data-label=\"Quo value\"><code>{}</code></td>\
+{}{}\
 <td data-label=\"Winner\"><b>{}</b></td><td data-label=\"Policy\">{}</td></tr>",
-            esc(&c.at),
+            when(&c.at),
             esc(&c.external_id),
             esc(&c.field),
-            opt(&c.crm_value),
-            opt(&c.quo_value),
+            clipped_code("CRM value", &opt(&c.crm_value)),
+            clipped_code("Quo value", &opt(&c.quo_value)),
             esc(&c.winner),
             esc(&c.policy),
         );
@@ -338,12 +391,28 @@ fn render_inbox(out: &mut String, events: &[InboxEvent], pending: i64) {
         let _ = write!(
             out,
             "<tr><td data-label=\"Received\">{}</td><td data-label=\"Type\">{}</td>\
-<td data-label=\"Contact\">{}</td><td data-label=\"Event id\">{}</td></tr>",
-            esc(&e.received_at),
+<td data-label=\"Contact\">{}</td>{}</tr>",
+            when(&e.received_at),
             esc(&e.event_type),
             opt(&e.quo_id),
-            esc(&e.event_id),
+            clipped("Event id", &esc(&e.event_id)),
         );
     }
     out.push_str("</tbody></table></div></section>");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_read_short_and_may_wrap_between_date_and_time() {
+        assert_eq!(
+            super::when("2026-12-06T01:19:52.360Z"),
+            "<time datetime=\"2026-12-06T01:19:52.360Z\"><span>2026-12-06</span> <span>01:19:52Z</span></time>"
+        );
+        assert!(
+            super::when("2026-12-06T01:19:52+00:00")
+                .ends_with("<span>01:19:52+00:00</span></time>")
+        );
+        assert_eq!(super::when("<yesterday>"), "&lt;yesterday&gt;");
+    }
 }

@@ -90,6 +90,7 @@ impl Auth {
         config: &AuthConfig,
         timeout: std::time::Duration,
         retry: RetryPolicy,
+        allow_insecure_http: bool,
     ) -> Result<Self, RestConfigError> {
         let token = || {
             resolve_secret(
@@ -120,7 +121,10 @@ impl Auth {
             || config.password_file.is_some();
         match config.kind {
             AuthKind::OAuth2 => Ok(Auth::OAuth2(Box::new(OAuth::resolve(
-                config, timeout, retry,
+                config,
+                timeout,
+                retry,
+                allow_insecure_http,
             )?))),
             AuthKind::None => {
                 unused(&[

@@ -11,6 +11,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use super::create::CreateConfig;
 use super::webhook::WebhookConfig;
 use crate::config::HumanDuration;
 use crate::source::SourceError;
@@ -131,8 +132,9 @@ pub enum SinceFormat {
     UnixMs,
 }
 
-/// `[source.rest.auth]`.
-#[derive(Debug, Default, Deserialize)]
+/// `[source.rest.auth]`. Its `Debug` shows `token_url` without its query (a vendor may put
+/// the refresh token there) and no secret.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `none`, `bearer`, `header`, `basic` or `query`.
@@ -209,6 +211,41 @@ pub struct AuthConfig {
     /// `Zoho-oauthtoken`).
     #[serde(default)]
     pub header_scheme: Option<String>,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let token_url = self.token_url.as_deref().map(|url| match Url::parse(url) {
+            Ok(url) => super::oauth::shown_token_url(&url),
+            Err(_) => "[unreadable URL]".to_string(),
+        });
+        f.debug_struct("AuthConfig")
+            .field("kind", &self.kind)
+            .field("token", &self.token)
+            .field("token_env", &self.token_env)
+            .field("token_file", &self.token_file)
+            .field("header_name", &self.header_name)
+            .field("param_name", &self.param_name)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("grant", &self.grant)
+            .field("token_url", &token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("client_secret_env", &self.client_secret_env)
+            .field("client_secret_file", &self.client_secret_file)
+            .field("refresh_token", &self.refresh_token)
+            .field("refresh_token_env", &self.refresh_token_env)
+            .field("refresh_token_file", &self.refresh_token_file)
+            .field("scope", &self.scope)
+            .field("audience", &self.audience)
+            .field("auth_style", &self.auth_style)
+            .field("base_url_pointer", &self.base_url_pointer)
+            .field("header_scheme", &self.header_scheme)
+            .finish()
+    }
 }
 
 impl AuthConfig {
@@ -434,12 +471,42 @@ pub struct RestSourceConfig {
     /// Per-request timeout, default `30s`.
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
+    /// While the CRM refuses a credential it accepted earlier in this process (401/403, or
+    /// the token endpoint's refusal), how long cycles back off and retry, not ready meanwhile,
+    /// before the service stops with `auth_failed` (exit 1); default `5m`. A credential never
+    /// accepted stops the service at its first refusal (exit 2).
+    #[serde(default = "default_auth_grace")]
+    pub auth_grace: HumanDuration,
     /// Write-back; without it the CRM is read-only for quo-sync.
     #[serde(default)]
     pub update: Option<UpdateConfig>,
     /// `POST /webhooks/crm`: a signed notice from the CRM starts a cycle at once.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
+    /// Creating records from contacts made in Quo (`reverse.create_in_crm`).
+    #[serde(default)]
+    pub create: Option<CreateConfig>,
+    /// Allow credentials over plain `http://` to hosts beyond loopback (`base_url` with auth,
+    /// `auth.token_url`, an API base from `auth.base_url_pointer`); default false.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+/// Whether `url` would carry credentials in clear text beyond this machine: plain `http://` to
+/// a host that is not loopback (`localhost`, 127.0.0.0/8, `::1`).
+pub(super) fn insecure_transport(url: &Url) -> bool {
+    if url.scheme() != "http" {
+        return false;
+    }
+    let Some(host) = url.host_str() else {
+        return true;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return !ip.is_loopback();
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name != "localhost" && !name.ends_with(".localhost")
 }
 
 pub(super) fn default_rps() -> u32 {
@@ -456,6 +523,9 @@ pub(super) fn default_max_backoff() -> HumanDuration {
 }
 pub(super) fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
+}
+pub(super) fn default_auth_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 /// Replaced inside `query` values by the incremental-read time (the Unix epoch on full reads).
@@ -507,6 +577,16 @@ impl RestSourceConfig {
         })?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(RestConfigError::new("base_url", "expected an http(s) URL"));
+        }
+        if self.auth.kind != AuthKind::None
+            && self.auth.base_url_pointer.is_none()
+            && insecure_transport(&base)
+            && !self.allow_insecure_http
+        {
+            return Err(RestConfigError::new(
+                "base_url",
+                "sends credentials over plain http to a host beyond loopback; use https, or set source.rest.allow_insecure_http = true",
+            ));
         }
         if !self.list_path.starts_with('/') {
             return Err(RestConfigError::new(
@@ -618,6 +698,9 @@ impl RestSourceConfig {
         }
         self.validate_oauth(&pointer)?;
         self.validate_webhook(&pointer)?;
+        if let Some(create) = &self.create {
+            create.validate()?;
+        }
         if let Some(update) = &self.update {
             for (key, path) in [
                 ("update.path", Some(&update.path)),

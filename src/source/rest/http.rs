@@ -1,7 +1,10 @@
 //! One HTTP exchange with the CRM: rate limit, auth, retries with backoff, 401/403 handling,
 //! and URLs redacted before they are shown anywhere.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
+
+use backon::Retryable;
 
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
@@ -37,9 +40,59 @@ impl Reply {
     }
 }
 
+/// Why one attempt did not give the final reply.
+enum Failure {
+    /// 429 or 5xx: retried after the server's `Retry-After` or the backoff; when retries run
+    /// out the reply itself is returned (the caller reads its status).
+    Status {
+        reply: Reply,
+        wait_hint: Option<Duration>,
+    },
+    /// The exchange failed; retried when `transient` (timeout, connection, body).
+    Transport {
+        error: reqwest::Error,
+        transient: bool,
+    },
+    /// Not worth retrying (401/403, a token that cannot be had).
+    Fatal(SourceError),
+}
+
+impl Failure {
+    /// Whether to try again: a `replayable` request on any retryable failure; a request that
+    /// must not be sent twice (a create) only when it surely made nothing (a 429, a connection
+    /// never made).
+    fn retryable(&self, replayable: bool) -> bool {
+        match self {
+            Failure::Status { reply, .. } => {
+                replayable || reply.status == StatusCode::TOO_MANY_REQUESTS
+            }
+            Failure::Transport { error, transient } => {
+                *transient && (replayable || error.is_connect())
+            }
+            Failure::Fatal(_) => false,
+        }
+    }
+}
+
+/// What one call sends, shared by its attempts.
+struct Exchange<'a> {
+    method: &'a Method,
+    target: &'a Url,
+    shown: &'a str,
+    body: Option<&'a Value>,
+    headers: &'a HeaderMap,
+    /// A write's fence: admits each attempt just before it is sent, its timeout capped.
+    guard: Option<&'a crate::source::WriteGuard>,
+    /// Attempts made so far (the first is attempt 1).
+    attempts: AtomicU32,
+    /// An OAuth token refused with 401 is refreshed once per call, not once per attempt.
+    refreshed_on_401: AtomicBool,
+}
+
 impl RestSource {
     /// Sends one request with the limiter, retries and auth; returns the final reply or an error
-    /// (401/403 → `Unauthorized`; transport failure after retries → `Crm`).
+    /// (401/403 → `Unauthorized`; transport failure after retries → `Crm`). `backon` runs the
+    /// retries with `RetryPolicy`'s full-jitter delays, a `Retry-After` taking a delay's place.
     pub(super) async fn send(
         &self,
         method: Method,
@@ -47,36 +100,70 @@ impl RestSource {
         body: Option<&Value>,
         headers: &HeaderMap,
     ) -> Result<Reply, SourceError> {
-        self.send_with(method, url, body, headers, false).await
+        self.send_with(method, url, body, headers, None, true).await
+    }
+
+    /// [`RestSource::send`] for a write: every attempt is admitted by `guard` just before it is
+    /// sent, with its timeout capped by the leader's fence.
+    pub(super) async fn send_guarded(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+        guard: &crate::source::WriteGuard,
+    ) -> Result<Reply, SourceError> {
+        self.send_with(method, url, body, headers, Some(guard), true)
+            .await
+    }
+
+    /// [`RestSource::send`] for a write that must not be sent twice (a create): retried only
+    /// when it surely did not reach the CRM (a connection never made) or was refused unapplied
+    /// (429); a 5xx is returned as it is and a lost answer as an error, for the caller to resolve.
+    /// Every attempt is admitted by `guard` just before it is sent, like [`RestSource::send_guarded`].
+    pub(super) async fn send_once(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+        guard: &crate::source::WriteGuard,
+    ) -> Result<Reply, SourceError> {
+        self.send_with(method, url, body, headers, Some(guard), false)
+            .await
     }
 
     /// A JSON exchange for the other writers on this CRM's connection (activity logging):
-    /// `path` is relative to the API base; auth, limiter and retries as for contacts. With
-    /// `once`, a request that may have been applied is never sent again: a 5xx comes back as
-    /// the reply and a lost answer (timeout or reset after sending) as `SourceError::Crm`, for
-    /// the caller to settle by a lookup. Returns the status and body.
+    /// `path` is relative to the API base; auth, limiter and retries as for contacts. A write
+    /// passes the leader's `guard`, which admits each attempt just before it is sent. With
+    /// `once`, a request that may have been applied is never sent again (as
+    /// [`RestSource::send_once`]): a 5xx comes back as the reply and a lost answer (timeout or
+    /// reset after sending) as `SourceError::Crm`, for the caller to settle by a lookup.
+    /// Returns the status and body.
     pub async fn exchange(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
         headers: &HeaderMap,
-        once: bool,
+        (guard, once): (Option<&crate::source::WriteGuard>, bool),
     ) -> Result<(u16, Vec<u8>), SourceError> {
         self.prepare().await?;
         let url = self.url(path)?;
-        let reply = self.send_with(method, &url, body, headers, once).await?;
+        let reply = self
+            .send_with(method, &url, body, headers, guard, !once)
+            .await?;
         Ok((reply.status.as_u16(), reply.body))
     }
 
-    /// `send`, and with `once` no resend of what may have landed (see [`RestSource::exchange`]).
     async fn send_with(
         &self,
         method: Method,
         url: &Url,
         body: Option<&Value>,
         headers: &HeaderMap,
-        once: bool,
+        guard: Option<&crate::source::WriteGuard>,
+        replayable: bool,
     ) -> Result<Reply, SourceError> {
         let shown = self.shown(url);
         let mut target = url.clone();
@@ -93,19 +180,67 @@ impl RestSource {
             }
             pairs.append_pair(name, token.expose_secret());
         }
-        let mut retries = 0u32;
-        let mut refreshed_on_401 = false;
+        let exchange = Exchange {
+            method: &method,
+            target: &target,
+            shown: &shown,
+            body,
+            headers,
+            guard,
+            attempts: AtomicU32::new(0),
+            refreshed_on_401: AtomicBool::new(false),
+        };
+        let outcome = (|| self.attempt(&exchange))
+            .retry(self.retry)
+            .when(|failure| failure.retryable(replayable))
+            .adjust(|failure, delay| match failure {
+                Failure::Status {
+                    wait_hint: Some(hint),
+                    ..
+                } => delay.map(|_| *hint),
+                _ => delay,
+            })
+            .notify(|failure, wait| {
+                let retry = exchange.attempts.load(Ordering::Relaxed);
+                let wait_ms = wait.as_millis() as u64;
+                match failure {
+                    Failure::Status { reply, .. } => {
+                        tracing::warn!(method = %method, url = %shown, status = reply.status.as_u16(), retry, wait_ms, "CRM asked us to retry")
+                    }
+                    Failure::Transport { error, .. } => {
+                        tracing::warn!(method = %method, url = %shown, error = %error, retry, wait_ms, "CRM request failed; retrying")
+                    }
+                    Failure::Fatal(_) => {}
+                }
+            })
+            .await;
+        let retries = exchange.attempts.load(Ordering::Relaxed).saturating_sub(1);
+        match outcome {
+            Ok(reply) | Err(Failure::Status { reply, .. }) => Ok(reply),
+            Err(Failure::Transport { error, .. }) => Err(SourceError::Crm(format!(
+                "{method} {shown}: {} (after {retries} retries)",
+                error_chain(&error)
+            ))),
+            Err(Failure::Fatal(e)) => Err(e),
+        }
+    }
+
+    /// One attempt: a limiter permit, the request with its auth, the reply classified. An
+    /// OAuth token refused with 401 is replaced and the request sent again, once per call.
+    async fn attempt(&self, exchange: &Exchange<'_>) -> Result<Reply, Failure> {
+        let attempt = exchange.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let (method, shown) = (exchange.method, exchange.shown);
         loop {
             self.limiter.acquire().await;
             let mut used_token = None;
             let mut request = self
                 .client
-                .request(method.clone(), target.clone())
-                .headers(headers.clone());
+                .request(method.clone(), exchange.target.clone())
+                .headers(exchange.headers.clone());
             request = match &self.auth {
                 Auth::None | Auth::Query(..) => request,
                 Auth::OAuth2(oauth) => {
-                    let (value, token) = oauth.authorization().await?;
+                    let (value, token) = oauth.authorization().await.map_err(Failure::Fatal)?;
                     used_token = Some(token);
                     request.header(reqwest::header::AUTHORIZATION, value)
                 }
@@ -115,89 +250,79 @@ impl RestSource {
                 }
                 Auth::Header(name, token) => {
                     let mut value = HeaderValue::from_str(token.expose_secret()).map_err(|_| {
-                        SourceError::Crm("the auth token is not a valid header value".into())
+                        Failure::Fatal(SourceError::Crm(
+                            "the auth token is not a valid header value".into(),
+                        ))
                     })?;
                     value.set_sensitive(true);
                     request.header(name.clone(), value)
                 }
             };
-            if let Some(body) = body {
+            if let Some(body) = exchange.body {
                 request = request.json(body);
             }
-            tracing::debug!(method = %method, url = %shown, attempt = retries + 1, "CRM request");
-            let failure = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    if let (Auth::OAuth2(oauth), Some(token), StatusCode::UNAUTHORIZED) =
-                        (&self.auth, &used_token, status)
-                        && !refreshed_on_401
-                    {
-                        // The token expired early or was revoked: one fresh token, one more try.
-                        refreshed_on_401 = true;
-                        tracing::info!(method = %method, url = %shown, "CRM answered 401; fetching a new access token");
-                        oauth.invalidate(token).await;
-                        continue;
-                    }
-                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                        return Err(SourceError::Unauthorized {
-                            status: status.as_u16(),
-                            url: shown,
-                        });
-                    }
-                    let headers = response.headers().clone();
-                    let wait_hint = retry_after_capped(&headers, self.retry.cap);
-                    if retry::is_retryable_status(status) {
-                        let may_have_landed = once && status != StatusCode::TOO_MANY_REQUESTS;
-                        if !may_have_landed && self.retry.may_retry(retries) {
-                            retries += 1;
-                            let wait = self.retry.backoff(retries, wait_hint);
-                            tracing::warn!(method = %method, url = %shown, status = status.as_u16(), retry = retries, wait_ms = wait.as_millis() as u64, "CRM asked us to retry");
-                            tokio::time::sleep(wait).await;
-                            continue;
-                        }
-                        let body = response
-                            .bytes()
-                            .await
-                            .map(|b| b.to_vec())
-                            .unwrap_or_default();
-                        return Ok(Reply {
-                            status,
-                            headers,
-                            body,
-                        });
-                    }
-                    match response.bytes().await {
-                        Ok(body) => {
-                            tracing::debug!(method = %method, url = %shown, status = status.as_u16(), bytes = body.len(), "CRM response");
-                            return Ok(Reply {
-                                status,
-                                headers,
-                                body: body.to_vec(),
-                            });
-                        }
-                        Err(e) => e.without_url(),
-                    }
-                }
-                Err(e) => e.without_url(),
-            };
-            let transient = failure.is_timeout()
-                || failure.is_connect()
-                || failure.is_body()
-                || failure.is_request();
-            let may_have_landed = once && !failure.is_connect();
-            if transient && !may_have_landed && self.retry.may_retry(retries) {
-                retries += 1;
-                let wait = self.retry.backoff(retries, None);
-                tracing::warn!(method = %method, url = %shown, error = %failure, retry = retries, wait_ms = wait.as_millis() as u64, "CRM request failed; retrying");
-                tokio::time::sleep(wait).await;
+            if let Some(guard) = exchange.guard {
+                let timeout = guard
+                    .admit(self.config.timeout.0)
+                    .await
+                    .map_err(Failure::Fatal)?;
+                request = request.timeout(timeout);
+            }
+            tracing::debug!(method = %method, url = %shown, attempt, "CRM request");
+            let response = request.send().await.map_err(transport)?;
+            let status = response.status();
+            if let (Auth::OAuth2(oauth), Some(token), StatusCode::UNAUTHORIZED) =
+                (&self.auth, &used_token, status)
+                && !exchange.refreshed_on_401.swap(true, Ordering::Relaxed)
+            {
+                // The token expired early or was revoked: one fresh token, one more try.
+                tracing::info!(method = %method, url = %shown, "CRM answered 401; fetching a new access token");
+                oauth.invalidate(token).await;
                 continue;
             }
-            return Err(SourceError::Crm(format!(
-                "{method} {shown}: {} (after {retries} retries)",
-                error_chain(&failure)
-            )));
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(Failure::Fatal(SourceError::Unauthorized {
+                    status: status.as_u16(),
+                    url: shown.to_string(),
+                }));
+            }
+            let headers = response.headers().clone();
+            if retry::is_retryable_status(status) {
+                let wait_hint = retry_after_capped(&headers, self.retry.cap);
+                let body = response
+                    .bytes()
+                    .await
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default();
+                return Err(Failure::Status {
+                    reply: Reply {
+                        status,
+                        headers,
+                        body,
+                    },
+                    wait_hint,
+                });
+            }
+            if status.is_success() {
+                self.auth_grace.accepted();
+            }
+            let body = response.bytes().await.map_err(transport)?;
+            tracing::debug!(method = %method, url = %shown, status = status.as_u16(), bytes = body.len(), "CRM response");
+            return Ok(Reply {
+                status,
+                headers,
+                body: body.to_vec(),
+            });
         }
     }
+}
+
+/// A failed exchange, its URL dropped (it may carry a token), transient or not.
+fn transport(error: reqwest::Error) -> Failure {
+    let error = error.without_url();
+    let transient =
+        error.is_timeout() || error.is_connect() || error.is_body() || error.is_request();
+    Failure::Transport { error, transient }
 }
 
 /// `reqwest` errors hide the useful part (`connection refused`) in their sources.
@@ -266,10 +391,9 @@ pub(super) fn retry_after_capped(headers: &HeaderMap, cap: Duration) -> Option<D
         let capped = seconds.clamp(0.0, cap.as_secs_f64());
         return Some(Duration::try_from_secs_f64(capped).unwrap_or(cap).min(cap));
     }
-    let date = DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = (date.with_timezone(&Utc) - Utc::now())
-        .to_std()
-        .unwrap_or(Duration::ZERO);
+    // All three HTTP-date forms (IMF-fixdate, RFC 850, asctime).
+    let date = DateTime::<Utc>::from(httpdate::parse_http_date(value).ok()?);
+    let wait = (date - Utc::now()).to_std().unwrap_or(Duration::ZERO);
     Some(wait.min(cap))
 }
 
@@ -320,7 +444,13 @@ mod tests {
         assert_eq!(hint("soon"), None);
         assert_eq!(hint("Fri, 31 Dec 9999 23:59:59 GMT"), Some(cap));
         assert_eq!(hint("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
-        let soon = (Utc::now() + chrono::Duration::seconds(10)).to_rfc2822();
+        // RFC 850 and asctime forms are HTTP dates too.
+        assert_eq!(
+            hint("Thursday, 01-Jan-70 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(hint("Thu Jan  1 00:00:00 1970"), Some(Duration::ZERO));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(10));
         let wait = hint(&soon).unwrap();
         assert!(
             wait > Duration::from_secs(8) && wait <= Duration::from_secs(10),

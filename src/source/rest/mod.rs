@@ -18,10 +18,12 @@
 //! retries), `paging` (the list call), `records` (JSON → `SourceRecord`), `pointer` (editing
 //! JSON records), `write` (write-back), `versions` (records as read, to detect edits before a
 //! write), `webhook` (the `[source.rest.webhook]` settings), `named` (reading only the records
-//! a CRM webhook names). This file holds the adapter itself.
+//! a CRM webhook names), `create` (records made from contacts made in Quo). This file holds the
+//! adapter itself.
 
 mod auth;
 mod config;
+mod create;
 mod http;
 mod named;
 mod oauth;
@@ -37,6 +39,7 @@ pub use config::{
     PagingConfig, PagingStyle, ParamValue, RestConfigError, RestSourceConfig, SinceFormat,
     UPDATED_SINCE_PLACEHOLDER, UpdateConfig, UpdateMethod,
 };
+pub use create::{CreateConfig, CreateMethod};
 pub use http::redact_url;
 pub use named::{MAX_NAMED_IDS, NoticeIds};
 pub use paging::next_link;
@@ -51,6 +54,7 @@ use chrono::{DateTime, Utc};
 use reqwest::Url;
 
 use super::SourceError;
+use crate::quo::grace::AuthGrace;
 use crate::quo::limiter::RateLimiter;
 use crate::quo::retry::RetryPolicy;
 use auth::Auth;
@@ -72,6 +76,8 @@ pub struct RestSource {
     webhook: Option<WebhookSettings>,
     /// Ids named by CRM webhooks, waiting for the next read.
     named: named::NamedReads,
+    /// The credential's refusal clock (`auth_grace`), told of every accepted (2xx) answer.
+    auth_grace: Arc<AuthGrace>,
 }
 
 /// The CRM webhook's settings, secret resolved (never shown by `Debug`).
@@ -80,6 +86,8 @@ pub struct WebhookSettings {
     pub secret: secrecy::SecretString,
     /// Header carrying `sha256=<hex>`.
     pub signature_header: String,
+    /// Header carrying the signed delivery time, when configured.
+    pub timestamp_header: Option<String>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
 }
@@ -108,7 +116,12 @@ impl RestSource {
             base: config.retry_base.0,
             cap: config.max_backoff.0,
         };
-        let auth = Auth::resolve(&config.auth, config.timeout.0, retry)?;
+        let auth = Auth::resolve(
+            &config.auth,
+            config.timeout.0,
+            retry,
+            config.allow_insecure_http,
+        )?;
         let base = Url::parse(config.base_url.trim_end_matches('/'))
             .map_err(|e| RestConfigError::new("base_url", e.to_string()))?;
         let client = reqwest::Client::builder()
@@ -129,6 +142,7 @@ impl RestSource {
                     &w.secret_file,
                 )?,
                 signature_header: w.signature_header.clone(),
+                timestamp_header: w.timestamp_header.clone(),
                 max_body_bytes: w.max_body_bytes,
             }),
         };
@@ -142,6 +156,7 @@ impl RestSource {
             versions: versions::ReadVersions::default(),
             full_read_due: AtomicBool::new(false),
             named: named::NamedReads::default(),
+            auth_grace: Arc::new(AuthGrace::new(config.auth_grace.0)),
             config,
         })
     }
@@ -160,6 +175,12 @@ impl RestSource {
     /// `{updated_since}` in a `query` value).
     pub fn supports_incremental(&self) -> bool {
         self.config.incremental()
+    }
+
+    /// The credential's refusal clock: whether the CRM has accepted it in this process, and
+    /// for how long it has been refused since (see [`crate::quo::grace`]).
+    pub fn auth_grace(&self) -> &Arc<AuthGrace> {
+        &self.auth_grace
     }
 
     /// The CRM webhook's settings, when `[source.rest.webhook]` is configured.

@@ -1,6 +1,7 @@
 //! Reading only the records a CRM change notice names (`source.rest.webhook.ids_pointer`):
-//! the ids taken from a signed `POST /webhooks/crm` body, queued until the next cycle, and that
-//! cycle's read fetching each with the record GET instead of listing.
+//! the ids taken from a signed `POST /webhooks/crm` body, stored in the ledger by whichever
+//! replica received it (`crm_notices`), taken by the leader's next read, and that read fetching
+//! each with the record GET instead of listing.
 //!
 //! Why it is shaped like this:
 //! - a named read is *partial*: it is never `complete` (no deletion may be inferred from a record
@@ -24,8 +25,9 @@ use tokio::sync::mpsc;
 
 use super::RestSource;
 use super::records::json_type;
-use super::write::encode_segment;
 use crate::domain::ExternalId;
+use crate::ledger::Ledger;
+use crate::quo::encode_path_segment;
 use crate::source::{BadRecord, ReadRequest, ReadSummary, SourceError, SourceItem};
 
 /// Most ids fetched one by one in a cycle; more pending ids make that cycle a list read.
@@ -47,6 +49,9 @@ pub(super) struct Pending {
 #[derive(Debug)]
 pub(super) struct NamedReads {
     pending: Mutex<Pending>,
+    /// Where stored notices are taken from: the leader's ledger while it runs cycles (a `plan`
+    /// or a standby takes none).
+    notices: Mutex<Option<Ledger>>,
     last_list_read: Mutex<Option<Instant>>,
     list_read_every_ms: std::sync::atomic::AtomicU64,
     /// Whether the last read was a named one (the planner keeps the high-water mark then).
@@ -57,6 +62,7 @@ impl Default for NamedReads {
     fn default() -> Self {
         Self {
             pending: Mutex::default(),
+            notices: Mutex::default(),
             last_list_read: Mutex::default(),
             list_read_every_ms: (DEFAULT_LIST_READ_EVERY.as_millis() as u64).into(),
             last_was_named: false.into(),
@@ -82,6 +88,27 @@ impl NamedReads {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    fn notices(&self) -> std::sync::MutexGuard<'_, Option<Ledger>> {
+        self.notices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Pending {
+    /// Adds what one notice asked for: its ids, or a list read (`None`).
+    fn add(&mut self, ids: Option<Vec<String>>) {
+        match ids {
+            Some(ids) => {
+                self.ids.extend(ids);
+                if self.ids.len() > MAX_NAMED_IDS {
+                    self.list = true;
+                }
+            }
+            None => self.list = true,
+        }
+    }
 }
 
 impl RestSource {
@@ -92,6 +119,7 @@ impl RestSource {
         request: ReadRequest,
         tx: mpsc::Sender<SourceItem>,
     ) -> Result<ReadSummary, SourceError> {
+        self.take_stored_notices().await;
         let named = self.take_named(request);
         self.named
             .last_was_named
@@ -123,30 +151,30 @@ impl RestSource {
             .store(every.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Queues the ids a signed notice names (`webhook.ids_pointer`) for the next read.
-    pub fn queue_notice(&self, body: &[u8]) -> NoticeIds {
+    /// Lets this source take the notices stored in `ledger` (the leader's, while it runs
+    /// cycles); `None` stops it.
+    pub fn take_notices_from(&self, ledger: Option<Ledger>) {
+        *self.named.notices() = ledger;
+    }
+
+    /// What a signed notice asks the next read for: the ids it names (`webhook.ids_pointer`),
+    /// or `None`, a list read (no `ids_pointer`, no ids, too many, or something at the pointer
+    /// that is not an id, which is logged).
+    pub fn notice_ids(&self, body: &[u8]) -> (NoticeIds, Option<Vec<String>>) {
         let Some(pointer) = self
             .config
             .webhook
             .as_ref()
             .and_then(|w| w.ids_pointer.as_deref())
         else {
-            return NoticeIds::None;
+            return (NoticeIds::None, None);
         };
         let ids = serde_json::from_slice::<Value>(body)
             .map_err(|e| format!("the body is not JSON ({e})"))
             .and_then(|body| ids_at(&body, pointer, MAX_NAMED_IDS));
-        let mut pending = self.named.pending();
         match ids {
-            Ok(ids) if ids.is_empty() => NoticeIds::None,
-            Ok(ids) => {
-                let count = ids.len();
-                pending.ids.extend(ids);
-                if pending.ids.len() > MAX_NAMED_IDS {
-                    pending.list = true;
-                }
-                NoticeIds::Named(count)
-            }
+            Ok(ids) if ids.is_empty() => (NoticeIds::None, None),
+            Ok(ids) => (NoticeIds::Named(ids.len()), Some(ids)),
             Err(reason) => {
                 // The reason may quote the body: keep a hostile one from flooding the log.
                 let reason: String = reason.chars().take(200).collect();
@@ -156,8 +184,35 @@ impl RestSource {
                     reason = %reason,
                     "CRM webhook ids not usable (source.rest.webhook.ids_pointer); the next read is a list read"
                 );
-                pending.list = true;
-                NoticeIds::Refused
+                (NoticeIds::Refused, None)
+            }
+        }
+    }
+
+    /// Queues what a signed notice asks for in this process's memory (a source without a
+    /// ledger to store notices in).
+    pub fn queue_notice(&self, body: &[u8]) -> NoticeIds {
+        let (kind, ids) = self.notice_ids(body);
+        self.named.pending().add(ids);
+        kind
+    }
+
+    /// Moves the notices stored in the ledger (by any replica) into this read's pending ids.
+    /// A ledger that cannot be read makes this read a list read, which covers every notice.
+    async fn take_stored_notices(&self) {
+        let Some(ledger) = self.named.notices().clone() else {
+            return;
+        };
+        match ledger.crm_notices_take().await {
+            Ok(notices) => {
+                let mut pending = self.named.pending();
+                for ids in notices {
+                    pending.add(ids);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(event = "crm_notices_unreadable", error = %e, "cannot take the stored CRM notices; this read is a list read");
+                self.named.pending().list = true;
             }
         }
     }
@@ -223,7 +278,7 @@ impl RestSource {
         );
         let mut items = 0u64;
         for id in ids {
-            let url = self.url(&path.replace("{id}", &encode_segment(id.as_str())))?;
+            let url = self.url(&path.replace("{id}", &encode_path_segment(id.as_str())))?;
             let location = format!("GET {}", self.shown(&url));
             let reply = self
                 .send(Method::GET, &url, None, &Default::default())
@@ -283,6 +338,7 @@ fn bad(id: &ExternalId, location: &str, reason: String, raw: &[u8]) -> SourceIte
         external_id: Some(id.to_string()),
         reason,
         raw: String::from_utf8_lossy(raw).chars().take(2000).collect(),
+        blame: None,
     })
 }
 

@@ -1,64 +1,64 @@
 //! OAuth2 access tokens for the REST source (`[source.rest.auth] kind = "oauth2"`): the
 //! `client_credentials` and `refresh_token` grants (RFC 6749 §4.4, §6), the token cached and
-//! refreshed shortly before it expires and once when the CRM answers 401, a rotated refresh
-//! token kept in the ledger so a restart keeps working, and the API base taken from the token
-//! answer where the vendor names it there (Salesforce `instance_url`, Zoho `api_domain`).
+//! refreshed shortly before it expires and once when the CRM answers 401, and the API base taken
+//! from the token answer where the vendor names it there (Salesforce `instance_url`, Zoho
+//! `api_domain`).
+//!
+//! A refresh token is shared by every process on the ledger (see [`shared`]): it is read from
+//! the ledger at each refresh, spent by one process at a time, and a rotated one is stored
+//! before it is used. The token endpoint's answers are classified in [`answer`]: a refusal
+//! (exit 2) only when the vendor says the credentials are wrong, a retry when it says "later".
 //!
 //! Why not the `oauth2` crate: its 5.x reqwest integration is built on reqwest 0.12, so using it
 //! here (reqwest 0.13) means a second HTTP stack, or an adapter closure around our own client;
 //! either way the parts quo-sync needs beyond the grant itself (retries with backoff through
-//! the project's `RetryPolicy`, vendor fields such as `instance_url`, refresh-token rotation into
-//! the ledger, secret-free errors) would still be ours. The grant is one form POST, so it is
-//! implemented here.
+//! the project's `RetryPolicy`, vendor fields such as `instance_url`, refresh tokens shared
+//! through the ledger, secret-free errors) would still be ours. The grant is one form POST, so
+//! it is implemented here.
 //!
-//! The rotated refresh token is stored in the ledger's `meta` table in plain text, next to a
-//! SHA-256 fingerprint of the configured token (a changed configured token wins over an old
-//! rotated one). It is not encrypted: a refresh token for a confidential client is useless
-//! without the client secret, which is not in the ledger, and a key derived from that secret
-//! would not protect the ledger from anyone who can also read the configuration. Keep the
-//! ledger file private (mode 0600), as it already holds the CRM's contact data.
+//! The rotated refresh token is stored in the ledger in plain text, next to a SHA-256
+//! fingerprint of the configured token (a changed configured token wins over an old rotated
+//! one). It is not encrypted: a refresh token for a confidential client is useless without the
+//! client secret, which is not in the ledger, and a key derived from that secret would not
+//! protect the ledger from anyone who can also read the configuration. Keep the ledger file
+//! private (mode 0600), as it already holds the CRM's contact data.
+
+mod answer;
+mod shared;
 
 use std::fmt;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use backon::Retryable;
+use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
-use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::auth::resolve_secret;
 use super::config::{
     AuthConfig, AuthKind, OAuthGrant, OAuthStyle, RestConfigError, RestSourceConfig,
+    insecure_transport,
 };
-use super::http::error_chain;
+use super::http::{error_chain, retry_after_capped};
 use crate::ledger::Ledger;
-use crate::quo::retry::{self, RetryPolicy};
+use crate::quo::retry::RetryPolicy;
 use crate::source::SourceError;
-
-/// Ledger `meta` key of the rotated refresh token.
-const REFRESH_META_KEY: &str = "source.rest.oauth.refresh_token";
+use answer::Verdict;
 
 /// The longest safety margin before `expires_in` at which the token is refreshed.
 const MAX_MARGIN: Duration = Duration::from_secs(60);
-
-/// Token endpoint error codes that mean "these credentials are refused" (RFC 6749 §5.2): not
-/// retried, and `once` exits 2 because an operator must fix them.
-const REFUSALS: [&str; 5] = [
-    "invalid_client",
-    "invalid_grant",
-    "unauthorized_client",
-    "unsupported_grant_type",
-    "invalid_scope",
-];
 
 /// An OAuth2 client for one token endpoint, with its cached token.
 pub(super) struct OAuth {
     grant: OAuthGrant,
     token_url: Url,
+    /// `token_url` as logs and errors show it: no query (Zoho's documentation puts the refresh
+    /// token and client secret there), no user info.
+    token_url_shown: String,
     client_id: String,
     client_secret: SecretString,
     configured_refresh: Option<SecretString>,
@@ -66,12 +66,16 @@ pub(super) struct OAuth {
     audience: Option<String>,
     style: OAuthStyle,
     base_url_pointer: Option<String>,
+    allow_insecure_http: bool,
     scheme: String,
     http: reqwest::Client,
+    timeout: Duration,
     retry: RetryPolicy,
     state: tokio::sync::Mutex<TokenState>,
     instance_base: std::sync::RwLock<Option<Url>>,
     ledger: OnceLock<Ledger>,
+    /// This client's name in the ledger's claims on the shared refresh token.
+    claimant: String,
     fetched: AtomicU64,
 }
 
@@ -79,8 +83,8 @@ pub(super) struct OAuth {
 struct TokenState {
     access: Option<SecretString>,
     refresh_at: Option<Instant>,
+    /// The latest refresh token, for a client without a ledger (it cannot be shared then).
     refresh: Option<SecretString>,
-    ledger_checked: bool,
 }
 
 impl fmt::Debug for OAuth {
@@ -88,8 +92,56 @@ impl fmt::Debug for OAuth {
         write!(
             f,
             "oauth2({:?}, client_id {}, token_url {}, secrets [REDACTED])",
-            self.grant, self.client_id, self.token_url
+            self.grant, self.client_id, self.token_url_shown
         )
+    }
+}
+
+/// A URL as logs and errors may show a token endpoint: scheme, host, port and path; the query
+/// and any user info replaced by `REDACTED`.
+pub(super) fn shown_token_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_fragment(None);
+    if !shown.username().is_empty() || shown.password().is_some() {
+        shown.set_password(None).ok();
+        shown.set_username("REDACTED").ok();
+    }
+    if shown.query().is_some() {
+        shown.set_query(Some("REDACTED"));
+    }
+    shown.to_string()
+}
+
+/// How one attempt at the token endpoint failed.
+enum Attempt {
+    /// Worth retrying after a pause (`wait_hint`: the endpoint's `Retry-After`).
+    Transient {
+        problem: String,
+        wait_hint: Option<Duration>,
+    },
+    /// Not retried.
+    Final(GrantFailure),
+}
+
+/// How one token request ended, before it becomes a [`SourceError`].
+enum GrantFailure {
+    /// The endpoint refused the credentials (`code` is the OAuth2 error code, if any).
+    Refused { code: String, error: SourceError },
+    /// Before a retry, the claim on the shared refresh token had passed to another process:
+    /// nothing was sent, the token must be read again.
+    ClaimLost,
+    /// Anything else: retries ran out, an unreadable answer, a ledger failure.
+    Failed(SourceError),
+}
+
+impl From<GrantFailure> for SourceError {
+    fn from(failure: GrantFailure) -> Self {
+        match failure {
+            GrantFailure::Refused { error, .. } | GrantFailure::Failed(error) => error,
+            GrantFailure::ClaimLost => SourceError::Crm(
+                "the CRM refresh token was claimed by another process; try again".into(),
+            ),
+        }
     }
 }
 
@@ -99,6 +151,7 @@ impl OAuth {
         config: &AuthConfig,
         timeout: Duration,
         retry: RetryPolicy,
+        allow_insecure_http: bool,
     ) -> Result<Self, RestConfigError> {
         let missing = |key: &str| RestConfigError::new(key, "required when auth.kind = \"oauth2\"");
         let grant = config.grant.ok_or_else(|| missing("auth.grant"))?;
@@ -135,6 +188,7 @@ impl OAuth {
             .map_err(|e| RestConfigError::new("auth.token_url", e.to_string()))?;
         Ok(Self {
             grant,
+            token_url_shown: shown_token_url(&token_url),
             token_url,
             client_id,
             client_secret,
@@ -143,20 +197,23 @@ impl OAuth {
             audience: config.audience.clone(),
             style: config.auth_style.unwrap_or_default(),
             base_url_pointer: config.base_url_pointer.clone(),
+            allow_insecure_http,
             scheme: config
                 .header_scheme
                 .clone()
                 .unwrap_or_else(|| "Bearer".into()),
             http,
+            timeout,
             retry,
             state: tokio::sync::Mutex::default(),
             instance_base: std::sync::RwLock::default(),
             ledger: OnceLock::new(),
+            claimant: uuid::Uuid::new_v4().to_string(),
             fetched: AtomicU64::new(0),
         })
     }
 
-    /// Lets the client keep a rotated refresh token in (and read it back from) the ledger.
+    /// Lets the client share its refresh token with the other processes on the ledger.
     pub(super) fn attach_ledger(&self, ledger: Ledger) {
         let _ = self.ledger.set(ledger);
     }
@@ -207,21 +264,11 @@ impl OAuth {
     }
 
     async fn fetch(&self, state: &mut TokenState) -> Result<SecretString, SourceError> {
-        if !state.ledger_checked {
-            state.ledger_checked = true;
-            state.refresh = self.stored_refresh().await;
-            if state.refresh.is_some() {
-                tracing::info!(
-                    event = "crm_refresh_token_restored",
-                    "using the rotated CRM refresh token kept in the ledger"
-                );
-            }
-        }
-        let refresh = state
-            .refresh
-            .clone()
-            .or_else(|| self.configured_refresh.clone());
-        let answer = self.request(refresh.as_ref()).await?;
+        let answer = match (self.grant, self.ledger.get()) {
+            (OAuthGrant::ClientCredentials, _) => self.request(None, None).await?,
+            (OAuthGrant::RefreshToken, Some(ledger)) => self.refresh_shared(ledger).await?,
+            (OAuthGrant::RefreshToken, None) => self.refresh_alone(state).await?,
+        };
         let access = answer
             .get("access_token")
             .and_then(Value::as_str)
@@ -238,32 +285,10 @@ impl OAuth {
             Instant::now() + lifetime - (lifetime / 4).min(MAX_MARGIN)
         });
         if let Some(pointer) = &self.base_url_pointer {
-            let base = answer
-                .pointer(pointer)
-                .and_then(Value::as_str)
-                .and_then(|b| Url::parse(b.trim_end_matches('/')).ok())
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| {
-                    self.failed(&format!(
-                        "the token answer has no http(s) URL at {pointer:?} (auth.base_url_pointer)"
-                    ))
-                })?;
+            let base = self.instance_base_from(&answer, pointer)?;
             if let Ok(mut slot) = self.instance_base.write() {
                 *slot = Some(base);
             }
-        }
-        if let Some(rotated) = answer
-            .get("refresh_token")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            && refresh
-                .as_ref()
-                .is_none_or(|r| r.expose_secret() != rotated)
-            && self.grant == OAuthGrant::RefreshToken
-        {
-            let rotated = SecretString::from(rotated.to_string());
-            self.store_refresh(&rotated).await;
-            state.refresh = Some(rotated);
         }
         state.access = Some(access.clone());
         self.fetched.fetch_add(1, Ordering::Relaxed);
@@ -273,6 +298,49 @@ impl OAuth {
             "fetched a CRM access token"
         );
         Ok(access)
+    }
+
+    /// The API base the token answer names at `pointer`: an http(s) URL, and not plain http to
+    /// a host beyond loopback unless `allow_insecure_http` (the access token would travel in
+    /// clear text to wherever the answer points).
+    fn instance_base_from(&self, answer: &Value, pointer: &str) -> Result<Url, SourceError> {
+        let base = answer
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .and_then(|b| Url::parse(b.trim_end_matches('/')).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                self.failed(&format!(
+                    "the token answer has no http(s) URL at {pointer:?} (auth.base_url_pointer)"
+                ))
+            })?;
+        if insecure_transport(&base) && !self.allow_insecure_http {
+            let shown = super::http::redact_url(&base, None);
+            let shown = shown.trim_end_matches('/');
+            tracing::error!(event = "crm_insecure_base_refused", base = %shown, "the token answer names a plain-http API base beyond loopback; no credentials are sent there");
+            return Err(SourceError::Crm(format!(
+                "the token answer names {shown} as the API base (auth.base_url_pointer): refusing to send credentials over plain http beyond loopback; use https, or set source.rest.allow_insecure_http = true"
+            )));
+        }
+        Ok(base)
+    }
+
+    /// The `refresh_token` grant for a client without a ledger: the token is this process's
+    /// alone (a rotated one lasts until the process ends).
+    async fn refresh_alone(&self, state: &mut TokenState) -> Result<Value, SourceError> {
+        let refresh = state
+            .refresh
+            .clone()
+            .or_else(|| self.configured_refresh.clone());
+        let answer = self.request(refresh.as_ref(), None).await?;
+        if let Some(rotated) = rotated_refresh(&answer, refresh.as_ref()) {
+            tracing::warn!(
+                event = "crm_refresh_token_not_kept",
+                "the CRM rotated its refresh token but no ledger is attached; a restart uses the configured one"
+            );
+            state.refresh = Some(rotated);
+        }
+        Ok(answer)
     }
 
     /// The token request's form body (holds secrets).
@@ -302,136 +370,120 @@ impl OAuth {
         SecretString::from(form.finish())
     }
 
-    /// One token request with retries for 429, 5xx and transport failures.
-    async fn request(&self, refresh: Option<&SecretString>) -> Result<Value, SourceError> {
+    /// One token request, retried (by `backon`, with the source's `RetryPolicy`; a
+    /// `Retry-After` takes a delay's place) for transport failures and the answers [`answer`]
+    /// calls transient. With a `claim` on the shared refresh token, the claim is renewed before
+    /// each retry, and a claim lost to another process ends the request before anything is sent.
+    async fn request(
+        &self,
+        refresh: Option<&SecretString>,
+        claim: Option<&shared::Claim<'_>>,
+    ) -> Result<Value, GrantFailure> {
         let body = self.form(refresh);
-        let mut retries = 0u32;
-        loop {
-            let mut request = self
-                .http
-                .post(self.token_url.clone())
-                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .header(reqwest::header::ACCEPT, "application/json")
-                .body(body.expose_secret().to_string());
-            if self.style == OAuthStyle::Basic {
-                let encode =
-                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                request = request.basic_auth(
-                    encode(&self.client_id),
-                    Some(encode(self.client_secret.expose_secret())),
-                );
-            }
-            let problem = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let bytes = response.bytes().await.unwrap_or_default();
-                    let json: Option<Value> = serde_json::from_slice(&bytes).ok();
-                    let code = json
-                        .as_ref()
-                        .and_then(|j| j.get("error"))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
-                    // Some vendors (Zoho) answer refusals with 200 and an `error` field.
-                    if status.is_success() && code.is_empty() {
-                        return json.filter(Value::is_object).ok_or_else(|| {
-                            self.failed(&format!(
-                                "HTTP {}: the token answer is not a JSON object",
-                                status.as_u16()
-                            ))
-                        });
-                    }
-                    let refused = REFUSALS.contains(&code.as_str())
-                        || matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-                        || ((status == StatusCode::BAD_REQUEST || status.is_success())
-                            && !code.is_empty());
-                    if refused {
-                        let error = if code.is_empty() {
-                            format!("HTTP {}", status.as_u16())
-                        } else {
-                            format!("HTTP {}: {code}", status.as_u16())
-                        };
-                        tracing::error!(event = "crm_auth_failed", token_url = %self.token_url, error = %error, "the CRM's token endpoint refused the credentials");
-                        return Err(SourceError::CredentialsRefused {
-                            url: self.token_url.to_string(),
-                            error,
-                        });
-                    }
-                    if !retry::is_retryable_status(status) {
-                        return Err(self.failed(&format!("HTTP {}", status.as_u16())));
-                    }
-                    format!("HTTP {}", status.as_u16())
+        let attempts = AtomicU32::new(0);
+        let outcome = (|| self.grant_attempt(&body, claim, &attempts))
+            .retry(self.retry)
+            .when(|failure| matches!(failure, Attempt::Transient { .. }))
+            .adjust(|failure, delay| match failure {
+                Attempt::Transient {
+                    wait_hint: Some(hint),
+                    ..
+                } => delay.map(|_| *hint),
+                _ => delay,
+            })
+            .notify(|failure, wait| {
+                if let Attempt::Transient { problem, .. } = failure {
+                    let retry = attempts.load(Ordering::Relaxed);
+                    tracing::warn!(event = "crm_auth_failed", token_url = %self.token_url_shown, error = %problem, retry, wait_ms = wait.as_millis() as u64, "CRM token request failed; retrying");
                 }
-                Err(e) => error_chain(&e.without_url()),
-            };
-            if !self.retry.may_retry(retries) {
-                return Err(self.failed(&format!("{problem} (after {retries} retries)")));
+            })
+            .await;
+        match outcome {
+            Ok(answer) => Ok(answer),
+            Err(Attempt::Final(failure)) => Err(failure),
+            Err(Attempt::Transient { problem, .. }) => {
+                let retries = attempts.load(Ordering::Relaxed).saturating_sub(1);
+                Err(GrantFailure::Failed(
+                    self.failed(&format!("{problem} (after {retries} retries)")),
+                ))
             }
-            retries += 1;
-            let wait = self.retry.backoff(retries, None);
-            tracing::warn!(event = "crm_auth_failed", token_url = %self.token_url, error = %problem, retry = retries, wait_ms = wait.as_millis() as u64, "CRM token request failed; retrying");
-            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One POST to the token endpoint (after renewing the claim, from the second on).
+    async fn grant_attempt(
+        &self,
+        body: &SecretString,
+        claim: Option<&shared::Claim<'_>>,
+        attempts: &AtomicU32,
+    ) -> Result<Value, Attempt> {
+        if attempts.fetch_add(1, Ordering::Relaxed) > 0
+            && let Some(claim) = claim
+        {
+            claim.renew(self).await.map_err(Attempt::Final)?;
+        }
+        let mut request = self
+            .http
+            .post(self.token_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(body.expose_secret().to_string());
+        if self.style == OAuthStyle::Basic {
+            let encode =
+                |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            request = request.basic_auth(
+                encode(&self.client_id),
+                Some(encode(self.client_secret.expose_secret())),
+            );
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                return Err(Attempt::Transient {
+                    problem: error_chain(&e.without_url()),
+                    wait_hint: None,
+                });
+            }
+        };
+        let status = response.status();
+        let wait_hint = retry_after_capped(response.headers(), self.retry.cap);
+        let bytes = response.bytes().await.unwrap_or_default();
+        match answer::classify(status, &bytes) {
+            Verdict::Token(json) => Ok(json),
+            Verdict::Refused { code, shown } => {
+                tracing::error!(event = "crm_auth_failed", token_url = %self.token_url_shown, error = %shown, "the CRM's token endpoint refused the credentials");
+                Err(Attempt::Final(GrantFailure::Refused {
+                    code,
+                    error: SourceError::CredentialsRefused {
+                        url: self.token_url_shown.clone(),
+                        error: shown,
+                    },
+                }))
+            }
+            Verdict::Failed(shown) => {
+                Err(Attempt::Final(GrantFailure::Failed(self.failed(&shown))))
+            }
+            Verdict::Transient(problem) => Err(Attempt::Transient { problem, wait_hint }),
         }
     }
 
     fn failed(&self, reason: &str) -> SourceError {
-        tracing::error!(event = "crm_auth_failed", token_url = %self.token_url, error = %reason, "cannot get a CRM access token");
+        tracing::error!(event = "crm_auth_failed", token_url = %self.token_url_shown, error = %reason, "cannot get a CRM access token");
         SourceError::Crm(format!(
             "token request to {} failed: {reason}",
-            self.token_url
+            self.token_url_shown
         ))
     }
+}
 
-    /// The fingerprint that ties a stored token to the configured one it replaced.
-    fn configured_fingerprint(&self) -> String {
-        let configured = self
-            .configured_refresh
-            .as_ref()
-            .map(|s| s.expose_secret().to_string())
-            .unwrap_or_default();
-        let digest = Sha256::digest(format!("{}\n{configured}", self.client_id).as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    async fn stored_refresh(&self) -> Option<SecretString> {
-        let ledger = self.ledger.get()?;
-        let text = ledger.meta(REFRESH_META_KEY).await.ok()??;
-        let stored: Value = serde_json::from_str(&text).ok()?;
-        if stored.get("configured").and_then(Value::as_str)
-            != Some(self.configured_fingerprint().as_str())
-        {
-            return None; // the operator configured another token since: theirs wins
-        }
-        stored
-            .get("refresh_token")
-            .and_then(Value::as_str)
-            .map(|t| SecretString::from(t.to_string()))
-    }
-
-    async fn store_refresh(&self, token: &SecretString) {
-        let Some(ledger) = self.ledger.get() else {
-            tracing::warn!(
-                event = "crm_refresh_token_not_kept",
-                "the CRM rotated its refresh token but no ledger is attached; a restart uses the configured one"
-            );
-            return;
-        };
-        let value = serde_json::json!({
-            "configured": self.configured_fingerprint(),
-            "refresh_token": token.expose_secret(),
-        });
-        match ledger.set_meta(REFRESH_META_KEY, &value.to_string()).await {
-            Ok(()) => tracing::info!(
-                event = "crm_refresh_token_rotated",
-                "the CRM rotated its refresh token; kept in the ledger"
-            ),
-            Err(e) => tracing::error!(
-                event = "crm_refresh_token_not_kept",
-                error = %e,
-                "cannot keep the rotated CRM refresh token in the ledger"
-            ),
-        }
-    }
+/// The refresh token a token answer rotated to, when it names one other than `sent`.
+fn rotated_refresh(answer: &Value, sent: Option<&SecretString>) -> Option<SecretString> {
+    answer
+        .get("refresh_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .filter(|t| sent.is_none_or(|s| s.expose_secret() != *t))
+        .map(|t| SecretString::from(t.to_string()))
 }
 
 /// OAuth2's part of `[source.rest]` validation (run by `check-config` and at start-up).
@@ -484,11 +536,20 @@ impl RestSourceConfig {
             RestConfigError::new("auth.token_url", "required when auth.kind = \"oauth2\"")
         })?;
         match Url::parse(token_url) {
+            Ok(url) if insecure_transport(&url) && !self.allow_insecure_http => {
+                return Err(RestConfigError::new(
+                    "auth.token_url",
+                    format!(
+                        "{} sends the client secret and refresh token over plain http to a host beyond loopback; use https, or set source.rest.allow_insecure_http = true",
+                        shown_token_url(&url)
+                    ),
+                ));
+            }
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
             _ => {
                 return Err(RestConfigError::new(
                     "auth.token_url",
-                    format!("expected an http(s) URL, got {token_url:?}"),
+                    "expected an http(s) URL (the value is not shown: it may hold secrets)",
                 ));
             }
         }

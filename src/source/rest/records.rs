@@ -19,6 +19,7 @@ impl RestSource {
                 external_id,
                 reason,
                 raw: raw.to_string(),
+                blame: None,
             })
         };
         let id_pointer = &self.config.id_pointer;

@@ -1,6 +1,7 @@
-//! `[source.rest.webhook]`: the settings of `POST /webhooks/crm` (signature, size limit, and
-//! the optional ids in the body with the record GET that fetches them), their defaults and
-//! their validation, apart from the rest of the table because they belong to one feature.
+//! `[source.rest.webhook]`: the settings of `POST /webhooks/crm` (signature, optional signed
+//! timestamp, size limit, and the optional ids in the body with the record GET that fetches
+//! them), their defaults and their validation, apart from the rest of the table because they
+//! belong to one feature.
 
 use std::path::PathBuf;
 
@@ -26,6 +27,12 @@ pub struct WebhookConfig {
     /// The header carrying `sha256=<hex>`, default `X-Signature`.
     #[serde(default = "default_signature_header")]
     pub signature_header: String,
+    /// A header carrying the delivery's time (Unix seconds or milliseconds). When set, every
+    /// notice must carry it, the signature covers `<timestamp>.<body>`, a time more than five
+    /// minutes from now is refused, and a delivery seen before is acknowledged without effect
+    /// (replays). Without it, a captured notice can be replayed for ever.
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
     /// Largest accepted body, default 1 MiB; larger → 413.
     #[serde(default = "default_webhook_body")]
     pub max_body_bytes: usize,
@@ -56,6 +63,11 @@ impl RestSourceConfig {
         HeaderName::from_bytes(webhook.signature_header.as_bytes()).map_err(|_| {
             RestConfigError::new("webhook.signature_header", "not a valid header name")
         })?;
+        if let Some(name) = &webhook.timestamp_header {
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                RestConfigError::new("webhook.timestamp_header", "not a valid header name")
+            })?;
+        }
         let given = usize::from(webhook.secret.is_some())
             + usize::from(webhook.secret_env.is_some())
             + usize::from(webhook.secret_file.is_some());

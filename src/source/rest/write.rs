@@ -11,7 +11,8 @@ use super::RestSource;
 use super::config::{ArrayFieldConfig, UpdateConfig, UpdateMethod};
 use super::pointer::{set_array_item, set_pointer, typed_like};
 use super::versions::ReadVersion;
-use crate::source::{CrmChange, SourceError, SourceItem, WriteReport};
+use crate::quo::encode_path_segment;
+use crate::source::{CrmChange, SourceError, SourceItem, WriteGuard, WriteReport};
 
 impl RestSource {
     /// Applies reverse-path changes: one request per record, two when the record is fetched
@@ -20,6 +21,18 @@ impl RestSource {
     /// as conflicted). The fetched ETag is sent as `If-Match`. 409/412 → conflicted; other
     /// 4xx → failed.
     pub async fn write_back(&self, changes: &[CrmChange]) -> Result<WriteReport, SourceError> {
+        self.write_back_guarded(changes, &WriteGuard::default())
+            .await
+    }
+
+    /// [`RestSource::write_back`], each write (every attempt of it) admitted by `guard` just
+    /// before it is sent, with its timeout capped by the leader's fence: once `guard` refuses,
+    /// nothing more is sent and the records not written are reported as failed.
+    pub async fn write_back_guarded(
+        &self,
+        changes: &[CrmChange],
+        guard: &WriteGuard,
+    ) -> Result<WriteReport, SourceError> {
         let mut report = WriteReport::default();
         let Some(update) = &self.config.update else {
             for change in changes {
@@ -40,8 +53,8 @@ impl RestSource {
                 headers.insert(name, value);
             }
         }
-        for change in changes {
-            match self.write_one(update, &headers, change).await {
+        for (i, change) in changes.iter().enumerate() {
+            match self.write_one(update, &headers, change, guard).await {
                 Ok(Outcome::Written) => {
                     // Our own write changed the record; the next read sets a new baseline.
                     self.versions.forget(change.external_id.as_str());
@@ -53,6 +66,15 @@ impl RestSource {
                 }
                 Err(e @ (SourceError::Unauthorized { .. } | SourceError::Cancelled)) => {
                     return Err(e);
+                }
+                Err(e @ SourceError::NotSent(_)) => {
+                    tracing::warn!(event = "crm_write_stopped", error = %e, left = changes.len() - i, "CRM write-back stopped before its next write");
+                    for rest in &changes[i..] {
+                        report
+                            .failed
+                            .push((rest.external_id.clone(), e.to_string()));
+                    }
+                    return Ok(report);
                 }
                 Err(e) => report
                     .failed
@@ -67,9 +89,10 @@ impl RestSource {
         update: &UpdateConfig,
         headers: &HeaderMap,
         change: &CrmChange,
+        guard: &WriteGuard,
     ) -> Result<Outcome, SourceError> {
         let id = change.external_id.as_str();
-        let path = update.path.replace("{id}", &encode_segment(id));
+        let path = update.path.replace("{id}", &encode_path_segment(id));
         let url = self.url(&path)?;
         let touches_array = change
             .fields
@@ -85,7 +108,7 @@ impl RestSource {
                 .get_path
                 .as_deref()
                 .unwrap_or(&update.path)
-                .replace("{id}", &encode_segment(id));
+                .replace("{id}", &encode_path_segment(id));
             let get_url = self.url(&get_path)?;
             let reply = self
                 .send(Method::GET, &get_url, None, &HeaderMap::new())
@@ -154,48 +177,20 @@ impl RestSource {
         } else {
             Value::Object(Map::new())
         };
-        for (name, value) in &change.fields {
-            let result = if let Some(pointer) = self.config.fields.get(name) {
-                let typed = typed_like(record.pointer(pointer), value);
-                set_pointer(&mut record, pointer, typed)
-            } else if let Some((array, label)) = self.array_for(name) {
-                set_array_item(&mut record, array, label, value)
-            } else {
-                Err(format!(
-                    "no pointer configured for field {name:?} (source.rest.fields or source.rest.arrays)"
-                ))
-            };
-            if let Err(reason) = result {
-                return Ok(Outcome::Failed(reason));
-            }
-        }
-        if update.set_updated_at
-            && let Some(pointer) = &self.config.updated_at_pointer
-        {
-            let stamp = Value::String(
-                change
-                    .updated_at
-                    .to_rfc3339_opts(SecondsFormat::Millis, true),
-            );
-            if let Err(reason) = set_pointer(&mut record, pointer, stamp) {
-                return Ok(Outcome::Failed(reason));
-            }
-        }
-        if update.wrap_array {
-            record = Value::Array(vec![record]);
-        }
-        let mut body = Value::Object(Map::new());
-        if update.wrap_pointer.is_empty() {
-            body = record;
-        } else if let Err(reason) = set_pointer(&mut body, &update.wrap_pointer, record) {
+        let stamp = update.set_updated_at.then_some(change.updated_at);
+        if let Err(reason) = self.apply_fields(&mut record, &change.fields, stamp) {
             return Ok(Outcome::Failed(reason));
         }
+        let body = match wrap(record, &update.wrap_pointer, update.wrap_array) {
+            Ok(body) => body,
+            Err(reason) => return Ok(Outcome::Failed(reason)),
+        };
         let method = match update.method {
             UpdateMethod::Patch => Method::PATCH,
             UpdateMethod::Put => Method::PUT,
         };
         let reply = self
-            .send(method.clone(), &url, Some(&body), &headers)
+            .send_guarded(method.clone(), &url, Some(&body), &headers, guard)
             .await?;
         let status = reply.status;
         Ok(if status.is_success() {
@@ -217,6 +212,34 @@ impl RestSource {
         })
     }
 
+    /// Writes raw field values into a record by the configured pointers (typed like the value
+    /// already there) and labelled arrays, and the change time at `updated_at_pointer` when
+    /// `stamp` is given: the body of a write-back and of a create alike.
+    pub(super) fn apply_fields(
+        &self,
+        record: &mut Value,
+        fields: &std::collections::BTreeMap<String, String>,
+        stamp: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), String> {
+        for (name, value) in fields {
+            if let Some(pointer) = self.config.fields.get(name) {
+                let typed = typed_like(record.pointer(pointer), value);
+                set_pointer(record, pointer, typed)?;
+            } else if let Some((array, label)) = self.array_for(name) {
+                set_array_item(record, array, label, value)?;
+            } else {
+                return Err(format!(
+                    "no pointer configured for field {name:?} (source.rest.fields or source.rest.arrays)"
+                ));
+            }
+        }
+        if let (Some(at), Some(pointer)) = (stamp, &self.config.updated_at_pointer) {
+            let stamp = Value::String(at.to_rfc3339_opts(SecondsFormat::Millis, true));
+            set_pointer(record, pointer, stamp)?;
+        }
+        Ok(())
+    }
+
     /// The array config and label a flattened field name (`email.work`) refers to.
     pub(super) fn array_for<'a>(
         &'a self,
@@ -231,32 +254,24 @@ impl RestSource {
     }
 }
 
+/// A record placed in a request body: at `wrap_pointer` ("" = the body is the record), inside
+/// a one-item array when `wrap_array`.
+pub(super) fn wrap(record: Value, wrap_pointer: &str, wrap_array: bool) -> Result<Value, String> {
+    let record = if wrap_array {
+        Value::Array(vec![record])
+    } else {
+        record
+    };
+    if wrap_pointer.is_empty() {
+        return Ok(record);
+    }
+    let mut body = Value::Object(Map::new());
+    set_pointer(&mut body, wrap_pointer, record)?;
+    Ok(body)
+}
+
 pub(super) enum Outcome {
     Written,
     Conflicted,
     Failed(String),
-}
-
-/// Percent-encodes an id for use as one path segment.
-pub(super) fn encode_segment(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for byte in id.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_encoded_as_one_segment() {
-        assert_eq!(encode_segment("a b/c?"), "a%20b%2Fc%3F");
-        assert_eq!(encode_segment("abc-1_2.3~"), "abc-1_2.3~");
-    }
 }

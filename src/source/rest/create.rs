@@ -1,0 +1,183 @@
+//! Creating a record from a contact made in the Quo app (`reverse.create_in_crm`):
+//! `[source.rest.create]` says how (method, path, the body built like the write-back body, and
+//! where the new id sits in the answer).
+//!
+//! A create is sent at most once per call. The CRM assigns the id, so a create whose answer was
+//! lost cannot be looked up by it: its outcome is `Unknown`, and the cycle finds the record by
+//! the Quo id it carries (`reverse.quo_id_field`) in a later read instead of creating again.
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::RestSource;
+use super::config::RestConfigError;
+use super::write::wrap;
+use crate::domain::ExternalId;
+use crate::source::{Created, NewRecord, SourceError, WriteGuard};
+
+/// The create request's method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CreateMethod {
+    /// `POST` (default).
+    #[default]
+    Post,
+    /// `PUT`.
+    Put,
+}
+
+/// `[source.rest.create]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConfig {
+    /// `POST` (default) or `PUT`.
+    #[serde(default)]
+    pub method: CreateMethod,
+    /// The collection path, `/contacts`.
+    pub path: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Where the record sits in the body; "" = the body is the record.
+    #[serde(default)]
+    pub wrap_pointer: String,
+    /// Put the record inside a one-item array at `wrap_pointer` (Zoho: `{"data":[{…}]}`).
+    #[serde(default)]
+    pub wrap_array: bool,
+    /// JSON pointer to the new record's id in the answer (`/id`, `/data/0/details/id`).
+    pub id_pointer: String,
+}
+
+impl CreateConfig {
+    pub(super) fn validate(&self) -> Result<(), RestConfigError> {
+        if !self.path.starts_with('/') {
+            return Err(RestConfigError::new(
+                "create.path",
+                format!("expected a path starting with `/`, got {:?}", self.path),
+            ));
+        }
+        if !self.id_pointer.starts_with('/') {
+            return Err(RestConfigError::new(
+                "create.id_pointer",
+                format!(
+                    "expected a JSON pointer like \"/id\", got {:?}",
+                    self.id_pointer
+                ),
+            ));
+        }
+        if !(self.wrap_pointer.is_empty() || self.wrap_pointer.starts_with('/')) {
+            return Err(RestConfigError::new(
+                "create.wrap_pointer",
+                format!(
+                    "expected a JSON pointer like \"/data\" or \"\", got {:?}",
+                    self.wrap_pointer
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RestSource {
+    /// Whether `[source.rest.create]` is configured.
+    pub fn can_create(&self) -> bool {
+        self.config.create.is_some()
+    }
+
+    /// Creates each record, one request each, never twice: `Made` with the id from the answer,
+    /// `Refused` (a 4xx: nothing made) or `Unknown` (a 5xx, a lost answer, an answer without
+    /// an id: the record may exist). Each create (every attempt of it) is admitted by `guard`
+    /// just before it is sent: once `guard` refuses (shutdown, or this process lost the writer
+    /// lease), nothing more is sent; the records not sent are left out of the answer, and when
+    /// none was sent the refusal is the error (`SourceError::NotSent`).
+    pub async fn create_records(
+        &self,
+        records: &[NewRecord],
+        guard: &WriteGuard,
+    ) -> Result<Vec<(String, Created)>, SourceError> {
+        let Some(create) = &self.config.create else {
+            return Ok(records
+                .iter()
+                .map(|r| {
+                    let reason = "creating records is not configured (source.rest.create)";
+                    (r.quo_id.clone(), Created::Refused(reason.into()))
+                })
+                .collect());
+        };
+        self.prepare().await?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &create.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        let url = self.url(&create.path)?;
+        let method = match create.method {
+            CreateMethod::Post => Method::POST,
+            CreateMethod::Put => Method::PUT,
+        };
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let mut body = Value::Object(Map::new());
+            let built = self
+                .apply_fields(&mut body, &record.fields, Some(record.updated_at))
+                .and_then(|()| wrap(body, &create.wrap_pointer, create.wrap_array));
+            let body = match built {
+                Ok(body) => body,
+                Err(reason) => {
+                    out.push((record.quo_id.clone(), Created::Refused(reason)));
+                    continue;
+                }
+            };
+            let reply = match self
+                .send_once(method.clone(), &url, Some(&body), &headers, guard)
+                .await
+            {
+                Ok(reply) => reply,
+                Err(e @ (SourceError::Unauthorized { .. } | SourceError::Cancelled)) => {
+                    return Err(e);
+                }
+                Err(e @ SourceError::NotSent(_)) if out.is_empty() => return Err(e),
+                Err(e @ SourceError::NotSent(_)) => {
+                    tracing::warn!(event = "crm_write_stopped", error = %e, left = records.len() - out.len(), "CRM creates stopped before the next one");
+                    return Ok(out);
+                }
+                Err(e) => {
+                    out.push((record.quo_id.clone(), Created::Unknown(e.to_string())));
+                    continue;
+                }
+            };
+            let shown = format!("{method} {}", self.shown(&url));
+            let created = if reply.status.is_success() {
+                let id = serde_json::from_slice::<Value>(&reply.body)
+                    .ok()
+                    .and_then(|answer| match answer.pointer(&create.id_pointer) {
+                        Some(Value::String(s)) => Some(s.clone()),
+                        Some(Value::Number(n)) => Some(n.to_string()),
+                        _ => None,
+                    })
+                    .and_then(|id| ExternalId::parse(&id).ok());
+                match id {
+                    Some(id) => Created::Made(id),
+                    None => Created::Unknown(format!(
+                        "{shown}: the answer has no id at {:?} (create.id_pointer)",
+                        create.id_pointer
+                    )),
+                }
+            } else if reply.status.is_client_error() {
+                Created::Refused(format!("{shown}: {}", reply.message()))
+            } else {
+                Created::Unknown(format!("{shown}: {}", reply.message()))
+            };
+            out.push((record.quo_id.clone(), created));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,400 @@
+//! Settle step: contacts made in the Quo app reach the CRM (`reverse.create_in_crm`).
+//!
+//! A contact with no `source` (made in the app or by its import), created after this ledger's
+//! first completed cycle (or any, with `once --export-existing`), with a phone or an email, that
+//! no CRM record matches (no record's contact shares a phone or email with it, and no record of
+//! this read matched it), becomes a CRM record: a CSV row with the id `reverse.new_record_id`
+//! makes, or a record the REST CRM makes through `[source.rest.create]`. The contact is then
+//! adopted for it (our `source`, the new `externalId`), so later edits on either side flow as for
+//! any record.
+//!
+//! Exactly once, under lost answers and kills: the intent is committed (`crm_exports`) before
+//! the CRM create. A record a create made is found by the next complete read, by its id (CSV) or
+//! by the Quo id it carries in `reverse.quo_id_field` (REST), and adopted like any record whose
+//! contact was chosen for it; a create is sent again only when a complete read that started at
+//! least ten minutes after its intent (past any list lag) did not show it. A REST CRM without
+//! `reverse.quo_id_field` cannot be searched: a create whose answer was lost is held for the
+//! operator rather than risk a second record.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use super::matching::AdoptTarget;
+use super::merge_step::parse_time;
+use super::{Action, Cycle, Mode, PlannedOp, SyncError};
+use crate::domain::{ExternalId, Labeled, Snapshot};
+use crate::ledger::{Export, ExportState, NewQuarantine, QuarantineStage, WorkspaceContact};
+use crate::source::{Created, NewRecord, SourceError, SourceRecord};
+
+/// Meta key: when this ledger's first cycle with a complete read finished; contacts made in the
+/// app after it are exported.
+pub(super) const FIRST_CYCLE: &str = "sync.first_cycle_at";
+
+/// How long after its intent a create whose outcome is unknown may still show up in a read.
+const LOOKUP_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// App contacts read per query.
+const PAGE: i64 = 500;
+
+impl Cycle {
+    /// Makes CRM records from the contacts made in the app that no record matches, and adopts
+    /// each for its record. Only after a complete read: only it tells that no record matches.
+    pub(super) async fn export_app_contacts(
+        &self,
+        complete: bool,
+        read_started: DateTime<Utc>,
+    ) -> Result<(), SyncError> {
+        let day_one = &self.ctx.settings.day_one;
+        if !day_one.create_in_crm || !complete || self.stop.is_cancelled() {
+            return Ok(());
+        }
+        let since = match (
+            self.ctx.ledger.meta(FIRST_CYCLE).await?,
+            day_one.export_existing,
+        ) {
+            (_, true) => None,
+            (Some(first), false) => Some(first),
+            // The first cycle: what exists now existed before quo-sync.
+            (None, false) => return Ok(()),
+        };
+        let Some(index) = self.workspace_index().await? else {
+            return Ok(());
+        };
+        let mut after: Option<String> = since;
+        loop {
+            let batch = index
+                .ledger
+                .workspace_app_contacts(after.as_deref(), PAGE)
+                .await?;
+            let last = batch.last().and_then(|c| c.created_at.clone());
+            for contact in &batch {
+                if self.stop.is_cancelled() {
+                    return Ok(());
+                }
+                if self.exportable(&index.ledger, contact).await? {
+                    self.export(contact, read_started).await?;
+                }
+            }
+            if (batch.len() as i64) < PAGE || last.is_none() || last == after {
+                return Ok(());
+            }
+            after = last;
+        }
+    }
+
+    /// Whether no CRM record matches the contact, nothing holds it, and it has a phone or an
+    /// email.
+    async fn exportable(
+        &self,
+        index: &crate::ledger::Ledger,
+        contact: &WorkspaceContact,
+    ) -> Result<bool, SyncError> {
+        let quo_id = &contact.quo_id;
+        if contact.keys.is_empty()
+            || self.claimed.contains_key(quo_id)
+            || self.matched_contacts.lock().await.contains(quo_id)
+            || self.exports_found.lock().await.contains(quo_id)
+        {
+            return Ok(false);
+        }
+        if let Some(export) = self.exports.get(quo_id) {
+            return Ok(matches!(export.state, ExportState::Pending));
+        }
+        if self.ctx.ledger.export_known(quo_id).await?
+            || self.ctx.ledger.record_holding(quo_id).await?.is_some()
+        {
+            return Ok(false);
+        }
+        let ours = self.ctx.client.source();
+        let matches_a_record = index
+            .workspace_matches(&contact.keys)
+            .await?
+            .iter()
+            .any(|(other, _)| other.quo_id != *quo_id && other.source.as_deref() == Some(ours));
+        Ok(!matches_a_record)
+    }
+
+    /// Exports one contact: the intent, the CRM create (unless an earlier one may have landed),
+    /// then the adoption.
+    async fn export(
+        &self,
+        contact: &WorkspaceContact,
+        read_started: DateTime<Utc>,
+    ) -> Result<(), SyncError> {
+        let quo_id = &contact.quo_id;
+        let day_one = &self.ctx.settings.day_one;
+        let snapshot = export_snapshot(
+            &self
+                .mapper
+                .from_contact(&self.normalized(contact.contact.clone())),
+            &self.normalized(contact.contact.clone()),
+            &self.managed,
+        );
+        let external_id = if self.ctx.source.assigns_ids() {
+            let text = day_one.new_record_id.replace("{quo_id}", quo_id);
+            match ExternalId::parse(&text) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    warn!(event = "crm_create_refused", quo_id, reason = %e, "reverse.new_record_id makes no usable CRM id for this contact");
+                    return Ok(());
+                }
+            }
+        } else {
+            None
+        };
+        if self.mode == Mode::DryRun {
+            let mut op = PlannedOp::new(
+                external_id
+                    .as_ref()
+                    .map_or("(new CRM record)", |id| id.as_str()),
+                Action::CreateInCrm,
+            )
+            .with_quo_id(quo_id);
+            op.fields = snapshot.changed_fields(&Snapshot::default());
+            self.operations.lock().await.push(op);
+            self.counts.lock().await.exported += 1;
+            return Ok(());
+        }
+        if let Some(earlier) = self.exports.get(quo_id)
+            && !self.retry_allowed(earlier, read_started).await?
+        {
+            return Ok(());
+        }
+        let mut fields = self
+            .mapper
+            .to_crm_fields(&snapshot, &all_fields(&snapshot))
+            .unwrap_or_default();
+        if let Some(field) = &day_one.quo_id_field {
+            fields.insert(field.clone(), quo_id.clone());
+        }
+        self.ctx.ledger.ensure_leader()?;
+        self.ctx
+            .ledger
+            .export_intent(
+                quo_id,
+                external_id.as_ref().map(ExternalId::as_str),
+                &snapshot,
+            )
+            .await?;
+        let now = Utc::now();
+        let new = NewRecord {
+            quo_id: quo_id.clone(),
+            external_id: external_id.clone(),
+            fields: fields.clone(),
+            updated_at: now,
+        };
+        let outcome = match self
+            .ctx
+            .source
+            .create_records(std::slice::from_ref(&new), &self.crm_guard())
+            .await
+        {
+            Ok(mut outcomes) => outcomes.pop().map(|(_, o)| o),
+            Err(e @ SourceError::NotSent(_)) => {
+                // Nothing was sent: the intent stays pending for whoever leads next.
+                warn!(event = "crm_create_not_sent", quo_id, reason = %e, "the CRM create was not sent; the export stays pending");
+                return Ok(());
+            }
+            Err(e) => Some(Created::Unknown(e.to_string())),
+        };
+        match outcome {
+            Some(Created::Made(id)) => {
+                self.ctx
+                    .ledger
+                    .export_state(quo_id, ExportState::Created, Some(id.as_str()), None)
+                    .await?;
+                info!(event = "crm_record_created", external_id = %id, quo_id, "a contact made in the Quo app is a CRM record now");
+                self.counts.lock().await.exported += 1;
+                metrics::counter!("quo_sync_records_total", "outcome" => "exported").increment(1);
+                self.adopt_exported(contact, id, fields, now).await
+            }
+            Some(Created::Refused(reason)) => {
+                // Nothing was made: the intent goes, and the next cycle tries again.
+                self.ctx.ledger.export_forget(quo_id).await?;
+                warn!(event = "crm_create_refused", quo_id, reason = %reason, "the CRM refused to create a record for a contact made in Quo; tried again next cycle");
+                Ok(())
+            }
+            Some(Created::Unknown(reason)) => {
+                warn!(event = "crm_create_unknown", quo_id, reason = %reason, "the CRM create's outcome is unknown; a later read finds the record instead of creating it again");
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a pending export whose record no read has shown may be created again: only for
+    /// a CRM the read can search (an id known in advance, or `reverse.quo_id_field`), and only
+    /// when this complete read started long enough after the intent to have listed what the
+    /// earlier create made. Holds it for the operator when the CRM cannot be searched.
+    async fn retry_allowed(
+        &self,
+        earlier: &Export,
+        read_started: DateTime<Utc>,
+    ) -> Result<bool, SyncError> {
+        let searchable =
+            self.ctx.source.assigns_ids() || self.ctx.settings.day_one.quo_id_field.is_some();
+        if !searchable {
+            let reason = format!(
+                "a CRM record for Quo contact {} may exist (its create's answer was lost) and the CRM cannot be searched for it: set reverse.quo_id_field; check the CRM and link the record with `quo-sync link <crm-id> {}`",
+                earlier.quo_id, earlier.quo_id
+            );
+            self.ctx
+                .ledger
+                .export_state(&earlier.quo_id, ExportState::Held, None, Some(&reason))
+                .await?;
+            let location = format!("quo contact {}", earlier.quo_id);
+            self.ctx
+                .ledger
+                .quarantine(
+                    NewQuarantine {
+                        external_id: None,
+                        location: &location,
+                        stage: QuarantineStage::Match,
+                        field: None,
+                        value: Some(&earlier.quo_id),
+                        reason: &reason,
+                        raw: None,
+                    },
+                    &self.run_id,
+                )
+                .await?;
+            warn!(event = "crm_create_held", quo_id = %earlier.quo_id, "{reason}");
+            return Ok(false);
+        }
+        if self.ctx.source.assigns_ids() {
+            // The file was read whole just now: without the row, the create did not land.
+            return Ok(true);
+        }
+        let intent = parse_time(Some(&earlier.created_at));
+        Ok(intent.is_some_and(|at| at + LOOKUP_WINDOW <= read_started))
+    }
+
+    /// Adopts a contact for the record just made from it, with the record as written (so its
+    /// next read is unchanged).
+    async fn adopt_exported(
+        &self,
+        contact: &WorkspaceContact,
+        external_id: ExternalId,
+        fields: BTreeMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), SyncError> {
+        let record = SourceRecord {
+            external_id: external_id.clone(),
+            fields,
+            updated_at: Some(now),
+            location: format!("made from Quo contact {}", contact.quo_id),
+        };
+        let Ok(crm) = self.mapper.map(&record) else {
+            return Ok(()); // the next read maps (or quarantines) it and adopts
+        };
+        let fingerprint = self.mapper.fingerprint(&record);
+        let target = AdoptTarget {
+            contact: contact.clone(),
+            decided: true,
+        };
+        // The adoption PATCH is a write the progress display confirms: plan it first.
+        self.ctx
+            .progress
+            .planned(super::progress::WriteKind::Create);
+        let adopted = self
+            .adopt_existing(&record, &crm, Some(&fingerprint), &target)
+            .await;
+        let location = record.location.clone();
+        self.settle_failure(adopted, &external_id, &location, Some(now))
+            .await?;
+        if self
+            .ctx
+            .ledger
+            .record(&external_id)
+            .await?
+            .and_then(|r| r.quo_id)
+            .is_some_and(|q| q.as_str() == contact.quo_id)
+        {
+            self.ctx
+                .ledger
+                .export_state(&contact.quo_id, ExportState::Done, None, None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Marks exports whose record is linked to their contact done (the next cycle's adoption of
+    /// a record an interrupted export made).
+    pub(super) async fn settle_exports(&self) -> Result<(), SyncError> {
+        for export in self.exports.values() {
+            let Some(id) = export.external_id.as_deref() else {
+                continue;
+            };
+            let Ok(id) = ExternalId::parse(id) else {
+                continue;
+            };
+            let linked = self
+                .ctx
+                .ledger
+                .record(&id)
+                .await?
+                .and_then(|r| r.quo_id)
+                .is_some_and(|q| q.as_str() == export.quo_id);
+            if linked {
+                self.ctx
+                    .ledger
+                    .export_state(&export.quo_id, ExportState::Done, None, None)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every field of a snapshot by diff name (what a new record is written with).
+fn all_fields(snapshot: &Snapshot) -> Vec<String> {
+    snapshot.fields().into_keys().collect()
+}
+
+/// What a record made from `contact` holds: its managed values, and its emails and phones under
+/// the mapping's labels (items already under a managed label keep it; the others fill the
+/// remaining labels in order), so the record matches the contact it came from.
+fn export_snapshot(
+    managed_view: &Snapshot,
+    contact: &crate::quo::types::Contact,
+    managed: &super::payload::Managed,
+) -> Snapshot {
+    let mut snapshot = managed_view.clone();
+    let fill = |have: &[Labeled],
+                items: &[crate::quo::types::ContactItem],
+                labels: &[String]|
+     -> Vec<Labeled> {
+        let mut out: Vec<Labeled> = have.to_vec();
+        let taken: Vec<String> = out.iter().map(|o| o.name.clone()).collect();
+        let mut free = labels.iter().filter(|l| !taken.contains(l)).cloned();
+        for item in items {
+            let Some(value) = item
+                .value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+            else {
+                continue;
+            };
+            if out.iter().any(|o| o.value == value) {
+                continue;
+            }
+            let Some(label) = free.next() else { break };
+            out.push(Labeled {
+                name: label,
+                value: value.to_string(),
+            });
+        }
+        out
+    };
+    let fields = &contact.default_fields;
+    snapshot.emails = fill(&snapshot.emails, &fields.emails, &managed.email_labels);
+    snapshot.phone_numbers = fill(
+        &snapshot.phone_numbers,
+        &fields.phone_numbers,
+        &managed.phone_labels,
+    );
+    snapshot
+}

@@ -1,0 +1,437 @@
+//! Contacts made in the Quo app reach the CRM (`reverse.create_in_crm`): a CSV row or a REST
+//! record, once each, under lost answers and a SIGKILL between the CRM create and the adoption
+//! PATCH; contacts that existed before the first cycle only with `--export-existing`.
+
+mod common;
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{TestApp, csv, items, row};
+use quo_sync::sandbox::{Fault, SandboxConfig};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+
+const EXPORT: &str = "[reverse]\ncreate_in_crm = true\npoll_interval = \"1ms\"\n";
+
+/// A contact as a salesperson makes it in the app after a call: a phone under a label the
+/// mapping does not write.
+fn made_in_app(app: &TestApp, first: &str, phone: &str) -> Value {
+    app.sandbox.app_create(
+        json!({"defaultFields": {"firstName": first, "lastName": "Caller", "company": "Walk-in",
+               "phoneNumbers": [{"name": "main", "value": phone}]},
+               "customFields": [{"key": "notes", "value": "called about pricing"}]}),
+        "",
+    )
+}
+
+/// The CSV lines whose id is `id`.
+fn rows_of(app: &TestApp, id: &str) -> Vec<String> {
+    app.csv_text()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{id},")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn contacts_made_in_the_app_become_csv_rows_once_each() {
+    let app = TestApp::spawn_with(&csv(&[row("c-1", 1)]), SandboxConfig::default(), EXPORT).await;
+    let early = made_in_app(&app, "Early", "+14155559000");
+    app.cycle().await; // the first cycle: what exists now existed before quo-sync
+    assert!(rows_of(&app, &format!("quo-{}", early["id"].as_str().unwrap())).is_empty());
+
+    let sally = made_in_app(&app, "Sally", "+14155559001");
+    // A contact with c-1's phone matches a CRM record; one without phone or email has no way
+    // to match anything: neither is exported.
+    let twin_of_c1 = app.sandbox.app_create(
+        json!({"defaultFields": {"firstName": "Dup", "phoneNumbers": [{"name": "main", "value": "+14155551001"}]}}),
+        "",
+    );
+    let bare = app
+        .sandbox
+        .app_create(json!({"defaultFields": {"firstName": "Bare"}}), "");
+    let report = app.cycle().await;
+    assert_eq!(report.counts.exported, 1, "{:?}", report.counts);
+    let sally_id = sally["id"].as_str().unwrap();
+    let new_id = format!("quo-{sally_id}");
+    let rows = rows_of(&app, &new_id);
+    assert_eq!(rows.len(), 1, "{}", app.csv_text());
+    assert!(
+        rows[0].starts_with(&format!("{new_id},Sally,Caller,Walk-in,,,,+14155559001,")),
+        "{}",
+        rows[0]
+    );
+    assert!(app.csv_text().ends_with('\n'));
+    // Adopted: our source, the new id, the phone under the mapping's label, the note kept.
+    let adopted = app.sandbox.contact(sally_id).unwrap();
+    assert_eq!(adopted["source"], "quo-sync");
+    assert_eq!(adopted["externalId"], new_id.as_str());
+    assert_eq!(
+        items(&adopted, "phoneNumbers"),
+        vec![("phone".to_string(), "+14155559001".to_string())]
+    );
+    assert_eq!(
+        common::custom_value(&adopted, "notes"),
+        "called about pricing"
+    );
+    assert_eq!(app.row(&new_id).await.quo_id.unwrap().0, sally_id);
+    for other in [&twin_of_c1, &bare, &early] {
+        let id = other["id"].as_str().unwrap();
+        assert!(rows_of(&app, &format!("quo-{id}")).is_empty());
+        assert_eq!(app.sandbox.contact(id).unwrap()["source"], Value::Null);
+    }
+
+    // Nothing left to do: no write on either side.
+    let before = app.csv_text();
+    app.sandbox.reset_stats();
+    app.cycle().await;
+    assert_eq!(app.sandbox.stats().writes_total(), 0);
+    assert_eq!(app.csv_text(), before, "not appended twice");
+
+    // A later CRM edit of the row is one PATCH.
+    app.write_csv(&before.replace(",Walk-in,", ",Signed Up Co,"));
+    let report = app.cycle().await;
+    let writes = app.sandbox.stats().writes;
+    assert_eq!(
+        (writes.creates, writes.updates),
+        (0, 1),
+        "{:?}",
+        report.counts
+    );
+    assert_eq!(
+        app.sandbox.contact(sally_id).unwrap()["defaultFields"]["company"],
+        "Signed Up Co"
+    );
+
+    // --export-existing brings the contacts made before the first cycle too.
+    let mut ctx = app.ctx.clone();
+    ctx.settings.day_one.export_existing = true;
+    let report = quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
+        .await
+        .unwrap();
+    assert_eq!(report.counts.exported, 1, "{:?}", report.counts);
+    assert_eq!(
+        rows_of(&app, &format!("quo-{}", early["id"].as_str().unwrap())).len(),
+        1
+    );
+    assert!(rows_of(&app, &format!("quo-{}", bare["id"].as_str().unwrap())).is_empty());
+}
+
+/// `plan` shows the contact on its way to the CRM, and writes nothing.
+#[tokio::test]
+async fn plan_shows_a_contact_on_its_way_to_the_crm() {
+    let app = TestApp::spawn_with(&csv(&[row("c-1", 1)]), SandboxConfig::default(), EXPORT).await;
+    app.cycle().await;
+    let sally = made_in_app(&app, "Sally", "+14155559001");
+    app.cycle().await; // indexes Sally (the scan), exports her
+    let second = made_in_app(&app, "Sam", "+14155559002");
+    // A dry run does not scan: a webhook or the service's scanner would have indexed Sam.
+    quo_sync::reverse::intake::index_contact(
+        app.ledger(),
+        &app.ctx.client,
+        second["id"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    let csv_before = app.csv_text();
+    app.sandbox.reset_stats();
+    let plan = app.plan().await;
+    assert_eq!(plan.counts.exported, 1, "{:?}", plan.operations);
+    let op = plan
+        .operations
+        .iter()
+        .find(|o| o.action.as_str() == "create_in_crm")
+        .unwrap();
+    assert_eq!(op.quo_id.as_deref(), second["id"].as_str());
+    assert_eq!(
+        op.external_id,
+        format!("quo-{}", second["id"].as_str().unwrap())
+    );
+    assert_eq!(app.sandbox.stats().writes_total(), 0);
+    assert_eq!(app.csv_text(), csv_before);
+    let _ = sally;
+}
+
+/// The adoption PATCH after the CRM create loses its answer: the row is there once, the
+/// contact is adopted once, and the next cycle writes nothing.
+#[tokio::test]
+async fn a_lost_answer_after_the_crm_create_makes_nothing_twice() {
+    let app = TestApp::spawn_with(&csv(&[row("c-1", 1)]), SandboxConfig::default(), EXPORT).await;
+    app.cycle().await;
+    let sally = made_in_app(&app, "Sally", "+14155559001");
+    app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
+    app.cycle().await;
+    assert_eq!(app.sandbox.fault_counters().dropped_after_write, 1);
+    let id = sally["id"].as_str().unwrap();
+    let new_id = format!("quo-{id}");
+    assert_eq!(rows_of(&app, &new_id).len(), 1);
+    assert_eq!(app.row(&new_id).await.quo_id.unwrap().0, id);
+    assert_eq!(
+        items(&app.sandbox.contact(id).unwrap(), "phoneNumbers").len(),
+        1,
+        "nothing appended twice"
+    );
+    app.sandbox.reset_stats();
+    let before = app.csv_text();
+    app.cycle().await;
+    assert_eq!(app.sandbox.stats().writes_total(), 0);
+    assert_eq!(app.csv_text(), before);
+}
+
+/// SIGKILL right after the CRM row is written, before the adoption PATCH lands: the restarted
+/// process finds the row (by its id) and adopts the contact; nothing is made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_between_the_crm_create_and_the_adoption_patch() {
+    let app = TestApp::spawn_with(&csv(&[row("c-1", 1)]), SandboxConfig::default(), EXPORT).await;
+    app.cycle().await;
+    let sally = made_in_app(&app, "Sally", "+14155559001");
+    let id = sally["id"].as_str().unwrap().to_string();
+    let new_id = format!("quo-{id}");
+    let contacts_before = app.sandbox.contacts().len();
+    // Every request now takes long enough that the PATCH after the create is still in flight
+    // when the kill lands.
+    app.sandbox.set_latency(Duration::from_millis(400));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["once", "--config"])
+        .arg(&app.config_path)
+        .env("QUO_SYNC__LOG__FORMAT", "json")
+        .env("QUO_SYNC__LOG__LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let created = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("\"event\":\"crm_record_created\"") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(created, Ok(true), "the CRM create was logged");
+    child.kill().await.unwrap(); // SIGKILL
+    assert_eq!(rows_of(&app, &new_id).len(), 1, "the row was written");
+    assert_eq!(
+        app.sandbox.contact(&id).unwrap()["source"],
+        Value::Null,
+        "the kill landed before the adoption PATCH"
+    );
+
+    app.sandbox.set_latency(Duration::ZERO);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["once", "--config"])
+        .arg(&app.config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(rows_of(&app, &new_id).len(), 1, "the row is not made twice");
+    assert_eq!(
+        app.sandbox.contacts().len(),
+        contacts_before,
+        "no contact made"
+    );
+    let adopted = app.sandbox.contact(&id).unwrap();
+    assert_eq!(adopted["source"], "quo-sync");
+    assert_eq!(adopted["externalId"], new_id.as_str());
+    assert_eq!(app.row(&new_id).await.quo_id.unwrap().0, id);
+}
+
+/// A REST CRM: the record is made through `[source.rest.create]` and carries the contact's Quo
+/// id (`reverse.quo_id_field`). The create's answer is lost (applied, then a 502): it is not sent
+/// again; the next read finds the record by the Quo id it carries (the contact has only an
+/// email, which this mapping does not carry, so nothing else could tie them), and the contact is
+/// adopted for it. A later CRM edit of the record is one PATCH.
+#[tokio::test]
+async fn rest_a_create_whose_answer_was_lost_is_found_by_the_quo_id_it_carries() {
+    use support::fake_crm::{Auth, FakeCrm};
+    let sandbox = quo_sync::sandbox::SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let crm = FakeCrm::start(
+        Auth::None,
+        vec![
+            json!({"id": "j001", "firstName": "Jo", "lastName": "Server", "phone": "(415) 555-2001",
+                    "updated_at": "2026-01-01T00:00:00Z"}),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("quo-sync.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[quo]
+base_url = "{base}"
+api_key = "{key}"
+requests_per_second = 1000
+max_backoff = "50ms"
+list_lag = "20ms"
+
+[ledger]
+path = "{ledger}"
+
+[source]
+kind = "rest"
+
+[source.rest]
+base_url = "{crm}"
+list_path = "/link/contacts"
+records_pointer = ""
+id_pointer = "/id"
+updated_at_pointer = "/updated_at"
+paging = {{ style = "link_header" }}
+retry_base = "1ms"
+max_backoff = "50ms"
+fields = {{ first_name = "/firstName", last_name = "/lastName", company = "/company", phone = "/phone", quo_id = "/quoId" }}
+update = {{ method = "PATCH", path = "/contacts/{{id}}" }}
+create = {{ path = "/contacts", id_pointer = "/id" }}
+
+[mapping]
+first_name = "first_name"
+last_name = "last_name"
+company = "company"
+phones = [{{ field = "phone", label = "mobile" }}]
+
+[reverse]
+create_in_crm = true
+quo_id_field = "quo_id"
+poll_interval = "1ms"
+"#,
+            base = sandbox.base_url(),
+            key = sandbox.api_key(),
+            ledger = dir.path().join("ledger.db").display(),
+            crm = crm.base_url,
+        ),
+    )
+    .unwrap();
+    let config = quo_sync::config::Config::load_with_env(&config_path, std::iter::empty()).unwrap();
+    let ctx = quo_sync::app::build_context(&config, "once", Default::default())
+        .await
+        .unwrap();
+    let cycle = async || {
+        quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
+            .await
+            .unwrap()
+    };
+    assert_eq!(cycle().await.counts.created, 1);
+    let sally = sandbox.app_create(
+        json!({"defaultFields": {"firstName": "Sally", "lastName": "Caller",
+               "emails": [{"name": "work", "value": "sally@walk-in.example"}]}}),
+        "",
+    );
+    let sally_id = sally["id"].as_str().unwrap();
+    crm.lose_create_answers(1);
+    cycle().await;
+    assert_eq!(crm.count("POST", "/contacts"), 1);
+    let made = crm.contact("n1").expect("the lost create landed");
+    assert_eq!(
+        made["quoId"], sally_id,
+        "the record carries the contact's Quo id"
+    );
+    assert_eq!(made["firstName"], "Sally");
+    assert_eq!(
+        sandbox.contact(sally_id).unwrap()["source"],
+        Value::Null,
+        "not adopted yet"
+    );
+
+    cycle().await;
+    assert_eq!(crm.count("POST", "/contacts"), 1, "never sent twice");
+    let adopted = sandbox.contact(sally_id).unwrap();
+    assert_eq!(adopted["source"], "quo-sync");
+    assert_eq!(adopted["externalId"], "n1");
+    let row = ctx
+        .ledger
+        .record(&quo_sync::domain::ExternalId::parse("n1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.quo_id.unwrap().0, sally_id);
+    assert_eq!(
+        sandbox.contacts().len(),
+        2,
+        "no contact made for the record"
+    );
+
+    let mut edited = crm.contact("n1").unwrap();
+    edited["company"] = json!("Signed Up Co");
+    edited["updated_at"] = json!(chrono::Utc::now().to_rfc3339());
+    crm.replace("n1", edited);
+    sandbox.reset_stats();
+    cycle().await;
+    let writes = sandbox.stats().writes;
+    assert_eq!((writes.creates, writes.updates), (0, 1));
+    assert_eq!(
+        sandbox.contact(sally_id).unwrap()["defaultFields"]["company"],
+        "Signed Up Co"
+    );
+}
+
+/// The CSV append step: the new row goes after the last one in the file's own line ending (a
+/// missing final line ending is added first), with the header's columns in order; a record
+/// whose id the file holds already is not appended again; nothing else changes by a byte.
+#[tokio::test]
+async fn csv_rows_are_appended_in_the_files_own_style_and_never_twice() {
+    use quo_sync::source::{CrmChange, ReadRequest, Source};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.csv");
+    let original = "crm_id,first_name,phone,updated_at\r\nc-1,\"Ada, Countess\",+14155550100,2026-01-01\r\nc-2,Bob,,2026-01-02";
+    std::fs::write(&path, original).unwrap();
+    let source = Source::from_config(&quo_sync::config::SourceConfig {
+        kind: quo_sync::config::SourceKind::Csv,
+        path: Some(path.clone()),
+        id_field: "crm_id".into(),
+        updated_at_field: "updated_at".into(),
+        rest: None,
+        watch: false,
+        delimiter: Default::default(),
+        encoding: Default::default(),
+        quote: Default::default(),
+        escape: Default::default(),
+        quiet_period: quo_sync::config::HumanDuration(std::time::Duration::from_secs(1)),
+    })
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let read = tokio::spawn(async move {
+        let summary = source.read(ReadRequest::default(), tx).await;
+        (source, summary)
+    });
+    while rx.recv().await.is_some() {}
+    let (source, summary) = read.await.unwrap();
+    summary.unwrap();
+    let new = |id: &str, first: &str| CrmChange {
+        external_id: quo_sync::domain::ExternalId::parse(id).unwrap(),
+        fields: [
+            ("first_name".to_string(), first.to_string()),
+            ("phone".to_string(), "+14155559001".to_string()),
+        ]
+        .into_iter()
+        .collect(),
+        updated_at: "2026-03-01T10:00:00Z".parse().unwrap(),
+    };
+    let quo_sync::source::Source::Csv(csv_source) = &source else {
+        unreachable!()
+    };
+    let report = csv_source
+        .append_records(&[new("quo-abc", "Sally, Jr."), new("c-2", "Not Bob")])
+        .await
+        .unwrap();
+    assert_eq!(report.written.len(), 2, "{report:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text,
+        format!("{original}\r\nquo-abc,\"Sally, Jr.\",+14155559001,2026-03-01T10:00:00Z\r\n"),
+        "c-2 is there already: not appended, not changed"
+    );
+}

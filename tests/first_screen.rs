@@ -1,0 +1,409 @@
+//! The first screen: the quick start (`quo-sync once --with-sandbox` with the shipped config)
+//! as a new user sees it on a terminal, and the same run piped.
+//!
+//! The terminal is a real pseudo-terminal (`portable-pty`, wezterm's: it sets the window size,
+//! which a program reads to fit its lines, and hands back the raw byte stream), rendered by a
+//! terminal emulator (`vt100`) so the test counts the lines a person sees after every redraw
+//! and clear, not the escape codes in between. Debian's `script` would give neither a window
+//! size nor a byte stream to read while the program runs.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+
+const ROWS: u16 = 40;
+/// Wider than the view may use, so a line past 120 columns would show as one.
+const COLS: u16 = 200;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Variables that would change what the quick start prints.
+const CLEARED: &[&str] = &[
+    "NO_COLOR",
+    "RUST_LOG",
+    "QUO_SYNC_CONFIG",
+    "QUO_API_KEY",
+    "CLICOLOR",
+    "CLICOLOR_FORCE",
+];
+
+fn quo_sync_overrides() -> Vec<String> {
+    std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("QUO_SYNC__"))
+        .collect()
+}
+
+/// Contacts the sandbox at `base` holds (its admin route: no auth, no rate limit).
+async fn sandbox_contacts(client: &reqwest::Client, base: &str) -> usize {
+    let body: serde_json::Value = client
+        .get(format!("{base}/_sandbox/contacts"))
+        .send()
+        .await
+        .expect("sandbox answers")
+        .json()
+        .await
+        .expect("json");
+    body["data"].as_array().map_or(0, Vec::len)
+}
+
+/// Every `pos/len contacts` frame of the write bar in `text`, in order.
+fn bar_frames(text: &str) -> Vec<(u64, u64)> {
+    let mut frames = Vec::new();
+    for (at, _) in text.match_indices(" contacts") {
+        let head = &text[..at];
+        let start = head
+            .rfind(|c: char| !(c.is_ascii_digit() || c == '/'))
+            .map_or(0, |i| i + 1);
+        if let Some((pos, len)) = head[start..].split_once('/')
+            && let (Ok(pos), Ok(len)) = (pos.parse(), len.parse())
+        {
+            frames.push((pos, len));
+        }
+    }
+    frames
+}
+
+/// The sandbox's address in the first line (`… the Quo sandbox at http://127.0.0.1:PORT`).
+fn sandbox_url(text: &str) -> Option<String> {
+    let at = text.find("http://127.0.0.1:")?;
+    let end = text[at..]
+        .find(|c: char| c.is_whitespace())
+        .map_or(text.len(), |e| at + e);
+    Some(text[at..end].to_string())
+}
+
+/// quo-sync running in a pseudo-terminal: its exit, its output as it comes, and its keyboard.
+struct OnTerminal {
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+    output: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    keys: Box<dyn Write + Send>,
+    /// The screen as a person sees it.
+    screen: vt100::Parser,
+}
+
+/// Starts `quo-sync args…` from the repository (so the shipped config is used) in a
+/// pseudo-terminal `COLS` wide, with `env` set and what would change its output cleared.
+fn on_terminal(args: &[&str], env: &[(&str, &str)]) -> OnTerminal {
+    let pty = native_pty_system()
+        .openpty(PtySize {
+            rows: ROWS,
+            cols: COLS,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .expect("a pseudo-terminal");
+    let mut command = CommandBuilder::new(env!("CARGO_BIN_EXE_quo-sync"));
+    command.args(args);
+    command.cwd(repo());
+    command.env("TERM", "xterm-256color");
+    for name in CLEARED
+        .iter()
+        .map(|s| s.to_string())
+        .chain(quo_sync_overrides())
+    {
+        command.env_remove(name);
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = pty.slave.spawn_command(command).expect("spawn quo-sync");
+    drop(pty.slave);
+    let mut reader = pty.master.try_clone_reader().expect("pty reader");
+    let keys = pty.master.take_writer().expect("pty writer");
+    let (tx, output) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with EOF or EIO once the child has exited.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let size = |n: u16| std::num::NonZeroU16::new(n).expect("not zero");
+    OnTerminal {
+        child,
+        output,
+        keys,
+        screen: vt100::Parser::new(size(ROWS), size(COLS), 0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
+    let OnTerminal {
+        mut child,
+        output: mut rx,
+        mut screen,
+        ..
+    } = on_terminal(&["once", "--with-sandbox"], &[]);
+    let client = reqwest::Client::new();
+    let mut stream = String::new();
+    let mut frames_checked = 0usize;
+    // (bar position, contacts the sandbox held when that frame was read)
+    let mut seen: Vec<(u64, u64, usize)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .expect("quo-sync finishes within a minute");
+        let Some(chunk) = chunk else { break };
+        screen.process(&chunk);
+        stream.push_str(&String::from_utf8_lossy(&chunk));
+        let frames = bar_frames(&stream);
+        if frames.len() > frames_checked {
+            let base = sandbox_url(&stream).expect("the first line names the sandbox");
+            // Read after the frame arrived: a true bar can never be ahead of the sandbox.
+            let held = sandbox_contacts(&client, &base).await;
+            for &(pos, len) in &frames[frames_checked..] {
+                seen.push((pos, len, held));
+            }
+            frames_checked = frames.len();
+        }
+    }
+    let status = child.wait().expect("exit status");
+    assert_eq!(status.exit_code(), 3, "the sample quarantines rows: exit 3");
+
+    // The bar counts contacts Quo confirmed: never more than the sandbox holds.
+    assert!(
+        !seen.is_empty(),
+        "23 creates at 10/s last over a second: a bar is shown"
+    );
+    for &(pos, len, held) in &seen {
+        assert!(
+            pos as usize <= held,
+            "the bar showed {pos}/{len} while the sandbox held {held} contacts: {seen:?}"
+        );
+        assert!(
+            len <= 23,
+            "only the 23 creates are counted, not rows read: {seen:?}"
+        );
+    }
+    assert_eq!(
+        seen.iter().map(|s| s.0).max(),
+        Some(23),
+        "the bar reaches 23: {seen:?}"
+    );
+
+    let text = screen.screen().contents();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let shown = lines.join("\n");
+    assert!(
+        lines.len() <= 15,
+        "at most about 15 lines, got {}:\n{shown}",
+        lines.len()
+    );
+    for line in &lines {
+        assert!(
+            line.trim_end().chars().count() <= 120,
+            "a line wider than 120 columns:\n{line}"
+        );
+        assert!(!line.contains("quo_sync::"), "no module paths:\n{line}");
+    }
+    for needle in [
+        "Created 23 contacts",
+        "Held back 4 rows",
+        "line 18  C-1017  phone \"555-CALL-NOW\"",
+        "line 19  C-1018  lead_score \"high\"",
+        "line 27  crm_id \"\": the id column \"crm_id\" is empty",
+        "line 28  C-1002  crm_id \"C-1002\": duplicate id",
+        "line 26  updated_at \"last tuesday\"",
+        // 23 creates, the custom field definitions, one page listing the (empty) workspace.
+        "25 requests (minimum 25)",
+        "quo-sync run --with-sandbox",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains("contact created"),
+        "no per-record lines without -v:\n{shown}"
+    );
+}
+
+/// A JSON line with what changes from run to run (times, ids, ports, temp paths, counts that
+/// depend on timing) replaced, so two runs compare equal when their events and fields do.
+fn normalised(line: &str) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    let object = value.as_object_mut().expect("an object");
+    for key in [
+        "timestamp",
+        "addr",
+        "base_url",
+        "ledger",
+        "quo_id",
+        "pid",
+        "host",
+        "ms",
+        "duration_ms",
+        "lease_ms",
+        "requests",
+        "rate_limited",
+    ] {
+        if let Some(v) = object.get_mut(key) {
+            *v = serde_json::Value::String("<varies>".into());
+        }
+    }
+    if let Some(serde_json::Value::String(location)) = object.get_mut("location") {
+        // `/tmp/quo-sync-sandbox-<uuid>/contacts.example.csv line 18` -> `contacts.example.csv line 18`
+        *location = location.rsplit('/').next().unwrap_or_default().to_string();
+    }
+    if let Some(serde_json::Value::Array(spans)) = object.get_mut("spans") {
+        for span in spans {
+            if let Some(run_id) = span.get_mut("run_id") {
+                *run_id = serde_json::Value::String("<run>".into());
+            }
+        }
+    }
+    serde_json::to_string(&value).expect("json")
+}
+
+fn normalised_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(normalised)
+        .collect();
+    // Workers finish in any order.
+    lines.sort();
+    lines
+}
+
+#[test]
+fn the_quick_start_piped_gives_the_json_lines_it_gave_before_the_human_view() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quo-sync"));
+    command.args(["once", "--with-sandbox"]).current_dir(repo());
+    for name in CLEARED
+        .iter()
+        .map(|s| s.to_string())
+        .chain(quo_sync_overrides())
+    {
+        command.env_remove(name);
+    }
+    let output = command.output().expect("run quo-sync");
+    assert_eq!(output.status.code(), Some(3));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout
+            .starts_with("created 23  updated 0  unchanged 0  deleted 0  quarantined 4  requests "),
+        "stdout keeps its summary line: {stdout:?}"
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!stderr.contains('\u{1b}'), "no escape codes when piped");
+    // Captured from the release before the human view (commit 9225a1a), unedited.
+    let before = std::fs::read_to_string(repo().join("tests/fixtures/quickstart_once.jsonl"))
+        .expect("fixture");
+    // Events added since the fixture was captured: the resolved config paths (#22), day one's
+    // listing of the workspace before the first creates (#20: a scan pass of one page here).
+    let added = [
+        "\"event\":\"config_path\"",
+        "\"event\":\"workspace_listing\"",
+        "\"event\":\"workspace_listed\"",
+        "\"event\":\"quo_scanned\"",
+    ];
+    let stderr: String = stderr
+        .lines()
+        .filter(|l| !added.iter().any(|event| l.contains(event)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (before, now) = (normalised_lines(&before), normalised_lines(&stderr));
+    assert_eq!(before.len(), 35, "the fixture holds the whole run");
+    assert_eq!(now, before, "the JSON lines changed:\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_a_terminal_keeps_one_status_line_and_nothing_scrolls_while_idle() {
+    let OnTerminal {
+        mut child,
+        output: mut rx,
+        mut keys,
+        mut screen,
+    } = on_terminal(
+        &["run", "--with-sandbox"],
+        &[("QUO_SYNC__SCHEDULE__INTERVAL", "1s")],
+    );
+    let lines = |screen: &vt100::Parser| -> Vec<String> {
+        screen
+            .screen()
+            .contents()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    };
+    // Reads until `done` holds for the screen, or fails after `limit`.
+    async fn until(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+        screen: &mut vt100::Parser,
+        limit: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if done(&screen.screen().contents()) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(chunk)) => screen.process(&chunk),
+                _ => return done(&screen.screen().contents()),
+            }
+        }
+    }
+    assert!(
+        until(&mut rx, &mut screen, Duration::from_secs(30), |s| {
+            s.contains("Finished") && s.contains("last cycle")
+        })
+        .await,
+        "the first cycle's lines and the status line:\n{}",
+        lines(&screen).join("\n")
+    );
+    let first = lines(&screen);
+    let status = first.last().cloned().unwrap_or_default();
+    for needle in ["leader", "last cycle", "4 held back", "webhooks received"] {
+        assert!(status.contains(needle), "status line: {status:?}");
+    }
+    // Later cycles (one a second) find nothing new: only the status line changes.
+    let stamp = |s: &str| {
+        s.lines()
+            .rev()
+            .find_map(|l| l.split("last cycle ").nth(1))
+            .map(|rest| rest.chars().take(8).collect::<String>())
+    };
+    let seen_at = stamp(&screen.screen().contents());
+    assert!(
+        until(&mut rx, &mut screen, Duration::from_secs(15), |s| {
+            stamp(s).is_some_and(|t| Some(&t) != seen_at.as_ref())
+        })
+        .await,
+        "later cycles report on the status line:\n{}",
+        lines(&screen).join("\n")
+    );
+    until(&mut rx, &mut screen, Duration::from_secs(2), |_| false).await;
+    let later = lines(&screen);
+    assert_eq!(
+        later[..later.len() - 1],
+        first[..first.len() - 1],
+        "nothing scrolls while idle"
+    );
+    assert_eq!(later.len(), first.len());
+    let status = later.last().unwrap();
+    assert!(
+        status.contains("leader") && status.contains("webhooks received"),
+        "the status line is last: {later:?}"
+    );
+
+    // Ctrl-C: the service stops cleanly and takes its status line with it.
+    keys.write_all(b"\x03").expect("send Ctrl-C");
+    keys.flush().unwrap();
+    until(&mut rx, &mut screen, Duration::from_secs(15), |s| {
+        s.contains("stopped cleanly")
+    })
+    .await;
+    let status = child.wait().expect("exit status");
+    assert_eq!(status.exit_code(), 0, "{}", lines(&screen).join("\n"));
+}

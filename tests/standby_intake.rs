@@ -1,0 +1,293 @@
+//! What a standby receives reaches the leader within about a second: a Quo webhook a standby
+//! stored in the shared inbox, and a CRM change notice a standby answered 202 (kept in the
+//! ledger, not in the standby's memory), on SQLite and PostgreSQL. Two replicas run in this
+//! process (`app::run_replica`), each with its own listener, on one ledger; the interval is an
+//! hour, so only the notice can explain the leader's cycle.
+
+mod common;
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestApp, WEBHOOK_KEY, csv, free_addr, row, whsec};
+use hmac::{Hmac, KeyInit, Mac};
+use quo_sync::config::Config;
+use quo_sync::sandbox::{SandboxConfig, SandboxHandle, WebhookScheme, WebhookTarget};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use support::fake_crm::{Auth, FakeCrm};
+use tokio_util::sync::CancellationToken;
+
+/// How soon a notice at a standby must be acted on by the leader.
+const WITHIN: Duration = Duration::from_millis(2500);
+
+async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within {within:?}");
+}
+
+/// One in-process `quo-sync run` on `config` listening on `addr`.
+struct Replica {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), quo_sync::app::AppError>>,
+}
+
+impl Replica {
+    fn start(config: &Path, addr: SocketAddr) -> Replica {
+        let env = [
+            ("QUO_SYNC__SERVICE__LISTEN", addr.to_string()),
+            ("QUO_SYNC__REVERSE__LISTEN", addr.to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v));
+        let config = Config::load_with_env(config, env).expect("config loads");
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle =
+            tokio::spawn(
+                async move { quo_sync::app::run_replica(&config, token, None, false).await },
+            );
+        Replica {
+            addr,
+            shutdown,
+            handle,
+        }
+    }
+
+    async fn readyz(&self) -> String {
+        match reqwest::get(format!("http://{}/readyz", self.addr)).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// Starts the first replica, waits for it to lead and finish its first cycle (`done`), then
+/// starts the second and waits for it to stand by: (leader, standby).
+async fn leader_and_standby(
+    config: &Path,
+    mut done: impl AsyncFnMut() -> bool,
+) -> (Replica, Replica) {
+    let leader = Replica::start(config, free_addr());
+    wait_for(
+        "the leader's first cycle",
+        Duration::from_secs(20),
+        async || leader.readyz().await.contains("leader") && done().await,
+    )
+    .await;
+    let standby = Replica::start(config, free_addr());
+    wait_for("the standby", Duration::from_secs(10), async || {
+        standby.readyz().await.contains("standby")
+    })
+    .await;
+    (leader, standby)
+}
+
+/// An hourly interval, webhooks only (no scan) and a short lease.
+fn config_extra() -> String {
+    format!(
+        "[schedule]\ninterval = \"1h\"\n[reverse]\nwebhook_secret = \"{}\"\npoll_interval = \"0s\"\n[ha]\nlease = \"2s\"\n",
+        whsec(),
+    )
+}
+
+#[tokio::test]
+async fn a_quo_webhook_stored_by_a_standby_reaches_the_leader_at_once() {
+    quo_webhook_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_quo_webhook_stored_by_a_standby_reaches_the_leader_at_once() {
+    quo_webhook_scenario(Backend::Postgres).await;
+}
+
+async fn quo_webhook_scenario(backend: Backend) {
+    let rows: Vec<String> = (1..=3).map(|i| row(&format!("r-{i}"), i)).collect();
+    let Some(app) = TestApp::spawn_on(
+        backend,
+        &csv(&rows),
+        SandboxConfig::default(),
+        &config_extra(),
+    )
+    .await
+    else {
+        return;
+    };
+    let (leader, standby) = leader_and_standby(&app.config_path, async || {
+        app.sandbox.contacts().len() == 3
+            && app
+                .ledger()
+                .recent_runs(10)
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.finished_at.is_some())
+    })
+    .await;
+    // Quo delivers to the standby only (as a load balancer might).
+    app.sandbox.set_webhook(Some(WebhookTarget {
+        url: format!("http://{}/webhooks/quo", standby.addr),
+        secret_key: WEBHOOK_KEY.to_vec(),
+        scheme: WebhookScheme::Standard,
+    }));
+    let quo_id = app.quo_id("r-2");
+    let edited = Instant::now();
+    app.sandbox
+        .app_edit(
+            &quo_id,
+            json!({"defaultFields": {"lastName": "FromStandby"}}),
+        )
+        .unwrap();
+    wait_for(
+        "the standby's webhook applied by the leader",
+        WITHIN,
+        async || app.csv_text().contains("FromStandby"),
+    )
+    .await;
+    println!("applied {:?} after the edit", edited.elapsed());
+    standby.stop().await;
+    leader.stop().await;
+}
+
+/// A fake REST CRM with three contacts and a signed `POST /webhooks/crm`.
+fn rest_config(sandbox: &SandboxHandle, crm: &FakeCrm, ledger: &str) -> String {
+    format!(
+        r#"
+[quo]
+base_url = "{quo}"
+api_key = "{key}"
+requests_per_second = 1000
+
+{ledger}
+
+[source]
+kind = "rest"
+
+[source.rest]
+base_url = "{crm}"
+list_path = "/offset/contacts"
+records_pointer = "/results"
+id_pointer = "/id"
+updated_at_pointer = "/updated_at"
+updated_since_param = "updated_since"
+fields = {{ first_name = "/firstName", last_name = "/lastName", phone = "/phone" }}
+
+[source.rest.webhook]
+secret = "{SECRET}"
+
+[mapping]
+default_region = "US"
+first_name = "first_name"
+last_name = "last_name"
+phones = [{{ field = "phone", label = "mobile" }}]
+
+[schedule]
+interval = "1h"
+
+[reverse]
+poll_interval = "0s"
+
+[ha]
+lease = "2s"
+"#,
+        quo = sandbox.base_url(),
+        key = sandbox.api_key(),
+        crm = crm.base_url,
+    )
+}
+
+const SECRET: &str = "crm-webhook-secret-for-standbys";
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+#[tokio::test]
+async fn a_crm_notice_answered_by_a_standby_reaches_the_leader_at_once() {
+    crm_notice_scenario(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_crm_notice_answered_by_a_standby_reaches_the_leader_at_once() {
+    crm_notice_scenario(Backend::Postgres).await;
+}
+
+async fn crm_notice_scenario(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = match backend {
+        Backend::Sqlite => format!("[ledger]\npath = \"{}\"", dir.path().join("l.db").display()),
+        Backend::Postgres => match common::pg::database().await {
+            Some(url) => format!("[ledger]\nurl = \"{url}\""),
+            None => return,
+        },
+    };
+    let sandbox = SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let contacts: Vec<Value> = (1..=3)
+        .map(|i| {
+            json!({
+                "id": format!("s{i}"),
+                "firstName": format!("Standby{i}"),
+                "lastName": "Crm",
+                "phone": format!("+1415555{:04}", 4300 + i),
+                "updated_at": "2026-01-01T00:00:00Z",
+            })
+        })
+        .collect();
+    let crm = FakeCrm::start(Auth::None, contacts).await;
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, rest_config(&sandbox, &crm, &ledger)).unwrap();
+    let (leader, standby) = leader_and_standby(&path, async || sandbox.contacts().len() == 3).await;
+    let first_name = || {
+        sandbox
+            .contacts()
+            .into_iter()
+            .find(|c| c["externalId"] == "s2")
+            .and_then(|c| c["defaultFields"]["firstName"].as_str().map(str::to_string))
+    };
+    let mut record = crm.contact("s2").unwrap();
+    record["firstName"] = json!("Noticed");
+    record["updated_at"] = json!(chrono::Utc::now().to_rfc3339());
+    crm.replace("s2", record);
+    let body = serde_json::to_vec(&json!({"event": "contact.updated", "ids": ["s2"]})).unwrap();
+    let status = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/crm", standby.addr))
+        .header("X-Signature", sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 202);
+    wait_for(
+        "the standby's CRM notice read by the leader",
+        WITHIN,
+        async || first_name().as_deref() == Some("Noticed"),
+    )
+    .await;
+    standby.stop().await;
+    leader.stop().await;
+}
