@@ -324,3 +324,50 @@ async fn late_summaries_and_transcripts_rewrite_their_own_row_and_unmatched_call
     .await;
     s.service.stop().await;
 }
+
+/// `quo-sync pause` holds activity writes like contact writes: a call made while paused is
+/// received, stored and merged, but its row reaches the file only after `resume`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_holds_activity_writes_until_resume() {
+    let s = scene(Backend::Sqlite, 2, "poll_interval = \"0s\"", "")
+        .await
+        .expect("SQLite is always there");
+    let sb = &s.app.sandbox;
+    let before = sb.activity_call(call(1, Direction::Incoming, CallOutcome::Answered));
+    until(
+        "the first call written",
+        Duration::from_secs(10),
+        || async { s.rows().len() == 1 },
+    )
+    .await;
+    quo_sync::ops::control::pause(s.app.ledger(), "test@desk", None)
+        .await
+        .unwrap();
+    let during = sb.activity_call(call(2, Direction::Outgoing, CallOutcome::Answered));
+    until(
+        "the paused call stored and linked",
+        Duration::from_secs(10),
+        || async { s.count("pending").await == 1 },
+    )
+    .await;
+    // Several of the pipeline's quarter-second passes: none may write while paused.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rows = s.rows();
+    assert_eq!(rows.len(), 1, "nothing written while paused: {rows:?}");
+    assert_eq!(rows[0]["activity_id"], before);
+    quo_sync::ops::control::resume(s.app.ledger(), "test@desk")
+        .await
+        .unwrap();
+    until(
+        "the paused call written after resume",
+        Duration::from_secs(10),
+        || async {
+            s.rows()
+                .iter()
+                .any(|r| r["activity_id"] == during && r["record_id"] == "r-2")
+        },
+    )
+    .await;
+    assert_eq!(s.rows().len(), 2, "written once");
+    s.service.stop().await;
+}

@@ -1,5 +1,5 @@
 //! The sandbox's dated activity surface against the 2026-03-30 contract
-//! (`shared/quo-api-2026-03-30.md`), and the dated client against the sandbox, over real HTTP:
+//! (`docs/quo-api-2026-03-30.md`), and the dated client against the sandbox, over real HTTP:
 //! the version header checked before auth, cursor paging newest first, `createdAt` ranges under
 //! both readings of the operators, users, webhook subscriptions whose key shows on create only,
 //! and signed, retried, faulty deliveries in both schemes.
