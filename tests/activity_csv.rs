@@ -347,7 +347,17 @@ async fn a_pause_holds_activity_writes_until_resume() {
     until(
         "the paused call stored and linked",
         Duration::from_secs(10),
-        || async { s.count("pending").await == 1 },
+        || async {
+            s.app
+                .ledger()
+                .debug_query_i64(
+                    "SELECT COUNT(*) FROM activities WHERE activity_id = $1 AND state = 'pending' AND record_id = 'r-2'",
+                    &[during.as_str()],
+                )
+                .await
+                .unwrap()
+                == 1
+        },
     )
     .await;
     // Several of the pipeline's quarter-second passes: none may write while paused.

@@ -252,8 +252,44 @@ impl CsvSink {
         Ok(ids)
     }
 
-    /// Appends new rows (an activity already in the file is not appended twice).
+    /// Appends new rows. An activity the file already holds (a create sent again after an
+    /// interruption) is never appended twice: its row is rewritten with what the create carries.
     pub fn create(&self, items: &[Outgoing]) -> Vec<Outcome> {
+        let held: Vec<Outgoing> = {
+            let state = self.lock();
+            items
+                .iter()
+                .filter(|i| state.known.contains(&i.activity_id))
+                .cloned()
+                .collect()
+        };
+        if held.is_empty() {
+            return self.append(items);
+        }
+        let mut rewritten: HashMap<String, Outcome> = held
+            .iter()
+            .map(|i| i.activity_id.clone())
+            .zip(self.update(&held))
+            .collect();
+        let fresh: Vec<Outgoing> = items
+            .iter()
+            .filter(|i| !rewritten.contains_key(&i.activity_id))
+            .cloned()
+            .collect();
+        let mut appended = self.append(&fresh).into_iter();
+        items
+            .iter()
+            .map(|i| match rewritten.remove(&i.activity_id) {
+                Some(outcome) => outcome,
+                None => appended
+                    .next()
+                    .unwrap_or_else(|| Outcome::Refused("not appended".into())),
+            })
+            .collect()
+    }
+
+    /// Appends rows for `items` (those already known are skipped, and reported written).
+    fn append(&self, items: &[Outgoing]) -> Vec<Outcome> {
         let mut state = self.lock();
         let width = state.header.len();
         let fresh: Vec<&Outgoing> = items
@@ -312,7 +348,7 @@ impl CsvSink {
 
     /// Rewrites the rows of `items` in place, all in one crash-safe replace.
     pub fn update(&self, items: &[Outgoing]) -> Vec<Outcome> {
-        let state = self.lock();
+        let mut state = self.lock();
         let id_at = state
             .header
             .iter()
@@ -373,6 +409,12 @@ impl CsvSink {
                 Ok(())
             })
         })();
+        if result.is_ok() {
+            // A row gone from the file (a person deleted it) is made again by a create.
+            state
+                .known
+                .retain(|id| !wanted.contains_key(id.as_str()) || found.contains(id));
+        }
         items
             .iter()
             .map(|i| match &result {
@@ -407,6 +449,37 @@ impl CsvSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn outgoing(summary: &str) -> Outgoing {
+        Outgoing {
+            activity_id: "AC1".into(),
+            crm_id: None,
+            doc: crate::activity::model::ActivityDocument(serde_json::json!({
+                "activity_id": "AC1", "record_id": "r-1", "kind": "call", "summary": summary,
+            })),
+        }
+    }
+
+    #[test]
+    fn a_create_sent_again_rewrites_the_row_it_made_instead_of_adding_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("activity.csv");
+        let sink = CsvSink::open(&path, false).unwrap();
+        let written = |outcomes: Vec<Outcome>| {
+            outcomes
+                == vec![Outcome::Written {
+                    crm_id: "AC1".into(),
+                }]
+        };
+        assert!(written(sink.create(&[outgoing("")])));
+        assert!(written(sink.create(&[outgoing("Renewal agreed")])));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("AC1").count(), 1, "one row: {text}");
+        assert!(
+            text.contains("Renewal agreed"),
+            "the later create's content: {text}"
+        );
+    }
 
     #[test]
     fn torn_rows_are_found_by_newline_width_and_quotes() {
