@@ -78,8 +78,28 @@ async fn run_scenario(
         reorder_batch: 5,
         seed: 11,
     });
-    // Give the service a moment to listen.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The service listens and its poller has taken its first marks (activity from now on).
+    until("the service listening", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    until(
+        "the poller's first marks",
+        Duration::from_secs(10),
+        || async {
+            let mark = |m| ctx.ledger.meta_time(m);
+            mark(quo_sync::activity::poller::CALLS_MARK)
+                .await
+                .is_ok_and(|t| t.is_some())
+                && (!texts_logged
+                    || mark(quo_sync::activity::poller::MESSAGES_MARK)
+                        .await
+                        .is_ok_and(|t| t.is_some()))
+        },
+    )
+    .await;
     let mut owner = HashMap::new();
     let mut calls = HashSet::new();
     for i in 0..ACTIVITIES {
