@@ -176,3 +176,54 @@ async fn webhooks_are_registered_at_start_checked_repaired_and_removed() {
             .is_empty()
     );
 }
+
+/// Registering a webhook is a write to Quo: while syncing is paused a starting leader sends none,
+/// and registers both once `quo-sync resume` is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_holds_the_registration_until_resume() {
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let mut app = TestApp::spawn_with(
+        &csv(&[row("r-1", 1)]),
+        SandboxConfig::default(),
+        &format!("[reverse]\nlisten = \"127.0.0.1:{port}\"\npoll_interval = \"0s\"\npublic_url = \"{public}\"\n"),
+    )
+    .await;
+    app.cycle().await;
+    let config = std::fs::read_to_string(&app.config_path).unwrap();
+    std::fs::write(
+        &app.config_path,
+        format!(
+            "{config}\n[activity]\npoll_interval = \"0s\"\n[activity.csv]\npath = \"{}\"\n",
+            app.dir.path().join("activity.csv").display()
+        ),
+    )
+    .unwrap();
+    app.restart().await;
+    quo_sync::ops::control::pause(app.ledger(), "test@desk", None)
+        .await
+        .unwrap();
+    let service = app.start_service();
+    until("the service listening", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    // Several of the registration's quarter-second looks at the pause.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        app.sandbox.webhook_subscriptions().is_empty(),
+        "nothing registered while paused"
+    );
+    quo_sync::ops::control::resume(app.ledger(), "test@desk")
+        .await
+        .unwrap();
+    until(
+        "both webhooks registered after resume",
+        Duration::from_secs(10),
+        || async { app.sandbox.webhook_subscriptions().len() == 2 },
+    )
+    .await;
+    service.stop().await;
+}

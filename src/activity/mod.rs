@@ -147,7 +147,15 @@ pub fn start(config: &Config, ctx: &SyncContext) -> Option<Running> {
     if !wanted.is_empty() {
         let registrar =
             registration::Registrar::new(DatedClient::new(&ctx.client), ctx.ledger.clone());
+        let (ledger, cancel) = (ctx.ledger.clone(), ctx.cancel.clone());
         tokio::spawn(async move {
+            // A registration writes to Quo: not while syncing is paused (`quo-sync pause`).
+            while matches!(ledger.pause_state().await, Ok(Some(_))) {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
             if let Err(e) = registrar.ensure(&wanted).await {
                 warn!(event = "webhook_registration_failed", error = %e, "could not register quo-sync's webhooks; the poller still fills in; retried at the next start or with `quo-sync webhooks ensure`");
             }
