@@ -215,20 +215,26 @@ async fn backfill() -> Value {
             "[activity]\nbackfill = \"30d\"\npoll_interval = \"2s\"\n",
         )
         .replace("requests_per_second = 9", "requests_per_second = 200");
+    // The examples' own tables take the sandbox, the ledger and the bench's settings.
+    let mut table: toml::Table = text.parse().expect("the examples are valid TOML together");
+    let mut set = |section: &str, key: &str, value: toml::Value| {
+        table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("a table")
+            .insert(key.into(), value);
+    };
+    let text_value = |v: String| toml::Value::String(v);
+    set("quo", "base_url", text_value(sandbox.base_url()));
+    set("quo", "api_key", text_value(sandbox.api_key().to_string()));
+    set("quo", "requests_per_second", toml::Value::Integer(10));
+    let ledger = dir.path().join("ledger.db").display().to_string();
+    set("ledger", "path", text_value(ledger));
+    set("reverse", "poll_interval", text_value("0s".into()));
+    set("log", "level", text_value("warn".into()));
     let path = dir.path().join("quo-sync.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{text}\n[quo]\nbase_url = \"{}\"\napi_key = \"{}\"\nrequests_per_second = 10\n[ledger]\npath = \"{}\"\n[reverse]\npoll_interval = \"0s\"\n",
-            sandbox.base_url(),
-            sandbox.api_key(),
-            dir.path().join("ledger.db").display()
-        )
-        .replace("[quo]\nsource = \"quo-sync\"\n", "")
-        .replace("[ledger]\npath = \"quo-sync.db\"\n", "")
-        .replace("[log]\nformat = \"json\"\nlevel = \"info\"", "[log]\nformat = \"json\"\nlevel = \"warn\""),
-    )
-    .unwrap();
+    std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
     let config = Config::load_with_env(&path, std::iter::empty()).unwrap();
     let cancel = CancellationToken::new();
     let ctx = quo_sync::app::build_context(&config, "bench", cancel.clone())
