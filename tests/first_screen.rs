@@ -207,6 +207,10 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
         assert!(!line.contains("quo_sync::"), "no module paths:\n{line}");
     }
     for needle in [
+        // The CSV as the user can type its path, not the absolute path it resolved to.
+        "Syncing csv config/contacts.example.csv → the Quo sandbox at http://127.0.0.1:",
+        "Read 27 rows in ",
+        ": 23 to create, 4 held back\n",
         "Created 23 contacts",
         "Held back 4 rows",
         "line 18  C-1017  phone \"555-CALL-NOW\"",
@@ -406,4 +410,98 @@ async fn run_on_a_terminal_keeps_one_status_line_and_nothing_scrolls_while_idle(
     .await;
     let status = child.wait().expect("exit status");
     assert_eq!(status.exit_code(), 0, "{}", lines(&screen).join("\n"));
+}
+
+/// Runs `quo-sync args…` on the terminal to its end; (exit code, the screen's non-empty lines).
+async fn screen_after(args: &[&str], env: &[(&str, &str)]) -> (u32, Vec<String>) {
+    let OnTerminal {
+        mut child,
+        output: mut rx,
+        mut screen,
+        ..
+    } = on_terminal(args, env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Some(chunk) = tokio::time::timeout_at(deadline.into(), rx.recv())
+        .await
+        .expect("quo-sync finishes within a minute")
+    {
+        screen.process(&chunk);
+    }
+    let code = child.wait().expect("exit status").exit_code();
+    let lines = screen
+        .screen()
+        .contents()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim_end().to_string())
+        .collect();
+    (code, lines)
+}
+
+/// Day one on the first screen (#20's sample workspace of nine people): the read says what
+/// will be adopted and held, not "unchanged"; the adoptions and the held records with the
+/// contacts they match are named; the result counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_one_on_a_terminal_names_adoptions_and_held_records() {
+    let (code, lines) = screen_after(
+        &[
+            "once",
+            "--with-sandbox",
+            "--seed-existing",
+            "config/existing-contacts.example.csv",
+        ],
+        &[],
+    )
+    .await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "records are held: exit 3\n{shown}");
+    for line in &lines {
+        assert!(
+            line.chars().count() <= 120,
+            "a line wider than 120 columns:\n{line}"
+        );
+    }
+    let read = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("Read 27 rows"))
+        .unwrap_or_else(|| panic!("a read line:\n{shown}"));
+    assert!(
+        read.ends_with(
+            ": 17 to create, 3 to adopt (already in Quo), 3 held (they match contacts in Quo), 4 held back"
+        ),
+        "the read says what the cycle will do: {read}\n{shown}"
+    );
+    for needle in [
+        "Wrote 17 created, 3 adopted",
+        "Held 3 records: they match contacts already in Quo (quo-sync link decides):",
+        "line 5  C-1004  matches 2 contacts already in Quo: ",
+        "… and 2 more: -v shows each as it happens",
+        ": 17 created, 3 adopted, 3 held, 4 held back · ",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains("unchanged") && !shown.contains("record held: no contact"),
+        "no record is unchanged on day one, and the held are listed once:\n{shown}"
+    );
+}
+
+/// A filter on the first screen: records outside it are counted out of scope, not unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_on_a_terminal_counts_records_out_of_scope() {
+    let (code, lines) = screen_after(
+        &["once", "--with-sandbox"],
+        &[("QUO_SYNC__SYNC__FILTER", "record.vip == \"yes\"")],
+    )
+    .await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "{shown}");
+    for needle in [
+        ": 4 to create, 20 out of scope, 3 held back",
+        "Created 4 contacts",
+        ": 4 created, 20 out of scope, 3 held back · ",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(!shown.contains("unchanged"), "{shown}");
 }

@@ -497,15 +497,14 @@ async fn once(session: Session, options: OnceOptions) -> anyhow::Result<u8> {
         value["peak_rss_mib"] = serde_json::json!(quo_sync::telemetry::peak_rss_mib());
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else if let Some(terminal) = &session.terminal {
-        let held_back = ctx.progress.held_back();
-        for line in ops::summary::outcome_lines(
-            terminal,
-            &report,
-            &held_back,
-            &terminal.take_notices(),
-            writes,
-            session.setting(false),
-        ) {
+        let rows = ops::summary::Rows {
+            held_back: ctx.progress.held_back(),
+            held_matches: ctx.progress.held_matches(),
+            notices: terminal.take_notices(),
+        };
+        for line in
+            ops::summary::outcome_lines(terminal, &report, &rows, writes, session.setting(false))
+        {
             terminal.line(&line);
         }
         // The human view said it all on the terminal; a piped stdout still gets its line.
@@ -659,7 +658,7 @@ async fn configured(
     let level = log_level.unwrap_or(&config.log.level).to_string();
     quo_sync::telemetry::init_verbose(config.log.format, &level, verbose);
     config.log_resolved_paths();
-    let source = config.describe_source();
+    let source = shown_from_here(&config.describe_source());
     let sandbox = match demo {
         Some(demo) => {
             let (sandbox, dir) = attach_sandbox(&mut config).await?;
@@ -676,6 +675,25 @@ async fn configured(
         terminal: quo_sync::telemetry::terminal(),
         source,
     })
+}
+
+/// `csv /home/me/quo-sync/config/contacts.csv` as `csv config/contacts.csv` when the working
+/// directory holds it: the path a person typed or can type, and a line that fits.
+fn shown_from_here(source: &str) -> String {
+    let Some((kind, path)) = source.split_once(' ') else {
+        return source.to_string();
+    };
+    match std::env::current_dir().ok().and_then(|cwd| {
+        Path::new(path)
+            .strip_prefix(cwd)
+            .ok()
+            .map(Path::to_path_buf)
+    }) {
+        Some(relative) if !relative.as_os_str().is_empty() => {
+            format!("{kind} {}", relative.display())
+        }
+        _ => source.to_string(),
+    }
 }
 
 pub(super) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {

@@ -156,7 +156,9 @@ impl CycleView {
         if snap.phase == Some(CyclePhase::Reading) && self.read_started.is_none() {
             self.read_started = Some(now);
         }
-        if snap.phase == Some(CyclePhase::Settling) && !self.read_reported {
+        // The read line waits for the read's decisions (day one's matches are decided after
+        // the whole read), so its counts are what the cycle will do.
+        if snap.decided.is_some() && !self.read_reported {
             self.report_read(now, &snap);
         }
         self.writes(now, &snap);
@@ -262,7 +264,8 @@ impl CycleView {
             snap.planned[1] > 0,
             snap.planned[2] > 0,
         ) {
-            (true, false, false) => "creating",
+            // Adoptions are PATCHes counted with the creates.
+            (true, false, false) if snap.adopting == 0 => "creating",
             (false, true, false) => "updating",
             (false, false, true) => "deleting",
             _ => "writing",

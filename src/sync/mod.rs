@@ -30,7 +30,7 @@ mod scope;
 mod settle;
 
 pub use plan::{Action, PlannedOp};
-pub use progress::{CyclePhase, CycleProgress, HeldBack, ProgressSnapshot, WriteKind};
+pub use progress::{CyclePhase, CycleProgress, HeldBack, ProgressSnapshot, ReadTally, WriteKind};
 pub use scope::ScopeRules;
 
 use std::collections::{HashMap, HashSet};

@@ -46,6 +46,15 @@ impl Cycle {
             // Matches need the whole read: a contact two records match is known only now.
             self.decide_matches(&mut pool, complete).await?;
         }
+        {
+            let counts = self.counts.lock().await;
+            self.ctx.progress.decided(super::ReadTally {
+                unchanged: counts.unchanged,
+                out_of_scope: counts.out_of_scope,
+                skipped_by_mode: counts.skipped_by_mode,
+                held: counts.held,
+            });
+        }
         if read_whole {
             // Quo-side changes whose record this read did not return.
             let leftovers: Vec<_> = self.quo_changed.lock().await.drain().collect();

@@ -55,7 +55,7 @@ const DRAWN_BY_THE_VIEW: &[&str] = &[
 ];
 
 /// Events about one row whose summary comes from the cycle itself (`CycleProgress::held_back`).
-const HELD_BACK: &[&str] = &["record_quarantined", "record_unreadable"];
+const HELD_BACK: &[&str] = &["record_quarantined", "record_unreadable", "record_held"];
 
 /// What becomes of one event in the human view.
 #[derive(Debug, PartialEq, Eq)]
