@@ -1,11 +1,16 @@
 //! The operator console: its JSON is the CLI's `--json`, it refuses strangers (token, CSRF),
 //! escapes every CRM value, and a real headless Chromium can retry a fixed row from the page.
 
+#[path = "console/browser.rs"]
+mod browser;
 mod common;
+#[path = "console/control.rs"]
+mod control;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use browser::{Browser, client, free_port};
 use common::{TestApp, csv, row};
 use quo_sync::config::Config;
 use quo_sync::ops::console::{CONTENT_SECURITY_POLICY, Console, ServiceInfo};
@@ -60,13 +65,6 @@ async fn serve_console(
         cancel.clone(),
     ));
     (base, cancel)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 async fn json(client: &reqwest::Client, url: &str) -> serde_json::Value {
@@ -389,249 +387,6 @@ fn console_config_is_safe_by_default() {
     assert!(!debug.contains(TOKEN), "the token never shows in Debug");
 }
 
-/// A free loopback port (bound, read, released) for a service that binds its own listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Chromium and chromedriver, or why the browser test cannot run.
-fn browser() -> Option<(String, String)> {
-    let find = |names: &[&str]| {
-        names.iter().find_map(|n| {
-            std::process::Command::new("which")
-                .arg(n)
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        })
-    };
-    Some((
-        find(&["chromium", "chromium-browser"])?,
-        find(&["chromedriver"])?,
-    ))
-}
-
-/// One WebDriver call; panics with the driver's answer on an error status.
-async fn wd(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    body: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let mut request = client.request(method, url);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("webdriver request");
-    let status = response.status();
-    let value: serde_json::Value = response.json().await.expect("webdriver json");
-    assert!(status.is_success(), "{url}: {status} {value}");
-    value["value"].clone()
-}
-
-/// Kills chromedriver (and its Chromium) however the test ends.
-struct Driver(std::process::Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A headless Chromium driven over WebDriver by its own chromedriver.
-struct Browser {
-    http: reqwest::Client,
-    /// `http://127.0.0.1:<driver>/session/<id>`.
-    session: String,
-    _profile: tempfile::TempDir,
-    driver: Driver,
-}
-
-impl Browser {
-    /// Starts chromedriver and a headless Chromium `width` px wide; `None` (after a visible
-    /// skip, a failure under CI) when either is not installed.
-    async fn start(width: u32, height: u32) -> Option<Browser> {
-        let Some((chromium, chromedriver)) = browser() else {
-            common::skip(
-                "chromium or chromedriver is not installed (apt-get install -y chromium chromium-driver)",
-            );
-            return None;
-        };
-        let http = client();
-        let driver_port = free_port();
-        let driver = Driver(
-            std::process::Command::new(&chromedriver)
-                .arg(format!("--port={driver_port}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("chromedriver starts"),
-        );
-        let wd_base = format!("http://127.0.0.1:{driver_port}");
-        // Each wait has its own deadline: a slow first wait on a loaded machine must not eat
-        // the time of the next.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while http.get(format!("{wd_base}/status")).send().await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chromedriver never answered"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let profile = tempfile::tempdir().unwrap();
-        let args = vec![
-            "--headless".to_string(),
-            "--no-sandbox".into(),
-            "--disable-gpu".into(),
-            "--disable-quic".into(),
-            "--no-first-run".into(),
-            "--disable-background-networking".into(),
-            "--disable-component-update".into(),
-            "--disable-sync".into(),
-            format!("--window-size={width},{height}"),
-            format!("--user-data-dir={}", profile.path().display()),
-        ];
-        let session = wd(
-            &http,
-            reqwest::Method::POST,
-            &format!("{wd_base}/session"),
-            Some(serde_json::json!({"capabilities": {"alwaysMatch": {
-                "browserName": "chrome",
-                "goog:chromeOptions": {"binary": chromium, "args": args}
-            }}})),
-        )
-        .await;
-        let sid = session["sessionId"].as_str().expect("session id");
-        Some(Browser {
-            session: format!("{wd_base}/session/{sid}"),
-            http,
-            _profile: profile,
-            driver,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> serde_json::Value {
-        wd(&self.http, method, &format!("{}{path}", self.session), body).await
-    }
-
-    async fn goto(&self, url: &str) {
-        self.call(
-            reqwest::Method::POST,
-            "/url",
-            Some(serde_json::json!({ "url": url })),
-        )
-        .await;
-    }
-
-    /// The ids of the elements `css` matches.
-    async fn find(&self, css: &str) -> Vec<String> {
-        let found = self
-            .call(
-                reqwest::Method::POST,
-                "/elements",
-                Some(serde_json::json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        found
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.as_object()?.values().next()?.as_str().map(String::from))
-            .collect()
-    }
-
-    /// The one element `css` matches.
-    async fn one(&self, css: &str) -> String {
-        let found = self.find(css).await;
-        assert_eq!(found.len(), 1, "{css} on the page: {}", self.source().await);
-        found[0].clone()
-    }
-
-    /// Clicks what `css` matches, as a person does.
-    async fn click(&self, css: &str) {
-        let id = self.one(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            Some(serde_json::json!({})),
-        )
-        .await;
-    }
-
-    /// Types `text` into the field `css` matches.
-    async fn type_into(&self, css: &str, text: &str) {
-        let id = self.one(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/value"),
-            Some(serde_json::json!({ "text": text })),
-        )
-        .await;
-    }
-
-    /// The text of the first element `css` matches, if any.
-    async fn text(&self, css: &str) -> Option<String> {
-        let id = self.find(css).await.into_iter().next()?;
-        self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
-            .await
-            .as_str()
-            .map(String::from)
-    }
-
-    /// The page's HTML.
-    async fn source(&self) -> String {
-        self.call(reqwest::Method::GET, "/source", None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    /// Runs `script` in the page; what it returns.
-    async fn execute(&self, script: &str) -> serde_json::Value {
-        self.call(
-            reqwest::Method::POST,
-            "/execute/sync",
-            Some(serde_json::json!({"script": script, "args": []})),
-        )
-        .await
-    }
-
-    async fn resize(&self, width: u32, height: u32) {
-        self.call(
-            reqwest::Method::POST,
-            "/window/rect",
-            Some(serde_json::json!({"width": width, "height": height})),
-        )
-        .await;
-    }
-
-    /// The page as a PNG.
-    async fn screenshot(&self) -> Vec<u8> {
-        let shot = self.call(reqwest::Method::GET, "/screenshot", None).await;
-        let png = base64_decode(shot.as_str().expect("screenshot"));
-        assert!(png.starts_with(b"\x89PNG"), "a PNG");
-        png
-    }
-
-    /// Ends the session, then chromedriver.
-    async fn close(self) {
-        let _ = self.http.delete(&self.session).send().await;
-        drop(self.driver);
-    }
-}
-
 #[tokio::test]
 async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
     let port = free_port();
@@ -736,6 +491,23 @@ async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
             layout["untitled"], 0,
             "a cut value without its title: {layout}"
         );
+        assert_eq!(
+            layout["cut"],
+            serde_json::json!([]),
+            "a button cut off at {width}px: {layout}"
+        );
+        if width < 700 {
+            assert_eq!(
+                layout["small"],
+                serde_json::json!([]),
+                "buttons too small for a finger at {width}px: {layout}"
+            );
+            assert_eq!(
+                layout["blank"],
+                serde_json::json!([]),
+                "a card shows a label with nothing after it at {width}px: {layout}"
+            );
+        }
         let path = format!("{}/console-{width}.png", env!("CARGO_TARGET_TMPDIR"));
         std::fs::write(path, browser.screenshot().await).unwrap();
     }
@@ -754,8 +526,10 @@ async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
 }
 
 /// Runs in the page: every visible header word (`th`, `dt`, headings, buttons) that the layout
-/// split over two lines, how far the page scrolls sideways, and cut cells whose title does not
-/// hold what they show (a location shows its file name and line, its title the whole path).
+/// split over two lines, how far the page scrolls sideways, cut cells whose title does not
+/// hold what they show (a location shows its file name and line, its title the whole path),
+/// buttons smaller than a finger or cut off by the screen's edge, and labelled cells with
+/// nothing in them.
 const LAYOUT_CHECK: &str = r#"
 const split = [];
 let checked = 0;
@@ -778,21 +552,30 @@ for (const el of document.querySelectorAll('th, dt, h1, h2, h3, button')) {
 }
 const untitled = [...document.querySelectorAll('td.clip')]
   .filter(td => td.textContent && !td.title.includes(td.textContent)).length;
+const shown = el => el.getClientRects().length > 0;
+const buttons = [...document.querySelectorAll('button')].filter(shown);
+// A finger needs about 44 px (WCAG 2.5.5); a button must be wholly on screen.
+const small = buttons
+  .filter(b => b.getBoundingClientRect().height < 43.5)
+  .map(b => b.textContent + ' ' + Math.round(b.getBoundingClientRect().height) + 'px');
+const cut = buttons
+  .filter(b => { const r = b.getBoundingClientRect(); return r.left < 0 || r.right > window.innerWidth; })
+  .map(b => b.textContent);
+// A labelled cell with nothing in it (a card reading "Error:" and nothing else).
+const blank = [...document.querySelectorAll('td[data-label]')]
+  .filter(td => shown(td) && !td.textContent.trim())
+  .map(td => td.dataset.label);
 return {
   width: window.innerWidth,
   checked,
   split,
   sideways: document.documentElement.scrollWidth - window.innerWidth,
   untitled,
+  small,
+  cut,
+  blank,
 };
 "#;
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .expect("base64")
-}
 
 /// DNS rebinding: a page on another site whose name now resolves to 127.0.0.1 reaches a
 /// console without a token with its own name in `Host`, and can read the CSRF token from the
@@ -886,224 +669,4 @@ async fn readyz_shows_no_error_text() {
         assert!(!body.contains(data), "{data} in /readyz: {body}");
     }
     cancel.cancel();
-}
-
-/// `quo-sync run` as a child process with the console on `addr`, its JSON log kept.
-struct RunningBinary {
-    child: tokio::process::Child,
-    log: Arc<std::sync::Mutex<String>>,
-}
-
-impl RunningBinary {
-    fn start(config: &std::path::Path, addr: std::net::SocketAddr) -> RunningBinary {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env_remove("QUO_SYNC_CONFIG")
-            .env("QUO_SYNC__SCHEDULE__INTERVAL", "1h")
-            .env("QUO_SYNC__SERVICE__LISTEN", addr.to_string())
-            .env("QUO_SYNC__SERVICE__CONSOLE", "true")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("quo-sync run starts");
-        let log = Arc::new(std::sync::Mutex::new(String::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let kept = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = kept.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        RunningBinary { child, log }
-    }
-
-    /// Log lines with `"event":"<event>"` so far.
-    fn events(&self, event: &str) -> usize {
-        let needle = format!("\"event\":\"{event}\"");
-        self.log.lock().unwrap().matches(&needle).count()
-    }
-}
-
-/// `status --json` from the binary.
-async fn status_json(config: &std::path::Path) -> serde_json::Value {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .env_remove("QUO_SYNC_CONFIG")
-        .output()
-        .await
-        .expect("status runs");
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    serde_json::from_slice(&out.stdout).expect("status --json")
-}
-
-/// The `quo_sync_paused` line of `/metrics` (the gauge is cached for a few seconds).
-async fn paused_gauge(http: &reqwest::Client, base: &str) -> String {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("quo_sync_paused "))
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// #27 item 5 in a real browser: the console's Pause (for 1h) pauses every writer, as the page,
-/// `status --json` and `/metrics` agree; a CSV edit made meanwhile sends nothing, even when Run
-/// now starts a cycle; Resume lands it, once. Run now starts a cycle within a second. A POST
-/// from another site, or without the page's CSRF token, changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_browser_pauses_and_resumes_syncing_and_runs_a_cycle_now() {
-    let rows: Vec<String> = (1..=3).map(|n| row(&format!("r-{n}"), n)).collect();
-    let app = TestApp::spawn(&csv(&rows)).await;
-    let addr = common::free_addr();
-    let base = format!("http://{addr}");
-    let http = client();
-    let mut run = RunningBinary::start(&app.config_path, addr);
-    common::poll("the first cycle synced 3 contacts", async || {
-        app.sandbox.contacts().len() == 3
-            && app
-                .ledger()
-                .recent_runs(1)
-                .await
-                .unwrap()
-                .first()
-                .is_some_and(|r| r.finished_at.is_some())
-    })
-    .await;
-    let runs = async || app.ledger().recent_runs(100).await.unwrap().len();
-
-    // Refused without the page's token, or from another site: nothing pauses.
-    for action in ["pause", "resume", "run-now"] {
-        let url = format!("{base}/api/{action}");
-        let cross_site = http
-            .post(&url)
-            .header("origin", "https://attacker.example")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("for=1h")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(cross_site.status(), 403, "{action} from another site");
-        let no_token = http
-            .post(&url)
-            .header("origin", &base)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("for=1h")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(no_token.status(), 403, "{action} without the CSRF token");
-    }
-    assert!(status_json(&app.config_path).await["paused"].is_null());
-
-    let Some(browser) = Browser::start(1100, 1000).await else {
-        return;
-    };
-    browser.goto(&format!("{base}/")).await;
-    assert_eq!(browser.text("#syncing").await.as_deref(), Some("Syncing."));
-
-    // Run now: a cycle starts on the leader within a second.
-    let before = runs().await;
-    browser.click("button.run-now").await;
-    let clicked = std::time::Instant::now();
-    while runs().await == before {
-        assert!(
-            clicked.elapsed() < Duration::from_secs(1),
-            "Run now started no cycle within a second"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    // Pause for an hour.
-    let asked = chrono::Utc::now();
-    browser.type_into("input[name=\"for\"]", "1h").await;
-    browser.click("button.pause").await;
-    let mut shown = None;
-    common::poll("the page shows the pause", async || {
-        shown = browser.text("#paused").await;
-        shown.is_some()
-    })
-    .await;
-    let shown = shown.unwrap();
-    assert!(
-        shown.starts_with("Paused by console since ") && shown.contains(", until "),
-        "who and until when: {shown}"
-    );
-    assert!(browser.find("button.pause").await.is_empty(), "{shown}");
-    let status = status_json(&app.config_path).await;
-    let paused = &status["paused"];
-    assert_eq!(paused["by"], "console", "{status}");
-    let until = chrono::DateTime::parse_from_rfc3339(paused["until"].as_str().unwrap())
-        .unwrap_or_else(|e| panic!("{e}: {paused}"))
-        .with_timezone(&chrono::Utc);
-    assert!(
-        (chrono::Duration::minutes(59)..=chrono::Duration::minutes(61)).contains(&(until - asked)),
-        "until an hour on: {paused}"
-    );
-    assert!(
-        shown.contains(&until.format("%Y-%m-%dT%H:%M").to_string())
-            || shown.contains(paused["until"].as_str().unwrap()),
-        "the page and status agree on the end: {shown} / {paused}"
-    );
-    common::poll("/metrics shows quo_sync_paused 1", async || {
-        paused_gauge(&http, &base).await == "quo_sync_paused 1"
-    })
-    .await;
-
-    // An edit made during the pause: the watcher and Run now start cycles; they send nothing.
-    app.sandbox.reset_stats();
-    let mut edited = rows.clone();
-    edited[0] = edited[0].replace("Acme 1", "Paused Co");
-    app.write_csv(&csv(&edited));
-    let paused_cycles = run.events("cycle_paused");
-    browser.click("button.run-now").await;
-    common::poll("a cycle ran into the pause", async || {
-        run.events("cycle_paused") > paused_cycles
-    })
-    .await;
-    assert_eq!(app.sandbox.stats().writes_total(), 0, "nothing sent to Quo");
-    assert_eq!(app.contact_for("r-1")["defaultFields"]["company"], "Acme 1");
-
-    // Resume: the page says so, status and /metrics agree, the edit lands once.
-    browser.click("button.resume").await;
-    common::poll("the page shows syncing again", async || {
-        browser.text("#syncing").await.is_some()
-    })
-    .await;
-    assert!(status_json(&app.config_path).await["paused"].is_null());
-    common::poll("the edit lands after the resume", async || {
-        app.contact_for("r-1")["defaultFields"]["company"] == "Paused Co"
-    })
-    .await;
-    common::poll("/metrics shows quo_sync_paused 0", async || {
-        paused_gauge(&http, &base).await == "quo_sync_paused 0"
-    })
-    .await;
-    let before = runs().await;
-    browser.click("button.run-now").await;
-    common::poll("one more cycle finished", async || {
-        let now = app.ledger().recent_runs(100).await.unwrap();
-        now.len() > before && now[0].finished_at.is_some()
-    })
-    .await;
-    let stats = app.sandbox.stats();
-    assert_eq!(
-        (stats.writes.updates, stats.writes_total()),
-        (1, 1),
-        "the pending edit landed once"
-    );
-    assert!(run.child.try_wait().unwrap().is_none(), "run still serves");
-    browser.close().await;
-    run.child.kill().await.unwrap();
 }
