@@ -228,6 +228,34 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
         !shown.contains("contact created"),
         "no per-record lines without -v:\n{shown}"
     );
+
+    // The README's transcript is what a fresh clone prints today (times, ports and counts of
+    // milliseconds aside).
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let block = readme
+        .split_once("`cargo run -- once --with-sandbox` does a single cycle")
+        .and_then(|(_, rest)| rest.split_once("```text\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("the README's quick start transcript");
+    let words = |line: &str| -> Vec<String> {
+        // The pace the writes reached depends on the machine's load: `(at Quo's limit of 10/s)`
+        // or `(9.1/s; Quo allows 10/s)`.
+        let line = match line.trim_start().starts_with("Created") {
+            true => line.split(" (").next().unwrap_or(line),
+            false => line,
+        };
+        line.split_whitespace()
+            .filter(|w| !w.contains(|c: char| c.is_ascii_digit()))
+            .map(String::from)
+            .collect()
+    };
+    let readme_lines: Vec<Vec<String>> = block.lines().map(words).collect();
+    let screen_lines: Vec<Vec<String>> = lines.iter().map(|l| words(l)).collect();
+    assert_eq!(
+        readme_lines, screen_lines,
+        "the README's transcript differs from the screen:\n{block}\n---\n{shown}"
+    );
 }
 
 /// A JSON line with what changes from run to run (times, ids, ports, temp paths, counts that
