@@ -7,6 +7,8 @@
 //! and clear, not the escape codes in between. Debian's `script` would give neither a window
 //! size nor a byte stream to read while the program runs.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
@@ -532,4 +534,99 @@ async fn a_filter_on_a_terminal_counts_records_out_of_scope() {
         assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
     }
     assert!(!shown.contains("unchanged"), "{shown}");
+}
+
+/// `NO_COLOR` turns colour off on a terminal: no SGR sequence reaches the screen (the bar
+/// still redraws in place); `-v` shows every record's line, without module paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_color_is_respected_and_verbose_shows_every_record() {
+    let OnTerminal {
+        mut child,
+        output: mut rx,
+        ..
+    } = on_terminal(&["once", "--with-sandbox"], &[("NO_COLOR", "1")]);
+    let mut stream = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Some(chunk) = tokio::time::timeout_at(deadline.into(), rx.recv())
+        .await
+        .expect("quo-sync finishes within a minute")
+    {
+        stream.extend(chunk);
+    }
+    assert_eq!(child.wait().unwrap().exit_code(), 3);
+    let text = String::from_utf8_lossy(&stream);
+    let sgr = text
+        .match_indices("\u{1b}[")
+        .map(|(at, _)| &text[at + 2..])
+        .filter(|rest| {
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == ';'));
+            end.is_some_and(|e| rest[e..].starts_with('m'))
+        })
+        .count();
+    assert_eq!(sgr, 0, "colour under NO_COLOR: {text:?}");
+    assert!(text.contains("Created 23 contacts"), "{text}");
+
+    let (code, lines) = screen_after(&["once", "--with-sandbox", "-v"], &[]).await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "{shown}");
+    let created = lines
+        .iter()
+        .filter(|l| l.contains("contact created"))
+        .count();
+    // The screen keeps its last 40 rows; every one of them that names a record is a line of
+    // its own, and there are more of them than the whole view without -v would show.
+    assert!(created >= 15, "per-record lines with -v:\n{shown}");
+    assert!(!shown.contains("quo_sync::"), "no module paths:\n{shown}");
+}
+
+/// The outcomes a new user must not misread: a cycle whose deletions the mass-deletion guard
+/// refused says so and names the flag that lifts it; a paused cycle says who paused it and
+/// until when, that nothing was sent, and how to resume, with no result line counting nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_deletion_and_a_pause_read_clearly_on_a_terminal() {
+    let rows: Vec<String> = (1..=10)
+        .map(|n| common::row(&format!("r-{n}"), n))
+        .collect();
+    let app = common::TestApp::spawn_with(
+        &common::csv(&rows),
+        Default::default(),
+        "[sync]\non_source_delete = \"delete\"\n",
+    )
+    .await;
+    assert_eq!(app.cycle().await.counts.created, 10);
+    // 8 of 10 rows leave the CSV; a first read of the short file deletes nothing yet.
+    app.write_csv(&common::csv(&rows[..2]));
+    app.cycle().await;
+    let config = app.config_path.to_str().unwrap().to_string();
+    let (code, lines) = screen_after(&["once", "--config", &config], &[]).await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "a refused deletion exits 3:\n{shown}");
+    for needle in [
+        "Refused this cycle's deletions: more than sync.max_delete_fraction of the contacts",
+        "Next quo-sync once --allow-mass-delete  if those deletions are intended",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert_eq!(app.sandbox.contacts().len(), 10, "nothing deleted");
+
+    quo_sync::ops::control::pause(app.ledger(), "ops@desk", None)
+        .await
+        .unwrap();
+    let (code, lines) = screen_after(&["once", "--config", &config], &[]).await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 0, "{shown}");
+    for needle in [
+        "Paused by ops@desk since ",
+        ", until resumed: nothing was sent to Quo or the CRM",
+        "Next quo-sync resume  ends the pause for every replica",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains("Finished")
+            && !shown.contains("keeps them in sync")
+            && !shown.contains("Read 0 rows")
+            && !shown.contains("syncing is paused"),
+        "a paused cycle has no result to count:\n{shown}"
+    );
 }

@@ -485,7 +485,9 @@ async fn once(session: Session, options: OnceOptions) -> anyhow::Result<u8> {
     let writes = watch.finish().await;
     writer.release().await;
     let report = report?;
-    if let Some(pause) = &report.paused {
+    if let Some(pause) = &report.paused
+        && session.terminal.is_none()
+    {
         eprintln!(
             "{}: nothing was sent to Quo or the CRM (quo-sync resume)",
             pause.describe()
@@ -496,6 +498,10 @@ async fn once(session: Session, options: OnceOptions) -> anyhow::Result<u8> {
         let mut value = serde_json::to_value(&report)?;
         value["peak_rss_mib"] = serde_json::json!(quo_sync::telemetry::peak_rss_mib());
         println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if let Some((terminal, pause)) = session.terminal.as_ref().zip(report.paused.as_ref()) {
+        for line in ops::summary::paused_lines(terminal, pause) {
+            terminal.line(&line);
+        }
     } else if let Some(terminal) = &session.terminal {
         let rows = ops::summary::Rows {
             held_back: ctx.progress.held_back(),

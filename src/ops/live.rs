@@ -152,9 +152,20 @@ fn outcome_words(finished: &Finished) -> String {
     match finished {
         Finished::Failed(e) => format!("failed ({})", crate::telemetry::shorten(e)),
         Finished::Report(report, ..) => {
+            if let Some(pause) = &report.paused {
+                return format!(
+                    "paused by {} {}",
+                    pause.by,
+                    pause
+                        .until
+                        .as_ref()
+                        .map_or("until resumed".to_string(), |u| format!("until {u}"))
+                );
+            }
             let c = &report.counts;
             let mut parts: Vec<String> = [
                 (c.created, "created"),
+                (c.adopted, "adopted"),
                 (c.updated, "updated"),
                 (c.deleted, "deleted"),
                 (c.written_to_crm, "to the CRM"),
@@ -165,6 +176,9 @@ fn outcome_words(finished: &Finished) -> String {
             .collect();
             if parts.is_empty() {
                 parts.push("no changes".to_string());
+            }
+            if c.held > 0 {
+                parts.push(format!("{} held", c.held));
             }
             if c.quarantined > 0 {
                 parts.push(format!("{} held back", c.quarantined));

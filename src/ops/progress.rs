@@ -180,7 +180,9 @@ impl CycleView {
             bar.finish_and_clear();
             self.terminal.remove(&bar);
         }
-        if !self.read_reported {
+        // A cycle that read nothing and decided nothing (paused, or failed before its read)
+        // has no read to tell of.
+        if !self.read_reported && (snap.records_read > 0 || snap.decided.is_some()) {
             self.report_read(now, &snap);
         }
         let (count, last) = self.last_confirmed;

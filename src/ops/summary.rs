@@ -387,6 +387,28 @@ pub fn minimum_requests(report: &CycleReport) -> u64 {
         + c.updated.div_ceil(crate::quo::client::MAX_PAGE as u64)
 }
 
+/// A cycle that found syncing paused: who paused it and until when, and how to resume. It
+/// replaces the outcome lines (nothing was read or sent, so there is nothing to count).
+pub fn paused_lines(terminal: &Terminal, pause: &crate::ledger::Pause) -> Vec<String> {
+    let until = match &pause.until {
+        Some(until) => format!("until {until}"),
+        None => "until resumed".to_string(),
+    };
+    let command = terminal.paint(console::Style::new().bold(), "quo-sync resume");
+    vec![
+        format!(
+            "{} by {} since {}, {until}: nothing was sent to Quo or the CRM",
+            warn(terminal, "Paused"),
+            pause.by,
+            pause.since
+        ),
+        format!(
+            "{} {command}  ends the pause for every replica; what changed meanwhile then syncs",
+            ok(terminal, "Next")
+        ),
+    ]
+}
+
 /// What to do next.
 fn next_lines(
     terminal: &Terminal,

@@ -49,6 +49,8 @@ const DRAWN_BY_THE_VIEW: &[&str] = &[
     "standby",
     "progress",
     "quo_scanned",
+    // Said by the view's `Paused` line (`once`) and status line (`run`).
+    "cycle_paused",
     // Day one's listing of the workspace: drawn as the scan's bar.
     "workspace_listing",
     "workspace_listed",
