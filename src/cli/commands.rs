@@ -635,7 +635,7 @@ impl Session {
                 format!("Quo at {}", self.config.quo.base_url),
                 match &self.config.ledger.url {
                     Some(_) => "ledger on PostgreSQL".to_string(),
-                    None => format!("ledger {}", self.config.ledger.path.display()),
+                    None => format!("ledger {}", from_here(&self.config.ledger.path)),
                 },
             ),
         };
@@ -664,7 +664,10 @@ async fn configured(
     let level = log_level.unwrap_or(&config.log.level).to_string();
     quo_sync::telemetry::init_verbose(config.log.format, &level, verbose);
     config.log_resolved_paths();
-    let source = shown_from_here(&config.describe_source());
+    let source = match (&config.source.kind, &config.source.path) {
+        (quo_sync::config::SourceKind::Csv, Some(path)) => format!("csv {}", from_here(path)),
+        _ => config.describe_source(),
+    };
     let sandbox = match demo {
         Some(demo) => {
             let (sandbox, dir) = attach_sandbox(&mut config).await?;
@@ -683,23 +686,16 @@ async fn configured(
     })
 }
 
-/// `csv /home/me/quo-sync/config/contacts.csv` as `csv config/contacts.csv` when the working
+/// `/home/me/quo-sync/config/contacts.csv` as `config/contacts.csv` when the working
 /// directory holds it: the path a person typed or can type, and a line that fits.
-fn shown_from_here(source: &str) -> String {
-    let Some((kind, path)) = source.split_once(' ') else {
-        return source.to_string();
-    };
-    match std::env::current_dir().ok().and_then(|cwd| {
-        Path::new(path)
-            .strip_prefix(cwd)
-            .ok()
-            .map(Path::to_path_buf)
-    }) {
-        Some(relative) if !relative.as_os_str().is_empty() => {
-            format!("{kind} {}", relative.display())
-        }
-        _ => source.to_string(),
-    }
+fn from_here(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .filter(|relative| !relative.as_os_str().is_empty())
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 pub(super) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {

@@ -49,6 +49,9 @@ const DRAWN_BY_THE_VIEW: &[&str] = &[
     "standby",
     "progress",
     "quo_scanned",
+    // The resolved source and ledger are named by the view's `Syncing` line (a value in a log
+    // line is cut to its file name, which says nothing about where it was found).
+    "config_path",
     // Said by the view's `Paused` line (`once`) and status line (`run`).
     "cycle_paused",
     // Day one's listing of the workspace: drawn as the scan's bar.
