@@ -514,6 +514,32 @@ async fn day_one_on_a_terminal_names_adoptions_and_held_records() {
         !shown.contains("unchanged") && !shown.contains("record held: no contact"),
         "no record is unchanged on day one, and the held are listed once:\n{shown}"
     );
+    // plan's preview on the terminal: the same read line, the table, the CSV as configured
+    // (not the sandbox's throwaway copy), no held record twice.
+    let (code, lines) = screen_after(
+        &[
+            "plan",
+            "--with-sandbox",
+            "--seed-existing",
+            "config/existing-contacts.example.csv",
+        ],
+        &[],
+    )
+    .await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 0, "{shown}");
+    for needle in [
+        ": 17 to create, 3 to adopt (already in Quo), 3 held (they match contacts in Quo), 4 held back",
+        "source: csv config/contacts.example.csv read as utf-8",
+        "plan: 17 create, 3 adopt, 4 quarantine, 3 held (27 records)",
+        "held        C-1004",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains("quo-sync-sandbox-") && !shown.contains("record held: no contact"),
+        "{shown}"
+    );
 }
 
 /// A filter on the first screen: records outside it are counted out of scope, not unchanged.

@@ -571,7 +571,8 @@ async fn plan(session: Session, json: bool) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         if let Some(dialect) = &dialect {
-            println!("source: {} read as {dialect}", ctx.source.describe());
+            // The source as configured (with --with-sandbox, ctx reads a throwaway copy).
+            println!("source: {} read as {dialect}", session.source);
         }
         let colour = std::io::stdout().is_terminal() && console::colors_enabled();
         print!("{}", render_table(&report.operations, colour));
