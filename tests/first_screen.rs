@@ -628,7 +628,7 @@ async fn a_refused_deletion_and_a_pause_read_clearly_on_a_terminal() {
     let shown = lines.join("\n");
     assert_eq!(code, 3, "a refused deletion exits 3:\n{shown}");
     for needle in [
-        "Refused this cycle's deletions: more than sync.max_delete_fraction of the contacts",
+        "Refused 8 of 10 linked contacts: sync.max_delete_fraction allows 1 a cycle (nothing deleted)",
         "Next quo-sync once --allow-mass-delete  if those deletions are intended",
     ] {
         assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
@@ -655,4 +655,33 @@ async fn a_refused_deletion_and_a_pause_read_clearly_on_a_terminal() {
             && !shown.contains("syncing is paused"),
         "a paused cycle has no result to count:\n{shown}"
     );
+}
+
+/// A key for another workspace (#21): every contact seems gone; the first screen says the
+/// refusal is about the workspace, not about a number of deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_for_another_workspace_is_named_on_a_terminal() {
+    let rows: Vec<String> = (1..=20)
+        .map(|n| common::row(&format!("c-{n}"), n))
+        .collect();
+    let app = common::TestApp::spawn_with(
+        &common::csv(&rows),
+        Default::default(),
+        "[sync]\nmax_delete_fraction = 1.0\n[reverse]\npoll_interval = \"1ms\"\non_quo_delete = \"unlink\"\n",
+    )
+    .await;
+    assert_eq!(app.cycle().await.counts.created, 20);
+    app.sandbox.set_foreign_workspace(true);
+    let config = app.config_path.to_str().unwrap().to_string();
+    let (code, lines) = screen_after(&["once", "--config", &config], &[]).await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "{shown}");
+    assert!(
+        shown.contains(
+            "Refused to act on 20 contacts Quo says are gone: the API key is not shown to answer \
+             for the synced workspace"
+        ),
+        "{shown}"
+    );
+    assert_eq!(app.ledger().linked_count().await.unwrap(), 20, "{shown}");
 }

@@ -220,10 +220,20 @@ pub fn outcome_lines(
         setting,
     ));
     if report.mass_delete_refused {
-        lines.push(format!(
-            "{} this cycle's deletions: more than sync.max_delete_fraction of the contacts",
-            warn(terminal, "Refused")
-        ));
+        let why = match report.mass_delete_refusal {
+            Some(r) if r.workspace_unconfirmed => format!(
+                "to act on {} Quo says are gone: the API key is not shown to answer for the synced \
+                 workspace (nothing deleted or unlinked)",
+                plural(r.would_delete as u64, "contact", "contacts")
+            ),
+            Some(r) => format!(
+                "{} of {} linked contacts: sync.max_delete_fraction allows {} a cycle (nothing deleted)",
+                r.would_delete, r.linked, r.allowed
+            ),
+            None => "this cycle's deletions: more than sync.max_delete_fraction of the contacts"
+                .to_string(),
+        };
+        lines.push(format!("{} {why}", warn(terminal, "Refused")));
     }
     lines.push(result_line(terminal, report, held_back.len()));
     lines.extend(next_lines(
@@ -516,6 +526,7 @@ mod tests {
             operations: Vec::new(),
             interrupted: false,
             mass_delete_refused: false,
+            mass_delete_refusal: None,
             phases_ms: Default::default(),
             paused: None,
         };
