@@ -13,7 +13,7 @@
 //!   `immediate`: a crash and WAL recovery), left down 1 to 6 s (often past the lease), and
 //!   started again; the service must ride it out (cycles fail and are retried, no replica exits).
 //!   Right after the server is back, one row is edited: the time until Quo shows that edit is the
-//!   recovery time.
+//!   recovery time. The first fault is always a restart, so a shortened soak has one.
 //!
 //! The ledger is PostgreSQL (a server of the bench's own, started with the tests' helper
 //! `tests/common/pg.rs`) unless `QUO_SYNC_BENCH_SOAK_LEDGER=sqlite` or PostgreSQL is not
@@ -202,8 +202,13 @@ pub async fn soak() -> Value {
             continue;
         }
         next_fault = Instant::now() + Duration::from_secs(rng.random_range(10..25));
-        let kinds = if server.is_some() { 4 } else { 3 };
-        match rng.random_range(0..kinds) {
+        // On PostgreSQL the first fault is a restart, so a short soak has one too.
+        let kind = match &server {
+            Some(_) if restarts.down_ms.is_empty() => 3,
+            Some(_) => rng.random_range(0..4),
+            None => rng.random_range(0..3),
+        };
+        match kind {
             0 => {
                 sandbox.inject(Fault::Status {
                     status: [500, 502, 503][rng.random_range(0..3)],
