@@ -26,9 +26,14 @@
 //! no client can prevent that (the vendor retired the one it stored). The test kills only while
 //! the main process holds a live access token (no refresh can be under way).
 //!
+//! Both on an SQLite ledger and on PostgreSQL (a fleet's ledger, where the claim on the stored
+//! token lives in another server).
+//!
 //! Seeds: `QUO_SYNC_ROTATION_SEED=<n>` replays one seed; `QUO_SYNC_ROTATION_SEEDS=<count>` runs
-//! seeds 1..=count (default 4). A failing seed is printed with the line that replays it.
+//! seeds 1..=count (default 4 on SQLite, 2 on PostgreSQL). A failing seed is printed with the
+//! line that replays it.
 
+mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -47,7 +52,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use support::salesforce::FakeSalesforce;
 use support::token_desk::TokenDesk;
-use support::vendor_run::example_context;
+use support::vendor_run::example_context_on;
 
 const CLIENT_ID: &str = "3MVG9-chaos-consumer-key";
 const SECRET: &str = "sf-chaos-secret-DO-NOT-LEAK-5d1e";
@@ -132,12 +137,10 @@ struct Other {
 }
 
 impl Other {
-    async fn start(config: &Path, ledger: &Path) -> Other {
+    async fn start(config: &Path, ledger: &LedgerTarget) -> Other {
         let config = Config::load_with_env(config, std::iter::empty()).expect("config loads");
         let source = Source::from_config(&config.source).expect("source builds");
-        let ledger = Ledger::open_target(&LedgerTarget::Sqlite(ledger.to_path_buf()))
-            .await
-            .expect("ledger opens");
+        let ledger = Ledger::open_target(ledger).await.expect("ledger opens");
         source.attach_ledger(&ledger);
         Other { source, ledger }
     }
@@ -166,7 +169,9 @@ struct World {
     sandbox: SandboxHandle,
     dir: tempfile::TempDir,
     config: PathBuf,
-    ledger: PathBuf,
+    /// The ledger as the env override that names it (`QUO_SYNC__LEDGER__PATH` or `…__URL`).
+    ledger_env: (&'static str, String),
+    ledger: LedgerTarget,
     main: Option<SyncContext>,
     /// Whether the main process holds an access token it has not seen expire.
     main_has_token: bool,
@@ -181,7 +186,8 @@ struct World {
 }
 
 impl World {
-    async fn new(seed: u64) -> World {
+    /// On an SQLite ledger in the world's folder, or on the PostgreSQL database at `pg_url`.
+    async fn new(seed: u64, pg_url: Option<String>) -> World {
         logs();
         let mut desk = TokenDesk::new(CLIENT_ID, SECRET, REFRESH, Duration::from_secs(600));
         desk.rotate = true;
@@ -196,13 +202,26 @@ impl World {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), &crm.base_url);
-        let ledger = dir.path().join("ledger.db");
+        let (ledger_env, ledger) = match pg_url {
+            Some(url) => (
+                ("QUO_SYNC__LEDGER__URL", url.clone()),
+                LedgerTarget::parse(&url).unwrap(),
+            ),
+            None => {
+                let path = dir.path().join("ledger.db");
+                (
+                    ("QUO_SYNC__LEDGER__PATH", path.display().to_string()),
+                    LedgerTarget::Sqlite(path),
+                )
+            }
+        };
         World {
             seed,
             rng: StdRng::seed_from_u64(seed),
             crm,
             sandbox,
             config,
+            ledger_env,
             ledger,
             dir,
             main: None,
@@ -218,7 +237,8 @@ impl World {
 
     async fn main(&mut self) -> &SyncContext {
         if self.main.is_none() {
-            self.main = Some(example_context(&self.config, &self.sandbox, &self.ledger).await);
+            let ledger = (self.ledger_env.0, self.ledger_env.1.clone());
+            self.main = Some(example_context_on(&self.config, &self.sandbox, ledger).await);
             self.main_has_token = false;
             self.starts += 1;
         }
@@ -297,7 +317,7 @@ impl World {
             .env("QUO_SYNC__QUO__BASE_URL", self.sandbox.base_url())
             .env("QUO_API_KEY", self.sandbox.api_key())
             .env("QUO_SYNC__QUO__REQUESTS_PER_SECOND", "1000")
-            .env("QUO_SYNC__LEDGER__PATH", &self.ledger)
+            .env(self.ledger_env.0, &self.ledger_env.1)
             .env("QUO_SYNC__REVERSE__POLL_INTERVAL", "1ms")
             .env("QUO_SYNC__LOG__FORMAT", "json")
             .env("QUO_SYNC__LOG__LEVEL", "info")
@@ -530,7 +550,9 @@ impl Drop for SeedGuard {
     }
 }
 
-fn seeds() -> Vec<u64> {
+/// The seeds to run: `QUO_SYNC_ROTATION_SEED`, else 1..=`QUO_SYNC_ROTATION_SEEDS` (else
+/// `default`).
+fn seeds(default: u64) -> Vec<u64> {
     if let Some(seed) = std::env::var("QUO_SYNC_ROTATION_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -540,15 +562,15 @@ fn seeds() -> Vec<u64> {
     let count: u64 = std::env::var("QUO_SYNC_ROTATION_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(default);
     (1..=count).collect()
 }
 
-async fn one_seed(seed: u64) {
+async fn one_seed(seed: u64, pg_url: Option<String>) {
     let _guard = SeedGuard(seed);
     let logs = logs();
     let logged_before = logs.contents().len();
-    let mut world = World::new(seed).await;
+    let mut world = World::new(seed, pg_url).await;
     for step in 0..STEPS {
         world.step(step).await;
     }
@@ -610,7 +632,19 @@ async fn one_seed(seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_rotated_by_other_processes_at_random_moments_never_goes_stale() {
-    for seed in seeds() {
-        one_seed(seed).await;
+    for seed in seeds(4) {
+        one_seed(seed, None).await;
+    }
+}
+
+/// The same on a PostgreSQL ledger (a fleet's), where the claim is a row of another database
+/// server; two seeds by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_token_rotated_by_other_processes_never_goes_stale() {
+    for seed in seeds(2) {
+        let Some(url) = common::pg::database().await else {
+            return;
+        };
+        one_seed(seed, Some(url)).await;
     }
 }

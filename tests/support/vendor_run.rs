@@ -12,11 +12,26 @@ use tokio_util::sync::CancellationToken;
 
 /// A `once` context for the example config at `path`, pointed at `sandbox` and `ledger`.
 pub async fn example_context(path: &Path, sandbox: &SandboxHandle, ledger: &Path) -> SyncContext {
+    example_context_on(
+        path,
+        sandbox,
+        ("QUO_SYNC__LEDGER__PATH", ledger.display().to_string()),
+    )
+    .await
+}
+
+/// Like [`example_context`] on the ledger that `ledger` (an env override: `QUO_SYNC__LEDGER__PATH`
+/// or `QUO_SYNC__LEDGER__URL` and its value) names.
+pub async fn example_context_on(
+    path: &Path,
+    sandbox: &SandboxHandle,
+    ledger: (&str, String),
+) -> SyncContext {
     let env = [
         ("QUO_SYNC__QUO__BASE_URL", sandbox.base_url()),
         ("QUO_API_KEY", sandbox.api_key().to_string()),
         ("QUO_SYNC__QUO__REQUESTS_PER_SECOND", "1000".into()),
-        ("QUO_SYNC__LEDGER__PATH", ledger.display().to_string()),
+        (ledger.0, ledger.1),
         ("QUO_SYNC__REVERSE__POLL_INTERVAL", "1ms".into()),
     ]
     .map(|(k, v)| (k.to_string(), v));
