@@ -41,10 +41,9 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use quo_sync::config::{Config, LogFormat};
-use quo_sync::ledger::{Ledger, LedgerTarget};
+use quo_sync::config::LogFormat;
+use quo_sync::ledger::LedgerTarget;
 use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
-use quo_sync::source::{ReadRequest, Source};
 use quo_sync::sync::{Mode, SyncContext, run_cycle};
 use quo_sync::telemetry::{CaptureWriter, init_with_writer};
 use rand::rngs::StdRng;
@@ -52,7 +51,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use support::salesforce::FakeSalesforce;
 use support::token_desk::TokenDesk;
-use support::vendor_run::example_context_on;
+use support::vendor_run::{Credentials, SourceProcess, example_context_on, salesforce_config};
 
 const CLIENT_ID: &str = "3MVG9-chaos-consumer-key";
 const SECRET: &str = "sf-chaos-secret-DO-NOT-LEAK-5d1e";
@@ -94,72 +93,21 @@ fn contacts() -> Vec<Value> {
 
 /// The Salesforce example config pointed at `crm`, secrets in files, quick retries.
 fn write_config(dir: &Path, crm: &str) -> PathBuf {
-    let mut text = std::fs::read_to_string("config/rest-salesforce.example.toml").unwrap();
-    let secret_file = dir.join("client_secret");
-    let refresh_file = dir.join("refresh_token");
-    std::fs::write(&secret_file, SECRET).unwrap();
-    std::fs::write(&refresh_file, REFRESH).unwrap();
-    for (from, to) in [
-        ("https://login.salesforce.com", crm.to_string()),
-        ("3MVG9-your-connected-app-consumer-key", CLIENT_ID.into()),
-        (
-            "client_secret_env = \"SALESFORCE_CLIENT_SECRET\"",
-            format!(
-                "client_secret_file = {:?}",
-                secret_file.display().to_string()
-            ),
-        ),
-        (
-            "refresh_token_env = \"SALESFORCE_REFRESH_TOKEN\"",
-            format!(
-                "refresh_token_file = {:?}",
-                refresh_file.display().to_string()
-            ),
-        ),
-        (
-            "max_retries = 5",
-            "max_retries = 5\nretry_base = \"20ms\"".into(),
-        ),
-        ("timeout = \"30s\"", "timeout = \"10s\"".into()),
-    ] {
-        assert!(text.contains(from), "the example config has {from:?}");
-        text = text.replace(from, &to);
-    }
-    let path = dir.join("quo-sync.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let credentials = Credentials {
+        client_id: CLIENT_ID,
+        secret: SECRET,
+        refresh: REFRESH,
+    };
+    salesforce_config(
+        dir,
+        crm,
+        &credentials,
+        &[("timeout = \"30s\"", "timeout = \"10s\"")],
+    )
 }
 
 /// Another process's REST source on the same ledger (a standby, `reconcile`, a replica).
-struct Other {
-    source: Source,
-    ledger: Ledger,
-}
-
-impl Other {
-    async fn start(config: &Path, ledger: &LedgerTarget) -> Other {
-        let config = Config::load_with_env(config, std::iter::empty()).expect("config loads");
-        let source = Source::from_config(&config.source).expect("source builds");
-        let ledger = Ledger::open_target(ledger).await.expect("ledger opens");
-        source.attach_ledger(&ledger);
-        Other { source, ledger }
-    }
-
-    /// One read of every contact; the number of items read.
-    async fn read(&self) -> Result<usize, String> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        let drain = tokio::spawn(async move {
-            let mut n = 0;
-            while rx.recv().await.is_some() {
-                n += 1;
-            }
-            n
-        });
-        let summary = self.source.read(ReadRequest::default(), tx).await;
-        let items = drain.await.unwrap();
-        summary.map(|_| items).map_err(|e| e.to_string())
-    }
-}
+type Other = SourceProcess;
 
 /// One seed's world: the org, the sandbox, the ledger, the main process and the others.
 struct World {
@@ -276,7 +224,7 @@ impl World {
         }
         let n = read.unwrap_or_else(|e| panic!("seed {seed}: the other process's read: {e}"));
         assert_eq!(
-            n, CONTACTS,
+            n, CONTACTS as u64,
             "seed {seed}: the other process read everything"
         );
         self.main_has_token = true;
@@ -300,7 +248,7 @@ impl World {
             .read()
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: another process's read: {e}"));
-        assert_eq!(n, CONTACTS, "seed {seed}");
+        assert_eq!(n, CONTACTS as u64, "seed {seed}");
         // Now and then that process ends.
         if self.rng.random_bool(0.2) {
             let other = self.others.swap_remove(pick);
