@@ -23,7 +23,10 @@
 //! (the larger growth of a process's RSS from the end of the warm-up, a fifth of the run but at
 //! least 30 s, to the end), `soak.converged` (after the faults stop, every CSV row has exactly one contact with
 //! the row's company within 60 s), `soak.duplicates` (external ids with more than one contact,
-//! counted at the end), the faults injected, `soak.exited` (exit codes of replicas that stopped:
+//! counted at the end), `soak.rss_peak_growth_mib` (the larger rise of a replica's highest RSS
+//! from the first to the second half after the warm-up: a standby that becomes leader grows
+//! once, which `rss_growth_mib` counts as growth when it happens after the warm-up; with
+//! `leader_at_warm_up` and `leader_at_end` to tell), the faults injected, `soak.exited` (exit codes of replicas that stopped:
 //! none should), and `soak.pg_restart.*`: restarts, how long the server was down each time,
 //! cycles that failed on the ledger, leases lost, the slowest and mean recovery, whether every
 //! probe edit arrived, and the most external ids with two contacts seen right after a recovery.
@@ -166,6 +169,11 @@ pub async fn soak() -> Value {
     let crm_down_for = Duration::from_secs(60).min(run_for / 4);
     let mut baseline: Vec<Option<f64>> = vec![None; pids.len()];
     let mut last_rss = vec![0.0f64; pids.len()];
+    // Highest RSS of each replica in the first and the second half after the warm-up: a leak
+    // raises the second; a standby that becomes leader raises its RSS once, in either half.
+    let second_half_from = warm_up + (run_for.saturating_sub(warm_up)) / 2;
+    let mut halves_peak = vec![[0.0f64; 2]; pids.len()];
+    let mut leader_at_warm_up: Option<usize> = None;
     let mut peak = 0.0f64;
     let mut next_fault = started + Duration::from_secs(rng.random_range(10..25));
     let mut crm_back_at: Option<Instant> = None;
@@ -193,8 +201,15 @@ pub async fn soak() -> Value {
             if let Some((rss, hwm)) = rss_mib(*pid) {
                 peak = peak.max(hwm);
                 last_rss[k] = rss;
+                if started.elapsed() >= warm_up {
+                    let half = usize::from(started.elapsed() >= second_half_from);
+                    halves_peak[k][half] = halves_peak[k][half].max(rss);
+                }
                 if baseline[k].is_none() && started.elapsed() >= warm_up {
                     baseline[k] = Some(rss);
+                    if leader_at_warm_up.is_none() {
+                        leader_at_warm_up = leader_index(&ledger, &pids).await;
+                    }
                 }
             }
         }
@@ -299,6 +314,12 @@ pub async fn soak() -> Value {
     let growth = (0..pids.len())
         .filter_map(|k| baseline[k].map(|b| last_rss[k] - b))
         .fold(0.0f64, f64::max);
+    let leader_at_end = leader_index(&ledger, &pids).await;
+    let peak_growth = halves_peak
+        .iter()
+        .filter(|[first, second]| *first > 0.0 && *second > 0.0)
+        .map(|[first, second]| second - first)
+        .fold(0.0f64, f64::max);
     let ledger_failures: usize = replicas
         .iter()
         .map(|r| r.count("cycle_failed", "ledger"))
@@ -337,6 +358,10 @@ pub async fn soak() -> Value {
         "rss_mib_after_warm_up": baseline.iter().map(|b| b.map(|b| (b * 10.0).round() / 10.0)).collect::<Vec<_>>(),
         "rss_mib_at_end": last_rss.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>(),
         "warm_up_s": warm_up.as_secs(),
+        "rss_peak_growth_mib": (peak_growth * 10.0).round() / 10.0,
+        "rss_peak_mib_by_half": halves_peak.iter().map(|h| h.map(|r| (r * 10.0).round() / 10.0)).collect::<Vec<_>>(),
+        "leader_at_warm_up": leader_at_warm_up,
+        "leader_at_end": leader_at_end,
         "converged": converged,
         "converge_ms": converge_ms.round(),
         "duplicates": duplicates,
@@ -352,6 +377,13 @@ pub async fn soak() -> Value {
             "duplicates": restarts.duplicates,
         },
     })
+}
+
+/// Which replica (0 or 1) holds the lease, if the ledger answers.
+async fn leader_index(ledger: &Ledger, pids: &[u32]) -> Option<usize> {
+    let holder = ledger.lease_holder().await.ok().flatten()?;
+    pids.iter()
+        .position(|pid| i64::from(*pid) == holder.pid && holder.live)
 }
 
 /// What the PostgreSQL restarts showed.
