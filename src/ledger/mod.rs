@@ -57,7 +57,7 @@ pub use unconfirmed::{
     ATTEMPTS_TO_GIVE_UP, CLOCK_SKEW, PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate,
     made_in_time,
 };
-pub use workspace::{WORKSPACE_LISTED, WorkspaceContact};
+pub use workspace::{WORKSPACE_CONFIRMED, WORKSPACE_LISTED, WorkspaceContact};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.
 #[derive(Debug, thiserror::Error)]

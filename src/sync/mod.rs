@@ -15,6 +15,7 @@
 
 mod absences;
 mod adopt;
+mod confirm;
 mod copies;
 mod execute;
 mod export;
