@@ -435,3 +435,88 @@ async fn csv_rows_are_appended_in_the_files_own_style_and_never_twice() {
         "c-2 is there already: not appended, not changed"
     );
 }
+
+/// A deposed leader's export: the intent is committed while the lease still holds, but the
+/// lease's renewals stall (they go through a pool that is closed, as a database that stops
+/// answering would) and the writer guard refuses the CSV append, which needs a second the
+/// lease no longer has. Nothing is appended and the intent stays pending. The next leader
+/// appends the row once and adopts the contact; a later cycle appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_the_writer_guard_refuses_stays_pending_and_the_next_leader_makes_it_once() {
+    use quo_sync::ledger::{Candidate, ExportState, LeaderLease, Ledger};
+    use quo_sync::sync::{Mode, SyncContext, run_cycle};
+    let app = TestApp::spawn_with(&csv(&[row("c-1", 1)]), SandboxConfig::default(), EXPORT).await;
+    app.cycle().await;
+    let sally = made_in_app(&app, "Sally", "+14155559001");
+    let sally_id = sally["id"].as_str().unwrap().to_string();
+    let new_id = format!("quo-{sally_id}");
+
+    let lease_for = Duration::from_secs(3);
+    let renewals = Ledger::open(&app.dir.path().join("ledger.db"))
+        .await
+        .unwrap();
+    let lease = LeaderLease::try_acquire(&renewals, &Candidate::this_process("run"), lease_for)
+        .await
+        .unwrap();
+    let deposed = app.ledger().fenced(&lease).await.unwrap();
+    renewals.close().await; // every renewal fails from now on: the lease runs out locally
+    let fence = deposed.write_fence().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Under a second left (a CSV append asks for one), but the lease still holds.
+    while fence
+        .time_left()
+        .is_some_and(|left| left > Duration::from_millis(950))
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ctx = SyncContext {
+        ledger: deposed.clone(),
+        ..app.ctx.clone()
+    };
+    let report = run_cycle(&ctx, Mode::Apply).await;
+    assert!(
+        rows_of(&app, &new_id).is_empty(),
+        "a deposed leader appended: {}",
+        app.csv_text()
+    );
+    if let Ok(report) = &report {
+        assert_eq!(report.counts.exported, 0, "{:?}", report.counts);
+    }
+    assert!(!lease.holds(), "the lease ran out during the cycle");
+    let open = app.ledger().open_exports().await.unwrap();
+    let intent = open.get(&sally_id).expect("the intent was committed");
+    assert_eq!(intent.state, ExportState::Pending, "{intent:?}");
+    assert_eq!(app.sandbox.contact(&sally_id).unwrap()["source"], Value::Null);
+    drop(lease);
+    deposed.close().await;
+
+    // The next leader, once the lease has expired in the database.
+    let next = LeaderLease::acquire_within(
+        app.ledger(),
+        &Candidate::this_process("run"),
+        Duration::from_secs(15),
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
+    let leader = app.ledger().fenced(&next).await.unwrap();
+    let ctx = SyncContext {
+        ledger: leader.clone(),
+        ..app.ctx.clone()
+    };
+    let report = run_cycle(&ctx, Mode::Apply).await.unwrap();
+    assert_eq!(report.counts.exported, 1, "{:?}", report.counts);
+    assert_eq!(rows_of(&app, &new_id).len(), 1, "{}", app.csv_text());
+    let adopted = app.sandbox.contact(&sally_id).unwrap();
+    assert_eq!(adopted["externalId"], new_id.as_str());
+    assert_eq!(app.row(&new_id).await.quo_id.unwrap().0, sally_id);
+    assert!(
+        !app.ledger().open_exports().await.unwrap().contains_key(&sally_id),
+        "the export is done"
+    );
+    run_cycle(&ctx, Mode::Apply).await.unwrap();
+    assert_eq!(rows_of(&app, &new_id).len(), 1, "appended once");
+    next.release().await;
+}

@@ -93,14 +93,18 @@ impl Cycle {
     ) -> Result<bool, SyncError> {
         let quo_id = &contact.quo_id;
         if contact.keys.is_empty()
-            || self.claimed.contains_key(quo_id)
             || self.matched_contacts.lock().await.contains(quo_id)
             || self.exports_found.lock().await.contains(quo_id)
         {
             return Ok(false);
         }
+        // Before `claimed`, which holds every open export's contact for its record: a pending
+        // export whose record this read did not show is sent again (`retry_allowed` says when).
         if let Some(export) = self.exports.get(quo_id) {
             return Ok(matches!(export.state, ExportState::Pending));
+        }
+        if self.claimed.contains_key(quo_id) {
+            return Ok(false);
         }
         if self.ctx.ledger.export_known(quo_id).await?
             || self.ctx.ledger.record_holding(quo_id).await?.is_some()
