@@ -364,9 +364,7 @@ async fn held_records_are_evaluated_again_once_the_data_is_fixed() {
 #[tokio::test]
 async fn a_first_listing_that_lags_does_not_make_a_duplicate_person() {
     let app = TestApp::spawn(&csv(&[row("c-1", 1), row("c-2", 2)])).await;
-    app.sandbox
-        .seed_existing_csv(&strangers(60))
-        .unwrap();
+    app.sandbox.seed_existing_csv(&strangers(60)).unwrap();
     app.sandbox
         .seed_existing_csv("first_name,phone\nBob,(415) 555-1001\n")
         .unwrap();
