@@ -482,7 +482,12 @@ fn items(p: &mut Problems, path: &str, v: &Value, kind: ItemKind, mode: Mode) ->
     out
 }
 
-pub(super) fn unknown_keys(p: &mut Problems, obj: &Map<String, Value>, path: &str, allowed: &[&str]) {
+pub(super) fn unknown_keys(
+    p: &mut Problems,
+    obj: &Map<String, Value>,
+    path: &str,
+    allowed: &[&str],
+) {
     for (k, v) in obj {
         if !allowed.contains(&k.as_str()) {
             p.bad(
