@@ -17,6 +17,7 @@ mod absences;
 mod adopt;
 mod confirm;
 mod copies;
+mod create;
 mod execute;
 mod export;
 mod freshen;
