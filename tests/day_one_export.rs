@@ -250,23 +250,7 @@ async fn a_sigkill_between_the_crm_create_and_the_adoption_patch() {
 /// adopted for it. A later CRM edit of the record is one PATCH.
 #[tokio::test]
 async fn rest_a_create_whose_answer_was_lost_is_found_by_the_quo_id_it_carries() {
-    use support::fake_crm::{Auth, FakeCrm};
-    let sandbox = quo_sync::sandbox::SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let crm = FakeCrm::start(
-        Auth::None,
-        vec![
-            json!({"id": "j001", "firstName": "Jo", "lastName": "Server", "phone": "(415) 555-2001",
-                    "updated_at": "2026-01-01T00:00:00Z"}),
-        ],
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = rest_export_context(dir.path(), &sandbox, &crm, "").await;
+    let (sandbox, crm, _dir, ctx) = rest_export_world().await;
     let cycle = async || {
         quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
             .await
@@ -324,6 +308,34 @@ async fn rest_a_create_whose_answer_was_lost_is_found_by_the_quo_id_it_carries()
         sandbox.contact(sally_id).unwrap()["defaultFields"]["company"],
         "Signed Up Co"
     );
+}
+
+/// A sandbox, a REST CRM holding one record (Jo), and the context of a ledger in `dir` syncing
+/// them with `reverse.create_in_crm` (see [`rest_export_context`]).
+async fn rest_export_world() -> (
+    quo_sync::sandbox::SandboxHandle,
+    support::fake_crm::FakeCrm,
+    tempfile::TempDir,
+    quo_sync::sync::SyncContext,
+) {
+    use support::fake_crm::{Auth, FakeCrm};
+    let sandbox = quo_sync::sandbox::SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let crm = FakeCrm::start(
+        Auth::None,
+        vec![
+            json!({"id": "j001", "firstName": "Jo", "lastName": "Server", "phone": "(415) 555-2001",
+                    "updated_at": "2026-01-01T00:00:00Z"}),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = rest_export_context(dir.path(), &sandbox, &crm, "").await;
+    (sandbox, crm, dir, ctx)
 }
 
 /// The cycle context of a REST CRM (`crm`) with `[source.rest.create]` (plus `create_extra`
@@ -548,23 +560,7 @@ async fn an_export_the_writer_guard_refuses_stays_pending_and_the_next_leader_ma
 /// the window gets a second record.
 #[tokio::test]
 async fn rest_a_lagging_lost_create_is_looked_for_within_the_window_and_sent_again_after() {
-    use support::fake_crm::{Auth, FakeCrm};
-    let sandbox = quo_sync::sandbox::SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let crm = FakeCrm::start(
-        Auth::None,
-        vec![
-            json!({"id": "j001", "firstName": "Jo", "lastName": "Server", "phone": "(415) 555-2001",
-                    "updated_at": "2026-01-01T00:00:00Z"}),
-        ],
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = rest_export_context(dir.path(), &sandbox, &crm, "").await;
+    let (sandbox, crm, dir, ctx) = rest_export_world().await;
     let cycle = async |ctx: &quo_sync::sync::SyncContext| {
         quo_sync::sync::run_cycle(ctx, quo_sync::sync::Mode::Apply)
             .await
