@@ -162,11 +162,12 @@ impl Cycle {
                         .unconfirmed_from_intent(external_id, &sent)
                         .await?;
                 }
+                let record_or_stand_in =
+                    || record.cloned().unwrap_or_else(|| stand_in(external_id));
                 match matched {
                     Some(Matched::Adopt(target)) => {
-                        let record = record.cloned().unwrap_or_else(|| stand_in(external_id));
                         return self
-                            .adopt_existing(&record, snapshot, fingerprint, &target)
+                            .adopt_existing(&record_or_stand_in(), snapshot, fingerprint, &target)
                             .await;
                     }
                     Some(Matched::Hold(held)) => {
@@ -175,32 +176,17 @@ impl Cycle {
                         if intent.is_some() {
                             self.ctx.ledger.forget(external_id).await?;
                         }
-                        let record = record.cloned().unwrap_or_else(|| stand_in(external_id));
-                        self.hold(&record, &held).await?;
-                        return Ok(());
+                        return Ok(self.hold(&record_or_stand_in(), &held).await?);
                     }
                     Some(Matched::Own(_)) | None => {}
                 }
                 let outcome = self.post(external_id, snapshot).await?;
                 let contact = self.normalized(outcome.contact);
-                if !outcome.adopted {
-                    (contact, false, sent_before, unconfirmed)
-                } else {
-                    // The POSTs of this call are on record now: the intent holds the last one
-                    // unless its outcome became unknown, the entries hold the others.
-                    let intent_now = self
-                        .ctx
-                        .ledger
-                        .record(external_id)
-                        .await?
-                        .as_ref()
-                        .and_then(sent_by_intent);
-                    let entries = self
-                        .ctx
-                        .ledger
-                        .unconfirmed_for(external_id.as_str())
-                        .await?;
+                if outcome.adopted {
+                    let (intent_now, entries) = self.posts_on_record(external_id).await?;
                     (contact, true, intent_now, entries)
+                } else {
+                    (contact, false, sent_before, unconfirmed)
                 }
             }
         };
@@ -213,6 +199,27 @@ impl Cycle {
             (adopted, sent_before, unconfirmed),
         )
         .await
+    }
+
+    /// After a POST answered by a 409: what its POSTs sent, on record now (the intent holds the
+    /// last one unless its outcome became unknown, the entries hold the others).
+    async fn posts_on_record(
+        &self,
+        external_id: &ExternalId,
+    ) -> Result<(Option<Snapshot>, Vec<crate::ledger::UnconfirmedCreate>), Failure> {
+        let intent_now = self
+            .ctx
+            .ledger
+            .record(external_id)
+            .await?
+            .as_ref()
+            .and_then(sent_by_intent);
+        let entries = self
+            .ctx
+            .ledger
+            .unconfirmed_for(external_id.as_str())
+            .await?;
+        Ok((intent_now, entries))
     }
 
     /// Sends the record's POST, its intent journalled ([`IntentJournal`]): the contact Quo made,

@@ -351,10 +351,31 @@ impl Cycle {
         if deferred.iter().any(Deferred::would_create) {
             self.confirm_listing(&mut deferred).await?;
         }
-        // Which records match each contact: this read's, and (after a partial read) those held
-        // before that this read did not return.
+        let matched_by = self.matched_by(&deferred, complete).await?;
+        for waiting in deferred {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            let matched = match &waiting.own {
+                Some(own) => Some(Matched::Own(own.clone())),
+                None if waiting.unconfirmed => Some(Matched::Hold(unconfirmed_hold(&waiting))),
+                None if waiting.would_create() => None,
+                None => Some(self.decide(&waiting, &matched_by)),
+            };
+            self.dispatch_decided(pool, waiting, matched).await?;
+        }
+        Ok(())
+    }
+
+    /// Which records match each contact: this read's waiting records, and (after a partial
+    /// read) those held before that this read did not return.
+    async fn matched_by(
+        &self,
+        deferred: &[Deferred],
+        complete: bool,
+    ) -> Result<HashMap<String, Vec<String>>, SyncError> {
         let mut matched_by: HashMap<String, Vec<String>> = HashMap::new();
-        for waiting in &deferred {
+        for waiting in deferred {
             let id = waiting.record.external_id.to_string();
             let contacts = waiting
                 .decided
@@ -385,53 +406,52 @@ impl Cycle {
                 }
             }
         }
-        for waiting in deferred {
-            if self.stop.is_cancelled() {
-                break;
-            }
-            let matched = match &waiting.own {
-                Some(own) => Some(Matched::Own(own.clone())),
-                None if waiting.unconfirmed => Some(Matched::Hold(unconfirmed_hold(&waiting))),
-                None if waiting.would_create() => None,
-                None => Some(self.decide(&waiting, &matched_by)),
-            };
-            let Deferred {
+        Ok(matched_by)
+    }
+
+    /// Sends a waiting record on as decided: created (`None`: no match, the listing
+    /// confirmed), adopted or linked, or held.
+    async fn dispatch_decided(
+        self: &Arc<Self>,
+        pool: &mut super::execute::Pool,
+        waiting: Deferred,
+        matched: Option<Matched>,
+    ) -> Result<(), SyncError> {
+        let Deferred {
+            record,
+            snapshot,
+            fingerprint,
+            pending,
+            ..
+        } = waiting;
+        let Some(matched) = matched else {
+            let work = Work::Create {
                 record,
                 snapshot,
                 fingerprint,
                 pending,
-                ..
-            } = waiting;
-            let Some(matched) = matched else {
+                matched: None,
+            };
+            return pool.dispatch(self, work).await;
+        };
+        match matched {
+            Matched::Hold(held) => {
+                if let Some(work) = self
+                    .hold_or_resolve(record, snapshot, fingerprint, pending, held)
+                    .await?
+                {
+                    pool.dispatch(self, work).await?;
+                }
+            }
+            matched => {
                 let work = Work::Create {
                     record,
                     snapshot,
                     fingerprint,
                     pending,
-                    matched: None,
+                    matched: Some(matched),
                 };
                 pool.dispatch(self, work).await?;
-                continue;
-            };
-            match matched {
-                Matched::Hold(held) => {
-                    if let Some(work) = self
-                        .hold_or_resolve(record, snapshot, fingerprint, pending, held)
-                        .await?
-                    {
-                        pool.dispatch(self, work).await?;
-                    }
-                }
-                matched => {
-                    let work = Work::Create {
-                        record,
-                        snapshot,
-                        fingerprint,
-                        pending,
-                        matched: Some(matched),
-                    };
-                    pool.dispatch(self, work).await?;
-                }
             }
         }
         Ok(())
