@@ -13,6 +13,9 @@ use tracing::{info, warn};
 use super::lease::{Attempt, Candidate, LeaseHolder};
 use super::{Ledger, LedgerError};
 
+/// The log target these lines had before this file was split off (operators filter on it).
+const LOG_TARGET: &str = "quo_sync::ledger::lease";
+
 /// The local view of a held lease: its epoch and until when it is certainly still ours.
 ///
 /// Time since `origin` is the longer of the monotonic clock's and the wall clock's: Linux's
@@ -142,7 +145,7 @@ impl LeaderLease {
             lease,
             fence.clone(),
         ));
-        info!(event = "leader_acquired", epoch, host = %who.host, pid = who.pid, command = %who.command, lease_ms = lease.as_millis() as u64, "writer lease acquired");
+        info!(target: LOG_TARGET, event = "leader_acquired", epoch, host = %who.host, pid = who.pid, command = %who.command, lease_ms = lease.as_millis() as u64, "writer lease acquired");
         Ok(LeaderLease {
             ledger: ledger.clone(),
             who: who.clone(),
@@ -201,6 +204,7 @@ impl LeaderLease {
         match self.ledger.release_lease(&self.who.token, self.epoch).await {
             Ok(true) => {
                 info!(
+                    target: LOG_TARGET,
                     event = "leader_released",
                     epoch = self.epoch,
                     "writer lease released"
@@ -208,6 +212,7 @@ impl LeaderLease {
             }
             Ok(false) if !was_lost => {
                 warn!(
+                    target: LOG_TARGET,
                     event = "leader_lost",
                     epoch = self.epoch,
                     "writer lease was no longer ours at release"
@@ -215,7 +220,7 @@ impl LeaderLease {
             }
             Ok(false) => {}
             Err(e) => {
-                warn!(event = "lease_release_failed", epoch = self.epoch, error = %e, "could not release the writer lease; it expires by itself")
+                warn!(target: LOG_TARGET, event = "lease_release_failed", epoch = self.epoch, error = %e, "could not release the writer lease; it expires by itself")
             }
         }
     }
@@ -258,7 +263,7 @@ async fn renew_loop(ledger: Ledger, token: String, epoch: i64, lease: Duration, 
                 return;
             }
             Err(e) => {
-                warn!(event = "lease_renew_failed", epoch, error = %e, "could not renew the writer lease; retrying");
+                warn!(target: LOG_TARGET, event = "lease_renew_failed", epoch, error = %e, "could not renew the writer lease; retrying");
             }
         }
     }
@@ -266,6 +271,7 @@ async fn renew_loop(ledger: Ledger, token: String, epoch: i64, lease: Duration, 
 
 fn lose(fence: &Fence, epoch: i64, reason: &str) {
     warn!(
+        target: LOG_TARGET,
         event = "leader_lost",
         epoch, reason, "writer lease lost: no new work is started"
     );

@@ -252,6 +252,21 @@ impl Ledger {
         .await)?)
     }
 
+    /// How many contacts the index holds that Quo made before `before` (RFC 3339, Quo's
+    /// millisecond `Z` form) or whose making time is unknown; all of them without `before`.
+    pub async fn workspace_count_made_before(
+        &self,
+        before: Option<&str>,
+    ) -> Result<i64, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM workspace_contacts
+             WHERE CAST($1 AS TEXT) IS NULL OR created_at IS NULL OR created_at < $1"
+        )
+        .bind(before)
+        .fetch_one(p)
+        .await)?)
+    }
+
     /// How many contacts the index holds.
     pub async fn workspace_count(&self) -> Result<i64, LedgerError> {
         Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(

@@ -17,6 +17,9 @@ use crate::quo::client::{CreateError, PostJournal, QuoError};
 use crate::quo::types::Contact;
 use crate::source::SourceRecord;
 
+/// The log target these lines had before this file was split off (operators filter on it).
+const LOG_TARGET: &str = "quo_sync::sync::execute";
+
 impl Cycle {
     /// Looks up the contact an interrupted create may have made. Lists can lag a create, and
     /// a miss here leads to a second POST (or forgetting the intent), so a miss is only
@@ -64,7 +67,7 @@ impl Cycle {
                         crm_updated_at: None,
                     })
                     .await?;
-                info!(event = "create_resolved", external_id = %external_id, quo_id = %contact.id, "adopted the contact an interrupted create had made");
+                info!(target: LOG_TARGET, event = "create_resolved", external_id = %external_id, quo_id = %contact.id, "adopted the contact an interrupted create had made");
             }
             // Forgotten in the settle phase, behind the workspace check and the deletion guard:
             // a miss is an absence, and a key for another workspace finds nothing.
@@ -109,7 +112,7 @@ impl Cycle {
             .map(|c| self.normalized(c))
             .filter(|c| claim.holds(c));
         if found.is_some() {
-            info!(event = "create_resolved", external_id = %external_id, quo_id = %quo_id, "the contact is already this record's (an adoption that landed, or a contact the ledger lost)");
+            info!(target: LOG_TARGET, event = "create_resolved", external_id = %external_id, quo_id = %quo_id, "the contact is already this record's (an adoption that landed, or a contact the ledger lost)");
         }
         Ok(found)
     }
@@ -310,7 +313,7 @@ impl Cycle {
             record,
         )
         .await?;
-        info!(event = "contact_created", external_id = %external_id, quo_id = %quo_id, "contact created");
+        info!(target: LOG_TARGET, event = "contact_created", external_id = %external_id, quo_id = %quo_id, "contact created");
         self.counted(
             Action::Create,
             external_id,
@@ -349,7 +352,7 @@ impl Cycle {
             .await?;
         // Until the merge below is confirmed, the next cycle must map the record again.
         self.ctx.ledger.clear_fingerprint(external_id).await?;
-        info!(event = "contact_adopted", external_id = %external_id, quo_id = %quo_id, "found the contact in Quo and adopted it instead of creating a duplicate");
+        info!(target: LOG_TARGET, event = "contact_adopted", external_id = %external_id, quo_id = %quo_id, "found the contact in Quo and adopted it instead of creating a duplicate");
         let outcome = self
             .merge_recorded(
                 external_id,

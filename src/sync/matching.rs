@@ -247,18 +247,35 @@ impl Cycle {
             },
             None => None,
         };
-        let candidates = match self
+        let found = self
             .find_candidates(&index.ledger, &external_id, &keys, decided.is_some())
-            .await?
-        {
+            .await?;
+        let (found, unconfirmed) = match found {
+            Found::Candidates(c) if c.is_empty() && decided.is_none() => {
+                if index.confirmed || self.confirmation.get() == Some(&true) {
+                    return create(record, snapshot, fingerprint, None);
+                }
+                // The first create waits until a second listing agrees (`confirm.rs`).
+                match self
+                    .look_up_confirmed(&index.ledger, &external_id, &keys)
+                    .await?
+                {
+                    Some(again) => again,
+                    None => return Ok(None),
+                }
+            }
+            found => (found, false),
+        };
+        let candidates = match found {
             Found::Own(contact) => {
                 return create(record, snapshot, fingerprint, Some(Matched::Own(contact)));
             }
             Found::Candidates(candidates) => candidates,
         };
-        if candidates.is_empty() && decided.is_none() && index.confirmed {
+        if candidates.is_empty() && decided.is_none() && !unconfirmed {
             return create(record, snapshot, fingerprint, None);
         }
+        let candidates_empty = candidates.is_empty();
         self.matched_contacts.lock().await.extend(
             decided
                 .iter()
@@ -273,7 +290,7 @@ impl Cycle {
             candidates,
             decided,
             own: None,
-            unconfirmed: false,
+            unconfirmed: unconfirmed && candidates_empty,
         });
         Ok(None)
     }
@@ -348,8 +365,8 @@ impl Cycle {
         if deferred.is_empty() {
             return Ok(());
         }
-        if deferred.iter().any(Deferred::would_create) {
-            self.confirm_listing(&mut deferred).await?;
+        if self.confirmation.initialized() {
+            self.refresh_candidates(&mut deferred).await?;
         }
         let matched_by = self.matched_by(&deferred, complete).await?;
         for waiting in deferred {

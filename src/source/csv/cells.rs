@@ -152,6 +152,7 @@ impl Cells {
                         decided: Some((encoding, line)),
                     };
                     tracing::debug!(
+                        target: "quo_sync::source::csv::read",
                         event = "csv_encoding_detected",
                         encoding = encoding.label(),
                         line,
