@@ -54,6 +54,13 @@ impl Pool {
         if let Some(kind) = kind {
             cycle.ctx.progress.planned(kind);
         }
+        if let Work::Create {
+            matched: Some(super::matching::Matched::Adopt(_)),
+            ..
+        } = &work
+        {
+            cycle.ctx.progress.adopting();
+        }
         match work {
             Work::Update(update) if cycle.mode == Mode::Apply => {
                 self.updates.push(*update);

@@ -585,6 +585,13 @@ impl Cycle {
         let external_id = record.external_id.as_str();
         warn!(event = "record_held", external_id, contacts = ?held.contacts, reason = %held.reason, "record held: no contact can be chosen without guessing; nothing created or changed");
         metrics::counter!("quo_sync_records_total", "outcome" => "held").increment(1);
+        self.ctx.progress.held_match(super::HeldBack {
+            location: record.location.clone(),
+            external_id: Some(external_id.to_string()),
+            field: None,
+            value: None,
+            reason: held.reason.clone(),
+        });
         if self.mode == Mode::Apply {
             let value = held.contacts.join(" ");
             self.ctx
