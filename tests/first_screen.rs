@@ -220,8 +220,9 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
         "line 27  crm_id \"\": the id column \"crm_id\" is empty",
         "line 28  C-1002  crm_id \"C-1002\": duplicate id",
         "line 26  updated_at \"last tuesday\"",
-        // 23 creates, the custom field definitions, one page listing the (empty) workspace.
-        "25 requests (minimum 25)",
+        // 23 creates, the custom field definitions, one page listing the (empty) workspace and
+        // one page of the listing that confirms it.
+        "26 requests (minimum 26)",
         "quo-sync run --with-sandbox",
     ] {
         assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
@@ -339,6 +340,8 @@ fn the_quick_start_piped_gives_the_json_lines_it_gave_before_the_human_view() {
         "\"event\":\"workspace_listing\"",
         "\"event\":\"workspace_listed\"",
         "\"event\":\"quo_scanned\"",
+        "\"event\":\"workspace_listing_confirming\"",
+        "\"event\":\"workspace_listing_confirmed\"",
     ];
     let stderr: String = stderr
         .lines()

@@ -15,7 +15,9 @@
 
 mod absences;
 mod adopt;
+mod confirm;
 mod copies;
+mod create;
 mod execute;
 mod export;
 mod freshen;
@@ -349,6 +351,8 @@ struct Cycle {
     workspace: tokio::sync::OnceCell<matching::WorkspaceIndex>,
     /// Records with matches, waiting for the whole read.
     deferred: Mutex<Vec<matching::Deferred>>,
+    /// Whether two listings agree, once this cycle asked (`confirm.rs`).
+    confirmation: tokio::sync::OnceCell<bool>,
     /// Operators' answers to held records, by external id.
     decisions: HashMap<String, crate::ledger::MatchDecision>,
     /// Contacts made in Quo on their way to the CRM (not done), by Quo id.
@@ -666,6 +670,7 @@ impl Cycle {
             started,
             workspace: tokio::sync::OnceCell::new(),
             deferred: Mutex::new(Vec::new()),
+            confirmation: tokio::sync::OnceCell::new(),
             claimed: decisions
                 .iter()
                 .filter_map(|(id, d)| match d {

@@ -57,6 +57,9 @@ const DRAWN_BY_THE_VIEW: &[&str] = &[
     // Day one's listing of the workspace: drawn as the scan's bar.
     "workspace_listing",
     "workspace_listed",
+    // The listing that confirms it (`sync::confirm`): the same bar again.
+    "workspace_listing_confirming",
+    "workspace_listing_confirmed",
 ];
 
 /// Events about one row whose summary comes from the cycle itself (`CycleProgress::held_back`).
