@@ -18,6 +18,8 @@
 //! - soak (`soak`, `sync/soak.rs`): two `run` replicas for `QUO_SYNC_BENCH_SOAK_SECS` (600) under
 //!   random Quo 5xx bursts, the CRM down for 60 s and the leader SIGSTOPped past its lease: peak
 //!   RSS, RSS growth, convergence and duplicates.
+//! - activity logging (`activity`, `sync/activity.rs`): delivery-to-CRM delay with the contact
+//!   sync busy, and a 10,000-call backfill's requests and time.
 //!
 //! Environment: `QUO_SYNC_BENCH_RATE` (limit used for the load, default 20/s to keep it short),
 //! `QUO_SYNC_BENCH_RECORDS` (default 400), `QUO_SYNC_BENCH_ROWS` (comma list, default
@@ -39,6 +41,8 @@ use quo_sync::sync::{Mode, run_cycle};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "sync/activity.rs"]
+mod activity;
 #[path = "sync/crm.rs"]
 mod crm;
 #[path = "sync/day_one.rs"]
@@ -551,6 +555,9 @@ fn main() {
             let soak = soak::soak().await;
             eprintln!("soak: {soak}");
             figures.insert("soak".into(), soak);
+        }
+        if wanted("activity") {
+            figures.insert("activity".into(), activity::activity().await);
         }
         // New sections: `#[path = "sync/<name>.rs"] mod <name>;` plus one `if wanted(..)` here.
         let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");

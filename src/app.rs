@@ -638,7 +638,10 @@ async fn start_listeners(
     cancel: &CancellationToken,
     status: &ServiceStatus,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, AppError> {
-    use crate::reverse::receiver::{Receiver, router as receiver_router, webhook_routes};
+    use crate::reverse::receiver::Receiver;
+    // The contact webhook: with the configured secret, or with the key of the one quo-sync
+    // registered itself (reverse.public_url).
+    let contact_routes = |receiver: Receiver| crate::activity::contact_routes(config, receiver);
     let receiver = (config.reverse.enabled && config.reverse.listen.is_some()).then(|| Receiver {
         ledger: ledger.clone(),
         secret: config.reverse.webhook_secret.clone(),
@@ -654,14 +657,25 @@ async fn start_listeners(
             .clone()
             .filter(|_| config.reverse.listen == Some(addr))
         {
-            router = router.merge(webhook_routes(receiver));
+            router = router.merge(contact_routes(receiver));
         }
         routers.push((addr, router));
     }
     if let (Some(receiver), Some(addr)) = (receiver, config.reverse.listen)
         && config.service.listen != Some(addr)
     {
-        routers.push((addr, receiver_router(receiver)));
+        let health = axum::routing::get(|| async { "ok\n" });
+        routers.push((addr, contact_routes(receiver).route("/healthz", health)));
+    }
+    // Quo's call and message webhooks (activity logging), beside the contact webhooks.
+    if let (Some(activity), Some(addr)) = (
+        crate::activity::receiver_routes(config, ledger),
+        config.reverse.listen.or(config.service.listen),
+    ) {
+        match routers.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, router)) => *router = router.clone().merge(activity),
+            None => routers.push((addr, activity)),
+        }
     }
     // CRM change signals (CSV file watch, POST /webhooks/crm) wake the loop like Quo webhooks.
     let signals = crate::source::watch::Signals::start(
@@ -733,6 +747,8 @@ async fn cycle_loop(
         }
         _ => None,
     };
+    // Calls, texts and voicemails to the CRM, beside the cycles (leader only).
+    let activity = crate::activity::start(config, &ctx);
     // What any replica stores (webhooks, CRM notices) wakes this loop; this leader's reads take
     // the stored CRM notices until the loop ends.
     let stop_watch = ctx.cancel.child_token();
@@ -754,6 +770,9 @@ async fn cycle_loop(
     stop_watch.cancel();
     let _ = watcher.await;
     let _ = control.await;
+    if let Some(activity) = activity {
+        activity.join().await;
+    }
     result
 }
 

@@ -131,6 +131,9 @@ pub struct Config {
     /// key: filled by [`Config::load`], logged at start).
     #[serde(skip)]
     pub resolved_paths: Vec<ResolvedPath>,
+    /// Calls, texts and voicemails logged on the CRM record (`src/activity/config.rs`).
+    #[serde(default)]
+    pub activity: Option<crate::activity::config::ActivityConfig>,
 }
 
 /// `[quo]`: the Quo API and how hard to use it.
@@ -531,6 +534,9 @@ pub struct ReverseConfig {
     /// A CRM field that carries the Quo contact id of a record made from a Quo contact, so an
     /// interrupted create is found in the CRM instead of made twice.
     pub quo_id_field: Option<String>,
+    /// The URL at which Quo reaches `reverse.listen` (`https://sync.example.com`): with it,
+    /// quo-sync registers its own webhooks (`quo-sync webhooks ensure`).
+    pub public_url: Option<String>,
 }
 
 impl Default for ReverseConfig {
@@ -551,6 +557,7 @@ impl Default for ReverseConfig {
             create_in_crm: false,
             new_record_id: "quo-{quo_id}".into(),
             quo_id_field: None,
+            public_url: None,
         }
     }
 }
@@ -1098,6 +1105,19 @@ impl Config {
                     self.log.level
                 ),
             ));
+        }
+        if let Some(url) = &self.reverse.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(bad(
+                "reverse.public_url",
+                format!("expected an http(s) URL, got {url:?}"),
+            ));
+        }
+        if let Some(activity) = &self.activity {
+            activity
+                .validate(self.source.kind)
+                .map_err(|e| bad(&format!("activity.{}", e.key), e.reason))?;
         }
         for name in self.reverse.fields.keys() {
             let known = [

@@ -17,6 +17,7 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+pub mod activity;
 pub mod app;
 pub mod config;
 pub mod domain;

@@ -64,6 +64,8 @@
 //! seed may take (default 120) and `QUO_SYNC_CONVERGENCE_TRACE=1` prints each step as it
 //! happens. A failure prints its seed and its steps.
 
+#[path = "convergence/activity.rs"]
+mod activity;
 mod common;
 #[path = "convergence/day_one.rs"]
 mod day_one;
@@ -119,6 +121,7 @@ struct KillTally {
     mid_write: usize,
     in_place_overlaps: u32,
     counted: world::CountTally,
+    calls: activity::CallTally,
 }
 
 /// The world for `seed`: its policy, guard, PATCH semantics and 409 switch, and six records.
@@ -179,6 +182,7 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
     }
     let mut world = world_for(seed).await;
     world.point_webhooks().await;
+    let mut calls = activity::Calls::start(&world, seed).await;
     for step in 1..=steps {
         trace(|| format!("step {step}"));
         for _ in 0..world.rng.random_range(0..3) {
@@ -217,17 +221,20 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
         } else {
             world.cycle_or_kill().await;
         }
+        calls.step(&world).await;
     }
     trace(|| "quiet".into());
     common::sandbox_clear_faults(&world.app.sandbox.base_url()).await;
     world.point_webhooks().await;
     world.quiet(QUIET_CAP).await;
     invariants::check(&world).await;
+    let calls = calls.settle_and_check(&world).await;
     KillTally {
         kills: world.kills.iter().filter(|k| k.mid_cycle).count(),
         mid_write: world.kills.iter().filter(|k| k.write_in_flight).count(),
         in_place_overlaps: world.in_place_overlaps,
         counted: world.counted,
+        calls,
     }
 }
 
@@ -310,6 +317,7 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
                 tally.mid_write += seed_tally.mid_write;
                 tally.in_place_overlaps += seed_tally.in_place_overlaps;
                 tally.counted.merge(seed_tally.counted);
+                tally.calls.merge(seed_tally.calls);
                 None
             }
             Ok(Err(e)) => Some(e.to_string()),
@@ -330,6 +338,7 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
         drop(watchdog);
     }
     let counted = tally.counted;
+    activity::run_checks(&tally.calls, seeds.len());
     eprintln!(
         "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight, {} cycles over a CSV half-written in place; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s) and {} failed ones; {} contacts adopted, {} made in the app exported to the CRM",
         seeds.len(),

@@ -270,6 +270,49 @@ pub enum Command {
         /// integration, read-only through the API) and `external_id`; other columns are ignored.
         #[arg(long, value_name = "CSV")]
         seed_existing: Option<PathBuf>,
+        /// Generate calls and texts against the contacts with phone numbers, e.g. `30/min`.
+        #[arg(long, value_parser = per_minute)]
+        simulate_calls: Option<u32>,
+    },
+    /// quo-sync's own Quo webhooks (`reverse.public_url`): list, register or repair, remove.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksAction,
+    },
+}
+
+/// `30/min` (or `30`): a rate per minute.
+fn per_minute(text: &str) -> Result<u32, String> {
+    let number = text.trim().trim_end_matches("/min").trim();
+    number
+        .parse::<u32>()
+        .map_err(|_| format!("expected a rate like `30/min`, got {text:?}"))
+}
+
+#[derive(Subcommand)]
+pub enum WebhooksAction {
+    /// Quo's webhook subscriptions, and which ones quo-sync registered.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register the webhooks quo-sync needs, or repair them (re-enable, reset events, recreate).
+    Ensure {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for another writer to release the ledger (e.g. `30s`); exit 4 after.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
+    /// Remove quo-sync's webhooks from Quo (and their keys from the ledger).
+    Remove {
+        /// `activity` or `contacts`; both when absent.
+        purpose: Option<String>,
+        /// How long to wait for another writer to release the ledger (e.g. `30s`); exit 4 after.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
 }
 

@@ -72,6 +72,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             patch_mode,
             latency_ms,
             seed_existing,
+            simulate_calls,
         } => {
             let options = SandboxOptions {
                 api_key,
@@ -79,9 +80,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 patch_mode,
                 latency_ms,
                 seed_existing,
+                simulate_calls,
             };
             sandbox(listen, options).await
         }
+        Command::Webhooks { action } => super::webhooks::webhooks(config_path, action).await,
         Command::Status { json } => status(config_path, json).await,
         Command::Runs { limit, json } => {
             let ledger = open_ledger(config_path).await?;
@@ -245,6 +248,7 @@ struct SandboxOptions {
     requests_per_second: u32,
     patch_mode: PatchModeArg,
     latency_ms: u64,
+    simulate_calls: Option<u32>,
     seed_existing: Option<PathBuf>,
 }
 
@@ -272,6 +276,7 @@ async fn sandbox(listen: SocketAddr, options: SandboxOptions) -> anyhow::Result<
         patch_mode,
         latency_ms,
         seed_existing,
+        simulate_calls,
     } = options;
     let patch_mode = match patch_mode {
         PatchModeArg::Merge => PatchMode::Merge,
@@ -295,6 +300,12 @@ async fn sandbox(listen: SocketAddr, options: SandboxOptions) -> anyhow::Result<
         sandbox.base_url(),
         sandbox.api_key()
     );
+    if let Some(per_minute) = simulate_calls.filter(|n| *n > 0) {
+        sandbox.simulate_activity(per_minute);
+        eprintln!(
+            "simulating about {per_minute} calls and texts a minute against the contacts with phone numbers"
+        );
+    }
     let cancel = app::shutdown_token();
     cancel.cancelled().await;
     sandbox.shutdown().await;
@@ -699,7 +710,7 @@ fn from_here(path: &Path) -> String {
         .to_string()
 }
 
-pub(super) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+pub(crate) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
@@ -749,7 +760,7 @@ fn render_writer(holder: Option<&quo_sync::ledger::LeaseHolder>) -> String {
 }
 
 /// Prints `value` as pretty JSON, or the text `table` renders from it.
-pub(super) fn emit<T: serde::Serialize>(
+pub(crate) fn emit<T: serde::Serialize>(
     json: bool,
     value: &T,
     table: impl FnOnce(&T) -> String,

@@ -1,5 +1,6 @@
 //! The binary's command line (not part of the library): the arguments (`args.rs`), what each
-//! command does (`commands.rs`) and the quarantine commands (`quarantine.rs`). The library does
+//! command does (`commands.rs`), the quarantine commands (`quarantine.rs`) and the webhook
+//! registration commands (`webhooks.rs`). The library does
 //! the work; this layer turns its results into output and exit codes.
 
 mod args;
@@ -7,6 +8,7 @@ mod commands;
 mod control;
 mod link;
 mod quarantine;
+mod webhooks;
 
 pub use args::Cli;
 pub use commands::dispatch;

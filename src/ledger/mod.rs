@@ -8,6 +8,7 @@
 //! under the writer lease (`lease.rs`), which also fences every write of a leader.
 
 mod absences;
+mod activity;
 mod adoptions;
 mod backup;
 mod control;
@@ -38,6 +39,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use db::{Pool, on_pool};
 
 pub use absences::CrmHold;
+pub use activity::{
+    ActivityEventRow, ActivityRow, ActivityState, NewActivityEvent, RecordPhones,
+    WebhookRegistration,
+};
 pub use adoptions::{Adoption, AdoptionIntent, MatchDecision};
 pub use backup::{BackupError, BackupReport};
 pub use control::{Control, Pause};

@@ -327,6 +327,7 @@ async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
     if let Some(unconfirmed) = gauges.unconfirmed {
         metrics::gauge!("quo_sync_unconfirmed_creates").set(unconfirmed as f64);
     }
+    crate::activity::status::publish(&ops.ledger).await;
     if let Some(role) = &ops.role {
         let leading = role.leader_epoch().is_some();
         metrics::gauge!("quo_sync_leader").set(if leading { 1.0 } else { 0.0 });

@@ -40,6 +40,8 @@ pub struct Status {
     /// Creates whose answer was lost and whose contact no scan has found yet (a twin may exist
     /// until one does).
     pub unconfirmed_creates: i64,
+    /// Calls, texts and voicemails logged to the CRM (all zero without `[activity]`).
+    pub activity: crate::activity::status::ActivityStatus,
     /// What syncs, by the records' last judgement.
     pub scope: ScopeCounts,
     /// The pause in force (`quo-sync pause`), with who paused and until when.
@@ -97,6 +99,7 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         pending_reverse_events: ledger.inbox_depth().await?,
         conflicts,
         unconfirmed_creates: ledger.unconfirmed_count().await?,
+        activity: crate::activity::status::gather(ledger).await?,
         scope,
         paused: ledger.pause_state().await?,
         abandoned_creates: ledger.unconfirmed_abandoned(5).await?,
@@ -202,6 +205,9 @@ impl Status {
             out.push_str(&format!(
                 "abandoned create {external_id} ({at}): {reason}\n"
             ));
+        }
+        if !self.activity.activities.is_empty() || !self.activity.webhooks.is_empty() {
+            out.push_str(&self.activity.render());
         }
         out
     }

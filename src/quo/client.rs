@@ -236,6 +236,8 @@ pub struct QuoClient {
     stats: Arc<ClientStats>,
     /// Requests of background work (the reverse scan) yield to the others.
     background: bool,
+    /// `Quo-Api-Version` sent with every request (the dated API); `None` for `/v1`.
+    api_version: Option<&'static str>,
     /// The per-request timeout.
     timeout: Duration,
     /// A leader's lease, asked before every write attempt; `None`: always allowed.
@@ -255,7 +257,7 @@ impl std::fmt::Debug for QuoClient {
 }
 
 /// What one attempt produced, before retry decisions.
-enum AttemptError {
+pub(super) enum AttemptError {
     /// Never reached the server: safe to retry anything.
     NotSent(String),
     /// May or may not have been applied.
@@ -292,6 +294,17 @@ impl QuoClient {
             timeout: settings.timeout,
             fence: None,
             auth: None,
+            api_version: None,
+        }
+    }
+
+    /// A clone that sends `Quo-Api-Version: version` with every request (same key, limiter,
+    /// counters, write fence and refusal clock): the dated API's requests share the key's
+    /// budget.
+    pub(crate) fn with_api_version(&self, version: &'static str) -> Self {
+        Self {
+            api_version: Some(version),
+            ..self.clone()
         }
     }
 
@@ -389,31 +402,46 @@ impl QuoClient {
     pub async fn update_contact(&self, id: &str, body: &PatchContact) -> Result<Contact, QuoError> {
         let route = "PATCH /v1/contacts/{id}";
         let path = format!("/v1/contacts/{}", super::encode_path_segment(id));
+        let envelope: DataEnvelope<Contact> = self
+            .write_once(route, Method::PATCH, &path, Some(body))
+            .await?;
+        Ok(envelope.data)
+    }
+
+    /// A write that is not safe to repeat blindly, sent at most once where it could have
+    /// landed: an unknown outcome (timeout, reset, 5xx) comes back as [`QuoError::Ambiguous`]
+    /// for the caller to resolve by reading; requests that never reached Quo, and 429s
+    /// (refused before any work), are retried here. An empty success body decodes as `null`.
+    pub(super) async fn write_once<T: DeserializeOwned, B: serde::Serialize + ?Sized>(
+        &self,
+        route: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, QuoError> {
         let mut retries = 0u32;
         loop {
-            let (last, wait_hint, limited) = match self
-                .attempt(route, Method::PATCH, &path, &[], Some(body))
-                .await
-            {
-                Ok((status, bytes)) if status.is_success() => {
-                    let envelope: DataEnvelope<Contact> = decode(route, &bytes)?;
-                    return Ok(envelope.data);
-                }
-                Ok((status, bytes)) => return Err(rejected(status, &bytes)),
-                Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }),
-                Err(AttemptError::NotSent(text)) => (text, None, false),
-                Err(AttemptError::Retryable {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    retry_after,
-                    text,
-                }) => (text, retry_after, true),
-                Err(AttemptError::Retryable { text, .. }) | Err(AttemptError::Ambiguous(text)) => {
-                    return Err(QuoError::Ambiguous {
-                        route,
-                        reason: text,
-                    });
-                }
-            };
+            let (last, wait_hint, limited) =
+                match self.attempt(route, method.clone(), path, &[], body).await {
+                    Ok((status, bytes)) if status.is_success() => {
+                        return decode(route, if bytes.is_empty() { b"null" } else { &bytes });
+                    }
+                    Ok((status, bytes)) => return Err(rejected(status, &bytes)),
+                    Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }),
+                    Err(AttemptError::NotSent(text)) => (text, None, false),
+                    Err(AttemptError::Retryable {
+                        status: StatusCode::TOO_MANY_REQUESTS,
+                        retry_after,
+                        text,
+                    }) => (text, retry_after, true),
+                    Err(AttemptError::Retryable { text, .. })
+                    | Err(AttemptError::Ambiguous(text)) => {
+                        return Err(QuoError::Ambiguous {
+                            route,
+                            reason: text,
+                        });
+                    }
+                };
             retries = self
                 .before_retry(route, retries, last, wait_hint, limited)
                 .await?;
@@ -696,7 +724,7 @@ impl QuoClient {
     }
 
     /// Sleeps before retry number `retries + 1`, or gives up.
-    async fn before_retry(
+    pub(super) async fn before_retry(
         &self,
         route: &'static str,
         retries: u32,
@@ -725,7 +753,7 @@ impl QuoClient {
     }
 
     /// An idempotent call: retried on every retryable failure.
-    async fn call_idempotent<T: DeserializeOwned, B: serde::Serialize + ?Sized>(
+    pub(super) async fn call_idempotent<T: DeserializeOwned, B: serde::Serialize + ?Sized>(
         &self,
         route: &'static str,
         method: Method,
@@ -762,7 +790,7 @@ impl QuoClient {
 
     /// One attempt: a limiter permit, then the request. `Ok` carries a final (non-retryable)
     /// status with its body; retryable outcomes come back as `AttemptError`.
-    async fn attempt<B: serde::Serialize + ?Sized>(
+    pub(super) async fn attempt<B: serde::Serialize + ?Sized>(
         &self,
         route: &'static str,
         method: Method,
@@ -788,6 +816,9 @@ impl QuoClient {
             .header(reqwest::header::AUTHORIZATION, self.api_key.expose_secret())
             .query(query)
             .timeout(timeout);
+        if let Some(version) = self.api_version {
+            request = request.header("Quo-Api-Version", version);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -838,14 +869,17 @@ impl QuoClient {
     }
 }
 
-fn decode<T: DeserializeOwned>(route: &'static str, bytes: &[u8]) -> Result<T, QuoError> {
+pub(super) fn decode<T: DeserializeOwned>(
+    route: &'static str,
+    bytes: &[u8],
+) -> Result<T, QuoError> {
     serde_json::from_slice(bytes).map_err(|e| QuoError::Decode {
         route,
         reason: e.to_string(),
     })
 }
 
-fn rejected(status: StatusCode, bytes: &[u8]) -> QuoError {
+pub(super) fn rejected(status: StatusCode, bytes: &[u8]) -> QuoError {
     let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
         message: String::from_utf8_lossy(bytes).chars().take(300).collect(),
         status: status.as_u16(),

@@ -23,6 +23,7 @@
 //! | `POST /_sandbox/app/seed` | a seed CSV ([`seed`]): contacts that were there before the run, `{"seeded": n}` |
 //! | `POST`/`DELETE /_sandbox/app/contacts/{id}` | edit (merge) / delete as a user in the Quo app |
 //! | `GET /_sandbox/webhooks`, `POST /_sandbox/webhooks/{event_id}/redeliver` | delivery log / redeliver |
+//! | `GET /_sandbox/activity`, `POST /_sandbox/activity/calls\|messages\|flush`, `GET`/`POST /_sandbox/activity/faults`, `GET /_sandbox/activity/deliveries` | calls and messages ([`activity`], the dated `2026-03-30` surface) |
 //!
 //! Sandbox choices where Quo's behaviour is undocumented: custom field values set to `null` are
 //! removed from the contact's `customFields`; `date` values are normalised to UTC with
@@ -50,6 +51,7 @@
 //! unusual legal shapes, `conn` lets a handler kill its own connection, and [`webhooks`] signs
 //! and delivers events (and drops, repeats or reorders them).
 
+pub mod activity;
 mod conn;
 mod error;
 pub mod faults;
@@ -196,6 +198,7 @@ pub(crate) struct Shared {
     pub acct: Mutex<Accounting>,
     pub faults: Mutex<FaultQueue>,
     pub hub: Arc<Hub>,
+    pub activity: Arc<activity::ActivitySandbox>,
     /// API writes (POST, PATCH, DELETE) that arrived and are not answered yet.
     pub writes_in_flight: tokio::sync::watch::Sender<u64>,
 }
@@ -330,6 +333,9 @@ impl Shared {
     pub(crate) fn emit_api(&self, kind: &'static str, mut contact: Value) {
         let s = self.settings();
         // Another workspace's webhooks are not subscribed to ours.
+        if s.webhooks_on_api_writes && !s.foreign_workspace {
+            self.activity.hub.emit_contact(kind, &contact);
+        }
         if s.webhooks_on_api_writes
             && !s.foreign_workspace
             && let Some(t) = s.webhook
@@ -361,6 +367,7 @@ impl Shared {
     /// Emits an event for an edit made in the Quo app, when a target is set.
     pub(crate) fn emit_app(&self, kind: &'static str, mut contact: Value) {
         let s = self.settings();
+        self.activity.hub.emit_contact(kind, &contact);
         if let Some(t) = s.webhook {
             s.response_shapes.apply(&mut contact);
             self.hub.emit(&t, kind, contact);
@@ -530,6 +537,7 @@ impl SandboxHandle {
             acct: Mutex::new(Accounting::default()),
             faults: Mutex::new(FaultQueue::default()),
             hub: hub.clone(),
+            activity: activity::ActivitySandbox::start(),
             writes_in_flight: tokio::sync::watch::Sender::new(0),
         });
         shared.set_shapes(config.response_shapes);

@@ -91,7 +91,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/_sandbox/webhooks/{event_id}/redeliver",
             post(admin_redeliver),
         );
-    api.merge(admin).fallback(not_found).with_state(shared)
+    api.merge(admin)
+        .merge(super::activity::router(shared.clone()))
+        .fallback(not_found)
+        .with_state(shared)
 }
 
 /// The stats key of a path: ids collapsed to `{id}`.

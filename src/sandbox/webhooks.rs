@@ -117,6 +117,37 @@ pub fn sign_standard(key: &[u8], id: &str, ts_s: i64, body: &[u8]) -> String {
     format!("v1,{}", hmac_b64(key, &msg))
 }
 
+/// A POST of `body` to `url`, signed with `key` as `scheme` signs: `openphone-signature`, or
+/// `webhook-id` (`delivery_id`), `webhook-timestamp` and `webhook-signature`.
+pub(crate) fn signed_post(
+    client: &reqwest::Client,
+    url: &str,
+    scheme: WebhookScheme,
+    key: &[u8],
+    delivery_id: &str,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> reqwest::RequestBuilder {
+    let req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("user-agent", "quo-sandbox-webhooks/1");
+    let req = match scheme {
+        WebhookScheme::Legacy => req.header(
+            "openphone-signature",
+            sign_legacy(key, now.timestamp_millis(), body),
+        ),
+        WebhookScheme::Standard => req
+            .header("webhook-id", delivery_id)
+            .header("webhook-timestamp", now.timestamp().to_string())
+            .header(
+                "webhook-signature",
+                sign_standard(key, delivery_id, now.timestamp(), body),
+            ),
+    };
+    req.body(body.to_vec())
+}
+
 fn hmac_b64(key: &[u8], msg: &[u8]) -> String {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC accepts keys of any length");
@@ -418,25 +449,16 @@ impl Hub {
                 backoff *= 2;
             }
             let now = Utc::now();
-            let mut req = self
-                .client
-                .post(&target.url)
-                .header("content-type", "application/json")
-                .header("user-agent", "quo-sandbox-webhooks/1");
-            req = match target.scheme {
-                WebhookScheme::Legacy => req.header(
-                    "openphone-signature",
-                    sign_legacy(&target.secret_key, now.timestamp_millis(), &body),
-                ),
-                WebhookScheme::Standard => req
-                    .header("webhook-id", &event.id)
-                    .header("webhook-timestamp", now.timestamp().to_string())
-                    .header(
-                        "webhook-signature",
-                        sign_standard(&target.secret_key, &event.id, now.timestamp(), &body),
-                    ),
-            };
-            let result = req.body(body.clone()).send().await;
+            let req = signed_post(
+                &self.client,
+                &target.url,
+                target.scheme,
+                &target.secret_key,
+                &event.id,
+                &body,
+                now,
+            );
+            let result = req.send().await;
             let (status, error) = match result {
                 Ok(resp) => (Some(resp.status().as_u16()), None),
                 Err(e) => (None, Some(e.to_string())),

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::token_desk::TokenDesk;
 use super::vendor::{Books, Call, Dialect, Fake, Org};
 
-const API: &str = "/services/data/v62.0";
+pub(super) const API: &str = "/services/data/v62.0";
 
 /// Fields Salesforce sets itself; a PATCH naming them is refused.
 const READ_ONLY: [&str; 4] = ["Id", "SystemModstamp", "LastModifiedDate", "Account"];
@@ -37,6 +37,8 @@ pub struct Own {
     next_locator: u64,
     queries: Vec<String>,
     patches: Vec<(String, Value)>,
+    /// Tasks (activity logging) and users by email (owner lookups).
+    pub tasks: super::salesforce_tasks::Tasks,
 }
 
 /// `2026-01-01T00:00:00.000+0000`, Salesforce's datetime format in JSON.
@@ -95,9 +97,30 @@ impl Fake<Own> {
     pub fn patches(&self) -> Vec<(String, Value)> {
         self.books().own.patches.clone()
     }
+
+    /// Every Task, in creation order.
+    pub fn tasks(&self) -> Vec<Value> {
+        self.books().own.tasks.objects.all()
+    }
+
+    /// Task creates, updates and lookups received.
+    pub fn task_calls(&self) -> (u64, u64, u64) {
+        let books = self.books();
+        let t = &books.own.tasks.objects;
+        (t.creates, t.updates, t.lookups)
+    }
+
+    /// Adds a user (owner lookups find it by email).
+    pub fn add_user(&self, email: &str, id: &str) {
+        self.books()
+            .own
+            .tasks
+            .users
+            .insert(email.to_ascii_lowercase(), id.into());
+    }
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         axum::Json(json!([{ "message": message, "errorCode": code }])),
@@ -106,6 +129,11 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 fn route(org: &Org<Own>, inner: &mut Books<Own>, call: Call) -> Response {
+    if let Some(answer) =
+        super::salesforce_tasks::route(&inner.contacts, &mut inner.own.tasks, &call)
+    {
+        return answer;
+    }
     let Call {
         method,
         path,

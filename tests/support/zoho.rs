@@ -33,6 +33,8 @@ pub type FakeZoho = Fake<Own>;
 pub struct Own {
     lists: Vec<(HashMap<String, String>, Option<String>, u16)>,
     puts: Vec<(String, Value)>,
+    /// Records of the Calls module (activity logging).
+    pub calls: super::crm_objects::Objects,
 }
 
 /// Zoho's `Modified_Time` format, in the org's time zone (here +05:30, as in Zoho's examples).
@@ -84,9 +86,21 @@ impl Fake<Own> {
     pub fn puts(&self) -> Vec<(String, Value)> {
         self.books().own.puts.clone()
     }
+
+    /// Every record of the Calls module, in creation order.
+    pub fn calls(&self) -> Vec<Value> {
+        self.books().own.calls.all()
+    }
+
+    /// Calls creates, updates and lookups received.
+    pub fn call_requests(&self) -> (u64, u64, u64) {
+        let books = self.books();
+        let c = &books.own.calls;
+        (c.creates, c.updates, c.lookups)
+    }
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         axum::Json(json!({ "code": code, "details": {}, "message": message, "status": "error" })),
@@ -101,6 +115,9 @@ fn modified(record: &Value) -> Option<DateTime<Utc>> {
 }
 
 fn route(org: &Org<Own>, inner: &mut Books<Own>, call: Call) -> Response {
+    if let Some(answer) = super::zoho_calls::route(&inner.contacts, &mut inner.own.calls, &call) {
+        return answer;
+    }
     let Call {
         method,
         path,

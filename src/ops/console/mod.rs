@@ -116,6 +116,7 @@ pub fn routes(console: Console) -> Router {
         .route("/api/runs", get(api_runs))
         .route("/api/quarantine", get(api_quarantine))
         .route("/api/conflicts", get(api_conflicts))
+        .route("/api/activities", get(api_activities))
         .route("/api/csrf", get(api_csrf))
         .route("/api/quarantine/{key}/retry", post(retry))
         .route("/api/quarantine/{key}/discard", post(discard))
@@ -252,6 +253,14 @@ async fn api_quarantine(State(console): State<Console>, Query(all): Query<All>) 
 async fn api_conflicts(State(console): State<Console>, Query(limit): Query<Limit>) -> Response {
     match console.ledger.conflicts(limit.clamped(20)).await {
         Ok(conflicts) => axum::Json(conflicts).into_response(),
+        Err(e) => ledger_error(e),
+    }
+}
+
+/// The last activities (no content: their facts are not sent).
+async fn api_activities(State(console): State<Console>, Query(limit): Query<Limit>) -> Response {
+    match console.ledger.recent_activities(limit.clamped(20)).await {
+        Ok(rows) => axum::Json(rows).into_response(),
         Err(e) => ledger_error(e),
     }
 }

@@ -59,6 +59,7 @@ pub(super) struct Snapshot {
     quarantine: Vec<QuarantineEntry>,
     conflicts: Vec<ConflictRow>,
     inbox: Vec<InboxEvent>,
+    activities: Vec<crate::ledger::ActivityRow>,
 }
 
 impl Snapshot {
@@ -70,6 +71,7 @@ impl Snapshot {
             quarantine: console.ledger.quarantined().await?,
             conflicts: console.ledger.conflicts(PAGE_ROWS).await?,
             inbox: console.ledger.inbox_pending(PAGE_ROWS).await?,
+            activities: console.ledger.recent_activities(PAGE_ROWS).await?,
             status,
             service,
         })
@@ -183,6 +185,11 @@ pub(super) fn render(s: &Snapshot, csrf: &str) -> String {
     render_runs(&mut out, &s.runs);
     render_conflicts(&mut out, &s.conflicts);
     render_inbox(&mut out, &s.inbox, s.status.pending_reverse_events);
+    out.push_str(&crate::activity::status::panel(
+        &s.activities,
+        &s.status.activity,
+        esc,
+    ));
     out.push_str("</main></body></html>");
     out
 }

@@ -64,6 +64,7 @@ use dialect::{choose_delimiter, judge, quotes_every_name};
 pub use digest::RawRow;
 use read::{Sink, read_file};
 use stream::{Head, Tracked};
+pub(crate) use write::replace_with;
 use write::write_file;
 
 /// The longest header line the separator is chosen from.

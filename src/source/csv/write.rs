@@ -436,17 +436,46 @@ fn replace_file(
         ..
     } = out;
     let file = inner.into_inner().map_err(|e| layout.io(e.error()))?;
-    file.sync_all().map_err(|e| layout.io(e))?;
-    drop(file);
-    fs::set_permissions(&temp, permissions).map_err(|e| layout.io(e))?;
-    temp.persist(&layout.path).map_err(|e| layout.io(e.error))?;
-    sync_dir(&parent_dir(&layout.path));
+    commit(temp, file, Some(permissions), &layout.path).map_err(|e| layout.io(e))?;
     let modified = fs::metadata(&layout.path).and_then(|m| m.modified()).ok();
     Ok(Fingerprint {
         len: count,
         modified,
         sha256: hasher.finalize().to_vec(),
     })
+}
+
+/// Syncs the new file, gives it the old one's permissions, renames it over `target` and syncs
+/// the directory: from here on a crash finds the new file whole.
+fn commit(
+    temp: TempPath,
+    file: File,
+    permissions: Option<fs::Permissions>,
+    target: &Path,
+) -> io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    if let Some(permissions) = permissions {
+        fs::set_permissions(&temp, permissions)?;
+    }
+    temp.persist(target).map_err(|e| e.error)?;
+    sync_dir(&parent_dir(target));
+    Ok(())
+}
+
+/// Replaces `target` (made if missing) with what `fill` writes, by the same crash-safe steps as
+/// write-back: a temp file beside it, synced, renamed over it, the directory synced. A crash
+/// leaves the old file or the new one, never a mix (activity logging rewrites its file so).
+pub(crate) fn replace_with(
+    target: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
+    let permissions = fs::metadata(target).ok().map(|m| m.permissions());
+    let (temp, file) = create_temp(target)?;
+    let mut out = BufWriter::new(file);
+    fill(&mut out)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    commit(temp, file, permissions, target)
 }
 
 /// Persists the rename; best effort where directories cannot be opened (Windows).

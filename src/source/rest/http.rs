@@ -133,6 +133,29 @@ impl RestSource {
             .await
     }
 
+    /// A JSON exchange for the other writers on this CRM's connection (activity logging):
+    /// `path` is relative to the API base; auth, limiter and retries as for contacts. A write
+    /// passes the leader's `guard`, which admits each attempt just before it is sent. With
+    /// `once`, a request that may have been applied is never sent again (as
+    /// [`RestSource::send_once`]): a 5xx comes back as the reply and a lost answer (timeout or
+    /// reset after sending) as `SourceError::Crm`, for the caller to settle by a lookup.
+    /// Returns the status and body.
+    pub async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &HeaderMap,
+        (guard, once): (Option<&crate::source::WriteGuard>, bool),
+    ) -> Result<(u16, Vec<u8>), SourceError> {
+        self.prepare().await?;
+        let url = self.url(path)?;
+        let reply = self
+            .send_with(method, &url, body, headers, guard, !once)
+            .await?;
+        Ok((reply.status.as_u16(), reply.body))
+    }
+
     async fn send_with(
         &self,
         method: Method,
