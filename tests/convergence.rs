@@ -69,10 +69,14 @@ mod common;
 mod day_one;
 #[path = "convergence/faults.rs"]
 mod faults;
+#[path = "convergence/foreign.rs"]
+mod foreign;
 #[path = "convergence/invariants.rs"]
 mod invariants;
 #[path = "convergence/model.rs"]
 mod model;
+#[path = "convergence/scope.rs"]
+mod scope;
 #[path = "convergence/world.rs"]
 mod world;
 
@@ -119,6 +123,11 @@ struct KillTally {
     mid_write: usize,
     in_place_overlaps: u32,
     counted: world::CountTally,
+    /// Records that left scope, came back relinked to their contact; cycles finished while
+    /// the key pointed at another workspace.
+    left_scope: u64,
+    relinked: u64,
+    foreign_cycles: u32,
 }
 
 /// The world for `seed`: its policy, guard, PATCH semantics and 409 switch, and six records.
@@ -133,10 +142,11 @@ async fn world_for(seed: u64) -> World {
     };
     let conflict_on_duplicate = rng.random_bool(0.5);
     let create_in_crm = (seed / 2) % 2 == 1;
+    let on_leave = scope::ON_LEAVE[((seed / 4) % 3) as usize];
     let fraction = if guarded { 0.25 } else { 1.0 };
     trace(|| {
         format!(
-            "seed {seed}: conflict {policy}, max_delete_fraction {fraction}, {patch_mode:?} PATCH, 409 {conflict_on_duplicate}"
+            "seed {seed}: conflict {policy}, max_delete_fraction {fraction}, {patch_mode:?} PATCH, 409 {conflict_on_duplicate}, on_leave_scope {on_leave}"
         )
     });
     let initial: Vec<String> = (1..=6).map(|i| row(&format!("k-{i}"), i)).collect();
@@ -148,8 +158,9 @@ async fn world_for(seed: u64) -> World {
             ..SandboxConfig::default()
         },
         &format!(
-            "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = {fraction}\n\
+            "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = {fraction}\nfilter = '{}'\non_leave_scope = \"{on_leave}\"\n\
              [reverse]\nwebhook_secret = \"{}\"\npoll_interval = \"1ms\"\nconflict = \"{policy}\"\non_quo_delete = \"recreate\"\ncreate_in_crm = {create_in_crm}\n",
+            scope::FILTER,
             whsec()
         ),
     )
@@ -169,6 +180,7 @@ async fn world_for(seed: u64) -> World {
     std::fs::write(&app.config_path, config).unwrap();
     app.restart().await;
     let mut world = World::new(app, rng, policy, guarded, 6).await;
+    world.scope.on_leave = on_leave;
     world.seed_existing(create_in_crm);
     world
 }
@@ -181,6 +193,7 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
     world.point_webhooks().await;
     for step in 1..=steps {
         trace(|| format!("step {step}"));
+        world.foreign_step().await;
         for _ in 0..world.rng.random_range(0..3) {
             world.edit_crm().await;
         }
@@ -219,6 +232,9 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
         }
     }
     trace(|| "quiet".into());
+    if world.foreign.on() {
+        world.foreign_off();
+    }
     common::sandbox_clear_faults(&world.app.sandbox.base_url()).await;
     world.point_webhooks().await;
     world.quiet(QUIET_CAP).await;
@@ -228,6 +244,9 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
         mid_write: world.kills.iter().filter(|k| k.write_in_flight).count(),
         in_place_overlaps: world.in_place_overlaps,
         counted: world.counted,
+        left_scope: world.scope.left,
+        relinked: world.scope.relinked,
+        foreign_cycles: world.foreign.cycles,
     }
 }
 
@@ -309,6 +328,9 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
                 tally.kills += seed_tally.kills;
                 tally.mid_write += seed_tally.mid_write;
                 tally.in_place_overlaps += seed_tally.in_place_overlaps;
+                tally.left_scope += seed_tally.left_scope;
+                tally.relinked += seed_tally.relinked;
+                tally.foreign_cycles += seed_tally.foreign_cycles;
                 tally.counted.merge(seed_tally.counted);
                 None
             }
@@ -331,11 +353,14 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
     }
     let counted = tally.counted;
     eprintln!(
-        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight, {} cycles over a CSV half-written in place; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s) and {} failed ones; {} contacts adopted, {} made in the app exported to the CRM",
+        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight, {} cycles over a CSV half-written in place, {} records left scope, {} relinked back in scope, {} cycles against another workspace; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s) and {} failed ones; {} contacts adopted, {} made in the app exported to the CRM",
         seeds.len(),
         tally.kills,
         tally.mid_write,
         tally.in_place_overlaps,
+        tally.left_scope,
+        tally.relinked,
+        tally.foreign_cycles,
         counted.cycles,
         counted.with_writes,
         counted.with_held_back,
@@ -357,6 +382,16 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
         assert!(
             tally.in_place_overlaps > 0,
             "no cycle started while the CSV was being written in place: the half-written file went untested"
+        );
+        assert!(
+            tally.left_scope > 0 && tally.relinked > 0,
+            "no record left scope and came back relinked ({} left, {} relinked): scope went untested",
+            tally.left_scope,
+            tally.relinked
+        );
+        assert!(
+            tally.foreign_cycles > 0,
+            "no cycle finished while the key pointed at another workspace: the fault went untested"
         );
         assert!(
             counted.with_writes > 0 && counted.with_429s > 0 && counted.failed > 0,

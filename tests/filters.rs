@@ -126,6 +126,35 @@ fn back_in_scope(app: &TestApp) {
     app.write_csv(&csv(&back));
 }
 
+/// A Quo edit of a field the filter reads, written back to the CRM, takes the record out of
+/// scope: the next cycle judges the row it wrote and the record leaves scope (here: unlinked),
+/// instead of taking the written row for unchanged and updating it as if in scope.
+#[tokio::test]
+async fn a_quo_edit_written_back_that_takes_a_record_out_of_scope_makes_it_leave() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(3)),
+        SandboxConfig::default(),
+        "[sync]\nfilter = 'record.role == \"Buyer\"'\non_leave_scope = \"unlink\"\nmax_delete_fraction = 0.5\n[reverse]\npoll_interval = \"1ms\"\n",
+    )
+    .await;
+    app.cycle().await;
+    let quo_id = app.quo_id("r-2");
+    app.sandbox
+        .app_edit(
+            &quo_id,
+            serde_json::json!({"defaultFields": {"role": "Lead"}}),
+        )
+        .unwrap();
+    let report = app.cycle().await;
+    assert_eq!(report.counts.written_to_crm, 1, "{:?}", report.counts);
+    assert!(app.csv_text().contains(",Lead,"), "{}", app.csv_text());
+    let report = app.cycle().await;
+    assert_eq!(report.counts.left_scope, 1, "{:?}", report.counts);
+    let row = ledger_row(&app, "r-2").await;
+    assert_eq!((row.state, row.quo_id), (RecordState::LeftScope, None));
+    assert!(app.sandbox.contact(&quo_id).is_some(), "the contact stays");
+}
+
 #[tokio::test]
 async fn a_record_that_leaves_scope_is_kept_and_relinks_with_no_duplicate() {
     let (app, quo_id) = leave_and_return("keep").await;

@@ -45,6 +45,9 @@ impl Pool {
         let Some(work) = cycle.mode_gate(work).await? else {
             return Ok(());
         };
+        let Some(work) = cycle.workspace_gate(work).await? else {
+            return Ok(());
+        };
         let kind = match &work {
             Work::Create { .. } | Work::ResolvePending { .. } => Some(WriteKind::Create),
             Work::Update(_) => Some(WriteKind::Update),
@@ -472,6 +475,12 @@ impl Cycle {
             .delete_contact(quo_id.as_str())
             .await
             .map_err(Failure::Quo)?;
+        // A 404 is an absence: "already gone" only once the key is shown to answer for our
+        // workspace (else the record stays linked, and the next cycle deletes it again).
+        if !existed && !self.absence_believed(&quo_id).await? {
+            warn!(event = "delete_unconfirmed", external_id = %external_id, quo_id = %quo_id, reason = "workspace_unconfirmed", "Quo answered 404 to a DELETE while the key is not shown to answer for the synced workspace; the record stays linked");
+            return Ok(());
+        }
         match left_scope {
             Some(fingerprint) => {
                 self.ctx
@@ -501,6 +510,18 @@ impl Cycle {
         )
         .await;
         Ok(())
+    }
+
+    /// Whether Quo's 404 for `quo_id` may be believed: the key is shown to answer for our
+    /// workspace (`reverse::absence`).
+    async fn absence_believed(&self, quo_id: &QuoContactId) -> Result<bool, Failure> {
+        let absent = std::collections::HashSet::from([quo_id.as_str().to_string()]);
+        crate::reverse::absence::absences_trusted(&self.ctx.ledger, &self.ctx.client, &absent)
+            .await
+            .map_err(|e| match e {
+                crate::reverse::absence::CheckError::Ledger(e) => Failure::Ledger(e),
+                crate::reverse::absence::CheckError::Quo(e) => Failure::Quo(e),
+            })
     }
 
     /// Looks up the contact an interrupted create may have made. Lists can lag a create, and

@@ -327,6 +327,9 @@ struct Cycle {
     started: DateTime<Utc>,
     /// The workspace index, once a record needs it (listed first if it never was).
     workspace: tokio::sync::OnceCell<matching::WorkspaceIndex>,
+    /// Whether the key was shown to answer for our workspace again this cycle, after a
+    /// read-back that did not find most linked contacts (checked once per cycle, for creates).
+    workspace_rechecked: tokio::sync::OnceCell<bool>,
     /// Records with matches, waiting for the whole read.
     deferred: Mutex<Vec<matching::Deferred>>,
     /// Operators' answers to held records, by external id.
@@ -643,6 +646,7 @@ impl Cycle {
             held: tokio::sync::OnceCell::new(),
             started,
             workspace: tokio::sync::OnceCell::new(),
+            workspace_rechecked: tokio::sync::OnceCell::new(),
             deferred: Mutex::new(Vec::new()),
             claimed: decisions
                 .iter()
