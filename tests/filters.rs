@@ -145,8 +145,20 @@ async fn a_quo_edit_written_back_that_takes_a_record_out_of_scope_makes_it_leave
             serde_json::json!({"defaultFields": {"role": "Lead"}}),
         )
         .unwrap();
+    // The CRM changed another field meanwhile: the write-back is followed by a PATCH to Quo,
+    // which must not commit the written row as judged either.
+    let edited: Vec<String> = rows(3)
+        .into_iter()
+        .map(|r| r.replace("Acme 2,", "Moved Co,"))
+        .collect();
+    app.write_csv(&csv(&edited));
     let report = app.cycle().await;
-    assert_eq!(report.counts.written_to_crm, 1, "{:?}", report.counts);
+    assert_eq!(
+        (report.counts.written_to_crm, report.counts.updated),
+        (1, 1),
+        "{:?}",
+        report.counts
+    );
     assert!(app.csv_text().contains(",Lead,"), "{}", app.csv_text());
     let report = app.cycle().await;
     assert_eq!(report.counts.left_scope, 1, "{:?}", report.counts);

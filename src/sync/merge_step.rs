@@ -515,7 +515,8 @@ impl Cycle {
                 base: quo_has,
                 crm: merged.clone(),
                 desired: merged,
-                fingerprint,
+                // Out of scope now: judged by the next cycle, as above.
+                fingerprint: fingerprint.filter(|_| stays_in_scope),
                 quo_id: wb.quo_id,
                 seen: Some(wb.contact),
                 changed: to_quo,
