@@ -126,6 +126,70 @@ fn back_in_scope(app: &TestApp) {
     app.write_csv(&csv(&back));
 }
 
+/// A record whose create's answer was lost, edited back out of scope (to the very row it was
+/// last judged out of scope on) before the create is resolved: once the lookup finds its
+/// contact, the record leaves scope (here: unlinked), instead of taking that row for one already
+/// judged and staying linked and updated as if in scope.
+#[tokio::test]
+async fn a_lost_create_resolved_after_its_record_left_scope_again_leaves() {
+    let lead = |rows: Vec<String>| -> Vec<String> {
+        rows.into_iter()
+            .map(|r| {
+                if r.starts_with("r-2,") {
+                    r.replace(",Buyer,", ",Lead,")
+                } else {
+                    r
+                }
+            })
+            .collect()
+    };
+    let app = TestApp::spawn_with(
+        &csv(&lead(rows(3))),
+        SandboxConfig::default(),
+        "[sync]\nfilter = 'record.role == \"Buyer\"'\non_leave_scope = \"unlink\"\nmax_delete_fraction = 0.5\n[reverse]\npoll_interval = \"1ms\"\n",
+    )
+    .await;
+    let report = app.cycle().await;
+    assert_eq!(report.counts.out_of_scope, 1, "{:?}", report.counts);
+    // In scope: its POST lands, the answer is lost and no list shows the contact yet.
+    app.write_csv(&csv(&rows(3)));
+    common::sandbox_fault(
+        &app.sandbox.base_url(),
+        serde_json::json!({"kind": "lagging_list", "next_created": 1, "scope": "all"}),
+    )
+    .await;
+    app.sandbox
+        .inject(quo_sync::sandbox::Fault::DropAfterWrite { count: 1 });
+    app.sandbox.set_webhook(None);
+    app.cycle().await;
+    assert_eq!(
+        app.sandbox.count_by_external_id("r-2"),
+        1,
+        "the POST landed"
+    );
+    assert_eq!(
+        ledger_row(&app, "r-2").await.state,
+        RecordState::PendingCreate
+    );
+    // Out of scope again, the very row judged at first; then the contact shows.
+    app.write_csv(&csv(&lead(rows(3))));
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    for _ in 0..3 {
+        app.cycle().await;
+    }
+    let row = ledger_row(&app, "r-2").await;
+    assert_eq!(
+        (row.state, row.quo_id),
+        (RecordState::LeftScope, None),
+        "r-2 is out of scope, its contact found: it must leave (unlink)"
+    );
+    assert_eq!(
+        app.sandbox.count_by_external_id("r-2"),
+        1,
+        "no second contact"
+    );
+}
+
 /// A Quo edit of a field the filter reads, written back to the CRM, takes the record out of
 /// scope: the next cycle judges the row it wrote and the record leaves scope (here: unlinked),
 /// instead of taking the written row for unchanged and updating it as if in scope.
