@@ -33,6 +33,31 @@
 //! app-made contact becomes exactly one CRM row linked to it (with `create_in_crm`) or is never
 //! written (without).
 //!
+//! A key for the wrong workspace (#21, `convergence/foreign.rs`): once a cycle has completed,
+//! with probability 0.08 per step the key points at another workspace for 1 to 3 steps (every
+//! home id 404, lists empty), then home again. After every cycle in the window: no record linked
+//! when it opened lost or changed its Quo id (unless it left the CRM or scope), none of those
+//! contacts was deleted at home or appeared in the other workspace, and every finished cycle
+//! refused to act on the absences it saw (`mass_delete_refused`, the guard or the read-back),
+//! even when the operator had allowed mass deletion before the key moved (the allowance is
+//! withdrawn; no operator vouches for `workspace_unconfirmed`). New rows are still added in the
+//! window: a record first created before the cycle's read-back has run goes where the key
+//! points, so the end invariants check one contact per record at home only. A run of several
+//! seeds must have finished a cycle against the other workspace.
+//!
+//! Scope (#27, `convergence/scope.rs`): `sync.filter` admits a record unless its `vip` cell
+//! says no; CRM edits toggle `vip` (a quarter of field edits), Quo edits of it are written back,
+//! new rows are out of scope three times in ten, and seeds rotate `sync.on_leave_scope`
+//! (`keep`, `unlink`, `delete` by `(seed / 4) % 3`). Around every cycle, killed or not, for each
+//! record out of scope in the CSV it reads: no contact created, its contacts not updated, its CRM
+//! row not written (a Quo edit to it is not written back); after a finished cycle a record that
+//! was linked is kept, unlinked or deleted as configured (a deletion the guard refused keeps it
+//! linked). A record back in scope whose contact is still in Quo links that contact again and
+//! gains none. At the end an out-of-scope record holds at most one contact, linked under
+//! `keep`, unlinked under `unlink`, none under `delete`; in-scope records get every invariant
+//! below. The test judges scope itself, apart from the product's filter. A run of several seeds
+//! must have had records leave scope and come back relinked.
+//!
 //! Seeds rotate the conflict policy (`newest`, `crm`, `quo`), turn the mass-deletion guard on
 //! (`max_delete_fraction = 0.25`, with exports cut short that it must refuse) for even seeds,
 //! and draw PATCH semantics (merge or replace) and whether Quo answers 409 to a repeated
