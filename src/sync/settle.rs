@@ -238,7 +238,9 @@ impl Cycle {
     /// again once per cycle; the record waits, unwritten, for the first cycle that finds it
     /// answering for ours.
     pub(super) async fn workspace_gate(&self, work: Work) -> Result<Option<Work>, SyncError> {
+        // `--allow-mass-delete`: the operator vouches for the workspace, as for absences.
         if self.mode != Mode::Apply
+            || self.ctx.settings.allow_mass_delete
             || !matches!(work, Work::Create { .. } | Work::Delete { .. })
             || !self.ctx.client.workspace_doubted()
         {
