@@ -266,6 +266,37 @@ async fn a_record_that_leaves_scope_is_kept_and_relinks_with_no_duplicate() {
         report.operations
     );
     assert_eq!(ledger_row(&app, "r-2").await.state, RecordState::Synced);
+    assert_eq!(
+        app.contact_for("r-2")["defaultFields"]["role"],
+        "Buyer",
+        "the edit made in Quo while out of scope is overwritten by the CRM's value on return"
+    );
+    assert!(!app.csv_text().contains("Edited in Quo"));
+}
+
+/// A record that left scope and comes back with its row exactly as it was when it left (only
+/// the filter's field went out and back): the edit made in Quo meanwhile is not merged into the
+/// CRM, and both sides agree again (the CRM's value is sent), rather than the contact keeping a
+/// value the CRM never gets while nothing looks changed.
+#[tokio::test]
+async fn a_record_back_in_scope_unchanged_gets_the_crms_values_again() {
+    let (app, quo_id) = leave_and_return("keep").await;
+    app.sandbox
+        .app_edit(
+            &quo_id,
+            serde_json::json!({"defaultFields": {"lastName": "Typed while out"}}),
+        )
+        .unwrap();
+    app.cycle().await;
+    app.write_csv(&csv(&rows(3)));
+    app.cycle().await;
+    app.cycle().await;
+    assert_eq!(app.quo_id("r-2"), quo_id, "relinked to its contact");
+    let contact = app.contact_for("r-2");
+    assert_eq!(contact["defaultFields"]["lastName"], "Last2", "{contact:#}");
+    assert_eq!(contact["defaultFields"]["company"], "Acme 2", "{contact:#}");
+    assert!(!app.csv_text().contains("Typed while out"));
+    assert_eq!(ledger_row(&app, "r-2").await.state, RecordState::Synced);
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ use quo_sync::ledger::RecordState;
 use quo_sync::sync::{CycleReport, SyncError};
 use serde_json::Value;
 
-use super::model::Field;
+use super::model::{Field, Side};
 use super::world::World;
 use crate::trace;
 
@@ -185,10 +185,17 @@ impl World {
                 self.log.deleted_in_quo(id, &crm);
                 trace(|| format!("scope: {id}'s contact {quo_id} deleted"));
             }
-            if !finished || *state != Some(RecordState::Synced) {
+            if *state != Some(RecordState::Synced) {
                 continue;
             }
             let (link_now, state_now) = self.link_of(id).await;
+            if !gone && state_now == Some(RecordState::LeftScope) {
+                // Kept or unlinked (a killed cycle's too): back in scope, it links this again.
+                self.scope.left_with.insert(id.clone(), quo_id.clone());
+            }
+            if !finished {
+                continue;
+            }
             self.scope.left += 1;
             match self.scope.on_leave {
                 "delete" if refused && !gone => {
@@ -217,7 +224,6 @@ impl World {
                         expect,
                         "{id} left scope under {policy}: link (state {state_now:?})"
                     );
-                    self.scope.left_with.insert(id.clone(), quo_id.clone());
                 }
             }
         }
@@ -233,15 +239,22 @@ impl World {
                 now <= *count,
                 "{id} came back into scope with contact {quo_id} in Quo, and gained one ({count} -> {now})"
             );
-            let (link, _) = self.link_of(id).await;
+            let (link, state) = self.link_of(id).await;
             assert!(
                 link.is_none() || link.as_deref() == Some(quo_id.as_str()),
                 "{id} came back into scope linked to {link:?}, not to its contact {quo_id}"
             );
-            if link.is_some() {
+            if link.is_some() && state == Some(RecordState::Synced) {
                 trace(|| format!("scope: {id} relinked to {quo_id}"));
                 self.scope.relinked += 1;
                 self.scope.left_with.remove(id);
+                // Its return sends the CRM's values: what was typed in Quo while it was out of
+                // scope is overwritten, not merged (docs/filters.md).
+                if let Some(row) = rows.get(id) {
+                    for (field, value) in self.crm_fields(row) {
+                        self.log.put(id, &field, Side::Crm, value);
+                    }
+                }
             }
         }
         self.scope.returned += watch.back.len() as u64;
