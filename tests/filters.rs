@@ -274,6 +274,36 @@ async fn a_record_that_leaves_scope_is_kept_and_relinks_with_no_duplicate() {
     assert!(!app.csv_text().contains("Edited in Quo"));
 }
 
+/// The same return while the key points at another workspace (the contact answers 404): the
+/// record is not relinked on its old base, which would merge the edit made in Quo while it was
+/// out into the CRM later; it comes back once the key points home, with the CRM's values.
+#[tokio::test]
+async fn a_record_back_in_scope_while_the_key_points_elsewhere_waits_for_its_contact() {
+    let (app, quo_id) = leave_and_return("keep").await;
+    app.sandbox
+        .app_edit(
+            &quo_id,
+            serde_json::json!({"defaultFields": {"lastName": "Typed while out"}}),
+        )
+        .unwrap();
+    app.cycle().await;
+    app.write_csv(&csv(&rows(3)));
+    app.sandbox.set_foreign_workspace(true);
+    for _ in 0..2 {
+        app.cycle().await;
+    }
+    assert_eq!(ledger_row(&app, "r-2").await.state, RecordState::LeftScope);
+    app.sandbox.set_foreign_workspace(false);
+    for _ in 0..3 {
+        app.cycle().await;
+    }
+    assert_eq!(app.quo_id("r-2"), quo_id, "relinked to its contact");
+    let contact = app.contact_for("r-2");
+    assert_eq!(contact["defaultFields"]["lastName"], "Last2", "{contact:#}");
+    assert!(!app.csv_text().contains("Typed while out"));
+    assert!(app.sandbox.foreign_contacts().is_empty());
+}
+
 /// A record that left scope and comes back with its row exactly as it was when it left (only
 /// the filter's field went out and back): the edit made in Quo meanwhile is not merged into the
 /// CRM, and both sides agree again (the CRM's value is sent), rather than the contact keeping a
