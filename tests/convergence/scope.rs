@@ -58,8 +58,9 @@ pub struct Scope {
     left_with: BTreeMap<String, String>,
     /// Contacts the sync deleted when their record left scope.
     pub deleted: BTreeSet<String>,
-    /// Records deleted in the CRM while out of scope: under `keep` and `unlink` their contact
-    /// may stay (the sync no longer managed it), or go (the sync never saw them out).
+    /// Records deleted in the CRM while out of scope (or left and not yet relinked): under
+    /// `keep` and `unlink` their contact may stay (the sync no longer managed it), or go (the
+    /// sync never saw them out).
     pub deleted_out_of_scope: BTreeSet<String>,
     /// How often a record left scope, came back, and was relinked to its contact; cycles whose
     /// deletions of records that left scope the guard refused.
@@ -67,6 +68,13 @@ pub struct Scope {
     pub returned: u64,
     pub relinked: u64,
     pub refused: u64,
+}
+
+impl Scope {
+    /// Whether `id` left scope with a contact and has not been seen linked to it again.
+    pub fn left_pending(&self, id: &str) -> bool {
+        self.left_with.contains_key(id)
+    }
 }
 
 /// What the world held before a cycle, for [`World::scope_after`].

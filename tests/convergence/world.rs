@@ -243,7 +243,9 @@ impl World {
             let gone = rows.remove(editable[self.rng.random_range(0..editable.len())]);
             trace(|| format!("crm delete {}", gone[0]));
             self.log.deleted_in_crm.insert(gone[0].clone());
-            if !super::scope::in_scope(&gone) {
+            // Out of scope, or left and not yet back as far as the sync knows (a return it
+            // deferred while the key pointed elsewhere).
+            if !super::scope::in_scope(&gone) || self.scope.left_pending(&gone[0]) {
                 self.scope.deleted_out_of_scope.insert(gone[0].clone());
             }
         } else {
