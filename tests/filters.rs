@@ -77,16 +77,22 @@ async fn a_filter_keeps_12_of_40_rows_and_only_12_contacts_are_created() {
     assert_eq!((status.scope.in_scope, status.scope.out_of_scope), (12, 28));
 }
 
-/// Three records synced under a filter on `role`; r-2 is then edited out of scope and back.
-async fn leave_and_return(policy: &str) -> (TestApp, String) {
-    let app = TestApp::spawn_with(
-        &csv(&rows(3)),
+/// `rows` under a filter on `role` (`Buyer` is in scope) with `on_leave_scope = policy`, a
+/// guard at 0.5 and a scan every cycle.
+async fn spawn_filtered(rows: &[String], policy: &str) -> TestApp {
+    TestApp::spawn_with(
+        &csv(rows),
         SandboxConfig::default(),
         &format!(
             "[sync]\nfilter = 'record.role == \"Buyer\"'\non_leave_scope = \"{policy}\"\nmax_delete_fraction = 0.5\n[reverse]\npoll_interval = \"1ms\"\n"
         ),
     )
-    .await;
+    .await
+}
+
+/// Three records synced under a filter on `role`; r-2 is then edited out of scope and back.
+async fn leave_and_return(policy: &str) -> (TestApp, String) {
+    let app = spawn_filtered(&rows(3), policy).await;
     app.cycle().await;
     let quo_id = app.quo_id("r-2");
     let out = rows(3)
@@ -143,12 +149,7 @@ async fn a_lost_create_resolved_after_its_record_left_scope_again_leaves() {
             })
             .collect()
     };
-    let app = TestApp::spawn_with(
-        &csv(&lead(rows(3))),
-        SandboxConfig::default(),
-        "[sync]\nfilter = 'record.role == \"Buyer\"'\non_leave_scope = \"unlink\"\nmax_delete_fraction = 0.5\n[reverse]\npoll_interval = \"1ms\"\n",
-    )
-    .await;
+    let app = spawn_filtered(&lead(rows(3)), "unlink").await;
     let report = app.cycle().await;
     assert_eq!(report.counts.out_of_scope, 1, "{:?}", report.counts);
     // In scope: its POST lands, the answer is lost and no list shows the contact yet.
@@ -195,12 +196,7 @@ async fn a_lost_create_resolved_after_its_record_left_scope_again_leaves() {
 /// instead of taking the written row for unchanged and updating it as if in scope.
 #[tokio::test]
 async fn a_quo_edit_written_back_that_takes_a_record_out_of_scope_makes_it_leave() {
-    let app = TestApp::spawn_with(
-        &csv(&rows(3)),
-        SandboxConfig::default(),
-        "[sync]\nfilter = 'record.role == \"Buyer\"'\non_leave_scope = \"unlink\"\nmax_delete_fraction = 0.5\n[reverse]\npoll_interval = \"1ms\"\n",
-    )
-    .await;
+    let app = spawn_filtered(&rows(3), "unlink").await;
     app.cycle().await;
     let quo_id = app.quo_id("r-2");
     app.sandbox
