@@ -475,9 +475,10 @@ impl Cycle {
             .delete_contact(quo_id.as_str())
             .await
             .map_err(Failure::Quo)?;
-        // A 404 is an absence: "already gone" only once the key is shown to answer for our
-        // workspace (else the record stays linked, and the next cycle deletes it again).
-        if !existed && !self.absence_believed(&quo_id).await? {
+        // A 404 is an absence: not "already gone" while a read-back of linked contacts has
+        // failed (the key may point elsewhere); the record stays linked, and a later cycle
+        // deletes it again. (Not a read-back of its own: the one contact linked may be this.)
+        if !existed && self.ctx.client.workspace_doubted() {
             warn!(event = "delete_unconfirmed", external_id = %external_id, quo_id = %quo_id, reason = "workspace_unconfirmed", "Quo answered 404 to a DELETE while the key is not shown to answer for the synced workspace; the record stays linked");
             return Ok(());
         }
@@ -510,18 +511,6 @@ impl Cycle {
         )
         .await;
         Ok(())
-    }
-
-    /// Whether Quo's 404 for `quo_id` may be believed: the key is shown to answer for our
-    /// workspace (`reverse::absence`).
-    async fn absence_believed(&self, quo_id: &QuoContactId) -> Result<bool, Failure> {
-        let absent = std::collections::HashSet::from([quo_id.as_str().to_string()]);
-        crate::reverse::absence::absences_trusted(&self.ctx.ledger, &self.ctx.client, &absent)
-            .await
-            .map_err(|e| match e {
-                crate::reverse::absence::CheckError::Ledger(e) => Failure::Ledger(e),
-                crate::reverse::absence::CheckError::Quo(e) => Failure::Quo(e),
-            })
     }
 
     /// Looks up the contact an interrupted create may have made. Lists can lag a create, and

@@ -252,16 +252,10 @@ impl Cycle {
                     .await?;
             }
             None => {
-                // A 404 is an absence: with the key not shown to answer for our workspace, the
-                // contact cannot be read to be the base, so the record stays out until it can.
-                let absent = std::collections::HashSet::from([quo_id.as_str().to_string()]);
-                let trusted = crate::reverse::absence::absences_trusted(
-                    &self.ctx.ledger,
-                    &self.ctx.client,
-                    &absent,
-                )
-                .await?;
-                if !trusted {
+                // A 404 is an absence: while a read-back of linked contacts has failed (the key
+                // may point elsewhere), the contact cannot be read to be the base, so the record
+                // stays out until it can. Otherwise it is linked and found missing as usual.
+                if self.ctx.client.workspace_doubted() {
                     warn!(event = "relink_deferred", external_id = %external_id, quo_id = %quo_id, reason = "workspace_unconfirmed", "record back in scope, but its contact cannot be read while the key is not shown to answer for the synced workspace; relinked by a later cycle");
                     return Ok(Scoped::Done(None));
                 }

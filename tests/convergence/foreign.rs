@@ -61,6 +61,11 @@ impl World {
                 linked.insert(r[0].clone(), quo_id);
             }
         }
+        // With nothing linked there is nothing to read back: the key cannot be told from ours
+        // (records held on day one would be created there). A known limitation, not drawn.
+        if linked.is_empty() {
+            return;
+        }
         trace(|| {
             format!(
                 "key points at another workspace for {steps} step(s); {} linked",
@@ -129,9 +134,8 @@ impl World {
         }
         if let Some(Ok(report)) = outcome {
             self.foreign.cycles += 1;
-            let linked = self.app.ledger().linked_count().await.unwrap();
             assert!(
-                report.mass_delete_refused || linked == 0,
+                report.mass_delete_refused,
                 "a cycle finished against another workspace without refusing to act on what it could not see: {}",
                 super::world::summary(report)
             );
