@@ -49,8 +49,18 @@ mod ha;
 mod scan;
 #[path = "sync/service.rs"]
 mod service;
+// The soak's PostgreSQL server: the tests' helper, which it restarts.
+#[allow(dead_code)]
+#[path = "../tests/common/pg.rs"]
+mod pg;
 #[path = "sync/soak.rs"]
 mod soak;
+
+/// What `tests/common/pg.rs` calls when PostgreSQL is missing: the bench says so and goes on.
+#[allow(dead_code)]
+fn skip(reason: &str) {
+    eprintln!("bench: {reason}");
+}
 
 const HEADER: &str = "crm_id,first_name,last_name,company,role,email,work_email,phone,mobile,lead_score,vip,renewal_date,tags,website,updated_at";
 

@@ -1,11 +1,16 @@
 //! The operator console: its JSON is the CLI's `--json`, it refuses strangers (token, CSRF),
 //! escapes every CRM value, and a real headless Chromium can retry a fixed row from the page.
 
+#[path = "console/browser.rs"]
+mod browser;
 mod common;
+#[path = "console/control.rs"]
+mod control;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use browser::{Browser, client, free_port};
 use common::{TestApp, csv, row};
 use quo_sync::config::Config;
 use quo_sync::ops::console::{CONTENT_SECURITY_POLICY, Console, ServiceInfo};
@@ -60,13 +65,6 @@ async fn serve_console(
         cancel.clone(),
     ));
     (base, cancel)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 async fn json(client: &reqwest::Client, url: &str) -> serde_json::Value {
@@ -389,69 +387,8 @@ fn console_config_is_safe_by_default() {
     assert!(!debug.contains(TOKEN), "the token never shows in Debug");
 }
 
-/// A free loopback port (bound, read, released) for a service that binds its own listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Chromium and chromedriver, or why the browser test cannot run.
-fn browser() -> Option<(String, String)> {
-    let find = |names: &[&str]| {
-        names.iter().find_map(|n| {
-            std::process::Command::new("which")
-                .arg(n)
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        })
-    };
-    Some((
-        find(&["chromium", "chromium-browser"])?,
-        find(&["chromedriver"])?,
-    ))
-}
-
-/// One WebDriver call; panics with the driver's answer on an error status.
-async fn wd(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    body: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let mut request = client.request(method, url);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("webdriver request");
-    let status = response.status();
-    let value: serde_json::Value = response.json().await.expect("webdriver json");
-    assert!(status.is_success(), "{url}: {status} {value}");
-    value["value"].clone()
-}
-
-/// Kills chromedriver (and its Chromium) however the test ends.
-struct Driver(std::process::Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
-    let Some((chromium, chromedriver)) = browser() else {
-        common::skip(
-            "chromium or chromedriver is not installed (apt-get install -y chromium chromium-driver)",
-        );
-        return;
-    };
     let port = free_port();
     let rows = vec![row("r-1", 1), bad_row("q-1", 3), script_row("q-2", 4)];
     let app = TestApp::spawn_with(
@@ -497,104 +434,24 @@ async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
     // The operator fixes q-1's lead score in the CSV.
     app.write_csv(&csv(&[row("r-1", 1), row("q-1", 3), script_row("q-2", 4)]));
 
-    let driver_port = free_port();
-    let driver = Driver(
-        std::process::Command::new(&chromedriver)
-            .arg(format!("--port={driver_port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("chromedriver starts"),
-    );
-    let wd_base = format!("http://127.0.0.1:{driver_port}");
-    // Each wait has its own deadline: a slow first wait on a loaded machine must not eat the
-    // time of the next.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{wd_base}/status")).send().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "chromedriver never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let profile = tempfile::tempdir().unwrap();
-    let args = vec![
-        "--headless".to_string(),
-        "--no-sandbox".into(),
-        "--disable-gpu".into(),
-        "--disable-quic".into(),
-        "--no-first-run".into(),
-        "--disable-background-networking".into(),
-        "--disable-component-update".into(),
-        "--disable-sync".into(),
-        "--window-size=1100,1000".into(),
-        format!("--user-data-dir={}", profile.path().display()),
-    ];
-    let session = wd(
-        &http,
-        reqwest::Method::POST,
-        &format!("{wd_base}/session"),
-        Some(serde_json::json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": chromium, "args": args}
-        }}})),
-    )
-    .await;
-    let sid = session["sessionId"]
-        .as_str()
-        .expect("session id")
-        .to_string();
-    let s = format!("{wd_base}/session/{sid}");
-    wd(
-        &http,
-        reqwest::Method::POST,
-        &format!("{s}/url"),
-        Some(serde_json::json!({"url": format!("{base}/")})),
-    )
-    .await;
-    let find = |css: String| {
-        let http = http.clone();
-        let s = s.clone();
-        async move {
-            wd(
-                &http,
-                reqwest::Method::POST,
-                &format!("{s}/elements"),
-                Some(serde_json::json!({"using": "css selector", "value": css})),
-            )
-            .await
-        }
+    let Some(browser) = Browser::start(1100, 1000).await else {
+        return;
     };
-    let text = wd(&http, reqwest::Method::GET, &format!("{s}/source"), None).await;
-    let source = text.as_str().unwrap_or_default().to_string();
+    browser.goto(&format!("{base}/")).await;
+    let source = browser.source().await;
     assert!(source.contains("Quarantine (2)"), "{source}");
     assert!(
         source.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "escaped in the DOM: {source}"
     );
-    let buttons = find("tr[data-key=\"q-1\"] button.retry".into()).await;
-    let button = buttons[0]
-        .as_object()
-        .and_then(|o| o.values().next())
-        .and_then(|v| v.as_str())
-        .expect("retry button on q-1")
-        .to_string();
-    wd(
-        &http,
-        reqwest::Method::POST,
-        &format!("{s}/element/{button}/click"),
-        Some(serde_json::json!({})),
-    )
-    .await;
+    browser.click("tr[data-key=\"q-1\"] button.retry").await;
 
     // The form posts, the service runs a cycle, the page refreshes itself: q-1 leaves.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let left = find("tr[data-key=\"q-1\"]".into()).await;
-        let still_q2 = find("tr[data-key=\"q-2\"]".into()).await;
-        if left.as_array().is_some_and(Vec::is_empty)
-            && still_q2.as_array().is_some_and(|a| a.len() == 1)
-        {
+        let left = browser.find("tr[data-key=\"q-1\"]").await;
+        let still_q2 = browser.find("tr[data-key=\"q-2\"]").await;
+        if left.is_empty() && still_q2.len() == 1 {
             break;
         }
         assert!(
@@ -610,20 +467,8 @@ async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
     // Headers never break inside a word, on a desktop or a phone; the phone never scrolls
     // sideways; a cut value carries the whole value on hover.
     for (width, height) in [(390, 844), (1100, 1000)] {
-        wd(
-            &http,
-            reqwest::Method::POST,
-            &format!("{s}/window/rect"),
-            Some(serde_json::json!({"width": width, "height": height})),
-        )
-        .await;
-        let layout = wd(
-            &http,
-            reqwest::Method::POST,
-            &format!("{s}/execute/sync"),
-            Some(serde_json::json!({"script": LAYOUT_CHECK, "args": []})),
-        )
-        .await;
+        browser.resize(width, height).await;
+        let layout = browser.execute(LAYOUT_CHECK).await;
         let inner = layout["width"].as_f64().unwrap_or_default();
         assert!(
             (inner - f64::from(width)).abs() <= 20.0,
@@ -646,19 +491,28 @@ async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
             layout["untitled"], 0,
             "a cut value without its title: {layout}"
         );
-        let shot = wd(
-            &http,
-            reqwest::Method::GET,
-            &format!("{s}/screenshot"),
-            None,
-        )
-        .await;
-        let png = base64_decode(shot.as_str().expect("screenshot"));
+        assert_eq!(
+            layout["cut"],
+            serde_json::json!([]),
+            "a button cut off at {width}px: {layout}"
+        );
+        if width < 700 {
+            assert_eq!(
+                layout["small"],
+                serde_json::json!([]),
+                "buttons too small for a finger at {width}px: {layout}"
+            );
+            assert_eq!(
+                layout["blank"],
+                serde_json::json!([]),
+                "a card shows a label with nothing after it at {width}px: {layout}"
+            );
+        }
         let path = format!("{}/console-{width}.png", env!("CARGO_TARGET_TMPDIR"));
-        std::fs::write(path, png).unwrap();
+        std::fs::write(path, browser.screenshot().await).unwrap();
     }
 
-    let png = screenshot(&http, &s).await;
+    let png = browser.screenshot().await;
     // Refreshing the committed screenshot is opt-in, so a test run leaves the tree clean.
     let shot_path = if std::env::var_os("QUO_SYNC_UPDATE_SCREENSHOT").is_some() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.png")
@@ -666,15 +520,16 @@ async fn a_real_browser_retries_a_fixed_row_and_sees_it_leave_the_quarantine() {
         concat!(env!("CARGO_TARGET_TMPDIR"), "/console.png")
     };
     std::fs::write(shot_path, png).unwrap();
-    let _ = http.delete(&s).send().await;
-    drop(driver);
+    browser.close().await;
     cancel.cancel();
     service.await.unwrap();
 }
 
 /// Runs in the page: every visible header word (`th`, `dt`, headings, buttons) that the layout
-/// split over two lines, how far the page scrolls sideways, and cut cells whose title does not
-/// hold what they show (a location shows its file name and line, its title the whole path).
+/// split over two lines, how far the page scrolls sideways, cut cells whose title does not
+/// hold what they show (a location shows its file name and line, its title the whole path),
+/// buttons smaller than a finger or cut off by the screen's edge, and labelled cells with
+/// nothing in them.
 const LAYOUT_CHECK: &str = r#"
 const split = [];
 let checked = 0;
@@ -697,35 +552,30 @@ for (const el of document.querySelectorAll('th, dt, h1, h2, h3, button')) {
 }
 const untitled = [...document.querySelectorAll('td.clip')]
   .filter(td => td.textContent && !td.title.includes(td.textContent)).length;
+const shown = el => el.getClientRects().length > 0;
+const buttons = [...document.querySelectorAll('button')].filter(shown);
+// A finger needs about 44 px (WCAG 2.5.5); a button must be wholly on screen.
+const small = buttons
+  .filter(b => b.getBoundingClientRect().height < 43.5)
+  .map(b => b.textContent + ' ' + Math.round(b.getBoundingClientRect().height) + 'px');
+const cut = buttons
+  .filter(b => { const r = b.getBoundingClientRect(); return r.left < 0 || r.right > window.innerWidth; })
+  .map(b => b.textContent);
+// A labelled cell with nothing in it (a card reading "Error:" and nothing else).
+const blank = [...document.querySelectorAll('td[data-label]')]
+  .filter(td => shown(td) && !td.textContent.trim())
+  .map(td => td.dataset.label);
 return {
   width: window.innerWidth,
   checked,
   split,
   sideways: document.documentElement.scrollWidth - window.innerWidth,
   untitled,
+  small,
+  cut,
+  blank,
 };
 "#;
-
-/// The page as a PNG.
-async fn screenshot(http: &reqwest::Client, session: &str) -> Vec<u8> {
-    let shot = wd(
-        http,
-        reqwest::Method::GET,
-        &format!("{session}/screenshot"),
-        None,
-    )
-    .await;
-    let png = base64_decode(shot.as_str().expect("screenshot"));
-    assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    png
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .expect("base64")
-}
 
 /// DNS rebinding: a page on another site whose name now resolves to 127.0.0.1 reaches a
 /// console without a token with its own name in `Host`, and can read the CSRF token from the

@@ -250,75 +250,7 @@ async fn a_sigkill_between_the_crm_create_and_the_adoption_patch() {
 /// adopted for it. A later CRM edit of the record is one PATCH.
 #[tokio::test]
 async fn rest_a_create_whose_answer_was_lost_is_found_by_the_quo_id_it_carries() {
-    use support::fake_crm::{Auth, FakeCrm};
-    let sandbox = quo_sync::sandbox::SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let crm = FakeCrm::start(
-        Auth::None,
-        vec![
-            json!({"id": "j001", "firstName": "Jo", "lastName": "Server", "phone": "(415) 555-2001",
-                    "updated_at": "2026-01-01T00:00:00Z"}),
-        ],
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("quo-sync.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"
-[quo]
-base_url = "{base}"
-api_key = "{key}"
-requests_per_second = 1000
-max_backoff = "50ms"
-list_lag = "20ms"
-
-[ledger]
-path = "{ledger}"
-
-[source]
-kind = "rest"
-
-[source.rest]
-base_url = "{crm}"
-list_path = "/link/contacts"
-records_pointer = ""
-id_pointer = "/id"
-updated_at_pointer = "/updated_at"
-paging = {{ style = "link_header" }}
-retry_base = "1ms"
-max_backoff = "50ms"
-fields = {{ first_name = "/firstName", last_name = "/lastName", company = "/company", phone = "/phone", quo_id = "/quoId" }}
-update = {{ method = "PATCH", path = "/contacts/{{id}}" }}
-create = {{ path = "/contacts", id_pointer = "/id" }}
-
-[mapping]
-first_name = "first_name"
-last_name = "last_name"
-company = "company"
-phones = [{{ field = "phone", label = "mobile" }}]
-
-[reverse]
-create_in_crm = true
-quo_id_field = "quo_id"
-poll_interval = "1ms"
-"#,
-            base = sandbox.base_url(),
-            key = sandbox.api_key(),
-            ledger = dir.path().join("ledger.db").display(),
-            crm = crm.base_url,
-        ),
-    )
-    .unwrap();
-    let config = quo_sync::config::Config::load_with_env(&config_path, std::iter::empty()).unwrap();
-    let ctx = quo_sync::app::build_context(&config, "once", Default::default())
-        .await
-        .unwrap();
+    let (sandbox, crm, _dir, ctx) = rest_export_world().await;
     let cycle = async || {
         quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
             .await
@@ -378,6 +310,97 @@ poll_interval = "1ms"
     );
 }
 
+/// A sandbox, a REST CRM holding one record (Jo), and the context of a ledger in `dir` syncing
+/// them with `reverse.create_in_crm` (see [`rest_export_context`]).
+async fn rest_export_world() -> (
+    quo_sync::sandbox::SandboxHandle,
+    support::fake_crm::FakeCrm,
+    tempfile::TempDir,
+    quo_sync::sync::SyncContext,
+) {
+    use support::fake_crm::{Auth, FakeCrm};
+    let sandbox = quo_sync::sandbox::SandboxHandle::start(SandboxConfig {
+        requests_per_second: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let crm = FakeCrm::start(
+        Auth::None,
+        vec![
+            json!({"id": "j001", "firstName": "Jo", "lastName": "Server", "phone": "(415) 555-2001",
+                    "updated_at": "2026-01-01T00:00:00Z"}),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = rest_export_context(dir.path(), &sandbox, &crm, "").await;
+    (sandbox, crm, dir, ctx)
+}
+
+/// The cycle context of a REST CRM (`crm`) with `[source.rest.create]` (plus `create_extra`
+/// keys) and `reverse.quo_id_field`, its ledger in `dir`.
+async fn rest_export_context(
+    dir: &std::path::Path,
+    sandbox: &quo_sync::sandbox::SandboxHandle,
+    crm: &support::fake_crm::FakeCrm,
+    create_extra: &str,
+) -> quo_sync::sync::SyncContext {
+    let config_path = dir.join(format!("quo-sync{}.toml", create_extra.len()));
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[quo]
+base_url = "{base}"
+api_key = "{key}"
+requests_per_second = 1000
+max_backoff = "50ms"
+list_lag = "20ms"
+
+[ledger]
+path = "{ledger}"
+
+[source]
+kind = "rest"
+
+[source.rest]
+base_url = "{crm}"
+list_path = "/link/contacts"
+records_pointer = ""
+id_pointer = "/id"
+updated_at_pointer = "/updated_at"
+paging = {{ style = "link_header" }}
+retry_base = "1ms"
+max_backoff = "50ms"
+fields = {{ first_name = "/firstName", last_name = "/lastName", company = "/company", phone = "/phone", quo_id = "/quoId" }}
+update = {{ method = "PATCH", path = "/contacts/{{id}}" }}
+create = {{ path = "/contacts", id_pointer = "/id"{create_extra} }}
+
+[mapping]
+first_name = "first_name"
+last_name = "last_name"
+company = "company"
+phones = [{{ field = "phone", label = "mobile" }}]
+
+[reverse]
+create_in_crm = true
+quo_id_field = "quo_id"
+poll_interval = "1ms"
+"#,
+            base = sandbox.base_url(),
+            key = sandbox.api_key(),
+            ledger = dir.join("ledger.db").display(),
+            crm = crm.base_url,
+        ),
+    )
+    .unwrap();
+    let config = quo_sync::config::Config::load_with_env(&config_path, std::iter::empty()).unwrap();
+    quo_sync::app::build_context(&config, "once", Default::default())
+        .await
+        .unwrap()
+}
+
 /// The CSV append step: the new row goes after the last one in the file's own line ending (a
 /// missing final line ending is added first), with the header's columns in order; a record
 /// whose id the file holds already is not appended again; nothing else changes by a byte.
@@ -434,4 +457,180 @@ async fn csv_rows_are_appended_in_the_files_own_style_and_never_twice() {
         format!("{original}\r\nquo-abc,\"Sally, Jr.\",+14155559001,2026-03-01T10:00:00Z\r\n"),
         "c-2 is there already: not appended, not changed"
     );
+}
+
+/// A deposed leader's export: the intent is committed while the lease still holds, but the
+/// lease's renewals stall (they go through a pool that is closed, as a database that stops
+/// answering would) and the writer guard refuses the CSV append, which needs a second the
+/// lease no longer has. Nothing is appended and the intent stays pending. The next leader
+/// appends the row once and adopts the contact; a later cycle appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_the_writer_guard_refuses_stays_pending_and_the_next_leader_makes_it_once() {
+    use quo_sync::ledger::{Candidate, ExportState, LeaderLease, Ledger};
+    use quo_sync::sync::{Mode, SyncContext, run_cycle};
+    let app = TestApp::spawn_with(&csv(&[row("c-1", 1)]), SandboxConfig::default(), EXPORT).await;
+    app.cycle().await;
+    let sally = made_in_app(&app, "Sally", "+14155559001");
+    let sally_id = sally["id"].as_str().unwrap().to_string();
+    let new_id = format!("quo-{sally_id}");
+
+    let lease_for = Duration::from_secs(3);
+    let renewals = Ledger::open(&app.dir.path().join("ledger.db"))
+        .await
+        .unwrap();
+    let lease = LeaderLease::try_acquire(&renewals, &Candidate::this_process("run"), lease_for)
+        .await
+        .unwrap();
+    let deposed = app.ledger().fenced(&lease).await.unwrap();
+    renewals.close().await; // every renewal fails from now on: the lease runs out locally
+    let fence = deposed.write_fence().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Under a second left (a CSV append asks for one), but the lease still holds.
+    while fence
+        .time_left()
+        .is_some_and(|left| left > Duration::from_millis(950))
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ctx = SyncContext {
+        ledger: deposed.clone(),
+        ..app.ctx.clone()
+    };
+    let report = run_cycle(&ctx, Mode::Apply).await;
+    assert!(
+        rows_of(&app, &new_id).is_empty(),
+        "a deposed leader appended: {}",
+        app.csv_text()
+    );
+    if let Ok(report) = &report {
+        assert_eq!(report.counts.exported, 0, "{:?}", report.counts);
+    }
+    assert!(!lease.holds(), "the lease ran out during the cycle");
+    let open = app.ledger().open_exports().await.unwrap();
+    let intent = open.get(&sally_id).expect("the intent was committed");
+    assert_eq!(intent.state, ExportState::Pending, "{intent:?}");
+    assert_eq!(
+        app.sandbox.contact(&sally_id).unwrap()["source"],
+        Value::Null
+    );
+    drop(lease);
+    deposed.close().await;
+
+    // The next leader, once the lease has expired in the database.
+    let next = LeaderLease::acquire_within(
+        app.ledger(),
+        &Candidate::this_process("run"),
+        Duration::from_secs(15),
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
+    let leader = app.ledger().fenced(&next).await.unwrap();
+    let ctx = SyncContext {
+        ledger: leader.clone(),
+        ..app.ctx.clone()
+    };
+    let report = run_cycle(&ctx, Mode::Apply).await.unwrap();
+    assert_eq!(report.counts.exported, 1, "{:?}", report.counts);
+    assert_eq!(rows_of(&app, &new_id).len(), 1, "{}", app.csv_text());
+    let adopted = app.sandbox.contact(&sally_id).unwrap();
+    assert_eq!(adopted["externalId"], new_id.as_str());
+    assert_eq!(app.row(&new_id).await.quo_id.unwrap().0, sally_id);
+    assert!(
+        !app.ledger()
+            .open_exports()
+            .await
+            .unwrap()
+            .contains_key(&sally_id),
+        "the export is done"
+    );
+    run_cycle(&ctx, Mode::Apply).await.unwrap();
+    assert_eq!(rows_of(&app, &new_id).len(), 1, "appended once");
+    next.release().await;
+}
+
+/// A REST CRM whose list lags a create whose answer was lost (#20's lookup window). Within
+/// `source.rest.create.lookup_window` (10 minutes by default) the cycle only looks for the
+/// record: reads that do not show it send nothing, and once the list catches up the record is
+/// found by the Quo id it carries and the contact adopted, one POST in all. After the window (a
+/// ledger configured with 50 ms), a complete read that started past it and does not show the
+/// record sends the create again, as docs/day-one.md says: a CRM whose list lags longer than
+/// the window gets a second record.
+#[tokio::test]
+async fn rest_a_lagging_lost_create_is_looked_for_within_the_window_and_sent_again_after() {
+    let (sandbox, crm, dir, ctx) = rest_export_world().await;
+    let cycle = async |ctx: &quo_sync::sync::SyncContext| {
+        quo_sync::sync::run_cycle(ctx, quo_sync::sync::Mode::Apply)
+            .await
+            .unwrap()
+    };
+    cycle(&ctx).await;
+    let app_contact = |first: &str, phone: &str| {
+        let made = sandbox.app_create(
+            json!({"defaultFields": {"firstName": first, "lastName": "Caller",
+                   "phoneNumbers": [{"name": "main", "value": phone}]}}),
+            "",
+        );
+        made["id"].as_str().unwrap().to_string()
+    };
+
+    // Within the window.
+    let sally = app_contact("Sally", "+14155559101");
+    crm.lose_create_answers(1);
+    crm.hide_creates_from_lists(1);
+    cycle(&ctx).await;
+    assert_eq!(crm.count("POST", "/contacts"), 1);
+    assert_eq!(crm.contact("n1").unwrap()["quoId"], sally.as_str());
+    for _ in 0..2 {
+        cycle(&ctx).await;
+        assert_eq!(
+            crm.count("POST", "/contacts"),
+            1,
+            "not sent again while the list may lag"
+        );
+    }
+    assert_eq!(sandbox.contact(&sally).unwrap()["source"], Value::Null);
+    crm.reveal_creates();
+    cycle(&ctx).await;
+    assert_eq!(
+        crm.count("POST", "/contacts"),
+        1,
+        "found, not created again"
+    );
+    let adopted = sandbox.contact(&sally).unwrap();
+    assert_eq!(adopted["externalId"], "n1");
+    assert_eq!(adopted["source"], "quo-sync");
+
+    // After the window.
+    ctx.ledger.close().await;
+    let short = rest_export_context(dir.path(), &sandbox, &crm, ", lookup_window = \"50ms\"").await;
+    let peter = app_contact("Peter", "+14155559102");
+    crm.lose_create_answers(1);
+    crm.hide_creates_from_lists(1);
+    cycle(&short).await;
+    assert_eq!(crm.count("POST", "/contacts"), 2);
+    let intent = short.ledger.open_exports().await.unwrap()[&peter]
+        .created_at
+        .clone();
+    let past = chrono::DateTime::parse_from_rfc3339(&intent).unwrap()
+        + chrono::TimeDelta::milliseconds(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while chrono::Utc::now() < past {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cycle(&short).await;
+    assert_eq!(
+        crm.count("POST", "/contacts"),
+        3,
+        "sent again after the window: the documented limit"
+    );
+    let carrying: Vec<Value> = ["n2", "n3"]
+        .iter()
+        .filter_map(|id| crm.contact(id))
+        .filter(|c| c["quoId"] == peter.as_str())
+        .collect();
+    assert_eq!(carrying.len(), 2, "two CRM records carry Peter's Quo id");
 }

@@ -356,3 +356,44 @@ async fn held_records_are_evaluated_again_once_the_data_is_fixed() {
     assert_eq!(app.quo_id("c-2"), carl);
     assert_eq!(app.sandbox.contacts().len(), 3, "nothing created");
 }
+
+/// Day one against a workspace whose list lags (#20): Quo's first listing hides Bob, who has
+/// been in the workspace since before quo-sync (made in the app with c-1's phone). The index
+/// built from that listing misses him, yet c-1 must not be POSTed as a second Bob: creates wait
+/// until a second listing agrees, which shows Bob, and c-1 adopts him.
+#[tokio::test]
+async fn a_first_listing_that_lags_does_not_make_a_duplicate_person() {
+    let app = TestApp::spawn(&csv(&[row("c-1", 1), row("c-2", 2)])).await;
+    app.sandbox.seed_existing_csv(&strangers(60)).unwrap();
+    app.sandbox
+        .seed_existing_csv("first_name,phone\nBob,(415) 555-1001\n")
+        .unwrap();
+    let bob = with_phone(&app, "+14155551001");
+    assert_eq!(bob.len(), 1);
+    let bob_id = bob[0]["id"].as_str().unwrap().to_string();
+    // The whole first listing (two pages) hides Bob; the list catches up after it.
+    common::sandbox_fault(
+        &app.sandbox.base_url(),
+        json!({"kind": "lagging_list", "ids": [bob_id], "lists": 2, "scope": "unfiltered"}),
+    )
+    .await;
+    let report = app.cycle().await;
+    assert!(
+        app.sandbox.fault_counters().lagging_list_answers >= 1,
+        "the lag fired"
+    );
+    assert_eq!(
+        with_phone(&app, "+14155551001").len(),
+        1,
+        "one Bob in Quo: {:#?}",
+        with_phone(&app, "+14155551001")
+    );
+    assert_eq!(app.quo_id("c-1"), bob_id, "c-1 adopted the existing Bob");
+    assert_eq!(report.counts.adopted, 1, "{:?}", report.counts);
+    assert_eq!(report.counts.created, 1, "c-2 is new: {:?}", report.counts);
+    assert_eq!(app.sandbox.contacts().len(), 62);
+    // The agreement is kept: a later cycle lists nothing again.
+    let lists = list_requests(&app);
+    app.cycle().await;
+    assert_eq!(list_requests(&app), lists);
+}

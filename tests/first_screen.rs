@@ -7,6 +7,8 @@
 //! and clear, not the escape codes in between. Debian's `script` would give neither a window
 //! size nor a byte stream to read while the program runs.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
@@ -207,6 +209,10 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
         assert!(!line.contains("quo_sync::"), "no module paths:\n{line}");
     }
     for needle in [
+        // The CSV as the user can type its path, not the absolute path it resolved to.
+        "Syncing csv config/contacts.example.csv → the Quo sandbox at http://127.0.0.1:",
+        "Read 27 rows in ",
+        ": 23 to create, 4 held back\n",
         "Created 23 contacts",
         "Held back 4 rows",
         "line 18  C-1017  phone \"555-CALL-NOW\"",
@@ -214,8 +220,9 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
         "line 27  crm_id \"\": the id column \"crm_id\" is empty",
         "line 28  C-1002  crm_id \"C-1002\": duplicate id",
         "line 26  updated_at \"last tuesday\"",
-        // 23 creates, the custom field definitions, one page listing the (empty) workspace.
-        "25 requests (minimum 25)",
+        // 23 creates, the custom field definitions, one page listing the (empty) workspace and
+        // one page of the listing that confirms it.
+        "26 requests (minimum 26)",
         "quo-sync run --with-sandbox",
     ] {
         assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
@@ -223,6 +230,34 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
     assert!(
         !shown.contains("contact created"),
         "no per-record lines without -v:\n{shown}"
+    );
+
+    // The README's transcript is what a fresh clone prints today (times, ports and counts of
+    // milliseconds aside).
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let block = readme
+        .split_once("`cargo run -- once --with-sandbox` does a single cycle")
+        .and_then(|(_, rest)| rest.split_once("```text\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("the README's quick start transcript");
+    let words = |line: &str| -> Vec<String> {
+        // The pace the writes reached depends on the machine's load: `(at Quo's limit of 10/s)`
+        // or `(9.1/s; Quo allows 10/s)`.
+        let line = match line.trim_start().starts_with("Created") {
+            true => line.split(" (").next().unwrap_or(line),
+            false => line,
+        };
+        line.split_whitespace()
+            .filter(|w| !w.contains(|c: char| c.is_ascii_digit()))
+            .map(String::from)
+            .collect()
+    };
+    let readme_lines: Vec<Vec<String>> = block.lines().map(words).collect();
+    let screen_lines: Vec<Vec<String>> = lines.iter().map(|l| words(l)).collect();
+    assert_eq!(
+        readme_lines, screen_lines,
+        "the README's transcript differs from the screen:\n{block}\n---\n{shown}"
     );
 }
 
@@ -305,6 +340,8 @@ fn the_quick_start_piped_gives_the_json_lines_it_gave_before_the_human_view() {
         "\"event\":\"workspace_listing\"",
         "\"event\":\"workspace_listed\"",
         "\"event\":\"quo_scanned\"",
+        "\"event\":\"workspace_listing_confirming\"",
+        "\"event\":\"workspace_listing_confirmed\"",
     ];
     let stderr: String = stderr
         .lines()
@@ -406,4 +443,248 @@ async fn run_on_a_terminal_keeps_one_status_line_and_nothing_scrolls_while_idle(
     .await;
     let status = child.wait().expect("exit status");
     assert_eq!(status.exit_code(), 0, "{}", lines(&screen).join("\n"));
+}
+
+/// Runs `quo-sync args…` on the terminal to its end; (exit code, the screen's non-empty lines).
+async fn screen_after(args: &[&str], env: &[(&str, &str)]) -> (u32, Vec<String>) {
+    let OnTerminal {
+        mut child,
+        output: mut rx,
+        mut screen,
+        ..
+    } = on_terminal(args, env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Some(chunk) = tokio::time::timeout_at(deadline.into(), rx.recv())
+        .await
+        .expect("quo-sync finishes within a minute")
+    {
+        screen.process(&chunk);
+    }
+    let code = child.wait().expect("exit status").exit_code();
+    let lines = screen
+        .screen()
+        .contents()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim_end().to_string())
+        .collect();
+    (code, lines)
+}
+
+/// Day one on the first screen (#20's sample workspace of nine people): the read says what
+/// will be adopted and held, not "unchanged"; the adoptions and the held records with the
+/// contacts they match are named; the result counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_one_on_a_terminal_names_adoptions_and_held_records() {
+    let (code, lines) = screen_after(
+        &[
+            "once",
+            "--with-sandbox",
+            "--seed-existing",
+            "config/existing-contacts.example.csv",
+        ],
+        &[],
+    )
+    .await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "records are held: exit 3\n{shown}");
+    for line in &lines {
+        assert!(
+            line.chars().count() <= 120,
+            "a line wider than 120 columns:\n{line}"
+        );
+    }
+    let read = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("Read 27 rows"))
+        .unwrap_or_else(|| panic!("a read line:\n{shown}"));
+    assert!(
+        read.ends_with(
+            ": 17 to create, 3 to adopt (already in Quo), 3 held (they match contacts in Quo), 4 held back"
+        ),
+        "the read says what the cycle will do: {read}\n{shown}"
+    );
+    for needle in [
+        "Wrote 17 created, 3 adopted",
+        "Held 3 records: they match contacts already in Quo (quo-sync link decides):",
+        "line 5  C-1004  matches 2 contacts already in Quo: ",
+        "… and 2 more: -v shows each as it happens",
+        ": 17 created, 3 adopted, 3 held, 4 held back · ",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains("unchanged") && !shown.contains("record held: no contact"),
+        "no record is unchanged on day one, and the held are listed once:\n{shown}"
+    );
+    // plan's preview on the terminal: the same read line, the table, the CSV as configured
+    // (not the sandbox's throwaway copy), no held record twice.
+    let (code, lines) = screen_after(
+        &[
+            "plan",
+            "--with-sandbox",
+            "--seed-existing",
+            "config/existing-contacts.example.csv",
+        ],
+        &[],
+    )
+    .await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 0, "{shown}");
+    for needle in [
+        ": 17 to create, 3 to adopt (already in Quo), 3 held (they match contacts in Quo), 4 held back",
+        "source: csv config/contacts.example.csv read as utf-8",
+        "plan: 17 create, 3 adopt, 4 quarantine, 3 held (27 records)",
+        "held        C-1004",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains("quo-sync-sandbox-") && !shown.contains("record held: no contact"),
+        "{shown}"
+    );
+}
+
+/// A filter on the first screen: records outside it are counted out of scope, not unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_on_a_terminal_counts_records_out_of_scope() {
+    let (code, lines) = screen_after(
+        &["once", "--with-sandbox"],
+        &[("QUO_SYNC__SYNC__FILTER", "record.vip == \"yes\"")],
+    )
+    .await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "{shown}");
+    for needle in [
+        ": 4 to create, 20 out of scope, 3 held back",
+        "Created 4 contacts",
+        ": 4 created, 20 out of scope, 3 held back · ",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(!shown.contains("unchanged"), "{shown}");
+}
+
+/// `NO_COLOR` turns colour off on a terminal: no SGR sequence reaches the screen (the bar
+/// still redraws in place); `-v` shows every record's line, without module paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_color_is_respected_and_verbose_shows_every_record() {
+    let OnTerminal {
+        mut child,
+        output: mut rx,
+        ..
+    } = on_terminal(&["once", "--with-sandbox"], &[("NO_COLOR", "1")]);
+    let mut stream = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Some(chunk) = tokio::time::timeout_at(deadline.into(), rx.recv())
+        .await
+        .expect("quo-sync finishes within a minute")
+    {
+        stream.extend(chunk);
+    }
+    assert_eq!(child.wait().unwrap().exit_code(), 3);
+    let text = String::from_utf8_lossy(&stream);
+    let sgr = text
+        .match_indices("\u{1b}[")
+        .map(|(at, _)| &text[at + 2..])
+        .filter(|rest| {
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == ';'));
+            end.is_some_and(|e| rest[e..].starts_with('m'))
+        })
+        .count();
+    assert_eq!(sgr, 0, "colour under NO_COLOR: {text:?}");
+    assert!(text.contains("Created 23 contacts"), "{text}");
+
+    let (code, lines) = screen_after(&["once", "--with-sandbox", "-v"], &[]).await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "{shown}");
+    let created = lines
+        .iter()
+        .filter(|l| l.contains("contact created"))
+        .count();
+    // The screen keeps its last 40 rows; every one of them that names a record is a line of
+    // its own, and there are more of them than the whole view without -v would show.
+    assert!(created >= 15, "per-record lines with -v:\n{shown}");
+    assert!(!shown.contains("quo_sync::"), "no module paths:\n{shown}");
+}
+
+/// The outcomes a new user must not misread: a cycle whose deletions the mass-deletion guard
+/// refused says so and names the flag that lifts it; a paused cycle says who paused it and
+/// until when, that nothing was sent, and how to resume, with no result line counting nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_deletion_and_a_pause_read_clearly_on_a_terminal() {
+    let rows: Vec<String> = (1..=10)
+        .map(|n| common::row(&format!("r-{n}"), n))
+        .collect();
+    let app = common::TestApp::spawn_with(
+        &common::csv(&rows),
+        Default::default(),
+        "[sync]\non_source_delete = \"delete\"\n",
+    )
+    .await;
+    assert_eq!(app.cycle().await.counts.created, 10);
+    // 8 of 10 rows leave the CSV; a first read of the short file deletes nothing yet.
+    app.write_csv(&common::csv(&rows[..2]));
+    app.cycle().await;
+    let config = app.config_path.to_str().unwrap().to_string();
+    let (code, lines) = screen_after(&["once", "--config", &config], &[]).await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "a refused deletion exits 3:\n{shown}");
+    for needle in [
+        "Refused 8 of 10 linked contacts: sync.max_delete_fraction allows 1 a cycle (nothing deleted)",
+        "Next quo-sync once --allow-mass-delete  if those deletions are intended",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert_eq!(app.sandbox.contacts().len(), 10, "nothing deleted");
+
+    quo_sync::ops::control::pause(app.ledger(), "ops@desk", None)
+        .await
+        .unwrap();
+    let (code, lines) = screen_after(&["once", "--config", &config], &[]).await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 0, "{shown}");
+    for needle in [
+        "Paused by ops@desk since ",
+        ", until resumed: nothing was sent to Quo or the CRM",
+        "Next quo-sync resume  ends the pause for every replica",
+    ] {
+        assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains("Finished")
+            && !shown.contains("keeps them in sync")
+            && !shown.contains("Read 0 rows")
+            && !shown.contains("syncing is paused"),
+        "a paused cycle has no result to count:\n{shown}"
+    );
+}
+
+/// A key for another workspace (#21): every contact seems gone; the first screen says the
+/// refusal is about the workspace, not about a number of deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_for_another_workspace_is_named_on_a_terminal() {
+    let rows: Vec<String> = (1..=20)
+        .map(|n| common::row(&format!("c-{n}"), n))
+        .collect();
+    let app = common::TestApp::spawn_with(
+        &common::csv(&rows),
+        Default::default(),
+        "[sync]\nmax_delete_fraction = 1.0\n[reverse]\npoll_interval = \"1ms\"\non_quo_delete = \"unlink\"\n",
+    )
+    .await;
+    assert_eq!(app.cycle().await.counts.created, 20);
+    app.sandbox.set_foreign_workspace(true);
+    let config = app.config_path.to_str().unwrap().to_string();
+    let (code, lines) = screen_after(&["once", "--config", &config], &[]).await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "{shown}");
+    assert!(
+        shown.contains(
+            "Refused to act on 20 contacts Quo says are gone: the API key is not shown to answer \
+             for the synced workspace"
+        ),
+        "{shown}"
+    );
+    assert_eq!(app.ledger().linked_count().await.unwrap(), 20, "{shown}");
 }

@@ -624,3 +624,119 @@ async fn sigterm_on_the_leader_hands_over_at_once() {
     assert_eq!(standby.events("lease_holder_dead"), 0, "{}", standby.log());
     fleet.assert_no_duplicates(10);
 }
+
+/// The PostgreSQL server restarts (`pg_ctl stop -m fast`: every session ended, as a package
+/// upgrade or a failover does) while two `run` replicas are part-way through the first load, and
+/// stays down past the lease, while the CSV gains rows and edits. The service rides it out:
+/// cycles fail and are retried, neither replica exits, and once the server is back every row
+/// has exactly one contact (each POSTed once) with its latest values, and the ledger links each
+/// to that contact.
+#[tokio::test]
+async fn on_postgres_a_server_restart_during_run_loses_nothing_and_duplicates_nothing() {
+    let Some(server) = common::pg::OwnServer::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("[ledger]\nurl = \"{}\"\n", server.url());
+    // About 60 requests a second: the 120-record load takes a couple of seconds, so the restart
+    // lands in it.
+    let fleet = Fleet::with_ledger(dir, &ledger, 120, 60).await;
+    let (a, b) = (fleet.run(), fleet.run());
+    let (mut leader, mut standby) = roles(a, b).await;
+    until("a third of the load", Duration::from_secs(30), || {
+        fleet.contacts() >= 40
+    })
+    .await;
+
+    // Down for longer than the lease; meanwhile the CSV gains 10 rows and 5 edits.
+    let started_before = server.started_at().await;
+    let restart = server.restart("fast", LEASE + Duration::from_secs(1));
+    let edit = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut text = std::fs::read_to_string(&fleet.csv_path).unwrap();
+        for n in [1, 2, 3, 60, 119] {
+            text = text.replace(&format!(",First{n},"), &format!(",Edited{n},"));
+        }
+        for n in 121..=130 {
+            text.push_str(&row(&format!("r-{n}"), n));
+            text.push('\n');
+        }
+        let tmp = fleet.csv_path.with_extension("csv.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &fleet.csv_path).unwrap();
+    };
+    tokio::join!(restart, edit);
+    assert_ne!(
+        server.started_at().await,
+        started_before,
+        "the server restarted"
+    );
+
+    let edited = |fleet: &Fleet| {
+        let contacts = fleet.sandbox.contacts();
+        [1, 2, 3, 60, 119].iter().all(|n| {
+            contacts.iter().any(|c| {
+                c["externalId"] == format!("r-{n}").as_str()
+                    && c["defaultFields"]["firstName"] == format!("Edited{n}").as_str()
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fleet.contacts() < 130 || !edited(&fleet) {
+        assert!(
+            Instant::now() < deadline,
+            "not synced after the restart: {} contacts\n{}\n---\n{}",
+            fleet.contacts(),
+            leader.log(),
+            standby.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A few more cycles by whoever leads now: a late twin would show.
+    let cycles = leader.events("cycle_finished") + standby.events("cycle_finished");
+    until("three more cycles", Duration::from_secs(20), || {
+        leader.events("cycle_finished") + standby.events("cycle_finished") >= cycles + 3
+    })
+    .await;
+    fleet.assert_no_duplicates(130);
+    let stats = fleet.sandbox.stats();
+    assert_eq!(stats.writes.creates, 130, "each row POSTed once: {stats:?}");
+    // The service felt the restart: a cycle failed, or the lease ran out and was taken again.
+    let felt = |r: &Replica| r.events("cycle_failed") + r.events("leader_lost");
+    assert!(
+        felt(&leader) + felt(&standby) > 0,
+        "no cycle failed and no lease was lost:\n{}\n---\n{}",
+        leader.log(),
+        standby.log()
+    );
+    // Neither replica stopped: `run` waits out a ledger outage.
+    for replica in [&mut leader, &mut standby] {
+        assert!(
+            replica.child.try_wait().unwrap().is_none(),
+            "pid {} exited:\n{}",
+            replica.pid,
+            replica.log()
+        );
+    }
+    // The ledger links every row to its one contact.
+    let target = quo_sync::ledger::LedgerTarget::parse(&server.url()).unwrap();
+    let ledger = quo_sync::ledger::Ledger::open_target(&target)
+        .await
+        .unwrap();
+    let records = ledger.all_records().await.unwrap();
+    assert_eq!(records.len(), 130);
+    let contacts = fleet.sandbox.contacts();
+    for record in &records {
+        let id = record.external_id.as_str();
+        let quo = contacts
+            .iter()
+            .find(|c| c["externalId"] == id)
+            .unwrap_or_else(|| panic!("no contact for {id}"));
+        assert_eq!(
+            record.quo_id.as_ref().map(|q| q.as_str()),
+            quo["id"].as_str(),
+            "{id}'s Quo id in the ledger"
+        );
+    }
+    ledger.close().await;
+}

@@ -20,12 +20,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use quo_sync::config::{Config, LogFormat};
-use quo_sync::ledger::{Ledger, LedgerTarget};
-use quo_sync::source::{ReadRequest, Source, SourceError};
+use quo_sync::ledger::LedgerTarget;
+use quo_sync::source::{ReadRequest, SourceError};
 use quo_sync::telemetry::{CaptureWriter, init_with_writer};
 use serde_json::{Value, json};
 use support::salesforce::FakeSalesforce;
 use support::token_desk::TokenDesk;
+use support::vendor_run::{Credentials, SourceProcess, salesforce_config};
 
 const CLIENT_ID: &str = "3MVG9-rotation-consumer-key";
 const SECRET: &str = "sf-rotation-secret-DO-NOT-LEAK-31b7";
@@ -74,71 +75,16 @@ async fn rotating_org(reuse_detection: bool, lifetime: Duration) -> FakeSalesfor
 
 /// The Salesforce example config pointed at `crm`, with `edits` applied to its text.
 fn write_config(dir: &Path, crm: &str, edits: &[(&str, &str)]) -> PathBuf {
-    let mut text = std::fs::read_to_string("config/rest-salesforce.example.toml").unwrap();
-    let secret_file = dir.join("client_secret");
-    let refresh_file = dir.join("refresh_token");
-    std::fs::write(&secret_file, SECRET).unwrap();
-    std::fs::write(&refresh_file, REFRESH).unwrap();
-    for (from, to) in [
-        ("https://login.salesforce.com", crm),
-        ("3MVG9-your-connected-app-consumer-key", CLIENT_ID),
-        (
-            "client_secret_env = \"SALESFORCE_CLIENT_SECRET\"",
-            &format!(
-                "client_secret_file = {:?}",
-                secret_file.display().to_string()
-            ),
-        ),
-        (
-            "refresh_token_env = \"SALESFORCE_REFRESH_TOKEN\"",
-            &format!(
-                "refresh_token_file = {:?}",
-                refresh_file.display().to_string()
-            ),
-        ),
-        ("max_retries = 5", "max_retries = 5\nretry_base = \"20ms\""),
-    ]
-    .iter()
-    .chain(edits)
-    {
-        assert!(text.contains(from), "the example config has {from:?}");
-        text = text.replace(from, to);
-    }
-    let path = dir.join("quo-sync.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let credentials = Credentials {
+        client_id: CLIENT_ID,
+        secret: SECRET,
+        refresh: REFRESH,
+    };
+    salesforce_config(dir, crm, &credentials, edits)
 }
 
 /// One quo-sync process's view: its own REST source and its own connection to the ledger.
-struct Process {
-    source: Source,
-    ledger: Ledger,
-}
-
-impl Process {
-    async fn start(config: &Path, ledger: &LedgerTarget) -> Process {
-        let config = Config::load_with_env(config, std::iter::empty()).expect("config loads");
-        let source = Source::from_config(&config.source).expect("source builds");
-        let ledger = Ledger::open_target(ledger).await.expect("ledger opens");
-        source.attach_ledger(&ledger);
-        Process { source, ledger }
-    }
-
-    /// One read of every contact; the number of items read.
-    async fn read(&self) -> Result<u64, SourceError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        let drain = tokio::spawn(async move {
-            let mut n = 0u64;
-            while rx.recv().await.is_some() {
-                n += 1;
-            }
-            n
-        });
-        let summary = self.source.read(ReadRequest::default(), tx).await;
-        let items = drain.await.unwrap();
-        summary.map(|_| items)
-    }
-}
+type Process = SourceProcess;
 
 /// A rotating org, a ledger in a temp dir and the config for both.
 struct Rig {

@@ -4,7 +4,9 @@
 //! - `day_one.rows_5000`: a workspace of 10,000 contacts and a CRM of 5,000 records, 3,000 of
 //!   them already in Quo (2,000 by phone, 1,000 by email), 70 held (10 matching two contacts,
 //!   50 Zapier's, 10 HubSpot's): `requests` against `min_requests` (one custom-field read, one
-//!   listing page per 50 contacts, one PATCH per adoption, one POST per create), `seconds` at
+//!   listing page per 50 contacts, one PATCH per adoption, one POST per create), and
+//!   `listed_pages`: the pages the cycle listed, two listings' worth since creates wait until a
+//!   second listing agrees with the first (`sync::confirm`), `seconds` at
 //!   `rate_per_s` (both the sandbox's limit and the client's) and `seconds_over_limit` =
 //!   seconds × rate ÷ requests (1.0: every permit used), `adopted`, `created`, `held`.
 //! - `day_one.index_100000`: a workspace of 100,000 contacts and a CRM of 1,000 records (500 of
@@ -129,6 +131,8 @@ async fn rows_5000(rate: u32) -> Value {
         "requests": requests,
         "min_requests": 1 + pages + adopted + created,
         "listing_pages": pages,
+        "listed_pages": counts["listing_pages"],
+        "requests_over_min": requests as f64 / (1 + pages + adopted + created) as f64,
         "seconds": seconds,
         "seconds_over_limit": seconds * f64::from(rate) / requests.max(1) as f64,
         "adopted": adopted,
@@ -190,6 +194,7 @@ async fn index_100000() -> Value {
         "adopted": once["counts"]["adopted"],
         "created": once["counts"]["created"],
         "requests": once["counts"]["requests"],
+        "listed_pages": once["counts"]["listing_pages"],
     })
 }
 

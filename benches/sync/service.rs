@@ -46,6 +46,17 @@ impl Service {
         self.event(event).is_some()
     }
 
+    /// Log lines with `"event": event` that also contain `text`.
+    pub fn count(&self, event: &str, text: &str) -> usize {
+        let needle = format!("\"event\":\"{event}\"");
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&needle) && l.contains(text))
+            .count()
+    }
+
     /// The first log line with `"event": event`, parsed.
     pub fn event(&self, event: &str) -> Option<Value> {
         let needle = format!("\"event\":\"{event}\"");

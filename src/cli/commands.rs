@@ -485,7 +485,9 @@ async fn once(session: Session, options: OnceOptions) -> anyhow::Result<u8> {
     let writes = watch.finish().await;
     writer.release().await;
     let report = report?;
-    if let Some(pause) = &report.paused {
+    if let Some(pause) = &report.paused
+        && session.terminal.is_none()
+    {
         eprintln!(
             "{}: nothing was sent to Quo or the CRM (quo-sync resume)",
             pause.describe()
@@ -496,16 +498,19 @@ async fn once(session: Session, options: OnceOptions) -> anyhow::Result<u8> {
         let mut value = serde_json::to_value(&report)?;
         value["peak_rss_mib"] = serde_json::json!(quo_sync::telemetry::peak_rss_mib());
         println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if let Some((terminal, pause)) = session.terminal.as_ref().zip(report.paused.as_ref()) {
+        for line in ops::summary::paused_lines(terminal, pause) {
+            terminal.line(&line);
+        }
     } else if let Some(terminal) = &session.terminal {
-        let held_back = ctx.progress.held_back();
-        for line in ops::summary::outcome_lines(
-            terminal,
-            &report,
-            &held_back,
-            &terminal.take_notices(),
-            writes,
-            session.setting(false),
-        ) {
+        let rows = ops::summary::Rows {
+            held_back: ctx.progress.held_back(),
+            held_matches: ctx.progress.held_matches(),
+            notices: terminal.take_notices(),
+        };
+        for line in
+            ops::summary::outcome_lines(terminal, &report, &rows, writes, session.setting(false))
+        {
             terminal.line(&line);
         }
         // The human view said it all on the terminal; a piped stdout still gets its line.
@@ -566,7 +571,8 @@ async fn plan(session: Session, json: bool) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         if let Some(dialect) = &dialect {
-            println!("source: {} read as {dialect}", ctx.source.describe());
+            // The source as configured (with --with-sandbox, ctx reads a throwaway copy).
+            println!("source: {} read as {dialect}", session.source);
         }
         let colour = std::io::stdout().is_terminal() && console::colors_enabled();
         print!("{}", render_table(&report.operations, colour));
@@ -630,7 +636,7 @@ impl Session {
                 format!("Quo at {}", self.config.quo.base_url),
                 match &self.config.ledger.url {
                     Some(_) => "ledger on PostgreSQL".to_string(),
-                    None => format!("ledger {}", self.config.ledger.path.display()),
+                    None => format!("ledger {}", from_here(&self.config.ledger.path)),
                 },
             ),
         };
@@ -659,7 +665,10 @@ async fn configured(
     let level = log_level.unwrap_or(&config.log.level).to_string();
     quo_sync::telemetry::init_verbose(config.log.format, &level, verbose);
     config.log_resolved_paths();
-    let source = config.describe_source();
+    let source = match (&config.source.kind, &config.source.path) {
+        (quo_sync::config::SourceKind::Csv, Some(path)) => format!("csv {}", from_here(path)),
+        _ => config.describe_source(),
+    };
     let sandbox = match demo {
         Some(demo) => {
             let (sandbox, dir) = attach_sandbox(&mut config).await?;
@@ -676,6 +685,18 @@ async fn configured(
         terminal: quo_sync::telemetry::terminal(),
         source,
     })
+}
+
+/// `/home/me/quo-sync/config/contacts.csv` as `config/contacts.csv` when the working
+/// directory holds it: the path a person typed or can type, and a line that fits.
+fn from_here(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .filter(|relative| !relative.as_os_str().is_empty())
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 pub(super) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {

@@ -16,8 +16,10 @@ mod crm_notices;
 mod crm_tokens;
 pub(crate) mod db;
 mod exports;
+mod fencing;
 mod inbox;
 mod index;
+mod leader;
 mod lease;
 mod quarantine;
 mod records;
@@ -44,11 +46,11 @@ pub use crm_tokens::StoredRefreshToken;
 pub use db::{BadPgUrl, PgUrl};
 pub use exports::{Export, ExportState};
 
+pub use fencing::FENCED_MESSAGE;
 pub use inbox::{INTAKE_POLL, InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
-pub use lease::{
-    Attempt, Candidate, FENCED_MESSAGE, Fence, LeaderLease, LeaseError, LeaseHolder, host_name,
-};
+pub use leader::{Fence, LeaderLease, LeaseError, safety_margin};
+pub use lease::{Attempt, Candidate, LeaseHolder, host_name};
 pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
@@ -57,7 +59,7 @@ pub use unconfirmed::{
     ATTEMPTS_TO_GIVE_UP, CLOCK_SKEW, PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate,
     made_in_time,
 };
-pub use workspace::{WORKSPACE_LISTED, WorkspaceContact};
+pub use workspace::{WORKSPACE_CONFIRMED, WORKSPACE_LISTED, WorkspaceContact};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.
 #[derive(Debug, thiserror::Error)]

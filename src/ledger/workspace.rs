@@ -19,6 +19,12 @@ use crate::quo::types::Contact;
 /// every contact that existed then).
 pub const WORKSPACE_LISTED: &str = "workspace.listed_at";
 
+/// Meta key: when the listing started that agreed with the one before it (no record waiting to
+/// be created matched a contact the earlier listing had not shown). Until it is set, creates
+/// wait for such a listing (`sync::confirm`): Quo's list lags, and a first listing that hid a
+/// contact would make its person a second contact.
+pub const WORKSPACE_CONFIRMED: &str = "workspace.confirmed_at";
+
 /// The match key of a phone number: `p:` and the number with every character but the leading
 /// `+` and the digits removed (Quo stores E.164, so `+1 415…` and `+1415…` are one key); `None`
 /// for a value with fewer than 7 digits.
@@ -243,6 +249,21 @@ impl Ledger {
         )
         .bind(before)
         .fetch_all(p)
+        .await)?)
+    }
+
+    /// How many contacts the index holds that Quo made before `before` (RFC 3339, Quo's
+    /// millisecond `Z` form) or whose making time is unknown; all of them without `before`.
+    pub async fn workspace_count_made_before(
+        &self,
+        before: Option<&str>,
+    ) -> Result<i64, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM workspace_contacts
+             WHERE CAST($1 AS TEXT) IS NULL OR created_at IS NULL OR created_at < $1"
+        )
+        .bind(before)
+        .fetch_one(p)
         .await)?)
     }
 

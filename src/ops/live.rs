@@ -14,8 +14,7 @@ use crate::ops::http::ReplicaRole;
 use crate::ops::progress::{CycleView, TICK};
 use crate::ops::summary::{self, Setting};
 use crate::quo::client::ClientStats;
-use crate::sync::{CycleProgress, CycleReport, HeldBack};
-use crate::telemetry::Notice;
+use crate::sync::{CycleProgress, CycleReport};
 use crate::telemetry::Terminal;
 
 /// The live state of one `run` process (cheap to clone; all clones share it).
@@ -40,7 +39,7 @@ struct Inner {
 /// ended: the next cycle starts counting at once).
 #[derive(Debug, Clone)]
 enum Finished {
-    Report(Box<CycleReport>, Vec<HeldBack>, Vec<Notice>),
+    Report(Box<CycleReport>, Box<summary::Rows>),
     Failed(String),
 }
 
@@ -89,8 +88,11 @@ impl ServiceStatus {
         *lock(&self.0.finished) = Some(match result {
             Ok(report) => Finished::Report(
                 Box::new(report.clone()),
-                self.0.progress.held_back(),
-                notices,
+                Box::new(summary::Rows {
+                    held_back: self.0.progress.held_back(),
+                    held_matches: self.0.progress.held_matches(),
+                    notices,
+                }),
             ),
             Err(e) => Finished::Failed(e.to_string()),
         });
@@ -150,9 +152,20 @@ fn outcome_words(finished: &Finished) -> String {
     match finished {
         Finished::Failed(e) => format!("failed ({})", crate::telemetry::shorten(e)),
         Finished::Report(report, ..) => {
+            if let Some(pause) = &report.paused {
+                return format!(
+                    "paused by {} {}",
+                    pause.by,
+                    pause
+                        .until
+                        .as_ref()
+                        .map_or("until resumed".to_string(), |u| format!("until {u}"))
+                );
+            }
             let c = &report.counts;
             let mut parts: Vec<String> = [
                 (c.created, "created"),
+                (c.adopted, "adopted"),
                 (c.updated, "updated"),
                 (c.deleted, "deleted"),
                 (c.written_to_crm, "to the CRM"),
@@ -163,6 +176,9 @@ fn outcome_words(finished: &Finished) -> String {
             .collect();
             if parts.is_empty() {
                 parts.push("no changes".to_string());
+            }
+            if c.held > 0 {
+                parts.push(format!("{} held", c.held));
             }
             if c.quarantined > 0 {
                 parts.push(format!("{} held back", c.quarantined));
@@ -223,20 +239,23 @@ pub fn show(
                         chrono::Local::now().format("%H:%M:%S").to_string(),
                         outcome_words(&finished),
                     ));
-                    if let Finished::Report(report, held, notices) = finished {
-                        let rows: Vec<String> = held
+                    if let Finished::Report(report, rows_of) = finished {
+                        let rows: Vec<String> = rows_of
+                            .held_back
                             .iter()
+                            .chain(rows_of.held_matches.iter())
                             .map(|h| format!("{h:?}"))
-                            .chain(notices.iter().map(|n| format!("{n:?}")))
+                            .chain(rows_of.notices.iter().map(|n| format!("{n:?}")))
                             .collect();
                         let c = &report.counts;
-                        let news = c.created + c.updated + c.deleted + c.written_to_crm > 0
+                        let news = c.created + c.adopted + c.updated + c.deleted + c.written_to_crm
+                            > 0
                             || rows.iter().any(|r| !reported.contains(r))
                             || report.interrupted
                             || report.mass_delete_refused;
                         if news {
                             for text in read_line.into_iter().chain(summary::outcome_lines(
-                                &terminal, &report, &held, &notices, writes, setting,
+                                &terminal, &report, &rows_of, writes, setting,
                             )) {
                                 terminal.line(&text);
                             }

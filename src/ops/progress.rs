@@ -156,7 +156,9 @@ impl CycleView {
         if snap.phase == Some(CyclePhase::Reading) && self.read_started.is_none() {
             self.read_started = Some(now);
         }
-        if snap.phase == Some(CyclePhase::Settling) && !self.read_reported {
+        // The read line waits for the read's decisions (day one's matches are decided after
+        // the whole read), so its counts are what the cycle will do.
+        if snap.decided.is_some() && !self.read_reported {
             self.report_read(now, &snap);
         }
         self.writes(now, &snap);
@@ -178,7 +180,9 @@ impl CycleView {
             bar.finish_and_clear();
             self.terminal.remove(&bar);
         }
-        if !self.read_reported {
+        // A cycle that read nothing and decided nothing (paused, or failed before its read)
+        // has no read to tell of.
+        if !self.read_reported && (snap.records_read > 0 || snap.decided.is_some()) {
             self.report_read(now, &snap);
         }
         let (count, last) = self.last_confirmed;
@@ -262,7 +266,8 @@ impl CycleView {
             snap.planned[1] > 0,
             snap.planned[2] > 0,
         ) {
-            (true, false, false) => "creating",
+            // Adoptions are PATCHes counted with the creates.
+            (true, false, false) if snap.adopting == 0 => "creating",
             (false, true, false) => "updating",
             (false, false, true) => "deleting",
             _ => "writing",

@@ -60,15 +60,25 @@ pub fn syncing_line(terminal: &Terminal, what: &str, quo: &str, ledger: &str) ->
 /// `Read 27 rows in 0.8s: 23 to create, 4 held back`.
 pub fn read_line(terminal: &Terminal, snap: &ProgressSnapshot, took_: Duration) -> String {
     let [create, update, delete] = snap.planned;
-    let unchanged = snap
-        .records_read
-        .saturating_sub(create + update + snap.held_back);
+    let adopt = snap.adopting.min(create);
+    // Before the read's decisions are published (a cycle cut short), what sends no write is
+    // counted as unchanged.
+    let tally = snap.decided.unwrap_or(crate::sync::ReadTally {
+        unchanged: snap
+            .records_read
+            .saturating_sub(create + update + snap.held_back),
+        ..Default::default()
+    });
     let mut parts = Vec::new();
     for (n, what) in [
-        (create, "to create"),
+        (create - adopt, "to create"),
+        (adopt, "to adopt (already in Quo)"),
         (update, "to update"),
         (delete, "to delete"),
-        (unchanged, "unchanged"),
+        (tally.unchanged, "unchanged"),
+        (tally.out_of_scope, "out of scope"),
+        (tally.skipped_by_mode, "skipped by sync.mode"),
+        (tally.held, "held (they match contacts in Quo)"),
         (snap.held_back, "held back"),
     ] {
         if n > 0 {
@@ -114,19 +124,36 @@ pub fn row_line(
     words.join("  ")
 }
 
+/// The rows a cycle's summary names: held back (quarantined), held before create (day one's
+/// matches) and warned about.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    /// Quarantined rows, with row, field and value.
+    pub held_back: Vec<HeldBack>,
+    /// Records held before create: they match contacts already in Quo.
+    pub held_matches: Vec<HeldBack>,
+    /// Row-level warnings.
+    pub notices: Vec<Notice>,
+}
+
 /// Everything after the bars: write phases, held-back rows and warnings, the result, what next.
 pub fn outcome_lines(
     terminal: &Terminal,
     report: &CycleReport,
-    held_back: &[HeldBack],
-    notices: &[Notice],
+    rows: &Rows,
     writes: WriteTiming,
     setting: Setting,
 ) -> Vec<String> {
+    let Rows {
+        held_back,
+        held_matches,
+        notices,
+    } = rows;
     let c = &report.counts;
     let mut lines = Vec::new();
     let kinds: Vec<(u64, &str)> = [
         (c.created, "Created"),
+        (c.adopted, "Adopted"),
         (c.updated, "Updated"),
         (c.deleted, "Deleted"),
     ]
@@ -157,9 +184,14 @@ pub fn outcome_lines(
     match kinds.as_slice() {
         [] => {}
         [(n, verb)] => lines.push(format!(
-            "{} {}{}",
+            "{} {}{}{}",
             ok(terminal, verb),
             plural(*n, "contact", "contacts"),
+            if *verb == "Adopted" {
+                " already in Quo"
+            } else {
+                ""
+            },
             pace
         )),
         several => lines.push(format!(
@@ -183,14 +215,25 @@ pub fn outcome_lines(
     lines.extend(row_block(
         terminal,
         (held_back, c.quarantined.max(held_back.len() as u64)),
+        (held_matches, c.held.max(held_matches.len() as u64)),
         notices,
         setting,
     ));
     if report.mass_delete_refused {
-        lines.push(format!(
-            "{} this cycle's deletions: more than sync.max_delete_fraction of the contacts",
-            warn(terminal, "Refused")
-        ));
+        let why = match report.mass_delete_refusal {
+            Some(r) if r.workspace_unconfirmed => format!(
+                "to act on {} Quo says are gone: the API key is not shown to answer for the synced \
+                 workspace (nothing deleted or unlinked)",
+                plural(r.would_delete as u64, "contact", "contacts")
+            ),
+            Some(r) => format!(
+                "{} of {} linked contacts: sync.max_delete_fraction allows {} a cycle (nothing deleted)",
+                r.would_delete, r.linked, r.allowed
+            ),
+            None => "this cycle's deletions: more than sync.max_delete_fraction of the contacts"
+                .to_string(),
+        };
+        lines.push(format!("{} {why}", warn(terminal, "Refused")));
     }
     lines.push(result_line(terminal, report, held_back.len()));
     lines.extend(next_lines(
@@ -202,27 +245,40 @@ pub fn outcome_lines(
     lines
 }
 
-/// The held-back rows and the row warnings, at most [`MAX_ROWS`] rows in all.
+/// The blocks of rows a summary lists.
+#[derive(Debug, Clone, Copy)]
+enum Block {
+    HeldBack,
+    Matched,
+    Warned,
+}
+
+/// The held-back rows, the records held before create and the row warnings: at most
+/// [`MAX_ROWS`] rows in all (and the first of each block).
 fn row_block(
     terminal: &Terminal,
     (held_back, held_total): (&[HeldBack], u64),
+    (held_matches, matches_total): (&[HeldBack], u64),
     notices: &[Notice],
     setting: Setting,
 ) -> Vec<String> {
     let indent = " ".repeat(VERB);
     let mut lines = Vec::new();
-    let held: Vec<String> = held_back
-        .iter()
-        .map(|row| {
-            row_line(
-                Some(&row.location),
-                row.external_id.as_deref(),
-                row.field.as_deref(),
-                row.value.as_deref(),
-                &row.reason,
-            )
-        })
-        .collect();
+    let of = |rows: &[HeldBack]| -> Vec<String> {
+        rows.iter()
+            .map(|row| {
+                row_line(
+                    Some(&row.location),
+                    row.external_id.as_deref(),
+                    row.field.as_deref(),
+                    row.value.as_deref(),
+                    &row.reason,
+                )
+            })
+            .collect()
+    };
+    let held = of(held_back);
+    let matched = of(held_matches);
     let warned: Vec<String> = notices
         .iter()
         .map(|notice| {
@@ -235,34 +291,54 @@ fn row_block(
             )
         })
         .collect();
+    // At most MAX_ROWS rows in all, but every block shows its first row; each block says
+    // where the rest of its rows are.
     let mut room = MAX_ROWS;
-    let mut hidden = 0usize;
     let warned_total = warned.len() as u64;
-    for (rows, total, verb, tail) in [
-        (held, held_total, "Held back", ", retried every cycle:"),
-        (warned, warned_total, "Warning", ":"),
+    let rest_of = |block: Block| match (block, setting.sandbox) {
+        // The sandbox's ledger is thrown away at exit: no later command can list them.
+        (_, true) | (Block::Warned, false) => "-v shows each as it happens",
+        (Block::HeldBack, false) => "quo-sync quarantine list",
+        (Block::Matched, false) => "quo-sync quarantine list, or quo-sync plan",
+    };
+    for (rows, total, verb, tail, block) in [
+        (
+            held,
+            held_total,
+            "Held back",
+            " rows, retried every cycle:",
+            Block::HeldBack,
+        ),
+        (
+            matched,
+            matches_total,
+            "Held",
+            " records: they match contacts already in Quo (quo-sync link decides):",
+            Block::Matched,
+        ),
+        (warned, warned_total, "Warning", " rows:", Block::Warned),
     ] {
         if total == 0 {
             continue;
         }
-        let count = plural(total, "row", "rows");
-        lines.push(format!("{} {count}{tail}", warn(terminal, verb)));
-        let shown = rows.len().min(room);
-        room -= shown;
-        hidden += total as usize - shown;
+        let tail = if total == 1 {
+            tail.replacen(" rows", " row", 1)
+                .replacen(" records", " record", 1)
+        } else {
+            tail.to_string()
+        };
+        lines.push(format!("{} {total}{tail}", warn(terminal, verb)));
+        let shown = rows.len().min(room.max(1));
+        room = room.saturating_sub(shown);
+        let hidden = total as usize - shown;
         lines.extend(
             rows.into_iter()
                 .take(shown)
                 .map(|r| format!("{indent} {r}")),
         );
-    }
-    if hidden > 0 {
-        let rest = if setting.sandbox {
-            "(the sandbox's ledger is thrown away at exit)".to_string()
-        } else {
-            "quo-sync quarantine list (warnings: the log with -v)".to_string()
-        };
-        lines.push(format!("{indent} … and {hidden} more: {rest}"));
+        if hidden > 0 {
+            lines.push(format!("{indent} … and {hidden} more: {}", rest_of(block)));
+        }
     }
     lines
 }
@@ -272,10 +348,14 @@ fn result_line(terminal: &Terminal, report: &CycleReport, held_back: usize) -> S
     let c = &report.counts;
     let mut counts: Vec<String> = [
         (c.created, "created"),
+        (c.adopted, "adopted"),
         (c.updated, "updated"),
         (c.deleted, "deleted"),
         (c.written_to_crm, "written to the CRM"),
         (c.unchanged, "unchanged"),
+        (c.out_of_scope, "out of scope"),
+        (c.skipped_by_mode, "skipped by sync.mode"),
+        (c.held, "held"),
         (c.quarantined.max(held_back as u64), "held back"),
     ]
     .into_iter()
@@ -317,6 +397,28 @@ pub fn minimum_requests(report: &CycleReport) -> u64 {
         + c.updated.div_ceil(crate::quo::client::MAX_PAGE as u64)
 }
 
+/// A cycle that found syncing paused: who paused it and until when, and how to resume. It
+/// replaces the outcome lines (nothing was read or sent, so there is nothing to count).
+pub fn paused_lines(terminal: &Terminal, pause: &crate::ledger::Pause) -> Vec<String> {
+    let until = match &pause.until {
+        Some(until) => format!("until {until}"),
+        None => "until resumed".to_string(),
+    };
+    let command = terminal.paint(console::Style::new().bold(), "quo-sync resume");
+    vec![
+        format!(
+            "{} by {} since {}, {until}: nothing was sent to Quo or the CRM",
+            warn(terminal, "Paused"),
+            pause.by,
+            pause.since
+        ),
+        format!(
+            "{} {command}  ends the pause for every replica; what changed meanwhile then syncs",
+            ok(terminal, "Next")
+        ),
+    ]
+}
+
 /// What to do next.
 fn next_lines(
     terminal: &Terminal,
@@ -335,6 +437,15 @@ fn next_lines(
         steps.push((
             "quo-sync once --allow-mass-delete".into(),
             "if those deletions are intended".into(),
+        ));
+    }
+    if report.counts.held > 0 && !setting.sandbox {
+        steps.push((
+            "quo-sync link <record> <contact>|--create".into(),
+            format!(
+                "answers a held record ({} held; docs/day-one.md)",
+                report.counts.held
+            ),
         ));
     }
     if held_back > 0 && !setting.sandbox {
@@ -415,6 +526,7 @@ mod tests {
             operations: Vec::new(),
             interrupted: false,
             mass_delete_refused: false,
+            mass_delete_refusal: None,
             phases_ms: Default::default(),
             paused: None,
         };

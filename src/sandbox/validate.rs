@@ -8,23 +8,16 @@
 //! values (bad phone, unknown custom field key, wrong value type, reserved source…) answer
 //! `0801400` Invalid Custom Field Item, as the spec's contact endpoints do.
 
-use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::error::{ApiError, FieldError, Refusal};
-use super::state::{FieldDef, FieldType, StoredContact, iso_ms};
+mod custom;
+mod formats;
 
-/// Sources the API refuses (exact match).
-const RESERVED_SOURCES: &[&str] = &[
-    "openphone",
-    "device",
-    "csv",
-    "zapier",
-    "google-people",
-    "other",
-];
-/// Source prefixes the API refuses.
-const RESERVED_PREFIXES: &[&str] = &["openphone", "csv"];
+use custom::custom_fields;
+use formats::{is_e164, is_email, is_reserved_source, looks_like_uri};
+
+use super::error::{ApiError, FieldError, Refusal};
+use super::state::{FieldDef, StoredContact};
 
 /// Which body is being validated; decides required keys and the source rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -489,183 +482,12 @@ fn items(p: &mut Problems, path: &str, v: &Value, kind: ItemKind, mode: Mode) ->
     out
 }
 
-fn custom_fields(
+pub(super) fn unknown_keys(
     p: &mut Problems,
-    v: &Value,
-    defs: &[FieldDef],
-    existing: Option<&StoredContact>,
-    app: bool,
-) -> Vec<CustomInput> {
-    let Some(arr) = v.as_array() else {
-        p.bad(
-            "/customFields",
-            "customFields must be an array",
-            Some(v),
-            "array",
-        );
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (i, item) in arr.iter().enumerate() {
-        let ipath = format!("/customFields/{i}");
-        let Some(obj) = item.as_object() else {
-            p.bad(
-                &ipath,
-                "item must be an object with key and value",
-                Some(item),
-                "object",
-            );
-            continue;
-        };
-        // `name` and `type` are accepted (a client may echo a response item) and ignored.
-        unknown_keys(p, obj, &ipath, &["key", "id", "value", "name", "type"]);
-        let key = match (obj.get("key"), obj.get("id")) {
-            (Some(Value::String(k)), _) => Some(k.clone()),
-            (Some(other), _) => {
-                p.invalid(
-                    &format!("{ipath}/key"),
-                    "key must be a string",
-                    Some(other),
-                    "string",
-                );
-                continue;
-            }
-            (None, Some(Value::String(id))) => {
-                let found = existing.and_then(|c| c.custom.iter().find(|cv| &cv.id == id));
-                match found {
-                    Some(cv) => Some(cv.key.clone()),
-                    None => {
-                        p.invalid(
-                            &format!("{ipath}/id"),
-                            "no custom field item with this id on the contact",
-                            obj.get("id"),
-                            "string",
-                        );
-                        continue;
-                    }
-                }
-            }
-            (None, _) => {
-                p.bad(&format!("{ipath}/key"), "key is required", None, "string");
-                continue;
-            }
-        };
-        let Some(key) = key else { continue };
-        let Some(def) = defs.iter().find(|d| d.key == key) else {
-            p.invalid(
-                &format!("{ipath}/key"),
-                format!("unknown custom field key '{key}'"),
-                obj.get("key"),
-                "string",
-            );
-            continue;
-        };
-        let vpath = format!("{ipath}/value");
-        let Some(raw) = obj.get("value") else {
-            p.bad(&vpath, "value is required", None, &def.type_name);
-            continue;
-        };
-        if def.ftype == FieldType::Other {
-            if app {
-                let value = (!raw.is_null()).then(|| raw.clone());
-                out.push(CustomInput { key, value });
-            } else {
-                p.invalid(
-                    &format!("{ipath}/key"),
-                    format!(
-                        "custom field '{key}' has type '{}', which cannot be written through the API",
-                        def.type_name
-                    ),
-                    obj.get("key"),
-                    &def.type_name,
-                );
-            }
-            continue;
-        }
-        match custom_value(def.ftype, raw) {
-            Ok(value) => {
-                if outside_options(p, def, &vpath, value.as_ref()) {
-                    continue;
-                }
-                out.push(CustomInput { key, value });
-            }
-            Err(msg) => p.invalid(&vpath, msg, Some(raw), &def.type_name),
-        }
-    }
-    out
-}
-
-/// Records (`0801400`, path `…/value/{j}`) every multi-select value outside the field's
-/// options; `true` if there was one.
-fn outside_options(p: &mut Problems, def: &FieldDef, vpath: &str, value: Option<&Value>) -> bool {
-    let (Some(options), Some(Value::Array(values))) = (&def.options, value) else {
-        return false;
-    };
-    let mut refused = false;
-    for (j, v) in values.iter().enumerate() {
-        let s = v.as_str().unwrap_or_default();
-        if !options.iter().any(|o| o == s) {
-            refused = true;
-            let e = FieldError::new(
-                &format!("{vpath}/{j}"),
-                format!(
-                    "'{s}' is not an option of custom field '{}' (options: {})",
-                    def.key,
-                    options.join(", ")
-                ),
-                Some(v),
-                "multi-select",
-            )
-            .tagged(Refusal::OutsideOptions);
-            p.push(false, e);
-        }
-    }
-    refused
-}
-
-/// Checks and normalises one custom field value for its type (dates become UTC, ms precision).
-fn custom_value(ftype: FieldType, v: &Value) -> Result<Option<Value>, String> {
-    if v.is_null() {
-        return Ok(None);
-    }
-    let ok = match ftype {
-        FieldType::Number => v.is_number(),
-        FieldType::Boolean => v.is_boolean(),
-        FieldType::String | FieldType::Address => v.is_string(),
-        FieldType::Url => v.as_str().is_some_and(looks_like_url),
-        FieldType::MultiSelect => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
-        FieldType::Other => true,
-        FieldType::Date => {
-            let parsed = v
-                .as_str()
-                .and_then(|s| DateTime::parse_from_rfc3339(s).ok());
-            return match parsed {
-                Some(d) => Ok(Some(Value::String(iso_ms(&d.with_timezone(&Utc))))),
-                None => Err(
-                    "value must be an ISO-8601 date-time string, e.g. 2024-09-11T04:00:00.000Z"
-                        .into(),
-                ),
-            };
-        }
-    };
-    if ok {
-        Ok(Some(v.clone()))
-    } else {
-        let expected = match ftype {
-            FieldType::Number => "a number",
-            FieldType::Boolean => "a boolean",
-            FieldType::Url => "a URL string",
-            FieldType::MultiSelect => "an array of strings",
-            _ => "a string",
-        };
-        Err(format!(
-            "value of a {} custom field must be {expected} or null",
-            ftype.as_str()
-        ))
-    }
-}
-
-fn unknown_keys(p: &mut Problems, obj: &Map<String, Value>, path: &str, allowed: &[&str]) {
+    obj: &Map<String, Value>,
+    path: &str,
+    allowed: &[&str],
+) {
     for (k, v) in obj {
         if !allowed.contains(&k.as_str()) {
             p.bad(
@@ -701,105 +523,8 @@ fn opt_string(p: &mut Problems, path: &str, v: &Value, min: usize, max: usize) -
     }
 }
 
-/// Whether `source` is refused by the API.
-pub(crate) fn is_reserved_source(source: &str) -> bool {
-    let s = source.to_ascii_lowercase();
-    RESERVED_SOURCES.contains(&s.as_str()) || RESERVED_PREFIXES.iter().any(|p| s.starts_with(p))
-}
-
-/// E.164: `+`, a non-zero digit, then 6 to 14 more digits.
-pub(crate) fn is_e164(s: &str) -> bool {
-    let Some(digits) = s.strip_prefix('+') else {
-        return false;
-    };
-    let n = digits.len();
-    (7..=15).contains(&n) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
-}
-
-/// A plausible email: one `@`, a non-empty local part, a dotted domain, no whitespace.
-pub(crate) fn is_email(s: &str) -> bool {
-    if s.chars().any(char::is_whitespace) {
-        return false;
-    }
-    let mut parts = s.split('@');
-    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains("..")
-}
-
-/// A URL: `scheme://host…` with no whitespace.
-pub(crate) fn looks_like_url(s: &str) -> bool {
-    let Some((scheme, rest)) = s.split_once("://") else {
-        return false;
-    };
-    valid_scheme(scheme)
-        && !rest.is_empty()
-        && !rest.starts_with('/')
-        && !s.chars().any(char::is_whitespace)
-}
-
-/// A URI (format `uri`): `scheme:rest` with no whitespace.
-fn looks_like_uri(s: &str) -> bool {
-    let Some((scheme, rest)) = s.split_once(':') else {
-        return false;
-    };
-    valid_scheme(scheme) && !rest.is_empty() && !s.chars().any(char::is_whitespace)
-}
-
-fn valid_scheme(scheme: &str) -> bool {
-    let mut chars = scheme.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn e164() {
-        assert!(is_e164("+15555550100"));
-        assert!(is_e164("+4930123456"));
-        assert!(!is_e164("15555550100"));
-        assert!(!is_e164("+0555550100"));
-        assert!(!is_e164("+1555"));
-        assert!(!is_e164("+1 555 555 0100"));
-        assert!(!is_e164("+1234567890123456"));
-    }
-
-    #[test]
-    fn emails_and_urls() {
-        assert!(is_email("a@example.com"));
-        assert!(!is_email("a@example"));
-        assert!(!is_email("a@@example.com"));
-        assert!(!is_email("@example.com"));
-        assert!(looks_like_url("https://example.com/x"));
-        assert!(!looks_like_url("example.com"));
-        assert!(!looks_like_url("https:///x"));
-    }
-
-    #[test]
-    fn reserved() {
-        for s in [
-            "openphone",
-            "device",
-            "CSV",
-            "zapier",
-            "google-people",
-            "other",
-            "openphone-x",
-            "csv2",
-        ] {
-            assert!(is_reserved_source(s), "{s}");
-        }
-        assert!(!is_reserved_source("quo-sync"));
-    }
-
     mod fuzz {
         use super::super::*;
         use crate::sandbox::state::{FieldDef, FieldType};

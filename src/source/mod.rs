@@ -417,6 +417,16 @@ impl Source {
         matches!(self, Source::Csv(_))
     }
 
+    /// How long after a create whose answer was lost a complete read may still not show the
+    /// record it made: zero for a CSV file (read whole, it cannot lag), `create.lookup_window`
+    /// for a REST CRM.
+    pub fn create_lookup_window(&self) -> std::time::Duration {
+        match self {
+            Source::Csv(_) => std::time::Duration::ZERO,
+            Source::Rest(rest) => rest.create_lookup_window(),
+        }
+    }
+
     /// Deletes records in the CRM (`reverse.on_quo_delete = "delete_in_crm"`), admitted by
     /// `guard` first.
     pub async fn delete_records(

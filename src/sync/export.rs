@@ -12,7 +12,8 @@
 //! the CRM create. A record a create made is found by the next complete read, by its id (CSV) or
 //! by the Quo id it carries in `reverse.quo_id_field` (REST), and adopted like any record whose
 //! contact was chosen for it; a create is sent again only when a complete read that started at
-//! least ten minutes after its intent (past any list lag) did not show it. A REST CRM without
+//! least `source.rest.create.lookup_window` (10 minutes) after its intent (past any list lag)
+//! did not show it. A REST CRM without
 //! `reverse.quo_id_field` cannot be searched: a create whose answer was lost is held for the
 //! operator rather than risk a second record.
 
@@ -31,9 +32,6 @@ use crate::source::{Created, NewRecord, SourceError, SourceRecord};
 /// Meta key: when this ledger's first cycle with a complete read finished; contacts made in the
 /// app after it are exported.
 pub(super) const FIRST_CYCLE: &str = "sync.first_cycle_at";
-
-/// How long after its intent a create whose outcome is unknown may still show up in a read.
-const LOOKUP_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// App contacts read per query.
 const PAGE: i64 = 500;
@@ -93,14 +91,18 @@ impl Cycle {
     ) -> Result<bool, SyncError> {
         let quo_id = &contact.quo_id;
         if contact.keys.is_empty()
-            || self.claimed.contains_key(quo_id)
             || self.matched_contacts.lock().await.contains(quo_id)
             || self.exports_found.lock().await.contains(quo_id)
         {
             return Ok(false);
         }
+        // Before `claimed`, which holds every open export's contact for its record: a pending
+        // export whose record this read did not show is sent again (`retry_allowed` says when).
         if let Some(export) = self.exports.get(quo_id) {
             return Ok(matches!(export.state, ExportState::Pending));
+        }
+        if self.claimed.contains_key(quo_id) {
+            return Ok(false);
         }
         if self.ctx.ledger.export_known(quo_id).await?
             || self.ctx.ledger.record_holding(quo_id).await?.is_some()
@@ -267,8 +269,17 @@ impl Cycle {
             // The file was read whole just now: without the row, the create did not land.
             return Ok(true);
         }
+        // How long the CRM's list may lag the create (`source.rest.create.lookup_window`): a
+        // complete read that started later than that and did not show the record says the
+        // create did not land.
+        let window = chrono::TimeDelta::from_std(self.ctx.source.create_lookup_window())
+            .unwrap_or(chrono::TimeDelta::MAX);
         let intent = parse_time(Some(&earlier.created_at));
-        Ok(intent.is_some_and(|at| at + LOOKUP_WINDOW <= read_started))
+        let waited = intent.is_some_and(|at| at + window <= read_started);
+        if !waited {
+            info!(event = "crm_create_looked_for", quo_id = %earlier.quo_id, "a CRM create whose outcome is unknown is looked for, not sent again, until source.rest.create.lookup_window has passed");
+        }
+        Ok(waited)
     }
 
     /// Adopts a contact for the record just made from it, with the record as written (so its

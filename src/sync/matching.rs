@@ -26,11 +26,13 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use super::confirm::unconfirmed_hold;
 use super::{Action, Cycle, Mode, PlannedOp, SyncError, Work};
 use crate::domain::Snapshot;
 use crate::ledger::workspace::{email_key, is_phone_key, key_value, phone_key};
 use crate::ledger::{
-    Ledger, MatchDecision, NewQuarantine, QuarantineStage, WORKSPACE_LISTED, WorkspaceContact,
+    Ledger, MatchDecision, NewQuarantine, QuarantineStage, WORKSPACE_CONFIRMED, WORKSPACE_LISTED,
+    WorkspaceContact,
 };
 use crate::reverse::scan::{Scope, scan_pass};
 use crate::source::SourceRecord;
@@ -125,12 +127,35 @@ pub(super) struct Deferred {
     pub candidates: Vec<Candidate>,
     /// A contact chosen already (an operator's link, or the contact a CRM record was made from).
     pub decided: Option<WorkspaceContact>,
+    /// The record's own contact, which a confirming listing showed (`Matched::Own`).
+    pub own: Option<Box<WorkspaceContact>>,
+    /// No candidate, but the listings never agreed: created by no cycle until two do.
+    pub unconfirmed: bool,
+}
+
+impl Deferred {
+    /// Waits only for the listing to be confirmed: with it, the record is created.
+    pub(super) fn would_create(&self) -> bool {
+        self.candidates.is_empty() && self.decided.is_none() && self.own.is_none()
+    }
+}
+
+/// What the index shows a record about to be created.
+pub(super) enum Found {
+    /// Its own contact (our source and its id), which the ledger does not link.
+    Own(Box<WorkspaceContact>),
+    /// The contacts it may adopt (possibly none).
+    Candidates(Vec<Candidate>),
 }
 
 /// The ledger that holds the workspace index this cycle: the real one, or (a dry run before the
 /// first listing completed) a throwaway one the plan listed into.
 pub(super) struct WorkspaceIndex {
     pub ledger: Ledger,
+    /// Two listings agreed ([`crate::ledger::WORKSPACE_CONFIRMED`]), or a dry run (which never
+    /// lists twice): a record with no candidate is created at once; otherwise it waits for
+    /// `sync::confirm`.
+    pub confirmed: bool,
     _scratch: Option<Scratch>,
 }
 
@@ -222,35 +247,35 @@ impl Cycle {
             },
             None => None,
         };
-        let mut candidates = Vec::new();
-        for (contact, by) in index.ledger.workspace_matches(&keys).await? {
-            let ours = contact.source.as_deref() == Some(self.ctx.client.source());
-            let holder = match self.claimed.get(&contact.quo_id) {
-                Some(decided_for) => Some(decided_for.clone()),
-                None => self.ctx.ledger.record_holding(&contact.quo_id).await?,
-            };
-            if holder.as_deref().is_some_and(|h| h != external_id) {
-                continue; // another record's contact (linked, being adopted, or decided)
-            }
-            if ours {
-                if contact.external_id.as_deref() == Some(external_id.as_str()) && decided.is_none()
-                {
-                    // Its own contact, which the ledger does not link: no one else can claim it.
-                    return create(
-                        record,
-                        snapshot,
-                        fingerprint,
-                        Some(Matched::Own(Box::new(contact))),
-                    );
+        let found = self
+            .find_candidates(&index.ledger, &external_id, &keys, decided.is_some())
+            .await?;
+        let (found, unconfirmed) = match found {
+            Found::Candidates(c) if c.is_empty() && decided.is_none() => {
+                if index.confirmed || self.confirmation.get() == Some(&true) {
+                    return create(record, snapshot, fingerprint, None);
                 }
-                continue; // ours for another record, or a stray of a lost create (copies.rs)
+                // The first create waits until a second listing agrees (`confirm.rs`).
+                match self
+                    .look_up_confirmed(&index.ledger, &external_id, &keys)
+                    .await?
+                {
+                    Some(again) => again,
+                    None => return Ok(None),
+                }
             }
-            let owner = Owner::of(contact.source.as_deref(), &day_one.adopt_sources);
-            candidates.push(Candidate { contact, by, owner });
-        }
-        if candidates.is_empty() && decided.is_none() {
+            found => (found, false),
+        };
+        let candidates = match found {
+            Found::Own(contact) => {
+                return create(record, snapshot, fingerprint, Some(Matched::Own(contact)));
+            }
+            Found::Candidates(candidates) => candidates,
+        };
+        if candidates.is_empty() && decided.is_none() && !unconfirmed {
             return create(record, snapshot, fingerprint, None);
         }
+        let candidates_empty = candidates.is_empty();
         self.matched_contacts.lock().await.extend(
             decided
                 .iter()
@@ -264,8 +289,46 @@ impl Cycle {
             pending,
             candidates,
             decided,
+            own: None,
+            unconfirmed: unconfirmed && candidates_empty,
         });
         Ok(None)
+    }
+
+    /// The contacts in `index` a record about to be created may adopt (by `keys`), leaving out
+    /// those another record holds and ours; or its own contact, lost from the ledger (not when
+    /// an operator or an export `decided` already).
+    pub(super) async fn find_candidates(
+        &self,
+        index: &Ledger,
+        external_id: &str,
+        keys: &[String],
+        decided: bool,
+    ) -> Result<Found, SyncError> {
+        let mut candidates = Vec::new();
+        for (contact, by) in index.workspace_matches(keys).await? {
+            let ours = contact.source.as_deref() == Some(self.ctx.client.source());
+            let holder = match self.claimed.get(&contact.quo_id) {
+                Some(decided_for) => Some(decided_for.clone()),
+                None => self.ctx.ledger.record_holding(&contact.quo_id).await?,
+            };
+            if holder.as_deref().is_some_and(|h| h != external_id) {
+                continue; // another record's contact (linked, being adopted, or decided)
+            }
+            if ours {
+                if contact.external_id.as_deref() == Some(external_id) && !decided {
+                    // Its own contact, which the ledger does not link: no one else can claim it.
+                    return Ok(Found::Own(Box::new(contact)));
+                }
+                continue; // ours for another record, or a stray of a lost create (copies.rs)
+            }
+            let owner = Owner::of(
+                contact.source.as_deref(),
+                &self.ctx.settings.day_one.adopt_sources,
+            );
+            candidates.push(Candidate { contact, by, owner });
+        }
+        Ok(Found::Candidates(candidates))
     }
 
     /// The contact a record was made from (`reverse.create_in_crm`): by the id its export was
@@ -298,14 +361,38 @@ impl Cycle {
         pool: &mut super::execute::Pool,
         complete: bool,
     ) -> Result<(), SyncError> {
-        let deferred = std::mem::take(&mut *self.deferred.lock().await);
+        let mut deferred = std::mem::take(&mut *self.deferred.lock().await);
         if deferred.is_empty() {
             return Ok(());
         }
-        // Which records match each contact: this read's, and (after a partial read) those held
-        // before that this read did not return.
+        if self.confirmation.initialized() {
+            self.refresh_candidates(&mut deferred).await?;
+        }
+        let matched_by = self.matched_by(&deferred, complete).await?;
+        for waiting in deferred {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            let matched = match &waiting.own {
+                Some(own) => Some(Matched::Own(own.clone())),
+                None if waiting.unconfirmed => Some(Matched::Hold(unconfirmed_hold(&waiting))),
+                None if waiting.would_create() => None,
+                None => Some(self.decide(&waiting, &matched_by)),
+            };
+            self.dispatch_decided(pool, waiting, matched).await?;
+        }
+        Ok(())
+    }
+
+    /// Which records match each contact: this read's waiting records, and (after a partial
+    /// read) those held before that this read did not return.
+    async fn matched_by(
+        &self,
+        deferred: &[Deferred],
+        complete: bool,
+    ) -> Result<HashMap<String, Vec<String>>, SyncError> {
         let mut matched_by: HashMap<String, Vec<String>> = HashMap::new();
-        for waiting in &deferred {
+        for waiting in deferred {
             let id = waiting.record.external_id.to_string();
             let contacts = waiting
                 .decided
@@ -336,37 +423,52 @@ impl Cycle {
                 }
             }
         }
-        for waiting in deferred {
-            if self.stop.is_cancelled() {
-                break;
-            }
-            let matched = self.decide(&waiting, &matched_by);
-            let Deferred {
+        Ok(matched_by)
+    }
+
+    /// Sends a waiting record on as decided: created (`None`: no match, the listing
+    /// confirmed), adopted or linked, or held.
+    async fn dispatch_decided(
+        self: &Arc<Self>,
+        pool: &mut super::execute::Pool,
+        waiting: Deferred,
+        matched: Option<Matched>,
+    ) -> Result<(), SyncError> {
+        let Deferred {
+            record,
+            snapshot,
+            fingerprint,
+            pending,
+            ..
+        } = waiting;
+        let Some(matched) = matched else {
+            let work = Work::Create {
                 record,
                 snapshot,
                 fingerprint,
                 pending,
-                ..
-            } = waiting;
-            match matched {
-                Matched::Hold(held) => {
-                    if let Some(work) = self
-                        .hold_or_resolve(record, snapshot, fingerprint, pending, held)
-                        .await?
-                    {
-                        pool.dispatch(self, work).await?;
-                    }
-                }
-                matched => {
-                    let work = Work::Create {
-                        record,
-                        snapshot,
-                        fingerprint,
-                        pending,
-                        matched: Some(matched),
-                    };
+                matched: None,
+            };
+            return pool.dispatch(self, work).await;
+        };
+        match matched {
+            Matched::Hold(held) => {
+                if let Some(work) = self
+                    .hold_or_resolve(record, snapshot, fingerprint, pending, held)
+                    .await?
+                {
                     pool.dispatch(self, work).await?;
                 }
+            }
+            matched => {
+                let work = Work::Create {
+                    record,
+                    snapshot,
+                    fingerprint,
+                    pending,
+                    matched: Some(matched),
+                };
+                pool.dispatch(self, work).await?;
             }
         }
         Ok(())
@@ -483,6 +585,13 @@ impl Cycle {
         let external_id = record.external_id.as_str();
         warn!(event = "record_held", external_id, contacts = ?held.contacts, reason = %held.reason, "record held: no contact can be chosen without guessing; nothing created or changed");
         metrics::counter!("quo_sync_records_total", "outcome" => "held").increment(1);
+        self.ctx.progress.held_match(super::HeldBack {
+            location: record.location.clone(),
+            external_id: Some(external_id.to_string()),
+            field: None,
+            value: None,
+            reason: held.reason.clone(),
+        });
         if self.mode == Mode::Apply {
             let value = held.contacts.join(" ");
             self.ctx
@@ -516,9 +625,13 @@ impl Cycle {
         let index = self
             .workspace
             .get_or_try_init(|| async {
+                // A dry run never lists twice: it plans on the listing it has.
+                let confirmed = self.mode == Mode::DryRun
+                    || self.ctx.ledger.meta(WORKSPACE_CONFIRMED).await?.is_some();
                 if self.ctx.ledger.meta(WORKSPACE_LISTED).await?.is_some() {
                     return Ok::<_, SyncError>(WorkspaceIndex {
                         ledger: self.ctx.ledger.clone(),
+                        confirmed,
                         _scratch: None,
                     });
                 }
@@ -528,6 +641,7 @@ impl Cycle {
                         self.list_workspace(&self.ctx.ledger).await?;
                         Ok(WorkspaceIndex {
                             ledger: self.ctx.ledger.clone(),
+                            confirmed,
                             _scratch: None,
                         })
                     }
@@ -539,6 +653,7 @@ impl Cycle {
                         self.list_workspace(&ledger).await?;
                         Ok(WorkspaceIndex {
                             ledger,
+                            confirmed,
                             _scratch: Some(scratch),
                         })
                     }
@@ -559,7 +674,23 @@ impl Cycle {
             event = "workspace_listing",
             "listing every contact already in Quo before the first creates (50 a page, resumable)"
         );
-        // The displays show it as what it is: a pass over Quo, before the read goes on.
+        self.listing_pass(ledger).await?;
+        if self.mode == Mode::Apply {
+            for event in ledger.inbox_pending(10_000).await? {
+                let Some(quo_id) = event.quo_id else { continue };
+                if ledger.record_by_quo_id(&quo_id).await?.is_none() {
+                    crate::reverse::intake::index_contact(ledger, &self.ctx.client, &quo_id)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One complete pass over the workspace into `ledger`'s index (resuming one cut short;
+    /// restarted up to three times when Quo refuses its page tokens). The displays show it as
+    /// what it is: a pass over Quo, before the read goes on.
+    pub(super) async fn listing_pass(&self, ledger: &Ledger) -> Result<(), SyncError> {
         let shown = &self.ctx.progress;
         shown.enter(super::CyclePhase::Intake);
         let mut restarts = 0;
@@ -599,15 +730,6 @@ impl Cycle {
             }
         }
         shown.enter(super::CyclePhase::Reading);
-        if self.mode == Mode::Apply {
-            for event in ledger.inbox_pending(10_000).await? {
-                let Some(quo_id) = event.quo_id else { continue };
-                if ledger.record_by_quo_id(&quo_id).await?.is_none() {
-                    crate::reverse::intake::index_contact(ledger, &self.ctx.client, &quo_id)
-                        .await?;
-                }
-            }
-        }
         Ok(())
     }
 

@@ -15,7 +15,9 @@
 
 mod absences;
 mod adopt;
+mod confirm;
 mod copies;
+mod create;
 mod execute;
 mod export;
 mod freshen;
@@ -30,7 +32,7 @@ mod scope;
 mod settle;
 
 pub use plan::{Action, PlannedOp};
-pub use progress::{CyclePhase, CycleProgress, HeldBack, ProgressSnapshot, WriteKind};
+pub use progress::{CyclePhase, CycleProgress, HeldBack, ProgressSnapshot, ReadTally, WriteKind};
 pub use scope::ScopeRules;
 
 use std::collections::{HashMap, HashSet};
@@ -220,12 +222,30 @@ pub struct CycleReport {
     pub interrupted: bool,
     /// Deletions the mass-deletion guard refused (nothing was deleted).
     pub mass_delete_refused: bool,
+    /// What the guard refused, when this cycle's settle phase refused it (a scan's refusal
+    /// sets only `mass_delete_refused`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mass_delete_refusal: Option<MassDeleteRefusal>,
     /// Where the time went, by phase.
     pub phases_ms: PhaseTimes,
     /// The pause that kept this cycle from writing (at its start: nothing was done; during it:
     /// it stopped taking records).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<crate::ledger::Pause>,
+}
+
+/// Deletions the guard refused, in numbers an operator can weigh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MassDeleteRefusal {
+    /// Deletions (or unlinks) the cycle would have made.
+    pub would_delete: usize,
+    /// Records linked to a contact when the cycle began.
+    pub linked: usize,
+    /// The most one cycle may delete (`sync.max_delete_fraction` of `linked`, at least one).
+    pub allowed: usize,
+    /// Refused because the API key was not shown to answer for the synced workspace (a key
+    /// for another workspace sees none of our contacts), not for their number.
+    pub workspace_unconfirmed: bool,
 }
 
 /// Milliseconds per phase of a cycle. `read` (the source's own reading thread) and `index` (the
@@ -294,6 +314,8 @@ struct Cycle {
     failed_since: Mutex<Option<DateTime<Utc>>>,
     /// Whether the mass-deletion guard refused this cycle's deletions.
     mass_delete_refused: AtomicBool,
+    /// The first refusal of this cycle's settle phase, in numbers.
+    refusal: std::sync::Mutex<Option<MassDeleteRefusal>>,
     /// The linked records when the cycle first guarded a deletion: what the guard measures.
     linked_at_start: tokio::sync::OnceCell<usize>,
     /// Deletions of every kind this cycle let through so far.
@@ -332,6 +354,8 @@ struct Cycle {
     workspace_rechecked: tokio::sync::OnceCell<bool>,
     /// Records with matches, waiting for the whole read.
     deferred: Mutex<Vec<matching::Deferred>>,
+    /// Whether two listings agree, once this cycle asked (`confirm.rs`).
+    confirmation: tokio::sync::OnceCell<bool>,
     /// Operators' answers to held records, by external id.
     decisions: HashMap<String, crate::ledger::MatchDecision>,
     /// Contacts made in Quo on their way to the CRM (not done), by Quo id.
@@ -441,6 +465,7 @@ pub async fn run_cycle(ctx: &SyncContext, mode: Mode) -> Result<CycleReport, Syn
             operations: Vec::new(),
             interrupted: false,
             mass_delete_refused: false,
+            mass_delete_refusal: None,
             phases_ms: PhaseTimes::default(),
             paused: Some(pause),
         });
@@ -632,6 +657,7 @@ impl Cycle {
             crm_deletes: Mutex::new(Vec::new()),
             failed_since: Mutex::new(None),
             mass_delete_refused: AtomicBool::new(false),
+            refusal: std::sync::Mutex::new(None),
             linked_at_start: tokio::sync::OnceCell::new(),
             deletions_spent: std::sync::atomic::AtomicUsize::new(0),
             missing: Mutex::new(Vec::new()),
@@ -648,6 +674,7 @@ impl Cycle {
             workspace: tokio::sync::OnceCell::new(),
             workspace_rechecked: tokio::sync::OnceCell::new(),
             deferred: Mutex::new(Vec::new()),
+            confirmation: tokio::sync::OnceCell::new(),
             claimed: decisions
                 .iter()
                 .filter_map(|(id, d)| match d {
@@ -695,6 +722,10 @@ impl Cycle {
             mass_delete_refused: self
                 .mass_delete_refused
                 .load(std::sync::atomic::Ordering::Relaxed),
+            mass_delete_refusal: *self
+                .refusal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             phases_ms: *self
                 .phases
                 .lock()

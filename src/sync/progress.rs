@@ -59,6 +59,27 @@ pub struct CycleProgress {
     pages_scanned: AtomicU64,
     held_back: Mutex<Vec<HeldBack>>,
     held_total: AtomicU64,
+    /// Creates dispatched that adopt a contact already in Quo (counted in `planned` too).
+    adopting: AtomicU64,
+    /// Records held before create (day one), with the contacts they match.
+    held_matches: Mutex<Vec<HeldBack>>,
+    /// What the read decided, once every record's fate is known.
+    decided: Mutex<Option<ReadTally>>,
+}
+
+/// What a cycle's read decided about the records it sends no write for, published once the
+/// matches are decided (the read line says it; before, a display cannot tell).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadTally {
+    /// Records that need no write.
+    pub unchanged: u64,
+    /// Records outside `sync.filter` (including those that left it this cycle).
+    pub out_of_scope: u64,
+    /// Records `sync.mode` skips (`update_only`'s unlinked records).
+    pub skipped_by_mode: u64,
+    /// Records held before create: they match contacts already in Quo that cannot be chosen
+    /// without guessing.
+    pub held: u64,
 }
 
 /// A copy of the counters at one moment.
@@ -76,6 +97,10 @@ pub struct ProgressSnapshot {
     pub pages_scanned: u64,
     /// Rows held back so far.
     pub held_back: u64,
+    /// Creates that adopt a contact already in Quo (counted in `planned[0]` too).
+    pub adopting: u64,
+    /// What the read decided, once known.
+    pub decided: Option<ReadTally>,
 }
 
 impl ProgressSnapshot {
@@ -117,7 +142,33 @@ impl CycleProgress {
         for counter in self.planned.iter().chain(self.confirmed.iter()) {
             counter.store(0, Ordering::Relaxed);
         }
+        self.adopting.store(0, Ordering::Relaxed);
         self.lock_held().clear();
+        lock(&self.held_matches).clear();
+        *lock(&self.decided) = None;
+    }
+
+    /// A create that adopts a contact already in Quo was dispatched.
+    pub fn adopting(&self) {
+        self.adopting.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A record was held before create (day one's matching).
+    pub fn held_match(&self, row: HeldBack) {
+        let mut kept = lock(&self.held_matches);
+        if kept.len() < HELD_BACK_KEPT {
+            kept.push(row);
+        }
+    }
+
+    /// The first [`HELD_BACK_KEPT`] records held before create this cycle.
+    pub fn held_matches(&self) -> Vec<HeldBack> {
+        lock(&self.held_matches).clone()
+    }
+
+    /// The read's decisions are all taken (matches included).
+    pub fn decided(&self, tally: ReadTally) {
+        *lock(&self.decided) = Some(tally);
     }
 
     /// The cycle moved on.
@@ -184,14 +235,20 @@ impl CycleProgress {
             confirmed: load(&self.confirmed),
             pages_scanned: self.pages_scanned.load(Ordering::Relaxed),
             held_back: self.held_total.load(Ordering::Relaxed),
+            adopting: self.adopting.load(Ordering::Relaxed),
+            decided: *lock(&self.decided),
         }
     }
 
     fn lock_held(&self) -> std::sync::MutexGuard<'_, Vec<HeldBack>> {
-        self.held_back
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.held_back)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

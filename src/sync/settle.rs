@@ -55,6 +55,15 @@ impl Cycle {
             // Matches need the whole read: a contact two records match is known only now.
             self.decide_matches(&mut pool, complete).await?;
         }
+        {
+            let counts = self.counts.lock().await;
+            self.ctx.progress.decided(super::ReadTally {
+                unchanged: counts.unchanged,
+                out_of_scope: counts.out_of_scope,
+                skipped_by_mode: counts.skipped_by_mode,
+                held: counts.held,
+            });
+        }
         if read_whole {
             // Quo-side changes whose record this read did not return.
             let leftovers: Vec<_> = self.quo_changed.lock().await.drain().collect();
@@ -217,13 +226,14 @@ impl Cycle {
             })
             .await?;
         let spent = self.deletions_spent.load(Ordering::Acquire);
-        if !self
-            .ctx
-            .settings
-            .delete_guard()
-            .permits(what, spent + count, linked)
-        {
-            self.mass_delete_refused.store(true, Ordering::Relaxed);
+        let guard = self.ctx.settings.delete_guard();
+        if !guard.permits(what, spent + count, linked) {
+            self.refused(super::MassDeleteRefusal {
+                would_delete: spent + count,
+                linked,
+                allowed: guard.allowed(linked),
+                workspace_unconfirmed: false,
+            });
             return Ok(false);
         }
         self.deletions_spent.fetch_add(count, Ordering::AcqRel);
@@ -299,10 +309,24 @@ impl Cycle {
                 "refusing to act on contacts Quo says are gone while the key is not shown to answer for the synced workspace; nothing was deleted or unlinked"
             );
             metrics::counter!("quo_sync_mass_delete_refused_total").increment(1);
-            self.mass_delete_refused.store(true, Ordering::Relaxed);
+            self.refused(super::MassDeleteRefusal {
+                would_delete: absent.len(),
+                linked: self.linked_at_start.get().copied().unwrap_or_default(),
+                allowed: 0,
+                workspace_unconfirmed: true,
+            });
             return Ok(false);
         }
         self.guard_deletions(what, absent.len()).await
+    }
+
+    /// Marks the cycle's deletions refused, keeping the first refusal's numbers for the report.
+    fn refused(&self, refusal: super::MassDeleteRefusal) {
+        self.mass_delete_refused.store(true, Ordering::Relaxed);
+        self.refusal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(refusal);
     }
 
     /// PATCHes answered 404 this cycle: `reverse.on_quo_delete` applies to all of them, or (the

@@ -49,13 +49,21 @@ const DRAWN_BY_THE_VIEW: &[&str] = &[
     "standby",
     "progress",
     "quo_scanned",
+    // The resolved source and ledger are named by the view's `Syncing` line (a value in a log
+    // line is cut to its file name, which says nothing about where it was found).
+    "config_path",
+    // Said by the view's `Paused` line (`once`) and status line (`run`).
+    "cycle_paused",
     // Day one's listing of the workspace: drawn as the scan's bar.
     "workspace_listing",
     "workspace_listed",
+    // The listing that confirms it (`sync::confirm`): the same bar again.
+    "workspace_listing_confirming",
+    "workspace_listing_confirmed",
 ];
 
 /// Events about one row whose summary comes from the cycle itself (`CycleProgress::held_back`).
-const HELD_BACK: &[&str] = &["record_quarantined", "record_unreadable"];
+const HELD_BACK: &[&str] = &["record_quarantined", "record_unreadable", "record_held"];
 
 /// What becomes of one event in the human view.
 #[derive(Debug, PartialEq, Eq)]

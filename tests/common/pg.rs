@@ -8,6 +8,9 @@
 //! certificate made by Debian's `openssl` command (`tls()` hands the CA and an unrelated CA to
 //! the TLS tests). Without PostgreSQL binaries each test says `SKIPPED` in the `cargo test`
 //! output, except under `CI`, where it fails.
+//!
+//! A test that restarts the server gets one of its own ([`OwnServer`]): a restart of the shared
+//! cluster would cut the connections of the binary's other tests.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -156,102 +159,245 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// An initialised data directory and how to start the server on it.
+#[derive(Clone)]
+struct Server {
+    bin: PathBuf,
+    dir: PathBuf,
+    data: PathBuf,
+    options: String,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Server {
+    /// `initdb` in a new temp folder (as `postgres` when we are root), on a free loopback port;
+    /// `tls` makes a throwaway CA and serves `ssl = on` with it.
+    fn init(tls: bool) -> Option<(Server, Option<Tls>)> {
+        let bin = bin_dir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("quo-sync-pg-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        let data = dir.join("data");
+        let certificates = tls.then(|| make_certificates(&dir));
+        if is_root() {
+            let mut chown = Command::new("chown");
+            chown.args(["postgres:postgres"]).arg(&dir);
+            if tls {
+                chown.arg(dir.join("server.key"));
+            }
+            let status = chown.status().expect("chown");
+            assert!(status.success(), "chown postgres {}", dir.display());
+        }
+        let out = run_as_postgres(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut options = format!(
+            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            dir = dir.display()
+        );
+        if tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
+                dir = dir.display()
+            ));
+        }
+        let log = dir.join("postgres.log");
+        let server = Server {
+            bin,
+            dir,
+            data,
+            options,
+            log,
+            port,
+        };
+        server.start();
+        server.watchdog();
+        Some((server, certificates))
+    }
+
+    /// `pg_ctl start`, waiting until the server accepts connections.
+    fn start(&self) {
+        let out = run_as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                self.log.to_str().unwrap(),
+                "-o",
+                &self.options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// `pg_ctl stop -m <mode>` (`fast`: sessions are ended, `immediate`: a crash).
+    fn stop(&self, mode: &str) {
+        let out = run_as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", self.data.to_str().unwrap(), "-m", mode, "-w", "stop"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Once this process is gone (however it exits), stops the server and removes its folder:
+    /// a static's Drop never runs.
+    fn watchdog(&self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let stop = if is_root() {
+            format!(
+                "runuser -u postgres -- {} -D {} stop -m immediate",
+                pg_ctl.display(),
+                self.data.display()
+            )
+        } else {
+            format!(
+                "{} -D {} stop -m immediate",
+                pg_ctl.display(),
+                self.data.display()
+            )
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            dir = self.dir.display()
+        );
+        // Detached on purpose: it must outlive this process to stop the server after it.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the cluster watchdog");
+    }
+}
+
 fn start() -> Option<Cluster> {
     // Without the binaries each test that asks for a database is skipped visibly (a failure
     // under CI): see `database`.
-    let bin = bin_dir()?;
-    let dir = tempfile::Builder::new()
-        .prefix("quo-sync-pg-")
-        .tempdir()
-        .expect("temp dir")
-        .keep();
-    let data = dir.join("data");
-    let tls = make_certificates(&dir);
-    if is_root() {
-        let status = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&dir)
-            .arg(dir.join("server.key"))
-            .status()
-            .expect("chown");
-        assert!(status.success(), "chown postgres {}", dir.display());
+    let (server, tls) = Server::init(true)?;
+    Some(Cluster {
+        port: server.port,
+        tls: tls.expect("made with the cluster"),
+    })
+}
+
+/// A PostgreSQL server of one test's own, which it may stop and start again (the shared cluster
+/// serves the binary's other tests, which a restart would disturb). Stopped and removed on drop.
+pub struct OwnServer {
+    server: Server,
+}
+
+impl OwnServer {
+    /// A new server (no TLS) with an empty database `quo`, or `None` (the test is skipped
+    /// visibly; under CI a failure) when PostgreSQL is not installed.
+    pub async fn start() -> Option<OwnServer> {
+        let Some((server, _)) = tokio::task::spawn_blocking(|| Server::init(false))
+            .await
+            .expect("server start")
+        else {
+            super::skip(
+                "PostgreSQL is not installed (initdb and pg_ctl under /usr/lib/postgresql/*/bin or on PATH; apt-get install postgresql)",
+            );
+            return None;
+        };
+        use sqlx::Connection;
+        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port);
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("connect to the server");
+        sqlx::query("CREATE DATABASE quo")
+            .execute(&mut conn)
+            .await
+            .expect("create the database");
+        conn.close().await.ok();
+        Some(OwnServer { server })
     }
-    let out = run_as_postgres(
-        &bin.join("initdb"),
-        &[
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let port = free_port();
-    let options = format!(
-        "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
-        dir = dir.display()
-    );
-    let pg_ctl = bin.join("pg_ctl");
-    let log = dir.join("postgres.log");
-    let out = run_as_postgres(
-        &pg_ctl,
-        &[
-            "-D",
-            data.to_str().unwrap(),
-            "-l",
-            log.to_str().unwrap(),
-            "-o",
-            &options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "pg_ctl start failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    // The watchdog: once this process is gone, stop the cluster and remove its folder.
-    let stop = if is_root() {
-        format!(
-            "runuser -u postgres -- {} -D {} stop -m immediate",
-            pg_ctl.display(),
-            data.display()
-        )
-    } else {
-        format!(
-            "{} -D {} stop -m immediate",
-            pg_ctl.display(),
-            data.display()
-        )
-    };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
-        pid = std::process::id(),
-        dir = dir.display()
-    );
-    // Detached on purpose: it must outlive this process to stop the cluster after it.
-    #[allow(clippy::zombie_processes)]
-    let _watchdog = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the cluster watchdog");
-    Some(Cluster { port, tls })
+
+    /// The URL of its database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/quo", self.server.port)
+    }
+
+    /// When the server (its postmaster) started, as it says.
+    pub async fn started_at(&self) -> String {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url())
+            .await
+            .expect("connect to the server");
+        let at: String = sqlx::query_scalar("SELECT pg_postmaster_start_time()::text")
+            .fetch_one(&mut conn)
+            .await
+            .expect("ask the start time");
+        conn.close().await.ok();
+        at
+    }
+
+    /// Stops the server (`mode`: `fast` ends every session as a service restart does,
+    /// `immediate` as a crash), leaves it down for `down_for`, starts it again on the same port
+    /// and data, and returns once it accepts connections.
+    pub async fn restart(&self, mode: &'static str, down_for: std::time::Duration) {
+        let server = self.server.clone();
+        tokio::task::spawn_blocking(move || server.stop(mode))
+            .await
+            .expect("stop");
+        tokio::time::sleep(down_for).await;
+        let server = self.server.clone();
+        tokio::task::spawn_blocking(move || server.start())
+            .await
+            .expect("start");
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = run_as_postgres(
+            &self.server.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.server.data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&self.server.dir);
+    }
 }
 
 /// The cluster's CA and an unrelated CA (starting the cluster if needed), or `None` when

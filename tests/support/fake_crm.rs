@@ -73,6 +73,10 @@ struct Inner {
     created: u64,
     /// The next creates apply, then answer 502: their answer is lost.
     lose_create_answers: u32,
+    /// The next creates are left out of list answers (a list that lags) until revealed.
+    hide_creates: u32,
+    /// Records made while `hide_creates` was armed, not listed yet.
+    hidden: Vec<String>,
 }
 
 struct Shared {
@@ -182,6 +186,19 @@ impl FakeCrm {
     /// Delays the next requests by these many milliseconds each (before anything else).
     pub fn push_delays(&self, delays_ms: impl IntoIterator<Item = u64>) {
         self.shared.delays.lock().unwrap().extend(delays_ms);
+    }
+
+    /// The next `n` creates are left out of list answers (the CRM's list lags them) until
+    /// [`FakeCrm::reveal_creates`]; `GET /contacts/{id}` serves them.
+    pub fn hide_creates_from_lists(&self, n: u32) {
+        self.shared.inner.lock().unwrap().hide_creates = n;
+    }
+
+    /// Lists the records [`FakeCrm::hide_creates_from_lists`] hid: the list has caught up.
+    pub fn reveal_creates(&self) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        inner.hidden.clear();
+        inner.hide_creates = 0;
     }
 
     /// The next `n` creates (`POST /contacts`) are applied, then answered 502: the client never
@@ -337,6 +354,10 @@ async fn handle(
                 record["updated_at"] = json!(Utc::now().to_rfc3339());
             }
             inner.contacts.push(record.clone());
+            if inner.hide_creates > 0 {
+                inner.hide_creates -= 1;
+                inner.hidden.push(id.clone());
+            }
             inner.versions.insert(id, 1);
             if inner.lose_create_answers > 0 {
                 inner.lose_create_answers -= 1;
@@ -454,6 +475,7 @@ fn list(
     let records: Vec<Value> = inner
         .contacts
         .iter()
+        .filter(|c| !inner.hidden.iter().any(|h| c["id"] == h.as_str()))
         .filter(|c| match since {
             None => true,
             Some(since) => c["updated_at"]

@@ -38,7 +38,9 @@
 //! parser (hash, byte order mark, UTF-16, line positions); `read.rs` turns rows into records or
 //! quarantined rows; `write.rs` rewrites changed cells in place.
 
+mod cells;
 mod dialect;
+mod digest;
 mod read;
 mod stream;
 mod write;
@@ -56,10 +58,11 @@ use sha2::{Digest, Sha256};
 use super::*;
 use crate::config::{CsvDelimiter, CsvEncoding, MappingConfig};
 use crate::mapping::RawFingerprint;
+use cells::{Cells, RowText};
 pub use dialect::{DelimiterBy, Dialect, EncodingBy, FileEncoding, LineEnding, Unrepresentable};
 use dialect::{choose_delimiter, judge, quotes_every_name};
-pub use read::RawRow;
-use read::{Cells, RowText, Sink, read_file};
+pub use digest::RawRow;
+use read::{Sink, read_file};
 use stream::{Head, Tracked};
 use write::write_file;
 

@@ -16,8 +16,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
 
+use super::cells::{RowText, TextRule};
 use super::dialect::{split_fields, unquote};
-use super::read::{RowId, RowText, TextRule, is_blank, problems, row_id};
+use super::read::{RowId, is_blank, problems, row_id};
 use super::stream::HashingReader;
 use super::*;
 

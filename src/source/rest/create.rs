@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use super::RestSource;
 use super::config::RestConfigError;
 use super::write::wrap;
+use crate::config::HumanDuration;
 use crate::domain::ExternalId;
 use crate::source::{Created, NewRecord, SourceError, WriteGuard};
 
@@ -50,6 +51,18 @@ pub struct CreateConfig {
     pub wrap_array: bool,
     /// JSON pointer to the new record's id in the answer (`/id`, `/data/0/details/id`).
     pub id_pointer: String,
+    /// How long the CRM's list may lag a create: a create whose answer was lost is only looked
+    /// for (by the Quo id it carries) until a complete read that started this long after its
+    /// intent has not shown it; then it is sent again. Default 10 minutes.
+    #[serde(default = "default_lookup_window")]
+    pub lookup_window: HumanDuration,
+}
+
+/// How long a CRM's list is assumed to lag a create unless `create.lookup_window` says.
+pub const DEFAULT_LOOKUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn default_lookup_window() -> HumanDuration {
+    HumanDuration(DEFAULT_LOOKUP_WINDOW)
 }
 
 impl CreateConfig {
@@ -86,6 +99,14 @@ impl RestSource {
     /// Whether `[source.rest.create]` is configured.
     pub fn can_create(&self) -> bool {
         self.config.create.is_some()
+    }
+
+    /// `create.lookup_window` (the default when creating is not configured).
+    pub fn create_lookup_window(&self) -> std::time::Duration {
+        self.config
+            .create
+            .as_ref()
+            .map_or(DEFAULT_LOOKUP_WINDOW, |c| c.lookup_window.0)
     }
 
     /// Creates each record, one request each, never twice: `Made` with the id from the answer,
