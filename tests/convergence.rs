@@ -33,6 +33,31 @@
 //! app-made contact becomes exactly one CRM row linked to it (with `create_in_crm`) or is never
 //! written (without).
 //!
+//! A key for the wrong workspace (#21, `convergence/foreign.rs`): once a cycle has completed,
+//! with probability 0.08 per step the key points at another workspace for 1 to 3 steps (every
+//! home id 404, lists empty), then home again. After every cycle in the window: no record linked
+//! when it opened lost or changed its Quo id (unless it left the CRM or scope), none of those
+//! contacts was deleted at home or appeared in the other workspace, and every finished cycle
+//! refused to act on the absences it saw (`mass_delete_refused`, the guard or the read-back),
+//! even when the operator had allowed mass deletion before the key moved (the allowance is
+//! withdrawn; no operator vouches for `workspace_unconfirmed`). New rows are still added in the
+//! window: a record first created before the cycle's read-back has run goes where the key
+//! points, so the end invariants check one contact per record at home only. A run of several
+//! seeds must have finished a cycle against the other workspace.
+//!
+//! Scope (#27, `convergence/scope.rs`): `sync.filter` admits a record unless its `vip` cell
+//! says no; CRM edits toggle `vip` (a quarter of field edits), Quo edits of it are written back,
+//! new rows are out of scope three times in ten, and seeds rotate `sync.on_leave_scope`
+//! (`keep`, `unlink`, `delete` by `(seed / 4) % 3`). Around every cycle, killed or not, for each
+//! record out of scope in the CSV it reads: no contact created, its contacts not updated, its CRM
+//! row not written (a Quo edit to it is not written back); after a finished cycle a record that
+//! was linked is kept, unlinked or deleted as configured (a deletion the guard refused keeps it
+//! linked). A record back in scope whose contact is still in Quo links that contact again and
+//! gains none. At the end an out-of-scope record holds at most one contact, linked under
+//! `keep`, unlinked under `unlink`, none under `delete`; in-scope records get every invariant
+//! below. The test judges scope itself, apart from the product's filter. A run of several seeds
+//! must have had records leave scope and come back relinked.
+//!
 //! Seeds rotate the conflict policy (`newest`, `crm`, `quo`), turn the mass-deletion guard on
 //! (`max_delete_fraction = 0.25`, with exports cut short that it must refuse) for even seeds,
 //! and draw PATCH semantics (merge or replace) and whether Quo answers 409 to a repeated
@@ -71,10 +96,14 @@ mod common;
 mod day_one;
 #[path = "convergence/faults.rs"]
 mod faults;
+#[path = "convergence/foreign.rs"]
+mod foreign;
 #[path = "convergence/invariants.rs"]
 mod invariants;
 #[path = "convergence/model.rs"]
 mod model;
+#[path = "convergence/scope.rs"]
+mod scope;
 #[path = "convergence/world.rs"]
 mod world;
 
@@ -122,6 +151,11 @@ struct KillTally {
     in_place_overlaps: u32,
     counted: world::CountTally,
     calls: activity::CallTally,
+    /// Records that left scope, came back relinked to their contact; cycles finished while
+    /// the key pointed at another workspace.
+    left_scope: u64,
+    relinked: u64,
+    foreign_cycles: u32,
 }
 
 /// The world for `seed`: its policy, guard, PATCH semantics and 409 switch, and six records.
@@ -136,10 +170,11 @@ async fn world_for(seed: u64) -> World {
     };
     let conflict_on_duplicate = rng.random_bool(0.5);
     let create_in_crm = (seed / 2) % 2 == 1;
+    let on_leave = scope::ON_LEAVE[((seed / 4) % 3) as usize];
     let fraction = if guarded { 0.25 } else { 1.0 };
     trace(|| {
         format!(
-            "seed {seed}: conflict {policy}, max_delete_fraction {fraction}, {patch_mode:?} PATCH, 409 {conflict_on_duplicate}"
+            "seed {seed}: conflict {policy}, max_delete_fraction {fraction}, {patch_mode:?} PATCH, 409 {conflict_on_duplicate}, on_leave_scope {on_leave}"
         )
     });
     let initial: Vec<String> = (1..=6).map(|i| row(&format!("k-{i}"), i)).collect();
@@ -151,8 +186,9 @@ async fn world_for(seed: u64) -> World {
             ..SandboxConfig::default()
         },
         &format!(
-            "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = {fraction}\n\
+            "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = {fraction}\nfilter = '{}'\non_leave_scope = \"{on_leave}\"\n\
              [reverse]\nwebhook_secret = \"{}\"\npoll_interval = \"1ms\"\nconflict = \"{policy}\"\non_quo_delete = \"recreate\"\ncreate_in_crm = {create_in_crm}\n",
+            scope::FILTER,
             whsec()
         ),
     )
@@ -172,6 +208,7 @@ async fn world_for(seed: u64) -> World {
     std::fs::write(&app.config_path, config).unwrap();
     app.restart().await;
     let mut world = World::new(app, rng, policy, guarded, 6).await;
+    world.scope.on_leave = on_leave;
     world.seed_existing(create_in_crm);
     world
 }
@@ -185,6 +222,7 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
     let mut calls = activity::Calls::start(&world, seed).await;
     for step in 1..=steps {
         trace(|| format!("step {step}"));
+        world.foreign_step().await;
         for _ in 0..world.rng.random_range(0..3) {
             world.edit_crm().await;
         }
@@ -224,6 +262,9 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
         calls.step(&world).await;
     }
     trace(|| "quiet".into());
+    if world.foreign.on() {
+        world.foreign_off();
+    }
     common::sandbox_clear_faults(&world.app.sandbox.base_url()).await;
     world.point_webhooks().await;
     world.quiet(QUIET_CAP).await;
@@ -235,6 +276,9 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
         in_place_overlaps: world.in_place_overlaps,
         counted: world.counted,
         calls,
+        left_scope: world.scope.left,
+        relinked: world.scope.relinked,
+        foreign_cycles: world.foreign.cycles,
     }
 }
 
@@ -316,6 +360,9 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
                 tally.kills += seed_tally.kills;
                 tally.mid_write += seed_tally.mid_write;
                 tally.in_place_overlaps += seed_tally.in_place_overlaps;
+                tally.left_scope += seed_tally.left_scope;
+                tally.relinked += seed_tally.relinked;
+                tally.foreign_cycles += seed_tally.foreign_cycles;
                 tally.counted.merge(seed_tally.counted);
                 tally.calls.merge(seed_tally.calls);
                 None
@@ -340,11 +387,14 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
     let counted = tally.counted;
     activity::run_checks(&tally.calls, seeds.len());
     eprintln!(
-        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight, {} cycles over a CSV half-written in place; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s) and {} failed ones; {} contacts adopted, {} made in the app exported to the CRM",
+        "convergence: {} seeds, {} kills mid-cycle, {} with a write in flight, {} cycles over a CSV half-written in place, {} records left scope, {} relinked back in scope, {} cycles against another workspace; counters checked after {} cycles ({} with writes, {} with rows held back, {} with 429s) and {} failed ones; {} contacts adopted, {} made in the app exported to the CRM",
         seeds.len(),
         tally.kills,
         tally.mid_write,
         tally.in_place_overlaps,
+        tally.left_scope,
+        tally.relinked,
+        tally.foreign_cycles,
         counted.cycles,
         counted.with_writes,
         counted.with_held_back,
@@ -366,6 +416,16 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
         assert!(
             tally.in_place_overlaps > 0,
             "no cycle started while the CSV was being written in place: the half-written file went untested"
+        );
+        assert!(
+            tally.left_scope > 0 && tally.relinked > 0,
+            "no record left scope and came back relinked ({} left, {} relinked): scope went untested",
+            tally.left_scope,
+            tally.relinked
+        );
+        assert!(
+            tally.foreign_cycles > 0,
+            "no cycle finished while the key pointed at another workspace: the fault went untested"
         );
         assert!(
             counted.with_writes > 0 && counted.with_429s > 0 && counted.failed > 0,

@@ -113,6 +113,126 @@ async fn deletions_made_in_quo_within_the_guard_are_still_applied() {
     }
 }
 
+/// A record added to the CRM while the key points at another workspace is not created there
+/// once the cycle's scan has read linked contacts back and not found them: creates wait until
+/// the key is shown to answer for our workspace again. (Created there, its contact would be the
+/// one linked id the next read-back finds, vouching for the wrong workspace, and every absence
+/// would then be acted on: the whole CRM re-created in it.)
+#[tokio::test]
+async fn a_record_added_while_the_key_points_at_another_workspace_is_created_at_home_only() {
+    let app = synced_app("recreate", 1.0).await;
+    let mut rows21 = rows(20);
+    rows21.push(row("c-21", 21));
+    app.write_csv(&csv(&rows21));
+    app.sandbox.set_foreign_workspace(true);
+    for _ in 0..3 {
+        let report = app.cycle().await;
+        assert!(report.mass_delete_refused, "{report:#?}");
+        assert_eq!(report.counts.created, 0, "{report:#?}");
+        assert_nothing_unlinked_or_leaked(&app).await;
+    }
+    app.sandbox.set_foreign_workspace(false);
+    let report = app.cycle().await;
+    assert_eq!(report.counts.created, 1, "{report:#?}");
+    let ids: Vec<String> = (1..=21).map(|i| format!("c-{i}")).collect();
+    app.assert_one_contact_per_record(&ids).await;
+    assert!(app.sandbox.foreign_contacts().is_empty());
+}
+
+/// A record deleted from the CRM while the key points at another workspace: the DELETE there
+/// is not sent, or its 404 is not taken for "already gone", so the record stays linked and its
+/// contact at home is deleted once the key points home again (not left behind as a stray).
+#[tokio::test]
+async fn a_record_deleted_while_the_key_points_at_another_workspace_is_deleted_at_home() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(20)),
+        SandboxConfig::default(),
+        "[sync]\non_source_delete = \"delete\"\nmax_delete_fraction = 1.0\n\
+         [reverse]\npoll_interval = \"1ms\"\non_quo_delete = \"recreate\"\n",
+    )
+    .await;
+    app.cycle().await;
+    let gone = app.quo_id("c-20");
+    app.write_csv(&csv(&rows(19)));
+    // A deletion needs two complete reads that agree: the first at home, the second not.
+    app.cycle().await;
+    app.sandbox.set_foreign_workspace(true);
+    for _ in 0..2 {
+        let report = app.cycle().await;
+        assert_eq!(report.counts.deleted, 0, "{report:#?}");
+        assert_eq!(
+            app.row("c-20").await.quo_id.map(|q| q.0).as_deref(),
+            Some(gone.as_str()),
+            "c-20 was unlinked by a DELETE another workspace answered"
+        );
+    }
+    app.sandbox.set_foreign_workspace(false);
+    let report = app.cycle().await;
+    assert_eq!(report.counts.deleted, 1, "{report:#?}");
+    assert!(
+        app.sandbox.contact(&gone).is_none(),
+        "c-20's contact stays at home"
+    );
+    assert_eq!(app.sandbox.contacts().len(), 19);
+    assert!(app.sandbox.foreign_contacts().is_empty());
+}
+
+/// Records held on day one (a person entered twice, another integration's contact) stay held
+/// while the key points at another workspace: its complete listing does not show the contacts
+/// they match, and each answers 404 there, but that absence is not acted on (the workspace
+/// index keeps them), so nothing is created for them, there or at home afterwards.
+#[tokio::test]
+async fn a_key_for_another_workspace_does_not_release_records_held_on_day_one() {
+    let app = TestApp::spawn_with(
+        &csv(&rows(4)),
+        SandboxConfig::default(),
+        "[reverse]\npoll_interval = \"1ms\"\n",
+    )
+    .await;
+    app.sandbox
+        .seed_existing_csv(
+            "first_name,last_name,email,phone,notes,source\n\
+             Kay,Twice,,(415) 555-1003,,\n\
+             Kay,Again,first3@example.com,,,\n\
+             Zed,Zapped,,(415) 555-1004,,zapier\n",
+        )
+        .unwrap();
+    let report = app.cycle().await;
+    assert_eq!(
+        (report.counts.created, report.counts.held),
+        (2, 2),
+        "{report:#?}"
+    );
+    app.sandbox.set_foreign_workspace(true);
+    for _ in 0..3 {
+        let report = app.cycle().await;
+        assert_eq!(report.counts.created, 0, "{report:#?}");
+    }
+    assert!(
+        app.sandbox.foreign_contacts().is_empty(),
+        "held records were created in the other workspace: {:#?}",
+        app.sandbox.foreign_contacts()
+    );
+    app.sandbox.set_foreign_workspace(false);
+    for _ in 0..2 {
+        app.cycle().await;
+    }
+    for held in ["c-3", "c-4"] {
+        assert_eq!(
+            app.sandbox.count_by_external_id(held),
+            0,
+            "{held} made a contact"
+        );
+        let row = app
+            .ledger()
+            .record(&quo_sync::domain::ExternalId::parse(held).unwrap())
+            .await
+            .unwrap();
+        assert!(row.and_then(|r| r.quo_id).is_none(), "{held} is linked");
+    }
+    assert_eq!(app.sandbox.contacts().len(), 5);
+}
+
 /// `quo-sync once` against a key for another workspace exits 3 and logs `mass_delete_refused`.
 #[tokio::test]
 async fn once_exits_3_when_the_key_points_at_another_workspace() {

@@ -77,16 +77,22 @@ async fn a_filter_keeps_12_of_40_rows_and_only_12_contacts_are_created() {
     assert_eq!((status.scope.in_scope, status.scope.out_of_scope), (12, 28));
 }
 
-/// Three records synced under a filter on `role`; r-2 is then edited out of scope and back.
-async fn leave_and_return(policy: &str) -> (TestApp, String) {
-    let app = TestApp::spawn_with(
-        &csv(&rows(3)),
+/// `rows` under a filter on `role` (`Buyer` is in scope) with `on_leave_scope = policy`, a
+/// guard at 0.5 and a scan every cycle.
+async fn spawn_filtered(rows: &[String], policy: &str) -> TestApp {
+    TestApp::spawn_with(
+        &csv(rows),
         SandboxConfig::default(),
         &format!(
             "[sync]\nfilter = 'record.role == \"Buyer\"'\non_leave_scope = \"{policy}\"\nmax_delete_fraction = 0.5\n[reverse]\npoll_interval = \"1ms\"\n"
         ),
     )
-    .await;
+    .await
+}
+
+/// Three records synced under a filter on `role`; r-2 is then edited out of scope and back.
+async fn leave_and_return(policy: &str) -> (TestApp, String) {
+    let app = spawn_filtered(&rows(3), policy).await;
     app.cycle().await;
     let quo_id = app.quo_id("r-2");
     let out = rows(3)
@@ -126,6 +132,101 @@ fn back_in_scope(app: &TestApp) {
     app.write_csv(&csv(&back));
 }
 
+/// A record whose create's answer was lost, edited back out of scope (to the very row it was
+/// last judged out of scope on) before the create is resolved: once the lookup finds its
+/// contact, the record leaves scope (here: unlinked), instead of taking that row for one already
+/// judged and staying linked and updated as if in scope.
+#[tokio::test]
+async fn a_lost_create_resolved_after_its_record_left_scope_again_leaves() {
+    let lead = |rows: Vec<String>| -> Vec<String> {
+        rows.into_iter()
+            .map(|r| {
+                if r.starts_with("r-2,") {
+                    r.replace(",Buyer,", ",Lead,")
+                } else {
+                    r
+                }
+            })
+            .collect()
+    };
+    let app = spawn_filtered(&lead(rows(3)), "unlink").await;
+    let report = app.cycle().await;
+    assert_eq!(report.counts.out_of_scope, 1, "{:?}", report.counts);
+    // In scope: its POST lands, the answer is lost and no list shows the contact yet.
+    app.write_csv(&csv(&rows(3)));
+    common::sandbox_fault(
+        &app.sandbox.base_url(),
+        serde_json::json!({"kind": "lagging_list", "next_created": 1, "scope": "all"}),
+    )
+    .await;
+    app.sandbox
+        .inject(quo_sync::sandbox::Fault::DropAfterWrite { count: 1 });
+    app.sandbox.set_webhook(None);
+    app.cycle().await;
+    assert_eq!(
+        app.sandbox.count_by_external_id("r-2"),
+        1,
+        "the POST landed"
+    );
+    assert_eq!(
+        ledger_row(&app, "r-2").await.state,
+        RecordState::PendingCreate
+    );
+    // Out of scope again, the very row judged at first; then the contact shows.
+    app.write_csv(&csv(&lead(rows(3))));
+    common::sandbox_clear_faults(&app.sandbox.base_url()).await;
+    for _ in 0..3 {
+        app.cycle().await;
+    }
+    let row = ledger_row(&app, "r-2").await;
+    assert_eq!(
+        (row.state, row.quo_id),
+        (RecordState::LeftScope, None),
+        "r-2 is out of scope, its contact found: it must leave (unlink)"
+    );
+    assert_eq!(
+        app.sandbox.count_by_external_id("r-2"),
+        1,
+        "no second contact"
+    );
+}
+
+/// A Quo edit of a field the filter reads, written back to the CRM, takes the record out of
+/// scope: the next cycle judges the row it wrote and the record leaves scope (here: unlinked),
+/// instead of taking the written row for unchanged and updating it as if in scope.
+#[tokio::test]
+async fn a_quo_edit_written_back_that_takes_a_record_out_of_scope_makes_it_leave() {
+    let app = spawn_filtered(&rows(3), "unlink").await;
+    app.cycle().await;
+    let quo_id = app.quo_id("r-2");
+    app.sandbox
+        .app_edit(
+            &quo_id,
+            serde_json::json!({"defaultFields": {"role": "Lead"}}),
+        )
+        .unwrap();
+    // The CRM changed another field meanwhile: the write-back is followed by a PATCH to Quo,
+    // which must not commit the written row as judged either.
+    let edited: Vec<String> = rows(3)
+        .into_iter()
+        .map(|r| r.replace("Acme 2,", "Moved Co,"))
+        .collect();
+    app.write_csv(&csv(&edited));
+    let report = app.cycle().await;
+    assert_eq!(
+        (report.counts.written_to_crm, report.counts.updated),
+        (1, 1),
+        "{:?}",
+        report.counts
+    );
+    assert!(app.csv_text().contains(",Lead,"), "{}", app.csv_text());
+    let report = app.cycle().await;
+    assert_eq!(report.counts.left_scope, 1, "{:?}", report.counts);
+    let row = ledger_row(&app, "r-2").await;
+    assert_eq!((row.state, row.quo_id), (RecordState::LeftScope, None));
+    assert!(app.sandbox.contact(&quo_id).is_some(), "the contact stays");
+}
+
 #[tokio::test]
 async fn a_record_that_leaves_scope_is_kept_and_relinks_with_no_duplicate() {
     let (app, quo_id) = leave_and_return("keep").await;
@@ -160,6 +261,67 @@ async fn a_record_that_leaves_scope_is_kept_and_relinks_with_no_duplicate() {
         "what changed while out reaches Quo once back: {:?}",
         report.operations
     );
+    assert_eq!(ledger_row(&app, "r-2").await.state, RecordState::Synced);
+    assert_eq!(
+        app.contact_for("r-2")["defaultFields"]["role"],
+        "Buyer",
+        "the edit made in Quo while out of scope is overwritten by the CRM's value on return"
+    );
+    assert!(!app.csv_text().contains("Edited in Quo"));
+}
+
+/// The same return while the key points at another workspace (the contact answers 404): the
+/// record is not relinked on its old base, which would merge the edit made in Quo while it was
+/// out into the CRM later; it comes back once the key points home, with the CRM's values.
+#[tokio::test]
+async fn a_record_back_in_scope_while_the_key_points_elsewhere_waits_for_its_contact() {
+    let (app, quo_id) = leave_and_return("keep").await;
+    app.sandbox
+        .app_edit(
+            &quo_id,
+            serde_json::json!({"defaultFields": {"lastName": "Typed while out"}}),
+        )
+        .unwrap();
+    app.cycle().await;
+    app.write_csv(&csv(&rows(3)));
+    app.sandbox.set_foreign_workspace(true);
+    for _ in 0..2 {
+        app.cycle().await;
+    }
+    assert_eq!(ledger_row(&app, "r-2").await.state, RecordState::LeftScope);
+    app.sandbox.set_foreign_workspace(false);
+    for _ in 0..3 {
+        app.cycle().await;
+    }
+    assert_eq!(app.quo_id("r-2"), quo_id, "relinked to its contact");
+    let contact = app.contact_for("r-2");
+    assert_eq!(contact["defaultFields"]["lastName"], "Last2", "{contact:#}");
+    assert!(!app.csv_text().contains("Typed while out"));
+    assert!(app.sandbox.foreign_contacts().is_empty());
+}
+
+/// A record that left scope and comes back with its row exactly as it was when it left (only
+/// the filter's field went out and back): the edit made in Quo meanwhile is not merged into the
+/// CRM, and both sides agree again (the CRM's value is sent), rather than the contact keeping a
+/// value the CRM never gets while nothing looks changed.
+#[tokio::test]
+async fn a_record_back_in_scope_unchanged_gets_the_crms_values_again() {
+    let (app, quo_id) = leave_and_return("keep").await;
+    app.sandbox
+        .app_edit(
+            &quo_id,
+            serde_json::json!({"defaultFields": {"lastName": "Typed while out"}}),
+        )
+        .unwrap();
+    app.cycle().await;
+    app.write_csv(&csv(&rows(3)));
+    app.cycle().await;
+    app.cycle().await;
+    assert_eq!(app.quo_id("r-2"), quo_id, "relinked to its contact");
+    let contact = app.contact_for("r-2");
+    assert_eq!(contact["defaultFields"]["lastName"], "Last2", "{contact:#}");
+    assert_eq!(contact["defaultFields"]["company"], "Acme 2", "{contact:#}");
+    assert!(!app.csv_text().contains("Typed while out"));
     assert_eq!(ledger_row(&app, "r-2").await.state, RecordState::Synced);
 }
 

@@ -171,12 +171,15 @@ fn decode_row(row: StoredRecord) -> Result<RecordRow, LedgerError> {
 }
 
 /// A pending row: a create's intent (`$3` NULL) or an adoption's (`$3` the contact); a row that
-/// has a Quo id keeps it.
+/// has a Quo id keeps it. The fingerprint of an earlier judgement (out of scope, skipped) is
+/// dropped: the intent judges no row, and a pending record resolved by lookup must be judged
+/// again on the row it then has, even if that row is the one judged before.
 pub(super) const PENDING_UPSERT: &str =
     "INSERT INTO records (external_id, state, snapshot, adopt_quo_id, created_at, updated_at)
      VALUES ($1, 'pending_create', $2, $3, $4, $5)
      ON CONFLICT(external_id) DO UPDATE SET state = 'pending_create', snapshot = excluded.snapshot,
-         adopt_quo_id = excluded.adopt_quo_id, updated_at = excluded.updated_at
+         adopt_quo_id = excluded.adopt_quo_id, source_fingerprint = NULL,
+         updated_at = excluded.updated_at
      WHERE records.quo_id IS NULL";
 
 const COLUMNS: &str = "external_id, quo_id, state, source_fingerprint, snapshot, quo_contact, quo_updated_at, crm_updated_at, attempts, last_error, adopt_quo_id";

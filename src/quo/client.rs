@@ -148,6 +148,9 @@ pub struct ClientStats {
     pub refusals: AtomicU64,
     /// `refusals + 1` when the key was last shown to answer for our workspace; 0: never.
     workspace_checked_at: AtomicU64,
+    /// The last read-back of linked contacts did not find most of them: the key may point at
+    /// another workspace, until a read-back finds them again.
+    workspace_doubted: std::sync::atomic::AtomicBool,
 }
 
 impl ClientStats {
@@ -342,7 +345,9 @@ impl QuoClient {
     /// fewer than [`REFUSAL_STORM`] 401/403/404 answers came since (see `reverse::absence`).
     pub fn absences_trusted(&self) -> bool {
         let checked = self.stats.workspace_checked_at.load(Ordering::Acquire);
-        checked != 0 && self.stats.refusals.load(Ordering::Acquire) + 1 - checked < REFUSAL_STORM
+        checked != 0
+            && !self.workspace_doubted()
+            && self.stats.refusals.load(Ordering::Acquire) + 1 - checked < REFUSAL_STORM
     }
 
     /// Records that a sample of linked contacts was just read back: the key answers for our
@@ -352,6 +357,19 @@ impl QuoClient {
         self.stats
             .workspace_checked_at
             .store(now + 1, Ordering::Release);
+        self.stats.workspace_doubted.store(false, Ordering::Release);
+    }
+
+    /// Records that a read-back of linked contacts did not find most of them: until one finds
+    /// them again no absence is believed and no contact is created (`sync::execute`'s
+    /// workspace gate).
+    pub fn workspace_unconfirmed(&self) {
+        self.stats.workspace_doubted.store(true, Ordering::Release);
+    }
+
+    /// Whether the last read-back of linked contacts did not find most of them.
+    pub fn workspace_doubted(&self) -> bool {
+        self.stats.workspace_doubted.load(Ordering::Acquire)
     }
 
     /// The shared limiter.

@@ -125,6 +125,7 @@ pub async fn absences_trusted(
         "most linked contacts read back are not there: the key may point at another workspace; no absence is acted on until they are"
     );
     metrics::counter!("quo_sync_workspace_unconfirmed_total").increment(1);
+    client.workspace_unconfirmed();
     Ok(false)
 }
 

@@ -549,9 +549,7 @@ async fn finish_pass(ledger: &Ledger, client: &QuoClient, scope: Scope) -> Resul
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             })
         {
-            for quo_id in ledger.workspace_unseen_since(&since).await? {
-                super::intake::index_contact(ledger, client, &quo_id).await?;
-            }
+            prune_unseen(ledger, client, &since).await?;
         }
         // Every contact that existed when the pass started is in the index now.
         ledger.set_meta(WORKSPACE_LISTED, &started).await?;
@@ -565,6 +563,54 @@ async fn finish_pass(ledger: &Ledger, client: &QuoClient, scope: Scope) -> Resul
     ledger
         .set_meta(LAST_SCAN, &chrono::Utc::now().to_rfc3339())
         .await?;
+    Ok(())
+}
+
+/// Reads by id each contact of the workspace index that a complete pass since `since` did not
+/// list, and takes out of the index only those answering 404, and only once the key is shown
+/// to answer for our workspace (`absence::check_workspace`, run whenever any is gone): a key for
+/// another workspace lists none of them and answers 404 for each, and an index emptied by it
+/// would release the records held on day one, to be created as new people.
+async fn prune_unseen(ledger: &Ledger, client: &QuoClient, since: &str) -> Result<(), IntakeError> {
+    let mut gone = std::collections::HashSet::new();
+    for quo_id in ledger.workspace_unseen_since(since).await? {
+        match client.get_contact(&quo_id).await {
+            Ok(Some(contact)) => ledger.workspace_put(std::slice::from_ref(&contact)).await?,
+            Ok(None) => {
+                gone.insert(quo_id);
+            }
+            Err(e) if e.is_fatal() => return Err(e.into()),
+            Err(e) => {
+                warn!(event = "workspace_index_stale", quo_id, error = %e, "could not read a contact the scan did not list; the next scan reads it")
+            }
+        }
+    }
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let check = super::absence::check_workspace(ledger, client, &gone)
+        .await
+        .map_err(|e| match e {
+            super::absence::CheckError::Ledger(e) => IntakeError::Ledger(e),
+            super::absence::CheckError::Quo(e) => IntakeError::Quo(e),
+        })?;
+    if !check.holds_ours() {
+        warn!(
+            event = "workspace_unconfirmed",
+            sampled = check.sampled,
+            found = check.found,
+            missing = check.missing,
+            unlisted = gone.len(),
+            "contacts the workspace index holds are not listed and answer 404, and most linked contacts read back are not there: the key may point at another workspace; the index keeps them"
+        );
+        metrics::counter!("quo_sync_workspace_unconfirmed_total").increment(1);
+        client.workspace_unconfirmed();
+        return Ok(());
+    }
+    client.workspace_confirmed();
+    for quo_id in &gone {
+        ledger.workspace_remove(quo_id).await?;
+    }
     Ok(())
 }
 

@@ -43,6 +43,9 @@ impl Pool {
         let Some(work) = cycle.mode_gate(work).await? else {
             return Ok(());
         };
+        let Some(work) = cycle.workspace_gate(work).await? else {
+            return Ok(());
+        };
         let kind = match &work {
             Work::Create { .. } | Work::ResolvePending { .. } => Some(WriteKind::Create),
             Work::Update(_) => Some(WriteKind::Update),
@@ -477,6 +480,13 @@ impl Cycle {
             .delete_contact(quo_id.as_str())
             .await
             .map_err(Failure::Quo)?;
+        // A 404 is an absence: not "already gone" while a read-back of linked contacts has
+        // failed (the key may point elsewhere); the record stays linked, and a later cycle
+        // deletes it again. (Not a read-back of its own: the one contact linked may be this.)
+        if !existed && self.ctx.client.workspace_doubted() {
+            warn!(event = "delete_unconfirmed", external_id = %external_id, quo_id = %quo_id, reason = "workspace_unconfirmed", "Quo answered 404 to a DELETE while the key is not shown to answer for the synced workspace; the record stays linked");
+            return Ok(());
+        }
         match left_scope {
             Some(fingerprint) => {
                 self.ctx

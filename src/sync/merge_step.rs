@@ -462,21 +462,25 @@ impl Cycle {
         fields: &BTreeMap<String, String>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<Work>, SyncError> {
-        let fingerprint = wb
-            .record
+        let written = wb.record.as_ref().map(|r| apply_change(r, fields));
+        let fingerprint = written.as_ref().map(|r| self.mapper.fingerprint(r));
+        // A Quo edit of a field `sync.filter` reads can take the record out of scope: its new
+        // fingerprint is not committed, so the next cycle judges the row it wrote (and the
+        // record leaves by `sync.on_leave_scope`) instead of taking it for unchanged.
+        let stays_in_scope = written
             .as_ref()
-            .map(|r| self.mapper.fingerprint(&apply_change(r, fields)));
+            .is_none_or(|r| matches!(self.scope.admits(r), Ok(true)));
         // Commit only what both sides confirmed. With nothing left for Quo, that is the
         // merge. Otherwise it is Quo's copy, and the CRM's new fingerprint is held back
         // until Quo confirms too: if the follow-up PATCH fails, the next cycle finds the
         // CRM record changed against that snapshot and patches it then.
         let quo_has = self.mapper.from_contact(&wb.contact);
-        let (agreed, committed_fingerprint) = if wb.outcome.to_quo.is_empty() {
-            (&wb.outcome.merged, fingerprint.as_deref())
-        } else {
-            (&quo_has, None)
+        let (agreed, committed_fingerprint) = match (wb.outcome.to_quo.is_empty(), stays_in_scope) {
+            (true, true) => (&wb.outcome.merged, fingerprint.as_deref()),
+            (true, false) => (&wb.outcome.merged, None),
+            (false, _) => (&quo_has, None),
         };
-        if committed_fingerprint.is_none() && !wb.outcome.to_quo.is_empty() {
+        if committed_fingerprint.is_none() && (!wb.outcome.to_quo.is_empty() || !stays_in_scope) {
             self.ctx.ledger.clear_fingerprint(&wb.external_id).await?;
         }
         self.ctx
@@ -511,7 +515,8 @@ impl Cycle {
                 base: quo_has,
                 crm: merged.clone(),
                 desired: merged,
-                fingerprint,
+                // Out of scope now: judged by the next cycle, as above.
+                fingerprint: fingerprint.filter(|_| stays_in_scope),
                 quo_id: wb.quo_id,
                 seen: Some(wb.contact),
                 changed: to_quo,

@@ -349,6 +349,9 @@ struct Cycle {
     started: DateTime<Utc>,
     /// The workspace index, once a record needs it (listed first if it never was).
     workspace: tokio::sync::OnceCell<matching::WorkspaceIndex>,
+    /// Whether the key was shown to answer for our workspace again this cycle, after a
+    /// read-back that did not find most linked contacts (checked once per cycle, for creates).
+    workspace_rechecked: tokio::sync::OnceCell<bool>,
     /// Records with matches, waiting for the whole read.
     deferred: Mutex<Vec<matching::Deferred>>,
     /// Whether two listings agree, once this cycle asked (`confirm.rs`).
@@ -669,6 +672,7 @@ impl Cycle {
             held: tokio::sync::OnceCell::new(),
             started,
             workspace: tokio::sync::OnceCell::new(),
+            workspace_rechecked: tokio::sync::OnceCell::new(),
             deferred: Mutex::new(Vec::new()),
             confirmation: tokio::sync::OnceCell::new(),
             claimed: decisions

@@ -226,8 +226,14 @@ impl Cycle {
             };
             // A Quo-side change to a record out of scope is not merged (nothing is written to
             // the CRM for it): the record is classified as any other.
-            let admitted =
-                (deleted || changed.is_some()) && matches!(self.scope.admits(&record), Ok(true));
+            // Nor is one to a record coming back into scope: it returns through the judgement,
+            // with what Quo holds now as its base (`Cycle::come_back`).
+            let returning = index
+                .get(id)
+                .is_some_and(|e| e.state == RecordState::LeftScope);
+            let admitted = (deleted || changed.is_some())
+                && !returning
+                && matches!(self.scope.admits(&record), Ok(true));
             if !admitted && changed.is_some() {
                 info!(event = "quo_change_out_of_scope", external_id = %id, "a change made in Quo to a contact whose record is out of scope is not written to the CRM");
             }

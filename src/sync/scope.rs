@@ -230,7 +230,38 @@ impl Cycle {
             );
             return Ok(Scoped::Done(None));
         }
-        self.ctx.ledger.relink(external_id, &quo_id).await?;
+        // What the contact holds now becomes the agreed base, in the same write as the link:
+        // the CRM's values then go to Quo wherever it differs. An edit made in Quo while the
+        // record was out of scope is not merged into the CRM on its return either (it was
+        // dropped when made); it is overwritten, as the docs say. A contact gone meanwhile is
+        // linked as it was and found missing by its update.
+        match self.ctx.client.get_contact(quo_id.as_str()).await? {
+            Some(contact) => {
+                let contact = self.normalized(contact);
+                let now = self.mapper.from_contact(&contact);
+                self.ctx
+                    .ledger
+                    .commit_synced(crate::ledger::SyncedRecord {
+                        external_id,
+                        quo_id: &quo_id,
+                        source_fingerprint: None,
+                        snapshot: &now,
+                        contact: &contact,
+                        crm_updated_at: None,
+                    })
+                    .await?;
+            }
+            None => {
+                // A 404 is an absence: while a read-back of linked contacts has failed (the key
+                // may point elsewhere), the contact cannot be read to be the base, so the record
+                // stays out until it can. Otherwise it is linked and found missing as usual.
+                if self.ctx.client.workspace_doubted() {
+                    warn!(event = "relink_deferred", external_id = %external_id, quo_id = %quo_id, reason = "workspace_unconfirmed", "record back in scope, but its contact cannot be read while the key is not shown to answer for the synced workspace; relinked by a later cycle");
+                    return Ok(Scoped::Done(None));
+                }
+                self.ctx.ledger.relink(external_id, &quo_id).await?
+            }
+        }
         info!(event = "record_relinked", external_id = %external_id, quo_id = %quo_id, "record back in scope; linked to its contact again");
         self.operations.lock().await.push(
             PlannedOp::new(external_id.as_str(), Action::Relink).with_quo_id(quo_id.as_str()),

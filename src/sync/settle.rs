@@ -19,6 +19,15 @@ use crate::ledger::{IndexEntry, LedgerIndex, RecordState, fingerprint_digest};
 use crate::reverse::absence::CheckError;
 use crate::reverse::intake::QuoChanges;
 
+impl From<CheckError> for SyncError {
+    fn from(e: CheckError) -> Self {
+        match e {
+            CheckError::Ledger(e) => SyncError::Ledger(e),
+            CheckError::Quo(e) => SyncError::Quo(e),
+        }
+    }
+}
+
 /// Rounds of CRM write-back per cycle: a follow-up PATCH can meet a newer Quo edit that must go
 /// to the CRM again; past this the next cycle carries on.
 const WRITE_BACK_ROUNDS: usize = 3;
@@ -231,6 +240,49 @@ impl Cycle {
         Ok(true)
     }
 
+    /// The workspace gate, before a worker takes a create or a delete: while the last read-back of linked
+    /// contacts did not find most of them (`reverse::absence`: the key may point at another
+    /// workspace), no contact is created, adopted or deleted. A POST would put the CRM's record into
+    /// whatever workspace the key answers for, and that contact, linked, would be the one id
+    /// the next read-back finds there, vouching for the wrong workspace. The key is checked
+    /// again once per cycle; the record waits, unwritten, for the first cycle that finds it
+    /// answering for ours.
+    pub(super) async fn workspace_gate(&self, work: Work) -> Result<Option<Work>, SyncError> {
+        // `--allow-mass-delete`: the operator vouches for the workspace, as for absences.
+        if self.mode != Mode::Apply
+            || self.ctx.settings.allow_mass_delete
+            || !matches!(work, Work::Create { .. } | Work::Delete { .. })
+            || !self.ctx.client.workspace_doubted()
+        {
+            return Ok(Some(work));
+        }
+        let ours = *self
+            .workspace_rechecked
+            .get_or_try_init(|| async {
+                crate::reverse::absence::absences_trusted(
+                    &self.ctx.ledger,
+                    &self.ctx.client,
+                    &HashSet::new(),
+                )
+                .await
+                .map_err(SyncError::from)
+            })
+            .await?;
+        if ours {
+            return Ok(Some(work));
+        }
+        match &work {
+            Work::Create { record, .. } => {
+                warn!(event = "create_deferred", external_id = %record.external_id, reason = "workspace_unconfirmed", "not creating a contact while the key is not shown to answer for the synced workspace; a later cycle creates it");
+            }
+            Work::Delete { external_id, .. } => {
+                warn!(event = "delete_deferred", external_id = %external_id, reason = "workspace_unconfirmed", "not deleting a contact while the key is not shown to answer for the synced workspace; a later cycle deletes it");
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
     /// Whether deletions concluded from the absence of `absent` (Quo ids, or external ids of
     /// pending creates) may happen: the key must be shown to answer for our workspace
     /// (`reverse::absence`), and the deletion guard must let them through.
@@ -247,10 +299,7 @@ impl Cycle {
                 absent,
             )
             .await
-            .map_err(|e| match e {
-                CheckError::Ledger(e) => SyncError::Ledger(e),
-                CheckError::Quo(e) => SyncError::Quo(e),
-            })?;
+            .map_err(SyncError::from)?;
         if !trusted {
             warn!(
                 event = "mass_delete_refused",

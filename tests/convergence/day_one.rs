@@ -204,7 +204,7 @@ async fn held_stay_held_and_untouched(world: &World) {
 async fn adopted_contacts_stay_linked(world: &World) {
     let rows: BTreeSet<String> = world.crm_rows().into_iter().map(|r| r[0].clone()).collect();
     for (id, quo_id) in &world.day_one.adopted {
-        if !rows.contains(id) || world.day_one.deleted_in_quo.contains(quo_id) {
+        if !rows.contains(id) || world.contact_gone(quo_id) || !world.row_in_scope(id) {
             continue;
         }
         let linked = linked(world, id).await;
@@ -241,8 +241,9 @@ async fn app_made_contacts(world: &World) {
             );
             continue;
         }
-        if world.day_one.deleted_in_quo.contains(quo_id)
+        if world.contact_gone(quo_id)
             || world.log.deleted_in_crm.contains(&record)
+            || !world.row_in_scope(&record)
         {
             assert!(rows_for.len() <= 1, "{quo_id} has rows {rows_for:?}");
             continue;
@@ -270,6 +271,14 @@ async fn app_made_contacts(world: &World) {
         let contact = world.app.sandbox.contact(quo_id).expect("still in Quo");
         assert_eq!(contact["externalId"], record.as_str());
         assert_eq!(contact["source"], OURS, "{quo_id} was adopted");
+    }
+}
+
+impl World {
+    /// Whether a person deleted contact `quo_id` in the Quo app, or the sync deleted it when its
+    /// record left scope.
+    pub fn contact_gone(&self, quo_id: &str) -> bool {
+        self.day_one.deleted_in_quo.contains(quo_id) || self.scope.deleted.contains(quo_id)
     }
 }
 

@@ -14,18 +14,21 @@ use super::world::World;
 
 /// Every invariant, in order.
 pub async fn check(world: &World) {
-    // Records held on day one are checked by `day_one::check`.
-    let rows: Vec<Vec<String>> = world
+    // Records held on day one are checked by `day_one::check`, those out of scope by
+    // `scope::check`.
+    let (rows, out): (Vec<Vec<String>>, Vec<Vec<String>>) = world
         .crm_rows()
         .into_iter()
         .filter(|r| !world.day_one.held_records.contains(&r[0]))
-        .collect();
+        .partition(|r| super::scope::in_scope(r));
     // Day one's first: a held record made a contact is its failure, not a stray's.
     super::day_one::check(world).await;
     let contacts = world.contacts_by_record();
     let conflicts = world.app.ledger().conflicts(100_000).await.unwrap();
     no_duplicate_contacts(&contacts);
-    no_contact_without_a_crm_record(world, &rows, &contacts).await;
+    let every: Vec<Vec<String>> = rows.iter().chain(&out).cloned().collect();
+    no_contact_without_a_crm_record(world, &every, &contacts).await;
+    super::scope::check(world, &out).await;
     every_record_linked_to_its_one_contact(world, &rows).await;
     no_doubled_email_or_phone_items(&contacts);
     each_conflict_names_typed_values_and_the_policys_winner(world, &conflicts);
@@ -53,7 +56,13 @@ async fn no_contact_without_a_crm_record(
 ) {
     let ids: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     let mut strays = Vec::new();
-    for id in contacts.keys().filter(|id| !ids.contains(&id.as_str())) {
+    let handed_over = |id: &String| {
+        world.scope.on_leave != "delete" && world.scope.deleted_out_of_scope.contains(id)
+    };
+    for id in contacts
+        .keys()
+        .filter(|id| !ids.contains(&id.as_str()) && !handed_over(id))
+    {
         let row = world
             .app
             .ledger()

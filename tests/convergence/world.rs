@@ -97,8 +97,12 @@ pub struct World {
     pub day_one: super::day_one::DayOne,
     /// In-place CSV writes a cycle started during (the file half-written).
     pub in_place_overlaps: u32,
+    /// Records in and out of scope (#27).
+    pub scope: super::scope::Scope,
+    /// The key pointed at another workspace (#21).
+    pub foreign: super::foreign::Foreign,
     /// The operator lets the next cycle delete past the guard (`--allow-mass-delete`).
-    allow_mass_delete_once: bool,
+    pub allow_mass_delete_once: bool,
     next_id: u32,
     n: u32,
 }
@@ -126,6 +130,8 @@ impl World {
             counted: CountTally::default(),
             in_place_overlaps: 0,
             day_one: Default::default(),
+            scope: Default::default(),
+            foreign: Default::default(),
             allow_mass_delete_once: false,
             next_id: initial,
             n: 0,
@@ -222,20 +228,35 @@ impl World {
         if roll == 0 || editable.is_empty() {
             self.next_id += 1;
             let id = format!("k-{}", self.next_id);
-            let new: Vec<String> = row(&id, self.next_id)
+            let mut new: Vec<String> = row(&id, self.next_id)
                 .split(',')
                 .map(str::to_string)
                 .collect();
-            trace(|| format!("crm add {id}"));
+            // Some records are out of scope from the start (#27): never to have a contact.
+            if self.rng.random_bool(0.3) {
+                new[Field::Vip.column()] = "no".into();
+            }
+            trace(|| format!("crm add {id} (vip {})", new[Field::Vip.column()]));
             self.log_new_record(&new);
             rows.push(new);
         } else if roll == 1 && editable.len() > 3 {
             let gone = rows.remove(editable[self.rng.random_range(0..editable.len())]);
             trace(|| format!("crm delete {}", gone[0]));
             self.log.deleted_in_crm.insert(gone[0].clone());
+            // Out of scope, or left and not yet back as far as the sync knows (a return it
+            // deferred while the key pointed elsewhere).
+            if !super::scope::in_scope(&gone) || self.scope.left_pending(&gone[0]) {
+                self.scope.deleted_out_of_scope.insert(gone[0].clone());
+            }
         } else {
             let i = editable[self.rng.random_range(0..editable.len())];
-            let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
+            // `vip` decides scope (#27): toggled more often than the rest, so records move in
+            // and out of scope during the chaos.
+            let field = if self.rng.random_bool(0.25) {
+                Field::Vip
+            } else {
+                FIELDS[self.rng.random_range(0..FIELDS.len())]
+            };
             self.edit_crm_field(&mut rows[i], field).await;
         }
         self.write_rows(&rows);
@@ -276,7 +297,11 @@ impl World {
         let mut edited = row.to_vec();
         edited[field.column()] = text.clone();
         let after = self.crm_fields(&edited);
+        // A record the sync saw leave scope comes back when `vip` is back at the value of its
+        // snapshot (frozen since it left): that is an edit the sync sees, by the scope change.
+        let returns = field == Field::Vip && !super::scope::in_scope(row);
         if after[name] != before[name]
+            && !returns
             && self.agreed(&row[0], name).await.as_ref() == Some(&after[name])
         {
             trace(|| {
@@ -306,6 +331,9 @@ impl World {
         let Some(i) = rows.iter().position(|r| r[0] == id) else {
             return;
         };
+        if field == Field::Vip && !super::scope::in_scope(&rows[i]) {
+            return;
+        }
         let crm_first = self.rng.random_bool(0.5);
         if !crm_first {
             self.edit_quo_field(&id, &contact, field).await;
@@ -377,8 +405,21 @@ impl World {
             }
             return;
         }
-        let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
+        let mut field = FIELDS[self.rng.random_range(0..FIELDS.len())];
+        // Out of scope, `vip` is left alone in Quo: the CRM's toggle back into scope is the
+        // value of the frozen snapshot, so a Quo edit meanwhile would win it back unlogged.
+        if field == Field::Vip && !self.row_in_scope(&id) {
+            field = Field::Company;
+        }
         self.edit_quo_field(&id, &contact, field).await;
+    }
+
+    /// Whether `id`'s CRM row is in scope (the test's own judgement of `sync.filter`).
+    pub fn row_in_scope(&self, id: &str) -> bool {
+        self.crm_rows()
+            .iter()
+            .find(|r| r[0] == id)
+            .is_none_or(|r| super::scope::in_scope(r))
     }
 
     /// A person changes `field` on `id`'s contact in the Quo app, logged when the value the
@@ -449,13 +490,31 @@ impl World {
 
     /// One cycle to its end; the operator's one-off `--allow-mass-delete` applies to it.
     pub async fn cycle(&mut self) -> Result<CycleReport, quo_sync::sync::SyncError> {
-        let rows = self.crm_rows().len() as u64;
-        self.cycle_over(rows).await
+        let rows = self.crm_rows();
+        let watch = self.scope_before(&rows).await;
+        let outcome = self.cycle_over(&rows).await;
+        self.after_cycle(watch, Some(&outcome)).await;
+        outcome
     }
 
-    /// One cycle over a CSV of `rows` rows (counted by the caller while the file may still be
+    /// The checks of scope and of the wrong workspace after a cycle (`outcome` `None`: killed),
+    /// once the CSV is whole.
+    async fn after_cycle(
+        &mut self,
+        watch: super::scope::ScopeWatch,
+        outcome: Option<&Result<CycleReport, quo_sync::sync::SyncError>>,
+    ) {
+        self.scope_after(watch, outcome).await;
+        self.foreign_after(outcome).await;
+    }
+
+    /// One cycle over a CSV of `csv` rows (given by the caller while the file may still be
     /// being written).
-    async fn cycle_over(&mut self, rows: u64) -> Result<CycleReport, quo_sync::sync::SyncError> {
+    async fn cycle_over(
+        &mut self,
+        csv: &[Vec<String>],
+    ) -> Result<CycleReport, quo_sync::sync::SyncError> {
+        let rows = csv.len() as u64;
         let allow = std::mem::take(&mut self.allow_mass_delete_once);
         self.app.ctx.settings.allow_mass_delete = allow;
         let before = self.app.sandbox.stats();
@@ -472,15 +531,17 @@ impl World {
             cycle_counts_agree(self, report, seen).await;
             self.counted.add(report);
             self.note_adoptions().await;
-            if report.mass_delete_refused {
-                // Rows really left the CRM: the operator checks and allows it, once.
+            if report.mass_delete_refused && !self.foreign.on() {
+                // Rows really left the CRM: the operator checks and allows it, once. (While the
+                // key points at another workspace the log says `workspace_unconfirmed`, and no
+                // operator vouches for those absences.)
                 self.refusals += 1;
                 self.allow_mass_delete_once = true;
                 trace(|| "mass deletion refused; the operator allows the next cycle".into());
             }
         } else if let Err(e) = &outcome {
             trace(|| format!("cycle failed: {e}"));
-            self.allow_mass_delete_once |= allow;
+            self.allow_mass_delete_once |= allow && !self.foreign.on();
             let seen = CycleSeen {
                 rows,
                 requests: after.requests_total - before.requests_total,
@@ -538,7 +599,8 @@ impl World {
         let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
         self.edit_crm_field(&mut rows[i], field).await;
         let mut had = Vec::new();
-        for r in &rows {
+        // Records out of scope may lose their link as `sync.on_leave_scope` says (scope.rs).
+        for r in rows.iter().filter(|r| super::scope::in_scope(r)) {
             let quo_id = self
                 .app
                 .ledger()
@@ -565,6 +627,7 @@ impl World {
             .iter()
             .map(|_| Duration::from_millis(self.rng.random_range(20..=100)))
             .collect();
+        let watch = self.scope_before(&rows).await;
         trace(|| format!("crm written in place, cut at {cuts:?}, pauses {pauses:?}"));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -586,11 +649,12 @@ impl World {
             std::time::Instant::now()
         });
         let started = std::time::Instant::now();
-        let outcome = self.cycle_over(rows.len() as u64).await;
+        let outcome = self.cycle_over(&rows).await;
         let written = tokio::task::spawn_blocking(move || writer.join())
             .await
             .unwrap()
             .expect("the in-place writer finishes");
+        self.after_cycle(watch, Some(&outcome)).await;
         if started < written {
             self.in_place_overlaps += 1;
         }
@@ -653,6 +717,8 @@ impl World {
     /// Runs a cycle and kills it at `at`; waits until the dead process's last request has
     /// landed (or been dropped), as a restart after a crash finds it.
     async fn kill_a_cycle(&mut self, at: KillAt) -> Kill {
+        let rows = self.crm_rows();
+        let watch = self.scope_before(&rows).await;
         let mut in_flight = self.app.sandbox.writes_in_flight();
         if let KillAt::FirstWrite = at {
             self.app.sandbox.set_latency(Duration::from_millis(5));
@@ -677,6 +743,7 @@ impl World {
             .await
             .expect("the killed process's writes land within 10 s")
             .expect("sandbox running");
+        self.after_cycle(watch, None).await;
         Kill {
             at,
             mid_cycle,
