@@ -66,6 +66,9 @@ pub struct CallTally {
     pub kills: usize,
     pub dropped: u64,
     pub filled_by_poller: usize,
+    /// Lost deliveries whose number left their record before the poller saw them: held as
+    /// unmatched, never guessed.
+    pub unmatched_after_renumber: usize,
 }
 
 impl CallTally {
@@ -75,6 +78,7 @@ impl CallTally {
         self.kills += other.kills;
         self.dropped += other.dropped;
         self.filled_by_poller += other.filled_by_poller;
+        self.unmatched_after_renumber += other.unmatched_after_renumber;
     }
 }
 
@@ -406,7 +410,17 @@ impl Calls {
             "activity still changing after {QUIET_PASSES} quiet passes"
         );
         self.stop_receiver.cancel();
-        self.check(world, &records, &delivered);
+        let ids: Vec<String> = self.made.iter().map(|m| m.id.clone()).collect();
+        let in_ledger: HashMap<String, Option<String>> = world
+            .app
+            .ledger()
+            .activity_rows(&ids)
+            .await
+            .expect("activity rows readable")
+            .into_iter()
+            .map(|row| (row.activity_id, row.link))
+            .collect();
+        self.check(world, &records, &delivered, &in_ledger);
         self.tally
     }
 
@@ -415,6 +429,7 @@ impl Calls {
         world: &World,
         records: &BTreeMap<String, Linked>,
         delivered: &BTreeSet<String>,
+        in_ledger: &HashMap<String, Option<String>>,
     ) {
         let rows = activity_rows(&self.csv);
         let mut by_id: HashMap<&str, Vec<&HashMap<String, String>>> = HashMap::new();
@@ -453,7 +468,23 @@ impl Calls {
                     !l.deleted && l.quo_id.as_ref().is_some_and(|q| m.contacts.contains(q))
                 })
             });
-            if let Some(record) = still_linked {
+            // A call whose delivery was lost is found only by the poller, and a listed call
+            // carries no contact ids: it links by number. If its record's number changed before
+            // the poller saw it, no record holds that number any more, and linking never guesses:
+            // the ledger must hold it as unmatched (counted in `status`), never drop it.
+            let number_left = still_linked.is_some_and(|r| {
+                !records[r].phones.contains(&digits(&m.number)) && !delivered.contains(&m.id)
+            });
+            if number_left && row.is_none() {
+                assert_eq!(
+                    in_ledger.get(&m.id),
+                    Some(&Some("none".to_string())),
+                    "{} (lost delivery, {} no longer on its record) is not held as unmatched",
+                    m.id,
+                    m.number
+                );
+                self.tally.unmatched_after_renumber += 1;
+            } else if let Some(record) = still_linked {
                 let row = row.unwrap_or_else(|| {
                     panic!(
                         "{} of a contact linked to {record} is not in the CRM (delivered: {})",
