@@ -91,6 +91,9 @@
 
 #[path = "convergence/activity.rs"]
 mod activity;
+/// The activity tests' helpers (the activity CSV as rows).
+#[path = "support/activity.rs"]
+mod activity_support;
 mod common;
 #[path = "convergence/day_one.rs"]
 mod day_one;

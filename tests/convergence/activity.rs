@@ -431,7 +431,7 @@ impl Calls {
         delivered: &BTreeSet<String>,
         in_ledger: &HashMap<String, Option<String>>,
     ) {
-        let rows = activity_rows(&self.csv);
+        let rows = crate::activity_support::csv_rows(&self.csv);
         let mut by_id: HashMap<&str, Vec<&HashMap<String, String>>> = HashMap::new();
         for row in &rows {
             by_id
@@ -512,30 +512,6 @@ impl Calls {
             }
         }
     }
-}
-
-/// The activity CSV as rows (column → value).
-fn activity_rows(path: &std::path::Path) -> Vec<HashMap<String, String>> {
-    let Ok(mut reader) = csv::Reader::from_path(path) else {
-        return Vec::new();
-    };
-    let header: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_string)
-        .collect();
-    reader
-        .records()
-        .map(|r| {
-            let r = r.expect("a well-formed activity row");
-            header
-                .iter()
-                .cloned()
-                .zip(r.iter().map(str::to_string))
-                .collect()
-        })
-        .collect()
 }
 
 /// The records holding `number`.
