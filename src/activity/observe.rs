@@ -498,6 +498,18 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_duration_is_clamped_or_refused() {
+        let d = |v: Value| seconds(&json!({ "duration": v }), "duration");
+        assert_eq!(d(json!(61)), Some(61));
+        assert_eq!(d(json!("61.4")), Some(61));
+        assert_eq!(d(json!(1e300)), Some(7 * 24 * 3600), "a week at most");
+        assert_eq!(d(json!(u64::MAX)), Some(7 * 24 * 3600));
+        assert_eq!(d(json!(-5)), None, "a negative duration is no duration");
+        assert_eq!(d(json!("NaN")), None);
+        assert_eq!(d(json!("soon")), None);
+    }
+
+    #[test]
     fn rest_participants_are_told_apart_by_actor_or_workspace_number() {
         let call = json!({"id": "AC5", "direction": "incoming", "status": "completed", "duration": 61,
             "participants": [{"phoneNumber": "+14155550100", "actorId": null},
