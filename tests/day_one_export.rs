@@ -310,6 +310,52 @@ async fn rest_a_create_whose_answer_was_lost_is_found_by_the_quo_id_it_carries()
     );
 }
 
+/// A contact made in the app while the first cycle still runs (its listing of the workspace
+/// answered, the CRM read not yet) was made after quo-sync started: the next cycle makes its
+/// record. The line between "there before" and "made since" is the first cycle's start, so a
+/// contact made mid-cycle, or in the millisecond the cycle ends, is never taken for one that was
+/// there before and left out for good.
+#[tokio::test]
+async fn rest_a_contact_made_in_the_app_during_the_first_cycle_reaches_the_crm() {
+    let (sandbox, crm, _dir, ctx) = rest_export_world().await;
+    crm.push_delays([1500]);
+    let first = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
+                .await
+                .unwrap()
+        }
+    });
+    common::poll("the first cycle's listing of the workspace", async || {
+        sandbox
+            .stats()
+            .by_route_status
+            .get("GET /v1/contacts 200")
+            .is_some_and(|n| *n >= 1)
+    })
+    .await;
+    let mid = sandbox.app_create(
+        json!({"defaultFields": {"firstName": "Mid", "lastName": "Cycle",
+               "phoneNumbers": [{"name": "mobile", "value": "+14155552777"}]}}),
+        "",
+    );
+    let mid_id = mid["id"].as_str().unwrap();
+    assert_eq!(first.await.unwrap().counts.created, 1, "Jo's contact");
+    assert_eq!(crm.count("POST", "/contacts"), 0, "nothing exported yet");
+
+    quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
+        .await
+        .unwrap();
+    assert_eq!(
+        crm.count("POST", "/contacts"),
+        1,
+        "the mid-cycle contact's record"
+    );
+    assert_eq!(crm.contact("n1").expect("its record")["quoId"], mid_id);
+    assert_eq!(sandbox.contact(mid_id).unwrap()["externalId"], "n1");
+}
+
 /// A sandbox, a REST CRM holding one record (Jo), and the context of a ledger in `dir` syncing
 /// them with `reverse.create_in_crm` (see [`rest_export_context`]).
 async fn rest_export_world() -> (

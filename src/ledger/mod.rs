@@ -64,7 +64,7 @@ pub use unconfirmed::{
     ATTEMPTS_TO_GIVE_UP, CLOCK_SKEW, PASSES_TO_RULE_OUT, RULE_OUT_AFTER, UnconfirmedCreate,
     made_in_time,
 };
-pub use workspace::{WORKSPACE_CONFIRMED, WORKSPACE_LISTED, WorkspaceContact};
+pub use workspace::{AppContactCursor, WORKSPACE_CONFIRMED, WORKSPACE_LISTED, WorkspaceContact};
 
 /// Ledger failures: the database could not be opened, migrated, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +230,13 @@ const MIGRATION_WAIT: Duration = Duration::from_secs(10);
 
 /// RFC 3339 "now" with milliseconds, the one time format stored in the ledger.
 pub(crate) fn now_text() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    time_text(chrono::Utc::now())
+}
+
+/// `at` as the ledger stores times: RFC 3339 in UTC to the millisecond, as Quo writes them, so
+/// that text comparison is time order.
+pub(crate) fn time_text(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Ledger {

@@ -91,6 +91,26 @@ pub struct WorkspaceContact {
     pub seen_at: String,
 }
 
+/// Where a listing of app contacts stands: the last contact returned (its creation time, `""`
+/// when Quo gave none, and its id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppContactCursor {
+    /// The contact's `createdAt`, or `""`.
+    pub created_at: String,
+    /// The contact's Quo id.
+    pub quo_id: String,
+}
+
+impl AppContactCursor {
+    /// The cursor just past `contact`.
+    pub fn past(contact: &WorkspaceContact) -> Self {
+        Self {
+            created_at: contact.created_at.clone().unwrap_or_default(),
+            quo_id: contact.quo_id.clone(),
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct StoredWorkspaceContact {
     quo_id: String,
@@ -218,21 +238,27 @@ impl Ledger {
         row.map(StoredWorkspaceContact::decode).transpose()
     }
 
-    /// Contacts without a `source` (made in the Quo app or by its import) created after
-    /// `since` (all of them when `None`), oldest first, at most `limit`.
+    /// Contacts without a `source` (made in the Quo app or by its import) created at or after
+    /// `since` (all of them when `None`), in (creation time, id) order after the `after` cursor
+    /// (the last contact of the page before), at most `limit`.
     pub async fn workspace_app_contacts(
         &self,
         since: Option<&str>,
+        after: Option<&AppContactCursor>,
         limit: i64,
     ) -> Result<Vec<WorkspaceContact>, LedgerError> {
         let sql = format!(
             "SELECT {WORKSPACE_COLUMNS} FROM workspace_contacts w
-             WHERE w.source IS NULL AND (CAST($1 AS TEXT) IS NULL OR w.created_at > $1)
-             ORDER BY w.created_at, w.quo_id LIMIT $2"
+             WHERE w.source IS NULL AND (CAST($1 AS TEXT) IS NULL OR w.created_at >= $1)
+               AND (CAST($2 AS TEXT) IS NULL OR COALESCE(w.created_at, '') > $2
+                    OR (COALESCE(w.created_at, '') = $2 AND w.quo_id > $3))
+             ORDER BY COALESCE(w.created_at, ''), w.quo_id LIMIT $4"
         );
         let rows: Vec<StoredWorkspaceContact> =
             on_pool!(&self.pool, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(since)
+                .bind(after.map(|c| c.created_at.as_str()))
+                .bind(after.map(|c| c.quo_id.as_str()).unwrap_or_default())
                 .bind(limit)
                 .fetch_all(p)
                 .await)?;

@@ -1,9 +1,9 @@
 //! Settle step: contacts made in the Quo app reach the CRM (`reverse.create_in_crm`).
 //!
-//! A contact with no `source` (made in the app or by its import), created after this ledger's
-//! first completed cycle (or any, with `once --export-existing`), with a phone or an email, that
-//! no CRM record matches (no record's contact shares a phone or email with it, and no record of
-//! this read matched it), becomes a CRM record: a CSV row with the id `reverse.new_record_id`
+//! A contact with no `source` (made in the app or by its import), created since the start of
+//! this ledger's first completed cycle (or any, with `once --export-existing`), with a phone or
+//! an email, that no CRM record matches (no record's contact shares a phone or email with it,
+//! and no record of this read matched it), becomes a CRM record: a CSV row with the id `reverse.new_record_id`
 //! makes, or a record the REST CRM makes through `[source.rest.create]`. The contact is then
 //! adopted for it (our `source`, the new `externalId`), so later edits on either side flow as for
 //! any record.
@@ -26,11 +26,13 @@ use super::matching::AdoptTarget;
 use super::merge_step::parse_time;
 use super::{Action, Cycle, Mode, PlannedOp, SyncError};
 use crate::domain::{ExternalId, Labeled, Snapshot};
-use crate::ledger::{Export, ExportState, NewQuarantine, QuarantineStage, WorkspaceContact};
+use crate::ledger::{
+    AppContactCursor, Export, ExportState, NewQuarantine, QuarantineStage, WorkspaceContact,
+};
 use crate::source::{Created, NewRecord, SourceError, SourceRecord};
 
-/// Meta key: when this ledger's first cycle with a complete read finished; contacts made in the
-/// app after it are exported.
+/// Meta key: when this ledger's first cycle with a complete read started; contacts made in the
+/// app since are exported.
 pub(super) const FIRST_CYCLE: &str = "sync.first_cycle_at";
 
 /// App contacts read per query.
@@ -60,13 +62,12 @@ impl Cycle {
         let Some(index) = self.workspace_index().await? else {
             return Ok(());
         };
-        let mut after: Option<String> = since;
+        let mut after = None;
         loop {
             let batch = index
                 .ledger
-                .workspace_app_contacts(after.as_deref(), PAGE)
+                .workspace_app_contacts(since.as_deref(), after.as_ref(), PAGE)
                 .await?;
-            let last = batch.last().and_then(|c| c.created_at.clone());
             for contact in &batch {
                 if self.stop.is_cancelled() {
                     return Ok(());
@@ -75,10 +76,12 @@ impl Cycle {
                     self.export(contact, read_started).await?;
                 }
             }
-            if (batch.len() as i64) < PAGE || last.is_none() || last == after {
-                return Ok(());
+            match batch.last() {
+                Some(last) if batch.len() as i64 == PAGE => {
+                    after = Some(AppContactCursor::past(last));
+                }
+                _ => return Ok(()),
             }
-            after = last;
         }
     }
 
