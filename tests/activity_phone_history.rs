@@ -251,3 +251,73 @@ async fn a_call_on_a_number_two_records_had_then_is_held_though_one_has_it_now()
     assert_eq!(reason, ["2 records match: r-1, r-2"]);
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruned_history_links_nothing_rather_than_a_later_holder() {
+    pruned_history(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_pruned_history_links_nothing_rather_than_a_later_holder() {
+    pruned_history(Backend::Postgres).await;
+}
+
+/// r-2 had Y and let go of it; the history forgets that (pruned, as it is past the horizon); a
+/// new record r-3 comes with Y. A lost call from Y made while r-2 had it is not given to r-3
+/// (whose stretch would otherwise reach back over the forgotten one): skipped, saying why.
+async fn pruned_history(backend: Backend) {
+    let Some(mut app) = synced(backend, 2).await else {
+        return;
+    };
+    let y = number_of(2);
+    let call = app.sandbox.activity_call(CallSpec {
+        number: y.clone(),
+        direction: Direction::Outgoing,
+        outcome: CallOutcome::Answered,
+        duration: 30,
+        created_at: Some(chrono::Utc::now()),
+        ..CallSpec::default()
+    });
+    past_the_handover_allowance().await;
+    renumber(&app, 2, 8).await;
+    let horizon = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let pruned = app
+        .ledger()
+        .phone_history_prune(&horizon.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1, "r-2's ended stretch of Y");
+    assert_eq!(
+        holdings(&app, &y).await,
+        [" closed"],
+        "one row without a record: before its end, Y's holders are forgotten"
+    );
+    let mut text = app.csv_text();
+    text.push_str(&row("r-3", 3).replace(&csv_phone(3), &csv_phone(2)));
+    text.push('\n');
+    app.write_csv(&text);
+    app.cycle().await;
+    assert_eq!(holdings(&app, &y).await, [" closed", "r-3 open"]);
+
+    let (service, activity_csv) = start_logging(&mut app, "skip").await;
+    until("the call skipped", Duration::from_secs(20), || async {
+        activity_state(&app, &call, "skipped").await
+    })
+    .await;
+    let reason = app
+        .ledger()
+        .debug_query_strings(&format!(
+            "SELECT reason FROM activities WHERE activity_id = '{call}'"
+        ))
+        .await
+        .unwrap();
+    assert!(
+        reason[0].starts_with(&format!("who had {y} then is no longer known")),
+        "{reason:?}"
+    );
+    assert!(
+        csv_rows(&activity_csv).is_empty(),
+        "not written to r-3, who came later"
+    );
+    service.stop().await;
+}

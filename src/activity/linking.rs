@@ -371,6 +371,11 @@ impl PhoneIndex {
         if !forgotten.is_empty() {
             return Link::Forgotten(forgotten);
         }
+        // The one who had the number then is gone from the CRM (or the ledger): nothing to
+        // link to. (Two holders stay ambiguous even if one is gone: the other is no surer.)
+        if by_phone.len() == 1 && by_phone.iter().any(|id| !self.records.contains_key(id)) {
+            return Link::Unmatched;
+        }
         single(by_phone, "phone").unwrap_or(Link::Unmatched)
     }
 }
@@ -448,6 +453,15 @@ mod tests {
         }
     }
 
+    /// An index knowing these records (synced, no Quo id).
+    fn live(ids: &[&str]) -> PhoneIndex {
+        let mut index = PhoneIndex::default();
+        for id in ids {
+            index.put(record(id, None, "synced"));
+        }
+        index
+    }
+
     fn phone(id: &str) -> Link {
         Link::Record {
             external_id: id.into(),
@@ -522,7 +536,7 @@ mod tests {
     #[test]
     fn a_number_links_to_whoever_held_it_when_the_call_happened() {
         let x = "+14155550100";
-        let mut index = PhoneIndex::default();
+        let mut index = live(&["crm-a", "crm-b", "crm-c"]);
         // crm-a came with the number; at 10:10 it was renumbered and crm-b (already known,
         // with another number) was given it at 10:12.
         index.put_holding(&held(x, "crm-a", &at(0, 0), Some(&at(10, 0)), true));
@@ -551,12 +565,15 @@ mod tests {
             link(&index, "2026-05-01T10:20:01.500Z".into()),
             phone("crm-c")
         );
+        // crm-a is deleted since: a call from when it had the number links nothing.
+        index.put(record("crm-a", None, "deleted"));
+        assert_eq!(link(&index, at(5, 0)), Link::Unmatched);
     }
 
     #[test]
     fn a_new_record_reaches_back_only_to_the_previous_holder_letting_go() {
         let x = "+14155550100";
-        let mut index = PhoneIndex::default();
+        let mut index = live(&["crm-a", "crm-b", "crm-n"]);
         index.put_holding(&held(x, "crm-a", &at(0, 0), Some(&at(10, 0)), true));
         // crm-n is new to the ledger with the number (a stranger's record made later).
         index.put_holding(&held(x, "crm-n", &at(30, 0), None, true));
@@ -568,7 +585,7 @@ mod tests {
             "a call before its record was made"
         );
         // Entering in the same cycle as the other let go (committed first): from its entry.
-        let mut index = PhoneIndex::default();
+        let mut index = live(&["crm-a", "crm-b", "crm-n"]);
         index.put_holding(&held(x, "crm-a", &at(0, 0), Some(&at(10, 1)), true));
         index.put_holding(&held(x, "crm-n", &at(10, 0), None, true));
         assert_eq!(
@@ -576,7 +593,7 @@ mod tests {
             phone("crm-a")
         );
         // A holder that came after it (and went) says nothing about before it.
-        let mut index = PhoneIndex::default();
+        let mut index = live(&["crm-a", "crm-b", "crm-n"]);
         index.put_holding(&held(x, "crm-n", &at(10, 0), None, true));
         index.put_holding(&held(x, "crm-b", &at(12, 0), Some(&at(14, 0)), false));
         assert_eq!(
@@ -592,7 +609,7 @@ mod tests {
     #[test]
     fn forgotten_holders_link_nothing() {
         let x = "+14155550100";
-        let mut index = PhoneIndex::default();
+        let mut index = live(&["crm-a", "crm-b", "crm-n"]);
         index.put_holding(&held(x, "", "", Some(&at(10, 0)), false));
         index.put_holding(&held(x, "crm-n", &at(30, 0), None, true));
         let link = |index: &PhoneIndex, when: String| index.link(&call(None, &[x], Some(&when)));

@@ -14,7 +14,10 @@
 //! - no activity has two rows in the activity CSV;
 //! - every activity of a contact linked to one record when it happened, and still linked to it,
 //!   has exactly one row, on that record, with its latest enrichment (duration, summary,
-//!   voicemail kind, a text's delivery status);
+//!   voicemail kind, a text's delivery status), also when its delivery was lost and its number
+//!   left the record before the poller read it (the phone history); the one exception is a
+//!   lost delivery whose number changed hands within the hand-over allowance of the call
+//!   (`linking::HANDOVER_SKEW`): held as ambiguous, counted in `unmatched_after_renumber`;
 //! - an activity on any other row sits on a record one of its contacts or its number was linked
 //!   to at some point (never a guess), and an activity of a number no record ever had is on no
 //!   row.
@@ -66,8 +69,12 @@ pub struct CallTally {
     pub kills: usize,
     pub dropped: u64,
     pub filled_by_poller: usize,
-    /// Lost deliveries whose number left their record before the poller saw them: held as
-    /// unmatched, never guessed.
+    /// Lost deliveries whose number left their record before the poller saw them, landed on
+    /// that record all the same (the phone history: who held the number at `createdAt`).
+    pub landed_after_renumber: usize,
+    /// The exception: lost deliveries whose number changed hands within the hand-over allowance
+    /// (`linking::HANDOVER_SKEW`) of the call: both holders match, so it is held as ambiguous,
+    /// never guessed.
     pub unmatched_after_renumber: usize,
 }
 
@@ -78,6 +85,7 @@ impl CallTally {
         self.kills += other.kills;
         self.dropped += other.dropped;
         self.filled_by_poller += other.filled_by_poller;
+        self.landed_after_renumber += other.landed_after_renumber;
         self.unmatched_after_renumber += other.unmatched_after_renumber;
     }
 }
@@ -340,6 +348,9 @@ impl Calls {
                 number: number.clone(),
                 direction,
                 outcome,
+                // It starts now: its `createdAt` is the moment `contacts` and `record` describe
+                // (linking by number asks who held the number at `createdAt`).
+                created_at: Some(chrono::Utc::now()),
                 duration: if outcome == CallOutcome::Missed {
                     0
                 } else {
@@ -420,7 +431,8 @@ impl Calls {
             .into_iter()
             .map(|row| (row.activity_id, row.link))
             .collect();
-        self.check(world, &records, &delivered, &in_ledger);
+        let history = phone_history(world.app.ledger()).await;
+        self.check(world, &records, &delivered, &in_ledger, &history);
         self.tally
     }
 
@@ -430,6 +442,7 @@ impl Calls {
         records: &BTreeMap<String, Linked>,
         delivered: &BTreeSet<String>,
         in_ledger: &HashMap<String, Option<String>>,
+        history: &HashMap<String, Vec<Stretch>>,
     ) {
         let rows = crate::activity_support::csv_rows(&self.csv);
         let mut by_id: HashMap<&str, Vec<&HashMap<String, String>>> = HashMap::new();
@@ -469,33 +482,42 @@ impl Calls {
                 })
             });
             // A call whose delivery was lost is found only by the poller, and a listed call
-            // carries no contact ids: it links by number. If its record's number changed before
-            // the poller saw it, no record holds that number any more, and linking never guesses:
-            // the ledger must hold it as unmatched (counted in `status`), never drop it.
+            // carries no contact ids: it links by number, to the record that held the number
+            // when the call began, even if the number has left that record since (or gone to
+            // another). The one exception: the number changed hands within the hand-over
+            // allowance of the call, so two records match and it is held as ambiguous.
             let number_left = still_linked.is_some_and(|r| {
                 !records[r].phones.contains(&digits(&m.number)) && !delivered.contains(&m.id)
             });
-            if number_left && row.is_none() {
-                assert_eq!(
-                    in_ledger.get(&m.id),
-                    Some(&Some("none".to_string())),
-                    "{} (lost delivery, {} no longer on its record) is not held as unmatched",
-                    m.id,
-                    m.number
-                );
-                self.tally.unmatched_after_renumber += 1;
-            } else if let Some(record) = still_linked {
-                let row = row.unwrap_or_else(|| {
-                    panic!(
-                        "{} of a contact linked to {record} is not in the CRM (delivered: {})",
+            if let Some(record) = still_linked {
+                let Some(row) = row else {
+                    let started = truth
+                        .get(&m.id)
+                        .and_then(|a| a["createdAt"].as_str())
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                    let near = started.is_some_and(|t| {
+                        handover_near(history, &m.number, t.with_timezone(&chrono::Utc))
+                    });
+                    assert!(
+                        !delivered.contains(&m.id)
+                            && near
+                            && in_ledger.get(&m.id) == Some(&Some("ambiguous".to_string())),
+                        "{} of a contact linked to {record} is not in the CRM (delivered: {}, \
+                         {} changed hands near the call: {near}, link {:?}, history {:?})",
                         m.id,
-                        delivered.contains(&m.id)
-                    )
-                });
+                        delivered.contains(&m.id),
+                        m.number,
+                        in_ledger.get(&m.id),
+                        history.get(&digits(&m.number))
+                    );
+                    self.tally.unmatched_after_renumber += 1;
+                    continue;
+                };
                 assert_eq!(&row["record_id"], record, "{} on its record", m.id);
                 latest_enrichment(row, &truth[&m.id]);
                 if !delivered.contains(&m.id) {
                     self.tally.filled_by_poller += 1;
+                    self.tally.landed_after_renumber += usize::from(number_left);
                 }
             } else if let Some(row) = row {
                 let on = &row["record_id"];
@@ -512,6 +534,55 @@ impl Calls {
             }
         }
     }
+}
+
+/// One stretch of the ledger's phone history: the record, its opening and its end.
+#[derive(Debug, Clone)]
+struct Stretch {
+    record: String,
+    opened_at: String,
+    closed_at: Option<String>,
+}
+
+/// The ledger's phone history by number digits.
+async fn phone_history(ledger: &Ledger) -> HashMap<String, Vec<Stretch>> {
+    let rows = ledger
+        .debug_query_strings(
+            "SELECT phone || '|' || external_id || '|' || opened_at || '|' || COALESCE(closed_at, '')
+               FROM phone_history",
+        )
+        .await
+        .expect("phone history readable");
+    let mut by_number: HashMap<String, Vec<Stretch>> = HashMap::new();
+    for row in rows {
+        let parts: Vec<&str> = row.split('|').collect();
+        by_number
+            .entry(digits(parts[0]))
+            .or_default()
+            .push(Stretch {
+                record: parts[1].to_string(),
+                opened_at: parts[2].to_string(),
+                closed_at: Some(parts[3].to_string()).filter(|c| !c.is_empty()),
+            });
+    }
+    by_number
+}
+
+/// Whether `number` changed hands within the hand-over allowance of `at`: a stretch of it
+/// opened or closed that close to it.
+fn handover_near(
+    history: &HashMap<String, Vec<Stretch>>,
+    number: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let skew = quo_sync::activity::linking::HANDOVER_SKEW;
+    let near = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .is_ok_and(|t| (t.with_timezone(&chrono::Utc) - at).abs() <= skew)
+    };
+    history.get(&digits(number)).into_iter().flatten().any(|s| {
+        !s.record.is_empty() && (near(&s.opened_at) || s.closed_at.as_deref().is_some_and(near))
+    })
 }
 
 /// The records holding `number`.
