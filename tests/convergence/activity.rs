@@ -27,7 +27,9 @@
 //! "activities with two rows in the CRM"; the poller storing nothing it lists (lost deliveries
 //! never filled): seed 1, "… of a contact linked to k-6 is not in the CRM (delivered: false)";
 //! enrichment never rewriting a written activity (`Pipeline::settle`): seed 1, "the latest
-//! summary".
+//! summary"; linking by today's holders of a number instead of the phone history
+//! (`PhoneIndex::link` asking `holders(…, None)`): seed 3, "… of a contact linked to k-5 is not
+//! in the CRM (delivered: false, …)" (the record was renumbered right after the call).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -544,7 +546,7 @@ impl Calls {
                         .and_then(|a| a["createdAt"].as_str())
                         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
                     let near = started.is_some_and(|t| {
-                        handover_near(history, &m.number, t.with_timezone(&chrono::Utc))
+                        handover_near(history, &m.number, record, t.with_timezone(&chrono::Utc))
                     });
                     assert!(
                         !delivered.contains(&m.id)
@@ -616,11 +618,12 @@ async fn phone_history(ledger: &Ledger) -> HashMap<String, Vec<Stretch>> {
     by_number
 }
 
-/// Whether `number` changed hands within the hand-over allowance of `at`: a stretch of it
-/// opened or closed that close to it.
+/// Whether `number` changed hands within the hand-over allowance of `at`: a stretch of it on a
+/// record other than `record` opened or closed that close to it.
 fn handover_near(
     history: &HashMap<String, Vec<Stretch>>,
     number: &str,
+    record: &str,
     at: chrono::DateTime<chrono::Utc>,
 ) -> bool {
     let skew = quo_sync::activity::linking::HANDOVER_SKEW;
@@ -629,7 +632,9 @@ fn handover_near(
             .is_ok_and(|t| (t.with_timezone(&chrono::Utc) - at).abs() <= skew)
     };
     history.get(&digits(number)).into_iter().flatten().any(|s| {
-        !s.record.is_empty() && (near(&s.opened_at) || s.closed_at.as_deref().is_some_and(near))
+        !s.record.is_empty()
+            && s.record != record
+            && (near(&s.opened_at) || s.closed_at.as_deref().is_some_and(near))
     })
 }
 
