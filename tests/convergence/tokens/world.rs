@@ -409,32 +409,35 @@ impl World {
 
     /// The main process dies, mid-cycle when it holds a live access token (never inside its own
     /// token request): at a random moment up to 40 ms in, or the moment a write reaches Quo
-    /// (requests slowed to 5 ms so it is still in flight). Its next cycle starts a new one.
-    pub(super) async fn kill_main(&mut self) {
+    /// (requests slowed to 20 ms so it is still in flight); `at_write` picks which, else a coin.
+    /// Its next cycle starts a new one.
+    pub(super) async fn kill_main(&mut self, at_write: Option<bool>) {
         let Some(ctx) = self.main.take() else {
             return;
         };
         let mut mid_write = false;
         if self.main_has_token {
-            let at_write = self.rng.random_bool(0.5);
+            let at_write = at_write.unwrap_or_else(|| self.rng.random_bool(0.5));
             let after = Duration::from_millis(self.rng.random_range(0..40));
             let mut in_flight = self.sandbox.writes_in_flight();
             if at_write {
-                self.sandbox.set_latency(Duration::from_millis(5));
+                self.sandbox.set_latency(Duration::from_millis(20));
             }
             let cycle = ctx.clone();
             let mut task = tokio::spawn(async move { run_cycle(&cycle, Mode::Apply).await });
-            if at_write {
+            let ended = if at_write {
                 tokio::select! {
-                    _ = in_flight.wait_for(|n| *n > 0) => {}
-                    _ = &mut task => {}
+                    _ = in_flight.wait_for(|n| *n > 0) => false,
+                    _ = &mut task => true,
                 }
             } else {
-                let _ = tokio::time::timeout(after, &mut task).await;
-            }
+                tokio::time::timeout(after, &mut task).await.is_ok()
+            };
             mid_write = *in_flight.borrow_and_update() > 0;
             task.abort();
-            let _ = task.await;
+            if !ended {
+                let _ = task.await;
+            }
             self.sandbox.set_latency(Duration::ZERO);
             tokio::time::timeout(Duration::from_secs(10), in_flight.wait_for(|n| *n == 0))
                 .await
