@@ -33,7 +33,12 @@
 //! typed unless a conflict names both; and for the tokens: every process start got a grant,
 //! expired tokens were refused and replaced, a rotation was kept in the ledger, no
 //! `invalid_grant` and no secret in any log. A run of several seeds must have had rotations by
-//! second processes, kills mid-write, and Quo and CRM faults that fired.
+//! second processes, kills mid-write (every seed ends its chaos with one, if its draws made
+//! none), and Quo and CRM faults that fired.
+//!
+//! Seeds, steps, timeout, trace and replay are the convergence test's
+//! (`QUO_SYNC_CONVERGENCE_SEED=N cargo test --test convergence tokens` replays one); without a
+//! seed variable, [`DEFAULT_SEEDS`] seeds.
 
 // The Salesforce fake and what it is made of (`tests/support/`), without the rest of it: the
 // activity helpers there are already this binary's `activity_support`.
