@@ -22,6 +22,7 @@ mod inbox;
 mod index;
 mod leader;
 mod lease;
+mod phone_history;
 mod quarantine;
 mod records;
 mod runs;
@@ -56,6 +57,7 @@ pub use inbox::{INTAKE_POLL, InboxEvent, NewInboxEvent};
 pub use index::{IndexEntry, LedgerIndex};
 pub use leader::{Fence, LeaderLease, LeaseError, safety_margin};
 pub use lease::{Attempt, Candidate, LeaseHolder, host_name};
+pub use phone_history::PhoneHolding;
 pub use quarantine::{NewQuarantine, QuarantineEntry, QuarantineStage};
 pub use records::{RecordRow, RecordState, SyncedRecord, fingerprint_digest};
 pub use runs::{ConflictRow, RunCounts, RunRow};
@@ -538,15 +540,67 @@ impl Ledger {
     }
 
     /// Closes the pool; on SQLite, first flushes the WAL into the main file (clean shutdown).
+    /// Connections still out get [`CLOSE_WAIT`] to come back; then the pool is let go without
+    /// them (see there).
     pub async fn close(&self) {
-        match &self.pool {
+        let (size, idle) = match &self.pool {
             Pool::Sqlite(pool) => {
                 let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                     .execute(pool)
                     .await;
-                pool.close().await;
+                let closed = tokio::time::timeout(CLOSE_WAIT, pool.close()).await;
+                if closed.is_ok() {
+                    return;
+                }
+                (pool.size(), pool.num_idle())
             }
-            Pool::Postgres(pool) => pool.close().await,
-        }
+            Pool::Postgres(pool) => {
+                let closed = tokio::time::timeout(CLOSE_WAIT, pool.close()).await;
+                if closed.is_ok() {
+                    return;
+                }
+                (pool.size(), pool.num_idle())
+            }
+        };
+        tracing::warn!(
+            event = "ledger_close_slow",
+            ledger = %self.path,
+            connections = size,
+            idle,
+            wait_ms = CLOSE_WAIT.as_millis() as u64,
+            "a ledger connection did not come back to its pool in time; closing without it"
+        );
+    }
+}
+
+/// How long [`Ledger::close`] waits for connections still checked out. sqlx waits for every
+/// one, and a connection whose return never ends (its on-release ping waiting for an answer to
+/// a statement abandoned mid-flight, as a leader's cancelled work leaves behind; sqlx issue
+/// #4349) held a deposed leader's term open for good: it went on calling itself leader and
+/// never stood by again. A connection that comes back later is closed by the closed pool.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn close_returns_though_a_connection_never_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.db")).await.unwrap();
+        let Pool::Sqlite(pool) = &ledger.pool else {
+            unreachable!("a file ledger")
+        };
+        // Checked out and never returned while the pool closes: a release that never ends.
+        let held = pool.acquire().await.unwrap();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(CLOSE_WAIT * 5, ledger.close())
+            .await
+            .expect("close waits for the connection forever");
+        assert!(
+            started.elapsed() >= CLOSE_WAIT,
+            "it waited for the connection"
+        );
+        drop(held);
     }
 }

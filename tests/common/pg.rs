@@ -159,6 +159,23 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Why `pg_ctl start` failed.
+#[derive(Debug)]
+enum StartFailure {
+    /// Something else took the port (the server log says `Address already in use`).
+    PortTaken(String),
+    /// Anything else, with pg_ctl's output and the server log.
+    Other(String),
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PortTaken(why) | Self::Other(why) => f.write_str(why),
+        }
+    }
+}
+
 /// An initialised data directory and how to start the server on it.
 #[derive(Clone)]
 struct Server {
@@ -210,33 +227,48 @@ impl Server {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let mut options = format!(
-            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
-            dir = dir.display()
-        );
-        if tls {
-            options.push_str(&format!(
-                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
-                dir = dir.display()
-            ));
-        }
         let log = dir.join("postgres.log");
-        let server = Server {
-            bin,
-            dir,
-            data,
-            options,
-            log,
-            port,
+        // The port was free when asked for, but anything on the machine may bind it before the
+        // server does (another test binary's cluster, a sandbox, an outgoing connection): then
+        // the server cannot listen, and it starts again on another free port.
+        let mut attempts = 0;
+        let server = loop {
+            attempts += 1;
+            let port = free_port();
+            let mut options = format!(
+                "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+                dir = dir.display()
+            );
+            if tls {
+                options.push_str(&format!(
+                    " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
+                    dir = dir.display()
+                ));
+            }
+            let server = Server {
+                bin: bin.clone(),
+                dir: dir.clone(),
+                data: data.clone(),
+                options,
+                log: log.clone(),
+                port,
+            };
+            match server.try_start() {
+                Ok(()) => break server,
+                Err(StartFailure::PortTaken(why)) if attempts < 5 => {
+                    eprintln!("PostgreSQL could not listen on port {port}; another port: {why}");
+                }
+                Err(failure) => panic!("{failure}"),
+            }
         };
-        server.start();
         server.watchdog();
         Some((server, certificates))
     }
 
-    /// `pg_ctl start`, waiting until the server accepts connections.
-    fn start(&self) {
+    /// `pg_ctl start`, waiting (`-w`, up to a minute) until the server accepts connections.
+    fn try_start(&self) -> Result<(), StartFailure> {
+        // Each start's log on its own: the port check below reads only this start's lines.
+        let _ = std::fs::remove_file(&self.log);
         let out = run_as_postgres(
             &self.bin.join("pg_ctl"),
             &[
@@ -252,12 +284,19 @@ impl Server {
                 "start",
             ],
         );
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&self.log).unwrap_or_default()
+        if out.status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let why = format!(
+            "pg_ctl start failed: {}\n{log}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        if log.contains("Address already in use") {
+            Err(StartFailure::PortTaken(why))
+        } else {
+            Err(StartFailure::Other(why))
+        }
     }
 
     /// `pg_ctl stop -m <mode>` (`fast`: sessions are ended, `immediate`: a crash).
@@ -377,10 +416,23 @@ impl OwnServer {
             .await
             .expect("stop");
         tokio::time::sleep(down_for).await;
-        let server = self.server.clone();
-        tokio::task::spawn_blocking(move || server.start())
-            .await
-            .expect("start");
+        // The port is free while the server is down, so another process may bind it meanwhile;
+        // the URL the test holds names it, so wait for it to be free again.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let server = self.server.clone();
+            match tokio::task::spawn_blocking(move || server.try_start())
+                .await
+                .expect("start")
+            {
+                Ok(()) => return,
+                Err(StartFailure::PortTaken(why)) if std::time::Instant::now() < deadline => {
+                    eprintln!("PostgreSQL's port is taken; starting again shortly: {why}");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(failure) => panic!("{failure}"),
+            }
+        }
     }
 }
 
