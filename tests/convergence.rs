@@ -107,6 +107,8 @@ mod invariants;
 mod model;
 #[path = "convergence/scope.rs"]
 mod scope;
+#[path = "convergence/tokens.rs"]
+mod tokens;
 #[path = "convergence/world.rs"]
 mod world;
 
@@ -435,4 +437,11 @@ async fn both_sides_converge_under_random_edits_faults_and_kills() {
             "the cycles' counters were never checked on writes, 429s or a failed cycle: {counted:?}"
         );
     }
+}
+
+/// #21's third fault: a token rotated by a second process, in a Salesforce world with the same
+/// seeds, wire faults and end invariants (`convergence/tokens.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rotated_by_second_processes_converge_under_faults_and_kills() {
+    tokens::run().await;
 }

@@ -277,21 +277,30 @@ path = "{csv}"
 
     /// Every external id must map to exactly one sandbox contact and one ledger Quo id.
     pub async fn assert_one_contact_per_record(&self, external_ids: &[String]) {
-        for id in external_ids {
-            assert_eq!(
-                self.sandbox.count_by_external_id(id),
-                1,
-                "contacts for {id}"
-            );
-            let row = self
-                .ledger()
-                .record(&quo_sync::domain::ExternalId::parse(id).unwrap())
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("ledger row for {id}"));
-            let quo_id = row.quo_id.unwrap_or_else(|| panic!("quo id for {id}"));
-            assert_eq!(self.contact_for(id)["id"], quo_id.as_str());
-        }
+        assert_one_contact_per_record(&self.sandbox, self.ledger(), external_ids).await;
+    }
+}
+
+/// Each of `external_ids` has exactly one contact in `sandbox`, and `ledger` holds its id.
+pub async fn assert_one_contact_per_record(
+    sandbox: &SandboxHandle,
+    ledger: &Ledger,
+    external_ids: &[String],
+) {
+    for id in external_ids {
+        assert_eq!(sandbox.count_by_external_id(id), 1, "contacts for {id}");
+        let row = ledger
+            .record(&quo_sync::domain::ExternalId::parse(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("ledger row for {id}"));
+        let quo_id = row.quo_id.unwrap_or_else(|| panic!("quo id for {id}"));
+        let contact = sandbox
+            .contacts()
+            .into_iter()
+            .find(|c| c["externalId"] == id.as_str())
+            .expect("counted above");
+        assert_eq!(contact["id"], quo_id.as_str(), "{id}'s contact");
     }
 }
 

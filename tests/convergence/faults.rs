@@ -1,7 +1,7 @@
 //! The faults a step may put on the wire, one drawn per step. To add one: a variant, its line
 //! in [`FAULTS`] (listed twice to draw it twice as often), and its arm in [`FaultKind::inject`].
 
-use quo_sync::sandbox::Fault;
+use quo_sync::sandbox::{Fault, SandboxHandle};
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::json;
@@ -70,34 +70,39 @@ impl FaultKind {
 
     /// Arms it on `app`'s sandbox; `seed` seeds the ratio faults.
     pub async fn inject(self, app: &TestApp, rng: &mut StdRng) {
-        let base = app.sandbox.base_url();
+        self.inject_into(&app.sandbox, rng).await;
+    }
+
+    /// Arms it on `sandbox` (a world without a `TestApp`: `tokens.rs`).
+    pub async fn inject_into(self, sandbox: &SandboxHandle, rng: &mut StdRng) {
+        let base = sandbox.base_url();
         let seed: u64 = rng.random_range(0..1_000_000);
         match self {
             FaultKind::None => {}
-            FaultKind::RateLimited => app.sandbox.inject(Fault::Status {
+            FaultKind::RateLimited => sandbox.inject(Fault::Status {
                 status: 429,
                 count: rng.random_range(1..4),
                 retry_after: Some(0),
             }),
-            FaultKind::ServerErrors => app.sandbox.inject(Fault::Status {
+            FaultKind::ServerErrors => sandbox.inject(Fault::Status {
                 status: 500,
                 count: rng.random_range(1..4),
                 retry_after: None,
             }),
             FaultKind::Outage => {
                 // A 429 first, so a cycle that fails has spent one (its run row must say so).
-                app.sandbox.inject(Fault::Status {
+                sandbox.inject(Fault::Status {
                     status: 429,
                     count: 1,
                     retry_after: Some(0),
                 });
-                app.sandbox.inject(Fault::Status {
+                sandbox.inject(Fault::Status {
                     status: 500,
                     count: rng.random_range(11..17),
                     retry_after: None,
                 });
             }
-            FaultKind::LostAnswers => app.sandbox.inject(Fault::DropAfterWrite {
+            FaultKind::LostAnswers => sandbox.inject(Fault::DropAfterWrite {
                 count: rng.random_range(1..4),
             }),
             FaultKind::LostAnswersSeeded => {
@@ -107,7 +112,7 @@ impl FaultKind {
                 )
                 .await
             }
-            FaultKind::WebhooksOff => app.sandbox.set_webhook(None),
+            FaultKind::WebhooksOff => sandbox.set_webhook(None),
             FaultKind::LaggingList => {
                 sandbox_fault(
                     &base,
@@ -138,10 +143,10 @@ impl FaultKind {
                     json!({"kind": "lagging_list", "seed": seed, "next_created": 1, "scope": "all"}),
                 )
                 .await;
-                app.sandbox.inject(Fault::DropAfterWrite { count: 1 });
-                app.sandbox.set_webhook(None);
+                sandbox.inject(Fault::DropAfterWrite { count: 1 });
+                sandbox.set_webhook(None);
             }
-            FaultKind::SlowAnswers => app.sandbox.inject(Fault::Latency {
+            FaultKind::SlowAnswers => sandbox.inject(Fault::Latency {
                 extra: std::time::Duration::from_millis(20),
                 count: rng.random_range(1..6),
             }),

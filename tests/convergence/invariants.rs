@@ -9,7 +9,7 @@ use quo_sync::ledger::ConflictRow;
 use quo_sync::sync::{CyclePhase, CycleReport, SyncError};
 use serde_json::Value;
 
-use super::model::APP_ONLY;
+use super::model::{APP_ONLY, Log};
 use super::world::World;
 
 /// Every invariant, in order.
@@ -31,7 +31,7 @@ pub async fn check(world: &World) {
     super::scope::check(world, &out).await;
     every_record_linked_to_its_one_contact(world, &rows).await;
     no_doubled_email_or_phone_items(&contacts);
-    each_conflict_names_typed_values_and_the_policys_winner(world, &conflicts);
+    each_conflict_names_typed_values_and_the_policys_winner(&world.log, world.policy, &conflicts);
     for row in &rows {
         let contact = &contacts[&row[0]][0];
         both_sides_hold_the_same_managed_values(world, row, contact);
@@ -42,7 +42,7 @@ pub async fn check(world: &World) {
 }
 
 /// At most one contact per externalId (twins of lost creates included).
-fn no_duplicate_contacts(contacts: &BTreeMap<String, Vec<Value>>) {
+pub fn no_duplicate_contacts(contacts: &BTreeMap<String, Vec<Value>>) {
     for (id, list) in contacts {
         assert_eq!(list.len(), 1, "{id} has {} contacts: {list:#?}", list.len());
     }
@@ -59,10 +59,7 @@ async fn no_contact_without_a_crm_record(
     let handed_over = |id: &String| {
         world.scope.on_leave != "delete" && world.scope.deleted_out_of_scope.contains(id)
     };
-    for id in contacts
-        .keys()
-        .filter(|id| !ids.contains(&id.as_str()) && !handed_over(id))
-    {
+    for id in without_a_record(&ids, contacts).filter(|id| !handed_over(id)) {
         let row = world
             .app
             .ledger()
@@ -81,6 +78,14 @@ async fn no_contact_without_a_crm_record(
     );
 }
 
+/// The externalIds of `contacts` that name none of the CRM's `ids`.
+pub fn without_a_record<'a>(
+    ids: &'a [&str],
+    contacts: &'a BTreeMap<String, Vec<Value>>,
+) -> impl Iterator<Item = &'a String> {
+    contacts.keys().filter(|id| !ids.contains(&id.as_str()))
+}
+
 /// Every CRM record has its contact, and the ledger holds that contact's id.
 async fn every_record_linked_to_its_one_contact(world: &World, rows: &[Vec<String>]) {
     let ids: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();
@@ -89,7 +94,7 @@ async fn every_record_linked_to_its_one_contact(world: &World, rows: &[Vec<Strin
 
 /// No contact holds an email or a phone number twice, or two items under one label (a PATCH
 /// resent blindly under merge semantics appends its items again).
-fn no_doubled_email_or_phone_items(contacts: &BTreeMap<String, Vec<Value>>) {
+pub fn no_doubled_email_or_phone_items(contacts: &BTreeMap<String, Vec<Value>>) {
     for contact in contacts.values().flatten() {
         for list in ["emails", "phoneNumbers"] {
             let items: Vec<(String, String)> = crate::common::items(contact, list)
@@ -140,8 +145,9 @@ fn decided(conflict: &ConflictRow) -> Decided {
 /// record (compared exactly, not as substrings), and the winner the seed's policy picks:
 /// `crm` and `quo` always their side, `newest` either; a twin of a lost create
 /// (`twin_later_edit`) either.
-fn each_conflict_names_typed_values_and_the_policys_winner(
-    world: &World,
+pub fn each_conflict_names_typed_values_and_the_policys_winner(
+    log: &Log,
+    policy: &str,
     conflicts: &[ConflictRow],
 ) {
     for c in conflicts {
@@ -149,32 +155,33 @@ fn each_conflict_names_typed_values_and_the_policys_winner(
         assert_ne!(winner, loser, "a conflict between equal values: {c:?}");
         for value in [&winner, &loser] {
             assert!(
-                world.log.was_typed(&c.external_id, &c.field, value),
+                log.was_typed(&c.external_id, &c.field, value),
                 "conflict {c:?} names {value}, which nobody typed into {}.{}: {:?}",
                 c.external_id,
                 c.field,
-                world.log.edits(&c.external_id, &c.field)
+                log.edits(&c.external_id, &c.field)
             );
         }
         match c.policy.as_str() {
             "twin_later_edit" => {}
-            "newest" | "crm" | "quo" if c.policy == world.policy => {
+            "newest" | "crm" | "quo" if c.policy == policy => {
                 if c.policy != "newest" {
                     assert_eq!(c.winner, c.policy, "policy {} decided {c:?}", c.policy);
                 }
             }
-            other => panic!(
-                "conflict {c:?} decided by {other:?}, not the seed's {}",
-                world.policy
-            ),
+            other => panic!("conflict {c:?} decided by {other:?}, not the seed's {policy}"),
         }
     }
 }
 
 /// The CRM row and the contact agree on every managed field, in the sync's comparison form.
 fn both_sides_hold_the_same_managed_values(world: &World, row: &[String], contact: &Value) {
-    let crm = world.crm_fields(row);
-    let quo = world.quo_fields(contact);
+    sides_agree(&row[0], &world.crm_fields(row), &world.quo_fields(contact));
+}
+
+/// `id`'s managed values on the CRM side (`crm`) and the Quo side (`quo`), in the sync's
+/// comparison form, are the same.
+pub fn sides_agree(id: &str, crm: &BTreeMap<String, Value>, quo: &BTreeMap<String, Value>) {
     let differ: Vec<String> = crm
         .keys()
         .filter(|k| crm.get(*k) != quo.get(*k))
@@ -186,7 +193,7 @@ fn both_sides_hold_the_same_managed_values(world: &World, row: &[String], contac
             )
         })
         .collect();
-    assert!(differ.is_empty(), "{}: sides differ: {differ:?}", row[0]);
+    assert!(differ.is_empty(), "{id}: sides differ: {differ:?}");
 }
 
 /// Every managed field, and every value kept only in Quo (notes, including one typed and then
@@ -204,8 +211,19 @@ fn each_value_is_the_last_typed_unless_a_conflict_names_both(
             .iter()
             .map(|k| (k.name().to_string(), k.value(contact))),
     );
+    holds_the_last_typed_unless_a_conflict_names_both(&world.log, id, held, conflicts);
+}
+
+/// Each of `id`'s `held` values (field name, value) is the last one `log` saw put there, or a
+/// conflict on that field names it as the winner and that last value as the loser.
+pub fn holds_the_last_typed_unless_a_conflict_names_both(
+    log: &Log,
+    id: &str,
+    held: Vec<(String, Value)>,
+    conflicts: &[ConflictRow],
+) {
     for (field, value) in held {
-        let last = world.log.last(id, &field);
+        let last = log.last(id, &field);
         if value == last {
             continue;
         }
@@ -216,7 +234,7 @@ fn each_value_is_the_last_typed_unless_a_conflict_names_both(
         assert!(
             explained,
             "{id}.{field} holds {value}, but the last value put there was {last} and no conflict names both (all: {:?}; conflicts: {:?})",
-            world.log.edits(id, &field),
+            log.edits(id, &field),
             conflicts
                 .iter()
                 .filter(|c| c.external_id == id && c.field == field)

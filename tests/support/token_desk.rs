@@ -55,6 +55,8 @@ struct DeskInner {
     /// Token requests received (stalled and injected ones included).
     received: u64,
     delay: Duration,
+    /// Stalls and answers that fired.
+    injected_fired: u64,
     stalls: VecDeque<Duration>,
     answers: VecDeque<(u16, serde_json::Value)>,
 }
@@ -89,9 +91,11 @@ impl TokenDesk {
         let mut inner = self.inner.lock().unwrap();
         inner.received += 1;
         if let Some(stall) = inner.stalls.pop_front() {
+            inner.injected_fired += 1;
             return Before::Stall(stall);
         }
         if let Some((status, body)) = inner.answers.pop_front() {
+            inner.injected_fired += 1;
             return Before::Answer(status, body);
         }
         Before::Delay(inner.delay)
@@ -170,6 +174,19 @@ impl TokenDesk {
     /// The next token request is answered `status` with `body`, without being processed.
     pub fn answer_next(&self, status: u16, body: serde_json::Value) {
         self.inner.lock().unwrap().answers.push_back((status, body));
+    }
+
+    /// Stalls and answers (`stall_next`, `answer_next`) that fired so far.
+    pub fn injected_fired(&self) -> u64 {
+        self.inner.lock().unwrap().injected_fired
+    }
+
+    /// Disarms the stalls and answers not yet fired, and the delay.
+    pub fn calm(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.stalls.clear();
+        inner.answers.clear();
+        inner.delay = Duration::ZERO;
     }
 
     /// Whether `token` is a live access token; an expired one is counted.

@@ -58,6 +58,10 @@ pub struct Books<X> {
     pub contacts: BTreeMap<String, Value>,
     /// API requests answered 401.
     pub unauthorized: u64,
+    /// Statuses the next API calls (past the token check) are answered with, unprocessed.
+    pub failures: std::collections::VecDeque<u16>,
+    /// API calls answered from `failures`.
+    pub failed: u64,
     /// The vendor's own bookkeeping.
     pub own: X,
 }
@@ -173,6 +177,23 @@ impl<X> Org<X> {
         self.books().unauthorized
     }
 
+    /// The next `count` API calls that pass the token check are answered `status` (a 5xx:
+    /// the vendor's outage) without being processed.
+    pub fn fail_next(&self, count: usize, status: u16) {
+        self.books()
+            .failures
+            .extend(std::iter::repeat_n(status, count));
+    }
+
+    /// API calls answered by [`Org::fail_next`] so far; clears those still armed.
+    pub fn failed_calls(&self, clear: bool) -> u64 {
+        let mut books = self.books();
+        if clear {
+            books.failures.clear();
+        }
+        books.failed
+    }
+
     /// Answers the token endpoint and API calls without a live access token; `None` lets the
     /// vendor's own routes answer.
     pub fn gate(
@@ -241,5 +262,10 @@ async fn serve_call<X: Send + 'static>(
         body,
     };
     let mut books = org.books();
+    if let Some(status) = books.failures.pop_front() {
+        books.failed += 1;
+        let status = axum::http::StatusCode::from_u16(status).unwrap();
+        return (status, axum::Json(json!({ "message": "injected failure" }))).into_response();
+    }
     (org.route)(&org, &mut books, call)
 }
