@@ -22,7 +22,15 @@ impl Cycle {
             }
             self.ctx.client.workspace_unconfirmed();
         }
-        self.workspace_rechecked
+        self.workspace_checked_this_cycle().await?;
+        Ok(())
+    }
+
+    /// Whether the key answers for our workspace, read back at most once per cycle (for the
+    /// cycle's start and `workspace_gate`).
+    pub(super) async fn workspace_checked_this_cycle(&self) -> Result<bool, SyncError> {
+        let ours = self
+            .workspace_rechecked
             .get_or_try_init(|| async {
                 crate::reverse::absence::absences_trusted(
                     &self.ctx.ledger,
@@ -33,7 +41,7 @@ impl Cycle {
                 .map_err(SyncError::from)
             })
             .await?;
-        Ok(())
+        Ok(*ours)
     }
 
     /// Counts work held back because the workspace is in doubt.

@@ -262,19 +262,7 @@ impl Cycle {
         {
             return Ok(Some(work));
         }
-        let ours = *self
-            .workspace_rechecked
-            .get_or_try_init(|| async {
-                crate::reverse::absence::absences_trusted(
-                    &self.ctx.ledger,
-                    &self.ctx.client,
-                    &HashSet::new(),
-                )
-                .await
-                .map_err(SyncError::from)
-            })
-            .await?;
-        if ours {
+        if self.workspace_checked_this_cycle().await? {
             return Ok(Some(work));
         }
         match &work {
