@@ -3,7 +3,9 @@
 //! operator console (`crate::ops::console`) mounts beside them when `service.console = true`.
 //! With more than one replica on a ledger, every replica serves them: `/readyz` says `leader` or
 //! `standby` (a standby is ready: it stores webhooks and takes over when the leader goes) and
-//! `/metrics` carries the `quo_sync_leader` gauge (1 leader, 0 standby). The ledger counts behind
+//! `/metrics` carries the `quo_sync_leader` gauge (1 leader, 0 standby). While the Quo workspace
+//! is in doubt (`reverse::doubt`), `/readyz` says so: not ready on the replica that writes, ready
+//! with the reason on a standby; `quo_sync_workspace_doubted` is 1. The ledger counts behind
 //! `/metrics` are read at most once per [`LEDGER_READ_TTL`], however many scrapers ask.
 
 use std::sync::Arc;
@@ -81,6 +83,7 @@ pub fn register_service_metrics() {
     // A replica starts as a standby; `ReplicaRole::set_leader` raises it once the lease is held.
     metrics::gauge!("quo_sync_leader").set(0.0);
     metrics::gauge!("quo_sync_paused").set(0.0);
+    metrics::gauge!("quo_sync_workspace_doubted").set(0.0);
     metrics::gauge!(
         "quo_sync_build_info",
         "version" => env!("CARGO_PKG_VERSION"),
@@ -138,6 +141,8 @@ struct LedgerGauges {
     unconfirmed: Option<i64>,
     /// Whether `quo-sync pause` is in force (`quo_sync_paused`).
     paused: Option<bool>,
+    /// Whether the Quo workspace is in doubt (`quo_sync_workspace_doubted`).
+    doubted: Option<bool>,
 }
 
 /// A value computed at most once per TTL; concurrent readers wait for the one computing it.
@@ -265,8 +270,25 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
         ));
     }
     let role = ops.role.as_ref().map(ReplicaRole::leader_epoch);
+    // A key for another workspace is the operator's to fix, and a restart does not fix it (the
+    // doubt is on record and outlives the process): `/healthz` stays healthy, so no supervisor
+    // restarts it, while the replica that would write says not ready, with the reason, as for a
+    // refused key. A standby stays ready: it stores webhooks for when the key is right again.
+    let doubt = match crate::reverse::doubt::load(&ops.ledger).await {
+        Ok(doubt) => doubt.map(crate::ops::doubt::DoubtReport::of),
+        Err(_) => return unavailable("ledger unavailable (details in the logs)\n".into()),
+    };
     if let Some(None) = role {
-        return (StatusCode::OK, "ready (standby)\n".into());
+        return match doubt {
+            Some(doubt) => (
+                StatusCode::OK,
+                format!("ready (standby); {}\n", doubt.readiness()),
+            ),
+            None => (StatusCode::OK, "ready (standby)\n".into()),
+        };
+    }
+    if let Some(doubt) = doubt {
+        return unavailable(format!("not ready: {}\n", doubt.readiness()));
     }
     if ops.readiness.readiness == Readiness::Cycles {
         let wanted = ops.readiness.failed_cycles;
@@ -312,6 +334,10 @@ async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
                 quarantined: ops.ledger.quarantined_count().await.ok(),
                 unconfirmed: ops.ledger.unconfirmed_count().await.ok(),
                 paused: ops.ledger.pause_state().await.ok().map(|p| p.is_some()),
+                doubted: crate::reverse::doubt::load(&ops.ledger)
+                    .await
+                    .ok()
+                    .map(|d| d.is_some()),
             }
         })
         .await;
@@ -323,6 +349,9 @@ async fn render(State(ops): State<Ops>) -> (StatusCode, String) {
     }
     if let Some(paused) = gauges.paused {
         metrics::gauge!("quo_sync_paused").set(if paused { 1.0 } else { 0.0 });
+    }
+    if let Some(doubted) = gauges.doubted {
+        metrics::gauge!("quo_sync_workspace_doubted").set(if doubted { 1.0 } else { 0.0 });
     }
     if let Some(unconfirmed) = gauges.unconfirmed {
         metrics::gauge!("quo_sync_unconfirmed_creates").set(unconfirmed as f64);

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 pub mod console;
 pub mod control;
+pub mod doubt;
 pub mod http;
 pub mod link;
 pub mod listener;
@@ -49,6 +50,11 @@ pub struct Status {
     /// Unconfirmed creates whose contact could not be resolved, abandoned with a reason (the
     /// contact is left in Quo for an operator): the newest few, (external id, when, why).
     pub abandoned_creates: Vec<(String, String, String)>,
+    /// Whether the Quo workspace is in doubt: the last read-back of linked contacts did not find
+    /// most of them (a key for another workspace), so creates and deletions are held.
+    pub workspace_doubted: bool,
+    /// The doubt, with since when, why, what is held and what to do (`null` when none).
+    pub workspace_doubt: Option<doubt::DoubtReport>,
 }
 
 /// Records by scope (`sync.filter`) and mode (`sync.mode`), as last judged.
@@ -88,6 +94,9 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
     let last_run = ledger.recent_runs(1).await?.into_iter().next();
     let last_error = ledger.last_run_error().await?;
     let conflicts = ledger.conflict_count().await?;
+    let workspace_doubt = crate::reverse::doubt::load(ledger)
+        .await?
+        .map(doubt::DoubtReport::of);
     Ok(Status {
         ledger: ledger.path().to_string(),
         records,
@@ -103,6 +112,8 @@ pub async fn status(ledger: &Ledger) -> Result<Status, LedgerError> {
         scope,
         paused: ledger.pause_state().await?,
         abandoned_creates: ledger.unconfirmed_abandoned(5).await?,
+        workspace_doubted: workspace_doubt.is_some(),
+        workspace_doubt,
     })
 }
 
@@ -166,6 +177,9 @@ impl Status {
                 "paused        {} (no writes to Quo or the CRM; quo-sync resume)\n",
                 pause.describe()
             ));
+        }
+        if let Some(doubt) = &self.workspace_doubt {
+            out.push_str(&doubt.render());
         }
         out.push_str(&format!("quarantined   {}\n", self.quarantined));
         if self.held > 0 {

@@ -114,7 +114,7 @@ pub async fn absences_trusted(
             found = check.found,
             "linked contacts read back: the key answers for the synced workspace"
         );
-        client.workspace_confirmed();
+        confirmed(ledger, client).await?;
         return Ok(true);
     }
     warn!(
@@ -124,9 +124,35 @@ pub async fn absences_trusted(
         missing = check.missing,
         "most linked contacts read back are not there: the key may point at another workspace; no absence is acted on until they are"
     );
+    doubted(ledger, client, &check).await?;
+    Ok(false)
+}
+
+/// After a read-back found the linked contacts: `client` trusts absences again, and the doubt
+/// on record (this process's or another's) is deleted for every process (`super::doubt`).
+pub async fn confirmed(ledger: &Ledger, client: &QuoClient) -> Result<(), LedgerError> {
+    if let Some(doubt) = super::doubt::cleared(ledger).await? {
+        info!(
+            event = "workspace_doubt_cleared",
+            since = %doubt.since,
+            "the workspace is no longer in doubt: held creates and deletions go ahead"
+        );
+    }
+    client.workspace_confirmed();
+    Ok(())
+}
+
+/// After a read-back did not find most linked contacts: `client` holds back creates, deletions
+/// and absences, and the doubt is recorded for every process and the operator
+/// (`super::doubt`).
+pub async fn doubted(
+    ledger: &Ledger,
+    client: &QuoClient,
+    check: &WorkspaceCheck,
+) -> Result<(), LedgerError> {
     metrics::counter!("quo_sync_workspace_unconfirmed_total").increment(1);
     client.workspace_unconfirmed();
-    Ok(false)
+    super::doubt::doubted(ledger, check).await
 }
 
 /// Reads back up to [`SAMPLE`] linked ids, those not in `absent` when there are any: a contact

@@ -6,6 +6,7 @@
 //! writes compare equal and cost nothing, and a conflict is decided once, by policy, and recorded.
 
 pub mod absence;
+pub mod doubt;
 pub mod intake;
 pub mod merge;
 pub mod receiver;

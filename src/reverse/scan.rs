@@ -603,11 +603,10 @@ async fn prune_unseen(ledger: &Ledger, client: &QuoClient, since: &str) -> Resul
             unlisted = gone.len(),
             "contacts the workspace index holds are not listed and answer 404, and most linked contacts read back are not there: the key may point at another workspace; the index keeps them"
         );
-        metrics::counter!("quo_sync_workspace_unconfirmed_total").increment(1);
-        client.workspace_unconfirmed();
+        super::absence::doubted(ledger, client, &check).await?;
         return Ok(());
     }
-    client.workspace_confirmed();
+    super::absence::confirmed(ledger, client).await?;
     for quo_id in &gone {
         ledger.workspace_remove(quo_id).await?;
     }

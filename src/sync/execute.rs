@@ -484,6 +484,7 @@ impl Cycle {
         // failed (the key may point elsewhere); the record stays linked, and a later cycle
         // deletes it again. (Not a read-back of its own: the one contact linked may be this.)
         if !existed && self.ctx.client.workspace_doubted() {
+            self.held_by_doubt(|h| h.deletions_held += 1);
             warn!(event = "delete_unconfirmed", external_id = %external_id, quo_id = %quo_id, reason = "workspace_unconfirmed", "Quo answered 404 to a DELETE while the key is not shown to answer for the synced workspace; the record stays linked");
             return Ok(());
         }

@@ -18,6 +18,7 @@ mod adopt;
 mod confirm;
 mod copies;
 mod create;
+mod doubt;
 mod execute;
 mod export;
 mod freshen;
@@ -352,6 +353,8 @@ struct Cycle {
     /// Whether the key was shown to answer for our workspace again this cycle, after a
     /// read-back that did not find most linked contacts (checked once per cycle, for creates).
     workspace_rechecked: tokio::sync::OnceCell<bool>,
+    /// What this cycle held back while the workspace was in doubt (recorded with the doubt).
+    held_by_doubt: std::sync::Mutex<crate::reverse::doubt::HeldWork>,
     /// Records with matches, waiting for the whole read.
     deferred: Mutex<Vec<matching::Deferred>>,
     /// Whether two listings agree, once this cycle asked (`confirm.rs`).
@@ -594,6 +597,7 @@ async fn watch_pause(cycle: Arc<Cycle>) {
 
 /// The phases of [`run_phases`], in order.
 async fn phases(ctx: &SyncContext, cycle: &Arc<Cycle>) -> Result<CycleReport, SyncError> {
+    cycle.recheck_doubted_workspace().await?;
     ctx.progress.enter(CyclePhase::Intake);
     let intake = cycle.intake().await?;
     ctx.progress.enter(CyclePhase::Reading);
@@ -606,6 +610,7 @@ async fn phases(ctx: &SyncContext, cycle: &Arc<Cycle>) -> Result<CycleReport, Sy
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .settle = settle_started.elapsed().as_millis() as u64;
+    cycle.record_doubt().await?;
     cycle.report().await
 }
 
@@ -673,6 +678,7 @@ impl Cycle {
             started,
             workspace: tokio::sync::OnceCell::new(),
             workspace_rechecked: tokio::sync::OnceCell::new(),
+            held_by_doubt: std::sync::Mutex::default(),
             deferred: Mutex::new(Vec::new()),
             confirmation: tokio::sync::OnceCell::new(),
             claimed: decisions

@@ -262,26 +262,16 @@ impl Cycle {
         {
             return Ok(Some(work));
         }
-        let ours = *self
-            .workspace_rechecked
-            .get_or_try_init(|| async {
-                crate::reverse::absence::absences_trusted(
-                    &self.ctx.ledger,
-                    &self.ctx.client,
-                    &HashSet::new(),
-                )
-                .await
-                .map_err(SyncError::from)
-            })
-            .await?;
-        if ours {
+        if self.workspace_checked_this_cycle().await? {
             return Ok(Some(work));
         }
         match &work {
             Work::Create { record, .. } => {
+                self.held_by_doubt(|h| h.creates_deferred += 1);
                 warn!(event = "create_deferred", external_id = %record.external_id, reason = "workspace_unconfirmed", "not creating a contact while the key is not shown to answer for the synced workspace; a later cycle creates it");
             }
             Work::Delete { external_id, .. } => {
+                self.held_by_doubt(|h| h.deletions_held += 1);
                 warn!(event = "delete_deferred", external_id = %external_id, reason = "workspace_unconfirmed", "not deleting a contact while the key is not shown to answer for the synced workspace; a later cycle deletes it");
             }
             _ => {}
@@ -307,6 +297,7 @@ impl Cycle {
             .await
             .map_err(SyncError::from)?;
         if !trusted {
+            self.held_by_doubt(|h| h.absences_held += absent.len());
             warn!(
                 event = "mass_delete_refused",
                 what,

@@ -179,6 +179,9 @@ pub(super) fn login(error: Option<&str>) -> String {
 pub(super) fn render(s: &Snapshot, csrf: &str) -> String {
     let mut out = head("quo-sync console");
     out.push_str("<body><header><h1>quo-sync</h1></header><main id=\"console\">");
+    if let Some(doubt) = &s.status.workspace_doubt {
+        render_doubt(&mut out, doubt);
+    }
     render_service(&mut out, s);
     super::control::render(&mut out, s.status.paused.as_ref(), csrf);
     render_quarantine(&mut out, &s.quarantine, csrf);
@@ -194,10 +197,26 @@ pub(super) fn render(s: &Snapshot, csrf: &str) -> String {
     out
 }
 
+/// The banner over everything while the Quo workspace is in doubt (`crate::ops::doubt`).
+fn render_doubt(out: &mut String, doubt: &crate::ops::doubt::DoubtReport) {
+    let _ = write!(
+        out,
+        "<section id=\"workspace-doubt\" class=\"banner\" role=\"alert\">\
+<h2>Quo workspace in doubt: creates and deletions are held</h2><dl>\
+<dt>Since</dt><dd>{}</dd><dt>Why</dt><dd>{}</dd><dt>Holding</dt><dd>{}</dd>\
+<dt>Next step</dt><dd>{}</dd></dl></section>",
+        when(&doubt.doubt.since),
+        esc(&doubt.reason),
+        esc(&doubt.holding),
+        crate::ops::doubt::html_with_commands(doubt.next_step, esc),
+    );
+}
+
 fn render_service(out: &mut String, s: &Snapshot) {
     let svc = &s.service;
     let status = &s.status;
     let (state, class) = match status.last_run.as_ref().map(|r| r.status.as_str()) {
+        _ if status.workspace_doubted => ("workspace in doubt", "bad"),
         Some("failed") => ("last cycle failed", "bad"),
         Some("quarantined") => ("records in quarantine", "warn"),
         Some("running") => ("cycle running", "ok"),
