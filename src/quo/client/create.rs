@@ -3,6 +3,7 @@
 //! second POST, and a found contact adopted instead of created again.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 
@@ -59,6 +60,15 @@ pub enum CreateError<E> {
     Journal(E),
 }
 
+/// What one POST of a create came to: the contact (made, or found after a 409), or what the
+/// retry needs: the failure, Quo's wait hint, whether the rate limit refused it, whether to look
+/// the contact up before the next POST, and whether nothing listed then makes a second POST
+/// safe enough.
+enum Posted {
+    Contact(Box<CreateOutcome>),
+    Again((String, Option<Duration>, bool, bool, bool)),
+}
+
 impl QuoClient {
     /// `POST /v1/contacts`, never creating a duplicate: a 409 or an unknown outcome is resolved
     /// by a lookup by external id, and a found contact is adopted instead of created again.
@@ -78,65 +88,11 @@ impl QuoClient {
         loop {
             journal.sending().await.map_err(CreateError::Journal)?;
             // `resend`: whether nothing listed after the wait makes a second POST safe enough.
-            let (last, wait_hint, limited, look_first, resend) = match self
-                .attempt(route, Method::POST, "/v1/contacts", &[], Some(body))
-                .await
-            {
-                Ok((status, bytes)) if status.is_success() => {
-                    let envelope: DataEnvelope<Contact> = decode(route, &bytes)?;
-                    return Ok(CreateOutcome {
-                        contact: envelope.data,
-                        adopted: false,
-                    });
-                }
-                // Quo says it exists: look now (no wait needed for a definite answer). A 409
-                // made nothing, so a second POST after it leaves no contact unaccounted for.
-                Ok((StatusCode::CONFLICT, _)) => {
-                    let found = self.lookup_after_post(route, &body.external_id).await?;
-                    if let Some(contact) = found {
-                        return Ok(CreateOutcome {
-                            contact,
-                            adopted: true,
-                        });
-                    }
-                    let text = format!(
-                        "409 on create, yet no contact with externalId {:?} is listed",
-                        body.external_id
-                    );
-                    (text, None, false, true, true)
-                }
-                // Refused, so this POST made nothing (an earlier one of this call that may have
-                // is on record already).
-                Ok((status, bytes)) => return Err(rejected(status, &bytes).into()),
-                // Never reached Quo, or refused by the rate limit before any work: plain retry.
-                Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }.into()),
-                Err(AttemptError::NotSent(text)) => (text, None, false, false, false),
-                Err(AttemptError::Retryable {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    retry_after,
-                    text,
-                }) => (text, retry_after, true, false, false),
-                // A 5xx usually applied nothing, but may have: on record, then look, and send
-                // again if nothing is listed.
-                Err(AttemptError::Retryable {
-                    retry_after, text, ..
-                }) => {
-                    journal
-                        .may_have_landed()
-                        .await
-                        .map_err(CreateError::Journal)?;
-                    (text, retry_after, false, true, true)
-                }
-                // The write may have landed, and a list may lag the write: on record, wait,
-                // look, and never send again in this call.
-                Err(AttemptError::Ambiguous(text)) => {
-                    journal
-                        .may_have_landed()
-                        .await
-                        .map_err(CreateError::Journal)?;
-                    (text, None, false, true, false)
-                }
-            };
+            let (last, wait_hint, limited, look_first, resend) =
+                match self.post_once(route, body, journal).await? {
+                    Posted::Contact(outcome) => return Ok(*outcome),
+                    Posted::Again(again) => again,
+                };
             retries = self
                 .before_retry(route, retries, last, wait_hint, limited)
                 .await?;
@@ -159,6 +115,76 @@ impl QuoClient {
                 }
             }
         }
+    }
+
+    /// One POST of [`QuoClient::create_contact`] and what it came to; a POST whose outcome is
+    /// unknown is on record (`journal.may_have_landed`) before this returns.
+    async fn post_once<J: PostJournal>(
+        &self,
+        route: &'static str,
+        body: &CreateContact,
+        journal: &J,
+    ) -> Result<Posted, CreateError<J::Error>> {
+        let again = match self
+            .attempt(route, Method::POST, "/v1/contacts", &[], Some(body))
+            .await
+        {
+            Ok((status, bytes)) if status.is_success() => {
+                let envelope: DataEnvelope<Contact> = decode(route, &bytes)?;
+                return Ok(Posted::Contact(Box::new(CreateOutcome {
+                    contact: envelope.data,
+                    adopted: false,
+                })));
+            }
+            // Quo says it exists: look now (no wait needed for a definite answer). A 409
+            // made nothing, so a second POST after it leaves no contact unaccounted for.
+            Ok((StatusCode::CONFLICT, _)) => {
+                let found = self.lookup_after_post(route, &body.external_id).await?;
+                if let Some(contact) = found {
+                    return Ok(Posted::Contact(Box::new(CreateOutcome {
+                        contact,
+                        adopted: true,
+                    })));
+                }
+                let text = format!(
+                    "409 on create, yet no contact with externalId {:?} is listed",
+                    body.external_id
+                );
+                (text, None, false, true, true)
+            }
+            // Refused, so this POST made nothing (an earlier one of this call that may have
+            // is on record already).
+            Ok((status, bytes)) => return Err(rejected(status, &bytes).into()),
+            // Never reached Quo, or refused by the rate limit before any work: plain retry.
+            Err(AttemptError::Fenced) => return Err(QuoError::Fenced { route }.into()),
+            Err(AttemptError::NotSent(text)) => (text, None, false, false, false),
+            Err(AttemptError::Retryable {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                retry_after,
+                text,
+            }) => (text, retry_after, true, false, false),
+            // A 5xx usually applied nothing, but may have: on record, then look, and send
+            // again if nothing is listed.
+            Err(AttemptError::Retryable {
+                retry_after, text, ..
+            }) => {
+                journal
+                    .may_have_landed()
+                    .await
+                    .map_err(CreateError::Journal)?;
+                (text, retry_after, false, true, true)
+            }
+            // The write may have landed, and a list may lag the write: on record, wait,
+            // look, and never send again in this call.
+            Err(AttemptError::Ambiguous(text)) => {
+                journal
+                    .may_have_landed()
+                    .await
+                    .map_err(CreateError::Journal)?;
+                (text, None, false, true, false)
+            }
+        };
+        Ok(Posted::Again(again))
     }
 
     /// `lookup_for_adoption` after a POST whose outcome is not known: a refused lookup leaves
