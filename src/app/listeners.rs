@@ -109,10 +109,7 @@ pub(super) async fn start_listeners(
         crate::activity::receiver_routes(config, ledger),
         config.reverse.listen.or(config.service.listen),
     ) {
-        match routers.iter_mut().find(|(a, _)| *a == addr) {
-            Some((_, router)) => *router = router.clone().merge(activity),
-            None => routers.push((addr, activity)),
-        }
+        serve_beside(&mut routers, addr, activity);
     }
     // CRM change signals (CSV file watch, POST /webhooks/crm) wake the loop like Quo webhooks.
     let signals = crate::source::watch::Signals::start(
@@ -126,11 +123,37 @@ pub(super) async fn start_listeners(
         signals.webhook_routes(),
         config.reverse.listen.or(config.service.listen),
     ) {
-        match routers.iter_mut().find(|(a, _)| *a == addr) {
-            Some((_, router)) => *router = router.clone().merge(crm),
-            None => routers.push((addr, crm)),
-        }
+        serve_beside(&mut routers, addr, crm);
     }
+    let mut servers = bind(config, routers, cancel).await?;
+    // The file watcher lives as long as the listeners (it stops when dropped).
+    let until = cancel.clone();
+    servers.push(tokio::spawn(async move {
+        until.cancelled().await;
+        drop(signals);
+    }));
+    Ok(servers)
+}
+
+/// Serves `router` on the listener for `addr`: beside what it already serves, or on a new one.
+fn serve_beside(
+    routers: &mut Vec<(std::net::SocketAddr, axum::Router)>,
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+) {
+    match routers.iter_mut().find(|(a, _)| *a == addr) {
+        Some((_, existing)) => *existing = existing.clone().merge(router),
+        None => routers.push((addr, router)),
+    }
+}
+
+/// Binds every listener (a port that cannot be bound stops the service) and serves it until
+/// `cancel` fires.
+async fn bind(
+    config: &Config,
+    routers: Vec<(std::net::SocketAddr, axum::Router)>,
+    cancel: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, AppError> {
     let mut servers = Vec::new();
     for (addr, router) in routers {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -147,11 +170,5 @@ pub(super) async fn start_listeners(
             cancel.clone(),
         )));
     }
-    // The file watcher lives as long as the listeners (it stops when dropped).
-    let until = cancel.clone();
-    servers.push(tokio::spawn(async move {
-        until.cancelled().await;
-        drop(signals);
-    }));
     Ok(servers)
 }
