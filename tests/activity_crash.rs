@@ -5,33 +5,27 @@
 //! where it has none (Pipedrive), it sends the create again and counts the possible duplicate,
 //! at most one per crash, as docs/activity.md says.
 
+mod common;
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::unlimited_sandbox;
 use quo_sync::ledger::Ledger;
+use quo_sync::sandbox::SandboxHandle;
 use quo_sync::sandbox::activity::{CallOutcome, CallSpec, Direction};
-use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
 use serde_json::{Value, json};
-use support::activity::{
-    free_port, number_of, point_at, set, subscribe, text, until, vendor_config,
-};
+use support::activity::{number_of, point_at, receiver, set, text, until, vendor_example};
 use support::token_crm::TokenCrm;
 
-/// `config/<example>` + `config/<activity>` with the test's endpoints.
-fn write_config(
-    dir: &Path,
-    example: &str,
-    activity: &str,
-    replace: &[(&str, String)],
-    sandbox: &SandboxHandle,
-    port: u16,
-    key: &str,
-) -> std::path::PathBuf {
-    let mut table = vendor_config(example, activity, replace);
-    point_at(&mut table, sandbox, &dir.join("ledger.db"), port, key);
+/// `table` (a vendor's examples) served by `quo-sync run` on a free port, subscribed to the
+/// sandbox's activity events, cycling every second with the activity poller off: the config
+/// file under `dir`.
+async fn service_config(dir: &Path, sandbox: &SandboxHandle, mut table: toml::Table) -> PathBuf {
+    let (port, key) = receiver(sandbox).await;
+    point_at(&mut table, sandbox, &dir.join("ledger.db"), port, &key);
     set(&mut table, &["schedule", "interval"], text("1s"));
     set(&mut table, &["activity", "poll_interval"], text("0s"));
     let path = dir.join("quo-sync.toml");
@@ -122,36 +116,16 @@ fn contacts_hubspot() -> Vec<(String, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crm_with_a_lookup_gets_no_second_activity_after_a_sigkill_between_write_and_commit() {
-    let sandbox = SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sandbox = unlimited_sandbox().await;
     let crm = support::hubspot::start(contacts_hubspot()).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), support::hubspot::TOKEN).unwrap();
-    let port = free_port();
-    let key = subscribe(
-        &sandbox,
-        &format!("http://127.0.0.1:{port}/webhooks/quo/activity"),
-    )
-    .await;
-    let config = write_config(
+    let hubspot = vendor_example(
         dir.path(),
-        "rest-hubspot.example.toml",
-        "activity-hubspot.example.toml",
-        &[
-            ("https://api.hubapi.com", crm.base_url.clone()),
-            (
-                "token_env = \"HUBSPOT_TOKEN\"",
-                format!("token_file = {:?}", dir.path().join("token")),
-            ),
-        ],
-        &sandbox,
-        port,
-        &key,
+        "hubspot",
+        &[("https://api.hubapi.com", crm.base_url.clone())],
+        &[("token", support::hubspot::TOKEN)],
     );
+    let config = service_config(dir.path(), &sandbox, hubspot).await;
     let (objects, ledger, call) =
         kill_between_write_and_commit(&crm, &sandbox, &config, dir.path()).await;
     let for_call: Vec<_> = objects
@@ -181,39 +155,19 @@ async fn a_crm_with_a_lookup_gets_no_second_activity_after_a_sigkill_between_wri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crm_without_a_lookup_gets_at_most_one_duplicate_per_crash_and_it_is_counted() {
-    let sandbox = SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sandbox = unlimited_sandbox().await;
     let persons: Vec<Value> = (1..=3)
         .map(|n| json!({"id": n, "first_name": format!("P{n}"), "last_name": "Drive", "phone": [{"label": "mobile", "value": number_of(n)}], "email": []}))
         .collect();
     let crm = support::pipedrive::start(persons).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), support::pipedrive::TOKEN).unwrap();
-    let port = free_port();
-    let key = subscribe(
-        &sandbox,
-        &format!("http://127.0.0.1:{port}/webhooks/quo/activity"),
-    )
-    .await;
-    let config = write_config(
+    let pipedrive = vendor_example(
         dir.path(),
-        "rest-pipedrive.example.toml",
-        "activity-pipedrive.example.toml",
-        &[
-            ("https://yourcompany.pipedrive.com", crm.base_url.clone()),
-            (
-                "token_env = \"PIPEDRIVE_API_TOKEN\"",
-                format!("token_file = {:?}", dir.path().join("token")),
-            ),
-        ],
-        &sandbox,
-        port,
-        &key,
+        "pipedrive",
+        &[("https://yourcompany.pipedrive.com", crm.base_url.clone())],
+        &[("token", support::pipedrive::TOKEN)],
     );
+    let config = service_config(dir.path(), &sandbox, pipedrive).await;
     let (objects, ledger, call) =
         kill_between_write_and_commit(&crm, &sandbox, &config, dir.path()).await;
     let for_call = objects

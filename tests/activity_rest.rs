@@ -5,19 +5,19 @@
 //! logs lands exactly once, on the right contact, with its late summary written into the same
 //! CRM object.
 
+mod common;
 mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use common::unlimited_sandbox;
 use quo_sync::config::Config;
+use quo_sync::sandbox::SandboxHandle;
 use quo_sync::sandbox::activity::{ActivityFaults, CallOutcome, CallSpec, Direction, MessageSpec};
-use quo_sync::sandbox::{SandboxConfig, SandboxHandle};
 use serde_json::{Value, json};
-use support::activity::{
-    free_port, number_of, point_at, set, subscribe, text, until, vendor_config as merged,
-};
+use support::activity::{number_of, point_at, receiver, set, text, until, vendor_example};
 use support::token_desk::TokenDesk;
 use tokio_util::sync::CancellationToken;
 
@@ -39,12 +39,7 @@ async fn run_scenario(
     dir: &Path,
     texts_logged: bool,
 ) -> (HashMap<String, String>, HashSet<String>) {
-    let port = free_port();
-    let key = subscribe(
-        sandbox,
-        &format!("http://127.0.0.1:{port}/webhooks/quo/activity"),
-    )
-    .await;
+    let (port, key) = receiver(sandbox).await;
     point_at(&mut table, sandbox, &dir.join("ledger.db"), port, &key);
     let rest_rate = toml::Value::Integer(500);
     set(
@@ -220,12 +215,7 @@ fn people(n: u32) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn salesforce_tasks_land_once_with_whoid_subtype_duration_and_owner() {
-    let sandbox = SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sandbox = unlimited_sandbox().await;
     let contacts: Vec<Value> = (1..=CONTACTS)
         .map(|n| {
             let (first, phone) = people(n);
@@ -242,22 +232,16 @@ async fn salesforce_tasks_land_once_with_whoid_subtype_duration_and_owner() {
     let crm = support::salesforce::FakeSalesforce::start(contacts, desk, 50).await;
     crm.add_user("ada@quo.test", "0055g00000ADAAAA");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), "sf-secret").unwrap();
-    std::fs::write(dir.path().join("refresh"), "sf-refresh").unwrap();
-    let table = merged(
-        "rest-salesforce.example.toml",
-        "activity-salesforce.example.toml",
+    let table = vendor_example(
+        dir.path(),
+        "salesforce",
         &[
             ("https://login.salesforce.com", crm.base_url.clone()),
             ("3MVG9-your-connected-app-consumer-key", "3MVG9-test".into()),
-            (
-                "client_secret_env = \"SALESFORCE_CLIENT_SECRET\"",
-                format!("client_secret_file = {:?}", dir.path().join("secret")),
-            ),
-            (
-                "refresh_token_env = \"SALESFORCE_REFRESH_TOKEN\"",
-                format!("refresh_token_file = {:?}", dir.path().join("refresh")),
-            ),
+        ],
+        &[
+            ("client_secret", "sf-secret"),
+            ("refresh_token", "sf-refresh"),
         ],
     );
     let (owner, calls) = run_scenario(table, &sandbox, dir.path(), true).await;
@@ -302,12 +286,7 @@ async fn salesforce_tasks_land_once_with_whoid_subtype_duration_and_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zoho_calls_land_once_related_to_the_contact() {
-    let sandbox = SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sandbox = unlimited_sandbox().await;
     let contacts: Vec<Value> = (1..=CONTACTS)
         .map(|n| {
             let (first, phone) = people(n);
@@ -324,23 +303,17 @@ async fn zoho_calls_land_once_related_to_the_contact() {
     );
     let crm = support::zoho::FakeZoho::start(contacts, desk).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), "zoho-secret").unwrap();
-    std::fs::write(dir.path().join("refresh"), "zoho-refresh").unwrap();
-    let table = merged(
-        "rest-zoho.example.toml",
-        "activity-zoho.example.toml",
+    let table = vendor_example(
+        dir.path(),
+        "zoho",
         &[
             ("https://accounts.zoho.com", crm.base_url.clone()),
             ("https://www.zohoapis.com", crm.base_url.clone()),
             ("1000.YOUR-SELF-CLIENT-ID", "1000.TEST".into()),
-            (
-                "client_secret_env = \"ZOHO_CLIENT_SECRET\"",
-                format!("client_secret_file = {:?}", dir.path().join("secret")),
-            ),
-            (
-                "refresh_token_env = \"ZOHO_REFRESH_TOKEN\"",
-                format!("refresh_token_file = {:?}", dir.path().join("refresh")),
-            ),
+        ],
+        &[
+            ("client_secret", "zoho-secret"),
+            ("refresh_token", "zoho-refresh"),
         ],
     );
     let (owner, calls) = run_scenario(table, &sandbox, dir.path(), true).await;
@@ -364,12 +337,7 @@ async fn zoho_calls_land_once_related_to_the_contact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_calls_land_once_associated_with_the_contact() {
-    let sandbox = SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sandbox = unlimited_sandbox().await;
     let contacts: Vec<(String, Value)> = (1..=CONTACTS)
         .map(|n| {
             let (first, phone) = people(n);
@@ -378,17 +346,11 @@ async fn hubspot_calls_land_once_associated_with_the_contact() {
         .collect();
     let crm = support::hubspot::start(contacts).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), support::hubspot::TOKEN).unwrap();
-    let table = merged(
-        "rest-hubspot.example.toml",
-        "activity-hubspot.example.toml",
-        &[
-            ("https://api.hubapi.com", crm.base_url.clone()),
-            (
-                "token_env = \"HUBSPOT_TOKEN\"",
-                format!("token_file = {:?}", dir.path().join("token")),
-            ),
-        ],
+    let table = vendor_example(
+        dir.path(),
+        "hubspot",
+        &[("https://api.hubapi.com", crm.base_url.clone())],
+        &[("token", support::hubspot::TOKEN)],
     );
     let (owner, calls) = run_scenario(table, &sandbox, dir.path(), false).await;
     let reading = Reading {
@@ -429,12 +391,7 @@ async fn hubspot_calls_land_once_associated_with_the_contact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipedrive_activities_land_once_with_the_person_as_participant() {
-    let sandbox = SandboxHandle::start(SandboxConfig {
-        requests_per_second: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sandbox = unlimited_sandbox().await;
     let persons: Vec<Value> = (1..=CONTACTS)
         .map(|n| {
             let (first, phone) = people(n);
@@ -446,17 +403,11 @@ async fn pipedrive_activities_land_once_with_the_person_as_participant() {
         .collect();
     let crm = support::pipedrive::start(persons).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), support::pipedrive::TOKEN).unwrap();
-    let table = merged(
-        "rest-pipedrive.example.toml",
-        "activity-pipedrive.example.toml",
-        &[
-            ("https://yourcompany.pipedrive.com", crm.base_url.clone()),
-            (
-                "token_env = \"PIPEDRIVE_API_TOKEN\"",
-                format!("token_file = {:?}", dir.path().join("token")),
-            ),
-        ],
+    let table = vendor_example(
+        dir.path(),
+        "pipedrive",
+        &[("https://yourcompany.pipedrive.com", crm.base_url.clone())],
+        &[("token", support::pipedrive::TOKEN)],
     );
     let (owner, calls) = run_scenario(table, &sandbox, dir.path(), true).await;
     let reading = Reading {

@@ -10,8 +10,8 @@ mod control;
 use std::sync::Arc;
 use std::time::Duration;
 
-use browser::{Browser, client, free_port};
-use common::{TestApp, csv, row};
+use browser::{Browser, client};
+use common::{TestApp, csv, free_port, row};
 use quo_sync::config::Config;
 use quo_sync::ops::console::{CONTENT_SECURITY_POLICY, Console, ServiceInfo};
 use tokio::sync::Notify;

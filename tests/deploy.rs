@@ -531,18 +531,10 @@ where
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_containers_command_line_syncs_answers_its_healthcheck_and_backs_up_while_running() {
     let sandbox = common::unlimited_sandbox().await;
-    let port = free_port();
+    let port = common::free_port();
     // What `docker run -e` adds: the key, and (this test only) the sandbox instead of Quo and a
     // free port instead of 9464, since tests run side by side.
     let container = Container::new(vec![

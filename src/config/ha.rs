@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::HumanDuration;
+use super::{ConfigError, HumanDuration};
 
 /// `[ha]`: the writer lease that lets exactly one process write a ledger.
 #[derive(Debug, Deserialize, Serialize)]
@@ -42,3 +42,22 @@ pub fn lease_write_window(lease: Duration) -> Duration {
 /// The shortest write timeout a lease must leave room for (or the configured timeout, when
 /// shorter): below it a write is cut short before Quo or the CRM can answer.
 pub const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl HaConfig {
+    /// `[ha]`: a lease between 1s and 1h (whether it fits the timeouts needs the other sections: `validate.rs`).
+    pub(super) fn validate(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if self.lease.0 < Duration::from_secs(1) || self.lease.0 > Duration::from_secs(3600) {
+            return Err(bad(
+                "ha.lease",
+                format!(
+                    "expected between 1s and 1h, got {}",
+                    humantime::format_duration(self.lease.0)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -49,48 +49,7 @@ impl Config {
             message: e.to_string(),
         })?;
         config.resolve_paths(file);
-        if config.quo.api_key.is_none() {
-            if let Some(path) = &config.quo.api_key_file {
-                let key = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
-                    file: file_name.clone(),
-                    key: "quo.api_key_file".into(),
-                    reason: format!("cannot read {}: {e}", path.display()),
-                })?;
-                config.quo.api_key = Some(SecretString::from(key.trim().to_string()));
-            } else if let Some(key) = env.get(API_KEY_ENV).filter(|k| !k.trim().is_empty()) {
-                config.quo.api_key = Some(SecretString::from(key.trim().to_string()));
-            }
-        }
-        if config.service.console_token.is_none()
-            && let Some(path) = &config.service.console_token_file
-        {
-            let token = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
-                file: file_name.clone(),
-                key: "service.console_token_file".into(),
-                reason: format!("cannot read {}: {e}", path.display()),
-            })?;
-            config.service.console_token = Some(SecretString::from(token.trim().to_string()));
-        }
-        if config.reverse.webhook_secret.is_none()
-            && let Some(path) = &config.reverse.webhook_secret_file
-        {
-            let secret = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
-                file: file_name.clone(),
-                key: "reverse.webhook_secret_file".into(),
-                reason: format!("cannot read {}: {e}", path.display()),
-            })?;
-            config.reverse.webhook_secret = Some(SecretString::from(secret.trim().to_string()));
-        }
-        if config.ledger.url.is_none()
-            && let Some(path) = &config.ledger.url_file
-        {
-            let url = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
-                file: file_name.clone(),
-                key: "ledger.url_file".into(),
-                reason: format!("cannot read {}: {e}", path.display()),
-            })?;
-            config.ledger.url = Some(SecretString::from(url.trim().to_string()));
-        }
+        config.read_secret_files(&file_name, &env)?;
         if let Err(e) = config.ledger.target() {
             let key = if config.ledger.url_file.is_some() {
                 "ledger.url_file"
@@ -108,6 +67,46 @@ impl Config {
         config.validate_scope(&file_name)?;
         config.validate_day_one(&file_name)?;
         Ok(config)
+    }
+
+    /// Fills each secret not set in the file or an override from its `*_file` key (the API key
+    /// also from `QUO_API_KEY`), trimmed.
+    fn read_secret_files(
+        &mut self,
+        file_name: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        let read = |key: &str, path: &Path| -> Result<SecretString, ConfigError> {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::BadValue {
+                file: file_name.to_string(),
+                key: key.into(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            Ok(SecretString::from(text.trim().to_string()))
+        };
+        if self.quo.api_key.is_none() {
+            if let Some(path) = &self.quo.api_key_file {
+                self.quo.api_key = Some(read("quo.api_key_file", path)?);
+            } else if let Some(key) = env.get(API_KEY_ENV).filter(|k| !k.trim().is_empty()) {
+                self.quo.api_key = Some(SecretString::from(key.trim().to_string()));
+            }
+        }
+        if self.service.console_token.is_none()
+            && let Some(path) = &self.service.console_token_file
+        {
+            self.service.console_token = Some(read("service.console_token_file", path)?);
+        }
+        if self.reverse.webhook_secret.is_none()
+            && let Some(path) = &self.reverse.webhook_secret_file
+        {
+            self.reverse.webhook_secret = Some(read("reverse.webhook_secret_file", path)?);
+        }
+        if self.ledger.url.is_none()
+            && let Some(path) = &self.ledger.url_file
+        {
+            self.ledger.url = Some(read("ledger.url_file", path)?);
+        }
+        Ok(())
     }
 
     /// Makes every relative path absolute against the configuration file's folder (falling

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::FieldSource;
+use super::{ConfigError, FieldSource};
 
 /// One email or phone column and the label it gets in Quo.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -65,5 +65,33 @@ impl Default for MappingConfig {
             custom_fields: Vec::new(),
             timezone: "UTC".into(),
         }
+    }
+}
+
+impl MappingConfig {
+    /// `[mapping]`: a two-letter region and an IANA time zone.
+    pub(super) fn validate(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if self.default_region.len() != 2 {
+            return Err(bad(
+                "mapping.default_region",
+                format!(
+                    "expected a two-letter region such as \"US\", got {:?}",
+                    self.default_region
+                ),
+            ));
+        }
+        if self.timezone.trim().parse::<chrono_tz::Tz>().is_err() {
+            return Err(bad(
+                "mapping.timezone",
+                format!(
+                    "expected an IANA time zone name such as \"UTC\" or \"America/New_York\", got {:?}",
+                    self.timezone
+                ),
+            ));
+        }
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use super::{HumanDuration, print};
+use super::{ConfigError, HumanDuration, print};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -96,4 +96,50 @@ pub enum Readiness {
     Ledger,
     /// Also `readiness_failed_cycles` failed cycles in a row.
     Cycles,
+}
+
+impl ServiceConfig {
+    /// `[service]`: a failed-cycles count and listener timeouts above zero.
+    pub(super) fn validate(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if self.readiness_failed_cycles == 0 {
+            return Err(bad(
+                "service.readiness_failed_cycles",
+                "expected a whole number above 0".into(),
+            ));
+        }
+        for (key, timeout) in [
+            ("service.header_timeout", self.header_timeout),
+            ("service.request_timeout", self.request_timeout),
+        ] {
+            if timeout.0.is_zero() {
+                return Err(bad(
+                    key,
+                    "expected a duration above zero, like `10s`".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LogConfig {
+    /// `[log]`: a level or filter directive tracing accepts.
+    pub(super) fn validate(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+            return Err(bad(
+                "log.level",
+                format!(
+                    "expected a level such as \"info\" or a filter directive, got {:?}",
+                    self.level
+                ),
+            ));
+        }
+        Ok(())
+    }
 }

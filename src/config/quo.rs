@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{HumanDuration, print};
+use super::{ConfigError, HumanDuration, print};
 
 /// `[quo]`: the Quo API and how hard to use it.
 #[derive(Debug, Deserialize, Serialize)]
@@ -58,5 +58,59 @@ impl Default for QuoConfig {
             source_url_template: None,
             auth_grace: HumanDuration(Duration::from_secs(300)),
         }
+    }
+}
+
+impl QuoConfig {
+    /// `[quo]`: an http(s) API root, a rate, a concurrency, a label of our own (not one Quo reserves) and a key that is not empty.
+    pub(super) fn validate(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
+            return Err(bad(
+                "quo.base_url",
+                format!("expected an http(s) URL, got {:?}", self.base_url),
+            ));
+        }
+        if self.requests_per_second == 0 {
+            return Err(bad(
+                "quo.requests_per_second",
+                "expected a whole number above 0".into(),
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err(bad(
+                "quo.concurrency",
+                "expected a whole number above 0".into(),
+            ));
+        }
+        let source = &self.source;
+        let lower = source.to_ascii_lowercase();
+        let reserved = [
+            "openphone",
+            "device",
+            "csv",
+            "zapier",
+            "google-people",
+            "other",
+        ];
+        if source.is_empty()
+            || source.chars().count() > 72
+            || reserved.contains(&lower.as_str())
+            || lower.starts_with("openphone")
+            || lower.starts_with("csv")
+        {
+            return Err(bad(
+                "quo.source",
+                format!(
+                    "{source:?} is reserved by Quo or not 1–72 characters; expected a label such as \"quo-sync\""
+                ),
+            ));
+        }
+        if matches!(&self.api_key, Some(k) if k.expose_secret().trim().is_empty()) {
+            return Err(bad("quo.api_key", "is empty".into()));
+        }
+        Ok(())
     }
 }

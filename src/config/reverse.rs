@@ -9,7 +9,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{HumanDuration, print};
+use super::{ConfigError, HumanDuration, print};
 
 /// Which side wins a field changed on both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -151,6 +151,64 @@ impl ReverseConfig {
             (None, None) => Some(Duration::from_secs(60)),
             (None, Some(_)) => Some(Duration::from_secs(3600)),
         }
+    }
+}
+
+impl ReverseConfig {
+    /// `[reverse]`: a scan share, a signing key long enough, an http(s) public URL and known field names.
+    pub(super) fn validate(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let share = self.scan_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(bad(
+                "reverse.scan_share",
+                format!("expected a share above 0 and at most 1, got {share}"),
+            ));
+        }
+        if let Some(secret) = &self.webhook_secret
+            && webhook_signing_key(secret).is_none_or(|key| key.len() < MIN_WEBHOOK_KEY_BYTES)
+        {
+            let key = if self.webhook_secret_file.is_some() {
+                "reverse.webhook_secret_file"
+            } else {
+                "reverse.webhook_secret"
+            };
+            return Err(bad(
+                key,
+                format!(
+                    "expected Quo's signing key, `whsec_<base64>` or base64, of at least {MIN_WEBHOOK_KEY_BYTES} bytes once decoded (the value is not shown)"
+                ),
+            ));
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(bad(
+                "reverse.public_url",
+                format!("expected an http(s) URL, got {url:?}"),
+            ));
+        }
+        for name in self.fields.keys() {
+            let known = [
+                crate::domain::field::FIRST_NAME,
+                crate::domain::field::LAST_NAME,
+                crate::domain::field::COMPANY,
+                crate::domain::field::ROLE,
+                crate::domain::field::EMAILS,
+                crate::domain::field::PHONE_NUMBERS,
+            ];
+            if !known.contains(&name.as_str())
+                && !name.starts_with(crate::domain::field::CUSTOM_PREFIX)
+            {
+                return Err(bad(
+                    &format!("reverse.fields.{name}"),
+                    "expected firstName, lastName, company, role, emails, phoneNumbers or custom:<key>".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

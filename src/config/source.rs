@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CsvDelimiter, CsvEncoding, CsvEscape, CsvQuote, HumanDuration, print};
+use super::{ConfigError, CsvDelimiter, CsvEncoding, CsvEscape, CsvQuote, HumanDuration, print};
 
 /// Which adapter reads the CRM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -73,4 +73,47 @@ fn default_id_field() -> String {
 
 fn default_updated_at_field() -> String {
     "updated_at".into()
+}
+
+impl SourceConfig {
+    /// `[source]`: what its kind needs, a `[source.rest]` table without an unknown or bad key, and an id column.
+    pub(super) fn validate(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        match self.kind {
+            SourceKind::Csv if self.path.is_none() => {
+                return Err(bad(
+                    "source.path",
+                    "required when source.kind = \"csv\": the CSV file to read".into(),
+                ));
+            }
+            SourceKind::Rest if self.rest.is_none() => {
+                return Err(bad(
+                    "source.rest",
+                    "required when source.kind = \"rest\": the [source.rest] table".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(table) = &self.rest {
+            // The whole REST table is checked here, so check-config and start-up catch an
+            // unknown or bad key (secrets from env/files are resolved when the source is built).
+            crate::source::rest::RestSourceConfig::from_table(table).map_err(|e| {
+                let key = if e.key.is_empty() {
+                    "source.rest".to_string()
+                } else {
+                    format!("source.rest.{}", e.key)
+                };
+                bad(&key, e.reason)
+            })?;
+        }
+        if self.id_field.trim().is_empty() {
+            return Err(bad(
+                "source.id_field",
+                "expected the name of the id column".into(),
+            ));
+        }
+        Ok(())
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HumanDuration, MatchExisting, OnLeaveScope, SyncMode};
+use super::{ConfigError, HumanDuration, MatchExisting, OnLeaveScope, SyncMode};
 
 /// What to do when a record disappears from the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -66,5 +66,38 @@ impl Default for ScheduleConfig {
         Self {
             interval: HumanDuration(Duration::from_secs(300)),
         }
+    }
+}
+
+impl SyncConfig {
+    /// `[sync]`: a delete share between 0 and 1 (the scope and day-one keys are checked in `scope.rs` and `day_one.rs`).
+    pub(super) fn validate(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let fraction = self.max_delete_fraction;
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(bad(
+                "sync.max_delete_fraction",
+                format!("expected a share between 0 and 1, got {fraction}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ScheduleConfig {
+    /// `[schedule]`: an interval above zero.
+    pub(super) fn validate(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if self.interval.0.is_zero() {
+            return Err(bad(
+                "schedule.interval",
+                "expected a duration above zero, like `5m`".into(),
+            ));
+        }
+        Ok(())
     }
 }

@@ -216,10 +216,37 @@ pub(crate) fn contact_body(
         ]
     };
     unknown_keys(&mut p, obj, "", allowed);
+    scalar_fields(&mut p, obj, mode, &mut out);
+    // defaultFields
+    match obj.get("defaultFields") {
+        None if mode.is_create() => p.bad(
+            "/defaultFields",
+            "defaultFields is required",
+            None,
+            "object",
+        ),
+        None => {}
+        Some(df) => default_fields(&mut p, df, mode, &mut out),
+    }
+    if checks.refuse_stale_item_ids
+        && mode == Mode::Patch
+        && let Some(c) = existing
+    {
+        stale_ids(&mut p, &out, c);
+    }
+    // customFields
+    if let Some(cf) = obj.get("customFields") {
+        out.custom_fields = Some(custom_fields(&mut p, cf, defs, existing, mode.is_app()));
+    }
+    p.finish(out)
+}
 
+/// The body's scalar keys: `externalId`, `source` (not a reserved one), `sourceUrl` and
+/// `createdByUserId`.
+fn scalar_fields(p: &mut Problems, obj: &Map<String, Value>, mode: Mode, out: &mut ContactInput) {
     // externalId: 1–75 characters or null.
     if let Some(v) = obj.get("externalId") {
-        out.external_id = Some(opt_string(&mut p, "/externalId", v, 1, 75));
+        out.external_id = Some(opt_string(p, "/externalId", v, 1, 75));
     }
     // source
     if let Some(v) = obj.get("source") {
@@ -229,7 +256,7 @@ pub(crate) fn contact_body(
             p.invalid("/source", "source must be a string", Some(v), "string");
         } else {
             let max = if mode.is_create() { 72 } else { 75 };
-            let s = opt_string(&mut p, "/source", v, 1, max);
+            let s = opt_string(p, "/source", v, 1, max);
             if let Some(src) = &s
                 && !mode.is_app()
                 && is_reserved_source(src)
@@ -254,7 +281,7 @@ pub(crate) fn contact_body(
                 "string",
             );
         } else {
-            let s = opt_string(&mut p, "/sourceUrl", v, 1, 200);
+            let s = opt_string(p, "/sourceUrl", v, 1, 200);
             if let Some(u) = &s
                 && !looks_like_uri(u)
             {
@@ -275,28 +302,6 @@ pub(crate) fn contact_body(
             ),
         }
     }
-    // defaultFields
-    match obj.get("defaultFields") {
-        None if mode.is_create() => p.bad(
-            "/defaultFields",
-            "defaultFields is required",
-            None,
-            "object",
-        ),
-        None => {}
-        Some(df) => default_fields(&mut p, df, mode, &mut out),
-    }
-    if checks.refuse_stale_item_ids
-        && mode == Mode::Patch
-        && let Some(c) = existing
-    {
-        stale_ids(&mut p, &out, c);
-    }
-    // customFields
-    if let Some(cf) = obj.get("customFields") {
-        out.custom_fields = Some(custom_fields(&mut p, cf, defs, existing, mode.is_app()));
-    }
-    p.finish(out)
 }
 
 /// Refuses email/phone items addressed by an id the contact does not have (`0800400`).
@@ -394,92 +399,111 @@ fn items(p: &mut Problems, path: &str, v: &Value, kind: ItemKind, mode: Mode) ->
         p.bad(path, "must be an array", Some(v), "array");
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for (i, item) in arr.iter().enumerate() {
-        let ipath = format!("{path}/{i}");
-        let Some(obj) = item.as_object() else {
-            p.bad(
-                &ipath,
-                "item must be an object with name and value",
-                Some(item),
-                "object",
+    arr.iter()
+        .enumerate()
+        .filter_map(|(i, item)| list_item(p, &format!("{path}/{i}"), i, item, kind, mode))
+        .collect()
+}
+
+/// Item `i` of an email or phone list (at `ipath`), or `None` with its problems recorded: its
+/// name, id and value are each checked, so one response names every problem of the item.
+fn list_item(
+    p: &mut Problems,
+    ipath: &str,
+    i: usize,
+    item: &Value,
+    kind: ItemKind,
+    mode: Mode,
+) -> Option<ItemInput> {
+    let Some(obj) = item.as_object() else {
+        p.bad(
+            ipath,
+            "item must be an object with name and value",
+            Some(item),
+            "object",
+        );
+        return None;
+    };
+    unknown_keys(p, obj, ipath, &["id", "name", "value"]);
+    let name = match obj.get("name") {
+        Some(Value::String(s)) => Some(s.clone()),
+        // The Quo app can leave a label empty; responses may then show `null`.
+        Some(Value::Null) if mode.is_app() => Some(String::new()),
+        None => {
+            p.bad(&format!("{ipath}/name"), "name is required", None, "string");
+            None
+        }
+        Some(other) => {
+            p.invalid(
+                &format!("{ipath}/name"),
+                "name must be a string",
+                Some(other),
+                "string",
             );
-            continue;
-        };
-        unknown_keys(p, obj, &ipath, &["id", "name", "value"]);
-        let name = match obj.get("name") {
-            Some(Value::String(s)) => Some(s.clone()),
-            // The Quo app can leave a label empty; responses may then show `null`.
-            Some(Value::Null) if mode.is_app() => Some(String::new()),
-            None => {
-                p.bad(&format!("{ipath}/name"), "name is required", None, "string");
-                None
-            }
-            Some(other) => {
-                p.invalid(
-                    &format!("{ipath}/name"),
-                    "name must be a string",
-                    Some(other),
-                    "string",
-                );
-                None
-            }
-        };
-        let id = match obj.get("id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                p.invalid(
-                    &format!("{ipath}/id"),
-                    "id must be a string",
-                    Some(other),
-                    "string",
-                );
-                None
-            }
-        };
-        let vpath = format!("{ipath}/value");
-        let value = match obj.get("value") {
-            None => {
-                p.bad(&vpath, "value is required", None, "string");
-                continue;
-            }
-            Some(Value::Null) => None,
-            Some(val @ Value::String(s)) => {
-                match kind {
-                    ItemKind::Phone if !is_e164(s) => p.invalid(
-                        &vpath,
-                        "phone number must be in E.164 format, e.g. +15555550100",
-                        Some(val),
-                        "e164",
-                    ),
-                    ItemKind::Email if !is_email(s) => {
-                        p.invalid(&vpath, "value must be an email address", Some(val), "email")
-                    }
-                    _ => {}
+            None
+        }
+    };
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            p.invalid(
+                &format!("{ipath}/id"),
+                "id must be a string",
+                Some(other),
+                "string",
+            );
+            None
+        }
+    };
+    let value = item_value(p, &format!("{ipath}/value"), obj.get("value"), kind)?;
+    Some(ItemInput {
+        index: i,
+        id,
+        name: name?,
+        value,
+    })
+}
+
+/// An item's `value` (at `vpath`): a string in the kind's format, or null; `None` when the item
+/// cannot be used (missing, or not a string).
+fn item_value(
+    p: &mut Problems,
+    vpath: &str,
+    value: Option<&Value>,
+    kind: ItemKind,
+) -> Option<Option<String>> {
+    match value {
+        None => {
+            p.bad(vpath, "value is required", None, "string");
+            None
+        }
+        Some(Value::Null) => Some(None),
+        Some(val @ Value::String(s)) => {
+            match kind {
+                ItemKind::Phone if !is_e164(s) => p.invalid(
+                    vpath,
+                    "phone number must be in E.164 format, e.g. +15555550100",
+                    Some(val),
+                    "e164",
+                ),
+                ItemKind::Email if !is_email(s) => {
+                    p.invalid(vpath, "value must be an email address", Some(val), "email")
                 }
-                Some(s.clone())
+                _ => {}
             }
-            Some(other) => {
-                p.invalid(
-                    &vpath,
-                    "value must be a string or null",
-                    Some(other),
-                    "string",
-                );
-                continue;
-            }
-        };
-        if let Some(name) = name {
-            out.push(ItemInput {
-                index: i,
-                id,
-                name,
-                value,
-            });
+            Some(Some(s.clone()))
+        }
+        Some(other) => {
+            p.invalid(
+                vpath,
+                "value must be a string or null",
+                Some(other),
+                "string",
+            );
+            None
         }
     }
-    out
 }
 
 pub(super) fn unknown_keys(

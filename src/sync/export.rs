@@ -137,29 +137,12 @@ impl Cycle {
             &self.normalized(contact.contact.clone()),
             &self.managed,
         );
-        let external_id = if self.ctx.source.assigns_ids() {
-            let text = day_one.new_record_id.replace("{quo_id}", quo_id);
-            match ExternalId::parse(&text) {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    warn!(event = "crm_create_refused", quo_id, reason = %e, "reverse.new_record_id makes no usable CRM id for this contact");
-                    return Ok(());
-                }
-            }
-        } else {
-            None
+        let Some(external_id) = self.new_record_id(quo_id) else {
+            return Ok(());
         };
         if self.mode == Mode::DryRun {
-            let mut op = PlannedOp::new(
-                external_id
-                    .as_ref()
-                    .map_or("(new CRM record)", |id| id.as_str()),
-                Action::CreateInCrm,
-            )
-            .with_quo_id(quo_id);
-            op.fields = snapshot.changed_fields(&Snapshot::default());
-            self.operations.lock().await.push(op);
-            self.counts.lock().await.exported += 1;
+            self.plan_export(quo_id, external_id.as_ref(), &snapshot)
+                .await;
             return Ok(());
         }
         if let Some(earlier) = self.exports.get(quo_id)
@@ -190,22 +173,83 @@ impl Cycle {
             fields: fields.clone(),
             updated_at: now,
         };
-        let outcome = match self
+        match self.send_export(&new).await {
+            Some(created) => self.settle_export(contact, created, fields, now).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The CRM id a contact's new record gets: `Some(None)` where the CRM assigns it, `None`
+    /// (logged) where `reverse.new_record_id` makes no usable id of this contact's.
+    fn new_record_id(&self, quo_id: &str) -> Option<Option<ExternalId>> {
+        if !self.ctx.source.assigns_ids() {
+            return Some(None);
+        }
+        let text = self
+            .ctx
+            .settings
+            .day_one
+            .new_record_id
+            .replace("{quo_id}", quo_id);
+        match ExternalId::parse(&text) {
+            Ok(id) => Some(Some(id)),
+            Err(e) => {
+                warn!(event = "crm_create_refused", quo_id, reason = %e, "reverse.new_record_id makes no usable CRM id for this contact");
+                None
+            }
+        }
+    }
+
+    /// A dry run's export: the planned CRM create, counted.
+    async fn plan_export(
+        &self,
+        quo_id: &str,
+        external_id: Option<&ExternalId>,
+        snapshot: &Snapshot,
+    ) {
+        let mut op = PlannedOp::new(
+            external_id.map_or("(new CRM record)", |id| id.as_str()),
+            Action::CreateInCrm,
+        )
+        .with_quo_id(quo_id);
+        op.fields = snapshot.changed_fields(&Snapshot::default());
+        self.operations.lock().await.push(op);
+        self.counts.lock().await.exported += 1;
+    }
+
+    /// Sends the CRM create of `new` (its intent already on record): what the CRM answered, or
+    /// `None` when nothing was sent (the intent stays pending for whoever leads next) or nothing
+    /// came back.
+    async fn send_export(&self, new: &NewRecord) -> Option<Created> {
+        let quo_id = &new.quo_id;
+        match self
             .ctx
             .source
-            .create_records(std::slice::from_ref(&new), &self.crm_guard())
+            .create_records(std::slice::from_ref(new), &self.crm_guard())
             .await
         {
             Ok(mut outcomes) => outcomes.pop().map(|(_, o)| o),
             Err(e @ SourceError::NotSent(_)) => {
                 // Nothing was sent: the intent stays pending for whoever leads next.
                 warn!(event = "crm_create_not_sent", quo_id, reason = %e, "the CRM create was not sent; the export stays pending");
-                return Ok(());
+                None
             }
             Err(e) => Some(Created::Unknown(e.to_string())),
-        };
-        match outcome {
-            Some(Created::Made(id)) => {
+        }
+    }
+
+    /// Records what the CRM create of `contact` came to: a made record is adopted, a refused
+    /// one's intent forgotten (the next cycle tries again), an unknown one left for a later read.
+    async fn settle_export(
+        &self,
+        contact: &WorkspaceContact,
+        created: Created,
+        fields: BTreeMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), SyncError> {
+        let quo_id = &contact.quo_id;
+        match created {
+            Created::Made(id) => {
                 self.ctx
                     .ledger
                     .export_state(quo_id, ExportState::Created, Some(id.as_str()), None)
@@ -215,17 +259,16 @@ impl Cycle {
                 metrics::counter!("quo_sync_records_total", "outcome" => "exported").increment(1);
                 self.adopt_exported(contact, id, fields, now).await
             }
-            Some(Created::Refused(reason)) => {
+            Created::Refused(reason) => {
                 // Nothing was made: the intent goes, and the next cycle tries again.
                 self.ctx.ledger.export_forget(quo_id).await?;
                 warn!(event = "crm_create_refused", quo_id, reason = %reason, "the CRM refused to create a record for a contact made in Quo; tried again next cycle");
                 Ok(())
             }
-            Some(Created::Unknown(reason)) => {
+            Created::Unknown(reason) => {
                 warn!(event = "crm_create_unknown", quo_id, reason = %reason, "the CRM create's outcome is unknown; a later read finds the record instead of creating it again");
                 Ok(())
             }
-            None => Ok(()),
         }
     }
 

@@ -537,10 +537,15 @@ pub async fn unlimited_sandbox() -> SandboxHandle {
     .expect("sandbox starts")
 }
 
-/// A free loopback address for a service listener.
+/// A free loopback address for a service listener (bound, read, released).
 pub fn free_addr() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
+}
+
+/// The port of [`free_addr`], for a service that binds its own listener.
+pub fn free_port() -> u16 {
+    free_addr().port()
 }
 
 /// `GET /readyz`: status and body (0 when nothing answers yet).

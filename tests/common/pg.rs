@@ -151,6 +151,7 @@ fn run_as_postgres(bin: &Path, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
+/// `common::free_port`, kept here because the bench compiles this file without `common`.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind a free port")

@@ -14,15 +14,6 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// A free loopback port (bound, read, released) for a service that binds its own listener.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Chromium and chromedriver, or why the browser test cannot run.
 fn browser() -> Option<(String, String)> {
     let find = |names: &[&str]| {
@@ -89,7 +80,7 @@ impl Browser {
             return None;
         };
         let http = client();
-        let driver_port = free_port();
+        let driver_port = common::free_port();
         let driver = Driver(
             std::process::Command::new(&chromedriver)
                 .arg(format!("--port={driver_port}"))

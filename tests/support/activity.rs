@@ -46,7 +46,21 @@ pub async fn subscribe(sandbox: &SandboxHandle, url: &str) -> String {
     created.key.expose_secret().to_string()
 }
 
-/// A port nothing listens on now.
+/// A free port for quo-sync's receiver and the `whsec_` key of an activity subscription that
+/// delivers there.
+pub async fn receiver(sandbox: &SandboxHandle) -> (u16, String) {
+    let port = free_port();
+    let key = subscribe(
+        sandbox,
+        &format!("http://127.0.0.1:{port}/webhooks/quo/activity"),
+    )
+    .await;
+    (port, key)
+}
+
+/// A port nothing listens on now. `common::free_port` for the tests that use `support` alone:
+/// this file is also compiled on its own into the convergence test and the bench, so it keeps
+/// its own copy.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -106,6 +120,46 @@ pub fn vendor_config(example: &str, activity: &str, replace: &[(&str, String)]) 
         text = text.replace(from, to);
     }
     text.parse().expect("the examples are valid TOML together")
+}
+
+/// `vendor`'s two examples (`config/rest-<vendor>.example.toml` and
+/// `config/activity-<vendor>.example.toml`) as one table, adapted as an operator would: the
+/// `replace` pairs applied (the fake CRM's URLs, a client id), and each secret the examples read
+/// from the environment (`<name>_env = "…"`) read from a file under `dir` holding `value`.
+pub fn vendor_example(
+    dir: &Path,
+    vendor: &str,
+    replace: &[(&str, String)],
+    secrets: &[(&str, &str)],
+) -> toml::Table {
+    let example = format!("rest-{vendor}.example.toml");
+    let activity = format!("activity-{vendor}.example.toml");
+    let text = std::fs::read_to_string(format!("config/{example}")).unwrap();
+    let mut from_files: Vec<(String, String)> = Vec::new();
+    for (name, value) in secrets {
+        let file = dir.join(name);
+        std::fs::write(&file, value).unwrap();
+        let key = format!("\n{name}_env = \"");
+        let start = text
+            .find(&key)
+            .unwrap_or_else(|| panic!("config/{example} reads {name} from the environment"))
+            + 1;
+        let end = start + key.len() - 1 + text[start + key.len() - 1..].find('"').unwrap() + 1;
+        from_files.push((
+            text[start..end].to_string(),
+            format!("{name}_file = {file:?}"),
+        ));
+    }
+    let replace: Vec<(&str, String)> = replace
+        .iter()
+        .cloned()
+        .chain(
+            from_files
+                .iter()
+                .map(|(from, to)| (from.as_str(), to.clone())),
+        )
+        .collect();
+    vendor_config(&example, &activity, &replace)
 }
 
 /// Sets the key at `path` (tables made as needed).

@@ -27,94 +27,118 @@ pub(super) fn custom_fields(
         );
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for (i, item) in arr.iter().enumerate() {
-        let ipath = format!("/customFields/{i}");
-        let Some(obj) = item.as_object() else {
-            p.bad(
-                &ipath,
-                "item must be an object with key and value",
-                Some(item),
-                "object",
-            );
-            continue;
-        };
-        // `name` and `type` are accepted (a client may echo a response item) and ignored.
-        unknown_keys(p, obj, &ipath, &["key", "id", "value", "name", "type"]);
-        let key = match (obj.get("key"), obj.get("id")) {
-            (Some(Value::String(k)), _) => Some(k.clone()),
-            (Some(other), _) => {
-                p.invalid(
-                    &format!("{ipath}/key"),
-                    "key must be a string",
-                    Some(other),
-                    "string",
-                );
-                continue;
-            }
-            (None, Some(Value::String(id))) => {
-                let found = existing.and_then(|c| c.custom.iter().find(|cv| &cv.id == id));
-                match found {
-                    Some(cv) => Some(cv.key.clone()),
-                    None => {
-                        p.invalid(
-                            &format!("{ipath}/id"),
-                            "no custom field item with this id on the contact",
-                            obj.get("id"),
-                            "string",
-                        );
-                        continue;
-                    }
-                }
-            }
-            (None, _) => {
-                p.bad(&format!("{ipath}/key"), "key is required", None, "string");
-                continue;
-            }
-        };
-        let Some(key) = key else { continue };
-        let Some(def) = defs.iter().find(|d| d.key == key) else {
-            p.invalid(
-                &format!("{ipath}/key"),
-                format!("unknown custom field key '{key}'"),
-                obj.get("key"),
-                "string",
-            );
-            continue;
-        };
-        let vpath = format!("{ipath}/value");
-        let Some(raw) = obj.get("value") else {
-            p.bad(&vpath, "value is required", None, &def.type_name);
-            continue;
-        };
-        if def.ftype == FieldType::Other {
-            if app {
-                let value = (!raw.is_null()).then(|| raw.clone());
-                out.push(CustomInput { key, value });
-            } else {
-                p.invalid(
-                    &format!("{ipath}/key"),
-                    format!(
-                        "custom field '{key}' has type '{}', which cannot be written through the API",
-                        def.type_name
-                    ),
-                    obj.get("key"),
-                    &def.type_name,
-                );
-            }
-            continue;
+    arr.iter()
+        .enumerate()
+        .filter_map(|(i, item)| custom_item(p, i, item, defs, existing, app))
+        .collect()
+}
+
+/// Item `i` of `customFields`: a defined field and a value of its type, or `None` with the
+/// problem recorded.
+fn custom_item(
+    p: &mut Problems,
+    i: usize,
+    item: &Value,
+    defs: &[FieldDef],
+    existing: Option<&StoredContact>,
+    app: bool,
+) -> Option<CustomInput> {
+    let ipath = format!("/customFields/{i}");
+    let Some(obj) = item.as_object() else {
+        p.bad(
+            &ipath,
+            "item must be an object with key and value",
+            Some(item),
+            "object",
+        );
+        return None;
+    };
+    // `name` and `type` are accepted (a client may echo a response item) and ignored.
+    unknown_keys(p, obj, &ipath, &["key", "id", "value", "name", "type"]);
+    let key = item_key(p, &ipath, obj, existing)?;
+    let Some(def) = defs.iter().find(|d| d.key == key) else {
+        p.invalid(
+            &format!("{ipath}/key"),
+            format!("unknown custom field key '{key}'"),
+            obj.get("key"),
+            "string",
+        );
+        return None;
+    };
+    let vpath = format!("{ipath}/value");
+    let Some(raw) = obj.get("value") else {
+        p.bad(&vpath, "value is required", None, &def.type_name);
+        return None;
+    };
+    if def.ftype == FieldType::Other {
+        if app {
+            let value = (!raw.is_null()).then(|| raw.clone());
+            return Some(CustomInput { key, value });
         }
-        match custom_value(def.ftype, raw) {
-            Ok(value) => {
-                if outside_options(p, def, &vpath, value.as_ref()) {
-                    continue;
-                }
-                out.push(CustomInput { key, value });
+        p.invalid(
+            &format!("{ipath}/key"),
+            format!(
+                "custom field '{key}' has type '{}', which cannot be written through the API",
+                def.type_name
+            ),
+            obj.get("key"),
+            &def.type_name,
+        );
+        return None;
+    }
+    match custom_value(def.ftype, raw) {
+        Ok(value) => {
+            if outside_options(p, def, &vpath, value.as_ref()) {
+                return None;
             }
-            Err(msg) => p.invalid(&vpath, msg, Some(raw), &def.type_name),
+            Some(CustomInput { key, value })
+        }
+        Err(msg) => {
+            p.invalid(&vpath, msg, Some(raw), &def.type_name);
+            None
         }
     }
-    out
+}
+
+/// The field an item names: its `key`, or (a PATCH) the key of the contact's item with its
+/// `id`; `None` with the problem recorded.
+fn item_key(
+    p: &mut Problems,
+    ipath: &str,
+    obj: &serde_json::Map<String, Value>,
+    existing: Option<&StoredContact>,
+) -> Option<String> {
+    match (obj.get("key"), obj.get("id")) {
+        (Some(Value::String(k)), _) => Some(k.clone()),
+        (Some(other), _) => {
+            p.invalid(
+                &format!("{ipath}/key"),
+                "key must be a string",
+                Some(other),
+                "string",
+            );
+            None
+        }
+        (None, Some(Value::String(id))) => {
+            let found = existing.and_then(|c| c.custom.iter().find(|cv| &cv.id == id));
+            match found {
+                Some(cv) => Some(cv.key.clone()),
+                None => {
+                    p.invalid(
+                        &format!("{ipath}/id"),
+                        "no custom field item with this id on the contact",
+                        obj.get("id"),
+                        "string",
+                    );
+                    None
+                }
+            }
+        }
+        (None, _) => {
+            p.bad(&format!("{ipath}/key"), "key is required", None, "string");
+            None
+        }
+    }
 }
 
 /// Records (`0801400`, path `…/value/{j}`) every multi-select value outside the field's

@@ -229,6 +229,27 @@ pub(super) fn read_file(
     if header.is_none() {
         parse_header(layout, None)?;
     }
+    let (seen_file, torn) = close_file(layout, parser, opened)?;
+    if torn && out.held.take().is_some() {
+        items -= 1;
+    }
+    out.finish(plan.as_mut())?;
+    Ok((
+        ReadSummary {
+            complete: !torn,
+            items,
+        },
+        seen_file,
+    ))
+}
+
+/// Ends a read of the file opened as `opened`: its fingerprint and dialect, and whether it
+/// changed under the read (torn: logged, and the caller drops the last row, which may be cut).
+fn close_file(
+    layout: &Layout,
+    parser: Parser,
+    opened: FileState,
+) -> Result<(Seen, bool), SourceError> {
     let dialect = parser.finish_dialect();
     let (len, sha256, file) = parser
         .reader
@@ -243,25 +264,16 @@ pub(super) fn read_file(
             path = %layout.name(),
             "the CSV file changed while it was read: this read counts no record as gone and does not use its last row (writers should replace the file by rename)"
         );
-        if out.held.take().is_some() {
-            items -= 1;
-        }
     }
-    out.finish(plan.as_mut())?;
-    Ok((
-        ReadSummary {
-            complete: !torn,
-            items,
+    let seen = Seen {
+        file: Fingerprint {
+            len,
+            modified: opened.modified,
+            sha256,
         },
-        Seen {
-            file: Fingerprint {
-                len,
-                modified: opened.modified,
-                sha256,
-            },
-            dialect,
-        },
-    ))
+        dialect,
+    };
+    Ok((seen, torn))
 }
 
 /// One data row and how its cells read.

@@ -610,6 +610,42 @@ impl RestSourceConfig {
                 ))
             }
         };
+        self.validate_records(&pointer)?;
+        self.validate_paging(&pointer)?;
+        if self.requests_per_second == 0 {
+            return Err(RestConfigError::new(
+                "requests_per_second",
+                "expected a whole number above 0",
+            ));
+        }
+        if self.timeout.0.is_zero() {
+            return Err(RestConfigError::new(
+                "timeout",
+                "expected a duration above zero",
+            ));
+        }
+        if let Some(name) = &self.updated_since_header {
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                RestConfigError::new("updated_since_header", "not a valid header name")
+            })?;
+        }
+        self.validate_oauth(&pointer)?;
+        self.validate_webhook(&pointer)?;
+        if let Some(create) = &self.create {
+            create.validate()?;
+        }
+        if let Some(update) = &self.update {
+            update.validate(&pointer)?;
+        }
+        Ok(())
+    }
+
+    /// Where records, their ids, fields and arrays sit in a list answer: JSON pointers, and
+    /// no empty name.
+    fn validate_records(
+        &self,
+        pointer: &dyn Fn(&str, &str, bool) -> Result<(), RestConfigError>,
+    ) -> Result<(), RestConfigError> {
         pointer("records_pointer", &self.records_pointer, true)?;
         pointer("id_pointer", &self.id_pointer, false)?;
         if let Some(p) = &self.updated_at_pointer {
@@ -636,6 +672,14 @@ impl RestSourceConfig {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Page size and paging style: what each style needs to find the next page.
+    fn validate_paging(
+        &self,
+        pointer: &dyn Fn(&str, &str, bool) -> Result<(), RestConfigError>,
+    ) -> Result<(), RestConfigError> {
         match (&self.page_size_param, self.page_size) {
             (_, Some(0)) => {
                 return Err(RestConfigError::new(
@@ -679,62 +723,41 @@ impl RestSourceConfig {
                 "expected a whole number above 0",
             ));
         }
-        if self.requests_per_second == 0 {
-            return Err(RestConfigError::new(
-                "requests_per_second",
-                "expected a whole number above 0",
-            ));
+        Ok(())
+    }
+}
+
+impl UpdateConfig {
+    /// Paths with `{id}`, pointers, and headers that are valid HTTP.
+    fn validate(
+        &self,
+        pointer: &dyn Fn(&str, &str, bool) -> Result<(), RestConfigError>,
+    ) -> Result<(), RestConfigError> {
+        let update = self;
+        for (key, path) in [
+            ("update.path", Some(&update.path)),
+            ("update.get_path", update.get_path.as_ref()),
+        ] {
+            if let Some(path) = path
+                && (!path.starts_with('/') || !path.contains("{id}"))
+            {
+                return Err(RestConfigError::new(
+                    key,
+                    format!("expected a path starting with `/` containing `{{id}}`, got {path:?}"),
+                ));
+            }
         }
-        if self.timeout.0.is_zero() {
-            return Err(RestConfigError::new(
-                "timeout",
-                "expected a duration above zero",
-            ));
+        pointer("update.wrap_pointer", &update.wrap_pointer, true)?;
+        if let Some(p) = &update.get_pointer {
+            pointer("update.get_pointer", p, true)?;
         }
-        if let Some(name) = &self.updated_since_header {
+        for (name, value) in &update.headers {
             HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                RestConfigError::new("updated_since_header", "not a valid header name")
+                RestConfigError::new(format!("update.headers.{name}"), "not a valid header name")
             })?;
-        }
-        self.validate_oauth(&pointer)?;
-        self.validate_webhook(&pointer)?;
-        if let Some(create) = &self.create {
-            create.validate()?;
-        }
-        if let Some(update) = &self.update {
-            for (key, path) in [
-                ("update.path", Some(&update.path)),
-                ("update.get_path", update.get_path.as_ref()),
-            ] {
-                if let Some(path) = path
-                    && (!path.starts_with('/') || !path.contains("{id}"))
-                {
-                    return Err(RestConfigError::new(
-                        key,
-                        format!(
-                            "expected a path starting with `/` containing `{{id}}`, got {path:?}"
-                        ),
-                    ));
-                }
-            }
-            pointer("update.wrap_pointer", &update.wrap_pointer, true)?;
-            if let Some(p) = &update.get_pointer {
-                pointer("update.get_pointer", p, true)?;
-            }
-            for (name, value) in &update.headers {
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    RestConfigError::new(
-                        format!("update.headers.{name}"),
-                        "not a valid header name",
-                    )
-                })?;
-                HeaderValue::from_str(value).map_err(|_| {
-                    RestConfigError::new(
-                        format!("update.headers.{name}"),
-                        "not a valid header value",
-                    )
-                })?;
-            }
+            HeaderValue::from_str(value).map_err(|_| {
+                RestConfigError::new(format!("update.headers.{name}"), "not a valid header value")
+            })?;
         }
         Ok(())
     }

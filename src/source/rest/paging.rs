@@ -74,18 +74,7 @@ impl RestSource {
     ) -> Result<ReadSummary, SourceError> {
         let since = request.since.filter(|_| self.supports_incremental());
         self.prepare().await?;
-        let mut list_headers = HeaderMap::new();
-        if let (Some(name), Some(since)) = (&self.config.updated_since_header, since) {
-            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                SourceError::Config(
-                    "source.rest.updated_since_header: not a valid header name".into(),
-                )
-            })?;
-            let value = format_since(since, self.config.updated_since_format);
-            let value = reqwest::header::HeaderValue::from_str(&value)
-                .map_err(|e| SourceError::Crm(format!("updated_since_header value: {e}")))?;
-            list_headers.insert(name, value);
-        }
+        let list_headers = self.since_headers(since)?;
         let paging = &self.config.paging;
         let param = paging.param.clone().unwrap_or_else(|| {
             match paging.style {
@@ -134,50 +123,10 @@ impl RestSource {
                     "GET {shown} (page {page}): the response is not valid JSON ({e})"
                 ))
             })?;
-            let records: &[Value] = match body.pointer(&self.config.records_pointer) {
-                Some(Value::Array(records)) => records,
-                None | Some(Value::Null) => &[],
-                Some(other) => {
-                    return Err(SourceError::Crm(format!(
-                        "GET {shown} (page {page}): expected an array of records at {:?} (records_pointer), found {}",
-                        self.config.records_pointer,
-                        json_type(other)
-                    )));
-                }
-            };
-            for (index, raw) in records.iter().enumerate() {
-                let location = format!(
-                    "GET {} page {page} item {}",
-                    self.config.list_path,
-                    index + 1
-                );
-                let item = self.parse_record(raw, location);
-                if let SourceItem::Record(record) = &item {
-                    let version = ReadVersion::of(record);
-                    let id = record.external_id.as_str();
-                    if let Some(first) = emitted.get(id) {
-                        repeats += 1;
-                        if *first == version {
-                            tracing::debug!(
-                                id,
-                                page,
-                                "CRM listed a record twice in one read; skipping the repeat"
-                            );
-                        } else {
-                            tracing::warn!(
-                                id,
-                                page,
-                                "CRM listed a record twice in one read with different content (edited during the read); keeping the first copy, the next read is a full read"
-                            );
-                        }
-                        continue;
-                    }
-                    emitted.insert(id.to_string(), version);
-                    self.versions.record(record);
-                }
-                tx.send(item).await.map_err(|_| SourceError::Cancelled)?;
-                items += 1;
-            }
+            let records = self.page_records(&body, &shown, page)?;
+            items += self
+                .emit_page(records, page, (&mut emitted, &mut repeats), &tx)
+                .await?;
             let count = records.len();
             if count == 0 {
                 break;
@@ -190,50 +139,11 @@ impl RestSource {
             {
                 break;
             }
-            let next = match paging.style {
-                PagingStyle::None => None,
-                PagingStyle::Page => {
-                    counter += 1;
-                    Some(self.list_url(since, Some((&param, counter.to_string())))?)
-                }
-                PagingStyle::Offset => {
-                    counter += count as u64;
-                    Some(self.list_url(since, Some((&param, counter.to_string())))?)
-                }
-                PagingStyle::Cursor => {
-                    let pointer = paging.cursor_pointer.as_deref().unwrap_or_default();
-                    match body
-                        .pointer(pointer)
-                        .and_then(scalar_text)
-                        .filter(|c| !c.is_empty())
-                    {
-                        None => None,
-                        Some(cursor) => {
-                            if !seen.insert(cursor.clone()) {
-                                return Err(SourceError::Crm(format!(
-                                    "GET {shown} (page {page}): the CRM returned cursor {cursor:?} a second time; stopping instead of looping"
-                                )));
-                            }
-                            Some(self.list_url(since, Some((&param, cursor)))?)
-                        }
-                    }
-                }
-                PagingStyle::NextUrl => {
-                    let pointer = paging.next_url_pointer.as_deref().unwrap_or_default();
-                    match body
-                        .pointer(pointer)
-                        .and_then(Value::as_str)
-                        .filter(|c| !c.trim().is_empty())
-                    {
-                        None => None,
-                        Some(next) => Some(self.follow(&url, next, &mut seen, page)?),
-                    }
-                }
-                PagingStyle::LinkHeader => match next_link(&reply.headers) {
-                    None => None,
-                    Some(next) => Some(self.follow(&url, &next, &mut seen, page)?),
-                },
-            };
+            let next = self.next_page(
+                (since, &param, &mut counter, &mut seen),
+                (&url, &body, &reply.headers),
+                (&shown, page, count),
+            )?;
             let Some(next) = next else { break };
             if page >= paging.max_pages {
                 return Err(SourceError::Crm(format!(
@@ -257,6 +167,149 @@ impl RestSource {
         Ok(ReadSummary {
             complete: since.is_none() && repeats == 0,
             items,
+        })
+    }
+
+    /// The list call's headers: `updated_since_header` with `since`, for an incremental read.
+    fn since_headers(&self, since: Option<DateTime<Utc>>) -> Result<HeaderMap, SourceError> {
+        let mut list_headers = HeaderMap::new();
+        if let (Some(name), Some(since)) = (&self.config.updated_since_header, since) {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                SourceError::Config(
+                    "source.rest.updated_since_header: not a valid header name".into(),
+                )
+            })?;
+            let value = format_since(since, self.config.updated_since_format);
+            let value = reqwest::header::HeaderValue::from_str(&value)
+                .map_err(|e| SourceError::Crm(format!("updated_since_header value: {e}")))?;
+            list_headers.insert(name, value);
+        }
+        Ok(list_headers)
+    }
+
+    /// The records of one page's body (at `records_pointer`; none when absent or null).
+    fn page_records<'b>(
+        &self,
+        body: &'b Value,
+        shown: &str,
+        page: u32,
+    ) -> Result<&'b [Value], SourceError> {
+        match body.pointer(&self.config.records_pointer) {
+            Some(Value::Array(records)) => Ok(records),
+            None | Some(Value::Null) => Ok(&[]),
+            Some(other) => Err(SourceError::Crm(format!(
+                "GET {shown} (page {page}): expected an array of records at {:?} (records_pointer), found {}",
+                self.config.records_pointer,
+                json_type(other)
+            ))),
+        }
+    }
+
+    /// Sends one page's records into `tx`, each id once per read (`emitted`, with the version
+    /// sent; a repeat is counted in `repeats`); the number sent.
+    async fn emit_page(
+        &self,
+        records: &[Value],
+        page: u32,
+        (emitted, repeats): (&mut HashMap<String, ReadVersion>, &mut u64),
+        tx: &mpsc::Sender<SourceItem>,
+    ) -> Result<u64, SourceError> {
+        let mut items = 0u64;
+        for (index, raw) in records.iter().enumerate() {
+            let location = format!(
+                "GET {} page {page} item {}",
+                self.config.list_path,
+                index + 1
+            );
+            let item = self.parse_record(raw, location);
+            if let SourceItem::Record(record) = &item {
+                let version = ReadVersion::of(record);
+                let id = record.external_id.as_str();
+                if let Some(first) = emitted.get(id) {
+                    *repeats += 1;
+                    if *first == version {
+                        tracing::debug!(
+                            id,
+                            page,
+                            "CRM listed a record twice in one read; skipping the repeat"
+                        );
+                    } else {
+                        tracing::warn!(
+                            id,
+                            page,
+                            "CRM listed a record twice in one read with different content (edited during the read); keeping the first copy, the next read is a full read"
+                        );
+                    }
+                    continue;
+                }
+                emitted.insert(id.to_string(), version);
+                self.versions.record(record);
+            }
+            tx.send(item).await.map_err(|_| SourceError::Cancelled)?;
+            items += 1;
+        }
+        Ok(items)
+    }
+
+    /// The URL of the page after page `page` (`count` records, read from `url`), by the paging
+    /// style: the next page number or offset, the cursor or next URL in `body`, or the `Link`
+    /// header; `None` on the last page. A cursor or URL seen before (`seen`) is a loop: an error.
+    #[allow(clippy::type_complexity)]
+    fn next_page(
+        &self,
+        (since, param, counter, seen): (
+            Option<DateTime<Utc>>,
+            &str,
+            &mut u64,
+            &mut HashSet<String>,
+        ),
+        (url, body, headers): (&Url, &Value, &HeaderMap),
+        (shown, page, count): (&str, u32, usize),
+    ) -> Result<Option<Url>, SourceError> {
+        let paging = &self.config.paging;
+        Ok(match paging.style {
+            PagingStyle::None => None,
+            PagingStyle::Page => {
+                *counter += 1;
+                Some(self.list_url(since, Some((param, counter.to_string())))?)
+            }
+            PagingStyle::Offset => {
+                *counter += count as u64;
+                Some(self.list_url(since, Some((param, counter.to_string())))?)
+            }
+            PagingStyle::Cursor => {
+                let pointer = paging.cursor_pointer.as_deref().unwrap_or_default();
+                match body
+                    .pointer(pointer)
+                    .and_then(scalar_text)
+                    .filter(|c| !c.is_empty())
+                {
+                    None => None,
+                    Some(cursor) => {
+                        if !seen.insert(cursor.clone()) {
+                            return Err(SourceError::Crm(format!(
+                                "GET {shown} (page {page}): the CRM returned cursor {cursor:?} a second time; stopping instead of looping"
+                            )));
+                        }
+                        Some(self.list_url(since, Some((param, cursor)))?)
+                    }
+                }
+            }
+            PagingStyle::NextUrl => {
+                let pointer = paging.next_url_pointer.as_deref().unwrap_or_default();
+                match body
+                    .pointer(pointer)
+                    .and_then(Value::as_str)
+                    .filter(|c| !c.trim().is_empty())
+                {
+                    None => None,
+                    Some(next) => Some(self.follow(url, next, seen, page)?),
+                }
+            }
+            PagingStyle::LinkHeader => match next_link(headers) {
+                None => None,
+                Some(next) => Some(self.follow(url, &next, seen, page)?),
+            },
         })
     }
 
