@@ -9,6 +9,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 
+use super::super::fence::FencedBody;
 use super::super::retry::{is_retryable_status, retry_after};
 use super::super::types::ErrorBody;
 use super::{QuoClient, QuoError};
@@ -164,12 +165,13 @@ impl QuoClient {
         } else {
             self.limiter.acquire().await;
         }
-        let timeout = match &self.fence {
-            Some(fence) if method != Method::GET => fence
+        let fence = self.fence.as_ref().filter(|_| method != Method::GET);
+        let timeout = match fence {
+            Some(fence) => fence
                 .admit(self.timeout)
                 .await
                 .ok_or(AttemptError::Fenced)?,
-            _ => self.timeout,
+            None => self.timeout,
         };
         let mut request = self
             .http
@@ -180,12 +182,27 @@ impl QuoClient {
         if let Some(version) = self.api_version {
             request = request.header("Quo-Api-Version", version);
         }
-        if let Some(body) = body {
-            request = request.json(body);
+        match (body, fence) {
+            // A leader's write asks the fence once more as its connection sends it: a process
+            // frozen after the admission and thawed past its lease sends nothing.
+            (Some(body), Some(fence)) => {
+                let bytes = serde_json::to_vec(body)
+                    .map_err(|e| AttemptError::NotSent(format!("the body: {e}")))?;
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(reqwest::Body::wrap(FencedBody::new(
+                        bytes.into(),
+                        fence.clone(),
+                        timeout,
+                    )));
+            }
+            (Some(body), None) => request = request.json(body),
+            (None, _) => {}
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let response = match request.send().await {
             Ok(response) => response,
+            Err(e) if FencedBody::refused(&e) => return Err(AttemptError::Fenced),
             Err(e) => {
                 let status = if e.is_timeout() { "timeout" } else { "error" };
                 metrics::counter!("quo_sync_quo_requests_total", "route" => route, "status" => status).increment(1);
