@@ -1,0 +1,76 @@
+//! `[source]`: which adapter reads the CRM and, for a CSV file, where and in which dialect
+//! (`[source.rest]` is read by `src/source/rest/config.rs`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{CsvDelimiter, CsvEncoding, CsvEscape, CsvQuote, HumanDuration, print};
+
+/// Which adapter reads the CRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A CSV file.
+    Csv,
+    /// A REST CRM.
+    Rest,
+}
+
+/// `[source]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `csv` or `rest`.
+    pub kind: SourceKind,
+    /// The CSV file (csv).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The column holding the CRM id (csv), default `crm_id`.
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    /// The column holding the last-modified time (csv), default `updated_at`; empty for none.
+    #[serde(default = "default_updated_at_field")]
+    pub updated_at_field: String,
+    /// `[source.rest]`: the REST CRM (rest).
+    #[serde(default, serialize_with = "print::rest_table")]
+    pub rest: Option<toml::Table>,
+    /// Watch the CSV file and start a cycle when it changes (csv), default true; turn off where
+    /// file events are unreliable (some network filesystems) and rely on `schedule.interval`.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// The CSV file's field separator (csv): `","`, `";"`, `"\t"`, `"|"` or `"auto"` (default:
+    /// chosen from the header line).
+    #[serde(default)]
+    pub delimiter: CsvDelimiter,
+    /// The CSV file's encoding (csv), default `auto`.
+    #[serde(default)]
+    pub encoding: CsvEncoding,
+    /// The CSV quote character (csv), default `"`.
+    #[serde(default)]
+    pub quote: CsvQuote,
+    /// The CSV escape character inside quotes (csv), default none (doubled quotes).
+    #[serde(default)]
+    pub escape: CsvEscape,
+    /// How long the CSV file's size and modification time must stay unchanged before
+    /// `quo-sync run` reads it (csv), default `1s`; `0s` reads at once.
+    #[serde(default = "default_quiet_period")]
+    pub quiet_period: HumanDuration,
+}
+
+fn default_quiet_period() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_id_field() -> String {
+    "crm_id".into()
+}
+
+fn default_updated_at_field() -> String {
+    "updated_at".into()
+}
