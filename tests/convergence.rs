@@ -262,7 +262,7 @@ async fn run_seed(seed: u64, steps: usize) -> KillTally {
         } else {
             world.cycle_or_kill().await;
         }
-        calls.step(&world).await;
+        calls.step(&mut world).await;
     }
     trace(|| "quiet".into());
     if world.foreign.on() {

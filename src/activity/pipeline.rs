@@ -59,6 +59,8 @@ pub struct Settings {
     pub unmatched: Unmatched,
     /// How long applied deliveries are kept (`reverse.inbox_retention`).
     pub retention: Duration,
+    /// How long the phone history keeps an ended holding (`linking::history_horizon`).
+    pub history: Duration,
 }
 
 impl Settings {
@@ -66,6 +68,7 @@ impl Settings {
     pub fn from_config(config: &ActivityConfig, retention: Duration) -> Self {
         Self {
             retention,
+            history: super::linking::history_horizon(config.enrichment_window.0, config.backfill.0),
             calls: config.logs(KindName::Calls),
             messages: config.logs(KindName::Messages),
             voicemails: config.logs(KindName::Voicemails),
@@ -167,7 +170,7 @@ impl Pipeline {
             ledger,
             sink,
             people,
-            index: tokio::sync::Mutex::new(PhoneIndex::default()),
+            index: tokio::sync::Mutex::new(PhoneIndex::keeping(settings.history)),
             settings,
             guard,
             pruned_at: std::sync::Mutex::new(None),

@@ -14,7 +14,10 @@
 //! - no activity has two rows in the activity CSV;
 //! - every activity of a contact linked to one record when it happened, and still linked to it,
 //!   has exactly one row, on that record, with its latest enrichment (duration, summary,
-//!   voicemail kind, a text's delivery status);
+//!   voicemail kind, a text's delivery status), also when its delivery was lost and its number
+//!   left the record before the poller read it (the phone history); the one exception is a
+//!   lost delivery whose number changed hands within the hand-over allowance of the call
+//!   (`linking::HANDOVER_SKEW`): held as ambiguous, counted in `unmatched_after_renumber`;
 //! - an activity on any other row sits on a record one of its contacts or its number was linked
 //!   to at some point (never a guess), and an activity of a number no record ever had is on no
 //!   row.
@@ -24,7 +27,9 @@
 //! "activities with two rows in the CRM"; the poller storing nothing it lists (lost deliveries
 //! never filled): seed 1, "… of a contact linked to k-6 is not in the CRM (delivered: false)";
 //! enrichment never rewriting a written activity (`Pipeline::settle`): seed 1, "the latest
-//! summary".
+//! summary"; linking by today's holders of a number instead of the phone history
+//! (`PhoneIndex::link` asking `holders(…, None)`): seed 3, "… of a contact linked to k-5 is not
+//! in the CRM (delivered: false, …)" (the record was renumbered right after the call).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -66,8 +71,14 @@ pub struct CallTally {
     pub kills: usize,
     pub dropped: u64,
     pub filled_by_poller: usize,
-    /// Lost deliveries whose number left their record before the poller saw them: held as
-    /// unmatched, never guessed.
+    /// Records renumbered in the CRM right after a call on them.
+    pub renumbered: usize,
+    /// Lost deliveries whose number left their record before the poller saw them, landed on
+    /// that record all the same (the phone history: who held the number at `createdAt`).
+    pub landed_after_renumber: usize,
+    /// The exception: lost deliveries whose number changed hands within the hand-over allowance
+    /// (`linking::HANDOVER_SKEW`) of the call: both holders match, so it is held as ambiguous,
+    /// never guessed.
     pub unmatched_after_renumber: usize,
 }
 
@@ -78,6 +89,8 @@ impl CallTally {
         self.kills += other.kills;
         self.dropped += other.dropped;
         self.filled_by_poller += other.filled_by_poller;
+        self.renumbered += other.renumbered;
+        self.landed_after_renumber += other.landed_after_renumber;
         self.unmatched_after_renumber += other.unmatched_after_renumber;
     }
 }
@@ -90,6 +103,12 @@ pub fn run_checks(tally: &CallTally, seeds: usize) {
         assert!(
             tally.made > 0 && tally.kills > 0 && tally.dropped > 0 && tally.filled_by_poller > 0,
             "calls and texts went untested (made, kills mid-pass, lost deliveries, filled by the poller): {tally:?}"
+        );
+    }
+    if seeds >= 12 {
+        assert!(
+            tally.landed_after_renumber > 0,
+            "no lost call reached the poller after its number left its record: the phone history went untested: {tally:?}"
         );
     }
 }
@@ -245,10 +264,27 @@ impl Calls {
     }
 
     /// One step: some calls and texts, maybe a poll, then a pass (killed now and then).
-    pub async fn step(&mut self, world: &World) {
+    pub async fn step(&mut self, world: &mut World) {
         let records = self.note_links(world).await;
+        let first = self.made.len();
         for _ in 0..self.rng.random_range(0..4) {
             self.make_one(world, &records).await;
+        }
+        // Now and then a record just called is renumbered in the CRM and a cycle commits it
+        // before any poll: a lost delivery of that call reaches the poller only after its
+        // number left the record (the phone history's case).
+        let called: Vec<(String, String)> = self.made[first..]
+            .iter()
+            .filter_map(|m| Some((m.record.clone()?, m.number.clone())))
+            .collect();
+        if !called.is_empty() && self.rng.random_bool(0.3) {
+            let (id, number) = &called[self.rng.random_range(0..called.len())];
+            if world.renumber_in_crm(id, number).await {
+                self.tally.renumbered += 1;
+                if let Err(e) = world.cycle().await {
+                    trace(|| format!("renumbering cycle failed: {e}"));
+                }
+            }
         }
         if self.rng.random_bool(0.5)
             && let Err(e) = self.poller(world).poll().await
@@ -340,6 +376,9 @@ impl Calls {
                 number: number.clone(),
                 direction,
                 outcome,
+                // It starts now: its `createdAt` is the moment `contacts` and `record` describe
+                // (linking by number asks who held the number at `createdAt`).
+                created_at: Some(chrono::Utc::now()),
                 duration: if outcome == CallOutcome::Missed {
                     0
                 } else {
@@ -411,16 +450,28 @@ impl Calls {
         );
         self.stop_receiver.cancel();
         let ids: Vec<String> = self.made.iter().map(|m| m.id.clone()).collect();
-        let in_ledger: HashMap<String, Option<String>> = world
+        let rows = world
             .app
             .ledger()
             .activity_rows(&ids)
             .await
-            .expect("activity rows readable")
+            .expect("activity rows readable");
+        let first_seen: HashMap<String, String> = rows
+            .iter()
+            .map(|row| (row.activity_id.clone(), row.first_seen_at.clone()))
+            .collect();
+        let in_ledger: HashMap<String, Option<String>> = rows
             .into_iter()
             .map(|row| (row.activity_id, row.link))
             .collect();
-        self.check(world, &records, &delivered, &in_ledger);
+        let history = phone_history(world.app.ledger()).await;
+        self.check(
+            world,
+            &records,
+            &delivered,
+            (&in_ledger, &first_seen),
+            &history,
+        );
         self.tally
     }
 
@@ -429,7 +480,8 @@ impl Calls {
         world: &World,
         records: &BTreeMap<String, Linked>,
         delivered: &BTreeSet<String>,
-        in_ledger: &HashMap<String, Option<String>>,
+        (in_ledger, first_seen): (&HashMap<String, Option<String>>, &HashMap<String, String>),
+        history: &HashMap<String, Vec<Stretch>>,
     ) {
         let rows = crate::activity_support::csv_rows(&self.csv);
         let mut by_id: HashMap<&str, Vec<&HashMap<String, String>>> = HashMap::new();
@@ -469,33 +521,53 @@ impl Calls {
                 })
             });
             // A call whose delivery was lost is found only by the poller, and a listed call
-            // carries no contact ids: it links by number. If its record's number changed before
-            // the poller saw it, no record holds that number any more, and linking never guesses:
-            // the ledger must hold it as unmatched (counted in `status`), never drop it.
+            // carries no contact ids: it links by number, to the record that held the number
+            // when the call began, even if the number has left that record since (or gone to
+            // another). The one exception: the number changed hands within the hand-over
+            // allowance of the call, so two records match and it is held as ambiguous.
+            // Its number had left the record when quo-sync first saw it (its stretch in the
+            // phone history closed by then).
             let number_left = still_linked.is_some_and(|r| {
-                !records[r].phones.contains(&digits(&m.number)) && !delivered.contains(&m.id)
+                !delivered.contains(&m.id)
+                    && first_seen.get(&m.id).is_some_and(|seen| {
+                        history
+                            .get(&digits(&m.number))
+                            .into_iter()
+                            .flatten()
+                            .any(|s| {
+                                &s.record == r && s.closed_at.as_ref().is_some_and(|c| c <= seen)
+                            })
+                    })
             });
-            if number_left && row.is_none() {
-                assert_eq!(
-                    in_ledger.get(&m.id),
-                    Some(&Some("none".to_string())),
-                    "{} (lost delivery, {} no longer on its record) is not held as unmatched",
-                    m.id,
-                    m.number
-                );
-                self.tally.unmatched_after_renumber += 1;
-            } else if let Some(record) = still_linked {
-                let row = row.unwrap_or_else(|| {
-                    panic!(
-                        "{} of a contact linked to {record} is not in the CRM (delivered: {})",
+            if let Some(record) = still_linked {
+                let Some(row) = row else {
+                    let started = truth
+                        .get(&m.id)
+                        .and_then(|a| a["createdAt"].as_str())
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                    let near = started.is_some_and(|t| {
+                        handover_near(history, &m.number, record, t.with_timezone(&chrono::Utc))
+                    });
+                    assert!(
+                        !delivered.contains(&m.id)
+                            && near
+                            && in_ledger.get(&m.id) == Some(&Some("ambiguous".to_string())),
+                        "{} of a contact linked to {record} is not in the CRM (delivered: {}, \
+                         {} changed hands near the call: {near}, link {:?}, history {:?})",
                         m.id,
-                        delivered.contains(&m.id)
-                    )
-                });
+                        delivered.contains(&m.id),
+                        m.number,
+                        in_ledger.get(&m.id),
+                        history.get(&digits(&m.number))
+                    );
+                    self.tally.unmatched_after_renumber += 1;
+                    continue;
+                };
                 assert_eq!(&row["record_id"], record, "{} on its record", m.id);
                 latest_enrichment(row, &truth[&m.id]);
                 if !delivered.contains(&m.id) {
                     self.tally.filled_by_poller += 1;
+                    self.tally.landed_after_renumber += usize::from(number_left);
                 }
             } else if let Some(row) = row {
                 let on = &row["record_id"];
@@ -512,6 +584,58 @@ impl Calls {
             }
         }
     }
+}
+
+/// One stretch of the ledger's phone history: the record, its opening and its end.
+#[derive(Debug, Clone)]
+struct Stretch {
+    record: String,
+    opened_at: String,
+    closed_at: Option<String>,
+}
+
+/// The ledger's phone history by number digits.
+async fn phone_history(ledger: &Ledger) -> HashMap<String, Vec<Stretch>> {
+    let rows = ledger
+        .debug_query_strings(
+            "SELECT phone || '|' || external_id || '|' || opened_at || '|' || COALESCE(closed_at, '')
+               FROM phone_history",
+        )
+        .await
+        .expect("phone history readable");
+    let mut by_number: HashMap<String, Vec<Stretch>> = HashMap::new();
+    for row in rows {
+        let parts: Vec<&str> = row.split('|').collect();
+        by_number
+            .entry(digits(parts[0]))
+            .or_default()
+            .push(Stretch {
+                record: parts[1].to_string(),
+                opened_at: parts[2].to_string(),
+                closed_at: Some(parts[3].to_string()).filter(|c| !c.is_empty()),
+            });
+    }
+    by_number
+}
+
+/// Whether `number` changed hands within the hand-over allowance of `at`: a stretch of it on a
+/// record other than `record` opened or closed that close to it.
+fn handover_near(
+    history: &HashMap<String, Vec<Stretch>>,
+    number: &str,
+    record: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let skew = quo_sync::activity::linking::HANDOVER_SKEW;
+    let near = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .is_ok_and(|t| (t.with_timezone(&chrono::Utc) - at).abs() <= skew)
+    };
+    history.get(&digits(number)).into_iter().flatten().any(|s| {
+        !s.record.is_empty()
+            && s.record != record
+            && (near(&s.opened_at) || s.closed_at.as_deref().is_some_and(near))
+    })
 }
 
 /// The records holding `number`.

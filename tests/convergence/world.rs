@@ -320,6 +320,31 @@ impl World {
         }
     }
 
+    /// A person gives record `id` a new number in the CRM in place of `number` (the activity
+    /// side's renumbering: a call on the old number whose delivery was lost must still land on
+    /// `id`). Whether a field held the number (and the record is one people edit).
+    pub async fn renumber_in_crm(&mut self, id: &str, number: &str) -> bool {
+        let digits = |text: &str| -> String { text.chars().filter(char::is_ascii_digit).collect() };
+        let wanted = digits(number);
+        let mut rows = self.crm_rows();
+        let Some(i) = self.editable(&rows).into_iter().find(|i| rows[*i][0] == id) else {
+            return false;
+        };
+        let mut renumbered = false;
+        for field in [Field::Phone, Field::Mobile] {
+            let held = digits(&rows[i][field.column()]);
+            if !held.is_empty() && wanted.ends_with(&held) {
+                trace(|| format!("crm renumber {id}: {field:?} no longer {number}"));
+                self.edit_crm_field(&mut rows[i], field).await;
+                renumbered = true;
+            }
+        }
+        if renumbered {
+            self.write_rows(&rows);
+        }
+        renumbered
+    }
+
     /// Two people change the same field of one record before the sync runs, one in the CRM and
     /// one in the Quo app, in either order: a conflict the seed's policy decides.
     pub async fn edit_one_field_on_both_sides(&mut self) {
