@@ -41,17 +41,18 @@ fn quo_sync_overrides() -> Vec<String> {
         .collect()
 }
 
-/// Contacts the sandbox at `base` holds (its admin route: no auth, no rate limit).
-async fn sandbox_contacts(client: &reqwest::Client, base: &str) -> usize {
+/// Contacts the sandbox at `base` holds (its admin route: no auth, no rate limit); `None` when
+/// it no longer answers.
+async fn sandbox_contacts(client: &reqwest::Client, base: &str) -> Option<usize> {
     let body: serde_json::Value = client
         .get(format!("{base}/_sandbox/contacts"))
         .send()
         .await
-        .expect("sandbox answers")
+        .ok()?
         .json()
         .await
-        .expect("json");
-    body["data"].as_array().map_or(0, Vec::len)
+        .ok()?;
+    Some(body["data"].as_array().map_or(0, Vec::len))
 }
 
 /// Every `pos/len contacts` frame of the write bar in `text`, in order.
@@ -150,6 +151,8 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
     let mut frames_checked = 0usize;
     // (bar position, contacts the sandbox held when that frame was read)
     let mut seen: Vec<(u64, u64, usize)> = Vec::new();
+    // Frames that arrived after quo-sync (and the sandbox in it) had exited.
+    let mut after_exit: Vec<(u64, u64)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let chunk = tokio::time::timeout_at(deadline.into(), rx.recv())
@@ -162,9 +165,22 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
         if frames.len() > frames_checked {
             let base = sandbox_url(&stream).expect("the first line names the sandbox");
             // Read after the frame arrived: a true bar can never be ahead of the sandbox.
-            let held = sandbox_contacts(&client, &base).await;
-            for &(pos, len) in &frames[frames_checked..] {
-                seen.push((pos, len, held));
+            match sandbox_contacts(&client, &base).await {
+                Some(held) => {
+                    for &(pos, len) in &frames[frames_checked..] {
+                        seen.push((pos, len, held));
+                    }
+                }
+                // The sandbox lives in quo-sync's process: on a loaded machine the last frames
+                // can be read after it shut down, when there is no sandbox left to ask. Only
+                // then: the process must be exiting.
+                None => {
+                    common::poll("quo-sync exits once its sandbox is gone", async || {
+                        child.try_wait().expect("exit status").is_some()
+                    })
+                    .await;
+                    after_exit.extend_from_slice(&frames[frames_checked..]);
+                }
             }
             frames_checked = frames.len();
         }
@@ -175,8 +191,11 @@ async fn the_quick_start_on_a_terminal_reads_like_a_well_made_cli() {
     // The bar counts contacts Quo confirmed: never more than the sandbox holds.
     assert!(
         !seen.is_empty(),
-        "23 creates at 10/s last over a second: a bar is shown"
+        "23 creates at 10/s last over a second: a bar is shown while quo-sync runs"
     );
+    // Frames read once quo-sync had exited are held to the 23 contacts it created (the summary
+    // below says so; the sandbox cannot be asked any more).
+    seen.extend(after_exit.iter().map(|&(pos, len)| (pos, len, 23)));
     for &(pos, len, held) in &seen {
         assert!(
             pos as usize <= held,
@@ -343,9 +362,15 @@ fn the_quick_start_piped_gives_the_json_lines_it_gave_before_the_human_view() {
         "\"event\":\"workspace_listing_confirming\"",
         "\"event\":\"workspace_listing_confirmed\"",
     ];
+    // sqlx warns of a statement slower than a second: on a loaded machine (a SQLite commit
+    // waiting for the CPU or the disk) that line comes and goes with the load, not the release.
+    let slow_statement = |l: &str| {
+        l.contains("\"message\":\"slow statement: execution time exceeded alert threshold\"")
+            && l.contains("\"target\":\"sqlx::query\"")
+    };
     let stderr: String = stderr
         .lines()
-        .filter(|l| !added.iter().any(|event| l.contains(event)))
+        .filter(|l| !added.iter().any(|event| l.contains(event)) && !slow_statement(l))
         .map(|l| format!("{l}\n"))
         .collect();
     let (before, now) = (normalised_lines(&before), normalised_lines(&stderr));

@@ -14,17 +14,66 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter as Gcra};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter as Gcra};
+use tokio::time::Instant;
 
 /// Fraction of the nominal limit we aim for; the rest absorbs jitter between send and arrival.
 pub const SAFETY_MARGIN: f64 = 0.98;
 
+/// The limiter's time: tokio's clock, read as the time since the limiter was made. It is the
+/// monotonic clock in a running service; under a paused test clock (`start_paused`) it moves only
+/// as the runtime advances it, so a test of rates counts permits in virtual time instead of in
+/// how quickly a loaded machine happens to wake its tasks. Every wait below sleeps on the same
+/// clock (tokio's timers, not governor's `until_ready`, whose timer thread runs on the wall clock).
+#[derive(Debug, Clone, Copy)]
+struct TokioClock {
+    origin: Instant,
+}
+
+impl TokioClock {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.origin.elapsed())
+    }
+}
+
+/// A GCRA gate on [`TokioClock`].
+type Gate = Gcra<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+
+/// A gate that lets one permit through every `period`, with no burst.
+fn spaced_gate(period: Duration) -> Gate {
+    let quota = Quota::with_period(period)
+        .expect("period is non-zero")
+        .allow_burst(NonZeroU32::new(1).expect("one"));
+    Gcra::direct_with_clock(quota, TokioClock::new())
+}
+
+/// Waits until `gate` lets one permit through.
+async fn until_ready(gate: &Gate) {
+    while let Err(not_until) = gate.check() {
+        tokio::time::sleep(not_until.wait_time_from(gate.clock().now())).await;
+    }
+}
+
 /// An evenly spacing limiter for one API key.
 #[derive(Debug)]
 pub struct RateLimiter {
-    inner: DefaultDirectRateLimiter,
+    inner: Gate,
     per_second: u32,
     waited_micros: AtomicU64,
     permits: AtomicU64,
@@ -33,7 +82,12 @@ pub struct RateLimiter {
     /// Foreground callers waiting for a permit right now.
     foreground_waiting: std::sync::atomic::AtomicUsize,
     /// Spaces background permits to their share of the rate while foreground callers wait.
-    background: std::sync::Mutex<Option<DefaultDirectRateLimiter>>,
+    background: std::sync::Mutex<Option<Gate>>,
+    /// Callers take permits one at a time, in the order they asked (tokio's mutex is fair). The
+    /// gate alone hands a free slot to whichever waiter polls first after it opens, so a caller
+    /// could lose every race to busier ones: background work that had passed its share still
+    /// starved behind two foreground loops.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl RateLimiter {
@@ -41,17 +95,15 @@ impl RateLimiter {
     pub fn per_second(per_second: u32) -> Arc<Self> {
         let per_second = per_second.max(1);
         let period = Duration::from_secs_f64(1.0 / (f64::from(per_second) * SAFETY_MARGIN));
-        let quota = Quota::with_period(period)
-            .expect("period is non-zero")
-            .allow_burst(NonZeroU32::new(1).expect("one"));
         Arc::new(Self {
-            inner: Gcra::direct(quota),
+            inner: spaced_gate(period),
             per_second,
             waited_micros: AtomicU64::new(0),
             permits: AtomicU64::new(0),
             paused_until: std::sync::Mutex::new(None),
             foreground_waiting: std::sync::atomic::AtomicUsize::new(0),
             background: std::sync::Mutex::new(None),
+            turn: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -60,10 +112,8 @@ impl RateLimiter {
     pub fn set_background_share(&self, share: f64) {
         let share = share.clamp(0.01, 1.0);
         let per_second = f64::from(self.per_second) * SAFETY_MARGIN * share;
-        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_second))
-            .expect("period is non-zero")
-            .allow_burst(NonZeroU32::new(1).expect("one"));
-        *self.background.lock().unwrap_or_else(|e| e.into_inner()) = Some(Gcra::direct(quota));
+        let gate = spaced_gate(Duration::from_secs_f64(1.0 / per_second));
+        *self.background.lock().unwrap_or_else(|e| e.into_inner()) = Some(gate);
     }
 
     /// Waits for a permit for background work: at most its share of the rate while foreground
@@ -99,10 +149,12 @@ impl RateLimiter {
     }
 
     async fn take_permit(&self, started: Instant) -> Duration {
+        let turn = self.turn.lock().await;
         while let Some(until) = self.pause_deadline() {
-            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            tokio::time::sleep_until(until).await;
         }
-        self.inner.until_ready().await;
+        until_ready(&self.inner).await;
+        drop(turn);
         let waited = started.elapsed();
         self.waited_micros
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
@@ -148,7 +200,11 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    // Each test runs on tokio's paused clock: time moves only when every task waits, straight to
+    // the next timer, so what they assert (how many permits, how far apart) is the same on a
+    // loaded 2-core machine as on an idle one.
+
+    #[tokio::test(start_paused = true)]
     async fn spaces_permits_evenly() {
         // 100/s keeps the test short; 11 permits need at least 10 periods of ~10.2 ms.
         let limiter = RateLimiter::per_second(100);
@@ -164,7 +220,7 @@ mod tests {
         assert_eq!(limiter.permits(), 11);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_pause_holds_back_every_caller() {
         let limiter = RateLimiter::per_second(1000);
         limiter.acquire().await;
@@ -182,9 +238,9 @@ mod tests {
     }
 
     /// Two foreground callers and one background caller compete: the background keeps to its
-    /// 10% (without the share it would take a third). Counts, not wall time, decide, so a
-    /// loaded machine slows the run without changing the shares.
-    #[tokio::test]
+    /// 10% (without the share it would take a third). Counts in 600 ms of the paused clock
+    /// decide, so how a loaded machine schedules the tasks cannot change the shares.
+    #[tokio::test(start_paused = true)]
     async fn background_work_keeps_to_its_share_while_foreground_waits() {
         let limiter = RateLimiter::per_second(200);
         limiter.set_background_share(0.1);
@@ -218,7 +274,7 @@ mod tests {
         assert!(bg >= 3, "background still progresses: {bg}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn background_work_takes_the_whole_rate_when_alone() {
         let limiter = RateLimiter::per_second(200);
         limiter.set_background_share(0.01);
@@ -226,10 +282,10 @@ mod tests {
         for _ in 0..21 {
             limiter.acquire_background().await;
         }
-        // 20 periods at ~5.1 ms (about 0.1 s): a 1% share would take 10 s, so a bound of 3 s
-        // holds on a loaded machine and still fails a limiter that applies the share alone.
+        // 20 periods at ~5.1 ms (about 0.1 s, each wait rounded up to tokio's 1 ms tick): a 1%
+        // share would take 10 s, a 10% one 1 s.
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_millis(500),
             "{:?}",
             started.elapsed()
         );
