@@ -290,14 +290,23 @@ async fn a_rotated_token_whose_store_failed_is_stored_when_the_ledger_is_back() 
         .read()
         .await
         .expect("a first process reads");
-    // A second process's first grant is on its way when the ledger starts refusing writes to
-    // the token's row, for a while: the token the grant rotated to must still end up there.
-    rig.desk().set_delay(Duration::from_millis(200));
+    // A second process's first grant is on its way (held at the desk, unprocessed) when the
+    // ledger starts refusing writes to the token's row; it is answered only then, and the
+    // refusal is dropped only once b has seen its store fail: the token the grant rotated to
+    // must still end up there.
+    let not_kept = || {
+        let logs = logs().contents();
+        logs.lines()
+            .filter(|l| l.contains("crm_refresh_token_not_kept") && l.contains("(injected)"))
+            .count()
+    };
+    let not_kept_before = not_kept();
+    rig.desk().hold();
     let received = rig.desk().received();
     let b = rig.process().await;
     let ledger = b.ledger.clone();
     let b_read = tokio::spawn(async move { (b.read().await, b) });
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while rig.desk().received() == received {
         assert!(std::time::Instant::now() < deadline, "b never asked");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -309,19 +318,22 @@ async fn a_rotated_token_whose_store_failed_is_stored_when_the_ledger_is_back() 
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    rig.desk().release();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while not_kept() == not_kept_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's store of the rotated token never failed (the injected refusal did not fire)"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     ledger
         .debug_execute("DROP TRIGGER refuse_token_store")
         .await
         .unwrap();
     let (read, _b) = b_read.await.unwrap();
     assert_eq!(read.expect("b's read"), 3);
-    assert!(
-        logs().contents().contains("crm_refresh_token_not_kept"),
-        "the failed store was logged"
-    );
     // A new process starts from what the ledger kept: the latest token.
-    rig.desk().set_delay(Duration::ZERO);
     let next = rig.process().await;
     assert_eq!(next.read().await.expect("the kept token works"), 3);
     assert_eq!(rig.desk().stale_presented(), 0);

@@ -7,7 +7,9 @@
 //! slow every grant down (`set_delay`, so two clients' refreshes overlap), stall the next ones
 //! past a client's timeout without processing them (`stall_next`), answer the next ones with
 //! an error of their choice (`answer_next`), rotate the token as another client would
-//! (`rotate_elsewhere`), and expire every access token at once (`expire_all`).
+//! (`rotate_elsewhere`), expire every access token at once (`expire_all`), and hold every
+//! grant until the test releases it (`hold`, `release`), so a test acts while a grant is
+//! known to be in flight, without betting on a delay.
 
 #![allow(dead_code)]
 
@@ -36,6 +38,8 @@ pub struct TokenDesk {
     /// of this client is refused from then on.
     pub reuse_detection: bool,
     inner: Mutex<DeskInner>,
+    /// `true` while grants are held (`hold`): they wait, unprocessed, for `release`.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -83,6 +87,7 @@ impl TokenDesk {
                 refresh: refresh.into(),
                 ..DeskInner::default()
             }),
+            held: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -163,6 +168,22 @@ impl TokenDesk {
     /// Every later grant waits `delay` before it is processed.
     pub fn set_delay(&self, delay: Duration) {
         self.inner.lock().unwrap().delay = delay;
+    }
+
+    /// Every later grant (after its delay) waits, unprocessed, until [`TokenDesk::release`].
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Lets held grants (and later ones) be processed.
+    pub fn release(&self) {
+        self.held.send_replace(false);
+    }
+
+    /// Returns once grants are not held (at once unless [`TokenDesk::hold`] is in force).
+    pub async fn released(&self) {
+        let mut held = self.held.subscribe();
+        let _ = held.wait_for(|held| !held).await;
     }
 
     /// The next `count` token requests wait `stall`, then get 503 without being processed.

@@ -238,7 +238,10 @@ async fn serve_call<X: Send + 'static>(
 ) -> Response {
     if uri.path() == org.dialect.token_path && method == Method::POST {
         match org.desk.before() {
-            Before::Delay(delay) => tokio::time::sleep(delay).await,
+            Before::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                org.desk.released().await;
+            }
             Before::Stall(stall) => {
                 tokio::time::sleep(stall).await;
                 return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
