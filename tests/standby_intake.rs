@@ -9,6 +9,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{Backend, TestApp, WEBHOOK_KEY, csv, free_addr, row, whsec};
@@ -19,19 +20,58 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use support::fake_crm::{Auth, FakeCrm};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How soon a notice at a standby must be acted on by the leader.
 const WITHIN: Duration = Duration::from_millis(2500);
 
-async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+async fn wait_for(what: &str, within: Duration, check: impl AsyncFnMut() -> bool) {
+    if !holds_within(within, check).await {
+        panic!("{what}: not within {within:?}");
+    }
+}
+
+/// Whether `check` holds within `within` (polled every 20 ms).
+async fn holds_within(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < within {
         if check().await {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("{what}: not within {within:?}");
+    false
+}
+
+/// Every log line of this test binary (replicas run in-process, so they share one global
+/// subscriber); a replica's own lines carry its span, `replica{addr=…}`.
+fn captured_log() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Sink(sink.clone()))
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .finish();
+        // Another test in this binary may have installed it first: same buffer either way.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        log
+    })
+}
+
+/// A writer appending to the captured log.
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One in-process `quo-sync run` on `config` listening on `addr`.
@@ -51,10 +91,12 @@ impl Replica {
         let config = Config::load_with_env(config, env).expect("config loads");
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let handle =
-            tokio::spawn(
-                async move { quo_sync::app::run_replica(&config, token, None, false).await },
-            );
+        captured_log();
+        let span = tracing::info_span!("replica", %addr);
+        let handle = tokio::spawn(
+            async move { quo_sync::app::run_replica(&config, token, None, false).await }
+                .instrument(span),
+        );
         Replica {
             addr,
             shutdown,
@@ -62,11 +104,28 @@ impl Replica {
         }
     }
 
+    /// What `/readyz` answers, or why nothing did (within 2 s: one stuck request must not
+    /// use up a wait's whole deadline).
     async fn readyz(&self) -> String {
-        match reqwest::get(format!("http://{}/readyz", self.addr)).await {
+        let asked = reqwest::Client::new()
+            .get(format!("http://{}/readyz", self.addr))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        match asked {
             Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
+            Err(e) => format!("(no answer: {e})"),
         }
+    }
+
+    /// This replica's log lines so far (those logged inside its span).
+    fn log(&self) -> String {
+        let tag = format!("replica{{addr={}}}", self.addr);
+        String::from_utf8_lossy(&captured_log().lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(&tag))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     async fn stop(self) {
@@ -76,24 +135,50 @@ impl Replica {
 }
 
 /// Starts the first replica, waits for it to lead and finish its first cycle (`done`), then
-/// starts the second and waits for it to stand by: (leader, standby).
+/// starts the second and waits until one replica says `leader` and the other `standby`:
+/// (leader, standby) as they answer, not as they started. Under load the first one's 2 s lease
+/// can lapse (its renewals starved) just as the second starts: the second then leads and the
+/// first stands by, which is the product working, so the roles are read, not assumed.
 async fn leader_and_standby(
     config: &Path,
     mut done: impl AsyncFnMut() -> bool,
 ) -> (Replica, Replica) {
-    let leader = Replica::start(config, free_addr());
+    let first = Replica::start(config, free_addr());
     wait_for(
         "the leader's first cycle",
         Duration::from_secs(20),
-        async || leader.readyz().await.contains("leader") && done().await,
+        async || first.readyz().await.contains("leader") && done().await,
     )
     .await;
-    let standby = Replica::start(config, free_addr());
-    wait_for("the standby", Duration::from_secs(10), async || {
-        standby.readyz().await.contains("standby")
+    let second = Replica::start(config, free_addr());
+    let mut answers = (String::new(), String::new());
+    let roles = holds_within(Duration::from_secs(10), async || {
+        if first.handle.is_finished() || second.handle.is_finished() {
+            return true; // a replica stopped: no point waiting (reported below)
+        }
+        answers = (first.readyz().await, second.readyz().await);
+        let says = |answer: &str, role: &str| answer.contains(&format!("ready ({role}"));
+        (says(&answers.0, "leader") && says(&answers.1, "standby"))
+            || (says(&answers.0, "standby") && says(&answers.1, "leader"))
     })
     .await;
-    (leader, standby)
+    if !roles || first.handle.is_finished() || second.handle.is_finished() {
+        panic!(
+            "no leader and standby within 10s: the first replica answered {:?} (stopped: {}), the second {:?} (stopped: {})\n--- first replica's log ---\n{}\n--- second replica's log ---\n{}",
+            answers.0,
+            first.handle.is_finished(),
+            answers.1,
+            second.handle.is_finished(),
+            first.log(),
+            second.log()
+        );
+    }
+    if answers.0.contains("leader") {
+        (first, second)
+    } else {
+        println!("the second replica leads: the first one's lease lapsed as it started");
+        (second, first)
+    }
 }
 
 /// An hourly interval, webhooks only (no scan) and a short lease.
