@@ -1042,6 +1042,51 @@ async fn hostile_retry_after_is_clamped_and_never_panics() {
     }
 }
 
+/// A CRM write admitted under the lease whose lease is gone by the time its connection sends it
+/// (a leader frozen between the two, then thawed) is not sent: the body asks the fence again
+/// (`quo::fence::FencedBody`), and the record is reported not written, for the next leader.
+#[tokio::test]
+async fn a_write_admitted_before_a_freeze_is_not_sent_after_the_lease_passed() {
+    use quo_sync::quo::fence::WriteFence;
+    use quo_sync::source::WriteGuard;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let crm = FakeCrm::start(Auth::None, fake_crm::contacts(1)).await;
+    let source = source(
+        &crm,
+        &format!("{PAGE}\nupdate = {{ method = \"PATCH\", path = \"/contacts/{{id}}\" }}"),
+    );
+    // The lease answers the admission, and is gone when the connection sends the body.
+    let asked = Arc::new(AtomicU32::new(0));
+    let seen = asked.clone();
+    let fence = WriteFence::new(
+        Arc::new(move || {
+            (seen.fetch_add(1, Ordering::SeqCst) == 0).then_some(Duration::from_secs(60))
+        }),
+        Duration::from_secs(5),
+    );
+    let guard = WriteGuard {
+        fence: Some(fence),
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
+    let report = source
+        .write_back_guarded(&[change("c001", &[("first_name", "Late")])], &guard)
+        .await
+        .unwrap();
+    assert!(report.written.is_empty(), "{report:?}");
+    assert!(report.failed[0].1.contains("writer lease"), "{report:?}");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "admitted, then asked again at the send"
+    );
+    assert_eq!(
+        crm.count("PATCH", "/contacts"),
+        0,
+        "PATCHes the CRM received"
+    );
+    assert_ne!(crm.contact("c001").unwrap()["firstName"], "Late");
+}
+
 /// A leader's CRM write-back asks its writer lease (and the cycle's cancel token) before every
 /// write, not once per batch: when the lease runs out after the first write, the rest are not
 /// sent (they would land after another process took over, reverting newer edits) and are
@@ -1061,12 +1106,13 @@ async fn write_back_sends_nothing_once_the_writer_lease_is_gone() {
         change("c002", &[("first_name", "B")]),
         change("c003", &[("first_name", "C")]),
     ];
-    // The lease holds for the first write it is asked about, and is lost after.
+    // The lease holds for the first write, and is lost after. A write asks twice: when it is
+    // admitted, and as its connection sends its body (`quo::fence::FencedBody`).
     let asked = Arc::new(AtomicU32::new(0));
     let seen = asked.clone();
     let fence = WriteFence::new(
         Arc::new(move || {
-            (seen.fetch_add(1, Ordering::SeqCst) == 0).then_some(Duration::from_secs(60))
+            (seen.fetch_add(1, Ordering::SeqCst) < 2).then_some(Duration::from_secs(60))
         }),
         Duration::from_secs(5),
     );

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::RestSource;
 use super::auth::Auth;
+use crate::quo::fence::FencedBody;
 use crate::quo::retry;
 use crate::source::SourceError;
 
@@ -258,18 +259,43 @@ impl RestSource {
                     request.header(name.clone(), value)
                 }
             };
-            if let Some(body) = exchange.body {
-                request = request.json(body);
-            }
+            let mut fenced = None;
             if let Some(guard) = exchange.guard {
                 let timeout = guard
                     .admit(self.config.timeout.0)
                     .await
                     .map_err(Failure::Fatal)?;
                 request = request.timeout(timeout);
+                fenced = guard.fence.as_ref().map(|fence| (fence, timeout));
+            }
+            match (exchange.body, fenced) {
+                // A leader's write asks the fence once more as its connection sends it
+                // (`quo::fence::FencedBody`): a process frozen in between sends nothing.
+                (Some(body), Some((fence, timeout))) => {
+                    let bytes = serde_json::to_vec(body).map_err(|e| {
+                        Failure::Fatal(SourceError::Crm(format!("the request body: {e}")))
+                    })?;
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(reqwest::Body::wrap(FencedBody::new(
+                            bytes.into(),
+                            fence.clone(),
+                            timeout,
+                        )));
+                }
+                (Some(body), None) => request = request.json(body),
+                (None, _) => {}
             }
             tracing::debug!(method = %method, url = %shown, attempt, "CRM request");
-            let response = request.send().await.map_err(transport)?;
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) if FencedBody::refused(&e) => {
+                    return Err(Failure::Fatal(SourceError::NotSent(
+                        "this process no longer holds the writer lease",
+                    )));
+                }
+                Err(e) => return Err(transport(e)),
+            };
             let status = response.status();
             if let (Auth::OAuth2(oauth), Some(token), StatusCode::UNAUTHORIZED) =
                 (&self.auth, &used_token, status)
