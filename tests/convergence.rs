@@ -319,10 +319,22 @@ const WATCHDOG_GRACE: Duration = Duration::from_secs(30);
 /// worker threads, so no timer fires) still fails: past `after`, a plain thread prints the
 /// seed and its steps and ends the test process. Dropping the returned sender stands it down.
 fn watchdog(seed: u64, after: Duration) -> std::sync::mpsc::Sender<()> {
+    watchdog_over(&STEPS, "convergence", "", seed, after)
+}
+
+/// [`watchdog`] for a world with its own step log (`steps`), named `world`, replayed with the
+/// test filter `filter` (the tokens world runs beside the CSV world, with steps of its own).
+fn watchdog_over(
+    steps: &'static std::sync::Mutex<Vec<String>>,
+    world: &'static str,
+    filter: &'static str,
+    seed: u64,
+    after: Duration,
+) -> std::sync::mpsc::Sender<()> {
     let (stand_down, wait) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(after) {
-            let steps = STEPS
+            let steps = steps
                 .try_lock()
                 .map(|s| s.join("\n  "))
                 .unwrap_or_else(|_| "(the steps are locked by the hung seed)".into());
@@ -330,7 +342,7 @@ fn watchdog(seed: u64, after: Duration) -> std::sync::mpsc::Sender<()> {
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr().lock(),
-                "convergence hung for seed {seed}: not finished after {after:?}, and the runtime's own timeout could not end it (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence)\nsteps:\n  {steps}"
+                "{world} hung for seed {seed}: not finished after {after:?}, and the runtime's own timeout could not end it (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence {filter})\nsteps:\n  {steps}"
             );
             std::process::exit(101);
         }

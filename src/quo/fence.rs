@@ -116,6 +116,25 @@ impl FencedBody {
     }
 }
 
+/// `request` with `body` as JSON: as a [`FencedBody`] under `fenced` (the fence and the timeout
+/// the write was admitted with), or plainly when the write is not fenced.
+pub fn with_json_body<B: serde::Serialize + ?Sized>(
+    request: reqwest::RequestBuilder,
+    body: &B,
+    fenced: Option<(&WriteFence, Duration)>,
+) -> Result<reqwest::RequestBuilder, serde_json::Error> {
+    Ok(match fenced {
+        None => request.json(body),
+        Some((fence, timeout)) => request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(reqwest::Body::wrap(FencedBody::new(
+                serde_json::to_vec(body)?.into(),
+                fence.clone(),
+                timeout,
+            ))),
+    })
+}
+
 impl http_body::Body for FencedBody {
     type Data = Bytes;
     type Error = FencedAtSend;

@@ -265,26 +265,10 @@ fn seeds() -> Vec<u64> {
     }
 }
 
-/// A seed that hangs where the runtime's timeout cannot reach it still fails: past `after`, a
-/// plain thread prints the seed and its steps and ends the process (as `crate::watchdog` does
-/// for the CSV world, with this world's steps).
+/// A seed that hangs where the runtime's timeout cannot reach it still fails (as
+/// `crate::watchdog` does for the CSV world, with this world's steps).
 fn watchdog(seed: u64, after: Duration) -> std::sync::mpsc::Sender<()> {
-    let (stand_down, wait) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(after) {
-            let steps = STEPS
-                .try_lock()
-                .map(|s| s.join("\n  "))
-                .unwrap_or_else(|_| "(the steps are locked by the hung seed)".into());
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "convergence (tokens) hung for seed {seed}: not finished after {after:?} (replay: QUO_SYNC_CONVERGENCE_SEED={seed} cargo test --test convergence tokens)\nsteps:\n  {steps}"
-            );
-            std::process::exit(101);
-        }
-    });
-    stand_down
+    crate::watchdog_over(&STEPS, "convergence (tokens)", "tokens", seed, after)
 }
 
 /// Every seed of the convergence seed list (`QUO_SYNC_CONVERGENCE_SEED`/`…_SEEDS`, steps and

@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 
-use super::super::fence::FencedBody;
+use super::super::fence::{FencedBody, with_json_body};
 use super::super::retry::{is_retryable_status, retry_after};
 use super::super::types::ErrorBody;
 use super::{QuoClient, QuoError};
@@ -182,22 +182,11 @@ impl QuoClient {
         if let Some(version) = self.api_version {
             request = request.header("Quo-Api-Version", version);
         }
-        match (body, fence) {
+        if let Some(body) = body {
             // A leader's write asks the fence once more as its connection sends it: a process
             // frozen after the admission and thawed past its lease sends nothing.
-            (Some(body), Some(fence)) => {
-                let bytes = serde_json::to_vec(body)
-                    .map_err(|e| AttemptError::NotSent(format!("the body: {e}")))?;
-                request = request
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(reqwest::Body::wrap(FencedBody::new(
-                        bytes.into(),
-                        fence.clone(),
-                        timeout,
-                    )));
-            }
-            (Some(body), None) => request = request.json(body),
-            (None, _) => {}
+            request = with_json_body(request, body, fence.map(|fence| (fence, timeout)))
+                .map_err(|e| AttemptError::NotSent(format!("the body: {e}")))?;
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let response = match request.send().await {

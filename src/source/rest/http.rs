@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::RestSource;
 use super::auth::Auth;
-use crate::quo::fence::FencedBody;
+use crate::quo::fence::{FencedBody, with_json_body};
 use crate::quo::retry;
 use crate::source::SourceError;
 
@@ -268,23 +268,12 @@ impl RestSource {
                 request = request.timeout(timeout);
                 fenced = guard.fence.as_ref().map(|fence| (fence, timeout));
             }
-            match (exchange.body, fenced) {
+            if let Some(body) = exchange.body {
                 // A leader's write asks the fence once more as its connection sends it
                 // (`quo::fence::FencedBody`): a process frozen in between sends nothing.
-                (Some(body), Some((fence, timeout))) => {
-                    let bytes = serde_json::to_vec(body).map_err(|e| {
-                        Failure::Fatal(SourceError::Crm(format!("the request body: {e}")))
-                    })?;
-                    request = request
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(reqwest::Body::wrap(FencedBody::new(
-                            bytes.into(),
-                            fence.clone(),
-                            timeout,
-                        )));
-                }
-                (Some(body), None) => request = request.json(body),
-                (None, _) => {}
+                request = with_json_body(request, body, fenced).map_err(|e| {
+                    Failure::Fatal(SourceError::Crm(format!("the request body: {e}")))
+                })?;
             }
             tracing::debug!(method = %method, url = %shown, attempt, "CRM request");
             let response = match request.send().await {
