@@ -26,6 +26,23 @@ fn made_in_app(app: &TestApp, first: &str, phone: &str) -> Value {
     )
 }
 
+/// Returns once this machine's clock has passed the `createdAt` of `contact` (to its precision).
+async fn wait_past(contact: &Value) {
+    let stamp = contact["createdAt"].as_str().expect("createdAt");
+    let made = chrono::DateTime::parse_from_rfc3339(stamp).expect("a time");
+    let whole = !stamp.contains('.');
+    common::poll("the clock past the contact's createdAt", async || {
+        let now = chrono::Utc::now();
+        let made = made.to_utc();
+        if whole {
+            now.timestamp() > made.timestamp()
+        } else {
+            now.timestamp_millis() > made.timestamp_millis()
+        }
+    })
+    .await;
+}
+
 /// The CSV lines whose id is `id`.
 fn rows_of(app: &TestApp, id: &str) -> Vec<String> {
     app.csv_text()
@@ -39,6 +56,8 @@ fn rows_of(app: &TestApp, id: &str) -> Vec<String> {
 async fn contacts_made_in_the_app_become_csv_rows_once_each() {
     let app = TestApp::spawn_with(&csv(&[row("c-1", 1)]), SandboxConfig::default(), EXPORT).await;
     let early = made_in_app(&app, "Early", "+14155559000");
+    // Made before quo-sync starts: a stamp in the start's own millisecond would count as new.
+    wait_past(&early).await;
     app.cycle().await; // the first cycle: what exists now existed before quo-sync
     assert!(rows_of(&app, &format!("quo-{}", early["id"].as_str().unwrap())).is_empty());
 
@@ -354,6 +373,74 @@ async fn rest_a_contact_made_in_the_app_during_the_first_cycle_reaches_the_crm()
     );
     assert_eq!(crm.contact("n1").expect("its record")["quoId"], mid_id);
     assert_eq!(sandbox.contact(mid_id).unwrap()["externalId"], "n1");
+}
+
+/// Quo's spec shows `createdAt` in whole seconds (`2022-01-01T00:00:00Z`). A contact made in
+/// an earlier second than the first cycle's start stays in Quo only; one made during the first
+/// cycle, after its listing, in the second the cycle started, becomes a CRM record (read as
+/// milliseconds, `…05Z` is `…05.000Z`, before a start at `…05.120Z`, and it was lost).
+#[tokio::test]
+async fn rest_whole_second_stamps_are_compared_as_whole_seconds() {
+    let (sandbox, crm, _dir, ctx) = rest_export_world().await;
+    sandbox.set_response_shapes(quo_sync::sandbox::ResponseShapes {
+        whole_seconds: true,
+        ..Default::default()
+    });
+    let early = sandbox.app_create(
+        json!({"defaultFields": {"firstName": "Early", "phoneNumbers": [{"name": "mobile", "value": "+14155552888"}]}}),
+        "",
+    );
+    // Reads through the API, which stamps in whole seconds.
+    let early_id = early["id"].as_str().unwrap().to_string();
+    wait_past(&json!({"createdAt": sandbox_stamp(&sandbox, &early_id).await})).await;
+    let first = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
+                .await
+                .unwrap()
+        }
+    });
+    common::poll("the first cycle's listing of the workspace", async || {
+        sandbox
+            .stats()
+            .by_route_status
+            .get("GET /v1/contacts 200")
+            .is_some_and(|n| *n >= 1)
+    })
+    .await;
+    let mid = sandbox.app_create(
+        json!({"defaultFields": {"firstName": "Mid", "phoneNumbers": [{"name": "mobile", "value": "+14155552777"}]}}),
+        "",
+    );
+    first.await.unwrap();
+    quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
+        .await
+        .unwrap();
+    let mid_id = mid["id"].as_str().unwrap();
+    assert_eq!(crm.count("POST", "/contacts"), 1, "Mid's record only");
+    assert_eq!(crm.contact("n1").expect("its record")["quoId"], mid_id);
+    assert_eq!(
+        sandbox.contact(&early_id).unwrap()["externalId"],
+        Value::Null
+    );
+}
+
+/// `createdAt` of a contact as `GET /v1/contacts/{id}` answers it.
+async fn sandbox_stamp(sandbox: &quo_sync::sandbox::SandboxHandle, id: &str) -> String {
+    let answer: Value = reqwest::Client::new()
+        .get(format!("{}/v1/contacts/{id}", sandbox.base_url()))
+        .header("Authorization", sandbox.api_key())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["data"]["createdAt"]
+        .as_str()
+        .expect("createdAt")
+        .to_string()
 }
 
 /// A sandbox, a REST CRM holding one record (Jo), and the context of a ledger in `dir` syncing

@@ -235,10 +235,19 @@ pub(crate) fn now_text() -> String {
     time_text(chrono::Utc::now())
 }
 
-/// `at` as the ledger stores times: RFC 3339 in UTC to the millisecond, as Quo writes them, so
-/// that text comparison is time order.
+/// `at` as the ledger stores times: RFC 3339 in UTC to the millisecond, so that text comparison
+/// is time order.
 pub(crate) fn time_text(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A time Quo wrote (`createdAt`: any RFC 3339 precision or offset; its spec's examples have
+/// whole seconds, `2022-01-01T00:00:00Z`) in the ledger's form, or `None` when it is not one.
+/// Compared as Quo wrote it, `…00Z` sorts after `…00.500Z`.
+pub(crate) fn quo_time_text(quo: &str) -> Option<String> {
+    chrono::DateTime::parse_from_rfc3339(quo)
+        .ok()
+        .map(|t| time_text(t.to_utc()))
 }
 
 impl Ledger {

@@ -85,7 +85,7 @@ pub struct WorkspaceContact {
     pub keys: Vec<String>,
     /// The contact as last read.
     pub contact: Contact,
-    /// Quo's `createdAt`.
+    /// Quo's `createdAt` in the ledger's time form (`None`: absent or not a time).
     pub created_at: Option<String>,
     /// When quo-sync last read it (RFC 3339).
     pub seen_at: String,
@@ -336,7 +336,7 @@ macro_rules! workspace_put_tx {
             .bind(&contact.external_id)
             .bind(keys.join(" "))
             .bind(serde_json::to_string(contact).expect("contact serialises"))
-            .bind(&contact.created_at)
+            .bind(contact.created_at.as_deref().and_then(crate::ledger::quo_time_text))
             .bind(&contact.updated_at)
             .bind(crate::ledger::now_text())
             .execute($tx)

@@ -16,7 +16,7 @@ use serde_json::Value;
 /// Which unusual response shapes the `/v1` routes (and webhook payloads) use. All off by default.
 ///
 /// JSON (`POST /_sandbox/settings`):
-/// `{"response_shapes":{"string_values":true,"keyless_custom_fields":true,"null_entries":true,"unknown_field_type":true}}`
+/// `{"response_shapes":{"string_values":true,"keyless_custom_fields":true,"null_entries":true,"unknown_field_type":true,"whole_seconds":true}}`
 /// (missing keys are off).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,6 +32,9 @@ pub struct ResponseShapes {
     /// (`key` `rating`, `type` `rating`); switching on defines it and gives every existing
     /// contact the value `4`. It stays defined when switched off (it is workspace data).
     pub unknown_field_type: bool,
+    /// `createdAt` and `updatedAt` in whole seconds, as the spec's examples show them
+    /// (`"2022-01-01T00:00:00Z"`), instead of milliseconds.
+    pub whole_seconds: bool,
 }
 
 impl ResponseShapes {
@@ -42,18 +45,31 @@ impl ResponseShapes {
             keyless_custom_fields: true,
             null_entries: true,
             unknown_field_type: true,
+            whole_seconds: true,
         }
     }
 
     /// Whether a rendered contact needs rewriting.
     fn rewrites(&self) -> bool {
-        self.string_values || self.keyless_custom_fields || self.null_entries
+        self.string_values || self.keyless_custom_fields || self.null_entries || self.whole_seconds
     }
 
     /// Rewrites one rendered v1 contact in place.
     pub(crate) fn apply(&self, contact: &mut Value) {
         if !self.rewrites() {
             return;
+        }
+        if self.whole_seconds {
+            for stamp in ["createdAt", "updatedAt"] {
+                let whole = contact
+                    .get(stamp)
+                    .and_then(Value::as_str)
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.to_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string());
+                if let Some(whole) = whole {
+                    contact[stamp] = Value::String(whole);
+                }
+            }
         }
         if let Some(items) = contact
             .get_mut("customFields")
@@ -133,5 +149,19 @@ mod tests {
         assert_eq!(v["defaultFields"]["emails"][0], Value::Null);
         assert_eq!(v["defaultFields"]["emails"][1]["name"], Value::Null);
         assert_eq!(v["defaultFields"]["phoneNumbers"], json!([null]));
+    }
+
+    #[test]
+    fn whole_seconds_drops_the_milliseconds_of_both_stamps() {
+        let mut v = json!({"createdAt": "2026-12-06T12:00:00.999Z", "updatedAt": "2026-12-06T12:00:01.001Z"});
+        ResponseShapes {
+            whole_seconds: true,
+            ..Default::default()
+        }
+        .apply(&mut v);
+        assert_eq!(
+            v,
+            json!({"createdAt": "2026-12-06T12:00:00Z", "updatedAt": "2026-12-06T12:00:01Z"})
+        );
     }
 }

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use tracing::{info, warn};
 
 use super::matching::AdoptTarget;
@@ -55,10 +55,22 @@ impl Cycle {
             day_one.export_existing,
         ) {
             (_, true) => None,
-            (Some(first), false) => Some(first),
+            (Some(first), false) => match chrono::DateTime::parse_from_rfc3339(&first) {
+                Ok(first) => Some(first.to_utc()),
+                Err(e) => {
+                    return Err(crate::ledger::LedgerError::Corrupt {
+                        external_id: FIRST_CYCLE.to_string(),
+                        column: "meta.value",
+                        reason: format!("{first:?} is not a time: {e}"),
+                    }
+                    .into());
+                }
+            },
             // The first cycle: what exists now existed before quo-sync.
             (None, false) => return Ok(()),
         };
+        // Every contact stamped in the start's second or later; `made_since` picks.
+        let from = since.map(|t| crate::ledger::time_text(t.trunc_subsecs(0)));
         let Some(index) = self.workspace_index().await? else {
             return Ok(());
         };
@@ -66,11 +78,16 @@ impl Cycle {
         loop {
             let batch = index
                 .ledger
-                .workspace_app_contacts(since.as_deref(), after.as_ref(), PAGE)
+                .workspace_app_contacts(from.as_deref(), after.as_ref(), PAGE)
                 .await?;
             for contact in &batch {
                 if self.stop.is_cancelled() {
                     return Ok(());
+                }
+                if since
+                    .is_some_and(|start| !made_since(contact.contact.created_at.as_deref(), start))
+                {
+                    continue;
                 }
                 if self.exportable(&index.ledger, contact).await? {
                     self.export(contact, read_started).await?;
@@ -83,6 +100,15 @@ impl Cycle {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Marks this, the first cycle with a complete read, as the line between the contacts that
+    /// were in Quo before quo-sync and those made since: its start, before its listing of the
+    /// workspace, so a contact made mid-cycle (or in the millisecond it ends) is new.
+    pub(super) async fn mark_first_cycle(&self) -> Result<(), SyncError> {
+        let start = crate::ledger::time_text(self.started);
+        self.ctx.ledger.set_meta(FIRST_CYCLE, &start).await?;
+        Ok(())
     }
 
     /// Whether no CRM record matches the contact, nothing holds it, and it has a phone or an
@@ -410,6 +436,24 @@ fn all_fields(snapshot: &Snapshot) -> Vec<String> {
     snapshot.fields().into_keys().collect()
 }
 
+/// Whether Quo made a contact at or after `start`, by its `createdAt` as Quo wrote it (`None`:
+/// no). Quo's stamps may have whole seconds (its spec's examples: `2022-01-01T00:00:00Z`) or
+/// milliseconds; the start is cut to the stamp's own precision, and a tie counts as made since:
+/// a contact made in the app up to a second before quo-sync started can become a CRM record,
+/// but none made after is left out.
+fn made_since(created_at: Option<&str>, start: DateTime<Utc>) -> bool {
+    let Some(stamp) = created_at else {
+        return false;
+    };
+    let Ok(made) = DateTime::parse_from_rfc3339(stamp) else {
+        return false;
+    };
+    let digits = stamp.split_once('.').map_or(0, |(_, fraction)| {
+        fraction.bytes().take_while(u8::is_ascii_digit).count()
+    });
+    made.to_utc() >= start.trunc_subsecs(u16::try_from(digits).unwrap_or(9))
+}
+
 /// What a record made from `contact` holds: its managed values, and its emails and phones under
 /// the mapping's labels (items already under a managed label keep it; the others fill the
 /// remaining labels in order), so the record matches the contact it came from.
@@ -454,4 +498,32 @@ fn export_snapshot(
         &managed.phone_labels,
     );
     snapshot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::made_since;
+    use chrono::{DateTime, Utc};
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+    }
+
+    #[test]
+    fn a_stamp_is_compared_at_its_own_precision_and_a_tie_is_new() {
+        let start = at("2026-12-06T12:00:05.120Z");
+        // Whole seconds: the start's own second may be either side; it counts as new.
+        assert!(made_since(Some("2026-12-06T12:00:05Z"), start));
+        assert!(!made_since(Some("2026-12-06T12:00:04Z"), start));
+        assert!(made_since(Some("2026-12-06T12:00:05+00:00"), start));
+        assert!(!made_since(Some("2026-12-06T13:00:04+01:00"), start));
+        // Milliseconds: exact, the start's millisecond included.
+        assert!(made_since(Some("2026-12-06T12:00:05.120Z"), start));
+        assert!(!made_since(Some("2026-12-06T12:00:05.119Z"), start));
+        assert!(made_since(Some("2026-12-06T12:00:05.12Z"), start));
+        assert!(!made_since(Some("2026-12-06T12:00:05.1199999Z"), start));
+        // No stamp, or not a time: not known to be new.
+        assert!(!made_since(None, start));
+        assert!(!made_since(Some("yesterday"), start));
+    }
 }

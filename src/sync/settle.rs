@@ -141,17 +141,7 @@ impl Cycle {
                     .await?
                     .is_none()
                 {
-                    // What the Quo app made since this cycle started was made after quo-sync
-                    // started: the line is the start, before its listing of the workspace, so a
-                    // contact made mid-cycle (or in the millisecond it ends) is not taken for one
-                    // that was there before.
-                    self.ctx
-                        .ledger
-                        .set_meta(
-                            super::export::FIRST_CYCLE,
-                            &crate::ledger::time_text(self.started),
-                        )
-                        .await?;
+                    self.mark_first_cycle().await?;
                 }
             }
             // Records a CRM webhook named say nothing of the others' times: the mark stays.
