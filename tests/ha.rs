@@ -18,6 +18,15 @@ use tokio::io::AsyncBufReadExt;
 /// The lease the tests use: short, so expiry-based takeovers take seconds.
 const LEASE: Duration = Duration::from_secs(2);
 
+/// The lease for scenarios about exclusion, not expiry (two runs, two onces, first starts): the
+/// default 15 s. Under a 2 s lease a renewal delayed past 1.1 s loses it (renewed every third,
+/// a tenth kept as margin), which a loaded 2-core machine does: 9 of 24 runs of this file
+/// failed so (`.ci/stress ha "" 8 3 1` at load ~30: "slow statement: UPDATE leader_lease",
+/// then `leader_lost`, the `once` exiting 1 or the standby taking over), the product refusing
+/// to write without a lease, as it must. Those scenarios never wait for an expiry, so the
+/// lease's length changes nothing they check.
+const STEADY_LEASE: [(&str, &str); 1] = [("QUO_SYNC__HA__LEASE", "15s")];
+
 /// The `[ledger]` section for an SQLite ledger in `dir`.
 fn sqlite_ledger(dir: &Path) -> String {
     format!("[ledger]\npath = \"{}\"\n", dir.join("ledger.db").display())
@@ -351,8 +360,8 @@ async fn roles(a: Replica, b: Replica) -> (Replica, Replica) {
 #[tokio::test]
 async fn two_runs_on_one_ledger_never_duplicate() {
     let fleet = Fleet::new(150, 1000).await;
-    let (a, b) = (fleet.run(), fleet.run());
-    let (leader, standby) = roles(a, b).await;
+    let run = || fleet.start(&["run"], &STEADY_LEASE);
+    let (leader, standby) = roles(run(), run()).await;
     until("150 contacts", Duration::from_secs(30), || {
         fleet.contacts() >= 150
     })
@@ -579,8 +588,8 @@ async fn two_onces_scenario(backend: Backend) {
     // Quo answers slowly until one of the two has exited, so the runs overlap however late the
     // second one starts on a loaded machine; then the winner finishes at full speed.
     fleet.sandbox.set_latency(Duration::from_millis(500));
-    let mut a = fleet.start(&["once", "--json"], &[]);
-    let mut b = fleet.start(&["once", "--json"], &[]);
+    let mut a = fleet.start(&["once", "--json"], &STEADY_LEASE);
+    let mut b = fleet.start(&["once", "--json"], &STEADY_LEASE);
     until(
         "one of the two onces exits",
         Duration::from_secs(30),
@@ -606,10 +615,10 @@ async fn two_onces_scenario(backend: Backend) {
 
     // With --wait the second one waits for the first, then finds nothing to do.
     std::fs::write(&fleet.csv_path, csv(&rows(100))).unwrap();
-    let mut a = fleet.start(&["once", "--json"], &[]);
+    let mut a = fleet.start(&["once", "--json"], &STEADY_LEASE);
     a.wait_event("leader_acquired", 1, Duration::from_secs(10))
         .await;
-    let b = fleet.start(&["once", "--json", "--wait", "30s"], &[]);
+    let b = fleet.start(&["once", "--json", "--wait", "30s"], &STEADY_LEASE);
     let b_log = b.log.clone();
     assert_eq!(a.exit_code(Duration::from_secs(30)).await, 0, "{}", a.log());
     let out_b = b.child.wait_with_output();
@@ -639,7 +648,7 @@ async fn first_starts_scenario(backend: Backend) {
         return;
     };
     let mut starts: Vec<Replica> = (0..3)
-        .map(|_| fleet.start(&["once", "--wait", "30s"], &[]))
+        .map(|_| fleet.start(&["once", "--wait", "30s"], &STEADY_LEASE))
         .collect();
     starts.push(fleet.start(&["status"], &[]));
     for replica in &mut starts {
