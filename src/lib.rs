@@ -28,6 +28,7 @@ pub mod ops;
 pub mod quo;
 pub mod reverse;
 pub mod sandbox;
+pub mod secret_headers;
 pub mod source;
 pub mod sync;
 pub mod telemetry;

@@ -103,3 +103,85 @@ fn the_examples_pass_and_bad_keys_are_named() {
         "{out}"
     );
 }
+
+/// `activity.rest.headers` often carries a credential (a CRM's API key in `X-Api-Key`, a token
+/// in `Authorization`): it shows neither in the loaded configuration's Debug output nor in
+/// `check-config --print`, while the headers that carry none are shown as configured.
+#[test]
+fn credential_headers_never_show_in_debug_or_print() {
+    const BEARER: &str = "Bearer sk-live-HEADER-TOKEN-4242";
+    const API_KEY: &str = "HEADER-API-KEY-8181";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quo-sync.toml");
+    let text = format!(
+        "{}\n{}\n[activity.rest.headers]\nAuthorization = \"{BEARER}\"\n\"X-Api-Key\" = \"{API_KEY}\"\nAccept = \"application/json\"\n",
+        std::fs::read_to_string("config/rest-hubspot.example.toml").unwrap(),
+        std::fs::read_to_string("config/activity-hubspot.example.toml").unwrap()
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = quo_sync::config::Config::load_with_env(&path, std::iter::empty()).unwrap();
+    let rest = config
+        .activity
+        .as_ref()
+        .and_then(|a| a.rest.as_ref())
+        .expect("[activity.rest] loaded");
+    assert_eq!(
+        rest.headers.len(),
+        3,
+        "every header is kept for the request"
+    );
+    let debug = format!("{config:?}");
+    for secret in [BEARER, "sk-live-HEADER-TOKEN-4242", API_KEY] {
+        assert!(!debug.contains(secret), "{secret:?} in the config's Debug");
+    }
+    assert!(
+        debug.contains("\"Authorization\": \"[REDACTED]\"")
+            && debug.contains("\"Accept\": \"application/json\""),
+        "the names and the harmless values are shown: {debug}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+        .args(["check-config", "--print", "--config"])
+        .arg(&path)
+        .env_remove("QUO_API_KEY")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{printed}");
+    assert!(printed.contains("application/json"), "{printed}");
+    assert!(
+        !printed.contains("HEADER-TOKEN") && !printed.contains(API_KEY),
+        "{printed}"
+    );
+}
+
+/// Every `event` an activity log line carries is explained under docs/activity.md's "Log
+/// events", so an operator can look up any line they see.
+#[test]
+fn every_activity_log_event_is_documented() {
+    let docs = std::fs::read_to_string("docs/activity.md").unwrap();
+    let section = docs
+        .split("\n## Log events\n")
+        .nth(1)
+        .expect("docs/activity.md has a Log events section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut files = vec![std::path::PathBuf::from("src/activity")];
+    let mut events = Vec::new();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for piece in text.split("event = \"").skip(1) {
+            let name = piece.split('"').next().unwrap().to_string();
+            events.push((name, path.display().to_string()));
+        }
+    }
+    assert!(events.len() >= 30, "the scan found the events: {events:?}");
+    for (name, file) in events {
+        assert!(
+            section.contains(&format!("`{name}`")),
+            "{name} (logged in {file}) is not under docs/activity.md's Log events"
+        );
+    }
+}

@@ -22,15 +22,19 @@ use support::token_crm::TokenCrm;
 
 /// `table` (a vendor's examples) served by `quo-sync run` on a free port, subscribed to the
 /// sandbox's activity events, cycling every second with the activity poller off: the config
-/// file under `dir`.
-async fn service_config(dir: &Path, sandbox: &SandboxHandle, mut table: toml::Table) -> PathBuf {
+/// file under `dir`, and the port of the webhook receiver.
+async fn service_config(
+    dir: &Path,
+    sandbox: &SandboxHandle,
+    mut table: toml::Table,
+) -> (PathBuf, u16) {
     let (port, key) = receiver(sandbox).await;
     point_at(&mut table, sandbox, &dir.join("ledger.db"), port, &key);
     set(&mut table, &["schedule", "interval"], text("1s"));
     set(&mut table, &["activity", "poll_interval"], text("0s"));
     let path = dir.join("quo-sync.toml");
     std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
-    path
+    (path, port)
 }
 
 fn run(config: &Path) -> Child {
@@ -48,7 +52,7 @@ fn run(config: &Path) -> Child {
 async fn kill_between_write_and_commit(
     crm: &TokenCrm,
     sandbox: &SandboxHandle,
-    config: &Path,
+    (config, port): (&Path, u16),
     dir: &Path,
 ) -> (Vec<Value>, Ledger, String) {
     let mut child = run(config);
@@ -57,8 +61,14 @@ async fn kill_between_write_and_commit(
         sandbox.contacts().len() == 3
     })
     .await;
-    // Let the service listen before the webhook fires.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The service listens before the webhook fires (the poller is off: a delivery refused
+    // now would be retried by the sandbox, not filled).
+    until("the service listening", Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
     crm.hold_creates(Some(Duration::from_secs(30)));
     sandbox.set_activity_enrichment_delay(Duration::from_secs(3600), Duration::from_secs(3600));
     let call = sandbox.activity_call(CallSpec {
@@ -125,9 +135,9 @@ async fn a_crm_with_a_lookup_gets_no_second_activity_after_a_sigkill_between_wri
         &[("https://api.hubapi.com", crm.base_url.clone())],
         &[("token", support::hubspot::TOKEN)],
     );
-    let config = service_config(dir.path(), &sandbox, hubspot).await;
+    let (config, port) = service_config(dir.path(), &sandbox, hubspot).await;
     let (objects, ledger, call) =
-        kill_between_write_and_commit(&crm, &sandbox, &config, dir.path()).await;
+        kill_between_write_and_commit(&crm, &sandbox, (&config, port), dir.path()).await;
     let for_call: Vec<_> = objects
         .iter()
         .filter(|o| o["properties"]["quo_activity_id"] == call)
@@ -167,9 +177,9 @@ async fn a_crm_without_a_lookup_gets_at_most_one_duplicate_per_crash_and_it_is_c
         &[("https://yourcompany.pipedrive.com", crm.base_url.clone())],
         &[("token", support::pipedrive::TOKEN)],
     );
-    let config = service_config(dir.path(), &sandbox, pipedrive).await;
+    let (config, port) = service_config(dir.path(), &sandbox, pipedrive).await;
     let (objects, ledger, call) =
-        kill_between_write_and_commit(&crm, &sandbox, &config, dir.path()).await;
+        kill_between_write_and_commit(&crm, &sandbox, (&config, port), dir.path()).await;
     let for_call = objects
         .iter()
         .filter(|o| o["note"].as_str().unwrap_or_default().contains(&call))

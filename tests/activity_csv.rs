@@ -12,19 +12,66 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Backend, TestApp, csv, row};
+use metrics_exporter_prometheus::PrometheusHandle;
+use quo_sync::config::Config;
 use quo_sync::sandbox::SandboxConfig;
 use quo_sync::sandbox::activity::{ActivityFaults, CallOutcome, CallSpec, Direction, MessageSpec};
 use support::activity::{csv_rows, free_port, number_of, subscribe, until};
+use tokio_util::sync::CancellationToken;
 
 /// The app with `records` contacts synced, its activity file, and the service running with
 /// `activity` (extra `[activity]` keys) and a subscription delivering to it.
 struct Scene {
     app: TestApp,
-    service: common::RunningService,
+    service: Service,
     activity_csv: PathBuf,
 }
 
+/// The service (`quo-sync run`) in-process, as `TestApp::start_service` runs it, but with the
+/// `/metrics` recorder when the test reads it.
+struct Service {
+    cancel: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), quo_sync::app::AppError>>,
+}
+
+impl Service {
+    fn start(app: &TestApp, metrics: Option<PrometheusHandle>) -> Self {
+        let config = Config::load_with_env(&app.config_path, std::iter::empty()).unwrap();
+        let cancel = CancellationToken::new();
+        let mut ctx = app.ctx.clone();
+        ctx.cancel = cancel.clone();
+        let handle =
+            tokio::spawn(async move { quo_sync::app::run_service(&ctx, &config, metrics).await });
+        Self { cancel, handle }
+    }
+
+    /// Stops it the way SIGTERM does and checks it ended without error.
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// The exact header of the activity file: the columns issue #23 promises, in its order.
+const METADATA_HEADER: &str = "activity_id,record_id,kind,direction,status,from,to,started_at,duration_s,user_email,summary,quo_url";
+
+/// The activity file's first line.
+fn header_line(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
 async fn scene(backend: Backend, records: u32, activity: &str, extra: &str) -> Option<Scene> {
+    scene_with(backend, records, activity, extra, None).await
+}
+
+async fn scene_with(
+    backend: Backend,
+    records: u32,
+    activity: &str,
+    extra: &str,
+    metrics: Option<PrometheusHandle>,
+) -> Option<Scene> {
     let rows: Vec<String> = (1..=records).map(|n| row(&format!("r-{n}"), n)).collect();
     let port = free_port();
     let mut app = TestApp::spawn_on(
@@ -51,7 +98,7 @@ async fn scene(backend: Backend, records: u32, activity: &str, extra: &str) -> O
     )
     .unwrap();
     app.restart().await;
-    let service = app.start_service();
+    let service = Service::start(&app, metrics);
     Some(Scene {
         app,
         service,
@@ -179,6 +226,11 @@ async fn five_hundred(backend: Backend) {
         "{counters:?}"
     );
 
+    assert_eq!(
+        header_line(&s.activity_csv),
+        METADATA_HEADER,
+        "the promised columns, in their order, and no text column with metadata only"
+    );
     let rows = s.rows();
     assert_eq!(rows.len(), 500, "one row per activity, no more");
     let ids: HashSet<&str> = rows.iter().map(|r| r["activity_id"].as_str()).collect();
@@ -231,17 +283,68 @@ async fn five_hundred(backend: Backend) {
     s.service.stop().await;
 }
 
+/// What the console and `/metrics` on `base` show of the activities: `/api/activities`, the
+/// page, and the `quo_sync_activities` gauges by state.
+struct Shown {
+    api: String,
+    page: String,
+    metrics: String,
+}
+
+impl Shown {
+    async fn read(base: &str) -> Self {
+        let http = reqwest::Client::new();
+        let get = |path: &str| {
+            let request = http.get(format!("{base}{path}"));
+            let path = path.to_string();
+            async move {
+                let reply = request.send().await.expect("the service answers");
+                assert!(reply.status().is_success(), "{path}: {}", reply.status());
+                reply.text().await.unwrap()
+            }
+        };
+        Self {
+            api: get("/api/activities?limit=50").await,
+            page: get("/").await,
+            metrics: get("/metrics").await,
+        }
+    }
+
+    /// The value of the series `name{labels}` in the Prometheus text.
+    fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The activity `id` as `/api/activities` gives it.
+    fn activity(&self, id: &str) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&self.api).unwrap();
+        rows.into_iter()
+            .find(|r| r["activity_id"] == id)
+            .unwrap_or_else(|| panic!("{id} in /api/activities: {}", self.api))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_summaries_and_transcripts_rewrite_their_own_row_and_unmatched_calls_are_held() {
     let console = free_port();
-    let s = scene(
+    // The one test of this binary that reads `/metrics`: the recorder is the process's.
+    let metrics = quo_sync::ops::http::install_metrics().expect("the first recorder");
+    let s = scene_with(
         Backend::Sqlite,
         3,
         "content = \"full\"\nunmatched = \"hold\"\npoll_interval = \"0s\"",
         &format!("[service]\nlisten = \"127.0.0.1:{console}\"\nconsole = true\n"),
+        Some(metrics),
     )
     .await
     .expect("SQLite is always there");
+    let base = format!("http://127.0.0.1:{console}");
     let sb = &s.app.sandbox;
     sb.set_activity_enrichment_delay(Duration::from_secs(3600), Duration::from_secs(3600));
     let first = sb.activity_call(call(1, Direction::Incoming, CallOutcome::Answered));
@@ -275,6 +378,85 @@ async fn late_summaries_and_transcripts_rewrite_their_own_row_and_unmatched_call
         || async { s.count("held").await == 1 },
     )
     .await;
+    assert_eq!(
+        header_line(&s.activity_csv),
+        format!("{METADATA_HEADER},text"),
+        "full content adds the text column last"
+    );
+
+    // The console and /metrics show both written rows on their records and the held call,
+    // never the text of a message or a transcript.
+    let shown = Shown::read(&base).await;
+    for (id, record) in [(&first, "r-1"), (&text, "r-2")] {
+        let row = shown.activity(id);
+        assert_eq!(row["record_id"], record, "{row}");
+        assert_eq!(row["state"], "written", "{row}");
+        assert!(
+            shown.page.contains(&format!("<td>{id}</td>")) && shown.page.contains(record),
+            "{id} on the console page"
+        );
+    }
+    let held = shown.activity(&stranger);
+    assert_eq!(held["state"], "held", "{held}");
+    assert_eq!(
+        held["record_id"],
+        serde_json::Value::Null,
+        "not attached to a guess"
+    );
+    assert!(shown.page.contains(&format!("<td>{stranger}</td>")));
+    for content in ["Can we talk", "today", "Thanks"] {
+        assert!(
+            !shown.api.contains(content),
+            "{content:?} in /api/activities"
+        );
+        assert!(
+            !shown.page.contains(content),
+            "{content:?} on the console page"
+        );
+    }
+    assert_eq!(
+        shown.metric("quo_sync_activities{state=\"written\"}"),
+        Some(2.0),
+        "{}",
+        shown.metrics
+    );
+    assert_eq!(
+        shown.metric("quo_sync_activities{state=\"held\"}"),
+        Some(1.0),
+        "{}",
+        shown.metrics
+    );
+
+    // The time from the event to the CRM: in `status` (text and JSON) and on the page.
+    let status = quo_sync::ops::status(s.app.ledger()).await.unwrap();
+    let delay = status
+        .activity
+        .delay_ms
+        .expect("a delay once delivered calls are written");
+    assert_eq!(delay.activities, 2, "both delivered activities: {delay:?}");
+    assert!(
+        0 <= delay.p50 && delay.p50 <= delay.p99 && delay.p99 <= delay.max && delay.max < 10_000,
+        "within the wait for the rows: {delay:?}"
+    );
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["activity"]["delay_ms"]["activities"], 2, "{json}");
+    assert_eq!(json["activity"]["delay_ms"]["p99"], delay.p99, "{json}");
+    assert!(
+        status.render().contains("to the CRM  p50 "),
+        "{}",
+        status.render()
+    );
+    assert!(
+        shown.page.contains("To the CRM: <b>"),
+        "the delay on the page"
+    );
+    let ledger = s.app.ledger();
+    let written_at = |id: String| async move {
+        ledger.activity_rows(&[id]).await.unwrap()[0]
+            .written_at
+            .clone()
+    };
+    let first_written = written_at(first.clone()).await;
 
     // Recording, summary and transcript land, in whatever order.
     assert_eq!(sb.activity_flush(), 3);
@@ -308,6 +490,19 @@ async fn late_summaries_and_transcripts_rewrite_their_own_row_and_unmatched_call
         untouched(&before),
         untouched(&after),
         "other rows keep their bytes"
+    );
+    assert_eq!(
+        written_at(first.clone()).await,
+        first_written,
+        "the delay ends at the first write: a late enrichment does not move it"
+    );
+    assert_eq!(
+        quo_sync::ops::status(s.app.ledger())
+            .await
+            .unwrap()
+            .activity
+            .delay_ms,
+        Some(delay)
     );
 
     // The stranger becomes a record: the held call is linked and written.
@@ -346,25 +541,30 @@ async fn a_pause_holds_activity_writes_until_resume() {
     quo_sync::ops::control::pause(s.app.ledger(), "test@desk", None)
         .await
         .unwrap();
-    let during = sb.activity_call(call(2, Direction::Outgoing, CallOutcome::Answered));
-    until(
-        "the paused call stored and linked",
-        Duration::from_secs(10),
-        || async {
-            s.app
-                .ledger()
-                .debug_query_i64(
-                    "SELECT COUNT(*) FROM activities WHERE activity_id = $1 AND state = 'pending' AND record_id = 'r-2'",
-                    &[during.as_str()],
-                )
-                .await
-                .unwrap()
-                == 1
-        },
-    )
-    .await;
-    // Several of the pipeline's quarter-second passes: none may write while paused.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Calls made while paused, one after another: each is received, merged and linked by a
+    // pass of its own (the next is made once the one before is stored), so the three after the
+    // first prove that at least three whole passes looked at the pause, and none wrote.
+    let mut during = Vec::new();
+    for n in [2, 1, 2, 1] {
+        let id = sb.activity_call(call(n, Direction::Outgoing, CallOutcome::Answered));
+        until(
+            "the paused call stored and linked",
+            Duration::from_secs(10),
+            || async {
+                s.app
+                    .ledger()
+                    .debug_query_i64(
+                        "SELECT COUNT(*) FROM activities WHERE activity_id = $1 AND state = 'pending' AND record_id = $2",
+                        &[id.as_str(), &format!("r-{n}")],
+                    )
+                    .await
+                    .unwrap()
+                    == 1
+            },
+        )
+        .await;
+        during.push((id, format!("r-{n}")));
+    }
     let rows = s.rows();
     assert_eq!(rows.len(), 1, "nothing written while paused: {rows:?}");
     assert_eq!(rows[0]["activity_id"], before);
@@ -372,15 +572,17 @@ async fn a_pause_holds_activity_writes_until_resume() {
         .await
         .unwrap();
     until(
-        "the paused call written after resume",
+        "the paused calls written after resume",
         Duration::from_secs(10),
         || async {
-            s.rows()
-                .iter()
-                .any(|r| r["activity_id"] == during && r["record_id"] == "r-2")
+            let rows = s.rows();
+            during.iter().all(|(id, record)| {
+                rows.iter()
+                    .any(|r| &r["activity_id"] == id && &r["record_id"] == record)
+            })
         },
     )
     .await;
-    assert_eq!(s.rows().len(), 2, "written once");
+    assert_eq!(s.rows().len(), 5, "each written once");
     s.service.stop().await;
 }

@@ -53,7 +53,12 @@ async fn texts_and_transcripts_reach_the_crm_but_never_the_logs() {
     .unwrap();
     app.restart().await;
     let service = app.start_service();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until("the service listening", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
     app.sandbox
         .set_activity_enrichment_delay(Duration::from_millis(50), Duration::from_millis(200));
     let text = app.sandbox.activity_message(MessageSpec {

@@ -8,12 +8,47 @@ mod common;
 mod support;
 
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{TestApp, csv, row};
+use quo_sync::config::LogFormat;
 use quo_sync::sandbox::SandboxConfig;
 use quo_sync::sandbox::activity::{CallOutcome, CallSpec, Direction};
+use quo_sync::telemetry::{CaptureWriter, init_with_writer};
 use support::activity::{csv_rows, free_port, number_of, until};
+
+/// Every log line of this binary's tests, at `trace`: the process has one subscriber, so both
+/// tests share it (what one asserts about the other's lines holds for both).
+fn logs() -> &'static CaptureWriter {
+    static LOGS: OnceLock<CaptureWriter> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = CaptureWriter::default();
+        assert!(init_with_writer(LogFormat::Json, "trace", logs.clone()));
+        logs
+    })
+}
+
+/// The forms a signing key could take in a log line or an output: as configured
+/// (`whsec_…`), bare base64, and the Debug of its decoded bytes.
+fn key_forms(key: &str) -> Vec<String> {
+    use base64::Engine;
+    let bare = key.trim_start_matches("whsec_");
+    let mut forms = vec![key.to_string(), bare.to_string(), format!("{key:?}")];
+    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(bare) {
+        forms.push(format!("{bytes:?}"));
+    }
+    forms
+}
+
+/// Asserts no form of any of `keys` is in `text` (`what` names the text).
+fn assert_no_key(keys: &[String], text: &str, what: &str) {
+    for key in keys {
+        for form in key_forms(key) {
+            assert!(!text.contains(&form), "a signing key is in {what}");
+        }
+    }
+}
 
 fn cli(app: &TestApp, args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_quo-sync"))
@@ -32,6 +67,7 @@ fn cli(app: &TestApp, args: &[&str]) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_registered_at_start_checked_repaired_and_removed() {
+    let logs = logs();
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let mut app = TestApp::spawn_with(
@@ -107,8 +143,8 @@ async fn webhooks_are_registered_at_start_checked_repaired_and_removed() {
     service.stop().await;
     app.restart().await;
 
-    // Keys never shown: not in status, not in `webhooks list`.
-    let keys: Vec<String> = registrations
+    // Keys never shown: not in status, not in `webhooks list`, not in the service's logs.
+    let mut keys: Vec<String> = registrations
         .iter()
         .map(|r| r.signing_key.clone())
         .collect();
@@ -116,13 +152,14 @@ async fn webhooks_are_registered_at_start_checked_repaired_and_removed() {
     assert_eq!(code, 0, "{status}");
     let (code, list) = cli(&app, &["webhooks", "list"]);
     assert_eq!(code, 0, "{list}");
-    for key in &keys {
-        let bare = key.trim_start_matches("whsec_");
-        assert!(
-            !status.contains(bare) && !list.contains(bare),
-            "a signing key was shown"
-        );
-    }
+    assert_no_key(&keys, &status, "`status --json`");
+    assert_no_key(&keys, &list, "`webhooks list`");
+    let captured = logs.contents();
+    assert!(
+        captured.contains("webhook_repaired") && captured.contains("activity_webhook_received"),
+        "the registration and a signed delivery were logged"
+    );
+    assert_no_key(&keys, &captured, "the logs");
     assert!(
         list.contains("activity") && list.contains("contacts"),
         "{list}"
@@ -147,6 +184,9 @@ async fn webhooks_are_registered_at_start_checked_repaired_and_removed() {
         out.contains("repaired (disabled)") && out.contains("recreated"),
         "{out}"
     );
+    let recreated = app.ledger().webhook_registrations().await.unwrap();
+    keys.extend(recreated.iter().map(|r| r.signing_key.clone()));
+    assert_no_key(&keys, &out, "`webhooks ensure`");
     let subscriptions = app.sandbox.webhook_subscriptions();
     assert_eq!(subscriptions.len(), 2);
     assert!(subscriptions.iter().all(|s| s["status"] == "enabled"));
@@ -159,6 +199,9 @@ async fn webhooks_are_registered_at_start_checked_repaired_and_removed() {
     let (code, out) = cli(&app, &["webhooks", "ensure", "--json"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.matches("\"action\": \"adopted\"").count(), 2, "{out}");
+    let adopted = app.ledger().webhook_registrations().await.unwrap();
+    keys.extend(adopted.iter().map(|r| r.signing_key.clone()));
+    assert_no_key(&keys, &out, "`webhooks ensure --json`");
     assert_eq!(
         app.sandbox.webhook_subscriptions().len(),
         2,
@@ -167,6 +210,8 @@ async fn webhooks_are_registered_at_start_checked_repaired_and_removed() {
 
     let (code, out) = cli(&app, &["webhooks", "remove"]);
     assert_eq!(code, 0, "{out}");
+    assert_no_key(&keys, &out, "`webhooks remove`");
+    assert_no_key(&keys, &logs.contents(), "the logs");
     assert!(app.sandbox.webhook_subscriptions().is_empty());
     assert!(
         app.ledger()
@@ -181,6 +226,7 @@ async fn webhooks_are_registered_at_start_checked_repaired_and_removed() {
 /// and registers both once `quo-sync resume` is given.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_holds_the_registration_until_resume() {
+    let logs = logs();
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let mut app = TestApp::spawn_with(
@@ -210,8 +256,22 @@ async fn a_pause_holds_the_registration_until_resume() {
             .is_ok()
     })
     .await;
-    // Several of the registration's quarter-second looks at the pause.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Three of the registration's looks at the pause (logged at trace; only this test pauses).
+    until(
+        "the registration waiting for resume",
+        Duration::from_secs(10),
+        || async {
+            logs.contents()
+                .matches("webhook_registration_waiting")
+                .count()
+                >= 3
+        },
+    )
+    .await;
+    assert!(
+        logs.contents().contains("webhook_registration_paused"),
+        "the wait is logged for the operator"
+    );
     assert!(
         app.sandbox.webhook_subscriptions().is_empty(),
         "nothing registered while paused"

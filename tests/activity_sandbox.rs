@@ -435,3 +435,102 @@ fn base64_key(key: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(key)
 }
+
+/// Kills the child process when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `quo-sync sandbox --simulate-calls N/min`, started as a new user starts it: calls and texts
+/// appear on their own, on the seeded contacts' numbers (one in ten from a stranger's), both
+/// kinds, within a deadline.
+#[tokio::test]
+async fn the_simulator_makes_calls_and_texts_on_the_seeded_contacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("existing.csv");
+    let seeded = ["+14155552001", "+14155552002", "+14155552003"];
+    let mut csv = String::from("first_name,last_name,phone\n");
+    for (i, number) in seeded.iter().enumerate() {
+        csv.push_str(&format!("Person,{i},{number}\n"));
+    }
+    std::fs::write(&seed, csv).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _sandbox = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_quo-sync"))
+            .args(["sandbox", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--requests-per-second", "0", "--simulate-calls", "1200/min"])
+            .arg("--seed-existing")
+            .arg(&seed)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn quo-sync sandbox"),
+    );
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/_sandbox/activity");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let activity = loop {
+        if let Ok(reply) = http.get(&url).send().await
+            && let Ok(v) = reply.json::<Value>().await
+        {
+            let count = |k: &str| v[k].as_array().map_or(0, Vec::len);
+            if count("calls") + count("messages") >= 40 {
+                break v;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the simulator made no 40 calls and texts in 30 s at 20 a second"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let digits = |n: &str| n.chars().filter(char::is_ascii_digit).collect::<String>();
+    let seeded: Vec<String> = seeded.iter().map(|n| digits(n)).collect();
+    // The other party of each: a call's participant without a user, a text's from or to.
+    let external = |a: &Value| -> Vec<String> {
+        let mut numbers: Vec<String> = a["participants"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["actorId"].is_null())
+            .filter_map(|p| p["phoneNumber"].as_str().map(digits))
+            .collect();
+        numbers.extend(a["from"].as_str().map(digits));
+        numbers.extend(
+            a["to"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(digits)),
+        );
+        numbers
+    };
+    let calls = activity["calls"].as_array().unwrap();
+    let messages = activity["messages"].as_array().unwrap();
+    assert!(
+        !calls.is_empty() && !messages.is_empty(),
+        "both calls and texts"
+    );
+    let mut on_seeded = 0;
+    for a in calls.iter().chain(messages) {
+        let numbers = external(a);
+        let known = numbers.iter().any(|n| seeded.contains(n));
+        let stranger = numbers.iter().any(|n| n.starts_with("1212555"));
+        assert!(known || stranger, "a seeded contact's or a stranger's: {a}");
+        on_seeded += usize::from(known);
+    }
+    let total = calls.len() + messages.len();
+    assert!(
+        on_seeded * 10 >= total * 6,
+        "most land on seeded contacts: {on_seeded} of {total}"
+    );
+}

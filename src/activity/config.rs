@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::config::{HumanDuration, SourceKind};
+use crate::secret_headers::HttpHeaders;
 
 /// Why `[activity]` cannot be used; names the key below `activity`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,9 +139,10 @@ pub struct RestSinkConfig {
     /// JSON pointer to the found object's id in the lookup answer; absent means not found.
     #[serde(default)]
     pub lookup_id_pointer: Option<String>,
-    /// Extra request headers (values of credential-like names are redacted when printed).
-    #[serde(default, serialize_with = "redacted_headers")]
-    pub headers: BTreeMap<String, String>,
+    /// Extra request headers (values of credential-like names are redacted in Debug output and
+    /// when printed).
+    #[serde(default)]
+    pub headers: HttpHeaders,
     /// Leave out keys whose value is null (default true: CRMs refuse `null` for many fields).
     #[serde(default = "yes")]
     pub omit_nulls: bool,
@@ -217,24 +219,6 @@ const REDACTED: &str = "[REDACTED]";
 /// `webhook_secrets` as `check-config --print` shows them: one `[REDACTED]` per key.
 fn redacted_secrets<S: Serializer>(keys: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(keys.iter().map(|_| REDACTED))
-}
-
-/// Extra headers as printed: a header that carries a credential shows `[REDACTED]`.
-fn redacted_headers<S: Serializer>(
-    headers: &BTreeMap<String, String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    let secret = |name: &str| {
-        let lower = name.to_ascii_lowercase();
-        ["auth", "token", "key", "secret", "cookie", "password"]
-            .iter()
-            .any(|w| lower.contains(w))
-    };
-    s.collect_map(
-        headers
-            .iter()
-            .map(|(k, v)| (k, if secret(k) { REDACTED } else { v.as_str() })),
-    )
 }
 
 fn yes() -> bool {
@@ -417,7 +401,7 @@ impl RestSinkConfig {
             }
             (None, None) => {}
         }
-        for name in self.headers.keys() {
+        for name in self.headers.names() {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(bad(
                     &format!("rest.headers.{name}"),

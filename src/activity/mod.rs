@@ -26,7 +26,7 @@ pub mod status;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{info, trace, warn};
 
 use crate::config::Config;
 use crate::ledger::Ledger;
@@ -150,7 +150,19 @@ pub fn start(config: &Config, ctx: &SyncContext) -> Option<Running> {
         let (ledger, cancel) = (ctx.ledger.clone(), ctx.cancel.clone());
         tokio::spawn(async move {
             // A registration writes to Quo: not while syncing is paused (`quo-sync pause`).
+            let mut looks = 0u64;
             while matches!(ledger.pause_state().await, Ok(Some(_))) {
+                if looks == 0 {
+                    info!(
+                        event = "webhook_registration_paused",
+                        "syncing is paused: quo-sync registers its webhooks after `quo-sync resume`"
+                    );
+                }
+                looks += 1;
+                trace!(
+                    event = "webhook_registration_waiting",
+                    looks, "webhook registration still waits for resume"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
                     _ = cancel.cancelled() => return,

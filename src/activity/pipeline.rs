@@ -560,7 +560,7 @@ impl Pipeline {
                         ActivityState::Pending
                     });
                     row.written_digest = Some(digest);
-                    row.written_at = Some(stamp(at));
+                    row.written_at.get_or_insert_with(|| stamp(at));
                     row.attempts = 0;
                     row.last_error = None;
                     row.next_attempt_at = None;

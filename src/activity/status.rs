@@ -22,6 +22,69 @@ pub struct ActivityStatus {
     pub oldest_unmatched: Option<Unmatched>,
     /// Webhooks quo-sync registered (purpose, subscription id, URL); never their keys.
     pub webhooks: Vec<(String, String, String)>,
+    /// The time from the event to the CRM over the most recent activities (none before the
+    /// first delivered activity is written).
+    pub delay_ms: Option<DelayToCrm>,
+}
+
+/// How long calls and texts take to reach the CRM: from the arrival of the first webhook about
+/// an activity to the CRM's confirmation of its first write (the `quo_sync_activity_delay_seconds`
+/// histogram and the bench's `activity.delay_ms`, read back from the ledger), over the last
+/// [`DELAY_SAMPLE`] delivered activities written. Activities the poller alone found have no
+/// delivery and are not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DelayToCrm {
+    /// Median, milliseconds.
+    pub p50: i64,
+    /// 99th percentile, milliseconds.
+    pub p99: i64,
+    /// The slowest, milliseconds.
+    pub max: i64,
+    /// How many activities these figures cover.
+    pub activities: usize,
+}
+
+/// How many of the most recent activities the delay covers.
+pub const DELAY_SAMPLE: i64 = 200;
+
+impl DelayToCrm {
+    /// The figures of `(delivered_at, written_at)` pairs (RFC 3339); `None` without any. A
+    /// write stamped before its delivery (the poller was first) counts as no delay.
+    pub fn of(pairs: &[(String, String)]) -> Option<Self> {
+        let parse = |t: &str| DateTime::parse_from_rfc3339(t).ok();
+        let mut delays: Vec<i64> = pairs
+            .iter()
+            .filter_map(|(delivered, written)| {
+                Some(
+                    (parse(written)? - parse(delivered)?)
+                        .num_milliseconds()
+                        .max(0),
+                )
+            })
+            .collect();
+        if delays.is_empty() {
+            return None;
+        }
+        delays.sort_unstable();
+        let at = |p: f64| delays[((delays.len() - 1) as f64 * p).round() as usize];
+        Some(Self {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: delays[delays.len() - 1],
+            activities: delays.len(),
+        })
+    }
+}
+
+/// Milliseconds as a person reads them: `850 ms`, `2.4 s`, `3 min 5 s`.
+fn human_ms(ms: i64) -> String {
+    if ms < 1_000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000)
+    }
 }
 
 /// An activity no record matched.
@@ -60,6 +123,15 @@ impl ActivityStatus {
             self.count("filtered"),
             self.pending_events
         );
+        if let Some(d) = &self.delay_ms {
+            out.push_str(&format!(
+                "  to the CRM  p50 {}, p99 {}, max {} (from the webhook's arrival to the first CRM write, last {} delivered)\n",
+                human_ms(d.p50),
+                human_ms(d.p99),
+                human_ms(d.max),
+                d.activities
+            ));
+        }
         if let Some(u) = &self.oldest_unmatched {
             out.push_str(&format!(
                 "  unmatched   {} ({}, {}): {}\n",
@@ -84,6 +156,13 @@ impl ActivityStatus {
 
 /// Gathers the activity status (all zero on a ledger that never logged activity).
 pub async fn gather(ledger: &Ledger) -> Result<ActivityStatus, LedgerError> {
+    let mut status = counts(ledger).await?;
+    status.delay_ms = DelayToCrm::of(&ledger.activity_delivery_delays(DELAY_SAMPLE).await?);
+    Ok(status)
+}
+
+/// The status without the delay (what the gauges need).
+async fn counts(ledger: &Ledger) -> Result<ActivityStatus, LedgerError> {
     let activities = ledger.activity_counts().await?;
     let held = ledger
         .activities_in_state(crate::ledger::ActivityState::Held, 1)
@@ -112,6 +191,7 @@ pub async fn gather(ledger: &Ledger) -> Result<ActivityStatus, LedgerError> {
             .into_iter()
             .map(|r| (r.purpose, r.subscription_id, r.url))
             .collect(),
+        delay_ms: None,
     })
 }
 
@@ -126,6 +206,15 @@ pub fn panel(rows: &[ActivityRow], status: &ActivityStatus, esc: fn(&str) -> Str
         status.unmatched(),
         status.pending_events
     );
+    if let Some(d) = &status.delay_ms {
+        out.push_str(&format!(
+            "<p class=\"delay\">To the CRM: <b>{}</b> median, <b>{}</b> p99 \
+             (from the webhook's arrival to the first CRM write, last {} delivered)</p>",
+            esc(&human_ms(d.p50)),
+            esc(&human_ms(d.p99)),
+            d.activities
+        ));
+    }
     if rows.is_empty() {
         out.push_str("<p class=\"empty\">No calls or texts yet.</p></section>");
         return out;
@@ -175,7 +264,7 @@ pub fn panel(rows: &[ActivityRow], status: &ActivityStatus, esc: fn(&str) -> Str
 
 /// Sets the activity gauges from the ledger (called when `/metrics` is scraped).
 pub async fn publish(ledger: &Ledger) {
-    let Ok(status) = gather(ledger).await else {
+    let Ok(status) = counts(ledger).await else {
         return;
     };
     for state in [
@@ -233,5 +322,34 @@ pub fn record_pass(report: &PassReport) {
     }
     if report.relinked > 0 {
         metrics::counter!("quo_sync_activity_relinked_total").increment(report.relinked as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(delivered_ms: i64, written_ms: i64) -> (String, String) {
+        let at = |ms: i64| {
+            (DateTime::parse_from_rfc3339("2026-12-06T10:00:00Z").unwrap()
+                + chrono::Duration::milliseconds(ms))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        (at(delivered_ms), at(written_ms))
+    }
+
+    #[test]
+    fn the_delay_is_read_as_percentiles_of_delivery_to_first_write() {
+        // 100 activities written 10..=1000 ms after their delivery, one before it.
+        let mut pairs: Vec<_> = (1..=100).map(|i| pair(0, i * 10)).collect();
+        pairs.push(pair(500, 0));
+        let d = DelayToCrm::of(&pairs).unwrap();
+        assert_eq!((d.activities, d.max), (101, 1000));
+        assert_eq!(d.p50, 500);
+        assert_eq!(d.p99, 990);
+        assert_eq!(DelayToCrm::of(&[]), None);
+        assert_eq!(human_ms(850), "850 ms");
+        assert_eq!(human_ms(2_460), "2.5 s");
+        assert_eq!(human_ms(185_000), "3 min 5 s");
     }
 }

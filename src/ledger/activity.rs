@@ -127,7 +127,8 @@ pub struct ActivityRow {
     pub first_seen_at: String,
     /// When the first webhook about it arrived (the start of the delay to the CRM).
     pub delivered_at: Option<String>,
-    /// When the CRM last confirmed a write.
+    /// When the CRM first confirmed a write (the end of the delay from the delivery; a later
+    /// enrichment does not move it).
     pub written_at: Option<String>,
 }
 
@@ -453,6 +454,23 @@ impl Ledger {
     pub async fn recent_activities(&self, limit: i64) -> Result<Vec<ActivityRow>, LedgerError> {
         self.activities_where("1 = 1 ORDER BY occurred_at DESC", &[], limit)
             .await
+    }
+
+    /// When the first webhook about each of the `limit` most recent activities arrived and
+    /// when the CRM first confirmed it, newest first (activities the poller alone found have no
+    /// delivery and are left out): `status`'s time from the event to the CRM.
+    pub async fn activity_delivery_delays(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, LedgerError> {
+        Ok(on_pool!(&self.pool, |p| sqlx::query_as(
+            "SELECT delivered_at, written_at FROM activities
+                 WHERE delivered_at IS NOT NULL AND written_at IS NOT NULL
+                 ORDER BY occurred_at DESC LIMIT $1"
+        )
+        .bind(limit.max(0))
+        .fetch_all(p)
+        .await)?)
     }
 
     /// Activities by state (`written`, `held`, …).

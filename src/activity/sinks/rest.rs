@@ -53,7 +53,7 @@ impl RestSink {
         }
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
-            let (Ok(name), Ok(value)) = (
+            let (Ok(header), Ok(mut value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
             ) else {
@@ -61,7 +61,9 @@ impl RestSink {
                     "activity.rest.headers.{name}: not a valid header"
                 )));
             };
-            headers.insert(name, value);
+            // A credential stays out of the HTTP client's Debug output too.
+            value.set_sensitive(crate::secret_headers::is_credential_header(name));
+            headers.insert(header, value);
         }
         Ok(Self {
             body: body_json(&config.body),
