@@ -1,5 +1,5 @@
 //! `[source]`: which adapter reads the CRM and, for a CSV file, where and in which dialect
-//! (`[source.rest]` is read and checked by its owner, `src/source/rest/config.rs`).
+//! (`[source.rest]` is read and checked by its owner, `src/source/rest/config/`).
 
 use std::path::PathBuf;
 use std::time::Duration;
