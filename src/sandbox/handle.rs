@@ -19,6 +19,10 @@ use super::{
     PatchMode, ResponseShapes, SandboxConfig, Settings, Shared, activity, conn, error, routes, seed,
 };
 
+/// The target its log lines carried before it left `sandbox/mod.rs` (the JSON lines are an
+/// interface).
+const LOG_TARGET: &str = "quo_sync::sandbox";
+
 /// Entry point; see [`SandboxHandle`].
 #[derive(Debug)]
 pub struct Sandbox;
@@ -98,10 +102,10 @@ impl SandboxHandle {
                     let _ = stopped.await;
                 });
             if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "sandbox server stopped with an error");
+                tracing::warn!(target: LOG_TARGET, error = %e, "sandbox server stopped with an error");
             }
         });
-        tracing::info!(%addr, "quo sandbox listening");
+        tracing::info!(target: LOG_TARGET, %addr, "quo sandbox listening");
         Ok(SandboxHandle {
             shared,
             addr,
@@ -316,7 +320,7 @@ impl SandboxHandle {
         match self.shared.app_edit(id, &patch) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "sandbox app_edit: invalid patch");
+                tracing::warn!(target: LOG_TARGET, error = %e, "sandbox app_edit: invalid patch");
                 None
             }
         }

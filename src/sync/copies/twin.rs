@@ -17,6 +17,9 @@ use crate::sync::Cycle;
 use crate::sync::merge_step::parse_time;
 use crate::sync::payload::{self, Managed};
 
+/// The target its log lines carried before it left `copies.rs` (the JSON lines are an interface).
+const LOG_TARGET: &str = "quo_sync::sync::copies";
+
 /// What a person typed on a twin that the linked contact lacks.
 #[derive(Debug, Default)]
 struct Carried {
@@ -98,7 +101,7 @@ impl Cycle {
                 // Refused as a whole: what it carried is kept as conflicts instead, so nothing
                 // typed on the twin goes with it unrecorded (and it is not tried for good).
                 Err(CopyError::Quo(error @ QuoError::Rejected { status: 400, .. })) => {
-                    warn!(event = "twin_carry_over_refused", external_id = %copy.external_id, quo_id = %linked, error = %error, "Quo refused what was typed on a twin; it is recorded as conflicts");
+                    warn!(target: LOG_TARGET, event = "twin_carry_over_refused", external_id = %copy.external_id, quo_id = %linked, error = %error, "Quo refused what was typed on a twin; it is recorded as conflicts");
                     let not_carried = self.not_carried(&twin, &entry.sent, &kept, &carried);
                     carried.conflicts.extend(not_carried);
                     carried.fields.clear();
@@ -124,6 +127,7 @@ impl Cycle {
         self.ctx.ledger.unconfirmed_remove(entry.id).await?;
         metrics::counter!("quo_sync_duplicates_removed_total").increment(1);
         info!(
+            target: LOG_TARGET,
             event = "duplicate_removed",
             external_id = %copy.external_id,
             quo_id = %linked,
@@ -302,7 +306,7 @@ impl Cycle {
     ) -> Result<(), LedgerError> {
         for conflict in conflicts {
             let winner = if conflict.twin_won { "quo" } else { "crm" };
-            warn!(event = "conflict", external_id = %external_id, field = %conflict.field,
+            warn!(target: LOG_TARGET, event = "conflict", external_id = %external_id, field = %conflict.field,
                   crm_value = %conflict.linked, quo_value = %conflict.twin, winner,
                   policy = conflict.policy, "a value typed on a twin made by a lost create does not go to the linked contact");
             metrics::counter!("quo_sync_conflicts_total").increment(1);
