@@ -25,6 +25,7 @@ use crate::sync::{CycleReport, CycleSettings, Mode, SyncContext, SyncError, run_
 
 mod cycles;
 mod listeners;
+mod load_config;
 mod service;
 use cycles::auth_failed_message;
 pub use service::{run_replica, run_replica_observed, run_service};

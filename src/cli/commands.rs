@@ -208,9 +208,7 @@ fn check_config(config_path: &Path, print: bool) -> anyhow::Result<u8> {
         "{}: OK ({}, ledger {}, Quo {}, {} req/s, API key {})",
         config_path.display(),
         config.describe_source(),
-        config
-            .ledger
-            .target()
+        quo_sync::ledger::LedgerTarget::from_config(&config.ledger)
             .map(|t| t.to_string())
             .unwrap_or_default(),
         config.quo.base_url,

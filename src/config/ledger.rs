@@ -1,8 +1,10 @@
 //! `[ledger]`: where the product's memory lives (a SQLite file, or PostgreSQL for a fleet).
+//!
+//! The ledger reads it (`LedgerTarget::from_config`); config only carries the keys.
 
 use std::path::PathBuf;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::print;
@@ -26,18 +28,6 @@ impl Default for LedgerConfig {
             path: PathBuf::from("quo-sync.db"),
             url: None,
             url_file: None,
-        }
-    }
-}
-
-impl LedgerConfig {
-    /// Where the ledger lives: PostgreSQL when `url` is set, else the SQLite file.
-    pub fn target(&self) -> Result<crate::ledger::LedgerTarget, crate::ledger::BadPgUrl> {
-        match &self.url {
-            Some(url) => Ok(crate::ledger::LedgerTarget::Postgres(
-                crate::ledger::PgUrl::parse(url.expose_secret())?,
-            )),
-            None => Ok(crate::ledger::LedgerTarget::Sqlite(self.path.clone())),
         }
     }
 }

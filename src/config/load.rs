@@ -6,18 +6,16 @@ use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 
-use super::{API_KEY_ENV, Config, ConfigError, ENV_PREFIX, ENV_SEPARATOR, paths};
+use super::{API_KEY_ENV, Config, ConfigError, ENV_PREFIX, ENV_SEPARATOR, OwnerChecks, paths};
 
 impl Config {
-    /// Loads `file` with environment overrides and validates it; no network.
-    pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        Self::load_with_env(file, std::env::vars())
-    }
-
-    /// Like `load`, with the environment given (tests).
-    pub fn load_with_env(
+    /// Loads `file` with the environment given and validates it, the keys config carries for
+    /// other modules checked by those modules (`checks`); no network. The application calls it
+    /// through `Config::load` (`src/app/load_config.rs`), which hands in the owners' checks.
+    pub fn load_checked(
         file: &Path,
         env: impl IntoIterator<Item = (String, String)>,
+        checks: &OwnerChecks,
     ) -> Result<Self, ConfigError> {
         let file_name = file.display().to_string();
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Unreadable {
@@ -50,7 +48,7 @@ impl Config {
         })?;
         config.resolve_paths(file);
         config.read_secret_files(&file_name, &env)?;
-        if let Err(e) = config.ledger.target() {
+        if let Err(reason) = (checks.ledger)(&config.ledger) {
             let key = if config.ledger.url_file.is_some() {
                 "ledger.url_file"
             } else {
@@ -59,10 +57,10 @@ impl Config {
             return Err(ConfigError::BadValue {
                 file: file_name.clone(),
                 key: key.into(),
-                reason: e.to_string(),
+                reason,
             });
         }
-        config.validate(&file_name)?;
+        config.validate(&file_name, checks)?;
         config.validate_console(&file_name)?;
         config.validate_scope(&file_name)?;
         config.validate_day_one(&file_name)?;

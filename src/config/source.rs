@@ -1,12 +1,15 @@
 //! `[source]`: which adapter reads the CRM and, for a CSV file, where and in which dialect
-//! (`[source.rest]` is read by `src/source/rest/config.rs`).
+//! (`[source.rest]` is read and checked by its owner, `src/source/rest/config/`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, CsvDelimiter, CsvEncoding, CsvEscape, CsvQuote, HumanDuration, print};
+use super::{
+    ConfigError, CsvDelimiter, CsvEncoding, CsvEscape, CsvQuote, HumanDuration, KeyRefusal,
+    RestTableFacts, print,
+};
 
 /// Which adapter reads the CRM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -77,9 +80,11 @@ fn default_updated_at_field() -> String {
 
 impl SourceConfig {
     /// `[source]`: what its kind needs, a `[source.rest]` table without an unknown or bad key, and an id column.
+    /// The `[source.rest]` table is checked by its owner, the REST adapter (`check_rest`).
     pub(super) fn validate(
         &self,
         bad: &dyn Fn(&str, String) -> ConfigError,
+        check_rest: fn(&toml::Table) -> Result<RestTableFacts, KeyRefusal>,
     ) -> Result<(), ConfigError> {
         match self.kind {
             SourceKind::Csv if self.path.is_none() => {
@@ -99,7 +104,7 @@ impl SourceConfig {
         if let Some(table) = &self.rest {
             // The whole REST table is checked here, so check-config and start-up catch an
             // unknown or bad key (secrets from env/files are resolved when the source is built).
-            crate::source::rest::RestSourceConfig::from_table(table).map_err(|e| {
+            check_rest(table).map_err(|e| {
                 let key = if e.key.is_empty() {
                     "source.rest".to_string()
                 } else {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Config, ConfigError, MIN_WRITE_TIMEOUT, lease_write_window};
+use super::{Config, ConfigError, MIN_WRITE_TIMEOUT, OwnerChecks, lease_write_window};
 
 impl Config {
     /// The console is safe by default: off unless asked for, and behind a token (at least 16
@@ -42,14 +42,18 @@ impl Config {
     /// Refuses an `ha.lease` whose write window ([`lease_write_window`]) cannot hold a write of
     /// the configured timeouts (`quo.timeout`, `source.rest.timeout`), or [`MIN_WRITE_TIMEOUT`]
     /// when they are longer.
-    fn check_lease_fits_timeouts(&self, file: &str) -> Result<(), ConfigError> {
+    fn check_lease_fits_timeouts(
+        &self,
+        file: &str,
+        checks: &OwnerChecks,
+    ) -> Result<(), ConfigError> {
         let window = lease_write_window(self.ha.lease.0);
         let rest_timeout = self
             .source
             .rest
             .as_ref()
-            .and_then(|t| crate::source::rest::RestSourceConfig::from_table(t).ok())
-            .map(|r| ("source.rest.timeout", r.timeout.0));
+            .and_then(|t| (checks.source_rest)(t).ok())
+            .map(|r| ("source.rest.timeout", r.timeout));
         let timeouts = std::iter::once(("quo.timeout", self.quo.timeout.0)).chain(rest_timeout);
         for (key, timeout) in timeouts {
             let needed = timeout.min(MIN_WRITE_TIMEOUT);
@@ -74,8 +78,9 @@ impl Config {
     }
 
     /// Every section's own checks, then the ones that need two sections (the lease against the
-    /// timeouts, activity against the source's kind).
-    pub(super) fn validate(&self, file: &str) -> Result<(), ConfigError> {
+    /// timeouts, activity against the source's kind); `checks` are the owners' checks of the
+    /// keys config carries for them.
+    pub(super) fn validate(&self, file: &str, checks: &OwnerChecks) -> Result<(), ConfigError> {
         let bad = |key: &str, reason: String| ConfigError::BadValue {
             file: file.to_string(),
             key: key.to_string(),
@@ -87,8 +92,8 @@ impl Config {
         self.sync.validate(&bad)?;
         self.ha.validate(&bad)?;
         self.service.validate(&bad)?;
-        self.check_lease_fits_timeouts(file)?;
-        self.source.validate(&bad)?;
+        self.check_lease_fits_timeouts(file, checks)?;
+        self.source.validate(&bad, checks.source_rest)?;
         self.mapping.validate(&bad)?;
         self.schedule.validate(&bad)?;
         self.log.validate(&bad)?;

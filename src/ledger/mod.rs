@@ -161,6 +161,16 @@ pub enum LedgerTarget {
 }
 
 impl LedgerTarget {
+    /// Where the configured ledger lives: PostgreSQL when `ledger.url` is set, else the SQLite
+    /// file.
+    pub fn from_config(config: &crate::config::LedgerConfig) -> Result<Self, BadPgUrl> {
+        use secrecy::ExposeSecret;
+        match &config.url {
+            Some(url) => Ok(Self::Postgres(PgUrl::parse(url.expose_secret())?)),
+            None => Ok(Self::Sqlite(config.path.clone())),
+        }
+    }
+
     /// Reads `postgres://…` as a PostgreSQL URL and anything else as an SQLite file path.
     pub fn parse(text: &str) -> Result<Self, BadPgUrl> {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
@@ -370,7 +380,7 @@ impl Ledger {
     fn configured_target(
         config: &crate::config::LedgerConfig,
     ) -> Result<LedgerTarget, LedgerError> {
-        let target = config.target().map_err(|e| LedgerError::Open {
+        let target = LedgerTarget::from_config(config).map_err(|e| LedgerError::Open {
             path: "ledger.url".into(),
             source: sqlx::Error::Configuration(e.into()),
         })?;

@@ -157,7 +157,7 @@ impl Cycle {
             None => {
                 // Two lookups missed, but a list can lag longer than any wait: what the earlier
                 // POST sent is kept, so the contact it may have made is recognised when a scan
-                // lists it (`copies.rs`) instead of staying a duplicate (of a contact adopted
+                // lists it (`copies/`) instead of staying a duplicate (of a contact adopted
                 // below, too).
                 if let Some(sent) = intent.as_ref().and_then(sent_by_intent) {
                     self.ctx

@@ -320,7 +320,7 @@ impl Cycle {
                     // Its own contact, which the ledger does not link: no one else can claim it.
                     return Ok(Found::Own(Box::new(contact)));
                 }
-                continue; // ours for another record, or a stray of a lost create (copies.rs)
+                continue; // ours for another record, or a stray of a lost create (copies/)
             }
             let owner = Owner::of(
                 contact.source.as_deref(),

@@ -10,7 +10,7 @@
 //! 4. **execute** (`execute.rs`): POST / PATCH / DELETE on a bounded worker pool behind the shared
 //!    rate limiter; every confirmed outcome is committed before the worker takes the next record.
 //! 5. **settle** (`settle.rs`): CRM write-back, deletions (behind the mass-deletion guard),
-//!    interrupted creates, contacts an unconfirmed create made (`copies.rs`), the incremental
+//!    interrupted creates, contacts an unconfirmed create made (`copies/`), the incremental
 //!    high-water mark and the webhook inbox.
 
 mod absences;

@@ -14,12 +14,12 @@
 //!   401/403 stop the cycle at once;
 //! - secrets never reach logs, errors or `Debug` output, including secrets in query strings.
 //!
-//! One file per concern: `config` (the table), `auth` (credentials), `http` (one exchange with
-//! retries), `paging` (the list call), `records` (JSON → `SourceRecord`), `pointer` (editing
-//! JSON records), `write` (write-back), `versions` (records as read, to detect edits before a
-//! write), `webhook` (the `[source.rest.webhook]` settings), `named` (reading only the records
-//! a CRM webhook names), `create` (records made from contacts made in Quo). This file holds the
-//! adapter itself.
+//! One file per concern: `config` (the table, a file per section), `auth` (credentials), `http`
+//! (one exchange with retries), `paging` (the list call), `records` (JSON → `SourceRecord`),
+//! `pointer` (editing JSON records), `write` (write-back), `versions` (records as read, to
+//! detect edits before a write), `webhook` (the `[source.rest.webhook]` settings), `named`
+//! (reading only the records a CRM webhook names), `create` (records made from contacts made in
+//! Quo). This file holds the adapter itself.
 
 mod auth;
 mod config;
