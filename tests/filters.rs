@@ -580,8 +580,12 @@ async fn a_pause_with_an_end_ends_by_itself() {
     assert_eq!(report.counts.created, 1, "the pause ran out");
 }
 
+/// `run-now` starts a cycle on the leader at once, not at its next tick an hour away. The
+/// service notices the request within `ops::control::CONTROL_POLL` (250 ms) and starts the cycle
+/// 100 ms later, about a second at most on an idle machine; the bound here is far from the
+/// hour, so a loaded test machine does not fail it, and a request that wakes nothing does.
 #[tokio::test]
-async fn run_now_starts_a_cycle_on_the_leader_within_a_second() {
+async fn run_now_starts_a_cycle_on_the_leader_at_once() {
     let app = TestApp::spawn_with(
         &csv(&rows(1)),
         SandboxConfig::default(),
@@ -608,8 +612,8 @@ async fn run_now_starts_a_cycle_on_the_leader_within_a_second() {
         .unwrap();
     while runs(&app).await.len() < 2 {
         assert!(
-            asked.elapsed() < Duration::from_secs(1),
-            "a cycle within a second"
+            asked.elapsed() < Duration::from_secs(10),
+            "no cycle 10 s after run-now, with the next tick an hour away"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
