@@ -713,3 +713,162 @@ async fn a_key_for_another_workspace_is_named_on_a_terminal() {
     );
     assert_eq!(app.ledger().linked_count().await.unwrap(), 20, "{shown}");
 }
+
+/// Reads quo-sync's output into `screen` until `done` holds for what it shows, or `limit`
+/// passes; whether it held.
+async fn screen_shows(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    screen: &mut vt100::Parser,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if done(&screen.screen().contents()) {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(chunk)) => screen.process(&chunk),
+            _ => return done(&screen.screen().contents()),
+        }
+    }
+}
+
+/// The status line: the last line on the screen that names the replica's role.
+fn status_line(screen: &vt100::Parser) -> String {
+    screen
+        .screen()
+        .contents()
+        .lines()
+        .rev()
+        .find(|l| l.contains("webhooks received") || l.contains("webhook received"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
+}
+
+/// The time to the next cycle the status line shows (`next in 59m 58s`).
+fn next_in(status: &str) -> Option<Duration> {
+    let rest = status.split("next in ").nth(1)?;
+    humantime::parse_duration(rest.split(" · ").next()?.trim()).ok()
+}
+
+/// `quo-sync run` between cycles on a terminal (#24 item 7) says when the next cycle starts
+/// (an hour's interval: a little under an hour), and counts the webhooks it received: one
+/// signed webhook from Quo (an edit made in the app) takes the count from 0 to 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_a_terminal_shows_the_next_cycle_and_counts_a_webhook() {
+    let app = common::TestApp::spawn(&common::csv(&[
+        common::row("r-1", 1),
+        common::row("r-2", 2),
+    ]))
+    .await;
+    let listen = common::free_addr();
+    let config = app.config_path.to_str().unwrap().to_string();
+    let secret = common::whsec();
+    let OnTerminal {
+        mut child,
+        output: mut rx,
+        mut keys,
+        mut screen,
+    } = on_terminal(
+        &["run", "--config", &config],
+        &[
+            ("QUO_SYNC__SCHEDULE__INTERVAL", "1h"),
+            ("QUO_SYNC__REVERSE__LISTEN", &listen.to_string()),
+            ("QUO_SYNC__REVERSE__WEBHOOK_SECRET", &secret),
+        ],
+    );
+    let shown = |screen: &vt100::Parser| screen.screen().contents();
+    assert!(
+        screen_shows(&mut rx, &mut screen, Duration::from_secs(30), |s| {
+            s.contains("last cycle") && s.contains("0 webhooks received")
+        })
+        .await,
+        "the first cycle and the status line:\n{}",
+        shown(&screen)
+    );
+    assert_eq!(app.sandbox.contacts().len(), 2);
+    let status = status_line(&screen);
+    let next = next_in(&status).unwrap_or_else(|| panic!("no time to the next cycle: {status:?}"));
+    assert!(
+        next > Duration::from_secs(50 * 60) && next <= Duration::from_secs(60 * 60),
+        "the next cycle is an hour after the first: {status:?}"
+    );
+
+    // Quo delivers one signed webhook: an edit made in the app (no echo of an API write can
+    // add a second before the line shows the first).
+    app.sandbox.set_webhooks_on_api_writes(false);
+    app.sandbox
+        .set_webhook(Some(quo_sync::sandbox::WebhookTarget {
+            url: format!("http://{listen}/webhooks/quo"),
+            secret_key: common::WEBHOOK_KEY.to_vec(),
+            scheme: quo_sync::sandbox::WebhookScheme::Standard,
+        }));
+    app.sandbox
+        .app_edit(
+            &app.quo_id("r-2"),
+            serde_json::json!({"defaultFields": {"role": "Edited in Quo"}}),
+        )
+        .expect("app edit");
+    assert!(
+        screen_shows(&mut rx, &mut screen, Duration::from_secs(30), |s| {
+            s.contains("1 webhook received")
+        })
+        .await,
+        "the webhook is counted on the status line:\n{}",
+        shown(&screen)
+    );
+    let status = status_line(&screen);
+    assert!(status.contains("leader · "), "{status:?}");
+
+    keys.write_all(b"\x03").expect("send Ctrl-C");
+    keys.flush().unwrap();
+    screen_shows(&mut rx, &mut screen, Duration::from_secs(15), |s| {
+        s.contains("stopped cleanly")
+    })
+    .await;
+    let status = child.wait().expect("exit status");
+    assert_eq!(status.exit_code(), 0, "{}", shown(&screen));
+}
+
+/// More rows held back than the first screen lists, outside the sandbox (whose ledger is thrown
+/// away): the rest are named by the command that lists them, `quo-sync quarantine list`, and
+/// the next steps offer it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_held_back_past_the_cap_point_to_quarantine_list() {
+    let rows: Vec<String> = (1..=10)
+        .map(|n| {
+            let row = common::row(&format!("r-{n}"), n);
+            if n > 2 {
+                row.replacen(&format!(",,{n},yes,"), ",,high,yes,", 1)
+            } else {
+                row
+            }
+        })
+        .collect();
+    let app = common::TestApp::spawn(&common::csv(&rows)).await;
+    let config = app.config_path.to_str().unwrap().to_string();
+    let (code, lines) = screen_after(&["once", "--config", &config], &[]).await;
+    let shown = lines.join("\n");
+    assert_eq!(code, 3, "rows are held back: exit 3\n{shown}");
+    let listed = lines
+        .iter()
+        .filter(|l| l.contains("lead_score \"high\""))
+        .count();
+    assert_eq!(
+        listed,
+        quo_sync::ops::summary::MAX_ROWS,
+        "the cap's worth of rows:\n{shown}"
+    );
+    let hidden = 8 - quo_sync::ops::summary::MAX_ROWS;
+    for needle in [
+        "Held back 8 rows".to_string(),
+        format!("… and {hidden} more: quo-sync quarantine list"),
+        "quo-sync quarantine list  shows the 8 held back, with their raw rows".to_string(),
+    ] {
+        assert!(shown.contains(&needle), "missing {needle:?} in:\n{shown}");
+    }
+    assert!(!shown.contains("-v shows each"), "{shown}");
+    assert_eq!(app.sandbox.contacts().len(), 2);
+}
