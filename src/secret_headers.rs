@@ -49,6 +49,23 @@ impl HttpHeaders {
         self.0.len()
     }
 
+    /// The headers for a request, each credential marked sensitive (so the HTTP client's
+    /// Debug output hides it too); `Err` names the first header that is not valid HTTP.
+    pub fn header_map(&self) -> Result<reqwest::header::HeaderMap, String> {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (name, value) in &self.0 {
+            let (Ok(header), Ok(mut value)) = (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                reqwest::header::HeaderValue::from_str(value),
+            ) else {
+                return Err(name.clone());
+            };
+            value.set_sensitive(is_credential_header(name));
+            map.insert(header, value);
+        }
+        Ok(map)
+    }
+
     /// Name and value as printed: a credential's value redacted.
     fn shown(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(name, value)| {

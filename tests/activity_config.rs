@@ -115,7 +115,14 @@ fn credential_headers_never_show_in_debug_or_print() {
     let path = dir.path().join("quo-sync.toml");
     let text = format!(
         "{}\n{}\n[activity.rest.headers]\nAuthorization = \"{BEARER}\"\n\"X-Api-Key\" = \"{API_KEY}\"\nAccept = \"application/json\"\n",
-        std::fs::read_to_string("config/rest-hubspot.example.toml").unwrap(),
+        std::fs::read_to_string("config/rest-hubspot.example.toml")
+            .unwrap()
+            .replace(
+                "headers = { Content-Type = \"application/json\" }",
+                &format!(
+                    "headers = {{ Content-Type = \"application/json\", X-Api-Key = \"{API_KEY}\" }}"
+                ),
+            ),
         std::fs::read_to_string("config/activity-hubspot.example.toml").unwrap()
     );
     std::fs::write(&path, text).unwrap();
@@ -131,6 +138,19 @@ fn credential_headers_never_show_in_debug_or_print() {
         "every header is kept for the request"
     );
     let debug = format!("{config:?}");
+    let write_headers = quo_sync::source::rest::RestSourceConfig::from_table(
+        config.source.rest.as_ref().expect("[source.rest]"),
+    )
+    .unwrap()
+    .update
+    .expect("[source.rest.update]")
+    .headers;
+    assert_eq!(write_headers.len(), 2, "the write headers are kept");
+    let write_debug = format!("{write_headers:?}");
+    assert!(
+        !write_debug.contains(API_KEY) && write_debug.contains("application/json"),
+        "{write_debug}"
+    );
     for secret in [BEARER, "sk-live-HEADER-TOKEN-4242", API_KEY] {
         assert!(!debug.contains(secret), "{secret:?} in the config's Debug");
     }

@@ -363,6 +363,13 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
 async fn both_sides_converge_under_random_edits_faults_and_kills() {
     let steps: usize = env_number("QUO_SYNC_CONVERGENCE_STEPS", 12);
     let limit = Duration::from_secs(env_number("QUO_SYNC_CONVERGENCE_SEED_TIMEOUT", 120));
+    // A replay's product log: `QUO_SYNC_CONVERGENCE_LOG=quo_sync=info` (an env filter).
+    if let Ok(filter) = std::env::var("QUO_SYNC_CONVERGENCE_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let seeds = seeds();
     let mut tally = KillTally::default();
     for &seed in &seeds {

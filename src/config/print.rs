@@ -56,9 +56,20 @@ fn secret_key(key: &str) -> bool {
         .any(|word| lower.contains(word))
 }
 
-fn redact_table(table: &mut toml::Table) {
+pub(super) fn redact_table(table: &mut toml::Table) {
     for (key, value) in table.iter_mut() {
         match value {
+            // Extra request headers (`update.headers`, `create.headers`): a credential is named
+            // by the header (`Authorization`, `X-Api-Key`), not by a secret-like key.
+            toml::Value::Table(inner) if key == "headers" => {
+                for (name, value) in inner.iter_mut() {
+                    if let toml::Value::String(text) = value
+                        && crate::secret_headers::is_credential_header(name)
+                    {
+                        *text = REDACTED.into();
+                    }
+                }
+            }
             toml::Value::Table(inner) => redact_table(inner),
             toml::Value::String(text) if secret_key(key) => *text = REDACTED.into(),
             _ => {}

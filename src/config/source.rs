@@ -21,8 +21,8 @@ pub enum SourceKind {
     Rest,
 }
 
-/// `[source]`.
-#[derive(Debug, Deserialize, Serialize)]
+/// `[source]`. Its Debug shows `[source.rest]` as `check-config --print` does, secrets redacted.
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// `csv` or `rest`.
@@ -60,6 +60,29 @@ pub struct SourceConfig {
     /// `quo-sync run` reads it (csv), default `1s`; `0s` reads at once.
     #[serde(default = "default_quiet_period")]
     pub quiet_period: HumanDuration,
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rest = self.rest.as_ref().map(|table| {
+            let mut shown = table.clone();
+            super::print::redact_table(&mut shown);
+            shown
+        });
+        f.debug_struct("SourceConfig")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("id_field", &self.id_field)
+            .field("updated_at_field", &self.updated_at_field)
+            .field("rest", &rest)
+            .field("watch", &self.watch)
+            .field("delimiter", &self.delimiter)
+            .field("encoding", &self.encoding)
+            .field("quote", &self.quote)
+            .field("escape", &self.escape)
+            .field("quiet_period", &self.quiet_period)
+            .finish()
+    }
 }
 
 fn default_quiet_period() -> HumanDuration {

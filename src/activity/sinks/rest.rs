@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use super::template::{fill_strings, path, render};
@@ -51,20 +51,9 @@ impl RestSink {
                 "activity.rest needs source.kind = \"rest\"".into(),
             ));
         }
-        let mut headers = HeaderMap::new();
-        for (name, value) in &config.headers {
-            let (Ok(header), Ok(mut value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) else {
-                return Err(SinkError::Config(format!(
-                    "activity.rest.headers.{name}: not a valid header"
-                )));
-            };
-            // A credential stays out of the HTTP client's Debug output too.
-            value.set_sensitive(crate::secret_headers::is_credential_header(name));
-            headers.insert(header, value);
-        }
+        let headers = config.headers.header_map().map_err(|name| {
+            SinkError::Config(format!("activity.rest.headers.{name}: not a valid header"))
+        })?;
         Ok(Self {
             body: body_json(&config.body),
             update_body: config

@@ -6,10 +6,7 @@
 //! lost cannot be looked up by it: its outcome is `Unknown`, and the cycle finds the record by
 //! the Quo id it carries (`reverse.quo_id_field`) in a later read instead of creating again.
 
-use std::collections::BTreeMap;
-
 use reqwest::Method;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -42,7 +39,7 @@ pub struct CreateConfig {
     pub path: String,
     /// Extra request headers.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: crate::secret_headers::HttpHeaders,
     /// Where the record sits in the body; "" = the body is the record.
     #[serde(default)]
     pub wrap_pointer: String,
@@ -130,15 +127,8 @@ impl RestSource {
                 .collect());
         };
         self.prepare().await?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in &create.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(name, value);
-            }
-        }
+        // Checked valid when the configuration was loaded.
+        let headers = create.headers.header_map().unwrap_or_default();
         let url = self.url(&create.path)?;
         let method = match create.method {
             CreateMethod::Post => Method::POST,

@@ -3,7 +3,7 @@
 //! or failed.
 
 use chrono::SecondsFormat;
-use reqwest::header::{ETAG, HeaderMap, HeaderName, HeaderValue, IF_MATCH};
+use reqwest::header::{ETAG, HeaderMap, IF_MATCH};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value};
 
@@ -44,15 +44,8 @@ impl RestSource {
             return Ok(report);
         };
         self.prepare().await?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in &update.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(name, value);
-            }
-        }
+        // Checked valid when the configuration was loaded.
+        let headers = update.headers.header_map().unwrap_or_default();
         for (i, change) in changes.iter().enumerate() {
             match self.write_one(update, &headers, change, guard).await {
                 Ok(Outcome::Written) => {

@@ -1,8 +1,6 @@
 //! `[source.rest.update]`: how reverse-path changes are written back to the CRM (method, record
 //! paths, where the record sits in write bodies, extra headers).
 
-use std::collections::BTreeMap;
-
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
@@ -33,7 +31,7 @@ pub struct UpdateConfig {
     pub get_path: Option<String>,
     /// Extra request headers for writes.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: crate::secret_headers::HttpHeaders,
     /// Where the record sits in write bodies; "" = the body is the record.
     #[serde(default)]
     pub wrap_pointer: String,
