@@ -19,24 +19,8 @@ use super::{EXIT_FAILURE, EXIT_QUARANTINED};
 
 /// Runs the command line's command; the exit code on success.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
-    // Commands that need no configuration file.
-    match &cli.command {
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut command, "quo-sync", &mut std::io::stdout());
-            return Ok(0);
-        }
-        Command::Man => {
-            let command = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
-            return Ok(0);
-        }
-        Command::Healthcheck {
-            addr: Some(addr),
-            path,
-            timeout,
-        } => return healthcheck(*addr, path, *timeout).await,
-        _ => {}
+    if let Some(code) = without_config(&cli.command).await? {
+        return Ok(code);
     }
     let config_path = &cli.config_path()?;
     let config_path = config_path.as_path();
@@ -48,19 +32,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             path,
             timeout,
             ..
-        } => {
-            let config = load_config(config_path)?;
-            let Some(listen) = addr.or(config.service.listen) else {
-                anyhow::bail!(AppError::Config(quo_sync::config::ConfigError::BadValue {
-                    file: config_path.display().to_string(),
-                    key: "service.listen".into(),
-                    reason:
-                        "healthcheck needs the service's address: set service.listen or pass --addr"
-                            .into(),
-                }));
-            };
-            healthcheck(listen, &path, timeout).await
-        }
+        } => healthcheck_configured(config_path, addr, &path, timeout).await,
         Command::CheckConfig { print } => check_config(config_path, print),
         Command::Pause { duration } => super::control::pause(config_path, duration).await,
         Command::Resume => super::control::resume(config_path).await,
@@ -86,32 +58,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Webhooks { action } => super::webhooks::webhooks(config_path, action).await,
         Command::Status { json } => status(config_path, json).await,
-        Command::Runs { limit, json } => {
-            let ledger = open_ledger(config_path).await?;
-            let runs = ledger.recent_runs(limit).await?;
-            emit(json, &runs, |r| ops::render_runs(r))?;
-            Ok(0)
-        }
-        Command::Conflicts { limit, json } => {
-            let ledger = open_ledger(config_path).await?;
-            let conflicts = ledger.conflicts(limit).await?;
-            emit(json, &conflicts, |c| ops::render_conflicts(c))?;
-            Ok(0)
-        }
+        Command::Runs { limit, json } => runs(config_path, limit, json).await,
+        Command::Conflicts { limit, json } => conflicts(config_path, limit, json).await,
         Command::Quarantine { action } => super::quarantine::quarantine(config_path, action).await,
         Command::Link {
             external_id,
             quo_contact_id,
             create,
-            undo,
             wait,
+            ..
         } => {
-            use quo_sync::ops::link::LinkRequest;
-            let request = match (quo_contact_id, create, undo) {
-                (Some(quo_id), _, _) => LinkRequest::To(quo_id),
-                (None, true, _) => LinkRequest::Create,
-                (None, false, _) => LinkRequest::Undo,
-            };
+            let request = link_request(quo_contact_id, create);
             super::link::link(config_path, &external_id, request, wait).await
         }
         Command::Ledger {
@@ -123,6 +80,84 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Reconcile { repair, json, wait } => {
             reconcile(config_path, repair, json, wait, verbose).await
         }
+        command @ (Command::Run { .. } | Command::Once { .. } | Command::Plan { .. }) => {
+            sync_command(config_path, command, verbose).await
+        }
+    }
+}
+
+/// The commands that need no configuration file (shell completions, the manual page, a
+/// healthcheck given its address): their exit code, or `None` for every other command.
+async fn without_config(command: &Command) -> anyhow::Result<Option<u8>> {
+    match command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "quo-sync", &mut std::io::stdout());
+            Ok(Some(0))
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            Ok(Some(0))
+        }
+        Command::Healthcheck {
+            addr: Some(addr),
+            path,
+            timeout,
+        } => healthcheck(*addr, path, *timeout).await.map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// `healthcheck` without `--addr`: asks the service at the configured `service.listen`.
+async fn healthcheck_configured(
+    config_path: &Path,
+    addr: Option<SocketAddr>,
+    path: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<u8> {
+    let config = load_config(config_path)?;
+    let Some(listen) = addr.or(config.service.listen) else {
+        anyhow::bail!(AppError::Config(quo_sync::config::ConfigError::BadValue {
+            file: config_path.display().to_string(),
+            key: "service.listen".into(),
+            reason: "healthcheck needs the service's address: set service.listen or pass --addr"
+                .into(),
+        }));
+    };
+    healthcheck(listen, path, timeout).await
+}
+
+/// `runs`: the ledger's most recent cycles.
+async fn runs(config_path: &Path, limit: i64, json: bool) -> anyhow::Result<u8> {
+    let ledger = open_ledger(config_path).await?;
+    let runs = ledger.recent_runs(limit).await?;
+    emit(json, &runs, |r| ops::render_runs(r))?;
+    Ok(0)
+}
+
+/// `conflicts`: the ledger's most recent conflicts.
+async fn conflicts(config_path: &Path, limit: i64, json: bool) -> anyhow::Result<u8> {
+    let ledger = open_ledger(config_path).await?;
+    let conflicts = ledger.conflicts(limit).await?;
+    emit(json, &conflicts, |c| ops::render_conflicts(c))?;
+    Ok(0)
+}
+
+/// What `link` is asked to do: link to the given contact, create one, or undo the link.
+fn link_request(quo_contact_id: Option<String>, create: bool) -> quo_sync::ops::link::LinkRequest {
+    use quo_sync::ops::link::LinkRequest;
+    match (quo_contact_id, create) {
+        (Some(quo_id), _) => LinkRequest::To(quo_id),
+        (None, true) => LinkRequest::Create,
+        (None, false) => LinkRequest::Undo,
+    }
+}
+
+/// `run`, `once` and `plan`: the commands that sync (or plan to), against the configured Quo
+/// workspace or the built-in sandbox.
+async fn sync_command(config_path: &Path, command: Command, verbose: u8) -> anyhow::Result<u8> {
+    match command {
         Command::Run {
             with_sandbox,
             seed_existing,
@@ -159,6 +194,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let session = configured(config_path, demo, Some("warn"), verbose).await?;
             plan(session, json).await
         }
+        _ => unreachable!("sync_command is given run, once or plan"),
     }
 }
 
