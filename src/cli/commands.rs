@@ -57,9 +57,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             sandbox(listen, options).await
         }
         Command::Webhooks { action } => super::webhooks::webhooks(config_path, action).await,
-        Command::Status { json } => status(config_path, json).await,
-        Command::Runs { limit, json } => runs(config_path, limit, json).await,
-        Command::Conflicts { limit, json } => conflicts(config_path, limit, json).await,
+        Command::Status { json } => super::ledger::status(config_path, json).await,
+        Command::Runs { limit, json } => super::ledger::runs(config_path, limit, json).await,
+        Command::Conflicts { limit, json } => {
+            super::ledger::conflicts(config_path, limit, json).await
+        }
         Command::Quarantine { action } => super::quarantine::quarantine(config_path, action).await,
         Command::Link {
             external_id,
@@ -73,10 +75,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Ledger {
             action: LedgerAction::Copy { to },
-        } => ledger_copy(config_path, to).await,
+        } => super::ledger::copy(config_path, to).await,
         Command::Ledger {
             action: LedgerAction::Backup { to },
-        } => ledger_backup(config_path, &to).await,
+        } => super::ledger::backup(config_path, &to).await,
         Command::Reconcile { repair, json, wait } => {
             reconcile(config_path, repair, json, wait, verbose).await
         }
@@ -126,22 +128,6 @@ async fn healthcheck_configured(
         }));
     };
     healthcheck(listen, path, timeout).await
-}
-
-/// `runs`: the ledger's most recent cycles.
-async fn runs(config_path: &Path, limit: i64, json: bool) -> anyhow::Result<u8> {
-    let ledger = open_ledger(config_path).await?;
-    let runs = ledger.recent_runs(limit).await?;
-    emit(json, &runs, |r| ops::render_runs(r))?;
-    Ok(0)
-}
-
-/// `conflicts`: the ledger's most recent conflicts.
-async fn conflicts(config_path: &Path, limit: i64, json: bool) -> anyhow::Result<u8> {
-    let ledger = open_ledger(config_path).await?;
-    let conflicts = ledger.conflicts(limit).await?;
-    emit(json, &conflicts, |c| ops::render_conflicts(c))?;
-    Ok(0)
 }
 
 /// What `link` is asked to do: link to the given contact, create one, or undo the link.
@@ -345,72 +331,6 @@ async fn sandbox(listen: SocketAddr, options: SandboxOptions) -> anyhow::Result<
     let cancel = app::shutdown_token();
     cancel.cancelled().await;
     sandbox.shutdown().await;
-    Ok(0)
-}
-
-/// `status`: the ledger summary and who holds the writer lease.
-async fn status(config_path: &Path, json: bool) -> anyhow::Result<u8> {
-    let ledger = open_ledger(config_path).await?;
-    let status = quo_sync::ops::status(&ledger).await?;
-    let writer = ledger.lease_holder().await?;
-    if json {
-        let mut value = serde_json::to_value(&status)?;
-        value["writer"] = serde_json::to_value(&writer)?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    } else {
-        print!("{}", status.render());
-        println!("{}", render_writer(writer.as_ref()));
-    }
-    Ok(0)
-}
-
-/// `ledger copy --to`: copies the ledger into a new, empty one and checks every table. It holds
-/// the writer lease while it reads (exit 4 while another process holds it), so no cycle writes
-/// between the tables it reads one after the other.
-async fn ledger_copy(config_path: &Path, to: String) -> anyhow::Result<u8> {
-    let target = quo_sync::ledger::LedgerTarget::parse(&to)?;
-    let config = load_config(config_path)?;
-    let writer = app::acquire_writer(
-        &config,
-        "ledger copy",
-        std::time::Duration::ZERO,
-        app::shutdown_token(),
-    )
-    .await?;
-    let source = writer.ledger.clone();
-    let target = match quo_sync::ledger::Ledger::open_target(&target).await {
-        Ok(target) => target,
-        Err(e) => {
-            writer.release().await;
-            return Err(e.into());
-        }
-    };
-    let report = source.copy_to(&target).await;
-    writer.release().await;
-    target.close().await;
-    let report = report?;
-    println!("copied ledger {} -> {}", source.path(), report.target);
-    for (table, rows) in &report.tables {
-        println!("  {table:<12} {rows:>9} rows");
-    }
-    println!("row counts checked: every table matches the source");
-    Ok(0)
-}
-
-/// `ledger backup --to`: a consistent copy of the SQLite ledger, taken while the service may be
-/// writing (`VACUUM INTO` reads one snapshot), checked before it is reported.
-async fn ledger_backup(config_path: &Path, to: &Path) -> anyhow::Result<u8> {
-    let ledger = open_ledger(config_path).await?;
-    let report = ledger.backup_to(to).await;
-    ledger.close().await;
-    let report = report?;
-    println!(
-        "backed up ledger {} -> {} ({} records, {} bytes, integrity ok)",
-        ledger.path(),
-        to.display(),
-        report.records,
-        report.bytes
-    );
     Ok(0)
 }
 
@@ -778,21 +698,6 @@ async fn attach_sandbox(config: &mut Config) -> anyhow::Result<(SandboxHandle, t
     }
     tracing::info!(event = "sandbox_started", base_url = %sandbox.base_url(), ledger = %config.ledger.path.display(), "syncing into the built-in Quo sandbox with a throwaway ledger");
     Ok((sandbox, dir))
-}
-
-/// The `writer` line of `status`: who holds the ledger's writer lease.
-fn render_writer(holder: Option<&quo_sync::ledger::LeaseHolder>) -> String {
-    match holder {
-        Some(h) if h.live => format!(
-            "writer        leader {} pid {} ({}, epoch {}, since {}, lease until {})",
-            h.host, h.pid, h.command, h.epoch, h.since, h.expires
-        ),
-        Some(h) => format!(
-            "writer        none (last: {} pid {}, {}, epoch {}, until {})",
-            h.host, h.pid, h.command, h.epoch, h.expires
-        ),
-        None => "writer        none yet".to_string(),
-    }
 }
 
 /// Prints `value` as pretty JSON, or the text `table` renders from it.
