@@ -19,24 +19,8 @@ use super::{EXIT_FAILURE, EXIT_QUARANTINED};
 
 /// Runs the command line's command; the exit code on success.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
-    // Commands that need no configuration file.
-    match &cli.command {
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut command, "quo-sync", &mut std::io::stdout());
-            return Ok(0);
-        }
-        Command::Man => {
-            let command = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
-            return Ok(0);
-        }
-        Command::Healthcheck {
-            addr: Some(addr),
-            path,
-            timeout,
-        } => return healthcheck(*addr, path, *timeout).await,
-        _ => {}
+    if let Some(code) = without_config(&cli.command).await? {
+        return Ok(code);
     }
     let config_path = &cli.config_path()?;
     let config_path = config_path.as_path();
@@ -48,19 +32,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             path,
             timeout,
             ..
-        } => {
-            let config = load_config(config_path)?;
-            let Some(listen) = addr.or(config.service.listen) else {
-                anyhow::bail!(AppError::Config(quo_sync::config::ConfigError::BadValue {
-                    file: config_path.display().to_string(),
-                    key: "service.listen".into(),
-                    reason:
-                        "healthcheck needs the service's address: set service.listen or pass --addr"
-                            .into(),
-                }));
-            };
-            healthcheck(listen, &path, timeout).await
-        }
+        } => healthcheck_configured(config_path, addr, &path, timeout).await,
         Command::CheckConfig { print } => check_config(config_path, print),
         Command::Pause { duration } => super::control::pause(config_path, duration).await,
         Command::Resume => super::control::resume(config_path).await,
@@ -85,44 +57,93 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             sandbox(listen, options).await
         }
         Command::Webhooks { action } => super::webhooks::webhooks(config_path, action).await,
-        Command::Status { json } => status(config_path, json).await,
-        Command::Runs { limit, json } => {
-            let ledger = open_ledger(config_path).await?;
-            let runs = ledger.recent_runs(limit).await?;
-            emit(json, &runs, |r| ops::render_runs(r))?;
-            Ok(0)
-        }
+        Command::Status { json } => super::ledger::status(config_path, json).await,
+        Command::Runs { limit, json } => super::ledger::runs(config_path, limit, json).await,
         Command::Conflicts { limit, json } => {
-            let ledger = open_ledger(config_path).await?;
-            let conflicts = ledger.conflicts(limit).await?;
-            emit(json, &conflicts, |c| ops::render_conflicts(c))?;
-            Ok(0)
+            super::ledger::conflicts(config_path, limit, json).await
         }
         Command::Quarantine { action } => super::quarantine::quarantine(config_path, action).await,
         Command::Link {
             external_id,
             quo_contact_id,
             create,
-            undo,
             wait,
+            ..
         } => {
-            use quo_sync::ops::link::LinkRequest;
-            let request = match (quo_contact_id, create, undo) {
-                (Some(quo_id), _, _) => LinkRequest::To(quo_id),
-                (None, true, _) => LinkRequest::Create,
-                (None, false, _) => LinkRequest::Undo,
-            };
+            let request = link_request(quo_contact_id, create);
             super::link::link(config_path, &external_id, request, wait).await
         }
         Command::Ledger {
             action: LedgerAction::Copy { to },
-        } => ledger_copy(config_path, to).await,
+        } => super::ledger::copy(config_path, to).await,
         Command::Ledger {
             action: LedgerAction::Backup { to },
-        } => ledger_backup(config_path, &to).await,
+        } => super::ledger::backup(config_path, &to).await,
         Command::Reconcile { repair, json, wait } => {
             reconcile(config_path, repair, json, wait, verbose).await
         }
+        command @ (Command::Run { .. } | Command::Once { .. } | Command::Plan { .. }) => {
+            sync_command(config_path, command, verbose).await
+        }
+    }
+}
+
+/// The commands that need no configuration file (shell completions, the manual page, a
+/// healthcheck given its address): their exit code, or `None` for every other command.
+async fn without_config(command: &Command) -> anyhow::Result<Option<u8>> {
+    match command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "quo-sync", &mut std::io::stdout());
+            Ok(Some(0))
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            Ok(Some(0))
+        }
+        Command::Healthcheck {
+            addr: Some(addr),
+            path,
+            timeout,
+        } => healthcheck(*addr, path, *timeout).await.map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// `healthcheck` without `--addr`: asks the service at the configured `service.listen`.
+async fn healthcheck_configured(
+    config_path: &Path,
+    addr: Option<SocketAddr>,
+    path: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<u8> {
+    let config = load_config(config_path)?;
+    let Some(listen) = addr.or(config.service.listen) else {
+        anyhow::bail!(AppError::Config(quo_sync::config::ConfigError::BadValue {
+            file: config_path.display().to_string(),
+            key: "service.listen".into(),
+            reason: "healthcheck needs the service's address: set service.listen or pass --addr"
+                .into(),
+        }));
+    };
+    healthcheck(listen, path, timeout).await
+}
+
+/// What `link` is asked to do: link to the given contact, create one, or undo the link.
+fn link_request(quo_contact_id: Option<String>, create: bool) -> quo_sync::ops::link::LinkRequest {
+    use quo_sync::ops::link::LinkRequest;
+    match (quo_contact_id, create) {
+        (Some(quo_id), _) => LinkRequest::To(quo_id),
+        (None, true) => LinkRequest::Create,
+        (None, false) => LinkRequest::Undo,
+    }
+}
+
+/// `run`, `once` and `plan`: the commands that sync (or plan to), against the configured Quo
+/// workspace or the built-in sandbox.
+async fn sync_command(config_path: &Path, command: Command, verbose: u8) -> anyhow::Result<u8> {
+    match command {
         Command::Run {
             with_sandbox,
             seed_existing,
@@ -159,6 +180,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let session = configured(config_path, demo, Some("warn"), verbose).await?;
             plan(session, json).await
         }
+        _ => unreachable!("sync_command is given run, once or plan"),
     }
 }
 
@@ -307,72 +329,6 @@ async fn sandbox(listen: SocketAddr, options: SandboxOptions) -> anyhow::Result<
     let cancel = app::shutdown_token();
     cancel.cancelled().await;
     sandbox.shutdown().await;
-    Ok(0)
-}
-
-/// `status`: the ledger summary and who holds the writer lease.
-async fn status(config_path: &Path, json: bool) -> anyhow::Result<u8> {
-    let ledger = open_ledger(config_path).await?;
-    let status = quo_sync::ops::status(&ledger).await?;
-    let writer = ledger.lease_holder().await?;
-    if json {
-        let mut value = serde_json::to_value(&status)?;
-        value["writer"] = serde_json::to_value(&writer)?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    } else {
-        print!("{}", status.render());
-        println!("{}", render_writer(writer.as_ref()));
-    }
-    Ok(0)
-}
-
-/// `ledger copy --to`: copies the ledger into a new, empty one and checks every table. It holds
-/// the writer lease while it reads (exit 4 while another process holds it), so no cycle writes
-/// between the tables it reads one after the other.
-async fn ledger_copy(config_path: &Path, to: String) -> anyhow::Result<u8> {
-    let target = quo_sync::ledger::LedgerTarget::parse(&to)?;
-    let config = load_config(config_path)?;
-    let writer = app::acquire_writer(
-        &config,
-        "ledger copy",
-        std::time::Duration::ZERO,
-        app::shutdown_token(),
-    )
-    .await?;
-    let source = writer.ledger.clone();
-    let target = match quo_sync::ledger::Ledger::open_target(&target).await {
-        Ok(target) => target,
-        Err(e) => {
-            writer.release().await;
-            return Err(e.into());
-        }
-    };
-    let report = source.copy_to(&target).await;
-    writer.release().await;
-    target.close().await;
-    let report = report?;
-    println!("copied ledger {} -> {}", source.path(), report.target);
-    for (table, rows) in &report.tables {
-        println!("  {table:<12} {rows:>9} rows");
-    }
-    println!("row counts checked: every table matches the source");
-    Ok(0)
-}
-
-/// `ledger backup --to`: a consistent copy of the SQLite ledger, taken while the service may be
-/// writing (`VACUUM INTO` reads one snapshot), checked before it is reported.
-async fn ledger_backup(config_path: &Path, to: &Path) -> anyhow::Result<u8> {
-    let ledger = open_ledger(config_path).await?;
-    let report = ledger.backup_to(to).await;
-    ledger.close().await;
-    let report = report?;
-    println!(
-        "backed up ledger {} -> {} ({} records, {} bytes, integrity ok)",
-        ledger.path(),
-        to.display(),
-        report.records,
-        report.bytes
-    );
     Ok(0)
 }
 
@@ -740,21 +696,6 @@ async fn attach_sandbox(config: &mut Config) -> anyhow::Result<(SandboxHandle, t
     }
     tracing::info!(event = "sandbox_started", base_url = %sandbox.base_url(), ledger = %config.ledger.path.display(), "syncing into the built-in Quo sandbox with a throwaway ledger");
     Ok((sandbox, dir))
-}
-
-/// The `writer` line of `status`: who holds the ledger's writer lease.
-fn render_writer(holder: Option<&quo_sync::ledger::LeaseHolder>) -> String {
-    match holder {
-        Some(h) if h.live => format!(
-            "writer        leader {} pid {} ({}, epoch {}, since {}, lease until {})",
-            h.host, h.pid, h.command, h.epoch, h.since, h.expires
-        ),
-        Some(h) => format!(
-            "writer        none (last: {} pid {}, {}, epoch {}, until {})",
-            h.host, h.pid, h.command, h.epoch, h.expires
-        ),
-        None => "writer        none yet".to_string(),
-    }
 }
 
 /// Prints `value` as pretty JSON, or the text `table` renders from it.

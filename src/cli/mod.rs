@@ -1,11 +1,12 @@
 //! The binary's command line (not part of the library): the arguments (`args.rs`), what each
-//! command does (`commands.rs`), the quarantine commands (`quarantine.rs`) and the webhook
-//! registration commands (`webhooks.rs`). The library does
-//! the work; this layer turns its results into output and exit codes.
+//! command does (`commands.rs`), the commands that read or copy the ledger (`ledger.rs`), the
+//! quarantine commands (`quarantine.rs`) and the webhook registration commands (`webhooks.rs`).
+//! The library does the work; this layer turns its results into output and exit codes.
 
 mod args;
 mod commands;
 mod control;
+mod ledger;
 mod link;
 mod quarantine;
 mod webhooks;

@@ -138,8 +138,34 @@ pub async fn reconcile(
     let defs = client.custom_fields().await?;
     let mapper = Mapper::new(mapping, &defs)?;
     let contacts = list_ours(client).await?;
+    let in_source = source_ids(source).await?;
+    let by_external = by_external_id(&contacts);
+    let report = ReconcileReport {
+        contacts_in_quo: contacts.len(),
+        records_in_source: in_source.len(),
+        repaired: repair,
+        ..Default::default()
+    };
+    let rows = ledger.all_records().await?;
+    let mut pass = Reconciling {
+        ledger,
+        mapper: &mapper,
+        repair,
+        report,
+        linked_ids: HashSet::new(),
+    };
+    pass.check_rows(&rows, &contacts, &by_external).await?;
+    pass.check_listed(&rows, &by_external, &in_source).await?;
+    let mut report = pass.report;
+    report
+        .orphans
+        .sort_by(|a, b| a.external_id.cmp(&b.external_id));
+    report.missing_in_quo.sort();
+    Ok(report)
+}
 
-    // The CRM's ids.
+/// The external ids the CRM holds (a bad record's too, when it has one).
+async fn source_ids(source: &Source) -> Result<HashSet<String>, ReconcileError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let reader = source.read(ReadRequest::default(), tx);
     let collect = async {
@@ -160,12 +186,12 @@ pub async fn reconcile(
     };
     let (read, in_source) = tokio::join!(reader, collect);
     read?;
+    Ok(in_source)
+}
 
+/// Our contacts by external id (none: the empty string), oldest first.
+fn by_external_id(contacts: &[Contact]) -> HashMap<String, Vec<Contact>> {
     let mut by_external: HashMap<String, Vec<Contact>> = HashMap::new();
-    let mut by_id: HashMap<String, &Contact> = HashMap::new();
-    for contact in &contacts {
-        by_id.insert(contact.id.clone(), contact);
-    }
     for contact in contacts.iter().cloned() {
         by_external
             .entry(contact.external_id.clone().unwrap_or_default())
@@ -175,97 +201,124 @@ pub async fn reconcile(
     for list in by_external.values_mut() {
         list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
     }
+    by_external
+}
 
-    let mut report = ReconcileReport {
-        contacts_in_quo: contacts.len(),
-        records_in_source: in_source.len(),
-        repaired: repair,
-        ..Default::default()
-    };
-    let rows = ledger.all_records().await?;
-    let mut linked_ids: HashSet<String> = HashSet::new();
-    let mut rows_by_external: HashMap<String, &crate::ledger::RecordRow> = HashMap::new();
-    for row in &rows {
-        rows_by_external.insert(row.external_id.to_string(), row);
-        let Some(quo_id) = &row.quo_id else { continue };
-        match by_id.get(quo_id.as_str()) {
-            Some(contact) => {
-                report.linked += 1;
-                linked_ids.insert(quo_id.to_string());
-                if let Some(agreed) = &row.snapshot {
-                    let fields = mapper.from_contact(contact).changed_fields(agreed);
-                    if !fields.is_empty() {
-                        report.drift.insert(row.external_id.to_string(), fields);
+/// One reconcile run: what it found so far, and the contacts it knows linked.
+struct Reconciling<'a> {
+    ledger: &'a Ledger,
+    mapper: &'a Mapper,
+    repair: bool,
+    report: ReconcileReport,
+    /// Contacts a ledger row links (or that this run linked).
+    linked_ids: HashSet<String>,
+}
+
+impl Reconciling<'_> {
+    /// Checks each ledger row against Quo: linked (and drifted?), or missing (relinked to the
+    /// oldest contact with its external id under `repair`).
+    async fn check_rows(
+        &mut self,
+        rows: &[crate::ledger::RecordRow],
+        contacts: &[Contact],
+        by_external: &HashMap<String, Vec<Contact>>,
+    ) -> Result<(), ReconcileError> {
+        let by_id: HashMap<&str, &Contact> = contacts.iter().map(|c| (c.id.as_str(), c)).collect();
+        for row in rows {
+            let Some(quo_id) = &row.quo_id else { continue };
+            match by_id.get(quo_id.as_str()) {
+                Some(contact) => {
+                    self.report.linked += 1;
+                    self.linked_ids.insert(quo_id.to_string());
+                    if let Some(agreed) = &row.snapshot {
+                        let fields = self.mapper.from_contact(contact).changed_fields(agreed);
+                        if !fields.is_empty() {
+                            self.report
+                                .drift
+                                .insert(row.external_id.to_string(), fields);
+                        }
+                    }
+                }
+                None => {
+                    let replacement = by_external
+                        .get(row.external_id.as_str())
+                        .and_then(|list| list.first());
+                    match (self.repair, replacement) {
+                        (true, Some(contact)) => {
+                            adopt(self.ledger, self.mapper, &row.external_id, contact).await?;
+                            self.linked_ids.insert(contact.id.clone());
+                            self.report.relinked += 1;
+                            info!(event = "relinked", external_id = %row.external_id, old_quo_id = %quo_id, quo_id = %contact.id, "ledger row relinked to the contact Quo has");
+                        }
+                        _ => self
+                            .report
+                            .missing_in_quo
+                            .push((row.external_id.to_string(), quo_id.to_string())),
                     }
                 }
             }
-            None => {
-                let replacement = by_external
-                    .get(row.external_id.as_str())
-                    .and_then(|list| list.first());
-                match (repair, replacement) {
-                    (true, Some(contact)) => {
-                        adopt(ledger, &mapper, &row.external_id, contact).await?;
-                        linked_ids.insert(contact.id.clone());
-                        report.relinked += 1;
-                        info!(event = "relinked", external_id = %row.external_id, old_quo_id = %quo_id, quo_id = %contact.id, "ledger row relinked to the contact Quo has");
-                    }
-                    _ => report
-                        .missing_in_quo
-                        .push((row.external_id.to_string(), quo_id.to_string())),
-                }
+        }
+        Ok(())
+    }
+
+    /// Checks each external id Quo lists: duplicated (kept), or an orphan no row links
+    /// (adopted under `repair` when the CRM still has the record).
+    async fn check_listed(
+        &mut self,
+        rows: &[crate::ledger::RecordRow],
+        by_external: &HashMap<String, Vec<Contact>>,
+        in_source: &HashSet<String>,
+    ) -> Result<(), ReconcileError> {
+        let rows_by_external: HashMap<String, &crate::ledger::RecordRow> = rows
+            .iter()
+            .map(|row| (row.external_id.to_string(), row))
+            .collect();
+        for (external_id, list) in by_external {
+            if list.len() > 1 && !external_id.is_empty() {
+                warn!(
+                    event = "duplicate_contacts",
+                    external_id,
+                    count = list.len(),
+                    "several Quo contacts share this externalId; none is deleted"
+                );
+                self.report.duplicates.insert(
+                    external_id.clone(),
+                    list.iter().map(|c| c.id.clone()).collect(),
+                );
             }
+            let Some(first) = list.first() else { continue };
+            if list.iter().any(|c| self.linked_ids.contains(&c.id)) {
+                continue;
+            }
+            let row_linked = rows_by_external.get(external_id).is_some_and(|r| {
+                r.quo_id
+                    .as_ref()
+                    .is_some_and(|q| self.linked_ids.contains(q.as_str()))
+            });
+            if row_linked {
+                continue;
+            }
+            let orphan = Orphan {
+                external_id: external_id.clone(),
+                quo_id: first.id.clone(),
+                in_source: in_source.contains(external_id),
+            };
+            // Only records the CRM still has: adopting one it lacks would let
+            // `sync.on_source_delete = "delete"` remove a contact users may rely on.
+            if self.repair
+                && orphan.in_source
+                && let Ok(id) = ExternalId::parse(external_id)
+            {
+                adopt(self.ledger, self.mapper, &id, first).await?;
+                self.linked_ids.insert(first.id.clone());
+                self.report.adopted += 1;
+                info!(event = "adopted", external_id, quo_id = %first.id, "orphan adopted into the ledger");
+                continue;
+            }
+            self.report.orphans.push(orphan);
         }
+        Ok(())
     }
-    for (external_id, list) in &by_external {
-        if list.len() > 1 && !external_id.is_empty() {
-            warn!(
-                event = "duplicate_contacts",
-                external_id,
-                count = list.len(),
-                "several Quo contacts share this externalId; none is deleted"
-            );
-            report.duplicates.insert(
-                external_id.clone(),
-                list.iter().map(|c| c.id.clone()).collect(),
-            );
-        }
-        let Some(first) = list.first() else { continue };
-        if list.iter().any(|c| linked_ids.contains(&c.id)) {
-            continue;
-        }
-        let row_linked = rows_by_external.get(external_id).is_some_and(|r| {
-            r.quo_id
-                .as_ref()
-                .is_some_and(|q| linked_ids.contains(q.as_str()))
-        });
-        if row_linked {
-            continue;
-        }
-        let orphan = Orphan {
-            external_id: external_id.clone(),
-            quo_id: first.id.clone(),
-            in_source: in_source.contains(external_id),
-        };
-        // Only records the CRM still has: adopting one it lacks would let
-        // `sync.on_source_delete = "delete"` remove a contact users may rely on.
-        if repair
-            && orphan.in_source
-            && let Ok(id) = ExternalId::parse(external_id)
-        {
-            adopt(ledger, &mapper, &id, first).await?;
-            linked_ids.insert(first.id.clone());
-            report.adopted += 1;
-            info!(event = "adopted", external_id, quo_id = %first.id, "orphan adopted into the ledger");
-            continue;
-        }
-        report.orphans.push(orphan);
-    }
-    report
-        .orphans
-        .sort_by(|a, b| a.external_id.cmp(&b.external_id));
-    report.missing_in_quo.sort();
-    Ok(report)
 }
 
 /// Links `external_id` to `contact`, taking Quo's copy as the agreed snapshot. The source

@@ -20,6 +20,7 @@
 //! the first time (before the first creates) and kept fresh after; our own contacts get their
 //! notices exactly as before.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,97 +164,26 @@ pub async fn scan_pass(
         progress.complete = true;
         return Ok(progress);
     }
-    if ledger
-        .meta(SCAN_SCOPE)
-        .await?
-        .is_some_and(|stored| stored != scope.as_str())
-    {
-        // A pass of the other scope was cut short: its page token belongs to another listing.
-        restart_pass(ledger).await?;
-    }
-    let scan_id = match ledger.meta(SCAN_ID).await? {
-        Some(id) => id,
-        None => {
-            let id = uuid::Uuid::new_v4().to_string();
-            ledger
-                .set_meta(SCAN_STARTED, &chrono::Utc::now().to_rfc3339())
-                .await?;
-            ledger.set_meta(SCAN_SCOPE, scope.as_str()).await?;
-            ledger.set_meta(SCAN_ID, &id).await?;
-            id
-        }
-    };
+    let mut pass = RunningPass::begin(ledger, scope, guard, linked.max(0) as usize).await?;
     let ours = client.source().to_string();
     let more_allowed = |pages: u32| !stop.is_cancelled() && max_pages.is_none_or(|m| pages < m);
     let mut token = ledger.meta(SCAN_TOKEN).await?;
     let mut tokens = crate::quo::client::PageTokens::default();
-    // Listed before the ledger linked them (a create racing the pass): not missing at the end.
-    let mut unlinked_when_listed = std::collections::HashSet::new();
     if !more_allowed(0) {
         return Ok(progress);
     }
     let mut answer = scope.page(client, token.as_deref()).await;
     loop {
-        let page = match answer {
-            Ok(page) => page,
-            Err(QuoError::Rejected { status: 400, .. }) if token.is_some() => {
-                // The token expired or was refused: start the pass over rather than stall.
-                warn!(
-                    event = "scan_restarted",
-                    "Quo refused the saved page token; the scan starts over"
-                );
-                restart_pass(ledger).await?;
-                return Ok(progress);
-            }
-            Err(e) => return Err(e.into()),
+        let Some(mut page) = page_or_restart(ledger, answer, token.is_some()).await? else {
+            return Ok(progress);
         };
         if scope == Scope::Workspace {
             ledger.workspace_put(&page.contacts).await?;
         }
-        // Unlinked contacts that may be ours (only those carrying our source): each one's
-        // externalId and creation time (a copy made after every unconfirmed create of its record
-        // is not theirs).
-        let external_ids: std::collections::HashMap<String, (String, Option<String>)> = page
-            .contacts
-            .iter()
-            .filter(|c| c.source.as_deref() == Some(ours.as_str()))
-            .filter_map(|c| Some((c.id.clone(), (c.external_id.clone()?, c.created_at.clone()))))
-            .collect();
-        let not_ours: std::collections::HashSet<&str> = page
-            .contacts
-            .iter()
-            .filter(|c| c.source.as_deref() != Some(ours.as_str()))
-            .map(|c| c.id.as_str())
-            .collect();
-        let mut listed: Vec<(String, Option<String>)> = page
-            .contacts
-            .iter()
-            .map(|c| (c.id.clone(), c.updated_at.clone()))
-            .collect();
-        // An undecodable contact is still a notice: the fetch by id sets it apart.
-        listed.extend(
-            page.undecodable
-                .iter()
-                .filter_map(|u| u.quo_id.clone().map(|id| (id, None))),
-        );
-        let Some(next) = page.next_page_token else {
-            let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
-            let orphans = only_ours(orphans, &not_ours);
-            let copies = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
-            let mut slice = ScanProgress::page(listed.len(), notices + copies, orphans.len());
-            unlinked_when_listed.extend(orphans);
-            let (missing, refused) = note_missing(
-                ledger,
-                &scan_id,
-                &unlinked_when_listed,
-                guard,
-                linked.max(0) as usize,
-            )
-            .await?;
-            slice.notices += missing;
-            slice.missing_refused = refused;
-            count_unconfirmed_misses(ledger).await?;
-            finish_pass(ledger, client, scope).await?;
+        let next_page_token = page.next_page_token.take();
+        let listed = ListedPage::of(&page, &ours);
+        let Some(next) = next_page_token else {
+            let slice = pass.last_page(ledger, client, &listed).await?;
             on_page(&slice);
             progress.add(&slice);
             progress.complete = true;
@@ -265,11 +195,9 @@ pub async fn scan_pass(
             return Err(e.into());
         }
         let store = async {
-            let (notices, orphans) = note_page(ledger, &scan_id, &listed).await?;
-            let orphans = only_ours(orphans, &not_ours);
-            let copies = note_copies(ledger, &scan_id, &orphans, &external_ids).await?;
+            let noted = listed.note(ledger, &pass.scan_id).await?;
             ledger.set_meta(SCAN_TOKEN, &next).await?;
-            Ok::<_, IntakeError>((notices + copies, orphans))
+            Ok::<_, IntakeError>(noted)
         };
         let prefetch = more_allowed(progress.pages + 1);
         let (noted, next_answer) = if prefetch {
@@ -279,8 +207,8 @@ pub async fn scan_pass(
             (store.await, None)
         };
         let (notices, orphans) = noted?;
-        let slice = ScanProgress::page(listed.len(), notices, orphans.len());
-        unlinked_when_listed.extend(orphans);
+        let slice = ScanProgress::page(listed.listed.len(), notices, orphans.len());
+        pass.unlinked_when_listed.extend(orphans);
         on_page(&slice);
         progress.add(&slice);
         token = Some(next);
@@ -289,6 +217,162 @@ pub async fn scan_pass(
             // Stopped or out of pages: the next call starts from the stored token.
             _ => return Ok(progress),
         }
+    }
+}
+
+/// The listed page, or `None` when Quo refused the saved page token (`resumed`: the page was
+/// asked with one): it expired or was refused, and the pass starts over rather than stall.
+async fn page_or_restart(
+    ledger: &Ledger,
+    answer: Result<ContactList, QuoError>,
+    resumed: bool,
+) -> Result<Option<ContactList>, IntakeError> {
+    match answer {
+        Ok(page) => Ok(Some(page)),
+        Err(QuoError::Rejected { status: 400, .. }) if resumed => {
+            warn!(
+                event = "scan_restarted",
+                "Quo refused the saved page token; the scan starts over"
+            );
+            restart_pass(ledger).await?;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pass one call to [`scan_pass`] continues (or starts).
+struct RunningPass {
+    scope: Scope,
+    /// The pass's id (marks `records.scan_seen`).
+    scan_id: String,
+    guard: DeleteGuard,
+    /// Linked contacts when the call began (what the deletion guard weighs the unlisted against).
+    linked: usize,
+    /// Listed before the ledger linked them (a create racing the pass): not missing at the end.
+    unlinked_when_listed: HashSet<String>,
+}
+
+impl RunningPass {
+    /// Resumes the stored pass of `scope`, or starts one (a pass of the other scope cut short
+    /// is dropped: its page token belongs to another listing).
+    async fn begin(
+        ledger: &Ledger,
+        scope: Scope,
+        guard: DeleteGuard,
+        linked: usize,
+    ) -> Result<Self, IntakeError> {
+        if ledger
+            .meta(SCAN_SCOPE)
+            .await?
+            .is_some_and(|stored| stored != scope.as_str())
+        {
+            restart_pass(ledger).await?;
+        }
+        let scan_id = match ledger.meta(SCAN_ID).await? {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                ledger
+                    .set_meta(SCAN_STARTED, &chrono::Utc::now().to_rfc3339())
+                    .await?;
+                ledger.set_meta(SCAN_SCOPE, scope.as_str()).await?;
+                ledger.set_meta(SCAN_ID, &id).await?;
+                id
+            }
+        };
+        Ok(RunningPass {
+            scope,
+            scan_id,
+            guard,
+            linked,
+            unlinked_when_listed: HashSet::new(),
+        })
+    }
+
+    /// Notes the last page of a complete pass, then what the whole pass tells: the linked
+    /// contacts it did not list, the unconfirmed creates it found nothing of; and ends it.
+    /// Returns the page's slice of the pass.
+    async fn last_page(
+        &mut self,
+        ledger: &Ledger,
+        client: &QuoClient,
+        page: &ListedPage<'_>,
+    ) -> Result<ScanProgress, IntakeError> {
+        let (notices, orphans) = page.note(ledger, &self.scan_id).await?;
+        let mut slice = ScanProgress::page(page.listed.len(), notices, orphans.len());
+        self.unlinked_when_listed.extend(orphans);
+        let (missing, refused) = note_missing(
+            ledger,
+            &self.scan_id,
+            &self.unlinked_when_listed,
+            self.guard,
+            self.linked,
+        )
+        .await?;
+        slice.notices += missing;
+        slice.missing_refused = refused;
+        count_unconfirmed_misses(ledger).await?;
+        finish_pass(ledger, client, self.scope).await?;
+        Ok(slice)
+    }
+}
+
+/// One listed page, sorted for the notices it yields.
+struct ListedPage<'a> {
+    /// Every listed contact with its `updatedAt`; an undecodable contact is listed too (with
+    /// none: the fetch by id sets it apart).
+    listed: Vec<(String, Option<String>)>,
+    /// Contacts carrying our source (unlinked ones may be ours): each one's externalId and
+    /// creation time (a copy made after every unconfirmed create of its record is not theirs).
+    external_ids: HashMap<String, (String, Option<String>)>,
+    /// Contacts carrying another source: the workspace's, never orphans of ours.
+    not_ours: HashSet<&'a str>,
+}
+
+impl<'a> ListedPage<'a> {
+    fn of(page: &'a ContactList, ours: &str) -> Self {
+        let external_ids = page
+            .contacts
+            .iter()
+            .filter(|c| c.source.as_deref() == Some(ours))
+            .filter_map(|c| Some((c.id.clone(), (c.external_id.clone()?, c.created_at.clone()))))
+            .collect();
+        let not_ours = page
+            .contacts
+            .iter()
+            .filter(|c| c.source.as_deref() != Some(ours))
+            .map(|c| c.id.as_str())
+            .collect();
+        let mut listed: Vec<(String, Option<String>)> = page
+            .contacts
+            .iter()
+            .map(|c| (c.id.clone(), c.updated_at.clone()))
+            .collect();
+        listed.extend(
+            page.undecodable
+                .iter()
+                .filter_map(|u| u.quo_id.clone().map(|id| (id, None))),
+        );
+        ListedPage {
+            listed,
+            external_ids,
+            not_ours,
+        }
+    }
+
+    /// Marks the page's linked contacts listed and writes its notices (changed contacts, and
+    /// copies an unconfirmed create may have made). Returns the notices stored and our listed
+    /// contacts the ledger does not link.
+    async fn note(
+        &self,
+        ledger: &Ledger,
+        scan_id: &str,
+    ) -> Result<(u64, Vec<String>), IntakeError> {
+        let (notices, orphans) = note_page(ledger, scan_id, &self.listed).await?;
+        let orphans = only_ours(orphans, &self.not_ours);
+        let copies = note_copies(ledger, scan_id, &orphans, &self.external_ids).await?;
+        Ok((notices + copies, orphans))
     }
 }
 

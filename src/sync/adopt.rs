@@ -104,62 +104,13 @@ impl Cycle {
         let have = self.mapper.from_contact(&fresh);
         let (replaced, written) = replaced_values(&have, crm, &relabelled);
         // What the PATCH replaces is on record before it is sent.
-        let adoption = Adoption {
-            external_id: external_id.to_string(),
-            quo_id: quo_id.to_string(),
-            previous_source: fresh.source.clone().filter(|s| !s.is_empty()),
-            previous_external_id: fresh.external_id.clone(),
-            replaced: replaced.clone(),
-            written: written.clone(),
-            adopted_at: crate::ledger::now_text(),
-        };
-        self.ctx
-            .ledger
-            .record_adoption_intent(&AdoptionIntent {
-                sent: crm,
-                adoption: &adoption,
-                run_id: Some(&self.run_id),
-            })
+        self.record_adoption_intent(external_id, &quo_id, &fresh, crm, &replaced, written)
             .await?;
-        for (field, quo) in &replaced {
-            let crm_value = written.get(field).cloned().unwrap_or(Value::Null);
-            warn!(event = "conflict", external_id = %external_id, quo_id = %quo_id, field = %field,
-                  crm_value = %crm_value, quo_value = %quo, winner = "crm", policy = ADOPTED,
-                  "adoption replaces a value typed in Quo");
-            metrics::counter!("quo_sync_conflicts_total").increment(1);
-        }
-        let confirmed = match self
+        let patched = self
             .patch_confirmed_claiming(&quo_id, crm, base, Some(&claim))
-            .await
-        {
-            Err(Failure::Quo(QuoError::Rejected {
-                status: 403,
-                message,
-                ..
-            })) => {
-                // Quo refuses to write it (a native integration's, read-only): nothing changed.
-                self.ctx.ledger.forget(external_id).await?;
-                self.ctx
-                    .ledger
-                    .forget_adoption(external_id.as_str())
-                    .await?;
-                let held = Held {
-                    reason: format!(
-                        "Quo refused to write contact {quo_id} (403: {message}): it is read-only (a native integration's); resolve with `quo-sync link {external_id} --create`, or fix the data"
-                    ),
-                    contacts: vec![quo_id.to_string()],
-                    field: None,
-                };
-                self.hold(record, &held).await?;
-                return Ok(());
-            }
-            Err(Failure::Missing) => {
-                self.ctx.ledger.forget(external_id).await?;
-                self.ctx.ledger.workspace_remove(quo_id.as_str()).await?;
-                warn!(event = "adopt_target_gone", external_id = %external_id, quo_id = %quo_id, "the contact chosen for adoption was deleted in Quo; the record is matched again next cycle");
-                return Ok(());
-            }
-            other => other?,
+            .await;
+        let Some(confirmed) = self.adoption_patched(record, &quo_id, patched).await? else {
+            return Ok(());
         };
         self.commit(
             external_id,
@@ -183,6 +134,86 @@ impl Cycle {
         self.counted(Action::Adopt, external_id, Some(quo_id.as_str()), fields)
             .await;
         Ok(())
+    }
+
+    /// Puts on record, before the PATCH is sent, what adopting `fresh` replaces: the ledger's
+    /// adoption intent, and a conflict (the CRM wins) for each value typed in Quo it replaces.
+    async fn record_adoption_intent(
+        &self,
+        external_id: &ExternalId,
+        quo_id: &QuoContactId,
+        fresh: &Contact,
+        crm: &Snapshot,
+        replaced: &BTreeMap<String, Value>,
+        written: BTreeMap<String, Value>,
+    ) -> Result<(), Failure> {
+        let adoption = Adoption {
+            external_id: external_id.to_string(),
+            quo_id: quo_id.to_string(),
+            previous_source: fresh.source.clone().filter(|s| !s.is_empty()),
+            previous_external_id: fresh.external_id.clone(),
+            replaced: replaced.clone(),
+            written,
+            adopted_at: crate::ledger::now_text(),
+        };
+        self.ctx
+            .ledger
+            .record_adoption_intent(&AdoptionIntent {
+                sent: crm,
+                adoption: &adoption,
+                run_id: Some(&self.run_id),
+            })
+            .await?;
+        for (field, quo) in replaced {
+            let crm_value = adoption.written.get(field).cloned().unwrap_or(Value::Null);
+            warn!(event = "conflict", external_id = %external_id, quo_id = %quo_id, field = %field,
+                  crm_value = %crm_value, quo_value = %quo, winner = "crm", policy = ADOPTED,
+                  "adoption replaces a value typed in Quo");
+            metrics::counter!("quo_sync_conflicts_total").increment(1);
+        }
+        Ok(())
+    }
+
+    /// The contact the adoption PATCH left, confirmed; or `None` when it did not land: Quo
+    /// refused to write the contact (403: a native integration's, read-only; the record is held
+    /// with the way out) or it was deleted (matched again next cycle).
+    async fn adoption_patched(
+        &self,
+        record: &SourceRecord,
+        quo_id: &QuoContactId,
+        patched: Result<Contact, Failure>,
+    ) -> Result<Option<Contact>, Failure> {
+        let external_id = &record.external_id;
+        match patched {
+            Err(Failure::Quo(QuoError::Rejected {
+                status: 403,
+                message,
+                ..
+            })) => {
+                // Quo refuses to write it (a native integration's, read-only): nothing changed.
+                self.ctx.ledger.forget(external_id).await?;
+                self.ctx
+                    .ledger
+                    .forget_adoption(external_id.as_str())
+                    .await?;
+                let held = Held {
+                    reason: format!(
+                        "Quo refused to write contact {quo_id} (403: {message}): it is read-only (a native integration's); resolve with `quo-sync link {external_id} --create`, or fix the data"
+                    ),
+                    contacts: vec![quo_id.to_string()],
+                    field: None,
+                };
+                self.hold(record, &held).await?;
+                Ok(None)
+            }
+            Err(Failure::Missing) => {
+                self.ctx.ledger.forget(external_id).await?;
+                self.ctx.ledger.workspace_remove(quo_id.as_str()).await?;
+                warn!(event = "adopt_target_gone", external_id = %external_id, quo_id = %quo_id, "the contact chosen for adoption was deleted in Quo; the record is matched again next cycle");
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
     }
 
     /// The contact to build the adoption PATCH on: the listing's copy when it was read this

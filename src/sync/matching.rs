@@ -191,6 +191,17 @@ pub(super) fn record_keys(snapshot: &Snapshot, mode: crate::config::MatchExistin
     keys
 }
 
+/// Why a record whose link an operator undid is held, and the way out.
+fn held_by_operator(external_id: &str) -> Held {
+    Held {
+        reason: format!(
+            "held by an operator (its link was undone); resolve with `quo-sync link {external_id} <contact-id>` or `quo-sync link {external_id} --create`"
+        ),
+        contacts: Vec::new(),
+        field: None,
+    }
+}
+
 impl Cycle {
     /// A record the read wants created: created now (no match), or left for [`decide_matches`]
     /// (matches to weigh), or linked to its own lost contact. `None` when nothing is dispatched
@@ -217,15 +228,11 @@ impl Cycle {
         }
         let external_id = record.external_id.as_str().to_string();
         let decided = match self.decisions.get(&external_id) {
-            Some(MatchDecision::Create) => return create(record, snapshot, fingerprint, None),
+            Some(MatchDecision::Create) => {
+                return create(record, snapshot, fingerprint, None);
+            }
             Some(MatchDecision::Hold) => {
-                let held = Held {
-                    reason: format!(
-                        "held by an operator (its link was undone); resolve with `quo-sync link {external_id} <contact-id>` or `quo-sync link {external_id} --create`"
-                    ),
-                    contacts: Vec::new(),
-                    field: None,
-                };
+                let held = held_by_operator(&external_id);
                 return self
                     .hold_or_resolve(record, snapshot, fingerprint, pending, held)
                     .await;
@@ -241,30 +248,14 @@ impl Cycle {
             return Ok(None);
         };
         let decided = match decided {
-            Some(quo_id) => match index.ledger.workspace_contact(&quo_id).await? {
-                Some(contact) => Some(contact),
-                None => self.read_into_index(&index.ledger, &quo_id).await?,
-            },
+            Some(quo_id) => self.indexed_contact(&index.ledger, &quo_id).await?,
             None => None,
         };
-        let found = self
-            .find_candidates(&index.ledger, &external_id, &keys, decided.is_some())
-            .await?;
-        let (found, unconfirmed) = match found {
-            Found::Candidates(c) if c.is_empty() && decided.is_none() => {
-                if index.confirmed || self.confirmation.get() == Some(&true) {
-                    return create(record, snapshot, fingerprint, None);
-                }
-                // The first create waits until a second listing agrees (`confirm.rs`).
-                match self
-                    .look_up_confirmed(&index.ledger, &external_id, &keys)
-                    .await?
-                {
-                    Some(again) => again,
-                    None => return Ok(None),
-                }
-            }
-            found => (found, false),
+        let Some((found, unconfirmed)) = self
+            .look_up(index, &external_id, &keys, decided.is_some())
+            .await?
+        else {
+            return Ok(None);
         };
         let candidates = match found {
             Found::Own(contact) => {
@@ -275,14 +266,8 @@ impl Cycle {
         if candidates.is_empty() && decided.is_none() && !unconfirmed {
             return create(record, snapshot, fingerprint, None);
         }
-        let candidates_empty = candidates.is_empty();
-        self.matched_contacts.lock().await.extend(
-            decided
-                .iter()
-                .map(|c| c.quo_id.clone())
-                .chain(candidates.iter().map(|c| c.contact.quo_id.clone())),
-        );
-        self.deferred.lock().await.push(Deferred {
+        let unconfirmed = unconfirmed && candidates.is_empty();
+        self.defer(Deferred {
             record,
             snapshot,
             fingerprint,
@@ -290,9 +275,64 @@ impl Cycle {
             candidates,
             decided,
             own: None,
-            unconfirmed: unconfirmed && candidates_empty,
-        });
+            unconfirmed,
+        })
+        .await;
         Ok(None)
+    }
+
+    /// What the workspace index holds for a record (`decided`: a contact was chosen already):
+    /// its candidates or its own lost contact, and whether an empty answer is not confirmed
+    /// yet. The first create of an unconfirmed index waits until a second listing agrees
+    /// (`confirm.rs`): `None` while it waits.
+    async fn look_up(
+        &self,
+        index: &WorkspaceIndex,
+        external_id: &str,
+        keys: &[String],
+        decided: bool,
+    ) -> Result<Option<(Found, bool)>, SyncError> {
+        let found = self
+            .find_candidates(&index.ledger, external_id, keys, decided)
+            .await?;
+        match found {
+            Found::Candidates(c)
+                if c.is_empty()
+                    && !decided
+                    && !index.confirmed
+                    && self.confirmation.get() != Some(&true) =>
+            {
+                self.look_up_confirmed(&index.ledger, external_id, keys)
+                    .await
+            }
+            found => Ok(Some((found, false))),
+        }
+    }
+
+    /// Leaves a record for [`decide_matches`], once the whole read tells which contacts more
+    /// than one record matches.
+    async fn defer(&self, deferred: Deferred) {
+        self.matched_contacts.lock().await.extend(
+            deferred
+                .decided
+                .iter()
+                .map(|c| c.quo_id.clone())
+                .chain(deferred.candidates.iter().map(|c| c.contact.quo_id.clone())),
+        );
+        self.deferred.lock().await.push(deferred);
+    }
+
+    /// The contact `quo_id` as the workspace index holds it, read into the index by id when it
+    /// is not there (`None`: gone from Quo).
+    async fn indexed_contact(
+        &self,
+        index: &Ledger,
+        quo_id: &str,
+    ) -> Result<Option<WorkspaceContact>, SyncError> {
+        match index.workspace_contact(quo_id).await? {
+            Some(contact) => Ok(Some(contact)),
+            None => self.read_into_index(index, quo_id).await,
+        }
     }
 
     /// The contacts in `index` a record about to be created may adopt (by `keys`), leaving out

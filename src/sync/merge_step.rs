@@ -22,6 +22,26 @@ pub(super) fn parse_time(text: Option<&str>) -> Option<chrono::DateTime<chrono::
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
+/// The record a Quo-side change is merged into: the one just read, or the contact's
+/// `externalId` (an incremental read did not return it).
+fn merged_external_id(
+    record: Option<&SourceRecord>,
+    contact: &Contact,
+) -> Result<ExternalId, SyncError> {
+    match record {
+        Some(r) => Ok(r.external_id.clone()),
+        None => {
+            ExternalId::parse(contact.external_id.as_deref().unwrap_or_default()).map_err(|_| {
+                SyncError::Ledger(crate::ledger::LedgerError::Corrupt {
+                    external_id: contact.id.clone(),
+                    column: "external_id",
+                    reason: "contact without externalId".into(),
+                })
+            })
+        }
+    }
+}
+
 impl Cycle {
     /// Phase 1: Quo-side changes and deletions, before the source is read (deletions change
     /// what the forward pass must do; edits are merged when their record is read).
@@ -193,18 +213,7 @@ impl Cycle {
         record: Option<SourceRecord>,
         contact: Contact,
     ) -> Result<Option<Work>, SyncError> {
-        let external_id = match &record {
-            Some(r) => r.external_id.clone(),
-            None => ExternalId::parse(contact.external_id.as_deref().unwrap_or_default()).map_err(
-                |_| {
-                    SyncError::Ledger(crate::ledger::LedgerError::Corrupt {
-                        external_id: contact.id.clone(),
-                        column: "external_id",
-                        reason: "contact without externalId".into(),
-                    })
-                },
-            )?,
-        };
+        let external_id = merged_external_id(record.as_ref(), &contact)?;
         let Some(row) = self.ctx.ledger.record(&external_id).await? else {
             return Ok(None);
         };
@@ -217,26 +226,9 @@ impl Cycle {
         };
         let base = row.snapshot.clone().unwrap_or_default();
         let crm = match &record {
-            Some(record) => match self.mapper.map(record) {
-                Ok(snapshot) => self.crm_view(&external_id, snapshot).await?,
-                Err(error) => {
-                    self.unsettled.lock().await.insert(external_id.to_string());
-                    self.quarantine(
-                        NewQuarantine {
-                            external_id: Some(external_id.as_str()),
-                            location: &record.location,
-                            stage: QuarantineStage::Mapping,
-                            field: Some(&error.field),
-                            value: Some(&error.value),
-                            reason: &error.reason,
-                            raw: None,
-                        },
-                        PlannedOp::new(external_id.as_str(), Action::Quarantine)
-                            .with_reason(&error.to_string()),
-                    )
-                    .await?;
-                    return Ok(None);
-                }
+            Some(record) => match self.crm_side(&external_id, record).await? {
+                Some(crm) => crm,
+                None => return Ok(None),
             },
             None => base.clone(),
         };
@@ -258,26 +250,14 @@ impl Cycle {
             .await?;
         let fingerprint = record.as_ref().map(|r| self.mapper.fingerprint(r));
         if !outcome.to_crm.is_empty() {
-            if self.mode == Mode::DryRun {
-                self.operations.lock().await.push(
-                    PlannedOp::new(external_id.as_str(), Action::WriteCrm)
-                        .with_fields(outcome.to_crm.clone()),
-                );
-                if !outcome.to_quo.is_empty() {
-                    self.operations.lock().await.push(
-                        PlannedOp::new(external_id.as_str(), Action::Update)
-                            .with_fields(outcome.to_quo.clone()),
-                    );
-                }
-                return Ok(None);
-            }
-            self.writebacks.lock().await.push(WriteBack {
+            self.queue_write_back(WriteBack {
                 external_id,
                 record,
                 quo_id,
                 contact,
                 outcome,
-            });
+            })
+            .await;
             return Ok(None);
         }
         if !outcome.to_quo.is_empty() {
@@ -296,22 +276,77 @@ impl Cycle {
                 crm_modified,
             }))));
         }
-        // Both sides already agree (an echo, or the same edit on both): remember Quo's copy.
+        let agreed = SyncedRecord {
+            external_id: &external_id,
+            quo_id: &quo_id,
+            source_fingerprint: fingerprint.as_deref(),
+            snapshot: &outcome.merged,
+            contact: &contact,
+            crm_updated_at: None,
+        };
+        self.keep_agreement(agreed).await?;
+        Ok(None)
+    }
+
+    /// Both sides already agree (an echo, or the same edit on both): Quo's copy is remembered
+    /// as the agreed one, and the record counts as unchanged.
+    async fn keep_agreement(&self, agreed: SyncedRecord<'_>) -> Result<(), SyncError> {
         if self.mode == Mode::Apply {
-            self.ctx
-                .ledger
-                .commit_synced(SyncedRecord {
-                    external_id: &external_id,
-                    quo_id: &quo_id,
-                    source_fingerprint: fingerprint.as_deref(),
-                    snapshot: &outcome.merged,
-                    contact: &contact,
-                    crm_updated_at: None,
-                })
-                .await?;
+            self.ctx.ledger.commit_synced(agreed).await?;
         }
         self.counts.lock().await.unchanged += 1;
-        Ok(None)
+        Ok(())
+    }
+
+    /// The CRM side of a merge: the record just read, mapped (as the CRM view shows it); or
+    /// `None` when it does not map, quarantined (its Quo change stays unsettled).
+    async fn crm_side(
+        &self,
+        external_id: &ExternalId,
+        record: &SourceRecord,
+    ) -> Result<Option<Snapshot>, SyncError> {
+        match self.mapper.map(record) {
+            Ok(snapshot) => Ok(Some(self.crm_view(external_id, snapshot).await?)),
+            Err(error) => {
+                self.unsettled.lock().await.insert(external_id.to_string());
+                self.quarantine(
+                    NewQuarantine {
+                        external_id: Some(external_id.as_str()),
+                        location: &record.location,
+                        stage: QuarantineStage::Mapping,
+                        field: Some(&error.field),
+                        value: Some(&error.value),
+                        reason: &error.reason,
+                        raw: None,
+                    },
+                    PlannedOp::new(external_id.as_str(), Action::Quarantine)
+                        .with_reason(&error.to_string()),
+                )
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A merge with changes for the CRM waits for the write-back batch after the read (a dry
+    /// run plans the CRM write, and the Quo update that would follow it).
+    async fn queue_write_back(&self, pending: WriteBack) {
+        if self.mode == Mode::DryRun {
+            let external_id = pending.external_id.as_str();
+            let mut operations = self.operations.lock().await;
+            operations.push(
+                PlannedOp::new(external_id, Action::WriteCrm)
+                    .with_fields(pending.outcome.to_crm.clone()),
+            );
+            if !pending.outcome.to_quo.is_empty() {
+                operations.push(
+                    PlannedOp::new(external_id, Action::Update)
+                        .with_fields(pending.outcome.to_quo.clone()),
+                );
+            }
+            return;
+        }
+        self.writebacks.lock().await.push(pending);
     }
 
     /// Merges three-way and records every conflict (log, metric, `conflicts` table).
@@ -379,30 +414,7 @@ impl Cycle {
             return Ok(Vec::new());
         }
         let now = chrono::Utc::now();
-        let mut changes = Vec::new();
-        let mut ready = Vec::new();
-        for wb in pending {
-            match self
-                .mapper
-                .to_crm_fields(&wb.outcome.merged, &wb.outcome.to_crm)
-            {
-                Ok(fields) => {
-                    changes.push(CrmChange {
-                        external_id: wb.external_id.clone(),
-                        fields,
-                        updated_at: now,
-                    });
-                    ready.push(wb);
-                }
-                Err(error) => {
-                    self.unsettled
-                        .lock()
-                        .await
-                        .insert(wb.external_id.to_string());
-                    warn!(event = "write_back_failed", external_id = %wb.external_id, error = %error, "cannot express the Quo value in the CRM");
-                }
-            }
-        }
+        let (changes, ready) = self.crm_changes(pending, now).await;
         self.ctx.ledger.ensure_leader()?;
         let report = match self
             .ctx
@@ -453,6 +465,40 @@ impl Cycle {
             }
         }
         Ok(follow_up)
+    }
+
+    /// Each pending merge's CRM change (the merged values in the CRM's fields, stamped `now`),
+    /// with the merges it was made for; a merge the CRM cannot express stays unsettled.
+    async fn crm_changes(
+        &self,
+        pending: Vec<WriteBack>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (Vec<CrmChange>, Vec<WriteBack>) {
+        let mut changes = Vec::new();
+        let mut ready = Vec::new();
+        for wb in pending {
+            match self
+                .mapper
+                .to_crm_fields(&wb.outcome.merged, &wb.outcome.to_crm)
+            {
+                Ok(fields) => {
+                    changes.push(CrmChange {
+                        external_id: wb.external_id.clone(),
+                        fields,
+                        updated_at: now,
+                    });
+                    ready.push(wb);
+                }
+                Err(error) => {
+                    self.unsettled
+                        .lock()
+                        .await
+                        .insert(wb.external_id.to_string());
+                    warn!(event = "write_back_failed", external_id = %wb.external_id, error = %error, "cannot express the Quo value in the CRM");
+                }
+            }
+        }
+        (changes, ready)
     }
 
     /// Commits a CRM write the CRM confirmed, and returns the Quo update that must follow it.

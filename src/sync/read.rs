@@ -4,6 +4,7 @@
 //! over the ledger index.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
@@ -29,6 +30,14 @@ use crate::source::{
 /// file is parsed and fingerprinted while the ledger index loads.
 const READ_AHEAD_BATCHES: usize = 256;
 
+/// The source's read, running on its own task.
+struct Reader {
+    /// The records, digested, in batches.
+    batches: mpsc::Receiver<Vec<DigestedItem>>,
+    /// The read: its summary and how long it took.
+    task: tokio::task::JoinHandle<(Result<ReadSummary, SourceError>, std::time::Duration)>,
+}
+
 /// What the read left for the settle phase.
 pub(super) struct ReadOutcome {
     /// The ledger index, with `seen` set for every record the read returned.
@@ -53,39 +62,17 @@ impl Cycle {
     /// ahead into a deep channel of batches; an unchanged row then costs one hash lookup here.
     pub(super) async fn read_and_plan(self: &Arc<Self>) -> Result<ReadOutcome, SyncError> {
         let ctx = &self.ctx;
-        // Incremental reads (REST with updated_since) between periodic full reads.
         let started = Utc::now();
-        let last_full = ctx.ledger.meta_time(LAST_FULL_READ).await?;
-        let since = if ctx.source.wants_full_read(last_full, started) {
-            None
-        } else {
-            ctx.ledger.meta_time(HIGH_WATER).await?
-        };
-        let (tx, mut rx) = mpsc::channel::<Vec<DigestedItem>>(READ_AHEAD_BATCHES);
-        let source = ctx.source.clone();
-        let fingerprint = self.mapper.raw_fingerprint().clone();
-        let read_started = Instant::now();
-        let reader = tokio::spawn(async move {
-            let summary = source
-                .read_digested(ReadRequest { since }, fingerprint, tx)
-                .await;
-            (summary, read_started.elapsed())
-        });
+        let reader = self.spawn_reader(started).await?;
         let index_started = Instant::now();
-        let mut index = ctx.ledger.load_index().await?;
-        let index_ms = index_started.elapsed().as_millis() as u64;
-        info!(
-            event = "index_loaded",
-            records = index.len(),
-            ms = index_ms,
-            "ledger index loaded"
-        );
+        let (mut index, index_ms) = self.load_index_timed().await?;
         let mut high_water: Option<DateTime<Utc>> = None;
         let mut pool = Pool::new(ctx.settings.concurrency);
         let mut dispatched: HashSet<String> = HashSet::new();
         let mut repeats = Vec::new();
         let mut tally = Tally::default();
         let mut compare = std::time::Duration::ZERO;
+        let mut rx = reader.batches;
         'read: while let Some(batch) = rx.recv().await {
             let batch_started = Instant::now();
             ctx.progress.read(batch.len() as u64);
@@ -130,22 +117,9 @@ impl Cycle {
             ms = index_started.elapsed().as_millis() as u64,
             "source read and classified"
         );
-        let (summary, read_time) = reader.await.expect("reader panicked");
-        {
-            let mut phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
-            phases.read = read_time.as_millis() as u64;
-            phases.index = index_ms;
-            phases.compare = compare.as_millis() as u64;
-        }
-        let summary = match summary {
-            Ok(summary) => Some(summary),
-            Err(SourceError::Cancelled) if self.stop.is_cancelled() => None,
-            Err(e) => {
-                // Let in-flight work finish and commit before reporting the failure.
-                pool.finish(self).await?;
-                return Err(e.into());
-            }
-        };
+        let (summary, read_time) = reader.task.await.expect("reader panicked");
+        self.record_read_phases(read_time, index_ms, compare);
+        let summary = self.read_summary(summary, &mut pool).await?;
         Ok(ReadOutcome {
             index,
             summary: summary.filter(|_| !self.stop.is_cancelled()),
@@ -154,6 +128,74 @@ impl Cycle {
             repeats,
             pool,
         })
+    }
+
+    /// Starts the source's read on its own task, parsing and fingerprinting ahead into a deep
+    /// channel of batches: incremental (changed since the high-water mark) between the
+    /// periodic full reads the source asks for (`started`: this read's clock).
+    async fn spawn_reader(&self, started: DateTime<Utc>) -> Result<Reader, SyncError> {
+        let ctx = &self.ctx;
+        let last_full = ctx.ledger.meta_time(LAST_FULL_READ).await?;
+        let since = if ctx.source.wants_full_read(last_full, started) {
+            None
+        } else {
+            ctx.ledger.meta_time(HIGH_WATER).await?
+        };
+        let (tx, batches) = mpsc::channel::<Vec<DigestedItem>>(READ_AHEAD_BATCHES);
+        let source = ctx.source.clone();
+        let fingerprint = self.mapper.raw_fingerprint().clone();
+        let read_started = Instant::now();
+        let task = tokio::spawn(async move {
+            let summary = source
+                .read_digested(ReadRequest { since }, fingerprint, tx)
+                .await;
+            (summary, read_started.elapsed())
+        });
+        Ok(Reader { batches, task })
+    }
+
+    /// The ledger index, loaded while the source reads ahead, and the milliseconds it took.
+    async fn load_index_timed(&self) -> Result<(LedgerIndex, u64), SyncError> {
+        let index_started = Instant::now();
+        let index = self.ctx.ledger.load_index().await?;
+        let index_ms = index_started.elapsed().as_millis() as u64;
+        info!(
+            event = "index_loaded",
+            records = index.len(),
+            ms = index_ms,
+            "ledger index loaded"
+        );
+        Ok((index, index_ms))
+    }
+
+    /// The read phase's times, for the cycle's report.
+    fn record_read_phases(
+        &self,
+        read: std::time::Duration,
+        index_ms: u64,
+        compare: std::time::Duration,
+    ) {
+        let mut phases = self.phases.lock().unwrap_or_else(PoisonError::into_inner);
+        phases.read = read.as_millis() as u64;
+        phases.index = index_ms;
+        phases.compare = compare.as_millis() as u64;
+    }
+
+    /// The source's summary, `None` when shutdown cut the read short. A read that failed lets
+    /// the work in flight finish and commit before the failure is reported.
+    async fn read_summary(
+        self: &Arc<Self>,
+        summary: Result<ReadSummary, SourceError>,
+        pool: &mut Pool,
+    ) -> Result<Option<ReadSummary>, SyncError> {
+        match summary {
+            Ok(summary) => Ok(Some(summary)),
+            Err(SourceError::Cancelled) if self.stop.is_cancelled() => Ok(None),
+            Err(e) => {
+                pool.finish(self).await?;
+                Err(e.into())
+            }
+        }
     }
 
     /// The fast path: a row whose digest matches its ledger entry (synced and linked, or a
@@ -216,46 +258,14 @@ impl Cycle {
         index: &mut LedgerIndex,
     ) -> Result<Option<Work>, SyncError> {
         // Most cycles have no Quo-side news: skip both locks on the per-row hot path then.
-        if self.quo_side.load(Ordering::Relaxed) {
-            let id = record.external_id.as_str();
-            let deleted = self.quo_deleted.lock().await.contains(id);
-            let changed = if deleted {
-                None
-            } else {
-                self.quo_changed.lock().await.remove(id)
-            };
-            // A Quo-side change to a record out of scope is not merged (nothing is written to
-            // the CRM for it): the record is classified as any other.
-            // Nor is one to a record coming back into scope: it returns through the judgement,
-            // with what Quo holds now as its base (`Cycle::come_back`).
-            let returning = index
-                .get(id)
-                .is_some_and(|e| e.state == RecordState::LeftScope);
-            let admitted = (deleted || changed.is_some())
-                && !returning
-                && matches!(self.scope.admits(&record), Ok(true));
-            if !admitted && changed.is_some() {
-                info!(event = "quo_change_out_of_scope", external_id = %id, "a change made in Quo to a contact whose record is out of scope is not written to the CRM");
+        let record = if self.quo_side.load(Ordering::Relaxed) {
+            match self.quo_side_first(record, index).await? {
+                ControlFlow::Break(work) => return Ok(work),
+                ControlFlow::Continue(record) => record,
             }
-            if !admitted && deleted {
-                // `delete_in_crm` deletes no CRM record out of scope either.
-                self.crm_deletes
-                    .lock()
-                    .await
-                    .retain(|(external_id, _)| external_id.as_str() != id);
-            }
-            if admitted {
-                if let Some(entry) = index.get_mut(id) {
-                    entry.seen = true;
-                }
-                self.counts.lock().await.in_scope += 1;
-                // Deleted in Quo: `reverse.on_quo_delete` already decided. Changed: merge.
-                return match changed {
-                    Some(contact) => self.classify_merge(Some(record), contact).await,
-                    None => Ok(None),
-                };
-            }
-        }
+        } else {
+            record
+        };
         let fingerprint = self.mapper.fingerprint(&record);
         let digest = crate::ledger::fingerprint_digest(&fingerprint);
         let entry = index.get_mut(record.external_id.as_str());
@@ -284,6 +294,70 @@ impl Cycle {
         let Some(snapshot) = self.map_or_quarantine(&record).await? else {
             return Ok(None);
         };
+        self.plan_by_state(record, snapshot, fingerprint, state)
+            .await
+    }
+
+    /// A Quo-side change or deletion of the record, when it is in scope: breaks with the
+    /// record's work (the merge of the change; nothing for a deletion, which
+    /// `reverse.on_quo_delete` already decided). Otherwise continues with the record, classified
+    /// as any other.
+    async fn quo_side_first(
+        &self,
+        record: SourceRecord,
+        index: &mut LedgerIndex,
+    ) -> Result<ControlFlow<Option<Work>, SourceRecord>, SyncError> {
+        let id = record.external_id.as_str();
+        let deleted = self.quo_deleted.lock().await.contains(id);
+        let changed = if deleted {
+            None
+        } else {
+            self.quo_changed.lock().await.remove(id)
+        };
+        // A Quo-side change to a record out of scope is not merged (nothing is written to
+        // the CRM for it): the record is classified as any other.
+        // Nor is one to a record coming back into scope: it returns through the judgement,
+        // with what Quo holds now as its base (`Cycle::come_back`).
+        let returning = index
+            .get(id)
+            .is_some_and(|e| e.state == RecordState::LeftScope);
+        let admitted = (deleted || changed.is_some())
+            && !returning
+            && matches!(self.scope.admits(&record), Ok(true));
+        if !admitted && changed.is_some() {
+            info!(event = "quo_change_out_of_scope", external_id = %id, "a change made in Quo to a contact whose record is out of scope is not written to the CRM");
+        }
+        if !admitted && deleted {
+            // `delete_in_crm` deletes no CRM record out of scope either.
+            self.crm_deletes
+                .lock()
+                .await
+                .retain(|(external_id, _)| external_id.as_str() != id);
+        }
+        if !admitted {
+            return Ok(ControlFlow::Continue(record));
+        }
+        if let Some(entry) = index.get_mut(id) {
+            entry.seen = true;
+        }
+        self.counts.lock().await.in_scope += 1;
+        // Deleted in Quo: `reverse.on_quo_delete` already decided. Changed: merge.
+        Ok(ControlFlow::Break(match changed {
+            Some(contact) => self.classify_merge(Some(record), contact).await?,
+            None => None,
+        }))
+    }
+
+    /// What an in-scope, mapped record needs by its ledger state: matched against the
+    /// workspace or created (new, back in scope, or deleted in Quo), its pending create
+    /// resolved, or its update planned.
+    async fn plan_by_state(
+        &self,
+        record: SourceRecord,
+        snapshot: Snapshot,
+        fingerprint: String,
+        state: Option<RecordState>,
+    ) -> Result<Option<Work>, SyncError> {
         match state {
             // New, or out of scope or skipped until now: matched against the workspace, or a
             // create (the mode gate may hold it).

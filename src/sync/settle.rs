@@ -18,6 +18,7 @@ use crate::domain::{ExternalId, QuoContactId};
 use crate::ledger::{IndexEntry, LedgerIndex, RecordState, fingerprint_digest};
 use crate::reverse::absence::CheckError;
 use crate::reverse::intake::QuoChanges;
+use crate::source::SourceRecord;
 
 impl From<CheckError> for SyncError {
     fn from(e: CheckError) -> Self {
@@ -49,46 +50,93 @@ impl Cycle {
         } = read;
         let complete = summary.as_ref().is_some_and(|s| s.complete);
         let read_whole = summary.is_some() && !self.stop.is_cancelled();
-        // Records changed in Quo that a complete read did not return.
-        let mut absent = Vec::new();
         if read_whole {
             // Matches need the whole read: a contact two records match is known only now.
             self.decide_matches(&mut pool, complete).await?;
         }
-        {
-            let counts = self.counts.lock().await;
-            self.ctx.progress.decided(super::ReadTally {
-                unchanged: counts.unchanged,
-                out_of_scope: counts.out_of_scope,
-                skipped_by_mode: counts.skipped_by_mode,
-                held: counts.held,
-            });
-        }
-        if read_whole {
-            // Quo-side changes whose record this read did not return.
-            let leftovers: Vec<_> = self.quo_changed.lock().await.drain().collect();
-            for (external_id, contact) in leftovers {
-                if complete {
-                    // The record left the CRM; on_source_delete decides, not the reverse path.
-                    absent.push(external_id);
-                    continue;
-                }
-                // Incremental read: the CRM record did not change since the last agreement.
-                if let Some(work) = self.classify_merge_unread(&external_id, contact).await? {
-                    pool.dispatch(self, work).await?;
-                }
-            }
-        }
+        self.report_decided().await;
+        // Records changed in Quo that a complete read did not return.
+        let absent = match read_whole {
+            true => self.unread_quo_changes(&mut pool, complete).await?,
+            false => Vec::new(),
+        };
         pool.finish(self).await?;
-        // Ids that came twice: planned again against the committed first copy.
-        for record in repeats {
-            self.refresh_index_entry(&record.external_id, &mut index)
+        self.replan_repeats(repeats, &mut index, &mut pool).await?;
+        self.write_back_rounds(&mut pool).await?;
+        self.settle_missing(&mut pool).await?;
+        pool.finish(self).await?;
+        if read_whole {
+            self.settle_whole_read(&index, &mut pool, complete, started, &absent)
                 .await?;
-            if let Some(work) = self.classify(record, &mut index).await? {
+        }
+        // After the read and its creates: a record still in the CRM has a linked or pending
+        // row by now, or the read saw it, so a copy without either belongs to one that left it.
+        let whole_crm = (read_whole && complete).then_some(&index);
+        self.resolve_copies(&intake.copies, whole_crm).await?;
+        self.flush_judged().await?;
+        if self.mode == Mode::Apply && read_whole {
+            self.commit_read_marks(complete, started, high_water, &intake)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the progress view how the read's records were decided.
+    async fn report_decided(&self) {
+        let counts = self.counts.lock().await;
+        self.ctx.progress.decided(super::ReadTally {
+            unchanged: counts.unchanged,
+            out_of_scope: counts.out_of_scope,
+            skipped_by_mode: counts.skipped_by_mode,
+            held: counts.held,
+        });
+    }
+
+    /// Quo-side changes whose record the whole read did not return: after a complete read the
+    /// record left the CRM (returned: `on_source_delete` decides, not the reverse path); after
+    /// an incremental one the CRM record did not change since the last agreement, so the
+    /// change is merged now.
+    async fn unread_quo_changes(
+        self: &Arc<Self>,
+        pool: &mut super::execute::Pool,
+        complete: bool,
+    ) -> Result<Vec<String>, SyncError> {
+        let mut absent = Vec::new();
+        let leftovers: Vec<_> = self.quo_changed.lock().await.drain().collect();
+        for (external_id, contact) in leftovers {
+            if complete {
+                absent.push(external_id);
+                continue;
+            }
+            if let Some(work) = self.classify_merge_unread(&external_id, contact).await? {
                 pool.dispatch(self, work).await?;
             }
         }
-        pool.finish(self).await?;
+        Ok(absent)
+    }
+
+    /// Ids that came twice in the read: planned again against the committed first copy.
+    async fn replan_repeats(
+        self: &Arc<Self>,
+        repeats: Vec<SourceRecord>,
+        index: &mut LedgerIndex,
+        pool: &mut super::execute::Pool,
+    ) -> Result<(), SyncError> {
+        for record in repeats {
+            self.refresh_index_entry(&record.external_id, index).await?;
+            if let Some(work) = self.classify(record, index).await? {
+                pool.dispatch(self, work).await?;
+            }
+        }
+        pool.finish(self).await
+    }
+
+    /// CRM write-back, in rounds: a follow-up PATCH can meet a newer Quo edit that must go to
+    /// the CRM again (at most [`WRITE_BACK_ROUNDS`]; the next cycle carries on).
+    async fn write_back_rounds(
+        self: &Arc<Self>,
+        pool: &mut super::execute::Pool,
+    ) -> Result<(), SyncError> {
         for _ in 0..WRITE_BACK_ROUNDS {
             // Paused midway: nothing more goes to the CRM (the events stay pending).
             if self.paused_midway() {
@@ -103,54 +151,68 @@ impl Cycle {
             }
             pool.finish(self).await?;
         }
-        self.settle_missing(&mut pool).await?;
-        pool.finish(self).await?;
-        if read_whole {
-            self.resolve_orphan_intents(&index, &mut pool).await?;
-            pool.finish(self).await?;
-            self.forget_unfound_creates().await?;
-            self.deletions(&index, &mut pool, complete).await?;
-            if complete && self.mode == Mode::Apply {
-                self.forget_gone_judged(&index).await?;
-            }
-            self.crm_deletions().await?;
-            pool.finish(self).await?;
-            self.keep_changes_of_absent_records(&absent).await?;
-            if self.mode == Mode::Apply {
-                self.settle_exports().await?;
-            }
-            // Contacts made in Quo: only a complete read tells that no record matches them.
-            self.export_app_contacts(complete, started).await?;
-        }
-        // After the read and its creates: a record still in the CRM has a linked or pending
-        // row by now, or the read saw it, so a copy without either belongs to one that left it.
-        let whole_crm = (read_whole && complete).then_some(&index);
-        self.resolve_copies(&intake.copies, whole_crm).await?;
-        self.flush_judged().await?;
-        if self.mode == Mode::Apply && read_whole {
-            if complete {
-                self.ctx.ledger.release_unseen(&self.run_id).await?;
-                self.ctx
-                    .ledger
-                    .set_meta(LAST_FULL_READ, &started.to_rfc3339())
-                    .await?;
-                if self
-                    .ctx
-                    .ledger
-                    .meta(super::export::FIRST_CYCLE)
-                    .await?
-                    .is_none()
-                {
-                    self.mark_first_cycle().await?;
-                }
-            }
-            // Records a CRM webhook named say nothing of the others' times: the mark stays.
-            if !self.ctx.source.last_read_was_named() {
-                self.advance_high_water(high_water).await?;
-            }
-            self.settle_inbox(&intake).await?;
-        }
         Ok(())
+    }
+
+    /// What only a whole read can decide: intents a crashed run left for records gone from
+    /// the source, creates never found, deletions (either way), the Quo changes of records
+    /// that left the CRM (`absent`), and the contacts made in the app.
+    async fn settle_whole_read(
+        self: &Arc<Self>,
+        index: &LedgerIndex,
+        pool: &mut super::execute::Pool,
+        complete: bool,
+        started: DateTime<Utc>,
+        absent: &[String],
+    ) -> Result<(), SyncError> {
+        self.resolve_orphan_intents(index, pool).await?;
+        pool.finish(self).await?;
+        self.forget_unfound_creates().await?;
+        self.deletions(index, pool, complete).await?;
+        if complete && self.mode == Mode::Apply {
+            self.forget_gone_judged(index).await?;
+        }
+        self.crm_deletions().await?;
+        pool.finish(self).await?;
+        self.keep_changes_of_absent_records(absent).await?;
+        if self.mode == Mode::Apply {
+            self.settle_exports().await?;
+        }
+        // Contacts made in Quo: only a complete read tells that no record matches them.
+        self.export_app_contacts(complete, started).await
+    }
+
+    /// The marks a whole read earns once applied: after a complete one, unseen rows released,
+    /// the full-read clock and the first cycle; the incremental high-water mark; and the
+    /// webhook inbox settled.
+    async fn commit_read_marks(
+        &self,
+        complete: bool,
+        started: DateTime<Utc>,
+        high_water: Option<DateTime<Utc>>,
+        intake: &QuoChanges,
+    ) -> Result<(), SyncError> {
+        if complete {
+            self.ctx.ledger.release_unseen(&self.run_id).await?;
+            self.ctx
+                .ledger
+                .set_meta(LAST_FULL_READ, &started.to_rfc3339())
+                .await?;
+            if self
+                .ctx
+                .ledger
+                .meta(super::export::FIRST_CYCLE)
+                .await?
+                .is_none()
+            {
+                self.mark_first_cycle().await?;
+            }
+        }
+        // Records a CRM webhook named say nothing of the others' times: the mark stays.
+        if !self.ctx.source.last_read_was_named() {
+            self.advance_high_water(high_water).await?;
+        }
+        self.settle_inbox(intake).await
     }
 
     /// Whether a pause stopped this cycle.

@@ -76,24 +76,7 @@ impl RestSource {
         self.prepare().await?;
         let list_headers = self.since_headers(since)?;
         let paging = &self.config.paging;
-        let param = paging.param.clone().unwrap_or_else(|| {
-            match paging.style {
-                PagingStyle::Offset => "offset",
-                PagingStyle::Cursor => "after",
-                _ => "page",
-            }
-            .to_string()
-        });
-        let mut counter = paging.start.unwrap_or(match paging.style {
-            PagingStyle::Offset => 0,
-            _ => 1,
-        });
-        let mut url = match paging.style {
-            PagingStyle::Page | PagingStyle::Offset => {
-                self.list_url(since, Some((&param, counter.to_string())))?
-            }
-            _ => self.list_url(since, None)?,
-        };
+        let (param, mut counter, mut url) = self.first_page(since)?;
         let mut seen: HashSet<String> = HashSet::new();
         // Ids already emitted by this read, with the version emitted (see `emit`).
         let mut emitted: HashMap<String, ReadVersion> = HashMap::new();
@@ -105,24 +88,10 @@ impl RestSource {
         let mut page = 1u32;
         loop {
             let shown = self.shown(&url);
-            let reply = self.send(Method::GET, &url, None, &list_headers).await?;
-            if (reply.status == StatusCode::NOT_MODIFIED && since.is_some())
-                || (reply.status == StatusCode::NO_CONTENT && reply.body.is_empty())
-            {
-                // 304: nothing changed since (Zoho's If-Modified-Since); 204: no records.
+            let Some((body, headers)) = self.fetch_page(&url, &list_headers, since, page).await?
+            else {
                 break;
-            }
-            if !reply.status.is_success() {
-                return Err(SourceError::Crm(format!(
-                    "GET {shown} (page {page}) failed: {}",
-                    reply.message()
-                )));
-            }
-            let body: Value = serde_json::from_slice(&reply.body).map_err(|e| {
-                SourceError::Crm(format!(
-                    "GET {shown} (page {page}): the response is not valid JSON ({e})"
-                ))
-            })?;
+            };
             let records = self.page_records(&body, &shown, page)?;
             items += self
                 .emit_page(records, page, (&mut emitted, &mut repeats), &tx)
@@ -141,7 +110,7 @@ impl RestSource {
             }
             let next = self.next_page(
                 (since, &param, &mut counter, &mut seen),
-                (&url, &body, &reply.headers),
+                (&url, &body, &headers),
                 (&shown, page, count),
             )?;
             let Some(next) = next else { break };
@@ -168,6 +137,62 @@ impl RestSource {
             complete: since.is_none() && repeats == 0,
             items,
         })
+    }
+
+    /// Where a list read starts, by the paging style: the paging parameter, its first value
+    /// (page number or offset) and the first page's URL.
+    fn first_page(&self, since: Option<DateTime<Utc>>) -> Result<(String, u64, Url), SourceError> {
+        let paging = &self.config.paging;
+        let param = paging.param.clone().unwrap_or_else(|| {
+            match paging.style {
+                PagingStyle::Offset => "offset",
+                PagingStyle::Cursor => "after",
+                _ => "page",
+            }
+            .to_string()
+        });
+        let counter = paging.start.unwrap_or(match paging.style {
+            PagingStyle::Offset => 0,
+            _ => 1,
+        });
+        let url = match paging.style {
+            PagingStyle::Page | PagingStyle::Offset => {
+                self.list_url(since, Some((&param, counter.to_string())))?
+            }
+            _ => self.list_url(since, None)?,
+        };
+        Ok((param, counter, url))
+    }
+
+    /// Page `page` of the list at `url`: its JSON body and headers, or `None` when the CRM
+    /// answers that there is nothing (304 to an incremental read: nothing changed since, as
+    /// Zoho's If-Modified-Since; an empty 204: no records).
+    async fn fetch_page(
+        &self,
+        url: &Url,
+        list_headers: &HeaderMap,
+        since: Option<DateTime<Utc>>,
+        page: u32,
+    ) -> Result<Option<(Value, HeaderMap)>, SourceError> {
+        let shown = self.shown(url);
+        let reply = self.send(Method::GET, url, None, list_headers).await?;
+        if (reply.status == StatusCode::NOT_MODIFIED && since.is_some())
+            || (reply.status == StatusCode::NO_CONTENT && reply.body.is_empty())
+        {
+            return Ok(None);
+        }
+        if !reply.status.is_success() {
+            return Err(SourceError::Crm(format!(
+                "GET {shown} (page {page}) failed: {}",
+                reply.message()
+            )));
+        }
+        let body: Value = serde_json::from_slice(&reply.body).map_err(|e| {
+            SourceError::Crm(format!(
+                "GET {shown} (page {page}): the response is not valid JSON ({e})"
+            ))
+        })?;
+        Ok(Some((body, reply.headers)))
     }
 
     /// The list call's headers: `updated_since_header` with `since`, for an incremental read.

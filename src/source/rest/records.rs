@@ -7,6 +7,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 
 use super::RestSource;
+use super::config::ArrayFieldConfig;
 use crate::domain::ExternalId;
 use crate::source::{BadRecord, SourceItem, SourceRecord};
 
@@ -22,42 +23,59 @@ impl RestSource {
                 blame: None,
             })
         };
-        let id_pointer = &self.config.id_pointer;
-        let id_text = match raw.pointer(id_pointer) {
-            None | Some(Value::Null) => {
-                return bad(None, format!("no id at {id_pointer:?} (id_pointer)"));
-            }
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(other) => {
-                return bad(
-                    None,
-                    format!(
-                        "the id at {id_pointer:?} is {}, expected a string or number",
-                        json_type(other)
-                    ),
-                );
-            }
+        let id_text = match self.record_id(raw) {
+            Ok(id_text) => id_text,
+            Err(reason) => return bad(None, reason),
         };
         let external_id = match ExternalId::parse(&id_text) {
             Ok(id) => id,
             Err(e) => return bad(Some(id_text), e.to_string()),
         };
-        let updated_at = match &self.config.updated_at_pointer {
-            None => None,
-            Some(pointer) => match raw.pointer(pointer) {
-                None | Some(Value::Null) => None,
-                Some(value) => match parse_time(value) {
-                    Some(t) => Some(t),
-                    None => {
-                        return bad(
-                            Some(id_text),
-                            format!("the last-modified time at {pointer:?} is not a time: {value}"),
-                        );
-                    }
-                },
-            },
+        let read = self
+            .last_modified(raw)
+            .and_then(|updated_at| Ok((updated_at, self.record_fields(raw)?)));
+        match read {
+            Ok((updated_at, fields)) => SourceItem::Record(SourceRecord {
+                external_id,
+                fields,
+                updated_at,
+                location,
+            }),
+            Err(reason) => bad(Some(id_text), reason),
+        }
+    }
+
+    /// The record's id as text (a string or a number at `id_pointer`), or why there is none.
+    fn record_id(&self, raw: &Value) -> Result<String, String> {
+        let id_pointer = &self.config.id_pointer;
+        match raw.pointer(id_pointer) {
+            None | Some(Value::Null) => Err(format!("no id at {id_pointer:?} (id_pointer)")),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            Some(other) => Err(format!(
+                "the id at {id_pointer:?} is {}, expected a string or number",
+                json_type(other)
+            )),
+        }
+    }
+
+    /// The record's last-modified time at `updated_at_pointer` (none configured or none
+    /// there: `None`), or why it is not a time.
+    fn last_modified(&self, raw: &Value) -> Result<Option<DateTime<Utc>>, String> {
+        let Some(pointer) = &self.config.updated_at_pointer else {
+            return Ok(None);
         };
+        match raw.pointer(pointer) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => parse_time(value).map(Some).ok_or_else(|| {
+                format!("the last-modified time at {pointer:?} is not a time: {value}")
+            }),
+        }
+    }
+
+    /// The record's fields: each configured pointer's value as text, then each labelled array
+    /// flattened (`email.work`); or why one cannot be read.
+    fn record_fields(&self, raw: &Value) -> Result<BTreeMap<String, String>, String> {
         let mut fields = BTreeMap::new();
         for (name, pointer) in &self.config.fields {
             match raw.pointer(pointer) {
@@ -67,77 +85,71 @@ impl RestSource {
                         fields.insert(name.clone(), text);
                     }
                     None => {
-                        return bad(
-                            Some(id_text),
-                            format!(
-                                "field {name} at {pointer:?} is {}, expected text, a number, a boolean or a list of them",
-                                json_type(value)
-                            ),
-                        );
+                        return Err(format!(
+                            "field {name} at {pointer:?} is {}, expected text, a number, a boolean or a list of them",
+                            json_type(value)
+                        ));
                     }
                 },
             }
         }
         for array in &self.config.arrays {
-            let items = match raw.pointer(&array.pointer) {
-                None | Some(Value::Null) => continue,
-                Some(Value::Array(items)) => items,
-                Some(other) => {
-                    return bad(
-                        Some(id_text),
-                        format!(
-                            "{:?} is {}, expected an array of {{{}, {}}} objects",
-                            array.pointer,
-                            json_type(other),
-                            array.label_key,
-                            array.value_key
-                        ),
-                    );
-                }
-            };
-            for (i, item) in items.iter().enumerate() {
-                let Some(object) = item.as_object() else {
-                    return bad(
-                        Some(id_text),
-                        format!(
-                            "{}/{i} is {}, expected an object",
-                            array.pointer,
-                            json_type(item)
-                        ),
-                    );
-                };
-                let label = object
-                    .get(&array.label_key)
-                    .and_then(scalar_text)
-                    .filter(|l| !l.trim().is_empty())
-                    .unwrap_or_else(|| array.default_label.clone());
-                let Some(value) = object.get(&array.value_key).filter(|v| !v.is_null()) else {
-                    continue;
-                };
-                let Some(value) = value_text(value) else {
-                    return bad(
-                        Some(id_text),
-                        format!(
-                            "{}/{i}/{} is {}, expected text",
-                            array.pointer,
-                            array.value_key,
-                            json_type(value)
-                        ),
-                    );
-                };
-                // The first item with a label wins; later duplicates would be ambiguous to write back.
-                fields
-                    .entry(format!("{}.{}", array.prefix, label.trim()))
-                    .or_insert(value);
-            }
+            add_array_fields(raw, array, &mut fields)?;
         }
-        SourceItem::Record(SourceRecord {
-            external_id,
-            fields,
-            updated_at,
-            location,
-        })
+        Ok(fields)
     }
+}
+
+/// Adds one labelled array's items to `fields` as `prefix.label` (an unlabelled item takes the
+/// array's default label; the first item with a label wins: later duplicates would be
+/// ambiguous to write back), or says why the array cannot be read.
+fn add_array_fields(
+    raw: &Value,
+    array: &ArrayFieldConfig,
+    fields: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
+    let items = match raw.pointer(&array.pointer) {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(format!(
+                "{:?} is {}, expected an array of {{{}, {}}} objects",
+                array.pointer,
+                json_type(other),
+                array.label_key,
+                array.value_key
+            ));
+        }
+    };
+    for (i, item) in items.iter().enumerate() {
+        let Some(object) = item.as_object() else {
+            return Err(format!(
+                "{}/{i} is {}, expected an object",
+                array.pointer,
+                json_type(item)
+            ));
+        };
+        let label = object
+            .get(&array.label_key)
+            .and_then(scalar_text)
+            .filter(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| array.default_label.clone());
+        let Some(value) = object.get(&array.value_key).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let Some(value) = value_text(value) else {
+            return Err(format!(
+                "{}/{i}/{} is {}, expected text",
+                array.pointer,
+                array.value_key,
+                json_type(value)
+            ));
+        };
+        fields
+            .entry(format!("{}.{}", array.prefix, label.trim()))
+            .or_insert(value);
+    }
+    Ok(())
 }
 
 pub(super) fn json_type(value: &Value) -> &'static str {

@@ -2,9 +2,11 @@
 //! whole record or an array must be sent), and reporting each record as written, conflicted
 //! or failed.
 
+use std::ops::ControlFlow;
+
 use chrono::SecondsFormat;
 use reqwest::header::{ETAG, HeaderMap, IF_MATCH};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use serde_json::{Map, Value};
 
 use super::RestSource;
@@ -96,80 +98,140 @@ impl RestSource {
             .send_full_record
             .unwrap_or(update.method == UpdateMethod::Put);
         let baseline = self.versions.get(id);
-        let mut record = if full || touches_array || baseline.is_some() {
-            let get_path = update
-                .get_path
-                .as_deref()
-                .unwrap_or(&update.path)
-                .replace("{id}", &encode_path_segment(id));
-            let get_url = self.url(&get_path)?;
-            let reply = self
-                .send(Method::GET, &get_url, None, &HeaderMap::new())
-                .await?;
-            if !reply.status.is_success() {
-                return Ok(Outcome::Failed(format!(
-                    "GET {}: {}",
-                    self.shown(&get_url),
-                    reply.message()
-                )));
-            }
-            let body: Value = serde_json::from_slice(&reply.body).map_err(|e| {
-                SourceError::Crm(format!(
-                    "GET {}: the response is not valid JSON ({e})",
-                    self.shown(&get_url)
-                ))
-            })?;
-            if let Some(etag) = reply.headers.get(ETAG) {
-                headers.insert(IF_MATCH, etag.clone());
-            }
-            let get_pointer = update
-                .get_pointer
-                .as_deref()
-                .unwrap_or(&update.wrap_pointer);
-            let Some(Value::Object(current)) = body.pointer(get_pointer) else {
-                return Ok(Outcome::Failed(format!(
-                    "GET {}: no record object at {get_pointer:?} (update.get_pointer)",
-                    self.shown(&get_url),
-                )));
-            };
-            if let Some(baseline) = baseline {
-                let location = format!("GET {}", self.shown(&get_url));
-                match self.parse_record(&Value::Object(current.clone()), location) {
-                    SourceItem::Record(now) if ReadVersion::of(&now) == baseline => {}
-                    SourceItem::Record(_) => {
-                        tracing::info!(
-                            id,
-                            "CRM record changed since this cycle read it; not overwriting, retried next cycle"
-                        );
-                        return Ok(Outcome::Conflicted);
-                    }
-                    SourceItem::Bad(bad) => {
-                        return Ok(Outcome::Failed(format!(
-                            "{}: cannot check the record before writing: {}",
-                            bad.location, bad.reason
-                        )));
-                    }
-                }
-            }
-            if full {
-                Value::Object(current.clone())
-            } else {
-                // Only the arrays being changed are sent, complete with their other items.
-                let mut partial = Value::Object(Map::new());
-                for name in change.fields.keys() {
-                    if let Some((array, _)) = self.array_for(name)
-                        && let Some(items) =
-                            body.pointer(&format!("{get_pointer}{}", array.pointer))
-                    {
-                        set_pointer(&mut partial, &array.pointer, items.clone())
-                            .map_err(SourceError::Crm)?;
-                    }
-                }
-                partial
+        let record = if full || touches_array || baseline.is_some() {
+            match self
+                .record_to_write(update, change, full, baseline, &mut headers)
+                .await?
+            {
+                ControlFlow::Continue(record) => record,
+                ControlFlow::Break(outcome) => return Ok(outcome),
             }
         } else {
             Value::Object(Map::new())
         };
+        self.send_update(update, &url, record, &headers, change, guard)
+            .await
+    }
+
+    /// The record a write starts from, fetched first: the whole record (`full`), or only the
+    /// arrays the change touches, complete with their other items. The fetched ETag goes into
+    /// `headers` as `If-Match`. Breaks with the outcome when the fetch fails, or when the CRM
+    /// changed the record since this process read it (`baseline`).
+    async fn record_to_write(
+        &self,
+        update: &UpdateConfig,
+        change: &CrmChange,
+        full: bool,
+        baseline: Option<ReadVersion>,
+        headers: &mut HeaderMap,
+    ) -> Result<ControlFlow<Outcome, Value>, SourceError> {
+        let id = change.external_id.as_str();
+        let get_path = update
+            .get_path
+            .as_deref()
+            .unwrap_or(&update.path)
+            .replace("{id}", &encode_path_segment(id));
+        let get_url = self.url(&get_path)?;
+        let reply = self
+            .send(Method::GET, &get_url, None, &HeaderMap::new())
+            .await?;
+        if !reply.status.is_success() {
+            return Ok(ControlFlow::Break(Outcome::Failed(format!(
+                "GET {}: {}",
+                self.shown(&get_url),
+                reply.message()
+            ))));
+        }
+        let body: Value = serde_json::from_slice(&reply.body).map_err(|e| {
+            SourceError::Crm(format!(
+                "GET {}: the response is not valid JSON ({e})",
+                self.shown(&get_url)
+            ))
+        })?;
+        if let Some(etag) = reply.headers.get(ETAG) {
+            headers.insert(IF_MATCH, etag.clone());
+        }
+        let get_pointer = update
+            .get_pointer
+            .as_deref()
+            .unwrap_or(&update.wrap_pointer);
+        let Some(Value::Object(current)) = body.pointer(get_pointer) else {
+            return Ok(ControlFlow::Break(Outcome::Failed(format!(
+                "GET {}: no record object at {get_pointer:?} (update.get_pointer)",
+                self.shown(&get_url),
+            ))));
+        };
+        if let Some(baseline) = baseline {
+            let location = format!("GET {}", self.shown(&get_url));
+            if let Some(outcome) = self.changed_since_read(id, current, baseline, location) {
+                return Ok(ControlFlow::Break(outcome));
+            }
+        }
+        Ok(ControlFlow::Continue(if full {
+            Value::Object(current.clone())
+        } else {
+            self.touched_arrays(change, &body, get_pointer)?
+        }))
+    }
+
+    /// The outcome of a write whose record the CRM changed since this cycle read it
+    /// (`baseline`: not overwritten, retried next cycle), or that cannot be checked; `None`
+    /// when the record is as read.
+    fn changed_since_read(
+        &self,
+        id: &str,
+        current: &Map<String, Value>,
+        baseline: ReadVersion,
+        location: String,
+    ) -> Option<Outcome> {
+        match self.parse_record(&Value::Object(current.clone()), location) {
+            SourceItem::Record(now) if ReadVersion::of(&now) == baseline => None,
+            SourceItem::Record(_) => {
+                tracing::info!(
+                    id,
+                    "CRM record changed since this cycle read it; not overwriting, retried next cycle"
+                );
+                Some(Outcome::Conflicted)
+            }
+            SourceItem::Bad(bad) => Some(Outcome::Failed(format!(
+                "{}: cannot check the record before writing: {}",
+                bad.location, bad.reason
+            ))),
+        }
+    }
+
+    /// Only the arrays the change touches, taken whole from the fetched `body` (the record at
+    /// `get_pointer`), so their other items are sent back as they are.
+    fn touched_arrays(
+        &self,
+        change: &CrmChange,
+        body: &Value,
+        get_pointer: &str,
+    ) -> Result<Value, SourceError> {
+        let mut partial = Value::Object(Map::new());
+        for name in change.fields.keys() {
+            if let Some((array, _)) = self.array_for(name)
+                && let Some(items) = body.pointer(&format!("{get_pointer}{}", array.pointer))
+            {
+                set_pointer(&mut partial, &array.pointer, items.clone())
+                    .map_err(SourceError::Crm)?;
+            }
+        }
+        Ok(partial)
+    }
+
+    /// Writes the change's fields into `record` and sends it (PATCH or PUT, admitted by
+    /// `guard`): written, conflicted (409/412: retried next cycle) or failed.
+    async fn send_update(
+        &self,
+        update: &UpdateConfig,
+        url: &Url,
+        mut record: Value,
+        headers: &HeaderMap,
+        change: &CrmChange,
+        guard: &WriteGuard,
+    ) -> Result<Outcome, SourceError> {
+        let id = change.external_id.as_str();
         let stamp = update.set_updated_at.then_some(change.updated_at);
         if let Err(reason) = self.apply_fields(&mut record, &change.fields, stamp) {
             return Ok(Outcome::Failed(reason));
@@ -183,7 +245,7 @@ impl RestSource {
             UpdateMethod::Put => Method::PUT,
         };
         let reply = self
-            .send_guarded(method.clone(), &url, Some(&body), &headers, guard)
+            .send_guarded(method.clone(), url, Some(&body), headers, guard)
             .await?;
         let status = reply.status;
         Ok(if status.is_success() {
@@ -197,11 +259,7 @@ impl RestSource {
             );
             Outcome::Conflicted
         } else {
-            Outcome::Failed(format!(
-                "{method} {}: {}",
-                self.shown(&url),
-                reply.message()
-            ))
+            Outcome::Failed(format!("{method} {}: {}", self.shown(url), reply.message()))
         })
     }
 
