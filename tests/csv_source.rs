@@ -819,6 +819,46 @@ async fn a_read_during_which_the_file_changes_is_incomplete_and_drops_its_last_r
     assert_eq!(good.last().unwrap().fields["first_name"], "Alexandra");
 }
 
+/// A writer that stalls longer than the quiet period leaves a still file whose last row is cut
+/// ("Alexand" for "Alexandra"): it has the right number of fields, so only its missing line
+/// end tells. After a read of the file that ended with one, such a read is incomplete (no
+/// record counts as gone) and does not use that row; the whole file is read whole again. A file
+/// that never ends with a line end is read as it is.
+#[tokio::test]
+async fn a_last_row_without_the_line_end_the_file_had_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = "crm_id,first_name\nc1,Ada\nc2,Alexandra\n";
+    let path = write_file(&dir, "contacts.csv", whole.as_bytes());
+    let source = CsvSource::new(&source_config(&path));
+    let (good, _, summary) = read_all(&source).await;
+    assert!(summary.complete && good.len() == 2);
+
+    std::fs::write(&path, "crm_id,first_name\nc1,Ada\nc2,Alexand").unwrap();
+    let (good, bad, summary) = read_all(&source).await;
+    assert!(
+        !summary.complete,
+        "a read of a file whose last row may be cut"
+    );
+    assert!(bad.is_empty(), "{bad:?}");
+    let names: Vec<&str> = good
+        .iter()
+        .map(|r| r.fields["first_name"].as_str())
+        .collect();
+    assert_eq!(names, ["Ada"], "the cut value is never used");
+
+    // The writer finishes: whole again. A file that keeps no final line end is then read as
+    // it is, its last row included.
+    std::fs::write(&path, whole).unwrap();
+    assert!(read_all(&source).await.2.complete);
+    std::fs::write(&path, "crm_id,first_name\nc1,Ada\nc2,Alexandra").unwrap();
+    let (good, _, summary) = read_all(&source).await;
+    assert!(!summary.complete, "first read without the line end");
+    assert_eq!(good.len(), 1);
+    let (good, _, summary) = read_all(&source).await;
+    assert!(summary.complete, "the file's own style from then on");
+    assert_eq!(good[1].fields["first_name"], "Alexandra");
+}
+
 #[tokio::test]
 async fn auto_finds_the_separator_and_explicit_settings_read_quotes_and_escapes() {
     // `;` wins: `,` splits the header too, but does not find the id column.

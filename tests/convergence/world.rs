@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quo_sync::domain::ExternalId;
@@ -97,6 +98,11 @@ pub struct World {
     pub day_one: super::day_one::DayOne,
     /// In-place CSV writes a cycle started during (the file half-written).
     pub in_place_overlaps: u32,
+    /// The in-place writer at work during the cycle, if any.
+    in_place_writer: Option<Arc<Mutex<WriterClock>>>,
+    /// In-place writes whose writer was late past the quiet period (a loaded machine): the file
+    /// was still, so a read may take it half-written.
+    pub in_place_stalls: u32,
     /// Records in and out of scope (#27).
     pub scope: super::scope::Scope,
     /// The key pointed at another workspace (#21).
@@ -129,6 +135,8 @@ impl World {
             refusals: 0,
             counted: CountTally::default(),
             in_place_overlaps: 0,
+            in_place_writer: None,
+            in_place_stalls: 0,
             day_one: Default::default(),
             scope: Default::default(),
             foreign: Default::default(),
@@ -546,12 +554,21 @@ impl World {
         let outcome = run_cycle(&self.app.ctx, Mode::Apply).await;
         let after = self.app.sandbox.stats();
         self.app.ctx.settings.allow_mass_delete = false;
+        let writer_stalled = self
+            .in_place_writer
+            .as_ref()
+            .is_some_and(|clock| clock.lock().unwrap().still_for() >= QUIET_PERIOD);
+        if writer_stalled {
+            self.in_place_stalls += 1;
+            trace(|| "the in-place writer stalled past the quiet period".into());
+        }
         if let Ok(report) = &outcome {
             trace(|| format!("cycle: {}", summary(report)));
             let seen = CycleSeen {
                 rows,
                 requests: after.requests_total - before.requests_total,
                 rate_limited: after.rate_limited - before.rate_limited,
+                file_may_be_cut: writer_stalled,
             };
             cycle_counts_agree(self, report, seen).await;
             self.counted.add(report);
@@ -571,6 +588,7 @@ impl World {
                 rows,
                 requests: after.requests_total - before.requests_total,
                 rate_limited: after.rate_limited - before.rate_limited,
+                file_may_be_cut: writer_stalled,
             };
             failed_run_counts_agree(self, e, seen).await;
             self.counted.failed += 1;
@@ -662,6 +680,8 @@ impl World {
         let first = cuts[0];
         file.write_all(&bytes[..first]).unwrap();
         file.flush().unwrap();
+        let clock = Arc::new(Mutex::new(WriterClock::started()));
+        self.in_place_writer = Some(Arc::clone(&clock));
         let writer = std::thread::spawn(move || {
             let ends = cuts.iter().skip(1).copied().chain([bytes.len()]);
             let mut from = first;
@@ -669,8 +689,10 @@ impl World {
                 std::thread::sleep(pause);
                 file.write_all(&bytes[from..to]).unwrap();
                 file.flush().unwrap();
+                clock.lock().unwrap().wrote();
                 from = to;
             }
+            clock.lock().unwrap().done = true;
             std::time::Instant::now()
         });
         let started = std::time::Instant::now();
@@ -679,6 +701,7 @@ impl World {
             .await
             .unwrap()
             .expect("the in-place writer finishes");
+        self.in_place_writer = None;
         self.after_cycle(watch, Some(&outcome)).await;
         if started < written {
             self.in_place_overlaps += 1;
@@ -908,4 +931,35 @@ pub fn summary(report: &CycleReport) -> String {
             ""
         }
     )
+}
+
+/// When an in-place writer last wrote, and the longest it stayed still between writes.
+struct WriterClock {
+    last: std::time::Instant,
+    longest: Duration,
+    done: bool,
+}
+
+impl WriterClock {
+    fn started() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            longest: Duration::ZERO,
+            done: false,
+        }
+    }
+
+    fn wrote(&mut self) {
+        self.longest = self.longest.max(self.last.elapsed());
+        self.last = std::time::Instant::now();
+    }
+
+    /// The longest the half-written file stayed still so far.
+    fn still_for(&self) -> Duration {
+        if self.done {
+            self.longest
+        } else {
+            self.longest.max(self.last.elapsed())
+        }
+    }
 }

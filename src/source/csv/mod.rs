@@ -109,6 +109,8 @@ struct Fingerprint {
 struct Seen {
     file: Fingerprint,
     dialect: Dialect,
+    /// Whether the file ended with a line end.
+    ended: bool,
 }
 
 /// The size and modification time of an open file or a path, to tell whether it changed.
@@ -377,6 +379,12 @@ impl CsvSource {
             updated_at_field: self.updated_at_field.clone(),
             settings: self.settings,
             expected: Arc::clone(&self.expected),
+            last_ended: self
+                .last_read
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|seen| seen.ended),
         }
     }
 
@@ -396,6 +404,9 @@ struct Layout {
     updated_at_field: Option<String>,
     settings: DialectSettings,
     expected: Arc<[String]>,
+    /// Whether the last read's file ended with a line end: a file that now does not may have
+    /// its last row cut by a writer still at work.
+    last_ended: bool,
 }
 
 impl Layout {

@@ -229,7 +229,15 @@ pub(super) fn read_file(
     if header.is_none() {
         parse_header(layout, None)?;
     }
-    let (seen_file, torn) = close_file(layout, parser, opened)?;
+    let (seen_file, mut torn) = close_file(layout, parser, opened)?;
+    if !torn && items > 0 && layout.last_ended && !seen_file.ended {
+        tracing::warn!(
+            event = "csv_last_row_unended",
+            path = %layout.name(),
+            "the CSV file's last row has no line end, unlike the file's last read: a writer may still be at work; this read counts no record as gone and does not use that row (writers should replace the file by rename)"
+        );
+        torn = true;
+    }
     if torn && out.held.take().is_some() {
         items -= 1;
     }
@@ -251,11 +259,12 @@ fn close_file(
     opened: FileState,
 ) -> Result<(Seen, bool), SourceError> {
     let dialect = parser.finish_dialect();
-    let (len, sha256, file) = parser
+    let (len, sha256, file, tail) = parser
         .reader
         .into_inner()
-        .finish()
+        .finish_with_tail()
         .map_err(|e| layout.io(e))?;
+    let ended = super::stream::ends_with_line_end(tail, dialect.encoding);
     let now = file.metadata().ok().map(|m| FileState::of(&m));
     let torn = now != Some(opened) || len != opened.len;
     if torn {
@@ -272,6 +281,7 @@ fn close_file(
             sha256,
         },
         dialect,
+        ended,
     };
     Ok((seen, torn))
 }

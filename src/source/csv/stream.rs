@@ -30,6 +30,8 @@ pub(super) struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
     count: u64,
+    /// The last two bytes read (the file's last two once finished).
+    tail: [u8; 2],
 }
 
 impl<R: Read> HashingReader<R> {
@@ -38,13 +40,25 @@ impl<R: Read> HashingReader<R> {
             inner,
             hasher: Sha256::new(),
             count: 0,
+            tail: [0; 2],
         }
     }
 
     /// Reads what is left (so the hash covers the whole file) and returns (len, hash, inner).
-    pub(super) fn finish(mut self) -> io::Result<(u64, Vec<u8>, R)> {
+    pub(super) fn finish(self) -> io::Result<(u64, Vec<u8>, R)> {
+        let (len, hash, inner, _) = self.finish_with_tail()?;
+        Ok((len, hash, inner))
+    }
+
+    /// [`Self::finish`], with the file's last two bytes (zeros before them in a shorter file).
+    pub(super) fn finish_with_tail(mut self) -> io::Result<(u64, Vec<u8>, R, [u8; 2])> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((self.count, self.hasher.finalize().to_vec(), self.inner))
+        Ok((
+            self.count,
+            self.hasher.finalize().to_vec(),
+            self.inner,
+            self.tail,
+        ))
     }
 }
 
@@ -53,7 +67,23 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
+        self.tail = match &buf[..n] {
+            [] => self.tail,
+            [only] => [self.tail[1], *only],
+            [.., a, b] => [*a, *b],
+        };
         Ok(n)
+    }
+}
+
+/// Whether a file whose last two bytes are `tail` ends with a line end in `encoding`: a row
+/// without one may be cut by a writer still at work.
+pub(super) fn ends_with_line_end(tail: [u8; 2], encoding: FileEncoding) -> bool {
+    let eol = |b: u8| b == b'\n' || b == b'\r';
+    match encoding {
+        FileEncoding::Utf16Le => tail[1] == 0 && eol(tail[0]),
+        FileEncoding::Utf16Be => tail[0] == 0 && eol(tail[1]),
+        _ => eol(tail[1]),
     }
 }
 
@@ -308,11 +338,17 @@ impl Tracked {
     /// Reads what is left of the file and returns its length, the SHA-256 of all its bytes, and
     /// the file.
     pub(super) fn finish(self) -> io::Result<(u64, Vec<u8>, File)> {
+        let (len, hash, file, _) = self.finish_with_tail()?;
+        Ok((len, hash, file))
+    }
+
+    /// [`Self::finish`], with the file's last two bytes.
+    pub(super) fn finish_with_tail(self) -> io::Result<(u64, Vec<u8>, File, [u8; 2])> {
         let chain = match self.inner {
             Decoded::Raw(chain) => chain,
             Decoded::Utf16(reader) => reader.inner,
         };
-        chain.into_inner().1.finish()
+        chain.into_inner().1.finish_with_tail()
     }
 }
 

@@ -32,6 +32,18 @@ struct HashingWriter<W> {
     tail: Vec<u8>,
 }
 
+impl<W> HashingWriter<W> {
+    /// Whether what was written so far ends with a line end in the file's encoding.
+    fn ends_with_line_end(&self, dialect: &Dialect) -> bool {
+        let tail = match self.tail.as_slice() {
+            [a, b] => [*a, *b],
+            [b] => [0, *b],
+            _ => [0, 0],
+        };
+        super::stream::ends_with_line_end(tail, dialect.encoding)
+    }
+}
+
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
@@ -145,10 +157,12 @@ pub(super) fn write_file(
     if applied.is_empty() {
         return Ok(report); // the temp file is removed on drop
     }
+    let ended = out.ends_with_line_end(&expected.dialect);
     let file = replace_file(layout, temp, out, meta.permissions())?;
     *stored = Some(Seen {
         file,
         dialect: expected.dialect,
+        ended,
     });
     report.written = applied;
     Ok(report)
@@ -566,9 +580,7 @@ fn append_rows<W: Write>(
         .filter(|change| change.append)
         .collect();
     let mut appended = Vec::with_capacity(new.len());
-    let mut ended = [b"\n", b"\r"]
-        .iter()
-        .any(|eol| out.tail.ends_with(&dialect.to_file(eol.to_vec())));
+    let mut ended = out.ends_with_line_end(dialect);
     for change in new {
         let values = row_values(header, change);
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
