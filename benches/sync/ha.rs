@@ -77,16 +77,28 @@ async fn failover(pause: bool) -> (f64, f64, usize) {
     let before = before.max(sandbox.stats().writes_total());
     let mut acquired = None;
     let mut first_write = None;
-    wait("takeover", Duration::from_secs(30), || {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
         if acquired.is_none() && standby.has("leader_acquired") {
             acquired = Some(fault_at.elapsed());
         }
         if first_write.is_none() && sandbox.stats().writes_total() > before {
             first_write = Some(fault_at.elapsed());
         }
-        acquired.is_some() && first_write.is_some()
-    })
-    .await;
+        if acquired.is_some() && first_write.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ha bench: takeover not within 30s (pause: {pause}; acquired after {acquired:?}, \
+             first write after {first_write:?}; writes {before} before, {} now);\n\
+             standby's log tail:\n{}\nleader's log tail:\n{}",
+            sandbox.stats().writes_total(),
+            standby.tail(40).join("\n"),
+            leader.tail(10).join("\n"),
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     wait("the rest of the load", Duration::from_secs(60), || {
         sandbox.contacts().len() as u64 >= RECORDS
     })

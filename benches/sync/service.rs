@@ -68,6 +68,12 @@ impl Service {
             .and_then(|l| serde_json::from_str(l).ok())
     }
 
+    /// The last `n` log lines, oldest first: what a section prints when a wait fails.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log[log.len().saturating_sub(n)..].to_vec()
+    }
+
     /// The first `event` line, waiting up to `within` for it (panics with the log's tail).
     pub async fn wait_for(&self, event: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
