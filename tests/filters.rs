@@ -948,3 +948,44 @@ async fn a_computed_field_that_fails_on_one_row_holds_it_back_and_the_fixed_row_
     );
     assert_the_rest_synced_and_the_fixed_row_follows(&app, &report).await;
 }
+
+/// A key for another workspace while every linked record has left scope under `keep`: the kept
+/// contacts still vouch for the workspace. The scan finds none of them, the read-back fails, and
+/// the new in-scope record is not created in the other workspace; the key pointed home again,
+/// it is created at home and the kept contacts are untouched. (Counting synced records only,
+/// quo-sync had nothing to read back and created it where the key pointed.)
+#[tokio::test]
+async fn kept_contacts_of_records_out_of_scope_vouch_for_the_workspace() {
+    let app = spawn_filtered(&rows(2), "keep").await;
+    app.cycle().await;
+    let kept: Vec<String> = ["r-1", "r-2"].iter().map(|id| app.quo_id(id)).collect();
+    let out_of_scope: Vec<String> = rows(2)
+        .iter()
+        .map(|r| r.replace(",Buyer,", ",Lead,"))
+        .collect();
+    app.write_csv(&csv(&out_of_scope));
+    assert_eq!(app.cycle().await.counts.left_scope, 2);
+
+    app.sandbox.set_foreign_workspace(true);
+    let mut with_new = out_of_scope.clone();
+    with_new.push(row("r-3", 3));
+    app.write_csv(&csv(&with_new));
+    let report = app.cycle().await;
+    assert_eq!(report.counts.created, 0, "{:?}", report.counts);
+    assert!(
+        app.sandbox.foreign_contacts().is_empty(),
+        "created in the other workspace: {:?}",
+        app.sandbox.foreign_contacts()
+    );
+
+    app.sandbox.set_foreign_workspace(false);
+    let report = app.cycle().await;
+    assert_eq!(report.counts.created, 1, "{:?}", report.counts);
+    for quo_id in &kept {
+        assert!(app.sandbox.contact(quo_id).is_some(), "{quo_id} kept");
+    }
+    assert_eq!(
+        ledger_row(&app, "r-1").await.quo_id.unwrap().as_str(),
+        kept[0]
+    );
+}

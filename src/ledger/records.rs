@@ -530,10 +530,12 @@ async fn load_index_chunks(pool: &Pool, index: &mut LedgerIndex) -> Result<(), s
 }
 
 impl Ledger {
-    /// How many synced records are linked to a Quo contact (what a reverse scan must see).
+    /// How many records are linked to a Quo contact, synced or kept after leaving scope (what a
+    /// reverse scan must see).
     pub async fn linked_count(&self) -> Result<i64, LedgerError> {
         Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM records WHERE quo_id IS NOT NULL AND state = 'synced'",
+            "SELECT COUNT(*) FROM records
+             WHERE quo_id IS NOT NULL AND state IN ('synced', 'left_scope')",
         )
         .fetch_one(p)
         .await)?)
@@ -543,7 +545,8 @@ impl Ledger {
     /// back).
     pub async fn sample_linked(&self, n: usize) -> Result<Vec<String>, LedgerError> {
         Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
-            "SELECT quo_id FROM records WHERE quo_id IS NOT NULL AND state = 'synced'
+            "SELECT quo_id FROM records
+             WHERE quo_id IS NOT NULL AND state IN ('synced', 'left_scope')
              ORDER BY RANDOM() LIMIT $1",
         )
         .bind(n as i64)
@@ -604,7 +607,8 @@ impl Ledger {
     /// Reverse scan: linked contacts that pass `scan_id` did not list.
     pub async fn scan_unseen(&self, scan_id: &str) -> Result<Vec<String>, LedgerError> {
         Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(
-            "SELECT quo_id FROM records WHERE quo_id IS NOT NULL AND state = 'synced'
+            "SELECT quo_id FROM records
+             WHERE quo_id IS NOT NULL AND state IN ('synced', 'left_scope')
                AND (scan_seen IS NULL OR scan_seen != $1)",
         )
         .bind(scan_id)
