@@ -935,3 +935,54 @@ fn the_readme_is_short_and_its_contents_and_index_reach_everything() {
         "pages in docs/ the README never links to: {unlisted:?}"
     );
 }
+
+/// Every `event = "…"` a line of the service logs is named somewhere in `docs/`: the event names
+/// are promised stable for alerting (`docs/logs.md`), so an operator must be able to look each
+/// one up.
+#[test]
+fn every_log_event_is_documented() {
+    fn rust_files(dir: &Path, into: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, into);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                into.push(path);
+            }
+        }
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&repo.join("src"), &mut files);
+    let mut events = std::collections::BTreeSet::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (at, _) in text.match_indices("event = \"") {
+            let name: String = text[at + 9..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            events.insert(name);
+        }
+    }
+    assert!(events.len() > 100, "found only {} events", events.len());
+    let docs: String = std::fs::read_dir(repo.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let named = |event: &str| {
+        docs.match_indices(event).any(|(at, _)| {
+            let before = docs[..at].chars().next_back();
+            let after = docs[at + event.len()..].chars().next();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            !word(before) && !word(after)
+        })
+    };
+    let missing: Vec<&String> = events.iter().filter(|e| !named(e)).collect();
+    assert!(
+        missing.is_empty(),
+        "log events named nowhere in docs/: {missing:?}"
+    );
+}
