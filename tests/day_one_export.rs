@@ -338,22 +338,7 @@ async fn rest_a_create_whose_answer_was_lost_is_found_by_the_quo_id_it_carries()
 async fn rest_a_contact_made_in_the_app_during_the_first_cycle_reaches_the_crm() {
     let (sandbox, crm, _dir, ctx) = rest_export_world().await;
     crm.push_delays([1500]);
-    let first = tokio::spawn({
-        let ctx = ctx.clone();
-        async move {
-            quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
-                .await
-                .unwrap()
-        }
-    });
-    common::poll("the first cycle's listing of the workspace", async || {
-        sandbox
-            .stats()
-            .by_route_status
-            .get("GET /v1/contacts 200")
-            .is_some_and(|n| *n >= 1)
-    })
-    .await;
+    let first = first_cycle_past_its_listing(&ctx, &sandbox).await;
     let mid = sandbox.app_create(
         json!({"defaultFields": {"firstName": "Mid", "lastName": "Cycle",
                "phoneNumbers": [{"name": "mobile", "value": "+14155552777"}]}}),
@@ -393,6 +378,29 @@ async fn rest_whole_second_stamps_are_compared_as_whole_seconds() {
     // Reads through the API, which stamps in whole seconds.
     let early_id = early["id"].as_str().unwrap().to_string();
     wait_past(&json!({"createdAt": sandbox_stamp(&sandbox, &early_id).await})).await;
+    let first = first_cycle_past_its_listing(&ctx, &sandbox).await;
+    let mid = sandbox.app_create(
+        json!({"defaultFields": {"firstName": "Mid", "phoneNumbers": [{"name": "mobile", "value": "+14155552777"}]}}),
+        "",
+    );
+    first.await.unwrap();
+    quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
+        .await
+        .unwrap();
+    let mid_id = mid["id"].as_str().unwrap();
+    assert_eq!(crm.count("POST", "/contacts"), 1, "Mid's record only");
+    assert_eq!(crm.contact("n1").expect("its record")["quoId"], mid_id);
+    assert_eq!(
+        sandbox.contact(&early_id).unwrap()["externalId"],
+        Value::Null
+    );
+}
+
+/// Starts the first cycle and returns once it has listed the workspace; the cycle goes on.
+async fn first_cycle_past_its_listing(
+    ctx: &quo_sync::sync::SyncContext,
+    sandbox: &quo_sync::sandbox::SandboxHandle,
+) -> tokio::task::JoinHandle<quo_sync::sync::CycleReport> {
     let first = tokio::spawn({
         let ctx = ctx.clone();
         async move {
@@ -409,21 +417,7 @@ async fn rest_whole_second_stamps_are_compared_as_whole_seconds() {
             .is_some_and(|n| *n >= 1)
     })
     .await;
-    let mid = sandbox.app_create(
-        json!({"defaultFields": {"firstName": "Mid", "phoneNumbers": [{"name": "mobile", "value": "+14155552777"}]}}),
-        "",
-    );
-    first.await.unwrap();
-    quo_sync::sync::run_cycle(&ctx, quo_sync::sync::Mode::Apply)
-        .await
-        .unwrap();
-    let mid_id = mid["id"].as_str().unwrap();
-    assert_eq!(crm.count("POST", "/contacts"), 1, "Mid's record only");
-    assert_eq!(crm.contact("n1").expect("its record")["quoId"], mid_id);
-    assert_eq!(
-        sandbox.contact(&early_id).unwrap()["externalId"],
-        Value::Null
-    );
+    first
 }
 
 /// `createdAt` of a contact as `GET /v1/contacts/{id}` answers it.
