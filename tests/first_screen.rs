@@ -398,26 +398,8 @@ async fn run_on_a_terminal_keeps_one_status_line_and_nothing_scrolls_while_idle(
             .map(|l| l.trim_end().to_string())
             .collect()
     };
-    // Reads until `done` holds for the screen, or fails after `limit`.
-    async fn until(
-        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
-        screen: &mut vt100::Parser,
-        limit: Duration,
-        done: impl Fn(&str) -> bool,
-    ) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if done(&screen.screen().contents()) {
-                return true;
-            }
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(chunk)) => screen.process(&chunk),
-                _ => return done(&screen.screen().contents()),
-            }
-        }
-    }
     assert!(
-        until(&mut rx, &mut screen, Duration::from_secs(30), |s| {
+        screen_shows(&mut rx, &mut screen, Duration::from_secs(30), |s| {
             s.contains("Finished") && s.contains("last cycle")
         })
         .await,
@@ -438,14 +420,14 @@ async fn run_on_a_terminal_keeps_one_status_line_and_nothing_scrolls_while_idle(
     };
     let seen_at = stamp(&screen.screen().contents());
     assert!(
-        until(&mut rx, &mut screen, Duration::from_secs(15), |s| {
+        screen_shows(&mut rx, &mut screen, Duration::from_secs(15), |s| {
             stamp(s).is_some_and(|t| Some(&t) != seen_at.as_ref())
         })
         .await,
         "later cycles report on the status line:\n{}",
         lines(&screen).join("\n")
     );
-    until(&mut rx, &mut screen, Duration::from_secs(2), |_| false).await;
+    screen_shows(&mut rx, &mut screen, Duration::from_secs(2), |_| false).await;
     let later = lines(&screen);
     assert_eq!(
         later[..later.len() - 1],
@@ -462,7 +444,7 @@ async fn run_on_a_terminal_keeps_one_status_line_and_nothing_scrolls_while_idle(
     // Ctrl-C: the service stops cleanly and takes its status line with it.
     keys.write_all(b"\x03").expect("send Ctrl-C");
     keys.flush().unwrap();
-    until(&mut rx, &mut screen, Duration::from_secs(15), |s| {
+    screen_shows(&mut rx, &mut screen, Duration::from_secs(15), |s| {
         s.contains("stopped cleanly")
     })
     .await;
